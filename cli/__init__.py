@@ -1,0 +1,1 @@
+"""The ``prov`` command line, importable as ``provenance.cli``."""

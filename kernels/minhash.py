@@ -1,0 +1,322 @@
+"""MinHash kernels for the CPU: normalisation, shingle hashing, permutation-min, banding.
+
+These are the fast path behind :meth:`provenance.FingerprintConfig.signatures`. Each stage is a
+numba-compiled function over flat buffers (one ``uint8`` byte buffer with row starts and lengths,
+as an Arrow string array lays text out), parallel over documents, so no Python runs per shingle.
+The plain reference for every stage is the pure-Python path in :mod:`provenance.fingerprints`
+together with ``datasketch.MinHash``; the tests compare them on random input.
+
+Stages:
+
+1. :func:`rows_needing_python` finds rows with a code point whose NFKC form or lower case
+   depends on context; Python's ``unicodedata`` folds those. :func:`normalize_rows` lower-cases
+   the others code point by code point, splits every row on the separator table and writes the
+   words joined by single spaces.
+2. :func:`shingle_hashes` hashes every word n-gram of the normalised text with xxh32 (seed 0).
+   Because words are joined by exactly one space, an n-gram is a contiguous slice of the row and
+   needs no copy.
+3. :func:`minhash_signatures` applies datasketch's permutations (``affine32`` or ``legacy``) and
+   keeps the element-wise minimum per document.
+4. :func:`band_keys` hashes each LSH band of a signature to one 64-bit key.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+_U32 = np.uint32
+_U64 = np.uint64
+
+# xxh32 primes (from the xxHash specification).
+_P1 = np.uint32(0x9E3779B1)
+_P2 = np.uint32(0x85EBCA77)
+_P3 = np.uint32(0xC2B2AE3D)
+_P4 = np.uint32(0x27D4EB2F)
+_P5 = np.uint32(0x165667B1)
+
+_MERSENNE61 = np.uint64((1 << 61) - 1)
+_MASK32 = np.uint64(0xFFFFFFFF)
+
+SCHEME_AFFINE32 = 0
+SCHEME_LEGACY = 1
+
+
+@njit(inline="always", cache=True)
+def _rotl32(x, r):
+    return np.uint32((x << np.uint32(r)) | (x >> np.uint32(32 - r)))
+
+
+@njit(inline="always", cache=True)
+def _read32(buf, p):
+    return (
+        np.uint32(buf[p])
+        | (np.uint32(buf[p + 1]) << np.uint32(8))
+        | (np.uint32(buf[p + 2]) << np.uint32(16))
+        | (np.uint32(buf[p + 3]) << np.uint32(24))
+    )
+
+
+@njit(inline="always", cache=True)
+def _round32(acc, lane):
+    acc = np.uint32(acc + np.uint32(lane * _P2))
+    acc = _rotl32(acc, 13)
+    return np.uint32(acc * _P1)
+
+
+@njit(cache=True)
+def xxh32(buf, start, end):
+    """xxh32 with seed 0 of ``buf[start:end]``; equals ``xxhash.xxh32_intdigest``."""
+    n = end - start
+    p = start
+    if n >= 16:
+        v1 = np.uint32(_P1 + _P2)
+        v2 = _P2
+        v3 = np.uint32(0)
+        v4 = np.uint32(np.uint32(0) - _P1)
+        limit = end - 16
+        while p <= limit:
+            v1 = _round32(v1, _read32(buf, p))
+            v2 = _round32(v2, _read32(buf, p + 4))
+            v3 = _round32(v3, _read32(buf, p + 8))
+            v4 = _round32(v4, _read32(buf, p + 12))
+            p += 16
+        h = np.uint32(_rotl32(v1, 1) + _rotl32(v2, 7) + _rotl32(v3, 12) + _rotl32(v4, 18))
+    else:
+        h = _P5
+    h = np.uint32(h + np.uint32(n))
+    while p + 4 <= end:
+        h = np.uint32(h + np.uint32(_read32(buf, p) * _P3))
+        h = np.uint32(_rotl32(h, 17) * _P4)
+        p += 4
+    while p < end:
+        h = np.uint32(h + np.uint32(np.uint32(buf[p]) * _P5))
+        h = np.uint32(_rotl32(h, 11) * _P1)
+        p += 1
+    h ^= h >> np.uint32(15)
+    h = np.uint32(h * _P2)
+    h ^= h >> np.uint32(13)
+    h = np.uint32(h * _P3)
+    h ^= h >> np.uint32(16)
+    return h
+
+
+@njit(inline="always", cache=True)
+def _utf8_decode(buf, p):
+    """Code point starting at ``buf[p]`` and its byte length (input is valid UTF-8)."""
+    c = np.int64(buf[p])
+    if c < 0x80:
+        return c, 1
+    if c < 0xE0:
+        return ((c & 0x1F) << 6) | (np.int64(buf[p + 1]) & 0x3F), 2
+    if c < 0xF0:
+        return ((c & 0x0F) << 12) | ((np.int64(buf[p + 1]) & 0x3F) << 6) | (np.int64(buf[p + 2]) & 0x3F), 3
+    return (
+        ((c & 0x07) << 18)
+        | ((np.int64(buf[p + 1]) & 0x3F) << 12)
+        | ((np.int64(buf[p + 2]) & 0x3F) << 6)
+        | (np.int64(buf[p + 3]) & 0x3F)
+    ), 4
+
+
+CLASS_SEPARATOR = 0
+CLASS_SIMPLE = 1
+CLASS_COMPLEX = 2
+
+
+@njit(parallel=True, cache=True)
+def rows_needing_python(data, offsets, char_class):
+    """True for every row holding a code point of class ``CLASS_COMPLEX``.
+
+    A complex code point is one whose NFKC form or lower case depends on its neighbours or
+    changes its length (combining marks, compatibility characters, Hangul jamo, final sigma...).
+    Such rows are folded by Python's ``unicodedata`` before the kernel sees them.
+    """
+    n = offsets.shape[0] - 1
+    out = np.zeros(n, dtype=np.bool_)
+    for i in prange(n):
+        p = offsets[i]
+        e = offsets[i + 1]
+        while p < e:
+            if data[p] < 128:
+                p += 1
+                continue
+            cp, size = _utf8_decode(data, p)
+            if char_class[cp] == CLASS_COMPLEX:
+                out[i] = True
+                break
+            p += size
+    return out
+
+
+@njit(inline="always", cache=True)
+def _utf8_write(out, w, cp):
+    if cp < 0x80:
+        out[w] = cp
+        return w + 1
+    if cp < 0x800:
+        out[w] = 0xC0 | (cp >> 6)
+        out[w + 1] = 0x80 | (cp & 0x3F)
+        return w + 2
+    if cp < 0x10000:
+        out[w] = 0xE0 | (cp >> 12)
+        out[w + 1] = 0x80 | ((cp >> 6) & 0x3F)
+        out[w + 2] = 0x80 | (cp & 0x3F)
+        return w + 3
+    out[w] = 0xF0 | (cp >> 18)
+    out[w + 1] = 0x80 | ((cp >> 12) & 0x3F)
+    out[w + 2] = 0x80 | ((cp >> 6) & 0x3F)
+    out[w + 3] = 0x80 | (cp & 0x3F)
+    return w + 4
+
+
+@njit(parallel=True, cache=True)
+def normalize_rows(data, offsets, folded, side, side_offsets, char_class, lower_cp, out, out_starts):
+    """Split every row on separators and write its words joined by one space into ``out``.
+
+    Rows read from ``data`` are lower-cased code point by code point through ``lower_cp`` (they
+    hold no complex code point, so NFKC leaves them as they are and lower-casing keeps each
+    code point's UTF-8 length). Rows with ``folded`` set were NFKC-normalised and lower-cased by
+    Python and are read from ``side``; they are only split. Row ``i`` is written from
+    ``out_starts[i]`` and never grows. Returns ``(lengths, n_words)``.
+    """
+    n = offsets.shape[0] - 1
+    lengths = np.zeros(n, dtype=np.int64)
+    n_words = np.zeros(n, dtype=np.int64)
+    for i in prange(n):
+        pre = folded[i]
+        if pre:
+            src = side
+            s = side_offsets[i]
+            e = side_offsets[i + 1]
+        else:
+            src = data
+            s = offsets[i]
+            e = offsets[i + 1]
+        w = out_starts[i]
+        words = 0
+        in_word = False
+        p = s
+        while p < e:
+            cp, size = _utf8_decode(src, p)
+            if char_class[cp] == CLASS_SEPARATOR:
+                in_word = False
+            else:
+                if not in_word:
+                    if words > 0:
+                        out[w] = 32
+                        w += 1
+                    words += 1
+                    in_word = True
+                if pre:
+                    for q in range(size):
+                        out[w] = src[p + q]
+                        w += 1
+                else:
+                    w = _utf8_write(out, w, lower_cp[cp])
+            p += size
+        lengths[i] = w - out_starts[i]
+        n_words[i] = words
+    return lengths, n_words
+
+
+@njit(parallel=True, cache=True)
+def shingle_hashes(buf, starts, lengths, n_words, ngram, hash_offsets):
+    """xxh32 of every word ``ngram``-gram of each normalised row, flat, rows at ``hash_offsets``.
+
+    A row with fewer than ``ngram`` (but at least one) words yields one shingle: the whole row.
+    An empty row yields none.
+    """
+    n = starts.shape[0]
+    hashes = np.empty(hash_offsets[n], dtype=np.uint32)
+    for i in prange(n):
+        nw = n_words[i]
+        if nw == 0:
+            continue
+        s = starts[i]
+        e = s + lengths[i]
+        if nw < ngram:
+            hashes[hash_offsets[i]] = xxh32(buf, s, e)
+            continue
+        # word_start[j] is where word j begins; word_start[nw] = e + 1 closes the last word.
+        word_start = np.empty(nw + 1, dtype=np.int64)
+        word_start[0] = s
+        j = 1
+        for p in range(s, e):
+            if buf[p] == 32:
+                word_start[j] = p + 1
+                j += 1
+        word_start[nw] = e + 1
+        base = hash_offsets[i]
+        for k in range(nw - ngram + 1):
+            hashes[base + k] = xxh32(buf, word_start[k], word_start[k + ngram] - 1)
+    return hashes
+
+
+@njit(inline="always", cache=True)
+def _fmix32(h):
+    h ^= h >> np.uint32(16)
+    h = np.uint32(h * np.uint32(0x85EBCA6B))
+    h ^= h >> np.uint32(13)
+    h = np.uint32(h * np.uint32(0xC2B2AE35))
+    h ^= h >> np.uint32(16)
+    return h
+
+
+@njit(parallel=True, cache=True)
+def minhash_signatures(hashes, hash_offsets, a, b, scheme):
+    """Signatures ``(n, num_perm)`` uint32 from flat token hashes, as datasketch computes them.
+
+    ``affine32``: ``min(a * fmix32(h) + b mod 2**32)``; ``legacy``: ``min(((h * a + b) mod 2**64)
+    mod (2**61 - 1)) & 0xFFFFFFFF`` with 64-bit ``a`` and ``b``. Rows without hashes keep the
+    initial value 0xFFFFFFFF in every position, like an empty ``datasketch.MinHash``.
+    """
+    n = hash_offsets.shape[0] - 1
+    k = a.shape[0]
+    out = np.empty((n, k), dtype=np.uint32)
+    for i in prange(n):
+        if scheme == 0:
+            sig = np.full(k, np.uint32(0xFFFFFFFF), dtype=np.uint32)
+            for t in range(hash_offsets[i], hash_offsets[i + 1]):
+                h = _fmix32(hashes[t])
+                for j in range(k):
+                    v = np.uint32(a[j] * h + b[j])
+                    if v < sig[j]:
+                        sig[j] = v
+            out[i] = sig
+        else:
+            sig64 = np.full(k, _MASK32, dtype=np.uint64)
+            for t in range(hash_offsets[i], hash_offsets[i + 1]):
+                h = np.uint64(hashes[t])
+                for j in range(k):
+                    v = ((h * a[j] + b[j]) % _MERSENNE61) & _MASK32
+                    if v < sig64[j]:
+                        sig64[j] = v
+            for j in range(k):
+                out[i, j] = np.uint32(sig64[j])
+    return out
+
+
+@njit(inline="always", cache=True)
+def _splitmix64(z):
+    z = np.uint64(z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = np.uint64(z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return np.uint64(z ^ (z >> np.uint64(31)))
+
+
+@njit(parallel=True, cache=True)
+def band_keys(signatures, bands, rows):
+    """One uint64 key per (document, band): fold the band's values through splitmix64.
+
+    ``key = band``; for each value ``v`` of the band in order: ``key = splitmix64(key ^ v)``.
+    Band ``i`` covers positions ``[i * rows, (i + 1) * rows)``.
+    """
+    n = signatures.shape[0]
+    out = np.empty((n, bands), dtype=np.uint64)
+    for i in prange(n):
+        for band in range(bands):
+            key = np.uint64(band)
+            for r in range(rows):
+                key = _splitmix64(key ^ np.uint64(signatures[i, band * rows + r]))
+            out[i, band] = key
+    return out

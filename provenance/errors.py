@@ -1,0 +1,46 @@
+"""The errors of provenance: one base class and a few subclasses, each for one kind of failure."""
+
+from __future__ import annotations
+
+
+class ProvenanceError(Exception):
+    """Base class of every error provenance raises on purpose."""
+
+
+class InvalidParameterError(ProvenanceError, ValueError):
+    """A parameter given by the caller is out of range or of the wrong kind."""
+
+
+class LedgerNotFoundError(ProvenanceError):
+    """No ledger at the given path, in PROV_LEDGER, or in any folder above the current one."""
+
+
+class LedgerExistsError(ProvenanceError):
+    """A ledger already exists where a new one was to be created."""
+
+
+class LedgerLockedError(ProvenanceError):
+    """Another process holds the ledger open for writing."""
+
+
+class SchemaVersionError(ProvenanceError):
+    """The ledger was written by a newer provenance than this one."""
+
+
+class ReadOnlyQueryError(ProvenanceError):
+    """A query given to the read-only SQL interface would write or reach outside the ledger."""
+
+
+class NotFoundError(ProvenanceError, KeyError):
+    """A named record (dataset, version, ...) does not exist in the ledger."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly
+        return str(self.args[0]) if self.args else ""
+
+
+class SourceError(ProvenanceError):
+    """A data source is unreadable or malformed; the message names the file and line or record."""
+
+
+class FingerprintMismatchError(ProvenanceError):
+    """Two signatures made under different fingerprint configs were compared."""

@@ -1,0 +1,391 @@
+"""Document fingerprints: normalisation, word shingles, datasketch-compatible MinHash, LSH bands.
+
+The specification, in the order it is applied (also in ``docs/fingerprints.md``):
+
+1. **Normalise**: Unicode NFKC, then ``str.lower()``, then every separator becomes a word break.
+   A separator is a character ``c`` with ``c.isspace()`` or whose Unicode general category starts
+   with ``P`` (punctuation). Symbols (``$``, ``+``, emoji) and digits stay inside words. The
+   normalised text is the words joined by one ASCII space; its xxh3-64 is the document's exact hash
+   and its word count is the token count.
+2. **Shingle**: every run of ``ngram`` consecutive words, joined by one space, UTF-8 encoded. A
+   document with at least one but fewer than ``ngram`` words has one shingle, its whole normalised
+   text; an empty document has none, and its signature is all ``0xFFFFFFFF`` (the value of an
+   empty ``datasketch.MinHash``).
+3. **Hash** each shingle with xxh32 (seed 0), i.e. ``xxhash.xxh32_intdigest``.
+4. **Permute and take the minimum** exactly as ``datasketch.MinHash(num_perm, seed, scheme)``.
+
+So ``MinHash(num_perm=cfg.num_perm, seed=cfg.seed, scheme=cfg.scheme, hashfunc=cfg.hashfunc)``
+updated with ``cfg.shingles(text)`` has the hash values of ``cfg.signature(text)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import unicodedata
+from dataclasses import dataclass
+from typing import Iterable, Literal, Sequence
+
+import numpy as np
+import pyarrow as pa
+import xxhash
+from pydantic import BaseModel, ConfigDict, Field
+
+from provenance.errors import FingerprintMismatchError, InvalidParameterError
+from provenance.kernels import minhash as _k
+
+MIN_RECALL = 0.99
+"""Probability with which a pair exactly at the banding threshold must become an LSH candidate."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalisation
+
+
+def _is_separator(ch: str) -> bool:
+    return ch.isspace() or unicodedata.category(ch).startswith("P")
+
+
+_SEPARATOR, _SIMPLE, _COMPLEX = _k.CLASS_SEPARATOR, _k.CLASS_SIMPLE, _k.CLASS_COMPLEX
+# Code points beyond these ranges are unassigned or private use: NFKC and lower() keep them.
+_ASSIGNED_RANGES = ((1, 0x40000), (0xE0000, 0xE1000))
+_HANGUL_SECONDS = (range(0x1161, 0x1176), range(0x11A8, 0x11C3))  # vowel and trailing jamo
+_CAPITAL_SIGMA = 0x03A3  # str.lower() maps it by context (final sigma)
+
+
+def _code_points(ranges) -> list[int]:
+    return [cp for lo, hi in ranges for cp in range(lo, hi) if not 0xD800 <= cp <= 0xDFFF]
+
+
+def _composition_seconds() -> set[int]:
+    """Code points that canonical composition can merge into the character before them."""
+    seconds = {cp for r in _HANGUL_SECONDS for cp in r}
+    for cp in _code_points(_ASSIGNED_RANGES):
+        d = unicodedata.decomposition(chr(cp))
+        if d and not d.startswith("<"):
+            parts = d.split()
+            if len(parts) == 2:
+                seconds.add(int(parts[1], 16))
+    return seconds
+
+
+def _first_canonical(cp: int) -> int:
+    while True:
+        d = unicodedata.decomposition(chr(cp))
+        if not d or d.startswith("<"):
+            return cp
+        cp = int(d.split()[0], 16)
+
+
+@functools.lru_cache(maxsize=2)
+def _char_tables(full: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(char_class, lower_cp)`` indexed by code point: ASCII only, or all of Unicode (~1 s).
+
+    A code point is *simple* when NFKC keeps it as it is whatever surrounds it and ``str.lower``
+    maps it to one code point of the same UTF-8 length; then the kernel can fold it alone. A
+    *separator* is whitespace or punctuation whose NFKC form is separators only. Everything else
+    is *complex*, and a document holding one is folded by ``unicodedata`` instead.
+    """
+    size = 0x110000 if full else 128
+    char_class = np.full(size, _SIMPLE, dtype=np.uint8)
+    lower_cp = np.arange(size, dtype=np.int32)
+    cps = _code_points(_ASSIGNED_RANGES if full else ((1, 128),))
+    chars = [chr(cp) for cp in cps]
+    joined = "\0".join(chars)  # NUL is a starter that composes with nothing
+    nfkc = unicodedata.normalize("NFKC", joined).split("\0")
+    lowered = joined.lower().split("\0")
+    seconds = _composition_seconds() if full else set()
+    for cp, ch, nf, lo in zip(cps, chars, nfkc, lowered):
+        context_free = unicodedata.combining(ch) == 0 and cp not in seconds and _first_canonical(cp) not in seconds
+        if _is_separator(ch):
+            char_class[cp] = _SEPARATOR if context_free and all(_is_separator(c) for c in nf) else _COMPLEX
+        elif (
+            context_free
+            and nf == ch
+            and cp != _CAPITAL_SIGMA
+            and len(lo) == 1
+            and len(lo.encode("utf-8")) == len(ch.encode("utf-8"))
+            and not _is_separator(lo)
+        ):
+            lower_cp[cp] = ord(lo)
+        else:
+            char_class[cp] = _COMPLEX
+    return char_class, lower_cp
+
+
+@functools.lru_cache(maxsize=1)
+def _separator_translation() -> dict[int, int]:
+    return {cp: 32 for cp in _code_points(_ASSIGNED_RANGES) if _is_separator(chr(cp))}
+
+
+def normalize(text: str) -> str:
+    """The normalised text: NFKC, lower-case, words split on separators, joined by one space.
+
+    This is the reference; the fast path in :mod:`provenance.kernels.minhash` must agree with it.
+    """
+    folded = text.lower() if text.isascii() else unicodedata.normalize("NFKC", text).lower()
+    return " ".join(folded.translate(_separator_translation()).split())
+
+
+def _fold(text: str) -> bytes:
+    """NFKC and lower-case, UTF-8 encoded: the part of normalisation that needs Python."""
+    return unicodedata.normalize("NFKC", text).lower().encode("utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+
+
+@functools.lru_cache(maxsize=32)
+def _permutations(scheme: str, num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch's permutation parameters, drawn from ``np.random.RandomState(seed)``."""
+    gen = np.random.RandomState(seed)
+    if scheme == "affine32":
+        a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+        b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+        return a, b
+    prime = np.uint64((1 << 61) - 1)
+    pairs = np.array(
+        [(gen.randint(1, prime, dtype=np.uint64), gen.randint(0, prime, dtype=np.uint64)) for _ in range(num_perm)],
+        dtype=np.uint64,
+    )
+    return np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1])
+
+
+@dataclass(frozen=True)
+class Banding:
+    """LSH banding: ``bands`` bands of ``rows`` signature positions each (band i is positions
+    ``[i*rows, (i+1)*rows)``). A pair of similarity ``s`` is a candidate with probability
+    ``1 - (1 - s**rows)**bands``."""
+
+    bands: int
+    rows: int
+
+    def probability(self, similarity: float) -> float:
+        return 1.0 - (1.0 - similarity**self.rows) ** self.bands
+
+    @property
+    def tag(self) -> str:
+        return f"b{self.bands}r{self.rows}"
+
+    def false_positive_area(self, threshold: float, steps: int = 200) -> float:
+        """Mean candidate probability over similarities below ``threshold`` (lower is better)."""
+        xs = np.linspace(0.0, threshold, steps)
+        return float(np.mean([self.probability(x) for x in xs]))
+
+    @classmethod
+    def for_threshold(cls, num_perm: int, threshold: float, min_recall: float = MIN_RECALL) -> Banding:
+        """The banding with the most rows per band (fewest false candidates) that still makes a
+        pair at ``threshold`` a candidate with probability at least ``min_recall``."""
+        if not 0.0 < threshold < 1.0:
+            raise InvalidParameterError(f"threshold must be in (0, 1), got {threshold}")
+        for rows in range(num_perm, 0, -1):
+            banding = cls(bands=num_perm // rows, rows=rows)
+            if banding.probability(threshold) >= min_recall:
+                return banding
+        raise InvalidParameterError(
+            f"num_perm={num_perm} is too small: even {num_perm} bands of one row find a pair at "
+            f"similarity {threshold} with probability {cls(num_perm, 1).probability(threshold):.4f} < {min_recall}"
+        )
+
+
+class FingerprintConfig(BaseModel):
+    """Frozen parameters of a document signature; stored with every signature it made.
+
+    Signatures compare only under the same :attr:`identity`. ``lsh_threshold`` picks the banding
+    of the stored LSH keys (:attr:`banding`); it does not change signatures.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    unit: Literal["word"] = Field("word", description="shingle unit: words after normalisation")
+    ngram: int = Field(5, ge=1, le=64, description="words per shingle")
+    normalization: Literal["nfkc-lower-punct"] = Field(
+        "nfkc-lower-punct", description="NFKC, lower-case, split on whitespace and punctuation"
+    )
+    hash: Literal["xxh32"] = Field("xxh32", description="token hash applied to each shingle's UTF-8 bytes")
+    scheme: Literal["affine32", "legacy"] = Field("affine32", description="datasketch permutation scheme")
+    num_perm: int = Field(128, ge=1, le=8192, description="number of permutations (signature length)")
+    seed: int = Field(1, ge=0, le=2**32 - 1, description="seed of datasketch's permutations")
+    lsh_threshold: float = Field(0.8, gt=0.0, lt=1.0, description="similarity the stored LSH bands target")
+
+    @property
+    def identity(self) -> str:
+        """Stable string naming everything that shapes a signature (not the banding)."""
+        return (
+            f"minhash-v1:{self.unit}{self.ngram}:{self.normalization}:{self.hash}:"
+            f"{self.scheme}:k{self.num_perm}:s{self.seed}"
+        )
+
+    @property
+    def banding(self) -> Banding:
+        return Banding.for_threshold(self.num_perm, self.lsh_threshold)
+
+    @property
+    def hashfunc(self):
+        """The token hash as a callable ``bytes -> int`` that ``datasketch.MinHash`` accepts."""
+        return xxhash.xxh32_intdigest
+
+    @property
+    def permutations(self) -> tuple[np.ndarray, np.ndarray]:
+        return _permutations(self.scheme, self.num_perm, self.seed)
+
+    # -- reference path (pure Python) ---------------------------------------------------------
+
+    def normalize(self, text: str) -> str:
+        return normalize(text)
+
+    def shingles(self, text: str) -> list[bytes]:
+        """The shingles of ``text`` as UTF-8 bytes, in document order (duplicates kept)."""
+        words = normalize(text).split(" ")
+        if words == [""]:
+            return []
+        n = self.ngram
+        if len(words) < n:
+            return [" ".join(words).encode("utf-8")]
+        return [" ".join(words[i : i + n]).encode("utf-8") for i in range(len(words) - n + 1)]
+
+    # -- fast path ----------------------------------------------------------------------------
+
+    def signature(self, text: str) -> np.ndarray:
+        """The MinHash signature of one text, ``uint32[num_perm]``."""
+        return self.signatures([text])[0]
+
+    def signatures(self, texts: Sequence[str] | pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Signatures of many texts, ``uint32[n, num_perm]``; the fast path."""
+        return self.fingerprint_batch(texts).signatures
+
+    def fingerprint(self, text: str) -> Fingerprint:
+        return Fingerprint(self.identity, self.num_perm, self.signature(text))
+
+    def fingerprint_batch(self, texts: Sequence[str] | pa.Array | pa.ChunkedArray) -> FingerprintBatch:
+        """Everything the ledger stores per document, computed in one pass over ``texts``."""
+        texts_list = texts if isinstance(texts, list) else None
+        arr = _as_string_array(texts)
+        if arr.null_count:
+            first = arr.is_null().to_numpy(zero_copy_only=False).argmax()
+            raise InvalidParameterError(f"text {first} is null; every document needs a text")
+        return _fingerprint_array(self, arr, texts_list)
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """A signature together with the identity of the config that made it."""
+
+    config_id: str
+    num_perm: int
+    signature: np.ndarray
+
+    def jaccard(self, other: Fingerprint) -> float:
+        """Estimated Jaccard similarity; raises when the configs differ."""
+        if other.config_id != self.config_id:
+            raise FingerprintMismatchError(
+                f"cannot compare signatures made under different configs: {self.config_id!r} vs {other.config_id!r}"
+            )
+        return float(np.mean(self.signature == other.signature))
+
+    def stderr(self, other: Fingerprint) -> float:
+        j = self.jaccard(other)
+        return math.sqrt(j * (1.0 - j) / self.num_perm)
+
+
+@dataclass(frozen=True)
+class FingerprintBatch:
+    """Per-document results for a batch: exact hash, token count, signature, LSH band keys."""
+
+    exact_hash: np.ndarray  # uint64[n]
+    token_count: np.ndarray  # int64[n]
+    signatures: np.ndarray  # uint32[n, num_perm]
+    band_keys: np.ndarray  # uint64[n, bands]
+
+    def __len__(self) -> int:
+        return int(self.exact_hash.shape[0])
+
+
+def _as_string_array(texts: Sequence[str] | pa.Array | pa.ChunkedArray | Iterable[str]) -> pa.Array:
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks() if texts.num_chunks != 1 else texts.chunk(0)
+    if isinstance(texts, pa.Array):
+        if pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type):
+            return texts
+        if pa.types.is_string_view(texts.type):
+            return texts.cast(pa.large_string())
+        raise InvalidParameterError(f"texts must be an Arrow string array, got type {texts.type}")
+    if isinstance(texts, str):
+        raise InvalidParameterError("texts must be a sequence of strings, not one string; use signature(text)")
+    try:
+        return pa.array(texts if isinstance(texts, list) else list(texts), type=pa.large_string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise InvalidParameterError(f"texts must all be str: {exc}") from exc
+    except UnicodeEncodeError as exc:
+        raise InvalidParameterError(f"texts hold a character that is not valid UTF-8: {exc}") from exc
+
+
+def _string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    offset_type = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    _, offsets_buf, data_buf = arr.buffers()
+    n = len(arr)
+    if offsets_buf is None:
+        offsets = np.zeros(n + 1, dtype=offset_type)
+    else:
+        offsets = np.frombuffer(offsets_buf, dtype=offset_type)[arr.offset : arr.offset + n + 1]
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, dtype=np.uint8)
+    return data, offsets.astype(np.int64, copy=False)
+
+
+def _fingerprint_array(cfg: FingerprintConfig, arr: pa.Array, texts_list: list[str] | None) -> FingerprintBatch:
+    n = len(arr)
+    data, offsets = _string_buffers(arr)
+    full = bool(n) and int(data[offsets[0] : offsets[-1]].max(initial=0)) >= 128
+    char_class, lower_cp = _char_tables(full)
+    folded = _k.rows_needing_python(data, offsets, char_class) if full else np.zeros(n, dtype=np.bool_)
+    side_offsets = np.zeros(n + 1, dtype=np.int64)
+    side = np.zeros(1, dtype=np.uint8)
+    capacity = np.diff(offsets)
+    idx = np.flatnonzero(folded)
+    if idx.size:
+        if texts_list is not None:
+            pieces = [_fold(texts_list[i]) for i in idx.tolist()]
+        else:
+            pieces = [_fold(t) for t in arr.take(pa.array(idx)).to_pylist()]
+        side_lengths = np.zeros(n, dtype=np.int64)
+        side_lengths[idx] = [len(p) for p in pieces]
+        np.cumsum(side_lengths, out=side_offsets[1:])
+        if side_offsets[-1]:
+            side = np.frombuffer(b"".join(pieces), dtype=np.uint8)
+        capacity = np.where(folded, side_lengths, capacity)
+    starts = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(capacity, out=starts[1:])
+    out = np.empty(max(int(starts[-1]), 1), dtype=np.uint8)
+    lengths, n_words = _k.normalize_rows(data, offsets, folded, side, side_offsets, char_class, lower_cp, out, starts)
+    starts = starts[:-1]
+
+    ngram = cfg.ngram
+    counts = np.where(n_words == 0, 0, np.where(n_words < ngram, 1, n_words - ngram + 1))
+    hash_offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts, out=hash_offsets[1:])
+    hashes = _k.shingle_hashes(out, starts, lengths, n_words, ngram, hash_offsets)
+    a, b = cfg.permutations
+    scheme = _k.SCHEME_AFFINE32 if cfg.scheme == "affine32" else _k.SCHEME_LEGACY
+    signatures = _k.minhash_signatures(hashes, hash_offsets, a, b, scheme)
+    banding = cfg.banding
+    keys = _k.band_keys(signatures, banding.bands, banding.rows)
+
+    view = memoryview(out)
+    h3 = xxhash.xxh3_64_intdigest
+    exact = np.fromiter(
+        (h3(view[s : s + ln]) for s, ln in zip(starts.tolist(), lengths.tolist())), dtype=np.uint64, count=n
+    )
+    return FingerprintBatch(exact_hash=exact, token_count=n_words, signatures=signatures, band_keys=keys)
+
+
+def band_key_reference(values: Sequence[int], band: int) -> int:
+    """Pure-Python band key (the specification of :func:`provenance.kernels.minhash.band_keys`)."""
+    mask = (1 << 64) - 1
+    key = band
+    for v in values:
+        z = key ^ int(v)
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        key = z ^ (z >> 31)
+    return key

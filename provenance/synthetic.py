@@ -1,0 +1,129 @@
+"""Generated corpora with planted near-duplicates, for the demo, the tests and the benchmarks.
+
+Nothing is downloaded: words are drawn from a Zipf-like distribution over a generated vocabulary
+(with some accented and non-Latin words, capitals and punctuation), and a chosen fraction of the
+documents are near-copies of earlier ones with a fraction of their words replaced. The planted
+pairs are returned so that tests can check that the ledger finds them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+_SYLLABLES = [
+    "ka", "lo", "mi", "ren", "sto", "vu", "te", "ar", "bel", "dor", "fi", "gan", "hu", "is", "jo", "ul",
+    "mer", "no", "pas", "qui", "ro", "sa", "tin", "ve", "wo", "xe", "yu", "zan", "el", "om",
+]
+_NON_ASCII = [
+    "straße", "café", "naïve", "Ærøskøbing", "Ζεύς", "ΣΟΦΙΑ", "данные", "модель", "日本語", "データ",
+    "ﬁnance", "Ⅻ", "½", "İstanbul", "façade", "mañana", "Łódź", "über", "한국어", "emoji🙂",
+]
+_PUNCT = [",", ".", ";", ":", "!", "?", " —", "'s", ")"]
+
+
+@dataclass
+class Corpus:
+    """Documents (``{"id", "text"}`` dicts) and the planted near-duplicate pairs ``(copy, original)``."""
+
+    docs: list[dict]
+    planted: list[tuple[str, str]] = field(default_factory=list)
+
+    def write_jsonl(self, path: str | Path, *, compress: bool = False) -> Path:
+        path = Path(path)
+        opener = gzip.open if compress or path.suffix == ".gz" else open
+        with opener(path, "wt", encoding="utf-8") as fh:
+            for doc in self.docs:
+                fh.write(json.dumps(doc, ensure_ascii=False) + "\n")
+        return path
+
+
+def _vocabulary(rng: np.random.Generator, size: int, non_ascii: float) -> np.ndarray:
+    words = set()
+    while len(words) < size:
+        k = int(rng.integers(1, 5))
+        words.add("".join(_SYLLABLES[i] for i in rng.integers(0, len(_SYLLABLES), k)))
+    vocab = sorted(words)
+    n_special = int(size * non_ascii)
+    for i in range(n_special):
+        vocab[int(rng.integers(0, size))] = _NON_ASCII[i % len(_NON_ASCII)] + ("" if i < len(_NON_ASCII) else str(i))
+    return np.array(vocab, dtype=object)
+
+
+class _Writer:
+    def __init__(self, seed: int, vocab_size: int, non_ascii: float):
+        self.rng = np.random.default_rng(seed)
+        self.vocab = _vocabulary(self.rng, vocab_size, non_ascii)
+        ranks = np.arange(1, vocab_size + 1, dtype=np.float64)
+        p = 1.0 / ranks**1.05
+        self.cdf = np.cumsum(p / p.sum())
+
+    def words(self, n: int) -> list[str]:
+        ids = np.minimum(np.searchsorted(self.cdf, self.rng.random(n)), len(self.vocab) - 1)
+        words = self.vocab[ids].tolist()
+        # Sentence capitals and punctuation, so that normalisation has work to do.
+        marks = self.rng.random(n)
+        for i in np.flatnonzero(marks < 0.08).tolist():
+            words[i] = words[i] + _PUNCT[i % len(_PUNCT)]
+        for i in np.flatnonzero(marks > 0.96).tolist():
+            words[i] = words[i].capitalize()
+        return words
+
+    def mutate(self, text: str, rate: float) -> str:
+        words = text.split(" ")
+        n = len(words)
+        k = max(1, int(round(n * rate)))
+        for i in self.rng.choice(n, size=min(k, n), replace=False).tolist():
+            words[i] = self.vocab[int(self.rng.integers(0, len(self.vocab)))]
+        return " ".join(words)
+
+
+def generate_corpus(
+    n_docs: int,
+    *,
+    mean_words: int = 200,
+    dup_fraction: float = 0.05,
+    mutation: float = 0.03,
+    non_ascii: float = 0.02,
+    vocab_size: int = 20_000,
+    seed: int = 0,
+    prefix: str = "doc",
+) -> Corpus:
+    """``n_docs`` documents; ``dup_fraction`` of them near-copies (``mutation`` of words replaced)."""
+    w = _Writer(seed, vocab_size, non_ascii)
+    docs: list[dict] = []
+    planted: list[tuple[str, str]] = []
+    lengths = np.maximum(1, w.rng.poisson(mean_words, n_docs))
+    for i in range(n_docs):
+        key = f"{prefix}-{i:07d}"
+        if docs and w.rng.random() < dup_fraction:
+            original = docs[int(w.rng.integers(0, len(docs)))]
+            docs.append({"id": key, "text": w.mutate(original["text"], mutation)})
+            planted.append((key, original["id"]))
+        else:
+            docs.append({"id": key, "text": " ".join(w.words(int(lengths[i])))})
+    return Corpus(docs, planted)
+
+
+def iter_jsonl_lines(target_bytes: int, *, mean_words: int = 300, seed: int = 0, dup_fraction: float = 0.02) -> Iterator[bytes]:
+    """Encoded JSONL lines until about ``target_bytes`` are produced (for benchmarks)."""
+    w = _Writer(seed, 50_000, 0.02)
+    produced = 0
+    i = 0
+    recent: list[str] = []
+    while produced < target_bytes:
+        if recent and w.rng.random() < dup_fraction:
+            text = w.mutate(recent[int(w.rng.integers(0, len(recent)))], 0.03)
+        else:
+            text = " ".join(w.words(max(1, int(w.rng.poisson(mean_words)))))
+            if len(recent) < 1000:
+                recent.append(text)
+        line = (json.dumps({"id": f"d{i}", "text": text}, ensure_ascii=False) + "\n").encode("utf-8")
+        produced += len(line)
+        i += 1
+        yield line

@@ -1,0 +1,1 @@
+"""SQL migrations and generated JSON Schemas of provenance, importable as ``provenance.schemas``."""
