@@ -23,8 +23,9 @@ from __future__ import annotations
 import functools
 import math
 import unicodedata
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa

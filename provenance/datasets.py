@@ -1,0 +1,269 @@
+"""Registering datasets: read sources, fingerprint every document, write one dataset version.
+
+A registration is one ledger transaction: it lands whole or not at all, also when the process is
+killed in the middle. Registering content identical to the latest version of the name changes
+nothing and says so; changed content makes a new version.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+import xxhash
+
+from provenance.errors import InvalidParameterError, SourceError
+from provenance.fingerprints import FingerprintBatch, FingerprintConfig
+from provenance.ledger import Ledger, LedgerWriter, _now
+from provenance.records import DatasetRecord, License, RegistrationResult, ShardRecord, check_name
+from provenance.sources import Batch, Counters, FileShard, ReadOptions, Shard, resolve
+
+
+class Progress(Protocol):
+    """What a progress display needs; the CLI passes a rich progress bar."""
+
+    def start(self, description: str, total: int | None) -> None: ...
+
+    def advance(self, amount: int) -> None: ...
+
+
+class _NoProgress:
+    def start(self, description: str, total: int | None) -> None:
+        pass
+
+    def advance(self, amount: int) -> None:
+        pass
+
+
+class _Unchanged(Exception):
+    """Raised inside the transaction to roll it back when the content matches the latest version."""
+
+
+def register_dataset(
+    ledger: Ledger,
+    name: str,
+    sources: Any,
+    *,
+    text_field: str = "text",
+    id_field: str | None = None,
+    role: str = "train",
+    license: str | License | None = None,
+    source: str | None = None,
+    creator: str | None = None,
+    description: str | None = None,
+    model_generated: bool | None = None,
+    config: FingerprintConfig | dict | None = None,
+    on_invalid: str = "error",
+    shard_records: int = 100_000,
+    progress: Progress | None = None,
+) -> RegistrationResult:
+    """Register ``sources`` as (a new version of) dataset ``name`` and return what was done.
+
+    ``sources``: a path, glob or folder (JSONL plain/.gz/.zst, Parquet, text files), a list of
+    them, an iterable of dicts, Arrow tables or record batches, or a ``datasets.Dataset``.
+    Documents are keyed by ``id_field`` when given, else by ``SHARD:ROW``.
+    """
+    check_name(name)
+    if role not in ("train", "eval"):
+        raise InvalidParameterError(f"role must be 'train' or 'eval', got {role!r}")
+    if on_invalid not in ("error", "replace", "skip"):
+        raise InvalidParameterError(f"on_invalid must be 'error', 'replace' or 'skip', got {on_invalid!r}")
+    if not text_field:
+        raise InvalidParameterError("text_field must be a non-empty field name")
+    if shard_records < 1:
+        raise InvalidParameterError(f"shard_records must be at least 1, got {shard_records}")
+    lic = license if isinstance(license, License) else License.from_spdx(license)
+    cfg = config if isinstance(config, FingerprintConfig) else FingerprintConfig(**(config or {}))
+    banding = cfg.banding
+    opts = ReadOptions(text_field=text_field, id_field=id_field, on_invalid=on_invalid, shard_records=shard_records)
+    progress = progress or _NoProgress()
+
+    shards = resolve(sources, opts)
+    if isinstance(shards, list):
+        for shard in shards:
+            if shard.format == "text" and id_field:
+                raise InvalidParameterError(f"{shard.display}: id_field does not apply to plain text files")
+        progress.start("hashing", sum(_size(s) for s in shards))
+        for shard in shards:
+            shard.identify()
+            progress.advance(shard.n_bytes)
+        total = sum(s.n_bytes for s in shards)
+    else:
+        total = None
+
+    counters = Counters()
+    try:
+        with ledger.transaction() as tx:
+            latest = tx.latest_dataset(name)
+            if isinstance(shards, list) and latest is not None:
+                planned = _content_hash([(s.name, s.shard_id) for s in shards], opts, cfg)
+                if planned == latest.content_hash:
+                    raise _Unchanged
+            version = latest.version + 1 if latest else 1
+            dataset_id = f"{name}@{version}"
+            tx.ensure_config(cfg)
+            progress.start(f"registering {dataset_id}", total)
+            shard_rows = _write_shards(tx, dataset_id, shards, cfg, opts, counters, progress)
+            if not shard_rows:
+                raise SourceError("the sources hold no shards")
+            n_docs = sum(s.n_documents for s in shard_rows)
+            if n_docs == 0:
+                raise SourceError(f"no documents to register (all {counters.skipped} records were skipped)")
+            tx.insert_shards(shard_rows)
+            _check_unique_keys(tx, dataset_id, id_field)
+            content = _content_hash([(s.name, s.shard_id) for s in shard_rows], opts, cfg)
+            if latest is not None and content == latest.content_hash:
+                raise _Unchanged
+            record = DatasetRecord(
+                dataset_id=dataset_id,
+                name=name,
+                version=version,
+                role=role,
+                license=lic,
+                model_generated=model_generated,
+                source=source,
+                creator=creator,
+                description=description,
+                text_field=text_field,
+                id_field=id_field,
+                config=cfg,
+                config_id=cfg.identity,
+                bands=banding.bands,
+                rows=banding.rows,
+                content_hash=content,
+                n_shards=len(shard_rows),
+                n_documents=n_docs,
+                n_bytes=sum(s.n_bytes for s in shard_rows),
+                n_tokens=sum(s.n_tokens for s in shard_rows),
+                n_invalid_replaced=counters.replaced,
+                n_invalid_skipped=counters.skipped,
+                created_at=_now(),
+            )
+            tx.insert_dataset(record)
+    except _Unchanged:
+        assert latest is not None
+        return RegistrationResult(dataset=latest, created=False, message=_unchanged_message(latest, role, lic))
+    return RegistrationResult(dataset=record, created=True, message=_created_message(record))
+
+
+def _size(shard: Shard) -> int:
+    try:
+        return shard.path.stat().st_size if isinstance(shard, FileShard) else 0
+    except OSError:
+        return 0
+
+
+def _write_shards(
+    tx: LedgerWriter,
+    dataset_id: str,
+    shards,
+    cfg: FingerprintConfig,
+    opts: ReadOptions,
+    counters: Counters,
+    progress: Progress,
+) -> list[ShardRecord]:
+    next_id = tx.next_doc_id()
+    rows: list[ShardRecord] = []
+    for index, shard in enumerate(shards):
+        n_docs = n_tokens = 0
+        reported = 0
+        for batch in shard.batches(opts, counters):
+            fp = cfg.fingerprint_batch(batch.texts)
+            tx.insert_documents(_documents_table(dataset_id, index, shard.name, batch, fp, next_id))
+            next_id += len(fp)
+            n_docs += len(fp)
+            n_tokens += int(fp.token_count.sum())
+            progress.advance(batch.consumed - reported)
+            reported = batch.consumed
+        rows.append(
+            ShardRecord(
+                dataset_id=dataset_id,
+                shard_index=index,
+                shard_id=shard.shard_id,
+                name=shard.name,
+                uri=shard.uri,
+                format=shard.format,
+                sha256=shard.sha256,
+                n_bytes=shard.n_bytes,
+                n_documents=n_docs,
+                n_tokens=n_tokens,
+            )
+        )
+    return rows
+
+
+def _documents_table(
+    dataset_id: str, shard_index: int, shard_name: str, batch: Batch, fp: FingerprintBatch, first_id: int
+) -> pa.Table:
+    n = len(fp)
+    k = fp.signatures.shape[1]
+    b = fp.band_keys.shape[1]
+    text_offsets = np.frombuffer(batch.texts.buffers()[1], dtype=np.int64)[batch.texts.offset : batch.texts.offset + n + 1]
+    keys = batch.ids if batch.ids is not None else pa.array([f"{shard_name}:{r}" for r in batch.rows.tolist()], pa.string())
+    return pa.table(
+        {
+            "doc_id": pa.array(np.arange(first_id, first_id + n, dtype=np.int64)),
+            "dataset_id": pa.array([dataset_id] * n, pa.string()),
+            "shard_index": pa.array(np.full(n, shard_index, dtype=np.int32)),
+            "row_index": pa.array(batch.rows),
+            "line": pa.array(batch.lines) if batch.lines is not None else pa.nulls(n, pa.int64()),
+            "key": keys,
+            "exact_hash": pa.array(fp.exact_hash),
+            "token_count": pa.array(fp.token_count.astype(np.int32)),
+            "n_bytes": pa.array(np.diff(text_offsets).astype(np.int32)),
+            "signature": pa.ListArray.from_arrays(
+                pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32)), pa.array(fp.signatures.reshape(-1))
+            ),
+            "band_keys": pa.ListArray.from_arrays(
+                pa.array(np.arange(0, (n + 1) * b, b, dtype=np.int32)), pa.array(fp.band_keys.reshape(-1))
+            ),
+        }
+    )
+
+
+def _check_unique_keys(tx: LedgerWriter, dataset_id: str, id_field: str | None) -> None:
+    total, dups = tx.duplicate_keys(dataset_id)
+    if not total:
+        return
+    first = dups[0]
+    more = f" (and {total - 1} more duplicated ids)" if total > 1 else ""
+    field = f"{id_field!r} " if id_field else ""
+    raise SourceError(
+        f"duplicate document id {field}{first['key']!r}: {first['first']} and {first['second']}{more}; "
+        "ids must be unique within a dataset"
+    )
+
+
+def _content_hash(shards: list[tuple[str, str | None]], opts: ReadOptions, cfg: FingerprintConfig) -> str:
+    h = xxhash.xxh3_128(b"provenance-dataset-v1\n")
+    h.update(f"{opts.text_field}\n{opts.id_field or ''}\n{cfg.identity}\n{cfg.banding.tag}\n".encode())
+    for name, shard_id in shards:
+        h.update(f"{name}\0{shard_id}\n".encode())
+    return h.hexdigest()
+
+
+def _created_message(ds: DatasetRecord) -> str:
+    extra = []
+    if ds.n_invalid_replaced:
+        extra.append(f"{ds.n_invalid_replaced:,} invalid records repaired")
+    if ds.n_invalid_skipped:
+        extra.append(f"{ds.n_invalid_skipped:,} invalid records skipped")
+    tail = f" ({'; '.join(extra)})" if extra else ""
+    return (
+        f"registered {ds.dataset_id}: {ds.n_shards:,} shards, {ds.n_documents:,} documents, "
+        f"{ds.n_bytes / 1e6:,.1f} MB{tail}"
+    )
+
+
+def _unchanged_message(latest: DatasetRecord, role: str, lic: License) -> str:
+    notes = []
+    if latest.role != role:
+        notes.append(f"role {role!r} differs from {latest.role!r}")
+    if latest.license != lic:
+        notes.append(f"license {lic.spdx!r} differs from {latest.license.spdx!r}")
+    tail = f"; metadata not applied: {', '.join(notes)}" if notes else ""
+    return (
+        f"unchanged: the content matches {latest.dataset_id} ({latest.n_shards:,} shards, "
+        f"{latest.n_documents:,} documents); nothing registered{tail}"
+    )

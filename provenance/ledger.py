@@ -1,0 +1,446 @@
+"""The ledger: a ``.prov/`` folder holding the DuckDB database and the object store.
+
+This is the one module that imports ``duckdb``. It takes and returns records and Arrow tables,
+never cursors; values are bound parameters; identifiers go through :func:`quote_identifier`.
+
+A connection is opened per operation (or per :meth:`Ledger.session`) so that other processes can
+use the ledger between operations. DuckDB lets one process write a database file at a time: a
+second writer waits up to ``lock_timeout`` seconds, then gets :class:`LedgerLockedError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import time
+import unicodedata
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from provenance.errors import (
+    InvalidParameterError,
+    LedgerExistsError,
+    LedgerLockedError,
+    LedgerNotFoundError,
+    NotFoundError,
+    ProvenanceError,
+    ReadOnlyQueryError,
+    SchemaVersionError,
+)
+from provenance.fingerprints import FingerprintConfig
+from provenance.records import DatasetRecord, DocumentRecord, License, ShardRecord, check_name
+
+LEDGER_DIR = ".prov"
+DB_FILE = "ledger.duckdb"
+OBJECTS_DIR = "objects"
+TMP_DIR = "tmp"
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
+
+
+def quote_identifier(name: str) -> str:
+    """Quote an SQL identifier for DuckDB (the one place identifiers are interpolated)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """The numbered migrations shipped with this code: ``(version, name, sql)`` in order."""
+    folder = resources.files("provenance.schemas").joinpath("migrations")
+    found = []
+    for entry in folder.iterdir():
+        m = _MIGRATION_NAME.match(entry.name)
+        if m:
+            found.append((int(m.group(1)), m.group(2), entry.read_text(encoding="utf-8")))
+    found.sort()
+    versions = [v for v, _, _ in found]
+    if versions != list(range(1, len(versions) + 1)):
+        raise ProvenanceError(f"migrations are not numbered 1..n without gaps: {versions}")
+    return found
+
+
+SCHEMA_VERSION = len(migrations())
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Ledger:
+    """A provenance ledger on disk. Create one with :meth:`init`, open one with :meth:`open`."""
+
+    def __init__(self, root: Path, *, lock_timeout: float = 10.0):
+        self.root = Path(root).resolve()
+        self.lock_timeout = lock_timeout
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._depth = 0
+        self._in_transaction = False
+
+    # -- finding, creating, opening ---------------------------------------------------------
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / DB_FILE
+
+    @property
+    def objects_path(self) -> Path:
+        return self.root / OBJECTS_DIR
+
+    def __repr__(self) -> str:
+        return f"Ledger({str(self.root)!r})"
+
+    @staticmethod
+    def find(start: str | os.PathLike | None = None) -> Path:
+        """The ``.prov`` folder at ``start`` or in the nearest folder above it, like git does."""
+        here = Path(start or os.getcwd()).resolve()
+        for folder in (here, *here.parents):
+            if folder.name == LEDGER_DIR and (folder / DB_FILE).exists():
+                return folder
+            if (folder / LEDGER_DIR / DB_FILE).exists():
+                return folder / LEDGER_DIR
+        raise LedgerNotFoundError(f"no ledger in {here} or any folder above it; create one with `prov init`")
+
+    @classmethod
+    def init(cls, path: str | os.PathLike = ".", *, lock_timeout: float = 10.0) -> Ledger:
+        """Create a ledger in ``path/.prov`` and return it."""
+        base = Path(path)
+        root = base if base.name == LEDGER_DIR else base / LEDGER_DIR
+        if (root / DB_FILE).exists():
+            raise LedgerExistsError(f"a ledger already exists at {root}")
+        root.mkdir(parents=True, exist_ok=True)
+        (root / OBJECTS_DIR).mkdir(exist_ok=True)
+        (root / TMP_DIR).mkdir(exist_ok=True)
+        ledger = cls(root, lock_timeout=lock_timeout)
+        ledger._migrate(create=True)
+        return ledger
+
+    @classmethod
+    def open(cls, path: str | os.PathLike | None = None, *, lock_timeout: float = 10.0) -> Ledger:
+        """Open the ledger at ``path`` (a project folder or its ``.prov``), or find one upwards
+        from the current folder. An older schema is migrated; a newer one is refused."""
+        if path is None:
+            root = cls.find()
+        else:
+            base = Path(path)
+            if (base / DB_FILE).exists():
+                root = base
+            elif (base / LEDGER_DIR / DB_FILE).exists():
+                root = base / LEDGER_DIR
+            else:
+                raise LedgerNotFoundError(f"no ledger at {base} (looked for {base / LEDGER_DIR / DB_FILE})")
+        ledger = cls(root, lock_timeout=lock_timeout)
+        ledger._migrate(create=False)
+        return ledger
+
+    # -- connections ------------------------------------------------------------------------
+
+    def _connect(self, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+        config: dict[str, Any] = {"threads": max(1, os.cpu_count() or 1)}
+        if read_only:
+            config["enable_external_access"] = False
+        else:
+            config["temp_directory"] = str(self.root / TMP_DIR)
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
+            try:
+                return duckdb.connect(str(self.db_path), read_only=read_only, config=config)
+            except duckdb.IOException as exc:
+                message = str(exc)
+                if "lock" not in message.lower():
+                    raise ProvenanceError(f"cannot open ledger {self.db_path}: {message}") from exc
+                if time.monotonic() >= deadline:
+                    holder = re.search(r"\(PID (\d+)\)", message)
+                    who = f"process {holder.group(1)}" if holder else "another process"
+                    raise LedgerLockedError(
+                        f"ledger {self.root} is in use by {who}; waited {self.lock_timeout:g}s. "
+                        "Retry when it finishes, or wait longer (--wait SECONDS)."
+                    ) from exc
+                time.sleep(0.1)
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Ledger]:
+        """Keep one connection open for several operations (and the lock held meanwhile)."""
+        if self._con is None:
+            self._con = self._connect()
+        self._depth += 1
+        try:
+            yield self
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                con, self._con = self._con, None
+                con.close()
+
+    @contextlib.contextmanager
+    def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self.session():
+            assert self._con is not None
+            yield self._con
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[LedgerWriter]:
+        """A write transaction: everything done through the writer lands whole or not at all."""
+        if self._in_transaction:
+            raise ProvenanceError("transactions do not nest")
+        with self._cursor() as con:
+            con.execute("BEGIN TRANSACTION")
+            self._in_transaction = True
+            try:
+                yield LedgerWriter(con)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    con.execute("ROLLBACK")
+                raise
+            else:
+                con.execute("COMMIT")
+            finally:
+                self._in_transaction = False
+
+    # -- schema -----------------------------------------------------------------------------
+
+    def _migrate(self, *, create: bool) -> None:
+        shipped = migrations()
+        with self._cursor() as con:
+            exists = con.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
+            ).fetchall()[0][0]
+            if not exists and not create:
+                raise LedgerNotFoundError(f"{self.db_path} is not a provenance ledger (no schema_migrations table)")
+            current = con.execute("SELECT max(version) FROM schema_migrations").fetchall()[0][0] if exists else 0
+            current = current or 0
+            if current > len(shipped):
+                raise SchemaVersionError(
+                    f"ledger {self.root} has schema version {current}, but this provenance understands up to "
+                    f"{len(shipped)}; upgrade provenance to open it"
+                )
+            for version, name, sql in shipped[current:]:
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    con.execute(sql)
+                    con.execute(
+                        "INSERT INTO schema_migrations VALUES (?, ?, ?)", [version, name, _now()]
+                    )
+                    if version == 1:
+                        con.execute(
+                            "INSERT INTO ledger_meta VALUES ('created_at', ?), ('created_by', ?)",
+                            [_now().isoformat(), "provenance"],
+                        )
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+                con.execute("COMMIT")
+
+    def schema_version(self) -> int:
+        with self._cursor() as con:
+            return int(con.execute("SELECT max(version) FROM schema_migrations").fetchall()[0][0])
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def datasets(self, name: str | None = None, *, all_versions: bool = False) -> list[DatasetRecord]:
+        """Registered datasets (the latest version of each, unless ``all_versions``)."""
+        where, params = [], []
+        if name is not None:
+            where.append("name = ?")
+            params.append(name)
+        if not all_versions:
+            where.append("version = (SELECT max(version) FROM datasets d2 WHERE d2.name = datasets.name)")
+        sql = "SELECT * FROM datasets" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY name, version"
+        with self._cursor() as con:
+            rows = con.sql(sql, params=params).to_arrow_table().to_pylist()
+        return [_dataset_from_row(r) for r in rows]
+
+    def dataset(self, ref: str | DatasetRecord) -> DatasetRecord:
+        """A dataset by ``NAME`` (latest version) or ``NAME@VERSION``."""
+        if isinstance(ref, DatasetRecord):
+            return ref
+        name, _, version = str(ref).partition("@")
+        check_name(name)
+        with self._cursor() as con:
+            if version:
+                if not version.isdigit():
+                    raise InvalidParameterError(f"dataset version in {ref!r} must be a number")
+                rows = con.sql("SELECT * FROM datasets WHERE name = ? AND version = ?", params=[name, int(version)])
+            else:
+                rows = con.sql("SELECT * FROM datasets WHERE name = ? ORDER BY version DESC LIMIT 1", params=[name])
+            found = rows.to_arrow_table().to_pylist()
+            if not found:
+                known = [r[0] for r in con.execute("SELECT DISTINCT name FROM datasets ORDER BY 1").fetchall()]
+                hint = f"; registered: {', '.join(known)}" if known else "; none is registered"
+                raise NotFoundError(f"no dataset {ref!r} in the ledger{hint}")
+        return _dataset_from_row(found[0])
+
+    def shards(self, dataset: str | DatasetRecord) -> list[ShardRecord]:
+        ds = self.dataset(dataset)
+        with self._cursor() as con:
+            rows = con.sql(
+                "SELECT * FROM shards WHERE dataset_id = ? ORDER BY shard_index", params=[ds.dataset_id]
+            ).to_arrow_table()
+        return [ShardRecord(**r) for r in rows.to_pylist()]
+
+    def documents(
+        self, dataset: str | DatasetRecord, *, columns: Sequence[str] | None = None, limit: int | None = None
+    ) -> pa.Table:
+        """The documents of a dataset version as an Arrow table, in shard and row order."""
+        ds = self.dataset(dataset)
+        cols = "*" if not columns else ", ".join(quote_identifier(c) for c in columns)
+        sql = f"SELECT {cols} FROM documents WHERE dataset_id = ? ORDER BY shard_index, row_index"
+        params: list[Any] = [ds.dataset_id]
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        with self._cursor() as con:
+            try:
+                return con.sql(sql, params=params).to_arrow_table()
+            except duckdb.BinderException as exc:
+                raise InvalidParameterError(f"unknown document column: {exc}") from exc
+
+    def document(self, dataset: str | DatasetRecord, key: str) -> DocumentRecord:
+        ds = self.dataset(dataset)
+        with self._cursor() as con:
+            rows = con.sql(
+                "SELECT * FROM documents WHERE dataset_id = ? AND key = ?", params=[ds.dataset_id, key]
+            ).to_arrow_table().to_pylist()
+        if not rows:
+            raise NotFoundError(f"no document {key!r} in dataset {ds.dataset_id}")
+        return DocumentRecord(**rows[0])
+
+    def summary(self) -> dict[str, Any]:
+        """Counts of what the ledger holds."""
+        with self._cursor() as con:
+            row = con.execute(
+                """SELECT (SELECT count(DISTINCT name) FROM datasets),
+                          (SELECT count(*) FROM datasets),
+                          (SELECT count(*) FROM shards),
+                          (SELECT count(*) FROM documents),
+                          (SELECT coalesce(sum(n_bytes), 0) FROM shards),
+                          (SELECT count(*) FROM fingerprint_configs)"""
+            ).fetchall()[0]
+        keys = ["datasets", "dataset_versions", "shards", "documents", "bytes", "fingerprint_configs"]
+        return {"path": str(self.root), "schema_version": self.schema_version(), **dict(zip(keys, map(int, row)))}
+
+    def sql(self, query: str, params: Sequence[Any] | None = None) -> pa.Table:
+        """Run one read-only statement (SELECT, or EXPLAIN of one) and return an Arrow table.
+
+        Writes, ATTACH, COPY, SET and access to files outside the ledger are refused.
+        """
+        try:
+            statements = duckdb.extract_statements(query)
+        except duckdb.Error as exc:
+            raise ReadOnlyQueryError(f"cannot parse query: {exc}") from exc
+        if len(statements) != 1:
+            raise ReadOnlyQueryError(f"give exactly one statement, got {len(statements)}")
+        kind = statements[0].type.name
+        if kind not in _READ_ONLY_TYPES:
+            raise ReadOnlyQueryError(f"only SELECT queries are allowed on the ledger, got {kind}")
+        if self._con is not None:
+            raise ProvenanceError("sql() opens its own read-only connection; call it outside a session")
+        con = self._connect(read_only=True)
+        try:
+            return con.sql(query, params=list(params) if params else None).to_arrow_table()
+        except duckdb.PermissionException as exc:
+            raise ReadOnlyQueryError(f"query refused: {exc}") from exc
+        except duckdb.Error as exc:
+            raise ReadOnlyQueryError(f"query failed: {exc}") from exc
+        finally:
+            con.close()
+
+    # -- registration (implemented in provenance.datasets) ------------------------------------
+
+    def register_dataset(self, name: str, sources: Any, **options: Any):
+        """Register a dataset; see :func:`provenance.datasets.register_dataset`."""
+        from provenance.datasets import register_dataset
+
+        return register_dataset(self, name, sources, **options)
+
+
+class LedgerWriter:
+    """Writes inside one transaction of :meth:`Ledger.transaction`."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self._con = con
+
+    def latest_dataset(self, name: str) -> DatasetRecord | None:
+        rows = self._con.sql(
+            "SELECT * FROM datasets WHERE name = ? ORDER BY version DESC LIMIT 1", params=[name]
+        ).to_arrow_table().to_pylist()
+        return _dataset_from_row(rows[0]) if rows else None
+
+    def ensure_config(self, cfg: FingerprintConfig) -> None:
+        self._con.execute(
+            """INSERT INTO fingerprint_configs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT (config_id) DO NOTHING""",
+            [cfg.identity, cfg.unit, cfg.ngram, cfg.normalization, cfg.hash, cfg.scheme, cfg.num_perm, cfg.seed,
+             unicodedata.unidata_version, _now()],
+        )
+
+    def next_doc_id(self) -> int:
+        return int(self._con.execute("SELECT coalesce(max(doc_id) + 1, 0) FROM documents").fetchall()[0][0])
+
+    def insert_documents(self, table: pa.Table) -> None:
+        self._insert("documents", table)
+
+    def insert_shards(self, shards: Sequence[ShardRecord]) -> None:
+        if shards:
+            self._insert("shards", pa.Table.from_pylist([s.model_dump() for s in shards]))
+
+    def insert_dataset(self, ds: DatasetRecord) -> None:
+        row = ds.model_dump(exclude={"license", "config"})
+        row.update(
+            license=ds.license.spdx,
+            non_commercial=ds.license.non_commercial,
+            share_alike=ds.license.share_alike,
+            attribution=ds.license.attribution,
+            config_json=ds.config.model_dump_json(),
+        )
+        self._insert("datasets", pa.Table.from_pylist([row]))
+
+    def duplicate_keys(self, dataset_id: str, limit: int = 5) -> tuple[int, list[dict]]:
+        """How many keys occur more than once, and the first ``limit`` of them with two places."""
+        dup = """SELECT key, count(*) AS n,
+                        min({'shard': shard_index, 'row': row_index, 'line': line}) AS first,
+                        max({'shard': shard_index, 'row': row_index, 'line': line}) AS second
+                 FROM documents WHERE dataset_id = ? GROUP BY key HAVING count(*) > 1"""
+        total = int(self._con.execute(f"SELECT count(*) FROM ({dup})", [dataset_id]).fetchall()[0][0])
+        if not total:
+            return 0, []
+        rows = self._con.sql(f"{dup} ORDER BY key LIMIT {int(limit)}", params=[dataset_id]).to_arrow_table()
+        names = dict(
+            self._con.execute("SELECT shard_index, name FROM shards WHERE dataset_id = ?", [dataset_id]).fetchall()
+        )
+
+        def place(p: dict) -> str:
+            name = names.get(p["shard"], f"shard {p['shard']}")
+            return f"{name} line {p['line']}" if p["line"] is not None else f"{name} record {p['row']}"
+
+        return total, [
+            {"key": r["key"], "count": r["n"], "first": place(r["first"]), "second": place(r["second"])}
+            for r in rows.to_pylist()
+        ]
+
+    def _insert(self, table: str, data: pa.Table) -> None:
+        cols = ", ".join(quote_identifier(c) for c in data.column_names)
+        self._con.register("_prov_insert", data)
+        try:
+            self._con.execute(f"INSERT INTO {quote_identifier(table)} ({cols}) SELECT {cols} FROM _prov_insert")
+        finally:
+            self._con.unregister("_prov_insert")
+
+
+def _dataset_from_row(row: dict) -> DatasetRecord:
+    row = dict(row)
+    license = License(
+        spdx=row.pop("license"),
+        non_commercial=row.pop("non_commercial"),
+        share_alike=row.pop("share_alike"),
+        attribution=row.pop("attribution"),
+    )
+    config = FingerprintConfig.model_validate(json.loads(row.pop("config_json")))
+    return DatasetRecord(license=license, config=config, **row)
