@@ -251,7 +251,7 @@ def _created_message(ds: DatasetRecord) -> str:
         extra.append(f"{ds.n_invalid_skipped:,} invalid records skipped")
     tail = f" ({'; '.join(extra)})" if extra else ""
     return (
-        f"registered {ds.dataset_id}: {ds.n_shards:,} shards, {ds.n_documents:,} documents, "
+        f"registered {ds.dataset_id}: {_count(ds.n_shards, 'shard')}, {_count(ds.n_documents, 'document')}, "
         f"{ds.n_bytes / 1e6:,.1f} MB{tail}"
     )
 
@@ -264,6 +264,10 @@ def _unchanged_message(latest: DatasetRecord, role: str, lic: License) -> str:
         notes.append(f"license {lic.spdx!r} differs from {latest.license.spdx!r}")
     tail = f"; metadata not applied: {', '.join(notes)}" if notes else ""
     return (
-        f"unchanged: the content matches {latest.dataset_id} ({latest.n_shards:,} shards, "
-        f"{latest.n_documents:,} documents); nothing registered{tail}"
+        f"unchanged: the content matches {latest.dataset_id} ({_count(latest.n_shards, 'shard')}, "
+        f"{_count(latest.n_documents, 'document')}); nothing registered{tail}"
     )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"

@@ -352,6 +352,47 @@ class Ledger:
         finally:
             con.close()
 
+    def near_duplicates(self, datasets: Sequence[str | DatasetRecord], threshold: float = 0.8) -> pa.Table:
+        """Pairs of documents in ``datasets`` whose stored LSH bands collide and whose estimated
+        Jaccard similarity is at least ``threshold``: ``key_a, key_b, dataset_a, dataset_b, jaccard``.
+
+        The datasets must share a fingerprint config and banding; the bands were chosen for the
+        config's ``lsh_threshold``, so pairs below it may be missed.
+        """
+        records = [self.dataset(d) for d in datasets]
+        if not records:
+            raise InvalidParameterError("give at least one dataset")
+        configs = {(r.config_id, r.bands, r.rows) for r in records}
+        if len(configs) > 1:
+            raise InvalidParameterError(f"datasets use different fingerprint configs or bandings: {sorted(configs)}")
+        ids = [r.dataset_id for r in records]
+        marks = ", ".join("?" for _ in ids)
+        sql = f"""
+            WITH b AS (
+                SELECT doc_id, unnest(band_keys) AS bk, generate_subscripts(band_keys, 1) AS band
+                FROM documents WHERE dataset_id IN ({marks})
+            ),
+            cand AS (
+                SELECT DISTINCT b1.doc_id AS a, b2.doc_id AS b
+                FROM b b1 JOIN b b2 ON b1.band = b2.band AND b1.bk = b2.bk AND b1.doc_id < b2.doc_id
+            )
+            SELECT da.key AS key_a, db.key AS key_b, da.dataset_id AS dataset_a, db.dataset_id AS dataset_b,
+                   len(list_filter(list_zip(da.signature, db.signature), lambda x: x[1] = x[2]))
+                       / len(da.signature) AS jaccard
+            FROM cand JOIN documents da ON da.doc_id = cand.a JOIN documents db ON db.doc_id = cand.b
+            WHERE len(list_filter(list_zip(da.signature, db.signature), lambda x: x[1] = x[2]))
+                  >= ? * len(da.signature)
+            ORDER BY jaccard DESC, key_a, key_b"""
+        with self._cursor() as con:
+            return con.sql(sql, params=[*ids, float(threshold)]).to_arrow_table()
+
+    def export_croissant(self, dataset: str | DatasetRecord) -> dict[str, Any]:
+        """The dataset version as Croissant 1.1 JSON-LD (see :mod:`provenance.croissant`)."""
+        from provenance.croissant import to_croissant
+
+        ds = self.dataset(dataset)
+        return to_croissant(ds, self.shards(ds))
+
     # -- registration (implemented in provenance.datasets) ------------------------------------
 
     def register_dataset(self, name: str, sources: Any, **options: Any):

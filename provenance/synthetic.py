@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from provenance.files import atomic_write_bytes
+
 _SYLLABLES = [
     "ka", "lo", "mi", "ren", "sto", "vu", "te", "ar", "bel", "dor", "fi", "gan", "hu", "is", "jo", "ul",
     "mer", "no", "pas", "qui", "ro", "sa", "tin", "ve", "wo", "xe", "yu", "zan", "el", "om",
@@ -35,12 +37,12 @@ class Corpus:
     planted: list[tuple[str, str]] = field(default_factory=list)
 
     def write_jsonl(self, path: str | Path, *, compress: bool = False) -> Path:
+        """Write the documents as JSON lines (gzipped when asked or when the name ends in .gz)."""
         path = Path(path)
-        opener = gzip.open if compress or path.suffix == ".gz" else open
-        with opener(path, "wt", encoding="utf-8") as fh:
-            for doc in self.docs:
-                fh.write(json.dumps(doc, ensure_ascii=False) + "\n")
-        return path
+        data = "".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in self.docs).encode("utf-8")
+        if compress or path.suffix == ".gz":
+            data = gzip.compress(data, mtime=0)
+        return atomic_write_bytes(path, data)
 
 
 def _vocabulary(rng: np.random.Generator, size: int, non_ascii: float) -> np.ndarray:

@@ -1,0 +1,171 @@
+"""Rendering for the CLI: rich tables for people, JSON for programs, progress bars on stderr."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import click
+import pyarrow as pa
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+
+from provenance.records import DatasetRecord, ShardRecord
+
+_MAX_CELL = 60
+
+
+def _console() -> Console:
+    return Console(soft_wrap=False, width=max(100, Console().width))
+
+
+def emit(data: Any, as_json: bool, human: Callable[[Any], str]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+    else:
+        click.echo(human(data))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        text = "[" + ", ".join(map(str, value[:4])) + (f", … ({len(value)})]" if len(value) > 4 else "]")
+    else:
+        text = str(value)
+    return text if len(text) <= _MAX_CELL else text[: _MAX_CELL - 1] + "…"
+
+
+def arrow(table: pa.Table, fmt: str) -> None:
+    rows = table.to_pylist()
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2, default=str, ensure_ascii=False))
+    elif fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(table.column_names)
+        for r in rows:
+            writer.writerow([json.dumps(v) if isinstance(v, (list, dict)) else ("" if v is None else v) for v in r.values()])
+        click.echo(buf.getvalue(), nl=False)
+    else:
+        t = Table(show_lines=False)
+        for name in table.column_names:
+            t.add_column(name, overflow="fold")
+        for r in rows:
+            t.add_row(*(_cell(v) for v in r.values()))
+        _console().print(t)
+        click.echo(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+
+
+def datasets(records: list[DatasetRecord], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2, ensure_ascii=False))
+        return
+    t = Table()
+    for col in ("dataset", "role", "license", "shards", "documents", "MB", "created"):
+        t.add_column(col, no_wrap=True)
+    for r in records:
+        t.add_row(r.dataset_id, r.role, r.license.spdx or "unknown", f"{r.n_shards:,}", f"{r.n_documents:,}",
+                  f"{r.n_bytes / 1e6:,.1f}", r.created_at.strftime("%Y-%m-%d %H:%M"))
+    _console().print(t)
+    if not records:
+        click.echo("no datasets registered; add one with `prov dataset add NAME FILES...`")
+
+
+def dataset(ds: DatasetRecord, shards: list[ShardRecord], as_json: bool) -> None:
+    if as_json:
+        out = ds.model_dump(mode="json")
+        out["shards"] = [s.model_dump(mode="json") for s in shards]
+        click.echo(json.dumps(out, indent=2, ensure_ascii=False))
+        return
+    lic = ds.license
+    conditions = ", ".join(
+        name for name, flag in (("non-commercial", lic.non_commercial), ("share-alike", lic.share_alike),
+                                ("attribution", lic.attribution)) if flag
+    ) or ("none" if lic.known else "unknown")
+    info = Table.grid(padding=(0, 2))
+    info.add_column(style="bold")
+    info.add_column()
+    for k, v in [
+        ("dataset", ds.dataset_id), ("role", ds.role), ("license", f"{lic.spdx or 'unknown'} ({conditions})"),
+        ("model-generated", {True: "yes", False: "no", None: "unknown"}[ds.model_generated]),
+        ("source", ds.source or ""), ("creator", ds.creator or ""), ("description", ds.description or ""),
+        ("fields", f"text={ds.text_field!r} id={ds.id_field!r}"), ("fingerprint", ds.config_id),
+        ("LSH bands", f"{ds.bands} x {ds.rows} rows (threshold {ds.config.lsh_threshold})"),
+        ("documents", f"{ds.n_documents:,} ({ds.n_tokens:,} words, {ds.n_bytes / 1e6:,.2f} MB)"),
+        ("invalid", f"{ds.n_invalid_replaced:,} repaired, {ds.n_invalid_skipped:,} skipped"),
+        ("content hash", ds.content_hash), ("created", ds.created_at.isoformat(sep=" ", timespec="seconds")),
+    ]:
+        info.add_row(k, v)
+    console = _console()
+    console.print(info)
+    t = Table(title="shards")
+    for col in ("#", "name", "format", "documents", "bytes", "xxh3-128"):
+        t.add_column(col)
+    for s in shards:
+        t.add_row(str(s.shard_index), s.name, s.format, f"{s.n_documents:,}", f"{s.n_bytes:,}", s.shard_id)
+    console.print(t)
+
+
+def demo(report, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2, default=str, ensure_ascii=False))
+        return
+    for r in report.registrations:
+        click.echo(r.message)
+    s = report.summary
+    click.echo(f"\nledger {s['path']}: {s['datasets']} datasets, {s['shards']} shards, {s['documents']:,} documents")
+    from provenance.ledger import Ledger
+
+    datasets(Ledger.open(report.ledger).datasets(), False)
+    click.echo(
+        f"near-duplicates (LSH band collisions, estimated Jaccard >= 0.6): {len(report.pairs)} pairs; "
+        f"planted {report.planted}, found {report.found}; "
+        f"evaluation leaks planted {report.contaminated}, found {report.contamination_found}"
+    )
+    t = Table(title="closest pairs")
+    for col in ("a", "b", "datasets", "jaccard"):
+        t.add_column(col)
+    for p in report.pairs[:8]:
+        t.add_row(p["key_a"], p["key_b"], f"{p['dataset_a']} / {p['dataset_b']}", f"{p['jaccard']:.3f}")
+    _console().print(t)
+
+
+class _RichProgress:
+    def __init__(self, progress: Progress):
+        self._p = progress
+        self._task = None
+
+    def start(self, description: str, total: int | None) -> None:
+        if self._task is not None:
+            self._p.remove_task(self._task)
+        self._task = self._p.add_task(description, total=total)
+
+    def advance(self, amount: int) -> None:
+        if self._task is not None:
+            self._p.advance(self._task, amount)
+
+
+class _Silent:
+    def start(self, description: str, total: int | None) -> None:
+        pass
+
+    def advance(self, amount: int) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def progress(quiet: bool) -> Iterator[Any]:
+    """A progress bar on stderr, or nothing when quiet or when stderr is not a terminal."""
+    if quiet or not sys.stderr.isatty():
+        yield _Silent()
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as p:
+        yield _RichProgress(p)
