@@ -103,7 +103,8 @@ def dataset_group() -> None:
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--text-field", default="text", show_default=True, help="Field (or column) holding the text.")
 @click.option("--id-field", default=None, help="Field holding a unique document id (default: SHARD:ROW keys).")
-@click.option("--role", type=click.Choice(["train", "eval"]), default="train", show_default=True)
+@click.option("--role", type=click.Choice(["train", "eval"]), default="train", show_default=True,
+              help="Training data, or an evaluation set that contamination audits check against.")
 @click.option("--license", "license_", default=None, help="SPDX licence id, e.g. CC-BY-4.0 (default: unknown).")
 @click.option("--source", default=None, help="Where the data comes from (URL or words).")
 @click.option("--creator", default=None, help="Who made the data.")
@@ -164,7 +165,8 @@ def dataset_show(obj: Context, ref: str, as_json: bool) -> None:
 
 @dataset_group.command("export")
 @click.argument("ref", metavar="NAME[@VERSION]")
-@click.option("--format", "fmt", type=click.Choice(["croissant"]), default="croissant", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["croissant"]), default="croissant", show_default=True,
+              help="Metadata format: Croissant 1.1 JSON-LD.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write to a file (default: stdout).")
 @pass_ctx
 def dataset_export(obj: Context, ref: str, fmt: str, output: str | None) -> None:
@@ -183,7 +185,7 @@ def dataset_export(obj: Context, ref: str, fmt: str, output: str | None) -> None
 @main.command("demo")
 @click.argument("path", default="prov-demo", type=click.Path(file_okay=False))
 @click.option("--docs", "n_docs", type=int, default=2000, show_default=True, help="Documents in the main corpus.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated corpus.")
 @json_option
 @pass_ctx
 def demo_cmd(obj: Context, path: str, n_docs: int, seed: int, as_json: bool) -> None:

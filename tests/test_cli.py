@@ -1,0 +1,140 @@
+"""CLI tests: parsing, output and exit codes of `prov`; the library is tested elsewhere."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from provenance.cli.main import main
+from provenance.synthetic import generate_corpus
+
+
+@pytest.fixture()
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture()
+def project(tmp_path, runner, monkeypatch):
+    monkeypatch.delenv("PROV_LEDGER", raising=False)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(main, ["init", "."])
+    assert result.exit_code == 0, result.output
+    corpus = generate_corpus(60, seed=3, prefix="d")
+    corpus.write_jsonl(tmp_path / "data" / "a.jsonl")
+    return tmp_path
+
+
+def _json(result):
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_init_twice_fails_with_message(project, runner):
+    result = runner.invoke(main, ["init", "."])
+    assert result.exit_code == 1
+    assert "already exists" in result.output
+
+
+def test_dataset_add_list_show(project, runner):
+    out = _json(runner.invoke(main, ["dataset", "add", "web", "data/a.jsonl", "--id-field", "id",
+                                      "--license", "cc-by-nc-4.0", "--json"]))
+    assert out["created"] is True
+    ds = out["dataset"]
+    assert ds["dataset_id"] == "web@1"
+    assert ds["n_documents"] == 60
+    assert ds["license"] == {"spdx": "CC-BY-NC-4.0", "non_commercial": True, "share_alike": False, "attribution": True}
+    assert ds["config_id"] == "minhash-v1:word5:nfkc-lower-punct:xxh32:affine32:k128:s1"
+    again = _json(runner.invoke(main, ["dataset", "add", "web", "data/a.jsonl", "--id-field", "id", "--json"]))
+    assert again["created"] is False and "unchanged" in again["message"]
+
+    listed = _json(runner.invoke(main, ["dataset", "list", "--json"]))
+    assert [d["dataset_id"] for d in listed] == ["web@1"]
+    shown = _json(runner.invoke(main, ["dataset", "show", "web@1", "--json"]))
+    assert shown["shards"][0]["name"] == "a.jsonl"
+    data = (project / "data" / "a.jsonl").read_bytes()
+    assert shown["shards"][0]["sha256"] == hashlib.sha256(data).hexdigest()
+    human = runner.invoke(main, ["dataset", "show", "web"])
+    assert human.exit_code == 0 and "CC-BY-NC-4.0 (non-commercial, attribution)" in human.output
+
+
+def test_dataset_add_options_shape_the_config(project, runner):
+    out = _json(runner.invoke(main, ["dataset", "add", "small", "data/a.jsonl", "--num-perm", "64", "--ngram", "3",
+                                      "--seed", "7", "--threshold", "0.5", "--role", "eval", "--json"]))
+    ds = out["dataset"]
+    assert ds["config_id"] == "minhash-v1:word3:nfkc-lower-punct:xxh32:affine32:k64:s7"
+    assert ds["role"] == "eval"
+    # 3 rows: 1 - (1 - 0.5**3)**21 = 0.939 < 0.99; 2 rows: 1 - (1 - 0.5**2)**32 = 0.9999
+    assert (ds["bands"], ds["rows"]) == (32, 2)
+
+
+def test_bad_input_exit_code_and_message(project, runner):
+    bad = project / "data" / "bad.jsonl"
+    bad.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
+    result = runner.invoke(main, ["dataset", "add", "bad", str(bad)])
+    assert result.exit_code == 1
+    assert "bad.jsonl:2: invalid UTF-8" in result.output
+    ok = _json(runner.invoke(main, ["dataset", "add", "bad", str(bad), "--on-invalid", "replace", "--json"]))
+    assert ok["dataset"]["n_invalid_replaced"] == 1 and ok["dataset"]["n_documents"] == 2
+    bogus = runner.invoke(main, ["dataset", "add", "x", "data/a.jsonl", "--num-perm", "0"])
+    assert bogus.exit_code == 1 and "num_perm" in bogus.output
+
+
+def test_sql_formats_and_refusals(project, runner):
+    runner.invoke(main, ["dataset", "add", "web", "data/a.jsonl", "--id-field", "id"])
+    rows = _json(runner.invoke(main, ["sql", "SELECT key, token_count FROM documents ORDER BY key LIMIT 2", "--json"]))
+    assert [r["key"] for r in rows] == ["d-0000000", "d-0000001"]
+    csv_out = runner.invoke(main, ["sql", "SELECT count(*) AS n FROM documents", "--format", "csv"])
+    assert list(csv.reader(io.StringIO(csv_out.output))) == [["n"], ["60"]]
+    table = runner.invoke(main, ["sql", "SELECT dataset_id FROM datasets"])
+    assert "web@1" in table.output and "(1 row)" in table.output
+    for query in ["DELETE FROM documents", "DROP TABLE documents", "SELECT * FROM read_csv('/etc/passwd')",
+                  "SELECT 1; SELECT 2"]:
+        result = runner.invoke(main, ["sql", query])
+        assert result.exit_code == 1, query
+    count = _json(runner.invoke(main, ["sql", "SELECT count(*) AS n FROM documents", "--json"]))
+    assert count == [{"n": 60}]
+
+
+def test_ledger_option_env_and_missing(project, runner, tmp_path_factory, monkeypatch):
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    monkeypatch.chdir(elsewhere)
+    missing = runner.invoke(main, ["dataset", "list"])
+    assert missing.exit_code == 1 and "no ledger" in missing.output
+    assert runner.invoke(main, ["--ledger", str(project), "dataset", "list", "--json"]).output.strip() == "[]"
+    monkeypatch.setenv("PROV_LEDGER", str(project / ".prov"))
+    assert runner.invoke(main, ["dataset", "list", "--json"]).exit_code == 0
+
+
+def test_export_croissant(project, runner, tmp_path):
+    runner.invoke(main, ["dataset", "add", "web", "data/a.jsonl", "--id-field", "id", "--license", "MIT",
+                         "--creator", "Acme", "--model-generated"])
+    doc = _json(runner.invoke(main, ["dataset", "export", "web"]))
+    assert doc["conformsTo"] == "http://mlcommons.org/croissant/1.1"
+    assert doc["@type"] == "sc:Dataset"
+    assert doc["license"] == "https://spdx.org/licenses/MIT.html"
+    assert doc["rai:hasSyntheticData"] is True
+    assert doc["creator"]["name"] == "Acme"
+    (fo,) = doc["distribution"]
+    assert fo["sha256"] == hashlib.sha256((project / "data" / "a.jsonl").read_bytes()).hexdigest()
+    fields = {f["name"]: f for f in doc["recordSet"][0]["field"]}
+    assert fields["text"]["source"]["extract"] == {"jsonPath": "$.text"}
+    out = tmp_path / "web.croissant.json"
+    result = runner.invoke(main, ["dataset", "export", "web", "-o", str(out)])
+    assert result.exit_code == 0
+    assert json.loads(out.read_text()) == doc
+
+
+def test_demo_finds_planted_pairs(tmp_path, runner):
+    report = _json(runner.invoke(main, ["demo", str(tmp_path / "demo"), "--docs", "300", "--json"]))
+    assert report["summary"]["datasets"] == 3
+    assert report["planted_eval_leaks"] == 10 and report["found_eval_leaks"] == 10
+    assert report["planted_near_duplicates"] > 0
+    assert report["found_near_duplicates"] >= 0.9 * report["planted_near_duplicates"]
+    again = _json(runner.invoke(main, ["demo", str(tmp_path / "demo"), "--docs", "300", "--json"]))
+    assert all(r["created"] is False for r in again["registrations"])
