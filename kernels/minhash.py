@@ -8,10 +8,11 @@ together with ``datasketch.MinHash``; the tests compare them on random input.
 
 Stages:
 
-1. :func:`rows_needing_python` finds rows with a code point whose NFKC form or lower case
-   depends on context; Python's ``unicodedata`` folds those. :func:`normalize_rows` lower-cases
-   the others code point by code point, splits every row on the separator table and writes the
-   words joined by single spaces.
+1. :func:`complex_spans` finds the words holding a code point whose NFKC form or lower case
+   depends on context; Python's ``unicodedata`` folds just those words (or the whole row, when
+   capital sigma's context reaches beyond the word). :func:`normalize_rows` lower-cases the rest
+   code point by code point, splits every row on the separator table and writes the words
+   joined by single spaces.
 2. :func:`shingle_hashes` hashes every word n-gram of the normalised text with xxh32 (seed 0).
    Because words are joined by exactly one space, an n-gram is a contiguous slice of the row and
    needs no copy.
@@ -122,31 +123,81 @@ def _utf8_decode(buf, p):
 CLASS_SEPARATOR = 0
 CLASS_SIMPLE = 1
 CLASS_COMPLEX = 2
+CLASS_WHOLE = 3
+
+
+@njit(inline="always", cache=True)
+def _scan_spans(data, s, e, char_class, starts, ends, base, fill):
+    """Walk one row; return (number of complex spans, whether the whole row must be folded).
+
+    A span runs from just after the separator before a complex code point to the next
+    separator after it (whole words). With ``fill`` the spans are written from ``base``.
+    """
+    count = 0
+    word_start = s
+    p = s
+    while p < e:
+        if data[p] < 128:
+            if char_class[data[p]] == CLASS_SEPARATOR:
+                word_start = p + 1
+            p += 1
+            continue
+        cp, size = _utf8_decode(data, p)
+        c = char_class[cp]
+        if c == CLASS_WHOLE:
+            return count, True
+        if c == CLASS_SEPARATOR:
+            word_start = p + size
+            p += size
+        elif c == CLASS_COMPLEX:
+            q = p + size
+            while q < e:
+                cq, sq = _utf8_decode(data, q)
+                cc = char_class[cq]
+                if cc == CLASS_WHOLE:
+                    return count, True
+                if cc == CLASS_SEPARATOR:
+                    break
+                q += sq
+            if fill:
+                starts[base + count] = word_start
+                ends[base + count] = q
+            count += 1
+            word_start = q
+            p = q
+        else:
+            p += size
+    return count, False
 
 
 @njit(parallel=True, cache=True)
-def rows_needing_python(data, offsets, char_class):
-    """True for every row holding a code point of class ``CLASS_COMPLEX``.
+def complex_spans(data, offsets, char_class):
+    """Where Python must fold (NFKC + lower-case) each row.
 
-    A complex code point is one whose NFKC form or lower case depends on its neighbours or
-    changes its length (combining marks, compatibility characters, Hangul jamo, final sigma...).
-    Such rows are folded by Python's ``unicodedata`` before the kernel sees them.
+    A code point is complex when its NFKC form or lower case depends on its neighbours or changes
+    its UTF-8 length (combining marks, compatibility characters, Hangul jamo...). Each maximal
+    run of words holding one is a span that Python's ``unicodedata`` folds; a row holding a
+    code point whose lower case depends on context beyond its word (capital sigma) is folded
+    whole. Returns ``(whole, span_offsets, span_starts, span_ends)``: the spans of row ``i`` are
+    ``span_offsets[i]:span_offsets[i + 1]`` (none for whole rows).
     """
     n = offsets.shape[0] - 1
-    out = np.zeros(n, dtype=np.bool_)
+    whole = np.zeros(n, dtype=np.bool_)
+    counts = np.zeros(n, dtype=np.int64)
+    dummy = np.zeros(0, dtype=np.int64)
     for i in prange(n):
-        p = offsets[i]
-        e = offsets[i + 1]
-        while p < e:
-            if data[p] < 128:
-                p += 1
-                continue
-            cp, size = _utf8_decode(data, p)
-            if char_class[cp] == CLASS_COMPLEX:
-                out[i] = True
-                break
-            p += size
-    return out
+        c, w = _scan_spans(data, offsets[i], offsets[i + 1], char_class, dummy, dummy, 0, False)
+        whole[i] = w
+        counts[i] = 0 if w else c
+    span_offsets = np.zeros(n + 1, dtype=np.int64)
+    for i in range(n):
+        span_offsets[i + 1] = span_offsets[i] + counts[i]
+    starts = np.empty(span_offsets[n], dtype=np.int64)
+    ends = np.empty(span_offsets[n], dtype=np.int64)
+    for i in prange(n):
+        if counts[i]:
+            _scan_spans(data, offsets[i], offsets[i + 1], char_class, starts, ends, span_offsets[i], True)
+    return whole, span_offsets, starts, ends
 
 
 @njit(inline="always", cache=True)
@@ -170,51 +221,60 @@ def _utf8_write(out, w, cp):
     return w + 4
 
 
+@njit(inline="always", cache=True)
+def _emit(src, s, e, lower, char_class, lower_cp, out, w, words, in_word):
+    """Split ``src[s:e]`` on separators into ``out``; lower-case through ``lower_cp`` if asked."""
+    p = s
+    while p < e:
+        cp, size = _utf8_decode(src, p)
+        if char_class[cp] == CLASS_SEPARATOR:
+            in_word = False
+        else:
+            if not in_word:
+                if words > 0:
+                    out[w] = 32
+                    w += 1
+                words += 1
+                in_word = True
+            if lower:
+                w = _utf8_write(out, w, lower_cp[cp])
+            else:
+                for q in range(size):
+                    out[w] = src[p + q]
+                    w += 1
+        p += size
+    return w, words, in_word
+
+
 @njit(parallel=True, cache=True)
-def normalize_rows(data, offsets, folded, side, side_offsets, char_class, lower_cp, out, out_starts):
+def normalize_rows(
+    data, offsets, whole, span_offsets, span_starts, span_ends, side, row_side, span_side, char_class, lower_cp,
+    out, out_starts,
+):
     """Split every row on separators and write its words joined by one space into ``out``.
 
-    Rows read from ``data`` are lower-cased code point by code point through ``lower_cp`` (they
-    hold no complex code point, so NFKC leaves them as they are and lower-casing keeps each
-    code point's UTF-8 length). Rows with ``folded`` set were NFKC-normalised and lower-cased by
-    Python and are read from ``side``; they are only split. Row ``i`` is written from
-    ``out_starts[i]`` and never grows. Returns ``(lengths, n_words)``.
+    Text read from ``data`` is lower-cased code point by code point through ``lower_cp`` (it holds
+    no complex code point, so NFKC leaves it as it is and lower-casing keeps each code point's
+    UTF-8 length). Complex spans are replaced by their folded form ``side[span_side[k]:
+    span_side[k + 1]]``, and whole rows by ``side[row_side[i]:row_side[i + 1]]``; folded text is
+    only split. Row ``i`` is written from ``out_starts[i]``. Returns ``(lengths, n_words)``.
     """
     n = offsets.shape[0] - 1
     lengths = np.zeros(n, dtype=np.int64)
     n_words = np.zeros(n, dtype=np.int64)
     for i in prange(n):
-        pre = folded[i]
-        if pre:
-            src = side
-            s = side_offsets[i]
-            e = side_offsets[i + 1]
-        else:
-            src = data
-            s = offsets[i]
-            e = offsets[i + 1]
         w = out_starts[i]
         words = 0
         in_word = False
-        p = s
-        while p < e:
-            cp, size = _utf8_decode(src, p)
-            if char_class[cp] == CLASS_SEPARATOR:
-                in_word = False
-            else:
-                if not in_word:
-                    if words > 0:
-                        out[w] = 32
-                        w += 1
-                    words += 1
-                    in_word = True
-                if pre:
-                    for q in range(size):
-                        out[w] = src[p + q]
-                        w += 1
-                else:
-                    w = _utf8_write(out, w, lower_cp[cp])
-            p += size
+        if whole[i]:
+            w, words, in_word = _emit(side, row_side[i], row_side[i + 1], False, char_class, lower_cp, out, w, words, in_word)
+        else:
+            p = offsets[i]
+            for k in range(span_offsets[i], span_offsets[i + 1]):
+                w, words, in_word = _emit(data, p, span_starts[k], True, char_class, lower_cp, out, w, words, in_word)
+                w, words, in_word = _emit(side, span_side[k], span_side[k + 1], False, char_class, lower_cp, out, w, words, in_word)
+                p = span_ends[k]
+            w, words, in_word = _emit(data, p, offsets[i + 1], True, char_class, lower_cp, out, w, words, in_word)
         lengths[i] = w - out_starts[i]
         n_words[i] = words
     return lengths, n_words

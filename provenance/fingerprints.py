@@ -47,7 +47,7 @@ def _is_separator(ch: str) -> bool:
     return ch.isspace() or unicodedata.category(ch).startswith("P")
 
 
-_SEPARATOR, _SIMPLE, _COMPLEX = _k.CLASS_SEPARATOR, _k.CLASS_SIMPLE, _k.CLASS_COMPLEX
+_SEPARATOR, _SIMPLE, _COMPLEX, _WHOLE = _k.CLASS_SEPARATOR, _k.CLASS_SIMPLE, _k.CLASS_COMPLEX, _k.CLASS_WHOLE
 # Code points beyond these ranges are unassigned or private use: NFKC and lower() keep them.
 _ASSIGNED_RANGES = ((1, 0x40000), (0xE0000, 0xE1000))
 _HANGUL_SECONDS = (range(0x1161, 0x1176), range(0x11A8, 0x11C3))  # vowel and trailing jamo
@@ -58,16 +58,19 @@ def _code_points(ranges) -> list[int]:
     return [cp for lo, hi in ranges for cp in range(lo, hi) if not 0xD800 <= cp <= 0xDFFF]
 
 
-def _composition_seconds() -> set[int]:
-    """Code points that canonical composition can merge into the character before them."""
+def _composition_pairs() -> tuple[set[int], set[int]]:
+    """Code points that canonical composition can merge with the character after them (firsts)
+    and into the character before them (seconds)."""
+    firsts = set(range(0x1100, 0x1113)) | set(range(0xAC00, 0xD7A4))  # Hangul L jamo, LV syllables
     seconds = {cp for r in _HANGUL_SECONDS for cp in r}
     for cp in _code_points(_ASSIGNED_RANGES):
         d = unicodedata.decomposition(chr(cp))
         if d and not d.startswith("<"):
             parts = d.split()
             if len(parts) == 2:
+                firsts.add(int(parts[0], 16))
                 seconds.add(int(parts[1], 16))
-    return seconds
+    return firsts, seconds
 
 
 def _first_canonical(cp: int) -> int:
@@ -84,8 +87,11 @@ def _char_tables(full: bool) -> tuple[np.ndarray, np.ndarray]:
 
     A code point is *simple* when NFKC keeps it as it is whatever surrounds it and ``str.lower``
     maps it to one code point of the same UTF-8 length; then the kernel can fold it alone. A
-    *separator* is whitespace or punctuation whose NFKC form is separators only. Everything else
-    is *complex*, and a document holding one is folded by ``unicodedata`` instead.
+    *separator* is whitespace or punctuation whose NFKC form is separators only and that
+    composes with nothing on either side, so that NFKC of a text is NFKC of the pieces between
+    separators. Everything else is *complex*: the words holding it are folded by
+    ``unicodedata``; a complex code point whose NFKC form holds capital sigma (whose lower case
+    depends on context beyond the word) makes the whole document fold in Python.
     """
     size = 0x110000 if full else 128
     char_class = np.full(size, _SIMPLE, dtype=np.uint8)
@@ -95,11 +101,12 @@ def _char_tables(full: bool) -> tuple[np.ndarray, np.ndarray]:
     joined = "\0".join(chars)  # NUL is a starter that composes with nothing
     nfkc = unicodedata.normalize("NFKC", joined).split("\0")
     lowered = joined.lower().split("\0")
-    seconds = _composition_seconds() if full else set()
+    firsts, seconds = _composition_pairs() if full else (set(), set())
     for cp, ch, nf, lo in zip(cps, chars, nfkc, lowered):
         context_free = unicodedata.combining(ch) == 0 and cp not in seconds and _first_canonical(cp) not in seconds
         if _is_separator(ch):
-            char_class[cp] = _SEPARATOR if context_free and all(_is_separator(c) for c in nf) else _COMPLEX
+            boundary = context_free and cp not in firsts and all(_is_separator(c) for c in nf)
+            char_class[cp] = _SEPARATOR if boundary else _COMPLEX
         elif (
             context_free
             and nf == ch
@@ -111,6 +118,8 @@ def _char_tables(full: bool) -> tuple[np.ndarray, np.ndarray]:
             lower_cp[cp] = ord(lo)
         else:
             char_class[cp] = _COMPLEX
+        if char_class[cp] == _COMPLEX and "\u03a3" in nf:
+            char_class[cp] = _WHOLE
     return char_class, lower_cp
 
 
@@ -314,12 +323,29 @@ def _as_string_array(texts: Sequence[str] | pa.Array | pa.ChunkedArray | Iterabl
         raise InvalidParameterError(f"texts must be an Arrow string array, got type {texts.type}")
     if isinstance(texts, str):
         raise InvalidParameterError("texts must be a sequence of strings, not one string; use signature(text)")
+    return strings_to_arrow(texts if isinstance(texts, list) else list(texts))
+
+
+def strings_to_arrow(texts: list[str]) -> pa.LargeStringArray:
+    """A large-string Arrow array of ``texts``, built from ``str.encode`` (faster than
+    ``pa.array`` for non-ASCII text); raises naming the first text that is not a valid str."""
     try:
-        return pa.array(texts if isinstance(texts, list) else list(texts), type=pa.large_string())
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise InvalidParameterError(f"texts must all be str: {exc}") from exc
-    except UnicodeEncodeError as exc:
-        raise InvalidParameterError(f"texts hold a character that is not valid UTF-8: {exc}") from exc
+        encoded = [t.encode("utf-8") for t in texts]
+    except (AttributeError, UnicodeEncodeError):
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                kind = "null" if t is None else type(t).__name__
+                raise InvalidParameterError(f"text {i} is {kind}; every document needs a str") from None
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvalidParameterError(
+                    f"text {i} holds an unpaired surrogate at character {exc.start}, which is not valid Unicode"
+                ) from None
+        raise
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), out=offsets[1:])
+    return pa.LargeStringArray.from_buffers(len(encoded), pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded)))
 
 
 def _string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -339,26 +365,45 @@ def _fingerprint_array(cfg: FingerprintConfig, arr: pa.Array, texts_list: list[s
     data, offsets = _string_buffers(arr)
     full = bool(n) and int(data[offsets[0] : offsets[-1]].max(initial=0)) >= 128
     char_class, lower_cp = _char_tables(full)
-    folded = _k.rows_needing_python(data, offsets, char_class) if full else np.zeros(n, dtype=np.bool_)
-    side_offsets = np.zeros(n + 1, dtype=np.int64)
-    side = np.zeros(1, dtype=np.uint8)
     capacity = np.diff(offsets)
-    idx = np.flatnonzero(folded)
-    if idx.size:
+    if full:
+        whole, span_offsets, span_starts, span_ends = _k.complex_spans(data, offsets, char_class)
+    else:
+        whole = np.zeros(n, dtype=np.bool_)
+        span_offsets = np.zeros(n + 1, dtype=np.int64)
+        span_starts = span_ends = np.zeros(0, dtype=np.int64)
+    # Python folds whole rows (capital sigma) and complex spans; the kernel does everything else.
+    rows = np.flatnonzero(whole)
+    if rows.size:
         if texts_list is not None:
-            pieces = [_fold(texts_list[i]) for i in idx.tolist()]
+            row_pieces = [_fold(texts_list[i]) for i in rows.tolist()]
         else:
-            pieces = [_fold(t) for t in arr.take(pa.array(idx)).to_pylist()]
-        side_lengths = np.zeros(n, dtype=np.int64)
-        side_lengths[idx] = [len(p) for p in pieces]
-        np.cumsum(side_lengths, out=side_offsets[1:])
-        if side_offsets[-1]:
-            side = np.frombuffer(b"".join(pieces), dtype=np.uint8)
-        capacity = np.where(folded, side_lengths, capacity)
+            row_pieces = [_fold(t) for t in arr.take(pa.array(rows)).to_pylist()]
+    else:
+        row_pieces = []
+    view = memoryview(data)
+    span_pieces = [_fold(str(view[a:b], "utf-8")) for a, b in zip(span_starts.tolist(), span_ends.tolist())]
+    row_lengths = np.zeros(n, dtype=np.int64)
+    row_lengths[rows] = [len(p) for p in row_pieces]
+    row_side = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(row_lengths, out=row_side[1:])
+    span_side = np.zeros(span_starts.size + 1, dtype=np.int64)
+    np.cumsum([len(p) for p in span_pieces], out=span_side[1:])
+    span_side += row_side[-1]
+    side_bytes = b"".join(row_pieces) + b"".join(span_pieces)
+    side = np.frombuffer(side_bytes, dtype=np.uint8) if side_bytes else np.zeros(1, dtype=np.uint8)
+    if span_starts.size:
+        per_span = span_side[1:] - span_side[:-1] - (span_ends - span_starts)
+        span_row = np.repeat(np.arange(n), np.diff(span_offsets))
+        capacity = capacity + np.bincount(span_row, weights=per_span, minlength=n).astype(np.int64)
+    capacity = np.where(whole, row_lengths, capacity)
     starts = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(capacity, out=starts[1:])
     out = np.empty(max(int(starts[-1]), 1), dtype=np.uint8)
-    lengths, n_words = _k.normalize_rows(data, offsets, folded, side, side_offsets, char_class, lower_cp, out, starts)
+    lengths, n_words = _k.normalize_rows(
+        data, offsets, whole, span_offsets, span_starts, span_ends, side, row_side, span_side, char_class, lower_cp,
+        out, starts,
+    )
     starts = starts[:-1]
 
     ngram = cfg.ngram

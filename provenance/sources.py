@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from provenance.errors import InvalidParameterError, SourceError
+from provenance.fingerprints import strings_to_arrow
 
 FORMATS = {
     ".jsonl": "jsonl",
@@ -196,6 +197,7 @@ class FileShard(Shard):
         hasher = xxhash.xxh3_128()
         fh, raw, stream = self._open_lines(hasher)
         tf, idf = opts.text_field, opts.id_field
+        loads = orjson.loads
         texts: list[str] = []
         ids: list[str] = []
         lines: list[int] = []
@@ -207,15 +209,22 @@ class FileShard(Shard):
                 for lineno, line in enumerate(stream, 1):  # noqa: B007 (lineno is read after the loop)
                     if line.isspace():
                         continue
-                    obj = self._parse_line(line, lineno, opts, counters)
-                    if obj is None:
-                        continue
+                    try:
+                        obj = loads(line)
+                        slow = False
+                    except orjson.JSONDecodeError:
+                        # Invalid UTF-8, unpaired surrogate escapes, or malformed JSON.
+                        obj = self._parse_slow(line, lineno, opts, counters)
+                        if obj is None:
+                            continue
+                        slow = True
                     text = obj.get(tf) if type(obj) is dict else None
                     if type(text) is not str:
                         self._field_error(obj, tf, lineno, "text")
-                    text = self._check_text(text, lineno, opts, counters)
-                    if text is None:
-                        continue
+                    if slow:
+                        text = self._check_text(text, lineno, opts, counters)
+                        if text is None:
+                            continue
                     if idf is not None:
                         ident = obj.get(idf)
                         if ident is None or isinstance(ident, (dict, list, bool)):
@@ -248,11 +257,8 @@ class FileShard(Shard):
         if row == 0 and not counters.skipped:
             raise SourceError(f"{self.display}: no documents (the file holds only blank lines)")
 
-    def _parse_line(self, line: bytes, lineno: int, opts: ReadOptions, counters: Counters) -> Any:
-        try:
-            return orjson.loads(line)
-        except orjson.JSONDecodeError:
-            pass
+    def _parse_slow(self, line: bytes, lineno: int, opts: ReadOptions, counters: Counters) -> Any:
+        """Parse a line orjson refused: say exactly what is wrong, or repair it as asked."""
         try:
             decoded = line.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -300,7 +306,7 @@ class FileShard(Shard):
 
     def _batch(self, texts: list[str], ids: list[str] | None, row: int, lines: list[int], consumed: int) -> Batch:
         return Batch(
-            texts=pa.array(texts, type=pa.large_string()),
+            texts=strings_to_arrow(texts),
             ids=pa.array(ids, type=pa.string()) if ids is not None else None,
             rows=np.arange(row, row + len(texts), dtype=np.int64),
             lines=np.asarray(lines, dtype=np.int64),
@@ -537,7 +543,7 @@ class MemoryShard(Shard):
         if not texts:
             return None
         return Batch(
-            texts=pa.array(texts, type=pa.large_string()),
+            texts=strings_to_arrow(texts),
             ids=pa.array(ids, type=pa.string()) if idf else None,
             rows=np.asarray(rows, dtype=np.int64),
             lines=None,
