@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-from provenance.cli import render
 from pydantic import ValidationError
 
 from provenance import __version__
+from provenance.cli import render
 from provenance.errors import ProvenanceError
 
 

@@ -6,7 +6,7 @@ is stale or a command lacks help.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import click
 
