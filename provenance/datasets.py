@@ -15,7 +15,7 @@ import xxhash
 
 from provenance.errors import InvalidParameterError, SourceError
 from provenance.fingerprints import FingerprintBatch, FingerprintConfig
-from provenance.ledger import Ledger, LedgerWriter, _now
+from provenance.ledger import DocumentStage, Ledger, LedgerWriter, _now
 from provenance.records import DatasetRecord, License, RegistrationResult, ShardRecord, check_name
 from provenance.sources import Batch, Counters, FileShard, ReadOptions, Shard, resolve
 
@@ -165,32 +165,45 @@ def _write_shards(
 ) -> list[ShardRecord]:
     next_id = tx.next_doc_id()
     rows: list[ShardRecord] = []
-    for index, shard in enumerate(shards):
-        n_docs = n_tokens = 0
-        reported = 0
-        for batch in shard.batches(opts, counters):
-            fp = cfg.fingerprint_batch(batch.texts)
-            tx.insert_documents(_documents_table(dataset_id, index, shard.name, batch, fp, next_id))
-            next_id += len(fp)
-            n_docs += len(fp)
-            n_tokens += int(fp.token_count.sum())
-            progress.advance(batch.consumed - reported)
-            reported = batch.consumed
-        rows.append(
-            ShardRecord(
-                dataset_id=dataset_id,
-                shard_index=index,
-                shard_id=shard.shard_id,
-                name=shard.name,
-                uri=shard.uri,
-                format=shard.format,
-                sha256=shard.sha256,
-                n_bytes=shard.n_bytes,
-                n_documents=n_docs,
-                n_tokens=n_tokens,
-            )
-        )
+    with tx.document_stage() as stage:
+        for index, shard in enumerate(shards):
+            rows.append(_write_shard(stage, dataset_id, index, shard, cfg, opts, counters, progress, next_id))
+            next_id += rows[-1].n_documents
     return rows
+
+
+def _write_shard(
+    stage: DocumentStage,
+    dataset_id: str,
+    index: int,
+    shard: Shard,
+    cfg: FingerprintConfig,
+    opts: ReadOptions,
+    counters: Counters,
+    progress: Progress,
+    first_id: int,
+) -> ShardRecord:
+    """Read one shard batch by batch, fingerprint it and stage its document rows."""
+    n_docs = n_tokens = reported = 0
+    for batch in shard.batches(opts, counters):
+        fp = cfg.fingerprint_batch(batch.texts)
+        stage.write(_documents_table(dataset_id, index, shard.name, batch, fp, first_id + n_docs))
+        n_docs += len(fp)
+        n_tokens += int(fp.token_count.sum())
+        progress.advance(batch.consumed - reported)
+        reported = batch.consumed
+    return ShardRecord(
+        dataset_id=dataset_id,
+        shard_index=index,
+        shard_id=shard.shard_id,
+        name=shard.name,
+        uri=shard.uri,
+        format=shard.format,
+        sha256=shard.sha256,
+        n_bytes=shard.n_bytes,
+        n_documents=n_docs,
+        n_tokens=n_tokens,
+    )
 
 
 def _documents_table(

@@ -24,6 +24,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from provenance.errors import (
     InvalidParameterError,
@@ -77,9 +78,10 @@ def _now() -> datetime:
 class Ledger:
     """A provenance ledger on disk. Create one with :meth:`init`, open one with :meth:`open`."""
 
-    def __init__(self, root: Path, *, lock_timeout: float = 10.0):
+    def __init__(self, root: Path, *, lock_timeout: float = 10.0, memory_limit: str = "512MB"):
         self.root = Path(root).resolve()
         self.lock_timeout = lock_timeout
+        self.memory_limit = memory_limit
         self._con: duckdb.DuckDBPyConnection | None = None
         self._depth = 0
         self._in_transaction = False
@@ -148,6 +150,7 @@ class Ledger:
             config["enable_external_access"] = False
         else:
             config["temp_directory"] = str(self.root / TMP_DIR)
+            config["memory_limit"] = self.memory_limit
         deadline = time.monotonic() + self.lock_timeout
         while True:
             try:
@@ -191,10 +194,16 @@ class Ledger:
         if self._in_transaction:
             raise ProvenanceError("transactions do not nest")
         with self._cursor() as con:
+            staging = self.root / TMP_DIR / "staging"
+            # Holding the lock, no other registration is running: staging files left here were
+            # left by a process that died; they were never part of the ledger.
+            if staging.exists():
+                for stale in staging.iterdir():
+                    stale.unlink(missing_ok=True)
             con.execute("BEGIN TRANSACTION")
             self._in_transaction = True
             try:
-                yield LedgerWriter(con)
+                yield LedgerWriter(con, staging)
             except BaseException:
                 with contextlib.suppress(Exception):
                     con.execute("ROLLBACK")
@@ -405,8 +414,9 @@ class Ledger:
 class LedgerWriter:
     """Writes inside one transaction of :meth:`Ledger.transaction`."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection):
+    def __init__(self, con: duckdb.DuckDBPyConnection, staging: Path):
         self._con = con
+        self._staging = staging
 
     def latest_dataset(self, name: str) -> DatasetRecord | None:
         rows = self._con.sql(
@@ -427,6 +437,36 @@ class LedgerWriter:
 
     def insert_documents(self, table: pa.Table) -> None:
         self._insert("documents", table)
+
+    @contextlib.contextmanager
+    def document_stage(self) -> Iterator[DocumentStage]:
+        """Collect document rows in a Parquet file, then insert them with one bulk statement.
+
+        Many small appends from Arrow keep the whole uncommitted transaction in memory; one bulk
+        INSERT from Parquet, run on one thread, writes row groups to the database file as they
+        fill, so memory stays bounded whatever the size of the registration.
+        """
+        self._staging.mkdir(parents=True, exist_ok=True)
+        stage = DocumentStage(self._staging / f"documents-{os.getpid()}-{time.time_ns()}.parquet")
+        try:
+            yield stage
+            if stage.close():
+                threads, memory = self._con.execute(
+                    "SELECT current_setting('threads'), current_setting('memory_limit')"
+                ).fetchall()[0]
+                self._con.execute("SET threads = 1")
+                self._con.execute("SET memory_limit = '256MB'")
+                try:
+                    cols = ", ".join(quote_identifier(c) for c in stage.columns)
+                    self._con.execute(
+                        f"INSERT INTO documents ({cols}) SELECT {cols} FROM read_parquet(?)", [str(stage.path)]
+                    )
+                finally:
+                    self._con.execute(f"SET threads = {int(threads)}")
+                    self._con.execute("SET memory_limit = ?", [memory])
+        finally:
+            stage.close()
+            stage.path.unlink(missing_ok=True)
 
     def insert_shards(self, shards: Sequence[ShardRecord]) -> None:
         if shards:
@@ -473,6 +513,30 @@ class LedgerWriter:
             self._con.execute(f"INSERT INTO {quote_identifier(table)} ({cols}) SELECT {cols} FROM _prov_insert")
         finally:
             self._con.unregister("_prov_insert")
+
+
+class DocumentStage:
+    """A Parquet file of document rows, written batch by batch (see ``document_stage``)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.columns: list[str] = []
+        self._writer: pq.ParquetWriter | None = None
+        self._written = False
+
+    def write(self, table: pa.Table) -> None:
+        if self._writer is None:
+            self.columns = table.column_names
+            self._writer = pq.ParquetWriter(self.path, table.schema, compression="none")
+        self._writer.write_table(table, row_group_size=16_384)
+        self._written = True
+
+    def close(self) -> bool:
+        """Finish the file; True when it holds rows."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        return self._written
 
 
 def _dataset_from_row(row: dict) -> DatasetRecord:
