@@ -9,8 +9,8 @@ together with ``datasketch.MinHash``; the tests compare them on random input.
 Stages:
 
 1. :func:`complex_spans` finds the words holding a code point whose NFKC form or lower case
-   depends on context; Python's ``unicodedata`` folds just those words (or the whole row, when
-   capital sigma's context reaches beyond the word). :func:`normalize_rows` lower-cases the rest
+   depends on context; Python's ``unicodedata`` folds just those words (from whitespace to
+   whitespace around capital sigma). :func:`normalize_rows` lower-cases the rest
    code point by code point, splits every row on the separator table and writes the words
    joined by single spaces.
 2. :func:`shingle_hashes` hashes every word n-gram of the normalised text with xxh32 (seed 0).
@@ -120,75 +120,93 @@ def _utf8_decode(buf, p):
     ), 4
 
 
-CLASS_SEPARATOR = 0
-CLASS_SIMPLE = 1
-CLASS_COMPLEX = 2
-CLASS_WHOLE = 3
+CLASS_SPACE = 0  # whitespace: a word break, and a boundary for NFKC and for lower-casing
+CLASS_SIMPLE = 1  # NFKC keeps it; lower-cases alone to one code point of the same UTF-8 length
+CLASS_COMPLEX = 2  # NFKC or lower-casing depends on the word around it
+CLASS_SIGMA = 3  # complex, and lower-casing looks past punctuation (capital sigma's final form)
+CLASS_PUNCT = 4  # punctuation: a word break and an NFKC boundary
+
+
+@njit(inline="always", cache=True)
+def _is_break(c):
+    return c == CLASS_SPACE or c == CLASS_PUNCT
 
 
 @njit(inline="always", cache=True)
 def _scan_spans(data, s, e, char_class, starts, ends, base, fill):
-    """Walk one row; return (number of complex spans, whether the whole row must be folded).
+    """Walk one row and return its number of complex spans (written from ``base`` with ``fill``).
 
-    A span runs from just after the separator before a complex code point to the next
-    separator after it (whole words). With ``fill`` the spans are written from ``base``.
+    A complex span runs from the break before a complex code point to the next break after it:
+    whole words, since NFKC and lower-casing of a word do not depend on other words. A span
+    holding capital sigma runs from whitespace to whitespace instead (the final-sigma rule looks
+    across punctuation), and swallows the spans it overlaps.
     """
     count = 0
+    since_space = 0
     word_start = s
+    space_start = s
     p = s
     while p < e:
         if data[p] < 128:
-            if char_class[data[p]] == CLASS_SEPARATOR:
+            c = char_class[data[p]]
+            if c == CLASS_SPACE:
+                word_start = space_start = p + 1
+                since_space = 0
+            elif c == CLASS_PUNCT:
                 word_start = p + 1
             p += 1
             continue
         cp, size = _utf8_decode(data, p)
         c = char_class[cp]
-        if c == CLASS_WHOLE:
-            return count, True
-        if c == CLASS_SEPARATOR:
+        if c == CLASS_SPACE:
+            word_start = space_start = p + size
+            since_space = 0
+            p += size
+        elif c == CLASS_PUNCT:
             word_start = p + size
             p += size
-        elif c == CLASS_COMPLEX:
+        elif c == CLASS_COMPLEX or c == CLASS_SIGMA:
+            sigma = c == CLASS_SIGMA
             q = p + size
             while q < e:
                 cq, sq = _utf8_decode(data, q)
                 cc = char_class[cq]
-                if cc == CLASS_WHOLE:
-                    return count, True
-                if cc == CLASS_SEPARATOR:
+                if cc == CLASS_SIGMA:
+                    sigma = True
+                elif cc == CLASS_SPACE or (cc == CLASS_PUNCT and not sigma):
                     break
                 q += sq
+            start = word_start
+            if sigma:
+                count -= since_space
+                since_space = 0
+                start = space_start
             if fill:
-                starts[base + count] = word_start
+                starts[base + count] = start
                 ends[base + count] = q
             count += 1
+            since_space += 1
             word_start = q
             p = q
         else:
             p += size
-    return count, False
+    return count
 
 
 @njit(parallel=True, cache=True)
 def complex_spans(data, offsets, char_class):
-    """Where Python must fold (NFKC + lower-case) each row.
+    """Where Python must fold (NFKC + lower-case) each row: ``(span_offsets, starts, ends)``.
 
     A code point is complex when its NFKC form or lower case depends on its neighbours or changes
-    its UTF-8 length (combining marks, compatibility characters, Hangul jamo...). Each maximal
-    run of words holding one is a span that Python's ``unicodedata`` folds; a row holding a
-    code point whose lower case depends on context beyond its word (capital sigma) is folded
-    whole. Returns ``(whole, span_offsets, span_starts, span_ends)``: the spans of row ``i`` are
-    ``span_offsets[i]:span_offsets[i + 1]`` (none for whole rows).
+    its UTF-8 length (combining marks, compatibility characters, Hangul jamo, capital sigma...).
+    The spans of row ``i`` are ``span_offsets[i]:span_offsets[i + 1]``; Python's ``unicodedata``
+    folds each, the kernel everything else.
     """
     n = offsets.shape[0] - 1
-    whole = np.zeros(n, dtype=np.bool_)
     counts = np.zeros(n, dtype=np.int64)
     dummy = np.zeros(0, dtype=np.int64)
     for i in prange(n):
-        c, w = _scan_spans(data, offsets[i], offsets[i + 1], char_class, dummy, dummy, 0, False)
-        whole[i] = w
-        counts[i] = 0 if w else c
+        counts[i] = _scan_spans(data, offsets[i], offsets[i + 1], char_class, dummy, dummy, 0, False)
     span_offsets = np.zeros(n + 1, dtype=np.int64)
     for i in range(n):
         span_offsets[i + 1] = span_offsets[i] + counts[i]
@@ -197,7 +215,7 @@ def complex_spans(data, offsets, char_class):
     for i in prange(n):
         if counts[i]:
             _scan_spans(data, offsets[i], offsets[i + 1], char_class, starts, ends, span_offsets[i], True)
-    return whole, span_offsets, starts, ends
+    return span_offsets, starts, ends
 
 
 @njit(inline="always", cache=True)
@@ -227,7 +245,7 @@ def _emit(src, s, e, lower, char_class, lower_cp, out, w, words, in_word):
     p = s
     while p < e:
         cp, size = _utf8_decode(src, p)
-        if char_class[cp] == CLASS_SEPARATOR:
+        if _is_break(char_class[cp]):
             in_word = False
         else:
             if not in_word:
@@ -247,17 +265,14 @@ def _emit(src, s, e, lower, char_class, lower_cp, out, w, words, in_word):
 
 
 @njit(parallel=True, cache=True)
-def normalize_rows(
-    data, offsets, whole, span_offsets, span_starts, span_ends, side, row_side, span_side, char_class, lower_cp,
-    out, out_starts,
-):
+def normalize_rows(data, offsets, span_offsets, span_starts, span_ends, side, span_side, char_class, lower_cp, out, out_starts):
     """Split every row on separators and write its words joined by one space into ``out``.
 
     Text read from ``data`` is lower-cased code point by code point through ``lower_cp`` (it holds
     no complex code point, so NFKC leaves it as it is and lower-casing keeps each code point's
     UTF-8 length). Complex spans are replaced by their folded form ``side[span_side[k]:
-    span_side[k + 1]]``, and whole rows by ``side[row_side[i]:row_side[i + 1]]``; folded text is
-    only split. Row ``i`` is written from ``out_starts[i]``. Returns ``(lengths, n_words)``.
+    span_side[k + 1]]``, which is only split. Row ``i`` is written from ``out_starts[i]``.
+    Returns ``(lengths, n_words)``.
     """
     n = offsets.shape[0] - 1
     lengths = np.zeros(n, dtype=np.int64)
@@ -266,15 +281,12 @@ def normalize_rows(
         w = out_starts[i]
         words = 0
         in_word = False
-        if whole[i]:
-            w, words, in_word = _emit(side, row_side[i], row_side[i + 1], False, char_class, lower_cp, out, w, words, in_word)
-        else:
-            p = offsets[i]
-            for k in range(span_offsets[i], span_offsets[i + 1]):
-                w, words, in_word = _emit(data, p, span_starts[k], True, char_class, lower_cp, out, w, words, in_word)
-                w, words, in_word = _emit(side, span_side[k], span_side[k + 1], False, char_class, lower_cp, out, w, words, in_word)
-                p = span_ends[k]
-            w, words, in_word = _emit(data, p, offsets[i + 1], True, char_class, lower_cp, out, w, words, in_word)
+        p = offsets[i]
+        for k in range(span_offsets[i], span_offsets[i + 1]):
+            w, words, in_word = _emit(data, p, span_starts[k], True, char_class, lower_cp, out, w, words, in_word)
+            w, words, in_word = _emit(side, span_side[k], span_side[k + 1], False, char_class, lower_cp, out, w, words, in_word)
+            p = span_ends[k]
+        w, words, in_word = _emit(data, p, offsets[i + 1], True, char_class, lower_cp, out, w, words, in_word)
         lengths[i] = w - out_starts[i]
         n_words[i] = words
     return lengths, n_words

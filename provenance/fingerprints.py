@@ -47,7 +47,9 @@ def _is_separator(ch: str) -> bool:
     return ch.isspace() or unicodedata.category(ch).startswith("P")
 
 
-_SEPARATOR, _SIMPLE, _COMPLEX, _WHOLE = _k.CLASS_SEPARATOR, _k.CLASS_SIMPLE, _k.CLASS_COMPLEX, _k.CLASS_WHOLE
+_SPACE, _PUNCT, _SIMPLE, _COMPLEX, _SIGMA = (
+    _k.CLASS_SPACE, _k.CLASS_PUNCT, _k.CLASS_SIMPLE, _k.CLASS_COMPLEX, _k.CLASS_SIGMA,
+)
 # Code points beyond these ranges are unassigned or private use: NFKC and lower() keep them.
 _ASSIGNED_RANGES = ((1, 0x40000), (0xE0000, 0xE1000))
 _HANGUL_SECONDS = (range(0x1161, 0x1176), range(0x11A8, 0x11C3))  # vowel and trailing jamo
@@ -90,8 +92,8 @@ def _char_tables(full: bool) -> tuple[np.ndarray, np.ndarray]:
     *separator* is whitespace or punctuation whose NFKC form is separators only and that
     composes with nothing on either side, so that NFKC of a text is NFKC of the pieces between
     separators. Everything else is *complex*: the words holding it are folded by
-    ``unicodedata``; a complex code point whose NFKC form holds capital sigma (whose lower case
-    depends on context beyond the word) makes the whole document fold in Python.
+    ``unicodedata``; around a complex code point whose NFKC form holds capital sigma (its lower
+    case looks past punctuation) the folded span runs from whitespace to whitespace.
     """
     size = 0x110000 if full else 128
     char_class = np.full(size, _SIMPLE, dtype=np.uint8)
@@ -106,7 +108,7 @@ def _char_tables(full: bool) -> tuple[np.ndarray, np.ndarray]:
         context_free = unicodedata.combining(ch) == 0 and cp not in seconds and _first_canonical(cp) not in seconds
         if _is_separator(ch):
             boundary = context_free and cp not in firsts and all(_is_separator(c) for c in nf)
-            char_class[cp] = _SEPARATOR if boundary else _COMPLEX
+            char_class[cp] = (_SPACE if ch.isspace() else _PUNCT) if boundary else _COMPLEX
         elif (
             context_free
             and nf == ch
@@ -119,7 +121,7 @@ def _char_tables(full: bool) -> tuple[np.ndarray, np.ndarray]:
         else:
             char_class[cp] = _COMPLEX
         if char_class[cp] == _COMPLEX and "\u03a3" in nf:
-            char_class[cp] = _WHOLE
+            char_class[cp] = _SIGMA
     return char_class, lower_cp
 
 
@@ -270,12 +272,11 @@ class FingerprintConfig(BaseModel):
 
     def fingerprint_batch(self, texts: Sequence[str] | pa.Array | pa.ChunkedArray) -> FingerprintBatch:
         """Everything the ledger stores per document, computed in one pass over ``texts``."""
-        texts_list = texts if isinstance(texts, list) else None
         arr = _as_string_array(texts)
         if arr.null_count:
             first = arr.is_null().to_numpy(zero_copy_only=False).argmax()
             raise InvalidParameterError(f"text {first} is null; every document needs a text")
-        return _fingerprint_array(self, arr, texts_list)
+        return _fingerprint_array(self, arr)
 
 
 @dataclass(frozen=True)
@@ -360,49 +361,32 @@ def _string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return data, offsets.astype(np.int64, copy=False)
 
 
-def _fingerprint_array(cfg: FingerprintConfig, arr: pa.Array, texts_list: list[str] | None) -> FingerprintBatch:
+def _fingerprint_array(cfg: FingerprintConfig, arr: pa.Array) -> FingerprintBatch:
     n = len(arr)
     data, offsets = _string_buffers(arr)
     full = bool(n) and int(data[offsets[0] : offsets[-1]].max(initial=0)) >= 128
     char_class, lower_cp = _char_tables(full)
     capacity = np.diff(offsets)
     if full:
-        whole, span_offsets, span_starts, span_ends = _k.complex_spans(data, offsets, char_class)
+        span_offsets, span_starts, span_ends = _k.complex_spans(data, offsets, char_class)
     else:
-        whole = np.zeros(n, dtype=np.bool_)
         span_offsets = np.zeros(n + 1, dtype=np.int64)
         span_starts = span_ends = np.zeros(0, dtype=np.int64)
-    # Python folds whole rows (capital sigma) and complex spans; the kernel does everything else.
-    rows = np.flatnonzero(whole)
-    if rows.size:
-        if texts_list is not None:
-            row_pieces = [_fold(texts_list[i]) for i in rows.tolist()]
-        else:
-            row_pieces = [_fold(t) for t in arr.take(pa.array(rows)).to_pylist()]
-    else:
-        row_pieces = []
+    # Python folds the complex spans (NFKC + lower-case); the kernel does everything else.
     view = memoryview(data)
-    span_pieces = [_fold(str(view[a:b], "utf-8")) for a, b in zip(span_starts.tolist(), span_ends.tolist())]
-    row_lengths = np.zeros(n, dtype=np.int64)
-    row_lengths[rows] = [len(p) for p in row_pieces]
-    row_side = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(row_lengths, out=row_side[1:])
+    pieces = [_fold(str(view[a:b], "utf-8")) for a, b in zip(span_starts.tolist(), span_ends.tolist())]
     span_side = np.zeros(span_starts.size + 1, dtype=np.int64)
-    np.cumsum([len(p) for p in span_pieces], out=span_side[1:])
-    span_side += row_side[-1]
-    side_bytes = b"".join(row_pieces) + b"".join(span_pieces)
-    side = np.frombuffer(side_bytes, dtype=np.uint8) if side_bytes else np.zeros(1, dtype=np.uint8)
+    np.cumsum([len(p) for p in pieces], out=span_side[1:])
+    side = np.frombuffer(b"".join(pieces), dtype=np.uint8) if span_side[-1] else np.zeros(1, dtype=np.uint8)
     if span_starts.size:
-        per_span = span_side[1:] - span_side[:-1] - (span_ends - span_starts)
+        growth = (span_side[1:] - span_side[:-1]) - (span_ends - span_starts)
         span_row = np.repeat(np.arange(n), np.diff(span_offsets))
-        capacity = capacity + np.bincount(span_row, weights=per_span, minlength=n).astype(np.int64)
-    capacity = np.where(whole, row_lengths, capacity)
+        capacity = capacity + np.bincount(span_row, weights=growth, minlength=n).astype(np.int64)
     starts = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(capacity, out=starts[1:])
     out = np.empty(max(int(starts[-1]), 1), dtype=np.uint8)
     lengths, n_words = _k.normalize_rows(
-        data, offsets, whole, span_offsets, span_starts, span_ends, side, row_side, span_side, char_class, lower_cp,
-        out, starts,
+        data, offsets, span_offsets, span_starts, span_ends, side, span_side, char_class, lower_cp, out, starts
     )
     starts = starts[:-1]
 
