@@ -86,8 +86,8 @@ def init_cmd(path: str, as_json: bool) -> None:
 def sql_cmd(obj: Context, query: str, fmt: str, as_json: bool) -> None:
     """Run one read-only SELECT over the ledger (writes are refused).
 
-    Tables: datasets, shards, documents, fingerprint_configs, schema_migrations
-    (see docs/schema.md).
+    Tables: datasets, shards, documents, fingerprint_configs, schema_migrations,
+    ledger_meta (see docs/schema.md).
     """
     table = obj.ledger().sql(query)
     render.arrow(table, "json" if as_json else fmt)

@@ -21,7 +21,9 @@ def walk(command: click.Command, path: tuple[str, ...] = ("prov",)) -> Iterator[
 
 
 def help_text(path: tuple[str, ...], command: click.Command) -> str:
-    with click.Context(command, info_name=" ".join(path), terminal_width=100, max_content_width=100) as ctx:
+    with click.Context(
+        command, info_name=" ".join(path), terminal_width=100, max_content_width=100, help_option_names=["-h", "--help"]
+    ) as ctx:
         return command.get_help(ctx)
 
 

@@ -7,6 +7,7 @@ nothing and says so; changed content makes a new version.
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any, Protocol
 
 import numpy as np
@@ -109,7 +110,10 @@ def register_dataset(
                 raise SourceError("the sources hold no shards")
             n_docs = sum(s.n_documents for s in shard_rows)
             if n_docs == 0:
-                raise SourceError(f"no documents to register (all {counters.skipped} records were skipped)")
+                raise SourceError(
+                    f"no documents to register: all {_count(counters.skipped, 'record')} of "
+                    f"{', '.join(s.name for s in shard_rows)} were skipped as invalid"
+                )
             tx.insert_shards(shard_rows)
             _check_unique_keys(tx, dataset_id, id_field)
             content = _content_hash([(s.name, s.shard_id) for s in shard_rows], opts, cfg)
@@ -129,6 +133,7 @@ def register_dataset(
                 id_field=id_field,
                 config=cfg,
                 config_id=cfg.identity,
+                unicode_version=unicodedata.unidata_version,
                 bands=banding.bands,
                 rows=banding.rows,
                 content_hash=content,
@@ -241,9 +246,9 @@ def _check_unique_keys(tx: LedgerWriter, dataset_id: str, id_field: str | None) 
         return
     first = dups[0]
     more = f" (and {total - 1} more duplicated ids)" if total > 1 else ""
-    field = f"{id_field!r} " if id_field else ""
+    what = f"id field {id_field!r} holds {first['key']!r}" if id_field else f"key {first['key']!r} occurs"
     raise SourceError(
-        f"duplicate document id {field}{first['key']!r}: {first['first']} and {first['second']}{more}; "
+        f"duplicate document id: {what} twice, at {first['first']} and at {first['second']}{more}; "
         "ids must be unique within a dataset"
     )
 
@@ -259,9 +264,9 @@ def _content_hash(shards: list[tuple[str, str | None]], opts: ReadOptions, cfg: 
 def _created_message(ds: DatasetRecord) -> str:
     extra = []
     if ds.n_invalid_replaced:
-        extra.append(f"{ds.n_invalid_replaced:,} invalid records repaired")
+        extra.append(f"{_count(ds.n_invalid_replaced, 'invalid record')} repaired")
     if ds.n_invalid_skipped:
-        extra.append(f"{ds.n_invalid_skipped:,} invalid records skipped")
+        extra.append(f"{_count(ds.n_invalid_skipped, 'invalid record')} skipped")
     tail = f" ({'; '.join(extra)})" if extra else ""
     return (
         f"registered {ds.dataset_id}: {_count(ds.n_shards, 'shard')}, {_count(ds.n_documents, 'document')}, "

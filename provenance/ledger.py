@@ -45,7 +45,6 @@ OBJECTS_DIR = "objects"
 TMP_DIR = "tmp"
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-_READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
 
 
 def quote_identifier(name: str) -> str:
@@ -194,12 +193,7 @@ class Ledger:
         if self._in_transaction:
             raise ProvenanceError("transactions do not nest")
         with self._cursor() as con:
-            staging = self.root / TMP_DIR / "staging"
-            # Holding the lock, no other registration is running: staging files left here were
-            # left by a process that died; they were never part of the ledger.
-            if staging.exists():
-                for stale in staging.iterdir():
-                    stale.unlink(missing_ok=True)
+            staging = _clean_staging(self.root)
             con.execute("BEGIN TRANSACTION")
             self._in_transaction = True
             try:
@@ -218,6 +212,7 @@ class Ledger:
     def _migrate(self, *, create: bool) -> None:
         shipped = migrations()
         with self._cursor() as con:
+            _clean_staging(self.root)
             exists = con.execute(
                 "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
             ).fetchall()[0][0]
@@ -347,7 +342,11 @@ class Ledger:
         if len(statements) != 1:
             raise ReadOnlyQueryError(f"give exactly one statement, got {len(statements)}")
         kind = statements[0].type.name
-        if kind not in _READ_ONLY_TYPES:
+        if kind == "EXPLAIN":  # EXPLAIN ANALYZE runs its statement: that one must be a SELECT too
+            inner = re.sub(r"^\s*explain\s+(analy[sz]e\s+)?", "", statements[0].query, flags=re.IGNORECASE)
+            inner_types = [st.type.name for st in duckdb.extract_statements(inner)] if inner.strip() else []
+            kind = inner_types[0] if len(inner_types) == 1 else "EXPLAIN"
+        if kind != "SELECT":
             raise ReadOnlyQueryError(f"only SELECT queries are allowed on the ledger, got {kind}")
         if self._con is not None:
             raise ProvenanceError("sql() opens its own read-only connection; call it outside a session")
@@ -513,6 +512,16 @@ class LedgerWriter:
             self._con.execute(f"INSERT INTO {quote_identifier(table)} ({cols}) SELECT {cols} FROM _prov_insert")
         finally:
             self._con.unregister("_prov_insert")
+
+
+def _clean_staging(root: Path) -> Path:
+    """Remove staging files: called holding the ledger's lock, when no registration is running,
+    so any file there was left by a process that died and was never part of the ledger."""
+    staging = root / TMP_DIR / "staging"
+    if staging.exists():
+        for stale in staging.iterdir():
+            stale.unlink(missing_ok=True)
+    return staging
 
 
 class DocumentStage:

@@ -98,6 +98,7 @@ class DatasetRecord(BaseModel):
     id_field: str | None = None
     config: FingerprintConfig
     config_id: str = Field(description="identity of the fingerprint config of every signature")
+    unicode_version: str = Field(description="Unicode database version of the Python that normalised the text")
     bands: int = Field(description="LSH bands of the stored band keys")
     rows: int = Field(description="signature positions per LSH band")
     content_hash: str = Field(description="xxh3-128 over shard hashes, fields and config")

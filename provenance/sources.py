@@ -201,14 +201,17 @@ class FileShard(Shard):
         texts: list[str] = []
         ids: list[str] = []
         lines: list[int] = []
+        rows: list[int] = []
         size = 0
-        row = 0
+        record = -1  # index of the record among the file's non-blank lines, skipped ones included
+        kept = 0
         lineno = 0
         try:
             with fh:
                 for lineno, line in enumerate(stream, 1):  # noqa: B007 (lineno is read after the loop)
                     if line.isspace():
                         continue
+                    record += 1
                     try:
                         obj = loads(line)
                         slow = False
@@ -232,11 +235,12 @@ class FileShard(Shard):
                         ids.append(str(ident))
                     texts.append(text)
                     lines.append(lineno)
+                    rows.append(record)
                     size += len(text)
                     if size >= opts.batch_bytes:
-                        yield self._batch(texts, ids if idf else None, row, lines, raw.count)
-                        row += len(texts)
-                        texts, ids, lines, size = [], [], [], 0
+                        yield self._batch(texts, ids if idf else None, rows, lines, raw.count)
+                        kept += len(texts)
+                        texts, ids, lines, rows, size = [], [], [], [], 0
                 raw.drain()
         except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
             raise SourceError(f"{self.display}: compressed data is truncated or corrupt after line {lineno}: {exc}") from exc
@@ -251,10 +255,10 @@ class FileShard(Shard):
                 raise SourceError(f"{self.display}: zstd data is truncated or corrupt after line {lineno}: {exc}") from exc
             raise
         if texts:
-            yield self._batch(texts, ids if idf else None, row, lines, raw.count)
-            row += len(texts)
+            yield self._batch(texts, ids if idf else None, rows, lines, raw.count)
+            kept += len(texts)
         self._check_unchanged(hasher.hexdigest())
-        if row == 0 and not counters.skipped:
+        if record < 0:
             raise SourceError(f"{self.display}: no documents (the file holds only blank lines)")
 
     def _parse_slow(self, line: bytes, lineno: int, opts: ReadOptions, counters: Counters) -> Any:
@@ -265,7 +269,7 @@ class FileShard(Shard):
             if opts.on_invalid == "error":
                 raise SourceError(
                     f"{self.display}:{lineno}: invalid UTF-8 at byte {exc.start} of the line "
-                    "(--on-invalid replace or skip to go on)"
+                    "(on_invalid / --on-invalid replace or skip to go on)"
                 ) from None
             if opts.on_invalid == "skip":
                 counters.skipped += 1
@@ -273,7 +277,7 @@ class FileShard(Shard):
             counters.replaced += 1
             decoded = line.decode("utf-8", errors="replace")
         try:
-            return json.loads(decoded)  # accepts unpaired surrogate escapes; _check_text handles them
+            return json.loads(decoded.rstrip("\r\n"))  # accepts unpaired surrogate escapes; _check_text handles them
         except json.JSONDecodeError as exc:
             raise SourceError(f"{self.display}:{lineno}: malformed JSON at column {exc.colno}: {exc.msg}") from None
 
@@ -285,7 +289,7 @@ class FileShard(Shard):
             if opts.on_invalid == "error":
                 raise SourceError(
                     f"{self.display}:{where}: text holds an unpaired surrogate at character {exc.start} "
-                    "(--on-invalid replace or skip to go on)"
+                    "(on_invalid / --on-invalid replace or skip to go on)"
                 ) from None
             if opts.on_invalid == "skip":
                 counters.skipped += 1
@@ -304,11 +308,11 @@ class FileShard(Shard):
         expected = "a string" if what == "text" else "a string or number"
         raise SourceError(f"{self.display}:{lineno}: {what} field {fieldname!r} is {kind}, expected {expected}")
 
-    def _batch(self, texts: list[str], ids: list[str] | None, row: int, lines: list[int], consumed: int) -> Batch:
+    def _batch(self, texts: list[str], ids: list[str] | None, rows: list[int], lines: list[int], consumed: int) -> Batch:
         return Batch(
             texts=strings_to_arrow(texts),
             ids=pa.array(ids, type=pa.string()) if ids is not None else None,
-            rows=np.arange(row, row + len(texts), dtype=np.int64),
+            rows=np.asarray(rows, dtype=np.int64),
             lines=np.asarray(lines, dtype=np.int64),
             consumed=consumed,
         )
@@ -380,7 +384,7 @@ class FileShard(Shard):
                 if opts.on_invalid == "error":
                     raise SourceError(
                         f"{self.display}: row {row + i}: invalid UTF-8 at byte {exc.start} of the text "
-                        "(--on-invalid replace or skip to go on)"
+                        "(on_invalid / --on-invalid replace or skip to go on)"
                     ) from None
                 if opts.on_invalid == "skip":
                     counters.skipped += 1
@@ -406,7 +410,7 @@ class FileShard(Shard):
             line = data.count(b"\n", 0, exc.start) + 1
             if opts.on_invalid == "error":
                 raise SourceError(
-                    f"{self.display}:{line}: invalid UTF-8 at byte {exc.start} (--on-invalid replace or skip to go on)"
+                    f"{self.display}:{line}: invalid UTF-8 at byte {exc.start} (on_invalid / --on-invalid replace or skip to go on)"
                 ) from None
             if opts.on_invalid == "skip":
                 counters.skipped += 1
@@ -526,7 +530,7 @@ class MemoryShard(Shard):
                 if opts.on_invalid == "error":
                     raise SourceError(
                         f"{self._label}: record {i}: text holds an unpaired surrogate at character {exc.start} "
-                        "(on_invalid='replace' or 'skip' to go on)"
+                        "(on_invalid / --on-invalid replace or skip to go on)"
                     ) from None
                 if opts.on_invalid == "skip":
                     counters.skipped += 1

@@ -57,6 +57,7 @@ def test_records_round_trip_and_validate():
     ds = DatasetRecord(
         dataset_id="web@2", name="web", version=2, role="eval", license=License.from_spdx("CC-BY-SA-4.0"),
         model_generated=False, text_field="text", id_field="id", config=cfg, config_id=cfg.identity,
+        unicode_version="14.0.0",
         bands=cfg.banding.bands, rows=cfg.banding.rows, content_hash="ab" * 16, n_shards=1, n_documents=2,
         n_bytes=10, n_tokens=4, created_at=datetime(2026, 1, 2, 3, 4, 5),
     )

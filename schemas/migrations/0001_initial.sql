@@ -42,6 +42,7 @@ CREATE TABLE datasets (
     id_field            VARCHAR,
     config_id           VARCHAR NOT NULL,
     config_json         VARCHAR NOT NULL,     -- the full FingerprintConfig, including lsh_threshold
+    unicode_version     VARCHAR NOT NULL,     -- Unicode database of the Python that normalised the text
     bands               INTEGER NOT NULL,
     rows                INTEGER NOT NULL,
     content_hash        VARCHAR NOT NULL,
