@@ -536,7 +536,9 @@ class DocumentStage:
     def write(self, table: pa.Table) -> None:
         if self._writer is None:
             self.columns = table.column_names
-            self._writer = pq.ParquetWriter(self.path, table.schema, compression="none")
+            self._writer = pq.ParquetWriter(
+                self.path, table.schema, compression="none", use_dictionary=False, write_statistics=False
+            )
         self._writer.write_table(table, row_group_size=16_384)
         self._written = True
 

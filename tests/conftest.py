@@ -53,7 +53,8 @@ def write_jsonl() -> Callable[..., Path]:
 
 @pytest.fixture
 def ledger_state() -> Callable[[Ledger], tuple]:
-    """``ledger_state(ledger)``: everything a failed registration must leave as it was."""
+    """``ledger_state(ledger)``: everything a failed registration must leave as it was, staging
+    files included (a registration stages document rows under ``.prov/tmp/staging``)."""
 
     def state(ledger: Ledger) -> tuple:
         counts = ledger.sql(
@@ -62,6 +63,8 @@ def ledger_state() -> Callable[[Ledger], tuple]:
                       (SELECT count(*) FROM datasets) AS datasets,
                       (SELECT count(*) FROM fingerprint_configs) AS configs"""
         ).to_pylist()[0]
-        return ledger.summary(), counts
+        staging = ledger.root / "tmp" / "staging"
+        staged = sorted(p.name for p in staging.iterdir()) if staging.exists() else []
+        return ledger.summary(), counts, staged
 
     return state
