@@ -133,13 +133,15 @@ def _is_break(c):
 
 
 @njit(inline="always", cache=True)
-def _scan_spans(data, s, e, char_class, starts, ends, base, fill):
-    """Walk one row and return its number of complex spans (written from ``base`` with ``fill``).
+def _scan_spans(data, s, e, char_class, starts, ends, base, limit):
+    """Walk one row and return its number of complex spans, writing them from ``base`` when
+    ``limit`` (the row's final count, from a first pass with ``limit = -1``) is known.
 
     A complex span runs from the break before a complex code point to the next break after it:
     whole words, since NFKC and lower-casing of a word do not depend on other words. A span
     holding capital sigma runs from whitespace to whitespace instead (the final-sigma rule looks
-    across punctuation), and swallows the spans it overlaps.
+    across punctuation), and swallows the spans it overlaps. A span that a later one swallows
+    may sit at or past ``limit``; it is not written, so a row never writes into the next row's.
     """
     count = 0
     since_space = 0
@@ -181,7 +183,7 @@ def _scan_spans(data, s, e, char_class, starts, ends, base, fill):
                 count -= since_space
                 since_space = 0
                 start = space_start
-            if fill:
+            if count < limit:
                 starts[base + count] = start
                 ends[base + count] = q
             count += 1
@@ -193,7 +195,7 @@ def _scan_spans(data, s, e, char_class, starts, ends, base, fill):
     return count
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def complex_spans(data, offsets, char_class):
     """Where Python must fold (NFKC + lower-case) each row: ``(span_offsets, starts, ends)``.
 
@@ -206,7 +208,7 @@ def complex_spans(data, offsets, char_class):
     counts = np.zeros(n, dtype=np.int64)
     dummy = np.zeros(0, dtype=np.int64)
     for i in prange(n):
-        counts[i] = _scan_spans(data, offsets[i], offsets[i + 1], char_class, dummy, dummy, 0, False)
+        counts[i] = _scan_spans(data, offsets[i], offsets[i + 1], char_class, dummy, dummy, 0, -1)
     span_offsets = np.zeros(n + 1, dtype=np.int64)
     for i in range(n):
         span_offsets[i + 1] = span_offsets[i] + counts[i]
@@ -214,7 +216,7 @@ def complex_spans(data, offsets, char_class):
     ends = np.empty(span_offsets[n], dtype=np.int64)
     for i in prange(n):
         if counts[i]:
-            _scan_spans(data, offsets[i], offsets[i + 1], char_class, starts, ends, span_offsets[i], True)
+            _scan_spans(data, offsets[i], offsets[i + 1], char_class, starts, ends, span_offsets[i], counts[i])
     return span_offsets, starts, ends
 
 
@@ -264,7 +266,7 @@ def _emit(src, s, e, lower, char_class, lower_cp, out, w, words, in_word):
     return w, words, in_word
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def normalize_rows(data, offsets, span_offsets, span_starts, span_ends, side, span_side, char_class, lower_cp, out, out_starts):
     """Split every row on separators and write its words joined by one space into ``out``.
 
@@ -292,7 +294,7 @@ def normalize_rows(data, offsets, span_offsets, span_starts, span_ends, side, sp
     return lengths, n_words
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def shingle_hashes(buf, starts, lengths, n_words, ngram, hash_offsets):
     """xxh32 of every word ``ngram``-gram of each normalised row, flat, rows at ``hash_offsets``.
 
@@ -335,7 +337,7 @@ def _fmix32(h):
     return h
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def minhash_signatures(hashes, hash_offsets, a, b, scheme):
     """Signatures ``(n, num_perm)`` uint32 from flat token hashes, as datasketch computes them.
 
@@ -376,7 +378,7 @@ def _splitmix64(z):
     return np.uint64(z ^ (z >> np.uint64(31)))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def band_keys(signatures, bands, rows):
     """One uint64 key per (document, band): fold the band's values through splitmix64.
 

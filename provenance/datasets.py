@@ -7,7 +7,10 @@ nothing and says so; changed content makes a new version.
 
 from __future__ import annotations
 
+import threading
 import unicodedata
+from collections.abc import Iterator
+from queue import Empty, Full, Queue
 from typing import Any, Protocol
 
 import numpy as np
@@ -190,7 +193,7 @@ def _write_shard(
 ) -> ShardRecord:
     """Read one shard batch by batch, fingerprint it and stage its document rows."""
     n_docs = n_tokens = reported = 0
-    for batch in shard.batches(opts, counters):
+    for batch in _prefetch(shard.batches(opts, counters)):
         fp = cfg.fingerprint_batch(batch.texts)
         stage.write(_documents_table(dataset_id, index, shard.name, batch, fp, first_id + n_docs))
         n_docs += len(fp)
@@ -209,6 +212,56 @@ def _write_shard(
         n_documents=n_docs,
         n_tokens=n_tokens,
     )
+
+
+def _prefetch(batches: Iterator[Batch], depth: int = 2) -> Iterator[Batch]:
+    """Read the next batches in a thread while the caller fingerprints this one.
+
+    Parsing holds the GIL; the numba kernels release it, so the two overlap. Errors raised while
+    reading reach the caller at the batch where they happened; if the caller stops early, the
+    reader stops after the batch it is on.
+    """
+    queue: Queue = Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def read() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        queue.put(batch, timeout=0.1)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue.put(done)
+        except BaseException as exc:  # handed to the consumer
+            queue.put(exc)
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+
+    reader = threading.Thread(target=read, name="provenance-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = queue.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while reader.is_alive():
+            try:
+                queue.get(timeout=0.1)
+            except Empty:
+                pass
+        reader.join()
 
 
 def _documents_table(

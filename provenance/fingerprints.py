@@ -317,14 +317,30 @@ def _as_string_array(texts: Sequence[str] | pa.Array | pa.ChunkedArray | Iterabl
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks() if texts.num_chunks != 1 else texts.chunk(0)
     if isinstance(texts, pa.Array):
-        if pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type):
-            return texts
         if pa.types.is_string_view(texts.type):
-            return texts.cast(pa.large_string())
-        raise InvalidParameterError(f"texts must be an Arrow string array, got type {texts.type}")
+            texts = texts.cast(pa.large_string())
+        if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
+            raise InvalidParameterError(f"texts must be an Arrow string array, got type {texts.type}")
+        _check_utf8(texts)
+        return texts
     if isinstance(texts, str):
         raise InvalidParameterError("texts must be a sequence of strings, not one string; use signature(text)")
     return strings_to_arrow(texts if isinstance(texts, list) else list(texts))
+
+
+def _check_utf8(arr: pa.Array) -> None:
+    """Arrow does not check that string arrays built from buffers hold UTF-8; the kernels rely on it."""
+    try:
+        arr.validate(full=True)
+    except pa.ArrowInvalid:
+        for i, value in enumerate(arr.cast(pa.large_binary(), safe=False).to_pylist()):
+            if value is None:
+                continue
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidParameterError(f"text {i} is not valid UTF-8 (byte {exc.start})") from None
+        raise
 
 
 def strings_to_arrow(texts: list[str]) -> pa.LargeStringArray:

@@ -131,6 +131,44 @@ class _HashingReader(io.RawIOBase):
             pass
 
 
+class _ZstdReader(io.RawIOBase):
+    """Decompress a stream of zstd frames; a frame cut short raises ``EOFError``.
+
+    (zstandard's own stream reader ends quietly at a truncated frame when the cut falls on a
+    block boundary.)
+    """
+
+    def __init__(self, raw: io.RawIOBase):
+        import zstandard
+
+        self._raw = raw
+        self._new = zstandard.ZstdDecompressor().decompressobj
+        self._obj = self._new()
+        self._fed = False  # the current frame has received input
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self._pending:
+            chunk = self._raw.read(1 << 20)
+            if not chunk:
+                if self._fed and not self._obj.eof:
+                    raise EOFError("zstd frame is truncated: the file ends inside it")
+                return 0
+            while chunk:
+                if self._obj.eof:
+                    self._obj, self._fed = self._new(), False
+                self._fed = True
+                self._pending += self._obj.decompress(chunk)
+                chunk = self._obj.unused_data if self._obj.eof else b""
+        n = min(len(b), len(self._pending))
+        b[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
 class FileShard(Shard):
     def __init__(self, path: Path, name: str, fmt: str):
         self.path = path
@@ -186,9 +224,7 @@ class FileShard(Shard):
         if self.format == "jsonl.gz":
             stream = gzip.GzipFile(fileobj=io.BufferedReader(raw, _CHUNK), mode="rb")
         elif self.format == "jsonl.zst":
-            import zstandard
-
-            stream = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True), _CHUNK)
+            stream = io.BufferedReader(_ZstdReader(raw), _CHUNK)
         else:
             stream = io.BufferedReader(raw, _CHUNK)
         return fh, raw, stream
@@ -335,7 +371,7 @@ class FileShard(Shard):
         rows_per_batch = _parquet_rows_per_batch(pf, names.index(opts.text_field), opts.batch_bytes)
         try:
             for rb in pf.iter_batches(batch_size=rows_per_batch, columns=columns):
-                texts = self._parquet_texts(rb.column(0), row, opts, counters)
+                texts = _valid_texts(rb.column(0), row, self.display, "row", opts, counters)
                 ids = None
                 if opts.id_field:
                     ids = rb.column(1)
@@ -345,7 +381,9 @@ class FileShard(Shard):
                     ids = ids.cast(pa.string())
                 keep = texts is not None and len(texts) == len(rb)
                 if not keep:
-                    texts, ids, rows = self._parquet_filter(rb, row, opts, counters)
+                    texts, ids, rows = _repair_texts(
+                        rb.column(0), rb.column(1) if opts.id_field else None, row, self.display, "row", opts, counters
+                    )
                 else:
                     rows = np.arange(row, row + len(rb), dtype=np.int64)
                 row += len(rb)
@@ -359,42 +397,6 @@ class FileShard(Shard):
         self._check_unchanged(self._rehash())
         if row == 0:
             raise SourceError(f"{self.display}: no documents (the Parquet file has no rows)")
-
-    def _parquet_texts(self, col: pa.Array, row: int, opts: ReadOptions, counters: Counters) -> pa.Array | None:
-        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_string_view(col.type)):
-            raise SourceError(f"{self.display}: text column {opts.text_field!r} has type {col.type}, expected string")
-        if col.null_count:
-            bad = row + int(np.argmax(col.is_null().to_numpy(zero_copy_only=False)))
-            raise SourceError(f"{self.display}: row {bad}: text column {opts.text_field!r} is null")
-        col = col.cast(pa.large_string())
-        try:
-            col.validate(full=True)
-            return col
-        except pa.ArrowInvalid:
-            return None
-
-    def _parquet_filter(self, rb: pa.RecordBatch, row: int, opts: ReadOptions, counters: Counters):
-        raw = rb.column(0).cast(pa.large_binary(), safe=False).to_pylist()
-        texts, keep = [], []
-        for i, b in enumerate(raw):
-            try:
-                texts.append(b.decode("utf-8"))
-                keep.append(i)
-            except UnicodeDecodeError as exc:
-                if opts.on_invalid == "error":
-                    raise SourceError(
-                        f"{self.display}: row {row + i}: invalid UTF-8 at byte {exc.start} of the text "
-                        "(on_invalid / --on-invalid replace or skip to go on)"
-                    ) from None
-                if opts.on_invalid == "skip":
-                    counters.skipped += 1
-                    continue
-                counters.replaced += 1
-                texts.append(b.decode("utf-8", errors="replace"))
-                keep.append(i)
-        idx = pa.array(keep, type=pa.int64())
-        ids = rb.column(1).take(idx).cast(pa.string()) if opts.id_field else None
-        return pa.array(texts, type=pa.large_string()), ids, row + np.asarray(keep, dtype=np.int64)
 
     # -- plain text -------------------------------------------------------------------------
 
@@ -433,6 +435,48 @@ def _parquet_rows_per_batch(pf: pq.ParquetFile, column: int, batch_bytes: int) -
     total = sum(meta.row_group(i).column(column).total_uncompressed_size for i in range(meta.num_row_groups))
     per_row = max(1, total // meta.num_rows)
     return int(max(1, min(65_536, batch_bytes // per_row)))
+
+
+def _valid_texts(col: pa.Array, row: int, label: str, unit: str, opts: ReadOptions, counters: Counters) -> pa.Array | None:
+    """``col`` as large strings when every value is valid UTF-8; ``None`` when some are not."""
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_string_view(col.type)):
+        raise SourceError(f"{label}: text column {opts.text_field!r} has type {col.type}, expected string")
+    if col.null_count:
+        bad = row + int(np.argmax(col.is_null().to_numpy(zero_copy_only=False)))
+        what = "text column" if unit == "row" else "text"
+        raise SourceError(f"{label}: {unit} {bad}: {what} {opts.text_field!r} is null")
+    col = col.cast(pa.large_string())
+    try:
+        col.validate(full=True)
+        return col
+    except pa.ArrowInvalid:
+        return None
+
+
+def _repair_texts(col: pa.Array, ids: pa.Array | None, row: int, label: str, unit: str, opts: ReadOptions,
+                  counters: Counters) -> tuple[pa.Array, pa.Array | None, np.ndarray]:
+    """Texts with invalid UTF-8: refuse, repair or drop them as ``opts.on_invalid`` says."""
+    raw = col.cast(pa.large_binary(), safe=False).to_pylist()
+    texts, keep = [], []
+    for i, b in enumerate(raw):
+        try:
+            texts.append(b.decode("utf-8"))
+            keep.append(i)
+        except UnicodeDecodeError as exc:
+            if opts.on_invalid == "error":
+                raise SourceError(
+                    f"{label}: {unit} {row + i}: invalid UTF-8 at byte {exc.start} of the text "
+                    "(on_invalid / --on-invalid replace or skip to go on)"
+                ) from None
+            if opts.on_invalid == "skip":
+                counters.skipped += 1
+                continue
+            counters.replaced += 1
+            texts.append(b.decode("utf-8", errors="replace"))
+            keep.append(i)
+    idx = pa.array(keep, type=pa.int64())
+    kept_ids = ids.take(idx).cast(pa.string()) if ids is not None else None
+    return strings_to_arrow(texts), kept_ids, row + np.asarray(keep, dtype=np.int64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -496,12 +540,8 @@ class MemoryShard(Shard):
         for col, what in ((opts.text_field, "text"), (opts.id_field, "id")):
             if col is not None and col not in names:
                 raise SourceError(f"{self._label}: no {what} column {col!r} (columns: {', '.join(names[:12])})")
-        texts = table.column(opts.text_field).combine_chunks()
-        if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type) or pa.types.is_string_view(texts.type)):
-            raise SourceError(f"{self._label}: text column {opts.text_field!r} has type {texts.type}, expected string")
-        if texts.null_count:
-            bad = row + int(np.argmax(texts.is_null().to_numpy(zero_copy_only=False)))
-            raise SourceError(f"{self._label}: record {bad}: text {opts.text_field!r} is null")
+        raw_texts = table.column(opts.text_field).combine_chunks()
+        texts = _valid_texts(raw_texts, row, self._label, "record", opts, counters)
         ids = None
         if opts.id_field:
             ids = table.column(opts.id_field).combine_chunks()
@@ -509,7 +549,9 @@ class MemoryShard(Shard):
                 bad = row + int(np.argmax(ids.is_null().to_numpy(zero_copy_only=False)))
                 raise SourceError(f"{self._label}: record {bad}: id {opts.id_field!r} is null")
             ids = ids.cast(pa.string())
-        texts = texts.cast(pa.large_string())
+        if texts is None:
+            texts, ids, rows = _repair_texts(raw_texts, ids, row, self._label, "record", opts, counters)
+            return Batch(texts=texts, ids=ids, rows=rows, lines=None) if len(texts) else None
         return Batch(texts=texts, ids=ids, rows=np.arange(row, row + len(texts), dtype=np.int64), lines=None)
 
     def _dicts(self, records: list, row: int, opts: ReadOptions, counters: Counters) -> Batch | None:

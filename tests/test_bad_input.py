@@ -1,0 +1,509 @@
+"""Bad input: every failure is a SourceError (or InvalidParameterError) naming the file and line
+(or record, or row), and the ledger is left exactly as it was."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from provenance.errors import InvalidParameterError, SourceError
+from provenance.fingerprints import FingerprintConfig
+
+GOOD = [{"id": f"g{i}", "text": f"a good document number {i} with some words"} for i in range(4)]
+
+
+@pytest.fixture
+def populated(ledger, data_dir, write_jsonl, ledger_state):
+    """A ledger holding one dataset ``good@1``; yields a check that nothing changed since."""
+    ledger.register_dataset("good", write_jsonl(data_dir / "good.jsonl", GOOD), id_field="id")
+    before = ledger_state(ledger)
+
+    def unchanged() -> None:
+        assert ledger_state(ledger) == before
+        assert [d.dataset_id for d in ledger.datasets(all_versions=True)] == ["good@1"]
+
+    return ledger, unchanged
+
+
+def write_lines(path: Path, lines: list[bytes]) -> Path:
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def refused(ledger, name: str, sources, error=SourceError, **options) -> str:
+    with pytest.raises(error) as info:
+        ledger.register_dataset(name, sources, **options)
+    return str(info.value)
+
+
+# -- JSONL content ------------------------------------------------------------------------------
+
+
+def test_invalid_utf8_names_file_and_line(populated, data_dir):
+    ledger, unchanged = populated
+    path = write_lines(data_dir / "bad.jsonl", [b'{"text": "fine"}', b"", b'{"text": "bad \xff byte"}', b'{"text": "ok"}'])
+    message = refused(ledger, "good", path)
+    assert message.startswith(f"{path}:3: invalid UTF-8 at byte 14 of the line")
+    assert "replace or skip" in message
+    unchanged()
+
+
+def test_invalid_utf8_replace_and_skip_are_counted(populated, data_dir):
+    ledger, unchanged = populated
+    path = write_lines(data_dir / "bad.jsonl", [b'{"text": "fine words"}', b'{"text": "bad \xff byte"}', b'{"text": "ok"}'])
+
+    replaced = ledger.register_dataset("replaced", path, on_invalid="replace").dataset
+    assert (replaced.n_documents, replaced.n_invalid_replaced, replaced.n_invalid_skipped) == (3, 1, 0)
+    rows = ledger.documents("replaced").to_pylist()
+    assert [r["line"] for r in rows] == [1, 2, 3]
+    cfg = FingerprintConfig()
+    assert rows[1]["signature"] == cfg.signature("bad \ufffd byte").tolist()
+    assert rows[1]["n_bytes"] == len("bad \ufffd byte".encode())
+
+    skipped = ledger.register_dataset("skipped", path, on_invalid="skip")
+    ds = skipped.dataset
+    assert (ds.n_documents, ds.n_invalid_replaced, ds.n_invalid_skipped) == (2, 0, 1)
+    assert skipped.message.endswith("(1 invalid record skipped)")
+    rows = ledger.documents("skipped").to_pylist()
+    # Record indices count the skipped line, so keys do not shift when a line goes bad.
+    assert [(r["key"], r["row_index"], r["line"]) for r in rows] == [("bad.jsonl:0", 0, 1), ("bad.jsonl:2", 2, 3)]
+    assert ledger.dataset("good@1").n_documents == 4
+
+
+def test_unpaired_surrogate_escape(populated, data_dir):
+    ledger, unchanged = populated
+    path = write_lines(data_dir / "sur.jsonl", [b'{"text": "fine"}', b'{"text": "lone \\ud800 surrogate"}'])
+    message = refused(ledger, "good", path)
+    assert message.startswith(f"{path}:2: text holds an unpaired surrogate at character 5")
+    unchanged()
+
+    ds = ledger.register_dataset("sur", path, on_invalid="replace").dataset
+    assert (ds.n_documents, ds.n_invalid_replaced) == (2, 1)
+    stored = ledger.documents("sur").to_pylist()[1]
+    assert stored["signature"] == FingerprintConfig().signature("lone ? surrogate").tolist()
+    assert ledger.register_dataset("sur-skip", path, on_invalid="skip").dataset.n_invalid_skipped == 1
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b'{"text": "unterminated}', ":2: malformed JSON at column"),
+        (b'{"text": "a",}', ":2: malformed JSON at column"),
+        (b'{"body": "x", "id": 1}', ":2: no text field 'text' (fields: body, id)"),
+        (b'{"text": null}', ":2: text field 'text' is null, expected a string"),
+        (b'{"text": 12}', ":2: text field 'text' is int, expected a string"),
+        (b'{"text": ["a"]}', ":2: text field 'text' is list, expected a string"),
+        (b'["not", "an", "object"]', ":2: expected a JSON object, got list"),
+        (b'"just a string"', ":2: expected a JSON object, got str"),
+    ],
+    ids=["unterminated", "trailing-comma", "missing-text", "null-text", "number-text", "list-text", "array", "string"],
+)
+def test_bad_jsonl_line_names_file_and_line(populated, data_dir, line, expected):
+    ledger, unchanged = populated
+    path = write_lines(data_dir / "bad.jsonl", [b'{"text": "fine"}', line, b'{"text": "after"}'])
+    message = refused(ledger, "good", path)
+    assert message.startswith(f"{path}{expected}"), message
+    unchanged()
+
+
+@pytest.mark.parametrize(
+    ("record", "expected"),
+    [
+        ({"text": "x"}, "no id field 'id' (fields: text)"),
+        ({"id": None, "text": "x"}, "id field 'id' is null, expected a string or number"),
+        ({"id": ["a"], "text": "x"}, "id field 'id' is list, expected a string or number"),
+        ({"id": True, "text": "x"}, "id field 'id' is bool, expected a string or number"),
+    ],
+)
+def test_bad_id_names_file_and_line(populated, data_dir, write_jsonl, record, expected):
+    ledger, unchanged = populated
+    path = write_jsonl(data_dir / "ids.jsonl", [{"id": "fine", "text": "ok"}, record])
+    message = refused(ledger, "good", path, id_field="id")
+    assert message == f"{path}:2: {expected}"
+    unchanged()
+
+
+def test_empty_file(populated, data_dir, write_jsonl):
+    ledger, unchanged = populated
+    write_jsonl(data_dir / "a.jsonl", GOOD[:1])
+    (data_dir / "b.jsonl").write_bytes(b"")
+    assert refused(ledger, "good", data_dir / "b.jsonl") == f"{data_dir / 'b.jsonl'}: file is empty"
+    assert refused(ledger, "good", data_dir) == f"{data_dir / 'b.jsonl'}: file is empty"  # one of a folder
+    unchanged()
+
+
+def test_file_of_blank_lines(populated, data_dir):
+    ledger, unchanged = populated
+    path = data_dir / "blank.jsonl"
+    path.write_bytes(b"\n   \n\t\n\r\n")
+    assert refused(ledger, "good", path) == f"{path}: no documents (the file holds only blank lines)"
+    unchanged()
+
+
+def test_every_line_skipped(populated, data_dir):
+    ledger, unchanged = populated
+    path = write_lines(data_dir / "all-bad.jsonl", [b'{"text": "\xff"}', b'{"text": "\xfe"}'])
+    message = refused(ledger, "good", path, on_invalid="skip")
+    assert message.startswith("no documents to register")
+    assert "2 records" in message and "all-bad.jsonl" in message and "skipped" in message
+    unchanged()
+
+
+# -- duplicate ids -------------------------------------------------------------------------------
+
+
+def test_duplicate_id_within_a_file(populated, data_dir, write_jsonl):
+    ledger, unchanged = populated
+    path = data_dir / "dup.jsonl"
+    path.write_text(
+        '{"id": "a", "text": "one"}\n{"id": "b", "text": "two"}\n\n{"id": "a", "text": "three"}\n', encoding="utf-8"
+    )
+    message = refused(ledger, "good", path, id_field="id")
+    assert message.startswith("duplicate document id")
+    assert "'a'" in message and "dup.jsonl line 1" in message and "dup.jsonl line 4" in message
+    assert "'b'" not in message
+    unchanged()
+
+
+def test_duplicate_ids_across_two_files(populated, data_dir, write_jsonl):
+    ledger, unchanged = populated
+    (data_dir / "parts").mkdir()
+    write_jsonl(data_dir / "parts" / "a.jsonl", [{"id": "x", "text": "1"}, {"id": "q", "text": "2"}, {"id": 7, "text": "3"}])
+    write_jsonl(data_dir / "parts" / "b.jsonl", [{"id": "z", "text": "4"}, {"id": "q", "text": "5"}, {"id": "7", "text": "6"}])
+    message = refused(ledger, "good", data_dir / "parts", id_field="id")
+    assert message.startswith("duplicate document id")
+    # The first duplicated id in key order ('7' < 'q'), both places, and a count of the others.
+    assert "'7'" in message and "a.jsonl line 3" in message and "b.jsonl line 3" in message
+    assert "1 more" in message and "'q'" not in message
+    unchanged()
+
+
+def test_duplicate_ids_in_records(populated):
+    ledger, unchanged = populated
+    records = [{"id": "r", "text": "1"}, {"id": "s", "text": "2"}, {"id": "r", "text": "3"}]
+    message = refused(ledger, "good", records, id_field="id")
+    assert message.startswith("duplicate document id")
+    assert "'r'" in message and "batch-00000 record 0" in message and "batch-00000 record 2" in message
+    unchanged()
+
+
+# -- files that cannot be read -------------------------------------------------------------------
+
+
+def test_unknown_file_type(populated, data_dir):
+    ledger, unchanged = populated
+    path = data_dir / "table.csv"
+    path.write_text("text\nhello\n")
+    message = refused(ledger, "good", path)
+    assert message.startswith(f"{path}: unknown file type; supported: .jsonl")
+    unchanged()
+
+
+def test_truncated_parquet(populated, data_dir):
+    ledger, unchanged = populated
+    path = data_dir / "cut.parquet"
+    pq.write_table(pa.table({"text": [f"row {i} of a table" for i in range(2000)]}), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    message = refused(ledger, "good", path)
+    assert message.startswith(f"{path}: not a readable Parquet file")
+    unchanged()
+
+
+def test_garbage_parquet(populated, data_dir):
+    ledger, unchanged = populated
+    path = data_dir / "garbage.parquet"
+    path.write_bytes(b"PAR1" + np.random.default_rng(0).bytes(300) + b"PAR1")
+    assert refused(ledger, "good", path).startswith(f"{path}: not a readable Parquet file")
+    path.write_bytes(b"this is not parquet at all")
+    assert refused(ledger, "good", path).startswith(f"{path}: not a readable Parquet file")
+    unchanged()
+
+
+def test_parquet_without_text_column(populated, data_dir):
+    ledger, unchanged = populated
+    path = data_dir / "cols.parquet"
+    pq.write_table(pa.table({"body": ["x"], "n": [1]}), path)
+    assert refused(ledger, "good", path) == f"{path}: no text column 'text' (columns: body, n)"
+    unchanged()
+
+
+def test_parquet_null_text_names_the_row(populated, data_dir):
+    ledger, unchanged = populated
+    path = data_dir / "nulls.parquet"
+    pq.write_table(pa.table({"text": ["a", "b", None, "d"]}), path)
+    assert refused(ledger, "good", path) == f"{path}: row 2: text column 'text' is null"
+    unchanged()
+
+
+def _invalid_utf8_strings(values: list[bytes]) -> pa.Array:
+    """A string array holding the given bytes unchecked (as a buggy writer could produce)."""
+    raw = pa.array(values, type=pa.binary())
+    return pa.Array.from_buffers(pa.string(), len(raw), raw.buffers())
+
+
+def test_parquet_invalid_utf8_names_the_row(populated, data_dir):
+    ledger, unchanged = populated
+    path = data_dir / "inv.parquet"
+    pq.write_table(pa.table({"text": _invalid_utf8_strings([b"good text", b"bad \xff text", b"more"])}), path)
+    message = refused(ledger, "good", path)
+    assert message.startswith(f"{path}: row 1: invalid UTF-8 at byte 4 of the text")
+    unchanged()
+
+    replaced = ledger.register_dataset("replaced", path, on_invalid="replace").dataset
+    assert (replaced.n_documents, replaced.n_invalid_replaced) == (3, 1)
+    row = ledger.documents("replaced").to_pylist()[1]
+    assert row["signature"] == FingerprintConfig().signature("bad \ufffd text").tolist()
+    skipped = ledger.register_dataset("skipped", path, on_invalid="skip").dataset
+    assert (skipped.n_documents, skipped.n_invalid_skipped) == (2, 1)
+    assert [r["key"] for r in ledger.documents("skipped").to_pylist()] == ["inv.parquet:0", "inv.parquet:2"]
+
+
+_INVALID_TABLE_CHILD = """
+import sys
+import pyarrow as pa
+from provenance.errors import SourceError
+from provenance.ledger import Ledger
+
+raw = pa.array([b"good text", b"bad \\xff"], type=pa.binary())
+table = pa.table({"text": pa.Array.from_buffers(pa.string(), 2, raw.buffers())})
+try:
+    Ledger.open(sys.argv[1]).register_dataset("good", table)
+except SourceError as exc:
+    print("refused:", exc)
+else:
+    print("accepted")
+"""
+
+
+def test_arrow_table_with_invalid_utf8_names_the_record(populated):
+    ledger, unchanged = populated
+    # In a child process, because today the unchecked bytes can crash the interpreter.
+    child = subprocess.run(
+        [sys.executable, "-c", _INVALID_TABLE_CHILD, str(ledger.root)], capture_output=True, text=True, timeout=300
+    )
+    unchanged()
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout.startswith("refused: arrow table: record 1: invalid UTF-8"), child.stdout
+
+
+def test_jsonl_with_byte_order_mark_is_refused_at_line_one(populated, data_dir):
+    ledger, unchanged = populated
+    path = write_lines(data_dir / "bom.jsonl", [b'\xef\xbb\xbf{"text": "x"}', b'{"text": "y"}'])
+    assert refused(ledger, "good", path).startswith(f"{path}:1: malformed JSON at column 1: Unexpected UTF-8 BOM")
+    unchanged()
+
+
+def _jsonl_payload(n: int = 2000) -> bytes:
+    return b"".join(json.dumps({"text": f"line {i} " + "words " * 15}).encode() + b"\n" for i in range(n))
+
+
+def test_truncated_gzip(populated, data_dir):
+    ledger, unchanged = populated
+    path = data_dir / "cut.jsonl.gz"
+    data = gzip.compress(_jsonl_payload())
+    path.write_bytes(data[: len(data) // 2])
+    message = refused(ledger, "good", path)
+    assert message.startswith(f"{path}: compressed data is truncated or corrupt after line ")
+    unchanged()
+
+
+def test_truncated_zstd(populated, data_dir):
+    ledger, unchanged = populated
+    path = data_dir / "cut.jsonl.zst"
+    data = zstandard.ZstdCompressor().compress(_jsonl_payload())
+    path.write_bytes(data[: len(data) // 2])
+    message = refused(ledger, "good", path)
+    assert message.startswith(f"{path}:"), message
+    unchanged()
+
+
+def test_truncated_zstd_at_a_block_boundary(populated, data_dir):
+    ledger, unchanged = populated
+    lines = []
+    for i in range(3000):  # 128-byte lines: zstd's 128 KiB blocks end exactly on a line boundary
+        line = json.dumps({"text": f"document {i:06d}"}).encode()
+        lines.append(line + b" " * (127 - len(line)) + b"\n")
+    data = zstandard.ZstdCompressor().compress(b"".join(lines))
+    path = data_dir / "cut.jsonl.zst"
+    path.write_bytes(data[: len(data) // 2])
+    message = refused(ledger, "good", path)
+    assert message.startswith(f"{path}:") and "truncated" in message
+    unchanged()
+
+
+def test_missing_path(populated, data_dir):
+    ledger, unchanged = populated
+    path = data_dir / "nope.jsonl"
+    assert refused(ledger, "good", path) == f"{path}: no such file or folder"
+    assert refused(ledger, "good", [data_dir / "good.jsonl", path]) == f"{path}: no such file or folder"
+    unchanged()
+
+
+def test_glob_matching_nothing(populated, data_dir):
+    ledger, unchanged = populated
+    pattern = str(data_dir / "nothing-*.jsonl")
+    assert refused(ledger, "good", pattern) == f"{pattern}: pattern matched no files"
+    unchanged()
+
+
+def test_empty_folder(populated, data_dir):
+    ledger, unchanged = populated
+    (data_dir / "empty").mkdir()
+    assert refused(ledger, "good", data_dir / "empty") == f"{data_dir / 'empty'}: folder holds no files"
+    unchanged()
+
+
+# -- files that change while they are registered ---------------------------------------------------
+
+
+class _OnRegistering:
+    """A progress object that runs ``action`` once reading begins (after every file was hashed)."""
+
+    def __init__(self, action):
+        self.action = action
+        self.descriptions: list[str] = []
+
+    def start(self, description, total):
+        self.descriptions.append(description)
+        if description.startswith("registering "):
+            self.action()
+
+    def advance(self, amount):
+        pass
+
+
+def _write_two(data_dir: Path, fmt: str) -> tuple[Path, Path]:
+    paths = []
+    for i, name in enumerate(["a", "b"]):
+        texts = [f"shard {name} document {j}" for j in range(3)]
+        if fmt == "jsonl":
+            path = data_dir / f"{name}.jsonl"
+            path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+        elif fmt == "parquet":
+            path = data_dir / f"{name}.parquet"
+            pq.write_table(pa.table({"text": texts}), path)
+        else:
+            path = data_dir / f"{name}.txt"
+            path.write_text(" ".join(texts))
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "text"])
+def test_file_deleted_after_hashing(populated, data_dir, fmt):
+    ledger, unchanged = populated
+    first, second = _write_two(data_dir, fmt)
+    progress = _OnRegistering(second.unlink)
+    message = refused(ledger, "good", [first, second], progress=progress)
+    assert progress.descriptions == ["hashing", "registering good@2"]
+    assert message.startswith(f"{second}: disappeared"), message
+    unchanged()
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "text"])
+def test_file_changed_while_registering(populated, data_dir, fmt):
+    ledger, unchanged = populated
+    first, second = _write_two(data_dir, fmt)
+
+    def rewrite():
+        if fmt == "parquet":
+            pq.write_table(pa.table({"text": ["something else entirely"]}), second)
+        else:
+            second.write_bytes(second.read_bytes().replace(b"document", b"DOCUMENT"))
+
+    message = refused(ledger, "good", [first, second], progress=_OnRegistering(rewrite))
+    assert message == f"{second}: file changed while it was being registered; register it again"
+    unchanged()
+
+
+# -- in-memory records and parameters ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("records", "expected"),
+    [
+        ([{"text": "ok"}, {"body": "x"}], "records[batch-00000]: record 1: no text field 'text' (fields: body)"),
+        ([{"text": "ok"}, {"text": None}], "records[batch-00000]: record 1: text field 'text' is null, expected a string"),
+        ([{"text": "ok"}, {"text": 3.5}], "records[batch-00000]: record 1: text field 'text' is float, expected a string"),
+        ([{"text": "ok"}, "just text"], "records[batch-00000]: record 1 is a str, expected a dict"),
+        (
+            [{"text": "ok"}, {"text": "lone \ud800"}],
+            "records[batch-00000]: record 1: text holds an unpaired surrogate at character 5",
+        ),
+    ],
+    ids=["missing", "null", "float", "not-a-dict", "surrogate"],
+)
+def test_bad_records_name_the_record(populated, records, expected):
+    ledger, unchanged = populated
+    assert refused(ledger, "good", records).startswith(expected)
+    unchanged()
+
+
+def test_bad_records_in_a_later_shard_name_it(populated):
+    ledger, unchanged = populated
+    records = ({"text": f"doc {i}"} if i != 13 else {"text": None} for i in range(20))
+    message = refused(ledger, "good", records, shard_records=5)
+    assert message.startswith("records[batch-00002]: record 3: text field 'text' is null")
+    unchanged()
+
+
+def test_arrow_table_with_null_text(populated):
+    ledger, unchanged = populated
+    table = pa.table({"text": ["a", None]})
+    assert refused(ledger, "good", table) == "arrow table: record 1: text 'text' is null"
+    assert refused(ledger, "good", pa.table({"text": [1, 2]})).startswith("arrow table: text column 'text' has type int64")
+    unchanged()
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"on_invalid": "ignore"}, "on_invalid must be 'error', 'replace' or 'skip', got 'ignore'"),
+        ({"role": "test"}, "role must be 'train' or 'eval', got 'test'"),
+        ({"text_field": ""}, "text_field must be a non-empty field name"),
+        ({"shard_records": 0}, "shard_records must be at least 1, got 0"),
+        ({"license": "not a licence!"}, "license 'not a licence!' is not an SPDX identifier"),
+    ],
+)
+def test_invalid_parameters(populated, data_dir, options, expected):
+    ledger, unchanged = populated
+    message = refused(ledger, "good", data_dir / "good.jsonl", InvalidParameterError, **options)
+    assert message.startswith(expected)
+    unchanged()
+
+
+def test_invalid_sources_and_names(populated, data_dir):
+    ledger, unchanged = populated
+    assert refused(ledger, "bad name", GOOD, InvalidParameterError).startswith("dataset name 'bad name' must start")
+    assert refused(ledger, "x", {"text": "one dict"}, InvalidParameterError).startswith("sources is one dict")
+    assert refused(ledger, "x", [], InvalidParameterError) == "no sources given"
+    assert refused(ledger, "x", 42, InvalidParameterError).startswith("cannot read sources of type int")
+    (data_dir / "t.txt").write_text("plain")
+    message = refused(ledger, "x", data_dir / "t.txt", InvalidParameterError, id_field="id")
+    assert message == f"{data_dir / 't.txt'}: id_field does not apply to plain text files"
+    unchanged()
+
+
+def test_unreadable_file(populated, data_dir):
+    if os.geteuid() == 0:
+        pytest.skip("root reads files whatever their mode")
+    ledger, unchanged = populated
+    path = data_dir / "locked.jsonl"
+    path.write_text('{"text": "secret"}\n')
+    path.chmod(0)
+    try:
+        assert refused(ledger, "good", path) == f"{path}: cannot read: Permission denied"
+    finally:
+        path.chmod(0o644)
+    unchanged()

@@ -1,0 +1,301 @@
+"""The ledger: creating, finding and opening it, schema migrations, read-only SQL, dataset lookup."""
+
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+import provenance.ledger as ledger_module
+from provenance.errors import (
+    InvalidParameterError,
+    LedgerExistsError,
+    LedgerNotFoundError,
+    NotFoundError,
+    ProvenanceError,
+    ReadOnlyQueryError,
+    SchemaVersionError,
+)
+from provenance.ledger import SCHEMA_VERSION, Ledger, migrations, quote_identifier
+
+DOCS = [{"id": f"d{i}", "text": f"document {i} of the ledger tests"} for i in range(3)]
+
+
+def raw_rows(ledger: Ledger, query: str) -> list[tuple]:
+    """Read the database behind the library's back (the ledger must not hold a connection)."""
+    con = duckdb.connect(str(ledger.db_path), read_only=True)
+    try:
+        return con.execute(query).fetchall()
+    finally:
+        con.close()
+
+
+# -- creating, finding, opening ------------------------------------------------------------------
+
+
+def test_init_creates_the_layout(tmp_path):
+    ledger = Ledger.init(tmp_path)
+    assert ledger.root == (tmp_path / ".prov").resolve()
+    assert ledger.db_path == ledger.root / "ledger.duckdb"
+    assert ledger.db_path.is_file()
+    assert (ledger.root / "objects").is_dir() and ledger.objects_path == ledger.root / "objects"
+    assert ledger.schema_version() == SCHEMA_VERSION == len(migrations()) == 1
+    assert ledger.summary() == {
+        "path": str(ledger.root), "schema_version": 1, "datasets": 0, "dataset_versions": 0, "shards": 0,
+        "documents": 0, "bytes": 0, "fingerprint_configs": 0,
+    }
+    meta = dict(raw_rows(ledger, "SELECT key, value FROM ledger_meta"))
+    assert set(meta) == {"created_at", "created_by"} and meta["created_by"] == "provenance"
+
+
+def test_init_twice_raises(tmp_path):
+    Ledger.init(tmp_path)
+    with pytest.raises(LedgerExistsError, match="a ledger already exists at"):
+        Ledger.init(tmp_path)
+    with pytest.raises(LedgerExistsError):
+        Ledger.init(tmp_path / ".prov")
+
+
+def test_init_at_the_prov_folder_itself(tmp_path):
+    ledger = Ledger.init(tmp_path / "project" / ".prov")
+    assert ledger.root == (tmp_path / "project" / ".prov").resolve()
+    assert not (tmp_path / "project" / ".prov" / ".prov").exists()
+
+
+def test_open_finds_the_ledger_from_a_subfolder(tmp_path, monkeypatch):
+    created = Ledger.init(tmp_path)
+    created.register_dataset("docs", DOCS)
+    deep = tmp_path / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+
+    found = Ledger.open()
+
+    assert found.root == created.root
+    assert Ledger.find() == created.root
+    assert found.dataset("docs").n_documents == 3
+
+
+def test_open_from_the_prov_path_and_the_project_folder(tmp_path, monkeypatch):
+    created = Ledger.init(tmp_path)
+    assert Ledger.open(tmp_path / ".prov").root == created.root
+    assert Ledger.open(tmp_path).root == created.root
+    monkeypatch.chdir(tmp_path / ".prov" / "objects")
+    assert Ledger.open().root == created.root
+
+
+def test_no_ledger_elsewhere(tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(LedgerNotFoundError, match="no ledger in .*elsewhere or any folder above it"):
+        Ledger.open()
+    with pytest.raises(LedgerNotFoundError, match="no ledger at"):
+        Ledger.open(elsewhere)
+
+
+def test_a_duckdb_file_that_is_not_a_ledger(tmp_path):
+    (tmp_path / ".prov").mkdir()
+    duckdb.connect(str(tmp_path / ".prov" / "ledger.duckdb")).close()
+    with pytest.raises(LedgerNotFoundError, match="is not a provenance ledger"):
+        Ledger.open(tmp_path)
+
+
+# -- schema and migrations -----------------------------------------------------------------------
+
+
+def test_schema_migrations_has_one_row_per_migration(ledger):
+    rows = raw_rows(ledger, "SELECT version, name FROM schema_migrations ORDER BY version")
+    assert rows == [(v, name) for v, name, _ in migrations()] == [(1, "initial")]
+
+
+def test_opening_again_applies_nothing(ledger):
+    before = raw_rows(ledger, "SELECT version, name, applied_at FROM schema_migrations")
+    meta = raw_rows(ledger, "SELECT * FROM ledger_meta ORDER BY key")
+    Ledger.open(ledger.root)
+    Ledger.open(ledger.root)
+    assert raw_rows(ledger, "SELECT version, name, applied_at FROM schema_migrations") == before
+    assert raw_rows(ledger, "SELECT * FROM ledger_meta ORDER BY key") == meta
+
+
+def test_newer_schema_is_refused(ledger):
+    con = duckdb.connect(str(ledger.db_path))
+    con.execute("INSERT INTO schema_migrations VALUES (999, 'from_the_future', now())")
+    con.close()
+    with pytest.raises(SchemaVersionError) as info:
+        Ledger.open(ledger.root)
+    assert "schema version 999" in str(info.value) and "understands up to 1" in str(info.value)
+
+
+def _with_extra(sql: str):
+    shipped = migrations()
+
+    def patched():
+        return [*shipped, (2, "add_notes", sql)]
+
+    return patched
+
+
+def test_older_ledger_is_migrated_once(ledger, monkeypatch):
+    ledger.register_dataset("docs", DOCS)
+    monkeypatch.setattr(ledger_module, "migrations", _with_extra("CREATE TABLE notes (note VARCHAR NOT NULL);"))
+
+    opened = Ledger.open(ledger.root)
+
+    assert opened.schema_version() == 2
+    assert raw_rows(ledger, "SELECT version, name FROM schema_migrations ORDER BY version") == [
+        (1, "initial"), (2, "add_notes")
+    ]
+    assert raw_rows(ledger, "SELECT count(*) FROM notes") == [(0,)]
+    Ledger.open(ledger.root)  # a second application would fail: the table exists
+    assert raw_rows(ledger, "SELECT count(*) FROM schema_migrations") == [(2,)]
+    assert opened.dataset("docs").n_documents == 3  # data survives the migration
+
+
+def test_failing_migration_leaves_nothing_behind(ledger, monkeypatch):
+    broken = "CREATE TABLE notes (note VARCHAR); INSERT INTO notes VALUES ('x'); SELECT * FROM no_such_table;"
+    monkeypatch.setattr(ledger_module, "migrations", _with_extra(broken))
+
+    with pytest.raises(duckdb.CatalogException):
+        Ledger.open(ledger.root)
+
+    assert raw_rows(ledger, "SELECT version FROM schema_migrations") == [(1,)]
+    assert raw_rows(ledger, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'notes'") == [(0,)]
+    monkeypatch.setattr(ledger_module, "migrations", _with_extra("CREATE TABLE notes (note VARCHAR);"))
+    assert Ledger.open(ledger.root).schema_version() == 2  # the fixed migration then applies
+
+
+def test_shipped_migrations_are_numbered_without_gaps():
+    found = migrations()
+    assert [v for v, _, _ in found] == list(range(1, len(found) + 1))
+    assert all(sql.strip() for _, _, sql in found)
+
+
+# -- read-only SQL -------------------------------------------------------------------------------
+
+
+def test_sql_select_returns_arrow_with_values(ledger):
+    ledger.register_dataset("docs", DOCS, id_field="id")
+    table = ledger.sql("SELECT key, token_count, len(signature) AS k FROM documents ORDER BY key")
+    assert isinstance(table, pa.Table)
+    assert table.column_names == ["key", "token_count", "k"]
+    assert table.to_pylist() == [{"key": f"d{i}", "token_count": 6, "k": 128} for i in range(3)]
+    bound = ledger.sql("SELECT key FROM documents WHERE key = ? OR key = ? ORDER BY key", ["d2", "d0"])
+    assert bound.column("key").to_pylist() == ["d0", "d2"]
+    assert ledger.sql("WITH t AS (SELECT 41 AS x) SELECT x + 1 AS y FROM t").to_pylist() == [{"y": 42}]
+    assert ledger.sql("EXPLAIN SELECT * FROM datasets").num_rows >= 1
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "INSERT INTO ledger_meta VALUES ('k', 'v')",
+        "UPDATE documents SET key = 'x'",
+        "DELETE FROM documents",
+        "CREATE TABLE t (x INTEGER)",
+        "DROP TABLE documents",
+        "ATTACH ':memory:' AS other",
+        "DETACH ledger",
+        "COPY documents TO 'out.csv'",
+        "EXPORT DATABASE 'dump'",
+        "SET threads = 1",
+        "PRAGMA database_list",
+        "CALL pragma_version()",
+        "INSTALL httpfs",
+        "LOAD json",
+        "CHECKPOINT",
+        "SELECT 1; DELETE FROM documents",
+        "SELECT 1; SELECT 2",
+        "",
+        "EXPLAIN ANALYZE DELETE FROM documents",
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "SELECT * FROM read_text('/etc/hostname')",
+        "SELECT * FROM '/etc/passwd'",
+        "SELECT * FROM glob('/etc/*')",
+        "SELEC 1",
+    ],
+)
+def test_sql_refuses_writes_and_outside_access(ledger, query, ledger_state, tmp_path):
+    ledger.register_dataset("docs", DOCS)
+    before = ledger_state(ledger)
+    with pytest.raises(ReadOnlyQueryError):
+        ledger.sql(query)
+    assert ledger_state(ledger) == before
+    assert raw_rows(ledger, "SELECT count(*) FROM ledger_meta") == [(2,)]
+    assert not (tmp_path / "out.csv").exists() and not (tmp_path / "dump").exists()
+
+
+def test_sql_refusal_messages(ledger):
+    with pytest.raises(ReadOnlyQueryError, match="only SELECT queries are allowed on the ledger, got DELETE"):
+        ledger.sql("DELETE FROM documents")
+    with pytest.raises(ReadOnlyQueryError, match="give exactly one statement, got 2"):
+        ledger.sql("SELECT 1; SELECT 2")
+    with pytest.raises(ReadOnlyQueryError, match="query refused: .*/etc/passwd"):
+        ledger.sql("SELECT * FROM read_csv('/etc/passwd')")
+
+
+def test_sql_inside_a_session_is_refused(ledger):
+    with ledger.session():
+        with pytest.raises(ProvenanceError, match="outside a session"):
+            ledger.sql("SELECT 1")
+    assert ledger.sql("SELECT 1 AS one").to_pylist() == [{"one": 1}]
+
+
+# -- looking up datasets -------------------------------------------------------------------------
+
+
+def test_dataset_by_version_and_latest(ledger):
+    v1 = ledger.register_dataset("docs", DOCS).dataset
+    v2 = ledger.register_dataset("docs", [*DOCS, {"text": "one more"}]).dataset
+    other = ledger.register_dataset("other", DOCS[:1]).dataset
+
+    assert (v1.version, v2.version, other.version) == (1, 2, 1)
+    assert ledger.dataset("docs@1") == v1
+    assert ledger.dataset("docs@2") == v2
+    assert ledger.dataset("docs") == v2
+    assert ledger.dataset(v1) is v1
+    assert [d.dataset_id for d in ledger.datasets()] == ["docs@2", "other@1"]
+    assert [d.dataset_id for d in ledger.datasets(all_versions=True)] == ["docs@1", "docs@2", "other@1"]
+    assert [d.dataset_id for d in ledger.datasets("docs", all_versions=True)] == ["docs@1", "docs@2"]
+    assert ledger.documents("docs@1").num_rows == 3 and ledger.documents("docs").num_rows == 4
+    assert ledger.documents("docs", columns=["key"], limit=2).to_pylist() == [
+        {"key": "batch-00000:0"}, {"key": "batch-00000:1"}
+    ]
+
+
+def test_unknown_dataset_lists_registered_names(ledger):
+    with pytest.raises(NotFoundError) as info:
+        ledger.dataset("missing")
+    assert str(info.value) == "no dataset 'missing' in the ledger; none is registered"
+
+    ledger.register_dataset("beta", DOCS)
+    ledger.register_dataset("alpha", DOCS)
+    with pytest.raises(NotFoundError) as info:
+        ledger.dataset("missing")
+    assert str(info.value) == "no dataset 'missing' in the ledger; registered: alpha, beta"
+    with pytest.raises(NotFoundError, match="no dataset 'alpha@2' in the ledger; registered: alpha, beta"):
+        ledger.dataset("alpha@2")
+    with pytest.raises(KeyError):  # NotFoundError is also a KeyError
+        ledger.dataset("gamma")
+
+
+def test_bad_dataset_references(ledger):
+    with pytest.raises(InvalidParameterError, match="must be a number"):
+        ledger.dataset("docs@latest")
+    with pytest.raises(InvalidParameterError, match="dataset name 'no spaces' must start"):
+        ledger.dataset("no spaces")
+
+
+def test_documents_and_document_lookups(ledger):
+    ledger.register_dataset("docs", DOCS, id_field="id")
+    doc = ledger.document("docs", "d1")
+    assert (doc.key, doc.row_index, doc.dataset_id, doc.token_count) == ("d1", 1, "docs@1", 6)
+    with pytest.raises(NotFoundError, match="no document 'nope' in dataset docs@1"):
+        ledger.document("docs", "nope")
+    with pytest.raises(InvalidParameterError, match="unknown document column"):
+        ledger.documents("docs", columns=["no_such_column"])
+
+
+def test_quote_identifier():
+    assert quote_identifier("documents") == '"documents"'
+    assert quote_identifier('we"ird') == '"we""ird"'

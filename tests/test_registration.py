@@ -1,0 +1,375 @@
+"""Registering datasets from every kind of source, and what the ledger then holds.
+
+Values are checked against independent computations: file hashes with ``xxhash``/``hashlib``,
+signatures with ``cfg.signatures`` of the texts, token counts with the reference ``normalize``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import itertools
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import xxhash
+import zstandard
+
+from provenance.fingerprints import FingerprintConfig, normalize
+
+RECORDS = [
+    {"id": "a", "text": "The quick brown fox jumps over the lazy dog."},
+    {"id": "b", "text": "Straße, ΣΟΦΙΑ and ﬁnance: naïve café!"},
+    {"id": "c", "text": "one"},
+    {"id": "d", "text": "   "},
+    {"id": "e", "text": "Ｆｕｌｌ width and 한국어 text, with emoji🙂 too"},
+]
+TEXTS = [r["text"] for r in RECORDS]
+
+
+def stored(ledger, dataset: str) -> list[dict]:
+    return ledger.documents(dataset).to_pylist()
+
+
+def assert_fingerprints(rows: list[dict], texts: list[str], cfg: FingerprintConfig | None = None) -> None:
+    """Stored signatures, exact hashes, token counts and sizes are those of ``texts``."""
+    cfg = cfg or FingerprintConfig()
+    batch = cfg.fingerprint_batch(texts)
+    assert len(rows) == len(texts)
+    np.testing.assert_array_equal(np.array([r["signature"] for r in rows], dtype=np.uint32), cfg.signatures(texts))
+    assert [r["exact_hash"] for r in rows] == [xxhash.xxh3_64_intdigest(normalize(t).encode()) for t in texts]
+    assert [r["token_count"] for r in rows] == [len(normalize(t).split()) for t in texts]
+    assert [r["n_bytes"] for r in rows] == [len(t.encode("utf-8")) for t in texts]
+    assert [r["band_keys"] for r in rows] == batch.band_keys.tolist()
+
+
+def jsonl_bytes(records: list[dict]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+
+
+# -- files ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".jsonl.zst", ".ndjson"])
+def test_register_jsonl(ledger, data_dir, suffix):
+    raw = jsonl_bytes(RECORDS)
+    payload = {
+        ".jsonl": raw,
+        ".ndjson": raw,
+        ".jsonl.gz": gzip.compress(raw),
+        ".jsonl.zst": zstandard.ZstdCompressor().compress(raw),
+    }[suffix]
+    path = data_dir / f"docs{suffix}"
+    path.write_bytes(payload)
+
+    result = ledger.register_dataset("docs", path, id_field="id", license="CC-BY-4.0")
+
+    assert result.created
+    ds = result.dataset
+    assert (ds.dataset_id, ds.version, ds.n_documents, ds.n_shards) == ("docs@1", 1, 5, 1)
+    assert ds.n_bytes == len(payload)
+    assert ds.n_tokens == sum(len(normalize(t).split()) for t in TEXTS)
+    assert ds.license.spdx == "CC-BY-4.0" and ds.license.attribution is True
+    assert ds.config == FingerprintConfig() and ds.config_id == FingerprintConfig().identity
+    assert (ds.bands, ds.rows) == (21, 6)
+    assert result.message.startswith("registered docs@1: 1 shard, 5 documents")
+    assert ledger.dataset("docs") == ds
+
+    (shard,) = ledger.shards("docs")
+    assert shard.name == path.name
+    assert shard.uri == str(path.resolve())
+    assert shard.format == {".jsonl": "jsonl", ".ndjson": "jsonl"}.get(suffix, suffix[1:])
+    assert shard.shard_id == xxhash.xxh3_128_hexdigest(payload)
+    assert shard.sha256 == hashlib.sha256(payload).hexdigest()
+    assert (shard.n_bytes, shard.n_documents, shard.n_tokens) == (len(payload), 5, ds.n_tokens)
+
+    rows = stored(ledger, "docs")
+    assert [r["key"] for r in rows] == ["a", "b", "c", "d", "e"]
+    assert [r["line"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [r["row_index"] for r in rows] == [0, 1, 2, 3, 4]
+    assert all(r["dataset_id"] == "docs@1" and r["shard_index"] == 0 for r in rows)
+    assert_fingerprints(rows, TEXTS)
+    assert ledger.document("docs", "b").signature == rows[1]["signature"]
+
+
+def test_jsonl_blank_lines_skipped_and_line_numbers_true(ledger, data_dir):
+    lines = ['{"text": "first doc"}', "", "   ", '{"text": "second doc"}', "\t", "", '{"text": "third doc"}', ""]
+    path = data_dir / "gaps.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    ledger.register_dataset("gaps", path)
+
+    rows = stored(ledger, "gaps")
+    assert [r["line"] for r in rows] == [1, 4, 7]
+    assert [r["row_index"] for r in rows] == [0, 1, 2]
+    assert [r["key"] for r in rows] == ["gaps.jsonl:0", "gaps.jsonl:1", "gaps.jsonl:2"]
+    assert_fingerprints(rows, ["first doc", "second doc", "third doc"])
+
+
+def test_jsonl_numeric_ids_become_strings_and_text_field_is_chosen(ledger, data_dir, write_jsonl):
+    path = write_jsonl(data_dir / "n.jsonl", [{"n": 7, "body": "seven words"}, {"n": 8.5, "body": "eight"}])
+    ds = ledger.register_dataset("n", path, text_field="body", id_field="n").dataset
+    assert (ds.text_field, ds.id_field) == ("body", "n")
+    assert [r["key"] for r in stored(ledger, "n")] == ["7", "8.5"]
+
+
+def test_register_parquet(ledger, data_dir):
+    table = pa.table({"id": [f"p{i}" for i in range(5)], "text": TEXTS, "other": list(range(5))})
+    path = data_dir / "docs.parquet"
+    pq.write_table(table, path, row_group_size=2)
+    payload = path.read_bytes()
+
+    ds = ledger.register_dataset("pq", path).dataset
+
+    assert (ds.n_documents, ds.n_bytes) == (5, len(payload))
+    (shard,) = ledger.shards("pq")
+    assert (shard.format, shard.name) == ("parquet", "docs.parquet")
+    assert shard.shard_id == xxhash.xxh3_128_hexdigest(payload)
+    assert shard.sha256 == hashlib.sha256(payload).hexdigest()
+    rows = stored(ledger, "pq")
+    assert [r["key"] for r in rows] == [f"docs.parquet:{i}" for i in range(5)]
+    assert all(r["line"] is None for r in rows)
+    assert_fingerprints(rows, TEXTS)
+
+    keyed = ledger.register_dataset("pq-ids", path, id_field="id").dataset
+    assert keyed.n_documents == 5
+    assert [r["key"] for r in stored(ledger, "pq-ids")] == ["p0", "p1", "p2", "p3", "p4"]
+
+
+def test_register_text_files_one_document_per_file(ledger, data_dir):
+    contents = {"a.txt": "Alpha beta gamma.\nSecond line.", "b.md": "# Title\n\nSome *markdown* text", "c.text": "ﬁn"}
+    for name, text in contents.items():
+        (data_dir / name).write_text(text, encoding="utf-8")
+
+    ds = ledger.register_dataset("txt", sorted(data_dir / n for n in contents)).dataset
+
+    assert (ds.n_documents, ds.n_shards) == (3, 3)
+    shards = ledger.shards("txt")
+    assert [(s.name, s.format) for s in shards] == [("a.txt", "text"), ("b.md", "text"), ("c.text", "text")]
+    for shard, text in zip(shards, contents.values()):
+        assert shard.shard_id == xxhash.xxh3_128_hexdigest(text.encode())
+        assert shard.n_tokens == len(normalize(text).split())
+    rows = stored(ledger, "txt")
+    assert [r["key"] for r in rows] == ["a.txt:0", "b.md:0", "c.text:0"]
+    assert [r["shard_index"] for r in rows] == [0, 1, 2]
+    assert_fingerprints(rows, list(contents.values()))
+
+
+def test_register_folder_keys_relative_to_common_folder(ledger, data_dir, write_jsonl):
+    (data_dir / "sub" / "deeper").mkdir(parents=True)
+    (data_dir / ".hidden").mkdir()
+    write_jsonl(data_dir / "top.jsonl", RECORDS[:2])
+    write_jsonl(data_dir / "sub" / "mid.jsonl", RECORDS[2:4])
+    (data_dir / "sub" / "deeper" / "note.txt").write_text(RECORDS[4]["text"], encoding="utf-8")
+    write_jsonl(data_dir / ".hidden" / "skip.jsonl", RECORDS)  # hidden folders are not read
+    (data_dir / ".skip.jsonl").write_text("not json at all")  # nor hidden files
+
+    ds = ledger.register_dataset("tree", data_dir).dataset
+
+    assert (ds.n_shards, ds.n_documents) == (3, 5)
+    assert [s.name for s in ledger.shards("tree")] == ["sub/deeper/note.txt", "sub/mid.jsonl", "top.jsonl"]
+    rows = stored(ledger, "tree")
+    assert [r["key"] for r in rows] == [
+        "sub/deeper/note.txt:0", "sub/mid.jsonl:0", "sub/mid.jsonl:1", "top.jsonl:0", "top.jsonl:1"
+    ]
+    assert_fingerprints(rows, [TEXTS[4], TEXTS[2], TEXTS[3], TEXTS[0], TEXTS[1]])
+
+
+def test_register_glob(ledger, data_dir, write_jsonl):
+    (data_dir / "x").mkdir()
+    (data_dir / "y").mkdir()
+    write_jsonl(data_dir / "x" / "one.jsonl", RECORDS[:3])
+    write_jsonl(data_dir / "y" / "two.jsonl", RECORDS[3:])
+    (data_dir / "x" / "ignored.txt").write_text("not matched by the pattern")
+
+    ds = ledger.register_dataset("glob", str(data_dir / "**" / "*.jsonl"), id_field="id").dataset
+
+    assert (ds.n_shards, ds.n_documents) == (2, 5)
+    assert [s.name for s in ledger.shards("glob")] == ["x/one.jsonl", "y/two.jsonl"]
+    rows = stored(ledger, "glob")
+    assert [r["key"] for r in rows] == ["a", "b", "c", "d", "e"]
+    assert_fingerprints(rows, TEXTS)
+
+
+# -- in-memory data ------------------------------------------------------------------------------
+
+
+def test_register_list_of_dicts(ledger):
+    ds = ledger.register_dataset("mem", RECORDS).dataset
+    assert (ds.n_shards, ds.n_documents) == (1, 5)
+    (shard,) = ledger.shards("mem")
+    assert (shard.name, shard.format, shard.uri, shard.sha256) == ("batch-00000", "records", None, None)
+    assert shard.n_bytes == sum(len(t.encode()) for t in TEXTS)
+    rows = stored(ledger, "mem")
+    assert [r["key"] for r in rows] == [f"batch-00000:{i}" for i in range(5)]
+    assert_fingerprints(rows, TEXTS)
+
+    keyed = ledger.register_dataset("mem-ids", RECORDS, id_field="id")
+    assert [r["key"] for r in stored(ledger, "mem-ids")] == ["a", "b", "c", "d", "e"]
+    assert keyed.dataset.n_tokens == ds.n_tokens
+
+
+class _Watch:
+    """A progress object that records how far a generator had been consumed at each advance."""
+
+    def __init__(self, consumed):
+        self.consumed = consumed
+        self.seen: list[tuple[str, int | None]] = []
+        self.at_advance: list[int] = []
+
+    def start(self, description, total):
+        self.seen.append((description, total))
+
+    def advance(self, amount):
+        self.at_advance.append(self.consumed[0])
+
+
+def test_register_generator_streams(ledger):
+    consumed = [0]
+
+    def records():
+        for i in range(35):
+            consumed[0] += 1
+            yield {"text": f"generated document number {i} with a few words"}
+
+    watch = _Watch(consumed)
+    ds = ledger.register_dataset("gen", records(), shard_records=10, progress=watch).dataset
+
+    assert (ds.n_shards, ds.n_documents) == (4, 35)
+    assert watch.seen == [("registering gen@1", None)]
+    # Streaming: the first shard was written when only its own records had been drawn.
+    assert watch.at_advance[0] == 10
+    assert watch.at_advance[-1] == 35
+    shards = ledger.shards("gen")
+    assert [(s.name, s.n_documents) for s in shards] == [
+        ("batch-00000", 10), ("batch-00001", 10), ("batch-00002", 10), ("batch-00003", 5)
+    ]
+    assert len({s.shard_id for s in shards}) == 4
+    rows = stored(ledger, "gen")
+    assert [r["key"] for r in rows[9:12]] == ["batch-00000:9", "batch-00001:0", "batch-00001:1"]
+    assert_fingerprints(rows, [f"generated document number {i} with a few words" for i in range(35)])
+
+
+def test_register_arrow_table(ledger):
+    table = pa.table({"doc": [f"t{i}" for i in range(5)], "content": pa.array(TEXTS, type=pa.large_string())})
+    ds = ledger.register_dataset("arrow", table, text_field="content", id_field="doc").dataset
+    assert (ds.n_shards, ds.n_documents) == (1, 5)
+    (shard,) = ledger.shards("arrow")
+    assert (shard.name, shard.format) == ("table-00000", "arrow")
+    rows = stored(ledger, "arrow")
+    assert [r["key"] for r in rows] == ["t0", "t1", "t2", "t3", "t4"]
+    assert_fingerprints(rows, TEXTS)
+
+
+def test_in_memory_shard_id_does_not_depend_on_batching(ledger):
+    one = pa.table({"text": TEXTS})
+    two = pa.Table.from_batches(one.to_batches(max_chunksize=2))
+    assert two.column("text").num_chunks == 3
+    first = ledger.register_dataset("same", one)
+    again = ledger.register_dataset("same", two)
+    assert first.created and not again.created
+    assert again.dataset == first.dataset
+
+
+def test_fingerprint_config_is_stored_with_the_dataset(ledger):
+    cfg = FingerprintConfig(num_perm=64, ngram=3, scheme="legacy", seed=5, lsh_threshold=0.6)
+    ds = ledger.register_dataset("cfg", RECORDS, config=cfg).dataset
+    assert ds.config == cfg and ds.config_id == cfg.identity
+    assert (ds.bands, ds.rows) == (cfg.banding.bands, cfg.banding.rows)
+    assert_fingerprints(stored(ledger, "cfg"), TEXTS, cfg)
+    configs = ledger.sql("SELECT config_id, ngram, scheme, num_perm, seed FROM fingerprint_configs").to_pylist()
+    assert configs == [{"config_id": cfg.identity, "ngram": 3, "scheme": "legacy", "num_perm": 64, "seed": 5}]
+    assert ledger.dataset("cfg@1").config == cfg  # round trip through config_json, threshold included
+
+
+# -- versions ------------------------------------------------------------------------------------
+
+
+def test_reregistering_identical_files_is_a_no_op(ledger, corpus_jsonl, ledger_state):
+    first = ledger.register_dataset("corpus", corpus_jsonl, id_field="id")
+    before = ledger_state(ledger)
+
+    again = ledger.register_dataset("corpus", corpus_jsonl, id_field="id")
+
+    assert first.created and not again.created
+    assert again.dataset == first.dataset
+    assert again.dataset.version == 1
+    assert again.message.startswith("unchanged: the content matches corpus@1 (1 shard, 40 documents)")
+    assert "nothing registered" in again.message
+    assert ledger_state(ledger) == before
+    assert [d.dataset_id for d in ledger.datasets(all_versions=True)] == ["corpus@1"]
+
+
+def test_reregistering_identical_records_is_a_no_op(ledger, corpus, ledger_state):
+    ledger.register_dataset("mem", corpus.docs, id_field="id", shard_records=16)
+    before = ledger_state(ledger)
+    again = ledger.register_dataset("mem", iter(corpus.docs), id_field="id", shard_records=16)
+    assert not again.created
+    assert again.message.startswith("unchanged: the content matches mem@1 (3 shards, 40 documents)")
+    assert ledger_state(ledger) == before
+
+
+def test_unchanged_content_with_other_metadata_says_so(ledger, corpus_jsonl):
+    ledger.register_dataset("corpus", corpus_jsonl, license="MIT")
+    again = ledger.register_dataset("corpus", corpus_jsonl, license="CC0-1.0", role="eval")
+    assert not again.created
+    assert again.dataset.license.spdx == "MIT" and again.dataset.role == "train"
+    assert "role 'eval' differs from 'train'" in again.message
+    assert "license 'CC0-1.0' differs from 'MIT'" in again.message
+
+
+def test_changed_content_makes_version_two_with_stable_keys(ledger, corpus, data_dir, write_jsonl):
+    path = corpus.write_jsonl(data_dir / "corpus.jsonl")
+    v1 = ledger.register_dataset("corpus", path).dataset
+    docs = [dict(d) for d in corpus.docs]
+    docs[5]["text"] = "this document was rewritten between the two versions"
+    docs.append({"id": "new", "text": "a document added at the end"})
+    write_jsonl(path, docs)
+
+    result = ledger.register_dataset("corpus", path)
+
+    assert result.created
+    v2 = result.dataset
+    assert (v2.dataset_id, v2.version, v2.n_documents) == ("corpus@2", 2, 41)
+    assert v2.content_hash != v1.content_hash
+    assert ledger.dataset("corpus") == v2 and ledger.dataset("corpus@1") == v1
+    old = {r["key"]: r for r in stored(ledger, "corpus@1")}
+    new = {r["key"]: r for r in stored(ledger, "corpus@2")}
+    assert set(new) == set(old) | {"corpus.jsonl:40"}
+    for key, row in old.items():
+        same = key != "corpus.jsonl:5"
+        assert (new[key]["exact_hash"] == row["exact_hash"]) == same, key
+        assert (new[key]["signature"] == row["signature"]) == same, key
+    assert {r["doc_id"] for r in old.values()}.isdisjoint(r["doc_id"] for r in new.values())
+    assert ledger.summary()["documents"] == 81
+
+
+# -- planted near-duplicates -----------------------------------------------------------------------
+
+
+def test_planted_near_duplicates_are_close_in_the_ledger(ledger, corpus, corpus_jsonl):
+    ledger.register_dataset("corpus", corpus_jsonl, id_field="id")
+    rows = {r["key"]: np.array(r["signature"], dtype=np.uint32) for r in stored(ledger, "corpus")}
+    assert len(corpus.planted) >= 5
+
+    def jaccard(a: str, b: str) -> float:
+        return float(np.mean(rows[a] == rows[b]))
+
+    # A copy may be a copy of a copy: documents of one planted family are related.
+    parent = dict(corpus.planted)
+
+    def family(key: str) -> str:
+        while key in parent:
+            key = parent[key]
+        return key
+
+    planted = [jaccard(copy, original) for copy, original in corpus.planted]
+    unrelated = [jaccard(a, b) for a, b in itertools.combinations(sorted(rows), 2) if family(a) != family(b)]
+    assert len(unrelated) > 500
+    assert min(planted) > 0.5, planted
+    assert np.mean(planted) > 0.6, planted
+    assert max(unrelated) < 0.05, max(unrelated)
+    assert np.mean(unrelated) < 0.02
