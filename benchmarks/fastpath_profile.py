@@ -48,7 +48,7 @@ def _complex_regex():
     from provenance.kernels import minhash as _k
 
     cls = np.asarray(_char_tables(True)[0])
-    cps = np.flatnonzero(cls >= _k.CLASS_COMPLEX)
+    cps = np.flatnonzero((cls == _k.CLASS_COMPLEX) | (cls == _k.CLASS_SIGMA))
     if not cps.size:
         return None
     breaks = np.flatnonzero(np.diff(cps) != 1)

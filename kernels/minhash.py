@@ -280,18 +280,25 @@ def normalize_rows(data, offsets, span_offsets, span_starts, span_ends, side, sp
     lengths = np.zeros(n, dtype=np.int64)
     n_words = np.zeros(n, dtype=np.int64)
     for i in prange(n):
-        w = out_starts[i]
-        words = 0
-        in_word = False
-        p = offsets[i]
-        for k in range(span_offsets[i], span_offsets[i + 1]):
-            w, words, in_word = _emit(data, p, span_starts[k], True, char_class, lower_cp, out, w, words, in_word)
-            w, words, in_word = _emit(side, span_side[k], span_side[k + 1], False, char_class, lower_cp, out, w, words, in_word)
-            p = span_ends[k]
-        w, words, in_word = _emit(data, p, offsets[i + 1], True, char_class, lower_cp, out, w, words, in_word)
-        lengths[i] = w - out_starts[i]
-        n_words[i] = words
+        lengths[i], n_words[i] = _normalize_row(
+            data, offsets, span_offsets, span_starts, span_ends, side, span_side, char_class, lower_cp, out, out_starts, i
+        )
     return lengths, n_words
+
+
+@njit(inline="always", cache=True)
+def _normalize_row(data, offsets, span_offsets, span_starts, span_ends, side, span_side, char_class, lower_cp, out,
+                   out_starts, i):
+    w = out_starts[i]
+    words = 0
+    in_word = False
+    p = offsets[i]
+    for k in range(span_offsets[i], span_offsets[i + 1]):
+        w, words, in_word = _emit(data, p, span_starts[k], True, char_class, lower_cp, out, w, words, in_word)
+        w, words, in_word = _emit(side, span_side[k], span_side[k + 1], False, char_class, lower_cp, out, w, words, in_word)
+        p = span_ends[k]
+    w, words, in_word = _emit(data, p, offsets[i + 1], True, char_class, lower_cp, out, w, words, in_word)
+    return w - out_starts[i], words
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -304,27 +311,62 @@ def shingle_hashes(buf, starts, lengths, n_words, ngram, hash_offsets):
     n = starts.shape[0]
     hashes = np.empty(hash_offsets[n], dtype=np.uint32)
     for i in prange(n):
-        nw = n_words[i]
-        if nw == 0:
-            continue
-        s = starts[i]
-        e = s + lengths[i]
-        if nw < ngram:
-            hashes[hash_offsets[i]] = xxh32(buf, s, e)
-            continue
-        # word_start[j] is where word j begins; word_start[nw] = e + 1 closes the last word.
-        word_start = np.empty(nw + 1, dtype=np.int64)
-        word_start[0] = s
-        j = 1
-        for p in range(s, e):
-            if buf[p] == 32:
-                word_start[j] = p + 1
-                j += 1
-        word_start[nw] = e + 1
-        base = hash_offsets[i]
-        for k in range(nw - ngram + 1):
-            hashes[base + k] = xxh32(buf, word_start[k], word_start[k + ngram] - 1)
+        _row_shingles(buf, starts[i], starts[i] + lengths[i], n_words[i], ngram, hashes, hash_offsets[i])
     return hashes
+
+
+@njit(inline="always", cache=True)
+def _row_shingles(buf, s, e, nw, ngram, hashes, base):
+    """Write the xxh32 of every word n-gram of the normalised row ``buf[s:e]`` from ``base``."""
+    if nw == 0:
+        return
+    if nw < ngram:
+        hashes[base] = xxh32(buf, s, e)
+        return
+    # word_start[j] is where word j begins; word_start[nw] = e + 1 closes the last word.
+    word_start = np.empty(nw + 1, dtype=np.int64)
+    word_start[0] = s
+    j = 1
+    for p in range(s, e):
+        if buf[p] == 32:
+            word_start[j] = p + 1
+            j += 1
+    word_start[nw] = e + 1
+    for k in range(nw - ngram + 1):
+        hashes[base + k] = xxh32(buf, word_start[k], word_start[k + ngram] - 1)
+
+
+def shingle_count(n_words: np.ndarray, ngram: int) -> np.ndarray:
+    """Shingles per row: none when empty, one when shorter than ``ngram``, else ``n - ngram + 1``."""
+    return np.where(n_words == 0, 0, np.where(n_words < ngram, 1, n_words - ngram + 1))
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def fingerprint_rows(data, offsets, span_offsets, span_starts, span_ends, side, span_side, char_class, lower_cp, out,
+                     out_starts, ngram, a, b, scheme, bands, rows):
+    """All stages for every row in one parallel pass: normalise into ``out``, hash the shingles,
+    permute and take the minimum, hash the bands. Same results as running ``normalize_rows``,
+    ``shingle_hashes``, ``minhash_signatures`` and ``band_keys`` one after the other, with one
+    parallel region instead of four and no array of all token hashes.
+    Returns ``(lengths, n_words, signatures, band_keys)``.
+    """
+    n = offsets.shape[0] - 1
+    lengths = np.zeros(n, dtype=np.int64)
+    n_words = np.zeros(n, dtype=np.int64)
+    signatures = np.empty((n, a.shape[0]), dtype=np.uint32)
+    keys = np.empty((n, bands), dtype=np.uint64)
+    for i in prange(n):
+        length, nw = _normalize_row(
+            data, offsets, span_offsets, span_starts, span_ends, side, span_side, char_class, lower_cp, out, out_starts, i
+        )
+        lengths[i] = length
+        n_words[i] = nw
+        count = 0 if nw == 0 else (1 if nw < ngram else nw - ngram + 1)
+        hashes = np.empty(count, dtype=np.uint32)
+        _row_shingles(out, out_starts[i], out_starts[i] + length, nw, ngram, hashes, 0)
+        _signature(hashes, 0, count, a, b, scheme, signatures[i])
+        _band_row(signatures[i], bands, rows, keys[i])
+    return lengths, n_words, signatures, keys
 
 
 @njit(inline="always", cache=True)
@@ -346,29 +388,35 @@ def minhash_signatures(hashes, hash_offsets, a, b, scheme):
     initial value 0xFFFFFFFF in every position, like an empty ``datasketch.MinHash``.
     """
     n = hash_offsets.shape[0] - 1
-    k = a.shape[0]
-    out = np.empty((n, k), dtype=np.uint32)
+    out = np.empty((n, a.shape[0]), dtype=np.uint32)
     for i in prange(n):
-        if scheme == 0:
-            sig = np.full(k, np.uint32(0xFFFFFFFF), dtype=np.uint32)
-            for t in range(hash_offsets[i], hash_offsets[i + 1]):
-                h = _fmix32(hashes[t])
-                for j in range(k):
-                    v = np.uint32(a[j] * h + b[j])
-                    if v < sig[j]:
-                        sig[j] = v
-            out[i] = sig
-        else:
-            sig64 = np.full(k, _MASK32, dtype=np.uint64)
-            for t in range(hash_offsets[i], hash_offsets[i + 1]):
-                h = np.uint64(hashes[t])
-                for j in range(k):
-                    v = ((h * a[j] + b[j]) % _MERSENNE61) & _MASK32
-                    if v < sig64[j]:
-                        sig64[j] = v
-            for j in range(k):
-                out[i, j] = np.uint32(sig64[j])
+        _signature(hashes, hash_offsets[i], hash_offsets[i + 1], a, b, scheme, out[i])
     return out
+
+
+@njit(inline="always", cache=True)
+def _signature(hashes, lo, hi, a, b, scheme, out_row):
+    """Write the signature of token hashes ``hashes[lo:hi]`` into ``out_row``."""
+    k = a.shape[0]
+    if scheme == 0:
+        sig = np.full(k, np.uint32(0xFFFFFFFF), dtype=np.uint32)
+        for t in range(lo, hi):
+            h = _fmix32(hashes[t])
+            for j in range(k):
+                v = np.uint32(a[j] * h + b[j])
+                if v < sig[j]:
+                    sig[j] = v
+        out_row[:] = sig
+    else:
+        sig64 = np.full(k, _MASK32, dtype=np.uint64)
+        for t in range(lo, hi):
+            h = np.uint64(hashes[t])
+            for j in range(k):
+                v = ((h * a[j] + b[j]) % _MERSENNE61) & _MASK32
+                if v < sig64[j]:
+                    sig64[j] = v
+        for j in range(k):
+            out_row[j] = np.uint32(sig64[j])
 
 
 @njit(inline="always", cache=True)
@@ -388,9 +436,14 @@ def band_keys(signatures, bands, rows):
     n = signatures.shape[0]
     out = np.empty((n, bands), dtype=np.uint64)
     for i in prange(n):
-        for band in range(bands):
-            key = np.uint64(band)
-            for r in range(rows):
-                key = _splitmix64(key ^ np.uint64(signatures[i, band * rows + r]))
-            out[i, band] = key
+        _band_row(signatures[i], bands, rows, out[i])
     return out
+
+
+@njit(inline="always", cache=True)
+def _band_row(sig, bands, rows, out_row):
+    for band in range(bands):
+        key = np.uint64(band)
+        for r in range(rows):
+            key = _splitmix64(key ^ np.uint64(sig[band * rows + r]))
+        out_row[band] = key

@@ -401,21 +401,14 @@ def _fingerprint_array(cfg: FingerprintConfig, arr: pa.Array) -> FingerprintBatc
     starts = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(capacity, out=starts[1:])
     out = np.empty(max(int(starts[-1]), 1), dtype=np.uint8)
-    lengths, n_words = _k.normalize_rows(
-        data, offsets, span_offsets, span_starts, span_ends, side, span_side, char_class, lower_cp, out, starts
-    )
-    starts = starts[:-1]
-
-    ngram = cfg.ngram
-    counts = np.where(n_words == 0, 0, np.where(n_words < ngram, 1, n_words - ngram + 1))
-    hash_offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(counts, out=hash_offsets[1:])
-    hashes = _k.shingle_hashes(out, starts, lengths, n_words, ngram, hash_offsets)
     a, b = cfg.permutations
     scheme = _k.SCHEME_AFFINE32 if cfg.scheme == "affine32" else _k.SCHEME_LEGACY
-    signatures = _k.minhash_signatures(hashes, hash_offsets, a, b, scheme)
     banding = cfg.banding
-    keys = _k.band_keys(signatures, banding.bands, banding.rows)
+    lengths, n_words, signatures, keys = _k.fingerprint_rows(
+        data, offsets, span_offsets, span_starts, span_ends, side, span_side, char_class, lower_cp, out, starts,
+        cfg.ngram, a, b, scheme, banding.bands, banding.rows,
+    )
+    starts = starts[:-1]
 
     view = memoryview(out)
     h3 = xxhash.xxh3_64_intdigest
