@@ -309,6 +309,8 @@ def _check_unique_keys(tx: LedgerWriter, dataset_id: str, id_field: str | None) 
 def _content_hash(shards: list[tuple[str, str | None]], opts: ReadOptions, cfg: FingerprintConfig) -> str:
     h = xxhash.xxh3_128(b"provenance-dataset-v1\n")
     h.update(f"{opts.text_field}\n{opts.id_field or ''}\n{cfg.identity}\n{cfg.banding.tag}\n".encode())
+    if opts.on_invalid != "error":  # what lands differs by policy when a source holds invalid text
+        h.update(f"on_invalid={opts.on_invalid}\n".encode())
     for name, shard_id in shards:
         h.update(f"{name}\0{shard_id}\n".encode())
     return h.hexdigest()

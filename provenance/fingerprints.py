@@ -30,7 +30,7 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import xxhash
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from provenance.errors import FingerprintMismatchError, InvalidParameterError
 from provenance.kernels import minhash as _k
@@ -220,6 +220,16 @@ class FingerprintConfig(BaseModel):
     num_perm: int = Field(128, ge=1, le=8192, description="number of permutations (signature length)")
     seed: int = Field(1, ge=0, le=2**32 - 1, description="seed of datasketch's permutations")
     lsh_threshold: float = Field(0.8, gt=0.0, lt=1.0, description="similarity the stored LSH bands target")
+
+    @model_validator(mode="after")
+    def _check_banding(self) -> FingerprintConfig:
+        # Every batch stores band keys: a config whose threshold no banding can serve is refused
+        # when it is made, not when it is first used.
+        try:
+            Banding.for_threshold(self.num_perm, self.lsh_threshold)
+        except InvalidParameterError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
     @property
     def identity(self) -> str:

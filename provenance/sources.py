@@ -245,7 +245,9 @@ class FileShard(Shard):
         try:
             with fh:
                 for lineno, line in enumerate(stream, 1):  # noqa: B007 (lineno is read after the loop)
-                    if line.isspace():
+                    if lineno == 1 and line.startswith(b"\xef\xbb\xbf"):
+                        line = line[3:]  # a UTF-8 byte order mark, as some editors write
+                    if line.isspace() or not line:
                         continue
                     record += 1
                     try:

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import zstandard
 
 from provenance.errors import InvalidParameterError, SourceError
 from provenance.fingerprints import FingerprintConfig
+from provenance.synthetic import iter_jsonl_lines
 
 GOOD = [{"id": f"g{i}", "text": f"a good document number {i} with some words"} for i in range(4)]
 
@@ -297,11 +299,16 @@ def test_arrow_table_with_invalid_utf8_names_the_record(populated):
     assert child.stdout.startswith("refused: arrow table: record 1: invalid UTF-8"), child.stdout
 
 
-def test_jsonl_with_byte_order_mark_is_refused_at_line_one(populated, data_dir):
-    ledger, unchanged = populated
+def test_jsonl_with_byte_order_mark_is_read(populated, data_dir):
+    ledger, _ = populated
     path = write_lines(data_dir / "bom.jsonl", [b'\xef\xbb\xbf{"text": "x"}', b'{"text": "y"}'])
-    assert refused(ledger, "good", path).startswith(f"{path}:1: malformed JSON at column 1: Unexpected UTF-8 BOM")
-    unchanged()
+    ds = ledger.register_dataset("bom", path).dataset
+    assert ds.n_documents == 2
+    docs = ledger.documents("bom", columns=["key", "line", "n_bytes"]).to_pylist()
+    assert docs == [{"key": "bom.jsonl:0", "line": 1, "n_bytes": 1}, {"key": "bom.jsonl:1", "line": 2, "n_bytes": 1}]
+    # A BOM anywhere else is not a BOM: that line is malformed.
+    late = write_lines(data_dir / "late.jsonl", [b'{"text": "x"}', b'\xef\xbb\xbf{"text": "y"}'])
+    assert refused(ledger, "late", late).startswith(f"{late}:2: malformed JSON at column 1")
 
 
 def _jsonl_payload(n: int = 2000) -> bytes:
@@ -385,7 +392,7 @@ class _OnRegistering:
 
 def _write_two(data_dir: Path, fmt: str) -> tuple[Path, Path]:
     paths = []
-    for i, name in enumerate(["a", "b"]):
+    for name in ["a", "b"]:
         texts = [f"shard {name} document {j}" for j in range(3)]
         if fmt == "jsonl":
             path = data_dir / f"{name}.jsonl"
@@ -507,3 +514,40 @@ def test_unreadable_file(populated, data_dir):
     finally:
         path.chmod(0o644)
     unchanged()
+
+
+# -- errors while batches are read ahead -----------------------------------------------------------
+
+
+def _reader_threads() -> list:
+    return [t for t in threading.enumerate() if t.name == "provenance-reader" and t.is_alive()]
+
+
+def test_malformed_line_after_several_batches(populated, data_dir):
+    """An error found by the reader after some batches were fingerprinted still names its line."""
+    ledger, unchanged = populated
+    path = data_dir / "long.jsonl"
+    with open(path, "wb") as fh:
+        n_lines = 0
+        for line in iter_jsonl_lines(18_000_000, seed=2):  # more than two reading batches of text
+            fh.write(line)
+            n_lines += 1
+        fh.write(b'{"text": "cut short\n')
+    message = refused(ledger, "good", path)
+    assert message.startswith(f"{path}:{n_lines + 1}: malformed JSON")
+    unchanged()
+    assert _reader_threads() == []
+
+
+def test_error_raised_by_the_callers_records_propagates(populated):
+    ledger, unchanged = populated
+
+    def records():
+        for i in range(25):
+            yield {"text": f"record {i}"}
+        raise RuntimeError("the source broke after 25 records")
+
+    with pytest.raises(RuntimeError, match="after 25 records"):
+        ledger.register_dataset("good", records(), shard_records=10)
+    unchanged()
+    assert _reader_threads() == []

@@ -461,3 +461,11 @@ def test_config_is_frozen():
     cfg = FingerprintConfig()
     with pytest.raises(pydantic.ValidationError):
         cfg.num_perm = 64
+
+
+def test_config_without_a_banding_is_refused_when_made():
+    with pytest.raises(pydantic.ValidationError, match="too small"):
+        FingerprintConfig(num_perm=2)
+    with pytest.raises(pydantic.ValidationError, match="too small"):
+        FingerprintConfig(num_perm=16, lsh_threshold=0.1)
+    assert FingerprintConfig(num_perm=16, lsh_threshold=0.5).banding.probability(0.5) >= 0.99

@@ -373,3 +373,18 @@ def test_planted_near_duplicates_are_close_in_the_ledger(ledger, corpus, corpus_
     assert np.mean(planted) > 0.6, planted
     assert max(unrelated) < 0.05, max(unrelated)
     assert np.mean(unrelated) < 0.02
+
+
+def test_on_invalid_policy_is_part_of_the_content(tmp_path):
+    from provenance.ledger import Ledger
+
+    ledger = Ledger.init(tmp_path / "l")
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b'{"text": "good one"}\n{"text": "bad \xff"}\n{"text": "good two"}\n')
+    replaced = ledger.register_dataset("mixed", path, on_invalid="replace")
+    assert (replaced.dataset.version, replaced.dataset.n_documents) == (1, 3)
+    skipped = ledger.register_dataset("mixed", path, on_invalid="skip")
+    assert skipped.created is True
+    assert (skipped.dataset.version, skipped.dataset.n_documents, skipped.dataset.n_invalid_skipped) == (2, 2, 1)
+    again = ledger.register_dataset("mixed", path, on_invalid="skip")
+    assert again.created is False and again.dataset.version == 2
