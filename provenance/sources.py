@@ -74,6 +74,32 @@ class Counters:
     skipped: int = 0
 
 
+_GO_ON = "(on_invalid / --on-invalid replace or skip to go on)"
+
+
+def _invalid(problem: str, opts: ReadOptions, counters: Counters) -> bool:
+    """Apply the on_invalid policy to one invalid record: raise (naming ``problem``), or count it
+    and return True to repair it, False to skip it."""
+    if opts.on_invalid == "error":
+        raise SourceError(f"{problem} {_GO_ON}")
+    if opts.on_invalid == "skip":
+        counters.skipped += 1
+        return False
+    counters.replaced += 1
+    return True
+
+
+def _checked_str(text: str, where: str, opts: ReadOptions, counters: Counters) -> str | None:
+    """``text`` if it encodes as UTF-8; else repaired (U+FFFD), skipped (None) or refused."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError as exc:
+        if _invalid(f"{where}: text holds an unpaired surrogate at character {exc.start}", opts, counters):
+            return text.encode("utf-8", errors="replace").decode("utf-8")
+        return None
+
+
 def file_format(path: str | os.PathLike) -> str | None:
     name = os.fspath(path).lower()
     for suffix in sorted(FORMATS, key=len, reverse=True):
@@ -240,7 +266,6 @@ class FileShard(Shard):
         rows: list[int] = []
         size = 0
         record = -1  # index of the record among the file's non-blank lines, skipped ones included
-        kept = 0
         lineno = 0
         try:
             with fh:
@@ -263,7 +288,7 @@ class FileShard(Shard):
                     if type(text) is not str:
                         self._field_error(obj, tf, lineno, "text")
                     if slow:
-                        text = self._check_text(text, lineno, opts, counters)
+                        text = _checked_str(text, f"{self.display}:{lineno}", opts, counters)
                         if text is None:
                             continue
                     if idf is not None:
@@ -277,7 +302,6 @@ class FileShard(Shard):
                     size += len(text)
                     if size >= opts.batch_bytes:
                         yield self._batch(texts, ids if idf else None, rows, lines, raw.count)
-                        kept += len(texts)
                         texts, ids, lines, rows, size = [], [], [], [], 0
                 raw.drain()
         except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
@@ -294,7 +318,6 @@ class FileShard(Shard):
             raise
         if texts:
             yield self._batch(texts, ids if idf else None, rows, lines, raw.count)
-            kept += len(texts)
         self._check_unchanged(hasher.hexdigest())
         if record < 0:
             raise SourceError(f"{self.display}: no documents (the file holds only blank lines)")
@@ -304,36 +327,13 @@ class FileShard(Shard):
         try:
             decoded = line.decode("utf-8")
         except UnicodeDecodeError as exc:
-            if opts.on_invalid == "error":
-                raise SourceError(
-                    f"{self.display}:{lineno}: invalid UTF-8 at byte {exc.start} of the line "
-                    "(on_invalid / --on-invalid replace or skip to go on)"
-                ) from None
-            if opts.on_invalid == "skip":
-                counters.skipped += 1
+            if not _invalid(f"{self.display}:{lineno}: invalid UTF-8 at byte {exc.start} of the line", opts, counters):
                 return None
-            counters.replaced += 1
             decoded = line.decode("utf-8", errors="replace")
         try:
             return json.loads(decoded.rstrip("\r\n"))  # accepts unpaired surrogate escapes; _check_text handles them
         except json.JSONDecodeError as exc:
             raise SourceError(f"{self.display}:{lineno}: malformed JSON at column {exc.colno}: {exc.msg}") from None
-
-    def _check_text(self, text: str, where: int, opts: ReadOptions, counters: Counters) -> str | None:
-        try:
-            text.encode("utf-8")
-            return text
-        except UnicodeEncodeError as exc:
-            if opts.on_invalid == "error":
-                raise SourceError(
-                    f"{self.display}:{where}: text holds an unpaired surrogate at character {exc.start} "
-                    "(on_invalid / --on-invalid replace or skip to go on)"
-                ) from None
-            if opts.on_invalid == "skip":
-                counters.skipped += 1
-                return None
-            counters.replaced += 1
-            return text.encode("utf-8", errors="replace").decode("utf-8")
 
     def _field_error(self, obj: Any, fieldname: str, lineno: int, what: str) -> None:
         if type(obj) is not dict:
@@ -412,14 +412,8 @@ class FileShard(Shard):
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             line = data.count(b"\n", 0, exc.start) + 1
-            if opts.on_invalid == "error":
-                raise SourceError(
-                    f"{self.display}:{line}: invalid UTF-8 at byte {exc.start} (on_invalid / --on-invalid replace or skip to go on)"
-                ) from None
-            if opts.on_invalid == "skip":
-                counters.skipped += 1
+            if not _invalid(f"{self.display}:{line}: invalid UTF-8 at byte {exc.start}", opts, counters):
                 return
-            counters.replaced += 1
             text = data.decode("utf-8", errors="replace")
         yield Batch(
             texts=pa.array([text], type=pa.large_string()),
@@ -465,17 +459,9 @@ def _repair_texts(col: pa.Array, ids: pa.Array | None, row: int, label: str, uni
             texts.append(b.decode("utf-8"))
             keep.append(i)
         except UnicodeDecodeError as exc:
-            if opts.on_invalid == "error":
-                raise SourceError(
-                    f"{label}: {unit} {row + i}: invalid UTF-8 at byte {exc.start} of the text "
-                    "(on_invalid / --on-invalid replace or skip to go on)"
-                ) from None
-            if opts.on_invalid == "skip":
-                counters.skipped += 1
-                continue
-            counters.replaced += 1
-            texts.append(b.decode("utf-8", errors="replace"))
-            keep.append(i)
+            if _invalid(f"{label}: {unit} {row + i}: invalid UTF-8 at byte {exc.start} of the text", opts, counters):
+                texts.append(b.decode("utf-8", errors="replace"))
+                keep.append(i)
     idx = pa.array(keep, type=pa.int64())
     kept_ids = ids.take(idx).cast(pa.string()) if ids is not None else None
     return strings_to_arrow(texts), kept_ids, row + np.asarray(keep, dtype=np.int64)
@@ -568,19 +554,9 @@ class MemoryShard(Shard):
                     raise SourceError(f"{self._label}: record {i}: no text field {tf!r} (fields: {', '.join(sorted(map(str, rec))[:12])})")
                 kind = "null" if text is None else type(text).__name__
                 raise SourceError(f"{self._label}: record {i}: text field {tf!r} is {kind}, expected a string")
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                if opts.on_invalid == "error":
-                    raise SourceError(
-                        f"{self._label}: record {i}: text holds an unpaired surrogate at character {exc.start} "
-                        "(on_invalid / --on-invalid replace or skip to go on)"
-                    ) from None
-                if opts.on_invalid == "skip":
-                    counters.skipped += 1
-                    continue
-                counters.replaced += 1
-                text = text.encode("utf-8", errors="replace").decode("utf-8")
+            text = _checked_str(text, f"{self._label}: record {i}", opts, counters)
+            if text is None:
+                continue
             if idf is not None:
                 ident = rec.get(idf)
                 if ident is None or isinstance(ident, (dict, list, bool)):
