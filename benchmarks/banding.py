@@ -15,9 +15,6 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
-
-import duckdb
 
 
 def main() -> int:
@@ -35,8 +32,6 @@ def main() -> int:
         t = time.perf_counter()
         ds = ledger.register_dataset("bench", corpus.docs, id_field="id").dataset
         reg = time.perf_counter() - t
-        db = Path(tmp) / ".prov" / "ledger.duckdb"
-        con = duckdb.connect(str(db), read_only=True)
         b, r = ds.bands, ds.rows
         stored = """
             WITH x AS (SELECT doc_id, unnest(band_keys) AS k, generate_subscripts(band_keys, 1) AS band FROM documents)
@@ -52,13 +47,12 @@ def main() -> int:
             times, pairs = [], None
             for _ in range(args.repeat):
                 t = time.perf_counter()
-                pairs = con.execute(sql).fetchall()[0][0]
+                pairs = ledger.sql(sql).column(0)[0].as_py()
                 times.append(time.perf_counter() - t)
             results[name] = (statistics.median(times), pairs)
-        sizes = con.execute(
-            """SELECT sum(len(band_keys)) * 8, sum(len(signature)) * 4 FROM documents"""
-        ).fetchall()[0]
-        con.close()
+        sizes = [int(v) for v in ledger.sql(
+            "SELECT sum(len(band_keys)) * 8, sum(len(signature)) * 4 FROM documents"
+        ).to_pylist()[0].values()]
     print(f"{args.docs:,} documents, banding {b} x {r} (threshold {ds.config.lsh_threshold}); registration {reg:.1f} s")
     print(f"{'method':32s} {'median s':>9s} {'candidate pairs':>16s}")
     for name, (secs, pairs) in results.items():
