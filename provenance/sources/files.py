@@ -1,12 +1,4 @@
-"""Reading data sources as shards of Arrow record batches, with errors that name file and line.
-
-A source is a file (JSONL, plain, ``.gz`` or ``.zst``; Parquet; plain text, one document per
-file), a folder or glob of those, or in-memory data (an iterable of dicts, Arrow tables or
-record batches, a Hugging Face ``datasets.Dataset``). Each file is one shard, identified by the
-xxh3-128 of its bytes; in-memory data is cut into shards of ``shard_records`` records,
-identified by a hash of their keys and texts. Reading streams in batches of about
-``batch_bytes`` of text, so memory does not grow with the size of a shard.
-"""
+"""File sources: JSONL (plain, gzip, zstd), Parquet and plain text files, one shard each."""
 
 from __future__ import annotations
 
@@ -17,8 +9,7 @@ import io
 import json
 import os
 import zlib
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,110 +19,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from provenance.errors import InvalidParameterError, SourceError
+from provenance.errors import SourceError
 from provenance.fingerprints import strings_to_arrow
-
-FORMATS = {
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".jsonl.gz": "jsonl.gz",
-    ".ndjson.gz": "jsonl.gz",
-    ".jsonl.zst": "jsonl.zst",
-    ".ndjson.zst": "jsonl.zst",
-    ".parquet": "parquet",
-    ".txt": "text",
-    ".text": "text",
-    ".md": "text",
-}
-_CHUNK = 8 << 20
-
-
-@dataclass(frozen=True)
-class ReadOptions:
-    """How records become documents."""
-
-    text_field: str = "text"
-    id_field: str | None = None
-    on_invalid: str = "error"  # invalid UTF-8 or unpaired surrogates: error | replace | skip
-    batch_bytes: int = 8 << 20
-    shard_records: int = 100_000
-
-
-@dataclass
-class Batch:
-    """Documents of one shard: texts, optional ids, record index and (JSONL) line numbers."""
-
-    texts: pa.Array
-    ids: pa.Array | None
-    rows: np.ndarray
-    lines: np.ndarray | None
-    consumed: int = 0  # bytes of the source read so far in this shard (for progress bars)
-
-
-@dataclass
-class Counters:
-    replaced: int = 0
-    skipped: int = 0
-
-
-_GO_ON = "(on_invalid / --on-invalid replace or skip to go on)"
-
-
-def _invalid(problem: str, opts: ReadOptions, counters: Counters) -> bool:
-    """Apply the on_invalid policy to one invalid record: raise (naming ``problem``), or count it
-    and return True to repair it, False to skip it."""
-    if opts.on_invalid == "error":
-        raise SourceError(f"{problem} {_GO_ON}")
-    if opts.on_invalid == "skip":
-        counters.skipped += 1
-        return False
-    counters.replaced += 1
-    return True
-
-
-def _checked_str(text: str, where: str, opts: ReadOptions, counters: Counters) -> str | None:
-    """``text`` if it encodes as UTF-8; else repaired (U+FFFD), skipped (None) or refused."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError as exc:
-        if _invalid(f"{where}: text holds an unpaired surrogate at character {exc.start}", opts, counters):
-            return text.encode("utf-8", errors="replace").decode("utf-8")
-        return None
-
-
-def file_format(path: str | os.PathLike) -> str | None:
-    name = os.fspath(path).lower()
-    for suffix in sorted(FORMATS, key=len, reverse=True):
-        if name.endswith(suffix):
-            return FORMATS[suffix]
-    return None
-
-
-def _unknown_type(path: str) -> SourceError:
-    known = ", ".join(sorted(FORMATS))
-    return SourceError(f"{path}: unknown file type; supported: {known}")
-
-
-class Shard:
-    """One shard of a source. Subclasses read files or in-memory data."""
-
-    name: str
-    uri: str | None = None
-    format: str
-    shard_id: str | None = None
-    sha256: str | None = None
-    n_bytes: int = 0
-
-    def identify(self) -> None:
-        """Compute the shard's identity before reading it, where that is possible."""
-
-    def batches(self, opts: ReadOptions, counters: Counters) -> Iterator[Batch]:
-        raise NotImplementedError
-
-
-# ---------------------------------------------------------------------------------------------
-# Files
+from provenance.sources.base import (
+    _CHUNK,
+    Batch,
+    Counters,
+    ReadOptions,
+    Shard,
+    _checked_str,
+    _invalid,
+    _repair_texts,
+    _unknown_type,
+    _valid_texts,
+    file_format,
+)
 
 
 class _HashingReader(io.RawIOBase):
@@ -431,221 +333,6 @@ def _parquet_rows_per_batch(pf: pq.ParquetFile, column: int, batch_bytes: int) -
     total = sum(meta.row_group(i).column(column).total_uncompressed_size for i in range(meta.num_row_groups))
     per_row = max(1, total // meta.num_rows)
     return int(max(1, min(65_536, batch_bytes // per_row)))
-
-
-def _valid_texts(col: pa.Array, row: int, label: str, unit: str, opts: ReadOptions, counters: Counters) -> pa.Array | None:
-    """``col`` as large strings when every value is valid UTF-8; ``None`` when some are not."""
-    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_string_view(col.type)):
-        raise SourceError(f"{label}: text column {opts.text_field!r} has type {col.type}, expected string")
-    if col.null_count:
-        bad = row + int(np.argmax(col.is_null().to_numpy(zero_copy_only=False)))
-        what = "text column" if unit == "row" else "text"
-        raise SourceError(f"{label}: {unit} {bad}: {what} {opts.text_field!r} is null")
-    col = col.cast(pa.large_string())
-    try:
-        col.validate(full=True)
-        return col
-    except pa.ArrowInvalid:
-        return None
-
-
-def _repair_texts(col: pa.Array, ids: pa.Array | None, row: int, label: str, unit: str, opts: ReadOptions,
-                  counters: Counters) -> tuple[pa.Array, pa.Array | None, np.ndarray]:
-    """Texts with invalid UTF-8: refuse, repair or drop them as ``opts.on_invalid`` says."""
-    raw = col.cast(pa.large_binary(), safe=False).to_pylist()
-    texts, keep = [], []
-    for i, b in enumerate(raw):
-        try:
-            texts.append(b.decode("utf-8"))
-            keep.append(i)
-        except UnicodeDecodeError as exc:
-            if _invalid(f"{label}: {unit} {row + i}: invalid UTF-8 at byte {exc.start} of the text", opts, counters):
-                texts.append(b.decode("utf-8", errors="replace"))
-                keep.append(i)
-    idx = pa.array(keep, type=pa.int64())
-    kept_ids = ids.take(idx).cast(pa.string()) if ids is not None else None
-    return strings_to_arrow(texts), kept_ids, row + np.asarray(keep, dtype=np.int64)
-
-
-# ---------------------------------------------------------------------------------------------
-# In-memory data
-
-
-class _RecordsHasher:
-    """xxh3-128 of records that does not depend on how they are cut into batches: the lengths
-    and the bytes of the texts (and ids) are hashed as separate streams, then combined."""
-
-    def __init__(self) -> None:
-        self._streams = [xxhash.xxh3_128() for _ in range(4)]
-
-    def update(self, texts: pa.Array, ids: pa.Array | None) -> None:
-        for i, arr in enumerate((texts, ids)):
-            if arr is None:
-                continue
-            arr = arr.cast(pa.large_string())
-            offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
-            self._streams[2 * i].update(np.diff(offsets).astype("<i8").tobytes())
-            if arr.buffers()[2] is not None:
-                self._streams[2 * i + 1].update(memoryview(arr.buffers()[2])[offsets[0] : offsets[-1]])
-
-    def hexdigest(self) -> str:
-        h = xxhash.xxh3_128(b"provenance-records-v1")
-        for s in self._streams:
-            h.update(s.digest())
-        return h.hexdigest()
-
-
-class MemoryShard(Shard):
-    """In-memory records: Arrow tables or record batches, or lists of dicts."""
-
-    def __init__(self, name: str, parts: list, fmt: str, label: str):
-        self.name = name
-        self.format = fmt
-        self._parts = parts
-        self._label = label
-
-    def batches(self, opts: ReadOptions, counters: Counters) -> Iterator[Batch]:
-        hasher = _RecordsHasher()
-        row = 0
-        n_bytes = 0
-        for part in self._parts:
-            batch = self._to_batch(part, row, opts, counters)
-            if batch is None:
-                continue
-            hasher.update(batch.texts, batch.ids)
-            n_bytes += _text_bytes(batch.texts)
-            batch.consumed = n_bytes
-            yield batch
-            row = int(batch.rows[-1]) + 1 if len(batch.rows) else row
-        self.shard_id = hasher.hexdigest()
-        self.n_bytes = n_bytes
-
-    def _to_batch(self, part, row: int, opts: ReadOptions, counters: Counters) -> Batch | None:
-        if isinstance(part, list):  # dicts
-            return self._dicts(part, row, opts, counters)
-        table = part if isinstance(part, pa.Table) else pa.Table.from_batches([part])
-        names = table.column_names
-        for col, what in ((opts.text_field, "text"), (opts.id_field, "id")):
-            if col is not None and col not in names:
-                raise SourceError(f"{self._label}: no {what} column {col!r} (columns: {', '.join(names[:12])})")
-        raw_texts = table.column(opts.text_field).combine_chunks()
-        texts = _valid_texts(raw_texts, row, self._label, "record", opts, counters)
-        ids = None
-        if opts.id_field:
-            ids = table.column(opts.id_field).combine_chunks()
-            if ids.null_count:
-                bad = row + int(np.argmax(ids.is_null().to_numpy(zero_copy_only=False)))
-                raise SourceError(f"{self._label}: record {bad}: id {opts.id_field!r} is null")
-            ids = ids.cast(pa.string())
-        if texts is None:
-            texts, ids, rows = _repair_texts(raw_texts, ids, row, self._label, "record", opts, counters)
-            return Batch(texts=texts, ids=ids, rows=rows, lines=None) if len(texts) else None
-        return Batch(texts=texts, ids=ids, rows=np.arange(row, row + len(texts), dtype=np.int64), lines=None)
-
-    def _dicts(self, records: list, row: int, opts: ReadOptions, counters: Counters) -> Batch | None:
-        texts, ids, rows = [], [], []
-        tf, idf = opts.text_field, opts.id_field
-        for i, rec in enumerate(records, row):
-            if not isinstance(rec, dict):
-                raise SourceError(f"{self._label}: record {i} is a {type(rec).__name__}, expected a dict")
-            text = rec.get(tf)
-            if type(text) is not str:
-                if tf not in rec:
-                    raise SourceError(f"{self._label}: record {i}: no text field {tf!r} (fields: {', '.join(sorted(map(str, rec))[:12])})")
-                kind = "null" if text is None else type(text).__name__
-                raise SourceError(f"{self._label}: record {i}: text field {tf!r} is {kind}, expected a string")
-            text = _checked_str(text, f"{self._label}: record {i}", opts, counters)
-            if text is None:
-                continue
-            if idf is not None:
-                ident = rec.get(idf)
-                if ident is None or isinstance(ident, (dict, list, bool)):
-                    raise SourceError(f"{self._label}: record {i}: id field {idf!r} is missing or not a string/number")
-                ids.append(str(ident))
-            texts.append(text)
-            rows.append(i)
-        if not texts:
-            return None
-        return Batch(
-            texts=strings_to_arrow(texts),
-            ids=pa.array(ids, type=pa.string()) if idf else None,
-            rows=np.asarray(rows, dtype=np.int64),
-            lines=None,
-        )
-
-
-def _iter_dict_shards(records: Iterable, opts: ReadOptions) -> Iterator[MemoryShard]:
-    it = iter(records)
-    index = 0
-    while True:
-        parts: list[list] = []
-        count = 0
-        while count < opts.shard_records:
-            chunk = []
-            for rec in it:
-                chunk.append(rec)
-                if len(chunk) >= min(10_000, opts.shard_records - count):
-                    break
-            if not chunk:
-                break
-            parts.append(chunk)
-            count += len(chunk)
-        if not parts:
-            return
-        name = f"batch-{index:05d}"
-        yield MemoryShard(name, parts, "records", f"records[{name}]")
-        index += 1
-
-
-def _text_bytes(texts: pa.Array) -> int:
-    offsets = np.frombuffer(texts.buffers()[1], dtype=np.int64)
-    return int(offsets[texts.offset + len(texts)] - offsets[texts.offset])
-
-
-def _is_hf_dataset(obj: Any) -> bool:
-    return type(obj).__module__.startswith("datasets.") and hasattr(obj, "with_format")
-
-
-# ---------------------------------------------------------------------------------------------
-# Resolving what the caller gave
-
-
-def resolve(sources: Any, opts: ReadOptions) -> list[FileShard] | Iterator[MemoryShard]:
-    """The shards of ``sources`` in a stable order: a list of files (sorted by path), or an
-    iterator of in-memory shards (consumed as it is read, so a generator of records streams)."""
-    if isinstance(sources, (str, os.PathLike)) or (
-        isinstance(sources, (list, tuple)) and sources and all(isinstance(s, (str, os.PathLike)) for s in sources)
-    ):
-        return _file_shards([os.fspath(s) for s in ([sources] if isinstance(sources, (str, os.PathLike)) else sources)])
-    return _memory_shards(sources, opts)
-
-
-def _memory_shards(sources: Any, opts: ReadOptions) -> Iterator[MemoryShard]:
-    if isinstance(sources, (pa.Table, pa.RecordBatch)):
-        yield MemoryShard("table-00000", [sources], "arrow", "arrow table")
-        return
-    if isinstance(sources, pa.RecordBatchReader):
-        yield MemoryShard("table-00000", list(sources), "arrow", "arrow stream")
-        return
-    if _is_hf_dataset(sources):
-        parts = list(sources.with_format("arrow").iter(batch_size=10_000))
-        yield MemoryShard("hf-00000", parts, "hf-dataset", f"datasets.Dataset {getattr(sources, 'info', None) and sources.info.dataset_name or ''}".strip())
-        return
-    if isinstance(sources, dict):
-        raise InvalidParameterError("sources is one dict; pass a list of records, paths or Arrow tables")
-    if isinstance(sources, (list, tuple)) and sources and all(isinstance(s, (pa.Table, pa.RecordBatch)) for s in sources):
-        for i, t in enumerate(sources):
-            yield MemoryShard(f"table-{i:05d}", [t], "arrow", f"arrow table {i}")
-        return
-    if isinstance(sources, (list, tuple)) and not sources:
-        raise InvalidParameterError("no sources given")
-    try:
-        iterator = iter(sources)
-    except TypeError:
-        raise InvalidParameterError(
-            f"cannot read sources of type {type(sources).__name__}: give paths, records (dicts) or Arrow tables"
-        ) from None
-    yield from _iter_dict_shards(iterator, opts)
 
 
 def _file_shards(specs: list[str]) -> list[FileShard]:

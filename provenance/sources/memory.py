@@ -1,0 +1,177 @@
+"""In-memory sources: Arrow tables and record batches, iterables of dicts, Hugging Face datasets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import xxhash
+
+from provenance.errors import InvalidParameterError, SourceError
+from provenance.fingerprints import strings_to_arrow
+from provenance.sources.base import Batch, Counters, ReadOptions, Shard, _checked_str, _repair_texts, _valid_texts
+
+
+class _RecordsHasher:
+    """xxh3-128 of records that does not depend on how they are cut into batches: the lengths
+    and the bytes of the texts (and ids) are hashed as separate streams, then combined."""
+
+    def __init__(self) -> None:
+        self._streams = [xxhash.xxh3_128() for _ in range(4)]
+
+    def update(self, texts: pa.Array, ids: pa.Array | None) -> None:
+        for i, arr in enumerate((texts, ids)):
+            if arr is None:
+                continue
+            arr = arr.cast(pa.large_string())
+            offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+            self._streams[2 * i].update(np.diff(offsets).astype("<i8").tobytes())
+            if arr.buffers()[2] is not None:
+                self._streams[2 * i + 1].update(memoryview(arr.buffers()[2])[offsets[0] : offsets[-1]])
+
+    def hexdigest(self) -> str:
+        h = xxhash.xxh3_128(b"provenance-records-v1")
+        for s in self._streams:
+            h.update(s.digest())
+        return h.hexdigest()
+
+
+class MemoryShard(Shard):
+    """In-memory records: Arrow tables or record batches, or lists of dicts."""
+
+    def __init__(self, name: str, parts: list, fmt: str, label: str):
+        self.name = name
+        self.format = fmt
+        self._parts = parts
+        self._label = label
+
+    def batches(self, opts: ReadOptions, counters: Counters) -> Iterator[Batch]:
+        hasher = _RecordsHasher()
+        row = 0
+        n_bytes = 0
+        for part in self._parts:
+            batch = self._to_batch(part, row, opts, counters)
+            if batch is None:
+                continue
+            hasher.update(batch.texts, batch.ids)
+            n_bytes += _text_bytes(batch.texts)
+            batch.consumed = n_bytes
+            yield batch
+            row = int(batch.rows[-1]) + 1 if len(batch.rows) else row
+        self.shard_id = hasher.hexdigest()
+        self.n_bytes = n_bytes
+
+    def _to_batch(self, part, row: int, opts: ReadOptions, counters: Counters) -> Batch | None:
+        if isinstance(part, list):  # dicts
+            return self._dicts(part, row, opts, counters)
+        table = part if isinstance(part, pa.Table) else pa.Table.from_batches([part])
+        names = table.column_names
+        for col, what in ((opts.text_field, "text"), (opts.id_field, "id")):
+            if col is not None and col not in names:
+                raise SourceError(f"{self._label}: no {what} column {col!r} (columns: {', '.join(names[:12])})")
+        raw_texts = table.column(opts.text_field).combine_chunks()
+        texts = _valid_texts(raw_texts, row, self._label, "record", opts, counters)
+        ids = None
+        if opts.id_field:
+            ids = table.column(opts.id_field).combine_chunks()
+            if ids.null_count:
+                bad = row + int(np.argmax(ids.is_null().to_numpy(zero_copy_only=False)))
+                raise SourceError(f"{self._label}: record {bad}: id {opts.id_field!r} is null")
+            ids = ids.cast(pa.string())
+        if texts is None:
+            texts, ids, rows = _repair_texts(raw_texts, ids, row, self._label, "record", opts, counters)
+            return Batch(texts=texts, ids=ids, rows=rows, lines=None) if len(texts) else None
+        return Batch(texts=texts, ids=ids, rows=np.arange(row, row + len(texts), dtype=np.int64), lines=None)
+
+    def _dicts(self, records: list, row: int, opts: ReadOptions, counters: Counters) -> Batch | None:
+        texts, ids, rows = [], [], []
+        tf, idf = opts.text_field, opts.id_field
+        for i, rec in enumerate(records, row):
+            if not isinstance(rec, dict):
+                raise SourceError(f"{self._label}: record {i} is a {type(rec).__name__}, expected a dict")
+            text = rec.get(tf)
+            if type(text) is not str:
+                if tf not in rec:
+                    raise SourceError(f"{self._label}: record {i}: no text field {tf!r} (fields: {', '.join(sorted(map(str, rec))[:12])})")
+                kind = "null" if text is None else type(text).__name__
+                raise SourceError(f"{self._label}: record {i}: text field {tf!r} is {kind}, expected a string")
+            text = _checked_str(text, f"{self._label}: record {i}", opts, counters)
+            if text is None:
+                continue
+            if idf is not None:
+                ident = rec.get(idf)
+                if ident is None or isinstance(ident, (dict, list, bool)):
+                    raise SourceError(f"{self._label}: record {i}: id field {idf!r} is missing or not a string/number")
+                ids.append(str(ident))
+            texts.append(text)
+            rows.append(i)
+        if not texts:
+            return None
+        return Batch(
+            texts=strings_to_arrow(texts),
+            ids=pa.array(ids, type=pa.string()) if idf else None,
+            rows=np.asarray(rows, dtype=np.int64),
+            lines=None,
+        )
+
+
+def _iter_dict_shards(records: Iterable, opts: ReadOptions) -> Iterator[MemoryShard]:
+    it = iter(records)
+    index = 0
+    while True:
+        parts: list[list] = []
+        count = 0
+        while count < opts.shard_records:
+            chunk = []
+            for rec in it:
+                chunk.append(rec)
+                if len(chunk) >= min(10_000, opts.shard_records - count):
+                    break
+            if not chunk:
+                break
+            parts.append(chunk)
+            count += len(chunk)
+        if not parts:
+            return
+        name = f"batch-{index:05d}"
+        yield MemoryShard(name, parts, "records", f"records[{name}]")
+        index += 1
+
+
+def _text_bytes(texts: pa.Array) -> int:
+    offsets = np.frombuffer(texts.buffers()[1], dtype=np.int64)
+    return int(offsets[texts.offset + len(texts)] - offsets[texts.offset])
+
+
+def _is_hf_dataset(obj: Any) -> bool:
+    return type(obj).__module__.startswith("datasets.") and hasattr(obj, "with_format")
+
+
+def _memory_shards(sources: Any, opts: ReadOptions) -> Iterator[MemoryShard]:
+    if isinstance(sources, (pa.Table, pa.RecordBatch)):
+        yield MemoryShard("table-00000", [sources], "arrow", "arrow table")
+        return
+    if isinstance(sources, pa.RecordBatchReader):
+        yield MemoryShard("table-00000", list(sources), "arrow", "arrow stream")
+        return
+    if _is_hf_dataset(sources):
+        parts = list(sources.with_format("arrow").iter(batch_size=10_000))
+        yield MemoryShard("hf-00000", parts, "hf-dataset", f"datasets.Dataset {getattr(sources, 'info', None) and sources.info.dataset_name or ''}".strip())
+        return
+    if isinstance(sources, dict):
+        raise InvalidParameterError("sources is one dict; pass a list of records, paths or Arrow tables")
+    if isinstance(sources, (list, tuple)) and sources and all(isinstance(s, (pa.Table, pa.RecordBatch)) for s in sources):
+        for i, t in enumerate(sources):
+            yield MemoryShard(f"table-{i:05d}", [t], "arrow", f"arrow table {i}")
+        return
+    if isinstance(sources, (list, tuple)) and not sources:
+        raise InvalidParameterError("no sources given")
+    try:
+        iterator = iter(sources)
+    except TypeError:
+        raise InvalidParameterError(
+            f"cannot read sources of type {type(sources).__name__}: give paths, records (dicts) or Arrow tables"
+        ) from None
+    yield from _iter_dict_shards(iterator, opts)
