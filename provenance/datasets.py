@@ -108,7 +108,8 @@ def register_dataset(
             dataset_id = f"{name}@{version}"
             tx.ensure_config(cfg)
             progress.start(f"registering {dataset_id}", total)
-            shard_rows = _write_shards(tx, dataset_id, shards, cfg, opts, counters, progress)
+            reusable = _reusable_shards(tx, latest, cfg, opts)
+            shard_rows = _write_shards(tx, dataset_id, shards, cfg, opts, counters, progress, reusable)
             if not shard_rows:
                 raise SourceError("the sources hold no shards")
             n_docs = sum(s.n_documents for s in shard_rows)
@@ -170,14 +171,36 @@ def _write_shards(
     opts: ReadOptions,
     counters: Counters,
     progress: Progress,
+    reusable: dict[tuple[str, str], ShardRecord],
 ) -> list[ShardRecord]:
     next_id = tx.next_doc_id()
     rows: list[ShardRecord] = []
     with tx.document_stage() as stage:
         for index, shard in enumerate(shards):
-            rows.append(_write_shard(stage, dataset_id, index, shard, cfg, opts, counters, progress, next_id))
+            earlier = reusable.get((shard.name, shard.shard_id)) if isinstance(shard, FileShard) else None
+            if earlier is not None:  # same bytes, same config: copy the rows, do not read the file
+                tx.copy_documents(earlier, dataset_id, index, next_id)
+                rows.append(earlier.model_copy(update={"dataset_id": dataset_id, "shard_index": index, "uri": shard.uri}))
+                progress.advance(shard.n_bytes)
+            else:
+                rows.append(_write_shard(stage, dataset_id, index, shard, cfg, opts, counters, progress, next_id))
             next_id += rows[-1].n_documents
     return rows
+
+
+def _reusable_shards(
+    tx: LedgerWriter, latest: DatasetRecord | None, cfg: FingerprintConfig, opts: ReadOptions
+) -> dict[tuple[str, str], ShardRecord]:
+    """Shards of the latest version whose rows a new version can copy: same fields, config and
+    banding, and no invalid record in it (so the on_invalid policy made no difference)."""
+    if latest is None or (latest.n_invalid_replaced or latest.n_invalid_skipped):
+        return {}
+    same = (latest.config_id, latest.bands, latest.rows, latest.text_field, latest.id_field) == (
+        cfg.identity, cfg.banding.bands, cfg.banding.rows, opts.text_field, opts.id_field
+    )
+    if not same:
+        return {}
+    return {(s.name, s.shard_id): s for s in tx.shards_of(latest.dataset_id) if s.uri is not None}
 
 
 def _write_shard(

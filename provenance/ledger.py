@@ -450,22 +450,48 @@ class LedgerWriter:
         try:
             yield stage
             if stage.close():
-                threads, memory = self._con.execute(
-                    "SELECT current_setting('threads'), current_setting('memory_limit')"
-                ).fetchall()[0]
-                self._con.execute("SET threads = 1")
-                self._con.execute("SET memory_limit = '256MB'")
-                try:
-                    cols = ", ".join(quote_identifier(c) for c in stage.columns)
+                cols = ", ".join(quote_identifier(c) for c in stage.columns)
+                with self._bulk():
                     self._con.execute(
                         f"INSERT INTO documents ({cols}) SELECT {cols} FROM read_parquet(?)", [str(stage.path)]
                     )
-                finally:
-                    self._con.execute(f"SET threads = {int(threads)}")
-                    self._con.execute("SET memory_limit = ?", [memory])
         finally:
             stage.close()
             stage.path.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _bulk(self) -> Iterator[None]:
+        """Run a bulk insert on one thread with a small memory limit, so that DuckDB writes row
+        groups to the file as they fill instead of holding the transaction in memory."""
+        threads, memory = self._con.execute(
+            "SELECT current_setting('threads'), current_setting('memory_limit')"
+        ).fetchall()[0]
+        self._con.execute("SET threads = 1")
+        self._con.execute("SET memory_limit = '256MB'")
+        try:
+            yield
+        finally:
+            self._con.execute(f"SET threads = {int(threads)}")
+            self._con.execute("SET memory_limit = ?", [memory])
+
+    def shards_of(self, dataset_id: str) -> list[ShardRecord]:
+        rows = self._con.sql(
+            "SELECT * FROM shards WHERE dataset_id = ? ORDER BY shard_index", params=[dataset_id]
+        ).to_arrow_table()
+        return [ShardRecord(**r) for r in rows.to_pylist()]
+
+    def copy_documents(self, source: ShardRecord, dataset_id: str, shard_index: int, first_id: int) -> int:
+        """Copy the document rows of ``source`` (a shard of an earlier version, same content and
+        config) into shard ``shard_index`` of ``dataset_id``, numbered from ``first_id``."""
+        with self._bulk():
+            self._con.execute(
+                """INSERT INTO documents
+                   SELECT ? + row_number() OVER (ORDER BY row_index) - 1, ?, ?, row_index, line, key,
+                          exact_hash, token_count, n_bytes, signature, band_keys
+                   FROM documents WHERE dataset_id = ? AND shard_index = ?""",
+                [first_id, dataset_id, shard_index, source.dataset_id, source.shard_index],
+            ).fetchall()
+        return source.n_documents
 
     def insert_shards(self, shards: Sequence[ShardRecord]) -> None:
         if shards:

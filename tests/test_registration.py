@@ -388,3 +388,42 @@ def test_on_invalid_policy_is_part_of_the_content(tmp_path):
     assert (skipped.dataset.version, skipped.dataset.n_documents, skipped.dataset.n_invalid_skipped) == (2, 2, 1)
     again = ledger.register_dataset("mixed", path, on_invalid="skip")
     assert again.created is False and again.dataset.version == 2
+
+
+def test_new_version_copies_unchanged_shards_instead_of_reading_them(tmp_path, monkeypatch):
+    from provenance import FingerprintConfig
+    from provenance.ledger import Ledger
+    from provenance.synthetic import generate_corpus
+
+    ledger = Ledger.init(tmp_path / "l")
+    data = tmp_path / "data"
+    generate_corpus(40, seed=1, prefix="a").write_jsonl(data / "a.jsonl")
+    generate_corpus(30, seed=2, prefix="b").write_jsonl(data / "b.jsonl")
+    v1 = ledger.register_dataset("grow", str(data), id_field="id").dataset
+    generate_corpus(20, seed=3, prefix="c").write_jsonl(data / "c.jsonl")
+
+    fingerprinted: list[int] = []
+    original = FingerprintConfig.fingerprint_batch
+
+    def counting(self, texts):
+        fingerprinted.append(len(texts))
+        return original(self, texts)
+
+    monkeypatch.setattr(FingerprintConfig, "fingerprint_batch", counting)
+    v2 = ledger.register_dataset("grow", str(data), id_field="id").dataset
+    assert (v2.version, v2.n_shards, v2.n_documents) == (2, 3, 90)
+    assert sum(fingerprinted) == 20  # only c.jsonl was read and fingerprinted
+
+    cols = ["key", "row_index", "line", "exact_hash", "token_count", "n_bytes", "signature", "band_keys"]
+    old = ledger.documents(v1, columns=cols).to_pylist()
+    new = ledger.documents(v2, columns=[*cols, "shard_index"]).to_pylist()
+    assert [{k: d[k] for k in cols} for d in new[:70]] == old
+    assert [d["shard_index"] for d in new] == [0] * 40 + [1] * 30 + [2] * 20
+    ids = ledger.sql("SELECT doc_id FROM documents ORDER BY doc_id").column(0).to_pylist()
+    assert ids == list(range(160))  # fresh, unique numbers for the copies
+    assert [s.shard_id for s in ledger.shards(v2)][:2] == [s.shard_id for s in ledger.shards(v1)]
+
+    # A different config cannot reuse rows: everything is fingerprinted again.
+    fingerprinted.clear()
+    v3 = ledger.register_dataset("grow", str(data), id_field="id", config={"num_perm": 64}).dataset
+    assert v3.version == 3 and sum(fingerprinted) == 90
