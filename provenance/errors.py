@@ -44,3 +44,11 @@ class SourceError(ProvenanceError):
 
 class FingerprintMismatchError(ProvenanceError):
     """Two signatures made under different fingerprint configs were compared."""
+
+
+class ObjectMissingError(ProvenanceError):
+    """An object the ledger refers to is not in the object store."""
+
+
+class ObjectCorruptError(ProvenanceError):
+    """An object's bytes do not hash to its address (or are not a readable safetensors file)."""
