@@ -1,0 +1,20 @@
+"""``unchanged``: the parameter group is bit-identical to the parent's; no bytes are stored."""
+
+from __future__ import annotations
+
+import torch
+
+from provenance.patches import Encoding, Patch, register, same_bits
+
+
+class Unchanged(Encoding):
+    name = "unchanged"
+
+    def encode(self, base: torch.Tensor, target: torch.Tensor, **hints) -> Patch | None:
+        return Patch(self.name) if same_bits(base, target) else None
+
+    def apply(self, base: torch.Tensor, patch: Patch) -> torch.Tensor:
+        return base.clone()
+
+
+register(Unchanged())
