@@ -39,9 +39,9 @@ def test_init_creates_the_layout(tmp_path):
     assert ledger.db_path == ledger.root / "ledger.duckdb"
     assert ledger.db_path.is_file()
     assert (ledger.root / "objects").is_dir() and ledger.objects_path == ledger.root / "objects"
-    assert ledger.schema_version() == SCHEMA_VERSION == len(migrations()) == 1
+    assert ledger.schema_version() == SCHEMA_VERSION == len(migrations()) == 2
     assert ledger.summary() == {
-        "path": str(ledger.root), "schema_version": 1, "datasets": 0, "dataset_versions": 0, "shards": 0,
+        "path": str(ledger.root), "schema_version": 2, "datasets": 0, "dataset_versions": 0, "shards": 0,
         "documents": 0, "bytes": 0, "fingerprint_configs": 0,
     }
     meta = dict(raw_rows(ledger, "SELECT key, value FROM ledger_meta"))
@@ -106,7 +106,7 @@ def test_a_duckdb_file_that_is_not_a_ledger(tmp_path):
 
 def test_schema_migrations_has_one_row_per_migration(ledger):
     rows = raw_rows(ledger, "SELECT version, name FROM schema_migrations ORDER BY version")
-    assert rows == [(v, name) for v, name, _ in migrations()] == [(1, "initial")]
+    assert rows == [(v, name) for v, name, _ in migrations()] == [(1, "initial"), (2, "versions")]
 
 
 def test_opening_again_applies_nothing(ledger):
@@ -124,14 +124,17 @@ def test_newer_schema_is_refused(ledger):
     con.close()
     with pytest.raises(SchemaVersionError) as info:
         Ledger.open(ledger.root)
-    assert "schema version 999" in str(info.value) and "understands up to 1" in str(info.value)
+    assert "schema version 999" in str(info.value) and "understands up to 2" in str(info.value)
+
+
+SHIPPED = len(migrations())
 
 
 def _with_extra(sql: str):
     shipped = migrations()
 
     def patched():
-        return [*shipped, (2, "add_notes", sql)]
+        return [*shipped, (SHIPPED + 1, "add_notes", sql)]
 
     return patched
 
@@ -142,13 +145,13 @@ def test_older_ledger_is_migrated_once(ledger, monkeypatch):
 
     opened = Ledger.open(ledger.root)
 
-    assert opened.schema_version() == 2
+    assert opened.schema_version() == SHIPPED + 1
     assert raw_rows(ledger, "SELECT version, name FROM schema_migrations ORDER BY version") == [
-        (1, "initial"), (2, "add_notes")
-    ]
+        (v, name) for v, name, _ in migrations()
+    ] + [(SHIPPED + 1, "add_notes")]
     assert raw_rows(ledger, "SELECT count(*) FROM notes") == [(0,)]
     Ledger.open(ledger.root)  # a second application would fail: the table exists
-    assert raw_rows(ledger, "SELECT count(*) FROM schema_migrations") == [(2,)]
+    assert raw_rows(ledger, "SELECT count(*) FROM schema_migrations") == [(SHIPPED + 1,)]
     assert opened.dataset("docs").n_documents == 3  # data survives the migration
 
 
@@ -159,10 +162,26 @@ def test_failing_migration_leaves_nothing_behind(ledger, monkeypatch):
     with pytest.raises(duckdb.CatalogException):
         Ledger.open(ledger.root)
 
-    assert raw_rows(ledger, "SELECT version FROM schema_migrations") == [(1,)]
+    assert raw_rows(ledger, "SELECT version FROM schema_migrations ORDER BY 1") == [(v,) for v in range(1, SHIPPED + 1)]
     assert raw_rows(ledger, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'notes'") == [(0,)]
     monkeypatch.setattr(ledger_module, "migrations", _with_extra("CREATE TABLE notes (note VARCHAR);"))
-    assert Ledger.open(ledger.root).schema_version() == 2  # the fixed migration then applies
+    assert Ledger.open(ledger.root).schema_version() == SHIPPED + 1  # the fixed migration then applies
+
+
+def test_a_ledger_of_schema_1_is_migrated_to_the_current_one(tmp_path, monkeypatch):
+    """A real older ledger: made with only the first migration, holding data, then opened."""
+    first_only = migrations()[:1]
+    monkeypatch.setattr(ledger_module, "migrations", lambda: first_only)
+    old = Ledger.init(tmp_path)
+    old.register_dataset("docs", DOCS)
+    assert old.schema_version() == 1
+    monkeypatch.undo()
+
+    opened = Ledger.open(tmp_path)
+    assert opened.schema_version() == SHIPPED
+    assert opened.dataset("docs").n_documents == 3
+    tables = {r[0] for r in raw_rows(opened, "SELECT table_name FROM information_schema.tables")}
+    assert {"versions", "version_params", "tags"} <= tables
 
 
 def test_shipped_migrations_are_numbered_without_gaps():
