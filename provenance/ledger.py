@@ -37,7 +37,15 @@ from provenance.errors import (
     SchemaVersionError,
 )
 from provenance.fingerprints import FingerprintConfig
-from provenance.records import DatasetRecord, DocumentRecord, License, ShardRecord, check_name
+from provenance.records import (
+    DatasetRecord,
+    DocumentRecord,
+    License,
+    ParamRecord,
+    ShardRecord,
+    VersionRecord,
+    check_name,
+)
 
 LEDGER_DIR = ".prov"
 DB_FILE = "ledger.duckdb"
@@ -360,6 +368,82 @@ class Ledger:
         finally:
             con.close()
 
+    # -- model versions (the logic is in provenance.versions) ----------------------------------
+
+    def version(self, ref: str | VersionRecord) -> VersionRecord:
+        """A version by record, tag, full id or unambiguous id prefix (at least 4 hex digits)."""
+        if isinstance(ref, VersionRecord):
+            return ref
+        ref = str(ref)
+        with self._cursor() as con:
+            tagged = con.execute("SELECT version_id FROM tags WHERE name = ?", [ref]).fetchall()
+            if tagged:
+                ref = tagged[0][0]
+            elif not re.fullmatch(r"[0-9a-f]{4,32}", ref):
+                raise NotFoundError(f"no version or tag {ref!r} (a version id is 4 to 32 hex digits)")
+            rows = con.sql(
+                "SELECT * FROM versions WHERE starts_with(version_id, ?) ORDER BY version_id LIMIT 6", params=[ref]
+            ).to_arrow_table().to_pylist()
+        if not rows:
+            raise NotFoundError(f"no version {ref!r} in the ledger")
+        if len(rows) > 1:
+            shown = ", ".join(r["version_id"][:12] for r in rows[:5])
+            raise InvalidParameterError(f"version prefix {ref!r} is ambiguous: {shown}{', ...' if len(rows) > 5 else ''}")
+        return VersionRecord(**rows[0])
+
+    def versions(self) -> list[VersionRecord]:
+        """Every version, newest first."""
+        with self._cursor() as con:
+            rows = con.sql("SELECT * FROM versions ORDER BY created_at DESC, version_id").to_arrow_table()
+        return [VersionRecord(**r) for r in rows.to_pylist()]
+
+    def manifest(self, version: str | VersionRecord) -> dict[str, ParamRecord]:
+        """Parameter name -> how it is stored in ``version`` (removed parameters included)."""
+        vid = self.version(version).version_id
+        with self._cursor() as con:
+            rows = con.sql(
+                "SELECT * FROM version_params WHERE version_id = ? ORDER BY name", params=[vid]
+            ).to_arrow_table().to_pylist()
+        out = {}
+        for r in rows:
+            objects = dict(r["objects"]) if r["objects"] else {}
+            out[r["name"]] = ParamRecord(
+                name=r["name"], dtype=r["dtype"], shape=r["shape"], encoding=r["encoding"], objects=objects,
+                meta=json.loads(r["meta_json"]) if r["meta_json"] else {}, nbytes=r["nbytes"],
+            )
+        return out
+
+    def versions_using(self, address: str) -> list[str]:
+        """Ids of the versions whose manifest refers to object ``address``."""
+        with self._cursor() as con:
+            rows = con.execute(
+                """SELECT DISTINCT version_id FROM version_params
+                   WHERE list_contains(map_values(objects), ?) ORDER BY 1""",
+                [address],
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def tag(self, name: str, version: str | VersionRecord) -> VersionRecord:
+        """Name ``version`` (a tag can be moved to another version by tagging again)."""
+        if not name or re.fullmatch(r"[0-9a-f]{4,32}", name):
+            raise InvalidParameterError(f"tag {name!r} must be non-empty and not look like a version id")
+        ver = self.version(version)
+        with self.transaction() as tx:
+            tx.set_tag(name, ver.version_id)
+        return ver
+
+    def commit(self, state: Any, **options: Any) -> VersionRecord:
+        """Store a model state as a new version; see :func:`provenance.versions.commit`."""
+        from provenance.versions import commit
+
+        return commit(self, state, **options)
+
+    def checkout(self, version: str | VersionRecord) -> dict:
+        """The tensors of ``version``, bit-identical to what was committed."""
+        from provenance.versions import checkout
+
+        return checkout(self, version)
+
     def near_duplicates(self, datasets: Sequence[str | DatasetRecord], threshold: float = 0.8) -> pa.Table:
         """Pairs of documents in ``datasets`` whose stored LSH bands collide and whose estimated
         Jaccard similarity is at least ``threshold``: ``key_a, key_b, dataset_a, dataset_b, jaccard``.
@@ -492,6 +576,27 @@ class LedgerWriter:
                 [first_id, dataset_id, shard_index, source.dataset_id, source.shard_index],
             ).fetchall()
         return source.n_documents
+
+    def insert_version(self, version: VersionRecord, params: Sequence[ParamRecord]) -> None:
+        self._insert("versions", pa.Table.from_pylist([version.model_dump()]))
+        if params:
+            rows = [
+                {"version_id": version.version_id, "name": p.name, "dtype": p.dtype, "shape": p.shape,
+                 "encoding": p.encoding, "objects": list(p.objects.items()),
+                 "meta_json": json.dumps(p.meta) if p.meta else None, "nbytes": p.nbytes}
+                for p in params
+            ]
+            schema = pa.schema([
+                ("version_id", pa.string()), ("name", pa.string()), ("dtype", pa.string()),
+                ("shape", pa.list_(pa.int64())), ("encoding", pa.string()),
+                ("objects", pa.map_(pa.string(), pa.string())), ("meta_json", pa.string()), ("nbytes", pa.int64()),
+            ])
+            self._insert("version_params", pa.Table.from_pylist(rows, schema=schema))
+
+    def set_tag(self, name: str, version_id: str) -> None:
+        self._con.execute(
+            "INSERT OR REPLACE INTO tags VALUES (?, ?, ?)", [name, version_id, _now()]
+        ).fetchall()
 
     def insert_shards(self, shards: Sequence[ShardRecord]) -> None:
         if shards:

@@ -168,3 +168,34 @@ def check_name(name: str) -> str:
             f"dataset name {name!r} must start with a letter or digit and hold only letters, digits, '.', '_', '-'"
         )
     return name
+
+
+class ParamRecord(BaseModel):
+    """One parameter group in a version's manifest: how it differs from the first parent."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    dtype: str
+    shape: list[int]
+    encoding: Literal["unchanged", "sparse", "low_rank", "full", "removed"]
+    objects: dict[str, str] = Field(default_factory=dict, description="role of each patch tensor -> object address")
+    meta: dict[str, float] = Field(default_factory=dict, description="small patch metadata, e.g. the low-rank scale")
+    nbytes: int = Field(0, description="bytes of the patch's tensors")
+
+
+class VersionRecord(BaseModel):
+    """A model state: its parents, what produced it, and what it cost to store."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version_id: str = Field(description="32 hex digits")
+    parents: list[str]
+    message: str
+    author: str | None = None
+    created_at: datetime
+    run_id: str | None = None
+    n_params: int
+    n_elements: int
+    full_bytes: int = Field(description="bytes of a full copy of this version")
+    stored_bytes: int = Field(description="bytes of the patch tensors this version references")

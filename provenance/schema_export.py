@@ -13,7 +13,15 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from provenance.fingerprints import FingerprintConfig
-from provenance.records import DatasetRecord, DocumentRecord, License, RegistrationResult, ShardRecord
+from provenance.records import (
+    DatasetRecord,
+    DocumentRecord,
+    License,
+    ParamRecord,
+    RegistrationResult,
+    ShardRecord,
+    VersionRecord,
+)
 
 MODELS: dict[str, type[BaseModel]] = {
     "fingerprint_config": FingerprintConfig,
@@ -22,6 +30,8 @@ MODELS: dict[str, type[BaseModel]] = {
     "shard": ShardRecord,
     "document": DocumentRecord,
     "registration_result": RegistrationResult,
+    "version": VersionRecord,
+    "param": ParamRecord,
 }
 
 

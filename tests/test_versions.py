@@ -1,0 +1,154 @@
+"""Versions: lossless commit and checkout through patch chains, and bad input refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save_file
+
+from provenance.errors import InvalidParameterError, NotFoundError, ObjectCorruptError, ObjectMissingError
+from provenance.kernels.patch import apply_low_rank
+from provenance.ledger import Ledger
+from provenance.objects import ObjectStore
+from provenance.patches import same_bits
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.int64, torch.int32]
+
+
+@pytest.fixture()
+def ledger(tmp_path):
+    return Ledger.init(tmp_path)
+
+
+def _state(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "layer.weight": torch.randn(64, 32, generator=g),
+        "layer.bias": torch.randn(64, generator=g).to(torch.bfloat16),
+        "norm.weight": torch.randn(32, generator=g).to(torch.float16),
+        "head.weight": torch.randn(10, 64, generator=g, dtype=torch.float64),
+        "steps": torch.tensor([7], dtype=torch.int64),
+    }
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert same_bits(a[k], b[k]), k
+
+
+@settings(max_examples=25, deadline=None)
+@given(dtype=st.sampled_from(DTYPES), shape=st.lists(st.integers(1, 6), min_size=1, max_size=3).map(tuple),
+       seed=st.integers(0, 1000), changed=st.floats(0.0, 1.0))
+def test_round_trip_every_dtype(tmp_path_factory, dtype, shape, seed, changed):
+    ledger = Ledger.init(tmp_path_factory.mktemp("l"))
+    g = torch.Generator().manual_seed(seed)
+    base = (torch.randn(shape, generator=g) * 50).to(dtype)
+    v0 = ledger.commit({"p": base}, message="root")
+    new = base.clone()
+    mask = torch.rand(shape, generator=g) < changed
+    new[mask] = (torch.randn(shape, generator=g) * 50).to(dtype)[mask]
+    v1 = ledger.commit({"p": new}, parent=v0, message="step")
+    _assert_same(ledger.checkout(v0), {"p": base})
+    _assert_same(ledger.checkout(v1), {"p": new})
+
+
+def test_sparse_then_low_rank_then_dense_chain(ledger):
+    s0 = _state()
+    v0 = ledger.commit(s0, message="root")
+    assert {p.encoding for p in ledger.manifest(v0).values()} == {"full"}
+    assert v0.stored_bytes == v0.full_bytes == sum(t.numel() * t.element_size() for t in s0.values())
+
+    s1 = {k: v.clone() for k, v in s0.items()}
+    idx = torch.randperm(64 * 32, generator=torch.Generator().manual_seed(1))[:10]  # a FISH-style 0.5% update
+    s1["layer.weight"].view(-1)[idx] += 0.5
+    v1 = ledger.commit(s1, parent=v0, message="fish")
+    m1 = ledger.manifest(v1)
+    assert m1["layer.weight"].encoding == "sparse" and m1["layer.weight"].nbytes == 10 * 8
+    assert {m1[k].encoding for k in s0 if k != "layer.weight"} == {"unchanged"}
+    assert v1.stored_bytes == 80 and v1.parents == [v0.version_id]
+
+    g = torch.Generator().manual_seed(2)
+    b, a = torch.randn(10, 2, generator=g, dtype=torch.float64), torch.randn(2, 64, generator=g, dtype=torch.float64)
+    s2 = {k: v.clone() for k, v in s1.items()}
+    s2["head.weight"] = apply_low_rank(s1["head.weight"], b, a, 2.0)
+    v2 = ledger.commit(s2, parent=v1, message="lora", low_rank={"head.weight": (b, a, 2.0)})
+    assert ledger.manifest(v2)["head.weight"].encoding == "low_rank"
+    assert ledger.manifest(v2)["head.weight"].meta == {"scale": 2.0}
+
+    s3 = {k: v.clone() for k, v in s2.items()}
+    s3["layer.weight"] = torch.randn(64, 32, generator=g)
+    v3 = ledger.commit(s3, parent=v2, message="dense")
+    assert ledger.manifest(v3)["layer.weight"].encoding == "full"
+
+    for v, s in ((v0, s0), (v1, s1), (v2, s2), (v3, s3)):
+        _assert_same(ledger.checkout(v), s)
+
+
+def test_added_and_removed_parameters(ledger):
+    v0 = ledger.commit(_state(), message="root")
+    s1 = _state()
+    del s1["steps"]
+    s1["extra"] = torch.ones(3)
+    v1 = ledger.commit(s1, parent=v0, message="reshape")
+    m = ledger.manifest(v1)
+    assert m["steps"].encoding == "removed" and m["extra"].encoding == "full"
+    assert v1.n_params == 5
+    _assert_same(ledger.checkout(v1), s1)
+
+
+def test_refs_prefix_tag_and_safetensors_input(ledger, tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_file(_state(), str(path))
+    v0 = ledger.commit(path, message="from a file")
+    _assert_same(ledger.checkout(v0.version_id[:8]), _state())
+    ledger.tag("base", v0)
+    assert ledger.version("base") == v0
+    assert [v.version_id for v in ledger.versions()] == [v0.version_id]
+    with pytest.raises(NotFoundError, match="no version or tag 'nope'"):
+        ledger.version("nope")
+    with pytest.raises(InvalidParameterError, match="must be non-empty and not look like a version id"):
+        ledger.tag("abcd", v0)
+
+
+def test_identical_tensors_are_stored_once(ledger):
+    ledger.commit(_state(), message="a")
+    ledger.commit(_state(), message="b")  # another root with the same tensors
+    assert len(list(ObjectStore(ledger.objects_path).addresses())) == len(_state())
+
+
+def test_bad_input_is_refused_and_nothing_is_written(ledger):
+    v0 = ledger.commit(_state(), message="root")
+    objects = sorted(ObjectStore(ledger.objects_path).addresses())
+    bad = _state()
+    bad["layer.weight"] = torch.zeros(32, 64)
+    with pytest.raises(InvalidParameterError, match=r"'layer.weight' is float32\[32, 64\] but float32\[64, 32\]"):
+        ledger.commit(bad, parent=v0, message="wrong shape")
+    nan = _state()
+    nan["norm.weight"][3] = float("nan")
+    with pytest.raises(InvalidParameterError, match=r"'norm.weight' holds 1 NaN or Inf values \(first at flat index 3\)"):
+        ledger.commit(nan, parent=v0, message="nan")
+    assert ledger.versions() == [v0]
+    assert sorted(ObjectStore(ledger.objects_path).addresses()) == objects
+    v1 = ledger.commit(nan, parent=v0, message="nan on purpose", allow_nonfinite=True)
+    assert torch.isnan(ledger.checkout(v1)["norm.weight"][3])
+    with pytest.raises(NotFoundError):
+        ledger.commit(_state(), parent="deadbeef", message="orphan")
+    with pytest.raises(InvalidParameterError, match="needs a message"):
+        ledger.commit(_state(), message=" ")
+
+
+def test_corrupt_object_names_the_versions_using_it(ledger):
+    v0 = ledger.commit({"w": torch.arange(100, dtype=torch.float32)}, message="root")
+    address = ledger.manifest(v0)["w"].objects["full"]
+    path = ObjectStore(ledger.objects_path).path(address)
+    data = bytearray(path.read_bytes())
+    data[-4] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ObjectCorruptError, match=f"object {address} .*used by version\\(s\\) {v0.version_id[:12]}"):
+        ledger.checkout(v0)
+    path.unlink()
+    with pytest.raises(ObjectMissingError, match=f"used by version\\(s\\) {v0.version_id[:12]}"):
+        ledger.checkout(v0)
