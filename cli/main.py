@@ -182,6 +182,75 @@ def dataset_export(obj: Context, ref: str, fmt: str, output: str | None) -> None
         click.echo(text, nl=False)
 
 
+@main.group("model")
+def model_group() -> None:
+    """Commit, inspect and check out model versions."""
+
+
+@model_group.command("commit")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--parent", default=None, help="Version (id, prefix or tag) the new one patches.")
+@click.option("-m", "--message", required=True, help="What changed.")
+@click.option("--author", default=None, help="Who made the change.")
+@click.option("--encoding", type=click.Choice(["auto", "sparse", "full"]), default="auto", show_default=True,
+              help="How to store each parameter group against the parent (auto: smallest exact).")
+@click.option("--allow-nonfinite", is_flag=True, help="Store NaN and Inf values instead of refusing them.")
+@json_option
+@pass_ctx
+def model_commit(obj: Context, path: str, parent: str | None, message: str, author: str | None, encoding: str,
+                 allow_nonfinite: bool, as_json: bool) -> None:
+    """Store the .safetensors file PATH as a new version."""
+    version = obj.ledger().commit(path, parent=parent, message=message, author=author, encoding=encoding,
+                                  allow_nonfinite=allow_nonfinite)
+    render.emit(version.model_dump(mode="json"), as_json,
+                lambda d: f"committed {d['version_id'][:12]}: {d['n_params']} parameter groups, "
+                          f"{d['stored_bytes']:,} bytes stored of {d['full_bytes']:,}")
+
+
+@model_group.command("log")
+@json_option
+@pass_ctx
+def model_log(obj: Context, as_json: bool) -> None:
+    """List versions, newest first, with their parents."""
+    render.versions(obj.ledger().versions(), as_json)
+
+
+@model_group.command("show")
+@click.argument("ref", metavar="VERSION")
+@json_option
+@pass_ctx
+def model_show(obj: Context, ref: str, as_json: bool) -> None:
+    """Show a version and how each parameter group is stored."""
+    ledger = obj.ledger()
+    version = ledger.version(ref)
+    render.version(version, ledger.manifest(version), as_json)
+
+
+@model_group.command("checkout")
+@click.argument("ref", metavar="VERSION")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .safetensors file to write.")
+@pass_ctx
+def model_checkout(obj: Context, ref: str, output: str) -> None:
+    """Write a version's tensors, bit-identical to what was committed, to a safetensors file."""
+    from safetensors.torch import save
+
+    from provenance.files import atomic_write_bytes
+
+    tensors = obj.ledger().checkout(ref)
+    atomic_write_bytes(Path(output), save(tensors))
+    click.echo(f"wrote {output} ({len(tensors)} tensors)", err=True)
+
+
+@main.command("tag")
+@click.argument("name")
+@click.argument("ref", metavar="VERSION")
+@pass_ctx
+def tag_cmd(obj: Context, name: str, ref: str) -> None:
+    """Name a version (tagging again moves the tag)."""
+    version = obj.ledger().tag(name, ref)
+    click.echo(f"{name} -> {version.version_id}")
+
+
 @main.command("demo")
 @click.argument("path", default="prov-demo", type=click.Path(file_okay=False))
 @click.option("--docs", "n_docs", type=int, default=2000, show_default=True, help="Documents in the main corpus.")

@@ -113,6 +113,36 @@ def dataset(ds: DatasetRecord, shards: list[ShardRecord], as_json: bool) -> None
     console.print(t)
 
 
+def versions(records, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
+        return
+    t = Table()
+    for col in ("version", "parents", "message", "params", "stored", "of full", "created"):
+        t.add_column(col, no_wrap=col != "message")
+    for r in records:
+        t.add_row(r.version_id[:12], ", ".join(p[:12] for p in r.parents) or "(root)", r.message, str(r.n_params),
+                  f"{r.stored_bytes:,}", f"{r.stored_bytes / max(1, r.full_bytes):.2%}",
+                  r.created_at.strftime("%Y-%m-%d %H:%M"))
+    _console().print(t)
+
+
+def version(record, manifest: dict, as_json: bool) -> None:
+    if as_json:
+        out = record.model_dump(mode="json")
+        out["manifest"] = [p.model_dump(mode="json") for p in manifest.values()]
+        click.echo(json.dumps(out, indent=2))
+        return
+    click.echo(f"version {record.version_id}\nparents {', '.join(record.parents) or '(root)'}\n"
+               f"message {record.message}\nstored  {record.stored_bytes:,} of {record.full_bytes:,} bytes")
+    t = Table()
+    for col in ("parameter", "dtype", "shape", "encoding", "bytes"):
+        t.add_column(col, no_wrap=True)
+    for p in manifest.values():
+        t.add_row(p.name, p.dtype, "x".join(map(str, p.shape)) or "()", p.encoding, f"{p.nbytes:,}")
+    _console().print(t)
+
+
 def demo(report, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2, default=str, ensure_ascii=False))

@@ -138,3 +138,27 @@ def test_demo_finds_planted_pairs(tmp_path, runner):
     assert report["found_near_duplicates"] >= 0.9 * report["planted_near_duplicates"]
     again = _json(runner.invoke(main, ["demo", str(tmp_path / "demo"), "--docs", "300", "--json"]))
     assert all(r["created"] is False for r in again["registrations"])
+
+
+def test_model_commit_log_show_checkout_and_tag(project, runner):
+    import torch
+    from safetensors.torch import save_file
+
+    state = {"w": torch.arange(200, dtype=torch.float32).reshape(20, 10), "b": torch.zeros(10)}
+    save_file(state, str(project / "a.safetensors"))
+    state["w"][3, 4] = -1.0
+    save_file(state, str(project / "b.safetensors"))
+    root = _json(runner.invoke(main, ["model", "commit", "a.safetensors", "-m", "root", "--json"]))
+    assert (root["parents"], root["stored_bytes"], root["full_bytes"]) == ([], 840, 840)
+    assert runner.invoke(main, ["tag", "base", root["version_id"][:8]]).output.strip() == f"base -> {root['version_id']}"
+    child = _json(runner.invoke(main, ["model", "commit", "b.safetensors", "--parent", "base", "-m", "fix", "--json"]))
+    assert (child["parents"], child["stored_bytes"]) == ([root["version_id"]], 8)
+    log = _json(runner.invoke(main, ["model", "log", "--json"]))
+    assert [v["version_id"] for v in log] == [child["version_id"], root["version_id"]]
+    shown = _json(runner.invoke(main, ["model", "show", child["version_id"][:10], "--json"]))
+    assert {p["name"]: p["encoding"] for p in shown["manifest"]} == {"b": "unchanged", "w": "sparse"}
+    out = project / "out.safetensors"
+    assert runner.invoke(main, ["model", "checkout", "base", "-o", str(out)]).exit_code == 0
+    assert out.read_bytes() == (project / "a.safetensors").read_bytes()
+    missing = runner.invoke(main, ["model", "show", "ffff"])
+    assert missing.exit_code == 1 and "no version 'ffff'" in missing.output
