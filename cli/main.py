@@ -241,6 +241,17 @@ def model_checkout(obj: Context, ref: str, output: str) -> None:
     click.echo(f"wrote {output} ({len(tensors)} tensors)", err=True)
 
 
+@main.command("gc")
+@click.option("--apply", is_flag=True, help="Remove the objects (default: only list them).")
+@json_option
+@pass_ctx
+def gc_cmd(obj: Context, apply: bool, as_json: bool) -> None:
+    """List (or with --apply remove) objects that no version uses."""
+    report = obj.ledger().gc(apply=apply)
+    verb = "removed" if apply else "would remove (dry run; --apply to remove)"
+    render.emit(report, as_json, lambda d: f"{verb} {len(d['unreferenced'])} objects, {d['bytes']:,} bytes")
+
+
 @main.command("tag")
 @click.argument("name")
 @click.argument("ref", metavar="VERSION")

@@ -423,6 +423,20 @@ class Ledger:
             ).fetchall()
         return [r[0] for r in rows]
 
+    def referenced_objects(self) -> set[str]:
+        """Every object address some version's manifest refers to."""
+        with self._cursor() as con:
+            rows = con.execute(
+                "SELECT DISTINCT unnest(map_values(objects)) FROM version_params WHERE objects IS NOT NULL"
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    def gc(self, *, apply: bool = False) -> dict[str, Any]:
+        """Objects no version uses; see :func:`provenance.versions.gc`."""
+        from provenance.versions import gc
+
+        return gc(self, apply=apply)
+
     def tag(self, name: str, version: str | VersionRecord) -> VersionRecord:
         """Name ``version`` (a tag can be moved to another version by tagging again)."""
         if not name or re.fullmatch(r"[0-9a-f]{4,32}", name):

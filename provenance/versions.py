@@ -86,7 +86,13 @@ def commit(
     """
     if not isinstance(message, str) or not message.strip():
         raise InvalidParameterError("a commit needs a message")
-    tensors = _load_state(state)
+    # The ledger's lock is held from the first object written to the version's row, so that
+    # `gc` in another process never sees this commit's objects as unreferenced.
+    with ledger.session():
+        return _commit(ledger, _load_state(state), parent, message, author, run, encoding, low_rank, allow_nonfinite)
+
+
+def _commit(ledger, tensors, parent, message, author, run, encoding, low_rank, allow_nonfinite) -> VersionRecord:
     parent_rec = ledger.version(parent) if parent is not None else None
     history = _History(ledger)
     parent_manifest = history.manifest(parent_rec.version_id) if parent_rec else {}
@@ -95,13 +101,10 @@ def commit(
     unknown = sorted(set(low_rank) - set(tensors))
     if unknown:
         raise InvalidParameterError(f"low_rank factors given for parameters not in the state: {', '.join(unknown)}")
-
-    params: list[ParamRecord] = []
-    n_elements = full_bytes = stored = 0
+    # Check everything before writing anything: a refused commit leaves no object behind.
+    checked = {}
     for name in sorted(tensors, key=str):
         target = _check_tensor(name, tensors[name], allow_nonfinite)
-        n_elements += target.numel()
-        full_bytes += target.numel() * target.element_size()
         previous = parent_manifest.get(name)
         if previous is not None and previous.encoding != "removed":
             if list(target.shape) != previous.shape or _dtype(target) != previous.dtype:
@@ -109,6 +112,15 @@ def commit(
                     f"parameter {name!r} is {_dtype(target)}{list(target.shape)} but {previous.dtype}{previous.shape} "
                     f"in the parent {parent_rec.version_id[:12]}"
                 )
+        checked[name] = target
+
+    params: list[ParamRecord] = []
+    n_elements = full_bytes = stored = 0
+    for name, target in checked.items():
+        n_elements += target.numel()
+        full_bytes += target.numel() * target.element_size()
+        previous = parent_manifest.get(name)
+        if previous is not None and previous.encoding != "removed":
             base = _materialize(history, store, parent_rec.version_id, name)
             hints = {"low_rank": low_rank[name]} if name in low_rank else {}
             patch = encode(base, target, encoding=encoding, **hints)
@@ -119,7 +131,7 @@ def commit(
         params.append(ParamRecord(name=name, dtype=_dtype(target), shape=list(target.shape), encoding=patch.encoding,
                                   objects=objects, meta=patch.meta, nbytes=patch.nbytes))
     for name, previous in parent_manifest.items():
-        if name not in tensors and previous.encoding != "removed":
+        if name not in checked and previous.encoding != "removed":
             params.append(ParamRecord(name=name, dtype=previous.dtype, shape=previous.shape, encoding="removed"))
 
     created = datetime.now(timezone.utc).replace(tzinfo=None)
@@ -135,6 +147,18 @@ def commit(
     with ledger.transaction() as tx:
         tx.insert_version(version, params)
     return version
+
+
+def gc(ledger: Ledger, *, apply: bool = False) -> dict[str, Any]:
+    """Objects that no version refers to (left by interrupted commits): listed, or removed with
+    ``apply``. Runs holding the ledger's lock, so no commit is writing objects meanwhile."""
+    store = ObjectStore(ledger.objects_path)
+    with ledger.session():
+        referenced = ledger.referenced_objects()
+        unreferenced = [a for a in store.addresses() if a not in referenced]
+        sizes = {a: store.path(a).stat().st_size for a in unreferenced}
+        freed = sum(store.delete(a) for a in unreferenced) if apply else 0
+    return {"unreferenced": unreferenced, "bytes": sum(sizes.values()), "removed": apply, "freed": freed}
 
 
 def _dtype(t: torch.Tensor) -> str:

@@ -152,3 +152,68 @@ def test_corrupt_object_names_the_versions_using_it(ledger):
     path.unlink()
     with pytest.raises(ObjectMissingError, match=f"used by version\\(s\\) {v0.version_id[:12]}"):
         ledger.checkout(v0)
+
+
+def test_refused_commit_writes_no_object_even_after_good_parameters(ledger):
+    good = {"a": torch.randn(100), "z": torch.randn(100)}
+    good["z"][5] = float("inf")  # "a" sorts first: it would be written before "z" is refused
+    with pytest.raises(InvalidParameterError, match="'z' holds 1 NaN or Inf"):
+        ledger.commit(good, message="bad")
+    assert list(ObjectStore(ledger.objects_path).addresses()) == []
+
+
+def test_gc_lists_then_removes_only_unreferenced_objects(ledger):
+    v0 = ledger.commit(_state(), message="root")
+    store = ObjectStore(ledger.objects_path)
+    orphan = store.put(torch.full((1000,), 3.0)).address  # as an interrupted commit leaves
+    report = ledger.gc()
+    assert report["unreferenced"] == [orphan] and report["removed"] is False and report["bytes"] > 4000
+    assert orphan in store
+    applied = ledger.gc(apply=True)
+    assert applied["unreferenced"] == [orphan] and applied["freed"] == report["bytes"]
+    assert orphan not in store
+    assert ledger.gc()["unreferenced"] == []
+    _assert_same(ledger.checkout(v0), _state())
+
+
+_COMMITTER = """
+import sys, torch
+from provenance.ledger import Ledger
+ledger = Ledger.open(sys.argv[1], lock_timeout=60)
+parent = None
+i = 0
+while True:
+    state = {f"p{j}": torch.full((500_000,), float(i * 10 + j)) for j in range(8)}
+    parent = ledger.commit(state, parent=parent, message=f"step {i}")
+    print("committed", i, flush=True)
+    i += 1
+"""
+
+
+@pytest.mark.slow
+def test_killed_commit_leaves_no_half_version(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    Ledger.init(tmp_path)
+    child = subprocess.Popen([sys.executable, "-c", _COMMITTER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().startswith("committed 0")
+    time.sleep(0.7)  # somewhere inside a later commit
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    ledger = Ledger.open(tmp_path)
+    versions = ledger.versions()
+    assert versions, "no version was committed before the kill"
+    steps = sorted(int(v.message.split()[1]) for v in versions)
+    assert steps == list(range(len(steps)))  # whole versions only, none missing in between
+    for v in versions:  # every visible version checks out whole
+        state = ledger.checkout(v)
+        i = int(v.message.split()[1])
+        assert sorted(state) == [f"p{j}" for j in range(8)]
+        assert all(float(state[f"p{j}"][0]) == i * 10 + j for j in range(8))
+    report = ledger.gc(apply=True)  # objects of the killed commit, if any, are now removed
+    assert set(report["unreferenced"]).isdisjoint(ledger.referenced_objects())
+    newest = max(versions, key=lambda v: int(v.message.split()[1]))
+    assert float(ledger.checkout(newest)["p7"][0]) == int(newest.message.split()[1]) * 10 + 7
