@@ -226,6 +226,18 @@ def model_show(obj: Context, ref: str, as_json: bool) -> None:
     render.version(version, ledger.manifest(version), as_json)
 
 
+@model_group.command("diff")
+@click.argument("old", metavar="V1")
+@click.argument("new", metavar="V2")
+@json_option
+@pass_ctx
+def model_diff(obj: Context, old: str, new: str, as_json: bool) -> None:
+    """Per parameter group: how V2 differs from V1 (encoding, elements changed, patch bytes)."""
+    from provenance.versions import diff
+
+    render.diff(diff(obj.ledger(), old, new), as_json)
+
+
 @model_group.command("checkout")
 @click.argument("ref", metavar="VERSION")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .safetensors file to write.")

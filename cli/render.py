@@ -143,6 +143,19 @@ def version(record, manifest: dict, as_json: bool) -> None:
     _console().print(t)
 
 
+def diff(rows: list[dict], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    t = Table()
+    for col in ("parameter", "status", "encoding", "changed", "patch bytes", "of full"):
+        t.add_column(col, no_wrap=True)
+    for r in rows:
+        t.add_row(r["name"], r["status"], r["encoding"] or "", f"{r['changed']:.2%}", f"{r['patch_bytes']:,}",
+                  f"{r['patch_bytes'] / max(1, r['full_bytes']):.2%}")
+    _console().print(t)
+
+
 def demo(report, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2, default=str, ensure_ascii=False))

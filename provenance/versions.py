@@ -149,6 +149,35 @@ def _commit(ledger, tensors, parent, message, author, run, encoding, low_rank, a
     return version
 
 
+def diff(ledger: Ledger, old: str | VersionRecord, new: str | VersionRecord) -> list[dict[str, Any]]:
+    """Per parameter group, how ``new`` differs from ``old`` (any two versions): the encoding a
+    commit of ``new`` on ``old`` would pick, the fraction of elements whose bits changed, and the
+    bytes of that patch against the group's full size."""
+    a, b = checkout(ledger, old), checkout(ledger, new)
+    rows = []
+    for name in sorted(set(a) | set(b)):
+        if name not in b or name not in a:
+            t = b.get(name, a.get(name))
+            rows.append({"name": name, "status": "removed" if name not in b else "added", "encoding": None,
+                         "changed": 1.0, "patch_bytes": 0 if name not in b else t.numel() * t.element_size(),
+                         "full_bytes": t.numel() * t.element_size()})
+            continue
+        x, y = a[name], b[name]
+        full = y.numel() * y.element_size()
+        if x.shape != y.shape or x.dtype != y.dtype:
+            rows.append({"name": name, "status": f"reshaped {list(x.shape)} -> {list(y.shape)}", "encoding": "full",
+                         "changed": 1.0, "patch_bytes": full, "full_bytes": full})
+            continue
+        patch = encode(x, y)
+        size = max(1, y.element_size())
+        bits_x = x.contiguous().reshape(-1).view(torch.uint8).view(-1, size) if x.numel() else None
+        bits_y = y.contiguous().reshape(-1).view(torch.uint8).view(-1, size) if y.numel() else None
+        changed = int((bits_x != bits_y).any(dim=1).sum()) / y.numel() if bits_x is not None else 0.0
+        rows.append({"name": name, "status": "unchanged" if patch.encoding == "unchanged" else "changed",
+                     "encoding": patch.encoding, "changed": changed, "patch_bytes": patch.nbytes, "full_bytes": full})
+    return rows
+
+
 def gc(ledger: Ledger, *, apply: bool = False) -> dict[str, Any]:
     """Objects that no version refers to (left by interrupted commits): listed, or removed with
     ``apply``. Runs holding the ledger's lock, so no commit is writing objects meanwhile."""

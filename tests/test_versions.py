@@ -217,3 +217,47 @@ def test_killed_commit_leaves_no_half_version(tmp_path):
     assert set(report["unreferenced"]).isdisjoint(ledger.referenced_objects())
     newest = max(versions, key=lambda v: int(v.message.split()[1]))
     assert float(ledger.checkout(newest)["p7"][0]) == int(newest.message.split()[1]) * 10 + 7
+
+
+def test_diff_between_any_two_versions(ledger):
+    s0 = {"w": torch.zeros(100), "b": torch.ones(4), "old": torch.ones(2)}
+    v0 = ledger.commit(s0, message="root")
+    s1 = {"w": s0["w"].clone(), "b": s0["b"].clone(), "new": torch.zeros(3)}
+    s1["w"][:3] = 1.0
+    v1 = ledger.commit(s1, parent=v0, message="edit")
+    from provenance.versions import diff
+
+    rows = {r["name"]: r for r in diff(ledger, v0, v1)}
+    assert rows["w"] == {"name": "w", "status": "changed", "encoding": "sparse", "changed": 0.03,
+                         "patch_bytes": 24, "full_bytes": 400}
+    assert rows["b"]["status"] == "unchanged" and rows["b"]["patch_bytes"] == 0
+    assert rows["old"]["status"] == "removed" and rows["new"]["status"] == "added"
+    assert rows["new"]["patch_bytes"] == 12
+
+
+def test_two_processes_committing_at_once_both_land(tmp_path):
+    import subprocess
+    import sys
+
+    Ledger.init(tmp_path)
+    script = """
+import sys, torch
+from provenance.ledger import Ledger
+ledger = Ledger.open(sys.argv[1], lock_timeout=120)
+parent = None
+for i in range(3):
+    parent = ledger.commit({"w": torch.full((200_000,), float(i)), "tag": torch.tensor([int(sys.argv[2])])},
+                           parent=parent, message=f"{sys.argv[2]}-{i}")
+print("done", flush=True)
+"""
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(k)], stdout=subprocess.PIPE, text=True)
+             for k in (1, 2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0] and all(o.strip() == "done" for o in outs)
+    ledger = Ledger.open(tmp_path)
+    versions = ledger.versions()
+    assert sorted(v.message for v in versions) == sorted(f"{k}-{i}" for k in (1, 2) for i in range(3))
+    for v in versions:
+        k, i = map(int, v.message.split("-"))
+        state = ledger.checkout(v)
+        assert float(state["w"][0]) == i and int(state["tag"][0]) == k
