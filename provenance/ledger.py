@@ -532,9 +532,6 @@ class LedgerWriter:
     def next_doc_id(self) -> int:
         return int(self._con.execute("SELECT coalesce(max(doc_id) + 1, 0) FROM documents").fetchall()[0][0])
 
-    def insert_documents(self, table: pa.Table) -> None:
-        self._insert("documents", table)
-
     @contextlib.contextmanager
     def document_stage(self) -> Iterator[DocumentStage]:
         """Collect document rows in a Parquet file, then insert them with one bulk statement.

@@ -551,3 +551,12 @@ def test_error_raised_by_the_callers_records_propagates(populated):
         ledger.register_dataset("good", records(), shard_records=10)
     unchanged()
     assert _reader_threads() == []
+
+
+def test_record_id_errors_name_the_field_and_its_kind(populated):
+    ledger, unchanged = populated
+    with pytest.raises(SourceError, match=r"records\[batch-00000\]: record 1: id field 'id' is list, expected a string or number"):
+        ledger.register_dataset("recs", [{"id": "a", "text": "x"}, {"id": ["b"], "text": "y"}], id_field="id")
+    with pytest.raises(SourceError, match=r"record 0: no id field 'id' \(fields: text\)"):
+        ledger.register_dataset("recs", [{"text": "x"}], id_field="id")
+    unchanged()

@@ -82,6 +82,17 @@ def _checked_str(text: str, where: str, opts: ReadOptions, counters: Counters) -
         return None
 
 
+def field_error(where: str, record: dict, fieldname: str, what: str) -> SourceError:
+    """The error for a record whose ``what`` ("text" or "id") field is missing or of a wrong type."""
+    if fieldname not in record:
+        fields = ", ".join(sorted(map(str, record))[:12]) or "none"
+        return SourceError(f"{where}: no {what} field {fieldname!r} (fields: {fields})")
+    value = record[fieldname]
+    kind = "null" if value is None else type(value).__name__
+    expected = "a string" if what == "text" else "a string or number"
+    return SourceError(f"{where}: {what} field {fieldname!r} is {kind}, expected {expected}")
+
+
 def file_format(path: str | os.PathLike) -> str | None:
     name = os.fspath(path).lower()
     for suffix in sorted(FORMATS, key=len, reverse=True):

@@ -32,6 +32,7 @@ from provenance.sources.base import (
     _repair_texts,
     _unknown_type,
     _valid_texts,
+    field_error,
     file_format,
 )
 
@@ -240,13 +241,7 @@ class FileShard(Shard):
     def _field_error(self, obj: Any, fieldname: str, lineno: int, what: str) -> None:
         if type(obj) is not dict:
             raise SourceError(f"{self.display}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        if fieldname not in obj:
-            fields = ", ".join(sorted(obj)[:12]) or "none"
-            raise SourceError(f"{self.display}:{lineno}: no {what} field {fieldname!r} (fields: {fields})")
-        value = obj[fieldname]
-        kind = "null" if value is None else type(value).__name__
-        expected = "a string" if what == "text" else "a string or number"
-        raise SourceError(f"{self.display}:{lineno}: {what} field {fieldname!r} is {kind}, expected {expected}")
+        raise field_error(f"{self.display}:{lineno}", obj, fieldname, what)
 
     def _batch(self, texts: list[str], ids: list[str] | None, rows: list[int], lines: list[int], consumed: int) -> Batch:
         return Batch(

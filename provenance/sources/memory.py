@@ -11,7 +11,16 @@ import xxhash
 
 from provenance.errors import InvalidParameterError, SourceError
 from provenance.fingerprints import strings_to_arrow
-from provenance.sources.base import Batch, Counters, ReadOptions, Shard, _checked_str, _repair_texts, _valid_texts
+from provenance.sources.base import (
+    Batch,
+    Counters,
+    ReadOptions,
+    Shard,
+    _checked_str,
+    _repair_texts,
+    _valid_texts,
+    field_error,
+)
 
 
 class _RecordsHasher:
@@ -93,17 +102,14 @@ class MemoryShard(Shard):
                 raise SourceError(f"{self._label}: record {i} is a {type(rec).__name__}, expected a dict")
             text = rec.get(tf)
             if type(text) is not str:
-                if tf not in rec:
-                    raise SourceError(f"{self._label}: record {i}: no text field {tf!r} (fields: {', '.join(sorted(map(str, rec))[:12])})")
-                kind = "null" if text is None else type(text).__name__
-                raise SourceError(f"{self._label}: record {i}: text field {tf!r} is {kind}, expected a string")
+                raise field_error(f"{self._label}: record {i}", rec, tf, "text")
             text = _checked_str(text, f"{self._label}: record {i}", opts, counters)
             if text is None:
                 continue
             if idf is not None:
                 ident = rec.get(idf)
                 if ident is None or isinstance(ident, (dict, list, bool)):
-                    raise SourceError(f"{self._label}: record {i}: id field {idf!r} is missing or not a string/number")
+                    raise field_error(f"{self._label}: record {i}", rec, idf, "id")
                 ids.append(str(ident))
             texts.append(text)
             rows.append(i)
