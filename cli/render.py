@@ -156,6 +156,43 @@ def diff(rows: list[dict], as_json: bool) -> None:
     _console().print(t)
 
 
+def runs(records, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
+        return
+    t = Table()
+    for col in ("run", "status", "base", "version", "datasets", "logged", "message", "started"):
+        t.add_column(col, no_wrap=col not in ("message", "datasets"))
+    for r in records:
+        t.add_row(r.run_id[:12], r.status, (r.base_version or "(scratch)")[:12], (r.version_id or "")[:12],
+                  ", ".join(r.datasets), f"{r.n_logged:,}", r.message, r.started_at.strftime("%Y-%m-%d %H:%M"))
+    _console().print(t)
+
+
+def run(record, shards: list, as_json: bool) -> None:
+    if as_json:
+        out = record.model_dump(mode="json")
+        out["shards"] = [s.model_dump(mode="json") for s in shards]
+        click.echo(json.dumps(out, indent=2))
+        return
+    lines = [f"run      {record.run_id}", f"status   {record.status}" + (f" ({record.error})" if record.error else ""),
+             f"message  {record.message}", f"base     {record.base_version or '(from scratch)'}",
+             f"version  {record.version_id or '(none)'}", f"params   {json.dumps(record.params)}",
+             f"logged   {record.n_logged:,} examples"]
+    click.echo("\n".join(lines))
+    if not shards:
+        declared = ", ".join(f"{d} x{e:g}" for d, e in record.datasets.items()) or "none"
+        click.echo(f"datasets {declared} (consumption is counted when the run ends)")
+        return
+    t = Table()
+    for col in ("dataset", "shard", "examples", "documents seen", "epochs", "counted from"):
+        t.add_column(col, no_wrap=True)
+    for s in shards:
+        t.add_row(s.dataset_id, str(s.shard_index), f"{s.examples:,}", f"{s.distinct_documents:,}", f"{s.epochs:.3g}",
+                  "logged keys" if s.logged else "declared epochs")
+    _console().print(t)
+
+
 def demo(report, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2, default=str, ensure_ascii=False))

@@ -42,6 +42,8 @@ from provenance.records import (
     DocumentRecord,
     License,
     ParamRecord,
+    RunRecord,
+    RunShardRecord,
     ShardRecord,
     VersionRecord,
     check_name,
@@ -458,6 +460,69 @@ class Ledger:
 
         return checkout(self, version)
 
+    # -- training runs (the logic is in provenance.runs) ----------------------------------------
+
+    def start_run(self, **options: Any):
+        """Start a training run; see :func:`provenance.runs.start_run`."""
+        from provenance.runs import start_run
+
+        return start_run(self, **options)
+
+    def run(self, ref: str | RunRecord) -> RunRecord:
+        """A run by record, full id or unambiguous id prefix (at least 4 hex digits)."""
+        rid = ref.run_id if isinstance(ref, RunRecord) else str(ref)
+        if not re.fullmatch(r"[0-9a-f]{4,32}", rid):
+            raise NotFoundError(f"no run {rid!r} (a run id is 4 to 32 hex digits)")
+        rows = self._runs("WHERE starts_with(r.run_id, ?) ORDER BY r.run_id LIMIT 6", [rid])
+        if not rows:
+            raise NotFoundError(f"no run {rid!r} in the ledger")
+        if len(rows) > 1:
+            shown = ", ".join(r.run_id[:12] for r in rows[:5])
+            raise InvalidParameterError(f"run prefix {rid!r} is ambiguous: {shown}{', ...' if len(rows) > 5 else ''}")
+        return rows[0]
+
+    def runs(self) -> list[RunRecord]:
+        """Every run, newest first."""
+        return self._runs("ORDER BY r.started_at DESC, r.run_id", [])
+
+    def _runs(self, where: str, params: list[Any]) -> list[RunRecord]:
+        with self._cursor() as con:
+            rows = con.sql(
+                f"""SELECT r.*,
+                       (SELECT map(list(dataset_id ORDER BY dataset_id), list(epochs ORDER BY dataset_id))
+                        FROM run_datasets d WHERE d.run_id = r.run_id) AS datasets,
+                       (SELECT count(*) FROM run_examples e WHERE e.run_id = r.run_id) AS n_logged
+                    FROM runs r {where}""",
+                params=params,
+            ).to_arrow_table().to_pylist()
+        out = []
+        for r in rows:
+            r["params"] = json.loads(r.pop("params_json"))
+            r["datasets"] = dict(r["datasets"]) if r["datasets"] else {}
+            out.append(RunRecord(**r))
+        return out
+
+    def run_shards(self, run: str | RunRecord) -> list[RunShardRecord]:
+        """Per shard of the run's datasets: examples seen and epochs (once the run has ended)."""
+        rid = self.run(run).run_id
+        with self._cursor() as con:
+            rows = con.sql(
+                "SELECT * FROM run_shards WHERE run_id = ? ORDER BY dataset_id, shard_index", params=[rid]
+            ).to_arrow_table().to_pylist()
+        return [RunShardRecord(**r) for r in rows]
+
+    def run_examples(self, run: str | RunRecord) -> pa.Table:
+        """The run's logged examples in order: step, dataset, document key and doc_id."""
+        rid = self.run(run).run_id
+        with self._cursor() as con:
+            return con.sql(
+                """SELECT e.step, d.dataset_id, d.key, e.doc_id FROM run_examples e
+                   JOIN documents d USING (doc_id) WHERE e.run_id = ? ORDER BY e.step, e.rowid""",
+                params=[rid],
+            ).to_arrow_table()
+
+    # -- datasets as queries --------------------------------------------------------------------
+
     def near_duplicates(self, datasets: Sequence[str | DatasetRecord], threshold: float = 0.8) -> pa.Table:
         """Pairs of documents in ``datasets`` whose stored LSH bands collide and whose estimated
         Jaccard similarity is at least ``threshold``: ``key_a, key_b, dataset_a, dataset_b, jaccard``.
@@ -603,6 +668,98 @@ class LedgerWriter:
                 ("objects", pa.map_(pa.string(), pa.string())), ("meta_json", pa.string()), ("nbytes", pa.int64()),
             ])
             self._insert("version_params", pa.Table.from_pylist(rows, schema=schema))
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def insert_run(self, run: RunRecord) -> None:
+        row = run.model_dump(exclude={"datasets", "n_logged", "params"})
+        row["params_json"] = json.dumps(run.params, sort_keys=True, default=str)
+        self._insert("runs", pa.Table.from_pylist([row]))
+        if run.datasets:
+            self._insert("run_datasets", pa.table({
+                "run_id": [run.run_id] * len(run.datasets), "dataset_id": list(run.datasets),
+                "epochs": [float(e) for e in run.datasets.values()],
+            }))
+
+    def run_status(self, run_id: str) -> str | None:
+        rows = self._con.execute("SELECT status FROM runs WHERE run_id = ?", [run_id]).fetchall()
+        return rows[0][0] if rows else None
+
+    def end_run(self, run_id: str, status: str, *, error: str | None = None, version_id: str | None = None) -> None:
+        """Close a running run and count, per shard of its datasets, the examples it saw."""
+        self._con.execute(
+            "UPDATE runs SET status = ?, error = ?, version_id = ?, ended_at = ? WHERE run_id = ?",
+            [status, error, version_id, _now(), run_id],
+        )
+        self._con.execute(
+            """INSERT INTO run_shards
+               WITH logged AS (
+                   SELECT d.dataset_id, d.shard_index, count(*) AS examples, count(DISTINCT e.doc_id) AS docs
+                   FROM run_examples e JOIN documents d USING (doc_id)
+                   WHERE e.run_id = $run GROUP BY ALL),
+               logged_datasets AS (SELECT DISTINCT dataset_id FROM logged)
+               SELECT $run, s.dataset_id, s.shard_index,
+                      CASE WHEN ld.dataset_id IS NOT NULL THEN coalesce(l.examples, 0)
+                           ELSE CAST(round(s.n_documents * rd.epochs) AS BIGINT) END,
+                      CASE WHEN ld.dataset_id IS NOT NULL THEN coalesce(l.docs, 0)
+                           WHEN rd.epochs > 0 THEN s.n_documents ELSE 0 END,
+                      CASE WHEN ld.dataset_id IS NULL THEN rd.epochs
+                           WHEN s.n_documents = 0 THEN 0.0
+                           ELSE coalesce(l.examples, 0) / s.n_documents END,
+                      ld.dataset_id IS NOT NULL
+               FROM run_datasets rd JOIN shards s USING (dataset_id)
+               LEFT JOIN logged_datasets ld USING (dataset_id)
+               LEFT JOIN logged l USING (dataset_id, shard_index)
+               WHERE rd.run_id = $run""",
+            {"run": run_id},
+        )
+
+    def running_runs(self) -> list[tuple[str, str, int]]:
+        """(run_id, host, pid) of every run still marked running."""
+        return [tuple(r) for r in self._con.execute("SELECT run_id, host, pid FROM runs WHERE status = 'running'").fetchall()]
+
+    def log_examples(self, run_id: str, datasets: Sequence[str], log: pa.Table) -> int:
+        """Resolve the document keys of ``log`` (columns seq, step, key, dataset) within
+        ``datasets`` and append them to run_examples. Unknown or ambiguous keys raise
+        :class:`InvalidParameterError` naming the first of them; nothing is written then."""
+        self._con.register("_prov_log", log)
+        try:
+            self._con.execute(
+                """CREATE OR REPLACE TEMP TABLE _prov_resolved AS
+                   SELECT l.seq, l.step, l.key, d.doc_id, d.dataset_id
+                   FROM _prov_log l LEFT JOIN (SELECT doc_id, dataset_id, key FROM documents
+                                               WHERE list_contains($datasets, dataset_id)) d
+                     ON d.key = l.key AND (l.dataset IS NULL OR d.dataset_id = l.dataset)""",
+                {"datasets": list(datasets)},
+            )
+        finally:
+            self._con.unregister("_prov_log")
+        try:
+            missing = self._con.execute(
+                "SELECT key, step, count(*) OVER () FROM _prov_resolved WHERE doc_id IS NULL ORDER BY seq LIMIT 1"
+            ).fetchall()
+            if missing:
+                key, step, n = missing[0]
+                more = f" (and {n - 1} more unknown keys)" if n > 1 else ""
+                raise InvalidParameterError(
+                    f"logged example {key!r} at step {step} is not a document of the run's datasets "
+                    f"({', '.join(datasets) or 'none declared'}){more}"
+                )
+            ambiguous = self._con.execute(
+                """SELECT key, list(dataset_id ORDER BY dataset_id) FROM _prov_resolved
+                   GROUP BY seq, key HAVING count(*) > 1 ORDER BY seq LIMIT 1"""
+            ).fetchall()
+            if ambiguous:
+                key, where = ambiguous[0]
+                raise InvalidParameterError(
+                    f"logged example {key!r} is a document of several of the run's datasets ({', '.join(where)}); "
+                    "log it with dataset=... to say which"
+                )
+            return self._con.execute(
+                "INSERT INTO run_examples SELECT ?, step, doc_id FROM _prov_resolved ORDER BY seq", [run_id]
+            ).fetchall()[0][0]
+        finally:
+            self._con.execute("DROP TABLE IF EXISTS _prov_resolved")
 
     def set_tag(self, name: str, version_id: str) -> None:
         self._con.execute(

@@ -199,3 +199,38 @@ class VersionRecord(BaseModel):
     n_elements: int
     full_bytes: int = Field(description="bytes of a full copy of this version")
     stored_bytes: int = Field(description="bytes of the patch tensors this version references")
+
+
+class RunShardRecord(BaseModel):
+    """What a run consumed of one shard: examples seen and epochs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run_id: str
+    dataset_id: str
+    shard_index: int
+    examples: int = Field(description="examples of the shard the run saw (repeats counted)")
+    distinct_documents: int = Field(description="distinct documents of the shard the run saw")
+    epochs: float = Field(description="examples / documents of the shard")
+    logged: bool = Field(description="counted from logged examples (else assumed from the declared epochs)")
+
+
+class RunRecord(BaseModel):
+    """A training run: what it started from, which data it declared, how it ended."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run_id: str = Field(description="32 hex digits")
+    base_version: str | None = Field(None, description="the version the run starts from")
+    message: str
+    author: str | None = None
+    params: dict = Field(default_factory=dict, description="hyper-parameters as given")
+    status: Literal["running", "finished", "failed"]
+    error: str | None = Field(None, description="why a failed run failed")
+    started_at: datetime
+    ended_at: datetime | None = None
+    version_id: str | None = Field(None, description="the version the run produced")
+    host: str
+    pid: int = Field(description="process that owns the run; 0: none (started from the CLI)")
+    datasets: dict[str, float] = Field(default_factory=dict, description="dataset id -> declared epochs")
+    n_logged: int = Field(0, description="examples logged with their document keys")

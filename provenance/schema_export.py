@@ -19,6 +19,8 @@ from provenance.records import (
     License,
     ParamRecord,
     RegistrationResult,
+    RunRecord,
+    RunShardRecord,
     ShardRecord,
     VersionRecord,
 )
@@ -32,6 +34,8 @@ MODELS: dict[str, type[BaseModel]] = {
     "registration_result": RegistrationResult,
     "version": VersionRecord,
     "param": ParamRecord,
+    "run": RunRecord,
+    "run_shard": RunShardRecord,
 }
 
 

@@ -94,6 +94,18 @@ def commit(
 
 def _commit(ledger, tensors, parent, message, author, run, encoding, low_rank, allow_nonfinite) -> VersionRecord:
     parent_rec = ledger.version(parent) if parent is not None else None
+    if run is not None:
+        run_rec = ledger.run(run)
+        if run_rec.status != "running":
+            raise InvalidParameterError(f"run {run_rec.run_id[:12]} is {run_rec.status}: only a running run can commit")
+        if parent_rec is None and run_rec.base_version is not None:
+            parent_rec = ledger.version(run_rec.base_version)
+        if (parent_rec.version_id if parent_rec else None) != run_rec.base_version:
+            raise InvalidParameterError(
+                f"run {run_rec.run_id[:12]} started from {(run_rec.base_version or 'nothing')[:12]}, "
+                f"so its version's parent must be that, not {parent_rec.version_id[:12] if parent_rec else 'none'}"
+            )
+        run = run_rec.run_id
     history = _History(ledger)
     parent_manifest = history.manifest(parent_rec.version_id) if parent_rec else {}
     store = ObjectStore(ledger.objects_path)
@@ -145,7 +157,11 @@ def _commit(ledger, tensors, parent, message, author, run, encoding, low_rank, a
         stored_bytes=stored,
     )
     with ledger.transaction() as tx:
+        if run is not None and tx.run_status(run) != "running":
+            raise InvalidParameterError(f"run {run[:12]} ended while this commit was being written")
         tx.insert_version(version, params)
+        if run is not None:
+            tx.end_run(run, "finished", version_id=version.version_id)
     return version
 
 

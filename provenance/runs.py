@@ -1,0 +1,276 @@
+"""Training runs: what a run started from, which data it consumed, and the version it produced.
+
+A run is a row in the ledger from :func:`start_run` on. It declares its datasets (each with the
+epochs it means to make over it) and may log, per step, the keys of the documents it saw.
+Logged keys are buffered in memory and written every ``flush_every`` examples (and when the run
+ends) in one transaction: resolved to the ledger's ``doc_id`` and appended to ``run_examples``,
+a columnar table of (run, step, doc_id) that DuckDB stores compressed. An unknown key is refused
+at that flush, naming the key and its step.
+
+A run ends one of three ways, each recorded: :meth:`Run.commit` stores the trained state as a
+version whose parent is the run's base (the version and the end of the run land in one
+transaction); :meth:`Run.finish` ends it without a version; an exception inside ``with``, an
+explicit :meth:`Run.fail`, or the process exiting with the run open records it as failed. A run
+whose process was killed is marked failed by the next :func:`start_run` on the same host.
+
+When a run ends, ``run_shards`` gets one row per shard of its datasets: examples seen and epochs,
+counted from the logged examples where the run logged any for that dataset, else the declared
+epochs over the whole dataset.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import socket
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import xxhash
+
+from provenance.errors import InvalidParameterError, ProvenanceError
+from provenance.ledger import Ledger
+from provenance.records import DatasetRecord, RunRecord, VersionRecord
+
+_OPEN: weakref.WeakSet[Run] = weakref.WeakSet()
+
+
+def start_run(
+    ledger: Ledger,
+    *,
+    base: str | VersionRecord | None = None,
+    datasets: Iterable[str | DatasetRecord] | Mapping[str, float] = (),
+    params: Mapping[str, Any] | None = None,
+    message: str,
+    author: str | None = None,
+    flush_every: int = 65_536,
+    detached: bool = False,
+) -> Run:
+    """Record the start of a training run and return it.
+
+    ``base`` is the version the run starts from (None: from scratch). ``datasets`` names the
+    registered datasets it trains on (``NAME`` for the latest version, or ``NAME@VERSION``), or
+    maps each to the epochs the run makes over it (default 1). ``params`` are hyper-parameters,
+    stored as JSON. A ``detached`` run belongs to no process (``prov run start``): it is not
+    marked failed when this process exits, and is ended explicitly (``prov run finish``).
+    """
+    if not isinstance(message, str) or not message.strip():
+        raise InvalidParameterError("a run needs a message")
+    if not isinstance(flush_every, int) or flush_every < 1:
+        raise InvalidParameterError(f"flush_every must be a positive integer, got {flush_every!r}")
+    try:
+        params_json = json.dumps(dict(params or {}), sort_keys=True)
+    except TypeError as exc:
+        raise InvalidParameterError(f"run params must be JSON values: {exc}") from None
+    declared = _declared(ledger, datasets)
+    base_id = ledger.version(base).version_id if base is not None else None
+    started = _now()
+    host, pid = socket.gethostname(), 0 if detached else os.getpid()
+    run_id = xxhash.xxh3_128(f"{base_id}|{message}|{started.isoformat()}|{host}|{pid}|{os.urandom(8).hex()}".encode())
+    record = RunRecord(
+        run_id=run_id.hexdigest(), base_version=base_id, message=message, author=author, params=json.loads(params_json),
+        status="running", started_at=started, host=host, pid=pid, datasets=declared,
+    )
+    with ledger.transaction() as tx:
+        for rid, rhost, rpid in tx.running_runs():
+            if rhost == host and rpid and not _alive(rpid):
+                tx.end_run(rid, "failed", error=f"abandoned: process {rpid} exited without ending the run")
+        tx.insert_run(record)
+    return Run(ledger, record, flush_every, owned=not detached)
+
+
+def _declared(ledger: Ledger, datasets: Any) -> dict[str, float]:
+    if isinstance(datasets, (str, DatasetRecord)):
+        datasets = [datasets]
+    items = datasets.items() if isinstance(datasets, Mapping) else ((d, 1.0) for d in datasets)
+    out: dict[str, float] = {}
+    for ref, epochs in items:
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not epochs >= 0 or epochs == float("inf"):
+            raise InvalidParameterError(f"epochs over dataset {ref!r} must be a finite number >= 0, got {epochs!r}")
+        out[ledger.dataset(ref).dataset_id] = float(epochs)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Run:
+    """A training run in progress. Use it as a context manager, or end it with :meth:`commit`,
+    :meth:`finish` or :meth:`fail`."""
+
+    def __init__(self, ledger: Ledger, record: RunRecord, flush_every: int = 65_536, *, owned: bool = True):
+        self.ledger = ledger
+        self.record = record
+        self.flush_every = flush_every
+        self.step = 0  # the step logged examples get when none is given; track() advances it
+        self._keys: list[pa.Array] = []
+        self._steps: list[np.ndarray] = []
+        self._datasets: list[str | None] = []
+        self._pending = 0
+        self._ended = record.status != "running"
+        if owned and not self._ended:
+            _OPEN.add(self)
+
+    @classmethod
+    def attach(cls, ledger: Ledger, run: str | RunRecord) -> Run:
+        """A running run started elsewhere (e.g. by ``prov run start``), to log into or end."""
+        record = ledger.run(run)
+        if record.status != "running":
+            raise InvalidParameterError(f"run {record.run_id[:12]} is {record.status}, not running")
+        return cls(ledger, record, owned=False)
+
+    @property
+    def run_id(self) -> str:
+        return self.record.run_id
+
+    @property
+    def base(self) -> str | None:
+        return self.record.base_version
+
+    def __repr__(self) -> str:
+        return f"Run({self.run_id[:12]}, {self.record.message!r})"
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._ended:
+            return
+        if exc_type is not None:
+            self.fail(f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__)
+        else:
+            self.finish()
+
+    # -- logging ----------------------------------------------------------------------------
+
+    def log_examples(self, keys: Sequence[str] | pa.Array, *, step: int | None = None, dataset: str | None = None) -> None:
+        """Record that the documents with these keys were seen at ``step`` (default: ``self.step``).
+
+        A key is looked up in the run's datasets (or only in ``dataset``, a name or id, when a key
+        exists in several). Keys are checked when the buffer is written, every ``flush_every``
+        examples and when the run ends.
+        """
+        self._check_open()
+        step = self.step if step is None else step
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise InvalidParameterError(f"step must be an integer >= 0, got {step!r}")
+        if isinstance(keys, str):
+            raise InvalidParameterError("log_examples takes a sequence of keys, not one string")
+        try:
+            array = keys if isinstance(keys, pa.Array) else pa.array(list(keys), pa.string())
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise InvalidParameterError(f"document keys must be strings: {exc}") from None
+        if array.type != pa.string():
+            array = array.cast(pa.string())
+        if array.null_count:
+            raise InvalidParameterError(f"document keys at step {step} include None")
+        if dataset is not None:
+            dataset = self.ledger.dataset(dataset).dataset_id
+            if dataset not in self.record.datasets:
+                raise InvalidParameterError(f"dataset {dataset} is not one of the run's datasets")
+        if not self.record.datasets:
+            raise InvalidParameterError("this run declared no datasets, so its examples cannot be logged")
+        self._keys.append(array)
+        self._steps.append(np.full(len(array), int(step), dtype=np.int64))
+        self._datasets.append(dataset)
+        self._pending += len(array)
+        if self._pending >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> int:
+        """Write the buffered examples to the ledger now; returns how many were written."""
+        if not self._pending:
+            return 0
+        n = self._pending
+        log = pa.table({
+            "seq": pa.array(np.arange(n, dtype=np.int64)),
+            "step": pa.array(np.concatenate(self._steps)),
+            "key": pa.concat_arrays(self._keys),
+            "dataset": pa.concat_arrays(
+                [pa.array([d] * len(k), pa.string()) for d, k in zip(self._datasets, self._keys)]
+            ),
+        })
+        with self.ledger.transaction() as tx:
+            self._check_running(tx)
+            tx.log_examples(self.run_id, list(self.record.datasets), log)
+        self._keys, self._steps, self._datasets, self._pending = [], [], [], 0
+        return n
+
+    # -- ending -------------------------------------------------------------------------------
+
+    def commit(self, state: Any, *, message: str | None = None, **options: Any) -> VersionRecord:
+        """Store ``state`` as the version this run produced (its parent is the run's base) and end
+        the run. Options are those of :func:`provenance.versions.commit`."""
+        self._check_open()
+        if "parent" in options or "run" in options:
+            raise InvalidParameterError("a run commits on its base, as itself: do not pass parent= or run=")
+        self.flush()
+        version = self.ledger.commit(state, parent=self.base, run=self.run_id, message=message or self.record.message,
+                                     author=options.pop("author", self.record.author), **options)
+        self._close()
+        return version
+
+    def finish(self) -> RunRecord:
+        """End the run without a version (e.g. an evaluation-only run, or one not worth keeping)."""
+        return self._end("finished", None)
+
+    def fail(self, error: str = "failed") -> RunRecord:
+        """Record the run as failed, with ``error`` saying why. Buffered examples are still written
+        (what a failed run saw is part of the record) when they resolve."""
+        return self._end("failed", error)
+
+    def _end(self, status: str, error: str | None) -> RunRecord:
+        self._check_open()
+        try:
+            self.flush()
+        except InvalidParameterError as exc:
+            if status == "finished":
+                raise
+            error = f"{error}; its last logged examples were not written: {exc}"
+        with self.ledger.transaction() as tx:
+            self._check_running(tx)
+            tx.end_run(self.run_id, status, error=error)
+        self._close()
+        return self.record
+
+    def _close(self) -> None:
+        self._ended = True
+        _OPEN.discard(self)
+        self.record = self.ledger.run(self.run_id)
+
+    def _check_open(self) -> None:
+        if self._ended:
+            raise ProvenanceError(f"run {self.run_id[:12]} has ended ({self.record.status})")
+
+    def _check_running(self, tx) -> None:
+        status = tx.run_status(self.run_id)
+        if status != "running":
+            self._ended = True
+            raise ProvenanceError(f"run {self.run_id[:12]} is {status} already (ended by another process?)")
+
+
+@atexit.register
+def _fail_open_runs() -> None:
+    """A process exiting with runs open records them as failed (best effort: the ledger may be
+    held by another process; the next start_run on this host marks them then)."""
+    for run in list(_OPEN):
+        try:
+            run.fail(f"abandoned: process {os.getpid()} exited without ending the run")
+        except Exception:
+            pass

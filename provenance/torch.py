@@ -1,0 +1,141 @@
+"""PyTorch glue: registered data as a torch ``Dataset``, and :func:`track`, which logs the keys of
+what a ``DataLoader`` (or ``Dataset``) yields into a run without the training loop doing more.
+
+::
+
+    data = RegisteredDataset(ledger, "wiki")            # items: {"key", "text", "dataset"}
+    loader = DataLoader(data, batch_size=32, shuffle=True, collate_fn=...)
+    with ledger.start_run(base="v1", datasets=["wiki"], message="fine-tune") as run:
+        for batch in track(loader, run):                # logs batch["key"] at run.step, then step += 1
+            ...
+        run.commit(model.state_dict())
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from provenance.errors import InvalidParameterError, SourceError
+from provenance.ledger import Ledger
+from provenance.records import DatasetRecord
+from provenance.runs import Run
+from provenance.sources.base import Counters, ReadOptions
+from provenance.sources.files import FileShard
+
+KeyGetter = Callable[[Any], Sequence[str]]
+
+
+class RegisteredDataset(Dataset):
+    """A registered dataset, read back from its source files, as a map-style torch ``Dataset``.
+
+    Item ``i`` is ``{"key": ..., "text": ..., "dataset": ...}`` (after ``transform`` if given),
+    in the ledger's document order. Every file is checked against the hash it was registered
+    with, so the keys logged during training are the keys of the bytes that were fingerprinted.
+    The texts are held in memory: meant for the datasets one fine-tune reads, not a pretraining
+    corpus.
+    """
+
+    def __init__(self, ledger: Ledger, dataset: str | DatasetRecord, transform: Callable[[dict], Any] | None = None):
+        self.dataset = ledger.dataset(dataset)
+        self.transform = transform
+        opts = ReadOptions(text_field=self.dataset.text_field, id_field=self.dataset.id_field, on_invalid="replace")
+        self.keys: list[str] = []
+        self.texts: list[str] = []
+        for shard in ledger.shards(self.dataset):
+            if shard.uri is None:
+                raise SourceError(f"shard {shard.name} of {self.dataset.dataset_id} was registered from memory: no file to read")
+            path = Path(shard.uri)
+            reader = FileShard(path, shard.name, shard.format)
+            reader.identify()
+            if reader.shard_id != shard.shard_id:
+                raise SourceError(
+                    f"{path} changed since it was registered as shard {shard.name} of {self.dataset.dataset_id}; "
+                    "register the new content (a new dataset version) and train on that"
+                )
+            for batch in reader.batches(opts, Counters()):
+                texts = batch.texts.to_pylist()
+                ids = batch.ids.to_pylist() if batch.ids is not None else [f"{shard.name}:{r}" for r in batch.rows.tolist()]
+                self.keys.extend(ids)
+                self.texts.extend(texts)
+        if len(self.keys) != self.dataset.n_documents:
+            raise SourceError(
+                f"{self.dataset.dataset_id}: read {len(self.keys)} documents back, the ledger has {self.dataset.n_documents}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index: int) -> Any:
+        item = {"key": self.keys[index], "text": self.texts[index], "dataset": self.dataset.dataset_id}
+        return self.transform(item) if self.transform is not None else item
+
+
+def track(data: DataLoader | Dataset, run: Run, *, key: str | KeyGetter = "key", dataset: str | None = None):
+    """Wrap ``data`` so that the keys of everything it yields are logged into ``run``.
+
+    A ``DataLoader`` (or any iterable of batches) is wrapped so that each batch's keys are logged
+    at ``run.step`` and the step then advances by one. A map-style ``Dataset`` is wrapped so that
+    each ``__getitem__`` logs its item's key at ``run.step`` (the loop advances ``run.step``; use
+    it with ``num_workers=0``, or wrap the DataLoader instead: worker processes cannot log).
+    ``key`` is the field holding the key in a dict item or batch, or a function returning the
+    keys of an item or batch.
+    """
+    if not isinstance(run, Run):
+        raise InvalidParameterError(f"track needs a Run from ledger.start_run, got {type(run).__name__}")
+    getter = key if callable(key) else _field_getter(key)
+    if isinstance(data, Dataset) and not isinstance(data, IterableDataset) and hasattr(data, "__getitem__"):
+        return _TrackedDataset(data, run, getter, dataset)
+    if not hasattr(data, "__iter__"):
+        raise InvalidParameterError(f"track needs a DataLoader, a Dataset or an iterable of batches, got {type(data).__name__}")
+    return _TrackedLoader(data, run, getter, dataset)
+
+
+def _field_getter(field: str) -> KeyGetter:
+    def keys(item: Any) -> Sequence[str]:
+        if not isinstance(item, dict) or field not in item:
+            what = f"keys {sorted(item)[:8]}" if isinstance(item, dict) else f"a {type(item).__name__}"
+            raise InvalidParameterError(
+                f"track: a yielded item has no {field!r} field ({what}); yield dicts with the document key, "
+                "or pass key=FIELD or key=function"
+            )
+        value = item[field]
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, torch.Tensor):
+            raise InvalidParameterError(f"track: field {field!r} holds a tensor; document keys are strings")
+        return list(value)
+
+    return keys
+
+
+class _TrackedLoader:
+    def __init__(self, loader: Any, run: Run, keys: KeyGetter, dataset: str | None):
+        self.loader, self.run, self.keys, self.dataset = loader, run, keys, dataset
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.loader:
+            self.run.log_examples(self.keys(batch), step=self.run.step, dataset=self.dataset)
+            yield batch
+            self.run.step += 1
+
+
+class _TrackedDataset(Dataset):
+    def __init__(self, data: Dataset, run: Run, keys: KeyGetter, dataset: str | None):
+        self.data, self.run, self.keys, self.dataset = data, run, keys, dataset
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> Any:
+        item = self.data[index]
+        self.run.log_examples(self.keys(item), step=self.run.step, dataset=self.dataset)
+        return item
+
