@@ -1,0 +1,243 @@
+"""Training runs: what they consumed, how they end, and the version they produce."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch.utils.data import DataLoader
+
+from provenance.cli.main import main
+from provenance.errors import InvalidParameterError, NotFoundError, ProvenanceError, SourceError
+from provenance.ledger import Ledger
+from provenance.torch import RegisteredDataset, track
+
+
+@pytest.fixture
+def two_datasets(ledger, data_dir, write_jsonl):
+    """Dataset ``a`` (10 documents in two files) and ``b`` (6), keyed by their id field."""
+    write_jsonl(data_dir / "a1.jsonl", [{"id": f"a{i}", "text": f"document a number {i} says hello"} for i in range(4)])
+    write_jsonl(data_dir / "a2.jsonl", [{"id": f"a{i}", "text": f"document a number {i} says hello"} for i in range(4, 10)])
+    write_jsonl(data_dir / "b.jsonl", [{"id": f"b{i}", "text": f"another text {i} of b"} for i in range(6)])
+    ledger.register_dataset("a", [data_dir / "a1.jsonl", data_dir / "a2.jsonl"], id_field="id")
+    ledger.register_dataset("b", data_dir / "b.jsonl", id_field="id")
+    return ledger
+
+
+def test_logged_examples_and_declared_epochs_become_per_shard_consumption(two_datasets):
+    ledger = two_datasets
+    v0 = ledger.commit({"w": torch.zeros(3, 3)}, message="base")
+    with ledger.start_run(base=v0, datasets={"a": 1, "b": 2.5}, params={"lr": 0.01}, message="fine-tune") as run:
+        run.log_examples(["a0", "a1", "a5"], step=0)
+        run.log_examples(["a5", "a9"], step=1)
+        version = run.commit({"w": torch.ones(3, 3)})
+
+    assert version.parents == [v0.version_id] and version.run_id == run.run_id
+    record = ledger.run(run.run_id[:8])
+    assert (record.status, record.version_id, record.n_logged) == ("finished", version.version_id, 5)
+    assert record.params == {"lr": 0.01} and record.datasets == {"a@1": 1.0, "b@1": 2.5}
+    shards = {(s.dataset_id, s.shard_index): s for s in ledger.run_shards(run.run_id)}
+    # a: counted from the logs (a0, a1 in the first file; a5 twice and a9 in the second)
+    assert (shards["a@1", 0].examples, shards["a@1", 0].distinct_documents, shards["a@1", 0].logged) == (2, 2, True)
+    assert shards["a@1", 0].epochs == pytest.approx(2 / 4)
+    assert (shards["a@1", 1].examples, shards["a@1", 1].distinct_documents) == (3, 2)
+    assert shards["a@1", 1].epochs == pytest.approx(3 / 6)
+    # b: nothing logged, so seen in full 2.5 times as declared
+    assert (shards["b@1", 0].examples, shards["b@1", 0].distinct_documents, shards["b@1", 0].logged) == (15, 6, False)
+    assert shards["b@1", 0].epochs == 2.5
+    logged = ledger.run_examples(run.run_id).to_pydict()
+    assert logged["key"] == ["a0", "a1", "a5", "a5", "a9"] and logged["step"] == [0, 0, 0, 1, 1]
+
+
+def test_flush_every_writes_in_batches_and_unknown_keys_are_refused_whole(two_datasets):
+    ledger = two_datasets
+    run = ledger.start_run(datasets=["a"], message="batches", flush_every=4)
+    run.log_examples(["a0", "a1"], step=0)
+    assert ledger.run(run.run_id).n_logged == 0  # still buffered
+    run.log_examples(["a2", "a3"], step=1)
+    assert ledger.run(run.run_id).n_logged == 4  # the 4th example flushed the buffer
+    run.log_examples(["a4", "nope", "zzz"], step=7)
+    with pytest.raises(InvalidParameterError, match=r"'nope' at step 7 .*\(and 1 more unknown keys\)"):
+        run.flush()
+    assert ledger.run(run.run_id).n_logged == 4  # nothing of the refused flush landed
+    record = run.fail("gave up")
+    assert record.status == "failed" and record.error.startswith("gave up; its last logged examples were not written")
+    assert record.version_id is None
+
+
+def test_ambiguous_keys_need_a_dataset(ledger, data_dir, write_jsonl):
+    write_jsonl(data_dir / "x.jsonl", [{"text": "same shard name"}])
+    other = data_dir / "other"
+    other.mkdir()
+    write_jsonl(other / "x.jsonl", [{"text": "same shard name, other text"}])
+    ledger.register_dataset("x", data_dir / "x.jsonl")
+    ledger.register_dataset("y", other / "x.jsonl")
+    run = ledger.start_run(datasets=["x", "y"], message="two")
+    run.log_examples(["x.jsonl:0"], step=0)
+    with pytest.raises(InvalidParameterError, match=r"several of the run's datasets \(x@1, y@1\)"):
+        run.flush()
+    run2 = ledger.start_run(datasets=["x", "y"], message="two, said which")
+    run2.log_examples(["x.jsonl:0"], step=0, dataset="y")
+    run2.finish()
+    assert ledger.run_examples(run2.run_id).to_pydict()["dataset_id"] == ["y@1"]
+    run.fail("ambiguous")
+
+
+def test_a_run_that_raises_is_failed_and_produces_no_version(two_datasets):
+    ledger = two_datasets
+    with pytest.raises(RuntimeError, match="diverged"):
+        with ledger.start_run(datasets=["a"], message="doomed") as run:
+            run.log_examples(["a0"], step=0)
+            raise RuntimeError("loss diverged")
+    record = ledger.run(run.run_id)
+    assert (record.status, record.error, record.version_id, record.n_logged) == (
+        "failed", "RuntimeError: loss diverged", None, 1)
+    assert ledger.versions() == []
+    with pytest.raises(ProvenanceError, match="has ended"):
+        run.commit({"w": torch.ones(1)})
+    with pytest.raises(InvalidParameterError, match="is failed: only a running run can commit"):
+        ledger.commit({"w": torch.ones(1)}, message="sneak", run=run.run_id)
+
+
+def test_commit_must_be_on_the_runs_base(two_datasets):
+    ledger = two_datasets
+    v0 = ledger.commit({"w": torch.zeros(2)}, message="v0")
+    v1 = ledger.commit({"w": torch.ones(2)}, parent=v0, message="v1")
+    run = ledger.start_run(base=v0, datasets=["a"], message="from v0")
+    with pytest.raises(InvalidParameterError, match="its version's parent must be that"):
+        ledger.commit({"w": torch.full((2,), 2.0)}, parent=v1, message="wrong parent", run=run.run_id)
+    assert ledger.run(run.run_id).status == "running"
+    version = ledger.commit({"w": torch.full((2,), 2.0)}, message="right", run=run.run_id)  # parent from the run
+    assert version.parents == [v0.version_id]
+
+
+def test_bad_run_arguments(two_datasets):
+    ledger = two_datasets
+    with pytest.raises(InvalidParameterError, match="needs a message"):
+        ledger.start_run(datasets=["a"], message=" ")
+    with pytest.raises(NotFoundError, match="nope"):
+        ledger.start_run(datasets=["nope"], message="m")
+    with pytest.raises(InvalidParameterError, match="must be a finite number"):
+        ledger.start_run(datasets={"a": -1}, message="m")
+    with pytest.raises(InvalidParameterError, match="JSON values"):
+        ledger.start_run(datasets=["a"], params={"f": object()}, message="m")
+    with pytest.raises(NotFoundError):
+        ledger.start_run(base="beef", datasets=["a"], message="m")
+    assert ledger.runs() == []
+    run = ledger.start_run(datasets=["a"], message="m")
+    with pytest.raises(InvalidParameterError, match="not one string"):
+        run.log_examples("a0", step=0)
+    with pytest.raises(InvalidParameterError, match="step must be an integer"):
+        run.log_examples(["a0"], step=-1)
+    with pytest.raises(InvalidParameterError, match="not one of the run's datasets"):
+        run.log_examples(["b0"], step=0, dataset="b")
+    with pytest.raises(InvalidParameterError, match="include None"):
+        run.log_examples(["a0", None], step=0)
+    run.finish()
+    with pytest.raises(ProvenanceError, match="has ended"):
+        run.log_examples(["a0"], step=0)
+
+
+def test_track_logs_every_batch_of_a_dataloader(two_datasets):
+    ledger = two_datasets
+    data = RegisteredDataset(ledger, "a")
+    assert len(data) == 10 and data[4] == {"key": "a4", "text": "document a number 4 says hello", "dataset": "a@1"}
+    with ledger.start_run(datasets=["a"], message="two epochs") as run:
+        for _ in range(2):
+            for batch in track(DataLoader(data, batch_size=3, shuffle=True, generator=torch.Generator().manual_seed(0)), run):
+                assert len(batch["key"]) in (1, 3)
+        version = run.commit({"w": torch.ones(1)})
+    assert run.step == 8  # 4 batches per epoch
+    logged = ledger.run_examples(run.run_id).to_pydict()
+    assert sorted(logged["key"]) == sorted(data.keys * 2)
+    assert logged["step"] == sorted(logged["step"]) and set(logged["step"]) == set(range(8))
+    assert all(s.epochs == 2.0 and s.logged for s in ledger.run_shards(run.run_id))
+    assert version.run_id == run.run_id
+
+
+def test_track_a_map_style_dataset_and_a_custom_key(two_datasets):
+    ledger = two_datasets
+    data = RegisteredDataset(ledger, "b", transform=lambda item: (item["key"], len(item["text"])))
+    run = ledger.start_run(datasets=["b"], message="map-style")
+    tracked = track(data, run, key=lambda item: [item[0]])
+    for i in range(3):
+        run.step = i
+        tracked[i]
+    run.finish()
+    assert ledger.run_examples(run.run_id).to_pydict()["key"] == ["b0", "b1", "b2"]
+    with pytest.raises(InvalidParameterError, match="has no 'key' field"):
+        next(iter(track([(1, 2)], ledger.start_run(datasets=["b"], message="m"))))
+
+
+def test_registered_dataset_refuses_a_changed_file(two_datasets, data_dir):
+    with (data_dir / "b.jsonl").open("a") as fh:
+        fh.write(json.dumps({"id": "b6", "text": "appended later"}) + "\n")
+    with pytest.raises(SourceError, match="changed since it was registered as shard b.jsonl of b@1"):
+        RegisteredDataset(two_datasets, "b")
+
+
+_KILLED = textwrap.dedent("""
+    import os, sys, time
+    from provenance.ledger import Ledger
+    ledger = Ledger.open(sys.argv[1])
+    run = ledger.start_run(datasets=["a"], message="will be killed")
+    run.log_examples(["a0"], step=0)
+    run.flush()
+    print(run.run_id, flush=True)
+    if sys.argv[2] == "kill":
+        time.sleep(60)
+    else:
+        sys.exit(0)  # leaves the run open: atexit records it failed
+""")
+
+
+@pytest.mark.parametrize("how", ["kill", "exit"])
+def test_an_abandoned_run_is_recorded_as_failed(two_datasets, tmp_path, how):
+    child = subprocess.Popen([sys.executable, "-c", _KILLED, str(tmp_path), how], stdout=subprocess.PIPE, text=True)
+    run_id = child.stdout.readline().strip()
+    if how == "kill":
+        os.kill(child.pid, signal.SIGKILL)
+    child.wait(timeout=60)
+    ledger = Ledger.open(tmp_path)
+    if how == "kill":
+        assert ledger.run(run_id).status == "running"  # nobody has looked yet
+        ledger.start_run(datasets=["a"], message="next").finish()
+    record = ledger.run(run_id)
+    assert record.status == "failed" and record.error.startswith("abandoned: process")
+    assert record.n_logged == 1 and record.version_id is None
+    assert [s.examples for s in ledger.run_shards(run_id)] == [1, 0]
+
+
+def test_cli_run_start_log_finish_show(two_datasets, tmp_path):
+    cli = CliRunner()
+    env = {"PROV_LEDGER": str(tmp_path)}
+    started = cli.invoke(main, ["run", "start", "-m", "from the shell", "-d", "a:3", "-p", "lr=0.1", "-p", "opt=adam",
+                                "--json"], env=env)
+    assert started.exit_code == 0, started.output
+    run_id = json.loads(started.output)["run_id"]
+    logged = cli.invoke(main, ["run", "log", run_id[:10], "--step", "5", "--json"], input="a3\na4\n\n", env=env)
+    assert logged.exit_code == 0, logged.output
+    assert json.loads(logged.output) == {"run_id": run_id, "logged": 2, "step": 5}
+    bad = cli.invoke(main, ["run", "log", run_id, "--step", "6"], input="zzz\n", env=env)
+    assert bad.exit_code == 1 and "'zzz' at step 6 is not a document" in bad.output
+    # A run started from the CLI has no owning process: starting another does not end it.
+    Ledger.open(tmp_path).start_run(datasets=["a"], message="other").finish()
+    shown = json.loads(cli.invoke(main, ["run", "show", run_id, "--json"], env=env).output)
+    assert (shown["status"], shown["params"], shown["datasets"], shown["n_logged"]) == (
+        "running", {"lr": 0.1, "opt": "adam"}, {"a@1": 3.0}, 2)
+    finished = cli.invoke(main, ["run", "finish", run_id, "--failed", "--error", "OOM"], env=env)
+    assert finished.exit_code == 0 and "failed" in finished.output
+    shown = json.loads(cli.invoke(main, ["run", "show", run_id, "--json"], env=env).output)
+    assert shown["status"] == "failed" and shown["error"] == "OOM"
+    assert [(s["examples"], s["logged"]) for s in shown["shards"]] == [(1, True), (1, True)]
+    listed = json.loads(cli.invoke(main, ["run", "list", "--json"], env=env).output)
+    assert {r["run_id"] for r in listed} >= {run_id}
+    again = cli.invoke(main, ["run", "finish", run_id], env=env)
+    assert again.exit_code == 1 and "is failed, not running" in again.output
