@@ -188,7 +188,7 @@ def model_group() -> None:
 
 
 @model_group.command("commit")
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("path", type=click.Path())
 @click.option("--parent", default=None, help="Version (id, prefix or tag) the new one patches.")
 @click.option("-m", "--message", required=True, help="What changed.")
 @click.option("--author", default=None, help="Who made the change.")
@@ -210,11 +210,14 @@ def model_commit(obj: Context, path: str, parent: str | None, message: str, auth
 
 
 @model_group.command("log")
+@click.argument("ref", metavar="[VERSION]", required=False)
 @json_option
 @pass_ctx
-def model_log(obj: Context, as_json: bool) -> None:
-    """List versions, newest first, with their parents."""
-    render.versions(obj.ledger().versions(), as_json)
+def model_log(obj: Context, ref: str | None, as_json: bool) -> None:
+    """The version DAG, newest first: every version, or VERSION and its ancestors. Merges show
+    all their parents."""
+    ledger = obj.ledger()
+    render.versions(ledger.ancestors(ref) if ref else ledger.versions(), as_json)
 
 
 @model_group.command("show")
@@ -246,13 +249,10 @@ def model_diff(obj: Context, old: str, new: str, as_json: bool) -> None:
 @pass_ctx
 def model_checkout(obj: Context, ref: str, output: str) -> None:
     """Write a version's tensors, bit-identical to what was committed, to a safetensors file."""
-    from safetensors.torch import save
-
-    from provenance.files import atomic_write_bytes
-
-    tensors = obj.ledger().checkout(ref)
-    atomic_write_bytes(Path(output), save(tensors))
-    click.echo(f"wrote {output} ({len(tensors)} tensors)", err=True)
+    ledger = obj.ledger()
+    version = ledger.version(ref)
+    ledger.checkout(version, output=output)
+    click.echo(f"wrote {output} ({version.n_params} tensors, {version.full_bytes:,} bytes)", err=True)
 
 
 @main.group("run")

@@ -118,10 +118,13 @@ def versions(records, as_json: bool) -> None:
         click.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
         return
     t = Table()
-    for col in ("version", "parents", "message", "params", "stored", "of full", "created"):
+    for col in ("version", "parents", "run", "message", "params", "stored", "of full", "created"):
         t.add_column(col, no_wrap=col != "message")
     for r in records:
-        t.add_row(r.version_id[:12], ", ".join(p[:12] for p in r.parents) or "(root)", r.message, str(r.n_params),
+        parents = ", ".join(p[:12] for p in r.parents) or "(root)"
+        if len(r.parents) > 1:
+            parents = f"merge of {parents}"
+        t.add_row(r.version_id[:12], parents, (r.run_id or "")[:12], r.message, str(r.n_params),
                   f"{r.stored_bytes:,}", f"{r.stored_bytes / max(1, r.full_bytes):.2%}",
                   r.created_at.strftime("%Y-%m-%d %H:%M"))
     _console().print(t)
@@ -148,10 +151,11 @@ def diff(rows: list[dict], as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     t = Table()
-    for col in ("parameter", "status", "encoding", "changed", "patch bytes", "of full"):
+    for col in ("parameter", "status", "encoding", "changed", "rank", "patch bytes", "of full"):
         t.add_column(col, no_wrap=True)
     for r in rows:
-        t.add_row(r["name"], r["status"], r["encoding"] or "", f"{r['changed']:.2%}", f"{r['patch_bytes']:,}",
+        rank = "" if r["rank"] is None else str(r["rank"])
+        t.add_row(r["name"], r["status"], r["encoding"] or "", f"{r['changed']:.2%}", rank, f"{r['patch_bytes']:,}",
                   f"{r['patch_bytes'] / max(1, r['full_bytes']):.2%}")
     _console().print(t)
 

@@ -10,15 +10,18 @@ from __future__ import annotations
 import torch
 
 
-def apply_sparse(base: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """``base`` with the flat positions ``indices`` replaced by ``values`` (a new tensor)."""
+def apply_sparse(base: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+    """``base`` with the flat positions ``indices`` replaced by ``values``: a new tensor, or
+    ``base`` itself written in place with ``inplace`` (it must then be contiguous)."""
     if indices.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"sparse indices must be int32 or int64, got {indices.dtype}")
     if indices.shape != values.shape or indices.dim() != 1:
         raise ValueError(f"sparse indices {tuple(indices.shape)} and values {tuple(values.shape)} must be equal 1-D")
     if values.dtype != base.dtype:
         raise TypeError(f"sparse values have dtype {values.dtype}, the base {base.dtype}")
-    out = base.detach().clone().contiguous()
+    if inplace and not base.is_contiguous():
+        raise ValueError("apply_sparse(inplace=True) needs a contiguous base")
+    out = base.detach() if inplace else base.detach().clone().contiguous()
     if indices.numel():
         if int(indices.max()) >= out.numel() or int(indices.min()) < 0:
             raise IndexError(f"sparse index out of range for a tensor of {out.numel()} elements")

@@ -25,12 +25,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         except FileNotFoundError:
             pass
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    fsync_folder(path.parent)
+    return path
+
+
+def fsync_folder(folder: str | os.PathLike) -> None:
+    """Sync a folder, so that a rename into it survives a crash."""
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    return path
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -399,6 +399,20 @@ class Ledger:
             rows = con.sql("SELECT * FROM versions ORDER BY created_at DESC, version_id").to_arrow_table()
         return [VersionRecord(**r) for r in rows.to_pylist()]
 
+    def ancestors(self, version: str | VersionRecord) -> list[VersionRecord]:
+        """``version`` and every version it descends from (through all parents), newest first."""
+        vid = self.version(version).version_id
+        with self._cursor() as con:
+            rows = con.sql(
+                """WITH RECURSIVE up(version_id) AS (
+                       SELECT ?::VARCHAR
+                       UNION SELECT unnest(v.parents) FROM versions v JOIN up USING (version_id))
+                   SELECT v.* FROM versions v JOIN up USING (version_id)
+                   ORDER BY v.created_at DESC, v.version_id""",
+                params=[vid],
+            ).to_arrow_table()
+        return [VersionRecord(**r) for r in rows.to_pylist()]
+
     def manifest(self, version: str | VersionRecord) -> dict[str, ParamRecord]:
         """Parameter name -> how it is stored in ``version`` (removed parameters included)."""
         vid = self.version(version).version_id
@@ -454,11 +468,12 @@ class Ledger:
 
         return commit(self, state, **options)
 
-    def checkout(self, version: str | VersionRecord) -> dict:
-        """The tensors of ``version``, bit-identical to what was committed."""
+    def checkout(self, version: str | VersionRecord, output: str | os.PathLike | None = None) -> Any:
+        """The tensors of ``version``, bit-identical to what was committed, as a dict or streamed
+        to the safetensors file ``output``; see :func:`provenance.versions.checkout`."""
         from provenance.versions import checkout
 
-        return checkout(self, version)
+        return checkout(self, version, output)
 
     # -- training runs (the logic is in provenance.runs) ----------------------------------------
 

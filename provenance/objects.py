@@ -18,11 +18,9 @@ from pathlib import Path
 
 import torch
 import xxhash
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from provenance.errors import ObjectCorruptError, ObjectMissingError
-from provenance.files import atomic_write_bytes
+from provenance.tensorfile import raw_bytes, read_tensors, write_tensors
 
 _KEY = "tensor"
 
@@ -35,24 +33,17 @@ class ObjectRef:
     dtype: str
     shape: tuple[int, ...]
     nbytes: int
+    created: bool = False  # whether this put wrote the object (False: it was already stored)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def tensor_bytes(tensor: torch.Tensor) -> memoryview:
-    """The tensor's bytes in row-major order, as stored (any dtype, bfloat16 included)."""
-    t = tensor.detach().contiguous().cpu()
-    if t.numel() == 0:
-        return memoryview(b"")
-    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
-
-
 def address_of(tensor: torch.Tensor) -> str:
     """xxh3-128 (hex) over ``dtype``, ``shape`` and the bytes: the tensor's address."""
     h = xxhash.xxh3_128(f"{_dtype_name(tensor.dtype)}|{tuple(tensor.shape)}|".encode())
-    h.update(tensor_bytes(tensor))
+    h.update(raw_bytes(tensor))
     return h.hexdigest()
 
 
@@ -72,22 +63,22 @@ class ObjectStore:
         """Store ``tensor`` (once: an existing object with the same address is kept)."""
         tensor = tensor.detach().contiguous().cpu()
         address = address_of(tensor)
-        ref = ObjectRef(address, _dtype_name(tensor.dtype), tuple(tensor.shape), tensor.numel() * tensor.element_size())
         path = self.path(address)
-        if not path.exists():
-            atomic_write_bytes(path, st_save({_KEY: tensor}, metadata={"address": address}))
-        return ref
+        created = not path.exists()
+        if created:
+            write_tensors(path, {_KEY: tensor}, metadata={"address": address})
+        nbytes = tensor.numel() * tensor.element_size()
+        return ObjectRef(address, _dtype_name(tensor.dtype), tuple(tensor.shape), nbytes, created)
 
     def get(self, address: str) -> torch.Tensor:
         """The tensor at ``address``; raises when it is missing or its bytes do not match."""
         path = self.path(address)
         try:
-            data = path.read_bytes()
+            tensors, _ = read_tensors(path)
+            tensor = tensors[_KEY]
         except FileNotFoundError:
             raise ObjectMissingError(f"object {address} is missing from {self.root}") from None
-        try:
-            tensor = st_load(data)[_KEY]
-        except Exception as exc:  # safetensors raises its own error types for bad headers
+        except (ValueError, KeyError) as exc:
             raise ObjectCorruptError(f"object {address} ({path}) is not a readable safetensors file: {exc}") from None
         actual = address_of(tensor)
         if actual != address:

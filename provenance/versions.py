@@ -1,20 +1,23 @@
 """Model versions: commit a state as patches against its parent, check a version out losslessly.
 
-A commit walks the state one parameter group at a time: it checks the group against the
-parent's (same shape and dtype, finite values), encodes the difference with the smallest exact
-patch (:mod:`provenance.patches`), writes the patch's tensors to the object store, and finally
-inserts the version and its manifest in one ledger transaction. A crash before that transaction
-leaves only unreferenced objects, which no version shows; ``prov gc`` (to come) removes them.
+A commit walks the state one parameter group at a time (a state dict, a safetensors file, a
+sharded checkpoint read tensor by tensor, or a PEFT LoRA adapter applied to the parent): it checks
+the group against the parent's (same shape and dtype, finite values), encodes the difference with
+the smallest exact patch (:mod:`provenance.patches`), writes the patch's tensors to the object
+store, and finally inserts the version and its manifest in one ledger transaction. A refused
+commit removes the objects it had written; a killed one leaves only unreferenced objects, which
+no version shows and ``prov gc`` removes.
 
 Checkout replays, per parameter group, the patches from the nearest full copy up the chain of
-first parents. (A snapshot policy that bounds chain length comes with the rest of the versions
-issue.)
+first parents. The :class:`SnapshotPolicy` bounds that chain: a group is stored whole again when
+its chain would pass ``every`` patches or ``max_chain_ratio`` of its full size in patch bytes.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,41 +26,98 @@ import torch
 import xxhash
 
 from provenance.errors import InvalidParameterError, ObjectCorruptError, ObjectMissingError, ProvenanceError
+from provenance.kernels.patch import apply_low_rank
 from provenance.ledger import Ledger
 from provenance.objects import ObjectStore
-from provenance.patches import Patch, encode
+from provenance.patches import Patch, changed_mask, encode
 from provenance.records import ParamRecord, VersionRecord
+from provenance.tensorfile import TensorFileWriter, dtype_from_name
 
 
-def _load_state(state: Any) -> Mapping[str, torch.Tensor]:
+@dataclass(frozen=True)
+class SnapshotPolicy:
+    """When ``encoding="auto"`` stores a group whole instead of as one more patch: when the chain
+    of patches since its last full copy would reach ``every`` patches, or their bytes would pass
+    ``max_chain_ratio`` times the group's full size. Checkout then reads at most a full copy plus
+    that ratio, in at most ``every`` steps."""
+
+    every: int = 64
+    max_chain_ratio: float = 1.0
+
+    def __post_init__(self):
+        if not isinstance(self.every, int) or self.every < 1:
+            raise InvalidParameterError(f"snapshot every must be a positive integer, got {self.every!r}")
+        if not self.max_chain_ratio > 0:
+            raise InvalidParameterError(f"snapshot max_chain_ratio must be > 0, got {self.max_chain_ratio!r}")
+
+
+_SAME = object()  # a group the incoming state leaves as the parent has it (no need to read it)
+
+
+@dataclass(frozen=True)
+class _AdapterUpdate:
+    """A LoRA-patched group: ``start`` (or the parent's value) plus ``scale * b @ a``."""
+
+    b: torch.Tensor
+    a: torch.Tensor
+    scale: float
+    start: torch.Tensor | None = None
+
+
+class _Incoming:
+    """The state a commit stores, one group at a time: ``get(name)`` gives a tensor, an
+    :class:`_AdapterUpdate`, or ``_SAME``."""
+
+    def __init__(self, names: list[str], get, close=lambda: None):
+        self.names, self.get, self.close = names, get, close
+
+
+def _incoming(state: Any, parent_manifest: dict[str, ParamRecord], parent_id: str | None) -> _Incoming:
+    from provenance import checkpoints
+
     if isinstance(state, (str, os.PathLike)):
         path = Path(state)
-        if path.suffix != ".safetensors":
-            raise InvalidParameterError(f"{path}: expected a .safetensors file or a state dict")
-        from safetensors.torch import load_file
+        if checkpoints.is_lora_adapter(path):
+            if parent_id is None:
+                raise InvalidParameterError(f"{path} is a LoRA adapter: commit it with parent= the base version")
+            live = {n: p for n, p in parent_manifest.items() if p.encoding != "removed"}
+            adapter = checkpoints.read_lora_adapter(
+                path, {n: (dtype_from_name(p.dtype), tuple(p.shape)) for n, p in live.items()}
+            )
 
-        try:
-            return load_file(str(path))
-        except FileNotFoundError:
-            raise InvalidParameterError(f"{path}: no such file") from None
-        except Exception as exc:  # safetensors raises its own errors for corrupt headers
-            raise InvalidParameterError(f"{path}: not a readable safetensors file: {exc}") from None
+            def get(name: str) -> Any:
+                update = adapter.updates.get(name)
+                if update is not None:
+                    return _AdapterUpdate(update.b, update.a, update.scale, adapter.replaced.get(name))
+                return adapter.replaced.get(name, _SAME)
+
+            return _Incoming(sorted(live), get)
+        if not path.exists():
+            raise InvalidParameterError(f"{path}: no such file or folder")
+        if path.is_file() and not (path.name.endswith(".safetensors") or path.name.endswith(checkpoints.INDEX_SUFFIX)):
+            raise InvalidParameterError(f"{path}: expected a .safetensors file, a *.safetensors.index.json, a folder or a state dict")
+        reader = checkpoints.open_state(path)
+        return _Incoming(list(reader.names), reader.get, reader.close)
+    if hasattr(state, "state_dict") and not isinstance(state, Mapping):
+        state = state.state_dict()
     if isinstance(state, Mapping):
-        return state
-    if hasattr(state, "state_dict"):
-        return state.state_dict()
-    raise InvalidParameterError(f"cannot commit a {type(state).__name__}: give a state dict, a module or a .safetensors path")
+        for name in state:
+            if not isinstance(name, str) or not name:
+                raise InvalidParameterError(f"parameter names must be non-empty strings, got {name!r}")
+        return _Incoming(sorted(state), state.__getitem__)
+    raise InvalidParameterError(
+        f"cannot commit a {type(state).__name__}: give a state dict, a module, a .safetensors file, "
+        "a sharded checkpoint or a LoRA adapter folder"
+    )
 
 
-def _check_tensor(name: Any, tensor: Any, allow_nonfinite: bool) -> torch.Tensor:
-    if not isinstance(name, str) or not name:
-        raise InvalidParameterError(f"parameter names must be non-empty strings, got {name!r}")
+def _check_tensor(name: str, tensor: Any, allow_nonfinite: bool) -> torch.Tensor:
     if not isinstance(tensor, torch.Tensor):
         raise InvalidParameterError(f"parameter {name!r} is a {type(tensor).__name__}, not a tensor")
     tensor = tensor.detach()
     if tensor.is_floating_point() and not allow_nonfinite and tensor.numel():
-        bad = ~torch.isfinite(tensor)
-        if bool(bad.any()):
+        if not bool(torch.isfinite(tensor).all()):
+            bad = ~torch.isfinite(tensor)
             first = int(torch.nonzero(bad.reshape(-1))[0])
             raise InvalidParameterError(
                 f"parameter {name!r} holds {int(bad.sum())} NaN or Inf values (first at flat index {first}); "
@@ -77,22 +137,28 @@ def commit(
     encoding: str = "auto",
     low_rank: Mapping[str, tuple[torch.Tensor, torch.Tensor, float]] | None = None,
     allow_nonfinite: bool = False,
+    snapshot: SnapshotPolicy | None = None,
 ) -> VersionRecord:
-    """Store ``state`` (a state dict, a module, or a .safetensors path) as a new version.
+    """Store ``state`` as a new version and return its record.
 
-    Each parameter group is stored against ``parent`` with ``encoding`` (``"auto"``: the smallest
-    exact one). ``low_rank`` gives, per parameter name, factors ``(B, A, scale)`` whose
+    ``state`` is a state dict, a module, a ``.safetensors`` file, a sharded checkpoint (its
+    ``*.safetensors.index.json`` or its folder) or a PEFT LoRA adapter folder (applied to
+    ``parent`` and stored as low-rank patches). Each parameter group is stored against ``parent``
+    with ``encoding`` (``"auto"``: the smallest exact one, within the ``snapshot`` policy).
+    ``low_rank`` gives, per parameter name, factors ``(B, A, scale)`` whose
     ``base + scale * B @ A`` is the new value (e.g. a LoRA update); they are used when exact.
+    ``run`` names the running run that produced the state; the commit ends it.
     """
     if not isinstance(message, str) or not message.strip():
         raise InvalidParameterError("a commit needs a message")
     # The ledger's lock is held from the first object written to the version's row, so that
     # `gc` in another process never sees this commit's objects as unreferenced.
     with ledger.session():
-        return _commit(ledger, _load_state(state), parent, message, author, run, encoding, low_rank, allow_nonfinite)
+        return _commit(ledger, state, parent, message, author, run, encoding, dict(low_rank or {}), allow_nonfinite,
+                       snapshot or SnapshotPolicy())
 
 
-def _commit(ledger, tensors, parent, message, author, run, encoding, low_rank, allow_nonfinite) -> VersionRecord:
+def _commit(ledger, state, parent, message, author, run, encoding, low_rank, allow_nonfinite, policy) -> VersionRecord:
     parent_rec = ledger.version(parent) if parent is not None else None
     if run is not None:
         run_rec = ledger.run(run)
@@ -106,91 +172,145 @@ def _commit(ledger, tensors, parent, message, author, run, encoding, low_rank, a
                 f"so its version's parent must be that, not {parent_rec.version_id[:12] if parent_rec else 'none'}"
             )
         run = run_rec.run_id
+    parent_id = parent_rec.version_id if parent_rec else None
     history = _History(ledger)
-    parent_manifest = history.manifest(parent_rec.version_id) if parent_rec else {}
+    parent_manifest = history.manifest(parent_id) if parent_id else {}
     store = ObjectStore(ledger.objects_path)
-    low_rank = dict(low_rank or {})
-    unknown = sorted(set(low_rank) - set(tensors))
+    incoming = _incoming(state, parent_manifest, parent_id)
+    unknown = sorted(set(low_rank) - set(incoming.names))
     if unknown:
+        incoming.close()
         raise InvalidParameterError(f"low_rank factors given for parameters not in the state: {', '.join(unknown)}")
-    # Check everything before writing anything: a refused commit leaves no object behind.
-    checked = {}
-    for name in sorted(tensors, key=str):
-        target = _check_tensor(name, tensors[name], allow_nonfinite)
-        previous = parent_manifest.get(name)
-        if previous is not None and previous.encoding != "removed":
-            if list(target.shape) != previous.shape or _dtype(target) != previous.dtype:
-                raise InvalidParameterError(
-                    f"parameter {name!r} is {_dtype(target)}{list(target.shape)} but {previous.dtype}{previous.shape} "
-                    f"in the parent {parent_rec.version_id[:12]}"
-                )
-        checked[name] = target
-
+    created: list[str] = []  # objects this commit added: removed again if it is refused
     params: list[ParamRecord] = []
     n_elements = full_bytes = stored = 0
-    for name, target in checked.items():
-        n_elements += target.numel()
-        full_bytes += target.numel() * target.element_size()
-        previous = parent_manifest.get(name)
-        if previous is not None and previous.encoding != "removed":
-            base = _materialize(history, store, parent_rec.version_id, name)
-            hints = {"low_rank": low_rank[name]} if name in low_rank else {}
-            patch = encode(base, target, encoding=encoding, **hints)
-        else:
-            patch = encode(target, target, encoding="full")  # a new parameter: stored whole
-        objects = {role: store.put(t).address for role, t in patch.tensors.items()}
-        stored += patch.nbytes
-        params.append(ParamRecord(name=name, dtype=_dtype(target), shape=list(target.shape), encoding=patch.encoding,
-                                  objects=objects, meta=patch.meta, nbytes=patch.nbytes))
-    for name, previous in parent_manifest.items():
-        if name not in checked and previous.encoding != "removed":
-            params.append(ParamRecord(name=name, dtype=previous.dtype, shape=previous.shape, encoding="removed"))
+    try:
+        for name in incoming.names:
+            previous = parent_manifest.get(name)
+            if previous is not None and previous.encoding == "removed":
+                previous = None
+            value = incoming.get(name)
+            if value is _SAME:
+                params.append(ParamRecord(name=name, dtype=previous.dtype, shape=previous.shape, encoding="unchanged"))
+                n_elements += _numel(previous.shape)
+                full_bytes += _numel(previous.shape) * torch.empty((), dtype=dtype_from_name(previous.dtype)).element_size()
+                continue
+            patch, target = _encode_group(history, store, parent_id, name, previous, value, encoding, low_rank,
+                                          allow_nonfinite, policy)
+            objects = {}
+            for role, t in patch.tensors.items():
+                ref = store.put(t)
+                objects[role] = ref.address
+                if ref.created:
+                    created.append(ref.address)
+            n_elements += target.numel()
+            full_bytes += target.numel() * target.element_size()
+            stored += patch.nbytes
+            params.append(ParamRecord(name=name, dtype=_dtype(target), shape=list(target.shape), encoding=patch.encoding,
+                                      objects=objects, meta=patch.meta, nbytes=patch.nbytes))
+        kept = set(incoming.names)
+        for name, previous in parent_manifest.items():
+            if name not in kept and previous.encoding != "removed":
+                params.append(ParamRecord(name=name, dtype=previous.dtype, shape=previous.shape, encoding="removed"))
 
-    created = datetime.now(timezone.utc).replace(tzinfo=None)
-    parents = [parent_rec.version_id] if parent_rec else []
-    h = xxhash.xxh3_128(f"{parents}|{message}|{author}|{run}|{created.isoformat()}|".encode())
-    for p in params:
-        h.update(p.model_dump_json().encode())
-    version = VersionRecord(
-        version_id=h.hexdigest(), parents=parents, message=message, author=author, created_at=created, run_id=run,
-        n_params=sum(p.encoding != "removed" for p in params), n_elements=n_elements, full_bytes=full_bytes,
-        stored_bytes=stored,
-    )
-    with ledger.transaction() as tx:
-        if run is not None and tx.run_status(run) != "running":
-            raise InvalidParameterError(f"run {run[:12]} ended while this commit was being written")
-        tx.insert_version(version, params)
-        if run is not None:
-            tx.end_run(run, "finished", version_id=version.version_id)
+        created_at = datetime.now(timezone.utc).replace(tzinfo=None)
+        parents = [parent_id] if parent_id else []
+        h = xxhash.xxh3_128(f"{parents}|{message}|{author}|{run}|{created_at.isoformat()}|".encode())
+        for p in params:
+            h.update(p.model_dump_json().encode())
+        version = VersionRecord(
+            version_id=h.hexdigest(), parents=parents, message=message, author=author, created_at=created_at, run_id=run,
+            n_params=sum(p.encoding != "removed" for p in params), n_elements=n_elements, full_bytes=full_bytes,
+            stored_bytes=stored,
+        )
+        with ledger.transaction() as tx:
+            if run is not None and tx.run_status(run) != "running":
+                raise InvalidParameterError(f"run {run[:12]} ended while this commit was being written")
+            tx.insert_version(version, params)
+            if run is not None:
+                tx.end_run(run, "finished", version_id=version.version_id)
+    except BaseException:
+        for address in created:
+            store.delete(address)
+        raise
+    finally:
+        incoming.close()
     return version
+
+
+def _encode_group(history, store, parent_id, name, previous, value, encoding, low_rank, allow_nonfinite, policy):
+    """The patch of one group against the parent's, and the group's new value."""
+    if previous is None:  # a new parameter: stored whole
+        if isinstance(value, _AdapterUpdate):
+            raise InvalidParameterError(f"LoRA update for {name!r}, which the parent does not have")
+        target = _check_tensor(name, value, allow_nonfinite)
+        return encode(target, target, encoding="full"), target
+    hints = {}
+    if isinstance(value, _AdapterUpdate):
+        base, depth, chain_bytes = _materialize(history, store, parent_id, name)
+        start = base if value.start is None else value.start
+        target = _check_tensor(name, apply_low_rank(start, value.b, value.a, value.scale), allow_nonfinite)
+        if value.start is None:
+            hints["low_rank"] = (value.b, value.a, value.scale)
+    else:
+        target = _check_tensor(name, value, allow_nonfinite)
+        if list(target.shape) != previous.shape or _dtype(target) != previous.dtype:
+            raise InvalidParameterError(
+                f"parameter {name!r} is {_dtype(target)}{list(target.shape)} but {previous.dtype}{previous.shape} "
+                f"in the parent {parent_id[:12]}"
+            )
+        base, depth, chain_bytes = _materialize(history, store, parent_id, name)
+        if name in low_rank:
+            hints["low_rank"] = low_rank[name]
+    patch = encode(base, target, encoding=encoding, **hints)
+    if encoding == "auto" and patch.encoding not in ("unchanged", "full"):
+        full_size = target.numel() * target.element_size()
+        if depth + 1 > policy.every or chain_bytes + patch.nbytes > policy.max_chain_ratio * full_size:
+            patch = encode(base, target, encoding="full")
+    return patch, target
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def diff(ledger: Ledger, old: str | VersionRecord, new: str | VersionRecord) -> list[dict[str, Any]]:
     """Per parameter group, how ``new`` differs from ``old`` (any two versions): the encoding a
-    commit of ``new`` on ``old`` would pick, the fraction of elements whose bits changed, and the
-    bytes of that patch against the group's full size."""
-    a, b = checkout(ledger, old), checkout(ledger, new)
+    commit of ``new`` on ``old`` would pick, the fraction of elements whose bits changed, the rank
+    of the change (2-D groups up to 1024 on a side), and the bytes of that patch against the
+    group's full size. Reads one group of each version at a time."""
+    a, b = ledger.version(old), ledger.version(new)
+    store, history = ObjectStore(ledger.objects_path), _History(ledger)
+    live_a = {n for n, p in history.manifest(a.version_id).items() if p.encoding != "removed"}
+    live_b = {n for n, p in history.manifest(b.version_id).items() if p.encoding != "removed"}
     rows = []
-    for name in sorted(set(a) | set(b)):
-        if name not in b or name not in a:
-            t = b.get(name, a.get(name))
-            rows.append({"name": name, "status": "removed" if name not in b else "added", "encoding": None,
-                         "changed": 1.0, "patch_bytes": 0 if name not in b else t.numel() * t.element_size(),
-                         "full_bytes": t.numel() * t.element_size()})
+    for name in sorted(live_a | live_b):
+        if name not in live_a or name not in live_b:
+            p = history.manifest(b.version_id if name in live_b else a.version_id)[name]
+            full = _numel(p.shape) * torch.empty((), dtype=dtype_from_name(p.dtype)).element_size()
+            rows.append({"name": name, "status": "removed" if name not in live_b else "added", "encoding": None,
+                         "changed": 1.0, "rank": None, "patch_bytes": 0 if name not in live_b else full,
+                         "full_bytes": full})
             continue
-        x, y = a[name], b[name]
+        x = _materialize(history, store, a.version_id, name)[0]
+        y = _materialize(history, store, b.version_id, name)[0]
         full = y.numel() * y.element_size()
         if x.shape != y.shape or x.dtype != y.dtype:
             rows.append({"name": name, "status": f"reshaped {list(x.shape)} -> {list(y.shape)}", "encoding": "full",
-                         "changed": 1.0, "patch_bytes": full, "full_bytes": full})
+                         "changed": 1.0, "rank": None, "patch_bytes": full, "full_bytes": full})
             continue
         patch = encode(x, y)
-        size = max(1, y.element_size())
-        bits_x = x.contiguous().reshape(-1).view(torch.uint8).view(-1, size) if x.numel() else None
-        bits_y = y.contiguous().reshape(-1).view(torch.uint8).view(-1, size) if y.numel() else None
-        changed = int((bits_x != bits_y).any(dim=1).sum()) / y.numel() if bits_x is not None else 0.0
+        changed = int(changed_mask(x, y).sum()) / y.numel() if y.numel() else 0.0
+        rank = None
+        if patch.encoding != "unchanged" and y.dim() == 2 and y.is_floating_point() and max(y.shape) <= 1024:
+            delta = y.double() - x.double()
+            rank = int(torch.linalg.matrix_rank(delta)) if bool(torch.isfinite(delta).all()) else None
         rows.append({"name": name, "status": "unchanged" if patch.encoding == "unchanged" else "changed",
-                     "encoding": patch.encoding, "changed": changed, "patch_bytes": patch.nbytes, "full_bytes": full})
+                     "encoding": patch.encoding, "changed": changed, "rank": rank, "patch_bytes": patch.nbytes,
+                     "full_bytes": full})
     return rows
 
 
@@ -230,8 +350,9 @@ class _History:
         return self._parents[vid]
 
 
-def _materialize(history: _History, store: ObjectStore, version_id: str, name: str) -> torch.Tensor:
-    """The value of parameter ``name`` in ``version_id``: replay patches up the first-parent chain."""
+def _materialize(history: _History, store: ObjectStore, version_id: str, name: str) -> tuple[torch.Tensor, int, int]:
+    """The value of parameter ``name`` in ``version_id`` (replaying patches up the first-parent
+    chain from its last full copy), the number of patches with bytes in that chain, and their bytes."""
     ledger = history.ledger
     chain: list[ParamRecord] = []
     vid: str | None = version_id
@@ -245,12 +366,12 @@ def _materialize(history: _History, store: ObjectStore, version_id: str, name: s
         vid = history.parent(vid)
     else:
         raise ProvenanceError(f"parameter {name!r} of version {version_id[:12]} has no full copy in its history")
-    value: torch.Tensor | None = None
-    for row in reversed(chain):
+    patches = [r for r in chain[:-1] if r.encoding != "unchanged"]
+    value = _get(ledger, store, chain[-1].objects["full"])  # a fresh buffer: patched in place
+    for row in reversed(patches):
         patch = Patch(row.encoding, {role: _get(ledger, store, addr) for role, addr in row.objects.items()}, row.meta)
-        value = patch.apply(value) if value is not None else patch.tensors["full"]
-    assert value is not None
-    return value
+        value = patch.apply(value, inplace=True)
+    return value, len(patches), sum(r.nbytes for r in patches)
 
 
 def _get(ledger: Ledger, store: ObjectStore, address: str) -> torch.Tensor:
@@ -261,13 +382,26 @@ def _get(ledger: Ledger, store: ObjectStore, address: str) -> torch.Tensor:
         raise type(exc)(f"{exc}; used by version(s) {', '.join(u[:12] for u in users) or 'none'}") from None
 
 
-def checkout(ledger: Ledger, version: str | VersionRecord) -> dict[str, torch.Tensor]:
-    """Every parameter of ``version``, bit-identical to what was committed."""
+def iter_checkout(ledger: Ledger, version: str | VersionRecord) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` for every parameter of ``version``, in name order, one at a time."""
     ver = ledger.version(version)
     store = ObjectStore(ledger.objects_path)
     history = _History(ledger)
-    return {
-        name: _materialize(history, store, ver.version_id, name)
-        for name, row in history.manifest(ver.version_id).items()
-        if row.encoding != "removed"
-    }
+    for name, row in history.manifest(ver.version_id).items():
+        if row.encoding != "removed":
+            yield name, _materialize(history, store, ver.version_id, name)[0]
+
+
+def checkout(ledger: Ledger, version: str | VersionRecord, output: str | os.PathLike | None = None) -> Any:
+    """Every parameter of ``version``, bit-identical to what was committed: a dict of tensors, or
+    with ``output`` a safetensors file written one tensor at a time (so a model larger than memory
+    can be checked out), whose path is returned."""
+    if output is None:
+        return dict(iter_checkout(ledger, version))
+    ver = ledger.version(version)
+    entries = [(p.name, dtype_from_name(p.dtype), p.shape) for p in ledger.manifest(ver).values() if p.encoding != "removed"]
+    metadata = {"prov_version": ver.version_id, "prov_message": ver.message}
+    with TensorFileWriter(output, entries, metadata) as writer:
+        for name, tensor in iter_checkout(ledger, ver):
+            writer.write(name, tensor)
+    return Path(output)

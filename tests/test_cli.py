@@ -159,6 +159,15 @@ def test_model_commit_log_show_checkout_and_tag(project, runner):
     assert {p["name"]: p["encoding"] for p in shown["manifest"]} == {"b": "unchanged", "w": "sparse"}
     out = project / "out.safetensors"
     assert runner.invoke(main, ["model", "checkout", "base", "-o", str(out)]).exit_code == 0
-    assert out.read_bytes() == (project / "a.safetensors").read_bytes()
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    expected = load_file(str(project / "a.safetensors"))
+    written = load_file(str(out))
+    assert written.keys() == expected.keys() and all(torch.equal(written[k], expected[k]) for k in expected)
+    with safe_open(str(out), framework="pt") as fh:
+        assert fh.metadata() == {"prov_version": root["version_id"], "prov_message": "root"}
+    log = _json(runner.invoke(main, ["model", "log", "base", "--json"]))
+    assert [v["version_id"] for v in log] == [root["version_id"]]  # base and its ancestors only
     missing = runner.invoke(main, ["model", "show", "ffff"])
     assert missing.exit_code == 1 and "no version 'ffff'" in missing.output

@@ -220,16 +220,18 @@ def test_killed_commit_leaves_no_half_version(tmp_path):
 
 
 def test_diff_between_any_two_versions(ledger):
-    s0 = {"w": torch.zeros(100), "b": torch.ones(4), "old": torch.ones(2)}
+    s0 = {"w": torch.zeros(100), "b": torch.ones(4), "old": torch.ones(2), "m": torch.zeros(20, 30)}
     v0 = ledger.commit(s0, message="root")
-    s1 = {"w": s0["w"].clone(), "b": s0["b"].clone(), "new": torch.zeros(3)}
+    s1 = {"w": s0["w"].clone(), "b": s0["b"].clone(), "new": torch.zeros(3),
+          "m": torch.randn(20, 2, generator=torch.Generator().manual_seed(0)) @ torch.ones(2, 30)}
     s1["w"][:3] = 1.0
     v1 = ledger.commit(s1, parent=v0, message="edit")
     from provenance.versions import diff
 
     rows = {r["name"]: r for r in diff(ledger, v0, v1)}
-    assert rows["w"] == {"name": "w", "status": "changed", "encoding": "sparse", "changed": 0.03,
+    assert rows["w"] == {"name": "w", "status": "changed", "encoding": "sparse", "changed": 0.03, "rank": None,
                          "patch_bytes": 24, "full_bytes": 400}
+    assert (rows["m"]["encoding"], rows["m"]["rank"], rows["m"]["changed"]) == ("full", 1, 1.0)
     assert rows["b"]["status"] == "unchanged" and rows["b"]["patch_bytes"] == 0
     assert rows["old"]["status"] == "removed" and rows["new"]["status"] == "added"
     assert rows["new"]["patch_bytes"] == 12

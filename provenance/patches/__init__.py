@@ -29,8 +29,9 @@ class Patch:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
-    def apply(self, base: torch.Tensor) -> torch.Tensor:
-        return ENCODINGS[self.encoding].apply(base, self)
+    def apply(self, base: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+        """The patched tensor; with ``inplace`` the encoding may reuse ``base``'s memory."""
+        return ENCODINGS[self.encoding].apply(base, self, inplace=inplace)
 
 
 class Encoding:
@@ -39,10 +40,13 @@ class Encoding:
     name: str
 
     def encode(self, base: torch.Tensor, target: torch.Tensor, **hints: Any) -> Patch | None:
-        """A patch turning ``base`` into exactly ``target``, or None when this encoding cannot."""
+        """A patch turning ``base`` into exactly ``target``, or None when this encoding cannot (or,
+        under ``auto``, cannot be smaller than the full tensor). ``hints["changed"]``, when given, is
+        the boolean mask of the elements whose bits differ; ``hints["auto"]`` says ``encode`` is
+        choosing the smallest encoding."""
         raise NotImplementedError
 
-    def apply(self, base: torch.Tensor, patch: Patch) -> torch.Tensor:
+    def apply(self, base: torch.Tensor, patch: Patch, *, inplace: bool = False) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -66,6 +70,20 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.view(torch.uint8) if t.numel() else t.to(torch.uint8)
 
 
+_SAME_WIDTH_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def changed_mask(base: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Flat boolean mask of the elements whose bits differ (one pass, compared as integers of the
+    element's width, so NaN payloads and -0.0 count)."""
+    ints = _SAME_WIDTH_INT[base.element_size()]
+    a = base.detach().contiguous().reshape(-1)
+    b = target.detach().contiguous().reshape(-1)
+    if not a.numel():
+        return torch.zeros(0, dtype=torch.bool)
+    return a.view(ints) != b.view(ints)
+
+
 def encode(base: torch.Tensor, target: torch.Tensor, encoding: str = "auto", **hints: Any) -> Patch:
     """The patch from ``base`` to ``target``: the named encoding, or with ``"auto"`` the smallest
     that is exact. ``hints`` pass what the caller knows, e.g. ``low_rank=(B, A, scale)``."""
@@ -80,6 +98,8 @@ def encode(base: torch.Tensor, target: torch.Tensor, encoding: str = "auto", **h
         if patch is None:
             raise InvalidParameterError(f"encoding {encoding!r} cannot reproduce this target exactly")
         return patch
+    hints.setdefault("changed", changed_mask(base, target))
+    hints["auto"] = True
     candidates = [p for e in ENCODINGS.values() if (p := e.encode(base, target, **hints)) is not None]
     return min(candidates, key=lambda p: (p.nbytes, _PREFERENCE.index(p.encoding)))
 

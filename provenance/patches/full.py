@@ -12,9 +12,9 @@ class Full(Encoding):
     name = "full"
 
     def encode(self, base: torch.Tensor, target: torch.Tensor, **hints) -> Patch | None:
-        return Patch(self.name, {"full": target.detach().contiguous().clone()})
+        return Patch(self.name, {"full": target.detach().contiguous()})
 
-    def apply(self, base: torch.Tensor, patch: Patch) -> torch.Tensor:
+    def apply(self, base: torch.Tensor, patch: Patch, *, inplace: bool = False) -> torch.Tensor:
         return apply_full(base, patch.tensors["full"])
 
 

@@ -10,22 +10,26 @@ from __future__ import annotations
 import torch
 
 from provenance.kernels.patch import apply_sparse
-from provenance.patches import Encoding, Patch, _bits, register
+from provenance.patches import Encoding, Patch, changed_mask, register
 
 
 class Sparse(Encoding):
     name = "sparse"
 
-    def encode(self, base: torch.Tensor, target: torch.Tensor, **hints) -> Patch | None:
-        size = base.element_size()
-        changed = (_bits(base).view(-1, size) != _bits(target).view(-1, size)).any(dim=1)
+    def encode(self, base: torch.Tensor, target: torch.Tensor, changed: torch.Tensor | None = None,
+               auto: bool = False, **hints) -> Patch | None:
+        if changed is None:
+            changed = changed_mask(base, target)
+        index_dtype = torch.int32 if base.numel() < 2**31 else torch.int64
+        n = int(changed.sum())
+        if auto and n * (base.element_size() + index_dtype.itemsize) >= base.numel() * base.element_size():
+            return None  # cannot beat the full tensor: skip gathering the values
         indices = torch.nonzero(changed).reshape(-1)
-        indices = indices.to(torch.int32 if base.numel() < 2**31 else torch.int64)
-        values = target.detach().contiguous().reshape(-1)[indices.long()].clone()
-        return Patch(self.name, {"indices": indices, "values": values})
+        values = target.detach().contiguous().reshape(-1)[indices]
+        return Patch(self.name, {"indices": indices.to(index_dtype), "values": values})
 
-    def apply(self, base: torch.Tensor, patch: Patch) -> torch.Tensor:
-        return apply_sparse(base, patch.tensors["indices"], patch.tensors["values"])
+    def apply(self, base: torch.Tensor, patch: Patch, *, inplace: bool = False) -> torch.Tensor:
+        return apply_sparse(base, patch.tensors["indices"], patch.tensors["values"], inplace=inplace)
 
 
 register(Sparse())

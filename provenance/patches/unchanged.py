@@ -11,10 +11,12 @@ class Unchanged(Encoding):
     name = "unchanged"
 
     def encode(self, base: torch.Tensor, target: torch.Tensor, **hints) -> Patch | None:
-        return Patch(self.name) if same_bits(base, target) else None
+        changed = hints.get("changed")
+        same = not bool(changed.any()) if changed is not None else same_bits(base, target)
+        return Patch(self.name) if same else None
 
-    def apply(self, base: torch.Tensor, patch: Patch) -> torch.Tensor:
-        return base.clone()
+    def apply(self, base: torch.Tensor, patch: Patch, *, inplace: bool = False) -> torch.Tensor:
+        return base if inplace else base.clone()
 
 
 register(Unchanged())

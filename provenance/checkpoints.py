@@ -1,0 +1,328 @@
+"""Model states on disk: safetensors files, sharded checkpoints and PEFT LoRA adapter folders.
+
+`open_state` gives a `StateReader` that reads one tensor at a time, so memory holds one parameter and
+not the model. `read_lora_adapter` turns a PEFT LoRA folder into exact low-rank patches (and full
+replacements) of a base model's parameters, without materialising any delta.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from provenance.errors import InvalidParameterError
+
+SINGLE_FILE = "model.safetensors"
+INDEX_SUFFIX = ".safetensors.index.json"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."
+
+BaseShapes = Mapping[str, tuple[torch.dtype, tuple[int, ...]]]  # parameter name -> (dtype, shape)
+
+# The dtype names of the safetensors header (safetensors/torch.py keeps the same table privately).
+_DTYPES = {
+    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "U16": torch.uint16, "I16": torch.int16,
+    "U32": torch.uint32, "I32": torch.int32, "U64": torch.uint64, "I64": torch.int64,
+    "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
+    "C64": torch.complex64, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+
+
+class StateReader:
+    """Parameter tensors on disk, read one at a time."""
+
+    def __init__(self, path: Path, owner: dict[str, Path], handles: dict[Path, object], stack: ExitStack):
+        self.path = path
+        self.names = sorted(owner)
+        self._owner = owner  # parameter name -> the file that holds it
+        self._handles = handles  # file -> open safe_open handle
+        self._stack = stack
+
+    def _handle(self, name: str):
+        if name not in self._owner:
+            raise InvalidParameterError(f"{self.path}: no parameter named {name!r}")
+        return self._handles[self._owner[name]]
+
+    def info(self, name: str) -> tuple[torch.dtype, tuple[int, ...]]:
+        """The dtype and shape of a parameter, from the file header alone."""
+        tensor = self._handle(name).get_slice(name)
+        dtype = _DTYPES.get(tensor.get_dtype())
+        if dtype is None:
+            raise InvalidParameterError(
+                f"{self._owner[name]}: parameter {name!r} has dtype {tensor.get_dtype()}, which torch cannot hold"
+            )
+        return dtype, tuple(tensor.get_shape())
+
+    def get(self, name: str) -> torch.Tensor:
+        """Read one parameter; the CPU tensor owns its memory and stays valid after `close`."""
+        return self._handle(name).get_tensor(name)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._owner
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def close(self) -> None:
+        """Release the open files."""
+        self._stack.close()
+
+    def __enter__(self) -> StateReader:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _open_file(stack: ExitStack, file: Path):
+    if not file.is_file():
+        raise InvalidParameterError(f"{file}: no such safetensors file")
+    try:
+        return stack.enter_context(safe_open(str(file), framework="pt"))
+    except Exception as exc:  # safetensors raises its own SafetensorError, or OSError
+        raise InvalidParameterError(f"{file}: not a readable safetensors file ({exc})") from exc
+
+
+def _resolve(path: Path) -> Path:
+    """The file to open for `path`: itself, or the single checkpoint a folder holds."""
+    if not path.is_dir():
+        return path
+    if (path / SINGLE_FILE).is_file():
+        return path / SINGLE_FILE
+    for pattern in (f"*{INDEX_SUFFIX}", "*.safetensors"):
+        found = sorted(path.glob(pattern))
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise InvalidParameterError(f"{path}: several checkpoints, name one: {[f.name for f in found]}")
+    raise InvalidParameterError(f"{path}: no {SINGLE_FILE}, *{INDEX_SUFFIX} or *.safetensors file in the folder")
+
+
+def _read_index(index: Path) -> dict[str, Path]:
+    """Parameter name -> shard file, as a Hugging Face `*.safetensors.index.json` lists them."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except FileNotFoundError as exc:
+        raise InvalidParameterError(f"{index}: no such index file") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidParameterError(f"{index}: not a checkpoint index with a 'weight_map' ({exc!r})") from exc
+    if not isinstance(weight_map, dict) or not all(isinstance(shard, str) for shard in weight_map.values()):
+        raise InvalidParameterError(f"{index}: 'weight_map' does not map names to shard file names")
+    return {name: index.parent / shard for name, shard in weight_map.items()}
+
+
+def _open_sharded(index: Path, stack: ExitStack) -> tuple[dict[str, Path], dict[Path, object]]:
+    listed = _read_index(index)
+    handles = {shard: _open_file(stack, shard) for shard in sorted(set(listed.values()))}
+    owner: dict[str, Path] = {}
+    for shard, handle in handles.items():
+        for name in handle.keys():
+            if name in owner:
+                raise InvalidParameterError(f"{index}: parameter {name!r} is in both {owner[name]} and {shard}")
+            owner[name] = shard
+    for name, shard in sorted(listed.items()):
+        if name not in owner:
+            raise InvalidParameterError(f"{index}: parameter {name!r} is listed for {shard} but absent from it")
+        if owner[name] != shard:
+            raise InvalidParameterError(f"{index}: parameter {name!r} is listed for {shard} but is in {owner[name]}")
+    extra = sorted(set(owner) - set(listed))
+    if extra:
+        raise InvalidParameterError(f"{owner[extra[0]]}: parameter {extra[0]!r} is in the shard but not in {index}")
+    return owner, handles
+
+
+def open_state(path: str | Path) -> StateReader:
+    """Open a `.safetensors` file, a sharded `*.safetensors.index.json`, or a folder holding one of them."""
+    file = _resolve(Path(path))
+    stack = ExitStack()
+    try:
+        if file.name.endswith(INDEX_SUFFIX):
+            owner, handles = _open_sharded(file, stack)
+        else:
+            handle = _open_file(stack, file)
+            owner, handles = dict.fromkeys(handle.keys(), file), {file: handle}
+    except BaseException:
+        stack.close()
+        raise
+    return StateReader(file, owner, handles, stack)
+
+
+@dataclass(frozen=True)
+class LowRankUpdate:
+    """delta W = scale * b @ a, with exactly the shape of the base parameter."""
+
+    b: torch.Tensor  # (out, r)
+    a: torch.Tensor  # (r, in)
+    scale: float
+
+
+@dataclass(frozen=True)
+class LoraAdapter:
+    """A PEFT LoRA adapter as patches of a base model: a parameter's new value is `replaced[name]` if
+    given, else the base tensor, plus `updates[name]` (scale * b @ a) if given."""
+
+    path: Path
+    config: dict
+    base_model: str | None
+    updates: dict[str, LowRankUpdate]
+    replaced: dict[str, torch.Tensor]
+
+
+# Saved key suffixes of LoRA factors, with whether the layer is an embedding. peft/tuners/lora/layer.py:
+# Linear keeps `lora_A`/`lora_B` as nn.Linear modules (weights (r, in) and (out, r)); Embedding keeps
+# `lora_embedding_A` (r, num_embeddings) and `lora_embedding_B` (embedding_dim, r) as bare Parameters.
+# peft/utils/save_and_load.py (`_remove_adapter_name_from_state_dict_key`) drops the adapter name, so
+# `<module>.lora_A.default.weight` is saved as `<module>.lora_A.weight` and `<module>.lora_embedding_A.default`
+# as `<module>.lora_embedding_A`. PeftModel prefixes every module with `base_model.model.`.
+_FACTOR_SUFFIXES = {
+    ".lora_A.weight": ("A", False), ".lora_B.weight": ("B", False),
+    ".lora_embedding_A": ("A", True), ".lora_embedding_B": ("B", True),
+}
+# init_lora_weights values whose initialisation rewrites the base weights (PiSSA, OLoRA, CorDA, LoRA-GA,
+# LoftQ; peft/tuners/lora/config.py): such an adapter only makes sense on the rewritten base.
+_BASE_REWRITING_INITS = ("pissa", "olora", "corda", "lora_ga", "loftq")
+
+
+def is_lora_adapter(path: str | Path) -> bool:
+    """Whether `path` is a folder with a PEFT `adapter_config.json`."""
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def _pattern_value(patterns: Mapping[str, float], module: str, default: float) -> float:
+    """PEFT's `get_pattern_key` (peft/utils/other.py): the first key that matches the end of the module name."""
+    for key in patterns:
+        if re.match(rf"(.*\.)?({key})$", module):
+            return patterns[key]
+    return default
+
+
+def _read_config(folder: Path) -> dict:
+    try:
+        config = json.loads((folder / ADAPTER_CONFIG).read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidParameterError(f"{folder / ADAPTER_CONFIG}: not a readable adapter config ({exc})") from exc
+    refusals = {
+        "peft_type": config.get("peft_type", "LORA") not in ("LORA", None),
+        "use_dora": config.get("use_dora"),
+        "lora_bias": config.get("lora_bias"),
+        "target_parameters": config.get("target_parameters"),
+        "init_lora_weights": str(config.get("init_lora_weights")).lower().startswith(_BASE_REWRITING_INITS),
+    }
+    for field, refused in refusals.items():
+        if refused:
+            raise InvalidParameterError(
+                f"{folder}: {field}={config.get(field)!r} cannot be read as low-rank patches of the base model"
+            )
+    return config
+
+
+def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    if not (folder / ADAPTER_WEIGHTS).is_file() and (folder / "adapter_model.bin").is_file():
+        raise InvalidParameterError(
+            f"{folder}: only adapter_model.bin, a pickle file, which is not read; save with safe_serialization=True"
+        )
+    with open_state(folder / ADAPTER_WEIGHTS) as state:
+        return {name: state.get(name) for name in state}
+
+
+def _base_name(module: str, suffix: str, base: BaseShapes) -> str | None:
+    """The base parameter `module + suffix` names, first without PeftModel's prefix, then with it."""
+    for candidate in (module.removeprefix(PEFT_PREFIX), module):
+        if candidate + suffix in base:
+            return candidate + suffix
+    return None
+
+
+def read_lora_adapter(path: str | Path, base: BaseShapes) -> LoraAdapter:
+    """Read a PEFT LoRA folder as patches of the base model whose parameters `base` describes."""
+    folder = Path(path)
+    config = _read_config(folder)
+    factors: dict[str, dict[str, torch.Tensor]] = {}
+    embedding: dict[str, bool] = {}
+    replaced: dict[str, torch.Tensor] = {}
+    for key, tensor in _read_weights(folder).items():
+        suffix = next((s for s in _FACTOR_SUFFIXES if key.endswith(s)), None)
+        if suffix is not None:
+            module = key.removesuffix(suffix)
+            side, is_embedding = _FACTOR_SUFFIXES[suffix]
+            factors.setdefault(module, {})[side] = tensor
+            if embedding.setdefault(module, is_embedding) != is_embedding:
+                raise InvalidParameterError(f"{folder}: module {module!r} mixes Linear and Embedding LoRA factors")
+            continue
+        # modules_to_save, `bias` = "all"/"lora_only" and saved embedding layers are stored under the wrapped
+        # module's own parameter name (save_and_load.py: `{name}.{k}` of ModulesToSaveWrapper.adapter_state_dict;
+        # older PEFT: key.replace("modules_to_save.", "")); a LoRA layer's own weight sits under `base_layer.`.
+        module, _, param = key.replace(".base_layer.", ".").rpartition(".")
+        name = _base_name(module, f".{param}", base) if module else None
+        if name is not None:
+            replaced[name] = tensor
+        elif key.endswith("lora_magnitude_vector"):
+            raise InvalidParameterError(f"{folder}: {key!r} is a DoRA magnitude, not a low-rank patch")
+        elif key.endswith((".lora_A.bias", ".lora_B.bias")):
+            raise InvalidParameterError(f"{folder}: {key!r} is a LoRA bias (lora_bias), not a low-rank patch")
+        else:
+            raise InvalidParameterError(f"{folder}: {key!r} is neither a LoRA factor nor a base model parameter")
+    updates: dict[str, LowRankUpdate] = {}
+    missing: list[str] = []
+    for module, pair in sorted(factors.items()):
+        name = _base_name(module, ".weight", base)
+        if name is None:
+            missing.append(module.removeprefix(PEFT_PREFIX))
+            continue
+        shape = tuple(replaced[name].shape) if name in replaced else tuple(base[name][1])
+        updates[name] = _update(folder, config, module, pair, embedding[module], name, shape)
+    if missing:
+        raise InvalidParameterError(f"{folder}: target modules absent from the base model: {', '.join(missing)}")
+    return LoraAdapter(folder, config, config.get("base_model_name_or_path"), updates, replaced)
+
+
+def _update(
+    folder: Path, config: dict, module: str, pair: dict[str, torch.Tensor], is_embedding: bool, name: str,
+    expected: tuple[int, ...],
+) -> LowRankUpdate:
+    """One module's factors as an exact patch of parameter `name`, of shape `expected` (PEFT's get_delta_weight)."""
+    if set(pair) != {"A", "B"}:
+        raise InvalidParameterError(f"{folder}: module {module!r} has lora_{''.join(pair)} without its partner")
+    lora_a, lora_b = pair["A"], pair["B"]
+    if lora_a.dim() != 2 or lora_b.dim() != 2:
+        raise InvalidParameterError(
+            f"{folder}: module {module!r} has {lora_a.dim()}-D LoRA factors (a Conv layer), not a low-rank matrix patch"
+        )
+    # LoraModel._create_and_replace (peft/tuners/lora/model.py) matches rank_pattern / alpha_pattern
+    # against the module name inside the base model; LoraLayer.update_layer (layer.py) sets the scaling.
+    inner = module.removeprefix(PEFT_PREFIX)
+    rank = _pattern_value(config.get("rank_pattern") or {}, inner, config.get("r", 8))
+    alpha = _pattern_value(config.get("alpha_pattern") or {}, inner, config.get("lora_alpha", 8))
+    if lora_a.shape[0] != rank or lora_b.shape[1] != rank:
+        raise InvalidParameterError(
+            f"{folder}: module {module!r} has factors {tuple(lora_b.shape)} @ {tuple(lora_a.shape)} "
+            f"but the config gives rank {rank}"
+        )
+    scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+    # Embedding.get_delta_weight is transpose(B @ A, True); Linear's is transpose(B @ A, fan_in_fan_out),
+    # True for GPT-2's Conv1D, which stores (in, out). PEFT's dispatch_default sets that flag from each
+    # layer's type, overwriting the shared config, so the saved flag tells only the last layer's type:
+    # a non-square parameter's shape decides, the flag only a square one's. (B @ A)^T = A^T @ B^T.
+    out, inp = lora_b.shape[0], lora_a.shape[1]
+    flagged = bool(config.get("fan_in_fan_out"))
+    if is_embedding or (expected == (inp, out) if out != inp else flagged):
+        b, a = lora_a.T.contiguous(), lora_b.T.contiguous()
+    else:
+        b, a = lora_b, lora_a
+    if (b.shape[0], a.shape[1]) != expected:
+        raise InvalidParameterError(
+            f"{folder}: update of {name!r} has shape {(b.shape[0], a.shape[1])}, the parameter has {expected}"
+        )
+    return LowRankUpdate(b=b, a=a, scale=float(scale))

@@ -1,0 +1,166 @@
+"""Safetensors files written one tensor at a time and read without extra copies.
+
+The format (https://github.com/huggingface/safetensors): 8 bytes little-endian header length N,
+N bytes of JSON (``name -> {dtype, shape, data_offsets}`` plus optional ``__metadata__``), then
+the tensors' bytes. Because the header only needs dtypes and shapes, a writer that knows them in
+advance (a version's manifest does) can stream each tensor's bytes as it is produced: checkout of
+a model larger than memory holds one tensor at a time. Files are written to a temporary name,
+synced and renamed, so a reader sees the old file or the whole new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from provenance.files import _umask, fsync_folder
+
+DTYPES: dict[torch.dtype, str] = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+    torch.uint16: "U16", torch.uint32: "U32", torch.uint64: "U64",
+}
+_BY_NAME = {v: k for k, v in DTYPES.items()}
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    """The torch dtype of a manifest dtype name such as ``"float32"`` or ``"bfloat16"``."""
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype) or dtype not in DTYPES:
+        raise ValueError(f"unsupported dtype {name!r}")
+    return dtype
+
+
+def raw_bytes(tensor: torch.Tensor) -> memoryview:
+    """The tensor's bytes in row-major order, without a copy when it is contiguous on the CPU."""
+    t = tensor.detach().contiguous().cpu()
+    if t.numel() == 0:
+        return memoryview(b"")
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+
+
+def header(entries: Sequence[tuple[str, torch.dtype, Sequence[int]]], metadata: dict[str, str] | None = None) -> bytes:
+    """The length prefix and JSON header for tensors laid out in ``entries`` order."""
+    body: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name, dtype, shape in entries:
+        if name in body:
+            raise ValueError(f"tensor name {name!r} appears twice")
+        n = 1
+        for d in shape:
+            n *= int(d)
+        size = n * torch.empty((), dtype=dtype).element_size()
+        body[name] = {"dtype": DTYPES[dtype], "shape": [int(d) for d in shape], "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(body, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+    return struct.pack("<Q", len(text)) + text
+
+
+class TensorFileWriter:
+    """Write a safetensors file whose tensors are given, in order, one :meth:`write` at a time.
+
+    ``with TensorFileWriter(path, entries) as w: w.write(name, tensor) ...``; the file appears at
+    ``path`` only when every entry was written and the block exits without an exception.
+    """
+
+    def __init__(self, path: str | os.PathLike, entries: Sequence[tuple[str, torch.dtype, Sequence[int]]],
+                 metadata: dict[str, str] | None = None):
+        self.path = Path(path)
+        self.entries = [(n, d, tuple(int(x) for x in s)) for n, d, s in entries]
+        self._header = header(self.entries, metadata)
+        self._next = 0
+        self._fh = None
+        self._tmp: str | None = None
+
+    def __enter__(self) -> TensorFileWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.fchmod(fd, 0o666 & ~_umask())
+        self._fh = os.fdopen(fd, "wb")
+        self._fh.write(self._header)
+        return self
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        if self._next >= len(self.entries):
+            raise ValueError(f"{self.path}: tensor {name!r} is beyond the {len(self.entries)} declared")
+        want, dtype, shape = self.entries[self._next]
+        if name != want or tensor.dtype != dtype or tuple(tensor.shape) != shape:
+            raise ValueError(
+                f"{self.path}: expected {want!r} {dtype}{list(shape)} next, got {name!r} {tensor.dtype}{list(tensor.shape)}"
+            )
+        self._fh.write(raw_bytes(tensor))
+        self._next += 1
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        assert self._fh is not None and self._tmp is not None
+        try:
+            if exc_type is None and self._next != len(self.entries):
+                raise ValueError(f"{self.path}: {len(self.entries) - self._next} declared tensors were not written")
+            if exc_type is None:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+            self._fh.close()
+            if exc_type is None:
+                os.replace(self._tmp, self.path)
+                fsync_folder(self.path.parent)
+        finally:
+            if not self._fh.closed:
+                self._fh.close()
+            if os.path.exists(self._tmp):
+                os.unlink(self._tmp)
+
+
+def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` to a safetensors file atomically."""
+    with TensorFileWriter(path, [(n, t.dtype, t.shape) for n, t in tensors.items()], metadata) as w:
+        for name, t in tensors.items():
+            w.write(name, t)
+
+
+def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every tensor of a safetensors file and its metadata: one read into one buffer, tensors are
+    views of it. Raises ValueError naming what is wrong with a malformed file."""
+    path = Path(path)
+    size = path.stat().st_size
+    buf = bytearray(size)
+    with open(path, "rb", buffering=0) as fh:
+        view, got = memoryview(buf), 0
+        while got < size and (n := fh.readinto(view[got:])):
+            got += n
+    if got != size or size < 8:
+        raise ValueError(f"{path}: truncated ({got} of {size} bytes read)")
+    (n,) = struct.unpack_from("<Q", buf, 0)
+    if 8 + n > size:
+        raise ValueError(f"{path}: header of {n} bytes runs past the end of the file ({size} bytes)")
+    try:
+        head = json.loads(bytes(buf[8 : 8 + n]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: header is not JSON: {exc}") from None
+    metadata = head.pop("__metadata__", None) or {}
+    start, out = 8 + n, {}
+    for name, info in head.items():
+        try:
+            dtype = _BY_NAME[info["dtype"]]
+            shape = [int(d) for d in info["shape"]]
+            lo, hi = (int(x) for x in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path}: bad header entry for {name!r}: {info!r}") from None
+        count = 1
+        for d in shape:
+            count *= d
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if hi - lo != count * itemsize or lo < 0 or start + hi > size:
+            raise ValueError(f"{path}: tensor {name!r} offsets {lo}..{hi} do not fit its shape or the file")
+        if count == 0:
+            out[name] = torch.empty(shape, dtype=dtype)
+        else:
+            out[name] = torch.frombuffer(buf, dtype=torch.uint8, count=hi - lo, offset=start + lo).view(dtype).reshape(shape)
+    return out, metadata
