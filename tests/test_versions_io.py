@@ -1,0 +1,192 @@
+"""Versions from and to files: sharded checkpoints, LoRA adapter folders, streaming checkout, and
+the snapshot policy that bounds patch chains."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from provenance.errors import InvalidParameterError
+from provenance.kernels.patch import apply_low_rank
+from provenance.patches import same_bits
+from provenance.versions import SnapshotPolicy, iter_checkout
+
+
+def _state(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "embed.weight": torch.randn(50, 16, generator=g),
+        "layers.0.proj.weight": torch.randn(24, 16, generator=g),
+        "layers.0.proj.bias": torch.randn(24, generator=g),
+        "layers.1.proj.weight": torch.randn(16, 24, generator=g).bfloat16(),
+        "steps": torch.tensor([7], dtype=torch.int64),
+    }
+
+
+def _assert_same(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert sorted(actual) == sorted(expected)
+    for name in expected:
+        assert same_bits(actual[name], expected[name]), name
+
+
+def test_sharded_checkpoint_commits_like_its_tensors(ledger, tmp_path):
+    state = _state()
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    names = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": names[:2], "model-00002-of-00002.safetensors": names[2:]}
+    for file, part in shards.items():
+        save_file({n: state[n] for n in part}, str(folder / file))
+    index = {"metadata": {"total_size": 0}, "weight_map": {n: f for f, part in shards.items() for n in part}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+
+    from_index = ledger.commit(folder / "model.safetensors.index.json", message="from the index")
+    from_folder = ledger.commit(folder, parent=from_index, message="same, from the folder")
+    _assert_same(ledger.checkout(from_index), state)
+    assert {p.encoding for p in ledger.manifest(from_folder).values()} == {"unchanged"}
+    assert from_folder.stored_bytes == 0 and from_index.full_bytes == sum(t.numel() * t.element_size() for t in state.values())
+
+
+def test_streaming_checkout_writes_a_safetensors_file(ledger, tmp_path):
+    v0 = ledger.commit(_state(), message="root")
+    edited = _state()
+    edited["layers.0.proj.weight"][0, :3] = 0.5
+    v1 = ledger.commit(edited, parent=v0, message="edit")
+    out = ledger.checkout(v1, output=tmp_path / "out" / "model.safetensors")
+    assert out == tmp_path / "out" / "model.safetensors"
+    _assert_same(load_file(str(out)), edited)
+    with safe_open(str(out), framework="pt") as fh:
+        assert fh.metadata() == {"prov_version": v1.version_id, "prov_message": "edit"}
+    stream = iter_checkout(ledger, v1)
+    name, first = next(stream)  # one group at a time, in name order
+    assert name == "embed.weight" and same_bits(first, edited["embed.weight"])
+    assert [n for n, _ in stream] == sorted(edited)[1:]
+    assert list(out.parent.iterdir()) == [out]  # no temporary file left
+
+
+def test_interrupted_checkout_leaves_no_file(ledger, tmp_path, monkeypatch):
+    version = ledger.commit(_state(), message="root")
+    import provenance.versions as versions
+
+    def broken(*args, **kwargs):
+        yield "embed.weight", _state()["embed.weight"]
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(versions, "iter_checkout", broken)
+    with pytest.raises(OSError, match="disk gone"):
+        ledger.checkout(version, output=tmp_path / "model.safetensors")
+    assert list(tmp_path.glob("*model.safetensors*")) == []
+
+
+def test_snapshot_policy_bounds_the_chain(ledger):
+    state = {"w": torch.zeros(1000), "b": torch.zeros(10)}
+    policy = SnapshotPolicy(every=3, max_chain_ratio=10.0)
+    version = ledger.commit(state, message="root", snapshot=policy)
+    encodings = []
+    for step in range(1, 8):
+        state = {"w": state["w"].clone(), "b": state["b"]}
+        state["w"][step] = float(step)
+        version = ledger.commit(state, parent=version, message=f"step {step}", snapshot=policy)
+        encodings.append(ledger.manifest(version)["w"].encoding)
+    assert encodings == ["sparse", "sparse", "sparse", "full", "sparse", "sparse", "sparse"]
+    _assert_same(ledger.checkout(version), state)
+    # by bytes: each patch is 8 bytes of 4,000; a ratio of 0.005 (20 bytes) allows two
+    by_bytes = SnapshotPolicy(every=100, max_chain_ratio=0.005)
+    encodings = []
+    for step in range(3):
+        state = {"w": state["w"].clone(), "b": state["b"]}
+        state["w"][100 + step] = 1.0
+        version = ledger.commit(state, parent=version, message=f"bytes {step}", snapshot=by_bytes)
+        encodings.append(ledger.manifest(version)["w"].encoding)
+    assert encodings == ["full", "sparse", "sparse"]  # the chain from the last full copy held 3 patches
+    with pytest.raises(InvalidParameterError, match="positive integer"):
+        SnapshotPolicy(every=0)
+
+
+def _write_adapter(folder: Path, r: int, alpha: float, rslora: bool, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+    folder.mkdir()
+    config = {"peft_type": "LORA", "r": r, "lora_alpha": alpha, "use_rslora": rslora, "use_dora": False,
+              "target_modules": sorted({n.rsplit(".", 1)[0] for n in factors}), "fan_in_fan_out": False,
+              "bias": "none", "base_model_name_or_path": "tiny"}
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    tensors = {}
+    for name, (b, a) in factors.items():
+        module = name.removesuffix(".weight")
+        tensors[f"base_model.model.{module}.lora_A.weight"] = a
+        tensors[f"base_model.model.{module}.lora_B.weight"] = b
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    return folder
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_lora_adapter_folder_is_stored_as_low_rank_patches(ledger, tmp_path, rslora):
+    base_state = _state()
+    base = ledger.commit(base_state, message="base")
+    g = torch.Generator().manual_seed(1)
+    b, a = torch.randn(24, 4, generator=g), torch.randn(4, 16, generator=g)
+    adapter = _write_adapter(tmp_path / "adapter", 4, 8, rslora, {"layers.0.proj.weight": (b, a)})
+    version = ledger.commit(adapter, parent=base, message="lora")
+
+    manifest = ledger.manifest(version)
+    assert manifest["layers.0.proj.weight"].encoding == "low_rank"
+    scale = 8 / math.sqrt(4) if rslora else 8 / 4
+    assert manifest["layers.0.proj.weight"].meta == {"scale": scale}
+    assert {n: p.encoding for n, p in manifest.items() if n != "layers.0.proj.weight"} == dict.fromkeys(
+        ["embed.weight", "layers.0.proj.bias", "layers.1.proj.weight", "steps"], "unchanged")
+    assert version.stored_bytes == (24 * 4 + 4 * 16) * 4  # the factors, not the matrix
+    out = ledger.checkout(version)
+    expected = base_state["layers.0.proj.weight"].double() + scale * (b.double() @ a.double())
+    torch.testing.assert_close(out["layers.0.proj.weight"].double(), expected, rtol=1e-6, atol=1e-5)
+    assert same_bits(out["layers.0.proj.weight"], apply_low_rank(base_state["layers.0.proj.weight"], b, a, scale))
+    _assert_same({n: t for n, t in out.items() if n != "layers.0.proj.weight"},
+                 {n: t for n, t in base_state.items() if n != "layers.0.proj.weight"})
+
+
+def test_lora_adapter_errors_leave_the_ledger_as_it_was(ledger, tmp_path):
+    base = ledger.commit(_state(), message="base")
+    g = torch.Generator().manual_seed(2)
+    missing = _write_adapter(tmp_path / "missing", 2, 4, False,
+                             {"layers.9.attn.weight": (torch.randn(24, 2, generator=g), torch.randn(2, 16, generator=g))})
+    before = (ledger.versions(), sorted(p.name for p in ledger.objects_path.rglob("*.safetensors")))
+    with pytest.raises(InvalidParameterError, match=r"layers\.9\.attn"):
+        ledger.commit(missing, parent=base, message="bad")
+    with pytest.raises(InvalidParameterError, match="commit it with parent="):
+        ledger.commit(missing, message="no parent")
+    wrong = _write_adapter(tmp_path / "wrong", 2, 4, False,
+                           {"layers.0.proj.weight": (torch.randn(16, 2, generator=g), torch.randn(2, 16, generator=g))})
+    with pytest.raises(InvalidParameterError, match=r"layers\.0\.proj\.weight"):
+        ledger.commit(wrong, parent=base, message="bad shape")
+    assert (ledger.versions(), sorted(p.name for p in ledger.objects_path.rglob("*.safetensors"))) == before
+
+
+class _Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(12, 8)
+        self.head = torch.nn.Linear(8, 3)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_real_peft_adapter_checks_out_as_peft_merges_it(ledger, tmp_path):
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)
+    model = _Net()
+    base = ledger.commit(model, message="base")
+    wrapped = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=16, use_rslora=True, target_modules=["proj"]))
+    with torch.no_grad():
+        for name, parameter in wrapped.named_parameters():
+            if "lora_" in name:
+                parameter.normal_()
+    wrapped.save_pretrained(tmp_path / "adapter")
+    version = ledger.commit(tmp_path / "adapter", parent=base, message="peft lora")
+    merged = wrapped.merge_and_unload().state_dict()
+    out = ledger.checkout(version)
+    assert ledger.manifest(version)["proj.weight"].encoding == "low_rank"
+    for name in merged:
+        torch.testing.assert_close(out[name], merged[name], rtol=1e-6, atol=1e-6)
