@@ -420,14 +420,29 @@ class Ledger:
             rows = con.sql(
                 "SELECT * FROM version_params WHERE version_id = ? ORDER BY name", params=[vid]
             ).to_arrow_table().to_pylist()
-        out = {}
+        return {r["name"]: _param_from_row(r) for r in rows}
+
+    def first_parent_chain(self, version: str | VersionRecord) -> list[tuple[str, str | None, dict[str, ParamRecord]]]:
+        """``(version_id, first parent, manifest)`` from ``version`` down its first parents to the
+        root, in one query (what a checkout replays)."""
+        vid = self.version(version).version_id
+        with self._cursor() as con:
+            chain = con.execute(
+                """WITH RECURSIVE up(version_id, parent, depth) AS (
+                       SELECT version_id, parents[1], 0 FROM versions WHERE version_id = ?
+                       UNION ALL
+                       SELECT v.version_id, v.parents[1], up.depth + 1 FROM versions v JOIN up ON v.version_id = up.parent)
+                   SELECT version_id, parent FROM up ORDER BY depth""",
+                [vid],
+            ).fetchall()
+            rows = con.sql(
+                "SELECT * FROM version_params WHERE list_contains(?, version_id) ORDER BY name",
+                params=[[c[0] for c in chain]],
+            ).to_arrow_table().to_pylist()
+        manifests: dict[str, dict[str, ParamRecord]] = {c[0]: {} for c in chain}
         for r in rows:
-            objects = dict(r["objects"]) if r["objects"] else {}
-            out[r["name"]] = ParamRecord(
-                name=r["name"], dtype=r["dtype"], shape=r["shape"], encoding=r["encoding"], objects=objects,
-                meta=json.loads(r["meta_json"]) if r["meta_json"] else {}, nbytes=r["nbytes"],
-            )
-        return out
+            manifests[r["version_id"]][r["name"]] = _param_from_row(r)
+        return [(v, parent, manifests[v]) for v, parent in chain]
 
     def versions_using(self, address: str) -> list[str]:
         """Ids of the versions whose manifest refers to object ``address``."""
@@ -862,6 +877,14 @@ class DocumentStage:
             self._writer.close()
             self._writer = None
         return self._written
+
+
+def _param_from_row(r: dict) -> ParamRecord:
+    return ParamRecord(
+        name=r["name"], dtype=r["dtype"], shape=r["shape"], encoding=r["encoding"],
+        objects=dict(r["objects"]) if r["objects"] else {},
+        meta=json.loads(r["meta_json"]) if r["meta_json"] else {}, nbytes=r["nbytes"],
+    )
 
 
 def _dataset_from_row(row: dict) -> DatasetRecord:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,27 +53,36 @@ class ObjectStore:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
+        self._root = str(self.root)
 
     def path(self, address: str) -> Path:
-        return self.root / address[:2] / f"{address[2:]}.safetensors"
+        return Path(self._file(address))
+
+    def _file(self, address: str) -> str:
+        return os.path.join(self._root, address[:2], address[2:] + ".safetensors")
 
     def __contains__(self, address: str) -> bool:
         return self.path(address).exists()
 
-    def put(self, tensor: torch.Tensor) -> ObjectRef:
-        """Store ``tensor`` (once: an existing object with the same address is kept)."""
+    def put(self, tensor: torch.Tensor, writer: BackgroundWriter | None = None) -> ObjectRef:
+        """Store ``tensor`` (once: an existing object with the same address is kept). With a
+        ``writer``, the file is written and synced on its thread and the call returns at once;
+        the object exists when the writer is closed."""
         tensor = tensor.detach().contiguous().cpu()
         address = address_of(tensor)
         path = self.path(address)
-        created = not path.exists()
+        created = not path.exists() and (writer is None or address not in writer.pending)
         if created:
-            write_tensors(path, {_KEY: tensor}, metadata={"address": address})
+            if writer is None:
+                write_tensors(path, {_KEY: tensor}, metadata={"address": address})
+            else:
+                writer.submit(address, path, tensor)
         nbytes = tensor.numel() * tensor.element_size()
         return ObjectRef(address, _dtype_name(tensor.dtype), tuple(tensor.shape), nbytes, created)
 
     def get(self, address: str) -> torch.Tensor:
         """The tensor at ``address``; raises when it is missing or its bytes do not match."""
-        path = self.path(address)
+        path = self._file(address)
         try:
             tensors, _ = read_tensors(path)
             tensor = tensors[_KEY]
@@ -103,3 +113,41 @@ class ObjectStore:
             return 0
         return size
 
+
+class BackgroundWriter:
+    """Writes objects on a few threads while the caller computes the next ones (file writes and
+    syncs release the GIL), holding at most ``max_pending`` bytes of tensors in flight.
+
+    ``with BackgroundWriter() as writer: store.put(t, writer)``; leaving the block waits for every
+    write and raises the first error.
+    """
+
+    def __init__(self, threads: int = 2, max_pending: int = 1 << 30):
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="prov-objects")
+        self._futures: list[tuple[Future, int]] = []
+        self._bytes = 0
+        self.max_pending = max_pending
+        self.pending: set[str] = set()
+
+    def submit(self, address: str, path: Path, tensor: torch.Tensor) -> None:
+        nbytes = tensor.numel() * tensor.element_size()
+        while self._futures and self._bytes + nbytes > self.max_pending:
+            future, size = self._futures.pop(0)
+            future.result()
+            self._bytes -= size
+        self.pending.add(address)
+        self._futures.append((self._pool.submit(write_tensors, path, {_KEY: tensor}, {"address": address}), nbytes))
+        self._bytes += nbytes
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            for future, _ in self._futures:
+                if exc_type is None:
+                    future.result()
+                else:
+                    future.exception()  # wait, so that the caller can clean up what was written
+        finally:
+            self._pool.shutdown(wait=True)

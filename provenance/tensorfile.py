@@ -11,6 +11,7 @@ synced and renamed, so a reader sees the old file or the whole new one.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 import tempfile
@@ -28,6 +29,7 @@ DTYPES: dict[torch.dtype, str] = {
     torch.uint16: "U16", torch.uint32: "U32", torch.uint64: "U64",
 }
 _BY_NAME = {v: k for k, v in DTYPES.items()}
+_MAP_FROM = 1 << 20  # files from this size are memory-mapped, smaller ones read
 
 
 def dtype_from_name(name: str) -> torch.dtype:
@@ -126,17 +128,20 @@ def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], met
 
 
 def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Every tensor of a safetensors file and its metadata: one read into one buffer, tensors are
-    views of it. Raises ValueError naming what is wrong with a malformed file."""
-    path = Path(path)
-    size = path.stat().st_size
-    buf = bytearray(size)
-    with open(path, "rb", buffering=0) as fh:
-        view, got = memoryview(buf), 0
-        while got < size and (n := fh.readinto(view[got:])):
-            got += n
-    if got != size or size < 8:
-        raise ValueError(f"{path}: truncated ({got} of {size} bytes read)")
+    """Every tensor of a safetensors file and its metadata, as views of one private memory map of
+    the file. Raises ValueError naming what is wrong with a malformed file."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size < 8:
+            raise ValueError(f"{path}: truncated ({size} bytes)")
+        if size < _MAP_FROM:
+            buf = bytearray(fh.read())
+            size = len(buf)
+        else:
+            # A private, writable mapping: reading maps the page cache without a copy, and a
+            # caller that patches a tensor in place gets its own copy of the pages it writes.
+            buf = mmap.mmap(fh.fileno(), size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    data = torch.frombuffer(buf, dtype=torch.uint8)
     (n,) = struct.unpack_from("<Q", buf, 0)
     if 8 + n > size:
         raise ValueError(f"{path}: header of {n} bytes runs past the end of the file ({size} bytes)")
@@ -159,8 +164,11 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         itemsize = torch.empty((), dtype=dtype).element_size()
         if hi - lo != count * itemsize or lo < 0 or start + hi > size:
             raise ValueError(f"{path}: tensor {name!r} offsets {lo}..{hi} do not fit its shape or the file")
+        raw = data[start + lo : start + hi]
         if count == 0:
             out[name] = torch.empty(shape, dtype=dtype)
+        elif (start + lo) % itemsize:  # misaligned for its dtype (not written by safetensors): copy
+            out[name] = raw.clone().view(dtype).reshape(shape)
         else:
-            out[name] = torch.frombuffer(buf, dtype=torch.uint8, count=hi - lo, offset=start + lo).view(dtype).reshape(shape)
+            out[name] = raw.view(dtype).reshape(shape)
     return out, metadata

@@ -28,7 +28,7 @@ import xxhash
 from provenance.errors import InvalidParameterError, ObjectCorruptError, ObjectMissingError, ProvenanceError
 from provenance.kernels.patch import apply_low_rank
 from provenance.ledger import Ledger
-from provenance.objects import ObjectStore
+from provenance.objects import BackgroundWriter, ObjectStore
 from provenance.patches import Patch, changed_mask, encode
 from provenance.records import ParamRecord, VersionRecord
 from provenance.tensorfile import TensorFileWriter, dtype_from_name
@@ -116,7 +116,8 @@ def _check_tensor(name: str, tensor: Any, allow_nonfinite: bool) -> torch.Tensor
         raise InvalidParameterError(f"parameter {name!r} is a {type(tensor).__name__}, not a tensor")
     tensor = tensor.detach()
     if tensor.is_floating_point() and not allow_nonfinite and tensor.numel():
-        if not bool(torch.isfinite(tensor).all()):
+        lo, hi = torch.aminmax(tensor.reshape(-1))  # one pass, no mask: NaN propagates, +-Inf are extremes
+        if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
             bad = ~torch.isfinite(tensor)
             first = int(torch.nonzero(bad.reshape(-1))[0])
             raise InvalidParameterError(
@@ -185,33 +186,19 @@ def _commit(ledger, state, parent, message, author, run, encoding, low_rank, all
     params: list[ParamRecord] = []
     n_elements = full_bytes = stored = 0
     try:
-        for name in incoming.names:
-            previous = parent_manifest.get(name)
-            if previous is not None and previous.encoding == "removed":
-                previous = None
-            value = incoming.get(name)
-            if value is _SAME:
-                params.append(ParamRecord(name=name, dtype=previous.dtype, shape=previous.shape, encoding="unchanged"))
-                n_elements += _numel(previous.shape)
-                full_bytes += _numel(previous.shape) * torch.empty((), dtype=dtype_from_name(previous.dtype)).element_size()
-                continue
-            patch, target = _encode_group(history, store, parent_id, name, previous, value, encoding, low_rank,
-                                          allow_nonfinite, policy)
-            objects = {}
-            for role, t in patch.tensors.items():
-                ref = store.put(t)
-                objects[role] = ref.address
-                if ref.created:
-                    created.append(ref.address)
-            n_elements += target.numel()
-            full_bytes += target.numel() * target.element_size()
-            stored += patch.nbytes
-            params.append(ParamRecord(name=name, dtype=_dtype(target), shape=list(target.shape), encoding=patch.encoding,
-                                      objects=objects, meta=patch.meta, nbytes=patch.nbytes))
+        with BackgroundWriter() as writer:
+            _encode_all(history, store, writer, parent_id, parent_manifest, incoming, encoding, low_rank,
+                        allow_nonfinite, policy, params, created)
+        for p in params:
+            if p.encoding != "removed":
+                n_elements += _numel(p.shape)
+                full_bytes += _numel(p.shape) * torch.empty((), dtype=dtype_from_name(p.dtype)).element_size()
+                stored += p.nbytes
         kept = set(incoming.names)
         for name, previous in parent_manifest.items():
             if name not in kept and previous.encoding != "removed":
                 params.append(ParamRecord(name=name, dtype=previous.dtype, shape=previous.shape, encoding="removed"))
+
 
         created_at = datetime.now(timezone.utc).replace(tzinfo=None)
         parents = [parent_id] if parent_id else []
@@ -236,6 +223,30 @@ def _commit(ledger, state, parent, message, author, run, encoding, low_rank, all
     finally:
         incoming.close()
     return version
+
+
+def _encode_all(history, store, writer, parent_id, parent_manifest, incoming, encoding, low_rank, allow_nonfinite,
+                policy, params, created) -> None:
+    """Encode every incoming group and hand its patch's tensors to ``writer``; appends to
+    ``params`` and to ``created`` (the objects this commit adds) as it goes."""
+    for name in incoming.names:
+        previous = parent_manifest.get(name)
+        if previous is not None and previous.encoding == "removed":
+            previous = None
+        value = incoming.get(name)
+        if value is _SAME:
+            params.append(ParamRecord(name=name, dtype=previous.dtype, shape=previous.shape, encoding="unchanged"))
+            continue
+        patch, target = _encode_group(history, store, parent_id, name, previous, value, encoding, low_rank,
+                                      allow_nonfinite, policy)
+        objects = {}
+        for role, t in patch.tensors.items():
+            ref = store.put(t, writer)
+            objects[role] = ref.address
+            if ref.created:
+                created.append(ref.address)
+        params.append(ParamRecord(name=name, dtype=_dtype(target), shape=list(target.shape), encoding=patch.encoding,
+                                  objects=objects, meta=patch.meta, nbytes=patch.nbytes))
 
 
 def _encode_group(history, store, parent_id, name, previous, value, encoding, low_rank, allow_nonfinite, policy):
@@ -331,22 +342,29 @@ def _dtype(t: torch.Tensor) -> str:
 
 
 class _History:
-    """Manifests and first parents of versions, read once per commit or checkout."""
+    """Manifests and first parents of versions, read once per commit or checkout: the whole
+    first-parent chain of a version in one query the first time it is asked for."""
 
     def __init__(self, ledger: Ledger):
         self.ledger = ledger
         self._manifests: dict[str, dict[str, ParamRecord]] = {}
         self._parents: dict[str, str | None] = {}
 
+    def _load(self, vid: str) -> None:
+        for version_id, parent, manifest in self.ledger.first_parent_chain(vid):
+            if version_id in self._manifests:
+                break
+            self._manifests[version_id] = manifest
+            self._parents[version_id] = parent
+
     def manifest(self, vid: str) -> dict[str, ParamRecord]:
         if vid not in self._manifests:
-            self._manifests[vid] = self.ledger.manifest(vid)
+            self._load(vid)
         return self._manifests[vid]
 
     def parent(self, vid: str) -> str | None:
         if vid not in self._parents:
-            parents = self.ledger.version(vid).parents
-            self._parents[vid] = parents[0] if parents else None
+            self._load(vid)
         return self._parents[vid]
 
 
@@ -367,7 +385,9 @@ def _materialize(history: _History, store: ObjectStore, version_id: str, name: s
     else:
         raise ProvenanceError(f"parameter {name!r} of version {version_id[:12]} has no full copy in its history")
     patches = [r for r in chain[:-1] if r.encoding != "unchanged"]
-    value = _get(ledger, store, chain[-1].objects["full"])  # a fresh buffer: patched in place
+    value = _get(ledger, store, chain[-1].objects["full"])  # maps the object file
+    if patches:
+        value = value.clone()  # one bulk copy, then patched in place (cheaper than copy-on-write faults)
     for row in reversed(patches):
         patch = Patch(row.encoding, {role: _get(ledger, store, addr) for role, addr in row.objects.items()}, row.meta)
         value = patch.apply(value, inplace=True)
@@ -384,10 +404,12 @@ def _get(ledger: Ledger, store: ObjectStore, address: str) -> torch.Tensor:
 
 def iter_checkout(ledger: Ledger, version: str | VersionRecord) -> Iterator[tuple[str, torch.Tensor]]:
     """``(name, tensor)`` for every parameter of ``version``, in name order, one at a time."""
-    ver = ledger.version(version)
-    store = ObjectStore(ledger.objects_path)
-    history = _History(ledger)
-    for name, row in history.manifest(ver.version_id).items():
+    with ledger.session():  # one connection for the version and its chain
+        ver = ledger.version(version)
+        store = ObjectStore(ledger.objects_path)
+        history = _History(ledger)
+        manifest = history.manifest(ver.version_id)
+    for name, row in manifest.items():
         if row.encoding != "removed":
             yield name, _materialize(history, store, ver.version_id, name)[0]
 
