@@ -219,6 +219,21 @@ def demo(report, as_json: bool) -> None:
     for p in report.pairs[:8]:
         t.add_row(p["key_a"], p["key_b"], f"{p['dataset_a']} / {p['dataset_b']}", f"{p['jaccard']:.3f}")
     _console().print(t)
+    if report.models:
+        models(report.models)
+
+
+def models(story: list[dict]) -> None:
+    """The demo's versions: the DAG, what each patch costs against a full copy, what data it saw."""
+    t = Table(title="model versions (newest last)")
+    for col in ("tag", "version", "parent", "stored as", "bytes", "of full", "trained on"):
+        t.add_column(col, no_wrap=col not in ("stored as", "trained on"))
+    for m in story:
+        stored_as = ", ".join(f"{n} {e}" for e, n in sorted(m["encodings"].items()))
+        seen = "; ".join(f"{d} {c['examples']:,} examples ({c['epochs']:.2f} epochs)" for d, c in m["consumed"].items())
+        t.add_row(m["tag"], m["version_id"][:12], (m["parents"][0][:12] if m["parents"] else "(root)"), stored_as,
+                  f"{m['stored_bytes']:,}", f"{m['stored_bytes'] / max(1, m['full_bytes']):.2%}", seen)
+    _console().print(t)
 
 
 class _RichProgress:

@@ -1,9 +1,11 @@
-"""The demo: a generated corpus with planted near-duplicates, registered in an embedded ledger.
+"""The demo: a generated corpus with planted near-duplicates, registered in an embedded ledger,
+and a small model trained on it in three runs, each committed as a version.
 
 ``prov demo`` writes three datasets (two training sets in JSONL and gzipped JSONL, and an
-evaluation set that leaks a few training documents) into ``PATH/.prov``, then asks the ledger
-which near-duplicate pairs it holds and how many of the planted ones it found. Running it again
-on the same folder registers nothing new: the content is unchanged.
+evaluation set that leaks a few training documents) into ``PATH/.prov``, asks the ledger which
+near-duplicate pairs it holds and how many of the planted ones it found, then trains a base
+model, a FISH-mask sparse fine-tune and a LoRA update (:mod:`provenance.demo_model`). Running it
+again on the same folder registers and trains nothing new.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class DemoReport:
     pairs: list[dict] = field(default_factory=list)
     contaminated: int = 0
     contamination_found: int = 0
+    models: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -40,6 +43,7 @@ class DemoReport:
             "planted_eval_leaks": self.contaminated,
             "found_eval_leaks": self.contamination_found,
             "pairs": self.pairs,
+            "models": self.models,
         }
 
 
@@ -49,8 +53,11 @@ def _write(path: Path, corpus: Corpus, *, compress: bool = False) -> Path:
     return path
 
 
-def run_demo(path: str | Path = "prov-demo", *, n_docs: int = 2000, seed: int = 0, progress: Progress | None = None) -> DemoReport:
-    """Generate the demo corpus under ``path``, register it in ``path/.prov`` and report."""
+def run_demo(path: str | Path = "prov-demo", *, n_docs: int = 2000, seed: int = 0, progress: Progress | None = None,
+             train: bool = True) -> DemoReport:
+    """Generate the demo corpus under ``path``, register it in ``path/.prov``, train and commit
+    the three model versions of :mod:`provenance.demo_model` (unless ``train`` is False) and
+    report."""
     root = Path(path)
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -95,6 +102,11 @@ def run_demo(path: str | Path = "prov-demo", *, n_docs: int = 2000, seed: int = 
     found = {frozenset((p["key_a"], p["key_b"])) for p in pairs}
     planted = {frozenset(p) for p in web.planted + forum.planted}
     leak_pairs = {frozenset(p) for p in leaks}
+    models = []
+    if train:
+        from provenance.demo_model import train_story
+
+        models = train_story(ledger, seed=seed)
     return DemoReport(
         ledger=str(ledger.root),
         registrations=results,
@@ -104,4 +116,5 @@ def run_demo(path: str | Path = "prov-demo", *, n_docs: int = 2000, seed: int = 
         pairs=pairs,
         contaminated=len(leak_pairs),
         contamination_found=len(leak_pairs & found),
+        models=models,
     )

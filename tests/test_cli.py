@@ -136,8 +136,18 @@ def test_demo_finds_planted_pairs(tmp_path, runner):
     assert report["planted_eval_leaks"] == 10 and report["found_eval_leaks"] == 10
     assert report["planted_near_duplicates"] > 0
     assert report["found_near_duplicates"] >= 0.9 * report["planted_near_duplicates"]
+    base, fish, lora = report["models"]
+    assert [m["tag"] for m in report["models"]] == ["demo-base", "demo-fish", "demo-lora"]
+    assert fish["parents"] == [base["version_id"]] and lora["parents"] == [fish["version_id"]]
+    assert base["encodings"] == {"full": 5} and base["stored_bytes"] == base["full_bytes"]
+    assert fish["encodings"].get("sparse", 0) >= 1 and fish["stored_bytes"] < 0.05 * fish["full_bytes"]
+    assert lora["encodings"] == {"low_rank": 1, "unchanged": 4} and lora["stored_bytes"] == (64 * 4 + 4 * 64) * 4
+    assert {d: c["examples"] for d, c in base["consumed"].items()} == {"web-crawl@1": 600, "forum-posts@1": 150}
+    assert fish["consumed"]["forum-posts@1"]["examples"] == 75 and fish["params"]["keep_ratio"] == 0.005
+    assert lora["consumed"]["web-crawl@1"]["examples"] == 300  # 300 web documents are 10 batches of 32, < 20
     again = _json(runner.invoke(main, ["demo", str(tmp_path / "demo"), "--docs", "300", "--json"]))
     assert all(r["created"] is False for r in again["registrations"])
+    assert [m["version_id"] for m in again["models"]] == [m["version_id"] for m in report["models"]]
 
 
 def test_model_commit_log_show_checkout_and_tag(project, runner):
