@@ -360,10 +360,12 @@ def run_list(obj: Context, as_json: bool) -> None:
 @json_option
 @pass_ctx
 def gc_cmd(obj: Context, apply: bool, as_json: bool) -> None:
-    """List (or with --apply remove) objects that no version uses."""
+    """List (or with --apply remove) objects that no version uses and temporary files of
+    interrupted writes."""
     report = obj.ledger().gc(apply=apply)
     verb = "removed" if apply else "would remove (dry run; --apply to remove)"
-    render.emit(report, as_json, lambda d: f"{verb} {len(d['unreferenced'])} objects, {d['bytes']:,} bytes")
+    render.emit(report, as_json, lambda d: f"{verb} {len(d['unreferenced'])} objects and "
+                                          f"{len(d['temporary_files'])} temporary files, {d['bytes']:,} bytes")
 
 
 @main.command("tag")

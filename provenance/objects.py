@@ -103,6 +103,11 @@ class ObjectStore:
             for f in sorted(folder.glob("*.safetensors")):
                 yield folder.name + f.name.removesuffix(".safetensors")
 
+    def temporaries(self) -> Iterator[Path]:
+        """Temporary files of writes that did not finish (a writer killed before its rename)."""
+        if self.root.exists():
+            yield from sorted(self.root.glob("??/.*.tmp"))
+
     def delete(self, address: str) -> int:
         """Remove an object; returns the bytes freed (0 when it was not there)."""
         path = self.path(address)

@@ -326,15 +326,23 @@ def diff(ledger: Ledger, old: str | VersionRecord, new: str | VersionRecord) -> 
 
 
 def gc(ledger: Ledger, *, apply: bool = False) -> dict[str, Any]:
-    """Objects that no version refers to (left by interrupted commits): listed, or removed with
-    ``apply``. Runs holding the ledger's lock, so no commit is writing objects meanwhile."""
+    """Objects that no version refers to, and temporary files of object writes that never
+    finished (both left by interrupted commits): listed, or removed with ``apply``. Runs holding
+    the ledger's lock, so no commit is writing objects meanwhile."""
     store = ObjectStore(ledger.objects_path)
     with ledger.session():
         referenced = ledger.referenced_objects()
         unreferenced = [a for a in store.addresses() if a not in referenced]
-        sizes = {a: store.path(a).stat().st_size for a in unreferenced}
-        freed = sum(store.delete(a) for a in unreferenced) if apply else 0
-    return {"unreferenced": unreferenced, "bytes": sum(sizes.values()), "removed": apply, "freed": freed}
+        temporaries = list(store.temporaries())
+        sizes = [store.path(a).stat().st_size for a in unreferenced] + [t.stat().st_size for t in temporaries]
+        freed = 0
+        if apply:
+            freed = sum(store.delete(a) for a in unreferenced)
+            for t in temporaries:
+                freed += t.stat().st_size
+                t.unlink()
+    return {"unreferenced": unreferenced, "temporary_files": [str(t) for t in temporaries], "bytes": sum(sizes),
+            "removed": apply, "freed": freed}
 
 
 def _dtype(t: torch.Tensor) -> str:

@@ -166,13 +166,16 @@ def test_gc_lists_then_removes_only_unreferenced_objects(ledger):
     v0 = ledger.commit(_state(), message="root")
     store = ObjectStore(ledger.objects_path)
     orphan = store.put(torch.full((1000,), 3.0)).address  # as an interrupted commit leaves
+    half = store.path(orphan).parent / ".abc.safetensors.x1.tmp"  # a write killed before its rename
+    half.write_bytes(b"\0" * 100)
     report = ledger.gc()
-    assert report["unreferenced"] == [orphan] and report["removed"] is False and report["bytes"] > 4000
-    assert orphan in store
+    assert report["unreferenced"] == [orphan] and report["removed"] is False and report["bytes"] > 4100
+    assert report["temporary_files"] == [str(half)]
+    assert orphan in store and half.exists()
     applied = ledger.gc(apply=True)
     assert applied["unreferenced"] == [orphan] and applied["freed"] == report["bytes"]
-    assert orphan not in store
-    assert ledger.gc()["unreferenced"] == []
+    assert orphan not in store and not half.exists()
+    assert ledger.gc()["unreferenced"] == [] and ledger.gc()["temporary_files"] == []
     _assert_same(ledger.checkout(v0), _state())
 
 
