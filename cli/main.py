@@ -246,13 +246,16 @@ def model_diff(obj: Context, old: str, new: str, as_json: bool) -> None:
 @model_group.command("checkout")
 @click.argument("ref", metavar="VERSION")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .safetensors file to write.")
+@json_option
 @pass_ctx
-def model_checkout(obj: Context, ref: str, output: str) -> None:
-    """Write a version's tensors, bit-identical to what was committed, to a safetensors file."""
+def model_checkout(obj: Context, ref: str, output: str, as_json: bool) -> None:
+    """Write a version's tensors, bit-identical to what was committed, to a safetensors file
+    (one tensor at a time: the model need not fit in memory)."""
     ledger = obj.ledger()
     version = ledger.version(ref)
     ledger.checkout(version, output=output)
-    click.echo(f"wrote {output} ({version.n_params} tensors, {version.full_bytes:,} bytes)", err=True)
+    report = {"version_id": version.version_id, "output": output, "tensors": version.n_params, "bytes": version.full_bytes}
+    render.emit(report, as_json, lambda d: f"wrote {d['output']} ({d['tensors']} tensors, {d['bytes']:,} bytes)")
 
 
 @main.group("run")
@@ -371,11 +374,12 @@ def gc_cmd(obj: Context, apply: bool, as_json: bool) -> None:
 @main.command("tag")
 @click.argument("name")
 @click.argument("ref", metavar="VERSION")
+@json_option
 @pass_ctx
-def tag_cmd(obj: Context, name: str, ref: str) -> None:
+def tag_cmd(obj: Context, name: str, ref: str, as_json: bool) -> None:
     """Name a version (tagging again moves the tag)."""
     version = obj.ledger().tag(name, ref)
-    click.echo(f"{name} -> {version.version_id}")
+    render.emit({"tag": name, "version_id": version.version_id}, as_json, lambda d: f"{d['tag']} -> {d['version_id']}")
 
 
 @main.command("demo")

@@ -37,3 +37,13 @@ def test_blocks_are_found_and_closed() -> None:
     for page in PAGES:
         text = (DOCS / page).read_text(encoding="utf-8")
         assert len(python_blocks(page)) == len(re.findall(r"^```python", text, re.MULTILINE))
+
+
+def test_readme_python_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = (DOCS.parent / "README.md").read_text(encoding="utf-8")
+    blocks = [(text.count("\n", 0, m.start()) + 1, m.group(1)) for m in _BLOCK.finditer(text)]
+    assert len(blocks) >= 2
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "readme"}
+    for line, code in blocks:
+        exec(compile(code, f"README.md:{line}", "exec"), namespace)
