@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import duckdb
 import pyarrow as pa
 import pytest
@@ -318,3 +321,13 @@ def test_documents_and_document_lookups(ledger):
 def test_quote_identifier():
     assert quote_identifier("documents") == '"documents"'
     assert quote_identifier('we"ird') == '"we""ird"'
+
+
+def test_only_the_ledger_package_imports_duckdb():
+    root = Path(__file__).resolve().parent.parent
+    offenders = [
+        str(p.relative_to(root)) for folder in ("provenance", "cli", "kernels") for p in (root / folder).rglob("*.py")
+        if re.search(r"^\s*(import duckdb|from duckdb)", p.read_text(encoding="utf-8"), re.MULTILINE)
+        and "provenance/ledger/" not in p.as_posix()
+    ]
+    assert offenders == []

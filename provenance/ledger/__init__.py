@@ -1,0 +1,234 @@
+"""The ledger: a ``.prov/`` folder holding the DuckDB database and the object store.
+
+This package is the one place that imports ``duckdb``. It takes and returns records and Arrow tables,
+never cursors; values are bound parameters; identifiers go through :func:`quote_identifier`.
+
+A connection is opened per operation (or per :meth:`Ledger.session`) so that other processes can
+use the ledger between operations. DuckDB lets one process write a database file at a time: a
+second writer waits up to ``lock_timeout`` seconds, then gets :class:`LedgerLockedError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from provenance.errors import (
+    LedgerExistsError,
+    LedgerLockedError,
+    LedgerNotFoundError,
+    ProvenanceError,
+    SchemaVersionError,
+)
+from provenance.ledger._common import DB_FILE, LEDGER_DIR, OBJECTS_DIR, TMP_DIR, _now, quote_identifier
+from provenance.ledger.data import DataQueries
+from provenance.ledger.models import ModelQueries
+from provenance.ledger.writer import DocumentStage, LedgerWriter, _clean_staging
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """The numbered migrations shipped with this code: ``(version, name, sql)`` in order."""
+    folder = resources.files("provenance.schemas").joinpath("migrations")
+    found = []
+    for entry in folder.iterdir():
+        m = _MIGRATION_NAME.match(entry.name)
+        if m:
+            found.append((int(m.group(1)), m.group(2), entry.read_text(encoding="utf-8")))
+    found.sort()
+    versions = [v for v, _, _ in found]
+    if versions != list(range(1, len(versions) + 1)):
+        raise ProvenanceError(f"migrations are not numbered 1..n without gaps: {versions}")
+    return found
+
+
+SCHEMA_VERSION = len(migrations())
+
+
+class Ledger(DataQueries, ModelQueries):
+    """A provenance ledger on disk. Create one with :meth:`init`, open one with :meth:`open`."""
+
+    def __init__(self, root: Path, *, lock_timeout: float = 10.0, memory_limit: str = "512MB"):
+        self.root = Path(root).resolve()
+        self.lock_timeout = lock_timeout
+        self.memory_limit = memory_limit
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._depth = 0
+        self._in_transaction = False
+
+    # -- finding, creating, opening ---------------------------------------------------------
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / DB_FILE
+
+    @property
+    def objects_path(self) -> Path:
+        return self.root / OBJECTS_DIR
+
+    def __repr__(self) -> str:
+        return f"Ledger({str(self.root)!r})"
+
+    @staticmethod
+    def find(start: str | os.PathLike | None = None) -> Path:
+        """The ``.prov`` folder at ``start`` or in the nearest folder above it, like git does."""
+        here = Path(start or os.getcwd()).resolve()
+        for folder in (here, *here.parents):
+            if folder.name == LEDGER_DIR and (folder / DB_FILE).exists():
+                return folder
+            if (folder / LEDGER_DIR / DB_FILE).exists():
+                return folder / LEDGER_DIR
+        raise LedgerNotFoundError(f"no ledger in {here} or any folder above it; create one with `prov init`")
+
+    @classmethod
+    def init(cls, path: str | os.PathLike = ".", *, lock_timeout: float = 10.0) -> Ledger:
+        """Create a ledger in ``path/.prov`` and return it."""
+        base = Path(path)
+        root = base if base.name == LEDGER_DIR else base / LEDGER_DIR
+        if (root / DB_FILE).exists():
+            raise LedgerExistsError(f"a ledger already exists at {root}")
+        root.mkdir(parents=True, exist_ok=True)
+        (root / OBJECTS_DIR).mkdir(exist_ok=True)
+        (root / TMP_DIR).mkdir(exist_ok=True)
+        ledger = cls(root, lock_timeout=lock_timeout)
+        ledger._migrate(create=True)
+        return ledger
+
+    @classmethod
+    def open(cls, path: str | os.PathLike | None = None, *, lock_timeout: float = 10.0) -> Ledger:
+        """Open the ledger at ``path`` (a project folder or its ``.prov``), or find one upwards
+        from the current folder. An older schema is migrated; a newer one is refused."""
+        if path is None:
+            root = cls.find()
+        else:
+            base = Path(path)
+            if (base / DB_FILE).exists():
+                root = base
+            elif (base / LEDGER_DIR / DB_FILE).exists():
+                root = base / LEDGER_DIR
+            else:
+                raise LedgerNotFoundError(f"no ledger at {base} (looked for {base / LEDGER_DIR / DB_FILE})")
+        ledger = cls(root, lock_timeout=lock_timeout)
+        ledger._migrate(create=False)
+        return ledger
+
+    # -- connections ------------------------------------------------------------------------
+
+    def _connect(self, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+        config: dict[str, Any] = {"threads": max(1, os.cpu_count() or 1)}
+        if read_only:
+            config["enable_external_access"] = False
+        else:
+            config["temp_directory"] = str(self.root / TMP_DIR)
+            config["memory_limit"] = self.memory_limit
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
+            try:
+                return duckdb.connect(str(self.db_path), read_only=read_only, config=config)
+            except duckdb.IOException as exc:
+                message = str(exc)
+                if "lock" not in message.lower():
+                    raise ProvenanceError(f"cannot open ledger {self.db_path}: {message}") from exc
+                if time.monotonic() >= deadline:
+                    holder = re.search(r"\(PID (\d+)\)", message)
+                    who = f"process {holder.group(1)}" if holder else "another process"
+                    raise LedgerLockedError(
+                        f"ledger {self.root} is in use by {who}; waited {self.lock_timeout:g}s. "
+                        "Retry when it finishes, or wait longer (--wait SECONDS)."
+                    ) from exc
+                time.sleep(0.1)
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Ledger]:
+        """Keep one connection open for several operations (and the lock held meanwhile)."""
+        if self._con is None:
+            self._con = self._connect()
+        self._depth += 1
+        try:
+            yield self
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                con, self._con = self._con, None
+                con.close()
+
+    @contextlib.contextmanager
+    def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self.session():
+            assert self._con is not None
+            yield self._con
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[LedgerWriter]:
+        """A write transaction: everything done through the writer lands whole or not at all."""
+        if self._in_transaction:
+            raise ProvenanceError("transactions do not nest")
+        with self._cursor() as con:
+            staging = _clean_staging(self.root)
+            con.execute("BEGIN TRANSACTION")
+            self._in_transaction = True
+            try:
+                yield LedgerWriter(con, staging)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    con.execute("ROLLBACK")
+                raise
+            else:
+                con.execute("COMMIT")
+            finally:
+                self._in_transaction = False
+
+    # -- schema -----------------------------------------------------------------------------
+
+    def _migrate(self, *, create: bool) -> None:
+        shipped = migrations()
+        with self._cursor() as con:
+            _clean_staging(self.root)
+            exists = con.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
+            ).fetchall()[0][0]
+            if not exists and not create:
+                raise LedgerNotFoundError(f"{self.db_path} is not a provenance ledger (no schema_migrations table)")
+            current = con.execute("SELECT max(version) FROM schema_migrations").fetchall()[0][0] if exists else 0
+            current = current or 0
+            if current > len(shipped):
+                raise SchemaVersionError(
+                    f"ledger {self.root} has schema version {current}, but this provenance understands up to "
+                    f"{len(shipped)}; upgrade provenance to open it"
+                )
+            for version, name, sql in shipped[current:]:
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    con.execute(sql)
+                    con.execute(
+                        "INSERT INTO schema_migrations VALUES (?, ?, ?)", [version, name, _now()]
+                    )
+                    if version == 1:
+                        con.execute(
+                            "INSERT INTO ledger_meta VALUES ('created_at', ?), ('created_by', ?)",
+                            [_now().isoformat(), "provenance"],
+                        )
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+                con.execute("COMMIT")
+
+    def schema_version(self) -> int:
+        with self._cursor() as con:
+            return int(con.execute("SELECT max(version) FROM schema_migrations").fetchall()[0][0])
+
+
+
+__all__ = [
+    "DB_FILE", "LEDGER_DIR", "OBJECTS_DIR", "SCHEMA_VERSION", "TMP_DIR", "DocumentStage", "Ledger", "LedgerWriter",
+    "migrations", "quote_identifier",
+]

@@ -1,0 +1,48 @@
+"""What the ledger's modules share: layout names, identifier quoting, timestamps, row converters."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+from provenance.fingerprints import FingerprintConfig
+from provenance.records import (
+    DatasetRecord,
+    License,
+    ParamRecord,
+)
+
+LEDGER_DIR = ".prov"
+DB_FILE = "ledger.duckdb"
+OBJECTS_DIR = "objects"
+TMP_DIR = "tmp"
+
+
+def quote_identifier(name: str) -> str:
+    """Quote an SQL identifier for DuckDB (the one place identifiers are interpolated)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _param_from_row(r: dict) -> ParamRecord:
+    return ParamRecord(
+        name=r["name"], dtype=r["dtype"], shape=r["shape"], encoding=r["encoding"],
+        objects=dict(r["objects"]) if r["objects"] else {},
+        meta=json.loads(r["meta_json"]) if r["meta_json"] else {}, nbytes=r["nbytes"],
+    )
+
+
+def _dataset_from_row(row: dict) -> DatasetRecord:
+    row = dict(row)
+    license = License(
+        spdx=row.pop("license"),
+        non_commercial=row.pop("non_commercial"),
+        share_alike=row.pop("share_alike"),
+        attribution=row.pop("attribution"),
+    )
+    config = FingerprintConfig.model_validate(json.loads(row.pop("config_json")))
+    return DatasetRecord(license=license, config=config, **row)

@@ -1,0 +1,193 @@
+"""The data side of the ledger as queries: datasets, shards, documents, read-only SQL, near
+duplicates. Mixed into :class:`provenance.ledger.Ledger`."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from provenance.errors import (
+    InvalidParameterError,
+    NotFoundError,
+    ProvenanceError,
+    ReadOnlyQueryError,
+)
+from provenance.ledger._common import _dataset_from_row, quote_identifier
+from provenance.records import (
+    DatasetRecord,
+    DocumentRecord,
+    ShardRecord,
+    check_name,
+)
+
+
+class DataQueries:
+    """Reads of datasets, shards and documents (``self`` is a :class:`~provenance.ledger.Ledger`)."""
+
+    def datasets(self, name: str | None = None, *, all_versions: bool = False) -> list[DatasetRecord]:
+        """Registered datasets (the latest version of each, unless ``all_versions``)."""
+        where, params = [], []
+        if name is not None:
+            where.append("name = ?")
+            params.append(name)
+        if not all_versions:
+            where.append("version = (SELECT max(version) FROM datasets d2 WHERE d2.name = datasets.name)")
+        sql = "SELECT * FROM datasets" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY name, version"
+        with self._cursor() as con:
+            rows = con.sql(sql, params=params).to_arrow_table().to_pylist()
+        return [_dataset_from_row(r) for r in rows]
+
+    def dataset(self, ref: str | DatasetRecord) -> DatasetRecord:
+        """A dataset by ``NAME`` (latest version) or ``NAME@VERSION``."""
+        if isinstance(ref, DatasetRecord):
+            return ref
+        name, _, version = str(ref).partition("@")
+        check_name(name)
+        with self._cursor() as con:
+            if version:
+                if not version.isdigit():
+                    raise InvalidParameterError(f"dataset version in {ref!r} must be a number")
+                rows = con.sql("SELECT * FROM datasets WHERE name = ? AND version = ?", params=[name, int(version)])
+            else:
+                rows = con.sql("SELECT * FROM datasets WHERE name = ? ORDER BY version DESC LIMIT 1", params=[name])
+            found = rows.to_arrow_table().to_pylist()
+            if not found:
+                known = [r[0] for r in con.execute("SELECT DISTINCT name FROM datasets ORDER BY 1").fetchall()]
+                hint = f"; registered: {', '.join(known)}" if known else "; none is registered"
+                raise NotFoundError(f"no dataset {ref!r} in the ledger{hint}")
+        return _dataset_from_row(found[0])
+
+    def shards(self, dataset: str | DatasetRecord) -> list[ShardRecord]:
+        ds = self.dataset(dataset)
+        with self._cursor() as con:
+            rows = con.sql(
+                "SELECT * FROM shards WHERE dataset_id = ? ORDER BY shard_index", params=[ds.dataset_id]
+            ).to_arrow_table()
+        return [ShardRecord(**r) for r in rows.to_pylist()]
+
+    def documents(
+        self, dataset: str | DatasetRecord, *, columns: Sequence[str] | None = None, limit: int | None = None
+    ) -> pa.Table:
+        """The documents of a dataset version as an Arrow table, in shard and row order."""
+        ds = self.dataset(dataset)
+        cols = "*" if not columns else ", ".join(quote_identifier(c) for c in columns)
+        sql = f"SELECT {cols} FROM documents WHERE dataset_id = ? ORDER BY shard_index, row_index"
+        params: list[Any] = [ds.dataset_id]
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        with self._cursor() as con:
+            try:
+                return con.sql(sql, params=params).to_arrow_table()
+            except duckdb.BinderException as exc:
+                raise InvalidParameterError(f"unknown document column: {exc}") from exc
+
+    def document(self, dataset: str | DatasetRecord, key: str) -> DocumentRecord:
+        ds = self.dataset(dataset)
+        with self._cursor() as con:
+            rows = con.sql(
+                "SELECT * FROM documents WHERE dataset_id = ? AND key = ?", params=[ds.dataset_id, key]
+            ).to_arrow_table().to_pylist()
+        if not rows:
+            raise NotFoundError(f"no document {key!r} in dataset {ds.dataset_id}")
+        return DocumentRecord(**rows[0])
+
+    def summary(self) -> dict[str, Any]:
+        """Counts of what the ledger holds."""
+        with self._cursor() as con:
+            row = con.execute(
+                """SELECT (SELECT count(DISTINCT name) FROM datasets),
+                          (SELECT count(*) FROM datasets),
+                          (SELECT count(*) FROM shards),
+                          (SELECT count(*) FROM documents),
+                          (SELECT coalesce(sum(n_bytes), 0) FROM shards),
+                          (SELECT count(*) FROM fingerprint_configs)"""
+            ).fetchall()[0]
+        keys = ["datasets", "dataset_versions", "shards", "documents", "bytes", "fingerprint_configs"]
+        return {"path": str(self.root), "schema_version": self.schema_version(), **dict(zip(keys, map(int, row)))}
+
+    def sql(self, query: str, params: Sequence[Any] | None = None) -> pa.Table:
+        """Run one read-only statement (SELECT, or EXPLAIN of one) and return an Arrow table.
+
+        Writes, ATTACH, COPY, SET and access to files outside the ledger are refused.
+        """
+        try:
+            statements = duckdb.extract_statements(query)
+        except duckdb.Error as exc:
+            raise ReadOnlyQueryError(f"cannot parse query: {exc}") from exc
+        if len(statements) != 1:
+            raise ReadOnlyQueryError(f"give exactly one statement, got {len(statements)}")
+        kind = statements[0].type.name
+        if kind == "EXPLAIN":  # EXPLAIN ANALYZE runs its statement: that one must be a SELECT too
+            inner = re.sub(r"^\s*explain\s+(analy[sz]e\s+)?", "", statements[0].query, flags=re.IGNORECASE)
+            inner_types = [st.type.name for st in duckdb.extract_statements(inner)] if inner.strip() else []
+            kind = inner_types[0] if len(inner_types) == 1 else "EXPLAIN"
+        if kind != "SELECT":
+            raise ReadOnlyQueryError(f"only SELECT queries are allowed on the ledger, got {kind}")
+        if self._con is not None:
+            raise ProvenanceError("sql() opens its own read-only connection; call it outside a session")
+        con = self._connect(read_only=True)
+        try:
+            return con.sql(query, params=list(params) if params else None).to_arrow_table()
+        except duckdb.PermissionException as exc:
+            raise ReadOnlyQueryError(f"query refused: {exc}") from exc
+        except duckdb.Error as exc:
+            raise ReadOnlyQueryError(f"query failed: {exc}") from exc
+        finally:
+            con.close()
+
+    # -- datasets as queries --------------------------------------------------------------------
+
+    def near_duplicates(self, datasets: Sequence[str | DatasetRecord], threshold: float = 0.8) -> pa.Table:
+        """Pairs of documents in ``datasets`` whose stored LSH bands collide and whose estimated
+        Jaccard similarity is at least ``threshold``: ``key_a, key_b, dataset_a, dataset_b, jaccard``.
+
+        The datasets must share a fingerprint config and banding; the bands were chosen for the
+        config's ``lsh_threshold``, so pairs below it may be missed.
+        """
+        records = [self.dataset(d) for d in datasets]
+        if not records:
+            raise InvalidParameterError("give at least one dataset")
+        configs = {(r.config_id, r.bands, r.rows) for r in records}
+        if len(configs) > 1:
+            raise InvalidParameterError(f"datasets use different fingerprint configs or bandings: {sorted(configs)}")
+        ids = [r.dataset_id for r in records]
+        marks = ", ".join("?" for _ in ids)
+        sql = f"""
+            WITH b AS (
+                SELECT doc_id, unnest(band_keys) AS bk, generate_subscripts(band_keys, 1) AS band
+                FROM documents WHERE dataset_id IN ({marks})
+            ),
+            cand AS (
+                SELECT DISTINCT b1.doc_id AS a, b2.doc_id AS b
+                FROM b b1 JOIN b b2 ON b1.band = b2.band AND b1.bk = b2.bk AND b1.doc_id < b2.doc_id
+            )
+            SELECT da.key AS key_a, db.key AS key_b, da.dataset_id AS dataset_a, db.dataset_id AS dataset_b,
+                   len(list_filter(list_zip(da.signature, db.signature), lambda x: x[1] = x[2]))
+                       / len(da.signature) AS jaccard
+            FROM cand JOIN documents da ON da.doc_id = cand.a JOIN documents db ON db.doc_id = cand.b
+            WHERE len(list_filter(list_zip(da.signature, db.signature), lambda x: x[1] = x[2]))
+                  >= ? * len(da.signature)
+            ORDER BY jaccard DESC, key_a, key_b"""
+        with self._cursor() as con:
+            return con.sql(sql, params=[*ids, float(threshold)]).to_arrow_table()
+
+    def export_croissant(self, dataset: str | DatasetRecord) -> dict[str, Any]:
+        """The dataset version as Croissant 1.1 JSON-LD (see :mod:`provenance.croissant`)."""
+        from provenance.croissant import to_croissant
+
+        ds = self.dataset(dataset)
+        return to_croissant(ds, self.shards(ds))
+
+    # -- registration (implemented in provenance.datasets) ------------------------------------
+
+    def register_dataset(self, name: str, sources: Any, **options: Any):
+        """Register a dataset; see :func:`provenance.datasets.register_dataset`."""
+        from provenance.datasets import register_dataset
+
+        return register_dataset(self, name, sources, **options)
+

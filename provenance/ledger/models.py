@@ -1,0 +1,210 @@
+"""The model side of the ledger as queries: versions, manifests, tags, training runs. Mixed into
+:class:`provenance.ledger.Ledger`; the logic of commits and runs is in :mod:`provenance.versions`
+and :mod:`provenance.runs`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+import pyarrow as pa
+
+from provenance.errors import (
+    InvalidParameterError,
+    NotFoundError,
+)
+from provenance.ledger._common import _param_from_row
+from provenance.records import (
+    ParamRecord,
+    RunRecord,
+    RunShardRecord,
+    VersionRecord,
+)
+
+
+class ModelQueries:
+    """Reads of versions and runs (``self`` is a :class:`~provenance.ledger.Ledger`)."""
+
+    # -- model versions (the logic is in provenance.versions) ----------------------------------
+
+    def version(self, ref: str | VersionRecord) -> VersionRecord:
+        """A version by record, tag, full id or unambiguous id prefix (at least 4 hex digits)."""
+        if isinstance(ref, VersionRecord):
+            return ref
+        ref = str(ref)
+        with self._cursor() as con:
+            tagged = con.execute("SELECT version_id FROM tags WHERE name = ?", [ref]).fetchall()
+            if tagged:
+                ref = tagged[0][0]
+            elif not re.fullmatch(r"[0-9a-f]{4,32}", ref):
+                raise NotFoundError(f"no version or tag {ref!r} (a version id is 4 to 32 hex digits)")
+            rows = con.sql(
+                "SELECT * FROM versions WHERE starts_with(version_id, ?) ORDER BY version_id LIMIT 6", params=[ref]
+            ).to_arrow_table().to_pylist()
+        if not rows:
+            raise NotFoundError(f"no version {ref!r} in the ledger")
+        if len(rows) > 1:
+            shown = ", ".join(r["version_id"][:12] for r in rows[:5])
+            raise InvalidParameterError(f"version prefix {ref!r} is ambiguous: {shown}{', ...' if len(rows) > 5 else ''}")
+        return VersionRecord(**rows[0])
+
+    def versions(self) -> list[VersionRecord]:
+        """Every version, newest first."""
+        with self._cursor() as con:
+            rows = con.sql("SELECT * FROM versions ORDER BY created_at DESC, version_id").to_arrow_table()
+        return [VersionRecord(**r) for r in rows.to_pylist()]
+
+    def ancestors(self, version: str | VersionRecord) -> list[VersionRecord]:
+        """``version`` and every version it descends from (through all parents), newest first."""
+        vid = self.version(version).version_id
+        with self._cursor() as con:
+            rows = con.sql(
+                """WITH RECURSIVE up(version_id) AS (
+                       SELECT ?::VARCHAR
+                       UNION SELECT unnest(v.parents) FROM versions v JOIN up USING (version_id))
+                   SELECT v.* FROM versions v JOIN up USING (version_id)
+                   ORDER BY v.created_at DESC, v.version_id""",
+                params=[vid],
+            ).to_arrow_table()
+        return [VersionRecord(**r) for r in rows.to_pylist()]
+
+    def manifest(self, version: str | VersionRecord) -> dict[str, ParamRecord]:
+        """Parameter name -> how it is stored in ``version`` (removed parameters included)."""
+        vid = self.version(version).version_id
+        with self._cursor() as con:
+            rows = con.sql(
+                "SELECT * FROM version_params WHERE version_id = ? ORDER BY name", params=[vid]
+            ).to_arrow_table().to_pylist()
+        return {r["name"]: _param_from_row(r) for r in rows}
+
+    def first_parent_chain(self, version: str | VersionRecord) -> list[tuple[str, str | None, dict[str, ParamRecord]]]:
+        """``(version_id, first parent, manifest)`` from ``version`` down its first parents to the
+        root, in one query (what a checkout replays)."""
+        vid = self.version(version).version_id
+        with self._cursor() as con:
+            chain = con.execute(
+                """WITH RECURSIVE up(version_id, parent, depth) AS (
+                       SELECT version_id, parents[1], 0 FROM versions WHERE version_id = ?
+                       UNION ALL
+                       SELECT v.version_id, v.parents[1], up.depth + 1 FROM versions v JOIN up ON v.version_id = up.parent)
+                   SELECT version_id, parent FROM up ORDER BY depth""",
+                [vid],
+            ).fetchall()
+            rows = con.sql(
+                "SELECT * FROM version_params WHERE list_contains(?, version_id) ORDER BY name",
+                params=[[c[0] for c in chain]],
+            ).to_arrow_table().to_pylist()
+        manifests: dict[str, dict[str, ParamRecord]] = {c[0]: {} for c in chain}
+        for r in rows:
+            manifests[r["version_id"]][r["name"]] = _param_from_row(r)
+        return [(v, parent, manifests[v]) for v, parent in chain]
+
+    def versions_using(self, address: str) -> list[str]:
+        """Ids of the versions whose manifest refers to object ``address``."""
+        with self._cursor() as con:
+            rows = con.execute(
+                """SELECT DISTINCT version_id FROM version_params
+                   WHERE list_contains(map_values(objects), ?) ORDER BY 1""",
+                [address],
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def referenced_objects(self) -> set[str]:
+        """Every object address some version's manifest refers to."""
+        with self._cursor() as con:
+            rows = con.execute(
+                "SELECT DISTINCT unnest(map_values(objects)) FROM version_params WHERE objects IS NOT NULL"
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    def gc(self, *, apply: bool = False) -> dict[str, Any]:
+        """Objects no version uses; see :func:`provenance.versions.gc`."""
+        from provenance.versions import gc
+
+        return gc(self, apply=apply)
+
+    def tag(self, name: str, version: str | VersionRecord) -> VersionRecord:
+        """Name ``version`` (a tag can be moved to another version by tagging again)."""
+        if not name or re.fullmatch(r"[0-9a-f]{4,32}", name):
+            raise InvalidParameterError(f"tag {name!r} must be non-empty and not look like a version id")
+        ver = self.version(version)
+        with self.transaction() as tx:
+            tx.set_tag(name, ver.version_id)
+        return ver
+
+    def commit(self, state: Any, **options: Any) -> VersionRecord:
+        """Store a model state as a new version; see :func:`provenance.versions.commit`."""
+        from provenance.versions import commit
+
+        return commit(self, state, **options)
+
+    def checkout(self, version: str | VersionRecord, output: str | os.PathLike | None = None) -> Any:
+        """The tensors of ``version``, bit-identical to what was committed, as a dict or streamed
+        to the safetensors file ``output``; see :func:`provenance.versions.checkout`."""
+        from provenance.versions import checkout
+
+        return checkout(self, version, output)
+
+    # -- training runs (the logic is in provenance.runs) ----------------------------------------
+
+    def start_run(self, **options: Any):
+        """Start a training run; see :func:`provenance.runs.start_run`."""
+        from provenance.runs import start_run
+
+        return start_run(self, **options)
+
+    def run(self, ref: str | RunRecord) -> RunRecord:
+        """A run by record, full id or unambiguous id prefix (at least 4 hex digits)."""
+        rid = ref.run_id if isinstance(ref, RunRecord) else str(ref)
+        if not re.fullmatch(r"[0-9a-f]{4,32}", rid):
+            raise NotFoundError(f"no run {rid!r} (a run id is 4 to 32 hex digits)")
+        rows = self._runs("WHERE starts_with(r.run_id, ?) ORDER BY r.run_id LIMIT 6", [rid])
+        if not rows:
+            raise NotFoundError(f"no run {rid!r} in the ledger")
+        if len(rows) > 1:
+            shown = ", ".join(r.run_id[:12] for r in rows[:5])
+            raise InvalidParameterError(f"run prefix {rid!r} is ambiguous: {shown}{', ...' if len(rows) > 5 else ''}")
+        return rows[0]
+
+    def runs(self) -> list[RunRecord]:
+        """Every run, newest first."""
+        return self._runs("ORDER BY r.started_at DESC, r.run_id", [])
+
+    def _runs(self, where: str, params: list[Any]) -> list[RunRecord]:
+        with self._cursor() as con:
+            rows = con.sql(
+                f"""SELECT r.*,
+                       (SELECT map(list(dataset_id ORDER BY dataset_id), list(epochs ORDER BY dataset_id))
+                        FROM run_datasets d WHERE d.run_id = r.run_id) AS datasets,
+                       (SELECT count(*) FROM run_examples e WHERE e.run_id = r.run_id) AS n_logged
+                    FROM runs r {where}""",
+                params=params,
+            ).to_arrow_table().to_pylist()
+        out = []
+        for r in rows:
+            r["params"] = json.loads(r.pop("params_json"))
+            r["datasets"] = dict(r["datasets"]) if r["datasets"] else {}
+            out.append(RunRecord(**r))
+        return out
+
+    def run_shards(self, run: str | RunRecord) -> list[RunShardRecord]:
+        """Per shard of the run's datasets: examples seen and epochs (once the run has ended)."""
+        rid = self.run(run).run_id
+        with self._cursor() as con:
+            rows = con.sql(
+                "SELECT * FROM run_shards WHERE run_id = ? ORDER BY dataset_id, shard_index", params=[rid]
+            ).to_arrow_table().to_pylist()
+        return [RunShardRecord(**r) for r in rows]
+
+    def run_examples(self, run: str | RunRecord) -> pa.Table:
+        """The run's logged examples in order: step, dataset, document key and doc_id."""
+        rid = self.run(run).run_id
+        with self._cursor() as con:
+            return con.sql(
+                """SELECT e.step, d.dataset_id, d.key, e.doc_id FROM run_examples e
+                   JOIN documents d USING (doc_id) WHERE e.run_id = ? ORDER BY e.step, e.rowid""",
+                params=[rid],
+            ).to_arrow_table()
+

@@ -1,0 +1,306 @@
+"""Writes inside one ledger transaction: :class:`LedgerWriter`, and the Parquet staging of
+document rows that a registration bulk-inserts."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+import unicodedata
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from provenance.errors import (
+    InvalidParameterError,
+)
+from provenance.fingerprints import FingerprintConfig
+from provenance.ledger._common import TMP_DIR, _dataset_from_row, _now, quote_identifier
+from provenance.records import (
+    DatasetRecord,
+    ParamRecord,
+    RunRecord,
+    ShardRecord,
+    VersionRecord,
+)
+
+
+class LedgerWriter:
+    """Writes inside one transaction of :meth:`Ledger.transaction`."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, staging: Path):
+        self._con = con
+        self._staging = staging
+
+    def latest_dataset(self, name: str) -> DatasetRecord | None:
+        rows = self._con.sql(
+            "SELECT * FROM datasets WHERE name = ? ORDER BY version DESC LIMIT 1", params=[name]
+        ).to_arrow_table().to_pylist()
+        return _dataset_from_row(rows[0]) if rows else None
+
+    def ensure_config(self, cfg: FingerprintConfig) -> None:
+        self._con.execute(
+            """INSERT INTO fingerprint_configs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT (config_id) DO NOTHING""",
+            [cfg.identity, cfg.unit, cfg.ngram, cfg.normalization, cfg.hash, cfg.scheme, cfg.num_perm, cfg.seed,
+             unicodedata.unidata_version, _now()],
+        )
+
+    def next_doc_id(self) -> int:
+        return int(self._con.execute("SELECT coalesce(max(doc_id) + 1, 0) FROM documents").fetchall()[0][0])
+
+    @contextlib.contextmanager
+    def document_stage(self) -> Iterator[DocumentStage]:
+        """Collect document rows in a Parquet file, then insert them with one bulk statement.
+
+        Many small appends from Arrow keep the whole uncommitted transaction in memory; one bulk
+        INSERT from Parquet, run on one thread, writes row groups to the database file as they
+        fill, so memory stays bounded whatever the size of the registration.
+        """
+        self._staging.mkdir(parents=True, exist_ok=True)
+        stage = DocumentStage(self._staging / f"documents-{os.getpid()}-{time.time_ns()}.parquet")
+        try:
+            yield stage
+            if stage.close():
+                cols = ", ".join(quote_identifier(c) for c in stage.columns)
+                with self._bulk():
+                    self._con.execute(
+                        f"INSERT INTO documents ({cols}) SELECT {cols} FROM read_parquet(?)", [str(stage.path)]
+                    )
+        finally:
+            stage.close()
+            stage.path.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _bulk(self) -> Iterator[None]:
+        """Run a bulk insert on one thread with a small memory limit, so that DuckDB writes row
+        groups to the file as they fill instead of holding the transaction in memory."""
+        threads, memory = self._con.execute(
+            "SELECT current_setting('threads'), current_setting('memory_limit')"
+        ).fetchall()[0]
+        self._con.execute("SET threads = 1")
+        self._con.execute("SET memory_limit = '256MB'")
+        try:
+            yield
+        finally:
+            self._con.execute(f"SET threads = {int(threads)}")
+            self._con.execute("SET memory_limit = ?", [memory])
+
+    def shards_of(self, dataset_id: str) -> list[ShardRecord]:
+        rows = self._con.sql(
+            "SELECT * FROM shards WHERE dataset_id = ? ORDER BY shard_index", params=[dataset_id]
+        ).to_arrow_table()
+        return [ShardRecord(**r) for r in rows.to_pylist()]
+
+    def copy_documents(self, source: ShardRecord, dataset_id: str, shard_index: int, first_id: int) -> int:
+        """Copy the document rows of ``source`` (a shard of an earlier version, same content and
+        config) into shard ``shard_index`` of ``dataset_id``, numbered from ``first_id``."""
+        with self._bulk():
+            self._con.execute(
+                """INSERT INTO documents
+                   SELECT ? + row_number() OVER (ORDER BY row_index) - 1, ?, ?, row_index, line, key,
+                          exact_hash, token_count, n_bytes, signature, band_keys
+                   FROM documents WHERE dataset_id = ? AND shard_index = ?""",
+                [first_id, dataset_id, shard_index, source.dataset_id, source.shard_index],
+            ).fetchall()
+        return source.n_documents
+
+    def insert_version(self, version: VersionRecord, params: Sequence[ParamRecord]) -> None:
+        self._insert("versions", pa.Table.from_pylist([version.model_dump()]))
+        if params:
+            rows = [
+                {"version_id": version.version_id, "name": p.name, "dtype": p.dtype, "shape": p.shape,
+                 "encoding": p.encoding, "objects": list(p.objects.items()),
+                 "meta_json": json.dumps(p.meta) if p.meta else None, "nbytes": p.nbytes}
+                for p in params
+            ]
+            schema = pa.schema([
+                ("version_id", pa.string()), ("name", pa.string()), ("dtype", pa.string()),
+                ("shape", pa.list_(pa.int64())), ("encoding", pa.string()),
+                ("objects", pa.map_(pa.string(), pa.string())), ("meta_json", pa.string()), ("nbytes", pa.int64()),
+            ])
+            self._insert("version_params", pa.Table.from_pylist(rows, schema=schema))
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def insert_run(self, run: RunRecord) -> None:
+        row = run.model_dump(exclude={"datasets", "n_logged", "params"})
+        row["params_json"] = json.dumps(run.params, sort_keys=True, default=str)
+        self._insert("runs", pa.Table.from_pylist([row]))
+        if run.datasets:
+            self._insert("run_datasets", pa.table({
+                "run_id": [run.run_id] * len(run.datasets), "dataset_id": list(run.datasets),
+                "epochs": [float(e) for e in run.datasets.values()],
+            }))
+
+    def run_status(self, run_id: str) -> str | None:
+        rows = self._con.execute("SELECT status FROM runs WHERE run_id = ?", [run_id]).fetchall()
+        return rows[0][0] if rows else None
+
+    def end_run(self, run_id: str, status: str, *, error: str | None = None, version_id: str | None = None) -> None:
+        """Close a running run and count, per shard of its datasets, the examples it saw."""
+        self._con.execute(
+            "UPDATE runs SET status = ?, error = ?, version_id = ?, ended_at = ? WHERE run_id = ?",
+            [status, error, version_id, _now(), run_id],
+        )
+        self._con.execute(
+            """INSERT INTO run_shards
+               WITH logged AS (
+                   SELECT d.dataset_id, d.shard_index, count(*) AS examples, count(DISTINCT e.doc_id) AS docs
+                   FROM run_examples e JOIN documents d USING (doc_id)
+                   WHERE e.run_id = $run GROUP BY ALL),
+               logged_datasets AS (SELECT DISTINCT dataset_id FROM logged)
+               SELECT $run, s.dataset_id, s.shard_index,
+                      CASE WHEN ld.dataset_id IS NOT NULL THEN coalesce(l.examples, 0)
+                           ELSE CAST(round(s.n_documents * rd.epochs) AS BIGINT) END,
+                      CASE WHEN ld.dataset_id IS NOT NULL THEN coalesce(l.docs, 0)
+                           WHEN rd.epochs > 0 THEN s.n_documents ELSE 0 END,
+                      CASE WHEN ld.dataset_id IS NULL THEN rd.epochs
+                           WHEN s.n_documents = 0 THEN 0.0
+                           ELSE coalesce(l.examples, 0) / s.n_documents END,
+                      ld.dataset_id IS NOT NULL
+               FROM run_datasets rd JOIN shards s USING (dataset_id)
+               LEFT JOIN logged_datasets ld USING (dataset_id)
+               LEFT JOIN logged l USING (dataset_id, shard_index)
+               WHERE rd.run_id = $run""",
+            {"run": run_id},
+        )
+
+    def running_runs(self) -> list[tuple[str, str, int]]:
+        """(run_id, host, pid) of every run still marked running."""
+        return [tuple(r) for r in self._con.execute("SELECT run_id, host, pid FROM runs WHERE status = 'running'").fetchall()]
+
+    def log_examples(self, run_id: str, datasets: Sequence[str], log: pa.Table) -> int:
+        """Resolve the document keys of ``log`` (columns seq, step, key, dataset) within
+        ``datasets`` and append them to run_examples. Unknown or ambiguous keys raise
+        :class:`InvalidParameterError` naming the first of them; nothing is written then."""
+        self._con.register("_prov_log", log)
+        try:
+            self._con.execute(
+                """CREATE OR REPLACE TEMP TABLE _prov_resolved AS
+                   SELECT l.seq, l.step, l.key, d.doc_id, d.dataset_id
+                   FROM _prov_log l LEFT JOIN (SELECT doc_id, dataset_id, key FROM documents
+                                               WHERE list_contains($datasets, dataset_id)) d
+                     ON d.key = l.key AND (l.dataset IS NULL OR d.dataset_id = l.dataset)""",
+                {"datasets": list(datasets)},
+            )
+        finally:
+            self._con.unregister("_prov_log")
+        try:
+            missing = self._con.execute(
+                "SELECT key, step, count(*) OVER () FROM _prov_resolved WHERE doc_id IS NULL ORDER BY seq LIMIT 1"
+            ).fetchall()
+            if missing:
+                key, step, n = missing[0]
+                more = f" (and {n - 1} more unknown keys)" if n > 1 else ""
+                raise InvalidParameterError(
+                    f"logged example {key!r} at step {step} is not a document of the run's datasets "
+                    f"({', '.join(datasets) or 'none declared'}){more}"
+                )
+            ambiguous = self._con.execute(
+                """SELECT key, list(dataset_id ORDER BY dataset_id) FROM _prov_resolved
+                   GROUP BY seq, key HAVING count(*) > 1 ORDER BY seq LIMIT 1"""
+            ).fetchall()
+            if ambiguous:
+                key, where = ambiguous[0]
+                raise InvalidParameterError(
+                    f"logged example {key!r} is a document of several of the run's datasets ({', '.join(where)}); "
+                    "log it with dataset=... to say which"
+                )
+            return self._con.execute(
+                "INSERT INTO run_examples SELECT ?, step, doc_id FROM _prov_resolved ORDER BY seq", [run_id]
+            ).fetchall()[0][0]
+        finally:
+            self._con.execute("DROP TABLE IF EXISTS _prov_resolved")
+
+    def set_tag(self, name: str, version_id: str) -> None:
+        self._con.execute(
+            "INSERT OR REPLACE INTO tags VALUES (?, ?, ?)", [name, version_id, _now()]
+        ).fetchall()
+
+    def insert_shards(self, shards: Sequence[ShardRecord]) -> None:
+        if shards:
+            self._insert("shards", pa.Table.from_pylist([s.model_dump() for s in shards]))
+
+    def insert_dataset(self, ds: DatasetRecord) -> None:
+        row = ds.model_dump(exclude={"license", "config"})
+        row.update(
+            license=ds.license.spdx,
+            non_commercial=ds.license.non_commercial,
+            share_alike=ds.license.share_alike,
+            attribution=ds.license.attribution,
+            config_json=ds.config.model_dump_json(),
+        )
+        self._insert("datasets", pa.Table.from_pylist([row]))
+
+    def duplicate_keys(self, dataset_id: str, limit: int = 5) -> tuple[int, list[dict]]:
+        """How many keys occur more than once, and the first ``limit`` of them with two places."""
+        dup = """SELECT key, count(*) AS n,
+                        min({'shard': shard_index, 'row': row_index, 'line': line}) AS first,
+                        max({'shard': shard_index, 'row': row_index, 'line': line}) AS second
+                 FROM documents WHERE dataset_id = ? GROUP BY key HAVING count(*) > 1"""
+        total = int(self._con.execute(f"SELECT count(*) FROM ({dup})", [dataset_id]).fetchall()[0][0])
+        if not total:
+            return 0, []
+        rows = self._con.sql(f"{dup} ORDER BY key LIMIT {int(limit)}", params=[dataset_id]).to_arrow_table()
+        names = dict(
+            self._con.execute("SELECT shard_index, name FROM shards WHERE dataset_id = ?", [dataset_id]).fetchall()
+        )
+
+        def place(p: dict) -> str:
+            name = names.get(p["shard"], f"shard {p['shard']}")
+            return f"{name} line {p['line']}" if p["line"] is not None else f"{name} record {p['row']}"
+
+        return total, [
+            {"key": r["key"], "count": r["n"], "first": place(r["first"]), "second": place(r["second"])}
+            for r in rows.to_pylist()
+        ]
+
+    def _insert(self, table: str, data: pa.Table) -> None:
+        cols = ", ".join(quote_identifier(c) for c in data.column_names)
+        self._con.register("_prov_insert", data)
+        try:
+            self._con.execute(f"INSERT INTO {quote_identifier(table)} ({cols}) SELECT {cols} FROM _prov_insert")
+        finally:
+            self._con.unregister("_prov_insert")
+
+
+def _clean_staging(root: Path) -> Path:
+    """Remove staging files: called holding the ledger's lock, when no registration is running,
+    so any file there was left by a process that died and was never part of the ledger."""
+    staging = root / TMP_DIR / "staging"
+    if staging.exists():
+        for stale in staging.iterdir():
+            stale.unlink(missing_ok=True)
+    return staging
+
+
+class DocumentStage:
+    """A Parquet file of document rows, written batch by batch (see ``document_stage``)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.columns: list[str] = []
+        self._writer: pq.ParquetWriter | None = None
+        self._written = False
+
+    def write(self, table: pa.Table) -> None:
+        if self._writer is None:
+            self.columns = table.column_names
+            self._writer = pq.ParquetWriter(
+                self.path, table.schema, compression="none", use_dictionary=False, write_statistics=False
+            )
+        self._writer.write_table(table, row_group_size=16_384)
+        self._written = True
+
+    def close(self) -> bool:
+        """Finish the file; True when it holds rows."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        return self._written
+
