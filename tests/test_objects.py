@@ -66,9 +66,10 @@ def test_identical_tensors_are_stored_once(tmp_path):
     assert len(list(store.addresses())) == 2
 
 
-def test_corrupt_and_missing_objects_are_named(tmp_path):
+@pytest.mark.parametrize("n", [100, 1 << 19], ids=["read", "memory-mapped"])
+def test_corrupt_and_missing_objects_are_named(tmp_path, n):
     store = ObjectStore(tmp_path)
-    ref = store.put(torch.arange(100, dtype=torch.float32))
+    ref = store.put(torch.arange(n, dtype=torch.float32))
     path = store.path(ref.address)
     data = bytearray(path.read_bytes())
     data[-1] ^= 0x01  # flip one bit of the last value
@@ -76,9 +77,16 @@ def test_corrupt_and_missing_objects_are_named(tmp_path):
     with pytest.raises(ObjectCorruptError, match=f"object {ref.address} .* is corrupt: its content hashes to"):
         store.get(ref.address)
     path.write_bytes(bytes(data[: len(data) // 2]))  # truncated
-    with pytest.raises(ObjectCorruptError, match="not a readable safetensors file"):
+    with pytest.raises(ObjectCorruptError, match="not a readable safetensors file.*do not fit"):
         store.get(ref.address)
-    assert store.delete(ref.address) > 0
+    path.write_bytes(b"\xff" * 16)  # a header length past the end
+    with pytest.raises(ObjectCorruptError, match="runs past the end"):
+        store.get(ref.address)
+    path.write_bytes(b"")
+    with pytest.raises(ObjectCorruptError, match="truncated"):
+        store.get(ref.address)
+    path.write_bytes(bytes(data))
+    assert store.delete(ref.address) == len(data) and not path.exists()
     with pytest.raises(ObjectMissingError, match=f"object {ref.address} is missing"):
         store.get(ref.address)
     assert store.delete(ref.address) == 0
