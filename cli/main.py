@@ -196,14 +196,16 @@ def model_group() -> None:
               help="How to store each parameter group against the parent (auto: smallest exact).")
 @click.option("--allow-nonfinite", is_flag=True, help="Store NaN and Inf values instead of refusing them.")
 @click.option("--run", "run_id", default=None, help="The running run that produced it (ends the run).")
+@click.option("--no-sync", is_flag=True,
+              help="Do not sync objects to the disk (faster; a power cut soon after can corrupt them).")
 @json_option
 @pass_ctx
 def model_commit(obj: Context, path: str, parent: str | None, message: str, author: str | None, encoding: str,
-                 allow_nonfinite: bool, run_id: str | None, as_json: bool) -> None:
+                 allow_nonfinite: bool, run_id: str | None, no_sync: bool, as_json: bool) -> None:
     """Store PATH as a new version: a .safetensors file, a sharded checkpoint (*.safetensors.index.json
     or its folder), or a PEFT LoRA adapter folder (stored as low-rank patches on --parent)."""
     version = obj.ledger().commit(path, parent=parent, message=message, author=author, encoding=encoding,
-                                  allow_nonfinite=allow_nonfinite, run=run_id)
+                                  allow_nonfinite=allow_nonfinite, run=run_id, sync=not no_sync)
     render.emit(version.model_dump(mode="json"), as_json,
                 lambda d: f"committed {d['version_id'][:12]}: {d['n_params']} parameter groups, "
                           f"{d['stored_bytes']:,} bytes stored of {d['full_bytes']:,}")

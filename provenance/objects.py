@@ -51,8 +51,9 @@ def address_of(tensor: torch.Tensor) -> str:
 class ObjectStore:
     """Content-addressed tensors in ``root`` (the ledger's ``objects`` folder)."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, *, sync: bool = True):
         self.root = Path(root)
+        self.sync = sync  # sync each object to the disk before it is renamed into place
         self._root = str(self.root)
 
     def path(self, address: str) -> Path:
@@ -74,9 +75,9 @@ class ObjectStore:
         created = not path.exists() and (writer is None or address not in writer.pending)
         if created:
             if writer is None:
-                write_tensors(path, {_KEY: tensor}, metadata={"address": address})
+                write_tensors(path, {_KEY: tensor}, metadata={"address": address}, sync=self.sync)
             else:
-                writer.submit(address, path, tensor)
+                writer.submit(address, path, tensor, self.sync)
         nbytes = tensor.numel() * tensor.element_size()
         return ObjectRef(address, _dtype_name(tensor.dtype), tuple(tensor.shape), nbytes, created)
 
@@ -134,14 +135,15 @@ class BackgroundWriter:
         self.max_pending = max_pending
         self.pending: set[str] = set()
 
-    def submit(self, address: str, path: Path, tensor: torch.Tensor) -> None:
+    def submit(self, address: str, path: Path, tensor: torch.Tensor, sync: bool = True) -> None:
         nbytes = tensor.numel() * tensor.element_size()
         while self._futures and self._bytes + nbytes > self.max_pending:
             future, size = self._futures.pop(0)
             future.result()
             self._bytes -= size
         self.pending.add(address)
-        self._futures.append((self._pool.submit(write_tensors, path, {_KEY: tensor}, {"address": address}), nbytes))
+        future = self._pool.submit(write_tensors, path, {_KEY: tensor}, {"address": address}, sync=sync)
+        self._futures.append((future, nbytes))
         self._bytes += nbytes
 
     def __enter__(self) -> BackgroundWriter:

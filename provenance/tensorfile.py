@@ -74,8 +74,9 @@ class TensorFileWriter:
     """
 
     def __init__(self, path: str | os.PathLike, entries: Sequence[tuple[str, torch.dtype, Sequence[int]]],
-                 metadata: dict[str, str] | None = None):
+                 metadata: dict[str, str] | None = None, *, sync: bool = True):
         self.path = Path(path)
+        self.sync = sync  # False: atomic (renamed whole) but not synced to the disk
         self.entries = [(n, d, tuple(int(x) for x in s)) for n, d, s in entries]
         self._header = header(self.entries, metadata)
         self._next = 0
@@ -108,11 +109,13 @@ class TensorFileWriter:
                 raise ValueError(f"{self.path}: {len(self.entries) - self._next} declared tensors were not written")
             if exc_type is None:
                 self._fh.flush()
-                os.fsync(self._fh.fileno())
+                if self.sync:
+                    os.fsync(self._fh.fileno())
             self._fh.close()
             if exc_type is None:
                 os.replace(self._tmp, self.path)
-                fsync_folder(self.path.parent)
+                if self.sync:
+                    fsync_folder(self.path.parent)
         finally:
             if not self._fh.closed:
                 self._fh.close()
@@ -120,9 +123,10 @@ class TensorFileWriter:
                 os.unlink(self._tmp)
 
 
-def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Write ``tensors`` to a safetensors file atomically."""
-    with TensorFileWriter(path, [(n, t.dtype, t.shape) for n, t in tensors.items()], metadata) as w:
+def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
+                  *, sync: bool = True) -> None:
+    """Write ``tensors`` to a safetensors file atomically (and synced to the disk unless ``sync`` is False)."""
+    with TensorFileWriter(path, [(n, t.dtype, t.shape) for n, t in tensors.items()], metadata, sync=sync) as w:
         for name, t in tensors.items():
             w.write(name, t)
 

@@ -139,6 +139,7 @@ def commit(
     low_rank: Mapping[str, tuple[torch.Tensor, torch.Tensor, float]] | None = None,
     allow_nonfinite: bool = False,
     snapshot: SnapshotPolicy | None = None,
+    sync: bool = True,
 ) -> VersionRecord:
     """Store ``state`` as a new version and return its record.
 
@@ -148,7 +149,10 @@ def commit(
     with ``encoding`` (``"auto"``: the smallest exact one, within the ``snapshot`` policy).
     ``low_rank`` gives, per parameter name, factors ``(B, A, scale)`` whose
     ``base + scale * B @ A`` is the new value (e.g. a LoRA update); they are used when exact.
-    ``run`` names the running run that produced the state; the commit ends it.
+    ``run`` names the running run that produced the state; the commit ends it. With
+    ``sync=False`` objects are still written whole (temporary name, then rename) but not synced
+    to the disk: about three times faster where the disk is slow, at the price that a power cut
+    soon after may leave objects that fail their hash check on read (a process crash cannot).
     """
     if not isinstance(message, str) or not message.strip():
         raise InvalidParameterError("a commit needs a message")
@@ -156,10 +160,10 @@ def commit(
     # `gc` in another process never sees this commit's objects as unreferenced.
     with ledger.session():
         return _commit(ledger, state, parent, message, author, run, encoding, dict(low_rank or {}), allow_nonfinite,
-                       snapshot or SnapshotPolicy())
+                       snapshot or SnapshotPolicy(), sync)
 
 
-def _commit(ledger, state, parent, message, author, run, encoding, low_rank, allow_nonfinite, policy) -> VersionRecord:
+def _commit(ledger, state, parent, message, author, run, encoding, low_rank, allow_nonfinite, policy, sync) -> VersionRecord:
     parent_rec = ledger.version(parent) if parent is not None else None
     if run is not None:
         run_rec = ledger.run(run)
@@ -176,7 +180,7 @@ def _commit(ledger, state, parent, message, author, run, encoding, low_rank, all
     parent_id = parent_rec.version_id if parent_rec else None
     history = _History(ledger)
     parent_manifest = history.manifest(parent_id) if parent_id else {}
-    store = ObjectStore(ledger.objects_path)
+    store = ObjectStore(ledger.objects_path, sync=sync)
     incoming = _incoming(state, parent_manifest, parent_id)
     unknown = sorted(set(low_rank) - set(incoming.names))
     if unknown:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -226,3 +227,21 @@ def test_streaming_checkout_holds_about_one_tensor(ledger, tmp_path):
     with safe_open(str(out), framework="pt") as fh:
         assert sorted(fh.keys()) == sorted(state)
         assert same_bits(fh.get_tensor("layer7"), state["layer7"])
+
+
+def test_sync_false_skips_fsync_but_stays_whole(ledger, monkeypatch):
+    import provenance.tensorfile as tensorfile
+
+    calls = []
+    real = os.fsync
+    monkeypatch.setattr(tensorfile.os, "fsync", lambda fd: (calls.append(fd), real(fd)))
+    state = _state()
+    v0 = ledger.commit(state, message="synced")
+    synced_calls = len(calls)
+    assert synced_calls >= 2 * len({t.data_ptr() for t in state.values()})  # each object's file and its folder
+    calls.clear()
+    state["embed.weight"] = state["embed.weight"] + 1
+    v1 = ledger.commit(state, parent=v0, message="unsynced", sync=False)
+    assert calls == []
+    _assert_same(ledger.checkout(v1), state)
+    assert list(ledger.objects_path.rglob("*.tmp")) == []
