@@ -230,7 +230,7 @@ def model_show(obj: Context, ref: str, as_json: bool) -> None:
     """Show a version and how each parameter group is stored."""
     ledger = obj.ledger()
     version = ledger.version(ref)
-    render.version(version, ledger.manifest(version), as_json)
+    render.version(version, ledger.manifest(version), as_json, receipt=ledger.receipt(version))
 
 
 @model_group.command("diff")
@@ -358,6 +358,34 @@ def run_show(obj: Context, ref: str, as_json: bool) -> None:
 def run_list(obj: Context, as_json: bool) -> None:
     """List runs, newest first."""
     render.runs(obj.ledger().runs(), as_json)
+
+
+@main.command("merge")
+@click.argument("versions", nargs=-1, required=True, metavar="V1 V2 [V3...]")
+@click.option("--method", type=click.Choice(["fisher", "average", "task_arithmetic", "ties"]), default="fisher",
+              show_default=True, help="How to merge (fisher uses the Fisher stored with each version).")
+@click.option("--weights", default=None, help="Comma-separated weights, one per version (default: equal).")
+@click.option("--base", default=None, help="task_arithmetic/ties: the version task vectors start from (default: the shared parent).")
+@click.option("--eps", type=float, default=1e-6, show_default=True, help="fisher: floor on the Fisher.")
+@click.option("--normalize", is_flag=True, help="fisher: divide each model's Fisher by its L2 norm.")
+@click.option("--density", type=float, default=0.2, show_default=True, help="ties: fraction of each task vector kept.")
+@click.option("--audit", default=None, help="The id of the pre-merge audit this merge cites.")
+@click.option("-m", "--message", required=True, help="What the merge is.")
+@click.option("--author", default=None, help="Who merges.")
+@json_option
+@pass_ctx
+def merge_cmd(obj: Context, versions: tuple[str, ...], method: str, weights: str | None, base: str | None, eps: float,
+              normalize: bool, density: float, audit: str | None, message: str, author: str | None, as_json: bool) -> None:
+    """Merge versions into a new version whose parents are all of them, with a receipt."""
+    try:
+        lam = [float(w) for w in weights.split(",")] if weights else None
+    except ValueError:
+        raise click.BadParameter(f"{weights!r}: expected numbers separated by commas", param_hint="--weights") from None
+    version = obj.ledger().merge(list(versions), method=method, weights=lam, base=base, eps=eps, normalize=normalize,
+                                 density=density, audit=audit, message=message, author=author)
+    render.emit(version.model_dump(mode="json"), as_json,
+                lambda d: f"merged {len(d['parents'])} versions into {d['version_id'][:12]}: "
+                          f"{d['stored_bytes']:,} bytes stored of {d['full_bytes']:,}")
 
 
 @main.command("gc")

@@ -130,14 +130,22 @@ def versions(records, as_json: bool) -> None:
     _console().print(t)
 
 
-def version(record, manifest: dict, as_json: bool) -> None:
+def version(record, manifest: dict, as_json: bool, receipt: dict | None = None) -> None:
     if as_json:
         out = record.model_dump(mode="json")
         out["manifest"] = [p.model_dump(mode="json") for p in manifest.values()]
-        click.echo(json.dumps(out, indent=2))
+        if receipt is not None:
+            out["receipt"] = {k: v for k, v in receipt.items() if k != "params_json"}
+        click.echo(json.dumps(out, indent=2, default=str))
         return
     click.echo(f"version {record.version_id}\nparents {', '.join(record.parents) or '(root)'}\n"
                f"message {record.message}\nstored  {record.stored_bytes:,} of {record.full_bytes:,} bytes")
+    if receipt is not None:
+        extra = {"eps": receipt["eps"], "normalize": receipt["normalize"], "density": receipt["density"],
+                 "base": receipt["base_version"], "audit": receipt["audit_id"]}
+        settings = ", ".join(f"{k} {v}" for k, v in extra.items() if v is not None)
+        click.echo(f"merge   {receipt['method']}, weights {receipt['weights']}" + (f", {settings}" if settings else "")
+                   + f"; kernel {receipt['kernel']}")
     t = Table()
     for col in ("parameter", "dtype", "shape", "encoding", "bytes"):
         t.add_column(col, no_wrap=True)
@@ -225,16 +233,18 @@ def demo(report, as_json: bool) -> None:
 
 def models(story: list[dict]) -> None:
     """The demo's versions: the DAG, what each patch costs against a full copy, what data it saw."""
-    t = Table(title="model versions (newest last)")
-    for col in ("tag", "version", "parent", "stored as", "bytes", "of full", "trained on"):
-        t.add_column(col, no_wrap=col not in ("stored as", "trained on"))
+    tags = {m["version_id"]: m["tag"] for m in story}
+    t = Table(title="model versions (prov model log shows them all)")
+    for col in ("version", "parents", "stored as", "bytes (of a full copy)", "trained on"):
+        t.add_column(col, no_wrap=col in ("version", "bytes (of a full copy)"))
     for m in story:
         stored_as = ", ".join(f"{n} {e}" for e, n in sorted(m["encodings"].items()))
         seen = "; ".join(f"{d} {c['examples']:,} examples ({c['epochs']:.2f} epochs)" for d, c in m["consumed"].items())
-        t.add_row(m["tag"], m["version_id"][:12], (m["parents"][0][:12] if m["parents"] else "(root)"), stored_as,
-                  f"{m['stored_bytes']:,}", f"{m['stored_bytes'] / max(1, m['full_bytes']):.2%}", seen)
+        parents = " + ".join(tags.get(p, p[:12]) for p in m["parents"]) or "(root)"
+        t.add_row(f"{m['tag']} {m['version_id'][:8]}", parents, stored_as,
+                  f"{m['stored_bytes']:,} ({m['stored_bytes'] / max(1, m['full_bytes']):.2%})",
+                  seen or ("(a merge: its parents' data)" if len(m["parents"]) > 1 else ""))
     _console().print(t)
-
 
 class _RichProgress:
     def __init__(self, progress: Progress):

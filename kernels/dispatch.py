@@ -49,6 +49,11 @@ def backend(name: str) -> Iterator[None]:
         _forced.reset(token)
 
 
+def forced() -> str:
+    """The backend forced by :func:`backend` around this call, or ``"auto"``."""
+    return _forced.get()
+
+
 def pick(*tensors: torch.Tensor) -> str:
     """``"triton"`` or ``"torch"`` for a call on ``tensors``."""
     forced = _forced.get()

@@ -5,6 +5,15 @@ Everything is generated locally; nothing touches the network or needs a GPU.
 
 from __future__ import annotations
 
+import os
+
+import torch
+
+# Without a GPU, Triton kernels run on CPU tensors through Triton's interpreter, which must be
+# switched on before any kernel is defined (that is, before provenance.kernels imports Triton).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import json
 from collections.abc import Callable
 from pathlib import Path

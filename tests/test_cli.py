@@ -136,9 +136,10 @@ def test_demo_finds_planted_pairs(tmp_path, runner):
     assert report["planted_eval_leaks"] == 10 and report["found_eval_leaks"] == 10
     assert report["planted_near_duplicates"] > 0
     assert report["found_near_duplicates"] >= 0.9 * report["planted_near_duplicates"]
-    base, fish, lora = report["models"]
-    assert [m["tag"] for m in report["models"]] == ["demo-base", "demo-fish", "demo-lora"]
-    assert fish["parents"] == [base["version_id"]] and lora["parents"] == [fish["version_id"]]
+    base, fish, lora, merged = report["models"]
+    assert [m["tag"] for m in report["models"]] == ["demo-base", "demo-fish", "demo-lora", "demo-merge"]
+    assert fish["parents"] == [base["version_id"]] and lora["parents"] == [base["version_id"]]
+    assert merged["parents"] == [fish["version_id"], lora["version_id"]] and merged["run_id"] is None
     assert base["encodings"] == {"full": 5} and base["stored_bytes"] == base["full_bytes"]
     assert fish["encodings"].get("sparse", 0) >= 1 and fish["stored_bytes"] < 0.05 * fish["full_bytes"]
     assert lora["encodings"] == {"low_rank": 1, "unchanged": 4} and lora["stored_bytes"] == (64 * 4 + 4 * 64) * 4
@@ -181,3 +182,26 @@ def test_model_commit_log_show_checkout_and_tag(project, runner):
     assert [v["version_id"] for v in log] == [root["version_id"]]  # base and its ancestors only
     missing = runner.invoke(main, ["model", "show", "ffff"])
     assert missing.exit_code == 1 and "no version 'ffff'" in missing.output
+
+
+def test_merge_cli_and_the_receipt_in_model_show(project, runner):
+    import torch
+
+    from provenance.ledger import Ledger
+
+    ledger = Ledger.open(project)
+    base = ledger.commit({"w": torch.zeros(4, 4)}, message="base")
+    a = ledger.commit({"w": torch.ones(4, 4)}, parent=base, message="a")
+    b = ledger.commit({"w": torch.full((4, 4), 3.0)}, parent=base, message="b")
+    merged = _json(runner.invoke(main, ["merge", a.version_id[:8], b.version_id[:8], "--method", "average",
+                                        "--weights", "0.75,0.25", "-m", "average them", "--json"]))
+    assert merged["parents"] == [a.version_id, b.version_id]
+    assert torch.equal(Ledger.open(project).checkout(merged["version_id"])["w"], torch.full((4, 4), 1.5))
+    shown = runner.invoke(main, ["model", "show", merged["version_id"][:8]])
+    assert "merge   average, weights [0.75, 0.25]; kernel torch" in shown.output
+    receipt = _json(runner.invoke(main, ["model", "show", merged["version_id"][:8], "--json"]))["receipt"]
+    assert (receipt["method"], receipt["inputs"]) == ("average", [a.version_id, b.version_id])
+    no_fisher = runner.invoke(main, ["merge", a.version_id[:8], b.version_id[:8], "-m", "fisher"])
+    assert no_fisher.exit_code == 1 and "no stored Fisher" in no_fisher.output
+    bad = runner.invoke(main, ["merge", a.version_id[:8], b.version_id[:8], "--weights", "x,1", "-m", "m"])
+    assert bad.exit_code == 2 and "expected numbers separated by commas" in bad.output

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-PAGES = ["quickstart.md", "concepts.md", "fingerprints.md", "training-runs.md"]
+PAGES = ["quickstart.md", "concepts.md", "fingerprints.md", "training-runs.md", "merging.md"]
 _BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -105,19 +106,52 @@ class ModelQueries:
         """Ids of the versions whose manifest refers to object ``address``."""
         with self._cursor() as con:
             rows = con.execute(
-                """SELECT DISTINCT version_id FROM version_params
+                """SELECT DISTINCT version_id FROM (
+                       SELECT version_id, objects FROM version_params UNION ALL
+                       SELECT version_id, objects FROM version_fishers)
                    WHERE list_contains(map_values(objects), ?) ORDER BY 1""",
                 [address],
             ).fetchall()
         return [r[0] for r in rows]
 
     def referenced_objects(self) -> set[str]:
-        """Every object address some version's manifest refers to."""
+        """Every object address some version's manifest or stored Fisher refers to."""
         with self._cursor() as con:
             rows = con.execute(
-                "SELECT DISTINCT unnest(map_values(objects)) FROM version_params WHERE objects IS NOT NULL"
+                """SELECT DISTINCT unnest(map_values(objects)) FROM version_params WHERE objects IS NOT NULL
+                   UNION SELECT DISTINCT unnest(map_values(objects)) FROM version_fishers"""
             ).fetchall()
         return {r[0] for r in rows}
+
+    def fishers(self, version: str | VersionRecord) -> dict[str, dict[str, Any]]:
+        """The stored Fisher of ``version``: parameter name -> ``{"kind", "objects", "meta"}``."""
+        vid = self.version(version).version_id
+        with self._cursor() as con:
+            rows = con.sql(
+                "SELECT name, kind, objects, meta_json FROM version_fishers WHERE version_id = ? ORDER BY name",
+                params=[vid],
+            ).to_arrow_table().to_pylist()
+        return {r["name"]: {"kind": r["kind"], "objects": dict(r["objects"]),
+                            "meta": json.loads(r["meta_json"]) if r["meta_json"] else {}} for r in rows}
+
+    def receipt(self, version: str | VersionRecord) -> dict[str, Any] | None:
+        """The merge receipt of ``version`` (None when it is not a merge)."""
+        vid = self.version(version).version_id
+        with self._cursor() as con:
+            rows = con.sql("SELECT * FROM merge_receipts WHERE version_id = ?", params=[vid]).to_arrow_table().to_pylist()
+        return rows[0] if rows else None
+
+    def store_fisher(self, version: str | VersionRecord, fisher: dict, **options: Any) -> int:
+        """Store the diagonal Fisher of a version; see :func:`provenance.merges.store_fisher`."""
+        from provenance.merges import store_fisher
+
+        return store_fisher(self, version, fisher, **options)
+
+    def merge(self, versions: Sequence[str | VersionRecord], **options: Any) -> VersionRecord:
+        """Merge versions into a new version; see :func:`provenance.merges.merge`."""
+        from provenance.merges import merge
+
+        return merge(self, versions, **options)
 
     def gc(self, *, apply: bool = False) -> dict[str, Any]:
         """Objects no version uses; see :func:`provenance.versions.gc`."""

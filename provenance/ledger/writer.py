@@ -217,6 +217,30 @@ class LedgerWriter:
         finally:
             self._con.execute("DROP TABLE IF EXISTS _prov_resolved")
 
+    def set_fishers(self, version_id: str, rows: Sequence[dict]) -> None:
+        """Store (or replace) the Fisher of ``version_id``'s parameters named in ``rows``."""
+        if not rows:
+            return
+        self._con.execute(
+            "DELETE FROM version_fishers WHERE version_id = ? AND list_contains(?, name)",
+            [version_id, [r["name"] for r in rows]],
+        )
+        schema = pa.schema([("version_id", pa.string()), ("name", pa.string()), ("kind", pa.string()),
+                            ("objects", pa.map_(pa.string(), pa.string())), ("meta_json", pa.string())])
+        self._insert("version_fishers", pa.Table.from_pylist([
+            {"version_id": version_id, "name": r["name"], "kind": r["kind"], "objects": list(r["objects"].items()),
+             "meta_json": json.dumps(r["meta"], sort_keys=True)} for r in rows
+        ], schema=schema))
+
+    def insert_receipt(self, receipt: dict) -> None:
+        schema = pa.schema([
+            ("version_id", pa.string()), ("method", pa.string()), ("inputs", pa.list_(pa.string())),
+            ("weights", pa.list_(pa.float64())), ("base_version", pa.string()), ("eps", pa.float64()),
+            ("normalize", pa.bool_()), ("density", pa.float64()), ("kernel", pa.string()), ("params_json", pa.string()),
+            ("audit_id", pa.string()), ("created_at", pa.timestamp("us")),
+        ])
+        self._insert("merge_receipts", pa.Table.from_pylist([receipt], schema=schema))
+
     def set_tag(self, name: str, version_id: str) -> None:
         self._con.execute(
             "INSERT OR REPLACE INTO tags VALUES (?, ?, ?)", [name, version_id, _now()]

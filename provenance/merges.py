@@ -1,0 +1,300 @@
+"""Merges as versions: Fisher merging, weighted averaging, task arithmetic and TIES over whole
+versions, one parameter group at a time, with a receipt that makes the merge again.
+
+A merge reads, per parameter group, the group's value in every input version (replaying each
+one's patches), the Fisher of each input where the method needs it, and writes the merged value
+as a patch on the first input. Peak memory is a small multiple of the largest group: the inputs
+and their Fishers for that group, and the output. The new version's parents are all the inputs;
+its receipt (``merge_receipts``) holds the method, the weights, eps, normalisation, density, the
+kernel that ran, and every input and Fisher object address, so :func:`remerge` can recompute the
+tensors and compare them bit for bit.
+
+Merging versions stored as LoRA (low-rank) patches merges their values ``base + scale · B @ A``,
+never the factors A and B separately.
+
+The Fisher of a version is stored beside its patch by :func:`store_fisher`: the full diagonal, or
+with ``keep`` a top-k sketch (the largest ``keep`` fraction of entries; the others read as 0,
+which the merge's floor ``eps`` then covers).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+import xxhash
+
+from provenance import __version__
+from provenance.errors import InvalidParameterError
+from provenance.kernels import merge as kernels
+from provenance.kernels.dispatch import pick
+from provenance.ledger import Ledger
+from provenance.objects import BackgroundWriter, ObjectStore, address_of
+from provenance.patches import encode
+from provenance.records import ParamRecord, VersionRecord
+from provenance.versions import _History, _materialize, _numel
+
+METHODS = ("fisher", "average", "task_arithmetic", "ties")
+KERNEL_VERSION = f"provenance {__version__} kernels.merge"
+
+
+def store_fisher(
+    ledger: Ledger, version: str | VersionRecord, fisher: Mapping[str, torch.Tensor], *, keep: float | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> int:
+    """Store the diagonal Fisher of ``version`` (parameter name -> tensor of the parameter's shape);
+    returns the bytes of the tensors stored. With ``keep`` in (0, 1], only the largest ``keep``
+    fraction of each tensor's entries is kept (a top-k sketch)."""
+    ver = ledger.version(version)
+    manifest = {n: p for n, p in ledger.manifest(ver).items() if p.encoding != "removed"}
+    unknown = sorted(set(fisher) - set(manifest))
+    if unknown:
+        raise InvalidParameterError(f"Fisher given for parameters not in version {ver.version_id[:12]}: {', '.join(unknown)}")
+    if keep is not None and not 0 < keep <= 1:
+        raise InvalidParameterError(f"keep must be in (0, 1], got {keep!r}")
+    store, rows, stored = ObjectStore(ledger.objects_path), [], 0
+    with ledger.session():
+        for name in sorted(fisher):
+            f = fisher[name]
+            if not isinstance(f, torch.Tensor) or list(f.shape) != manifest[name].shape:
+                shape = list(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
+                raise InvalidParameterError(f"Fisher of {name!r} is {shape}, the parameter is {manifest[name].shape}")
+            f = f.detach().to("cpu", torch.float32).contiguous()
+            if not bool(torch.isfinite(f).all()) or bool((f < 0).any()):
+                raise InvalidParameterError(f"Fisher of {name!r} holds negative, NaN or Inf values")
+            if keep is None or keep == 1:
+                tensors, kind = {"full": f}, "full"
+            else:
+                k = max(1, math.ceil(keep * f.numel()))
+                values, indices = torch.topk(f.reshape(-1), k, sorted=False)
+                order = torch.argsort(indices)
+                tensors, kind = {"indices": indices[order].to(torch.int64), "values": values[order]}, "topk"
+            objects = {role: store.put(t).address for role, t in tensors.items()}
+            stored += sum(t.numel() * t.element_size() for t in tensors.values())
+            rows.append({"name": name, "kind": kind, "objects": objects, "meta": dict(meta or {}, keep=keep)})
+        with ledger.transaction() as tx:
+            tx.set_fishers(ver.version_id, rows)
+    return stored
+
+
+def load_fisher(ledger: Ledger, version: str | VersionRecord, name: str) -> torch.Tensor | None:
+    """The stored Fisher of one parameter of ``version`` (a top-k sketch filled with 0), or None."""
+    ver = ledger.version(version)
+    row = ledger.fishers(ver).get(name)
+    if row is None:
+        return None
+    return _fisher_tensor(ObjectStore(ledger.objects_path), row, ledger.manifest(ver)[name].shape)
+
+
+def _fisher_tensor(store: ObjectStore, row: dict, shape: list[int]) -> torch.Tensor:
+    if row["kind"] == "full":
+        return store.get(row["objects"]["full"])
+    out = torch.zeros(_numel(shape), dtype=torch.float32)
+    out[store.get(row["objects"]["indices"])] = store.get(row["objects"]["values"])
+    return out.reshape(shape)
+
+
+def merge(
+    ledger: Ledger,
+    versions: Sequence[str | VersionRecord],
+    *,
+    method: str = "fisher",
+    weights: Sequence[float] | None = None,
+    base: str | VersionRecord | None = None,
+    fisher: Mapping[str, Mapping[str, torch.Tensor]] | Sequence[Mapping[str, torch.Tensor]] | None = None,
+    eps: float = 1e-6,
+    normalize: bool = False,
+    density: float = 0.2,
+    message: str,
+    author: str | None = None,
+    audit: str | None = None,
+) -> VersionRecord:
+    """Merge ``versions`` into a new version whose parents are all of them; see the module doc.
+
+    ``fisher`` gives, per input (a sequence in input order, or a mapping from version ref), the
+    diagonal Fisher per parameter name; when omitted the Fisher stored with each version is used.
+    ``base`` is the version task vectors start from (task_arithmetic, ties; default: the first
+    parent the inputs share).
+    """
+    if method not in METHODS:
+        raise InvalidParameterError(f"unknown merge method {method!r}; one of {', '.join(METHODS)}")
+    if not isinstance(message, str) or not message.strip():
+        raise InvalidParameterError("a merge needs a message")
+    with ledger.session():
+        inputs = [ledger.version(v) for v in versions]
+        if not inputs:
+            raise InvalidParameterError("merge needs at least one version")
+        ids = [v.version_id for v in inputs]
+        if len(set(ids)) != len(ids):
+            raise InvalidParameterError("a version is given twice; give it a larger weight instead")
+        lam = _weights(weights, len(inputs))
+        base_id = _base(ledger, inputs, base) if method in ("task_arithmetic", "ties") else None
+        history, store = _History(ledger), ObjectStore(ledger.objects_path)
+        names = _common_names(history, inputs)
+        if method == "fisher" and fisher is not None:  # stored with each input, so the receipt can be re-run
+            for v, f in zip(inputs, _given_fishers(ledger, inputs, fisher, names)):
+                store_fisher(ledger, v, {n: f[n] for n in names}, meta={"source": "given to merge"})
+        fishers = _fisher_sources(ledger, inputs, names) if method == "fisher" else None
+        norms = _norms(fishers, names) if method == "fisher" and normalize else None
+        params, receipt_params, kernel = [], {}, None
+        with BackgroundWriter() as writer:
+            for name in names:
+                thetas = [_materialize(history, store, vid, name)[0] for vid in ids]
+                kernel = kernel or pick(thetas[0])
+                merged, fisher_objects = _merge_group(
+                    method, name, thetas, fishers, lam, eps, norms, density, history, store, base_id
+                )
+                patch = encode(thetas[0], merged)
+                objects = {role: store.put(t, writer).address for role, t in patch.tensors.items()}
+                params.append(ParamRecord(name=name, dtype=str(merged.dtype).removeprefix("torch."),
+                                          shape=list(merged.shape), encoding=patch.encoding, objects=objects,
+                                          meta=patch.meta, nbytes=patch.nbytes))
+                receipt_params[name] = {"inputs": [address_of(t) for t in thetas], "fishers": fisher_objects,
+                                        "merged": address_of(merged)}
+        created = datetime.now(timezone.utc).replace(tzinfo=None)
+        h = xxhash.xxh3_128(f"merge|{ids}|{method}|{lam}|{message}|{created.isoformat()}|".encode())
+        for p in params:
+            h.update(p.model_dump_json().encode())
+        version = VersionRecord(
+            version_id=h.hexdigest(), parents=ids, message=message, author=author, created_at=created,
+            n_params=len(params), n_elements=sum(_numel(p.shape) for p in params),
+            full_bytes=sum(_numel(p.shape) * torch.empty((), dtype=getattr(torch, p.dtype)).element_size() for p in params),
+            stored_bytes=sum(p.nbytes for p in params),
+        )
+        receipt = {
+            "version_id": version.version_id, "method": method, "inputs": ids, "weights": lam, "base_version": base_id,
+            "eps": eps if method == "fisher" else None, "normalize": normalize if method == "fisher" else None,
+            "density": density if method == "ties" else None, "kernel": f"{kernel or 'torch'} ({KERNEL_VERSION})",
+            "params_json": json.dumps(receipt_params, sort_keys=True), "audit_id": audit, "created_at": created,
+        }
+        with ledger.transaction() as tx:
+            tx.insert_version(version, params)
+            tx.insert_receipt(receipt)
+    return version
+
+
+def _merge_group(method, name, thetas, fishers, lam, eps, norms, density, history, store, base_id):
+    """One parameter group merged, and the Fisher objects it read."""
+    if method == "average":
+        return kernels.weighted_average(thetas, lam), None
+    if method == "fisher":
+        fs, addresses = [], []
+        for source in fishers:
+            f, address = source(name)
+            fs.append(f)
+            addresses.append(address)
+        return kernels.fisher_merge(thetas, fs, lam, eps=eps, norms=norms), addresses
+    theta0 = _materialize(history, store, base_id, name)[0]
+    if method == "task_arithmetic":
+        return kernels.task_arithmetic(theta0, thetas, lam), None
+    return kernels.ties(theta0, thetas, lam, density=density), None
+
+
+def _weights(weights: Sequence[float] | None, n: int) -> list[float]:
+    if weights is None:
+        return [1.0 / n] * n
+    lam = [float(w) for w in weights]
+    if len(lam) != n:
+        raise InvalidParameterError(f"{len(lam)} weights for {n} versions")
+    if not all(math.isfinite(w) and w >= 0 for w in lam) or sum(lam) <= 0:
+        raise InvalidParameterError(f"weights must be finite, >= 0 and not all 0, got {lam}")
+    return lam
+
+
+def _base(ledger: Ledger, inputs: list[VersionRecord], base) -> str:
+    if base is not None:
+        return ledger.version(base).version_id
+    firsts = {v.parents[0] if v.parents else None for v in inputs}
+    if len(firsts) != 1 or None in firsts:
+        raise InvalidParameterError("the inputs do not share a first parent: give base= (the version their task vectors start from)")
+    return firsts.pop()
+
+
+def _common_names(history: _History, inputs: list[VersionRecord]) -> list[str]:
+    live = [{n: p for n, p in history.manifest(v.version_id).items() if p.encoding != "removed"} for v in inputs]
+    first = live[0]
+    for v, other in zip(inputs[1:], live[1:]):
+        if set(other) != set(first):
+            diff = sorted(set(other) ^ set(first))
+            raise InvalidParameterError(
+                f"versions {inputs[0].version_id[:12]} and {v.version_id[:12]} have different parameters: {', '.join(diff[:5])}"
+            )
+        for n, p in other.items():
+            if (p.shape, p.dtype) != (first[n].shape, first[n].dtype):
+                raise InvalidParameterError(
+                    f"parameter {n!r} is {p.dtype}{p.shape} in {v.version_id[:12]} but "
+                    f"{first[n].dtype}{first[n].shape} in {inputs[0].version_id[:12]}"
+                )
+    return sorted(first)
+
+
+def _given_fishers(ledger, inputs, fisher, names) -> list[Mapping[str, torch.Tensor]]:
+    """The Fishers passed to a merge, in input order, checked to cover every parameter."""
+    if isinstance(fisher, Mapping):
+        keyed = {ledger.version(k).version_id: v for k, v in fisher.items()}
+        missing = [v.version_id[:12] for v in inputs if v.version_id not in keyed]
+        if missing:
+            raise InvalidParameterError(f"no Fisher given for version(s) {', '.join(missing)}")
+        given = [keyed[v.version_id] for v in inputs]
+    else:
+        given = list(fisher)
+    if len(given) != len(inputs):
+        raise InvalidParameterError(f"{len(given)} Fishers for {len(inputs)} versions")
+    for v, f in zip(inputs, given):
+        absent = [n for n in names if n not in f]
+        if absent:
+            raise InvalidParameterError(f"the Fisher of {v.version_id[:12]} lacks {', '.join(absent[:5])}")
+    return given
+
+
+def _fisher_sources(ledger, inputs, names):
+    """Per input, a function name -> (its stored Fisher tensor, the object addresses)."""
+    store = ObjectStore(ledger.objects_path)
+    stored = [ledger.fishers(v) for v in inputs]
+    lacking = [v.version_id[:12] for v, rows in zip(inputs, stored) if not set(names) <= set(rows)]
+    if lacking:
+        raise InvalidParameterError(
+            f"version(s) {', '.join(lacking)} have no stored Fisher for every parameter: store one with "
+            "store_fisher(...) or pass fisher=..."
+        )
+    manifests = [ledger.manifest(v) for v in inputs]
+
+    def source(rows, manifest):
+        return lambda name: (_fisher_tensor(store, rows[name], manifest[name].shape), rows[name]["objects"])
+
+    return [source(rows, m) for rows, m in zip(stored, manifests)]
+
+
+def _norms(fishers, names) -> list[float]:
+    """Per input, the L2 norm of its whole Fisher (all parameter groups)."""
+    return [math.sqrt(sum(float(source(n)[0].double().square().sum()) for n in names)) or 1.0 for source in fishers]
+
+
+def receipt_check(ledger: Ledger, version: str | VersionRecord) -> dict[str, bool]:
+    """Re-run the merge a receipt records, group by group, from the recorded inputs, Fishers and
+    settings; per parameter, whether the inputs still hash as recorded and the result is
+    bit-identical to the merged tensor."""
+    ver = ledger.version(version)
+    receipt = ledger.receipt(ver)
+    if receipt is None:
+        raise InvalidParameterError(f"version {ver.version_id[:12]} is not a merge")
+    recorded = json.loads(receipt["params_json"])
+    inputs = [ledger.version(v) for v in receipt["inputs"]]
+    ids, lam, method = receipt["inputs"], list(receipt["weights"]), receipt["method"]
+    history, store = _History(ledger), ObjectStore(ledger.objects_path)
+    names = sorted(recorded)
+    fishers = _fisher_sources(ledger, inputs, names) if method == "fisher" else None
+    norms = _norms(fishers, names) if method == "fisher" and receipt["normalize"] else None
+    out = {}
+    for name in names:
+        thetas = [_materialize(history, store, vid, name)[0] for vid in ids]
+        same_inputs = [address_of(t) for t in thetas] == recorded[name]["inputs"]
+        merged, fisher_objects = _merge_group(method, name, thetas, fishers, lam, receipt["eps"], norms,
+                                              receipt["density"], history, store, receipt["base_version"])
+        same_fishers = fisher_objects == recorded[name]["fishers"]
+        out[name] = same_inputs and same_fishers and address_of(merged) == recorded[name]["merged"]
+    return out

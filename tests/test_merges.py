@@ -1,0 +1,151 @@
+"""Merges as versions: the invariants users rely on, receipts that re-run, stored Fishers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from provenance.errors import InvalidParameterError
+from provenance.merges import load_fisher, receipt_check
+from provenance.patches import same_bits
+
+
+def _state(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"w": torch.randn(16, 8, generator=g), "b": torch.randn(8, generator=g)}
+
+
+def _positive(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"w": torch.rand(16, 8, generator=g) + 0.1, "b": torch.rand(8, generator=g) + 0.1}
+
+
+@pytest.fixture
+def two(ledger):
+    base = ledger.commit(_state(0), message="base")
+    a = ledger.commit(_state(1), parent=base, message="contributor a")
+    b = ledger.commit(_state(2), parent=base, message="contributor b")
+    return ledger, base, a, b
+
+
+def test_one_model_with_weight_one_is_returned_exactly(two):
+    ledger, _, a, _ = two
+    ledger.store_fisher(a, _positive(3))
+    for method in ("fisher", "average"):
+        merged = ledger.merge([a], method=method, weights=[1.0], message=f"{method} of one")
+        out = ledger.checkout(merged)
+        assert all(same_bits(out[n], t) for n, t in _state(1).items())
+        assert merged.parents == [a.version_id] and ledger.manifest(merged)["w"].encoding == "unchanged"
+
+
+def test_equal_fishers_give_the_plain_average_and_a_zero_fisher_removes_a_model(two):
+    ledger, _, a, b = two
+    same = _positive(4)
+    merged = ledger.merge([a, b], method="fisher", fisher=[same, same], message="equal fishers")
+    average = ledger.merge([a, b], method="average", message="average")
+    expected = {n: (_state(1)[n] + _state(2)[n]) / 2 for n in same}
+    for n, t in ledger.checkout(merged).items():
+        torch.testing.assert_close(t, expected[n], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(t, ledger.checkout(average)[n], rtol=1e-6, atol=1e-6)
+    zero = {n: torch.zeros_like(t) for n, t in same.items()}
+    only_a = ledger.merge([a, b], method="fisher", fisher={a.version_id: same, b.version_id[:8]: zero}, eps=0.0,
+                          message="b has no information")
+    for n, t in ledger.checkout(only_a).items():
+        torch.testing.assert_close(t, _state(1)[n], rtol=1e-6, atol=1e-6)
+    assert ledger.version(only_a).parents == [a.version_id, b.version_id]
+
+
+def test_fisher_weights_each_element(two):
+    ledger, _, a, b = two
+    fa, fb = _positive(5), _positive(6)
+    merged = ledger.checkout(ledger.merge([a, b], method="fisher", fisher=[fa, fb], weights=[0.3, 0.7], message="m"))
+    for n in fa:
+        num = 0.3 * fa[n].double() * _state(1)[n].double() + 0.7 * fb[n].double() * _state(2)[n].double()
+        expected = num / (0.3 * fa[n].double() + 0.7 * fb[n].double())
+        torch.testing.assert_close(merged[n].double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_task_arithmetic_and_ties_start_from_the_shared_parent(two):
+    ledger, base, a, b = two
+    ta = ledger.checkout(ledger.merge([a, b], method="task_arithmetic", weights=[0.5, 1.0], message="ta"))
+    for n, t in ta.items():
+        expected = _state(0)[n] + 0.5 * (_state(1)[n] - _state(0)[n]) + 1.0 * (_state(2)[n] - _state(0)[n])
+        torch.testing.assert_close(t, expected, rtol=1e-5, atol=1e-5)
+    ties = ledger.merge([a, b], method="ties", density=1.0, message="ties")
+    assert ledger.receipt(ties)["base_version"] == base.version_id and ledger.receipt(ties)["density"] == 1.0
+    out = ledger.checkout(ties)
+    agree = torch.sign(_state(1)["b"] - _state(0)["b"]) == torch.sign(_state(2)["b"] - _state(0)["b"])
+    mean = (_state(1)["b"] + _state(2)["b"]) / 2
+    torch.testing.assert_close(out["b"][agree], mean[agree], rtol=1e-5, atol=1e-5)
+
+
+def test_merging_lora_versions_merges_their_products(ledger):
+    base_state = {"w": torch.randn(12, 10, generator=torch.Generator().manual_seed(0))}
+    base = ledger.commit(base_state, message="base")
+    versions, deltas = [], []
+    for seed in (1, 2):
+        g = torch.Generator().manual_seed(seed)
+        b, a = torch.randn(12, 2, generator=g), torch.randn(2, 10, generator=g)
+        from provenance.kernels.patch import apply_low_rank
+
+        target = {"w": apply_low_rank(base_state["w"], b, a, 0.5)}
+        v = ledger.commit(target, parent=base, low_rank={"w": (b, a, 0.5)}, message=f"lora {seed}")
+        assert ledger.manifest(v)["w"].encoding == "low_rank"
+        versions.append(v)
+        deltas.append(0.5 * (b @ a))
+    merged = ledger.checkout(ledger.merge(versions, method="average", message="lora average"))
+    # the average of base + s·BᵢAᵢ, not base + s·(mean B)(mean A)
+    torch.testing.assert_close(merged["w"], base_state["w"] + (deltas[0] + deltas[1]) / 2, rtol=1e-5, atol=1e-5)
+
+
+def test_receipts_rerun_bit_for_bit(two):
+    ledger, _, a, b = two
+    ledger.store_fisher(a, _positive(7))
+    ledger.store_fisher(b, _positive(8), keep=0.25)  # a top-k sketch
+    merged = ledger.merge([a, b], method="fisher", normalize=True, message="from stored fishers", audit="audit-1")
+    receipt = ledger.receipt(merged)
+    assert (receipt["method"], receipt["inputs"], receipt["weights"], receipt["eps"], receipt["normalize"]) == (
+        "fisher", [a.version_id, b.version_id], [0.5, 0.5], 1e-6, True)
+    assert receipt["audit_id"] == "audit-1" and receipt["kernel"].startswith("torch")
+    assert receipt_check(ledger, merged) == {"b": True, "w": True}
+    sketch = load_fisher(ledger, b, "w")
+    assert int((sketch > 0).sum()) == 32 and sketch.shape == (16, 8)  # 25% of 128 entries kept
+    for method in ("average", "task_arithmetic", "ties"):
+        assert all(receipt_check(ledger, ledger.merge([a, b], method=method, message=method)).values())
+    assert ledger.receipt(a) is None
+    with pytest.raises(InvalidParameterError, match="is not a merge"):
+        receipt_check(ledger, a)
+
+
+def test_gc_keeps_stored_fishers(two):
+    ledger, _, a, _ = two
+    ledger.store_fisher(a, _positive(9))
+    assert ledger.gc()["unreferenced"] == []
+    assert torch.equal(load_fisher(ledger, a, "b"), _positive(9)["b"])
+
+
+def test_bad_merges_are_refused_and_write_nothing(two):
+    ledger, base, a, b = two
+    before = len(ledger.versions())
+    with pytest.raises(InvalidParameterError, match=r"have no stored Fisher .*store_fisher"):
+        ledger.merge([a, b], method="fisher", message="no fishers")
+    with pytest.raises(InvalidParameterError, match="unknown merge method 'slerp'"):
+        ledger.merge([a, b], method="slerp", message="m")
+    with pytest.raises(InvalidParameterError, match="3 weights for 2 versions"):
+        ledger.merge([a, b], method="average", weights=[1, 1, 1], message="m")
+    with pytest.raises(InvalidParameterError, match="finite, >= 0"):
+        ledger.merge([a, b], method="average", weights=[1, -1], message="m")
+    with pytest.raises(InvalidParameterError, match="given twice"):
+        ledger.merge([a, a], method="average", message="m")
+    with pytest.raises(InvalidParameterError, match="lacks b"):
+        ledger.merge([a, b], method="fisher", fisher=[_positive(1), {"w": _positive(1)["w"]}], message="m")
+    other = ledger.commit({"w": torch.zeros(16, 8)}, message="other model")
+    with pytest.raises(InvalidParameterError, match="different parameters: b"):
+        ledger.merge([a, other], method="average", message="m")
+    with pytest.raises(InvalidParameterError, match="do not share a first parent"):
+        ledger.merge([a, other], method="task_arithmetic", message="m")
+    with pytest.raises(InvalidParameterError, match=r"Fisher of 'w' is \[3\]"):
+        ledger.store_fisher(a, {"w": torch.ones(3)})
+    with pytest.raises(InvalidParameterError, match="negative, NaN or Inf"):
+        ledger.store_fisher(a, {"w": -torch.ones(16, 8)})
+    assert len(ledger.versions()) == before + 1  # only `other`
