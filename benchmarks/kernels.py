@@ -1,0 +1,166 @@
+"""Kernels against the memory-bandwidth ceiling and against the naive torch expression.
+
+For N-way merges (N = 2, 4, 8) and for patch application (each kind, and a fused chain), side by
+side in one run on one device: median time, effective GB/s (the bytes that must move: each input
+read once, the output written once), the ratio to a plain copy of as many bytes on the same device
+(``dst.copy_(src)``, counted as read + write), and the speed-up over the expression a user would
+write in torch. On CPU the kernels run their torch path (Triton runs only on CUDA devices).
+
+Usage: ``.venv/bin/python benchmarks/kernels.py [--elements 8388608] [--device cpu|cuda] [--json out.json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+def bench(fn, device: str, repeats: int = 7) -> float:
+    """Median seconds of ``fn()`` after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def copy_gbs(nbytes: int, device: str) -> float:
+    """GB/s of ``dst.copy_(src)`` moving ``nbytes`` (half read, half written)."""
+    src = torch.empty(nbytes // 8, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    return nbytes / bench(lambda: dst.copy_(src), device) / 1e9
+
+
+def naive_merge(method: str, base, thetas, fishers, lam, eps=1e-6, density=0.2):
+    """What a user writes: whole-tensor expressions with temporaries."""
+    if method == "average":
+        return sum(w * t for w, t in zip(lam, thetas)) / sum(lam)
+    if method == "fisher":
+        fs = [f.clamp(min=eps) for f in fishers]
+        num = sum(w * f * t for w, f, t in zip(lam, fs, thetas))
+        den = sum(w * f for w, f in zip(lam, fs))
+        return num / den
+    if method == "task_arithmetic":
+        return base + sum(w * (t - base) for w, t in zip(lam, thetas))
+    taus = torch.stack([t - base for t in thetas])
+    k = max(1, int(density * base.numel()))
+    thresholds = taus.abs().flatten(1).kthvalue(base.numel() - k + 1, dim=1).values
+    trimmed = torch.where(taus.abs() >= thresholds.view(-1, *[1] * base.dim()), taus, torch.zeros_like(taus))
+    weighted = trimmed * torch.tensor(lam, device=base.device).view(-1, *[1] * base.dim())
+    sign = torch.where(weighted.sum(0) >= 0, 1.0, -1.0)
+    agree = (torch.sign(trimmed) == sign) & (trimmed != 0)
+    lam_t = torch.tensor(lam, device=base.device).view(-1, *[1] * base.dim()).expand_as(trimmed)
+    num = (weighted * agree).sum(0)
+    den = (lam_t * agree).sum(0)
+    return base + torch.where(den > 0, num / den.clamp(min=1e-30), torch.zeros_like(num))
+
+
+def merges(n: int, device: str, ceiling: float) -> list[dict]:
+    g = torch.Generator(device=device).manual_seed(0)
+    base = torch.randn(n, generator=g, device=device)
+    rows = []
+    for count in (2, 4, 8):
+        thetas = [base + 0.01 * torch.randn(n, generator=g, device=device) for _ in range(count)]
+        fishers = [torch.rand(n, generator=g, device=device) for _ in range(count)]
+        rows += merge_rows(base, thetas, fishers, device, ceiling)
+    return rows
+
+
+def merge_rows(base, thetas, fishers, device: str, ceiling: float) -> list[dict]:
+    from provenance.kernels import merge as k
+
+    count, n = len(thetas), base.numel()
+    lam = [1.0 / count] * count
+    cases = {
+        "average": (lambda: k.weighted_average(thetas, lam), count + 1),
+        "fisher": (lambda: k.fisher_merge(thetas, fishers, lam), 2 * count + 1),
+        "task_arithmetic": (lambda: k.task_arithmetic(base, thetas, lam), count + 2),
+        "ties": (lambda: k.ties(base, thetas, lam, density=0.2), count + 2),
+    }
+    rows = []
+    for method, (fn, tensors) in cases.items():
+        nbytes = tensors * n * 4
+        repeats = 3 if method == "ties" else 7
+        ours = bench(fn, device, repeats=repeats)
+        naive = bench(lambda m=method: naive_merge(m, base, thetas, fishers, lam), device, repeats=repeats)
+        gbs = nbytes / ours / 1e9
+        rows.append({"kernel": f"merge {method}", "n": count, "ms": round(ours * 1e3, 2), "gb_s": round(gbs, 2),
+                     "vs_copy": round(gbs / ceiling, 2), "naive_ms": round(naive * 1e3, 2),
+                     "vs_naive": round(naive / ours, 2)})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def patches(n: int, device: str, ceiling: float) -> list[dict]:
+    from provenance.kernels import patch as p
+
+    g = torch.Generator(device=device).manual_seed(1)
+    rows_, cols = n // 1024, 1024
+    base = torch.randn(rows_, cols, generator=g, device=device)
+    k = n // 200  # 0.5% sparse
+    idx = torch.randperm(n, generator=g, device=device)[:k].sort().values.to(torch.int32)
+    vals = torch.randn(k, generator=g, device=device)
+    delta = torch.randn(rows_, cols, generator=g, device=device)
+    b, a = torch.randn(rows_, 8, generator=g, device=device), torch.randn(8, cols, generator=g, device=device)
+    cases = {
+        "sparse (0.5%)": (lambda: p.apply_sparse(base, idx, vals), 2 * n * 4 + k * 8,
+                          lambda: base.clone().view(-1).index_put_((idx.long(),), vals)),
+        "dense delta": (lambda: p.apply_dense_delta(base, delta), 3 * n * 4, lambda: base + delta),
+        "low rank (r=8)": (lambda: p.apply_low_rank(base, b, a, 0.5), 2 * n * 4, lambda: base + 0.5 * (b @ a)),
+    }
+    chain = [("sparse", idx, vals), ("dense", delta), ("low_rank", b, a, 0.5), ("sparse", idx, vals)]
+    if hasattr(p, "apply_chain"):
+        def naive_chain():
+            out = base.clone()
+            out.view(-1)[idx.long()] = vals
+            out = out + delta
+            out = out + 0.5 * (b @ a)
+            out.view(-1)[idx.long()] = vals
+            return out
+
+        cases["chain sparse+dense+low rank+sparse"] = (lambda: p.apply_chain(base, chain), 3 * n * 4 + 2 * k * 8,
+                                                       naive_chain)
+    out = []
+    for name, (fn, nbytes, naive_fn) in cases.items():
+        ours, naive = bench(fn, device), bench(naive_fn, device)
+        gbs = nbytes / ours / 1e9
+        out.append({"kernel": f"patch {name}", "n": 1, "ms": round(ours * 1e3, 2), "gb_s": round(gbs, 2),
+                    "vs_copy": round(gbs / ceiling, 2), "naive_ms": round(naive * 1e3, 2),
+                    "vs_naive": round(naive / ours, 2)})
+        print(out[-1], flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--elements", type=int, default=1 << 23)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    n, device = args.elements, args.device
+    ceiling = copy_gbs(2 * n * 4 * 4, device)  # a copy of 4 tensors' worth: well past the caches
+    print(f"device {device}, {n:,} fp32 elements per tensor, copy ceiling {ceiling:.2f} GB/s", flush=True)
+    rows = merges(n, device, ceiling) + patches(n, device, ceiling)
+    result = {"device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+              "elements": n, "copy_gb_s": round(ceiling, 2), "rows": rows}
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\n{result['device']}; copy ceiling {ceiling:.2f} GB/s; {n:,} fp32 elements per tensor")
+    print("| kernel | N | ms | GB/s | × copy | naive torch ms | × faster than naive |\n|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['kernel']} | {r['n']} | {r['ms']} | {r['gb_s']} | {r['vs_copy']} | {r['naive_ms']} | {r['vs_naive']} |")
+
+
+if __name__ == "__main__":
+    main()
