@@ -26,10 +26,10 @@ import torch
 import xxhash
 
 from provenance.errors import InvalidParameterError, ObjectCorruptError, ObjectMissingError, ProvenanceError
-from provenance.kernels.patch import apply_low_rank
+from provenance.kernels.patch import apply_chain, apply_low_rank
 from provenance.ledger import Ledger
 from provenance.objects import BackgroundWriter, ObjectStore
-from provenance.patches import Patch, changed_mask, encode
+from provenance.patches import changed_mask, encode
 from provenance.records import ParamRecord, VersionRecord
 from provenance.tensorfile import TensorFileWriter, dtype_from_name
 
@@ -399,10 +399,17 @@ def _materialize(history: _History, store: ObjectStore, version_id: str, name: s
     patches = [r for r in chain[:-1] if r.encoding != "unchanged"]
     value = _get(ledger, store, chain[-1].objects["full"])  # maps the object file
     if patches:
-        value = value.clone()  # one bulk copy, then patched in place (cheaper than copy-on-write faults)
-    for row in reversed(patches):
-        patch = Patch(row.encoding, {role: _get(ledger, store, addr) for role, addr in row.objects.items()}, row.meta)
-        value = patch.apply(value, inplace=True)
+        # the whole chain in one pass over the output (provenance.kernels.patch.apply_chain)
+        steps = []
+        for row in reversed(patches):
+            t = {role: _get(ledger, store, addr) for role, addr in row.objects.items()}
+            if row.encoding == "sparse":
+                steps.append(("sparse", t["indices"], t["values"]))
+            elif row.encoding == "low_rank":
+                steps.append(("low_rank", t["B"], t["A"], row.meta["scale"]))
+            else:
+                steps.append((row.encoding, *t.values()))
+        value = apply_chain(value, steps)
     return value, len(patches), sum(r.nbytes for r in patches)
 
 
