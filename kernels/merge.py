@@ -5,7 +5,10 @@ vector once more, in torch, to find its magnitude threshold).
 Anatomy (STYLE.md, "Kernels"): the public functions check their inputs and raise errors with the
 numbers in them; :func:`provenance.kernels.dispatch.pick` then chooses between one private
 ``@triton.jit`` kernel, :func:`_merge_kernel`, and :func:`_merge_torch`, the plain-torch reference
-that is also the CPU path. Both run the same recurrences in float32 (float64 for float64 inputs),
+that is also the CPU path; on the CPU, float32, float64 and bfloat16 merges of up to 8 models run
+:func:`_merge_nb`, a numba loop over blocks with the torch path's recurrences (FMA-contracted as
+torch's vectorised ops are: bit-identical to it), and TIES finds its thresholds by a two-pass
+histogram of the magnitudes' bits (:func:`_kth_abs_numba`, the same values as ``kthvalue``). All run the same recurrences in float32 (float64 for float64 inputs),
 read every input element once and return a new tensor of the inputs' dtype and shape (or write
 ``out=``, which may be one of the inputs: every element is read before it is written).
 
@@ -23,6 +26,7 @@ import torch
 
 from provenance.errors import InvalidParameterError
 from provenance.kernels.dispatch import forced, pick
+from provenance.kernels.merge_cpu import _kth_abs_numba, _merge_numba, _numba_ok
 
 try:
     import triton
@@ -33,6 +37,7 @@ except ImportError:  # the torch path still works; Triton is the gpu extra: pip 
 MAX_MODELS = 8  # models per Triton launch: one pointer argument each
 BLOCK = 1024  # elements per Triton program
 CHUNK = 1 << 18  # elements per step of the torch path on CPU, so its buffers stay in cache
+_MODES = {"mean": 0, "fisher": 1, "task": 2, "ties": 3}
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 Weights = Sequence[float] | torch.Tensor | None
@@ -165,6 +170,8 @@ def _ties_thresholds(base: torch.Tensor, thetas: list[torch.Tensor], density: fl
         return [0.0] * len(thetas)
     if k == 0:
         return [math.inf] * len(thetas)
+    if _numba_ok(base, *thetas) and base.dtype != torch.float64:
+        return _kth_abs_numba(base, thetas, n - k)
     b = base.reshape(-1).to(_acc_dtype(base.dtype))
     return [t.reshape(-1).to(b.dtype, copy=True).sub_(b).abs_().kthvalue(n - k + 1).values.item() for t in thetas]
 
@@ -193,6 +200,8 @@ def _launch(mode, thetas, fishers, base, lam, extra, eps, out) -> torch.Tensor:
             )
         if out.numel():
             _merge_triton(mode, out, base, thetas, fishers, lam, extra, eps)
+    elif out.numel() and len(thetas) <= MAX_MODELS and _numba_ok(out, base, *thetas) and _numba_ok(*fishers, same=True):
+        _merge_numba(mode, out, base, thetas, fishers, lam, extra, eps)
     elif out.numel():
         _merge_torch(mode, out, base, thetas, fishers, lam, extra, eps)
     return out

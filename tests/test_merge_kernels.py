@@ -272,3 +272,28 @@ class TestOnGPU:
             slow = run(method, thetas, fishers, base, weights)
         assert fast.is_cuda and fast.dtype == dtype
         torch.testing.assert_close(fast, slow, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16, F64], ids=str)
+@pytest.mark.parametrize("shape", [(0,), (1,), (7,), (4097,), (33, 17), (9000,)], ids=str)
+@pytest.mark.parametrize("method", METHODS)
+def test_numba_path_is_bit_identical_to_the_torch_reference(method, shape, dtype, monkeypatch):
+    thetas, fishers, base, weights = make(shape, dtype, 3, seed=zlib.crc32(f"nb{method}{shape}{dtype}".encode()))
+    thetas[0].view(-1)[:1] = -0.0  # a signed zero and, for TIES, a tie at the threshold
+    fast = run(method, thetas, fishers, base, weights)
+    monkeypatch.setattr(M, "_numba_ok", lambda *a, **k: False)
+    ref = run(method, thetas, fishers, base, weights)
+    assert fast.dtype == ref.dtype and fast.shape == ref.shape
+    assert torch.equal(fast.view(-1).view(torch.uint8), ref.view(-1).view(torch.uint8))
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
+@pytest.mark.parametrize("density", [0.01, 0.3, 0.999])
+def test_numba_ties_threshold_equals_kthvalue(dtype, density):
+    g = torch.Generator().manual_seed(7)
+    base = torch.randn(5001, generator=g).to(dtype)
+    thetas = [(base.float() + torch.randn(5001, generator=g).round(decimals=1)).to(dtype) for _ in range(2)]
+    n, k = base.numel(), int(density * base.numel())
+    got = M._ties_thresholds(base, thetas, density)
+    want = [(t.float() - base.float()).abs().kthvalue(n - k + 1).values.item() for t in thetas]
+    assert got == want
