@@ -143,6 +143,17 @@ def merge(
         params, receipt_params, kernel = [], {}, None
         with BackgroundWriter() as writer:
             for name in names:
+                direct = _sparse_direct(history, store, ids, name, method, base_id)
+                if direct is not None:  # sparse patches of one parent: merge only where they changed it
+                    merged, fisher_objects, first = _merge_sparse(direct, method, name, fishers, lam, eps, norms)
+                    kernel = kernel or pick(merged)
+                    patch = encode(first, merged)
+                    objects = {role: store.put(t, writer).address for role, t in patch.tensors.items()}
+                    params.append(ParamRecord(name=name, dtype=str(merged.dtype).removeprefix("torch."),
+                                              shape=list(merged.shape), encoding=patch.encoding, objects=objects,
+                                              meta=patch.meta, nbytes=patch.nbytes))
+                    receipt_params[name] = {"inputs": None, "fishers": fisher_objects, "merged": address_of(merged)}
+                    continue
                 thetas = [_materialize(history, store, vid, name)[0] for vid in ids]
                 kernel = kernel or pick(thetas[0])
                 merged, fisher_objects = _merge_group(
@@ -192,6 +203,60 @@ def _merge_group(method, name, thetas, fishers, lam, eps, norms, density, histor
     if method == "task_arithmetic":
         return kernels.task_arithmetic(theta0, thetas, lam), None
     return kernels.ties(theta0, thetas, lam, density=density), None
+
+
+def _sparse_direct(history, store, ids, name, method, base_id):
+    """When every input stores ``name`` as a sparse patch (or unchanged) on one shared parent, that
+    parent's value and each input's (indices, values): the merge of an elementwise method then
+    differs from the parent only where some input changed it. None otherwise."""
+    if method not in ("average", "fisher", "task_arithmetic") or len(ids) < 2:
+        return None
+    parents = {history.parent(v) for v in ids}
+    rows = [history.manifest(v)[name] for v in ids]
+    if len(parents) != 1 or None in parents or any(r.encoding not in ("sparse", "unchanged") for r in rows):
+        return None
+    parent = parents.pop()
+    if method == "task_arithmetic" and parent != base_id:
+        return None
+    theta0 = _materialize(history, store, parent, name)[0]
+    patches = []
+    for r in rows:
+        if r.encoding == "unchanged":
+            patches.append((torch.zeros(0, dtype=torch.int64), theta0.new_empty(0)))
+        else:
+            patches.append((store.get(r.objects["indices"]).long(), store.get(r.objects["values"])))
+    return theta0, patches
+
+
+def _merge_sparse(direct, method, name, fishers, lam, eps, norms):
+    """The elementwise merge on the union of the inputs' changed positions, the parent elsewhere
+    (bit for bit what merging the whole tensors gives: every input equals the parent there, and a
+    merge of equal values returns that value exactly). Also returns the first input's value."""
+    theta0, patches = direct
+    flat0 = theta0.reshape(-1)
+    union = torch.unique(torch.cat([idx for idx, _ in patches]))
+    thetas_u = []
+    for idx, values in patches:
+        t = flat0[union].clone()
+        t[torch.searchsorted(union, idx)] = values
+        thetas_u.append(t)
+    fisher_objects = None
+    if method == "average":
+        merged_u = kernels.weighted_average(thetas_u, lam)
+    elif method == "task_arithmetic":
+        merged_u = kernels.task_arithmetic(flat0[union].clone(), thetas_u, lam)
+    else:
+        fs, fisher_objects = [], []
+        for source in fishers:
+            f, address = source(name)
+            fs.append(f.reshape(-1)[union].contiguous())
+            fisher_objects.append(address)
+        merged_u = kernels.fisher_merge(thetas_u, fs, lam, eps=eps, norms=norms)
+    merged = flat0.clone()
+    merged[union] = merged_u
+    first = flat0.clone()
+    first[patches[0][0]] = patches[0][1]
+    return merged.reshape(theta0.shape), fisher_objects, first.reshape(theta0.shape)
 
 
 def _weights(weights: Sequence[float] | None, n: int) -> list[float]:
@@ -292,7 +357,8 @@ def receipt_check(ledger: Ledger, version: str | VersionRecord) -> dict[str, boo
     out = {}
     for name in names:
         thetas = [_materialize(history, store, vid, name)[0] for vid in ids]
-        same_inputs = [address_of(t) for t in thetas] == recorded[name]["inputs"]
+        recorded_inputs = recorded[name]["inputs"]  # None: merged directly from sparse patches
+        same_inputs = recorded_inputs is None or [address_of(t) for t in thetas] == recorded_inputs
         merged, fisher_objects = _merge_group(method, name, thetas, fishers, lam, receipt["eps"], norms,
                                               receipt["density"], history, store, receipt["base_version"])
         same_fishers = fisher_objects == recorded[name]["fishers"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -149,3 +151,38 @@ def test_bad_merges_are_refused_and_write_nothing(two):
     with pytest.raises(InvalidParameterError, match="negative, NaN or Inf"):
         ledger.store_fisher(a, {"w": -torch.ones(16, 8)})
     assert len(ledger.versions()) == before + 1  # only `other`
+
+
+def test_sparse_patches_of_one_parent_merge_where_they_changed_it(ledger):
+    """Children that change a few elements of one parent (FISH-style) are merged on the union of
+    their changes only; the result is bit for bit the whole-tensor merge (receipt_check re-runs
+    it on whole tensors)."""
+    g = torch.Generator().manual_seed(0)
+    base_state = {"w": torch.randn(64, 32, generator=g), "b": torch.randn(32, generator=g)}
+    base = ledger.commit(base_state, message="base")
+    children = []
+    for seed in range(3):
+        state = {n: t.clone() for n, t in base_state.items()}
+        idx = torch.randperm(64 * 32, generator=torch.Generator().manual_seed(seed))[:40]
+        state["w"].view(-1)[idx] += 0.5
+        if seed == 0:
+            state["b"][3] = 7.0  # b: sparse in one child, unchanged in the others
+        children.append(ledger.commit(state, parent=base, message=f"child {seed}"))
+    assert {ledger.manifest(c)["w"].encoding for c in children} == {"sparse"}
+    for c in children:
+        ledger.store_fisher(c, _positive_like(base_state, seed=len(c.version_id)))
+    for method in ("average", "fisher", "task_arithmetic"):
+        merged = ledger.merge(children, method=method, message=method)
+        recorded = json.loads(ledger.receipt(merged)["params_json"])
+        assert recorded["w"]["inputs"] is None and recorded["b"]["inputs"] is None  # merged directly
+        assert receipt_check(ledger, merged) == {"b": True, "w": True}, method
+    averaged = ledger.checkout(ledger.merge(children, method="average", message="again"))
+    full = [ledger.checkout(c) for c in children]
+    torch.testing.assert_close(averaged["w"], sum(f["w"] for f in full) / 3, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(averaged["b"][3], 7.0 / 3 + 2 * base_state["b"][3] / 3, rtol=1e-6, atol=1e-6)
+    assert torch.equal(averaged["b"][:3], base_state["b"][:3])  # untouched everywhere else, exactly
+
+
+def _positive_like(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {n: torch.rand(t.shape, generator=g) + 0.1 for n, t in state.items()}
