@@ -211,8 +211,7 @@ class ModelQueries:
             rows = con.sql(
                 f"""SELECT r.*,
                        (SELECT map(list(dataset_id ORDER BY dataset_id), list(epochs ORDER BY dataset_id))
-                        FROM run_datasets d WHERE d.run_id = r.run_id) AS datasets,
-                       (SELECT count(*) FROM run_examples e WHERE e.run_id = r.run_id) AS n_logged
+                        FROM run_datasets d WHERE d.run_id = r.run_id) AS datasets
                     FROM runs r {where}""",
                 params=params,
             ).to_arrow_table().to_pylist()

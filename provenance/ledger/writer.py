@@ -211,9 +211,11 @@ class LedgerWriter:
                     f"logged example {key!r} is a document of several of the run's datasets ({', '.join(where)}); "
                     "log it with dataset=... to say which"
                 )
-            return self._con.execute(
+            n = self._con.execute(
                 "INSERT INTO run_examples SELECT ?, step, doc_id FROM _prov_resolved ORDER BY seq", [run_id]
             ).fetchall()[0][0]
+            self._con.execute("UPDATE runs SET n_logged = n_logged + ? WHERE run_id = ?", [n, run_id])
+            return n
         finally:
             self._con.execute("DROP TABLE IF EXISTS _prov_resolved")
 

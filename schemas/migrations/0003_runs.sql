@@ -12,7 +12,8 @@ CREATE TABLE runs (
     ended_at      TIMESTAMP,
     version_id    VARCHAR,               -- the version the run produced, if any
     host          VARCHAR NOT NULL,      -- where the run's process runs, to tell an abandoned run
-    pid           INTEGER NOT NULL       -- 0: started from the CLI, ended explicitly
+    pid           INTEGER NOT NULL,      -- 0: started from the CLI, ended explicitly
+    n_logged      BIGINT NOT NULL DEFAULT 0  -- rows of run_examples, kept here so reading a run scans none
 );
 
 -- The datasets a run declared, with the epochs it declared over each (used for the shards of a
