@@ -146,25 +146,20 @@ def merge(
                 direct = _sparse_direct(history, store, ids, name, method, base_id)
                 if direct is not None:  # sparse patches of one parent: merge only where they changed it
                     merged, fisher_objects, first = _merge_sparse(direct, method, name, fishers, lam, eps, norms)
-                    kernel = kernel or pick(merged)
-                    patch = encode(first, merged)
-                    objects = {role: store.put(t, writer).address for role, t in patch.tensors.items()}
-                    params.append(ParamRecord(name=name, dtype=str(merged.dtype).removeprefix("torch."),
-                                              shape=list(merged.shape), encoding=patch.encoding, objects=objects,
-                                              meta=patch.meta, nbytes=patch.nbytes))
-                    receipt_params[name] = {"inputs": None, "fishers": fisher_objects, "merged": address_of(merged)}
-                    continue
-                thetas = [_materialize(history, store, vid, name)[0] for vid in ids]
-                kernel = kernel or pick(thetas[0])
-                merged, fisher_objects = _merge_group(
-                    method, name, thetas, fishers, lam, eps, norms, density, history, store, base_id
-                )
-                patch = encode(thetas[0], merged)
+                    input_addresses = None
+                else:
+                    thetas = [_materialize(history, store, vid, name)[0] for vid in ids]
+                    merged, fisher_objects = _merge_group(
+                        method, name, thetas, fishers, lam, eps, norms, density, history, store, base_id
+                    )
+                    first, input_addresses = thetas[0], [address_of(t) for t in thetas]
+                kernel = kernel or pick(merged)
+                patch = encode(first, merged)
                 objects = {role: store.put(t, writer).address for role, t in patch.tensors.items()}
                 params.append(ParamRecord(name=name, dtype=str(merged.dtype).removeprefix("torch."),
                                           shape=list(merged.shape), encoding=patch.encoding, objects=objects,
                                           meta=patch.meta, nbytes=patch.nbytes))
-                receipt_params[name] = {"inputs": [address_of(t) for t in thetas], "fishers": fisher_objects,
+                receipt_params[name] = {"inputs": input_addresses, "fishers": fisher_objects,
                                         "merged": address_of(merged)}
         created = datetime.now(timezone.utc).replace(tzinfo=None)
         h = xxhash.xxh3_128(f"merge|{ids}|{method}|{lam}|{message}|{created.isoformat()}|".encode())
