@@ -29,9 +29,8 @@ class Patch:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
-    def apply(self, base: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
-        """The patched tensor; with ``inplace`` the encoding may reuse ``base``'s memory."""
-        return ENCODINGS[self.encoding].apply(base, self, inplace=inplace)
+    def apply(self, base: torch.Tensor) -> torch.Tensor:
+        return ENCODINGS[self.encoding].apply(base, self)
 
 
 class Encoding:
@@ -46,7 +45,7 @@ class Encoding:
         choosing the smallest encoding."""
         raise NotImplementedError
 
-    def apply(self, base: torch.Tensor, patch: Patch, *, inplace: bool = False) -> torch.Tensor:
+    def apply(self, base: torch.Tensor, patch: Patch) -> torch.Tensor:
         raise NotImplementedError
 
 

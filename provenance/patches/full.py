@@ -14,7 +14,7 @@ class Full(Encoding):
     def encode(self, base: torch.Tensor, target: torch.Tensor, **hints) -> Patch | None:
         return Patch(self.name, {"full": target.detach().contiguous()})
 
-    def apply(self, base: torch.Tensor, patch: Patch, *, inplace: bool = False) -> torch.Tensor:
+    def apply(self, base: torch.Tensor, patch: Patch) -> torch.Tensor:
         return apply_full(base, patch.tensors["full"])
 
 

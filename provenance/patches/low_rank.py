@@ -23,7 +23,7 @@ class LowRank(Encoding):
         patch = Patch(self.name, {"B": b.detach().contiguous(), "A": a.detach().contiguous()}, {"scale": float(scale)})
         return patch if same_bits(self.apply(base, patch), target) else None
 
-    def apply(self, base: torch.Tensor, patch: Patch, *, inplace: bool = False) -> torch.Tensor:
+    def apply(self, base: torch.Tensor, patch: Patch) -> torch.Tensor:
         return apply_low_rank(base, patch.tensors["B"], patch.tensors["A"], patch.meta["scale"])
 
 

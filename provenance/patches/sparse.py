@@ -28,8 +28,8 @@ class Sparse(Encoding):
         values = target.detach().contiguous().reshape(-1)[indices]
         return Patch(self.name, {"indices": indices.to(index_dtype), "values": values})
 
-    def apply(self, base: torch.Tensor, patch: Patch, *, inplace: bool = False) -> torch.Tensor:
-        return apply_sparse(base, patch.tensors["indices"], patch.tensors["values"], inplace=inplace)
+    def apply(self, base: torch.Tensor, patch: Patch) -> torch.Tensor:
+        return apply_sparse(base, patch.tensors["indices"], patch.tensors["values"])
 
 
 register(Sparse())

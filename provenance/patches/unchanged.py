@@ -15,8 +15,8 @@ class Unchanged(Encoding):
         same = not bool(changed.any()) if changed is not None else same_bits(base, target)
         return Patch(self.name) if same else None
 
-    def apply(self, base: torch.Tensor, patch: Patch, *, inplace: bool = False) -> torch.Tensor:
-        return base if inplace else base.clone()
+    def apply(self, base: torch.Tensor, patch: Patch) -> torch.Tensor:
+        return base.clone()
 
 
 register(Unchanged())
