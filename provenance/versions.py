@@ -317,8 +317,9 @@ def diff(ledger: Ledger, old: str | VersionRecord, new: str | VersionRecord) -> 
             rows.append({"name": name, "status": f"reshaped {list(x.shape)} -> {list(y.shape)}", "encoding": "full",
                          "changed": 1.0, "rank": None, "patch_bytes": full, "full_bytes": full})
             continue
-        patch = encode(x, y)
-        changed = int(changed_mask(x, y).sum()) / y.numel() if y.numel() else 0.0
+        mask = changed_mask(x, y)
+        patch = encode(x, y, changed=mask)  # the mask is computed once, for both
+        changed = int(mask.sum()) / y.numel() if y.numel() else 0.0
         rank = None
         if patch.encoding != "unchanged" and y.dim() == 2 and y.is_floating_point() and max(y.shape) <= 1024:
             delta = y.double() - x.double()
