@@ -26,7 +26,7 @@ import torch
 
 from provenance.errors import InvalidParameterError
 from provenance.kernels.dispatch import forced, pick
-from provenance.kernels.merge_cpu import _kth_abs_numba, _merge_numba, _numba_ok
+from provenance.kernels.merge_cpu import MAX_MODELS, _kth_abs_numba, _merge_numba, _numba_ok
 
 try:
     import triton
@@ -34,10 +34,8 @@ try:
 except ImportError:  # the torch path still works; Triton is the gpu extra: pip install 'provenance[gpu]'
     triton = None
 
-MAX_MODELS = 8  # models per Triton launch: one pointer argument each
 BLOCK = 1024  # elements per Triton program
 CHUNK = 1 << 18  # elements per step of the torch path on CPU, so its buffers stay in cache
-_MODES = {"mean": 0, "fisher": 1, "task": 2, "ties": 3}
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 Weights = Sequence[float] | torch.Tensor | None

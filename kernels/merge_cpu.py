@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from numba import get_num_threads, njit, prange
 
-MAX_MODELS = 8  # as kernels.merge: one compiled type per dtype, unused slots repeat the first model
+MAX_MODELS = 8  # models per call: one Triton pointer argument each; here one compiled type, unused slots repeat the first
 NB_BLOCK = 4096  # elements per block (its scratch rows stay in L1/L2)
 _MODES = {"mean": 0, "fisher": 1, "task": 2, "ties": 3}
 
