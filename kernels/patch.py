@@ -70,6 +70,8 @@ BLOCK = 1024  # output elements per program of the chain kernel
 SCATTER_BLOCK = 1024  # sparse entries per program of the scatter kernel
 MAX_SLOTS = 4  # patches per launch of the chain kernel; a longer chain takes one more pass per 4 patches
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+ROW_BLOCK_ELEMENTS = 1 << 20  # elements per block of rows when a low-rank update is made block by block
+LOW_RANK_WHOLE = 1 << 24  # updates up to this many elements are one GEMM; larger ones go by blocks of rows
 KINDS = ("sparse", "dense", "low_rank", "full")  # the patch kinds of apply_chain
 _PARTS = {"sparse": ("indices", "values"), "dense": ("delta",), "low_rank": ("b", "a", "scale"), "full": ("tensor",)}
 _BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # same-width integers, for bit copies
@@ -313,11 +315,31 @@ def _low_rank_update(b: torch.Tensor, a: torch.Tensor, scale: float) -> torch.Te
     return update
 
 
+def row_blocks(rows: int, cols: int, elements: int | None = None):
+    """``(start, stop)`` of consecutive blocks of rows covering ``rows`` rows of ``cols`` elements:
+    about ``elements`` elements each, never fewer than 256 rows (the last block takes the rest when
+    less than two blocks remain). From 256 rows on, torch's CPU GEMM gives each block of ``B @ A``
+    exactly as the whole product does (its small-M kernels round differently; tested)."""
+    per = max(256, (elements or ROW_BLOCK_ELEMENTS) // max(1, cols))
+    start = 0
+    while start < rows:
+        stop = rows if rows - start < 2 * per else start + per
+        yield start, stop
+        start = stop
+
+
 def _low_rank_torch(cur: torch.Tensor, b: torch.Tensor, a: torch.Tensor, scale: float,
                     out: torch.Tensor | None = None) -> torch.Tensor:
     """``(cur.float() + update).to(cur.dtype)`` into ``out`` (None: a new tensor), with no more
     passes than needed: ``torch.add`` widens bfloat16 and float16 exactly by itself, and the sum is
-    computed in the update's buffer (or straight into a float32 ``out``)."""
+    computed in the update's buffer (or straight into a float32 ``out``). An update of more than
+    :data:`LOW_RANK_WHOLE` elements is made block of rows by block (:func:`row_blocks`), so the
+    float32 ``B @ A`` is never held whole: the same bits, a few percent slower."""
+    if cur.numel() > LOW_RANK_WHOLE and cur.shape[0] >= 512:
+        out = torch.empty_like(cur, memory_format=torch.contiguous_format) if out is None else out
+        for r0, r1 in row_blocks(cur.shape[0], cur.shape[1]):
+            _low_rank_torch(cur[r0:r1], b[r0:r1], a, scale, out=out[r0:r1])
+        return out
     update = _low_rank_update(b, a, scale)
     x = cur if cur.dtype in (torch.float32, torch.bfloat16, torch.float16) else cur.float()
     if out is None:

@@ -10,7 +10,11 @@ kernel that ran, and every input and Fisher object address, so :func:`remerge` c
 tensors and compare them bit for bit.
 
 Merging versions stored as LoRA (low-rank) patches merges their values ``base + scale · B @ A``,
-never the factors A and B separately.
+never the factors A and B separately. Where every input stores a group as a patch on one shared
+parent (sparse, low-rank or unchanged: contributors' patches on one base), an elementwise merge
+never materialises the inputs: sparse patches are merged on the union of the positions they
+change, and low-rank ones block of rows by block, each input's rows made from the parent's rows
+and its factors just before they are merged; either way bit for bit the whole-tensor merge.
 
 The Fisher of a version is stored beside its patch by :func:`store_fisher`: the full diagonal, or
 with ``keep`` a top-k sketch (the largest ``keep`` fraction of entries; the others read as 0,
@@ -32,6 +36,7 @@ from provenance import __version__
 from provenance.errors import InvalidParameterError
 from provenance.kernels import merge as kernels
 from provenance.kernels.dispatch import pick
+from provenance.kernels.patch import apply_chain, row_blocks
 from provenance.ledger import Ledger
 from provenance.objects import BackgroundWriter, ObjectStore, address_of
 from provenance.patches import encode
@@ -143,9 +148,13 @@ def merge(
         params, receipt_params, kernel = [], {}, None
         with BackgroundWriter() as writer:
             for name in names:
-                direct = _sparse_direct(history, store, ids, name, method, base_id)
-                if direct is not None:  # sparse patches of one parent: merge only where they changed it
+                direct = _patch_direct(history, store, ids, name, method, base_id)
+                if direct is not None and all(p[0] == "sparse" for p in direct[1]):
+                    # sparse patches of one parent: merge only where they changed it
                     merged, fisher_objects, first = _merge_sparse(direct, method, name, fishers, lam, eps, norms)
+                    input_addresses = None
+                elif direct is not None:  # low-rank patches too: each input made row block by row block
+                    merged, fisher_objects, first = _merge_patched(direct, method, name, fishers, lam, eps, norms)
                     input_addresses = None
                 else:
                     thetas = [_materialize(history, store, vid, name)[0] for vid in ids]
@@ -200,15 +209,16 @@ def _merge_group(method, name, thetas, fishers, lam, eps, norms, density, histor
     return kernels.ties(theta0, thetas, lam, density=density), None
 
 
-def _sparse_direct(history, store, ids, name, method, base_id):
-    """When every input stores ``name`` as a sparse patch (or unchanged) on one shared parent, that
-    parent's value and each input's (indices, values): the merge of an elementwise method then
-    differs from the parent only where some input changed it. None otherwise."""
+def _patch_direct(history, store, ids, name, method, base_id):
+    """When every input stores ``name`` as a sparse or low-rank patch (or unchanged) on one shared
+    parent, that parent's value and each input's patch, ``("sparse", indices, values)`` or
+    ``("low_rank", B, A, scale)``: an elementwise merge can then make each input's value from the
+    parent and its patch as it goes, never holding the inputs whole. None otherwise."""
     if method not in ("average", "fisher", "task_arithmetic") or len(ids) < 2:
         return None
     parents = {history.parent(v) for v in ids}
     rows = [history.manifest(v)[name] for v in ids]
-    if len(parents) != 1 or None in parents or any(r.encoding not in ("sparse", "unchanged") for r in rows):
+    if len(parents) != 1 or None in parents or any(r.encoding not in ("sparse", "low_rank", "unchanged") for r in rows):
         return None
     parent = parents.pop()
     if method == "task_arithmetic" and parent != base_id:
@@ -217,9 +227,11 @@ def _sparse_direct(history, store, ids, name, method, base_id):
     patches = []
     for r in rows:
         if r.encoding == "unchanged":
-            patches.append((torch.zeros(0, dtype=torch.int64), theta0.new_empty(0)))
+            patches.append(("sparse", torch.zeros(0, dtype=torch.int64), theta0.new_empty(0)))
+        elif r.encoding == "sparse":
+            patches.append(("sparse", store.get(r.objects["indices"]).long(), store.get(r.objects["values"])))
         else:
-            patches.append((store.get(r.objects["indices"]).long(), store.get(r.objects["values"])))
+            patches.append(("low_rank", store.get(r.objects["B"]), store.get(r.objects["A"]), r.meta["scale"]))
     return theta0, patches
 
 
@@ -229,9 +241,9 @@ def _merge_sparse(direct, method, name, fishers, lam, eps, norms):
     merge of equal values returns that value exactly). Also returns the first input's value."""
     theta0, patches = direct
     flat0 = theta0.reshape(-1)
-    union = torch.unique(torch.cat([idx for idx, _ in patches]))
+    union = torch.unique(torch.cat([idx for _, idx, _ in patches]))
     thetas_u = []
-    for idx, values in patches:
+    for _, idx, values in patches:
         t = flat0[union].clone()
         t[torch.searchsorted(union, idx)] = values
         thetas_u.append(t)
@@ -250,8 +262,48 @@ def _merge_sparse(direct, method, name, fishers, lam, eps, norms):
     merged = flat0.clone()
     merged[union] = merged_u
     first = flat0.clone()
-    first[patches[0][0]] = patches[0][1]
+    first[patches[0][1]] = patches[0][2]
     return merged.reshape(theta0.shape), fisher_objects, first.reshape(theta0.shape)
+
+
+def _merge_patched(direct, method, name, fishers, lam, eps, norms):
+    """The elementwise merge of a 2-D group whose inputs are low-rank or sparse patches on one
+    parent, one block of rows at a time: each input's rows are made from the parent's rows and its
+    patch (:func:`provenance.kernels.patch.apply_chain` on the block), merged straight into the
+    output's rows, and dropped, so memory holds the parent, the output, the first input (the new
+    patch is encoded against it) and one block per input, whatever the number of inputs. Blocks
+    have at least 256 rows, where torch's GEMM gives the rows of ``B @ A`` bit for bit as the whole
+    product does (tested), so the result is the merge of the materialised inputs exactly."""
+    theta0, patches = direct
+    rows = theta0.shape[0]
+    merged, first = torch.empty_like(theta0), torch.empty_like(theta0)
+    fs, fisher_objects = None, None
+    if method == "fisher":
+        fs, fisher_objects = [], []
+        for source in fishers:
+            f, address = source(name)
+            fs.append(f.reshape(theta0.shape))
+            fisher_objects.append(address)
+    cols = theta0[0].numel() if rows else 0
+    for r0, r1 in row_blocks(rows, cols):
+        block0 = theta0[r0:r1]
+        thetas = []
+        for i, patch in enumerate(patches):
+            dst = first[r0:r1] if i == 0 else None
+            if patch[0] == "sparse":
+                lo, hi = torch.searchsorted(patch[1], torch.tensor([r0 * cols, r1 * cols])).tolist()
+                step = ("sparse", patch[1][lo:hi] - r0 * cols, patch[2][lo:hi])
+            else:
+                step = ("low_rank", patch[1][r0:r1], patch[2], patch[3])
+            thetas.append(apply_chain(block0, [step], out=dst))
+        out = merged[r0:r1]
+        if method == "average":
+            kernels.weighted_average(thetas, lam, out=out)
+        elif method == "task_arithmetic":
+            kernels.task_arithmetic(block0, thetas, lam, out=out)
+        else:
+            kernels.fisher_merge(thetas, [f[r0:r1] for f in fs], lam, eps=eps, norms=norms, out=out)
+    return merged, fisher_objects, first
 
 
 def _weights(weights: Sequence[float] | None, n: int) -> list[float]:
@@ -352,7 +404,7 @@ def receipt_check(ledger: Ledger, version: str | VersionRecord) -> dict[str, boo
     out = {}
     for name in names:
         thetas = [_materialize(history, store, vid, name)[0] for vid in ids]
-        recorded_inputs = recorded[name]["inputs"]  # None: merged directly from sparse patches
+        recorded_inputs = recorded[name]["inputs"]  # None: merged directly from the inputs' patches
         same_inputs = recorded_inputs is None or [address_of(t) for t in thetas] == recorded_inputs
         merged, fisher_objects = _merge_group(method, name, thetas, fishers, lam, receipt["eps"], norms,
                                               receipt["density"], history, store, receipt["base_version"])

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from provenance.errors import InvalidParameterError
+from provenance.kernels import merge as merge_kernels
 from provenance.merges import load_fisher, receipt_check
 from provenance.patches import same_bits
 
@@ -186,3 +187,41 @@ def test_sparse_patches_of_one_parent_merge_where_they_changed_it(ledger):
 def _positive_like(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {n: torch.rand(t.shape, generator=g) + 0.1 for n, t in state.items()}
+
+
+@pytest.mark.parametrize("method", ["average", "fisher", "task_arithmetic"])
+def test_low_rank_patches_of_one_parent_merge_block_by_block(ledger, monkeypatch, method):
+    """LoRA-style children of one parent (and a sparse one) are merged without materialising any
+    input: rows are made block by block from the parent and the factors. The result is bit for bit
+    the merge of the checked-out inputs (receipt_check re-runs it on whole tensors)."""
+    from provenance.kernels import patch as patch_kernels
+
+    monkeypatch.setattr(patch_kernels, "ROW_BLOCK_ELEMENTS", 256 * 37)  # blocks of 256 rows: 3 blocks of 1000
+    g = torch.Generator().manual_seed(3)
+    base_state = {"w": torch.randn(1000, 37, generator=g), "b": torch.randn(37, generator=g)}
+    base = ledger.commit(base_state, message="base")
+    children = []
+    for seed, rank in ((1, 2), (2, 5)):
+        b, a = torch.randn(1000, rank, generator=g), torch.randn(rank, 37, generator=g)
+        target = {"w": patch_kernels.apply_low_rank(base_state["w"], b, a, 0.25), "b": base_state["b"]}
+        children.append(ledger.commit(target, parent=base, low_rank={"w": (b, a, 0.25)}, message=f"lora {seed}"))
+    sparse_state = {n: t.clone() for n, t in base_state.items()}
+    sparse_state["w"].view(-1)[torch.randperm(37_000, generator=g)[:50]] += 1.0
+    children.append(ledger.commit(sparse_state, parent=base, message="sparse"))
+    assert [ledger.manifest(c)["w"].encoding for c in children] == ["low_rank", "low_rank", "sparse"]
+    fishers = {c.version_id: _positive_like(base_state, seed=i) for i, c in enumerate(children)}
+    merged = ledger.merge(children, method=method, weights=[0.5, 0.3, 0.2], message=method,
+                          fisher=fishers if method == "fisher" else None)
+    recorded = json.loads(ledger.receipt(merged)["params_json"])
+    assert recorded["w"]["inputs"] is None  # merged from the patches
+    assert receipt_check(ledger, merged) == {"b": True, "w": True}
+    full = [ledger.checkout(c)["w"] for c in children]
+    got = ledger.checkout(merged)["w"]
+    if method == "average":
+        want = merge_kernels.weighted_average(full, [0.5, 0.3, 0.2])
+    elif method == "task_arithmetic":
+        want = merge_kernels.task_arithmetic(base_state["w"], full, [0.5, 0.3, 0.2])
+    else:
+        want = merge_kernels.fisher_merge(full, [fishers[c.version_id]["w"] for c in children], [0.5, 0.3, 0.2])
+    assert torch.equal(got, want)
+    assert not torch.equal(got, base_state["w"])

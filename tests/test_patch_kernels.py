@@ -433,3 +433,26 @@ class TestOnGPU:
             slow = P.apply_chain(base, chain)
         assert same_bits(P.apply_chain(base, chain), slow)
         torch.testing.assert_close(P.apply_chain(base, chain, exact=False), slow, **TOL[dtype])
+
+
+@pytest.mark.parametrize("shape", [(256, 3), (600, 129), (1031, 64), (2048, 7)])
+@pytest.mark.parametrize("rank", [1, 8, 33])
+def test_low_rank_by_blocks_of_rows_is_the_whole_gemm(monkeypatch, shape, rank):
+    """Large low-rank updates are made block of rows by block (never the whole float32 B @ A); with
+    blocks of at least 256 rows torch's GEMM gives the same bits as the whole product."""
+    from provenance.kernels import patch as p
+
+    g = torch.Generator().manual_seed(shape[0] + rank)
+    base = torch.randn(shape, generator=g)
+    b, a = torch.randn(shape[0], rank, generator=g), torch.randn(rank, shape[1], generator=g)
+    whole = base + (b @ a) * 0.75
+    monkeypatch.setattr(p, "LOW_RANK_WHOLE", 0)
+    monkeypatch.setattr(p, "ROW_BLOCK_ELEMENTS", 1)  # blocks of 256 rows
+    blocks = list(p.row_blocks(*shape))
+    assert blocks[0][0] == 0 and blocks[-1][1] == shape[0] and all(r1 - r0 >= 256 for r0, r1 in blocks)
+    out = torch.full_like(base, float("nan"))
+    assert torch.equal(p.apply_chain(base, [("low_rank", b, a, 0.75)], out=out), whole)
+    assert torch.equal(p.apply_low_rank(base, b, a, 0.75), whole)
+    inplace = base.clone()
+    p.apply_chain(inplace, [("low_rank", b, a, 0.75)], out=inplace)
+    assert torch.equal(inplace, whole)
