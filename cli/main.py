@@ -236,10 +236,17 @@ def model_show(obj: Context, ref: str, as_json: bool) -> None:
 @model_group.command("diff")
 @click.argument("old", metavar="V1")
 @click.argument("new", metavar="V2")
+@click.option("--data", is_flag=True, help="Compare the two lineages' datasets and shards instead of the tensors.")
 @json_option
 @pass_ctx
-def model_diff(obj: Context, old: str, new: str, as_json: bool) -> None:
-    """Per parameter group: how V2 differs from V1 (encoding, elements changed, patch bytes)."""
+def model_diff(obj: Context, old: str, new: str, data: bool, as_json: bool) -> None:
+    """Per parameter group: how V2 differs from V1 (encoding, elements changed, patch bytes).
+    With --data: the datasets and shards in one lineage and not the other."""
+    if data:
+        from provenance.lineage import data_diff
+
+        render.data_diff(data_diff(obj.ledger(), old, new), as_json)
+        return
     from provenance.versions import diff
 
     render.diff(diff(obj.ledger(), old, new), as_json)
@@ -433,3 +440,48 @@ def run() -> None:  # pragma: no cover - console entry point
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+@main.command("lineage")
+@click.argument("ref", metavar="VERSION")
+@click.option("--format", "fmt", type=click.Choice(["table", "mermaid", "dot"]), default="table", show_default=True,
+              help="A table of the data, or the version DAG with its datasets as Mermaid or Graphviz.")
+@json_option
+@pass_ctx
+def lineage_cmd(obj: Context, ref: str, fmt: str, as_json: bool) -> None:
+    """Every dataset and shard that shaped VERSION, through all its ancestors, runs and merges:
+    examples seen, epochs, the effective contribution through merge weights, the path, and the
+    union of the licence conditions."""
+    from provenance.lineage import graph_text
+
+    lin = obj.ledger().lineage(ref)
+    if fmt != "table" and not as_json:
+        click.echo(graph_text(lin, fmt), nl=False)
+        return
+    render.lineage(lin, as_json)
+
+
+@main.command("taint")
+@click.argument("target", required=False, metavar="[DATASET | DATASET:SHARD | DATASET:KEY]")
+@click.option("--shard", default=None, help="A shard of the dataset (index or name).")
+@click.option("--key", default=None, help="A document key of the dataset.")
+@click.option("--text", "text_file", type=click.File("rb"), default=None,
+              help="A file with the text of a document ('-': stdin); found by exact hash, or with --near by similarity.")
+@click.option("--near", type=float, default=None, help="Also versions whose lineage holds a near-duplicate "
+              "(estimated Jaccard >= NEAR) of the target document in any dataset.")
+@json_option
+@pass_ctx
+def taint_cmd(obj: Context, target: str | None, shard: str | None, key: str | None, text_file, near: float | None,
+              as_json: bool) -> None:
+    """Every version whose lineage contains TARGET: the versions to re-train or re-merge without it."""
+    from provenance.audits import taint_report
+
+    text = None
+    if text_file is not None:
+        raw = text_file.read()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise click.ClickException(f"{text_file.name}: not UTF-8 (byte {exc.start})") from exc
+    report = taint_report(obj.ledger(), dataset=target, shard=shard, key=key, text=text, near=near)
+    render.taint(report, as_json)

@@ -278,3 +278,66 @@ def progress(quiet: bool) -> Iterator[Any]:
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as p:
         yield _RichProgress(p)
+
+
+def data_diff(d: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+        return
+    click.echo(f"A {d['a'][:12]}  B {d['b'][:12]}")
+    for side, label in (("a", "only in A"), ("b", "only in B")):
+        click.echo(f"datasets {label}: {', '.join(d[f'datasets_only_in_{side}']) or 'none'}")
+        shards = d[f"shards_only_in_{side}"]
+        for s in shards[:50]:
+            click.echo(f"  shard {s['dataset_id']} #{s['shard_index']} {s['shard']}")
+        if len(shards) > 50:
+            click.echo(f"  … {len(shards) - 50} more shards")
+    click.echo(f"datasets in both: {', '.join(d['datasets_in_both']) or 'none'}")
+
+
+def lineage(lin, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(lin.to_dict(), indent=2, default=str, ensure_ascii=False))
+        return
+    console = _console()
+    t = Table(title=f"Data that shaped {lin.version[:12]}")
+    for col in ("dataset", "role", "licence", "shards", "examples", "effective share", "via (nearest first)"):
+        t.add_column(col)
+    for d in lin.datasets:
+        t.add_row(d["dataset_id"], d["role"] or "", d["license"] or "unknown", str(d["shards"]), f"{d['examples']:,}",
+                  f"{d['effective_share']:.1%}", " → ".join(v[:8] for v in d["path"]))
+    console.print(t)
+    v = Table(title="Versions in the lineage")
+    for col in ("version", "message", "weight", "how"):
+        v.add_column(col)
+    for row in lin.versions:
+        how = (f"{row['merge']} merge" if row["merge"] else f"run {row['run_id'][:8]}" if row["run_id"]
+               else "no run recorded: data unknown")
+        v.add_row(row["version_id"][:12] + (f" ({', '.join(row['tags'])})" if row["tags"] else ""),
+                  _cell(row["message"]), f"{row['weight']:.3g}", how)
+    console.print(v)
+    lic = lin.licence
+    flags = [f"{k.replace('_', '-')}: {', '.join(lic[k])}" for k in
+             ("non_commercial", "share_alike", "unknown_license", "model_generated") if lic[k]]
+    click.echo(f"licences: {', '.join(lic['licenses']) or 'none'}" + ("".join(f"\n  {f}" for f in flags)))
+    if lin.unrecorded:
+        click.echo(f"no training data recorded for {len(lin.unrecorded)} version(s): "
+                   f"{', '.join(v[:12] for v in lin.unrecorded)}")
+
+
+def taint(report: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str, ensure_ascii=False))
+        return
+    click.echo(f"target: {report['target']}")
+    if report.get("near") is not None:
+        click.echo(f"near-duplicates (Jaccard >= {report['near']}): {len(report['matches'])} document(s)")
+        for m in report["matches"][:20]:
+            click.echo(f"  {m['dataset_id']} {m['key']}  J≈{m['jaccard']:.3f}")
+    t = Table(title=f"{len(report['versions'])} tainted version(s)")
+    for col in ("version", "message", "how", "examples"):
+        t.add_column(col)
+    for v in report["versions"]:
+        t.add_row(v["version_id"][:12], _cell(v["message"]), "trained on it" if v["direct"] else f"descends from {v['via'][:8]}",
+                  f"{v['examples']:,}" if v["direct"] else "")
+    _console().print(t)

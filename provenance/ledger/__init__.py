@@ -30,6 +30,7 @@ from provenance.errors import (
 )
 from provenance.ledger._common import DB_FILE, LEDGER_DIR, OBJECTS_DIR, TMP_DIR, _now, quote_identifier
 from provenance.ledger.data import DataQueries
+from provenance.ledger.lineage import LineageQueries
 from provenance.ledger.models import ModelQueries
 from provenance.ledger.writer import DocumentStage, LedgerWriter, _clean_staging
 
@@ -54,7 +55,7 @@ def migrations() -> list[tuple[int, str, str]]:
 SCHEMA_VERSION = len(migrations())
 
 
-class Ledger(DataQueries, ModelQueries):
+class Ledger(DataQueries, ModelQueries, LineageQueries):
     """A provenance ledger on disk. Create one with :meth:`init`, open one with :meth:`open`."""
 
     def __init__(self, root: Path, *, lock_timeout: float = 10.0, memory_limit: str = "512MB"):

@@ -20,6 +20,7 @@ from provenance.errors import (
 )
 from provenance.fingerprints import FingerprintConfig
 from provenance.ledger._common import TMP_DIR, _dataset_from_row, _now, quote_identifier
+from provenance.ledger.audit_sql import AuditWrites
 from provenance.records import (
     DatasetRecord,
     ParamRecord,
@@ -29,7 +30,7 @@ from provenance.records import (
 )
 
 
-class LedgerWriter:
+class LedgerWriter(AuditWrites):
     """Writes inside one transaction of :meth:`Ledger.transaction`."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, staging: Path):

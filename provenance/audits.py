@@ -1,0 +1,373 @@
+"""Audits as queries: deduplication of a dataset or of everything in a version's lineage, and
+taint by text similarity. The heavy work is SQL inside DuckDB (:mod:`provenance.ledger.audit_sql`):
+Python holds the report, never the documents or the pair graph.
+
+**Dedup.** Candidate pairs come from an LSH band self-join. The banding is chosen for the audit's
+threshold ``t`` (the most rows per band such that a pair at ``t`` is a candidate with probability
+at least 0.99; :meth:`provenance.fingerprints.Banding.for_threshold`), not taken from
+registration: when it happens to equal the stored banding the stored band keys are used, else
+the keys are hashed from signature slices in SQL. A candidate is a pair when its signatures agree
+in at least ``ceil(t · k)`` of ``k`` positions (estimated Jaccard ≥ t, standard error
+``sqrt(J(1−J)/k)``). ``verify`` re-reads the source text of the pairs within three standard errors
+of ``t`` and drops those whose exact Jaccard of shingle sets is below ``t``. Pairs are grouped into
+clusters (connected components, by label propagation in SQL). The **duplicate rate** is the
+share of documents that are redundant: the documents in clusters, less one kept per cluster,
+over all documents audited.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from provenance.errors import FingerprintMismatchError, InvalidParameterError, NotFoundError, ProvenanceError
+from provenance.fingerprints import Banding, FingerprintConfig
+from provenance.ledger import Ledger
+from provenance.records import DatasetRecord
+
+MIN_RECALL = 0.99  # probability that a pair at the threshold becomes a candidate
+REPORT_PAIRS = 1000  # pairs kept in a stored report (all of them are in audit_pairs)
+
+
+def check_threshold(value: float, name: str = "threshold") -> float:
+    """``value`` as a float in (0, 1], or an error naming ``name``."""
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise InvalidParameterError(f"{name} must be a number in (0, 1], got {value!r}") from None
+    if not 0.0 < t <= 1.0 or math.isnan(t):
+        raise InvalidParameterError(f"{name} must be in (0, 1], got {value!r}")
+    return t
+
+
+def banding_for(num_perm: int, threshold: float) -> Banding:
+    """The banding an audit at ``threshold`` uses (module doc); one band of every position at 1."""
+    if threshold >= 1.0:
+        return Banding(bands=1, rows=num_perm)
+    return Banding.for_threshold(num_perm, threshold, MIN_RECALL)
+
+
+def s_curve(banding: Banding, steps: int = 40) -> list[list[float]]:
+    """``[similarity, P(candidate)]`` over [0, 1]: the S-curve of ``banding``."""
+    return [[i / steps, banding.probability(i / steps)] for i in range(steps + 1)]
+
+
+# ---- what is audited --------------------------------------------------------------------------
+
+
+def resolve_scope(ledger: Ledger, targets: Sequence[str]) -> tuple[list[dict[str, Any]], list[DatasetRecord], pa.Table]:
+    """Each target, a dataset (``NAME`` or ``NAME@VERSION``) or a version (id, prefix or tag:
+    everything in its lineage), as ``(what it was, datasets, scope table)``. The scope table has
+    ``dataset_id, shard_index`` (null: the whole dataset). All datasets must share one
+    fingerprint config: signatures made under different configs do not compare."""
+    if not targets:
+        raise InvalidParameterError("give at least one dataset or version to audit")
+    described, rows = [], []
+    for target in targets:
+        try:
+            ds = ledger.dataset(target)
+        except NotFoundError:
+            ds = None
+        if ds is not None:
+            described.append({"target": target, "kind": "dataset", "id": ds.dataset_id})
+            rows.append((ds.dataset_id, None))
+            continue
+        try:
+            lin = ledger.lineage(target)
+        except (NotFoundError, InvalidParameterError) as exc:
+            raise NotFoundError(f"{target!r} is neither a dataset nor a version in the ledger ({exc})") from None
+        if not lin.shards.num_rows:
+            raise InvalidParameterError(
+                f"version {lin.version[:12]} ({target}) has an empty lineage: no run in its history recorded any "
+                "data" + (f"; versions without a run: {', '.join(v[:12] for v in lin.unrecorded)}" if lin.unrecorded else "")
+            )
+        described.append({"target": target, "kind": "version", "id": lin.version})
+        rows += [(s["dataset_id"], s["shard_index"]) for s in lin.shards.to_pylist()]
+    whole = {d for d, s in rows if s is None}
+    rows = sorted({(d, s) for d, s in rows if s is None or d not in whole}, key=lambda r: (r[0], -1 if r[1] is None else r[1]))
+    datasets = [ledger.dataset(d) for d in sorted({d for d, _ in rows})]
+    check_same_config(datasets)
+    scope = pa.table({"dataset_id": pa.array([r[0] for r in rows], pa.string()),
+                      "shard_index": pa.array([r[1] for r in rows], pa.int32())})
+    return described, datasets, scope
+
+
+def check_same_config(datasets: Sequence[DatasetRecord]) -> FingerprintConfig:
+    """The one fingerprint config of ``datasets``, or an error naming two that differ."""
+    first = datasets[0]
+    for ds in datasets[1:]:
+        if ds.config_id != first.config_id:
+            raise FingerprintMismatchError(
+                f"datasets fingerprinted under different configs cannot be compared: {first.dataset_id} uses "
+                f"{first.config_id} but {ds.dataset_id} uses {ds.config_id}; re-register one with the other's config"
+            )
+    return first.config
+
+
+# ---- dedup ------------------------------------------------------------------------------------
+
+
+def audit_dedup(
+    ledger: Ledger,
+    targets: Sequence[str],
+    *,
+    threshold: float = 0.8,
+    verify: bool = False,
+    pairs_file: str | os.PathLike | None = None,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Near-duplicates among the documents of ``targets`` (module doc), stored as an audit.
+    Returns the report; ``report["pairs"]`` holds every pair unless ``pairs_file`` is given, in
+    which case they are written there as Parquet (and the report keeps the best
+    :data:`REPORT_PAIRS`)."""
+    threshold = check_threshold(threshold)
+    started = time.perf_counter()
+    described, datasets, scope = resolve_scope(ledger, targets)
+    cfg = datasets[0].config
+    k = cfg.num_perm
+    banding = banding_for(k, threshold)
+    stored = all((d.bands, d.rows) == (banding.bands, banding.rows) for d in datasets)
+    min_matches = math.ceil(threshold * k - 1e-9)
+    audit_id = uuid.uuid4().hex
+    created = datetime.now(timezone.utc).replace(tzinfo=None)
+    _stage(progress, "audit: documents", 4)
+    with ledger.transaction() as tx:
+        n_docs = tx.stage_documents(scope)
+        _advance(progress)
+        tx.near_pairs(audit_id, banding.bands, banding.rows, min_matches, stored=stored)
+        _advance(progress)
+        verified = _verify(ledger, tx, audit_id, cfg, threshold, k) if verify else None
+        rounds = tx.label_clusters(audit_id)
+        _advance(progress)
+        report = _dedup_report(tx, audit_id, n_docs, k)
+        report.update({
+            "audit_id": audit_id, "kind": "dedup", "created_at": created.isoformat(), "targets": described,
+            "datasets": [d.dataset_id for d in datasets], "config_id": cfg.identity, "threshold": threshold,
+            "banding": {"bands": banding.bands, "rows": banding.rows, "num_perm": k, "min_matches": min_matches,
+                        "p_at_threshold": banding.probability(threshold), "stored_band_keys": stored,
+                        "s_curve": s_curve(banding)},
+            "verify": verified, "cluster_rounds": rounds,
+        })
+        report["summary"]["seconds"] = round(time.perf_counter() - started, 3)
+        tx.insert_audit({"audit_id": audit_id, "kind": "dedup", "target": " ".join(targets),
+                         "params": {"threshold": threshold, "verify": verify, "bands": banding.bands,
+                                    "rows": banding.rows},
+                         "passed": None, "report": report, "created_at": created})
+        if pairs_file is not None:
+            path = Path(pairs_file)
+            tmp = path.with_name(f".{path.name}.{audit_id[:8]}.tmp")
+            tx.copy_pairs(audit_id, str(tmp))
+            os.replace(tmp, path)
+        tx.drop_audit_tables()
+        _advance(progress)
+    report = dict(report)
+    if pairs_file is None:
+        report["pairs"] = ledger.audit_pairs(audit_id).drop_columns(["doc_a", "doc_b"]).to_pylist()
+    else:
+        report["pairs_file"] = str(pairs_file)
+    return report
+
+
+def _dedup_report(tx, audit_id: str, n_docs: int, k: int) -> dict[str, Any]:
+    """Summary, clusters, near-copy counts and the similarity histogram, by queries."""
+    q = tx.audit_query
+    clusters = q("""SELECT cluster, count(DISTINCT doc) AS size FROM (
+                        SELECT cluster, doc_a AS doc FROM audit_pairs WHERE audit_id = $1
+                        UNION ALL SELECT cluster, doc_b FROM audit_pairs WHERE audit_id = $1)
+                    GROUP BY cluster ORDER BY size DESC, cluster""", [audit_id])
+    sizes = clusters.column("size").to_pylist()
+    n_pairs = int(q("SELECT count(*) AS n FROM audit_pairs WHERE audit_id = $1", [audit_id]).column("n")[0].as_py())
+    in_clusters = sum(sizes)
+    exact_pairs = int(q("""SELECT count(*) AS n FROM audit_pairs p JOIN documents a ON a.doc_id = p.doc_a
+                           JOIN documents b ON b.doc_id = p.doc_b
+                           WHERE p.audit_id = $1 AND a.exact_hash = b.exact_hash""", [audit_id]).column("n")[0].as_py())
+    largest = q("""WITH top AS (SELECT cluster, size FROM (
+                        SELECT cluster, count(DISTINCT doc) AS size FROM (
+                            SELECT cluster, doc_a AS doc FROM audit_pairs WHERE audit_id = $1
+                            UNION ALL SELECT cluster, doc_b FROM audit_pairs WHERE audit_id = $1) GROUP BY cluster)
+                        ORDER BY size DESC, cluster LIMIT 10),
+                   members AS (SELECT DISTINCT t.cluster, t.size, d.key, d.dataset_id, d.doc_id
+                        FROM top t JOIN audit_pairs p ON p.audit_id = $1 AND p.cluster = t.cluster
+                        JOIN documents d ON d.doc_id IN (p.doc_a, p.doc_b))
+                   SELECT cluster, size, list(key ORDER BY doc_id)[1:5] AS sample_keys,
+                          list(DISTINCT dataset_id ORDER BY dataset_id) AS datasets
+                   FROM members GROUP BY cluster, size ORDER BY size DESC, cluster""", [audit_id]).to_pylist()
+    near = q("""SELECT d.key, d.dataset_id, count(*) AS near_copies FROM (
+                    SELECT doc_a AS doc FROM audit_pairs WHERE audit_id = $1
+                    UNION ALL SELECT doc_b FROM audit_pairs WHERE audit_id = $1) u
+                JOIN documents d ON d.doc_id = u.doc GROUP BY ALL ORDER BY near_copies DESC, d.key""", [audit_id])
+    hist = q("""SELECT floor(jaccard * 20) / 20 AS lo, count(*) AS n FROM audit_pairs WHERE audit_id = $1
+                GROUP BY lo ORDER BY lo""", [audit_id]).to_pylist()
+    size_counts = defaultdict(int)
+    for s in sizes:
+        size_counts[s] += 1
+    redundant = in_clusters - len(sizes)
+    return {
+        "summary": {"documents": n_docs, "pairs": n_pairs, "exact_duplicate_pairs": exact_pairs,
+                    "clusters": len(sizes), "documents_in_clusters": in_clusters, "redundant_documents": redundant,
+                    "duplicate_rate": redundant / n_docs if n_docs else 0.0, "largest_cluster": sizes[0] if sizes else 0},
+        "cluster_sizes": [[s, size_counts[s]] for s in sorted(size_counts)],
+        "largest_clusters": largest,
+        "near_copies": near.to_pylist(),
+        "similarity_histogram": [[min(r["lo"], 1.0), min(r["lo"] + 0.05, 1.0), r["n"]] for r in hist],
+    }
+
+
+def _verify(ledger: Ledger, tx, audit_id: str, cfg: FingerprintConfig, threshold: float, k: int) -> dict[str, Any]:
+    """Exact Jaccard for the pairs within three standard errors of ``threshold``, read from the
+    source files where they are still readable and unchanged; pairs below ``threshold`` by the
+    exact measure are dropped. Returns counts, and why some could not be checked."""
+    margin = 3 * math.sqrt(max(threshold * (1 - threshold), 1e-12) / k)
+    near = tx.audit_query(
+        """SELECT p.doc_a, p.doc_b, a.dataset_id AS da, a.shard_index AS sa, a.row_index AS ra,
+                  b.dataset_id AS db, b.shard_index AS sb, b.row_index AS rb
+           FROM audit_pairs p JOIN documents a ON a.doc_id = p.doc_a JOIN documents b ON b.doc_id = p.doc_b
+           WHERE p.audit_id = $1 AND abs(p.jaccard - $2) <= $3""", [audit_id, threshold, margin]).to_pylist()
+    wanted: dict[tuple[str, int], set[int]] = defaultdict(set)
+    for r in near:
+        wanted[(r["da"], r["sa"])].add(r["ra"])
+        wanted[(r["db"], r["sb"])].add(r["rb"])
+    texts, unreadable = read_texts(ledger, wanted)
+    exact_rows, skipped = [], 0
+    for r in near:
+        ta, tb = texts.get((r["da"], r["sa"], r["ra"])), texts.get((r["db"], r["sb"], r["rb"]))
+        if ta is None or tb is None:
+            skipped += 1
+            continue
+        exact_rows.append((r["doc_a"], r["doc_b"], exact_jaccard(cfg, ta, tb)))
+    table = pa.table({"doc_a": pa.array([r[0] for r in exact_rows], pa.int64()),
+                      "doc_b": pa.array([r[1] for r in exact_rows], pa.int64()),
+                      "exact": pa.array([r[2] for r in exact_rows], pa.float64())})
+    tx.set_exact(audit_id, table)
+    rejected = sum(1 for r in exact_rows if r[2] < threshold)
+    tx.audit_query("DELETE FROM audit_pairs WHERE audit_id = $1 AND exact < $2 RETURNING 1", [audit_id, threshold])
+    return {"margin": margin, "near_threshold": len(near), "checked": len(exact_rows), "rejected": rejected,
+            "not_checked": skipped, "unreadable": unreadable}
+
+
+def exact_jaccard(cfg: FingerprintConfig, a: str, b: str) -> float:
+    """Jaccard similarity of the two texts' shingle sets under ``cfg`` (1 for two empty texts)."""
+    sa, sb = set(cfg.shingles(a)), set(cfg.shingles(b))
+    union = len(sa | sb)
+    return len(sa & sb) / union if union else 1.0
+
+
+def read_texts(ledger: Ledger, wanted: dict[tuple[str, int], set[int]]) -> tuple[dict[tuple[str, int, int], str], list[str]]:
+    """The texts of the rows ``wanted`` per ``(dataset_id, shard_index)``, read from the shards'
+    files after checking each still hashes as registered. Shards that cannot be read are listed
+    with the reason instead."""
+    from provenance.sources.base import Counters, ReadOptions
+    from provenance.sources.files import FileShard
+
+    texts: dict[tuple[str, int, int], str] = {}
+    unreadable: list[str] = []
+    by_dataset: dict[str, list[int]] = defaultdict(list)
+    for dataset_id, shard_index in wanted:
+        by_dataset[dataset_id].append(shard_index)
+    for dataset_id, indexes in sorted(by_dataset.items()):
+        ds = ledger.dataset(dataset_id)
+        shards = {s.shard_index: s for s in ledger.shards(ds)}
+        opts = ReadOptions(text_field=ds.text_field, id_field=ds.id_field, on_invalid="replace")
+        for index in sorted(indexes):
+            shard = shards[index]
+            rows = wanted[(dataset_id, index)]
+            if shard.uri is None or not Path(shard.uri).is_file():
+                unreadable.append(f"{dataset_id} shard {shard.name}: " + ("registered from memory" if shard.uri is None
+                                                                           else f"{shard.uri} is gone"))
+                continue
+            reader = FileShard(Path(shard.uri), shard.name, shard.format)
+            reader.shard_id = shard.shard_id
+            try:
+                if reader._rehash() != shard.shard_id:
+                    unreadable.append(f"{dataset_id} shard {shard.name}: {shard.uri} changed since registration")
+                    continue
+                for batch in reader.batches(opts, Counters()):
+                    hit = np.isin(batch.rows, np.fromiter(rows, np.int64))
+                    if hit.any():
+                        for i in np.flatnonzero(hit).tolist():
+                            texts[(dataset_id, index, int(batch.rows[i]))] = batch.texts[i].as_py()
+            except (OSError, ProvenanceError) as exc:
+                unreadable.append(f"{dataset_id} shard {shard.name}: {exc}")
+    return texts, unreadable
+
+
+def _stage(progress: Any, description: str, total: int) -> None:
+    if progress is not None:
+        progress.start(description, total)
+
+
+def _advance(progress: Any) -> None:
+    if progress is not None:
+        progress.advance(1)
+
+
+# ---- taint by text ----------------------------------------------------------------------------
+
+
+def taint_report(ledger: Ledger, *, dataset: str | None = None, shard: str | None = None, key: str | None = None,
+                 text: str | None = None, near: float | None = None) -> dict[str, Any]:
+    """:func:`provenance.lineage.taint` with a readable target, and by text: ``text`` is found by
+    exact hash among all documents (of every fingerprint config), and with ``near`` every
+    document of estimated Jaccard ≥ ``near`` to the target (the text, or the document ``key``)
+    taints the versions that trained on it."""
+    from provenance.lineage import tainted_versions
+
+    if near is not None:
+        near = check_threshold(near, "near")
+    if text is None and (near is None or key is None):
+        if near is not None and key is None:
+            raise InvalidParameterError("--near needs a document: a key (with its dataset) or a text")
+        target = dataset if shard is None and key is None else f"{dataset} shard {shard}" if key is None else f"{dataset} {key}"
+        return {"target": target, "near": None, "matches": [], "versions": ledger.taint(dataset=dataset, shard=shard, key=key)}
+    if text is not None and not text.strip():
+        raise InvalidParameterError("the text to look for is empty")
+    matches = find_similar(ledger, text=text, dataset=dataset, key=key, near=near)
+    with ledger.session():
+        runs = ledger.runs_using("", doc_ids=[m["doc_id"] for m in matches]).to_pylist() if matches else []
+        graph = {r["version_id"]: r for r in ledger.version_graph().to_pylist()}
+    target = f"text ({len(text)} characters)" if text is not None else f"{dataset} {key}"
+    return {"target": target, "near": near, "matches": matches, "versions": tainted_versions(graph, runs)}
+
+
+def find_similar(ledger: Ledger, *, text: str | None = None, dataset: str | None = None, key: str | None = None,
+                 near: float | None = None) -> list[dict[str, Any]]:
+    """Documents equal to the target (same exact hash) or, with ``near``, of estimated Jaccard at
+    least ``near``, in every dataset fingerprinted under the target's config (for a text: under
+    each config in the ledger). Candidates come from the stored band keys when they find a pair at
+    ``near`` with probability ≥ 0.99, else every signature of the config is compared."""
+    with ledger.session():
+        if text is None:
+            doc = ledger.document(dataset, key)
+            ds = ledger.dataset(dataset)
+            probes = [(ds.config_id, doc.exact_hash, doc.signature, doc.band_keys, ds.config, (ds.bands, ds.rows))]
+        else:
+            probes, seen = [], set()
+            for ds in ledger.datasets(all_versions=True):
+                if ds.config_id not in seen:
+                    seen.add(ds.config_id)
+                    fp = ds.config.fingerprint_batch([text])
+                    banding = ds.config.banding
+                    probes.append((ds.config_id, int(fp.exact_hash[0]), fp.signatures[0], fp.band_keys[0], ds.config,
+                                   (banding.bands, banding.rows)))
+        found: dict[int, dict[str, Any]] = {}
+        for cid, exact, sig, band_keys, _cfg, banding in probes:
+            k = len(sig)
+            min_matches = None if near is None else math.ceil(near * k - 1e-9)
+            use_bands = near is not None and Banding(*banding).probability(near) >= MIN_RECALL
+            rows = ledger.similar_documents(cid, exact, sig, min_matches, band_keys if use_bands else None,
+                                            banding if use_bands else None)
+            for r in rows.to_pylist():
+                r["jaccard"] = r["matches"] / k
+                r["config_id"] = cid
+                found.setdefault(r["doc_id"], r)
+    return sorted(found.values(), key=lambda r: (-r["jaccard"], r["dataset_id"], r["key"]))

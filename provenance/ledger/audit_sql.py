@@ -1,0 +1,146 @@
+"""The SQL of the audits, run inside one ledger transaction: near-duplicate pairs from an LSH band
+self-join, connected components by label propagation, and the report's aggregates. Everything
+stays in DuckDB (spilling to the ledger's temp folder when it must); Python sees only counts and
+the rows a report shows. Mixed into :class:`provenance.ledger.writer.LedgerWriter`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+
+_MATCHES = "len(list_filter(list_zip(x.signature, y.signature), lambda p: p[1] = p[2]))"
+
+
+class AuditWrites:
+    """Audit steps over the temporary table ``aud_docs`` (``self._con``: the transaction's connection)."""
+
+    def stage_documents(self, scope: pa.Table) -> int:
+        """The documents of ``scope`` (``dataset_id``, ``shard_index`` or null for the whole
+        dataset) into the temporary table ``aud_docs``; returns how many."""
+        con = self._con
+        con.register("aud_scope", scope)
+        try:
+            con.execute(
+                """CREATE OR REPLACE TEMP TABLE aud_docs AS
+                   SELECT DISTINCT d.doc_id, d.dataset_id, d.shard_index, d.row_index, d.key, d.exact_hash,
+                          d.token_count, d.signature, d.band_keys
+                   FROM documents d JOIN aud_scope s
+                     ON d.dataset_id = s.dataset_id AND (s.shard_index IS NULL OR d.shard_index = s.shard_index)"""
+            )
+        finally:
+            con.unregister("aud_scope")
+        return int(con.execute("SELECT count(*) FROM aud_docs").fetchall()[0][0])
+
+    def near_pairs(self, audit_id: str, bands: int, rows: int, min_matches: int, *, stored: bool) -> int:
+        """Every pair of ``aud_docs`` that shares an LSH band key and whose signatures agree in at
+        least ``min_matches`` positions, into ``audit_pairs``; returns how many. ``stored``: use
+        the band keys stored at registration (same banding), else hash ``bands`` slices of ``rows``
+        signature positions."""
+        con = self._con
+        if stored:
+            keys = "SELECT doc_id, generate_subscripts(band_keys, 1) AS band, unnest(band_keys) AS bk FROM aud_docs"
+        else:
+            keys = f"""SELECT doc_id, i AS band, hash(signature[i * {int(rows)} + 1 : (i + 1) * {int(rows)}]) AS bk
+                       FROM aud_docs, range({int(bands)}) t(i)"""
+        con.execute(f"CREATE OR REPLACE TEMP TABLE aud_bands AS {keys}")
+        con.execute(
+            """CREATE OR REPLACE TEMP TABLE aud_cand AS
+               SELECT DISTINCT p.doc_id AS a, q.doc_id AS b
+               FROM aud_bands p JOIN aud_bands q ON p.band = q.band AND p.bk = q.bk AND p.doc_id < q.doc_id"""
+        )
+        con.execute("DROP TABLE aud_bands")
+        con.execute(
+            f"""INSERT INTO audit_pairs
+                SELECT $1, c.a, c.b, m, m / len(x.signature), NULL, c.a
+                FROM aud_cand c JOIN aud_docs x ON x.doc_id = c.a JOIN aud_docs y ON y.doc_id = c.b,
+                     LATERAL (SELECT {_MATCHES} AS m)
+                WHERE m >= $2""",
+            [audit_id, int(min_matches)],
+        )
+        con.execute("DROP TABLE aud_cand")
+        return int(con.execute("SELECT count(*) FROM audit_pairs WHERE audit_id = ?", [audit_id]).fetchall()[0][0])
+
+    def label_clusters(self, audit_id: str) -> int:
+        """Connected components of the audit's pairs: each pair's ``cluster`` becomes the smallest
+        doc_id of its component. Label propagation with pointer jumping, one SQL statement per
+        round; returns the number of rounds."""
+        con = self._con
+        con.execute(
+            """CREATE OR REPLACE TEMP TABLE aud_edges AS
+               SELECT doc_a AS u, doc_b AS v FROM audit_pairs WHERE audit_id = $1
+               UNION ALL SELECT doc_b, doc_a FROM audit_pairs WHERE audit_id = $1""",
+            [audit_id],
+        )
+        con.execute("CREATE OR REPLACE TEMP TABLE aud_label AS SELECT u AS doc, least(u, min(v)) AS label FROM aud_edges GROUP BY u")
+        rounds = 0
+        while True:
+            rounds += 1
+            con.execute(
+                """CREATE OR REPLACE TEMP TABLE aud_next AS
+                   WITH hop AS (
+                       SELECT l.doc, least(min(l.label), min(n.label)) AS label
+                       FROM aud_label l JOIN aud_edges e ON e.u = l.doc JOIN aud_label n ON n.doc = e.v
+                       GROUP BY l.doc)
+                   SELECT h.doc, least(h.label, j.label) AS label FROM hop h JOIN aud_label j ON j.doc = h.label"""
+            )
+            changed = con.execute(
+                "SELECT count(*) FROM aud_next n JOIN aud_label l USING (doc) WHERE n.label <> l.label"
+            ).fetchall()[0][0]
+            con.execute("CREATE OR REPLACE TEMP TABLE aud_label AS SELECT * FROM aud_next")
+            if not changed:
+                break
+        con.execute(
+            """UPDATE audit_pairs SET cluster = l.label FROM aud_label l
+               WHERE audit_pairs.audit_id = $1 AND l.doc = audit_pairs.doc_a""",
+            [audit_id],
+        )
+        for table in ("aud_edges", "aud_label", "aud_next"):
+            con.execute(f"DROP TABLE IF EXISTS {table}")
+        return rounds
+
+    def set_exact(self, audit_id: str, exact: pa.Table) -> None:
+        """Record exact Jaccards (``doc_a, doc_b, exact``) of verified pairs."""
+        con = self._con
+        con.register("aud_exact", exact)
+        try:
+            con.execute(
+                """UPDATE audit_pairs SET exact = e.exact FROM aud_exact e
+                   WHERE audit_pairs.audit_id = $1 AND audit_pairs.doc_a = e.doc_a AND audit_pairs.doc_b = e.doc_b""",
+                [audit_id],
+            )
+        finally:
+            con.unregister("aud_exact")
+
+    def audit_query(self, sql: str, params: list[Any] | None = None) -> pa.Table:
+        """A read inside the transaction (the audit's temporary tables and uncommitted pairs)."""
+        return self._con.sql(sql, params=params or []).to_arrow_table()
+
+    def copy_pairs(self, audit_id: str, path: str) -> None:
+        """The audit's pairs with their keys, as a Parquet file at ``path``."""
+        self._con.execute(
+            f"""COPY ({PAIRS_SQL.replace("$1", "'" + audit_id.replace("'", "") + "'")})
+                TO '{path.replace("'", "''")}' (FORMAT parquet)"""
+        )
+
+    def insert_audit(self, row: dict[str, Any]) -> None:
+        self._con.execute(
+            "INSERT INTO audits VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [row["audit_id"], row["kind"], row["target"], json.dumps(row["params"], sort_keys=True),
+             row["passed"], json.dumps(row["report"], default=str), row["created_at"]],
+        )
+
+    def drop_audit_tables(self) -> None:
+        self._con.execute("DROP TABLE IF EXISTS aud_docs")
+
+
+# The pairs of an audit with both documents' keys and datasets, best first.
+PAIRS_SQL = """
+    SELECT da.key AS a, db.key AS b, da.dataset_id AS dataset_a, db.dataset_id AS dataset_b, p.jaccard,
+           sqrt(p.jaccard * (1 - p.jaccard) / len(da.signature)) AS stderr, p.matches, p.exact, p.cluster,
+           p.doc_a, p.doc_b
+    FROM audit_pairs p JOIN documents da ON da.doc_id = p.doc_a JOIN documents db ON db.doc_id = p.doc_b
+    WHERE p.audit_id = $1
+    ORDER BY p.jaccard DESC, p.doc_a, p.doc_b"""

@@ -1,0 +1,172 @@
+"""Lineage and audits as queries: the version graph, the shards runs trained on, and the stored
+audit records. Mixed into :class:`provenance.ledger.Ledger`; the logic is in
+:mod:`provenance.lineage` and :mod:`provenance.audits`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+
+from provenance.errors import NotFoundError
+
+
+class LineageQueries:
+    """Reads behind lineage, taint and the audits (``self`` is a :class:`~provenance.ledger.Ledger`)."""
+
+    def version_graph(self) -> pa.Table:
+        """Every version with its parents, run, and, for merges, the method and weights of its
+        receipt: ``version_id, parents, run_id, message, created_at, method, weights``, and its
+        ``tags``."""
+        with self._cursor() as con:
+            return con.sql(
+                """SELECT v.version_id, v.parents, v.run_id, v.message, v.created_at, m.method, m.weights,
+                          coalesce(t.tags, []) AS tags
+                   FROM versions v LEFT JOIN merge_receipts m USING (version_id)
+                   LEFT JOIN (SELECT version_id, list(name ORDER BY name) AS tags FROM tags GROUP BY ALL) t
+                       USING (version_id)"""
+            ).to_arrow_table()
+
+    def trained_shards(self, runs: pa.Table) -> pa.Table:
+        """Per run of ``runs`` (``run_id, version_id, weight``) the shards it trained on, with the
+        run's weight in the version asked about: ``run_id, version_id, weight, dataset_id,
+        shard_index, shard_name, examples, distinct_documents, epochs, logged``."""
+        with self._cursor() as con:
+            con.register("lineage_runs", runs)
+            try:
+                return con.sql(
+                    """SELECT r.run_id, r.version_id, r.weight, rs.dataset_id, rs.shard_index, s.name AS shard_name,
+                              rs.examples, rs.distinct_documents, rs.epochs, rs.logged
+                       FROM lineage_runs r JOIN run_shards rs USING (run_id)
+                       JOIN shards s ON s.dataset_id = rs.dataset_id AND s.shard_index = rs.shard_index
+                       ORDER BY rs.dataset_id, rs.shard_index, r.run_id"""
+                ).to_arrow_table()
+            finally:
+                con.unregister("lineage_runs")
+
+    def dataset_table(self, dataset_ids: list[str]) -> pa.Table:
+        """Licence and role columns of the datasets named, one row each."""
+        with self._cursor() as con:
+            return con.sql(
+                """SELECT dataset_id, name, role, license, non_commercial, share_alike, attribution, model_generated,
+                          config_id, n_documents
+                   FROM datasets WHERE list_contains(?, dataset_id) ORDER BY dataset_id""",
+                params=[dataset_ids],
+            ).to_arrow_table()
+
+    def runs_using(self, dataset_id: str, shard_index: int | None = None, doc_ids: list[int] | None = None) -> pa.Table:
+        """The runs that trained on a dataset, one of its shards, or any of the documents
+        ``doc_ids`` (their shards, or their logged examples where the run logged that dataset),
+        with the version each produced: ``run_id, version_id, examples``."""
+        with self._cursor() as con:
+            if doc_ids is None:
+                return con.sql(
+                    """SELECT rs.run_id, r.version_id, sum(rs.examples)::BIGINT AS examples
+                       FROM run_shards rs JOIN runs r USING (run_id)
+                       WHERE rs.dataset_id = $1 AND ($2 IS NULL OR rs.shard_index = $2)
+                       GROUP BY ALL ORDER BY rs.run_id""",
+                    params=[dataset_id, shard_index],
+                ).to_arrow_table()
+            return con.sql(
+                """WITH docs AS (SELECT doc_id, dataset_id, shard_index FROM documents WHERE list_contains($1, doc_id)),
+                   logged AS (
+                       SELECT e.run_id, count(*) AS examples FROM run_examples e JOIN docs USING (doc_id) GROUP BY ALL),
+                   declared AS (
+                       SELECT rs.run_id, sum(rs.epochs)::BIGINT AS examples
+                       FROM run_shards rs JOIN docs d ON d.dataset_id = rs.dataset_id AND d.shard_index = rs.shard_index
+                       WHERE NOT rs.logged GROUP BY ALL)
+                   SELECT u.run_id, r.version_id, sum(u.examples)::BIGINT AS examples
+                   FROM (SELECT * FROM logged UNION ALL SELECT * FROM declared) u JOIN runs r USING (run_id)
+                   GROUP BY ALL ORDER BY u.run_id""",
+                params=[doc_ids],
+            ).to_arrow_table()
+
+    def similar_documents(self, config_id: str, exact_hash: int, signature: Any, min_matches: int | None,
+                          band_keys: Any = None, banding: tuple[int, int] | None = None) -> pa.Table:
+        """Documents of every dataset fingerprinted under ``config_id`` that have ``exact_hash``,
+        or (``min_matches`` given) whose signatures agree with ``signature`` in at least
+        ``min_matches`` positions: ``doc_id, dataset_id, shard_index, key, matches``. With
+        ``band_keys`` of ``banding`` (bands, rows), datasets stored under that banding are searched
+        by band collisions only; the others are scanned whole."""
+        sig = [int(x) for x in signature]
+        matches = "len(list_filter(list_zip(d.signature, $3::UINTEGER[]), lambda p: p[1] = p[2]))"
+        with self._cursor() as con:
+            if min_matches is None:
+                return con.sql(
+                    f"""SELECT d.doc_id, d.dataset_id, d.shard_index, d.key, {matches} AS matches
+                        FROM documents d JOIN datasets s USING (dataset_id)
+                        WHERE s.config_id = $1 AND d.exact_hash = $2 ORDER BY d.doc_id""",
+                    params=[config_id, int(exact_hash), sig],
+                ).to_arrow_table()
+            if band_keys is None or banding is None:
+                keys, bands, rows = [], -1, -1
+            else:
+                keys, (bands, rows) = [int(x) for x in band_keys], banding
+            return con.sql(
+                f"""WITH ds AS (SELECT dataset_id, bands = $5 AND rows = $6 AS banded FROM datasets WHERE config_id = $1),
+                    q AS (SELECT unnest($4::UBIGINT[]) AS bk, generate_subscripts($4::UBIGINT[], 1) AS band),
+                    hit AS (
+                        SELECT DISTINCT b.doc_id FROM (
+                            SELECT doc_id, unnest(band_keys) AS bk, generate_subscripts(band_keys, 1) AS band
+                            FROM documents WHERE dataset_id IN (SELECT dataset_id FROM ds WHERE banded)) b
+                        JOIN q USING (band, bk)),
+                    cand AS (
+                        SELECT d.* FROM documents d JOIN hit USING (doc_id)
+                        UNION ALL
+                        SELECT d.* FROM documents d WHERE d.dataset_id IN (SELECT dataset_id FROM ds WHERE NOT banded))
+                    SELECT d.doc_id, d.dataset_id, d.shard_index, d.key, {matches} AS matches
+                    FROM cand d WHERE {matches} >= $7 OR d.exact_hash = $2 ORDER BY d.doc_id""",
+                params=[config_id, int(exact_hash), sig, keys, bands, rows, int(min_matches)],
+            ).to_arrow_table()
+
+    # -- the logic, in provenance.lineage -------------------------------------------------------
+
+    def lineage(self, version: Any):
+        """Every dataset and shard that shaped ``version``; see :func:`provenance.lineage.lineage`."""
+        from provenance.lineage import lineage
+
+        return lineage(self, version)
+
+    def taint(self, **target: Any) -> list[dict[str, Any]]:
+        """Every version whose lineage contains the target; see :func:`provenance.lineage.taint`."""
+        from provenance.lineage import taint
+
+        return taint(self, **target)
+
+    # -- audit records ------------------------------------------------------------------------
+
+    def audit(self, audit_id: str) -> dict[str, Any]:
+        """The stored audit ``audit_id`` (or an unambiguous prefix of at least 4 hex digits):
+        its kind, target, parameters, whether it passed, and its report."""
+        with self._cursor() as con:
+            rows = con.sql(
+                "SELECT * FROM audits WHERE starts_with(audit_id, ?) ORDER BY audit_id LIMIT 2", params=[str(audit_id)]
+            ).to_arrow_table().to_pylist()
+        if not rows or len(str(audit_id)) < 4:
+            raise NotFoundError(f"no audit {audit_id!r} in the ledger")
+        if len(rows) > 1:
+            raise NotFoundError(f"audit prefix {audit_id!r} is ambiguous")
+        row = rows[0]
+        for key in ("params_json", "report_json"):
+            row[key.removesuffix("_json")] = json.loads(row.pop(key))
+        return row
+
+    def audit_pairs(self, audit_id: str, limit: int | None = None) -> pa.Table:
+        """The pairs a dedup audit found, best first, with both documents' keys and datasets:
+        ``a, b, dataset_a, dataset_b, jaccard, stderr, matches, exact, cluster, doc_a, doc_b``."""
+        from provenance.ledger.audit_sql import PAIRS_SQL
+
+        audit_id = self.audit(audit_id)["audit_id"]
+        with self._cursor() as con:
+            sql = PAIRS_SQL + (f" LIMIT {int(limit)}" if limit is not None else "")
+            return con.sql(sql, params=[audit_id]).to_arrow_table()
+
+    def audits(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """Stored audits, newest first, without their reports."""
+        with self._cursor() as con:
+            return con.sql(
+                """SELECT audit_id, kind, target, passed, created_at FROM audits
+                   WHERE $1 IS NULL OR kind = $1 ORDER BY created_at DESC""",
+                params=[kind],
+            ).to_arrow_table().to_pylist()

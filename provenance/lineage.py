@@ -1,0 +1,287 @@
+"""Lineage: which data shaped a version, through every ancestor, run and merge.
+
+A version's lineage is the set of its ancestors (through all parents) and the shards their runs
+trained on. Each ancestor carries a **weight**, its share in the version asked about: the version
+itself has weight 1; a fine-tune passes its whole weight to its parent (it contains everything its
+parent learnt); a merge passes ``|λᵢ| / Σ|λⱼ|`` of its weight to input ``i``. Weights add up over
+the paths of the DAG (an ancestor reached twice counts twice). A dataset's **effective
+contribution** is ``Σ weight(version of the run) × examples`` over the runs that trained on it,
+and its share is that divided by the sum over all datasets: so a dataset behind one input of a
+50/50 merge counts half as much as it would alone.
+
+Versions in the lineage with neither a run nor a merge receipt (an imported base model, a commit
+made without a run) trained on data the ledger does not know: they are listed as ``unrecorded``,
+because an honest answer to "which data shaped this" has to say where the record stops.
+
+:func:`taint` answers the reverse question: which versions have a dataset, a shard or a document
+(or, with ``near``, a near-duplicate of it) in their lineage.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from provenance.errors import InvalidParameterError, NotFoundError
+from provenance.ledger import Ledger
+from provenance.records import VersionRecord
+
+
+@dataclass
+class Lineage:
+    """What :func:`lineage` returns; :meth:`to_dict` is its JSON form."""
+
+    version: str
+    versions: list[dict[str, Any]]  # every ancestor (the version first): id, message, weight, run, merge, path
+    shards: pa.Table  # per (dataset, shard): examples, documents, epochs, effective examples, versions, runs
+    datasets: list[dict[str, Any]]  # per dataset: examples, shards, effective contribution, licence, via
+    licence: dict[str, Any]  # union of the licence conditions of every dataset
+    unrecorded: list[str] = field(default_factory=list)  # ancestors with no run and no merge: data unknown
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "versions": self.versions, "datasets": self.datasets,
+                "shards": self.shards.to_pylist(), "licence": self.licence, "unrecorded": self.unrecorded}
+
+
+def ancestry(ledger: Ledger, version: str | VersionRecord) -> tuple[str, dict[str, dict[str, Any]]]:
+    """The version's id and, per ancestor (itself included), its graph row with ``weight`` (its
+    share, module doc) and ``path`` (the versions from the one asked about down to it, by the
+    fewest steps). One read of the version table; the walk is over that ancestor set only."""
+    vid = ledger.version(version).version_id
+    graph = {r["version_id"]: r for r in ledger.version_graph().to_pylist()}
+    path = {vid: [vid]}
+    queue = deque([vid])
+    while queue:  # breadth first: every ancestor, with its shortest path
+        v = queue.popleft()
+        for p in graph[v]["parents"] or []:
+            if p not in path:
+                path[p] = [*path[v], p]
+                queue.append(p)
+    children_left = defaultdict(int)  # children within the ancestor set not yet passed on
+    for v in path:
+        for p in graph[v]["parents"] or []:
+            children_left[p] += 1
+    weight = defaultdict(float, {vid: 1.0})
+    ready = deque([vid])
+    while ready:  # topological order from the version down: a weight is complete before it is passed on
+        v = ready.popleft()
+        row = graph[v]
+        parents = row["parents"] or []
+        if row["weights"] is not None and len(row["weights"]) == len(parents):
+            total = sum(abs(w) for w in row["weights"]) or 1.0
+            shares = [abs(w) / total for w in row["weights"]]
+        else:
+            shares = [1.0] * len(parents)
+        for p, share in zip(parents, shares):
+            weight[p] += weight[v] * share
+            children_left[p] -= 1
+            if children_left[p] == 0:
+                ready.append(p)
+    return vid, {v: {**graph[v], "weight": weight[v], "path": path[v]} for v in path}
+
+
+def lineage(ledger: Ledger, version: str | VersionRecord) -> Lineage:
+    """Every dataset and shard that shaped ``version``, through all its ancestors (module doc)."""
+    with ledger.session():
+        vid, ancestors = ancestry(ledger, version)
+        runs = [(a["run_id"], v, a["weight"]) for v, a in ancestors.items() if a["run_id"]]
+        runs_table = pa.table({"run_id": pa.array([r[0] for r in runs], pa.string()),
+                               "version_id": pa.array([r[1] for r in runs], pa.string()),
+                               "weight": pa.array([r[2] for r in runs], pa.float64())})
+        trained = ledger.trained_shards(runs_table)
+        dataset_ids = sorted(set(trained.column("dataset_id").to_pylist()))
+        info = {r["dataset_id"]: r for r in ledger.dataset_table(dataset_ids).to_pylist()}
+    shards = _shard_rows(trained)
+    datasets = _dataset_rows(shards, info, ancestors)
+    versions = [
+        {"version_id": v, "message": a["message"], "weight": a["weight"], "run_id": a["run_id"],
+         "merge": a["method"], "merge_weights": a["weights"], "parents": list(a["parents"] or []),
+         "tags": a["tags"], "path": a["path"],
+         "created_at": a["created_at"].isoformat()}
+        for v, a in sorted(ancestors.items(), key=lambda kv: (len(kv[1]["path"]), kv[1]["created_at"]))
+    ]
+    unrecorded = [v["version_id"] for v in versions if not v["run_id"] and not v["merge"]]
+    return Lineage(version=vid, versions=versions, shards=shards, datasets=datasets,
+                   licence=licence_summary(info.values()), unrecorded=unrecorded)
+
+
+def _shard_rows(trained: pa.Table) -> pa.Table:
+    """One row per shard: the runs' examples and epochs summed, the weighted examples, who trained."""
+    by: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in trained.to_pylist():
+        row = by.setdefault((r["dataset_id"], r["shard_index"]), {
+            "dataset_id": r["dataset_id"], "shard_index": r["shard_index"], "shard": r["shard_name"],
+            "examples": 0, "distinct_documents": 0, "epochs": 0.0, "effective_examples": 0.0,
+            "versions": [], "runs": []})
+        row["examples"] += r["examples"]
+        row["distinct_documents"] = max(row["distinct_documents"], r["distinct_documents"])
+        row["epochs"] += r["epochs"]
+        row["effective_examples"] += r["weight"] * r["examples"]
+        row["versions"].append(r["version_id"])
+        row["runs"].append(r["run_id"])
+    rows = [by[k] for k in sorted(by)]
+    schema = pa.schema([("dataset_id", pa.string()), ("shard_index", pa.int32()), ("shard", pa.string()),
+                        ("examples", pa.int64()), ("distinct_documents", pa.int64()), ("epochs", pa.float64()),
+                        ("effective_examples", pa.float64()), ("versions", pa.list_(pa.string())),
+                        ("runs", pa.list_(pa.string()))])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _dataset_rows(shards: pa.Table, info: dict[str, dict], ancestors: dict[str, dict]) -> list[dict[str, Any]]:
+    by: dict[str, dict[str, Any]] = {}
+    for s in shards.to_pylist():
+        d = by.setdefault(s["dataset_id"], {"dataset_id": s["dataset_id"], "examples": 0, "shards": 0,
+                                            "epochs": 0.0, "effective_examples": 0.0, "versions": set()})
+        d["examples"] += s["examples"]
+        d["shards"] += 1
+        d["epochs"] = max(d["epochs"], s["epochs"])
+        d["effective_examples"] += s["effective_examples"]
+        d["versions"].update(s["versions"])
+    total = sum(d["effective_examples"] for d in by.values()) or 1.0
+    out = []
+    for ds_id in sorted(by):
+        d, meta = by[ds_id], info.get(ds_id, {})
+        via = sorted(d.pop("versions"), key=lambda v: len(ancestors[v]["path"]))
+        out.append({**d, "effective_share": d["effective_examples"] / total, "role": meta.get("role"),
+                    "license": meta.get("license"), "non_commercial": meta.get("non_commercial"),
+                    "share_alike": meta.get("share_alike"), "model_generated": meta.get("model_generated"),
+                    "via": via, "path": ancestors[via[0]]["path"] if via else []})
+    return out
+
+
+def licence_summary(datasets: Sequence[dict[str, Any]] | Any) -> dict[str, Any]:
+    """The union of the licence conditions of ``datasets`` (rows with ``license`` and its flags):
+    the licences seen, and the datasets that are non-commercial, share-alike, of unknown licence
+    or model-generated."""
+    rows = list(datasets)
+    return {
+        "licenses": sorted({r["license"] for r in rows if r["license"]}),
+        "non_commercial": sorted(r["dataset_id"] for r in rows if r["non_commercial"]),
+        "share_alike": sorted(r["dataset_id"] for r in rows if r["share_alike"]),
+        "attribution": sorted(r["dataset_id"] for r in rows if r.get("attribution")),
+        "unknown_license": sorted(r["dataset_id"] for r in rows if not r["license"] or r["non_commercial"] is None),
+        "model_generated": sorted(r["dataset_id"] for r in rows if r["model_generated"]),
+    }
+
+
+def data_diff(ledger: Ledger, a: str | VersionRecord, b: str | VersionRecord) -> dict[str, Any]:
+    """The datasets and shards in the lineage of ``a`` and not of ``b``, and the other way round."""
+    la, lb = lineage(ledger, a), lineage(ledger, b)
+
+    def keys(lin: Lineage) -> tuple[set[str], set[tuple[str, int, str]]]:
+        rows = lin.shards.to_pylist()
+        return {r["dataset_id"] for r in rows}, {(r["dataset_id"], r["shard_index"], r["shard"]) for r in rows}
+
+    (da, sa), (db, sb) = keys(la), keys(lb)
+    shard = lambda t: {"dataset_id": t[0], "shard_index": t[1], "shard": t[2]}  # noqa: E731
+    return {
+        "a": la.version, "b": lb.version,
+        "datasets_only_in_a": sorted(da - db), "datasets_only_in_b": sorted(db - da), "datasets_in_both": sorted(da & db),
+        "shards_only_in_a": [shard(t) for t in sorted(sa - sb)], "shards_only_in_b": [shard(t) for t in sorted(sb - sa)],
+    }
+
+
+def taint(ledger: Ledger, *, dataset: str | None = None, shard: str | int | None = None, key: str | None = None,
+          doc_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """Every version whose lineage contains the target: a dataset, one of its shards (index or
+    name), a document (``key`` in ``dataset``), or documents by id. Per version: how it is tainted
+    (``direct``: its own run trained on it; otherwise the ancestor through which) and the examples
+    its runs saw. Newest first."""
+    with ledger.session():
+        if doc_ids is None and key is not None:
+            if dataset is None:
+                raise InvalidParameterError("a document key needs its dataset (--dataset)")
+            doc_ids = [ledger.document(dataset, key).doc_id]
+        if doc_ids is not None:
+            runs = ledger.runs_using("", doc_ids=list(doc_ids)).to_pylist()
+        else:
+            if dataset is None:
+                raise InvalidParameterError("give a dataset, a shard of one, a document key or a text")
+            ds = ledger.dataset(dataset)
+            index = _shard_index(ledger, ds.dataset_id, shard) if shard is not None else None
+            runs = ledger.runs_using(ds.dataset_id, index).to_pylist()
+        graph = {r["version_id"]: r for r in ledger.version_graph().to_pylist()}
+    return tainted_versions(graph, runs)
+
+
+def tainted_versions(graph: dict[str, dict[str, Any]], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The versions produced by ``runs`` (rows ``run_id, version_id, examples``) and every
+    descendant of them in ``graph``, each with the tainted ancestor it descends from."""
+    children = defaultdict(list)
+    for v, row in graph.items():
+        for p in row["parents"] or []:
+            children[p].append(v)
+    hit: dict[str, dict[str, Any]] = {}
+    queue = deque()
+    for r in runs:
+        v = r["version_id"]
+        if v is None:
+            continue
+        entry = hit.setdefault(v, {"version_id": v, "direct": True, "via": v, "runs": [], "examples": 0})
+        entry["direct"], entry["via"] = True, v
+        entry["runs"].append(r["run_id"])
+        entry["examples"] += r["examples"]
+        queue.append(v)
+    while queue:
+        v = queue.popleft()
+        for c in children[v]:
+            if c not in hit:
+                hit[c] = {"version_id": c, "direct": False, "via": hit[v]["via"], "runs": [], "examples": 0}
+                queue.append(c)
+    for entry in hit.values():
+        entry["message"] = graph[entry["version_id"]]["message"]
+        entry["created_at"] = graph[entry["version_id"]]["created_at"].isoformat()
+    return sorted(hit.values(), key=lambda e: (e["created_at"], e["version_id"]), reverse=True)
+
+
+def _shard_index(ledger: Ledger, dataset_id: str, shard: str | int) -> int:
+    shards = ledger.shards(dataset_id)
+    for s in shards:
+        if str(s.shard_index) == str(shard) or s.name == str(shard) or (s.uri and s.uri == str(shard)):
+            return s.shard_index
+    raise NotFoundError(f"dataset {dataset_id} has no shard {shard!r} (it has {', '.join(s.name for s in shards[:5])}"
+                        f"{', ...' if len(shards) > 5 else ''})")
+
+
+def graph_text(lin: Lineage, fmt: str) -> str:
+    """The lineage's version DAG with its datasets, as Mermaid (``mermaid``) or Graphviz (``dot``)."""
+    if fmt not in ("mermaid", "dot"):
+        raise InvalidParameterError(f"unknown graph format {fmt!r}; one of mermaid, dot")
+    ids = {v["version_id"]: f"v{i}" for i, v in enumerate(lin.versions)}
+    dsid = {d["dataset_id"]: f"d{i}" for i, d in enumerate(lin.datasets)}
+    edges, trained = [], []
+    for v in lin.versions:
+        for i, p in enumerate(v["parents"]):
+            if p in ids:
+                weight = v["merge_weights"][i] if v["merge"] and v["merge_weights"] else None
+                edges.append((ids[p], ids[v["version_id"]], None if weight is None else f"λ={weight:g}"))
+    for s in lin.shards.to_pylist():
+        for vid in set(s["versions"]):
+            trained.append((dsid[s["dataset_id"]], ids[vid]))
+    trained = sorted(set(trained))
+
+    def label(v: dict[str, Any]) -> str:
+        name = v["version_id"][:8] + (f" ({', '.join(v['tags'])})" if v["tags"] else "")
+        return f"{name}: {v['message'][:40]}" + (f" [{v['merge']} merge]" if v["merge"] else "")
+
+    if fmt == "mermaid":
+        lines = ["graph BT"]
+        lines += [f'  {ids[v["version_id"]]}["{_esc(label(v))}"]' for v in lin.versions]
+        lines += [f'  {dsid[d["dataset_id"]]}[("{_esc(d["dataset_id"])}")]' for d in lin.datasets]
+        lines += [f"  {a} -->|{e}| {b}" if e else f"  {a} --> {b}" for a, b, e in edges]
+        lines += [f"  {a} -.-> {b}" for a, b in trained]
+        return "\n".join(lines) + "\n"
+    lines = ["digraph lineage {", "  rankdir=BT;", "  node [fontname=\"Helvetica\"];"]
+    lines += [f'  {ids[v["version_id"]]} [shape=box, label="{_esc(label(v))}"];' for v in lin.versions]
+    lines += [f'  {dsid[d["dataset_id"]]} [shape=cylinder, label="{_esc(d["dataset_id"])}"];' for d in lin.datasets]
+    lines += [f'  {a} -> {b}' + (f' [label="{e}"]' if e else "") + ";" for a, b, e in edges]
+    lines += [f"  {a} -> {b} [style=dashed];" for a, b in trained]
+    return "\n".join([*lines, "}"]) + "\n"
+
+
+def _esc(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', "'").replace("\n", " ")

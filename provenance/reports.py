@@ -1,0 +1,453 @@
+"""Audit reports as one self-contained HTML page: summary, alerts, tables and inline SVG plots.
+
+A report is a JSON-able dict (see :func:`render_html`). The page needs nothing outside itself:
+no scripts, no external styles or fonts, no network. Every text value is HTML-escaped, and the
+same report always renders to the same bytes. Plots are drawn here as SVG: histograms, bars,
+scatters and lines, each mark with a tooltip giving its exact values.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import numbers
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from provenance.errors import InvalidParameterError
+from provenance.files import atomic_write_text
+
+MAX_ROWS = 200  # rows shown per table
+MAX_JSON_BYTES = 200_000  # bytes of the embedded JSON report shown
+
+_W, _H = 720, 320  # SVG size; the plot area sits inside the margins below
+_LEFT, _RIGHT, _TOP, _BOTTOM = 64, 16, 16, 48
+_PW, _PH = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
+_COLOURS = ("#0969da", "#cf222e", "#1a7f37", "#8250df", "#bc4c00", "#1b7c83")
+_GOOD = {"pass", "passed", "ok", "success", "succeeded", "yes", "true"}
+_BAD = {"fail", "failed", "error", "broken", "no", "false"}
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;
+ color:#1f2328;background:#fff;margin:0;line-height:1.45}
+main{max-width:1000px;margin:0 auto;padding:24px 16px 48px}
+h1{font-size:1.6em;margin:0 0 4px}h2{font-size:1.2em;margin:28px 0 8px}
+.subtitle,.note{color:#57606a}.note{font-size:13px;margin:4px 0}
+.alerts{border:1px solid #cf222e;background:#ffebe9;color:#a40e26;border-radius:6px;
+ padding:8px 16px;margin:16px 0;font-weight:600}
+table{border-collapse:collapse;font-size:14px}
+th,td{padding:4px 10px;text-align:left;border-bottom:1px solid #d0d7de;vertical-align:top}
+thead th{border-bottom:2px solid #8c959f}tbody tr:nth-child(even){background:#f6f8fa}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+.badge{display:inline-block;padding:0 8px;border-radius:10px;color:#fff;font-weight:600}
+.ok{background:#1a7f37}.bad{background:#cf222e}.neutral{background:#6e7781}
+svg{max-width:100%;height:auto;font-size:11px;fill:#1f2328}
+.axis{stroke:#57606a}.grid{stroke:#eaeef2}.bar{fill:#0969da;stroke:#fff;stroke-width:.5}
+.dot{fill:#0969da;fill-opacity:.6}.series{fill:none;stroke-width:2}
+.vertex{fill-opacity:0}.vertex:hover,.vertex.lone{fill-opacity:1}
+.vline{stroke:#57606a;stroke-dasharray:4 3}.nodata{fill:#57606a;font-size:16px}
+.legend{font-size:13px;margin:4px 0}.key{display:inline-block;width:18px;border-top:3px solid;
+ margin:0 6px 3px 12px;vertical-align:middle}
+pre{background:#f6f8fa;padding:12px;overflow:auto;font-size:12px}
+"""
+
+
+def render_html(report: dict) -> str:
+    """The report as one HTML page.
+
+    Keys (all but ``title`` optional, unknown ones ignored): ``title``, ``subtitle``;
+    ``summary``, a dict of scalars (floats to 4 significant digits, booleans as yes/no, a
+    ``passed`` or ``status`` key as a green or red badge); ``alerts``, a list of strings shown in
+    red at the top; ``tables``, dicts of ``title``, ``columns``, ``rows`` and ``note`` (the first
+    :data:`MAX_ROWS` rows shown); ``plots``, dicts of ``kind`` (histogram, bar, scatter or line),
+    ``title``, ``x_label``, ``y_label``, ``log_y`` and the kind's data (``bins`` of
+    ``[lo, hi, count]``, ``bars`` of ``[label, value]``, ``points`` of ``[x, y]``, ``series`` of
+    ``{"name", "points"}``; ``vlines`` of ``{"x", "label"}`` on a numeric x axis); ``json``, the
+    machine-readable report, embedded folded (up to :data:`MAX_JSON_BYTES`).
+
+    Raises :class:`~provenance.errors.InvalidParameterError` (a ``ValueError``) naming the
+    offending key, and the plot's index for a malformed plot."""
+    if not isinstance(report, dict) or not report.get("title"):
+        raise InvalidParameterError("a report must be a dict with a non-empty 'title'")
+    title = _text(report["title"])
+    body = [f"<h1>{_e(title)}</h1>"]
+    if report.get("subtitle"):
+        body.append(f'<p class="subtitle">{_e(_text(report["subtitle"]))}</p>')
+    alerts = _list(report, "alerts", "report")
+    if alerts:
+        body.append('<div class="alerts"><ul>' + "".join(f"<li>{_e(_text(a))}</li>" for a in alerts) + "</ul></div>")
+    summary = report.get("summary") or {}
+    if not isinstance(summary, dict):
+        raise InvalidParameterError(f"report key 'summary' must be a dict, got {type(summary).__name__}")
+    if summary:
+        rows = "".join(f"<tr><th>{_e(_text(k))}</th>{_summary_cell(k, v)}</tr>" for k, v in summary.items())
+        body.append(f'<h2>Summary</h2><table class="summary"><tbody>{rows}</tbody></table>')
+    body += [_table(i, t) for i, t in enumerate(_list(report, "tables", "report"))]
+    body += [_plot(i, p) for i, p in enumerate(_list(report, "plots", "report"))]
+    if report.get("json") is not None:
+        body.append(_json_block(report["json"]))
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body><main>\n"
+        + "\n".join(body)
+        + "\n</main></body></html>\n"
+    )
+
+
+def write_html(report: dict, path: str | os.PathLike) -> Path:
+    """Render the report and write it to ``path`` atomically (temporary file, fsync, rename)."""
+    return atomic_write_text(path, render_html(report))
+
+
+# ---------------------------------------------------------------------------------------- text
+
+
+def _e(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def _text(value: Any) -> str:
+    """A value as display text: floats to 4 significant digits, booleans as yes/no."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, numbers.Integral):  # numpy's too
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        if math.isfinite(value) and 1e4 <= abs(value) < 1e15:  # 12345.6 -> 12,350, not 1.235e+04
+            return f"{round(value, 3 - math.floor(math.log10(abs(value)))):,.0f}"
+        return f"{value:.4g}"
+    return json.dumps(value, default=str, ensure_ascii=False)
+
+
+def _exact(v: float) -> str:
+    """A number as exactly as it was given: 4 not 4.0, 0.1 not 0.1000."""
+    return str(int(v)) if v.is_integer() and abs(v) < 1e16 else repr(v)
+
+
+def _summary_cell(key: Any, value: Any) -> str:
+    if str(key).lower() in ("passed", "status"):
+        word = _text(value)
+        state = "ok" if word.lower() in _GOOD else "bad" if word.lower() in _BAD else "neutral"
+        return f'<td><span class="badge {state}">{_e(word)}</span></td>'
+    return _cell(value)
+
+
+def _cell(value: Any) -> str:
+    numeric = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    return f'<td class="num">{_e(_text(value))}</td>' if numeric else f"<td>{_e(_text(value))}</td>"
+
+
+def _list(d: dict, key: str, where: str) -> list:
+    value = d.get(key) or []
+    if not isinstance(value, (list, tuple)):
+        raise InvalidParameterError(f"{where} key {key!r} must be a list, got {type(value).__name__}")
+    return list(value)
+
+
+def _table(index: int, table: Any) -> str:
+    if not isinstance(table, dict):
+        raise InvalidParameterError(f"table {index} must be a dict, got {type(table).__name__}")
+    where = f"table {index}"
+    columns, rows = _list(table, "columns", where), _list(table, "rows", where)
+    for r, row in enumerate(rows):
+        if not isinstance(row, (list, tuple)):
+            raise InvalidParameterError(f"{where} key 'rows': row {r} must be a list, got {row!r}")
+    out = [f"<h2>{_e(_text(table.get('title') or f'Table {index + 1}'))}</h2><table>"]
+    if columns:
+        out.append("<thead><tr>" + "".join(f"<th>{_e(_text(c))}</th>" for c in columns) + "</tr></thead>")
+    out.append("<tbody>" + "".join("<tr>" + "".join(map(_cell, row)) + "</tr>" for row in rows[:MAX_ROWS]))
+    out.append("</tbody></table>")
+    if len(rows) > MAX_ROWS:
+        left = len(rows) - MAX_ROWS
+        out.append(f'<p class="note">Showing the first {MAX_ROWS} of {len(rows)} rows; {left} left out.</p>')
+    if table.get("note"):
+        out.append(f'<p class="note">{_e(_text(table["note"]))}</p>')
+    return "".join(out)
+
+
+def _json_block(data: Any) -> str:
+    raw = json.dumps(data, indent=2, default=str, ensure_ascii=False).encode("utf-8")
+    note = ""
+    if len(raw) > MAX_JSON_BYTES:
+        note = f'<p class="note">Truncated: showing the first {MAX_JSON_BYTES:,} of {len(raw):,} bytes.</p>'
+        raw = raw[:MAX_JSON_BYTES]
+    text = raw.decode("utf-8", errors="ignore")  # a character cut in half is dropped
+    return f"<details><summary>Full report (JSON)</summary>{note}<pre>{_e(text)}</pre></details>"
+
+
+# ---------------------------------------------------------------------------------------- axes
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """A numeric axis from ``lo`` to ``hi`` (both > 0 when ``log``), with tick positions."""
+
+    lo: float
+    hi: float
+    ticks: tuple[float, ...]
+    log: bool = False
+
+    def frac(self, v: float) -> float:
+        """Where ``v`` falls between ``lo`` (0) and ``hi`` (1)."""
+        if self.log:
+            return (math.log10(v) - math.log10(self.lo)) / (math.log10(self.hi) - math.log10(self.lo))
+        return (v - self.lo) / (self.hi - self.lo)
+
+
+def _linear_axis(values: list[float], include_zero: bool = False, pad: float = 0.0) -> _Axis:
+    """An axis covering ``values`` (widened by ``pad`` of their range each side) with about five
+    ticks at steps of 1, 2, 2.5 or 5 times 10^k."""
+    lo, hi = min(values), max(values)
+    if include_zero:
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if lo == hi:
+        lo, hi = (0.0, 1.0) if lo == 0 else (lo - abs(lo) / 2, hi + abs(hi) / 2)
+    lo, hi = lo - pad * (hi - lo), hi + pad * (hi - lo)
+    raw = (hi - lo) / 5
+    mag = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw * (1 - 1e-9))
+    first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
+    ticks = tuple(float(f"{k * step:.12g}") for k in range(first, last + 1))
+    return _Axis(ticks[0], ticks[-1], ticks)
+
+
+def _log_axis(values: list[float]) -> _Axis:
+    """A base-10 axis over whole decades covering ``values`` (all > 0), at most 7 ticks."""
+    a, b = math.floor(math.log10(min(values))), math.ceil(math.log10(max(values)))
+    b = max(b, a + 1)
+    every = max(1, math.ceil((b - a) / 6))
+    return _Axis(10.0**a, 10.0**b, tuple(10.0**k for k in range(a, b + 1, every)), log=True)
+
+
+def _tick(v: float) -> str:
+    return str(int(v)) if v.is_integer() and abs(v) < 1e7 else f"{v:.3g}"
+
+
+def _px(x: _Axis, v: float) -> float:
+    return _LEFT + x.frac(v) * _PW
+
+
+def _py(y: _Axis, v: float) -> float:
+    return _TOP + (1 - y.frac(v)) * _PH
+
+
+def _axes(x: _Axis | list[str], y: _Axis, x_label: str, y_label: str) -> list[str]:
+    """Grid lines, tick labels, the two axis lines and their labels; ``x`` as names is a bar chart's."""
+    bottom = _TOP + _PH
+    out = []
+    for t in y.ticks:
+        p = _py(y, t)
+        out.append(f'<line class="grid" x1="{_LEFT}" x2="{_W - _RIGHT}" y1="{p:.1f}" y2="{p:.1f}"/>')
+        out.append(f'<text x="{_LEFT - 6}" y="{p + 4:.1f}" text-anchor="end">{_tick(t)}</text>')
+    if isinstance(x, _Axis):
+        ticks = [(_px(x, t), _tick(t)) for t in x.ticks]
+    else:  # one band per bar; at most about 12 names, cut to 12 characters (tooltips have them whole)
+        band, every = _PW / len(x), math.ceil(len(x) / 12)
+        cut = [name if len(name) <= 12 else name[:11] + "…" for name in x]
+        ticks = [(_LEFT + (k + 0.5) * band, name) for k, name in enumerate(cut) if k % every == 0]
+    out += [f'<text x="{p:.1f}" y="{bottom + 16}" text-anchor="middle">{_e(t)}</text>' for p, t in ticks]
+    out.append(f'<line class="axis" x1="{_LEFT}" x2="{_W - _RIGHT}" y1="{bottom}" y2="{bottom}"/>')
+    out.append(f'<line class="axis" x1="{_LEFT}" x2="{_LEFT}" y1="{_TOP}" y2="{bottom}"/>')
+    out.append(f'<text x="{_LEFT + _PW / 2:.1f}" y="{_H - 8}" text-anchor="middle">{_e(x_label)}</text>')
+    out.append(
+        f'<text transform="rotate(-90)" x="{-(_TOP + _PH / 2):.1f}" y="14" text-anchor="middle">{_e(y_label)}</text>'
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------- plots
+
+
+@dataclass
+class _Spec:
+    """One plot being drawn: its data, its name in errors, its labels, and notes for the reader."""
+
+    data: dict
+    where: str
+    log_y: bool
+    labels: tuple[str, str]  # x, y
+    vlines: list[tuple[float, str]]  # x, label
+    notes: list[str]
+    legend: list[tuple[str, str]]  # colour, name
+
+    def skipped(self, what: str, nonfinite: int, nonpositive: int = 0) -> None:
+        if nonfinite:
+            self.notes.append(f"{nonfinite} {what} with NaN or infinite values skipped")
+        if nonpositive:
+            self.notes.append(f"{nonpositive} {what} with y ≤ 0 left out of the log scale")
+
+
+def _plot(index: int, plot: Any) -> str:
+    """One plot: a heading and an SVG chart, or the words "no data" where no finite value is left."""
+    if not isinstance(plot, dict):
+        raise InvalidParameterError(f"plot {index} must be a dict, got {type(plot).__name__}")
+    kind = plot.get("kind")
+    if kind not in _KINDS:
+        raise InvalidParameterError(f"plot {index} key 'kind' must be one of {', '.join(_KINDS)}, got {kind!r}")
+    where = f"plot {index} ({kind})"
+    title = _text(plot.get("title") or f"Plot {index + 1}")
+    labels = _text(plot.get("x_label") or ""), _text(plot.get("y_label") or "")
+    spec = _Spec(plot, where, bool(plot.get("log_y")), labels, _vlines(plot, where), [], [])
+    chart = _KINDS[kind](spec)
+    if chart is None:
+        spec.notes.insert(0, "no data")
+        inner = [f'<text class="nodata" x="{_W / 2}" y="{_H / 2}" text-anchor="middle">no data</text>']
+    else:
+        x, y, marks = chart
+        inner = _axes(x, y, *labels) + marks
+        for v, label in spec.vlines if isinstance(x, _Axis) else []:
+            p, tip = _px(x, v), f"{label} x = {_exact(v)}".strip()
+            inner.append(f'<line class="vline" x1="{p:.1f}" x2="{p:.1f}" y1="{_TOP}" y2="{_TOP + _PH}">')
+            inner.append(
+                f'<title>{_e(tip)}</title></line><text x="{p + 4:.1f}" y="{_TOP + _PH - 6}">{_e(label)}</text>'
+            )
+    tip = title + (f" ({'; '.join(spec.notes)})" if spec.notes else "")
+    svg = f'<svg viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" role="img"><title>{_e(tip)}</title>'
+    notes = spec.notes + ([_text(plot["note"])] if plot.get("note") else [])
+    captions = "".join(f'<p class="note">{_e(n)}</p>' for n in notes)
+    if spec.legend:
+        keys = (f'<span class="key" style="border-color:{c}"></span>{_e(name)}' for c, name in spec.legend)
+        captions = f'<p class="legend">{" ".join(keys)}</p>{captions}'
+    return f"<h2>{_e(title)}</h2><figure>{svg}{''.join(inner)}</svg>{captions}</figure>"
+
+
+def _num(v: Any, where: str) -> float:
+    """A number as a float; None (how some JSON writers spell NaN) is NaN."""
+    if v is None:
+        return math.nan
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise InvalidParameterError(f"{where} must be a number, got {v!r}")
+    return float(v)
+
+
+def _items(d: dict, key: str, where: str, shape: tuple[str, ...]) -> list[list]:
+    """``d[key]`` as a list of items of ``len(shape)``, numbers as floats (a ``label`` kept as is)."""
+    out = []
+    for i, item in enumerate(_list(d, key, where)):
+        at = f"{where} key {key!r}: item {i}"
+        if not isinstance(item, (list, tuple)) or len(item) != len(shape):
+            raise InvalidParameterError(f"{at} must be [{', '.join(shape)}], got {item!r}")
+        out.append([v if name == "label" else _num(v, f"{at} {name}") for name, v in zip(shape, item)])
+    return out
+
+
+def _vlines(plot: dict, where: str) -> list[tuple[float, str]]:
+    out = []
+    for k, line in enumerate(_list(plot, "vlines", where)):
+        if not isinstance(line, dict) or "x" not in line:
+            raise InvalidParameterError(f"{where} key 'vlines': item {k} must be a dict with 'x', got {line!r}")
+        x = _num(line["x"], f"{where} key 'vlines': item {k} x")
+        if math.isfinite(x):
+            out.append((x, _text(line.get("label") or "")))
+    return out
+
+
+def _value_axis(values: list[float], spec: _Spec) -> _Axis:
+    """The y axis of bars: from zero, or over the positive values on a log scale."""
+    positive = [v for v in values if v > 0]
+    if spec.log_y and positive:
+        return _log_axis(positive)
+    if spec.log_y:
+        spec.notes.append("no value above zero: linear scale instead of log")
+    return _linear_axis(values, include_zero=True)
+
+
+def _bar(x0: float, x1: float, y: _Axis, v: float, tip: str) -> str:
+    """A bar from zero (the axis bottom on a log scale) to ``v``; on a log scale ``v`` ≤ 0 is flat."""
+    flat = y.log and v <= 0
+    base = _py(y, y.lo if y.log else 0.0)
+    top = base if flat else _py(y, v)
+    tip += " (≤ 0: not drawn on the log scale)" if flat else ""
+    return (
+        f'<rect class="bar" x="{x0:.1f}" y="{min(base, top):.1f}" width="{max(x1 - x0, 0.5):.1f}" '
+        f'height="{abs(base - top):.1f}"><title>{_e(tip)}</title></rect>'
+    )
+
+
+def _histogram(spec: _Spec):
+    bins, nonfinite = [], 0
+    for i, (lo, hi, count) in enumerate(_items(spec.data, "bins", spec.where, ("lo", "hi", "count"))):
+        if not all(map(math.isfinite, (lo, hi, count))):
+            nonfinite += 1
+        elif hi < lo:
+            raise InvalidParameterError(f"{spec.where} key 'bins': item {i} has hi {hi!r} below lo {lo!r}")
+        else:
+            bins.append((lo, hi, count))
+    spec.skipped("bins", nonfinite)
+    if not bins:
+        return None
+    x = _linear_axis([v for lo, hi, _ in bins for v in (lo, hi)] + [v for v, _ in spec.vlines])
+    y = _value_axis([c for _, _, c in bins], spec)
+    unit = f" {spec.labels[1]}".rstrip()
+    marks = [
+        _bar(_px(x, lo), _px(x, hi), y, c, f"[{_exact(lo)}, {_exact(hi)}): {_exact(c)}{unit}") for lo, hi, c in bins
+    ]
+    return x, y, marks
+
+
+def _bar_chart(spec: _Spec):
+    bars = [(_text(name), v) for name, v in _items(spec.data, "bars", spec.where, ("label", "value"))]
+    finite = [(name, v) for name, v in bars if math.isfinite(v)]
+    spec.skipped("bars", len(bars) - len(finite))
+    if not finite:
+        return None
+    y = _value_axis([v for _, v in finite], spec)
+    band, unit = _PW / len(finite), f" {spec.labels[1]}".rstrip()
+    marks = [
+        _bar(_LEFT + (k + 0.1) * band, _LEFT + (k + 0.9) * band, y, v, f"{name}: {_exact(v)}{unit}")
+        for k, (name, v) in enumerate(finite)
+    ]
+    return [name for name, _ in finite], y, marks
+
+
+def _xy(spec: _Spec):
+    """A scatter (one dot per point) or a line plot (a polyline per series, its points shown on hover)."""
+    lines = spec.data["kind"] == "line"
+    series, nonfinite, nonpositive = [], 0, 0
+    for j, s in enumerate(_list(spec.data, "series", spec.where) if lines else [spec.data]):
+        if not isinstance(s, dict):
+            raise InvalidParameterError(f"{spec.where} key 'series': item {j} must be a dict with 'points', got {s!r}")
+        points = []
+        for a, b in _items(s, "points", f"{spec.where} series {j}" if lines else spec.where, ("x", "y")):
+            if not (math.isfinite(a) and math.isfinite(b)):
+                nonfinite += 1
+            elif spec.log_y and b <= 0:
+                nonpositive += 1
+            else:
+                points.append((a, b))
+        series.append((_text(s.get("name") or ""), points))
+    spec.skipped("points", nonfinite, nonpositive)
+    every = [p for _, points in series for p in points]
+    if not every:
+        return None
+    pad = 0.0 if lines else 0.03  # keep dots off the frame
+    x = _linear_axis([a for a, _ in every] + [v for v, _ in spec.vlines], pad=pad)
+    y = _log_axis([b for _, b in every]) if spec.log_y else _linear_axis([b for _, b in every], pad=pad)
+    names = spec.labels[0] or "x", spec.labels[1] or "y"
+    marks = []
+    for j, (name, points) in enumerate(series):
+        colour = _COLOURS[j % len(_COLOURS)]
+        if lines and points:
+            coords = " ".join(f"{_px(x, a):.1f},{_py(y, b):.1f}" for a, b in points)
+            marks.append(f'<polyline class="series" stroke="{colour}" points="{coords}">')
+            marks.append(f"<title>{_e(name or f'series {j + 1}')}</title></polyline>")
+        cls = "dot" if not lines else "vertex lone" if len(points) == 1 else "vertex"  # a lone vertex is no line
+        for a, b in points:
+            tip = _e(f"{names[0]} = {_exact(a)}, {names[1]} = {_exact(b)}")
+            marks.append(f'<circle class="{cls}" fill="{colour}" cx="{_px(x, a):.1f}" cy="{_py(y, b):.1f}" r="3.5">')
+            marks.append(f"<title>{tip}</title></circle>")
+        if lines and name:
+            spec.legend.append((colour, name))
+    return x, y, marks
+
+
+_KINDS = {"histogram": _histogram, "bar": _bar_chart, "scatter": _xy, "line": _xy}
