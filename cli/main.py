@@ -462,7 +462,7 @@ def lineage_cmd(obj: Context, ref: str, fmt: str, as_json: bool) -> None:
 
 
 @main.command("taint")
-@click.argument("target", required=False, metavar="[DATASET | DATASET:SHARD | DATASET:KEY]")
+@click.argument("target", required=False, metavar="[DATASET]")
 @click.option("--shard", default=None, help="A shard of the dataset (index or name).")
 @click.option("--key", default=None, help="A document key of the dataset.")
 @click.option("--text", "text_file", type=click.File("rb"), default=None,
@@ -482,6 +482,68 @@ def taint_cmd(obj: Context, target: str | None, shard: str | None, key: str | No
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise click.ClickException(f"{text_file.name}: not UTF-8 (byte {exc.start})") from exc
+            raise click.ClickException(f"{getattr(text_file, 'name', 'stdin')}: not UTF-8 (byte {exc.start})") from exc
     report = taint_report(obj.ledger(), dataset=target, shard=shard, key=key, text=text, near=near)
     render.taint(report, as_json)
+
+
+@main.group("audit")
+def audit_group() -> None:
+    """Deduplication, pre-merge and memorization audits, stored in the ledger."""
+
+
+@audit_group.command("dedup")
+@click.argument("targets", nargs=-1, required=True, metavar="DATASET|VERSION...")
+@click.option("--threshold", type=float, default=0.8, show_default=True,
+              help="Estimated Jaccard at or above which two documents are near-duplicates, in (0, 1].")
+@click.option("--verify", is_flag=True, help="Re-check pairs near the threshold by exact Jaccard on the source text.")
+@click.option("--pairs", "pairs_file", type=click.Path(dir_okay=False), default=None,
+              help="Write every pair to this Parquet file instead of the report.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None, help="Also write an HTML report.")
+@json_option
+@pass_ctx
+def audit_dedup_cmd(obj: Context, targets: tuple[str, ...], threshold: float, verify: bool, pairs_file: str | None,
+                    html_file: str | None, as_json: bool) -> None:
+    """Near-duplicate documents in datasets, or in everything in a version's lineage: the
+    duplicate rate, clusters, each document's near-copies and the pairs."""
+    from provenance.audits import audit_dedup
+
+    with render.progress(obj.quiet) as bar:
+        report = audit_dedup(obj.ledger(), list(targets), threshold=threshold, verify=verify, pairs_file=pairs_file,
+                             progress=bar)
+    if html_file:
+        from provenance.audit_html import write_report
+
+        write_report(report, html_file)
+    render.dedup(report, as_json)
+
+
+@audit_group.command("list")
+@click.option("--kind", type=click.Choice(["dedup", "merge", "memorization"]), default=None)
+@json_option
+@pass_ctx
+def audit_list(obj: Context, kind: str | None, as_json: bool) -> None:
+    """Stored audits, newest first."""
+    rows = obj.ledger().audits(kind)
+    render.emit(rows, as_json, lambda rs: "\n".join(
+        f"{r['audit_id'][:12]}  {r['kind']:<12} {r['created_at']:%Y-%m-%d %H:%M}  "
+        f"{'' if r['passed'] is None else 'passed ' if r['passed'] else 'FAILED '}{r['target']}" for r in rs) or "no audits")
+
+
+@audit_group.command("show")
+@click.argument("audit_id")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None, help="Write the HTML report.")
+@json_option
+@pass_ctx
+def audit_show(obj: Context, audit_id: str, html_file: str | None, as_json: bool) -> None:
+    """A stored audit's report."""
+    record = obj.ledger().audit(audit_id)
+    report = record["report"]
+    if html_file:
+        from provenance.audit_html import write_report
+
+        write_report(report, html_file)
+    if report.get("kind") == "dedup":
+        render.dedup(report, as_json)
+    else:
+        render.emit(report, as_json, lambda r: json.dumps(r, indent=2, default=str))

@@ -341,3 +341,39 @@ def taint(report: dict, as_json: bool) -> None:
         t.add_row(v["version_id"][:12], _cell(v["message"]), "trained on it" if v["direct"] else f"descends from {v['via'][:8]}",
                   f"{v['examples']:,}" if v["direct"] else "")
     _console().print(t)
+
+
+def dedup(report: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str, ensure_ascii=False))
+        return
+    s, b = report["summary"], report["banding"]
+    click.echo(f"dedup audit {report['audit_id'][:12]} of {', '.join(report['datasets'])} at Jaccard >= {report['threshold']}")
+    click.echo(f"  {s['documents']:,} documents, {s['pairs']:,} pairs ({s['exact_duplicate_pairs']:,} exact), "
+               f"{s['clusters']:,} clusters (largest {s['largest_cluster']})")
+    click.echo(f"  duplicate rate {s['duplicate_rate']:.2%} ({s['redundant_documents']:,} redundant documents)")
+    click.echo(f"  banding {b['bands']} bands x {b['rows']} rows of {b['num_perm']}: P(candidate | J={report['threshold']}) "
+               f"= {b['p_at_threshold']:.4f}")
+    v = report.get("verify")
+    if v:
+        click.echo(f"  verified {v['checked']} of {v['near_threshold']} pairs within ±{v['margin']:.3f} of the threshold "
+                   f"by exact Jaccard: {v['rejected']} below it, dropped" + (f"; {v['not_checked']} unreadable" if v["not_checked"] else ""))
+        for why in v["unreadable"][:5]:
+            click.echo(f"    {why}")
+    if report["largest_clusters"]:
+        t = Table(title="Largest clusters")
+        for col in ("size", "datasets", "sample keys"):
+            t.add_column(col)
+        for c in report["largest_clusters"]:
+            t.add_row(str(c["size"]), ", ".join(c["datasets"]), _cell(", ".join(c["sample_keys"])))
+        _console().print(t)
+    pairs = report.get("pairs")
+    if pairs:
+        t = Table(title=f"Pairs (best {min(20, len(pairs))} of {len(pairs):,})")
+        for col in ("a", "b", "jaccard", "±"):
+            t.add_column(col)
+        for p in pairs[:20]:
+            t.add_row(_cell(p["a"]), _cell(p["b"]), f"{p['jaccard']:.3f}", f"{p['stderr']:.3f}")
+        _console().print(t)
+    elif report.get("pairs_file"):
+        click.echo(f"  pairs written to {report['pairs_file']}")

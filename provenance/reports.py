@@ -199,30 +199,34 @@ class _Axis:
     def frac(self, v: float) -> float:
         """Where ``v`` falls between ``lo`` (0) and ``hi`` (1)."""
         if self.log:
-            return (math.log10(v) - math.log10(self.lo)) / (math.log10(self.hi) - math.log10(self.lo))
+            return (math.log10(max(v, self.lo)) - math.log10(self.lo)) / (math.log10(self.hi) - math.log10(self.lo))
         return (v - self.lo) / (self.hi - self.lo)
 
 
-def _linear_axis(values: list[float], include_zero: bool = False, pad: float = 0.0) -> _Axis:
-    """An axis covering ``values`` (widened by ``pad`` of their range each side) with about five
-    ticks at steps of 1, 2, 2.5 or 5 times 10^k."""
+def _linear_axis(values: list[float], include_zero: bool = False) -> _Axis:
+    """An axis covering ``values`` with about five ticks at steps of 1, 2, 2.5 or 5 times 10^k."""
     lo, hi = min(values), max(values)
     if include_zero:
         lo, hi = min(lo, 0.0), max(hi, 0.0)
-    if lo == hi:
-        lo, hi = (0.0, 1.0) if lo == 0 else (lo - abs(lo) / 2, hi + abs(hi) / 2)
-    lo, hi = lo - pad * (hi - lo), hi + pad * (hi - lo)
+    if lo == hi:  # one value: a range around it (up from zero where zero is included, so both are)
+        half = abs(lo) / 2 if abs(lo) > 1e-300 else 1.0
+        lo, hi = (0.0, 1.0) if include_zero else (lo - half, hi + half)
     raw = (hi - lo) / 5
+    if not raw > 0:  # a range too small to divide (subnormal floats): its two ends only
+        return _Axis(lo, hi, (lo, hi))
     mag = 10.0 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw * (1 - 1e-9))
     first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
     ticks = tuple(float(f"{k * step:.12g}") for k in range(first, last + 1))
+    if ticks[0] >= ticks[-1]:  # a range too narrow for its magnitude to round: no ticks between
+        return _Axis(lo, hi, (lo, hi))
     return _Axis(ticks[0], ticks[-1], ticks)
 
 
 def _log_axis(values: list[float]) -> _Axis:
-    """A base-10 axis over whole decades covering ``values`` (all > 0), at most 7 ticks."""
-    a, b = math.floor(math.log10(min(values))), math.ceil(math.log10(max(values)))
+    """A base-10 axis over whole decades covering ``values`` (all > 0), at most 7 ticks. It starts
+    no lower than 1e-300; smaller values sit on its bottom."""
+    a, b = max(math.floor(math.log10(min(values))), -300), math.ceil(math.log10(max(values)))
     b = max(b, a + 1)
     every = max(1, math.ceil((b - a) / 6))
     return _Axis(10.0**a, 10.0**b, tuple(10.0**k for k in range(a, b + 1, every)), log=True)
@@ -280,10 +284,13 @@ class _Spec:
     legend: list[tuple[str, str]]  # colour, name
 
     def skipped(self, what: str, nonfinite: int, nonpositive: int = 0) -> None:
+        """Note how many bins, bars or points were not drawn, and why."""
         if nonfinite:
-            self.notes.append(f"{nonfinite} {what} with NaN or infinite values skipped")
+            self.notes.append(f"{nonfinite} {what if nonfinite > 1 else what[:-1]} with NaN or infinite values skipped")
         if nonpositive:
-            self.notes.append(f"{nonpositive} {what} with y ≤ 0 left out of the log scale")
+            self.notes.append(
+                f"{nonpositive} {what if nonpositive > 1 else what[:-1]} with y ≤ 0 left out of the log scale"
+            )
 
 
 def _plot(index: int, plot: Any) -> str:
@@ -299,7 +306,6 @@ def _plot(index: int, plot: Any) -> str:
     spec = _Spec(plot, where, bool(plot.get("log_y")), labels, _vlines(plot, where), [], [])
     chart = _KINDS[kind](spec)
     if chart is None:
-        spec.notes.insert(0, "no data")
         inner = [f'<text class="nodata" x="{_W / 2}" y="{_H / 2}" text-anchor="middle">no data</text>']
     else:
         x, y, marks = chart
@@ -310,7 +316,8 @@ def _plot(index: int, plot: Any) -> str:
             inner.append(
                 f'<title>{_e(tip)}</title></line><text x="{p + 4:.1f}" y="{_TOP + _PH - 6}">{_e(label)}</text>'
             )
-    tip = title + (f" ({'; '.join(spec.notes)})" if spec.notes else "")
+    tip = "; ".join((["no data"] if chart is None else []) + spec.notes)
+    tip = f"{title} ({tip})" if tip else title
     svg = f'<svg viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" role="img"><title>{_e(tip)}</title>'
     notes = spec.notes + ([_text(plot["note"])] if plot.get("note") else [])
     captions = "".join(f'<p class="note">{_e(n)}</p>' for n in notes)
@@ -318,6 +325,12 @@ def _plot(index: int, plot: Any) -> str:
         keys = (f'<span class="key" style="border-color:{c}"></span>{_e(name)}' for c, name in spec.legend)
         captions = f'<p class="legend">{" ".join(keys)}</p>{captions}'
     return f"<h2>{_e(title)}</h2><figure>{svg}{''.join(inner)}</svg>{captions}</figure>"
+
+
+def _finite(*values: float) -> bool:
+    """Whether all ``values`` can be drawn: finite, and far enough from overflow (|v| < 1e300)
+    for axis arithmetic; others are skipped like NaN."""
+    return all(math.isfinite(v) and abs(v) < 1e300 for v in values)
 
 
 def _num(v: Any, where: str) -> float:
@@ -346,7 +359,7 @@ def _vlines(plot: dict, where: str) -> list[tuple[float, str]]:
         if not isinstance(line, dict) or "x" not in line:
             raise InvalidParameterError(f"{where} key 'vlines': item {k} must be a dict with 'x', got {line!r}")
         x = _num(line["x"], f"{where} key 'vlines': item {k} x")
-        if math.isfinite(x):
+        if _finite(x):
             out.append((x, _text(line.get("label") or "")))
     return out
 
@@ -376,7 +389,7 @@ def _bar(x0: float, x1: float, y: _Axis, v: float, tip: str) -> str:
 def _histogram(spec: _Spec):
     bins, nonfinite = [], 0
     for i, (lo, hi, count) in enumerate(_items(spec.data, "bins", spec.where, ("lo", "hi", "count"))):
-        if not all(map(math.isfinite, (lo, hi, count))):
+        if not _finite(lo, hi, count):
             nonfinite += 1
         elif hi < lo:
             raise InvalidParameterError(f"{spec.where} key 'bins': item {i} has hi {hi!r} below lo {lo!r}")
@@ -396,7 +409,7 @@ def _histogram(spec: _Spec):
 
 def _bar_chart(spec: _Spec):
     bars = [(_text(name), v) for name, v in _items(spec.data, "bars", spec.where, ("label", "value"))]
-    finite = [(name, v) for name, v in bars if math.isfinite(v)]
+    finite = [(name, v) for name, v in bars if _finite(v)]
     spec.skipped("bars", len(bars) - len(finite))
     if not finite:
         return None
@@ -418,7 +431,7 @@ def _xy(spec: _Spec):
             raise InvalidParameterError(f"{spec.where} key 'series': item {j} must be a dict with 'points', got {s!r}")
         points = []
         for a, b in _items(s, "points", f"{spec.where} series {j}" if lines else spec.where, ("x", "y")):
-            if not (math.isfinite(a) and math.isfinite(b)):
+            if not _finite(a, b):
                 nonfinite += 1
             elif spec.log_y and b <= 0:
                 nonpositive += 1
@@ -429,9 +442,8 @@ def _xy(spec: _Spec):
     every = [p for _, points in series for p in points]
     if not every:
         return None
-    pad = 0.0 if lines else 0.03  # keep dots off the frame
-    x = _linear_axis([a for a, _ in every] + [v for v, _ in spec.vlines], pad=pad)
-    y = _log_axis([b for _, b in every]) if spec.log_y else _linear_axis([b for _, b in every], pad=pad)
+    x = _linear_axis([a for a, _ in every] + [v for v, _ in spec.vlines])
+    y = (_log_axis if spec.log_y else _linear_axis)([b for _, b in every])
     names = spec.labels[0] or "x", spec.labels[1] or "y"
     marks = []
     for j, (name, points) in enumerate(series):

@@ -129,3 +129,31 @@ def iter_jsonl_lines(target_bytes: int, *, mean_words: int = 300, seed: int = 0,
         produced += len(line)
         i += 1
         yield line
+
+
+def graded_pairs(
+    levels: list[float], *, per_level: int = 20, words: int = 200, noise: int = 200, ngram: int = 5, seed: int = 0
+) -> Corpus:
+    """Near-duplicate pairs planted at known Jaccard levels, among ``noise`` unrelated documents.
+
+    For each level ``J`` and each of ``per_level`` pairs, a copy keeps the first ``m`` words of an
+    original of ``words`` words and replaces the rest with fresh ones, ``m`` chosen so that the
+    ``ngram``-shingle sets have Jaccard ``x / (2(n − g + 1) − x)`` closest to ``J`` (``x`` shared
+    shingles); chance repeats of a shingle move the exact value slightly, so tests measure it.
+    """
+    w = _Writer(seed, 20_000, 0.02)
+    shingles = words - ngram + 1
+    docs: list[dict] = []
+    planted: list[tuple[str, str]] = []
+    for li, level in enumerate(levels):
+        shared = round(2 * level * shingles / (1 + level))
+        keep = min(words, shared + ngram - 1) if shared > 0 else 0
+        for i in range(per_level):
+            original = w.words(words)
+            copy = original[:keep] + w.words(words - keep)
+            a, b = f"orig-{li}-{i:04d}", f"copy-{li}-{i:04d}"
+            docs += [{"id": a, "text": " ".join(original)}, {"id": b, "text": " ".join(copy)}]
+            planted.append((b, a))
+    docs += [{"id": f"noise-{i:05d}", "text": " ".join(w.words(words))} for i in range(noise)]
+    order = w.rng.permutation(len(docs))
+    return Corpus([docs[i] for i in order.tolist()], planted)

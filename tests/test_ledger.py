@@ -109,7 +109,7 @@ def test_a_duckdb_file_that_is_not_a_ledger(tmp_path):
 
 def test_schema_migrations_has_one_row_per_migration(ledger):
     rows = raw_rows(ledger, "SELECT version, name FROM schema_migrations ORDER BY version")
-    assert rows == [(v, name) for v, name, _ in migrations()] == [(1, "initial"), (2, "versions"), (3, "runs"), (4, "merges")]
+    assert rows == [(v, name) for v, name, _ in migrations()] == [(1, "initial"), (2, "versions"), (3, "runs"), (4, "merges"), (5, "audits")]
 
 
 def test_opening_again_applies_nothing(ledger):

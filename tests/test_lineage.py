@@ -1,0 +1,146 @@
+"""Lineage, taint and the data diff: which data shaped which version, through runs and merges."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from provenance.cli.main import main
+from provenance.errors import InvalidParameterError, NotFoundError
+from provenance.lineage import graph_text
+
+
+@pytest.fixture
+def family(ledger, data_dir, write_jsonl):
+    """base (trained on ``web``), two contributors on it (``forum``; ``code``), their 3:1 merge,
+    and an imported model with no run."""
+    write_jsonl(data_dir / "web1.jsonl", [{"id": f"w{i}", "text": f"web page {i} about many things"} for i in range(6)])
+    write_jsonl(data_dir / "web2.jsonl", [{"id": f"w{i}", "text": f"web page {i} about many things"} for i in range(6, 10)])
+    write_jsonl(data_dir / "forum.jsonl", [{"id": f"f{i}", "text": f"a forum post number {i}"} for i in range(8)])
+    write_jsonl(data_dir / "code.jsonl", [{"id": f"c{i}", "text": f"def f{i}(x): return x + {i}"} for i in range(5)])
+    ledger.register_dataset("web", [data_dir / "web1.jsonl", data_dir / "web2.jsonl"], id_field="id", license="CC-BY-4.0")
+    ledger.register_dataset("forum", data_dir / "forum.jsonl", id_field="id", license="CC-BY-NC-SA-4.0")
+    ledger.register_dataset("code", data_dir / "code.jsonl", id_field="id")
+    state = {"w": torch.zeros(4, 4)}
+    with ledger.start_run(datasets={"web": 2}, message="base") as run:
+        base = run.commit(state)
+    with ledger.start_run(base=base, datasets=["forum"], message="forum") as run:
+        run.log_examples(["f0", "f1", "f1"], step=0)
+        forum = run.commit({"w": torch.ones(4, 4)})
+    with ledger.start_run(base=base, datasets={"code": 3}, message="code") as run:
+        code = run.commit({"w": 2 * torch.ones(4, 4)})
+    merged = ledger.merge([forum, code], method="average", weights=[3, 1], message="merge")
+    ledger.tag("merged", merged)
+    imported = ledger.commit({"w": torch.full((4, 4), 5.0)}, message="imported")
+    return ledger, {"base": base, "forum": forum, "code": code, "merged": merged, "imported": imported}
+
+
+def test_lineage_carries_merge_weights_to_an_effective_contribution(family):
+    ledger, v = family
+    lin = ledger.lineage("merged")
+    weights = {row["version_id"]: row["weight"] for row in lin.versions}
+    assert weights == {v["merged"].version_id: 1.0, v["forum"].version_id: 0.75, v["code"].version_id: 0.25,
+                       v["base"].version_id: 1.0}
+    ds = {d["dataset_id"]: d for d in lin.datasets}
+    assert set(ds) == {"web@1", "forum@1", "code@1"}
+    assert ds["web@1"]["examples"] == 20 and ds["web@1"]["shards"] == 2  # 10 documents, 2 epochs
+    assert ds["forum@1"]["examples"] == 3  # logged examples, not the declared epoch
+    assert ds["code@1"]["examples"] == 15
+    # effective: web 20 x 1.0, forum 3 x 0.75, code 15 x 0.25
+    assert ds["web@1"]["effective_examples"] == 20 and ds["forum@1"]["effective_examples"] == 2.25
+    assert ds["code@1"]["effective_examples"] == 3.75
+    assert ds["forum@1"]["effective_share"] == pytest.approx(2.25 / 26)
+    assert ds["forum@1"]["path"] == [v["merged"].version_id, v["forum"].version_id]
+    assert lin.licence["non_commercial"] == ["forum@1"] and lin.licence["share_alike"] == ["forum@1"]
+    assert lin.licence["unknown_license"] == ["code@1"] and lin.licence["licenses"] == ["CC-BY-4.0", "CC-BY-NC-SA-4.0"]
+    assert lin.unrecorded == []
+    web_shards = [s for s in lin.shards.to_pylist() if s["dataset_id"] == "web@1"]
+    assert [(s["shard"], s["examples"]) for s in web_shards] == [("web1.jsonl", 12), ("web2.jsonl", 8)]
+
+
+def test_a_version_without_a_run_is_flagged_not_silently_empty(family):
+    ledger, v = family
+    lin = ledger.lineage(v["imported"])
+    assert lin.datasets == [] and lin.unrecorded == [v["imported"].version_id]
+    with pytest.raises(NotFoundError, match="no version or tag 'nope'"):
+        ledger.lineage("nope")
+
+
+def test_taint_finds_every_version_downstream(family):
+    ledger, v = family
+    ids = lambda rows: {r["version_id"]: r["direct"] for r in rows}  # noqa: E731
+    assert ids(ledger.taint(dataset="web")) == {v["base"].version_id: True, v["forum"].version_id: False,
+                                                  v["code"].version_id: False, v["merged"].version_id: False}
+    assert ids(ledger.taint(dataset="forum")) == {v["forum"].version_id: True, v["merged"].version_id: False}
+    assert ids(ledger.taint(dataset="web", shard="web2.jsonl")) == ids(ledger.taint(dataset="web"))
+    # a logged document: only the runs that logged it; a document of a declared dataset: its runs
+    assert ids(ledger.taint(dataset="forum", key="f1")) == {v["forum"].version_id: True, v["merged"].version_id: False}
+    assert ids(ledger.taint(dataset="forum", key="f5")) == {}  # in the dataset, but never logged as seen
+    assert ledger.taint(dataset="forum", key="f1")[-1]["examples"] == 2
+    assert ids(ledger.taint(dataset="code", key="c2")) == {v["code"].version_id: True, v["merged"].version_id: False}
+    with pytest.raises(NotFoundError, match="has no shard 'zz'"):
+        ledger.taint(dataset="web", shard="zz")
+    with pytest.raises(InvalidParameterError, match="needs its dataset"):
+        ledger.taint(key="f1")
+
+
+def test_taint_by_text_and_near_duplicates(family):
+    from provenance.audits import taint_report
+
+    ledger, v = family
+    exact = taint_report(ledger, text="A forum post number 1")  # normalisation: case does not matter
+    assert [m["key"] for m in exact["matches"]] == ["f1"]
+    assert {r["version_id"] for r in exact["versions"]} == {v["forum"].version_id, v["merged"].version_id}
+    near = taint_report(ledger, dataset="web", key="w3", near=0.1)
+    keys = {m["key"] for m in near["matches"]}
+    assert "w3" in keys and all(m["jaccard"] >= 0.1 for m in near["matches"])
+    with pytest.raises(InvalidParameterError, match=r"near must be in \(0, 1\]"):
+        taint_report(ledger, text="x", near=1.5)
+    with pytest.raises(InvalidParameterError, match="empty"):
+        taint_report(ledger, text="   ")
+
+
+def test_data_diff_and_graphs(family):
+    from provenance.lineage import data_diff
+
+    ledger, v = family
+    d = data_diff(ledger, v["forum"], v["code"])
+    assert d["datasets_only_in_a"] == ["forum@1"] and d["datasets_only_in_b"] == ["code@1"]
+    assert d["datasets_in_both"] == ["web@1"]
+    assert d["shards_only_in_a"] == [{"dataset_id": "forum@1", "shard_index": 0, "shard": "forum.jsonl"}]
+    lin = ledger.lineage("merged")
+    mermaid = graph_text(lin, "mermaid")
+    assert mermaid.startswith("graph BT") and "|λ=3|" in mermaid and "|λ=1|" in mermaid and "(merged)" in mermaid
+    assert mermaid.count("-.->") == 3  # web -> base, forum -> forum, code -> code
+    dot = graph_text(lin, "dot")
+    assert dot.startswith("digraph lineage {") and dot.count("shape=cylinder") == 3 and dot.rstrip().endswith("}")
+    with pytest.raises(InvalidParameterError, match="unknown graph format"):
+        graph_text(lin, "svg")
+
+
+def test_cli_lineage_taint_and_diff(family, tmp_path):
+    ledger, v = family
+    runner = CliRunner()
+    base = ["--ledger", str(ledger.root)]
+    out = runner.invoke(main, [*base, "lineage", "merged", "--json"])
+    assert out.exit_code == 0, out.output
+    assert {d["dataset_id"] for d in json.loads(out.output)["datasets"]} == {"web@1", "forum@1", "code@1"}
+    out = runner.invoke(main, [*base, "lineage", "merged"])
+    assert out.exit_code == 0 and "forum@1" in out.output and "non-commercial: forum@1" in out.output
+    out = runner.invoke(main, [*base, "lineage", "merged", "--format", "mermaid"])
+    assert out.output.startswith("graph BT")
+    out = runner.invoke(main, [*base, "taint", "forum", "--key", "f0", "--json"])
+    assert out.exit_code == 0, out.output
+    assert len(json.loads(out.output)["versions"]) == 2
+    out = runner.invoke(main, [*base, "taint", "--text", "-", "--json"], input="a forum post number 0")
+    assert out.exit_code == 0, out.output
+    assert [m["key"] for m in json.loads(out.output)["matches"]] == ["f0"]
+    out = runner.invoke(main, [*base, "taint", "--text", "-"], input=b"\xff\xfe bad")
+    assert out.exit_code == 1 and "not UTF-8" in out.output
+    out = runner.invoke(main, [*base, "model", "diff", v["forum"].version_id, v["code"].version_id, "--data", "--json"])
+    assert json.loads(out.output)["datasets_only_in_b"] == ["code@1"]
+    out = runner.invoke(main, [*base, "lineage", "deadbeef"])
+    assert out.exit_code == 1 and "no version 'deadbeef'" in out.output
