@@ -111,7 +111,8 @@ def _e(text: str) -> str:
 
 
 def _text(value: Any) -> str:
-    """A value as display text: floats to 4 significant digits, booleans as yes/no."""
+    """A value as display text: floats to 4 significant digits, booleans as yes/no, None as
+    nothing, lists and dicts as JSON."""
     if isinstance(value, str):
         return value
     if value is None:
@@ -147,6 +148,7 @@ def _cell(value: Any) -> str:
 
 
 def _list(d: dict, key: str, where: str) -> list:
+    """``d[key]``, which must be a list if present; missing or empty is ``[]``."""
     value = d.get(key) or []
     if not isinstance(value, (list, tuple)):
         raise InvalidParameterError(f"{where} key {key!r} must be a list, got {type(value).__name__}")
@@ -354,6 +356,7 @@ def _items(d: dict, key: str, where: str, shape: tuple[str, ...]) -> list[list]:
 
 
 def _vlines(plot: dict, where: str) -> list[tuple[float, str]]:
+    """The plot's vertical marker lines as ``(x, label)``; drawn only on a numeric x axis."""
     out = []
     for k, line in enumerate(_list(plot, "vlines", where)):
         if not isinstance(line, dict) or "x" not in line:
@@ -386,7 +389,8 @@ def _bar(x0: float, x1: float, y: _Axis, v: float, tip: str) -> str:
     )
 
 
-def _histogram(spec: _Spec):
+def _histogram(spec: _Spec) -> tuple[_Axis, _Axis, list[str]] | None:
+    """One bar per ``[lo, hi, count]`` bin, on a numeric x axis."""
     bins, nonfinite = [], 0
     for i, (lo, hi, count) in enumerate(_items(spec.data, "bins", spec.where, ("lo", "hi", "count"))):
         if not _finite(lo, hi, count):
@@ -407,7 +411,8 @@ def _histogram(spec: _Spec):
     return x, y, marks
 
 
-def _bar_chart(spec: _Spec):
+def _bar_chart(spec: _Spec) -> tuple[list[str], _Axis, list[str]] | None:
+    """One bar per ``[label, value]``, in the order given."""
     bars = [(_text(name), v) for name, v in _items(spec.data, "bars", spec.where, ("label", "value"))]
     finite = [(name, v) for name, v in bars if _finite(v)]
     spec.skipped("bars", len(bars) - len(finite))
@@ -422,7 +427,7 @@ def _bar_chart(spec: _Spec):
     return [name for name, _ in finite], y, marks
 
 
-def _xy(spec: _Spec):
+def _xy(spec: _Spec) -> tuple[_Axis, _Axis, list[str]] | None:
     """A scatter (one dot per point) or a line plot (a polyline per series, its points shown on hover)."""
     lines = spec.data["kind"] == "line"
     series, nonfinite, nonpositive = [], 0, 0

@@ -316,6 +316,7 @@ def test_line_plot_draws_a_polyline_per_series_and_the_vlines():
 def test_plots_without_data_say_no_data(plot):
     svg = _one_svg(plot)
     assert ">no data</text>" in svg
+    assert re.search(r"<title>Plot 1 \(no data[;)]", svg)
     assert not re.search(r"<(rect|circle|polyline) ", svg)
 
 

@@ -1,0 +1,148 @@
+"""Dedup audits: accuracy on pairs planted at known Jaccard levels, scopes, bad input, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from click.testing import CliRunner
+
+from provenance.audits import audit_dedup, banding_for, exact_jaccard
+from provenance.cli.main import main
+from provenance.errors import FingerprintMismatchError, InvalidParameterError, NotFoundError
+from provenance.fingerprints import FingerprintConfig
+from provenance.synthetic import graded_pairs
+
+LEVELS = [0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0]
+
+
+@pytest.fixture(scope="module")
+def graded():
+    return graded_pairs(LEVELS, per_level=12, words=120, noise=150, seed=7)
+
+
+@pytest.fixture
+def graded_ledger(ledger, data_dir, graded):
+    graded.write_jsonl(data_dir / "graded.jsonl")
+    ledger.register_dataset("graded", data_dir / "graded.jsonl", id_field="id")
+    return ledger
+
+
+@pytest.mark.parametrize("threshold", [0.7, 0.8, 0.9])
+def test_recall_and_precision_on_pairs_planted_at_known_jaccard(graded_ledger, graded, threshold):
+    cfg = graded_ledger.dataset("graded").config
+    texts = {d["id"]: d["text"] for d in graded.docs}
+    exact = {tuple(sorted(p)): exact_jaccard(cfg, texts[p[0]], texts[p[1]]) for p in graded.planted}
+    assert min(exact.values()) < 0.55 and max(exact.values()) == 1.0  # the levels span the range
+    report = audit_dedup(graded_ledger, ["graded"], threshold=threshold)
+    found = {tuple(sorted((p["a"], p["b"]))): p for p in report["pairs"]}
+    should = [p for p, j in exact.items() if j >= threshold + 0.05]
+    assert len(should) >= 12
+    recall = sum(p in found for p in should) / len(should)
+    assert recall >= 0.95, recall
+    far_below = [p for p in found if exact_jaccard(cfg, texts[p[0]], texts[p[1]]) < threshold - 0.1]
+    assert len(far_below) <= 0.05 * len(found)
+    for p in report["pairs"]:
+        assert p["jaccard"] >= threshold and p["stderr"] == pytest.approx((p["jaccard"] * (1 - p["jaccard"]) / 128) ** 0.5)
+    s = report["summary"]
+    assert s["documents"] == len(graded.docs) and s["pairs"] == len(report["pairs"])
+    # planted pairs are disjoint: every cluster is one pair, and each document has one near-copy
+    assert s["clusters"] == s["pairs"] and s["redundant_documents"] == s["pairs"]
+    assert s["duplicate_rate"] == pytest.approx(s["pairs"] / len(graded.docs))
+    assert report["cluster_sizes"] == [[2, s["pairs"]]]
+    assert all(n["near_copies"] == 1 for n in report["near_copies"])
+    b = report["banding"]
+    assert b["p_at_threshold"] >= 0.99 and (b["bands"], b["rows"]) == (banding_for(128, threshold).bands,
+                                                                      banding_for(128, threshold).rows)
+    assert len(report["s_curve"] if "s_curve" in report else b["s_curve"]) == 41
+    stored = graded_ledger.audit(report["audit_id"])
+    assert stored["kind"] == "dedup" and stored["report"]["summary"]["pairs"] == s["pairs"]
+    assert graded_ledger.audit_pairs(report["audit_id"]).num_rows == s["pairs"]
+
+
+def test_clusters_are_connected_components(ledger, data_dir, write_jsonl):
+    base = " ".join(f"word{i}" for i in range(60))
+    chain = [base] + [base.replace(f"word{i} ", f"other{i} ", 1) for i in (5, 50)]  # 3 near-copies of one text
+    docs = [{"id": f"c{i}", "text": t} for i, t in enumerate(chain)]
+    docs += [{"id": "dup", "text": base}]  # an exact copy
+    docs += [{"id": f"n{i}", "text": " ".join(f"noise{i}x{j}" for j in range(60))} for i in range(20)]
+    docs += [{"id": "p0", "text": " ".join(f"pair{j}" for j in range(60))}, {"id": "p1", "text": " ".join(f"pair{j}" for j in range(60))}]
+    write_jsonl(data_dir / "c.jsonl", docs)
+    ledger.register_dataset("c", data_dir / "c.jsonl", id_field="id")
+    report = audit_dedup(ledger, ["c"], threshold=0.7)
+    assert report["summary"]["clusters"] == 2 and report["summary"]["largest_cluster"] == 4
+    assert report["cluster_sizes"] == [[2, 1], [4, 1]]
+    assert report["largest_clusters"][0]["sample_keys"] == ["c0", "c1", "c2", "dup"]
+    assert report["summary"]["redundant_documents"] == 4  # 3 of the 4, 1 of the pair
+    assert report["summary"]["exact_duplicate_pairs"] == 2  # c0 = dup, p0 = p1
+    copies = {n["key"]: n["near_copies"] for n in report["near_copies"]}
+    assert copies["c0"] == 3 and copies["p0"] == 1 and "n3" not in copies
+
+
+def test_verify_drops_pairs_the_text_refutes_and_names_unreadable_shards(graded_ledger, data_dir):
+    report = audit_dedup(graded_ledger, ["graded"], threshold=0.8, verify=True)
+    v = report["verify"]
+    assert v["checked"] == v["near_threshold"] > 0 and v["not_checked"] == 0 and v["unreadable"] == []
+    assert all(p["exact"] is None or p["exact"] >= 0.8 for p in report["pairs"])
+    assert report["summary"]["pairs"] == len(report["pairs"])
+    (data_dir / "graded.jsonl").write_text("changed\n")
+    again = audit_dedup(graded_ledger, ["graded"], threshold=0.8, verify=True)
+    assert again["verify"]["checked"] == 0 and again["verify"]["not_checked"] == again["verify"]["near_threshold"]
+    assert "changed since registration" in again["verify"]["unreadable"][0]
+
+
+def test_a_version_audits_its_lineage(ledger, data_dir, graded):
+    graded.write_jsonl(data_dir / "graded.jsonl")
+    ledger.register_dataset("graded", data_dir / "graded.jsonl", id_field="id")
+    ledger.register_dataset("other", data_dir / "graded.jsonl", id_field="id", description="a second copy")
+    with ledger.start_run(datasets=["graded"], message="train") as run:
+        v = run.commit({"w": torch.zeros(2)})
+    by_version = audit_dedup(ledger, [v.version_id[:8]], threshold=0.9)
+    by_dataset = audit_dedup(ledger, ["graded"], threshold=0.9)
+    assert by_version["datasets"] == ["graded@1"] and by_version["targets"][0]["kind"] == "version"
+    assert by_version["summary"]["pairs"] == by_dataset["summary"]["pairs"]
+    both = audit_dedup(ledger, ["graded", "other"], threshold=0.9)
+    n = len(graded.docs)
+    assert both["summary"]["documents"] == 2 * n
+    assert both["summary"]["exact_duplicate_pairs"] >= n  # every document against its copy
+
+
+def test_bad_input_is_refused_and_writes_nothing(graded_ledger, data_dir, write_jsonl):
+    ledger = graded_ledger
+    for bad in (0, -0.1, 1.5, float("nan"), "high"):
+        with pytest.raises(InvalidParameterError, match=r"threshold must be"):
+            audit_dedup(ledger, ["graded"], threshold=bad)
+    with pytest.raises(NotFoundError, match="'nothing' is neither a dataset nor a version"):
+        audit_dedup(ledger, ["nothing"])
+    write_jsonl(data_dir / "k64.jsonl", [{"id": "x", "text": "some text here"}])
+    ledger.register_dataset("k64", data_dir / "k64.jsonl", id_field="id", config=FingerprintConfig(num_perm=64))
+    with pytest.raises(FingerprintMismatchError, match=r"graded@1 uses .*k128.* but k64@1 uses .*k64"):
+        audit_dedup(ledger, ["graded", "k64"])
+    empty = ledger.commit({"w": torch.zeros(2)}, message="no run")
+    with pytest.raises(InvalidParameterError, match="empty lineage"):
+        audit_dedup(ledger, [empty.version_id])
+    assert ledger.audits() == []
+
+
+def test_cli_dedup_json_pairs_file_and_show(graded_ledger, tmp_path):
+    runner = CliRunner()
+    base = ["--ledger", str(graded_ledger.root)]
+    out = runner.invoke(main, [*base, "audit", "dedup", "graded", "--threshold", "0.85", "--json"])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    pair = report["pairs"][0]
+    assert set(pair) >= {"a", "b", "jaccard", "stderr"} and pair["jaccard"] >= 0.85
+    parquet = tmp_path / "pairs.parquet"
+    out = runner.invoke(main, [*base, "audit", "dedup", "graded", "--threshold", "0.85", "--pairs", str(parquet)])
+    assert out.exit_code == 0, out.output
+    assert "duplicate rate" in out.output and f"pairs written to {parquet}" in out.output
+    assert pq.read_table(parquet).num_rows == report["summary"]["pairs"]
+    out = runner.invoke(main, [*base, "audit", "list", "--json"])
+    audits = json.loads(out.output)
+    assert len(audits) == 2 and {a["kind"] for a in audits} == {"dedup"}
+    out = runner.invoke(main, [*base, "audit", "show", audits[0]["audit_id"][:8]])
+    assert out.exit_code == 0 and "dedup audit" in out.output
+    out = runner.invoke(main, [*base, "audit", "dedup", "graded", "--threshold", "2"])
+    assert out.exit_code == 1 and "threshold must be in (0, 1]" in out.output
