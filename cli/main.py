@@ -49,6 +49,19 @@ pass_ctx = click.make_pass_decorator(Context)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
+def _gate_options(f):
+    """The policy options the pre-merge gate shares between ``prov audit merge`` and ``prov merge --gate``."""
+    f = click.option("--eval", "eval_datasets", multiple=True,
+                     help="An evaluation dataset (repeat; default: every dataset registered with role eval).")(f)
+    f = click.option("--max-overlap", type=float, default=None,
+                     help="Fail when more than this fraction of either side's training documents overlap the other.")(f)
+    f = click.option("--max-contamination", type=int, default=None,
+                     help="Fail when more than this many evaluation documents are found in the training data.")(f)
+    f = click.option("--full-lineage", is_flag=True,
+                     help="Compare whole lineages, including data the inputs inherit from shared ancestors.")(f)
+    return f
+
+
 @click.group(cls=ProvGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="prov")
 @click.option(
@@ -377,17 +390,34 @@ def run_list(obj: Context, as_json: bool) -> None:
 @click.option("--normalize", is_flag=True, help="fisher: divide each model's Fisher by its L2 norm.")
 @click.option("--density", type=float, default=0.2, show_default=True, help="ties: fraction of each task vector kept.")
 @click.option("--audit", default=None, help="The id of the pre-merge audit this merge cites.")
+@click.option("--gate", is_flag=True, help="Run the pre-merge gate first (prov audit merge) and merge only if it passes.")
+@_gate_options
 @click.option("-m", "--message", required=True, help="What the merge is.")
 @click.option("--author", default=None, help="Who merges.")
 @json_option
 @pass_ctx
 def merge_cmd(obj: Context, versions: tuple[str, ...], method: str, weights: str | None, base: str | None, eps: float,
-              normalize: bool, density: float, audit: str | None, message: str, author: str | None, as_json: bool) -> None:
+              normalize: bool, density: float, audit: str | None, gate: bool, eval_datasets: tuple[str, ...],
+              max_overlap: float | None, max_contamination: int | None, full_lineage: bool, message: str,
+              author: str | None, as_json: bool) -> None:
     """Merge versions into a new version whose parents are all of them, with a receipt."""
     try:
         lam = [float(w) for w in weights.split(",")] if weights else None
     except ValueError:
         raise click.BadParameter(f"{weights!r}: expected numbers separated by commas", param_hint="--weights") from None
+    if gate and audit:
+        raise click.UsageError("give --gate (run the gate now) or --audit ID (cite one), not both")
+    if not gate and (eval_datasets or max_overlap is not None or max_contamination is not None or full_lineage):
+        raise click.UsageError("--eval, --max-overlap, --max-contamination and --full-lineage need --gate")
+    if gate:
+        from provenance.gate import audit_merge
+
+        report = audit_merge(obj.ledger(), list(versions), eval_datasets=list(eval_datasets) or None,
+                             max_overlap=max_overlap, max_contamination=max_contamination, full_lineage=full_lineage)
+        if not report["passed"]:
+            click.echo("\n".join(report["alerts"]), err=True)
+            raise click.ClickException(f"the pre-merge gate failed (audit {report['audit_id'][:12]}); nothing merged")
+        audit = report["audit_id"]
     version = obj.ledger().merge(list(versions), method=method, weights=lam, base=base, eps=eps, normalize=normalize,
                                  density=density, audit=audit, message=message, author=author)
     render.emit(version.model_dump(mode="json"), as_json,
@@ -545,5 +575,65 @@ def audit_show(obj: Context, audit_id: str, html_file: str | None, as_json: bool
         write_report(report, html_file)
     if report.get("kind") == "dedup":
         render.dedup(report, as_json)
+    elif report.get("kind") == "merge":
+        render.gate(report, as_json)
+    elif report.get("kind") == "memorization":
+        render.memorization(report, as_json)
     else:
         render.emit(report, as_json, lambda r: json.dumps(r, indent=2, default=str))
+
+
+@audit_group.command("merge")
+@click.argument("versions", nargs=-1, required=True, metavar="V1 V2 [V3...]")
+@click.option("--threshold", type=float, default=0.8, show_default=True,
+              help="Estimated Jaccard at or above which two documents are near-duplicates, in (0, 1].")
+@click.option("--ngram", type=int, default=13, show_default=True,
+              help="Words in the exact-span contamination check (0: skip it; it reads the source text).")
+@_gate_options
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None, help="Also write an HTML report.")
+@json_option
+@pass_ctx
+def audit_merge_cmd(obj: Context, versions: tuple[str, ...], threshold: float, ngram: int, eval_datasets: tuple[str, ...],
+                    max_overlap: float | None, max_contamination: int | None, full_lineage: bool, html_file: str | None,
+                    as_json: bool) -> None:
+    """The pre-merge gate: training-data overlap between the versions and contamination with
+    evaluation data. Exit status 1 when a policy limit is broken, so it can gate a merge in CI."""
+    from provenance.gate import audit_merge
+
+    with render.progress(obj.quiet) as bar:
+        report = audit_merge(obj.ledger(), list(versions), eval_datasets=list(eval_datasets) or None,
+                             threshold=threshold, max_overlap=max_overlap, max_contamination=max_contamination,
+                             full_lineage=full_lineage, ngram=ngram, progress=bar)
+    if html_file:
+        from provenance.audit_html import write_report
+
+        write_report(report, html_file)
+    render.gate(report, as_json)
+    if not report["passed"]:
+        sys.exit(1)
+
+
+@audit_group.command("memorization")
+@click.argument("ref", metavar="VERSION")
+@click.option("--samples", "samples_file", required=True, type=click.Path(dir_okay=False),
+              help="Generated texts: JSONL (objects with a text field, or strings) or plain text, one per line.")
+@click.option("--threshold", type=float, default=0.8, show_default=True,
+              help="Estimated Jaccard at or above which a sample near-duplicates a training document, in (0, 1].")
+@click.option("--span", type=int, default=50, show_default=True,
+              help="Words of an exact shared span that count as memorized (0: skip; it reads the source text).")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None, help="Also write an HTML report.")
+@json_option
+@pass_ctx
+def audit_memorization_cmd(obj: Context, ref: str, samples_file: str, threshold: float, span: int,
+                           html_file: str | None, as_json: bool) -> None:
+    """Which training documents in VERSION's lineage its generated samples reproduce (near-duplicate
+    or a long exact span), with how many times training saw each and its near-copies."""
+    from provenance.memorization import audit_memorization
+
+    with render.progress(obj.quiet) as bar:
+        report = audit_memorization(obj.ledger(), ref, samples_file, threshold=threshold, span=span, progress=bar)
+    if html_file:
+        from provenance.audit_html import write_report
+
+        write_report(report, html_file)
+    render.memorization(report, as_json)

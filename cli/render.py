@@ -377,3 +377,57 @@ def dedup(report: dict, as_json: bool) -> None:
         _console().print(t)
     elif report.get("pairs_file"):
         click.echo(f"  pairs written to {report['pairs_file']}")
+
+
+def gate(report: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str, ensure_ascii=False))
+        return
+    click.echo(f"pre-merge gate {report['audit_id'][:12]}: {'PASSED' if report['passed'] else 'FAILED'}")
+    for side in report["sides"]:
+        click.echo(f"  {side['version_id'][:12]}: {side['shards']} shard(s) of {', '.join(side['datasets']) or 'no data'}")
+    t = Table(title=f"Training-data overlap (Jaccard >= {report['threshold']})")
+    for col in ("A", "B", "A docs", "A overlap", "B docs", "B overlap", "datasets"):
+        t.add_column(col)
+    for o in report["overlap"]:
+        t.add_row(o["a"][:12], o["b"][:12], f"{o['a_documents']:,}",
+                  f"{o['a_fraction']:.2%} ({o['a_exact']} exact, {o['a_near']} near)", f"{o['b_documents']:,}",
+                  f"{o['b_fraction']:.2%} ({o['b_exact']} exact, {o['b_near']} near)",
+                  _cell(", ".join(f"{d['dataset']}~{d['other']}" for d in o["datasets"])))
+    _console().print(t)
+    c = report["contamination"]
+    if c is None:
+        click.echo("contamination: no evaluation datasets registered (role eval) or given (--eval)")
+    else:
+        span = c["ngram"]
+        click.echo(f"contamination with {', '.join(c['eval_datasets'])}: {c['contaminated_eval_documents']} of "
+                   f"{c['eval_documents']:,} evaluation documents found in training "
+                   f"(exact {c['eval_exact']}, near {c['eval_near']}"
+                   + (f", shared {span['n']}-word spans {len(span['eval_keys'])}" if span else "") + ")")
+        if c["contaminated_eval_keys"]:
+            click.echo(f"  {_cell(', '.join(c['contaminated_eval_keys']))}")
+        if span and span["unreadable"]:
+            click.echo(f"  span check skipped {len(span['unreadable'])} unreadable shard(s): {span['unreadable'][0]}")
+    for alert in report["alerts"]:
+        click.echo(f"  ✗ {alert}")
+
+
+def memorization(report: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str, ensure_ascii=False))
+        return
+    s = report["summary"]
+    click.echo(f"memorization audit {report['audit_id'][:12]} of {report['version'][:12]}: "
+               f"{s['samples_matching_training']} of {s['samples']} samples match training documents "
+               f"({s['training_documents_matched']} documents; highest exposure {s['max_exposure']:g})")
+    t = Table()
+    for col in ("sample", "document", "Jaccard", "span (words)", "near-copies", "exposure"):
+        t.add_column(col)
+    for sample in report["samples"]:
+        for m in sample["matches"][:5]:
+            t.add_row(str(sample["index"]), _cell(f"{m['dataset_id']}:{m['key']}"), f"{m['jaccard']:.2f}",
+                      str(m["span_words"] or ""), str(m["near_copies"]), f"{m['exposure']:g}")
+    if t.row_count:
+        _console().print(t)
+    for why in report["unreadable"][:5]:
+        click.echo(f"  span check skipped: {why}")

@@ -262,10 +262,10 @@ def exact_jaccard(cfg: FingerprintConfig, a: str, b: str) -> float:
     return len(sa & sb) / union if union else 1.0
 
 
-def read_texts(ledger: Ledger, wanted: dict[tuple[str, int], set[int]]) -> tuple[dict[tuple[str, int, int], str], list[str]]:
-    """The texts of the rows ``wanted`` per ``(dataset_id, shard_index)``, read from the shards'
-    files after checking each still hashes as registered. Shards that cannot be read are listed
-    with the reason instead."""
+def read_texts(ledger: Ledger, wanted: dict[tuple[str, int], set[int] | None]) -> tuple[dict[tuple[str, int, int], str], list[str]]:
+    """The texts of the rows ``wanted`` per ``(dataset_id, shard_index)`` (None: every row), read
+    from the shards' files after checking each still hashes as registered. Shards that cannot be
+    read are listed with the reason instead."""
     from provenance.sources.base import Counters, ReadOptions
     from provenance.sources.files import FileShard
 
@@ -291,8 +291,9 @@ def read_texts(ledger: Ledger, wanted: dict[tuple[str, int], set[int]]) -> tuple
                 if reader._rehash() != shard.shard_id:
                     unreadable.append(f"{dataset_id} shard {shard.name}: {shard.uri} changed since registration")
                     continue
+                wanted_rows = None if rows is None else np.fromiter(rows, np.int64)
                 for batch in reader.batches(opts, Counters()):
-                    hit = np.isin(batch.rows, np.fromiter(rows, np.int64))
+                    hit = np.ones(len(batch.rows), bool) if wanted_rows is None else np.isin(batch.rows, wanted_rows)
                     if hit.any():
                         for i in np.flatnonzero(hit).tolist():
                             texts[(dataset_id, index, int(batch.rows[i]))] = batch.texts[i].as_py()

@@ -146,3 +146,18 @@ def test_cli_dedup_json_pairs_file_and_show(graded_ledger, tmp_path):
     assert out.exit_code == 0 and "dedup audit" in out.output
     out = runner.invoke(main, [*base, "audit", "dedup", "graded", "--threshold", "2"])
     assert out.exit_code == 1 and "threshold must be in (0, 1]" in out.output
+
+
+def test_dedup_html_report_is_self_contained(graded_ledger, tmp_path):
+    from html.parser import HTMLParser
+
+    from provenance.audit_html import write_report
+
+    report = audit_dedup(graded_ledger, ["graded"], threshold=0.8)
+    page = write_report(report, tmp_path / "dedup.html").read_text()
+    HTMLParser().feed(page)
+    assert "Deduplication audit of graded@1" in page and "http://" not in page and "https://" not in page
+    assert page.count("<svg") == 3  # similarity histogram, cluster sizes, S-curve
+    assert report["largest_clusters"][0]["sample_keys"][0] in page
+    with pytest.raises(InvalidParameterError, match="no HTML page"):
+        write_report({"kind": "other"}, tmp_path / "x.html")

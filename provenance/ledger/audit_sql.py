@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 _MATCHES = "len(list_filter(list_zip(x.signature, y.signature), lambda p: p[1] = p[2]))"
@@ -19,16 +20,22 @@ class AuditWrites:
 
     def stage_documents(self, scope: pa.Table) -> int:
         """The documents of ``scope`` (``dataset_id``, ``shard_index`` or null for the whole
-        dataset) into the temporary table ``aud_docs``; returns how many."""
+        dataset, and optionally ``side``, a label) into the temporary table ``aud_docs``, one row
+        per document with the list of its ``sides``; returns how many."""
         con = self._con
+        if "side" not in scope.column_names:
+            scope = scope.append_column("side", pa.array(["x"] * scope.num_rows, pa.string()))
         con.register("aud_scope", scope)
         try:
             con.execute(
                 """CREATE OR REPLACE TEMP TABLE aud_docs AS
-                   SELECT DISTINCT d.doc_id, d.dataset_id, d.shard_index, d.row_index, d.key, d.exact_hash,
-                          d.token_count, d.signature, d.band_keys
+                   SELECT d.doc_id, any_value(d.dataset_id) AS dataset_id, any_value(d.shard_index) AS shard_index,
+                          any_value(d.row_index) AS row_index, any_value(d.key) AS key,
+                          any_value(d.exact_hash) AS exact_hash, any_value(d.signature) AS signature,
+                          any_value(d.band_keys) AS band_keys, list(DISTINCT s.side ORDER BY s.side) AS sides
                    FROM documents d JOIN aud_scope s
-                     ON d.dataset_id = s.dataset_id AND (s.shard_index IS NULL OR d.shard_index = s.shard_index)"""
+                     ON d.dataset_id = s.dataset_id AND (s.shard_index IS NULL OR d.shard_index = s.shard_index)
+                   GROUP BY d.doc_id"""
             )
         finally:
             con.unregister("aud_scope")
@@ -113,6 +120,23 @@ class AuditWrites:
             )
         finally:
             con.unregister("aud_exact")
+
+    def stage_probes(self, signatures: np.ndarray) -> None:
+        """Add ``signatures`` (``uint32[n, k]``, e.g. generated samples) to ``aud_docs`` as
+        documents ``-1, -2, …, -n`` on the side ``q``, so that one band join pairs them with the
+        staged documents and the documents with each other."""
+        con = self._con
+        probes = pa.table({"doc_id": pa.array([-1 - i for i in range(len(signatures))], pa.int64()),
+                           "signature": pa.array([row.tolist() for row in signatures], pa.list_(pa.uint32()))})
+        con.register("aud_probes", probes)
+        try:
+            con.execute(
+                """INSERT INTO aud_docs (doc_id, dataset_id, shard_index, row_index, key, exact_hash, signature,
+                                         band_keys, sides)
+                   SELECT doc_id, NULL, NULL, NULL, NULL, NULL, signature, []::UBIGINT[], ['q'] FROM aud_probes"""
+            )
+        finally:
+            con.unregister("aud_probes")
 
     def audit_query(self, sql: str, params: list[Any] | None = None) -> pa.Table:
         """A read inside the transaction (the audit's temporary tables and uncommitted pairs)."""

@@ -1,0 +1,267 @@
+"""The pre-merge gate: before versions are merged, how much training data they share and whether
+any of it is evaluation data.
+
+**Overlap.** Each input's training documents are the documents of the shards its own runs
+trained on: the versions in its lineage that are not ancestors of another input (two
+contributors fine-tuned from one base both inherit the base's data; that is not evidence counted
+twice by their merge). With ``full_lineage`` the whole lineage counts. For every pair of inputs,
+a document of one side overlaps the other when the other side has a document with the same exact
+hash (``exact``) or, failing that, one whose estimated Jaccard is at least the threshold
+(``near``: candidates from an LSH band join, as in the dedup audit). Reported as counts, as the
+fraction of each side, and per pair of datasets.
+
+**Contamination.** Training documents of any input that are exact or near duplicates of documents
+of the evaluation datasets (``eval``, or every dataset registered with role ``eval``), and
+evaluation documents that share a 13-word span with any training document (lm-eval-harness's
+decontamination test; :mod:`provenance.ngrams`), read from the source files. The contamination
+figure a limit applies to is the number of evaluation documents found by any of the three.
+
+**Policy.** ``max_overlap`` (a fraction) is broken when any side's overlap fraction exceeds it;
+``max_contamination`` (a count) when more evaluation documents than that are contaminated. The
+audit is stored with whether it passed; ``prov audit merge`` exits 1 when it did not, and
+``ledger.merge(..., audit=ID)`` cites it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from provenance.audits import _advance, _stage, banding_for, check_same_config, check_threshold, read_texts
+from provenance.errors import InvalidParameterError
+from provenance.ledger import Ledger
+from provenance.lineage import ancestry
+from provenance.ngrams import ngram_hashes
+
+
+def _side(param: str) -> str:
+    """The staged documents on any of the sides bound to ``param``."""
+    return f"SELECT doc_id, exact_hash, dataset_id FROM aud_docs WHERE list_has_any(sides, {param}::VARCHAR[])"
+
+
+def audit_merge(
+    ledger: Ledger,
+    versions: Sequence[str],
+    *,
+    eval_datasets: Sequence[str] | None = None,
+    threshold: float = 0.8,
+    max_overlap: float | None = None,
+    max_contamination: int | None = None,
+    full_lineage: bool = False,
+    ngram: int = 13,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Run the gate over ``versions`` (module doc), store it as an audit, return the report
+    (``report["passed"]``; ``report["alerts"]`` says which limit broke and by how much)."""
+    threshold = check_threshold(threshold)
+    if max_overlap is not None and not 0.0 <= float(max_overlap) <= 1.0:
+        raise InvalidParameterError(f"max-overlap must be a fraction in [0, 1], got {max_overlap}")
+    if max_contamination is not None and int(max_contamination) < 0:
+        raise InvalidParameterError(f"max-contamination must be a count >= 0, got {max_contamination}")
+    if ngram < 0:
+        raise InvalidParameterError(f"ngram must be >= 0 (0: no span check), got {ngram}")
+    started = time.perf_counter()
+    with ledger.session():
+        inputs = [ledger.version(v) for v in versions]
+        if len(inputs) < 2 or len({v.version_id for v in inputs}) < len(inputs):
+            raise InvalidParameterError("the gate needs at least two different versions")
+        scope_rows, sides = _sides(ledger, [v.version_id for v in inputs], full_lineage)
+        evals = [ledger.dataset(d) for d in eval_datasets] if eval_datasets else [
+            d for d in ledger.datasets() if d.role == "eval"]
+        if max_contamination is not None and not evals:
+            raise InvalidParameterError("--max-contamination needs evaluation datasets: none given (--eval) and "
+                                        "none registered with role eval")
+        scope_rows += [(d.dataset_id, None, "e") for d in evals]
+        datasets = [ledger.dataset(d) for d in sorted({r[0] for r in scope_rows})]
+    if not datasets:
+        raise InvalidParameterError("the inputs' lineages are empty: no run recorded any data, and there is no "
+                                    "evaluation dataset")
+    cfg = check_same_config(datasets)
+    k = cfg.num_perm
+    banding = banding_for(k, threshold)
+    stored = all((d.bands, d.rows) == (banding.bands, banding.rows) for d in datasets)
+    scope = pa.table({"dataset_id": pa.array([r[0] for r in scope_rows], pa.string()),
+                      "shard_index": pa.array([r[1] for r in scope_rows], pa.int32()),
+                      "side": pa.array([r[2] for r in scope_rows], pa.string())})
+    audit_id = uuid.uuid4().hex
+    created = datetime.now(timezone.utc).replace(tzinfo=None)
+    labels = [f"s{i}" for i in range(len(inputs))]
+    _stage(progress, "gate: documents", 4)
+    with ledger.transaction() as tx:
+        tx.stage_documents(scope)
+        _advance(progress)
+        tx.near_pairs(audit_id, banding.bands, banding.rows, math.ceil(threshold * k - 1e-9), stored=stored)
+        _advance(progress)
+        sizes = {lab: _count(tx, [lab]) for lab in [*labels, "e"]}
+        overlap = []
+        for i in range(len(inputs)):
+            for j in range(i + 1, len(inputs)):
+                ij, ji = _overlap(tx, audit_id, [labels[i]], [labels[j]]), _overlap(tx, audit_id, [labels[j]], [labels[i]])
+                overlap.append({
+                    "a": inputs[i].version_id, "b": inputs[j].version_id,
+                    "a_documents": sizes[labels[i]], "b_documents": sizes[labels[j]],
+                    "a_exact": ij["exact"], "a_near": ij["near"], "b_exact": ji["exact"], "b_near": ji["near"],
+                    "a_fraction": _frac(ij["exact"] + ij["near"], sizes[labels[i]]),
+                    "b_fraction": _frac(ji["exact"] + ji["near"], sizes[labels[j]]),
+                    "datasets": ij["datasets"]})
+        contamination = None
+        if evals:
+            train_hit = _overlap(tx, audit_id, labels, ["e"], keys=True)
+            eval_hit = _overlap(tx, audit_id, ["e"], labels, keys=True)
+            spans = _span_check(ledger, tx, labels, ngram) if ngram else None
+            contaminated = set(eval_hit["keys"]) | (set(spans["eval_keys"]) if spans else set())
+            contamination = {
+                "eval_datasets": [d.dataset_id for d in evals], "eval_documents": sizes["e"],
+                "training_documents": sum(sizes[lab] for lab in labels),
+                "training_exact": train_hit["exact"], "training_near": train_hit["near"],
+                "training_keys": train_hit["keys"][:200],
+                "eval_exact": eval_hit["exact"], "eval_near": eval_hit["near"],
+                "ngram": spans, "contaminated_eval_documents": len(contaminated),
+                "contaminated_eval_keys": sorted(contaminated)[:200], "datasets": train_hit["datasets"]}
+        _advance(progress)
+        alerts = _alerts(overlap, contamination, max_overlap, max_contamination)
+        report = {
+            "audit_id": audit_id, "kind": "merge", "created_at": created.isoformat(),
+            "versions": [v.version_id for v in inputs], "threshold": threshold, "full_lineage": full_lineage,
+            "sides": sides, "config_id": cfg.identity,
+            "banding": {"bands": banding.bands, "rows": banding.rows, "num_perm": k,
+                        "p_at_threshold": banding.probability(threshold), "stored_band_keys": stored},
+            "policy": {"max_overlap": max_overlap, "max_contamination": max_contamination},
+            "overlap": overlap, "contamination": contamination, "alerts": alerts, "passed": not alerts,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        tx.insert_audit({"audit_id": audit_id, "kind": "merge", "target": " ".join(v.version_id for v in inputs),
+                         "params": {"threshold": threshold, "eval": [d.dataset_id for d in evals],
+                                    "max_overlap": max_overlap, "max_contamination": max_contamination,
+                                    "full_lineage": full_lineage, "ngram": ngram},
+                         "passed": not alerts, "report": report, "created_at": created})
+        tx.drop_audit_tables()
+        _advance(progress)
+    return report
+
+
+def _sides(ledger: Ledger, ids: list[str], full_lineage: bool) -> tuple[list[tuple[str, int, str]], list[dict]]:
+    """Per input, the shards of its own runs (module doc): scope rows ``(dataset, shard, side)``
+    and a description of each side."""
+    ancestries = [ancestry(ledger, vid)[1] for vid in ids]
+    rows, sides = [], []
+    for i, anc in enumerate(ancestries):
+        others = set().union(*(set(a) for j, a in enumerate(ancestries) if j != i))
+        own = {v: a for v, a in anc.items() if full_lineage or v not in others}
+        runs = [(a["run_id"], v, 1.0) for v, a in own.items() if a["run_id"]]
+        table = pa.table({"run_id": pa.array([r[0] for r in runs], pa.string()),
+                          "version_id": pa.array([r[1] for r in runs], pa.string()),
+                          "weight": pa.array([r[2] for r in runs], pa.float64())})
+        shards = sorted({(r["dataset_id"], r["shard_index"]) for r in ledger.trained_shards(table).to_pylist()})
+        rows += [(d, s, f"s{i}") for d, s in shards]
+        sides.append({"version_id": ids[i], "versions": sorted(own), "shards": len(shards),
+                      "datasets": sorted({d for d, _ in shards})})
+    return rows, sides
+
+
+def _count(tx, labels: list[str]) -> int:
+    return int(tx.audit_query(f"SELECT count(*) AS n FROM ({_side('$1')})", [labels]).column("n")[0].as_py())
+
+
+def _overlap(tx, audit_id: str, a: list[str], b: list[str], *, keys: bool = False) -> dict[str, Any]:
+    """Documents of sides ``a`` with an exact (same hash) or else near (an audit pair) match on
+    sides ``b``: counts, per pair of datasets, and (``keys``) the documents' keys."""
+    rows = tx.audit_query(
+        f"""WITH a AS ({_side('$2')}), b AS ({_side('$3')}),
+            bh AS (SELECT exact_hash, min(dataset_id) AS other FROM b GROUP BY exact_hash),
+            ex AS (SELECT a.doc_id, a.dataset_id, bh.other FROM a JOIN bh USING (exact_hash)),
+            pp AS (SELECT doc_a AS x, doc_b AS y FROM audit_pairs WHERE audit_id = $1
+                   UNION ALL SELECT doc_b, doc_a FROM audit_pairs WHERE audit_id = $1),
+            nr AS (SELECT pp.x AS doc_id, any_value(a.dataset_id) AS dataset_id, min(b.dataset_id) AS other
+                   FROM pp JOIN a ON a.doc_id = pp.x JOIN b ON b.doc_id = pp.y
+                   WHERE pp.x NOT IN (SELECT doc_id FROM ex) GROUP BY pp.x),
+            hits AS (SELECT 'exact' AS kind, * FROM ex UNION ALL SELECT 'near', * FROM nr)
+            SELECT h.kind, h.dataset_id, h.other, d.key FROM hits h JOIN aud_docs d USING (doc_id)
+            ORDER BY h.dataset_id, d.key""",
+        [audit_id, a, b]).to_pylist()
+    by_pair: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: {"exact": 0, "near": 0})
+    for r in rows:
+        by_pair[(r["dataset_id"], r["other"])][r["kind"]] += 1
+    return {"exact": sum(r["kind"] == "exact" for r in rows), "near": sum(r["kind"] == "near" for r in rows),
+            "datasets": [{"dataset": d, "other": o, **n} for (d, o), n in sorted(by_pair.items())],
+            "keys": [f"{r['dataset_id']}:{r['key']}" for r in rows] if keys else []}
+
+
+def _span_check(ledger: Ledger, tx, labels: list[str], n: int) -> dict[str, Any]:
+    """Evaluation documents sharing an ``n``-word span with a training document, from the text."""
+    locs = tx.audit_query(
+        """SELECT doc_id, dataset_id, shard_index, row_index, key, list_contains(sides, 'e') AS is_eval,
+                  list_has_any(sides, $1::VARCHAR[]) AS is_train FROM aud_docs""", [labels]).to_pylist()
+    eval_rows = [r for r in locs if r["is_eval"]]
+    train_rows = [r for r in locs if r["is_train"]]
+    wanted: dict[tuple[str, int], set[int]] = defaultdict(set)
+    for r in eval_rows + train_rows:
+        wanted[(r["dataset_id"], r["shard_index"])].add(r["row_index"])
+    texts, unreadable = read_texts(ledger, wanted)
+    hashes, owners = [], []
+    for i, r in enumerate(eval_rows):
+        text = texts.get((r["dataset_id"], r["shard_index"], r["row_index"]))
+        if text is not None:
+            h = np.unique(ngram_hashes(text, n))
+            hashes.append(h)
+            owners.append(np.full(len(h), i, np.int64))
+    eval_hashes = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+    eval_owner = np.concatenate(owners) if owners else np.zeros(0, np.int64)
+    order = np.argsort(eval_hashes, kind="stable")
+    eval_hashes, eval_owner = eval_hashes[order], eval_owner[order]
+    hit_eval, hit_train, read = set(), [], 0
+    for r in train_rows:
+        text = texts.get((r["dataset_id"], r["shard_index"], r["row_index"]))
+        if text is None or not len(eval_hashes):
+            continue
+        read += 1
+        h = np.unique(ngram_hashes(text, n))
+        pos = np.searchsorted(eval_hashes, h)
+        pos[pos == len(eval_hashes)] = 0
+        found = eval_hashes[pos] == h
+        if found.any():
+            hit_train.append(f"{r['dataset_id']}:{r['key']}")
+            for p in pos[found].tolist():  # every evaluation document owning that span
+                lo = p
+                while lo < len(eval_hashes) and eval_hashes[lo] == eval_hashes[p]:
+                    hit_eval.add(int(eval_owner[lo]))
+                    lo += 1
+    return {"n": n, "training_documents_read": read, "eval_documents_read": len(hashes),
+            "training_documents_with_span": len(hit_train), "training_keys": hit_train[:200],
+            "eval_keys": sorted(f"{eval_rows[i]['dataset_id']}:{eval_rows[i]['key']}" for i in hit_eval),
+            "unreadable": unreadable}
+
+
+def _frac(n: int, total: int) -> float:
+    return n / total if total else 0.0
+
+
+def _alerts(overlap: list[dict], contamination: dict | None, max_overlap: float | None,
+            max_contamination: int | None) -> list[str]:
+    """One line per broken limit, saying by how much."""
+    alerts = []
+    if max_overlap is not None:
+        for o in overlap:
+            for side, other in (("a", "b"), ("b", "a")):
+                frac = o[f"{side}_fraction"]
+                if frac > max_overlap:
+                    alerts.append(
+                        f"max-overlap {max_overlap:.2%} broken: {frac:.2%} of {o[side][:12]}'s "
+                        f"{o[f'{side}_documents']:,} training documents overlap {o[other][:12]} "
+                        f"({o[f'{side}_exact']:,} exact, {o[f'{side}_near']:,} near; "
+                        f"{(frac - max_overlap) * 100:.2f} points over)")
+    if max_contamination is not None and contamination is not None:
+        n = contamination["contaminated_eval_documents"]
+        if n > max_contamination:
+            alerts.append(f"max-contamination {max_contamination} broken: {n} evaluation documents of "
+                          f"{', '.join(contamination['eval_datasets'])} are in the training data "
+                          f"({n - max_contamination} over)")
+    return alerts

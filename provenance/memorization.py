@@ -1,0 +1,209 @@
+"""The memorization audit: which training documents of a version's lineage its generated samples
+reproduce, and how often training saw them.
+
+For each sample (a JSONL file of ``{"text": ...}`` objects or strings, or a plain-text file with
+one sample per non-empty line), the audit reports the training documents in the version's lineage
+that it
+
+- near-duplicates: estimated Jaccard of the MinHash signatures (under the lineage's fingerprint
+  config) at least ``threshold``, candidates from an LSH band join in DuckDB; or
+- shares an exact span of at least ``span`` words with (50 by default: Carlini et al.'s
+  extractable memorization counts 50-token continuations), found from hashed word windows of the
+  source text (:mod:`provenance.ngrams`); ``span_words`` is the longest such run.
+
+Each match carries its **exposure**: how many times training saw that document and its
+near-copies in the lineage (logged examples where the run logged them, else declared epochs),
+the figure Kandpal et al. tie to memorization (a text seen ten times is regenerated far more often
+than one seen once).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from provenance.audits import _advance, _stage, banding_for, check_threshold, read_texts, resolve_scope
+from provenance.errors import InvalidParameterError, SourceError
+from provenance.ledger import Ledger
+from provenance.lineage import ancestry
+from provenance.ngrams import ngram_hashes
+
+
+def read_samples(path: str | os.PathLike) -> list[str]:
+    """The samples of ``path``: JSONL (``.jsonl``/``.json``: objects with a ``text`` field, or
+    strings), else plain text, one sample per non-empty line. Errors name the file and line."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read the samples file ({exc.strerror or exc})") from None
+    try:
+        content = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SourceError(f"{path}: line {line} is not UTF-8 (byte {exc.start})") from None
+    samples = []
+    jsonl = path.suffix.lower() in (".jsonl", ".json")
+    for number, line in enumerate(content.splitlines(), 1):
+        if not line.strip():
+            continue
+        if not jsonl:
+            samples.append(line)
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SourceError(f"{path}: line {number} is not JSON ({exc.msg})") from None
+        text = value.get("text") if isinstance(value, dict) else value
+        if not isinstance(text, str):
+            raise SourceError(f"{path}: line {number} has no text (a string, or an object with a \"text\" string)")
+        samples.append(text)
+    if not samples:
+        raise SourceError(f"{path}: the samples file is empty")
+    return samples
+
+
+def audit_memorization(
+    ledger: Ledger,
+    version: str,
+    samples: str | os.PathLike | Sequence[str],
+    *,
+    threshold: float = 0.8,
+    span: int = 50,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Match ``samples`` (a file, or texts) against the training documents of ``version``'s
+    lineage (module doc); store the audit and return its report."""
+    threshold = check_threshold(threshold)
+    if span < 0:
+        raise InvalidParameterError(f"span must be >= 0 words (0: no span check), got {span}")
+    texts = read_samples(samples) if isinstance(samples, (str, os.PathLike)) else list(samples)
+    if not texts:
+        raise InvalidParameterError("no samples given")
+    started = time.perf_counter()
+    described, datasets, scope = resolve_scope(ledger, [version])
+    vid = described[0]["id"]
+    cfg = datasets[0].config
+    k = cfg.num_perm
+    banding = banding_for(k, threshold)
+    sigs = cfg.signatures(texts)
+    runs = [a["run_id"] for a in ancestry(ledger, vid)[1].values() if a["run_id"]]
+    audit_id = uuid.uuid4().hex
+    created = datetime.now(timezone.utc).replace(tzinfo=None)
+    _stage(progress, "memorization: samples", 4)
+    with ledger.transaction() as tx:
+        tx.stage_documents(scope)
+        tx.stage_probes(sigs)
+        _advance(progress)
+        tx.near_pairs(audit_id, banding.bands, banding.rows, math.ceil(threshold * k - 1e-9), stored=False)
+        near = tx.audit_query(
+            """SELECT -1 - doc_a AS sample, doc_b AS doc_id, jaccard FROM audit_pairs
+               WHERE audit_id = $1 AND doc_a < 0 AND doc_b >= 0""", [audit_id]).to_pylist()
+        copies = tx.audit_query(
+            """SELECT doc_a, doc_b FROM audit_pairs WHERE audit_id = $1 AND doc_a >= 0""", [audit_id]).to_pylist()
+        _advance(progress)
+        spans, unreadable = _spans(ledger, tx, texts, span) if span else ({}, [])
+        _advance(progress)
+        matches: dict[tuple[int, int], dict[str, Any]] = {}
+        for r in near:
+            matches[(r["sample"], r["doc_id"])] = {"jaccard": r["jaccard"], "span_words": 0}
+        for (sample, doc), words in spans.items():
+            entry = matches.setdefault((sample, doc), {"jaccard": None, "span_words": 0})
+            entry["span_words"] = words
+        neighbours: dict[int, set[int]] = defaultdict(set)
+        for c in copies:
+            neighbours[c["doc_a"]].add(c["doc_b"])
+            neighbours[c["doc_b"]].add(c["doc_a"])
+        doc_ids = sorted({d for _, d in matches} | {n for _, d in matches for n in neighbours[d]})
+        docs = {r["doc_id"]: r for r in tx.audit_query(
+            """SELECT doc_id, dataset_id, key, signature FROM aud_docs WHERE list_contains($1, doc_id)""",
+            [doc_ids]).to_pylist()}
+        tx.drop_audit_tables()
+        seen = {r["doc_id"]: r["seen"] for r in ledger.exposure(runs, doc_ids).to_pylist()} if doc_ids else {}
+        report_samples = []
+        for i, text in enumerate(texts):
+            found = []
+            for (sample, doc), m in sorted(matches.items()):
+                if sample != i:
+                    continue
+                jaccard = m["jaccard"]
+                if jaccard is None:  # found by span only: its estimate still says how much of it the sample is
+                    jaccard = float(np.mean(np.asarray(docs[doc]["signature"], np.uint32) == sigs[i]))
+                group = {doc} | neighbours[doc]
+                found.append({"doc_id": doc, "dataset_id": docs[doc]["dataset_id"], "key": docs[doc]["key"],
+                              "jaccard": jaccard, "stderr": math.sqrt(jaccard * (1 - jaccard) / k),
+                              "span_words": m["span_words"], "near_copies": len(neighbours[doc]),
+                              "seen": seen.get(doc, 0.0), "exposure": sum(seen.get(d, 0.0) for d in group)})
+            found.sort(key=lambda f: (-f["span_words"], -f["jaccard"], f["key"]))
+            report_samples.append({"index": i, "text": text[:300], "matches": found})
+        memorized = [s for s in report_samples if s["matches"]]
+        summary = {"samples": len(texts), "samples_matching_training": len(memorized),
+                   "samples_with_span": sum(any(m["span_words"] >= span for m in s["matches"]) for s in memorized)
+                   if span else None,
+                   "training_documents_matched": len({m["doc_id"] for s in memorized for m in s["matches"]}),
+                   "max_exposure": max((m["exposure"] for s in memorized for m in s["matches"]), default=0.0)}
+        report = {"audit_id": audit_id, "kind": "memorization", "created_at": created.isoformat(), "version": vid,
+                  "datasets": [d.dataset_id for d in datasets], "threshold": threshold, "span": span,
+                  "config_id": cfg.identity, "banding": {"bands": banding.bands, "rows": banding.rows, "num_perm": k},
+                  "summary": summary, "samples": report_samples, "unreadable": unreadable,
+                  "seconds": round(time.perf_counter() - started, 3)}
+        tx.insert_audit({"audit_id": audit_id, "kind": "memorization", "target": vid,
+                         "params": {"threshold": threshold, "span": span, "samples": len(texts)},
+                         "passed": None, "report": report, "created_at": created})
+        tx.audit_query("DELETE FROM audit_pairs WHERE audit_id = $1 AND doc_a < 0 RETURNING 1", [audit_id])
+        _advance(progress)
+    return report
+
+
+def _spans(ledger: Ledger, tx, texts: list[str], n: int) -> tuple[dict[tuple[int, int], int], list[str]]:
+    """Per (sample, document) sharing a window of ``n`` words: the longest run of shared words.
+    The samples' windows are held (a few per word of the samples); the training documents' text is
+    streamed shard by shard, so memory does not grow with the lineage."""
+    windows = [ngram_hashes(t, n) for t in texts]
+    all_windows = np.unique(np.concatenate(windows)) if any(len(w) for w in windows) else np.zeros(0, np.uint64)
+    if not len(all_windows):
+        return {}, []
+    locs = tx.audit_query("SELECT doc_id, dataset_id, shard_index, row_index FROM aud_docs WHERE doc_id >= 0").to_pylist()
+    by_shard: dict[tuple[str, int], dict[int, int]] = defaultdict(dict)
+    for r in locs:
+        by_shard[(r["dataset_id"], r["shard_index"])][r["row_index"]] = r["doc_id"]
+    out: dict[tuple[int, int], int] = {}
+    unreadable: list[str] = []
+    for (dataset_id, shard_index), rows in sorted(by_shard.items()):
+        shard_texts, bad = read_texts(ledger, {(dataset_id, shard_index): None})
+        unreadable += bad
+        for (_, _, row), text in shard_texts.items():
+            doc = rows.get(row)
+            if doc is None:
+                continue
+            h = ngram_hashes(text, n)
+            if not len(h) or not np.isin(h, all_windows).any():
+                continue
+            doc_windows = np.unique(h)
+            for i, w in enumerate(windows):
+                hit = np.isin(w, doc_windows)
+                if hit.any():
+                    out[(i, doc)] = _longest_run(hit) + n - 1
+    return out, unreadable
+
+
+def _longest_run(mask: np.ndarray) -> int:
+    """The longest run of True in ``mask``."""
+    best = run = 0
+    for v in mask.tolist():
+        run = run + 1 if v else 0
+        best = max(best, run)
+    return best
+
+
+__all__ = ["audit_memorization", "read_samples"]

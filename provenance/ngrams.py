@@ -1,0 +1,42 @@
+"""Hashed word n-grams of normalised text, for exact-span checks: the 13-gram contamination test
+of the pre-merge gate (as lm-eval-harness defines decontamination) and the 50-token spans of the
+memorization audit (Carlini et al.'s extractable memorization).
+
+Words are those of the fingerprint normalisation (:func:`provenance.fingerprints.normalize`:
+NFKC, lower case, split on whitespace and punctuation). Each word is hashed with xxh3-64 and a
+window of ``n`` words hashes to ``Σ h(wᵢ) · P^(n−1−i) mod 2⁶⁴``, computed for all windows at once
+with numpy; two windows with the same words in the same order have the same hash, and different
+windows collide with probability about 2⁻⁶⁴ per pair.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xxhash
+
+from provenance.fingerprints import normalize
+
+_P = np.uint64(0x100000001B3)  # an odd 64-bit multiplier (the FNV prime)
+
+
+def words(text: str) -> list[str]:
+    """The normalised words of ``text``."""
+    norm = normalize(text)
+    return norm.split(" ") if norm else []
+
+
+def ngram_hashes(text: str, n: int) -> np.ndarray:
+    """``uint64`` hashes of every window of ``n`` consecutive words of ``text``, in order; empty
+    when the text has fewer than ``n`` words."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    ws = words(text)
+    count = len(ws) - n + 1
+    if count <= 0:
+        return np.zeros(0, np.uint64)
+    wh = np.fromiter((xxhash.xxh3_64_intdigest(w.encode("utf-8")) for w in ws), np.uint64, len(ws))
+    acc = np.zeros(count, np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(n):
+            acc = acc * _P + wh[j : j + count]
+    return acc

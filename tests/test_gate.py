@@ -1,0 +1,157 @@
+"""The pre-merge gate and the memorization audit: overlap, contamination, exit status, exposure."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from provenance.audit_html import write_report
+from provenance.cli.main import main
+from provenance.errors import InvalidParameterError, SourceError
+from provenance.gate import audit_merge
+from provenance.memorization import audit_memorization, read_samples
+
+
+def words(i: int, n: int = 40) -> str:
+    return " ".join(f"w{i}x{j}" for j in range(n))
+
+
+@pytest.fixture
+def contributors(ledger, data_dir, write_jsonl):
+    """Two contributors on one base: ``a`` trained on 20 documents, ``b`` on 20 of which 3 are
+    exact copies of a's and 1 a near-copy; an eval set with one document copied into b and one
+    that shares a 15-word span with a training document."""
+    write_jsonl(data_dir / "base.jsonl", [{"id": f"z{i}", "text": words(900 + i)} for i in range(10)])
+    write_jsonl(data_dir / "a.jsonl", [{"id": f"a{i}", "text": words(i)} for i in range(20)])
+    b_docs = [{"id": f"b{i}", "text": words(i) if i < 3 else words(100 + i)} for i in range(20)]
+    b_docs[3]["text"] = words(5).replace("w5x39", "changed")  # a near-copy of a5 (39 of 40 words)
+    b_docs[4]["text"] = words(700)  # = eval e0
+    write_jsonl(data_dir / "b.jsonl", b_docs)
+    write_jsonl(data_dir / "ev.jsonl", [{"id": "e0", "text": words(700)},
+                                        {"id": "e1", "text": "a question: " + " ".join(words(110).split()[:15]) + " ?"},
+                                        {"id": "e2", "text": words(800)}])
+    ledger.register_dataset("base", data_dir / "base.jsonl", id_field="id")
+    ledger.register_dataset("a", data_dir / "a.jsonl", id_field="id")
+    ledger.register_dataset("b", data_dir / "b.jsonl", id_field="id")
+    ledger.register_dataset("ev", data_dir / "ev.jsonl", id_field="id", role="eval")
+    with ledger.start_run(datasets=["base"], message="base") as run:
+        base = run.commit({"w": torch.zeros(4)})
+    with ledger.start_run(base=base, datasets={"a": 3}, message="a") as run:
+        va = run.commit({"w": torch.ones(4)})
+    with ledger.start_run(base=base, datasets=["b"], message="b") as run:
+        vb = run.commit({"w": 2 * torch.ones(4)})
+    return ledger, base, va, vb
+
+
+def test_gate_reports_overlap_and_contamination(contributors):
+    ledger, base, va, vb = contributors
+    report = audit_merge(ledger, [va.version_id, vb.version_id], threshold=0.8)
+    assert report["passed"] and report["alerts"] == []  # no limits given
+    assert [s["datasets"] for s in report["sides"]] == [["a@1"], ["b@1"]]  # the shared base's data is not counted
+    o = report["overlap"][0]
+    assert (o["a_documents"], o["b_documents"]) == (20, 20)
+    assert (o["a_exact"], o["a_near"], o["b_exact"], o["b_near"]) == (3, 1, 3, 1)
+    assert o["a_fraction"] == pytest.approx(4 / 20) and o["datasets"] == [{"dataset": "a@1", "other": "b@1", "exact": 3, "near": 1}]
+    c = report["contamination"]
+    assert c["eval_datasets"] == ["ev@1"] and c["eval_documents"] == 3
+    assert (c["eval_exact"], c["training_exact"]) == (1, 1) and c["training_keys"] == ["b@1:b4"]
+    assert c["ngram"]["eval_keys"] == ["ev@1:e0", "ev@1:e1"]  # e1 by its 15-word span (>= 13), e0 whole
+    assert c["contaminated_eval_documents"] == 2 and c["contaminated_eval_keys"] == ["ev@1:e0", "ev@1:e1"]
+    full = audit_merge(ledger, [va.version_id, vb.version_id], full_lineage=True, ngram=0)
+    assert full["overlap"][0]["a_documents"] == 30 and full["overlap"][0]["a_exact"] == 13  # base's 10 in both
+    assert full["contamination"]["ngram"] is None and full["contamination"]["contaminated_eval_documents"] == 1
+    stored = ledger.audit(report["audit_id"])
+    assert stored["kind"] == "merge" and stored["passed"] is True
+
+
+def test_gate_limits_fail_with_how_much_and_cli_exit_status(contributors, tmp_path):
+    ledger, base, va, vb = contributors
+    report = audit_merge(ledger, [va.version_id, vb.version_id], max_overlap=0.1, max_contamination=1)
+    assert not report["passed"] and len(report["alerts"]) == 3
+    assert "max-overlap 10.00% broken: 20.00%" in report["alerts"][0] and "10.00 points over" in report["alerts"][0]
+    assert "max-contamination 1 broken: 2 evaluation documents of ev@1" in report["alerts"][2]
+    assert ledger.audit(report["audit_id"])["passed"] is False
+    runner = CliRunner()
+    cli = ["--ledger", str(ledger.root)]
+    out = runner.invoke(main, [*cli, "audit", "merge", va.version_id, vb.version_id, "--max-overlap", "0.5"])
+    assert out.exit_code == 0 and "PASSED" in out.output, out.output
+    out = runner.invoke(main, [*cli, "audit", "merge", va.version_id, vb.version_id, "--max-contamination", "0",
+                               "--json"])
+    assert out.exit_code == 1 and json.loads(out.output)["passed"] is False
+    # prov merge --gate refuses, and merges with --audit or a passing gate
+    before = len(ledger.versions())
+    out = runner.invoke(main, [*cli, "merge", va.version_id, vb.version_id, "--method", "average", "--gate",
+                               "--max-overlap", "0.1", "-m", "gated"])
+    assert out.exit_code == 1 and "the pre-merge gate failed" in out.output and len(ledger.versions()) == before
+    out = runner.invoke(main, [*cli, "merge", va.version_id, vb.version_id, "--method", "average", "--gate",
+                               "--max-overlap", "0.5", "-m", "gated", "--json"])
+    assert out.exit_code == 0, out.output
+    merged = json.loads(out.output)["version_id"]
+    assert ledger.receipt(merged)["audit_id"] == ledger.audits("merge")[0]["audit_id"]
+    out = runner.invoke(main, [*cli, "merge", va.version_id, vb.version_id, "--max-overlap", "0.5", "-m", "x"])
+    assert out.exit_code == 2 and "need --gate" in out.output
+    page = write_report(report, tmp_path / "gate.html")
+    text = page.read_text()
+    HTMLParser().feed(text)
+    assert "Pre-merge gate" in text and "max-contamination 1 broken" in text
+
+
+def test_gate_bad_input(contributors):
+    ledger, base, va, vb = contributors
+    with pytest.raises(InvalidParameterError, match="at least two different versions"):
+        audit_merge(ledger, [va.version_id, va.version_id])
+    with pytest.raises(InvalidParameterError, match=r"threshold must be in \(0, 1\]"):
+        audit_merge(ledger, [va.version_id, vb.version_id], threshold=0)
+    with pytest.raises(InvalidParameterError, match="max-overlap must be a fraction"):
+        audit_merge(ledger, [va.version_id, vb.version_id], max_overlap=2)
+    with pytest.raises(Exception, match="no version or tag 'nope'"):
+        audit_merge(ledger, [va.version_id, "nope"])
+
+
+def test_memorization_finds_copies_spans_and_exposure(contributors, data_dir, tmp_path):
+    ledger, base, va, vb = contributors
+    samples = data_dir / "samples.jsonl"
+    samples.write_text("\n".join(json.dumps(s) for s in [
+        {"text": words(3)},                                                    # a3 verbatim
+        "nothing like the training data at all, just words",                  # no match
+        {"text": "so " + " ".join(words(7).split()[:25]) + " and more"},      # a 25-word span of a7
+        {"text": words(905)},                                                  # z5: base data, in the lineage too
+    ]) + "\n")
+    report = audit_memorization(ledger, va.version_id, samples, span=20)
+    by = {s["index"]: s["matches"] for s in report["samples"]}
+    assert [(m["key"], m["jaccard"], m["span_words"]) for m in by[0]] == [("a3", 1.0, 40)]
+    assert by[1] == []
+    assert [(m["key"], m["span_words"]) for m in by[2]] == [("a7", 25)] and by[2][0]["jaccard"] < 0.8
+    assert [m["key"] for m in by[3]] == ["z5"]
+    assert by[0][0]["exposure"] == 3.0 and by[3][0]["exposure"] == 1.0  # a declared for 3 epochs, base for 1
+    assert report["summary"] == {"samples": 4, "samples_matching_training": 3, "samples_with_span": 3,
+                                 "training_documents_matched": 3, "max_exposure": 3.0}
+    # b's lineage has a near-copy of a5 (b3) and an exact copy of a0 (b0): exposure counts near-copies
+    runner = CliRunner()
+    out = runner.invoke(main, ["--ledger", str(ledger.root), "audit", "memorization", vb.version_id,
+                               "--samples", str(samples), "--json", "--html", str(tmp_path / "m.html")])
+    assert out.exit_code == 0, out.output
+    assert [m["key"] for m in json.loads(out.output)["samples"][3]["matches"]] == ["z5"]
+    HTMLParser().feed((tmp_path / "m.html").read_text())
+
+
+def test_samples_files_are_checked(data_dir, contributors):
+    ledger, base, va, vb = contributors
+    (data_dir / "empty.txt").write_text("\n\n")
+    with pytest.raises(SourceError, match="empty.txt: the samples file is empty"):
+        read_samples(data_dir / "empty.txt")
+    (data_dir / "bad.txt").write_bytes(b"fine line\n\xff\xfe broken\n")
+    with pytest.raises(SourceError, match=r"bad.txt: line 2 is not UTF-8"):
+        read_samples(data_dir / "bad.txt")
+    (data_dir / "bad.jsonl").write_text('{"text": "ok"}\n{"text": 3}\n')
+    with pytest.raises(SourceError, match=r"bad.jsonl: line 2 has no text"):
+        read_samples(data_dir / "bad.jsonl")
+    (data_dir / "lines.txt").write_text("one sample\n\nanother sample\n")
+    assert read_samples(data_dir / "lines.txt") == ["one sample", "another sample"]
+    with pytest.raises(InvalidParameterError, match="span must be"):
+        audit_memorization(ledger, va.version_id, ["x"], span=-1)
+    assert ledger.audits("memorization") == []
