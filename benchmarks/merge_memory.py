@@ -43,6 +43,7 @@ print(json.dumps({"seconds": seconds, "peak_mib": peak / 1024, "start_mib": befo
 def build(root: Path, rows: int, cols: int, inputs: int) -> None:
     import torch
 
+    from provenance.kernels.patch import apply_low_rank
     from provenance.ledger import Ledger
 
     ledger = Ledger.init(root)
@@ -51,8 +52,6 @@ def build(root: Path, rows: int, cols: int, inputs: int) -> None:
     base = ledger.commit({"w": base_w}, message="base")
     for i in range(inputs):
         b, a = 0.01 * torch.randn(rows, 8, generator=g), torch.randn(8, cols, generator=g)
-        from provenance.kernels.patch import apply_low_rank
-
         target = {"w": apply_low_rank(base_w, b, a, 2.0)}
         child = ledger.commit(target, parent=base, low_rank={"w": (b, a, 2.0)}, message=f"lora {i}")
         ledger.store_fisher(child, {"w": torch.rand(rows, cols, generator=g) + 0.01})
@@ -85,7 +84,7 @@ def main() -> None:
                 print(method, mode, results[mode], flush=True)
             d, m = results["direct"], results["materialised"]
             rows.append((method, d, m, d["result"] == m["result"]))
-    print(f"\n| method | direct s | materialised s | × faster | direct peak MiB | materialised peak MiB | × less memory | same bits |")
+    print("\n| method | direct s | materialised s | × faster | direct peak MiB | materialised peak MiB | × less memory | same bits |")
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     for method, d, m, same in rows:
         print(f"| {method} | {d['seconds']:.2f} | {m['seconds']:.2f} | {m['seconds'] / d['seconds']:.2f} | "

@@ -229,6 +229,12 @@ def demo(report, as_json: bool) -> None:
     _console().print(t)
     if report.models:
         models(report.models)
+    if report.gate:
+        click.echo("\nBefore merging, the pre-merge gate on the two contributors (prov audit merge):")
+        gate(report.gate, False)
+    if report.lineage is not None:
+        click.echo("\nThe merged version's lineage (prov lineage demo-merge):")
+        lineage(report.lineage, False)
 
 
 def models(story: list[dict]) -> None:
@@ -383,7 +389,12 @@ def gate(report: dict, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str, ensure_ascii=False))
         return
-    click.echo(f"pre-merge gate {report['audit_id'][:12]}: {'PASSED' if report['passed'] else 'FAILED'}")
+    policy = report["policy"]
+    limits = [f"max-overlap {policy['max_overlap']:.1%}" if policy["max_overlap"] is not None else "",
+              f"max-contamination {policy['max_contamination']}" if policy["max_contamination"] is not None else ""]
+    limits = [x for x in limits if x]
+    click.echo(f"pre-merge gate {report['audit_id'][:12]}: {'PASSED' if report['passed'] else 'FAILED'} "
+               f"({'limits: ' + ', '.join(limits) if limits else 'no limits set: a report only'})")
     for side in report["sides"]:
         click.echo(f"  {side['version_id'][:12]}: {side['shards']} shard(s) of {', '.join(side['datasets']) or 'no data'}")
     t = Table(title=f"Training-data overlap (Jaccard >= {report['threshold']})")

@@ -4,8 +4,11 @@ and a small model trained on it in three runs, each committed as a version.
 ``prov demo`` writes three datasets (two training sets in JSONL and gzipped JSONL, and an
 evaluation set that leaks a few training documents) into ``PATH/.prov``, asks the ledger which
 near-duplicate pairs it holds and how many of the planted ones it found, then trains a base
-model, a FISH-mask sparse fine-tune and a LoRA update (:mod:`provenance.demo_model`). Running it
-again on the same folder registers and trains nothing new.
+model, a FISH-mask sparse fine-tune and a LoRA update (:mod:`provenance.demo_model`), runs the
+pre-merge gate on the two contributors (some forum posts are reposted web pages: a planted overlap,
+and the evaluation set leaks web text), merges them by Fisher merging citing that gate, and ends
+with the merged version's lineage. Running it again on the same folder registers and trains
+nothing new.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ class DemoReport:
     contaminated: int = 0
     contamination_found: int = 0
     models: list[dict] = field(default_factory=list)
+    gate: dict[str, Any] | None = None  # the pre-merge gate the demo's merge cites
+    lineage: Any = None  # provenance.lineage.Lineage of the merged version
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -44,6 +49,8 @@ class DemoReport:
             "found_eval_leaks": self.contamination_found,
             "pairs": self.pairs,
             "models": self.models,
+            "gate": self.gate,
+            "lineage": self.lineage.to_dict() if self.lineage is not None else None,
         }
 
 
@@ -63,6 +70,11 @@ def run_demo(path: str | Path = "prov-demo", *, n_docs: int = 2000, seed: int = 
     data.mkdir(parents=True, exist_ok=True)
     web = generate_corpus(n_docs, seed=seed, prefix="web", dup_fraction=0.05)
     forum = generate_corpus(max(1, n_docs // 4), seed=seed + 1, prefix="forum", dup_fraction=0.05, mean_words=120)
+    # Forum users reposting web pages: a planted overlap between the two contributors' data, which
+    # the pre-merge gate reports (half exact copies, half with the last words cut: near-copies).
+    for i, doc in enumerate(web.docs[7 :: max(1, n_docs // 20)][:20]):
+        text = doc["text"] if i % 2 == 0 else " ".join(doc["text"].split(" ")[:-3])
+        forum.docs.append({"id": f"forum-repost-{i:03d}", "text": text})
     # The evaluation set: fresh questions plus near-copies of a few training documents (a leak).
     evals = generate_corpus(max(1, n_docs // 20), seed=seed + 2, prefix="eval", dup_fraction=0.0, mean_words=150)
     leaked = web.docs[:: max(1, len(web.docs) // 10)][:10]
@@ -102,11 +114,14 @@ def run_demo(path: str | Path = "prov-demo", *, n_docs: int = 2000, seed: int = 
     found = {frozenset((p["key_a"], p["key_b"])) for p in pairs}
     planted = {frozenset(p) for p in web.planted + forum.planted}
     leak_pairs = {frozenset(p) for p in leaks}
-    models = []
+    models, gate, lineage = [], None, None
     if train:
         from provenance.demo_model import train_story
 
         models = train_story(ledger, seed=seed)
+        audit_id = (ledger.receipt("demo-merge") or {}).get("audit_id")
+        gate = ledger.audit(audit_id)["report"] if audit_id else None
+        lineage = ledger.lineage("demo-merge")
     return DemoReport(
         ledger=str(ledger.root),
         registrations=results,
@@ -117,4 +132,6 @@ def run_demo(path: str | Path = "prov-demo", *, n_docs: int = 2000, seed: int = 
         contaminated=len(leak_pairs),
         contamination_found=len(leak_pairs & found),
         models=models,
+        gate=gate,
+        lineage=lineage,
     )

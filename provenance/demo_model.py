@@ -206,5 +206,10 @@ def _train(ledger: Ledger, seed: int) -> None:
     ledger.store_fisher(lora, _fisher(model, web, "exact", 128), meta={"mode": "exact", "examples": 128})
 
     # 4. the maintainer merges the two contributors' patches, weighting each element by its Fisher
-    merged = ledger.merge([fish, lora], method="fisher", message="Fisher merge of the FISH and LoRA patches")
+    #    after the pre-merge gate: how much of their data overlaps, and whether any is evaluation data
+    from provenance.gate import audit_merge
+
+    gate = audit_merge(ledger, [fish, lora], max_overlap=0.25)
+    merged = ledger.merge([fish, lora], method="fisher", message="Fisher merge of the FISH and LoRA patches",
+                          audit=gate["audit_id"])
     ledger.tag("demo-merge", merged)

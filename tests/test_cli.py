@@ -143,10 +143,23 @@ def test_demo_finds_planted_pairs(tmp_path, runner):
     assert base["encodings"] == {"full": 5} and base["stored_bytes"] == base["full_bytes"]
     assert fish["encodings"].get("sparse", 0) >= 1 and fish["stored_bytes"] < 0.05 * fish["full_bytes"]
     assert lora["encodings"] == {"low_rank": 1, "unchanged": 4} and lora["stored_bytes"] == (64 * 4 + 4 * 64) * 4
-    assert {d: c["examples"] for d, c in base["consumed"].items()} == {"web-crawl@1": 600, "forum-posts@1": 150}
-    assert fish["consumed"]["forum-posts@1"]["examples"] == 75 and fish["params"]["keep_ratio"] == 0.005
+    # the forum has 75 posts and 20 reposted web pages (the overlap the gate finds)
+    assert {d: c["examples"] for d, c in base["consumed"].items()} == {"web-crawl@1": 600, "forum-posts@1": 190}
+    assert fish["consumed"]["forum-posts@1"]["examples"] == 95 and fish["params"]["keep_ratio"] == 0.005
     assert lora["consumed"]["web-crawl@1"]["examples"] == 300  # 300 web documents are 10 batches of 32, < 20
+    gate = report["gate"]
+    assert gate["passed"] and gate["policy"]["max_overlap"] == 0.25
+    overlap = gate["overlap"][0]
+    assert (overlap["a"], overlap["b"]) == (fish["version_id"], lora["version_id"])
+    assert (overlap["a_exact"], overlap["a_near"], overlap["a_documents"]) == (10, 10, 95)
+    assert gate["contamination"]["contaminated_eval_documents"] == 10
+    lineage = report["lineage"]
+    assert lineage["version"] == merged["version_id"]
+    assert {d["dataset_id"]: d["effective_share"] > 0 for d in lineage["datasets"]} == {"web-crawl@1": True,
+                                                                                          "forum-posts@1": True}
+    assert lineage["licence"]["non_commercial"] == ["forum-posts@1"]
     again = _json(runner.invoke(main, ["demo", str(tmp_path / "demo"), "--docs", "300", "--json"]))
+    assert again["gate"]["audit_id"] == gate["audit_id"]
     assert all(r["created"] is False for r in again["registrations"])
     assert [m["version_id"] for m in again["models"]] == [m["version_id"] for m in report["models"]]
 
