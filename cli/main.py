@@ -549,7 +549,7 @@ def audit_dedup_cmd(obj: Context, targets: tuple[str, ...], threshold: float, ve
 
 
 @audit_group.command("list")
-@click.option("--kind", type=click.Choice(["dedup", "merge", "memorization"]), default=None)
+@click.option("--kind", type=click.Choice(["dedup", "merge", "memorization"]), default=None, help="Only audits of this kind.")
 @json_option
 @pass_ctx
 def audit_list(obj: Context, kind: str | None, as_json: bool) -> None:

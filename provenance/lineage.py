@@ -92,11 +92,9 @@ def lineage(ledger: Ledger, version: str | VersionRecord) -> Lineage:
         runs_table = pa.table({"run_id": pa.array([r[0] for r in runs], pa.string()),
                                "version_id": pa.array([r[1] for r in runs], pa.string()),
                                "weight": pa.array([r[2] for r in runs], pa.float64())})
-        trained = ledger.trained_shards(runs_table)
-        dataset_ids = sorted(set(trained.column("dataset_id").to_pylist()))
-        info = {r["dataset_id"]: r for r in ledger.dataset_table(dataset_ids).to_pylist()}
-    shards = _shard_rows(trained)
-    datasets = _dataset_rows(shards, info, ancestors)
+        shards, per_dataset = ledger.trained_datasets(runs_table)
+        info = {r["dataset_id"]: r for r in ledger.dataset_table(per_dataset.column("dataset_id").to_pylist()).to_pylist()}
+    datasets = _dataset_rows(per_dataset, info, ancestors)
     versions = [
         {"version_id": v, "message": a["message"], "weight": a["weight"], "run_id": a["run_id"],
          "merge": a["method"], "merge_weights": a["weights"], "parents": list(a["parents"] or []),
@@ -109,43 +107,14 @@ def lineage(ledger: Ledger, version: str | VersionRecord) -> Lineage:
                    licence=licence_summary(info.values()), unrecorded=unrecorded)
 
 
-def _shard_rows(trained: pa.Table) -> pa.Table:
-    """One row per shard: the runs' examples and epochs summed, the weighted examples, who trained."""
-    by: dict[tuple[str, int], dict[str, Any]] = {}
-    for r in trained.to_pylist():
-        row = by.setdefault((r["dataset_id"], r["shard_index"]), {
-            "dataset_id": r["dataset_id"], "shard_index": r["shard_index"], "shard": r["shard_name"],
-            "examples": 0, "distinct_documents": 0, "epochs": 0.0, "effective_examples": 0.0,
-            "versions": [], "runs": []})
-        row["examples"] += r["examples"]
-        row["distinct_documents"] = max(row["distinct_documents"], r["distinct_documents"])
-        row["epochs"] += r["epochs"]
-        row["effective_examples"] += r["weight"] * r["examples"]
-        row["versions"].append(r["version_id"])
-        row["runs"].append(r["run_id"])
-    rows = [by[k] for k in sorted(by)]
-    schema = pa.schema([("dataset_id", pa.string()), ("shard_index", pa.int32()), ("shard", pa.string()),
-                        ("examples", pa.int64()), ("distinct_documents", pa.int64()), ("epochs", pa.float64()),
-                        ("effective_examples", pa.float64()), ("versions", pa.list_(pa.string())),
-                        ("runs", pa.list_(pa.string()))])
-    return pa.Table.from_pylist(rows, schema=schema)
-
-
-def _dataset_rows(shards: pa.Table, info: dict[str, dict], ancestors: dict[str, dict]) -> list[dict[str, Any]]:
-    by: dict[str, dict[str, Any]] = {}
-    for s in shards.to_pylist():
-        d = by.setdefault(s["dataset_id"], {"dataset_id": s["dataset_id"], "examples": 0, "shards": 0,
-                                            "epochs": 0.0, "effective_examples": 0.0, "versions": set()})
-        d["examples"] += s["examples"]
-        d["shards"] += 1
-        d["epochs"] = max(d["epochs"], s["epochs"])
-        d["effective_examples"] += s["effective_examples"]
-        d["versions"].update(s["versions"])
-    total = sum(d["effective_examples"] for d in by.values()) or 1.0
+def _dataset_rows(per_dataset: pa.Table, info: dict[str, dict], ancestors: dict[str, dict]) -> list[dict[str, Any]]:
+    """Per dataset: the shards' sums, its share of the effective examples, licence, via whom."""
+    rows = per_dataset.to_pylist()
+    total = sum(d["effective_examples"] for d in rows) or 1.0
     out = []
-    for ds_id in sorted(by):
-        d, meta = by[ds_id], info.get(ds_id, {})
-        via = sorted(d.pop("versions"), key=lambda v: len(ancestors[v]["path"]))
+    for d in rows:
+        meta = info.get(d["dataset_id"], {})
+        via = sorted(d.pop("versions"), key=lambda v: (len(ancestors[v]["path"]), v))
         out.append({**d, "effective_share": d["effective_examples"] / total, "role": meta.get("role"),
                     "license": meta.get("license"), "non_commercial": meta.get("non_commercial"),
                     "share_alike": meta.get("share_alike"), "model_generated": meta.get("model_generated"),

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-PAGES = ["quickstart.md", "concepts.md", "fingerprints.md", "training-runs.md", "merging.md"]
+PAGES = ["quickstart.md", "concepts.md", "fingerprints.md", "training-runs.md", "merging.md", "lineage.md",
+         "audit-dedup.md", "pre-merge-gate.md", "memorization.md"]
 _BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 
 

@@ -29,21 +29,52 @@ class LineageQueries:
             ).to_arrow_table()
 
     def trained_shards(self, runs: pa.Table) -> pa.Table:
-        """Per run of ``runs`` (``run_id, version_id, weight``) the shards it trained on, with the
-        run's weight in the version asked about: ``run_id, version_id, weight, dataset_id,
-        shard_index, shard_name, examples, distinct_documents, epochs, logged``."""
+        """Per shard trained on by the runs of ``runs`` (``run_id, version_id, weight``: the run's
+        weight in the version asked about), aggregated over those runs: ``dataset_id,
+        shard_index, shard, examples, distinct_documents (the most any run saw), epochs,
+        effective_examples (Σ weight × examples), versions, runs``."""
         with self._cursor() as con:
             con.register("lineage_runs", runs)
             try:
-                return con.sql(
-                    """SELECT r.run_id, r.version_id, r.weight, rs.dataset_id, rs.shard_index, s.name AS shard_name,
-                              rs.examples, rs.distinct_documents, rs.epochs, rs.logged
-                       FROM lineage_runs r JOIN run_shards rs USING (run_id)
-                       JOIN shards s ON s.dataset_id = rs.dataset_id AND s.shard_index = rs.shard_index
-                       ORDER BY rs.dataset_id, rs.shard_index, r.run_id"""
-                ).to_arrow_table()
+                return self._trained(con)
             finally:
                 con.unregister("lineage_runs")
+
+    def trained_datasets(self, runs: pa.Table) -> tuple[pa.Table, pa.Table]:
+        """:meth:`trained_shards`, and per dataset: ``dataset_id, examples, shards, epochs (the
+        most of any shard), effective_examples, versions`` (that trained on it)."""
+        with self._cursor() as con:
+            con.register("lineage_runs", runs)
+            try:
+                shards = self._trained(con)
+                con.register("lineage_shards", shards)
+                try:
+                    datasets = con.sql(
+                        """SELECT dataset_id, sum(examples)::BIGINT AS examples, count(*) AS shards,
+                                  max(epochs) AS epochs, sum(effective_examples) AS effective_examples,
+                                  list_distinct(flatten(list(versions))) AS versions
+                           FROM lineage_shards GROUP BY dataset_id ORDER BY dataset_id"""
+                    ).to_arrow_table()
+                finally:
+                    con.unregister("lineage_shards")
+                return shards, datasets
+            finally:
+                con.unregister("lineage_runs")
+
+    @staticmethod
+    def _trained(con) -> pa.Table:
+        """The aggregation behind :meth:`trained_shards` (``lineage_runs`` registered on ``con``)."""
+        return con.sql(
+            """SELECT rs.dataset_id, rs.shard_index, any_value(s.name) AS shard,
+                      sum(rs.examples)::BIGINT AS examples, max(rs.distinct_documents)::BIGINT AS distinct_documents,
+                      sum(rs.epochs) AS epochs, sum(r.weight * rs.examples) AS effective_examples,
+                      list(r.version_id ORDER BY r.version_id) AS versions,
+                      list(r.run_id ORDER BY r.version_id) AS runs
+               FROM lineage_runs r JOIN run_shards rs USING (run_id)
+               JOIN shards s ON s.dataset_id = rs.dataset_id AND s.shard_index = rs.shard_index
+               GROUP BY rs.dataset_id, rs.shard_index
+               ORDER BY rs.dataset_id, rs.shard_index"""
+        ).to_arrow_table()
 
     def dataset_table(self, dataset_ids: list[str]) -> pa.Table:
         """Licence and role columns of the datasets named, one row each."""
