@@ -49,31 +49,36 @@ class Lineage:
 
 def ancestry(ledger: Ledger, version: str | VersionRecord) -> tuple[str, dict[str, dict[str, Any]]]:
     """The version's id and, per ancestor (itself included), its graph row with ``weight`` (its
-    share, module doc) and ``path`` (the versions from the one asked about down to it, by the
-    fewest steps). One read of the version table; the walk is over that ancestor set only."""
+    share, module doc), ``depth`` (fewest steps from the version asked about) and ``child`` (the
+    version it was first reached from; :func:`path_to` follows them back). One read of the version
+    table; the walk is over that ancestor set only."""
     vid = ledger.version(version).version_id
-    graph = {r["version_id"]: r for r in ledger.version_graph().to_pylist()}
-    path = {vid: [vid]}
+    table = ledger.version_graph()
+    ids = table.column("version_id").to_pylist()
+    index = {v: i for i, v in enumerate(ids)}
+    all_parents = table.column("parents").to_pylist()
+    all_weights = table.column("weights").to_pylist()
+    child: dict[str, str | None] = {vid: None}
+    depth = {vid: 0}
     queue = deque([vid])
-    while queue:  # breadth first: every ancestor, with its shortest path
+    while queue:  # breadth first: every ancestor, reached by the fewest steps
         v = queue.popleft()
-        for p in graph[v]["parents"] or []:
-            if p not in path:
-                path[p] = [*path[v], p]
+        for p in all_parents[index[v]] or []:
+            if p not in depth:
+                depth[p], child[p] = depth[v] + 1, v
                 queue.append(p)
-    children_left = defaultdict(int)  # children within the ancestor set not yet passed on
-    for v in path:
-        for p in graph[v]["parents"] or []:
+    children_left: dict[str, int] = defaultdict(int)  # children within the ancestor set not yet passed on
+    for v in depth:
+        for p in all_parents[index[v]] or []:
             children_left[p] += 1
-    weight = defaultdict(float, {vid: 1.0})
+    weight: dict[str, float] = defaultdict(float, {vid: 1.0})
     ready = deque([vid])
     while ready:  # topological order from the version down: a weight is complete before it is passed on
         v = ready.popleft()
-        row = graph[v]
-        parents = row["parents"] or []
-        if row["weights"] is not None and len(row["weights"]) == len(parents):
-            total = sum(abs(w) for w in row["weights"]) or 1.0
-            shares = [abs(w) / total for w in row["weights"]]
+        parents, weights = all_parents[index[v]] or [], all_weights[index[v]]
+        if weights is not None and len(weights) == len(parents):
+            total = sum(abs(w) for w in weights) or 1.0
+            shares = [abs(w) / total for w in weights]
         else:
             shares = [1.0] * len(parents)
         for p, share in zip(parents, shares):
@@ -81,26 +86,37 @@ def ancestry(ledger: Ledger, version: str | VersionRecord) -> tuple[str, dict[st
             children_left[p] -= 1
             if children_left[p] == 0:
                 ready.append(p)
-    return vid, {v: {**graph[v], "weight": weight[v], "path": path[v]} for v in path}
+    rows = table.take(sorted(index[v] for v in depth)).to_pylist()
+    return vid, {r["version_id"]: {**r, "weight": weight[r["version_id"]], "depth": depth[r["version_id"]],
+                                   "child": child[r["version_id"]]} for r in rows}
+
+
+def path_to(ancestors: dict[str, dict[str, Any]], version: str) -> list[str]:
+    """The versions from the one :func:`ancestry` was asked about down to ``version``."""
+    path = [version]
+    while ancestors[path[-1]]["child"] is not None:
+        path.append(ancestors[path[-1]]["child"])
+    return path[::-1]
 
 
 def lineage(ledger: Ledger, version: str | VersionRecord) -> Lineage:
     """Every dataset and shard that shaped ``version``, through all its ancestors (module doc)."""
     with ledger.session():
         vid, ancestors = ancestry(ledger, version)
-        runs = [(a["run_id"], v, a["weight"]) for v, a in ancestors.items() if a["run_id"]]
+        runs = [(a["run_id"], v, a["weight"], a["depth"]) for v, a in ancestors.items() if a["run_id"]]
         runs_table = pa.table({"run_id": pa.array([r[0] for r in runs], pa.string()),
                                "version_id": pa.array([r[1] for r in runs], pa.string()),
-                               "weight": pa.array([r[2] for r in runs], pa.float64())})
+                               "weight": pa.array([r[2] for r in runs], pa.float64()),
+                               "depth": pa.array([r[3] for r in runs], pa.int64())})
         shards, per_dataset = ledger.trained_datasets(runs_table)
         info = {r["dataset_id"]: r for r in ledger.dataset_table(per_dataset.column("dataset_id").to_pylist()).to_pylist()}
     datasets = _dataset_rows(per_dataset, info, ancestors)
     versions = [
         {"version_id": v, "message": a["message"], "weight": a["weight"], "run_id": a["run_id"],
          "merge": a["method"], "merge_weights": a["weights"], "parents": list(a["parents"] or []),
-         "tags": a["tags"], "path": a["path"],
+         "tags": a["tags"], "depth": a["depth"], "child": a["child"],
          "created_at": a["created_at"].isoformat()}
-        for v, a in sorted(ancestors.items(), key=lambda kv: (len(kv[1]["path"]), kv[1]["created_at"]))
+        for v, a in sorted(ancestors.items(), key=lambda kv: (kv[1]["depth"], kv[1]["created_at"]))
     ]
     unrecorded = [v["version_id"] for v in versions if not v["run_id"] and not v["merge"]]
     return Lineage(version=vid, versions=versions, shards=shards, datasets=datasets,
@@ -108,17 +124,17 @@ def lineage(ledger: Ledger, version: str | VersionRecord) -> Lineage:
 
 
 def _dataset_rows(per_dataset: pa.Table, info: dict[str, dict], ancestors: dict[str, dict]) -> list[dict[str, Any]]:
-    """Per dataset: the shards' sums, its share of the effective examples, licence, via whom."""
+    """Per dataset: the shards' sums, its share of the effective examples, licence, and the
+    versions that trained on it (the nearest first) with the path to the nearest."""
     rows = per_dataset.to_pylist()
     total = sum(d["effective_examples"] for d in rows) or 1.0
     out = []
     for d in rows:
         meta = info.get(d["dataset_id"], {})
-        via = sorted(d.pop("versions"), key=lambda v: (len(ancestors[v]["path"]), v))
         out.append({**d, "effective_share": d["effective_examples"] / total, "role": meta.get("role"),
                     "license": meta.get("license"), "non_commercial": meta.get("non_commercial"),
                     "share_alike": meta.get("share_alike"), "model_generated": meta.get("model_generated"),
-                    "via": via, "path": ancestors[via[0]]["path"] if via else []})
+                    "path": path_to(ancestors, d["via"][0]) if d["via"] else []})
     return out
 
 
@@ -228,9 +244,8 @@ def graph_text(lin: Lineage, fmt: str) -> str:
             if p in ids:
                 weight = v["merge_weights"][i] if v["merge"] and v["merge_weights"] else None
                 edges.append((ids[p], ids[v["version_id"]], None if weight is None else f"λ={weight:g}"))
-    for s in lin.shards.to_pylist():
-        for vid in set(s["versions"]):
-            trained.append((dsid[s["dataset_id"]], ids[vid]))
+    for d in lin.datasets:  # the versions that trained on it (the ten nearest)
+        trained += [(dsid[d["dataset_id"]], ids[vid]) for vid in d["via"]]
     trained = sorted(set(trained))
 
     def label(v: dict[str, Any]) -> str:

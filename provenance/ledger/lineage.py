@@ -29,10 +29,10 @@ class LineageQueries:
             ).to_arrow_table()
 
     def trained_shards(self, runs: pa.Table) -> pa.Table:
-        """Per shard trained on by the runs of ``runs`` (``run_id, version_id, weight``: the run's
-        weight in the version asked about), aggregated over those runs: ``dataset_id,
-        shard_index, shard, examples, distinct_documents (the most any run saw), epochs,
-        effective_examples (Σ weight × examples), versions, runs``."""
+        """Per shard trained on by the runs of ``runs`` (``run_id, version_id, weight, depth``: the
+        run's weight in the version asked about, and how far from it), aggregated over those runs:
+        ``dataset_id, shard_index, shard, examples, distinct_documents (the most any run saw),
+        epochs, effective_examples (Σ weight × examples), runs (how many trained on it)``."""
         with self._cursor() as con:
             con.register("lineage_runs", runs)
             try:
@@ -42,7 +42,8 @@ class LineageQueries:
 
     def trained_datasets(self, runs: pa.Table) -> tuple[pa.Table, pa.Table]:
         """:meth:`trained_shards`, and per dataset: ``dataset_id, examples, shards, epochs (the
-        most of any shard), effective_examples, versions`` (that trained on it)."""
+        most of any shard), effective_examples, n_versions`` (that trained on it) and ``via`` (the
+        ten of them nearest the version asked about, nearest first)."""
         with self._cursor() as con:
             con.register("lineage_runs", runs)
             try:
@@ -50,10 +51,16 @@ class LineageQueries:
                 con.register("lineage_shards", shards)
                 try:
                     datasets = con.sql(
-                        """SELECT dataset_id, sum(examples)::BIGINT AS examples, count(*) AS shards,
-                                  max(epochs) AS epochs, sum(effective_examples) AS effective_examples,
-                                  list_distinct(flatten(list(versions))) AS versions
-                           FROM lineage_shards GROUP BY dataset_id ORDER BY dataset_id"""
+                        """WITH dv AS (SELECT DISTINCT rs.dataset_id, r.version_id, r.depth
+                                       FROM lineage_runs r JOIN run_shards rs USING (run_id)),
+                                per AS (SELECT dataset_id, count(*) AS n_versions,
+                                               list(version_id ORDER BY depth, version_id)[1:10] AS via
+                                        FROM dv GROUP BY dataset_id)
+                           SELECT s.dataset_id, sum(s.examples)::BIGINT AS examples, count(*) AS shards,
+                                  max(s.epochs) AS epochs, sum(s.effective_examples) AS effective_examples,
+                                  any_value(per.n_versions) AS n_versions, any_value(per.via) AS via
+                           FROM lineage_shards s JOIN per USING (dataset_id)
+                           GROUP BY s.dataset_id ORDER BY s.dataset_id"""
                     ).to_arrow_table()
                 finally:
                     con.unregister("lineage_shards")
@@ -65,15 +72,16 @@ class LineageQueries:
     def _trained(con) -> pa.Table:
         """The aggregation behind :meth:`trained_shards` (``lineage_runs`` registered on ``con``)."""
         return con.sql(
-            """SELECT rs.dataset_id, rs.shard_index, any_value(s.name) AS shard,
-                      sum(rs.examples)::BIGINT AS examples, max(rs.distinct_documents)::BIGINT AS distinct_documents,
-                      sum(rs.epochs) AS epochs, sum(r.weight * rs.examples) AS effective_examples,
-                      list(r.version_id ORDER BY r.version_id) AS versions,
-                      list(r.run_id ORDER BY r.version_id) AS runs
-               FROM lineage_runs r JOIN run_shards rs USING (run_id)
-               JOIN shards s ON s.dataset_id = rs.dataset_id AND s.shard_index = rs.shard_index
-               GROUP BY rs.dataset_id, rs.shard_index
-               ORDER BY rs.dataset_id, rs.shard_index"""
+            """WITH agg AS (
+                   SELECT rs.dataset_id, rs.shard_index, sum(rs.examples)::BIGINT AS examples,
+                          max(rs.distinct_documents)::BIGINT AS distinct_documents, sum(rs.epochs) AS epochs,
+                          sum(r.weight * rs.examples) AS effective_examples, count(*) AS runs
+                   FROM lineage_runs r JOIN run_shards rs USING (run_id)
+                   GROUP BY rs.dataset_id, rs.shard_index)
+               SELECT a.dataset_id, a.shard_index, s.name AS shard, a.examples, a.distinct_documents, a.epochs,
+                      a.effective_examples, a.runs
+               FROM agg a JOIN shards s ON s.dataset_id = a.dataset_id AND s.shard_index = a.shard_index
+               ORDER BY a.dataset_id, a.shard_index"""
         ).to_arrow_table()
 
     def dataset_table(self, dataset_ids: list[str]) -> pa.Table:
