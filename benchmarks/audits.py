@@ -204,7 +204,11 @@ def part_lineage(args, tmp: Path) -> list[str]:
             parents.append([vids[max(0, i - back)]])
         runs.append(None if v in receipts else f"{i:032x}r")
     run_rows = [(r, vids[i]) for i, r in enumerate(runs) if r]
-    shard_of_run = rng.integers(0, n_shards, size=(len(run_rows), n_shards * 10 // max(1, len(run_rows)) or 10))
+    # each run trains on a contiguous block of shards_per_run shards of one or two datasets, so each
+    # shard is trained on by about ten runs (a million run_shards rows)
+    shards_per_run = max(1, n_shards * 10 // max(1, len(run_rows)))
+    starts = rng.integers(0, n_shards - shards_per_run, size=len(run_rows))
+    shard_of_run = starts[:, None] + np.arange(shards_per_run)[None, :]
     with ledger.transaction() as tx:
         con = tx._con
         for d in range(datasets):
@@ -228,6 +232,7 @@ def part_lineage(args, tmp: Path) -> list[str]:
                                      "shard_index": pa.array((flat_shard % per_ds).astype(np.int32))}))
         con.execute("""INSERT INTO run_shards SELECT DISTINCT ON (run_id, dataset_id, shard_index) run_id, dataset_id,
                        shard_index, 100, 100, 1.0, false FROM rs""")
+        con.execute("INSERT INTO run_datasets SELECT DISTINCT run_id, dataset_id, 1.0 FROM run_shards")
         con.register("m", pa.table({"version_id": receipts}))
         con.execute("""INSERT INTO merge_receipts SELECT version_id, 'average', [], [0.5, 0.5], NULL, NULL, NULL, NULL,
                        'torch', '{}', NULL, now()::TIMESTAMP FROM m""")

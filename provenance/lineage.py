@@ -86,7 +86,7 @@ def ancestry(ledger: Ledger, version: str | VersionRecord) -> tuple[str, dict[st
             children_left[p] -= 1
             if children_left[p] == 0:
                 ready.append(p)
-    rows = table.take(sorted(index[v] for v in depth)).to_pylist()
+    rows = table.take([index[v] for v in depth]).to_pylist()  # breadth-first order: nearest first
     return vid, {r["version_id"]: {**r, "weight": weight[r["version_id"]], "depth": depth[r["version_id"]],
                                    "child": child[r["version_id"]]} for r in rows}
 
@@ -116,7 +116,7 @@ def lineage(ledger: Ledger, version: str | VersionRecord) -> Lineage:
          "merge": a["method"], "merge_weights": a["weights"], "parents": list(a["parents"] or []),
          "tags": a["tags"], "depth": a["depth"], "child": a["child"],
          "created_at": a["created_at"].isoformat()}
-        for v, a in sorted(ancestors.items(), key=lambda kv: (kv[1]["depth"], kv[1]["created_at"]))
+        for v, a in ancestors.items()  # breadth first from the version: by depth
     ]
     unrecorded = [v["version_id"] for v in versions if not v["run_id"] and not v["merge"]]
     return Lineage(version=vid, versions=versions, shards=shards, datasets=datasets,

@@ -48,25 +48,23 @@ class LineageQueries:
             con.register("lineage_runs", runs)
             try:
                 shards = self._trained(con)
-                con.register("lineage_shards", shards)
-                try:
-                    datasets = con.sql(
-                        """WITH dv AS (SELECT DISTINCT rs.dataset_id, r.version_id, r.depth
-                                       FROM lineage_runs r JOIN run_shards rs USING (run_id)),
-                                per AS (SELECT dataset_id, count(*) AS n_versions,
-                                               list(version_id ORDER BY depth, version_id)[1:10] AS via
-                                        FROM dv GROUP BY dataset_id)
-                           SELECT s.dataset_id, sum(s.examples)::BIGINT AS examples, count(*) AS shards,
-                                  max(s.epochs) AS epochs, sum(s.effective_examples) AS effective_examples,
-                                  any_value(per.n_versions) AS n_versions, any_value(per.via) AS via
-                           FROM lineage_shards s JOIN per USING (dataset_id)
-                           GROUP BY s.dataset_id ORDER BY s.dataset_id"""
-                    ).to_arrow_table()
-                finally:
-                    con.unregister("lineage_shards")
-                return shards, datasets
+                via = con.sql(
+                    """SELECT rd.dataset_id, count(DISTINCT r.version_id) AS n_versions,
+                              arg_min(r.version_id, r.depth, 10) AS via
+                       FROM lineage_runs r JOIN run_datasets rd USING (run_id) GROUP BY rd.dataset_id"""
+                ).to_arrow_table()
             finally:
                 con.unregister("lineage_runs")
+        sums = shards.group_by("dataset_id").aggregate([
+            ("examples", "sum"), ("shard_index", "count"), ("epochs", "max"), ("effective_examples", "sum")])
+        sums = pa.table({"dataset_id": sums["dataset_id"], "examples": sums["examples_sum"],
+                         "shards": sums["shard_index_count"], "epochs": sums["epochs_max"],
+                         "effective_examples": sums["effective_examples_sum"]})
+        sums = sums.sort_by("dataset_id")
+        found = {r["dataset_id"]: r for r in via.to_pylist()}  # one row per dataset: small
+        rows = [found.get(d, {"n_versions": 0, "via": []}) for d in sums["dataset_id"].to_pylist()]
+        sums = sums.append_column("n_versions", pa.array([r["n_versions"] for r in rows], pa.int64()))
+        return shards, sums.append_column("via", pa.array([r["via"] for r in rows], pa.list_(pa.string())))
 
     @staticmethod
     def _trained(con) -> pa.Table:
