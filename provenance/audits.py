@@ -10,7 +10,11 @@ the keys are hashed from signature slices in SQL. A candidate is a pair when its
 in at least ``ceil(t · k)`` of ``k`` positions (estimated Jaccard ≥ t, standard error
 ``sqrt(J(1−J)/k)``). ``verify`` re-reads the source text of the pairs within three standard errors
 of ``t`` and drops those whose exact Jaccard of shingle sets is below ``t``. Pairs are grouped into
-clusters (connected components, by label propagation in SQL). The **duplicate rate** is the
+clusters (connected components, by label propagation in SQL). Documents with identical
+signatures are grouped before the band join: a group of ``m`` copies is listed as ``m − 1`` pairs
+(each copy with the group's first document) rather than all ``m(m − 1)/2``, so that boilerplate
+repeated thousands of times stays cheap; ``near_copies`` still counts, for each document, every
+document of the audit at or above the threshold. The **duplicate rate** is the
 share of documents that are redundant: the documents in clusters, less one kept per cluster,
 over all documents audited.
 """
@@ -144,7 +148,7 @@ def audit_dedup(
     with ledger.transaction() as tx:
         n_docs = tx.stage_documents(scope)
         _advance(progress)
-        tx.near_pairs(audit_id, banding.bands, banding.rows, min_matches, stored=stored)
+        tx.near_pairs(audit_id, banding.bands, banding.rows, min_matches, stored=stored, collapse=True)
         _advance(progress)
         verified = _verify(ledger, tx, audit_id, cfg, threshold, k) if verify else None
         rounds = tx.label_clusters(audit_id)
@@ -202,10 +206,19 @@ def _dedup_report(tx, audit_id: str, n_docs: int, k: int) -> dict[str, Any]:
                    SELECT cluster, size, list(key ORDER BY doc_id)[1:5] AS sample_keys,
                           list(DISTINCT dataset_id ORDER BY dataset_id) AS datasets
                    FROM members GROUP BY cluster, size ORDER BY size DESC, cluster""", [audit_id]).to_pylist()
-    near = q("""SELECT d.key, d.dataset_id, count(*) AS near_copies FROM (
-                    SELECT doc_a AS doc FROM audit_pairs WHERE audit_id = $1
-                    UNION ALL SELECT doc_b FROM audit_pairs WHERE audit_id = $1) u
-                JOIN documents d ON d.doc_id = u.doc GROUP BY ALL ORDER BY near_copies DESC, d.key""", [audit_id])
+    # near-copies of a document: the other copies of its signature, and every document of each
+    # group its group's first document is paired with (identical signatures, identical estimates)
+    near = q("""WITH reps AS (SELECT p.doc_a AS r, p.doc_b AS o FROM audit_pairs p
+                              JOIN aud_groups ga ON ga.doc_id = p.doc_a AND ga.rep = p.doc_a
+                              JOIN aud_groups gb ON gb.doc_id = p.doc_b AND gb.rep = p.doc_b
+                              WHERE p.audit_id = $1),
+                     links AS (SELECT r, o FROM reps UNION ALL SELECT o, r FROM reps),
+                     per_rep AS (SELECT l.r, sum(g.size) AS linked FROM links l
+                                 JOIN (SELECT DISTINCT rep, size FROM aud_groups) g ON g.rep = l.o GROUP BY l.r),
+                     counts AS (SELECT g.doc_id, g.size - 1 + coalesce(pr.linked, 0) AS near_copies
+                                FROM aud_groups g LEFT JOIN per_rep pr ON pr.r = g.rep)
+                SELECT d.key, d.dataset_id, c.near_copies FROM counts c JOIN documents d USING (doc_id)
+                WHERE c.near_copies > 0 ORDER BY c.near_copies DESC, d.key""", [audit_id])
     hist = q("""SELECT floor(jaccard * 20) / 20 AS lo, count(*) AS n FROM audit_pairs WHERE audit_id = $1
                 GROUP BY lo ORDER BY lo""", [audit_id]).to_pylist()
     size_counts = defaultdict(int)

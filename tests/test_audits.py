@@ -161,3 +161,20 @@ def test_dedup_html_report_is_self_contained(graded_ledger, tmp_path):
     assert report["largest_clusters"][0]["sample_keys"][0] in page
     with pytest.raises(InvalidParameterError, match="no HTML page"):
         write_report({"kind": "other"}, tmp_path / "x.html")
+
+
+def test_thousands_of_identical_documents_stay_cheap(ledger, data_dir, write_jsonl):
+    """3,000 copies of one boilerplate text: listed as 2,999 pairs around the first copy, not
+    4.5 million, while every copy still counts all its near-copies."""
+    boiler = " ".join(f"cookie{j} policy" for j in range(40))
+    docs = [{"id": f"b{i:04d}", "text": boiler} for i in range(3000)]
+    docs += [{"id": "near", "text": boiler.replace("cookie39", "banner")}]  # one near-copy of the group
+    docs += [{"id": f"u{i}", "text": " ".join(f"unique{i}w{j}" for j in range(40))} for i in range(50)]
+    write_jsonl(data_dir / "boiler.jsonl", docs)
+    ledger.register_dataset("boiler", data_dir / "boiler.jsonl", id_field="id")
+    report = audit_dedup(ledger, ["boiler"], threshold=0.8)
+    s = report["summary"]
+    assert s["pairs"] == 3000 and s["clusters"] == 1 and s["largest_cluster"] == 3001
+    assert s["exact_duplicate_pairs"] == 2999 and s["redundant_documents"] == 3000
+    copies = {n["key"]: n["near_copies"] for n in report["near_copies"]}
+    assert copies["b0000"] == copies["b2999"] == 3000 and copies["near"] == 3000 and "u1" not in copies

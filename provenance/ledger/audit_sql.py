@@ -41,17 +41,32 @@ class AuditWrites:
             con.unregister("aud_scope")
         return int(con.execute("SELECT count(*) FROM aud_docs").fetchall()[0][0])
 
-    def near_pairs(self, audit_id: str, bands: int, rows: int, min_matches: int, *, stored: bool) -> int:
+    def near_pairs(self, audit_id: str, bands: int, rows: int, min_matches: int, *, stored: bool,
+                   collapse: bool = False) -> int:
         """Every pair of ``aud_docs`` that shares an LSH band key and whose signatures agree in at
         least ``min_matches`` positions, into ``audit_pairs``; returns how many. ``stored``: use
         the band keys stored at registration (same banding), else hash ``bands`` slices of ``rows``
-        signature positions."""
+        signature positions.
+
+        ``collapse``: documents with identical signatures are grouped first (``aud_groups``: each
+        document, its group's first document and the group's size); only the first of each group
+        joins the bands, and the others are paired with it alone. ``m`` copies of one text then
+        cost ``m − 1`` pairs instead of ``m(m − 1)/2`` in every band: boilerplate repeated
+        thousands of times stays cheap."""
         con = self._con
+        source = "aud_docs"
+        if collapse:
+            con.execute(
+                """CREATE OR REPLACE TEMP TABLE aud_groups AS
+                   SELECT doc_id, min(doc_id) OVER (PARTITION BY signature) AS rep,
+                          count(*) OVER (PARTITION BY signature) AS size FROM aud_docs"""
+            )
+            source = "(SELECT d.* FROM aud_docs d JOIN aud_groups g USING (doc_id) WHERE g.doc_id = g.rep)"
         if stored:
-            keys = "SELECT doc_id, generate_subscripts(band_keys, 1) AS band, unnest(band_keys) AS bk FROM aud_docs"
+            keys = f"SELECT doc_id, generate_subscripts(band_keys, 1) AS band, unnest(band_keys) AS bk FROM {source}"
         else:
             keys = f"""SELECT doc_id, i AS band, hash(signature[i * {int(rows)} + 1 : (i + 1) * {int(rows)}]) AS bk
-                       FROM aud_docs, range({int(bands)}) t(i)"""
+                       FROM {source}, range({int(bands)}) t(i)"""
         con.execute(f"CREATE OR REPLACE TEMP TABLE aud_bands AS {keys}")
         con.execute(
             """CREATE OR REPLACE TEMP TABLE aud_cand AS
@@ -67,6 +82,13 @@ class AuditWrites:
                 WHERE m >= $2""",
             [audit_id, int(min_matches)],
         )
+        if collapse:  # each copy with the first of its group
+            con.execute(
+                """INSERT INTO audit_pairs
+                   SELECT $1, g.rep, g.doc_id, len(d.signature), 1.0, NULL, g.rep
+                   FROM aud_groups g JOIN aud_docs d USING (doc_id) WHERE g.doc_id <> g.rep""",
+                [audit_id],
+            )
         con.execute("DROP TABLE aud_cand")
         return int(con.execute("SELECT count(*) FROM audit_pairs WHERE audit_id = ?", [audit_id]).fetchall()[0][0])
 
@@ -158,6 +180,7 @@ class AuditWrites:
 
     def drop_audit_tables(self) -> None:
         self._con.execute("DROP TABLE IF EXISTS aud_docs")
+        self._con.execute("DROP TABLE IF EXISTS aud_groups")
 
 
 # The pairs of an audit with both documents' keys and datasets, best first.
