@@ -316,7 +316,7 @@ def lineage(lin, as_json: bool) -> None:
     v = Table(title="Versions in the lineage")
     for col in ("version", "message", "weight", "how"):
         v.add_column(col)
-    for row in lin.versions:
+    for row in lin.version_rows():
         how = (f"{row['merge']} merge" if row["merge"] else f"run {row['run_id'][:8]}" if row["run_id"]
                else "no run recorded: data unknown")
         v.add_row(row["version_id"][:12] + (f" ({', '.join(row['tags'])})" if row["tags"] else ""),

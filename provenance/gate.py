@@ -151,12 +151,13 @@ def audit_merge(
 def _sides(ledger: Ledger, ids: list[str], full_lineage: bool) -> tuple[list[tuple[str, int, str]], list[dict]]:
     """Per input, the shards of its own runs (module doc): scope rows ``(dataset, shard, side)``
     and a description of each side."""
-    ancestries = [ancestry(ledger, vid)[1] for vid in ids]
+    ancestries = [dict(zip(t.column("version_id").to_pylist(), t.column("run_id").to_pylist()))
+                  for t in (ancestry(ledger, vid)[1] for vid in ids)]
     rows, sides = [], []
     for i, anc in enumerate(ancestries):
         others = set().union(*(set(a) for j, a in enumerate(ancestries) if j != i))
-        own = {v: a for v, a in anc.items() if full_lineage or v not in others}
-        runs = [(a["run_id"], v, 1.0) for v, a in own.items() if a["run_id"]]
+        own = {v: run for v, run in anc.items() if full_lineage or v not in others}
+        runs = [(run, v, 1.0) for v, run in own.items() if run]
         table = pa.table({"run_id": pa.array([r[0] for r in runs], pa.string()),
                           "version_id": pa.array([r[1] for r in runs], pa.string()),
                           "weight": pa.array([r[2] for r in runs], pa.float64())})

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from provenance.errors import InvalidParameterError, NotFoundError
 from provenance.ledger import Ledger
@@ -36,105 +37,120 @@ class Lineage:
     """What :func:`lineage` returns; :meth:`to_dict` is its JSON form."""
 
     version: str
-    versions: list[dict[str, Any]]  # every ancestor (the version first): id, message, weight, run, merge, path
-    shards: pa.Table  # per (dataset, shard): examples, documents, epochs, effective examples, versions, runs
+    versions: pa.Table  # every ancestor, nearest first: the version graph's columns, weight, depth, child
+    shards: pa.Table  # per (dataset, shard): examples, documents, epochs, effective examples, runs
     datasets: list[dict[str, Any]]  # per dataset: examples, shards, effective contribution, licence, via
     licence: dict[str, Any]  # union of the licence conditions of every dataset
     unrecorded: list[str] = field(default_factory=list)  # ancestors with no run and no merge: data unknown
 
+    def version_rows(self) -> list[dict[str, Any]]:
+        """:attr:`versions` as records, with ``created_at`` as ISO text."""
+        rows = self.versions.to_pylist()
+        for r in rows:
+            r["created_at"] = r["created_at"].isoformat()
+            r["merge"], r["merge_weights"] = r.pop("method"), r.pop("weights")
+        return rows
+
     def to_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "versions": self.versions, "datasets": self.datasets,
+        return {"version": self.version, "versions": self.version_rows(), "datasets": self.datasets,
                 "shards": self.shards.to_pylist(), "licence": self.licence, "unrecorded": self.unrecorded}
 
 
-def ancestry(ledger: Ledger, version: str | VersionRecord) -> tuple[str, dict[str, dict[str, Any]]]:
-    """The version's id and, per ancestor (itself included), its graph row with ``weight`` (its
-    share, module doc), ``depth`` (fewest steps from the version asked about) and ``child`` (the
-    version it was first reached from; :func:`path_to` follows them back). One read of the version
-    table; the walk is over that ancestor set only."""
+def ancestry(ledger: Ledger, version: str | VersionRecord) -> tuple[str, pa.Table]:
+    """The version's id and its ancestors (itself included) as rows of the version graph
+    (:meth:`~provenance.ledger.Ledger.version_graph`), nearest first, with ``weight`` (the
+    ancestor's share, module doc), ``depth`` (fewest steps from the version asked about) and
+    ``child`` (the version it was first reached from; :func:`path_to` follows them back). One read
+    of the version table; the walk runs over integer indices of the ancestor set only."""
     vid = ledger.version(version).version_id
     table = ledger.version_graph()
-    ids = table.column("version_id").to_pylist()
-    index = {v: i for i, v in enumerate(ids)}
-    all_parents = table.column("parents").to_pylist()
-    all_weights = table.column("weights").to_pylist()
-    child: dict[str, str | None] = {vid: None}
-    depth = {vid: 0}
-    queue = deque([vid])
-    while queue:  # breadth first: every ancestor, reached by the fewest steps
-        v = queue.popleft()
-        for p in all_parents[index[v]] or []:
-            if p not in depth:
+    ids = table.column("version_id").combine_chunks()
+    parents = table.column("parents").combine_chunks()
+    flat = pc.index_in(parents.flatten(), value_set=ids).fill_null(-1).to_numpy(zero_copy_only=False).tolist()
+    offsets = parents.offsets.to_numpy().tolist()
+    weights = table.column("weights").to_pylist()
+    start = ids.index(vid).as_py()
+    n = len(ids)
+    depth, child = [-1] * n, [-1] * n
+    depth[start] = 0
+    order = [start]
+    for v in order:  # breadth first (the list grows as it is read): every ancestor, by the fewest steps
+        for p in flat[offsets[v] : offsets[v + 1]]:
+            if p >= 0 and depth[p] < 0:
                 depth[p], child[p] = depth[v] + 1, v
-                queue.append(p)
-    children_left: dict[str, int] = defaultdict(int)  # children within the ancestor set not yet passed on
-    for v in depth:
-        for p in all_parents[index[v]] or []:
-            children_left[p] += 1
-    weight: dict[str, float] = defaultdict(float, {vid: 1.0})
-    ready = deque([vid])
-    while ready:  # topological order from the version down: a weight is complete before it is passed on
-        v = ready.popleft()
-        parents, weights = all_parents[index[v]] or [], all_weights[index[v]]
-        if weights is not None and len(weights) == len(parents):
-            total = sum(abs(w) for w in weights) or 1.0
-            shares = [abs(w) / total for w in weights]
+                order.append(p)
+    children_left = [0] * n  # children within the ancestor set not yet passed on
+    for v in order:
+        for p in flat[offsets[v] : offsets[v + 1]]:
+            if p >= 0:
+                children_left[p] += 1
+    weight = [0.0] * n
+    weight[start] = 1.0
+    ready = [start]
+    for v in ready:  # topological order from the version down: a weight is complete before it is passed on
+        ps = flat[offsets[v] : offsets[v + 1]]
+        w = weights[v]
+        if w is not None and len(w) == len(ps):
+            total = sum(abs(x) for x in w) or 1.0
+            shares = [abs(x) / total for x in w]
         else:
-            shares = [1.0] * len(parents)
-        for p, share in zip(parents, shares):
-            weight[p] += weight[v] * share
-            children_left[p] -= 1
-            if children_left[p] == 0:
-                ready.append(p)
-    rows = table.take([index[v] for v in depth]).to_pylist()  # breadth-first order: nearest first
-    return vid, {r["version_id"]: {**r, "weight": weight[r["version_id"]], "depth": depth[r["version_id"]],
-                                   "child": child[r["version_id"]]} for r in rows}
+            shares = [1.0] * len(ps)
+        for p, share in zip(ps, shares):
+            if p >= 0:
+                weight[p] += weight[v] * share
+                children_left[p] -= 1
+                if children_left[p] == 0:
+                    ready.append(p)
+    id_list = ids.to_pylist()
+    out = table.take(pa.array(order, pa.int64()))
+    out = out.append_column("weight", pa.array([weight[v] for v in order], pa.float64()))
+    out = out.append_column("depth", pa.array([depth[v] for v in order], pa.int64()))
+    return vid, out.append_column("child", pa.array([id_list[child[v]] if child[v] >= 0 else None for v in order],
+                                                    pa.string()))
 
 
-def path_to(ancestors: dict[str, dict[str, Any]], version: str) -> list[str]:
-    """The versions from the one :func:`ancestry` was asked about down to ``version``."""
+def path_to(ancestors: pa.Table | dict[str, str | None], version: str) -> list[str]:
+    """The versions from the one :func:`ancestry` was asked about down to ``version``
+    (``ancestors``: its table, or the mapping of each version to its ``child``)."""
+    child = ancestors if isinstance(ancestors, dict) else _children(ancestors)
     path = [version]
-    while ancestors[path[-1]]["child"] is not None:
-        path.append(ancestors[path[-1]]["child"])
+    while child[path[-1]] is not None:
+        path.append(child[path[-1]])
     return path[::-1]
+
+
+def _children(ancestors: pa.Table) -> dict[str, str | None]:
+    return dict(zip(ancestors.column("version_id").to_pylist(), ancestors.column("child").to_pylist()))
 
 
 def lineage(ledger: Ledger, version: str | VersionRecord) -> Lineage:
     """Every dataset and shard that shaped ``version``, through all its ancestors (module doc)."""
     with ledger.session():
         vid, ancestors = ancestry(ledger, version)
-        runs = [(a["run_id"], v, a["weight"], a["depth"]) for v, a in ancestors.items() if a["run_id"]]
-        runs_table = pa.table({"run_id": pa.array([r[0] for r in runs], pa.string()),
-                               "version_id": pa.array([r[1] for r in runs], pa.string()),
-                               "weight": pa.array([r[2] for r in runs], pa.float64()),
-                               "depth": pa.array([r[3] for r in runs], pa.int64())})
+        runs_table = ancestors.select(["run_id", "version_id", "weight", "depth"]).filter(
+            pc.is_valid(ancestors.column("run_id")))
         shards, per_dataset = ledger.trained_datasets(runs_table)
         info = {r["dataset_id"]: r for r in ledger.dataset_table(per_dataset.column("dataset_id").to_pylist()).to_pylist()}
     datasets = _dataset_rows(per_dataset, info, ancestors)
-    versions = [
-        {"version_id": v, "message": a["message"], "weight": a["weight"], "run_id": a["run_id"],
-         "merge": a["method"], "merge_weights": a["weights"], "parents": list(a["parents"] or []),
-         "tags": a["tags"], "depth": a["depth"], "child": a["child"],
-         "created_at": a["created_at"].isoformat()}
-        for v, a in ancestors.items()  # breadth first from the version: by depth
-    ]
-    unrecorded = [v["version_id"] for v in versions if not v["run_id"] and not v["merge"]]
-    return Lineage(version=vid, versions=versions, shards=shards, datasets=datasets,
+    unknown = pc.and_(pc.is_null(ancestors.column("run_id")), pc.is_null(ancestors.column("method")))
+    unrecorded = ancestors.filter(unknown).column("version_id").to_pylist()
+    return Lineage(version=vid, versions=ancestors, shards=shards, datasets=datasets,
                    licence=licence_summary(info.values()), unrecorded=unrecorded)
 
 
-def _dataset_rows(per_dataset: pa.Table, info: dict[str, dict], ancestors: dict[str, dict]) -> list[dict[str, Any]]:
+def _dataset_rows(per_dataset: pa.Table, info: dict[str, dict], ancestors: pa.Table) -> list[dict[str, Any]]:
     """Per dataset: the shards' sums, its share of the effective examples, licence, and the
     versions that trained on it (the nearest first) with the path to the nearest."""
     rows = per_dataset.to_pylist()
     total = sum(d["effective_examples"] for d in rows) or 1.0
+    child = _children(ancestors)
     out = []
     for d in rows:
         meta = info.get(d["dataset_id"], {})
         out.append({**d, "effective_share": d["effective_examples"] / total, "role": meta.get("role"),
                     "license": meta.get("license"), "non_commercial": meta.get("non_commercial"),
                     "share_alike": meta.get("share_alike"), "model_generated": meta.get("model_generated"),
-                    "path": path_to(ancestors, d["via"][0]) if d["via"] else []})
+                    "path": path_to(child, d["via"][0]) if d["via"] else []})
     return out
 
 
@@ -236,11 +252,12 @@ def graph_text(lin: Lineage, fmt: str) -> str:
     """The lineage's version DAG with its datasets, as Mermaid (``mermaid``) or Graphviz (``dot``)."""
     if fmt not in ("mermaid", "dot"):
         raise InvalidParameterError(f"unknown graph format {fmt!r}; one of mermaid, dot")
-    ids = {v["version_id"]: f"v{i}" for i, v in enumerate(lin.versions)}
+    versions = lin.version_rows()
+    ids = {v["version_id"]: f"v{i}" for i, v in enumerate(versions)}
     dsid = {d["dataset_id"]: f"d{i}" for i, d in enumerate(lin.datasets)}
     edges, trained = [], []
-    for v in lin.versions:
-        for i, p in enumerate(v["parents"]):
+    for v in versions:
+        for i, p in enumerate(v["parents"] or []):
             if p in ids:
                 weight = v["merge_weights"][i] if v["merge"] and v["merge_weights"] else None
                 edges.append((ids[p], ids[v["version_id"]], None if weight is None else f"λ={weight:g}"))
@@ -254,13 +271,13 @@ def graph_text(lin: Lineage, fmt: str) -> str:
 
     if fmt == "mermaid":
         lines = ["graph BT"]
-        lines += [f'  {ids[v["version_id"]]}["{_esc(label(v))}"]' for v in lin.versions]
+        lines += [f'  {ids[v["version_id"]]}["{_esc(label(v))}"]' for v in versions]
         lines += [f'  {dsid[d["dataset_id"]]}[("{_esc(d["dataset_id"])}")]' for d in lin.datasets]
         lines += [f"  {a} -->|{e}| {b}" if e else f"  {a} --> {b}" for a, b, e in edges]
         lines += [f"  {a} -.-> {b}" for a, b in trained]
         return "\n".join(lines) + "\n"
     lines = ["digraph lineage {", "  rankdir=BT;", "  node [fontname=\"Helvetica\"];"]
-    lines += [f'  {ids[v["version_id"]]} [shape=box, label="{_esc(label(v))}"];' for v in lin.versions]
+    lines += [f'  {ids[v["version_id"]]} [shape=box, label="{_esc(label(v))}"];' for v in versions]
     lines += [f'  {dsid[d["dataset_id"]]} [shape=cylinder, label="{_esc(d["dataset_id"])}"];' for d in lin.datasets]
     lines += [f'  {a} -> {b}' + (f' [label="{e}"]' if e else "") + ";" for a, b, e in edges]
     lines += [f"  {a} -> {b} [style=dashed];" for a, b in trained]

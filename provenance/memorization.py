@@ -97,7 +97,7 @@ def audit_memorization(
     k = cfg.num_perm
     banding = banding_for(k, threshold)
     sigs = cfg.signatures(texts)
-    runs = [a["run_id"] for a in ancestry(ledger, vid)[1].values() if a["run_id"]]
+    runs = [r for r in ancestry(ledger, vid)[1].column("run_id").to_pylist() if r]
     audit_id = uuid.uuid4().hex
     created = datetime.now(timezone.utc).replace(tzinfo=None)
     _stage(progress, "memorization: samples", 4)

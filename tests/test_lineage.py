@@ -41,7 +41,7 @@ def family(ledger, data_dir, write_jsonl):
 def test_lineage_carries_merge_weights_to_an_effective_contribution(family):
     ledger, v = family
     lin = ledger.lineage("merged")
-    weights = {row["version_id"]: row["weight"] for row in lin.versions}
+    weights = {row["version_id"]: row["weight"] for row in lin.version_rows()}
     assert weights == {v["merged"].version_id: 1.0, v["forum"].version_id: 0.75, v["code"].version_id: 0.25,
                        v["base"].version_id: 1.0}
     ds = {d["dataset_id"]: d for d in lin.datasets}
