@@ -261,3 +261,40 @@ def test_the_holder_can_be_killed(children, ledger):
     result = Ledger(ledger.root, lock_timeout=5).register_dataset("docs", [{"text": "after the kill"}])
     assert result.created
     assert os.path.exists(ledger.db_path)
+
+
+AUDIT_CHILD = """
+import sys, time
+from provenance.audits import audit_dedup
+from provenance.ledger import Ledger
+
+class Progress:
+    def start(self, description, total):
+        print("start", description, flush=True)
+
+    def advance(self, amount):
+        print("advance", amount, flush=True)
+        time.sleep(float(sys.argv[3]))
+
+report = audit_dedup(Ledger.open(sys.argv[1]), [sys.argv[2]], threshold=0.8, progress=Progress())
+print("done", report["audit_id"], flush=True)
+"""
+
+
+def test_a_killed_audit_leaves_no_audit_and_no_pairs(children, ledger, data_dir):
+    """SIGKILL after the audit has inserted its pairs, before it commits: nothing of it remains,
+    and the next audit runs normally."""
+    from provenance.synthetic import generate_corpus
+
+    generate_corpus(400, dup_fraction=0.2, mutation=0.01, seed=5).write_jsonl(data_dir / "c.jsonl")
+    ledger.register_dataset("c", data_dir / "c.jsonl", id_field="id")
+    child = children(AUDIT_CHILD, ledger.root, "c", 30)
+    child.wait_for("advance")  # documents staged
+    child.wait_for("advance")  # pairs inserted into audit_pairs, not yet committed
+    assert child.kill() == -signal.SIGKILL
+    reopened = Ledger.open(ledger.root)
+    assert reopened.audits() == []
+    assert reopened.sql("SELECT count(*) AS n FROM audit_pairs").column("n")[0].as_py() == 0
+    done = children(AUDIT_CHILD, ledger.root, "c", 0)
+    audit_id = done.wait_for("done").split()[1]
+    assert reopened.audit(audit_id)["report"]["summary"]["pairs"] > 0
