@@ -36,6 +36,7 @@ except ImportError:  # the torch path still works; Triton is the gpu extra: pip 
 
 BLOCK = 1024  # elements per Triton program
 CHUNK = 1 << 18  # elements per step of the torch path on CPU, so its buffers stay in cache
+HISTOGRAM_MIN = 1 << 17  # TIES thresholds by histogram from this many elements; below, kthvalue is faster
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 Weights = Sequence[float] | torch.Tensor | None
@@ -168,7 +169,7 @@ def _ties_thresholds(base: torch.Tensor, thetas: list[torch.Tensor], density: fl
         return [0.0] * len(thetas)
     if k == 0:
         return [math.inf] * len(thetas)
-    if _numba_ok(base, *thetas) and base.dtype != torch.float64:
+    if _numba_ok(base, *thetas) and base.dtype != torch.float64 and n >= HISTOGRAM_MIN:
         return _kth_abs_numba(base, thetas, n - k)
     b = base.reshape(-1).to(_acc_dtype(base.dtype))
     return [t.reshape(-1).to(b.dtype, copy=True).sub_(b).abs_().kthvalue(n - k + 1).values.item() for t in thetas]
