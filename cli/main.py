@@ -391,13 +391,15 @@ def run_list(obj: Context, as_json: bool) -> None:
 @click.option("--density", type=float, default=0.2, show_default=True, help="ties: fraction of each task vector kept.")
 @click.option("--audit", default=None, help="The id of the pre-merge audit this merge cites.")
 @click.option("--gate", is_flag=True, help="Run the pre-merge gate first (prov audit merge) and merge only if it passes.")
+@click.option("--device", default=None, help="Where the kernels run, e.g. cuda (default: the CPU).")
 @_gate_options
 @click.option("-m", "--message", required=True, help="What the merge is.")
 @click.option("--author", default=None, help="Who merges.")
 @json_option
 @pass_ctx
 def merge_cmd(obj: Context, versions: tuple[str, ...], method: str, weights: str | None, base: str | None, eps: float,
-              normalize: bool, density: float, audit: str | None, gate: bool, eval_datasets: tuple[str, ...],
+              normalize: bool, density: float, audit: str | None, gate: bool, device: str | None,
+              eval_datasets: tuple[str, ...],
               max_overlap: float | None, max_contamination: int | None, full_lineage: bool, message: str,
               author: str | None, as_json: bool) -> None:
     """Merge versions into a new version whose parents are all of them, with a receipt."""
@@ -419,7 +421,7 @@ def merge_cmd(obj: Context, versions: tuple[str, ...], method: str, weights: str
             raise click.ClickException(f"the pre-merge gate failed (audit {report['audit_id'][:12]}); nothing merged")
         audit = report["audit_id"]
     version = obj.ledger().merge(list(versions), method=method, weights=lam, base=base, eps=eps, normalize=normalize,
-                                 density=density, audit=audit, message=message, author=author)
+                                 density=density, audit=audit, message=message, author=author, device=device)
     render.emit(version.model_dump(mode="json"), as_json,
                 lambda d: f"merged {len(d['parents'])} versions into {d['version_id'][:12]}: "
                           f"{d['stored_bytes']:,} bytes stored of {d['full_bytes']:,}")

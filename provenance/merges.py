@@ -117,8 +117,14 @@ def merge(
     message: str,
     author: str | None = None,
     audit: str | None = None,
+    device: str | torch.device | None = None,
 ) -> VersionRecord:
     """Merge ``versions`` into a new version whose parents are all of them; see the module doc.
+
+    ``device``: where the kernels run (default the CPU). With a CUDA device each group's inputs
+    and Fishers are moved there and merged by the Triton kernels (the dispatcher picks them for
+    CUDA tensors), the result is brought back to be stored; the patch-direct paths (sparse and
+    low-rank inputs of one parent) run on the CPU only, so a CUDA merge materialises the inputs.
 
     ``fisher`` gives, per input (a sequence in input order, or a mapping from version ref), the
     diagonal Fisher per parameter name; when omitted the Fisher stored with each version is used.
@@ -137,6 +143,9 @@ def merge(
         if len(set(ids)) != len(ids):
             raise InvalidParameterError("a version is given twice; give it a larger weight instead")
         lam = _weights(weights, len(inputs))
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InvalidParameterError(f"device {device} asked for, but torch sees no CUDA device")
         base_id = _base(ledger, inputs, base) if method in ("task_arithmetic", "ties") else None
         history, store = _History(ledger), ObjectStore(ledger.objects_path)
         names = _common_names(history, inputs)
@@ -148,7 +157,7 @@ def merge(
         params, receipt_params, kernel = [], {}, None
         with BackgroundWriter() as writer:
             for name in names:
-                direct = _patch_direct(history, store, ids, name, method, base_id)
+                direct = _patch_direct(history, store, ids, name, method, base_id) if device.type == "cpu" else None
                 if direct is not None and all(p[0] == "sparse" for p in direct[1]):
                     # sparse patches of one parent: merge only where they changed it
                     merged, fisher_objects, first = _merge_sparse(direct, method, name, fishers, lam, eps, norms)
@@ -159,10 +168,10 @@ def merge(
                 else:
                     thetas = [_materialize(history, store, vid, name)[0] for vid in ids]
                     merged, fisher_objects = _merge_group(
-                        method, name, thetas, fishers, lam, eps, norms, density, history, store, base_id
+                        method, name, thetas, fishers, lam, eps, norms, density, history, store, base_id, device
                     )
                     first, input_addresses = thetas[0], [address_of(t) for t in thetas]
-                kernel = kernel or pick(merged)
+                kernel = kernel or pick(torch.empty(0, device=device) if input_addresses is not None else merged)
                 patch = encode(first, merged)
                 objects = {role: store.put(t, writer).address for role, t in patch.tensors.items()}
                 params.append(ParamRecord(name=name, dtype=str(merged.dtype).removeprefix("torch."),
@@ -192,21 +201,24 @@ def merge(
     return version
 
 
-def _merge_group(method, name, thetas, fishers, lam, eps, norms, density, history, store, base_id):
-    """One parameter group merged, and the Fisher objects it read."""
+def _merge_group(method, name, thetas, fishers, lam, eps, norms, density, history, store, base_id,
+                 device: torch.device | None = None):
+    """One parameter group merged (on ``device``, returned on the CPU), and the Fisher objects it read."""
+    on = (lambda t: t) if device is None or device.type == "cpu" else (lambda t: t.to(device))
+    thetas = [on(t) for t in thetas]
     if method == "average":
-        return kernels.weighted_average(thetas, lam), None
+        return kernels.weighted_average(thetas, lam).cpu(), None
     if method == "fisher":
         fs, addresses = [], []
         for source in fishers:
             f, address = source(name)
-            fs.append(f)
+            fs.append(on(f))
             addresses.append(address)
-        return kernels.fisher_merge(thetas, fs, lam, eps=eps, norms=norms), addresses
-    theta0 = _materialize(history, store, base_id, name)[0]
+        return kernels.fisher_merge(thetas, fs, lam, eps=eps, norms=norms).cpu(), addresses
+    theta0 = on(_materialize(history, store, base_id, name)[0])
     if method == "task_arithmetic":
-        return kernels.task_arithmetic(theta0, thetas, lam), None
-    return kernels.ties(theta0, thetas, lam, density=density), None
+        return kernels.task_arithmetic(theta0, thetas, lam).cpu(), None
+    return kernels.ties(theta0, thetas, lam, density=density).cpu(), None
 
 
 def _patch_direct(history, store, ids, name, method, base_id):
@@ -388,12 +400,16 @@ def _norms(fishers, names) -> list[float]:
 
 def receipt_check(ledger: Ledger, version: str | VersionRecord) -> dict[str, bool]:
     """Re-run the merge a receipt records, group by group, from the recorded inputs, Fishers and
-    settings; per parameter, whether the inputs still hash as recorded and the result is
-    bit-identical to the merged tensor."""
+    settings, on the device type it ran on (a Triton merge needs a CUDA device); per parameter,
+    whether the inputs still hash as recorded and the result is bit-identical to the merged tensor."""
     ver = ledger.version(version)
     receipt = ledger.receipt(ver)
     if receipt is None:
         raise InvalidParameterError(f"version {ver.version_id[:12]} is not a merge")
+    device = torch.device("cuda") if receipt["kernel"].startswith("triton") else None
+    if device is not None and not torch.cuda.is_available():
+        raise InvalidParameterError(f"the merge {ver.version_id[:12]} ran on a CUDA device ({receipt['kernel']}); "
+                                    "re-running it bit for bit needs one")
     recorded = json.loads(receipt["params_json"])
     inputs = [ledger.version(v) for v in receipt["inputs"]]
     ids, lam, method = receipt["inputs"], list(receipt["weights"]), receipt["method"]
@@ -407,7 +423,7 @@ def receipt_check(ledger: Ledger, version: str | VersionRecord) -> dict[str, boo
         recorded_inputs = recorded[name]["inputs"]  # None: merged directly from the inputs' patches
         same_inputs = recorded_inputs is None or [address_of(t) for t in thetas] == recorded_inputs
         merged, fisher_objects = _merge_group(method, name, thetas, fishers, lam, receipt["eps"], norms,
-                                              receipt["density"], history, store, receipt["base_version"])
+                                              receipt["density"], history, store, receipt["base_version"], device)
         same_fishers = fisher_objects == recorded[name]["fishers"]
         out[name] = same_inputs and same_fishers and address_of(merged) == recorded[name]["merged"]
     return out

@@ -225,3 +225,21 @@ def test_low_rank_patches_of_one_parent_merge_block_by_block(ledger, monkeypatch
         want = merge_kernels.fisher_merge(full, [fishers[c.version_id]["w"] for c in children], [0.5, 0.3, 0.2])
     assert torch.equal(got, want)
     assert not torch.equal(got, base_state["w"])
+
+
+def test_merge_on_an_explicit_device(two):
+    """``device="cpu"`` is the default path; a CUDA device is refused clearly where there is none,
+    and on a GPU machine the merge runs the Triton kernels and its receipt re-runs there."""
+    ledger, _, a, b = two
+    merged = ledger.merge([a, b], method="average", message="on cpu", device="cpu")
+    assert ledger.receipt(merged)["kernel"].startswith("torch") and all(receipt_check(ledger, merged).values())
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidParameterError, match="torch sees no CUDA device"):
+            ledger.merge([a, b], method="average", message="on gpu", device="cuda")
+        return
+    on_gpu = ledger.merge([a, b], method="fisher", fisher=[_positive(1), _positive(2)], message="gpu", device="cuda")
+    assert ledger.receipt(on_gpu)["kernel"].startswith("triton")
+    assert all(receipt_check(ledger, on_gpu).values())
+    cpu = ledger.checkout(ledger.merge([a, b], method="fisher", message="cpu twin"))
+    for name, t in ledger.checkout(on_gpu).items():
+        torch.testing.assert_close(t, cpu[name], rtol=1e-6, atol=1e-6)
