@@ -297,9 +297,16 @@ if triton is not None:
 
     @triton.jit
     def _step(s0, s1, s2, s3, x_ptr, f_ptr, p_ptr, b, offs, mask, K: tl.constexpr, MODE: tl.constexpr):
-        """Fold model ``K`` into the state ``s0..s3`` (its meaning depends on ``MODE``)."""
+        """Fold model ``K``, loaded from ``x_ptr``, into the state ``s0..s3``."""
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+        return _fold(s0, s1, s2, s3, x, f_ptr, p_ptr, b, offs, mask, K, MODE)
+
+    @triton.jit
+    def _fold(s0, s1, s2, s3, x, f_ptr, p_ptr, b, offs, mask, K: tl.constexpr, MODE: tl.constexpr):
+        """Fold model ``K``'s block ``x`` (its stored dtype) into the state ``s0..s3`` (its meaning
+        depends on ``MODE``)."""
         acc = p_ptr.dtype.element_ty
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc)
+        x = x.to(acc)
         lam = tl.load(p_ptr + K)
         if MODE == "mean":
             s0, s1 = _mean_step(s0, s1, lam, x)

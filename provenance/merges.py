@@ -36,7 +36,8 @@ from provenance import __version__
 from provenance.errors import InvalidParameterError
 from provenance.kernels import merge as kernels
 from provenance.kernels.dispatch import pick
-from provenance.kernels.patch import apply_chain, row_blocks
+from provenance.kernels.merge_patches import merge_patches
+from provenance.kernels.patch import apply_chain
 from provenance.ledger import Ledger
 from provenance.objects import BackgroundWriter, ObjectStore, address_of
 from provenance.patches import encode
@@ -279,16 +280,12 @@ def _merge_sparse(direct, method, name, fishers, lam, eps, norms):
 
 
 def _merge_patched(direct, method, name, fishers, lam, eps, norms):
-    """The elementwise merge of a 2-D group whose inputs are low-rank or sparse patches on one
-    parent, one block of rows at a time: each input's rows are made from the parent's rows and its
-    patch (:func:`provenance.kernels.patch.apply_chain` on the block), merged straight into the
-    output's rows, and dropped, so memory holds the parent, the output, the first input (the new
-    patch is encoded against it) and one block per input, whatever the number of inputs. Blocks
-    have at least 256 rows, where torch's GEMM gives the rows of ``B @ A`` bit for bit as the whole
-    product does (tested), so the result is the merge of the materialised inputs exactly."""
+    """The elementwise merge of a group whose inputs are low-rank or sparse patches on one parent,
+    by :func:`provenance.kernels.merge_patches.merge_patches`: each input's rows made from the
+    parent's rows and its patch, block by block, never the whole input; bit for bit the merge of
+    the materialised inputs. Also returns the first input (the new patch is encoded against it)
+    and the Fisher objects read."""
     theta0, patches = direct
-    rows = theta0.shape[0]
-    merged, first = torch.empty_like(theta0), torch.empty_like(theta0)
     fs, fisher_objects = None, None
     if method == "fisher":
         fs, fisher_objects = [], []
@@ -296,25 +293,9 @@ def _merge_patched(direct, method, name, fishers, lam, eps, norms):
             f, address = source(name)
             fs.append(f.reshape(theta0.shape))
             fisher_objects.append(address)
-    cols = theta0[0].numel() if rows else 0
-    for r0, r1 in row_blocks(rows, cols):
-        block0 = theta0[r0:r1]
-        thetas = []
-        for i, patch in enumerate(patches):
-            dst = first[r0:r1] if i == 0 else None
-            if patch[0] == "sparse":
-                lo, hi = torch.searchsorted(patch[1], torch.tensor([r0 * cols, r1 * cols])).tolist()
-                step = ("sparse", patch[1][lo:hi] - r0 * cols, patch[2][lo:hi])
-            else:
-                step = ("low_rank", patch[1][r0:r1], patch[2], patch[3])
-            thetas.append(apply_chain(block0, [step], out=dst))
-        out = merged[r0:r1]
-        if method == "average":
-            kernels.weighted_average(thetas, lam, out=out)
-        elif method == "task_arithmetic":
-            kernels.task_arithmetic(block0, thetas, lam, out=out)
-        else:
-            kernels.fisher_merge(thetas, [f[r0:r1] for f in fs], lam, eps=eps, norms=norms, out=out)
+    given = [None if p[0] == "sparse" and not p[1].numel() else p for p in patches]
+    merged = merge_patches(theta0, given, lam, method=method, fishers=fs, eps=eps, norms=norms)
+    first = theta0.clone() if given[0] is None else apply_chain(theta0, [given[0]])
     return merged, fisher_objects, first
 
 

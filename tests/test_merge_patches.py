@@ -1,0 +1,103 @@
+"""Merging patches directly (provenance.kernels.merge_patches): against merging the materialised
+inputs, on the torch path (bit for bit) and the Triton kernel (in the interpreter without a GPU)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before Triton or the kernels are imported
+
+import pytest  # noqa: E402
+
+from provenance.errors import InvalidParameterError  # noqa: E402
+from provenance.kernels import merge as M  # noqa: E402
+from provenance.kernels import patch as P  # noqa: E402
+from provenance.kernels.dispatch import backend  # noqa: E402
+from provenance.kernels.merge_patches import merge_patches  # noqa: E402
+
+F32, BF16 = torch.float32, torch.bfloat16
+METHODS = ["average", "fisher", "task_arithmetic"]
+
+
+def patches_for(base: torch.Tensor, seed: int) -> list:
+    """Four inputs of every kind: sparse, low rank, dense delta, and one equal to the base."""
+    g = torch.Generator().manual_seed(seed)
+    rows, cols = base.shape
+    idx = torch.randperm(rows * cols, generator=g)[: max(1, rows * cols // 50)].sort().values
+    vals = torch.randn(len(idx), generator=g).to(base.dtype)
+    b, a = torch.randn(rows, 3, generator=g), torch.randn(3, cols, generator=g)
+    delta = (0.1 * torch.randn(rows, cols, generator=g)).to(base.dtype)
+    return [("sparse", idx, vals), ("low_rank", b, a, 0.5), ("dense", delta), None]
+
+
+def materialised(method, base, patches, weights, fishers):
+    thetas = [base.clone() if p is None else P.apply_chain(base, [p]) for p in patches]
+    if method == "average":
+        return M.weighted_average(thetas, weights)
+    if method == "fisher":
+        return M.fisher_merge(thetas, fishers, weights)
+    return M.task_arithmetic(base, thetas, weights)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
+@pytest.mark.parametrize("shape", [(1000, 37), (300, 64), (5, 3)])
+def test_torch_path_is_the_merge_of_the_materialised_inputs(method, dtype, shape, monkeypatch):
+    monkeypatch.setattr(P, "ROW_BLOCK_ELEMENTS", 1)  # blocks of 256 rows: several per tensor
+    g = torch.Generator().manual_seed(sum(shape))
+    base = torch.randn(shape, generator=g).to(dtype)
+    patches = patches_for(base, seed=len(method))
+    weights = [0.4, 0.3, 0.2, 0.1]
+    fishers = [torch.rand(shape, generator=g) + 0.05 for _ in patches]
+    out = torch.full_like(base, float("nan"))  # poisoned: an element not written fails
+    with backend("torch"):
+        got = merge_patches(base, patches, weights, method=method, fishers=fishers, out=out)
+        want = materialised(method, base, patches, weights, fishers)
+    assert got is out and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
+def test_triton_kernel_makes_the_inputs_in_registers(method, dtype):
+    g = torch.Generator().manual_seed(11)
+    base = torch.randn(33, 40, generator=g).to(dtype)
+    patches = patches_for(base, seed=3)
+    weights = [0.1, 0.2, 0.3, 0.4]
+    fishers = [torch.rand(33, 40, generator=g) + 0.05 for _ in patches]
+    with backend("torch"):
+        ref = merge_patches(base, patches, weights, method=method, fishers=fishers)
+    with backend("triton"):
+        exact = merge_patches(base, patches, weights, method=method, fishers=fishers, exact=True,
+                              out=torch.full_like(base, float("nan")))
+        thetas = [base.clone() if p is None else P.apply_chain(base, [p]) for p in patches]
+        if method == "average":
+            kernel_of_materialised = M.weighted_average(thetas, weights)
+        elif method == "fisher":
+            kernel_of_materialised = M.fisher_merge(thetas, fishers, weights)
+        else:
+            kernel_of_materialised = M.task_arithmetic(base, thetas, weights)
+        fused = merge_patches(base, patches, weights, method=method, fishers=fishers, exact=False)
+    # exact=True: bit for bit the Triton merge of the Triton-made inputs
+    assert torch.equal(exact, kernel_of_materialised)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == F32 else {"rtol": 2e-2, "atol": 2e-2}
+    torch.testing.assert_close(exact.float(), ref.float(), **tol)
+    torch.testing.assert_close(fused.float(), ref.float(), **tol)  # B @ A never made
+
+
+def test_bad_input_is_refused():
+    base = torch.randn(8, 4)
+    with pytest.raises(InvalidParameterError, match="not 'ties'"):
+        merge_patches(base, [None], method="ties")
+    with pytest.raises(InvalidParameterError, match=r"patches\[0\] is a full tensor"):
+        merge_patches(base, [("full", base)])
+    with pytest.raises(InvalidParameterError, match="one Fisher per patch: 2 patches, no Fishers"):
+        merge_patches(base, [None, None], method="fisher")
+    with pytest.raises(InvalidParameterError, match=r"patches\[1\] has unknown kind 'lora'"):
+        merge_patches(base, [None, ("lora", 1)])
+    with pytest.raises(InvalidParameterError, match="at least one patch"):
+        merge_patches(base, [])
+    five = [("dense", torch.full_like(base, float(i))) for i in range(5)]  # more than one launch takes
+    assert torch.allclose(merge_patches(base, five), base + 2.0)
