@@ -101,3 +101,18 @@ def test_bad_input_is_refused():
         merge_patches(base, [])
     five = [("dense", torch.full_like(base, float(i))) for i in range(5)]  # more than one launch takes
     assert torch.allclose(merge_patches(base, five), base + 2.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", METHODS)
+def test_cuda_fused_kernel_matches_the_cpu_reference(method):
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(4096, 1024, generator=g)
+    patches = patches_for(base, seed=9)
+    weights = [0.1, 0.2, 0.3, 0.4]
+    fishers = [torch.rand(4096, 1024, generator=g) + 0.05 for _ in patches]
+    ref = merge_patches(base, patches, weights, method=method, fishers=fishers)
+    cuda = lambda p: None if p is None else tuple(t.cuda() if isinstance(t, torch.Tensor) else t for t in p)  # noqa: E731
+    got = merge_patches(base.cuda(), [cuda(p) for p in patches], weights, method=method,
+                        fishers=[f.cuda() for f in fishers], exact=False)
+    torch.testing.assert_close(got.cpu(), ref, rtol=1e-5, atol=1e-5)
