@@ -25,6 +25,11 @@ def _console() -> Console:
     return Console(soft_wrap=False, width=max(100, Console().width))
 
 
+def _dump(data: Any) -> None:
+    """``data`` as indented JSON on stdout (dates and other objects as their text)."""
+    click.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+
+
 def emit(data: Any, as_json: bool, human: Callable[[Any], str]) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
@@ -303,8 +308,7 @@ def data_diff(d: dict, as_json: bool) -> None:
 
 def lineage(lin, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(lin.to_dict(), indent=2, default=str, ensure_ascii=False))
-        return
+        return _dump(lin.to_dict())
     console = _console()
     t = Table(title=f"Data that shaped {lin.version[:12]}")
     for col in ("dataset", "role", "licence", "shards", "examples", "effective share", "via (nearest first)"):
@@ -333,8 +337,7 @@ def lineage(lin, as_json: bool) -> None:
 
 def taint(report: dict, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(report, indent=2, default=str, ensure_ascii=False))
-        return
+        return _dump(report)
     click.echo(f"target: {report['target']}")
     if report.get("near") is not None:
         click.echo(f"near-duplicates (Jaccard >= {report['near']}): {len(report['matches'])} document(s)")
@@ -351,8 +354,7 @@ def taint(report: dict, as_json: bool) -> None:
 
 def dedup(report: dict, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(report, indent=2, default=str, ensure_ascii=False))
-        return
+        return _dump(report)
     s, b = report["summary"], report["banding"]
     click.echo(f"dedup audit {report['audit_id'][:12]} of {', '.join(report['datasets'])} at Jaccard >= {report['threshold']}")
     click.echo(f"  {s['documents']:,} documents, {s['pairs']:,} pairs ({s['exact_duplicate_pairs']:,} exact), "
@@ -387,8 +389,7 @@ def dedup(report: dict, as_json: bool) -> None:
 
 def gate(report: dict, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(report, indent=2, default=str, ensure_ascii=False))
-        return
+        return _dump(report)
     policy = report["policy"]
     limits = [f"max-overlap {policy['max_overlap']:.1%}" if policy["max_overlap"] is not None else "",
               f"max-contamination {policy['max_contamination']}" if policy["max_contamination"] is not None else ""]
@@ -425,8 +426,7 @@ def gate(report: dict, as_json: bool) -> None:
 
 def memorization(report: dict, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(report, indent=2, default=str, ensure_ascii=False))
-        return
+        return _dump(report)
     s = report["summary"]
     click.echo(f"memorization audit {report['audit_id'][:12]} of {report['version'][:12]}: "
                f"{s['samples_matching_training']} of {s['samples']} samples match training documents "

@@ -279,8 +279,7 @@ def read_texts(ledger: Ledger, wanted: dict[tuple[str, int], set[int] | None]) -
     """The texts of the rows ``wanted`` per ``(dataset_id, shard_index)`` (None: every row), read
     from the shards' files after checking each still hashes as registered. Shards that cannot be
     read are listed with the reason instead."""
-    from provenance.sources.base import Counters, ReadOptions
-    from provenance.sources.files import FileShard
+    from provenance.datasets import read_back
 
     texts: dict[tuple[str, int, int], str] = {}
     unreadable: list[str] = []
@@ -290,28 +289,16 @@ def read_texts(ledger: Ledger, wanted: dict[tuple[str, int], set[int] | None]) -
     for dataset_id, indexes in sorted(by_dataset.items()):
         ds = ledger.dataset(dataset_id)
         shards = {s.shard_index: s for s in ledger.shards(ds)}
-        opts = ReadOptions(text_field=ds.text_field, id_field=ds.id_field, on_invalid="replace")
         for index in sorted(indexes):
-            shard = shards[index]
             rows = wanted[(dataset_id, index)]
-            if shard.uri is None or not Path(shard.uri).is_file():
-                unreadable.append(f"{dataset_id} shard {shard.name}: " + ("registered from memory" if shard.uri is None
-                                                                           else f"{shard.uri} is gone"))
-                continue
-            reader = FileShard(Path(shard.uri), shard.name, shard.format)
-            reader.shard_id = shard.shard_id
+            wanted_rows = None if rows is None else np.fromiter(rows, np.int64)
             try:
-                if reader._rehash() != shard.shard_id:
-                    unreadable.append(f"{dataset_id} shard {shard.name}: {shard.uri} changed since registration")
-                    continue
-                wanted_rows = None if rows is None else np.fromiter(rows, np.int64)
-                for batch in reader.batches(opts, Counters()):
+                for batch in read_back(ds, shards[index]):
                     hit = np.ones(len(batch.rows), bool) if wanted_rows is None else np.isin(batch.rows, wanted_rows)
-                    if hit.any():
-                        for i in np.flatnonzero(hit).tolist():
-                            texts[(dataset_id, index, int(batch.rows[i]))] = batch.texts[i].as_py()
+                    for i in np.flatnonzero(hit).tolist():
+                        texts[(dataset_id, index, int(batch.rows[i]))] = batch.texts[i].as_py()
             except (OSError, ProvenanceError) as exc:
-                unreadable.append(f"{dataset_id} shard {shard.name}: {exc}")
+                unreadable.append(f"{dataset_id} shard {shards[index].name}: {exc}")
     return texts, unreadable
 
 

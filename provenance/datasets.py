@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import unicodedata
 from collections.abc import Iterator
+from pathlib import Path
 from queue import Empty, Full, Queue
 from typing import Any, Protocol
 
@@ -367,3 +368,20 @@ def _unchanged_message(latest: DatasetRecord, role: str, lic: License) -> str:
 
 def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def read_back(ds: DatasetRecord, shard: ShardRecord) -> Iterator[Batch]:
+    """The batches of a registered shard, read again from its file after checking the file still
+    hashes as registered (xxh3; the readers check again at the end of the file, so a change while
+    reading is caught too). Errors name the file, the shard and the dataset."""
+    if shard.uri is None:
+        raise SourceError(f"shard {shard.name} of {ds.dataset_id} was registered from memory: no file to read")
+    path = Path(shard.uri)
+    if not path.is_file():
+        raise SourceError(f"{path}: shard {shard.name} of {ds.dataset_id} is no longer there")
+    reader = FileShard(path, shard.name, shard.format)
+    reader.shard_id = shard.shard_id
+    if reader._rehash() != shard.shard_id:
+        raise SourceError(f"{path} changed since it was registered as shard {shard.name} of {ds.dataset_id}")
+    opts = ReadOptions(text_field=ds.text_field, id_field=ds.id_field, on_invalid="replace")
+    yield from reader.batches(opts, Counters())

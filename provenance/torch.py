@@ -14,18 +14,16 @@ what a ``DataLoader`` (or ``Dataset``) yields into a run without the training lo
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from provenance.datasets import read_back
 from provenance.errors import InvalidParameterError, SourceError
 from provenance.ledger import Ledger
 from provenance.records import DatasetRecord
 from provenance.runs import Run
-from provenance.sources.base import Counters, ReadOptions
-from provenance.sources.files import FileShard
 
 KeyGetter = Callable[[Any], Sequence[str]]
 
@@ -43,23 +41,16 @@ class RegisteredDataset(Dataset):
     def __init__(self, ledger: Ledger, dataset: str | DatasetRecord, transform: Callable[[dict], Any] | None = None):
         self.dataset = ledger.dataset(dataset)
         self.transform = transform
-        opts = ReadOptions(text_field=self.dataset.text_field, id_field=self.dataset.id_field, on_invalid="replace")
         self.keys: list[str] = []
         self.texts: list[str] = []
         for shard in ledger.shards(self.dataset):
-            if shard.uri is None:
-                raise SourceError(f"shard {shard.name} of {self.dataset.dataset_id} was registered from memory: no file to read")
-            path = Path(shard.uri)
-            reader = FileShard(path, shard.name, shard.format)
-            if not path.is_file():
-                raise SourceError(f"{path}: shard {shard.name} of {self.dataset.dataset_id} is no longer there")
-            reader.shard_id = shard.shard_id  # the readers check it again at the end of the file
-            if reader._rehash() != shard.shard_id:  # xxh3 only: the SHA-256 of identify() is not needed here
-                raise SourceError(
-                    f"{path} changed since it was registered as shard {shard.name} of {self.dataset.dataset_id}; "
-                    "register the new content (a new dataset version) and train on that"
-                )
-            for batch in reader.batches(opts, Counters()):
+            try:
+                batches = list(read_back(self.dataset, shard))
+            except SourceError as exc:
+                if "changed since it was registered" in str(exc):
+                    raise SourceError(f"{exc}; register the new content (a new dataset version) and train on that") from None
+                raise
+            for batch in batches:
                 texts = batch.texts.to_pylist()
                 ids = batch.ids.to_pylist() if batch.ids is not None else [f"{shard.name}:{r}" for r in batch.rows.tolist()]
                 self.keys.extend(ids)

@@ -90,7 +90,7 @@ def test_verify_drops_pairs_the_text_refutes_and_names_unreadable_shards(graded_
     (data_dir / "graded.jsonl").write_text("changed\n")
     again = audit_dedup(graded_ledger, ["graded"], threshold=0.8, verify=True)
     assert again["verify"]["checked"] == 0 and again["verify"]["not_checked"] == again["verify"]["near_threshold"]
-    assert "changed since registration" in again["verify"]["unreadable"][0]
+    assert "changed since it was registered" in again["verify"]["unreadable"][0]
 
 
 def test_a_version_audits_its_lineage(ledger, data_dir, graded):
