@@ -82,12 +82,46 @@ def _store(out, src, bf16, bits):
             out[j] = src[j]
 
 
+@njit(inline="always", cache=True, fastmath={"contract"})
+def _fold_block(mode, x, f, b, s0, s1, s2, s3, lam, ext, ratio, eps, c):
+    if mode == 0:
+        if ratio != 0:
+            for j in range(c):
+                s0[j] += ratio * (x[j] - s0[j])
+    elif mode == 1:
+        for j in range(c):
+            a = f[j] / ext
+            if a < eps:
+                a = eps
+            a *= lam
+            s1[j] += a
+            r = a / s1[j] if s1[j] != 0 else a * 0
+            s0[j] += r * (x[j] - s0[j])
+            if ratio != 0:
+                s2[j] += ratio * (x[j] - s2[j])
+    elif mode == 2:
+        for j in range(c):
+            s0[j] += lam * (x[j] - b[j])
+    else:  # branch-free, so that it vectorises: each sum gets λ·τ (or τ for a NaN) where it did, λ·0 or +0.0 elsewhere
+        zero = lam * 0
+        for j in range(c):
+            tau = x[j] - b[j]
+            kept = not (ext > 0 and abs(tau) < ext)
+            up = kept and tau > 0
+            down = kept and tau < 0
+            nan = tau != tau
+            s0[j] += lam * (tau if up else zero)
+            s0[j] += tau if nan else zero
+            s1[j] += lam if up else zero
+            s2[j] += lam * (tau if down else zero)
+            s2[j] += tau if nan else zero
+            s3[j] += lam if down else zero
+
+
 @njit(parallel=True, cache=True, nogil=True, fastmath={"contract"})
 def _merge_nb(mode, nmod, out, base, xs, fs, prm, bf16, fbf16, chunks):
-    """The merge ``mode`` (0 mean, 1 fisher, 2 task, 3 ties) of ``nmod`` models, block by block:
-    each input block read once into scratch of ``prm``'s dtype, ``out``'s block written once."""
     n, blocks = out.size, (out.size + NB_BLOCK - 1) // NB_BLOCK
-    per = (blocks + chunks - 1) // chunks  # blocks per chunk of work: scratch allocated once per chunk
+    per = (blocks + chunks - 1) // chunks
     for ch in prange(chunks):
         scratch = np.empty((7, NB_BLOCK), prm.dtype)
         bits = np.empty(NB_BLOCK, np.uint32)
@@ -102,41 +136,14 @@ def _merge_nb(mode, nmod, out, base, xs, fs, prm, bf16, fbf16, chunks):
             if mode == 2:
                 s0[:] = b
             for k in range(nmod):
-                _load(x, xs[k][lo : lo + c], bf16, bits)
                 lam, ext, ratio, eps = prm[0, k], prm[1, k], prm[2, k], prm[3, k]
-                if mode == 0:
-                    if ratio != 0:
-                        for j in range(c):
-                            s0[j] += ratio * (x[j] - s0[j])
-                elif mode == 1:  # s0, s1: the λF'-weighted mean and its weight; s2: the λ-weighted mean
+                if mode == 1:
                     _load(f, fs[k][lo : lo + c], fbf16, bits)
-                    for j in range(c):
-                        a = f[j] / ext
-                        if a < eps:
-                            a = eps
-                        a *= lam
-                        s1[j] += a
-                        r = a / s1[j] if s1[j] != 0 else a * 0
-                        s0[j] += r * (x[j] - s0[j])
-                        if ratio != 0:
-                            s2[j] += ratio * (x[j] - s2[j])
-                elif mode == 2:
-                    for j in range(c):
-                        s0[j] += lam * (x[j] - b[j])
-                else:  # ties: λ-weighted sums and weights of the positive (s0, s1) and negative (s2, s3) values
-                    for j in range(c):
-                        tau = x[j] - b[j]
-                        if ext > 0 and abs(tau) < ext:
-                            continue
-                        if tau > 0:
-                            s0[j] += lam * tau
-                            s1[j] += lam
-                        elif tau < 0:
-                            s2[j] += lam * tau
-                            s3[j] += lam
-                        elif tau != tau:
-                            s0[j] += tau
-                            s2[j] += tau
+                if bf16:
+                    _load(x, xs[k][lo : lo + c], bf16, bits)
+                    _fold_block(mode, x, f, b, s0, s1, s2, s3, lam, ext, ratio, eps, c)
+                else:
+                    _fold_block(mode, xs[k][lo : lo + c], f, b, s0, s1, s2, s3, lam, ext, ratio, eps, c)
             if mode == 1:
                 for j in range(c):
                     if s1[j] == 0:
