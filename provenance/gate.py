@@ -7,8 +7,9 @@ contributors fine-tuned from one base both inherit the base's data; that is not 
 twice by their merge). With ``full_lineage`` the whole lineage counts. For every pair of inputs,
 a document of one side overlaps the other when the other side has a document with the same exact
 hash (``exact``) or, failing that, one whose estimated Jaccard is at least the threshold
-(``near``: candidates from an LSH band join, as in the dedup audit). Reported as counts, as the
-fraction of each side, and per pair of datasets.
+(``near``: candidates from an LSH band join, as in the dedup audit, documents with identical
+signatures grouped first so that boilerplate repeated thousands of times stays cheap). Reported
+as counts, as the fraction of each side, and per pair of datasets.
 
 **Contamination.** Training documents of any input that are exact or near duplicates of documents
 of the evaluation datasets (``eval``, or every dataset registered with role ``eval``), and
@@ -98,7 +99,8 @@ def audit_merge(
     with ledger.transaction() as tx:
         tx.stage_documents(scope)
         _advance(progress)
-        tx.near_pairs(audit_id, banding.bands, banding.rows, math.ceil(threshold * k - 1e-9), stored=stored)
+        tx.near_pairs(audit_id, banding.bands, banding.rows, math.ceil(threshold * k - 1e-9), stored=stored,
+                      collapse=True)
         _advance(progress)
         sizes = {lab: _count(tx, [lab]) for lab in [*labels, "e"]}
         overlap = []
@@ -179,11 +181,19 @@ def _overlap(tx, audit_id: str, a: list[str], b: list[str], *, keys: bool = Fals
         f"""WITH a AS ({_side('$2')}), b AS ({_side('$3')}),
             bh AS (SELECT exact_hash, min(dataset_id) AS other FROM b GROUP BY exact_hash),
             ex AS (SELECT a.doc_id, a.dataset_id, bh.other FROM a JOIN bh USING (exact_hash)),
-            pp AS (SELECT doc_a AS x, doc_b AS y FROM audit_pairs WHERE audit_id = $1
-                   UNION ALL SELECT doc_b, doc_a FROM audit_pairs WHERE audit_id = $1),
-            nr AS (SELECT pp.x AS doc_id, any_value(a.dataset_id) AS dataset_id, min(b.dataset_id) AS other
-                   FROM pp JOIN a ON a.doc_id = pp.x JOIN b ON b.doc_id = pp.y
-                   WHERE pp.x NOT IN (SELECT doc_id FROM ex) GROUP BY pp.x),
+            reps AS (SELECT doc_id FROM aud_groups WHERE doc_id = rep),
+            rel AS (SELECT p.doc_a AS r, p.doc_b AS o FROM audit_pairs p
+                    WHERE p.audit_id = $1 AND p.doc_b IN (SELECT doc_id FROM reps)
+                    UNION ALL SELECT p.doc_b, p.doc_a FROM audit_pairs p
+                    WHERE p.audit_id = $1 AND p.doc_b IN (SELECT doc_id FROM reps)
+                    UNION ALL SELECT doc_id, doc_id FROM reps),
+            ga AS (SELECT a.doc_id, a.dataset_id, g.rep FROM a JOIN aud_groups g USING (doc_id)),
+            gbr AS (SELECT g.rep, count(*) AS n, min(b.doc_id) AS any_doc, min(b.dataset_id) AS other
+                    FROM b JOIN aud_groups g USING (doc_id) GROUP BY g.rep),
+            nr AS (SELECT ga.doc_id, any_value(ga.dataset_id) AS dataset_id, min(gbr.other) AS other
+                   FROM ga JOIN rel ON rel.r = ga.rep JOIN gbr ON gbr.rep = rel.o
+                   WHERE (gbr.n > 1 OR gbr.any_doc <> ga.doc_id) AND ga.doc_id NOT IN (SELECT doc_id FROM ex)
+                   GROUP BY ga.doc_id),
             hits AS (SELECT 'exact' AS kind, * FROM ex UNION ALL SELECT 'near', * FROM nr)
             SELECT h.kind, h.dataset_id, h.other, d.key FROM hits h JOIN aud_docs d USING (doc_id)
             ORDER BY h.dataset_id, d.key""",

@@ -105,26 +105,46 @@ def audit_memorization(
         tx.stage_documents(scope)
         tx.stage_probes(sigs)
         _advance(progress)
-        tx.near_pairs(audit_id, banding.bands, banding.rows, math.ceil(threshold * k - 1e-9), stored=False)
-        near = tx.audit_query(
-            """SELECT -1 - doc_a AS sample, doc_b AS doc_id, jaccard FROM audit_pairs
-               WHERE audit_id = $1 AND doc_a < 0 AND doc_b >= 0""", [audit_id]).to_pylist()
-        copies = tx.audit_query(
-            """SELECT doc_a, doc_b FROM audit_pairs WHERE audit_id = $1 AND doc_a >= 0""", [audit_id]).to_pylist()
+        tx.near_pairs(audit_id, banding.bands, banding.rows, math.ceil(threshold * k - 1e-9), stored=False,
+                      collapse=True)
+        # documents (and samples) with identical signatures share a group; pairs join groups' first members
+        sample_rep = {-1 - r["doc_id"]: r["rep"] for r in tx.audit_query(
+            "SELECT doc_id, rep FROM aud_groups WHERE doc_id < 0").to_pylist()}
+        partners: dict[int, dict[int, float]] = defaultdict(dict)
+        for r in tx.audit_query(
+                """SELECT doc_a, doc_b, jaccard FROM audit_pairs WHERE audit_id = $1
+                   AND doc_b IN (SELECT doc_id FROM aud_groups WHERE doc_id = rep)""", [audit_id]).to_pylist():
+            partners[r["doc_a"]][r["doc_b"]] = partners[r["doc_b"]][r["doc_a"]] = r["jaccard"]
+
+        def members(reps: set[int]) -> dict[int, list[int]]:
+            """The training documents of each group ``reps`` names."""
+            out: dict[int, list[int]] = defaultdict(list)
+            for r in tx.audit_query("SELECT doc_id, rep FROM aud_groups WHERE list_contains($1, rep) AND doc_id >= 0",
+                                    [sorted(reps)]).to_pylist():
+                out[r["rep"]].append(r["doc_id"])
+            return out
+
+        first = members(set(sample_rep.values()) | {p for r in sample_rep.values() for p in partners[r]})
         _advance(progress)
         spans, unreadable = _spans(ledger, tx, texts, span) if span else ({}, [])
         _advance(progress)
         matches: dict[tuple[int, int], dict[str, Any]] = {}
-        for r in near:
-            matches[(r["sample"], r["doc_id"])] = {"jaccard": r["jaccard"], "span_words": 0}
+        for sample, rep in sample_rep.items():
+            for doc in first[rep]:  # the same signature as the sample
+                matches[(sample, doc)] = {"jaccard": 1.0, "span_words": 0}
+            for other, jaccard in partners[rep].items():
+                for doc in first[other]:
+                    matches[(sample, doc)] = {"jaccard": jaccard, "span_words": 0}
         for (sample, doc), words in spans.items():
             entry = matches.setdefault((sample, doc), {"jaccard": None, "span_words": 0})
             entry["span_words"] = words
-        neighbours: dict[int, set[int]] = defaultdict(set)
-        for c in copies:
-            neighbours[c["doc_a"]].add(c["doc_b"])
-            neighbours[c["doc_b"]].add(c["doc_a"])
-        doc_ids = sorted({d for _, d in matches} | {n for _, d in matches for n in neighbours[d]})
+        matched = sorted({d for _, d in matches})
+        doc_rep = {r["doc_id"]: r["rep"] for r in tx.audit_query(
+            "SELECT doc_id, rep FROM aud_groups WHERE list_contains($1, doc_id)", [matched]).to_pylist()}
+        near_reps = {d: {doc_rep[d], *partners[doc_rep[d]]} for d in matched}
+        groups = members(set().union(*near_reps.values()) if near_reps else set())
+        neighbours = {d: {x for r in reps for x in groups[r]} - {d} for d, reps in near_reps.items()}
+        doc_ids = sorted(set(matched) | {n for ns in neighbours.values() for n in ns})
         docs = {r["doc_id"]: r for r in tx.audit_query(
             """SELECT doc_id, dataset_id, key, signature FROM aud_docs WHERE list_contains($1, doc_id)""",
             [doc_ids]).to_pylist()}
@@ -139,10 +159,10 @@ def audit_memorization(
                 jaccard = m["jaccard"]
                 if jaccard is None:  # found by span only: its estimate still says how much of it the sample is
                     jaccard = float(np.mean(np.asarray(docs[doc]["signature"], np.uint32) == sigs[i]))
-                group = {doc} | neighbours[doc]
+                group = {doc} | neighbours.get(doc, set())
                 found.append({"doc_id": doc, "dataset_id": docs[doc]["dataset_id"], "key": docs[doc]["key"],
                               "jaccard": jaccard, "stderr": math.sqrt(jaccard * (1 - jaccard) / k),
-                              "span_words": m["span_words"], "near_copies": len(neighbours[doc]),
+                              "span_words": m["span_words"], "near_copies": len(neighbours.get(doc, ())),
                               "seen": seen.get(doc, 0.0), "exposure": sum(seen.get(d, 0.0) for d in group)})
             found.sort(key=lambda f: (-f["span_words"], -f["jaccard"], f["key"]))
             report_samples.append({"index": i, "text": text[:300], "matches": found})

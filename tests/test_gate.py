@@ -155,3 +155,41 @@ def test_samples_files_are_checked(data_dir, contributors):
     with pytest.raises(InvalidParameterError, match="span must be"):
         audit_memorization(ledger, va.version_id, ["x"], span=-1)
     assert ledger.audits("memorization") == []
+
+
+def test_gate_with_thousands_of_copies_on_both_sides(ledger, data_dir, write_jsonl):
+    """Boilerplate repeated thousands of times on both sides: counted right, without a band join
+    over millions of pairs (identical signatures are grouped first)."""
+    x = words(1, 60)
+    x_near = x.replace("w1x59", "other")  # 59 of 60 words: a near-copy
+    write_jsonl(data_dir / "a.jsonl", [{"id": f"a{i}", "text": x} for i in range(2000)]
+                + [{"id": f"u{i}", "text": words(100 + i)} for i in range(10)])
+    write_jsonl(data_dir / "b.jsonl", [{"id": f"b{i}", "text": x_near} for i in range(1500)]
+                + [{"id": "bx", "text": x}] + [{"id": f"v{i}", "text": words(200 + i)} for i in range(9)])
+    ledger.register_dataset("a", data_dir / "a.jsonl", id_field="id")
+    ledger.register_dataset("b", data_dir / "b.jsonl", id_field="id")
+    base = ledger.commit({"w": torch.zeros(2)}, message="base")
+    with ledger.start_run(base=base, datasets=["a"], message="a") as run:
+        va = run.commit({"w": torch.ones(2)})
+    with ledger.start_run(base=base, datasets=["b"], message="b") as run:
+        vb = run.commit({"w": 2 * torch.ones(2)})
+    o = audit_merge(ledger, [va, vb], ngram=0)["overlap"][0]
+    assert (o["a_documents"], o["a_exact"], o["a_near"]) == (2010, 2000, 0)
+    assert (o["b_documents"], o["b_exact"], o["b_near"]) == (1510, 1, 1500)
+
+
+def test_memorization_with_many_copies_counts_them_all(ledger, data_dir, write_jsonl):
+    x = words(5, 60)
+    write_jsonl(data_dir / "t.jsonl", [{"id": f"c{i}", "text": x} for i in range(500)]
+                + [{"id": "near", "text": x.replace("w5x59", "changed")}]
+                + [{"id": f"u{i}", "text": words(300 + i)} for i in range(20)])
+    ledger.register_dataset("t", data_dir / "t.jsonl", id_field="id")
+    with ledger.start_run(datasets={"t": 2}, message="two epochs") as run:
+        v = run.commit({"w": torch.zeros(2)})
+    report = audit_memorization(ledger, v.version_id, [x, words(999)], span=0)
+    matches = report["samples"][0]["matches"]
+    assert len(matches) == 501 and report["samples"][1]["matches"] == []
+    by_key = {m["key"]: m for m in matches}
+    assert by_key["c0"]["jaccard"] == 1.0 and 0.8 <= by_key["near"]["jaccard"] < 1.0
+    assert by_key["c7"]["near_copies"] == 500 and by_key["c7"]["exposure"] == 501 * 2.0
+    assert by_key["near"]["near_copies"] == 500 and by_key["near"]["exposure"] == 501 * 2.0
