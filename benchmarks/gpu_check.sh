@@ -26,5 +26,5 @@ unset TRITON_INTERPRET
 "$PY" -m pytest -q -p no:cacheprovider --noconftest -k "Gpu or gpu or GPU or cuda" \
     tests/test_merge_kernels.py tests/test_patch_kernels.py tests/test_minhash_gpu.py tests/test_merge_patches.py 2>&1 | tail -15 || true
 # ledger.merge(device="cuda") and its receipt re-run on the GPU (needs the whole stack: duckdb etc.)
-"$PY" -m pytest -q -p no:cacheprovider tests/test_merges.py -k device 2>&1 | tail -5 || true
+"$PY" -m pytest -q -p no:cacheprovider tests/test_merges.py -k "device or cuda" 2>&1 | tail -5 || true
 "$PY" benchmarks/kernels.py --device cuda --elements $((1 << 26)) --json "$OUT/kernels-gpu.json" | tail -25

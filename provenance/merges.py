@@ -124,8 +124,9 @@ def merge(
 
     ``device``: where the kernels run (default the CPU). With a CUDA device each group's inputs
     and Fishers are moved there and merged by the Triton kernels (the dispatcher picks them for
-    CUDA tensors), the result is brought back to be stored; the patch-direct paths (sparse and
-    low-rank inputs of one parent) run on the CPU only, so a CUDA merge materialises the inputs.
+    CUDA tensors), the result is brought back to be stored; inputs that are sparse or low-rank
+    patches of one parent are merged there by the fused kernel of
+    :func:`provenance.kernels.merge_patches.merge_patches`, which makes them in registers.
 
     ``fisher`` gives, per input (a sequence in input order, or a mapping from version ref), the
     diagonal Fisher per parameter name; when omitted the Fisher stored with each version is used.
@@ -158,13 +159,10 @@ def merge(
         params, receipt_params, kernel = [], {}, None
         with BackgroundWriter() as writer:
             for name in names:
-                direct = _patch_direct(history, store, ids, name, method, base_id) if device.type == "cpu" else None
-                if direct is not None and all(p[0] == "sparse" for p in direct[1]):
-                    # sparse patches of one parent: merge only where they changed it
-                    merged, fisher_objects, first = _merge_sparse(direct, method, name, fishers, lam, eps, norms)
-                    input_addresses = None
-                elif direct is not None:  # low-rank patches too: each input made row block by row block
-                    merged, fisher_objects, first = _merge_patched(direct, method, name, fishers, lam, eps, norms)
+                direct = _patch_direct(history, store, ids, name, method, base_id)
+                if direct is not None:  # patches of one parent: never materialise the inputs
+                    merged, fisher_objects, first = _merge_direct(direct, method, name, fishers, lam, eps, norms,
+                                                                  device)
                     input_addresses = None
                 else:
                     thetas = [_materialize(history, store, vid, name)[0] for vid in ids]
@@ -172,7 +170,7 @@ def merge(
                         method, name, thetas, fishers, lam, eps, norms, density, history, store, base_id, device
                     )
                     first, input_addresses = thetas[0], [address_of(t) for t in thetas]
-                kernel = kernel or pick(torch.empty(0, device=device) if input_addresses is not None else merged)
+                kernel = kernel or pick(torch.empty(0, device=device))
                 patch = encode(first, merged)
                 objects = {role: store.put(t, writer).address for role, t in patch.tensors.items()}
                 params.append(ParamRecord(name=name, dtype=str(merged.dtype).removeprefix("torch."),
@@ -205,7 +203,7 @@ def merge(
 def _merge_group(method, name, thetas, fishers, lam, eps, norms, density, history, store, base_id,
                  device: torch.device | None = None):
     """One parameter group merged (on ``device``, returned on the CPU), and the Fisher objects it read."""
-    on = (lambda t: t) if device is None or device.type == "cpu" else (lambda t: t.to(device))
+    on = _mover(device)
     thetas = [on(t) for t in thetas]
     if method == "average":
         return kernels.weighted_average(thetas, lam).cpu(), None
@@ -248,7 +246,18 @@ def _patch_direct(history, store, ids, name, method, base_id):
     return theta0, patches
 
 
-def _merge_sparse(direct, method, name, fishers, lam, eps, norms):
+def _merge_direct(direct, method, name, fishers, lam, eps, norms, device: torch.device):
+    """A group whose inputs are all patches on one parent, merged without materialising them:
+    on the union of the changed positions when every patch is sparse, else by
+    :func:`provenance.kernels.merge_patches.merge_patches`, on ``device``. Returns the merged
+    value, the Fisher objects read, and the first input (on the CPU; the new patch is encoded
+    against it)."""
+    if all(p[0] == "sparse" for p in direct[1]):
+        return _merge_sparse(direct, method, name, fishers, lam, eps, norms, device)
+    return _merge_patched(direct, method, name, fishers, lam, eps, norms, device)
+
+
+def _merge_sparse(direct, method, name, fishers, lam, eps, norms, device=None):
     """The elementwise merge on the union of the inputs' changed positions, the parent elsewhere
     (bit for bit what merging the whole tensors gives: every input equals the parent there, and a
     merge of equal values returns that value exactly). Also returns the first input's value."""
@@ -261,42 +270,54 @@ def _merge_sparse(direct, method, name, fishers, lam, eps, norms):
         t[torch.searchsorted(union, idx)] = values
         thetas_u.append(t)
     fisher_objects = None
+    on = _mover(device)
+    thetas_u = [on(t) for t in thetas_u]
     if method == "average":
         merged_u = kernels.weighted_average(thetas_u, lam)
     elif method == "task_arithmetic":
-        merged_u = kernels.task_arithmetic(flat0[union].clone(), thetas_u, lam)
+        merged_u = kernels.task_arithmetic(on(flat0[union].clone()), thetas_u, lam)
     else:
         fs, fisher_objects = [], []
         for source in fishers:
             f, address = source(name)
-            fs.append(f.reshape(-1)[union].contiguous())
+            fs.append(on(f.reshape(-1)[union].contiguous()))
             fisher_objects.append(address)
         merged_u = kernels.fisher_merge(thetas_u, fs, lam, eps=eps, norms=norms)
     merged = flat0.clone()
-    merged[union] = merged_u
+    merged[union] = merged_u.cpu()
     first = flat0.clone()
     first[patches[0][1]] = patches[0][2]
     return merged.reshape(theta0.shape), fisher_objects, first.reshape(theta0.shape)
 
 
-def _merge_patched(direct, method, name, fishers, lam, eps, norms):
+def _merge_patched(direct, method, name, fishers, lam, eps, norms, device=None):
     """The elementwise merge of a group whose inputs are low-rank or sparse patches on one parent,
-    by :func:`provenance.kernels.merge_patches.merge_patches`: each input's rows made from the
-    parent's rows and its patch, block by block, never the whole input; bit for bit the merge of
-    the materialised inputs. Also returns the first input (the new patch is encoded against it)
-    and the Fisher objects read."""
+    by :func:`provenance.kernels.merge_patches.merge_patches`. On the CPU each input's rows are
+    made from the parent's rows and its patch, block by block (bit for bit the merge of the
+    materialised inputs); on a CUDA device the fused Triton kernel makes them in registers from
+    the factors (``exact=False``: ``B @ A`` is never made; within float32 rounding of the CPU
+    result, and bit for bit the same on a re-run there). Also returns the first input (the new
+    patch is encoded against it) and the Fisher objects read."""
     theta0, patches = direct
+    on = _mover(device)
     fs, fisher_objects = None, None
     if method == "fisher":
         fs, fisher_objects = [], []
         for source in fishers:
             f, address = source(name)
-            fs.append(f.reshape(theta0.shape))
+            fs.append(on(f.reshape(theta0.shape)))
             fisher_objects.append(address)
     given = [None if p[0] == "sparse" and not p[1].numel() else p for p in patches]
-    merged = merge_patches(theta0, given, lam, method=method, fishers=fs, eps=eps, norms=norms)
+    moved = [None if p is None else tuple(on(t) if isinstance(t, torch.Tensor) else t for t in p) for p in given]
+    merged = merge_patches(on(theta0), moved, lam, method=method, fishers=fs, eps=eps, norms=norms,
+                           exact=device is None or device.type == "cpu").cpu()
     first = theta0.clone() if given[0] is None else apply_chain(theta0, [given[0]])
     return merged, fisher_objects, first
+
+
+def _mover(device: torch.device | None):
+    """A function that puts a tensor on ``device`` (the identity for the CPU)."""
+    return (lambda t: t) if device is None or device.type == "cpu" else (lambda t: t.to(device))
 
 
 def _weights(weights: Sequence[float] | None, n: int) -> list[float]:
@@ -400,11 +421,19 @@ def receipt_check(ledger: Ledger, version: str | VersionRecord) -> dict[str, boo
     norms = _norms(fishers, names) if method == "fisher" and receipt["normalize"] else None
     out = {}
     for name in names:
-        thetas = [_materialize(history, store, vid, name)[0] for vid in ids]
         recorded_inputs = recorded[name]["inputs"]  # None: merged directly from the inputs' patches
-        same_inputs = recorded_inputs is None or [address_of(t) for t in thetas] == recorded_inputs
-        merged, fisher_objects = _merge_group(method, name, thetas, fishers, lam, receipt["eps"], norms,
-                                              receipt["density"], history, store, receipt["base_version"], device)
+        direct = _patch_direct(history, store, ids, name, method, receipt["base_version"]) \
+            if recorded_inputs is None and device is not None else None
+        if direct is not None:  # on CUDA the direct path is the fused kernel's own rounding: re-run it
+            merged, fisher_objects, _ = _merge_direct(direct, method, name, fishers, lam, receipt["eps"], norms,
+                                                      device)
+            same_inputs = True
+        else:  # on the CPU the direct paths are bit for bit the merge of the whole inputs: check that
+            thetas = [_materialize(history, store, vid, name)[0] for vid in ids]
+            same_inputs = recorded_inputs is None or [address_of(t) for t in thetas] == recorded_inputs
+            merged, fisher_objects = _merge_group(method, name, thetas, fishers, lam, receipt["eps"], norms,
+                                                  receipt["density"], history, store, receipt["base_version"],
+                                                  device)
         same_fishers = fisher_objects == recorded[name]["fishers"]
         out[name] = same_inputs and same_fishers and address_of(merged) == recorded[name]["merged"]
     return out

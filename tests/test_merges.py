@@ -243,3 +243,22 @@ def test_merge_on_an_explicit_device(two):
     cpu = ledger.checkout(ledger.merge([a, b], method="fisher", message="cpu twin"))
     for name, t in ledger.checkout(on_gpu).items():
         torch.testing.assert_close(t, cpu[name], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_lora_children_merged_on_cuda_by_the_fused_kernel(ledger):
+    from provenance.kernels.patch import apply_low_rank
+
+    g = torch.Generator().manual_seed(4)
+    base_state = {"w": torch.randn(2048, 512, generator=g)}
+    base = ledger.commit(base_state, message="base")
+    children = []
+    for i in range(3):
+        b, a = torch.randn(2048, 4, generator=g), torch.randn(4, 512, generator=g)
+        target = {"w": apply_low_rank(base_state["w"], b, a, 0.5)}
+        children.append(ledger.commit(target, parent=base, low_rank={"w": (b, a, 0.5)}, message=f"lora {i}"))
+    on_gpu = ledger.merge(children, method="average", message="gpu", device="cuda")
+    assert json.loads(ledger.receipt(on_gpu)["params_json"])["w"]["inputs"] is None
+    assert receipt_check(ledger, on_gpu) == {"w": True}
+    on_cpu = ledger.merge(children, method="average", message="cpu")
+    torch.testing.assert_close(ledger.checkout(on_gpu)["w"], ledger.checkout(on_cpu)["w"], rtol=1e-5, atol=1e-5)
