@@ -334,7 +334,7 @@ def taint_report(ledger: Ledger, *, dataset: str | None = None, shard: str | Non
         raise InvalidParameterError("the text to look for is empty")
     matches = find_similar(ledger, text=text, dataset=dataset, key=key, near=near)
     with ledger.session():
-        runs = ledger.runs_using("", doc_ids=[m["doc_id"] for m in matches]).to_pylist() if matches else []
+        runs = ledger.runs_seeing([m["doc_id"] for m in matches]).to_pylist() if matches else []
         graph = {r["version_id"]: r for r in ledger.version_graph().to_pylist()}
     target = f"text ({len(text)} characters)" if text is not None else f"{dataset} {key}"
     return {"target": target, "near": near, "matches": matches, "versions": tainted_versions(graph, runs)}

@@ -198,7 +198,7 @@ def taint(ledger: Ledger, *, dataset: str | None = None, shard: str | int | None
                 raise InvalidParameterError("a document key needs its dataset (--dataset)")
             doc_ids = [ledger.document(dataset, key).doc_id]
         if doc_ids is not None:
-            runs = ledger.runs_using("", doc_ids=list(doc_ids)).to_pylist()
+            runs = ledger.runs_seeing(list(doc_ids)).to_pylist()
         else:
             if dataset is None:
                 raise InvalidParameterError("give a dataset, a shard of one, a document key or a text")

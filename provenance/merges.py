@@ -208,11 +208,7 @@ def _merge_group(method, name, thetas, fishers, lam, eps, norms, density, histor
     if method == "average":
         return kernels.weighted_average(thetas, lam).cpu(), None
     if method == "fisher":
-        fs, addresses = [], []
-        for source in fishers:
-            f, address = source(name)
-            fs.append(on(f))
-            addresses.append(address)
+        fs, addresses = _group_fishers(fishers, name, on)
         return kernels.fisher_merge(thetas, fs, lam, eps=eps, norms=norms).cpu(), addresses
     theta0 = on(_materialize(history, store, base_id, name)[0])
     if method == "task_arithmetic":
@@ -277,11 +273,7 @@ def _merge_sparse(direct, method, name, fishers, lam, eps, norms, device=None):
     elif method == "task_arithmetic":
         merged_u = kernels.task_arithmetic(on(flat0[union].clone()), thetas_u, lam)
     else:
-        fs, fisher_objects = [], []
-        for source in fishers:
-            f, address = source(name)
-            fs.append(on(f.reshape(-1)[union].contiguous()))
-            fisher_objects.append(address)
+        fs, fisher_objects = _group_fishers(fishers, name, lambda f: on(f.reshape(-1)[union].contiguous()))
         merged_u = kernels.fisher_merge(thetas_u, fs, lam, eps=eps, norms=norms)
     merged = flat0.clone()
     merged[union] = merged_u.cpu()
@@ -302,17 +294,24 @@ def _merge_patched(direct, method, name, fishers, lam, eps, norms, device=None):
     on = _mover(device)
     fs, fisher_objects = None, None
     if method == "fisher":
-        fs, fisher_objects = [], []
-        for source in fishers:
-            f, address = source(name)
-            fs.append(on(f.reshape(theta0.shape)))
-            fisher_objects.append(address)
+        fs, fisher_objects = _group_fishers(fishers, name, lambda f: on(f.reshape(theta0.shape)))
     given = [None if p[0] == "sparse" and not p[1].numel() else p for p in patches]
     moved = [None if p is None else tuple(on(t) if isinstance(t, torch.Tensor) else t for t in p) for p in given]
     merged = merge_patches(on(theta0), moved, lam, method=method, fishers=fs, eps=eps, norms=norms,
                            exact=device is None or device.type == "cpu").cpu()
     first = theta0.clone() if given[0] is None else apply_chain(theta0, [given[0]])
     return merged, fisher_objects, first
+
+
+def _group_fishers(fishers, name: str, prepare) -> tuple[list[torch.Tensor], list]:
+    """Each input's Fisher of group ``name`` passed through ``prepare`` (a slice, a reshape, a move
+    to the merge's device), and the object addresses they were read from."""
+    fs, addresses = [], []
+    for source in fishers:
+        f, address = source(name)
+        fs.append(prepare(f))
+        addresses.append(address)
+    return fs, addresses
 
 
 def _mover(device: torch.device | None):

@@ -92,19 +92,23 @@ class LineageQueries:
                 params=[dataset_ids],
             ).to_arrow_table()
 
-    def runs_using(self, dataset_id: str, shard_index: int | None = None, doc_ids: list[int] | None = None) -> pa.Table:
-        """The runs that trained on a dataset, one of its shards, or any of the documents
-        ``doc_ids`` (their shards, or their logged examples where the run logged that dataset),
+    def runs_using(self, dataset_id: str, shard_index: int | None = None) -> pa.Table:
+        """The runs that trained on a dataset, or one of its shards, with the version each
+        produced: ``run_id, version_id, examples``."""
+        with self._cursor() as con:
+            return con.sql(
+                """SELECT rs.run_id, r.version_id, sum(rs.examples)::BIGINT AS examples
+                   FROM run_shards rs JOIN runs r USING (run_id)
+                   WHERE rs.dataset_id = $1 AND ($2 IS NULL OR rs.shard_index = $2)
+                   GROUP BY ALL ORDER BY rs.run_id""",
+                params=[dataset_id, shard_index],
+            ).to_arrow_table()
+
+    def runs_seeing(self, doc_ids: list[int]) -> pa.Table:
+        """The runs that saw any of the documents ``doc_ids``: their logged examples where the run
+        logged the document's dataset, else the epochs it declared for the document's shard;
         with the version each produced: ``run_id, version_id, examples``."""
         with self._cursor() as con:
-            if doc_ids is None:
-                return con.sql(
-                    """SELECT rs.run_id, r.version_id, sum(rs.examples)::BIGINT AS examples
-                       FROM run_shards rs JOIN runs r USING (run_id)
-                       WHERE rs.dataset_id = $1 AND ($2 IS NULL OR rs.shard_index = $2)
-                       GROUP BY ALL ORDER BY rs.run_id""",
-                    params=[dataset_id, shard_index],
-                ).to_arrow_table()
             return con.sql(
                 """WITH docs AS (SELECT doc_id, dataset_id, shard_index FROM documents WHERE list_contains($1, doc_id)),
                    logged AS (
@@ -116,7 +120,7 @@ class LineageQueries:
                    SELECT u.run_id, r.version_id, sum(u.examples)::BIGINT AS examples
                    FROM (SELECT * FROM logged UNION ALL SELECT * FROM declared) u JOIN runs r USING (run_id)
                    GROUP BY ALL ORDER BY u.run_id""",
-                params=[doc_ids],
+                params=[[int(d) for d in doc_ids]],
             ).to_arrow_table()
 
     def similar_documents(self, config_id: str, exact_hash: int, signature: Any, min_matches: int | None,
