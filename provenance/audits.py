@@ -185,21 +185,19 @@ def audit_dedup(
 def _dedup_report(tx, audit_id: str, n_docs: int, k: int) -> dict[str, Any]:
     """Summary, clusters, near-copy counts and the similarity histogram, by queries."""
     q = tx.audit_query
-    clusters = q("""SELECT cluster, count(DISTINCT doc) AS size FROM (
-                        SELECT cluster, doc_a AS doc FROM audit_pairs WHERE audit_id = $1
-                        UNION ALL SELECT cluster, doc_b FROM audit_pairs WHERE audit_id = $1)
-                    GROUP BY cluster ORDER BY size DESC, cluster""", [audit_id])
-    sizes = clusters.column("size").to_pylist()
+    tx.audit_execute("""CREATE OR REPLACE TEMP TABLE aud_clusters AS
+         SELECT cluster, count(DISTINCT doc) AS size FROM (
+             SELECT cluster, doc_a AS doc FROM audit_pairs WHERE audit_id = $1
+             UNION ALL SELECT cluster, doc_b FROM audit_pairs WHERE audit_id = $1)
+         GROUP BY cluster""", [audit_id])
+    size_counts = q("SELECT size, count(*) AS n FROM aud_clusters GROUP BY size ORDER BY size").to_pylist()
+    n_clusters = sum(r["n"] for r in size_counts)
+    in_clusters = sum(r["size"] * r["n"] for r in size_counts)
     n_pairs = int(q("SELECT count(*) AS n FROM audit_pairs WHERE audit_id = $1", [audit_id]).column("n")[0].as_py())
-    in_clusters = sum(sizes)
     exact_pairs = int(q("""SELECT count(*) AS n FROM audit_pairs p JOIN documents a ON a.doc_id = p.doc_a
                            JOIN documents b ON b.doc_id = p.doc_b
                            WHERE p.audit_id = $1 AND a.exact_hash = b.exact_hash""", [audit_id]).column("n")[0].as_py())
-    largest = q("""WITH top AS (SELECT cluster, size FROM (
-                        SELECT cluster, count(DISTINCT doc) AS size FROM (
-                            SELECT cluster, doc_a AS doc FROM audit_pairs WHERE audit_id = $1
-                            UNION ALL SELECT cluster, doc_b FROM audit_pairs WHERE audit_id = $1) GROUP BY cluster)
-                        ORDER BY size DESC, cluster LIMIT 10),
+    largest = q("""WITH top AS (SELECT cluster, size FROM aud_clusters ORDER BY size DESC, cluster LIMIT 10),
                    members AS (SELECT DISTINCT t.cluster, t.size, d.key, d.dataset_id, d.doc_id
                         FROM top t JOIN audit_pairs p ON p.audit_id = $1 AND p.cluster = t.cluster
                         JOIN documents d ON d.doc_id IN (p.doc_a, p.doc_b))
@@ -221,15 +219,13 @@ def _dedup_report(tx, audit_id: str, n_docs: int, k: int) -> dict[str, Any]:
                 WHERE c.near_copies > 0 ORDER BY c.near_copies DESC, d.key""", [audit_id])
     hist = q("""SELECT floor(jaccard * 20) / 20 AS lo, count(*) AS n FROM audit_pairs WHERE audit_id = $1
                 GROUP BY lo ORDER BY lo""", [audit_id]).to_pylist()
-    size_counts = defaultdict(int)
-    for s in sizes:
-        size_counts[s] += 1
-    redundant = in_clusters - len(sizes)
+    redundant = in_clusters - n_clusters
     return {
         "summary": {"documents": n_docs, "pairs": n_pairs, "exact_duplicate_pairs": exact_pairs,
-                    "clusters": len(sizes), "documents_in_clusters": in_clusters, "redundant_documents": redundant,
-                    "duplicate_rate": redundant / n_docs if n_docs else 0.0, "largest_cluster": sizes[0] if sizes else 0},
-        "cluster_sizes": [[s, size_counts[s]] for s in sorted(size_counts)],
+                    "clusters": n_clusters, "documents_in_clusters": in_clusters, "redundant_documents": redundant,
+                    "duplicate_rate": redundant / n_docs if n_docs else 0.0,
+                    "largest_cluster": size_counts[-1]["size"] if size_counts else 0},
+        "cluster_sizes": [[r["size"], r["n"]] for r in size_counts],
         "largest_clusters": largest,
         "near_copies": near.to_pylist(),
         "similarity_histogram": [[min(r["lo"], 1.0), min(r["lo"] + 0.05, 1.0), r["n"]] for r in hist],
@@ -263,7 +259,7 @@ def _verify(ledger: Ledger, tx, audit_id: str, cfg: FingerprintConfig, threshold
                       "exact": pa.array([r[2] for r in exact_rows], pa.float64())})
     tx.set_exact(audit_id, table)
     rejected = sum(1 for r in exact_rows if r[2] < threshold)
-    tx.audit_query("DELETE FROM audit_pairs WHERE audit_id = $1 AND exact < $2 RETURNING 1", [audit_id, threshold])
+    tx.audit_execute("DELETE FROM audit_pairs WHERE audit_id = $1 AND exact < $2", [audit_id, threshold])
     return {"margin": margin, "near_threshold": len(near), "checked": len(exact_rows), "rejected": rejected,
             "not_checked": skipped, "unreadable": unreadable}
 

@@ -180,7 +180,7 @@ def audit_memorization(
         tx.insert_audit({"audit_id": audit_id, "kind": "memorization", "target": vid,
                          "params": {"threshold": threshold, "span": span, "samples": len(texts)},
                          "passed": None, "report": report, "created_at": created})
-        tx.audit_query("DELETE FROM audit_pairs WHERE audit_id = $1 AND doc_a < 0 RETURNING 1", [audit_id])
+        tx.audit_execute("DELETE FROM audit_pairs WHERE audit_id = $1 AND doc_a < 0", [audit_id])
         _advance(progress)
     return report
 

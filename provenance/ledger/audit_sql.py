@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 _MATCHES = "len(list_filter(list_zip(x.signature, y.signature), lambda p: p[1] = p[2]))"
 
@@ -164,12 +165,17 @@ class AuditWrites:
         """A read inside the transaction (the audit's temporary tables and uncommitted pairs)."""
         return self._con.sql(sql, params=params or []).to_arrow_table()
 
+    def audit_execute(self, sql: str, params: list[Any] | None = None) -> None:
+        """A statement inside the transaction that returns nothing (a temporary table, a delete)."""
+        self._con.execute(sql, params or [])
+
     def copy_pairs(self, audit_id: str, path: str) -> None:
-        """The audit's pairs with their keys, as a Parquet file at ``path``."""
-        self._con.execute(
-            f"""COPY ({PAIRS_SQL.replace("$1", "'" + audit_id.replace("'", "") + "'")})
-                TO '{path.replace("'", "''")}' (FORMAT parquet)"""
-        )
+        """The audit's pairs with their keys, as a Parquet file at ``path``, written batch by
+        batch as the query streams them."""
+        reader = self._con.sql(PAIRS_SQL, params=[audit_id]).to_arrow_reader()
+        with pq.ParquetWriter(path, reader.schema) as writer:
+            for batch in reader:
+                writer.write_batch(batch)
 
     def insert_audit(self, row: dict[str, Any]) -> None:
         self._con.execute(
@@ -181,6 +187,7 @@ class AuditWrites:
     def drop_audit_tables(self) -> None:
         self._con.execute("DROP TABLE IF EXISTS aud_docs")
         self._con.execute("DROP TABLE IF EXISTS aud_groups")
+        self._con.execute("DROP TABLE IF EXISTS aud_clusters")
 
 
 # The pairs of an audit with both documents' keys and datasets, best first.
