@@ -26,7 +26,7 @@ import os
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -306,6 +306,21 @@ def _stage(progress: Any, description: str, total: int) -> None:
 def _advance(progress: Any) -> None:
     if progress is not None:
         progress.advance(1)
+
+
+def iter_texts(ledger: Ledger, rows: Sequence[dict[str, Any]], unreadable: list[str]) -> Iterator[tuple[dict, str]]:
+    """``(row, text)`` for the documents ``rows`` (``dataset_id, shard_index, row_index``, and
+    whatever else the caller keeps in them), read one shard at a time so that memory holds one
+    shard's texts; shards that cannot be read are added to ``unreadable`` with the reason."""
+    by_shard: dict[tuple[str, int], dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        by_shard[(r["dataset_id"], r["shard_index"])][r["row_index"]].append(r)
+    for (dataset_id, shard_index), wanted in sorted(by_shard.items()):
+        texts, bad = read_texts(ledger, {(dataset_id, shard_index): set(wanted)})
+        unreadable += bad
+        for (_, _, row), text in texts.items():
+            for r in wanted[row]:
+                yield r, text
 
 
 # ---- taint by text ----------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from provenance.audits import _advance, _stage, banding_for, check_same_config, check_threshold, read_texts
+from provenance.audits import _advance, _stage, banding_for, check_same_config, check_threshold, iter_texts
 from provenance.errors import InvalidParameterError
 from provenance.ledger import Ledger
 from provenance.lineage import ancestry
@@ -212,27 +212,21 @@ def _span_check(ledger: Ledger, tx, labels: list[str], n: int) -> dict[str, Any]
         """SELECT doc_id, dataset_id, shard_index, row_index, key, list_contains(sides, 'e') AS is_eval,
                   list_has_any(sides, $1::VARCHAR[]) AS is_train FROM aud_docs""", [labels]).to_pylist()
     eval_rows = [r for r in locs if r["is_eval"]]
-    train_rows = [r for r in locs if r["is_train"]]
-    wanted: dict[tuple[str, int], set[int]] = defaultdict(set)
-    for r in eval_rows + train_rows:
-        wanted[(r["dataset_id"], r["shard_index"])].add(r["row_index"])
-    texts, unreadable = read_texts(ledger, wanted)
+    unreadable: list[str] = []
     hashes, owners = [], []
-    for i, r in enumerate(eval_rows):
-        text = texts.get((r["dataset_id"], r["shard_index"], r["row_index"]))
-        if text is not None:
-            h = np.unique(ngram_hashes(text, n))
-            hashes.append(h)
-            owners.append(np.full(len(h), i, np.int64))
+    for i, (r, text) in enumerate(iter_texts(ledger, eval_rows, unreadable)):
+        h = np.unique(ngram_hashes(text, n))
+        hashes.append(h)
+        owners.append(np.full(len(h), i, np.int64))
+        r["index"] = i
+    keys = {r["index"]: f"{r['dataset_id']}:{r['key']}" for r in eval_rows if "index" in r}
     eval_hashes = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
     eval_owner = np.concatenate(owners) if owners else np.zeros(0, np.int64)
     order = np.argsort(eval_hashes, kind="stable")
     eval_hashes, eval_owner = eval_hashes[order], eval_owner[order]
     hit_eval, hit_train, read = set(), [], 0
-    for r in train_rows:
-        text = texts.get((r["dataset_id"], r["shard_index"], r["row_index"]))
-        if text is None or not len(eval_hashes):
-            continue
+    train_rows = [r for r in locs if r["is_train"]] if len(eval_hashes) else []
+    for r, text in iter_texts(ledger, train_rows, unreadable):  # streamed: one shard's texts at a time
         read += 1
         h = np.unique(ngram_hashes(text, n))
         pos = np.searchsorted(eval_hashes, h)
@@ -247,7 +241,7 @@ def _span_check(ledger: Ledger, tx, labels: list[str], n: int) -> dict[str, Any]
                     lo += 1
     return {"n": n, "training_documents_read": read, "eval_documents_read": len(hashes),
             "training_documents_with_span": len(hit_train), "training_keys": hit_train[:200],
-            "eval_keys": sorted(f"{eval_rows[i]['dataset_id']}:{eval_rows[i]['key']}" for i in hit_eval),
+            "eval_keys": sorted(keys[i] for i in hit_eval),
             "unreadable": unreadable}
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from provenance.audits import _advance, _stage, banding_for, check_threshold, read_texts, resolve_scope
+from provenance.audits import _advance, _stage, banding_for, check_threshold, iter_texts, resolve_scope
 from provenance.errors import InvalidParameterError, SourceError
 from provenance.ledger import Ledger
 from provenance.lineage import ancestry
@@ -194,26 +194,17 @@ def _spans(ledger: Ledger, tx, texts: list[str], n: int) -> tuple[dict[tuple[int
     if not len(all_windows):
         return {}, []
     locs = tx.audit_query("SELECT doc_id, dataset_id, shard_index, row_index FROM aud_docs WHERE doc_id >= 0").to_pylist()
-    by_shard: dict[tuple[str, int], dict[int, int]] = defaultdict(dict)
-    for r in locs:
-        by_shard[(r["dataset_id"], r["shard_index"])][r["row_index"]] = r["doc_id"]
     out: dict[tuple[int, int], int] = {}
     unreadable: list[str] = []
-    for (dataset_id, shard_index), rows in sorted(by_shard.items()):
-        shard_texts, bad = read_texts(ledger, {(dataset_id, shard_index): None})
-        unreadable += bad
-        for (_, _, row), text in shard_texts.items():
-            doc = rows.get(row)
-            if doc is None:
-                continue
-            h = ngram_hashes(text, n)
-            if not len(h) or not np.isin(h, all_windows).any():
-                continue
-            doc_windows = np.unique(h)
-            for i, w in enumerate(windows):
-                hit = np.isin(w, doc_windows)
-                if hit.any():
-                    out[(i, doc)] = _longest_run(hit) + n - 1
+    for r, text in iter_texts(ledger, locs, unreadable):
+        h = ngram_hashes(text, n)
+        if not len(h) or not np.isin(h, all_windows).any():
+            continue
+        doc_windows = np.unique(h)
+        for i, w in enumerate(windows):
+            hit = np.isin(w, doc_windows)
+            if hit.any():
+                out[(i, r["doc_id"])] = _longest_run(hit) + n - 1
     return out, unreadable
 
 
