@@ -42,6 +42,17 @@ def copy_gbs(nbytes: int, device: str) -> float:
     return nbytes / bench(lambda: dst.copy_(src), device) / 1e9
 
 
+def row(kernel: str, n: int, nbytes: int, ours: float, into: float, naive: float, ceiling: float) -> dict:
+    """One table row: times in ms, GB/s of ``nbytes`` (fresh output and into an existing one),
+    their ratios to the copy ceiling, and the speed-up over the naive expression."""
+    gbs, gbs_into = nbytes / ours / 1e9, nbytes / into / 1e9
+    r = {"kernel": kernel, "n": n, "ms": round(ours * 1e3, 2), "gb_s": round(gbs, 2),
+         "vs_copy": round(gbs / ceiling, 2), "out_ms": round(into * 1e3, 2), "out_vs_copy": round(gbs_into / ceiling, 2),
+         "naive_ms": round(naive * 1e3, 2), "vs_naive": round(naive / ours, 2)}
+    print(r, flush=True)
+    return r
+
+
 def naive_merge(method: str, base, thetas, fishers, lam, eps=1e-6, density=0.2):
     """What a user writes: whole-tensor expressions with temporaries."""
     if method == "average":
@@ -96,12 +107,7 @@ def merge_rows(base, thetas, fishers, device: str, ceiling: float) -> list[dict]
         ours = bench(fn, device, repeats=repeats)
         into = bench(lambda f=fn: f(out), device, repeats=repeats)
         naive = bench(lambda m=method: naive_merge(m, base, thetas, fishers, lam), device, repeats=repeats)
-        gbs, gbs_into = nbytes / ours / 1e9, nbytes / into / 1e9
-        rows.append({"kernel": f"merge {method}", "n": count, "ms": round(ours * 1e3, 2), "gb_s": round(gbs, 2),
-                     "vs_copy": round(gbs / ceiling, 2), "out_ms": round(into * 1e3, 2),
-                     "out_vs_copy": round(gbs_into / ceiling, 2), "naive_ms": round(naive * 1e3, 2),
-                     "vs_naive": round(naive / ours, 2)})
-        print(rows[-1], flush=True)
+        rows.append(row(f"merge {method}", count, nbytes, ours, into, naive, ceiling))
     return rows
 
 
@@ -143,12 +149,7 @@ def patches(n: int, device: str, ceiling: float) -> list[dict]:
     for name, (fn, nbytes, naive_fn) in cases.items():
         ours, naive = bench(fn, device), bench(naive_fn, device)
         into = bench(lambda c=into_cases[name]: p.apply_chain(base, c, out=dst), device)
-        gbs, gbs_into = nbytes / ours / 1e9, nbytes / into / 1e9
-        out.append({"kernel": f"patch {name}", "n": 1, "ms": round(ours * 1e3, 2), "gb_s": round(gbs, 2),
-                    "vs_copy": round(gbs / ceiling, 2), "out_ms": round(into * 1e3, 2),
-                    "out_vs_copy": round(gbs_into / ceiling, 2), "naive_ms": round(naive * 1e3, 2),
-                    "vs_naive": round(naive / ours, 2)})
-        print(out[-1], flush=True)
+        out.append(row(f"patch {name}", 1, nbytes, ours, into, naive, ceiling))
     return out
 
 
@@ -179,12 +180,7 @@ def patched(n: int, device: str, ceiling: float) -> list[dict]:
     ours = bench(lambda: merge_patches(base, patches, lam), device)
     into = bench(lambda: merge_patches(base, patches, lam, out=out), device)
     slow = bench(naive, device)
-    row = {"kernel": "merge patches directly (sparse, low rank, dense, none)", "n": 4, "ms": round(ours * 1e3, 2),
-           "gb_s": round(nbytes / ours / 1e9, 2), "vs_copy": round(nbytes / ours / 1e9 / ceiling, 2),
-           "out_ms": round(into * 1e3, 2), "out_vs_copy": round(nbytes / into / 1e9 / ceiling, 2),
-           "naive_ms": round(slow * 1e3, 2), "vs_naive": round(slow / ours, 2)}
-    print(row, flush=True)
-    return [row]
+    return [row("merge patches directly (sparse, low rank, dense, none)", 4, nbytes, ours, into, slow, ceiling)]
 
 
 def main() -> None:
