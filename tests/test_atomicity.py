@@ -22,9 +22,10 @@ from provenance.errors import LedgerLockedError
 from provenance.ledger import Ledger
 from provenance.synthetic import iter_jsonl_lines
 
-REGISTER_CHILD = """
+# A progress reporter for the children: prints each step, then sleeps for the seconds given as
+# the child's last argument, so that the test can kill it between two steps.
+PROGRESS = """
 import sys, time
-from provenance.ledger import Ledger
 
 class Progress:
     def start(self, description, total):
@@ -32,7 +33,11 @@ class Progress:
 
     def advance(self, amount):
         print("advance", amount, flush=True)
-        time.sleep(float(sys.argv[4]))
+        time.sleep(float(sys.argv[-1]))
+"""
+
+REGISTER_CHILD = PROGRESS + """
+from provenance.ledger import Ledger
 
 result = Ledger.open(sys.argv[1]).register_dataset(sys.argv[2], sys.argv[3], progress=Progress())
 print("done", result.message, flush=True)
@@ -263,18 +268,9 @@ def test_the_holder_can_be_killed(children, ledger):
     assert os.path.exists(ledger.db_path)
 
 
-AUDIT_CHILD = """
-import sys, time
+AUDIT_CHILD = PROGRESS + """
 from provenance.audits import audit_dedup
 from provenance.ledger import Ledger
-
-class Progress:
-    def start(self, description, total):
-        print("start", description, flush=True)
-
-    def advance(self, amount):
-        print("advance", amount, flush=True)
-        time.sleep(float(sys.argv[3]))
 
 report = audit_dedup(Ledger.open(sys.argv[1]), [sys.argv[2]], threshold=0.8, progress=Progress())
 print("done", report["audit_id"], flush=True)

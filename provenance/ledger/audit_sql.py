@@ -43,9 +43,9 @@ class AuditWrites:
         return int(con.execute("SELECT count(*) FROM aud_docs").fetchall()[0][0])
 
     def near_pairs(self, audit_id: str, bands: int, rows: int, min_matches: int, *, stored: bool,
-                   collapse: bool = False) -> int:
+                   collapse: bool = False) -> None:
         """Every pair of ``aud_docs`` that shares an LSH band key and whose signatures agree in at
-        least ``min_matches`` positions, into ``audit_pairs``; returns how many. ``stored``: use
+        least ``min_matches`` positions, into ``audit_pairs``. ``stored``: use
         the band keys stored at registration (same banding), else hash ``bands`` slices of ``rows``
         signature positions.
 
@@ -91,7 +91,6 @@ class AuditWrites:
                 [audit_id],
             )
         con.execute("DROP TABLE aud_cand")
-        return int(con.execute("SELECT count(*) FROM audit_pairs WHERE audit_id = ?", [audit_id]).fetchall()[0][0])
 
     def label_clusters(self, audit_id: str) -> int:
         """Connected components of the audit's pairs: each pair's ``cluster`` becomes the smallest
