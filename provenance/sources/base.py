@@ -4,6 +4,7 @@ on_invalid policy for text that is not valid UTF-8."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -71,15 +72,23 @@ def _invalid(problem: str, opts: ReadOptions, counters: Counters) -> bool:
     return True
 
 
-def _checked_str(text: str, where: str, opts: ReadOptions, counters: Counters) -> str | None:
-    """``text`` if it encodes as UTF-8; else repaired (U+FFFD), skipped (None) or refused."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError as exc:
-        if _invalid(f"{where}: text holds an unpaired surrogate at character {exc.start}", opts, counters):
-            return text.encode("utf-8", errors="replace").decode("utf-8")
-        return None
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def checked_record(text: str, ident: str | None, where: str, opts: ReadOptions, counters: Counters
+                   ) -> tuple[str, str | None] | None:
+    """``(text, ident)`` if both encode as UTF-8; else repaired (every unpaired surrogate becomes
+    U+FFFD), skipped (None) or refused, as ``opts.on_invalid`` says. One record counts once."""
+    for what, value in (("text", text), ("id", ident)):
+        if value is None:
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            if not _invalid(f"{where}: {what} holds an unpaired surrogate at character {exc.start}", opts, counters):
+                return None
+            return _SURROGATE.sub("\ufffd", text), None if ident is None else _SURROGATE.sub("\ufffd", ident)
+    return text, ident
 
 
 def field_error(where: str, record: dict, fieldname: str, what: str) -> SourceError:
@@ -123,35 +132,78 @@ class Shard:
         raise NotImplementedError
 
 
-def _valid_texts(col: pa.Array, row: int, label: str, unit: str, opts: ReadOptions, counters: Counters) -> pa.Array | None:
-    """``col`` as large strings when every value is valid UTF-8; ``None`` when some are not."""
-    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_string_view(col.type)):
-        raise SourceError(f"{label}: text column {opts.text_field!r} has type {col.type}, expected string")
-    if col.null_count:
-        bad = row + int(np.argmax(col.is_null().to_numpy(zero_copy_only=False)))
-        what = "text column" if unit == "row" else "text"
-        raise SourceError(f"{label}: {unit} {bad}: {what} {opts.text_field!r} is null")
-    col = col.cast(pa.large_string())
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
+def _decoded(col: pa.Array) -> pa.Array:
+    """``col`` with dictionary encoding undone: the same values, stored plainly."""
+    return col.dictionary_decode() if pa.types.is_dictionary(col.type) else col
+
+
+def _first_null(col: pa.Array, row: int) -> int:
+    return row + int(np.argmax(col.is_null().to_numpy(zero_copy_only=False)))
+
+
+def arrow_documents(texts: pa.Array, ids: pa.Array | None, row: int, label: str, unit: str, opts: ReadOptions,
+                    counters: Counters) -> tuple[pa.Array, pa.Array | None, np.ndarray]:
+    """The documents of Arrow columns whose first value is ``unit`` ``row`` of ``label``: texts
+    as large strings, ids as strings, and their record indices. Columns may be dictionary-encoded;
+    texts must be strings, ids strings or integers; a record whose text or id is not valid UTF-8
+    is refused, repaired or dropped as ``opts.on_invalid`` says."""
+    column = " column" if unit == "row" else ""
+    texts = _decoded(texts)
+    if not _is_text(texts.type):
+        raise SourceError(f"{label}: text column {opts.text_field!r} has type {texts.type}, expected string")
+    if texts.null_count:
+        raise SourceError(f"{label}: {unit} {_first_null(texts, row)}: text{column} {opts.text_field!r} is null")
+    texts = texts.cast(pa.large_string())
+    if ids is not None:
+        ids = _decoded(ids)
+        if not (_is_text(ids.type) or pa.types.is_integer(ids.type)):
+            raise SourceError(
+                f"{label}: the id column has type {ids.type}; ids must be strings or integers (column {opts.id_field!r})"
+            )
+        if ids.null_count:
+            raise SourceError(f"{label}: {unit} {_first_null(ids, row)}: id{column} {opts.id_field!r} is null")
+        ids = ids.cast(pa.string())
+    if _valid_utf8(texts) and (ids is None or _valid_utf8(ids)):
+        return texts, ids, np.arange(row, row + len(texts), dtype=np.int64)
+    return _repaired(texts, ids, row, label, unit, opts, counters)
+
+
+def _valid_utf8(col: pa.Array) -> bool:
     try:
         col.validate(full=True)
-        return col
+        return True
     except pa.ArrowInvalid:
-        return None
+        return False
 
 
-def _repair_texts(col: pa.Array, ids: pa.Array | None, row: int, label: str, unit: str, opts: ReadOptions,
-                  counters: Counters) -> tuple[pa.Array, pa.Array | None, np.ndarray]:
-    """Texts with invalid UTF-8: refuse, repair or drop them as ``opts.on_invalid`` says."""
-    raw = col.cast(pa.large_binary(), safe=False).to_pylist()
-    texts, keep = [], []
-    for i, b in enumerate(raw):
+def _repaired(texts: pa.Array, ids: pa.Array | None, row: int, label: str, unit: str, opts: ReadOptions,
+              counters: Counters) -> tuple[pa.Array, pa.Array | None, np.ndarray]:
+    """Records with invalid UTF-8 in the text or id: refuse, repair (U+FFFD) or drop them."""
+    columns = {"text": texts.cast(pa.large_binary(), safe=False).to_pylist()}
+    if ids is not None:
+        columns["id"] = ids.cast(pa.large_binary(), safe=False).to_pylist()
+    kept: dict[str, list[str]] = {what: [] for what in columns}
+    keep = []
+    for i in range(len(texts)):
+        if (problem := _undecodable({what: values[i] for what, values in columns.items()})) is not None:
+            if not _invalid(f"{label}: {unit} {row + i}: {problem}", opts, counters):
+                continue
+        for what, values in columns.items():
+            kept[what].append(values[i].decode("utf-8", errors="replace"))
+        keep.append(row + i)
+    kept_ids = pa.array(kept["id"], type=pa.string()) if ids is not None else None
+    return strings_to_arrow(kept["text"]), kept_ids, np.asarray(keep, dtype=np.int64)
+
+
+def _undecodable(fields: dict[str, bytes]) -> str | None:
+    """What is wrong with the first of ``fields`` that is not valid UTF-8, or None."""
+    for what, value in fields.items():
         try:
-            texts.append(b.decode("utf-8"))
-            keep.append(i)
+            value.decode("utf-8")
         except UnicodeDecodeError as exc:
-            if _invalid(f"{label}: {unit} {row + i}: invalid UTF-8 at byte {exc.start} of the text", opts, counters):
-                texts.append(b.decode("utf-8", errors="replace"))
-                keep.append(i)
-    idx = pa.array(keep, type=pa.int64())
-    kept_ids = ids.take(idx).cast(pa.string()) if ids is not None else None
-    return strings_to_arrow(texts), kept_ids, row + np.asarray(keep, dtype=np.int64)
+            return f"invalid UTF-8 at byte {exc.start} of the {what}"
+    return None

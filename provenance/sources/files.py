@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import gzip
 import hashlib
 import io
 import json
 import os
+import stat
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,11 +29,10 @@ from provenance.sources.base import (
     Counters,
     ReadOptions,
     Shard,
-    _checked_str,
     _invalid,
-    _repair_texts,
     _unknown_type,
-    _valid_texts,
+    arrow_documents,
+    checked_record,
     field_error,
     file_format,
 )
@@ -190,15 +191,19 @@ class FileShard(Shard):
                     text = obj.get(tf) if type(obj) is dict else None
                     if type(text) is not str:
                         self._field_error(obj, tf, lineno, "text")
-                    if slow:
-                        text = _checked_str(text, f"{self.display}:{lineno}", opts, counters)
-                        if text is None:
-                            continue
+                    ident = None
                     if idf is not None:
                         ident = obj.get(idf)
                         if ident is None or isinstance(ident, (dict, list, bool)):
                             self._field_error(obj, idf, lineno, "id")
-                        ids.append(str(ident))
+                        ident = str(ident)
+                    if slow:  # the line held escapes orjson refuses: unpaired surrogates, maybe
+                        checked = checked_record(text, ident, f"{self.display}:{lineno}", opts, counters)
+                        if checked is None:
+                            continue
+                        text, ident = checked
+                    if ident is not None:
+                        ids.append(ident)
                     texts.append(text)
                     lines.append(lineno)
                     rows.append(record)
@@ -270,21 +275,8 @@ class FileShard(Shard):
         rows_per_batch = _parquet_rows_per_batch(pf, names.index(opts.text_field), opts.batch_bytes)
         try:
             for rb in pf.iter_batches(batch_size=rows_per_batch, columns=columns):
-                texts = _valid_texts(rb.column(0), row, self.display, "row", opts, counters)
-                ids = None
-                if opts.id_field:
-                    ids = rb.column(1)
-                    if ids.null_count:
-                        bad = row + int(np.argmax(ids.is_null().to_numpy(zero_copy_only=False)))
-                        raise SourceError(f"{self.display}: row {bad}: id column {opts.id_field!r} is null")
-                    ids = ids.cast(pa.string())
-                keep = texts is not None and len(texts) == len(rb)
-                if not keep:
-                    texts, ids, rows = _repair_texts(
-                        rb.column(0), rb.column(1) if opts.id_field else None, row, self.display, "row", opts, counters
-                    )
-                else:
-                    rows = np.arange(row, row + len(rb), dtype=np.int64)
+                ids = rb.column(1) if opts.id_field else None
+                texts, ids, rows = arrow_documents(rb.column(0), ids, row, self.display, "row", opts, counters)
                 row += len(rb)
                 if len(texts):
                     consumed = self.n_bytes * row // max(1, pf.metadata.num_rows)
@@ -330,25 +322,50 @@ def _parquet_rows_per_batch(pf: pq.ParquetFile, column: int, batch_bytes: int) -
     return int(max(1, min(65_536, batch_bytes // per_row)))
 
 
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _regular_file(path: str) -> Path:
+    """``path`` if it is (a symlink that ends at) a regular file; else an error that says what it
+    is. Nothing is opened: reading a FIFO or a device would block or never end."""
+    link = f" (a symlink to {os.readlink(path)})" if os.path.islink(path) else ""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SourceError(f"{path}: symlink loop: the link never reaches a file") from None
+        if link and exc.errno == errno.ENOENT:
+            raise SourceError(f"{path}: broken symlink{link}: its target does not exist") from None
+        raise SourceError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), f"of file type {stat.S_IFMT(mode):o}")
+        raise SourceError(f"{path}: not a regular file: it is {kind}{link}; only regular files can be registered")
+    return Path(path)
+
+
 def _file_shards(specs: list[str]) -> list[FileShard]:
     files: list[Path] = []
     for spec in specs:
         if any(ch in spec for ch in "*?["):
-            matched = sorted(glob.glob(spec, recursive=True))
-            matched = [m for m in matched if os.path.isfile(m)]
+            matched = [m for m in sorted(glob.glob(spec, recursive=True)) if not os.path.isdir(m)]
             if not matched:
                 raise SourceError(f"{spec}: pattern matched no files")
-            files.extend(Path(m) for m in matched)
+            files.extend(_regular_file(m) for m in matched)
         elif os.path.isdir(spec):
             found = []
             for dirpath, dirnames, filenames in os.walk(spec):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                found.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
+                found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith("."))
             if not found:
                 raise SourceError(f"{spec}: folder holds no files")
-            files.extend(sorted(found))
-        elif os.path.isfile(spec):
-            files.append(Path(spec))
+            files.extend(sorted(_regular_file(f) for f in found))
+        elif os.path.lexists(spec):
+            files.append(_regular_file(spec))
         else:
             raise SourceError(f"{spec}: no such file or folder")
     seen: set[Path] = set()

@@ -16,9 +16,8 @@ from provenance.sources.base import (
     Counters,
     ReadOptions,
     Shard,
-    _checked_str,
-    _repair_texts,
-    _valid_texts,
+    arrow_documents,
+    checked_record,
     field_error,
 )
 
@@ -80,19 +79,11 @@ class MemoryShard(Shard):
         for col, what in ((opts.text_field, "text"), (opts.id_field, "id")):
             if col is not None and col not in names:
                 raise SourceError(f"{self._label}: no {what} column {col!r} (columns: {', '.join(names[:12])})")
-        raw_texts = table.column(opts.text_field).combine_chunks()
-        texts = _valid_texts(raw_texts, row, self._label, "record", opts, counters)
-        ids = None
-        if opts.id_field:
-            ids = table.column(opts.id_field).combine_chunks()
-            if ids.null_count:
-                bad = row + int(np.argmax(ids.is_null().to_numpy(zero_copy_only=False)))
-                raise SourceError(f"{self._label}: record {bad}: id {opts.id_field!r} is null")
-            ids = ids.cast(pa.string())
-        if texts is None:
-            texts, ids, rows = _repair_texts(raw_texts, ids, row, self._label, "record", opts, counters)
-            return Batch(texts=texts, ids=ids, rows=rows, lines=None) if len(texts) else None
-        return Batch(texts=texts, ids=ids, rows=np.arange(row, row + len(texts), dtype=np.int64), lines=None)
+        ids = table.column(opts.id_field).combine_chunks() if opts.id_field else None
+        texts, ids, rows = arrow_documents(
+            table.column(opts.text_field).combine_chunks(), ids, row, self._label, "record", opts, counters
+        )
+        return Batch(texts=texts, ids=ids, rows=rows, lines=None) if len(texts) else None
 
     def _dicts(self, records: list, row: int, opts: ReadOptions, counters: Counters) -> Batch | None:
         texts, ids, rows = [], [], []
@@ -103,14 +94,18 @@ class MemoryShard(Shard):
             text = rec.get(tf)
             if type(text) is not str:
                 raise field_error(f"{self._label}: record {i}", rec, tf, "text")
-            text = _checked_str(text, f"{self._label}: record {i}", opts, counters)
-            if text is None:
-                continue
+            ident = None
             if idf is not None:
                 ident = rec.get(idf)
                 if ident is None or isinstance(ident, (dict, list, bool)):
                     raise field_error(f"{self._label}: record {i}", rec, idf, "id")
-                ids.append(str(ident))
+                ident = str(ident)
+            checked = checked_record(text, ident, f"{self._label}: record {i}", opts, counters)
+            if checked is None:
+                continue
+            text, ident = checked
+            if ident is not None:
+                ids.append(ident)
             texts.append(text)
             rows.append(i)
         if not texts:
