@@ -45,8 +45,9 @@ patch exactly as applying the patches one after the other does (to bfloat16 by h
 :func:`_round`), the one exception being the payload of a NaN that an addition makes, on which
 even torch's own vectorised and scalar paths disagree.
 
-Dtypes: sparse replacements run on Triton for every dtype 1, 2, 4 or 8 bytes wide (viewed as the
-integer of that width); dense deltas need a float tensor; a chain with a dense or low-rank patch on
+Dtypes: sparse replacements run, on Triton and on torch, for every dtype 1, 2, 4 or 8 bytes wide
+(viewed as the integer of that width: FP8 and uint16/32/64 included, which torch cannot scatter as
+such); dense deltas need a float tensor; a chain with a dense or low-rank patch on
 a non-float tensor (a low-rank patch accepts one, as it always has) runs the torch path, which is
 exact. Results are never part of an autograd graph.
 """
@@ -302,8 +303,13 @@ def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def _sparse_torch(out: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> None:
     """The replacements written into the contiguous ``out`` (``index_copy_``: the fastest of
-    torch's scatters, and with unique indices the same as ``out.view(-1)[indices] = values``)."""
-    out.view(-1).index_copy_(0, indices.long(), values)
+    torch's scatters, and with unique indices the same as ``out.view(-1)[indices] = values``),
+    as same-width integers: a bit copy, and one that torch has for FP8 and uint16/32/64 too."""
+    bits = _bits_dtype(out.dtype)
+    flat = out.view(-1)
+    if bits is not None:
+        flat, values = flat.view(bits), values.view(bits)
+    flat.index_copy_(0, indices.long(), values)
 
 
 def _low_rank_update(b: torch.Tensor, a: torch.Tensor, scale: float) -> torch.Tensor:

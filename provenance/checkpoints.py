@@ -19,6 +19,7 @@ import torch
 from safetensors import safe_open
 
 from provenance.errors import InvalidParameterError
+from provenance.tensorfile import DTYPES
 
 SINGLE_FILE = "model.safetensors"
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -28,13 +29,9 @@ PEFT_PREFIX = "base_model.model."
 
 BaseShapes = Mapping[str, tuple[torch.dtype, tuple[int, ...]]]  # parameter name -> (dtype, shape)
 
-# The dtype names of the safetensors header (safetensors/torch.py keeps the same table privately).
-_DTYPES = {
-    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "U16": torch.uint16, "I16": torch.int16,
-    "U32": torch.uint32, "I32": torch.int32, "U64": torch.uint64, "I64": torch.int64,
-    "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
-    "C64": torch.complex64, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-}
+# The dtype names of the safetensors header (safetensors/torch.py keeps the same table privately):
+# those the object store holds, and complex64, which a file may hold and a commit refuses by name.
+_DTYPES = {name: dtype for dtype, name in DTYPES.items()} | {"C64": torch.complex64}
 
 
 class StateReader:

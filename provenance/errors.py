@@ -52,3 +52,37 @@ class ObjectMissingError(ProvenanceError):
 
 class ObjectCorruptError(ProvenanceError):
     """An object's bytes do not hash to its address (or are not a readable safetensors file)."""
+
+
+class UnsafeOutputError(InvalidParameterError):
+    """An output path would overwrite part of the ledger, or needs folders that do not exist."""
+
+
+class LedgerDamagedError(ProvenanceError):
+    """The ledger's database file is truncated or corrupt; the message says how to recover."""
+
+
+class NonFiniteError(InvalidParameterError):
+    """A tensor holds NaN or Inf values that the caller did not allow; ``parameter`` names it."""
+
+    def __init__(self, message: str, parameter: str):
+        super().__init__(message)
+        self.parameter = parameter
+
+    def __reduce__(self):  # pickled with its parameter (another process may re-raise it)
+        return type(self), (self.args[0], self.parameter)
+
+
+class ObjectWriteError(ProvenanceError, OSError):
+    """An object cannot be written into the object store; ``folder`` is the folder that refused it."""
+
+    def __init__(self, message: str, folder: str):
+        super().__init__(message)
+        self.folder = folder
+
+    def __reduce__(self):
+        return type(self), (self.args[0], self.folder)
+
+
+class LedgerReadOnlyError(ProvenanceError):
+    """A write was asked of a ledger opened read-only (or whose files cannot be written)."""

@@ -5,6 +5,16 @@ are stored once whatever version or model they belong to. Writes go to a tempora
 same folder, are synced, then renamed (with the folder synced too); a reader never sees half an
 object. Every read checks the address against the bytes and refuses a mismatch.
 
+The store holds dense tensors of every dtype that both torch and safetensors have (FP8 included),
+as their bits; :func:`unstorable` says why it cannot hold a tensor: a meta, sparse or quantized
+one, or a complex one (not stored: its ``torch.view_as_real`` form is, exactly).
+
+A put whose object already exists checks it first (its size, its header and the hash of its
+bytes: one read, a few milliseconds per 100 MB, far less than the write it saves) and writes it
+again, atomically, when it is damaged: a bit flipped on disk is repaired by the next commit of the
+same tensor instead of being silently shared by it. A folder that cannot be written (read-only,
+a file where a folder should be, a full disk) raises :class:`ObjectWriteError` naming it.
+
 This module knows nothing of versions; the ledger names the versions that use an object when it
 reports a corrupt or missing one.
 """
@@ -14,16 +24,17 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import xxhash
 
-from provenance.errors import ObjectCorruptError, ObjectMissingError
-from provenance.tensorfile import raw_bytes, read_tensors, write_tensors
+from provenance.errors import InvalidParameterError, ObjectCorruptError, ObjectMissingError, ObjectWriteError
+from provenance.tensorfile import DTYPES, header, raw_bytes, read_tensors, write_tensors
 
 _KEY = "tensor"
+_CHUNK = 1 << 18  # bytes read at a time when an existing object is checked (they stay in the CPU cache)
 
 
 @dataclass(frozen=True)
@@ -34,18 +45,56 @@ class ObjectRef:
     dtype: str
     shape: tuple[int, ...]
     nbytes: int
-    created: bool = False  # whether this put wrote the object (False: it was already stored)
+    created: bool = False  # whether this put wrote a new object (False: it was already stored)
+    repaired: bool = False  # whether this put rewrote a stored object that was damaged
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def unstorable(tensor: torch.Tensor) -> str | None:
+    """Why the store cannot hold ``tensor`` bit for bit as a dense array of a safetensors dtype
+    (a phrase completing "the tensor is ..."), or None when it can."""
+    if tensor.is_meta:
+        return f"a meta tensor (shape {list(tensor.shape)}, no data): load its values before committing"
+    if tensor.layout != torch.strided:
+        return f"a {str(tensor.layout).removeprefix('torch.')} tensor: commit its dense form (tensor.to_dense())"
+    if tensor.is_quantized:
+        scheme = str(tensor.qscheme()).removeprefix("torch.")
+        return (f"a quantized {_dtype_name(tensor.dtype)} tensor ({scheme}): its scales and zero points would be "
+                "lost; commit tensor.dequantize(), or tensor.int_repr() and the quantisation parameters as tensors")
+    if tensor.is_complex():
+        return (f"{_dtype_name(tensor.dtype)}, and complex tensors are not stored: commit "
+                "torch.view_as_real(tensor) (real and imaginary parts, exact) instead")
+    if tensor.dtype not in DTYPES:
+        held = ", ".join(sorted(_dtype_name(d) for d in DTYPES))
+        return f"{_dtype_name(tensor.dtype)}, which the object store cannot hold (it holds {held})"
+    return None
+
+
+def _hasher(dtype: torch.dtype, shape: tuple[int, ...]) -> xxhash.xxh3_128:
+    return xxhash.xxh3_128(f"{_dtype_name(dtype)}|{tuple(shape)}|".encode())
+
+
 def address_of(tensor: torch.Tensor) -> str:
     """xxh3-128 (hex) over ``dtype``, ``shape`` and the bytes: the tensor's address."""
-    h = xxhash.xxh3_128(f"{_dtype_name(tensor.dtype)}|{tuple(tensor.shape)}|".encode())
+    h = _hasher(tensor.dtype, tuple(tensor.shape))
     h.update(raw_bytes(tensor))
     return h.hexdigest()
+
+
+def _write(path: Path, tensor: torch.Tensor, address: str, sync: bool) -> None:
+    """Write one object (temporary name, sync, rename); an OS refusal becomes an
+    :class:`ObjectWriteError` naming the folder that refused it."""
+    try:
+        write_tensors(path, {_KEY: tensor}, metadata={"address": address}, sync=sync)
+    except OSError as exc:
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:  # a folder that could not be made: its parent refused
+            folder = folder.parent
+        why = (exc.strerror or str(exc)) if folder.is_dir() else "it is a file, not a folder"
+        raise ObjectWriteError(f"cannot write object {address} into {folder}: {why}", str(folder)) from exc
 
 
 class ObjectStore:
@@ -66,20 +115,49 @@ class ObjectStore:
         return self.path(address).exists()
 
     def put(self, tensor: torch.Tensor, writer: BackgroundWriter | None = None) -> ObjectRef:
-        """Store ``tensor`` (once: an existing object with the same address is kept). With a
-        ``writer``, the file is written and synced on its thread and the call returns at once;
-        the object exists when the writer is closed."""
+        """Store ``tensor`` (once: an intact object with the same address is kept, a damaged one
+        is written again). With a ``writer``, the file is written and synced on its thread and the
+        call returns at once; the object exists when the writer is closed. Raises
+        :class:`ObjectWriteError` when the store's folder cannot be written, and
+        :class:`InvalidParameterError` for a tensor it cannot hold (:func:`unstorable`)."""
+        refusal = unstorable(tensor)
+        if refusal is not None:
+            raise InvalidParameterError(f"cannot store a tensor that is {refusal}")
         tensor = tensor.detach().contiguous().cpu()
         address = address_of(tensor)
         path = self.path(address)
-        created = not path.exists() and (writer is None or address not in writer.pending)
-        if created:
-            if writer is None:
-                write_tensors(path, {_KEY: tensor}, metadata={"address": address}, sync=self.sync)
-            else:
-                writer.submit(address, path, tensor, self.sync)
         nbytes = tensor.numel() * tensor.element_size()
-        return ObjectRef(address, _dtype_name(tensor.dtype), tuple(tensor.shape), nbytes, created)
+        ref = ObjectRef(address, _dtype_name(tensor.dtype), tuple(tensor.shape), nbytes)
+        if writer is not None and address in writer.pending:
+            return ref
+        exists = os.path.lexists(path)
+        if exists and self._intact(path, tensor, address):
+            return ref
+        if writer is None:
+            _write(path, tensor, address, self.sync)
+        else:
+            writer.submit(address, path, tensor, self.sync)
+        return replace(ref, created=not exists, repaired=exists)
+
+    @staticmethod
+    def _intact(path: Path, tensor: torch.Tensor, address: str) -> bool:
+        """Whether the file at ``path`` is the object ``put`` writes for ``tensor``: its size, its
+        header byte for byte, and bytes that hash to ``address``."""
+        head = header([(_KEY, tensor.dtype, tuple(tensor.shape))], {"address": address})
+        try:
+            with open(path, "rb") as fh:
+                if os.fstat(fh.fileno()).st_size != len(head) + tensor.numel() * tensor.element_size():
+                    return False
+                if fh.read(len(head)) != head:
+                    return False
+                h = _hasher(tensor.dtype, tuple(tensor.shape))
+                buf = bytearray(_CHUNK)
+                view = memoryview(buf)
+                while n := fh.readinto(buf):
+                    h.update(view[:n])
+        except OSError:  # unreadable (a folder, no permission): written again, or the write says why
+            return False
+        return h.hexdigest() == address
 
     def get(self, address: str) -> torch.Tensor:
         """The tensor at ``address``; raises when it is missing or its bytes do not match."""
@@ -87,7 +165,7 @@ class ObjectStore:
         try:
             tensors, _ = read_tensors(path)
             tensor = tensors[_KEY]
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise ObjectMissingError(f"object {address} is missing from {self.root}") from None
         except (ValueError, KeyError) as exc:
             raise ObjectCorruptError(f"object {address} ({path}) is not a readable safetensors file: {exc}") from None
@@ -115,7 +193,7 @@ class ObjectStore:
         try:
             size = path.stat().st_size
             path.unlink()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return 0
         return size
 
@@ -142,7 +220,7 @@ class BackgroundWriter:
             future.result()
             self._bytes -= size
         self.pending.add(address)
-        future = self._pool.submit(write_tensors, path, {_KEY: tensor}, {"address": address}, sync=sync)
+        future = self._pool.submit(_write, path, tensor, address, sync)
         self._futures.append((future, nbytes))
         self._bytes += nbytes
 

@@ -22,12 +22,19 @@ import torch
 
 from provenance.files import _umask, fsync_folder
 
+# Every dtype that both torch and safetensors hold, by its safetensors name; the FP8 ones are
+# stored as their bits like any other. Complex64 ("C64") is left out: the object store refuses
+# complex tensors (provenance.versions), and float4_e2m1fn_x2 ("F4") counts packed elements in
+# its header, which this writer does not.
 DTYPES: dict[torch.dtype, str] = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
     torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+    torch.float8_e4m3fnuz: "F8_E4M3FNUZ", torch.float8_e5m2fnuz: "F8_E5M2FNUZ",
     torch.uint16: "U16", torch.uint32: "U32", torch.uint64: "U64",
 }
+if hasattr(torch, "float8_e8m0fnu"):  # torch 2.7 and later
+    DTYPES[torch.float8_e8m0fnu] = "F8_E8M0"
 _BY_NAME = {v: k for k, v in DTYPES.items()}
 _MAP_FROM = 1 << 20  # files from this size are memory-mapped, smaller ones read
 
@@ -58,7 +65,9 @@ def header(entries: Sequence[tuple[str, torch.dtype, Sequence[int]]], metadata: 
         n = 1
         for d in shape:
             n *= int(d)
-        size = n * torch.empty((), dtype=dtype).element_size()
+        if dtype not in DTYPES:
+            raise ValueError(f"tensor {name!r} has dtype {dtype}, which provenance does not write to safetensors files")
+        size = n * dtype.itemsize
         body[name] = {"dtype": DTYPES[dtype], "shape": [int(d) for d in shape], "data_offsets": [offset, offset + size]}
         offset += size
     text = json.dumps(body, separators=(",", ":")).encode("utf-8")

@@ -1,0 +1,215 @@
+"""Faults of the object store's disk: a damaged object is repaired by the next put of its tensor
+(not silently shared), and a folder that cannot be written gives an error naming it and leaves no
+version, object or temporary file behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from provenance.errors import NonFiniteError, ObjectCorruptError, ObjectMissingError, ObjectWriteError
+from provenance.objects import BackgroundWriter, ObjectStore, address_of
+
+
+def _bytes(t: torch.Tensor) -> list[int]:
+    return t.contiguous().reshape(-1).view(torch.uint8).tolist()
+
+
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _damage(path: Path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "bit flip in the data":
+        data[-3] ^= 0x10
+    elif how == "bit flip in the header":
+        data[data.index(b'"shape":[') + 9] ^= 0x01  # another first dimension, same size
+    elif how == "truncated":
+        del data[-5:]
+    elif how == "trailing bytes":
+        data += b"\0" * 8
+    elif how == "empty":
+        data = bytearray()
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = ["bit flip in the data", "bit flip in the header", "truncated", "trailing bytes", "empty"]
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+def test_a_damaged_object_is_repaired_by_the_next_commit_of_its_tensor(ledger, how):
+    w = torch.randn(300, 20)
+    v0 = ledger.commit({"w": w, "b": torch.zeros(20)}, message="first")
+    store = ObjectStore(ledger.objects_path)
+    address = ledger.manifest(v0)["w"].objects["full"]
+    _damage(store.path(address), how)
+    if how != "trailing bytes":  # which still reads as the tensor, but is not the file a put writes
+        with pytest.raises(ObjectCorruptError, match=f"object {address} "):
+            ledger.checkout(v0)
+    v1 = ledger.commit({"w": w.clone()}, message="the same tensor again")  # a new root: stores "w" whole
+    assert ledger.manifest(v1)["w"].objects["full"] == address
+    for version in (v0, v1):
+        assert _bytes(ledger.checkout(version)["w"]) == _bytes(w)
+    assert _bytes(store.get(address)) == _bytes(w)
+    assert list(store.temporaries()) == []
+
+
+def test_a_child_of_a_damaged_parent_is_refused_until_the_object_is_repaired(ledger):
+    w = torch.randn(1000)
+    v0 = ledger.commit({"w": w}, message="root")
+    address = ledger.manifest(v0)["w"].objects["full"]
+    _flip_last_byte(ObjectStore(ledger.objects_path).path(address))
+    child = w.clone()
+    child[7] = 1.0
+    with pytest.raises(ObjectCorruptError, match=f"object {address} .*used by version\\(s\\) {v0.version_id[:12]}"):
+        ledger.commit({"w": child}, parent=v0, message="on a damaged parent")
+    assert ledger.versions() == [v0]
+    ledger.commit({"w": w}, message="the parent's tensor, committed again")  # repairs the object
+    v2 = ledger.commit({"w": child}, parent=v0, message="on the repaired parent")
+    assert ledger.manifest(v2)["w"].encoding == "sparse"
+    assert _bytes(ledger.checkout(v2)["w"]) == _bytes(child)
+    assert _bytes(ledger.checkout(v0)["w"]) == _bytes(w)
+
+
+@pytest.mark.parametrize("with_writer", [False, True], ids=["direct", "background writer"])
+def test_put_repairs_a_damaged_object_and_keeps_an_intact_one(tmp_path, with_writer):
+    store = ObjectStore(tmp_path / "objects")
+    t = torch.arange(5000, dtype=torch.float32)
+
+    def put(tensor):
+        if not with_writer:
+            return store.put(tensor)
+        with BackgroundWriter() as writer:
+            ref = store.put(tensor, writer)
+            pending = store.put(tensor, writer)  # being written: neither created nor repaired again
+            assert (pending.address, pending.created, pending.repaired) == (ref.address, False, False)
+        return ref
+
+    first = put(t)
+    assert (first.created, first.repaired) == (True, False)
+    path = store.path(first.address)
+    inode = path.stat().st_ino
+    again = put(t.clone())
+    assert (again.created, again.repaired) == (False, False)
+    assert path.stat().st_ino == inode  # intact: not written again
+    _flip_last_byte(path)
+    repaired = put(t.clone())
+    assert (repaired.address, repaired.created, repaired.repaired) == (first.address, False, True)
+    assert path.stat().st_ino != inode  # a new file renamed into place
+    assert _bytes(store.get(first.address)) == _bytes(t)
+    assert list(store.temporaries()) == []
+
+
+def test_a_refused_commit_keeps_the_object_it_repaired(ledger):
+    w = torch.randn(200)
+    v0 = ledger.commit({"a": w}, message="root")
+    store = ObjectStore(ledger.objects_path)
+    address = ledger.manifest(v0)["a"].objects["full"]
+    _flip_last_byte(store.path(address))
+    bad = torch.ones(3)
+    bad[1] = float("nan")
+    with pytest.raises(NonFiniteError, match="'z' holds 1 NaN"):  # "a" is put (and repaired) before "z" is refused
+        ledger.commit({"a": w, "z": bad}, message="refused")
+    assert ledger.versions() == [v0]
+    assert _bytes(ledger.checkout(v0)["a"]) == _bytes(w)  # repaired, and not removed with the refused commit
+    assert list(store.addresses()) == [address]
+
+
+def _temporaries(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.name.endswith(".tmp"))
+
+
+def _assert_nothing_written(ledger, before: list[str]) -> None:
+    store = ObjectStore(ledger.objects_path)
+    assert sorted(store.addresses()) == before
+    assert _temporaries(ledger.root) == []
+
+
+def test_a_file_where_an_object_folder_should_be_is_named(ledger):
+    v0 = ledger.commit({"keep": torch.zeros(10)}, message="root")
+    before = sorted(ObjectStore(ledger.objects_path).addresses())
+    blocked = torch.full((64,), 2.5)
+    address = address_of(blocked)
+    others = {f"p{i}": torch.full((64,), float(i)) for i in range(6)}  # most of them in other folders, written
+    folder = ledger.objects_path / address[:2]
+    assert not folder.exists()
+    folder.write_bytes(b"not a folder")
+    with pytest.raises(ObjectWriteError) as caught:
+        ledger.commit({**others, "x": blocked}, parent=v0, message="blocked")
+    assert str(caught.value) == f"cannot write object {address} into {folder}: it is a file, not a folder"
+    assert caught.value.folder == str(folder)
+    assert isinstance(caught.value, OSError)
+    assert ledger.versions() == [v0]
+    _assert_nothing_written(ledger, before)
+    folder.unlink()
+    v1 = ledger.commit({**others, "x": blocked}, parent=v0, message="unblocked")
+    assert _bytes(ledger.checkout(v1)["x"]) == _bytes(blocked)
+
+
+def test_an_objects_root_that_is_a_file_is_named(ledger):
+    v0 = ledger.commit({"keep": torch.zeros(10)}, message="root")
+    moved = ledger.root / "objects.moved"
+    ledger.objects_path.rename(moved)
+    ledger.objects_path.write_bytes(b"")
+    t = torch.randn(10)
+    with pytest.raises(ObjectWriteError, match=f"^cannot write object {address_of(t)} into {ledger.objects_path}: "
+                                               "it is a file, not a folder$"):
+        ledger.commit({"keep": t}, message="no store")
+    with pytest.raises(ObjectMissingError, match=f"is missing from {ledger.objects_path}; used by version"):
+        ledger.checkout(v0)
+    assert ledger.versions() == [v0]
+    assert _temporaries(ledger.root) == []
+    ledger.objects_path.unlink()
+    moved.rename(ledger.objects_path)
+    assert _bytes(ledger.checkout(v0)["keep"]) == _bytes(torch.zeros(10))
+
+
+def test_a_store_under_a_file_is_named_without_a_ledger(tmp_path):
+    (tmp_path / "plain").write_bytes(b"")
+    store = ObjectStore(tmp_path / "plain" / "objects")  # ENOTDIR, whoever runs it
+    t = torch.ones(4)
+    with pytest.raises(ObjectWriteError, match=f"cannot write object {address_of(t)} into {tmp_path / 'plain'}: "
+                                               "it is a file, not a folder"):
+        store.put(t)
+    with pytest.raises(ObjectWriteError, match="it is a file, not a folder"):
+        with BackgroundWriter() as writer:
+            store.put(t, writer)
+
+
+def _writes_into_read_only_folders(tmp_path: Path) -> bool:
+    """Whether this process ignores folder permissions (root, with CAP_DAC_OVERRIDE)."""
+    probe = tmp_path / "read-only probe"
+    probe.mkdir(mode=0o555)
+    try:
+        (probe / "f").touch()
+    except PermissionError:
+        return False
+    finally:
+        probe.chmod(0o755)
+    return True
+
+
+def test_a_read_only_objects_folder_is_named(ledger, tmp_path):
+    if _writes_into_read_only_folders(tmp_path):
+        pytest.skip("running as root (uid 0 with CAP_DAC_OVERRIDE), which writes into read-only folders; the tests "
+                    "above make the same failure with a file where a folder should be")
+    v0 = ledger.commit({"keep": torch.zeros(10)}, message="root")
+    before = sorted(ObjectStore(ledger.objects_path).addresses())
+    folders = [ledger.objects_path, *(p for p in ledger.objects_path.iterdir() if p.is_dir())]
+    for folder in folders:
+        folder.chmod(0o555)
+    try:
+        with pytest.raises(ObjectWriteError, match=r"cannot write object [0-9a-f]{32} into .*objects.*: Permission denied"):
+            ledger.commit({f"p{i}": torch.full((16,), float(i)) for i in range(8)}, parent=v0, message="read-only")
+        assert ledger.versions() == [v0]
+        _assert_nothing_written(ledger, before)
+    finally:
+        for folder in folders:
+            folder.chmod(0o755)
+    v1 = ledger.commit({f"p{i}": torch.full((16,), float(i)) for i in range(8)}, parent=v0, message="writable")
+    assert _bytes(ledger.checkout(v1)["p3"]) == _bytes(torch.full((16,), 3.0))
