@@ -25,7 +25,7 @@ import math
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -34,6 +34,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from provenance.errors import FingerprintMismatchError, InvalidParameterError
 from provenance.kernels import minhash as _k
+
+if TYPE_CHECKING:
+    from datasketch import LeanMinHash
 
 MIN_RECALL = 0.99
 """Probability with which a pair exactly at the banding threshold must become an LSH candidate."""
@@ -279,6 +282,29 @@ class FingerprintConfig(BaseModel):
 
     def fingerprint(self, text: str) -> Fingerprint:
         return Fingerprint(self.identity, self.num_perm, self.signature(text))
+
+    def to_datasketch(self, signature: Fingerprint | np.ndarray | Sequence[int]) -> LeanMinHash:
+        """A signature made under this config (a ``Fingerprint``, or ``num_perm`` values such as a
+        row of the ``documents.signature`` column) as a ``datasketch.LeanMinHash`` with this
+        config's seed and scheme. It equals datasketch's own ``MinHash`` of ``self.shingles(text)``
+        and works with datasketch's tools (``jaccard``, ``MinHashLSH``, serialisation)."""
+        from datasketch import LeanMinHash  # here, not at the top: datasketch imports scipy
+
+        if isinstance(signature, Fingerprint):
+            if signature.config_id != self.identity:
+                raise FingerprintMismatchError(
+                    f"signature made under {signature.config_id!r}, not under this config {self.identity!r}"
+                )
+            signature = signature.signature
+        values = np.asarray(signature)
+        if values.shape != (self.num_perm,) or values.dtype.kind not in "iu" or (
+            values.size and (int(values.min()) < 0 or int(values.max()) > 0xFFFFFFFF)
+        ):
+            raise InvalidParameterError(
+                f"a signature under {self.identity} is {self.num_perm} integers in [0, 2**32); "
+                f"got shape {values.shape}, dtype {values.dtype}"
+            )
+        return LeanMinHash(seed=self.seed, hashvalues=values.astype(np.uint64), scheme=self.scheme)
 
     def fingerprint_batch(self, texts: Sequence[str] | pa.Array | pa.ChunkedArray) -> FingerprintBatch:
         """Everything the ledger stores per document, computed in one pass over ``texts``."""

@@ -6,10 +6,13 @@ generated into ``schemas/records/`` (see :mod:`provenance.schema_export`).
 
 from __future__ import annotations
 
+import functools
 import re
+import warnings
 from datetime import datetime
 from typing import Literal
 
+import license_expression
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from provenance.errors import InvalidParameterError
@@ -18,8 +21,15 @@ from provenance.fingerprints import FingerprintConfig
 Role = Literal["train", "eval"]
 OnInvalid = Literal["error", "replace", "skip"]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_SPDX = re.compile(r"^[A-Za-z0-9.+-]+( (AND|OR|WITH) [A-Za-z0-9.+-]+)*$")
+# Names, tags and ids are matched whole (re.fullmatch): "$" alone would let a trailing newline in.
+NAME_MAX = 128
+_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{NAME_MAX - 1}}}")
+_TAG = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._+/-]{{0,{NAME_MAX - 1}}}")
+_HEX_ID = re.compile(r"[0-9a-fA-F]{4,32}")  # what a version, run or audit id (or its prefix) looks like
+_UNKNOWN_LICENSE = ("", "unknown", "none", "noassertion")
+# An SPDX id (letters, digits, '.', '-'; a trailing '+' means "or later"), LicenseRef- ones included.
+_SPDX_ID = re.compile(r"(DocumentRef-[A-Za-z0-9.-]+:)?[A-Za-z0-9.-]+\+?")
+_USER_DEFINED = ("LicenseRef-", "DocumentRef-")
 
 # Conditions of common licences, after the Data Provenance Initiative's categories:
 # (non_commercial, share_alike, attribution). Identifiers are SPDX.
@@ -50,6 +60,26 @@ KNOWN_LICENSES: dict[str, tuple[bool, bool, bool]] = {
 }
 
 
+class UnknownLicenseWarning(UserWarning):
+    """A licence id is not on the SPDX list: it is kept as given, with unknown conditions."""
+
+
+@functools.lru_cache(maxsize=1)
+def spdx_licensing() -> license_expression.Licensing:
+    """The SPDX licence list (deprecated ids as aliases of their successors, and the exceptions),
+    from the copy that ships with ``license-expression``: no network. The ScanCode-only keys of
+    that copy (``LicenseRef-scancode-...``) are left out: they are not on the SPDX list."""
+    return license_expression.Licensing(
+        license_expression.LicenseSymbol(
+            key=entry["spdx_license_key"],
+            aliases=tuple(a for a in entry.get("other_spdx_license_keys", []) if not a.startswith(_USER_DEFINED)),
+            is_exception=entry.get("is_exception", False),
+        )
+        for entry in license_expression.get_license_index()
+        if entry.get("spdx_license_key") and not entry["spdx_license_key"].startswith(_USER_DEFINED)
+    )
+
+
 class License(BaseModel):
     """A licence as an SPDX identifier and its conditions; ``None`` means unknown."""
 
@@ -62,22 +92,73 @@ class License(BaseModel):
 
     @classmethod
     def from_spdx(cls, spdx: str | None) -> License:
-        """The licence named by ``spdx``, with its conditions when it is a known licence."""
-        if spdx is None or spdx.strip().lower() in ("", "unknown", "none"):
+        """The licence named by the SPDX expression ``spdx`` (``MIT``, ``MIT OR Apache-2.0``,
+        ``Apache-2.0 WITH LLVM-exception``, ``LicenseRef-mine``), in canonical spelling.
+
+        A malformed expression is refused (:class:`InvalidParameterError`). An id that is not on
+        the SPDX list is kept as given, with unknown conditions and an
+        :class:`UnknownLicenseWarning`; ``LicenseRef-`` ids are user-defined, so they get no
+        warning, and unknown conditions too. Conditions of expressions: see :func:`_conditions`.
+        """
+        if spdx is None or spdx.strip().lower() in _UNKNOWN_LICENSE:
             return cls()
-        spdx = spdx.strip()
-        if not _SPDX.match(spdx):
-            raise InvalidParameterError(f"license {spdx!r} is not an SPDX identifier (e.g. 'CC-BY-4.0', 'MIT')")
-        known = {k.lower(): k for k in KNOWN_LICENSES}
-        canonical = known.get(spdx.lower())
-        if canonical is None:
-            return cls(spdx=spdx)
-        nc, sa, by = KNOWN_LICENSES[canonical]
-        return cls(spdx=canonical, non_commercial=nc, share_alike=sa, attribution=by)
+        licensing = spdx_licensing()
+        try:
+            expr = licensing.parse(spdx, strict=True)
+        except license_expression.ExpressionError as exc:
+            raise InvalidParameterError(f"license {spdx!r} is not an SPDX identifier or expression: {exc}") from None
+        for symbol in licensing.license_symbols(expr):
+            if not _SPDX_ID.fullmatch(symbol.key):
+                raise InvalidParameterError(
+                    f"license {spdx!r}: {symbol.key!r} is not an SPDX identifier (letters, digits, '.' and '-' only)"
+                )
+        unknown = [k for k in licensing.unknown_license_keys(expr) if not k.startswith(_USER_DEFINED)]
+        if unknown:
+            warnings.warn(
+                f"license {spdx!r}: not on the SPDX list: {', '.join(unknown)}; stored with unknown conditions "
+                "(a licence of your own takes a LicenseRef- id)",
+                UnknownLicenseWarning,
+                stacklevel=2,
+            )
+        conditions = _conditions(expr)
+        if conditions is None:
+            return cls(spdx=str(expr))
+        nc, sa, by = conditions
+        return cls(spdx=str(expr), non_commercial=nc, share_alike=sa, attribution=by)
 
     @property
     def known(self) -> bool:
         return self.non_commercial is not None
+
+    @property
+    def url(self) -> str | None:
+        """The licence's page on spdx.org when it is one id of the SPDX list, else ``None``
+        (expressions, ``LicenseRef-`` ids and unknown ids have no page there)."""
+        symbol = spdx_licensing().known_symbols.get(self.spdx or "")
+        if symbol is None or symbol.is_exception:
+            return None
+        return f"https://spdx.org/licenses/{symbol.key}.html"
+
+
+def _conditions(expr: license_expression.LicenseExpression) -> tuple[bool, bool, bool] | None:
+    """(non_commercial, share_alike, attribution) of a parsed expression, or ``None`` when unknown.
+
+    A known licence has its own (:data:`KNOWN_LICENSES`); ``WITH`` an exception, those of the
+    licence (an exception only adds permissions, so they are an upper bound). ``A AND B`` demands
+    what either part demands. ``A OR B`` demands what its least demanding option does, when one
+    option demands no more than every other on each condition; otherwise the choice is unclear.
+    """
+    if isinstance(expr, license_expression.LicenseWithExceptionSymbol):
+        expr = expr.license_symbol
+    if isinstance(expr, license_expression.LicenseSymbol):
+        return KNOWN_LICENSES.get(expr.key)
+    parts = [_conditions(arg) for arg in expr.args]
+    if any(p is None for p in parts):
+        return None
+    if isinstance(expr, license_expression.AND):
+        return tuple(any(flags) for flags in zip(*parts))  # type: ignore[return-value]
+    least = tuple(all(flags) for flags in zip(*parts))
+    return least if least in parts else None  # type: ignore[return-value]
 
 
 class DatasetRecord(BaseModel):
@@ -163,11 +244,31 @@ class RegistrationResult(BaseModel):
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
+    """``name`` if it is a valid dataset name, else an error saying what one looks like."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidParameterError(
-            f"dataset name {name!r} must start with a letter or digit and hold only letters, digits, '.', '_', '-'"
+            f"dataset name {name!r} must start with a letter or digit and hold only letters, digits, '.', '_', '-' "
+            f"(at most {NAME_MAX} characters)"
         )
     return name
+
+
+def check_tag(name: str) -> str:
+    """``name`` if it is a valid tag: a name that may also hold '+' and '/', and that does not
+    look like a version id or prefix (4 to 32 hex digits, in any case), which it would shadow."""
+    if not isinstance(name, str) or not _TAG.fullmatch(name):
+        raise InvalidParameterError(
+            f"tag {name!r} must start with a letter or digit and hold only letters, digits, '.', '_', '-', '+', '/' "
+            f"(at most {NAME_MAX} characters)"
+        )
+    if looks_like_id(name):
+        raise InvalidParameterError(f"tag {name!r} looks like a version id (4 to 32 hex digits); pick another name")
+    return name
+
+
+def looks_like_id(ref: str) -> bool:
+    """Whether ``ref`` has the form of a version, run or audit id or id prefix (4-32 hex digits)."""
+    return isinstance(ref, str) and _HEX_ID.fullmatch(ref) is not None
 
 
 class ParamRecord(BaseModel):
@@ -199,6 +300,22 @@ class VersionRecord(BaseModel):
     n_elements: int
     full_bytes: int = Field(description="bytes of a full copy of this version")
     stored_bytes: int = Field(description="bytes of the patch tensors this version references")
+    tags: list[str] = Field(default_factory=list, description="tags that name this version (kept in the tags table)")
+
+    def label(self) -> str:
+        """The short id with the version's tags, as people see it: ``3f2a9c1b04de (release, v2)``."""
+        return self.version_id[:12] + (f" ({', '.join(self.tags)})" if self.tags else "")
+
+
+class TagRecord(BaseModel):
+    """A tag: a name for a version, movable by tagging again."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    version_id: str
+    created_at: datetime = Field(description="when the tag was set (or last moved)")
+    message: str = Field(description="the message of the version it names")
 
 
 class RunShardRecord(BaseModel):
