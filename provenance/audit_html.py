@@ -1,7 +1,11 @@
 """Audit reports (dedup, pre-merge gate, memorization) as the pages of :mod:`provenance.reports`:
 the summary, the alerts, the tables people look for first, and the plots where a picture reads
 faster than a table (similarity distribution, cluster sizes, the LSH S-curve, exposure versus
-similarity)."""
+similarity), with the audit's threshold and the gate's limits drawn on them.
+
+The gate's page opens with what broke, in red, in the order the gate checked it (contamination
+first), before any table or plot; its badge is green only when nothing broke and no evaluation
+document leaked."""
 
 from __future__ import annotations
 
@@ -10,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from provenance.errors import InvalidParameterError
+from provenance.gate import LICENSE_CONDITIONS
 from provenance.reports import write_html
 
 _CLUSTER_BINS = [(2, 2), (3, 3), (4, 7), (8, 15), (16, 31), (32, 63), (64, 127), (128, 10**18)]
+#: The gate's policies as its flags name them, in the order it checks them.
+_POLICIES = {"max_contamination": "max-contamination", "max_overlap": "max-overlap", "deny_license": "deny-licence"}
 
 
 def write_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -25,6 +32,10 @@ def write_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
     page["subtitle"] = f"audit {report['audit_id']} · {report['created_at']} UTC"
     page["json"] = {k: v for k, v in report.items() if k != "pairs"}
     return write_html(page, path)
+
+
+def _threshold(r: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"x": r["threshold"], "label": f"threshold {r['threshold']:g}"}]
 
 
 def _dedup(r: dict[str, Any]) -> dict[str, Any]:
@@ -43,68 +54,122 @@ def _dedup(r: dict[str, Any]) -> dict[str, Any]:
                "rows": [[n["dataset_id"], n["key"], n["near_copies"]] for n in r["near_copies"]]}]
     pairs = r.get("pairs") or []
     if pairs:
-        tables.append({"title": "Pairs, most similar first", "columns": ["a", "b", "Jaccard (est.)", "± s.e.", "exact"],
+        tables.append({"title": "Pairs, most similar first",
+                       "columns": ["a", "b", "Jaccard (est.)", "± s.e.", "exact Jaccard (verified)"],
                        "rows": [[p["a"], p["b"], p["jaccard"], p["stderr"], p["exact"]] for p in pairs]})
     return {
         "title": f"Deduplication audit of {', '.join(r['datasets'])}",
         "summary": {"documents": s["documents"], "threshold (Jaccard)": r["threshold"], "pairs": s["pairs"],
                     "exact duplicate pairs": s["exact_duplicate_pairs"], "clusters": s["clusters"],
                     "largest cluster": s["largest_cluster"], "redundant documents": s["redundant_documents"],
-                    "duplicate rate": s["duplicate_rate"], "banding": f"{b['bands']} bands × {b['rows']} rows",
-                    "P(candidate) at threshold": b["p_at_threshold"],
+                    "duplicate rate": f"{s['duplicate_rate']:.2%}",
+                    "banding": f"{b['bands']} bands × {b['rows']} rows", "P(candidate) at threshold": b["p_at_threshold"],
                     **({"verified pairs": v["checked"], "rejected by exact Jaccard": v["rejected"]} if v else {})},
         "alerts": [f"not verified: {u}" for u in (v or {}).get("unreadable", [])],
         "tables": tables,
         "plots": [
             {"kind": "histogram", "title": "Similarity of the pairs found", "x_label": "estimated Jaccard",
-             "y_label": "pairs", "bins": r["similarity_histogram"], "vlines": [{"x": r["threshold"], "label": "threshold"}]},
+             "bins": [[round(lo, 9), round(hi, 9), n] for lo, hi, n in r["similarity_histogram"]],
+             "y_label": "pairs", "vlines": _threshold(r)},
             {"kind": "bar", "title": "Cluster sizes", "x_label": "documents in the cluster", "y_label": "clusters",
              "bars": bars},
             {"kind": "line", "title": "LSH S-curve: probability that a pair becomes a candidate",
              "x_label": "Jaccard similarity", "y_label": "P(candidate)",
              "series": [{"name": f"{b['bands']} bands × {b['rows']} rows", "points": b["s_curve"]}],
-             "vlines": [{"x": r["threshold"], "label": "threshold"}]},
+             "vlines": _threshold(r)},
         ],
     }
 
 
+def _violations(r: dict[str, Any]) -> list[dict[str, str]]:
+    """What broke, in the order the gate checked it; a report stored before ``violations`` has
+    only its ``alerts``, each named by the flag its message starts with."""
+    if "violations" in r:
+        return r["violations"]
+    return [{"policy": next((p for p, flag in _POLICIES.items() if a.startswith(flag)), ""), "message": a}
+            for a in r.get("alerts", [])]
+
+
 def _gate(r: dict[str, Any]) -> dict[str, Any]:
-    c = r["contamination"]
-    summary: dict[str, Any] = {"passed": r["passed"], "versions": ", ".join(v[:12] for v in r["versions"]),
-                               "threshold (Jaccard)": r["threshold"],
-                               "max overlap": r["policy"]["max_overlap"],
-                               "max contamination": r["policy"]["max_contamination"]}
-    if c:
-        summary.update({"evaluation datasets": ", ".join(c["eval_datasets"]),
-                        "contaminated evaluation documents": c["contaminated_eval_documents"]})
-    tables = [{"title": "Training-data overlap", "columns": ["A", "B", "A documents", "A overlap", "B documents",
-                                                          "B overlap"],
-               "rows": [[o["a"][:12], o["b"][:12], o["a_documents"],
-                         f"{o['a_fraction']:.2%} ({o['a_exact']} exact, {o['a_near']} near)", o["b_documents"],
-                         f"{o['b_fraction']:.2%} ({o['b_exact']} exact, {o['b_near']} near)"] for o in r["overlap"]]},
-              {"title": "Overlapping datasets", "columns": ["A", "B", "dataset", "overlaps", "exact", "near"],
-               "rows": [[o["a"][:12], o["b"][:12], d["dataset"], d["other"], d["exact"], d["near"]]
-                        for o in r["overlap"] for d in o["datasets"]]}]
+    c, policy, lic = r["contamination"], r["policy"], r.get("license")
+    labels = r.get("labels") or {}  # reports stored before labels show short ids
+
+    def label(vid: str) -> str:
+        return labels.get(vid, vid[:12])
+
+    broken = _violations(r)
+    names = list(dict.fromkeys(_POLICIES.get(v["policy"]) or "a limit" for v in broken))
+    leaked = c["contaminated_eval_documents"] if c else 0
+    status = "failed" if broken or not r["passed"] else "passed" if not leaked else "passed, no contamination limit"
+    deny = policy.get("deny_license") or []
+    largest = max((o[f"{s}_fraction"] for o in r["overlap"] for s in "ab"), default=0.0)
+    denied = {d: (lic or {}).get(LICENSE_CONDITIONS[d], []) for d in deny}
+
+    def result(name: str, limit: Any) -> str:
+        return "broken" if any(v["policy"] == name for v in broken) else "held" if limit else "no limit"
+
+    limits = [
+        ["max-contamination", "no limit" if policy["max_contamination"] is None else
+         f"{policy['max_contamination']} evaluation documents",
+         f"{leaked} of {c['eval_documents']} evaluation documents" if c else "no evaluation data",
+         result("max_contamination", policy["max_contamination"] is not None and c)],
+        ["max-overlap", "no limit" if policy["max_overlap"] is None else f"{policy['max_overlap']:.2%}",
+         f"{largest:.2%} (the largest side)", result("max_overlap", policy["max_overlap"] is not None)],
+        ["deny-licence", ", ".join(deny) or "none",
+         "; ".join(f"{d}: {', '.join(ds)}" for d, ds in denied.items() if ds) or "none", result("deny_license", deny)],
+    ]
+    tables = [{"title": "Policy", "columns": ["policy", "limit", "found", "result"], "rows": limits}]
+    if lic is not None:
+        conditions = [("non-commercial", "non_commercial"), ("share-alike", "share_alike"),
+                      ("attribution", "attribution"), ("unknown", "unknown_license"),
+                      ("model-generated", "model_generated")]
+        tables.append({"title": "Licences of the merged lineage", "columns": ["condition", "datasets", "denied"],
+                       "rows": [["licences", ", ".join(lic["licenses"]) or "none recorded", ""]]
+                       + [[name, ", ".join(lic[key]) or "none", name in deny] for name, key in conditions],
+                       "note": "The union over the inputs' whole lineages: what the merged model would carry."})
     if c:
         tables.append({"title": "Contaminated evaluation documents", "columns": ["document"],
                        "rows": [[k] for k in c["contaminated_eval_keys"]]})
-    return {"title": "Pre-merge gate", "summary": summary, "alerts": r["alerts"], "tables": tables,
+    tables += [{"title": "Training-data overlap", "columns": ["A", "B", "A documents", "A overlap", "B documents",
+                                                           "B overlap"],
+                "rows": [[label(o["a"]), label(o["b"]), o["a_documents"],
+                          f"{o['a_fraction']:.2%} ({o['a_exact']} exact, {o['a_near']} near)", o["b_documents"],
+                          f"{o['b_fraction']:.2%} ({o['b_exact']} exact, {o['b_near']} near)"] for o in r["overlap"]]},
+               {"title": "Overlapping datasets", "columns": ["A", "B", "dataset", "overlaps", "exact", "near"],
+                "rows": [[label(o["a"]), label(o["b"]), d["dataset"], d["other"], d["exact"], d["near"]]
+                         for o in r["overlap"] for d in o["datasets"]]}]
+    summary: dict[str, Any] = {"status": status, "versions": ", ".join(label(v) for v in r["versions"]),
+                               "threshold (Jaccard)": r["threshold"]}
+    if c:
+        summary.update({"evaluation datasets": ", ".join(c["eval_datasets"]),
+                        "contaminated evaluation documents": leaked})
+    summary["largest overlap"] = f"{largest:.2%}"
+    limit = policy["max_overlap"]
+    return {"title": "Pre-merge gate", "summary": summary, "tables": tables,
+            "alerts": [v["message"] for v in broken],
+            "alerts_title": f"The gate failed: {', '.join(names)} broken" if broken else None,
             "plots": [{"kind": "bar", "title": "Share of each side's training documents that overlap the other",
-                       "x_label": "side", "y_label": "fraction",
+                       "x_label": "side", "y_label": "fraction of the side's training documents",
                        "bars": [[f"{o[s][:8]} vs {o[t][:8]}", o[f"{s}_fraction"]] for o in r["overlap"]
-                                for s, t in (("a", "b"), ("b", "a"))]}]}
+                                for s, t in (("a", "b"), ("b", "a"))],
+                       "hlines": [] if limit is None else [{"y": limit, "label": f"max-overlap {limit:.2%}"}]}]}
 
 
 def _memorization(r: dict[str, Any]) -> dict[str, Any]:
     points = [[m["jaccard"], m["exposure"]] for s in r["samples"] for m in s["matches"]]
     return {
-        "title": f"Memorization audit of {r['version'][:12]}",
-        "summary": r["summary"],
+        "title": f"Memorization audit of {r.get('label') or r['version'][:12]}",
+        "summary": {"threshold (Jaccard)": r["threshold"], "span (words)": r["span"],
+                    **{k.replace("_", " "): v for k, v in r["summary"].items()}},
+        "alerts": [f"not checked for shared spans: {u}" for u in r.get("unreadable", [])],
         "tables": [{"title": "Samples that match training documents",
-                    "columns": ["sample", "document", "Jaccard (est.)", "longest shared span (words)", "exposure"],
-                    "rows": [[s["index"], f"{m['dataset_id']}:{m['key']}", m["jaccard"], m["span_words"], m["exposure"]]
-                             for s in r["samples"] for m in s["matches"]]}],
+                    "columns": ["sample", "document", "Jaccard (est.)", "shared words", "exposure",
+                                "the shared span"],
+                    "rows": [[s["index"], f"{m['dataset_id']}:{m['key']}", m["jaccard"], m["span_words"],
+                              m["exposure"], m.get("span_text", "")] for s in r["samples"] for m in s["matches"]],
+                    "note": "The shared span is the sample's longest run of words found in the document, "
+                            "normalised (lower case, punctuation dropped)."}],
         "plots": [{"kind": "scatter", "title": "Exposure versus similarity", "x_label": "estimated Jaccard",
                    "y_label": "exposure (times training saw the document and its near-copies)", "points": points,
-                   "log_y": True}],
+                   "log_y": True, "vlines": _threshold(r)}],
     }

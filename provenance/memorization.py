@@ -9,7 +9,9 @@ that it
   config) at least ``threshold``, candidates from an LSH band join in DuckDB; or
 - shares an exact span of at least ``span`` words with (50 by default: Carlini et al.'s
   extractable memorization counts 50-token continuations), found from hashed word windows of the
-  source text (:mod:`provenance.ngrams`); ``span_words`` is the longest such run.
+  source text (:mod:`provenance.ngrams`); ``span_words`` is the longest such run and
+  ``span_text`` its words (normalised: lower case, punctuation dropped; the first
+  :data:`SPAN_TEXT_CHARS` characters), the text a reader checks.
 
 Each match carries its **exposure**: how many times training saw that document and its
 near-copies in the lineage (logged examples where the run logged them, else declared epochs),
@@ -37,6 +39,9 @@ from provenance.errors import InvalidParameterError, SourceError
 from provenance.ledger import Ledger
 from provenance.lineage import ancestry
 from provenance.ngrams import ngram_hashes
+from provenance.ngrams import words as normalised_words
+
+SPAN_TEXT_CHARS = 500  # characters of a shared span's text kept in the report
 
 
 def read_samples(path: str | os.PathLike) -> list[str]:
@@ -131,13 +136,13 @@ def audit_memorization(
         matches: dict[tuple[int, int], dict[str, Any]] = {}
         for sample, rep in sample_rep.items():
             for doc in first[rep]:  # the same signature as the sample
-                matches[(sample, doc)] = {"jaccard": 1.0, "span_words": 0}
+                matches[(sample, doc)] = {"jaccard": 1.0, "span_words": 0, "span_text": ""}
             for other, jaccard in partners[rep].items():
                 for doc in first[other]:
-                    matches[(sample, doc)] = {"jaccard": jaccard, "span_words": 0}
-        for (sample, doc), words in spans.items():
-            entry = matches.setdefault((sample, doc), {"jaccard": None, "span_words": 0})
-            entry["span_words"] = words
+                    matches[(sample, doc)] = {"jaccard": jaccard, "span_words": 0, "span_text": ""}
+        for (sample, doc), (words, text) in spans.items():
+            entry = matches.setdefault((sample, doc), {"jaccard": None})
+            entry["span_words"], entry["span_text"] = words, text
         matched = sorted({d for _, d in matches})
         doc_rep = {r["doc_id"]: r["rep"] for r in tx.audit_query(
             "SELECT doc_id, rep FROM aud_groups WHERE list_contains($1, doc_id)", [matched]).to_pylist()}
@@ -162,7 +167,8 @@ def audit_memorization(
                 group = {doc} | neighbours.get(doc, set())
                 found.append({"doc_id": doc, "dataset_id": docs[doc]["dataset_id"], "key": docs[doc]["key"],
                               "jaccard": jaccard, "stderr": math.sqrt(jaccard * (1 - jaccard) / k),
-                              "span_words": m["span_words"], "near_copies": len(neighbours.get(doc, ())),
+                              "span_words": m["span_words"], "span_text": m["span_text"],
+                              "near_copies": len(neighbours.get(doc, ())),
                               "seen": seen.get(doc, 0.0), "exposure": sum(seen.get(d, 0.0) for d in group)})
             found.sort(key=lambda f: (-f["span_words"], -f["jaccard"], f["key"]))
             report_samples.append({"index": i, "text": text[:300], "matches": found})
@@ -173,6 +179,7 @@ def audit_memorization(
                    "training_documents_matched": len({m["doc_id"] for s in memorized for m in s["matches"]}),
                    "max_exposure": max((m["exposure"] for s in memorized for m in s["matches"]), default=0.0)}
         report = {"audit_id": audit_id, "kind": "memorization", "created_at": created.isoformat(), "version": vid,
+                  "label": described[0]["label"],
                   "datasets": [d.dataset_id for d in datasets], "threshold": threshold, "span": span,
                   "config_id": cfg.identity, "banding": {"bands": banding.bands, "rows": banding.rows, "num_perm": k},
                   "summary": summary, "samples": report_samples, "unreadable": unreadable,
@@ -185,16 +192,18 @@ def audit_memorization(
     return report
 
 
-def _spans(ledger: Ledger, tx, texts: list[str], n: int) -> tuple[dict[tuple[int, int], int], list[str]]:
-    """Per (sample, document) sharing a window of ``n`` words: the longest run of shared words.
-    The samples' windows are held (a few per word of the samples); the training documents' text is
-    streamed shard by shard, so memory does not grow with the lineage."""
+def _spans(ledger: Ledger, tx, texts: list[str], n: int) -> tuple[dict[tuple[int, int], tuple[int, str]], list[str]]:
+    """Per (sample, document) sharing a window of ``n`` words: the longest run of shared words,
+    as its length and its text (the sample's normalised words). The samples' windows are held (a
+    few per word of the samples); the training documents' text is streamed shard by shard, so
+    memory does not grow with the lineage."""
     windows = [ngram_hashes(t, n) for t in texts]
     all_windows = np.unique(np.concatenate(windows)) if any(len(w) for w in windows) else np.zeros(0, np.uint64)
     if not len(all_windows):
         return {}, []
     locs = tx.audit_query("SELECT doc_id, dataset_id, shard_index, row_index FROM aud_docs WHERE doc_id >= 0").to_pylist()
-    out: dict[tuple[int, int], int] = {}
+    out: dict[tuple[int, int], tuple[int, str]] = {}
+    sample_words = [normalised_words(t) for t in texts]
     unreadable: list[str] = []
     for r, text in iter_texts(ledger, locs, unreadable):
         h = ngram_hashes(text, n)
@@ -204,16 +213,20 @@ def _spans(ledger: Ledger, tx, texts: list[str], n: int) -> tuple[dict[tuple[int
         for i, w in enumerate(windows):
             hit = np.isin(w, doc_windows)
             if hit.any():
-                out[(i, r["doc_id"])] = _longest_run(hit) + n - 1
+                start, run = _longest_run(hit)
+                span = sample_words[i][start : start + run + n - 1]
+                out[(i, r["doc_id"])] = len(span), " ".join(span)[:SPAN_TEXT_CHARS]
     return out, unreadable
 
 
-def _longest_run(mask: np.ndarray) -> int:
-    """The longest run of True in ``mask``."""
-    best = run = 0
-    for v in mask.tolist():
+def _longest_run(mask: np.ndarray) -> tuple[int, int]:
+    """The first longest run of True in ``mask``, as ``(start, length)``."""
+    best = (0, 0)
+    run = 0
+    for i, v in enumerate(mask.tolist()):
         run = run + 1 if v else 0
-        best = max(best, run)
+        if run > best[1]:
+            best = (i - run + 1, run)
     return best
 
 

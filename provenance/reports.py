@@ -3,7 +3,9 @@
 A report is a JSON-able dict (see :func:`render_html`). The page needs nothing outside itself:
 no scripts, no external styles or fonts, no network. Every text value is HTML-escaped, and the
 same report always renders to the same bytes. Plots are drawn here as SVG: histograms, bars,
-scatters and lines, each mark with a tooltip giving its exact values.
+scatters and lines, each mark with a tooltip giving its exact values. Labels stay inside their
+plot: the y axis's label is written across the top, long labels and bar names are shortened to
+the room they have (whole in their tooltip).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import math
 import numbers
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,8 @@ MAX_ROWS = 200  # rows shown per table
 MAX_JSON_BYTES = 200_000  # bytes of the embedded JSON report shown
 
 _W, _H = 720, 320  # SVG size; the plot area sits inside the margins below
-_LEFT, _RIGHT, _TOP, _BOTTOM = 64, 16, 16, 48
+_LEFT, _RIGHT, _TOP, _BOTTOM = 64, 28, 34, 48  # the top margin holds the y label and marker labels
+_CHAR = 6.6  # the widest average character of an 11px sans-serif label, in px: room is measured with it
 _PW, _PH = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
 _COLOURS = ("#0969da", "#cf222e", "#1a7f37", "#8250df", "#bc4c00", "#1b7c83")
 _GOOD = {"pass", "passed", "ok", "success", "succeeded", "yes", "true"}
@@ -37,7 +41,7 @@ main{max-width:1000px;margin:0 auto;padding:24px 16px 48px}
 h1{font-size:1.6em;margin:0 0 4px}h2{font-size:1.2em;margin:28px 0 8px}
 .subtitle,.note{color:#57606a}.note{font-size:13px;margin:4px 0}
 .alerts{border:1px solid #cf222e;background:#ffebe9;color:#a40e26;border-radius:6px;
- padding:8px 16px;margin:16px 0;font-weight:600}
+ padding:8px 16px;margin:16px 0;font-weight:600}.alerts p{margin:4px 0;font-size:1.1em}
 table{border-collapse:collapse;font-size:14px}
 th,td{padding:4px 10px;text-align:left;border-bottom:1px solid #d0d7de;vertical-align:top}
 thead th{border-bottom:2px solid #8c959f}tbody tr:nth-child(even){background:#f6f8fa}
@@ -49,6 +53,8 @@ svg{max-width:100%;height:auto;font-size:11px;fill:#1f2328}
 .dot{fill:#0969da;fill-opacity:.6}.series{fill:none;stroke-width:2}
 .vertex{fill-opacity:0}.vertex:hover,.vertex.lone{fill-opacity:1}
 .vline{stroke:#57606a;stroke-dasharray:4 3}.nodata{fill:#57606a;font-size:16px}
+.limit{stroke:#cf222e;stroke-width:1.5;stroke-dasharray:6 3}
+.limit-label{fill:#cf222e;paint-order:stroke;stroke:#fff;stroke-width:3px;stroke-linejoin:round}
 .legend{font-size:13px;margin:4px 0}.key{display:inline-block;width:18px;border-top:3px solid;
  margin:0 6px 3px 12px;vertical-align:middle}
 pre{background:#f6f8fa;padding:12px;overflow:auto;font-size:12px}
@@ -61,12 +67,14 @@ def render_html(report: dict) -> str:
     Keys (all but ``title`` optional, unknown ones ignored): ``title``, ``subtitle``;
     ``summary``, a dict of scalars (floats to 4 significant digits, booleans as yes/no, a
     ``passed`` or ``status`` key as a green or red badge); ``alerts``, a list of strings shown in
-    red at the top; ``tables``, dicts of ``title``, ``columns``, ``rows`` and ``note`` (the first
-    :data:`MAX_ROWS` rows shown); ``plots``, dicts of ``kind`` (histogram, bar, scatter or line),
-    ``title``, ``x_label``, ``y_label``, ``log_y`` and the kind's data (``bins`` of
-    ``[lo, hi, count]``, ``bars`` of ``[label, value]``, ``points`` of ``[x, y]``, ``series`` of
-    ``{"name", "points"}``; ``vlines`` of ``{"x", "label"}`` on a numeric x axis); ``json``, the
-    machine-readable report, embedded folded (up to :data:`MAX_JSON_BYTES`).
+    red at the top, under ``alerts_title`` in bold where given; ``tables``, dicts of ``title``,
+    ``columns``, ``rows`` and ``note`` (the first :data:`MAX_ROWS` rows shown); ``plots``, dicts
+    of ``kind`` (histogram, bar, scatter or line), ``title``, ``x_label``, ``y_label``, ``log_y``
+    and the kind's data (``bins`` of ``[lo, hi, count]``, a bin with ``lo == hi`` holding one
+    value; ``bars`` of ``[label, value]``, ``points`` of ``[x, y]``, ``series`` of
+    ``{"name", "points"}``; ``vlines`` of ``{"x", "label"}`` on a numeric x axis, ``hlines`` of
+    ``{"y", "label"}``, limits drawn in red); ``json``, the machine-readable report, embedded
+    folded (up to :data:`MAX_JSON_BYTES`).
 
     Raises :class:`~provenance.errors.InvalidParameterError` (a ``ValueError``) naming the
     offending key, and the plot's index for a malformed plot."""
@@ -78,7 +86,9 @@ def render_html(report: dict) -> str:
         body.append(f'<p class="subtitle">{_e(_text(report["subtitle"]))}</p>')
     alerts = _list(report, "alerts", "report")
     if alerts:
-        body.append('<div class="alerts"><ul>' + "".join(f"<li>{_e(_text(a))}</li>" for a in alerts) + "</ul></div>")
+        head = f"<p>{_e(_text(report['alerts_title']))}</p>" if report.get("alerts_title") else ""
+        items = "".join(f"<li>{_e(_text(a))}</li>" for a in alerts)
+        body.append(f'<div class="alerts">{head}<ul>{items}</ul></div>')
     summary = report.get("summary") or {}
     if not isinstance(summary, dict):
         raise InvalidParameterError(f"report key 'summary' must be a dict, got {type(summary).__name__}")
@@ -143,7 +153,9 @@ def _summary_cell(key: Any, value: Any) -> str:
 
 
 def _cell(value: Any) -> str:
-    numeric = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    """A table cell; numbers (and percentages written as text) right-aligned."""
+    numeric = isinstance(value, numbers.Real) and not isinstance(value, bool) or (
+        isinstance(value, str) and re.fullmatch(r"-?[\d,]*\.?\d+%", value) is not None)
     return f'<td class="num">{_e(_text(value))}</td>' if numeric else f"<td>{_e(_text(value))}</td>"
 
 
@@ -255,18 +267,51 @@ def _axes(x: _Axis | list[str], y: _Axis, x_label: str, y_label: str) -> list[st
         out.append(f'<line class="grid" x1="{_LEFT}" x2="{_W - _RIGHT}" y1="{p:.1f}" y2="{p:.1f}"/>')
         out.append(f'<text x="{_LEFT - 6}" y="{p + 4:.1f}" text-anchor="end">{_tick(t)}</text>')
     if isinstance(x, _Axis):
-        ticks = [(_px(x, t), _tick(t)) for t in x.ticks]
-    else:  # one band per bar; at most about 12 names, cut to 12 characters (tooltips have them whole)
+        ticks, room = [(_px(x, t), _tick(t)) for t in x.ticks], float(_W)
+    else:  # one band per bar; at most about 12 names, each shortened to the room it has
         band, every = _PW / len(x), math.ceil(len(x) / 12)
-        cut = [name if len(name) <= 12 else name[:11] + "…" for name in x]
-        ticks = [(_LEFT + (k + 0.5) * band, name) for k, name in enumerate(cut) if k % every == 0]
-    out += [f'<text x="{p:.1f}" y="{bottom + 16}" text-anchor="middle">{_e(t)}</text>' for p, t in ticks]
+        ticks, room = [(_LEFT + (k + 0.5) * band, name) for k, name in enumerate(x) if k % every == 0], band * every - 8
+    out += [_label(t, room, f'x="{p:.1f}" y="{bottom + 16}" text-anchor="middle"') for p, t in ticks]
     out.append(f'<line class="axis" x1="{_LEFT}" x2="{_W - _RIGHT}" y1="{bottom}" y2="{bottom}"/>')
     out.append(f'<line class="axis" x1="{_LEFT}" x2="{_LEFT}" y1="{_TOP}" y2="{bottom}"/>')
-    out.append(f'<text x="{_LEFT + _PW / 2:.1f}" y="{_H - 8}" text-anchor="middle">{_e(x_label)}</text>')
-    out.append(
-        f'<text transform="rotate(-90)" x="{-(_TOP + _PH / 2):.1f}" y="14" text-anchor="middle">{_e(y_label)}</text>'
-    )
+    centre = _LEFT + _PW / 2
+    out.append(_label(x_label, 2 * min(centre, _W - centre) - 8, f'x="{centre:.1f}" y="{_H - 8}" text-anchor="middle"'))
+    if y_label:  # across the top, above its axis: a rotated label longer than the axis would be cut
+        out.append(_label(f"↑ {y_label}", _W - 8, 'class="ylabel" x="4" y="13"'))
+    return out
+
+
+def _label(text: str, room: float, attrs: str) -> str:
+    """A ``<text>`` with ``attrs``, shortened with an ellipsis to ``room`` px; a shortened one
+    keeps the whole text as its tooltip."""
+    most = max(int(room / _CHAR), 2)
+    if len(text) <= most:
+        return f"<text {attrs}>{_e(text)}</text>"
+    return f"<text {attrs}>{_e(text[: most - 1])}…<title>{_e(text)}</title></text>"
+
+
+def _markers(spec: _Spec, x: _Axis | list[str], y: _Axis) -> list[str]:
+    """The plot's marker lines: ``vlines`` (on a numeric x axis) grey, labelled in the top margin;
+    ``hlines`` (limits) red, labelled at their right end."""
+    out = []
+    for v, label in spec.vlines if isinstance(x, _Axis) else []:
+        p, tip = _px(x, v), f"{label} x = {_exact(v)}".strip()
+        out.append(f'<line class="vline" x1="{p:.1f}" x2="{p:.1f}" y1="{_TOP}" y2="{_TOP + _PH}">')
+        out.append(f"<title>{_e(tip)}</title></line>")
+        if label:
+            half = min(len(label) * _CHAR, _W) / 2  # centred on its line, kept inside the picture
+            at = min(max(p, half + 2), _W - half - 2)
+            out.append(_label(label, _W, f'class="vlabel" x="{at:.1f}" y="{_TOP - 6}" text-anchor="middle"'))
+    for v, label in spec.hlines:
+        if y.log and v <= 0:
+            continue
+        p, tip = _py(y, v), f"{label} y = {_exact(v)}".strip()
+        out.append(f'<line class="limit" x1="{_LEFT}" x2="{_W - _RIGHT}" y1="{p:.1f}" y2="{p:.1f}">')
+        out.append(f"<title>{_e(tip)}</title></line>")
+        if label:
+            below = p - 16 < _TOP  # too near the top for a label above it
+            attrs = f'class="limit-label" text-anchor="end" x="{_W - _RIGHT - 4}" y="{p + 14 if below else p - 5:.1f}"'
+            out.append(_label(label, _PW, attrs))
     return out
 
 
@@ -282,6 +327,7 @@ class _Spec:
     log_y: bool
     labels: tuple[str, str]  # x, y
     vlines: list[tuple[float, str]]  # x, label
+    hlines: list[tuple[float, str]]  # y, label
     notes: list[str]
     legend: list[tuple[str, str]]  # colour, name
 
@@ -305,19 +351,14 @@ def _plot(index: int, plot: Any) -> str:
     where = f"plot {index} ({kind})"
     title = _text(plot.get("title") or f"Plot {index + 1}")
     labels = _text(plot.get("x_label") or ""), _text(plot.get("y_label") or "")
-    spec = _Spec(plot, where, bool(plot.get("log_y")), labels, _vlines(plot, where), [], [])
+    lines = _lines(plot, "vlines", "x", where), _lines(plot, "hlines", "y", where)
+    spec = _Spec(plot, where, bool(plot.get("log_y")), labels, *lines, [], [])
     chart = _KINDS[kind](spec)
     if chart is None:
         inner = [f'<text class="nodata" x="{_W / 2}" y="{_H / 2}" text-anchor="middle">no data</text>']
     else:
         x, y, marks = chart
-        inner = _axes(x, y, *labels) + marks
-        for v, label in spec.vlines if isinstance(x, _Axis) else []:
-            p, tip = _px(x, v), f"{label} x = {_exact(v)}".strip()
-            inner.append(f'<line class="vline" x1="{p:.1f}" x2="{p:.1f}" y1="{_TOP}" y2="{_TOP + _PH}">')
-            inner.append(
-                f'<title>{_e(tip)}</title></line><text x="{p + 4:.1f}" y="{_TOP + _PH - 6}">{_e(label)}</text>'
-            )
+        inner = _axes(x, y, *labels) + marks + _markers(spec, x, y)
     tip = "; ".join((["no data"] if chart is None else []) + spec.notes)
     tip = f"{title} ({tip})" if tip else title
     svg = f'<svg viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" role="img"><title>{_e(tip)}</title>'
@@ -355,20 +396,32 @@ def _items(d: dict, key: str, where: str, shape: tuple[str, ...]) -> list[list]:
     return out
 
 
-def _vlines(plot: dict, where: str) -> list[tuple[float, str]]:
-    """The plot's vertical marker lines as ``(x, label)``; drawn only on a numeric x axis."""
+def _lines(plot: dict, key: str, at: str, where: str) -> list[tuple[float, str]]:
+    """The plot's marker lines ``key`` (``vlines`` at ``x``, ``hlines`` at ``y``) as ``(at, label)``."""
     out = []
-    for k, line in enumerate(_list(plot, "vlines", where)):
-        if not isinstance(line, dict) or "x" not in line:
-            raise InvalidParameterError(f"{where} key 'vlines': item {k} must be a dict with 'x', got {line!r}")
-        x = _num(line["x"], f"{where} key 'vlines': item {k} x")
-        if _finite(x):
-            out.append((x, _text(line.get("label") or "")))
+    for k, line in enumerate(_list(plot, key, where)):
+        if not isinstance(line, dict) or at not in line:
+            raise InvalidParameterError(f"{where} key {key!r}: item {k} must be a dict with {at!r}, got {line!r}")
+        v = _num(line[at], f"{where} key {key!r}: item {k} {at}")
+        if _finite(v):
+            out.append((v, _text(line.get("label") or "")))
     return out
 
 
+def _x_axis(values: list[float], spec: _Spec) -> _Axis:
+    """A numeric x axis over ``values`` and the vlines, a tick step wider on the left where a
+    vline would sit on the y axis line and be hidden by it."""
+    x = _linear_axis(values + [v for v, _ in spec.vlines])
+    if len(x.ticks) < 2 or not any(x.frac(v) < 0.02 for v, _ in spec.vlines):
+        return x
+    ticks = (float(f"{2 * x.ticks[0] - x.ticks[1]:.12g}"), *x.ticks)
+    return _Axis(ticks[0], ticks[-1], ticks)
+
+
 def _value_axis(values: list[float], spec: _Spec) -> _Axis:
-    """The y axis of bars: from zero, or over the positive values on a log scale."""
+    """The y axis of bars, with room for the hlines: from zero, or over the positive values on a
+    log scale."""
+    values = values + [v for v, _ in spec.hlines]
     positive = [v for v in values if v > 0]
     if spec.log_y and positive:
         return _log_axis(positive)
@@ -402,12 +455,24 @@ def _histogram(spec: _Spec) -> tuple[_Axis, _Axis, list[str]] | None:
     spec.skipped("bins", nonfinite)
     if not bins:
         return None
-    x = _linear_axis([v for lo, hi, _ in bins for v in (lo, hi)] + [v for v, _ in spec.vlines])
+    widths = [hi - lo for lo, hi, _ in bins if hi > lo]
+    step = min(widths, default=0.0)  # a bin of one value (lo = hi) is drawn this wide, from lo up
+    points = [lo for lo, hi, _ in bins if hi == lo]
+    if points and step:
+        what = spec.labels[1] or "values"
+        spec.notes.append(f"the bar{'s' if len(points) > 1 else ''} at {', '.join(map(_exact, points))} "
+                          f"count{'' if len(points) > 1 else 's'} the {what} at exactly that value, drawn one bin wide")
+    x = _x_axis([v for lo, hi, _ in bins for v in (lo, hi if hi > lo else lo + step)], spec)
     y = _value_axis([c for _, _, c in bins], spec)
     unit = f" {spec.labels[1]}".rstrip()
-    marks = [
-        _bar(_px(x, lo), _px(x, hi), y, c, f"[{_exact(lo)}, {_exact(hi)}): {_exact(c)}{unit}") for lo, hi, c in bins
-    ]
+    marks = []
+    for lo, hi, c in bins:
+        if hi > lo:
+            x0, x1, tip = _px(x, lo), _px(x, hi), f"[{_exact(lo)}, {_exact(hi)}): {_exact(c)}{unit}"
+        else:  # one value: one bin wide from it, or a narrow bar on it where every bin is one value
+            x0, x1 = (_px(x, lo), _px(x, lo + step)) if step else (_px(x, lo) - 4, _px(x, lo) + 4)
+            tip = f"[{_exact(lo)}, {_exact(hi)}]: {_exact(c)}{unit}"
+        marks.append(_bar(x0, x1, y, c, tip))
     return x, y, marks
 
 
@@ -447,8 +512,9 @@ def _xy(spec: _Spec) -> tuple[_Axis, _Axis, list[str]] | None:
     every = [p for _, points in series for p in points]
     if not every:
         return None
-    x = _linear_axis([a for a, _ in every] + [v for v, _ in spec.vlines])
-    y = (_log_axis if spec.log_y else _linear_axis)([b for _, b in every])
+    x = _x_axis([a for a, _ in every], spec)
+    limits = [v for v, _ in spec.hlines if v > 0 or not spec.log_y]
+    y = (_log_axis if spec.log_y else _linear_axis)([b for _, b in every] + limits)
     names = spec.labels[0] or "x", spec.labels[1] or "y"
     marks = []
     for j, (name, points) in enumerate(series):

@@ -367,6 +367,10 @@ def test_a_single_value_still_gets_an_axis(plot, tag):
             [{"kind": "scatter", "points": [], "vlines": [{"label": "t"}]}],
             "plot 0 (scatter) key 'vlines': item 0 must be a dict with 'x'",
         ),
+        (
+            [{"kind": "bar", "bars": [], "hlines": [{"label": "limit"}]}],
+            "plot 0 (bar) key 'hlines': item 0 must be a dict with 'y'",
+        ),
     ],
 )
 def test_malformed_plots_are_refused_naming_index_and_key(plots, message):
@@ -388,6 +392,89 @@ def test_any_points_render_one_mark_per_drawable_point(points, log_y):
     assert ("no data" in svg) == (not drawable)
     assert not re.search(r'="[^"]*(nan|inf)', svg)
     _assert_well_formed(page)
+
+
+def test_a_bin_of_one_value_is_drawn_one_bin_wide():
+    """Similarity histograms end with the bin [1, 1] of identical pairs: as wide as the others."""
+    svg = _one_svg({"kind": "histogram", "y_label": "pairs", "bins": [[0.9, 0.95, 3], [0.95, 1.0, 1], [1.0, 1.0, 2]]})
+    widths = _attrs(svg, "rect", "width")
+    assert len(widths) == 3 and widths[0] == pytest.approx(widths[2], abs=0.1) and widths[2] > 100
+    assert "<title>[1, 1]: 2 pairs</title>" in svg and "the bar at 1 counts the pairs at exactly that value" in svg
+    assert _x_ticks(svg) == ["0.9", "0.95", "1", "1.05"]
+    alone = _one_svg({"kind": "histogram", "bins": [[0.5, 0.5, 3]]})
+    assert _attrs(alone, "rect", "width") == [8.0]
+
+
+def test_a_vline_on_the_axis_end_gets_room_and_its_label_stays_inside():
+    plot = {"kind": "histogram", "bins": [[0.8, 0.85, 1], [0.85, 0.9, 2]], "vlines": [{"x": 0.8, "label": "threshold"}]}
+    svg = _one_svg(plot)
+    assert _x_ticks(svg)[:2] == ["0.78", "0.8"]  # one tick step (0.02) added on the left
+    [x] = re.findall(r'<line class="vline" x1="([^"]+)"', svg)
+    assert float(x) > 64 + 50  # one tick step right of the y axis, not under it
+    right = _one_svg({**plot, "vlines": [{"x": 0.9, "label": "a rather long label for the right end"}]})
+    [(at, text)] = re.findall(r'<text class="vlabel" x="([^"]+)"[^>]*>([^<]*)</text>', right)
+    assert float(at) + len(text) * 6.6 / 2 <= 720
+
+
+def test_hlines_are_red_limits_inside_the_value_axis():
+    svg = _one_svg({"kind": "bar", "bars": [["a", 0.2], ["b", 0.05]], "hlines": [{"y": 0.5, "label": "max 50%"}]})
+    assert _y_ticks(svg)[-1] == "0.5"  # the axis reaches the limit above every bar
+    assert svg.count('<line class="limit"') == 1 and "<title>max 50% y = 0.5</title>" in svg
+    assert re.search(r'<text class="limit-label" text-anchor="end" x="[\d.]+" y="[\d.]+">max 50%</text>', svg)
+    log = _one_svg({"kind": "scatter", "points": [[1, 10]], "log_y": True, "hlines": [{"y": 0, "label": "zero"}]})
+    assert 'class="limit"' not in log
+
+
+def test_labels_are_shortened_to_their_room_never_cut_by_the_picture():
+    long = "exposure (times training saw the document and its near-copies) " * 3
+    svg = _one_svg({"kind": "bar", "y_label": long, "bars": [[f"version-{i:02d}-" + "x" * 30, i] for i in range(24)]})
+    assert "rotate(" not in svg
+    [shown] = re.findall(r'<text class="ylabel" x="4" y="13">([^<]*)<title>', svg)
+    assert shown.startswith("↑ exposure") and shown.endswith("…") and len(shown) * 6.6 <= 720
+    names = re.findall(r'<text x="[\d.]+" y="\d+" text-anchor="middle">([^<]*)', svg)[:-1]
+    assert len(names) == 12 and all(len(n) * 6.6 <= 2 * 656 / 24 for n in names)
+    whole = _one_svg({"kind": "bar", "bars": [["71b862066ca6 vs 1d8758fa58a1", 1], ["1d8758fa58a1 vs 71b862066ca6", 2]]})
+    assert _x_ticks(whole) == ["71b862066ca6 vs 1d8758fa58a1", "1d8758fa58a1 vs 71b862066ca6"]
+
+
+def test_percentages_align_as_numbers_and_alerts_take_a_title():
+    page = render_html({"title": "t", "summary": {"rate": "19.23%", "name": "50% off"},
+                        "alerts": ["max-overlap broken"], "alerts_title": "The gate failed: max-overlap broken"})
+    assert '<td class="num">19.23%</td>' in page and "<td>50% off</td>" in page
+    assert '<div class="alerts"><p>The gate failed: max-overlap broken</p><ul><li>max-overlap broken</li>' in page
+
+
+def _gate_report(**changes) -> dict:
+    """A gate report as stored before ``violations`` and ``license`` were recorded."""
+    return {"kind": "merge", "audit_id": "a1", "created_at": "2026-01-01T00:00:00", "versions": ["v" * 40, "w" * 40],
+            "threshold": 0.8, "policy": {"max_overlap": 0.1, "max_contamination": None}, "contamination": None,
+            "overlap": [{"a": "v" * 40, "b": "w" * 40, "a_documents": 10, "b_documents": 10, "a_exact": 3,
+                         "a_near": 0, "b_exact": 1, "b_near": 0, "a_fraction": 0.3, "b_fraction": 0.1, "datasets": []}],
+            "alerts": ["max-overlap 10.00% broken: 30.00% of vvvvvvvvvvvv's 10 training documents overlap"],
+            "passed": False, **changes}
+
+
+def test_gate_page_of_an_old_report_names_the_broken_policy(tmp_path):
+    from provenance.audit_html import write_report
+
+    page = write_report(_gate_report(), tmp_path / "gate.html").read_text()
+    assert "<p>The gate failed: max-overlap broken</p>" in page
+    assert page.index('class="alerts"') < page.index("<table") and '<span class="badge bad">failed</span>' in page
+    assert "<td>max-overlap</td><td class=\"num\">10.00%</td><td>30.00% (the largest side)</td><td>broken</td>" in page
+    assert '<line class="limit"' in page
+
+
+def test_gate_badge_is_green_only_when_nothing_broke_or_leaked(tmp_path):
+    from provenance.audit_html import write_report
+
+    leaked = {"eval_datasets": ["ev@1"], "eval_documents": 12, "contaminated_eval_documents": 10,
+              "contaminated_eval_keys": [f"ev@1:e{i}" for i in range(10)]}
+    clean = _gate_report(alerts=[], violations=[], passed=True, policy={"max_overlap": None, "max_contamination": None})
+    page = write_report(clean, tmp_path / "clean.html").read_text()
+    assert '<span class="badge ok">passed</span>' in page and 'class="alerts"' not in page
+    page = write_report({**clean, "contamination": leaked}, tmp_path / "leaked.html").read_text()
+    assert '<span class="badge neutral">passed, no contamination limit</span>' in page
+    assert "<td>10 of 12 evaluation documents</td><td>no limit</td>" in page
 
 
 # -------------------------------------------------------------------------------------- writing
