@@ -33,6 +33,23 @@ def render() -> str:
         "",
         "Generated from `--help` by `python -m provenance.cli.reference`; do not edit by hand.",
         "",
+        "## Exit status",
+        "",
+        "| status | meaning |",
+        "| --- | --- |",
+        "| 0 | success; the pre-merge gate passed; `prov verify` found nothing damaged |",
+        "| 1 | a policy broke: the pre-merge gate failed (`prov audit merge`, `prov merge --gate`), "
+        "`prov verify` found damage |",
+        "| 2 | a usage error: a missing or malformed argument or option (click's own) |",
+        "| 3 | not found: a dataset, version, tag, run, audit or ledger that does not exist |",
+        "| 4 | any other error: bad input (a file, line, parameter or record, named), a damaged or "
+        "read-only ledger |",
+        "",
+        "Errors are one line on stderr, `Error: ...`. With `--json` they are JSON on stderr instead, "
+        '`{"error": "...", "kind": "not_found"}`, where `kind` names the error\'s class '
+        "(`not_found`, `invalid_parameter`, `source`, `ledger_damaged`, `ledger_read_only`, `usage`, ...). "
+        "Warnings are lines `warning: ...` on stderr.",
+        "",
     ]
     for path, command in walk(root):
         parts += [f"## `{' '.join(path)}`", "", "```text", help_text(path, command).rstrip(), "```", ""]

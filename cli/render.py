@@ -7,32 +7,83 @@ import csv
 import io
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
 import pyarrow as pa
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
+from provenance.plain import dumps, plain
 from provenance.records import DatasetRecord, ShardRecord
 
 _MAX_CELL = 60
 
 
+class _Fitting(Console):
+    """A console that lays tables out itself so that no column is ever squeezed to nothing,
+    cut or dropped (Rich collapses wrappable columns to zero width when a table is too wide):
+    no-wrap columns (ids, numbers, dates) keep their full width, text columns wrap down to their
+    longest word, and a table that still does not fit is printed wider than the console. Piped to
+    a file or a CI log (no terminal, no $COLUMNS) the console is 100 columns wide."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        tables = [o for o in objects if isinstance(o, Table)]
+        base = self.width
+        try:
+            for t in tables:
+                self.width = max(self.width, _fit(t, base, self))
+            super().print(*objects, **kwargs)
+        finally:
+            self.width = base
+
+
+def _fit(table: Table, width: int, console: Console) -> int:
+    """Give every column of ``table`` a fixed width (module doc of :class:`_Fitting`); returns
+    the table's total width."""
+    if table.box is None or not table.columns:
+        return width
+    pad = 2  # Rich's default cell padding, one space each side
+    overhead = len(table.columns) + 1 + pad * len(table.columns)
+    lo, hi = [], []
+    for col in table.columns:
+        m = table._measure_column(console, console.options.update_width(100_000), col)
+        header = max((len(w) for w in str(col.header).split()), default=1)
+        hi.append(max(m.maximum - pad, len(str(col.header)) if col.no_wrap else header, 1))
+        lo.append(hi[-1] if col.no_wrap else max(min(m.minimum - pad, hi[-1]), header, 1))
+    widths = list(hi)
+    excess = sum(widths) + overhead - width
+    while excess > 0:
+        room = [i for i, c in enumerate(table.columns) if widths[i] > lo[i]]
+        if not room:
+            break
+        widest = max(room, key=lambda i: widths[i] - lo[i])
+        cut = min(excess, widths[widest] - lo[widest], max(1, (widths[widest] - lo[widest]) // 2))
+        widths[widest] -= cut
+        excess -= cut
+    for col, w in zip(table.columns, widths):
+        col.width = w
+        if not col.no_wrap:
+            col.overflow = "fold"
+    return sum(widths) + overhead
+
+
 def _console() -> Console:
-    return Console(soft_wrap=False, width=max(100, Console().width))
+    return _Fitting(soft_wrap=False, width=max(100, Console().width))
 
 
 def _dump(data: Any) -> None:
     """``data`` as indented JSON on stdout (dates and other objects as their text)."""
-    click.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+    click.echo(dumps(data))
 
 
 def emit(data: Any, as_json: bool, human: Callable[[Any], str]) -> None:
     if as_json:
-        click.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+        click.echo(dumps(data))
     else:
         click.echo(human(data))
 
@@ -47,16 +98,25 @@ def _cell(value: Any) -> str:
     return text if len(text) <= _MAX_CELL else text[: _MAX_CELL - 1] + "…"
 
 
+def _csv_cell(value: Any) -> Any:
+    """A CSV field: nested values as JSON, everything else as its plain text (dates ISO 8601,
+    decimals as numbers, blobs as hex)."""
+    value = plain(value)
+    if isinstance(value, (list, dict)):
+        return dumps(value, indent=None)
+    return "" if value is None else value
+
+
 def arrow(table: pa.Table, fmt: str) -> None:
     rows = table.to_pylist()
     if fmt == "json":
-        click.echo(json.dumps(rows, indent=2, default=str, ensure_ascii=False))
+        click.echo(dumps(rows))
     elif fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(table.column_names)
         for r in rows:
-            writer.writerow([json.dumps(v) if isinstance(v, (list, dict)) else ("" if v is None else v) for v in r.values()])
+            writer.writerow([_csv_cell(v) for v in r.values()])
         click.echo(buf.getvalue(), nl=False)
     else:
         t = Table(show_lines=False)
@@ -70,7 +130,7 @@ def arrow(table: pa.Table, fmt: str) -> None:
 
 def datasets(records: list[DatasetRecord], as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2, ensure_ascii=False))
+        click.echo(dumps([r.model_dump(mode="json") for r in records]))
         return
     t = Table()
     for col in ("dataset", "role", "license", "shards", "documents", "MB", "created"):
@@ -87,7 +147,7 @@ def dataset(ds: DatasetRecord, shards: list[ShardRecord], as_json: bool) -> None
     if as_json:
         out = ds.model_dump(mode="json")
         out["shards"] = [s.model_dump(mode="json") for s in shards]
-        click.echo(json.dumps(out, indent=2, ensure_ascii=False))
+        click.echo(dumps(out))
         return
     lic = ds.license
     conditions = ", ".join(
@@ -120,18 +180,32 @@ def dataset(ds: DatasetRecord, shards: list[ShardRecord], as_json: bool) -> None
 
 def versions(records, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
+        click.echo(dumps([r.model_dump(mode="json") for r in records]))
         return
     t = Table()
-    for col in ("version", "parents", "run", "message", "params", "stored", "of full", "created"):
-        t.add_column(col, no_wrap=col != "message")
+    for col in ("version", "tags", "parents", "run", "message", "params", "stored", "of full", "created"):
+        t.add_column(col, no_wrap=col not in ("message", "tags", "parents"))
     for r in records:
         parents = ", ".join(p[:12] for p in r.parents) or "(root)"
         if len(r.parents) > 1:
             parents = f"merge of {parents}"
-        t.add_row(r.version_id[:12], parents, (r.run_id or "")[:12], r.message, str(r.n_params),
+        t.add_row(r.version_id[:12], ", ".join(r.tags), parents, (r.run_id or "")[:12], r.message, str(r.n_params),
                   f"{r.stored_bytes:,}", f"{r.stored_bytes / max(1, r.full_bytes):.2%}",
                   r.created_at.strftime("%Y-%m-%d %H:%M"))
+    _console().print(t)
+
+
+def tags(records, as_json: bool) -> None:
+    if as_json:
+        return _dump([r.model_dump(mode="json") for r in records])
+    if not records:
+        click.echo("no tags; name a version with `prov tag NAME VERSION`")
+        return
+    t = Table()
+    for col in ("tag", "version", "message", "tagged"):
+        t.add_column(col, no_wrap=col != "message")
+    for r in records:
+        t.add_row(r.name, r.version_id[:12], r.message, r.created_at.strftime("%Y-%m-%d %H:%M"))
     _console().print(t)
 
 
@@ -141,9 +215,10 @@ def version(record, manifest: dict, as_json: bool, receipt: dict | None = None) 
         out["manifest"] = [p.model_dump(mode="json") for p in manifest.values()]
         if receipt is not None:
             out["receipt"] = {k: v for k, v in receipt.items() if k != "params_json"}
-        click.echo(json.dumps(out, indent=2, default=str))
+        click.echo(dumps(out))
         return
-    click.echo(f"version {record.version_id}\nparents {', '.join(record.parents) or '(root)'}\n"
+    click.echo(f"version {record.version_id}" + (f"\ntags    {', '.join(record.tags)}" if record.tags else "")
+               + f"\nparents {', '.join(record.parents) or '(root)'}\nauthor  {record.author or '(unknown)'}\n"
                f"message {record.message}\nstored  {record.stored_bytes:,} of {record.full_bytes:,} bytes")
     if receipt is not None:
         extra = {"eps": receipt["eps"], "normalize": receipt["normalize"], "density": receipt["density"],
@@ -161,7 +236,7 @@ def version(record, manifest: dict, as_json: bool, receipt: dict | None = None) 
 
 def diff(rows: list[dict], as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(dumps(rows))
         return
     t = Table()
     for col in ("parameter", "status", "encoding", "changed", "rank", "patch bytes", "of full"):
@@ -175,7 +250,7 @@ def diff(rows: list[dict], as_json: bool) -> None:
 
 def runs(records, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
+        click.echo(dumps([r.model_dump(mode="json") for r in records]))
         return
     t = Table()
     for col in ("run", "status", "base", "version", "datasets", "logged", "message", "started"):
@@ -190,7 +265,7 @@ def run(record, shards: list, as_json: bool) -> None:
     if as_json:
         out = record.model_dump(mode="json")
         out["shards"] = [s.model_dump(mode="json") for s in shards]
-        click.echo(json.dumps(out, indent=2))
+        click.echo(dumps(out))
         return
     lines = [f"run      {record.run_id}", f"status   {record.status}" + (f" ({record.error})" if record.error else ""),
              f"message  {record.message}", f"base     {record.base_version or '(from scratch)'}",
@@ -212,7 +287,7 @@ def run(record, shards: list, as_json: bool) -> None:
 
 def demo(report, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2, default=str, ensure_ascii=False))
+        click.echo(dumps(report.to_json()))
         return
     for r in report.registrations:
         click.echo(r.message)
@@ -237,6 +312,9 @@ def demo(report, as_json: bool) -> None:
     if report.gate:
         click.echo("\nBefore merging, the pre-merge gate on the two contributors (prov audit merge):")
         gate(report.gate, False)
+        if not report.gate["passed"]:
+            click.echo("The demo merges anyway, to show the rest; the merge's receipt cites this failed audit. "
+                       "`prov merge --gate` would have refused (exit status 1).")
     if report.lineage is not None:
         click.echo("\nThe merged version's lineage (prov lineage demo-merge):")
         lineage(report.lineage, False)
@@ -258,18 +336,31 @@ def models(story: list[dict]) -> None:
     _console().print(t)
 
 class _RichProgress:
-    def __init__(self, progress: Progress):
+    """A rich progress display that appears only once the work has taken ``delay`` seconds:
+    quick commands print no bar at all."""
+
+    def __init__(self, progress: Progress, delay: float = 1.0):
         self._p = progress
         self._task = None
+        self._since = time.monotonic()
+        self._delay = delay
+        self.shown = False
 
     def start(self, description: str, total: int | None) -> None:
         if self._task is not None:
             self._p.remove_task(self._task)
         self._task = self._p.add_task(description, total=total)
+        self._show_when_slow()
 
     def advance(self, amount: int) -> None:
         if self._task is not None:
             self._p.advance(self._task, amount)
+        self._show_when_slow()
+
+    def _show_when_slow(self) -> None:
+        if not self.shown and time.monotonic() - self._since >= self._delay:
+            self._p.start()
+            self.shown = True
 
 
 class _Silent:
@@ -282,18 +373,24 @@ class _Silent:
 
 @contextlib.contextmanager
 def progress(quiet: bool) -> Iterator[Any]:
-    """A progress bar on stderr, or nothing when quiet or when stderr is not a terminal."""
+    """A progress bar on stderr once the work takes over a second, or nothing when quiet or when
+    stderr is not a terminal."""
     if quiet or not sys.stderr.isatty():
         yield _Silent()
         return
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as p:
-        yield _RichProgress(p)
+    p = Progress(*columns, console=Console(stderr=True), transient=True)
+    bar = _RichProgress(p)
+    try:
+        yield bar
+    finally:
+        if bar.shown:
+            p.stop()
 
 
 def data_diff(d: dict, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(d, indent=2))
+        click.echo(dumps(d))
         return
     click.echo(f"A {d['a'][:12]}  B {d['b'][:12]}")
     for side, label in (("a", "only in A"), ("b", "only in B")):
@@ -311,7 +408,7 @@ def lineage(lin, as_json: bool) -> None:
         return _dump(lin.to_dict())
     console = _console()
     t = Table(title=f"Data that shaped {lin.version[:12]}")
-    for col in ("dataset", "role", "licence", "shards", "examples", "effective share", "via (nearest first)"):
+    for col in ("dataset", "role", "license", "shards", "examples", "effective share", "via (nearest first)"):
         t.add_column(col)
     for d in lin.datasets:
         t.add_row(d["dataset_id"], d["role"] or "", d["license"] or "unknown", str(d["shards"]), f"{d['examples']:,}",
@@ -326,10 +423,10 @@ def lineage(lin, as_json: bool) -> None:
         v.add_row(row["version_id"][:12] + (f" ({', '.join(row['tags'])})" if row["tags"] else ""),
                   _cell(row["message"]), f"{row['weight']:.3g}", how)
     console.print(v)
-    lic = lin.licence
+    lic = lin.license
     flags = [f"{k.replace('_', '-')}: {', '.join(lic[k])}" for k in
              ("non_commercial", "share_alike", "unknown_license", "model_generated") if lic[k]]
-    click.echo(f"licences: {', '.join(lic['licenses']) or 'none'}" + ("".join(f"\n  {f}" for f in flags)))
+    click.echo(f"licenses: {', '.join(lic['licenses']) or 'none'}" + ("".join(f"\n  {f}" for f in flags)))
     if lin.unrecorded:
         click.echo(f"no training data recorded for {len(lin.unrecorded)} version(s): "
                    f"{', '.join(v[:12] for v in lin.unrecorded)}")
@@ -357,8 +454,11 @@ def dedup(report: dict, as_json: bool) -> None:
         return _dump(report)
     s, b = report["summary"], report["banding"]
     click.echo(f"dedup audit {report['audit_id'][:12]} of {', '.join(report['datasets'])} at Jaccard >= {report['threshold']}")
+    spanning = report.get("pairs_mode", "spanning") == "spanning"
     click.echo(f"  {s['documents']:,} documents, {s['pairs']:,} pairs ({s['exact_duplicate_pairs']:,} exact), "
-               f"{s['clusters']:,} clusters (largest {s['largest_cluster']})")
+               f"{s['clusters']:,} clusters (largest {s['largest_cluster']})"
+               + ("; the pairs span each cluster (m identical copies: m-1 pairs), --all-pairs lists every pair"
+                  if spanning else "; every pair listed"))
     click.echo(f"  duplicate rate {s['duplicate_rate']:.2%} ({s['redundant_documents']:,} redundant documents)")
     click.echo(f"  banding {b['bands']} bands x {b['rows']} rows of {b['num_perm']}: P(candidate | J={report['threshold']}) "
                f"= {b['p_at_threshold']:.4f}")
@@ -392,12 +492,19 @@ def gate(report: dict, as_json: bool) -> None:
         return _dump(report)
     policy = report["policy"]
     limits = [f"max-overlap {policy['max_overlap']:.1%}" if policy["max_overlap"] is not None else "",
-              f"max-contamination {policy['max_contamination']}" if policy["max_contamination"] is not None else ""]
+              f"max-contamination {policy['max_contamination']}" if policy["max_contamination"] is not None else "",
+              f"deny-licence {','.join(policy['deny_license'])}" if policy.get("deny_license") else ""]
     limits = [x for x in limits if x]
-    click.echo(f"pre-merge gate {report['audit_id'][:12]}: {'PASSED' if report['passed'] else 'FAILED'} "
-               f"({'limits: ' + ', '.join(limits) if limits else 'no limits set: a report only'})")
+    console = _console()
+    verdict = "[bold green]PASSED[/]" if report["passed"] else "[bold red]FAILED[/]"
+    console.print(f"pre-merge gate {report['audit_id'][:12]}: {verdict} "
+                  f"({'limits: ' + ', '.join(limits) if limits else 'no limits set: a report only'})", highlight=False)
+    for v in report.get("violations") or [{"policy": "", "message": a} for a in report["alerts"]]:
+        console.print(f"  [red]✗ {escape(v['message'])}[/]", highlight=False)
+    labels = report.get("labels") or {}
     for side in report["sides"]:
-        click.echo(f"  {side['version_id'][:12]}: {side['shards']} shard(s) of {', '.join(side['datasets']) or 'no data'}")
+        click.echo(f"  {labels.get(side['version_id'], side['version_id'][:12])}: {side['shards']} shard(s) of "
+                   f"{', '.join(side['datasets']) or 'no data'}")
     t = Table(title=f"Training-data overlap (Jaccard >= {report['threshold']})")
     for col in ("A", "B", "A docs", "A overlap", "B docs", "B overlap", "datasets"):
         t.add_column(col)
@@ -420,8 +527,6 @@ def gate(report: dict, as_json: bool) -> None:
             click.echo(f"  {_cell(', '.join(c['contaminated_eval_keys']))}")
         if span and span["unreadable"]:
             click.echo(f"  span check skipped {len(span['unreadable'])} unreadable shard(s): {span['unreadable'][0]}")
-    for alert in report["alerts"]:
-        click.echo(f"  ✗ {alert}")
 
 
 def memorization(report: dict, as_json: bool) -> None:
@@ -442,3 +547,30 @@ def memorization(report: dict, as_json: bool) -> None:
         _console().print(t)
     for why in report["unreadable"][:5]:
         click.echo(f"  span check skipped: {why}")
+
+
+def verify(report, as_json: bool) -> None:
+    if as_json:
+        return _dump(report.model_dump(mode="json"))
+    console = _console()
+    console.print(f"checked {report.objects_checked:,} objects"
+                  f"{' (re-hashed)' if report.objects_rehashed else ' (presence and size; --objects re-hashes)'}, "
+                  f"{report.versions_checked:,} versions, {report.datasets_checked:,} dataset versions", highlight=False)
+    for d in report.damaged_objects:
+        where = f"; moved to {d.quarantined}" if d.quarantined else ""
+        needed = ", ".join(v[:12] for v in d.versions) or "no version"
+        console.print(f"[red]✗ object {d.address} {d.problem}[/]: {escape(d.detail)}; needed by {needed}{where}",
+                      highlight=False)
+    for p in report.version_problems:
+        console.print(f"[red]✗ version {p['version_id'][:12]}[/]: {escape(p['problem'])}", highlight=False)
+    for p in report.dataset_problems:
+        shard = f" shard {p['shard_index']}" if p["shard_index"] is not None else ""
+        console.print(f"[red]✗ dataset {p['dataset_id']}{shard}[/]: {escape(p['problem'])}", highlight=False)
+    if report.temporary_files:
+        verb = "removed" if report.repaired else "found (prov gc --apply or verify --repair removes them)"
+        click.echo(f"{len(report.temporary_files)} temporary file(s) of interrupted writes {verb}")
+    if report.ok:
+        console.print("[green]ok[/]: nothing damaged", highlight=False)
+    elif report.damaged_objects and not report.repaired:
+        click.echo("To restore a damaged object, commit again a checkpoint that holds the tensor (the object is "
+                   "written afresh); --repair first moves the damaged files aside.")

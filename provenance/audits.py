@@ -28,7 +28,6 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -78,24 +77,18 @@ def resolve_scope(ledger: Ledger, targets: Sequence[str]) -> tuple[list[dict[str
         raise InvalidParameterError("give at least one dataset or version to audit")
     described, rows = [], []
     for target in targets:
-        try:
-            ds = ledger.dataset(target)
-        except NotFoundError:
-            ds = None
-        if ds is not None:
-            described.append({"target": target, "kind": "dataset", "id": ds.dataset_id})
-            rows.append((ds.dataset_id, None))
+        kind, found = resolve_target(ledger, target)
+        if kind == "dataset":
+            described.append({"target": target, "kind": "dataset", "id": found.dataset_id})
+            rows.append((found.dataset_id, None))
             continue
-        try:
-            lin = ledger.lineage(target)
-        except (NotFoundError, InvalidParameterError) as exc:
-            raise NotFoundError(f"{target!r} is neither a dataset nor a version in the ledger ({exc})") from None
+        lin = ledger.lineage(found)
         if not lin.shards.num_rows:
             raise InvalidParameterError(
                 f"version {lin.version[:12]} ({target}) has an empty lineage: no run in its history recorded any "
                 "data" + (f"; versions without a run: {', '.join(v[:12] for v in lin.unrecorded)}" if lin.unrecorded else "")
             )
-        described.append({"target": target, "kind": "version", "id": lin.version})
+        described.append({"target": target, "kind": "version", "id": lin.version, "label": found.label()})
         rows += [(s["dataset_id"], s["shard_index"]) for s in lin.shards.to_pylist()]
     whole = {d for d, s in rows if s is None}
     rows = sorted({(d, s) for d, s in rows if s is None or d not in whole}, key=lambda r: (r[0], -1 if r[1] is None else r[1]))
@@ -104,6 +97,33 @@ def resolve_scope(ledger: Ledger, targets: Sequence[str]) -> tuple[list[dict[str
     scope = pa.table({"dataset_id": pa.array([r[0] for r in rows], pa.string()),
                       "shard_index": pa.array([r[1] for r in rows], pa.int32())})
     return described, datasets, scope
+
+
+def resolve_target(ledger: Ledger, target: str) -> tuple[str, Any]:
+    """``("dataset", DatasetRecord)`` or ``("version", VersionRecord)`` for a target that may be
+    either. ``dataset:NAME[@VERSION]`` and ``version:REF`` say which; a bare name that is both a
+    dataset and a tag (or version id) is ambiguous and refused, naming both."""
+    kind, sep, rest = target.partition(":")
+    if sep and kind == "dataset":
+        return "dataset", ledger.dataset(rest)
+    if sep and kind == "version":
+        return "version", ledger.version(rest)
+    try:
+        ds = ledger.dataset(target)
+    except (NotFoundError, InvalidParameterError):
+        ds = None
+    try:
+        ver = ledger.version(target)
+    except NotFoundError as exc:
+        if ds is None:
+            raise NotFoundError(f"{target!r} is neither a dataset nor a version in the ledger ({exc})") from None
+        return "dataset", ds
+    if ds is not None:
+        raise InvalidParameterError(
+            f"{target!r} is ambiguous: it names dataset {ds.dataset_id} and version {ver.version_id[:12]}; "
+            f"write dataset:{target} or version:{target}"
+        )
+    return "version", ver
 
 
 def check_same_config(datasets: Sequence[DatasetRecord]) -> FingerprintConfig:
@@ -128,13 +148,17 @@ def audit_dedup(
     threshold: float = 0.8,
     verify: bool = False,
     pairs_file: str | os.PathLike | None = None,
+    all_pairs: bool = False,
     progress: Any = None,
 ) -> dict[str, Any]:
     """Near-duplicates among the documents of ``targets`` (module doc), stored as an audit.
-    Returns the report; ``report["pairs"]`` holds every pair unless ``pairs_file`` is given, in
+    Returns the report; ``report["pairs"]`` holds the pairs unless ``pairs_file`` is given, in
     which case they are written there as Parquet (and the report keeps the best
-    :data:`REPORT_PAIRS`)."""
+    :data:`REPORT_PAIRS`). The pairs span each cluster (``m`` identical copies give ``m − 1``
+    pairs: each with the first copy; ``report["pairs_mode"] == "spanning"``); ``all_pairs`` lists
+    every pair instead (``m(m − 1)/2`` for ``m`` copies)."""
     threshold = check_threshold(threshold)
+    pairs_path = ledger.output_path(pairs_file) if pairs_file is not None else None
     started = time.perf_counter()
     described, datasets, scope = resolve_scope(ledger, targets)
     cfg = datasets[0].config
@@ -148,7 +172,8 @@ def audit_dedup(
     with ledger.transaction() as tx:
         n_docs = tx.stage_documents(scope)
         _advance(progress)
-        tx.near_pairs(audit_id, banding.bands, banding.rows, min_matches, stored=stored, collapse=True)
+        tx.near_pairs(audit_id, banding.bands, banding.rows, min_matches, stored=stored, collapse=True,
+                      all_pairs=all_pairs)
         _advance(progress)
         verified = _verify(ledger, tx, audit_id, cfg, threshold, k) if verify else None
         rounds = tx.label_clusters(audit_id)
@@ -160,15 +185,15 @@ def audit_dedup(
             "banding": {"bands": banding.bands, "rows": banding.rows, "num_perm": k, "min_matches": min_matches,
                         "p_at_threshold": banding.probability(threshold), "stored_band_keys": stored,
                         "s_curve": s_curve(banding)},
-            "verify": verified, "cluster_rounds": rounds,
+            "verify": verified, "cluster_rounds": rounds, "pairs_mode": "all" if all_pairs else "spanning",
         })
         report["summary"]["seconds"] = round(time.perf_counter() - started, 3)
         tx.insert_audit({"audit_id": audit_id, "kind": "dedup", "target": " ".join(targets),
                          "params": {"threshold": threshold, "verify": verify, "bands": banding.bands,
-                                    "rows": banding.rows},
+                                    "rows": banding.rows, "all_pairs": all_pairs},
                          "passed": None, "report": report, "created_at": created})
         if pairs_file is not None:
-            path = Path(pairs_file)
+            path = pairs_path
             tmp = path.with_name(f".{path.name}.{audit_id[:8]}.tmp")
             tx.copy_pairs(audit_id, str(tmp))
             os.replace(tmp, path)
@@ -211,7 +236,7 @@ def _dedup_report(tx, audit_id: str, n_docs: int, k: int) -> dict[str, Any]:
                               JOIN aud_groups gb ON gb.doc_id = p.doc_b AND gb.rep = p.doc_b
                               WHERE p.audit_id = $1),
                      links AS (SELECT r, o FROM reps UNION ALL SELECT o, r FROM reps),
-                     per_rep AS (SELECT l.r, sum(g.size) AS linked FROM links l
+                     per_rep AS (SELECT l.r, sum(g.size)::BIGINT AS linked FROM links l
                                  JOIN (SELECT DISTINCT rep, size FROM aud_groups) g ON g.rep = l.o GROUP BY l.r),
                      counts AS (SELECT g.doc_id, g.size - 1 + coalesce(pr.linked, 0) AS near_copies
                                 FROM aud_groups g LEFT JOIN per_rep pr ON pr.r = g.rep)

@@ -206,7 +206,9 @@ def _train(ledger: Ledger, seed: int) -> None:
     ledger.store_fisher(lora, _fisher(model, web, "exact", 128), meta={"mode": "exact", "examples": 128})
 
     # 4. the maintainer merges the two contributors' patches, weighting each element by its Fisher
-    #    after the pre-merge gate: how much of their data overlaps, and whether any is evaluation data
+    #    after the pre-merge gate: how much of their data overlaps, and whether any is evaluation data.
+    #    The planted evaluation leaks break its default policy (no contamination); the demo merges
+    #    anyway to show the rest, and the merge's receipt cites the failed audit.
     from provenance.gate import audit_merge
 
     gate = audit_merge(ledger, [fish, lora], max_overlap=0.25)

@@ -17,10 +17,14 @@ evaluation documents that share a 13-word span with any training document (lm-ev
 decontamination test; :mod:`provenance.ngrams`), read from the source files. The contamination
 figure a limit applies to is the number of evaluation documents found by any of the three.
 
-**Policy.** ``max_overlap`` (a fraction) is broken when any side's overlap fraction exceeds it;
-``max_contamination`` (a count) when more evaluation documents than that are contaminated. The
-audit is stored with whether it passed; ``prov audit merge`` exits 1 when it did not, and
-``ledger.merge(..., audit=ID)`` cites it.
+**Policy.** ``max_contamination`` (a count; **0 by default**: any contaminated evaluation
+document fails the gate; ``None`` turns the limit off) is broken when more evaluation documents
+than that are contaminated; ``max_overlap`` (a fraction; no limit by default) when any side's
+overlap fraction exceeds it; ``deny_license`` (any of ``non-commercial``, ``share-alike``,
+``unknown``, ``model-generated``) when the merged model's lineage (the union of the inputs' whole
+lineages) holds a dataset with that condition. ``report["violations"]`` lists what broke, in that
+order, each with its policy and a message saying by how much. The audit is stored with whether it
+passed; ``prov audit merge`` exits 1 when it did not, and ``ledger.merge(..., audit=ID)`` cites it.
 """
 
 from __future__ import annotations
@@ -39,13 +43,32 @@ import pyarrow as pa
 from provenance.audits import _advance, _stage, banding_for, check_same_config, check_threshold, iter_texts
 from provenance.errors import InvalidParameterError
 from provenance.ledger import Ledger
-from provenance.lineage import ancestry
+from provenance.lineage import ancestry, license_summary
 from provenance.ngrams import ngram_hashes
 
 
 def _side(param: str) -> str:
     """The staged documents on any of the sides bound to ``param``."""
     return f"SELECT doc_id, exact_hash, dataset_id FROM aud_docs WHERE list_has_any(sides, {param}::VARCHAR[])"
+
+
+#: The licence conditions a gate can deny, and the key of each in a lineage's licence summary.
+LICENSE_CONDITIONS = {"non-commercial": "non_commercial", "share-alike": "share_alike",
+                      "unknown": "unknown_license", "model-generated": "model_generated"}
+
+
+def check_deny_license(deny: Sequence[str] | str | None) -> list[str]:
+    """The licence conditions to deny, validated (a comma-separated string or a sequence)."""
+    if deny is None:
+        return []
+    items = [x.strip() for x in (deny.split(",") if isinstance(deny, str) else deny)]
+    items = [x for x in items if x]
+    unknown = [x for x in items if x not in LICENSE_CONDITIONS]
+    if unknown:
+        raise InvalidParameterError(
+            f"deny-licence: unknown condition(s) {', '.join(map(repr, unknown))}; "
+            f"choose from {', '.join(LICENSE_CONDITIONS)}")
+    return sorted(set(items), key=list(LICENSE_CONDITIONS).index)
 
 
 def audit_merge(
@@ -55,14 +78,16 @@ def audit_merge(
     eval_datasets: Sequence[str] | None = None,
     threshold: float = 0.8,
     max_overlap: float | None = None,
-    max_contamination: int | None = None,
+    max_contamination: int | None = 0,
+    deny_license: Sequence[str] | str | None = None,
     full_lineage: bool = False,
     ngram: int = 13,
     progress: Any = None,
 ) -> dict[str, Any]:
     """Run the gate over ``versions`` (module doc), store it as an audit, return the report
-    (``report["passed"]``; ``report["alerts"]`` says which limit broke and by how much)."""
+    (``report["passed"]``; ``report["violations"]`` says which policy broke and by how much)."""
     threshold = check_threshold(threshold)
+    deny = check_deny_license(deny_license)
     if max_overlap is not None and not 0.0 <= float(max_overlap) <= 1.0:
         raise InvalidParameterError(f"max-overlap must be a fraction in [0, 1], got {max_overlap}")
     if max_contamination is not None and int(max_contamination) < 0:
@@ -77,10 +102,11 @@ def audit_merge(
         scope_rows, sides = _sides(ledger, [v.version_id for v in inputs], full_lineage)
         evals = [ledger.dataset(d) for d in eval_datasets] if eval_datasets else [
             d for d in ledger.datasets() if d.role == "eval"]
-        if max_contamination is not None and not evals:
+        if max_contamination and not evals:
             raise InvalidParameterError("--max-contamination needs evaluation datasets: none given (--eval) and "
                                         "none registered with role eval")
         scope_rows += [(d.dataset_id, None, "e") for d in evals]
+        merged_license = _merged_license(ledger, [v.version_id for v in inputs])
         datasets = [ledger.dataset(d) for d in sorted({r[0] for r in scope_rows})]
     if not datasets:
         raise InvalidParameterError("the inputs' lineages are empty: no run recorded any data, and there is no "
@@ -129,21 +155,25 @@ def audit_merge(
                 "ngram": spans, "contaminated_eval_documents": len(contaminated),
                 "contaminated_eval_keys": sorted(contaminated)[:200], "datasets": train_hit["datasets"]}
         _advance(progress)
-        alerts = _alerts(overlap, contamination, max_overlap, max_contamination)
+        violations = _violations(overlap, contamination, merged_license, max_overlap, max_contamination, deny)
+        alerts = [v["message"] for v in violations]
         report = {
             "audit_id": audit_id, "kind": "merge", "created_at": created.isoformat(),
-            "versions": [v.version_id for v in inputs], "threshold": threshold, "full_lineage": full_lineage,
+            "versions": [v.version_id for v in inputs], "labels": {v.version_id: v.label() for v in inputs},
+            "threshold": threshold, "full_lineage": full_lineage,
             "sides": sides, "config_id": cfg.identity,
             "banding": {"bands": banding.bands, "rows": banding.rows, "num_perm": k,
                         "p_at_threshold": banding.probability(threshold), "stored_band_keys": stored},
-            "policy": {"max_overlap": max_overlap, "max_contamination": max_contamination},
-            "overlap": overlap, "contamination": contamination, "alerts": alerts, "passed": not alerts,
+            "policy": {"max_overlap": max_overlap, "max_contamination": max_contamination, "deny_license": deny},
+            "license": merged_license,
+            "overlap": overlap, "contamination": contamination, "violations": violations, "alerts": alerts,
+            "passed": not alerts,
             "seconds": round(time.perf_counter() - started, 3),
         }
         tx.insert_audit({"audit_id": audit_id, "kind": "merge", "target": " ".join(v.version_id for v in inputs),
                          "params": {"threshold": threshold, "eval": [d.dataset_id for d in evals],
                                     "max_overlap": max_overlap, "max_contamination": max_contamination,
-                                    "full_lineage": full_lineage, "ngram": ngram},
+                                    "deny_license": deny, "full_lineage": full_lineage, "ngram": ngram},
                          "passed": not alerts, "report": report, "created_at": created})
         tx.drop_audit_tables()
         _advance(progress)
@@ -249,24 +279,41 @@ def _frac(n: int, total: int) -> float:
     return n / total if total else 0.0
 
 
-def _alerts(overlap: list[dict], contamination: dict | None, max_overlap: float | None,
-            max_contamination: int | None) -> list[str]:
-    """One line per broken limit, saying by how much."""
-    alerts = []
+def _merged_license(ledger: Ledger, ids: list[str]) -> dict[str, Any]:
+    """The licence union of the inputs' whole lineages: what the merged model would carry."""
+    rows: dict[str, dict[str, Any]] = {}
+    for vid in ids:
+        for d in ledger.lineage(vid).datasets:
+            rows[d["dataset_id"]] = d
+    return license_summary(rows.values())
+
+
+def _violations(overlap: list[dict], contamination: dict | None, license: dict[str, Any],
+                max_overlap: float | None, max_contamination: int | None, deny: list[str]) -> list[dict[str, str]]:
+    """What broke, in policy order (contamination, overlap, licence): ``{"policy", "message"}``,
+    the message saying by how much."""
+    found = []
+    if max_contamination is not None and contamination is not None:
+        n = contamination["contaminated_eval_documents"]
+        if n > max_contamination:
+            found.append({"policy": "max_contamination", "message":
+                          f"max-contamination {max_contamination} broken: {n} evaluation document{'s' * (n != 1)} of "
+                          f"{', '.join(contamination['eval_datasets'])} are in the training data "
+                          f"({n - max_contamination} over)"})
     if max_overlap is not None:
         for o in overlap:
             for side, other in (("a", "b"), ("b", "a")):
                 frac = o[f"{side}_fraction"]
                 if frac > max_overlap:
-                    alerts.append(
-                        f"max-overlap {max_overlap:.2%} broken: {frac:.2%} of {o[side][:12]}'s "
-                        f"{o[f'{side}_documents']:,} training documents overlap {o[other][:12]} "
-                        f"({o[f'{side}_exact']:,} exact, {o[f'{side}_near']:,} near; "
-                        f"{(frac - max_overlap) * 100:.2f} points over)")
-    if max_contamination is not None and contamination is not None:
-        n = contamination["contaminated_eval_documents"]
-        if n > max_contamination:
-            alerts.append(f"max-contamination {max_contamination} broken: {n} evaluation documents of "
-                          f"{', '.join(contamination['eval_datasets'])} are in the training data "
-                          f"({n - max_contamination} over)")
-    return alerts
+                    found.append({"policy": "max_overlap", "message":
+                                  f"max-overlap {max_overlap:.2%} broken: {frac:.2%} of {o[side][:12]}'s "
+                                  f"{o[f'{side}_documents']:,} training documents overlap {o[other][:12]} "
+                                  f"({o[f'{side}_exact']:,} exact, {o[f'{side}_near']:,} near; "
+                                  f"{(frac - max_overlap) * 100:.2f} points over)"})
+    for condition in deny:
+        datasets = license[LICENSE_CONDITIONS[condition]]
+        if datasets:
+            found.append({"policy": "deny_license", "message":
+                          f"deny-licence {condition} broken: the merged lineage holds {condition} data "
+                          f"({', '.join(datasets)})"})
+    return found

@@ -40,7 +40,7 @@ class Lineage:
     versions: pa.Table  # every ancestor, nearest first: the version graph's columns, weight, depth, child
     shards: pa.Table  # per (dataset, shard): examples, documents, epochs, effective examples, runs
     datasets: list[dict[str, Any]]  # per dataset: examples, shards, effective contribution, licence, via
-    licence: dict[str, Any]  # union of the licence conditions of every dataset
+    license: dict[str, Any]  # union of the licence conditions of every dataset
     unrecorded: list[str] = field(default_factory=list)  # ancestors with no run and no merge: data unknown
 
     def version_rows(self) -> list[dict[str, Any]]:
@@ -53,7 +53,7 @@ class Lineage:
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": self.version, "versions": self.version_rows(), "datasets": self.datasets,
-                "shards": self.shards.to_pylist(), "licence": self.licence, "unrecorded": self.unrecorded}
+                "shards": self.shards.to_pylist(), "license": self.license, "unrecorded": self.unrecorded}
 
 
 def ancestry(ledger: Ledger, version: str | VersionRecord) -> tuple[str, pa.Table]:
@@ -135,7 +135,7 @@ def lineage(ledger: Ledger, version: str | VersionRecord) -> Lineage:
     unknown = pc.and_(pc.is_null(ancestors.column("run_id")), pc.is_null(ancestors.column("method")))
     unrecorded = ancestors.filter(unknown).column("version_id").to_pylist()
     return Lineage(version=vid, versions=ancestors, shards=shards, datasets=datasets,
-                   licence=licence_summary(info.values()), unrecorded=unrecorded)
+                   license=license_summary(info.values()), unrecorded=unrecorded)
 
 
 def _dataset_rows(per_dataset: pa.Table, info: dict[str, dict], ancestors: pa.Table) -> list[dict[str, Any]]:
@@ -154,7 +154,7 @@ def _dataset_rows(per_dataset: pa.Table, info: dict[str, dict], ancestors: pa.Ta
     return out
 
 
-def licence_summary(datasets: Sequence[dict[str, Any]] | Any) -> dict[str, Any]:
+def license_summary(datasets: Sequence[dict[str, Any]] | Any) -> dict[str, Any]:
     """The union of the licence conditions of ``datasets`` (rows with ``license`` and its flags):
     the licences seen, and the datasets that are non-commercial, share-alike, of unknown licence
     or model-generated."""

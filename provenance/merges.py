@@ -119,8 +119,10 @@ def merge(
     author: str | None = None,
     audit: str | None = None,
     device: str | torch.device | None = None,
+    progress: Any = None,
 ) -> VersionRecord:
     """Merge ``versions`` into a new version whose parents are all of them; see the module doc.
+    ``progress`` (``start(description, total)``, ``advance(bytes)``) is told the bytes merged.
 
     ``device``: where the kernels run (default the CPU). With a CUDA device each group's inputs
     and Fishers are moved there and merged by the Triton kernels (the dispatcher picks them for
@@ -157,6 +159,8 @@ def merge(
         fishers = _fisher_sources(ledger, inputs, names) if method == "fisher" else None
         norms = _norms(fishers, names) if method == "fisher" and normalize else None
         params, receipt_params, kernel = [], {}, None
+        if progress is not None:
+            progress.start("merge", None)
         with BackgroundWriter() as writer:
             for name in names:
                 direct = _patch_direct(history, store, ids, name, method, base_id)
@@ -178,6 +182,8 @@ def merge(
                                           meta=patch.meta, nbytes=patch.nbytes))
                 receipt_params[name] = {"inputs": input_addresses, "fishers": fisher_objects,
                                         "merged": address_of(merged)}
+                if progress is not None:
+                    progress.advance(merged.numel() * merged.element_size())
         created = datetime.now(timezone.utc).replace(tzinfo=None)
         h = xxhash.xxh3_128(f"merge|{ids}|{method}|{lam}|{message}|{created.isoformat()}|".encode())
         for p in params:

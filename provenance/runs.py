@@ -15,7 +15,13 @@ whose process was killed is marked failed by the next :func:`start_run` on the s
 
 When a run ends, ``run_shards`` gets one row per shard of its datasets: examples seen and epochs,
 counted from the logged examples where the run logged any for that dataset, else the declared
-epochs over the whole dataset.
+epochs over the whole dataset. **Logged keys win**: when a run both declares epochs other than 1
+for a dataset and logs its keys, and the two disagree, the logged count is what lineage uses and
+a :class:`EpochsDisagreeWarning` says so.
+
+A run belongs to the process that started it (``pid``; for ``prov run start``, the process that
+ran the command, e.g. the training script or the shell): a run whose process is gone while the
+run is still open is marked failed ("abandoned") by the next :func:`start_run` on the same host.
 """
 
 from __future__ import annotations
@@ -50,14 +56,16 @@ def start_run(
     author: str | None = None,
     flush_every: int = 65_536,
     detached: bool = False,
+    pid: int | None = None,
 ) -> Run:
     """Record the start of a training run and return it.
 
     ``base`` is the version the run starts from (None: from scratch). ``datasets`` names the
     registered datasets it trains on (``NAME`` for the latest version, or ``NAME@VERSION``), or
     maps each to the epochs the run makes over it (default 1). ``params`` are hyper-parameters,
-    stored as JSON. A ``detached`` run belongs to no process (``prov run start``): it is not
-    marked failed when this process exits, and is ended explicitly (``prov run finish``).
+    stored as JSON. A ``detached`` run is not marked failed when this process exits and is
+    ended explicitly (``prov run finish``); ``pid`` is the process that owns the run (default:
+    this one; ``prov run start`` gives the process that ran it), watched for abandonment.
     """
     if not isinstance(message, str) or not message.strip():
         raise InvalidParameterError("a run needs a message")
@@ -70,7 +78,7 @@ def start_run(
     declared = _declared(ledger, datasets)
     base_id = ledger.version(base).version_id if base is not None else None
     started = _now()
-    host, pid = socket.gethostname(), 0 if detached else os.getpid()
+    host, pid = socket.gethostname(), os.getpid() if pid is None else int(pid)
     run_id = xxhash.xxh3_128(f"{base_id}|{message}|{started.isoformat()}|{host}|{pid}|{os.urandom(8).hex()}".encode())
     record = RunRecord(
         run_id=run_id.hexdigest(), base_version=base_id, message=message, author=author, params=json.loads(params_json),
@@ -94,6 +102,42 @@ def _declared(ledger: Ledger, datasets: Any) -> dict[str, float]:
             raise InvalidParameterError(f"epochs over dataset {ref!r} must be a finite number >= 0, got {epochs!r}")
         out[ledger.dataset(ref).dataset_id] = float(epochs)
     return out
+
+
+class EpochsDisagreeWarning(UserWarning):
+    """A run declared epochs over a dataset and logged its keys, and the two disagree."""
+
+
+def epoch_disagreements(ledger: Ledger, run: str | RunRecord) -> list[dict[str, Any]]:
+    """Datasets of an ended run whose declared epochs (other than the default 1) differ from the
+    epochs its logged keys give: ``{"dataset_id", "declared", "logged"}``. Logged keys win."""
+    record = ledger.run(run)
+    logged: dict[str, int] = {}
+    for s in ledger.run_shards(record):
+        if s.logged:
+            logged[s.dataset_id] = logged.get(s.dataset_id, 0) + s.examples
+    found = []
+    for dataset_id, declared in record.datasets.items():
+        if dataset_id in logged and declared != 1.0:
+            n = ledger.dataset(dataset_id).n_documents
+            epochs = logged[dataset_id] / n if n else 0.0
+            if abs(epochs - declared) > 0.01 * declared:
+                found.append({"dataset_id": dataset_id, "declared": declared, "logged": round(epochs, 4)})
+    return found
+
+
+def warn_epoch_disagreements(ledger: Ledger, run: str | RunRecord) -> list[dict[str, Any]]:
+    """Warn (:class:`EpochsDisagreeWarning`) about each of :func:`epoch_disagreements`."""
+    import warnings
+
+    record = ledger.run(run)
+    found = epoch_disagreements(ledger, record) if record.status != "running" else []
+    for d in found:
+        warnings.warn(
+            f"run {record.run_id[:12]}: {d['dataset_id']} was declared for {d['declared']:g} epochs but its "
+            f"logged keys make {d['logged']:g}; the logged keys win (lineage counts what was logged)",
+            EpochsDisagreeWarning, stacklevel=3)
+    return found
 
 
 def _alive(pid: int) -> bool:
@@ -253,6 +297,7 @@ class Run:
         self._ended = True
         _OPEN.discard(self)
         self.record = self.ledger.run(self.run_id)
+        warn_epoch_disagreements(self.ledger, self.record)
 
     def _check_open(self) -> None:
         if self._ended:

@@ -8,6 +8,14 @@ store, and finally inserts the version and its manifest in one ledger transactio
 commit removes the objects it had written; a killed one leaves only unreferenced objects, which
 no version shows and ``prov gc`` removes.
 
+What a commit stores, bit for bit: dense tensors of every dtype that both torch and safetensors
+hold (bool, int8 to int64, uint8 to uint64, float16, bfloat16, float32, float64 and the FP8
+formats; :func:`provenance.objects.unstorable`), NaN payloads and ``-0.0`` included; a
+``torch._neg_view`` is stored as the values it shows. It refuses, naming the parameter: meta
+tensors, sparse layouts, quantized tensors, and complex tensors (conjugate views included), which
+are not stored: ``torch.view_as_real(t)`` is their exact real form. NaN or Inf values are refused
+with :class:`~provenance.errors.NonFiniteError` unless ``allow_nonfinite=True``.
+
 Checkout replays, per parameter group, the patches from the nearest full copy up the chain of
 first parents. The :class:`SnapshotPolicy` bounds that chain: a group is stored whole again when
 its chain would pass ``every`` patches or ``max_chain_ratio`` of its full size in patch bytes.
@@ -15,6 +23,7 @@ its chain would pass ``every`` patches or ``max_chain_ratio`` of its full size i
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -25,10 +34,16 @@ from typing import Any
 import torch
 import xxhash
 
-from provenance.errors import InvalidParameterError, ObjectCorruptError, ObjectMissingError, ProvenanceError
+from provenance.errors import (
+    InvalidParameterError,
+    NonFiniteError,
+    ObjectCorruptError,
+    ObjectMissingError,
+    ProvenanceError,
+)
 from provenance.kernels.patch import apply_chain, apply_low_rank
 from provenance.ledger import Ledger
-from provenance.objects import BackgroundWriter, ObjectStore
+from provenance.objects import BackgroundWriter, ObjectStore, unstorable
 from provenance.patches import changed_mask, encode
 from provenance.records import ParamRecord, VersionRecord
 from provenance.tensorfile import TensorFileWriter, dtype_from_name
@@ -111,18 +126,48 @@ def _incoming(state: Any, parent_manifest: dict[str, ParamRecord], parent_id: st
     )
 
 
+_CHECKED_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # torch.aminmax takes these
+_CHUNK = 1 << 22  # elements of another float dtype (FP8) widened to float32 at a time for the check
+
+
+def _float_chunks(flat: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(start, part)`` covering the flat float tensor, each part of a dtype torch can compare:
+    the tensor itself, or FP8 widened to float32 a chunk at a time (NaN and Inf stay so)."""
+    if flat.dtype in _CHECKED_FLOATS:
+        yield 0, flat
+        return
+    for start in range(0, flat.numel(), _CHUNK):
+        yield start, flat[start : start + _CHUNK].float()
+
+
+def _finite(part: torch.Tensor) -> bool:
+    lo, hi = torch.aminmax(part)  # one pass, no mask: NaN propagates, +-Inf are extremes
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
 def _check_tensor(name: str, tensor: Any, allow_nonfinite: bool) -> torch.Tensor:
+    """``tensor`` as it is stored (on the CPU, a negative view made plain), or a refusal naming
+    ``name``: not a tensor, no data (meta), not dense (sparse layouts), quantized, complex, of a
+    dtype without a safetensors name, or holding NaN or Inf without ``allow_nonfinite``."""
     if not isinstance(tensor, torch.Tensor):
         raise InvalidParameterError(f"parameter {name!r} is a {type(tensor).__name__}, not a tensor")
-    tensor = tensor.detach()
+    refusal = unstorable(tensor)
+    if refusal is not None:
+        raise InvalidParameterError(f"parameter {name!r} is {refusal}")
+    tensor = tensor.detach().resolve_neg()  # a torch._neg_view has the negated values, not its memory's
     if tensor.is_floating_point() and not allow_nonfinite and tensor.numel():
-        lo, hi = torch.aminmax(tensor.reshape(-1))  # one pass, no mask: NaN propagates, +-Inf are extremes
-        if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
-            bad = ~torch.isfinite(tensor)
-            first = int(torch.nonzero(bad.reshape(-1))[0])
-            raise InvalidParameterError(
-                f"parameter {name!r} holds {int(bad.sum())} NaN or Inf values (first at flat index {first}); "
-                "pass allow_nonfinite=True to store them"
+        flat = tensor.reshape(-1)
+        if not all(_finite(part) for _, part in _float_chunks(flat)):
+            count, first = 0, -1
+            for start, part in _float_chunks(flat):
+                bad = ~torch.isfinite(part)
+                if first < 0 and bool(bad.any()):
+                    first = start + int(torch.nonzero(bad)[0])
+                count += int(bad.sum())
+            raise NonFiniteError(
+                f"parameter {name!r} holds {count} NaN or Inf values (first at flat index {first}); "
+                "pass allow_nonfinite=True to store them",
+                name,
             )
     return tensor.cpu()
 
@@ -140,6 +185,7 @@ def commit(
     allow_nonfinite: bool = False,
     snapshot: SnapshotPolicy | None = None,
     sync: bool = True,
+    progress: Any = None,
 ) -> VersionRecord:
     """Store ``state`` as a new version and return its record.
 
@@ -153,6 +199,8 @@ def commit(
     ``sync=False`` objects are still written whole (temporary name, then rename) but not synced
     to the disk: about three times faster where the disk is slow, at the price that a power cut
     soon after may leave objects that fail their hash check on read (a process crash cannot).
+    ``progress`` (``start(description, total)``, ``advance(bytes)``) is told the bytes of each
+    group as it is stored.
     """
     if not isinstance(message, str) or not message.strip():
         raise InvalidParameterError("a commit needs a message")
@@ -160,10 +208,11 @@ def commit(
     # `gc` in another process never sees this commit's objects as unreferenced.
     with ledger.session():
         return _commit(ledger, state, parent, message, author, run, encoding, dict(low_rank or {}), allow_nonfinite,
-                       snapshot or SnapshotPolicy(), sync)
+                       snapshot or SnapshotPolicy(), sync, progress)
 
 
-def _commit(ledger, state, parent, message, author, run, encoding, low_rank, allow_nonfinite, policy, sync) -> VersionRecord:
+def _commit(ledger, state, parent, message, author, run, encoding, low_rank, allow_nonfinite, policy, sync,
+            progress) -> VersionRecord:
     parent_rec = ledger.version(parent) if parent is not None else None
     if run is not None:
         run_rec = ledger.run(run)
@@ -192,7 +241,7 @@ def _commit(ledger, state, parent, message, author, run, encoding, low_rank, all
     try:
         with BackgroundWriter() as writer:
             _encode_all(history, store, writer, parent_id, parent_manifest, incoming, encoding, low_rank,
-                        allow_nonfinite, policy, params, created)
+                        allow_nonfinite, policy, params, created, progress)
         for p in params:
             if p.encoding != "removed":
                 n_elements += _numel(p.shape)
@@ -222,7 +271,8 @@ def _commit(ledger, state, parent, message, author, run, encoding, low_rank, all
                 tx.end_run(run, "finished", version_id=version.version_id)
     except BaseException:
         for address in created:
-            store.delete(address)
+            with contextlib.suppress(OSError):  # the error that stopped the commit is the one to report
+                store.delete(address)
         raise
     finally:
         incoming.close()
@@ -230,9 +280,11 @@ def _commit(ledger, state, parent, message, author, run, encoding, low_rank, all
 
 
 def _encode_all(history, store, writer, parent_id, parent_manifest, incoming, encoding, low_rank, allow_nonfinite,
-                policy, params, created) -> None:
+                policy, params, created, progress=None) -> None:
     """Encode every incoming group and hand its patch's tensors to ``writer``; appends to
     ``params`` and to ``created`` (the objects this commit adds) as it goes."""
+    if progress is not None:
+        progress.start("commit", None)
     for name in incoming.names:
         previous = parent_manifest.get(name)
         if previous is not None and previous.encoding == "removed":
@@ -251,6 +303,8 @@ def _encode_all(history, store, writer, parent_id, parent_manifest, incoming, en
                 created.append(ref.address)
         params.append(ParamRecord(name=name, dtype=_dtype(target), shape=list(target.shape), encoding=patch.encoding,
                                   objects=objects, meta=patch.meta, nbytes=patch.nbytes))
+        if progress is not None:
+            progress.advance(target.numel() * target.element_size())
 
 
 def _encode_group(history, store, parent_id, name, previous, value, encoding, low_rank, allow_nonfinite, policy):
@@ -434,16 +488,21 @@ def iter_checkout(ledger: Ledger, version: str | VersionRecord) -> Iterator[tupl
             yield name, _materialize(history, store, ver.version_id, name)[0]
 
 
-def checkout(ledger: Ledger, version: str | VersionRecord, output: str | os.PathLike | None = None) -> Any:
+def checkout(ledger: Ledger, version: str | VersionRecord, output: str | os.PathLike | None = None,
+             progress: Any = None) -> Any:
     """Every parameter of ``version``, bit-identical to what was committed: a dict of tensors, or
     with ``output`` a safetensors file written one tensor at a time (so a model larger than memory
-    can be checked out), whose path is returned."""
+    can be checked out), whose path is returned; ``progress`` is told the bytes written."""
     if output is None:
         return dict(iter_checkout(ledger, version))
     ver = ledger.version(version)
     entries = [(p.name, dtype_from_name(p.dtype), p.shape) for p in ledger.manifest(ver).values() if p.encoding != "removed"]
     metadata = {"prov_version": ver.version_id, "prov_message": ver.message}
+    if progress is not None:
+        progress.start("checkout", ver.full_bytes)
     with TensorFileWriter(output, entries, metadata) as writer:
         for name, tensor in iter_checkout(ledger, ver):
             writer.write(name, tensor)
+            if progress is not None:
+                progress.advance(tensor.numel() * tensor.element_size())
     return Path(output)

@@ -37,7 +37,7 @@ def _json(result):
 
 def test_init_twice_fails_with_message(project, runner):
     result = runner.invoke(main, ["init", "."])
-    assert result.exit_code == 1
+    assert result.exit_code == 4
     assert "already exists" in result.output
 
 
@@ -77,12 +77,12 @@ def test_bad_input_exit_code_and_message(project, runner):
     bad = project / "data" / "bad.jsonl"
     bad.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
     result = runner.invoke(main, ["dataset", "add", "bad", str(bad)])
-    assert result.exit_code == 1
+    assert result.exit_code == 4
     assert "bad.jsonl:2: invalid UTF-8" in result.output
     ok = _json(runner.invoke(main, ["dataset", "add", "bad", str(bad), "--on-invalid", "replace", "--json"]))
     assert ok["dataset"]["n_invalid_replaced"] == 1 and ok["dataset"]["n_documents"] == 2
     bogus = runner.invoke(main, ["dataset", "add", "x", "data/a.jsonl", "--num-perm", "0"])
-    assert bogus.exit_code == 1 and "num_perm" in bogus.output
+    assert bogus.exit_code == 4 and "num_perm" in bogus.output
 
 
 def test_sql_formats_and_refusals(project, runner):
@@ -96,7 +96,7 @@ def test_sql_formats_and_refusals(project, runner):
     for query in ["DELETE FROM documents", "DROP TABLE documents", "SELECT * FROM read_csv('/etc/passwd')",
                   "SELECT 1; SELECT 2"]:
         result = runner.invoke(main, ["sql", query])
-        assert result.exit_code == 1, query
+        assert result.exit_code == 4, query
     count = _json(runner.invoke(main, ["sql", "SELECT count(*) AS n FROM documents", "--json"]))
     assert count == [{"n": 60}]
 
@@ -105,7 +105,7 @@ def test_ledger_option_env_and_missing(project, runner, tmp_path_factory, monkey
     elsewhere = tmp_path_factory.mktemp("elsewhere")
     monkeypatch.chdir(elsewhere)
     missing = runner.invoke(main, ["dataset", "list"])
-    assert missing.exit_code == 1 and "no ledger" in missing.output
+    assert missing.exit_code == 3 and "no ledger" in missing.output
     assert runner.invoke(main, ["--ledger", str(project), "dataset", "list", "--json"]).output.strip() == "[]"
     monkeypatch.setenv("PROV_LEDGER", str(project / ".prov"))
     assert runner.invoke(main, ["dataset", "list", "--json"]).exit_code == 0
@@ -123,11 +123,15 @@ def test_export_croissant(project, runner, tmp_path):
     (fo,) = doc["distribution"]
     assert fo["sha256"] == hashlib.sha256((project / "data" / "a.jsonl").read_bytes()).hexdigest()
     fields = {f["name"]: f for f in doc["recordSet"][0]["field"]}
-    assert fields["text"]["source"]["extract"] == {"jsonPath": "$.text"}
+    assert fields["text"]["source"]["extract"] == {"column": "text"}
+    assert fo["contentUrl"] == "a.jsonl"  # on stdout: relative to the shards' folder
     out = tmp_path / "web.croissant.json"
     result = runner.invoke(main, ["dataset", "export", "web", "-o", str(out)])
     assert result.exit_code == 0
-    assert json.loads(out.read_text()) == doc
+    written = json.loads(out.read_text())
+    assert written["distribution"][0]["contentUrl"] == "data/a.jsonl"  # relative to where the JSON is written
+    assert {k: v for k, v in written.items() if k not in ("distribution", "url")} == {
+        k: v for k, v in doc.items() if k not in ("distribution", "url")}
 
 
 def test_demo_finds_planted_pairs(tmp_path, runner):
@@ -148,7 +152,10 @@ def test_demo_finds_planted_pairs(tmp_path, runner):
     assert fish["consumed"]["forum-posts@1"]["examples"] == 95 and fish["params"]["keep_ratio"] == 0.005
     assert lora["consumed"]["web-crawl@1"]["examples"] == 300  # 300 web documents are 10 batches of 32, < 20
     gate = report["gate"]
-    assert gate["passed"] and gate["policy"]["max_overlap"] == 0.25
+    # the planted evaluation leaks fail the gate's default policy (any contamination), said first
+    assert not gate["passed"] and gate["policy"]["max_overlap"] == 0.25 and gate["policy"]["max_contamination"] == 0
+    assert gate["violations"][0]["policy"] == "max_contamination"
+    assert gate["violations"][0]["message"].startswith("max-contamination 0 broken: 10 evaluation documents")
     overlap = gate["overlap"][0]
     assert (overlap["a"], overlap["b"]) == (fish["version_id"], lora["version_id"])
     assert (overlap["a_exact"], overlap["a_near"], overlap["a_documents"]) == (10, 10, 95)
@@ -157,7 +164,7 @@ def test_demo_finds_planted_pairs(tmp_path, runner):
     assert lineage["version"] == merged["version_id"]
     assert {d["dataset_id"]: d["effective_share"] > 0 for d in lineage["datasets"]} == {"web-crawl@1": True,
                                                                                           "forum-posts@1": True}
-    assert lineage["licence"]["non_commercial"] == ["forum-posts@1"]
+    assert lineage["license"]["non_commercial"] == ["forum-posts@1"]
     again = _json(runner.invoke(main, ["demo", str(tmp_path / "demo"), "--docs", "300", "--json"]))
     assert again["gate"]["audit_id"] == gate["audit_id"]
     assert all(r["created"] is False for r in again["registrations"])
@@ -194,7 +201,7 @@ def test_model_commit_log_show_checkout_and_tag(project, runner):
     log = _json(runner.invoke(main, ["model", "log", "base", "--json"]))
     assert [v["version_id"] for v in log] == [root["version_id"]]  # base and its ancestors only
     missing = runner.invoke(main, ["model", "show", "ffff"])
-    assert missing.exit_code == 1 and "no version 'ffff'" in missing.output
+    assert missing.exit_code == 3 and "no version 'ffff'" in missing.output
 
 
 def test_merge_cli_and_the_receipt_in_model_show(project, runner):
@@ -215,6 +222,6 @@ def test_merge_cli_and_the_receipt_in_model_show(project, runner):
     receipt = _json(runner.invoke(main, ["model", "show", merged["version_id"][:8], "--json"]))["receipt"]
     assert (receipt["method"], receipt["inputs"]) == ("average", [a.version_id, b.version_id])
     no_fisher = runner.invoke(main, ["merge", a.version_id[:8], b.version_id[:8], "-m", "fisher"])
-    assert no_fisher.exit_code == 1 and "no stored Fisher" in no_fisher.output
+    assert no_fisher.exit_code == 4 and "no stored Fisher" in no_fisher.output
     bad = runner.invoke(main, ["merge", a.version_id[:8], b.version_id[:8], "--weights", "x,1", "-m", "m"])
     assert bad.exit_code == 2 and "expected numbers separated by commas" in bad.output

@@ -50,7 +50,14 @@ def contributors(ledger, data_dir, write_jsonl):
 def test_gate_reports_overlap_and_contamination(contributors):
     ledger, base, va, vb = contributors
     report = audit_merge(ledger, [va.version_id, vb.version_id], threshold=0.8)
-    assert report["passed"] and report["alerts"] == []  # no limits given
+    # by default any contaminated evaluation document fails the gate; overlap is only reported
+    assert report["policy"] == {"max_overlap": None, "max_contamination": 0, "deny_license": []}
+    assert not report["passed"] and report["violations"] == [{
+        "policy": "max_contamination",
+        "message": "max-contamination 0 broken: 2 evaluation documents of ev@1 are in the training data (2 over)"}]
+    assert report["alerts"] == [report["violations"][0]["message"]]
+    no_limit = audit_merge(ledger, [va.version_id, vb.version_id], max_contamination=None, ngram=0)
+    assert no_limit["passed"] and no_limit["violations"] == [] and no_limit["contamination"]["contaminated_eval_documents"] == 1
     assert [s["datasets"] for s in report["sides"]] == [["a@1"], ["b@1"]]  # the shared base's data is not counted
     o = report["overlap"][0]
     assert (o["a_documents"], o["b_documents"]) == (20, 20)
@@ -65,19 +72,26 @@ def test_gate_reports_overlap_and_contamination(contributors):
     assert full["overlap"][0]["a_documents"] == 30 and full["overlap"][0]["a_exact"] == 13  # base's 10 in both
     assert full["contamination"]["ngram"] is None and full["contamination"]["contaminated_eval_documents"] == 1
     stored = ledger.audit(report["audit_id"])
-    assert stored["kind"] == "merge" and stored["passed"] is True
+    assert stored["kind"] == "merge" and stored["passed"] is False
+    assert ledger.audit(no_limit["audit_id"])["passed"] is True
 
 
 def test_gate_limits_fail_with_how_much_and_cli_exit_status(contributors, tmp_path):
     ledger, base, va, vb = contributors
     report = audit_merge(ledger, [va.version_id, vb.version_id], max_overlap=0.1, max_contamination=1)
     assert not report["passed"] and len(report["alerts"]) == 3
-    assert "max-overlap 10.00% broken: 20.00%" in report["alerts"][0] and "10.00 points over" in report["alerts"][0]
-    assert "max-contamination 1 broken: 2 evaluation documents of ev@1" in report["alerts"][2]
+    assert [v["policy"] for v in report["violations"]] == ["max_contamination", "max_overlap", "max_overlap"]
+    assert "max-contamination 1 broken: 2 evaluation documents of ev@1" in report["alerts"][0]
+    assert "max-overlap 10.00% broken: 20.00%" in report["alerts"][1] and "10.00 points over" in report["alerts"][1]
     assert ledger.audit(report["audit_id"])["passed"] is False
     runner = CliRunner()
     cli = ["--ledger", str(ledger.root)]
     out = runner.invoke(main, [*cli, "audit", "merge", va.version_id, vb.version_id, "--max-overlap", "0.5"])
+    assert out.exit_code == 1 and "FAILED" in out.output and "max-contamination 0 broken" in out.output, out.output
+    # the broken policy is said first, before the tables
+    assert out.output.index("max-contamination 0 broken") < out.output.index("Training-data overlap")
+    out = runner.invoke(main, [*cli, "audit", "merge", va.version_id, vb.version_id, "--max-overlap", "0.5",
+                               "--max-contamination", "none"])
     assert out.exit_code == 0 and "PASSED" in out.output, out.output
     out = runner.invoke(main, [*cli, "audit", "merge", va.version_id, vb.version_id, "--max-contamination", "0",
                                "--json"])
@@ -88,7 +102,7 @@ def test_gate_limits_fail_with_how_much_and_cli_exit_status(contributors, tmp_pa
                                "--max-overlap", "0.1", "-m", "gated"])
     assert out.exit_code == 1 and "the pre-merge gate failed" in out.output and len(ledger.versions()) == before
     out = runner.invoke(main, [*cli, "merge", va.version_id, vb.version_id, "--method", "average", "--gate",
-                               "--max-overlap", "0.5", "-m", "gated", "--json"])
+                               "--max-overlap", "0.5", "--max-contamination", "2", "-m", "gated", "--json"])
     assert out.exit_code == 0, out.output
     merged = json.loads(out.output)["version_id"]
     assert ledger.receipt(merged)["audit_id"] == ledger.audits("merge")[0]["audit_id"]

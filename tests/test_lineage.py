@@ -54,8 +54,8 @@ def test_lineage_carries_merge_weights_to_an_effective_contribution(family):
     assert ds["code@1"]["effective_examples"] == 3.75
     assert ds["forum@1"]["effective_share"] == pytest.approx(2.25 / 26)
     assert ds["forum@1"]["path"] == [v["merged"].version_id, v["forum"].version_id]
-    assert lin.licence["non_commercial"] == ["forum@1"] and lin.licence["share_alike"] == ["forum@1"]
-    assert lin.licence["unknown_license"] == ["code@1"] and lin.licence["licenses"] == ["CC-BY-4.0", "CC-BY-NC-SA-4.0"]
+    assert lin.license["non_commercial"] == ["forum@1"] and lin.license["share_alike"] == ["forum@1"]
+    assert lin.license["unknown_license"] == ["code@1"] and lin.license["licenses"] == ["CC-BY-4.0", "CC-BY-NC-SA-4.0"]
     assert lin.unrecorded == []
     web_shards = [s for s in lin.shards.to_pylist() if s["dataset_id"] == "web@1"]
     assert [(s["shard"], s["examples"]) for s in web_shards] == [("web1.jsonl", 12), ("web2.jsonl", 8)]
@@ -139,8 +139,8 @@ def test_cli_lineage_taint_and_diff(family, tmp_path):
     assert out.exit_code == 0, out.output
     assert [m["key"] for m in json.loads(out.output)["matches"]] == ["f0"]
     out = runner.invoke(main, [*base, "taint", "--text", "-"], input=b"\xff\xfe bad")
-    assert out.exit_code == 1 and "not UTF-8" in out.output
+    assert out.exit_code == 4 and "not UTF-8" in out.output
     out = runner.invoke(main, [*base, "model", "diff", v["forum"].version_id, v["code"].version_id, "--data", "--json"])
     assert json.loads(out.output)["datasets_only_in_b"] == ["code@1"]
     out = runner.invoke(main, [*base, "lineage", "deadbeef"])
-    assert out.exit_code == 1 and "no version 'deadbeef'" in out.output
+    assert out.exit_code == 3 and "no version 'deadbeef'" in out.output

@@ -226,8 +226,9 @@ def test_cli_run_start_log_finish_show(two_datasets, tmp_path):
     assert logged.exit_code == 0, logged.output
     assert json.loads(logged.output) == {"run_id": run_id, "logged": 2, "step": 5}
     bad = cli.invoke(main, ["run", "log", run_id, "--step", "6"], input="zzz\n", env=env)
-    assert bad.exit_code == 1 and "'zzz' at step 6 is not a document" in bad.output
-    # A run started from the CLI has no owning process: starting another does not end it.
+    assert bad.exit_code == 4 and "'zzz' at step 6 is not a document" in bad.output
+    # A run started from the CLI belongs to the process that ran the command (here the test's own
+    # parent, alive): starting another does not end it.
     Ledger.open(tmp_path).start_run(datasets=["a"], message="other").finish()
     shown = json.loads(cli.invoke(main, ["run", "show", run_id, "--json"], env=env).output)
     assert (shown["status"], shown["params"], shown["datasets"], shown["n_logged"]) == (
@@ -240,4 +241,4 @@ def test_cli_run_start_log_finish_show(two_datasets, tmp_path):
     listed = json.loads(cli.invoke(main, ["run", "list", "--json"], env=env).output)
     assert {r["run_id"] for r in listed} >= {run_id}
     again = cli.invoke(main, ["run", "finish", run_id], env=env)
-    assert again.exit_code == 1 and "is failed, not running" in again.output
+    assert again.exit_code == 4 and "is failed, not running" in again.output

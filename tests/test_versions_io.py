@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from provenance.errors import InvalidParameterError
+from provenance.errors import InvalidParameterError, UnsafeOutputError
 from provenance.kernels.patch import apply_low_rank
 from provenance.patches import same_bits
 from provenance.versions import SnapshotPolicy, iter_checkout
@@ -59,7 +59,9 @@ def test_streaming_checkout_writes_a_safetensors_file(ledger, tmp_path):
     edited = _state()
     edited["layers.0.proj.weight"][0, :3] = 0.5
     v1 = ledger.commit(edited, parent=v0, message="edit")
-    out = ledger.checkout(v1, output=tmp_path / "out" / "model.safetensors")
+    with pytest.raises(UnsafeOutputError, match="does not exist"):  # no folder made unless asked
+        ledger.checkout(v1, output=tmp_path / "out" / "model.safetensors")
+    out = ledger.checkout(v1, output=tmp_path / "out" / "model.safetensors", parents=True)
     assert out == tmp_path / "out" / "model.safetensors"
     _assert_same(load_file(str(out)), edited)
     with safe_open(str(out), framework="pt") as fh:

@@ -22,11 +22,14 @@ from typing import Any
 import duckdb
 
 from provenance.errors import (
+    LedgerDamagedError,
     LedgerExistsError,
     LedgerLockedError,
     LedgerNotFoundError,
+    LedgerReadOnlyError,
     ProvenanceError,
     SchemaVersionError,
+    UnsafeOutputError,
 )
 from provenance.ledger._common import DB_FILE, LEDGER_DIR, OBJECTS_DIR, TMP_DIR, _now, quote_identifier
 from provenance.ledger.data import DataQueries
@@ -55,11 +58,22 @@ def migrations() -> list[tuple[int, str, str]]:
 SCHEMA_VERSION = len(migrations())
 
 
+def _on_read_only_mount(path: Path) -> bool:
+    """Whether ``path`` lies on a file system mounted read-only (root may write files whose mode
+    forbids it, but not there)."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 class Ledger(DataQueries, ModelQueries, LineageQueries):
     """A provenance ledger on disk. Create one with :meth:`init`, open one with :meth:`open`."""
 
-    def __init__(self, root: Path, *, lock_timeout: float = 10.0, memory_limit: str = "512MB"):
+    def __init__(self, root: Path, *, lock_timeout: float = 10.0, memory_limit: str = "512MB",
+                 read_only: bool = False):
         self.root = Path(root).resolve()
+        self.read_only = read_only  # connect read-only: reads work on a read-only file or mount, writes are refused
         self.lock_timeout = lock_timeout
         self.memory_limit = memory_limit
         self._con: duckdb.DuckDBPyConnection | None = None
@@ -105,9 +119,15 @@ class Ledger(DataQueries, ModelQueries, LineageQueries):
         return ledger
 
     @classmethod
-    def open(cls, path: str | os.PathLike | None = None, *, lock_timeout: float = 10.0) -> Ledger:
+    def open(cls, path: str | os.PathLike | None = None, *, lock_timeout: float = 10.0,
+             read_only: bool = False) -> Ledger:
         """Open the ledger at ``path`` (a project folder or its ``.prov``), or find one upwards
-        from the current folder. An older schema is migrated; a newer one is refused."""
+        from the current folder. An older schema is migrated; a newer one is refused.
+
+        ``read_only`` opens the database read-only, so that a ledger on a read-only file or mount
+        can be queried (and a reader does not take the write lock); writes then raise
+        :class:`LedgerReadOnlyError`. A ledger whose database file cannot be written is opened
+        read-only whatever ``read_only`` says."""
         if path is None:
             root = cls.find()
         else:
@@ -118,16 +138,46 @@ class Ledger(DataQueries, ModelQueries, LineageQueries):
                 root = base / LEDGER_DIR
             else:
                 raise LedgerNotFoundError(f"no ledger at {base} (looked for {base / LEDGER_DIR / DB_FILE})")
-        ledger = cls(root, lock_timeout=lock_timeout)
-        ledger._migrate(create=False)
+        db = root / DB_FILE
+        writable = os.access(db, os.W_OK) and os.access(root, os.W_OK) and not _on_read_only_mount(root)
+        ledger = cls(root, lock_timeout=lock_timeout, read_only=read_only or not writable)
+        try:
+            ledger._migrate(create=False)
+        except LedgerReadOnlyError:
+            if not writable:
+                raise
+            cls(root, lock_timeout=lock_timeout)._migrate(create=False)  # an older schema: migrate, then read
+            ledger._migrate(create=False)
         return ledger
+
+    def output_path(self, path: str | os.PathLike, *, parents: bool = False) -> Path:
+        """Check a file that a command is about to write: refuse one that resolves (after
+        symlinks) inside the ledger folder, or that is a folder; its parent folder must exist
+        unless ``parents``, which creates it. Returns the resolved path."""
+        given = Path(path)
+        resolved = given.resolve()
+        if resolved == self.root or self.root in resolved.parents:
+            raise UnsafeOutputError(
+                f"refusing to write {str(given)!r}: it resolves to {resolved}, inside the ledger folder {self.root}"
+            )
+        if resolved.is_dir():
+            raise UnsafeOutputError(f"refusing to write {str(given)!r}: it is a folder; give a file name")
+        if not resolved.parent.is_dir():
+            if not parents:
+                raise UnsafeOutputError(
+                    f"cannot write {str(given)!r}: folder {resolved.parent} does not exist "
+                    "(create it, or pass parents=True / --parents)"
+                )
+            resolved.parent.mkdir(parents=True, exist_ok=True)
+        return resolved
 
     # -- connections ------------------------------------------------------------------------
 
-    def _connect(self, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    def _connect(self, *, read_only: bool = False, external: bool = True) -> duckdb.DuckDBPyConnection:
         config: dict[str, Any] = {"threads": max(1, os.cpu_count() or 1)}
         if read_only:
-            config["enable_external_access"] = False
+            if not external:
+                config["enable_external_access"] = False
         else:
             config["temp_directory"] = str(self.root / TMP_DIR)
             config["memory_limit"] = self.memory_limit
@@ -138,7 +188,7 @@ class Ledger(DataQueries, ModelQueries, LineageQueries):
             except duckdb.IOException as exc:
                 message = str(exc)
                 if "lock" not in message.lower():
-                    raise ProvenanceError(f"cannot open ledger {self.db_path}: {message}") from exc
+                    raise self._damaged(exc) or ProvenanceError(f"cannot open ledger {self.db_path}: {message}") from exc
                 if time.monotonic() >= deadline:
                     holder = re.search(r"\(PID (\d+)\)", message)
                     who = f"process {holder.group(1)}" if holder else "another process"
@@ -152,7 +202,7 @@ class Ledger(DataQueries, ModelQueries, LineageQueries):
     def session(self) -> Iterator[Ledger]:
         """Keep one connection open for several operations (and the lock held meanwhile)."""
         if self._con is None:
-            self._con = self._connect()
+            self._con = self._connect(read_only=self.read_only)
         self._depth += 1
         try:
             yield self
@@ -166,19 +216,53 @@ class Ledger(DataQueries, ModelQueries, LineageQueries):
     def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
         with self.session():
             assert self._con is not None
-            yield self._con
+            try:
+                yield self._con
+            except (duckdb.IOException, duckdb.InternalException, duckdb.SerializationException) as exc:
+                self._raise_if_damaged(exc)
+                raise
+
+    _DAMAGE_SIGNS = ("not a valid duckdb database", "could not read enough bytes", "corrupt", "checksum",
+                     "failed to read", "invalid block", "serialization")
+
+    def _raise_if_damaged(self, exc: Exception) -> None:
+        damaged = self._damaged(exc)
+        if damaged is not None:
+            raise damaged from exc
+
+    def _damaged(self, exc: Exception) -> LedgerDamagedError | None:
+        """A :class:`LedgerDamagedError` naming the file and the recovery step when ``exc`` says
+        the database file is truncated or corrupt (else None: some other failure)."""
+        message = str(exc)
+        if not any(sign in message.lower() for sign in self._DAMAGE_SIGNS):
+            return None
+        return LedgerDamagedError(
+            f"the ledger database {self.db_path} is damaged ({message.splitlines()[0]}). Restore it from a backup "
+            f"copy; without one, move it aside, run `prov init {self.root.parent}` and register the data and commit "
+            f"the models again (objects already in {self.objects_path} are reused, not rewritten)"
+        )
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[LedgerWriter]:
         """A write transaction: everything done through the writer lands whole or not at all."""
         if self._in_transaction:
             raise ProvenanceError("transactions do not nest")
+        if self.read_only:
+            raise LedgerReadOnlyError(
+                f"ledger {self.root} is open read-only (opened with read_only=True, or its database file or folder "
+                "cannot be written); this command writes to it"
+            )
         with self._cursor() as con:
             staging = _clean_staging(self.root)
             con.execute("BEGIN TRANSACTION")
             self._in_transaction = True
             try:
                 yield LedgerWriter(con, staging)
+            except (duckdb.IOException, duckdb.InternalException, duckdb.SerializationException) as exc:
+                with contextlib.suppress(Exception):
+                    con.execute("ROLLBACK")
+                self._raise_if_damaged(exc)
+                raise
             except BaseException:
                 with contextlib.suppress(Exception):
                     con.execute("ROLLBACK")
@@ -193,7 +277,8 @@ class Ledger(DataQueries, ModelQueries, LineageQueries):
     def _migrate(self, *, create: bool) -> None:
         shipped = migrations()
         with self._cursor() as con:
-            _clean_staging(self.root)
+            if not self.read_only:
+                _clean_staging(self.root)
             exists = con.execute(
                 "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
             ).fetchall()[0][0]
@@ -205,6 +290,11 @@ class Ledger(DataQueries, ModelQueries, LineageQueries):
                 raise SchemaVersionError(
                     f"ledger {self.root} has schema version {current}, but this provenance understands up to "
                     f"{len(shipped)}; upgrade provenance to open it"
+                )
+            if self.read_only and current < len(shipped):
+                raise LedgerReadOnlyError(
+                    f"ledger {self.root} has schema version {current} and needs migrating to {len(shipped)}, "
+                    "which writes to it; open it once writable"
                 )
             for version, name, sql in shipped[current:]:
                 con.execute("BEGIN TRANSACTION")

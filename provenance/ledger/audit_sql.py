@@ -43,7 +43,7 @@ class AuditWrites:
         return int(con.execute("SELECT count(*) FROM aud_docs").fetchall()[0][0])
 
     def near_pairs(self, audit_id: str, bands: int, rows: int, min_matches: int, *, stored: bool,
-                   collapse: bool = False) -> None:
+                   collapse: bool = False, all_pairs: bool = False) -> None:
         """Every pair of ``aud_docs`` that shares an LSH band key and whose signatures agree in at
         least ``min_matches`` positions, into ``audit_pairs``. ``stored``: use
         the band keys stored at registration (same banding), else hash ``bands`` slices of ``rows``
@@ -53,7 +53,9 @@ class AuditWrites:
         document, its group's first document and the group's size); only the first of each group
         joins the bands, and the others are paired with it alone. ``m`` copies of one text then
         cost ``m − 1`` pairs instead of ``m(m − 1)/2`` in every band: boilerplate repeated
-        thousands of times stays cheap."""
+        thousands of times stays cheap. The pairs are then a spanning set of each cluster;
+        ``all_pairs`` expands them into every pair (each copy with every other copy, and every
+        member of two linked groups with each other, at the estimate of their first documents)."""
         con = self._con
         source = "aud_docs"
         if collapse:
@@ -83,7 +85,23 @@ class AuditWrites:
                 WHERE m >= $2""",
             [audit_id, int(min_matches)],
         )
-        if collapse:  # each copy with the first of its group
+        if collapse and all_pairs:  # every member of two linked groups, then every two copies
+            con.execute(
+                """INSERT INTO audit_pairs
+                   SELECT $1, least(x.doc_id, y.doc_id), greatest(x.doc_id, y.doc_id), p.matches, p.jaccard, NULL,
+                          least(x.doc_id, y.doc_id)
+                   FROM audit_pairs p JOIN aud_groups x ON x.rep = p.doc_a JOIN aud_groups y ON y.rep = p.doc_b
+                   WHERE p.audit_id = $1 AND NOT (x.doc_id = p.doc_a AND y.doc_id = p.doc_b)""",
+                [audit_id],
+            )
+            con.execute(
+                """INSERT INTO audit_pairs
+                   SELECT $1, x.doc_id, y.doc_id, len(d.signature), 1.0, NULL, x.doc_id
+                   FROM aud_groups x JOIN aud_groups y ON x.rep = y.rep AND x.doc_id < y.doc_id
+                   JOIN aud_docs d ON d.doc_id = x.doc_id""",
+                [audit_id],
+            )
+        elif collapse:  # each copy with the first of its group
             con.execute(
                 """INSERT INTO audit_pairs
                    SELECT $1, g.rep, g.doc_id, len(d.signature), 1.0, NULL, g.rep

@@ -49,7 +49,7 @@ class DataQueries:
         check_name(name)
         with self._cursor() as con:
             if version:
-                if not version.isdigit():
+                if not re.fullmatch(r"[0-9]{1,9}", version):
                     raise InvalidParameterError(f"dataset version in {ref!r} must be a number")
                 rows = con.sql("SELECT * FROM datasets WHERE name = ? AND version = ?", params=[name, int(version)])
             else:
@@ -130,15 +130,55 @@ class DataQueries:
             raise ReadOnlyQueryError(f"only SELECT queries are allowed on the ledger, got {kind}")
         if self._con is not None:
             raise ProvenanceError("sql() opens its own read-only connection; call it outside a session")
-        con = self._connect(read_only=True)
+        con = self._connect(read_only=True, external=False)
         try:
             return con.sql(query, params=list(params) if params else None).to_arrow_table()
+        except (duckdb.IOException, duckdb.InternalException) as exc:
+            raise self._damaged(exc) or ReadOnlyQueryError(f"query failed: {exc}") from exc
         except duckdb.PermissionException as exc:
             raise ReadOnlyQueryError(f"query refused: {exc}") from exc
         except duckdb.Error as exc:
             raise ReadOnlyQueryError(f"query failed: {exc}") from exc
         finally:
             con.close()
+
+    def dataset_problems(self) -> list[dict[str, Any]]:
+        """Dataset rows that disagree with their shards and documents (what ``prov verify``
+        checks): ``{"dataset_id", "shard_index" (or None), "problem"}``, empty when consistent."""
+        with self._cursor() as con:
+            rows = con.execute(
+                """WITH sh AS (SELECT dataset_id, count(*) AS n, min(shard_index) AS lo, max(shard_index) AS hi,
+                                      sum(n_documents)::BIGINT AS docs, sum(n_bytes)::BIGINT AS bytes
+                               FROM shards GROUP BY dataset_id),
+                        dc AS (SELECT dataset_id, shard_index, count(*) AS n,
+                                      count(*) FILTER (WHERE len(signature) <> c.num_perm) AS bad_sig
+                               FROM documents JOIN datasets d USING (dataset_id)
+                               JOIN fingerprint_configs c ON c.config_id = d.config_id
+                               GROUP BY dataset_id, shard_index)
+                   SELECT d.dataset_id, NULL::INTEGER, 'the dataset row says ' || d.n_shards || ' shards, '
+                          || coalesce(sh.n, 0) || ' shard rows exist'
+                   FROM datasets d LEFT JOIN sh USING (dataset_id) WHERE d.n_shards <> coalesce(sh.n, 0)
+                   UNION ALL
+                   SELECT d.dataset_id, NULL, 'shard indices run ' || sh.lo || '..' || sh.hi || ', not 0..'
+                          || (sh.n - 1)
+                   FROM datasets d JOIN sh USING (dataset_id) WHERE sh.lo <> 0 OR sh.hi <> sh.n - 1
+                   UNION ALL
+                   SELECT d.dataset_id, NULL, 'the dataset row says ' || d.n_documents || ' documents, its shards '
+                          || coalesce(sh.docs, 0)
+                   FROM datasets d LEFT JOIN sh USING (dataset_id) WHERE d.n_documents <> coalesce(sh.docs, 0)
+                   UNION ALL
+                   SELECT s.dataset_id, s.shard_index, 'the shard row says ' || s.n_documents || ' documents, '
+                          || coalesce(dc.n, 0) || ' document rows exist'
+                   FROM shards s LEFT JOIN dc USING (dataset_id, shard_index) WHERE s.n_documents <> coalesce(dc.n, 0)
+                   UNION ALL
+                   SELECT dataset_id, shard_index, bad_sig || ' documents have a signature of the wrong length'
+                   FROM dc WHERE bad_sig > 0
+                   UNION ALL
+                   SELECT dc.dataset_id, dc.shard_index, dc.n || ' document rows belong to no shard'
+                   FROM dc ANTI JOIN shards s USING (dataset_id, shard_index)
+                   ORDER BY 1, 2 NULLS FIRST, 3"""
+            ).fetchall()
+        return [{"dataset_id": d, "shard_index": s, "problem": p} for d, s, p in rows]
 
     # -- datasets as queries --------------------------------------------------------------------
 
@@ -176,12 +216,14 @@ class DataQueries:
         with self._cursor() as con:
             return con.sql(sql, params=[*ids, float(threshold)]).to_arrow_table()
 
-    def export_croissant(self, dataset: str | DatasetRecord) -> dict[str, Any]:
-        """The dataset version as Croissant 1.1 JSON-LD (see :mod:`provenance.croissant`)."""
+    def export_croissant(self, dataset: str | DatasetRecord, base: Any = None) -> dict[str, Any]:
+        """The dataset version as Croissant 1.1 JSON-LD (see :mod:`provenance.croissant`), with
+        file locations relative to ``base`` (the folder the JSON is written to; default: the
+        shards' common folder)."""
         from provenance.croissant import to_croissant
 
         ds = self.dataset(dataset)
-        return to_croissant(ds, self.shards(ds))
+        return to_croissant(ds, self.shards(ds), base=base)
 
     # -- registration (implemented in provenance.datasets) ------------------------------------
 

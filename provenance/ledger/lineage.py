@@ -10,6 +10,7 @@ from typing import Any
 import pyarrow as pa
 
 from provenance.errors import NotFoundError
+from provenance.records import looks_like_id
 
 
 class LineageQueries:
@@ -197,11 +198,14 @@ class LineageQueries:
     def audit(self, audit_id: str) -> dict[str, Any]:
         """The stored audit ``audit_id`` (or an unambiguous prefix of at least 4 hex digits):
         its kind, target, parameters, whether it passed, and its report."""
+        if not looks_like_id(str(audit_id)):
+            raise NotFoundError(f"no audit {audit_id!r} (an audit id is 4 to 32 hex digits)")
         with self._cursor() as con:
             rows = con.sql(
-                "SELECT * FROM audits WHERE starts_with(audit_id, ?) ORDER BY audit_id LIMIT 2", params=[str(audit_id)]
+                "SELECT * FROM audits WHERE starts_with(audit_id, ?) ORDER BY audit_id LIMIT 2",
+                params=[str(audit_id).lower()],
             ).to_arrow_table().to_pylist()
-        if not rows or len(str(audit_id)) < 4:
+        if not rows:
             raise NotFoundError(f"no audit {audit_id!r} in the ledger")
         if len(rows) > 1:
             raise NotFoundError(f"audit prefix {audit_id!r} is ambiguous")

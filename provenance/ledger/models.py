@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,8 +20,15 @@ from provenance.records import (
     ParamRecord,
     RunRecord,
     RunShardRecord,
+    TagRecord,
     VersionRecord,
+    check_tag,
+    looks_like_id,
 )
+
+# A version row with the names that tag it (``tags`` is not a column of ``versions``).
+_WITH_TAGS = """v.*, coalesce((SELECT list(t.name ORDER BY t.name) FROM tags t WHERE t.version_id = v.version_id),
+                         []::VARCHAR[]) AS tags FROM versions v"""
 
 
 class ModelQueries:
@@ -39,10 +45,11 @@ class ModelQueries:
             tagged = con.execute("SELECT version_id FROM tags WHERE name = ?", [ref]).fetchall()
             if tagged:
                 ref = tagged[0][0]
-            elif not re.fullmatch(r"[0-9a-f]{4,32}", ref):
+            elif not looks_like_id(ref):
                 raise NotFoundError(f"no version or tag {ref!r} (a version id is 4 to 32 hex digits)")
+            ref = ref.lower()
             rows = con.sql(
-                "SELECT * FROM versions WHERE starts_with(version_id, ?) ORDER BY version_id LIMIT 6", params=[ref]
+                f"SELECT {_WITH_TAGS} WHERE starts_with(v.version_id, ?) ORDER BY v.version_id LIMIT 6", params=[ref]
             ).to_arrow_table().to_pylist()
         if not rows:
             raise NotFoundError(f"no version {ref!r} in the ledger")
@@ -54,7 +61,7 @@ class ModelQueries:
     def versions(self) -> list[VersionRecord]:
         """Every version, newest first."""
         with self._cursor() as con:
-            rows = con.sql("SELECT * FROM versions ORDER BY created_at DESC, version_id").to_arrow_table()
+            rows = con.sql(f"SELECT {_WITH_TAGS} ORDER BY v.created_at DESC, v.version_id").to_arrow_table()
         return [VersionRecord(**r) for r in rows.to_pylist()]
 
     def ancestors(self, version: str | VersionRecord) -> list[VersionRecord]:
@@ -62,10 +69,10 @@ class ModelQueries:
         vid = self.version(version).version_id
         with self._cursor() as con:
             rows = con.sql(
-                """WITH RECURSIVE up(version_id) AS (
+                f"""WITH RECURSIVE up(version_id) AS (
                        SELECT ?::VARCHAR
                        UNION SELECT unnest(v.parents) FROM versions v JOIN up USING (version_id))
-                   SELECT v.* FROM versions v JOIN up USING (version_id)
+                   SELECT {_WITH_TAGS} JOIN up USING (version_id)
                    ORDER BY v.created_at DESC, v.version_id""",
                 params=[vid],
             ).to_arrow_table()
@@ -114,6 +121,48 @@ class ModelQueries:
             ).fetchall()
         return [r[0] for r in rows]
 
+    def object_references(self) -> pa.Table:
+        """Every object a version refers to: ``address, version_id, name, kind`` (``param`` for a
+        manifest entry, ``fisher`` for a stored Fisher), one row per use."""
+        with self._cursor() as con:
+            return con.sql(
+                """SELECT unnest(map_values(objects)) AS address, version_id, name, 'param' AS kind
+                   FROM version_params WHERE objects IS NOT NULL AND cardinality(objects) > 0
+                   UNION ALL
+                   SELECT unnest(map_values(objects)), version_id, name, 'fisher' FROM version_fishers
+                   ORDER BY address, version_id, name"""
+            ).to_arrow_table()
+
+    def param_encodings(self) -> pa.Table:
+        """Every manifest entry's encoding with its version's first parent: ``version_id,
+        first_parent, name, encoding`` (what decides which versions a patch chain reaches)."""
+        with self._cursor() as con:
+            return con.sql(
+                """SELECT p.version_id, v.parents[1] AS first_parent, p.name, p.encoding
+                   FROM version_params p JOIN versions v USING (version_id) ORDER BY 1, 3"""
+            ).to_arrow_table()
+
+    def version_problems(self) -> list[dict[str, Any]]:
+        """Versions whose records do not hold together: a parent, run or tag that points at
+        nothing, or a manifest whose size disagrees with the version row."""
+        with self._cursor() as con:
+            rows = con.execute(
+                """SELECT v.version_id, 'parent ' || p.parent || ' is not in the ledger'
+                   FROM (SELECT version_id, unnest(parents) AS parent FROM versions) p
+                   JOIN versions v USING (version_id) ANTI JOIN versions w ON w.version_id = p.parent
+                   UNION ALL
+                   SELECT v.version_id, 'the version row says ' || v.n_params || ' parameter groups, its manifest has '
+                          || coalesce(m.n, 0)
+                   FROM versions v LEFT JOIN (SELECT version_id, count(*) FILTER (WHERE encoding <> 'removed') AS n
+                                              FROM version_params GROUP BY version_id) m USING (version_id)
+                   WHERE v.n_params <> coalesce(m.n, 0)
+                   UNION ALL
+                   SELECT t.version_id, 'tag ' || t.name || ' points at a version that is not in the ledger'
+                   FROM tags t ANTI JOIN versions v USING (version_id)
+                   ORDER BY 1, 2"""
+            ).fetchall()
+        return [{"version_id": v, "problem": p} for v, p in rows]
+
     def referenced_objects(self) -> set[str]:
         """Every object address some version's manifest or stored Fisher refers to."""
         with self._cursor() as con:
@@ -159,10 +208,18 @@ class ModelQueries:
 
         return gc(self, apply=apply)
 
+    def tags(self) -> list[TagRecord]:
+        """Every tag with the version it names, by name."""
+        with self._cursor() as con:
+            rows = con.sql(
+                """SELECT t.name, t.version_id, t.created_at, v.message FROM tags t
+                   JOIN versions v USING (version_id) ORDER BY t.name"""
+            ).to_arrow_table().to_pylist()
+        return [TagRecord(**r) for r in rows]
+
     def tag(self, name: str, version: str | VersionRecord) -> VersionRecord:
         """Name ``version`` (a tag can be moved to another version by tagging again)."""
-        if not name or re.fullmatch(r"[0-9a-f]{4,32}", name):
-            raise InvalidParameterError(f"tag {name!r} must be non-empty and not look like a version id")
+        check_tag(name)
         ver = self.version(version)
         with self.transaction() as tx:
             tx.set_tag(name, ver.version_id)
@@ -174,12 +231,17 @@ class ModelQueries:
 
         return commit(self, state, **options)
 
-    def checkout(self, version: str | VersionRecord, output: str | os.PathLike | None = None) -> Any:
+    def checkout(self, version: str | VersionRecord, output: str | os.PathLike | None = None, *,
+                 parents: bool = False, progress: Any = None) -> Any:
         """The tensors of ``version``, bit-identical to what was committed, as a dict or streamed
-        to the safetensors file ``output``; see :func:`provenance.versions.checkout`."""
+        to the safetensors file ``output`` (never inside the ledger folder; its folder must exist
+        unless ``parents``); see :func:`provenance.versions.checkout`."""
         from provenance.versions import checkout
 
-        return checkout(self, version, output)
+        ver = self.version(version)
+        if output is not None:
+            output = self.output_path(output, parents=parents)
+        return checkout(self, ver, output, progress=progress)
 
     # -- training runs (the logic is in provenance.runs) ----------------------------------------
 
@@ -192,8 +254,9 @@ class ModelQueries:
     def run(self, ref: str | RunRecord) -> RunRecord:
         """A run by record, full id or unambiguous id prefix (at least 4 hex digits)."""
         rid = ref.run_id if isinstance(ref, RunRecord) else str(ref)
-        if not re.fullmatch(r"[0-9a-f]{4,32}", rid):
+        if not looks_like_id(rid):
             raise NotFoundError(f"no run {rid!r} (a run id is 4 to 32 hex digits)")
+        rid = rid.lower()
         rows = self._runs("WHERE starts_with(r.run_id, ?) ORDER BY r.run_id LIMIT 6", [rid])
         if not rows:
             raise NotFoundError(f"no run {rid!r} in the ledger")

@@ -111,7 +111,7 @@ class LedgerWriter(AuditWrites):
         return source.n_documents
 
     def insert_version(self, version: VersionRecord, params: Sequence[ParamRecord]) -> None:
-        self._insert("versions", pa.Table.from_pylist([version.model_dump()]))
+        self._insert("versions", pa.Table.from_pylist([version.model_dump(exclude={"tags"})]))
         if params:
             rows = [
                 {"version_id": version.version_id, "name": p.name, "dtype": p.dtype, "shape": p.shape,

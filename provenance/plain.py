@@ -1,0 +1,60 @@
+"""Plain values for JSON, CSV and HTML: what DuckDB and Arrow hand back, made ordinary.
+
+DuckDB returns ``sum()`` of integers as a 128-bit integer that Arrow and Python see as a
+``Decimal``; dates, times and blobs have no JSON form. :func:`plain` turns a value (nested lists,
+dicts and tuples included) into ints, floats, strings, lists and dicts: a whole ``Decimal``
+becomes an ``int``, any other a ``float``; dates and times their ISO 8601 text; bytes their
+hexadecimal text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import uuid
+from decimal import Decimal
+from typing import Any
+
+
+def plain(value: Any) -> Any:
+    """``value`` with every nested Decimal, date, time, blob, UUID and NumPy scalar made plain."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() and value.is_finite() else float(value)
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [plain(v) for v in value]
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    item = getattr(value, "item", None)  # NumPy scalars
+    if callable(item) and getattr(value, "shape", None) == ():
+        return plain(item())
+    if hasattr(value, "model_dump"):  # pydantic records
+        return plain(value.model_dump(mode="json"))
+    return str(value)
+
+
+def dumps(value: Any, *, indent: int | None = 2) -> str:
+    """``value`` as JSON text after :func:`plain` (NaN and infinities as null, never invalid JSON)."""
+    return json.dumps(_finite(plain(value)), indent=indent, ensure_ascii=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,177 @@
+"""``prov verify``: check that the ledger holds together (an fsck).
+
+Three families of checks, each reporting what is damaged and what it affects:
+
+- **objects**: every object a version refers to (a manifest's patch tensors, a stored Fisher)
+  exists and is a whole safetensors file of the right size; with ``objects=True`` every stored
+  object is also re-read and re-hashed against its address. A damaged object is reported with the
+  versions that need it.
+- **versions**: every parent, run and tag points at a version that exists; each manifest matches
+  its version row.
+- **datasets**: each dataset row agrees with its shard rows, and each shard with its documents.
+
+``repair=True`` moves damaged objects aside into ``.prov/quarantine/`` (nothing is deleted), so
+that the next commit of the same tensor writes a fresh copy, and removes the temporary files of
+interrupted writes. Nothing else is changed: a missing object or an inconsistent row needs its
+source (re-commit the checkpoint, re-register the data), which the report names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from provenance.errors import ObjectCorruptError, ObjectMissingError
+from provenance.files import fsync_folder
+from provenance.ledger import Ledger
+from provenance.objects import ObjectStore
+
+QUARANTINE_DIR = "quarantine"
+
+
+class DamagedObject(BaseModel):
+    """An object that is missing, truncated or corrupt, and the versions that need it."""
+
+    address: str
+    problem: Literal["missing", "truncated", "corrupt"]
+    detail: str
+    versions: list[str] = Field(description="versions whose manifest or stored Fisher refers to it")
+    quarantined: str | None = Field(None, description="where --repair moved it")
+
+
+class VerifyReport(BaseModel):
+    """What ``prov verify`` checked and found."""
+
+    ledger: str
+    objects_checked: int = Field(description="distinct objects looked at")
+    objects_rehashed: bool = Field(description="whether every object's bytes were re-hashed (--objects)")
+    versions_checked: int
+    datasets_checked: int
+    damaged_objects: list[DamagedObject]
+    version_problems: list[dict[str, Any]]
+    dataset_problems: list[dict[str, Any]]
+    temporary_files: list[str] = Field(description="leftovers of interrupted object writes (harmless)")
+    repaired: bool = False
+    ok: bool = Field(description="no damage found (temporary files do not count)")
+
+
+def verify(ledger: Ledger, *, objects: bool = False, repair: bool = False, progress: Any = None) -> VerifyReport:
+    """Check the ledger (module doc); ``objects`` re-hashes every object, ``repair`` quarantines
+    damaged objects and removes temporary files."""
+    store = ObjectStore(ledger.objects_path)
+    with ledger.session():
+        refs = ledger.object_references()
+        version_problems = ledger.version_problems()
+        dataset_problems = ledger.dataset_problems()
+        n_versions = len(ledger.versions())
+        n_datasets = len(ledger.datasets(all_versions=True))
+        encodings = ledger.param_encodings()
+    users = _users(refs, encodings)
+    addresses = sorted(set(users) | (set(store.addresses()) if objects else set()))
+    sizes = {a: _size(store.path(a)) for a in addresses}
+    if progress is not None:
+        progress.start("verify: objects", sum(sizes.values()) if objects else len(addresses))
+    damaged = []
+    for address in addresses:
+        problem = _check(store, address, rehash=objects)
+        if problem is not None:
+            kind, detail = problem
+            damaged.append(DamagedObject(address=address, problem=kind, detail=detail,
+                                         versions=sorted(users.get(address, ()))))
+        if progress is not None:
+            progress.advance(sizes[address] if objects else 1)
+    temporaries = [str(t) for t in store.temporaries()]
+    if repair:
+        damaged = [_quarantine(ledger, store, d) for d in damaged]
+        for t in temporaries:
+            Path(t).unlink(missing_ok=True)
+    return VerifyReport(
+        ledger=str(ledger.root), objects_checked=len(addresses), objects_rehashed=objects,
+        versions_checked=n_versions, datasets_checked=n_datasets, damaged_objects=damaged,
+        version_problems=version_problems, dataset_problems=dataset_problems, temporary_files=temporaries,
+        repaired=repair, ok=not (damaged or version_problems or dataset_problems),
+    )
+
+
+def _users(refs: Any, encodings: Any) -> dict[str, set[str]]:
+    """Object address -> every version that needs it to be checked out: those that refer to it,
+    and their descendants along first parents whose patch of the same parameter is replayed on
+    top of it (anything but a full copy or a removal)."""
+    children: dict[str, list[str]] = defaultdict(list)
+    encoding: dict[tuple[str, str], str] = {}
+    for vid, parent, name, enc in zip(*(encodings.column(c).to_pylist()
+                                        for c in ("version_id", "first_parent", "name", "encoding"))):
+        encoding[(vid, name)] = enc
+        if parent is not None and (not children[parent] or children[parent][-1] != vid):
+            children[parent].append(vid)
+    users: dict[str, set[str]] = defaultdict(set)
+    for address, vid, name, kind in zip(*(refs.column(c).to_pylist() for c in ("address", "version_id", "name", "kind"))):
+        found = users[address]
+        found.add(vid)
+        stack = list(children.get(vid, ())) if kind == "param" else []
+        while stack:
+            child = stack.pop()
+            if child not in found and encoding.get((child, name)) in ("unchanged", "sparse", "low_rank"):
+                found.add(child)
+                stack.extend(children.get(child, ()))
+    return users
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _check(store: ObjectStore, address: str, *, rehash: bool) -> tuple[str, str] | None:
+    """``(problem, detail)`` for a damaged object, None for a sound one. Without ``rehash`` only
+    the file's presence, header and size are checked (cheap); with it, the bytes' hash too."""
+    path = store.path(address)
+    if not path.is_file():
+        return ("missing", f"{path} does not exist") if not os.path.lexists(path) else (
+            "corrupt", f"{path} is not a regular file")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return "truncated", f"{path} holds {size} bytes, less than a safetensors header"
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                return "truncated", f"{path} holds {size} bytes; its header alone claims {n + 8}"
+            meta = json.loads(fh.read(n))
+        ends = [e["data_offsets"][1] for k, e in meta.items() if k != "__metadata__"]
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        return "corrupt", f"{path}: unreadable header ({exc})"
+    expected = 8 + n + max(ends, default=0)
+    if size != expected:
+        return "truncated" if size < expected else "corrupt", f"{path} holds {size:,} bytes; its header says {expected:,}"
+    if rehash:
+        try:
+            store.get(address)
+        except ObjectMissingError as exc:
+            return "missing", str(exc)
+        except ObjectCorruptError as exc:
+            return "corrupt", str(exc)
+    return None
+
+
+def _quarantine(ledger: Ledger, store: ObjectStore, damaged: DamagedObject) -> DamagedObject:
+    """Move a damaged object into ``.prov/quarantine/`` (a missing one has nothing to move)."""
+    path = store.path(damaged.address)
+    if not os.path.lexists(path):
+        return damaged
+    folder = ledger.root / QUARANTINE_DIR
+    folder.mkdir(exist_ok=True)
+    target = folder / f"{damaged.address}.safetensors"
+    os.replace(path, target)
+    fsync_folder(folder)
+    fsync_folder(path.parent)
+    return damaged.model_copy(update={"quarantined": str(target)})

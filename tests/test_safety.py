@@ -1,0 +1,476 @@
+"""Safety and truthful defaults: outputs never land inside the ledger, names are matched whole,
+ambiguous refs are refused, exit statuses are documented, a damaged or read-only ledger gets a
+clear answer, `prov verify` finds damage, and no DuckDB Decimal leaks into a report."""
+
+from __future__ import annotations
+
+import csv
+import decimal
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import save_file
+
+from provenance.audits import audit_dedup
+from provenance.cli.main import main
+from provenance.errors import (
+    InvalidParameterError,
+    LedgerDamagedError,
+    LedgerReadOnlyError,
+    NotFoundError,
+    UnsafeOutputError,
+)
+from provenance.gate import audit_merge
+from provenance.ledger import Ledger
+from provenance.verify import verify
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def words(i: int, n: int = 30) -> str:
+    return " ".join(f"w{i}x{j}" for j in range(n))
+
+
+@pytest.fixture
+def project(tmp_path, write_jsonl, monkeypatch):
+    """A ledger with a dataset ``news`` (10 documents, two of them copies of others), a base
+    version and a child version trained on ``news``; the current folder is the project."""
+    monkeypatch.delenv("PROV_LEDGER", raising=False)
+    monkeypatch.chdir(tmp_path)
+    ledger = Ledger.init(tmp_path)
+    docs = [{"id": f"n{i}", "text": words(i % 8)} for i in range(10)]
+    write_jsonl(tmp_path / "news.jsonl", docs)
+    ledger.register_dataset("news", tmp_path / "news.jsonl", id_field="id", license="CC-BY-NC-4.0")
+    base = ledger.commit({"w": torch.zeros(8, 8), "b": torch.zeros(8)}, message="base")
+    with ledger.start_run(base=base, datasets=["news"], message="tune") as run:
+        child = run.commit({"w": torch.eye(8), "b": torch.zeros(8)})
+    return ledger, base, child
+
+
+def run_cli(*args: str, input: str | None = None):
+    return CliRunner().invoke(main, list(args), input=input)
+
+
+# -- outputs never overwrite the ledger ---------------------------------------------------------
+
+def test_outputs_inside_the_ledger_are_refused(project, tmp_path):
+    ledger, base, child = project
+    db = ledger.db_path
+    before = _digest(db)
+    objects = sorted(p.name for p in ledger.objects_path.rglob("*"))
+    (tmp_path / "link").symlink_to(ledger.objects_path)  # a symlink that leads inside
+    (tmp_path / "db-link.safetensors").symlink_to(db)
+    for out in [".prov/ledger.duckdb", ".prov", "link/x.safetensors", "db-link.safetensors",
+                str(db), ".prov/objects/new.safetensors"]:
+        with pytest.raises(UnsafeOutputError, match="inside the ledger folder|it is a folder"):
+            ledger.checkout(child, output=out)
+        result = run_cli("model", "checkout", child.version_id, "-o", out)
+        if out == ".prov":  # click refuses a folder itself: a usage error
+            assert result.exit_code == 2 and "is a directory" in result.output
+            continue
+        assert result.exit_code == 4, (out, result.output)
+        assert "refusing to write" in result.output
+    for args in (["dataset", "export", "news", "-o", ".prov/ledger.duckdb"],
+                 ["audit", "dedup", "news", "--html", "link/report.html"],
+                 ["audit", "dedup", "news", "--pairs", ".prov/ledger.duckdb"],
+                 ["audit", "memorization", child.version_id, "--samples", "news.jsonl", "--html", ".prov/x.html"]):
+        result = run_cli(*args)
+        assert result.exit_code == 4 and "inside the ledger folder" in result.output, (args, result.output)
+    with pytest.raises(UnsafeOutputError):
+        audit_dedup(ledger, ["news"], pairs_file=db)
+    assert _digest(db) == before
+    assert sorted(p.name for p in ledger.objects_path.rglob("*")) == objects
+    assert ledger.audits() == []  # refused before any audit ran
+
+
+def test_checkout_needs_parents_for_missing_folders(project, tmp_path):
+    ledger, base, child = project
+    result = run_cli("model", "checkout", child.version_id, "-o", "new/dir/m.safetensors")
+    assert result.exit_code == 4 and "folder" in result.output and "does not exist" in result.output
+    assert not (tmp_path / "new").exists()
+    result = run_cli("model", "checkout", child.version_id, "-o", "new/dir/m.safetensors", "--parents")
+    assert result.exit_code == 0, result.output
+    from safetensors.torch import load_file
+
+    assert torch.equal(load_file(tmp_path / "new/dir/m.safetensors")["w"], torch.eye(8))
+
+
+# -- names, tags and refs ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["news\n", "news\r", " news", "news ", "\n", "", "a" * 129, "news/x", "new\ts"])
+def test_dataset_names_are_matched_whole(project, tmp_path, name):
+    ledger = project[0]
+    with pytest.raises(InvalidParameterError, match="at most 128 characters"):
+        ledger.register_dataset(name, tmp_path / "news.jsonl")
+    result = run_cli("dataset", "add", name, "news.jsonl")
+    assert result.exit_code == 4 and "at most 128 characters" in result.output
+    assert [d.dataset_id for d in ledger.datasets(all_versions=True)] == ["news@1"]
+
+
+def test_tags_follow_name_rules_and_never_look_like_ids(project):
+    ledger, base, child = project
+    for bad in ["v1\n", "   ", "", "\n", "x" * 129, "has space", "ABCD", "dead", "DeadBeef01", base.version_id]:
+        with pytest.raises(InvalidParameterError):
+            ledger.tag(bad, child)
+        assert run_cli("tag", bad, child.version_id).exit_code == 4
+    assert ledger.tag("release/v1.0+retracted-1", child).version_id == child.version_id
+    assert ledger.version("release/v1.0+retracted-1").version_id == child.version_id
+    assert ledger.version(child.version_id[:8].upper()).version_id == child.version_id  # ids in any case
+
+
+def test_a_ref_that_is_both_a_dataset_and_a_tag_is_ambiguous(project):
+    ledger, base, child = project
+    ledger.tag("news", child)
+    result = run_cli("audit", "dedup", "news")
+    assert result.exit_code == 4
+    assert "'news' is ambiguous: it names dataset news@1 and version " + child.version_id[:12] in result.output
+    assert "dataset:news or version:news" in result.output
+    by_dataset = json.loads(run_cli("audit", "dedup", "dataset:news", "--json").output)
+    by_version = json.loads(run_cli("audit", "dedup", "version:news", "--json").output)
+    assert by_dataset["targets"] == [{"target": "dataset:news", "kind": "dataset", "id": "news@1"}]
+    assert by_version["targets"] == [{"target": "version:news", "kind": "version", "id": child.version_id,
+                                      "label": f"{child.version_id[:12]} (news)"}]
+
+
+# -- exit statuses and JSON errors -------------------------------------------------------------------
+
+def test_exit_statuses_and_json_errors(project):
+    ledger, base, child = project
+    cases = [
+        (["model", "show", "ffff"], 3, "not_found"),
+        (["dataset", "show", "nope"], 3, "not_found"),
+        (["audit", "show", "abcd"], 3, "not_found"),
+        (["lineage", "no-such-tag"], 3, "not_found"),
+        (["dataset", "add", "x", "missing.jsonl"], 4, None),
+        (["audit", "dedup", "news", "--threshold", "1.5"], 4, "invalid_parameter"),
+        (["sql", "DELETE FROM documents"], 4, "read_only_query"),
+    ]
+    for args, code, kind in cases:
+        plain = run_cli(*args)
+        assert plain.exit_code == code, (args, plain.output)
+        assert plain.output.startswith("Error: "), plain.output
+        as_json = CliRunner().invoke(main, [*args, "--json"])
+        assert as_json.exit_code == code, (args, as_json.output)
+        err = json.loads(as_json.stderr)
+        assert set(err) == {"error", "kind"} and err["error"] and as_json.stdout == ""
+        if kind:
+            assert err["kind"] == kind
+    usage = run_cli("model", "show")
+    assert usage.exit_code == 2 and "Missing argument" in usage.output
+    missing_ledger = CliRunner().invoke(main, ["--ledger", "/nonexistent/place", "dataset", "list"])
+    assert missing_ledger.exit_code == 3 and "no ledger" in missing_ledger.output
+
+
+def test_gate_fails_on_contamination_by_default_and_denies_licences(project, tmp_path, write_jsonl):
+    ledger, base, child = project
+    write_jsonl(tmp_path / "other.jsonl", [{"id": f"o{i}", "text": words(100 + i)} for i in range(6)])
+    write_jsonl(tmp_path / "eval.jsonl", [{"id": "e0", "text": words(3)}, {"id": "e1", "text": words(200)}])
+    ledger.register_dataset("other", tmp_path / "other.jsonl", id_field="id", license="MIT")
+    ledger.register_dataset("ev", tmp_path / "eval.jsonl", id_field="id", role="eval", license="MIT")
+    with ledger.start_run(base=base, datasets=["other"], message="other") as run:
+        other = run.commit({"w": 2 * torch.eye(8), "b": torch.ones(8)})
+    report = audit_merge(ledger, [child.version_id, other.version_id], ngram=0)
+    assert not report["passed"] and report["policy"]["max_contamination"] == 0
+    assert report["contamination"]["contaminated_eval_documents"] == 1  # e0 is news' n3 and n11
+    denied = audit_merge(ledger, [child.version_id, other.version_id], ngram=0, max_contamination=None,
+                         deny_license="non-commercial,unknown,share-alike")
+    assert [v["policy"] for v in denied["violations"]] == ["deny_license"]
+    assert denied["violations"][0]["message"] == (
+        "deny-licence non-commercial broken: the merged lineage holds non-commercial data (news@1)")
+    assert denied["license"]["licenses"] == ["CC-BY-NC-4.0", "MIT"]
+    with pytest.raises(InvalidParameterError, match="unknown condition"):
+        audit_merge(ledger, [child.version_id, other.version_id], deny_license="gpl")
+    out = run_cli("audit", "merge", child.version_id, other.version_id, "--ngram", "0", "--max-contamination", "none",
+                  "--deny-licence", "non-commercial")
+    assert out.exit_code == 1 and "FAILED" in out.output and "deny-licence non-commercial broken" in out.output
+    out = run_cli("audit", "merge", child.version_id, other.version_id, "--ngram", "0", "--max-contamination", "none",
+                  "--deny-license", "model-generated")
+    assert out.exit_code == 0 and "PASSED" in out.output, out.output
+
+
+# -- a damaged or read-only ledger ---------------------------------------------------------------
+
+def test_truncated_database_is_reported_as_damaged(project, tmp_path):
+    ledger = project[0]
+    db = ledger.db_path
+    whole = db.read_bytes()
+    for length in sorted({0, 1, 100, 4096, 8192, 12288, len(whole) // 2, len(whole) - 4096}):
+        db.write_bytes(whole[:length])
+        result = run_cli("dataset", "list")
+        if result.exit_code == 0:  # a cut past the blocks this query reads: a deeper read must say so
+            result = run_cli("sql", "SELECT sum(len(signature)) FROM documents")
+        if result.exit_code == 0:
+            result = run_cli("model", "checkout", project[2].version_id, "-o", str(tmp_path / "out.safetensors"))
+        if result.exit_code == 0:
+            continue
+        assert result.exit_code == 4, (length, result.output)
+        assert f"the ledger database {db} is damaged" in result.output, (length, result.output)
+        assert "Restore it from a backup" in result.output and "Traceback" not in result.output
+    db.write_bytes(whole[:100])
+    with pytest.raises(LedgerDamagedError, match="is damaged"):
+        Ledger.open(tmp_path)
+
+
+def test_read_only_ledger_can_be_read(project, tmp_path):
+    ledger, base, child = project
+    ro = Ledger.open(tmp_path, read_only=True)
+    assert [d.dataset_id for d in ro.datasets()] == ["news@1"]
+    assert torch.equal(ro.checkout(child)["w"], torch.eye(8))
+    assert [d["dataset_id"] for d in ro.lineage(child).datasets] == ["news@1"]
+    assert ro.sql("SELECT count(*) AS n FROM documents").to_pylist() == [{"n": 10}]
+    for write in (lambda: ro.tag("x", child), lambda: ro.register_dataset("y", tmp_path / "news.jsonl"),
+                  lambda: audit_dedup(ro, ["news"])):
+        with pytest.raises(LedgerReadOnlyError, match="open read-only"):
+            write()
+
+
+def _mount_read_only(source: Path, target: Path) -> bool:
+    target.mkdir()
+    done = subprocess.run(["mount", "--bind", "-o", "ro", str(source), str(target)], capture_output=True)
+    return done.returncode == 0 and not os.access(target, os.W_OK)
+
+
+def test_read_only_mount_serves_every_read_command(project, tmp_path):
+    ledger, base, child = project
+    mount = tmp_path.parent / f"{tmp_path.name}-ro"
+    if shutil.which("mount") is None or not _mount_read_only(tmp_path, mount):
+        shutil.rmtree(mount, ignore_errors=True)
+        pytest.skip("cannot make a read-only bind mount here (needs root and mount)")
+    try:
+        cli = ["--ledger", str(mount)]
+        out = tmp_path.parent / f"{tmp_path.name}-out.safetensors"
+        for args in (["dataset", "list"], ["dataset", "show", "news"], ["model", "log"],
+                     ["model", "show", child.version_id], ["lineage", child.version_id], ["sql", "SELECT 1"],
+                     ["model", "checkout", child.version_id, "-o", str(out)], ["run", "list"], ["audit", "list"],
+                     ["taint", "news"], ["verify"], ["gc"]):
+            result = CliRunner().invoke(main, [*cli, *args])
+            assert result.exit_code == 0, (args, result.output)
+        result = CliRunner().invoke(main, [*cli, "tag", "x", child.version_id])
+        assert result.exit_code == 4 and "open read-only" in result.output
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+        mount.rmdir()
+
+
+# -- output of values DuckDB returns ------------------------------------------------------------------
+
+def test_sql_csv_and_json_serialise_nested_dates_decimals_blobs(project):
+    query = ("SELECT [DATE '2024-01-02'] AS dates, {'when': TIMESTAMP '2024-01-02 03:04:05', 'n': 1.50::DECIMAL(4,2)} "
+             "AS s, [sum(x)] AS sums, '\\xAA\\xBB'::BLOB AS blob, [ '\\x01'::BLOB ] AS blobs "
+             "FROM (SELECT 5::BIGINT AS x)")
+    result = run_cli("sql", query, "--format", "csv")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.reader(io.StringIO(result.output)))
+    assert rows[0] == ["dates", "s", "sums", "blob", "blobs"]
+    assert rows[1] == ['["2024-01-02"]', '{"when": "2024-01-02T03:04:05", "n": 1.5}', "[5]", "aabb", '["01"]']
+    as_json = json.loads(run_cli("sql", query, "--json").output)
+    assert as_json == [{"dates": ["2024-01-02"], "s": {"when": "2024-01-02T03:04:05", "n": 1.5}, "sums": [5],
+                        "blob": "aabb", "blobs": ["01"]}]
+
+
+def _decimals(value, path="") -> list[str]:
+    if isinstance(value, decimal.Decimal):
+        return [path]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _decimals(v, f"{path}.{k}")]
+    if isinstance(value, (list, tuple)):
+        return [p for i, v in enumerate(value) for p in _decimals(v, f"{path}[{i}]")]
+    return []
+
+
+def test_no_decimal_leaks_into_reports(project, tmp_path):
+    ledger, base, child = project
+    report = audit_dedup(ledger, ["news"], threshold=0.8)
+    assert _decimals(report) == [] and _decimals(ledger.audit(report["audit_id"])) == []
+    assert report["near_copies"][0]["near_copies"] == 1 and type(report["near_copies"][0]["near_copies"]) is int
+    out = json.loads(run_cli("audit", "dedup", "news", "--json").output)
+    assert all(type(r["near_copies"]) is int for r in out["near_copies"])
+    assert _decimals(ledger.lineage(child).to_dict()) == []
+
+
+# -- prov verify ------------------------------------------------------------------------------------
+
+def test_verify_finds_damage_names_versions_and_repairs(project, tmp_path):
+    ledger, base, child = project
+    result = run_cli("verify", "--objects")
+    assert result.exit_code == 0 and "ok: nothing damaged" in result.output, result.output
+    manifest = ledger.manifest(base)
+    w_object = ledger.objects_path / manifest["w"].objects["full"][:2] / (manifest["w"].objects["full"][2:] + ".safetensors")
+    raw = bytearray(w_object.read_bytes())
+    raw[-1] ^= 0x01  # a flipped bit: same size, found only by re-hashing
+    w_object.write_bytes(bytes(raw))
+    assert run_cli("verify").exit_code == 0
+    report = verify(ledger, objects=True)
+    assert not report.ok and [d.problem for d in report.damaged_objects] == ["corrupt"]
+    # the child's sparse patch of w is replayed on the base's w: both versions need the object
+    assert report.damaged_objects[0].versions == sorted([base.version_id, child.version_id])
+    result = run_cli("verify", "--objects", "--json")
+    assert result.exit_code == 1 and json.loads(result.stdout)["damaged_objects"][0]["problem"] == "corrupt"
+    result = run_cli("verify", "--objects", "--repair")
+    assert result.exit_code == 1 and "moved to" in result.output
+    assert not w_object.exists() and len(list((ledger.root / "quarantine").iterdir())) == 1
+    assert [d.problem for d in verify(ledger).damaged_objects] == ["missing"]
+    # committing the same tensor again restores the object; then everything checks out
+    ledger.commit({"w": torch.zeros(8, 8), "b": torch.ones(8)}, message="again")
+    assert verify(ledger, objects=True).ok
+    assert torch.equal(ledger.checkout(child)["w"], torch.eye(8))
+    # a truncated object is found without --objects
+    b_object = ledger.objects_path / manifest["b"].objects["full"][:2] / (manifest["b"].objects["full"][2:] + ".safetensors")
+    b_object.write_bytes(b_object.read_bytes()[:-3])
+    result = run_cli("verify")
+    assert result.exit_code == 1 and "truncated" in result.output and base.version_id[:12] in result.output
+
+
+def test_verify_reports_inconsistent_dataset_rows(project, tmp_path):
+    ledger = project[0]
+    import duckdb  # damage the rows as another program would
+
+    con = duckdb.connect(str(ledger.db_path))
+    con.execute("DELETE FROM documents WHERE key = 'n3'")
+    con.close()
+    problems = verify(ledger).dataset_problems
+    assert problems == [{"dataset_id": "news@1", "shard_index": 0,
+                         "problem": "the shard row says 10 documents, 9 document rows exist"}]
+    result = run_cli("verify")
+    assert result.exit_code == 1 and "dataset news@1 shard 0" in result.output
+
+
+def test_nan_from_the_cli_names_the_flag(project, tmp_path):
+    save_file({"w": torch.tensor([1.0, float("nan")])}, str(tmp_path / "nan.safetensors"))
+    result = run_cli("model", "commit", "nan.safetensors", "-m", "nan")
+    assert result.exit_code == 4 and "--allow-nonfinite" in result.output and "allow_nonfinite=True" not in result.output
+    with pytest.raises(InvalidParameterError, match="allow_nonfinite=True"):
+        project[0].commit({"w": torch.tensor([float("inf")])}, message="inf")
+    assert run_cli("model", "commit", "nan.safetensors", "-m", "nan", "--allow-nonfinite").exit_code == 0
+
+
+def test_not_found_is_a_key_error_and_says_what(project):
+    with pytest.raises(NotFoundError, match="no dataset 'zzz'"):
+        project[0].dataset("zzz")
+
+
+# -- runs from the CLI ------------------------------------------------------------------------------
+
+def test_cli_run_belongs_to_the_process_that_started_it(project, tmp_path):
+    ledger = project[0]
+    prov = Path(sys.executable).parent / "prov"  # the console script installed beside this Python
+    # the shell runs `prov run start` and exits: the run's owner is gone
+    script = f'"{prov}" --ledger "{tmp_path}" run start -m "from a script" -d news --json; true'
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout, done.stderr
+    started = json.loads(done.stdout)
+    assert started["pid"] > 0 and started["pid"] != os.getpid()
+    with ledger.start_run(datasets=["news"], message="next") as run:
+        run.finish()
+    record = ledger.run(started["run_id"])
+    assert record.status == "failed" and record.error == (
+        f"abandoned: process {started['pid']} exited without ending the run")
+
+
+def test_declared_epochs_and_logged_keys_disagreeing_warns_and_logged_wins(project):
+    from provenance.runs import EpochsDisagreeWarning
+
+    ledger = project[0]
+    run = ledger.start_run(datasets={"news": 2}, message="declared 2, logged 1")
+    run.log_examples([f"n{i}" for i in range(10)], step=0)
+    with pytest.warns(EpochsDisagreeWarning, match="news@1 was declared for 2 epochs but its logged keys make 1"):
+        run.finish()
+    assert sum(s.examples for s in ledger.run_shards(run.run_id)) == 10  # the logged count
+    result = run_cli("run", "start", "-m", "cli", "-d", "news:3", "--json")
+    run_id = json.loads(result.output)["run_id"]
+    assert run_cli("run", "log", run_id, "--step", "0", input="n1\nn2\n").exit_code == 0
+    finished = CliRunner().invoke(main, ["run", "finish", run_id])
+    assert finished.exit_code == 0
+    assert "warning: run " in finished.stderr and "news@1 was declared for 3 epochs but its logged keys make 0.2" in (
+        finished.stderr)
+
+
+def test_dedup_pairs_span_clusters_unless_all_pairs(project):
+    ledger = project[0]  # news: n0..n7 distinct, n8 = n0 and n9 = n1 (two groups of two identical copies)
+    ledger.register_dataset("copies", [{"id": f"c{i}", "text": words(50)} for i in range(5)], id_field="id")
+    spanning = audit_dedup(ledger, ["copies"])
+    assert spanning["pairs_mode"] == "spanning" and len(spanning["pairs"]) == 4  # m - 1 for m = 5 copies
+    assert {(p["a"], p["b"]) for p in spanning["pairs"]} == {("c0", f"c{i}") for i in range(1, 5)}
+    every = audit_dedup(ledger, ["copies"], all_pairs=True)
+    assert every["pairs_mode"] == "all" and len(every["pairs"]) == 10  # m(m - 1) / 2
+    assert {(p["a"], p["b"]) for p in every["pairs"]} == {
+        (f"c{i}", f"c{j}") for i in range(5) for j in range(i + 1, 5)}
+    assert every["summary"]["clusters"] == spanning["summary"]["clusters"] == 1
+    assert every["near_copies"] == spanning["near_copies"]  # each copy has 4 near-copies either way
+    out = run_cli("audit", "dedup", "copies")
+    assert "the pairs span each cluster (m identical copies: m-1 pairs)" in out.output
+    out = json.loads(run_cli("audit", "dedup", "copies", "--all-pairs", "--json").output)
+    assert len(out["pairs"]) == 10
+
+
+def test_progress_appears_only_after_a_second(project, tmp_path):
+    import io as _io
+    import time as _time
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from provenance.cli.render import _RichProgress
+
+    out = _io.StringIO()
+    p = Progress(console=Console(file=out, force_terminal=True), transient=True, auto_refresh=False)
+    bar = _RichProgress(p, delay=0.3)
+    ledger, base, child = project
+    ledger.checkout(child, output=tmp_path / "quick.safetensors", progress=bar)  # well under the delay
+    assert not bar.shown
+    _time.sleep(0.35)
+    bar.advance(1)
+    assert bar.shown
+    p.stop()
+    # the library reports bytes: a checkout's total is the version's full size
+    seen = []
+
+    class Recorder:
+        def start(self, description, total):
+            seen.append(("start", description, total))
+
+        def advance(self, amount):
+            seen.append(("advance", amount))
+
+    ledger.checkout(child, output=tmp_path / "m.safetensors", progress=Recorder())
+    assert seen[0] == ("start", "checkout", child.full_bytes)
+    assert sum(a for kind, *rest in seen if kind == "advance" for a in rest) == child.full_bytes
+    seen.clear()
+    v = ledger.commit({"w": torch.ones(8, 8), "b": torch.ones(8)}, parent=child, message="p", progress=Recorder())
+    assert seen[0] == ("start", "commit", None) and sum(x[1] for x in seen[1:]) == v.full_bytes
+
+
+def test_tables_piped_keep_every_column_and_whole_ids(project):
+    ledger, base, child = project
+    ledger.tag("a-rather-long-release-tag-name", child)
+    ledger.commit({"w": torch.ones(8, 8), "b": torch.ones(8)}, parent=child,
+                  message="a long message that has to wrap over several lines of the table " * 3)
+    out = run_cli("model", "log").output  # CliRunner is no terminal: as in a CI log
+    header = next(line for line in out.splitlines() if "version" in line)
+    for col in ("version", "tags", "parents", "run", "message", "params", "stored", "of full", "created"):
+        assert f" {col} " in header, (col, header)  # no column squeezed away or cut
+    for v in ledger.versions():
+        assert v.version_id[:12] in out  # ids keep their 12 digits
+    assert "…" not in out and "a-rather-long-release-tag-name" in out
+    with pytest.raises(InvalidParameterError, match="must be a number"):
+        ledger.dataset("news@²")
+
+
+def test_a_closed_pipe_stops_quietly(project, tmp_path):
+    prov = Path(sys.executable).parent / "prov"  # 100,000 rows: far more than a pipe holds
+    query = "SELECT range AS n FROM range(100000)"
+    done = subprocess.run(["bash", "-c", f'"{prov}" --ledger "{tmp_path}" sql "{query}" --format csv | head -n 1'],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and len(done.stdout.splitlines()) == 1
+    assert "Traceback" not in done.stderr and "Error" not in done.stderr, done.stderr
