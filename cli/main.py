@@ -716,6 +716,11 @@ def taint_cmd(obj: Context, target: str | None, shard: str | None, key: str | No
     render.taint(report, as_json)
 
 
+no_store_option = click.option(
+    "--no-store", is_flag=True,
+    help="Keep nothing in the ledger (the report is printed, not stored); opens the ledger read-only.")
+
+
 def _write_html(report: dict, path: Path | None) -> None:
     """Write an audit's HTML page to ``path`` (checked beforehand with ``Ledger.output_path``)."""
     if path is not None:
@@ -740,19 +745,20 @@ def audit_group() -> None:
               help="List every pair of near-duplicates (m copies: m(m-1)/2 pairs) instead of a spanning set of "
                    "each cluster (m copies: m-1 pairs, each with the first copy).")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None, help="Also write an HTML report.")
+@no_store_option
 @json_option
 @pass_ctx
 def audit_dedup_cmd(obj: Context, targets: tuple[str, ...], threshold: float, verify: bool, pairs_file: str | None,
-                    all_pairs: bool, html_file: str | None, as_json: bool) -> None:
+                    all_pairs: bool, html_file: str | None, no_store: bool, as_json: bool) -> None:
     """Near-duplicate documents in datasets, or in everything in a version's lineage: the
     duplicate rate, clusters, each document's near-copies and the pairs."""
     from provenance.audits import audit_dedup
 
-    ledger = obj.ledger()
+    ledger = obj.ledger(read_only=no_store)
     html_path = ledger.output_path(html_file) if html_file else None
     with render.progress(obj.quiet) as bar:
         report = audit_dedup(ledger, list(targets), threshold=threshold, verify=verify, pairs_file=pairs_file,
-                             all_pairs=all_pairs, progress=bar)
+                             all_pairs=all_pairs, store=not no_store, progress=bar)
     _write_html(report, html_path)
     render.dedup(report, as_json)
 
@@ -798,21 +804,23 @@ def audit_show(obj: Context, audit_id: str, html_file: str | None, as_json: bool
               help="Words in the exact-span contamination check (0: skip it; it reads the source text).")
 @_gate_options
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None, help="Also write an HTML report.")
+@no_store_option
 @json_option
 @pass_ctx
 def audit_merge_cmd(obj: Context, versions: tuple[str, ...], threshold: float, ngram: int, eval_datasets: tuple[str, ...],
                     max_overlap: float | None, max_contamination: Any, deny_license: str | None, full_lineage: bool,
-                    html_file: str | None, as_json: bool) -> None:
+                    html_file: str | None, no_store: bool, as_json: bool) -> None:
     """The pre-merge gate: training-data overlap between the versions and contamination with
     evaluation data. Exit status 1 when a policy limit is broken, so it can gate a merge in CI."""
     from provenance.gate import audit_merge
 
-    ledger = obj.ledger()
+    ledger = obj.ledger(read_only=no_store)
     html_path = ledger.output_path(html_file) if html_file else None
     with render.progress(obj.quiet) as bar:
         report = audit_merge(ledger, list(versions), eval_datasets=list(eval_datasets) or None,
                              threshold=threshold, max_overlap=max_overlap, deny_license=deny_license,
-                             full_lineage=full_lineage, ngram=ngram, progress=bar, **_gate_limits(max_contamination))
+                             full_lineage=full_lineage, ngram=ngram, store=not no_store, progress=bar,
+                             **_gate_limits(max_contamination))
     _write_html(report, html_path)
     render.gate(report, as_json)
     if not report["passed"]:
@@ -828,17 +836,19 @@ def audit_merge_cmd(obj: Context, versions: tuple[str, ...], threshold: float, n
 @click.option("--span", type=int, default=50, show_default=True,
               help="Words of an exact shared span that count as memorized (0: skip; it reads the source text).")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None, help="Also write an HTML report.")
+@no_store_option
 @json_option
 @pass_ctx
 def audit_memorization_cmd(obj: Context, ref: str, samples_file: str, threshold: float, span: int,
-                           html_file: str | None, as_json: bool) -> None:
+                           html_file: str | None, no_store: bool, as_json: bool) -> None:
     """Which training documents in VERSION's lineage its generated samples reproduce (near-duplicate
     or a long exact span), with how many times training saw each and its near-copies."""
     from provenance.memorization import audit_memorization
 
-    ledger = obj.ledger()
+    ledger = obj.ledger(read_only=no_store)
     html_path = ledger.output_path(html_file) if html_file else None
     with render.progress(obj.quiet) as bar:
-        report = audit_memorization(ledger, ref, samples_file, threshold=threshold, span=span, progress=bar)
+        report = audit_memorization(ledger, ref, samples_file, threshold=threshold, span=span, store=not no_store,
+                                    progress=bar)
     _write_html(report, html_path)
     render.memorization(report, as_json)

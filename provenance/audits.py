@@ -149,6 +149,7 @@ def audit_dedup(
     verify: bool = False,
     pairs_file: str | os.PathLike | None = None,
     all_pairs: bool = False,
+    store: bool = True,
     progress: Any = None,
 ) -> dict[str, Any]:
     """Near-duplicates among the documents of ``targets`` (module doc), stored as an audit.
@@ -156,7 +157,8 @@ def audit_dedup(
     which case they are written there as Parquet (and the report keeps the best
     :data:`REPORT_PAIRS`). The pairs span each cluster (``m`` identical copies give ``m − 1``
     pairs: each with the first copy; ``report["pairs_mode"] == "spanning"``); ``all_pairs`` lists
-    every pair instead (``m(m − 1)/2`` for ``m`` copies)."""
+    every pair instead (``m(m − 1)/2`` for ``m`` copies). ``store=False`` keeps nothing in the
+    ledger (and works on a read-only one)."""
     threshold = check_threshold(threshold)
     pairs_path = ledger.output_path(pairs_file) if pairs_file is not None else None
     started = time.perf_counter()
@@ -169,7 +171,7 @@ def audit_dedup(
     audit_id = uuid.uuid4().hex
     created = datetime.now(timezone.utc).replace(tzinfo=None)
     _stage(progress, "audit: documents", 4)
-    with ledger.transaction() as tx:
+    with ledger.transaction(scratch=not store) as tx:
         n_docs = tx.stage_documents(scope)
         _advance(progress)
         tx.near_pairs(audit_id, banding.bands, banding.rows, min_matches, stored=stored, collapse=True,
@@ -186,6 +188,7 @@ def audit_dedup(
                         "p_at_threshold": banding.probability(threshold), "stored_band_keys": stored,
                         "s_curve": s_curve(banding)},
             "verify": verified, "cluster_rounds": rounds, "pairs_mode": "all" if all_pairs else "spanning",
+            "stored": store,
         })
         report["summary"]["seconds"] = round(time.perf_counter() - started, 3)
         tx.insert_audit({"audit_id": audit_id, "kind": "dedup", "target": " ".join(targets),
@@ -197,11 +200,13 @@ def audit_dedup(
             tmp = path.with_name(f".{path.name}.{audit_id[:8]}.tmp")
             tx.copy_pairs(audit_id, str(tmp))
             os.replace(tmp, path)
+        pairs = tx.pairs(audit_id) if pairs_file is None and not store else None
         tx.drop_audit_tables()
         _advance(progress)
     report = dict(report)
     if pairs_file is None:
-        report["pairs"] = ledger.audit_pairs(audit_id).drop_columns(["doc_a", "doc_b"]).to_pylist()
+        pairs = pairs if pairs is not None else ledger.audit_pairs(audit_id)
+        report["pairs"] = pairs.drop_columns(["doc_a", "doc_b"]).to_pylist()
     else:
         report["pairs_file"] = str(pairs_file)
     return report

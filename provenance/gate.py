@@ -81,11 +81,13 @@ def audit_merge(
     max_contamination: int | None = 0,
     deny_license: Sequence[str] | str | None = None,
     full_lineage: bool = False,
+    store: bool = True,
     ngram: int = 13,
     progress: Any = None,
 ) -> dict[str, Any]:
-    """Run the gate over ``versions`` (module doc), store it as an audit, return the report
-    (``report["passed"]``; ``report["violations"]`` says which policy broke and by how much)."""
+    """Run the gate over ``versions`` (module doc), store it as an audit (unless ``store=False``,
+    which also works on a read-only ledger), return the report (``report["passed"]``;
+    ``report["violations"]`` says which policy broke and by how much)."""
     threshold = check_threshold(threshold)
     deny = check_deny_license(deny_license)
     if max_overlap is not None and not 0.0 <= float(max_overlap) <= 1.0:
@@ -122,7 +124,7 @@ def audit_merge(
     created = datetime.now(timezone.utc).replace(tzinfo=None)
     labels = [f"s{i}" for i in range(len(inputs))]
     _stage(progress, "gate: documents", 4)
-    with ledger.transaction() as tx:
+    with ledger.transaction(scratch=not store) as tx:
         tx.stage_documents(scope)
         _advance(progress)
         tx.near_pairs(audit_id, banding.bands, banding.rows, math.ceil(threshold * k - 1e-9), stored=stored,

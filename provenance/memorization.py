@@ -85,10 +85,12 @@ def audit_memorization(
     *,
     threshold: float = 0.8,
     span: int = 50,
+    store: bool = True,
     progress: Any = None,
 ) -> dict[str, Any]:
     """Match ``samples`` (a file, or texts) against the training documents of ``version``'s
-    lineage (module doc); store the audit and return its report."""
+    lineage (module doc); store the audit (unless ``store=False``, which also works on a
+    read-only ledger) and return its report."""
     threshold = check_threshold(threshold)
     if span < 0:
         raise InvalidParameterError(f"span must be >= 0 words (0: no span check), got {span}")
@@ -106,7 +108,7 @@ def audit_memorization(
     audit_id = uuid.uuid4().hex
     created = datetime.now(timezone.utc).replace(tzinfo=None)
     _stage(progress, "memorization: samples", 4)
-    with ledger.transaction() as tx:
+    with ledger.transaction(scratch=not store) as tx:
         tx.stage_documents(scope)
         tx.stage_probes(sigs)
         _advance(progress)

@@ -233,6 +233,15 @@ def test_read_only_ledger_can_be_read(project, tmp_path):
                   lambda: audit_dedup(ro, ["news"])):
         with pytest.raises(LedgerReadOnlyError, match="open read-only"):
             write()
+    # audits that store nothing run on a read-only ledger, with the same answers
+    stored = audit_dedup(ledger, ["news"])
+    dry = audit_dedup(ro, ["news"], store=False)
+    assert dry["stored"] is False and stored["stored"] is True
+    assert dry["pairs"] == stored["pairs"] and len(dry["pairs"]) == 2 and dry["summary"] == {
+        **stored["summary"], "seconds": dry["summary"]["seconds"]}
+    assert [a["audit_id"] for a in ro.audits()] == [stored["audit_id"]]  # the dry run left nothing
+    gate = audit_merge(ro, [base.version_id, child.version_id], store=False, ngram=0)
+    assert "overlap" in gate and [a["audit_id"] for a in ro.audits()] == [stored["audit_id"]]
 
 
 def _mount_read_only(source: Path, target: Path) -> bool:
@@ -253,7 +262,9 @@ def test_read_only_mount_serves_every_read_command(project, tmp_path):
         for args in (["dataset", "list"], ["dataset", "show", "news"], ["model", "log"],
                      ["model", "show", child.version_id], ["lineage", child.version_id], ["sql", "SELECT 1"],
                      ["model", "checkout", child.version_id, "-o", str(out)], ["run", "list"], ["audit", "list"],
-                     ["taint", "news"], ["verify"], ["gc"]):
+                     ["taint", "news"], ["verify"], ["gc"], ["audit", "dedup", "news", "--no-store"],
+                     ["audit", "memorization", child.version_id, "--samples", str(tmp_path / "news.jsonl"),
+                      "--no-store"]):
             result = CliRunner().invoke(main, [*cli, *args])
             assert result.exit_code == 0, (args, result.output)
         result = CliRunner().invoke(main, [*cli, "tag", "x", child.version_id])

@@ -243,10 +243,18 @@ class Ledger(DataQueries, ModelQueries, LineageQueries):
         )
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[LedgerWriter]:
-        """A write transaction: everything done through the writer lands whole or not at all."""
+    def transaction(self, *, scratch: bool = False) -> Iterator[LedgerWriter]:
+        """A write transaction: everything done through the writer lands whole or not at all.
+
+        ``scratch``: an audit that stores nothing. Its pairs go to a temporary ``audit_pairs``
+        that shadows the ledger's, ``insert_audit`` does nothing, and the transaction is always
+        rolled back; it works on a read-only ledger."""
         if self._in_transaction:
             raise ProvenanceError("transactions do not nest")
+        if scratch:
+            with self._scratch() as writer:
+                yield writer
+            return
         if self.read_only:
             raise LedgerReadOnlyError(
                 f"ledger {self.root} is open read-only (opened with read_only=True, or its database file or folder "
@@ -271,6 +279,21 @@ class Ledger(DataQueries, ModelQueries, LineageQueries):
                 con.execute("COMMIT")
             finally:
                 self._in_transaction = False
+
+    @contextlib.contextmanager
+    def _scratch(self) -> Iterator[LedgerWriter]:
+        with self._cursor() as con:
+            con.execute("BEGIN TRANSACTION")
+            self._in_transaction = True
+            try:
+                con.execute("CREATE TEMP TABLE audit_pairs AS SELECT * FROM audit_pairs LIMIT 0")
+                yield LedgerWriter(con, self.root / TMP_DIR / "staging", scratch=True)
+            finally:
+                self._in_transaction = False
+                with contextlib.suppress(Exception):
+                    con.execute("ROLLBACK")
+                with contextlib.suppress(Exception):
+                    con.execute("DROP TABLE IF EXISTS temp.audit_pairs")
 
     # -- schema -----------------------------------------------------------------------------
 

@@ -19,6 +19,8 @@ _MATCHES = "len(list_filter(list_zip(x.signature, y.signature), lambda p: p[1] =
 class AuditWrites:
     """Audit steps over the temporary table ``aud_docs`` (``self._con``: the transaction's connection)."""
 
+    scratch = False  # an audit that stores nothing: see Ledger.transaction(scratch=True)
+
     def stage_documents(self, scope: pa.Table) -> int:
         """The documents of ``scope`` (``dataset_id``, ``shard_index`` or null for the whole
         dataset, and optionally ``side``, a label) into the temporary table ``aud_docs``, one row
@@ -194,7 +196,14 @@ class AuditWrites:
             for batch in reader:
                 writer.write_batch(batch)
 
+    def pairs(self, audit_id: str) -> pa.Table:
+        """The audit's pairs as :meth:`Ledger.audit_pairs` gives them, read inside the transaction
+        (an audit that stores nothing has them only here)."""
+        return self._con.sql(PAIRS_SQL, params=[audit_id]).to_arrow_table()
+
     def insert_audit(self, row: dict[str, Any]) -> None:
+        if self.scratch:  # an audit that stores nothing
+            return
         self._con.execute(
             "INSERT INTO audits VALUES (?, ?, ?, ?, ?, ?, ?)",
             [row["audit_id"], row["kind"], row["target"], json.dumps(row["params"], sort_keys=True),

@@ -33,9 +33,10 @@ from provenance.records import (
 class LedgerWriter(AuditWrites):
     """Writes inside one transaction of :meth:`Ledger.transaction`."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, staging: Path):
+    def __init__(self, con: duckdb.DuckDBPyConnection, staging: Path, *, scratch: bool = False):
         self._con = con
         self._staging = staging
+        self.scratch = scratch  # an audit that stores nothing (Ledger.transaction(scratch=True))
 
     def latest_dataset(self, name: str) -> DatasetRecord | None:
         rows = self._con.sql(
