@@ -300,7 +300,7 @@ def _violations(overlap: list[dict], contamination: dict | None, license: dict[s
         if n > max_contamination:
             found.append({"policy": "max_contamination", "message":
                           f"max-contamination {max_contamination} broken: {n} evaluation document{'s' * (n != 1)} of "
-                          f"{', '.join(contamination['eval_datasets'])} are in the training data "
+                          f"{', '.join(contamination['eval_datasets'])} {'are' if n != 1 else 'is'} in the training data "
                           f"({n - max_contamination} over)"})
     if max_overlap is not None:
         for o in overlap:
