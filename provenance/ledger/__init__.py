@@ -222,8 +222,10 @@ class Ledger(DataQueries, ModelQueries, LineageQueries):
                 self._raise_if_damaged(exc)
                 raise
 
-    _DAMAGE_SIGNS = ("not a valid duckdb database", "could not read enough bytes", "corrupt", "checksum",
-                     "failed to read", "invalid block", "serialization")
+    # What DuckDB says of a truncated or corrupt database file; a read error counts only when it
+    # names the database file itself (not, say, a staging Parquet file).
+    _DAMAGE_SIGNS = ("not a valid duckdb database", "corrupt", "checksum", "invalid block")
+    _READ_SIGNS = ("could not read enough bytes", "failed to read", "serialization")
 
     def _raise_if_damaged(self, exc: Exception) -> None:
         damaged = self._damaged(exc)
@@ -234,7 +236,10 @@ class Ledger(DataQueries, ModelQueries, LineageQueries):
         """A :class:`LedgerDamagedError` naming the file and the recovery step when ``exc`` says
         the database file is truncated or corrupt (else None: some other failure)."""
         message = str(exc)
-        if not any(sign in message.lower() for sign in self._DAMAGE_SIGNS):
+        lowered = message.lower()
+        names_db = str(self.db_path) in message
+        if not (any(sign in lowered for sign in self._DAMAGE_SIGNS)
+                or (names_db and any(sign in lowered for sign in self._READ_SIGNS))):
             return None
         return LedgerDamagedError(
             f"the ledger database {self.db_path} is damaged ({message.splitlines()[0]}). Restore it from a backup "
