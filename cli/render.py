@@ -441,10 +441,11 @@ def taint(report: dict, as_json: bool) -> None:
         for m in report["matches"][:20]:
             click.echo(f"  {m['dataset_id']} {m['key']}  J≈{m['jaccard']:.3f}")
     t = Table(title=f"{len(report['versions'])} tainted version(s)")
-    for col in ("version", "message", "how", "examples"):
+    for col in ("version", "tags", "message", "how", "examples"):
         t.add_column(col)
     for v in report["versions"]:
-        t.add_row(v["version_id"][:12], _cell(v["message"]), "trained on it" if v["direct"] else f"descends from {v['via'][:8]}",
+        t.add_row(v["version_id"][:12], ", ".join(v.get("tags", [])), _cell(v["message"]),
+                  "trained on it" if v["direct"] else f"descends from {v['via'][:8]}",
                   f"{v['examples']:,}" if v["direct"] else "")
     _console().print(t)
 

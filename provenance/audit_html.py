@@ -59,7 +59,10 @@ def _dedup(r: dict[str, Any]) -> dict[str, Any]:
                        "rows": [[p["a"], p["b"], p["jaccard"], p["stderr"], p["exact"]] for p in pairs]})
     return {
         "title": f"Deduplication audit of {', '.join(r['datasets'])}",
-        "summary": {"documents": s["documents"], "threshold (Jaccard)": r["threshold"], "pairs": s["pairs"],
+        "summary": {"audited": ", ".join(t.get("label") or t["id"] for t in r.get("targets", [])),
+                    "documents": s["documents"], "threshold (Jaccard)": r["threshold"],
+                    "pairs": s["pairs"] if r.get("pairs_mode", "spanning") == "all"
+                    else f"{s['pairs']:,} (a spanning set of each cluster: m copies, m-1 pairs)",
                     "exact duplicate pairs": s["exact_duplicate_pairs"], "clusters": s["clusters"],
                     "largest cluster": s["largest_cluster"], "redundant documents": s["redundant_documents"],
                     "duplicate rate": f"{s['duplicate_rate']:.2%}",

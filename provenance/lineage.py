@@ -235,6 +235,7 @@ def tainted_versions(graph: dict[str, dict[str, Any]], runs: list[dict[str, Any]
                 queue.append(c)
     for entry in hit.values():
         entry["message"] = graph[entry["version_id"]]["message"]
+        entry["tags"] = list(graph[entry["version_id"]].get("tags") or [])
         entry["created_at"] = graph[entry["version_id"]]["created_at"].isoformat()
     return sorted(hit.values(), key=lambda e: (e["created_at"], e["version_id"]), reverse=True)
 
