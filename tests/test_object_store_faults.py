@@ -213,3 +213,19 @@ def test_a_read_only_objects_folder_is_named(ledger, tmp_path):
             folder.chmod(0o755)
     v1 = ledger.commit({f"p{i}": torch.full((16,), float(i)) for i in range(8)}, parent=v0, message="writable")
     assert _bytes(ledger.checkout(v1)["p3"]) == _bytes(torch.full((16,), 3.0))
+
+
+def test_a_read_only_objects_folder_is_named_without_root_powers():
+    """As root the test above skips; here it runs again in a child process with every capability
+    dropped (``setpriv``), where folder permissions hold for root too."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv (the test above runs for real without root)")
+    test = f"{Path(__file__).resolve()}::test_a_read_only_objects_folder_is_named"
+    done = subprocess.run(["setpriv", "--bounding-set=-all", "--inh-caps=-all", sys.executable, "-m", "pytest", "-q",
+                           "-p", "no:cacheprovider", test], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout + done.stderr
