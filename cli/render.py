@@ -182,6 +182,9 @@ def versions(records, as_json: bool) -> None:
     if as_json:
         click.echo(dumps([r.model_dump(mode="json") for r in records]))
         return
+    if not records:
+        click.echo("no versions; commit one with `prov model commit PATH -m MESSAGE`")
+        return
     t = Table()
     for col in ("version", "tags", "parents", "run", "message", "params", "stored", "of full", "created"):
         t.add_column(col, no_wrap=col not in ("message", "tags", "parents"))
