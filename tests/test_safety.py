@@ -94,6 +94,19 @@ def test_outputs_inside_the_ledger_are_refused(project, tmp_path):
     assert ledger.audits() == []  # refused before any audit ran
 
 
+def test_outputs_never_replace_devices_or_fifos(project, tmp_path):
+    ledger, base, child = project
+    os.mkfifo(tmp_path / "pipe.safetensors")
+    (tmp_path / "null.html").symlink_to("/dev/null")
+    for out, args in (("pipe.safetensors", ["model", "checkout", child.version_id, "-o", "pipe.safetensors"]),
+                      ("null.html", ["audit", "dedup", "news", "--html", "null.html"])):
+        with pytest.raises(UnsafeOutputError, match="is not a regular file"):
+            ledger.output_path(out)
+        result = run_cli(*args)
+        assert result.exit_code == 4 and "is not a regular file" in result.output, result.output
+    assert (tmp_path / "pipe.safetensors").is_fifo() and Path("/dev/null").is_char_device()
+
+
 def test_checkout_needs_parents_for_missing_folders(project, tmp_path):
     ledger, base, child = project
     result = run_cli("model", "checkout", child.version_id, "-o", "new/dir/m.safetensors")

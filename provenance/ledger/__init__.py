@@ -162,6 +162,10 @@ class Ledger(DataQueries, ModelQueries, LineageQueries):
             )
         if resolved.is_dir():
             raise UnsafeOutputError(f"refusing to write {str(given)!r}: it is a folder; give a file name")
+        if resolved.exists() and not resolved.is_file():  # /dev/null, a FIFO: a rename would replace it
+            raise UnsafeOutputError(
+                f"refusing to write {str(given)!r}: {resolved} is not a regular file (a device, FIFO or socket), "
+                "which the write would replace")
         if not resolved.parent.is_dir():
             if not parents:
                 raise UnsafeOutputError(
