@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from provenance.errors import ObjectCorruptError, ObjectMissingError
+from provenance.errors import LedgerReadOnlyError, ObjectCorruptError, ObjectMissingError
 from provenance.files import fsync_folder
 from provenance.ledger import Ledger
 from provenance.objects import ObjectStore
@@ -64,6 +64,8 @@ class VerifyReport(BaseModel):
 def verify(ledger: Ledger, *, objects: bool = False, repair: bool = False, progress: Any = None) -> VerifyReport:
     """Check the ledger (module doc); ``objects`` re-hashes every object, ``repair`` quarantines
     damaged objects and removes temporary files."""
+    if repair and ledger.read_only:
+        raise LedgerReadOnlyError(f"ledger {ledger.root} is open read-only; --repair moves and removes files in it")
     store = ObjectStore(ledger.objects_path)
     with ledger.session():
         refs = ledger.object_references()

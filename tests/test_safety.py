@@ -280,8 +280,9 @@ def test_read_only_mount_serves_every_read_command(project, tmp_path):
                       "--no-store"]):
             result = CliRunner().invoke(main, [*cli, *args])
             assert result.exit_code == 0, (args, result.output)
-        result = CliRunner().invoke(main, [*cli, "tag", "x", child.version_id])
-        assert result.exit_code == 4 and "open read-only" in result.output
+        for args in (["tag", "x", child.version_id], ["verify", "--repair"]):
+            result = CliRunner().invoke(main, [*cli, *args])
+            assert result.exit_code == 4 and "open read-only" in result.output, (args, result.output)
     finally:
         subprocess.run(["umount", str(mount)], check=False)
         mount.rmdir()
