@@ -1,0 +1,224 @@
+"""The ``prov`` group and what its commands share: the error funnel (exit statuses, JSON errors),
+the ledger a command works on, and the options several commands take.
+
+Commands live in one module per group (``datasets``, ``models``, ``runs``, ``audits``, ``admin``);
+:mod:`provenance.cli.main` imports them all, so every command is registered before ``prov`` runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from provenance import __version__
+from provenance.errors import LedgerNotFoundError, NotFoundError, ProvenanceError
+
+# Exit statuses (documented in docs/cli.md): 0 success or gate passed; 1 a policy broke (the gate
+# failed, `prov verify` found damage); 2 a usage error (click's own); 3 a named thing was not found;
+# 4 any other error (bad input, a damaged or unreadable ledger).
+EXIT_POLICY, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_ERROR = 1, 2, 3, 4
+
+
+class CliError(click.ClickException):
+    """A one-line error with its exit status; printed as ``{"error", "kind"}`` JSON on stderr
+    when the command was given ``--json``."""
+
+    def __init__(self, message: str, *, kind: str = "error", exit_code: int = EXIT_ERROR):
+        super().__init__(message)
+        self.kind = kind
+        self.exit_code = exit_code
+        self.as_json = False  # set by ProvGroup when the command was given --json
+
+    def show(self, file: Any = None) -> None:
+        if self.as_json:
+            click.echo(json.dumps({"error": self.format_message(), "kind": self.kind}, ensure_ascii=False), err=True)
+        else:
+            super().show(file)
+
+
+class PolicyFailed(CliError):
+    """A policy broke (a gate failed, damage found): exit status 1."""
+
+    def __init__(self, message: str, kind: str = "policy"):
+        super().__init__(message, kind=kind, exit_code=EXIT_POLICY)
+
+
+def _kind(exc: BaseException) -> str:
+    """``NotFoundError`` -> ``not_found``: the error's class as a stable machine-readable word."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__.removesuffix("Error")).lower() or "error"
+
+
+class ProvGroup(click.Group):
+    """A click group that turns library errors into one-line messages with the documented exit
+    statuses (3 for a missing dataset, version, tag or audit; 4 for every other error)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:  # library warnings: one line each on stderr
+            warnings.simplefilter("always")
+            try:
+                return self._invoke(ctx)
+            except CliError as exc:
+                exc.as_json = bool(ctx.meta.get("prov.json"))
+                raise
+            finally:
+                for w in caught:
+                    click.echo(f"warning: {w.message}", err=True)
+
+    def _invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CliError:
+            raise
+        except (NotFoundError, LedgerNotFoundError) as exc:
+            raise CliError(str(exc), kind=_kind(exc), exit_code=EXIT_NOT_FOUND) from exc
+        except ProvenanceError as exc:
+            raise CliError(str(exc), kind=_kind(exc)) from exc
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise CliError(f"invalid parameter: {problems}", kind="invalid_parameter") from exc
+        except click.UsageError as exc:
+            if ctx.meta.get("prov.json"):
+                raise CliError(exc.format_message(), kind="usage", exit_code=EXIT_USAGE) from exc
+            raise
+        except click.ClickException as exc:
+            raise CliError(exc.format_message(), kind="error", exit_code=exc.exit_code) from exc
+        except BrokenPipeError:  # the reader went away (`prov ... | head`): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
+        except OSError as exc:  # a file the command reads or writes: name it, no traceback
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise CliError(f"{where}{exc.strerror or exc}", kind="os") from exc
+
+
+class Context:
+    def __init__(self, ledger: str | None, wait: float, quiet: bool):
+        self.ledger_path = ledger
+        self.wait = wait
+        self.quiet = quiet
+
+    def ledger(self, *, read_only: bool = False):
+        """The ledger the command works on; commands that only read open it read-only, so they
+        work on a read-only file or mount."""
+        from provenance.ledger import Ledger
+
+        return Ledger.open(self.ledger_path, lock_timeout=self.wait, read_only=read_only)
+
+
+pass_ctx = click.make_pass_decorator(Context)
+def git_author() -> str | None:
+    """``Name <email>`` from git's ``user.name`` and ``user.email``, or None without git or them."""
+    import subprocess
+
+    found = []
+    for key in ("user.name", "user.email"):
+        try:
+            out = subprocess.run(["git", "config", "--get", key], capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        found.append(out.stdout.strip() if out.returncode == 0 else "")
+    name, email = found
+    if not (name or email):
+        return None
+    return f"{name} <{email}>" if name and email else name or email
+
+
+def _default_author(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    return value if value else git_author()
+
+
+author_option = click.option(
+    "--author", envvar="PROV_AUTHOR", callback=_default_author,
+    help="Who did it (default: $PROV_AUTHOR, else git's user.name <user.email>).")
+
+
+def _json_mode(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    if value:  # errors of this command are then printed as JSON too (CliError.show)
+        ctx.find_root().meta["prov.json"] = True
+    return value
+
+
+json_option = click.option("--json", "as_json", is_flag=True, callback=_json_mode,
+                           help="Print JSON instead of a table (errors too: JSON on stderr).")
+
+
+class _CountOrNone(click.ParamType):
+    """A count >= 0, or ``none`` for no limit."""
+
+    name = "N|none"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int) or value is None:
+            return value
+        if str(value).strip().lower() == "none":
+            return "none"
+        try:
+            n = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a count or 'none'", param, ctx)
+        if n < 0:
+            self.fail(f"{value!r} must be >= 0 (or 'none' for no limit)", param, ctx)
+        return n
+
+
+def _gate_limits(max_contamination: Any) -> dict[str, Any]:
+    """The library arguments for ``--max-contamination``: not given keeps the library's default
+    (0: any contamination fails), ``none`` turns the limit off."""
+    if max_contamination is None:
+        return {}
+    return {"max_contamination": None if max_contamination == "none" else max_contamination}
+
+
+def _gate_options(f):
+    """The policy options the pre-merge gate shares between ``prov audit merge`` and ``prov merge --gate``."""
+    f = click.option("--eval", "eval_datasets", multiple=True,
+                     help="An evaluation dataset (repeat; default: every dataset registered with role eval).")(f)
+    f = click.option("--max-overlap", type=float, default=None,
+                     help="Fail when more than this fraction of either side's training documents overlap the other "
+                          "(default: no limit, reported only).")(f)
+    f = click.option("--max-contamination", type=_CountOrNone(), default=None,
+                     help="Fail when more than this many evaluation documents are found in the training data "
+                          "(default 0: any contamination fails; 'none': no limit).")(f)
+    f = click.option("--deny-licence", "--deny-license", "deny_license", default=None,
+                     metavar="CONDITION[,CONDITION...]",
+                     help="Fail when the merged lineage holds data with any of these licence conditions: "
+                          "non-commercial, share-alike, unknown, model-generated.")(f)
+    f = click.option("--full-lineage", is_flag=True,
+                     help="Compare whole lineages, including data the inputs inherit from shared ancestors.")(f)
+    return f
+
+
+@click.group(cls=ProvGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="prov")
+@click.option(
+    "--ledger",
+    envvar="PROV_LEDGER",
+    type=click.Path(file_okay=False),
+    help="Ledger folder (a project folder or its .prov). Default: $PROV_LEDGER, else the nearest .prov above.",
+)
+@click.option("--wait", type=float, default=10.0, show_default=True, help="Seconds to wait for a ledger another process holds.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.pass_context
+def main(ctx: click.Context, ledger: str | None, wait: float, quiet: bool) -> None:
+    """Training-data provenance: which data shaped which model version."""
+    ctx.obj = Context(ledger, wait, quiet)
+
+
+no_store_option = click.option(
+    "--no-store", is_flag=True,
+    help="Keep nothing in the ledger (the report is printed, not stored); opens the ledger read-only.")
+
+
+def _write_html(report: dict, path: Path | None) -> None:
+    """Write an audit's HTML page to ``path`` (checked beforehand with ``Ledger.output_path``)."""
+    if path is not None:
+        from provenance.audit_html import write_report
+
+        write_report(report, path)

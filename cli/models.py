@@ -1,0 +1,201 @@
+"""``prov model``, ``prov merge`` and ``prov tag``: commit, inspect, check out, merge and name versions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from provenance.cli import render
+from provenance.cli.app import (
+    CliError,
+    Context,
+    PolicyFailed,
+    _gate_limits,
+    _gate_options,
+    _kind,
+    author_option,
+    json_option,
+    main,
+    pass_ctx,
+)
+from provenance.errors import NonFiniteError
+
+
+@main.group("model")
+def model_group() -> None:
+    """Commit, inspect and check out model versions."""
+
+
+@model_group.command("commit")
+@click.argument("path", type=click.Path())
+@click.option("--parent", default=None, help="Version (id, prefix or tag) the new one patches.")
+@click.option("-m", "--message", required=True, help="What changed.")
+@author_option
+@click.option("--encoding", type=click.Choice(["auto", "sparse", "full"]), default="auto", show_default=True,
+              help="How to store each parameter group against the parent (auto: smallest exact).")
+@click.option("--allow-nonfinite", is_flag=True, help="Store NaN and Inf values instead of refusing them.")
+@click.option("--run", "run_id", default=None, help="The running run that produced it (ends the run).")
+@click.option("--no-sync", is_flag=True,
+              help="Do not sync objects to the disk (faster; a power cut soon after can corrupt them).")
+@json_option
+@pass_ctx
+def model_commit(obj: Context, path: str, parent: str | None, message: str, author: str | None, encoding: str,
+                 allow_nonfinite: bool, run_id: str | None, no_sync: bool, as_json: bool) -> None:
+    """Store PATH as a new version: a .safetensors file, a sharded checkpoint (*.safetensors.index.json
+    or its folder), or a PEFT LoRA adapter folder (stored as low-rank patches on --parent)."""
+    try:
+        with render.progress(obj.quiet) as bar:
+            version = obj.ledger().commit(path, parent=parent, message=message, author=author, encoding=encoding,
+                                          allow_nonfinite=allow_nonfinite, run=run_id, sync=not no_sync, progress=bar)
+    except NonFiniteError as exc:  # the library names its keyword; here the flag is what to pass
+        raise CliError(str(exc).replace("allow_nonfinite=True", "--allow-nonfinite"), kind=_kind(exc)) from exc
+    if run_id:
+        from provenance.runs import warn_epoch_disagreements
+
+        warn_epoch_disagreements(obj.ledger(read_only=True), run_id)
+    render.emit(version.model_dump(mode="json"), as_json,
+                lambda d: f"committed {d['version_id'][:12]}: {d['n_params']} parameter groups, "
+                          f"{d['stored_bytes']:,} bytes stored of {d['full_bytes']:,}")
+
+
+@model_group.command("log")
+@click.argument("ref", metavar="[VERSION]", required=False)
+@json_option
+@pass_ctx
+def model_log(obj: Context, ref: str | None, as_json: bool) -> None:
+    """The version DAG, newest first: every version, or VERSION and its ancestors. Merges show
+    all their parents."""
+    ledger = obj.ledger(read_only=True)
+    render.versions(ledger.ancestors(ref) if ref else ledger.versions(), as_json)
+
+
+@model_group.command("show")
+@click.argument("ref", metavar="VERSION")
+@json_option
+@pass_ctx
+def model_show(obj: Context, ref: str, as_json: bool) -> None:
+    """Show a version and how each parameter group is stored."""
+    ledger = obj.ledger(read_only=True)
+    version = ledger.version(ref)
+    render.version(version, ledger.manifest(version), as_json, receipt=ledger.receipt(version))
+
+
+@model_group.command("diff")
+@click.argument("old", metavar="V1")
+@click.argument("new", metavar="V2")
+@click.option("--data", is_flag=True, help="Compare the two lineages' datasets and shards instead of the tensors.")
+@json_option
+@pass_ctx
+def model_diff(obj: Context, old: str, new: str, data: bool, as_json: bool) -> None:
+    """Per parameter group: how V2 differs from V1 (encoding, elements changed, patch bytes).
+    With --data: the datasets and shards in one lineage and not the other."""
+    if data:
+        from provenance.lineage import data_diff
+
+        render.data_diff(data_diff(obj.ledger(read_only=True), old, new), as_json)
+        return
+    from provenance.versions import diff
+
+    render.diff(diff(obj.ledger(read_only=True), old, new), as_json)
+
+
+@model_group.command("checkout")
+@click.argument("ref", metavar="VERSION")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .safetensors file to write.")
+@click.option("--parents", is_flag=True, help="Create the output's missing folders (default: refuse).")
+@json_option
+@pass_ctx
+def model_checkout(obj: Context, ref: str, output: str, parents: bool, as_json: bool) -> None:
+    """Write a version's tensors, bit-identical to what was committed, to a safetensors file
+    (one tensor at a time: the model need not fit in memory). Never inside the ledger folder."""
+    ledger = obj.ledger(read_only=True)
+    version = ledger.version(ref)
+    with render.progress(obj.quiet) as bar:
+        ledger.checkout(version, output=output, parents=parents, progress=bar)
+    report = {"version_id": version.version_id, "output": output, "tensors": version.n_params, "bytes": version.full_bytes}
+    render.emit(report, as_json, lambda d: f"wrote {d['output']} ({d['tensors']} tensors, {d['bytes']:,} bytes)")
+
+
+@main.command("merge")
+@click.argument("versions", nargs=-1, required=True, metavar="V1 V2 [V3...]")
+@click.option("--method", type=click.Choice(["fisher", "average", "task_arithmetic", "ties"]), default="fisher",
+              show_default=True, help="How to merge (fisher uses the Fisher stored with each version).")
+@click.option("--weights", default=None, help="Comma-separated weights, one per version (default: equal).")
+@click.option("--base", default=None, help="task_arithmetic/ties: the version task vectors start from (default: the shared parent).")
+@click.option("--eps", type=float, default=1e-6, show_default=True, help="fisher: floor on the Fisher.")
+@click.option("--normalize", is_flag=True, help="fisher: divide each model's Fisher by its L2 norm.")
+@click.option("--density", type=float, default=0.2, show_default=True, help="ties: fraction of each task vector kept.")
+@click.option("--audit", default=None, help="The id of the pre-merge audit this merge cites.")
+@click.option("--gate", is_flag=True, help="Run the pre-merge gate first (prov audit merge) and merge only if it passes.")
+@click.option("--device", default=None, help="Where the kernels run, e.g. cuda (default: the CPU).")
+@_gate_options
+@click.option("-m", "--message", required=True, help="What the merge is.")
+@author_option
+@json_option
+@pass_ctx
+def merge_cmd(obj: Context, versions: tuple[str, ...], method: str, weights: str | None, base: str | None, eps: float,
+              normalize: bool, density: float, audit: str | None, gate: bool, device: str | None,
+              eval_datasets: tuple[str, ...], max_overlap: float | None, max_contamination: Any,
+              deny_license: str | None, full_lineage: bool, message: str, author: str | None, as_json: bool) -> None:
+    """Merge versions into a new version whose parents are all of them, with a receipt."""
+    try:
+        lam = [float(w) for w in weights.split(",")] if weights else None
+    except ValueError:
+        raise click.BadParameter(f"{weights!r}: expected numbers separated by commas", param_hint="--weights") from None
+    if gate and audit:
+        raise click.UsageError("give --gate (run the gate now) or --audit ID (cite one), not both")
+    if not gate and (eval_datasets or max_overlap is not None or max_contamination is not None or deny_license
+                     or full_lineage):
+        raise click.UsageError("--eval, --max-overlap, --max-contamination, --deny-licence and --full-lineage need --gate")
+    if gate:
+        from provenance.gate import audit_merge
+
+        report = audit_merge(obj.ledger(), list(versions), eval_datasets=list(eval_datasets) or None,
+                             max_overlap=max_overlap, deny_license=deny_license, full_lineage=full_lineage,
+                             **_gate_limits(max_contamination))
+        if not report["passed"]:
+            click.echo("\n".join(report["alerts"]), err=True)
+            raise PolicyFailed(f"the pre-merge gate failed (audit {report['audit_id'][:12]}); nothing merged", "gate")
+        audit = report["audit_id"]
+    with render.progress(obj.quiet) as bar:
+        version = obj.ledger().merge(list(versions), method=method, weights=lam, base=base, eps=eps,
+                                     normalize=normalize, density=density, audit=audit, message=message, author=author,
+                                     device=device, progress=bar)
+    render.emit(version.model_dump(mode="json"), as_json,
+                lambda d: f"merged {len(d['parents'])} versions into {d['version_id'][:12]}: "
+                          f"{d['stored_bytes']:,} bytes stored of {d['full_bytes']:,}")
+
+
+class _TagGroup(click.Group):
+    """``prov tag NAME VERSION`` is short for ``prov tag set NAME VERSION``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["set", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group("tag", cls=_TagGroup)
+def tag_group() -> None:
+    """Name versions: `prov tag NAME VERSION` (short for `tag set`), `prov tag list`."""
+
+
+@tag_group.command("set")
+@click.argument("name")
+@click.argument("ref", metavar="VERSION")
+@json_option
+@pass_ctx
+def tag_set(obj: Context, name: str, ref: str, as_json: bool) -> None:
+    """Name a version (tagging again moves the tag). Tags hold letters, digits and . _ - + /
+    and must not look like a version id."""
+    version = obj.ledger().tag(name, ref)
+    render.emit({"tag": name, "version_id": version.version_id}, as_json, lambda d: f"{d['tag']} -> {d['version_id']}")
+
+
+@tag_group.command("list")
+@json_option
+@pass_ctx
+def tag_list(obj: Context, as_json: bool) -> None:
+    """Every tag and the version it names."""
+    render.tags(obj.ledger(read_only=True).tags(), as_json)

@@ -1,0 +1,114 @@
+"""``prov run``: record training runs and the data they consumed."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import click
+
+from provenance.cli import render
+from provenance.cli.app import Context, author_option, json_option, main, pass_ctx
+
+
+@main.group("run")
+def run_group() -> None:
+    """Record training runs and the data they consumed."""
+
+
+def _epochs(spec: str) -> tuple[str, float]:
+    name, sep, epochs = spec.rpartition(":")
+    if not sep:
+        return spec, 1.0
+    try:
+        return name, float(epochs)
+    except ValueError:
+        raise click.BadParameter(f"{spec!r}: expected NAME[@VERSION][:EPOCHS]", param_hint="--dataset") from None
+
+
+def _param(spec: str) -> tuple[str, Any]:
+    name, sep, value = spec.partition("=")
+    if not sep or not name:
+        raise click.BadParameter(f"{spec!r}: expected KEY=VALUE", param_hint="--param")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
+@run_group.command("start")
+@click.option("-m", "--message", required=True, help="What the run does.")
+@click.option("--base", default=None, help="Version the run starts from (default: from scratch).")
+@click.option("-d", "--dataset", "datasets", multiple=True, metavar="NAME[@VERSION][:EPOCHS]",
+              help="A dataset the run trains on, with the epochs over it (default 1). Repeatable.")
+@click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="A hyper-parameter (VALUE parsed as JSON when it is JSON). Repeatable.")
+@author_option
+@json_option
+@pass_ctx
+def run_start(obj: Context, message: str, base: str | None, datasets: tuple[str, ...], params: tuple[str, ...],
+              author: str | None, as_json: bool) -> None:
+    """Start a run; prints its id. End it with `prov run finish` or `prov model commit --run`."""
+    declared: dict[str, float] = {}
+    for spec in datasets:
+        name, epochs = _epochs(spec)
+        declared[name] = epochs
+    # the run belongs to the process that ran this command (a training script, a shell): when it
+    # is gone and the run is still open, the next start on this host marks the run abandoned
+    run = obj.ledger().start_run(base=base, datasets=declared, params=dict(map(_param, params)), message=message,
+                                 author=author, detached=True, pid=os.getppid())
+    render.emit(run.record.model_dump(mode="json"), as_json, lambda d: d["run_id"])
+
+
+@run_group.command("log")
+@click.argument("ref", metavar="RUN")
+@click.argument("keys_file", metavar="KEYS", type=click.File("r", encoding="utf-8"), default="-")
+@click.option("--step", type=click.IntRange(min=0), required=True, help="The training step these examples were seen at.")
+@click.option("--dataset", default=None, help="Look the keys up in this dataset only.")
+@json_option
+@pass_ctx
+def run_log(obj: Context, ref: str, keys_file, step: int, dataset: str | None, as_json: bool) -> None:
+    """Log the document keys in KEYS (one per line; - for stdin) as seen at --step."""
+    from provenance.runs import Run
+
+    keys = [line.rstrip("\r\n") for line in keys_file]
+    keys = [k for k in keys if k]
+    run = Run.attach(obj.ledger(), ref)
+    run.log_examples(keys, step=step, dataset=dataset)
+    n = run.flush()
+    render.emit({"run_id": run.run_id, "logged": n, "step": step}, as_json, lambda d: f"logged {d['logged']} examples")
+
+
+@run_group.command("finish")
+@click.argument("ref", metavar="RUN")
+@click.option("--failed", is_flag=True, help="Record the run as failed (it produces no version).")
+@click.option("--error", default=None, help="Why it failed.")
+@json_option
+@pass_ctx
+def run_finish(obj: Context, ref: str, failed: bool, error: str | None, as_json: bool) -> None:
+    """End a running run without a version (use `prov model commit --run` to end it with one)."""
+    from provenance.runs import Run
+
+    run = Run.attach(obj.ledger(), ref)
+    record = run.fail(error or "marked failed") if failed else run.finish()
+    render.emit(record.model_dump(mode="json"), as_json, lambda d: f"run {d['run_id'][:12]} {d['status']}")
+
+
+@run_group.command("show")
+@click.argument("ref", metavar="RUN")
+@json_option
+@pass_ctx
+def run_show(obj: Context, ref: str, as_json: bool) -> None:
+    """Show a run: its base, datasets, status, version, and per shard what it consumed."""
+    ledger = obj.ledger(read_only=True)
+    record = ledger.run(ref)
+    render.run(record, ledger.run_shards(record), as_json)
+
+
+@run_group.command("list")
+@json_option
+@pass_ctx
+def run_list(obj: Context, as_json: bool) -> None:
+    """List runs, newest first."""
+    render.runs(obj.ledger(read_only=True).runs(), as_json)
