@@ -9,12 +9,21 @@ from provenance.errors import ProvenanceError
 
 __version__ = "0.1.0"
 
-__all__ = ["Banding", "Fingerprint", "FingerprintConfig", "ProvenanceError", "__version__"]
+# name -> the module that defines it (imported when the name is first used)
+_LAZY = {
+    "Banding": "provenance.fingerprints", "Fingerprint": "provenance.fingerprints",
+    "FingerprintConfig": "provenance.fingerprints", "Ledger": "provenance.ledger",
+    "DatasetRecord": "provenance.records", "ShardRecord": "provenance.records",
+    "DocumentRecord": "provenance.records", "VersionRecord": "provenance.records",
+    "RunRecord": "provenance.records", "TagRecord": "provenance.records", "License": "provenance.records",
+}
+
+__all__ = [*_LAZY, "ProvenanceError", "__version__"]
 
 
 def __getattr__(name: str):
-    if name in ("Banding", "Fingerprint", "FingerprintConfig"):
-        from provenance import fingerprints
+    if name in _LAZY:
+        import importlib
 
-        return getattr(fingerprints, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'provenance' has no attribute {name!r}")

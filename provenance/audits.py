@@ -36,6 +36,7 @@ import pyarrow as pa
 from provenance.errors import FingerprintMismatchError, InvalidParameterError, NotFoundError, ProvenanceError
 from provenance.fingerprints import Banding, FingerprintConfig
 from provenance.ledger import Ledger
+from provenance.progress import stage, step
 from provenance.records import DatasetRecord
 
 MIN_RECALL = 0.99  # probability that a pair at the threshold becomes a candidate
@@ -170,16 +171,16 @@ def audit_dedup(
     min_matches = math.ceil(threshold * k - 1e-9)
     audit_id = uuid.uuid4().hex
     created = datetime.now(timezone.utc).replace(tzinfo=None)
-    _stage(progress, "audit: documents", 4)
+    stage(progress, "audit: documents", 4)
     with ledger.transaction(scratch=not store) as tx:
         n_docs = tx.stage_documents(scope)
-        _advance(progress)
+        step(progress)
         tx.near_pairs(audit_id, banding.bands, banding.rows, min_matches, stored=stored, collapse=True,
                       all_pairs=all_pairs)
-        _advance(progress)
+        step(progress)
         verified = _verify(ledger, tx, audit_id, cfg, threshold, k) if verify else None
         rounds = tx.label_clusters(audit_id)
-        _advance(progress)
+        step(progress)
         report = _dedup_report(tx, audit_id, n_docs, k)
         report.update({
             "audit_id": audit_id, "kind": "dedup", "created_at": created.isoformat(), "targets": described,
@@ -202,7 +203,7 @@ def audit_dedup(
             os.replace(tmp, path)
         pairs = tx.pairs(audit_id) if pairs_file is None and not store else None
         tx.drop_audit_tables()
-        _advance(progress)
+        step(progress)
     report = dict(report)
     if pairs_file is None:
         pairs = pairs if pairs is not None else ledger.audit_pairs(audit_id)
@@ -326,16 +327,6 @@ def read_texts(ledger: Ledger, wanted: dict[tuple[str, int], set[int] | None]) -
             except (OSError, ProvenanceError) as exc:
                 unreadable.append(f"{dataset_id} shard {shards[index].name}: {exc}")
     return texts, unreadable
-
-
-def _stage(progress: Any, description: str, total: int) -> None:
-    if progress is not None:
-        progress.start(description, total)
-
-
-def _advance(progress: Any) -> None:
-    if progress is not None:
-        progress.advance(1)
 
 
 def iter_texts(ledger: Ledger, rows: Sequence[dict[str, Any]], unreadable: list[str]) -> Iterator[tuple[dict, str]]:

@@ -12,7 +12,7 @@ import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from queue import Empty, Full, Queue
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -21,24 +21,9 @@ import xxhash
 from provenance.errors import InvalidParameterError, SourceError
 from provenance.fingerprints import FingerprintBatch, FingerprintConfig
 from provenance.ledger import DocumentStage, Ledger, LedgerWriter, _now
+from provenance.progress import NoProgress, Progress
 from provenance.records import DatasetRecord, License, RegistrationResult, ShardRecord, check_name
 from provenance.sources import Batch, Counters, FileShard, ReadOptions, Shard, resolve
-
-
-class Progress(Protocol):
-    """What a progress display needs; the CLI passes a rich progress bar."""
-
-    def start(self, description: str, total: int | None) -> None: ...
-
-    def advance(self, amount: int) -> None: ...
-
-
-class _NoProgress:
-    def start(self, description: str, total: int | None) -> None:
-        pass
-
-    def advance(self, amount: int) -> None:
-        pass
 
 
 class _Unchanged(Exception):
@@ -82,7 +67,7 @@ def register_dataset(
     cfg = config if isinstance(config, FingerprintConfig) else FingerprintConfig(**(config or {}))
     banding = cfg.banding
     opts = ReadOptions(text_field=text_field, id_field=id_field, on_invalid=on_invalid, shard_records=shard_records)
-    progress = progress or _NoProgress()
+    progress = progress or NoProgress()
 
     shards = resolve(sources, opts)
     if isinstance(shards, list):

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provenance.datasets import Progress
 from provenance.errors import LedgerNotFoundError
 from provenance.ledger import Ledger
+from provenance.progress import Progress
 from provenance.records import RegistrationResult
 from provenance.synthetic import Corpus, generate_corpus
 

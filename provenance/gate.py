@@ -40,11 +40,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from provenance.audits import _advance, _stage, banding_for, check_same_config, check_threshold, iter_texts
+from provenance.audits import banding_for, check_same_config, check_threshold, iter_texts
 from provenance.errors import InvalidParameterError
 from provenance.ledger import Ledger
 from provenance.lineage import ancestry, license_summary
 from provenance.ngrams import ngram_hashes
+from provenance.progress import stage, step
 
 
 def _side(param: str) -> str:
@@ -123,13 +124,13 @@ def audit_merge(
     audit_id = uuid.uuid4().hex
     created = datetime.now(timezone.utc).replace(tzinfo=None)
     labels = [f"s{i}" for i in range(len(inputs))]
-    _stage(progress, "gate: documents", 4)
+    stage(progress, "gate: documents", 4)
     with ledger.transaction(scratch=not store) as tx:
         tx.stage_documents(scope)
-        _advance(progress)
+        step(progress)
         tx.near_pairs(audit_id, banding.bands, banding.rows, math.ceil(threshold * k - 1e-9), stored=stored,
                       collapse=True)
-        _advance(progress)
+        step(progress)
         sizes = {lab: _count(tx, [lab]) for lab in [*labels, "e"]}
         overlap = []
         for i in range(len(inputs)):
@@ -156,7 +157,7 @@ def audit_merge(
                 "eval_exact": eval_hit["exact"], "eval_near": eval_hit["near"],
                 "ngram": spans, "contaminated_eval_documents": len(contaminated),
                 "contaminated_eval_keys": sorted(contaminated)[:200], "datasets": train_hit["datasets"]}
-        _advance(progress)
+        step(progress)
         violations = _violations(overlap, contamination, merged_license, max_overlap, max_contamination, deny)
         alerts = [v["message"] for v in violations]
         report = {
@@ -178,7 +179,7 @@ def audit_merge(
                                     "deny_license": deny, "full_lineage": full_lineage, "ngram": ngram},
                          "passed": not alerts, "report": report, "created_at": created})
         tx.drop_audit_tables()
-        _advance(progress)
+        step(progress)
     return report
 
 

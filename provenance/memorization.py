@@ -34,12 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from provenance.audits import _advance, _stage, banding_for, check_threshold, iter_texts, resolve_scope
+from provenance.audits import banding_for, check_threshold, iter_texts, resolve_scope
 from provenance.errors import InvalidParameterError, SourceError
 from provenance.ledger import Ledger
 from provenance.lineage import ancestry
 from provenance.ngrams import ngram_hashes
 from provenance.ngrams import words as normalised_words
+from provenance.progress import stage, step
 
 SPAN_TEXT_CHARS = 500  # characters of a shared span's text kept in the report
 
@@ -107,11 +108,11 @@ def audit_memorization(
     runs = [r for r in ancestry(ledger, vid)[1].column("run_id").to_pylist() if r]
     audit_id = uuid.uuid4().hex
     created = datetime.now(timezone.utc).replace(tzinfo=None)
-    _stage(progress, "memorization: samples", 4)
+    stage(progress, "memorization: samples", 4)
     with ledger.transaction(scratch=not store) as tx:
         tx.stage_documents(scope)
         tx.stage_probes(sigs)
-        _advance(progress)
+        step(progress)
         tx.near_pairs(audit_id, banding.bands, banding.rows, math.ceil(threshold * k - 1e-9), stored=False,
                       collapse=True)
         # documents (and samples) with identical signatures share a group; pairs join groups' first members
@@ -132,9 +133,9 @@ def audit_memorization(
             return out
 
         first = members(set(sample_rep.values()) | {p for r in sample_rep.values() for p in partners[r]})
-        _advance(progress)
+        step(progress)
         spans, unreadable = _spans(ledger, tx, texts, span) if span else ({}, [])
-        _advance(progress)
+        step(progress)
         matches: dict[tuple[int, int], dict[str, Any]] = {}
         for sample, rep in sample_rep.items():
             for doc in first[rep]:  # the same signature as the sample
@@ -190,7 +191,7 @@ def audit_memorization(
                          "params": {"threshold": threshold, "span": span, "samples": len(texts)},
                          "passed": None, "report": report, "created_at": created})
         tx.audit_execute("DELETE FROM audit_pairs WHERE audit_id = $1 AND doc_a < 0", [audit_id])
-        _advance(progress)
+        step(progress)
     return report
 
 

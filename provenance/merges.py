@@ -42,7 +42,7 @@ from provenance.ledger import Ledger
 from provenance.objects import BackgroundWriter, ObjectStore, address_of
 from provenance.patches import encode
 from provenance.records import ParamRecord, VersionRecord
-from provenance.versions import _History, _materialize, _numel
+from provenance.versions import History, materialize, numel
 
 METHODS = ("fisher", "average", "task_arithmetic", "ties")
 KERNEL_VERSION = f"provenance {__version__} kernels.merge"
@@ -62,7 +62,7 @@ def store_fisher(
         raise InvalidParameterError(f"Fisher given for parameters not in version {ver.version_id[:12]}: {', '.join(unknown)}")
     if keep is not None and not 0 < keep <= 1:
         raise InvalidParameterError(f"keep must be in (0, 1], got {keep!r}")
-    store, rows, stored = ObjectStore(ledger.objects_path), [], 0
+    store, rows, stored = ledger.object_store(), [], 0
     with ledger.session():
         for name in sorted(fisher):
             f = fisher[name]
@@ -93,13 +93,13 @@ def load_fisher(ledger: Ledger, version: str | VersionRecord, name: str) -> torc
     row = ledger.fishers(ver).get(name)
     if row is None:
         return None
-    return _fisher_tensor(ObjectStore(ledger.objects_path), row, ledger.manifest(ver)[name].shape)
+    return _fisher_tensor(ledger.object_store(), row, ledger.manifest(ver)[name].shape)
 
 
 def _fisher_tensor(store: ObjectStore, row: dict, shape: list[int]) -> torch.Tensor:
     if row["kind"] == "full":
         return store.get(row["objects"]["full"])
-    out = torch.zeros(_numel(shape), dtype=torch.float32)
+    out = torch.zeros(numel(shape), dtype=torch.float32)
     out[store.get(row["objects"]["indices"])] = store.get(row["objects"]["values"])
     return out.reshape(shape)
 
@@ -151,7 +151,7 @@ def merge(
         if device.type == "cuda" and not torch.cuda.is_available():
             raise InvalidParameterError(f"device {device} asked for, but torch sees no CUDA device")
         base_id = _base(ledger, inputs, base) if method in ("task_arithmetic", "ties") else None
-        history, store = _History(ledger), ObjectStore(ledger.objects_path)
+        history, store = History(ledger), ledger.object_store()
         names = _common_names(history, inputs)
         if method == "fisher" and fisher is not None:  # stored with each input, so the receipt can be re-run
             for v, f in zip(inputs, _given_fishers(ledger, inputs, fisher, names)):
@@ -169,7 +169,7 @@ def merge(
                                                                   device)
                     input_addresses = None
                 else:
-                    thetas = [_materialize(history, store, vid, name)[0] for vid in ids]
+                    thetas = [materialize(history, store, vid, name)[0] for vid in ids]
                     merged, fisher_objects = _merge_group(
                         method, name, thetas, fishers, lam, eps, norms, density, history, store, base_id, device
                     )
@@ -190,8 +190,8 @@ def merge(
             h.update(p.model_dump_json().encode())
         version = VersionRecord(
             version_id=h.hexdigest(), parents=ids, message=message, author=author, created_at=created,
-            n_params=len(params), n_elements=sum(_numel(p.shape) for p in params),
-            full_bytes=sum(_numel(p.shape) * torch.empty((), dtype=getattr(torch, p.dtype)).element_size() for p in params),
+            n_params=len(params), n_elements=sum(numel(p.shape) for p in params),
+            full_bytes=sum(numel(p.shape) * torch.empty((), dtype=getattr(torch, p.dtype)).element_size() for p in params),
             stored_bytes=sum(p.nbytes for p in params),
         )
         receipt = {
@@ -216,7 +216,7 @@ def _merge_group(method, name, thetas, fishers, lam, eps, norms, density, histor
     if method == "fisher":
         fs, addresses = _group_fishers(fishers, name, on)
         return kernels.fisher_merge(thetas, fs, lam, eps=eps, norms=norms).cpu(), addresses
-    theta0 = on(_materialize(history, store, base_id, name)[0])
+    theta0 = on(materialize(history, store, base_id, name)[0])
     if method == "task_arithmetic":
         return kernels.task_arithmetic(theta0, thetas, lam).cpu(), None
     return kernels.ties(theta0, thetas, lam, density=density).cpu(), None
@@ -236,7 +236,7 @@ def _patch_direct(history, store, ids, name, method, base_id):
     parent = parents.pop()
     if method == "task_arithmetic" and parent != base_id:
         return None
-    theta0 = _materialize(history, store, parent, name)[0]
+    theta0 = materialize(history, store, parent, name)[0]
     patches = []
     for r in rows:
         if r.encoding == "unchanged":
@@ -345,7 +345,7 @@ def _base(ledger: Ledger, inputs: list[VersionRecord], base) -> str:
     return firsts.pop()
 
 
-def _common_names(history: _History, inputs: list[VersionRecord]) -> list[str]:
+def _common_names(history: History, inputs: list[VersionRecord]) -> list[str]:
     live = [{n: p for n, p in history.manifest(v.version_id).items() if p.encoding != "removed"} for v in inputs]
     first = live[0]
     for v, other in zip(inputs[1:], live[1:]):
@@ -384,7 +384,7 @@ def _given_fishers(ledger, inputs, fisher, names) -> list[Mapping[str, torch.Ten
 
 def _fisher_sources(ledger, inputs, names):
     """Per input, a function name -> (its stored Fisher tensor, the object addresses)."""
-    store = ObjectStore(ledger.objects_path)
+    store = ledger.object_store()
     stored = [ledger.fishers(v) for v in inputs]
     lacking = [v.version_id[:12] for v, rows in zip(inputs, stored) if not set(names) <= set(rows)]
     if lacking:
@@ -420,7 +420,7 @@ def receipt_check(ledger: Ledger, version: str | VersionRecord) -> dict[str, boo
     recorded = json.loads(receipt["params_json"])
     inputs = [ledger.version(v) for v in receipt["inputs"]]
     ids, lam, method = receipt["inputs"], list(receipt["weights"]), receipt["method"]
-    history, store = _History(ledger), ObjectStore(ledger.objects_path)
+    history, store = History(ledger), ledger.object_store()
     names = sorted(recorded)
     fishers = _fisher_sources(ledger, inputs, names) if method == "fisher" else None
     norms = _norms(fishers, names) if method == "fisher" and receipt["normalize"] else None
@@ -434,7 +434,7 @@ def receipt_check(ledger: Ledger, version: str | VersionRecord) -> dict[str, boo
                                                       device)
             same_inputs = True
         else:  # on the CPU the direct paths are bit for bit the merge of the whole inputs: check that
-            thetas = [_materialize(history, store, vid, name)[0] for vid in ids]
+            thetas = [materialize(history, store, vid, name)[0] for vid in ids]
             same_inputs = recorded_inputs is None or [address_of(t) for t in thetas] == recorded_inputs
             merged, fisher_objects = _merge_group(method, name, thetas, fishers, lam, receipt["eps"], norms,
                                                   receipt["density"], history, store, receipt["base_version"],

@@ -66,7 +66,7 @@ def verify(ledger: Ledger, *, objects: bool = False, repair: bool = False, progr
     damaged objects and removes temporary files."""
     if repair and ledger.read_only:
         raise LedgerReadOnlyError(f"ledger {ledger.root} is open read-only; --repair moves and removes files in it")
-    store = ObjectStore(ledger.objects_path)
+    store = ledger.object_store()
     with ledger.session():
         refs = ledger.object_references()
         version_problems = ledger.version_problems()

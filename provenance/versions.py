@@ -227,9 +227,9 @@ def _commit(ledger, state, parent, message, author, run, encoding, low_rank, all
             )
         run = run_rec.run_id
     parent_id = parent_rec.version_id if parent_rec else None
-    history = _History(ledger)
+    history = History(ledger)
     parent_manifest = history.manifest(parent_id) if parent_id else {}
-    store = ObjectStore(ledger.objects_path, sync=sync)
+    store = ledger.object_store(sync=sync)
     incoming = _incoming(state, parent_manifest, parent_id)
     unknown = sorted(set(low_rank) - set(incoming.names))
     if unknown:
@@ -244,8 +244,8 @@ def _commit(ledger, state, parent, message, author, run, encoding, low_rank, all
                         allow_nonfinite, policy, params, created, progress)
         for p in params:
             if p.encoding != "removed":
-                n_elements += _numel(p.shape)
-                full_bytes += _numel(p.shape) * torch.empty((), dtype=dtype_from_name(p.dtype)).element_size()
+                n_elements += numel(p.shape)
+                full_bytes += numel(p.shape) * torch.empty((), dtype=dtype_from_name(p.dtype)).element_size()
                 stored += p.nbytes
         kept = set(incoming.names)
         for name, previous in parent_manifest.items():
@@ -316,7 +316,7 @@ def _encode_group(history, store, parent_id, name, previous, value, encoding, lo
         return encode(target, target, encoding="full"), target
     hints = {}
     if isinstance(value, _AdapterUpdate):
-        base, depth, chain_bytes = _materialize(history, store, parent_id, name)
+        base, depth, chain_bytes = materialize(history, store, parent_id, name)
         start = base if value.start is None else value.start
         target = _check_tensor(name, apply_low_rank(start, value.b, value.a, value.scale), allow_nonfinite)
         if value.start is None:
@@ -328,7 +328,7 @@ def _encode_group(history, store, parent_id, name, previous, value, encoding, lo
                 f"parameter {name!r} is {_dtype(target)}{list(target.shape)} but {previous.dtype}{previous.shape} "
                 f"in the parent {parent_id[:12]}"
             )
-        base, depth, chain_bytes = _materialize(history, store, parent_id, name)
+        base, depth, chain_bytes = materialize(history, store, parent_id, name)
         if name in low_rank:
             hints["low_rank"] = low_rank[name]
     patch = encode(base, target, encoding=encoding, **hints)
@@ -339,7 +339,8 @@ def _encode_group(history, store, parent_id, name, previous, value, encoding, lo
     return patch, target
 
 
-def _numel(shape: list[int]) -> int:
+def numel(shape: list[int]) -> int:
+    """The number of elements of a tensor of ``shape``."""
     n = 1
     for d in shape:
         n *= d
@@ -352,20 +353,20 @@ def diff(ledger: Ledger, old: str | VersionRecord, new: str | VersionRecord) -> 
     of the change (2-D groups up to 1024 on a side), and the bytes of that patch against the
     group's full size. Reads one group of each version at a time."""
     a, b = ledger.version(old), ledger.version(new)
-    store, history = ObjectStore(ledger.objects_path), _History(ledger)
+    store, history = ledger.object_store(), History(ledger)
     live_a = {n for n, p in history.manifest(a.version_id).items() if p.encoding != "removed"}
     live_b = {n for n, p in history.manifest(b.version_id).items() if p.encoding != "removed"}
     rows = []
     for name in sorted(live_a | live_b):
         if name not in live_a or name not in live_b:
             p = history.manifest(b.version_id if name in live_b else a.version_id)[name]
-            full = _numel(p.shape) * torch.empty((), dtype=dtype_from_name(p.dtype)).element_size()
+            full = numel(p.shape) * torch.empty((), dtype=dtype_from_name(p.dtype)).element_size()
             rows.append({"name": name, "status": "removed" if name not in live_b else "added", "encoding": None,
                          "changed": 1.0, "rank": None, "patch_bytes": 0 if name not in live_b else full,
                          "full_bytes": full})
             continue
-        x = _materialize(history, store, a.version_id, name)[0]
-        y = _materialize(history, store, b.version_id, name)[0]
+        x = materialize(history, store, a.version_id, name)[0]
+        y = materialize(history, store, b.version_id, name)[0]
         full = y.numel() * y.element_size()
         if x.shape != y.shape or x.dtype != y.dtype:
             rows.append({"name": name, "status": f"reshaped {list(x.shape)} -> {list(y.shape)}", "encoding": "full",
@@ -388,7 +389,7 @@ def gc(ledger: Ledger, *, apply: bool = False) -> dict[str, Any]:
     """Objects that no version refers to, and temporary files of object writes that never
     finished (both left by interrupted commits): listed, or removed with ``apply``. Runs holding
     the ledger's lock, so no commit is writing objects meanwhile."""
-    store = ObjectStore(ledger.objects_path)
+    store = ledger.object_store()
     with ledger.session():
         referenced = ledger.referenced_objects()
         unreferenced = [a for a in store.addresses() if a not in referenced]
@@ -408,7 +409,7 @@ def _dtype(t: torch.Tensor) -> str:
     return str(t.dtype).removeprefix("torch.")
 
 
-class _History:
+class History:
     """Manifests and first parents of versions, read once per commit or checkout: the whole
     first-parent chain of a version in one query the first time it is asked for."""
 
@@ -435,7 +436,7 @@ class _History:
         return self._parents[vid]
 
 
-def _materialize(history: _History, store: ObjectStore, version_id: str, name: str) -> tuple[torch.Tensor, int, int]:
+def materialize(history: History, store: ObjectStore, version_id: str, name: str) -> tuple[torch.Tensor, int, int]:
     """The value of parameter ``name`` in ``version_id`` (replaying patches up the first-parent
     chain from its last full copy), the number of patches with bytes in that chain, and their bytes."""
     ledger = history.ledger
@@ -480,12 +481,12 @@ def iter_checkout(ledger: Ledger, version: str | VersionRecord) -> Iterator[tupl
     """``(name, tensor)`` for every parameter of ``version``, in name order, one at a time."""
     with ledger.session():  # one connection for the version and its chain
         ver = ledger.version(version)
-        store = ObjectStore(ledger.objects_path)
-        history = _History(ledger)
+        store = ledger.object_store()
+        history = History(ledger)
         manifest = history.manifest(ver.version_id)
     for name, row in manifest.items():
         if row.encoding != "removed":
-            yield name, _materialize(history, store, ver.version_id, name)[0]
+            yield name, materialize(history, store, ver.version_id, name)[0]
 
 
 def checkout(ledger: Ledger, version: str | VersionRecord, output: str | os.PathLike | None = None,

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 
@@ -36,6 +36,9 @@ from provenance.ledger.data import DataQueries
 from provenance.ledger.lineage import LineageQueries
 from provenance.ledger.models import ModelQueries
 from provenance.ledger.writer import DocumentStage, LedgerWriter, _clean_staging
+
+if TYPE_CHECKING:
+    from provenance.objects import ObjectStore
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -89,6 +92,14 @@ class Ledger(DataQueries, ModelQueries, LineageQueries):
     @property
     def objects_path(self) -> Path:
         return self.root / OBJECTS_DIR
+
+    def object_store(self, *, sync: bool = True) -> ObjectStore:
+        """The ledger's object store (``sync``: sync each object to the disk before its rename).
+        Imported here, not at the top: the object store needs torch, which commands that only
+        read datasets should not pay for at start-up."""
+        from provenance.objects import ObjectStore
+
+        return ObjectStore(self.objects_path, sync=sync)
 
     def __repr__(self) -> str:
         return f"Ledger({str(self.root)!r})"
