@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from provenance import merge as merge_methods
 from provenance.cli import render
 from provenance.cli.app import (
     CliError,
@@ -119,7 +120,7 @@ def model_checkout(obj: Context, ref: str, output: str, parents: bool, as_json: 
 
 @main.command("merge")
 @click.argument("versions", nargs=-1, required=True, metavar="V1 V2 [V3...]")
-@click.option("--method", type=click.Choice(["fisher", "average", "task_arithmetic", "ties"]), default="fisher",
+@click.option("--method", type=click.Choice(merge_methods.names()), default="fisher",
               show_default=True, help="How to merge (fisher uses the Fisher stored with each version).")
 @click.option("--weights", default=None, help="Comma-separated weights, one per version (default: equal).")
 @click.option("--base", default=None, help="task_arithmetic/ties: the version task vectors start from (default: the shared parent).")

@@ -33,8 +33,8 @@ import torch
 import xxhash
 
 from provenance import __version__
+from provenance import merge as methods
 from provenance.errors import InvalidParameterError
-from provenance.kernels import merge as kernels
 from provenance.kernels.dispatch import pick
 from provenance.kernels.merge_patches import merge_patches
 from provenance.kernels.patch import apply_chain
@@ -44,7 +44,6 @@ from provenance.patches import encode
 from provenance.records import ParamRecord, VersionRecord
 from provenance.versions import History, materialize, numel
 
-METHODS = ("fisher", "average", "task_arithmetic", "ties")
 KERNEL_VERSION = f"provenance {__version__} kernels.merge"
 
 
@@ -135,8 +134,7 @@ def merge(
     ``base`` is the version task vectors start from (task_arithmetic, ties; default: the first
     parent the inputs share).
     """
-    if method not in METHODS:
-        raise InvalidParameterError(f"unknown merge method {method!r}; one of {', '.join(METHODS)}")
+    how = methods.get(method)
     if not isinstance(message, str) or not message.strip():
         raise InvalidParameterError("a merge needs a message")
     with ledger.session():
@@ -150,14 +148,14 @@ def merge(
         device = torch.device(device) if device is not None else torch.device("cpu")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise InvalidParameterError(f"device {device} asked for, but torch sees no CUDA device")
-        base_id = _base(ledger, inputs, base) if method in ("task_arithmetic", "ties") else None
+        base_id = _base(ledger, inputs, base) if how.needs_base else None
         history, store = History(ledger), ledger.object_store()
         names = _common_names(history, inputs)
-        if method == "fisher" and fisher is not None:  # stored with each input, so the receipt can be re-run
+        if how.needs_fisher and fisher is not None:  # stored with each input, so the receipt can be re-run
             for v, f in zip(inputs, _given_fishers(ledger, inputs, fisher, names)):
                 store_fisher(ledger, v, {n: f[n] for n in names}, meta={"source": "given to merge"})
-        fishers = _fisher_sources(ledger, inputs, names) if method == "fisher" else None
-        norms = _norms(fishers, names) if method == "fisher" and normalize else None
+        fishers = _fisher_sources(ledger, inputs, names) if how.needs_fisher else None
+        norms = _norms(fishers, names) if how.needs_fisher and normalize else None
         params, receipt_params, kernel = [], {}, None
         if progress is not None:
             progress.start("merge", None)
@@ -196,8 +194,8 @@ def merge(
         )
         receipt = {
             "version_id": version.version_id, "method": method, "inputs": ids, "weights": lam, "base_version": base_id,
-            "eps": eps if method == "fisher" else None, "normalize": normalize if method == "fisher" else None,
-            "density": density if method == "ties" else None, "kernel": f"{kernel or 'torch'} ({KERNEL_VERSION})",
+            **how.receipt_options(eps=eps, normalize=normalize, density=density),
+            "kernel": f"{kernel or 'torch'} ({KERNEL_VERSION})",
             "params_json": json.dumps(receipt_params, sort_keys=True), "audit_id": audit, "created_at": created,
         }
         with ledger.transaction() as tx:
@@ -209,17 +207,12 @@ def merge(
 def _merge_group(method, name, thetas, fishers, lam, eps, norms, density, history, store, base_id,
                  device: torch.device | None = None):
     """One parameter group merged (on ``device``, returned on the CPU), and the Fisher objects it read."""
-    on = _mover(device)
+    how, on = methods.get(method), _mover(device)
     thetas = [on(t) for t in thetas]
-    if method == "average":
-        return kernels.weighted_average(thetas, lam).cpu(), None
-    if method == "fisher":
-        fs, addresses = _group_fishers(fishers, name, on)
-        return kernels.fisher_merge(thetas, fs, lam, eps=eps, norms=norms).cpu(), addresses
-    theta0 = on(materialize(history, store, base_id, name)[0])
-    if method == "task_arithmetic":
-        return kernels.task_arithmetic(theta0, thetas, lam).cpu(), None
-    return kernels.ties(theta0, thetas, lam, density=density).cpu(), None
+    fs, addresses = _group_fishers(fishers, name, on) if how.needs_fisher else (None, None)
+    theta0 = on(materialize(history, store, base_id, name)[0]) if how.needs_base else None
+    merged = how.merge(thetas, lam=lam, theta0=theta0, fishers=fs, eps=eps, norms=norms, density=density)
+    return merged.cpu(), addresses
 
 
 def _patch_direct(history, store, ids, name, method, base_id):
@@ -227,14 +220,14 @@ def _patch_direct(history, store, ids, name, method, base_id):
     parent, that parent's value and each input's patch, ``("sparse", indices, values)`` or
     ``("low_rank", B, A, scale)``: an elementwise merge can then make each input's value from the
     parent and its patch as it goes, never holding the inputs whole. None otherwise."""
-    if method not in ("average", "fisher", "task_arithmetic") or len(ids) < 2:
+    if not methods.get(method).direct or len(ids) < 2:
         return None
     parents = {history.parent(v) for v in ids}
     rows = [history.manifest(v)[name] for v in ids]
     if len(parents) != 1 or None in parents or any(r.encoding not in ("sparse", "low_rank", "unchanged") for r in rows):
         return None
     parent = parents.pop()
-    if method == "task_arithmetic" and parent != base_id:
+    if methods.get(method).needs_base and parent != base_id:
         return None
     theta0 = materialize(history, store, parent, name)[0]
     patches = []
@@ -271,16 +264,12 @@ def _merge_sparse(direct, method, name, fishers, lam, eps, norms, device=None):
         t = flat0[union].clone()
         t[torch.searchsorted(union, idx)] = values
         thetas_u.append(t)
-    fisher_objects = None
-    on = _mover(device)
+    how, on = methods.get(method), _mover(device)
     thetas_u = [on(t) for t in thetas_u]
-    if method == "average":
-        merged_u = kernels.weighted_average(thetas_u, lam)
-    elif method == "task_arithmetic":
-        merged_u = kernels.task_arithmetic(on(flat0[union].clone()), thetas_u, lam)
-    else:
-        fs, fisher_objects = _group_fishers(fishers, name, lambda f: on(f.reshape(-1)[union].contiguous()))
-        merged_u = kernels.fisher_merge(thetas_u, fs, lam, eps=eps, norms=norms)
+    fs, fisher_objects = (_group_fishers(fishers, name, lambda f: on(f.reshape(-1)[union].contiguous()))
+                          if how.needs_fisher else (None, None))
+    theta0_u = on(flat0[union].clone()) if how.needs_base else None
+    merged_u = how.merge(thetas_u, lam=lam, theta0=theta0_u, fishers=fs, eps=eps, norms=norms)
     merged = flat0.clone()
     merged[union] = merged_u.cpu()
     first = flat0.clone()
@@ -299,7 +288,7 @@ def _merge_patched(direct, method, name, fishers, lam, eps, norms, device=None):
     theta0, patches = direct
     on = _mover(device)
     fs, fisher_objects = None, None
-    if method == "fisher":
+    if methods.get(method).needs_fisher:
         fs, fisher_objects = _group_fishers(fishers, name, lambda f: on(f.reshape(theta0.shape)))
     given = [None if p[0] == "sparse" and not p[1].numel() else p for p in patches]
     moved = [None if p is None else tuple(on(t) if isinstance(t, torch.Tensor) else t for t in p) for p in given]
@@ -422,8 +411,9 @@ def receipt_check(ledger: Ledger, version: str | VersionRecord) -> dict[str, boo
     ids, lam, method = receipt["inputs"], list(receipt["weights"]), receipt["method"]
     history, store = History(ledger), ledger.object_store()
     names = sorted(recorded)
-    fishers = _fisher_sources(ledger, inputs, names) if method == "fisher" else None
-    norms = _norms(fishers, names) if method == "fisher" and receipt["normalize"] else None
+    how = methods.get(method)
+    fishers = _fisher_sources(ledger, inputs, names) if how.needs_fisher else None
+    norms = _norms(fishers, names) if how.needs_fisher and receipt["normalize"] else None
     out = {}
     for name in names:
         recorded_inputs = recorded[name]["inputs"]  # None: merged directly from the inputs' patches

@@ -262,3 +262,32 @@ def test_lora_children_merged_on_cuda_by_the_fused_kernel(ledger):
     assert receipt_check(ledger, on_gpu) == {"w": True}
     on_cpu = ledger.merge(children, method="average", message="cpu")
     torch.testing.assert_close(ledger.checkout(on_gpu)["w"], ledger.checkout(on_cpu)["w"], rtol=1e-5, atol=1e-5)
+
+
+def test_merge_methods_come_from_a_registry_a_new_one_plugs_in(two):
+    from provenance import merge as methods
+    from provenance.merge.base import _REGISTRY, MergeMethod, register
+
+    ledger, base, a, b = two
+    assert methods.names() == ["average", "fisher", "task_arithmetic", "ties"]
+    with pytest.raises(InvalidParameterError, match="unknown merge method 'max'; one of average, fisher"):
+        ledger.merge([a, b], method="max", message="not yet")
+
+    @register
+    class Maximum(MergeMethod):  # an elementwise method written by a user, in a file of their own
+        name = "max"
+        direct = True
+
+        def merge(self, thetas, *, lam, theta0=None, fishers=None, eps=1e-6, norms=None, density=0.2):
+            return torch.stack(thetas).amax(dim=0)
+
+    try:
+        merged = ledger.merge([a, b], method="max", message="elementwise maximum")
+        out = ledger.checkout(merged)
+        for name, want in ((n, torch.maximum(_state(1)[n], _state(2)[n])) for n in ("w", "b")):
+            assert same_bits(out[name], want)
+        receipt = ledger.receipt(merged)
+        assert (receipt["method"], receipt["eps"], receipt["density"]) == ("max", None, None)
+        assert all(receipt_check(ledger, merged).values())
+    finally:
+        _REGISTRY.pop("max")
