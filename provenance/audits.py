@@ -215,41 +215,13 @@ def audit_dedup(
 
 def _dedup_report(tx, audit_id: str, n_docs: int, k: int) -> dict[str, Any]:
     """Summary, clusters, near-copy counts and the similarity histogram, by queries."""
-    q = tx.audit_query
-    tx.audit_execute("""CREATE OR REPLACE TEMP TABLE aud_clusters AS
-         SELECT cluster, count(DISTINCT doc) AS size FROM (
-             SELECT cluster, doc_a AS doc FROM audit_pairs WHERE audit_id = $1
-             UNION ALL SELECT cluster, doc_b FROM audit_pairs WHERE audit_id = $1)
-         GROUP BY cluster""", [audit_id])
-    size_counts = q("SELECT size, count(*) AS n FROM aud_clusters GROUP BY size ORDER BY size").to_pylist()
+    size_counts = tx.cluster_sizes(audit_id)
     n_clusters = sum(r["n"] for r in size_counts)
     in_clusters = sum(r["size"] * r["n"] for r in size_counts)
-    n_pairs = int(q("SELECT count(*) AS n FROM audit_pairs WHERE audit_id = $1", [audit_id]).column("n")[0].as_py())
-    exact_pairs = int(q("""SELECT count(*) AS n FROM audit_pairs p JOIN documents a ON a.doc_id = p.doc_a
-                           JOIN documents b ON b.doc_id = p.doc_b
-                           WHERE p.audit_id = $1 AND a.exact_hash = b.exact_hash""", [audit_id]).column("n")[0].as_py())
-    largest = q("""WITH top AS (SELECT cluster, size FROM aud_clusters ORDER BY size DESC, cluster LIMIT 10),
-                   members AS (SELECT DISTINCT t.cluster, t.size, d.key, d.dataset_id, d.doc_id
-                        FROM top t JOIN audit_pairs p ON p.audit_id = $1 AND p.cluster = t.cluster
-                        JOIN documents d ON d.doc_id IN (p.doc_a, p.doc_b))
-                   SELECT cluster, size, list(key ORDER BY doc_id)[1:5] AS sample_keys,
-                          list(DISTINCT dataset_id ORDER BY dataset_id) AS datasets
-                   FROM members GROUP BY cluster, size ORDER BY size DESC, cluster""", [audit_id]).to_pylist()
-    # near-copies of a document: the other copies of its signature, and every document of each
-    # group its group's first document is paired with (identical signatures, identical estimates)
-    near = q("""WITH reps AS (SELECT p.doc_a AS r, p.doc_b AS o FROM audit_pairs p
-                              JOIN aud_groups ga ON ga.doc_id = p.doc_a AND ga.rep = p.doc_a
-                              JOIN aud_groups gb ON gb.doc_id = p.doc_b AND gb.rep = p.doc_b
-                              WHERE p.audit_id = $1),
-                     links AS (SELECT r, o FROM reps UNION ALL SELECT o, r FROM reps),
-                     per_rep AS (SELECT l.r, sum(g.size)::BIGINT AS linked FROM links l
-                                 JOIN (SELECT DISTINCT rep, size FROM aud_groups) g ON g.rep = l.o GROUP BY l.r),
-                     counts AS (SELECT g.doc_id, g.size - 1 + coalesce(pr.linked, 0) AS near_copies
-                                FROM aud_groups g LEFT JOIN per_rep pr ON pr.r = g.rep)
-                SELECT d.key, d.dataset_id, c.near_copies FROM counts c JOIN documents d USING (doc_id)
-                WHERE c.near_copies > 0 ORDER BY c.near_copies DESC, d.key""", [audit_id])
-    hist = q("""SELECT floor(jaccard * 20) / 20 AS lo, count(*) AS n FROM audit_pairs WHERE audit_id = $1
-                GROUP BY lo ORDER BY lo""", [audit_id]).to_pylist()
+    n_pairs, exact_pairs = tx.pair_counts(audit_id)
+    largest = tx.largest_clusters(audit_id)
+    near = tx.near_copy_counts(audit_id)
+    hist = tx.similarity_histogram(audit_id)
     redundant = in_clusters - n_clusters
     return {
         "summary": {"documents": n_docs, "pairs": n_pairs, "exact_duplicate_pairs": exact_pairs,
@@ -258,7 +230,7 @@ def _dedup_report(tx, audit_id: str, n_docs: int, k: int) -> dict[str, Any]:
                     "largest_cluster": size_counts[-1]["size"] if size_counts else 0},
         "cluster_sizes": [[r["size"], r["n"]] for r in size_counts],
         "largest_clusters": largest,
-        "near_copies": near.to_pylist(),
+        "near_copies": near,
         "similarity_histogram": [[min(r["lo"], 1.0), min(r["lo"] + 0.05, 1.0), r["n"]] for r in hist],
     }
 
@@ -268,11 +240,7 @@ def _verify(ledger: Ledger, tx, audit_id: str, cfg: FingerprintConfig, threshold
     source files where they are still readable and unchanged; pairs below ``threshold`` by the
     exact measure are dropped. Returns counts, and why some could not be checked."""
     margin = 3 * math.sqrt(max(threshold * (1 - threshold), 1e-12) / k)
-    near = tx.audit_query(
-        """SELECT p.doc_a, p.doc_b, a.dataset_id AS da, a.shard_index AS sa, a.row_index AS ra,
-                  b.dataset_id AS db, b.shard_index AS sb, b.row_index AS rb
-           FROM audit_pairs p JOIN documents a ON a.doc_id = p.doc_a JOIN documents b ON b.doc_id = p.doc_b
-           WHERE p.audit_id = $1 AND abs(p.jaccard - $2) <= $3""", [audit_id, threshold, margin]).to_pylist()
+    near = tx.pairs_near(audit_id, threshold, margin)
     wanted: dict[tuple[str, int], set[int]] = defaultdict(set)
     for r in near:
         wanted[(r["da"], r["sa"])].add(r["ra"])
@@ -290,7 +258,7 @@ def _verify(ledger: Ledger, tx, audit_id: str, cfg: FingerprintConfig, threshold
                       "exact": pa.array([r[2] for r in exact_rows], pa.float64())})
     tx.set_exact(audit_id, table)
     rejected = sum(1 for r in exact_rows if r[2] < threshold)
-    tx.audit_execute("DELETE FROM audit_pairs WHERE audit_id = $1 AND exact < $2", [audit_id, threshold])
+    tx.drop_pairs_below(audit_id, threshold)
     return {"margin": margin, "near_threshold": len(near), "checked": len(exact_rows), "rejected": rejected,
             "not_checked": skipped, "unreadable": unreadable}
 

@@ -47,12 +47,6 @@ from provenance.lineage import ancestry, license_summary
 from provenance.ngrams import ngram_hashes
 from provenance.progress import stage, step
 
-
-def _side(param: str) -> str:
-    """The staged documents on any of the sides bound to ``param``."""
-    return f"SELECT doc_id, exact_hash, dataset_id FROM aud_docs WHERE list_has_any(sides, {param}::VARCHAR[])"
-
-
 #: The licence conditions a gate can deny, and the key of each in a lineage's licence summary.
 LICENSE_CONDITIONS = {"non-commercial": "non_commercial", "share-alike": "share_alike",
                       "unknown": "unknown_license", "model-generated": "model_generated"}
@@ -204,33 +198,13 @@ def _sides(ledger: Ledger, ids: list[str], full_lineage: bool) -> tuple[list[tup
 
 
 def _count(tx, labels: list[str]) -> int:
-    return int(tx.audit_query(f"SELECT count(*) AS n FROM ({_side('$1')})", [labels]).column("n")[0].as_py())
+    return tx.side_size(labels)
 
 
 def _overlap(tx, audit_id: str, a: list[str], b: list[str], *, keys: bool = False) -> dict[str, Any]:
     """Documents of sides ``a`` with an exact (same hash) or else near (an audit pair) match on
     sides ``b``: counts, per pair of datasets, and (``keys``) the documents' keys."""
-    rows = tx.audit_query(
-        f"""WITH a AS ({_side('$2')}), b AS ({_side('$3')}),
-            bh AS (SELECT exact_hash, min(dataset_id) AS other FROM b GROUP BY exact_hash),
-            ex AS (SELECT a.doc_id, a.dataset_id, bh.other FROM a JOIN bh USING (exact_hash)),
-            reps AS (SELECT doc_id FROM aud_groups WHERE doc_id = rep),
-            rel AS (SELECT p.doc_a AS r, p.doc_b AS o FROM audit_pairs p
-                    WHERE p.audit_id = $1 AND p.doc_b IN (SELECT doc_id FROM reps)
-                    UNION ALL SELECT p.doc_b, p.doc_a FROM audit_pairs p
-                    WHERE p.audit_id = $1 AND p.doc_b IN (SELECT doc_id FROM reps)
-                    UNION ALL SELECT doc_id, doc_id FROM reps),
-            ga AS (SELECT a.doc_id, a.dataset_id, g.rep FROM a JOIN aud_groups g USING (doc_id)),
-            gbr AS (SELECT g.rep, count(*) AS n, min(b.doc_id) AS any_doc, min(b.dataset_id) AS other
-                    FROM b JOIN aud_groups g USING (doc_id) GROUP BY g.rep),
-            nr AS (SELECT ga.doc_id, any_value(ga.dataset_id) AS dataset_id, min(gbr.other) AS other
-                   FROM ga JOIN rel ON rel.r = ga.rep JOIN gbr ON gbr.rep = rel.o
-                   WHERE (gbr.n > 1 OR gbr.any_doc <> ga.doc_id) AND ga.doc_id NOT IN (SELECT doc_id FROM ex)
-                   GROUP BY ga.doc_id),
-            hits AS (SELECT 'exact' AS kind, * FROM ex UNION ALL SELECT 'near', * FROM nr)
-            SELECT h.kind, h.dataset_id, h.other, d.key FROM hits h JOIN aud_docs d USING (doc_id)
-            ORDER BY h.dataset_id, d.key""",
-        [audit_id, a, b]).to_pylist()
+    rows = tx.side_overlap(audit_id, a, b)
     by_pair: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: {"exact": 0, "near": 0})
     for r in rows:
         by_pair[(r["dataset_id"], r["other"])][r["kind"]] += 1
@@ -241,9 +215,7 @@ def _overlap(tx, audit_id: str, a: list[str], b: list[str], *, keys: bool = Fals
 
 def _span_check(ledger: Ledger, tx, labels: list[str], n: int) -> dict[str, Any]:
     """Evaluation documents sharing an ``n``-word span with a training document, from the text."""
-    locs = tx.audit_query(
-        """SELECT doc_id, dataset_id, shard_index, row_index, key, list_contains(sides, 'e') AS is_eval,
-                  list_has_any(sides, $1::VARCHAR[]) AS is_train FROM aud_docs""", [labels]).to_pylist()
+    locs = tx.staged_locations(train_sides=labels)
     eval_rows = [r for r in locs if r["is_eval"]]
     unreadable: list[str] = []
     hashes, owners = [], []

@@ -116,20 +116,16 @@ def audit_memorization(
         tx.near_pairs(audit_id, banding.bands, banding.rows, math.ceil(threshold * k - 1e-9), stored=False,
                       collapse=True)
         # documents (and samples) with identical signatures share a group; pairs join groups' first members
-        sample_rep = {-1 - r["doc_id"]: r["rep"] for r in tx.audit_query(
-            "SELECT doc_id, rep FROM aud_groups WHERE doc_id < 0").to_pylist()}
+        sample_rep = {-1 - doc: rep for doc, rep in tx.sample_groups().items()}
         partners: dict[int, dict[int, float]] = defaultdict(dict)
-        for r in tx.audit_query(
-                """SELECT doc_a, doc_b, jaccard FROM audit_pairs WHERE audit_id = $1
-                   AND doc_b IN (SELECT doc_id FROM aud_groups WHERE doc_id = rep)""", [audit_id]).to_pylist():
-            partners[r["doc_a"]][r["doc_b"]] = partners[r["doc_b"]][r["doc_a"]] = r["jaccard"]
+        for a, b, jaccard in tx.group_pairs(audit_id):
+            partners[a][b] = partners[b][a] = jaccard
 
         def members(reps: set[int]) -> dict[int, list[int]]:
             """The training documents of each group ``reps`` names."""
             out: dict[int, list[int]] = defaultdict(list)
-            for r in tx.audit_query("SELECT doc_id, rep FROM aud_groups WHERE list_contains($1, rep) AND doc_id >= 0",
-                                    [sorted(reps)]).to_pylist():
-                out[r["rep"]].append(r["doc_id"])
+            for doc, rep in tx.group_members(sorted(reps)):
+                out[rep].append(doc)
             return out
 
         first = members(set(sample_rep.values()) | {p for r in sample_rep.values() for p in partners[r]})
@@ -147,15 +143,12 @@ def audit_memorization(
             entry = matches.setdefault((sample, doc), {"jaccard": None})
             entry["span_words"], entry["span_text"] = words, text
         matched = sorted({d for _, d in matches})
-        doc_rep = {r["doc_id"]: r["rep"] for r in tx.audit_query(
-            "SELECT doc_id, rep FROM aud_groups WHERE list_contains($1, doc_id)", [matched]).to_pylist()}
+        doc_rep = tx.groups_of(matched)
         near_reps = {d: {doc_rep[d], *partners[doc_rep[d]]} for d in matched}
         groups = members(set().union(*near_reps.values()) if near_reps else set())
         neighbours = {d: {x for r in reps for x in groups[r]} - {d} for d, reps in near_reps.items()}
         doc_ids = sorted(set(matched) | {n for ns in neighbours.values() for n in ns})
-        docs = {r["doc_id"]: r for r in tx.audit_query(
-            """SELECT doc_id, dataset_id, key, signature FROM aud_docs WHERE list_contains($1, doc_id)""",
-            [doc_ids]).to_pylist()}
+        docs = {r["doc_id"]: r for r in tx.staged_documents(doc_ids)}
         tx.drop_audit_tables()
         seen = {r["doc_id"]: r["seen"] for r in ledger.exposure(runs, doc_ids).to_pylist()} if doc_ids else {}
         report_samples = []
@@ -190,7 +183,7 @@ def audit_memorization(
         tx.insert_audit({"audit_id": audit_id, "kind": "memorization", "target": vid,
                          "params": {"threshold": threshold, "span": span, "samples": len(texts)},
                          "passed": None, "report": report, "created_at": created})
-        tx.audit_execute("DELETE FROM audit_pairs WHERE audit_id = $1 AND doc_a < 0", [audit_id])
+        tx.drop_sample_pairs(audit_id)
         step(progress)
     return report
 
@@ -204,7 +197,7 @@ def _spans(ledger: Ledger, tx, texts: list[str], n: int) -> tuple[dict[tuple[int
     all_windows = np.unique(np.concatenate(windows)) if any(len(w) for w in windows) else np.zeros(0, np.uint64)
     if not len(all_windows):
         return {}, []
-    locs = tx.audit_query("SELECT doc_id, dataset_id, shard_index, row_index FROM aud_docs WHERE doc_id >= 0").to_pylist()
+    locs = tx.staged_locations(documents_only=True)
     out: dict[tuple[int, int], tuple[int, str]] = {}
     sample_words = [normalised_words(t) for t in texts]
     unreadable: list[str] = []
