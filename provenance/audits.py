@@ -21,6 +21,7 @@ over all documents audited.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -127,6 +128,61 @@ def resolve_target(ledger: Ledger, target: str) -> tuple[str, Any]:
     return "version", ver
 
 
+class AuditRun:
+    """What every audit shares: the banding its threshold asks for over its datasets' one
+    fingerprint config, an id and a time, and one transaction (a scratch one when the audit stores
+    nothing) in which the audited documents, and any probes, are staged and joined by LSH bands
+    into ``audit_pairs``. The dedup audit, the pre-merge gate and the memorization audit are each
+    this skeleton plus their own questions to the pairs."""
+
+    def __init__(self, ledger: Ledger, kind: str, datasets: Sequence[DatasetRecord], threshold: float, *,
+                 store: bool = True, progress: Any = None):
+        self.ledger, self.kind, self.store, self.progress = ledger, kind, store, progress
+        self.started = time.perf_counter()
+        self.threshold = check_threshold(threshold)
+        self.config = check_same_config(datasets)
+        self.k = self.config.num_perm
+        self.banding = banding_for(self.k, self.threshold)
+        self.min_matches = math.ceil(self.threshold * self.k - 1e-9)
+        self.stored_bands = all((d.bands, d.rows) == (self.banding.bands, self.banding.rows) for d in datasets)
+        self.audit_id = uuid.uuid4().hex
+        self.created = datetime.now(timezone.utc).replace(tzinfo=None)
+
+    @contextlib.contextmanager
+    def pairs(self, scope: pa.Table, *, probes: np.ndarray | None = None, all_pairs: bool = False,
+              stage_label: str = "documents") -> Iterator[Any]:
+        """The transaction, once ``scope``'s documents (and ``probes``, signatures of texts that
+        are not in the ledger) are staged and their near pairs found; the audit's temporary
+        tables are dropped when the block ends. ``self.n_docs``: the documents staged."""
+        stage(self.progress, f"{self.kind}: {stage_label}", 4)
+        with self.ledger.transaction(scratch=not self.store) as tx:
+            self.n_docs = tx.stage_documents(scope)
+            if probes is not None:
+                tx.stage_probes(probes)
+            step(self.progress)
+            tx.near_pairs(self.audit_id, self.banding.bands, self.banding.rows, self.min_matches,
+                          stored=self.stored_bands and probes is None, collapse=True, all_pairs=all_pairs)
+            step(self.progress)
+            yield tx
+            tx.drop_audit_tables()
+            step(self.progress)
+
+    def banding_report(self) -> dict[str, Any]:
+        """How the pairs were found: bands, rows, the chance to find a pair at the threshold."""
+        return {"bands": self.banding.bands, "rows": self.banding.rows, "num_perm": self.k,
+                "min_matches": self.min_matches, "p_at_threshold": self.banding.probability(self.threshold),
+                "stored_band_keys": self.stored_bands}
+
+    def seconds(self) -> float:
+        return round(time.perf_counter() - self.started, 3)
+
+    def record(self, tx: Any, *, target: str, params: dict[str, Any], passed: bool | None,
+               report: dict[str, Any]) -> None:
+        """Store the audit's row (nothing when the audit stores nothing)."""
+        tx.insert_audit({"audit_id": self.audit_id, "kind": self.kind, "target": target, "params": params,
+                         "passed": passed, "report": report, "created_at": self.created})
+
+
 def check_same_config(datasets: Sequence[DatasetRecord]) -> FingerprintConfig:
     """The one fingerprint config of ``datasets``, or an error naming two that differ."""
     first = datasets[0]
@@ -162,48 +218,30 @@ def audit_dedup(
     ledger (and works on a read-only one)."""
     threshold = check_threshold(threshold)
     pairs_path = ledger.output_path(pairs_file) if pairs_file is not None else None
-    started = time.perf_counter()
     described, datasets, scope = resolve_scope(ledger, targets)
-    cfg = datasets[0].config
-    k = cfg.num_perm
-    banding = banding_for(k, threshold)
-    stored = all((d.bands, d.rows) == (banding.bands, banding.rows) for d in datasets)
-    min_matches = math.ceil(threshold * k - 1e-9)
-    audit_id = uuid.uuid4().hex
-    created = datetime.now(timezone.utc).replace(tzinfo=None)
-    stage(progress, "audit: documents", 4)
-    with ledger.transaction(scratch=not store) as tx:
-        n_docs = tx.stage_documents(scope)
-        step(progress)
-        tx.near_pairs(audit_id, banding.bands, banding.rows, min_matches, stored=stored, collapse=True,
-                      all_pairs=all_pairs)
-        step(progress)
+    run = AuditRun(ledger, "dedup", datasets, threshold, store=store, progress=progress)
+    audit_id, cfg, k = run.audit_id, run.config, run.k
+    with run.pairs(scope, all_pairs=all_pairs) as tx:
         verified = _verify(ledger, tx, audit_id, cfg, threshold, k) if verify else None
         rounds = tx.label_clusters(audit_id)
         step(progress)
-        report = _dedup_report(tx, audit_id, n_docs, k)
+        report = _dedup_report(tx, audit_id, run.n_docs, k)
         report.update({
-            "audit_id": audit_id, "kind": "dedup", "created_at": created.isoformat(), "targets": described,
+            "audit_id": audit_id, "kind": "dedup", "created_at": run.created.isoformat(), "targets": described,
             "datasets": [d.dataset_id for d in datasets], "config_id": cfg.identity, "threshold": threshold,
-            "banding": {"bands": banding.bands, "rows": banding.rows, "num_perm": k, "min_matches": min_matches,
-                        "p_at_threshold": banding.probability(threshold), "stored_band_keys": stored,
-                        "s_curve": s_curve(banding)},
+            "banding": {**run.banding_report(), "s_curve": s_curve(run.banding)},
             "verify": verified, "cluster_rounds": rounds, "pairs_mode": "all" if all_pairs else "spanning",
             "stored": store,
         })
-        report["summary"]["seconds"] = round(time.perf_counter() - started, 3)
-        tx.insert_audit({"audit_id": audit_id, "kind": "dedup", "target": " ".join(targets),
-                         "params": {"threshold": threshold, "verify": verify, "bands": banding.bands,
-                                    "rows": banding.rows, "all_pairs": all_pairs},
-                         "passed": None, "report": report, "created_at": created})
-        if pairs_file is not None:
-            path = pairs_path
-            tmp = path.with_name(f".{path.name}.{audit_id[:8]}.tmp")
+        report["summary"]["seconds"] = run.seconds()
+        run.record(tx, target=" ".join(targets), passed=None, report=report,
+                   params={"threshold": threshold, "verify": verify, "bands": run.banding.bands,
+                           "rows": run.banding.rows, "all_pairs": all_pairs})
+        if pairs_path is not None:
+            tmp = pairs_path.with_name(f".{pairs_path.name}.{audit_id[:8]}.tmp")
             tx.copy_pairs(audit_id, str(tmp))
-            os.replace(tmp, path)
+            os.replace(tmp, pairs_path)
         pairs = tx.pairs(audit_id) if pairs_file is None and not store else None
-        tx.drop_audit_tables()
-        step(progress)
     report = dict(report)
     if pairs_file is None:
         pairs = pairs if pairs is not None else ledger.audit_pairs(audit_id)

@@ -29,23 +29,19 @@ passed; ``prov audit merge`` exits 1 when it did not, and ``ledger.merge(..., au
 
 from __future__ import annotations
 
-import math
-import time
-import uuid
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from provenance.audits import banding_for, check_same_config, check_threshold, iter_texts
+from provenance.audits import AuditRun, check_threshold, iter_texts
 from provenance.errors import InvalidParameterError
 from provenance.ledger import Ledger
 from provenance.lineage import ancestry, license_summary
 from provenance.ngrams import ngram_hashes
-from provenance.progress import stage, step
+from provenance.progress import step
 
 #: The licence conditions a gate can deny, and the key of each in a lineage's licence summary.
 LICENSE_CONDITIONS = {"non-commercial": "non_commercial", "share-alike": "share_alike",
@@ -91,7 +87,6 @@ def audit_merge(
         raise InvalidParameterError(f"max-contamination must be a count >= 0, got {max_contamination}")
     if ngram < 0:
         raise InvalidParameterError(f"ngram must be >= 0 (0: no span check), got {ngram}")
-    started = time.perf_counter()
     with ledger.session():
         inputs = [ledger.version(v) for v in versions]
         if len(inputs) < 2 or len({v.version_id for v in inputs}) < len(inputs):
@@ -108,23 +103,13 @@ def audit_merge(
     if not datasets:
         raise InvalidParameterError("the inputs' lineages are empty: no run recorded any data, and there is no "
                                     "evaluation dataset")
-    cfg = check_same_config(datasets)
-    k = cfg.num_perm
-    banding = banding_for(k, threshold)
-    stored = all((d.bands, d.rows) == (banding.bands, banding.rows) for d in datasets)
+    run = AuditRun(ledger, "merge", datasets, threshold, store=store, progress=progress)
+    audit_id, cfg = run.audit_id, run.config
     scope = pa.table({"dataset_id": pa.array([r[0] for r in scope_rows], pa.string()),
                       "shard_index": pa.array([r[1] for r in scope_rows], pa.int32()),
                       "side": pa.array([r[2] for r in scope_rows], pa.string())})
-    audit_id = uuid.uuid4().hex
-    created = datetime.now(timezone.utc).replace(tzinfo=None)
     labels = [f"s{i}" for i in range(len(inputs))]
-    stage(progress, "gate: documents", 4)
-    with ledger.transaction(scratch=not store) as tx:
-        tx.stage_documents(scope)
-        step(progress)
-        tx.near_pairs(audit_id, banding.bands, banding.rows, math.ceil(threshold * k - 1e-9), stored=stored,
-                      collapse=True)
-        step(progress)
+    with run.pairs(scope) as tx:
         sizes = {lab: _count(tx, [lab]) for lab in [*labels, "e"]}
         overlap = []
         for i in range(len(inputs)):
@@ -155,25 +140,21 @@ def audit_merge(
         violations = _violations(overlap, contamination, merged_license, max_overlap, max_contamination, deny)
         alerts = [v["message"] for v in violations]
         report = {
-            "audit_id": audit_id, "kind": "merge", "created_at": created.isoformat(),
+            "audit_id": audit_id, "kind": "merge", "created_at": run.created.isoformat(),
             "versions": [v.version_id for v in inputs], "labels": {v.version_id: v.label() for v in inputs},
             "threshold": threshold, "full_lineage": full_lineage,
             "sides": sides, "config_id": cfg.identity,
-            "banding": {"bands": banding.bands, "rows": banding.rows, "num_perm": k,
-                        "p_at_threshold": banding.probability(threshold), "stored_band_keys": stored},
+            "banding": run.banding_report(),
             "policy": {"max_overlap": max_overlap, "max_contamination": max_contamination, "deny_license": deny},
             "license": merged_license,
             "overlap": overlap, "contamination": contamination, "violations": violations, "alerts": alerts,
             "passed": not alerts,
-            "seconds": round(time.perf_counter() - started, 3),
+            "seconds": run.seconds(),
         }
-        tx.insert_audit({"audit_id": audit_id, "kind": "merge", "target": " ".join(v.version_id for v in inputs),
-                         "params": {"threshold": threshold, "eval": [d.dataset_id for d in evals],
-                                    "max_overlap": max_overlap, "max_contamination": max_contamination,
-                                    "deny_license": deny, "full_lineage": full_lineage, "ngram": ngram},
-                         "passed": not alerts, "report": report, "created_at": created})
-        tx.drop_audit_tables()
-        step(progress)
+        run.record(tx, target=" ".join(v.version_id for v in inputs), passed=not alerts, report=report,
+                   params={"threshold": threshold, "eval": [d.dataset_id for d in evals],
+                           "max_overlap": max_overlap, "max_contamination": max_contamination,
+                           "deny_license": deny, "full_lineage": full_lineage, "ngram": ngram})
     return report
 
 

@@ -24,23 +24,20 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
-import uuid
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from provenance.audits import banding_for, check_threshold, iter_texts, resolve_scope
+from provenance.audits import AuditRun, check_threshold, iter_texts, resolve_scope
 from provenance.errors import InvalidParameterError, SourceError
 from provenance.ledger import Ledger
 from provenance.lineage import ancestry
 from provenance.ngrams import ngram_hashes
 from provenance.ngrams import words as normalised_words
-from provenance.progress import stage, step
+from provenance.progress import step
 
 SPAN_TEXT_CHARS = 500  # characters of a shared span's text kept in the report
 
@@ -98,23 +95,12 @@ def audit_memorization(
     texts = read_samples(samples) if isinstance(samples, (str, os.PathLike)) else list(samples)
     if not texts:
         raise InvalidParameterError("no samples given")
-    started = time.perf_counter()
     described, datasets, scope = resolve_scope(ledger, [version])
-    vid = described[0]["id"]
-    cfg = datasets[0].config
-    k = cfg.num_perm
-    banding = banding_for(k, threshold)
+    run = AuditRun(ledger, "memorization", datasets, threshold, store=store, progress=progress)
+    vid, cfg, k, audit_id = described[0]["id"], run.config, run.k, run.audit_id
     sigs = cfg.signatures(texts)
     runs = [r for r in ancestry(ledger, vid)[1].column("run_id").to_pylist() if r]
-    audit_id = uuid.uuid4().hex
-    created = datetime.now(timezone.utc).replace(tzinfo=None)
-    stage(progress, "memorization: samples", 4)
-    with ledger.transaction(scratch=not store) as tx:
-        tx.stage_documents(scope)
-        tx.stage_probes(sigs)
-        step(progress)
-        tx.near_pairs(audit_id, banding.bands, banding.rows, math.ceil(threshold * k - 1e-9), stored=False,
-                      collapse=True)
+    with run.pairs(scope, probes=sigs, stage_label="samples") as tx:
         # documents (and samples) with identical signatures share a group; pairs join groups' first members
         sample_rep = {-1 - doc: rep for doc, rep in tx.sample_groups().items()}
         partners: dict[int, dict[int, float]] = defaultdict(dict)
@@ -129,7 +115,6 @@ def audit_memorization(
             return out
 
         first = members(set(sample_rep.values()) | {p for r in sample_rep.values() for p in partners[r]})
-        step(progress)
         spans, unreadable = _spans(ledger, tx, texts, span) if span else ({}, [])
         step(progress)
         matches: dict[tuple[int, int], dict[str, Any]] = {}
@@ -174,17 +159,15 @@ def audit_memorization(
                    if span else None,
                    "training_documents_matched": len({m["doc_id"] for s in memorized for m in s["matches"]}),
                    "max_exposure": max((m["exposure"] for s in memorized for m in s["matches"]), default=0.0)}
-        report = {"audit_id": audit_id, "kind": "memorization", "created_at": created.isoformat(), "version": vid,
+        report = {"audit_id": audit_id, "kind": "memorization", "created_at": run.created.isoformat(), "version": vid,
                   "label": described[0]["label"],
                   "datasets": [d.dataset_id for d in datasets], "threshold": threshold, "span": span,
-                  "config_id": cfg.identity, "banding": {"bands": banding.bands, "rows": banding.rows, "num_perm": k},
+                  "config_id": cfg.identity, "banding": run.banding_report(),
                   "summary": summary, "samples": report_samples, "unreadable": unreadable,
-                  "seconds": round(time.perf_counter() - started, 3)}
-        tx.insert_audit({"audit_id": audit_id, "kind": "memorization", "target": vid,
-                         "params": {"threshold": threshold, "span": span, "samples": len(texts)},
-                         "passed": None, "report": report, "created_at": created})
+                  "seconds": run.seconds()}
+        run.record(tx, target=vid, passed=None, report=report,
+                   params={"threshold": threshold, "span": span, "samples": len(texts)})
         tx.drop_sample_pairs(audit_id)
-        step(progress)
     return report
 
 
