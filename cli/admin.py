@@ -5,9 +5,14 @@ from __future__ import annotations
 import sys
 
 import click
+from rich.markup import escape
+from rich.table import Table
 
 from provenance.cli import render
 from provenance.cli.app import EXIT_POLICY, Context, json_option, main, pass_ctx
+from provenance.cli.audits import show_gate, show_lineage
+from provenance.cli.datasets import show_datasets
+from provenance.plain import dumps
 
 
 @main.command("init")
@@ -68,7 +73,7 @@ def verify_cmd(obj: Context, rehash: bool, repair: bool, as_json: bool) -> None:
     ledger = obj.ledger(read_only=not repair)
     with render.progress(obj.quiet) as bar:
         report = verify(ledger, objects=rehash, repair=repair, progress=bar)
-    render.verify(report, as_json)
+    show_verify(report, as_json)
     if not report.ok:
         sys.exit(EXIT_POLICY)
 
@@ -85,4 +90,84 @@ def demo_cmd(obj: Context, path: str, n_docs: int, seed: int, as_json: bool) -> 
 
     with render.progress(obj.quiet) as bar:
         report = run_demo(path, n_docs=n_docs, seed=seed, progress=bar)
-    render.demo(report, as_json)
+    show_demo(report, as_json)
+
+
+# -- rendering ------------------------------------------------------------------------------------
+
+def show_demo(report, as_json: bool) -> None:
+    if as_json:
+        click.echo(dumps(report.to_json()))
+        return
+    for r in report.registrations:
+        click.echo(r.message)
+    s = report.summary
+    click.echo(f"\nledger {s['path']}: {s['datasets']} datasets, {s['shards']} shards, {s['documents']:,} documents")
+    from provenance.ledger import Ledger
+
+    show_datasets(Ledger.open(report.ledger).datasets(), False)
+    click.echo(
+        f"near-duplicates (LSH band collisions, estimated Jaccard >= 0.6): {len(report.pairs)} pairs; "
+        f"planted {report.planted}, found {report.found}; "
+        f"evaluation leaks planted {report.contaminated}, found {report.contamination_found}"
+    )
+    t = Table(title="closest pairs")
+    for col in ("a", "b", "datasets", "jaccard"):
+        t.add_column(col)
+    for p in report.pairs[:8]:
+        t.add_row(p["key_a"], p["key_b"], f"{p['dataset_a']} / {p['dataset_b']}", f"{p['jaccard']:.3f}")
+    render.console().print(t)
+    if report.models:
+        show_models(report.models)
+    if report.gate:
+        click.echo("\nBefore merging, the pre-merge gate on the two contributors (prov audit merge):")
+        show_gate(report.gate, False)
+        if not report.gate["passed"]:
+            click.echo("The demo merges anyway, to show the rest; the merge's receipt cites this failed audit. "
+                       "`prov merge --gate` would have refused (exit status 1).")
+    if report.lineage is not None:
+        click.echo("\nThe merged version's lineage (prov lineage demo-merge):")
+        show_lineage(report.lineage, False)
+
+
+def show_models(story: list[dict]) -> None:
+    """The demo's versions: the DAG, what each patch costs against a full copy, what data it saw."""
+    tags = {m["version_id"]: m["tag"] for m in story}
+    t = Table(title="model versions (prov model log shows them all)")
+    for col in ("version", "parents", "stored as", "bytes (of a full copy)", "trained on"):
+        t.add_column(col, no_wrap=col in ("version", "bytes (of a full copy)"))
+    for m in story:
+        stored_as = ", ".join(f"{n} {e}" for e, n in sorted(m["encodings"].items()))
+        seen = "; ".join(f"{d} {c['examples']:,} examples ({c['epochs']:.2f} epochs)" for d, c in m["consumed"].items())
+        parents = " + ".join(tags.get(p, p[:12]) for p in m["parents"]) or "(root)"
+        t.add_row(f"{m['tag']} {m['version_id'][:8]}", parents, stored_as,
+                  f"{m['stored_bytes']:,} ({m['stored_bytes'] / max(1, m['full_bytes']):.2%})",
+                  seen or ("(a merge: its parents' data)" if len(m["parents"]) > 1 else ""))
+    render.console().print(t)
+
+
+def show_verify(report, as_json: bool) -> None:
+    if as_json:
+        return render.dump(report.model_dump(mode="json"))
+    console = render.console()
+    console.print(f"checked {report.objects_checked:,} objects"
+                  f"{' (re-hashed)' if report.objects_rehashed else ' (presence and size; --objects re-hashes)'}, "
+                  f"{report.versions_checked:,} versions, {report.datasets_checked:,} dataset versions", highlight=False)
+    for d in report.damaged_objects:
+        where = f"; moved to {d.quarantined}" if d.quarantined else ""
+        needed = ", ".join(v[:12] for v in d.versions) or "no version"
+        console.print(f"[red]✗ object {d.address} {d.problem}[/]: {escape(d.detail)}; needed by {needed}{where}",
+                      highlight=False)
+    for p in report.version_problems:
+        console.print(f"[red]✗ version {p['version_id'][:12]}[/]: {escape(p['problem'])}", highlight=False)
+    for p in report.dataset_problems:
+        shard = f" shard {p['shard_index']}" if p["shard_index"] is not None else ""
+        console.print(f"[red]✗ dataset {p['dataset_id']}{shard}[/]: {escape(p['problem'])}", highlight=False)
+    if report.temporary_files:
+        verb = "removed" if report.repaired else "found (prov gc --apply or verify --repair removes them)"
+        click.echo(f"{len(report.temporary_files)} temporary file(s) of interrupted writes {verb}")
+    if report.ok:
+        console.print("[green]ok[/]: nothing damaged", highlight=False)
+    elif report.damaged_objects and not report.repaired:
+        click.echo("To restore a damaged object, commit again a checkpoint that holds the tensor (the object is "
+                   "written afresh); --repair first moves the damaged files aside.")

@@ -8,6 +8,8 @@ import sys
 from typing import Any
 
 import click
+from rich.markup import escape
+from rich.table import Table
 
 from provenance.cli import render
 from provenance.cli.app import (
@@ -39,7 +41,7 @@ def lineage_cmd(obj: Context, ref: str, fmt: str, as_json: bool) -> None:
     if fmt != "table" and not as_json:
         click.echo(graph_text(lin, fmt), nl=False)
         return
-    render.lineage(lin, as_json)
+    show_lineage(lin, as_json)
 
 
 @main.command("taint")
@@ -65,7 +67,7 @@ def taint_cmd(obj: Context, target: str | None, shard: str | None, key: str | No
         except UnicodeDecodeError as exc:
             raise CliError(f"{getattr(text_file, 'name', 'stdin')}: not UTF-8 (byte {exc.start})", kind="source") from exc
     report = taint_report(obj.ledger(read_only=True), dataset=target, shard=shard, key=key, text=text, near=near)
-    render.taint(report, as_json)
+    show_taint(report, as_json)
 
 
 @main.group("audit")
@@ -99,7 +101,7 @@ def audit_dedup_cmd(obj: Context, targets: tuple[str, ...], threshold: float, ve
         report = audit_dedup(ledger, list(targets), threshold=threshold, verify=verify, pairs_file=pairs_file,
                              all_pairs=all_pairs, store=not no_store, progress=bar)
     _write_html(report, html_path)
-    render.dedup(report, as_json)
+    show_dedup(report, as_json)
 
 
 @audit_group.command("list")
@@ -126,11 +128,11 @@ def audit_show(obj: Context, audit_id: str, html_file: str | None, as_json: bool
     report = ledger.audit(audit_id)["report"]
     _write_html(report, html_path)
     if report.get("kind") == "dedup":
-        render.dedup(report, as_json)
+        show_dedup(report, as_json)
     elif report.get("kind") == "merge":
-        render.gate(report, as_json)
+        show_gate(report, as_json)
     elif report.get("kind") == "memorization":
-        render.memorization(report, as_json)
+        show_memorization(report, as_json)
     else:
         render.emit(report, as_json, lambda r: json.dumps(r, indent=2, default=str))
 
@@ -161,7 +163,7 @@ def audit_merge_cmd(obj: Context, versions: tuple[str, ...], threshold: float, n
                              full_lineage=full_lineage, ngram=ngram, store=not no_store, progress=bar,
                              **_gate_limits(max_contamination))
     _write_html(report, html_path)
-    render.gate(report, as_json)
+    show_gate(report, as_json)
     if not report["passed"]:
         sys.exit(1)
 
@@ -190,4 +192,153 @@ def audit_memorization_cmd(obj: Context, ref: str, samples_file: str, threshold:
         report = audit_memorization(ledger, ref, samples_file, threshold=threshold, span=span, store=not no_store,
                                     progress=bar)
     _write_html(report, html_path)
-    render.memorization(report, as_json)
+    show_memorization(report, as_json)
+
+
+# -- rendering ------------------------------------------------------------------------------------
+
+def show_lineage(lin, as_json: bool) -> None:
+    if as_json:
+        return render.dump(lin.to_dict())
+    console = render.console()
+    t = Table(title=f"Data that shaped {lin.version[:12]}")
+    for col in ("dataset", "role", "license", "shards", "examples", "effective share", "via (nearest first)"):
+        t.add_column(col)
+    for d in lin.datasets:
+        t.add_row(d["dataset_id"], d["role"] or "", d["license"] or "unknown", str(d["shards"]), f"{d['examples']:,}",
+                  f"{d['effective_share']:.1%}", " → ".join(v[:8] for v in d["path"]))
+    console.print(t)
+    v = Table(title="Versions in the lineage")
+    for col in ("version", "message", "weight", "how"):
+        v.add_column(col)
+    for row in lin.version_rows():
+        how = (f"{row['merge']} merge" if row["merge"] else f"run {row['run_id'][:8]}" if row["run_id"]
+               else "no run recorded: data unknown")
+        v.add_row(row["version_id"][:12] + (f" ({', '.join(row['tags'])})" if row["tags"] else ""),
+                  render.cell(row["message"]), f"{row['weight']:.3g}", how)
+    console.print(v)
+    lic = lin.license
+    flags = [f"{k.replace('_', '-')}: {', '.join(lic[k])}" for k in
+             ("non_commercial", "share_alike", "unknown_license", "model_generated") if lic[k]]
+    click.echo(f"licenses: {', '.join(lic['licenses']) or 'none'}" + ("".join(f"\n  {f}" for f in flags)))
+    if lin.unrecorded:
+        click.echo(f"no training data recorded for {len(lin.unrecorded)} version(s): "
+                   f"{', '.join(v[:12] for v in lin.unrecorded)}")
+
+
+def show_taint(report: dict, as_json: bool) -> None:
+    if as_json:
+        return render.dump(report)
+    click.echo(f"target: {report['target']}")
+    if report.get("near") is not None:
+        click.echo(f"near-duplicates (Jaccard >= {report['near']}): {len(report['matches'])} document(s)")
+        for m in report["matches"][:20]:
+            click.echo(f"  {m['dataset_id']} {m['key']}  J≈{m['jaccard']:.3f}")
+    t = Table(title=f"{len(report['versions'])} tainted version(s)")
+    for col in ("version", "tags", "message", "how", "examples"):
+        t.add_column(col)
+    for v in report["versions"]:
+        t.add_row(v["version_id"][:12], ", ".join(v.get("tags", [])), render.cell(v["message"]),
+                  "trained on it" if v["direct"] else f"descends from {v['via'][:8]}",
+                  f"{v['examples']:,}" if v["direct"] else "")
+    render.console().print(t)
+
+
+def show_dedup(report: dict, as_json: bool) -> None:
+    if as_json:
+        return render.dump(report)
+    s, b = report["summary"], report["banding"]
+    click.echo(f"dedup audit {report['audit_id'][:12]} of {', '.join(report['datasets'])} at Jaccard >= {report['threshold']}")
+    spanning = report.get("pairs_mode", "spanning") == "spanning"
+    click.echo(f"  {s['documents']:,} documents, {s['pairs']:,} pairs ({s['exact_duplicate_pairs']:,} exact), "
+               f"{s['clusters']:,} clusters (largest {s['largest_cluster']})"
+               + ("; the pairs span each cluster (m identical copies: m-1 pairs), --all-pairs lists every pair"
+                  if spanning else "; every pair listed"))
+    click.echo(f"  duplicate rate {s['duplicate_rate']:.2%} ({s['redundant_documents']:,} redundant documents)")
+    click.echo(f"  banding {b['bands']} bands x {b['rows']} rows of {b['num_perm']}: P(candidate | J={report['threshold']}) "
+               f"= {b['p_at_threshold']:.4f}")
+    v = report.get("verify")
+    if v:
+        click.echo(f"  verified {v['checked']} of {v['near_threshold']} pairs within ±{v['margin']:.3f} of the threshold "
+                   f"by exact Jaccard: {v['rejected']} below it, dropped" + (f"; {v['not_checked']} unreadable" if v["not_checked"] else ""))
+        for why in v["unreadable"][:5]:
+            click.echo(f"    {why}")
+    if report["largest_clusters"]:
+        t = Table(title="Largest clusters")
+        for col in ("size", "datasets", "sample keys"):
+            t.add_column(col)
+        for c in report["largest_clusters"]:
+            t.add_row(str(c["size"]), ", ".join(c["datasets"]), render.cell(", ".join(c["sample_keys"])))
+        render.console().print(t)
+    pairs = report.get("pairs")
+    if pairs:
+        t = Table(title=f"Pairs (best {min(20, len(pairs))} of {len(pairs):,})")
+        for col in ("a", "b", "jaccard", "±"):
+            t.add_column(col)
+        for p in pairs[:20]:
+            t.add_row(render.cell(p["a"]), render.cell(p["b"]), f"{p['jaccard']:.3f}", f"{p['stderr']:.3f}")
+        render.console().print(t)
+    elif report.get("pairs_file"):
+        click.echo(f"  pairs written to {report['pairs_file']}")
+
+
+def show_gate(report: dict, as_json: bool) -> None:
+    if as_json:
+        return render.dump(report)
+    policy = report["policy"]
+    limits = [f"max-overlap {policy['max_overlap']:.1%}" if policy["max_overlap"] is not None else "",
+              f"max-contamination {policy['max_contamination']}" if policy["max_contamination"] is not None else "",
+              f"deny-licence {','.join(policy['deny_license'])}" if policy.get("deny_license") else ""]
+    limits = [x for x in limits if x]
+    console = render.console()
+    verdict = "[bold green]PASSED[/]" if report["passed"] else "[bold red]FAILED[/]"
+    console.print(f"pre-merge gate {report['audit_id'][:12]}: {verdict} "
+                  f"({'limits: ' + ', '.join(limits) if limits else 'no limits set: a report only'})", highlight=False)
+    for v in report.get("violations") or [{"policy": "", "message": a} for a in report["alerts"]]:
+        console.print(f"  [red]✗ {escape(v['message'])}[/]", highlight=False)
+    labels = report.get("labels") or {}
+    for side in report["sides"]:
+        click.echo(f"  {labels.get(side['version_id'], side['version_id'][:12])}: {side['shards']} shard(s) of "
+                   f"{', '.join(side['datasets']) or 'no data'}")
+    t = Table(title=f"Training-data overlap (Jaccard >= {report['threshold']})")
+    for col in ("A", "B", "A docs", "A overlap", "B docs", "B overlap", "datasets"):
+        t.add_column(col)
+    for o in report["overlap"]:
+        t.add_row(o["a"][:12], o["b"][:12], f"{o['a_documents']:,}",
+                  f"{o['a_fraction']:.2%} ({o['a_exact']} exact, {o['a_near']} near)", f"{o['b_documents']:,}",
+                  f"{o['b_fraction']:.2%} ({o['b_exact']} exact, {o['b_near']} near)",
+                  render.cell(", ".join(f"{d['dataset']}~{d['other']}" for d in o["datasets"])))
+    render.console().print(t)
+    c = report["contamination"]
+    if c is None:
+        click.echo("contamination: no evaluation datasets registered (role eval) or given (--eval)")
+    else:
+        span = c["ngram"]
+        click.echo(f"contamination with {', '.join(c['eval_datasets'])}: {c['contaminated_eval_documents']} of "
+                   f"{c['eval_documents']:,} evaluation documents found in training "
+                   f"(exact {c['eval_exact']}, near {c['eval_near']}"
+                   + (f", shared {span['n']}-word spans {len(span['eval_keys'])}" if span else "") + ")")
+        if c["contaminated_eval_keys"]:
+            click.echo(f"  {render.cell(', '.join(c['contaminated_eval_keys']))}")
+        if span and span["unreadable"]:
+            click.echo(f"  span check skipped {len(span['unreadable'])} unreadable shard(s): {span['unreadable'][0]}")
+
+
+def show_memorization(report: dict, as_json: bool) -> None:
+    if as_json:
+        return render.dump(report)
+    s = report["summary"]
+    click.echo(f"memorization audit {report['audit_id'][:12]} of {report['version'][:12]}: "
+               f"{s['samples_matching_training']} of {s['samples']} samples match training documents "
+               f"({s['training_documents_matched']} documents; highest exposure {s['max_exposure']:g})")
+    t = Table()
+    for col in ("sample", "document", "Jaccard", "span (words)", "near-copies", "exposure"):
+        t.add_column(col)
+    for sample in report["samples"]:
+        for m in sample["matches"][:5]:
+            t.add_row(str(sample["index"]), render.cell(f"{m['dataset_id']}:{m['key']}"), f"{m['jaccard']:.2f}",
+                      str(m["span_words"] or ""), str(m["near_copies"]), f"{m['exposure']:g}")
+    if t.row_count:
+        render.console().print(t)
+    for why in report["unreadable"][:5]:
+        click.echo(f"  span check skipped: {why}")

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 
 import click
+from rich.table import Table
 
 from provenance.cli import render
 from provenance.cli.app import Context, json_option, main, pass_ctx
+from provenance.plain import dumps
+from provenance.records import DatasetRecord, ShardRecord
 
 
 @main.group("dataset")
@@ -66,7 +69,7 @@ def dataset_add(obj: Context, name: str, sources: tuple[str, ...], text_field: s
 def dataset_list(obj: Context, all_versions: bool, as_json: bool) -> None:
     """List registered datasets."""
     records = obj.ledger(read_only=True).datasets(all_versions=all_versions)
-    render.datasets(records, as_json)
+    show_datasets(records, as_json)
 
 
 @dataset_group.command("show")
@@ -77,7 +80,7 @@ def dataset_show(obj: Context, ref: str, as_json: bool) -> None:
     """Show one dataset version and its shards."""
     ledger = obj.ledger(read_only=True)
     ds = ledger.dataset(ref)
-    render.dataset(ds, ledger.shards(ds), as_json)
+    show_dataset(ds, ledger.shards(ds), as_json)
 
 
 @dataset_group.command("export")
@@ -99,3 +102,55 @@ def dataset_export(obj: Context, ref: str, fmt: str, output: str | None) -> None
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text, nl=False)
+
+
+# -- rendering ------------------------------------------------------------------------------------
+
+def show_datasets(records: list[DatasetRecord], as_json: bool) -> None:
+    if as_json:
+        click.echo(dumps([r.model_dump(mode="json") for r in records]))
+        return
+    t = Table()
+    for col in ("dataset", "role", "license", "shards", "documents", "MB", "created"):
+        t.add_column(col, no_wrap=True)
+    for r in records:
+        t.add_row(r.dataset_id, r.role, r.license.spdx or "unknown", f"{r.n_shards:,}", f"{r.n_documents:,}",
+                  f"{r.n_bytes / 1e6:,.1f}", r.created_at.strftime("%Y-%m-%d %H:%M"))
+    render.console().print(t)
+    if not records:
+        click.echo("no datasets registered; add one with `prov dataset add NAME FILES...`")
+
+
+def show_dataset(ds: DatasetRecord, shards: list[ShardRecord], as_json: bool) -> None:
+    if as_json:
+        out = ds.model_dump(mode="json")
+        out["shards"] = [s.model_dump(mode="json") for s in shards]
+        click.echo(dumps(out))
+        return
+    lic = ds.license
+    conditions = ", ".join(
+        name for name, flag in (("non-commercial", lic.non_commercial), ("share-alike", lic.share_alike),
+                                ("attribution", lic.attribution)) if flag
+    ) or ("none" if lic.known else "unknown")
+    info = Table.grid(padding=(0, 2))
+    info.add_column(style="bold")
+    info.add_column()
+    for k, v in [
+        ("dataset", ds.dataset_id), ("role", ds.role), ("license", f"{lic.spdx or 'unknown'} ({conditions})"),
+        ("model-generated", {True: "yes", False: "no", None: "unknown"}[ds.model_generated]),
+        ("source", ds.source or ""), ("creator", ds.creator or ""), ("description", ds.description or ""),
+        ("fields", f"text={ds.text_field!r} id={ds.id_field!r}"), ("fingerprint", ds.config_id),
+        ("LSH bands", f"{ds.bands} x {ds.rows} rows (threshold {ds.config.lsh_threshold})"),
+        ("documents", f"{ds.n_documents:,} ({ds.n_tokens:,} words, {ds.n_bytes / 1e6:,.2f} MB)"),
+        ("invalid", f"{ds.n_invalid_replaced:,} repaired, {ds.n_invalid_skipped:,} skipped"),
+        ("content hash", ds.content_hash), ("created", ds.created_at.isoformat(sep=" ", timespec="seconds")),
+    ]:
+        info.add_row(k, v)
+    console = render.console()
+    console.print(info)
+    t = Table(title="shards")
+    for col in ("#", "name", "format", "documents", "bytes", "xxh3-128"):
+        t.add_column(col)
+    for s in shards:
+        t.add_row(str(s.shard_index), s.name, s.format, f"{s.n_documents:,}", f"{s.n_bytes:,}", s.shard_id)
+    console.print(t)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from rich.table import Table
 
 from provenance import merge as merge_methods
 from provenance.cli import render
@@ -21,6 +22,7 @@ from provenance.cli.app import (
     pass_ctx,
 )
 from provenance.errors import NonFiniteError
+from provenance.plain import dumps
 
 
 @main.group("model")
@@ -68,7 +70,7 @@ def model_log(obj: Context, ref: str | None, as_json: bool) -> None:
     """The version DAG, newest first: every version, or VERSION and its ancestors. Merges show
     all their parents."""
     ledger = obj.ledger(read_only=True)
-    render.versions(ledger.ancestors(ref) if ref else ledger.versions(), as_json)
+    show_versions(ledger.ancestors(ref) if ref else ledger.versions(), as_json)
 
 
 @model_group.command("show")
@@ -79,7 +81,7 @@ def model_show(obj: Context, ref: str, as_json: bool) -> None:
     """Show a version and how each parameter group is stored."""
     ledger = obj.ledger(read_only=True)
     version = ledger.version(ref)
-    render.version(version, ledger.manifest(version), as_json, receipt=ledger.receipt(version))
+    show_version(version, ledger.manifest(version), as_json, receipt=ledger.receipt(version))
 
 
 @model_group.command("diff")
@@ -94,11 +96,11 @@ def model_diff(obj: Context, old: str, new: str, data: bool, as_json: bool) -> N
     if data:
         from provenance.lineage import data_diff
 
-        render.data_diff(data_diff(obj.ledger(read_only=True), old, new), as_json)
+        show_data_diff(data_diff(obj.ledger(read_only=True), old, new), as_json)
         return
     from provenance.versions import diff
 
-    render.diff(diff(obj.ledger(read_only=True), old, new), as_json)
+    show_diff(diff(obj.ledger(read_only=True), old, new), as_json)
 
 
 @model_group.command("checkout")
@@ -199,4 +201,94 @@ def tag_set(obj: Context, name: str, ref: str, as_json: bool) -> None:
 @pass_ctx
 def tag_list(obj: Context, as_json: bool) -> None:
     """Every tag and the version it names."""
-    render.tags(obj.ledger(read_only=True).tags(), as_json)
+    show_tags(obj.ledger(read_only=True).tags(), as_json)
+
+
+# -- rendering ------------------------------------------------------------------------------------
+
+def show_versions(records, as_json: bool) -> None:
+    if as_json:
+        click.echo(dumps([r.model_dump(mode="json") for r in records]))
+        return
+    if not records:
+        click.echo("no versions; commit one with `prov model commit PATH -m MESSAGE`")
+        return
+    t = Table()
+    for col in ("version", "tags", "parents", "run", "message", "params", "stored", "of full", "created"):
+        t.add_column(col, no_wrap=col not in ("message", "tags", "parents"))
+    for r in records:
+        parents = ", ".join(p[:12] for p in r.parents) or "(root)"
+        if len(r.parents) > 1:
+            parents = f"merge of {parents}"
+        t.add_row(r.version_id[:12], ", ".join(r.tags), parents, (r.run_id or "")[:12], r.message, str(r.n_params),
+                  f"{r.stored_bytes:,}", f"{r.stored_bytes / max(1, r.full_bytes):.2%}",
+                  r.created_at.strftime("%Y-%m-%d %H:%M"))
+    render.console().print(t)
+
+
+def show_tags(records, as_json: bool) -> None:
+    if as_json:
+        return render.dump([r.model_dump(mode="json") for r in records])
+    if not records:
+        click.echo("no tags; name a version with `prov tag NAME VERSION`")
+        return
+    t = Table()
+    for col in ("tag", "version", "message", "tagged"):
+        t.add_column(col, no_wrap=col != "message")
+    for r in records:
+        t.add_row(r.name, r.version_id[:12], r.message, r.created_at.strftime("%Y-%m-%d %H:%M"))
+    render.console().print(t)
+
+
+def show_version(record, manifest: dict, as_json: bool, receipt: dict | None = None) -> None:
+    if as_json:
+        out = record.model_dump(mode="json")
+        out["manifest"] = [p.model_dump(mode="json") for p in manifest.values()]
+        if receipt is not None:
+            out["receipt"] = {k: v for k, v in receipt.items() if k != "params_json"}
+        click.echo(dumps(out))
+        return
+    click.echo(f"version {record.version_id}" + (f"\ntags    {', '.join(record.tags)}" if record.tags else "")
+               + f"\nparents {', '.join(record.parents) or '(root)'}\nauthor  {record.author or '(unknown)'}\n"
+               f"message {record.message}\nstored  {record.stored_bytes:,} of {record.full_bytes:,} bytes")
+    if receipt is not None:
+        extra = {"eps": receipt["eps"], "normalize": receipt["normalize"], "density": receipt["density"],
+                 "base": receipt["base_version"], "audit": receipt["audit_id"]}
+        settings = ", ".join(f"{k} {v}" for k, v in extra.items() if v is not None)
+        click.echo(f"merge   {receipt['method']}, weights {receipt['weights']}" + (f", {settings}" if settings else "")
+                   + f"; kernel {receipt['kernel']}")
+    t = Table()
+    for col in ("parameter", "dtype", "shape", "encoding", "bytes"):
+        t.add_column(col, no_wrap=True)
+    for p in manifest.values():
+        t.add_row(p.name, p.dtype, "x".join(map(str, p.shape)) or "()", p.encoding, f"{p.nbytes:,}")
+    render.console().print(t)
+
+
+def show_diff(rows: list[dict], as_json: bool) -> None:
+    if as_json:
+        click.echo(dumps(rows))
+        return
+    t = Table()
+    for col in ("parameter", "status", "encoding", "changed", "rank", "patch bytes", "of full"):
+        t.add_column(col, no_wrap=True)
+    for r in rows:
+        rank = "" if r["rank"] is None else str(r["rank"])
+        t.add_row(r["name"], r["status"], r["encoding"] or "", f"{r['changed']:.2%}", rank, f"{r['patch_bytes']:,}",
+                  f"{r['patch_bytes'] / max(1, r['full_bytes']):.2%}")
+    render.console().print(t)
+
+
+def show_data_diff(d: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(dumps(d))
+        return
+    click.echo(f"A {d['a'][:12]}  B {d['b'][:12]}")
+    for side, label in (("a", "only in A"), ("b", "only in B")):
+        click.echo(f"datasets {label}: {', '.join(d[f'datasets_only_in_{side}']) or 'none'}")
+        shards = d[f"shards_only_in_{side}"]
+        for s in shards[:50]:
+            click.echo(f"  shard {s['dataset_id']} #{s['shard_index']} {s['shard']}")
+        if len(shards) > 50:
+            click.echo(f"  … {len(shards) - 50} more shards")
+    click.echo(f"datasets in both: {', '.join(d['datasets_in_both']) or 'none'}")

@@ -7,9 +7,11 @@ import os
 from typing import Any
 
 import click
+from rich.table import Table
 
 from provenance.cli import render
 from provenance.cli.app import Context, author_option, json_option, main, pass_ctx
+from provenance.plain import dumps
 
 
 @main.group("run")
@@ -103,7 +105,7 @@ def run_show(obj: Context, ref: str, as_json: bool) -> None:
     """Show a run: its base, datasets, status, version, and per shard what it consumed."""
     ledger = obj.ledger(read_only=True)
     record = ledger.run(ref)
-    render.run(record, ledger.run_shards(record), as_json)
+    show_run(record, ledger.run_shards(record), as_json)
 
 
 @run_group.command("list")
@@ -111,4 +113,43 @@ def run_show(obj: Context, ref: str, as_json: bool) -> None:
 @pass_ctx
 def run_list(obj: Context, as_json: bool) -> None:
     """List runs, newest first."""
-    render.runs(obj.ledger(read_only=True).runs(), as_json)
+    show_runs(obj.ledger(read_only=True).runs(), as_json)
+
+
+# -- rendering ------------------------------------------------------------------------------------
+
+def show_runs(records, as_json: bool) -> None:
+    if as_json:
+        click.echo(dumps([r.model_dump(mode="json") for r in records]))
+        return
+    t = Table()
+    for col in ("run", "status", "base", "version", "datasets", "logged", "message", "started"):
+        t.add_column(col, no_wrap=col not in ("message", "datasets"))
+    for r in records:
+        t.add_row(r.run_id[:12], r.status, (r.base_version or "(scratch)")[:12], (r.version_id or "")[:12],
+                  ", ".join(r.datasets), f"{r.n_logged:,}", r.message, r.started_at.strftime("%Y-%m-%d %H:%M"))
+    render.console().print(t)
+
+
+def show_run(record, shards: list, as_json: bool) -> None:
+    if as_json:
+        out = record.model_dump(mode="json")
+        out["shards"] = [s.model_dump(mode="json") for s in shards]
+        click.echo(dumps(out))
+        return
+    lines = [f"run      {record.run_id}", f"status   {record.status}" + (f" ({record.error})" if record.error else ""),
+             f"message  {record.message}", f"base     {record.base_version or '(from scratch)'}",
+             f"version  {record.version_id or '(none)'}", f"params   {json.dumps(record.params)}",
+             f"logged   {record.n_logged:,} examples"]
+    click.echo("\n".join(lines))
+    if not shards:
+        declared = ", ".join(f"{d} x{e:g}" for d, e in record.datasets.items()) or "none"
+        click.echo(f"datasets {declared} (consumption is counted when the run ends)")
+        return
+    t = Table()
+    for col in ("dataset", "shard", "examples", "documents seen", "epochs", "counted from"):
+        t.add_column(col, no_wrap=True)
+    for s in shards:
+        t.add_row(s.dataset_id, str(s.shard_index), f"{s.examples:,}", f"{s.distinct_documents:,}", f"{s.epochs:.3g}",
+                  "logged keys" if s.logged else "declared epochs")
+    render.console().print(t)
