@@ -35,6 +35,7 @@ import xxhash
 from provenance import __version__
 from provenance import merge as methods
 from provenance.errors import InvalidParameterError
+from provenance.history import History, materialize, numel
 from provenance.kernels.dispatch import pick
 from provenance.kernels.merge_patches import merge_patches
 from provenance.kernels.patch import apply_chain
@@ -42,7 +43,6 @@ from provenance.ledger import Ledger
 from provenance.objects import BackgroundWriter, ObjectStore, address_of
 from provenance.patches import encode
 from provenance.records import ParamRecord, VersionRecord
-from provenance.versions import History, materialize, numel
 
 KERNEL_VERSION = f"provenance {__version__} kernels.merge"
 

@@ -37,13 +37,11 @@ import xxhash
 from provenance.errors import (
     InvalidParameterError,
     NonFiniteError,
-    ObjectCorruptError,
-    ObjectMissingError,
-    ProvenanceError,
 )
-from provenance.kernels.patch import apply_chain, apply_low_rank
+from provenance.history import History, materialize, numel
+from provenance.kernels.patch import apply_low_rank
 from provenance.ledger import Ledger
-from provenance.objects import BackgroundWriter, ObjectStore, unstorable
+from provenance.objects import BackgroundWriter, unstorable
 from provenance.patches import changed_mask, encode
 from provenance.records import ParamRecord, VersionRecord
 from provenance.tensorfile import TensorFileWriter, dtype_from_name
@@ -339,14 +337,6 @@ def _encode_group(history, store, parent_id, name, previous, value, encoding, lo
     return patch, target
 
 
-def numel(shape: list[int]) -> int:
-    """The number of elements of a tensor of ``shape``."""
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
 def diff(ledger: Ledger, old: str | VersionRecord, new: str | VersionRecord) -> list[dict[str, Any]]:
     """Per parameter group, how ``new`` differs from ``old`` (any two versions): the encoding a
     commit of ``new`` on ``old`` would pick, the fraction of elements whose bits changed, the rank
@@ -407,74 +397,6 @@ def gc(ledger: Ledger, *, apply: bool = False) -> dict[str, Any]:
 
 def _dtype(t: torch.Tensor) -> str:
     return str(t.dtype).removeprefix("torch.")
-
-
-class History:
-    """Manifests and first parents of versions, read once per commit or checkout: the whole
-    first-parent chain of a version in one query the first time it is asked for."""
-
-    def __init__(self, ledger: Ledger):
-        self.ledger = ledger
-        self._manifests: dict[str, dict[str, ParamRecord]] = {}
-        self._parents: dict[str, str | None] = {}
-
-    def _load(self, vid: str) -> None:
-        for version_id, parent, manifest in self.ledger.first_parent_chain(vid):
-            if version_id in self._manifests:
-                break
-            self._manifests[version_id] = manifest
-            self._parents[version_id] = parent
-
-    def manifest(self, vid: str) -> dict[str, ParamRecord]:
-        if vid not in self._manifests:
-            self._load(vid)
-        return self._manifests[vid]
-
-    def parent(self, vid: str) -> str | None:
-        if vid not in self._parents:
-            self._load(vid)
-        return self._parents[vid]
-
-
-def materialize(history: History, store: ObjectStore, version_id: str, name: str) -> tuple[torch.Tensor, int, int]:
-    """The value of parameter ``name`` in ``version_id`` (replaying patches up the first-parent
-    chain from its last full copy), the number of patches with bytes in that chain, and their bytes."""
-    ledger = history.ledger
-    chain: list[ParamRecord] = []
-    vid: str | None = version_id
-    while vid is not None:
-        row = history.manifest(vid).get(name)
-        if row is None or row.encoding == "removed":
-            raise ProvenanceError(f"parameter {name!r} is not in version {vid[:12]}")
-        chain.append(row)
-        if row.encoding == "full":
-            break
-        vid = history.parent(vid)
-    else:
-        raise ProvenanceError(f"parameter {name!r} of version {version_id[:12]} has no full copy in its history")
-    patches = [r for r in chain[:-1] if r.encoding != "unchanged"]
-    value = _get(ledger, store, chain[-1].objects["full"])  # maps the object file
-    if patches:
-        # the whole chain in one pass over the output (provenance.kernels.patch.apply_chain)
-        steps = []
-        for row in reversed(patches):
-            t = {role: _get(ledger, store, addr) for role, addr in row.objects.items()}
-            if row.encoding == "sparse":
-                steps.append(("sparse", t["indices"], t["values"]))
-            elif row.encoding == "low_rank":
-                steps.append(("low_rank", t["B"], t["A"], row.meta["scale"]))
-            else:
-                steps.append((row.encoding, *t.values()))
-        value = apply_chain(value, steps)
-    return value, len(patches), sum(r.nbytes for r in patches)
-
-
-def _get(ledger: Ledger, store: ObjectStore, address: str) -> torch.Tensor:
-    try:
-        return store.get(address)
-    except (ObjectCorruptError, ObjectMissingError) as exc:
-        users = ledger.versions_using(address)
-        raise type(exc)(f"{exc}; used by version(s) {', '.join(u[:12] for u in users) or 'none'}") from None
 
 
 def iter_checkout(ledger: Ledger, version: str | VersionRecord) -> Iterator[tuple[str, torch.Tensor]]:

@@ -1,0 +1,93 @@
+"""A version's history of patches: the manifests and first parents along its chain, and the
+value of one parameter group made by replaying the patches from the chain's last full copy.
+
+Commit (to encode a group against its parent), checkout and merges (to make their inputs) read
+versions through here.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from provenance.errors import ObjectCorruptError, ObjectMissingError, ProvenanceError
+from provenance.kernels.patch import apply_chain
+from provenance.ledger import Ledger
+from provenance.objects import ObjectStore
+from provenance.records import ParamRecord
+
+
+def numel(shape: list[int]) -> int:
+    """The number of elements of a tensor of ``shape``."""
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+class History:
+    """Manifests and first parents of versions, read once per commit or checkout: the whole
+    first-parent chain of a version in one query the first time it is asked for."""
+
+    def __init__(self, ledger: Ledger):
+        self.ledger = ledger
+        self._manifests: dict[str, dict[str, ParamRecord]] = {}
+        self._parents: dict[str, str | None] = {}
+
+    def _load(self, vid: str) -> None:
+        for version_id, parent, manifest in self.ledger.first_parent_chain(vid):
+            if version_id in self._manifests:
+                break
+            self._manifests[version_id] = manifest
+            self._parents[version_id] = parent
+
+    def manifest(self, vid: str) -> dict[str, ParamRecord]:
+        if vid not in self._manifests:
+            self._load(vid)
+        return self._manifests[vid]
+
+    def parent(self, vid: str) -> str | None:
+        if vid not in self._parents:
+            self._load(vid)
+        return self._parents[vid]
+
+
+def materialize(history: History, store: ObjectStore, version_id: str, name: str) -> tuple[torch.Tensor, int, int]:
+    """The value of parameter ``name`` in ``version_id`` (replaying patches up the first-parent
+    chain from its last full copy), the number of patches with bytes in that chain, and their bytes."""
+    ledger = history.ledger
+    chain: list[ParamRecord] = []
+    vid: str | None = version_id
+    while vid is not None:
+        row = history.manifest(vid).get(name)
+        if row is None or row.encoding == "removed":
+            raise ProvenanceError(f"parameter {name!r} is not in version {vid[:12]}")
+        chain.append(row)
+        if row.encoding == "full":
+            break
+        vid = history.parent(vid)
+    else:
+        raise ProvenanceError(f"parameter {name!r} of version {version_id[:12]} has no full copy in its history")
+    patches = [r for r in chain[:-1] if r.encoding != "unchanged"]
+    value = get_object(ledger, store, chain[-1].objects["full"])  # maps the object file
+    if patches:
+        # the whole chain in one pass over the output (provenance.kernels.patch.apply_chain)
+        steps = []
+        for row in reversed(patches):
+            t = {role: get_object(ledger, store, addr) for role, addr in row.objects.items()}
+            if row.encoding == "sparse":
+                steps.append(("sparse", t["indices"], t["values"]))
+            elif row.encoding == "low_rank":
+                steps.append(("low_rank", t["B"], t["A"], row.meta["scale"]))
+            else:
+                steps.append((row.encoding, *t.values()))
+        value = apply_chain(value, steps)
+    return value, len(patches), sum(r.nbytes for r in patches)
+
+
+def get_object(ledger: Ledger, store: ObjectStore, address: str) -> torch.Tensor:
+    """The object at ``address``; a missing or corrupt one is reported with the versions that use it."""
+    try:
+        return store.get(address)
+    except (ObjectCorruptError, ObjectMissingError) as exc:
+        users = ledger.versions_using(address)
+        raise type(exc)(f"{exc}; used by version(s) {', '.join(u[:12] for u in users) or 'none'}") from None
