@@ -38,7 +38,7 @@ from provenance.errors import FingerprintMismatchError, InvalidParameterError, N
 from provenance.fingerprints import Banding, FingerprintConfig
 from provenance.ledger import Ledger
 from provenance.progress import stage, step
-from provenance.records import DatasetRecord
+from provenance.records import DatasetRecord, RegistrationResult, VersionRecord
 
 MIN_RECALL = 0.99  # probability that a pair at the threshold becomes a candidate
 REPORT_PAIRS = 1000  # pairs kept in a stored report (all of them are in audit_pairs)
@@ -80,6 +80,8 @@ def resolve_scope(ledger: Ledger, targets: Sequence[str]) -> tuple[list[dict[str
     described, rows = [], []
     for target in targets:
         kind, found = resolve_target(ledger, target)
+        if not isinstance(target, str):  # a record the library returned: described by its id
+            target = found.dataset_id if kind == "dataset" else found.version_id
         if kind == "dataset":
             described.append({"target": target, "kind": "dataset", "id": found.dataset_id})
             rows.append((found.dataset_id, None))
@@ -101,10 +103,14 @@ def resolve_scope(ledger: Ledger, targets: Sequence[str]) -> tuple[list[dict[str
     return described, datasets, scope
 
 
-def resolve_target(ledger: Ledger, target: str) -> tuple[str, Any]:
+def resolve_target(ledger: Ledger, target: Any) -> tuple[str, Any]:
     """``("dataset", DatasetRecord)`` or ``("version", VersionRecord)`` for a target that may be
     either. ``dataset:NAME[@VERSION]`` and ``version:REF`` say which; a bare name that is both a
     dataset and a tag (or version id) is ambiguous and refused, naming both."""
+    if isinstance(target, (DatasetRecord, RegistrationResult)):
+        return "dataset", ledger.dataset(target)
+    if isinstance(target, VersionRecord):
+        return "version", ledger.version(target)
     kind, sep, rest = target.partition(":")
     if sep and kind == "dataset":
         return "dataset", ledger.dataset(rest)
@@ -234,7 +240,7 @@ def audit_dedup(
             "stored": store,
         })
         report["summary"]["seconds"] = run.seconds()
-        run.record(tx, target=" ".join(targets), passed=None, report=report,
+        run.record(tx, target=" ".join(t["target"] for t in described), passed=None, report=report,
                    params={"threshold": threshold, "verify": verify, "bands": run.banding.bands,
                            "rows": run.banding.rows, "all_pairs": all_pairs})
         if pairs_path is not None:

@@ -41,7 +41,7 @@ import xxhash
 
 from provenance.errors import InvalidParameterError, ProvenanceError
 from provenance.ledger import Ledger
-from provenance.records import DatasetRecord, RunRecord, VersionRecord
+from provenance.records import DatasetRecord, RegistrationResult, RunRecord, VersionRecord
 
 _OPEN: weakref.WeakSet[Run] = weakref.WeakSet()
 
@@ -93,7 +93,7 @@ def start_run(
 
 
 def _declared(ledger: Ledger, datasets: Any) -> dict[str, float]:
-    if isinstance(datasets, (str, DatasetRecord)):
+    if isinstance(datasets, (str, DatasetRecord, RegistrationResult)):
         datasets = [datasets]
     items = datasets.items() if isinstance(datasets, Mapping) else ((d, 1.0) for d in datasets)
     out: dict[str, float] = {}

@@ -499,3 +499,26 @@ def test_a_closed_pipe_stops_quietly(project, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and len(done.stdout.splitlines()) == 1
     assert "Traceback" not in done.stderr and "Error" not in done.stderr, done.stderr
+
+
+def test_records_the_library_returns_are_accepted_back(ledger, write_jsonl, tmp_path):
+    from provenance import Ledger as Exported
+    from provenance.records import RegistrationResult
+
+    assert Exported is Ledger
+    write_jsonl(tmp_path / "r.jsonl", [{"id": f"r{i}", "text": words(i)} for i in range(4)] +
+                [{"id": "r4", "text": words(0)}])
+    registered = ledger.register_dataset("recs", tmp_path / "r.jsonl", id_field="id")
+    assert isinstance(registered, RegistrationResult)
+    assert ledger.dataset(registered) == registered.dataset == ledger.dataset(registered.dataset)
+    base = ledger.commit({"w": torch.zeros(2)}, message="base")
+    with ledger.start_run(base=base, datasets=[registered], message="from the result") as run:
+        assert ledger.run(run).run_id == run.run_id  # the Run object itself is a ref
+        v = run.commit({"w": torch.ones(2)})
+    assert ledger.run(run.record).datasets == {"recs@1": 1.0}
+    with ledger.start_run(base=v, datasets={registered.dataset: 2}, message="a record with epochs") as run2:
+        run2.finish()
+    assert ledger.run(run2.run_id).datasets == {"recs@1": 2.0}
+    report = audit_dedup(ledger, [registered, v])
+    assert [t["target"] for t in report["targets"]] == ["recs@1", v.version_id]
+    assert report["summary"]["pairs"] == 1  # r4 copies r0

@@ -20,6 +20,7 @@ from provenance.ledger._common import _dataset_from_row, quote_identifier
 from provenance.records import (
     DatasetRecord,
     DocumentRecord,
+    RegistrationResult,
     ShardRecord,
     check_name,
 )
@@ -41,8 +42,11 @@ class DataQueries:
             rows = con.sql(sql, params=params).to_arrow_table().to_pylist()
         return [_dataset_from_row(r) for r in rows]
 
-    def dataset(self, ref: str | DatasetRecord) -> DatasetRecord:
-        """A dataset by ``NAME`` (latest version) or ``NAME@VERSION``."""
+    def dataset(self, ref: str | DatasetRecord | RegistrationResult) -> DatasetRecord:
+        """A dataset by ``NAME`` (latest version) or ``NAME@VERSION``, or the record (or the
+        registration result) the library returned for it."""
+        if isinstance(ref, RegistrationResult):
+            ref = ref.dataset
         if isinstance(ref, DatasetRecord):
             return ref
         name, _, version = str(ref).partition("@")

@@ -253,7 +253,7 @@ class ModelQueries:
 
     def run(self, ref: str | RunRecord) -> RunRecord:
         """A run by record, full id or unambiguous id prefix (at least 4 hex digits)."""
-        rid = ref.run_id if isinstance(ref, RunRecord) else str(ref)
+        rid = ref.run_id if isinstance(ref, RunRecord) or hasattr(ref, "run_id") else str(ref)  # a Run too
         if not looks_like_id(rid):
             raise NotFoundError(f"no run {rid!r} (a run id is 4 to 32 hex digits)")
         rid = rid.lower()
