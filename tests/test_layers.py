@@ -1,0 +1,67 @@
+"""The import contracts of ``[tool.importlinter]`` in pyproject.toml hold, and would catch a
+wrong-way import.
+
+kernels/ and cli/ are top-level folders installed as ``provenance.kernels`` and
+``provenance.cli``; import-linter reads a package from one folder, so the test assembles the
+package as it is installed (a copy) and runs ``lint-imports`` on it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+ reads pyproject.toml
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "pyproject.toml"
+
+
+def _assemble(into: Path) -> Path:
+    package = into / "provenance"
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(ROOT / "provenance", package, ignore=skip)
+    shutil.copytree(ROOT / "kernels", package / "kernels", ignore=skip)
+    shutil.copytree(ROOT / "cli", package / "cli", ignore=skip)
+    return package
+
+
+def _lint(tree: Path) -> subprocess.CompletedProcess:
+    lint = Path(sys.executable).parent / "lint-imports"
+    if not lint.exists():
+        pytest.skip("import-linter is not installed (it is in the test extra)")
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    return subprocess.run([str(lint), str(CONFIG), "--no-cache"], cwd=tree, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_every_module_is_named_by_the_contracts(tmp_path):
+    package = _assemble(tmp_path)
+    modules = {p.stem if p.suffix == ".py" else p.name for p in package.iterdir()
+               if (p.suffix == ".py" and p.stem != "__init__") or (p.is_dir() and (p / "__init__.py").exists())}
+    contracts = {c["name"]: c for c in tomllib.loads(CONFIG.read_text())["tool"]["importlinter"]["contracts"]}
+    kernels = {m.removeprefix("provenance.") for m in contracts["The kernels import nothing of provenance but "
+                                                                 "its errors"]["forbidden_modules"]}
+    assert kernels | {"kernels", "errors"} == modules
+    cli = {m.removeprefix("provenance.") for m in contracts["Nothing imports the CLI"]["source_modules"]}
+    assert cli | {"cli"} == modules
+    duck = {m.removeprefix("provenance.") for m in contracts["Only the ledger imports duckdb"]["source_modules"]}
+    assert duck | {"ledger"} == modules
+
+
+def test_import_contracts_hold(tmp_path):
+    _assemble(tmp_path)
+    done = _lint(tmp_path)
+    assert done.returncode == 0 and "0 broken" in done.stdout, done.stdout + done.stderr
+
+
+def test_a_wrong_way_import_breaks_a_contract(tmp_path):
+    package = _assemble(tmp_path)
+    records = package / "records.py"
+    records.write_text(records.read_text() + "\nimport provenance.cli.render  # noqa: E402,F401\n")
+    done = _lint(tmp_path)
+    assert done.returncode != 0 and "Nothing imports the CLI BROKEN" in done.stdout, done.stdout
