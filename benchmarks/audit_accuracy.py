@@ -43,8 +43,8 @@ def main() -> None:
     parser.add_argument("--thresholds", default="0.7,0.8,0.9")
     args = parser.parse_args()
 
+    from provenance import Ledger
     from provenance.audits import audit_dedup, exact_jaccard
-    from provenance.ledger import Ledger
 
     docs = []
     for path in machine_files(args.max_files):

@@ -103,7 +103,7 @@ def insert_dataset(ledger, name: str, sig: np.ndarray, shards: int = 100) -> Non
 
 CHILD = r"""
 import json, resource, sys, time
-from provenance.ledger import Ledger
+from provenance import Ledger
 from provenance.audits import audit_dedup
 ledger = Ledger.open(sys.argv[1])
 t = time.perf_counter()
@@ -140,7 +140,7 @@ def datasketch_pairs(sig: np.ndarray) -> tuple[float, set[tuple[int, int]]]:
 
 
 def part_dedup(args, tmp: Path) -> list[str]:
-    from provenance.ledger import Ledger
+    from provenance import Ledger
 
     lines = []
     root = tmp / "dedup"
@@ -177,7 +177,7 @@ def part_dedup(args, tmp: Path) -> list[str]:
 
 
 def part_lineage(args, tmp: Path) -> list[str]:
-    from provenance.ledger import Ledger
+    from provenance import Ledger
 
     root = tmp / "lineage"
     ledger = Ledger.init(root)
@@ -262,8 +262,8 @@ def part_lineage(args, tmp: Path) -> list[str]:
 
 
 def part_taint(args, tmp: Path) -> list[str]:
+    from provenance import Ledger
     from provenance.audits import taint_report
-    from provenance.ledger import Ledger
 
     root = tmp / "taint"
     ledger = Ledger.init(root)

@@ -23,7 +23,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
 
-    from provenance.ledger import Ledger
+    from provenance import Ledger
     from provenance.synthetic import generate_corpus
 
     with tempfile.TemporaryDirectory() as tmp:

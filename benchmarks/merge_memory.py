@@ -23,7 +23,7 @@ CHILD = r"""
 import json, resource, sys, time
 import torch
 import provenance.merges as merges
-from provenance.ledger import Ledger
+from provenance import Ledger
 root, method, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 if mode == "materialised":
     merges._patch_direct = lambda *a, **k: None
@@ -43,8 +43,8 @@ print(json.dumps({"seconds": seconds, "peak_mib": peak / 1024, "start_mib": befo
 def build(root: Path, rows: int, cols: int, inputs: int) -> None:
     import torch
 
+    from provenance import Ledger
     from provenance.kernels.patch import apply_low_rank
-    from provenance.ledger import Ledger
 
     ledger = Ledger.init(root)
     g = torch.Generator().manual_seed(0)

@@ -73,8 +73,8 @@ def accuracy(model: Model, x, y, head: str) -> float:
 
 
 def one_seed(seed: int, n: int) -> dict[str, dict[str, float]]:
+    from provenance import Ledger
     from provenance.fisher import diagonal_fisher
-    from provenance.ledger import Ledger
 
     torch.manual_seed(seed)
     (x, ya, yb, yaux), (tx, tya, tyb, _) = make_tasks(seed, n)

@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from versions import gpt2_small_state  # noqa: E402
 
-from provenance.ledger import Ledger  # noqa: E402
+from provenance import Ledger  # noqa: E402
 from provenance.objects import ObjectStore  # noqa: E402
 
 

@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    from provenance.ledger import Ledger
+    from provenance import Ledger
 
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)

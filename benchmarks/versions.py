@@ -117,7 +117,7 @@ def main() -> None:
 
     from safetensors.torch import load_file, save_file
 
-    from provenance.ledger import Ledger
+    from provenance import Ledger
 
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)

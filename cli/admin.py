@@ -20,7 +20,7 @@ from provenance.plain import dumps
 @json_option
 def init_cmd(path: str, as_json: bool) -> None:
     """Create a ledger (PATH/.prov: a DuckDB database and an object folder)."""
-    from provenance.ledger import Ledger
+    from provenance.api import Ledger
 
     ledger = Ledger.init(path)
     render.emit({"ledger": str(ledger.root), "schema_version": ledger.schema_version()}, as_json,
@@ -103,7 +103,7 @@ def show_demo(report, as_json: bool) -> None:
         click.echo(r.message)
     s = report.summary
     click.echo(f"\nledger {s['path']}: {s['datasets']} datasets, {s['shards']} shards, {s['documents']:,} documents")
-    from provenance.ledger import Ledger
+    from provenance.api import Ledger
 
     show_datasets(Ledger.open(report.ledger).datasets(), False)
     click.echo(

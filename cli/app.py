@@ -107,7 +107,7 @@ class Context:
     def ledger(self, *, read_only: bool = False):
         """The ledger the command works on; commands that only read open it read-only, so they
         work on a read-only file or mount."""
-        from provenance.ledger import Ledger
+        from provenance.api import Ledger
 
         return Ledger.open(self.ledger_path, lock_timeout=self.wait, read_only=read_only)
 

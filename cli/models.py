@@ -21,7 +21,7 @@ from provenance.cli.app import (
     main,
     pass_ctx,
 )
-from provenance.errors import NonFiniteError
+from provenance.errors import GateFailedError, NonFiniteError
 from provenance.plain import dumps
 
 
@@ -151,20 +151,17 @@ def merge_cmd(obj: Context, versions: tuple[str, ...], method: str, weights: str
     if not gate and (eval_datasets or max_overlap is not None or max_contamination is not None or deny_license
                      or full_lineage):
         raise click.UsageError("--eval, --max-overlap, --max-contamination, --deny-licence and --full-lineage need --gate")
-    if gate:
-        from provenance.gate import audit_merge
-
-        report = audit_merge(obj.ledger(), list(versions), eval_datasets=list(eval_datasets) or None,
-                             max_overlap=max_overlap, deny_license=deny_license, full_lineage=full_lineage,
-                             **_gate_limits(max_contamination))
-        if not report["passed"]:
-            click.echo("\n".join(report["alerts"]), err=True)
-            raise PolicyFailed(f"the pre-merge gate failed (audit {report['audit_id'][:12]}); nothing merged", "gate")
-        audit = report["audit_id"]
-    with render.progress(obj.quiet) as bar:
-        version = obj.ledger().merge(list(versions), method=method, weights=lam, base=base, eps=eps,
-                                     normalize=normalize, density=density, audit=audit, message=message, author=author,
-                                     device=device, progress=bar)
+    policy = dict(eval_datasets=list(eval_datasets) or None, max_overlap=max_overlap, deny_license=deny_license,
+                  full_lineage=full_lineage, **_gate_limits(max_contamination)) if gate else None
+    try:
+        with render.progress(obj.quiet) as bar:
+            version = obj.ledger().merge(list(versions), method=method, weights=lam, base=base, eps=eps,
+                                         normalize=normalize, density=density, audit=audit, message=message,
+                                         author=author, device=device, progress=bar, gate=policy)
+    except GateFailedError as exc:
+        click.echo("\n".join(exc.report["alerts"]), err=True)
+        raise PolicyFailed(f"the pre-merge gate failed (audit {exc.report['audit_id'][:12]}); nothing merged",
+                           "gate") from exc
     render.emit(version.model_dump(mode="json"), as_json,
                 lambda d: f"merged {len(d['parents'])} versions into {d['version_id'][:12]}: "
                           f"{d['stored_bytes']:,} bytes stored of {d['full_bytes']:,}")

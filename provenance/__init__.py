@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 # name -> the module that defines it (imported when the name is first used)
 _LAZY = {
     "Banding": "provenance.fingerprints", "Fingerprint": "provenance.fingerprints",
-    "FingerprintConfig": "provenance.fingerprints", "Ledger": "provenance.ledger",
+    "FingerprintConfig": "provenance.fingerprints", "Ledger": "provenance.api", "LedgerAPI": "provenance.api",
     "DatasetRecord": "provenance.records", "ShardRecord": "provenance.records",
     "DocumentRecord": "provenance.records", "VersionRecord": "provenance.records",
     "RunRecord": "provenance.records", "TagRecord": "provenance.records", "License": "provenance.records",

@@ -36,7 +36,8 @@ import pyarrow as pa
 
 from provenance.errors import FingerprintMismatchError, InvalidParameterError, NotFoundError, ProvenanceError
 from provenance.fingerprints import Banding, FingerprintConfig
-from provenance.ledger import Ledger
+from provenance.ledger import LedgerStore
+from provenance.lineage import lineage, taint
 from provenance.progress import stage, step
 from provenance.records import DatasetRecord, RegistrationResult, VersionRecord
 
@@ -70,7 +71,7 @@ def s_curve(banding: Banding, steps: int = 40) -> list[list[float]]:
 # ---- what is audited --------------------------------------------------------------------------
 
 
-def resolve_scope(ledger: Ledger, targets: Sequence[str]) -> tuple[list[dict[str, Any]], list[DatasetRecord], pa.Table]:
+def resolve_scope(ledger: LedgerStore, targets: Sequence[str]) -> tuple[list[dict[str, Any]], list[DatasetRecord], pa.Table]:
     """Each target, a dataset (``NAME`` or ``NAME@VERSION``) or a version (id, prefix or tag:
     everything in its lineage), as ``(what it was, datasets, scope table)``. The scope table has
     ``dataset_id, shard_index`` (null: the whole dataset). All datasets must share one
@@ -86,7 +87,7 @@ def resolve_scope(ledger: Ledger, targets: Sequence[str]) -> tuple[list[dict[str
             described.append({"target": target, "kind": "dataset", "id": found.dataset_id})
             rows.append((found.dataset_id, None))
             continue
-        lin = ledger.lineage(found)
+        lin = lineage(ledger, found)
         if not lin.shards.num_rows:
             raise InvalidParameterError(
                 f"version {lin.version[:12]} ({target}) has an empty lineage: no run in its history recorded any "
@@ -103,7 +104,7 @@ def resolve_scope(ledger: Ledger, targets: Sequence[str]) -> tuple[list[dict[str
     return described, datasets, scope
 
 
-def resolve_target(ledger: Ledger, target: Any) -> tuple[str, Any]:
+def resolve_target(ledger: LedgerStore, target: Any) -> tuple[str, Any]:
     """``("dataset", DatasetRecord)`` or ``("version", VersionRecord)`` for a target that may be
     either. ``dataset:NAME[@VERSION]`` and ``version:REF`` say which; a bare name that is both a
     dataset and a tag (or version id) is ambiguous and refused, naming both."""
@@ -141,7 +142,7 @@ class AuditRun:
     into ``audit_pairs``. The dedup audit, the pre-merge gate and the memorization audit are each
     this skeleton plus their own questions to the pairs."""
 
-    def __init__(self, ledger: Ledger, kind: str, datasets: Sequence[DatasetRecord], threshold: float, *,
+    def __init__(self, ledger: LedgerStore, kind: str, datasets: Sequence[DatasetRecord], threshold: float, *,
                  store: bool = True, progress: Any = None):
         self.ledger, self.kind, self.store, self.progress = ledger, kind, store, progress
         self.started = time.perf_counter()
@@ -205,7 +206,7 @@ def check_same_config(datasets: Sequence[DatasetRecord]) -> FingerprintConfig:
 
 
 def audit_dedup(
-    ledger: Ledger,
+    ledger: LedgerStore,
     targets: Sequence[str],
     *,
     threshold: float = 0.8,
@@ -279,7 +280,7 @@ def _dedup_report(tx, audit_id: str, n_docs: int, k: int) -> dict[str, Any]:
     }
 
 
-def _verify(ledger: Ledger, tx, audit_id: str, cfg: FingerprintConfig, threshold: float, k: int) -> dict[str, Any]:
+def _verify(ledger: LedgerStore, tx, audit_id: str, cfg: FingerprintConfig, threshold: float, k: int) -> dict[str, Any]:
     """Exact Jaccard for the pairs within three standard errors of ``threshold``, read from the
     source files where they are still readable and unchanged; pairs below ``threshold`` by the
     exact measure are dropped. Returns counts, and why some could not be checked."""
@@ -314,7 +315,7 @@ def exact_jaccard(cfg: FingerprintConfig, a: str, b: str) -> float:
     return len(sa & sb) / union if union else 1.0
 
 
-def read_texts(ledger: Ledger, wanted: dict[tuple[str, int], set[int] | None]) -> tuple[dict[tuple[str, int, int], str], list[str]]:
+def read_texts(ledger: LedgerStore, wanted: dict[tuple[str, int], set[int] | None]) -> tuple[dict[tuple[str, int, int], str], list[str]]:
     """The texts of the rows ``wanted`` per ``(dataset_id, shard_index)`` (None: every row), read
     from the shards' files after checking each still hashes as registered. Shards that cannot be
     read are listed with the reason instead."""
@@ -341,7 +342,7 @@ def read_texts(ledger: Ledger, wanted: dict[tuple[str, int], set[int] | None]) -
     return texts, unreadable
 
 
-def iter_texts(ledger: Ledger, rows: Sequence[dict[str, Any]], unreadable: list[str]) -> Iterator[tuple[dict, str]]:
+def iter_texts(ledger: LedgerStore, rows: Sequence[dict[str, Any]], unreadable: list[str]) -> Iterator[tuple[dict, str]]:
     """``(row, text)`` for the documents ``rows`` (``dataset_id, shard_index, row_index``, and
     whatever else the caller keeps in them), read one shard at a time so that memory holds one
     shard's texts; shards that cannot be read are added to ``unreadable`` with the reason."""
@@ -359,7 +360,7 @@ def iter_texts(ledger: Ledger, rows: Sequence[dict[str, Any]], unreadable: list[
 # ---- taint by text ----------------------------------------------------------------------------
 
 
-def taint_report(ledger: Ledger, *, dataset: str | None = None, shard: str | None = None, key: str | None = None,
+def taint_report(ledger: LedgerStore, *, dataset: str | None = None, shard: str | None = None, key: str | None = None,
                  text: str | None = None, near: float | None = None) -> dict[str, Any]:
     """:func:`provenance.lineage.taint` with a readable target, and by text: ``text`` is found by
     exact hash among all documents (of every fingerprint config), and with ``near`` every
@@ -373,7 +374,7 @@ def taint_report(ledger: Ledger, *, dataset: str | None = None, shard: str | Non
         if near is not None and key is None:
             raise InvalidParameterError("--near needs a document: a key (with its dataset) or a text")
         target = dataset if shard is None and key is None else f"{dataset} shard {shard}" if key is None else f"{dataset} {key}"
-        return {"target": target, "near": None, "matches": [], "versions": ledger.taint(dataset=dataset, shard=shard, key=key)}
+        return {"target": target, "near": None, "matches": [], "versions": taint(ledger, dataset=dataset, shard=shard, key=key)}
     if text is not None and not text.strip():
         raise InvalidParameterError("the text to look for is empty")
     matches = find_similar(ledger, text=text, dataset=dataset, key=key, near=near)
@@ -384,7 +385,7 @@ def taint_report(ledger: Ledger, *, dataset: str | None = None, shard: str | Non
     return {"target": target, "near": near, "matches": matches, "versions": tainted_versions(graph, runs)}
 
 
-def find_similar(ledger: Ledger, *, text: str | None = None, dataset: str | None = None, key: str | None = None,
+def find_similar(ledger: LedgerStore, *, text: str | None = None, dataset: str | None = None, key: str | None = None,
                  near: float | None = None) -> list[dict[str, Any]]:
     """Documents equal to the target (same exact hash) or, with ``near``, of estimated Jaccard at
     least ``near``, in every dataset fingerprinted under the target's config (for a text: under

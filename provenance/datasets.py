@@ -20,7 +20,7 @@ import xxhash
 
 from provenance.errors import InvalidParameterError, SourceError
 from provenance.fingerprints import FingerprintBatch, FingerprintConfig
-from provenance.ledger import DocumentStage, Ledger, LedgerWriter, _now
+from provenance.ledger import DocumentStage, LedgerStore, LedgerWriter, _now
 from provenance.progress import NoProgress, Progress
 from provenance.records import DatasetRecord, License, RegistrationResult, ShardRecord, check_name
 from provenance.sources import Batch, Counters, FileShard, ReadOptions, Shard, resolve
@@ -31,7 +31,7 @@ class _Unchanged(Exception):
 
 
 def register_dataset(
-    ledger: Ledger,
+    ledger: LedgerStore,
     name: str,
     sources: Any,
     *,

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from provenance.api import Ledger
 from provenance.errors import LedgerNotFoundError
-from provenance.ledger import Ledger
 from provenance.progress import Progress
 from provenance.records import RegistrationResult
 from provenance.synthetic import Corpus, generate_corpus

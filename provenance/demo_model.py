@@ -28,10 +28,10 @@ import xxhash
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
+from provenance.api import Ledger
 from provenance.errors import NotFoundError
 from provenance.fisher import diagonal_fisher, fish_mask
 from provenance.kernels.patch import apply_low_rank
-from provenance.ledger import Ledger
 from provenance.torch import RegisteredDataset, track
 
 BUCKETS = 1 << 14  # hashed vocabulary

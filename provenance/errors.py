@@ -86,3 +86,14 @@ class ObjectWriteError(ProvenanceError, OSError):
 
 class LedgerReadOnlyError(ProvenanceError):
     """A write was asked of a ledger opened read-only (or whose files cannot be written)."""
+
+
+class GateFailedError(ProvenanceError):
+    """A merge asked for the pre-merge gate first, and the gate failed; ``report`` holds it."""
+
+    def __init__(self, message: str, report: dict):
+        super().__init__(message)
+        self.report = report
+
+    def __reduce__(self):
+        return type(self), (self.args[0], self.report)

@@ -38,8 +38,8 @@ import pyarrow as pa
 
 from provenance.audits import AuditRun, check_threshold, iter_texts
 from provenance.errors import InvalidParameterError
-from provenance.ledger import Ledger
-from provenance.lineage import ancestry, license_summary
+from provenance.ledger import LedgerStore
+from provenance.lineage import ancestry, license_summary, lineage
 from provenance.ngrams import ngram_hashes
 from provenance.progress import step
 
@@ -63,7 +63,7 @@ def check_deny_license(deny: Sequence[str] | str | None) -> list[str]:
 
 
 def audit_merge(
-    ledger: Ledger,
+    ledger: LedgerStore,
     versions: Sequence[str],
     *,
     eval_datasets: Sequence[str] | None = None,
@@ -158,7 +158,7 @@ def audit_merge(
     return report
 
 
-def _sides(ledger: Ledger, ids: list[str], full_lineage: bool) -> tuple[list[tuple[str, int, str]], list[dict]]:
+def _sides(ledger: LedgerStore, ids: list[str], full_lineage: bool) -> tuple[list[tuple[str, int, str]], list[dict]]:
     """Per input, the shards of its own runs (module doc): scope rows ``(dataset, shard, side)``
     and a description of each side."""
     ancestries = [dict(zip(t.column("version_id").to_pylist(), t.column("run_id").to_pylist()))
@@ -194,7 +194,7 @@ def _overlap(tx, audit_id: str, a: list[str], b: list[str], *, keys: bool = Fals
             "keys": [f"{r['dataset_id']}:{r['key']}" for r in rows] if keys else []}
 
 
-def _span_check(ledger: Ledger, tx, labels: list[str], n: int) -> dict[str, Any]:
+def _span_check(ledger: LedgerStore, tx, labels: list[str], n: int) -> dict[str, Any]:
     """Evaluation documents sharing an ``n``-word span with a training document, from the text."""
     locs = tx.staged_locations(train_sides=labels)
     eval_rows = [r for r in locs if r["is_eval"]]
@@ -235,11 +235,11 @@ def _frac(n: int, total: int) -> float:
     return n / total if total else 0.0
 
 
-def _merged_license(ledger: Ledger, ids: list[str]) -> dict[str, Any]:
+def _merged_license(ledger: LedgerStore, ids: list[str]) -> dict[str, Any]:
     """The licence union of the inputs' whole lineages: what the merged model would carry."""
     rows: dict[str, dict[str, Any]] = {}
     for vid in ids:
-        for d in ledger.lineage(vid).datasets:
+        for d in lineage(ledger, vid).datasets:
             rows[d["dataset_id"]] = d
     return license_summary(rows.values())
 

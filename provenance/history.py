@@ -11,7 +11,7 @@ import torch
 
 from provenance.errors import ObjectCorruptError, ObjectMissingError, ProvenanceError
 from provenance.kernels.patch import apply_chain
-from provenance.ledger import Ledger
+from provenance.ledger import LedgerStore
 from provenance.objects import ObjectStore
 from provenance.records import ParamRecord
 
@@ -28,7 +28,7 @@ class History:
     """Manifests and first parents of versions, read once per commit or checkout: the whole
     first-parent chain of a version in one query the first time it is asked for."""
 
-    def __init__(self, ledger: Ledger):
+    def __init__(self, ledger: LedgerStore):
         self.ledger = ledger
         self._manifests: dict[str, dict[str, ParamRecord]] = {}
         self._parents: dict[str, str | None] = {}
@@ -84,7 +84,7 @@ def materialize(history: History, store: ObjectStore, version_id: str, name: str
     return value, len(patches), sum(r.nbytes for r in patches)
 
 
-def get_object(ledger: Ledger, store: ObjectStore, address: str) -> torch.Tensor:
+def get_object(ledger: LedgerStore, store: ObjectStore, address: str) -> torch.Tensor:
     """The object at ``address``; a missing or corrupt one is reported with the versions that use it."""
     try:
         return store.get(address)

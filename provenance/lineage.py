@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from provenance.errors import InvalidParameterError, NotFoundError
-from provenance.ledger import Ledger
+from provenance.ledger import LedgerStore
 from provenance.records import VersionRecord
 
 
@@ -56,7 +56,7 @@ class Lineage:
                 "shards": self.shards.to_pylist(), "license": self.license, "unrecorded": self.unrecorded}
 
 
-def ancestry(ledger: Ledger, version: str | VersionRecord) -> tuple[str, pa.Table]:
+def ancestry(ledger: LedgerStore, version: str | VersionRecord) -> tuple[str, pa.Table]:
     """The version's id and its ancestors (itself included) as rows of the version graph
     (:meth:`~provenance.ledger.Ledger.version_graph`), nearest first, with ``weight`` (the
     ancestor's share, module doc), ``depth`` (fewest steps from the version asked about) and
@@ -123,7 +123,7 @@ def _children(ancestors: pa.Table) -> dict[str, str | None]:
     return dict(zip(ancestors.column("version_id").to_pylist(), ancestors.column("child").to_pylist()))
 
 
-def lineage(ledger: Ledger, version: str | VersionRecord) -> Lineage:
+def lineage(ledger: LedgerStore, version: str | VersionRecord) -> Lineage:
     """Every dataset and shard that shaped ``version``, through all its ancestors (module doc)."""
     with ledger.session():
         vid, ancestors = ancestry(ledger, version)
@@ -169,7 +169,7 @@ def license_summary(datasets: Sequence[dict[str, Any]] | Any) -> dict[str, Any]:
     }
 
 
-def data_diff(ledger: Ledger, a: str | VersionRecord, b: str | VersionRecord) -> dict[str, Any]:
+def data_diff(ledger: LedgerStore, a: str | VersionRecord, b: str | VersionRecord) -> dict[str, Any]:
     """The datasets and shards in the lineage of ``a`` and not of ``b``, and the other way round."""
     la, lb = lineage(ledger, a), lineage(ledger, b)
 
@@ -186,7 +186,7 @@ def data_diff(ledger: Ledger, a: str | VersionRecord, b: str | VersionRecord) ->
     }
 
 
-def taint(ledger: Ledger, *, dataset: str | None = None, shard: str | int | None = None, key: str | None = None,
+def taint(ledger: LedgerStore, *, dataset: str | None = None, shard: str | int | None = None, key: str | None = None,
           doc_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
     """Every version whose lineage contains the target: a dataset, one of its shards (index or
     name), a document (``key`` in ``dataset``), or documents by id. Per version: how it is tainted
@@ -240,7 +240,7 @@ def tainted_versions(graph: dict[str, dict[str, Any]], runs: list[dict[str, Any]
     return sorted(hit.values(), key=lambda e: (e["created_at"], e["version_id"]), reverse=True)
 
 
-def _shard_index(ledger: Ledger, dataset_id: str, shard: str | int) -> int:
+def _shard_index(ledger: LedgerStore, dataset_id: str, shard: str | int) -> int:
     shards = ledger.shards(dataset_id)
     for s in shards:
         if str(s.shard_index) == str(shard) or s.name == str(shard) or (s.uri and s.uri == str(shard)):

@@ -33,7 +33,7 @@ import numpy as np
 
 from provenance.audits import AuditRun, check_threshold, iter_texts, resolve_scope
 from provenance.errors import InvalidParameterError, SourceError
-from provenance.ledger import Ledger
+from provenance.ledger import LedgerStore
 from provenance.lineage import ancestry
 from provenance.ngrams import ngram_hashes
 from provenance.ngrams import words as normalised_words
@@ -77,7 +77,7 @@ def read_samples(path: str | os.PathLike) -> list[str]:
 
 
 def audit_memorization(
-    ledger: Ledger,
+    ledger: LedgerStore,
     version: str,
     samples: str | os.PathLike | Sequence[str],
     *,
@@ -171,7 +171,7 @@ def audit_memorization(
     return report
 
 
-def _spans(ledger: Ledger, tx, texts: list[str], n: int) -> tuple[dict[tuple[int, int], tuple[int, str]], list[str]]:
+def _spans(ledger: LedgerStore, tx, texts: list[str], n: int) -> tuple[dict[tuple[int, int], tuple[int, str]], list[str]]:
     """Per (sample, document) sharing a window of ``n`` words: the longest run of shared words,
     as its length and its text (the sample's normalised words). The samples' windows are held (a
     few per word of the samples); the training documents' text is streamed shard by shard, so

@@ -39,7 +39,7 @@ from provenance.history import History, materialize, numel
 from provenance.kernels.dispatch import pick
 from provenance.kernels.merge_patches import merge_patches
 from provenance.kernels.patch import apply_chain
-from provenance.ledger import Ledger
+from provenance.ledger import LedgerStore
 from provenance.objects import BackgroundWriter, ObjectStore, address_of
 from provenance.patches import encode
 from provenance.records import ParamRecord, VersionRecord
@@ -48,7 +48,7 @@ KERNEL_VERSION = f"provenance {__version__} kernels.merge"
 
 
 def store_fisher(
-    ledger: Ledger, version: str | VersionRecord, fisher: Mapping[str, torch.Tensor], *, keep: float | None = None,
+    ledger: LedgerStore, version: str | VersionRecord, fisher: Mapping[str, torch.Tensor], *, keep: float | None = None,
     meta: Mapping[str, Any] | None = None,
 ) -> int:
     """Store the diagonal Fisher of ``version`` (parameter name -> tensor of the parameter's shape);
@@ -86,7 +86,7 @@ def store_fisher(
     return stored
 
 
-def load_fisher(ledger: Ledger, version: str | VersionRecord, name: str) -> torch.Tensor | None:
+def load_fisher(ledger: LedgerStore, version: str | VersionRecord, name: str) -> torch.Tensor | None:
     """The stored Fisher of one parameter of ``version`` (a top-k sketch filled with 0), or None."""
     ver = ledger.version(version)
     row = ledger.fishers(ver).get(name)
@@ -104,7 +104,7 @@ def _fisher_tensor(store: ObjectStore, row: dict, shape: list[int]) -> torch.Ten
 
 
 def merge(
-    ledger: Ledger,
+    ledger: LedgerStore,
     versions: Sequence[str | VersionRecord],
     *,
     method: str = "fisher",
@@ -325,7 +325,7 @@ def _weights(weights: Sequence[float] | None, n: int) -> list[float]:
     return lam
 
 
-def _base(ledger: Ledger, inputs: list[VersionRecord], base) -> str:
+def _base(ledger: LedgerStore, inputs: list[VersionRecord], base) -> str:
     if base is not None:
         return ledger.version(base).version_id
     firsts = {v.parents[0] if v.parents else None for v in inputs}
@@ -394,7 +394,7 @@ def _norms(fishers, names) -> list[float]:
     return [math.sqrt(sum(float(source(n)[0].double().square().sum()) for n in names)) or 1.0 for source in fishers]
 
 
-def receipt_check(ledger: Ledger, version: str | VersionRecord) -> dict[str, bool]:
+def receipt_check(ledger: LedgerStore, version: str | VersionRecord) -> dict[str, bool]:
     """Re-run the merge a receipt records, group by group, from the recorded inputs, Fishers and
     settings, on the device type it ran on (a Triton merge needs a CUDA device); per parameter,
     whether the inputs still hash as recorded and the result is bit-identical to the merged tensor."""

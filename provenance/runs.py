@@ -40,14 +40,15 @@ import pyarrow as pa
 import xxhash
 
 from provenance.errors import InvalidParameterError, ProvenanceError
-from provenance.ledger import Ledger
+from provenance.ledger import LedgerStore
 from provenance.records import DatasetRecord, RegistrationResult, RunRecord, VersionRecord
+from provenance.versions import commit
 
 _OPEN: weakref.WeakSet[Run] = weakref.WeakSet()
 
 
 def start_run(
-    ledger: Ledger,
+    ledger: LedgerStore,
     *,
     base: str | VersionRecord | None = None,
     datasets: Iterable[str | DatasetRecord] | Mapping[str, float] = (),
@@ -92,7 +93,7 @@ def start_run(
     return Run(ledger, record, flush_every, owned=not detached)
 
 
-def _declared(ledger: Ledger, datasets: Any) -> dict[str, float]:
+def _declared(ledger: LedgerStore, datasets: Any) -> dict[str, float]:
     if isinstance(datasets, (str, DatasetRecord, RegistrationResult)):
         datasets = [datasets]
     items = datasets.items() if isinstance(datasets, Mapping) else ((d, 1.0) for d in datasets)
@@ -108,7 +109,7 @@ class EpochsDisagreeWarning(UserWarning):
     """A run declared epochs over a dataset and logged its keys, and the two disagree."""
 
 
-def epoch_disagreements(ledger: Ledger, run: str | RunRecord) -> list[dict[str, Any]]:
+def epoch_disagreements(ledger: LedgerStore, run: str | RunRecord) -> list[dict[str, Any]]:
     """Datasets of an ended run whose declared epochs (other than the default 1) differ from the
     epochs its logged keys give: ``{"dataset_id", "declared", "logged"}``. Logged keys win."""
     record = ledger.run(run)
@@ -126,7 +127,7 @@ def epoch_disagreements(ledger: Ledger, run: str | RunRecord) -> list[dict[str, 
     return found
 
 
-def warn_epoch_disagreements(ledger: Ledger, run: str | RunRecord) -> list[dict[str, Any]]:
+def warn_epoch_disagreements(ledger: LedgerStore, run: str | RunRecord) -> list[dict[str, Any]]:
     """Warn (:class:`EpochsDisagreeWarning`) about each of :func:`epoch_disagreements`."""
     import warnings
 
@@ -158,7 +159,7 @@ class Run:
     """A training run in progress. Use it as a context manager, or end it with :meth:`commit`,
     :meth:`finish` or :meth:`fail`."""
 
-    def __init__(self, ledger: Ledger, record: RunRecord, flush_every: int = 65_536, *, owned: bool = True):
+    def __init__(self, ledger: LedgerStore, record: RunRecord, flush_every: int = 65_536, *, owned: bool = True):
         self.ledger = ledger
         self.record = record
         self.flush_every = flush_every
@@ -172,7 +173,7 @@ class Run:
             _OPEN.add(self)
 
     @classmethod
-    def attach(cls, ledger: Ledger, run: str | RunRecord) -> Run:
+    def attach(cls, ledger: LedgerStore, run: str | RunRecord) -> Run:
         """A running run started elsewhere (e.g. by ``prov run start``), to log into or end."""
         record = ledger.run(run)
         if record.status != "running":
@@ -265,7 +266,7 @@ class Run:
         if "parent" in options or "run" in options:
             raise InvalidParameterError("a run commits on its base, as itself: do not pass parent= or run=")
         self.flush()
-        version = self.ledger.commit(state, parent=self.base, run=self.run_id, message=message or self.record.message,
+        version = commit(self.ledger, state, parent=self.base, run=self.run_id, message=message or self.record.message,
                                      author=options.pop("author", self.record.author), **options)
         self._close()
         return version

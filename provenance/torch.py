@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from provenance.datasets import read_back
 from provenance.errors import InvalidParameterError, SourceError
-from provenance.ledger import Ledger
+from provenance.ledger import LedgerStore
 from provenance.records import DatasetRecord
 from provenance.runs import Run
 
@@ -38,7 +38,7 @@ class RegisteredDataset(Dataset):
     corpus.
     """
 
-    def __init__(self, ledger: Ledger, dataset: str | DatasetRecord, transform: Callable[[dict], Any] | None = None):
+    def __init__(self, ledger: LedgerStore, dataset: str | DatasetRecord, transform: Callable[[dict], Any] | None = None):
         self.dataset = ledger.dataset(dataset)
         self.transform = transform
         self.keys: list[str] = []

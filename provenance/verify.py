@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 
 from provenance.errors import LedgerReadOnlyError, ObjectCorruptError, ObjectMissingError
 from provenance.files import fsync_folder
-from provenance.ledger import Ledger
+from provenance.ledger import LedgerStore
 from provenance.objects import ObjectStore
 
 QUARANTINE_DIR = "quarantine"
@@ -61,7 +61,7 @@ class VerifyReport(BaseModel):
     ok: bool = Field(description="no damage found (temporary files do not count)")
 
 
-def verify(ledger: Ledger, *, objects: bool = False, repair: bool = False, progress: Any = None) -> VerifyReport:
+def verify(ledger: LedgerStore, *, objects: bool = False, repair: bool = False, progress: Any = None) -> VerifyReport:
     """Check the ledger (module doc); ``objects`` re-hashes every object, ``repair`` quarantines
     damaged objects and removes temporary files."""
     if repair and ledger.read_only:
@@ -165,7 +165,7 @@ def _check(store: ObjectStore, address: str, *, rehash: bool) -> tuple[str, str]
     return None
 
 
-def _quarantine(ledger: Ledger, store: ObjectStore, damaged: DamagedObject) -> DamagedObject:
+def _quarantine(ledger: LedgerStore, store: ObjectStore, damaged: DamagedObject) -> DamagedObject:
     """Move a damaged object into ``.prov/quarantine/`` (a missing one has nothing to move)."""
     path = store.path(damaged.address)
     if not os.path.lexists(path):

@@ -40,7 +40,7 @@ from provenance.errors import (
 )
 from provenance.history import History, materialize, numel
 from provenance.kernels.patch import apply_low_rank
-from provenance.ledger import Ledger
+from provenance.ledger import LedgerStore
 from provenance.objects import BackgroundWriter, unstorable
 from provenance.patches import changed_mask, encode
 from provenance.records import ParamRecord, VersionRecord
@@ -171,7 +171,7 @@ def _check_tensor(name: str, tensor: Any, allow_nonfinite: bool) -> torch.Tensor
 
 
 def commit(
-    ledger: Ledger,
+    ledger: LedgerStore,
     state: Any,
     *,
     parent: str | VersionRecord | None = None,
@@ -337,7 +337,7 @@ def _encode_group(history, store, parent_id, name, previous, value, encoding, lo
     return patch, target
 
 
-def diff(ledger: Ledger, old: str | VersionRecord, new: str | VersionRecord) -> list[dict[str, Any]]:
+def diff(ledger: LedgerStore, old: str | VersionRecord, new: str | VersionRecord) -> list[dict[str, Any]]:
     """Per parameter group, how ``new`` differs from ``old`` (any two versions): the encoding a
     commit of ``new`` on ``old`` would pick, the fraction of elements whose bits changed, the rank
     of the change (2-D groups up to 1024 on a side), and the bytes of that patch against the
@@ -375,7 +375,7 @@ def diff(ledger: Ledger, old: str | VersionRecord, new: str | VersionRecord) -> 
     return rows
 
 
-def gc(ledger: Ledger, *, apply: bool = False) -> dict[str, Any]:
+def gc(ledger: LedgerStore, *, apply: bool = False) -> dict[str, Any]:
     """Objects that no version refers to, and temporary files of object writes that never
     finished (both left by interrupted commits): listed, or removed with ``apply``. Runs holding
     the ledger's lock, so no commit is writing objects meanwhile."""
@@ -399,7 +399,7 @@ def _dtype(t: torch.Tensor) -> str:
     return str(t.dtype).removeprefix("torch.")
 
 
-def iter_checkout(ledger: Ledger, version: str | VersionRecord) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_checkout(ledger: LedgerStore, version: str | VersionRecord) -> Iterator[tuple[str, torch.Tensor]]:
     """``(name, tensor)`` for every parameter of ``version``, in name order, one at a time."""
     with ledger.session():  # one connection for the version and its chain
         ver = ledger.version(version)
@@ -411,7 +411,7 @@ def iter_checkout(ledger: Ledger, version: str | VersionRecord) -> Iterator[tupl
             yield name, materialize(history, store, ver.version_id, name)[0]
 
 
-def checkout(ledger: Ledger, version: str | VersionRecord, output: str | os.PathLike | None = None,
+def checkout(ledger: LedgerStore, version: str | VersionRecord, output: str | os.PathLike | None = None,
              progress: Any = None) -> Any:
     """Every parameter of ``version``, bit-identical to what was committed: a dict of tensors, or
     with ``output`` a safetensors file written one tensor at a time (so a model larger than memory

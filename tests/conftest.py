@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from provenance.ledger import Ledger
+from provenance import Ledger
 from provenance.synthetic import Corpus, generate_corpus
 
 

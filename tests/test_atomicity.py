@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from provenance import Ledger
 from provenance.errors import LedgerLockedError
-from provenance.ledger import Ledger
 from provenance.synthetic import iter_jsonl_lines
 
 # A progress reporter for the children: prints each step, then sleeps for the seconds given as
@@ -37,7 +37,7 @@ class Progress:
 """
 
 REGISTER_CHILD = PROGRESS + """
-from provenance.ledger import Ledger
+from provenance import Ledger
 
 result = Ledger.open(sys.argv[1]).register_dataset(sys.argv[2], sys.argv[3], progress=Progress())
 print("done", result.message, flush=True)
@@ -45,7 +45,7 @@ print("done", result.message, flush=True)
 
 HOLD_CHILD = """
 import os, sys
-from provenance.ledger import Ledger
+from provenance import Ledger
 
 ledger = Ledger.open(sys.argv[1])
 with ledger.session():
@@ -270,7 +270,7 @@ def test_the_holder_can_be_killed(children, ledger):
 
 AUDIT_CHILD = PROGRESS + """
 from provenance.audits import audit_dedup
-from provenance.ledger import Ledger
+from provenance import Ledger
 
 report = audit_dedup(Ledger.open(sys.argv[1]), [sys.argv[2]], threshold=0.8, progress=Progress())
 print("done", report["audit_id"], flush=True)

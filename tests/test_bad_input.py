@@ -275,7 +275,7 @@ _INVALID_TABLE_CHILD = """
 import sys
 import pyarrow as pa
 from provenance.errors import SourceError
-from provenance.ledger import Ledger
+from provenance import Ledger
 
 raw = pa.array([b"good text", b"bad \\xff"], type=pa.binary())
 table = pa.table({"text": pa.Array.from_buffers(pa.string(), 2, raw.buffers())})

@@ -207,7 +207,7 @@ def test_model_commit_log_show_checkout_and_tag(project, runner):
 def test_merge_cli_and_the_receipt_in_model_show(project, runner):
     import torch
 
-    from provenance.ledger import Ledger
+    from provenance import Ledger
 
     ledger = Ledger.open(project)
     base = ledger.commit({"w": torch.zeros(4, 4)}, message="base")

@@ -207,3 +207,18 @@ def test_memorization_with_many_copies_counts_them_all(ledger, data_dir, write_j
     assert by_key["c0"]["jaccard"] == 1.0 and 0.8 <= by_key["near"]["jaccard"] < 1.0
     assert by_key["c7"]["near_copies"] == 500 and by_key["c7"]["exposure"] == 501 * 2.0
     assert by_key["near"]["near_copies"] == 500 and by_key["near"]["exposure"] == 501 * 2.0
+
+
+def test_merge_with_the_gate_in_the_library(contributors):
+    from provenance.errors import GateFailedError
+
+    ledger, base, va, vb = contributors
+    before = len(ledger.versions())
+    with pytest.raises(GateFailedError, match="the pre-merge gate failed .*max-contamination 0 broken") as failed:
+        ledger.merge([va, vb], method="average", message="gated", gate={})  # the gate's defaults
+    assert failed.value.report["passed"] is False and len(ledger.versions()) == before
+    with pytest.raises(InvalidParameterError, match="not both"):
+        ledger.merge([va, vb], method="average", message="x", gate={}, audit=failed.value.report["audit_id"])
+    merged = ledger.merge([va, vb], method="average", message="gated", gate={"max_contamination": 2})
+    assert ledger.receipt(merged)["audit_id"] == ledger.audits("merge")[0]["audit_id"]
+    assert ledger.audit(ledger.receipt(merged)["audit_id"])["passed"] is True

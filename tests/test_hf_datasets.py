@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from provenance import FingerprintConfig
-from provenance.ledger import Ledger
+from provenance import FingerprintConfig, Ledger
 
 datasets = pytest.importorskip("datasets")
 

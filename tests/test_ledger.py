@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 
 import provenance.ledger as ledger_module
+from provenance import Ledger
 from provenance.errors import (
     InvalidParameterError,
     LedgerExistsError,
@@ -19,7 +20,7 @@ from provenance.errors import (
     ReadOnlyQueryError,
     SchemaVersionError,
 )
-from provenance.ledger import SCHEMA_VERSION, Ledger, migrations, quote_identifier
+from provenance.ledger import SCHEMA_VERSION, migrations, quote_identifier
 
 DOCS = [{"id": f"d{i}", "text": f"document {i} of the ledger tests"} for i in range(3)]
 

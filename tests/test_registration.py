@@ -376,7 +376,7 @@ def test_planted_near_duplicates_are_close_in_the_ledger(ledger, corpus, corpus_
 
 
 def test_on_invalid_policy_is_part_of_the_content(tmp_path):
-    from provenance.ledger import Ledger
+    from provenance import Ledger
 
     ledger = Ledger.init(tmp_path / "l")
     path = tmp_path / "mixed.jsonl"
@@ -391,8 +391,7 @@ def test_on_invalid_policy_is_part_of_the_content(tmp_path):
 
 
 def test_new_version_copies_unchanged_shards_instead_of_reading_them(tmp_path, monkeypatch):
-    from provenance import FingerprintConfig
-    from provenance.ledger import Ledger
+    from provenance import FingerprintConfig, Ledger
     from provenance.synthetic import generate_corpus
 
     ledger = Ledger.init(tmp_path / "l")

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from provenance import Ledger
 from provenance.audit_html import write_report
 from provenance.audits import audit_dedup
 from provenance.gate import audit_merge
-from provenance.ledger import Ledger
 from provenance.memorization import audit_memorization
 
 pytestmark = pytest.mark.slow

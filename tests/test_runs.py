@@ -14,9 +14,9 @@ import torch
 from click.testing import CliRunner
 from torch.utils.data import DataLoader
 
+from provenance import Ledger
 from provenance.cli.main import main
 from provenance.errors import InvalidParameterError, NotFoundError, ProvenanceError, SourceError
-from provenance.ledger import Ledger
 from provenance.torch import RegisteredDataset, track
 
 
@@ -185,7 +185,7 @@ def test_registered_dataset_refuses_a_changed_file(two_datasets, data_dir):
 
 _KILLED = textwrap.dedent("""
     import os, sys, time
-    from provenance.ledger import Ledger
+    from provenance import Ledger
     ledger = Ledger.open(sys.argv[1])
     run = ledger.start_run(datasets=["a"], message="will be killed")
     run.log_examples(["a0"], step=0)

@@ -20,6 +20,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
+from provenance import Ledger
 from provenance.audits import audit_dedup
 from provenance.cli.main import main
 from provenance.errors import (
@@ -30,7 +31,6 @@ from provenance.errors import (
     UnsafeOutputError,
 )
 from provenance.gate import audit_merge
-from provenance.ledger import Ledger
 from provenance.verify import verify
 
 

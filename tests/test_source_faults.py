@@ -24,9 +24,9 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+from provenance import Ledger
 from provenance.cli.main import main
 from provenance.errors import SourceError
-from provenance.ledger import Ledger
 
 GO_ON = "(on_invalid / --on-invalid replace or skip to go on)"
 COMPARED = ["key", "row_index", "line", "exact_hash", "token_count", "n_bytes", "signature", "band_keys"]

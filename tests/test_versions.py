@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
+from provenance import Ledger
 from provenance.errors import InvalidParameterError, NotFoundError, ObjectCorruptError, ObjectMissingError
 from provenance.kernels.patch import apply_low_rank
-from provenance.ledger import Ledger
 from provenance.objects import ObjectStore
 from provenance.patches import same_bits
 
@@ -181,7 +181,7 @@ def test_gc_lists_then_removes_only_unreferenced_objects(ledger):
 
 _COMMITTER = """
 import sys, torch
-from provenance.ledger import Ledger
+from provenance import Ledger
 ledger = Ledger.open(sys.argv[1], lock_timeout=60)
 parent = None
 i = 0
@@ -247,7 +247,7 @@ def test_two_processes_committing_at_once_both_land(tmp_path):
     Ledger.init(tmp_path)
     script = """
 import sys, torch
-from provenance.ledger import Ledger
+from provenance import Ledger
 ledger = Ledger.open(sys.argv[1], lock_timeout=120)
 parent = None
 for i in range(3):

@@ -198,7 +198,7 @@ def test_a_real_peft_adapter_checks_out_as_peft_merges_it(ledger, tmp_path):
 _STREAMING_CHECKOUT = """
 import resource, sys
 import torch
-from provenance.ledger import Ledger
+from provenance import Ledger
 ledger = Ledger.open(sys.argv[1])
 version = ledger.version("big")
 torch.zeros(1)  # imports and allocator warm before the baseline

@@ -70,8 +70,10 @@ def _on_read_only_mount(path: Path) -> bool:
         return False
 
 
-class Ledger(DataQueries, ModelQueries, LineageQueries):
-    """A provenance ledger on disk. Create one with :meth:`init`, open one with :meth:`open`."""
+class LedgerStore(DataQueries, ModelQueries, LineageQueries):
+    """The storage gateway: a ledger folder's database and object store, its connections,
+    transactions, migrations and every query. Users hold the facade, :class:`provenance.Ledger`,
+    which adds one verb per use case; create one with :meth:`init`, open one with :meth:`open`."""
 
     def __init__(self, root: Path, *, lock_timeout: float = 10.0, memory_limit: str = "512MB",
                  read_only: bool = False):
@@ -102,7 +104,7 @@ class Ledger(DataQueries, ModelQueries, LineageQueries):
         return ObjectStore(self.objects_path, sync=sync)
 
     def __repr__(self) -> str:
-        return f"Ledger({str(self.root)!r})"
+        return f"{type(self).__name__}({str(self.root)!r})"
 
     @staticmethod
     def find(start: str | os.PathLike | None = None) -> Path:
@@ -116,7 +118,7 @@ class Ledger(DataQueries, ModelQueries, LineageQueries):
         raise LedgerNotFoundError(f"no ledger in {here} or any folder above it; create one with `prov init`")
 
     @classmethod
-    def init(cls, path: str | os.PathLike = ".", *, lock_timeout: float = 10.0) -> Ledger:
+    def init(cls, path: str | os.PathLike = ".", *, lock_timeout: float = 10.0) -> LedgerStore:
         """Create a ledger in ``path/.prov`` and return it."""
         base = Path(path)
         root = base if base.name == LEDGER_DIR else base / LEDGER_DIR
@@ -131,7 +133,7 @@ class Ledger(DataQueries, ModelQueries, LineageQueries):
 
     @classmethod
     def open(cls, path: str | os.PathLike | None = None, *, lock_timeout: float = 10.0,
-             read_only: bool = False) -> Ledger:
+             read_only: bool = False) -> LedgerStore:
         """Open the ledger at ``path`` (a project folder or its ``.prov``), or find one upwards
         from the current folder. An older schema is migrated; a newer one is refused.
 
@@ -214,7 +216,7 @@ class Ledger(DataQueries, ModelQueries, LineageQueries):
                 time.sleep(0.1)
 
     @contextlib.contextmanager
-    def session(self) -> Iterator[Ledger]:
+    def session(self) -> Iterator[LedgerStore]:
         """Keep one connection open for several operations (and the lock held meanwhile)."""
         if self._con is None:
             self._con = self._connect(read_only=self.read_only)
@@ -363,6 +365,6 @@ class Ledger(DataQueries, ModelQueries, LineageQueries):
 
 
 __all__ = [
-    "DB_FILE", "LEDGER_DIR", "OBJECTS_DIR", "SCHEMA_VERSION", "TMP_DIR", "DocumentStage", "Ledger", "LedgerWriter",
+    "DB_FILE", "LEDGER_DIR", "OBJECTS_DIR", "SCHEMA_VERSION", "TMP_DIR", "DocumentStage", "LedgerStore", "LedgerWriter",
     "migrations", "quote_identifier",
 ]

@@ -219,21 +219,3 @@ class DataQueries:
             ORDER BY jaccard DESC, key_a, key_b"""
         with self._cursor() as con:
             return con.sql(sql, params=[*ids, float(threshold)]).to_arrow_table()
-
-    def export_croissant(self, dataset: str | DatasetRecord, base: Any = None) -> dict[str, Any]:
-        """The dataset version as Croissant 1.1 JSON-LD (see :mod:`provenance.croissant`), with
-        file locations relative to ``base`` (the folder the JSON is written to; default: the
-        shards' common folder)."""
-        from provenance.croissant import to_croissant
-
-        ds = self.dataset(dataset)
-        return to_croissant(ds, self.shards(ds), base=base)
-
-    # -- registration (implemented in provenance.datasets) ------------------------------------
-
-    def register_dataset(self, name: str, sources: Any, **options: Any):
-        """Register a dataset; see :func:`provenance.datasets.register_dataset`."""
-        from provenance.datasets import register_dataset
-
-        return register_dataset(self, name, sources, **options)
-

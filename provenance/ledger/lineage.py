@@ -181,20 +181,6 @@ class LineageQueries:
 
     # -- the logic, in provenance.lineage -------------------------------------------------------
 
-    def lineage(self, version: Any):
-        """Every dataset and shard that shaped ``version``; see :func:`provenance.lineage.lineage`."""
-        from provenance.lineage import lineage
-
-        return lineage(self, version)
-
-    def taint(self, **target: Any) -> list[dict[str, Any]]:
-        """Every version whose lineage contains the target; see :func:`provenance.lineage.taint`."""
-        from provenance.lineage import taint
-
-        return taint(self, **target)
-
-    # -- audit records ------------------------------------------------------------------------
-
     def audit(self, audit_id: str) -> dict[str, Any]:
         """The stored audit ``audit_id`` (or an unambiguous prefix of at least 4 hex digits):
         its kind, target, parameters, whether it passed, and its report."""

@@ -5,8 +5,6 @@ and :mod:`provenance.runs`."""
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -190,24 +188,6 @@ class ModelQueries:
             rows = con.sql("SELECT * FROM merge_receipts WHERE version_id = ?", params=[vid]).to_arrow_table().to_pylist()
         return rows[0] if rows else None
 
-    def store_fisher(self, version: str | VersionRecord, fisher: dict, **options: Any) -> int:
-        """Store the diagonal Fisher of a version; see :func:`provenance.merges.store_fisher`."""
-        from provenance.merges import store_fisher
-
-        return store_fisher(self, version, fisher, **options)
-
-    def merge(self, versions: Sequence[str | VersionRecord], **options: Any) -> VersionRecord:
-        """Merge versions into a new version; see :func:`provenance.merges.merge`."""
-        from provenance.merges import merge
-
-        return merge(self, versions, **options)
-
-    def gc(self, *, apply: bool = False) -> dict[str, Any]:
-        """Objects no version uses; see :func:`provenance.versions.gc`."""
-        from provenance.versions import gc
-
-        return gc(self, apply=apply)
-
     def tags(self) -> list[TagRecord]:
         """Every tag with the version it names, by name."""
         with self._cursor() as con:
@@ -224,32 +204,6 @@ class ModelQueries:
         with self.transaction() as tx:
             tx.set_tag(name, ver.version_id)
         return ver
-
-    def commit(self, state: Any, **options: Any) -> VersionRecord:
-        """Store a model state as a new version; see :func:`provenance.versions.commit`."""
-        from provenance.versions import commit
-
-        return commit(self, state, **options)
-
-    def checkout(self, version: str | VersionRecord, output: str | os.PathLike | None = None, *,
-                 parents: bool = False, progress: Any = None) -> Any:
-        """The tensors of ``version``, bit-identical to what was committed, as a dict or streamed
-        to the safetensors file ``output`` (never inside the ledger folder; its folder must exist
-        unless ``parents``); see :func:`provenance.versions.checkout`."""
-        from provenance.versions import checkout
-
-        ver = self.version(version)
-        if output is not None:
-            output = self.output_path(output, parents=parents)
-        return checkout(self, ver, output, progress=progress)
-
-    # -- training runs (the logic is in provenance.runs) ----------------------------------------
-
-    def start_run(self, **options: Any):
-        """Start a training run; see :func:`provenance.runs.start_run`."""
-        from provenance.runs import start_run
-
-        return start_run(self, **options)
 
     def run(self, ref: str | RunRecord) -> RunRecord:
         """A run by record, full id or unambiguous id prefix (at least 4 hex digits)."""

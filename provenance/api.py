@@ -1,0 +1,170 @@
+"""The ``Ledger`` facade: one object, one verb per use case, each delegating to one domain function.
+
+``from provenance import Ledger``. The facade is the storage gateway
+(:class:`provenance.ledger.LedgerStore`: connections, transactions and every query) plus the
+verbs below, so the domain modules (registration, versions, runs, merges, lineage, audits) sit
+between the two and import only the store: the gateway never imports what is above it.
+:class:`LedgerAPI` is the facade as a ``Protocol``, which a remote ledger over HTTP implements
+too.
+
+Each verb imports its domain module when it is first called (an import downward, from the top
+layer), so that opening a ledger to read it does not load torch and the kernels.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from provenance.errors import GateFailedError, InvalidParameterError
+from provenance.ledger import LedgerStore
+from provenance.records import DatasetRecord, RegistrationResult, RunRecord, TagRecord, VersionRecord
+
+if TYPE_CHECKING:  # the verbs import their domain module when first called: opening a ledger to list
+    # its datasets need not load torch and the kernels
+    from provenance import lineage, runs, verify
+
+
+@runtime_checkable
+class LedgerAPI(Protocol):
+    """What a ledger offers its users, local or remote."""
+
+    def register_dataset(self, name: str, sources: Any, **options: Any) -> RegistrationResult: ...
+    def dataset(self, ref: str | DatasetRecord | RegistrationResult) -> DatasetRecord: ...
+    def datasets(self, name: str | None = None, *, all_versions: bool = False) -> list[DatasetRecord]: ...
+    def commit(self, state: Any, **options: Any) -> VersionRecord: ...
+    def checkout(self, version: str | VersionRecord, output: str | os.PathLike | None = None, **options: Any) -> Any: ...
+    def version(self, ref: str | VersionRecord) -> VersionRecord: ...
+    def versions(self) -> list[VersionRecord]: ...
+    def tag(self, name: str, version: str | VersionRecord) -> VersionRecord: ...
+    def tags(self) -> list[TagRecord]: ...
+    def start_run(self, **options: Any) -> runs.Run: ...
+    def run(self, ref: str | RunRecord) -> RunRecord: ...
+    def merge(self, versions: Sequence[str | VersionRecord], **options: Any) -> VersionRecord: ...
+    def lineage(self, version: str | VersionRecord) -> lineage.Lineage: ...
+    def taint(self, **target: Any) -> list[dict[str, Any]]: ...
+    def audit_dedup(self, targets: Sequence[Any], **options: Any) -> dict[str, Any]: ...
+    def audit_merge(self, versions: Sequence[str | VersionRecord], **options: Any) -> dict[str, Any]: ...
+    def audit_memorization(self, version: str | VersionRecord, samples: Any, **options: Any) -> dict[str, Any]: ...
+    def verify(self, **options: Any) -> verify.VerifyReport: ...
+    def gc(self, *, apply: bool = False) -> dict[str, Any]: ...
+    def sql(self, query: str, params: Sequence[Any] | None = None) -> Any: ...
+
+
+class Ledger(LedgerStore):
+    """A provenance ledger: create one with :meth:`init`, open one with :meth:`open` (a folder, or
+    the nearest ``.prov`` above the current one), then one verb per use case."""
+
+    # -- data -----------------------------------------------------------------------------------
+
+    def register_dataset(self, name: str, sources: Any, **options: Any) -> RegistrationResult:
+        """Register a dataset; see :func:`provenance.datasets.register_dataset`."""
+        from provenance import datasets as datasets_
+
+        return datasets_.register_dataset(self, name, sources, **options)
+
+    def export_croissant(self, dataset: str | DatasetRecord, base: Any = None) -> dict[str, Any]:
+        """The dataset version as Croissant 1.1 JSON-LD (see :mod:`provenance.croissant`), with
+        file locations relative to ``base`` (the folder the JSON is written to; default: the
+        shards' common folder)."""
+        from provenance.croissant import to_croissant
+
+        ds = self.dataset(dataset)
+        return to_croissant(ds, self.shards(ds), base=base)
+
+    # -- models ---------------------------------------------------------------------------------
+
+    def commit(self, state: Any, **options: Any) -> VersionRecord:
+        """Store a model state as a new version; see :func:`provenance.versions.commit`."""
+        from provenance import versions as versions_
+
+        return versions_.commit(self, state, **options)
+
+    def checkout(self, version: str | VersionRecord, output: str | os.PathLike | None = None, *,
+                 parents: bool = False, progress: Any = None) -> Any:
+        """The tensors of ``version``, bit-identical to what was committed, as a dict or streamed
+        to the safetensors file ``output`` (never inside the ledger folder; its folder must exist
+        unless ``parents``); see :func:`provenance.versions.checkout`."""
+        ver = self.version(version)
+        if output is not None:
+            output = self.output_path(output, parents=parents)
+        from provenance import versions as versions_
+
+        return versions_.checkout(self, ver, output, progress=progress)
+
+    def gc(self, *, apply: bool = False) -> dict[str, Any]:
+        """Objects no version uses; see :func:`provenance.versions.gc`."""
+        from provenance import versions as versions_
+
+        return versions_.gc(self, apply=apply)
+
+    def start_run(self, **options: Any) -> runs.Run:
+        """Start a training run; see :func:`provenance.runs.start_run`."""
+        from provenance import runs as runs_
+
+        return runs_.start_run(self, **options)
+
+    def store_fisher(self, version: str | VersionRecord, fisher: dict, **options: Any) -> int:
+        """Store the diagonal Fisher of a version; see :func:`provenance.merges.store_fisher`."""
+        from provenance import merges as merges_
+
+        return merges_.store_fisher(self, version, fisher, **options)
+
+    def merge(self, versions: Sequence[str | VersionRecord], *, gate: Mapping[str, Any] | None = None,
+              **options: Any) -> VersionRecord:
+        """Merge versions into a new version; see :func:`provenance.merges.merge`. With ``gate``
+        (the options of :meth:`audit_merge`, ``{}`` for its defaults) the pre-merge gate runs
+        first: when it fails nothing is merged and :class:`GateFailedError` carries its report;
+        when it passes the merge cites it."""
+        from provenance import merges as merges_
+
+        if gate is not None:
+            if options.get("audit"):
+                raise InvalidParameterError("give gate=... (run the gate now) or audit=ID (cite one), not both")
+            report = self.audit_merge(versions, **gate)
+            if not report["passed"]:
+                raise GateFailedError(
+                    f"the pre-merge gate failed (audit {report['audit_id'][:12]}); nothing merged: "
+                    + "; ".join(report["alerts"]), report)
+            options["audit"] = report["audit_id"]
+        return merges_.merge(self, versions, **options)
+
+    # -- questions ------------------------------------------------------------------------------
+
+    def lineage(self, version: str | VersionRecord) -> lineage.Lineage:
+        """Every dataset and shard that shaped ``version``; see :func:`provenance.lineage.lineage`."""
+        from provenance import lineage as lineage_
+
+        return lineage_.lineage(self, version)
+
+    def taint(self, **target: Any) -> list[dict[str, Any]]:
+        """Every version whose lineage contains the target; see :func:`provenance.lineage.taint`."""
+        from provenance import lineage as lineage_
+
+        return lineage_.taint(self, **target)
+
+    def audit_dedup(self, targets: Sequence[Any], **options: Any) -> dict[str, Any]:
+        """Near-duplicates in datasets or lineages; see :func:`provenance.audits.audit_dedup`."""
+        from provenance import audits as audits_
+
+        return audits_.audit_dedup(self, targets, **options)
+
+    def audit_merge(self, versions: Sequence[str | VersionRecord], **options: Any) -> dict[str, Any]:
+        """The pre-merge gate; see :func:`provenance.gate.audit_merge`."""
+        from provenance import gate as gate_
+
+        return gate_.audit_merge(self, versions, **options)
+
+    def audit_memorization(self, version: str | VersionRecord, samples: Any, **options: Any) -> dict[str, Any]:
+        """Which training documents generated samples reproduce; see
+        :func:`provenance.memorization.audit_memorization`."""
+        from provenance import memorization as memorization_
+
+        return memorization_.audit_memorization(self, version, samples, **options)
+
+    def verify(self, **options: Any) -> verify.VerifyReport:
+        """Check objects, versions and datasets; see :func:`provenance.verify.verify`."""
+        from provenance import verify as verify_
+
+        return verify_.verify(self, **options)
