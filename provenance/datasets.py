@@ -54,15 +54,7 @@ def register_dataset(
     them, an iterable of dicts, Arrow tables or record batches, or a ``datasets.Dataset``.
     Documents are keyed by ``id_field`` when given, else by ``SHARD:ROW``.
     """
-    check_name(name)
-    if role not in ("train", "eval"):
-        raise InvalidParameterError(f"role must be 'train' or 'eval', got {role!r}")
-    if on_invalid not in ("error", "replace", "skip"):
-        raise InvalidParameterError(f"on_invalid must be 'error', 'replace' or 'skip', got {on_invalid!r}")
-    if not text_field:
-        raise InvalidParameterError("text_field must be a non-empty field name")
-    if shard_records < 1:
-        raise InvalidParameterError(f"shard_records must be at least 1, got {shard_records}")
+    _check_options(name, role, on_invalid, text_field, shard_records)
     lic = license if isinstance(license, License) else License.from_spdx(license)
     cfg = config if isinstance(config, FingerprintConfig) else FingerprintConfig(**(config or {}))
     banding = cfg.banding
@@ -70,17 +62,7 @@ def register_dataset(
     progress = progress or NoProgress()
 
     shards = resolve(sources, opts)
-    if isinstance(shards, list):
-        for shard in shards:
-            if shard.format == "text" and id_field:
-                raise InvalidParameterError(f"{shard.display}: id_field does not apply to plain text files")
-        progress.start("hashing", sum(_size(s) for s in shards))
-        for shard in shards:
-            shard.identify()
-            progress.advance(shard.n_bytes)
-        total = sum(s.n_bytes for s in shards)
-    else:
-        total = None
+    total = _identify(shards, id_field, progress) if isinstance(shards, list) else None
 
     counters = Counters()
     try:
@@ -110,36 +92,44 @@ def register_dataset(
             if latest is not None and content == latest.content_hash:
                 raise _Unchanged
             record = DatasetRecord(
-                dataset_id=dataset_id,
-                name=name,
-                version=version,
-                role=role,
-                license=lic,
-                model_generated=model_generated,
-                source=source,
-                creator=creator,
-                description=description,
-                text_field=text_field,
-                id_field=id_field,
-                config=cfg,
-                config_id=cfg.identity,
-                unicode_version=unicodedata.unidata_version,
-                bands=banding.bands,
-                rows=banding.rows,
-                content_hash=content,
-                n_shards=len(shard_rows),
-                n_documents=n_docs,
-                n_bytes=sum(s.n_bytes for s in shard_rows),
-                n_tokens=sum(s.n_tokens for s in shard_rows),
-                n_invalid_replaced=counters.replaced,
-                n_invalid_skipped=counters.skipped,
-                created_at=_now(),
+                dataset_id=dataset_id, name=name, version=version, role=role, license=lic,
+                model_generated=model_generated, source=source, creator=creator, description=description,
+                text_field=text_field, id_field=id_field, config=cfg, config_id=cfg.identity,
+                unicode_version=unicodedata.unidata_version, bands=banding.bands, rows=banding.rows,
+                content_hash=content, n_shards=len(shard_rows), n_documents=n_docs,
+                n_bytes=sum(s.n_bytes for s in shard_rows), n_tokens=sum(s.n_tokens for s in shard_rows),
+                n_invalid_replaced=counters.replaced, n_invalid_skipped=counters.skipped, created_at=_now(),
             )
             tx.insert_dataset(record)
     except _Unchanged:
         assert latest is not None
         return RegistrationResult(dataset=latest, created=False, message=_unchanged_message(latest, role, lic))
     return RegistrationResult(dataset=record, created=True, message=_created_message(record))
+
+
+def _check_options(name: str, role: str, on_invalid: str, text_field: str, shard_records: int) -> None:
+    check_name(name)
+    if role not in ("train", "eval"):
+        raise InvalidParameterError(f"role must be 'train' or 'eval', got {role!r}")
+    if on_invalid not in ("error", "replace", "skip"):
+        raise InvalidParameterError(f"on_invalid must be 'error', 'replace' or 'skip', got {on_invalid!r}")
+    if not text_field:
+        raise InvalidParameterError("text_field must be a non-empty field name")
+    if shard_records < 1:
+        raise InvalidParameterError(f"shard_records must be at least 1, got {shard_records}")
+
+
+def _identify(shards: list[Shard], id_field: str | None, progress: Progress) -> int:
+    """Hash every file shard (before the transaction: the ledger is not held meanwhile); returns
+    their bytes."""
+    for shard in shards:
+        if shard.format == "text" and id_field:
+            raise InvalidParameterError(f"{shard.display}: id_field does not apply to plain text files")
+    progress.start("hashing", sum(_size(s) for s in shards))
+    for shard in shards:
+        shard.identify()
+        progress.advance(shard.n_bytes)
+    return sum(s.n_bytes for s in shards)
 
 
 def _size(shard: Shard) -> int:

@@ -64,22 +64,13 @@ def diagonal_fisher(
     back, with a log message, to one autograd pass per example. The model runs in eval mode and gets
     its modes back; its parameters, buffers and ``.grad`` are left as they were. ``n_examples`` stops
     after that many examples; ``progress`` gets ``start(description, total)`` and ``advance(n)``.
+
+    (One function over 80 lines on purpose: the chunk loop shares the accumulators, the seen
+    label range and the switch from ``vmap`` to the per-example fallback with the closure that
+    computes the log-likelihood; split, they would travel as a bag of state.)
     """
-    if mode not in MODES:
-        raise InvalidParameterError(f"unknown Fisher mode {mode!r}; expected one of {', '.join(MODES)}")
-    if task not in TASKS:
-        raise InvalidParameterError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    for label, value in (("n_examples", n_examples), ("chunk", chunk), ("samples", samples)):
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise InvalidParameterError(f"{label} must be a positive integer, got {value!r}")
     named = dict(model.named_parameters())
-    names = [n for n, p in named.items() if p.requires_grad] if params is None else list(params)
-    names = [params] if isinstance(params, str) else names
-    unknown = [n for n in names if n not in named]
-    if unknown:
-        raise InvalidParameterError(f"no parameter named {unknown} in {type(model).__name__}")
-    if not names:
-        raise InvalidParameterError(f"{type(model).__name__} has no trainable parameters to compute a Fisher for")
+    names = _fisher_names(model, named, params, mode, task, n_examples=n_examples, chunk=chunk, samples=samples)
 
     fixed = {f"model.{n}": t.detach() for n, t in (*model.named_parameters(), *model.named_buffers())}
     theta = {n: named[n].detach() for n in names}
@@ -136,6 +127,25 @@ def diagonal_fisher(
     if total == 0:
         raise InvalidParameterError(f"data {type(data).__name__} holds no examples to compute a Fisher on")
     return {n: a / total for n, a in acc.items()}
+
+
+def _fisher_names(model: torch.nn.Module, named: dict, params: Any, mode: str, task: str, **counts: Any) -> list[str]:
+    """The parameters a Fisher is computed for, after checking the arguments."""
+    if mode not in MODES:
+        raise InvalidParameterError(f"unknown Fisher mode {mode!r}; expected one of {', '.join(MODES)}")
+    if task not in TASKS:
+        raise InvalidParameterError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    for label, value in counts.items():
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise InvalidParameterError(f"{label} must be a positive integer, got {value!r}")
+    names = [n for n, p in named.items() if p.requires_grad] if params is None else list(params)
+    names = [params] if isinstance(params, str) else names
+    unknown = [n for n in names if n not in named]
+    if unknown:
+        raise InvalidParameterError(f"no parameter named {unknown} in {type(model).__name__}")
+    if not names:
+        raise InvalidParameterError(f"{type(model).__name__} has no trainable parameters to compute a Fisher for")
+    return names
 
 
 def fish_mask(

@@ -81,12 +81,7 @@ def audit_merge(
     ``report["violations"]`` says which policy broke and by how much)."""
     threshold = check_threshold(threshold)
     deny = check_deny_license(deny_license)
-    if max_overlap is not None and not 0.0 <= float(max_overlap) <= 1.0:
-        raise InvalidParameterError(f"max-overlap must be a fraction in [0, 1], got {max_overlap}")
-    if max_contamination is not None and int(max_contamination) < 0:
-        raise InvalidParameterError(f"max-contamination must be a count >= 0, got {max_contamination}")
-    if ngram < 0:
-        raise InvalidParameterError(f"ngram must be >= 0 (0: no span check), got {ngram}")
+    _check_limits(max_overlap, max_contamination, ngram)
     with ledger.session():
         inputs = [ledger.version(v) for v in versions]
         if len(inputs) < 2 or len({v.version_id for v in inputs}) < len(inputs):
@@ -111,31 +106,8 @@ def audit_merge(
     labels = [f"s{i}" for i in range(len(inputs))]
     with run.pairs(scope) as tx:
         sizes = {lab: _count(tx, [lab]) for lab in [*labels, "e"]}
-        overlap = []
-        for i in range(len(inputs)):
-            for j in range(i + 1, len(inputs)):
-                ij, ji = _overlap(tx, audit_id, [labels[i]], [labels[j]]), _overlap(tx, audit_id, [labels[j]], [labels[i]])
-                overlap.append({
-                    "a": inputs[i].version_id, "b": inputs[j].version_id,
-                    "a_documents": sizes[labels[i]], "b_documents": sizes[labels[j]],
-                    "a_exact": ij["exact"], "a_near": ij["near"], "b_exact": ji["exact"], "b_near": ji["near"],
-                    "a_fraction": _frac(ij["exact"] + ij["near"], sizes[labels[i]]),
-                    "b_fraction": _frac(ji["exact"] + ji["near"], sizes[labels[j]]),
-                    "datasets": ij["datasets"]})
-        contamination = None
-        if evals:
-            train_hit = _overlap(tx, audit_id, labels, ["e"], keys=True)
-            eval_hit = _overlap(tx, audit_id, ["e"], labels, keys=True)
-            spans = _span_check(ledger, tx, labels, ngram) if ngram else None
-            contaminated = set(eval_hit["keys"]) | (set(spans["eval_keys"]) if spans else set())
-            contamination = {
-                "eval_datasets": [d.dataset_id for d in evals], "eval_documents": sizes["e"],
-                "training_documents": sum(sizes[lab] for lab in labels),
-                "training_exact": train_hit["exact"], "training_near": train_hit["near"],
-                "training_keys": train_hit["keys"][:200],
-                "eval_exact": eval_hit["exact"], "eval_near": eval_hit["near"],
-                "ngram": spans, "contaminated_eval_documents": len(contaminated),
-                "contaminated_eval_keys": sorted(contaminated)[:200], "datasets": train_hit["datasets"]}
+        overlap = _pairwise_overlap(tx, audit_id, inputs, labels, sizes)
+        contamination = _contamination(ledger, tx, audit_id, evals, labels, sizes, ngram) if evals else None
         step(progress)
         violations = _violations(overlap, contamination, merged_license, max_overlap, max_contamination, deny)
         alerts = [v["message"] for v in violations]
@@ -156,6 +128,49 @@ def audit_merge(
                            "max_overlap": max_overlap, "max_contamination": max_contamination,
                            "deny_license": deny, "full_lineage": full_lineage, "ngram": ngram})
     return report
+
+
+def _check_limits(max_overlap: float | None, max_contamination: int | None, ngram: int) -> None:
+    if max_overlap is not None and not 0.0 <= float(max_overlap) <= 1.0:
+        raise InvalidParameterError(f"max-overlap must be a fraction in [0, 1], got {max_overlap}")
+    if max_contamination is not None and int(max_contamination) < 0:
+        raise InvalidParameterError(f"max-contamination must be a count >= 0, got {max_contamination}")
+    if ngram < 0:
+        raise InvalidParameterError(f"ngram must be >= 0 (0: no span check), got {ngram}")
+
+
+def _pairwise_overlap(tx, audit_id: str, inputs: list, labels: list[str], sizes: dict[str, int]) -> list[dict]:
+    """For every pair of inputs, each side's documents found (exactly or nearly) on the other."""
+    overlap = []
+    for i in range(len(inputs)):
+        for j in range(i + 1, len(inputs)):
+            ij, ji = _overlap(tx, audit_id, [labels[i]], [labels[j]]), _overlap(tx, audit_id, [labels[j]], [labels[i]])
+            overlap.append({
+                "a": inputs[i].version_id, "b": inputs[j].version_id,
+                "a_documents": sizes[labels[i]], "b_documents": sizes[labels[j]],
+                "a_exact": ij["exact"], "a_near": ij["near"], "b_exact": ji["exact"], "b_near": ji["near"],
+                "a_fraction": _frac(ij["exact"] + ij["near"], sizes[labels[i]]),
+                "b_fraction": _frac(ji["exact"] + ji["near"], sizes[labels[j]]),
+                "datasets": ij["datasets"]})
+    return overlap
+
+
+def _contamination(ledger: LedgerStore, tx, audit_id: str, evals: list, labels: list[str], sizes: dict[str, int],
+                   ngram: int) -> dict[str, Any]:
+    """Training documents that copy evaluation documents, and evaluation documents found in
+    training exactly, nearly or by an ``ngram``-word span (module doc)."""
+    train_hit = _overlap(tx, audit_id, labels, ["e"], keys=True)
+    eval_hit = _overlap(tx, audit_id, ["e"], labels, keys=True)
+    spans = _span_check(ledger, tx, labels, ngram) if ngram else None
+    contaminated = set(eval_hit["keys"]) | (set(spans["eval_keys"]) if spans else set())
+    return {
+        "eval_datasets": [d.dataset_id for d in evals], "eval_documents": sizes["e"],
+        "training_documents": sum(sizes[lab] for lab in labels),
+        "training_exact": train_hit["exact"], "training_near": train_hit["near"],
+        "training_keys": train_hit["keys"][:200],
+        "eval_exact": eval_hit["exact"], "eval_near": eval_hit["near"],
+        "ngram": spans, "contaminated_eval_documents": len(contaminated),
+        "contaminated_eval_keys": sorted(contaminated)[:200], "datasets": train_hit["datasets"]}
 
 
 def _sides(ledger: LedgerStore, ids: list[str], full_lineage: bool) -> tuple[list[tuple[str, int, str]], list[dict]]:

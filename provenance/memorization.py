@@ -136,23 +136,7 @@ def audit_memorization(
         docs = {r["doc_id"]: r for r in tx.staged_documents(doc_ids)}
         tx.drop_audit_tables()
         seen = {r["doc_id"]: r["seen"] for r in ledger.exposure(runs, doc_ids).to_pylist()} if doc_ids else {}
-        report_samples = []
-        for i, text in enumerate(texts):
-            found = []
-            for (sample, doc), m in sorted(matches.items()):
-                if sample != i:
-                    continue
-                jaccard = m["jaccard"]
-                if jaccard is None:  # found by span only: its estimate still says how much of it the sample is
-                    jaccard = float(np.mean(np.asarray(docs[doc]["signature"], np.uint32) == sigs[i]))
-                group = {doc} | neighbours.get(doc, set())
-                found.append({"doc_id": doc, "dataset_id": docs[doc]["dataset_id"], "key": docs[doc]["key"],
-                              "jaccard": jaccard, "stderr": math.sqrt(jaccard * (1 - jaccard) / k),
-                              "span_words": m["span_words"], "span_text": m["span_text"],
-                              "near_copies": len(neighbours.get(doc, ())),
-                              "seen": seen.get(doc, 0.0), "exposure": sum(seen.get(d, 0.0) for d in group)})
-            found.sort(key=lambda f: (-f["span_words"], -f["jaccard"], f["key"]))
-            report_samples.append({"index": i, "text": text[:300], "matches": found})
+        report_samples = _sample_reports(texts, sigs, k, matches, docs, neighbours, seen)
         memorized = [s for s in report_samples if s["matches"]]
         summary = {"samples": len(texts), "samples_matching_training": len(memorized),
                    "samples_with_span": sum(any(m["span_words"] >= span for m in s["matches"]) for s in memorized)
@@ -169,6 +153,30 @@ def audit_memorization(
                    params={"threshold": threshold, "span": span, "samples": len(texts)})
         tx.drop_sample_pairs(audit_id)
     return report
+
+
+def _sample_reports(texts: list[str], sigs: np.ndarray, k: int, matches: dict[tuple[int, int], dict[str, Any]],
+                    docs: dict[int, dict], neighbours: dict[int, set[int]], seen: dict[int, float]) -> list[dict]:
+    """Per sample, the training documents it matches, best first: estimate, shared span, the
+    document's near-copies and how often training saw it and them (its exposure)."""
+    out = []
+    for i, text in enumerate(texts):
+        found = []
+        for (sample, doc), m in sorted(matches.items()):
+            if sample != i:
+                continue
+            jaccard = m["jaccard"]
+            if jaccard is None:  # found by span only: its estimate still says how much of it the sample is
+                jaccard = float(np.mean(np.asarray(docs[doc]["signature"], np.uint32) == sigs[i]))
+            group = {doc} | neighbours.get(doc, set())
+            found.append({"doc_id": doc, "dataset_id": docs[doc]["dataset_id"], "key": docs[doc]["key"],
+                          "jaccard": jaccard, "stderr": math.sqrt(jaccard * (1 - jaccard) / k),
+                          "span_words": m["span_words"], "span_text": m["span_text"],
+                          "near_copies": len(neighbours.get(doc, ())),
+                          "seen": seen.get(doc, 0.0), "exposure": sum(seen.get(d, 0.0) for d in group)})
+        found.sort(key=lambda f: (-f["span_words"], -f["jaccard"], f["key"]))
+        out.append({"index": i, "text": text[:300], "matches": found})
+    return out
 
 
 def _spans(ledger: LedgerStore, tx, texts: list[str], n: int) -> tuple[dict[tuple[int, int], tuple[int, str]], list[str]]:

@@ -156,32 +156,8 @@ def merge(
                 store_fisher(ledger, v, {n: f[n] for n in names}, meta={"source": "given to merge"})
         fishers = _fisher_sources(ledger, inputs, names) if how.needs_fisher else None
         norms = _norms(fishers, names) if how.needs_fisher and normalize else None
-        params, receipt_params, kernel = [], {}, None
-        if progress is not None:
-            progress.start("merge", None)
-        with BackgroundWriter() as writer:
-            for name in names:
-                direct = _patch_direct(history, store, ids, name, method, base_id)
-                if direct is not None:  # patches of one parent: never materialise the inputs
-                    merged, fisher_objects, first = _merge_direct(direct, method, name, fishers, lam, eps, norms,
-                                                                  device)
-                    input_addresses = None
-                else:
-                    thetas = [materialize(history, store, vid, name)[0] for vid in ids]
-                    merged, fisher_objects = _merge_group(
-                        method, name, thetas, fishers, lam, eps, norms, density, history, store, base_id, device
-                    )
-                    first, input_addresses = thetas[0], [address_of(t) for t in thetas]
-                kernel = kernel or pick(torch.empty(0, device=device))
-                patch = encode(first, merged)
-                objects = {role: store.put(t, writer).address for role, t in patch.tensors.items()}
-                params.append(ParamRecord(name=name, dtype=str(merged.dtype).removeprefix("torch."),
-                                          shape=list(merged.shape), encoding=patch.encoding, objects=objects,
-                                          meta=patch.meta, nbytes=patch.nbytes))
-                receipt_params[name] = {"inputs": input_addresses, "fishers": fisher_objects,
-                                        "merged": address_of(merged)}
-                if progress is not None:
-                    progress.advance(merged.numel() * merged.element_size())
+        params, receipt_params, kernel = _merge_groups(history, store, ids, names, method, fishers, lam, eps, norms,
+                                                       density, base_id, device, progress)
         created = datetime.now(timezone.utc).replace(tzinfo=None)
         h = xxhash.xxh3_128(f"merge|{ids}|{method}|{lam}|{message}|{created.isoformat()}|".encode())
         for p in params:
@@ -202,6 +178,36 @@ def merge(
             tx.insert_version(version, params)
             tx.insert_receipt(receipt)
     return version
+
+
+def _merge_groups(history, store, ids, names, method, fishers, lam, eps, norms, density, base_id, device, progress):
+    """Every group merged and its patch against the first input stored: the manifest rows, the
+    receipt's per-group record (inputs, Fishers read, result) and the kernel that ran."""
+    params, receipt_params, kernel = [], {}, None
+    if progress is not None:
+        progress.start("merge", None)
+    with BackgroundWriter() as writer:
+        for name in names:
+            direct = _patch_direct(history, store, ids, name, method, base_id)
+            if direct is not None:  # patches of one parent: never materialise the inputs
+                merged, fisher_objects, first = _merge_direct(direct, method, name, fishers, lam, eps, norms, device)
+                input_addresses = None
+            else:
+                thetas = [materialize(history, store, vid, name)[0] for vid in ids]
+                merged, fisher_objects = _merge_group(
+                    method, name, thetas, fishers, lam, eps, norms, density, history, store, base_id, device
+                )
+                first, input_addresses = thetas[0], [address_of(t) for t in thetas]
+            kernel = kernel or pick(torch.empty(0, device=device))
+            patch = encode(first, merged)
+            objects = {role: store.put(t, writer).address for role, t in patch.tensors.items()}
+            params.append(ParamRecord(name=name, dtype=str(merged.dtype).removeprefix("torch."),
+                                      shape=list(merged.shape), encoding=patch.encoding, objects=objects,
+                                      meta=patch.meta, nbytes=patch.nbytes))
+            receipt_params[name] = {"inputs": input_addresses, "fishers": fisher_objects, "merged": address_of(merged)}
+            if progress is not None:
+                progress.advance(merged.numel() * merged.element_size())
+    return params, receipt_params, kernel
 
 
 def _merge_group(method, name, thetas, fishers, lam, eps, norms, density, history, store, base_id,
