@@ -288,12 +288,7 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries):
             self._in_transaction = True
             try:
                 yield LedgerWriter(con, staging)
-            except (duckdb.IOException, duckdb.InternalException, duckdb.SerializationException) as exc:
-                with contextlib.suppress(Exception):
-                    con.execute("ROLLBACK")
-                self._raise_if_damaged(exc)
-                raise
-            except BaseException:
+            except BaseException:  # rolled back; _cursor then reports a damaged database as such
                 with contextlib.suppress(Exception):
                     con.execute("ROLLBACK")
                 raise
