@@ -112,7 +112,7 @@ class EpochsDisagreeWarning(UserWarning):
 def epoch_disagreements(ledger: LedgerStore, run: str | RunRecord) -> list[dict[str, Any]]:
     """Datasets of an ended run whose declared epochs (other than the default 1) differ from the
     epochs its logged keys give: ``{"dataset_id", "declared", "logged"}``. Logged keys win."""
-    record = ledger.run(run)
+    record = run if isinstance(run, RunRecord) else ledger.run(run)
     logged: dict[str, int] = {}
     for s in ledger.run_shards(record):
         if s.logged:
@@ -131,7 +131,7 @@ def warn_epoch_disagreements(ledger: LedgerStore, run: str | RunRecord) -> list[
     """Warn (:class:`EpochsDisagreeWarning`) about each of :func:`epoch_disagreements`."""
     import warnings
 
-    record = ledger.run(run)
+    record = run if isinstance(run, RunRecord) else ledger.run(run)
     found = epoch_disagreements(ledger, record) if record.status != "running" else []
     for d in found:
         warnings.warn(
