@@ -216,9 +216,11 @@ no_store_option = click.option(
     help="Keep nothing in the ledger (the report is printed, not stored); opens the ledger read-only.")
 
 
-def _write_html(report: dict, path: Path | None) -> None:
-    """Write an audit's HTML page to ``path`` (checked beforehand with ``Ledger.output_path``)."""
+def _write_html(report: Any, path: Path | None) -> None:
+    """Write an audit's HTML page (from its report, typed or as stored) to ``path`` (checked
+    beforehand with ``Ledger.output_path``)."""
     if path is not None:
         from provenance.audit_html import write_report
+        from provenance.cli.render import as_data
 
-        write_report(report, path)
+        write_report(as_data(report), path)

@@ -57,8 +57,6 @@ def lineage_cmd(obj: Context, ref: str, fmt: str, as_json: bool) -> None:
 def taint_cmd(obj: Context, target: str | None, shard: str | None, key: str | None, text_file, near: float | None,
               as_json: bool) -> None:
     """Every version whose lineage contains TARGET: the versions to re-train or re-merge without it."""
-    from provenance.audits import taint_report
-
     text = None
     if text_file is not None:
         raw = text_file.read()
@@ -66,7 +64,7 @@ def taint_cmd(obj: Context, target: str | None, shard: str | None, key: str | No
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise CliError(f"{getattr(text_file, 'name', 'stdin')}: not UTF-8 (byte {exc.start})", kind="source") from exc
-    report = taint_report(obj.ledger(read_only=True), dataset=target, shard=shard, key=key, text=text, near=near)
+    report = obj.ledger(read_only=True).taint(dataset=target, shard=shard, key=key, text=text, near=near)
     show_taint(report, as_json)
 
 
@@ -93,12 +91,10 @@ def audit_dedup_cmd(obj: Context, targets: tuple[str, ...], threshold: float, ve
                     all_pairs: bool, html_file: str | None, no_store: bool, as_json: bool) -> None:
     """Near-duplicate documents in datasets, or in everything in a version's lineage: the
     duplicate rate, clusters, each document's near-copies and the pairs."""
-    from provenance.audits import audit_dedup
-
     ledger = obj.ledger(read_only=no_store)
     html_path = ledger.output_path(html_file) if html_file else None
     with render.progress(obj.quiet) as bar:
-        report = audit_dedup(ledger, list(targets), threshold=threshold, verify=verify, pairs_file=pairs_file,
+        report = ledger.audit_dedup(list(targets), threshold=threshold, verify=verify, pairs_file=pairs_file,
                              all_pairs=all_pairs, store=not no_store, progress=bar)
     _write_html(report, html_path)
     show_dedup(report, as_json)
@@ -153,18 +149,16 @@ def audit_merge_cmd(obj: Context, versions: tuple[str, ...], threshold: float, n
                     html_file: str | None, no_store: bool, as_json: bool) -> None:
     """The pre-merge gate: training-data overlap between the versions and contamination with
     evaluation data. Exit status 1 when a policy limit is broken, so it can gate a merge in CI."""
-    from provenance.gate import audit_merge
-
     ledger = obj.ledger(read_only=no_store)
     html_path = ledger.output_path(html_file) if html_file else None
     with render.progress(obj.quiet) as bar:
-        report = audit_merge(ledger, list(versions), eval_datasets=list(eval_datasets) or None,
+        report = ledger.audit_merge(list(versions), eval_datasets=list(eval_datasets) or None,
                              threshold=threshold, max_overlap=max_overlap, deny_license=deny_license,
                              full_lineage=full_lineage, ngram=ngram, store=not no_store, progress=bar,
                              **_gate_limits(max_contamination))
     _write_html(report, html_path)
     show_gate(report, as_json)
-    if not report["passed"]:
+    if not report.passed:
         sys.exit(1)
 
 
@@ -184,12 +178,10 @@ def audit_memorization_cmd(obj: Context, ref: str, samples_file: str, threshold:
                            html_file: str | None, no_store: bool, as_json: bool) -> None:
     """Which training documents in VERSION's lineage its generated samples reproduce (near-duplicate
     or a long exact span), with how many times training saw each and its near-copies."""
-    from provenance.memorization import audit_memorization
-
     ledger = obj.ledger(read_only=no_store)
     html_path = ledger.output_path(html_file) if html_file else None
     with render.progress(obj.quiet) as bar:
-        report = audit_memorization(ledger, ref, samples_file, threshold=threshold, span=span, store=not no_store,
+        report = ledger.audit_memorization(ref, samples_file, threshold=threshold, span=span, store=not no_store,
                                     progress=bar)
     _write_html(report, html_path)
     show_memorization(report, as_json)
@@ -199,7 +191,7 @@ def audit_memorization_cmd(obj: Context, ref: str, samples_file: str, threshold:
 
 def show_lineage(lin, as_json: bool) -> None:
     if as_json:
-        return render.dump(lin.to_dict())
+        return render.dump(lin)
     console = render.console()
     t = Table(title=f"Data that shaped {lin.version[:12]}")
     for col in ("dataset", "role", "license", "shards", "examples", "effective share", "via (nearest first)"):
@@ -226,7 +218,8 @@ def show_lineage(lin, as_json: bool) -> None:
                    f"{', '.join(v[:12] for v in lin.unrecorded)}")
 
 
-def show_taint(report: dict, as_json: bool) -> None:
+def show_taint(report: Any, as_json: bool) -> None:
+    report = render.as_data(report)
     if as_json:
         return render.dump(report)
     click.echo(f"target: {report['target']}")
@@ -244,7 +237,8 @@ def show_taint(report: dict, as_json: bool) -> None:
     render.console().print(t)
 
 
-def show_dedup(report: dict, as_json: bool) -> None:
+def show_dedup(report: Any, as_json: bool) -> None:
+    report = render.as_data(report)
     if as_json:
         return render.dump(report)
     s, b = report["summary"], report["banding"]
@@ -282,7 +276,8 @@ def show_dedup(report: dict, as_json: bool) -> None:
         click.echo(f"  pairs written to {report['pairs_file']}")
 
 
-def show_gate(report: dict, as_json: bool) -> None:
+def show_gate(report: Any, as_json: bool) -> None:
+    report = render.as_data(report)
     if as_json:
         return render.dump(report)
     policy = report["policy"]
@@ -324,7 +319,8 @@ def show_gate(report: dict, as_json: bool) -> None:
             click.echo(f"  span check skipped {len(span['unreadable'])} unreadable shard(s): {span['unreadable'][0]}")
 
 
-def show_memorization(report: dict, as_json: bool) -> None:
+def show_memorization(report: Any, as_json: bool) -> None:
+    report = render.as_data(report)
     if as_json:
         return render.dump(report)
     s = report["summary"]

@@ -154,15 +154,16 @@ def merge_cmd(obj: Context, versions: tuple[str, ...], method: str, weights: str
     policy = dict(eval_datasets=list(eval_datasets) or None, max_overlap=max_overlap, deny_license=deny_license,
                   full_lineage=full_lineage, **_gate_limits(max_contamination)) if gate else None
     try:
+        ledger = obj.ledger()
         with render.progress(obj.quiet) as bar:
-            version = obj.ledger().merge(list(versions), method=method, weights=lam, base=base, eps=eps,
-                                         normalize=normalize, density=density, audit=audit, message=message,
-                                         author=author, device=device, progress=bar, gate=policy)
+            version = ledger.merge(list(versions), method=method, weights=lam, base=base, eps=eps,
+                                   normalize=normalize, density=density, audit=audit, message=message,
+                                   author=author, device=device, progress=bar, gate=policy)
     except GateFailedError as exc:
-        click.echo("\n".join(exc.report["alerts"]), err=True)
-        raise PolicyFailed(f"the pre-merge gate failed (audit {exc.report['audit_id'][:12]}); nothing merged",
+        click.echo("\n".join(exc.report.alerts), err=True)
+        raise PolicyFailed(f"the pre-merge gate failed (audit {exc.report.audit_id[:12]}); nothing merged",
                            "gate") from exc
-    render.emit(version.model_dump(mode="json"), as_json,
+    render.emit({**version.model_dump(mode="json"), "receipt": ledger.receipt(version).to_dict()}, as_json,
                 lambda d: f"merged {len(d['parents'])} versions into {d['version_id'][:12]}: "
                           f"{d['stored_bytes']:,} bytes stored of {d['full_bytes']:,}")
 
@@ -237,23 +238,23 @@ def show_tags(records, as_json: bool) -> None:
     render.console().print(t)
 
 
-def show_version(record, manifest: dict, as_json: bool, receipt: dict | None = None) -> None:
+def show_version(record, manifest: dict, as_json: bool, receipt: Any = None) -> None:
     if as_json:
         out = record.model_dump(mode="json")
         out["manifest"] = [p.model_dump(mode="json") for p in manifest.values()]
         if receipt is not None:
-            out["receipt"] = {k: v for k, v in receipt.items() if k != "params_json"}
+            out["receipt"] = receipt.to_dict()
         click.echo(dumps(out))
         return
     click.echo(f"version {record.version_id}" + (f"\ntags    {', '.join(record.tags)}" if record.tags else "")
                + f"\nparents {', '.join(record.parents) or '(root)'}\nauthor  {record.author or '(unknown)'}\n"
                f"message {record.message}\nstored  {record.stored_bytes:,} of {record.full_bytes:,} bytes")
     if receipt is not None:
-        extra = {"eps": receipt["eps"], "normalize": receipt["normalize"], "density": receipt["density"],
-                 "base": receipt["base_version"], "audit": receipt["audit_id"]}
+        extra = {"eps": receipt.eps, "normalize": receipt.normalize, "density": receipt.density,
+                 "base": receipt.base_version, "audit": receipt.audit_id}
         settings = ", ".join(f"{k} {v}" for k, v in extra.items() if v is not None)
-        click.echo(f"merge   {receipt['method']}, weights {receipt['weights']}" + (f", {settings}" if settings else "")
-                   + f"; kernel {receipt['kernel']}")
+        click.echo(f"merge   {receipt.method}, weights {receipt.weights}" + (f", {settings}" if settings else "")
+                   + f"; kernel {receipt.kernel}")
     t = Table()
     for col in ("parameter", "dtype", "shape", "encoding", "bytes"):
         t.add_column(col, no_wrap=True)

@@ -73,9 +73,16 @@ def console() -> Console:
     return _Fitting(soft_wrap=False, width=max(100, Console().width))
 
 
+def as_data(result: Any) -> Any:
+    """A typed result (:mod:`provenance.results`) as its JSON data; anything else as it is."""
+    to_dict = getattr(result, "to_dict", None)
+    return to_dict() if callable(to_dict) else result
+
+
 def dump(data: Any) -> None:
-    """``data`` as indented JSON on stdout (dates and other objects as their text)."""
-    click.echo(dumps(data))
+    """``data`` (or a typed result's JSON) as indented JSON on stdout (dates and other objects as
+    their text)."""
+    click.echo(dumps(as_data(data)))
 
 
 def emit(data: Any, as_json: bool, human: Callable[[Any], str]) -> None:

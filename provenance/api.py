@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from provenance.errors import GateFailedError, InvalidParameterError
 from provenance.ledger import LedgerStore
 from provenance.records import DatasetRecord, RegistrationResult, RunRecord, TagRecord, VersionRecord
+from provenance.results import DedupReport, GateReport, Lineage, MemorizationReport, MergeReceipt, TaintReport
 
 if TYPE_CHECKING:  # the verbs import their domain module when first called: opening a ledger to list
     # its datasets need not load torch and the kernels
-    from provenance import lineage, runs, verify
+    from provenance import runs, verify
 
 
 @runtime_checkable
@@ -42,11 +43,12 @@ class LedgerAPI(Protocol):
     def start_run(self, **options: Any) -> runs.Run: ...
     def run(self, ref: str | RunRecord) -> RunRecord: ...
     def merge(self, versions: Sequence[str | VersionRecord], **options: Any) -> VersionRecord: ...
-    def lineage(self, version: str | VersionRecord) -> lineage.Lineage: ...
-    def taint(self, **target: Any) -> list[dict[str, Any]]: ...
-    def audit_dedup(self, targets: Sequence[Any], **options: Any) -> dict[str, Any]: ...
-    def audit_merge(self, versions: Sequence[str | VersionRecord], **options: Any) -> dict[str, Any]: ...
-    def audit_memorization(self, version: str | VersionRecord, samples: Any, **options: Any) -> dict[str, Any]: ...
+    def receipt(self, version: str | VersionRecord) -> MergeReceipt | None: ...
+    def lineage(self, version: str | VersionRecord) -> Lineage: ...
+    def taint(self, **target: Any) -> TaintReport: ...
+    def audit_dedup(self, targets: Sequence[Any], **options: Any) -> DedupReport: ...
+    def audit_merge(self, versions: Sequence[str | VersionRecord], **options: Any) -> GateReport: ...
+    def audit_memorization(self, version: str | VersionRecord, samples: Any, **options: Any) -> MemorizationReport: ...
     def verify(self, **options: Any) -> verify.VerifyReport: ...
     def gc(self, *, apply: bool = False) -> dict[str, Any]: ...
     def sql(self, query: str, params: Sequence[Any] | None = None) -> Any: ...
@@ -123,40 +125,45 @@ class Ledger(LedgerStore):
             if options.get("audit"):
                 raise InvalidParameterError("give gate=... (run the gate now) or audit=ID (cite one), not both")
             report = self.audit_merge(versions, **gate)
-            if not report["passed"]:
+            if not report.passed:
                 raise GateFailedError(
-                    f"the pre-merge gate failed (audit {report['audit_id'][:12]}); nothing merged: "
-                    + "; ".join(report["alerts"]), report)
-            options["audit"] = report["audit_id"]
+                    f"the pre-merge gate failed (audit {report.audit_id[:12]}); nothing merged: "
+                    + "; ".join(report.alerts), report)
+            options["audit"] = report.audit_id
         return merges_.merge(self, versions, **options)
 
     # -- questions ------------------------------------------------------------------------------
 
-    def lineage(self, version: str | VersionRecord) -> lineage.Lineage:
+    def lineage(self, version: str | VersionRecord) -> Lineage:
         """Every dataset and shard that shaped ``version``; see :func:`provenance.lineage.lineage`."""
         from provenance import lineage as lineage_
 
         return lineage_.lineage(self, version)
 
-    def taint(self, **target: Any) -> list[dict[str, Any]]:
-        """Every version whose lineage contains the target; see :func:`provenance.lineage.taint`."""
-        from provenance import lineage as lineage_
+    def taint(self, *, dataset: str | DatasetRecord | None = None, shard: str | int | None = None,
+              key: str | None = None, text: str | None = None, near: float | None = None) -> TaintReport:
+        """Every version whose lineage contains the target: a dataset, a shard of it, a document
+        (``key`` in ``dataset``) or a ``text``, and with ``near`` its near-copies; see
+        :func:`provenance.audits.taint_report`."""
+        from provenance import audits as audits_
 
-        return lineage_.taint(self, **target)
+        if isinstance(dataset, (DatasetRecord, RegistrationResult)):
+            dataset = self.dataset(dataset).dataset_id
+        return audits_.taint_report(self, dataset=dataset, shard=shard, key=key, text=text, near=near)
 
-    def audit_dedup(self, targets: Sequence[Any], **options: Any) -> dict[str, Any]:
+    def audit_dedup(self, targets: Sequence[Any], **options: Any) -> DedupReport:
         """Near-duplicates in datasets or lineages; see :func:`provenance.audits.audit_dedup`."""
         from provenance import audits as audits_
 
         return audits_.audit_dedup(self, targets, **options)
 
-    def audit_merge(self, versions: Sequence[str | VersionRecord], **options: Any) -> dict[str, Any]:
+    def audit_merge(self, versions: Sequence[str | VersionRecord], **options: Any) -> GateReport:
         """The pre-merge gate; see :func:`provenance.gate.audit_merge`."""
         from provenance import gate as gate_
 
         return gate_.audit_merge(self, versions, **options)
 
-    def audit_memorization(self, version: str | VersionRecord, samples: Any, **options: Any) -> dict[str, Any]:
+    def audit_memorization(self, version: str | VersionRecord, samples: Any, **options: Any) -> MemorizationReport:
         """Which training documents generated samples reproduce; see
         :func:`provenance.memorization.audit_memorization`."""
         from provenance import memorization as memorization_

@@ -40,6 +40,7 @@ from provenance.ledger import LedgerStore
 from provenance.lineage import lineage, taint
 from provenance.progress import stage, step
 from provenance.records import DatasetRecord, RegistrationResult, VersionRecord
+from provenance.results import DedupReport, TaintReport
 
 MIN_RECALL = 0.99  # probability that a pair at the threshold becomes a candidate
 REPORT_PAIRS = 1000  # pairs kept in a stored report (all of them are in audit_pairs)
@@ -215,12 +216,12 @@ def audit_dedup(
     all_pairs: bool = False,
     store: bool = True,
     progress: Any = None,
-) -> dict[str, Any]:
+) -> DedupReport:
     """Near-duplicates among the documents of ``targets`` (module doc), stored as an audit.
-    Returns the report; ``report["pairs"]`` holds the pairs unless ``pairs_file`` is given, in
+    Returns the report; ``report.pairs`` holds the pairs unless ``pairs_file`` is given, in
     which case they are written there as Parquet (and the report keeps the best
     :data:`REPORT_PAIRS`). The pairs span each cluster (``m`` identical copies give ``m − 1``
-    pairs: each with the first copy; ``report["pairs_mode"] == "spanning"``); ``all_pairs`` lists
+    pairs: each with the first copy; ``report.pairs_mode == "spanning"``); ``all_pairs`` lists
     every pair instead (``m(m − 1)/2`` for ``m`` copies). ``store=False`` keeps nothing in the
     ledger (and works on a read-only one)."""
     threshold = check_threshold(threshold)
@@ -241,6 +242,7 @@ def audit_dedup(
             "stored": store,
         })
         report["summary"]["seconds"] = run.seconds()
+        report = DedupReport.model_validate(report).to_dict()
         run.record(tx, target=" ".join(t["target"] for t in described), passed=None, report=report,
                    params={"threshold": threshold, "verify": verify, "bands": run.banding.bands,
                            "rows": run.banding.rows, "all_pairs": all_pairs})
@@ -249,13 +251,12 @@ def audit_dedup(
             tx.copy_pairs(audit_id, str(tmp))
             os.replace(tmp, pairs_path)
         pairs = tx.pairs(audit_id) if pairs_file is None and not store else None
-    report = dict(report)
     if pairs_file is None:
         pairs = pairs if pairs is not None else ledger.audit_pairs(audit_id)
         report["pairs"] = pairs.drop_columns(["doc_a", "doc_b"]).to_pylist()
     else:
         report["pairs_file"] = str(pairs_file)
-    return report
+    return DedupReport.model_validate(report)
 
 
 def _dedup_report(tx, audit_id: str, n_docs: int, k: int) -> dict[str, Any]:
@@ -361,7 +362,7 @@ def iter_texts(ledger: LedgerStore, rows: Sequence[dict[str, Any]], unreadable: 
 
 
 def taint_report(ledger: LedgerStore, *, dataset: str | None = None, shard: str | None = None, key: str | None = None,
-                 text: str | None = None, near: float | None = None) -> dict[str, Any]:
+                 text: str | None = None, near: float | None = None) -> TaintReport:
     """:func:`provenance.lineage.taint` with a readable target, and by text: ``text`` is found by
     exact hash among all documents (of every fingerprint config), and with ``near`` every
     document of estimated Jaccard ≥ ``near`` to the target (the text, or the document ``key``)
@@ -374,7 +375,8 @@ def taint_report(ledger: LedgerStore, *, dataset: str | None = None, shard: str 
         if near is not None and key is None:
             raise InvalidParameterError("--near needs a document: a key (with its dataset) or a text")
         target = dataset if shard is None and key is None else f"{dataset} shard {shard}" if key is None else f"{dataset} {key}"
-        return {"target": target, "near": None, "matches": [], "versions": taint(ledger, dataset=dataset, shard=shard, key=key)}
+        return TaintReport(target=target, near=None, matches=[],
+                           versions=taint(ledger, dataset=dataset, shard=shard, key=key))
     if text is not None and not text.strip():
         raise InvalidParameterError("the text to look for is empty")
     matches = find_similar(ledger, text=text, dataset=dataset, key=key, near=near)
@@ -382,7 +384,7 @@ def taint_report(ledger: LedgerStore, *, dataset: str | None = None, shard: str 
         runs = ledger.runs_seeing([m["doc_id"] for m in matches]).to_pylist() if matches else []
         graph = {r["version_id"]: r for r in ledger.version_graph().to_pylist()}
     target = f"text ({len(text)} characters)" if text is not None else f"{dataset} {key}"
-    return {"target": target, "near": near, "matches": matches, "versions": tainted_versions(graph, runs)}
+    return TaintReport(target=target, near=near, matches=matches, versions=tainted_versions(graph, runs))
 
 
 def find_similar(ledger: LedgerStore, *, text: str | None = None, dataset: str | None = None, key: str | None = None,

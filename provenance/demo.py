@@ -119,7 +119,8 @@ def run_demo(path: str | Path = "prov-demo", *, n_docs: int = 2000, seed: int = 
         from provenance.demo_model import train_story
 
         models = train_story(ledger, seed=seed)
-        audit_id = (ledger.receipt("demo-merge") or {}).get("audit_id")
+        receipt = ledger.receipt("demo-merge")
+        audit_id = receipt.audit_id if receipt is not None else None
         gate = ledger.audit(audit_id)["report"] if audit_id else None
         lineage = ledger.lineage("demo-merge")
     return DemoReport(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ProvenanceError(Exception):
     """Base class of every error provenance raises on purpose."""
@@ -91,7 +93,7 @@ class LedgerReadOnlyError(ProvenanceError):
 class GateFailedError(ProvenanceError):
     """A merge asked for the pre-merge gate first, and the gate failed; ``report`` holds it."""
 
-    def __init__(self, message: str, report: dict):
+    def __init__(self, message: str, report: Any):
         super().__init__(message)
         self.report = report
 

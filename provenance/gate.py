@@ -22,7 +22,7 @@ document fails the gate; ``None`` turns the limit off) is broken when more evalu
 than that are contaminated; ``max_overlap`` (a fraction; no limit by default) when any side's
 overlap fraction exceeds it; ``deny_license`` (any of ``non-commercial``, ``share-alike``,
 ``unknown``, ``model-generated``) when the merged model's lineage (the union of the inputs' whole
-lineages) holds a dataset with that condition. ``report["violations"]`` lists what broke, in that
+lineages) holds a dataset with that condition. ``report.violations`` lists what broke, in that
 order, each with its policy and a message saying by how much. The audit is stored with whether it
 passed; ``prov audit merge`` exits 1 when it did not, and ``ledger.merge(..., audit=ID)`` cites it.
 """
@@ -42,6 +42,7 @@ from provenance.ledger import LedgerStore
 from provenance.lineage import ancestry, license_summary, lineage
 from provenance.ngrams import ngram_hashes
 from provenance.progress import step
+from provenance.results import GateReport, LicenseSummary
 
 #: The licence conditions a gate can deny, and the key of each in a lineage's licence summary.
 LICENSE_CONDITIONS = {"non-commercial": "non_commercial", "share-alike": "share_alike",
@@ -75,10 +76,10 @@ def audit_merge(
     store: bool = True,
     ngram: int = 13,
     progress: Any = None,
-) -> dict[str, Any]:
+) -> GateReport:
     """Run the gate over ``versions`` (module doc), store it as an audit (unless ``store=False``,
-    which also works on a read-only ledger), return the report (``report["passed"]``;
-    ``report["violations"]`` says which policy broke and by how much)."""
+    which also works on a read-only ledger), return the report (``report.passed``;
+    ``report.violations`` says which policy broke and by how much)."""
     threshold = check_threshold(threshold)
     deny = check_deny_license(deny_license)
     _check_limits(max_overlap, max_contamination, ngram)
@@ -123,11 +124,12 @@ def audit_merge(
             "passed": not alerts,
             "seconds": run.seconds(),
         }
-        run.record(tx, target=" ".join(v.version_id for v in inputs), passed=not alerts, report=report,
+        result = GateReport.model_validate(report)
+        run.record(tx, target=" ".join(v.version_id for v in inputs), passed=not alerts, report=result.to_dict(),
                    params={"threshold": threshold, "eval": [d.dataset_id for d in evals],
                            "max_overlap": max_overlap, "max_contamination": max_contamination,
                            "deny_license": deny, "full_lineage": full_lineage, "ngram": ngram})
-    return report
+    return result
 
 
 def _check_limits(max_overlap: float | None, max_contamination: int | None, ngram: int) -> None:
@@ -250,7 +252,7 @@ def _frac(n: int, total: int) -> float:
     return n / total if total else 0.0
 
 
-def _merged_license(ledger: LedgerStore, ids: list[str]) -> dict[str, Any]:
+def _merged_license(ledger: LedgerStore, ids: list[str]) -> LicenseSummary:
     """The licence union of the inputs' whole lineages: what the merged model would carry."""
     rows: dict[str, dict[str, Any]] = {}
     for vid in ids:

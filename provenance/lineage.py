@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections import defaultdict, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -30,30 +29,7 @@ import pyarrow.compute as pc
 from provenance.errors import InvalidParameterError, NotFoundError
 from provenance.ledger import LedgerStore
 from provenance.records import VersionRecord
-
-
-@dataclass
-class Lineage:
-    """What :func:`lineage` returns; :meth:`to_dict` is its JSON form."""
-
-    version: str
-    versions: pa.Table  # every ancestor, nearest first: the version graph's columns, weight, depth, child
-    shards: pa.Table  # per (dataset, shard): examples, documents, epochs, effective examples, runs
-    datasets: list[dict[str, Any]]  # per dataset: examples, shards, effective contribution, licence, via
-    license: dict[str, Any]  # union of the licence conditions of every dataset
-    unrecorded: list[str] = field(default_factory=list)  # ancestors with no run and no merge: data unknown
-
-    def version_rows(self) -> list[dict[str, Any]]:
-        """:attr:`versions` as records, with ``created_at`` as ISO text."""
-        rows = self.versions.to_pylist()
-        for r in rows:
-            r["created_at"] = r["created_at"].isoformat()
-            r["merge"], r["merge_weights"] = r.pop("method"), r.pop("weights")
-        return rows
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "versions": self.version_rows(), "datasets": self.datasets,
-                "shards": self.shards.to_pylist(), "license": self.license, "unrecorded": self.unrecorded}
+from provenance.results import LicenseSummary, Lineage
 
 
 def ancestry(ledger: LedgerStore, version: str | VersionRecord) -> tuple[str, pa.Table]:
@@ -134,7 +110,9 @@ def lineage(ledger: LedgerStore, version: str | VersionRecord) -> Lineage:
     datasets = _dataset_rows(per_dataset, info, ancestors)
     unknown = pc.and_(pc.is_null(ancestors.column("run_id")), pc.is_null(ancestors.column("method")))
     unrecorded = ancestors.filter(unknown).column("version_id").to_pylist()
-    return Lineage(version=vid, versions=ancestors, shards=shards, datasets=datasets,
+    versions = ancestors.rename_columns(["merge" if c == "method" else "merge_weights" if c == "weights" else c
+                                         for c in ancestors.column_names])
+    return Lineage(version=vid, versions=versions, shards=shards, datasets=datasets,
                    license=license_summary(info.values()), unrecorded=unrecorded)
 
 
@@ -154,19 +132,19 @@ def _dataset_rows(per_dataset: pa.Table, info: dict[str, dict], ancestors: pa.Ta
     return out
 
 
-def license_summary(datasets: Sequence[dict[str, Any]] | Any) -> dict[str, Any]:
+def license_summary(datasets: Sequence[dict[str, Any]] | Any) -> LicenseSummary:
     """The union of the licence conditions of ``datasets`` (rows with ``license`` and its flags):
     the licences seen, and the datasets that are non-commercial, share-alike, of unknown licence
     or model-generated."""
     rows = list(datasets)
-    return {
+    return LicenseSummary(**{
         "licenses": sorted({r["license"] for r in rows if r["license"]}),
         "non_commercial": sorted(r["dataset_id"] for r in rows if r["non_commercial"]),
         "share_alike": sorted(r["dataset_id"] for r in rows if r["share_alike"]),
         "attribution": sorted(r["dataset_id"] for r in rows if r.get("attribution")),
         "unknown_license": sorted(r["dataset_id"] for r in rows if not r["license"] or r["non_commercial"] is None),
         "model_generated": sorted(r["dataset_id"] for r in rows if r["model_generated"]),
-    }
+    })
 
 
 def data_diff(ledger: LedgerStore, a: str | VersionRecord, b: str | VersionRecord) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from provenance.lineage import ancestry
 from provenance.ngrams import ngram_hashes
 from provenance.ngrams import words as normalised_words
 from provenance.progress import step
+from provenance.results import MemorizationReport
 
 SPAN_TEXT_CHARS = 500  # characters of a shared span's text kept in the report
 
@@ -85,7 +86,7 @@ def audit_memorization(
     span: int = 50,
     store: bool = True,
     progress: Any = None,
-) -> dict[str, Any]:
+) -> MemorizationReport:
     """Match ``samples`` (a file, or texts) against the training documents of ``version``'s
     lineage (module doc); store the audit (unless ``store=False``, which also works on a
     read-only ledger) and return its report."""
@@ -149,10 +150,11 @@ def audit_memorization(
                   "config_id": cfg.identity, "banding": run.banding_report(),
                   "summary": summary, "samples": report_samples, "unreadable": unreadable,
                   "seconds": run.seconds()}
-        run.record(tx, target=vid, passed=None, report=report,
+        result = MemorizationReport.model_validate(report)
+        run.record(tx, target=vid, passed=None, report=result.to_dict(),
                    params={"threshold": threshold, "span": span, "samples": len(texts)})
         tx.drop_sample_pairs(audit_id)
-    return report
+    return result
 
 
 def _sample_reports(texts: list[str], sigs: np.ndarray, k: int, matches: dict[tuple[int, int], dict[str, Any]],

@@ -408,33 +408,33 @@ def receipt_check(ledger: LedgerStore, version: str | VersionRecord) -> dict[str
     receipt = ledger.receipt(ver)
     if receipt is None:
         raise InvalidParameterError(f"version {ver.version_id[:12]} is not a merge")
-    device = torch.device("cuda") if receipt["kernel"].startswith("triton") else None
+    device = torch.device("cuda") if receipt.kernel.startswith("triton") else None
     if device is not None and not torch.cuda.is_available():
-        raise InvalidParameterError(f"the merge {ver.version_id[:12]} ran on a CUDA device ({receipt['kernel']}); "
+        raise InvalidParameterError(f"the merge {ver.version_id[:12]} ran on a CUDA device ({receipt.kernel}); "
                                     "re-running it bit for bit needs one")
-    recorded = json.loads(receipt["params_json"])
-    inputs = [ledger.version(v) for v in receipt["inputs"]]
-    ids, lam, method = receipt["inputs"], list(receipt["weights"]), receipt["method"]
+    recorded = receipt.groups
+    inputs = [ledger.version(v) for v in receipt.inputs]
+    ids, lam, method = receipt.inputs, list(receipt.weights), receipt.method
     history, store = History(ledger), ledger.object_store()
     names = sorted(recorded)
     how = methods.get(method)
     fishers = _fisher_sources(ledger, inputs, names) if how.needs_fisher else None
-    norms = _norms(fishers, names) if how.needs_fisher and receipt["normalize"] else None
+    norms = _norms(fishers, names) if how.needs_fisher and receipt.normalize else None
     out = {}
     for name in names:
-        recorded_inputs = recorded[name]["inputs"]  # None: merged directly from the inputs' patches
-        direct = _patch_direct(history, store, ids, name, method, receipt["base_version"]) \
+        recorded_inputs = recorded[name].inputs  # None: merged directly from the inputs' patches
+        direct = _patch_direct(history, store, ids, name, method, receipt.base_version) \
             if recorded_inputs is None and device is not None else None
         if direct is not None:  # on CUDA the direct path is the fused kernel's own rounding: re-run it
-            merged, fisher_objects, _ = _merge_direct(direct, method, name, fishers, lam, receipt["eps"], norms,
+            merged, fisher_objects, _ = _merge_direct(direct, method, name, fishers, lam, receipt.eps, norms,
                                                       device)
             same_inputs = True
         else:  # on the CPU the direct paths are bit for bit the merge of the whole inputs: check that
             thetas = [materialize(history, store, vid, name)[0] for vid in ids]
             same_inputs = recorded_inputs is None or [address_of(t) for t in thetas] == recorded_inputs
-            merged, fisher_objects = _merge_group(method, name, thetas, fishers, lam, receipt["eps"], norms,
-                                                  receipt["density"], history, store, receipt["base_version"],
+            merged, fisher_objects = _merge_group(method, name, thetas, fishers, lam, receipt.eps, norms,
+                                                  receipt.density, history, store, receipt.base_version,
                                                   device)
-        same_fishers = fisher_objects == recorded[name]["fishers"]
-        out[name] = same_inputs and same_fishers and address_of(merged) == recorded[name]["merged"]
+        same_fishers = fisher_objects == recorded[name].fishers
+        out[name] = same_inputs and same_fishers and address_of(merged) == recorded[name].merged
     return out

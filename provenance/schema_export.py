@@ -1,4 +1,4 @@
-"""JSON Schemas of the records, generated into ``schemas/records/`` from the pydantic models.
+"""JSON Schemas of the records and typed results (:mod:`provenance.results`), generated into ``schemas/records/`` from the pydantic models.
 
 Run ``python -m provenance.schema_export`` to regenerate them; the tests fail when the files on
 disk drift from the models (``python -m provenance.schema_export --check`` says which).
@@ -24,6 +24,7 @@ from provenance.records import (
     ShardRecord,
     VersionRecord,
 )
+from provenance.results import iter_models
 
 MODELS: dict[str, type[BaseModel]] = {
     "fingerprint_config": FingerprintConfig,
@@ -36,6 +37,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "param": ParamRecord,
     "run": RunRecord,
     "run_shard": RunShardRecord,
+    **dict(iter_models()),
 }
 
 

@@ -51,6 +51,9 @@ def test_every_module_is_named_by_the_contracts(tmp_path):
     assert cli | {"cli"} == modules
     duck = {m.removeprefix("provenance.") for m in contracts["Only the ledger imports duckdb"]["source_modules"]}
     assert duck | {"ledger"} == modules
+    layers = next(c for n, c in contracts.items() if n.startswith("The layers"))["layers"]
+    layered = [m.strip().removeprefix("provenance.") for layer in layers for m in layer.replace(":", "|").split("|")]
+    assert sorted(layered) == sorted(modules)  # each module in exactly one layer
 
 
 def test_import_contracts_hold(tmp_path):
@@ -65,3 +68,13 @@ def test_a_wrong_way_import_breaks_a_contract(tmp_path):
     records.write_text(records.read_text() + "\nimport provenance.cli.render  # noqa: E402,F401\n")
     done = _lint(tmp_path)
     assert done.returncode != 0 and "Nothing imports the CLI BROKEN" in done.stdout, done.stdout
+
+
+def test_an_upward_import_between_domain_layers_breaks_the_layers(tmp_path):
+    """The gateway importing a domain module (the cycle this layout removed) is caught."""
+    package = _assemble(tmp_path)
+    versions = package / "versions.py"
+    versions.write_text(versions.read_text() + "\nimport provenance.lineage  # noqa: E402,F401\n")
+    done = _lint(tmp_path)
+    assert done.returncode != 0 and "provenance.versions is not allowed to import provenance.lineage" in done.stdout, \
+        done.stdout

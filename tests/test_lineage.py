@@ -71,7 +71,7 @@ def test_a_version_without_a_run_is_flagged_not_silently_empty(family):
 
 def test_taint_finds_every_version_downstream(family):
     ledger, v = family
-    ids = lambda rows: {r["version_id"]: r["direct"] for r in rows}  # noqa: E731
+    ids = lambda report: {r.version_id: r.direct for r in report.versions}  # noqa: E731
     assert ids(ledger.taint(dataset="web")) == {v["base"].version_id: True, v["forum"].version_id: False,
                                                   v["code"].version_id: False, v["merged"].version_id: False}
     assert ids(ledger.taint(dataset="forum")) == {v["forum"].version_id: True, v["merged"].version_id: False}
@@ -79,7 +79,8 @@ def test_taint_finds_every_version_downstream(family):
     # a logged document: only the runs that logged it; a document of a declared dataset: its runs
     assert ids(ledger.taint(dataset="forum", key="f1")) == {v["forum"].version_id: True, v["merged"].version_id: False}
     assert ids(ledger.taint(dataset="forum", key="f5")) == {}  # in the dataset, but never logged as seen
-    assert ledger.taint(dataset="forum", key="f1")[-1]["examples"] == 2
+    report = ledger.taint(dataset="forum", key="f1")
+    assert report.versions[-1].examples == 2 and report.target == "forum f1" and report.matches == []
     assert ids(ledger.taint(dataset="code", key="c2")) == {v["code"].version_id: True, v["merged"].version_id: False}
     with pytest.raises(NotFoundError, match="has no shard 'zz'"):
         ledger.taint(dataset="web", shard="zz")

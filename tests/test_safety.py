@@ -151,7 +151,7 @@ def test_a_ref_that_is_both_a_dataset_and_a_tag_is_ambiguous(project):
     assert "dataset:news or version:news" in result.output
     by_dataset = json.loads(run_cli("audit", "dedup", "dataset:news", "--json").output)
     by_version = json.loads(run_cli("audit", "dedup", "version:news", "--json").output)
-    assert by_dataset["targets"] == [{"target": "dataset:news", "kind": "dataset", "id": "news@1"}]
+    assert by_dataset["targets"] == [{"target": "dataset:news", "kind": "dataset", "id": "news@1", "label": None}]
     assert by_version["targets"] == [{"target": "version:news", "kind": "version", "id": child.version_id,
                                       "label": f"{child.version_id[:12]} (news)"}]
 

@@ -23,6 +23,7 @@ from provenance.records import (
     check_tag,
     looks_like_id,
 )
+from provenance.results import MergeReceipt
 
 # A version row with the names that tag it (``tags`` is not a column of ``versions``).
 _WITH_TAGS = """v.*, coalesce((SELECT list(t.name ORDER BY t.name) FROM tags t WHERE t.version_id = v.version_id),
@@ -181,12 +182,16 @@ class ModelQueries:
         return {r["name"]: {"kind": r["kind"], "objects": dict(r["objects"]),
                             "meta": json.loads(r["meta_json"]) if r["meta_json"] else {}} for r in rows}
 
-    def receipt(self, version: str | VersionRecord) -> dict[str, Any] | None:
+    def receipt(self, version: str | VersionRecord) -> MergeReceipt | None:
         """The merge receipt of ``version`` (None when it is not a merge)."""
         vid = self.version(version).version_id
         with self._cursor() as con:
             rows = con.sql("SELECT * FROM merge_receipts WHERE version_id = ?", params=[vid]).to_arrow_table().to_pylist()
-        return rows[0] if rows else None
+        if not rows:
+            return None
+        row = rows[0]
+        row["groups"] = json.loads(row.pop("params_json") or "{}")
+        return MergeReceipt.model_validate(row)
 
     def tags(self) -> list[TagRecord]:
         """Every tag with the version it names, by name."""
