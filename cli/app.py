@@ -201,7 +201,8 @@ def _gate_options(f):
     "--ledger",
     envvar="PROV_LEDGER",
     type=click.Path(file_okay=False),
-    help="Ledger folder (a project folder or its .prov). Default: $PROV_LEDGER, else the nearest .prov above.",
+    help="Ledger folder (a project folder or its .prov), or a ledger server's URL (http://HOST:PORT; token in "
+         "$PROV_TOKEN). Default: $PROV_LEDGER, else the nearest .prov above.",
 )
 @click.option("--wait", type=float, default=10.0, show_default=True, help="Seconds to wait for a ledger another process holds.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")

@@ -58,6 +58,21 @@ class Ledger(LedgerStore):
     """A provenance ledger: create one with :meth:`init`, open one with :meth:`open` (a folder, or
     the nearest ``.prov`` above the current one), then one verb per use case."""
 
+    @classmethod
+    def open(cls, path: str | os.PathLike | None = None, *, lock_timeout: float = 10.0, read_only: bool = False,
+             token: str | None = None) -> Any:
+        """Open the ledger at ``path`` (a project folder or its ``.prov``; None: ``PROV_LEDGER``,
+        else the nearest ``.prov`` above the current folder), or the one a server serves at an
+        ``http(s)://`` URL: then a :class:`provenance.remote.RemoteLedger` with the same verbs,
+        authenticated with ``token`` (default ``PROV_TOKEN``)."""
+        if path is None:
+            path = os.environ.get("PROV_LEDGER") or None
+        if isinstance(path, str) and path.startswith(("http://", "https://")):
+            from provenance.remote import RemoteLedger
+
+            return RemoteLedger(path, token=token)
+        return super().open(path, lock_timeout=lock_timeout, read_only=read_only)
+
     # -- data -----------------------------------------------------------------------------------
 
     def register_dataset(self, name: str, sources: Any, **options: Any) -> RegistrationResult:

@@ -57,7 +57,6 @@ def register_dataset(
     _check_options(name, role, on_invalid, text_field, shard_records)
     lic = license if isinstance(license, License) else License.from_spdx(license)
     cfg = config if isinstance(config, FingerprintConfig) else FingerprintConfig(**(config or {}))
-    banding = cfg.banding
     opts = ReadOptions(text_field=text_field, id_field=id_field, on_invalid=on_invalid, shard_records=shard_records)
     progress = progress or NoProgress()
 
@@ -65,19 +64,32 @@ def register_dataset(
     total = _identify(shards, id_field, progress) if isinstance(shards, list) else None
 
     counters = Counters()
+    planned = _content_hash([(s.name, s.shard_id) for s in shards], opts, cfg) if isinstance(shards, list) else None
+
+    def write(tx: LedgerWriter, dataset_id: str, latest: DatasetRecord | None) -> list[ShardRecord]:
+        progress.start(f"registering {dataset_id}", total)
+        reusable = _reusable_shards(tx, latest, cfg, opts)
+        return _write_shards(tx, dataset_id, shards, cfg, opts, counters, progress, reusable)
+
+    meta = {"role": role, "license": lic, "source": source, "creator": creator, "description": description,
+            "model_generated": model_generated}
+    return _register(ledger, name, cfg, opts, meta, planned, write, counters)
+
+
+def _register(ledger: LedgerStore, name: str, cfg: FingerprintConfig, opts: ReadOptions, meta: dict[str, Any],
+              planned: str | None, write: Any, counters: Counters) -> RegistrationResult:
+    """The registration's one transaction: the next version of ``name`` unless the content (known
+    beforehand as ``planned``, else once ``write`` has staged the rows) equals the latest's."""
+    lic = meta["license"]
     try:
         with ledger.transaction() as tx:
             latest = tx.latest_dataset(name)
-            if isinstance(shards, list) and latest is not None:
-                planned = _content_hash([(s.name, s.shard_id) for s in shards], opts, cfg)
-                if planned == latest.content_hash:
-                    raise _Unchanged
+            if planned is not None and latest is not None and planned == latest.content_hash:
+                raise _Unchanged
             version = latest.version + 1 if latest else 1
             dataset_id = f"{name}@{version}"
             tx.ensure_config(cfg)
-            progress.start(f"registering {dataset_id}", total)
-            reusable = _reusable_shards(tx, latest, cfg, opts)
-            shard_rows = _write_shards(tx, dataset_id, shards, cfg, opts, counters, progress, reusable)
+            shard_rows = write(tx, dataset_id, latest)
             if not shard_rows:
                 raise SourceError("the sources hold no shards")
             n_docs = sum(s.n_documents for s in shard_rows)
@@ -87,14 +99,14 @@ def register_dataset(
                     f"{', '.join(s.name for s in shard_rows)} were skipped as invalid"
                 )
             tx.insert_shards(shard_rows)
-            _check_unique_keys(tx, dataset_id, id_field)
+            _check_unique_keys(tx, dataset_id, opts.id_field)
             content = _content_hash([(s.name, s.shard_id) for s in shard_rows], opts, cfg)
             if latest is not None and content == latest.content_hash:
                 raise _Unchanged
+            banding = cfg.banding
             record = DatasetRecord(
-                dataset_id=dataset_id, name=name, version=version, role=role, license=lic,
-                model_generated=model_generated, source=source, creator=creator, description=description,
-                text_field=text_field, id_field=id_field, config=cfg, config_id=cfg.identity,
+                dataset_id=dataset_id, name=name, version=version, **meta,
+                text_field=opts.text_field, id_field=opts.id_field, config=cfg, config_id=cfg.identity,
                 unicode_version=unicodedata.unidata_version, bands=banding.bands, rows=banding.rows,
                 content_hash=content, n_shards=len(shard_rows), n_documents=n_docs,
                 n_bytes=sum(s.n_bytes for s in shard_rows), n_tokens=sum(s.n_tokens for s in shard_rows),
@@ -103,7 +115,7 @@ def register_dataset(
             tx.insert_dataset(record)
     except _Unchanged:
         assert latest is not None
-        return RegistrationResult(dataset=latest, created=False, message=_unchanged_message(latest, role, lic))
+        return RegistrationResult(dataset=latest, created=False, message=_unchanged_message(latest, meta["role"], lic))
     return RegistrationResult(dataset=record, created=True, message=_created_message(record))
 
 

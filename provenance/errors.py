@@ -99,3 +99,11 @@ class GateFailedError(ProvenanceError):
 
     def __reduce__(self):
         return type(self), (self.args[0], self.report)
+
+
+class AccessDeniedError(ProvenanceError):
+    """The ledger server refused the call: no token, a bad one, or one whose scope does not allow it."""
+
+
+class RunEndedError(ProvenanceError):
+    """A run was ended already (by another process, or another client of a ledger server)."""

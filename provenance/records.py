@@ -307,6 +307,18 @@ class VersionRecord(BaseModel):
         return self.version_id[:12] + (f" ({', '.join(self.tags)})" if self.tags else "")
 
 
+class TokenRecord(BaseModel):
+    """An API token of ``prov serve``: its name and scope; the token itself is never stored."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    scope: Literal["read", "write", "admin"] = Field(description="read < write < admin: each allows the ones before")
+    created_at: datetime
+    expires_at: datetime | None = Field(None, description="when it stops working (None: never)")
+    revoked_at: datetime | None = None
+
+
 class TagRecord(BaseModel):
     """A tag: a name for a version, movable by tagging again."""
 

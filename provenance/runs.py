@@ -37,9 +37,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import xxhash
 
-from provenance.errors import InvalidParameterError, ProvenanceError
+from provenance.errors import InvalidParameterError, ProvenanceError, RunEndedError
 from provenance.ledger import LedgerStore
 from provenance.records import DatasetRecord, RegistrationResult, RunRecord, VersionRecord
 from provenance.versions import commit
@@ -58,6 +59,7 @@ def start_run(
     flush_every: int = 65_536,
     detached: bool = False,
     pid: int | None = None,
+    host: str | None = None,
 ) -> Run:
     """Record the start of a training run and return it.
 
@@ -66,7 +68,8 @@ def start_run(
     maps each to the epochs the run makes over it (default 1). ``params`` are hyper-parameters,
     stored as JSON. A ``detached`` run is not marked failed when this process exits and is
     ended explicitly (``prov run finish``); ``pid`` is the process that owns the run (default:
-    this one; ``prov run start`` gives the process that ran it), watched for abandonment.
+    this one; ``prov run start`` gives the process that ran it), watched for abandonment on
+    ``host`` (default: this one; a ledger server is told the training job's).
     """
     if not isinstance(message, str) or not message.strip():
         raise InvalidParameterError("a run needs a message")
@@ -79,7 +82,7 @@ def start_run(
     declared = _declared(ledger, datasets)
     base_id = ledger.version(base).version_id if base is not None else None
     started = _now()
-    host, pid = socket.gethostname(), os.getpid() if pid is None else int(pid)
+    host, pid = host or socket.gethostname(), os.getpid() if pid is None else int(pid)
     run_id = xxhash.xxh3_128(f"{base_id}|{message}|{started.isoformat()}|{host}|{pid}|{os.urandom(8).hex()}".encode())
     record = RunRecord(
         run_id=run_id.hexdigest(), base_version=base_id, message=message, author=author, params=json.loads(params_json),
@@ -251,11 +254,16 @@ class Run:
                 [pa.array([d] * len(k), pa.string()) for d, k in zip(self._datasets, self._keys)]
             ),
         })
-        with self.ledger.transaction() as tx:
-            self._check_running(tx)
-            tx.log_examples(self.run_id, list(self.record.datasets), log)
+        try:
+            self._write(log)
+        except RunEndedError:
+            self._ended = True
+            raise
         self._keys, self._steps, self._datasets, self._pending = [], [], [], 0
         return n
+
+    def _write(self, log: pa.Table) -> None:
+        write_examples(self.ledger, self.record, log)
 
     # -- ending -------------------------------------------------------------------------------
 
@@ -288,9 +296,11 @@ class Run:
             if status == "finished":
                 raise
             error = f"{error}; its last logged examples were not written: {exc}"
-        with self.ledger.transaction() as tx:
-            self._check_running(tx)
-            tx.end_run(self.run_id, status, error=error)
+        try:
+            end_run(self.ledger, self.record, status, error)
+        except RunEndedError:
+            self._ended = True
+            raise
         self._close()
         return self.record
 
@@ -304,11 +314,51 @@ class Run:
         if self._ended:
             raise ProvenanceError(f"run {self.run_id[:12]} has ended ({self.record.status})")
 
-    def _check_running(self, tx) -> None:
-        status = tx.run_status(self.run_id)
-        if status != "running":
-            self._ended = True
-            raise ProvenanceError(f"run {self.run_id[:12]} is {status} already (ended by another process?)")
+
+
+def _check_running(tx, run_id: str) -> None:
+    status = tx.run_status(run_id)
+    if status != "running":
+        raise RunEndedError(f"run {run_id[:12]} is {status} already (ended by another process?)")
+
+
+#: The columns of a log of examples: order within the flush, step, document key, dataset (or null).
+EXAMPLES_SCHEMA = pa.schema([("seq", pa.int64()), ("step", pa.int64()), ("key", pa.string()),
+                             ("dataset", pa.string())])
+
+
+def write_examples(ledger: LedgerStore, run: str | RunRecord, log: pa.Table) -> int:
+    """Append a log of examples (:data:`EXAMPLES_SCHEMA`) to a running run, in one transaction;
+    an unknown key or a dataset the run did not declare is refused, naming it."""
+    record = ledger.run(run)
+    if log.schema.names != EXAMPLES_SCHEMA.names:
+        raise InvalidParameterError(f"examples: expected the columns {', '.join(EXAMPLES_SCHEMA.names)}, got "
+                                    f"{', '.join(log.schema.names)}")
+    try:
+        log = log.cast(EXAMPLES_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise InvalidParameterError(f"examples: {exc}") from None
+    if log.column("key").null_count or log.column("step").null_count:
+        raise InvalidParameterError("examples: a key or a step is null")
+    if log.num_rows and pc.min(log.column("step")).as_py() < 0:
+        raise InvalidParameterError("examples: a step is negative")
+    if not record.datasets:
+        raise InvalidParameterError("this run declared no datasets, so its examples cannot be logged")
+    with ledger.transaction() as tx:
+        _check_running(tx, record.run_id)
+        tx.log_examples(record.run_id, list(record.datasets), log)
+    return log.num_rows
+
+
+def end_run(ledger: LedgerStore, run: str | RunRecord, status: str, error: str | None = None) -> RunRecord:
+    """Record the end of a running run: ``finished`` or ``failed`` (with ``error``)."""
+    if status not in ("finished", "failed"):
+        raise InvalidParameterError(f"a run ends finished or failed, not {status!r}")
+    record = ledger.run(run)
+    with ledger.transaction() as tx:
+        _check_running(tx, record.run_id)
+        tx.end_run(record.run_id, status, error=error)
+    return ledger.run(record.run_id)
 
 
 @atexit.register

@@ -16,7 +16,6 @@ from provenance.errors import (
     LedgerExistsError,
     LedgerNotFoundError,
     NotFoundError,
-    ProvenanceError,
     ReadOnlyQueryError,
     SchemaVersionError,
 )
@@ -43,9 +42,9 @@ def test_init_creates_the_layout(tmp_path):
     assert ledger.db_path == ledger.root / "ledger.duckdb"
     assert ledger.db_path.is_file()
     assert (ledger.root / "objects").is_dir() and ledger.objects_path == ledger.root / "objects"
-    assert ledger.schema_version() == SCHEMA_VERSION == len(migrations()) == 5
+    assert ledger.schema_version() == SCHEMA_VERSION == len(migrations()) == 6
     assert ledger.summary() == {
-        "path": str(ledger.root), "schema_version": 5, "datasets": 0, "dataset_versions": 0, "shards": 0,
+        "path": str(ledger.root), "schema_version": 6, "datasets": 0, "dataset_versions": 0, "shards": 0,
         "documents": 0, "bytes": 0, "fingerprint_configs": 0,
     }
     meta = dict(raw_rows(ledger, "SELECT key, value FROM ledger_meta"))
@@ -110,7 +109,8 @@ def test_a_duckdb_file_that_is_not_a_ledger(tmp_path):
 
 def test_schema_migrations_has_one_row_per_migration(ledger):
     rows = raw_rows(ledger, "SELECT version, name FROM schema_migrations ORDER BY version")
-    assert rows == [(v, name) for v, name, _ in migrations()] == [(1, "initial"), (2, "versions"), (3, "runs"), (4, "merges"), (5, "audits")]
+    assert rows == [(v, name) for v, name, _ in migrations()] == [(1, "initial"), (2, "versions"), (3, "runs"), (4, "merges"), (5, "audits"),
+                                                                 (6, "service")]
 
 
 def test_opening_again_applies_nothing(ledger):
@@ -257,10 +257,18 @@ def test_sql_refusal_messages(ledger):
         ledger.sql("SELECT * FROM read_csv('/etc/passwd')")
 
 
-def test_sql_inside_a_session_is_refused(ledger):
+def test_sql_inside_a_session_reads_only_the_ledger(ledger):
+    """A held session (a server) has no second connection: the query's tree is checked instead."""
     with ledger.session():
-        with pytest.raises(ProvenanceError, match="outside a session"):
-            ledger.sql("SELECT 1")
+        assert ledger.sql("WITH x AS (SELECT 1 AS one) SELECT one FROM x").to_pylist() == [{"one": 1}]
+        assert ledger.sql("SELECT count(*) AS n FROM versions JOIN range(2) ON true").to_pylist() == [{"n": 0}]
+        for query, why in [("SELECT * FROM read_csv('/etc/passwd')", "table function read_csv"),
+                           ("SELECT (SELECT count(*) FROM read_text('/etc/hosts')) AS n", "table function read_text"),
+                           ("SELECT * FROM '/etc/passwd'", "not a table of the ledger"),
+                           ("SELECT getenv('HOME')", "environment"),
+                           ("DELETE FROM versions", "only SELECT")]:
+            with pytest.raises(ReadOnlyQueryError, match=why):
+                ledger.sql(query)
     assert ledger.sql("SELECT 1 AS one").to_pylist() == [{"one": 1}]
 
 

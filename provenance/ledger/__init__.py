@@ -35,6 +35,7 @@ from provenance.ledger._common import DB_FILE, LEDGER_DIR, OBJECTS_DIR, TMP_DIR,
 from provenance.ledger.data import DataQueries
 from provenance.ledger.lineage import LineageQueries
 from provenance.ledger.models import ModelQueries
+from provenance.ledger.service import ServiceQueries
 from provenance.ledger.writer import DocumentStage, LedgerWriter, _clean_staging
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ def _on_read_only_mount(path: Path) -> bool:
         return False
 
 
-class LedgerStore(DataQueries, ModelQueries, LineageQueries):
+class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
     """The storage gateway: a ledger folder's database and object store, its connections,
     transactions, migrations and every query. Users hold the facade, :class:`provenance.Ledger`,
     which adds one verb per use case; create one with :meth:`init`, open one with :meth:`open`."""

@@ -3,6 +3,7 @@ duplicates. Mixed into :class:`provenance.ledger.Ledger`."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -13,7 +14,6 @@ import pyarrow as pa
 from provenance.errors import (
     InvalidParameterError,
     NotFoundError,
-    ProvenanceError,
     ReadOnlyQueryError,
 )
 from provenance.ledger._common import _dataset_from_row, quote_identifier
@@ -132,9 +132,11 @@ class DataQueries:
             kind = inner_types[0] if len(inner_types) == 1 else "EXPLAIN"
         if kind != "SELECT":
             raise ReadOnlyQueryError(f"only SELECT queries are allowed on the ledger, got {kind}")
-        if self._con is not None:
-            raise ProvenanceError("sql() opens its own read-only connection; call it outside a session")
-        con = self._connect(read_only=True, external=False)
+        if self._con is not None:  # a held session (a server): no second connection, so check the tree
+            self._check_ledger_only(query)
+            con = self._con.cursor()
+        else:
+            con = self._connect(read_only=True, external=False)
         try:
             return con.sql(query, params=list(params) if params else None).to_arrow_table()
         except (duckdb.IOException, duckdb.InternalException) as exc:
@@ -145,6 +147,49 @@ class DataQueries:
             raise ReadOnlyQueryError(f"query failed: {exc}") from exc
         finally:
             con.close()
+
+    # Table functions that make rows without reading anything outside the ledger.
+    _PURE_TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest", "duckdb_tables", "duckdb_columns",
+                                       "duckdb_views", "duckdb_types", "duckdb_functions", "duckdb_constraints",
+                                       "duckdb_indexes", "duckdb_schemas", "pragma_table_info"})
+
+    def _check_ledger_only(self, query: str) -> None:
+        """Refuse a SELECT that could read outside the ledger when it runs on the session's own
+        connection (which can read files): its syntax tree may name only the ledger's tables and
+        views, its own CTEs, and table functions that read nothing."""
+        assert self._con is not None
+        raw = self._con.execute("SELECT json_serialize_sql(?::VARCHAR)", [query]).fetchall()[0][0]
+        tree = json.loads(raw)
+        if tree.get("error"):
+            raise ReadOnlyQueryError(f"cannot check the query: {tree.get('error_message', 'not a plain SELECT')}")
+        known = {r[0].lower() for r in self._con.execute(
+            "SELECT table_name FROM duckdb_tables() UNION SELECT view_name FROM duckdb_views()").fetchall()}
+        ctes: set[str] = set()
+        refs: list[dict] = []
+
+        def walk(node: Any) -> None:
+            if isinstance(node, dict):
+                for entry in (node.get("cte_map") or {}).get("map", []) if isinstance(node.get("cte_map"), dict) else []:
+                    if isinstance(entry, dict) and "key" in entry:
+                        ctes.add(str(entry["key"]).lower())
+                if node.get("type") in ("BASE_TABLE", "TABLE_FUNCTION"):
+                    refs.append(node)
+                if node.get("class") == "FUNCTION" and str(node.get("function_name", "")).lower() == "getenv":
+                    raise ReadOnlyQueryError("query refused: getenv() reads the server's environment")
+                for value in node.values():
+                    walk(value)
+            elif isinstance(node, list):
+                for value in node:
+                    walk(value)
+
+        walk(tree)
+        for ref in refs:
+            if ref["type"] == "TABLE_FUNCTION":
+                fn = (ref.get("function") or {}).get("function_name", "?")
+                if fn.lower() not in self._PURE_TABLE_FUNCTIONS:
+                    raise ReadOnlyQueryError(f"query refused: table function {fn}() may read outside the ledger")
+            elif ref.get("table_name", "").lower() not in known | ctes or ref.get("catalog_name") not in ("", None):
+                raise ReadOnlyQueryError(f"query refused: {ref.get('table_name')!r} is not a table of the ledger")
 
     def dataset_problems(self) -> list[dict[str, Any]]:
         """Dataset rows that disagree with their shards and documents (what ``prov verify``

@@ -1,0 +1,439 @@
+"""A ledger served by ``prov serve``, with the facade's interface: ``Ledger.open("http://host:8765",
+token=...)`` (or ``PROV_LEDGER`` and ``PROV_TOKEN``) returns a :class:`RemoteLedger`.
+
+Each verb is one or a few HTTP calls (httpx: pooled connections, timeouts). Connection errors and
+502/503/504 answers are retried with exponential backoff; every write carries an
+``Idempotency-Key``, so a retry of a write the server already applied gets its stored answer and
+is not applied twice. Errors come back as the library's own exception classes. Heavy work stays
+where the data is: :meth:`register_dataset` reads and fingerprints the shards here and uploads
+the document rows (Arrow IPC); :meth:`commit` uploads the state as a safetensors file;
+:meth:`checkout` streams it back, written atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import tempfile
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyarrow as pa
+
+from provenance import errors
+from provenance.records import (
+    DatasetRecord,
+    DocumentRecord,
+    ParamRecord,
+    RegistrationResult,
+    RunRecord,
+    ShardRecord,
+    TagRecord,
+    TokenRecord,
+    VersionRecord,
+)
+from provenance.results import DedupReport, GateReport, Lineage, MemorizationReport, MergeReceipt, TaintReport
+from provenance.runs import _OPEN, Run
+from provenance.wire import API, ARROW_STREAM, ipc_to_table, raise_error, table_to_ipc
+
+RETRY_STATUS = (502, 503, 504)
+
+
+def is_url(path: Any) -> bool:
+    return isinstance(path, str) and path.startswith(("http://", "https://"))
+
+
+class RemoteLedger:
+    """The facade over HTTP (see the module doc)."""
+
+    read_only = False
+
+    def __init__(self, url: str, *, token: str | None = None, timeout: float = 300.0, retries: int = 6,
+                 verify: bool | str = True):
+        self.url = url.rstrip("/")
+        self.root = self.url
+        token = token or os.environ.get("PROV_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.retries = retries
+        self._http = httpx.Client(base_url=self.url, headers=headers, verify=verify,
+                                  timeout=httpx.Timeout(timeout, connect=10.0),
+                                  limits=httpx.Limits(max_connections=16, max_keepalive_connections=8))
+        weakref.finalize(self, self._http.close)  # the pooled connections close with the ledger
+
+    def __repr__(self) -> str:
+        return f"RemoteLedger({self.url!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RemoteLedger:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[RemoteLedger]:
+        """Nothing to hold: the server keeps the ledger open (for code written against a local one)."""
+        yield self
+
+    # -- transport --------------------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, *, json_body: Any = None, params: dict | None = None,
+              content: Callable[[], Any] | None = None, content_type: str | None = None,
+              stream_to: Path | None = None) -> Any:
+        """One API call, retried on connection errors and 502/503/504 (writes with one
+        Idempotency-Key throughout); returns the decoded JSON (or bytes, or ``stream_to``)."""
+        url = path if path.startswith("/") else f"{API}/{path}"
+        headers = {}
+        if method != "GET":
+            headers["Idempotency-Key"] = uuid.uuid4().hex
+        if content_type:
+            headers["Content-Type"] = content_type
+        params = {k: v for k, v in (params or {}).items() if v is not None}
+        delay = 0.2
+        for attempt in range(self.retries + 1):
+            try:
+                body = content() if content is not None else None
+                try:
+                    request = self._http.build_request(method, url, json=json_body, params=params, headers=headers,
+                                                       content=body)
+                    response = self._http.send(request, stream=True)
+                finally:
+                    if hasattr(body, "close"):
+                        body.close()
+                try:
+                    if response.status_code in RETRY_STATUS and attempt < self.retries:
+                        response.read()
+                        raise _Retry
+                    if response.status_code >= 400:
+                        response.read()
+                        try:
+                            detail = response.json()
+                        except ValueError:
+                            detail = response.text
+                        raise_error(response.status_code, detail, f"{method} {url}")
+                    if stream_to is not None:
+                        _save(response, stream_to)
+                        return stream_to
+                    data = response.read()
+                finally:
+                    response.close()
+            except (httpx.TransportError, _Retry) as exc:
+                if attempt >= self.retries:
+                    raise errors.ProvenanceError(f"ledger server {self.url}: {method} {url} failed after "
+                                                 f"{self.retries + 1} tries: {exc or 'server unavailable'}") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            kind = response.headers.get("content-type", "")
+            if kind.startswith("application/json"):
+                return json.loads(data)
+            return data
+        raise AssertionError("unreachable")
+
+    # -- the ledger -----------------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        return self._call("GET", "summary")
+
+    def schema_version(self) -> int:
+        return self._call("GET", "/healthz")["schema_version"]
+
+    def sql(self, query: str, params: Sequence[Any] | None = None) -> pa.Table:
+        data = self._call("POST", "sql", json_body={"query": query, "params": list(params) if params else None})
+        return ipc_to_table(data, "the server's answer")
+
+    def output_path(self, path: str | os.PathLike, *, parents: bool = False) -> Path:
+        """Where a file this client writes goes (a local path: the ledger is elsewhere)."""
+        out = Path(path).expanduser().absolute()
+        if out.is_dir():
+            raise errors.UnsafeOutputError(f"{out} is a folder; give a file name")
+        if not out.parent.exists():
+            if not parents:
+                raise errors.UnsafeOutputError(f"{out.parent} does not exist (create it, or pass parents=True)")
+            out.parent.mkdir(parents=True)
+        return out
+
+    # -- datasets -------------------------------------------------------------------------------------
+
+    def datasets(self, name: str | None = None, *, all_versions: bool = False) -> list[DatasetRecord]:
+        rows = self._call("GET", "datasets", params={"name": name, "all_versions": str(all_versions).lower()})
+        return [DatasetRecord.model_validate(r) for r in rows]
+
+    def dataset(self, ref: str | DatasetRecord | RegistrationResult) -> DatasetRecord:
+        return DatasetRecord.model_validate(self._call("GET", f"datasets/{_ref(ref)}"))
+
+    def shards(self, dataset: str | DatasetRecord) -> list[ShardRecord]:
+        return [ShardRecord.model_validate(r) for r in self._call("GET", f"datasets/{_ref(dataset)}/shards")]
+
+    def document(self, dataset: str | DatasetRecord, key: str) -> DocumentRecord:
+        return DocumentRecord.model_validate(self._call("GET", f"datasets/{_ref(dataset)}/documents/{key}"))
+
+    def export_croissant(self, dataset: str | DatasetRecord, base: Any = None) -> dict[str, Any]:
+        return self._call("GET", f"datasets/{_ref(dataset)}/croissant")
+
+    def register_dataset(self, name: str, sources: Any, *, progress: Any = None, **options: Any) -> RegistrationResult:
+        """Read and fingerprint ``sources`` here, upload the rows, register them on the server."""
+        from provenance.uploads import fingerprint_to_file
+
+        with tempfile.TemporaryDirectory(prefix="prov-upload-") as tmp:
+            path = Path(tmp) / "documents.arrows"
+            shards, counters, sent = fingerprint_to_file(sources, path, progress=progress, **options)
+            upload = self._call("POST", "uploads", content=lambda: path.open("rb"), content_type=ARROW_STREAM)
+        body = {"name": name, "upload_id": upload["upload_id"], "shards": shards, "options": sent,
+                "counters": counters}
+        return RegistrationResult.model_validate(self._call("POST", "datasets", json_body=body))
+
+    # -- versions -------------------------------------------------------------------------------------
+
+    def versions(self) -> list[VersionRecord]:
+        return [VersionRecord.model_validate(r) for r in self._call("GET", "versions")]
+
+    def version(self, ref: str | VersionRecord) -> VersionRecord:
+        return VersionRecord.model_validate(self._call("GET", f"versions/{_ref(ref)}"))
+
+    def manifest(self, version: str | VersionRecord) -> dict[str, ParamRecord]:
+        return {k: ParamRecord.model_validate(v) for k, v in self._call("GET", f"versions/{_ref(version)}/manifest").items()}
+
+    def receipt(self, version: str | VersionRecord) -> MergeReceipt | None:
+        data = self._call("GET", f"versions/{_ref(version)}/receipt")
+        return MergeReceipt.model_validate(data) if data is not None else None
+
+    def tags(self) -> list[TagRecord]:
+        return [TagRecord.model_validate(r) for r in self._call("GET", "tags")]
+
+    def tag(self, name: str, version: str | VersionRecord) -> VersionRecord:
+        return VersionRecord.model_validate(self._call("PUT", f"tags/{name}", json_body={"version": _ref(version)}))
+
+    def commit(self, state: Any, *, parent: str | VersionRecord | None = None, message: str, author: str | None = None,
+               run: str | None = None, encoding: str = "auto", allow_nonfinite: bool = False, progress: Any = None,
+               **options: Any) -> VersionRecord:
+        """Upload ``state`` (a state dict, a module, a safetensors file or a sharded checkpoint)
+        and store it on the server as a new version."""
+        if options:
+            raise errors.InvalidParameterError(
+                f"{', '.join(sorted(options))}: not available through a ledger server (commit on the ledger's host)")
+        params = {"message": message, "parent": _ref(parent) if parent is not None else None, "author": author,
+                  "run": run, "encoding": encoding, "allow_nonfinite": str(allow_nonfinite).lower()}
+        with _state_file(state) as path:
+            data = self._call("POST", "versions", params=params, content=lambda: path.open("rb"),
+                              content_type="application/octet-stream")
+        return VersionRecord.model_validate(data)
+
+    def checkout(self, version: str | VersionRecord, output: str | os.PathLike | None = None, *,
+                 parents: bool = False, progress: Any = None) -> Any:
+        """The version's tensors, bit-identical: a dict, or the safetensors file ``output``."""
+        ref = _ref(version)
+        if output is not None:
+            out = self.output_path(output, parents=parents)
+            return self._call("GET", f"versions/{ref}/tensors", stream_to=out)
+        from provenance.tensorfile import read_tensors
+
+        with tempfile.TemporaryDirectory(prefix="prov-checkout-") as tmp:
+            path = self._call("GET", f"versions/{ref}/tensors", stream_to=Path(tmp) / "state.safetensors")
+            tensors, _ = read_tensors(path)
+            return tensors
+
+    def merge(self, versions: Sequence[str | VersionRecord], *, gate: Mapping[str, Any] | None = None,
+              progress: Any = None, device: Any = None, **options: Any) -> VersionRecord:
+        if device is not None:
+            raise errors.InvalidParameterError("device: the server merges on its own device")
+        body = {"versions": [_ref(v) for v in versions], "options": options,
+                "gate": dict(gate) if gate is not None else None}
+        return VersionRecord.model_validate(self._call("POST", "merges", json_body=body)["version"])
+
+    def gc(self, *, apply: bool = False) -> dict[str, Any]:
+        return self._call("POST", "gc", json_body={"apply": apply})
+
+    def verify(self, *, objects: bool = False, repair: bool = False, progress: Any = None) -> Any:
+        from provenance.verify import VerifyReport
+
+        return VerifyReport.model_validate(self._call("POST", "verify", json_body={"objects": objects, "repair": repair}))
+
+    # -- runs -----------------------------------------------------------------------------------------
+
+    def runs(self) -> list[RunRecord]:
+        return [RunRecord.model_validate(r) for r in self._call("GET", "runs")]
+
+    def run(self, ref: str | RunRecord) -> RunRecord:
+        return RunRecord.model_validate(self._call("GET", f"runs/{_ref(ref)}"))
+
+    def start_run(self, *, base: str | VersionRecord | None = None, datasets: Any = (),
+                  params: Mapping[str, Any] | None = None, message: str, author: str | None = None,
+                  flush_every: int = 65_536, detached: bool = False, pid: int | None = None) -> RemoteRun:
+        """Start a training run on the server; the run buffers its examples here and sends them
+        in batches (Arrow), and ends when this process ends it (or fails it at exit)."""
+        if isinstance(datasets, (str, DatasetRecord, RegistrationResult)):
+            datasets = [datasets]
+        declared = ({_ref(k): float(v) for k, v in datasets.items()} if isinstance(datasets, Mapping)
+                    else {_ref(d): 1.0 for d in datasets})
+        body = {"message": message, "base": _ref(base) if base is not None else None, "datasets": declared,
+                "params": dict(params or {}), "author": author, "host": socket.gethostname(),
+                "pid": os.getpid() if pid is None else int(pid)}
+        record = RunRecord.model_validate(self._call("POST", "runs", json_body=body))
+        return RemoteRun(self, record, flush_every, owned=not detached)
+
+    # -- questions ----------------------------------------------------------------------------------
+
+    def lineage(self, version: str | VersionRecord) -> Lineage:
+        return Lineage.model_validate(self._call("GET", f"lineage/{_ref(version)}"))
+
+    def taint(self, *, dataset: Any = None, shard: str | int | None = None, key: str | None = None,
+              text: str | None = None, near: float | None = None) -> TaintReport:
+        body = {"dataset": _ref(dataset) if dataset is not None else None,
+                "shard": str(shard) if shard is not None else None, "key": key, "text": text, "near": near}
+        return TaintReport.model_validate(self._call("POST", "taint", json_body=body))
+
+    def audit_dedup(self, targets: Sequence[Any], *, progress: Any = None, **options: Any) -> DedupReport:
+        if options.get("pairs_file") is not None:
+            raise errors.InvalidParameterError("pairs_file: through a server, read the pairs with audit_pairs(id)")
+        options.pop("pairs_file", None)
+        body = {"targets": [_ref(t) for t in targets], "options": options}
+        return DedupReport.model_validate(self._call("POST", "audits/dedup", json_body=body))
+
+    def audit_merge(self, versions: Sequence[str | VersionRecord], *, progress: Any = None,
+                    **options: Any) -> GateReport:
+        body = {"versions": [_ref(v) for v in versions], "options": options}
+        return GateReport.model_validate(self._call("POST", "audits/merge", json_body=body))
+
+    def audit_memorization(self, version: str | VersionRecord, samples: Any, *, progress: Any = None,
+                           **options: Any) -> MemorizationReport:
+        from provenance.memorization import read_samples
+
+        texts = read_samples(samples) if isinstance(samples, (str, os.PathLike)) else list(samples)
+        body = {"version": _ref(version), "samples": texts, "options": options}
+        return MemorizationReport.model_validate(self._call("POST", "audits/memorization", json_body=body))
+
+    def audits(self, kind: str | None = None) -> list[dict[str, Any]]:
+        return self._call("GET", "audits", params={"kind": kind})
+
+    def audit(self, audit_id: str) -> dict[str, Any]:
+        return self._call("GET", f"audits/{audit_id}")
+
+    def audit_pairs(self, audit_id: str, limit: int | None = None) -> pa.Table:
+        return ipc_to_table(self._call("GET", f"audits/{audit_id}/pairs", params={"limit": limit}), "the pairs")
+
+    # -- tokens (admin) ---------------------------------------------------------------------------
+
+    def issue_token(self, name: str, scope: str, *, expires_days: float | None = None) -> tuple[TokenRecord, str]:
+        data = self._call("POST", "tokens", json_body={"name": name, "scope": scope, "expires_days": expires_days})
+        secret = data.pop("token")
+        return TokenRecord.model_validate(data), secret
+
+    def tokens(self) -> list[TokenRecord]:
+        return [TokenRecord.model_validate(r) for r in self._call("GET", "tokens")]
+
+    def revoke_token(self, name: str) -> TokenRecord:
+        return TokenRecord.model_validate(self._call("DELETE", f"tokens/{name}"))
+
+
+class RemoteRun(Run):
+    """A run on a ledger server: examples are buffered here and sent in batches; the end is sent."""
+
+    def _write(self, log: pa.Table) -> None:
+        self.ledger._call("POST", f"runs/{self.run_id}/examples", content=lambda: table_to_ipc(log),
+                          content_type=ARROW_STREAM)
+
+    def commit(self, state: Any, *, message: str | None = None, **options: Any) -> VersionRecord:
+        self._check_open()
+        if "parent" in options or "run" in options:
+            raise errors.InvalidParameterError("a run commits on its base, as itself: do not pass parent= or run=")
+        self.flush()
+        version = self.ledger.commit(state, parent=self.base, run=self.run_id, message=message or self.record.message,
+                                     author=options.pop("author", self.record.author), **options)
+        self._close()
+        return version
+
+    def _end(self, status: str, error: str | None) -> RunRecord:
+        self._check_open()
+        try:
+            self.flush()
+        except errors.InvalidParameterError as exc:
+            if status == "finished":
+                raise
+            error = f"{error}; its last logged examples were not written: {exc}"
+        try:
+            self.ledger._call("POST", f"runs/{self.run_id}/end", json_body={"status": status, "error": error})
+        except errors.RunEndedError:
+            self._ended = True
+            raise
+        self._close()
+        return self.record
+
+    def _close(self) -> None:
+        self._ended = True
+        _OPEN.discard(self)
+        self.record = self.ledger.run(self.run_id)
+
+
+class _Retry(Exception):
+    def __str__(self) -> str:
+        return "the server answered 502/503/504"
+
+
+def _ref(value: Any) -> str:
+    """A record's id, or the reference string as given."""
+    if isinstance(value, RegistrationResult):
+        return value.dataset.dataset_id
+    for attr in ("dataset_id", "version_id", "run_id"):
+        if hasattr(value, attr):
+            return getattr(value, attr)
+    if not isinstance(value, str):
+        raise errors.InvalidParameterError(f"expected a name, id or record, got {type(value).__name__}")
+    return value
+
+
+def _save(response: httpx.Response, path: Path) -> None:
+    """Stream a response body to ``path`` atomically (a temporary name, then a rename)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in response.iter_bytes(1 << 20):
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def _state_file(state: Any) -> Iterator[Path]:
+    """``state`` as one safetensors file: the file itself, or one written from the tensors."""
+    if isinstance(state, (str, os.PathLike)):
+        path = Path(state)
+        if path.is_file() and path.name.endswith(".safetensors"):
+            yield path
+            return
+        from provenance import checkpoints
+
+        if checkpoints.is_lora_adapter(path):
+            raise errors.InvalidParameterError(
+                f"{path} is a LoRA adapter folder: through a ledger server, commit the state it makes (base + "
+                "adapter), or commit the adapter on the ledger's host")
+        if not path.exists():
+            raise errors.InvalidParameterError(f"{path}: no such file or folder")
+        with checkpoints.open_state(path) as reader:
+            tensors = {name: reader.get(name) for name in reader.names}
+    elif hasattr(state, "state_dict") and callable(state.state_dict):
+        tensors = dict(state.state_dict())
+    elif isinstance(state, Mapping):
+        tensors = dict(state)
+    else:
+        raise errors.InvalidParameterError(
+            f"expected a state dict, a module, a .safetensors file or a checkpoint folder, got {type(state).__name__}")
+    from provenance.tensorfile import write_tensors
+
+    with tempfile.TemporaryDirectory(prefix="prov-commit-") as tmp:
+        path = Path(tmp) / "state.safetensors"
+        write_tensors(path, {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, sync=False)
+        yield path

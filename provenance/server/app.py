@@ -1,0 +1,166 @@
+"""The FastAPI application of ``prov serve``: auth (default deny), idempotent writes, the access
+log, errors as JSON, and ``serve()`` running it on uvicorn.
+
+**Auth.** Every call under ``/api/v1`` needs ``Authorization: Bearer TOKEN`` (``prov token
+create``): a read token may read, a write token may also write, an admin token may also manage
+tokens and run ``gc`` and ``verify``. 401 for a missing or unknown token, 403 for a scope that does
+not allow the call. A server started with ``auth=False`` (``--insecure-no-auth``) allows
+everything and listens on the loopback only. ``/healthz`` and the OpenAPI document are open.
+
+**Idempotency.** A write sent with ``Idempotency-Key`` is applied once: its response is stored
+with the key, and a retry with the same key (the connection dropped after the server got it)
+gets the stored response, marked ``Idempotent-Replayed: true``, without applying it again.
+Retries of one key wait for the first to finish.
+
+**Access log.** Every write is recorded (time, the token's name, method, path, status,
+idempotency key, seconds) in ``access_log``, which ``prov sql`` can query.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+
+from provenance import __version__, errors
+from provenance.ledger._common import _now
+from provenance.server import LedgerService
+from provenance.wire import API, error_body, status_of
+
+_ADMIN = (f"{API}/tokens", f"{API}/gc", f"{API}/verify")
+_SCOPE_RANK = {"read": 0, "write": 1, "admin": 2}
+_OPEN_PATHS = ("/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
+
+
+def needed_scope(method: str, path: str) -> str:
+    if path.startswith(_ADMIN):
+        return "admin"
+    return "read" if method in ("GET", "HEAD", "OPTIONS") else "write"
+
+
+def create_app(service: LedgerService) -> FastAPI:
+    """The application serving ``service``'s ledger."""
+    from provenance.server.routes import router
+
+    app = FastAPI(title="provenance ledger", version=__version__,
+                  description="Training-data provenance: datasets, model versions, runs, merges, lineage and audits.")
+    app.state.service = service
+    key_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+
+    @app.exception_handler(errors.ProvenanceError)
+    async def library_error(request: Request, exc: errors.ProvenanceError) -> JSONResponse:
+        return JSONResponse(error_body(exc), status_code=status_of(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"error": f"invalid request: {problems}", "kind": "InvalidParameterError"},
+                            status_code=422)
+
+    @app.exception_handler(ValidationError)
+    async def bad_value(request: Request, exc: ValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"error": f"invalid parameter: {problems}", "kind": "InvalidParameterError"},
+                            status_code=422)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Response:
+        from starlette.concurrency import run_in_threadpool
+
+        path, method = request.url.path, request.method
+        if path in _OPEN_PATHS:
+            return await call_next(request)
+        token = None
+        if service.auth:
+            header = request.headers.get("authorization", "")
+            scheme, _, secret = header.partition(" ")
+            if scheme.lower() != "bearer" or not secret.strip():
+                return JSONResponse({"error": "this server needs a token: Authorization: Bearer TOKEN",
+                                     "kind": "AccessDeniedError"}, status_code=401,
+                                    headers={"WWW-Authenticate": "Bearer"})
+            token = await run_in_threadpool(service.call, service.ledger.check_token, secret.strip())
+            if token is None:
+                return JSONResponse({"error": "unknown, revoked or expired token", "kind": "AccessDeniedError"},
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            need = needed_scope(method, path)
+            if _SCOPE_RANK[token.scope] < _SCOPE_RANK[need]:
+                return JSONResponse({"error": f"token {token.name!r} has scope {token.scope}; {method} {path} "
+                                     f"needs {need}", "kind": "AccessDeniedError"}, status_code=403)
+        request.state.token = token.name if token else None
+        if method in ("GET", "HEAD", "OPTIONS"):
+            return await call_next(request)
+        key = request.headers.get("idempotency-key")
+        started = time.perf_counter()
+        if key is None:
+            response = await call_next(request)
+        else:
+            lock = key_locks[key]
+            await run_in_threadpool(lock.acquire)
+            try:
+                response = await _idempotent(service, request, call_next, key, method, path)
+            finally:
+                lock.release()
+        row = {"logged_at": _now(), "token": request.state.token, "method": method, "path": path,
+               "status": response.status_code, "idempotency_key": key, "seconds": time.perf_counter() - started}
+        await run_in_threadpool(service.call, service.ledger.log_access, [row])
+        return response
+
+    @app.get("/healthz", tags=["service"])
+    def healthz() -> dict[str, Any]:
+        """Whether the server is up, and the ledger it serves."""
+        ledger = service.ledger
+        return {"status": "ok", "ledger": str(ledger.root), "schema_version": service.call(ledger.schema_version),
+                "version": __version__, "auth": service.auth}
+
+    app.include_router(router, prefix=API)
+    return app
+
+
+async def _idempotent(service: LedgerService, request: Request, call_next: Any, key: str, method: str,
+                      path: str) -> Response:
+    from starlette.concurrency import run_in_threadpool
+
+    if len(key) > 200:
+        return JSONResponse({"error": "Idempotency-Key: at most 200 characters", "kind": "InvalidParameterError"},
+                            status_code=422)
+    stored = await run_in_threadpool(service.call, service.ledger.idempotent_response, key)
+    if stored is not None:
+        if (stored["method"], stored["path"]) != (method, path):
+            return JSONResponse({"error": f"Idempotency-Key {key!r} was used for {stored['method']} {stored['path']}",
+                                 "kind": "InvalidParameterError"}, status_code=422)
+        return Response(stored["body"], status_code=stored["status"], media_type=stored["content_type"],
+                        headers={"Idempotent-Replayed": "true"})
+    response = await call_next(request)
+    body = b"".join([chunk async for chunk in response.body_iterator])
+    if response.status_code < 500:
+        await run_in_threadpool(service.call, service.ledger.store_response, key, request.state.token, method, path,
+                                response.status_code, response.headers.get("content-type"), body)
+    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+    return Response(body, status_code=response.status_code, headers=headers)
+
+
+def serve(path: str, *, host: str = "127.0.0.1", port: int = 8765, auth: bool = True,
+          ssl_certfile: str | None = None, ssl_keyfile: str | None = None, max_upload: int = 64 << 30,
+          log_level: str = "info") -> None:
+    """Open the ledger at ``path`` and serve it until interrupted (SIGINT/SIGTERM drain the
+    requests in flight, then the ledger is closed)."""
+    import uvicorn
+
+    if not auth and host not in ("127.0.0.1", "localhost", "::1"):
+        raise errors.InvalidParameterError(f"--insecure-no-auth serves the loopback only, not {host}")
+    service = LedgerService(path, auth=auth, max_upload=max_upload)
+    try:
+        if auth and not service.ledger.has_admin_token():
+            raise errors.InvalidParameterError(
+                f"ledger {service.ledger.root} has no admin token, so nobody could manage this server: run "
+                "`prov token create NAME --scope admin` first (or serve with --insecure-no-auth, loopback only)")
+        uvicorn.run(create_app(service), host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
+                    log_level=log_level, timeout_graceful_shutdown=30)
+    finally:
+        service.close()

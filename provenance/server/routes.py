@@ -1,0 +1,470 @@
+"""The resources of ``prov serve`` under ``/api/v1``, named after the ledger's nouns: datasets,
+documents, uploads, versions, tags, runs, merges, lineage, taint, audits, SQL, tokens.
+
+Each route is one call of the library on the served ledger (under the service's lock) and
+returns its record or typed result as JSON; uploads arrive as Arrow IPC streams (document rows,
+logged examples) or safetensors files (model states), streamed to a file under the ledger's
+``tmp/uploads`` first so that no body is held in memory whole.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+
+from provenance import errors
+from provenance.server import LedgerService
+from provenance.wire import ARROW_STREAM, table_to_ipc
+
+router = APIRouter()
+
+
+def _service(request: Request) -> LedgerService:
+    return request.app.state.service
+
+
+def _json(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, list):
+        return [_json(v) for v in value]
+    return value
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+async def _receive(request: Request, service: LedgerService, suffix: str) -> Path:
+    """Stream the request body to a file under the ledger's uploads folder (at most
+    ``service.max_body`` bytes unless the route allows more)."""
+    fd, name = tempfile.mkstemp(dir=service.uploads, suffix=suffix)
+    path = Path(name)
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > service.max_upload:
+                    raise errors.InvalidParameterError(
+                        f"the body is larger than this server's upload limit ({service.max_upload:,} bytes)")
+                out.write(chunk)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    if size == 0:
+        path.unlink(missing_ok=True)
+        raise errors.InvalidParameterError("the request body is empty")
+    return path
+
+
+# -- the ledger -------------------------------------------------------------------------------------
+
+@router.get("/summary", tags=["ledger"])
+def summary(request: Request) -> dict[str, Any]:
+    """Counts of what the ledger holds."""
+    s = _service(request)
+    return s.call(s.ledger.summary)
+
+
+class SqlBody(Body):
+    query: str = Field(description="one read-only statement (SELECT, or EXPLAIN of one)")
+    params: list[Any] | None = None
+
+
+@router.post("/sql", tags=["ledger"], response_class=Response,
+             responses={200: {"content": {ARROW_STREAM: {}}, "description": "the rows, as an Arrow IPC stream"}})
+def sql(request: Request, body: SqlBody) -> Response:
+    """One read-only SQL statement over the ledger; the rows come back as an Arrow IPC stream."""
+    s = _service(request)
+    table = s.call(s.ledger.sql, body.query, body.params)
+    return Response(table_to_ipc(table), media_type=ARROW_STREAM)
+
+
+# -- datasets -------------------------------------------------------------------------------------
+
+@router.get("/datasets", tags=["datasets"])
+def datasets(request: Request, name: str | None = None, all_versions: bool = False) -> list[dict[str, Any]]:
+    """The latest version of every dataset (or every version, or those of ``name``)."""
+    s = _service(request)
+    return _json(s.call(s.ledger.datasets, name, all_versions=all_versions))
+
+
+@router.get("/datasets/{ref}", tags=["datasets"])
+def dataset(request: Request, ref: str) -> dict[str, Any]:
+    s = _service(request)
+    return _json(s.call(s.ledger.dataset, ref))
+
+
+@router.get("/datasets/{ref}/shards", tags=["datasets"])
+def shards(request: Request, ref: str) -> list[dict[str, Any]]:
+    s = _service(request)
+    return _json(s.call(s.ledger.shards, ref))
+
+
+@router.get("/datasets/{ref}/documents/{key:path}", tags=["datasets"])
+def document(request: Request, ref: str, key: str) -> dict[str, Any]:
+    s = _service(request)
+    return _json(s.call(s.ledger.document, ref, key))
+
+
+@router.get("/datasets/{ref}/croissant", tags=["datasets"])
+def croissant(request: Request, ref: str) -> dict[str, Any]:
+    """The dataset version as Croissant 1.1 JSON-LD."""
+    s = _service(request)
+    return s.call(s.ledger.export_croissant, ref)
+
+
+@router.post("/uploads", tags=["datasets"], status_code=201,
+             openapi_extra={"requestBody": {"content": {ARROW_STREAM: {"schema": {"type": "string",
+                                                                                 "format": "binary"}}}}})
+async def upload(request: Request) -> dict[str, Any]:
+    """Document rows a client fingerprinted, as an Arrow IPC stream, kept for one registration."""
+    s = _service(request)
+    path = await _receive(request, s, ".arrows")
+    from provenance.uploads import check_upload
+
+    try:
+        rows = await run_in_threadpool(check_upload, path)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    upload_id = uuid.uuid4().hex
+    path.rename(s.uploads / f"{upload_id}.arrows")
+    return {"upload_id": upload_id, "rows": rows}
+
+
+class RegisterBody(Body):
+    name: str
+    upload_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="the document rows, from POST /uploads")
+    shards: list[dict[str, Any]] = Field(description="the shards read, in order (ShardRecord fields but dataset_id)")
+    options: dict[str, Any] = Field(default_factory=dict, description="register_dataset's options")
+    counters: dict[str, int] = Field(default_factory=dict, description="invalid records replaced and skipped")
+
+
+@router.post("/datasets", tags=["datasets"], status_code=201)
+def register(request: Request, body: RegisterBody) -> dict[str, Any]:
+    """Register uploaded document rows as (a new version of) a dataset, in one transaction."""
+    s = _service(request)
+    path = s.uploads / f"{body.upload_id}.arrows"
+    if not path.exists():
+        raise errors.NotFoundError(f"no upload {body.upload_id} (uploads are kept until registered)")
+    from provenance.uploads import register_uploaded
+
+    result = s.call(register_uploaded, s.ledger, body.name, path, body.shards, body.options, body.counters)
+    path.unlink(missing_ok=True)
+    return _json(result)
+
+
+# -- versions -------------------------------------------------------------------------------------
+
+@router.get("/versions", tags=["versions"])
+def versions(request: Request) -> list[dict[str, Any]]:
+    s = _service(request)
+    return _json(s.call(s.ledger.versions))
+
+
+@router.get("/versions/{ref}", tags=["versions"])
+def version(request: Request, ref: str) -> dict[str, Any]:
+    s = _service(request)
+    return _json(s.call(s.ledger.version, ref))
+
+
+@router.get("/versions/{ref}/manifest", tags=["versions"])
+def manifest(request: Request, ref: str) -> dict[str, Any]:
+    s = _service(request)
+    return {k: _json(v) for k, v in s.call(s.ledger.manifest, ref).items()}
+
+
+@router.get("/versions/{ref}/receipt", tags=["versions"])
+def receipt(request: Request, ref: str) -> dict[str, Any] | None:
+    s = _service(request)
+    return _json(s.call(s.ledger.receipt, ref))
+
+
+@router.get("/versions/{ref}/tensors", tags=["versions"], response_class=FileResponse,
+            responses={200: {"content": {"application/octet-stream": {}}, "description": "a safetensors file"}})
+def checkout(request: Request, ref: str) -> FileResponse:
+    """The version's tensors, bit-identical to what was committed, as a safetensors file."""
+    s = _service(request)
+    fd, name = tempfile.mkstemp(dir=s.uploads, suffix=".safetensors")
+    os.close(fd)
+    path = Path(name)
+    from provenance.versions import checkout as write_checkout
+
+    try:  # the facade refuses outputs inside the ledger; this temporary file is the server's own
+        s.call(write_checkout, s.ledger, ref, path)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return FileResponse(path, media_type="application/octet-stream",
+                        background=BackgroundTask(path.unlink, missing_ok=True))
+
+
+_COMMIT_OPTIONS = ("parent", "message", "author", "run", "encoding", "allow_nonfinite")
+
+
+@router.post("/versions", tags=["versions"], status_code=201,
+             openapi_extra={"requestBody": {"content": {"application/octet-stream": {
+                 "schema": {"type": "string", "format": "binary"}}}}})
+async def commit(request: Request, message: str, parent: str | None = None, author: str | None = None,
+                 run: str | None = None, encoding: str = "auto", allow_nonfinite: bool = False) -> dict[str, Any]:
+    """Store a model state (a safetensors file in the body) as a new version."""
+    s = _service(request)
+    path = await _receive(request, s, ".safetensors")
+    try:
+        record = await run_in_threadpool(s.call, s.ledger.commit, path, parent=parent, message=message, author=author,
+                                         run=run, encoding=encoding, allow_nonfinite=allow_nonfinite)
+    finally:
+        path.unlink(missing_ok=True)
+    return _json(record)
+
+
+class TagBody(Body):
+    version: str
+
+
+@router.get("/tags", tags=["versions"])
+def tags(request: Request) -> list[dict[str, Any]]:
+    s = _service(request)
+    return _json(s.call(s.ledger.tags))
+
+
+@router.put("/tags/{name:path}", tags=["versions"])
+def tag(request: Request, name: str, body: TagBody) -> dict[str, Any]:
+    """Name a version (tagging again moves the tag)."""
+    s = _service(request)
+    return _json(s.call(s.ledger.tag, name, body.version))
+
+
+class MergeBody(Body):
+    versions: list[str] = Field(min_length=2)
+    options: dict[str, Any] = Field(default_factory=dict, description="merge's options: method, weights, base, "
+                                    "eps, normalize, density, audit, message, author")
+    gate: dict[str, Any] | None = Field(None, description="run the pre-merge gate with these options first")
+
+
+@router.post("/merges", tags=["versions"], status_code=201)
+def merge(request: Request, body: MergeBody) -> dict[str, Any]:
+    """Merge versions into a new version (after the gate, when one is given); the new version and its receipt."""
+    s = _service(request)
+    options = {k: v for k, v in body.options.items() if k not in ("progress", "device")}
+
+    def run() -> dict[str, Any]:
+        ver = s.ledger.merge(body.versions, gate=body.gate, **options)
+        return {"version": _json(ver), "receipt": _json(s.ledger.receipt(ver))}
+
+    return s.call(run)
+
+
+# -- runs -----------------------------------------------------------------------------------------
+
+class StartRunBody(Body):
+    message: str
+    base: str | None = None
+    datasets: dict[str, float] = Field(default_factory=dict, description="dataset ref -> epochs")
+    params: dict[str, Any] = Field(default_factory=dict)
+    author: str | None = None
+    host: str | None = Field(None, description="the host the training process runs on")
+    pid: int | None = Field(None, description="the training process, watched for abandonment on its host")
+
+
+@router.get("/runs", tags=["runs"])
+def runs(request: Request) -> list[dict[str, Any]]:
+    s = _service(request)
+    return _json(s.call(s.ledger.runs))
+
+
+@router.post("/runs", tags=["runs"], status_code=201)
+def start_run(request: Request, body: StartRunBody) -> dict[str, Any]:
+    """Record the start of a training run (detached: the client ends it)."""
+    s = _service(request)
+    from provenance.runs import start_run as start
+
+    run = s.call(start, s.ledger, base=body.base, datasets=body.datasets, params=body.params, message=body.message,
+                 author=body.author, detached=True, pid=body.pid, host=body.host)
+    return _json(run.record)
+
+
+@router.get("/runs/{ref}", tags=["runs"])
+def run_record(request: Request, ref: str) -> dict[str, Any]:
+    s = _service(request)
+    return _json(s.call(s.ledger.run, ref))
+
+
+@router.post("/runs/{ref}/examples", tags=["runs"],
+             openapi_extra={"requestBody": {"content": {ARROW_STREAM: {"schema": {"type": "string",
+                                                                                 "format": "binary"}}}}})
+async def log_examples(request: Request, ref: str) -> dict[str, Any]:
+    """Logged examples (an Arrow IPC stream of ``seq, step, key, dataset``), written in one transaction."""
+    s = _service(request)
+    path = await _receive(request, s, ".arrows")
+    from provenance.runs import write_examples
+    from provenance.wire import ipc_to_table
+
+    try:
+        table = ipc_to_table(path.read_bytes(), "the examples")
+        written = await run_in_threadpool(s.call, write_examples, s.ledger, ref, table)
+    finally:
+        path.unlink(missing_ok=True)
+    return {"written": written}
+
+
+class EndRunBody(Body):
+    status: Literal["finished", "failed"]
+    error: str | None = None
+
+
+@router.post("/runs/{ref}/end", tags=["runs"])
+def end_run(request: Request, ref: str, body: EndRunBody) -> dict[str, Any]:
+    s = _service(request)
+    from provenance.runs import end_run as end
+
+    return _json(s.call(end, s.ledger, ref, body.status, body.error))
+
+
+# -- lineage, taint, audits ------------------------------------------------------------------------
+
+@router.get("/lineage/{ref}", tags=["lineage"])
+def lineage(request: Request, ref: str) -> dict[str, Any]:
+    """Every dataset and shard that shaped the version."""
+    s = _service(request)
+    return s.call(s.ledger.lineage, ref).to_dict()
+
+
+class TaintBody(Body):
+    dataset: str | None = None
+    shard: str | None = None
+    key: str | None = None
+    text: str | None = None
+    near: float | None = None
+
+
+@router.post("/taint", tags=["lineage"])
+def taint(request: Request, body: TaintBody) -> dict[str, Any]:
+    """Every version whose lineage holds a dataset, shard, document or text (a question: POST for the text)."""
+    s = _service(request)
+    return s.call(s.ledger.taint, **body.model_dump()).to_dict()
+
+
+class DedupBody(Body):
+    targets: list[str] = Field(min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict, description="threshold, verify, all_pairs, store")
+
+
+class GateBody(Body):
+    versions: list[str] = Field(min_length=2)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class MemorizationBody(Body):
+    version: str
+    samples: list[str] = Field(min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict, description="threshold, span, store")
+
+
+def _audit_options(options: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, Any]:
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise errors.InvalidParameterError(f"unknown option(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+    return options
+
+
+@router.post("/audits/dedup", tags=["audits"], status_code=201)
+def audit_dedup(request: Request, body: DedupBody) -> dict[str, Any]:
+    s = _service(request)
+    options = _audit_options(body.options, ("threshold", "verify", "all_pairs", "store"))
+    return s.call(s.ledger.audit_dedup, body.targets, **options).to_dict()
+
+
+@router.post("/audits/merge", tags=["audits"], status_code=201)
+def audit_merge(request: Request, body: GateBody) -> dict[str, Any]:
+    s = _service(request)
+    options = _audit_options(body.options, ("eval_datasets", "threshold", "max_overlap", "max_contamination",
+                                            "deny_license", "full_lineage", "store", "ngram"))
+    return s.call(s.ledger.audit_merge, body.versions, **options).to_dict()
+
+
+@router.post("/audits/memorization", tags=["audits"], status_code=201)
+def audit_memorization(request: Request, body: MemorizationBody) -> dict[str, Any]:
+    s = _service(request)
+    options = _audit_options(body.options, ("threshold", "span", "store"))
+    return s.call(s.ledger.audit_memorization, body.version, body.samples, **options).to_dict()
+
+
+@router.get("/audits", tags=["audits"])
+def audits(request: Request, kind: str | None = None) -> list[dict[str, Any]]:
+    s = _service(request)
+    return _json(s.call(s.ledger.audits, kind))
+
+
+@router.get("/audits/{audit_id}", tags=["audits"])
+def audit(request: Request, audit_id: str) -> dict[str, Any]:
+    s = _service(request)
+    return s.call(s.ledger.audit, audit_id)
+
+
+@router.get("/audits/{audit_id}/pairs", tags=["audits"], response_class=Response,
+            responses={200: {"content": {ARROW_STREAM: {}}}})
+def audit_pairs(request: Request, audit_id: str, limit: int | None = Query(None, ge=0)) -> Response:
+    s = _service(request)
+    return Response(table_to_ipc(s.call(s.ledger.audit_pairs, audit_id, limit)), media_type=ARROW_STREAM)
+
+
+# -- admin ----------------------------------------------------------------------------------------
+
+class GcBody(Body):
+    apply: bool = False
+
+
+@router.post("/gc", tags=["admin"])
+def gc(request: Request, body: GcBody) -> dict[str, Any]:
+    s = _service(request)
+    return s.call(s.ledger.gc, apply=body.apply)
+
+
+class VerifyBody(Body):
+    objects: bool = False
+    repair: bool = False
+
+
+@router.post("/verify", tags=["admin"])
+def verify(request: Request, body: VerifyBody) -> dict[str, Any]:
+    s = _service(request)
+    return _json(s.call(s.ledger.verify, objects=body.objects, repair=body.repair))
+
+
+class TokenBody(Body):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    scope: Literal["read", "write", "admin"]
+    expires_days: float | None = Field(None, gt=0)
+
+
+@router.get("/tokens", tags=["admin"])
+def tokens(request: Request) -> list[dict[str, Any]]:
+    s = _service(request)
+    return _json(s.call(s.ledger.tokens))
+
+
+@router.post("/tokens", tags=["admin"], status_code=201)
+def create_token(request: Request, body: TokenBody) -> dict[str, Any]:
+    """A new token; the response is the only place the token itself appears."""
+    s = _service(request)
+    record, secret = s.call(s.ledger.issue_token, body.name, body.scope, expires_days=body.expires_days)
+    return {**_json(record), "token": secret}
+
+
+@router.delete("/tokens/{name}", tags=["admin"])
+def revoke_token(request: Request, name: str) -> dict[str, Any]:
+    s = _service(request)
+    return _json(s.call(s.ledger.revoke_token, name))
+

@@ -1,0 +1,178 @@
+"""Registration through a ledger server: the client reads and fingerprints its shards where they
+are (the same code and kernels as a local registration) and uploads the document rows as an Arrow
+IPC stream; the server checks them and registers them in one transaction.
+
+The upload holds, per document, ``shard_index, row_index, line, key, exact_hash, token_count,
+n_bytes, signature``; the server recomputes every band key from the signature under the dataset's
+fingerprint config (a client cannot plant band keys that disagree with its signatures), checks
+each signature's length against the config, each row's shard against the shards declared and each
+shard's document count, and assigns the document ids. Shards keep the URIs the client read them
+from: audits that read source text (``--verify``, the span checks) read them where the server
+can (a shared file system), and name the shards they cannot.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from provenance.datasets import (
+    _check_options,
+    _content_hash,
+    _identify,
+    _register,
+    _write_shard,
+)
+from provenance.errors import InvalidParameterError
+from provenance.fingerprints import FingerprintConfig
+from provenance.kernels.minhash import band_keys as compute_band_keys
+from provenance.ledger import LedgerStore
+from provenance.progress import NoProgress, Progress
+from provenance.records import License, RegistrationResult, ShardRecord
+from provenance.sources import Counters, ReadOptions, resolve
+
+UPLOAD_SCHEMA = pa.schema([
+    ("shard_index", pa.int32()), ("row_index", pa.int64()), ("line", pa.int64()), ("key", pa.string()),
+    ("exact_hash", pa.uint64()), ("token_count", pa.int32()), ("n_bytes", pa.int32()),
+    ("signature", pa.list_(pa.uint32())),
+])
+_OPTIONS = ("text_field", "id_field", "role", "license", "source", "creator", "description", "model_generated",
+            "config", "on_invalid", "shard_records")
+
+
+class _UploadSink:
+    """Where :func:`provenance.datasets._write_shard` puts a batch's rows: the upload stream."""
+
+    def __init__(self, writer: pa.ipc.RecordBatchStreamWriter):
+        self.writer = writer
+
+    def write(self, table: pa.Table) -> None:
+        self.writer.write_table(table.select(UPLOAD_SCHEMA.names).cast(UPLOAD_SCHEMA))
+
+
+def fingerprint_to_file(sources: Any, path: Path, *, progress: Progress | None = None,
+                        **options: Any) -> tuple[list[dict[str, Any]], dict[str, int], dict[str, Any]]:
+    """Read and fingerprint ``sources`` into an upload file at ``path``: the shards read (records
+    without a dataset), the invalid records replaced and skipped, and the options as the server
+    takes them."""
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        raise InvalidParameterError(f"register_dataset: unknown option(s) {', '.join(unknown)}")
+    opts = ReadOptions(text_field=options.get("text_field", "text"), id_field=options.get("id_field"),
+                       on_invalid=options.get("on_invalid", "error"), shard_records=options.get("shard_records", 100_000))
+    config = options.get("config")
+    cfg = config if isinstance(config, FingerprintConfig) else FingerprintConfig(**(config or {}))
+    progress = progress or NoProgress()
+    shards = resolve(sources, opts)
+    total = _identify(shards, opts.id_field, progress) if isinstance(shards, list) else None
+    progress.start("fingerprinting", total)
+    counters = Counters()
+    rows: list[dict[str, Any]] = []
+    with pa.OSFile(str(path), "wb") as out, pa.ipc.new_stream(out, UPLOAD_SCHEMA) as writer:
+        sink = _UploadSink(writer)
+        for index, shard in enumerate(shards):
+            record = _write_shard(sink, "", index, shard, cfg, opts, counters, progress, 0)
+            rows.append(record.model_dump(mode="json", exclude={"dataset_id"}))
+    lic = options.get("license")
+    sent = {**{k: v for k, v in options.items() if k != "config"}, "config": cfg.model_dump(mode="json")}
+    if isinstance(lic, License):
+        sent["license"] = lic.spdx
+    return rows, {"replaced": counters.replaced, "skipped": counters.skipped}, sent
+
+
+def check_upload(path: Path) -> int:
+    """The rows of an uploaded stream, after checking it is one with the upload's columns."""
+    try:
+        with pa.OSFile(str(path), "rb") as f:
+            reader = pa.ipc.open_stream(f)
+            _check_schema(reader.schema)
+            return sum(batch.num_rows for batch in reader)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+        raise InvalidParameterError(f"the upload is not a readable Arrow IPC stream ({exc})") from None
+
+
+def _check_schema(schema: pa.Schema) -> None:
+    if schema.names != UPLOAD_SCHEMA.names:
+        raise InvalidParameterError(f"the upload's columns must be {', '.join(UPLOAD_SCHEMA.names)}; got "
+                                    f"{', '.join(schema.names)}")
+    for field, want in zip(schema, UPLOAD_SCHEMA):
+        if field.type != want.type:
+            raise InvalidParameterError(f"upload column {field.name}: expected {want.type}, got {field.type}")
+
+
+def register_uploaded(ledger: LedgerStore, name: str, path: Path, shards: list[dict[str, Any]],
+                      options: dict[str, Any], counters: dict[str, int]) -> RegistrationResult:
+    """Register the uploaded rows at ``path`` as (a new version of) dataset ``name`` (module doc)."""
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        raise InvalidParameterError(f"unknown option(s) {', '.join(unknown)}; allowed: {', '.join(_OPTIONS)}")
+    role = options.get("role", "train")
+    opts = ReadOptions(text_field=options.get("text_field", "text"), id_field=options.get("id_field"),
+                       on_invalid=options.get("on_invalid", "error"), shard_records=options.get("shard_records", 100_000))
+    _check_options(name, role, opts.on_invalid, opts.text_field, opts.shard_records)
+    cfg = FingerprintConfig(**(options.get("config") or {}))
+    lic = License.from_spdx(options.get("license"))
+    try:
+        planned_shards = [ShardRecord(dataset_id="-", **s) for s in shards]
+    except (TypeError, ValueError) as exc:
+        raise InvalidParameterError(f"shards: {exc}") from None
+    if [s.shard_index for s in planned_shards] != list(range(len(planned_shards))):
+        raise InvalidParameterError("shards: shard_index must run 0, 1, 2, ... in order")
+    planned = _content_hash([(s.name, s.shard_id) for s in planned_shards], opts, cfg)
+    tally = Counters()
+    tally.replaced, tally.skipped = int(counters.get("replaced", 0)), int(counters.get("skipped", 0))
+
+    def write(tx: Any, dataset_id: str, latest: Any) -> list[ShardRecord]:
+        seen = np.zeros(len(planned_shards), dtype=np.int64)
+        next_id = tx.next_doc_id()
+        banding = cfg.banding
+        with tx.document_stage() as stage, pa.OSFile(str(path), "rb") as f:
+            reader = pa.ipc.open_stream(f)
+            _check_schema(reader.schema)
+            for batch in reader:
+                table = pa.Table.from_batches([batch])
+                stage.write(_documents(table, dataset_id, next_id, cfg, banding, seen))
+                next_id += table.num_rows
+        for s, n in zip(planned_shards, seen.tolist()):
+            if n != s.n_documents:
+                raise InvalidParameterError(f"shard {s.shard_index} ({s.name}) declares {s.n_documents} documents; "
+                                            f"the upload holds {n}")
+        return [s.model_copy(update={"dataset_id": dataset_id}) for s in planned_shards]
+
+    meta = {"role": role, "license": lic, "source": options.get("source"), "creator": options.get("creator"),
+            "description": options.get("description"), "model_generated": options.get("model_generated")}
+    return _register(ledger, name, cfg, opts, meta, planned, write, tally)
+
+
+def _documents(table: pa.Table, dataset_id: str, first_id: int, cfg: FingerprintConfig, banding: Any,
+               seen: np.ndarray) -> pa.Table:
+    """An uploaded batch as rows of ``documents``: ids assigned, band keys recomputed, checked."""
+    n = table.num_rows
+    shard = table.column("shard_index").to_numpy()
+    if n and (shard.min() < 0 or shard.max() >= len(seen)):
+        bad = int(shard[(shard < 0) | (shard >= len(seen))][0])
+        raise InvalidParameterError(f"upload: a row names shard {bad}; the registration declares {len(seen)}")
+    np.add.at(seen, shard, 1)
+    sig = table.column("signature").combine_chunks()
+    if sig.null_count or (n and not (pa.compute.list_value_length(sig).to_numpy() == cfg.num_perm).all()):
+        raise InvalidParameterError(f"upload: every signature must have {cfg.num_perm} values (the config's num_perm)")
+    matrix = sig.flatten().to_numpy().reshape(n, cfg.num_perm)
+    keys = compute_band_keys(matrix, banding.bands, banding.rows)
+    b = banding.bands
+    return pa.table({
+        "doc_id": pa.array(np.arange(first_id, first_id + n, dtype=np.int64)),
+        "dataset_id": pa.array([dataset_id] * n, pa.string()),
+        "shard_index": table.column("shard_index"),
+        "row_index": table.column("row_index"),
+        "line": table.column("line"),
+        "key": table.column("key"),
+        "exact_hash": table.column("exact_hash"),
+        "token_count": table.column("token_count"),
+        "n_bytes": table.column("n_bytes"),
+        "signature": sig,
+        "band_keys": pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * b, b, dtype=np.int32)),
+                                              pa.array(keys.reshape(-1))),
+    })

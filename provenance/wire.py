@@ -1,0 +1,80 @@
+"""What the server (:mod:`provenance.server`) and the remote ledger (:mod:`provenance.remote`)
+agree on: the API's prefix, content types, Arrow IPC bodies, and errors as JSON that turn back
+into the same exception class on the client.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pyarrow as pa
+
+from provenance import errors
+
+API = "/api/v1"
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+SAFETENSORS = "application/vnd.safetensors"  # a safetensors file, streamed
+
+#: HTTP status of each library error (the most specific class wins; everything else is 400).
+STATUS: dict[type[errors.ProvenanceError], int] = {
+    errors.NotFoundError: 404,
+    errors.InvalidParameterError: 422,
+    errors.SourceError: 422,
+    errors.FingerprintMismatchError: 422,
+    errors.ReadOnlyQueryError: 422,
+    errors.ObjectCorruptError: 422,
+    errors.GateFailedError: 409,
+    errors.LedgerReadOnlyError: 409,
+    errors.LedgerLockedError: 503,
+    errors.ObjectMissingError: 409,
+    errors.LedgerDamagedError: 500,
+}
+
+
+def status_of(exc: errors.ProvenanceError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 400
+
+
+def error_body(exc: BaseException, *, kind: str | None = None) -> dict[str, Any]:
+    """An error as JSON: ``{"error": message, "kind": class name}`` plus a gate's report."""
+    body: dict[str, Any] = {"error": str(exc.args[0]) if exc.args else str(exc), "kind": kind or type(exc).__name__}
+    report = getattr(exc, "report", None)
+    if report is not None:
+        body["report"] = report.to_dict() if hasattr(report, "to_dict") else report
+    return body
+
+
+def raise_error(status: int, body: Any, where: str) -> None:
+    """Raise what the server said: the library's own exception class when it names one."""
+    if not isinstance(body, dict) or "error" not in body:
+        raise errors.ProvenanceError(f"{where}: HTTP {status}: {str(body)[:500]}")
+    message, kind = body["error"], body.get("kind", "")
+    cls = getattr(errors, kind, None)
+    if kind == "GateFailedError":
+        from provenance.results import GateReport
+
+        raise errors.GateFailedError(message, GateReport.model_validate(body["report"]))
+    if isinstance(cls, type) and issubclass(cls, errors.ProvenanceError) and kind != "ProvenanceError":
+        raise cls(message)
+    if status in (401, 403):
+        raise errors.AccessDeniedError(message)
+    raise errors.ProvenanceError(message if status < 500 else f"{where}: server error {status}: {message}")
+
+
+def table_to_ipc(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def ipc_to_table(data: bytes, what: str) -> pa.Table:
+    """An Arrow IPC stream as a table; a malformed one is an :class:`InvalidParameterError` naming ``what``."""
+    try:
+        return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+        raise errors.InvalidParameterError(f"{what}: not an Arrow IPC stream ({exc})") from None

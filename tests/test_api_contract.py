@@ -1,0 +1,268 @@
+"""The Ledger API, run twice: against a local ledger and against a live ``prov serve`` on
+127.0.0.1 (one uvicorn subprocess for the module). Both must answer alike: the same records,
+the same typed results, the same exception classes.
+
+The server's ledger is shared by the module's tests, so every test names its own datasets and
+tags (``name("web")``) and asserts on what it made.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import httpx
+import pyarrow as pa
+import pytest
+import torch
+
+from provenance import Ledger
+from provenance.errors import (
+    AccessDeniedError,
+    GateFailedError,
+    InvalidParameterError,
+    NotFoundError,
+    ReadOnlyQueryError,
+    RunEndedError,
+)
+from provenance.records import RegistrationResult, VersionRecord
+from provenance.results import DedupReport, GateReport, Lineage, MemorizationReport, MergeReceipt, TaintReport
+from provenance.synthetic import generate_corpus
+from tests import serving
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with serving.running(tmp_path_factory.mktemp("served")) as srv:
+        yield srv
+
+
+@pytest.fixture(params=["local", "remote"])
+def api(request, tmp_path):
+    if request.param == "local":
+        return Ledger.init(tmp_path / "local")
+    return request.getfixturevalue("server").ledger()
+
+
+@pytest.fixture
+def name(request):
+    tag = uuid.uuid4().hex[:6]
+    return lambda base: f"{base}-{tag}"
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def files(tmp_path):
+    corpus = generate_corpus(60, mean_words=50, dup_fraction=0.2, mutation=0.03, seed=7)
+    web = _jsonl(tmp_path / "web.jsonl", corpus.docs)
+    evals = _jsonl(tmp_path / "eval.jsonl", [{"id": f"q{i}", "text": corpus.docs[i]["text"] + " answer"}
+                                             for i in range(3)] + [{"id": "q9", "text": "an unrelated question"}])
+    return {"web": web, "eval": evals, "docs": corpus.docs}
+
+
+def test_register_and_read_back(api, name, files):
+    first = api.register_dataset(name("web"), str(files["web"]), id_field="id", license="CC-BY-4.0")
+    assert isinstance(first, RegistrationResult) and first.created
+    ds = first.dataset
+    assert ds.dataset_id == f"{name('web')}@1" and ds.n_documents == 60 and ds.license.spdx == "CC-BY-4.0"
+    assert api.dataset(name("web")) == ds == api.dataset(first)
+    assert [s.n_documents for s in api.shards(ds)] == [60]
+    doc = api.document(ds, files["docs"][5]["id"])
+    assert doc.key == files["docs"][5]["id"] and len(doc.signature) == ds.config.num_perm
+    again = api.register_dataset(name("web"), str(files["web"]), id_field="id", license="CC-BY-4.0")
+    assert not again.created and again.dataset == ds
+    assert ds in api.datasets(name("web"))
+
+
+def test_registration_fingerprints_agree_with_a_local_one(api, name, files, tmp_path):
+    ds = api.register_dataset(name("web"), str(files["web"]), id_field="id").dataset
+    local = Ledger.init(tmp_path / "reference").register_dataset("web", str(files["web"]), id_field="id").dataset
+    assert ds.content_hash == local.content_hash
+    key = files["docs"][11]["id"]
+    theirs, ours = api.document(ds, key), Ledger.open(tmp_path / "reference").document(local, key)
+    assert (theirs.signature, theirs.exact_hash, theirs.band_keys) == (ours.signature, ours.exact_hash, ours.band_keys)
+
+
+def test_errors_are_the_library_classes(api, name):
+    with pytest.raises(NotFoundError):
+        api.dataset(name("missing"))
+    with pytest.raises(NotFoundError):
+        api.version("0123456789abcdef")
+    with pytest.raises(InvalidParameterError, match="name"):
+        api.register_dataset("bad name!", [{"text": "x"}])
+    with pytest.raises(InvalidParameterError, match="message"):
+        api.commit({"w": torch.zeros(2)}, message="")
+
+
+def test_commit_checkout_tags_bit_identical(api, name, tmp_path):
+    base_state = {"w": torch.randn(64, 32), "b": torch.arange(5, dtype=torch.int64), "h": torch.randn(8).half()}
+    base = api.commit(base_state, message="base")
+    tuned = {k: v.clone() for k, v in base_state.items()}
+    tuned["w"][0, :3] += 1.0
+    child = api.commit(tuned, parent=base, message="tuned")
+    assert isinstance(child, VersionRecord) and child.parents == [base.version_id]
+    assert child.stored_bytes < base.stored_bytes  # a sparse patch on the parent
+    out = api.checkout(child)
+    assert all(torch.equal(out[k], tuned[k]) and out[k].dtype == tuned[k].dtype for k in tuned)
+    path = api.checkout(child, tmp_path / "child.safetensors")
+    from safetensors.torch import load_file
+
+    assert all(torch.equal(v, tuned[k]) for k, v in load_file(str(path)).items())
+    api.tag(name("release"), child)
+    assert api.version(name("release")) == api.version(child.version_id[:8])
+    assert name("release") in [t.name for t in api.tags()]
+    assert set(api.manifest(child)) == {"w", "b", "h"}
+    file_commit = api.commit(str(path), parent=child, message="the same, from a file")
+    assert file_commit.stored_bytes == 0 or all(p.encoding in ("unchanged",) for p in api.manifest(file_commit).values())
+
+
+def test_a_run_logs_examples_and_commits_into_lineage(api, name, files):
+    ds = api.register_dataset(name("web"), str(files["web"]), id_field="id").dataset
+    base = api.commit({"w": torch.zeros(4, 4)}, message="base")
+    keys = [d["id"] for d in files["docs"]]
+    with api.start_run(base=base, datasets=[ds], message="fine-tune", flush_every=16) as run:
+        for step in range(3):
+            run.log_examples(keys[step * 20:(step + 1) * 20], step=step)
+        version = run.commit({"w": torch.ones(4, 4)})
+    assert version.run_id == run.run_id and api.run(run.run_id).status == "finished"
+    lin = api.lineage(version)
+    assert isinstance(lin, Lineage) and [d.dataset_id for d in lin.datasets] == [ds.dataset_id]
+    assert lin.datasets[0].examples == 60 and lin.versions.num_rows == 2
+    taint = api.taint(dataset=ds.dataset_id, key=keys[3])
+    assert isinstance(taint, TaintReport) and [v.version_id for v in taint.versions] == [version.version_id]
+    with pytest.raises(InvalidParameterError, match="no-such-key.* is not a document of the run.s datasets"):
+        with api.start_run(datasets=[ds], message="bad keys") as bad:
+            bad.log_examples(["no-such-key"])
+            bad.flush()
+
+
+def test_a_run_ends_once(api, name, files):
+    ds = api.register_dataset(name("web"), str(files["web"]), id_field="id").dataset
+    run = api.start_run(datasets=[ds], message="evaluation only")
+    run.log_examples([files["docs"][0]["id"]])
+    record = run.finish()
+    assert record.status == "finished" and record.run_id == run.run_id
+    other = api.start_run(datasets=[ds], message="ended elsewhere")
+    from provenance.runs import end_run
+
+    if isinstance(api, Ledger):
+        end_run(api, other.record, "failed", "elsewhere")
+    else:
+        api._call("POST", f"runs/{other.run_id}/end", json_body={"status": "failed", "error": "elsewhere"})
+    with pytest.raises(RunEndedError):
+        other.finish()
+
+
+def test_merge_gate_and_receipt(api, name, files):
+    web = api.register_dataset(name("web"), str(files["web"]), id_field="id").dataset
+    evals = api.register_dataset(name("eval"), str(files["eval"]), id_field="id", role="eval").dataset
+    base = api.commit({"w": torch.zeros(8)}, message="base")
+    heads = []
+    for i, part in enumerate((files["docs"][:30], files["docs"][30:])):
+        with api.start_run(base=base, datasets=[web], message=f"contributor {i}") as run:
+            run.log_examples([d["id"] for d in part])
+            heads.append(run.commit({"w": torch.full((8,), float(i + 1))}))
+    gate = api.audit_merge(heads, eval_datasets=[evals.dataset_id])
+    assert isinstance(gate, GateReport) and gate.passed is False
+    assert gate.contamination.contaminated_eval_documents == 3
+    with pytest.raises(GateFailedError) as failed:
+        api.merge(heads, method="average", message="refused", gate={"eval_datasets": [evals.dataset_id]})
+    assert isinstance(failed.value.report, GateReport) and not failed.value.report.passed
+    merged = api.merge(heads, method="average", message="merged", gate={"eval_datasets": [evals.dataset_id],
+                                                                          "max_contamination": None})
+    receipt = api.receipt(merged)
+    assert isinstance(receipt, MergeReceipt) and receipt.method == "average" and receipt.audit_id is not None
+    assert torch.equal(api.checkout(merged)["w"], torch.full((8,), 1.5))
+    assert api.receipt(base) is None
+
+
+def test_audits_return_typed_reports(api, name, files, tmp_path):
+    ds = api.register_dataset(name("web"), str(files["web"]), id_field="id").dataset
+    dedup = api.audit_dedup([ds.dataset_id])
+    assert isinstance(dedup, DedupReport) and dedup.summary.documents == 60 and dedup.summary.pairs > 0
+    stored = api.audit(dedup.audit_id)
+    assert stored["kind"] == "dedup" and stored["report"]["summary"]["pairs"] == dedup.summary.pairs
+    pairs = api.audit_pairs(dedup.audit_id)
+    assert isinstance(pairs, pa.Table) and pairs.num_rows == dedup.summary.pairs
+    dry = api.audit_dedup([ds.dataset_id], store=False)
+    assert not dry.stored and dry.summary.pairs == dedup.summary.pairs
+    base = api.commit({"w": torch.zeros(2)}, message="base")
+    with api.start_run(base=base, datasets=[ds], message="train") as run:
+        v = run.commit({"w": torch.ones(2)})
+    samples = [files["docs"][2]["text"], "nothing like it at all"]
+    memo = api.audit_memorization(v, samples, span=8)
+    assert isinstance(memo, MemorizationReport) and memo.summary.samples == 2
+    assert memo.samples[0].matches[0].key == files["docs"][2]["id"] and memo.samples[1].matches == []
+
+
+def test_sql_returns_arrow_and_refuses_writes(api, name):
+    api.commit({"w": torch.zeros(1)}, message=name("sql"))
+    table = api.sql("SELECT message FROM versions WHERE message = ?", [name("sql")])
+    assert isinstance(table, pa.Table) and table.to_pylist() == [{"message": name("sql")}]
+    with pytest.raises(ReadOnlyQueryError, match="only SELECT"):
+        api.sql("DELETE FROM versions")
+    for outside in ("SELECT * FROM read_csv('/etc/passwd')", "SELECT * FROM '/etc/hostname'"):
+        with pytest.raises(ReadOnlyQueryError, match="refused|disabled|not a table|does not exist"):
+            api.sql(outside)
+
+
+# -- the server only ---------------------------------------------------------------------------------
+
+def test_tokens_scopes_and_the_access_log(server, name):
+    admin = server.ledger()
+    _, read = admin.issue_token(name("reader"), "read")
+    _, write = admin.issue_token(name("writer"), "write")
+    reader = server.ledger(token=read)
+    assert isinstance(reader.versions(), list)
+    with pytest.raises(AccessDeniedError, match="scope read"):
+        reader.commit({"w": torch.zeros(1)}, message="not allowed")
+    writer = server.ledger(token=write)
+    v = writer.commit({"w": torch.zeros(1)}, message=name("by the writer"))
+    with pytest.raises(AccessDeniedError, match="needs admin"):
+        writer.tokens()
+    with pytest.raises(AccessDeniedError, match="unknown"):
+        server.ledger(token="prov_not-a-token").versions()
+    assert httpx.get(f"{server.url}/api/v1/versions").status_code == 401
+    admin.revoke_token(name("writer"))
+    with pytest.raises(AccessDeniedError):
+        writer.version(v)
+    names = {t.name: t for t in admin.tokens()}
+    assert names[name("writer")].revoked_at is not None and names[name("reader")].scope == "read"
+    log = admin.sql("SELECT token, method, path, status FROM access_log WHERE token = ?", [name("writer")]).to_pylist()
+    assert {"token": name("writer"), "method": "POST", "path": "/api/v1/versions", "status": 201} in log
+    assert all(r["method"] != "GET" for r in admin.sql("SELECT method FROM access_log").to_pylist())
+
+
+def test_a_retried_write_applies_once(server, name):
+    body = {"message": name("once")}
+    headers = {"Authorization": f"Bearer {server.token}", "Idempotency-Key": uuid.uuid4().hex}
+    first = httpx.post(f"{server.url}/api/v1/runs", json=body, headers=headers)
+    again = httpx.post(f"{server.url}/api/v1/runs", json=body, headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert first.json() == again.json() and again.headers["idempotent-replayed"] == "true"
+    runs = [r for r in server.ledger().runs() if r.message == name("once")]
+    assert len(runs) == 1
+    other = httpx.post(f"{server.url}/api/v1/tags/x", json={"version": "nope"}, headers=headers)
+    assert other.status_code == 422 and "was used for POST /api/v1/runs" in other.json()["error"]
+
+
+def test_bad_requests_get_4xx_naming_the_problem(server):
+    h = {"Authorization": f"Bearer {server.token}"}
+    cases = [
+        httpx.post(f"{server.url}/api/v1/runs", content=b"{not json", headers={**h, "Content-Type": "application/json"}),
+        httpx.post(f"{server.url}/api/v1/runs", json={"message": "x", "surprise": 1}, headers=h),
+        httpx.post(f"{server.url}/api/v1/uploads", content=b"not arrow", headers=h),
+        httpx.post(f"{server.url}/api/v1/datasets", json={"name": "x", "upload_id": "0" * 32, "shards": []}, headers=h),
+        httpx.post(f"{server.url}/api/v1/versions", params={"message": "m"}, content=b"garbage", headers=h),
+        httpx.post(f"{server.url}/api/v1/uploads", content=b"", headers=h),
+    ]
+    statuses = [r.status_code for r in cases]
+    assert all(400 <= s < 500 for s in statuses), [(r.status_code, r.text) for r in cases]
+    messages = [r.json()["error"] for r in cases]
+    assert "surprise" in messages[1] and "Arrow" in messages[2] and "no upload" in messages[3]
+    assert all("Traceback" not in r.text for r in cases)
