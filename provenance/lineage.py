@@ -107,13 +107,16 @@ def lineage(ledger: LedgerStore, version: str | VersionRecord) -> Lineage:
             pc.is_valid(ancestors.column("run_id")))
         shards, per_dataset = ledger.trained_datasets(runs_table)
         info = {r["dataset_id"]: r for r in ledger.dataset_table(per_dataset.column("dataset_id").to_pylist()).to_pylist()}
+        run_version = dict(zip(runs_table.column("run_id").to_pylist(), runs_table.column("version_id").to_pylist()))
+        unregistered = [{**r, "version_id": run_version.get(r["run_id"])}
+                        for r in ledger.unregistered_inputs(list(run_version))]
     datasets = _dataset_rows(per_dataset, info, ancestors)
     unknown = pc.and_(pc.is_null(ancestors.column("run_id")), pc.is_null(ancestors.column("method")))
     unrecorded = ancestors.filter(unknown).column("version_id").to_pylist()
     versions = ancestors.rename_columns(["merge" if c == "method" else "merge_weights" if c == "weights" else c
                                          for c in ancestors.column_names])
     return Lineage(version=vid, versions=versions, shards=shards, datasets=datasets,
-                   license=license_summary(info.values()), unrecorded=unrecorded)
+                   license=license_summary(info.values()), unrecorded=unrecorded, unregistered_inputs=unregistered)
 
 
 def _dataset_rows(per_dataset: pa.Table, info: dict[str, dict], ancestors: pa.Table) -> list[dict[str, Any]]:

@@ -193,6 +193,16 @@ class LineageDataset(Row):
     path: list[str] = Field(description="versions from the one asked about down to the nearest that trained on it")
 
 
+class UnregisteredInput(Row):
+    """An input a run named (an OpenLineage dataset) that matches no registered dataset: data that
+    shaped the version which the ledger holds no fingerprints of."""
+
+    namespace: str
+    name: str
+    run_id: str
+    version_id: str | None = Field(description="the version whose run named it")
+
+
 class Lineage(Result):
     """Every dataset and shard that shaped a version (:func:`provenance.lineage.lineage`)."""
 
@@ -202,6 +212,8 @@ class Lineage(Result):
     shards: ArrowRows(LineageShard)  # type: ignore[valid-type]
     license: LicenseSummary
     unrecorded: list[str] = Field(default_factory=list, description="ancestors with no run and no merge: data unknown")
+    unregistered_inputs: list[UnregisteredInput] = Field(
+        default_factory=list, description="inputs the runs named that match no registered dataset")
 
     def version_rows(self) -> list[dict[str, Any]]:
         """:attr:`versions` as rows."""

@@ -94,3 +94,12 @@ def test_docs_build_strict(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "site" / "fingerprints" / "index.html").exists()
+
+
+def test_openapi_document_is_current():
+    from provenance.server.openapi import default_path, text
+
+    assert default_path().read_text(encoding="utf-8") == text(), "run python -m provenance.server.openapi"
+    doc = json.loads(text())
+    assert doc["info"]["title"] == "provenance ledger" and "/api/v1/lineage/{ref}" in doc["paths"]
+    assert "/healthz" in doc["paths"] and "/api/v1/runs/{ref}/examples" in doc["paths"]

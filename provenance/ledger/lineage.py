@@ -181,6 +181,16 @@ class LineageQueries:
 
     # -- the logic, in provenance.lineage -------------------------------------------------------
 
+    def unregistered_inputs(self, run_ids: list[str]) -> list[dict[str, Any]]:
+        """Inputs the runs named (by OpenLineage namespace and name) that match no registered
+        dataset: ``run_id, namespace, name``."""
+        if not run_ids:
+            return []
+        with self._cursor() as con:
+            return con.sql("""SELECT run_id, namespace, name FROM run_inputs
+                              WHERE dataset_id IS NULL AND list_contains($1, run_id) ORDER BY namespace, name, run_id""",
+                           params=[run_ids]).to_arrow_table().to_pylist()
+
     def audit(self, audit_id: str) -> dict[str, Any]:
         """The stored audit ``audit_id`` (or an unambiguous prefix of at least 4 hex digits):
         its kind, target, parameters, whether it passed, and its report."""

@@ -172,6 +172,37 @@ class LedgerWriter(AuditWrites):
             {"run": run_id},
         )
 
+    # -- OpenLineage intake ----------------------------------------------------------------------
+
+    def openlineage_run(self, ol_run_id: str) -> dict | None:
+        rows = self._con.sql("SELECT * FROM openlineage_runs WHERE ol_run_id = ?", params=[ol_run_id]
+                             ).to_arrow_table().to_pylist()
+        return rows[0] if rows else None
+
+    def map_openlineage_run(self, ol_run_id: str, run_id: str, namespace: str, name: str, event: str,
+                            when: object) -> None:
+        self._con.execute(
+            """INSERT INTO openlineage_runs VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (ol_run_id)
+               DO UPDATE SET last_event = excluded.last_event, last_event_time = excluded.last_event_time""",
+            [ol_run_id, run_id, namespace, name, event, when])
+
+    def add_run_inputs(self, run_id: str, inputs: Sequence[tuple[str, str, str | None]]) -> None:
+        """Record inputs ``(namespace, name, dataset_id or None)`` of a run, and declare the
+        matched datasets (one epoch each) unless the run declared them already."""
+        for namespace, name, dataset_id in inputs:
+            self._con.execute("INSERT INTO run_inputs VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                              [run_id, namespace, name, dataset_id])
+            if dataset_id is not None:
+                self._con.execute("INSERT INTO run_datasets VALUES (?, ?, 1.0) ON CONFLICT DO NOTHING",
+                                  [run_id, dataset_id])
+
+    def attach_version_run(self, version_id: str, run_id: str) -> None:
+        """Say that ``run_id`` produced ``version_id``, a version committed without a run."""
+        current = self._con.execute("SELECT run_id FROM versions WHERE version_id = ?", [version_id]).fetchall()
+        if current and current[0][0] not in (None, run_id):
+            raise InvalidParameterError(f"version {version_id[:12]} was produced by run {current[0][0][:12]} already")
+        self._con.execute("UPDATE versions SET run_id = ? WHERE version_id = ?", [run_id, version_id])
+
     def running_runs(self) -> list[tuple[str, str, int]]:
         """(run_id, host, pid) of every run still marked running."""
         return [tuple(r) for r in self._con.execute("SELECT run_id, host, pid FROM runs WHERE status = 'running'").fetchall()]

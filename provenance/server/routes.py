@@ -9,6 +9,7 @@ logged examples) or safetensors files (model states), streamed to a file under t
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import uuid
@@ -22,7 +23,19 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from provenance import errors
+from provenance.records import (
+    DatasetRecord,
+    DocumentRecord,
+    RegistrationResult,
+    RunRecord,
+    ShardRecord,
+    TagRecord,
+    TokenRecord,
+    VersionRecord,
+)
+from provenance.results import DedupReport, GateReport, Lineage, MemorizationReport, MergeReceipt, TaintReport
 from provenance.server import LedgerService
+from provenance.verify import VerifyReport
 from provenance.wire import ARROW_STREAM, table_to_ipc
 
 router = APIRouter()
@@ -92,26 +105,30 @@ def sql(request: Request, body: SqlBody) -> Response:
 
 # -- datasets -------------------------------------------------------------------------------------
 
-@router.get("/datasets", tags=["datasets"])
+@router.get("/datasets", tags=["datasets"], response_model=None,
+            responses={200: {"model": list[DatasetRecord]}})
 def datasets(request: Request, name: str | None = None, all_versions: bool = False) -> list[dict[str, Any]]:
     """The latest version of every dataset (or every version, or those of ``name``)."""
     s = _service(request)
     return _json(s.call(s.ledger.datasets, name, all_versions=all_versions))
 
 
-@router.get("/datasets/{ref}", tags=["datasets"])
+@router.get("/datasets/{ref}", tags=["datasets"], response_model=None,
+            responses={200: {"model": DatasetRecord}})
 def dataset(request: Request, ref: str) -> dict[str, Any]:
     s = _service(request)
     return _json(s.call(s.ledger.dataset, ref))
 
 
-@router.get("/datasets/{ref}/shards", tags=["datasets"])
+@router.get("/datasets/{ref}/shards", tags=["datasets"], response_model=None,
+            responses={200: {"model": list[ShardRecord]}})
 def shards(request: Request, ref: str) -> list[dict[str, Any]]:
     s = _service(request)
     return _json(s.call(s.ledger.shards, ref))
 
 
-@router.get("/datasets/{ref}/documents/{key:path}", tags=["datasets"])
+@router.get("/datasets/{ref}/documents/{key:path}", tags=["datasets"], response_model=None,
+            responses={200: {"model": DocumentRecord}})
 def document(request: Request, ref: str, key: str) -> dict[str, Any]:
     s = _service(request)
     return _json(s.call(s.ledger.document, ref, key))
@@ -151,7 +168,8 @@ class RegisterBody(Body):
     counters: dict[str, int] = Field(default_factory=dict, description="invalid records replaced and skipped")
 
 
-@router.post("/datasets", tags=["datasets"], status_code=201)
+@router.post("/datasets", tags=["datasets"], status_code=201, response_model=None,
+             responses={201: {"model": RegistrationResult}})
 def register(request: Request, body: RegisterBody) -> dict[str, Any]:
     """Register uploaded document rows as (a new version of) a dataset, in one transaction."""
     s = _service(request)
@@ -167,13 +185,15 @@ def register(request: Request, body: RegisterBody) -> dict[str, Any]:
 
 # -- versions -------------------------------------------------------------------------------------
 
-@router.get("/versions", tags=["versions"])
+@router.get("/versions", tags=["versions"], response_model=None,
+            responses={200: {"model": list[VersionRecord]}})
 def versions(request: Request) -> list[dict[str, Any]]:
     s = _service(request)
     return _json(s.call(s.ledger.versions))
 
 
-@router.get("/versions/{ref}", tags=["versions"])
+@router.get("/versions/{ref}", tags=["versions"], response_model=None,
+            responses={200: {"model": VersionRecord}})
 def version(request: Request, ref: str) -> dict[str, Any]:
     s = _service(request)
     return _json(s.call(s.ledger.version, ref))
@@ -185,7 +205,8 @@ def manifest(request: Request, ref: str) -> dict[str, Any]:
     return {k: _json(v) for k, v in s.call(s.ledger.manifest, ref).items()}
 
 
-@router.get("/versions/{ref}/receipt", tags=["versions"])
+@router.get("/versions/{ref}/receipt", tags=["versions"], response_model=None,
+            responses={200: {"model": MergeReceipt}})
 def receipt(request: Request, ref: str) -> dict[str, Any] | None:
     s = _service(request)
     return _json(s.call(s.ledger.receipt, ref))
@@ -233,13 +254,15 @@ class TagBody(Body):
     version: str
 
 
-@router.get("/tags", tags=["versions"])
+@router.get("/tags", tags=["versions"], response_model=None,
+            responses={200: {"model": list[TagRecord]}})
 def tags(request: Request) -> list[dict[str, Any]]:
     s = _service(request)
     return _json(s.call(s.ledger.tags))
 
 
-@router.put("/tags/{name:path}", tags=["versions"])
+@router.put("/tags/{name:path}", tags=["versions"], response_model=None,
+            responses={200: {"model": VersionRecord}})
 def tag(request: Request, name: str, body: TagBody) -> dict[str, Any]:
     """Name a version (tagging again moves the tag)."""
     s = _service(request)
@@ -278,13 +301,15 @@ class StartRunBody(Body):
     pid: int | None = Field(None, description="the training process, watched for abandonment on its host")
 
 
-@router.get("/runs", tags=["runs"])
+@router.get("/runs", tags=["runs"], response_model=None,
+            responses={200: {"model": list[RunRecord]}})
 def runs(request: Request) -> list[dict[str, Any]]:
     s = _service(request)
     return _json(s.call(s.ledger.runs))
 
 
-@router.post("/runs", tags=["runs"], status_code=201)
+@router.post("/runs", tags=["runs"], status_code=201, response_model=None,
+             responses={201: {"model": RunRecord}})
 def start_run(request: Request, body: StartRunBody) -> dict[str, Any]:
     """Record the start of a training run (detached: the client ends it)."""
     s = _service(request)
@@ -295,7 +320,8 @@ def start_run(request: Request, body: StartRunBody) -> dict[str, Any]:
     return _json(run.record)
 
 
-@router.get("/runs/{ref}", tags=["runs"])
+@router.get("/runs/{ref}", tags=["runs"], response_model=None,
+            responses={200: {"model": RunRecord}})
 def run_record(request: Request, ref: str) -> dict[str, Any]:
     s = _service(request)
     return _json(s.call(s.ledger.run, ref))
@@ -324,7 +350,8 @@ class EndRunBody(Body):
     error: str | None = None
 
 
-@router.post("/runs/{ref}/end", tags=["runs"])
+@router.post("/runs/{ref}/end", tags=["runs"], response_model=None,
+             responses={200: {"model": RunRecord}})
 def end_run(request: Request, ref: str, body: EndRunBody) -> dict[str, Any]:
     s = _service(request)
     from provenance.runs import end_run as end
@@ -334,11 +361,41 @@ def end_run(request: Request, ref: str, body: EndRunBody) -> dict[str, Any]:
 
 # -- lineage, taint, audits ------------------------------------------------------------------------
 
-@router.get("/lineage/{ref}", tags=["lineage"])
+@router.get("/lineage/{ref}", tags=["lineage"], response_model=None,
+            responses={200: {"model": Lineage}})
 def lineage(request: Request, ref: str) -> dict[str, Any]:
     """Every dataset and shard that shaped the version."""
     s = _service(request)
     return s.call(s.ledger.lineage, ref).to_dict()
+
+
+@router.post("/lineage", tags=["lineage"],
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+                 "type": "object", "description": "an OpenLineage RunEvent (https://openlineage.io/spec/2-0-2/"
+                                                  "OpenLineage.json#/$defs/RunEvent); gzip Content-Encoding accepted",
+                 "required": ["eventTime", "run", "job"]}}}}})
+async def openlineage_event(request: Request) -> dict[str, Any]:
+    """Receive an OpenLineage RunEvent (as the openlineage-python client's HTTP transport sends it):
+    its run becomes a provenance run, its inputs are matched to registered datasets."""
+    import gzip
+    import zlib
+
+    s = _service(request)
+    raw = await request.body()
+    if len(raw) > 16 << 20:
+        raise errors.InvalidParameterError("the event is larger than 16 MiB")
+    if request.headers.get("content-encoding", "").lower() == "gzip":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise errors.InvalidParameterError(f"the body says gzip but is not ({exc})") from None
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise errors.InvalidParameterError(f"the event is not JSON ({exc})") from None
+    from provenance.openlineage import ingest
+
+    return await run_in_threadpool(s.call, ingest, s.ledger, data)
 
 
 class TaintBody(Body):
@@ -349,7 +406,8 @@ class TaintBody(Body):
     near: float | None = None
 
 
-@router.post("/taint", tags=["lineage"])
+@router.post("/taint", tags=["lineage"], response_model=None,
+             responses={200: {"model": TaintReport}})
 def taint(request: Request, body: TaintBody) -> dict[str, Any]:
     """Every version whose lineage holds a dataset, shard, document or text (a question: POST for the text)."""
     s = _service(request)
@@ -379,14 +437,16 @@ def _audit_options(options: dict[str, Any], allowed: tuple[str, ...]) -> dict[st
     return options
 
 
-@router.post("/audits/dedup", tags=["audits"], status_code=201)
+@router.post("/audits/dedup", tags=["audits"], status_code=201, response_model=None,
+             responses={201: {"model": DedupReport}})
 def audit_dedup(request: Request, body: DedupBody) -> dict[str, Any]:
     s = _service(request)
     options = _audit_options(body.options, ("threshold", "verify", "all_pairs", "store"))
     return s.call(s.ledger.audit_dedup, body.targets, **options).to_dict()
 
 
-@router.post("/audits/merge", tags=["audits"], status_code=201)
+@router.post("/audits/merge", tags=["audits"], status_code=201, response_model=None,
+             responses={201: {"model": GateReport}})
 def audit_merge(request: Request, body: GateBody) -> dict[str, Any]:
     s = _service(request)
     options = _audit_options(body.options, ("eval_datasets", "threshold", "max_overlap", "max_contamination",
@@ -394,7 +454,8 @@ def audit_merge(request: Request, body: GateBody) -> dict[str, Any]:
     return s.call(s.ledger.audit_merge, body.versions, **options).to_dict()
 
 
-@router.post("/audits/memorization", tags=["audits"], status_code=201)
+@router.post("/audits/memorization", tags=["audits"], status_code=201, response_model=None,
+             responses={201: {"model": MemorizationReport}})
 def audit_memorization(request: Request, body: MemorizationBody) -> dict[str, Any]:
     s = _service(request)
     options = _audit_options(body.options, ("threshold", "span", "store"))
@@ -437,7 +498,8 @@ class VerifyBody(Body):
     repair: bool = False
 
 
-@router.post("/verify", tags=["admin"])
+@router.post("/verify", tags=["admin"], response_model=None,
+             responses={200: {"model": VerifyReport}})
 def verify(request: Request, body: VerifyBody) -> dict[str, Any]:
     s = _service(request)
     return _json(s.call(s.ledger.verify, objects=body.objects, repair=body.repair))
@@ -449,7 +511,8 @@ class TokenBody(Body):
     expires_days: float | None = Field(None, gt=0)
 
 
-@router.get("/tokens", tags=["admin"])
+@router.get("/tokens", tags=["admin"], response_model=None,
+            responses={200: {"model": list[TokenRecord]}})
 def tokens(request: Request) -> list[dict[str, Any]]:
     s = _service(request)
     return _json(s.call(s.ledger.tokens))
@@ -463,7 +526,8 @@ def create_token(request: Request, body: TokenBody) -> dict[str, Any]:
     return {**_json(record), "token": secret}
 
 
-@router.delete("/tokens/{name}", tags=["admin"])
+@router.delete("/tokens/{name}", tags=["admin"], response_model=None,
+               responses={200: {"model": TokenRecord}})
 def revoke_token(request: Request, name: str) -> dict[str, Any]:
     s = _service(request)
     return _json(s.call(s.ledger.revoke_token, name))

@@ -30,3 +30,24 @@ CREATE TABLE idempotency (
     body            BLOB NOT NULL,
     created_at      TIMESTAMP NOT NULL
 );
+
+-- OpenLineage RunEvents received on POST /api/v1/lineage: each OpenLineage run is a provenance
+-- run (created by its first event, ended by COMPLETE, FAIL or ABORT).
+CREATE TABLE openlineage_runs (
+    ol_run_id       VARCHAR PRIMARY KEY,   -- the event's run.runId (a UUID)
+    run_id          VARCHAR NOT NULL,      -- the provenance run
+    job_namespace   VARCHAR NOT NULL,
+    job_name        VARCHAR NOT NULL,
+    last_event      VARCHAR NOT NULL,      -- START | RUNNING | COMPLETE | FAIL | ABORT | OTHER
+    last_event_time TIMESTAMP
+);
+
+-- Every input a run named by OpenLineage namespace and name; dataset_id is the registered dataset
+-- it was matched to, NULL when none matched (lineage reports those as unregistered inputs).
+CREATE TABLE run_inputs (
+    run_id          VARCHAR NOT NULL,
+    namespace       VARCHAR NOT NULL,
+    name            VARCHAR NOT NULL,
+    dataset_id      VARCHAR,
+    PRIMARY KEY (run_id, namespace, name)
+);

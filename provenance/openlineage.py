@@ -1,0 +1,144 @@
+"""OpenLineage intake: RunEvents from jobs that already emit them (Spark, Airflow, dbt, a training
+script with the ``openlineage-python`` client) become provenance runs.
+
+Each OpenLineage run (``run.runId``) is one provenance run, created by its first event and ended
+by ``COMPLETE`` (finished), ``FAIL`` or ``ABORT`` (failed); ``START``, ``RUNNING`` and ``OTHER``
+add what they name. Every input dataset is recorded against the run by namespace and name, and
+matched to a registered dataset:
+
+- by a ``provenance`` input facet: ``{"dataset": "NAME" or "NAME@VERSION"}``;
+- else by name: an input named like a registered dataset (``NAME`` for its latest version, or
+  ``NAME@VERSION``), or whose name ends in ``/NAME``.
+
+A matched dataset is declared by the run (one epoch, as ``prov run start --dataset`` would);
+an unmatched input is kept and reported by lineage as an **unregistered input**: data that shaped
+the version which the ledger has no fingerprints of. The version a run produced is named by a
+``provenance`` run facet ``{"version": REF}`` or by an output in namespace ``provenance`` whose
+name is the version's ref; the version (committed without a run) is then this run's, so
+``prov lineage`` of it lists the run's data.
+"""
+
+from __future__ import annotations
+
+import socket
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import xxhash
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from provenance.errors import InvalidParameterError, NotFoundError
+from provenance.ledger import LedgerStore
+from provenance.records import RunRecord
+
+EVENT_TYPES = ("START", "RUNNING", "COMPLETE", "FAIL", "ABORT", "OTHER")
+_ENDS = {"COMPLETE": "finished", "FAIL": "failed", "ABORT": "failed"}
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class OLDataset(_Loose):
+    namespace: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    facets: dict[str, Any] = Field(default_factory=dict)
+
+
+class OLJob(_Loose):
+    namespace: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+
+
+class OLRun(_Loose):
+    runId: str = Field(min_length=1, max_length=128)  # noqa: N815 (the OpenLineage field)
+    facets: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunEvent(_Loose):
+    """The fields of an OpenLineage RunEvent the ledger reads (the rest is allowed and ignored)."""
+
+    eventType: Literal["START", "RUNNING", "COMPLETE", "FAIL", "ABORT", "OTHER"] | None = None  # noqa: N815
+    eventTime: datetime  # noqa: N815
+    run: OLRun
+    job: OLJob
+    inputs: list[OLDataset] = Field(default_factory=list)
+    outputs: list[OLDataset] = Field(default_factory=list)
+    producer: str | None = None
+
+
+def parse_event(data: Any) -> RunEvent:
+    """A RunEvent, or an :class:`InvalidParameterError` naming the field that is wrong."""
+    try:
+        return RunEvent.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise InvalidParameterError(f"not an OpenLineage RunEvent: {problems}") from None
+
+
+def ingest(ledger: LedgerStore, data: Any) -> dict[str, Any]:
+    """Record one RunEvent (module doc); returns the provenance run and what was matched."""
+    event = parse_event(data)
+    kind = event.eventType or "OTHER"
+    when = event.eventTime.astimezone(timezone.utc).replace(tzinfo=None) if event.eventTime.tzinfo else event.eventTime
+    inputs = [(d.namespace, d.name, _match(ledger, d)) for d in event.inputs]
+    version = _produced(ledger, event)
+    with ledger.transaction() as tx:
+        known = tx.openlineage_run(event.run.runId)
+        if known is None:
+            run_id = _run_id(event)
+            tx.insert_run(RunRecord(
+                run_id=run_id, base_version=None, message=f"{event.job.namespace}/{event.job.name}",
+                params={"openlineage": {"runId": event.run.runId, "job": {"namespace": event.job.namespace,
+                                                                           "name": event.job.name},
+                                        "producer": event.producer}},
+                status="running", started_at=when, host=socket.gethostname(), pid=0, datasets={}))
+        else:
+            run_id = known["run_id"]
+        status = tx.run_status(run_id)
+        tx.map_openlineage_run(event.run.runId, run_id, event.job.namespace, event.job.name, kind, when)
+        if status == "running":
+            tx.add_run_inputs(run_id, inputs)
+            if version is not None:
+                tx.attach_version_run(version, run_id)
+            if kind in _ENDS:
+                error = _error(event) if kind != "COMPLETE" else None
+                tx.end_run(run_id, _ENDS[kind], error=error, version_id=version)
+        elif kind in _ENDS or inputs:  # a late or repeated event: the run is ended; say so, change nothing
+            status = f"{status} (event ignored: the run has ended)"
+    return {"run_id": run_id, "event": kind, "status": status if status != "running" or kind not in _ENDS
+            else _ENDS[kind], "inputs": [{"namespace": n, "name": m, "dataset_id": d} for n, m, d in inputs],
+            "version_id": version}
+
+
+def _run_id(event: RunEvent) -> str:
+    return xxhash.xxh3_128(f"openlineage|{event.run.runId}".encode()).hexdigest()
+
+
+def _match(ledger: LedgerStore, dataset: OLDataset) -> str | None:
+    """The registered dataset an input names (module doc), or None."""
+    facet = dataset.facets.get("provenance") if isinstance(dataset.facets, dict) else None
+    if isinstance(facet, dict) and facet.get("dataset"):
+        return ledger.dataset(str(facet["dataset"])).dataset_id  # named explicitly: a wrong name is an error
+    for candidate in (dataset.name, dataset.name.rsplit("/", 1)[-1]):
+        try:
+            return ledger.dataset(candidate).dataset_id
+        except (NotFoundError, InvalidParameterError):
+            continue
+    return None
+
+
+def _produced(ledger: LedgerStore, event: RunEvent) -> str | None:
+    facet = event.run.facets.get("provenance") if isinstance(event.run.facets, dict) else None
+    ref = facet.get("version") if isinstance(facet, dict) else None
+    if ref is None:
+        ref = next((o.name for o in event.outputs if o.namespace == "provenance"), None)
+    return ledger.version(str(ref)).version_id if ref is not None else None
+
+
+def _error(event: RunEvent) -> str:
+    facet = event.run.facets.get("errorMessage") if isinstance(event.run.facets, dict) else None
+    if isinstance(facet, dict) and facet.get("message"):
+        return f"OpenLineage {event.eventType}: {str(facet['message'])[:2000]}"
+    return f"OpenLineage {event.eventType}"
+

@@ -1,0 +1,121 @@
+"""OpenLineage intake: the unmodified ``openlineage-python`` client, with its HTTP transport and an
+API key, posts RunEvents to a live ``prov serve``; the runs, their matched and unmatched inputs
+and the version they produced show up in lineage."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import uuid
+from datetime import datetime, timezone
+
+import attr
+import httpx
+import pytest
+import torch
+from openlineage.client import OpenLineageClient
+from openlineage.client.event_v2 import InputDataset, Job, OutputDataset, Run, RunEvent, RunState
+from openlineage.client.facet_v2 import DatasetFacet, error_message_run
+from openlineage.client.transport.http import ApiKeyTokenProvider, HttpCompression, HttpConfig, HttpTransport
+
+from tests import serving
+
+PRODUCER = "https://github.com/provenance/tests"
+
+
+@attr.define
+class ProvenanceDatasetFacet(DatasetFacet):
+    """The ``provenance`` dataset facet: which registered dataset an input is."""
+
+    dataset: str
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with serving.running(tmp_path_factory.mktemp("ol")) as srv:
+        ledger = srv.ledger()
+        ledger.register_dataset("web", [{"id": f"w{i}", "text": f"web page number {i} about things"} for i in range(30)],
+                                id_field="id")
+        ledger.register_dataset("forum", [{"id": f"f{i}", "text": f"forum post {i} with an opinion"} for i in range(10)],
+                                id_field="id")
+        yield srv
+
+
+def _client(server, token=None, compression=None) -> OpenLineageClient:
+    config = HttpConfig(url=server.url, auth=ApiKeyTokenProvider({"apiKey": token or server.token}), timeout=30,
+                        compression=compression, retry={"total": 0})
+    return OpenLineageClient(transport=HttpTransport(config))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def test_a_spark_style_job_becomes_a_run_in_lineage(server):
+    ledger = server.ledger()
+    base = ledger.commit({"w": torch.zeros(3)}, message="a model trained by an external job")
+    client, run_id = _client(server), str(uuid.uuid4())
+    job = Job(namespace="spark://cluster", name="train_classifier")
+    inputs = [InputDataset(namespace="s3://corp-data", name="crawl/web"),  # matched by name (…/web)
+              InputDataset(namespace="hdfs://lake", name="posts", facets={"provenance": ProvenanceDatasetFacet(
+                  dataset="forum@1")}),  # matched by the provenance facet
+              InputDataset(namespace="s3://corp-data", name="clickstream/2026-11")]  # matches nothing
+    client.emit(RunEvent(eventType=RunState.START, eventTime=_now(), run=Run(runId=run_id), job=job, producer=PRODUCER,
+                         inputs=inputs))
+    client.emit(RunEvent(eventType=RunState.RUNNING, eventTime=_now(), run=Run(runId=run_id), job=job,
+                         producer=PRODUCER))
+    client.emit(RunEvent(eventType=RunState.COMPLETE, eventTime=_now(), run=Run(runId=run_id), job=job,
+                         producer=PRODUCER, outputs=[OutputDataset(namespace="provenance", name=base.version_id)]))
+    runs = [r for r in ledger.runs() if r.params.get("openlineage", {}).get("runId") == run_id]
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.status == "finished" and run.message == "spark://cluster/train_classifier"
+    assert run.datasets == {"web@1": 1.0, "forum@1": 1.0} and run.version_id == base.version_id
+    lin = ledger.lineage(base)
+    assert {d.dataset_id: d.examples for d in lin.datasets} == {"web@1": 30, "forum@1": 10}
+    assert [(u.namespace, u.name, u.version_id) for u in lin.unregistered_inputs] == [
+        ("s3://corp-data", "clickstream/2026-11", base.version_id)]
+    assert [v.version_id for v in ledger.taint(dataset="forum").versions] == [base.version_id]
+
+
+def test_failed_and_gzipped_events_and_an_event_after_the_end(server):
+    ledger = server.ledger()
+    client, run_id = _client(server, compression=HttpCompression.GZIP), str(uuid.uuid4())
+    job = Job(namespace="airflow", name="dedupe")
+    client.emit(RunEvent(eventType=RunState.FAIL, eventTime=_now(), job=job, producer=PRODUCER,
+                         run=Run(runId=run_id, facets={"errorMessage": error_message_run.ErrorMessageRunFacet(
+                             message="executor lost", programmingLanguage="python")}),
+                         inputs=[InputDataset(namespace="file", name="web")]))
+    run = next(r for r in ledger.runs() if r.params.get("openlineage", {}).get("runId") == run_id)
+    assert run.status == "failed" and "executor lost" in run.error and run.datasets == {"web@1": 1.0}
+    late = httpx.post(f"{server.url}/api/v1/lineage", headers={"Authorization": f"Bearer {server.token}"},
+                      json={"eventType": "COMPLETE", "eventTime": _now(), "run": {"runId": run_id},
+                            "job": {"namespace": "airflow", "name": "dedupe"}})
+    assert late.status_code == 200 and "ended" in late.json()["status"]
+    assert ledger.run(run.run_id).status == "failed"
+
+
+def test_bad_events_and_tokens_are_refused(server):
+    h = {"Authorization": f"Bearer {server.token}"}
+    url = f"{server.url}/api/v1/lineage"
+    no_run = httpx.post(url, headers=h, json={"eventType": "START", "eventTime": _now(),
+                                              "job": {"namespace": "a", "name": "b"}})
+    assert no_run.status_code == 422 and "run" in no_run.json()["error"]
+    bad_type = httpx.post(url, headers=h, json={"eventType": "FINISHED", "eventTime": _now(), "run": {"runId": "x"},
+                                                "job": {"namespace": "a", "name": "b"}})
+    assert bad_type.status_code == 422 and "eventType" in bad_type.json()["error"]
+    not_json = httpx.post(url, headers={**h, "Content-Type": "application/json"}, content=b"{oops")
+    assert not_json.status_code == 422 and "not JSON" in not_json.json()["error"]
+    fake_gzip = httpx.post(url, headers={**h, "Content-Encoding": "gzip"}, content=b"plain")
+    assert fake_gzip.status_code == 422 and "gzip" in fake_gzip.json()["error"]
+    wrong_facet = httpx.post(url, headers={**h, "Content-Encoding": "gzip"}, content=gzip.compress(json.dumps({
+        "eventType": "START", "eventTime": _now(), "run": {"runId": str(uuid.uuid4())}, "job": {"namespace": "a", "name": "b"},
+        "inputs": [{"namespace": "x", "name": "y", "facets": {"provenance": {"dataset": "nope"}}}]}).encode()),
+        )
+    assert wrong_facet.status_code == 404 and "nope" in wrong_facet.json()["error"]
+    _, reader = server.ledger().issue_token(f"reader-{uuid.uuid4().hex[:6]}", "read")
+    with pytest.raises(Exception) as refused:
+        _client(server, token=reader).emit(RunEvent(eventType=RunState.START, eventTime=_now(),
+                                                    run=Run(runId=str(uuid.uuid4())), job=Job(namespace="a", name="b"),
+                                                    producer=PRODUCER))
+    assert "403" in str(refused.value)
