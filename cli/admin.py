@@ -68,11 +68,9 @@ def verify_cmd(obj: Context, rehash: bool, repair: bool, as_json: bool) -> None:
     """Check the ledger: every object the versions need is there and whole (--objects: re-hashed),
     every version's parents, manifest and tags resolve, every dataset agrees with its shards and
     documents. Exit status 1 when anything is damaged, naming the versions it affects."""
-    from provenance.verify import verify
-
     ledger = obj.ledger(read_only=not repair)
     with render.progress(obj.quiet) as bar:
-        report = verify(ledger, objects=rehash, repair=repair, progress=bar)
+        report = ledger.verify(objects=rehash, repair=repair, progress=bar)
     show_verify(report, as_json)
     if not report.ok:
         sys.exit(EXIT_POLICY)

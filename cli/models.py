@@ -93,14 +93,11 @@ def model_show(obj: Context, ref: str, as_json: bool) -> None:
 def model_diff(obj: Context, old: str, new: str, data: bool, as_json: bool) -> None:
     """Per parameter group: how V2 differs from V1 (encoding, elements changed, patch bytes).
     With --data: the datasets and shards in one lineage and not the other."""
+    ledger = obj.ledger(read_only=True)
     if data:
-        from provenance.lineage import data_diff
-
-        show_data_diff(data_diff(obj.ledger(read_only=True), old, new), as_json)
+        show_data_diff(ledger.data_diff(old, new), as_json)
         return
-    from provenance.versions import diff
-
-    show_diff(diff(obj.ledger(read_only=True), old, new), as_json)
+    show_diff(ledger.diff(old, new), as_json)
 
 
 @model_group.command("checkout")

@@ -72,11 +72,9 @@ def run_start(obj: Context, message: str, base: str | None, datasets: tuple[str,
 @pass_ctx
 def run_log(obj: Context, ref: str, keys_file, step: int, dataset: str | None, as_json: bool) -> None:
     """Log the document keys in KEYS (one per line; - for stdin) as seen at --step."""
-    from provenance.runs import Run
-
     keys = [line.rstrip("\r\n") for line in keys_file]
     keys = [k for k in keys if k]
-    run = Run.attach(obj.ledger(), ref)
+    run = obj.ledger().attach_run(ref)
     run.log_examples(keys, step=step, dataset=dataset)
     n = run.flush()
     render.emit({"run_id": run.run_id, "logged": n, "step": step}, as_json, lambda d: f"logged {d['logged']} examples")
@@ -90,9 +88,7 @@ def run_log(obj: Context, ref: str, keys_file, step: int, dataset: str | None, a
 @pass_ctx
 def run_finish(obj: Context, ref: str, failed: bool, error: str | None, as_json: bool) -> None:
     """End a running run without a version (use `prov model commit --run` to end it with one)."""
-    from provenance.runs import Run
-
-    run = Run.attach(obj.ledger(), ref)
+    run = obj.ledger().attach_run(ref)
     record = run.fail(error or "marked failed") if failed else run.finish()
     render.emit(record.model_dump(mode="json"), as_json, lambda d: f"run {d['run_id'][:12]} {d['status']}")
 

@@ -11,7 +11,7 @@ from provenance.cli.app import CliError, Context, json_option, main, pass_ctx
 
 @main.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on.")
-@click.option("--port", type=int, default=8765, show_default=True)
+@click.option("--port", type=int, default=8765, show_default=True, help="The TCP port to listen on.")
 @click.option("--insecure-no-auth", is_flag=True,
               help="Serve without tokens (everything allowed); only on the loopback address.")
 @click.option("--ssl-certfile", type=click.Path(dir_okay=False, exists=True), default=None, help="TLS certificate (PEM).")
@@ -44,7 +44,8 @@ def token_group() -> None:
 
 @token_group.command("create")
 @click.argument("name")
-@click.option("--scope", type=click.Choice(["read", "write", "admin"]), required=True)
+@click.option("--scope", type=click.Choice(["read", "write", "admin"]), required=True,
+              help="read: queries; write: also registrations, runs, commits, merges; admin: also tokens, gc, verify.")
 @click.option("--expires", default=None, metavar="DAYS",
               help="Days until it stops working (e.g. 30 or 30d; default: never).")
 @json_option

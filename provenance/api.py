@@ -42,6 +42,8 @@ class LedgerAPI(Protocol):
     def tags(self) -> list[TagRecord]: ...
     def start_run(self, **options: Any) -> runs.Run: ...
     def run(self, ref: str | RunRecord) -> RunRecord: ...
+    def attach_run(self, run: str | RunRecord) -> runs.Run: ...
+    def diff(self, old: str | VersionRecord, new: str | VersionRecord) -> list[dict[str, Any]]: ...
     def merge(self, versions: Sequence[str | VersionRecord], **options: Any) -> VersionRecord: ...
     def receipt(self, version: str | VersionRecord) -> MergeReceipt | None: ...
     def lineage(self, version: str | VersionRecord) -> Lineage: ...
@@ -109,6 +111,24 @@ class Ledger(LedgerStore):
         from provenance import versions as versions_
 
         return versions_.checkout(self, ver, output, progress=progress)
+
+    def diff(self, old: str | VersionRecord, new: str | VersionRecord) -> list[dict[str, Any]]:
+        """Per parameter group, how ``new`` differs from ``old``; see :func:`provenance.versions.diff`."""
+        from provenance import versions as versions_
+
+        return versions_.diff(self, old, new)
+
+    def data_diff(self, a: str | VersionRecord, b: str | VersionRecord) -> dict[str, Any]:
+        """The datasets and shards in one lineage and not the other; see :func:`provenance.lineage.data_diff`."""
+        from provenance import lineage as lineage_
+
+        return lineage_.data_diff(self, a, b)
+
+    def attach_run(self, run: str | RunRecord) -> runs.Run:
+        """A running run started elsewhere (``prov run start``), to log into or end."""
+        from provenance import runs as runs_
+
+        return runs_.Run.attach(self, run)
 
     def gc(self, *, apply: bool = False) -> dict[str, Any]:
         """Objects no version uses; see :func:`provenance.versions.gc`."""

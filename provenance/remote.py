@@ -21,6 +21,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +35,14 @@ from provenance.records import (
     ParamRecord,
     RegistrationResult,
     RunRecord,
+    RunShardRecord,
     ShardRecord,
     TagRecord,
     TokenRecord,
     VersionRecord,
 )
 from provenance.results import DedupReport, GateReport, Lineage, MemorizationReport, MergeReceipt, TaintReport
-from provenance.runs import _OPEN, Run
+from provenance.runs import _OPEN, Run, warn_epoch_disagreements
 from provenance.wire import API, ARROW_STREAM, ipc_to_table, raise_error, table_to_ipc
 
 RETRY_STATUS = (502, 503, 504)
@@ -215,9 +217,10 @@ class RemoteLedger:
 
     def commit(self, state: Any, *, parent: str | VersionRecord | None = None, message: str, author: str | None = None,
                run: str | None = None, encoding: str = "auto", allow_nonfinite: bool = False, progress: Any = None,
-               **options: Any) -> VersionRecord:
+               sync: bool = True, **options: Any) -> VersionRecord:
         """Upload ``state`` (a state dict, a module, a safetensors file or a sharded checkpoint)
-        and store it on the server as a new version."""
+        and store it on the server as a new version (the server syncs its objects whatever ``sync``
+        says: durability is the server's)."""
         if options:
             raise errors.InvalidParameterError(
                 f"{', '.join(sorted(options))}: not available through a ledger server (commit on the ledger's host)")
@@ -242,6 +245,15 @@ class RemoteLedger:
             tensors, _ = read_tensors(path)
             return tensors
 
+    def ancestors(self, version: str | VersionRecord) -> list[VersionRecord]:
+        return [VersionRecord.model_validate(r) for r in self._call("GET", f"versions/{_ref(version)}/ancestors")]
+
+    def diff(self, old: str | VersionRecord, new: str | VersionRecord) -> list[dict[str, Any]]:
+        return self._call("GET", f"versions/{_ref(old)}/diff/{_ref(new)}")
+
+    def data_diff(self, a: str | VersionRecord, b: str | VersionRecord) -> dict[str, Any]:
+        return self._call("GET", f"versions/{_ref(a)}/diff/{_ref(b)}", params={"data": "true"})
+
     def merge(self, versions: Sequence[str | VersionRecord], *, gate: Mapping[str, Any] | None = None,
               progress: Any = None, device: Any = None, **options: Any) -> VersionRecord:
         if device is not None:
@@ -265,6 +277,16 @@ class RemoteLedger:
 
     def run(self, ref: str | RunRecord) -> RunRecord:
         return RunRecord.model_validate(self._call("GET", f"runs/{_ref(ref)}"))
+
+    def run_shards(self, run: str | RunRecord) -> list[RunShardRecord]:
+        return [RunShardRecord.model_validate(r) for r in self._call("GET", f"runs/{_ref(run)}/shards")]
+
+    def attach_run(self, run: str | RunRecord) -> RemoteRun:
+        """A running run started elsewhere, to log into or end."""
+        record = self.run(run)
+        if record.status != "running":
+            raise errors.InvalidParameterError(f"run {record.run_id[:12]} is {record.status}, not running")
+        return RemoteRun(self, record, owned=False)
 
     def start_run(self, *, base: str | VersionRecord | None = None, datasets: Any = (),
                   params: Mapping[str, Any] | None = None, message: str, author: str | None = None,
@@ -313,7 +335,10 @@ class RemoteLedger:
         return MemorizationReport.model_validate(self._call("POST", "audits/memorization", json_body=body))
 
     def audits(self, kind: str | None = None) -> list[dict[str, Any]]:
-        return self._call("GET", "audits", params={"kind": kind})
+        rows = self._call("GET", "audits", params={"kind": kind})
+        for r in rows:
+            r["created_at"] = datetime.fromisoformat(r["created_at"])
+        return rows
 
     def audit(self, audit_id: str) -> dict[str, Any]:
         return self._call("GET", f"audits/{audit_id}")
@@ -372,6 +397,7 @@ class RemoteRun(Run):
         self._ended = True
         _OPEN.discard(self)
         self.record = self.ledger.run(self.run_id)
+        warn_epoch_disagreements(self.ledger, self.record)
 
 
 class _Retry(Exception):
@@ -383,9 +409,12 @@ def _ref(value: Any) -> str:
     """A record's id, or the reference string as given."""
     if isinstance(value, RegistrationResult):
         return value.dataset.dataset_id
-    for attr in ("dataset_id", "version_id", "run_id"):
-        if hasattr(value, attr):
-            return getattr(value, attr)
+    if isinstance(value, DatasetRecord):
+        return value.dataset_id
+    if isinstance(value, VersionRecord):
+        return value.version_id
+    if isinstance(value, RunRecord):
+        return value.run_id
     if not isinstance(value, str):
         raise errors.InvalidParameterError(f"expected a name, id or record, got {type(value).__name__}")
     return value

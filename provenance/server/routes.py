@@ -28,6 +28,7 @@ from provenance.records import (
     DocumentRecord,
     RegistrationResult,
     RunRecord,
+    RunShardRecord,
     ShardRecord,
     TagRecord,
     TokenRecord,
@@ -212,6 +213,21 @@ def receipt(request: Request, ref: str) -> dict[str, Any] | None:
     return _json(s.call(s.ledger.receipt, ref))
 
 
+@router.get("/versions/{ref}/ancestors", tags=["versions"], response_model=None,
+            responses={200: {"model": list[VersionRecord]}})
+def ancestors(request: Request, ref: str) -> list[dict[str, Any]]:
+    """The version and every version it descends from, newest first."""
+    s = _service(request)
+    return _json(s.call(s.ledger.ancestors, ref))
+
+
+@router.get("/versions/{old}/diff/{new}", tags=["versions"])
+def diff(request: Request, old: str, new: str, data: bool = False) -> Any:
+    """How ``new`` differs from ``old``: per parameter group, or with ``data`` their lineages' data."""
+    s = _service(request)
+    return s.call(s.ledger.data_diff if data else s.ledger.diff, old, new)
+
+
 @router.get("/versions/{ref}/tensors", tags=["versions"], response_class=FileResponse,
             responses={200: {"content": {"application/octet-stream": {}}, "description": "a safetensors file"}})
 def checkout(request: Request, ref: str) -> FileResponse:
@@ -325,6 +341,14 @@ def start_run(request: Request, body: StartRunBody) -> dict[str, Any]:
 def run_record(request: Request, ref: str) -> dict[str, Any]:
     s = _service(request)
     return _json(s.call(s.ledger.run, ref))
+
+
+@router.get("/runs/{ref}/shards", tags=["runs"], response_model=None,
+            responses={200: {"model": list[RunShardRecord]}})
+def run_shards(request: Request, ref: str) -> list[dict[str, Any]]:
+    """Per shard of the run's datasets: examples seen and epochs (once the run has ended)."""
+    s = _service(request)
+    return _json(s.call(s.ledger.run_shards, ref))
 
 
 @router.post("/runs/{ref}/examples", tags=["runs"],
