@@ -56,6 +56,23 @@ def gc_cmd(obj: Context, apply: bool, as_json: bool) -> None:
                                           f"{len(d['temporary_files'])} temporary files, {d['bytes']:,} bytes")
 
 
+@main.command("backup")
+@click.argument("destination", type=click.Path(file_okay=False))
+@click.option("--link", is_flag=True, help="Hard-link the objects instead of copying them (fast; shares the disk).")
+@json_option
+@pass_ctx
+def backup_cmd(obj: Context, destination: str, link: bool, as_json: bool) -> None:
+    """Copy the ledger, consistently, into DESTINATION (a new or empty folder), also while a server
+    serves it: with --ledger http://..., DESTINATION is a folder on the server's machine. The copy
+    is verified."""
+    report = obj.ledger().backup(destination, link=link)
+    render.emit(report, as_json, lambda d: f"backed up to {d['destination']}: database {d['database_bytes']:,} bytes, "
+                                          f"{d['objects_copied'] + d['objects_linked']:,} objects "
+                                          f"({d['object_bytes']:,} bytes); verified: {'ok' if d['verified'] else 'DAMAGED'}")
+    if not report["verified"]:
+        sys.exit(EXIT_POLICY)
+
+
 @main.command("verify")
 @click.option("--objects", "rehash", is_flag=True,
               help="Also re-read and re-hash every stored object (slow: reads the whole object store).")

@@ -62,17 +62,18 @@ class Ledger(LedgerStore):
 
     @classmethod
     def open(cls, path: str | os.PathLike | None = None, *, lock_timeout: float = 10.0, read_only: bool = False,
-             token: str | None = None) -> Any:
+             token: str | None = None, verify: bool | str = True) -> Any:
         """Open the ledger at ``path`` (a project folder or its ``.prov``; None: ``PROV_LEDGER``,
         else the nearest ``.prov`` above the current folder), or the one a server serves at an
         ``http(s)://`` URL: then a :class:`provenance.remote.RemoteLedger` with the same verbs,
-        authenticated with ``token`` (default ``PROV_TOKEN``)."""
+        authenticated with ``token`` (default ``PROV_TOKEN``); ``verify`` is the CA bundle that
+        checks an https server's certificate (default: the system's, or ``SSL_CERT_FILE``)."""
         if path is None:
             path = os.environ.get("PROV_LEDGER") or None
         if isinstance(path, str) and path.startswith(("http://", "https://")):
             from provenance.remote import RemoteLedger
 
-            return RemoteLedger(path, token=token)
+            return RemoteLedger(path, token=token, verify=verify)
         return super().open(path, lock_timeout=lock_timeout, read_only=read_only)
 
     # -- data -----------------------------------------------------------------------------------
@@ -129,6 +130,12 @@ class Ledger(LedgerStore):
         from provenance import runs as runs_
 
         return runs_.Run.attach(self, run)
+
+    def backup(self, destination: str | os.PathLike, *, link: bool = False) -> dict[str, Any]:
+        """A consistent copy of the ledger in ``destination``; see :func:`provenance.backup.backup`."""
+        from provenance import backup as backup_
+
+        return backup_.backup(self, destination, link=link)
 
     def gc(self, *, apply: bool = False) -> dict[str, Any]:
         """Objects no version uses; see :func:`provenance.versions.gc`."""

@@ -107,3 +107,7 @@ class AccessDeniedError(ProvenanceError):
 
 class RunEndedError(ProvenanceError):
     """A run was ended already (by another process, or another client of a ledger server)."""
+
+
+class AlreadyAppliedError(ProvenanceError):
+    """A retried write was applied before the ledger server stopped, and its answer was lost."""

@@ -262,6 +262,10 @@ class RemoteLedger:
                 "gate": dict(gate) if gate is not None else None}
         return VersionRecord.model_validate(self._call("POST", "merges", json_body=body)["version"])
 
+    def backup(self, destination: str | os.PathLike, *, link: bool = False) -> dict[str, Any]:
+        """A consistent copy of the served ledger in ``destination``, a folder on the server's machine."""
+        return self._call("POST", "backup", json_body={"destination": str(destination), "link": link})
+
     def gc(self, *, apply: bool = False) -> dict[str, Any]:
         return self._call("POST", "gc", json_body={"apply": apply})
 

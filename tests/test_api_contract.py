@@ -266,3 +266,19 @@ def test_bad_requests_get_4xx_naming_the_problem(server):
     messages = [r.json()["error"] for r in cases]
     assert "surprise" in messages[1] and "Arrow" in messages[2] and "no upload" in messages[3]
     assert all("Traceback" not in r.text for r in cases)
+
+
+def test_backup_is_a_verified_copy(api, name, files, tmp_path):
+    api.register_dataset(name("web"), str(files["web"]), id_field="id")
+    v = api.commit({"w": torch.randn(16)}, message=name("backed up"))
+    dest = tmp_path / "backup"
+    if not isinstance(api, Ledger):  # a folder on the server's machine (here: beside its ledger)
+        dest = Path(httpx.get(f"{api.url}/healthz").json()["ledger"]).parent.parent / f"backup-{name('b')}"
+    report = api.backup(dest)
+    assert report["verified"] and report["objects_copied"] > 0 and report["database_bytes"] > 0
+    copy = Ledger.open(dest, read_only=True)
+    assert copy.version(v.version_id) == api.version(v.version_id)
+    assert torch.equal(copy.checkout(v)["w"], api.checkout(v)["w"])
+    assert copy.dataset(name("web")).n_documents == 60
+    with pytest.raises(InvalidParameterError, match="not an empty folder"):
+        api.backup(dest)

@@ -11,6 +11,7 @@ second writer waits up to ``lock_timeout`` seconds, then gets :class:`LedgerLock
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import re
 import time
@@ -40,6 +41,12 @@ from provenance.ledger.writer import DocumentStage, LedgerWriter, _clean_staging
 
 if TYPE_CHECKING:
     from provenance.objects import ObjectStore
+
+#: Set by a ledger server while it handles a write sent with an Idempotency-Key: ``(key, token,
+#: method, path)``. Each transaction committed meanwhile records the key (status 0: applied, answer
+#: not yet stored) in the same commit, so a retry after a crash is never applied a second time.
+WRITE_KEY: contextvars.ContextVar[tuple[str, str | None, str, str] | None] = contextvars.ContextVar(
+    "provenance_write_key", default=None)
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -294,6 +301,11 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
                     con.execute("ROLLBACK")
                 raise
             else:
+                pending = WRITE_KEY.get()
+                if pending is not None:  # a server's idempotent write: its key lands with what it wrote
+                    key, token, method, path = pending
+                    con.execute("INSERT INTO idempotency VALUES (?, ?, ?, ?, 0, NULL, ''::BLOB, ?) "
+                                "ON CONFLICT (idempotency_key) DO NOTHING", [key, token, method, path, _now()])
                 con.execute("COMMIT")
             finally:
                 self._in_transaction = False
@@ -312,6 +324,22 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
                     con.execute("ROLLBACK")
                 with contextlib.suppress(Exception):
                     con.execute("DROP TABLE IF EXISTS temp.audit_pairs")
+
+    def snapshot_database(self, dest: Path) -> int:
+        """Copy the database file, checkpointed first (so the copy needs no write-ahead log), to
+        ``dest``; returns its bytes. Holds the ledger meanwhile: no write lands half in the copy."""
+        import shutil
+
+        if self._in_transaction:
+            raise ProvenanceError("a snapshot cannot be taken inside a transaction")
+        with self._cursor() as con:
+            if not self.read_only:
+                con.execute("CHECKPOINT")
+            shutil.copyfile(self.db_path, dest)
+            wal = self.db_path.with_name(self.db_path.name + ".wal")
+            if wal.exists() and wal.stat().st_size:
+                shutil.copyfile(wal, dest.with_name(dest.name + ".wal"))
+        return dest.stat().st_size
 
     # -- schema -----------------------------------------------------------------------------
 

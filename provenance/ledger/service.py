@@ -108,6 +108,9 @@ class ServiceQueries:
 
     def store_response(self, key: str, token: str | None, method: str, path: str, status: int,
                        content_type: str | None, body: bytes) -> None:
+        """Keep the answer to the write sent with ``key`` (replacing the mark its transaction left)."""
         with self.transaction() as tx:
-            tx._con.execute("INSERT INTO idempotency VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
-                            [key, token, method, path, status, content_type, body, _now()])
+            tx._con.execute(
+                """INSERT INTO idempotency VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (idempotency_key)
+                   DO UPDATE SET status = excluded.status, content_type = excluded.content_type, body = excluded.body""",
+                [key, token, method, path, status, content_type, body, _now()])

@@ -29,11 +29,12 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from provenance import __version__, errors
+from provenance.ledger import WRITE_KEY
 from provenance.ledger._common import _now
 from provenance.server import LedgerService
 from provenance.wire import API, error_body, status_of
 
-_ADMIN = (f"{API}/tokens", f"{API}/gc", f"{API}/verify")
+_ADMIN = (f"{API}/tokens", f"{API}/gc", f"{API}/verify", f"{API}/backup")
 _SCOPE_RANK = {"read": 0, "write": 1, "admin": 2}
 _OPEN_PATHS = ("/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
 
@@ -134,9 +135,17 @@ async def _idempotent(service: LedgerService, request: Request, call_next: Any, 
         if (stored["method"], stored["path"]) != (method, path):
             return JSONResponse({"error": f"Idempotency-Key {key!r} was used for {stored['method']} {stored['path']}",
                                  "kind": "InvalidParameterError"}, status_code=422)
+        if stored["status"] == 0:  # applied, then the server stopped before its answer was stored
+            return JSONResponse({"error": f"the write with Idempotency-Key {key!r} was applied before the server "
+                                 "stopped, and its answer was lost: read the resource to see its result",
+                                 "kind": "AlreadyAppliedError"}, status_code=409)
         return Response(stored["body"], status_code=stored["status"], media_type=stored["content_type"],
                         headers={"Idempotent-Replayed": "true"})
-    response = await call_next(request)
+    mark = WRITE_KEY.set((key, request.state.token, method, path))
+    try:
+        response = await call_next(request)
+    finally:
+        WRITE_KEY.reset(mark)
     body = b"".join([chunk async for chunk in response.body_iterator])
     if response.status_code < 500:
         await run_in_threadpool(service.call, service.ledger.store_response, key, request.state.token, method, path,

@@ -517,6 +517,18 @@ def gc(request: Request, body: GcBody) -> dict[str, Any]:
     return s.call(s.ledger.gc, apply=body.apply)
 
 
+class BackupBody(Body):
+    destination: str = Field(description="a new or empty folder on the server's machine")
+    link: bool = Field(False, description="hard-link the objects instead of copying them")
+
+
+@router.post("/backup", tags=["admin"])
+def backup(request: Request, body: BackupBody) -> dict[str, Any]:
+    """A consistent copy of the served ledger, on the server's machine (writes wait meanwhile)."""
+    s = _service(request)
+    return s.call(s.ledger.backup, body.destination, link=body.link)
+
+
 class VerifyBody(Body):
     objects: bool = False
     repair: bool = False

@@ -1,0 +1,145 @@
+"""The service under real failures and load, with real processes: a server SIGKILLed while eight
+clients write, then restarted; sixteen clients at once. Every write a client saw acknowledged is
+in the ledger, nothing partial is visible, and every version checks out bit-identical."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from provenance import Ledger
+from tests import serving
+from tests.service_client import state
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def _clients(server, tmp_path: Path, count: int, n: int, *, reads: bool = False) -> list[subprocess.Popen]:
+    procs = []
+    for c in range(count):
+        cmd = [sys.executable, str(ROOT / "tests" / "service_client.py"), server.url, server.token,
+               str(tmp_path / f"client-{c}.jsonl"), str(c), str(n)] + (["--reads"] if reads else [])
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    return procs
+
+
+def _wait(procs: list[subprocess.Popen], timeout: float) -> list[tuple[int, str]]:
+    deadline = time.monotonic() + timeout
+    out = []
+    for p in procs:
+        try:
+            text, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            text, _ = p.communicate()
+        out.append((p.returncode, text.decode(errors="replace")[-2000:]))
+    return out
+
+
+def _acks(tmp_path: Path) -> list[dict]:
+    return [json.loads(line) for f in sorted(tmp_path.glob("client-*.jsonl")) for line in f.read_text().splitlines()]
+
+
+def _check_acknowledged(ledger, acks: list[dict]) -> dict[str, int]:
+    """Every acknowledged write is there, whole; returns counts per kind."""
+    counts: dict[str, int] = {}
+    for a in acks:
+        counts[a["op"]] = counts.get(a["op"], 0) + 1
+        if a["op"] == "register":
+            assert ledger.dataset(a["dataset"]).n_documents == a["documents"]
+        elif a["op"] in ("commit", "run"):
+            got = ledger.checkout(a["version"])
+            want = state(a["client"], a["i"])
+            assert all(torch.equal(got[k], want[k]) for k in want), a
+            if a["op"] == "run":
+                run = ledger.run(a["run"])
+                assert run.status == "finished" and run.version_id == a["version"]
+                assert sum(s.examples for s in ledger.run_shards(run)) == a["examples"]
+    return counts
+
+
+def test_sigkill_mid_write_loses_nothing_acknowledged(tmp_path):
+    server = serving.start(tmp_path / "ledger")
+    port = int(server.url.rsplit(":", 1)[1])
+    procs = _clients(server, tmp_path, 8, 24)
+    time.sleep(6.0)  # the clients are registering, logging and committing
+    server.stop(signal.SIGKILL)
+    killed_at = len(_acks(tmp_path))
+    time.sleep(1.0)
+    restarted = serving.start(tmp_path / "ledger", port=port, token=server.token)
+    try:
+        results = _wait(procs, 420)
+        acks = _acks(tmp_path)
+        assert all(code == 0 for code, _ in results), [t for c, t in results if c][:2]
+        assert not [a for a in acks if a["op"] == "error"]
+        ledger = restarted.ledger()
+        counts = _check_acknowledged(ledger, acks)
+        assert counts.get("register", 0) + counts.get("applied-unknown", 0) >= 8 * 6 - 8  # the rest finished
+        assert 0 < killed_at < len(acks)  # the kill landed while clients were writing
+        report = ledger.verify()
+        assert report.ok and not report.damaged_objects and not report.dataset_problems, report
+        running = [r for r in ledger.runs() if r.status == "running"]
+        assert running == []  # every run a client started was ended (committed, or failed on an error)
+    finally:
+        restarted.stop()
+
+
+def test_sixteen_clients_at_once(tmp_path):
+    with serving.running(tmp_path / "ledger") as server:
+        started = time.monotonic()
+        results = _wait(_clients(server, tmp_path, 16, 64, reads=True), 600)
+        seconds = time.monotonic() - started
+        acks = _acks(tmp_path)
+        assert all(code == 0 for code, _ in results), [t for c, t in results if c][:2]
+        assert not [a for a in acks if a["op"] == "error"]
+        ledger = server.ledger()
+        counts = _check_acknowledged(ledger, acks)
+        assert counts == {"register": 256, "commit": 256, "run": 256, "read": 256}
+        calls = ledger.sql("SELECT count(*) AS n FROM access_log").to_pylist()[0]["n"]
+        assert calls >= 16 * 64 * 3
+        assert ledger.verify().ok
+        print(f"16 clients x 64 mixed operations: {calls} logged writes in {seconds:.1f} s")
+
+
+def test_a_second_server_on_a_held_ledger_is_refused(tmp_path):
+    with serving.running(tmp_path / "ledger") as server:
+        with pytest.raises(RuntimeError, match="in use|locked|lock"):
+            serving.start(tmp_path / "ledger", token=server.token, timeout=30)
+        assert Ledger.open(server.url, token=server.token).summary()["datasets"] == 0
+
+
+def test_tls_with_a_certificate_the_test_makes(tmp_path):
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (Debian: apt install openssl)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    server = serving.start(tmp_path / "ledger", args=("--ssl-certfile", str(cert), "--ssl-keyfile", str(key)),
+                           scheme="https", verify=str(cert))
+    try:
+        ledger = Ledger.open(server.url, token=server.token, verify=str(cert))
+        v = ledger.commit({"w": torch.arange(6.0)}, message="over TLS")
+        assert torch.equal(ledger.checkout(v)["w"], torch.arange(6.0))
+        from provenance.errors import ProvenanceError
+
+        with pytest.raises(ProvenanceError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            r = Ledger.open(server.url, token=server.token)  # the system's CAs do not know this certificate
+            r.retries = 0
+            r.versions()
+        plain = Ledger.open(server.url.replace("https://", "http://"), token=server.token)
+        plain.retries = 0
+        with pytest.raises(ProvenanceError):
+            plain.versions()
+    finally:
+        server.stop()
