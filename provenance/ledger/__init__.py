@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator
 from importlib import resources
@@ -91,7 +92,21 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
         self.memory_limit = memory_limit
         self._con: duckdb.DuckDBPyConnection | None = None
         self._depth = 0
-        self._in_transaction = False
+        self._local = threading.local()  # per thread: its cursor (concurrent sessions), its transaction
+        self._cursors: list[duckdb.DuckDBPyConnection] = []
+        self._cursor_lock = threading.Lock()
+        # A server sets this while it holds a session: each thread then queries on a cursor of its
+        # own (DuckDB's MVCC lets reads run beside the one write transaction), instead of sharing
+        # the session's connection.
+        self.concurrent = False
+
+    @property
+    def _in_transaction(self) -> bool:
+        return getattr(self._local, "in_transaction", False)
+
+    @_in_transaction.setter
+    def _in_transaction(self, value: bool) -> None:
+        self._local.in_transaction = value
 
     # -- finding, creating, opening ---------------------------------------------------------
 
@@ -235,14 +250,29 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
             self._depth -= 1
             if self._depth == 0:
                 con, self._con = self._con, None
+                with self._cursor_lock:
+                    cursors, self._cursors = self._cursors, []
+                for c in cursors:
+                    with contextlib.suppress(Exception):
+                        c.close()
                 con.close()
+
+    def _thread_cursor(self) -> duckdb.DuckDBPyConnection:
+        """This thread's cursor on the session's database (made on first use)."""
+        cur = getattr(self._local, "cursor", None)
+        if cur is None or getattr(self._local, "parent", None) is not self._con:
+            with self._cursor_lock:
+                cur = self._con.cursor()
+                self._cursors.append(cur)
+            self._local.cursor, self._local.parent = cur, self._con
+        return cur
 
     @contextlib.contextmanager
     def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
         with self.session():
             assert self._con is not None
             try:
-                yield self._con
+                yield self._thread_cursor() if self.concurrent else self._con
             except (duckdb.IOException, duckdb.InternalException, duckdb.SerializationException) as exc:
                 self._raise_if_damaged(exc)
                 raise

@@ -134,7 +134,8 @@ class DataQueries:
             raise ReadOnlyQueryError(f"only SELECT queries are allowed on the ledger, got {kind}")
         if self._con is not None:  # a held session (a server): no second connection, so check the tree
             self._check_ledger_only(query)
-            con = self._con.cursor()
+            with self._cursor_lock:
+                con = self._con.cursor()
         else:
             con = self._connect(read_only=True, external=False)
         try:
@@ -157,13 +158,13 @@ class DataQueries:
         """Refuse a SELECT that could read outside the ledger when it runs on the session's own
         connection (which can read files): its syntax tree may name only the ledger's tables and
         views, its own CTEs, and table functions that read nothing."""
-        assert self._con is not None
-        raw = self._con.execute("SELECT json_serialize_sql(?::VARCHAR)", [query]).fetchall()[0][0]
+        with self._cursor() as con:
+            raw = con.execute("SELECT json_serialize_sql(?::VARCHAR)", [query]).fetchall()[0][0]
+            known = {r[0].lower() for r in con.execute(
+                "SELECT table_name FROM duckdb_tables() UNION SELECT view_name FROM duckdb_views()").fetchall()}
         tree = json.loads(raw)
         if tree.get("error"):
             raise ReadOnlyQueryError(f"cannot check the query: {tree.get('error_message', 'not a plain SELECT')}")
-        known = {r[0].lower() for r in self._con.execute(
-            "SELECT table_name FROM duckdb_tables() UNION SELECT view_name FROM duckdb_views()").fetchall()}
         ctes: set[str] = set()
         refs: list[dict] = []
 

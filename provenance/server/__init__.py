@@ -32,16 +32,21 @@ class LedgerService:
             raise LedgerReadOnlyError(f"ledger {self.ledger.root} cannot be written by this process; a server writes")
         self.auth = auth
         self.max_upload = max_upload  # bytes of one uploaded body (document rows, examples, a model state)
-        self.lock = threading.RLock()
+        self.lock = threading.RLock()  # writes, one at a time
         self._stack = contextlib.ExitStack()
         self._stack.enter_context(self.ledger.session())  # held for the server's life: no other writer
+        self.ledger.concurrent = True  # reads run on their threads' own cursors, beside the write
         self.uploads = self.ledger.root / "tmp" / "uploads"
         self.uploads.mkdir(parents=True, exist_ok=True)
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run one library call on the ledger (serialised)."""
+        """Run one library call that writes (one at a time)."""
         with self.lock:
             return fn(*args, **kwargs)
+
+    def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run one library call that only reads: beside the others and the write in progress."""
+        return fn(*args, **kwargs)
 
     @contextlib.contextmanager
     def held(self) -> Iterator[Ledger]:

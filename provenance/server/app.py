@@ -85,7 +85,7 @@ def create_app(service: LedgerService) -> FastAPI:
                 return JSONResponse({"error": "this server needs a token: Authorization: Bearer TOKEN",
                                      "kind": "AccessDeniedError"}, status_code=401,
                                     headers={"WWW-Authenticate": "Bearer"})
-            token = await run_in_threadpool(service.call, service.ledger.check_token, secret.strip())
+            token = await run_in_threadpool(service.read, service.ledger.check_token, secret.strip())
             if token is None:
                 return JSONResponse({"error": "unknown, revoked or expired token", "kind": "AccessDeniedError"},
                                     status_code=401, headers={"WWW-Authenticate": "Bearer"})
@@ -116,7 +116,7 @@ def create_app(service: LedgerService) -> FastAPI:
     def healthz() -> dict[str, Any]:
         """Whether the server is up, and the ledger it serves."""
         ledger = service.ledger
-        return {"status": "ok", "ledger": str(ledger.root), "schema_version": service.call(ledger.schema_version),
+        return {"status": "ok", "ledger": str(ledger.root), "schema_version": service.read(ledger.schema_version),
                 "version": __version__, "auth": service.auth}
 
     app.include_router(router, prefix=API)
@@ -130,7 +130,7 @@ async def _idempotent(service: LedgerService, request: Request, call_next: Any, 
     if len(key) > 200:
         return JSONResponse({"error": "Idempotency-Key: at most 200 characters", "kind": "InvalidParameterError"},
                             status_code=422)
-    stored = await run_in_threadpool(service.call, service.ledger.idempotent_response, key)
+    stored = await run_in_threadpool(service.read, service.ledger.idempotent_response, key)
     if stored is not None:
         if (stored["method"], stored["path"]) != (method, path):
             return JSONResponse({"error": f"Idempotency-Key {key!r} was used for {stored['method']} {stored['path']}",

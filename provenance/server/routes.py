@@ -87,7 +87,7 @@ async def _receive(request: Request, service: LedgerService, suffix: str) -> Pat
 def summary(request: Request) -> dict[str, Any]:
     """Counts of what the ledger holds."""
     s = _service(request)
-    return s.call(s.ledger.summary)
+    return s.read(s.ledger.summary)
 
 
 class SqlBody(Body):
@@ -100,7 +100,7 @@ class SqlBody(Body):
 def sql(request: Request, body: SqlBody) -> Response:
     """One read-only SQL statement over the ledger; the rows come back as an Arrow IPC stream."""
     s = _service(request)
-    table = s.call(s.ledger.sql, body.query, body.params)
+    table = s.read(s.ledger.sql, body.query, body.params)
     return Response(table_to_ipc(table), media_type=ARROW_STREAM)
 
 
@@ -111,35 +111,35 @@ def sql(request: Request, body: SqlBody) -> Response:
 def datasets(request: Request, name: str | None = None, all_versions: bool = False) -> list[dict[str, Any]]:
     """The latest version of every dataset (or every version, or those of ``name``)."""
     s = _service(request)
-    return _json(s.call(s.ledger.datasets, name, all_versions=all_versions))
+    return _json(s.read(s.ledger.datasets, name, all_versions=all_versions))
 
 
 @router.get("/datasets/{ref}", tags=["datasets"], response_model=None,
             responses={200: {"model": DatasetRecord}})
 def dataset(request: Request, ref: str) -> dict[str, Any]:
     s = _service(request)
-    return _json(s.call(s.ledger.dataset, ref))
+    return _json(s.read(s.ledger.dataset, ref))
 
 
 @router.get("/datasets/{ref}/shards", tags=["datasets"], response_model=None,
             responses={200: {"model": list[ShardRecord]}})
 def shards(request: Request, ref: str) -> list[dict[str, Any]]:
     s = _service(request)
-    return _json(s.call(s.ledger.shards, ref))
+    return _json(s.read(s.ledger.shards, ref))
 
 
 @router.get("/datasets/{ref}/documents/{key:path}", tags=["datasets"], response_model=None,
             responses={200: {"model": DocumentRecord}})
 def document(request: Request, ref: str, key: str) -> dict[str, Any]:
     s = _service(request)
-    return _json(s.call(s.ledger.document, ref, key))
+    return _json(s.read(s.ledger.document, ref, key))
 
 
 @router.get("/datasets/{ref}/croissant", tags=["datasets"])
 def croissant(request: Request, ref: str) -> dict[str, Any]:
     """The dataset version as Croissant 1.1 JSON-LD."""
     s = _service(request)
-    return s.call(s.ledger.export_croissant, ref)
+    return s.read(s.ledger.export_croissant, ref)
 
 
 @router.post("/uploads", tags=["datasets"], status_code=201,
@@ -190,27 +190,27 @@ def register(request: Request, body: RegisterBody) -> dict[str, Any]:
             responses={200: {"model": list[VersionRecord]}})
 def versions(request: Request) -> list[dict[str, Any]]:
     s = _service(request)
-    return _json(s.call(s.ledger.versions))
+    return _json(s.read(s.ledger.versions))
 
 
 @router.get("/versions/{ref}", tags=["versions"], response_model=None,
             responses={200: {"model": VersionRecord}})
 def version(request: Request, ref: str) -> dict[str, Any]:
     s = _service(request)
-    return _json(s.call(s.ledger.version, ref))
+    return _json(s.read(s.ledger.version, ref))
 
 
 @router.get("/versions/{ref}/manifest", tags=["versions"])
 def manifest(request: Request, ref: str) -> dict[str, Any]:
     s = _service(request)
-    return {k: _json(v) for k, v in s.call(s.ledger.manifest, ref).items()}
+    return {k: _json(v) for k, v in s.read(s.ledger.manifest, ref).items()}
 
 
 @router.get("/versions/{ref}/receipt", tags=["versions"], response_model=None,
             responses={200: {"model": MergeReceipt}})
 def receipt(request: Request, ref: str) -> dict[str, Any] | None:
     s = _service(request)
-    return _json(s.call(s.ledger.receipt, ref))
+    return _json(s.read(s.ledger.receipt, ref))
 
 
 @router.get("/versions/{ref}/ancestors", tags=["versions"], response_model=None,
@@ -218,14 +218,14 @@ def receipt(request: Request, ref: str) -> dict[str, Any] | None:
 def ancestors(request: Request, ref: str) -> list[dict[str, Any]]:
     """The version and every version it descends from, newest first."""
     s = _service(request)
-    return _json(s.call(s.ledger.ancestors, ref))
+    return _json(s.read(s.ledger.ancestors, ref))
 
 
 @router.get("/versions/{old}/diff/{new}", tags=["versions"])
 def diff(request: Request, old: str, new: str, data: bool = False) -> Any:
     """How ``new`` differs from ``old``: per parameter group, or with ``data`` their lineages' data."""
     s = _service(request)
-    return s.call(s.ledger.data_diff if data else s.ledger.diff, old, new)
+    return s.read(s.ledger.data_diff if data else s.ledger.diff, old, new)
 
 
 @router.get("/versions/{ref}/tensors", tags=["versions"], response_class=FileResponse,
@@ -239,7 +239,7 @@ def checkout(request: Request, ref: str) -> FileResponse:
     from provenance.versions import checkout as write_checkout
 
     try:  # the facade refuses outputs inside the ledger; this temporary file is the server's own
-        s.call(write_checkout, s.ledger, ref, path)
+        s.read(write_checkout, s.ledger, ref, path)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -274,7 +274,7 @@ class TagBody(Body):
             responses={200: {"model": list[TagRecord]}})
 def tags(request: Request) -> list[dict[str, Any]]:
     s = _service(request)
-    return _json(s.call(s.ledger.tags))
+    return _json(s.read(s.ledger.tags))
 
 
 @router.put("/tags/{name:path}", tags=["versions"], response_model=None,
@@ -321,7 +321,7 @@ class StartRunBody(Body):
             responses={200: {"model": list[RunRecord]}})
 def runs(request: Request) -> list[dict[str, Any]]:
     s = _service(request)
-    return _json(s.call(s.ledger.runs))
+    return _json(s.read(s.ledger.runs))
 
 
 @router.post("/runs", tags=["runs"], status_code=201, response_model=None,
@@ -340,7 +340,7 @@ def start_run(request: Request, body: StartRunBody) -> dict[str, Any]:
             responses={200: {"model": RunRecord}})
 def run_record(request: Request, ref: str) -> dict[str, Any]:
     s = _service(request)
-    return _json(s.call(s.ledger.run, ref))
+    return _json(s.read(s.ledger.run, ref))
 
 
 @router.get("/runs/{ref}/shards", tags=["runs"], response_model=None,
@@ -348,7 +348,7 @@ def run_record(request: Request, ref: str) -> dict[str, Any]:
 def run_shards(request: Request, ref: str) -> list[dict[str, Any]]:
     """Per shard of the run's datasets: examples seen and epochs (once the run has ended)."""
     s = _service(request)
-    return _json(s.call(s.ledger.run_shards, ref))
+    return _json(s.read(s.ledger.run_shards, ref))
 
 
 @router.post("/runs/{ref}/examples", tags=["runs"],
@@ -390,7 +390,7 @@ def end_run(request: Request, ref: str, body: EndRunBody) -> dict[str, Any]:
 def lineage(request: Request, ref: str) -> dict[str, Any]:
     """Every dataset and shard that shaped the version."""
     s = _service(request)
-    return s.call(s.ledger.lineage, ref).to_dict()
+    return s.read(s.ledger.lineage, ref).to_dict()
 
 
 @router.post("/lineage", tags=["lineage"],
@@ -435,7 +435,7 @@ class TaintBody(Body):
 def taint(request: Request, body: TaintBody) -> dict[str, Any]:
     """Every version whose lineage holds a dataset, shard, document or text (a question: POST for the text)."""
     s = _service(request)
-    return s.call(s.ledger.taint, **body.model_dump()).to_dict()
+    return s.read(s.ledger.taint, **body.model_dump()).to_dict()
 
 
 class DedupBody(Body):
@@ -489,20 +489,20 @@ def audit_memorization(request: Request, body: MemorizationBody) -> dict[str, An
 @router.get("/audits", tags=["audits"])
 def audits(request: Request, kind: str | None = None) -> list[dict[str, Any]]:
     s = _service(request)
-    return _json(s.call(s.ledger.audits, kind))
+    return _json(s.read(s.ledger.audits, kind))
 
 
 @router.get("/audits/{audit_id}", tags=["audits"])
 def audit(request: Request, audit_id: str) -> dict[str, Any]:
     s = _service(request)
-    return s.call(s.ledger.audit, audit_id)
+    return s.read(s.ledger.audit, audit_id)
 
 
 @router.get("/audits/{audit_id}/pairs", tags=["audits"], response_class=Response,
             responses={200: {"content": {ARROW_STREAM: {}}}})
 def audit_pairs(request: Request, audit_id: str, limit: int | None = Query(None, ge=0)) -> Response:
     s = _service(request)
-    return Response(table_to_ipc(s.call(s.ledger.audit_pairs, audit_id, limit)), media_type=ARROW_STREAM)
+    return Response(table_to_ipc(s.read(s.ledger.audit_pairs, audit_id, limit)), media_type=ARROW_STREAM)
 
 
 # -- admin ----------------------------------------------------------------------------------------
@@ -551,7 +551,7 @@ class TokenBody(Body):
             responses={200: {"model": list[TokenRecord]}})
 def tokens(request: Request) -> list[dict[str, Any]]:
     s = _service(request)
-    return _json(s.call(s.ledger.tokens))
+    return _json(s.read(s.ledger.tokens))
 
 
 @router.post("/tokens", tags=["admin"], status_code=201)
