@@ -177,12 +177,43 @@ def part_dedup(args, tmp: Path) -> list[str]:
 
 
 def part_lineage(args, tmp: Path) -> list[str]:
+    ledger, vids, receipts, n_run_shards = build_lineage_ledger(tmp / "lineage", args.versions, args.shards,
+                                                                 args.runs_per_shard)
+    rng = np.random.default_rng(3)
+    n_versions, n_shards = args.versions, args.shards
+    tip = vids[-1]
+    lin = ledger.lineage(tip)
+    picks = rng.choice(vids, 15).tolist()
+
+    def measure() -> tuple[float, float]:
+        times, rand = [], []
+        for _ in range(args.repeats * 3):
+            t = time.perf_counter()
+            ledger.lineage(tip)
+            times.append(time.perf_counter() - t)
+        for v in picks:
+            t = time.perf_counter()
+            ledger.lineage(v)
+            rand.append(time.perf_counter() - t)
+        return statistics.median(times) * 1e3, statistics.median(rand) * 1e3
+
+    cold_tip, cold_rand = measure()  # each call opens the database, as one CLI command does
+    with ledger.session():  # a process that keeps the ledger open (a service, a notebook)
+        warm_tip, warm_rand = measure()
+    return [f"| lineage of a {n_versions:,}-version DAG ({len(receipts):,} merges) over {n_shards:,} shards, "
+            f"{n_run_shards:,} run_shards rows | tip ({len(lin.versions):,} versions, "
+            f"{lin.shards.num_rows:,} shards): p50 {cold_tip:.0f} ms, {warm_tip:.0f} ms in a session | "
+            f"15 random versions: p50 {cold_rand:.0f} ms, {warm_rand:.0f} ms in a session | | target p50 < 100 ms |"]
+
+
+def build_lineage_ledger(root: Path, n_versions: int = 10_000, n_shards: int = 100_000, runs_per_shard: int = 1):
+    """A ledger whose version DAG has ``n_versions`` versions (a merge every tenth) and whose runs
+    train on ``n_shards`` shards, each about ``runs_per_shard`` times, written by bulk inserts:
+    ``(ledger, version ids, merge ids, run_shards rows)``."""
     from provenance import Ledger
 
-    root = tmp / "lineage"
     ledger = Ledger.init(root)
     rng = np.random.default_rng(2)
-    n_versions, n_shards = args.versions, args.shards
     datasets = 100
     per_ds = n_shards // datasets
     now = datetime.now(timezone.utc).replace(tzinfo=None)
@@ -206,7 +237,7 @@ def part_lineage(args, tmp: Path) -> list[str]:
     run_rows = [(r, vids[i]) for i, r in enumerate(runs) if r]
     # each run trains on a contiguous block of shards_per_run shards of one or two datasets, so each
     # shard is trained on by about --runs-per-shard runs
-    shards_per_run = max(1, n_shards * args.runs_per_shard // max(1, len(run_rows)))
+    shards_per_run = max(1, n_shards * runs_per_shard // max(1, len(run_rows)))
     starts = rng.integers(0, n_shards - shards_per_run, size=len(run_rows))
     shard_of_run = starts[:, None] + np.arange(shards_per_run)[None, :]
     with ledger.transaction() as tx:
@@ -236,29 +267,7 @@ def part_lineage(args, tmp: Path) -> list[str]:
         con.register("m", pa.table({"version_id": receipts}))
         con.execute("""INSERT INTO merge_receipts SELECT version_id, 'average', [], [0.5, 0.5], NULL, NULL, NULL, NULL,
                        'torch', '{}', NULL, now()::TIMESTAMP FROM m""")
-    tip = vids[-1]
-    lin = ledger.lineage(tip)
-    picks = rng.choice(vids, 15).tolist()
-
-    def measure() -> tuple[float, float]:
-        times, rand = [], []
-        for _ in range(args.repeats * 3):
-            t = time.perf_counter()
-            ledger.lineage(tip)
-            times.append(time.perf_counter() - t)
-        for v in picks:
-            t = time.perf_counter()
-            ledger.lineage(v)
-            rand.append(time.perf_counter() - t)
-        return statistics.median(times) * 1e3, statistics.median(rand) * 1e3
-
-    cold_tip, cold_rand = measure()  # each call opens the database, as one CLI command does
-    with ledger.session():  # a process that keeps the ledger open (a service, a notebook)
-        warm_tip, warm_rand = measure()
-    return [f"| lineage of a {n_versions:,}-version DAG ({len(receipts):,} merges) over {n_shards:,} shards, "
-            f"{len(run_rows) * shards_per_run:,} run_shards rows | tip ({len(lin.versions):,} versions, "
-            f"{lin.shards.num_rows:,} shards): p50 {cold_tip:.0f} ms, {warm_tip:.0f} ms in a session | "
-            f"15 random versions: p50 {cold_rand:.0f} ms, {warm_rand:.0f} ms in a session | | target p50 < 100 ms |"]
+    return ledger, vids, receipts, len(run_rows) * shards_per_run
 
 
 def part_taint(args, tmp: Path) -> list[str]:

@@ -43,9 +43,10 @@ from provenance.records import (
 )
 from provenance.results import DedupReport, GateReport, Lineage, MemorizationReport, MergeReceipt, TaintReport
 from provenance.runs import _OPEN, Run, warn_epoch_disagreements
-from provenance.wire import API, ARROW_STREAM, ipc_to_table, raise_error, table_to_ipc
+from provenance.wire import API, ARROW_STREAM, BUNDLE, ipc_to_table, raise_error, table_to_ipc, unpack
 
 RETRY_STATUS = (502, 503, 504)
+_PIECE = 1 << 20  # bytes of an upload sent at a time
 
 
 def is_url(path: Any) -> bool:
@@ -90,7 +91,7 @@ class RemoteLedger:
 
     def _call(self, method: str, path: str, *, json_body: Any = None, params: dict | None = None,
               content: Callable[[], Any] | None = None, content_type: str | None = None,
-              stream_to: Path | None = None) -> Any:
+              stream_to: Path | None = None, accept: str | None = None, length: int | None = None) -> Any:
         """One API call, retried on connection errors and 502/503/504 (writes with one
         Idempotency-Key throughout); returns the decoded JSON (or bytes, or ``stream_to``)."""
         url = path if path.startswith("/") else f"{API}/{path}"
@@ -99,6 +100,10 @@ class RemoteLedger:
             headers["Idempotency-Key"] = uuid.uuid4().hex
         if content_type:
             headers["Content-Type"] = content_type
+        if accept:
+            headers["Accept"] = accept
+        if length is not None:
+            headers["Content-Length"] = str(length)
         params = {k: v for k, v in (params or {}).items() if v is not None}
         delay = 0.2
         for attempt in range(self.retries + 1):
@@ -226,9 +231,9 @@ class RemoteLedger:
                 f"{', '.join(sorted(options))}: not available through a ledger server (commit on the ledger's host)")
         params = {"message": message, "parent": _ref(parent) if parent is not None else None, "author": author,
                   "run": run, "encoding": encoding, "allow_nonfinite": str(allow_nonfinite).lower()}
-        with _state_file(state) as path:
-            data = self._call("POST", "versions", params=params, content=lambda: path.open("rb"),
-                              content_type="application/octet-stream")
+        body = _state_body(state)
+        data = self._call("POST", "versions", params=params, content=body, content_type="application/octet-stream",
+                          length=getattr(body, "size", None))
         return VersionRecord.model_validate(data)
 
     def checkout(self, version: str | VersionRecord, output: str | os.PathLike | None = None, *,
@@ -310,7 +315,9 @@ class RemoteLedger:
     # -- questions ----------------------------------------------------------------------------------
 
     def lineage(self, version: str | VersionRecord) -> Lineage:
-        return Lineage.model_validate(self._call("GET", f"lineage/{_ref(version)}"))
+        data = self._call("GET", f"lineage/{_ref(version)}", accept=BUNDLE)
+        meta, tables = unpack(data)
+        return Lineage.model_validate({**meta, **tables})
 
     def taint(self, *, dataset: Any = None, shard: str | int | None = None, key: str | None = None,
               text: str | None = None, near: float | None = None) -> TaintReport:
@@ -439,14 +446,14 @@ def _save(response: httpx.Response, path: Path) -> None:
         raise
 
 
-@contextlib.contextmanager
-def _state_file(state: Any) -> Iterator[Path]:
-    """``state`` as one safetensors file: the file itself, or one written from the tensors."""
+def _state_body(state: Any) -> Callable[[], Any]:
+    """``state`` as the body of a safetensors upload: the file itself, or (for tensors, a module, a
+    checkpoint folder) the file's bytes made one tensor at a time, with no copy on disk. A
+    callable: each retry sends it again from the start."""
     if isinstance(state, (str, os.PathLike)):
         path = Path(state)
         if path.is_file() and path.name.endswith(".safetensors"):
-            yield path
-            return
+            return lambda: path.open("rb")
         from provenance import checkpoints
 
         if checkpoints.is_lora_adapter(path):
@@ -455,18 +462,36 @@ def _state_file(state: Any) -> Iterator[Path]:
                 "adapter), or commit the adapter on the ledger's host")
         if not path.exists():
             raise errors.InvalidParameterError(f"{path}: no such file or folder")
-        with checkpoints.open_state(path) as reader:
-            tensors = {name: reader.get(name) for name in reader.names}
-    elif hasattr(state, "state_dict") and callable(state.state_dict):
-        tensors = dict(state.state_dict())
-    elif isinstance(state, Mapping):
-        tensors = dict(state)
-    else:
+        reader = checkpoints.open_state(path)
+        entries = [(n, *reader.info(n)) for n in reader.names]
+        return _TensorStream(entries, reader.get)
+    if hasattr(state, "state_dict") and callable(state.state_dict):
+        state = state.state_dict()
+    if not isinstance(state, Mapping):
         raise errors.InvalidParameterError(
             f"expected a state dict, a module, a .safetensors file or a checkpoint folder, got {type(state).__name__}")
-    from provenance.tensorfile import write_tensors
+    tensors = {k: v.detach() for k, v in state.items()}
+    return _TensorStream([(k, t.dtype, tuple(t.shape)) for k, t in tensors.items()], tensors.__getitem__)
 
-    with tempfile.TemporaryDirectory(prefix="prov-commit-") as tmp:
-        path = Path(tmp) / "state.safetensors"
-        write_tensors(path, {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, sync=False)
-        yield path
+
+class _TensorStream:
+    """A safetensors file's bytes, made one tensor at a time; its length is known up front (sent
+    as Content-Length, not chunked). Called, it starts again (for a retry)."""
+
+    def __init__(self, entries: list, get: Callable[[str], Any]):
+        import math
+
+        from provenance.tensorfile import header
+
+        self.entries, self.get = entries, get
+        self.head = header(entries)
+        self.size = len(self.head) + sum(math.prod(shape) * dtype.itemsize for _, dtype, shape in entries)
+
+    def __call__(self) -> Iterator[bytes]:
+        from provenance.tensorfile import raw_bytes
+
+        yield self.head
+        for name, _, _ in self.entries:
+            data = raw_bytes(self.get(name))
+            for at in range(0, len(data), _PIECE):  # pieces: a socket write of one huge view is slow
+                yield data[at:at + _PIECE]

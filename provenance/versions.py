@@ -24,6 +24,7 @@ its chain would pass ``every`` patches or ``max_chain_ratio`` of its full size i
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ import xxhash
 from provenance.errors import (
     InvalidParameterError,
     NonFiniteError,
+    ProvenanceError,
 )
 from provenance.history import History, materialize, numel
 from provenance.kernels.patch import apply_low_rank
@@ -409,6 +411,30 @@ def iter_checkout(ledger: LedgerStore, version: str | VersionRecord) -> Iterator
     for name, row in manifest.items():
         if row.encoding != "removed":
             yield name, materialize(history, store, ver.version_id, name)[0]
+
+
+def checkout_stream(ledger: LedgerStore, version: str | VersionRecord) -> tuple[int, Iterator[bytes]]:
+    """The version as the bytes of a safetensors file, made one tensor at a time (a server streams
+    them without writing the file): its size, and the bytes. Each tensor is checked against the
+    header before it is sent."""
+    from provenance.tensorfile import header, raw_bytes
+
+    ver = ledger.version(version)
+    live = [p for p in ledger.manifest(ver).values() if p.encoding != "removed"]
+    entries = [(p.name, dtype_from_name(p.dtype), tuple(p.shape)) for p in live]
+    head = header(entries, {"prov_version": ver.version_id, "prov_message": ver.message})
+    size = len(head) + sum(math.prod(shape) * dtype.itemsize for _, dtype, shape in entries)
+
+    def chunks() -> Iterator[bytes]:
+        yield head
+        for (name, dtype, shape), (got, tensor) in zip(entries, iter_checkout(ledger, ver)):
+            if got != name or tensor.dtype != dtype or tuple(tensor.shape) != shape:
+                raise ProvenanceError(f"checkout of {ver.version_id[:12]}: {got} does not match its manifest")
+            data = raw_bytes(tensor)  # a view of the tensor: no copy
+            for at in range(0, len(data), 1 << 20):
+                yield data[at:at + (1 << 20)]
+
+    return size, chunks()
 
 
 def checkout(ledger: LedgerStore, version: str | VersionRecord, output: str | os.PathLike | None = None,

@@ -15,6 +15,8 @@ from provenance import errors
 API = "/api/v1"
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 SAFETENSORS = "application/vnd.safetensors"  # a safetensors file, streamed
+#: A result with Arrow tables in it (a lineage): a JSON header and one Arrow IPC stream per table.
+BUNDLE = "application/vnd.provenance.bundle"
 
 #: HTTP status of each library error (the most specific class wins; everything else is 400).
 STATUS: dict[type[errors.ProvenanceError], int] = {
@@ -78,3 +80,26 @@ def ipc_to_table(data: bytes, what: str) -> pa.Table:
         return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
         raise errors.InvalidParameterError(f"{what}: not an Arrow IPC stream ({exc})") from None
+
+
+def pack(meta: dict[str, Any], tables: dict[str, pa.Table]) -> bytes:
+    """A result as one body: the JSON of ``meta`` and of the table names, then each table as an
+    Arrow IPC stream, each part preceded by its length (8 bytes, little-endian)."""
+    import orjson
+
+    head = orjson.dumps({"meta": meta, "tables": list(tables)}, option=orjson.OPT_SERIALIZE_NUMPY)
+    parts = [head, *(table_to_ipc(t) for t in tables.values())]
+    return b"".join(len(p).to_bytes(8, "little") + p for p in parts)
+
+
+def unpack(data: bytes) -> tuple[dict[str, Any], dict[str, pa.Table]]:
+    """What :func:`pack` made."""
+    import orjson
+
+    parts, at = [], 0
+    while at < len(data):
+        n = int.from_bytes(data[at:at + 8], "little")
+        parts.append(data[at + 8:at + 8 + n])
+        at += 8 + n
+    head = orjson.loads(parts[0])
+    return head["meta"], {name: ipc_to_table(p, name) for name, p in zip(head["tables"], parts[1:])}

@@ -47,9 +47,12 @@ class ModelQueries:
             elif not looks_like_id(ref):
                 raise NotFoundError(f"no version or tag {ref!r} (a version id is 4 to 32 hex digits)")
             ref = ref.lower()
-            rows = con.sql(
-                f"SELECT {_WITH_TAGS} WHERE starts_with(v.version_id, ?) ORDER BY v.version_id LIMIT 6", params=[ref]
-            ).to_arrow_table().to_pylist()
+            match = "version_id = ?" if len(ref) == 32 else "starts_with(version_id, ?)"  # a full id: the key
+            rows = con.sql(f"SELECT * FROM versions WHERE {match} ORDER BY version_id LIMIT 6", params=[ref]
+                           ).to_arrow_table().to_pylist()
+            if len(rows) == 1:  # its tags by the key (a correlated subquery costs more than the lookup)
+                rows[0]["tags"] = [r[0] for r in con.execute(
+                    "SELECT name FROM tags WHERE version_id = ? ORDER BY name", [rows[0]["version_id"]]).fetchall()]
         if not rows:
             raise NotFoundError(f"no version {ref!r} in the ledger")
         if len(rows) > 1:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 from provenance.api import Ledger
+from provenance.ledger._common import _now as _utcnow
 
 T = TypeVar("T")
 
@@ -36,6 +38,10 @@ class LedgerService:
         self._stack = contextlib.ExitStack()
         self._stack.enter_context(self.ledger.session())  # held for the server's life: no other writer
         self.ledger.concurrent = True  # reads run on their threads' own cursors, beside the write
+        self._tokens: dict[str, tuple[float, Any]] = {}
+        # Load the model and audit code (torch, the kernels) now, beside the start-up, so that the
+        # first commit or merge a client sends does not wait for the imports.
+        threading.Thread(target=_warm_up, name="provenance-warm-up", daemon=True).start()
         self.uploads = self.ledger.root / "tmp" / "uploads"
         self.uploads.mkdir(parents=True, exist_ok=True)
 
@@ -53,6 +59,36 @@ class LedgerService:
         with self.lock:
             yield self.ledger
 
+    def check_token(self, secret: str) -> Any:
+        """The live token for ``secret`` (None: unknown, revoked, expired), remembered for a few
+        seconds: tokens change only through this server (it holds the ledger), which forgets them
+        when they do."""
+        now = time.monotonic()
+        hit = self._tokens.get(secret)
+        if hit is not None and hit[0] > now:
+            record = hit[1]
+            if record is None or record.expires_at is None or record.expires_at > _utcnow():
+                return record
+        record = self.read(self.ledger.check_token, secret)
+        self._tokens[secret] = (now + 5.0, record)
+        if len(self._tokens) > 10_000:
+            self._tokens.clear()
+        return record
+
+    def forget_tokens(self) -> None:
+        self._tokens.clear()
+
     def close(self) -> None:
         with self.lock:
             self._stack.close()
+
+
+def _warm_up() -> None:
+    import importlib
+
+    for module in ("provenance.versions", "provenance.merges", "provenance.uploads", "provenance.audits",
+                   "provenance.gate", "provenance.memorization"):
+        try:
+            importlib.import_module(module)
+        except Exception:  # the request that needs it will say what is wrong
+            pass

@@ -52,7 +52,6 @@ def create_app(service: LedgerService) -> FastAPI:
     app = FastAPI(title="provenance ledger", version=__version__,
                   description="Training-data provenance: datasets, model versions, runs, merges, lineage and audits.")
     app.state.service = service
-    key_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
 
     @app.exception_handler(errors.ProvenanceError)
     async def library_error(request: Request, exc: errors.ProvenanceError) -> JSONResponse:
@@ -70,47 +69,7 @@ def create_app(service: LedgerService) -> FastAPI:
         return JSONResponse({"error": f"invalid parameter: {problems}", "kind": "InvalidParameterError"},
                             status_code=422)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Response:
-        from starlette.concurrency import run_in_threadpool
-
-        path, method = request.url.path, request.method
-        if path in _OPEN_PATHS:
-            return await call_next(request)
-        token = None
-        if service.auth:
-            header = request.headers.get("authorization", "")
-            scheme, _, secret = header.partition(" ")
-            if scheme.lower() != "bearer" or not secret.strip():
-                return JSONResponse({"error": "this server needs a token: Authorization: Bearer TOKEN",
-                                     "kind": "AccessDeniedError"}, status_code=401,
-                                    headers={"WWW-Authenticate": "Bearer"})
-            token = await run_in_threadpool(service.read, service.ledger.check_token, secret.strip())
-            if token is None:
-                return JSONResponse({"error": "unknown, revoked or expired token", "kind": "AccessDeniedError"},
-                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
-            need = needed_scope(method, path)
-            if _SCOPE_RANK[token.scope] < _SCOPE_RANK[need]:
-                return JSONResponse({"error": f"token {token.name!r} has scope {token.scope}; {method} {path} "
-                                     f"needs {need}", "kind": "AccessDeniedError"}, status_code=403)
-        request.state.token = token.name if token else None
-        if method in ("GET", "HEAD", "OPTIONS"):
-            return await call_next(request)
-        key = request.headers.get("idempotency-key")
-        started = time.perf_counter()
-        if key is None:
-            response = await call_next(request)
-        else:
-            lock = key_locks[key]
-            await run_in_threadpool(lock.acquire)
-            try:
-                response = await _idempotent(service, request, call_next, key, method, path)
-            finally:
-                lock.release()
-        row = {"logged_at": _now(), "token": request.state.token, "method": method, "path": path,
-               "status": response.status_code, "idempotency_key": key, "seconds": time.perf_counter() - started}
-        await run_in_threadpool(service.call, service.ledger.log_access, [row])
-        return response
+    app.add_middleware(Guard, service=service)
 
     @app.get("/healthz", tags=["service"])
     def healthz() -> dict[str, Any]:
@@ -123,35 +82,111 @@ def create_app(service: LedgerService) -> FastAPI:
     return app
 
 
-async def _idempotent(service: LedgerService, request: Request, call_next: Any, key: str, method: str,
-                      path: str) -> Response:
-    from starlette.concurrency import run_in_threadpool
+class Guard:
+    """Auth, idempotency and the access log, as plain ASGI middleware (bodies stream through it
+    untouched, which matters for uploads and checkouts)."""
 
-    if len(key) > 200:
-        return JSONResponse({"error": "Idempotency-Key: at most 200 characters", "kind": "InvalidParameterError"},
-                            status_code=422)
-    stored = await run_in_threadpool(service.read, service.ledger.idempotent_response, key)
-    if stored is not None:
-        if (stored["method"], stored["path"]) != (method, path):
-            return JSONResponse({"error": f"Idempotency-Key {key!r} was used for {stored['method']} {stored['path']}",
-                                 "kind": "InvalidParameterError"}, status_code=422)
-        if stored["status"] == 0:  # applied, then the server stopped before its answer was stored
-            return JSONResponse({"error": f"the write with Idempotency-Key {key!r} was applied before the server "
-                                 "stopped, and its answer was lost: read the resource to see its result",
-                                 "kind": "AlreadyAppliedError"}, status_code=409)
-        return Response(stored["body"], status_code=stored["status"], media_type=stored["content_type"],
-                        headers={"Idempotent-Replayed": "true"})
-    mark = WRITE_KEY.set((key, request.state.token, method, path))
-    try:
-        response = await call_next(request)
-    finally:
-        WRITE_KEY.reset(mark)
-    body = b"".join([chunk async for chunk in response.body_iterator])
-    if response.status_code < 500:
-        await run_in_threadpool(service.call, service.ledger.store_response, key, request.state.token, method, path,
-                                response.status_code, response.headers.get("content-type"), body)
-    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
-    return Response(body, status_code=response.status_code, headers=headers)
+    def __init__(self, app: Any, service: LedgerService):
+        self.app = app
+        self.service = service
+        self.key_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] in _OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        from starlette.concurrency import run_in_threadpool
+        from starlette.datastructures import Headers
+
+        service, method, path = self.service, scope["method"], scope["path"]
+        headers = Headers(scope=scope)
+        token = None
+        if service.auth:
+            scheme, _, secret = headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not secret.strip():
+                return await _deny(scope, receive, send, 401, "this server needs a token: Authorization: Bearer TOKEN")
+            token = await run_in_threadpool(service.check_token, secret.strip())
+            if token is None:
+                return await _deny(scope, receive, send, 401, "unknown, revoked or expired token")
+            need = needed_scope(method, path)
+            if _SCOPE_RANK[token.scope] < _SCOPE_RANK[need]:
+                return await _deny(scope, receive, send, 403,
+                                   f"token {token.name!r} has scope {token.scope}; {method} {path} needs {need}")
+        name = token.name if token else None
+        scope.setdefault("state", {})["token"] = name
+        if method in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        key = headers.get("idempotency-key")
+        started = time.perf_counter()
+        status = [500]
+
+        async def send_status(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        if key is None:
+            await self.app(scope, receive, send_status)
+        else:
+            lock = self.key_locks[key]
+            await run_in_threadpool(lock.acquire)
+            try:
+                await self._idempotent(scope, receive, send_status, key, name, method, path)
+            finally:
+                lock.release()
+        row = {"logged_at": _now(), "token": name, "method": method, "path": path, "status": status[0],
+               "idempotency_key": key, "seconds": time.perf_counter() - started}
+        await run_in_threadpool(service.call, service.ledger.log_access, [row])
+
+    async def _idempotent(self, scope: dict, receive: Any, send: Any, key: str, token: str | None, method: str,
+                          path: str) -> None:
+        from starlette.concurrency import run_in_threadpool
+
+        service = self.service
+        if len(key) > 200:
+            return await JSONResponse({"error": "Idempotency-Key: at most 200 characters",
+                                       "kind": "InvalidParameterError"}, status_code=422)(scope, receive, send)
+        stored = await run_in_threadpool(service.read, service.ledger.idempotent_response, key)
+        if stored is not None:
+            if (stored["method"], stored["path"]) != (method, path):
+                response: Response = JSONResponse(
+                    {"error": f"Idempotency-Key {key!r} was used for {stored['method']} {stored['path']}",
+                     "kind": "InvalidParameterError"}, status_code=422)
+            elif stored["status"] == 0:  # applied, then the server stopped before its answer was stored
+                response = JSONResponse(
+                    {"error": f"the write with Idempotency-Key {key!r} was applied before the server stopped, and its "
+                     "answer was lost: read the resource to see its result", "kind": "AlreadyAppliedError"},
+                    status_code=409)
+            else:
+                response = Response(stored["body"], status_code=stored["status"], media_type=stored["content_type"],
+                                    headers={"Idempotent-Replayed": "true"})
+            return await response(scope, receive, send)
+        start: dict = {}
+        body: list[bytes] = []
+
+        async def capture(message: dict) -> None:  # a write's answer is small: kept, stored, then sent
+            if message["type"] == "http.response.start":
+                start.update(message)
+            elif message["type"] == "http.response.body":
+                body.append(message.get("body", b""))
+
+        mark = WRITE_KEY.set((key, token, method, path))
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            WRITE_KEY.reset(mark)
+        data = b"".join(body)
+        kind = next((v.decode("latin-1") for k, v in start.get("headers", []) if k.lower() == b"content-type"), None)
+        if start.get("status", 500) < 500:
+            await run_in_threadpool(service.call, service.ledger.store_response, key, token, method, path,
+                                    start["status"], kind, data)
+        await send(start)
+        await send({"type": "http.response.body", "body": data})
+
+
+async def _deny(scope: dict, receive: Any, send: Any, status: int, message: str) -> None:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    await JSONResponse({"error": message, "kind": "AccessDeniedError"}, status_code=status,
+                       headers=headers)(scope, receive, send)
 
 
 def serve(path: str, *, host: str = "127.0.0.1", port: int = 8765, auth: bool = True,

@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from provenance import errors
@@ -37,7 +36,7 @@ from provenance.records import (
 from provenance.results import DedupReport, GateReport, Lineage, MemorizationReport, MergeReceipt, TaintReport
 from provenance.server import LedgerService
 from provenance.verify import VerifyReport
-from provenance.wire import ARROW_STREAM, table_to_ipc
+from provenance.wire import ARROW_STREAM, BUNDLE, pack, table_to_ipc
 
 router = APIRouter()
 
@@ -52,6 +51,13 @@ def _json(value: Any) -> Any:
     if isinstance(value, list):
         return [_json(v) for v in value]
     return value
+
+
+def _fast_json(data: Any) -> Response:
+    """Large JSON answers (a lineage, a report) serialised by orjson, without FastAPI's encoder."""
+    import orjson
+
+    return Response(orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
 class Body(BaseModel):
@@ -228,23 +234,16 @@ def diff(request: Request, old: str, new: str, data: bool = False) -> Any:
     return s.read(s.ledger.data_diff if data else s.ledger.diff, old, new)
 
 
-@router.get("/versions/{ref}/tensors", tags=["versions"], response_class=FileResponse,
+@router.get("/versions/{ref}/tensors", tags=["versions"], response_class=StreamingResponse,
             responses={200: {"content": {"application/octet-stream": {}}, "description": "a safetensors file"}})
-def checkout(request: Request, ref: str) -> FileResponse:
-    """The version's tensors, bit-identical to what was committed, as a safetensors file."""
+def checkout(request: Request, ref: str) -> StreamingResponse:
+    """The version's tensors, bit-identical to what was committed, as a safetensors file made one
+    tensor at a time (its length is known up front: a cut stream is seen as one)."""
     s = _service(request)
-    fd, name = tempfile.mkstemp(dir=s.uploads, suffix=".safetensors")
-    os.close(fd)
-    path = Path(name)
-    from provenance.versions import checkout as write_checkout
+    from provenance.versions import checkout_stream
 
-    try:  # the facade refuses outputs inside the ledger; this temporary file is the server's own
-        s.read(write_checkout, s.ledger, ref, path)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    return FileResponse(path, media_type="application/octet-stream",
-                        background=BackgroundTask(path.unlink, missing_ok=True))
+    size, chunks = s.read(checkout_stream, s.ledger, ref)
+    return StreamingResponse(chunks, media_type="application/octet-stream", headers={"Content-Length": str(size)})
 
 
 _COMMIT_OPTIONS = ("parent", "message", "author", "run", "encoding", "allow_nonfinite")
@@ -387,10 +386,15 @@ def end_run(request: Request, ref: str, body: EndRunBody) -> dict[str, Any]:
 
 @router.get("/lineage/{ref}", tags=["lineage"], response_model=None,
             responses={200: {"model": Lineage}})
-def lineage(request: Request, ref: str) -> dict[str, Any]:
-    """Every dataset and shard that shaped the version."""
+def lineage(request: Request, ref: str) -> Response:
+    """Every dataset and shard that shaped the version (as JSON; with ``Accept:
+    application/vnd.provenance.bundle``, its tables as Arrow IPC, as the remote ledger asks)."""
     s = _service(request)
-    return s.read(s.ledger.lineage, ref).to_dict()
+    lin = s.read(s.ledger.lineage, ref)
+    if BUNDLE in request.headers.get("accept", ""):
+        meta = lin.model_dump(mode="json", exclude={"versions", "shards"})
+        return Response(pack(meta, {"versions": lin.versions, "shards": lin.shards}), media_type=BUNDLE)
+    return _fast_json(lin.to_dict())
 
 
 @router.post("/lineage", tags=["lineage"],
@@ -559,6 +563,7 @@ def create_token(request: Request, body: TokenBody) -> dict[str, Any]:
     """A new token; the response is the only place the token itself appears."""
     s = _service(request)
     record, secret = s.call(s.ledger.issue_token, body.name, body.scope, expires_days=body.expires_days)
+    s.forget_tokens()
     return {**_json(record), "token": secret}
 
 
@@ -566,5 +571,7 @@ def create_token(request: Request, body: TokenBody) -> dict[str, Any]:
                responses={200: {"model": TokenRecord}})
 def revoke_token(request: Request, name: str) -> dict[str, Any]:
     s = _service(request)
-    return _json(s.call(s.ledger.revoke_token, name))
+    record = s.call(s.ledger.revoke_token, name)
+    s.forget_tokens()
+    return _json(record)
 
