@@ -97,14 +97,18 @@ def verify_cmd(obj: Context, rehash: bool, repair: bool, as_json: bool) -> None:
 @click.argument("path", default="prov-demo", type=click.Path(file_okay=False))
 @click.option("--docs", "n_docs", type=int, default=2000, show_default=True, help="Documents in the main corpus.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated corpus.")
+@click.option("--server", "served", is_flag=True,
+              help="Tell the story through a ledger server: PATH/.prov gets tokens, `prov serve` runs as a "
+                   "subprocess on a free loopback port, and everything goes over HTTP.")
 @json_option
 @pass_ctx
-def demo_cmd(obj: Context, path: str, n_docs: int, seed: int, as_json: bool) -> None:
+def demo_cmd(obj: Context, path: str, n_docs: int, seed: int, served: bool, as_json: bool) -> None:
     """Register a generated corpus with planted near-duplicates in PATH/.prov and show the ledger."""
-    from provenance.demo import run_demo
+    from provenance.demo import run_demo, run_served_demo
 
     with render.progress(obj.quiet) as bar:
-        report = run_demo(path, n_docs=n_docs, seed=seed, progress=bar)
+        run = run_served_demo if served else run_demo
+        report = run(path, n_docs=n_docs, seed=seed, progress=bar)
     show_demo(report, as_json)
 
 
@@ -118,9 +122,10 @@ def show_demo(report, as_json: bool) -> None:
         click.echo(r.message)
     s = report.summary
     click.echo(f"\nledger {s['path']}: {s['datasets']} datasets, {s['shards']} shards, {s['documents']:,} documents")
-    from provenance.api import Ledger
-
-    show_datasets(Ledger.open(report.ledger).datasets(), False)
+    if report.server:
+        click.echo(f"(through the ledger server {report.server['url']} with token {report.server['token']}: "
+                   f"{report.server['writes']} writes in its access log; the server has stopped)")
+    show_datasets(report.datasets, False)
     click.echo(
         f"near-duplicates (LSH band collisions, estimated Jaccard >= 0.6): {len(report.pairs)} pairs; "
         f"planted {report.planted}, found {report.found}; "

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from provenance.api import Ledger
-from provenance.errors import LedgerNotFoundError
+from provenance.errors import LedgerNotFoundError, ProvenanceError
 from provenance.progress import Progress
 from provenance.records import RegistrationResult
 from provenance.synthetic import Corpus, generate_corpus
@@ -37,6 +37,8 @@ class DemoReport:
     models: list[dict] = field(default_factory=list)
     gate: dict[str, Any] | None = None  # the pre-merge gate the demo's merge cites
     lineage: Any = None  # provenance.lineage.Lineage of the merged version
+    datasets: list = field(default_factory=list)  # the ledger's datasets at the end
+    server: dict[str, Any] | None = None  # prov demo --server: the server the story went through
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -51,6 +53,7 @@ class DemoReport:
             "models": self.models,
             "gate": self.gate,
             "lineage": self.lineage.to_dict() if self.lineage is not None else None,
+            "server": self.server,
         }
 
 
@@ -61,10 +64,10 @@ def _write(path: Path, corpus: Corpus, *, compress: bool = False) -> Path:
 
 
 def run_demo(path: str | Path = "prov-demo", *, n_docs: int = 2000, seed: int = 0, progress: Progress | None = None,
-             train: bool = True) -> DemoReport:
-    """Generate the demo corpus under ``path``, register it in ``path/.prov``, train and commit
-    the three model versions of :mod:`provenance.demo_model` (unless ``train`` is False) and
-    report."""
+             train: bool = True, ledger: Any = None) -> DemoReport:
+    """Generate the demo corpus under ``path``, register it in ``path/.prov`` (or in ``ledger``,
+    a ledger server's), train and commit the three model versions of :mod:`provenance.demo_model`
+    (unless ``train`` is False) and report."""
     root = Path(path)
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -90,10 +93,11 @@ def run_demo(path: str | Path = "prov-demo", *, n_docs: int = 2000, seed: int = 
     _write(data / "forum.jsonl", forum)
     _write(data / "eval.jsonl", evals)
 
-    try:
-        ledger = Ledger.open(root)
-    except LedgerNotFoundError:
-        ledger = Ledger.init(root)
+    if ledger is None:
+        try:
+            ledger = Ledger.open(root)
+        except LedgerNotFoundError:
+            ledger = Ledger.init(root)
     results = [
         ledger.register_dataset(
             "web-crawl", str(data / "web"), id_field="id", license="CC-BY-4.0", source="generated web-like text",
@@ -135,4 +139,62 @@ def run_demo(path: str | Path = "prov-demo", *, n_docs: int = 2000, seed: int = 
         models=models,
         gate=gate,
         lineage=lineage,
+        datasets=ledger.datasets(),
     )
+
+
+def run_served_demo(path: str | Path = "prov-demo", *, n_docs: int = 2000, seed: int = 0,
+                    progress: Progress | None = None) -> DemoReport:
+    """The demo's story told through a ledger server: create the ledger in ``path`` with an admin
+    token, start ``prov serve`` on a free loopback port as a subprocess, give the demo a write
+    token and run it against ``http://127.0.0.1:PORT``, then stop the server."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        local = Ledger.open(root)
+    except LedgerNotFoundError:
+        local = Ledger.init(root)
+    names = {t.name for t in local.tokens()}
+    suffix = f"-{len(names)}" if {"demo-admin", "demo-trainer"} & names else ""
+    local.issue_token(f"demo-admin{suffix}", "admin")
+    _, write = local.issue_token(f"demo-trainer{suffix}", "write")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = root / "demo-server.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "provenance.cli.main", "--ledger", str(root), "serve",
+                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise ProvenanceError(f"prov serve exited with status {proc.returncode}; see {log}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise ProvenanceError(f"prov serve did not answer in 120 s; see {log}")
+            time.sleep(0.2)
+        remote = Ledger.open(url, token=write)
+        report = run_demo(root, n_docs=n_docs, seed=seed, progress=progress, ledger=remote)
+        writes = remote.sql("SELECT count(*) AS n FROM access_log").to_pylist()[0]["n"]
+        report.server = {"url": url, "pid": proc.pid, "token": f"demo-trainer{suffix}", "writes": writes, "log": str(log)}
+        report.ledger = str(local.root)
+        return report
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -209,9 +209,7 @@ def _train(ledger: Ledger, seed: int) -> None:
     #    after the pre-merge gate: how much of their data overlaps, and whether any is evaluation data.
     #    The planted evaluation leaks break its default policy (no contamination); the demo merges
     #    anyway to show the rest, and the merge's receipt cites the failed audit.
-    from provenance.gate import audit_merge
-
-    gate = audit_merge(ledger, [fish, lora], max_overlap=0.25)
+    gate = ledger.audit_merge([fish, lora], max_overlap=0.25)
     merged = ledger.merge([fish, lora], method="fisher", message="Fisher merge of the FISH and LoRA patches",
                           audit=gate["audit_id"])
     ledger.tag("demo-merge", merged)

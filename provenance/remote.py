@@ -236,6 +236,19 @@ class RemoteLedger:
                           length=getattr(body, "size", None))
         return VersionRecord.model_validate(data)
 
+    def store_fisher(self, version: str | VersionRecord, fisher: Mapping[str, Any], *, keep: float | None = None,
+                     meta: Mapping[str, Any] | None = None) -> int:
+        """Upload the diagonal Fisher of ``version`` (parameter name -> tensor) to the server."""
+        body = _state_body(dict(fisher))
+        params = {"meta": json.dumps(dict(meta or {})), "keep": keep}
+        return self._call("POST", f"versions/{_ref(version)}/fisher", params=params, content=body,
+                          content_type="application/octet-stream", length=body.size)["bytes"]
+
+    def near_duplicates(self, datasets: Sequence[str | DatasetRecord], threshold: float = 0.8) -> pa.Table:
+        data = self._call("POST", "near-duplicates", json_body={"datasets": [_ref(d) for d in datasets],
+                                                                "threshold": threshold})
+        return ipc_to_table(data, "the pairs")
+
     def checkout(self, version: str | VersionRecord, output: str | os.PathLike | None = None, *,
                  parents: bool = False, progress: Any = None) -> Any:
         """The version's tensors, bit-identical: a dict, or the safetensors file ``output``."""

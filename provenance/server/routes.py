@@ -265,6 +265,47 @@ async def commit(request: Request, message: str, parent: str | None = None, auth
     return _json(record)
 
 
+@router.post("/versions/{ref}/fisher", tags=["versions"], status_code=201,
+             openapi_extra={"requestBody": {"content": {"application/octet-stream": {
+                 "schema": {"type": "string", "format": "binary"}}}}})
+async def store_fisher(request: Request, ref: str, meta: str = "{}", keep: float | None = None) -> dict[str, Any]:
+    """Store the diagonal Fisher of a version (a safetensors file in the body: parameter name -> tensor)."""
+    s = _service(request)
+    try:
+        info = json.loads(meta)
+    except ValueError as exc:
+        raise errors.InvalidParameterError(f"meta: not JSON ({exc})") from None
+    if not isinstance(info, dict):
+        raise errors.InvalidParameterError("meta: a JSON object")
+    path = await _receive(request, s, ".safetensors")
+    from provenance.tensorfile import read_tensors
+
+    try:
+        try:
+            fisher, _ = read_tensors(path)
+        except ValueError as exc:
+            raise errors.InvalidParameterError(f"the body is not a safetensors file ({exc})") from None
+        stored = await run_in_threadpool(s.call, s.ledger.store_fisher, ref, fisher, keep=keep, meta=info)
+    finally:
+        path.unlink(missing_ok=True)
+    return {"bytes": stored}
+
+
+class NearBody(Body):
+    datasets: list[str] = Field(min_length=1)
+    threshold: float = Field(0.8, gt=0, le=1)
+
+
+@router.post("/near-duplicates", tags=["datasets"], response_class=Response,
+             responses={200: {"content": {ARROW_STREAM: {}}, "description": "key_a, key_b, dataset_a, dataset_b, "
+                                                                            "jaccard, as an Arrow IPC stream"}})
+def near_duplicates(request: Request, body: NearBody) -> Response:
+    """Pairs of documents whose stored LSH bands collide, at estimated Jaccard >= threshold."""
+    s = _service(request)
+    return Response(table_to_ipc(s.read(s.ledger.near_duplicates, body.datasets, body.threshold)),
+                    media_type=ARROW_STREAM)
+
+
 class TagBody(Body):
     version: str
 
