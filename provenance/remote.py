@@ -43,7 +43,7 @@ from provenance.records import (
 )
 from provenance.results import DedupReport, GateReport, Lineage, MemorizationReport, MergeReceipt, TaintReport
 from provenance.runs import _OPEN, Run, warn_epoch_disagreements
-from provenance.wire import API, ARROW_STREAM, BUNDLE, ipc_to_table, raise_error, table_to_ipc, unpack
+from provenance.wire import API, ARROW_STREAM, BUNDLE, LOW_RANK_PREFIX, ipc_to_table, raise_error, table_to_ipc, unpack
 
 RETRY_STATUS = (502, 503, 504)
 _PIECE = 1 << 20  # bytes of an upload sent at a time
@@ -222,15 +222,21 @@ class RemoteLedger:
 
     def commit(self, state: Any, *, parent: str | VersionRecord | None = None, message: str, author: str | None = None,
                run: str | None = None, encoding: str = "auto", allow_nonfinite: bool = False, progress: Any = None,
-               sync: bool = True, **options: Any) -> VersionRecord:
+               sync: bool = True, low_rank: Mapping[str, tuple[Any, Any, float]] | None = None,
+               **options: Any) -> VersionRecord:
         """Upload ``state`` (a state dict, a module, a safetensors file or a sharded checkpoint)
         and store it on the server as a new version (the server syncs its objects whatever ``sync``
-        says: durability is the server's)."""
+        says: durability is the server's). ``low_rank`` factors travel in the same upload."""
         if options:
             raise errors.InvalidParameterError(
                 f"{', '.join(sorted(options))}: not available through a ledger server (commit on the ledger's host)")
         params = {"message": message, "parent": _ref(parent) if parent is not None else None, "author": author,
                   "run": run, "encoding": encoding, "allow_nonfinite": str(allow_nonfinite).lower()}
+        if low_rank:
+            state = _as_tensors(state)
+            for name, (b, a, _scale) in low_rank.items():
+                state[f"{LOW_RANK_PREFIX}B:{name}"], state[f"{LOW_RANK_PREFIX}A:{name}"] = b, a
+            params["low_rank_scales"] = json.dumps({name: float(f[2]) for name, f in low_rank.items()})
         body = _state_body(state)
         data = self._call("POST", "versions", params=params, content=body, content_type="application/octet-stream",
                           length=getattr(body, "size", None))
@@ -485,6 +491,23 @@ def _state_body(state: Any) -> Callable[[], Any]:
             f"expected a state dict, a module, a .safetensors file or a checkpoint folder, got {type(state).__name__}")
     tensors = {k: v.detach() for k, v in state.items()}
     return _TensorStream([(k, t.dtype, tuple(t.shape)) for k, t in tensors.items()], tensors.__getitem__)
+
+
+def _as_tensors(state: Any) -> dict[str, Any]:
+    """``state`` as a dict of tensors (a file is mapped, not read)."""
+    if isinstance(state, (str, os.PathLike)):
+        path = Path(state)
+        if path.is_file() and path.name.endswith(".safetensors"):
+            from provenance.tensorfile import read_tensors
+
+            return dict(read_tensors(path)[0])
+        from provenance import checkpoints
+
+        with checkpoints.open_state(path) as reader:
+            return {n: reader.get(n) for n in reader.names}
+    if hasattr(state, "state_dict") and callable(state.state_dict):
+        return dict(state.state_dict())
+    return dict(state)
 
 
 class _TensorStream:

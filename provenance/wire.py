@@ -15,6 +15,9 @@ from provenance import errors
 API = "/api/v1"
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 SAFETENSORS = "application/vnd.safetensors"  # a safetensors file, streamed
+#: Names of the low-rank factors a commit uploads beside the state: ``prefix + "B:" + parameter``
+#: and ``prefix + "A:" + parameter``; their scales travel as the ``low_rank_scales`` parameter.
+LOW_RANK_PREFIX = "prov.low_rank."
 #: A result with Arrow tables in it (a lineage): a JSON header and one Arrow IPC stream per table.
 BUNDLE = "application/vnd.provenance.bundle"
 

@@ -96,3 +96,18 @@ def test_the_cli_through_a_server(server, tmp_path, monkeypatch):
     assert local.exists()  # everything above went through HTTP; the server's access log has it all
     writes = server.ledger().sql("SELECT count(*) AS n FROM access_log WHERE status < 400").to_pylist()[0]["n"]
     assert writes >= 20
+
+
+def test_the_demo_through_a_server(tmp_path):
+    """`prov demo --server`: the embedded demo's story, told through a real server subprocess."""
+    result = CliRunner().invoke(main, ["demo", "--server", str(tmp_path / "d"), "--docs", "400", "--json"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["server"]["url"].startswith("http://127.0.0.1:") and report["server"]["writes"] >= 20
+    assert report["gate"]["passed"] is False and report["lineage"]["datasets"]
+    assert {m["tag"] for m in report["models"]} >= {"demo-base", "demo-fish", "demo-lora", "demo-merge"}
+    from provenance import Ledger
+
+    local = Ledger.open(tmp_path / "d")  # the server stopped: the folder is a plain ledger again
+    assert local.version("demo-merge").parents and {t.name for t in local.tokens()} == {"demo-admin", "demo-trainer"}

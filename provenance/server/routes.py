@@ -253,13 +253,22 @@ _COMMIT_OPTIONS = ("parent", "message", "author", "run", "encoding", "allow_nonf
              openapi_extra={"requestBody": {"content": {"application/octet-stream": {
                  "schema": {"type": "string", "format": "binary"}}}}})
 async def commit(request: Request, message: str, parent: str | None = None, author: str | None = None,
-                 run: str | None = None, encoding: str = "auto", allow_nonfinite: bool = False) -> dict[str, Any]:
-    """Store a model state (a safetensors file in the body) as a new version."""
+                 run: str | None = None, encoding: str = "auto", allow_nonfinite: bool = False,
+                 low_rank_scales: str | None = None) -> dict[str, Any]:
+    """Store a model state (a safetensors file in the body) as a new version; low-rank factors of
+    an update come in the same file (``prov.low_rank.B:NAME``, ``prov.low_rank.A:NAME``) with
+    their scales in ``low_rank_scales`` (JSON: name -> scale)."""
     s = _service(request)
+    scales = _json_object(low_rank_scales, "low_rank_scales") if low_rank_scales else None
     path = await _receive(request, s, ".safetensors")
     try:
-        record = await run_in_threadpool(s.call, s.ledger.commit, path, parent=parent, message=message, author=author,
-                                         run=run, encoding=encoding, allow_nonfinite=allow_nonfinite)
+        state: Any = path
+        low_rank = None
+        if scales is not None:
+            state, low_rank = _split_low_rank(path, scales)
+        record = await run_in_threadpool(s.call, s.ledger.commit, state, parent=parent, message=message, author=author,
+                                         run=run, encoding=encoding, allow_nonfinite=allow_nonfinite,
+                                         low_rank=low_rank)
     finally:
         path.unlink(missing_ok=True)
     return _json(record)
@@ -304,6 +313,36 @@ def near_duplicates(request: Request, body: NearBody) -> Response:
     s = _service(request)
     return Response(table_to_ipc(s.read(s.ledger.near_duplicates, body.datasets, body.threshold)),
                     media_type=ARROW_STREAM)
+
+
+def _json_object(text: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise errors.InvalidParameterError(f"{what}: not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise errors.InvalidParameterError(f"{what}: a JSON object")
+    return value
+
+
+def _split_low_rank(path: Path, scales: dict[str, Any]) -> tuple[dict[str, Any], dict[str, tuple]]:
+    """The uploaded tensors: the state, and the low-rank factors named for ``scales``."""
+    from provenance.tensorfile import read_tensors
+    from provenance.wire import LOW_RANK_PREFIX
+
+    try:
+        tensors, _ = read_tensors(path)
+    except ValueError as exc:
+        raise errors.InvalidParameterError(f"the body is not a safetensors file ({exc})") from None
+    state = {k: v for k, v in tensors.items() if not k.startswith(LOW_RANK_PREFIX)}
+    low_rank = {}
+    for name, scale in scales.items():
+        b, a = tensors.get(f"{LOW_RANK_PREFIX}B:{name}"), tensors.get(f"{LOW_RANK_PREFIX}A:{name}")
+        if b is None or a is None or not isinstance(scale, (int, float)):
+            raise errors.InvalidParameterError(f"low_rank_scales names {name!r}: its B and A factors and a numeric "
+                                               "scale must all be given")
+        low_rank[name] = (b, a, float(scale))
+    return state, low_rank
 
 
 class TagBody(Body):
