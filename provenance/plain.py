@@ -14,7 +14,27 @@ import json
 import math
 import uuid
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, PlainSerializer, WithJsonSchema
+
+
+def _naive_utc(value: dt.datetime) -> dt.datetime:
+    """The ledger keeps times as naive UTC (DuckDB TIMESTAMP): an aware time read back from JSON
+    is converted to that."""
+    if value.tzinfo is not None:
+        return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return value
+
+
+def utc_text(value: dt.datetime) -> str:
+    """An RFC 3339 timestamp: ISO 8601 with ``Z`` (the ledger's times are UTC)."""
+    return _naive_utc(value).isoformat() + "Z"
+
+
+#: A time in a record or a result: naive UTC in Python, RFC 3339 with ``Z`` in JSON.
+UTCDateTime = Annotated[dt.datetime, AfterValidator(_naive_utc), PlainSerializer(utc_text, when_used="json"),
+                        WithJsonSchema({"type": "string", "format": "date-time"})]
 
 
 def plain(value: Any) -> Any:

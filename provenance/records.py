@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import re
 import warnings
-from datetime import datetime
 from typing import Literal
 
 import license_expression
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from provenance.errors import InvalidParameterError
 from provenance.fingerprints import FingerprintConfig
+from provenance.plain import UTCDateTime
 
 Role = Literal["train", "eval"]
 OnInvalid = Literal["error", "replace", "skip"]
@@ -189,7 +189,7 @@ class DatasetRecord(BaseModel):
     n_tokens: int
     n_invalid_replaced: int = 0
     n_invalid_skipped: int = 0
-    created_at: datetime
+    created_at: UTCDateTime
 
     @field_validator("name")
     @classmethod
@@ -294,7 +294,7 @@ class VersionRecord(BaseModel):
     parents: list[str]
     message: str
     author: str | None = None
-    created_at: datetime
+    created_at: UTCDateTime
     run_id: str | None = None
     n_params: int
     n_elements: int
@@ -314,9 +314,9 @@ class TokenRecord(BaseModel):
 
     name: str
     scope: Literal["read", "write", "admin"] = Field(description="read < write < admin: each allows the ones before")
-    created_at: datetime
-    expires_at: datetime | None = Field(None, description="when it stops working (None: never)")
-    revoked_at: datetime | None = None
+    created_at: UTCDateTime
+    expires_at: UTCDateTime | None = Field(None, description="when it stops working (None: never)")
+    revoked_at: UTCDateTime | None = None
 
 
 class TagRecord(BaseModel):
@@ -326,7 +326,7 @@ class TagRecord(BaseModel):
 
     name: str
     version_id: str
-    created_at: datetime = Field(description="when the tag was set (or last moved)")
+    created_at: UTCDateTime = Field(description="when the tag was set (or last moved)")
     message: str = Field(description="the message of the version it names")
 
 
@@ -356,8 +356,8 @@ class RunRecord(BaseModel):
     params: dict = Field(default_factory=dict, description="hyper-parameters as given")
     status: Literal["running", "finished", "failed"]
     error: str | None = Field(None, description="why a failed run failed")
-    started_at: datetime
-    ended_at: datetime | None = None
+    started_at: UTCDateTime
+    ended_at: UTCDateTime | None = None
     version_id: str | None = Field(None, description="the version the run produced")
     host: str
     pid: int = Field(description="process that owns the run; 0: none (started from the CLI)")

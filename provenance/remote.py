@@ -282,8 +282,9 @@ class RemoteLedger:
               progress: Any = None, device: Any = None, **options: Any) -> VersionRecord:
         if device is not None:
             raise errors.InvalidParameterError("device: the server merges on its own device")
-        body = {"versions": [_ref(v) for v in versions], "options": options,
-                "gate": dict(gate) if gate is not None else None}
+        if "base" in options and options["base"] is not None:
+            options["base"] = _ref(options["base"])
+        body = {"versions": [_ref(v) for v in versions], **options, "gate": dict(gate) if gate is not None else None}
         return VersionRecord.model_validate(self._call("POST", "merges", json_body=body)["version"])
 
     def backup(self, destination: str | os.PathLike, *, link: bool = False) -> dict[str, Any]:

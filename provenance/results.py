@@ -21,6 +21,8 @@ from typing import Annotated, Any, Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, WithJsonSchema
 
+from provenance.plain import UTCDateTime, utc_text
+
 # ---- the base ----------------------------------------------------------------------------------
 
 
@@ -76,6 +78,8 @@ def _arrow_type(annotation: Any) -> pa.DataType:
     """The Arrow type of a row field's annotation (scalars, optionals, lists of scalars)."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _arrow_type(args[0])
     if origin in (typing.Union, types.UnionType):
         return _arrow_type(args[0])
     if origin is list:
@@ -87,6 +91,16 @@ def arrow_schema(row: type[BaseModel]) -> pa.Schema:
     """The Arrow schema of a table whose rows are ``row``."""
     hints = typing.get_type_hints(row)
     return pa.schema([(name, _arrow_type(hints[name])) for name in row.model_fields])
+
+
+def _rows(table: pa.Table, info: Any) -> list[dict[str, Any]]:
+    rows = table.to_pylist()
+    if info.mode == "json":  # times as RFC 3339, like every record's
+        for r in rows:
+            for k, v in r.items():
+                if isinstance(v, dt.datetime):
+                    r[k] = utc_text(v)
+    return rows
 
 
 def ArrowRows(row: type[BaseModel]) -> Any:  # noqa: N802 (a type constructor)
@@ -104,7 +118,7 @@ def ArrowRows(row: type[BaseModel]) -> Any:  # noqa: N802 (a type constructor)
     return Annotated[
         pa.Table,
         PlainValidator(validate),
-        PlainSerializer(lambda t: t.to_pylist(), return_type=list[dict[str, Any]]),
+        PlainSerializer(_rows, return_type=list[dict[str, Any]]),
         WithJsonSchema({"type": "array", "items": row.model_json_schema()}),
     ]
 
@@ -152,7 +166,7 @@ class LineageVersion(Row):
     parents: list[str] | None
     run_id: str | None = Field(description="the run that produced it")
     message: str
-    created_at: dt.datetime
+    created_at: UTCDateTime
     tags: list[str] | None
     merge: str | None = Field(description="the merge method that produced it")
     merge_weights: list[float] | None
@@ -228,7 +242,7 @@ class TaintedVersion(Row):
     examples: int = Field(description="examples of the target its runs saw")
     message: str
     tags: list[str]
-    created_at: dt.datetime
+    created_at: UTCDateTime
 
 
 class SimilarDocument(Row):
@@ -273,7 +287,7 @@ class MergeReceipt(Result):
     density: float | None
     kernel: str
     audit_id: str | None = Field(description="the pre-merge gate it cites")
-    created_at: dt.datetime
+    created_at: UTCDateTime
     groups: dict[str, ReceiptGroup] = Field(default_factory=dict, description="per parameter group")
 
 
@@ -333,7 +347,7 @@ class DedupReport(Result):
 
     audit_id: str
     kind: Literal["dedup"]
-    created_at: dt.datetime
+    created_at: UTCDateTime
     targets: list[AuditTarget]
     datasets: list[str]
     config_id: str
@@ -424,7 +438,7 @@ class GateReport(Result):
 
     audit_id: str
     kind: Literal["merge"]
-    created_at: dt.datetime
+    created_at: UTCDateTime
     versions: list[str]
     labels: dict[str, str]
     threshold: float
@@ -478,7 +492,7 @@ class MemorizationReport(Result):
 
     audit_id: str
     kind: Literal["memorization"]
-    created_at: dt.datetime
+    created_at: UTCDateTime
     version: str
     label: str
     datasets: list[str]

@@ -37,8 +37,8 @@ class ServiceQueries:
         from provenance.records import check_name
 
         check_name(name)
-        if expires_days is not None and not expires_days > 0:
-            raise InvalidParameterError(f"expires must be a positive number of days, got {expires_days}")
+        if expires_days is not None and not 0 < expires_days <= 36_500:
+            raise InvalidParameterError(f"expires must be a number of days in (0, 36500], got {expires_days}")
         secret = new_token()
         expires = _now() + timedelta(days=expires_days) if expires_days else None
         return self.create_token(name, scope, secret, expires), secret

@@ -366,8 +366,15 @@ def tag(request: Request, name: str, body: TagBody) -> dict[str, Any]:
 
 class MergeBody(Body):
     versions: list[str] = Field(min_length=2)
-    options: dict[str, Any] = Field(default_factory=dict, description="merge's options: method, weights, base, "
-                                    "eps, normalize, density, audit, message, author")
+    message: str = Field(min_length=1)
+    method: str = "fisher"
+    weights: list[float] | None = None
+    base: str | None = None
+    eps: float = Field(1e-6, gt=0)
+    normalize: bool = False
+    density: float = Field(0.2, gt=0, le=1)
+    author: str | None = None
+    audit: str | None = Field(None, description="cite a stored pre-merge gate")
     gate: dict[str, Any] | None = Field(None, description="run the pre-merge gate with these options first")
 
 
@@ -375,7 +382,9 @@ class MergeBody(Body):
 def merge(request: Request, body: MergeBody) -> dict[str, Any]:
     """Merge versions into a new version (after the gate, when one is given); the new version and its receipt."""
     s = _service(request)
-    options = {k: v for k, v in body.options.items() if k not in ("progress", "device")}
+    options = body.model_dump(exclude={"versions", "gate"})
+    if body.gate is not None:
+        _audit_options(body.gate, _GATE_OPTIONS)
 
     def run() -> dict[str, Any]:
         ver = s.ledger.merge(body.versions, gate=body.gate, **options)
@@ -538,6 +547,10 @@ class MemorizationBody(Body):
     options: dict[str, Any] = Field(default_factory=dict, description="threshold, span, store")
 
 
+_GATE_OPTIONS = ("eval_datasets", "threshold", "max_overlap", "max_contamination", "deny_license", "full_lineage",
+                 "store", "ngram")
+
+
 def _audit_options(options: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, Any]:
     unknown = sorted(set(options) - set(allowed))
     if unknown:
@@ -557,8 +570,7 @@ def audit_dedup(request: Request, body: DedupBody) -> dict[str, Any]:
              responses={201: {"model": GateReport}})
 def audit_merge(request: Request, body: GateBody) -> dict[str, Any]:
     s = _service(request)
-    options = _audit_options(body.options, ("eval_datasets", "threshold", "max_overlap", "max_contamination",
-                                            "deny_license", "full_lineage", "store", "ngram"))
+    options = _audit_options(body.options, _GATE_OPTIONS)
     return s.call(s.ledger.audit_merge, body.versions, **options).to_dict()
 
 
@@ -628,7 +640,7 @@ def verify(request: Request, body: VerifyBody) -> dict[str, Any]:
 class TokenBody(Body):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
     scope: Literal["read", "write", "admin"]
-    expires_days: float | None = Field(None, gt=0)
+    expires_days: float | None = Field(None, gt=0, le=36_500, description="days until it stops working")
 
 
 @router.get("/tokens", tags=["admin"], response_model=None,
