@@ -154,3 +154,20 @@ def test_tls_with_a_certificate_the_test_makes(tmp_path):
             plain.versions()
     finally:
         server.stop()
+
+
+def test_oversized_bodies_are_refused_naming_the_limit(tmp_path):
+    with serving.running(tmp_path / "ledger", args=("--max-upload", "100000")) as server:
+        ledger = Ledger.open(server.url, token=server.token)
+        from provenance.errors import InvalidParameterError
+
+        with pytest.raises(InvalidParameterError, match="upload limit .100,000 bytes"):
+            ledger.commit({"w": torch.zeros(100_000)}, message="too big")
+        assert ledger.commit({"w": torch.zeros(100)}, message="small").n_params == 1
+        import httpx
+
+        huge = b'{"message": "' + b"x" * (65 << 20) + b'"}'
+        r = httpx.post(f"{server.url}/api/v1/runs", content=huge, timeout=120,
+                       headers={"Authorization": f"Bearer {server.token}", "Content-Type": "application/json"})
+        assert r.status_code == 413 and "at most" in r.json()["error"]
+        assert ledger.versions()[0].message == "small"  # nothing else landed

@@ -36,6 +36,7 @@ from provenance.wire import API, error_body, status_of
 
 _ADMIN = (f"{API}/tokens", f"{API}/gc", f"{API}/verify", f"{API}/backup")
 _SCOPE_RANK = {"read": 0, "write": 1, "admin": 2}
+MAX_JSON = 64 << 20  # bytes of a JSON request (uploads have their own limit, --max-upload)
 _OPEN_PATHS = ("/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
 
 
@@ -113,6 +114,12 @@ class Guard:
                                    f"token {token.name!r} has scope {token.scope}; {method} {path} needs {need}")
         name = token.name if token else None
         scope.setdefault("state", {})["token"] = name
+        length = headers.get("content-length")
+        if (headers.get("content-type", "").startswith("application/json") and length and length.isdigit()
+                and int(length) > MAX_JSON):
+            return await JSONResponse({"error": f"a JSON body may have at most {MAX_JSON:,} bytes, this one has "
+                                       f"{int(length):,}", "kind": "InvalidParameterError"},
+                                      status_code=413)(scope, receive, send)
         if method in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
         key = headers.get("idempotency-key")
