@@ -171,3 +171,44 @@ def test_oversized_bodies_are_refused_naming_the_limit(tmp_path):
                        headers={"Authorization": f"Bearer {server.token}", "Content-Type": "application/json"})
         assert r.status_code == 413 and "at most" in r.json()["error"]
         assert ledger.versions()[0].message == "small"  # nothing else landed
+
+
+def test_sigterm_drains_a_write_in_flight(tmp_path):
+    """SIGTERM while a commit is being uploaded: the server finishes it, answers, then exits."""
+    import threading
+
+    import httpx
+
+    from provenance.tensorfile import header, raw_bytes
+
+    server = serving.start(tmp_path / "ledger")
+    tensor = torch.arange(8 * 2**20 // 4, dtype=torch.float32)
+    head, data = header([("w", tensor.dtype, tuple(tensor.shape))]), raw_bytes(tensor)
+    started = threading.Event()
+
+    def slowly():
+        yield head
+        started.set()
+        for at in range(0, len(data), 1 << 20):  # 8 pieces, 0.25 s apart: 2 s of upload
+            time.sleep(0.25)
+            yield data[at:at + (1 << 20)]
+
+    answer = {}
+
+    def upload():
+        answer["r"] = httpx.post(f"{server.url}/api/v1/versions", params={"message": "in flight"}, content=slowly(),
+                                 headers={"Authorization": f"Bearer {server.token}",
+                                          "Content-Length": str(len(head) + len(data))}, timeout=120)
+
+    thread = threading.Thread(target=upload)
+    thread.start()
+    assert started.wait(30)
+    time.sleep(0.3)
+    server.proc.send_signal(signal.SIGTERM)
+    thread.join(120)
+    assert answer["r"].status_code == 201, answer["r"].text
+    assert server.proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has drained
+    assert "Waiting for application shutdown" in server.output() and "Traceback" not in server.output()
+    after = Ledger.open(tmp_path / "ledger")
+    version = after.version(answer["r"].json()["version_id"])
+    assert torch.equal(after.checkout(version)["w"], tensor)

@@ -18,6 +18,7 @@ idempotency key, seconds) in ``access_log``, which ``prov sql`` can query.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import defaultdict
@@ -50,7 +51,13 @@ def create_app(service: LedgerService) -> FastAPI:
     """The application serving ``service``'s ledger."""
     from provenance.server.routes import router
 
-    app = FastAPI(title="provenance ledger", version=__version__,
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):  # SIGINT/SIGTERM: uvicorn drains the requests in flight, then this
+        yield
+        if service is not None:
+            service.close()  # the ledger closed cleanly (checkpointed) before the process exits
+
+    app = FastAPI(title="provenance ledger", version=__version__, lifespan=lifespan,
                   description="Training-data provenance: datasets, model versions, runs, merges, lineage and audits.")
     app.state.service = service
 
