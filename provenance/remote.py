@@ -345,12 +345,25 @@ class RemoteLedger:
                 "shard": str(shard) if shard is not None else None, "key": key, "text": text, "near": near}
         return TaintReport.model_validate(self._call("POST", "taint", json_body=body))
 
-    def audit_dedup(self, targets: Sequence[Any], *, progress: Any = None, **options: Any) -> DedupReport:
-        if options.get("pairs_file") is not None:
-            raise errors.InvalidParameterError("pairs_file: through a server, read the pairs with audit_pairs(id)")
-        options.pop("pairs_file", None)
+    def audit_dedup(self, targets: Sequence[Any], *, progress: Any = None, pairs_file: Any = None,
+                    **options: Any) -> DedupReport:
+        """The dedup audit, run on the server; with ``pairs_file`` the pairs are written here as
+        Parquet (read from the stored audit, or from the report when it stores nothing)."""
+        out = self.output_path(pairs_file) if pairs_file is not None else None
         body = {"targets": [_ref(t) for t in targets], "options": options}
-        return DedupReport.model_validate(self._call("POST", "audits/dedup", json_body=body))
+        report = DedupReport.model_validate(self._call("POST", "audits/dedup", json_body=body))
+        if out is None:
+            return report
+        import pyarrow.parquet as pq
+
+        if report.stored:
+            table = self.audit_pairs(report.audit_id)
+        else:
+            table = pa.Table.from_pylist([p.model_dump() for p in report.pairs or []])
+        tmp = out.with_name(f".{out.name}.{report.audit_id[:8]}.tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, out)
+        return report.model_copy(update={"pairs": None, "pairs_file": str(pairs_file)})
 
     def audit_merge(self, versions: Sequence[str | VersionRecord], *, progress: Any = None,
                     **options: Any) -> GateReport:

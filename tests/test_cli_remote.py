@@ -76,8 +76,12 @@ def test_the_cli_through_a_server(server, tmp_path, monkeypatch):
     assert lin["datasets"][0]["dataset_id"] == "corpus@1" and lin["datasets"][0]["examples"] == 41
     assert "graph BT" in prov("lineage", merged["version_id"], "--format", "mermaid")
     assert len(js("taint", "corpus", "--key", "d3")["versions"]) == 2
-    dedup = js("audit", "dedup", "corpus")
-    assert dedup["summary"]["exact_duplicate_pairs"] == 1
+    dedup = js("audit", "dedup", "corpus", "--pairs", str(tmp_path / "pairs.parquet"))
+    assert dedup["summary"]["exact_duplicate_pairs"] == 1 and dedup["pairs_file"] == str(tmp_path / "pairs.parquet")
+    import pyarrow.parquet as pq
+
+    pairs = pq.read_table(tmp_path / "pairs.parquet").to_pylist()
+    assert len(pairs) == dedup["summary"]["pairs"] and {"d3", "dup"} in [{p["a"], p["b"]} for p in pairs]
     assert js("audit", "show", dedup["audit_id"])["audit_id"] == dedup["audit_id"]
     assert {a["kind"] for a in js("audit", "list")} == {"dedup", "merge"}
     (tmp_path / "samples.txt").write_text(docs[7]["text"] + "\n")
