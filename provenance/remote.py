@@ -42,7 +42,7 @@ from provenance.records import (
     VersionRecord,
 )
 from provenance.results import DedupReport, GateReport, Lineage, MemorizationReport, MergeReceipt, TaintReport
-from provenance.runs import _OPEN, Run, warn_epoch_disagreements
+from provenance.runs import Run
 from provenance.wire import API, ARROW_STREAM, BUNDLE, LOW_RANK_PREFIX, ipc_to_table, raise_error, table_to_ipc, unpack
 
 RETRY_STATUS = (502, 503, 504)
@@ -411,37 +411,11 @@ class RemoteRun(Run):
         self.ledger._call("POST", f"runs/{self.run_id}/examples", content=lambda: table_to_ipc(log),
                           content_type=ARROW_STREAM)
 
-    def commit(self, state: Any, *, message: str | None = None, **options: Any) -> VersionRecord:
-        self._check_open()
-        if "parent" in options or "run" in options:
-            raise errors.InvalidParameterError("a run commits on its base, as itself: do not pass parent= or run=")
-        self.flush()
-        version = self.ledger.commit(state, parent=self.base, run=self.run_id, message=message or self.record.message,
-                                     author=options.pop("author", self.record.author), **options)
-        self._close()
-        return version
+    def _commit(self, state: Any, **options: Any) -> VersionRecord:
+        return self.ledger.commit(state, **options)
 
-    def _end(self, status: str, error: str | None) -> RunRecord:
-        self._check_open()
-        try:
-            self.flush()
-        except errors.InvalidParameterError as exc:
-            if status == "finished":
-                raise
-            error = f"{error}; its last logged examples were not written: {exc}"
-        try:
-            self.ledger._call("POST", f"runs/{self.run_id}/end", json_body={"status": status, "error": error})
-        except errors.RunEndedError:
-            self._ended = True
-            raise
-        self._close()
-        return self.record
-
-    def _close(self) -> None:
-        self._ended = True
-        _OPEN.discard(self)
-        self.record = self.ledger.run(self.run_id)
-        warn_epoch_disagreements(self.ledger, self.record)
+    def _send_end(self, status: str, error: str | None) -> None:
+        self.ledger._call("POST", f"runs/{self.run_id}/end", json_body={"status": status, "error": error})
 
 
 class _Retry(Exception):

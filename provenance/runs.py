@@ -274,10 +274,14 @@ class Run:
         if "parent" in options or "run" in options:
             raise InvalidParameterError("a run commits on its base, as itself: do not pass parent= or run=")
         self.flush()
-        version = commit(self.ledger, state, parent=self.base, run=self.run_id, message=message or self.record.message,
-                                     author=options.pop("author", self.record.author), **options)
+        version = self._commit(state, parent=self.base, run=self.run_id, message=message or self.record.message,
+                               author=options.pop("author", self.record.author), **options)
         self._close()
         return version
+
+    def _commit(self, state: Any, **options: Any) -> VersionRecord:
+        """Store the state as the run's version (a remote run sends it to the server)."""
+        return commit(self.ledger, state, **options)
 
     def finish(self) -> RunRecord:
         """End the run without a version (e.g. an evaluation-only run, or one not worth keeping)."""
@@ -297,12 +301,15 @@ class Run:
                 raise
             error = f"{error}; its last logged examples were not written: {exc}"
         try:
-            end_run(self.ledger, self.record, status, error)
+            self._send_end(status, error)
         except RunEndedError:
             self._ended = True
             raise
         self._close()
         return self.record
+
+    def _send_end(self, status: str, error: str | None) -> None:
+        end_run(self.ledger, self.record, status, error)
 
     def _close(self) -> None:
         self._ended = True
