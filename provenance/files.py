@@ -46,3 +46,25 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def check_output(given: Path, resolved: Path, *, parents: bool = False) -> Path:
+    """Check a file about to be written (``given`` as the user wrote it, ``resolved`` after
+    symlinks): refuse a folder, and an existing device, FIFO or socket (a rename over it would
+    replace it); its parent folder must exist unless ``parents``, which creates it."""
+    from provenance.errors import UnsafeOutputError
+
+    if resolved.is_dir():
+        raise UnsafeOutputError(f"refusing to write {str(given)!r}: it is a folder; give a file name")
+    if resolved.exists() and not resolved.is_file():  # /dev/null, a FIFO: a rename would replace it
+        raise UnsafeOutputError(
+            f"refusing to write {str(given)!r}: {resolved} is not a regular file (a device, FIFO or socket), "
+            "which the write would replace")
+    if not resolved.parent.is_dir():
+        if not parents:
+            raise UnsafeOutputError(
+                f"cannot write {str(given)!r}: folder {resolved.parent} does not exist "
+                "(create it, or pass parents=True / --parents)"
+            )
+        resolved.parent.mkdir(parents=True, exist_ok=True)
+    return resolved

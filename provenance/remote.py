@@ -46,7 +46,6 @@ from provenance.runs import Run
 from provenance.wire import API, ARROW_STREAM, BUNDLE, LOW_RANK_PREFIX, ipc_to_table, raise_error, table_to_ipc, unpack
 
 RETRY_STATUS = (502, 503, 504)
-_PIECE = 1 << 20  # bytes of an upload sent at a time
 
 
 def is_url(path: Any) -> bool:
@@ -159,15 +158,12 @@ class RemoteLedger:
         return ipc_to_table(data, "the server's answer")
 
     def output_path(self, path: str | os.PathLike, *, parents: bool = False) -> Path:
-        """Where a file this client writes goes (a local path: the ledger is elsewhere)."""
-        out = Path(path).expanduser().absolute()
-        if out.is_dir():
-            raise errors.UnsafeOutputError(f"{out} is a folder; give a file name")
-        if not out.parent.exists():
-            if not parents:
-                raise errors.UnsafeOutputError(f"{out.parent} does not exist (create it, or pass parents=True)")
-            out.parent.mkdir(parents=True)
-        return out
+        """Check a file this client is about to write (a local path: the ledger is elsewhere), as
+        a local ledger checks one; see :func:`provenance.files.check_output`."""
+        from provenance.files import check_output
+
+        given = Path(path).expanduser()
+        return check_output(given, given.resolve(), parents=parents)
 
     # -- datasets -------------------------------------------------------------------------------------
 
@@ -193,7 +189,7 @@ class RemoteLedger:
 
         with tempfile.TemporaryDirectory(prefix="prov-upload-") as tmp:
             path = Path(tmp) / "documents.arrows"
-            shards, counters, sent = fingerprint_to_file(sources, path, progress=progress, **options)
+            shards, counters, sent = fingerprint_to_file(name, sources, path, progress=progress, **options)
             upload = self._call("POST", "uploads", content=lambda: path.open("rb"), content_type=ARROW_STREAM)
         body = {"name": name, "upload_id": upload["upload_id"], "shards": shards, "options": sent,
                 "counters": counters}
@@ -499,23 +495,18 @@ def _as_tensors(state: Any) -> dict[str, Any]:
 
 
 class _TensorStream:
-    """A safetensors file's bytes, made one tensor at a time; its length is known up front (sent
-    as Content-Length, not chunked). Called, it starts again (for a retry)."""
+    """A safetensors file's bytes made from tensors (:func:`provenance.tensorfile.file_bytes`);
+    its length is known up front (sent as Content-Length, not chunked). Called, it starts again
+    (for a retry)."""
 
     def __init__(self, entries: list, get: Callable[[str], Any]):
-        import math
-
-        from provenance.tensorfile import header
-
         self.entries, self.get = entries, get
-        self.head = header(entries)
-        self.size = len(self.head) + sum(math.prod(shape) * dtype.itemsize for _, dtype, shape in entries)
+        self.size = self._bytes()[0]
 
-    def __call__(self) -> Iterator[bytes]:
-        from provenance.tensorfile import raw_bytes
+    def __call__(self) -> Iterator[Any]:
+        return self._bytes()[1]
 
-        yield self.head
-        for name, _, _ in self.entries:
-            data = raw_bytes(self.get(name))
-            for at in range(0, len(data), _PIECE):  # pieces: a socket write of one huge view is slow
-                yield data[at:at + _PIECE]
+    def _bytes(self) -> tuple[int, Iterator[Any]]:
+        from provenance.tensorfile import file_bytes
+
+        return file_bytes(self.entries, ((name, self.get(name)) for name, _, _ in self.entries))

@@ -337,7 +337,7 @@ EXAMPLES_SCHEMA = pa.schema([("seq", pa.int64()), ("step", pa.int64()), ("key", 
 def write_examples(ledger: LedgerStore, run: str | RunRecord, log: pa.Table) -> int:
     """Append a log of examples (:data:`EXAMPLES_SCHEMA`) to a running run, in one transaction;
     an unknown key or a dataset the run did not declare is refused, naming it."""
-    record = ledger.run(run)
+    record = run if isinstance(run, RunRecord) else ledger.run(run)  # whether it runs: checked in the transaction
     if log.schema.names != EXAMPLES_SCHEMA.names:
         raise InvalidParameterError(f"examples: expected the columns {', '.join(EXAMPLES_SCHEMA.names)}, got "
                                     f"{', '.join(log.schema.names)}")
@@ -361,7 +361,7 @@ def end_run(ledger: LedgerStore, run: str | RunRecord, status: str, error: str |
     """Record the end of a running run: ``finished`` or ``failed`` (with ``error``)."""
     if status not in ("finished", "failed"):
         raise InvalidParameterError(f"a run ends finished or failed, not {status!r}")
-    record = ledger.run(run)
+    record = run if isinstance(run, RunRecord) else ledger.run(run)
     with ledger.transaction() as tx:
         _check_running(tx, record.run_id)
         tx.end_run(record.run_id, status, error=error)

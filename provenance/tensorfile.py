@@ -11,11 +11,12 @@ synced and renamed, so a reader sees the old file or the whole new one.
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import struct
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -73,6 +74,30 @@ def header(entries: Sequence[tuple[str, torch.dtype, Sequence[int]]], metadata: 
     text = json.dumps(body, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
     return struct.pack("<Q", len(text)) + text
+
+
+PIECE = 1 << 20  # bytes a streamed file is cut into: one socket write of a huge view is slow (httpcore
+# re-slices what a write did not take, copying the rest each time)
+
+
+def file_bytes(entries: Sequence[tuple[str, torch.dtype, Sequence[int]]], tensors: Iterable[tuple[str, torch.Tensor]],
+               metadata: dict[str, str] | None = None) -> tuple[int, Iterator[memoryview | bytes]]:
+    """A safetensors file's bytes, made one tensor at a time from ``tensors`` (``(name, tensor)``
+    in ``entries`` order), without the file: its size (known up front) and the bytes, in pieces
+    of at most :data:`PIECE`. A tensor that does not match its entry raises ValueError."""
+    head = header(entries, metadata)
+    size = len(head) + sum(math.prod(int(d) for d in shape) * dtype.itemsize for _, dtype, shape in entries)
+
+    def pieces() -> Iterator[memoryview | bytes]:
+        yield head
+        for (name, dtype, shape), (got, tensor) in zip(entries, tensors, strict=True):
+            if got != name or tensor.dtype != dtype or tuple(tensor.shape) != tuple(int(d) for d in shape):
+                raise ValueError(f"tensor {got!r} does not match its header entry {name!r} ({dtype}, {list(shape)})")
+            data = raw_bytes(tensor)  # a view of the tensor: no copy
+            for at in range(0, len(data), PIECE):
+                yield data[at:at + PIECE]
+
+    return size, pieces()
 
 
 class TensorFileWriter:

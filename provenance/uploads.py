@@ -53,18 +53,25 @@ class _UploadSink:
         self.writer.write_table(table.select(UPLOAD_SCHEMA.names).cast(UPLOAD_SCHEMA))
 
 
-def fingerprint_to_file(sources: Any, path: Path, *, progress: Progress | None = None,
-                        **options: Any) -> tuple[list[dict[str, Any]], dict[str, int], dict[str, Any]]:
-    """Read and fingerprint ``sources`` into an upload file at ``path``: the shards read (records
-    without a dataset), the invalid records replaced and skipped, and the options as the server
-    takes them."""
+def _read_options(name: str, options: dict[str, Any]) -> tuple[ReadOptions, FingerprintConfig]:
+    """A registration's options, checked as a local registration checks them (on the client before
+    anything is read, and again on the server): how to read, and the fingerprint config."""
     unknown = sorted(set(options) - set(_OPTIONS))
     if unknown:
-        raise InvalidParameterError(f"register_dataset: unknown option(s) {', '.join(unknown)}")
+        raise InvalidParameterError(f"unknown option(s) {', '.join(unknown)}; allowed: {', '.join(_OPTIONS)}")
     opts = ReadOptions(text_field=options.get("text_field", "text"), id_field=options.get("id_field"),
                        on_invalid=options.get("on_invalid", "error"), shard_records=options.get("shard_records", 100_000))
+    _check_options(name, options.get("role", "train"), opts.on_invalid, opts.text_field, opts.shard_records)
     config = options.get("config")
-    cfg = config if isinstance(config, FingerprintConfig) else FingerprintConfig(**(config or {}))
+    return opts, config if isinstance(config, FingerprintConfig) else FingerprintConfig(**(config or {}))
+
+
+def fingerprint_to_file(name: str, sources: Any, path: Path, *, progress: Progress | None = None,
+                        **options: Any) -> tuple[list[dict[str, Any]], dict[str, int], dict[str, Any]]:
+    """Read and fingerprint ``sources`` (to be registered as ``name``) into an upload file at
+    ``path``: the shards read (records without a dataset), the invalid records replaced and
+    skipped, and the options as the server takes them."""
+    opts, cfg = _read_options(name, options)
     progress = progress or NoProgress()
     shards = resolve(sources, opts)
     total = _identify(shards, opts.id_field, progress) if isinstance(shards, list) else None
@@ -106,14 +113,8 @@ def _check_schema(schema: pa.Schema) -> None:
 def register_uploaded(ledger: LedgerStore, name: str, path: Path, shards: list[dict[str, Any]],
                       options: dict[str, Any], counters: dict[str, int]) -> RegistrationResult:
     """Register the uploaded rows at ``path`` as (a new version of) dataset ``name`` (module doc)."""
-    unknown = sorted(set(options) - set(_OPTIONS))
-    if unknown:
-        raise InvalidParameterError(f"unknown option(s) {', '.join(unknown)}; allowed: {', '.join(_OPTIONS)}")
+    opts, cfg = _read_options(name, options)
     role = options.get("role", "train")
-    opts = ReadOptions(text_field=options.get("text_field", "text"), id_field=options.get("id_field"),
-                       on_invalid=options.get("on_invalid", "error"), shard_records=options.get("shard_records", 100_000))
-    _check_options(name, role, opts.on_invalid, opts.text_field, opts.shard_records)
-    cfg = FingerprintConfig(**(options.get("config") or {}))
     lic = License.from_spdx(options.get("license"))
     try:
         planned_shards = [ShardRecord(dataset_id="-", **s) for s in shards]

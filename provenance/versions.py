@@ -24,7 +24,6 @@ its chain would pass ``every`` patches or ``max_chain_ratio`` of its full size i
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -38,7 +37,6 @@ import xxhash
 from provenance.errors import (
     InvalidParameterError,
     NonFiniteError,
-    ProvenanceError,
 )
 from provenance.history import History, materialize, numel
 from provenance.kernels.patch import apply_low_rank
@@ -46,7 +44,7 @@ from provenance.ledger import LedgerStore
 from provenance.objects import BackgroundWriter, unstorable
 from provenance.patches import changed_mask, encode
 from provenance.records import ParamRecord, VersionRecord
-from provenance.tensorfile import TensorFileWriter, dtype_from_name
+from provenance.tensorfile import TensorFileWriter, dtype_from_name, file_bytes
 
 
 @dataclass(frozen=True)
@@ -413,28 +411,22 @@ def iter_checkout(ledger: LedgerStore, version: str | VersionRecord) -> Iterator
             yield name, materialize(history, store, ver.version_id, name)[0]
 
 
-def checkout_stream(ledger: LedgerStore, version: str | VersionRecord) -> tuple[int, Iterator[bytes]]:
+def _live_entries(ledger: LedgerStore, ver: VersionRecord) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+    """The version's safetensors entries (name, dtype, shape), in name order, removed groups left out."""
+    return [(p.name, dtype_from_name(p.dtype), tuple(p.shape)) for p in ledger.manifest(ver).values()
+            if p.encoding != "removed"]
+
+
+def _file_metadata(ver: VersionRecord) -> dict[str, str]:
+    return {"prov_version": ver.version_id, "prov_message": ver.message}
+
+
+def checkout_stream(ledger: LedgerStore, version: str | VersionRecord) -> tuple[int, Iterator[memoryview | bytes]]:
     """The version as the bytes of a safetensors file, made one tensor at a time (a server streams
     them without writing the file): its size, and the bytes. Each tensor is checked against the
     header before it is sent."""
-    from provenance.tensorfile import header, raw_bytes
-
     ver = ledger.version(version)
-    live = [p for p in ledger.manifest(ver).values() if p.encoding != "removed"]
-    entries = [(p.name, dtype_from_name(p.dtype), tuple(p.shape)) for p in live]
-    head = header(entries, {"prov_version": ver.version_id, "prov_message": ver.message})
-    size = len(head) + sum(math.prod(shape) * dtype.itemsize for _, dtype, shape in entries)
-
-    def chunks() -> Iterator[bytes]:
-        yield head
-        for (name, dtype, shape), (got, tensor) in zip(entries, iter_checkout(ledger, ver)):
-            if got != name or tensor.dtype != dtype or tuple(tensor.shape) != shape:
-                raise ProvenanceError(f"checkout of {ver.version_id[:12]}: {got} does not match its manifest")
-            data = raw_bytes(tensor)  # a view of the tensor: no copy
-            for at in range(0, len(data), 1 << 20):
-                yield data[at:at + (1 << 20)]
-
-    return size, chunks()
+    return file_bytes(_live_entries(ledger, ver), iter_checkout(ledger, ver), _file_metadata(ver))
 
 
 def checkout(ledger: LedgerStore, version: str | VersionRecord, output: str | os.PathLike | None = None,
@@ -445,11 +437,9 @@ def checkout(ledger: LedgerStore, version: str | VersionRecord, output: str | os
     if output is None:
         return dict(iter_checkout(ledger, version))
     ver = ledger.version(version)
-    entries = [(p.name, dtype_from_name(p.dtype), p.shape) for p in ledger.manifest(ver).values() if p.encoding != "removed"]
-    metadata = {"prov_version": ver.version_id, "prov_message": ver.message}
     if progress is not None:
         progress.start("checkout", ver.full_bytes)
-    with TensorFileWriter(output, entries, metadata) as writer:
+    with TensorFileWriter(output, _live_entries(ledger, ver), _file_metadata(ver)) as writer:
         for name, tensor in iter_checkout(ledger, ver):
             writer.write(name, tensor)
             if progress is not None:

@@ -14,7 +14,6 @@ from provenance import errors
 
 API = "/api/v1"
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
-SAFETENSORS = "application/vnd.safetensors"  # a safetensors file, streamed
 #: Names of the low-rank factors a commit uploads beside the state: ``prefix + "B:" + parameter``
 #: and ``prefix + "A:" + parameter``; their scales travel as the ``low_rank_scales`` parameter.
 LOW_RANK_PREFIX = "prov.low_rank."

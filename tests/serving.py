@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -86,8 +85,3 @@ def running(root: Path, **options) -> Iterator[Server]:
     finally:
         server.stop()
 
-
-def access_log(server: Server) -> list[dict]:
-    """The server's access log, read through its own SQL endpoint."""
-    rows = server.ledger().sql("SELECT * FROM access_log ORDER BY logged_at").to_pylist()
-    return json.loads(json.dumps(rows, default=str))

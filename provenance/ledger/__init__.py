@@ -33,6 +33,7 @@ from provenance.errors import (
     SchemaVersionError,
     UnsafeOutputError,
 )
+from provenance.files import check_output
 from provenance.ledger._common import DB_FILE, LEDGER_DIR, OBJECTS_DIR, TMP_DIR, _now, quote_identifier
 from provenance.ledger.data import DataQueries
 from provenance.ledger.lineage import LineageQueries
@@ -196,20 +197,7 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
             raise UnsafeOutputError(
                 f"refusing to write {str(given)!r}: it resolves to {resolved}, inside the ledger folder {self.root}"
             )
-        if resolved.is_dir():
-            raise UnsafeOutputError(f"refusing to write {str(given)!r}: it is a folder; give a file name")
-        if resolved.exists() and not resolved.is_file():  # /dev/null, a FIFO: a rename would replace it
-            raise UnsafeOutputError(
-                f"refusing to write {str(given)!r}: {resolved} is not a regular file (a device, FIFO or socket), "
-                "which the write would replace")
-        if not resolved.parent.is_dir():
-            if not parents:
-                raise UnsafeOutputError(
-                    f"cannot write {str(given)!r}: folder {resolved.parent} does not exist "
-                    "(create it, or pass parents=True / --parents)"
-                )
-            resolved.parent.mkdir(parents=True, exist_ok=True)
-        return resolved
+        return check_output(given, resolved, parents=parents)
 
     # -- connections ------------------------------------------------------------------------
 

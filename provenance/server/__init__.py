@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,11 +53,6 @@ class LedgerService:
     def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run one library call that only reads: beside the others and the write in progress."""
         return fn(*args, **kwargs)
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[Ledger]:
-        with self.lock:
-            yield self.ledger
 
     def check_token(self, secret: str) -> Any:
         """The live token for ``secret`` (None: unknown, revoked, expired), remembered for a few

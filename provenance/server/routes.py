@@ -280,12 +280,7 @@ async def commit(request: Request, message: str, parent: str | None = None, auth
 async def store_fisher(request: Request, ref: str, meta: str = "{}", keep: float | None = None) -> dict[str, Any]:
     """Store the diagonal Fisher of a version (a safetensors file in the body: parameter name -> tensor)."""
     s = _service(request)
-    try:
-        info = json.loads(meta)
-    except ValueError as exc:
-        raise errors.InvalidParameterError(f"meta: not JSON ({exc})") from None
-    if not isinstance(info, dict):
-        raise errors.InvalidParameterError("meta: a JSON object")
+    info = _json_object(meta, "meta")
     path = await _receive(request, s, ".safetensors")
     from provenance.tensorfile import read_tensors
 
