@@ -67,7 +67,7 @@ class LedgerDamagedError(ProvenanceError):
 class NonFiniteError(InvalidParameterError):
     """A tensor holds NaN or Inf values that the caller did not allow; ``parameter`` names it."""
 
-    def __init__(self, message: str, parameter: str):
+    def __init__(self, message: str, parameter: str | None = None):  # None: re-raised from a server's answer
         super().__init__(message)
         self.parameter = parameter
 
@@ -78,7 +78,7 @@ class NonFiniteError(InvalidParameterError):
 class ObjectWriteError(ProvenanceError, OSError):
     """An object cannot be written into the object store; ``folder`` is the folder that refused it."""
 
-    def __init__(self, message: str, folder: str):
+    def __init__(self, message: str, folder: str | None = None):  # None: re-raised from a server's answer
         super().__init__(message)
         self.folder = folder
 

@@ -18,6 +18,7 @@ import struct
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -165,6 +166,34 @@ def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], met
             w.write(name, t)
 
 
+Entry = tuple[str, torch.dtype, list[int], int, int]  # name, dtype, shape, data offsets (start, end)
+
+
+def parse_header(head: bytes, data_size: int, where: Any) -> tuple[list[Entry], dict[str, str]]:
+    """The entries of a safetensors header (the JSON after its 8-byte length), in the header's
+    order, and its metadata. ``data_size``: the bytes after the header. Raises ValueError
+    naming ``where`` and the entry that does not fit its shape or the data."""
+    try:
+        parsed = json.loads(head)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{where}: header is not JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"{where}: header is not a JSON object")
+    metadata = parsed.pop("__metadata__", None) or {}
+    entries: list[Entry] = []
+    for name, info in parsed.items():
+        try:
+            dtype = _BY_NAME[info["dtype"]]
+            shape = [int(d) for d in info["shape"]]
+            lo, hi = (int(x) for x in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{where}: bad header entry for {name!r}: {info!r}") from None
+        if hi - lo != math.prod(shape) * dtype.itemsize or lo < 0 or hi > data_size or min(shape, default=0) < 0:
+            raise ValueError(f"{where}: tensor {name!r} offsets {lo}..{hi} do not fit its shape or the file")
+        entries.append((name, dtype, shape, lo, hi))
+    return entries, metadata
+
+
 def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Every tensor of a safetensors file and its metadata, as views of one private memory map of
     the file. Raises ValueError naming what is wrong with a malformed file."""
@@ -183,30 +212,29 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     (n,) = struct.unpack_from("<Q", buf, 0)
     if 8 + n > size:
         raise ValueError(f"{path}: header of {n} bytes runs past the end of the file ({size} bytes)")
-    try:
-        head = json.loads(bytes(buf[8 : 8 + n]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: header is not JSON: {exc}") from None
-    metadata = head.pop("__metadata__", None) or {}
+    entries, metadata = parse_header(bytes(buf[8 : 8 + n]), size - 8 - n, path)
     start, out = 8 + n, {}
-    for name, info in head.items():
-        try:
-            dtype = _BY_NAME[info["dtype"]]
-            shape = [int(d) for d in info["shape"]]
-            lo, hi = (int(x) for x in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{path}: bad header entry for {name!r}: {info!r}") from None
-        count = 1
-        for d in shape:
-            count *= d
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        if hi - lo != count * itemsize or lo < 0 or start + hi > size:
-            raise ValueError(f"{path}: tensor {name!r} offsets {lo}..{hi} do not fit its shape or the file")
+    for name, dtype, shape, lo, hi in entries:
         raw = data[start + lo : start + hi]
-        if count == 0:
+        if hi == lo:
             out[name] = torch.empty(shape, dtype=dtype)
-        elif (start + lo) % itemsize:  # misaligned for its dtype (not written by safetensors): copy
+        elif (start + lo) % dtype.itemsize:  # misaligned for its dtype (not written by safetensors): copy
             out[name] = raw.clone().view(dtype).reshape(shape)
         else:
             out[name] = raw.view(dtype).reshape(shape)
     return out, metadata
+
+
+class TensorSequence:
+    """Named tensors that arrive one after another (a safetensors file being received): a commit
+    given one stores each tensor as it comes. ``names`` in arrival order; ``get(name)`` for each
+    name in that order (it may wait for the tensor to arrive); ``close()`` at the end, whatever
+    happened."""
+
+    names: list[str]
+
+    def get(self, name: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass

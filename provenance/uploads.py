@@ -13,6 +13,7 @@ can (a shared file system), and name the shards they cannot.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +67,32 @@ def _read_options(name: str, options: dict[str, Any]) -> tuple[ReadOptions, Fing
     return opts, config if isinstance(config, FingerprintConfig) else FingerprintConfig(**(config or {}))
 
 
+class _Tee:
+    """A file that also hands every piece written to ``tee`` (an upload sending it meanwhile)."""
+
+    def __init__(self, path: Path, tee: Callable[[bytes], None]):
+        self.file, self.tee, self.closed = path.open("wb"), tee, False
+
+    def write(self, data: Any) -> int:
+        data = bytes(data)
+        self.file.write(data)
+        self.tee(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        self.closed = True
+        self.file.close()
+
+
 def fingerprint_to_file(name: str, sources: Any, path: Path, *, progress: Progress | None = None,
+                        tee: Callable[[bytes], None] | None = None,
                         **options: Any) -> tuple[list[dict[str, Any]], dict[str, int], dict[str, Any]]:
     """Read and fingerprint ``sources`` (to be registered as ``name``) into an upload file at
-    ``path``: the shards read (records without a dataset), the invalid records replaced and
-    skipped, and the options as the server takes them."""
+    ``path`` (each piece also given to ``tee`` as it is written): the shards read (records without
+    a dataset), the invalid records replaced and skipped, and the options as the server takes them."""
     opts, cfg = _read_options(name, options)
     progress = progress or NoProgress()
     shards = resolve(sources, opts)
@@ -78,7 +100,8 @@ def fingerprint_to_file(name: str, sources: Any, path: Path, *, progress: Progre
     progress.start("fingerprinting", total)
     counters = Counters()
     rows: list[dict[str, Any]] = []
-    with pa.OSFile(str(path), "wb") as out, pa.ipc.new_stream(out, UPLOAD_SCHEMA) as writer:
+    out = pa.OSFile(str(path), "wb") if tee is None else pa.PythonFile(_Tee(path, tee), mode="w")
+    with out, pa.ipc.new_stream(out, UPLOAD_SCHEMA) as writer:
         sink = _UploadSink(writer)
         for index, shard in enumerate(shards):
             record = _write_shard(sink, "", index, shard, cfg, opts, counters, progress, 0)

@@ -44,7 +44,7 @@ from provenance.ledger import LedgerStore
 from provenance.objects import BackgroundWriter, unstorable
 from provenance.patches import changed_mask, encode
 from provenance.records import ParamRecord, VersionRecord
-from provenance.tensorfile import TensorFileWriter, dtype_from_name, file_bytes
+from provenance.tensorfile import TensorFileWriter, TensorSequence, dtype_from_name, file_bytes
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,8 @@ def _incoming(state: Any, parent_manifest: dict[str, ParamRecord], parent_id: st
             raise InvalidParameterError(f"{path}: expected a .safetensors file, a *.safetensors.index.json, a folder or a state dict")
         reader = checkpoints.open_state(path)
         return _Incoming(list(reader.names), reader.get, reader.close)
+    if isinstance(state, TensorSequence):
+        return _Incoming(list(state.names), state.get, state.close)
     if hasattr(state, "state_dict") and not isinstance(state, Mapping):
         state = state.state_dict()
     if isinstance(state, Mapping):
@@ -204,7 +206,7 @@ def commit(
         raise InvalidParameterError("a commit needs a message")
     # The ledger's lock is held from the first object written to the version's row, so that
     # `gc` in another process never sees this commit's objects as unreferenced.
-    with ledger.session():
+    with ledger.session(), ledger.object_writers.writing():
         return _commit(ledger, state, parent, message, author, run, encoding, dict(low_rank or {}), allow_nonfinite,
                        snapshot or SnapshotPolicy(), sync, progress)
 
@@ -268,9 +270,12 @@ def _commit(ledger, state, parent, message, author, run, encoding, low_rank, all
             if run is not None:
                 tx.end_run(run, "finished", version_id=version.version_id)
     except BaseException:
-        for address in created:
-            with contextlib.suppress(OSError):  # the error that stopped the commit is the one to report
-                store.delete(address)
+        def remove() -> None:
+            for address in created:
+                with contextlib.suppress(OSError):  # the error that stopped the commit is the one to report
+                    store.delete(address)
+
+        ledger.object_writers.if_alone(remove)
         raise
     finally:
         incoming.close()
@@ -378,9 +383,10 @@ def diff(ledger: LedgerStore, old: str | VersionRecord, new: str | VersionRecord
 def gc(ledger: LedgerStore, *, apply: bool = False) -> dict[str, Any]:
     """Objects that no version refers to, and temporary files of object writes that never
     finished (both left by interrupted commits): listed, or removed with ``apply``. Runs holding
-    the ledger's lock, so no commit is writing objects meanwhile."""
+    the ledger's lock, so no commit is writing objects meanwhile (in a server: refused while
+    commits are writing objects, and commits that start meanwhile wait)."""
     store = ledger.object_store()
-    with ledger.session():
+    with ledger.session(), ledger.write_lock, ledger.object_writers.collecting():
         referenced = ledger.referenced_objects()
         unreferenced = [a for a in store.addresses() if a not in referenced]
         temporaries = list(store.temporaries())

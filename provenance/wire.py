@@ -63,15 +63,24 @@ def raise_error(status: int, body: Any, where: str) -> None:
 
         raise errors.GateFailedError(message, GateReport.model_validate(body["report"]))
     if isinstance(cls, type) and issubclass(cls, errors.ProvenanceError) and kind != "ProvenanceError":
-        raise cls(message)
+        for base in cls.__mro__:  # the class itself, or the nearest one made from a message alone
+            if isinstance(base, type) and issubclass(base, errors.ProvenanceError):
+                try:
+                    exc = base(message)
+                except TypeError:
+                    continue
+                raise exc
     if status in (401, 403):
         raise errors.AccessDeniedError(message)
     raise errors.ProvenanceError(message if status < 500 else f"{where}: server error {status}: {message}")
 
 
-def table_to_ipc(table: pa.Table) -> bytes:
+def table_to_ipc(table: pa.Table, *, compress: bool = False) -> bytes:
+    """``table`` as an Arrow IPC stream; ``compress``: its buffers LZ4-compressed (the reader
+    needs nothing to know: the stream says so)."""
     sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
+    options = pa.ipc.IpcWriteOptions(compression="lz4") if compress else None
+    with pa.ipc.new_stream(sink, table.schema, options=options) as writer:
         writer.write_table(table)
     return sink.getvalue()
 
@@ -90,7 +99,7 @@ def pack(meta: dict[str, Any], tables: dict[str, pa.Table]) -> bytes:
     import orjson
 
     head = orjson.dumps({"meta": meta, "tables": list(tables)}, option=orjson.OPT_SERIALIZE_NUMPY)
-    parts = [head, *(table_to_ipc(t) for t in tables.values())]
+    parts = [head, *(table_to_ipc(t, compress=True) for t in tables.values())]
     return b"".join(len(p).to_bytes(8, "little") + p for p in parts)
 
 

@@ -80,6 +80,58 @@ def _on_read_only_mount(path: Path) -> bool:
         return False
 
 
+class ObjectWriters:
+    """Commits writing objects in this process, and the garbage collection that must not run
+    beside them (it would remove their objects before their version refers to them).
+
+    A commit holds :meth:`writing` while it writes objects; several may. :meth:`collecting` is
+    held by ``gc``, which also holds the write lock: a commit that starts meanwhile waits for it,
+    and ``gc`` refuses to start while commits are writing (it cannot wait for them under the
+    write lock: they need it for their transactions)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._writing = 0
+        self._collecting = False
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        with self._cond:
+            while self._collecting:
+                self._cond.wait()
+            self._writing += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing -= 1
+                self._cond.notify_all()
+
+    def if_alone(self, fn: Any) -> bool:
+        """Call ``fn`` (a failed commit removing the objects it added) when the caller is the one
+        commit writing objects, with no other starting meanwhile; else leave them (another commit
+        may have found one already there and use it; ``gc`` removes what stays unreferenced)."""
+        with self._cond:
+            if self._writing > 1:
+                return False
+            fn()
+            return True
+
+    @contextlib.contextmanager
+    def collecting(self) -> Iterator[None]:
+        with self._cond:
+            if self._writing:
+                raise LedgerLockedError(f"{self._writing} commit(s) are writing objects; collect garbage when they "
+                                        "finish")
+            self._collecting = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._collecting = False
+                self._cond.notify_all()
+
+
 class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
     """The storage gateway: a ledger folder's database and object store, its connections,
     transactions, migrations and every query. Users hold the facade, :class:`provenance.Ledger`,
@@ -96,10 +148,15 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
         self._local = threading.local()  # per thread: its cursor (concurrent sessions), its transaction
         self._cursors: list[duckdb.DuckDBPyConnection] = []
         self._cursor_lock = threading.Lock()
+        self._session_lock = threading.Lock()
         # A server sets this while it holds a session: each thread then queries on a cursor of its
         # own (DuckDB's MVCC lets reads run beside the one write transaction), instead of sharing
         # the session's connection.
         self.concurrent = False
+        # Write transactions of this process's threads, one at a time (a server's writes take it
+        # around the whole call; a commit only around its transaction, not while its tensors arrive).
+        self.write_lock = threading.RLock()
+        self.object_writers = ObjectWriters()
 
     @property
     def _in_transaction(self) -> bool:
@@ -229,14 +286,17 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
     @contextlib.contextmanager
     def session(self) -> Iterator[LedgerStore]:
         """Keep one connection open for several operations (and the lock held meanwhile)."""
-        if self._con is None:
-            self._con = self._connect(read_only=self.read_only)
-        self._depth += 1
+        with self._session_lock:  # a server's threads open and close sessions beside each other
+            if self._con is None:
+                self._con = self._connect(read_only=self.read_only)
+            self._depth += 1
         try:
             yield self
         finally:
-            self._depth -= 1
-            if self._depth == 0:
+            with self._session_lock:
+                self._depth -= 1
+                last = self._depth == 0
+            if last:
                 con, self._con = self._con, None
                 with self._cursor_lock:
                     cursors, self._cursors = self._cursors, []
@@ -308,7 +368,7 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
                 f"ledger {self.root} is open read-only (opened with read_only=True, or its database file or folder "
                 "cannot be written); this command writes to it"
             )
-        with self._cursor() as con:
+        with self.write_lock, self._cursor() as con:
             staging = _clean_staging(self.root)
             con.execute("BEGIN TRANSACTION")
             self._in_transaction = True

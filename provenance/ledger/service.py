@@ -107,9 +107,15 @@ class ServiceQueries:
         return rows[0] if rows else None
 
     def store_response(self, key: str, token: str | None, method: str, path: str, status: int,
-                       content_type: str | None, body: bytes) -> None:
-        """Keep the answer to the write sent with ``key`` (replacing the mark its transaction left)."""
+                       content_type: str | None, body: bytes, *, access: dict[str, Any] | None = None) -> None:
+        """Keep the answer to the write sent with ``key`` (replacing the mark its transaction left),
+        with its ``access`` log row (as :meth:`log_access` takes them) in the same transaction."""
         with self.transaction() as tx:
+            if access is not None:
+                r = access
+                tx._con.execute("INSERT INTO access_log VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                [r["logged_at"], r["token"], r["method"], r["path"], r["status"], r["idempotency_key"],
+                                 r["seconds"]])
             tx._con.execute(
                 """INSERT INTO idempotency VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (idempotency_key)
                    DO UPDATE SET status = excluded.status, content_type = excluded.content_type, body = excluded.body""",

@@ -34,7 +34,7 @@ class LedgerService:
             raise LedgerReadOnlyError(f"ledger {self.ledger.root} cannot be written by this process; a server writes")
         self.auth = auth
         self.max_upload = max_upload  # bytes of one uploaded body (document rows, examples, a model state)
-        self.lock = threading.RLock()  # writes, one at a time
+        self.lock = self.ledger.write_lock  # writes, one at a time (a commit takes it for its transaction only)
         self._stack = contextlib.ExitStack()
         self._stack.enter_context(self.ledger.session())  # held for the server's life: no other writer
         self.ledger.concurrent = True  # reads run on their threads' own cursors, beside the write
@@ -58,17 +58,24 @@ class LedgerService:
         """The live token for ``secret`` (None: unknown, revoked, expired), remembered for a few
         seconds: tokens change only through this server (it holds the ledger), which forgets them
         when they do."""
+        hit, record = self.cached_token(secret)
+        if hit:
+            return record
         now = time.monotonic()
-        hit = self._tokens.get(secret)
-        if hit is not None and hit[0] > now:
-            record = hit[1]
-            if record is None or record.expires_at is None or record.expires_at > _utcnow():
-                return record
         record = self.read(self.ledger.check_token, secret)
         self._tokens[secret] = (now + 5.0, record)
         if len(self._tokens) > 10_000:
             self._tokens.clear()
         return record
+
+    def cached_token(self, secret: str) -> tuple[bool, Any]:
+        """``(True, record)`` when :meth:`check_token` knows ``secret`` without asking the ledger."""
+        hit = self._tokens.get(secret)
+        if hit is not None and hit[0] > time.monotonic():
+            record = hit[1]
+            if record is None or record.expires_at is None or record.expires_at > _utcnow():
+                return True, record
+        return False, None
 
     def forget_tokens(self) -> None:
         self._tokens.clear()
@@ -87,3 +94,9 @@ def _warm_up() -> None:
             importlib.import_module(module)
         except Exception:  # the request that needs it will say what is wrong
             pass
+    import gc
+
+    # What is loaded now lives as long as the server: the collector need not walk it again on
+    # every full collection (torch alone is a few hundred thousand objects).
+    gc.collect()
+    gc.freeze()

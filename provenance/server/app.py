@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections import defaultdict
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -97,7 +97,7 @@ class Guard:
     def __init__(self, app: Any, service: LedgerService):
         self.app = app
         self.service = service
-        self.key_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+        self.key_locks = _KeyLocks()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] in _OPEN_PATHS:
@@ -105,14 +105,26 @@ class Guard:
         from starlette.concurrency import run_in_threadpool
         from starlette.datastructures import Headers
 
+        started = time.perf_counter()
         service, method, path = self.service, scope["method"], scope["path"]
         headers = Headers(scope=scope)
+        status = [500]
+
+        async def timed(message: dict) -> None:  # the status, and how long the server took to answer
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message["headers"] = [*message.get("headers", []),
+                                      (b"server-timing", f"app;dur={(time.perf_counter() - started) * 1e3:.1f}".encode())]
+            await send(message)
+
         token = None
         if service.auth:
             scheme, _, secret = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not secret.strip():
                 return await _deny(scope, receive, send, 401, "this server needs a token: Authorization: Bearer TOKEN")
-            token = await run_in_threadpool(service.check_token, secret.strip())
+            known, token = service.cached_token(secret.strip())
+            if not known:
+                token = await run_in_threadpool(service.check_token, secret.strip())
             if token is None:
                 return await _deny(scope, receive, send, 401, "unknown, revoked or expired token")
             need = needed_scope(method, path)
@@ -128,31 +140,29 @@ class Guard:
                                        f"{int(length):,}", "kind": "InvalidParameterError"},
                                       status_code=413)(scope, receive, send)
         if method in ("GET", "HEAD", "OPTIONS"):
-            return await self.app(scope, receive, send)
+            return await self.app(scope, receive, timed)
         key = headers.get("idempotency-key")
-        started = time.perf_counter()
-        status = [500]
 
-        async def send_status(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
+        def access() -> dict[str, Any]:
+            return {"logged_at": _now(), "token": name, "method": method, "path": path, "status": status[0],
+                    "idempotency_key": key, "seconds": time.perf_counter() - started}
 
         if key is None:
-            await self.app(scope, receive, send_status)
-        else:
-            lock = self.key_locks[key]
-            await run_in_threadpool(lock.acquire)
+            await self.app(scope, receive, timed)
+            await run_in_threadpool(service.ledger.log_access, [access()])
+            return
+        with self.key_locks.hold(key) as lock:  # one request per key at a time: a retry waits for the first
+            if not lock.acquire(blocking=False):
+                await run_in_threadpool(lock.acquire)
             try:
-                await self._idempotent(scope, receive, send_status, key, name, method, path)
+                await self._idempotent(scope, receive, timed, key, name, method, path, status, access)
             finally:
                 lock.release()
-        row = {"logged_at": _now(), "token": name, "method": method, "path": path, "status": status[0],
-               "idempotency_key": key, "seconds": time.perf_counter() - started}
-        await run_in_threadpool(service.call, service.ledger.log_access, [row])
 
     async def _idempotent(self, scope: dict, receive: Any, send: Any, key: str, token: str | None, method: str,
-                          path: str) -> None:
+                          path: str, status: list[int], access: Callable[[], dict[str, Any]]) -> None:
+        """Answer a write sent with an Idempotency-Key: the stored answer when the key was seen, else
+        the write's, stored with the access-log row in one transaction before it is sent."""
         from starlette.concurrency import run_in_threadpool
 
         service = self.service
@@ -173,7 +183,9 @@ class Guard:
             else:
                 response = Response(stored["body"], status_code=stored["status"], media_type=stored["content_type"],
                                     headers={"Idempotent-Replayed": "true"})
-            return await response(scope, receive, send)
+            status[0] = response.status_code
+            await response(scope, receive, send)
+            return await run_in_threadpool(service.ledger.log_access, [access()])
         start: dict = {}
         body: list[bytes] = []
 
@@ -190,11 +202,38 @@ class Guard:
             WRITE_KEY.reset(mark)
         data = b"".join(body)
         kind = next((v.decode("latin-1") for k, v in start.get("headers", []) if k.lower() == b"content-type"), None)
-        if start.get("status", 500) < 500:
-            await run_in_threadpool(service.call, service.ledger.store_response, key, token, method, path,
-                                    start["status"], kind, data)
+        status[0] = start.get("status", 500)
+        if status[0] < 500:
+            await run_in_threadpool(service.ledger.store_response, key, token, method, path, status[0], kind, data,
+                                    access=access())
+        else:
+            await run_in_threadpool(service.ledger.log_access, [access()])
         await send(start)
         await send({"type": "http.response.body", "body": data})
+
+
+class _KeyLocks:
+    """A lock per Idempotency-Key while requests with it are in flight (then forgotten)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, list] = {}  # key -> [lock, requests holding or waiting for it]
+
+    @contextlib.contextmanager
+    def hold(self, key: str) -> Iterator[threading.Lock]:
+        with self._guard:
+            entry = self._locks.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            yield entry[0]
+        finally:
+            with self._guard:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._locks[key]
+
+    def __len__(self) -> int:
+        return len(self._locks)
 
 
 async def _deny(scope: dict, receive: Any, send: Any, status: int, message: str) -> None:

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from provenance import errors
 from provenance.records import (
@@ -78,6 +79,9 @@ async def _receive(request: Request, service: LedgerService, suffix: str) -> Pat
                     raise errors.InvalidParameterError(
                         f"the body is larger than this server's upload limit ({service.max_upload:,} bytes)")
                 out.write(chunk)
+    except ClientDisconnect:
+        path.unlink(missing_ok=True)
+        raise errors.InvalidParameterError(f"the upload stopped after {size:,} bytes: the client went away") from None
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -85,6 +89,24 @@ async def _receive(request: Request, service: LedgerService, suffix: str) -> Pat
         path.unlink(missing_ok=True)
         raise errors.InvalidParameterError("the request body is empty")
     return path
+
+
+async def _receive_bytes(request: Request, service: LedgerService, limit: int = 256 << 20) -> bytes:
+    """A body that is read whole anyway (logged examples), in memory: at most ``limit`` bytes."""
+    limit = min(limit, service.max_upload)
+    parts, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise errors.InvalidParameterError(
+                    f"the body is larger than this server's upload limit ({limit:,} bytes)")
+            parts.append(chunk)
+    except ClientDisconnect:
+        raise errors.InvalidParameterError(f"the upload stopped after {size:,} bytes: the client went away") from None
+    if size == 0:
+        raise errors.InvalidParameterError("the request body is empty")
+    return b"".join(parts)
 
 
 # -- the ledger -------------------------------------------------------------------------------------
@@ -260,18 +282,44 @@ async def commit(request: Request, message: str, parent: str | None = None, auth
     their scales in ``low_rank_scales`` (JSON: name -> scale)."""
     s = _service(request)
     scales = _json_object(low_rank_scales, "low_rank_scales") if low_rank_scales else None
-    path = await _receive(request, s, ".safetensors")
+    options = {"parent": parent, "message": message, "author": author, "run": run, "encoding": encoding,
+               "allow_nonfinite": allow_nonfinite}
+    if scales is None:  # stored as it arrives; the write lock is taken for the transaction only
+        return _json(await run_in_threadpool(_commit_received, s, request, options))
+    path = await _receive(request, s, ".safetensors")  # the factors are needed beside their parameters: whole
     try:
-        state: Any = path
-        low_rank = None
-        if scales is not None:
-            state, low_rank = _split_low_rank(path, scales)
-        record = await run_in_threadpool(s.call, s.ledger.commit, state, parent=parent, message=message, author=author,
-                                         run=run, encoding=encoding, allow_nonfinite=allow_nonfinite,
-                                         low_rank=low_rank)
+        state, low_rank = _split_low_rank(path, scales)
+        record = await run_in_threadpool(s.ledger.commit, state, low_rank=low_rank, **options)
     finally:
         path.unlink(missing_ok=True)
     return _json(record)
+
+
+def _commit_received(s: LedgerService, request: Request, options: dict[str, Any]) -> VersionRecord:
+    """Commit the safetensors body of ``request`` (in a worker thread) while it arrives, or, when
+    its tensors are not in the commit's order, from a file it is spooled to."""
+    from provenance.server.streams import BodyReader, receive_state, spool
+
+    length = request.headers.get("content-length")
+    length = int(length) if length and length.isdigit() else None
+    if length is not None and length > s.max_upload:
+        raise errors.InvalidParameterError(
+            f"the body is larger than this server's upload limit ({s.max_upload:,} bytes)")
+    if length == 0:
+        raise errors.InvalidParameterError("the request body is empty")
+    reader = BodyReader(request, s.max_upload)
+    path = None
+    try:
+        tensors, head = receive_state(reader, length)
+        if tensors is None:
+            path = spool(reader, head, s.uploads)
+        return s.ledger.commit(tensors if path is None else path, **options)
+    except BaseException:
+        reader.drain()  # the client gets this error, not a connection closed under its upload
+        raise
+    finally:
+        if path is not None:
+            path.unlink(missing_ok=True)
 
 
 @router.post("/versions/{ref}/fisher", tags=["versions"], status_code=201,
@@ -440,16 +488,13 @@ def run_shards(request: Request, ref: str) -> list[dict[str, Any]]:
 async def log_examples(request: Request, ref: str) -> dict[str, Any]:
     """Logged examples (an Arrow IPC stream of ``seq, step, key, dataset``), written in one transaction."""
     s = _service(request)
-    path = await _receive(request, s, ".arrows")
+    data = await _receive_bytes(request, s)
     from provenance.runs import write_examples
     from provenance.wire import ipc_to_table
 
-    try:
-        table = ipc_to_table(path.read_bytes(), "the examples")
-        written = await run_in_threadpool(s.call, write_examples, s.ledger, ref, table)
-    finally:
-        path.unlink(missing_ok=True)
-    return {"written": written}
+    table = ipc_to_table(data, "the examples")
+    # checked beside the other calls; the write lock is taken for the transaction alone
+    return {"written": await run_in_threadpool(write_examples, s.ledger, ref, table)}
 
 
 class EndRunBody(Body):
