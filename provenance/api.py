@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from provenance.errors import GateFailedError, InvalidParameterError
-from provenance.ledger import LedgerStore
+from provenance.ledger import LedgerStore, preliminary
 from provenance.records import DatasetRecord, RegistrationResult, RunRecord, TagRecord, VersionRecord
 from provenance.results import DedupReport, GateReport, Lineage, MemorizationReport, MergeReceipt, TaintReport
 
@@ -166,7 +166,8 @@ class Ledger(LedgerStore):
         if gate is not None:
             if options.get("audit"):
                 raise InvalidParameterError("give gate=... (run the gate now) or audit=ID (cite one), not both")
-            report = self.audit_merge(versions, **gate)
+            with preliminary():  # not the write a server's Idempotency-Key names: the merge is
+                report = self.audit_merge(versions, **gate)
             if not report.passed:
                 raise GateFailedError(
                     f"the pre-merge gate failed (audit {report.audit_id[:12]}); nothing merged: "

@@ -27,32 +27,39 @@ def main() -> int:
     ledger = Ledger.open(url, token=token)
     ledger.retries = 12  # rides out a server restart (backoff up to 5 s a try)
     errors = 0
+    last: dict[str, str] = {}  # what this client wrote last: its reads ask for these
     with open(out, "a", encoding="utf-8") as log:
         def ack(**row) -> None:
             log.write(json.dumps(row) + "\n")
             log.flush()
 
+        cycle = 6 if reads else 4  # a registration, a commit, a run, then reads (three sets of six) or a skip
         for i in range(n):
-            op = i % 4
+            op = i % cycle
             try:
                 if op == 0:
                     name = f"c{client}-d{i}"
                     docs = [{"id": f"{name}-{j}", "text": f"client {client} item {i} document {j} words"} for j in range(20)]
                     r = ledger.register_dataset(name, docs, id_field="id")
+                    last["dataset"] = r.dataset.dataset_id
                     ack(op="register", dataset=r.dataset.dataset_id, documents=r.dataset.n_documents)
                 elif op == 1:
                     v = ledger.commit(state(client, i), message=f"c{client} v{i}")
                     ack(op="commit", version=v.version_id, client=client, i=i)
                 elif op == 2:
-                    name = f"c{client}-d{i - 2}"
+                    name = f"c{client}-d{i - 2}"  # registered two operations before
                     with ledger.start_run(datasets=[name], message=f"c{client} run {i}", flush_every=8) as run:
                         run.log_examples([f"{name}-{j}" for j in range(20)], step=0)
                         v = run.commit(state(client, i))
+                    last.update(version=v.version_id, run=run.run_id)
                     ack(op="run", version=v.version_id, run=run.run_id, client=client, i=i, examples=20)
-                elif reads:
-                    ledger.versions()
-                    ledger.lineage(ledger.versions()[0])
-                    ledger.datasets()
+                elif reads and "version" in last:  # reads whose cost does not grow with the ledger: a version, its lineage, ...
+                    ledger.version(last["version"])
+                    ledger.lineage(last["version"])
+                    ledger.dataset(last["dataset"])
+                    ledger.run(last["run"])
+                    ledger.manifest(last["version"])
+                    ledger.shards(last["dataset"])
                     ack(op="read")
                 else:
                     ack(op="skip")

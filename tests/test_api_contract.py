@@ -282,3 +282,62 @@ def test_backup_is_a_verified_copy(api, name, files, tmp_path):
     assert copy.dataset(name("web")).n_documents == 60
     with pytest.raises(InvalidParameterError, match="not an empty folder"):
         api.backup(dest)
+
+
+def test_attach_diff_verify_and_gc(api, name, files):
+    """The verbs the other tests leave out: a detached run attached to and ended from elsewhere,
+    diff and data diff of two versions, verify, and gc, the same through both implementations."""
+    ds = api.register_dataset(name("web"), str(files["web"]), id_field="id").dataset
+    base = api.commit({"w": torch.zeros(8, 8), "b": torch.zeros(3)}, message="base")
+    started = api.start_run(base=base, datasets=[ds], message="detached", detached=True)
+    attached = api.attach_run(started.run_id)
+    attached.log_examples([d["id"] for d in files["docs"][:10]], step=0)
+    tuned = attached.commit({"w": torch.ones(8, 8), "b": torch.zeros(3)})
+    assert api.run(started.run_id).status == "finished" and tuned.run_id == started.run_id
+    changes = {row["name"]: row for row in api.diff(base, tuned)}
+    assert (changes["w"]["status"], changes["w"]["changed"]) == ("changed", 1.0)
+    assert (changes["b"]["status"], changes["b"]["patch_bytes"]) == ("unchanged", 0)
+    data = api.data_diff(tuned, base)
+    assert (data["a"], data["b"]) == (tuned.version_id, base.version_id)
+    assert data["datasets_only_in_a"] == [ds.dataset_id] and data["datasets_only_in_b"] == []
+    assert data["shards_only_in_a"] == [{"dataset_id": ds.dataset_id, "shard_index": 0,
+                                         "shard": api.shards(ds)[0].name}]
+    with pytest.raises(InvalidParameterError, match="not running|finished"):
+        api.attach_run(started.run_id)
+    report = api.verify()
+    assert report.ok
+    swept = api.gc()
+    assert swept["removed"] is False and isinstance(swept["unreferenced"], list)
+
+
+def test_a_gated_merge_records_its_idempotency_key_with_the_merge_only(tmp_path, monkeypatch):
+    """The gate's stored audit is a step before the merge: a server that stopped between the two
+    must do the merge on the retry, not answer that it was applied."""
+    from provenance import merges
+    from provenance.ledger import WRITE_KEY
+
+    ledger = Ledger.init(tmp_path / "l")
+    ds = ledger.register_dataset("d", [{"id": f"x{i}", "text": f"document {i} about subject {i * 7}"}
+                                       for i in range(20)], id_field="id").dataset
+    base = ledger.commit({"w": torch.zeros(4)}, message="base")
+    heads = []
+    for i in (1, 2):
+        with ledger.start_run(base=base, datasets=[ds], message=f"h{i}") as run:
+            run.log_examples([f"x{j}" for j in range(i * 5)])
+            heads.append(run.commit({"w": torch.full((4,), float(i))}))
+
+    def keys() -> list[str]:
+        return [r["idempotency_key"] for r in ledger.sql("SELECT idempotency_key FROM idempotency").to_pylist()]
+
+    real = merges.merge
+    monkeypatch.setattr(merges, "merge", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("server stopped")))
+    mark = WRITE_KEY.set(("key-1", "admin", "POST", "/api/v1/merges"))
+    try:
+        with pytest.raises(RuntimeError, match="server stopped"):
+            ledger.merge(heads, method="average", message="m", gate={})
+        assert len(ledger.audits()) == 1 and keys() == []  # the gate's audit is stored, the key is not
+        monkeypatch.setattr(merges, "merge", real)
+        merged = ledger.merge(heads, method="average", message="m", gate={})
+    finally:
+        WRITE_KEY.reset(mark)
+    assert keys() == ["key-1"] and torch.equal(ledger.checkout(merged)["w"], torch.full((4,), 1.5))

@@ -50,6 +50,20 @@ if TYPE_CHECKING:
 WRITE_KEY: contextvars.ContextVar[tuple[str, str | None, str, str] | None] = contextvars.ContextVar(
     "provenance_write_key", default=None)
 
+
+
+@contextlib.contextmanager
+def preliminary() -> Iterator[None]:
+    """Transactions inside are a step before the write a request's Idempotency-Key names (the
+    pre-merge gate's stored audit before the merge): they do not record the key, so a retry after
+    a crash between the step and the write does the write instead of reporting it applied."""
+    mark = WRITE_KEY.set(None)
+    try:
+        yield
+    finally:
+        WRITE_KEY.reset(mark)
+
+
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 

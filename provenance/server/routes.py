@@ -9,6 +9,7 @@ logged examples) or safetensors files (model states), streamed to a file under t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import tempfile
@@ -285,7 +286,21 @@ async def commit(request: Request, message: str, parent: str | None = None, auth
     options = {"parent": parent, "message": message, "author": author, "run": run, "encoding": encoding,
                "allow_nonfinite": allow_nonfinite}
     if scales is None:  # stored as it arrives; the write lock is taken for the transaction only
-        return _json(await run_in_threadpool(_commit_received, s, request, options))
+        from provenance.server.streams import BodyReader
+
+        length = request.headers.get("content-length")
+        length = int(length) if length and length.isdigit() else None
+        if length is not None and length > s.max_upload:
+            raise errors.InvalidParameterError(
+                f"the body is larger than this server's upload limit ({s.max_upload:,} bytes)")
+        if length == 0:
+            raise errors.InvalidParameterError("the request body is empty")
+        reader = BodyReader(request, s.max_upload)
+        pump = asyncio.create_task(reader.pump())
+        try:
+            return _json(await run_in_threadpool(_commit_received, s, reader, length, options))
+        finally:
+            await pump  # the worker read the body to its end, or drained it
     path = await _receive(request, s, ".safetensors")  # the factors are needed beside their parameters: whole
     try:
         state, low_rank = _split_low_rank(path, scales)
@@ -295,19 +310,11 @@ async def commit(request: Request, message: str, parent: str | None = None, auth
     return _json(record)
 
 
-def _commit_received(s: LedgerService, request: Request, options: dict[str, Any]) -> VersionRecord:
-    """Commit the safetensors body of ``request`` (in a worker thread) while it arrives, or, when
-    its tensors are not in the commit's order, from a file it is spooled to."""
-    from provenance.server.streams import BodyReader, receive_state, spool
+def _commit_received(s: LedgerService, reader: Any, length: int | None, options: dict[str, Any]) -> VersionRecord:
+    """Commit the safetensors body ``reader`` receives (in a worker thread) while it arrives, or,
+    when its tensors are not in the commit's order, from a file it is spooled to."""
+    from provenance.server.streams import receive_state, spool
 
-    length = request.headers.get("content-length")
-    length = int(length) if length and length.isdigit() else None
-    if length is not None and length > s.max_upload:
-        raise errors.InvalidParameterError(
-            f"the body is larger than this server's upload limit ({s.max_upload:,} bytes)")
-    if length == 0:
-        raise errors.InvalidParameterError("the request body is empty")
-    reader = BodyReader(request, s.max_upload)
     path = None
     try:
         tensors, head = receive_state(reader, length)

@@ -2,88 +2,116 @@
 file while the rest of the file is still on its way, instead of writing the whole body to a file
 first and reading it back.
 
-The route runs in a worker thread; :class:`BodyReader` pulls the request's body from the event
-loop in pieces of a few MiB (:func:`anyio.from_thread.run`), and :class:`ReceivedTensors` cuts it
-into tensors in the order of their data. That order must be the commit's (names sorted, which is
+The event loop receives the body (:meth:`BodyReader.pump`, a task) a window ahead of a worker
+thread that reads it, and :class:`ReceivedTensors` cuts it into tensors in the order of their data. That order must be the commit's (names sorted, which is
 how :class:`provenance.remote.RemoteLedger` sends them); a file in another order is spooled to a
 file under ``tmp/uploads`` and committed from there, as before.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import struct
 import tempfile
+import threading
 from collections import deque
 from pathlib import Path
 from typing import Any
 
-import anyio.from_thread
 import torch
 from starlette.requests import ClientDisconnect, Request
 
 from provenance import errors
 from provenance.tensorfile import Entry, TensorSequence, parse_header
 
-_PULL = 8 << 20  # bytes the event loop hands over at a time
+WINDOW = 64 << 20  # bytes received ahead of the worker that reads them
 _MAX_HEADER = 100 << 20  # safetensors' own limit on a header
 
 
 class BodyReader:
-    """A request's body, read from a worker thread of the request (not the event loop's)."""
+    """A request's body, received by the event loop (:meth:`pump`, a task) into a window of at
+    most :data:`WINDOW` bytes while a worker thread reads it (the other methods): receiving goes
+    on while the worker stores what came before."""
 
     def __init__(self, request: Request, limit: int):
         self._stream = request.stream()
-        self._chunks: deque[memoryview] = deque()
+        self._cond = threading.Condition()
+        self._chunks: deque[memoryview] = deque()  # received, not yet read
+        self._buffered = 0
         self._done = False
+        self._error: Exception | None = None
+        self._paused = False
+        self._room = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         self.received = 0
         self.limit = limit  # bytes the body may have
 
-    async def _pull(self, want: int) -> list[bytes]:
-        got, size = [], 0
-        while size < want:
-            try:
-                chunk = await self._stream.__anext__()
-            except StopAsyncIteration:
-                self._done = True
-                break
-            if chunk:
-                got.append(chunk)
-                size += len(chunk)
-        return got
-
-    def _more(self, want: int = 1) -> bool:
-        """Take at least ``want`` more bytes (at most :data:`_PULL` at a time) from the event loop,
-        or what is left; False at the end of the body."""
-        if self._done:
-            return False
+    async def pump(self) -> None:
+        """Receive the body into the window (waiting while it is full) until it ends."""
         try:
-            got = anyio.from_thread.run(self._pull, max(1, min(want, _PULL)))
+            async for chunk in self._stream:
+                if not chunk:
+                    continue
+                with self._cond:
+                    self.received += len(chunk)
+                    if self.received > self.limit:
+                        raise errors.InvalidParameterError(
+                            f"the body is larger than this server's upload limit ({self.limit:,} bytes)")
+                    self._chunks.append(memoryview(chunk))
+                    self._buffered += len(chunk)
+                    self._cond.notify()
+                    wait = self._buffered >= WINDOW
+                    if wait:
+                        self._paused = True
+                        self._room.clear()
+                if wait:
+                    await self._room.wait()
         except ClientDisconnect:
-            raise errors.InvalidParameterError(
-                f"the upload stopped after {self.received:,} bytes: the client went away") from None
-        for chunk in got:
-            self.received += len(chunk)
-            self._chunks.append(memoryview(chunk))
-        if self.received > self.limit:
-            raise errors.InvalidParameterError(f"the body is larger than this server's upload limit ({self.limit:,} bytes)")
-        return bool(got)
+            self._error = errors.InvalidParameterError(
+                f"the upload stopped after {self.received:,} bytes: the client went away")
+        except Exception as exc:
+            self._error = exc
+        finally:
+            with self._cond:
+                self._done = True
+                self._cond.notify_all()
+
+    def _more(self) -> bool:
+        """Wait for more of the body (False: it has ended)."""
+        with self._cond:
+            while not self._chunks and not self._done:
+                self._cond.wait()
+            if self._chunks:
+                return True
+            if self._error is not None:
+                raise self._error
+            return False
+
+    def _take(self, n: int) -> memoryview:
+        """At most ``n`` bytes of the first chunk received (one is there: :meth:`_more`)."""
+        with self._cond:
+            chunk = self._chunks[0]
+            if n >= len(chunk):
+                self._chunks.popleft()
+            else:
+                self._chunks[0], chunk = chunk[n:], chunk[:n]
+            self._buffered -= len(chunk)
+            if self._paused and self._buffered <= WINDOW // 2:
+                self._paused = False
+                self._loop.call_soon_threadsafe(self._room.set)
+        return chunk
 
     def read_into(self, out: memoryview, what: str) -> None:
         """Fill ``out`` from the body; the body ending first is an error naming ``what``."""
         at = 0
         while at < len(out):
-            if not self._chunks and not self._more(len(out) - at):
+            if not self._more():
                 raise errors.InvalidParameterError(
                     f"the body ends after {self.received:,} bytes, inside {what}: the file is truncated")
-            chunk = self._chunks[0]
-            n = min(len(chunk), len(out) - at)
-            out[at:at + n] = chunk[:n]
-            at += n
-            if n == len(chunk):
-                self._chunks.popleft()
-            else:
-                self._chunks[0] = chunk[n:]
+            chunk = self._take(len(out) - at)
+            out[at:at + len(chunk)] = chunk
+            at += len(chunk)
 
     def read(self, n: int, what: str) -> bytearray:
         buf = bytearray(n)
@@ -92,23 +120,20 @@ class BodyReader:
 
     def at_end(self) -> bool:
         """Whether nothing is left of the body."""
-        while not self._chunks:
-            if not self._more():
-                return True
-        return False
+        return not self._more()
 
     def copy_to(self, out: Any) -> None:
         """Write the rest of the body to the file ``out``."""
-        while self._chunks or self._more(_PULL):
-            out.write(self._chunks.popleft())
+        while self._more():
+            out.write(self._take(WINDOW))
 
     def drain(self) -> None:
         """Read and drop the rest of the body (so that a client still sending it gets the answer,
         not a broken connection); a client that went away ends it."""
         try:
-            while self._chunks or self._more(_PULL):
-                self._chunks.clear()
-        except errors.InvalidParameterError:
+            while self._more():
+                self._take(WINDOW)
+        except Exception:
             pass
 
 
