@@ -78,6 +78,7 @@ def test_a_body_in_any_order_commits_the_same_version_content(server):
     in_order = ledger.commit(state, message="in order")
     backwards = _post(server, _body(state, sorted(state, reverse=True)), "message=backwards")
     assert backwards.status_code == 201, backwards.text
+    assert re.fullmatch(r"app;dur=\d+\.\d", backwards.headers["server-timing"])  # the server's own time
     spooled = backwards.json()
     assert [p.name for p in ledger.manifest(in_order).values()] == sorted(state)
     assert list(ledger.manifest(spooled["version_id"])) == list(ledger.manifest(in_order))
