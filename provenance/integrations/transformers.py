@@ -261,15 +261,15 @@ def _tap_loader(loader: Any) -> tuple[_SamplerTap, Any]:
     """Wrap the batch sampler the train DataLoader draws indices from; return it and the dataset."""
     if loader is None:
         raise ProvenanceError("ProvenanceCallback: the Trainer began training without a train DataLoader")
-    if type(loader).__name__ == "DataLoaderDispatcher":  # accelerate's adapters fake __class__: type() is true
-        raise InvalidParameterError(
-            "ProvenanceCallback: accelerate's dispatch_batches is not supported (one process draws every batch "
-            "and slices it); set TrainingArguments(accelerator_config={'dispatch_batches': False})")
     base = getattr(loader, "base_dataloader", loader)  # accelerate's DataLoaderShard wraps a torch DataLoader
     if isinstance(base.dataset, IterableDataset):
         raise InvalidParameterError(
             "ProvenanceCallback: an IterableDataset has no indices to map to keys; use a map-style train_dataset, "
             "or log keys with provenance.torch.track in your own loop")
+    if type(loader).__name__ == "DataLoaderDispatcher":  # accelerate's adapters fake __class__: type() is true
+        raise InvalidParameterError(
+            "ProvenanceCallback: accelerate's dispatch_batches is not supported (one process draws every batch "
+            "and slices it); set TrainingArguments(accelerator_config={'dispatch_batches': False})")
     sampler = getattr(base, "batch_sampler", None)
     if sampler is None:
         raise InvalidParameterError(
