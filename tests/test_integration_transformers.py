@@ -185,7 +185,9 @@ def test_a_run_left_open_is_failed_when_training_begins_again(tiny, tmp_path):
 
 
 def test_resuming_from_a_checkpoint_logs_only_the_steps_trained_again(tiny, tmp_path):
+    """Two steps an epoch: the run resumes in the second epoch, one step into it."""
     ledger, rows = tiny
+    rows = rows[:16]
     first = ProvenanceCallback(ledger, datasets=["tiny"], message="first")
     trainer = _trainer(_model(), rows, tmp_path, first, gradient_accumulation_steps=2)
     trainer.train()
@@ -217,3 +219,26 @@ def test_what_cannot_be_followed_is_refused_before_anything_is_written(tiny, tmp
     with pytest.raises(InvalidParameterError, match="IterableDataset"):
         _trainer(_model(), Stream(), tmp_path, ProvenanceCallback(ledger, datasets=["tiny"], message="m")).train()
     assert (len(ledger.sql("SELECT run_id FROM runs").to_pylist()), len(ledger.versions())) == written
+
+
+def test_the_callback_changes_nothing_the_trainer_does(tiny, tmp_path):
+    """Over three epochs (each shuffled by its own epoch seed), the batches and the weights are those
+    of the same training without the callback."""
+    ledger, rows = tiny
+    rows = rows[:16]  # two steps an epoch
+
+    def train(callbacks):
+        trainer = Trainer(model=_model(), args=TrainingArguments(
+            output_dir=str(tmp_path / "plain"), per_device_train_batch_size=4, gradient_accumulation_steps=2,
+            max_steps=6, save_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True),
+            train_dataset=rows, callbacks=callbacks)
+        seen = _watch(trainer, rows)
+        trainer.train()
+        return seen, trainer.model.state_dict()
+
+    plain, plain_state = train([])
+    callback = ProvenanceCallback(ledger, datasets=["tiny"], message="tracked")
+    tracked, tracked_state = train([callback])
+    assert tracked == plain and plain[0] != plain[2]  # the same order, and a new order each epoch
+    assert all(torch.equal(plain_state[k], tracked_state[k]) for k in plain_state)
+    _same_per_step(_logged(ledger, callback.run.run_id), tracked)

@@ -215,29 +215,30 @@ class ProvenanceCallback(TrainerCallback):
 
 class _SamplerTap:
     """A batch sampler that queues the index lists the sampler it wraps yields, for the callback
-    to take one per batch trained. Every other attribute is the wrapped sampler's (the Trainer
-    and accelerate reach through it for ``set_epoch``, ``batch_size`` and the like)."""
+    to take one per batch trained. Every other attribute is the wrapped sampler's: the Trainer
+    and accelerate reach through it for ``set_epoch``, ``batch_size``, its ``sampler`` (whose
+    epoch sets the shuffle) and the like, so the wrapped one is kept under a name of its own."""
 
     def __init__(self, sampler: Any):
-        self.sampler = sampler
+        self.tapped = sampler
         self.drawn: deque[list] = deque()
         self.skip = 0  # batches of the next pass that accelerate skips when resuming
 
     def __iter__(self) -> Iterator[Any]:
         self.drawn.clear()  # a new pass: whatever the last one drew and nobody trained on is dropped
         skip, self.skip = self.skip, 0
-        for n, batch in enumerate(self.sampler):
+        for n, batch in enumerate(self.tapped):
             if n >= skip:
                 self.drawn.append(batch)
             yield batch
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        return len(self.tapped)
 
     def __getattr__(self, name: str) -> Any:
-        if name == "sampler":  # not yet set (unpickling): do not recurse
+        if name == "tapped":  # not yet set (unpickling): do not recurse
             raise AttributeError(name)
-        return getattr(self.sampler, name)
+        return getattr(self.tapped, name)
 
     def take(self) -> list[int] | None:
         if not self.drawn:
@@ -247,7 +248,7 @@ class _SamplerTap:
             return [_index(i) for i in batch]
         except TypeError:
             raise InvalidParameterError(
-                f"ProvenanceCallback: the train sampler ({type(self.sampler).__name__}) yielded {batch!r:.80}, "
+                f"ProvenanceCallback: the train sampler ({type(self.tapped).__name__}) yielded {batch!r:.80}, "
                 "not a list of dataset indices") from None
 
 
