@@ -27,7 +27,9 @@ step, and a checkpoint saved at ``global_step`` S was trained on the examples of
 Indices drawn but never trained on (training stopped, an epoch cut short) are dropped when the
 sampler starts its next pass or training ends. Resuming from a checkpoint is followed: the
 batches accelerate skips (``skip_first_batches``, which draws them through the wrapped sampler)
-are not logged.
+are not logged. The key of a row of a plain torch ``Dataset`` (or list) is read by indexing it
+again, so its ``__getitem__`` runs twice per example; a ``RegisteredDataset`` or ``keys=`` avoids
+that.
 
 Not supported, and refused when training begins with an error that says so: an
 ``IterableDataset`` (no indices; log keys with :func:`provenance.torch.track` in a custom loop, or
