@@ -218,6 +218,9 @@ def test_what_cannot_be_followed_is_refused_before_anything_is_written(tiny, tmp
 
     with pytest.raises(InvalidParameterError, match="IterableDataset"):
         _trainer(_model(), Stream(), tmp_path, ProvenanceCallback(ledger, datasets=["tiny"], message="m")).train()
+    with pytest.raises(InvalidParameterError, match="in_order"):
+        _trainer(_model(), rows, tmp_path, ProvenanceCallback(ledger, datasets=["tiny"], message="m"),
+                 dataloader_num_workers=1, dataloader_in_order=False).train()
     assert (len(ledger.sql("SELECT run_id FROM runs").to_pylist()), len(ledger.versions())) == written
 
 

@@ -33,8 +33,8 @@ that.
 
 Not supported, and refused when training begins with an error that says so: an
 ``IterableDataset`` (no indices; log keys with :func:`provenance.torch.track` in a custom loop, or
-use a map-style dataset) and accelerate's ``dispatch_batches`` (one process draws every batch and
-slices it). A sampler that yields anything but lists of integer indices is refused at the first
+use a map-style dataset), accelerate's ``dispatch_batches`` (one process draws every batch and
+slices it) and workers with ``dataloader_in_order=False`` (batches out of the order drawn). A sampler that yields anything but lists of integer indices is refused at the first
 batch. A ``datasets.Dataset`` loses its unused columns before the Trainer builds its DataLoader,
 so with one give ``keys=train_dataset["key"]``.
 
@@ -273,6 +273,10 @@ def _tap_loader(loader: Any) -> tuple[_SamplerTap, Any]:
         raise InvalidParameterError(
             "ProvenanceCallback: accelerate's dispatch_batches is not supported (one process draws every batch "
             "and slices it); set TrainingArguments(accelerator_config={'dispatch_batches': False})")
+    if getattr(base, "num_workers", 0) and not getattr(base, "in_order", True):
+        raise InvalidParameterError(
+            "ProvenanceCallback: with dataloader_in_order=False, workers deliver batches in another order than "
+            "they were drawn, so a batch's keys are not known; leave dataloader_in_order=True")
     sampler = getattr(base, "batch_sampler", None)
     if sampler is None:
         raise InvalidParameterError(
