@@ -1,0 +1,367 @@
+"""A Hugging Face ``Trainer`` callback that records a training run in a provenance ledger: the
+weights it started from, the key of every example of every batch it trained on, each checkpoint,
+and the final weights as the run's version.
+
+::
+
+    callback = ProvenanceCallback(ledger, datasets=["wiki"], message="fine-tune on wiki")
+    trainer = Trainer(model, args, train_dataset=data, callbacks=[callback])   # data rows carry "key"
+    with callback:                     # an exception in train() ends the run failed
+        trainer.train()
+    callback.version                   # the version the run produced
+
+**Which keys, and how.** ``remove_unused_columns=True`` (the default) strips the ``key`` column
+before the collator builds a batch, and the model must not receive it anyway, so the keys cannot
+be read from batches. Instead, when training begins, the callback wraps the *batch sampler* of the
+Trainer's train DataLoader (for accelerate's ``DataLoaderShard``, that of the DataLoader it
+wraps): every list of dataset indices the sampler yields is queued, in order. The sampler runs in
+the main process, also with ``dataloader_num_workers > 0``, and an in-order DataLoader delivers
+batches in the order their indices were drawn, so the queue's head is always the next batch the
+Trainer trains on, however far workers or accelerate's one-batch look-ahead have read ahead.
+Every micro-batch the Trainer trains ends in ``on_substep_end`` (accumulating) or
+``on_step_end`` (the optimizer stepped): each pops one entry, maps its indices to keys (the
+``key_column`` of the DataLoader's dataset, the Trainer's ``train_dataset``; or ``keys=``) and
+logs them at the step of the optimizer update they went into, counted from 0 as
+:func:`provenance.torch.track` counts: with gradient accumulation, several micro-batches share a
+step, and a checkpoint saved at ``global_step`` S was trained on the examples of steps 0 to S-1.
+Indices drawn but never trained on (training stopped, an epoch cut short) are dropped when the
+sampler starts its next pass or training ends. Resuming from a checkpoint is followed: the
+batches accelerate skips (``skip_first_batches``, which draws them through the wrapped sampler)
+are not logged. The key of a row of a plain torch ``Dataset`` (or list) is read by indexing it
+again, so its ``__getitem__`` runs twice per example; a ``RegisteredDataset`` or ``keys=`` avoids
+that.
+
+Not supported, and refused when training begins with an error that says so: an
+``IterableDataset`` (no indices; log keys with :func:`provenance.torch.track` in a custom loop, or
+use a map-style dataset), accelerate's ``dispatch_batches`` (one process draws every batch and
+slices it) and workers with ``dataloader_in_order=False`` (batches out of the order drawn). A sampler that yields anything but lists of integer indices is refused at the first
+batch. A ``datasets.Dataset`` loses its unused columns before the Trainer builds its DataLoader,
+so with one give ``keys=train_dataset["key"]``.
+
+**Versions.** Without ``base`` the starting weights are committed first (unchanged tensors cost
+nothing new: objects are content-addressed) and become the run's base. A run ends with its
+commit, so each save (``on_save``, with ``commit_on_save``) is committed as a version of its own
+on the run's base, ``ledger.commit(state, parent=base)``, its message naming the run and the
+step (:attr:`ProvenanceCallback.checkpoints`); the final weights are committed through the run at
+``on_train_end``, which ends it ``finished``. A checkpoint version has no run of its own, so its
+lineage reaches the data only through its message. A chain of runs, one per save, each based on
+the version the previous save committed, would give every checkpoint its own lineage; it was not
+chosen because a run that logs nothing counts as a whole declared epoch (the segment after a
+save on the last step would), and one ``train()`` would become several runs to follow.
+
+**Failure.** ``Trainer`` has no exception hook. Use the callback as a context manager around
+``trainer.train()``: an exception ends the run ``failed``, with the error. Without it, a run left
+open is marked failed when the process exits (:mod:`provenance.runs` does this for every open
+run), or when the callback's next ``on_train_begin`` finds it still open (as after an
+``auto_find_batch_size`` retry).
+
+**Several processes.** Only the world's process zero commits and starts the run; the others
+attach to it (its id sent with ``torch.distributed``) and log the batches their own sampler
+shard yields. Every process writes its examples before process zero commits. Untested here (one
+CPU process): several processes writing one local ledger at once (each write waits for the
+ledger's lock), and sharded states (FSDP, DeepSpeed ZeRO-3), whose ``state_dict`` on process
+zero alone is not the whole model.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from torch.utils.data import Dataset, IterableDataset
+
+from provenance.errors import InvalidParameterError, ProvenanceError
+from provenance.torch import RegisteredDataset
+
+try:
+    import transformers
+    from transformers import TrainerCallback
+except ImportError as exc:  # pragma: no cover - the extra is missing
+    raise ImportError(
+        "provenance.integrations.transformers needs transformers and accelerate: pip install 'provenance[hf]'"
+    ) from exc
+
+__all__ = ["ProvenanceCallback"]
+
+
+class ProvenanceCallback(TrainerCallback):
+    """Records a ``Trainer``'s training as a run in ``ledger`` (a local ``Ledger`` or a remote one).
+
+    ``datasets`` are the registered datasets the training set holds (names, ``NAME@VERSION``, or
+    a mapping to epochs), inferred when the training set is a
+    :class:`provenance.torch.RegisteredDataset`. ``key_column`` is the field of a training row
+    that holds its document key; ``keys`` instead gives the key of each row by index. ``base`` is
+    the version the model starts from (default: its weights when training begins, committed).
+    ``message`` describes the run; ``params`` are stored with it beside the training arguments
+    that shape it. ``commit_on_save`` commits each checkpoint the Trainer saves;
+    ``flush_every`` is the run's buffer of logged keys (default: the ledger's).
+
+    After training, :attr:`run` is the run, :attr:`version` the version it produced and
+    :attr:`checkpoints` the version of each save, by step.
+    """
+
+    def __init__(
+        self,
+        ledger: Any,
+        *,
+        datasets: Sequence[str] | Mapping[str, float] | None = None,
+        key_column: str = "key",
+        keys: Sequence[str] | None = None,
+        message: str | None = None,
+        base: Any = None,
+        params: Mapping[str, Any] | None = None,
+        commit_on_save: bool = True,
+        flush_every: int | None = None,
+    ):
+        if not isinstance(key_column, str) or not key_column:
+            raise InvalidParameterError(f"key_column must name a field, got {key_column!r}")
+        if message is not None and (not isinstance(message, str) or not message.strip()):
+            raise InvalidParameterError(f"message must be a non-empty string, got {message!r}")
+        if isinstance(datasets, str):
+            datasets = [datasets]
+        self.ledger = ledger
+        self.datasets = datasets
+        self.key_column = key_column
+        self.keys = keys
+        self.message = message
+        self.base = base
+        self.params = dict(params or {})
+        self.commit_on_save = commit_on_save
+        self.flush_every = flush_every
+        self.run: Any = None  # provenance.runs.Run, once training begins
+        self.version: Any = None  # the VersionRecord the run committed
+        self.checkpoints: dict[int, Any] = {}  # global_step -> VersionRecord of each save
+        self._running = False
+        self._owner = False  # whether this process started the run (the world's process zero)
+        self._tap: _SamplerTap | None = None
+        self._key_of: Callable[[int], str] | None = None
+
+    # -- ending a run that training left open ---------------------------------------------------
+
+    def __enter__(self) -> ProvenanceCallback:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._fail(f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__)
+
+    def _fail(self, reason: str) -> None:
+        running, self._running, self._tap = self._running, False, None
+        if running and self._owner:
+            self.run.fail(reason)
+
+    # -- the Trainer's events ---------------------------------------------------------------------
+
+    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
+        self._fail("training began again before this run ended (did trainer.train() raise?)")
+        tap, dataset = _tap_loader(train_dataloader)
+        key_of = _key_lookup(dataset, self.key_column, self.keys)
+        datasets = self.datasets if self.datasets is not None else _infer_datasets(dataset)
+        if state.global_step and not args.ignore_data_skip:  # resumed: accelerate skips the steps done
+            batches = len(train_dataloader)
+            per_epoch = max(batches // args.gradient_accumulation_steps + int(batches % args.gradient_accumulation_steps > 0), 1)
+            tap.skip = (state.global_step % per_epoch) * args.gradient_accumulation_steps
+        message = self.message or f"{type(model).__name__} trained with transformers' Trainer"
+        self._owner = bool(state.is_world_process_zero)
+        run_id = None
+        if self._owner:
+            base = self.base
+            if base is None:
+                base = self.ledger.commit(model.state_dict(), message=f"{message}: starting weights")
+            options = {} if self.flush_every is None else {"flush_every": self.flush_every}
+            self.run = self.ledger.start_run(base=base, datasets=datasets, message=message,
+                                             params={**_training_params(args, state), **self.params}, **options)
+            run_id = self.run.run_id
+        run_id = _from_process_zero(run_id)
+        if not self._owner:
+            self.run = self.ledger.attach_run(run_id)
+        self.version, self.checkpoints = None, {}
+        self._tap, self._key_of, self._running = tap, key_of, True
+
+    def on_substep_end(self, args, state, control, **kwargs):
+        self._log_batch(state.global_step)  # a micro-batch accumulated into the coming update
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._log_batch(state.global_step - 1)  # the last micro-batch of the update just made
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        if not self._running:
+            return
+        self.run.flush()
+        if self.commit_on_save and self._owner:
+            self.checkpoints[state.global_step] = self.ledger.commit(
+                model.state_dict(), parent=self.run.base,
+                message=f"{self.run.record.message}: checkpoint at step {state.global_step} of run {self.run.run_id[:12]}")
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if not self._running:
+            return
+        self._tap = None  # batches drawn but not trained on are dropped with it
+        self.run.flush()
+        _barrier()  # every process's examples are written before the commit ends the run
+        if self._owner:
+            self.version = self.run.commit(model.state_dict())
+        self._running = False
+
+    def _log_batch(self, step: int) -> None:
+        if not self._running:
+            return
+        indices = self._tap.take()
+        if indices is None:
+            raise ProvenanceError(
+                f"ProvenanceCallback: the Trainer trained a batch at step {step} that its train sampler did not draw; "
+                "was the train DataLoader replaced after training began?")
+        self.run.log_examples([self._key_of(i) for i in indices], step=step)
+
+
+class _SamplerTap:
+    """A batch sampler that queues the index lists the sampler it wraps yields, for the callback
+    to take one per batch trained. Every other attribute is the wrapped sampler's: the Trainer
+    and accelerate reach through it for ``set_epoch``, ``batch_size``, its ``sampler`` (whose
+    epoch sets the shuffle) and the like, so the wrapped one is kept under a name of its own."""
+
+    def __init__(self, sampler: Any):
+        self.tapped = sampler
+        self.drawn: deque[list] = deque()
+        self.skip = 0  # batches of the next pass that accelerate skips when resuming
+
+    def __iter__(self) -> Iterator[Any]:
+        self.drawn.clear()  # a new pass: whatever the last one drew and nobody trained on is dropped
+        skip, self.skip = self.skip, 0
+        for n, batch in enumerate(self.tapped):
+            if n >= skip:
+                self.drawn.append(batch)
+            yield batch
+
+    def __len__(self) -> int:
+        return len(self.tapped)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "tapped":  # not yet set (unpickling): do not recurse
+            raise AttributeError(name)
+        return getattr(self.tapped, name)
+
+    def take(self) -> list[int] | None:
+        if not self.drawn:
+            return None
+        batch = self.drawn.popleft()
+        try:
+            return [_index(i) for i in batch]
+        except TypeError:
+            raise InvalidParameterError(
+                f"ProvenanceCallback: the train sampler ({type(self.tapped).__name__}) yielded {batch!r:.80}, "
+                "not a list of dataset indices") from None
+
+
+def _index(value: Any) -> int:
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(value)
+    return value.__index__()
+
+
+def _tap_loader(loader: Any) -> tuple[_SamplerTap, Any]:
+    """Wrap the batch sampler the train DataLoader draws indices from; return it and the dataset."""
+    if loader is None:
+        raise ProvenanceError("ProvenanceCallback: the Trainer began training without a train DataLoader")
+    base = getattr(loader, "base_dataloader", loader)  # accelerate's DataLoaderShard wraps a torch DataLoader
+    if isinstance(base.dataset, IterableDataset):
+        raise InvalidParameterError(
+            "ProvenanceCallback: an IterableDataset has no indices to map to keys; use a map-style train_dataset, "
+            "or log keys with provenance.torch.track in your own loop")
+    if type(loader).__name__ == "DataLoaderDispatcher":  # accelerate's adapters fake __class__: type() is true
+        raise InvalidParameterError(
+            "ProvenanceCallback: accelerate's dispatch_batches is not supported (one process draws every batch "
+            "and slices it); set TrainingArguments(accelerator_config={'dispatch_batches': False})")
+    if getattr(base, "num_workers", 0) and not getattr(base, "in_order", True):
+        raise InvalidParameterError(
+            "ProvenanceCallback: with dataloader_in_order=False, workers deliver batches in another order than "
+            "they were drawn, so a batch's keys are not known; leave dataloader_in_order=True")
+    sampler = getattr(base, "batch_sampler", None)
+    if sampler is None:
+        raise InvalidParameterError(
+            f"ProvenanceCallback: the train DataLoader ({type(loader).__name__}) has no batch sampler to follow")
+    tap = sampler if isinstance(sampler, _SamplerTap) else _SamplerTap(sampler)
+    # A DataLoader refuses a new batch_sampler once built; its iterators read it when they are
+    # made, which is after on_train_begin.
+    object.__setattr__(base, "batch_sampler", tap)
+    return tap, base.dataset
+
+
+def _key_lookup(dataset: Any, column: str, keys: Sequence[str] | None) -> Callable[[int], str]:
+    """The document key of row ``i`` of the training set."""
+    if keys is not None:
+        keys = list(keys)
+        if len(keys) != len(dataset):
+            raise InvalidParameterError(f"ProvenanceCallback: keys has {len(keys)} entries, the training set {len(dataset)} rows")
+        return keys.__getitem__
+    if isinstance(dataset, RegisteredDataset):
+        return dataset.keys.__getitem__
+    columns = getattr(dataset, "column_names", None)
+    if isinstance(columns, list):  # a datasets.Dataset, which loses unused columns before the loader is built
+        if column not in columns:
+            raise InvalidParameterError(
+                f"ProvenanceCallback: the training set has no {column!r} column (it has {', '.join(columns)}); the "
+                f"Trainer drops the columns the model does not take from a datasets.Dataset: pass "
+                f"keys=train_dataset[{column!r}]")
+        return list(dataset[column]).__getitem__
+
+    def item_key(i: int) -> str:
+        item = dataset[i]
+        value = item.get(column) if isinstance(item, Mapping) else None
+        if not isinstance(value, str):
+            what = f"fields {', '.join(sorted(map(str, item)))}" if isinstance(item, Mapping) else f"a {type(item).__name__}"
+            raise InvalidParameterError(
+                f"ProvenanceCallback: row {i} of the training set has no string {column!r} field ({what}); give each "
+                "row its document key, or pass key_column= or keys=")
+        return value
+
+    if len(dataset):
+        item_key(0)  # refuse before anything is written
+    return item_key
+
+
+def _infer_datasets(dataset: Dataset) -> list[str]:
+    if isinstance(dataset, RegisteredDataset):
+        return [dataset.dataset.dataset_id]
+    raise InvalidParameterError(
+        f"ProvenanceCallback: pass datasets= (the registered datasets the training set holds); they are inferred only "
+        f"from a provenance.torch.RegisteredDataset, and the training set is a {type(dataset).__name__}")
+
+
+def _training_params(args: Any, state: Any) -> dict[str, Any]:
+    """The arguments that shape what the run produces, stored with the run."""
+    return {
+        "trainer": f"transformers {transformers.__version__}",
+        "learning_rate": args.learning_rate,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "world_size": args.world_size,
+        "max_steps": state.max_steps,
+        "num_train_epochs": state.num_train_epochs,
+        "seed": args.seed,
+        "data_seed": args.data_seed,
+        "start_step": state.global_step,
+    }
+
+
+def _world() -> Any:
+    """``torch.distributed`` when several processes train together, else None."""
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 else None
+
+
+def _from_process_zero(value: Any) -> Any:
+    dist = _world()
+    if dist is None:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _barrier() -> None:
+    dist = _world()
+    if dist is not None:
+        dist.barrier()

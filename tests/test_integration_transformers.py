@@ -1,0 +1,247 @@
+"""ProvenanceCallback records what a Hugging Face Trainer trained on, step by step.
+
+A tiny GPT-2 (two layers, 32 wide) trains for a few steps on CPU on 64 generated documents, tokenized
+by a whitespace vocabulary; the rows carry their document key in a ``key`` column that the Trainer
+strips before batches are made (``remove_unused_columns``, the default) and that the model never
+sees. What was trained at each step is recorded independently of the callback, by a forward hook
+on the model that reads the token ids each micro-batch carries and the Trainer's step.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments  # noqa: E402
+
+from provenance.errors import InvalidParameterError  # noqa: E402
+from provenance.integrations.transformers import ProvenanceCallback  # noqa: E402
+from provenance.torch import RegisteredDataset  # noqa: E402
+
+N_DOCS, DOC_WORDS = 64, 8
+
+
+def _records() -> list[dict]:
+    # the first word is the document's own, so token ids identify a document
+    return [{"id": f"doc{i}", "text": " ".join([f"d{i}"] + [f"w{(i * 7 + j) % 40}" for j in range(DOC_WORDS - 1)])}
+            for i in range(N_DOCS)]
+
+
+VOCAB = {w: n for n, w in enumerate(sorted({w for r in _records() for w in r["text"].split()}))}
+
+
+def _tokenize(item: dict) -> dict:
+    ids = [VOCAB[w] for w in item["text"].split()]
+    return {"input_ids": ids, "labels": ids, "key": item["key"]}
+
+
+@pytest.fixture
+def tiny(ledger):
+    ledger.register_dataset("tiny", _records(), id_field="id")
+    rows = [_tokenize({"key": r["id"], "text": r["text"]}) for r in _records()]
+    return ledger, rows
+
+
+def _model() -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=128, n_positions=64))
+
+
+def _trainer(model, rows, tmp_path, callback, **args) -> Trainer:
+    options = dict(per_device_train_batch_size=4, max_steps=6, save_steps=3, report_to=[], use_cpu=True, seed=0,
+                   logging_steps=100, disable_tqdm=True)
+    options.update(args)
+    return Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path / "out"), **options),
+                   train_dataset=rows, callbacks=[callback])
+
+
+def _watch(trainer: Trainer, rows) -> dict[int, list[str]]:
+    """The keys of every micro-batch the model is run on, by the Trainer's step at the time."""
+    key_of = {tuple(r["input_ids"]): r["key"] for r in rows}
+    seen: dict[int, list[str]] = defaultdict(list)
+
+    def hook(module, args, kwargs):
+        for ids in kwargs["input_ids"].tolist():
+            seen[trainer.state.global_step].append(key_of[tuple(ids)])
+
+    trainer.model.register_forward_pre_hook(hook, with_kwargs=True)
+    return seen
+
+
+def _logged(ledger, run_id: str) -> dict[int, list[str]]:
+    rows = ledger.sql("SELECT e.step, d.key FROM run_examples e JOIN documents d USING (doc_id) WHERE e.run_id = ?",
+                      [run_id]).to_pylist()
+    out: dict[int, list[str]] = defaultdict(list)
+    for row in rows:
+        out[row["step"]].append(row["key"])
+    return out
+
+
+def _same_per_step(logged: dict[int, list[str]], seen: dict[int, list[str]]) -> None:
+    assert sorted(logged) == sorted(seen)
+    for step in seen:
+        assert sorted(logged[step]) == sorted(seen[step]), f"step {step}"
+
+
+@pytest.mark.parametrize(("n_rows", "accumulate", "workers"), [
+    (64, 2, 0),   # part of an epoch; the batch the loader drew ahead is never trained
+    (20, 2, 0),   # five batches an epoch: the third step of each epoch has one micro-batch
+    (64, 1, 2),   # worker processes draw ahead of training
+])
+def test_the_keys_of_every_trained_batch_are_logged_at_its_step(tiny, tmp_path, n_rows, accumulate, workers):
+    ledger, rows = tiny
+    rows = rows[:n_rows]
+    model = _model()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    callback = ProvenanceCallback(ledger, datasets=["tiny"], message="tiny gpt2")
+    trainer = _trainer(model, rows, tmp_path, callback, gradient_accumulation_steps=accumulate,
+                       dataloader_num_workers=workers)
+    seen = _watch(trainer, rows)
+    with callback:
+        trainer.train()
+
+    assert sorted(seen) == list(range(6))
+    assert sum(map(len, seen.values())) == (6 * 4 * accumulate if n_rows == 64 else 2 * n_rows)
+    _same_per_step(_logged(ledger, callback.run.run_id), seen)
+
+    record = ledger.run(callback.run.run_id)
+    assert record.status == "finished" and record.n_logged == sum(map(len, seen.values()))
+    assert record.params["gradient_accumulation_steps"] == accumulate and record.params["start_step"] == 0
+    version = callback.version
+    assert version.run_id == record.run_id and version.parents == [record.base_version]
+    final = ledger.checkout(version)
+    state = trainer.model.state_dict()
+    assert sorted(final) == sorted(state)
+    assert all(torch.equal(final[k], state[k].cpu()) for k in state)
+    base = ledger.checkout(record.base_version)  # the starting weights, committed when training began
+    assert all(torch.equal(base[k], start[k]) for k in start)
+    assert not all(torch.equal(base[k], final[k]) for k in start)
+    assert [d.dataset_id for d in ledger.lineage(version).datasets] == ["tiny@1"]
+    assert sorted(callback.checkpoints) == [3, 6]
+    for step, checkpoint in callback.checkpoints.items():
+        assert checkpoint.parents == [record.base_version] and f"step {step} of run {record.run_id[:12]}" in checkpoint.message
+    assert ledger.checkout(callback.checkpoints[6]).keys() == final.keys()
+
+
+def test_a_registered_dataset_names_itself_and_its_keys(tiny, tmp_path):
+    ledger, _ = tiny
+    source = tmp_path / "tiny.jsonl"  # read back from its file, checked against its hash
+    source.write_text("".join(json.dumps(r) + "\n" for r in _records()))
+    ledger.register_dataset("tiny-file", source, id_field="id")
+    data = RegisteredDataset(ledger, "tiny-file", transform=_tokenize)
+    base = ledger.commit(_model().state_dict(), message="pretrained")
+    callback = ProvenanceCallback(ledger, base=base, message="fine-tune", commit_on_save=False)
+    trainer = _trainer(_model(), data, tmp_path, callback, max_steps=2)
+    seen = _watch(trainer, [data[i] for i in range(len(data))])
+    trainer.train()
+    record = ledger.run(callback.run.run_id)
+    assert record.status == "finished" and record.datasets == {"tiny-file@1": 1.0} and record.base_version == base.version_id
+    assert callback.checkpoints == {} and callback.version.parents == [base.version_id]
+    _same_per_step(_logged(ledger, record.run_id), seen)
+
+
+def test_training_that_raises_ends_the_run_failed(tiny, tmp_path):
+    ledger, rows = tiny
+    callback = ProvenanceCallback(ledger, datasets=["tiny"], message="doomed")
+    trainer = _trainer(_model(), rows, tmp_path, callback)
+
+    def explode(module, args, kwargs):
+        if trainer.state.global_step == 4:
+            raise RuntimeError("loss went to the moon")
+
+    trainer.model.register_forward_pre_hook(explode, with_kwargs=True)
+    with pytest.raises(RuntimeError, match="moon"), callback:
+        trainer.train()
+    record = ledger.run(callback.run.run_id)
+    assert record.status == "failed" and "RuntimeError: loss went to the moon" in record.error
+    assert sorted(_logged(ledger, record.run_id)) == [0, 1, 2, 3]  # what it saw before failing is kept
+    assert callback.version is None and record.version_id is None
+    assert sorted(callback.checkpoints) == [3]
+
+
+def test_a_run_left_open_is_failed_when_training_begins_again(tiny, tmp_path):
+    ledger, rows = tiny
+    callback = ProvenanceCallback(ledger, datasets=["tiny"], message="retried")
+    trainer = _trainer(_model(), rows, tmp_path, callback, max_steps=2, save_steps=10)
+
+    def out_of_memory(module, args):
+        raise RuntimeError("out of memory")
+
+    handle = trainer.model.register_forward_pre_hook(out_of_memory)
+    with pytest.raises(RuntimeError):
+        trainer.train()  # no `with callback`: the run stays open
+    first = callback.run.run_id
+    assert ledger.run(first).status == "running"
+    handle.remove()
+    trainer.train()
+    assert ledger.run(first).status == "failed" and "began again" in ledger.run(first).error
+    assert ledger.run(callback.run.run_id).status == "finished" and callback.run.run_id != first
+
+
+def test_resuming_from_a_checkpoint_logs_only_the_steps_trained_again(tiny, tmp_path):
+    """Two steps an epoch: the run resumes in the second epoch, one step into it."""
+    ledger, rows = tiny
+    rows = rows[:16]
+    first = ProvenanceCallback(ledger, datasets=["tiny"], message="first")
+    trainer = _trainer(_model(), rows, tmp_path, first, gradient_accumulation_steps=2)
+    trainer.train()
+    again = ProvenanceCallback(ledger, datasets=["tiny"], message="resumed")
+    resumed = _trainer(_model(), rows, tmp_path, again, gradient_accumulation_steps=2)
+    seen = _watch(resumed, rows)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-3"))
+    logged = _logged(ledger, again.run.run_id)
+    _same_per_step(logged, seen)
+    assert sorted(logged) == [3, 4, 5]
+    before = _logged(ledger, first.run.run_id)
+    assert all(sorted(logged[s]) == sorted(before[s]) for s in (3, 4, 5))  # the same batches as the first time
+    assert ledger.run(again.run.run_id).params["start_step"] == 3
+
+
+def test_what_cannot_be_followed_is_refused_before_anything_is_written(tiny, tmp_path):
+    ledger, rows = tiny
+    written = len(ledger.sql("SELECT run_id FROM runs").to_pylist()), len(ledger.versions())
+    with pytest.raises(InvalidParameterError, match="datasets="):
+        _trainer(_model(), rows, tmp_path, ProvenanceCallback(ledger, message="m")).train()
+    unkeyed = [{k: v for k, v in r.items() if k != "key"} for r in rows]
+    with pytest.raises(InvalidParameterError, match="'key'"):
+        _trainer(_model(), unkeyed, tmp_path, ProvenanceCallback(ledger, datasets=["tiny"], message="m")).train()
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(rows)
+
+    with pytest.raises(InvalidParameterError, match="IterableDataset"):
+        _trainer(_model(), Stream(), tmp_path, ProvenanceCallback(ledger, datasets=["tiny"], message="m")).train()
+    with pytest.raises(InvalidParameterError, match="in_order"):
+        _trainer(_model(), rows, tmp_path, ProvenanceCallback(ledger, datasets=["tiny"], message="m"),
+                 dataloader_num_workers=1, dataloader_in_order=False).train()
+    assert (len(ledger.sql("SELECT run_id FROM runs").to_pylist()), len(ledger.versions())) == written
+
+
+def test_the_callback_changes_nothing_the_trainer_does(tiny, tmp_path):
+    """Over three epochs (each shuffled by its own epoch seed), the batches and the weights are those
+    of the same training without the callback."""
+    ledger, rows = tiny
+    rows = rows[:16]  # two steps an epoch
+
+    def train(callbacks):
+        trainer = Trainer(model=_model(), args=TrainingArguments(
+            output_dir=str(tmp_path / "plain"), per_device_train_batch_size=4, gradient_accumulation_steps=2,
+            max_steps=6, save_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True),
+            train_dataset=rows, callbacks=callbacks)
+        seen = _watch(trainer, rows)
+        trainer.train()
+        return seen, trainer.model.state_dict()
+
+    plain, plain_state = train([])
+    callback = ProvenanceCallback(ledger, datasets=["tiny"], message="tracked")
+    tracked, tracked_state = train([callback])
+    assert tracked == plain and plain[0] != plain[2]  # the same order, and a new order each epoch
+    assert all(torch.equal(plain_state[k], tracked_state[k]) for k in plain_state)
+    _same_per_step(_logged(ledger, callback.run.run_id), tracked)
