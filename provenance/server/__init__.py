@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -83,6 +83,26 @@ class LedgerService:
     def close(self) -> None:
         with self.lock:
             self._stack.close()
+
+
+async def body_chunks(request: Any, limit: int) -> AsyncIterator[bytes]:
+    """The pieces of a request's body as they arrive; more than ``limit`` bytes, or a client that
+    goes away before the end, is an :class:`InvalidParameterError` saying so."""
+    from starlette.requests import ClientDisconnect
+
+    from provenance.errors import InvalidParameterError
+
+    size = 0
+    try:
+        async for chunk in request.stream():
+            if not chunk:
+                continue
+            size += len(chunk)
+            if size > limit:
+                raise InvalidParameterError(f"the body is larger than this server's upload limit ({limit:,} bytes)")
+            yield chunk
+    except ClientDisconnect:
+        raise InvalidParameterError(f"the upload stopped after {size:,} bytes: the client went away") from None
 
 
 def _warm_up() -> None:

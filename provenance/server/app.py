@@ -232,9 +232,6 @@ class _KeyLocks:
                 if not entry[1]:
                     del self._locks[key]
 
-    def __len__(self) -> int:
-        return len(self._locks)
-
 
 async def _deny(scope: dict, receive: Any, send: Any, status: int, message: str) -> None:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None

@@ -21,7 +21,6 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect
 
 from provenance import errors
 from provenance.records import (
@@ -36,7 +35,7 @@ from provenance.records import (
     VersionRecord,
 )
 from provenance.results import DedupReport, GateReport, Lineage, MemorizationReport, MergeReceipt, TaintReport
-from provenance.server import LedgerService
+from provenance.server import LedgerService, body_chunks
 from provenance.verify import VerifyReport
 from provenance.wire import ARROW_STREAM, BUNDLE, pack, table_to_ipc
 
@@ -68,21 +67,15 @@ class Body(BaseModel):
 
 async def _receive(request: Request, service: LedgerService, suffix: str) -> Path:
     """Stream the request body to a file under the ledger's uploads folder (at most
-    ``service.max_body`` bytes unless the route allows more)."""
+    ``service.max_upload`` bytes)."""
     fd, name = tempfile.mkstemp(dir=service.uploads, suffix=suffix)
     path = Path(name)
     size = 0
     try:
         with os.fdopen(fd, "wb") as out:
-            async for chunk in request.stream():
+            async for chunk in body_chunks(request, service.max_upload):
                 size += len(chunk)
-                if size > service.max_upload:
-                    raise errors.InvalidParameterError(
-                        f"the body is larger than this server's upload limit ({service.max_upload:,} bytes)")
                 out.write(chunk)
-    except ClientDisconnect:
-        path.unlink(missing_ok=True)
-        raise errors.InvalidParameterError(f"the upload stopped after {size:,} bytes: the client went away") from None
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -94,20 +87,10 @@ async def _receive(request: Request, service: LedgerService, suffix: str) -> Pat
 
 async def _receive_bytes(request: Request, service: LedgerService, limit: int = 256 << 20) -> bytes:
     """A body that is read whole anyway (logged examples), in memory: at most ``limit`` bytes."""
-    limit = min(limit, service.max_upload)
-    parts, size = [], 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise errors.InvalidParameterError(
-                    f"the body is larger than this server's upload limit ({limit:,} bytes)")
-            parts.append(chunk)
-    except ClientDisconnect:
-        raise errors.InvalidParameterError(f"the upload stopped after {size:,} bytes: the client went away") from None
-    if size == 0:
+    data = b"".join([chunk async for chunk in body_chunks(request, min(limit, service.max_upload))])
+    if not data:
         raise errors.InvalidParameterError("the request body is empty")
-    return b"".join(parts)
+    return data
 
 
 # -- the ledger -------------------------------------------------------------------------------------

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 
 from provenance import errors
+from provenance.server import body_chunks
 from provenance.tensorfile import Entry, TensorSequence, parse_header
 
 WINDOW = 64 << 20  # bytes received ahead of the worker that reads them
@@ -35,7 +36,7 @@ class BodyReader:
     on while the worker stores what came before."""
 
     def __init__(self, request: Request, limit: int):
-        self._stream = request.stream()
+        self._stream = body_chunks(request, limit)
         self._cond = threading.Condition()
         self._chunks: deque[memoryview] = deque()  # received, not yet read
         self._buffered = 0
@@ -51,13 +52,8 @@ class BodyReader:
         """Receive the body into the window (waiting while it is full) until it ends."""
         try:
             async for chunk in self._stream:
-                if not chunk:
-                    continue
                 with self._cond:
                     self.received += len(chunk)
-                    if self.received > self.limit:
-                        raise errors.InvalidParameterError(
-                            f"the body is larger than this server's upload limit ({self.limit:,} bytes)")
                     self._chunks.append(memoryview(chunk))
                     self._buffered += len(chunk)
                     self._cond.notify()
@@ -67,10 +63,7 @@ class BodyReader:
                         self._room.clear()
                 if wait:
                     await self._room.wait()
-        except ClientDisconnect:
-            self._error = errors.InvalidParameterError(
-                f"the upload stopped after {self.received:,} bytes: the client went away")
-        except Exception as exc:
+        except Exception as exc:  # too large, the client gone: the worker reading raises it
             self._error = exc
         finally:
             with self._cond:
