@@ -1,21 +1,33 @@
-"""Hugging Face `datasets.Dataset` as a source (only when that package is installed)."""
+"""Hugging Face ``datasets`` as sources: ``Dataset``, ``IterableDataset`` and ``DatasetDict`` register
+directly, and :func:`provenance.integrations.hf_datasets.with_keys` gives their rows the keys the
+ledger gave them."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from provenance import FingerprintConfig, Ledger
+from provenance.errors import InvalidParameterError, SourceError
+from provenance.integrations.hf_datasets import with_keys
+from provenance.torch import track
 
 datasets = pytest.importorskip("datasets")
+
+TEXTS = [f"document number {i} about fingerprints, ledgers and the word {i * 13}" for i in range(12)]
+
+
+def _documents(ledger: Ledger, name: str) -> list[dict]:
+    return ledger.documents(name, columns=["key", "signature"]).to_pylist()
 
 
 def test_register_hf_dataset_honours_selection(tmp_path):
     ledger = Ledger.init(tmp_path)
-    texts = [f"document number {i} about fingerprints and ledgers" for i in range(5)]
+    texts = TEXTS[:5]
     ds = datasets.Dataset.from_dict({"text": texts, "id": [f"k{i}" for i in range(5)]})
     result = ledger.register_dataset("hf", ds.select([4, 1, 3]), id_field="id")
     assert result.dataset.n_documents == 3
-    docs = ledger.documents("hf", columns=["key", "signature"]).to_pylist()
+    docs = _documents(ledger, "hf")
     assert [d["key"] for d in docs] == ["k4", "k1", "k3"]
     expected = FingerprintConfig().signatures([texts[4], texts[1], texts[3]])
     assert [d["signature"] for d in docs] == expected.tolist()
@@ -23,3 +35,66 @@ def test_register_hf_dataset_honours_selection(tmp_path):
     assert (shard.format, shard.uri) == ("hf-dataset", None)
     again = ledger.register_dataset("hf", ds.select([4, 1, 3]), id_field="id")
     assert again.created is False
+
+
+def test_a_dataset_dict_registers_one_shard_per_split_and_with_keys_names_its_rows(ledger):
+    splits = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": TEXTS[:8]}),
+                                   "test": datasets.Dataset.from_dict({"text": TEXTS[8:]})})
+    ledger.register_dataset("dd", splits)
+    assert [(s.name, s.n_documents, s.format) for s in ledger.shards("dd")] == [("train", 8, "hf-dataset"),
+                                                                               ("test", 4, "hf-dataset")]
+    keyed = with_keys(splits)
+    assert isinstance(keyed, datasets.DatasetDict) and list(keyed["test"]["key"]) == ["test:0", "test:1", "test:2", "test:3"]
+    docs = _documents(ledger, "dd")
+    assert [d["key"] for d in docs] == list(keyed["train"]["key"]) + list(keyed["test"]["key"])
+    assert [d["signature"] for d in docs] == FingerprintConfig().signatures(TEXTS).tolist()
+
+
+def test_an_iterable_dataset_registers_the_same_content_as_its_dataset(ledger):
+    table = datasets.Dataset.from_dict({"text": TEXTS, "n": list(range(100, 112))})
+    ledger.register_dataset("mapped", table, id_field="n")
+
+    def rows():
+        for n, text in zip(range(100, 112), TEXTS):
+            yield {"text": text, "n": n}
+
+    streamed = datasets.IterableDataset.from_generator(rows)
+    result = ledger.register_dataset("streamed", streamed, id_field="n")
+    (mapped_shard,), (streamed_shard,) = ledger.shards("mapped"), ledger.shards("streamed")
+    assert streamed_shard.shard_id == mapped_shard.shard_id  # hashed from the texts and ids, not the container
+    assert result.dataset.content_hash == ledger.dataset("mapped").content_hash
+    assert _documents(ledger, "streamed") == _documents(ledger, "mapped")
+    assert [r["key"] for r in with_keys(streamed, id_field="n")] == [str(n) for n in range(100, 112)]
+    assert list(with_keys(table, id_field="n")["key"]) == [d["key"] for d in _documents(ledger, "mapped")]
+    assert [r["key"] for r in with_keys(table.to_iterable_dataset())] == [f"hf-00000:{i}" for i in range(12)]
+
+
+def test_track_logs_the_keys_of_a_keyed_dataset(ledger):
+    corpus = datasets.Dataset.from_dict({"text": TEXTS})
+    ledger.register_dataset("corpus", corpus)
+    run = ledger.start_run(base=ledger.commit({"w": torch.zeros(2)}, message="base"), datasets=["corpus"], message="r")
+    loader = torch.utils.data.DataLoader(with_keys(corpus).with_format("torch"), batch_size=5)
+    for _ in track(loader, run):
+        pass
+    run.finish()
+    logged = ledger.sql("SELECT e.step, d.key FROM run_examples e JOIN documents d USING (doc_id) ORDER BY e.step, d.key"
+                        ).to_pylist()
+    assert [(r["step"], r["key"]) for r in logged] == sorted((i // 5, f"hf-00000:{i}") for i in range(12))
+
+
+def test_bad_input_names_the_split_the_column_and_the_row(ledger):
+    splits = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"body": TEXTS})})
+    with pytest.raises(SourceError, match=r"datasets.DatasetDict\['train'\]: no text column 'text'"):
+        ledger.register_dataset("bad", splits)
+    nulls = datasets.Dataset.from_dict({"text": TEXTS[:3] + [None] + TEXTS[4:]})
+    with pytest.raises(SourceError, match="record 3: text 'text' is null"):
+        ledger.register_dataset("bad", nulls)
+    with pytest.raises(InvalidParameterError, match="no splits"):
+        ledger.register_dataset("bad", datasets.DatasetDict({}))
+    assert ledger.datasets() == []
+    with pytest.raises(InvalidParameterError, match="already has a 'key' column"):
+        with_keys(datasets.Dataset.from_dict({"text": TEXTS, "key": TEXTS}))
+    with pytest.raises(InvalidParameterError, match="no id column 'id'"):
+        with_keys(datasets.Dataset.from_dict({"text": TEXTS}), id_field="id")
+    with pytest.raises(InvalidParameterError, match="Hugging Face datasets object"):
+        with_keys([{"text": "x"}])

@@ -245,3 +245,81 @@ def test_the_callback_changes_nothing_the_trainer_does(tiny, tmp_path):
     assert tracked == plain and plain[0] != plain[2]  # the same order, and a new order each epoch
     assert all(torch.equal(plain_state[k], tracked_state[k]) for k in plain_state)
     _same_per_step(_logged(ledger, callback.run.run_id), tracked)
+
+
+@pytest.mark.filterwarnings("ignore:fan_in_fan_out is set")
+def test_a_lora_model_is_committed_as_low_rank_patches_of_its_base(tiny, tmp_path):
+    peft = pytest.importorskip("peft")
+    ledger, rows = tiny
+    model = _model()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    wrapped = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True,
+                                                         lora_dropout=0.0))
+    callback = ProvenanceCallback(ledger, datasets=["tiny"], message="lora")
+    trainer = _trainer(wrapped, rows, tmp_path, callback, max_steps=4, save_steps=2, learning_rate=1e-2)
+    seen = _watch(trainer, rows)
+    trainer.train()
+    _same_per_step(_logged(ledger, callback.run.run_id), seen)
+
+    base = ledger.checkout(callback.run.base)  # the base model's own weights, under their own names
+    assert sorted(base) == sorted(start) and all(torch.equal(base[k], start[k]) for k in start)
+    targeted = {f"transformer.h.{i}.attn.c_attn.weight" for i in range(2)}
+    for version in (callback.version, *callback.checkpoints.values()):
+        manifest = ledger.manifest(version)
+        assert {n for n, p in manifest.items() if p.encoding == "low_rank"} == targeted
+        assert {p.encoding for n, p in manifest.items() if n not in targeted} == {"unchanged"}
+    assert sorted(callback.checkpoints) == [2, 4]
+    final = ledger.checkout(callback.version)
+    merged = wrapped.merge_and_unload().state_dict()  # PEFT's own merge of the trained adapter
+    assert sorted(final) == sorted(merged)
+    for name in merged:
+        torch.testing.assert_close(final[name], merged[name], rtol=1e-6, atol=1e-6)
+    assert not all(torch.equal(final[n], start[n]) for n in targeted)
+
+
+def test_a_datasets_dataset_trains_with_the_keys_the_ledger_gave_its_rows(ledger, tmp_path):
+    hf = pytest.importorskip("datasets")
+    from provenance.integrations.hf_datasets import with_keys
+
+    texts = [r["text"] for r in _records()]
+    corpus = hf.Dataset.from_dict({"text": texts})
+    ledger.register_dataset("hf-tiny", corpus)  # no id field: a row's key is its shard and row
+    keyed = with_keys(corpus)
+    tokenized = keyed.map(lambda row: {"input_ids": [VOCAB[w] for w in row["text"].split()],
+                                       "labels": [VOCAB[w] for w in row["text"].split()]}, remove_columns=["text"])
+    callback = ProvenanceCallback(ledger, datasets=["hf-tiny"], keys=tokenized["key"])  # the Trainer drops the column
+    trainer = _trainer(_model(), tokenized, tmp_path, callback, max_steps=3, save_strategy="no")
+    seen = _watch(trainer, [{"input_ids": r["input_ids"], "key": r["key"]} for r in tokenized])
+    trainer.train()
+    assert sum(map(len, seen.values())) == 12
+    _same_per_step(_logged(ledger, callback.run.run_id), seen)
+    assert ledger.run(callback.run.run_id).n_logged == 12
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from tests import serving
+
+    with serving.running(tmp_path_factory.mktemp("trainer") / "ledger") as srv:
+        yield srv
+
+
+def test_a_remote_ledger_records_the_same_run(server, tmp_path):
+    remote = server.ledger()
+    remote.register_dataset("tiny-remote", _records(), id_field="id")
+    rows = [_tokenize({"key": r["id"], "text": r["text"]}) for r in _records()]
+    callback = ProvenanceCallback(remote, datasets=["tiny-remote"], message="over HTTP")
+    trainer = _trainer(_model(), rows, tmp_path, callback, max_steps=4, save_steps=2, gradient_accumulation_steps=2)
+    seen = _watch(trainer, rows)
+    with callback:
+        trainer.train()
+    _same_per_step(_logged(remote, callback.run.run_id), seen)
+    assert remote.run(callback.run.run_id).status == "finished" and sorted(callback.checkpoints) == [2, 4]
+    final = remote.checkout(callback.version)
+    assert all(torch.equal(final[k], v) for k, v in trainer.model.state_dict().items())
+    assert [(d.dataset_id, d.examples) for d in remote.lineage(callback.version).datasets] == [("tiny-remote@1", 32)]
+
+    peft = pytest.importorskip("peft")
+    lora = peft.get_peft_model(_model(), peft.LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True))
+    with pytest.raises(InvalidParameterError, match="ledger server does not take"):
+        _trainer(lora, rows, tmp_path, ProvenanceCallback(remote, datasets=["tiny-remote"])).train()

@@ -65,13 +65,16 @@ zero alone is not the whole model.
 
 from __future__ import annotations
 
+import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
-from torch.utils.data import Dataset, IterableDataset
+from torch.utils.data import IterableDataset
 
 from provenance.errors import InvalidParameterError, ProvenanceError
+from provenance.integrations import registered_datasets
 from provenance.torch import RegisteredDataset
 
 try:
@@ -155,9 +158,10 @@ class ProvenanceCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
         self._fail("training began again before this run ended (did trainer.train() raise?)")
+        _check_adapter(model, self.ledger)
         tap, dataset = _tap_loader(train_dataloader)
         key_of = _key_lookup(dataset, self.key_column, self.keys)
-        datasets = self.datasets if self.datasets is not None else _infer_datasets(dataset)
+        datasets = self.datasets if self.datasets is not None else registered_datasets(dataset, "ProvenanceCallback")
         if state.global_step and not args.ignore_data_skip:  # resumed: accelerate skips the steps done
             batches = len(train_dataloader)
             per_epoch = max(batches // args.gradient_accumulation_steps + int(batches % args.gradient_accumulation_steps > 0), 1)
@@ -168,7 +172,7 @@ class ProvenanceCallback(TrainerCallback):
         if self._owner:
             base = self.base
             if base is None:
-                base = self.ledger.commit(model.state_dict(), message=f"{message}: starting weights")
+                base = self.ledger.commit(_starting_state(model), message=f"{message}: starting weights")
             options = {} if self.flush_every is None else {"flush_every": self.flush_every}
             self.run = self.ledger.start_run(base=base, datasets=datasets, message=message,
                                              params={**_training_params(args, state), **self.params}, **options)
@@ -190,9 +194,10 @@ class ProvenanceCallback(TrainerCallback):
             return
         self.run.flush()
         if self.commit_on_save and self._owner:
-            self.checkpoints[state.global_step] = self.ledger.commit(
-                model.state_dict(), parent=self.run.base,
-                message=f"{self.run.record.message}: checkpoint at step {state.global_step} of run {self.run.run_id[:12]}")
+            with _trained_state(model) as trained:
+                self.checkpoints[state.global_step] = self.ledger.commit(
+                    trained, parent=self.run.base,
+                    message=f"{self.run.record.message}: checkpoint at step {state.global_step} of run {self.run.run_id[:12]}")
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if not self._running:
@@ -201,7 +206,8 @@ class ProvenanceCallback(TrainerCallback):
         self.run.flush()
         _barrier()  # every process's examples are written before the commit ends the run
         if self._owner:
-            self.version = self.run.commit(model.state_dict())
+            with _trained_state(model) as trained:
+                self.version = self.run.commit(trained)
         self._running = False
 
     def _log_batch(self, step: int) -> None:
@@ -321,12 +327,47 @@ def _key_lookup(dataset: Any, column: str, keys: Sequence[str] | None) -> Callab
     return item_key
 
 
-def _infer_datasets(dataset: Dataset) -> list[str]:
-    if isinstance(dataset, RegisteredDataset):
-        return [dataset.dataset.dataset_id]
-    raise InvalidParameterError(
-        f"ProvenanceCallback: pass datasets= (the registered datasets the training set holds); they are inferred only "
-        f"from a provenance.torch.RegisteredDataset, and the training set is a {type(dataset).__name__}")
+def _is_peft(model: Any) -> bool:
+    """Whether ``model`` is a PEFT ``PeftModel`` (known by its class, so peft is not imported)."""
+    return any(cls.__name__ == "PeftModel" and cls.__module__.startswith("peft.") for cls in type(model).__mro__)
+
+
+def _check_adapter(model: Any, ledger: Any) -> None:
+    """Refuse, before training, a PEFT model whose adapters cannot be committed as low-rank patches."""
+    if not _is_peft(model):
+        return
+    kinds = {name: str(getattr(config.peft_type, "value", config.peft_type)) for name, config in model.peft_config.items()}
+    if set(kinds.values()) != {"LORA"} or len(kinds) != 1:
+        raise InvalidParameterError(
+            f"ProvenanceCallback: the PEFT model has adapters {kinds}; one LoRA adapter is committed as low-rank "
+            "patches, other PEFT methods are not (merge the adapter and commit the model's weights)")
+    from provenance.remote import RemoteLedger
+
+    if isinstance(ledger, RemoteLedger):
+        raise InvalidParameterError(
+            "ProvenanceCallback: a PEFT model's adapter is committed from the folder save_pretrained writes, which a "
+            "ledger server does not take yet; use a local ledger (or merge the adapter and commit the weights)")
+
+
+def _starting_state(model: Any) -> Any:
+    """The weights training starts from: a PEFT model's base model's, under their own names (without
+    the adapter's factors and the ``base_layer`` PEFT wraps a targeted module's weights in)."""
+    if not _is_peft(model):
+        return model.state_dict()
+    return {name.replace(".base_layer.", "."): tensor for name, tensor in model.get_base_model().state_dict().items()
+            if ".lora_" not in name}
+
+
+@contextmanager
+def _trained_state(model: Any) -> Iterator[Any]:
+    """What to commit for the model as trained: its weights, or a PEFT model's adapter folder (its
+    LoRA factors, which the ledger stores as low-rank patches of the run's base)."""
+    if not _is_peft(model):
+        yield model.state_dict()
+        return
+    with tempfile.TemporaryDirectory(prefix="provenance-adapter-") as folder:
+        model.save_pretrained(folder, safe_serialization=True)
+        yield folder
 
 
 def _training_params(args: Any, state: Any) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""In-memory sources: Arrow tables and record batches, iterables of dicts, Hugging Face datasets."""
+"""In-memory sources: Arrow tables and record batches, iterables of dicts, Hugging Face datasets
+(``Dataset``, ``IterableDataset``, ``DatasetDict``: one shard per split, named after it)."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ class _RecordsHasher:
 class MemoryShard(Shard):
     """In-memory records: Arrow tables or record batches, or lists of dicts."""
 
-    def __init__(self, name: str, parts: list, fmt: str, label: str):
+    def __init__(self, name: str, parts: Iterable, fmt: str, label: str):
         self.name = name
         self.format = fmt
         self._parts = parts
@@ -146,8 +147,41 @@ def _text_bytes(texts: pa.Array) -> int:
     return int(offsets[texts.offset + len(texts)] - offsets[texts.offset])
 
 
-def _is_hf_dataset(obj: Any) -> bool:
-    return type(obj).__module__.startswith("datasets.") and hasattr(obj, "with_format")
+def _hf_kind(obj: Any) -> str | None:
+    """Which Hugging Face ``datasets`` container ``obj`` is (by class name, so that ``datasets``
+    is imported only by whoever made one): ``Dataset``, ``IterableDataset``, ``DatasetDict``,
+    ``IterableDatasetDict``, or None."""
+    for cls in type(obj).__mro__:
+        if cls.__module__.startswith("datasets.") and cls.__name__ in HF_KINDS:
+            return cls.__name__
+    return None
+
+
+HF_KINDS = ("Dataset", "IterableDataset", "DatasetDict", "IterableDatasetDict")
+HF_BATCH = 10_000  # rows per Arrow batch read from a Hugging Face dataset
+
+
+def hf_shard_name(split: str | None) -> str:
+    """The shard a Hugging Face dataset's rows are registered in: its split's name when it came
+    in a ``DatasetDict``, else ``hf-00000``. A row's key is ``SHARD:ROW`` without an id field."""
+    return "hf-00000" if split is None else split
+
+
+def _hf_arrow(dataset: Any) -> Iterator[pa.Table]:
+    """The rows of a ``Dataset`` or ``IterableDataset`` as Arrow tables, in order, read lazily
+    (a ``Dataset`` is memory-mapped; an ``IterableDataset`` streams)."""
+    return iter(dataset.with_format("arrow").iter(batch_size=HF_BATCH))
+
+
+def _hf_shards(sources: Any, kind: str) -> Iterator[MemoryShard]:
+    if kind.endswith("Dict"):
+        if not sources:
+            raise InvalidParameterError(f"the {kind} has no splits")
+        for split, dataset in sources.items():
+            yield MemoryShard(hf_shard_name(split), _hf_arrow(dataset), "hf-dataset", f"datasets.{kind}[{split!r}]")
+        return
+    name = getattr(getattr(sources, "info", None), "dataset_name", None)
+    yield MemoryShard(hf_shard_name(None), _hf_arrow(sources), "hf-dataset", f"datasets.{kind} {name or ''}".strip())
 
 
 def _memory_shards(sources: Any, opts: ReadOptions) -> Iterator[MemoryShard]:
@@ -157,9 +191,8 @@ def _memory_shards(sources: Any, opts: ReadOptions) -> Iterator[MemoryShard]:
     if isinstance(sources, pa.RecordBatchReader):
         yield MemoryShard("table-00000", list(sources), "arrow", "arrow stream")
         return
-    if _is_hf_dataset(sources):
-        parts = list(sources.with_format("arrow").iter(batch_size=10_000))
-        yield MemoryShard("hf-00000", parts, "hf-dataset", f"datasets.Dataset {getattr(sources, 'info', None) and sources.info.dataset_name or ''}".strip())
+    if (kind := _hf_kind(sources)) is not None:
+        yield from _hf_shards(sources, kind)
         return
     if isinstance(sources, dict):
         raise InvalidParameterError("sources is one dict; pass a list of records, paths or Arrow tables")

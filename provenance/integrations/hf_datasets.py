@@ -1,0 +1,55 @@
+"""Hugging Face ``datasets`` and the document keys the ledger gives their rows.
+
+A ``datasets.Dataset``, ``IterableDataset`` or ``DatasetDict`` registers directly
+(``ledger.register_dataset("name", ds, id_field=...)``): its rows are read as Arrow batches and
+the shard is identified by a hash of its texts and ids. A row's key is its id (``id_field``) or
+else ``SHARD:ROW``: the shard is ``hf-00000`` for a ``Dataset`` or ``IterableDataset`` and the
+split's name for each split of a ``DatasetDict`` (``train:17``). :func:`with_keys` adds those keys
+as a column, so that training code can log what it reads (:func:`provenance.torch.track`, or the
+Trainer and Lightning callbacks)::
+
+    ledger.register_dataset("wiki", ds)
+    ds = with_keys(ds)          # a "key" column: "hf-00000:0", "hf-00000:1", ...
+
+Rows that registration drops (empty texts, with ``on_invalid="skip"``) keep their key here but have
+no document in the ledger: logging them is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from provenance.errors import InvalidParameterError
+from provenance.sources.memory import _hf_kind, hf_shard_name
+
+__all__ = ["with_keys"]
+
+
+def with_keys(data: Any, *, id_field: str | None = None, column: str = "key") -> Any:
+    """``data`` (a ``Dataset``, ``IterableDataset``, ``DatasetDict`` or ``IterableDatasetDict``)
+    with a ``column`` holding each row's document key, as registering it with ``id_field`` keys it."""
+    kind = _hf_kind(data)
+    if kind is None:
+        raise InvalidParameterError(f"with_keys takes a Hugging Face datasets object, got {type(data).__name__}")
+    if kind.endswith("Dict"):
+        return type(data)({split: _keyed(part, hf_shard_name(split), id_field, column) for split, part in data.items()})
+    return _keyed(data, hf_shard_name(None), id_field, column)
+
+
+def _keyed(data: Any, shard: str, id_field: str | None, column: str) -> Any:
+    names = data.column_names
+    if names is not None and column in names:
+        raise InvalidParameterError(f"the dataset already has a {column!r} column; pass column= another name")
+    if id_field is not None and names is not None and id_field not in names:
+        raise InvalidParameterError(f"no id column {id_field!r} (columns: {', '.join(names)})")
+    if _hf_kind(data) == "IterableDataset":  # keyed as its rows stream
+        if id_field is None:
+            return data.map(lambda row, i: {column: f"{shard}:{i}"}, with_indices=True)
+        return data.map(lambda row: {column: str(row[id_field])})
+    if id_field is None:
+        keys = [f"{shard}:{i}" for i in range(len(data))]
+    else:  # as registration reads them: strings, or integers written in decimal
+        keys = data.select_columns([id_field]).with_format("arrow")[:].column(id_field).cast(pa.string())
+    return data.add_column(column, keys)

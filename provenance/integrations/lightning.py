@@ -1,0 +1,207 @@
+"""A PyTorch Lightning callback that records a training run in a provenance ledger: the weights it
+started from, the key of every example of every batch it trained on, each checkpoint, and the
+final weights as the run's version. Works with ``lightning`` and with ``pytorch-lightning``.
+
+::
+
+    callback = ProvenanceCallback(ledger, datasets=["wiki"], message="fine-tune on wiki")
+    trainer = L.Trainer(max_steps=100, callbacks=[callback])
+    trainer.fit(module, DataLoader(data, batch_size=8))   # each item carries its "key"
+    callback.version                                      # the version the run produced
+
+**Which keys, and how.** Lightning hands every batch to ``training_step`` as the DataLoader made
+it, so the keys travel in the batch: items that are dicts with a ``key`` field (a
+:class:`provenance.torch.RegisteredDataset`'s items are) collate into a batch whose ``key`` is
+the list of the batch's keys, and ``training_step`` ignores what it does not use. ``key`` names
+another field, or is a function from a batch to its keys (a tuple batch, say). The keys of a
+batch are logged when Lightning has trained on it (``on_train_batch_end``), at the step of the
+optimizer update it goes into, ``trainer.global_step`` when the batch began (counted from 0 as
+:func:`provenance.torch.track` counts): with ``accumulate_grad_batches``, several batches share a
+step, and a checkpoint saved at ``global_step`` S was trained on the examples of steps 0 to S-1.
+Because the keys come with the batches, an ``IterableDataset``, any sampler, worker processes and
+Lightning's prefetching all work; a batch without its keys stops training at the first such batch
+with an error that says so.
+
+**Versions.** The run starts when training starts (``on_train_start``: the train DataLoader
+exists, so a ``RegisteredDataset`` names its dataset when ``datasets`` is not given). Without
+``base`` the module's weights at that moment (after ``ckpt_path`` was restored) are committed and
+become the run's base. Each checkpoint Lightning saves (``on_save_checkpoint``, with
+``commit_on_save``) is committed as a version of its own on the run's base, its message naming the
+run and the step (:attr:`ProvenanceCallback.checkpoints`); the final weights are committed
+through the run when training ends, which ends it ``finished``.
+
+**Failure.** An exception in ``fit`` ends the run ``failed``, with the error (Lightning's
+``on_exception``); the callback is also a context manager, for an exception raised around it.
+
+**Several processes.** Every process logs the batches it trains on; the global process zero
+starts the run, commits and ends it, and the others attach to it (its id sent with the strategy's
+``broadcast``); every process's examples are written before process zero commits (the strategy's
+``barrier``). Untested here (one CPU process): several processes writing one local ledger, and
+sharded strategies (FSDP, DeepSpeed), whose ``state_dict`` on process zero is not the whole model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from provenance.errors import InvalidParameterError, ProvenanceError
+from provenance.integrations import registered_datasets
+from provenance.torch import _field_getter
+
+try:
+    import lightning.pytorch as pl
+except ImportError:  # pragma: no cover - the older package name
+    try:
+        import pytorch_lightning as pl
+    except ImportError as exc:
+        raise ImportError(
+            "provenance.integrations.lightning needs lightning (or pytorch-lightning): pip install 'provenance[lightning]'"
+        ) from exc
+
+__all__ = ["ProvenanceCallback"]
+
+
+class ProvenanceCallback(pl.Callback):
+    """Records a Lightning ``Trainer.fit`` as a run in ``ledger`` (a local ``Ledger`` or a remote one).
+
+    ``datasets`` are the registered datasets the training data holds (names, ``NAME@VERSION``, or
+    a mapping to epochs), inferred when the train DataLoader's dataset is a
+    :class:`provenance.torch.RegisteredDataset`. ``key`` is the field of a batch that holds its
+    document keys, or a function returning a batch's keys. ``base`` is the version the model
+    starts from (default: its weights when training starts, committed). ``message`` describes the
+    run; ``params`` are stored with it beside the trainer settings that shape it.
+    ``commit_on_save`` commits each checkpoint Lightning saves; ``flush_every`` is the run's buffer
+    of logged keys (default: the ledger's).
+
+    After training, :attr:`run` is the run, :attr:`version` the version it produced and
+    :attr:`checkpoints` the version of each save, by step.
+    """
+
+    def __init__(
+        self,
+        ledger: Any,
+        *,
+        datasets: Sequence[str] | Mapping[str, float] | None = None,
+        key: str | Callable[[Any], Sequence[str]] = "key",
+        message: str | None = None,
+        base: Any = None,
+        params: Mapping[str, Any] | None = None,
+        commit_on_save: bool = True,
+        flush_every: int | None = None,
+    ):
+        if not callable(key) and (not isinstance(key, str) or not key):
+            raise InvalidParameterError(f"key must name a batch field or be a function, got {key!r}")
+        if message is not None and (not isinstance(message, str) or not message.strip()):
+            raise InvalidParameterError(f"message must be a non-empty string, got {message!r}")
+        self.ledger = ledger
+        self.datasets = [datasets] if isinstance(datasets, str) else datasets
+        self.key = key
+        self.message = message
+        self.base = base
+        self.params = dict(params or {})
+        self.commit_on_save = commit_on_save
+        self.flush_every = flush_every
+        self.run: Any = None  # provenance.runs.Run, once training starts
+        self.version: Any = None  # the VersionRecord the run committed
+        self.checkpoints: dict[int, Any] = {}  # global_step -> VersionRecord of each save
+        self._keys_of = key if callable(key) else _batch_field(key)
+        self._running = False
+        self._owner = False  # whether this process started the run (the global process zero)
+        self._step = 0  # the optimizer step the batch in training goes into
+
+    # -- ending a run that training left open ---------------------------------------------------
+
+    def __enter__(self) -> ProvenanceCallback:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._fail(f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__)
+
+    def _fail(self, reason: str) -> None:
+        running, self._running = self._running, False
+        if running and self._owner:
+            self.run.fail(reason)
+
+    # -- Lightning's events -----------------------------------------------------------------------
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._fail("training started again before this run ended")
+        datasets = self.datasets if self.datasets is not None else registered_datasets(
+            getattr(trainer.train_dataloader, "dataset", trainer.train_dataloader), "ProvenanceCallback")
+        message = self.message or f"{type(pl_module).__name__} trained with Lightning"
+        self._owner = bool(trainer.is_global_zero)
+        run_id = None
+        if self._owner:
+            base = self.base
+            if base is None:
+                base = self.ledger.commit(pl_module.state_dict(), message=f"{message}: starting weights")
+            options = {} if self.flush_every is None else {"flush_every": self.flush_every}
+            self.run = self.ledger.start_run(base=base, datasets=datasets, message=message,
+                                             params={**_training_params(trainer), **self.params}, **options)
+            run_id = self.run.run_id
+        run_id = trainer.strategy.broadcast(run_id, src=0)
+        if not self._owner:
+            self.run = self.ledger.attach_run(run_id)
+        self.version, self.checkpoints, self._running = None, {}, True
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._step = trainer.global_step  # the updates made so far: this batch goes into the next
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self._running:
+            return
+        keys = self._keys_of(batch)
+        if not keys:
+            raise ProvenanceError(f"ProvenanceCallback: batch {batch_idx} at step {self._step} has no document keys")
+        self.run.log_examples(keys, step=self._step)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if not self._running:
+            return
+        self.run.flush()
+        if self.commit_on_save and self._owner:
+            step = trainer.global_step
+            self.checkpoints[step] = self.ledger.commit(
+                pl_module.state_dict(), parent=self.run.base,
+                message=f"{self.run.record.message}: checkpoint at step {step} of run {self.run.run_id[:12]}")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if not self._running:
+            return
+        self.run.flush()
+        trainer.strategy.barrier("provenance: examples written")
+        if self._owner:
+            self.version = self.run.commit(pl_module.state_dict())
+        self._running = False
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._fail(f"{type(exception).__name__}: {exception}" if str(exception) else type(exception).__name__)
+
+
+def _batch_field(field: str) -> Callable[[Any], Sequence[str]]:
+    keys_of = _field_getter(field)
+
+    def keys(batch: Any) -> Sequence[str]:
+        try:
+            return keys_of(batch)
+        except InvalidParameterError as exc:
+            raise InvalidParameterError(
+                str(exc).replace("track: a yielded item", "ProvenanceCallback: a training batch")
+                + " (Lightning passes batches as the DataLoader makes them: let each item carry its key)") from None
+
+    return keys
+
+
+def _training_params(trainer: Any) -> dict[str, Any]:
+    """The trainer settings that shape what the run produces, stored with the run."""
+    return {
+        "trainer": f"lightning {pl.__version__}",
+        "accumulate_grad_batches": trainer.accumulate_grad_batches,
+        "max_steps": trainer.max_steps,
+        "max_epochs": trainer.max_epochs,
+        "world_size": trainer.world_size,
+        "precision": str(trainer.precision),
+        "start_step": trainer.global_step,
+    }

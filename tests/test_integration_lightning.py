@@ -1,0 +1,210 @@
+"""ProvenanceCallback records what a Lightning Trainer trained on, step by step.
+
+A tiny regression module (one linear layer) trains for a few steps on CPU on 40 generated
+documents; each item carries its document key, which ``training_step`` never uses. What was
+trained at each step is recorded independently of the callback: ``training_step`` reads the row
+number every input carries in its first feature, and the trainer's step.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+pl = pytest.importorskip("lightning.pytorch")
+
+from provenance.errors import InvalidParameterError  # noqa: E402
+from provenance.integrations.lightning import ProvenanceCallback  # noqa: E402
+from provenance.torch import RegisteredDataset  # noqa: E402
+from tests import serving  # noqa: E402
+
+N_DOCS = 40
+
+
+def _records() -> list[dict]:
+    return [{"id": f"doc{i}", "text": f"document {i} of the tiny corpus, words {i * 3} and {i * 5}"} for i in range(N_DOCS)]
+
+
+def _item(i: int) -> dict:
+    x = torch.linspace(0, 1, 8) * (i + 1)
+    x[0] = i  # the row number, which training_step records
+    return {"key": f"doc{i}", "x": x, "y": torch.tensor([float(i % 7)])}
+
+
+ROWS = [_item(i) for i in range(N_DOCS)]
+
+
+class Tiny(pl.LightningModule):
+    def __init__(self, fail_at: int | None = None):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layer = torch.nn.Linear(8, 1)
+        self.fail_at = fail_at
+        self.seen: dict[int, list[str]] = defaultdict(list)  # step -> keys, from the inputs themselves
+
+    def training_step(self, batch, batch_idx):
+        x = batch["x"] if isinstance(batch, dict) else batch[0]
+        if self.fail_at is not None and self.global_step == self.fail_at:
+            raise RuntimeError(f"diverged at step {self.global_step}")
+        self.seen[self.global_step].extend(f"doc{int(v)}" for v in x[:, 0].tolist())
+        return torch.nn.functional.mse_loss(self.layer(x / N_DOCS), batch["y"] if isinstance(batch, dict) else batch[1])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def _trainer(tmp_path, callback, **options) -> pl.Trainer:
+    settings = dict(max_steps=6, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))
+    settings.update(options)
+    return pl.Trainer(callbacks=[callback, *settings.pop("extra", [])], **settings)
+
+
+def _logged(ledger, run_id: str) -> dict[int, list[str]]:
+    rows = ledger.sql("SELECT e.step, d.key FROM run_examples e JOIN documents d USING (doc_id) WHERE e.run_id = ?",
+                      [run_id]).to_pylist()
+    out: dict[int, list[str]] = defaultdict(list)
+    for row in rows:
+        out[row["step"]].append(row["key"])
+    return out
+
+
+def _same_per_step(logged: dict[int, list[str]], seen: dict[int, list[str]]) -> None:
+    assert sorted(logged) == sorted(seen)
+    for step in seen:
+        assert sorted(logged[step]) == sorted(seen[step]), f"step {step}"
+
+
+@pytest.fixture
+def tiny(ledger):
+    ledger.register_dataset("tiny", _records(), id_field="id")
+    return ledger
+
+
+@pytest.mark.parametrize(("n_rows", "accumulate", "workers", "trained"), [
+    (40, 1, 0, 6 * 4),      # part of an epoch
+    (20, 2, 0, 2 * 5 * 4),  # five batches an epoch: the third step of each epoch has one batch
+    (40, 2, 2, 12 * 4),     # worker processes and Lightning's prefetch read ahead of training
+])
+def test_the_keys_of_every_trained_batch_are_logged_at_its_step(tiny, tmp_path, n_rows, accumulate, workers, trained):
+    ledger = tiny
+    module = Tiny()
+    callback = ProvenanceCallback(ledger, datasets=["tiny"], message="tiny regression")
+    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1)
+    trainer = _trainer(tmp_path, callback, accumulate_grad_batches=accumulate, enable_checkpointing=True,
+                       extra=[checkpoints])
+    loader = DataLoader(ROWS[:n_rows], batch_size=4, shuffle=True, num_workers=workers,
+                        persistent_workers=bool(workers), generator=torch.Generator().manual_seed(1))
+    trainer.fit(module, loader)
+
+    run = ledger.run(callback.run.run_id)
+    assert run.status == "finished" and run.version_id == callback.version.version_id
+    assert sum(map(len, module.seen.values())) == trained and sorted(module.seen) == list(range(6))
+    _same_per_step(_logged(ledger, run.run_id), module.seen)
+    assert run.params["accumulate_grad_batches"] == accumulate and run.params["trainer"].startswith("lightning ")
+
+    # the final weights, and each checkpoint's, check out bit-identical to what was trained and saved
+    final = ledger.checkout(callback.version)
+    assert all(torch.equal(final[k], v) for k, v in module.state_dict().items())
+    assert sorted(callback.checkpoints) == [3, 6]
+    for step, version in callback.checkpoints.items():
+        (path,) = (tmp_path / "ckpt").glob(f"*step={step}.ckpt")
+        saved = torch.load(path, weights_only=True)["state_dict"]
+        state = ledger.checkout(version)
+        assert version.parents == [run.base_version] and set(state) == set(saved)
+        assert all(torch.equal(state[k], saved[k]) for k in saved), f"checkpoint at step {step}"
+    assert [d.dataset_id for d in ledger.lineage(callback.version).datasets] == ["tiny@1"]
+
+
+class _Stream(IterableDataset):
+    def __iter__(self):
+        yield from ROWS[:24]
+
+
+def test_an_iterable_dataset_works_because_the_keys_come_with_the_batches(tiny, tmp_path):
+    module = Tiny()
+    callback = ProvenanceCallback(tiny, datasets={"tiny": 1.0})
+    _trainer(tmp_path, callback, max_steps=-1, max_epochs=2).fit(module, DataLoader(_Stream(), batch_size=5))
+    assert sorted(module.seen) == list(range(10))  # 24 rows in batches of 5: five steps an epoch
+    _same_per_step(_logged(tiny, callback.run.run_id), module.seen)
+
+
+def test_a_registered_dataset_names_itself(ledger, tmp_path, write_jsonl):
+    ledger.register_dataset("wiki", write_jsonl(tmp_path / "wiki.jsonl", _records()), id_field="id")
+    data = RegisteredDataset(ledger, "wiki", transform=lambda item: {**_item(int(item["key"][3:])), **item})
+    module = Tiny()
+    callback = ProvenanceCallback(ledger)
+    _trainer(tmp_path, callback, max_steps=3).fit(module, DataLoader(data, batch_size=4))
+    assert callback.run.record.datasets == {ledger.dataset("wiki").dataset_id: 1.0}
+    _same_per_step(_logged(ledger, callback.run.run_id), module.seen)
+    assert callback.run.record.message == "Tiny trained with Lightning"
+
+
+def test_an_exception_in_training_ends_the_run_failed(tiny, tmp_path):
+    module = Tiny(fail_at=2)
+    callback = ProvenanceCallback(tiny, datasets=["tiny"])
+    with pytest.raises(RuntimeError, match="diverged at step 2"):
+        _trainer(tmp_path, callback).fit(module, DataLoader(ROWS, batch_size=4))
+    run = tiny.run(callback.run.run_id)
+    assert run.status == "failed" and "RuntimeError: diverged at step 2" in run.error and run.version_id is None
+    _same_per_step(_logged(tiny, run.run_id), module.seen)  # the two steps trained are kept
+
+
+def test_batches_without_keys_stop_training_at_the_first_one(tiny, tmp_path):
+    rows = TensorDataset(torch.stack([r["x"] for r in ROWS]), torch.stack([r["y"] for r in ROWS]))
+    callback = ProvenanceCallback(tiny, datasets=["tiny"])
+    with pytest.raises(InvalidParameterError, match="a training batch has no 'key' field.*let each item carry its key"):
+        _trainer(tmp_path, callback).fit(Tiny(), DataLoader(rows, batch_size=4))
+    assert tiny.run(callback.run.run_id).status == "failed"
+
+    keyed = ProvenanceCallback(tiny, datasets=["tiny"], key=lambda batch: [f"doc{int(v)}" for v in batch[0][:, 0]])
+    module = Tiny()
+    _trainer(tmp_path, keyed, max_steps=2).fit(module, DataLoader(rows, batch_size=4))
+    _same_per_step(_logged(tiny, keyed.run.run_id), module.seen)
+
+
+def test_what_cannot_be_followed_is_refused_before_anything_is_written(tiny, tmp_path):
+    with pytest.raises(InvalidParameterError, match="pass datasets="):
+        _trainer(tmp_path, ProvenanceCallback(tiny)).fit(Tiny(), DataLoader(ROWS, batch_size=4))
+    with pytest.raises(InvalidParameterError, match="key must name"):
+        ProvenanceCallback(tiny, key="")
+    assert tiny.runs() == [] and tiny.versions() == []
+
+
+def test_the_callback_changes_nothing_lightning_does(tiny, tmp_path):
+    def fit(callbacks):
+        module = Tiny()
+        trainer = pl.Trainer(max_steps=6, accelerator="cpu", logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
+        trainer.fit(module, DataLoader(ROWS[:16], batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(3)))
+        return module.seen, module.state_dict()
+
+    plain, plain_state = fit([])
+    callback = ProvenanceCallback(tiny, datasets=["tiny"])
+    tracked, tracked_state = fit([callback])
+    assert tracked == plain
+    assert all(torch.equal(plain_state[k], tracked_state[k]) for k in plain_state)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with serving.running(tmp_path_factory.mktemp("lightning") / "ledger") as srv:
+        yield srv
+
+
+def test_a_remote_ledger_records_the_same_run(server, tmp_path):
+    remote = server.ledger()
+    remote.register_dataset("tiny-remote", _records(), id_field="id")
+    module = Tiny()
+    callback = ProvenanceCallback(remote, datasets=["tiny-remote"])
+    _trainer(tmp_path, callback, max_steps=4, accumulate_grad_batches=2).fit(module, DataLoader(ROWS, batch_size=4))
+    run = remote.run(callback.run.run_id)
+    assert run.status == "finished"
+    state = remote.checkout(callback.version)
+    assert all(torch.equal(state[k], v) for k, v in module.state_dict().items())
+    _same_per_step(_logged(remote, run.run_id), module.seen)
+    lineage = remote.lineage(callback.version)
+    assert [(d.dataset_id, d.examples) for d in lineage.datasets] == [("tiny-remote@1", 4 * 2 * 4)]
