@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 pl = pytest.importorskip("lightning.pytorch")
 
-from provenance.errors import InvalidParameterError  # noqa: E402
+from provenance.errors import InvalidParameterError, NonFiniteError  # noqa: E402
 from provenance.integrations.lightning import ProvenanceCallback  # noqa: E402
 from provenance.torch import RegisteredDataset  # noqa: E402
 from tests import serving  # noqa: E402
@@ -208,3 +208,22 @@ def test_a_remote_ledger_records_the_same_run(server, tmp_path):
     _same_per_step(_logged(remote, run.run_id), module.seen)
     lineage = remote.lineage(callback.version)
     assert [(d.dataset_id, d.examples) for d in lineage.datasets] == [("tiny-remote@1", 4 * 2 * 4)]
+
+
+def test_a_checkpoint_that_cannot_be_committed_fails_training(tiny, tmp_path):
+    """Checkpoints are committed on a thread of their own; one that fails (weights gone NaN) is
+    raised in training at the next save, and the run ends failed."""
+
+    class Poison(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 2:
+                with torch.no_grad():
+                    pl_module.layer.weight[0, 0] = float("nan")
+
+    callback = ProvenanceCallback(tiny, datasets=["tiny"])
+    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1)
+    with pytest.raises(NonFiniteError, match="NaN or Inf"):
+        _trainer(tmp_path, callback, max_steps=9, enable_checkpointing=True, extra=[checkpoints, Poison()]).fit(
+            Tiny(), DataLoader(ROWS, batch_size=4))
+    run = tiny.run(callback.run.run_id)
+    assert run.status == "failed" and "NonFiniteError" in run.error and callback.checkpoints == {}

@@ -27,8 +27,11 @@ exists, so a ``RegisteredDataset`` names its dataset when ``datasets`` is not gi
 ``base`` the module's weights at that moment (after ``ckpt_path`` was restored) are committed and
 become the run's base. Each checkpoint Lightning saves (``on_save_checkpoint``, with
 ``commit_on_save``) is committed as a version of its own on the run's base, its message naming the
-run and the step (:attr:`ProvenanceCallback.checkpoints`); the final weights are committed
-through the run when training ends, which ends it ``finished``.
+run and the step (:attr:`ProvenanceCallback.checkpoints`), on a thread of its own while training
+goes on (:class:`provenance.integrations.BackgroundCommits`: the save copies the weights to CPU
+memory, one copy at most waits); the final weights are committed through the run when training
+ends, after the last checkpoint is stored, which ends it ``finished``. Logged keys are written
+every ``flush_every`` examples and when training ends.
 
 **Failure.** An exception in ``fit`` ends the run ``failed``, with the error (Lightning's
 ``on_exception``); the callback is also a context manager, for an exception raised around it.
@@ -46,7 +49,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from provenance.errors import InvalidParameterError, ProvenanceError
-from provenance.integrations import registered_datasets
+from provenance.integrations import BackgroundCommits, one_session, registered_datasets, snapshot
 from provenance.torch import _field_getter
 
 try:
@@ -109,6 +112,7 @@ class ProvenanceCallback(pl.Callback):
         self._running = False
         self._owner = False  # whether this process started the run (the global process zero)
         self._step = 0  # the optimizer step the batch in training goes into
+        self._commits: BackgroundCommits | None = None  # the process that commits: checkpoints stored meanwhile
 
     # -- ending a run that training left open ---------------------------------------------------
 
@@ -121,6 +125,9 @@ class ProvenanceCallback(pl.Callback):
 
     def _fail(self, reason: str) -> None:
         running, self._running = self._running, False
+        commits, self._commits = self._commits, None
+        if commits is not None:
+            commits.close(raise_errors=False)
         if running and self._owner:
             self.run.fail(reason)
 
@@ -134,13 +141,15 @@ class ProvenanceCallback(pl.Callback):
         self._owner = bool(trainer.is_global_zero)
         run_id = None
         if self._owner:
-            base = self.base
-            if base is None:
-                base = self.ledger.commit(pl_module.state_dict(), message=f"{message}: starting weights")
             options = {} if self.flush_every is None else {"flush_every": self.flush_every}
-            self.run = self.ledger.start_run(base=base, datasets=datasets, message=message,
-                                             params={**_training_params(trainer), **self.params}, **options)
+            with one_session(self.ledger):
+                base = self.base
+                if base is None:
+                    base = self.ledger.commit(pl_module.state_dict(), message=f"{message}: starting weights")
+                self.run = self.ledger.start_run(base=base, datasets=datasets, message=message,
+                                                 params={**_training_params(trainer), **self.params}, **options)
             run_id = self.run.run_id
+            self._commits = BackgroundCommits(self.ledger)
         run_id = trainer.strategy.broadcast(run_id, src=0)
         if not self._owner:
             self.run = self.ledger.attach_run(run_id)
@@ -158,22 +167,25 @@ class ProvenanceCallback(pl.Callback):
         self.run.log_examples(keys, step=self._step)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-        if not self._running:
+        if not (self._running and self.commit_on_save and self._owner):
             return
-        self.run.flush()
-        if self.commit_on_save and self._owner:
-            step = trainer.global_step
-            self.checkpoints[step] = self.ledger.commit(
-                pl_module.state_dict(), parent=self.run.base,
-                message=f"{self.run.record.message}: checkpoint at step {step} of run {self.run.run_id[:12]}")
+        step, base = trainer.global_step, self.run.base
+        message = f"{self.run.record.message}: checkpoint at step {step} of run {self.run.run_id[:12]}"
+        trained = snapshot(pl_module.state_dict())
+        self._commits.submit(lambda ledger: ledger.commit(trained, parent=base, message=message),
+                             lambda version: self.checkpoints.__setitem__(step, version))
 
     def on_train_end(self, trainer, pl_module) -> None:
         if not self._running:
             return
-        self.run.flush()
+        if not self._owner:
+            self.run.flush()  # process zero's are written by its commit
         trainer.strategy.barrier("provenance: examples written")
         if self._owner:
-            self.version = self.run.commit(pl_module.state_dict())
+            commits, self._commits = self._commits, None
+            commits.close()  # the last checkpoint is stored (or its error raised) before the run ends
+            with one_session(self.ledger):
+                self.version = self.run.commit(pl_module.state_dict())
         self._running = False
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:

@@ -43,7 +43,17 @@ nothing new: objects are content-addressed) and become the run's base. A run end
 commit, so each save (``on_save``, with ``commit_on_save``) is committed as a version of its own
 on the run's base, ``ledger.commit(state, parent=base)``, its message naming the run and the
 step (:attr:`ProvenanceCallback.checkpoints`); the final weights are committed through the run at
-``on_train_end``, which ends it ``finished``. A checkpoint version has no run of its own, so its
+``on_train_end``, which ends it ``finished``. A checkpoint is committed on a thread of its own
+while training goes on (:class:`provenance.integrations.BackgroundCommits`): the save copies the
+weights to CPU memory (one copy at most waits), and ``on_train_end`` waits for the last one
+before the final commit; a checkpoint that fails to commit raises at the next save or at the end.
+Logged keys are written every ``flush_every`` examples and when training ends.
+
+**LoRA.** A PEFT ``PeftModel`` with one LoRA adapter is committed as low-rank patches: the
+starting weights are its base model's, under the base model's own names, and each save and the
+end commit the folder ``save_pretrained`` writes (the adapter's factors) on that base. Other PEFT
+methods are refused when training begins, and so is a PEFT model with a ledger server (which
+does not take adapter folders yet): merge the adapter and commit the weights instead. A checkpoint version has no run of its own, so its
 lineage reaches the data only through its message. A chain of runs, one per save, each based on
 the version the previous save committed, would give every checkpoint its own lineage; it was not
 chosen because a run that logs nothing counts as a whole declared epoch (the segment after a
@@ -65,16 +75,16 @@ zero alone is not the whole model.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from typing import Any
 
 from torch.utils.data import IterableDataset
 
 from provenance.errors import InvalidParameterError, ProvenanceError
-from provenance.integrations import registered_datasets
+from provenance.integrations import BackgroundCommits, one_session, registered_datasets, snapshot
 from provenance.torch import RegisteredDataset
 
 try:
@@ -139,6 +149,7 @@ class ProvenanceCallback(TrainerCallback):
         self._owner = False  # whether this process started the run (the world's process zero)
         self._tap: _SamplerTap | None = None
         self._key_of: Callable[[int], str] | None = None
+        self._commits: BackgroundCommits | None = None  # the process that commits: checkpoints stored meanwhile
 
     # -- ending a run that training left open ---------------------------------------------------
 
@@ -151,6 +162,9 @@ class ProvenanceCallback(TrainerCallback):
 
     def _fail(self, reason: str) -> None:
         running, self._running, self._tap = self._running, False, None
+        commits, self._commits = self._commits, None
+        if commits is not None:
+            commits.close(raise_errors=False)
         if running and self._owner:
             self.run.fail(reason)
 
@@ -170,13 +184,15 @@ class ProvenanceCallback(TrainerCallback):
         self._owner = bool(state.is_world_process_zero)
         run_id = None
         if self._owner:
-            base = self.base
-            if base is None:
-                base = self.ledger.commit(_starting_state(model), message=f"{message}: starting weights")
             options = {} if self.flush_every is None else {"flush_every": self.flush_every}
-            self.run = self.ledger.start_run(base=base, datasets=datasets, message=message,
-                                             params={**_training_params(args, state), **self.params}, **options)
+            with one_session(self.ledger):
+                base = self.base
+                if base is None:
+                    base = self.ledger.commit(_starting_state(model), message=f"{message}: starting weights")
+                self.run = self.ledger.start_run(base=base, datasets=datasets, message=message,
+                                                 params={**_training_params(args, state), **self.params}, **options)
             run_id = self.run.run_id
+            self._commits = BackgroundCommits(self.ledger)
         run_id = _from_process_zero(run_id)
         if not self._owner:
             self.run = self.ledger.attach_run(run_id)
@@ -190,24 +206,36 @@ class ProvenanceCallback(TrainerCallback):
         self._log_batch(state.global_step - 1)  # the last micro-batch of the update just made
 
     def on_save(self, args, state, control, model=None, **kwargs):
-        if not self._running:
+        if not (self._running and self.commit_on_save and self._owner):
             return
-        self.run.flush()
-        if self.commit_on_save and self._owner:
-            with _trained_state(model) as trained:
-                self.checkpoints[state.global_step] = self.ledger.commit(
-                    trained, parent=self.run.base,
-                    message=f"{self.run.record.message}: checkpoint at step {state.global_step} of run {self.run.run_id[:12]}")
+        step, base = state.global_step, self.run.base
+        message = f"{self.run.record.message}: checkpoint at step {step} of run {self.run.run_id[:12]}"
+        trained, cleanup = _snapshot(model)
+
+        def commit(ledger: Any) -> Any:
+            try:
+                return ledger.commit(trained, parent=base, message=message)
+            finally:
+                cleanup()
+
+        self._commits.submit(commit, lambda version: self.checkpoints.__setitem__(step, version))
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if not self._running:
             return
         self._tap = None  # batches drawn but not trained on are dropped with it
-        self.run.flush()
+        if not self._owner:
+            self.run.flush()  # process zero's are written by its commit
         _barrier()  # every process's examples are written before the commit ends the run
         if self._owner:
-            with _trained_state(model) as trained:
-                self.version = self.run.commit(trained)
+            commits, self._commits = self._commits, None
+            commits.close()  # the last checkpoint is stored (or its error raised) before the run ends
+            trained, cleanup = _snapshot(model, copy=False)
+            try:
+                with one_session(self.ledger):
+                    self.version = self.run.commit(trained)
+            finally:
+                cleanup()
         self._running = False
 
     def _log_batch(self, step: int) -> None:
@@ -358,16 +386,19 @@ def _starting_state(model: Any) -> Any:
             if ".lora_" not in name}
 
 
-@contextmanager
-def _trained_state(model: Any) -> Iterator[Any]:
-    """What to commit for the model as trained: its weights, or a PEFT model's adapter folder (its
-    LoRA factors, which the ledger stores as low-rank patches of the run's base)."""
+def _snapshot(model: Any, *, copy: bool = True) -> tuple[Any, Callable[[], None]]:
+    """What to commit for the model as trained, and what removes it once committed: a copy of its
+    weights (``copy``: training goes on meanwhile), or a PEFT model's adapter folder (its LoRA
+    factors, which the ledger stores as low-rank patches of the run's base)."""
     if not _is_peft(model):
-        yield model.state_dict()
-        return
-    with tempfile.TemporaryDirectory(prefix="provenance-adapter-") as folder:
+        return (snapshot(model.state_dict()) if copy else model.state_dict()), lambda: None
+    folder = tempfile.mkdtemp(prefix="provenance-adapter-")
+    try:
         model.save_pretrained(folder, safe_serialization=True)
-        yield folder
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder, lambda: shutil.rmtree(folder, ignore_errors=True)
 
 
 def _training_params(args: Any, state: Any) -> dict[str, Any]:
