@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from provenance.cli import admin, audits, datasets, models, runs, service  # noqa: F401  (they register commands)
+from provenance.cli import admin, audits, datasets, exports, models, runs, service  # noqa: F401  (they register commands)
 from provenance.cli.app import main
 
 __all__ = ["main", "run"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -22,6 +23,7 @@ from provenance.cli.app import (
     pass_ctx,
 )
 from provenance.errors import GateFailedError, NonFiniteError
+from provenance.files import atomic_write_text
 from provenance.plain import dumps
 
 
@@ -41,16 +43,22 @@ def model_group() -> None:
 @click.option("--run", "run_id", default=None, help="The running run that produced it (ends the run).")
 @click.option("--no-sync", is_flag=True,
               help="Do not sync objects to the disk (faster; a power cut soon after can corrupt them).")
+@click.option("--max-file-mb", type=click.IntRange(min=0), default=None,
+              help="Largest checkpoint-folder file (config, tokenizer) to store, in MiB  [default: 64].")
 @json_option
 @pass_ctx
 def model_commit(obj: Context, path: str, parent: str | None, message: str, author: str | None, encoding: str,
-                 allow_nonfinite: bool, run_id: str | None, no_sync: bool, as_json: bool) -> None:
+                 allow_nonfinite: bool, run_id: str | None, no_sync: bool, max_file_mb: int | None,
+                 as_json: bool) -> None:
     """Store PATH as a new version: a .safetensors file, a sharded checkpoint (*.safetensors.index.json
-    or its folder), or a PEFT LoRA adapter folder (stored as low-rank patches on --parent)."""
+    or its folder), or a PEFT LoRA adapter folder (stored as low-rank patches on --parent). A
+    checkpoint folder's other files (config, tokenizer) are kept with the version (prov model files)."""
     try:
         with render.progress(obj.quiet) as bar:
+            limit = {} if max_file_mb is None else {"max_file_bytes": max_file_mb << 20}
             version = obj.ledger().commit(path, parent=parent, message=message, author=author, encoding=encoding,
-                                          allow_nonfinite=allow_nonfinite, run=run_id, sync=not no_sync, progress=bar)
+                                          allow_nonfinite=allow_nonfinite, run=run_id, sync=not no_sync, progress=bar,
+                                          **limit)
     except NonFiniteError as exc:  # the library names its keyword; here the flag is what to pass
         raise CliError(str(exc).replace("allow_nonfinite=True", "--allow-nonfinite"), kind=_kind(exc)) from exc
     if run_id:
@@ -102,19 +110,74 @@ def model_diff(obj: Context, old: str, new: str, data: bool, as_json: bool) -> N
 
 @model_group.command("checkout")
 @click.argument("ref", metavar="VERSION")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .safetensors file to write.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="The .safetensors file to write.")
+@click.option("--hf", "hf_folder", type=click.Path(file_okay=False), default=None,
+              help="Write a Hugging Face checkpoint folder instead (absent or empty): the committed folder's files "
+                   "and model.safetensors.")
 @click.option("--parents", is_flag=True, help="Create the output's missing folders (default: refuse).")
 @json_option
 @pass_ctx
-def model_checkout(obj: Context, ref: str, output: str, parents: bool, as_json: bool) -> None:
+def model_checkout(obj: Context, ref: str, output: str | None, hf_folder: str | None, parents: bool,
+                   as_json: bool) -> None:
     """Write a version's tensors, bit-identical to what was committed, to a safetensors file
-    (one tensor at a time: the model need not fit in memory). Never inside the ledger folder."""
+    (one tensor at a time: the model need not fit in memory), or with --hf a folder that
+    transformers' from_pretrained loads. Never inside the ledger folder."""
+    if (output is None) == (hf_folder is None):
+        raise click.UsageError("give -o FILE (the tensors) or --hf DIR (a Hugging Face folder)")
     ledger = obj.ledger(read_only=True)
     version = ledger.version(ref)
     with render.progress(obj.quiet) as bar:
-        ledger.checkout(version, output=output, parents=parents, progress=bar)
-    report = {"version_id": version.version_id, "output": output, "tensors": version.n_params, "bytes": version.full_bytes}
-    render.emit(report, as_json, lambda d: f"wrote {d['output']} ({d['tensors']} tensors, {d['bytes']:,} bytes)")
+        if hf_folder is None:
+            ledger.checkout(version, output=output, parents=parents, progress=bar)
+        else:
+            ledger.checkout_hf(version, hf_folder, parents=parents, progress=bar)
+    report = {"version_id": version.version_id, "output": output or hf_folder, "tensors": version.n_params,
+              "bytes": version.full_bytes}
+    if hf_folder is not None:
+        report["files"] = sorted(p.name for p in Path(hf_folder).iterdir())
+    render.emit(report, as_json, lambda d: f"wrote {d['output']} ({d['tensors']} tensors, {d['bytes']:,} bytes"
+                                           + (f"; {', '.join(d['files'])}" if "files" in d else "") + ")")
+
+
+@model_group.command("files")
+@click.argument("ref", metavar="VERSION")
+@json_option
+@pass_ctx
+def model_files(obj: Context, ref: str, as_json: bool) -> None:
+    """The files of the checkpoint folder a version was committed from (config, tokenizer), or
+    of its nearest first parent committed from one: stored, or left out and why."""
+    files = obj.ledger(read_only=True).model_files(ref)
+    if as_json:
+        return render.dump([f.model_dump(mode="json") for f in files])
+    if not files:
+        click.echo("no files: no version up its first parents was committed from a checkpoint folder with files")
+        return
+    t = Table()
+    for col in ("file", "bytes", "stored", "from version"):
+        t.add_column(col, no_wrap=col != "stored")
+    for f in files:
+        t.add_row(f.name, f"{f.size:,}", f.object[:12] if f.object else f"no: {f.skipped}", (f.version_id or "")[:12])
+    render.console().print(t)
+
+
+@model_group.command("card")
+@click.argument("ref", metavar="VERSION")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="The file to write, e.g. README.md (default: print the card).")
+@click.option("--base-model", default=None, help="The Hub name of the model the lineage starts from, if not recorded.")
+@json_option
+@pass_ctx
+def model_card(obj: Context, ref: str, output: str | None, base_model: str | None, as_json: bool) -> None:
+    """A version's Hugging Face model card: its lineage's datasets with their effective shares,
+    the licence they imply, the base model, and the latest audits that concern it."""
+    ledger = obj.ledger(read_only=True)
+    card = ledger.model_card(ref, base_model=base_model)
+    if output is not None:
+        atomic_write_text(ledger.output_path(output), str(card))
+    if as_json:
+        return render.dump({"version_id": card.data.provenance["version"], "output": output,
+                            "metadata": card.data.to_dict(), "text": card.text})
+    click.echo(f"wrote {output}" if output is not None else str(card), nl=output is not None)
 
 
 @main.command("merge")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from provenance.errors import GateFailedError, InvalidParameterError
@@ -24,7 +25,9 @@ from provenance.results import DedupReport, GateReport, Lineage, MemorizationRep
 
 if TYPE_CHECKING:  # the verbs import their domain module when first called: opening a ledger to list
     # its datasets need not load torch and the kernels
-    from provenance import runs, verify
+    from huggingface_hub import ModelCard
+
+    from provenance import model_files, runs, verify
 
 
 @runtime_checkable
@@ -36,6 +39,7 @@ class LedgerAPI(Protocol):
     def datasets(self, name: str | None = None, *, all_versions: bool = False) -> list[DatasetRecord]: ...
     def commit(self, state: Any, **options: Any) -> VersionRecord: ...
     def checkout(self, version: str | VersionRecord, output: str | os.PathLike | None = None, **options: Any) -> Any: ...
+    def checkout_hf(self, version: str | VersionRecord, folder: str | os.PathLike, **options: Any) -> Any: ...
     def version(self, ref: str | VersionRecord) -> VersionRecord: ...
     def versions(self) -> list[VersionRecord]: ...
     def tag(self, name: str, version: str | VersionRecord) -> VersionRecord: ...
@@ -47,6 +51,7 @@ class LedgerAPI(Protocol):
     def merge(self, versions: Sequence[str | VersionRecord], **options: Any) -> VersionRecord: ...
     def receipt(self, version: str | VersionRecord) -> MergeReceipt | None: ...
     def lineage(self, version: str | VersionRecord) -> Lineage: ...
+    def model_card(self, version: str | VersionRecord, *, base_model: str | None = None) -> Any: ...
     def taint(self, **target: Any) -> TaintReport: ...
     def audit_dedup(self, targets: Sequence[Any], **options: Any) -> DedupReport: ...
     def audit_merge(self, versions: Sequence[str | VersionRecord], **options: Any) -> GateReport: ...
@@ -93,6 +98,13 @@ class Ledger(LedgerStore):
         ds = self.dataset(dataset)
         return to_croissant(ds, self.shards(ds), base=base)
 
+    def export_openlineage(self, version: str | VersionRecord, *, namespace: str | None = None) -> list[dict[str, Any]]:
+        """The OpenLineage RunEvents of every run and merge in ``version``'s lineage, in time
+        order, with jobs in ``namespace``; see :func:`provenance.openlineage_out.export_events`."""
+        from provenance import openlineage_out
+
+        return openlineage_out.export_events(self, version, namespace=namespace)
+
     # -- models ---------------------------------------------------------------------------------
 
     def commit(self, state: Any, **options: Any) -> VersionRecord:
@@ -113,6 +125,25 @@ class Ledger(LedgerStore):
 
         return versions_.checkout(self, ver, output, progress=progress)
 
+    def checkout_hf(self, version: str | VersionRecord, folder: str | os.PathLike, *, parents: bool = False,
+                    progress: Any = None) -> Path:
+        """``version`` as a Hugging Face checkpoint folder that ``from_pretrained`` loads: its
+        stored files (config, tokenizer) and its tensors as ``model.safetensors``, bit-identical.
+        ``folder`` must be absent or empty and outside the ledger folder; its parent must exist
+        unless ``parents``. See :func:`provenance.versions.checkout_folder`."""
+        ver = self.version(version)
+        folder = self.output_folder(folder, parents=parents)
+        from provenance import versions as versions_
+
+        return versions_.checkout_folder(self, ver, folder, progress=progress)
+
+    def model_files(self, version: str | VersionRecord) -> list[model_files.ModelFile]:
+        """The checkpoint-folder files ``version`` has, stored or left out with the reason (its
+        own, else its nearest first parent's); see :mod:`provenance.model_files`."""
+        from provenance import model_files as model_files_
+
+        return model_files_.version_files(self, version)
+
     def diff(self, old: str | VersionRecord, new: str | VersionRecord) -> list[dict[str, Any]]:
         """Per parameter group, how ``new`` differs from ``old``; see :func:`provenance.versions.diff`."""
         from provenance import versions as versions_
@@ -125,11 +156,13 @@ class Ledger(LedgerStore):
 
         return lineage_.data_diff(self, a, b)
 
-    def attach_run(self, run: str | RunRecord) -> runs.Run:
-        """A running run started elsewhere (``prov run start``), to log into or end."""
+    def attach_run(self, run: str | RunRecord, *, openlineage: Any = None) -> runs.Run:
+        """A running run started elsewhere (``prov run start``), to log into or end; its end is
+        sent to OpenLineage as :meth:`start_run` says."""
+        from provenance import openlineage_out
         from provenance import runs as runs_
 
-        return runs_.Run.attach(self, run)
+        return runs_.Run.attach(self, run, openlineage=openlineage_out.emitter(openlineage))
 
     def backup(self, destination: str | os.PathLike, *, link: bool = False) -> dict[str, Any]:
         """A consistent copy of the ledger in ``destination``; see :func:`provenance.backup.backup`."""
@@ -143,11 +176,14 @@ class Ledger(LedgerStore):
 
         return versions_.gc(self, apply=apply)
 
-    def start_run(self, **options: Any) -> runs.Run:
-        """Start a training run; see :func:`provenance.runs.start_run`."""
+    def start_run(self, *, openlineage: Any = None, **options: Any) -> runs.Run:
+        """Start a training run; see :func:`provenance.runs.start_run`. Its OpenLineage events go
+        where ``openlineage`` says (:func:`provenance.openlineage_out.emitter`; by default where the
+        openlineage-python client is configured to send them, else nowhere)."""
+        from provenance import openlineage_out
         from provenance import runs as runs_
 
-        return runs_.start_run(self, **options)
+        return runs_.start_run(self, openlineage=openlineage_out.emitter(openlineage), **options)
 
     def store_fisher(self, version: str | VersionRecord, fisher: dict, **options: Any) -> int:
         """Store the diagonal Fisher of a version; see :func:`provenance.merges.store_fisher`."""
@@ -182,6 +218,13 @@ class Ledger(LedgerStore):
         from provenance import lineage as lineage_
 
         return lineage_.lineage(self, version)
+
+    def model_card(self, version: str | VersionRecord, *, base_model: str | None = None) -> ModelCard:
+        """The Hugging Face model card of ``version``: its datasets and their shares, licence,
+        base model and audits; see :func:`provenance.model_card.model_card`."""
+        from provenance import model_card as model_card_
+
+        return model_card_.model_card(self, version, base_model=base_model)
 
     def taint(self, *, dataset: str | DatasetRecord | None = None, shard: str | int | None = None,
               key: str | None = None, text: str | None = None, near: float | None = None) -> TaintReport:

@@ -8,18 +8,25 @@ matched to a registered dataset:
 
 - by a ``provenance`` input facet: ``{"dataset": "NAME" or "NAME@VERSION"}``;
 - else by name: an input named like a registered dataset (``NAME`` for its latest version, or
-  ``NAME@VERSION``), or whose name ends in ``/NAME``.
+  ``NAME@VERSION``), or whose name ends in ``/NAME``; when its standard ``version`` facet is the
+  content hash of one version of that dataset, that version (as a ledger's own events say,
+  :mod:`provenance.openlineage_out`).
+
+An input in namespace ``provenance`` named by a full version id is a model (a run's base, a
+merge's parent), not data: it is not recorded as an input.
 
 A matched dataset is declared by the run (one epoch, as ``prov run start --dataset`` would);
 an unmatched input is kept and reported by lineage as an **unregistered input**: data that shaped
 the version which the ledger has no fingerprints of. The version a run produced is named by a
 ``provenance`` run facet ``{"version": REF}`` or by an output in namespace ``provenance`` whose
 name is the version's ref; the version (committed without a run) is then this run's, so
-``prov lineage`` of it lists the run's data.
+``prov lineage`` of it lists the run's data. Such an output naming no version of this ledger (the
+events of another ledger's run) is not attached.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -29,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from provenance.errors import InvalidParameterError, NotFoundError
 from provenance.ledger import LedgerStore
+from provenance.openlineage_out import NAMESPACE
 from provenance.records import RunRecord
 
 EVENT_TYPES = ("START", "RUNNING", "COMPLETE", "FAIL", "ABORT", "OTHER")
@@ -81,7 +89,7 @@ def ingest(ledger: LedgerStore, data: Any) -> dict[str, Any]:
     event = parse_event(data)
     kind = event.eventType or "OTHER"
     when = event.eventTime.astimezone(timezone.utc).replace(tzinfo=None) if event.eventTime.tzinfo else event.eventTime
-    inputs = [(d.namespace, d.name, _match(ledger, d)) for d in event.inputs]
+    inputs = [(d.namespace, d.name, _match(ledger, d)) for d in event.inputs if not _is_model(d)]
     version = _produced(ledger, event)
     with ledger.transaction() as tx:
         known = tx.openlineage_run(event.run.runId)
@@ -115,11 +123,21 @@ def _run_id(event: RunEvent) -> str:
     return xxhash.xxh3_128(f"openlineage|{event.run.runId}".encode()).hexdigest()
 
 
+def _is_model(dataset: OLDataset) -> bool:
+    return dataset.namespace == NAMESPACE and re.fullmatch(r"[0-9a-f]{32}", dataset.name) is not None
+
+
 def _match(ledger: LedgerStore, dataset: OLDataset) -> str | None:
     """The registered dataset an input names (module doc), or None."""
     facet = dataset.facets.get("provenance") if isinstance(dataset.facets, dict) else None
     if isinstance(facet, dict) and facet.get("dataset"):
         return ledger.dataset(str(facet["dataset"])).dataset_id  # named explicitly: a wrong name is an error
+    version = dataset.facets.get("version") if isinstance(dataset.facets, dict) else None
+    if isinstance(version, dict) and version.get("datasetVersion"):
+        for candidate in dict.fromkeys((dataset.name, dataset.name.rsplit("/", 1)[-1])):
+            for record in ledger.datasets(candidate, all_versions=True):
+                if record.content_hash == version["datasetVersion"]:
+                    return record.dataset_id
     for candidate in (dataset.name, dataset.name.rsplit("/", 1)[-1]):
         try:
             return ledger.dataset(candidate).dataset_id
@@ -131,9 +149,15 @@ def _match(ledger: LedgerStore, dataset: OLDataset) -> str | None:
 def _produced(ledger: LedgerStore, event: RunEvent) -> str | None:
     facet = event.run.facets.get("provenance") if isinstance(event.run.facets, dict) else None
     ref = facet.get("version") if isinstance(facet, dict) else None
-    if ref is None:
-        ref = next((o.name for o in event.outputs if o.namespace == "provenance"), None)
-    return ledger.version(str(ref)).version_id if ref is not None else None
+    if ref is not None:
+        return ledger.version(str(ref)).version_id  # named explicitly: a wrong ref is an error
+    for output in event.outputs:
+        if output.namespace == NAMESPACE:
+            try:
+                return ledger.version(output.name).version_id
+            except (NotFoundError, InvalidParameterError):
+                continue  # a version of another ledger
+    return None
 
 
 def _error(event: RunEvent) -> str:

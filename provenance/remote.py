@@ -191,6 +191,13 @@ class RemoteLedger:
     def export_croissant(self, dataset: str | DatasetRecord, base: Any = None) -> dict[str, Any]:
         return self._call("GET", f"datasets/{_ref(dataset)}/croissant")
 
+    def export_openlineage(self, version: str | VersionRecord, *, namespace: str | None = None) -> list[dict[str, Any]]:
+        """The OpenLineage RunEvents of ``version``'s lineage, made here from the served lineage,
+        runs and datasets; see :func:`provenance.openlineage_out.export_events`."""
+        from provenance import openlineage_out
+
+        return openlineage_out.export_events(self, version, namespace=namespace)
+
     def register_dataset(self, name: str, sources: Any, *, progress: Any = None, **options: Any) -> RegistrationResult:
         """Read and fingerprint ``sources`` here, upload the rows, register them on the server."""
         from provenance.uploads import fingerprint_to_file
@@ -315,6 +322,19 @@ class RemoteLedger:
             tensors, _ = read_tensors(path)
             return tensors
 
+    def checkout_hf(self, version: str | VersionRecord, folder: str | os.PathLike, **options: Any) -> Path:
+        """Refused: a ledger server does not serve a version's stored files (config, tokenizer)."""
+        raise errors.InvalidParameterError(
+            "checkout as a Hugging Face folder is not available through a ledger server: it does not serve a "
+            "version's stored files (config, tokenizer); check out on the ledger's host, or check out the tensors "
+            "to a .safetensors file")
+
+    def model_files(self, version: str | VersionRecord) -> list[Any]:
+        """Refused: a ledger server does not serve a version's stored files."""
+        raise errors.InvalidParameterError(
+            "a version's checkpoint-folder files are not available through a ledger server; list them on the "
+            "ledger's host")
+
     def ancestors(self, version: str | VersionRecord) -> list[VersionRecord]:
         return [VersionRecord.model_validate(r) for r in self._call("GET", f"versions/{_ref(version)}/ancestors")]
 
@@ -356,19 +376,27 @@ class RemoteLedger:
     def run_shards(self, run: str | RunRecord) -> list[RunShardRecord]:
         return [RunShardRecord.model_validate(r) for r in self._call("GET", f"runs/{_ref(run)}/shards")]
 
-    def attach_run(self, run: str | RunRecord) -> RemoteRun:
-        """A running run started elsewhere, to log into or end."""
+    def attach_run(self, run: str | RunRecord, *, openlineage: Any = None) -> RemoteRun:
+        """A running run started elsewhere, to log into or end (its end is sent to OpenLineage
+        from here, as :meth:`start_run` says)."""
+        from provenance import openlineage_out
+
         record = self.run(run)
         if record.status != "running":
             raise errors.InvalidParameterError(f"run {record.run_id[:12]} is {record.status}, not running")
-        return RemoteRun(self, record, REMOTE_FLUSH, owned=False)
+        return RemoteRun(self, record, REMOTE_FLUSH, owned=False, openlineage=openlineage_out.emitter(openlineage))
 
     def start_run(self, *, base: str | VersionRecord | None = None, datasets: Any = (),
                   params: Mapping[str, Any] | None = None, message: str, author: str | None = None,
-                  flush_every: int = REMOTE_FLUSH, detached: bool = False, pid: int | None = None) -> RemoteRun:
+                  flush_every: int = REMOTE_FLUSH, detached: bool = False, pid: int | None = None,
+                  openlineage: Any = None) -> RemoteRun:
         """Start a training run on the server; the run buffers its examples here and sends them
         in batches (Arrow; :data:`REMOTE_FLUSH` keys by default), and ends when this process ends it
-        (or fails it at exit)."""
+        (or fails it at exit). Its OpenLineage events are sent from here, where ``openlineage``
+        says (:func:`provenance.openlineage_out.emitter`)."""
+        from provenance import openlineage_out
+
+        emitter = openlineage_out.emitter(openlineage)
         if isinstance(datasets, (str, DatasetRecord, RegistrationResult)):
             datasets = [datasets]
         declared = ({_ref(k): float(v) for k, v in datasets.items()} if isinstance(datasets, Mapping)
@@ -377,7 +405,10 @@ class RemoteLedger:
                 "params": dict(params or {}), "author": author, "host": socket.gethostname(),
                 "pid": os.getpid() if pid is None else int(pid)}
         record = RunRecord.model_validate(self._call("POST", "runs", json_body=body))
-        return RemoteRun(self, record, flush_every, owned=not detached)
+        run = RemoteRun(self, record, flush_every, owned=not detached, openlineage=emitter)
+        if emitter is not None:
+            emitter.start(self, record, wait=detached)
+        return run
 
     # -- questions ----------------------------------------------------------------------------------
 
@@ -385,6 +416,13 @@ class RemoteLedger:
         data = self._call("GET", f"lineage/{_ref(version)}", accept=BUNDLE)
         meta, tables = unpack(data)
         return Lineage.model_validate({**meta, **tables})
+
+    def model_card(self, version: str | VersionRecord, *, base_model: str | None = None) -> Any:
+        """The version's Hugging Face model card, made here from the server's lineage and audits
+        (:func:`provenance.model_card.model_card`); a base model is named only when given."""
+        from provenance.model_card import model_card
+
+        return model_card(self, version, base_model=base_model)
 
     def taint(self, *, dataset: Any = None, shard: str | int | None = None, key: str | None = None,
               text: str | None = None, near: float | None = None) -> TaintReport:

@@ -42,6 +42,7 @@ import xxhash
 
 from provenance.errors import InvalidParameterError, ProvenanceError, RunEndedError
 from provenance.ledger import LedgerStore
+from provenance.openlineage_out import Emitter
 from provenance.records import DatasetRecord, RegistrationResult, RunRecord, VersionRecord
 from provenance.versions import commit
 
@@ -60,6 +61,7 @@ def start_run(
     detached: bool = False,
     pid: int | None = None,
     host: str | None = None,
+    openlineage: Emitter | None = None,
 ) -> Run:
     """Record the start of a training run and return it.
 
@@ -69,7 +71,9 @@ def start_run(
     stored as JSON. A ``detached`` run is not marked failed when this process exits and is
     ended explicitly (``prov run finish``); ``pid`` is the process that owns the run (default:
     this one; ``prov run start`` gives the process that ran it), watched for abandonment on
-    ``host`` (default: this one; a ledger server is told the training job's).
+    ``host`` (default: this one; a ledger server is told the training job's). ``openlineage``
+    sends the run's OpenLineage events (:mod:`provenance.openlineage_out`; a ledger's
+    ``start_run`` makes one from the configuration).
     """
     if not isinstance(message, str) or not message.strip():
         raise InvalidParameterError("a run needs a message")
@@ -93,7 +97,10 @@ def start_run(
             if rhost == host and rpid and not _alive(rpid):
                 tx.end_run(rid, "failed", error=f"abandoned: process {rpid} exited without ending the run")
         tx.insert_run(record)
-    return Run(ledger, record, flush_every, owned=not detached)
+    run = Run(ledger, record, flush_every, owned=not detached, openlineage=openlineage)
+    if openlineage is not None:
+        openlineage.start(ledger, record, wait=detached)  # a detached run's end is another process's
+    return run
 
 
 def _declared(ledger: LedgerStore, datasets: Any) -> dict[str, float]:
@@ -160,12 +167,14 @@ def _now() -> datetime:
 
 class Run:
     """A training run in progress. Use it as a context manager, or end it with :meth:`commit`,
-    :meth:`finish` or :meth:`fail`."""
+    :meth:`finish` or :meth:`fail`. Its end goes to ``openlineage`` as well, when it has one."""
 
-    def __init__(self, ledger: LedgerStore, record: RunRecord, flush_every: int = 65_536, *, owned: bool = True):
+    def __init__(self, ledger: LedgerStore, record: RunRecord, flush_every: int = 65_536, *, owned: bool = True,
+                 openlineage: Emitter | None = None):
         self.ledger = ledger
         self.record = record
         self.flush_every = flush_every
+        self.openlineage = openlineage
         self.step = 0  # the step logged examples get when none is given; track() advances it
         self._keys: list[pa.Array] = []
         self._steps: list[np.ndarray] = []
@@ -176,12 +185,12 @@ class Run:
             _OPEN.add(self)
 
     @classmethod
-    def attach(cls, ledger: LedgerStore, run: str | RunRecord) -> Run:
+    def attach(cls, ledger: LedgerStore, run: str | RunRecord, *, openlineage: Emitter | None = None) -> Run:
         """A running run started elsewhere (e.g. by ``prov run start``), to log into or end."""
         record = ledger.run(run)
         if record.status != "running":
             raise InvalidParameterError(f"run {record.run_id[:12]} is {record.status}, not running")
-        return cls(ledger, record, owned=False)
+        return cls(ledger, record, owned=False, openlineage=openlineage)
 
     @property
     def run_id(self) -> str:
@@ -315,6 +324,8 @@ class Run:
         self._ended = True
         _OPEN.discard(self)
         self.record = self.ledger.run(self.run_id)
+        if self.openlineage is not None:
+            self.openlineage.end(self.ledger, self.record)
         warn_epoch_disagreements(self.ledger, self.record)
 
     def _check_open(self) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -34,6 +35,7 @@ from typing import Any
 import torch
 import xxhash
 
+from provenance import model_files
 from provenance.errors import (
     InvalidParameterError,
     NonFiniteError,
@@ -186,6 +188,7 @@ def commit(
     snapshot: SnapshotPolicy | None = None,
     sync: bool = True,
     progress: Any = None,
+    max_file_bytes: int = model_files.MAX_FILE_BYTES,
 ) -> VersionRecord:
     """Store ``state`` as a new version and return its record.
 
@@ -200,19 +203,29 @@ def commit(
     to the disk: about three times faster where the disk is slow, at the price that a power cut
     soon after may leave objects that fail their hash check on read (a process crash cannot).
     ``progress`` (``start(description, total)``, ``advance(bytes)``) is told the bytes of each
-    group as it is stored.
+    group as it is stored. A checkpoint folder's other files (config, tokenizer) are stored with
+    the version, each up to ``max_file_bytes``; see :mod:`provenance.model_files`.
     """
     if not isinstance(message, str) or not message.strip():
         raise InvalidParameterError("a commit needs a message")
+    listed = model_files.scan(Path(state), max_file_bytes) if _is_model_folder(state) else []
     # The ledger's lock is held from the first object written to the version's row, so that
     # `gc` in another process never sees this commit's objects as unreferenced.
     with ledger.session(), ledger.object_writers.writing():
         return _commit(ledger, state, parent, message, author, run, encoding, dict(low_rank or {}), allow_nonfinite,
-                       snapshot or SnapshotPolicy(), sync, progress)
+                       snapshot or SnapshotPolicy(), sync, progress, listed)
+
+
+def _is_model_folder(state: Any) -> bool:
+    """Whether ``state`` is a checkpoint folder whose other files a commit keeps (not a LoRA
+    adapter's: its files describe the adapter)."""
+    from provenance import checkpoints
+
+    return isinstance(state, (str, os.PathLike)) and Path(state).is_dir() and not checkpoints.is_lora_adapter(state)
 
 
 def _commit(ledger, state, parent, message, author, run, encoding, low_rank, allow_nonfinite, policy, sync,
-            progress) -> VersionRecord:
+            progress, listed) -> VersionRecord:
     parent_rec = ledger.version(parent) if parent is not None else None
     if run is not None:
         run_rec = ledger.run(run)
@@ -239,6 +252,7 @@ def _commit(ledger, state, parent, message, author, run, encoding, low_rank, all
     params: list[ParamRecord] = []
     n_elements = full_bytes = stored = 0
     try:
+        files = model_files.store_files(store, listed, created)
         with BackgroundWriter() as writer:
             _encode_all(history, store, writer, parent_id, parent_manifest, incoming, encoding, low_rank,
                         allow_nonfinite, policy, params, created, progress)
@@ -258,6 +272,8 @@ def _commit(ledger, state, parent, message, author, run, encoding, low_rank, all
         h = xxhash.xxh3_128(f"{parents}|{message}|{author}|{run}|{created_at.isoformat()}|".encode())
         for p in params:
             h.update(p.model_dump_json().encode())
+        for f in files:
+            h.update(f.model_dump_json().encode())
         version = VersionRecord(
             version_id=h.hexdigest(), parents=parents, message=message, author=author, created_at=created_at, run_id=run,
             n_params=sum(p.encoding != "removed" for p in params), n_elements=n_elements, full_bytes=full_bytes,
@@ -266,7 +282,7 @@ def _commit(ledger, state, parent, message, author, run, encoding, low_rank, all
         with ledger.transaction() as tx:
             if run is not None and tx.run_status(run) != "running":
                 raise InvalidParameterError(f"run {run[:12]} ended while this commit was being written")
-            tx.insert_version(version, params)
+            tx.insert_version(version, params, [f.model_dump() for f in files])
             if run is not None:
                 tx.end_run(run, "finished", version_id=version.version_id)
     except BaseException:
@@ -436,18 +452,45 @@ def checkout_stream(ledger: LedgerStore, version: str | VersionRecord) -> tuple[
 
 
 def checkout(ledger: LedgerStore, version: str | VersionRecord, output: str | os.PathLike | None = None,
-             progress: Any = None) -> Any:
+             progress: Any = None, *, metadata: Mapping[str, str] | None = None) -> Any:
     """Every parameter of ``version``, bit-identical to what was committed: a dict of tensors, or
     with ``output`` a safetensors file written one tensor at a time (so a model larger than memory
-    can be checked out), whose path is returned; ``progress`` is told the bytes written."""
+    can be checked out), whose path is returned, with ``metadata`` added to its header's;
+    ``progress`` is told the bytes written."""
     if output is None:
         return dict(iter_checkout(ledger, version))
     ver = ledger.version(version)
     if progress is not None:
         progress.start("checkout", ver.full_bytes)
-    with TensorFileWriter(output, _live_entries(ledger, ver), _file_metadata(ver)) as writer:
+    with TensorFileWriter(output, _live_entries(ledger, ver), {**_file_metadata(ver), **(metadata or {})}) as writer:
         for name, tensor in iter_checkout(ledger, ver):
             writer.write(name, tensor)
             if progress is not None:
                 progress.advance(tensor.numel() * tensor.element_size())
     return Path(output)
+
+
+def checkout_folder(ledger: LedgerStore, version: str | VersionRecord, folder: str | os.PathLike,
+                    progress: Any = None) -> Path:
+    """Write ``version`` as a Hugging Face checkpoint folder that ``from_pretrained`` loads: its
+    stored files (:func:`provenance.model_files.version_files`, each checked against its hash)
+    and its tensors as ``model.safetensors``, bit-identical. The folder (absent, or empty) is
+    filled under a temporary name beside it and renamed into place when whole."""
+    from provenance.checkpoints import SINGLE_FILE
+
+    ver = ledger.version(version)
+    files = model_files.version_files(ledger, ver)
+    if not any(f.name == model_files.CONFIG and f.object for f in files):
+        raise InvalidParameterError(
+            f"version {ver.label()} has no stored {model_files.CONFIG} (nor has any first parent): commit the "
+            "checkpoint folder that save_pretrained wrote, or check out the tensors to a .safetensors file")
+    folder = Path(folder)
+    staged = model_files.staging_folder(folder)
+    try:
+        model_files.write_files(ledger.object_store(), files, staged)
+        # transformers 4 refuses a safetensors file whose metadata lacks the format save_pretrained writes
+        checkout(ledger, ver, staged / SINGLE_FILE, progress, metadata={"format": "pt"})
+        return model_files.publish(staged, folder)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise

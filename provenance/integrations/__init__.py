@@ -86,10 +86,12 @@ class BackgroundCommits:
 
 def _own_instance(ledger: Any) -> Any:
     """The ledger to write from another thread: a new instance of a local one, else ``ledger``."""
-    from provenance.api import Ledger
+    from provenance.ledger import LedgerStore
 
-    if isinstance(ledger, Ledger):
-        return Ledger.open(ledger.root, lock_timeout=ledger.lock_timeout)
+    if isinstance(ledger, LedgerStore):
+        writer = type(ledger).open(ledger.root, lock_timeout=ledger.lock_timeout)
+        writer.memory_limit = ledger.memory_limit  # DuckDB refuses a second connection configured otherwise
+        return writer
     return ledger
 
 

@@ -270,6 +270,23 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
             )
         return check_output(given, resolved, parents=parents)
 
+    def output_folder(self, path: str | os.PathLike, *, parents: bool = False) -> Path:
+        """Check a folder that a command is about to create: refuse one that resolves inside the
+        ledger folder, a file, or a folder that is not empty; its parent folder must exist unless
+        ``parents``, which creates it. Returns the resolved path."""
+        given = Path(path)
+        resolved = given.resolve()
+        if resolved == self.root or self.root in resolved.parents:
+            raise UnsafeOutputError(
+                f"refusing to write {str(given)!r}: it resolves to {resolved}, inside the ledger folder {self.root}")
+        if not resolved.exists():
+            return check_output(given, resolved, parents=parents)
+        if not resolved.is_dir():
+            raise UnsafeOutputError(f"refusing to write folder {str(given)!r}: it is a file")
+        if any(resolved.iterdir()):
+            raise UnsafeOutputError(f"refusing to write folder {str(given)!r}: it is not empty")
+        return resolved
+
     # -- connections ------------------------------------------------------------------------
 
     def _connect(self, *, read_only: bool = False, external: bool = True) -> duckdb.DuckDBPyConnection:

@@ -111,6 +111,24 @@ class ModelQueries:
             manifests[r["version_id"]][r["name"]] = _param_from_row(r)
         return [(v, parent, manifests[v]) for v, parent in chain]
 
+    def version_files(self, version_id: str) -> pa.Table:
+        """The checkpoint-folder files of ``version_id``: its own, else those of its nearest first
+        parent that stored any (:mod:`provenance.model_files`): ``name, size, object, skipped,
+        version_id`` (the version that recorded them), by name."""
+        with self._cursor() as con:
+            return con.sql(
+                """WITH RECURSIVE up(version_id, parent, depth) AS (
+                       SELECT version_id, parents[1], 0 FROM versions WHERE version_id = $1
+                       UNION ALL
+                       SELECT v.version_id, v.parents[1], up.depth + 1 FROM versions v JOIN up ON v.version_id = up.parent),
+                   owner AS (SELECT version_id FROM up WHERE version_id IN (
+                                 SELECT version_id FROM version_files WHERE object IS NOT NULL)
+                             ORDER BY depth LIMIT 1)
+                   SELECT f.name, f.size, f.object, f.skipped, f.version_id FROM version_files f
+                   JOIN owner USING (version_id) ORDER BY f.name""",
+                params=[version_id],
+            ).to_arrow_table()
+
     def versions_using(self, address: str) -> list[str]:
         """Ids of the versions whose manifest refers to object ``address``."""
         with self._cursor() as con:
@@ -118,20 +136,24 @@ class ModelQueries:
                 """SELECT DISTINCT version_id FROM (
                        SELECT version_id, objects FROM version_params UNION ALL
                        SELECT version_id, objects FROM version_fishers)
-                   WHERE list_contains(map_values(objects), ?) ORDER BY 1""",
+                   WHERE list_contains(map_values(objects), $1)
+                   UNION SELECT version_id FROM version_files WHERE object = $1 ORDER BY 1""",
                 [address],
             ).fetchall()
         return [r[0] for r in rows]
 
     def object_references(self) -> pa.Table:
         """Every object a version refers to: ``address, version_id, name, kind`` (``param`` for a
-        manifest entry, ``fisher`` for a stored Fisher), one row per use."""
+        manifest entry, ``fisher`` for a stored Fisher, ``file`` for a checkpoint folder's file),
+        one row per use."""
         with self._cursor() as con:
             return con.sql(
                 """SELECT unnest(map_values(objects)) AS address, version_id, name, 'param' AS kind
                    FROM version_params WHERE objects IS NOT NULL AND cardinality(objects) > 0
                    UNION ALL
                    SELECT unnest(map_values(objects)), version_id, name, 'fisher' FROM version_fishers
+                   UNION ALL
+                   SELECT object, version_id, name, 'file' FROM version_files WHERE object IS NOT NULL
                    ORDER BY address, version_id, name"""
             ).to_arrow_table()
 
@@ -166,11 +188,12 @@ class ModelQueries:
         return [{"version_id": v, "problem": p} for v, p in rows]
 
     def referenced_objects(self) -> set[str]:
-        """Every object address some version's manifest or stored Fisher refers to."""
+        """Every object address some version's manifest, stored Fisher or stored file refers to."""
         with self._cursor() as con:
             rows = con.execute(
                 """SELECT DISTINCT unnest(map_values(objects)) FROM version_params WHERE objects IS NOT NULL
-                   UNION SELECT DISTINCT unnest(map_values(objects)) FROM version_fishers"""
+                   UNION SELECT DISTINCT unnest(map_values(objects)) FROM version_fishers
+                   UNION SELECT object FROM version_files WHERE object IS NOT NULL"""
             ).fetchall()
         return {r[0] for r in rows}
 

@@ -8,8 +8,9 @@ import json
 import os
 import time
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -111,8 +112,17 @@ class LedgerWriter(AuditWrites):
             ).fetchall()
         return source.n_documents
 
-    def insert_version(self, version: VersionRecord, params: Sequence[ParamRecord]) -> None:
+    def insert_version(self, version: VersionRecord, params: Sequence[ParamRecord],
+                       files: Sequence[Mapping[str, Any]] = ()) -> None:
+        """The version, its manifest, and the files of the folder it was committed from (rows
+        ``name, size, object, skipped``)."""
         self._insert("versions", pa.Table.from_pylist([version.model_dump(exclude={"tags"})]))
+        if files:
+            schema = pa.schema([("version_id", pa.string()), ("name", pa.string()), ("size", pa.int64()),
+                                ("object", pa.string()), ("skipped", pa.string())])
+            self._insert("version_files", pa.Table.from_pylist(
+                [{"version_id": version.version_id, "name": f["name"], "size": f["size"], "object": f["object"],
+                  "skipped": f["skipped"]} for f in files], schema=schema))
         if params:
             rows = [
                 {"version_id": version.version_id, "name": p.name, "dtype": p.dtype, "shape": p.shape,

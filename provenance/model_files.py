@@ -1,0 +1,162 @@
+"""The files of a Hugging Face checkpoint folder beside its tensors: ``config.json``,
+``generation_config.json``, the tokenizer's files. A commit of a folder stores them with the
+version; a checkout to a folder writes them back beside ``model.safetensors``, so that
+``transformers.AutoModel*.from_pretrained`` loads it.
+
+**Stored as objects.** A file's bytes are stored as a ``uint8`` tensor in the object store
+(:mod:`provenance.objects`): content-addressed, written atomically, shared between versions
+whose file is the same, and checked against its address whenever it is read, like every tensor.
+The version's rows (``version_files``) are inserted in the transaction that inserts the version.
+
+**What a commit of a folder keeps.** Every regular file at the top of the folder, except:
+
+- the tensors (``*.safetensors`` and ``*.safetensors.index.json``): the version holds them;
+- hidden files and sub-folders (``.gitattributes``, ``.cache/``, a Trainer's ``checkpoint-*/``);
+- pickles and other weight formats, never read nor stored, recorded with the reason: ``*.bin``
+  (``pytorch_model.bin``, ``training_args.bin``), ``*.pt``, ``*.pth``, ``*.ckpt``, ``*.pkl``
+  (``optimizer.pt``, ``scheduler.pt``, ``rng_state*.pth`` among them), ``*.h5``, ``*.msgpack``,
+  ``*.onnx``, ``*.gguf``;
+- ``trainer_state.json``, the Trainer's bookkeeping (the run records the training), recorded
+  with the reason.
+
+A file over ``max_file_bytes`` (:data:`MAX_FILE_BYTES`, 64 MiB) refuses the commit, naming it: a
+large file a loader may need is not dropped silently; move it out of the folder, or raise the
+limit. A LoRA adapter folder's files describe the adapter, not the model: none of them is kept.
+
+**Which files a version has.** Those its own commit stored. A version whose commit stored none (a
+state dict, a ``.safetensors`` file, a LoRA adapter, a merge, a checkpoint the Trainer
+callback committed, a folder of tensors only) has its first parent's, and so on up the first
+parents: a fine-tune keeps its base model's config and tokenizer. A folder with files of its own
+replaces the parent's whole; nothing is merged file by file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from provenance.errors import InvalidParameterError, ObjectCorruptError, ObjectMissingError
+from provenance.files import fsync_folder
+from provenance.ledger import LedgerStore
+from provenance.objects import ObjectStore
+from provenance.records import VersionRecord
+
+MAX_FILE_BYTES = 64 << 20
+CONFIG = "config.json"
+_TENSOR_SUFFIXES = (".safetensors", ".safetensors.index.json")
+_PICKLES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib")
+_OTHER_WEIGHTS = (".h5", ".msgpack", ".onnx", ".gguf")
+_BOOKKEEPING = ("trainer_state.json",)
+
+
+class ModelFile(BaseModel):
+    """One file of the checkpoint folder a version (or its first parent) was committed from."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(description="its name in the folder")
+    size: int = Field(description="bytes")
+    object: str | None = Field(None, description="address of the object holding its bytes; None: not stored")
+    skipped: str | None = Field(None, description="why it was not stored")
+    version_id: str | None = Field(None, description="the version whose commit recorded it")
+
+
+def skip_reason(name: str) -> str | None:
+    """Why a commit does not store the file ``name`` of a checkpoint folder (module doc), or None."""
+    lower = name.lower()
+    if lower.endswith(_PICKLES):
+        return "a pickle: never read nor stored (loading one runs code)"
+    if lower.endswith(_OTHER_WEIGHTS):
+        return "weights in another format: the version holds the tensors"
+    if lower in _BOOKKEEPING:
+        return "the Trainer's bookkeeping: the run records the training"
+    return None
+
+
+def scan(folder: Path, max_file_bytes: int = MAX_FILE_BYTES) -> list[tuple[Path, str | None]]:
+    """The files of ``folder`` a commit records, by name: ``(path, None)`` for one it stores,
+    ``(path, reason)`` for one it leaves out. Refuses a file over ``max_file_bytes``."""
+    if not isinstance(max_file_bytes, int) or max_file_bytes < 0:
+        raise InvalidParameterError(f"max_file_bytes must be a non-negative integer, got {max_file_bytes!r}")
+    found = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file() or path.name.endswith(_TENSOR_SUFFIXES):
+            continue
+        reason = skip_reason(path.name)
+        size = path.stat().st_size
+        if reason is None and size > max_file_bytes:
+            raise InvalidParameterError(
+                f"{path}: {size:,} bytes, over the {max_file_bytes:,}-byte limit on a checkpoint folder's files; "
+                "move it out of the folder, or raise the limit (max_file_bytes=, prov model commit --max-file-mb)")
+        found.append((path, reason))
+    return found
+
+
+def store_files(store: ObjectStore, listed: list[tuple[Path, str | None]], created: list[str]) -> list[ModelFile]:
+    """Store the files :func:`scan` listed (each as one object; ``created`` gets the addresses
+    this call wrote) and return their rows, the skipped ones with their reason."""
+    rows = []
+    for path, reason in listed:
+        if reason is not None:
+            rows.append(ModelFile(name=path.name, size=path.stat().st_size, skipped=reason))
+            continue
+        data = path.read_bytes()
+        ref = store.put(torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8))
+        if ref.created:
+            created.append(ref.address)
+        rows.append(ModelFile(name=path.name, size=len(data), object=ref.address))
+    return rows
+
+
+def version_files(ledger: LedgerStore, version: str | VersionRecord) -> list[ModelFile]:
+    """The files ``version`` has (its own, else its nearest first parent's: module doc), by name."""
+    return [ModelFile(**r) for r in ledger.version_files(ledger.version(version).version_id).to_pylist()]
+
+
+def read_file(store: ObjectStore, file: ModelFile) -> bytes:
+    """The bytes of a stored file, checked against its address; a missing or corrupt object is
+    reported naming the file and the version that stored it."""
+    if file.object is None:
+        raise InvalidParameterError(f"{file.name} was not stored ({file.skipped})")
+    try:
+        data = store.get(file.object).numpy().tobytes()
+    except (ObjectCorruptError, ObjectMissingError) as exc:
+        raise type(exc)(f"file {file.name!r} of version {(file.version_id or '?')[:12]}: {exc}") from None
+    if len(data) != file.size:
+        raise ObjectCorruptError(f"file {file.name!r} of version {(file.version_id or '?')[:12]}: object {file.object} "
+                                 f"holds {len(data):,} bytes, the file had {file.size:,}")
+    return data
+
+
+def write_files(store: ObjectStore, files: list[ModelFile], folder: Path) -> list[str]:
+    """Write the stored ``files`` into ``folder`` (each read and checked first); their names."""
+    written = []
+    for f in files:
+        if f.object is None:
+            continue
+        if os.sep in f.name or (os.altsep and os.altsep in f.name) or f.name in ("", ".", ".."):
+            raise InvalidParameterError(f"file name {f.name!r} of version {(f.version_id or '?')[:12]} is not a plain name")
+        (folder / f.name).write_bytes(read_file(store, f))
+        written.append(f.name)
+    return written
+
+
+def staging_folder(folder: Path) -> Path:
+    """A new empty folder beside ``folder``, to fill and then rename into place (:func:`publish`)."""
+    return Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+
+
+def publish(staged: Path, folder: Path) -> Path:
+    """Sync every file of ``staged`` and rename it to ``folder`` (absent or empty): a reader sees
+    the whole folder or none of it."""
+    for path in staged.iterdir():
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+    fsync_folder(staged)
+    os.replace(staged, folder)
+    fsync_folder(folder.parent)
+    return folder

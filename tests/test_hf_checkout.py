@@ -1,0 +1,209 @@
+"""Hugging Face checkpoint folders: a commit keeps the folder's files (config, tokenizer) as
+objects, a checkout writes a folder that ``from_pretrained`` loads, bit for bit; what is left out
+and why, what a version inherits, and how damage and bad output folders are reported."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+from provenance.cli.main import main
+from provenance.errors import InvalidParameterError, ObjectCorruptError, UnsafeOutputError
+from provenance.patches import same_bits
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+TEXTS = ["the cat sat on the mat", "a dog ran in the park", "the bird sang"]
+
+
+def _tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(TEXTS, trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]"]))
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]")
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> tuple[Path, object]:
+    """A tiny config-built GPT-2 and a locally trained tokenizer, saved with save_pretrained."""
+    folder = tmp_path_factory.mktemp("hf") / "ckpt"
+    tokenizer = _tokenizer()
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=16, vocab_size=tokenizer.vocab_size,
+                                     bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder, model
+
+
+@pytest.fixture
+def ckpt(saved, tmp_path) -> Path:
+    """A fresh copy of the saved folder, to add files to."""
+    return Path(shutil.copytree(saved[0], tmp_path / "ckpt"))
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.name != "model.safetensors"}
+
+
+def test_a_checked_out_folder_loads_and_answers_like_the_original(ledger, saved, ckpt, tmp_path):
+    _, model = saved
+    version = ledger.commit(ckpt, message="tiny gpt2")
+    out = ledger.checkout_hf(version, tmp_path / "out")
+    assert out == (tmp_path / "out").resolve()
+    assert sorted(os.listdir(out)) == sorted(os.listdir(ckpt))
+    assert _files(out) == _files(ckpt)  # config, generation config and tokenizer files byte for byte
+    original, checked_out = load_file(ckpt / "model.safetensors"), load_file(out / "model.safetensors")
+    assert sorted(original) == sorted(checked_out)
+    assert all(same_bits(checked_out[n], original[n]) for n in original)
+
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    ids = tokenizer("the cat sat on the mat", return_tensors="pt").input_ids
+    assert ids.tolist() == _tokenizer()("the cat sat on the mat", return_tensors="pt").input_ids.tolist()
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+    assert [(f.name, f.version_id) for f in ledger.model_files(version)] == [
+        (n, version.version_id) for n in sorted(_files(ckpt))]
+
+
+def test_a_version_without_files_has_its_first_parents(ledger, ckpt, tmp_path):
+    base = ledger.commit(ckpt, message="from the folder")
+    state = load_file(ckpt / "model.safetensors")
+    state["transformer.wte.weight"] += 1.0  # a fine-tune, say
+    tuned = ledger.commit(state, parent=base, message="a state dict: no files of its own")
+    tensors_only = tmp_path / "tensors"
+    tensors_only.mkdir()
+    save_file(state, str(tensors_only / "model.safetensors"))
+    again = ledger.commit(tensors_only, parent=tuned, message="a folder of tensors only")
+    for v in (tuned, again):
+        assert {f.version_id for f in ledger.model_files(v)} == {base.version_id}
+    out = ledger.checkout_hf(again, tmp_path / "out")
+    assert _files(out) == _files(ckpt)
+    assert same_bits(load_file(out / "model.safetensors")["transformer.wte.weight"], state["transformer.wte.weight"])
+
+    (ckpt / "config.json").write_text(json.dumps({**json.loads((ckpt / "config.json").read_text()), "n_ctx": 16}))
+    own = ledger.commit(ckpt, parent=again, message="a folder with its own files replaces the parent's")
+    assert {f.version_id for f in ledger.model_files(own)} == {own.version_id}
+    assert json.loads(ledger.checkout_hf(own, tmp_path / "own").joinpath("config.json").read_text())["n_ctx"] == 16
+
+    bare = ledger.commit({"w": torch.ones(2)}, message="no folder anywhere up its parents")
+    assert ledger.model_files(bare) == []
+    with pytest.raises(InvalidParameterError, match="no stored config.json"):
+        ledger.checkout_hf(bare, tmp_path / "bare")
+    assert not (tmp_path / "bare").exists()
+
+
+def test_pickles_and_trainer_state_are_recorded_as_left_out_and_never_written(ledger, ckpt, tmp_path):
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state_0.pth", "training_args.bin", "pytorch_model.bin"):
+        (ckpt / name).write_bytes(b"\x80\x04pickle")
+    (ckpt / "trainer_state.json").write_text('{"global_step": 3}')
+    (ckpt / "tf_model.h5").write_bytes(b"weights")
+    (ckpt / ".gitattributes").write_text("*.bin filter=lfs")
+    (ckpt / "checkpoint-1").mkdir()
+    (ckpt / "checkpoint-1" / "config.json").write_text("{}")
+    version = ledger.commit(ckpt, message="a Trainer's output folder")
+    rows = {f.name: f for f in ledger.model_files(version)}
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state_0.pth", "training_args.bin", "pytorch_model.bin"):
+        assert rows[name].object is None and rows[name].skipped.startswith("a pickle") and rows[name].size == 8
+    assert rows["trainer_state.json"].skipped == "the Trainer's bookkeeping: the run records the training"
+    assert rows["tf_model.h5"].skipped.startswith("weights in another format")
+    assert ".gitattributes" not in rows and "checkpoint-1" not in rows
+    assert rows["config.json"].object is not None and rows["config.json"].skipped is None
+    out = ledger.checkout_hf(version, tmp_path / "out")
+    assert sorted(os.listdir(out)) == ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                                       "tokenizer_config.json"]
+
+
+def test_a_file_over_the_limit_refuses_the_commit_and_leaves_nothing(ledger, ckpt):
+    (ckpt / "vocab.txt").write_bytes(b"x" * 5000)
+    with pytest.raises(InvalidParameterError, match=r"vocab\.txt: 5,000 bytes, over the 4,096-byte limit"):
+        ledger.commit(ckpt, message="too big", max_file_bytes=4096)
+    assert ledger.versions() == [] and list(ledger.object_store().addresses()) == []
+    version = ledger.commit(ckpt, message="the limit raised", max_file_bytes=8192)
+    assert {f.name: f.size for f in ledger.model_files(version)}["vocab.txt"] == 5000
+
+
+def test_cli_commit_file_limit(ckpt, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(main, ["init", "."]).exit_code == 0
+    (ckpt / "vocab.txt").write_bytes(b"x" * (1 << 20) + b"x")
+    refused = runner.invoke(main, ["model", "commit", str(ckpt), "-m", "too big", "--max-file-mb", "1"])
+    assert refused.exit_code == 4 and "vocab.txt: 1,048,577 bytes, over the 1,048,576-byte limit" in refused.output
+    assert "--max-file-mb" in refused.output
+    kept = runner.invoke(main, ["model", "commit", str(ckpt), "-m", "kept", "--max-file-mb", "2", "--json"])
+    assert kept.exit_code == 0, kept.output
+
+
+def test_a_corrupt_file_object_is_named_and_nothing_is_written(ledger, ckpt, tmp_path):
+    version = ledger.commit(ckpt, message="tiny gpt2")
+    config = next(f for f in ledger.model_files(version) if f.name == "config.json")
+    path = ledger.object_store().path(config.object)
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01  # a flipped bit in the file's bytes
+    path.write_bytes(bytes(data))
+    with pytest.raises(ObjectCorruptError, match=rf"file 'config.json' of version {version.version_id[:12]}: "
+                                                 rf"object {config.object} .* is corrupt"):
+        ledger.checkout_hf(version, tmp_path / "out")
+    assert sorted(os.listdir(tmp_path)) == sorted(p for p in os.listdir(tmp_path) if not p.startswith(".out."))
+    assert not (tmp_path / "out").exists()
+    report = ledger.verify(objects=True)
+    assert [(d.address, d.problem, d.versions) for d in report.damaged_objects] == [
+        (config.object, "corrupt", [version.version_id])]
+
+
+def test_file_objects_are_referenced_so_gc_keeps_them(ledger, ckpt):
+    version = ledger.commit(ckpt, message="tiny gpt2")
+    stored = {f.object for f in ledger.model_files(version)}
+    assert stored <= set(ledger.object_store().addresses())
+    assert ledger.gc(apply=True)["unreferenced"] == []
+    assert all(ledger.versions_using(a) == [version.version_id] for a in stored)
+
+
+def test_output_folder_refusals(ledger, ckpt, tmp_path):
+    version = ledger.commit(ckpt, message="tiny gpt2")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "old.bin").write_bytes(b"")
+    with pytest.raises(UnsafeOutputError, match="not empty"):
+        ledger.checkout_hf(version, tmp_path / "full")
+    with pytest.raises(UnsafeOutputError, match="inside the ledger folder"):
+        ledger.checkout_hf(version, ledger.root / "hf")
+    with pytest.raises(UnsafeOutputError, match="does not exist"):
+        ledger.checkout_hf(version, tmp_path / "a" / "b")
+    (tmp_path / "empty").mkdir()
+    assert ledger.checkout_hf(version, tmp_path / "empty").joinpath("config.json").is_file()
+    assert ledger.checkout_hf(version, tmp_path / "a" / "b", parents=True).joinpath("model.safetensors").is_file()
+
+
+def test_cli_commit_files_and_checkout_hf(ckpt, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(main, ["init", "."]).exit_code == 0
+    (ckpt / "optimizer.pt").write_bytes(b"\x80")
+    committed = runner.invoke(main, ["model", "commit", str(ckpt), "-m", "tiny gpt2", "--json"])
+    assert committed.exit_code == 0, committed.output
+    vid = json.loads(committed.output)["version_id"]
+    files = json.loads(runner.invoke(main, ["model", "files", vid, "--json"]).output)
+    assert {f["name"]: f["skipped"] is None for f in files} == {
+        "config.json": True, "generation_config.json": True, "optimizer.pt": False, "tokenizer.json": True,
+        "tokenizer_config.json": True}
+    out = runner.invoke(main, ["model", "checkout", vid, "--hf", "out", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["files"] == ["config.json", "generation_config.json", "model.safetensors",
+                                               "tokenizer.json", "tokenizer_config.json"]
+    assert transformers.AutoConfig.from_pretrained(tmp_path / "out").n_layer == 2
+    for args in ([], ["-o", "x.safetensors", "--hf", "dir"]):
+        refused = runner.invoke(main, ["model", "checkout", vid, *args])
+        assert refused.exit_code == 2 and "give -o FILE (the tensors) or --hf DIR" in refused.output

@@ -1,0 +1,75 @@
+"""Both callbacks under distributed training: two CPU processes (gloo) train one model; every rank
+logs the batches it trains on into one local ledger, process zero starts the run (the other
+attaches to it), commits every checkpoint and the final weights, and ends the run.
+
+Each rank records, independently of the callback, the keys of the inputs it trained on at each
+step (from the token ids or the row number the inputs carry); the ledger's examples of the run
+must be their union, step by step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from provenance import Ledger
+from tests.serving import free_port
+
+pytestmark = pytest.mark.slow
+HERE = Path(__file__).resolve().parent
+
+
+def _ledger(root: Path, records: list[dict]) -> Ledger:
+    ledger = Ledger.init(root)
+    ledger.register_dataset("tiny", records, id_field="id")
+    return ledger
+
+
+def _check(ledger: Ledger, out: Path, checkpoints: list[int]) -> None:
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["run"] == ranks[1]["run"]  # one run: rank 1 attached to rank 0's
+    assert ranks[0]["version"] is not None and ranks[1]["version"] is None  # process zero commits
+    assert ranks[0]["weights"] == ranks[1]["weights"]  # DDP kept the replicas equal
+    seen: dict[int, list[str]] = defaultdict(list)
+    for rank in ranks:
+        for step, keys in rank["seen"].items():
+            seen[int(step)] += keys
+    assert all(rank["seen"] for rank in ranks)  # both ranks trained
+    logged: dict[int, list[str]] = defaultdict(list)
+    for row in ledger.sql("SELECT e.step, d.key FROM run_examples e JOIN documents d USING (doc_id) WHERE e.run_id = ?",
+                          [ranks[0]["run"]]).to_pylist():
+        logged[row["step"]].append(row["key"])
+    assert sorted(logged) == sorted(seen) == list(range(4))
+    assert all(sorted(logged[s]) == sorted(seen[s]) for s in seen)
+    run = ledger.run(ranks[0]["run"])
+    assert run.status == "finished" and run.n_logged == 32 and run.params["world_size"] == 2
+    assert run.version_id == ranks[0]["version"]
+    assert len(ledger.versions()) == 2 + len(checkpoints)  # base, checkpoints, final
+
+
+def test_a_trainer_under_torchrun_logs_every_rank_and_commits_once(tmp_path):
+    records = [{"id": f"doc{i}", "text": " ".join([f"d{i}"] + [f"w{(i * 7 + j) % 40}" for j in range(7)])}
+               for i in range(64)]
+    ledger = _ledger(tmp_path / "ledger", records)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    done = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()),
+                           str(HERE / "ddp_trainer.py"), str(tmp_path / "ledger"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(HERE.parent)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    _check(ledger, tmp_path, [2, 4])
+
+
+def test_a_lightning_ddp_fit_logs_every_rank_and_commits_once(tmp_path):
+    ledger = _ledger(tmp_path / "ledger", [{"id": f"doc{i}", "text": f"document {i} of the tiny corpus"} for i in range(64)])
+    done = subprocess.run([sys.executable, str(HERE / "ddp_lightning.py"), str(tmp_path / "ledger"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(HERE.parent), "MASTER_PORT": str(free_port())})
+    assert done.returncode == 0, done.stderr[-3000:]
+    _check(ledger, tmp_path, [2, 4])
+    assert json.loads((tmp_path / "rank0.json").read_text())["checkpoints"] == [2, 4]

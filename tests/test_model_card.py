@@ -1,0 +1,195 @@
+"""Model cards: the metadata and text of a version's Hugging Face model card, read back with
+``huggingface_hub``, against the lineage, licences and audits the ledger records."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from provenance.cli.main import main
+from provenance.errors import InvalidParameterError
+from provenance.model_card import hub_license
+from provenance.results import LicenseSummary
+
+hub = pytest.importorskip("huggingface_hub")
+
+
+def words(i: int, n: int = 40) -> str:
+    return " ".join(f"w{i}x{j}" for j in range(n))
+
+
+@pytest.fixture
+def lineage(ledger, data_dir, write_jsonl):
+    """A base trained on ``web`` (CC-BY-SA-4.0); ``a`` on ``books`` (CC-BY-NC-4.0), ``b`` on
+    ``misc`` (no licence), both from the base; their merge with weights 3:1, gated against the
+    evaluation set ``ev``, one of whose documents ``misc`` holds."""
+    write_jsonl(data_dir / "web.jsonl", [{"id": f"w{i}", "text": words(i)} for i in range(10)])
+    write_jsonl(data_dir / "books.jsonl", [{"id": f"k{i}", "text": words(100 + i)} for i in range(8)])
+    write_jsonl(data_dir / "misc.jsonl", [{"id": f"m{i}", "text": words(200 + i)} for i in range(5)])
+    write_jsonl(data_dir / "ev.jsonl", [{"id": "e0", "text": words(200)}, {"id": "e1", "text": words(900)}])
+    ledger.register_dataset("web", data_dir / "web.jsonl", id_field="id", license="CC-BY-SA-4.0")
+    ledger.register_dataset("books", data_dir / "books.jsonl", id_field="id", license="CC-BY-NC-4.0")
+    ledger.register_dataset("misc", data_dir / "misc.jsonl", id_field="id")
+    ledger.register_dataset("ev", data_dir / "ev.jsonl", id_field="id", role="eval", license="MIT")
+    with ledger.start_run(datasets=["web"], message="base") as run:
+        base = run.commit({"w": torch.zeros(4)})
+    with ledger.start_run(base=base, datasets={"books": 2}, message="books") as run:
+        va = run.commit({"w": torch.ones(4)})
+    with ledger.start_run(base=base, datasets=["misc"], message="misc") as run:
+        vb = run.commit({"w": 3 * torch.ones(4)})
+    merged = ledger.merge([va, vb], method="average", weights=[3.0, 1.0], message="the merge",
+                          gate={"eval_datasets": ["ev"], "ngram": 0, "max_contamination": None})
+    return ledger, base, va, vb, merged
+
+
+def _table(text: str) -> dict[str, list[str]]:
+    """The training-data table of a card's text: dataset -> its other cells."""
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith(("| dataset", "| ---"))]
+    return {cells[0]: cells[1:] for cells in ([c.strip() for c in r.strip("|").split("|")] for r in rows)}
+
+
+def test_card_metadata_and_table_are_the_lineages(lineage, tmp_path):
+    ledger, base, va, vb, merged = lineage
+    card = ledger.model_card(merged)
+    saved = tmp_path / "README.md"
+    card.save(saved)
+    loaded = hub.ModelCard.load(saved)
+    lin = ledger.lineage(merged)
+    by_share = sorted(lin.datasets, key=lambda d: -d.effective_share)
+    assert loaded.data.datasets == [d.dataset_id for d in by_share] == ["books@1", "web@1", "misc@1"]
+    assert loaded.data.license == "other"
+    assert loaded.data.license_name == "cc-by-nc-4.0-and-cc-by-sa-4.0-and-unknown"
+    assert loaded.data.provenance == {"version": merged.version_id, "datasets": [
+        {"id": d.dataset_id, "effective_share": d.effective_share} for d in by_share]}
+    assert loaded.data.base_model is None and loaded.data.tags == ["provenance"]
+    # books: 8 documents x 2 epochs, at weight 3/4; web: 10 at weight 1; misc: 5 at 1/4
+    assert {d.dataset_id: d.effective_examples for d in lin.datasets} == {"books@1": 12.0, "web@1": 10.0, "misc@1": 1.25}
+    table = _table(loaded.text)
+    assert list(table) == [d.dataset_id for d in by_share]
+    for d in lin.datasets:
+        role, licence, examples, effective, share = table[d.dataset_id]
+        assert (role, licence) == ("train", d.license or "unknown")
+        assert int(examples.replace(",", "")) == d.examples
+        assert float(effective.replace(",", "")) == pytest.approx(d.effective_examples, abs=0.005)
+        assert float(share.rstrip("%")) == pytest.approx(100 * d.effective_share, abs=0.005)
+    assert f"The lineage starts at version `{base.version_id[:12]}` (base)." in loaded.text
+
+
+def test_card_states_the_licence_conditions(lineage):
+    ledger, *_, merged = lineage
+    text = ledger.model_card(merged).text
+    assert "several licences: CC-BY-NC-4.0, CC-BY-SA-4.0, and some of it under no known licence" in text
+    assert "- **Non-commercial**: books@1 (their licences forbid commercial use)." in text
+    assert "- **Share-alike**: web@1 (derivatives may have to be shared under the same licence)." in text
+    assert "- **Unknown licence**: misc@1 (no licence is recorded, or its conditions are unknown)." in text
+    assert "- **Attribution**: books@1, web@1" in text
+
+
+def test_card_shows_the_gate_the_merge_cites_and_the_latest_audits(lineage, data_dir, write_jsonl):
+    ledger, base, va, vb, merged = lineage
+    gate = ledger.receipt(merged).audit_id
+    text = ledger.model_card(merged).text
+    assert f"Passed (audit `{gate[:12]}`" in text
+    assert "- Contamination with ev@1: 1 of 2 evaluation documents have an exact or near copy" in text
+    assert "No deduplication audit was run on this version or its datasets." in text
+    assert "No memorization audit was run on this version." in text
+
+    ledger.audit_dedup(["web"])  # a dataset of the lineage
+    dedup = ledger.audit_dedup([merged.version_id])  # the version itself: the latest
+    memo = ledger.audit_memorization(merged, [words(3), "nothing like the training data at all"])
+    text = ledger.model_card(merged).text
+    assert f"Deduplication (audit `{dedup.audit_id[:12]}`" in text
+    assert f"0 of {dedup.summary.documents} documents are redundant copies" in text
+    assert f"Memorization (audit `{memo.audit_id[:12]}`" in text and "1 of 2 generated samples reproduce" in text
+
+    text_a = ledger.model_card(va).text  # an input of the gated merge: the gate concerns it too
+    assert f"Passed (audit `{gate[:12]}`" in text_a
+    assert "No pre-merge gate was run for this version." in ledger.model_card(base).text
+
+
+def test_one_licence_gives_its_hub_id():
+    def summary(licenses, unknown=()):
+        return LicenseSummary(licenses=licenses, non_commercial=[], share_alike=[], unknown_license=list(unknown),
+                              model_generated=[])
+
+    assert hub_license(summary(["CC-BY-SA-4.0"])) == ("cc-by-sa-4.0", None)
+    assert hub_license(summary(["ODbL-1.0"])) == ("odbl", None)
+    assert hub_license(summary(["GPL-3.0-only"])) == ("gpl-3.0", None)
+    assert hub_license(summary(["LicenseRef-mine"])) == ("other", "licenseref-mine")
+    assert hub_license(summary(["MIT"], unknown=["x@1"])) == ("other", "mit-and-unknown")
+    assert hub_license(summary([], unknown=["x@1"])) == ("unknown", None)
+    assert hub_license(summary([])) == (None, None)
+
+
+def test_single_licence_card(ledger, data_dir, write_jsonl):
+    write_jsonl(data_dir / "web.jsonl", [{"id": f"w{i}", "text": words(i)} for i in range(4)])
+    ledger.register_dataset("web", data_dir / "web.jsonl", id_field="id", license="MIT")
+    with ledger.start_run(datasets=["web"], message="base") as run:
+        v = run.commit({"w": torch.zeros(2)})
+    card = ledger.model_card(v, base_model="openai-community/gpt2")
+    assert (card.data.license, card.data.license_name, card.data.base_model) == ("mit", None, "openai-community/gpt2")
+    assert "The training data is under MIT." in card.text
+    assert "Non-commercial" not in card.text and "Unknown licence" not in card.text
+    assert "[openai-community/gpt2](https://huggingface.co/openai-community/gpt2)" in card.text
+
+
+def test_base_model_recorded_in_the_stored_config(ledger, tmp_path):
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    save_file({"w": torch.zeros(2)}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"_name_or_path": "openai-community/gpt2", "model_type": "gpt2"}))
+    root = ledger.commit(folder, message="from the hub")
+    child = ledger.commit({"w": torch.ones(2)}, parent=root, message="fine-tuned")
+    card = ledger.model_card(child)
+    assert card.data.base_model == "openai-community/gpt2"
+    assert "no training data is recorded" in card.text.lower()
+    assert f"neither a run nor a merge, whose training data the ledger does not know: `{child.version_id[:12]}`, " \
+           f"`{root.version_id[:12]}`" in card.text
+    (folder / "config.json").write_text(json.dumps({"_name_or_path": str(tmp_path), "model_type": "gpt2"}))
+    local = ledger.commit(folder, message="from a local folder")
+    assert ledger.model_card(local).data.base_model is None  # a path here is not a Hub name
+
+
+def test_cli_card_prints_or_writes(lineage, tmp_path, monkeypatch):
+    ledger, *_, merged = lineage
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    printed = runner.invoke(main, ["--ledger", str(ledger.root), "model", "card", merged.version_id[:8]])
+    assert printed.exit_code == 0, printed.output
+    assert hub.ModelCard(printed.output).data.to_dict() == ledger.model_card(merged).data.to_dict()
+    written = runner.invoke(main, ["--ledger", str(ledger.root), "model", "card", merged.version_id, "-o", "README.md",
+                                   "--base-model", "gpt2", "--json"])
+    assert written.exit_code == 0, written.output
+    out = json.loads(written.output)
+    loaded = hub.ModelCard.load(tmp_path / "README.md")
+    assert out["metadata"] == loaded.data.to_dict() and loaded.data.base_model == "gpt2"
+    assert re.search(r"\| books@1 \| train \| CC-BY-NC-4.0 \| 16 \| 12\.00 \| 51\.\d\d% \|", loaded.text)
+    inside = runner.invoke(main, ["--ledger", str(ledger.root), "model", "card", merged.version_id, "-o",
+                                  str(ledger.root / "README.md")])
+    assert inside.exit_code != 0 and "inside the ledger folder" in inside.output
+
+
+def test_remote_card_and_checkout_hf_refusal(tmp_path_factory, data_dir, write_jsonl, tmp_path):
+    from tests import serving
+
+    with serving.running(tmp_path_factory.mktemp("served")) as server:
+        remote = server.ledger()
+        write_jsonl(data_dir / "web.jsonl", [{"id": f"w{i}", "text": words(i)} for i in range(6)])
+        remote.register_dataset("web", data_dir / "web.jsonl", id_field="id", license="CC-BY-4.0")
+        with remote.start_run(datasets=["web"], message="base") as run:
+            v = run.commit({"w": torch.zeros(2)})
+        memo = remote.audit_memorization(v, [words(1)])
+        card = remote.model_card(v)
+        assert card.data.datasets == ["web@1"] and card.data.license == "cc-by-4.0"
+        assert card.data.provenance["datasets"] == [{"id": "web@1", "effective_share": 1.0}]
+        assert _table(card.text)["web@1"] == ["train", "CC-BY-4.0", "6", "6.00", "100.00%"]
+        assert f"Memorization (audit `{memo.audit_id[:12]}`" in card.text
+        with pytest.raises(InvalidParameterError, match="not available through a ledger server: it does not serve "
+                                                        "a version's stored files"):
+            remote.checkout_hf(v, tmp_path / "out")
