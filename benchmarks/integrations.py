@@ -109,6 +109,29 @@ def lightning_arm(tmp: Path, steps: int, save_every: int, tracked: bool) -> tupl
 
 
 ARMS = {"trainer": trainer_arm, "lightning": lightning_arm}
+HOOKS = {"trainer": ("on_train_begin", "on_substep_end", "on_step_end", "on_save", "on_train_end"),
+         "lightning": ("on_train_start", "on_train_batch_start", "on_train_batch_end", "on_save_checkpoint",
+                       "on_train_end")}
+IN_HOOKS: list[float] = []  # seconds spent inside the callback's hooks, per tracked run
+
+
+def _timed_hooks(part: str) -> None:
+    """Make the callback class count the wall time its hooks take (the time training waits on it;
+    a checkpoint's commit on the callback's own thread is not in it)."""
+    module = __import__(f"provenance.integrations.{'transformers' if part == 'trainer' else 'lightning'}",
+                        fromlist=["ProvenanceCallback"])
+    cls = module.ProvenanceCallback
+    for name in HOOKS[part]:
+        hook = getattr(cls, name)
+
+        def timed(self, *args, _hook=hook, **kwargs):
+            start = time.perf_counter()
+            try:
+                return _hook(self, *args, **kwargs)
+            finally:
+                IN_HOOKS[-1] += time.perf_counter() - start
+
+        setattr(cls, name, timed)
 
 
 def main() -> None:
@@ -122,23 +145,31 @@ def main() -> None:
     logging.disable(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch.set_num_threads(1)  # one core for the model, as a data-parallel rank on a shared host would have
-    print(f"| training | steps | plain, ms/step (median of {args.rounds}) | with the callback | overhead | examples logged |")
-    print("|---|---|---|---|---|---|")
+    print(f"| training | steps | plain, ms/step (median of {args.rounds}) | with the callback | overhead (median of "
+          "paired runs) | in the hooks, ms/step | examples logged |")
+    print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="bench-integrations-") as tmp:
         for part in args.part or ["trainer", "lightning"]:
             arm = ARMS[part]
+            _timed_hooks(part)
+            IN_HOOKS.append(0.0)
             arm(Path(tmp), 20, 10, True)  # warm: imports, first compile of anything lazy
             times: dict[bool, list[float]] = {False: [], True: []}
-            logged = 0
-            for _ in range(args.rounds):
-                for tracked in (False, True):
+            hooks, logged = [], 0
+            for round_ in range(args.rounds):
+                for tracked in ((False, True) if round_ % 2 == 0 else (True, False)):
+                    IN_HOOKS.append(0.0)
                     elapsed, n = arm(Path(tmp), args.steps, args.save_every, tracked)
                     times[tracked].append(elapsed / args.steps * 1000)
+                    if tracked:
+                        hooks.append(IN_HOOKS[-1] / args.steps * 1000)
                     logged = max(logged, n)
             plain, with_cb = statistics.median(times[False]), statistics.median(times[True])
+            paired = statistics.median(t / p - 1 for p, t in zip(times[False], times[True]))
+            in_hooks = statistics.median(hooks)
             print(f"| {part} | {args.steps:,} | {plain:.2f} ({', '.join(f'{t:.2f}' for t in times[False])}) "
                   f"| {with_cb:.2f} ({', '.join(f'{t:.2f}' for t in times[True])}) "
-                  f"| {100 * (with_cb / plain - 1):+.1f}% | {logged:,} |", flush=True)
+                  f"| {100 * paired:+.1f}% | {in_hooks:.3f} ({100 * in_hooks / plain:.1f}%) | {logged:,} |", flush=True)
 
 
 if __name__ == "__main__":

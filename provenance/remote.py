@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 import uuid
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -538,6 +539,18 @@ def _save(response: httpx.Response, path: Path) -> None:
         raise
 
 
+def _warn_files_left(folder: Path) -> None:
+    """A ledger server takes a folder's tensors only: say which of its files are not kept."""
+    from provenance import model_files
+
+    kept = [path.name for path, reason in model_files.scan(folder, max_file_bytes=1 << 62) if reason is None]
+    if kept:
+        warnings.warn(
+            f"{folder}: {', '.join(kept[:6])}{' and more' if len(kept) > 6 else ''} not stored: a ledger server takes "
+            "a folder's tensors only (commit on the ledger's host to keep the files `prov model checkout --hf` writes)",
+            stacklevel=4)
+
+
 def _state_body(state: Any) -> Callable[[], Any]:
     """``state`` (tensors, a module, a safetensors file, a checkpoint folder) as the body of a
     safetensors upload, made one tensor at a time with no copy on disk, in name order: the order
@@ -553,6 +566,8 @@ def _state_body(state: Any) -> Callable[[], Any]:
                 "adapter), or commit the adapter on the ledger's host")
         if not path.exists():
             raise errors.InvalidParameterError(f"{path}: no such file or folder")
+        if path.is_dir():
+            _warn_files_left(path)
         reader = checkpoints.open_state(path)
         entries = [(n, *reader.info(n)) for n in reader.names]
         return _TensorStream(entries, reader.get)

@@ -189,6 +189,7 @@ def commit(
     sync: bool = True,
     progress: Any = None,
     max_file_bytes: int = model_files.MAX_FILE_BYTES,
+    files: str | os.PathLike | None = None,
 ) -> VersionRecord:
     """Store ``state`` as a new version and return its record.
 
@@ -204,11 +205,19 @@ def commit(
     soon after may leave objects that fail their hash check on read (a process crash cannot).
     ``progress`` (``start(description, total)``, ``advance(bytes)``) is told the bytes of each
     group as it is stored. A checkpoint folder's other files (config, tokenizer) are stored with
-    the version, each up to ``max_file_bytes``; see :mod:`provenance.model_files`.
+    the version, each up to ``max_file_bytes``; see :mod:`provenance.model_files`. ``files`` is a
+    folder whose files are stored so, for a ``state`` that is not a folder (a state dict whose
+    config and tokenizer were saved apart, as the Trainer callback does).
     """
     if not isinstance(message, str) or not message.strip():
         raise InvalidParameterError("a commit needs a message")
-    listed = model_files.scan(Path(state), max_file_bytes) if _is_model_folder(state) else []
+    if files is not None:
+        if _is_model_folder(state):
+            raise InvalidParameterError(f"{state} is a checkpoint folder, whose files are stored with it: do not pass files=")
+        if not isinstance(files, (str, os.PathLike)) or not Path(files).is_dir():
+            raise InvalidParameterError(f"files must be a folder, got {files!r}")
+    listed = model_files.scan(Path(files if files is not None else state), max_file_bytes) if (
+        files is not None or _is_model_folder(state)) else []
     # The ledger's lock is held from the first object written to the version's row, so that
     # `gc` in another process never sees this commit's objects as unreferenced.
     with ledger.session(), ledger.object_writers.writing():

@@ -207,3 +207,29 @@ def test_cli_commit_files_and_checkout_hf(ckpt, tmp_path, monkeypatch):
     for args in ([], ["-o", "x.safetensors", "--hf", "dir"]):
         refused = runner.invoke(main, ["model", "checkout", vid, *args])
         assert refused.exit_code == 2 and "give -o FILE (the tensors) or --hf DIR" in refused.output
+
+
+def test_a_state_dict_commits_with_the_files_of_a_folder_given_apart(ledger, saved, ckpt, tmp_path):
+    folder, model = saved
+    config_only = tmp_path / "files"
+    config_only.mkdir()
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(ckpt / name, config_only / name)
+    version = ledger.commit(model.state_dict(), message="weights, and their files apart", files=config_only)
+    assert sorted(f.name for f in ledger.model_files(version)) == sorted(_files(config_only))
+    out = ledger.checkout_hf(version, tmp_path / "out")
+    loaded = transformers.GPT2LMHeadModel.from_pretrained(out)
+    assert all(same_bits(loaded.state_dict()[k], v) for k, v in model.state_dict().items() if k in loaded.state_dict())
+    with pytest.raises(InvalidParameterError, match="is a checkpoint folder.*do not pass files="):
+        ledger.commit(ckpt, message="both", files=config_only)
+    with pytest.raises(InvalidParameterError, match="files must be a folder"):
+        ledger.commit(model.state_dict(), message="no folder", files=tmp_path / "missing")
+
+
+def test_a_folder_committed_through_a_server_warns_that_its_files_stay_behind(ckpt):
+    from tests import serving
+
+    with serving.running(ckpt.parent / "served") as server:
+        with pytest.warns(UserWarning, match=r"config\.json.*not stored: a ledger server takes a folder's tensors only"):
+            version = server.ledger().commit(ckpt, message="over HTTP")
+        assert version.n_params > 0

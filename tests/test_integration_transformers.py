@@ -323,3 +323,29 @@ def test_a_remote_ledger_records_the_same_run(server, tmp_path):
     lora = peft.get_peft_model(_model(), peft.LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True))
     with pytest.raises(InvalidParameterError, match="ledger server does not take"):
         _trainer(lora, rows, tmp_path, ProvenanceCallback(remote, datasets=["tiny-remote"])).train()
+
+
+def test_the_run_starts_from_a_version_with_the_files_from_pretrained_needs(tiny, tmp_path):
+    """The starting weights are committed with the model's config, generation config and the
+    Trainer's tokenizer, so every version of the run checks out as a folder from_pretrained loads."""
+    tokenizers = pytest.importorskip("tokenizers")
+    ledger, rows = tiny
+    vocab = VOCAB | {"[UNK]": len(VOCAB), "[PAD]": len(VOCAB) + 1}
+    words = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    words.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]", pad_token="[PAD]")
+    callback = ProvenanceCallback(ledger, datasets=["tiny"])
+    trainer = Trainer(model=_model(), args=TrainingArguments(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=2, save_steps=1, report_to=[],
+        use_cpu=True, disable_tqdm=True), train_dataset=rows, processing_class=tokenizer, callbacks=[callback])
+    trainer.train()
+    base_files = {f.name for f in ledger.model_files(callback.run.base)}
+    assert {"config.json", "tokenizer.json", "tokenizer_config.json"} <= base_files
+    for version in (callback.version, callback.checkpoints[1]):  # they have the base's files
+        assert {f.name for f in ledger.model_files(version)} == base_files
+    folder = ledger.checkout_hf(callback.version, tmp_path / "final")
+    loaded = GPT2LMHeadModel.from_pretrained(folder)
+    state = trainer.model.state_dict()
+    assert all(torch.equal(loaded.state_dict()[k], state[k]) for k in loaded.state_dict())
+    again = transformers.AutoTokenizer.from_pretrained(folder)
+    assert again("d3 w5")["input_ids"] == [VOCAB["d3"], VOCAB["w5"]]

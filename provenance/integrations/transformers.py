@@ -75,8 +75,10 @@ zero alone is not the whole model.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -188,7 +190,7 @@ class ProvenanceCallback(TrainerCallback):
             with one_session(self.ledger):
                 base = self.base
                 if base is None:
-                    base = self.ledger.commit(_starting_state(model), message=f"{message}: starting weights")
+                    base = self._commit_start(model, kwargs.get("processing_class", kwargs.get("tokenizer")), message)
                 self.run = self.ledger.start_run(base=base, datasets=datasets, message=message,
                                                  params={**_training_params(args, state), **self.params}, **options)
             run_id = self.run.run_id
@@ -198,6 +200,19 @@ class ProvenanceCallback(TrainerCallback):
             self.run = self.ledger.attach_run(run_id)
         self.version, self.checkpoints = None, {}
         self._tap, self._key_of, self._running = tap, key_of, True
+
+    def _commit_start(self, model: Any, processing_class: Any, message: str) -> Any:
+        """Commit the starting weights; into a local ledger with the files ``from_pretrained``
+        needs beside them (the model's config and generation config, the Trainer's tokenizer or
+        processor), which every version of the run then has (``prov model checkout --hf``)."""
+        from provenance.remote import RemoteLedger
+
+        state = _starting_state(model)
+        if isinstance(self.ledger, RemoteLedger):  # a ledger server takes tensors only
+            return self.ledger.commit(state, message=f"{message}: starting weights")
+        with tempfile.TemporaryDirectory(prefix="provenance-model-files-") as folder:
+            files = _save_model_files(model, processing_class, folder)
+            return self.ledger.commit(state, message=f"{message}: starting weights", files=folder if files else None)
 
     def on_substep_end(self, args, state, control, **kwargs):
         self._log_batch(state.global_step)  # a micro-batch accumulated into the coming update
@@ -384,6 +399,21 @@ def _starting_state(model: Any) -> Any:
         return model.state_dict()
     return {name.replace(".base_layer.", "."): tensor for name, tensor in model.get_base_model().state_dict().items()
             if ".lora_" not in name}
+
+
+def _save_model_files(model: Any, processing_class: Any, folder: str) -> bool:
+    """Write into ``folder`` the files a checkpoint folder has beside the weights, as
+    ``save_pretrained`` writes them: the config, the generation config and the tokenizer (or
+    processor); whether there is any."""
+    inner = model.get_base_model() if _is_peft(model) else model
+    for part in (getattr(inner, "config", None), getattr(inner, "generation_config", None), processing_class):
+        if part is not None and callable(getattr(part, "save_pretrained", None)):
+            try:
+                part.save_pretrained(folder)
+            except ValueError as exc:  # transformers refuses to save a generation config it finds invalid
+                warnings.warn(f"ProvenanceCallback: {type(part).__name__} not stored with the starting weights: {exc}",
+                              stacklevel=2)
+    return any(os.scandir(folder))
 
 
 def _snapshot(model: Any, *, copy: bool = True) -> tuple[Any, Callable[[], None]]:
