@@ -14,6 +14,7 @@ from collections import defaultdict
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
@@ -124,9 +125,13 @@ def test_the_keys_of_every_trained_batch_are_logged_at_its_step(tiny, tmp_path, 
     assert not all(torch.equal(base[k], final[k]) for k in start)
     assert [d.dataset_id for d in ledger.lineage(version).datasets] == ["tiny@1"]
     assert sorted(callback.checkpoints) == [3, 6]
-    for step, checkpoint in callback.checkpoints.items():
-        assert checkpoint.parents == [record.base_version] and f"step {step} of run {record.run_id[:12]}" in checkpoint.message
-    assert ledger.checkout(callback.checkpoints[6]).keys() == final.keys()
+    checkpoint = callback.checkpoints[3]
+    assert checkpoint.parents == [record.base_version] and f"step 3 of run {record.run_id[:12]}" in checkpoint.message
+    saved = load_file(str(tmp_path / "out" / "checkpoint-3" / "model.safetensors"))
+    at_three = ledger.checkout(checkpoint)
+    assert all(torch.equal(at_three[k], saved[k]) for k in saved)  # the weights the Trainer saved at step 3
+    assert callback.checkpoints[6] == version  # saved at the last step: the run's own version, not a second commit
+    assert len(ledger.versions()) == 3
 
 
 def test_a_registered_dataset_names_itself_and_its_keys(tiny, tmp_path):
@@ -319,10 +324,34 @@ def test_a_remote_ledger_records_the_same_run(server, tmp_path):
     assert all(torch.equal(final[k], v) for k, v in trainer.model.state_dict().items())
     assert [(d.dataset_id, d.examples) for d in remote.lineage(callback.version).datasets] == [("tiny-remote@1", 32)]
 
+
+
+@pytest.mark.filterwarnings("ignore:fan_in_fan_out is set")
+def test_a_lora_model_through_a_server_is_stored_as_the_same_low_rank_patches(server, tmp_path):
+    """A ledger server takes no adapter folder: the callback sends the applied state with the
+    factors, and the server stores low-rank patches that check out as PEFT's own merge."""
     peft = pytest.importorskip("peft")
-    lora = peft.get_peft_model(_model(), peft.LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True))
-    with pytest.raises(InvalidParameterError, match="ledger server does not take"):
-        _trainer(lora, rows, tmp_path, ProvenanceCallback(remote, datasets=["tiny-remote"])).train()
+    remote = server.ledger()
+    if "tiny-remote" not in {d.name for d in remote.datasets()}:
+        remote.register_dataset("tiny-remote", _records(), id_field="id")
+    rows = [_tokenize({"key": r["id"], "text": r["text"]}) for r in _records()]
+    model = _model()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"], fan_in_fan_out=True,
+                                                      lora_dropout=0.0))
+    callback = ProvenanceCallback(remote, datasets=["tiny-remote"])
+    _trainer(lora, rows, tmp_path, callback, max_steps=4, save_steps=2, learning_rate=1e-2).train()
+    targeted = {f"transformer.h.{i}.attn.c_attn.weight" for i in range(2)}
+    for version in (callback.version, *callback.checkpoints.values()):
+        manifest = remote.manifest(version)
+        assert {n for n, p in manifest.items() if p.encoding == "low_rank"} == targeted
+        assert {p.encoding for n, p in manifest.items() if n not in targeted} == {"unchanged"}
+    base = remote.checkout(callback.run.base)
+    assert all(torch.equal(base[k], start[k]) for k in start)
+    final = remote.checkout(callback.version)
+    merged = lora.merge_and_unload().state_dict()
+    for name in merged:
+        torch.testing.assert_close(final[name], merged[name], rtol=1e-6, atol=1e-6)
 
 
 def test_the_run_starts_from_a_version_with_the_files_from_pretrained_needs(tiny, tmp_path):

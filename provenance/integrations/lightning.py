@@ -30,7 +30,8 @@ become the run's base. Each checkpoint Lightning saves (``on_save_checkpoint``, 
 run and the step (:attr:`ProvenanceCallback.checkpoints`), on a thread of its own while training
 goes on (:class:`provenance.integrations.BackgroundCommits`: the save copies the weights to CPU
 memory, one copy at most waits); the final weights are committed through the run when training
-ends, after the last checkpoint is stored, which ends it ``finished``. Logged keys are written
+ends, after the last checkpoint is stored, which ends it ``finished`` (a save at ``max_steps`` is
+not committed twice: its checkpoint is the run's version). Logged keys are written
 every ``flush_every`` examples and when training ends.
 
 **Failure.** An exception in ``fit`` ends the run ``failed``, with the error (Lightning's
@@ -113,6 +114,7 @@ class ProvenanceCallback(pl.Callback):
         self._owner = False  # whether this process started the run (the global process zero)
         self._step = 0  # the optimizer step the batch in training goes into
         self._commits: BackgroundCommits | None = None  # the process that commits: checkpoints stored meanwhile
+        self._last_save: int | None = None  # a save at the last step: its version is the run's
 
     # -- ending a run that training left open ---------------------------------------------------
 
@@ -153,7 +155,7 @@ class ProvenanceCallback(pl.Callback):
         run_id = trainer.strategy.broadcast(run_id, src=0)
         if not self._owner:
             self.run = self.ledger.attach_run(run_id)
-        self.version, self.checkpoints, self._running = None, {}, True
+        self.version, self.checkpoints, self._last_save, self._running = None, {}, None, True
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._step = trainer.global_step  # the updates made so far: this batch goes into the next
@@ -170,6 +172,9 @@ class ProvenanceCallback(pl.Callback):
         if not (self._running and self.commit_on_save and self._owner):
             return
         step, base = trainer.global_step, self.run.base
+        if trainer.max_steps > 0 and step >= trainer.max_steps:
+            self._last_save = step  # the final commit, a moment later, stores these very weights
+            return
         message = f"{self.run.record.message}: checkpoint at step {step} of run {self.run.run_id[:12]}"
         trained = snapshot(pl_module.state_dict())
         self._commits.submit(lambda ledger: ledger.commit(trained, parent=base, message=message),
@@ -186,6 +191,8 @@ class ProvenanceCallback(pl.Callback):
             commits.close()  # the last checkpoint is stored (or its error raised) before the run ends
             with one_session(self.ledger):
                 self.version = self.run.commit(pl_module.state_dict())
+            if self._last_save is not None:
+                self.checkpoints[self._last_save] = self.version
         self._running = False
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:

@@ -43,7 +43,8 @@ nothing new: objects are content-addressed) and become the run's base. A run end
 commit, so each save (``on_save``, with ``commit_on_save``) is committed as a version of its own
 on the run's base, ``ledger.commit(state, parent=base)``, its message naming the run and the
 step (:attr:`ProvenanceCallback.checkpoints`); the final weights are committed through the run at
-``on_train_end``, which ends it ``finished``. A checkpoint is committed on a thread of its own
+``on_train_end``, which ends it ``finished`` (a save at the last step is not committed twice: its
+checkpoint is the run's version). A checkpoint is committed on a thread of its own
 while training goes on (:class:`provenance.integrations.BackgroundCommits`): the save copies the
 weights to CPU memory (one copy at most waits), and ``on_train_end`` waits for the last one
 before the final commit; a checkpoint that fails to commit raises at the next save or at the end.
@@ -51,9 +52,11 @@ Logged keys are written every ``flush_every`` examples and when training ends.
 
 **LoRA.** A PEFT ``PeftModel`` with one LoRA adapter is committed as low-rank patches: the
 starting weights are its base model's, under the base model's own names, and each save and the
-end commit the folder ``save_pretrained`` writes (the adapter's factors) on that base. Other PEFT
-methods are refused when training begins, and so is a PEFT model with a ledger server (which
-does not take adapter folders yet): merge the adapter and commit the weights instead. A checkpoint version has no run of its own, so its
+end commit the folder ``save_pretrained`` writes (the adapter's factors) on that base. A ledger
+server does not take adapter folders: for one, the callback applies the adapter to the base
+weights and sends the state with the factors (``low_rank=``), so the server stores the same
+low-rank patches (the upload is the whole state, not the factors alone). Other PEFT methods are
+refused when training begins: merge the adapter and commit the weights instead. A checkpoint version has no run of its own, so its
 lineage reaches the data only through its message. A chain of runs, one per save, each based on
 the version the previous save committed, would give every checkpoint its own lineage; it was not
 chosen because a run that logs nothing counts as a whole declared epoch (the segment after a
@@ -152,6 +155,8 @@ class ProvenanceCallback(TrainerCallback):
         self._tap: _SamplerTap | None = None
         self._key_of: Callable[[int], str] | None = None
         self._commits: BackgroundCommits | None = None  # the process that commits: checkpoints stored meanwhile
+        self._remote = False  # whether the ledger is a ledger server's
+        self._last_save: int | None = None  # a save at the last step: its version is the run's
 
     # -- ending a run that training left open ---------------------------------------------------
 
@@ -174,7 +179,10 @@ class ProvenanceCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
         self._fail("training began again before this run ended (did trainer.train() raise?)")
-        _check_adapter(model, self.ledger)
+        _check_adapter(model)
+        from provenance.remote import RemoteLedger
+
+        self._remote = isinstance(self.ledger, RemoteLedger)
         tap, dataset = _tap_loader(train_dataloader)
         key_of = _key_lookup(dataset, self.key_column, self.keys)
         datasets = self.datasets if self.datasets is not None else registered_datasets(dataset, "ProvenanceCallback")
@@ -198,17 +206,15 @@ class ProvenanceCallback(TrainerCallback):
         run_id = _from_process_zero(run_id)
         if not self._owner:
             self.run = self.ledger.attach_run(run_id)
-        self.version, self.checkpoints = None, {}
+        self.version, self.checkpoints, self._last_save = None, {}, None
         self._tap, self._key_of, self._running = tap, key_of, True
 
     def _commit_start(self, model: Any, processing_class: Any, message: str) -> Any:
         """Commit the starting weights; into a local ledger with the files ``from_pretrained``
         needs beside them (the model's config and generation config, the Trainer's tokenizer or
         processor), which every version of the run then has (``prov model checkout --hf``)."""
-        from provenance.remote import RemoteLedger
-
         state = _starting_state(model)
-        if isinstance(self.ledger, RemoteLedger):  # a ledger server takes tensors only
+        if self._remote:  # a ledger server takes tensors only
             return self.ledger.commit(state, message=f"{message}: starting weights")
         with tempfile.TemporaryDirectory(prefix="provenance-model-files-") as folder:
             files = _save_model_files(model, processing_class, folder)
@@ -224,12 +230,15 @@ class ProvenanceCallback(TrainerCallback):
         if not (self._running and self.commit_on_save and self._owner):
             return
         step, base = state.global_step, self.run.base
+        if control.should_training_stop or (state.max_steps > 0 and step >= state.max_steps):
+            self._last_save = step  # the final commit, a moment later, stores these very weights
+            return
         message = f"{self.run.record.message}: checkpoint at step {step} of run {self.run.run_id[:12]}"
-        trained, cleanup = _snapshot(model)
+        trained, options, cleanup = _snapshot(model, remote=self._remote)
 
         def commit(ledger: Any) -> Any:
             try:
-                return ledger.commit(trained, parent=base, message=message)
+                return ledger.commit(trained, parent=base, message=message, **options)
             finally:
                 cleanup()
 
@@ -245,12 +254,14 @@ class ProvenanceCallback(TrainerCallback):
         if self._owner:
             commits, self._commits = self._commits, None
             commits.close()  # the last checkpoint is stored (or its error raised) before the run ends
-            trained, cleanup = _snapshot(model, copy=False)
+            trained, options, cleanup = _snapshot(model, copy=False, remote=self._remote)
             try:
                 with one_session(self.ledger):
-                    self.version = self.run.commit(trained)
+                    self.version = self.run.commit(trained, **options)
             finally:
                 cleanup()
+            if self._last_save is not None:
+                self.checkpoints[self._last_save] = self.version
         self._running = False
 
     def _log_batch(self, step: int) -> None:
@@ -375,7 +386,7 @@ def _is_peft(model: Any) -> bool:
     return any(cls.__name__ == "PeftModel" and cls.__module__.startswith("peft.") for cls in type(model).__mro__)
 
 
-def _check_adapter(model: Any, ledger: Any) -> None:
+def _check_adapter(model: Any) -> None:
     """Refuse, before training, a PEFT model whose adapters cannot be committed as low-rank patches."""
     if not _is_peft(model):
         return
@@ -384,12 +395,6 @@ def _check_adapter(model: Any, ledger: Any) -> None:
         raise InvalidParameterError(
             f"ProvenanceCallback: the PEFT model has adapters {kinds}; one LoRA adapter is committed as low-rank "
             "patches, other PEFT methods are not (merge the adapter and commit the model's weights)")
-    from provenance.remote import RemoteLedger
-
-    if isinstance(ledger, RemoteLedger):
-        raise InvalidParameterError(
-            "ProvenanceCallback: a PEFT model's adapter is committed from the folder save_pretrained writes, which a "
-            "ledger server does not take yet; use a local ledger (or merge the adapter and commit the weights)")
 
 
 def _starting_state(model: Any) -> Any:
@@ -416,19 +421,43 @@ def _save_model_files(model: Any, processing_class: Any, folder: str) -> bool:
     return any(os.scandir(folder))
 
 
-def _snapshot(model: Any, *, copy: bool = True) -> tuple[Any, Callable[[], None]]:
-    """What to commit for the model as trained, and what removes it once committed: a copy of its
-    weights (``copy``: training goes on meanwhile), or a PEFT model's adapter folder (its LoRA
-    factors, which the ledger stores as low-rank patches of the run's base)."""
+def _snapshot(model: Any, *, copy: bool = True, remote: bool = False) -> tuple[Any, dict[str, Any], Callable[[], None]]:
+    """What to commit for the model as trained (the state and the commit's options), and what
+    removes it once committed: a copy of its weights (``copy``: training goes on meanwhile), or for
+    a PEFT model the adapter folder ``save_pretrained`` writes (its LoRA factors, which the ledger
+    stores as low-rank patches of the run's base). A ledger server does not take adapter folders:
+    for one, the adapter is applied to the base weights here and the factors go with the state
+    (``low_rank=``), so that the server stores the same low-rank patches."""
     if not _is_peft(model):
-        return (snapshot(model.state_dict()) if copy else model.state_dict()), lambda: None
+        return (snapshot(model.state_dict()) if copy else model.state_dict()), {}, lambda: None
     folder = tempfile.mkdtemp(prefix="provenance-adapter-")
     try:
         model.save_pretrained(folder, safe_serialization=True)
+        if not remote:
+            return folder, {}, lambda: shutil.rmtree(folder, ignore_errors=True)
+        return (*_applied_adapter(folder, _starting_state(model)), lambda: None)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    return folder, lambda: shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        if remote:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _applied_adapter(folder: str, base: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The state an adapter folder makes of ``base``, and the commit options that store its
+    targeted weights as the adapter's low-rank factors (as a local commit of the folder does)."""
+    from provenance.checkpoints import read_lora_adapter
+    from provenance.kernels.patch import apply_low_rank
+
+    adapter = read_lora_adapter(folder, {name: (t.dtype, tuple(t.shape)) for name, t in base.items()})
+    state = {name: adapter.replaced.get(name, tensor).detach().to("cpu", copy=True) for name, tensor in base.items()}
+    low_rank = {}
+    for name, update in adapter.updates.items():
+        state[name] = apply_low_rank(state[name], update.b, update.a, update.scale)
+        if name not in adapter.replaced:
+            low_rank[name] = (update.b, update.a, update.scale)
+    return state, {"low_rank": low_rank}
 
 
 def _training_params(args: Any, state: Any) -> dict[str, Any]:
