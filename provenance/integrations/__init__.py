@@ -14,7 +14,7 @@ from typing import Any
 
 from provenance.errors import InvalidParameterError
 
-__all__ = ["BackgroundCommits", "one_session", "registered_datasets", "snapshot"]
+__all__ = ["BackgroundCommits", "RunRecorder", "failure", "one_session", "registered_datasets", "snapshot"]
 
 
 def one_session(ledger: Any) -> contextlib.AbstractContextManager:
@@ -98,3 +98,112 @@ def _own_instance(ledger: Any) -> Any:
 def snapshot(state: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``state`` in CPU memory that training can no longer change."""
     return {name: tensor.detach().to("cpu", copy=True) for name, tensor in state.items()}
+
+
+def failure(exc_type: type, exc: BaseException | None) -> str:
+    """How a run that failed with ``exc`` records its error."""
+    return f"{exc_type.__name__}: {exc}" if exc is not None and str(exc) else exc_type.__name__
+
+
+class RunRecorder:
+    """What the training callbacks share: a run started by process zero (the others attach to
+    it), checkpoints committed on :class:`BackgroundCommits`, the final weights committed through
+    the run, and a run ended failed when training raises (also as a context manager). A callback
+    calls :meth:`_start_run`, :meth:`_save` and :meth:`_end_run` from its framework's events."""
+
+    def _setup(self, ledger: Any, *, datasets: Any, message: str | None, base: Any, params: Mapping[str, Any] | None,
+               commit_on_save: bool, flush_every: int | None) -> None:
+        if message is not None and (not isinstance(message, str) or not message.strip()):
+            raise InvalidParameterError(f"message must be a non-empty string, got {message!r}")
+        self.ledger = ledger
+        self.datasets = [datasets] if isinstance(datasets, str) else datasets
+        self.message = message
+        self.base = base
+        self.params = dict(params or {})
+        self.commit_on_save = commit_on_save
+        self.flush_every = flush_every
+        self.run: Any = None  # provenance.runs.Run, once training begins
+        self.version: Any = None  # the VersionRecord the run committed
+        self.checkpoints: dict[int, Any] = {}  # global_step -> VersionRecord of each save
+        self._running = False
+        self._owner = False  # whether this process started the run (the world's process zero)
+        self._commits: BackgroundCommits | None = None  # the process that commits: checkpoints stored meanwhile
+        self._last_save: int | None = None  # a save at the last step: its version is the run's
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._fail(failure(exc_type, exc))
+
+    def _fail(self, reason: str) -> None:
+        running, self._running = self._running, False
+        commits, self._commits = self._commits, None
+        if commits is not None:
+            commits.close(raise_errors=False)
+        if running and self._owner:
+            self.run.fail(reason)
+
+    def _start_run(self, *, owner: bool, commit_base: Callable[[str], Any], datasets: Any, message: str,
+                   params: Mapping[str, Any], broadcast: Callable[[Any], Any]) -> None:
+        """Process zero (``owner``) commits the starting weights (``commit_base(message)``, unless
+        ``base`` was given) and starts the run; ``broadcast`` sends its id to the others, which
+        attach to it."""
+        self._owner = owner
+        run_id = None
+        if owner:
+            options = {} if self.flush_every is None else {"flush_every": self.flush_every}
+            with one_session(self.ledger):
+                base = self.base if self.base is not None else commit_base(message)
+                self.run = self.ledger.start_run(base=base, datasets=datasets, message=message,
+                                                 params={**params, **self.params}, **options)
+            run_id = self.run.run_id
+            self._commits = BackgroundCommits(self.ledger)
+        run_id = broadcast(run_id)
+        if not owner:
+            self.run = self.ledger.attach_run(run_id)
+        self.version, self.checkpoints, self._last_save, self._running = None, {}, None, True
+
+    def _save(self, step: int, *, last: bool, trained: Callable[[], tuple[Any, dict[str, Any], Callable[[], None]]]) -> None:
+        """Commit the checkpoint saved at ``step`` on the callback's thread: ``trained()`` gives the
+        state, the commit's options and what removes the state once committed. A save at the
+        ``last`` step is not committed: the final commit, a moment later, stores these weights."""
+        if not (self._running and self.commit_on_save and self._owner):
+            return
+        if last:
+            self._last_save = step
+            return
+        base = self.run.base
+        message = f"{self.run.record.message}: checkpoint at step {step} of run {self.run.run_id[:12]}"
+        state, options, cleanup = trained()
+
+        def commit(ledger: Any) -> Any:
+            try:
+                return ledger.commit(state, parent=base, message=message, **options)
+            finally:
+                cleanup()
+
+        self._commits.submit(commit, lambda version: self.checkpoints.__setitem__(step, version))
+
+    def _end_run(self, *, barrier: Callable[[], None],
+                 trained: Callable[[], tuple[Any, dict[str, Any], Callable[[], None]]]) -> None:
+        """Every process's examples written (``barrier``), process zero waits for its last
+        checkpoint and commits ``trained()`` through the run, which ends it."""
+        if not self._running:
+            return
+        if not self._owner:
+            self.run.flush()  # process zero's are written by its commit
+        barrier()
+        if self._owner:
+            commits, self._commits = self._commits, None
+            commits.close()  # the last checkpoint is stored (or its error raised) before the run ends
+            state, options, cleanup = trained()
+            try:
+                with one_session(self.ledger):
+                    self.version = self.run.commit(state, **options)
+            finally:
+                cleanup()
+            if self._last_save is not None:
+                self.checkpoints[self._last_save] = self.version
+        self._running = False

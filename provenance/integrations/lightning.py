@@ -50,7 +50,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from provenance.errors import InvalidParameterError, ProvenanceError
-from provenance.integrations import BackgroundCommits, one_session, registered_datasets, snapshot
+from provenance.integrations import RunRecorder, failure, registered_datasets, snapshot
 from provenance.torch import _field_getter
 
 try:
@@ -66,7 +66,7 @@ except ImportError:  # pragma: no cover - the older package name
 __all__ = ["ProvenanceCallback"]
 
 
-class ProvenanceCallback(pl.Callback):
+class ProvenanceCallback(RunRecorder, pl.Callback):
     """Records a Lightning ``Trainer.fit`` as a run in ``ledger`` (a local ``Ledger`` or a remote one).
 
     ``datasets`` are the registered datasets the training data holds (names, ``NAME@VERSION``, or
@@ -96,42 +96,11 @@ class ProvenanceCallback(pl.Callback):
     ):
         if not callable(key) and (not isinstance(key, str) or not key):
             raise InvalidParameterError(f"key must name a batch field or be a function, got {key!r}")
-        if message is not None and (not isinstance(message, str) or not message.strip()):
-            raise InvalidParameterError(f"message must be a non-empty string, got {message!r}")
-        self.ledger = ledger
-        self.datasets = [datasets] if isinstance(datasets, str) else datasets
+        self._setup(ledger, datasets=datasets, message=message, base=base, params=params,
+                    commit_on_save=commit_on_save, flush_every=flush_every)
         self.key = key
-        self.message = message
-        self.base = base
-        self.params = dict(params or {})
-        self.commit_on_save = commit_on_save
-        self.flush_every = flush_every
-        self.run: Any = None  # provenance.runs.Run, once training starts
-        self.version: Any = None  # the VersionRecord the run committed
-        self.checkpoints: dict[int, Any] = {}  # global_step -> VersionRecord of each save
         self._keys_of = key if callable(key) else _batch_field(key)
-        self._running = False
-        self._owner = False  # whether this process started the run (the global process zero)
         self._step = 0  # the optimizer step the batch in training goes into
-        self._commits: BackgroundCommits | None = None  # the process that commits: checkpoints stored meanwhile
-        self._last_save: int | None = None  # a save at the last step: its version is the run's
-
-    # -- ending a run that training left open ---------------------------------------------------
-
-    def __enter__(self) -> ProvenanceCallback:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self._fail(f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__)
-
-    def _fail(self, reason: str) -> None:
-        running, self._running = self._running, False
-        commits, self._commits = self._commits, None
-        if commits is not None:
-            commits.close(raise_errors=False)
-        if running and self._owner:
-            self.run.fail(reason)
 
     # -- Lightning's events -----------------------------------------------------------------------
 
@@ -139,23 +108,11 @@ class ProvenanceCallback(pl.Callback):
         self._fail("training started again before this run ended")
         datasets = self.datasets if self.datasets is not None else registered_datasets(
             getattr(trainer.train_dataloader, "dataset", trainer.train_dataloader), "ProvenanceCallback")
-        message = self.message or f"{type(pl_module).__name__} trained with Lightning"
-        self._owner = bool(trainer.is_global_zero)
-        run_id = None
-        if self._owner:
-            options = {} if self.flush_every is None else {"flush_every": self.flush_every}
-            with one_session(self.ledger):
-                base = self.base
-                if base is None:
-                    base = self.ledger.commit(pl_module.state_dict(), message=f"{message}: starting weights")
-                self.run = self.ledger.start_run(base=base, datasets=datasets, message=message,
-                                                 params={**_training_params(trainer), **self.params}, **options)
-            run_id = self.run.run_id
-            self._commits = BackgroundCommits(self.ledger)
-        run_id = trainer.strategy.broadcast(run_id, src=0)
-        if not self._owner:
-            self.run = self.ledger.attach_run(run_id)
-        self.version, self.checkpoints, self._last_save, self._running = None, {}, None, True
+        self._start_run(
+            owner=bool(trainer.is_global_zero), datasets=datasets, params=_training_params(trainer),
+            message=self.message or f"{type(pl_module).__name__} trained with Lightning",
+            commit_base=lambda message: self.ledger.commit(pl_module.state_dict(), message=f"{message}: starting weights"),
+            broadcast=lambda run_id: trainer.strategy.broadcast(run_id, src=0))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._step = trainer.global_step  # the updates made so far: this batch goes into the next
@@ -169,34 +126,15 @@ class ProvenanceCallback(pl.Callback):
         self.run.log_examples(keys, step=self._step)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-        if not (self._running and self.commit_on_save and self._owner):
-            return
-        step, base = trainer.global_step, self.run.base
-        if trainer.max_steps > 0 and step >= trainer.max_steps:
-            self._last_save = step  # the final commit, a moment later, stores these very weights
-            return
-        message = f"{self.run.record.message}: checkpoint at step {step} of run {self.run.run_id[:12]}"
-        trained = snapshot(pl_module.state_dict())
-        self._commits.submit(lambda ledger: ledger.commit(trained, parent=base, message=message),
-                             lambda version: self.checkpoints.__setitem__(step, version))
+        self._save(trainer.global_step, last=trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps,
+                   trained=lambda: (snapshot(pl_module.state_dict()), {}, lambda: None))
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if not self._running:
-            return
-        if not self._owner:
-            self.run.flush()  # process zero's are written by its commit
-        trainer.strategy.barrier("provenance: examples written")
-        if self._owner:
-            commits, self._commits = self._commits, None
-            commits.close()  # the last checkpoint is stored (or its error raised) before the run ends
-            with one_session(self.ledger):
-                self.version = self.run.commit(pl_module.state_dict())
-            if self._last_save is not None:
-                self.checkpoints[self._last_save] = self.version
-        self._running = False
+        self._end_run(barrier=lambda: trainer.strategy.barrier("provenance: examples written"),
+                      trained=lambda: (pl_module.state_dict(), {}, lambda: None))
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self._fail(f"{type(exception).__name__}: {exception}" if str(exception) else type(exception).__name__)
+        self._fail(failure(type(exception), exception))
 
 
 def _batch_field(field: str) -> Callable[[Any], Sequence[str]]:

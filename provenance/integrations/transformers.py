@@ -89,7 +89,7 @@ from typing import Any
 from torch.utils.data import IterableDataset
 
 from provenance.errors import InvalidParameterError, ProvenanceError
-from provenance.integrations import BackgroundCommits, one_session, registered_datasets, snapshot
+from provenance.integrations import RunRecorder, registered_datasets, snapshot
 from provenance.torch import RegisteredDataset
 
 try:
@@ -103,7 +103,7 @@ except ImportError as exc:  # pragma: no cover - the extra is missing
 __all__ = ["ProvenanceCallback"]
 
 
-class ProvenanceCallback(TrainerCallback):
+class ProvenanceCallback(RunRecorder, TrainerCallback):
     """Records a ``Trainer``'s training as a run in ``ledger`` (a local ``Ledger`` or a remote one).
 
     ``datasets`` are the registered datasets the training set holds (names, ``NAME@VERSION``, or
@@ -134,46 +134,17 @@ class ProvenanceCallback(TrainerCallback):
     ):
         if not isinstance(key_column, str) or not key_column:
             raise InvalidParameterError(f"key_column must name a field, got {key_column!r}")
-        if message is not None and (not isinstance(message, str) or not message.strip()):
-            raise InvalidParameterError(f"message must be a non-empty string, got {message!r}")
-        if isinstance(datasets, str):
-            datasets = [datasets]
-        self.ledger = ledger
-        self.datasets = datasets
+        self._setup(ledger, datasets=datasets, message=message, base=base, params=params,
+                    commit_on_save=commit_on_save, flush_every=flush_every)
         self.key_column = key_column
         self.keys = keys
-        self.message = message
-        self.base = base
-        self.params = dict(params or {})
-        self.commit_on_save = commit_on_save
-        self.flush_every = flush_every
-        self.run: Any = None  # provenance.runs.Run, once training begins
-        self.version: Any = None  # the VersionRecord the run committed
-        self.checkpoints: dict[int, Any] = {}  # global_step -> VersionRecord of each save
-        self._running = False
-        self._owner = False  # whether this process started the run (the world's process zero)
         self._tap: _SamplerTap | None = None
         self._key_of: Callable[[int], str] | None = None
-        self._commits: BackgroundCommits | None = None  # the process that commits: checkpoints stored meanwhile
         self._remote = False  # whether the ledger is a ledger server's
-        self._last_save: int | None = None  # a save at the last step: its version is the run's
-
-    # -- ending a run that training left open ---------------------------------------------------
-
-    def __enter__(self) -> ProvenanceCallback:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self._fail(f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__)
 
     def _fail(self, reason: str) -> None:
-        running, self._running, self._tap = self._running, False, None
-        commits, self._commits = self._commits, None
-        if commits is not None:
-            commits.close(raise_errors=False)
-        if running and self._owner:
-            self.run.fail(reason)
+        self._tap = None
+        super()._fail(reason)
 
     # -- the Trainer's events ---------------------------------------------------------------------
 
@@ -190,24 +161,13 @@ class ProvenanceCallback(TrainerCallback):
             batches = len(train_dataloader)
             per_epoch = max(batches // args.gradient_accumulation_steps + int(batches % args.gradient_accumulation_steps > 0), 1)
             tap.skip = (state.global_step % per_epoch) * args.gradient_accumulation_steps
-        message = self.message or f"{type(model).__name__} trained with transformers' Trainer"
-        self._owner = bool(state.is_world_process_zero)
-        run_id = None
-        if self._owner:
-            options = {} if self.flush_every is None else {"flush_every": self.flush_every}
-            with one_session(self.ledger):
-                base = self.base
-                if base is None:
-                    base = self._commit_start(model, kwargs.get("processing_class", kwargs.get("tokenizer")), message)
-                self.run = self.ledger.start_run(base=base, datasets=datasets, message=message,
-                                                 params={**_training_params(args, state), **self.params}, **options)
-            run_id = self.run.run_id
-            self._commits = BackgroundCommits(self.ledger)
-        run_id = _from_process_zero(run_id)
-        if not self._owner:
-            self.run = self.ledger.attach_run(run_id)
-        self.version, self.checkpoints, self._last_save = None, {}, None
-        self._tap, self._key_of, self._running = tap, key_of, True
+        processing_class = kwargs.get("processing_class", kwargs.get("tokenizer"))
+        self._start_run(
+            owner=bool(state.is_world_process_zero), datasets=datasets, params=_training_params(args, state),
+            message=self.message or f"{type(model).__name__} trained with transformers' Trainer",
+            commit_base=lambda message: self._commit_start(model, processing_class, message),
+            broadcast=_from_process_zero)
+        self._tap, self._key_of = tap, key_of
 
     def _commit_start(self, model: Any, processing_class: Any, message: str) -> Any:
         """Commit the starting weights; into a local ledger with the files ``from_pretrained``
@@ -227,42 +187,12 @@ class ProvenanceCallback(TrainerCallback):
         self._log_batch(state.global_step - 1)  # the last micro-batch of the update just made
 
     def on_save(self, args, state, control, model=None, **kwargs):
-        if not (self._running and self.commit_on_save and self._owner):
-            return
-        step, base = state.global_step, self.run.base
-        if control.should_training_stop or (state.max_steps > 0 and step >= state.max_steps):
-            self._last_save = step  # the final commit, a moment later, stores these very weights
-            return
-        message = f"{self.run.record.message}: checkpoint at step {step} of run {self.run.run_id[:12]}"
-        trained, options, cleanup = _snapshot(model, remote=self._remote)
-
-        def commit(ledger: Any) -> Any:
-            try:
-                return ledger.commit(trained, parent=base, message=message, **options)
-            finally:
-                cleanup()
-
-        self._commits.submit(commit, lambda version: self.checkpoints.__setitem__(step, version))
+        last = control.should_training_stop or (state.max_steps > 0 and state.global_step >= state.max_steps)
+        self._save(state.global_step, last=last, trained=lambda: _snapshot(model, remote=self._remote))
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        if not self._running:
-            return
         self._tap = None  # batches drawn but not trained on are dropped with it
-        if not self._owner:
-            self.run.flush()  # process zero's are written by its commit
-        _barrier()  # every process's examples are written before the commit ends the run
-        if self._owner:
-            commits, self._commits = self._commits, None
-            commits.close()  # the last checkpoint is stored (or its error raised) before the run ends
-            trained, options, cleanup = _snapshot(model, copy=False, remote=self._remote)
-            try:
-                with one_session(self.ledger):
-                    self.version = self.run.commit(trained, **options)
-            finally:
-                cleanup()
-            if self._last_save is not None:
-                self.checkpoints[self._last_save] = self.version
-        self._running = False
+        self._end_run(barrier=_barrier, trained=lambda: _snapshot(model, copy=False, remote=self._remote))
 
     def _log_batch(self, step: int) -> None:
         if not self._running:
