@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from provenance import Ledger
+from tests.logged import assert_same_per_step, logged_by_step
 from tests.serving import free_port
 
 pytestmark = pytest.mark.slow
@@ -41,12 +42,8 @@ def _check(ledger: Ledger, out: Path, checkpoints: list[int]) -> None:
         for step, keys in rank["seen"].items():
             seen[int(step)] += keys
     assert all(rank["seen"] for rank in ranks)  # both ranks trained
-    logged: dict[int, list[str]] = defaultdict(list)
-    for row in ledger.sql("SELECT e.step, d.key FROM run_examples e JOIN documents d USING (doc_id) WHERE e.run_id = ?",
-                          [ranks[0]["run"]]).to_pylist():
-        logged[row["step"]].append(row["key"])
-    assert sorted(logged) == sorted(seen) == list(range(4))
-    assert all(sorted(logged[s]) == sorted(seen[s]) for s in seen)
+    assert sorted(seen) == list(range(4))
+    assert_same_per_step(logged_by_step(ledger, ranks[0]["run"]), seen)
     run = ledger.run(ranks[0]["run"])
     assert run.status == "finished" and run.n_logged == 32 and run.params["world_size"] == 2
     assert run.version_id == ranks[0]["version"]

@@ -20,6 +20,7 @@ from provenance.errors import InvalidParameterError, NonFiniteError  # noqa: E40
 from provenance.integrations.lightning import ProvenanceCallback  # noqa: E402
 from provenance.torch import RegisteredDataset  # noqa: E402
 from tests import serving  # noqa: E402
+from tests.logged import assert_same_per_step, logged_by_step  # noqa: E402
 
 N_DOCS = 40
 
@@ -63,21 +64,6 @@ def _trainer(tmp_path, callback, **options) -> pl.Trainer:
     return pl.Trainer(callbacks=[callback, *settings.pop("extra", [])], **settings)
 
 
-def _logged(ledger, run_id: str) -> dict[int, list[str]]:
-    rows = ledger.sql("SELECT e.step, d.key FROM run_examples e JOIN documents d USING (doc_id) WHERE e.run_id = ?",
-                      [run_id]).to_pylist()
-    out: dict[int, list[str]] = defaultdict(list)
-    for row in rows:
-        out[row["step"]].append(row["key"])
-    return out
-
-
-def _same_per_step(logged: dict[int, list[str]], seen: dict[int, list[str]]) -> None:
-    assert sorted(logged) == sorted(seen)
-    for step in seen:
-        assert sorted(logged[step]) == sorted(seen[step]), f"step {step}"
-
-
 @pytest.fixture
 def tiny(ledger):
     ledger.register_dataset("tiny", _records(), id_field="id")
@@ -103,7 +89,7 @@ def test_the_keys_of_every_trained_batch_are_logged_at_its_step(tiny, tmp_path, 
     run = ledger.run(callback.run.run_id)
     assert run.status == "finished" and run.version_id == callback.version.version_id
     assert sum(map(len, module.seen.values())) == trained and sorted(module.seen) == list(range(6))
-    _same_per_step(_logged(ledger, run.run_id), module.seen)
+    assert_same_per_step(logged_by_step(ledger, run.run_id), module.seen)
     assert run.params["accumulate_grad_batches"] == accumulate and run.params["trainer"].startswith("lightning ")
 
     # the final weights, and each checkpoint's, check out bit-identical to what was trained and saved
@@ -129,7 +115,7 @@ def test_an_iterable_dataset_works_because_the_keys_come_with_the_batches(tiny, 
     callback = ProvenanceCallback(tiny, datasets={"tiny": 1.0})
     _trainer(tmp_path, callback, max_steps=-1, max_epochs=2).fit(module, DataLoader(_Stream(), batch_size=5))
     assert sorted(module.seen) == list(range(10))  # 24 rows in batches of 5: five steps an epoch
-    _same_per_step(_logged(tiny, callback.run.run_id), module.seen)
+    assert_same_per_step(logged_by_step(tiny, callback.run.run_id), module.seen)
 
 
 def test_a_registered_dataset_names_itself(ledger, tmp_path, write_jsonl):
@@ -139,7 +125,7 @@ def test_a_registered_dataset_names_itself(ledger, tmp_path, write_jsonl):
     callback = ProvenanceCallback(ledger)
     _trainer(tmp_path, callback, max_steps=3).fit(module, DataLoader(data, batch_size=4))
     assert callback.run.record.datasets == {ledger.dataset("wiki").dataset_id: 1.0}
-    _same_per_step(_logged(ledger, callback.run.run_id), module.seen)
+    assert_same_per_step(logged_by_step(ledger, callback.run.run_id), module.seen)
     assert callback.run.record.message == "Tiny trained with Lightning"
 
 
@@ -150,7 +136,7 @@ def test_an_exception_in_training_ends_the_run_failed(tiny, tmp_path):
         _trainer(tmp_path, callback).fit(module, DataLoader(ROWS, batch_size=4))
     run = tiny.run(callback.run.run_id)
     assert run.status == "failed" and "RuntimeError: diverged at step 2" in run.error and run.version_id is None
-    _same_per_step(_logged(tiny, run.run_id), module.seen)  # the two steps trained are kept
+    assert_same_per_step(logged_by_step(tiny, run.run_id), module.seen)  # the two steps trained are kept
 
 
 def test_batches_without_keys_stop_training_at_the_first_one(tiny, tmp_path):
@@ -163,7 +149,7 @@ def test_batches_without_keys_stop_training_at_the_first_one(tiny, tmp_path):
     keyed = ProvenanceCallback(tiny, datasets=["tiny"], key=lambda batch: [f"doc{int(v)}" for v in batch[0][:, 0]])
     module = Tiny()
     _trainer(tmp_path, keyed, max_steps=2).fit(module, DataLoader(rows, batch_size=4))
-    _same_per_step(_logged(tiny, keyed.run.run_id), module.seen)
+    assert_same_per_step(logged_by_step(tiny, keyed.run.run_id), module.seen)
 
 
 def test_what_cannot_be_followed_is_refused_before_anything_is_written(tiny, tmp_path):
@@ -205,7 +191,7 @@ def test_a_remote_ledger_records_the_same_run(server, tmp_path):
     assert run.status == "finished"
     state = remote.checkout(callback.version)
     assert all(torch.equal(state[k], v) for k, v in module.state_dict().items())
-    _same_per_step(_logged(remote, run.run_id), module.seen)
+    assert_same_per_step(logged_by_step(remote, run.run_id), module.seen)
     lineage = remote.lineage(callback.version)
     assert [(d.dataset_id, d.examples) for d in lineage.datasets] == [("tiny-remote@1", 4 * 2 * 4)]
 

@@ -24,6 +24,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 from provenance.errors import InvalidParameterError  # noqa: E402
 from provenance.integrations.transformers import ProvenanceCallback  # noqa: E402
 from provenance.torch import RegisteredDataset  # noqa: E402
+from tests.logged import assert_same_per_step, logged_by_step  # noqa: E402
 
 N_DOCS, DOC_WORDS = 64, 8
 
@@ -75,21 +76,6 @@ def _watch(trainer: Trainer, rows) -> dict[int, list[str]]:
     return seen
 
 
-def _logged(ledger, run_id: str) -> dict[int, list[str]]:
-    rows = ledger.sql("SELECT e.step, d.key FROM run_examples e JOIN documents d USING (doc_id) WHERE e.run_id = ?",
-                      [run_id]).to_pylist()
-    out: dict[int, list[str]] = defaultdict(list)
-    for row in rows:
-        out[row["step"]].append(row["key"])
-    return out
-
-
-def _same_per_step(logged: dict[int, list[str]], seen: dict[int, list[str]]) -> None:
-    assert sorted(logged) == sorted(seen)
-    for step in seen:
-        assert sorted(logged[step]) == sorted(seen[step]), f"step {step}"
-
-
 @pytest.mark.parametrize(("n_rows", "accumulate", "workers"), [
     (64, 2, 0),   # part of an epoch; the batch the loader drew ahead is never trained
     (20, 2, 0),   # five batches an epoch: the third step of each epoch has one micro-batch
@@ -109,7 +95,7 @@ def test_the_keys_of_every_trained_batch_are_logged_at_its_step(tiny, tmp_path, 
 
     assert sorted(seen) == list(range(6))
     assert sum(map(len, seen.values())) == (6 * 4 * accumulate if n_rows == 64 else 2 * n_rows)
-    _same_per_step(_logged(ledger, callback.run.run_id), seen)
+    assert_same_per_step(logged_by_step(ledger, callback.run.run_id), seen)
 
     record = ledger.run(callback.run.run_id)
     assert record.status == "finished" and record.n_logged == sum(map(len, seen.values()))
@@ -148,7 +134,7 @@ def test_a_registered_dataset_names_itself_and_its_keys(tiny, tmp_path):
     record = ledger.run(callback.run.run_id)
     assert record.status == "finished" and record.datasets == {"tiny-file@1": 1.0} and record.base_version == base.version_id
     assert callback.checkpoints == {} and callback.version.parents == [base.version_id]
-    _same_per_step(_logged(ledger, record.run_id), seen)
+    assert_same_per_step(logged_by_step(ledger, record.run_id), seen)
 
 
 def test_training_that_raises_ends_the_run_failed(tiny, tmp_path):
@@ -165,7 +151,7 @@ def test_training_that_raises_ends_the_run_failed(tiny, tmp_path):
         trainer.train()
     record = ledger.run(callback.run.run_id)
     assert record.status == "failed" and "RuntimeError: loss went to the moon" in record.error
-    assert sorted(_logged(ledger, record.run_id)) == [0, 1, 2, 3]  # what it saw before failing is kept
+    assert sorted(logged_by_step(ledger, record.run_id)) == [0, 1, 2, 3]  # what it saw before failing is kept
     assert callback.version is None and record.version_id is None
     assert sorted(callback.checkpoints) == [3]
 
@@ -200,10 +186,10 @@ def test_resuming_from_a_checkpoint_logs_only_the_steps_trained_again(tiny, tmp_
     resumed = _trainer(_model(), rows, tmp_path, again, gradient_accumulation_steps=2)
     seen = _watch(resumed, rows)
     resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-3"))
-    logged = _logged(ledger, again.run.run_id)
-    _same_per_step(logged, seen)
+    logged = logged_by_step(ledger, again.run.run_id)
+    assert_same_per_step(logged, seen)
     assert sorted(logged) == [3, 4, 5]
-    before = _logged(ledger, first.run.run_id)
+    before = logged_by_step(ledger, first.run.run_id)
     assert all(sorted(logged[s]) == sorted(before[s]) for s in (3, 4, 5))  # the same batches as the first time
     assert ledger.run(again.run.run_id).params["start_step"] == 3
 
@@ -249,7 +235,7 @@ def test_the_callback_changes_nothing_the_trainer_does(tiny, tmp_path):
     tracked, tracked_state = train([callback])
     assert tracked == plain and plain[0] != plain[2]  # the same order, and a new order each epoch
     assert all(torch.equal(plain_state[k], tracked_state[k]) for k in plain_state)
-    _same_per_step(_logged(ledger, callback.run.run_id), tracked)
+    assert_same_per_step(logged_by_step(ledger, callback.run.run_id), tracked)
 
 
 @pytest.mark.filterwarnings("ignore:fan_in_fan_out is set")
@@ -264,7 +250,7 @@ def test_a_lora_model_is_committed_as_low_rank_patches_of_its_base(tiny, tmp_pat
     trainer = _trainer(wrapped, rows, tmp_path, callback, max_steps=4, save_steps=2, learning_rate=1e-2)
     seen = _watch(trainer, rows)
     trainer.train()
-    _same_per_step(_logged(ledger, callback.run.run_id), seen)
+    assert_same_per_step(logged_by_step(ledger, callback.run.run_id), seen)
 
     base = ledger.checkout(callback.run.base)  # the base model's own weights, under their own names
     assert sorted(base) == sorted(start) and all(torch.equal(base[k], start[k]) for k in start)
@@ -297,7 +283,7 @@ def test_a_datasets_dataset_trains_with_the_keys_the_ledger_gave_its_rows(ledger
     seen = _watch(trainer, [{"input_ids": r["input_ids"], "key": r["key"]} for r in tokenized])
     trainer.train()
     assert sum(map(len, seen.values())) == 12
-    _same_per_step(_logged(ledger, callback.run.run_id), seen)
+    assert_same_per_step(logged_by_step(ledger, callback.run.run_id), seen)
     assert ledger.run(callback.run.run_id).n_logged == 12
 
 
@@ -318,7 +304,7 @@ def test_a_remote_ledger_records_the_same_run(server, tmp_path):
     seen = _watch(trainer, rows)
     with callback:
         trainer.train()
-    _same_per_step(_logged(remote, callback.run.run_id), seen)
+    assert_same_per_step(logged_by_step(remote, callback.run.run_id), seen)
     assert remote.run(callback.run.run_id).status == "finished" and sorted(callback.checkpoints) == [2, 4]
     final = remote.checkout(callback.version)
     assert all(torch.equal(final[k], v) for k, v in trainer.model.state_dict().items())
