@@ -27,6 +27,7 @@ run is still open is marked failed ("abandoned") by the next :func:`start_run` o
 from __future__ import annotations
 
 import atexit
+import itertools
 import json
 import os
 import socket
@@ -176,8 +177,11 @@ class Run:
         self.flush_every = flush_every
         self.openlineage = openlineage
         self.step = 0  # the step logged examples get when none is given; track() advances it
-        self._keys: list[pa.Array] = []
-        self._steps: list[np.ndarray] = []
+        # The buffer, one entry per call: keys as given (a list of str, or an Arrow array), their
+        # step and dataset. Arrow arrays are built once per flush: building one per call costs more
+        # than a training step's other bookkeeping.
+        self._keys: list[list[str] | pa.Array] = []
+        self._steps: list[int] = []
         self._datasets: list[str | None] = []
         self._pending = 0
         self._ended = record.status != "running"
@@ -229,24 +233,17 @@ class Run:
             raise InvalidParameterError(f"step must be an integer >= 0, got {step!r}")
         if isinstance(keys, str):
             raise InvalidParameterError("log_examples takes a sequence of keys, not one string")
-        try:
-            array = keys if isinstance(keys, pa.Array) else pa.array(list(keys), pa.string())
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise InvalidParameterError(f"document keys must be strings: {exc}") from None
-        if array.type != pa.string():
-            array = array.cast(pa.string())
-        if array.null_count:
-            raise InvalidParameterError(f"document keys at step {step} include None")
+        batch = _checked_keys(keys, step)
         if dataset is not None:
             dataset = self.ledger.dataset(dataset).dataset_id
             if dataset not in self.record.datasets:
                 raise InvalidParameterError(f"dataset {dataset} is not one of the run's datasets")
         if not self.record.datasets:
             raise InvalidParameterError("this run declared no datasets, so its examples cannot be logged")
-        self._keys.append(array)
-        self._steps.append(np.full(len(array), int(step), dtype=np.int64))
+        self._keys.append(batch)
+        self._steps.append(int(step))
         self._datasets.append(dataset)
-        self._pending += len(array)
+        self._pending += len(batch)
         if self._pending >= self.flush_every:
             self.flush()
 
@@ -255,13 +252,17 @@ class Run:
         if not self._pending:
             return 0
         n = self._pending
+        lengths = np.fromiter((len(k) for k in self._keys), np.int64, len(self._keys))
+        if all(isinstance(k, list) for k in self._keys):
+            keys = pa.array(list(itertools.chain.from_iterable(self._keys)), pa.string())
+        else:
+            keys = pa.concat_arrays([k if isinstance(k, pa.Array) else pa.array(k, pa.string()) for k in self._keys])
+        datasets = None if all(d is None for d in self._datasets) else np.repeat(np.array(self._datasets, object), lengths)
         log = pa.table({
             "seq": pa.array(np.arange(n, dtype=np.int64)),
-            "step": pa.array(np.concatenate(self._steps)),
-            "key": pa.concat_arrays(self._keys),
-            "dataset": pa.concat_arrays(
-                [pa.array([d] * len(k), pa.string()) for d, k in zip(self._datasets, self._keys)]
-            ),
+            "step": pa.array(np.repeat(np.array(self._steps, np.int64), lengths)),
+            "key": keys,
+            "dataset": pa.nulls(n, pa.string()) if datasets is None else pa.array(datasets, pa.string()),
         })
         try:
             self._write(log)
@@ -332,6 +333,27 @@ class Run:
         if self._ended:
             raise ProvenanceError(f"run {self.run_id[:12]} has ended ({self.record.status})")
 
+
+
+def _checked_keys(keys: Sequence[str] | pa.Array, step: int) -> list[str] | pa.Array:
+    """The keys of one call to :meth:`Run.log_examples`, checked: strings, none missing."""
+    if isinstance(keys, pa.Array):
+        if not (pa.types.is_string(keys.type) or pa.types.is_large_string(keys.type)):
+            raise InvalidParameterError(f"document keys must be strings, got an Arrow array of {keys.type}")
+        if keys.null_count:
+            raise InvalidParameterError(f"document keys at step {step} include None")
+        return keys.cast(pa.string()) if keys.type != pa.string() else keys
+    batch = list(keys)  # a copy: the caller may reuse its list
+    for key in batch:
+        if type(key) is not str:
+            if key is None:
+                raise InvalidParameterError(f"document keys at step {step} include None")
+            if not isinstance(key, str):
+                raise InvalidParameterError(
+                    f"document keys must be strings: got {key!r} ({type(key).__name__}) at step {step}")
+            batch = [str(k) for k in batch]  # a str subclass: stored as its plain text
+            break
+    return batch
 
 
 def _check_running(tx, run_id: str) -> None:

@@ -8,6 +8,8 @@ number every input carries in its first feature, and the trainer's step.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import defaultdict
 
 import pytest
@@ -16,7 +18,7 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 pl = pytest.importorskip("lightning.pytorch")
 
-from provenance.errors import InvalidParameterError, NonFiniteError  # noqa: E402
+from provenance.errors import InvalidParameterError, NonFiniteError, NotFoundError  # noqa: E402
 from provenance.integrations.lightning import ProvenanceCallback  # noqa: E402
 from provenance.torch import RegisteredDataset  # noqa: E402
 from tests import serving  # noqa: E402
@@ -158,6 +160,43 @@ def test_what_cannot_be_followed_is_refused_before_anything_is_written(tiny, tmp
     with pytest.raises(InvalidParameterError, match="key must name"):
         ProvenanceCallback(tiny, key="")
     assert tiny.runs() == [] and tiny.versions() == []
+
+
+def test_the_run_starts_on_the_commit_thread_while_the_first_steps_train(tiny, tmp_path, monkeypatch):
+    """Committing the starting weights and starting the run happen on the callback's own thread:
+    the steps trained meanwhile keep their keys until the run exists, a checkpoint waits for it,
+    and the base is the weights as they were when training started (copied then)."""
+    started = []
+    start_run = type(tiny).start_run
+
+    def slow_start(self, *args, **kwargs):
+        time.sleep(0.5)  # far longer than this model's six steps
+        started.append(threading.current_thread().name)
+        return start_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(tiny), "start_run", slow_start)
+    module = Tiny()
+    initial = {k: v.clone() for k, v in module.state_dict().items()}
+    callback = ProvenanceCallback(tiny, datasets=["tiny"])
+    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1)
+    _trainer(tmp_path, callback, enable_checkpointing=True, extra=[checkpoints]).fit(module, DataLoader(ROWS, batch_size=4))
+    assert len(started) == 1 and started[0].startswith("provenance-commit")
+    run = tiny.run(callback.run.run_id)
+    assert run.status == "finished" and run.n_logged == 6 * 4
+    assert_same_per_step(logged_by_step(tiny, run.run_id), module.seen)
+    base = tiny.checkout(run.base_version)
+    assert all(torch.equal(base[k], v) for k, v in initial.items())
+    assert callback.checkpoints[3].parents == [run.base_version]
+
+
+def test_a_run_that_cannot_start_stops_training_within_steps(tiny, tmp_path):
+    """A run that cannot start (here, a dataset that is not registered) stops training with the
+    ledger's error at the first batch after the commit thread gives up, and leaves no run."""
+    module = Tiny()
+    callback = ProvenanceCallback(tiny, datasets=["nope"])
+    with pytest.raises(NotFoundError, match="nope"):
+        _trainer(tmp_path, callback, max_steps=10_000).fit(module, DataLoader(ROWS, batch_size=4))
+    assert tiny.runs() == [] and sum(map(len, module.seen.values())) < 10_000 * 4
 
 
 def test_the_callback_changes_nothing_lightning_does(tiny, tmp_path):

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from click.testing import CliRunner
@@ -140,6 +142,21 @@ def test_bad_run_arguments(two_datasets):
         run.log_examples(["b0"], step=0, dataset="b")
     with pytest.raises(InvalidParameterError, match="include None"):
         run.log_examples(["a0", None], step=0)
+    with pytest.raises(InvalidParameterError, match=r"must be strings: got 7 \(int\) at step 3"):
+        run.log_examples(["a0", 7], step=3)
+    with pytest.raises(InvalidParameterError, match="Arrow array of int64"):
+        run.log_examples(pa.array([1, 2]), step=0)
+    with pytest.raises(InvalidParameterError, match="include None"):
+        run.log_examples(pa.array(["a0", None]), step=0)
+    reused = ["a0", "a1"]
+    run.log_examples(reused, step=0)  # buffered: the list the caller reuses is copied
+    reused[:] = ["a2", "a3"]
+    run.log_examples(reused, step=1)
+    run.log_examples(pa.array(["a4"], pa.large_string()), step=1, dataset="a")
+    run.log_examples(np.array(["a5"]), step=2)  # numpy's str_ is a str
+    assert run.flush() == 6
+    assert [(r["step"], r["key"]) for r in ledger.run_examples(run.run_id).to_pylist()] == [
+        (0, "a0"), (0, "a1"), (1, "a2"), (1, "a3"), (1, "a4"), (2, "a5")]
     run.finish()
     with pytest.raises(ProvenanceError, match="has ended"):
         run.log_examples(["a0"], step=0)

@@ -64,6 +64,11 @@ class BackgroundCommits:
             self._writer = _own_instance(self.ledger)
         return commit(self._writer)
 
+    def poll(self) -> None:
+        """Finish what has been stored already (its ``done``, or its error raised); never waits."""
+        if self._pending is not None and self._pending[0].done():
+            self.wait()
+
     def wait(self) -> None:
         """Wait for the checkpoint being stored; raise its error if it failed."""
         if self._pending is not None:
@@ -79,7 +84,8 @@ class BackgroundCommits:
             elif self._pending is not None:
                 (future, done), self._pending = self._pending, None
                 if future.exception() is None:  # waits; a stored checkpoint is still reported
-                    done(future.result())
+                    with contextlib.suppress(Exception):  # the run's own error is the one to raise
+                        done(future.result())
         finally:
             self._pool.shutdown(wait=True)
 
@@ -122,13 +128,22 @@ class RunRecorder:
         self.params = dict(params or {})
         self.commit_on_save = commit_on_save
         self.flush_every = flush_every
-        self.run: Any = None  # provenance.runs.Run, once training begins
+        self._run: Any = None  # provenance.runs.Run, once training begins (see run)
+        self._early: list[tuple[Any, int]] = []  # keys trained on while the run starts: (keys, step)
         self.version: Any = None  # the VersionRecord the run committed
         self.checkpoints: dict[int, Any] = {}  # global_step -> VersionRecord of each save
         self._running = False
         self._owner = False  # whether this process started the run (the world's process zero)
         self._commits: BackgroundCommits | None = None  # the process that commits: checkpoints stored meanwhile
         self._last_save: int | None = None  # a save at the last step: its version is the run's
+
+    @property
+    def run(self) -> Any:
+        """The run (a :class:`provenance.runs.Run`), once training has begun; a run still
+        starting on the commit thread is waited for (and its error raised, if it failed)."""
+        if self._run is None and self._commits is not None:
+            self._commits.wait()
+        return self._run
 
     def __enter__(self) -> Any:
         return self
@@ -141,29 +156,66 @@ class RunRecorder:
         running, self._running = self._running, False
         commits, self._commits = self._commits, None
         if commits is not None:
-            commits.close(raise_errors=False)
-        if running and self._owner:
-            self.run.fail(reason)
+            commits.close(raise_errors=False)  # a run still starting has started (or failed to) after this
+        if running and self._owner and self._run is not None:
+            self._run.fail(reason)
 
-    def _start_run(self, *, owner: bool, commit_base: Callable[[str], Any], datasets: Any, message: str,
-                   params: Mapping[str, Any], broadcast: Callable[[Any], Any]) -> None:
-        """Process zero (``owner``) commits the starting weights (``commit_base(message)``, unless
-        ``base`` was given) and starts the run; ``broadcast`` sends its id to the others, which
-        attach to it."""
+    def _start_run(self, *, owner: bool, alone: bool, starting: Callable[[], tuple[Any, dict[str, Any], Callable[[], None]]],
+                   datasets: Any, message: str, params: Mapping[str, Any], broadcast: Callable[[Any], Any]) -> None:
+        """Process zero (``owner``) commits the starting weights (``starting()`` gives the state,
+        the commit's options and what removes the state once committed; not when ``base`` was
+        given) and starts the run; ``broadcast`` sends its id to the others, which attach to it.
+
+        A process training ``alone`` does that on the commit thread while the first steps train
+        (their keys wait in :attr:`_early` until the run exists): the run's start costs training
+        the copy of the starting weights, not a commit."""
         self._owner = owner
-        run_id = None
+        self.version, self.checkpoints, self._last_save, self._early = None, {}, None, []
+        self._run = None
         if owner:
             options = {} if self.flush_every is None else {"flush_every": self.flush_every}
-            with one_session(self.ledger):
-                base = self.base if self.base is not None else commit_base(message)
-                self.run = self.ledger.start_run(base=base, datasets=datasets, message=message,
-                                                 params={**params, **self.params}, **options)
-            run_id = self.run.run_id
+            base = self.base
+            state, commit_options, cleanup = starting() if base is None else (None, {}, lambda: None)
+
+            def start(ledger: Any) -> Any:
+                try:
+                    with one_session(ledger):
+                        start_from = base if base is not None else ledger.commit(
+                            state, message=f"{message}: starting weights", **commit_options)
+                        return ledger.start_run(base=start_from, datasets=datasets, message=message,
+                                                params={**params, **self.params}, **options)
+                finally:
+                    cleanup()
+
             self._commits = BackgroundCommits(self.ledger)
-        run_id = broadcast(run_id)
-        if not owner:
-            self.run = self.ledger.attach_run(run_id)
-        self.version, self.checkpoints, self._last_save, self._running = None, {}, None, True
+            if alone:
+                self._commits.submit(start, self._started)
+            else:
+                self._started(start(self.ledger))
+        if not alone:
+            run_id = broadcast(self._run.run_id if owner else None)
+            if not owner:
+                self._run = self.ledger.attach_run(run_id)
+        self._running = True
+
+    def _started(self, run: Any) -> None:
+        """The run exists: it writes through this thread's ledger from now on, and the keys of the
+        steps trained meanwhile go into it."""
+        if getattr(run, "ledger", self.ledger) is not self.ledger and type(run.ledger) is type(self.ledger):
+            run.ledger = self.ledger  # started by the commit thread's own instance of a local ledger
+        self._run = run
+        early, self._early = self._early, []
+        for keys, step in early:
+            run.log_examples(keys, step=step)
+
+    def _log(self, keys: Any, step: int) -> None:
+        """Log the keys of a batch trained at ``step`` (kept until the run exists, while it starts)."""
+        if self._run is None:
+            self._commits.poll()
+            if self._run is None:
+                self._early.append((keys, step))
+                return
+        self._run.log_examples(keys, step=step)
 
     def _save(self, step: int, *, last: bool, trained: Callable[[], tuple[Any, dict[str, Any], Callable[[], None]]]) -> None:
         """Commit the checkpoint saved at ``step`` on the callback's thread: ``trained()`` gives the
@@ -174,7 +226,7 @@ class RunRecorder:
         if last:
             self._last_save = step
             return
-        base = self.run.base
+        base = self.run.base  # (a run still starting is waited for: its base is the checkpoint's parent)
         message = f"{self.run.record.message}: checkpoint at step {step} of run {self.run.run_id[:12]}"
         state, options, cleanup = trained()
 

@@ -25,7 +25,9 @@ with an error that says so.
 **Versions.** The run starts when training starts (``on_train_start``: the train DataLoader
 exists, so a ``RegisteredDataset`` names its dataset when ``datasets`` is not given). Without
 ``base`` the module's weights at that moment (after ``ckpt_path`` was restored) are committed and
-become the run's base. Each checkpoint Lightning saves (``on_save_checkpoint``, with
+become the run's base; with one process this and the run's start happen on the callback's
+commit thread while the first steps train (their keys wait in memory until the run exists, and an
+error in starting the run stops training at the first batch after it). Each checkpoint Lightning saves (``on_save_checkpoint``, with
 ``commit_on_save``) is committed as a version of its own on the run's base, its message naming the
 run and the step (:attr:`ProvenanceCallback.checkpoints`), on a thread of its own while training
 goes on (:class:`provenance.integrations.BackgroundCommits`: the save copies the weights to CPU
@@ -109,9 +111,9 @@ class ProvenanceCallback(RunRecorder, pl.Callback):
         datasets = self.datasets if self.datasets is not None else registered_datasets(
             getattr(trainer.train_dataloader, "dataset", trainer.train_dataloader), "ProvenanceCallback")
         self._start_run(
-            owner=bool(trainer.is_global_zero), datasets=datasets, params=_training_params(trainer),
-            message=self.message or f"{type(pl_module).__name__} trained with Lightning",
-            commit_base=lambda message: self.ledger.commit(pl_module.state_dict(), message=f"{message}: starting weights"),
+            owner=bool(trainer.is_global_zero), alone=trainer.world_size == 1, datasets=datasets,
+            params=_training_params(trainer), message=self.message or f"{type(pl_module).__name__} trained with Lightning",
+            starting=lambda: (snapshot(pl_module.state_dict()), {}, lambda: None),
             broadcast=lambda run_id: trainer.strategy.broadcast(run_id, src=0))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -123,7 +125,7 @@ class ProvenanceCallback(RunRecorder, pl.Callback):
         keys = self._keys_of(batch)
         if not keys:
             raise ProvenanceError(f"ProvenanceCallback: batch {batch_idx} at step {self._step} has no document keys")
-        self.run.log_examples(keys, step=self._step)
+        self._log(keys, self._step)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         self._save(trainer.global_step, last=trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps,

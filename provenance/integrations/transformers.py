@@ -39,7 +39,12 @@ batch. A ``datasets.Dataset`` loses its unused columns before the Trainer builds
 so with one give ``keys=train_dataset["key"]``.
 
 **Versions.** Without ``base`` the starting weights are committed first (unchanged tensors cost
-nothing new: objects are content-addressed) and become the run's base. A run ends with its
+nothing new: objects are content-addressed) and become the run's base. In a single process this
+and the run's start happen on the callback's commit thread while the first steps train (their
+keys wait in memory until the run exists): ``on_train_begin`` only copies the weights to CPU
+memory, and an error in starting the run (an unknown dataset, a server that cannot be reached)
+stops training at the first batch after it. :attr:`ProvenanceCallback.run` waits for a run still
+starting. A run ends with its
 commit, so each save (``on_save``, with ``commit_on_save``) is committed as a version of its own
 on the run's base, ``ledger.commit(state, parent=base)``, its message naming the run and the
 step (:attr:`ProvenanceCallback.checkpoints`); the final weights are committed through the run at
@@ -163,22 +168,26 @@ class ProvenanceCallback(RunRecorder, TrainerCallback):
             tap.skip = (state.global_step % per_epoch) * args.gradient_accumulation_steps
         processing_class = kwargs.get("processing_class", kwargs.get("tokenizer"))
         self._start_run(
-            owner=bool(state.is_world_process_zero), datasets=datasets, params=_training_params(args, state),
-            message=self.message or f"{type(model).__name__} trained with transformers' Trainer",
-            commit_base=lambda message: self._commit_start(model, processing_class, message),
-            broadcast=_from_process_zero)
+            owner=bool(state.is_world_process_zero), alone=_world() is None, datasets=datasets,
+            params=_training_params(args, state), message=self.message or f"{type(model).__name__} trained with transformers' Trainer",
+            starting=lambda: self._starting(model, processing_class), broadcast=_from_process_zero)
         self._tap, self._key_of = tap, key_of
 
-    def _commit_start(self, model: Any, processing_class: Any, message: str) -> Any:
-        """Commit the starting weights; into a local ledger with the files ``from_pretrained``
-        needs beside them (the model's config and generation config, the Trainer's tokenizer or
-        processor), which every version of the run then has (``prov model checkout --hf``)."""
-        state = _starting_state(model)
+    def _starting(self, model: Any, processing_class: Any) -> tuple[Any, dict[str, Any], Callable[[], None]]:
+        """The starting weights to commit (a copy); into a local ledger with the files
+        ``from_pretrained`` needs beside them (the model's config and generation config, the
+        Trainer's tokenizer or processor), which every version of the run then has
+        (``prov model checkout --hf``)."""
+        state = snapshot(_starting_state(model))
         if self._remote:  # a ledger server takes tensors only
-            return self.ledger.commit(state, message=f"{message}: starting weights")
-        with tempfile.TemporaryDirectory(prefix="provenance-model-files-") as folder:
+            return state, {}, lambda: None
+        folder = tempfile.mkdtemp(prefix="provenance-model-files-")
+        try:
             files = _save_model_files(model, processing_class, folder)
-            return self.ledger.commit(state, message=f"{message}: starting weights", files=folder if files else None)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return state, {"files": folder} if files else {}, lambda: shutil.rmtree(folder, ignore_errors=True)
 
     def on_substep_end(self, args, state, control, **kwargs):
         self._log_batch(state.global_step)  # a micro-batch accumulated into the coming update
@@ -202,7 +211,7 @@ class ProvenanceCallback(RunRecorder, TrainerCallback):
             raise ProvenanceError(
                 f"ProvenanceCallback: the Trainer trained a batch at step {step} that its train sampler did not draw; "
                 "was the train DataLoader replaced after training began?")
-        self.run.log_examples([self._key_of(i) for i in indices], step=step)
+        self._log([self._key_of(i) for i in indices], step)
 
 
 class _SamplerTap:
