@@ -44,10 +44,11 @@ def dataset_add(obj: Context, name: str, sources: tuple[str, ...], text_field: s
                 license_: str | None, source: str | None, creator: str | None, description: str | None,
                 model_generated: bool | None, num_perm: int, ngram: int, seed: int, threshold: float,
                 on_invalid: str, as_json: bool) -> None:
-    """Register SOURCES (files, folders, globs) as dataset NAME.
+    """Register SOURCES (files, folders, globs; or s3:// objects, prefixes, globs) as dataset NAME.
 
     JSONL (.jsonl, .gz, .zst), Parquet and plain text files (one document per file) are read.
-    The same content again is a no-op; changed content makes a new version.
+    The same content again is a no-op; changed content makes a new version. Object storage takes
+    the standard AWS settings (AWS_ENDPOINT_URL_S3, AWS_REGION, credentials): docs/object-storage.md.
     """
     from provenance.fingerprints import FingerprintConfig
 

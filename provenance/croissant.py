@@ -94,6 +94,11 @@ def to_croissant(ds: DatasetRecord, shards: list[ShardRecord], base: str | os.Pa
     only looks for inside the document's folder, so ``base`` must then hold those files.
     """
     files = [s for s in shards if s.uri is not None]
+    remote = next((s.uri for s in files if "://" in s.uri), None)
+    if remote is not None:
+        raise InvalidParameterError(
+            f"{ds.dataset_id}: its shards are in object storage ({remote}); a Croissant export describes files "
+            "beside the document, so copy them to a folder and register that (or export the dataset there)")
     root = _common_folder(files)
     folder = Path(base).resolve() if base is not None else root
     distribution = [_file_object(s, folder) for s in files]

@@ -17,13 +17,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import xxhash
+from pyarrow.fs import FileType
 
 from provenance.errors import InvalidParameterError, SourceError
 from provenance.fingerprints import FingerprintBatch, FingerprintConfig
 from provenance.ledger import DocumentStage, LedgerStore, LedgerWriter, _now
 from provenance.progress import NoProgress, Progress
 from provenance.records import DatasetRecord, License, RegistrationResult, ShardRecord, check_name
-from provenance.sources import Batch, Counters, FileShard, ReadOptions, Shard, resolve
+from provenance.sources import Batch, Counters, FileShard, ObjectShard, ReadOptions, Shard, resolve
+from provenance.sources.urls import is_url, object_error
 
 
 class _Unchanged(Exception):
@@ -145,10 +147,7 @@ def _identify(shards: list[Shard], id_field: str | None, progress: Progress) -> 
 
 
 def _size(shard: Shard) -> int:
-    try:
-        return shard.path.stat().st_size if isinstance(shard, FileShard) else 0
-    except OSError:
-        return 0
+    return shard.size() if isinstance(shard, FileShard) else 0
 
 
 def _write_shards(
@@ -363,12 +362,21 @@ def read_back(ds: DatasetRecord, shard: ShardRecord) -> Iterator[Batch]:
     reading is caught too). Errors name the file, the shard and the dataset."""
     if shard.uri is None:
         raise SourceError(f"shard {shard.name} of {ds.dataset_id} was registered from memory: no file to read")
-    path = Path(shard.uri)
-    if not path.is_file():
-        raise SourceError(f"{path}: shard {shard.name} of {ds.dataset_id} is no longer there")
-    reader = FileShard(path, shard.name, shard.format)
+    if is_url(shard.uri):
+        reader: FileShard = ObjectShard.at(shard.uri, shard.name, shard.format)
+        try:
+            kind = reader.fs.get_file_info(reader.path).type
+        except OSError as exc:
+            raise object_error(shard.uri, exc, f"reading shard {shard.name} of {ds.dataset_id}") from None
+        if kind != FileType.File:
+            raise SourceError(f"{shard.uri}: shard {shard.name} of {ds.dataset_id} is no longer there")
+    else:
+        path = Path(shard.uri)
+        if not path.is_file():
+            raise SourceError(f"{path}: shard {shard.name} of {ds.dataset_id} is no longer there")
+        reader = FileShard(path, shard.name, shard.format)
     reader.shard_id = shard.shard_id
     if reader._rehash() != shard.shard_id:
-        raise SourceError(f"{path} changed since it was registered as shard {shard.name} of {ds.dataset_id}")
+        raise SourceError(f"{reader.display} changed since it was registered as shard {shard.name} of {ds.dataset_id}")
     opts = ReadOptions(text_field=ds.text_field, id_field=ds.id_field, on_invalid="replace")
     yield from reader.batches(opts, Counters())

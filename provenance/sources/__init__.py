@@ -1,7 +1,8 @@
 """Reading data sources as shards of Arrow record batches, with errors that name file and line.
 
 A source is a file (JSONL, plain, ``.gz`` or ``.zst``; Parquet; plain text, one document per
-file), a folder or glob of those, or in-memory data (an iterable of dicts, Arrow tables or
+file), a folder or glob of those, the same in object storage (``s3://bucket/prefix/``; see
+:mod:`provenance.sources.urls`), or in-memory data (an iterable of dicts, Arrow tables or
 record batches, a Hugging Face ``datasets.Dataset``). Each file is one shard, identified by the
 xxh3-128 of its bytes; in-memory data is cut into shards of ``shard_records`` records,
 identified by a hash of their keys and texts. Reading streams in batches of about
@@ -16,10 +17,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from provenance.sources.base import FORMATS, Batch, Counters, ReadOptions, Shard, file_format
-from provenance.sources.files import FileShard, _file_shards
+from provenance.sources.files import FileShard, ObjectShard, _file_shards
 from provenance.sources.memory import MemoryShard, _memory_shards
 
-__all__ = ["FORMATS", "Batch", "Counters", "FileShard", "MemoryShard", "ReadOptions", "Shard", "file_format", "resolve"]
+__all__ = ["FORMATS", "Batch", "Counters", "FileShard", "MemoryShard", "ObjectShard", "ReadOptions", "Shard", "file_format", "resolve"]
 
 
 def resolve(sources: Any, opts: ReadOptions) -> list[FileShard] | Iterator[MemoryShard]:

@@ -107,10 +107,24 @@ class FileShard(Shard):
         self.format = fmt
         self.display = str(path)
 
+    def _open(self) -> Any:
+        """The shard's bytes as a binary stream, from the start (raises ``OSError``)."""
+        return open(self.path, "rb")
+
+    def _parquet_file(self) -> pq.ParquetFile:
+        return pq.ParquetFile(self.path)
+
+    def size(self) -> int:
+        """The shard's size in bytes as its folder lists it (0 when it cannot be read)."""
+        try:
+            return self.path.stat().st_size
+        except OSError:
+            return 0
+
     def identify(self) -> None:
         x, s, n = xxhash.xxh3_128(), hashlib.sha256(), 0
         try:
-            with open(self.path, "rb") as fh:
+            with self._open() as fh:
                 while chunk := fh.read(_CHUNK):
                     x.update(chunk)
                     s.update(chunk)
@@ -128,7 +142,7 @@ class FileShard(Shard):
     def _rehash(self) -> str:
         x = xxhash.xxh3_128()
         try:
-            with open(self.path, "rb") as fh:
+            with self._open() as fh:
                 while chunk := fh.read(_CHUNK):
                     x.update(chunk)
         except OSError as exc:
@@ -147,7 +161,7 @@ class FileShard(Shard):
 
     def _open_lines(self, hasher):
         try:
-            fh = open(self.path, "rb")
+            fh = self._open()
         except OSError as exc:
             raise SourceError(f"{self.display}: disappeared before it could be read ({exc.strerror or exc})") from exc
         raw = _HashingReader(fh, hasher)
@@ -261,7 +275,7 @@ class FileShard(Shard):
 
     def _parquet(self, opts: ReadOptions, counters: Counters) -> Iterator[Batch]:
         try:
-            pf = pq.ParquetFile(self.path)
+            pf = self._parquet_file()
         except FileNotFoundError as exc:
             raise SourceError(f"{self.display}: disappeared before it could be read") from exc
         except (pa.ArrowException, OSError) as exc:
@@ -293,7 +307,8 @@ class FileShard(Shard):
 
     def _text(self, opts: ReadOptions, counters: Counters) -> Iterator[Batch]:
         try:
-            data = self.path.read_bytes()
+            with self._open() as fh:
+                data = fh.read()
         except OSError as exc:
             raise SourceError(f"{self.display}: disappeared before it could be read ({exc.strerror or exc})") from exc
         self._check_unchanged(xxhash.xxh3_128_hexdigest(data))
@@ -348,7 +363,64 @@ def _regular_file(path: str) -> Path:
     return Path(path)
 
 
+class ObjectShard(FileShard):
+    """A shard that is an object in object storage (``s3://...``; see :mod:`provenance.sources.urls`)."""
+
+    def __init__(self, url: str, name: str, fmt: str, fs: Any, path: str, size: int | None = None):
+        self.path = path  # the object's path in its file system: "bucket/key"
+        self.fs = fs
+        self.name = name
+        self.uri = url
+        self.format = fmt
+        self.display = url
+        self._listed_size = size
+
+    @classmethod
+    def at(cls, url: str, name: str, fmt: str) -> ObjectShard:
+        """The object at ``url`` (a registered shard's ``uri``), through this machine's settings."""
+        from provenance.sources.urls import filesystem, split_url
+
+        scheme, path = split_url(url)
+        return cls(url, name, fmt, filesystem(scheme), path)
+
+    def _open(self) -> Any:
+        return self.fs.open_input_stream(self.path, compression=None)  # a .gz is hashed as stored
+
+    def _parquet_file(self) -> pq.ParquetFile:
+        return pq.ParquetFile(self.fs.open_input_file(self.path))
+
+    def size(self) -> int:
+        if self._listed_size is None:
+            try:
+                self._listed_size = self.fs.get_file_info(self.path).size or 0
+            except OSError:
+                return 0
+        return self._listed_size
+
+
+def _object_shards(specs: list[str]) -> list[FileShard]:
+    from provenance.sources.urls import object_shards, relative_names
+
+    objects, seen = [], set()
+    for spec in specs:
+        for found in object_shards(spec):
+            if found[0] not in seen:
+                seen.add(found[0])
+                objects.append(found)
+    names = relative_names([path for _url, _scheme, _fs, path, _size in objects])
+    return [ObjectShard(url, name, file_format(path), fs, path, size)
+            for (url, _scheme, fs, path, size), name in zip(objects, names)]
+
+
 def _file_shards(specs: list[str]) -> list[FileShard]:
+    from provenance.sources.urls import is_url
+
+    urls = [s for s in specs if is_url(s)]
+    if urls:
+        if len(urls) != len(specs):
+            raise SourceError(f"{urls[0]}: local files and URLs cannot be registered together as one dataset's "
+                              "shards; register them as two datasets (or copy the files to the same storage)")
+        return _object_shards(urls)
     files: list[Path] = []
     for spec in specs:
         if any(ch in spec for ch in "*?["):

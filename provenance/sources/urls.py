@@ -1,0 +1,141 @@
+"""Sources in object storage: ``s3://bucket/prefix/`` and the other file systems Arrow or fsspec know.
+
+A URL names one object, a prefix (every object under it, as a folder names its files) or a glob
+(``s3://bucket/crawl/*.jsonl.gz``). Objects are read through Arrow's file systems
+(``pyarrow.fs``): S3 natively, with the standard AWS settings (``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION`` or ``AWS_DEFAULT_REGION``, and
+``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` for an S3-compatible server such as MinIO); any
+other scheme through ``fsspec`` when the package for it is installed (``gs://`` with gcsfs,
+``az://`` with adlfs, ...). A shard's ``uri`` is its URL without credentials or settings, so a
+shard registered on one machine reads back on another that has its own settings.
+
+Every object is one shard, hashed as it is read like a local file; an object that changes (or is
+cut short) between being hashed and being read fails the registration, naming its URL.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import posixpath
+import re
+from functools import lru_cache
+from typing import Any
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from provenance.errors import SourceError
+from provenance.sources.base import _unknown_type, file_format
+
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+_GLOB = re.compile(r"[*?\[]")
+
+
+def is_url(spec: Any) -> bool:
+    """Whether ``spec`` is a URL of a file system other than the local one (``file://`` is local)."""
+    return isinstance(spec, str) and bool(_URL.match(spec)) and not spec.startswith("file://")
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """``(scheme, path)``: ``s3://bucket/a/b`` gives ``("s3", "bucket/a/b")``."""
+    parts = urlsplit(url)
+    if parts.query or parts.fragment:
+        raise SourceError(f"{url}: a source URL takes no query or fragment; set the file system's options in its "
+                          "environment (for S3: AWS_ENDPOINT_URL_S3, AWS_REGION and the credentials)")
+    if not parts.netloc:
+        raise SourceError(f"{url}: no bucket (or host) in the URL")
+    return parts.scheme.lower(), (parts.netloc + parts.path).rstrip("/") if parts.path != "/" else parts.netloc
+
+
+def filesystem(scheme: str) -> pafs.FileSystem:
+    """The file system for URLs of ``scheme``, made once per process and settings."""
+    if scheme in ("s3", "s3a"):
+        env = os.environ
+        return _s3(env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"),
+                   env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1")
+    return _fsspec(scheme)
+
+
+@lru_cache(maxsize=8)
+def _s3(endpoint: str | None, region: str) -> pafs.FileSystem:
+    options: dict[str, Any] = {"region": region, "connect_timeout": 10, "request_timeout": 60,
+                               "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3)}
+    if endpoint:
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise SourceError(f"AWS_ENDPOINT_URL {endpoint!r} is not an http:// or https:// address")
+        options.update(endpoint_override=parts.netloc + parts.path.rstrip("/"), scheme=parts.scheme)
+    return pafs.S3FileSystem(**options)
+
+
+@lru_cache(maxsize=8)
+def _fsspec(scheme: str) -> pafs.FileSystem:
+    try:
+        import fsspec
+
+        fs = fsspec.filesystem(scheme)
+    except (ImportError, ValueError) as exc:
+        raise SourceError(f"{scheme}:// sources need a file system for {scheme!r}: {exc}") from None
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def object_error(url: str, exc: BaseException, doing: str) -> SourceError:
+    """A :class:`SourceError` naming ``url`` for a failure of the file system while ``doing``."""
+    if isinstance(exc, FileNotFoundError):
+        return SourceError(f"{url}: no such object ({doing})")
+    if isinstance(exc, PermissionError) or "AccessDenied" in str(exc) or "Forbidden" in str(exc):
+        return SourceError(f"{url}: access denied ({doing}): check the credentials")
+    return SourceError(f"{url}: {doing} failed: {_describe(exc)}")
+
+
+def object_shards(spec: str) -> list[tuple[str, str, pafs.FileSystem, str, int]]:
+    """The objects ``spec`` names: ``(url, scheme, file system, path, size)`` each, sorted by path."""
+    scheme, path = split_url(spec)
+    fs = filesystem(scheme)
+    if _GLOB.search(path):
+        root = path[: _GLOB.search(path).start()].rsplit("/", 1)[0]
+        pattern = path
+        found = [f for f in _listing(spec, fs, root) if fnmatch.fnmatchcase(f.path, pattern)]
+        if not found:
+            raise SourceError(f"{spec}: pattern matched no objects")
+    else:
+        try:
+            info = fs.get_file_info(path)
+        except (OSError, pa.ArrowException) as exc:
+            raise object_error(spec, exc, "looking it up") from None
+        if info.type == pafs.FileType.File and not spec.endswith("/"):
+            found = [info]
+        elif info.type == pafs.FileType.Directory:
+            found = [f for f in _listing(spec, fs, path) if not posixpath.basename(f.path).startswith(".")]
+            if not found:
+                raise SourceError(f"{spec}: prefix holds no objects")
+        else:
+            raise SourceError(f"{spec}: no such object or prefix")
+    found.sort(key=lambda f: f.path)
+    for f in found:
+        if file_format(f.path) is None:
+            raise _unknown_type(f"{scheme}://{f.path}")
+    return [(f"{scheme}://{f.path}", scheme, fs, f.path, f.size) for f in found]
+
+
+def _listing(spec: str, fs: pafs.FileSystem, prefix: str) -> list[pafs.FileInfo]:
+    try:
+        return [f for f in fs.get_file_info(pafs.FileSelector(prefix, recursive=True, allow_not_found=True))
+                if f.type == pafs.FileType.File]
+    except (OSError, pa.ArrowException) as exc:
+        raise object_error(spec, exc, "listing it") from None
+
+
+def relative_names(paths: list[str]) -> list[str]:
+    """Shard names: each object's path relative to the deepest prefix they share (a lone
+    object's name is its last part), as a folder's files are named."""
+    if len(paths) == 1:
+        return [posixpath.basename(paths[0])]
+    root = posixpath.commonpath([posixpath.dirname(p) for p in paths])
+    return [posixpath.relpath(p, root) for p in paths]

@@ -1,0 +1,164 @@
+"""Sources in object storage: ``s3://`` URLs against a real S3 API server (moto's server mode) on
+127.0.0.1, started once for the module.
+
+The same files are registered from a local folder and from a bucket: shard ids, documents,
+signatures and band keys must be identical. Then the failures object storage has and a local disk
+does not quite: a missing object, a prefix with nothing under it, an object cut short, one
+replaced after registration, one deleted, a server that is gone.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("moto")
+
+from provenance import Ledger  # noqa: E402
+from provenance.cli.main import main  # noqa: E402
+from provenance.datasets import read_back  # noqa: E402
+from provenance.errors import InvalidParameterError, SourceError  # noqa: E402
+from provenance.torch import RegisteredDataset  # noqa: E402
+from tests import s3server  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    with s3server.running(tmp_path_factory.mktemp("moto")) as server:
+        yield server
+
+
+def _corpus(folder):
+    """Three shards of three formats; one document is a near-copy of another."""
+    (folder / "part").mkdir(parents=True)
+    rows = [{"id": f"web{i}", "text": f"page {i} says the river rises in spring and floods the lower town {i % 4}"}
+            for i in range(60)]
+    (folder / "part" / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:30]))
+    (folder / "part" / "b.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows[30:50]).encode()))
+    pq.write_table(pa.Table.from_pylist(rows[50:]), folder / "c.parquet")
+    return rows
+
+
+def _documents(ledger, dataset_id):
+    return ledger.sql("SELECT shard_index, row_index, line, key, exact_hash, token_count, n_bytes, signature, band_keys "
+                      "FROM documents WHERE dataset_id = ? ORDER BY doc_id", [dataset_id]).to_pylist()
+
+
+def _shards(ledger, dataset_id):
+    return ledger.sql("SELECT shard_index, shard_id, name, uri, format, sha256, n_bytes, n_documents, n_tokens "
+                      "FROM shards WHERE dataset_id = ? ORDER BY shard_index", [dataset_id]).to_pylist()
+
+
+def test_a_bucket_prefix_registers_exactly_as_the_same_local_folder(s3, tmp_path):
+    rows = _corpus(tmp_path / "crawl")
+    s3.bucket("corpus")
+    url = s3.upload(tmp_path / "crawl", "corpus/crawl/2026")
+    ledger = Ledger.init(tmp_path / "ledger")
+    local = ledger.register_dataset("local", str(tmp_path / "crawl"), id_field="id").dataset
+    remote = ledger.register_dataset("bucket", url, id_field="id").dataset
+
+    assert remote.n_documents == local.n_documents == len(rows)
+    local_shards, bucket_shards = _shards(ledger, local.dataset_id), _shards(ledger, remote.dataset_id)
+    assert [s["uri"] for s in bucket_shards] == [
+        "s3://corpus/crawl/2026/c.parquet", "s3://corpus/crawl/2026/part/a.jsonl", "s3://corpus/crawl/2026/part/b.jsonl.gz"]
+    for a, b in zip(local_shards, bucket_shards):
+        assert {k: v for k, v in a.items() if k != "uri"} == {k: v for k, v in b.items() if k != "uri"}
+    assert _documents(ledger, local.dataset_id) == _documents(ledger, remote.dataset_id)
+
+    # the same objects again are the same dataset version; one object, a glob and the CLI work too
+    again = ledger.register_dataset("bucket", url, id_field="id")
+    assert (again.dataset.dataset_id, again.created) == (remote.dataset_id, False)
+    assert remote.content_hash == local.content_hash  # the same bytes, wherever they are
+    one = ledger.register_dataset("one", "s3://corpus/crawl/2026/part/b.jsonl.gz", id_field="id").dataset
+    assert (one.n_documents, [s["name"] for s in _shards(ledger, one.dataset_id)]) == (20, ["b.jsonl.gz"])
+    globbed = ledger.register_dataset("globbed", "s3://corpus/crawl/*/part/*.jsonl*", id_field="id").dataset
+    assert [s["name"] for s in _shards(ledger, globbed.dataset_id)] == ["a.jsonl", "b.jsonl.gz"]
+    result = CliRunner().invoke(main, ["--ledger", str(tmp_path / "ledger"), "dataset", "add", "cli", url, "--id-field", "id"])
+    assert result.exit_code == 0, result.output
+    assert ledger.dataset("cli").n_documents == len(rows)
+
+    # a registered shard reads back from the bucket: the audits and RegisteredDataset use it
+    ds = ledger.dataset("bucket")
+    texts = [t for shard in ledger.sql("SELECT * FROM shards WHERE dataset_id = ? ORDER BY shard_index",
+                                       [ds.dataset_id]).to_pylist()
+             for batch in read_back(ds, _shard_record(ledger, ds, shard["shard_index"])) for t in batch.texts.to_pylist()]
+    assert sorted(texts) == sorted(r["text"] for r in rows)
+    items = RegisteredDataset(ledger, "bucket")
+    assert sorted(items[i]["key"] for i in range(len(items))) == sorted(r["id"] for r in rows)
+    with pytest.raises(InvalidParameterError, match=r"bucket@1: its shards are in object storage \(s3://corpus/"):
+        ledger.export_croissant("bucket")
+
+
+def _shard_record(ledger, ds, index):
+    from provenance.records import ShardRecord
+
+    (row,) = ledger.sql("SELECT * FROM shards WHERE dataset_id = ? AND shard_index = ?", [ds.dataset_id, index]).to_pylist()
+    return ShardRecord(**row)
+
+
+def _refused(ledger, source, match, **options):
+    before = ledger.datasets(all_versions=True)
+    with pytest.raises(SourceError, match=match):
+        ledger.register_dataset("bad", source, **options)
+    assert ledger.datasets(all_versions=True) == before  # nothing registered
+
+
+def test_missing_cut_and_wrong_objects_are_refused_by_url(s3, tmp_path):
+    s3.bucket("faults")
+    ledger = Ledger.init(tmp_path / "ledger")
+    _refused(ledger, "s3://faults/nothing-here.jsonl", r"s3://faults/nothing-here.jsonl: no such object or prefix")
+    _refused(ledger, "s3://faults/empty/", r"s3://faults/empty/: no such object or prefix")
+    _refused(ledger, "s3://faults/*.parquet", r"s3://faults/\*.parquet: pattern matched no objects")
+    _refused(ledger, "s3://no-such-bucket/x.jsonl", r"s3://no-such-bucket/x.jsonl: ")
+    _refused(ledger, "s3://faults/x.jsonl?versionId=3", "takes no query")
+    _refused(ledger, ["s3://faults/a.jsonl", str(tmp_path)], "local files and URLs cannot be registered together")
+
+    lines = "".join(json.dumps({"id": f"d{i}", "text": f"document number {i} about tides"}) + "\n" for i in range(200))
+    packed = gzip.compress(lines.encode())
+    s3.put("faults/cut/a.jsonl.gz", packed[: len(packed) // 2])
+    _refused(ledger, "s3://faults/cut/", r"s3://faults/cut/a.jsonl.gz: compressed data is truncated or corrupt after line")
+    s3.delete("faults/cut/a.jsonl.gz")
+    s3.put("faults/cut/b.jsonl", lines.encode()[:-20])  # cut inside the last line
+    _refused(ledger, "s3://faults/cut/b.jsonl", r"s3://faults/cut/b.jsonl:200: malformed JSON")
+    table = pa.Table.from_pylist([{"id": f"d{i}", "text": f"t {i}"} for i in range(100)])
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    data = sink.getvalue().to_pybytes()
+    s3.put("faults/cut/c.parquet", data[: len(data) - 100])
+    _refused(ledger, "s3://faults/cut/c.parquet", r"s3://faults/cut/c.parquet: not a readable Parquet file")
+    s3.put("faults/odd/notes.csv", b"a,b\n")
+    _refused(ledger, "s3://faults/odd/", r"s3://faults/odd/notes.csv")
+    assert ledger.datasets() == []
+
+
+def test_a_shard_changed_or_deleted_after_registration_is_named_when_read_back(s3, tmp_path):
+    s3.bucket("later")
+    lines = "".join(json.dumps({"id": f"d{i}", "text": f"entry {i} of the log"}) + "\n" for i in range(10))
+    url = s3.put("later/a.jsonl", lines.encode())
+    ledger = Ledger.init(tmp_path / "ledger")
+    record = ledger.register_dataset("later", url, id_field="id").dataset
+    shard = _shard_record(ledger, record, 0)
+    assert sum(len(b.texts) for b in read_back(record, shard)) == 10
+    s3.put("later/a.jsonl", lines.replace("entry 3", "entry 4").encode())
+    with pytest.raises(SourceError, match="s3://later/a.jsonl changed since it was registered as shard a.jsonl"):
+        list(read_back(record, shard))
+    s3.delete("later/a.jsonl")
+    with pytest.raises(SourceError, match="s3://later/a.jsonl: shard a.jsonl of .* is no longer there"):
+        list(read_back(record, shard))
+
+
+def test_a_server_that_is_gone_fails_the_registration_naming_the_url(tmp_path):
+    """The S3 endpoint stops answering: the registration fails (within the retries' time), names
+    the URL, and leaves the ledger as it was."""
+    with s3server.running(tmp_path / "moto") as server:
+        server.bucket("gone")
+        url = server.put("gone/a.jsonl", b'{"text": "one document"}\n')
+        ledger = Ledger.init(tmp_path / "ledger")
+        server.proc.kill()
+        server.proc.wait(10)
+        _refused(ledger, url, r"s3://gone/a.jsonl: looking it up failed")
