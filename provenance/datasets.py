@@ -78,6 +78,36 @@ def register_dataset(
     return _register(ledger, name, cfg, opts, meta, planned, write, counters)
 
 
+def register_parts(ledger: LedgerStore, name: str, parts: list[str], shards: list[dict[str, Any]], *, opts: ReadOptions,
+                   cfg: FingerprintConfig, meta: dict[str, Any], counters: Counters) -> RegistrationResult:
+    """Register rows that this project's own readers and kernels fingerprinted elsewhere (Ray
+    actors, :mod:`provenance.integrations.ray_data`) as (a new version of) dataset ``name``, in
+    one transaction.
+
+    ``parts``: Parquet files with the columns :func:`_documents_table` makes but ``dataset_id``,
+    ``doc_id`` counted from 0 within each shard; ``shards``: each shard's record (no
+    ``dataset_id``) in shard order; ``meta``: role, license (a :class:`License`), source,
+    creator, description, model_generated. Each shard's rows are counted against its record."""
+    records = [ShardRecord(dataset_id="-", **s) for s in shards]
+    if [s.shard_index for s in records] != list(range(len(records))):
+        raise InvalidParameterError("shards: shard_index must run 0, 1, 2, ... in order")
+    planned = _content_hash([(s.name, s.shard_id) for s in records], opts, cfg)
+
+    def write(tx: LedgerWriter, dataset_id: str, latest: DatasetRecord | None) -> list[ShardRecord]:
+        next_id, first_ids = tx.next_doc_id(), {}
+        for s in records:
+            first_ids[s.shard_index] = next_id
+            next_id += s.n_documents
+        found = tx.insert_document_parts(dataset_id, parts, first_ids)
+        for s in records:
+            if found.get(s.shard_index, 0) != s.n_documents:
+                raise SourceError(f"{s.uri}: shard {s.shard_index} holds {s.n_documents} documents, but its rows "
+                                  f"number {found.get(s.shard_index, 0)} (a part file lost or cut?)")
+        return [s.model_copy(update={"dataset_id": dataset_id}) for s in records]
+
+    return _register(ledger, name, cfg, opts, meta, planned, write, counters)
+
+
 def _register(ledger: LedgerStore, name: str, cfg: FingerprintConfig, opts: ReadOptions, meta: dict[str, Any],
               planned: str | None, write: Any, counters: Counters) -> RegistrationResult:
     """The registration's one transaction: the next version of ``name`` unless the content (known

@@ -99,6 +99,30 @@ class LedgerWriter(AuditWrites):
         ).to_arrow_table()
         return [ShardRecord(**r) for r in rows.to_pylist()]
 
+    def insert_document_parts(self, dataset_id: str, parts: Sequence[str], first_ids: Mapping[int, int]) -> dict[int, int]:
+        """Insert the document rows of Parquet ``parts`` (the columns of ``documents`` but
+        ``dataset_id``, with ``doc_id`` counted from 0 within each shard) into ``dataset_id``, each
+        shard's ids moved to start at ``first_ids[shard_index]``; the rows found per shard."""
+        if not parts:
+            return {}
+        offsets = pa.table({"shard_index": pa.array(list(first_ids), pa.int32()),
+                            "first_id": pa.array(list(first_ids.values()), pa.int64())})
+        self._con.register("provenance_part_offsets", offsets)
+        try:
+            found = dict(self._con.execute(
+                "SELECT shard_index, count(*) FROM read_parquet(?) GROUP BY shard_index", [list(parts)]).fetchall())
+            with self._bulk():
+                self._con.execute(
+                    """INSERT INTO documents
+                       SELECT p.doc_id + o.first_id, ?, p.shard_index, p.row_index, p.line, p.key, p.exact_hash,
+                              p.token_count, p.n_bytes, p.signature, p.band_keys
+                       FROM read_parquet(?) p JOIN provenance_part_offsets o ON p.shard_index = o.shard_index""",
+                    [dataset_id, list(parts)],
+                ).fetchall()
+        finally:
+            self._con.unregister("provenance_part_offsets")
+        return {int(k): int(v) for k, v in found.items()}
+
     def copy_documents(self, source: ShardRecord, dataset_id: str, shard_index: int, first_id: int) -> int:
         """Copy the document rows of ``source`` (a shard of an earlier version, same content and
         config) into shard ``shard_index`` of ``dataset_id``, numbered from ``first_id``."""

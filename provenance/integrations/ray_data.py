@@ -1,0 +1,243 @@
+"""Registration on Ray Data: shards read and fingerprinted by a pool of Ray actors, registered into
+the ledger in one transaction.
+
+::
+
+    from provenance.integrations.ray_data import register_dataset
+
+    register_dataset(ledger, "crawl", "s3://corpus/crawl/2026/", id_field="url", num_cpus=8)
+
+**How.** The shards are listed on the driver (files, folders, globs or ``s3://`` URLs, as a local
+registration lists them) and become a Ray ``Dataset`` of one row per shard. ``map_batches`` hands
+them, one shard at a time, to a pool of stateful actors (:class:`_Fingerprinter`): each actor
+compiles the fingerprint kernel once, when it starts, then hashes its shard, reads it with the
+project's own readers (so an error names the file and line, as locally) and fingerprints it
+batch by batch with the same kernel and configuration as a local registration, writing the rows to
+a Parquet part file in the staging folder. The driver collects one small row per shard (its hash,
+counts and part), then registers every part in one transaction
+(:func:`provenance.datasets.register_parts`: DuckDB reads the parts in place, and every shard's
+rows are counted against its record): signatures, band keys, exact hashes, keys and the content
+hash are the ones a local registration of the same files gives.
+
+**Granularity.** A shard is the unit of work: a corpus of many files spreads over the actors, one
+huge file does not. **Staging.** Parts are written under ``staging`` (default: the system's
+temporary folder), which every actor and the driver must reach: on one machine (Ray's local mode,
+or a one-node cluster) any folder; across nodes, a shared file system. They are removed when the
+registration ends, whether it succeeded or not.
+
+**Settings.** The actors get the driver's object-storage settings (``AWS_*``, see
+:mod:`provenance.sources.urls`) in their runtime environment; what the driver does not set, a
+node's own environment or role provides.
+
+**Failure.** Bad input in any shard (malformed JSON, invalid UTF-8, a truncated object) fails the
+registration with the error the local path gives, naming the file and line; nothing is registered.
+An actor that dies is restarted by Ray and its shard retried.
+
+**Not yet.** A remote ledger (``prov serve``): register with the local engine through the server,
+or on the server's machine; the GPU kernel in actors given a GPU (``num_gpus``; the CPU kernel runs
+meanwhile).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from provenance.datasets import _write_shard, register_parts
+from provenance.errors import InvalidParameterError, ProvenanceError, SourceError
+from provenance.fingerprints import FingerprintConfig, strings_to_arrow
+from provenance.progress import NoProgress, Progress
+from provenance.records import License, RegistrationResult
+from provenance.sources import Counters, FileShard, ObjectShard, ReadOptions, resolve
+from provenance.uploads import _read_options
+
+try:
+    import ray
+except ImportError as exc:  # pragma: no cover - the extra is not installed
+    raise ImportError("provenance.integrations.ray_data needs Ray Data: pip install 'provenance[ray]'") from exc
+
+__all__ = ["register_dataset"]
+
+
+def register_dataset(ledger: Any, name: str, sources: Any, *, address: str | None = None, num_cpus: int | None = None,
+                     num_gpus: float | None = None, staging: str | os.PathLike | None = None,
+                     progress: Progress | None = None, **options: Any) -> RegistrationResult:
+    """Register ``sources`` (paths, folders, globs or object-storage URLs) as dataset ``name``
+    with the fingerprinting done on Ray (module doc). ``options`` are
+    :meth:`provenance.Ledger.register_dataset`'s.
+
+    ``address``: the Ray cluster to use when Ray is not initialised in this process yet (``auto``,
+    ``ray://host:10001``; default: start a local one with ``num_cpus`` CPUs). ``num_cpus``: the
+    actors (one CPU each; default: the cluster's CPUs). ``num_gpus``: GPUs per actor."""
+    from provenance.ledger import LedgerStore
+
+    if not isinstance(ledger, LedgerStore):
+        raise InvalidParameterError(
+            "the Ray engine registers into a local ledger; through a ledger server, register with the local engine "
+            "(the client fingerprints and uploads) or run the Ray registration on the server's machine")
+    opts, cfg = _read_options(name, options)
+    shards = resolve(sources, opts)
+    if not isinstance(shards, list):
+        raise InvalidParameterError("the Ray engine reads files and object-storage URLs; register in-memory data "
+                                    "with the local engine")
+    for shard in shards:
+        if shard.format == "text" and opts.id_field:
+            raise InvalidParameterError(f"{shard.display}: id_field does not apply to plain text files")
+    if num_cpus is not None and (isinstance(num_cpus, bool) or not isinstance(num_cpus, int) or num_cpus < 1):
+        raise InvalidParameterError(f"num_cpus must be a positive integer, got {num_cpus!r}")
+    if num_gpus is not None and not (isinstance(num_gpus, (int, float)) and num_gpus > 0):
+        raise InvalidParameterError(f"num_gpus must be a positive number, got {num_gpus!r}")
+    progress = progress or NoProgress()
+    _connect(address, num_cpus)
+
+    specs = [{"index": i, "uri": s.uri, "name": s.name, "format": s.format, "display": s.display}
+             for i, s in enumerate(shards)]
+    actors = max(1, min(len(specs), num_cpus or int(ray.cluster_resources().get("CPU", 1))))
+    folder = Path(tempfile.mkdtemp(prefix="prov-ray-", dir=staging))
+    try:
+        data = ray.data.from_items(specs, override_num_blocks=len(specs)).map_batches(
+            _Fingerprinter, batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1,
+            num_gpus=num_gpus or None, zero_copy_batch=True, runtime_env={"env_vars": _storage_settings()},
+            fn_constructor_kwargs={"config": cfg.model_dump(mode="json"), "opts": opts.__dict__, "staging": str(folder)})
+        progress.start("fingerprinting on Ray", sum(s.size() for s in shards))
+        done = []
+        for row in data.iter_rows():  # stopping at an error stops the actors
+            _raise_error(row)
+            done.append(row)
+            progress.advance(int(json.loads(row["shard"])["n_bytes"]))
+        done.sort(key=lambda r: r["index"])
+        counters = Counters(replaced=sum(r["replaced"] for r in done), skipped=sum(r["skipped"] for r in done))
+        lic = options.get("license")
+        meta = {"role": options.get("role", "train"), "license": lic if isinstance(lic, License) else License.from_spdx(lic),
+                **{k: options.get(k) for k in ("source", "creator", "description", "model_generated")}}
+        return register_parts(ledger, name, [r["part"] for r in done], [json.loads(r["shard"]) for r in done],
+                              opts=opts, cfg=cfg, meta=meta, counters=counters)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _connect(address: str | None, num_cpus: int | None) -> None:
+    """Use the Ray this process is connected to, else connect to ``address`` or start a local one."""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the registration's own progress bar counts the shards' bytes
+    if ray.is_initialized():
+        return
+    if address is not None:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+
+
+#: The settings of the object-storage clients (provenance.sources.urls) that actors get from the driver.
+_SETTINGS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
+             "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE")
+
+
+def _storage_settings() -> dict[str, str]:
+    """The driver's object-storage settings, for the actors' environment: they read what the
+    driver would (a node's own settings are used for what the driver does not set)."""
+    return {k: os.environ[k] for k in _SETTINGS if k in os.environ}
+
+
+def _raise_error(row: dict[str, Any]) -> None:
+    """Raise the project's error an actor met (it sends it as data: Ray's own wrapping of an
+    exception keeps its text in a traceback, not the error), as the local path would raise it."""
+    if row.get("error"):
+        kind, message = json.loads(row["error"])
+        raise _ERRORS.get(kind, SourceError)(message)
+
+
+_ERRORS = {cls.__name__: cls for cls in (SourceError, InvalidParameterError, ProvenanceError)}
+
+
+class _Fingerprinter:
+    """A Ray actor that fingerprints whole shards into Parquet parts in the staging folder."""
+
+    def __init__(self, config: dict[str, Any], opts: dict[str, Any], staging: str):
+        self.cfg = FingerprintConfig(**config)
+        self.opts = ReadOptions(**opts)
+        self.staging = Path(staging)
+        import numba
+
+        # The kernels are parallel loops over numba's threads, one per core of the machine by
+        # default: an actor keeps to the CPUs Ray gave it, so that actors do not oversubscribe.
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS, int(cpus))))
+        self.cfg.fingerprint_batch(strings_to_arrow(["the kernel compiles once per actor, here"]))
+
+    def __call__(self, batch: pa.Table) -> dict[str, list]:
+        out: dict[str, list] = {"index": [], "shard": [], "part": [], "replaced": [], "skipped": [], "error": []}
+        for spec in batch.to_pylist():
+            counters = Counters()
+            part = self.staging / f"part-{spec['index']:06d}.parquet"
+            shard, error = None, None
+            try:
+                reader = _shard(spec)
+                reader.identify()
+                with _Part(part) as sink:
+                    record = _write_shard(sink, "", spec["index"], reader, self.cfg, self.opts, counters,
+                                          NoProgress(), 0)
+                shard = json.dumps(record.model_dump(mode="json", exclude={"dataset_id"}))
+            except ProvenanceError as exc:  # bad input: the driver raises it
+                kind = next(c.__name__ for c in type(exc).__mro__ if c.__name__ in _ERRORS)
+                error = json.dumps([kind, str(exc)])
+            out["index"].append(spec["index"])
+            out["shard"].append(shard)
+            out["part"].append(str(part))
+            out["replaced"].append(counters.replaced)
+            out["skipped"].append(counters.skipped)
+            out["error"].append(error)
+        return out
+
+
+#: The columns of a part: those of ``documents`` but ``dataset_id`` (see provenance.datasets._documents_table).
+_PART_SCHEMA = pa.schema([
+    ("doc_id", pa.int64()), ("shard_index", pa.int32()), ("row_index", pa.int64()), ("line", pa.int64()),
+    ("key", pa.string()), ("exact_hash", pa.uint64()), ("token_count", pa.int32()), ("n_bytes", pa.int32()),
+    ("signature", pa.list_(pa.uint32())), ("band_keys", pa.list_(pa.uint64())),
+])
+
+
+class _Part:
+    """Where :func:`provenance.datasets._write_shard` puts a shard's rows on an actor: a Parquet
+    file with the columns of ``documents`` but ``dataset_id`` (ids counted from 0 in the shard)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> _Part:
+        return self
+
+    def write(self, table: pa.Table) -> None:
+        table = table.drop_columns(["dataset_id"])
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, table.schema, compression="none", use_dictionary=False,
+                                           write_statistics=False)
+        self.writer.write_table(table, row_group_size=16_384)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.writer is None:  # a shard of no documents (all skipped as invalid): an empty part
+            self.writer = pq.ParquetWriter(self.path, _PART_SCHEMA, compression="none")
+        self.writer.close()
+
+
+def _shard(spec: dict[str, Any]) -> FileShard:
+    from provenance.sources.urls import is_url
+
+    if is_url(spec["uri"]):
+        return ObjectShard.at(spec["uri"], spec["name"], spec["format"])
+    if not os.path.isfile(spec["uri"]):
+        raise SourceError(f"{spec['uri']}: not found on this Ray worker (the staging and the sources must be reachable "
+                          "from every node: a shared file system or object storage)")
+    shard = FileShard(Path(spec["uri"]), spec["name"], spec["format"])
+    shard.display = spec["display"]  # as the user named it, for errors
+    return shard

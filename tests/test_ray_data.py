@@ -1,0 +1,133 @@
+"""Registration on Ray Data (``--engine ray``), in Ray's local mode with two CPUs, started once for
+the module: the rows must be identical to the single-process path's on the same corpus, local
+files and ``s3://`` objects alike; bad input anywhere fails it with the file and line, and leaves
+the ledger and the staging folder as they were."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+from click.testing import CliRunner
+
+ray = pytest.importorskip("ray")
+
+from provenance import Ledger  # noqa: E402
+from provenance.cli.main import main  # noqa: E402
+from provenance.errors import InvalidParameterError, SourceError  # noqa: E402
+from provenance.integrations.ray_data import register_dataset  # noqa: E402
+
+ROWS = "SELECT shard_index, row_index, line, key, exact_hash, token_count, n_bytes, signature, band_keys " \
+       "FROM documents WHERE dataset_id = ? ORDER BY doc_id"
+SHARDS = "SELECT shard_index, shard_id, name, format, sha256, n_bytes, n_documents, n_tokens " \
+         "FROM shards WHERE dataset_id = ? ORDER BY shard_index"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    yield
+    ray.shutdown()
+
+
+def _lines(start: int, n: int) -> str:
+    return "".join(json.dumps({"id": f"doc{i}", "text": f"record {i} tells of harbour {i % 9}, ships and the tide "
+                                                        f"{' '.join(f'w{(i * 13 + j) % 97}' for j in range(30))}"}) + "\n"
+                   for i in range(start, start + n))
+
+
+def _corpus(folder):
+    folder.mkdir()
+    (folder / "a.jsonl").write_text(_lines(0, 400))
+    (folder / "b.jsonl.gz").write_bytes(gzip.compress(_lines(400, 300).encode()))
+    (folder / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(_lines(700, 200).encode()))
+    rows = [json.loads(line) for line in _lines(900, 250).splitlines()]
+    pq.write_table(pa.Table.from_pylist(rows), folder / "d.parquet", row_group_size=64)
+    (folder / "sub").mkdir()
+    (folder / "sub" / "e.jsonl").write_text(_lines(1150, 50) + "\n\n" + _lines(0, 3))  # repeats: exact duplicates
+    return folder
+
+
+def _same(ledger, a, b):
+    assert ledger.sql(SHARDS, [a.dataset_id]).to_pylist() == ledger.sql(SHARDS, [b.dataset_id]).to_pylist()
+    assert ledger.sql(ROWS, [a.dataset_id]).to_pylist() == ledger.sql(ROWS, [b.dataset_id]).to_pylist()
+    assert (a.content_hash, a.n_documents, a.n_tokens, a.n_bytes) == (b.content_hash, b.n_documents, b.n_tokens, b.n_bytes)
+
+
+def test_ray_gives_the_rows_the_single_process_path_gives(tmp_path):
+    corpus = _corpus(tmp_path / "corpus")
+    ledger = Ledger.init(tmp_path / "ledger")
+    local = ledger.register_dataset("local", str(corpus)).dataset  # SHARD:ROW keys
+    on_ray = register_dataset(ledger, "ray", str(corpus), num_cpus=2).dataset
+    assert on_ray.n_shards == 5 and on_ray.n_documents == 1203
+    _same(ledger, local, on_ray)
+    again = register_dataset(ledger, "ray", str(corpus))
+    assert not again.created and again.dataset.dataset_id == "ray@1"
+
+
+def test_ray_reads_a_bucket_as_the_local_path_reads_it(tmp_path):
+    """The actors get the driver's AWS settings (endpoint, region, credentials) with their runtime
+    environment, so the moto server started after Ray is what they read from too."""
+    pytest.importorskip("moto")
+    from tests import s3server
+
+    corpus = _corpus(tmp_path / "corpus")
+    with s3server.running(tmp_path / "moto") as s3:
+        s3.bucket("corpus")
+        url = s3.upload(corpus, "corpus/2026")
+        ledger = Ledger.init(tmp_path / "ledger")
+        local = ledger.register_dataset("local", url).dataset
+        on_ray = register_dataset(ledger, "ray", url).dataset
+        _same(ledger, local, on_ray)
+        assert ledger.sql("SELECT uri FROM shards WHERE dataset_id = 'ray@1' ORDER BY shard_index").column("uri").to_pylist() == [
+            f"s3://corpus/2026/{n}" for n in ("a.jsonl", "b.jsonl.gz", "c.jsonl.zst", "d.parquet", "sub/e.jsonl")]
+        # e.jsonl repeats doc0..doc2: both paths refuse the ids alike
+        with pytest.raises(SourceError, match="duplicate document id: id field 'id' holds 'doc0' twice"):
+            ledger.register_dataset("ids", url, id_field="id")
+        with pytest.raises(SourceError, match="duplicate document id: id field 'id' holds 'doc0' twice"):
+            register_dataset(ledger, "ids", url, id_field="id")
+        s3.delete("corpus/2026/d.parquet")
+        s3.put("corpus/2026/d.parquet", (corpus / "d.parquet").read_bytes()[:-30])
+        with pytest.raises(SourceError, match="s3://corpus/2026/d.parquet: not a readable Parquet file"):
+            register_dataset(ledger, "cut", url)
+    assert [d.dataset_id for d in ledger.datasets(all_versions=True)] == ["local@1", "ray@1"]
+
+
+def test_bad_input_on_an_actor_fails_with_file_and_line_and_registers_nothing(tmp_path):
+    corpus = _corpus(tmp_path / "corpus")
+    with open(corpus / "sub" / "e.jsonl", "a") as f:
+        f.write('{"id": "late", "text": "cut off\n')
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    ledger = Ledger.init(tmp_path / "ledger")
+    with pytest.raises(SourceError) as local:
+        ledger.register_dataset("bad", str(corpus))
+    with pytest.raises(SourceError, match=r"sub/e\.jsonl:56: malformed JSON") as on_ray:
+        register_dataset(ledger, "bad", str(corpus), staging=staging)
+    assert str(on_ray.value) == str(local.value)  # the same words, file and line as the local path
+    (corpus / "sub" / "e.jsonl").write_bytes(b'{"text": "fine"}\n{"text": "bad \xff byte"}\n')
+    with pytest.raises(SourceError, match=r"sub/e\.jsonl:2: invalid UTF-8 at byte 14"):
+        register_dataset(ledger, "bad", str(corpus), staging=staging)
+    assert ledger.datasets(all_versions=True) == [] and list(staging.iterdir()) == []
+    fixed = register_dataset(ledger, "bad", str(corpus), staging=staging, on_invalid="replace").dataset
+    assert fixed.n_invalid_replaced == 1 and list(staging.iterdir()) == []
+    with pytest.raises(InvalidParameterError, match="num_cpus must be a positive integer"):
+        register_dataset(ledger, "x", str(corpus), num_cpus=0)
+    with pytest.raises(InvalidParameterError, match="reads files and object-storage URLs"):
+        register_dataset(ledger, "x", [{"text": "in memory"}])
+
+
+def test_the_cli_engine_option(tmp_path):
+    corpus = _corpus(tmp_path / "corpus")
+    Ledger.init(tmp_path / "ledger")
+    run = CliRunner().invoke
+    base = ["--ledger", str(tmp_path / "ledger"), "dataset", "add"]
+    result = run(main, [*base, "web", str(corpus), "--engine", "ray", "--num-cpus", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["dataset"]["n_documents"] == 1203
+    result = run(main, [*base, "web2", str(corpus), "--num-cpus", "2"])
+    assert result.exit_code == 2 and "--num-cpus applies to --engine ray" in result.output
