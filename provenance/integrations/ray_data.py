@@ -31,7 +31,8 @@ node's own environment or role provides.
 
 **Failure.** Bad input in any shard (malformed JSON, invalid UTF-8, a truncated object) fails the
 registration with the error the local path gives, naming the file and line; nothing is registered.
-An actor that dies is restarted by Ray and its shard retried.
+An actor that dies is restarted by Ray and its shard read again into the same part (tested with
+SIGKILL). A driver that dies leaves the ledger as it was and its parts in ``staging``.
 
 **Not yet.** A remote ledger (``prov serve``): register with the local engine through the server,
 or on the server's machine; the GPU kernel in actors given a GPU (``num_gpus``; the CPU kernel runs
