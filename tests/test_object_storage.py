@@ -116,6 +116,9 @@ def test_missing_cut_and_wrong_objects_are_refused_by_url(s3, tmp_path):
     _refused(ledger, "s3://faults/*.parquet", r"s3://faults/\*.parquet: pattern matched no objects")
     _refused(ledger, "s3://no-such-bucket/x.jsonl", r"s3://no-such-bucket/x.jsonl: ")
     _refused(ledger, "s3://faults/x.jsonl?versionId=3", "takes no query")
+    with pytest.raises(SourceError, match=r"^s3://faults/x.jsonl: credentials in a source URL are refused") as refused:
+        ledger.register_dataset("bad", "s3://AKIAEXAMPLE:s3cr3t@faults/x.jsonl")
+    assert "s3cr3t" not in str(refused.value) and "AKIAEXAMPLE" not in str(refused.value)
     _refused(ledger, ["s3://faults/a.jsonl", str(tmp_path)], "local files and URLs cannot be registered together")
 
     lines = "".join(json.dumps({"id": f"d{i}", "text": f"document number {i} about tides"}) + "\n" for i in range(200))

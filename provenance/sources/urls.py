@@ -46,6 +46,9 @@ def split_url(url: str) -> tuple[str, str]:
                           "environment (for S3: AWS_ENDPOINT_URL_S3, AWS_REGION and the credentials)")
     if not parts.netloc:
         raise SourceError(f"{url}: no bucket (or host) in the URL")
+    if "@" in parts.netloc:  # a shard's URL is stored in the ledger: it must not hold a secret
+        raise SourceError(f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[1]}{parts.path}: credentials in a source URL "
+                          "are refused (the URL is stored with the shard); set them in the environment or ~/.aws")
     return parts.scheme.lower(), (parts.netloc + parts.path).rstrip("/") if parts.path != "/" else parts.netloc
 
 
