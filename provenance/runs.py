@@ -344,15 +344,14 @@ def _checked_keys(keys: Sequence[str] | pa.Array, step: int) -> list[str] | pa.A
             raise InvalidParameterError(f"document keys at step {step} include None")
         return keys.cast(pa.string()) if keys.type != pa.string() else keys
     batch = list(keys)  # a copy: the caller may reuse its list
-    for key in batch:
-        if type(key) is not str:
-            if key is None:
-                raise InvalidParameterError(f"document keys at step {step} include None")
-            if not isinstance(key, str):
-                raise InvalidParameterError(
-                    f"document keys must be strings: got {key!r} ({type(key).__name__}) at step {step}")
-            batch = [str(k) for k in batch]  # a str subclass: stored as its plain text
-            break
+    for i, key in enumerate(batch):
+        if type(key) is str:
+            continue
+        if key is None:
+            raise InvalidParameterError(f"document keys at step {step} include None")
+        if not isinstance(key, str):
+            raise InvalidParameterError(f"document keys must be strings: got {key!r} ({type(key).__name__}) at step {step}")
+        batch[i] = str(key)  # a str subclass (numpy's str_): stored as its plain text
     return batch
 
 

@@ -144,6 +144,8 @@ def test_bad_run_arguments(two_datasets):
         run.log_examples(["a0", None], step=0)
     with pytest.raises(InvalidParameterError, match=r"must be strings: got 7 \(int\) at step 3"):
         run.log_examples(["a0", 7], step=3)
+    with pytest.raises(InvalidParameterError, match="include None"):  # checked after a str subclass too
+        run.log_examples(["a0", np.str_("a1"), None], step=4)
     with pytest.raises(InvalidParameterError, match="Arrow array of int64"):
         run.log_examples(pa.array([1, 2]), step=0)
     with pytest.raises(InvalidParameterError, match="include None"):
