@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from provenance.errors import InvalidParameterError
 from provenance.records import DatasetRecord, ShardRecord
+from provenance.sources.urls import is_url
 
 CONFORMS_TO = "http://mlcommons.org/croissant/1.1"
 
@@ -94,7 +95,7 @@ def to_croissant(ds: DatasetRecord, shards: list[ShardRecord], base: str | os.Pa
     only looks for inside the document's folder, so ``base`` must then hold those files.
     """
     files = [s for s in shards if s.uri is not None]
-    remote = next((s.uri for s in files if "://" in s.uri), None)
+    remote = next((s.uri for s in files if is_url(s.uri)), None)
     if remote is not None:
         raise InvalidParameterError(
             f"{ds.dataset_id}: its shards are in object storage ({remote}); a Croissant export describes files "

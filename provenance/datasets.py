@@ -88,9 +88,7 @@ def register_parts(ledger: LedgerStore, name: str, parts: list[str], shards: lis
     ``doc_id`` counted from 0 within each shard; ``shards``: each shard's record (no
     ``dataset_id``) in shard order; ``meta``: role, license (a :class:`License`), source,
     creator, description, model_generated. Each shard's rows are counted against its record."""
-    records = [ShardRecord(dataset_id="-", **s) for s in shards]
-    if [s.shard_index for s in records] != list(range(len(records))):
-        raise InvalidParameterError("shards: shard_index must run 0, 1, 2, ... in order")
+    records = planned_shards(shards)
     planned = _content_hash([(s.name, s.shard_id) for s in records], opts, cfg)
 
     def write(tx: LedgerWriter, dataset_id: str, latest: DatasetRecord | None) -> list[ShardRecord]:
@@ -106,6 +104,18 @@ def register_parts(ledger: LedgerStore, name: str, parts: list[str], shards: lis
         return [s.model_copy(update={"dataset_id": dataset_id}) for s in records]
 
     return _register(ledger, name, cfg, opts, meta, planned, write, counters)
+
+
+def planned_shards(shards: list[dict[str, Any]]) -> list[ShardRecord]:
+    """The shard records of rows fingerprinted elsewhere (an upload, Ray actors), checked: valid
+    records (without a dataset yet), numbered 0, 1, 2, ... in order."""
+    try:
+        records = [ShardRecord(dataset_id="-", **s) for s in shards]
+    except (TypeError, ValueError) as exc:
+        raise InvalidParameterError(f"shards: {exc}") from None
+    if [s.shard_index for s in records] != list(range(len(records))):
+        raise InvalidParameterError("shards: shard_index must run 0, 1, 2, ... in order")
+    return records
 
 
 def _register(ledger: LedgerStore, name: str, cfg: FingerprintConfig, opts: ReadOptions, meta: dict[str, Any],
@@ -166,14 +176,19 @@ def _check_options(name: str, role: str, on_invalid: str, text_field: str, shard
 def _identify(shards: list[Shard], id_field: str | None, progress: Progress) -> int:
     """Hash every file shard (before the transaction: the ledger is not held meanwhile); returns
     their bytes."""
-    for shard in shards:
-        if shard.format == "text" and id_field:
-            raise InvalidParameterError(f"{shard.display}: id_field does not apply to plain text files")
+    check_text_ids(shards, id_field)
     progress.start("hashing", sum(_size(s) for s in shards))
     for shard in shards:
         shard.identify()
         progress.advance(shard.n_bytes)
     return sum(s.n_bytes for s in shards)
+
+
+def check_text_ids(shards: list[Shard], id_field: str | None) -> None:
+    """Refuse ``id_field`` when a shard is a plain text file (one document, named by its file)."""
+    for shard in shards:
+        if shard.format == "text" and id_field:
+            raise InvalidParameterError(f"{shard.display}: id_field does not apply to plain text files")
 
 
 def _size(shard: Shard) -> int:

@@ -26,6 +26,7 @@ from provenance.datasets import (
     _identify,
     _register,
     _write_shard,
+    planned_shards,
 )
 from provenance.errors import InvalidParameterError
 from provenance.fingerprints import FingerprintConfig
@@ -65,6 +66,14 @@ def _read_options(name: str, options: dict[str, Any]) -> tuple[ReadOptions, Fing
     _check_options(name, options.get("role", "train"), opts.on_invalid, opts.text_field, opts.shard_records)
     config = options.get("config")
     return opts, config if isinstance(config, FingerprintConfig) else FingerprintConfig(**(config or {}))
+
+
+def registration_meta(options: dict[str, Any]) -> dict[str, Any]:
+    """A registration's dataset metadata from its options: role, licence (a :class:`License`, or
+    an SPDX id), source, creator, description, model_generated."""
+    lic = options.get("license")
+    return {"role": options.get("role", "train"), "license": lic if isinstance(lic, License) else License.from_spdx(lic),
+            **{k: options.get(k) for k in ("source", "creator", "description", "model_generated")}}
 
 
 class _Tee:
@@ -137,20 +146,13 @@ def register_uploaded(ledger: LedgerStore, name: str, path: Path, shards: list[d
                       options: dict[str, Any], counters: dict[str, int]) -> RegistrationResult:
     """Register the uploaded rows at ``path`` as (a new version of) dataset ``name`` (module doc)."""
     opts, cfg = _read_options(name, options)
-    role = options.get("role", "train")
-    lic = License.from_spdx(options.get("license"))
-    try:
-        planned_shards = [ShardRecord(dataset_id="-", **s) for s in shards]
-    except (TypeError, ValueError) as exc:
-        raise InvalidParameterError(f"shards: {exc}") from None
-    if [s.shard_index for s in planned_shards] != list(range(len(planned_shards))):
-        raise InvalidParameterError("shards: shard_index must run 0, 1, 2, ... in order")
-    planned = _content_hash([(s.name, s.shard_id) for s in planned_shards], opts, cfg)
+    declared = planned_shards(shards)
+    planned = _content_hash([(s.name, s.shard_id) for s in declared], opts, cfg)
     tally = Counters()
     tally.replaced, tally.skipped = int(counters.get("replaced", 0)), int(counters.get("skipped", 0))
 
     def write(tx: Any, dataset_id: str, latest: Any) -> list[ShardRecord]:
-        seen = np.zeros(len(planned_shards), dtype=np.int64)
+        seen = np.zeros(len(declared), dtype=np.int64)
         next_id = tx.next_doc_id()
         banding = cfg.banding
         with tx.document_stage() as stage, pa.OSFile(str(path), "rb") as f:
@@ -160,15 +162,13 @@ def register_uploaded(ledger: LedgerStore, name: str, path: Path, shards: list[d
                 table = pa.Table.from_batches([batch])
                 stage.write(_documents(table, dataset_id, next_id, cfg, banding, seen))
                 next_id += table.num_rows
-        for s, n in zip(planned_shards, seen.tolist()):
+        for s, n in zip(declared, seen.tolist()):
             if n != s.n_documents:
                 raise InvalidParameterError(f"shard {s.shard_index} ({s.name}) declares {s.n_documents} documents; "
                                             f"the upload holds {n}")
-        return [s.model_copy(update={"dataset_id": dataset_id}) for s in planned_shards]
+        return [s.model_copy(update={"dataset_id": dataset_id}) for s in declared]
 
-    meta = {"role": role, "license": lic, "source": options.get("source"), "creator": options.get("creator"),
-            "description": options.get("description"), "model_generated": options.get("model_generated")}
-    return _register(ledger, name, cfg, opts, meta, planned, write, tally)
+    return _register(ledger, name, cfg, opts, registration_meta(options), planned, write, tally)
 
 
 def _documents(table: pa.Table, dataset_id: str, first_id: int, cfg: FingerprintConfig, banding: Any,

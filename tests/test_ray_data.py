@@ -115,6 +115,10 @@ def test_bad_input_on_an_actor_fails_with_file_and_line_and_registers_nothing(tm
     assert ledger.datasets(all_versions=True) == [] and list(staging.iterdir()) == []
     fixed = register_dataset(ledger, "bad", str(corpus), staging=staging, on_invalid="replace").dataset
     assert fixed.n_invalid_replaced == 1 and list(staging.iterdir()) == []
+    (corpus / "sub" / "e.jsonl").write_bytes(b'{"text": "bad \xff byte"}\n')  # a shard all of whose records are skipped
+    skipped = register_dataset(ledger, "skipped", str(corpus), staging=staging, on_invalid="skip").dataset
+    _same(ledger, ledger.register_dataset("skipped-local", str(corpus), on_invalid="skip").dataset, skipped)
+    assert skipped.n_invalid_skipped == 1 and skipped.n_shards == 5 and list(staging.iterdir()) == []
     with pytest.raises(InvalidParameterError, match="num_cpus must be a positive integer"):
         register_dataset(ledger, "x", str(corpus), num_cpus=0)
     with pytest.raises(InvalidParameterError, match="reads files and object-storage URLs"):

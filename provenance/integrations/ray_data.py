@@ -52,13 +52,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from provenance.datasets import _write_shard, register_parts
+from provenance.datasets import _write_shard, check_text_ids, register_parts
 from provenance.errors import InvalidParameterError, ProvenanceError, SourceError
 from provenance.fingerprints import FingerprintConfig, strings_to_arrow
 from provenance.progress import NoProgress, Progress
-from provenance.records import License, RegistrationResult
+from provenance.records import RegistrationResult
 from provenance.sources import Counters, FileShard, ObjectShard, ReadOptions, resolve
-from provenance.uploads import _read_options
+from provenance.sources.urls import is_url
+from provenance.uploads import _read_options, registration_meta
 
 try:
     import ray
@@ -89,9 +90,7 @@ def register_dataset(ledger: Any, name: str, sources: Any, *, address: str | Non
     if not isinstance(shards, list):
         raise InvalidParameterError("the Ray engine reads files and object-storage URLs; register in-memory data "
                                     "with the local engine")
-    for shard in shards:
-        if shard.format == "text" and opts.id_field:
-            raise InvalidParameterError(f"{shard.display}: id_field does not apply to plain text files")
+    check_text_ids(shards, opts.id_field)
     if num_cpus is not None and (isinstance(num_cpus, bool) or not isinstance(num_cpus, int) or num_cpus < 1):
         raise InvalidParameterError(f"num_cpus must be a positive integer, got {num_cpus!r}")
     if num_gpus is not None and not (isinstance(num_gpus, (int, float)) and num_gpus > 0):
@@ -112,15 +111,13 @@ def register_dataset(ledger: Any, name: str, sources: Any, *, address: str | Non
         done = []
         for row in data.iter_rows():  # stopping at an error stops the actors
             _raise_error(row)
-            done.append(row)
-            progress.advance(int(json.loads(row["shard"])["n_bytes"]))
+            done.append({**row, "shard": json.loads(row["shard"])})
+            progress.advance(done[-1]["shard"]["n_bytes"])
         done.sort(key=lambda r: r["index"])
         counters = Counters(replaced=sum(r["replaced"] for r in done), skipped=sum(r["skipped"] for r in done))
-        lic = options.get("license")
-        meta = {"role": options.get("role", "train"), "license": lic if isinstance(lic, License) else License.from_spdx(lic),
-                **{k: options.get(k) for k in ("source", "creator", "description", "model_generated")}}
-        return register_parts(ledger, name, [r["part"] for r in done], [json.loads(r["shard"]) for r in done],
-                              opts=opts, cfg=cfg, meta=meta, counters=counters)
+        parts = [r["part"] for r in done if r["part"] is not None]  # a shard of no documents has none
+        return register_parts(ledger, name, parts, [r["shard"] for r in done], opts=opts, cfg=cfg,
+                              meta=registration_meta(options), counters=counters)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -192,24 +189,17 @@ class _Fingerprinter:
                 error = json.dumps([kind, str(exc)])
             out["index"].append(spec["index"])
             out["shard"].append(shard)
-            out["part"].append(str(part))
+            out["part"].append(str(part) if part.exists() else None)
             out["replaced"].append(counters.replaced)
             out["skipped"].append(counters.skipped)
             out["error"].append(error)
         return out
 
 
-#: The columns of a part: those of ``documents`` but ``dataset_id`` (see provenance.datasets._documents_table).
-_PART_SCHEMA = pa.schema([
-    ("doc_id", pa.int64()), ("shard_index", pa.int32()), ("row_index", pa.int64()), ("line", pa.int64()),
-    ("key", pa.string()), ("exact_hash", pa.uint64()), ("token_count", pa.int32()), ("n_bytes", pa.int32()),
-    ("signature", pa.list_(pa.uint32())), ("band_keys", pa.list_(pa.uint64())),
-])
-
-
 class _Part:
     """Where :func:`provenance.datasets._write_shard` puts a shard's rows on an actor: a Parquet
-    file with the columns of ``documents`` but ``dataset_id`` (ids counted from 0 in the shard)."""
+    file with the columns of ``documents`` but ``dataset_id`` (ids counted from 0 in the shard),
+    made at the first rows: a shard of no documents (all skipped as invalid) has no part."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -226,14 +216,11 @@ class _Part:
         self.writer.write_table(table, row_group_size=16_384)
 
     def __exit__(self, *exc: Any) -> None:
-        if self.writer is None:  # a shard of no documents (all skipped as invalid): an empty part
-            self.writer = pq.ParquetWriter(self.path, _PART_SCHEMA, compression="none")
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 def _shard(spec: dict[str, Any]) -> FileShard:
-    from provenance.sources.urls import is_url
-
     if is_url(spec["uri"]):
         return ObjectShard.at(spec["uri"], spec["name"], spec["format"])
     if not os.path.isfile(spec["uri"]):

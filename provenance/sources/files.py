@@ -407,9 +407,9 @@ def _object_shards(specs: list[str]) -> list[FileShard]:
             if found[0] not in seen:
                 seen.add(found[0])
                 objects.append(found)
-    names = relative_names([path for _url, _scheme, _fs, path, _size in objects])
+    names = relative_names([path for _url, _fs, path, _size in objects])
     return [ObjectShard(url, name, file_format(path), fs, path, size)
-            for (url, _scheme, fs, path, size), name in zip(objects, names)]
+            for (url, fs, path, size), name in zip(objects, names)]
 
 
 def _file_shards(specs: list[str]) -> list[FileShard]:

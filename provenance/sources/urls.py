@@ -49,7 +49,7 @@ def split_url(url: str) -> tuple[str, str]:
     if "@" in parts.netloc:  # a shard's URL is stored in the ledger: it must not hold a secret
         raise SourceError(f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[1]}{parts.path}: credentials in a source URL "
                           "are refused (the URL is stored with the shard); set them in the environment or ~/.aws")
-    return parts.scheme.lower(), (parts.netloc + parts.path).rstrip("/") if parts.path != "/" else parts.netloc
+    return parts.scheme.lower(), (parts.netloc + parts.path).rstrip("/")
 
 
 def filesystem(scheme: str) -> pafs.FileSystem:
@@ -97,14 +97,14 @@ def object_error(url: str, exc: BaseException, doing: str) -> SourceError:
     return SourceError(f"{url}: {doing} failed: {_describe(exc)}")
 
 
-def object_shards(spec: str) -> list[tuple[str, str, pafs.FileSystem, str, int]]:
-    """The objects ``spec`` names: ``(url, scheme, file system, path, size)`` each, sorted by path."""
+def object_shards(spec: str) -> list[tuple[str, pafs.FileSystem, str, int]]:
+    """The objects ``spec`` names: ``(url, file system, path, size)`` each, sorted by path."""
     scheme, path = split_url(spec)
     fs = filesystem(scheme)
-    if _GLOB.search(path):
-        root = path[: _GLOB.search(path).start()].rsplit("/", 1)[0]
-        pattern = path
-        found = [f for f in _listing(spec, fs, root) if fnmatch.fnmatchcase(f.path, pattern)]
+    glob = _GLOB.search(path)
+    if glob:
+        root = path[: glob.start()].rsplit("/", 1)[0]
+        found = [f for f in _listing(spec, fs, root) if fnmatch.fnmatchcase(f.path, path)]
         if not found:
             raise SourceError(f"{spec}: pattern matched no objects")
     else:
@@ -124,7 +124,7 @@ def object_shards(spec: str) -> list[tuple[str, str, pafs.FileSystem, str, int]]
     for f in found:
         if file_format(f.path) is None:
             raise _unknown_type(f"{scheme}://{f.path}")
-    return [(f"{scheme}://{f.path}", scheme, fs, f.path, f.size) for f in found]
+    return [(f"{scheme}://{f.path}", fs, f.path, f.size) for f in found]
 
 
 def _listing(spec: str, fs: pafs.FileSystem, prefix: str) -> list[pafs.FileInfo]:
