@@ -14,7 +14,14 @@ the rows, register them in DuckDB), the cores busy meanwhile (the whole machine'
 from ``/proc/stat`` through psutil, over the wall time: Ray's daemons count) and MB/s per busy
 core; the ratio of the per-core figures is the Ray engine's overhead (issue 14: ≥ 0.8).
 
-Usage: ``.venv/bin/python benchmarks/scaleout.py [--size-mb 1000] [--shards 16] [--workers 2] [--rounds 2]``
+``--part dedup``: the dedup audit instead, on ``--docs`` generated signatures (``--dup`` of them
+near-copies, as ``benchmarks/audits.py`` makes them) inserted straight into one ledger: the local
+audit (DuckDB) against :func:`provenance.integrations.ray_dedup.audit_dedup` on the same Ray, side
+by side, with the same figures (seconds, cores busy, documents per second per busy core) and a
+check that both found the same pairs and clusters.
+
+Usage: ``.venv/bin/python benchmarks/scaleout.py [--part register|dedup] [--size-mb 1000] [--shards 16]
+[--docs 200000] [--workers 2] [--rounds 2]``
 """
 
 from __future__ import annotations
@@ -84,13 +91,66 @@ def ray_arm(corpus: Path, tmp: Path, workers: int) -> tuple[float, float, int]:
     return wall, (busy() - c) / wall, result.dataset.n_documents
 
 
+def dedup_arm(ledger, engine: str) -> tuple[float, float, dict]:
+    from provenance.audits import audit_dedup
+    from provenance.integrations import ray_dedup
+
+    run = audit_dedup if engine == "local" else ray_dedup.audit_dedup
+    c, t = busy(), time.perf_counter()
+    report = run(ledger, ["big"], threshold=0.8, store=False)
+    wall = time.perf_counter() - t
+    pairs = sorted((p["a"], p["b"], p["matches"], p["cluster"]) for p in report["pairs"])
+    return wall, (busy() - c) / wall, {"summary": report["summary"], "pairs": pairs,
+                                       "rounds": report["cluster_rounds"]}
+
+
+def dedup(args) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import ray
+    from audits import insert_dataset, signatures
+
+    with tempfile.TemporaryDirectory(prefix="bench-scaleout-dedup-", dir=DATA) as tmp:
+        ledger = Ledger.init(Path(tmp) / "ledger")
+        sig, _ = signatures(args.docs, args.dup, seed=0)
+        insert_dataset(ledger, "big", sig)
+        del sig
+        ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+        results: dict[str, list] = {"local": [], "ray": []}
+        for round_ in range(args.rounds):
+            for arm in (("local", "ray") if round_ % 2 == 0 else ("ray", "local")):
+                run = dedup_arm(ledger, arm)
+                results[arm].append(run)
+                s = run[2]["summary"]
+                print(f"round {round_ + 1} {arm}: {run[0]:.1f} s on {run[1]:.2f} cores, {s['pairs']:,} pairs, "
+                      f"{s['clusters']:,} clusters, {run[2]['rounds']} cluster rounds", flush=True)
+        ray.shutdown()
+    same = all(r[2]["pairs"] == results["local"][0][2]["pairs"] for runs in results.values() for r in runs)
+    print(f"\ndedup audit of {args.docs:,} documents ({args.dup:.0%} near-copies), threshold 0.8; "
+          f"median of {args.rounds} rounds; same pairs and clusters: {same}\n")
+    print("| engine | wall, s | docs/s | cores busy | docs/s per busy core |")
+    print("|---|---|---|---|---|")
+    per_core = {}
+    for arm, runs in results.items():
+        wall = statistics.median(r[0] for r in runs)
+        cores = statistics.median(r[1] for r in runs)
+        per_core[arm] = args.docs / wall / cores
+        print(f"| {arm} | {wall:.1f} | {args.docs / wall:,.0f} | {cores:.2f} | {per_core[arm]:,.0f} |")
+    print(f"\nRay per core / local per core: {per_core['ray'] / per_core['local']:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=["register", "dedup"], default="register")
     parser.add_argument("--size-mb", type=int, default=1000)
     parser.add_argument("--shards", type=int, default=16)
+    parser.add_argument("--docs", type=int, default=200_000)
+    parser.add_argument("--dup", type=float, default=0.05)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
+    if args.part == "dedup":
+        dedup(args)
+        return
     corpus = make_corpus(args.size_mb, args.shards)
     size = sum(p.stat().st_size for p in corpus.iterdir()) / 1e6
     import ray

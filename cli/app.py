@@ -6,6 +6,7 @@ Commands live in one module per group (``datasets``, ``models``, ``runs``, ``aud
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -193,6 +194,56 @@ def _gate_options(f):
     f = click.option("--full-lineage", is_flag=True,
                      help="Compare whole lineages, including data the inputs inherit from shared ancestors.")(f)
     return f
+
+
+def _ray_options(actors: str, *, gpus: bool = False):
+    """``--engine local|ray`` and the Ray options, for the commands that run on Ray Data;
+    ``actors``: what ``--num-cpus`` counts. The command gets ``engine`` and ``ray_options`` (a
+    dict; a Ray option given with ``--engine local`` is a usage error)."""
+
+    def decorate(f):
+        def wrapper(*args: Any, engine: str, address: str | None, num_cpus: int | None, staging: str | None,
+                    num_gpus: float | None = None, **kwargs: Any) -> Any:
+            given = {"address": address, "num_cpus": num_cpus, "staging": staging}
+            if gpus:
+                given["num_gpus"] = num_gpus
+            if engine == "local" and any(v is not None for v in given.values()):
+                name = next(k for k, v in given.items() if v is not None).replace("_", "-")
+                raise click.UsageError(f"--{name} applies to --engine ray")
+            return f(*args, engine=engine, ray_options=given, **kwargs)
+
+        wrapper = functools.update_wrapper(wrapper, f)
+        del wrapper.__wrapped__  # click reads the parameters from the options below, not the signature
+        options = [
+            click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                         help="Run in this process, or on Ray Data (pip install 'provenance[ray]')."),
+            click.option("--address", default=None, metavar="auto|ray://HOST:PORT",
+                         help="--engine ray: the Ray cluster (default: start a local one)."),
+            click.option("--num-cpus", type=click.IntRange(min=1), default=None,
+                         help=f"--engine ray: {actors} (default: the cluster's CPUs)."),
+        ]
+        if gpus:
+            options.append(click.option("--num-gpus", type=click.FloatRange(min=0, min_open=True), default=None,
+                                        help="--engine ray: GPUs per actor."))
+        options.append(click.option(
+            "--staging", type=click.Path(file_okay=False), default=None,
+            help="--engine ray: folder for the files Ray workers exchange, reachable from every node "
+                 "(default: a temporary folder)."))
+        for option in reversed(options):
+            wrapper = option(wrapper)
+        return wrapper
+
+    return decorate
+
+
+def _ray_engine(module: str) -> Any:
+    """``provenance.integrations.<module>``, or a usage error saying how to install Ray."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"provenance.integrations.{module}")
+    except ImportError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 @click.group(cls=ProvGroup, context_settings={"help_option_names": ["-h", "--help"]})

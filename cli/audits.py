@@ -17,6 +17,8 @@ from provenance.cli.app import (
     Context,
     _gate_limits,
     _gate_options,
+    _ray_engine,
+    _ray_options,
     _write_html,
     json_option,
     main,
@@ -84,18 +86,23 @@ def audit_group() -> None:
               help="List every pair of near-duplicates (m copies: m(m-1)/2 pairs) instead of a spanning set of "
                    "each cluster (m copies: m-1 pairs, each with the first copy).")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None, help="Also write an HTML report.")
+@_ray_options("CPUs for the shuffles and comparisons")
 @no_store_option
 @json_option
 @pass_ctx
 def audit_dedup_cmd(obj: Context, targets: tuple[str, ...], threshold: float, verify: bool, pairs_file: str | None,
-                    all_pairs: bool, html_file: str | None, no_store: bool, as_json: bool) -> None:
+                    all_pairs: bool, html_file: str | None, engine: str, ray_options: dict, no_store: bool,
+                    as_json: bool) -> None:
     """Near-duplicate documents in datasets, or in everything in a version's lineage: the
     duplicate rate, clusters, each document's near-copies and the pairs."""
     ledger = obj.ledger(read_only=no_store)
     html_path = ledger.output_path(html_file) if html_file else None
+    options = dict(threshold=threshold, verify=verify, pairs_file=pairs_file, all_pairs=all_pairs, store=not no_store)
     with render.progress(obj.quiet) as bar:
-        report = ledger.audit_dedup(list(targets), threshold=threshold, verify=verify, pairs_file=pairs_file,
-                             all_pairs=all_pairs, store=not no_store, progress=bar)
+        if engine == "ray":
+            report = _ray_engine("ray_dedup").audit_dedup(ledger, list(targets), progress=bar, **ray_options, **options)
+        else:
+            report = ledger.audit_dedup(list(targets), progress=bar, **options)
     _write_html(report, html_path)
     show_dedup(report, as_json)
 

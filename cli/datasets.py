@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 
 from provenance.cli import render
-from provenance.cli.app import Context, json_option, main, pass_ctx
+from provenance.cli.app import Context, _ray_engine, _ray_options, json_option, main, pass_ctx
 from provenance.plain import dumps
 from provenance.records import DatasetRecord, ShardRecord
 
@@ -38,23 +38,13 @@ def dataset_group() -> None:
               help="Similarity the stored LSH bands target (found with probability >= 0.99).")
 @click.option("--on-invalid", type=click.Choice(["error", "replace", "skip"]), default="error", show_default=True,
               help="What to do with invalid UTF-8 (or unpaired surrogates).")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="Fingerprint in this process, or on Ray Data actors (pip install 'provenance[ray]').")
-@click.option("--address", default=None, metavar="auto|ray://HOST:PORT",
-              help="--engine ray: the Ray cluster (default: start a local one).")
-@click.option("--num-cpus", type=click.IntRange(min=1), default=None,
-              help="--engine ray: fingerprinting actors, one CPU each (default: the cluster's CPUs).")
-@click.option("--num-gpus", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="--engine ray: GPUs per actor.")
-@click.option("--staging", type=click.Path(file_okay=False), default=None,
-              help="--engine ray: folder for the actors' row files, reachable from every node (default: a temporary folder).")
+@_ray_options("fingerprinting actors, one CPU each", gpus=True)
 @json_option
 @pass_ctx
 def dataset_add(obj: Context, name: str, sources: tuple[str, ...], text_field: str, id_field: str | None, role: str,
                 license_: str | None, source: str | None, creator: str | None, description: str | None,
                 model_generated: bool | None, num_perm: int, ngram: int, seed: int, threshold: float,
-                on_invalid: str, engine: str, address: str | None, num_cpus: int | None, num_gpus: float | None,
-                staging: str | None, as_json: bool) -> None:
+                on_invalid: str, engine: str, ray_options: dict, as_json: bool) -> None:
     """Register SOURCES (files, folders, globs; or s3:// objects, prefixes, globs) as dataset NAME.
 
     JSONL (.jsonl, .gz, .zst), Parquet and plain text files (one document per file) are read.
@@ -64,20 +54,13 @@ def dataset_add(obj: Context, name: str, sources: tuple[str, ...], text_field: s
     from provenance.fingerprints import FingerprintConfig
 
     config = FingerprintConfig(num_perm=num_perm, ngram=ngram, seed=seed, lsh_threshold=threshold)
-    ray_options = {"address": address, "num_cpus": num_cpus, "num_gpus": num_gpus, "staging": staging}
-    if engine == "local" and any(v is not None for v in ray_options.values()):
-        given = next(k for k, v in ray_options.items() if v is not None).replace("_", "-")
-        raise click.UsageError(f"--{given} applies to --engine ray")
     ledger = obj.ledger()
     options = dict(text_field=text_field, id_field=id_field, role=role, license=license_, source=source, creator=creator,
                    description=description, model_generated=model_generated, config=config, on_invalid=on_invalid)
     with render.progress(obj.quiet) as bar:
         if engine == "ray":
-            try:
-                from provenance.integrations.ray_data import register_dataset
-            except ImportError as exc:
-                raise click.UsageError(str(exc)) from None
-            result = register_dataset(ledger, name, list(sources), progress=bar, **ray_options, **options)
+            result = _ray_engine("ray_data").register_dataset(ledger, name, list(sources), progress=bar,
+                                                              **ray_options, **options)
         else:
             result = ledger.register_dataset(name, list(sources), progress=bar, **options)
     render.emit(result.model_dump(mode="json"), as_json, lambda d: d["message"])

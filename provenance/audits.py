@@ -158,19 +158,26 @@ class AuditRun:
 
     @contextlib.contextmanager
     def pairs(self, scope: pa.Table, *, probes: np.ndarray | None = None, all_pairs: bool = False,
-              stage_label: str = "documents") -> Iterator[Any]:
+              stage_label: str = "documents", engine: Any = None) -> Iterator[Any]:
         """The transaction, once ``scope``'s documents (and ``probes``, signatures of texts that
-        are not in the ledger) are staged and their near pairs found; the audit's temporary
-        tables are dropped when the block ends. ``self.n_docs``: the documents staged."""
+        are not in the ledger) are staged and their near pairs found, by the database or by
+        ``engine`` (:func:`audit_dedup`); the audit's temporary tables are dropped when the block
+        ends. ``self.n_docs``: the documents staged."""
         stage(self.progress, f"{self.kind}: {stage_label}", 4)
         with self.ledger.transaction(scratch=not self.store) as tx:
-            self.n_docs = tx.stage_documents(scope)
-            if probes is not None:
-                tx.stage_probes(probes)
-            step(self.progress)
-            tx.near_pairs(self.audit_id, self.banding.bands, self.banding.rows, self.min_matches,
-                          stored=self.stored_bands and probes is None, collapse=True, all_pairs=all_pairs)
-            step(self.progress)
+            if engine is not None:  # it reads the documents itself: nothing is staged
+                if probes is not None:
+                    raise InvalidParameterError("an audit engine takes no probes")
+                engine.near_pairs(tx, self, scope, all_pairs=all_pairs)
+                step(self.progress, 2)
+            else:
+                self.n_docs = tx.stage_documents(scope)
+                if probes is not None:
+                    tx.stage_probes(probes)
+                step(self.progress)
+                tx.near_pairs(self.audit_id, self.banding.bands, self.banding.rows, self.min_matches,
+                              stored=self.stored_bands and probes is None, collapse=True, all_pairs=all_pairs)
+                step(self.progress)
             yield tx
             tx.drop_audit_tables()
             step(self.progress)
@@ -216,6 +223,7 @@ def audit_dedup(
     all_pairs: bool = False,
     store: bool = True,
     progress: Any = None,
+    engine: Any = None,
 ) -> DedupReport:
     """Near-duplicates among the documents of ``targets`` (module doc), stored as an audit.
     Returns the report; ``report.pairs`` holds the pairs unless ``pairs_file`` is given, in
@@ -223,15 +231,18 @@ def audit_dedup(
     :data:`REPORT_PAIRS`). The pairs span each cluster (``m`` identical copies give ``m − 1``
     pairs: each with the first copy; ``report.pairs_mode == "spanning"``); ``all_pairs`` lists
     every pair instead (``m(m − 1)/2`` for ``m`` copies). ``store=False`` keeps nothing in the
-    ledger (and works on a read-only one)."""
+    ledger (and works on a read-only one). ``engine``: what finds the pairs and clusters instead of
+    the database, with its ``near_pairs(tx, run, scope, all_pairs=)`` (which sets ``run.n_docs``)
+    and ``label_clusters(tx, audit_id)`` (Ray Data: :func:`provenance.integrations.ray_dedup.audit_dedup`); the report is
+    the same."""
     threshold = check_threshold(threshold)
     pairs_path = ledger.output_path(pairs_file) if pairs_file is not None else None
     described, datasets, scope = resolve_scope(ledger, targets)
     run = AuditRun(ledger, "dedup", datasets, threshold, store=store, progress=progress)
     audit_id, cfg, k = run.audit_id, run.config, run.k
-    with run.pairs(scope, all_pairs=all_pairs) as tx:
+    with run.pairs(scope, all_pairs=all_pairs, engine=engine) as tx:
         verified = _verify(ledger, tx, audit_id, cfg, threshold, k) if verify else None
-        rounds = tx.label_clusters(audit_id)
+        rounds = engine.label_clusters(tx, audit_id) if engine is not None else tx.label_clusters(audit_id)
         step(progress)
         report = _dedup_report(tx, audit_id, run.n_docs, k)
         report.update({

@@ -126,6 +126,7 @@ def _connect(address: str | None, num_cpus: int | None) -> None:
     """Use the Ray this process is connected to, else connect to ``address`` or start a local one."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the registration's own progress bar counts the shards' bytes
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # each dataset's plan, at INFO, on stdout
     if ray.is_initialized():
         return
     if address is not None:

@@ -87,7 +87,17 @@ class AuditWrites:
                 WHERE m >= $2""",
             [audit_id, int(min_matches)],
         )
-        if collapse and all_pairs:  # every member of two linked groups, then every two copies
+        if collapse:
+            self._group_pairs(audit_id, all_pairs)
+        con.execute("DROP TABLE aud_cand")
+
+    def _group_pairs(self, audit_id: str, all_pairs: bool, docs: str = "aud_docs") -> None:
+        """The pairs of the groups of identical signatures (``aud_groups``), once the groups' first
+        documents are paired: each copy with its group's first document; with ``all_pairs``,
+        every member of two linked groups with each other, then every two copies. ``docs``: the
+        table with the documents' signatures (the staged ones, or all)."""
+        con = self._con
+        if all_pairs:  # every member of two linked groups, then every two copies
             con.execute(
                 """INSERT INTO audit_pairs
                    SELECT $1, least(x.doc_id, y.doc_id), greatest(x.doc_id, y.doc_id), p.matches, p.jaccard, NULL,
@@ -97,20 +107,19 @@ class AuditWrites:
                 [audit_id],
             )
             con.execute(
-                """INSERT INTO audit_pairs
+                f"""INSERT INTO audit_pairs
                    SELECT $1, x.doc_id, y.doc_id, len(d.signature), 1.0, NULL, x.doc_id
                    FROM aud_groups x JOIN aud_groups y ON x.rep = y.rep AND x.doc_id < y.doc_id
-                   JOIN aud_docs d ON d.doc_id = x.doc_id""",
+                   JOIN {docs} d ON d.doc_id = x.doc_id""",
                 [audit_id],
             )
-        elif collapse:  # each copy with the first of its group
+        else:  # each copy with the first of its group
             con.execute(
-                """INSERT INTO audit_pairs
+                f"""INSERT INTO audit_pairs
                    SELECT $1, g.rep, g.doc_id, len(d.signature), 1.0, NULL, g.rep
-                   FROM aud_groups g JOIN aud_docs d USING (doc_id) WHERE g.doc_id <> g.rep""",
+                   FROM aud_groups g JOIN {docs} d USING (doc_id) WHERE g.doc_id <> g.rep""",
                 [audit_id],
             )
-        con.execute("DROP TABLE aud_cand")
 
     def label_clusters(self, audit_id: str) -> int:
         """Connected components of the audit's pairs: each pair's ``cluster`` becomes the smallest
@@ -149,6 +158,60 @@ class AuditWrites:
         for table in ("aud_edges", "aud_label", "aud_next"):
             con.execute(f"DROP TABLE IF EXISTS {table}")
         return rounds
+
+    # -- an engine outside the database (provenance.integrations.ray_dedup) --------------------
+
+    def export_documents(self, scope: pa.Table, folder: str, *, band_keys: bool) -> int:
+        """The documents of ``scope`` (as :meth:`stage_documents` takes it) as Parquet files of
+        ``doc_id, signature`` (and ``band_keys``) in ``folder``, one per database thread, for an
+        engine that finds the pairs elsewhere; returns how many. Nothing is staged: a semi-join
+        reads each document once however many scope rows name it."""
+        con = self._con
+        columns = "doc_id, signature" + (", band_keys" if band_keys else "")
+        con.register("aud_scope", scope.select(["dataset_id", "shard_index"]))
+        try:
+            return int(con.execute(
+                f"""COPY (SELECT {columns} FROM documents d WHERE EXISTS (
+                        SELECT 1 FROM aud_scope s WHERE d.dataset_id = s.dataset_id
+                        AND (s.shard_index IS NULL OR d.shard_index = s.shard_index)))
+                    TO {_literal(folder)} (FORMAT parquet, PER_THREAD_OUTPUT true, ROW_GROUP_SIZE 65536, COMPRESSION uncompressed)"""
+            ).fetchall()[0][0])
+        finally:
+            con.unregister("aud_scope")
+
+    def add_found_pairs(self, audit_id: str, pairs: list[str], groups: list[str], *, all_pairs: bool) -> None:
+        """Pairs found outside the database: ``pairs`` (Parquet files of the groups' first
+        documents' pairs: ``doc_a < doc_b, matches, jaccard``) and ``groups`` (``doc_id, rep,
+        size``: the groups of identical signatures) become the audit's pairs, as
+        :meth:`near_pairs` with ``collapse`` makes them."""
+        con = self._con
+        con.execute("CREATE OR REPLACE TEMP TABLE aud_groups (doc_id BIGINT, rep BIGINT, size BIGINT)")
+        if groups:
+            con.execute(f"INSERT INTO aud_groups SELECT doc_id, rep, size FROM read_parquet({_literal(groups)})")
+        if pairs:
+            con.execute(
+                f"""INSERT INTO audit_pairs SELECT $1, doc_a, doc_b, matches, jaccard, NULL, doc_a
+                    FROM read_parquet({_literal(pairs)})""", [audit_id])
+        self._group_pairs(audit_id, all_pairs, docs="documents")
+
+    def export_edges(self, audit_id: str, folder: str) -> int:
+        """The audit's pairs as edges ``u < v`` in Parquet files in ``folder``; returns how many."""
+        n = int(self._con.execute("SELECT count(*) FROM audit_pairs WHERE audit_id = $1", [audit_id]).fetchall()[0][0])
+        if n:
+            self._con.execute(
+                f"""COPY (SELECT doc_a AS u, doc_b AS v FROM audit_pairs WHERE audit_id = {_literal(audit_id)})
+                    TO {_literal(folder)} (FORMAT parquet, PER_THREAD_OUTPUT true, ROW_GROUP_SIZE 65536, COMPRESSION uncompressed)""")
+        return n
+
+    def set_clusters(self, audit_id: str, labels: list[str]) -> None:
+        """Each pair's ``cluster`` from ``labels`` (Parquet files of ``doc, label``: a component's
+        smallest doc_id for each of its documents but that one)."""
+        con = self._con
+        con.execute("UPDATE audit_pairs SET cluster = doc_a WHERE audit_id = $1", [audit_id])
+        if labels:
+            con.execute(
+                f"""UPDATE audit_pairs SET cluster = l.label FROM read_parquet({_literal(labels)}) l
+                    WHERE audit_pairs.audit_id = $1 AND l.doc = audit_pairs.doc_a""", [audit_id])
 
     def set_exact(self, audit_id: str, exact: pa.Table) -> None:
         """Record exact Jaccards (``doc_a, doc_b, exact``) of verified pairs."""
@@ -368,3 +431,11 @@ PAIRS_SQL = """
     FROM audit_pairs p JOIN documents da ON da.doc_id = p.doc_a JOIN documents db ON db.doc_id = p.doc_b
     WHERE p.audit_id = $1
     ORDER BY p.jaccard DESC, p.doc_a, p.doc_b"""
+
+
+def _literal(value: str | list[str]) -> str:
+    """A string, or a list of strings, as an SQL literal (for COPY and table functions, which
+    take no parameters)."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_literal(v) for v in value) + "]"
+    return "'" + str(value).replace("'", "''") + "'"
