@@ -249,8 +249,20 @@ class RemoteLedger:
                     raise done["error"] from None
                 raise
             shards, counters, sent = finished()
-        body = {"name": name, "upload_id": upload["upload_id"], "shards": shards, "options": sent,
-                "counters": counters}
+        return self._register_upload(name, upload["upload_id"], shards, counters, sent)
+
+    def register_upload_file(self, name: str, path: Path, shards: list[dict[str, Any]], counters: dict[str, int],
+                             options: dict[str, Any]) -> RegistrationResult:
+        """Upload the rows in the upload file at ``path`` (fingerprinted elsewhere: Ray actors) and
+        register them on the server as ``name`` with their ``shards`` (records without a dataset,
+        in shard order), ``counters`` and ``options`` (as the server takes them)."""
+        upload = self._call("POST", "uploads", content=lambda: path.open("rb"), content_type=ARROW_STREAM,
+                            length=path.stat().st_size)
+        return self._register_upload(name, upload["upload_id"], shards, counters, options)
+
+    def _register_upload(self, name: str, upload_id: str, shards: list[dict[str, Any]], counters: dict[str, int],
+                         options: dict[str, Any]) -> RegistrationResult:
+        body = {"name": name, "upload_id": upload_id, "shards": shards, "options": options, "counters": counters}
         return RegistrationResult.model_validate(self._call("POST", "datasets", json_body=body))
 
     # -- versions -------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from provenance.datasets import (
     _check_options,
@@ -115,11 +116,25 @@ def fingerprint_to_file(name: str, sources: Any, path: Path, *, progress: Progre
         for index, shard in enumerate(shards):
             record = _write_shard(sink, "", index, shard, cfg, opts, counters, progress, 0)
             rows.append(record.model_dump(mode="json", exclude={"dataset_id"}))
+    return rows, {"replaced": counters.replaced, "skipped": counters.skipped}, upload_options(options, cfg)
+
+
+def upload_options(options: dict[str, Any], cfg: FingerprintConfig) -> dict[str, Any]:
+    """A registration's ``options`` as the server takes them with an upload (JSON)."""
     lic = options.get("license")
     sent = {**{k: v for k, v in options.items() if k != "config"}, "config": cfg.model_dump(mode="json")}
     if isinstance(lic, License):
         sent["license"] = lic.spdx
-    return rows, {"replaced": counters.replaced, "skipped": counters.skipped}, sent
+    return sent
+
+
+def parts_to_upload(parts: list[str], path: Path) -> None:
+    """Parquet parts of document rows (:mod:`provenance.integrations.ray_data`), in shard order,
+    as an upload file at ``path``: the rows the server registers, in the order of their ids."""
+    with pa.OSFile(str(path), "wb") as out, pa.ipc.new_stream(out, UPLOAD_SCHEMA) as writer:
+        for part in parts:
+            for batch in pq.ParquetFile(part).iter_batches(columns=UPLOAD_SCHEMA.names):
+                writer.write_table(pa.Table.from_batches([batch]).select(UPLOAD_SCHEMA.names).cast(UPLOAD_SCHEMA))
 
 
 def check_upload(path: Path) -> int:

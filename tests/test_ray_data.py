@@ -137,6 +137,35 @@ def test_the_cli_engine_option(tmp_path):
     assert result.exit_code == 2 and "--num-cpus applies to --engine ray" in result.output
 
 
+def test_ray_registers_through_a_ledger_server(tmp_path):
+    from tests import serving
+
+    corpus = _corpus(tmp_path / "corpus")
+    local = Ledger.init(tmp_path / "ledger")
+    expected = local.register_dataset("web", str(corpus), id_field=None).dataset
+    expected_rows = local.sql(ROWS, [expected.dataset_id]).to_pylist()
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    with serving.running(tmp_path / "served") as server:
+        remote = server.ledger()
+        result = register_dataset(remote, "web", str(corpus), num_cpus=2, staging=staging, license="MIT")
+        assert result.created and result.dataset.dataset_id == "web@1"
+        assert (result.dataset.content_hash, result.dataset.n_documents) == (expected.content_hash, 1203)
+        assert remote.dataset("web").license.spdx == "MIT"
+        assert remote.sql(ROWS, ["web@1"]).to_pylist() == expected_rows  # the same rows, ids in shard order
+        assert not register_dataset(remote, "web", str(corpus), license="MIT").created  # unchanged content
+        with open(corpus / "a.jsonl", "a") as f:
+            f.write('{"text": "cut off\n')
+        with pytest.raises(SourceError, match=r"a\.jsonl:401: malformed JSON"):
+            register_dataset(remote, "broken", str(corpus), staging=staging)
+        assert [d.dataset_id for d in remote.datasets(all_versions=True)] == ["web@1"]
+        assert list(staging.iterdir()) == []
+        result = CliRunner().invoke(main, ["--ledger", server.url, "dataset", "add", "cli", str(corpus / "sub"),
+                                           "--engine", "ray", "--json"], env={"PROV_TOKEN": server.token})
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["dataset"]["n_documents"] == 53
+
+
 @pytest.mark.slow
 def test_an_actor_killed_mid_shard_is_restarted_and_nothing_is_lost(tmp_path):
     """SIGKILL one fingerprinting actor as soon as a part file appears (a shard half written):

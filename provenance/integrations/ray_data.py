@@ -34,9 +34,11 @@ registration with the error the local path gives, naming the file and line; noth
 An actor that dies is restarted by Ray and its shard read again into the same part (tested with
 SIGKILL). A driver that dies leaves the ledger as it was and its parts in ``staging``.
 
-**Not yet.** A remote ledger (``prov serve``): register with the local engine through the server,
-or on the server's machine; the GPU kernel in actors given a GPU (``num_gpus``; the CPU kernel runs
-meanwhile).
+**A ledger server** (``Ledger.open("http://...")``): the parts are joined, in shard order, into
+one upload (the stream a local-engine client sends), and the server registers it in one
+transaction, checking the rows against the shards as it checks any upload.
+
+**Not yet.** The GPU kernel in actors given a GPU (``num_gpus``; the CPU kernel runs meanwhile).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ from provenance.progress import NoProgress, Progress
 from provenance.records import RegistrationResult
 from provenance.sources import Counters, FileShard, ObjectShard, ReadOptions, resolve
 from provenance.sources.urls import is_url
-from provenance.uploads import _read_options, registration_meta
+from provenance.uploads import _read_options, parts_to_upload, registration_meta, upload_options
 
 try:
     import ray
@@ -80,11 +82,10 @@ def register_dataset(ledger: Any, name: str, sources: Any, *, address: str | Non
     ``ray://host:10001``; default: start a local one with ``num_cpus`` CPUs). ``num_cpus``: the
     actors (one CPU each; default: the cluster's CPUs). ``num_gpus``: GPUs per actor."""
     from provenance.ledger import LedgerStore
+    from provenance.remote import RemoteLedger
 
-    if not isinstance(ledger, LedgerStore):
-        raise InvalidParameterError(
-            "the Ray engine registers into a local ledger; through a ledger server, register with the local engine "
-            "(the client fingerprints and uploads) or run the Ray registration on the server's machine")
+    if not isinstance(ledger, (LedgerStore, RemoteLedger)):
+        raise InvalidParameterError(f"ledger must be a Ledger (local or a server's), got {type(ledger).__name__}")
     opts, cfg = _read_options(name, options)
     shards = resolve(sources, opts)
     if not isinstance(shards, list):
@@ -116,8 +117,15 @@ def register_dataset(ledger: Any, name: str, sources: Any, *, address: str | Non
         done.sort(key=lambda r: r["index"])
         counters = Counters(replaced=sum(r["replaced"] for r in done), skipped=sum(r["skipped"] for r in done))
         parts = [r["part"] for r in done if r["part"] is not None]  # a shard of no documents has none
-        return register_parts(ledger, name, parts, [r["shard"] for r in done], opts=opts, cfg=cfg,
-                              meta=registration_meta(options), counters=counters)
+        records = [r["shard"] for r in done]
+        if isinstance(ledger, RemoteLedger):  # the rows go up as one upload, in shard order
+            upload = folder / "documents.arrows"
+            parts_to_upload(parts, upload)
+            return ledger.register_upload_file(name, upload, records, {"replaced": counters.replaced,
+                                                                       "skipped": counters.skipped},
+                                               upload_options(options, cfg))
+        return register_parts(ledger, name, parts, records, opts=opts, cfg=cfg, meta=registration_meta(options),
+                              counters=counters)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

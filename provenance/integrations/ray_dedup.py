@@ -74,9 +74,12 @@ except ImportError as exc:  # pragma: no cover - the extra is not installed
 
 __all__ = ["audit_dedup"]
 
-#: Rows per partition the shuffles aim at (a partition is one task's memory: about 600 B a row
-#: in the band shuffle with 128 permutations).
-ROWS_PER_PARTITION = 250_000
+#: Documents per partition the shuffles aim at: a partition is one task's memory, about 70 MB at
+#: 128 permutations (0.70 KB a document grouping signatures, 21 band rows of 32 bytes, 0.54 KB
+#: in an exchange).
+DOCS_PER_PARTITION = 100_000
+#: Edges per partition in the component rounds (24 bytes each, both directions).
+EDGES_PER_PARTITION = 1_000_000
 #: Rounds of the component search after which something is wrong (they grow as log² of the
 #: longest path; 2^20 nodes in a path take about 40).
 MAX_ROUNDS = 200
@@ -119,7 +122,7 @@ class RayDedup:
             if run.n_docs == 0:
                 tx.add_found_pairs(run.audit_id, [], [], all_pairs=all_pairs)
                 return
-            parts = self._partitions(run.n_docs * run.banding.bands)
+            parts = self._partitions(run.n_docs, DOCS_PER_PARTITION)
             docs = _sorting(ray.data.read_parquet(str(folder / "docs"), override_num_blocks=parts))
             groups = (docs.map_batches(_signature_partition, batch_format="pyarrow", fn_kwargs={"parts": parts})
                       .groupby("part", num_partitions=parts)
@@ -148,7 +151,7 @@ class RayDedup:
             if not n_edges:
                 tx.set_clusters(audit_id, [])
                 return 0
-            parts = self._partitions(2 * n_edges)
+            parts = self._partitions(n_edges, EDGES_PER_PARTITION)
             edges = _sorting(ray.data.read_parquet(str(folder / "edges"), override_num_blocks=parts))
             previous, rounds = None, 0
             while True:
@@ -165,11 +168,12 @@ class RayDedup:
             tx.set_clusters(audit_id, _files(folder / "labels"))
             return rounds
 
-    def _partitions(self, rows: int) -> int:
+    def _partitions(self, rows: int, per_partition: int) -> int:
+        """Partitions of a shuffle of ``rows``: as given, else two per CPU or more for large ones."""
         if self.partitions is not None:
             return self.partitions
         cpus = int(ray.cluster_resources().get("CPU", 1))
-        return max(2 * cpus, math.ceil(rows / ROWS_PER_PARTITION))
+        return max(2 * cpus, math.ceil(rows / per_partition))
 
     @contextlib.contextmanager
     def _folder(self) -> Iterator[Path]:
