@@ -127,15 +127,22 @@ def dedup(args) -> None:
     same = all(r[2]["pairs"] == results["local"][0][2]["pairs"] for runs in results.values() for r in runs)
     print(f"\ndedup audit of {args.docs:,} documents ({args.dup:.0%} near-copies), threshold 0.8; "
           f"median of {args.rounds} rounds; same pairs and clusters: {same}\n")
-    print("| engine | wall, s | docs/s | cores busy | docs/s per busy core |")
+    per_core = table(results, args.docs, "docs", "{:,.0f}")
+    print(f"\nRay per core / local per core: {per_core['ray'] / per_core['local']:.2f}")
+
+
+def table(results: dict[str, list], work: float, unit: str, fmt: str) -> dict[str, float]:
+    """Print the medians of each arm's ``(wall, cores, ...)`` runs as a Markdown table: ``work``
+    (in ``unit``) per second, and per busy core; returns the per-core figures."""
+    print(f"| engine | wall, s | {unit}/s | cores busy | {unit}/s per busy core |")
     print("|---|---|---|---|---|")
     per_core = {}
     for arm, runs in results.items():
         wall = statistics.median(r[0] for r in runs)
         cores = statistics.median(r[1] for r in runs)
-        per_core[arm] = args.docs / wall / cores
-        print(f"| {arm} | {wall:.1f} | {args.docs / wall:,.0f} | {cores:.2f} | {per_core[arm]:,.0f} |")
-    print(f"\nRay per core / local per core: {per_core['ray'] / per_core['local']:.2f}")
+        per_core[arm] = work / wall / cores
+        print(f"| {arm} | {wall:.1f} | {fmt.format(work / wall)} | {cores:.2f} | {fmt.format(per_core[arm])} |")
+    return per_core
 
 
 def main() -> None:
@@ -166,14 +173,7 @@ def main() -> None:
                       f"{run[2]:,} documents", flush=True)
     ray.shutdown()
     print(f"\n{size:,.0f} MB of JSONL in {args.shards} shards; median of {args.rounds} rounds\n")
-    print("| engine | wall, s | MB/s | cores busy | MB/s per busy core |")
-    print("|---|---|---|---|---|")
-    per_core = {}
-    for arm, runs in results.items():
-        wall = statistics.median(r[0] for r in runs)
-        cores = statistics.median(r[1] for r in runs)
-        per_core[arm] = size / wall / cores
-        print(f"| {arm} | {wall:.1f} | {size / wall:.1f} | {cores:.2f} | {per_core[arm]:.1f} |")
+    per_core = table(results, size, "MB", "{:.1f}")
     print(f"\nRay per core / single process per core: {per_core['ray'] / per_core['local']:.2f} (goal >= 0.8)")
     print(f"per core vs datatrove's signature stage at 0.85 MB/s per task: {per_core['ray'] / 0.85:.0f}x (Ray), "
           f"{per_core['local'] / 0.85:.0f}x (single process)")
