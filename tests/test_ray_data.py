@@ -121,6 +121,8 @@ def test_bad_input_on_an_actor_fails_with_file_and_line_and_registers_nothing(tm
     assert skipped.n_invalid_skipped == 1 and skipped.n_shards == 5 and list(staging.iterdir()) == []
     with pytest.raises(InvalidParameterError, match="num_cpus must be a positive integer"):
         register_dataset(ledger, "x", str(corpus), num_cpus=0)
+    with pytest.raises(InvalidParameterError, match="staging folder .* does not exist"):
+        register_dataset(ledger, "x", str(corpus), staging=tmp_path / "nowhere")
     with pytest.raises(InvalidParameterError, match="reads files and object-storage URLs"):
         register_dataset(ledger, "x", [{"text": "in memory"}])
 

@@ -48,6 +48,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,7 @@ def register_dataset(ledger: Any, name: str, sources: Any, *, address: str | Non
         raise InvalidParameterError(f"num_cpus must be a positive integer, got {num_cpus!r}")
     if num_gpus is not None and not (isinstance(num_gpus, (int, float)) and num_gpus > 0):
         raise InvalidParameterError(f"num_gpus must be a positive number, got {num_gpus!r}")
+    check_staging(staging)
     progress = progress or NoProgress()
     _connect(address, num_cpus)
 
@@ -130,17 +132,29 @@ def register_dataset(ledger: Any, name: str, sources: Any, *, address: str | Non
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def check_staging(staging: str | os.PathLike | None) -> None:
+    """Refuse a staging folder that is not there (the Ray engines make their folders inside it)."""
+    if staging is not None and not Path(staging).is_dir():
+        raise InvalidParameterError(f"staging folder {os.fspath(staging)!r} does not exist")
+
+
 def _connect(address: str | None, num_cpus: int | None) -> None:
     """Use the Ray this process is connected to, else connect to ``address`` or start a local one."""
+    # Ray Data's context warns of its own deprecated settings each time a dataset copies it.
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray\.data\.")
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the registration's own progress bar counts the shards' bytes
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # each dataset's plan, at INFO, on stdout
     if ray.is_initialized():
         return
-    if address is not None:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        if address is not None:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    except (ConnectionError, ValueError, RuntimeError, TimeoutError) as exc:
+        where = f"the Ray cluster at {address}" if address is not None else "a local Ray"
+        raise ProvenanceError(f"cannot start or reach {where}: {exc}") from None
 
 
 #: The settings of the object-storage clients (provenance.sources.urls) that actors get from the driver.

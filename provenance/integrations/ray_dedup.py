@@ -64,7 +64,7 @@ import pyarrow.compute as pc
 
 from provenance import audits
 from provenance.errors import InvalidParameterError, ProvenanceError
-from provenance.integrations.ray_data import _connect
+from provenance.integrations.ray_data import _connect, check_staging
 from provenance.results import DedupReport
 
 try:
@@ -102,8 +102,8 @@ def audit_dedup(ledger: Any, targets: Sequence[str], *, address: str | None = No
     for name, value in (("num_cpus", num_cpus), ("partitions", partitions)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise InvalidParameterError(f"{name} must be a positive integer, got {value!r}")
-    if staging is not None and not Path(staging).is_dir():
-        raise InvalidParameterError(f"staging folder {os.fspath(staging)!r} does not exist")
+    check_staging(staging)
+    audits.resolve_scope(ledger, targets)  # an unknown target is an error before Ray starts
     _connect(address, num_cpus)
     return audits.audit_dedup(ledger, targets, engine=RayDedup(staging, partitions), **options)
 
