@@ -233,8 +233,8 @@ def audit_dedup(
     every pair instead (``m(m − 1)/2`` for ``m`` copies). ``store=False`` keeps nothing in the
     ledger (and works on a read-only one). ``engine``: what finds the pairs and clusters instead of
     the database, with its ``near_pairs(tx, run, scope, all_pairs=)`` (which sets ``run.n_docs``)
-    and ``label_clusters(tx, audit_id)`` (Ray Data: :func:`provenance.integrations.ray_dedup.audit_dedup`); the report is
-    the same."""
+    and ``label_clusters(tx, audit_id)`` (Ray Data:
+    :func:`provenance.integrations.ray_dedup.audit_dedup`); the report is the same."""
     threshold = check_threshold(threshold)
     pairs_path = ledger.output_path(pairs_file) if pairs_file is not None else None
     described, datasets, scope = resolve_scope(ledger, targets)

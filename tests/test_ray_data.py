@@ -173,14 +173,8 @@ def test_an_actor_killed_mid_shard_is_restarted_and_nothing_is_lost(tmp_path):
     """SIGKILL one fingerprinting actor as soon as a part file appears (a shard half written):
     Ray restarts it, the shard is read again into the same part, and the registration equals the
     single-process one."""
-    import os
-    import signal
-    import threading
-    import time
-
-    import psutil
-
     from provenance.synthetic import iter_jsonl_lines
+    from tests.killing import kill_during
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -196,27 +190,10 @@ def test_an_actor_killed_mid_shard_is_restarted_and_nothing_is_lost(tmp_path):
     staging = tmp_path / "staging"
     staging.mkdir()
     ledger = Ledger.init(tmp_path / "ledger")
-    outcome: dict = {}
-
-    def register():
-        try:
-            outcome["result"] = register_dataset(ledger, "killed", str(corpus), id_field="id", staging=staging)
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=register)
-    worker.start()
-    killed = None
-    deadline = time.monotonic() + 120
-    while killed is None and worker.is_alive() and time.monotonic() < deadline:
-        if any(staging.rglob("part-*.parquet")):
-            actors = [p for p in psutil.process_iter(["pid", "cmdline"])
-                      if "MapWorker(MapBatches(_Fingerprinter))" in " ".join(p.info["cmdline"] or [])]
-            if actors:
-                killed = actors[0].info["pid"]
-                os.kill(killed, signal.SIGKILL)
-        time.sleep(0.02)
-    worker.join(300)
+    outcome, killed = kill_during(
+        lambda: register_dataset(ledger, "killed", str(corpus), id_field="id", staging=staging),
+        lambda line: "MapWorker(MapBatches(_Fingerprinter))" in line,
+        ready=lambda: any(staging.rglob("part-*.parquet")))
     assert killed is not None, "the registration ended before an actor could be killed"
     assert "error" not in outcome, outcome.get("error")
     on_ray = outcome["result"].dataset

@@ -216,14 +216,8 @@ def test_a_worker_killed_mid_audit_changes_nothing(tmp_path):
     """SIGKILL the first Ray worker seen running a step of the audit (grouping, band rows,
     candidates, a signature exchange, a component step): Ray runs the task again, and the audit
     equals the local one."""
-    import os
-    import signal
-    import threading
-    import time
-
-    import psutil
-
     from provenance import Ledger
+    from tests.killing import kill_during
 
     corpus = generate_corpus(30_000, mean_words=50, dup_fraction=0.1, mutation=0.02, seed=21)
     (tmp_path / "c.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus.docs))
@@ -231,28 +225,9 @@ def test_a_worker_killed_mid_audit_changes_nothing(tmp_path):
     ledger.register_dataset("c", tmp_path / "c.jsonl", id_field="id")
     steps = ("_signature_partition", "_identical_signatures", "_band_rows", "_candidates", "_first_signature",
              "_compare", "_large_star", "_small_star")
-    outcome: dict = {}
-
-    def audit():
-        try:
-            outcome["report"] = audit_dedup(ledger, ["c"], threshold=0.8)
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=audit)
-    worker.start()
-    killed = None
-    deadline = time.monotonic() + 120
-    while killed is None and worker.is_alive() and time.monotonic() < deadline:
-        for p in psutil.process_iter(["pid", "cmdline"]):
-            line = " ".join(p.info["cmdline"] or [])
-            if line.startswith("ray::") and any(s in line for s in steps):
-                killed = (p.info["pid"], line)
-                os.kill(killed[0], signal.SIGKILL)
-                break
-        time.sleep(0.01)
-    worker.join(300)
+    outcome, killed = kill_during(lambda: audit_dedup(ledger, ["c"], threshold=0.8),
+                                  lambda line: line.startswith("ray::") and any(s in line for s in steps))
     assert killed is not None, "the audit ended before a worker could be killed"
     assert "error" not in outcome, (killed, outcome.get("error"))
-    _same_report(local_dedup(ledger, ["c"], threshold=0.8), outcome["report"])
-    assert outcome["report"]["summary"]["pairs"] > 1000
+    _same_report(local_dedup(ledger, ["c"], threshold=0.8), outcome["result"])
+    assert outcome["result"]["summary"]["pairs"] > 1000

@@ -93,8 +93,7 @@ def register_dataset(ledger: Any, name: str, sources: Any, *, address: str | Non
         raise InvalidParameterError("the Ray engine reads files and object-storage URLs; register in-memory data "
                                     "with the local engine")
     check_text_ids(shards, opts.id_field)
-    if num_cpus is not None and (isinstance(num_cpus, bool) or not isinstance(num_cpus, int) or num_cpus < 1):
-        raise InvalidParameterError(f"num_cpus must be a positive integer, got {num_cpus!r}")
+    check_count("num_cpus", num_cpus)
     if num_gpus is not None and not (isinstance(num_gpus, (int, float)) and num_gpus > 0):
         raise InvalidParameterError(f"num_gpus must be a positive number, got {num_gpus!r}")
     check_staging(staging)
@@ -130,6 +129,12 @@ def register_dataset(ledger: Any, name: str, sources: Any, *, address: str | Non
                               counters=counters)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def check_count(name: str, value: Any) -> None:
+    """Refuse an option ``name`` that is given and is not a positive integer (CPUs, partitions)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise InvalidParameterError(f"{name} must be a positive integer, got {value!r}")
 
 
 def check_staging(staging: str | os.PathLike | None) -> None:

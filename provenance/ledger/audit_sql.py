@@ -13,6 +13,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+#: How the exports for an engine outside the database are written: a file per database thread,
+#: uncompressed (signatures and band keys are random numbers; compressing them only costs time).
+_PARQUET_FILES = "(FORMAT parquet, PER_THREAD_OUTPUT true, ROW_GROUP_SIZE 65536, COMPRESSION uncompressed)"
 _MATCHES = "len(list_filter(list_zip(x.signature, y.signature), lambda p: p[1] = p[2]))"
 
 
@@ -174,7 +177,7 @@ class AuditWrites:
                 f"""COPY (SELECT {columns} FROM documents d WHERE EXISTS (
                         SELECT 1 FROM aud_scope s WHERE d.dataset_id = s.dataset_id
                         AND (s.shard_index IS NULL OR d.shard_index = s.shard_index)))
-                    TO {_literal(folder)} (FORMAT parquet, PER_THREAD_OUTPUT true, ROW_GROUP_SIZE 65536, COMPRESSION uncompressed)"""
+                    TO {_literal(folder)} {_PARQUET_FILES}"""
             ).fetchall()[0][0])
         finally:
             con.unregister("aud_scope")
@@ -200,7 +203,7 @@ class AuditWrites:
         if n:
             self._con.execute(
                 f"""COPY (SELECT doc_a AS u, doc_b AS v FROM audit_pairs WHERE audit_id = {_literal(audit_id)})
-                    TO {_literal(folder)} (FORMAT parquet, PER_THREAD_OUTPUT true, ROW_GROUP_SIZE 65536, COMPRESSION uncompressed)""")
+                    TO {_literal(folder)} {_PARQUET_FILES}""")
         return n
 
     def set_clusters(self, audit_id: str, labels: list[str]) -> None:
