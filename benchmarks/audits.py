@@ -53,8 +53,9 @@ def signatures(n: int, dup: float, seed: int) -> tuple[np.ndarray, list[tuple[in
     return sig, planted
 
 
-def insert_dataset(ledger, name: str, sig: np.ndarray, shards: int = 100) -> None:
-    """Register ``sig`` as dataset ``name`` (documents ``d0``, ``d1``, ...) straight into the ledger."""
+def insert_dataset(ledger, name: str, sig: np.ndarray, shards: int = 100, documents_as: str = "auto") -> None:
+    """Register ``sig`` as dataset ``name`` (documents ``d0``, ``d1``, ...) straight into the
+    ledger, its rows kept as ``documents_as`` says (the table, Parquet files, or by size)."""
     from provenance.fingerprints import FingerprintConfig
     from provenance.kernels.minhash import band_keys
     from provenance.records import DatasetRecord, License, ShardRecord
@@ -69,6 +70,7 @@ def insert_dataset(ledger, name: str, sig: np.ndarray, shards: int = 100) -> Non
                        bands=banding.bands, rows=banding.rows, content_hash=f"generated-{name}", n_shards=shards,
                        n_documents=n, n_bytes=0, n_tokens=0, created_at=now)
     with ledger.transaction() as tx:
+        tx.set_documents_as(documents_as)
         tx.ensure_config(cfg)
         tx.insert_dataset(ds)
         tx.insert_shards([ShardRecord(dataset_id=ds.dataset_id, shard_index=i, shard_id=f"{i:032x}",

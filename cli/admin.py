@@ -48,12 +48,14 @@ def sql_cmd(obj: Context, query: str, fmt: str, as_json: bool) -> None:
 @json_option
 @pass_ctx
 def gc_cmd(obj: Context, apply: bool, as_json: bool) -> None:
-    """List (or with --apply remove) objects that no version uses and temporary files of
-    interrupted writes."""
+    """List (or with --apply remove) objects that no version uses, temporary files of
+    interrupted writes, and Parquet document folders that no dataset lists."""
     report = obj.ledger(read_only=not apply).gc(apply=apply)
     verb = "removed" if apply else "would remove (dry run; --apply to remove)"
-    render.emit(report, as_json, lambda d: f"{verb} {len(d['unreferenced'])} objects and "
-                                          f"{len(d['temporary_files'])} temporary files, {d['bytes']:,} bytes")
+    render.emit(report, as_json, lambda d: f"{verb} {len(d['unreferenced'])} objects, "
+                                          f"{len(d['temporary_files'])} temporary files and "
+                                          f"{len(d.get('document_folders', []))} unlisted document folders, "
+                                          f"{d['bytes']:,} bytes")
 
 
 @main.command("backup")
@@ -68,7 +70,9 @@ def backup_cmd(obj: Context, destination: str, link: bool, as_json: bool) -> Non
     report = obj.ledger().backup(destination, link=link)
     render.emit(report, as_json, lambda d: f"backed up to {d['destination']}: database {d['database_bytes']:,} bytes, "
                                           f"{d['objects_copied'] + d['objects_linked']:,} objects "
-                                          f"({d['object_bytes']:,} bytes); verified: {'ok' if d['verified'] else 'DAMAGED'}")
+                                          f"({d['object_bytes']:,} bytes), Parquet document files "
+                                          f"{d.get('document_bytes', 0):,} bytes; "
+                                          f"verified: {'ok' if d['verified'] else 'DAMAGED'}")
     if not report["verified"]:
         sys.exit(EXIT_POLICY)
 

@@ -38,13 +38,19 @@ def dataset_group() -> None:
               help="Similarity the stored LSH bands target (found with probability >= 0.99).")
 @click.option("--on-invalid", type=click.Choice(["error", "replace", "skip"]), default="error", show_default=True,
               help="What to do with invalid UTF-8 (or unpaired surrogates).")
+@click.option("--documents-as", type=click.Choice(["auto", "table", "parquet"]), default="auto", show_default=True,
+              help="Keep the document rows in the database's table, or as Parquet files under .prov/documents/ "
+                   "(queried in place); auto: Parquet from --parquet-threshold documents.")
+@click.option("--parquet-threshold", type=click.IntRange(min=1), default=None, metavar="DOCS",
+              help="With --documents-as auto, keep the rows as Parquet from this many documents [default: 10,000,000].")
 @_ray_options("fingerprinting actors, one CPU each", gpus=True)
 @json_option
 @pass_ctx
 def dataset_add(obj: Context, name: str, sources: tuple[str, ...], text_field: str, id_field: str | None, role: str,
                 license_: str | None, source: str | None, creator: str | None, description: str | None,
                 model_generated: bool | None, num_perm: int, ngram: int, seed: int, threshold: float,
-                on_invalid: str, engine: str, ray_options: dict, as_json: bool) -> None:
+                on_invalid: str, documents_as: str, parquet_threshold: int | None, engine: str, ray_options: dict,
+                as_json: bool) -> None:
     """Register SOURCES (files, folders, globs; or s3:// objects, prefixes, globs) as dataset NAME.
 
     JSONL (.jsonl, .gz, .zst), Parquet and plain text files (one document per file) are read.
@@ -56,7 +62,8 @@ def dataset_add(obj: Context, name: str, sources: tuple[str, ...], text_field: s
     config = FingerprintConfig(num_perm=num_perm, ngram=ngram, seed=seed, lsh_threshold=threshold)
     ledger = obj.ledger()
     options = dict(text_field=text_field, id_field=id_field, role=role, license=license_, source=source, creator=creator,
-                   description=description, model_generated=model_generated, config=config, on_invalid=on_invalid)
+                   description=description, model_generated=model_generated, config=config, on_invalid=on_invalid,
+                   documents_as=documents_as, parquet_threshold=parquet_threshold)
     with render.progress(obj.quiet) as bar:
         if engine == "ray":
             result = _ray_engine("ray_data").register_dataset(ledger, name, list(sources), progress=bar,

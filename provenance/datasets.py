@@ -21,7 +21,7 @@ from pyarrow.fs import FileType
 
 from provenance.errors import InvalidParameterError, SourceError
 from provenance.fingerprints import FingerprintBatch, FingerprintConfig
-from provenance.ledger import DocumentStage, LedgerStore, LedgerWriter, _now
+from provenance.ledger import DocumentStage, LedgerStore, LedgerWriter, _now, check_documents_as
 from provenance.progress import NoProgress, Progress
 from provenance.records import DatasetRecord, License, RegistrationResult, ShardRecord, check_name
 from provenance.sources import Batch, Counters, FileShard, ObjectShard, ReadOptions, Shard, resolve
@@ -48,6 +48,8 @@ def register_dataset(
     config: FingerprintConfig | dict | None = None,
     on_invalid: str = "error",
     shard_records: int = 100_000,
+    documents_as: str = "auto",
+    parquet_threshold: int | None = None,
     progress: Progress | None = None,
 ) -> RegistrationResult:
     """Register ``sources`` as (a new version of) dataset ``name`` and return what was done.
@@ -55,8 +57,14 @@ def register_dataset(
     ``sources``: a path, glob or folder (JSONL plain/.gz/.zst, Parquet, text files), a list of
     them, an iterable of dicts, Arrow tables or record batches, or a ``datasets.Dataset``.
     Documents are keyed by ``id_field`` when given, else by ``SHARD:ROW``.
+
+    ``documents_as``: where the document rows are kept: ``table`` (inside the database),
+    ``parquet`` (Parquet files under ``.prov/documents/``, which every query reads as if they were
+    in the table), or ``auto``: Parquet from ``parquet_threshold`` documents
+    (:data:`provenance.ledger.PARQUET_THRESHOLD` by default). See docs/scaling.md.
     """
     _check_options(name, role, on_invalid, text_field, shard_records)
+    check_documents_as(documents_as, parquet_threshold)
     lic = license if isinstance(license, License) else License.from_spdx(license)
     cfg = config if isinstance(config, FingerprintConfig) else FingerprintConfig(**(config or {}))
     opts = ReadOptions(text_field=text_field, id_field=id_field, on_invalid=on_invalid, shard_records=shard_records)
@@ -75,11 +83,12 @@ def register_dataset(
 
     meta = {"role": role, "license": lic, "source": source, "creator": creator, "description": description,
             "model_generated": model_generated}
-    return _register(ledger, name, cfg, opts, meta, planned, write, counters)
+    return _register(ledger, name, cfg, opts, meta, planned, write, counters, (documents_as, parquet_threshold))
 
 
 def register_parts(ledger: LedgerStore, name: str, parts: list[str], shards: list[dict[str, Any]], *, opts: ReadOptions,
-                   cfg: FingerprintConfig, meta: dict[str, Any], counters: Counters) -> RegistrationResult:
+                   cfg: FingerprintConfig, meta: dict[str, Any], counters: Counters,
+                   storage: tuple[str, int | None] = ("auto", None)) -> RegistrationResult:
     """Register rows that this project's own readers and kernels fingerprinted elsewhere (Ray
     actors, :mod:`provenance.integrations.ray_data`) as (a new version of) dataset ``name``, in
     one transaction.
@@ -87,7 +96,8 @@ def register_parts(ledger: LedgerStore, name: str, parts: list[str], shards: lis
     ``parts``: Parquet files with the columns :func:`_documents_table` makes but ``dataset_id``,
     ``doc_id`` counted from 0 within each shard; ``shards``: each shard's record (no
     ``dataset_id``) in shard order; ``meta``: role, license (a :class:`License`), source,
-    creator, description, model_generated. Each shard's rows are counted against its record."""
+    creator, description, model_generated; ``storage``: ``(documents_as, parquet_threshold)``
+    (see :func:`register_dataset`). Each shard's rows are counted against its record."""
     records = planned_shards(shards)
     planned = _content_hash([(s.name, s.shard_id) for s in records], opts, cfg)
 
@@ -103,7 +113,7 @@ def register_parts(ledger: LedgerStore, name: str, parts: list[str], shards: lis
                                   f"number {found.get(s.shard_index, 0)} (a part file lost or cut?)")
         return [s.model_copy(update={"dataset_id": dataset_id}) for s in records]
 
-    return _register(ledger, name, cfg, opts, meta, planned, write, counters)
+    return _register(ledger, name, cfg, opts, meta, planned, write, counters, storage)
 
 
 def planned_shards(shards: list[dict[str, Any]]) -> list[ShardRecord]:
@@ -119,12 +129,15 @@ def planned_shards(shards: list[dict[str, Any]]) -> list[ShardRecord]:
 
 
 def _register(ledger: LedgerStore, name: str, cfg: FingerprintConfig, opts: ReadOptions, meta: dict[str, Any],
-              planned: str | None, write: Any, counters: Counters) -> RegistrationResult:
+              planned: str | None, write: Any, counters: Counters,
+              storage: tuple[str, int | None] = ("auto", None)) -> RegistrationResult:
     """The registration's one transaction: the next version of ``name`` unless the content (known
-    beforehand as ``planned``, else once ``write`` has staged the rows) equals the latest's."""
+    beforehand as ``planned``, else once ``write`` has staged the rows) equals the latest's; the
+    rows are kept as ``storage`` (``documents_as, parquet_threshold``) says."""
     lic = meta["license"]
     try:
         with ledger.transaction() as tx:
+            tx.set_documents_as(*storage)
             latest = tx.latest_dataset(name)
             if planned is not None and latest is not None and planned == latest.content_hash:
                 raise _Unchanged

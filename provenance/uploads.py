@@ -32,7 +32,7 @@ from provenance.datasets import (
 from provenance.errors import InvalidParameterError
 from provenance.fingerprints import FingerprintConfig
 from provenance.kernels.minhash import band_keys as compute_band_keys
-from provenance.ledger import LedgerStore
+from provenance.ledger import LedgerStore, check_documents_as
 from provenance.progress import NoProgress, Progress
 from provenance.records import License, RegistrationResult, ShardRecord
 from provenance.sources import Counters, ReadOptions, resolve
@@ -43,7 +43,7 @@ UPLOAD_SCHEMA = pa.schema([
     ("signature", pa.list_(pa.uint32())),
 ])
 _OPTIONS = ("text_field", "id_field", "role", "license", "source", "creator", "description", "model_generated",
-            "config", "on_invalid", "shard_records")
+            "config", "on_invalid", "shard_records", "documents_as", "parquet_threshold")
 
 
 class _UploadSink:
@@ -65,8 +65,14 @@ def _read_options(name: str, options: dict[str, Any]) -> tuple[ReadOptions, Fing
     opts = ReadOptions(text_field=options.get("text_field", "text"), id_field=options.get("id_field"),
                        on_invalid=options.get("on_invalid", "error"), shard_records=options.get("shard_records", 100_000))
     _check_options(name, options.get("role", "train"), opts.on_invalid, opts.text_field, opts.shard_records)
+    check_documents_as(*storage_options(options))
     config = options.get("config")
     return opts, config if isinstance(config, FingerprintConfig) else FingerprintConfig(**(config or {}))
+
+
+def storage_options(options: dict[str, Any]) -> tuple[str, int | None]:
+    """Where a registration's options say to keep its rows: ``(documents_as, parquet_threshold)``."""
+    return options.get("documents_as", "auto"), options.get("parquet_threshold")
 
 
 def registration_meta(options: dict[str, Any]) -> dict[str, Any]:
@@ -183,7 +189,8 @@ def register_uploaded(ledger: LedgerStore, name: str, path: Path, shards: list[d
                                             f"the upload holds {n}")
         return [s.model_copy(update={"dataset_id": dataset_id}) for s in declared]
 
-    return _register(ledger, name, cfg, opts, registration_meta(options), planned, write, tally)
+    return _register(ledger, name, cfg, opts, registration_meta(options), planned, write, tally,
+                     storage_options(options))
 
 
 def _documents(table: pa.Table, dataset_id: str, first_id: int, cfg: FingerprintConfig, banding: Any,

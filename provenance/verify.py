@@ -8,7 +8,10 @@ Three families of checks, each reporting what is damaged and what it affects:
   versions that need it.
 - **versions**: every parent, run and tag points at a version that exists; each manifest matches
   its version row.
-- **datasets**: each dataset row agrees with its shard rows, and each shard with its documents.
+- **datasets**: each dataset row agrees with its shard rows, and each shard with its documents;
+  each Parquet document file (a dataset kept as Parquet) exists with its recorded size, and with
+  ``objects=True`` its recorded xxh3-128. A damaged file is reported, and the rows check runs on
+  the files that are sound (so its dataset's shards are reported short).
 
 ``repair=True`` moves damaged objects aside into ``.prov/quarantine/`` (nothing is deleted), so
 that the next commit of the same tensor writes a fresh copy, and removes the temporary files of
@@ -25,9 +28,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Literal
 
+import xxhash
 from pydantic import BaseModel, Field
 
-from provenance.errors import LedgerReadOnlyError, ObjectCorruptError, ObjectMissingError
+from provenance.errors import LedgerDamagedError, LedgerReadOnlyError, ObjectCorruptError, ObjectMissingError
 from provenance.files import fsync_folder
 from provenance.ledger import LedgerStore
 from provenance.objects import ObjectStore
@@ -70,7 +74,15 @@ def verify(ledger: LedgerStore, *, objects: bool = False, repair: bool = False, 
     with ledger.session():
         refs = ledger.object_references()
         version_problems = ledger.version_problems()
-        dataset_problems = ledger.dataset_problems()
+        damaged_files = _document_file_problems(ledger, rehash=objects)
+        try:
+            with ledger.documents_without({f["path"] for f in damaged_files}):
+                dataset_problems = ledger.dataset_problems()
+        except LedgerDamagedError:  # a file of the right size whose bytes do not read: find it
+            damaged_files = _document_file_problems(ledger, rehash=True)
+            with ledger.documents_without({f["path"] for f in damaged_files}):
+                dataset_problems = ledger.dataset_problems()
+        dataset_problems = [*damaged_files, *dataset_problems]
         n_versions = len(ledger.versions())
         n_datasets = len(ledger.datasets(all_versions=True))
         encodings = ledger.param_encodings()
@@ -99,6 +111,33 @@ def verify(ledger: LedgerStore, *, objects: bool = False, repair: bool = False, 
         version_problems=version_problems, dataset_problems=dataset_problems, temporary_files=temporaries,
         repaired=repair, ok=not (damaged or version_problems or dataset_problems),
     )
+
+
+def _document_file_problems(ledger: LedgerStore, *, rehash: bool) -> list[dict[str, Any]]:
+    """The Parquet document files that are missing, of another size than recorded, or (with
+    ``rehash``) of another SHA-256: ``{"dataset_id", "shard_index": None, "problem", "path"}``."""
+    problems = []
+    for f in ledger.document_files():
+        path = ledger.root / f["path"]
+        problem = None
+        if not path.is_file():
+            problem = "is missing"
+        elif (size := path.stat().st_size) != f["n_bytes"]:
+            problem = f"holds {size:,} bytes, not the {f['n_bytes']:,} recorded (truncated or replaced)"
+        elif rehash and _xxh3(path) != f["xxh3_128"]:
+            problem = "does not hash to its recorded xxh3-128 (corrupt)"
+        if problem is not None:
+            problems.append({"dataset_id": f["dataset_id"], "shard_index": None, "path": f["path"],
+                             "problem": f"Parquet document file {path} {problem}; restore it from a backup"})
+    return problems
+
+
+def _xxh3(path: Path) -> str:
+    digest = xxhash.xxh3_128()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _users(refs: Any, encodings: Any) -> dict[str, set[str]]:

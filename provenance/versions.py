@@ -406,24 +406,40 @@ def diff(ledger: LedgerStore, old: str | VersionRecord, new: str | VersionRecord
 
 
 def gc(ledger: LedgerStore, *, apply: bool = False) -> dict[str, Any]:
-    """Objects that no version refers to, and temporary files of object writes that never
-    finished (both left by interrupted commits): listed, or removed with ``apply``. Runs holding
-    the ledger's lock, so no commit is writing objects meanwhile (in a server: refused while
-    commits are writing objects, and commits that start meanwhile wait)."""
+    """Objects that no version refers to, temporary files of object writes that never finished,
+    and folders of Parquet document files that no dataset lists (a registration killed between
+    writing them and its commit): listed, or removed with ``apply``. Runs holding the ledger's
+    lock, so no commit or registration is writing meanwhile (in a server: refused while commits
+    are writing objects, and commits that start meanwhile wait)."""
     store = ledger.object_store()
     with ledger.session(), ledger.write_lock, ledger.object_writers.collecting():
         referenced = ledger.referenced_objects()
         unreferenced = [a for a in store.addresses() if a not in referenced]
         temporaries = list(store.temporaries())
-        sizes = [store.path(a).stat().st_size for a in unreferenced] + [t.stat().st_size for t in temporaries]
+        folders = _unlisted_document_folders(ledger)
+        sizes = ([store.path(a).stat().st_size for a in unreferenced] + [t.stat().st_size for t in temporaries]
+                 + [sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) for d in folders])
         freed = 0
         if apply:
             freed = sum(store.delete(a) for a in unreferenced)
             for t in temporaries:
                 freed += t.stat().st_size
                 t.unlink()
-    return {"unreferenced": unreferenced, "temporary_files": [str(t) for t in temporaries], "bytes": sum(sizes),
-            "removed": apply, "freed": freed}
+            for d in folders:
+                shutil.rmtree(d)
+            freed += sum(sizes[len(unreferenced) + len(temporaries):])
+    return {"unreferenced": unreferenced, "temporary_files": [str(t) for t in temporaries],
+            "document_folders": [str(d) for d in folders], "bytes": sum(sizes), "removed": apply, "freed": freed}
+
+
+def _unlisted_document_folders(ledger: LedgerStore) -> list[Path]:
+    """The folders under ``.prov/documents/NAME/`` that hold no file a dataset lists."""
+    root = ledger.documents_path
+    if not root.is_dir():
+        return []
+    listed = {(ledger.root / f["path"]).parent for f in ledger.document_files()}
+    return sorted(d for name in root.iterdir() if name.is_dir() for d in name.iterdir()
+                  if d.is_dir() and d not in listed)
 
 
 def _dtype(t: torch.Tensor) -> str:

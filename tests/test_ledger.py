@@ -42,9 +42,9 @@ def test_init_creates_the_layout(tmp_path):
     assert ledger.db_path == ledger.root / "ledger.duckdb"
     assert ledger.db_path.is_file()
     assert (ledger.root / "objects").is_dir() and ledger.objects_path == ledger.root / "objects"
-    assert ledger.schema_version() == SCHEMA_VERSION == len(migrations()) == 7
+    assert ledger.schema_version() == SCHEMA_VERSION == len(migrations()) == 8
     assert ledger.summary() == {
-        "path": str(ledger.root), "schema_version": 7, "datasets": 0, "dataset_versions": 0, "shards": 0,
+        "path": str(ledger.root), "schema_version": 8, "datasets": 0, "dataset_versions": 0, "shards": 0,
         "documents": 0, "bytes": 0, "fingerprint_configs": 0,
     }
     meta = dict(raw_rows(ledger, "SELECT key, value FROM ledger_meta"))
@@ -110,7 +110,7 @@ def test_a_duckdb_file_that_is_not_a_ledger(tmp_path):
 def test_schema_migrations_has_one_row_per_migration(ledger):
     rows = raw_rows(ledger, "SELECT version, name FROM schema_migrations ORDER BY version")
     assert rows == [(v, name) for v, name, _ in migrations()] == [(1, "initial"), (2, "versions"), (3, "runs"), (4, "merges"), (5, "audits"),
-                                                                 (6, "service"), (7, "version_files")]
+                                                                 (6, "service"), (7, "version_files"), (8, "document_files")]
 
 
 def test_opening_again_applies_nothing(ledger):
@@ -172,20 +172,33 @@ def test_failing_migration_leaves_nothing_behind(ledger, monkeypatch):
     assert Ledger.open(ledger.root).schema_version() == SHIPPED + 1  # the fixed migration then applies
 
 
-def test_a_ledger_of_schema_1_is_migrated_to_the_current_one(tmp_path, monkeypatch):
-    """A real older ledger: made with only the first migration, holding data, then opened."""
-    first_only = migrations()[:1]
-    monkeypatch.setattr(ledger_module, "migrations", lambda: first_only)
+def test_a_ledger_of_the_previous_schema_is_migrated_to_the_current_one(tmp_path, monkeypatch):
+    """A real older ledger: made without the last migration, holding data, then opened."""
+    earlier = migrations()[:-1]
+    monkeypatch.setattr(ledger_module, "migrations", lambda: earlier)
     old = Ledger.init(tmp_path)
-    old.register_dataset("docs", DOCS)
-    assert old.schema_version() == 1
+    with old.transaction() as tx:  # what the code of that schema wrote: rows in the table only
+        tx._con.execute("INSERT INTO documents SELECT range, 'docs@1', 0, range, NULL, 'k' || range, range, 1, 1, "
+                        "[1]::UINTEGER[], [1]::UBIGINT[] FROM range(3)")
+    assert old.schema_version() == SHIPPED - 1
     monkeypatch.undo()
 
     opened = Ledger.open(tmp_path)
     assert opened.schema_version() == SHIPPED
-    assert opened.dataset("docs").n_documents == 3
+    assert opened.sql("SELECT count(*) AS n FROM documents").column("n").to_pylist() == [3]
     tables = {r[0] for r in raw_rows(opened, "SELECT table_name FROM information_schema.tables")}
-    assert {"versions", "version_params", "tags"} <= tables
+    assert "document_files" in tables
+
+
+def test_a_ledger_of_schema_1_is_migrated_to_the_current_one(tmp_path, monkeypatch):
+    first_only = migrations()[:1]
+    monkeypatch.setattr(ledger_module, "migrations", lambda: first_only)
+    assert Ledger.init(tmp_path).schema_version() == 1
+    monkeypatch.undo()
+    opened = Ledger.open(tmp_path)
+    assert opened.schema_version() == SHIPPED
+    tables = {r[0] for r in raw_rows(opened, "SELECT table_name FROM information_schema.tables")}
+    assert {"versions", "version_params", "tags", "document_files"} <= tables
 
 
 def test_shipped_migrations_are_numbered_without_gaps():

@@ -20,6 +20,7 @@ from provenance import Ledger  # noqa: E402
 from provenance.cli.main import main  # noqa: E402
 from provenance.errors import InvalidParameterError, SourceError  # noqa: E402
 from provenance.integrations.ray_data import register_dataset  # noqa: E402
+from provenance.progress import NoProgress  # noqa: E402
 
 ROWS = "SELECT shard_index, row_index, line, key, exact_hash, token_count, n_bytes, signature, band_keys " \
        "FROM documents WHERE dataset_id = ? ORDER BY doc_id"
@@ -52,6 +53,16 @@ def _corpus(folder):
     return folder
 
 
+class _Steps(NoProgress):
+    """A progress that records the steps started."""
+
+    def __init__(self):
+        self.started = []
+
+    def start(self, description, total=None):
+        self.started.append(description)
+
+
 def _same(ledger, a, b):
     assert ledger.sql(SHARDS, [a.dataset_id]).to_pylist() == ledger.sql(SHARDS, [b.dataset_id]).to_pylist()
     assert ledger.sql(ROWS, [a.dataset_id]).to_pylist() == ledger.sql(ROWS, [b.dataset_id]).to_pylist()
@@ -65,8 +76,20 @@ def test_ray_gives_the_rows_the_single_process_path_gives(tmp_path):
     on_ray = register_dataset(ledger, "ray", str(corpus), num_cpus=2).dataset
     assert on_ray.n_shards == 5 and on_ray.n_documents == 1203
     _same(ledger, local, on_ray)
-    again = register_dataset(ledger, "ray", str(corpus))
+    steps = _Steps()
+    again = register_dataset(ledger, "ray", str(corpus), progress=steps)
     assert not again.created and again.dataset.dataset_id == "ray@1"
+    assert again.message.startswith("unchanged: the content matches ray@1")
+    assert steps.started == ["hashing on Ray"]  # found unchanged by hashing: nothing fingerprinted
+    kept = register_dataset(ledger, "kept", str(corpus), num_cpus=2, documents_as="parquet").dataset
+    _same(ledger, local, kept)  # the actors' parts written as the dataset's Parquet files
+    assert sum(f["n_rows"] for f in ledger.document_files("kept@1")) == 1203
+    assert ledger.verify(objects=True).ok
+    (corpus / "a.jsonl").write_text(_lines(0, 401))  # changed: hashed, then fingerprinted
+    steps = _Steps()
+    changed = register_dataset(ledger, "ray", str(corpus), progress=steps)
+    assert changed.created and changed.dataset.dataset_id == "ray@2" and changed.dataset.n_documents == 1204
+    assert steps.started == ["hashing on Ray", "fingerprinting on Ray"]
 
 
 def test_ray_reads_a_bucket_as_the_local_path_reads_it(tmp_path):

@@ -192,3 +192,21 @@ def test_a_registration_whose_source_fails_midway_leaves_nothing(server, tmp_pat
     assert "late-error" not in [d.name for d in ledger.datasets()]
     source.write_text("".join(json.dumps({"id": f"d{i}", "text": f"document {i}"}) + "\n" for i in range(50)))
     assert ledger.register_dataset("late-error", str(source), id_field="id").dataset.n_documents == 50
+
+
+def test_a_registration_kept_as_parquet_through_the_server(server, tmp_path):
+    """``documents_as`` goes with the upload; the server writes the files under its ledger and its
+    queries read them."""
+    source = tmp_path / "kept.jsonl"
+    source.write_text("".join(json.dumps({"id": f"k{i}", "text": f"kept document {i} of a small corpus"}) + "\n"
+                              for i in range(300)))
+    ledger = server.ledger()
+    result = ledger.register_dataset("kept", str(source), id_field="id", documents_as="parquet")
+    assert result.created and result.dataset.n_documents == 300
+    files = sorted((server.root / ".prov" / "documents" / "kept").glob("v1-*/*.parquet"))
+    assert len(files) == 1
+    rows = ledger.sql("SELECT count(*) AS n, count(DISTINCT key) AS k FROM documents WHERE dataset_id = 'kept@1'")
+    assert rows.to_pylist() == [{"n": 300, "k": 300}]
+    assert ledger.taint(dataset="kept", key="k7").target
+    with pytest.raises(errors.InvalidParameterError, match="documents_as must be one of auto, table, parquet"):
+        ledger.register_dataset("kept2", str(source), documents_as="feather")

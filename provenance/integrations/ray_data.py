@@ -19,6 +19,10 @@ counts and part), then registers every part in one transaction
 rows are counted against its record): signatures, band keys, exact hashes, keys and the content
 hash are the ones a local registration of the same files gives.
 
+**Unchanged content.** When the dataset has a version already, Ray tasks first hash the shards
+(reading their bytes, without fingerprinting); when the content hash is that version's, nothing
+is fingerprinted and the version is returned unchanged, as a local registration does.
+
 **Granularity.** A shard is the unit of work: a corpus of many files spreads over the actors, one
 huge file does not. **Staging.** Parts are written under ``staging`` (default: the system's
 temporary folder), which every actor and the driver must reach: on one machine (Ray's local mode,
@@ -55,14 +59,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from provenance.datasets import _write_shard, check_text_ids, register_parts
-from provenance.errors import InvalidParameterError, ProvenanceError, SourceError
+from provenance.datasets import _content_hash, _unchanged_message, _write_shard, check_text_ids, register_parts
+from provenance.errors import InvalidParameterError, NotFoundError, ProvenanceError, SourceError
 from provenance.fingerprints import FingerprintConfig, strings_to_arrow
 from provenance.progress import NoProgress, Progress
 from provenance.records import RegistrationResult
 from provenance.sources import Counters, FileShard, ObjectShard, ReadOptions, resolve
 from provenance.sources.urls import is_url
-from provenance.uploads import _read_options, parts_to_upload, registration_meta, upload_options
+from provenance.uploads import _read_options, parts_to_upload, registration_meta, storage_options, upload_options
 
 try:
     import ray
@@ -102,6 +106,9 @@ def register_dataset(ledger: Any, name: str, sources: Any, *, address: str | Non
 
     specs = [{"index": i, "uri": s.uri, "name": s.name, "format": s.format, "display": s.display}
              for i, s in enumerate(shards)]
+    unchanged = _unchanged(ledger, name, specs, opts, cfg, options, progress)
+    if unchanged is not None:
+        return unchanged
     actors = max(1, min(len(specs), num_cpus or int(ray.cluster_resources().get("CPU", 1))))
     folder = Path(tempfile.mkdtemp(prefix="prov-ray-", dir=staging))
     try:
@@ -126,9 +133,57 @@ def register_dataset(ledger: Any, name: str, sources: Any, *, address: str | Non
                                                                        "skipped": counters.skipped},
                                                upload_options(options, cfg))
         return register_parts(ledger, name, parts, records, opts=opts, cfg=cfg, meta=registration_meta(options),
-                              counters=counters)
+                              counters=counters, storage=storage_options(options))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _unchanged(ledger: Any, name: str, specs: list[dict[str, Any]], opts: ReadOptions, cfg: FingerprintConfig,
+               options: dict[str, Any], progress: Progress) -> RegistrationResult | None:
+    """When ``name`` has a version, hash the shards on Ray (tasks that read the bytes and do not
+    fingerprint: a few percent of the fingerprinting's cost) and, when their content hash is that
+    version's, return it unchanged, as the local path does before it fingerprints anything."""
+    try:
+        latest = ledger.dataset(name)
+    except NotFoundError:
+        return None
+    hashed = ray.data.from_items(specs, override_num_blocks=len(specs)).map_batches(
+        _identify, batch_size=1, batch_format="pyarrow", num_cpus=1, zero_copy_batch=True,
+        runtime_env={"env_vars": _storage_settings()})
+    progress.start("hashing on Ray", len(specs))
+    ids = {}
+    for row in hashed.iter_rows():
+        _raise_error(row)
+        ids[row["index"]] = row["shard_id"]
+        progress.advance(1)
+    if _content_hash([(s["name"], ids[s["index"]]) for s in specs], opts, cfg) != latest.content_hash:
+        return None
+    meta = registration_meta(options)
+    return RegistrationResult(dataset=latest, created=False,
+                              message=_unchanged_message(latest, meta["role"], meta["license"]))
+
+
+def _identify(batch: pa.Table) -> dict[str, list]:
+    """A Ray task: each shard's xxh3-128 (its shard id), or the project's error reading it."""
+    out: dict[str, list] = {"index": [], "shard_id": [], "error": []}
+    for spec in batch.to_pylist():
+        shard_id, error = None, None
+        try:
+            reader = _shard(spec)
+            reader.identify()
+            shard_id = reader.shard_id
+        except ProvenanceError as exc:
+            error = _error_row(exc)
+        out["index"].append(spec["index"])
+        out["shard_id"].append(shard_id)
+        out["error"].append(error)
+    return out
+
+
+def _error_row(exc: ProvenanceError) -> str:
+    """The project's error as data for the driver (see :func:`_raise_error`)."""
+    kind = next(c.__name__ for c in type(exc).__mro__ if c.__name__ in _ERRORS)
+    return json.dumps([kind, str(exc)])
 
 
 def check_count(name: str, value: Any) -> None:
@@ -213,8 +268,7 @@ class _Fingerprinter:
                                           NoProgress(), 0)
                 shard = json.dumps(record.model_dump(mode="json", exclude={"dataset_id"}))
             except ProvenanceError as exc:  # bad input: the driver raises it
-                kind = next(c.__name__ for c in type(exc).__mro__ if c.__name__ in _ERRORS)
-                error = json.dumps([kind, str(exc)])
+                error = _error_row(exc)
             out["index"].append(spec["index"])
             out["shard"].append(shard)
             out["part"].append(str(part) if part.exists() else None)

@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import os
 import re
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -34,12 +35,19 @@ from provenance.errors import (
     UnsafeOutputError,
 )
 from provenance.files import check_output
-from provenance.ledger._common import DB_FILE, LEDGER_DIR, OBJECTS_DIR, TMP_DIR, _now, quote_identifier
+from provenance.ledger._common import DB_FILE, DOCUMENTS_DIR, LEDGER_DIR, OBJECTS_DIR, TMP_DIR, _now, quote_identifier
 from provenance.ledger.data import DataQueries
 from provenance.ledger.lineage import LineageQueries
 from provenance.ledger.models import ModelQueries
 from provenance.ledger.service import ServiceQueries
-from provenance.ledger.writer import DocumentStage, LedgerWriter, _clean_staging
+from provenance.ledger.writer import (
+    DOCUMENTS_AS,
+    PARQUET_THRESHOLD,
+    DocumentStage,
+    LedgerWriter,
+    _clean_staging,
+    check_documents_as,
+)
 
 if TYPE_CHECKING:
     from provenance.objects import ObjectStore
@@ -83,6 +91,32 @@ def migrations() -> list[tuple[int, str, str]]:
 
 
 SCHEMA_VERSION = len(migrations())
+
+#: The columns of ``documents``, in order (the Parquet document files hold exactly these).
+DOCUMENT_COLUMNS = ("doc_id, dataset_id, shard_index, row_index, line, key, exact_hash, token_count, n_bytes, "
+                    "signature, band_keys")
+
+
+#: The other columns of the stand-in row of a damaged Parquet document file (its dataset's rows
+#: cannot be read; the row's doc_id raises the error that says so).
+_BROKEN_ROW = ("NULL::INTEGER, NULL::BIGINT, NULL::BIGINT, NULL::VARCHAR, NULL::UBIGINT, NULL::INTEGER, NULL::INTEGER, "
+               "NULL::UINTEGER[], NULL::UBIGINT[]")
+
+
+def _file_problem(path: Path, size: int) -> str | None:
+    """Why the file at ``path`` cannot be the one recorded with ``size`` bytes (None: it may be)."""
+    try:
+        found = path.stat().st_size
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    return None if found == size else f"{found:,} bytes instead of {size:,} (truncated or replaced)"
+
+
+def _sql_string(value: str) -> str:
+    """A string literal for DDL, which takes no bound parameters."""
+    return "'" + value.replace("'", "''") + "'"
 
 
 def _on_read_only_mount(path: Path) -> bool:
@@ -171,6 +205,10 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
         # around the whole call; a commit only around its transaction, not while its tensors arrive).
         self.write_lock = threading.RLock()
         self.object_writers = ObjectWriters()
+        # Bumped when a transaction adds or drops Parquet document files: a connection whose
+        # ``documents`` view was made for an older count makes it again (see _documents_view).
+        self._documents_generation = 0
+        self._view_generations: dict[int, int] = {}
 
     @property
     def _in_transaction(self) -> bool:
@@ -189,6 +227,11 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
     @property
     def objects_path(self) -> Path:
         return self.root / OBJECTS_DIR
+
+    @property
+    def documents_path(self) -> Path:
+        """The folder of the datasets whose document rows are kept as Parquet files."""
+        return self.root / DOCUMENTS_DIR
 
     def object_store(self, *, sync: bool = True) -> ObjectStore:
         """The ledger's object store (``sync``: sync each object to the disk before its rename).
@@ -291,16 +334,13 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
 
     def _connect(self, *, read_only: bool = False, external: bool = True) -> duckdb.DuckDBPyConnection:
         config: dict[str, Any] = {"threads": max(1, os.cpu_count() or 1)}
-        if read_only:
-            if not external:
-                config["enable_external_access"] = False
-        else:
+        if not read_only:
             config["temp_directory"] = str(self.root / TMP_DIR)
             config["memory_limit"] = self.memory_limit
         deadline = time.monotonic() + self.lock_timeout
         while True:
             try:
-                return duckdb.connect(str(self.db_path), read_only=read_only, config=config)
+                con = duckdb.connect(str(self.db_path), read_only=read_only, config=config)
             except duckdb.IOException as exc:
                 message = str(exc)
                 if "lock" not in message.lower():
@@ -313,6 +353,17 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
                         "Retry when it finishes, or wait longer (--wait SECONDS)."
                     ) from exc
                 time.sleep(0.1)
+                continue
+            if not external:  # user SQL: only the ledger's own files, through the documents view
+                self.confine(con)
+            return con
+
+    def confine(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Make ``con``'s ``documents`` view, then refuse it every file but the Parquet document
+        files (so a query can read the view, and nothing else on the disk)."""
+        self._documents_view(con)
+        con.execute(f"SET allowed_directories = [{_sql_string(str(self.documents_path) + os.sep)}]")
+        con.execute("SET enable_external_access = false")
 
     @contextlib.contextmanager
     def session(self) -> Iterator[LedgerStore]:
@@ -320,6 +371,7 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
         with self._session_lock:  # a server's threads open and close sessions beside each other
             if self._con is None:
                 self._con = self._connect(read_only=self.read_only)
+                self._view_generations.clear()
             self._depth += 1
         try:
             yield self
@@ -329,6 +381,7 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
                 last = self._depth == 0
             if last:
                 con, self._con = self._con, None
+                self._view_generations.clear()
                 with self._cursor_lock:
                     cursors, self._cursors = self._cursors, []
                 for c in cursors:
@@ -351,15 +404,81 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
         with self.session():
             assert self._con is not None
             try:
-                yield self._thread_cursor() if self.concurrent else self._con
-            except (duckdb.IOException, duckdb.InternalException, duckdb.SerializationException) as exc:
+                con = self._thread_cursor() if self.concurrent else self._con
+                if self._view_generations.get(id(con)) != self._documents_generation:
+                    self._view_generations[id(con)] = self._documents_view(con)
+                yield con
+            except duckdb.Error as exc:
                 self._raise_if_damaged(exc)
                 raise
+
+    def _documents_view(self, con: duckdb.DuckDBPyConnection, skip: frozenset[str] = frozenset()) -> int:
+        """Make ``documents``, on ``con``, the union of the table and the Parquet document files
+        (a temporary view that shadows the table; none when there are no files). Each connection
+        has its own temporary objects, so each makes it, once per change of the files; returns
+        the generation of the files it saw.
+
+        A file that is missing, or whose size is not the one recorded, is left out of the view
+        and stands in it as one row of its dataset that raises an error naming the file when a
+        query reads it, so queries of other datasets still run (and the ledger still opens).
+        ``skip``: files to leave out without that row (``prov verify`` reports them itself)."""
+        generation = self._documents_generation
+        try:
+            files = con.execute("SELECT path, dataset_id, n_bytes FROM document_files ORDER BY path").fetchall()
+        except duckdb.CatalogException:  # a schema older than 0008, being migrated
+            return -1
+        good, broken = [], []
+        for path, dataset_id, size in files:
+            if path in skip:
+                continue
+            problem = _file_problem(self.root / path, size)
+            if problem is None:
+                good.append(_sql_string(str(self.root / path)))
+            else:
+                broken.append((dataset_id, f"the Parquet document file {self.root / path} of dataset {dataset_id} is "
+                                           f"{problem}; restore it from a backup of the ledger (`prov verify` lists "
+                                           "every damaged file)"))
+        if not good and not broken:
+            con.execute("DROP VIEW IF EXISTS temp.main.documents")
+            return generation
+        parts = [f"SELECT * FROM {self.documents_table(con)}"]
+        if good:
+            parts.append(f"SELECT {DOCUMENT_COLUMNS} FROM read_parquet([{', '.join(good)}])")
+        for dataset_id, message in broken:
+            parts.append(f"SELECT error({_sql_string(message)})::BIGINT, {_sql_string(dataset_id)}, {_BROKEN_ROW}")
+        con.execute("CREATE OR REPLACE TEMP VIEW documents AS " + " UNION ALL ".join(parts))
+        return generation
+
+    @contextlib.contextmanager
+    def documents_without(self, paths: set[str]) -> Iterator[None]:
+        """Inside a session: queries of ``documents`` leave out the Parquet files ``paths``
+        (damaged ones, which ``prov verify`` reports while it checks the rest)."""
+        with self._cursor() as con:
+            self._view_generations[id(con)] = self._documents_view(con, frozenset(paths))
+            try:
+                yield
+            finally:
+                self._view_generations.pop(id(con), None)
+
+    @staticmethod
+    def documents_table(con: duckdb.DuckDBPyConnection) -> str:
+        """The ``documents`` table itself, named so that the view of the same name does not
+        shadow it (inserts go there)."""
+        catalog = con.execute("SELECT current_database()").fetchall()[0][0]
+        return f"{quote_identifier(catalog)}.main.documents"
+
+    def documents_changed(self) -> None:
+        """A transaction that added or removed Parquet document files ended (committed or not):
+        every connection remakes its view before its next query."""
+        self._documents_generation += 1
 
     # What DuckDB says of a truncated or corrupt database file; a read error counts only when it
     # names the database file itself (not, say, a staging Parquet file).
     _DAMAGE_SIGNS = ("not a valid duckdb database", "corrupt", "checksum", "invalid block")
     _READ_SIGNS = ("could not read enough bytes", "failed to read", "serialization")
+    # What DuckDB says of a Parquet file whose bytes are damaged, without naming the file (a
+    # message that names a file outside .prov/documents/ is about that file: a staged part).
+    _PARQUET_SIGNS = ("tprotocolexception", "decompress", "zstd")
 
     def _raise_if_damaged(self, exc: Exception) -> None:
         damaged = self._damaged(exc)
@@ -370,7 +489,17 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
         """A :class:`LedgerDamagedError` naming the file and the recovery step when ``exc`` says
         the database file is truncated or corrupt (else None: some other failure)."""
         message = str(exc)
+        if str(self.documents_path) in message:  # a Parquet document file: missing, cut or not Parquet
+            first = message.splitlines()[0]
+            return LedgerDamagedError(re.sub(r"^[A-Za-z ]*Error: ", "", first) if "restore it" in first else
+                                      f"a Parquet document file of the ledger cannot be read ({first}); restore it "
+                                      "from a backup of the ledger (`prov verify` lists every damaged file)")
         lowered = message.lower()
+        if (any(sign in lowered for sign in self._PARQUET_SIGNS) and ".parquet" not in lowered
+                and self.documents_path.is_dir()):
+            return LedgerDamagedError(
+                f"a Parquet document file of the ledger cannot be read ({message.splitlines()[0]}); "
+                "`prov verify --objects` finds which, then restore it from a backup of the ledger")
         names_db = str(self.db_path) in message
         if not (any(sign in lowered for sign in self._DAMAGE_SIGNS)
                 or (names_db and any(sign in lowered for sign in self._READ_SIGNS))):
@@ -403,11 +532,14 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
             staging = _clean_staging(self.root)
             con.execute("BEGIN TRANSACTION")
             self._in_transaction = True
+            writer = LedgerWriter(con, staging, store=self)
             try:
-                yield LedgerWriter(con, staging)
+                yield writer
             except BaseException:  # rolled back; _cursor then reports a damaged database as such
                 with contextlib.suppress(Exception):
                     con.execute("ROLLBACK")
+                for folder in writer.new_folders:  # Parquet document files the rollback dropped
+                    shutil.rmtree(folder, ignore_errors=True)
                 raise
             else:
                 pending = WRITE_KEY.get()
@@ -418,6 +550,8 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
                 con.execute("COMMIT")
             finally:
                 self._in_transaction = False
+                if writer.new_folders:
+                    self.documents_changed()
 
     @contextlib.contextmanager
     def _scratch(self) -> Iterator[LedgerWriter]:
@@ -426,7 +560,7 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
             self._in_transaction = True
             try:
                 con.execute("CREATE TEMP TABLE audit_pairs AS SELECT * FROM audit_pairs LIMIT 0")
-                yield LedgerWriter(con, self.root / TMP_DIR / "staging", scratch=True)
+                yield LedgerWriter(con, self.root / TMP_DIR / "staging", scratch=True, store=self)
             finally:
                 self._in_transaction = False
                 with contextlib.suppress(Exception):
@@ -437,8 +571,6 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
     def snapshot_database(self, dest: Path) -> int:
         """Copy the database file, checkpointed first (so the copy needs no write-ahead log), to
         ``dest``; returns its bytes. Holds the ledger meanwhile: no write lands half in the copy."""
-        import shutil
-
         if self._in_transaction:
             raise ProvenanceError("a snapshot cannot be taken inside a transaction")
         with self._cursor() as con:
@@ -498,6 +630,6 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
 
 
 __all__ = [
-    "DB_FILE", "LEDGER_DIR", "OBJECTS_DIR", "SCHEMA_VERSION", "TMP_DIR", "DocumentStage", "LedgerStore", "LedgerWriter",
+    "DB_FILE", "DOCUMENTS_AS", "LEDGER_DIR", "PARQUET_THRESHOLD", "check_documents_as", "OBJECTS_DIR", "SCHEMA_VERSION", "TMP_DIR", "DocumentStage", "LedgerStore", "LedgerWriter",
     "migrations", "quote_identifier",
 ]

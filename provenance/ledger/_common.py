@@ -15,6 +15,7 @@ from provenance.records import (
 LEDGER_DIR = ".prov"
 DB_FILE = "ledger.duckdb"
 OBJECTS_DIR = "objects"
+DOCUMENTS_DIR = "documents"  # datasets whose document rows are kept as Parquet
 TMP_DIR = "tmp"
 
 

@@ -136,11 +136,12 @@ class DataQueries:
             self._check_ledger_only(query)
             with self._cursor_lock:
                 con = self._con.cursor()
+            self._documents_view(con)
         else:
             con = self._connect(read_only=True, external=False)
         try:
             return con.sql(query, params=list(params) if params else None).to_arrow_table()
-        except (duckdb.IOException, duckdb.InternalException) as exc:
+        except (duckdb.IOException, duckdb.InternalException, duckdb.InvalidInputException) as exc:
             raise self._damaged(exc) or ReadOnlyQueryError(f"query failed: {exc}") from exc
         except duckdb.PermissionException as exc:
             raise ReadOnlyQueryError(f"query refused: {exc}") from exc
@@ -191,6 +192,14 @@ class DataQueries:
                     raise ReadOnlyQueryError(f"query refused: table function {fn}() may read outside the ledger")
             elif ref.get("table_name", "").lower() not in known | ctes or ref.get("catalog_name") not in ("", None):
                 raise ReadOnlyQueryError(f"query refused: {ref.get('table_name')!r} is not a table of the ledger")
+
+    def document_files(self, dataset: str | None = None) -> list[dict[str, Any]]:
+        """The Parquet document files (of ``dataset``, a dataset id, or all): ``path`` (relative
+        to the ledger folder), ``dataset_id``, ``n_rows``, ``n_bytes``, ``xxh3_128``,
+        ``first_doc_id``, ``last_doc_id``, ``created_at``; in path order."""
+        where, params = ("WHERE dataset_id = ?", [dataset]) if dataset is not None else ("", [])
+        with self._cursor() as con:
+            return con.sql(f"SELECT * FROM document_files {where} ORDER BY path", params=params).to_arrow_table().to_pylist()
 
     def dataset_problems(self) -> list[dict[str, Any]]:
         """Dataset rows that disagree with their shards and documents (what ``prov verify``

@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import time
 import unicodedata
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,12 +17,13 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+import xxhash
 
 from provenance.errors import (
     InvalidParameterError,
 )
 from provenance.fingerprints import FingerprintConfig
-from provenance.ledger._common import TMP_DIR, _dataset_from_row, _now, quote_identifier
+from provenance.ledger._common import DOCUMENTS_DIR, TMP_DIR, _dataset_from_row, _now, quote_identifier
 from provenance.ledger.audit_sql import AuditWrites
 from provenance.records import (
     DatasetRecord,
@@ -30,14 +33,56 @@ from provenance.records import (
     VersionRecord,
 )
 
+#: Where a registration keeps its document rows: in the ``documents`` table, as Parquet files
+#: under ``.prov/documents/``, or ``auto``: as Parquet from :data:`PARQUET_THRESHOLD` documents.
+DOCUMENTS_AS = ("auto", "table", "parquet")
+
+#: ``auto`` keeps a dataset of this many documents or more as Parquet files. At about 200 bytes a
+#: row in the table, that is 2 GB: below it the table's inserts cost little; above it, writing
+#: Parquet files is several times faster than inserting (docs/benchmarks.md) and the database
+#: file stays small enough to back up and checkpoint quickly.
+PARQUET_THRESHOLD = 10_000_000
+
+#: The columns of ``documents`` as Arrow types: a staged file of exactly these becomes a dataset's
+#: Parquet document file as it is (renamed, not rewritten).
+DOCUMENT_SCHEMA = pa.schema([
+    ("doc_id", pa.int64()), ("dataset_id", pa.string()), ("shard_index", pa.int32()), ("row_index", pa.int64()),
+    ("line", pa.int64()), ("key", pa.string()), ("exact_hash", pa.uint64()), ("token_count", pa.int32()),
+    ("n_bytes", pa.int32()), ("signature", pa.list_(pa.uint32())), ("band_keys", pa.list_(pa.uint64())),
+])
+
+#: The columns of ``documents`` with their types, as a Parquet document file holds them.
+_DOCUMENT_CASTS = ("doc_id::BIGINT AS doc_id, dataset_id::VARCHAR AS dataset_id, shard_index::INTEGER AS shard_index, "
+                   "row_index::BIGINT AS row_index, line::BIGINT AS line, key::VARCHAR AS key, "
+                   "exact_hash::UBIGINT AS exact_hash, token_count::INTEGER AS token_count, "
+                   "n_bytes::INTEGER AS n_bytes, signature::UINTEGER[] AS signature, band_keys::UBIGINT[] AS band_keys")
+
+
+def check_documents_as(documents_as: str, parquet_threshold: int | None = None) -> None:
+    """Refuse a storage choice that is not one of :data:`DOCUMENTS_AS`, or a threshold that is
+    not a positive number of documents."""
+    if documents_as not in DOCUMENTS_AS:
+        raise InvalidParameterError(f"documents_as must be one of {', '.join(DOCUMENTS_AS)}; got {documents_as!r}")
+    if parquet_threshold is not None and (isinstance(parquet_threshold, bool) or not isinstance(parquet_threshold, int)
+                                          or parquet_threshold < 1):
+        raise InvalidParameterError(f"parquet_threshold must be a positive number of documents; got "
+                                    f"{parquet_threshold!r}")
+
 
 class LedgerWriter(AuditWrites):
     """Writes inside one transaction of :meth:`Ledger.transaction`."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, staging: Path, *, scratch: bool = False):
+    def __init__(self, con: duckdb.DuckDBPyConnection, staging: Path, *, scratch: bool = False,
+                 store: Any = None):
         self._con = con
         self._staging = staging
         self.scratch = scratch  # an audit that stores nothing (Ledger.transaction(scratch=True))
+        self._store = store  # the LedgerStore: its root and its connections' documents views
+        self._table = store.documents_table(con) if store is not None else "documents"
+        self.documents_as = "auto"  # where a registration keeps its rows (DOCUMENTS_AS)
+        self.parquet_threshold = PARQUET_THRESHOLD
+        self.new_folders: list[Path] = []  # Parquet document folders this transaction made
+        self._copies: list[tuple[ShardRecord, str, int, int]] | None = None  # copies waiting for the stage
 
     def latest_dataset(self, name: str) -> DatasetRecord | None:
         rows = self._con.sql(
@@ -54,7 +99,70 @@ class LedgerWriter(AuditWrites):
         )
 
     def next_doc_id(self) -> int:
-        return int(self._con.execute("SELECT coalesce(max(doc_id) + 1, 0) FROM documents").fetchall()[0][0])
+        return int(self._con.execute(
+            f"""SELECT greatest((SELECT coalesce(max(doc_id) + 1, 0) FROM {self._table}),
+                                (SELECT coalesce(max(last_doc_id) + 1, 0) FROM document_files))""").fetchall()[0][0])
+
+    def set_documents_as(self, documents_as: str, parquet_threshold: int | None = None) -> None:
+        """Where the registration in this transaction keeps its rows (see :data:`DOCUMENTS_AS`)."""
+        check_documents_as(documents_as, parquet_threshold)
+        self.documents_as = documents_as
+        if parquet_threshold is not None:
+            self.parquet_threshold = parquet_threshold
+
+    def _as_parquet(self, n_rows: int) -> bool:
+        if self._store is None or self.documents_as == "table":
+            return False
+        return self.documents_as == "parquet" or n_rows >= self.parquet_threshold
+
+    def _put_documents(self, select: str, params: list[Any], dataset_id: str, n_rows: int,
+                       stage: Path | None = None) -> None:
+        """Keep the rows of ``select`` (a SELECT of every column of ``documents``, by name) where
+        this registration keeps them: inserted into the table, or written as Parquet files.
+        ``stage``: a staged Parquet file that holds exactly those rows, with the columns and
+        types of ``documents``, which then becomes the dataset's file as it is."""
+        if not self._as_parquet(n_rows):
+            with self._bulk():
+                self._con.execute(f"INSERT INTO {self._table} BY NAME {select}", params).fetchall()
+            return
+        name, version = dataset_id.rsplit("@", 1)
+        self._staging.mkdir(parents=True, exist_ok=True)
+        tmp = self._staging / f"parquet-{os.getpid()}-{time.time_ns()}"
+        if stage is not None:
+            tmp.mkdir()
+            os.rename(stage, tmp / "data_0.parquet")
+        else:
+            target = tmp.as_posix().replace("'", "''")
+            self._con.execute(
+                f"COPY (SELECT {_DOCUMENT_CASTS} FROM ({select})) TO '{target}' "
+                "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 16384, FILE_SIZE_BYTES '256MB')", params).fetchall()
+        self._list_document_files(tmp, dataset_id,
+                                  self._store.root / DOCUMENTS_DIR / name / f"v{version}-{uuid.uuid4().hex[:8]}")
+
+    def _list_document_files(self, tmp: Path, dataset_id: str, final: Path) -> None:
+        """Sync and hash the Parquet files in ``tmp``, rename it to ``final`` and list them in
+        ``document_files``. The folder is removed if the transaction rolls back; one left by a
+        process killed before its commit is listed by ``prov gc``."""
+        pattern = (tmp / "*.parquet").as_posix()
+        counts = {Path(f).name: (int(n), lo, hi) for f, n, lo, hi in self._con.execute(
+            "SELECT filename, count(*), min(doc_id), max(doc_id) FROM read_parquet(?, filename = true) GROUP BY 1",
+            [pattern]).fetchall()}
+        root = self._store.root
+        final.parent.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for f in sorted(tmp.iterdir()):
+            n, lo, hi = counts.get(f.name, (0, None, None))
+            rows.append({"path": (final / f.name).relative_to(root).as_posix(), "dataset_id": dataset_id,
+                         "n_rows": n, "n_bytes": f.stat().st_size, "xxh3_128": _sync_and_hash(f),
+                         "first_doc_id": lo, "last_doc_id": hi, "created_at": _now()})
+        os.rename(tmp, final)
+        self.new_folders.append(final)
+        _sync_folder(final.parent)
+        self._insert("document_files", pa.Table.from_pylist(rows, schema=pa.schema([
+            ("path", pa.string()), ("dataset_id", pa.string()), ("n_rows", pa.int64()), ("n_bytes", pa.int64()),
+            ("xxh3_128", pa.string()), ("first_doc_id", pa.int64()), ("last_doc_id", pa.int64()),
+            ("created_at", pa.timestamp("us"))])))
+        self._store._documents_view(self._con)  # this transaction's later queries see the rows
 
     @contextlib.contextmanager
     def document_stage(self) -> Iterator[DocumentStage]:
@@ -66,15 +174,25 @@ class LedgerWriter(AuditWrites):
         """
         self._staging.mkdir(parents=True, exist_ok=True)
         stage = DocumentStage(self._staging / f"documents-{os.getpid()}-{time.time_ns()}.parquet")
+        self._copies = []
         try:
             yield stage
+            copies, self._copies = self._copies, None
+            parts, params = [], []
             if stage.close():
                 cols = ", ".join(quote_identifier(c) for c in stage.columns)
-                with self._bulk():
-                    self._con.execute(
-                        f"INSERT INTO documents ({cols}) SELECT {cols} FROM read_parquet(?)", [str(stage.path)]
-                    )
+                parts.append(f"SELECT {cols} FROM read_parquet(?)")
+                params.append(str(stage.path))
+            for source, dataset_id, shard_index, first_id in copies:
+                parts.append(_COPY_SELECT)
+                params += [first_id, dataset_id, shard_index, source.dataset_id, source.shard_index]
+            if parts:
+                dataset_id = copies[0][1] if copies else stage.dataset_id
+                whole = stage.path if not copies and stage.schema == DOCUMENT_SCHEMA else None
+                self._put_documents(" UNION ALL BY NAME ".join(f"({p})" for p in parts), params, dataset_id,
+                                    stage.rows + sum(c[0].n_documents for c in copies), stage=whole)
         finally:
+            self._copies = None
             stage.close()
             stage.path.unlink(missing_ok=True)
 
@@ -111,29 +229,24 @@ class LedgerWriter(AuditWrites):
         try:
             found = dict(self._con.execute(
                 "SELECT shard_index, count(*) FROM read_parquet(?) GROUP BY shard_index", [list(parts)]).fetchall())
-            with self._bulk():
-                self._con.execute(
-                    """INSERT INTO documents
-                       SELECT p.doc_id + o.first_id, ?, p.shard_index, p.row_index, p.line, p.key, p.exact_hash,
-                              p.token_count, p.n_bytes, p.signature, p.band_keys
-                       FROM read_parquet(?) p JOIN provenance_part_offsets o ON p.shard_index = o.shard_index""",
-                    [dataset_id, list(parts)],
-                ).fetchall()
+            self._put_documents(
+                """SELECT p.doc_id + o.first_id AS doc_id, ? AS dataset_id, p.shard_index, p.row_index, p.line, p.key,
+                          p.exact_hash, p.token_count, p.n_bytes, p.signature, p.band_keys
+                   FROM read_parquet(?) p JOIN provenance_part_offsets o ON p.shard_index = o.shard_index""",
+                [dataset_id, list(parts)], dataset_id, sum(found.values()))
         finally:
             self._con.unregister("provenance_part_offsets")
         return {int(k): int(v) for k, v in found.items()}
 
     def copy_documents(self, source: ShardRecord, dataset_id: str, shard_index: int, first_id: int) -> int:
         """Copy the document rows of ``source`` (a shard of an earlier version, same content and
-        config) into shard ``shard_index`` of ``dataset_id``, numbered from ``first_id``."""
-        with self._bulk():
-            self._con.execute(
-                """INSERT INTO documents
-                   SELECT ? + row_number() OVER (ORDER BY row_index) - 1, ?, ?, row_index, line, key,
-                          exact_hash, token_count, n_bytes, signature, band_keys
-                   FROM documents WHERE dataset_id = ? AND shard_index = ?""",
-                [first_id, dataset_id, shard_index, source.dataset_id, source.shard_index],
-            ).fetchall()
+        config) into shard ``shard_index`` of ``dataset_id``, numbered from ``first_id``: with the
+        staged rows when a :meth:`document_stage` is open, else at once."""
+        if self._copies is not None:
+            self._copies.append((source, dataset_id, shard_index, first_id))
+        else:
+            self._put_documents(_COPY_SELECT, [first_id, dataset_id, shard_index, source.dataset_id,
+                                               source.shard_index], dataset_id, source.n_documents)
         return source.n_documents
 
     def insert_version(self, version: VersionRecord, params: Sequence[ParamRecord],
@@ -362,13 +475,41 @@ class LedgerWriter(AuditWrites):
             self._con.unregister("_prov_insert")
 
 
+#: The rows of one shard of an earlier version, renumbered for a new one (parameters: first id,
+#: new dataset, new shard index, old dataset, old shard index).
+_COPY_SELECT = """SELECT ? + row_number() OVER (ORDER BY row_index) - 1 AS doc_id, ? AS dataset_id,
+                         ? AS shard_index, row_index, line, key, exact_hash, token_count, n_bytes, signature, band_keys
+                  FROM documents WHERE dataset_id = ? AND shard_index = ?"""
+
+
+def _sync_and_hash(path: Path) -> str:
+    """Sync ``path`` to the disk and return its xxh3-128 (the object store's hash)."""
+    digest = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+        os.fsync(f.fileno())
+    return digest.hexdigest()
+
+
+def _sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _clean_staging(root: Path) -> Path:
-    """Remove staging files: called holding the ledger's lock, when no registration is running,
-    so any file there was left by a process that died and was never part of the ledger."""
+    """Remove staging files and folders: called holding the ledger's lock, when no registration
+    is running, so anything there was left by a process that died and was never part of the ledger."""
     staging = root / TMP_DIR / "staging"
     if staging.exists():
         for stale in staging.iterdir():
-            stale.unlink(missing_ok=True)
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
     return staging
 
 
@@ -378,14 +519,22 @@ class DocumentStage:
     def __init__(self, path: Path):
         self.path = path
         self.columns: list[str] = []
+        self.rows = 0
+        self.dataset_id = ""
+        self.schema: pa.Schema | None = None
         self._writer: pq.ParquetWriter | None = None
         self._written = False
 
     def write(self, table: pa.Table) -> None:
+        self.rows += table.num_rows
+        if not self.dataset_id and table.num_rows:
+            self.dataset_id = table.column("dataset_id")[0].as_py()
         if self._writer is None:
-            self.columns = table.column_names
+            self.columns, self.schema = table.column_names, table.schema
+            # Statistics of the columns queries filter on: the file may become a dataset's own.
             self._writer = pq.ParquetWriter(
-                self.path, table.schema, compression="none", use_dictionary=False, write_statistics=False
+                self.path, table.schema, compression="none", use_dictionary=False,
+                write_statistics=[c for c in ("doc_id", "dataset_id", "shard_index") if c in table.column_names],
             )
         self._writer.write_table(table, row_group_size=16_384)
         self._written = True

@@ -1,0 +1,258 @@
+"""Datasets kept as Parquet: document rows in files under ``.prov/documents/`` that every query
+reads through the ``documents`` view as if they were in the table."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import torch
+import xxhash
+from click.testing import CliRunner
+
+from provenance import Ledger
+from provenance.cli.main import main
+from provenance.errors import InvalidParameterError, LedgerDamagedError, ReadOnlyQueryError, SourceError
+
+
+def _shards(data_dir: Path, write_jsonl, corpus) -> list[Path]:
+    """The test corpus in two shards, with ids."""
+    docs = [{"id": f"d{i}", "text": t} for i, t in enumerate(d["text"] for d in corpus.docs)]
+    return [write_jsonl(data_dir / "a.jsonl", docs[:25]), write_jsonl(data_dir / "b.jsonl", docs[25:])]
+
+
+def _rows(ledger: Ledger, dataset: str) -> list[dict]:
+    """A dataset's document rows without the columns that differ between two registrations."""
+    return ledger.documents(dataset).drop(["doc_id", "dataset_id"]).to_pylist()
+
+
+def _files(ledger: Ledger) -> list[Path]:
+    return sorted(p for p in ledger.documents_path.rglob("*") if p.is_file()) if ledger.documents_path.exists() else []
+
+
+def test_parquet_rows_equal_the_table_rows(ledger, data_dir, write_jsonl, corpus):
+    shards = _shards(data_dir, write_jsonl, corpus)
+    table = ledger.register_dataset("t", shards, id_field="id", documents_as="table")
+    kept = ledger.register_dataset("p", shards, id_field="id", documents_as="parquet")
+    assert kept.created and kept.dataset.n_documents == 40 and kept.dataset.n_shards == 2
+    assert kept.dataset.content_hash == table.dataset.content_hash
+    assert _rows(ledger, "p@1") == _rows(ledger, "t@1") and len(_rows(ledger, "p@1")) == 40
+    # ids continue after the table's; the table holds none of p's rows
+    ids = ledger.sql("SELECT min(doc_id) AS lo, max(doc_id) AS hi FROM documents WHERE dataset_id = 'p@1'").to_pylist()
+    assert ids == [{"lo": 40, "hi": 79}]
+    in_table = ledger.sql("SELECT count(*) AS n FROM ledger.main.documents WHERE dataset_id = 'p@1'").to_pylist()
+    assert in_table == [{"n": 0}]
+    files = ledger.document_files("p@1")
+    assert len(files) == 1 and files[0]["n_rows"] == 40 and (files[0]["first_doc_id"], files[0]["last_doc_id"]) == (40, 79)
+    path = ledger.root / files[0]["path"]
+    assert files[0]["path"].startswith("documents/p/v1-") and path.name == "data_0.parquet"
+    assert path.stat().st_size == files[0]["n_bytes"]
+    assert xxhash.xxh3_128(path.read_bytes()).hexdigest() == files[0]["xxh3_128"]
+    # the same content again is a no-op, whichever storage is asked for
+    again = ledger.register_dataset("p", shards, id_field="id", documents_as="table")
+    assert not again.created and again.dataset.dataset_id == "p@1"
+    assert len(ledger.document_files()) == 1
+    assert ledger.verify(objects=True).ok
+
+
+def test_audits_taint_and_lineage_read_the_parquet_rows(ledger, data_dir, write_jsonl, corpus):
+    shards = _shards(data_dir, write_jsonl, corpus)
+    ledger.register_dataset("t", shards, id_field="id", documents_as="table")
+    ledger.register_dataset("p", shards, id_field="id", documents_as="parquet")
+
+    def pairs(target: str) -> list[tuple]:
+        report = ledger.audit_dedup([target], threshold=0.5)
+        return sorted((p.a, p.b, p.jaccard) for p in report.pairs)
+
+    assert pairs("p") == pairs("t") and len(pairs("p")) >= 8  # the corpus plants 8 near-copies
+    across = ledger.audit_dedup(["t", "p"], threshold=0.5)
+    assert across.summary.exact_duplicate_pairs == 40  # each document and its twin in the other dataset
+
+    with ledger.start_run(datasets=["p"], message="on p") as run:
+        run.log_examples(["d3", "d30", "d30"], step=0)
+        on_p = run.commit({"w": torch.ones(2)})
+    with ledger.start_run(datasets=["t"], message="on t") as run:
+        on_t = run.commit({"w": torch.zeros(2)})
+    taint = ledger.taint(dataset="p", key="d30")
+    assert [v.version_id for v in taint.versions] == [on_p.version_id]
+    near = ledger.taint(text=corpus.docs[30]["text"], near=0.9)
+    assert {m.dataset_id for m in near.matches} == {"t@1", "p@1"}
+    assert {v.version_id for v in near.versions} == {on_p.version_id, on_t.version_id}
+    lineage = ledger.lineage(on_p)
+    assert [(d["dataset_id"], d["examples"]) for d in lineage.datasets] == [("p@1", 3)]
+
+
+def test_a_new_version_copies_unchanged_shards_from_parquet(ledger, data_dir, write_jsonl, corpus):
+    a, b = _shards(data_dir, write_jsonl, corpus)
+    ledger.register_dataset("p", [a, b], id_field="id", documents_as="parquet")
+    write_jsonl(b, [{"id": f"n{i}", "text": f"a new document number {i} about rivers"} for i in range(7)])
+    second = ledger.register_dataset("p", [a, b], id_field="id", documents_as="parquet")
+    assert second.dataset.dataset_id == "p@2" and second.dataset.n_documents == 32
+    first_rows = [r for r in _rows(ledger, "p@1") if r["shard_index"] == 0]
+    assert [r for r in _rows(ledger, "p@2") if r["shard_index"] == 0] == first_rows
+    assert sorted(f["dataset_id"] for f in ledger.document_files()) == ["p@1", "p@2"]
+    # into the table from a Parquet version, too
+    write_jsonl(b, [{"id": f"m{i}", "text": f"another document number {i} about hills"} for i in range(3)])
+    third = ledger.register_dataset("p", [a, b], id_field="id", documents_as="table")
+    assert [r for r in _rows(ledger, "p@3") if r["shard_index"] == 0] == first_rows
+    assert ledger.document_files("p@3") == [] and third.dataset.n_documents == 28
+    ids = ledger.sql("SELECT count(DISTINCT doc_id) AS n, count(*) AS m FROM documents").to_pylist()[0]
+    assert ids["n"] == ids["m"] == 40 + 32 + 28
+    assert ledger.verify(objects=True).ok
+
+
+def test_auto_keeps_parquet_from_the_threshold(ledger, data_dir, write_jsonl, corpus):
+    shards = _shards(data_dir, write_jsonl, corpus)
+    ledger.register_dataset("small", shards, id_field="id", parquet_threshold=41)
+    ledger.register_dataset("large", shards, id_field="id", parquet_threshold=40)
+    assert [f["dataset_id"] for f in ledger.document_files()] == ["large@1"]
+    ledger.register_dataset("default", shards, id_field="id")  # 40 documents: far below 10 million
+    assert len(ledger.document_files()) == 1
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("documents_as", "duckdb", "documents_as must be one of auto, table, parquet; got 'duckdb'"),
+    ("parquet_threshold", 0, "parquet_threshold must be a positive number of documents; got 0"),
+    ("parquet_threshold", True, "parquet_threshold must be a positive number of documents; got True"),
+])
+def test_bad_storage_options_are_refused_before_reading(ledger, option, value, message):
+    with pytest.raises(InvalidParameterError, match=message):
+        ledger.register_dataset("x", "/nonexistent/file.jsonl", **{option: value})
+
+
+def test_a_failed_parquet_registration_leaves_nothing(ledger, data_dir, write_jsonl, corpus, ledger_state):
+    ledger.register_dataset("keep", _shards(data_dir, write_jsonl, corpus), id_field="id", documents_as="parquet")
+    before, files = ledger_state(ledger), _files(ledger)
+    bad = write_jsonl(data_dir / "dup.jsonl", [{"id": "x", "text": "one"}, {"id": "x", "text": "two"}])
+    with pytest.raises(SourceError, match="duplicate document id"):
+        ledger.register_dataset("dup", bad, id_field="id", documents_as="parquet")
+    assert ledger_state(ledger) == before and _files(ledger) == files
+    assert [f["dataset_id"] for f in ledger.document_files()] == ["keep@1"]
+
+
+_KILLED = textwrap.dedent("""
+    import sys, time
+    import provenance.ledger.writer as writer
+    from provenance import Ledger
+
+    def stop(folder):  # the files are renamed into place; the commit has not run
+        print("renamed", flush=True)
+        time.sleep(120)
+
+    writer._sync_folder = stop
+    Ledger.open(sys.argv[1]).register_dataset("late", sys.argv[2], id_field="id", documents_as="parquet")
+""")
+
+
+def test_a_registration_killed_before_its_commit(ledger, data_dir, write_jsonl, corpus, ledger_state):
+    """SIGKILL between the files' rename and the commit: the ledger is as it was, and ``gc``
+    lists the folder no dataset lists, then removes it."""
+    a, _ = _shards(data_dir, write_jsonl, corpus)
+    before = ledger_state(ledger)
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED, str(ledger.root), str(a)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "renamed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    ledger = Ledger.open(ledger.root)  # opening it clears the staging folder the killed process left
+    assert ledger_state(ledger) == before and ledger.document_files() == []
+    (orphan,) = [p for p in ledger.documents_path.glob("late/*")]
+    assert orphan.name.startswith("v1-") and (orphan / "data_0.parquet").is_file()
+    listed = ledger.gc()
+    assert listed["document_folders"] == [str(orphan)] and listed["bytes"] == (orphan / "data_0.parquet").stat().st_size
+    assert orphan.exists()
+    removed = ledger.gc(apply=True)
+    assert removed["freed"] == listed["bytes"] and not orphan.exists()
+    assert ledger.register_dataset("late", a, id_field="id", documents_as="parquet").dataset.n_documents == 25
+
+
+def test_a_damaged_file_is_named_and_the_rest_still_reads(ledger, data_dir, write_jsonl, corpus):
+    shards = _shards(data_dir, write_jsonl, corpus)
+    ledger.register_dataset("t", shards, id_field="id")
+    ledger.register_dataset("p", shards, id_field="id", documents_as="parquet")
+    path = ledger.root / ledger.document_files()[0]["path"]
+    whole = path.read_bytes()
+
+    path.write_bytes(whole[: len(whole) // 2])  # cut
+    reopened = Ledger.open(ledger.root)  # the ledger still opens
+    assert len(reopened.documents("t@1")) == 40
+    with pytest.raises(LedgerDamagedError, match=rf"Parquet document file {path} of dataset p@1 is "
+                                                  rf"{len(whole) // 2:,} bytes instead of {len(whole):,}"):
+        reopened.documents("p@1")
+    with pytest.raises(LedgerDamagedError, match="restore it from a backup"):
+        reopened.sql("SELECT count(*) FROM documents")
+    report = reopened.verify()
+    assert not report.ok and [p["shard_index"] for p in report.dataset_problems] == [None, 0, 1]
+    assert report.dataset_problems[0]["problem"].startswith(f"Parquet document file {path} holds")
+
+    path.unlink()  # gone
+    with pytest.raises(LedgerDamagedError, match=f"{path} of dataset p@1 is missing"):
+        Ledger.open(ledger.root).documents("p@1")
+
+    path.write_bytes(whole[:100] + bytes(200) + whole[300:])  # same size, bytes changed
+    with pytest.raises(LedgerDamagedError, match="a Parquet document file of the ledger cannot be read"):
+        Ledger.open(ledger.root).documents("p@1")
+    corrupt = f"Parquet document file {path} does not hash to its recorded xxh3-128 (corrupt); restore it from a backup"
+    for rehash in (False, True):  # the rows check fails to read it, and verify then re-hashes to find it
+        report = Ledger.open(ledger.root).verify(objects=rehash)
+        assert [p["problem"] for p in report.dataset_problems][:1] == [corrupt]
+
+    path.write_bytes(whole)  # restored from a backup
+    assert Ledger.open(ledger.root).verify(objects=True).ok
+
+
+def test_read_only_sql_reads_parquet_rows_and_no_other_file(ledger, data_dir, write_jsonl, corpus, tmp_path):
+    ledger.register_dataset("p", _shards(data_dir, write_jsonl, corpus), id_field="id", documents_as="parquet")
+    outside = tmp_path / "outside.parquet"
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"x": [1]}), outside)
+    count = "SELECT count(*) AS n FROM documents WHERE dataset_id = 'p@1'"
+    assert ledger.sql(count).to_pylist() == [{"n": 40}]
+    with pytest.raises(ReadOnlyQueryError, match="refused|Permission"):
+        ledger.sql(f"SELECT * FROM read_parquet('{outside}')")
+    with ledger.session():  # a held session (a server): the query runs on a cursor of its connection
+        assert ledger.sql(count).to_pylist() == [{"n": 40}]
+        with pytest.raises(ReadOnlyQueryError):
+            ledger.sql(f"SELECT * FROM read_parquet('{outside}')")
+    read_only = Ledger.open(ledger.root, read_only=True)
+    assert read_only.sql(count).to_pylist() == [{"n": 40}]
+    assert len(read_only.documents("p@1")) == 40
+
+
+def test_backup_copies_the_document_files(ledger, data_dir, write_jsonl, corpus, tmp_path):
+    ledger.register_dataset("p", _shards(data_dir, write_jsonl, corpus), id_field="id", documents_as="parquet")
+    report = ledger.backup(tmp_path / "copy")
+    assert report["verified"] and report["document_bytes"] == ledger.document_files()[0]["n_bytes"]
+    copy = Ledger.open(tmp_path / "copy")
+    assert _rows(copy, "p@1") == _rows(ledger, "p@1")
+    assert copy.verify(objects=True).ok
+
+
+def test_cli_documents_as_parquet_and_gc(tmp_path, data_dir, write_jsonl, corpus):
+    shards = _shards(data_dir, write_jsonl, corpus)
+    runner = CliRunner()
+    assert runner.invoke(main, ["init", str(tmp_path)]).exit_code == 0
+    ledger_opt = ["--ledger", str(tmp_path / ".prov")]
+    out = runner.invoke(main, [*ledger_opt, "dataset", "add", "p", *map(str, shards), "--id-field", "id",
+                               "--documents-as", "parquet", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["dataset"]["n_documents"] == 40
+    assert len(Ledger.open(tmp_path).document_files("p@1")) == 1
+    out = runner.invoke(main, [*ledger_opt, "dataset", "add", "q", str(shards[0]), "--documents-as", "arrow"])
+    assert out.exit_code == 2 and "'arrow' is not one of 'auto', 'table', 'parquet'" in out.output
+    out = runner.invoke(main, [*ledger_opt, "dataset", "add", "q", str(shards[0]), "--parquet-threshold", "0"])
+    assert out.exit_code == 2 and "0 is not in the range x>=1" in out.output
+    out = runner.invoke(main, [*ledger_opt, "sql", "SELECT count(*) AS n FROM documents", "--json"])
+    assert out.exit_code == 0 and json.loads(out.output) == [{"n": 40}]
+    out = runner.invoke(main, [*ledger_opt, "gc"])
+    assert out.exit_code == 0 and "0 unlisted document folders" in out.output
