@@ -91,7 +91,9 @@ def dataset_show(obj: Context, ref: str, as_json: bool) -> None:
     """Show one dataset version and its shards."""
     ledger = obj.ledger(read_only=True)
     ds = ledger.dataset(ref)
-    show_dataset(ds, ledger.shards(ds), as_json)
+    kept = ledger.sql("SELECT count(*) AS files, coalesce(sum(n_bytes), 0)::BIGINT AS bytes FROM document_files "
+                      "WHERE dataset_id = ?", [ds.dataset_id]).to_pylist()[0]
+    show_dataset(ds, ledger.shards(ds), as_json, kept)
 
 
 @dataset_group.command("export")
@@ -132,9 +134,13 @@ def show_datasets(records: list[DatasetRecord], as_json: bool) -> None:
         click.echo("no datasets registered; add one with `prov dataset add NAME FILES...`")
 
 
-def show_dataset(ds: DatasetRecord, shards: list[ShardRecord], as_json: bool) -> None:
+def show_dataset(ds: DatasetRecord, shards: list[ShardRecord], as_json: bool, kept: dict | None = None) -> None:
+    """One dataset version; ``kept``: its Parquet document files (``files``, ``bytes``), when known."""
+    rows_as = None if kept is None else "parquet" if kept["files"] else "table"
     if as_json:
         out = ds.model_dump(mode="json")
+        if rows_as is not None:
+            out["documents_as"] = rows_as
         out["shards"] = [s.model_dump(mode="json") for s in shards]
         click.echo(dumps(out))
         return
@@ -154,6 +160,10 @@ def show_dataset(ds: DatasetRecord, shards: list[ShardRecord], as_json: bool) ->
         ("LSH bands", f"{ds.bands} x {ds.rows} rows (threshold {ds.config.lsh_threshold})"),
         ("documents", f"{ds.n_documents:,} ({ds.n_tokens:,} words, {ds.n_bytes / 1e6:,.2f} MB)"),
         ("invalid", f"{ds.n_invalid_replaced:,} repaired, {ds.n_invalid_skipped:,} skipped"),
+        *([("rows kept", f"as Parquet: {kept['files']:,} file{'s' if kept['files'] != 1 else ''}, "
+                         f"{kept['bytes'] / 1e6:,.1f} MB under "
+                         f".prov/documents/{ds.name}/" if rows_as == "parquet" else "in the database")]
+          if kept is not None else []),
         ("content hash", ds.content_hash), ("created", ds.created_at.isoformat(sep=" ", timespec="seconds")),
     ]:
         info.add_row(k, v)

@@ -254,5 +254,9 @@ def test_cli_documents_as_parquet_and_gc(tmp_path, data_dir, write_jsonl, corpus
     assert out.exit_code == 2 and "0 is not in the range x>=1" in out.output
     out = runner.invoke(main, [*ledger_opt, "sql", "SELECT count(*) AS n FROM documents", "--json"])
     assert out.exit_code == 0 and json.loads(out.output) == [{"n": 40}]
+    out = runner.invoke(main, [*ledger_opt, "dataset", "show", "p"])
+    assert out.exit_code == 0 and "as Parquet: 1 file, 0.0 MB under .prov/documents/p/" in out.output
+    out = runner.invoke(main, [*ledger_opt, "dataset", "show", "p", "--json"])
+    assert json.loads(out.output)["documents_as"] == "parquet"
     out = runner.invoke(main, [*ledger_opt, "gc"])
     assert out.exit_code == 0 and "0 unlisted document folders" in out.output
