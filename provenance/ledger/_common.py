@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import datetime, timezone
+
+import duckdb
 
 from provenance.fingerprints import FingerprintConfig
 from provenance.records import (
@@ -17,6 +20,14 @@ DB_FILE = "ledger.duckdb"
 OBJECTS_DIR = "objects"
 DOCUMENTS_DIR = "documents"  # datasets whose document rows are kept as Parquet
 TMP_DIR = "tmp"
+
+
+def unregister(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Drop the Arrow table registered on ``con`` as ``name``. After a failed statement the
+    transaction is aborted and DuckDB refuses even this; the rollback drops it then, and the
+    statement's own error is the one to report."""
+    with contextlib.suppress(duckdb.TransactionException):
+        con.unregister(name)
 
 
 def quote_identifier(name: str) -> str:

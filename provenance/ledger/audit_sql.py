@@ -13,6 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from provenance.ledger._common import unregister
+
 #: How the exports for an engine outside the database are written: a file per database thread,
 #: uncompressed (signatures and band keys are random numbers; compressing them only costs time).
 _PARQUET_FILES = "(FORMAT parquet, PER_THREAD_OUTPUT true, ROW_GROUP_SIZE 65536, COMPRESSION uncompressed)"
@@ -44,7 +46,7 @@ class AuditWrites:
                    GROUP BY d.doc_id"""
             )
         finally:
-            con.unregister("aud_scope")
+            unregister(con, "aud_scope")
         return int(con.execute("SELECT count(*) FROM aud_docs").fetchall()[0][0])
 
     def near_pairs(self, audit_id: str, bands: int, rows: int, min_matches: int, *, stored: bool,
@@ -180,7 +182,7 @@ class AuditWrites:
                     TO {_literal(folder)} {_PARQUET_FILES}"""
             ).fetchall()[0][0])
         finally:
-            con.unregister("aud_scope")
+            unregister(con, "aud_scope")
 
     def add_found_pairs(self, audit_id: str, pairs: list[str], groups: list[str], *, all_pairs: bool) -> None:
         """Pairs found outside the database: ``pairs`` (Parquet files of the groups' first
@@ -227,7 +229,7 @@ class AuditWrites:
                 [audit_id],
             )
         finally:
-            con.unregister("aud_exact")
+            unregister(con, "aud_exact")
 
     def stage_probes(self, signatures: np.ndarray) -> None:
         """Add ``signatures`` (``uint32[n, k]``, e.g. generated samples) to ``aud_docs`` as
@@ -244,7 +246,7 @@ class AuditWrites:
                    SELECT doc_id, NULL, NULL, NULL, NULL, NULL, signature, []::UBIGINT[], ['q'] FROM aud_probes"""
             )
         finally:
-            con.unregister("aud_probes")
+            unregister(con, "aud_probes")
 
     # -- the dedup report -----------------------------------------------------------------------
 

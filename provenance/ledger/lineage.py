@@ -10,6 +10,7 @@ from typing import Any
 import pyarrow as pa
 
 from provenance.errors import NotFoundError
+from provenance.ledger._common import unregister
 from provenance.records import looks_like_id
 
 
@@ -39,7 +40,7 @@ class LineageQueries:
             try:
                 return self._trained(con)
             finally:
-                con.unregister("lineage_runs")
+                unregister(con, "lineage_runs")
 
     def trained_datasets(self, runs: pa.Table) -> tuple[pa.Table, pa.Table]:
         """:meth:`trained_shards`, and per dataset: ``dataset_id, examples, shards, epochs (the
@@ -55,7 +56,7 @@ class LineageQueries:
                        FROM lineage_runs r JOIN run_datasets rd USING (run_id) GROUP BY rd.dataset_id"""
                 ).to_arrow_table()
             finally:
-                con.unregister("lineage_runs")
+                unregister(con, "lineage_runs")
         sums = shards.group_by("dataset_id").aggregate([
             ("examples", "sum"), ("shard_index", "count"), ("epochs", "max"), ("effective_examples", "sum")])
         sums = pa.table({"dataset_id": sums["dataset_id"], "examples": sums["examples_sum"],

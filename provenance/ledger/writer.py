@@ -23,7 +23,7 @@ from provenance.errors import (
     InvalidParameterError,
 )
 from provenance.fingerprints import FingerprintConfig
-from provenance.ledger._common import DOCUMENTS_DIR, TMP_DIR, _dataset_from_row, _now, quote_identifier
+from provenance.ledger._common import DOCUMENTS_DIR, TMP_DIR, _dataset_from_row, _now, quote_identifier, unregister
 from provenance.ledger.audit_sql import AuditWrites
 from provenance.records import (
     DatasetRecord,
@@ -235,7 +235,7 @@ class LedgerWriter(AuditWrites):
                    FROM read_parquet(?) p JOIN provenance_part_offsets o ON p.shard_index = o.shard_index""",
                 [dataset_id, list(parts)], dataset_id, sum(found.values()))
         finally:
-            self._con.unregister("provenance_part_offsets")
+            unregister(self._con, "provenance_part_offsets")
         return {int(k): int(v) for k, v in found.items()}
 
     def copy_documents(self, source: ShardRecord, dataset_id: str, shard_index: int, first_id: int) -> int:
@@ -369,7 +369,7 @@ class LedgerWriter(AuditWrites):
                 {"datasets": list(datasets)},
             )
         finally:
-            self._con.unregister("_prov_log")
+            unregister(self._con, "_prov_log")
         try:
             missing = self._con.execute(
                 "SELECT key, step, count(*) OVER () FROM _prov_resolved WHERE doc_id IS NULL ORDER BY seq LIMIT 1"
@@ -472,7 +472,7 @@ class LedgerWriter(AuditWrites):
         try:
             self._con.execute(f"INSERT INTO {quote_identifier(table)} ({cols}) SELECT {cols} FROM _prov_insert")
         finally:
-            self._con.unregister("_prov_insert")
+            unregister(self._con, "_prov_insert")
 
 
 #: The rows of one shard of an earlier version, renumbered for a new one (parameters: first id,
