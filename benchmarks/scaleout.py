@@ -20,8 +20,11 @@ audit (DuckDB) against :func:`provenance.integrations.ray_dedup.audit_dedup` on 
 by side, with the same figures (seconds, cores busy, documents per second per busy core) and a
 check that both found the same pairs and clusters.
 
+``--num-gpus G``: the Ray registration with ``G`` GPUs per actor (MinHash on the GPU) against the
+same actors on CPUs, on one machine's GPUs; ``benchmarks/gpu_check.sh`` runs it where Ray is.
+
 Usage: ``.venv/bin/python benchmarks/scaleout.py [--part register|dedup] [--size-mb 1000] [--shards 16]
-[--docs 200000] [--workers 2] [--rounds 2]``
+[--docs 200000] [--workers 2] [--rounds 2] [--num-gpus G]``
 """
 
 from __future__ import annotations
@@ -81,12 +84,13 @@ def local_arm(corpus: Path, tmp: Path) -> tuple[float, float, int]:
     return wall, (busy() - c) / wall, result.dataset.n_documents
 
 
-def ray_arm(corpus: Path, tmp: Path, workers: int) -> tuple[float, float, int]:
+def ray_arm(corpus: Path, tmp: Path, workers: int, gpus: float | None = None) -> tuple[float, float, int]:
     from provenance.integrations.ray_data import register_dataset
 
     ledger = Ledger.init(tempfile.mkdtemp(dir=tmp))
     c, t = busy(), time.perf_counter()
-    result = register_dataset(ledger, "bench", str(corpus), id_field="id", num_cpus=workers, staging=tmp)
+    result = register_dataset(ledger, "bench", str(corpus), id_field="id", num_cpus=workers, num_gpus=gpus,
+                              staging=tmp)
     wall = time.perf_counter() - t
     return wall, (busy() - c) / wall, result.dataset.n_documents
 
@@ -131,6 +135,29 @@ def dedup(args) -> None:
     print(f"\nRay per core / local per core: {per_core['ray'] / per_core['local']:.2f}")
 
 
+def gpu(args) -> None:
+    """The Ray registration with ``--num-gpus`` per actor against the same actors on CPUs: the
+    same content hash, and documents per second per GPU."""
+    import ray
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if not gpus:
+        sys.exit("--num-gpus: torch sees no CUDA device here")
+    corpus = make_corpus(args.size_mb, args.shards)
+    ray.init(num_cpus=args.workers, num_gpus=gpus, include_dashboard=False, log_to_driver=False,
+             logging_level="WARNING")
+    with tempfile.TemporaryDirectory(prefix="bench-scaleout-gpu-", dir=DATA) as tmp:
+        on_cpu = ray_arm(corpus, Path(tmp), args.workers)
+        on_gpu = ray_arm(corpus, Path(tmp), args.workers, args.num_gpus)
+    ray.shutdown()
+    used = min(gpus, args.workers * args.num_gpus)
+    print(f"| Ray actors | wall, s | documents | docs/s | docs/s per GPU |\n|---|---|---|---|---|\n"
+          f"| {args.workers} on CPUs | {on_cpu[0]:.1f} | {on_cpu[2]:,} | {on_cpu[2] / on_cpu[0]:,.0f} | |\n"
+          f"| {args.workers} with {args.num_gpus:g} GPU each | {on_gpu[0]:.1f} | {on_gpu[2]:,} | "
+          f"{on_gpu[2] / on_gpu[0]:,.0f} | {on_gpu[2] / on_gpu[0] / used:,.0f} |")
+
+
 def table(results: dict[str, list], work: float, unit: str, fmt: str) -> dict[str, float]:
     """Print the medians of each arm's ``(wall, cores, ...)`` runs as a Markdown table: ``work``
     (in ``unit``) per second, and per busy core; returns the per-core figures."""
@@ -154,9 +181,14 @@ def main() -> None:
     parser.add_argument("--dup", type=float, default=0.05)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--num-gpus", type=float, default=None,
+                        help="GPUs per Ray actor: the actors take the MinHash on the GPU (the GPU check runs this)")
     args = parser.parse_args()
     if args.part == "dedup":
         dedup(args)
+        return
+    if args.num_gpus:
+        gpu(args)
         return
     corpus = make_corpus(args.size_mb, args.shards)
     size = sum(p.stat().st_size for p in corpus.iterdir()) / 1e6

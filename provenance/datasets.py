@@ -258,11 +258,13 @@ def _write_shard(
     counters: Counters,
     progress: Progress,
     first_id: int,
+    device: Any = None,
 ) -> ShardRecord:
-    """Read one shard batch by batch, fingerprint it and stage its document rows."""
+    """Read one shard batch by batch, fingerprint it (the MinHash on the torch ``device`` when
+    given, see :meth:`FingerprintConfig.fingerprint_batch`) and stage its document rows."""
     n_docs = n_tokens = reported = 0
     for batch in _prefetch(shard.batches(opts, counters)):
-        fp = cfg.fingerprint_batch(batch.texts)
+        fp = cfg.fingerprint_batch(batch.texts, device=device)
         stage.write(_documents_table(dataset_id, index, shard.name, batch, fp, first_id + n_docs))
         n_docs += len(fp)
         n_tokens += int(fp.token_count.sum())

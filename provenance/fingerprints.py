@@ -25,7 +25,7 @@ import math
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -306,13 +306,19 @@ class FingerprintConfig(BaseModel):
             )
         return LeanMinHash(seed=self.seed, hashvalues=values.astype(np.uint64), scheme=self.scheme)
 
-    def fingerprint_batch(self, texts: Sequence[str] | pa.Array | pa.ChunkedArray) -> FingerprintBatch:
-        """Everything the ledger stores per document, computed in one pass over ``texts``."""
+    def fingerprint_batch(self, texts: Sequence[str] | pa.Array | pa.ChunkedArray, *,
+                          device: Any = None) -> FingerprintBatch:
+        """Everything the ledger stores per document, computed in one pass over ``texts``.
+
+        ``device`` (a torch device, e.g. ``"cuda"``): the MinHash signatures are taken there by
+        :func:`provenance.kernels.minhash_gpu.signatures` (the Triton kernel on a GPU) from the
+        shingle hashes the CPU makes, instead of in the fused CPU pass; the results are the same,
+        bit for bit."""
         arr = _as_string_array(texts)
         if arr.null_count:
             first = arr.is_null().to_numpy(zero_copy_only=False).argmax()
             raise InvalidParameterError(f"text {first} is null; every document needs a text")
-        return _fingerprint_array(self, arr)
+        return _fingerprint_array(self, arr, device)
 
 
 @dataclass(frozen=True)
@@ -413,7 +419,7 @@ def _string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return data, offsets.astype(np.int64, copy=False)
 
 
-def _fingerprint_array(cfg: FingerprintConfig, arr: pa.Array) -> FingerprintBatch:
+def _fingerprint_array(cfg: FingerprintConfig, arr: pa.Array, device: Any = None) -> FingerprintBatch:
     n = len(arr)
     data, offsets = _string_buffers(arr)
     full = bool(n) and int(data[offsets[0] : offsets[-1]].max(initial=0)) >= 128
@@ -440,10 +446,19 @@ def _fingerprint_array(cfg: FingerprintConfig, arr: pa.Array) -> FingerprintBatc
     a, b = cfg.permutations
     scheme = _k.SCHEME_AFFINE32 if cfg.scheme == "affine32" else _k.SCHEME_LEGACY
     banding = cfg.banding
-    lengths, n_words, signatures, keys = _k.fingerprint_rows(
-        data, offsets, span_offsets, span_starts, span_ends, side, span_side, char_class, lower_cp, out, starts,
-        cfg.ngram, a, b, scheme, banding.bands, banding.rows,
-    )
+    if device is None:
+        lengths, n_words, signatures, keys = _k.fingerprint_rows(
+            data, offsets, span_offsets, span_starts, span_ends, side, span_side, char_class, lower_cp, out, starts,
+            cfg.ngram, a, b, scheme, banding.bands, banding.rows,
+        )
+    else:  # the same stages one after the other, the MinHash on ``device``
+        lengths, n_words = _k.normalize_rows(
+            data, offsets, span_offsets, span_starts, span_ends, side, span_side, char_class, lower_cp, out, starts)
+        hash_offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(_k.shingle_count(n_words, cfg.ngram), out=hash_offsets[1:])
+        hashes = _k.shingle_hashes(out, starts[:-1], lengths, n_words, cfg.ngram, hash_offsets)
+        signatures = _device_signatures(hashes, hash_offsets, a, b, scheme, device)
+        keys = _k.band_keys(signatures, banding.bands, banding.rows)
     starts = starts[:-1]
 
     view = memoryview(out)
@@ -452,6 +467,21 @@ def _fingerprint_array(cfg: FingerprintConfig, arr: pa.Array) -> FingerprintBatc
         (h3(view[s : s + ln]) for s, ln in zip(starts.tolist(), lengths.tolist())), dtype=np.uint64, count=n
     )
     return FingerprintBatch(exact_hash=exact, token_count=n_words, signatures=signatures, band_keys=keys)
+
+
+def _device_signatures(hashes: np.ndarray, hash_offsets: np.ndarray, a: np.ndarray, b: np.ndarray, scheme: int,
+                       device: Any) -> np.ndarray:
+    """``uint32[n, num_perm]`` signatures computed on the torch ``device`` (imported here: torch
+    is not needed by the CPU path)."""
+    import torch
+
+    from provenance.kernels import minhash_gpu
+
+    def tensor(x: np.ndarray) -> Any:  # the int64 bit patterns minhash_gpu takes
+        return torch.from_numpy(x.view(np.int64) if x.dtype == np.uint64 else x.astype(np.int64)).to(device)
+
+    sig = minhash_gpu.signatures(tensor(hashes), tensor(hash_offsets), tensor(a), tensor(b), scheme)
+    return sig.cpu().numpy().astype(np.uint32)
 
 
 def band_key_reference(values: Sequence[int], band: int) -> int:

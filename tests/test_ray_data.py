@@ -30,7 +30,8 @@ SHARDS = "SELECT shard_index, shard_id, name, format, sha256, n_bytes, n_documen
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    # One logical GPU: Ray hands it to actors asked for GPUs (torch sees none on a CPU machine).
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     yield
     ray.shutdown()
 
@@ -90,6 +91,23 @@ def test_ray_gives_the_rows_the_single_process_path_gives(tmp_path):
     changed = register_dataset(ledger, "ray", str(corpus), progress=steps)
     assert changed.created and changed.dataset.dataset_id == "ray@2" and changed.dataset.n_documents == 1204
     assert steps.started == ["hashing on Ray", "fingerprinting on Ray"]
+
+
+def test_actors_given_a_gpu_give_the_same_rows(tmp_path):
+    """Actors asked for GPUs take the MinHash there when torch sees one (the rows are the same, bit
+    for bit); where none is visible (this machine: Ray's GPU is only a logical resource), they run
+    the CPU kernel and the driver warns."""
+    import torch
+
+    corpus = _corpus(tmp_path / "corpus")
+    ledger = Ledger.init(tmp_path / "ledger")
+    local = ledger.register_dataset("local", str(corpus)).dataset
+    if torch.cuda.is_available():
+        on_gpu = register_dataset(ledger, "gpu", str(corpus), num_cpus=2, num_gpus=0.5).dataset
+    else:
+        with pytest.warns(UserWarning, match=r"given 0.5 GPU\(s\) each, but none of them could use a CUDA device"):
+            on_gpu = register_dataset(ledger, "gpu", str(corpus), num_cpus=2, num_gpus=0.5).dataset
+    _same(ledger, local, on_gpu)
 
 
 def test_ray_reads_a_bucket_as_the_local_path_reads_it(tmp_path):

@@ -42,7 +42,10 @@ SIGKILL). A driver that dies leaves the ledger as it was and its parts in ``stag
 one upload (the stream a local-engine client sends), and the server registers it in one
 transaction, checking the rows against the shards as it checks any upload.
 
-**Not yet.** The GPU kernel in actors given a GPU (``num_gpus``; the CPU kernel runs meanwhile).
+**GPUs.** An actor given a GPU (``num_gpus``) that torch can use computes the MinHash signatures
+there (:func:`provenance.kernels.minhash_gpu.signatures`, the Triton kernel) from the shingle
+hashes its CPU makes; the results are the same, bit for bit. Given GPUs but none usable, the
+actors run the CPU kernel and the driver warns. Not yet measured on a GPU.
 """
 
 from __future__ import annotations
@@ -123,6 +126,9 @@ def register_dataset(ledger: Any, name: str, sources: Any, *, address: str | Non
             done.append({**row, "shard": json.loads(row["shard"])})
             progress.advance(done[-1]["shard"]["n_bytes"])
         done.sort(key=lambda r: r["index"])
+        if num_gpus and not any(r["device"] == "cuda" for r in done):
+            warnings.warn(f"the actors were given {num_gpus:g} GPU(s) each, but none of them could use a CUDA device "
+                          "(no GPU visible to torch, or torch not installed there): the CPU kernel ran", stacklevel=2)
         counters = Counters(replaced=sum(r["replaced"] for r in done), skipped=sum(r["skipped"] for r in done))
         parts = [r["part"] for r in done if r["part"] is not None]  # a shard of no documents has none
         records = [r["shard"] for r in done]
@@ -252,10 +258,12 @@ class _Fingerprinter:
         # default: an actor keeps to the CPUs Ray gave it, so that actors do not oversubscribe.
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS, int(cpus))))
-        self.cfg.fingerprint_batch(strings_to_arrow(["the kernel compiles once per actor, here"]))
+        self.device = _actor_device()
+        self.cfg.fingerprint_batch(strings_to_arrow(["the kernel compiles once per actor, here"]), device=self.device)
 
     def __call__(self, batch: pa.Table) -> dict[str, list]:
-        out: dict[str, list] = {"index": [], "shard": [], "part": [], "replaced": [], "skipped": [], "error": []}
+        out: dict[str, list] = {"index": [], "shard": [], "part": [], "replaced": [], "skipped": [], "error": [],
+                                "device": []}
         for spec in batch.to_pylist():
             counters = Counters()
             part = self.staging / f"part-{spec['index']:06d}.parquet"
@@ -265,7 +273,7 @@ class _Fingerprinter:
                 reader.identify()
                 with _Part(part) as sink:
                     record = _write_shard(sink, "", spec["index"], reader, self.cfg, self.opts, counters,
-                                          NoProgress(), 0)
+                                          NoProgress(), 0, device=self.device)
                 shard = json.dumps(record.model_dump(mode="json", exclude={"dataset_id"}))
             except ProvenanceError as exc:  # bad input: the driver raises it
                 error = _error_row(exc)
@@ -275,7 +283,20 @@ class _Fingerprinter:
             out["replaced"].append(counters.replaced)
             out["skipped"].append(counters.skipped)
             out["error"].append(error)
+            out["device"].append(self.device or "cpu")
         return out
+
+
+def _actor_device() -> str | None:
+    """``"cuda"`` when Ray gave this actor a GPU that torch can use (the MinHash then runs on it,
+    the Triton kernel), else None (the CPU kernel)."""
+    if not ray.get_gpu_ids():
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    return "cuda" if torch.cuda.is_available() else None
 
 
 class _Part:
