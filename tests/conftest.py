@@ -6,6 +6,7 @@ Everything is generated locally; nothing touches the network or needs a GPU.
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -22,6 +23,17 @@ import pytest
 
 from provenance import Ledger
 from provenance.synthetic import Corpus, generate_corpus
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep the repository root on sys.path, but last. pytest puts it first (for the ``tests``
+    package), as ``python -m pytest`` does the current folder; there its kernels/ folder
+    (installed as provenance.kernels) shadows the ``kernels`` distribution that transformers
+    (5.25 and later) requires and imports. Runs before any test module is imported."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for entry in [p for p in sys.path if os.path.abspath(p or os.curdir) == root]:
+        sys.path.remove(entry)
+    sys.path.append(root)
 
 
 @pytest.fixture

@@ -50,6 +50,11 @@ def _check(ledger: Ledger, out: Path, checkpoints: list[int]) -> None:
     assert len(ledger.versions()) == 1 + len(checkpoints)  # base, checkpoints (the last one is the final version)
 
 
+#: The workers' environment: provenance comes from the installed package, not from the repository
+#: on PYTHONPATH (whose kernels/ folder would shadow the ``kernels`` distribution transformers imports).
+_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
 def test_a_trainer_under_torchrun_logs_every_rank_and_commits_once(tmp_path):
     records = [{"id": f"doc{i}", "text": " ".join([f"d{i}"] + [f"w{(i * 7 + j) % 40}" for j in range(7)])}
                for i in range(64)]
@@ -57,7 +62,7 @@ def test_a_trainer_under_torchrun_logs_every_rank_and_commits_once(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     done = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()),
                            str(HERE / "ddp_trainer.py"), str(tmp_path / "ledger"), str(tmp_path)],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(HERE.parent)})
+                          capture_output=True, text=True, timeout=300, env=_ENV)
     assert done.returncode == 0, done.stderr[-3000:]
     _check(ledger, tmp_path, [2, 4])
 
@@ -66,7 +71,7 @@ def test_a_lightning_ddp_fit_logs_every_rank_and_commits_once(tmp_path):
     ledger = _ledger(tmp_path / "ledger", [{"id": f"doc{i}", "text": f"document {i} of the tiny corpus"} for i in range(64)])
     done = subprocess.run([sys.executable, str(HERE / "ddp_lightning.py"), str(tmp_path / "ledger"), str(tmp_path)],
                           capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(HERE.parent), "MASTER_PORT": str(free_port())})
+                          env={**_ENV, "MASTER_PORT": str(free_port())})
     assert done.returncode == 0, done.stderr[-3000:]
     _check(ledger, tmp_path, [2, 4])
     assert json.loads((tmp_path / "rank0.json").read_text())["checkpoints"] == [2, 4]
