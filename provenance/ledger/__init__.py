@@ -92,9 +92,6 @@ def migrations() -> list[tuple[int, str, str]]:
 
 SCHEMA_VERSION = len(migrations())
 
-#: The columns of ``documents``, in order (the Parquet document files hold exactly these).
-DOCUMENT_COLUMNS = ("doc_id, dataset_id, shard_index, row_index, line, key, exact_hash, token_count, n_bytes, "
-                    "signature, band_keys")
 
 
 #: Up to this many datasets kept as Parquet, the documents view reads each in a branch of its own
@@ -104,8 +101,10 @@ DOCUMENT_COLUMNS = ("doc_id, dataset_id, shard_index, row_index, line, key, exac
 #: 2,000: 2.7 s against 0.7 s; measured on the 2-vCPU machine).
 _DATASET_BRANCHES = 8
 
-#: The columns of ``documents`` after ``doc_id, dataset_id``.
+#: The columns of ``documents`` after ``doc_id, dataset_id``, and all of them in order (the Parquet
+#: document files hold exactly these).
 _OTHER_COLUMNS = "shard_index, row_index, line, key, exact_hash, token_count, n_bytes, signature, band_keys"
+DOCUMENT_COLUMNS = "doc_id, dataset_id, " + _OTHER_COLUMNS
 
 #: The other columns of the stand-in row of a damaged Parquet document file: its dataset's rows
 #: cannot be read, and the row's filter raises the error that says so whenever a query reads it
