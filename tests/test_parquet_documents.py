@@ -190,9 +190,9 @@ def test_a_damaged_file_is_named_and_the_rest_still_reads(ledger, data_dir, writ
         reopened.documents("p@1")
     with pytest.raises(LedgerDamagedError, match="restore it from a backup"):
         reopened.sql("SELECT count(*) FROM documents")
-    with pytest.raises(LedgerDamagedError, match=f"{path} of dataset p@1 is"):  # inside a transaction too
-        reopened.audit_dedup(["p"])
-    assert reopened.audit_dedup(["t"]).summary.documents == 40
+    for targets in (["p"], ["t"]):  # inside a transaction too; an audit joins documents by id, so even one of t
+        with pytest.raises(LedgerDamagedError, match=f"{path} of dataset p@1 is"):
+            reopened.audit_dedup(targets)
     report = reopened.verify()
     assert not report.ok and [p["shard_index"] for p in report.dataset_problems] == [None, 0, 1]
     assert report.dataset_problems[0]["problem"].startswith(f"Parquet document file {path} holds")

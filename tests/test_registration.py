@@ -404,9 +404,9 @@ def test_new_version_copies_unchanged_shards_instead_of_reading_them(tmp_path, m
     fingerprinted: list[int] = []
     original = FingerprintConfig.fingerprint_batch
 
-    def counting(self, texts):
+    def counting(self, texts, **options):
         fingerprinted.append(len(texts))
-        return original(self, texts)
+        return original(self, texts, **options)
 
     monkeypatch.setattr(FingerprintConfig, "fingerprint_batch", counting)
     v2 = ledger.register_dataset("grow", str(data), id_field="id").dataset

@@ -430,8 +430,8 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
 
         A file that is missing, whose size is not the one recorded, or whose footer does not
         decode, is left out of the view and stands in it as one row of its dataset that raises an
-        error naming the file when a query reads it, so queries of other datasets still run (and
-        the ledger still opens).
+        error naming the file when a query reads it: the ledger still opens, and queries that name
+        other datasets as constants still run (a join by doc_id reads the row, and fails).
         ``skip``: files to leave out without that row (``prov verify`` reports them itself)."""
         generation = self._documents_generation
         try:

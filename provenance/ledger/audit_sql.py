@@ -36,13 +36,14 @@ class AuditWrites:
         con.register("aud_scope", scope)
         try:
             con.execute(
-                """CREATE OR REPLACE TEMP TABLE aud_docs AS
+                f"""CREATE OR REPLACE TEMP TABLE aud_docs AS
                    SELECT d.doc_id, any_value(d.dataset_id) AS dataset_id, any_value(d.shard_index) AS shard_index,
                           any_value(d.row_index) AS row_index, any_value(d.key) AS key,
                           any_value(d.exact_hash) AS exact_hash, any_value(d.signature) AS signature,
                           any_value(d.band_keys) AS band_keys, list(DISTINCT s.side ORDER BY s.side) AS sides
                    FROM documents d JOIN aud_scope s
                      ON d.dataset_id = s.dataset_id AND (s.shard_index IS NULL OR d.shard_index = s.shard_index)
+                   WHERE {_in_datasets(scope)}
                    GROUP BY d.doc_id"""
             )
         finally:
@@ -176,7 +177,7 @@ class AuditWrites:
         con.register("aud_scope", scope.select(["dataset_id", "shard_index"]))
         try:
             return int(con.execute(
-                f"""COPY (SELECT {columns} FROM documents d WHERE EXISTS (
+                f"""COPY (SELECT {columns} FROM documents d WHERE {_in_datasets(scope)} AND EXISTS (
                         SELECT 1 FROM aud_scope s WHERE d.dataset_id = s.dataset_id
                         AND (s.shard_index IS NULL OR d.shard_index = s.shard_index)))
                     TO {_literal(folder)} {_PARQUET_FILES}"""
@@ -436,6 +437,14 @@ PAIRS_SQL = """
     FROM audit_pairs p JOIN documents da ON da.doc_id = p.doc_a JOIN documents db ON db.doc_id = p.doc_b
     WHERE p.audit_id = $1
     ORDER BY p.jaccard DESC, p.doc_a, p.doc_b"""
+
+
+def _in_datasets(scope: pa.Table) -> str:
+    """``d.dataset_id IN ('a@1', ...)``: the scope's datasets as constants, so that the documents
+    view skips the Parquet files (and the damaged ones' stand-in rows) of every other dataset
+    before the join with the scope (which it cannot see through)."""
+    names = sorted(set(scope.column("dataset_id").to_pylist()))
+    return f"d.dataset_id IN ({', '.join(_literal(n) for n in names)})" if names else "false"
 
 
 def _literal(value: str | list[str]) -> str:
