@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import xxhash
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
@@ -36,6 +38,18 @@ def fsync_folder(folder: str | os.PathLike) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def xxh3_file(path: str | os.PathLike, *, sync: bool = False) -> str:
+    """The xxh3-128 (hex) of a file's bytes, read in 4 MiB pieces (``sync``: also sync the file
+    to the disk)."""
+    digest = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+        if sync:
+            os.fsync(f.fileno())
+    return digest.hexdigest()
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

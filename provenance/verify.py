@@ -28,11 +28,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Literal
 
-import xxhash
 from pydantic import BaseModel, Field
 
 from provenance.errors import LedgerDamagedError, LedgerReadOnlyError, ObjectCorruptError, ObjectMissingError
-from provenance.files import fsync_folder
+from provenance.files import fsync_folder, xxh3_file
 from provenance.ledger import LedgerStore
 from provenance.objects import ObjectStore
 
@@ -115,7 +114,7 @@ def verify(ledger: LedgerStore, *, objects: bool = False, repair: bool = False, 
 
 def _document_file_problems(ledger: LedgerStore, *, rehash: bool) -> list[dict[str, Any]]:
     """The Parquet document files that are missing, of another size than recorded, or (with
-    ``rehash``) of another SHA-256: ``{"dataset_id", "shard_index": None, "problem", "path"}``."""
+    ``rehash``) of another xxh3-128: ``{"dataset_id", "shard_index": None, "problem", "path"}``."""
     problems = []
     for f in ledger.document_files():
         path = ledger.root / f["path"]
@@ -124,20 +123,13 @@ def _document_file_problems(ledger: LedgerStore, *, rehash: bool) -> list[dict[s
             problem = "is missing"
         elif (size := path.stat().st_size) != f["n_bytes"]:
             problem = f"holds {size:,} bytes, not the {f['n_bytes']:,} recorded (truncated or replaced)"
-        elif rehash and _xxh3(path) != f["xxh3_128"]:
+        elif rehash and xxh3_file(path) != f["xxh3_128"]:
             problem = "does not hash to its recorded xxh3-128 (corrupt)"
         if problem is not None:
             problems.append({"dataset_id": f["dataset_id"], "shard_index": None, "path": f["path"],
                              "problem": f"Parquet document file {path} {problem}; restore it from a backup"})
     return problems
 
-
-def _xxh3(path: Path) -> str:
-    digest = xxhash.xxh3_128()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _users(refs: Any, encodings: Any) -> dict[str, set[str]]:

@@ -146,7 +146,7 @@ _KILLED = textwrap.dedent("""
         print("renamed", flush=True)
         time.sleep(120)
 
-    writer._sync_folder = stop
+    writer.fsync_folder = stop
     Ledger.open(sys.argv[1]).register_dataset("late", sys.argv[2], id_field="id", documents_as="parquet")
 """)
 

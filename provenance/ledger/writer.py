@@ -17,11 +17,11 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
-import xxhash
 
 from provenance.errors import (
     InvalidParameterError,
 )
+from provenance.files import fsync_folder, xxh3_file
 from provenance.fingerprints import FingerprintConfig
 from provenance.ledger._common import DOCUMENTS_DIR, TMP_DIR, _dataset_from_row, _now, quote_identifier, unregister
 from provenance.ledger.audit_sql import AuditWrites
@@ -153,11 +153,11 @@ class LedgerWriter(AuditWrites):
         for f in sorted(tmp.iterdir()):
             n, lo, hi = counts.get(f.name, (0, None, None))
             rows.append({"path": (final / f.name).relative_to(root).as_posix(), "dataset_id": dataset_id,
-                         "n_rows": n, "n_bytes": f.stat().st_size, "xxh3_128": _sync_and_hash(f),
+                         "n_rows": n, "n_bytes": f.stat().st_size, "xxh3_128": xxh3_file(f, sync=True),
                          "first_doc_id": lo, "last_doc_id": hi, "created_at": _now()})
         os.rename(tmp, final)
         self.new_folders.append(final)
-        _sync_folder(final.parent)
+        fsync_folder(final.parent)
         self._insert("document_files", pa.Table.from_pylist(rows, schema=pa.schema([
             ("path", pa.string()), ("dataset_id", pa.string()), ("n_rows", pa.int64()), ("n_bytes", pa.int64()),
             ("xxh3_128", pa.string()), ("first_doc_id", pa.int64()), ("last_doc_id", pa.int64()),
@@ -480,24 +480,6 @@ class LedgerWriter(AuditWrites):
 _COPY_SELECT = """SELECT ? + row_number() OVER (ORDER BY row_index) - 1 AS doc_id, ? AS dataset_id,
                          ? AS shard_index, row_index, line, key, exact_hash, token_count, n_bytes, signature, band_keys
                   FROM documents WHERE dataset_id = ? AND shard_index = ?"""
-
-
-def _sync_and_hash(path: Path) -> str:
-    """Sync ``path`` to the disk and return its xxh3-128 (the object store's hash)."""
-    digest = xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-        os.fsync(f.fileno())
-    return digest.hexdigest()
-
-
-def _sync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _clean_staging(root: Path) -> Path:
