@@ -17,14 +17,18 @@ from provenance.plain import dumps
 
 @main.command("init")
 @click.argument("path", default=".", type=click.Path(file_okay=False))
+@click.option("--objects", "objects", metavar="URL", default=None,
+              help="Keep the tensor objects in a bucket prefix (s3://bucket/prefix: empty, this ledger's alone) "
+                   "instead of PATH/.prov/objects/; S3 settings come from the standard AWS variables.")
 @json_option
-def init_cmd(path: str, as_json: bool) -> None:
-    """Create a ledger (PATH/.prov: a DuckDB database and an object folder)."""
+def init_cmd(path: str, objects: str | None, as_json: bool) -> None:
+    """Create a ledger (PATH/.prov: a DuckDB database and an object folder, or --objects a bucket)."""
     from provenance.api import Ledger
 
-    ledger = Ledger.init(path)
-    render.emit({"ledger": str(ledger.root), "schema_version": ledger.schema_version()}, as_json,
-                lambda d: f"created ledger {d['ledger']} (schema version {d['schema_version']})")
+    ledger = Ledger.init(path, objects=objects)
+    render.emit({"ledger": str(ledger.root), "schema_version": ledger.schema_version(), "objects": ledger.objects_url
+                 or str(ledger.objects_path)}, as_json,
+                lambda d: f"created ledger {d['ledger']} (schema version {d['schema_version']}); objects in {d['objects']}")
 
 
 @main.command("sql")

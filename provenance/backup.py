@@ -3,9 +3,13 @@
 The database file is checkpointed and copied while the ledger is held (a server holds it between
 two requests; a local ``prov backup`` takes its lock), so the copy is one committed state. Objects
 are then copied (or with ``link``, hard-linked: fast, but the copy then shares the disk and the
-files with the original) into the copy: they are immutable and named by their hash, and a commit writes its objects before its row, so every object the copied database
-names is already there. Objects written after the snapshot may come along; they are unreferenced
-in the copy (``prov gc`` lists them). The copy is then opened and verified.
+files with the original) into the copy: they are immutable and named by their hash, and a commit
+writes its objects before its row, so every object the copied database names is already there.
+Objects written after the snapshot may come along; they are unreferenced in the copy (``prov gc``
+lists them). A ledger whose objects are in a bucket (``prov init --objects``) gets a copy that
+stands alone: the objects its database refers to are downloaded into the copy's
+``.prov/objects/``, and the copy's objects are there, not in the bucket. The copy is then opened
+and verified.
 """
 
 from __future__ import annotations
@@ -55,23 +59,33 @@ def backup(ledger: LedgerStore, destination: str | os.PathLike, *, link: bool = 
     (root / "tmp").mkdir()
     db_bytes = ledger.snapshot_database(root / ledger.db_path.name)
     linked = copied = object_bytes = 0
-    for folder in sorted(p for p in ledger.objects_path.iterdir() if p.is_dir()):
-        target = root / "objects" / folder.name
-        target.mkdir(exist_ok=True)
-        for f in folder.iterdir():
-            if f.name.startswith(".") or not f.is_file():  # a write in progress: not an object yet
-                continue
-            if link:
-                try:
-                    os.link(f, target / f.name)
-                    linked += 1
-                    object_bytes += f.stat().st_size
-                    continue
-                except OSError:  # another file system: copy
-                    pass
-            shutil.copy2(f, target / f.name)
+    if ledger.objects_url is not None:  # a bucket: its objects come down into the copy, which stands alone
+        store = ledger.object_store()
+        copy = type(ledger).open(dest)
+        with copy._cursor() as con:
+            con.execute("DELETE FROM ledger_meta WHERE key = 'objects_url'")
+        listed = copy.referenced_objects()
+        for address in sorted(listed):
+            object_bytes += store.download(address, root / "objects" / address[:2] / f"{address[2:]}.safetensors")
             copied += 1
-            object_bytes += f.stat().st_size
+    else:
+        for folder in sorted(p for p in ledger.objects_path.iterdir() if p.is_dir()):
+            target = root / "objects" / folder.name
+            target.mkdir(exist_ok=True)
+            for f in folder.iterdir():
+                if f.name.startswith(".") or not f.is_file():  # a write in progress: not an object yet
+                    continue
+                if link:
+                    try:
+                        os.link(f, target / f.name)
+                        linked += 1
+                        object_bytes += f.stat().st_size
+                        continue
+                    except OSError:  # another file system: copy
+                        pass
+                shutil.copy2(f, target / f.name)
+                copied += 1
+                object_bytes += f.stat().st_size
     document_bytes = _copy_document_files(ledger, root, link=link)
     from provenance.verify import verify
 

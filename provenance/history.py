@@ -51,10 +51,8 @@ class History:
         return self._parents[vid]
 
 
-def materialize(history: History, store: ObjectStore, version_id: str, name: str) -> tuple[torch.Tensor, int, int]:
-    """The value of parameter ``name`` in ``version_id`` (replaying patches up the first-parent
-    chain from its last full copy), the number of patches with bytes in that chain, and their bytes."""
-    ledger = history.ledger
+def _chain(history: History, version_id: str, name: str) -> list[ParamRecord]:
+    """The rows of ``name`` from ``version_id`` up its first parents to the last full copy."""
     chain: list[ParamRecord] = []
     vid: str | None = version_id
     while vid is not None:
@@ -63,10 +61,26 @@ def materialize(history: History, store: ObjectStore, version_id: str, name: str
             raise ProvenanceError(f"parameter {name!r} is not in version {vid[:12]}")
         chain.append(row)
         if row.encoding == "full":
-            break
+            return chain
         vid = history.parent(vid)
-    else:
-        raise ProvenanceError(f"parameter {name!r} of version {version_id[:12]} has no full copy in its history")
+    raise ProvenanceError(f"parameter {name!r} of version {version_id[:12]} has no full copy in its history")
+
+
+def chain_objects(history: History, version_id: str, name: str) -> list[tuple[str, int]]:
+    """The objects :func:`materialize` reads for ``name`` in ``version_id``, in the order it
+    reads them, each with its bytes (about: a patch's bytes are split evenly over its tensors)."""
+    chain = _chain(history, version_id, name)
+    found = [(chain[-1].objects["full"], chain[-1].nbytes)]
+    for row in reversed([r for r in chain[:-1] if r.encoding != "unchanged"]):
+        found += [(a, row.nbytes // max(len(row.objects), 1)) for a in row.objects.values()]
+    return found
+
+
+def materialize(history: History, store: ObjectStore, version_id: str, name: str) -> tuple[torch.Tensor, int, int]:
+    """The value of parameter ``name`` in ``version_id`` (replaying patches up the first-parent
+    chain from its last full copy), the number of patches with bytes in that chain, and their bytes."""
+    ledger = history.ledger
+    chain = _chain(history, version_id, name)
     patches = [r for r in chain[:-1] if r.encoding != "unchanged"]
     value = get_object(ledger, store, chain[-1].objects["full"])  # maps the object file
     if patches:

@@ -186,7 +186,7 @@ def _merge_groups(history, store, ids, names, method, fishers, lam, eps, norms, 
     params, receipt_params, kernel = [], {}, None
     if progress is not None:
         progress.start("merge", None)
-    with BackgroundWriter() as writer:
+    with BackgroundWriter(threads=store.writer_threads) as writer:
         for name in names:
             direct = _patch_direct(history, store, ids, name, method, base_id)
             if direct is not None:  # patches of one parent: never materialise the inputs

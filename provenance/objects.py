@@ -21,16 +21,20 @@ reports a corrupt or missing one.
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+import struct
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import xxhash
 
 from provenance.errors import InvalidParameterError, ObjectCorruptError, ObjectMissingError, ObjectWriteError
+from provenance.files import fsync_folder
 from provenance.tensorfile import DTYPES, header, raw_bytes, read_tensors, write_tensors
 
 _KEY = "tensor"
@@ -104,6 +108,7 @@ class ObjectStore:
         self.root = Path(root)
         self.sync = sync  # sync each object to the disk before it is renamed into place
         self._root = str(self.root)
+        self.writer_threads = 2  # threads a BackgroundWriter gives this store's writes
 
     def path(self, address: str) -> Path:
         return Path(self._file(address))
@@ -136,7 +141,7 @@ class ObjectStore:
         if writer is None:
             _write(path, tensor, address, self.sync)
         else:
-            writer.submit(address, path, tensor, self.sync)
+            writer.submit(address, tensor, _write, path, tensor, address, self.sync)
         return replace(ref, created=not exists, repaired=exists)
 
     @staticmethod
@@ -198,6 +203,76 @@ class ObjectStore:
         return size
 
 
+    def location(self, address: str) -> str:
+        """Where the object at ``address`` is (for messages)."""
+        return self._file(address)
+
+    def size(self, address: str) -> int | None:
+        """The stored object's bytes, None when it is not there."""
+        try:
+            return os.stat(self._file(address)).st_size
+        except OSError:
+            return None
+
+    def check(self, address: str, *, rehash: bool) -> tuple[str, str] | None:
+        """``(problem, detail)`` for a damaged object ("missing", "truncated" or "corrupt"), None
+        for a sound one. Without ``rehash`` only the file's presence, header and size are checked
+        (cheap); with it, the bytes' hash too."""
+        path = self.path(address)
+        if not path.is_file():
+            return ("missing", f"{path} does not exist") if not os.path.lexists(path) else (
+                "corrupt", f"{path} is not a regular file")
+        try:
+            size = path.stat().st_size
+            with open(path, "rb") as fh:
+                problem = header_problem(str(path), size, fh.read(8), fh.read)
+        except OSError as exc:
+            return "corrupt", f"{path}: unreadable ({exc})"
+        return problem or (self._rehash(address) if rehash else None)
+
+    def _rehash(self, address: str) -> tuple[str, str] | None:
+        try:
+            self.get(address)
+        except ObjectMissingError as exc:
+            return "missing", str(exc)
+        except ObjectCorruptError as exc:
+            return "corrupt", str(exc)
+        return None
+
+    def quarantine(self, address: str, folder: Path) -> str | None:
+        """Move a damaged object into ``folder`` (the ledger's quarantine); where it went, None
+        when there was nothing to move."""
+        path = self.path(address)
+        if not os.path.lexists(path):
+            return None
+        folder.mkdir(exist_ok=True)
+        target = folder / f"{address}.safetensors"
+        os.replace(path, target)
+        fsync_folder(folder)
+        fsync_folder(path.parent)
+        return str(target)
+
+
+def header_problem(where: str, size: int, head: bytes, read: Callable[[int], bytes]) -> tuple[str, str] | None:
+    """``(problem, detail)`` when a stored object of ``size`` bytes, whose first 8 bytes are
+    ``head`` and whose next bytes ``read(n)`` gives, is not a whole safetensors file (header
+    unreadable, or a size other than its header says); None when it is."""
+    if len(head) < 8:
+        return "truncated", f"{where} holds {size} bytes, less than a safetensors header"
+    (n,) = struct.unpack("<Q", head)
+    if n > size - 8:
+        return "truncated", f"{where} holds {size} bytes; its header alone claims {n + 8}"
+    try:
+        meta = json.loads(read(n))
+        ends = [e["data_offsets"][1] for k, e in meta.items() if k != "__metadata__"]
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        return "corrupt", f"{where}: unreadable header ({exc})"
+    expected = 8 + n + max(ends, default=0)
+    if size != expected:
+        return "truncated" if size < expected else "corrupt", f"{where} holds {size:,} bytes; its header says {expected:,}"
+    return None
+
+
 class BackgroundWriter:
     """Writes objects on a few threads while the caller computes the next ones (file writes and
     syncs release the GIL), holding at most ``max_pending`` bytes of tensors in flight.
@@ -212,15 +287,17 @@ class BackgroundWriter:
         self._bytes = 0
         self.max_pending = max_pending
         self.pending: set[str] = set()
+        self.created: list[str] = []  # objects a store's writes on these threads found absent and wrote
 
-    def submit(self, address: str, path: Path, tensor: torch.Tensor, sync: bool = True) -> None:
+    def submit(self, address: str, tensor: torch.Tensor, write: Callable[..., None], *args: Any) -> None:
+        """Run ``write(*args)`` (which stores ``tensor`` at ``address``) on a writer thread."""
         nbytes = tensor.numel() * tensor.element_size()
         while self._futures and self._bytes + nbytes > self.max_pending:
             future, size = self._futures.pop(0)
             future.result()
             self._bytes -= size
         self.pending.add(address)
-        future = self._pool.submit(_write, path, tensor, address, sync)
+        future = self._pool.submit(write, *args)
         self._futures.append((future, nbytes))
         self._bytes += nbytes
 

@@ -203,16 +203,24 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
             raise ValueError(f"{path}: truncated ({size} bytes)")
         if size < _MAP_FROM:
             buf = bytearray(fh.read())
-            size = len(buf)
         else:
             # A private, writable mapping: reading maps the page cache without a copy, and a
             # caller that patches a tensor in place gets its own copy of the pages it writes.
             buf = mmap.mmap(fh.fileno(), size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    return tensors_in(buf, path)
+
+
+def tensors_in(buf: bytearray | mmap.mmap, where: Any) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every tensor of the safetensors bytes ``buf`` (writable: the tensors are views of it) and
+    its metadata. Raises ValueError naming ``where`` and what is wrong with malformed bytes."""
+    size = len(buf)
+    if size < 8:
+        raise ValueError(f"{where}: truncated ({size} bytes)")
     data = torch.frombuffer(buf, dtype=torch.uint8)
     (n,) = struct.unpack_from("<Q", buf, 0)
     if 8 + n > size:
-        raise ValueError(f"{path}: header of {n} bytes runs past the end of the file ({size} bytes)")
-    entries, metadata = parse_header(bytes(buf[8 : 8 + n]), size - 8 - n, path)
+        raise ValueError(f"{where}: header of {n} bytes runs past the end of the file ({size} bytes)")
+    entries, metadata = parse_header(bytes(buf[8 : 8 + n]), size - 8 - n, where)
     start, out = 8 + n, {}
     for name, dtype, shape, lo, hi in entries:
         raw = data[start + lo : start + hi]

@@ -21,19 +21,15 @@ source (re-commit the checkpoint, re-register the data), which the report names.
 
 from __future__ import annotations
 
-import json
-import os
-import struct
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from provenance.errors import LedgerDamagedError, LedgerReadOnlyError, ObjectCorruptError, ObjectMissingError
-from provenance.files import fsync_folder, xxh3_file
+from provenance.errors import LedgerDamagedError, LedgerReadOnlyError
+from provenance.files import xxh3_file
 from provenance.ledger import LedgerStore
-from provenance.objects import ObjectStore
 
 QUARANTINE_DIR = "quarantine"
 
@@ -87,12 +83,12 @@ def verify(ledger: LedgerStore, *, objects: bool = False, repair: bool = False, 
         encodings = ledger.param_encodings()
     users = _users(refs, encodings)
     addresses = sorted(set(users) | (set(store.addresses()) if objects else set()))
-    sizes = {a: _size(store.path(a)) for a in addresses}
+    sizes = {a: store.size(a) or 0 for a in addresses}
     if progress is not None:
         progress.start("verify: objects", sum(sizes.values()) if objects else len(addresses))
     damaged = []
     for address in addresses:
-        problem = _check(store, address, rehash=objects)
+        problem = store.check(address, rehash=objects)
         if problem is not None:
             kind, detail = problem
             damaged.append(DamagedObject(address=address, problem=kind, detail=detail,
@@ -101,7 +97,8 @@ def verify(ledger: LedgerStore, *, objects: bool = False, repair: bool = False, 
             progress.advance(sizes[address] if objects else 1)
     temporaries = [str(t) for t in store.temporaries()]
     if repair:
-        damaged = [_quarantine(ledger, store, d) for d in damaged]
+        damaged = [d.model_copy(update={"quarantined": store.quarantine(d.address, ledger.root / QUARANTINE_DIR)})
+                   for d in damaged]
         for t in temporaries:
             Path(t).unlink(missing_ok=True)
     return VerifyReport(
@@ -154,57 +151,3 @@ def _users(refs: Any, encodings: Any) -> dict[str, set[str]]:
                 found.add(child)
                 stack.extend(children.get(child, ()))
     return users
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _check(store: ObjectStore, address: str, *, rehash: bool) -> tuple[str, str] | None:
-    """``(problem, detail)`` for a damaged object, None for a sound one. Without ``rehash`` only
-    the file's presence, header and size are checked (cheap); with it, the bytes' hash too."""
-    path = store.path(address)
-    if not path.is_file():
-        return ("missing", f"{path} does not exist") if not os.path.lexists(path) else (
-            "corrupt", f"{path} is not a regular file")
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                return "truncated", f"{path} holds {size} bytes, less than a safetensors header"
-            (n,) = struct.unpack("<Q", head)
-            if n > size - 8:
-                return "truncated", f"{path} holds {size} bytes; its header alone claims {n + 8}"
-            meta = json.loads(fh.read(n))
-        ends = [e["data_offsets"][1] for k, e in meta.items() if k != "__metadata__"]
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
-        return "corrupt", f"{path}: unreadable header ({exc})"
-    expected = 8 + n + max(ends, default=0)
-    if size != expected:
-        return "truncated" if size < expected else "corrupt", f"{path} holds {size:,} bytes; its header says {expected:,}"
-    if rehash:
-        try:
-            store.get(address)
-        except ObjectMissingError as exc:
-            return "missing", str(exc)
-        except ObjectCorruptError as exc:
-            return "corrupt", str(exc)
-    return None
-
-
-def _quarantine(ledger: LedgerStore, store: ObjectStore, damaged: DamagedObject) -> DamagedObject:
-    """Move a damaged object into ``.prov/quarantine/`` (a missing one has nothing to move)."""
-    path = store.path(damaged.address)
-    if not os.path.lexists(path):
-        return damaged
-    folder = ledger.root / QUARANTINE_DIR
-    folder.mkdir(exist_ok=True)
-    target = folder / f"{damaged.address}.safetensors"
-    os.replace(path, target)
-    fsync_folder(folder)
-    fsync_folder(path.parent)
-    return damaged.model_copy(update={"quarantined": str(target)})

@@ -40,7 +40,7 @@ from provenance.errors import (
     InvalidParameterError,
     NonFiniteError,
 )
-from provenance.history import History, materialize, numel
+from provenance.history import History, chain_objects, materialize, numel
 from provenance.kernels.patch import apply_low_rank
 from provenance.ledger import LedgerStore
 from provenance.objects import BackgroundWriter, unstorable
@@ -260,9 +260,10 @@ def _commit(ledger, state, parent, message, author, run, encoding, low_rank, all
     created: list[str] = []  # objects this commit added: removed again if it is refused
     params: list[ParamRecord] = []
     n_elements = full_bytes = stored = 0
+    writer = BackgroundWriter(threads=store.writer_threads)  # (it adds to created what it finds absent and writes)
     try:
         files = model_files.store_files(store, listed, created)
-        with BackgroundWriter() as writer:
+        with writer:
             _encode_all(history, store, writer, parent_id, parent_manifest, incoming, encoding, low_rank,
                         allow_nonfinite, policy, params, created, progress)
         for p in params:
@@ -296,7 +297,7 @@ def _commit(ledger, state, parent, message, author, run, encoding, low_rank, all
                 tx.end_run(run, "finished", version_id=version.version_id)
     except BaseException:
         def remove() -> None:
-            for address in created:
+            for address in [*created, *writer.created]:
                 with contextlib.suppress(OSError):  # the error that stopped the commit is the one to report
                     store.delete(address)
 
@@ -417,7 +418,7 @@ def gc(ledger: LedgerStore, *, apply: bool = False) -> dict[str, Any]:
         unreferenced = [a for a in store.addresses() if a not in referenced]
         temporaries = list(store.temporaries())
         folders = _unlisted_document_folders(ledger)
-        sizes = ([store.path(a).stat().st_size for a in unreferenced] + [t.stat().st_size for t in temporaries]
+        sizes = ([store.size(a) or 0 for a in unreferenced] + [t.stat().st_size for t in temporaries]
                  + [sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) for d in folders])
         freed = 0
         if apply:
@@ -453,9 +454,16 @@ def iter_checkout(ledger: LedgerStore, version: str | VersionRecord) -> Iterator
         store = ledger.object_store()
         history = History(ledger)
         manifest = history.manifest(ver.version_id)
-    for name, row in manifest.items():
-        if row.encoding != "removed":
+    names = [name for name, row in manifest.items() if row.encoding != "removed"]
+    prefetch = getattr(store, "prefetch", None)  # a bucket: downloads run ahead of the reads, on threads
+    try:
+        if prefetch is not None:
+            prefetch(a for name in names for a in chain_objects(history, ver.version_id, name))
+        for name in names:
             yield name, materialize(history, store, ver.version_id, name)[0]
+    finally:
+        if prefetch is not None:
+            store.stop_prefetch()
 
 
 def _live_entries(ledger: LedgerStore, ver: VersionRecord) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:

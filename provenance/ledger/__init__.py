@@ -50,6 +50,7 @@ from provenance.ledger.writer import (
 )
 
 if TYPE_CHECKING:
+    from provenance.object_buckets import BucketObjectStore
     from provenance.objects import ObjectStore
 
 #: Set by a ledger server while it handles a write sent with an Idempotency-Key: ``(key, token,
@@ -243,10 +244,29 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
         """The folder of the datasets whose document rows are kept as Parquet files."""
         return self.root / DOCUMENTS_DIR
 
-    def object_store(self, *, sync: bool = True) -> ObjectStore:
-        """The ledger's object store (``sync``: sync each object to the disk before its rename).
-        Imported here, not at the top: the object store needs torch, which commands that only
-        read datasets should not pay for at start-up."""
+    @property
+    def objects_url(self) -> str | None:
+        """The bucket prefix that holds this ledger's objects (``prov init --objects URL``), None
+        when they are in the ledger folder (``objects_path``)."""
+        if not hasattr(self, "_objects_url"):
+            with self._cursor() as con:
+                row = con.execute("SELECT value FROM ledger_meta WHERE key = 'objects_url'").fetchone()
+            self._objects_url = row[0] if row else None
+        return self._objects_url
+
+    def _objects_where(self) -> str:
+        """Where the objects are, for a message (no query: the database may be the damage)."""
+        return getattr(self, "_objects_url", None) or str(self.objects_path)
+
+    def object_store(self, *, sync: bool = True) -> ObjectStore | BucketObjectStore:
+        """The ledger's object store (``sync``: sync each object to the disk before its rename):
+        the folder ``objects_path``, or the bucket ``objects_url``. Imported here, not at the top:
+        the object store needs torch, which commands that only read datasets should not pay for
+        at start-up."""
+        if self.objects_url is not None:
+            from provenance.object_buckets import BucketObjectStore
+
+            return BucketObjectStore(self.objects_url, sync=sync)
         from provenance.objects import ObjectStore
 
         return ObjectStore(self.objects_path, sync=sync)
@@ -266,17 +286,28 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
         raise LedgerNotFoundError(f"no ledger in {here} or any folder above it; create one with `prov init`")
 
     @classmethod
-    def init(cls, path: str | os.PathLike = ".", *, lock_timeout: float = 10.0) -> LedgerStore:
-        """Create a ledger in ``path/.prov`` and return it."""
+    def init(cls, path: str | os.PathLike = ".", *, lock_timeout: float = 10.0, objects: str | None = None) -> LedgerStore:
+        """Create a ledger in ``path/.prov`` and return it. ``objects``: a bucket prefix
+        (``s3://bucket/prefix``, empty and this ledger's alone) to keep the tensor objects in,
+        instead of ``.prov/objects/`` (:mod:`provenance.object_buckets`)."""
         base = Path(path)
         root = base if base.name == LEDGER_DIR else base / LEDGER_DIR
         if (root / DB_FILE).exists():
             raise LedgerExistsError(f"a ledger already exists at {root}")
+        bucket = None
+        if objects is not None:  # checked (and claimed) before anything is created here
+            from provenance.object_buckets import BucketObjectStore
+
+            bucket = BucketObjectStore(objects)
+            bucket.claim({"ledger": str(root.resolve()), "created_at": _now().isoformat()})
         root.mkdir(parents=True, exist_ok=True)
         (root / OBJECTS_DIR).mkdir(exist_ok=True)
         (root / TMP_DIR).mkdir(exist_ok=True)
         ledger = cls(root, lock_timeout=lock_timeout)
         ledger._migrate(create=True)
+        if bucket is not None:
+            with ledger._cursor() as con:
+                con.execute("INSERT INTO ledger_meta VALUES ('objects_url', ?)", [bucket.url])
         return ledger
 
     @classmethod
@@ -543,7 +574,7 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
         return LedgerDamagedError(
             f"the ledger database {self.db_path} is damaged ({message.splitlines()[0]}). Restore it from a backup "
             f"copy; without one, move it aside, run `prov init {self.root.parent}` and register the data and commit "
-            f"the models again (objects already in {self.objects_path} are reused, not rewritten)"
+            f"the models again (objects already in {self._objects_where()} are reused, not rewritten)"
         )
 
     @contextlib.contextmanager

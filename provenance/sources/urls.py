@@ -52,19 +52,23 @@ def split_url(url: str) -> tuple[str, str]:
     return parts.scheme.lower(), (parts.netloc + parts.path).rstrip("/")
 
 
-def filesystem(scheme: str) -> pafs.FileSystem:
-    """The file system for URLs of ``scheme``, made once per process and settings."""
+def filesystem(scheme: str, *, delayed_open: bool = False) -> pafs.FileSystem:
+    """The file system for URLs of ``scheme``, made once per process and settings.
+    ``delayed_open`` (S3): a write opens nothing until it is closed, so that a small object is
+    one ``PutObject`` instead of a multipart upload's three requests (the object store's
+    writes; a missing bucket is then reported by the close)."""
     if scheme in ("s3", "s3a"):
         env = os.environ
         return _s3(env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"),
-                   env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1")
+                   env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1", delayed_open)
     return _fsspec(scheme)
 
 
 @lru_cache(maxsize=8)
-def _s3(endpoint: str | None, region: str) -> pafs.FileSystem:
+def _s3(endpoint: str | None, region: str, delayed_open: bool = False) -> pafs.FileSystem:
     options: dict[str, Any] = {"region": region, "connect_timeout": 10, "request_timeout": 60,
-                               "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3)}
+                               "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3),
+                               "allow_delayed_open": delayed_open}
     if endpoint:
         parts = urlsplit(endpoint)
         if parts.scheme not in ("http", "https") or not parts.netloc:

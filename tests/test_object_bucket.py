@@ -1,0 +1,319 @@
+"""A ledger whose tensor objects are in a bucket (``prov init --objects s3://...``), against a real
+S3 API server (moto's server mode) on 127.0.0.1, started once for the module; one ``prov serve``
+on such a ledger for the service test.
+
+The same commits go into a ledger with a local object folder and one with a bucket: the versions,
+manifests and checked-out tensors must be identical. Then what a bucket does to objects: one
+truncated, replaced or deleted under the ledger, an upload killed half-way (a real SIGKILL of a
+committing process), a prefix another ledger owns, a bucket that does not exist.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.fs as pafs
+import pytest
+import torch
+from click.testing import CliRunner
+
+pytest.importorskip("moto")
+
+from provenance import Ledger  # noqa: E402
+from provenance.backup import backup  # noqa: E402
+from provenance.cli.main import main  # noqa: E402
+from provenance.errors import (  # noqa: E402
+    InvalidParameterError,
+    NonFiniteError,
+    ObjectCorruptError,
+    ObjectMissingError,
+    ObjectWriteError,
+    SourceError,
+)
+from provenance.object_buckets import MARKER, BucketObjectStore  # noqa: E402
+from provenance.objects import address_of  # noqa: E402
+from provenance.versions import gc  # noqa: E402
+from tests import s3server, serving  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    with s3server.running(tmp_path_factory.mktemp("moto")) as server:
+        server.bucket("models")
+        yield server
+
+
+_PREFIXES = iter(range(10_000))
+
+
+@pytest.fixture
+def bucket_ledger(s3, tmp_path):
+    """A new ledger whose objects are under a prefix of its own in the bucket ``models``."""
+    return Ledger.init(tmp_path / "bucketed", objects=f"s3://models/t{next(_PREFIXES)}/objects")
+
+
+def _state(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"embed.weight": torch.randn(64, 32, generator=g), "head.weight": torch.randn(32, 16, generator=g),
+            "head.bias": torch.zeros(16), "tail.bias": torch.zeros(16),  # one object, read twice
+            "norm.weight": torch.randn(32, generator=g).to(torch.bfloat16)}
+
+
+def _bytes(t: torch.Tensor) -> bytes:
+    return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _history(ledger: Ledger) -> list:
+    base = _state(0)
+    v0 = ledger.commit(base, message="base", author="ann")
+    sparse = {k: v.clone() for k, v in base.items()}
+    sparse["embed.weight"][3, :5] += 1.0
+    v1 = ledger.commit(sparse, parent=v0, message="sparse", author="ann")
+    low = {k: v.clone() for k, v in base.items()}
+    b, a = torch.linspace(0, 1, 32).reshape(32, 1), torch.linspace(1, 2, 16).reshape(1, 16)
+    low["head.weight"] = low["head.weight"] + 0.5 * (b @ a)
+    v2 = ledger.commit(low, parent=v0, message="low rank", author="bo", low_rank={"head.weight": (b, a, 0.5)})
+    merged = ledger.merge([v1, v2], method="average", message="average")
+    return [v0, v1, v2, merged]
+
+
+def _objects(s3, prefix: str) -> dict[str, int]:
+    infos = s3.fs.get_file_info(pafs.FileSelector(prefix, recursive=True))
+    return {i.path.removeprefix(prefix + "/"): i.size for i in infos if i.type == pafs.FileType.File}
+
+
+def test_a_bucket_ledger_stores_and_checks_out_exactly_what_a_local_one_does(s3, tmp_path, bucket_ledger):
+    local = Ledger.init(tmp_path / "local")
+    ours, theirs = _history(bucket_ledger), _history(local)
+    assert [v.version_id for v in ours] != []  # versions carry their time: compare content, not ids
+    for a, b in zip(ours, theirs, strict=True):
+        assert {n: (p.encoding, p.objects) for n, p in bucket_ledger.manifest(a).items()} == \
+               {n: (p.encoding, p.objects) for n, p in local.manifest(b).items()}
+        got, want = bucket_ledger.checkout(a), local.checkout(b)
+        assert {n: (t.dtype, _bytes(t)) for n, t in got.items()} == {n: (t.dtype, _bytes(t)) for n, t in want.items()}
+    assert bucket_ledger.manifest(ours[1])["embed.weight"].encoding == "sparse"
+    assert bucket_ledger.manifest(ours[2])["head.weight"].encoding == "low_rank"
+    # the objects are in the bucket, laid out as the local folder is, and not in the ledger folder
+    prefix = bucket_ledger.objects_url.removeprefix("s3://")
+    in_bucket = _objects(s3, prefix)
+    local_files = {f"{p.parent.name}/{p.name}": p.stat().st_size for p in local.objects_path.rglob("*.safetensors")}
+    assert {k: v for k, v in in_bucket.items() if k != MARKER} == local_files
+    assert json.loads(s3.fs.open_input_stream(f"{prefix}/{MARKER}").read())["ledger"] == str(bucket_ledger.root)
+    assert list(bucket_ledger.objects_path.iterdir()) == []
+    report = bucket_ledger.verify(objects=True)
+    assert report.ok and report.objects_checked == len(local_files)
+    # opened again (a new process would), the ledger still finds its bucket
+    again = Ledger.open(bucket_ledger.root.parent)
+    assert again.objects_url == bucket_ledger.objects_url
+    assert _bytes(again.checkout(ours[-1])["head.weight"]) == _bytes(local.checkout(theirs[-1])["head.weight"])
+
+
+def test_prov_init_objects_on_the_command_line(s3, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["init", str(tmp_path / "p"), "--objects", "s3://models/cli/objects/", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["objects"] == "s3://models/cli/objects"
+    # a second ledger on the same prefix is refused, and nothing is created for it
+    result = runner.invoke(main, ["init", str(tmp_path / "q"), "--objects", "s3://models/cli/objects"])
+    assert result.exit_code != 0
+    assert "already holds the objects of ledger" in result.output and str(tmp_path / "p") in result.output
+    assert not (tmp_path / "q" / ".prov").exists()
+
+
+def test_init_refuses_what_cannot_be_a_ledger_s_bucket(s3, tmp_path):
+    with pytest.raises(ObjectWriteError, match=r"s3://no-such-bucket/x/\.provenance-ledger.*bucket"):
+        Ledger.init(tmp_path / "a", objects="s3://no-such-bucket/x")
+    assert not (tmp_path / "a" / ".prov").exists()
+    s3.put("models/used/objects/ab/cdef.safetensors", b"something")
+    with pytest.raises(InvalidParameterError, match="already holds objects"):
+        Ledger.init(tmp_path / "b", objects="s3://models/used/objects")
+    with pytest.raises(SourceError, match="credentials in a source URL are refused"):
+        Ledger.init(tmp_path / "c", objects="s3://key:secret@models/x")
+    with pytest.raises(InvalidParameterError, match="not a URL"):
+        Ledger.init(tmp_path / "d", objects="models/x")
+    # the same ledger folder made again takes its prefix back (an init that failed, a ledger removed)
+    first = Ledger.init(tmp_path / "e", objects="s3://models/again")
+    first.commit({"w": torch.ones(3)}, message="before")
+    import shutil
+
+    shutil.rmtree(first.root)
+    second = Ledger.init(tmp_path / "e", objects="s3://models/again")
+    v = second.commit({"w": torch.ones(3)}, message="after")
+    assert second.manifest(v)["w"].objects == first.manifest(first.versions()[0])["w"].objects
+
+
+def test_damaged_objects_in_the_bucket_are_named_found_and_repaired(s3, bucket_ledger):
+    w = torch.randn(200, 30)
+    v0 = bucket_ledger.commit({"w": w, "b": torch.zeros(30)}, message="first")
+    store = bucket_ledger.object_store()
+    address = bucket_ledger.manifest(v0)["w"].objects["full"]
+    key = store.location(address).removeprefix("s3://")
+    whole = s3.fs.open_input_stream(key).read()
+
+    s3.put(key, whole[:-5])  # cut short
+    with pytest.raises(ObjectCorruptError, match=f"object {address} .*s3://{key}.*used by version"):
+        bucket_ledger.checkout(v0)
+    report = bucket_ledger.verify()
+    assert [(d.address, d.problem) for d in report.damaged_objects] == [(address, "truncated")]
+
+    flipped = bytearray(whole)
+    flipped[-3] ^= 0x10  # same size, same header: only the hash tells
+    s3.put(key, bytes(flipped))
+    assert bucket_ledger.verify().ok  # the cheap check reads the header and the size
+    report = bucket_ledger.verify(objects=True)
+    assert [(d.address, d.problem) for d in report.damaged_objects] == [(address, "corrupt")]
+    with pytest.raises(ObjectCorruptError, match="its content hashes to"):
+        bucket_ledger.checkout(v0)
+    report = bucket_ledger.verify(objects=True, repair=True)
+    moved = report.damaged_objects[0].quarantined
+    assert moved == f"{store.url}/quarantine/{address}.safetensors"
+    assert s3.fs.open_input_stream(moved.removeprefix("s3://")).read() == bytes(flipped)  # kept, not deleted
+    assert address not in store and address not in set(store.addresses())
+    bucket_ledger.commit({"w": w.clone()}, message="the same tensor again")  # writes it afresh
+    assert bucket_ledger.verify(objects=True).ok
+    assert _bytes(bucket_ledger.checkout(v0)["w"]) == _bytes(w)
+
+    s3.delete(key)
+    with pytest.raises(ObjectMissingError, match=f"object {address} is missing from s3://"):
+        bucket_ledger.checkout(v0)
+    report = bucket_ledger.verify()
+    assert [(d.address, d.problem, d.versions) for d in report.damaged_objects] == \
+           [(address, "missing", sorted(v.version_id for v in bucket_ledger.versions()))]
+
+
+def test_gc_lists_and_removes_unreferenced_objects_in_the_bucket(s3, bucket_ledger):
+    v0 = bucket_ledger.commit({"w": torch.arange(10)}, message="kept")
+    store = bucket_ledger.object_store()
+    stray = store.put(torch.arange(5.0))  # sent by a commit that then failed, say
+    assert stray.address in store
+    report = gc(bucket_ledger)
+    assert report["unreferenced"] == [stray.address] and report["bytes"] == store.size(stray.address) > 20
+    assert report["temporary_files"] == []
+    report = gc(bucket_ledger, apply=True)
+    assert report["freed"] == report["bytes"]
+    assert stray.address not in store
+    assert set(store.addresses()) == bucket_ledger.referenced_objects()
+    assert bucket_ledger.checkout(v0)["w"].tolist() == list(range(10))
+
+
+def test_a_refused_commit_removes_the_large_objects_it_uploaded(s3, bucket_ledger):
+    v0 = bucket_ledger.commit({"w": torch.ones(4)}, message="first")
+    store = bucket_ledger.object_store()
+    before = set(store.addresses())
+    big = torch.randn(400_000)
+    with pytest.raises(NonFiniteError, match="'z'"):
+        bucket_ledger.commit({"a": big, "z": torch.tensor([float("nan")])}, message="refused")
+    assert bucket_ledger.versions() == [v0]
+    assert address_of(big) not in store  # uploaded on a writer thread, then removed
+    assert set(store.addresses()) == before
+
+
+def test_a_put_keeps_an_intact_object_and_rewrites_a_cut_one(s3, bucket_ledger):
+    store = bucket_ledger.object_store()
+    t = torch.randn(300_000)  # 1.2 MB: looked up before it is sent
+    first = store.put(t)
+    assert first.created and not first.repaired
+    kept = store.put(t)
+    assert not kept.created and not kept.repaired  # size and header checked, not sent again
+    key = store.location(first.address).removeprefix("s3://")
+    s3.put(key, s3.fs.open_input_stream(key).read()[:100])
+    again = store.put(t)
+    assert again.repaired and not again.created
+    head = int.from_bytes(s3.fs.open_input_stream(key).read()[:8], "little")
+    assert store.size(first.address) == 8 + head + t.numel() * 4
+    assert _bytes(store.get(first.address)) == _bytes(t)
+    small = torch.arange(10.0)  # under 1 MiB: sent whatever is there, and never counted as created
+    assert [store.put(small).created for _ in range(2)] == [False, False]
+    assert _bytes(store.get(address_of(small))) == _bytes(small)
+
+
+def test_an_upload_interrupted_by_an_exception_leaves_no_object(s3, bucket_ledger, monkeypatch):
+    store = bucket_ledger.object_store()
+    t = torch.randn(4 << 20)  # 16 MiB: more than one part
+
+    real = __import__("provenance.object_buckets", fromlist=["file_bytes"]).file_bytes
+
+    def interrupted(*args, **kwargs):
+        size, pieces = real(*args, **kwargs)
+
+        def cut():
+            for i, piece in enumerate(pieces):
+                if i == 6:
+                    raise KeyboardInterrupt
+                yield piece
+
+        return size, cut()
+
+    monkeypatch.setattr("provenance.object_buckets.file_bytes", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.put(t)
+    assert list(store.addresses()) == []  # Arrow completed the cut upload; the store deleted it
+
+
+_COMMITTER = """
+import sys, torch
+from provenance import Ledger
+ledger = Ledger.open(sys.argv[1])
+print("committing", flush=True)
+ledger.commit({"big": torch.randn(24 << 20, generator=torch.Generator().manual_seed(1))}, message="killed")
+print("committed", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_commit_killed_mid_upload_leaves_no_object_and_no_version(s3, bucket_ledger, tmp_path):
+    """A real SIGKILL while a 96 MiB object is being uploaded in parts: the parts already sent
+    stay in an incomplete multipart upload that nothing lists or reads."""
+    before = s3.output().count("partNumber=")
+    proc = subprocess.Popen([sys.executable, "-c", _COMMITTER, str(bucket_ledger.root)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while s3.output().count("partNumber=") <= before:  # a part has arrived: the upload is under way
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "no part was uploaded in 120 s"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    ledger = Ledger.open(bucket_ledger.root)
+    assert ledger.versions() == []
+    assert list(ledger.object_store().addresses()) == []
+    report = ledger.verify(objects=True)
+    assert report.ok and report.objects_checked == 0
+    v = ledger.commit({"big": torch.randn(24 << 20, generator=torch.Generator().manual_seed(1))}, message="again")
+    assert ledger.verify(objects=True).ok
+    assert len(list(ledger.object_store().addresses())) == 1 and ledger.manifest(v)["big"].encoding == "full"
+
+
+def test_a_backup_of_a_bucket_ledger_stands_alone(s3, bucket_ledger, tmp_path):
+    versions = _history(bucket_ledger)
+    bucket_ledger.object_store().put(torch.arange(3.0))  # unreferenced: not copied
+    result = backup(bucket_ledger, tmp_path / "backup")
+    referenced = bucket_ledger.referenced_objects()
+    assert result["verified"] and result["objects_copied"] == len(referenced)
+    copy = Ledger.open(tmp_path / "backup")
+    assert copy.objects_url is None
+    assert {f"{p.parent.name}{p.stem}" for p in copy.objects_path.rglob("*.safetensors")} == referenced
+    assert result["object_bytes"] == sum(bucket_ledger.object_store().size(a) for a in referenced)
+    for v in versions:
+        got, want = copy.checkout(v), bucket_ledger.checkout(v)
+        assert {n: _bytes(t) for n, t in got.items()} == {n: _bytes(t) for n, t in want.items()}
+
+
+def test_a_server_on_a_bucket_ledger_takes_commits_into_the_bucket(s3, tmp_path):
+    root = tmp_path / "served"
+    ledger = Ledger.init(root, objects="s3://models/served/objects")
+    _, token = ledger.issue_token("admin", "admin")
+    with serving.running(root, token=token) as server:  # inherits the AWS settings the fixture set
+        remote = server.ledger()
+        state = _state(3)
+        v = remote.commit(state, message="through the server")
+        got = remote.checkout(v)
+        assert {n: _bytes(t) for n, t in got.items()} == {n: _bytes(t) for n, t in state.items()}
+        assert remote.verify(objects=True).ok
+    addresses = set(BucketObjectStore("s3://models/served/objects").addresses())
+    assert addresses == Ledger.open(root).referenced_objects() and len(addresses) == len(state) - 1  # two zeros: one
+    assert list((root / ".prov" / "objects").iterdir()) == []
