@@ -20,15 +20,21 @@ from provenance.plain import dumps
 @click.option("--objects", "objects", metavar="URL", default=None,
               help="Keep the tensor objects in a bucket prefix (s3://bucket/prefix: empty, this ledger's alone) "
                    "instead of PATH/.prov/objects/; S3 settings come from the standard AWS variables.")
+@click.option("--documents", "documents", metavar="URL", default=None,
+              help="Keep the Parquet document files of large datasets in a bucket prefix (s3://bucket/prefix: "
+                   "empty, this ledger's alone) instead of PATH/.prov/documents/.")
 @json_option
-def init_cmd(path: str, objects: str | None, as_json: bool) -> None:
-    """Create a ledger (PATH/.prov: a DuckDB database and an object folder, or --objects a bucket)."""
+def init_cmd(path: str, objects: str | None, documents: str | None, as_json: bool) -> None:
+    """Create a ledger (PATH/.prov: a DuckDB database and an object folder; --objects and
+    --documents put the tensor objects and the Parquet document files in a bucket)."""
     from provenance.api import Ledger
 
-    ledger = Ledger.init(path, objects=objects)
-    render.emit({"ledger": str(ledger.root), "schema_version": ledger.schema_version(), "objects": ledger.objects_url
-                 or str(ledger.objects_path)}, as_json,
-                lambda d: f"created ledger {d['ledger']} (schema version {d['schema_version']}); objects in {d['objects']}")
+    ledger = Ledger.init(path, objects=objects, documents=documents)
+    render.emit({"ledger": str(ledger.root), "schema_version": ledger.schema_version(),
+                 "objects": ledger.objects_url or str(ledger.objects_path),
+                 "documents": ledger.documents_url or str(ledger.documents_path)}, as_json,
+                lambda d: f"created ledger {d['ledger']} (schema version {d['schema_version']}); objects in "
+                          f"{d['objects']}, Parquet document files in {d['documents']}")
 
 
 @main.command("sql")

@@ -22,15 +22,26 @@ from typing import Any
 
 from provenance.errors import InvalidParameterError
 from provenance.ledger import LedgerStore
+from provenance.ledger._common import DOCUMENTS_DIR
 
 
 def _copy_document_files(ledger: LedgerStore, root: Path, *, link: bool) -> int:
     """Copy (or hard-link) the Parquet document files that the copied database lists into the
     copy; returns their bytes. They are immutable: a registration writes them before its commit,
-    so every file the snapshot lists is whole."""
-    copy = type(ledger).open(root.parent, read_only=True)
+    so every file the snapshot lists is whole. Files in a bucket are downloaded into the copy's
+    ``documents/`` folder, and the copy's rows and setting say so: the copy stands alone."""
+    copy = type(ledger).open(root.parent)
+    store = ledger.document_store
     total = 0
+    moved = []
     for f in copy.document_files():
+        if store.is_url(f["path"]):
+            name, tag, file = f["path"].rsplit("/", 3)[1:]
+            local = f"{DOCUMENTS_DIR}/{name}/{tag}/{file}"
+            store.download(f["path"], root / local)
+            moved.append((local, f["path"]))
+            total += f["n_bytes"]
+            continue
         source, target = ledger.root / f["path"], root / f["path"]
         target.parent.mkdir(parents=True, exist_ok=True)
         if link:
@@ -42,6 +53,10 @@ def _copy_document_files(ledger: LedgerStore, root: Path, *, link: bool) -> int:
                 pass
         shutil.copy2(source, target)
         total += f["n_bytes"]
+    with copy._cursor() as con:
+        con.execute("DELETE FROM ledger_meta WHERE key = 'documents_url'")
+        if moved:
+            con.executemany("UPDATE document_files SET path = ? WHERE path = ?", moved)
     return total
 
 

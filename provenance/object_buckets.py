@@ -317,34 +317,49 @@ class BucketObjectStore:
     # -- ownership ----------------------------------------------------------------------------
 
     def owner(self) -> dict[str, Any] | None:
-        """What the prefix's marker says (the ledger that owns it), None when it has none."""
-        key = f"{self.prefix}/{MARKER}"
-        try:
-            with self.fs.open_input_stream(key) as fh:
-                return json.loads(fh.read())
-        except FileNotFoundError:
-            return None
-        except _ARROW_ERRORS as exc:
-            raise ObjectWriteError(f"cannot read {self.scheme}://{key}: {_why(exc)}", self.url) from None
-        except ValueError:
-            return {"ledger": "?", "note": f"{MARKER} is not JSON"}
+        return prefix_owner(self.fs, self.scheme, self.prefix)
 
     def claim(self, ledger: dict[str, Any]) -> None:
-        """Take the prefix for a new ledger: refused when another ledger's marker or unclaimed
-        objects are there (a prefix is one ledger's), or when the bucket cannot be written (writing
-        the marker is the test). The same ledger folder made again takes its prefix back."""
-        owner = self.owner()
-        if owner is not None and owner.get("ledger") == ledger["ledger"]:
-            pass  # the same ledger folder made again (an init that failed, a ledger deleted): its objects serve
-        elif owner is not None:
-            raise InvalidParameterError(f"{self.url} already holds the objects of ledger {owner.get('ledger', '?')} "
-                                        f"(its {MARKER}); give each ledger a prefix of its own")
-        elif next(self.addresses(), None) is not None:
-            raise InvalidParameterError(f"{self.url} already holds objects; give the ledger an empty prefix")
-        key = f"{self.prefix}/{MARKER}"
-        try:
-            with self.fs.open_output_stream(key, compression=None) as out:
-                out.write(json.dumps(ledger, sort_keys=True).encode())
-        except _ARROW_ERRORS as exc:
-            raise ObjectWriteError(f"cannot write {self.scheme}://{key}: {_why(exc)}; is the bucket there and "
-                                   "writable with these credentials?", self.url) from None
+        claim_prefix(self.fs, self.scheme, self.prefix, ledger)
+
+
+def prefix_owner(fs: pafs.FileSystem, scheme: str, prefix: str) -> dict[str, Any] | None:
+    """What the prefix's marker says (the ledger that owns it), None when it has none."""
+    key = f"{prefix}/{MARKER}"
+    try:
+        with fs.open_input_stream(key) as fh:
+            return json.loads(fh.read())
+    except FileNotFoundError:
+        return None
+    except _ARROW_ERRORS as exc:
+        raise ObjectWriteError(f"cannot read {scheme}://{key}: {_why(exc)}", f"{scheme}://{prefix}") from None
+    except ValueError:
+        return {"ledger": "?", "note": f"{MARKER} is not JSON"}
+
+
+def claim_prefix(fs: pafs.FileSystem, scheme: str, prefix: str, ledger: dict[str, Any]) -> None:
+    """Take a bucket prefix for a new ledger (its objects or its document files): refused when
+    another ledger's marker or unclaimed objects are there (a prefix is one ledger's: ``prov gc``
+    removes what its ledger does not list), or when the bucket cannot be written (writing the
+    marker is the test). The same ledger folder made again takes its prefix back."""
+    url = f"{scheme}://{prefix}"
+    owner = prefix_owner(fs, scheme, prefix)
+    if owner is not None and owner.get("ledger") == ledger["ledger"]:
+        return  # the same ledger folder made again (an init that failed, a ledger deleted): its files serve
+    if owner is not None:
+        raise InvalidParameterError(f"{url} already holds the files of ledger {owner.get('ledger', '?')} "
+                                    f"(its {MARKER}); give each ledger a prefix of its own")
+    try:
+        listed = fs.get_file_info(pafs.FileSelector(prefix, recursive=True, allow_not_found=True))
+    except _ARROW_ERRORS as exc:
+        raise ObjectWriteError(f"cannot list {url}: {_why(exc)}; is the bucket there and readable with these "
+                               "credentials?", url) from None
+    if any(i.type == pafs.FileType.File for i in listed):
+        raise InvalidParameterError(f"{url} already holds objects; give the ledger an empty prefix")
+    key = f"{prefix}/{MARKER}"
+    try:
+        with fs.open_output_stream(key, compression=None) as out:
+            out.write(json.dumps(ledger, sort_keys=True).encode())
+    except _ARROW_ERRORS as exc:
+        raise ObjectWriteError(f"cannot write {scheme}://{key}: {_why(exc)}; is the bucket there and "
+                               "writable with these credentials?", url) from None

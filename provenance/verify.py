@@ -28,7 +28,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from provenance.errors import LedgerDamagedError, LedgerReadOnlyError
-from provenance.files import xxh3_file
 from provenance.ledger import LedgerStore
 
 QUARANTINE_DIR = "quarantine"
@@ -113,20 +112,24 @@ def _document_file_problems(ledger: LedgerStore, *, rehash: bool) -> list[dict[s
     """The Parquet document files that are missing, of another size than recorded, or (with
     ``rehash``) of another xxh3-128: ``{"dataset_id", "shard_index": None, "problem", "path"}``."""
     problems = []
-    for f in ledger.document_files():
-        path = ledger.root / f["path"]
+    store = ledger.document_store
+    files = ledger.document_files()
+    found = store.sizes([f["path"] for f in files])
+    for f in files:
+        where, size = store.location(f["path"]), found[f["path"]]
         problem = None
-        if not path.is_file():
+        if size is None:
             problem = "is missing"
-        elif (size := path.stat().st_size) != f["n_bytes"]:
+        elif isinstance(size, str):
+            problem = f"is {size}"
+        elif size != f["n_bytes"]:
             problem = f"holds {size:,} bytes, not the {f['n_bytes']:,} recorded (truncated or replaced)"
-        elif rehash and xxh3_file(path) != f["xxh3_128"]:
+        elif rehash and store.hash(f["path"]) != f["xxh3_128"]:
             problem = "does not hash to its recorded xxh3-128 (corrupt)"
         if problem is not None:
             problems.append({"dataset_id": f["dataset_id"], "shard_index": None, "path": f["path"],
-                             "problem": f"Parquet document file {path} {problem}; restore it from a backup"})
+                             "problem": f"Parquet document file {where} {problem}; restore it from a backup"})
     return problems
-
 
 
 def _users(refs: Any, encodings: Any) -> dict[str, set[str]]:

@@ -419,7 +419,7 @@ def gc(ledger: LedgerStore, *, apply: bool = False) -> dict[str, Any]:
         temporaries = list(store.temporaries())
         folders = _unlisted_document_folders(ledger)
         sizes = ([store.size(a) or 0 for a in unreferenced] + [t.stat().st_size for t in temporaries]
-                 + [sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) for d in folders])
+                 + list(folders.values()))
         freed = 0
         if apply:
             freed = sum(store.delete(a) for a in unreferenced)
@@ -427,20 +427,18 @@ def gc(ledger: LedgerStore, *, apply: bool = False) -> dict[str, Any]:
                 freed += t.stat().st_size
                 t.unlink()
             for d in folders:
-                shutil.rmtree(d)
-            freed += sum(sizes[len(unreferenced) + len(temporaries):])
+                ledger.document_store.remove_folder(d)
+            freed += sum(folders.values())
     return {"unreferenced": unreferenced, "temporary_files": [str(t) for t in temporaries],
             "document_folders": [str(d) for d in folders], "bytes": sum(sizes), "removed": apply, "freed": freed}
 
 
-def _unlisted_document_folders(ledger: LedgerStore) -> list[Path]:
-    """The folders under ``.prov/documents/NAME/`` that hold no file a dataset lists."""
-    root = ledger.documents_path
-    if not root.is_dir():
-        return []
-    listed = {(ledger.root / f["path"]).parent for f in ledger.document_files()}
-    return sorted(d for name in root.iterdir() if name.is_dir() for d in name.iterdir()
-                  if d.is_dir() and d not in listed)
+def _unlisted_document_folders(ledger: LedgerStore) -> dict[str, int]:
+    """The folders of Parquet document files (``NAME/TAG`` in ``.prov/documents/`` or the
+    ledger's documents bucket) that hold no file a dataset lists, with their bytes."""
+    store = ledger.document_store
+    listed = {store.folder_of(f["path"]) for f in ledger.document_files()}
+    return {d: n for d, n in store.folders().items() if d not in listed}
 
 
 def _dtype(t: torch.Tensor) -> str:

@@ -28,6 +28,7 @@ from provenance.backup import backup  # noqa: E402
 from provenance.cli.main import main  # noqa: E402
 from provenance.errors import (  # noqa: E402
     InvalidParameterError,
+    LedgerDamagedError,
     NonFiniteError,
     ObjectCorruptError,
     ObjectMissingError,
@@ -120,12 +121,12 @@ def test_prov_init_objects_on_the_command_line(s3, tmp_path):
     # a second ledger on the same prefix is refused, and nothing is created for it
     result = runner.invoke(main, ["init", str(tmp_path / "q"), "--objects", "s3://models/cli/objects"])
     assert result.exit_code != 0
-    assert "already holds the objects of ledger" in result.output and str(tmp_path / "p") in result.output
+    assert "already holds the files of ledger" in result.output and str(tmp_path / "p") in result.output
     assert not (tmp_path / "q" / ".prov").exists()
 
 
 def test_init_refuses_what_cannot_be_a_ledger_s_bucket(s3, tmp_path):
-    with pytest.raises(ObjectWriteError, match=r"s3://no-such-bucket/x/\.provenance-ledger.*bucket"):
+    with pytest.raises(ObjectWriteError, match=r"s3://no-such-bucket/x.*is the bucket there"):
         Ledger.init(tmp_path / "a", objects="s3://no-such-bucket/x")
     assert not (tmp_path / "a" / ".prov").exists()
     s3.put("models/used/objects/ab/cdef.safetensors", b"something")
@@ -317,3 +318,160 @@ def test_a_server_on_a_bucket_ledger_takes_commits_into_the_bucket(s3, tmp_path)
     addresses = set(BucketObjectStore("s3://models/served/objects").addresses())
     assert addresses == Ledger.open(root).referenced_objects() and len(addresses) == len(state) - 1  # two zeros: one
     assert list((root / ".prov" / "objects").iterdir()) == []
+
+
+# -- Parquet document files in a bucket (prov init --documents s3://...) ----------------------------
+
+def _corpus_files(folder, corpus) -> list:
+    folder.mkdir(parents=True, exist_ok=True)
+    docs = [{"id": f"d{i}", "text": d["text"]} for i, d in enumerate(corpus.docs)]
+    paths = []
+    for name, part in (("a.jsonl", docs[:25]), ("b.jsonl", docs[25:])):
+        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in part))
+        paths.append(folder / name)
+    return paths
+
+
+@pytest.fixture
+def docs_ledger(s3, tmp_path):
+    """A new ledger whose Parquet document files go under a prefix of its own in ``models``."""
+    return Ledger.init(tmp_path / "docs", documents=f"s3://models/d{next(_PREFIXES)}/documents")
+
+
+def _pairs(report) -> list[tuple]:
+    return sorted((p.a, p.b, p.dataset_a, p.dataset_b, p.matches) for p in report.pairs)
+
+
+def test_datasets_kept_as_parquet_in_a_bucket_read_as_the_local_ones(s3, tmp_path, docs_ledger, corpus):
+    shards = _corpus_files(tmp_path / "data", corpus)
+    local = Ledger.init(tmp_path / "local")
+    for ledger in (docs_ledger, local):
+        ledger.register_dataset("p", shards, id_field="id", documents_as="parquet")
+        ledger.register_dataset("t", shards, id_field="id", documents_as="table")
+    (f,) = docs_ledger.document_files()
+    assert f["path"].startswith(docs_ledger.documents_url + "/p/v1-") and f["path"].endswith("/data_0.parquet")
+    assert s3.fs.get_file_info(f["path"].removeprefix("s3://")).size == f["n_bytes"]
+    assert not docs_ledger.documents_path.exists() or not any(docs_ledger.documents_path.rglob("*.parquet"))
+    assert list((docs_ledger.root / "tmp").rglob("*.parquet")) == []  # the staged copy is gone
+    opened = Ledger.open(docs_ledger.root)  # a new process: the view reads the bucket
+    assert opened.documents("p@1").drop(["doc_id"]).to_pylist() == local.documents("p@1").drop(["doc_id"]).to_pylist()
+    assert len(opened.documents("p@1")) == 40
+    ours = opened.audit_dedup(["p@1", "t@1"], store=False, threshold=0.5)
+    theirs = local.audit_dedup(["p@1", "t@1"], store=False, threshold=0.5)
+    assert _pairs(ours) == _pairs(theirs) and ours.summary.exact_duplicate_pairs == 40
+    report = opened.verify(objects=True)
+    assert report.ok, report
+    # prov sql reads the bucket's files through the view, and nothing else in the bucket
+    s3.put("models/elsewhere.parquet", b"PAR1")
+    runner = CliRunner()
+    result = runner.invoke(main, ["--ledger", str(opened.root), "sql", "SELECT count(*) AS n FROM documents", "--json"])
+    assert result.exit_code == 0 and json.loads(result.output) == [{"n": 80}], result.output
+    result = runner.invoke(main, ["--ledger", str(opened.root), "sql",
+                                  "SELECT * FROM read_parquet('s3://models/elsewhere.parquet')"])
+    assert result.exit_code != 0 and "elsewhere.parquet" in result.output
+
+
+def test_a_damaged_file_in_the_bucket_is_named_and_verify_finds_it(s3, tmp_path, docs_ledger, corpus):
+    shards = _corpus_files(tmp_path / "data", corpus)
+    docs_ledger.register_dataset("t", shards, id_field="id", documents_as="table")
+    docs_ledger.register_dataset("p", shards, id_field="id", documents_as="parquet")
+    (f,) = docs_ledger.document_files()
+    key = f["path"].removeprefix("s3://")
+    whole = s3.fs.open_input_stream(key).read()
+
+    s3.put(key, whole[: len(whole) // 2])
+    cut = Ledger.open(docs_ledger.root)
+    assert len(cut.documents("t@1")) == 40  # the other dataset still reads
+    with pytest.raises(LedgerDamagedError, match=f"{f['path']} of dataset p@1 is .* bytes instead of"):
+        cut.documents("p@1")
+    assert [p["path"] for p in cut.verify().dataset_problems if p["shard_index"] is None] == [f["path"]]
+
+    changed = bytearray(whole)
+    changed[len(changed) // 2] ^= 0xFF  # same size: only a re-hash tells
+    s3.put(key, bytes(changed))
+    report = Ledger.open(docs_ledger.root).verify(objects=True)
+    assert any("does not hash to its recorded xxh3-128" in p["problem"] for p in report.dataset_problems)
+
+    s3.delete(key)
+    with pytest.raises(LedgerDamagedError, match=f"{f['path']} of dataset p@1 is missing"):
+        Ledger.open(docs_ledger.root).documents("p@1")
+    s3.put(key, whole)  # restored from a backup
+    assert Ledger.open(docs_ledger.root).verify(objects=True).ok
+
+
+def test_a_failed_registration_leaves_nothing_in_the_bucket(s3, tmp_path, docs_ledger, corpus):
+    shards = _corpus_files(tmp_path / "data", corpus)
+    docs_ledger.register_dataset("keep", shards, id_field="id", documents_as="parquet")
+    prefix = docs_ledger.documents_url.removeprefix("s3://")
+    before = _objects(s3, prefix)
+    bad = tmp_path / "data" / "dup.jsonl"
+    bad.write_text('{"id": "x", "text": "one"}\n{"id": "x", "text": "two"}\n')
+    with pytest.raises(SourceError, match="duplicate document id"):
+        docs_ledger.register_dataset("dup", bad, id_field="id", documents_as="parquet")
+    assert _objects(s3, prefix) == before
+    assert [f["dataset_id"] for f in docs_ledger.document_files()] == ["keep@1"]
+
+
+_KILLED_UPLOAD = """
+import sys, time
+from provenance import Ledger
+from provenance.ledger import document_store
+
+def stop(self, tmp):  # the files are uploaded; the commit has not run
+    print("uploaded", flush=True)
+    time.sleep(120)
+
+document_store.DocumentStore.finish = stop
+Ledger.open(sys.argv[1]).register_dataset("late", sys.argv[2], id_field="id", documents_as="parquet")
+"""
+
+
+def test_a_registration_killed_after_its_upload_leaves_a_folder_gc_removes(s3, tmp_path, docs_ledger, corpus):
+    shards = _corpus_files(tmp_path / "data", corpus)
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_UPLOAD, str(docs_ledger.root), str(shards[0])],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "uploaded"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    ledger = Ledger.open(docs_ledger.root)
+    assert ledger.document_files() == [] and ledger.datasets() == []
+    prefix = ledger.documents_url.removeprefix("s3://")
+    (orphan_file, size), = [(k, v) for k, v in _objects(s3, prefix).items() if k != MARKER]
+    assert orphan_file.startswith("late/v1-") and orphan_file.endswith("/data_0.parquet")
+    listed = ledger.gc()
+    orphan = f"{ledger.documents_url}/{orphan_file.rsplit('/', 1)[0]}"
+    assert listed["document_folders"] == [orphan] and listed["bytes"] == size
+    removed = ledger.gc(apply=True)
+    assert removed["freed"] == size and list(_objects(s3, prefix)) == [MARKER]
+    assert ledger.register_dataset("late", shards[0], id_field="id", documents_as="parquet").dataset.n_documents == 25
+
+
+def test_a_backup_of_a_ledger_with_documents_in_a_bucket_stands_alone(s3, tmp_path, corpus):
+    ledger = Ledger.init(tmp_path / "both", objects="s3://models/both/objects", documents="s3://models/both/documents")
+    shards = _corpus_files(tmp_path / "data", corpus)
+    ledger.register_dataset("p", shards, id_field="id", documents_as="parquet")
+    v = ledger.commit({"w": torch.randn(300_000)}, message="weights")
+    result = backup(ledger, tmp_path / "copy")
+    assert result["verified"] and result["document_bytes"] == ledger.document_files()[0]["n_bytes"]
+    copy = Ledger.open(tmp_path / "copy")
+    assert copy.documents_url is None and copy.objects_url is None
+    (f,) = copy.document_files()
+    assert f["path"].startswith("documents/p/v1-") and (copy.root / f["path"]).stat().st_size == f["n_bytes"]
+    assert copy.documents("p@1").to_pylist() == ledger.documents("p@1").to_pylist()
+    assert _bytes(copy.checkout(v)["w"]) == _bytes(ledger.checkout(v)["w"])
+    assert copy.verify(objects=True).ok
+
+
+def test_init_documents_on_the_command_line_and_its_refusals(s3, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["init", str(tmp_path / "p"), "--documents", "s3://models/cli-docs", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["documents"] == "s3://models/cli-docs" and out["objects"] == str(tmp_path / "p" / ".prov" / "objects")
+    with pytest.raises(InvalidParameterError, match="already holds the files of ledger"):
+        Ledger.init(tmp_path / "q", documents="s3://models/cli-docs")
+    with pytest.raises(InvalidParameterError, match="the same prefix"):
+        Ledger.init(tmp_path / "r", objects="s3://models/same", documents="s3://models/same/")
+    assert not (tmp_path / "q" / ".prov").exists() and not (tmp_path / "r" / ".prov").exists()

@@ -139,14 +139,14 @@ def test_a_failed_parquet_registration_leaves_nothing(ledger, data_dir, write_js
 
 _KILLED = textwrap.dedent("""
     import sys, time
-    import provenance.ledger.writer as writer
+    import provenance.ledger.document_store as places
     from provenance import Ledger
 
     def stop(folder):  # the files are renamed into place; the commit has not run
         print("renamed", flush=True)
         time.sleep(120)
 
-    writer.fsync_folder = stop
+    places.fsync_folder = stop
     Ledger.open(sys.argv[1]).register_dataset("late", sys.argv[2], id_field="id", documents_as="parquet")
 """)
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 
 from provenance.errors import (
+    InvalidParameterError,
     LedgerDamagedError,
     LedgerExistsError,
     LedgerLockedError,
@@ -37,6 +38,7 @@ from provenance.errors import (
 from provenance.files import check_output
 from provenance.ledger._common import DB_FILE, DOCUMENTS_DIR, LEDGER_DIR, OBJECTS_DIR, TMP_DIR, _now, quote_identifier
 from provenance.ledger.data import DataQueries
+from provenance.ledger.document_store import DocumentStore
 from provenance.ledger.lineage import LineageQueries
 from provenance.ledger.models import ModelQueries
 from provenance.ledger.service import ServiceQueries
@@ -114,14 +116,13 @@ _BROKEN_ROW = ("NULL::INTEGER, NULL::BIGINT, NULL::BIGINT, NULL::VARCHAR, NULL::
                "NULL::UINTEGER[], NULL::UBIGINT[]")
 
 
-def _file_problem(path: Path, size: int) -> str | None:
-    """Why the file at ``path`` cannot be the one recorded with ``size`` bytes (None: it may be)."""
-    try:
-        found = path.stat().st_size
-    except FileNotFoundError:
+def _file_problem(found: int | str | None, size: int) -> str | None:
+    """Why a file found with ``found`` bytes (None: missing; a string: why it cannot be looked
+    at) cannot be the one recorded with ``size`` bytes (None: it may be)."""
+    if found is None:
         return "missing"
-    except OSError as exc:
-        return f"unreadable ({exc.strerror})"
+    if isinstance(found, str):
+        return found
     return None if found == size else f"{found:,} bytes instead of {size:,} (truncated or replaced)"
 
 
@@ -249,10 +250,34 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
         """The bucket prefix that holds this ledger's objects (``prov init --objects URL``), None
         when they are in the ledger folder (``objects_path``)."""
         if not hasattr(self, "_objects_url"):
-            with self._cursor() as con:
-                row = con.execute("SELECT value FROM ledger_meta WHERE key = 'objects_url'").fetchone()
-            self._objects_url = row[0] if row else None
+            self._objects_url = self._meta("objects_url")
         return self._objects_url
+
+    def _meta(self, key: str) -> str | None:
+        with self._cursor() as con:
+            row = con.execute("SELECT value FROM ledger_meta WHERE key = ?", [key]).fetchone()
+        return row[0] if row else None
+
+    @property
+    def documents_url(self) -> str | None:
+        """The bucket prefix new Parquet document files go to (``prov init --documents URL``),
+        None when they go to ``documents_path``."""
+        return self.document_store.url
+
+    @property
+    def document_store(self) -> DocumentStore:
+        """Where the Parquet document files are (:mod:`provenance.ledger.document_store`)."""
+        if getattr(self, "_document_store", None) is None:
+            with self._cursor() as con:
+                return self._document_store_on(con)
+        return self._document_store
+
+    def _document_store_on(self, con: duckdb.DuckDBPyConnection) -> DocumentStore:
+        """:attr:`document_store`, its setting read on ``con`` the first time."""
+        if getattr(self, "_document_store", None) is None:
+            row = con.execute("SELECT value FROM ledger_meta WHERE key = 'documents_url'").fetchone()
+            self._document_store = DocumentStore(self.root, row[0] if row else None)
+        return self._document_store
 
     def _objects_where(self) -> str:
         """Where the objects are, for a message (no query: the database may be the damage)."""
@@ -286,28 +311,42 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
         raise LedgerNotFoundError(f"no ledger in {here} or any folder above it; create one with `prov init`")
 
     @classmethod
-    def init(cls, path: str | os.PathLike = ".", *, lock_timeout: float = 10.0, objects: str | None = None) -> LedgerStore:
+    def init(cls, path: str | os.PathLike = ".", *, lock_timeout: float = 10.0, objects: str | None = None,
+             documents: str | None = None) -> LedgerStore:
         """Create a ledger in ``path/.prov`` and return it. ``objects``: a bucket prefix
         (``s3://bucket/prefix``, empty and this ledger's alone) to keep the tensor objects in,
-        instead of ``.prov/objects/`` (:mod:`provenance.object_buckets`)."""
+        instead of ``.prov/objects/`` (:mod:`provenance.object_buckets`); ``documents``: one for
+        the Parquet document files of large datasets, instead of ``.prov/documents/``
+        (:mod:`provenance.ledger.document_store`)."""
         base = Path(path)
         root = base if base.name == LEDGER_DIR else base / LEDGER_DIR
         if (root / DB_FILE).exists():
             raise LedgerExistsError(f"a ledger already exists at {root}")
-        bucket = None
+        bucket = docs = None
+        owner = {"ledger": str(root.resolve()), "created_at": _now().isoformat()}
+        if objects is not None and documents is not None and objects.rstrip("/") == documents.rstrip("/"):
+            raise InvalidParameterError(f"--objects and --documents are the same prefix {objects}; give each its own")
         if objects is not None:  # checked (and claimed) before anything is created here
             from provenance.object_buckets import BucketObjectStore
 
             bucket = BucketObjectStore(objects)
-            bucket.claim({"ledger": str(root.resolve()), "created_at": _now().isoformat()})
+            bucket.claim(owner)
+        if documents is not None:
+            from provenance.object_buckets import claim_prefix
+
+            docs = DocumentStore(root, documents)
+            claim_prefix(docs.fs, docs.scheme, docs.prefix, owner)
         root.mkdir(parents=True, exist_ok=True)
         (root / OBJECTS_DIR).mkdir(exist_ok=True)
         (root / TMP_DIR).mkdir(exist_ok=True)
         ledger = cls(root, lock_timeout=lock_timeout)
         ledger._migrate(create=True)
-        if bucket is not None:
-            with ledger._cursor() as con:
+        with ledger._cursor() as con:
+            if bucket is not None:
                 con.execute("INSERT INTO ledger_meta VALUES ('objects_url', ?)", [bucket.url])
+            if docs is not None:
+                con.execute("INSERT INTO ledger_meta VALUES ('documents_url', ?)", [docs.url])
+        ledger._document_store = None
         return ledger
 
     @classmethod
@@ -403,7 +442,8 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
         """Make ``con``'s ``documents`` view, then refuse it every file but the Parquet document
         files (so a query can read the view, and nothing else on the disk)."""
         self._documents_view(con)
-        con.execute(f"SET allowed_directories = [{_sql_string(str(self.documents_path) + os.sep)}]")
+        places = {str(self.documents_path) + os.sep, self._document_store_on(con).where}
+        con.execute(f"SET allowed_directories = [{', '.join(_sql_string(p) for p in sorted(places))}]")
         con.execute("SET enable_external_access = false")
 
     @contextlib.contextmanager
@@ -471,10 +511,12 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
             return -1
         good: dict[str, list[str]] = {}
         broken: dict[str, str] = {}  # path -> problem
+        store = self._document_store_on(con)
+        files = [f for f in files if f[0] not in skip]
+        found = store.sizes([path for path, _, _ in files])
+        store.register(con, [path for path, _, _ in files])
         for path, dataset_id, size in files:
-            if path in skip:
-                continue
-            problem = _file_problem(self.root / path, size)
+            problem = _file_problem(found[path], size)
             if problem is None:
                 good.setdefault(dataset_id, []).append(path)
             else:
@@ -488,7 +530,7 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
             for paths in good.values():
                 for path in list(paths):
                     try:
-                        con.execute(f"SELECT 1 FROM read_parquet({_sql_string(str(self.root / path))}) LIMIT 0")
+                        con.execute(f"SELECT 1 FROM read_parquet({_sql_string(store.location(path))}) LIMIT 0")
                     except duckdb.Error as exc:
                         paths.remove(path)
                         broken[path] = f"unreadable as Parquet ({str(exc).splitlines()[0]})"
@@ -500,7 +542,8 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
         """The statement that makes the documents view of the files ``good`` (per dataset), with a
         stand-in row that raises for each of ``broken`` (path -> problem)."""
         parts = [f"SELECT * FROM {self.documents_table(con)}"]
-        quoted = {d: [_sql_string(str(self.root / p)) for p in paths] for d, paths in good.items()}
+        store = self._document_store_on(con)
+        quoted = {d: [_sql_string(store.location(p)) for p in paths] for d, paths in good.items()}
         if len(quoted) <= _DATASET_BRANCHES:  # the dataset as a constant: a query of another skips its files
             for dataset_id, paths in quoted.items():
                 parts.append(f"SELECT doc_id, {_sql_string(dataset_id)} AS dataset_id, {_OTHER_COLUMNS} "
@@ -510,7 +553,7 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
             parts.append(f"SELECT {DOCUMENT_COLUMNS} FROM read_parquet([{', '.join(paths)}])")
         owner = {path: dataset_id for path, dataset_id, _ in files}
         for path, problem in broken.items():
-            message = (f"the Parquet document file {self.root / path} of dataset {owner[path]} is {problem}; restore "
+            message = (f"the Parquet document file {store.location(path)} of dataset {owner[path]} is {problem}; restore "
                        "it from a backup of the ledger (`prov verify` lists every damaged file)")
             parts.append(f"SELECT NULL::BIGINT, {_sql_string(owner[path])}, {_BROKEN_ROW} "
                          f"FROM range(1) WHERE error({_sql_string(message)}) IS NULL")
@@ -556,7 +599,9 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
         """A :class:`LedgerDamagedError` naming the file and the recovery step when ``exc`` says
         the database file is truncated or corrupt (else None: some other failure)."""
         message = str(exc)
-        if str(self.documents_path) in message:  # a Parquet document file: missing, cut or not Parquet
+        docs = getattr(self, "_document_store", None)
+        if str(self.documents_path) in message or (docs is not None and docs.url and docs.url in message):
+            # a Parquet document file: missing, cut or not Parquet
             first = message.splitlines()[0]
             return LedgerDamagedError(re.sub(r"^[A-Za-z ]*Error: ", "", first) if "restore it" in first else
                                       f"a Parquet document file of the ledger cannot be read ({first}); restore it "
@@ -606,7 +651,8 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
                 with contextlib.suppress(Exception):
                     con.execute("ROLLBACK")
                 for folder in writer.new_folders:  # Parquet document files the rollback dropped
-                    shutil.rmtree(folder, ignore_errors=True)
+                    with contextlib.suppress(Exception):
+                        self.document_store.remove_folder(folder)
                 raise
             else:
                 pending = WRITE_KEY.get()

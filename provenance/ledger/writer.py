@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 from provenance.errors import (
     InvalidParameterError,
 )
-from provenance.files import fsync_folder, xxh3_file
+from provenance.files import xxh3_file
 from provenance.fingerprints import FingerprintConfig
-from provenance.ledger._common import DOCUMENTS_DIR, TMP_DIR, _dataset_from_row, _now, quote_identifier, unregister
+from provenance.ledger._common import TMP_DIR, _dataset_from_row, _now, quote_identifier, unregister
 from provenance.ledger.audit_sql import AuditWrites
 from provenance.records import (
     DatasetRecord,
@@ -81,7 +81,7 @@ class LedgerWriter(AuditWrites):
         self._table = store.documents_table(con) if store is not None else "documents"
         self.documents_as = "auto"  # where a registration keeps its rows (DOCUMENTS_AS)
         self.parquet_threshold = PARQUET_THRESHOLD
-        self.new_folders: list[Path] = []  # Parquet document folders this transaction made
+        self.new_folders: list[str] = []  # Parquet document folders this transaction made (paths or URLs)
         self._copies: list[tuple[ShardRecord, str, int, int]] | None = None  # copies waiting for the stage
 
     def latest_dataset(self, name: str) -> DatasetRecord | None:
@@ -136,28 +136,29 @@ class LedgerWriter(AuditWrites):
             self._con.execute(
                 f"COPY (SELECT {_DOCUMENT_CASTS} FROM ({select})) TO '{target}' "
                 "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 16384, FILE_SIZE_BYTES '256MB')", params).fetchall()
-        self._list_document_files(tmp, dataset_id,
-                                  self._store.root / DOCUMENTS_DIR / name / f"v{version}-{uuid.uuid4().hex[:8]}")
+        self._list_document_files(tmp, dataset_id, name, f"v{version}-{uuid.uuid4().hex[:8]}")
 
-    def _list_document_files(self, tmp: Path, dataset_id: str, final: Path) -> None:
-        """Sync and hash the Parquet files in ``tmp``, rename it to ``final`` and list them in
-        ``document_files``. The folder is removed if the transaction rolls back; one left by a
-        process killed before its commit is listed by ``prov gc``."""
+    def _list_document_files(self, tmp: Path, dataset_id: str, name: str, tag: str) -> None:
+        """Sync and hash the Parquet files in ``tmp``, put them in place as the folder
+        ``NAME/TAG`` of the ledger's document store (renamed, or uploaded to its bucket) and list
+        them in ``document_files``. The folder is removed if the transaction rolls back; one left
+        by a process killed before its commit is listed by ``prov gc``."""
         pattern = (tmp / "*.parquet").as_posix()
         counts = {Path(f).name: (int(n), lo, hi) for f, n, lo, hi in self._con.execute(
             "SELECT filename, count(*), min(doc_id), max(doc_id) FROM read_parquet(?, filename = true) GROUP BY 1",
             [pattern]).fetchall()}
-        root = self._store.root
-        final.parent.mkdir(parents=True, exist_ok=True)
+        store = self._store.document_store
+        local = store.url is None
+        files = {f.name: (f.stat().st_size, xxh3_file(f, sync=local)) for f in sorted(tmp.iterdir())}
+        folder, published = store.publish(tmp, name, tag)
+        self.new_folders.append(folder)
+        store.finish(tmp)
         rows = []
-        for f in sorted(tmp.iterdir()):
+        for f, path in published:
             n, lo, hi = counts.get(f.name, (0, None, None))
-            rows.append({"path": (final / f.name).relative_to(root).as_posix(), "dataset_id": dataset_id,
-                         "n_rows": n, "n_bytes": f.stat().st_size, "xxh3_128": xxh3_file(f, sync=True),
+            size, digest = files[f.name]
+            rows.append({"path": path, "dataset_id": dataset_id, "n_rows": n, "n_bytes": size, "xxh3_128": digest,
                          "first_doc_id": lo, "last_doc_id": hi, "created_at": _now()})
-        os.rename(tmp, final)
-        self.new_folders.append(final)
-        fsync_folder(final.parent)
         self._insert("document_files", pa.Table.from_pylist(rows, schema=pa.schema([
             ("path", pa.string()), ("dataset_id", pa.string()), ("n_rows", pa.int64()), ("n_bytes", pa.int64()),
             ("xxh3_128", pa.string()), ("first_doc_id", pa.int64()), ("last_doc_id", pa.int64()),

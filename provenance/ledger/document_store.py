@@ -1,0 +1,203 @@
+"""Where a ledger's Parquet document files live: ``.prov/documents/`` (the default) or a bucket
+prefix chosen at ``prov init --documents s3://bucket/prefix``.
+
+A file's row in ``document_files`` holds its ``path``: relative to the ledger folder for a local
+file (``documents/NAME/vVERSION-TAG/data_N.parquet``), the whole URL for one in a bucket
+(``s3://bucket/prefix/NAME/vVERSION-TAG/data_N.parquet``), so that each row says where its bytes
+are whatever the ledger's setting is later. DuckDB reads bucket files through the same Arrow S3
+client as every other object read (:mod:`provenance.sources.urls`), handed to it as an fsspec
+file system (``register_filesystem``): no DuckDB extension is needed.
+
+A registration writes its files in a staging folder, hashes them (xxh3-128), and then either
+renames the folder into place or uploads each file (an upload is atomic: a file is whole or
+absent); the folder is removed again if the transaction rolls back, and one left by a process
+killed before its commit is listed by ``prov gc``.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.fs as pafs
+import xxhash
+
+from provenance.errors import InvalidParameterError, ObjectWriteError
+from provenance.files import fsync_folder, xxh3_file
+from provenance.ledger._common import DOCUMENTS_DIR
+
+_ARROW_ERRORS = (OSError, pa.ArrowException)
+
+
+def _why(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+class DocumentStore:
+    """The Parquet document files of the ledger at ``root``, in its folder or under ``url``."""
+
+    def __init__(self, root: Path, url: str | None = None):
+        self.root, self.url = root, url
+        self.fs: pafs.FileSystem | None = None
+        if url is not None:
+            from provenance.sources.urls import filesystem, is_url, split_url
+
+            if not is_url(url):
+                raise InvalidParameterError(f"document store {url!r} is not a URL such as s3://bucket/prefix")
+            self.scheme, self.prefix = split_url(url)
+            self.url = f"{self.scheme}://{self.prefix}"
+            self.fs = filesystem(self.scheme)
+
+    @property
+    def where(self) -> str:
+        """The folder or prefix new files go to (for messages and ``allowed_directories``)."""
+        return self.url + "/" if self.url else str(self.root / DOCUMENTS_DIR) + os.sep
+
+    @staticmethod
+    def is_url(path: str) -> bool:
+        return "://" in path
+
+    def location(self, path: str) -> str:
+        """Where the file whose row says ``path`` is: its URL, or its path on this machine."""
+        return path if self.is_url(path) else str(self.root / path)
+
+    def _key(self, path: str) -> str:
+        return path.split("://", 1)[1]
+
+    def _fs_of(self, path: str) -> pafs.FileSystem:
+        if self.fs is not None:
+            return self.fs
+        from provenance.sources.urls import filesystem, split_url
+
+        return filesystem(split_url(path)[0])
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def register(self, con: duckdb.DuckDBPyConnection, paths: list[str]) -> None:
+        """Let DuckDB read the bucket files among ``paths`` (once per database instance)."""
+        schemes = {p.split("://", 1)[0] for p in paths if self.is_url(p)}
+        if not schemes:
+            return
+        from fsspec.implementations.arrow import ArrowFSWrapper
+
+        have = set(con.list_filesystems())
+        for scheme in sorted(schemes - have):
+            wrapper = type(f"Arrow_{scheme}", (ArrowFSWrapper,), {"protocol": scheme})
+            try:
+                con.register_filesystem(wrapper(self._fs_of(f"{scheme}://x/x")))
+            except duckdb.InvalidInputException:  # registered meanwhile by another connection
+                pass
+
+    def sizes(self, paths: list[str]) -> dict[str, int | str | None]:
+        """Each file's size now: bytes, None when it is missing, or why it cannot be looked at.
+        Bucket files are looked up by one listing of each dataset folder, not one request each."""
+        found: dict[str, int | str | None] = {}
+        folders: dict[str, list[str]] = {}
+        for path in paths:
+            if self.is_url(path):
+                folders.setdefault(posixpath.dirname(path), []).append(path)
+                continue
+            try:
+                found[path] = os.stat(self.root / path).st_size
+            except FileNotFoundError:
+                found[path] = None
+            except OSError as exc:
+                found[path] = f"unreadable ({exc.strerror})"
+        for folder, inside in folders.items():
+            fs = self._fs_of(folder)
+            try:
+                listed = {i.path: i.size for i in fs.get_file_info(
+                    pafs.FileSelector(self._key(folder), allow_not_found=True)) if i.type == pafs.FileType.File}
+            except _ARROW_ERRORS as exc:
+                found.update({p: f"unreadable ({_why(exc)})" for p in inside})
+                continue
+            found.update({p: listed.get(self._key(p)) for p in inside})
+        return found
+
+    def hash(self, path: str) -> str:
+        """The xxh3-128 of the file's bytes as they are now (downloaded for a bucket file)."""
+        if not self.is_url(path):
+            return xxh3_file(self.root / path)
+        digest = xxhash.xxh3_128()
+        with self._fs_of(path).open_input_stream(self._key(path), compression=None) as fh:
+            while chunk := fh.read(1 << 22):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def download(self, path: str, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        pafs.copy_files(self._key(path), str(target), source_filesystem=self._fs_of(path),
+                        destination_filesystem=pafs.LocalFileSystem())
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def publish(self, tmp: Path, name: str, tag: str) -> tuple[str, list[tuple[Path, str]]]:
+        """Put the synced, hashed files of the staging folder ``tmp`` in place as the folder
+        ``NAME/TAG``: renamed, or uploaded (then ``tmp`` removed). The folder's id (for
+        :meth:`remove_folder`) and each file with the path its row records."""
+        files = sorted(tmp.iterdir())
+        if self.url is None:
+            final = self.root / DOCUMENTS_DIR / name / tag
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(tmp, final)
+            fsync_folder(final.parent)
+            return str(final), [(final / f.name, (final / f.name).relative_to(self.root).as_posix()) for f in files]
+        folder = f"{self.url}/{name}/{tag}"
+        published = []
+        try:
+            for f in files:
+                url = f"{folder}/{f.name}"
+                with self.fs.open_output_stream(self._key(url), compression=None) as out, open(f, "rb") as src:
+                    while chunk := src.read(1 << 23):
+                        out.write(chunk)
+                published.append((f, url))
+        except BaseException as exc:  # a cut upload is completed by Arrow: remove what was sent
+            self.remove_folder(folder)
+            if isinstance(exc, _ARROW_ERRORS):
+                raise ObjectWriteError(f"cannot upload the Parquet document files to {folder}: {_why(exc)}",
+                                       folder) from None
+            raise
+        return folder, published
+
+    def finish(self, tmp: Path) -> None:
+        """Remove what :meth:`publish` left in staging (uploaded files' local copies)."""
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def remove_folder(self, folder: str) -> None:
+        """Remove a published folder (a rollback, ``prov gc --apply``)."""
+        if not self.is_url(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            return
+        fs = self._fs_of(folder)
+        try:
+            fs.delete_dir(self._key(folder))
+        except FileNotFoundError:
+            pass
+        except _ARROW_ERRORS:  # some object stores refuse delete_dir on a "directory" that is a prefix
+            for info in fs.get_file_info(pafs.FileSelector(self._key(folder), recursive=True, allow_not_found=True)):
+                if info.type == pafs.FileType.File:
+                    fs.delete_file(info.path)
+
+    def folders(self) -> dict[str, int]:
+        """Every published folder (``NAME/TAG``, by its id) with its bytes, in this store."""
+        if self.url is None:
+            base = self.root / DOCUMENTS_DIR
+            if not base.is_dir():
+                return {}
+            return {str(d): sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+                    for name in sorted(base.iterdir()) if name.is_dir() for d in sorted(name.iterdir()) if d.is_dir()}
+        found: dict[str, int] = {}
+        for info in self.fs.get_file_info(pafs.FileSelector(self.prefix, recursive=True, allow_not_found=True)):
+            parts = posixpath.relpath(info.path, self.prefix).split("/")
+            if info.type == pafs.FileType.File and len(parts) == 3 and not parts[0].startswith("."):
+                folder = f"{self.url}/{parts[0]}/{parts[1]}"
+                found[folder] = found.get(folder, 0) + info.size
+        return dict(sorted(found.items()))
+
+    def folder_of(self, path: str) -> str:
+        """The folder id of the file whose row says ``path``."""
+        return posixpath.dirname(path) if self.is_url(path) else str((self.root / path).parent)
