@@ -9,7 +9,9 @@ each run in a fresh subprocess with a fresh ledger (so its peak RSS is its own):
   ``parquet``: the staged file renamed into ``.prov/documents/`` (it holds exactly the columns of
   ``documents``), synced and hashed (xxh3-128); ``copy``: the path of Ray actors' parts and of
   rows copied from an earlier version, DuckDB's ``COPY`` to zstd Parquet files on all threads,
-  then synced and hashed. Timed around ``LedgerWriter._put_documents`` alone (the staging
+  then synced and hashed; ``bucket``: as ``parquet``, then uploaded to a ledger made with
+  ``--documents s3://...`` (a local S3 API server, moto's server mode on 127.0.0.1, which the
+  queries then read through). Timed around ``LedgerWriter._put_documents`` alone (the staging
   before it is the same in both arms), and the whole registration transaction.
 - **size**: the database file after a checkpoint, and the Parquet files.
 - **queries**, on the ledger just written, in the same process: a fresh ``Ledger.open`` (which
@@ -22,6 +24,7 @@ Usage: ``.venv/bin/python benchmarks/parquet_documents.py [--docs 1000000] [--ro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -46,7 +49,7 @@ if arm == "copy":  # the path of Ray parts and copied shards: DuckDB's COPY rewr
     writer_module.DOCUMENT_SCHEMA = None
 
 sig, _ = signatures(docs, 0.05, seed=0)
-ledger = Ledger.init(root)
+ledger = Ledger.init(root) if arm != "bucket" else Ledger.init(root, documents=sys.argv[5])
 put = []
 original = writer_module.LedgerWriter._put_documents
 def timed(self, *args, **kwargs):
@@ -87,8 +90,8 @@ print(json.dumps({"put": sum(put), "register": register, "db_bytes": db_bytes, "
 
 
 def run(arm: str, docs: int, tmp: Path, round_: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(tmp / f"{arm}-{round_}"), arm, str(docs), str(ROOT)],
-                         capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", CHILD, str(tmp / f"{arm}-{round_}"), arm, str(docs), str(ROOT),
+                          f"s3://bench/{arm}-{round_}/documents"], capture_output=True, text=True)
     if out.returncode:
         sys.exit(f"the {arm} run failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -98,11 +101,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--docs", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--arms", nargs="+", choices=["table", "parquet", "copy"], default=["table", "parquet", "copy"])
+    parser.add_argument("--arms", nargs="+", choices=["table", "parquet", "copy", "bucket"],
+                        default=["table", "parquet", "copy"])
     args = parser.parse_args()
     DATA.mkdir(exist_ok=True)
     results: dict[str, list[dict]] = {arm: [] for arm in args.arms}
-    with tempfile.TemporaryDirectory(prefix="bench-parquet-docs-", dir=DATA) as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-parquet-docs-", dir=DATA))
+        if "bucket" in args.arms:  # a local S3 API server; the children inherit its settings
+            sys.path.insert(0, str(ROOT))
+            from tests import s3server
+
+            stack.enter_context(s3server.running(Path(tmp) / "moto")).bucket("bench")
         for round_ in range(args.rounds):
             for arm in (args.arms if round_ % 2 == 0 else args.arms[::-1]):
                 r = run(arm, args.docs, Path(tmp), round_)

@@ -608,7 +608,7 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
                                       "from a backup of the ledger (`prov verify` lists every damaged file)")
         lowered = message.lower()
         if (any(sign in lowered for sign in self._PARQUET_SIGNS) and ".parquet" not in lowered
-                and self.documents_path.is_dir()):
+                and (self.documents_path.is_dir() or (docs is not None and docs.url))):
             return LedgerDamagedError(
                 f"a Parquet document file of the ledger cannot be read ({message.splitlines()[0]}); "
                 "`prov verify --objects` finds which, then restore it from a backup of the ledger")
