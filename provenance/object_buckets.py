@@ -6,7 +6,7 @@ The layout is the local store's (:mod:`provenance.objects`) under the prefix:
 dtype, shape and bytes; a ``PREFIX/.provenance-ledger`` object names the ledger that owns the
 prefix, so that two ledgers never share one (``prov gc`` of one would remove the other's objects).
 Objects are read and written through Arrow's file systems, with the settings sources use
-(:mod:`provenance.sources.urls`: the standard AWS variables, ``AWS_ENDPOINT_URL_S3`` for an
+(:mod:`provenance.buckets`: the standard AWS variables, ``AWS_ENDPOINT_URL_S3`` for an
 S3-compatible server), or fsspec for other schemes.
 
 What differs from a folder, and how the store keeps the same promises:
@@ -40,9 +40,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import torch
 
+from provenance.buckets import filesystem, is_url, split_url
 from provenance.errors import InvalidParameterError, ObjectCorruptError, ObjectMissingError, ObjectWriteError
 from provenance.objects import _KEY, BackgroundWriter, ObjectRef, _dtype_name, address_of, header_problem, unstorable
-from provenance.sources.urls import filesystem, is_url, split_url
 from provenance.tensorfile import file_bytes, header, tensors_in
 
 MARKER = ".provenance-ledger"  # the object naming the ledger that owns a prefix

@@ -475,3 +475,34 @@ def test_init_documents_on_the_command_line_and_its_refusals(s3, tmp_path):
     with pytest.raises(InvalidParameterError, match="the same prefix"):
         Ledger.init(tmp_path / "r", objects="s3://models/same", documents="s3://models/same/")
     assert not (tmp_path / "q" / ".prov").exists() and not (tmp_path / "r" / ".prov").exists()
+
+
+def test_duckdb_s_threads_read_a_shared_bucket_file_at_their_own_positions(s3):
+    """DuckDB's threads share one handle per file and read it as seek, then read (two calls);
+    on a plain file object those interleave and hand one thread another's bytes (seen as
+    "TProtocolException: Invalid data" on a 37 MB file). The handle the ledger gives DuckDB keeps
+    a position per thread and reads at it."""
+    import threading
+
+    from provenance.ledger.document_store import _read_at_wrapper
+
+    data = bytes(range(256)) * 4096  # 1 MiB: the byte at i is i % 256
+    s3.put("models/positional.bin", data)
+    handle = _read_at_wrapper()(s3.fs).open("models/positional.bin", "rb")
+    barrier = threading.Barrier(2)
+    got: dict[int, bytes] = {}
+
+    def reader(offset: int) -> None:
+        handle.seek(offset)
+        barrier.wait()  # both have sought before either reads
+        got[offset] = handle.read(16)
+
+    threads = [threading.Thread(target=reader, args=(o,)) for o in (1000, 500_001)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == {1000: data[1000:1016], 500_001: data[500_001:500_017]}
+    handle.seek(-4, 2)
+    assert handle.read() == data[-4:] and handle.tell() == len(data)
+    handle.close()

@@ -5,7 +5,7 @@ A file's row in ``document_files`` holds its ``path``: relative to the ledger fo
 file (``documents/NAME/vVERSION-TAG/data_N.parquet``), the whole URL for one in a bucket
 (``s3://bucket/prefix/NAME/vVERSION-TAG/data_N.parquet``), so that each row says where its bytes
 are whatever the ledger's setting is later. DuckDB reads bucket files through the same Arrow S3
-client as every other object read (:mod:`provenance.sources.urls`), handed to it as an fsspec
+client as every other object read (:mod:`provenance.buckets`), handed to it as an fsspec
 file system (``register_filesystem``): no DuckDB extension is needed.
 
 A registration writes its files in a staging folder, hashes them (xxh3-128), and then either
@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import posixpath
 import shutil
+import threading
 from pathlib import Path
 
 import duckdb
@@ -44,7 +45,7 @@ class DocumentStore:
         self.root, self.url = root, url
         self.fs: pafs.FileSystem | None = None
         if url is not None:
-            from provenance.sources.urls import filesystem, is_url, split_url
+            from provenance.buckets import filesystem, is_url, split_url
 
             if not is_url(url):
                 raise InvalidParameterError(f"document store {url!r} is not a URL such as s3://bucket/prefix")
@@ -71,7 +72,7 @@ class DocumentStore:
     def _fs_of(self, path: str) -> pafs.FileSystem:
         if self.fs is not None:
             return self.fs
-        from provenance.sources.urls import filesystem, split_url
+        from provenance.buckets import filesystem, split_url
 
         return filesystem(split_url(path)[0])
 
@@ -82,11 +83,9 @@ class DocumentStore:
         schemes = {p.split("://", 1)[0] for p in paths if self.is_url(p)}
         if not schemes:
             return
-        from fsspec.implementations.arrow import ArrowFSWrapper
-
         have = set(con.list_filesystems())
         for scheme in sorted(schemes - have):
-            wrapper = type(f"Arrow_{scheme}", (ArrowFSWrapper,), {"protocol": scheme})
+            wrapper = type(f"Arrow_{scheme}", (_read_at_wrapper(),), {"protocol": scheme})
             try:
                 con.register_filesystem(wrapper(self._fs_of(f"{scheme}://x/x")))
             except duckdb.InvalidInputException:  # registered meanwhile by another connection
@@ -201,3 +200,70 @@ class DocumentStore:
     def folder_of(self, path: str) -> str:
         """The folder id of the file whose row says ``path``."""
         return posixpath.dirname(path) if self.is_url(path) else str((self.root / path).parent)
+
+
+def _read_at_wrapper() -> type:
+    from fsspec.implementations.arrow import ArrowFSWrapper
+
+    class ReadAt(ArrowFSWrapper):
+        """An Arrow file system as fsspec's, whose read-only files read at a position of each
+        thread's own: DuckDB's threads share one handle per file and read it as seek-then-read,
+        two calls apart, which on a plain file object interleave (and the Parquet decoder then
+        gets another thread's bytes: seen as "TProtocolException: Invalid data")."""
+
+        def _open(self, path, mode="rb", block_size=None, seekable=True, **kwargs):
+            if mode != "rb":
+                return super()._open(path, mode, block_size, seekable, **kwargs)
+            return _PositionalFile(self.fs.open_input_file(path), path)
+
+    return ReadAt
+
+
+class _PositionalFile:
+    """A read-only file of an Arrow random-access file: ``seek`` and ``read`` act on a
+    position of the calling thread's own, and each read is a positional read (``read_at``)."""
+
+    def __init__(self, handle: pa.NativeFile, path: str):
+        self._handle, self.path, self._size = handle, path, handle.size()
+        self._local = threading.local()
+        self.closed = False
+
+    def _pos(self) -> int:
+        return getattr(self._local, "pos", 0)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos(), 2: self._size}[whence]
+        self._local.pos = max(0, base + offset)
+        return self._local.pos
+
+    def tell(self) -> int:
+        return self._pos()
+
+    def read(self, n: int = -1) -> bytes:
+        pos = self._pos()
+        n = self._size - pos if n is None or n < 0 else min(n, max(self._size - pos, 0))
+        data = self._handle.read_at(n, pos) if n > 0 else b""
+        self._local.pos = pos + len(data)
+        return data
+
+    def size(self) -> int:
+        return self._size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
+        self._handle.close()
+
+    def __enter__(self) -> _PositionalFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -16,76 +16,17 @@ cut short) between being hashed and being read fails the registration, naming it
 from __future__ import annotations
 
 import fnmatch
-import os
 import posixpath
 import re
-from functools import lru_cache
-from typing import Any
-from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from provenance.buckets import filesystem, is_url, split_url  # noqa: F401 (is_url: re-exported)
 from provenance.errors import SourceError
 from provenance.sources.base import _unknown_type, file_format
 
-_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _GLOB = re.compile(r"[*?\[]")
-
-
-def is_url(spec: Any) -> bool:
-    """Whether ``spec`` is a URL of a file system other than the local one (``file://`` is local)."""
-    return isinstance(spec, str) and bool(_URL.match(spec)) and not spec.startswith("file://")
-
-
-def split_url(url: str) -> tuple[str, str]:
-    """``(scheme, path)``: ``s3://bucket/a/b`` gives ``("s3", "bucket/a/b")``."""
-    parts = urlsplit(url)
-    if parts.query or parts.fragment:
-        raise SourceError(f"{url}: a source URL takes no query or fragment; set the file system's options in its "
-                          "environment (for S3: AWS_ENDPOINT_URL_S3, AWS_REGION and the credentials)")
-    if not parts.netloc:
-        raise SourceError(f"{url}: no bucket (or host) in the URL")
-    if "@" in parts.netloc:  # a shard's URL is stored in the ledger: it must not hold a secret
-        raise SourceError(f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[1]}{parts.path}: credentials in a source URL "
-                          "are refused (the URL is stored with the shard); set them in the environment or ~/.aws")
-    return parts.scheme.lower(), (parts.netloc + parts.path).rstrip("/")
-
-
-def filesystem(scheme: str, *, delayed_open: bool = False) -> pafs.FileSystem:
-    """The file system for URLs of ``scheme``, made once per process and settings.
-    ``delayed_open`` (S3): a write opens nothing until it is closed, so that a small object is
-    one ``PutObject`` instead of a multipart upload's three requests (the object store's
-    writes; a missing bucket is then reported by the close)."""
-    if scheme in ("s3", "s3a"):
-        env = os.environ
-        return _s3(env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"),
-                   env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1", delayed_open)
-    return _fsspec(scheme)
-
-
-@lru_cache(maxsize=8)
-def _s3(endpoint: str | None, region: str, delayed_open: bool = False) -> pafs.FileSystem:
-    options: dict[str, Any] = {"region": region, "connect_timeout": 10, "request_timeout": 60,
-                               "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3),
-                               "allow_delayed_open": delayed_open}
-    if endpoint:
-        parts = urlsplit(endpoint)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise SourceError(f"AWS_ENDPOINT_URL {endpoint!r} is not an http:// or https:// address")
-        options.update(endpoint_override=parts.netloc + parts.path.rstrip("/"), scheme=parts.scheme)
-    return pafs.S3FileSystem(**options)
-
-
-@lru_cache(maxsize=8)
-def _fsspec(scheme: str) -> pafs.FileSystem:
-    try:
-        import fsspec
-
-        fs = fsspec.filesystem(scheme)
-    except (ImportError, ValueError) as exc:
-        raise SourceError(f"{scheme}:// sources need a file system for {scheme!r}: {exc}") from None
-    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 
 
 def _describe(exc: BaseException) -> str:
