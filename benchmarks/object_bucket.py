@@ -116,7 +116,7 @@ def main() -> None:
                     rows.append({"state": label, "tensors": len(state), "MiB": round(nbytes / 2**20, 1), "op": op,
                                  "arm": arm, "median_s": round(s, 3), "MB_s": round(nbytes / s / 1e6, 1),
                                  "speed_vs_baseline": round(base / s, 2), "runs": [round(x, 3) for x in times[f"{arm} {op}"]]})
-    print(f"{'state':8} {'op':9} {'arm':20} {'median s':>9} {'MB/s':>8} {'vs save_file+upload':>20}")
+    print(f"{'state':8} {'op':9} {'arm':20} {'median s':>9} {'MB/s':>8} {'speed vs boto3':>18}")
     for r in rows:
         print(f"{r['state']:8} {r['op']:9} {r['arm']:20} {r['median_s']:9.3f} {r['MB_s']:8.1f} {r['speed_vs_baseline']:18.2f}")
     if args.json:
