@@ -42,7 +42,16 @@ import torch
 
 from provenance.buckets import filesystem, is_url, split_url
 from provenance.errors import InvalidParameterError, ObjectCorruptError, ObjectMissingError, ObjectWriteError
-from provenance.objects import _KEY, BackgroundWriter, ObjectRef, _dtype_name, address_of, header_problem, unstorable
+from provenance.objects import (
+    _KEY,
+    BackgroundWriter,
+    ObjectRef,
+    _dtype_name,
+    address_of,
+    header_problem,
+    read_problem,
+    unstorable,
+)
 from provenance.tensorfile import file_bytes, header, tensors_in
 
 MARKER = ".provenance-ledger"  # the object naming the ledger that owns a prefix
@@ -287,15 +296,7 @@ class BucketObjectStore:
                 problem = header_problem(where, info.size, fh.read_at(min(8, info.size), 0), read)
         except _ARROW_ERRORS as exc:
             return "missing", f"{where}: unreadable ({_why(exc)})"
-        if problem is not None or not rehash:
-            return problem
-        try:
-            self.get(address)
-        except ObjectMissingError as exc:
-            return "missing", str(exc)
-        except ObjectCorruptError as exc:
-            return "corrupt", str(exc)
-        return None
+        return problem or (read_problem(self, address) if rehash else None)
 
     def quarantine(self, address: str, folder: Path) -> str | None:
         """Move a damaged object to ``PREFIX/quarantine/`` (``folder``, the ledger's local

@@ -228,16 +228,7 @@ class ObjectStore:
                 problem = header_problem(str(path), size, fh.read(8), fh.read)
         except OSError as exc:
             return "corrupt", f"{path}: unreadable ({exc})"
-        return problem or (self._rehash(address) if rehash else None)
-
-    def _rehash(self, address: str) -> tuple[str, str] | None:
-        try:
-            self.get(address)
-        except ObjectMissingError as exc:
-            return "missing", str(exc)
-        except ObjectCorruptError as exc:
-            return "corrupt", str(exc)
-        return None
+        return problem or (read_problem(self, address) if rehash else None)
 
     def quarantine(self, address: str, folder: Path) -> str | None:
         """Move a damaged object into ``folder`` (the ledger's quarantine); where it went, None
@@ -251,6 +242,17 @@ class ObjectStore:
         fsync_folder(folder)
         fsync_folder(path.parent)
         return str(target)
+
+
+def read_problem(store: Any, address: str) -> tuple[str, str] | None:
+    """``(problem, detail)`` when ``store.get(address)`` (which re-hashes) refuses the object."""
+    try:
+        store.get(address)
+    except ObjectMissingError as exc:
+        return "missing", str(exc)
+    except ObjectCorruptError as exc:
+        return "corrupt", str(exc)
+    return None
 
 
 def header_problem(where: str, size: int, head: bytes, read: Callable[[int], bytes]) -> tuple[str, str] | None:
