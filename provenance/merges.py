@@ -37,6 +37,7 @@ from provenance import merge as methods
 from provenance.errors import InvalidParameterError
 from provenance.history import History, materialize, numel
 from provenance.kernels.dispatch import pick
+from provenance.kernels.merge import FLOAT_DTYPES
 from provenance.kernels.merge_patches import merge_patches
 from provenance.kernels.patch import apply_chain
 from provenance.ledger import LedgerStore
@@ -151,11 +152,12 @@ def merge(
         base_id = _base(ledger, inputs, base) if how.needs_base else None
         history, store = History(ledger), ledger.object_store()
         names = _common_names(history, inputs)
+        averaged = [n for n in names if n not in _kept_groups(history, ids[0], names)]
         if how.needs_fisher and fisher is not None:  # stored with each input, so the receipt can be re-run
-            for v, f in zip(inputs, _given_fishers(ledger, inputs, fisher, names)):
-                store_fisher(ledger, v, {n: f[n] for n in names}, meta={"source": "given to merge"})
-        fishers = _fisher_sources(ledger, inputs, names) if how.needs_fisher else None
-        norms = _norms(fishers, names) if how.needs_fisher and normalize else None
+            for v, f in zip(inputs, _given_fishers(ledger, inputs, fisher, averaged)):
+                store_fisher(ledger, v, {n: f[n] for n in averaged}, meta={"source": "given to merge"})
+        fishers = _fisher_sources(ledger, inputs, averaged) if how.needs_fisher else None
+        norms = _norms(fishers, averaged) if how.needs_fisher and normalize else None
         params, receipt_params, kernel = _merge_groups(history, store, ids, names, method, fishers, lam, eps, norms,
                                                        density, base_id, device, progress)
         created = datetime.now(timezone.utc).replace(tzinfo=None)
@@ -186,10 +188,15 @@ def _merge_groups(history, store, ids, names, method, fishers, lam, eps, norms, 
     params, receipt_params, kernel = [], {}, None
     if progress is not None:
         progress.start("merge", None)
+    kept = _kept_groups(history, ids[0], names)
     with BackgroundWriter(threads=store.writer_threads) as writer:
         for name in names:
-            direct = _patch_direct(history, store, ids, name, method, base_id)
-            if direct is not None:  # patches of one parent: never materialise the inputs
+            direct = _patch_direct(history, store, ids, name, method, base_id) if name not in kept else None
+            if name in kept:  # integers, booleans, FP8: not averaged, kept when every input agrees
+                thetas = [materialize(history, store, vid, name)[0] for vid in ids]
+                merged, fisher_objects = _kept_value(name, thetas, ids), None
+                first, input_addresses = thetas[0], [address_of(t) for t in thetas]
+            elif direct is not None:  # patches of one parent: never materialise the inputs
                 merged, fisher_objects, first = _merge_direct(direct, method, name, fishers, lam, eps, norms, device)
                 input_addresses = None
             else:
@@ -208,6 +215,26 @@ def _merge_groups(history, store, ids, names, method, fishers, lam, eps, norms, 
             if progress is not None:
                 progress.advance(merged.numel() * merged.element_size())
     return params, receipt_params, kernel
+
+
+def _kept_groups(history: History, vid: str, names: list[str]) -> set[str]:
+    """The groups whose dtype a merge does not average (integers, booleans, FP8): position ids,
+    step counters, masks. They are kept as they are when every input holds the same value."""
+    manifest = history.manifest(vid)
+    return {n for n in names if getattr(torch, manifest[n].dtype) not in FLOAT_DTYPES}
+
+
+def _kept_value(name: str, thetas: list[torch.Tensor], ids: list[str]) -> torch.Tensor:
+    """The value of a group that is not averaged: the inputs' one value, bit for bit; refused,
+    naming the group and two inputs that differ, when they do not agree."""
+    first = thetas[0].contiguous().view(torch.uint8)
+    for vid, t in zip(ids[1:], thetas[1:]):
+        if not torch.equal(first, t.contiguous().view(torch.uint8)):
+            raise InvalidParameterError(
+                f"parameter {name!r} is {str(t.dtype).removeprefix('torch.')}, which a merge does not average, and "
+                f"it differs between {ids[0][:12]} and {vid[:12]}: make the inputs agree on it (it is kept as it is "
+                "when they do)")
+    return thetas[0]
 
 
 def _merge_group(method, name, thetas, fishers, lam, eps, norms, density, history, store, base_id,
@@ -418,14 +445,20 @@ def receipt_check(ledger: LedgerStore, version: str | VersionRecord) -> dict[str
     history, store = History(ledger), ledger.object_store()
     names = sorted(recorded)
     how = methods.get(method)
-    fishers = _fisher_sources(ledger, inputs, names) if how.needs_fisher else None
-    norms = _norms(fishers, names) if how.needs_fisher and receipt.normalize else None
+    kept = _kept_groups(history, ids[0], names)
+    averaged = [n for n in names if n not in kept]
+    fishers = _fisher_sources(ledger, inputs, averaged) if how.needs_fisher else None
+    norms = _norms(fishers, averaged) if how.needs_fisher and receipt.normalize else None
     out = {}
     for name in names:
         recorded_inputs = recorded[name].inputs  # None: merged directly from the inputs' patches
         direct = _patch_direct(history, store, ids, name, method, receipt.base_version) \
-            if recorded_inputs is None and device is not None else None
-        if direct is not None:  # on CUDA the direct path is the fused kernel's own rounding: re-run it
+            if recorded_inputs is None and device is not None and name not in kept else None
+        if name in kept:
+            thetas = [materialize(history, store, vid, name)[0] for vid in ids]
+            same_inputs = [address_of(t) for t in thetas] == recorded_inputs
+            merged, fisher_objects = _kept_value(name, thetas, ids), None
+        elif direct is not None:  # on CUDA the direct path is the fused kernel's own rounding: re-run it
             merged, fisher_objects, _ = _merge_direct(direct, method, name, fishers, lam, receipt.eps, norms,
                                                       device)
             same_inputs = True

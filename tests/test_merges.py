@@ -289,3 +289,34 @@ def test_merge_methods_come_from_a_registry_a_new_one_plugs_in(two):
         assert all(receipt_check(ledger, merged).values())
     finally:
         _REGISTRY.pop("max")
+
+
+def test_integer_and_boolean_groups_are_kept_when_the_inputs_agree(ledger):
+    """A checkpoint's buffers (BERT's int64 position_ids, a bool mask, an int step counter) are
+    not averaged: a merge keeps them bit for bit when every input holds the same value, and asks
+    for no Fisher of them; inputs that disagree are refused, naming the group."""
+    buffers = {"embeddings.position_ids": torch.arange(12).unsqueeze(0), "mask": torch.tensor([True, False, True]),
+               "steps": torch.tensor([300], dtype=torch.int32)}
+    base = ledger.commit({**_state(0), **buffers}, message="base")
+    a = ledger.commit({**_state(1), **buffers}, parent=base, message="a")
+    b = ledger.commit({**_state(2), **buffers}, parent=base, message="b")
+    fishers = [{n: torch.rand_like(t) + 0.1 for n, t in _state(s).items()} for s in (5, 6)]  # float groups only
+    for method, options in (("average", {}), ("fisher", {"fisher": fishers}), ("task_arithmetic", {}),
+                            ("ties", {})):
+        merged = ledger.merge([a, b], method=method, message=method, **options)
+        out = ledger.checkout(merged)
+        for name, value in buffers.items():
+            assert out[name].dtype == value.dtype and torch.equal(out[name], value), (method, name)
+        plain = ledger.merge([a, b], method=method, message=method, **options) if method == "average" else merged
+        assert same_bits(out["w"], ledger.checkout(plain)["w"])
+        assert receipt_check(ledger, merged) == {n: True for n in ("b", "w", *buffers)}, method
+    expected = merge_kernels.weighted_average([ledger.checkout(v)["w"] for v in (a, b)], [0.5, 0.5])
+    assert same_bits(ledger.checkout(ledger.merge([a, b], method="average", message="m"))["w"], expected)
+
+    counted = ledger.commit({**_state(3), **buffers, "steps": torch.tensor([301], dtype=torch.int32)}, parent=base,
+                            message="trained longer")
+    before = ledger.versions()
+    with pytest.raises(InvalidParameterError, match=f"'steps' is int32, which a merge does not average, and it "
+                                                    f"differs between {a.version_id[:12]} and {counted.version_id[:12]}"):
+        ledger.merge([a, counted], method="average", message="disagree")
+    assert ledger.versions() == before
