@@ -48,6 +48,7 @@ from provenance.objects import (
     ObjectRef,
     _dtype_name,
     address_of,
+    checked_tensor,
     header_problem,
     read_problem,
     unstorable,
@@ -193,14 +194,7 @@ class BucketObjectStore:
             raise ObjectMissingError(f"object {address} could not be read from {where}: {_why(exc)}") from None
         if got != len(buf):
             raise ObjectCorruptError(f"object {address} ({where}) ended after {got:,} of {len(buf):,} bytes")
-        try:
-            tensor = tensors_in(buf, where)[0][_KEY]
-        except (ValueError, KeyError) as exc:
-            raise ObjectCorruptError(f"object {address} ({where}) is not a readable safetensors file: {exc}") from None
-        actual = address_of(tensor)
-        if actual != address:
-            raise ObjectCorruptError(f"object {address} ({where}) is corrupt: its content hashes to {actual}")
-        return tensor
+        return checked_tensor(address, where, lambda: tensors_in(buf, where)[0])
 
     def prefetch(self, wanted: Iterable[tuple[str, int]]) -> None:
         """Download the objects ``wanted`` (``(address, bytes)``, in the order :meth:`get` will

@@ -168,16 +168,9 @@ class ObjectStore:
         """The tensor at ``address``; raises when it is missing or its bytes do not match."""
         path = self._file(address)
         try:
-            tensors, _ = read_tensors(path)
-            tensor = tensors[_KEY]
+            return checked_tensor(address, path, lambda: read_tensors(path)[0])
         except (FileNotFoundError, NotADirectoryError):
             raise ObjectMissingError(f"object {address} is missing from {self.root}") from None
-        except (ValueError, KeyError) as exc:
-            raise ObjectCorruptError(f"object {address} ({path}) is not a readable safetensors file: {exc}") from None
-        actual = address_of(tensor)
-        if actual != address:
-            raise ObjectCorruptError(f"object {address} ({path}) is corrupt: its content hashes to {actual}")
-        return tensor
 
     def addresses(self) -> Iterator[str]:
         """Every stored address (temporary files excluded)."""
@@ -201,7 +194,6 @@ class ObjectStore:
         except (FileNotFoundError, NotADirectoryError):
             return 0
         return size
-
 
     def location(self, address: str) -> str:
         """Where the object at ``address`` is (for messages)."""
@@ -242,6 +234,19 @@ class ObjectStore:
         fsync_folder(folder)
         fsync_folder(path.parent)
         return str(target)
+
+
+def checked_tensor(address: str, where: Any, read: Callable[[], dict[str, torch.Tensor]]) -> torch.Tensor:
+    """The object's tensor from ``read()`` (its safetensors file parsed), refused unless it
+    parses and hashes to ``address``; ``where`` names the file in the errors."""
+    try:
+        tensor = read()[_KEY]
+    except (ValueError, KeyError) as exc:
+        raise ObjectCorruptError(f"object {address} ({where}) is not a readable safetensors file: {exc}") from None
+    actual = address_of(tensor)
+    if actual != address:
+        raise ObjectCorruptError(f"object {address} ({where}) is corrupt: its content hashes to {actual}")
+    return tensor
 
 
 def read_problem(store: Any, address: str) -> tuple[str, str] | None:

@@ -253,9 +253,12 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
             self._objects_url = self._meta("objects_url")
         return self._objects_url
 
-    def _meta(self, key: str) -> str | None:
-        with self._cursor() as con:
-            row = con.execute("SELECT value FROM ledger_meta WHERE key = ?", [key]).fetchone()
+    def _meta(self, key: str, con: duckdb.DuckDBPyConnection | None = None) -> str | None:
+        """A setting of ``ledger_meta`` (read on ``con``, or on a cursor of this ledger)."""
+        if con is None:
+            with self._cursor() as con:
+                return self._meta(key, con)
+        row = con.execute("SELECT value FROM ledger_meta WHERE key = ?", [key]).fetchone()
         return row[0] if row else None
 
     @property
@@ -275,8 +278,7 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
     def _document_store_on(self, con: duckdb.DuckDBPyConnection) -> DocumentStore:
         """:attr:`document_store`, its setting read on ``con`` the first time."""
         if getattr(self, "_document_store", None) is None:
-            row = con.execute("SELECT value FROM ledger_meta WHERE key = 'documents_url'").fetchone()
-            self._document_store = DocumentStore(self.root, row[0] if row else None)
+            self._document_store = DocumentStore(self.root, self._meta("documents_url", con))
         return self._document_store
 
     def _objects_where(self) -> str:

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import xxhash
 
+from provenance.buckets import filesystem, is_url, split_url
 from provenance.errors import InvalidParameterError, ObjectWriteError
 from provenance.files import fsync_folder, xxh3_file
 from provenance.ledger._common import DOCUMENTS_DIR
@@ -45,8 +46,6 @@ class DocumentStore:
         self.root, self.url = root, url
         self.fs: pafs.FileSystem | None = None
         if url is not None:
-            from provenance.buckets import filesystem, is_url, split_url
-
             if not is_url(url):
                 raise InvalidParameterError(f"document store {url!r} is not a URL such as s3://bucket/prefix")
             self.scheme, self.prefix = split_url(url)
@@ -60,7 +59,8 @@ class DocumentStore:
 
     @staticmethod
     def is_url(path: str) -> bool:
-        return "://" in path
+        """Whether a row's ``path`` is a bucket URL (else relative to the ledger folder)."""
+        return is_url(path)
 
     def location(self, path: str) -> str:
         """Where the file whose row says ``path`` is: its URL, or its path on this machine."""
@@ -72,8 +72,6 @@ class DocumentStore:
     def _fs_of(self, path: str) -> pafs.FileSystem:
         if self.fs is not None:
             return self.fs
-        from provenance.buckets import filesystem, split_url
-
         return filesystem(split_url(path)[0])
 
     # -- reading -----------------------------------------------------------------------------
