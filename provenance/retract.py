@@ -1,0 +1,103 @@
+"""Retraction planning (issue 15, work in progress on branch ``retract-wip``): from the versions a
+target taints to what can be done for each.
+
+:func:`plan` takes the taint rows (:func:`provenance.lineage.taint`: per version, ``direct`` when
+its own run trained on the target, else ``via`` the tainted ancestor) and the version graph
+(:meth:`LedgerStore.version_graph`: parents, run, merge method and weights, tags) and returns one
+step per tainted version, oldest first:
+
+- ``remerge``: a merge some of whose inputs are tainted and some clean: merge the clean ones
+  again from the stored receipt, same method and Fishers; weights renormalised over the
+  remaining inputs for the methods whose weights are a convex combination (``average``,
+  ``fisher``), kept as recorded for those whose weights scale task vectors (``task_arithmetic``,
+  ``ties``), which the step says.
+- ``retrain``: a version trained directly on the target, or a merge with no clean input left.
+- ``rebase``: a version built on a tainted parent (a later patch): re-apply its stored patch onto
+  the parent's clean replacement (exact for the patch, approximate for the model); when the
+  parent itself needs retraining, the rebase waits for it (``after``).
+
+Not yet here (the rest of issue 15): executing the plan (``apply``), the retraction record and
+its table, ``prov dataset remove``, the proof audit, the gate's ``--deny-retracted``, the CLI, the
+service and the HTML report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+#: Merge methods whose weights are a convex combination of the inputs: dropping inputs
+#: renormalises the remaining weights to sum to what they summed to before.
+RENORMALISED = frozenset({"average", "fisher"})
+
+
+@dataclass
+class Step:
+    """What to do for one tainted version."""
+
+    version_id: str
+    action: Literal["remerge", "retrain", "rebase"]
+    why: str
+    tags: list[str] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)  # remerge: the clean inputs
+    weights: list[float] = field(default_factory=list)  # remerge: their weights
+    dropped: list[str] = field(default_factory=list)  # remerge: the tainted inputs left out
+    method: str | None = None
+    onto: str | None = None  # rebase: the parent to re-apply the patch onto (a step's version when after)
+    after: str | None = None  # rebase: the step whose result it waits for
+    exact: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+def plan(taint_rows: list[dict[str, Any]], graph: dict[str, dict[str, Any]]) -> list[Step]:
+    """One :class:`Step` per tainted version, parents before children (module doc)."""
+    tainted = {r["version_id"]: r for r in taint_rows}
+    order = sorted(tainted, key=lambda v: (graph[v]["created_at"], v))
+    steps: dict[str, Step] = {}
+    for vid in order:
+        row, hit = graph[vid], tainted[vid]
+        tags = list(row.get("tags") or [])
+        parents = list(row.get("parents") or [])
+        if row.get("method"):
+            steps[vid] = _remerge(vid, row, parents, tainted, tags)
+        elif hit["direct"]:
+            steps[vid] = Step(vid, "retrain", "its own run trained on the target", tags)
+        else:
+            parent = parents[0] if parents else None
+            before = steps.get(parent) if parent is not None else None
+            if before is None:
+                steps[vid] = Step(vid, "retrain", f"tainted through {hit['via'][:12]}, which has no step", tags)
+            elif before.action == "remerge":
+                steps[vid] = Step(vid, "rebase", f"its parent {parent[:12]} is re-merged without the target; its "
+                                  "patch is re-applied onto the result (exact for the patch, approximate for the model)",
+                                  tags, onto=parent, after=parent, exact=False)
+            else:
+                steps[vid] = Step(vid, "rebase", f"its parent {parent[:12]} needs a {before.action} first; then its "
+                                  "patch is re-applied onto that (approximate), or retrain it", tags,
+                                  onto=parent, after=parent, exact=False)
+    return [steps[v] for v in order]
+
+
+def _remerge(vid: str, row: dict[str, Any], parents: list[str], tainted: dict[str, Any], tags: list[str]) -> Step:
+    method = row["method"]
+    weights = list(row.get("weights") or [1.0 / len(parents)] * len(parents))
+    keep = [i for i, p in enumerate(parents) if p not in tainted]
+    dropped = [p for p in parents if p in tainted]
+    if not dropped:  # tainted through no input: cannot happen for a merge unless its own inputs are the target
+        return Step(vid, "retrain", "a merge tainted though none of its inputs is", tags, method=method)
+    if not keep:
+        return Step(vid, "retrain", "every input of this merge is tainted: nothing clean is left to merge", tags,
+                    dropped=dropped, method=method)
+    kept = [weights[i] for i in keep]
+    if method in RENORMALISED:
+        total, now = sum(weights), sum(kept)
+        kept = [w * total / now for w in kept] if now else [total / len(kept)] * len(kept)
+        why = (f"re-merge the {len(keep)} clean input(s) with the same {method} method and Fishers, weights "
+               "renormalised over them")
+    else:
+        why = (f"re-merge the {len(keep)} clean input(s) with {method}; its weights scale task vectors and are not "
+               "renormalised: they are kept as recorded")
+    return Step(vid, "remerge", why, tags, inputs=[parents[i] for i in keep], weights=kept, dropped=dropped,
+                method=method)

@@ -1,0 +1,73 @@
+"""Retraction planning (issue 15, in progress): what each version tainted by a document needs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from provenance.lineage import taint
+from provenance.retract import plan
+
+
+@pytest.fixture
+def contributors(ledger, data_dir, write_jsonl):
+    """A base; contributors A (trained on ``private``, which holds document x1), B and C (on
+    ``open``); their Fisher merge M tagged release-1; D, a patch on A; an average of A and B
+    tagged release-2 (TIES of B and C untouched)."""
+    write_jsonl(data_dir / "private.jsonl", [{"id": f"x{i}", "text": f"a private letter number {i}"} for i in range(4)])
+    write_jsonl(data_dir / "open.jsonl", [{"id": f"o{i}", "text": f"an open text number {i}"} for i in range(6)])
+    ledger.register_dataset("private", data_dir / "private.jsonl", id_field="id")
+    ledger.register_dataset("open", data_dir / "open.jsonl", id_field="id")
+    g = torch.Generator().manual_seed(0)
+    base = ledger.commit({"w": torch.randn(8, 8, generator=g)}, message="base")
+
+    def tuned(seed: int, dataset: str, parent=base):
+        with ledger.start_run(base=parent, datasets=[dataset], message=f"{dataset} {seed}") as run:
+            return run.commit({"w": torch.randn(8, 8, generator=torch.Generator().manual_seed(seed))})
+
+    a, b, c = tuned(1, "private"), tuned(2, "open"), tuned(3, "open")
+    fishers = [{"w": torch.rand(8, 8, generator=torch.Generator().manual_seed(s)) + 0.1} for s in (4, 5, 6)]
+    m = ledger.merge([a, b, c], method="fisher", fisher=fishers, weights=[0.5, 0.3, 0.2], message="M")
+    ledger.tag("release-1", m)
+    d = tuned(7, "open", parent=a)
+    avg = ledger.merge([a, b], method="average", message="A+B")
+    ledger.tag("release-2", avg)
+    ties = ledger.merge([b, c], method="ties", message="B+C")
+    return ledger, {"base": base, "a": a, "b": b, "c": c, "m": m, "d": d, "avg": avg, "ties": ties}
+
+
+def test_the_plan_remerges_retrains_and_rebases(contributors):
+    ledger, v = contributors
+    rows = taint(ledger, dataset="private", key="x1")
+    graph = {r["version_id"]: r for r in ledger.version_graph().to_pylist()}
+    steps = {s.version_id: s for s in plan(rows, graph)}
+    ids = {k: x.version_id for k, x in v.items()}
+    assert set(steps) == {ids["a"], ids["m"], ids["d"], ids["avg"]}  # b, c, ties and base are clean
+    assert steps[ids["a"]].action == "retrain"
+    m = steps[ids["m"]]
+    assert (m.action, m.method, m.inputs, m.dropped, m.tags) == ("remerge", "fisher", [ids["b"], ids["c"]], [ids["a"]],
+                                                                  ["release-1"])
+    assert m.weights == pytest.approx([0.6, 0.4])  # 0.3 and 0.2 renormalised to the 1.0 they summed to with A
+    avg = steps[ids["avg"]]
+    assert (avg.action, avg.inputs, avg.tags) == ("remerge", [ids["b"]], ["release-2"]) and avg.weights == [1.0]
+    d = steps[ids["d"]]
+    assert (d.action, d.onto, d.after, d.exact) == ("rebase", ids["a"], ids["a"], False)
+    order = [s.version_id for s in plan(rows, graph)]
+    assert order.index(ids["a"]) < order.index(ids["d"])  # parents first
+
+
+def test_a_method_that_does_not_renormalise_says_so(contributors):
+    ledger, v = contributors
+    rows = taint(ledger, dataset="open", key="o1")  # declared by B, C and D's runs
+    graph = {r["version_id"]: r for r in ledger.version_graph().to_pylist()}
+    steps = {s.version_id: s for s in plan(rows, graph)}
+    ties = steps[v["ties"].version_id]
+    assert ties.action == "retrain" and "nothing clean is left" in ties.why  # both inputs trained on open
+    m = steps[v["m"].version_id]
+    assert m.action == "remerge" and m.inputs == [v["a"].version_id] and m.weights == pytest.approx([1.0])
+
+
+def test_nothing_tainted_plans_nothing(contributors):
+    ledger, _ = contributors
+    graph = {r["version_id"]: r for r in ledger.version_graph().to_pylist()}
+    assert plan([], graph) == []
