@@ -101,3 +101,26 @@ def _remerge(vid: str, row: dict[str, Any], parents: list[str], tainted: dict[st
                "renormalised: they are kept as recorded")
     return Step(vid, "remerge", why, tags, inputs=[parents[i] for i in keep], weights=kept, dropped=dropped,
                 method=method)
+
+
+def remerge(ledger: Any, step: Step, retraction: str) -> Any:
+    """Carry out a ``remerge`` step: merge its clean inputs again from the stored receipt (same
+    method, the Fishers stored with each input, the same base, eps, normalisation and density;
+    the step's weights), and tag the result ``<tag>+retracted-<retraction>`` for each tag of the
+    tainted version. Returns the new version. (Idempotence, atomicity across steps and the link
+    to a retraction record are still to come.)"""
+    if step.action != "remerge":
+        raise ValueError(f"step for {step.version_id[:12]} is a {step.action}, not a remerge")
+    receipt = ledger.receipt(step.version_id)
+    options: dict[str, Any] = {"method": receipt.method, "weights": step.weights}
+    if receipt.base_version is not None:
+        options["base"] = receipt.base_version
+    for name in ("eps", "normalize", "density"):
+        if getattr(receipt, name) is not None:
+            options[name] = getattr(receipt, name)
+    old = ledger.version(step.version_id)
+    new = ledger.merge(step.inputs, message=f"{old.message} (retraction {retraction}: without "
+                       f"{', '.join(d[:12] for d in step.dropped)})", **options)
+    for tag in step.tags:
+        ledger.tag(f"{tag}+retracted-{retraction}", new)
+    return new

@@ -71,3 +71,20 @@ def test_nothing_tainted_plans_nothing(contributors):
     ledger, _ = contributors
     graph = {r["version_id"]: r for r in ledger.version_graph().to_pylist()}
     assert plan([], graph) == []
+
+
+def test_a_remerge_checks_out_bit_identical_to_merging_the_clean_inputs(contributors):
+    from provenance.patches import same_bits
+    from provenance.retract import remerge
+
+    ledger, v = contributors
+    rows = taint(ledger, dataset="private", key="x1")
+    graph = {r["version_id"]: r for r in ledger.version_graph().to_pylist()}
+    step = next(s for s in plan(rows, graph) if s.version_id == v["m"].version_id)
+    new = remerge(ledger, step, "r1")
+    direct = ledger.merge([v["b"], v["c"]], method="fisher", weights=[0.6, 0.4], message="B and C directly")
+    assert same_bits(ledger.checkout(new)["w"], ledger.checkout(direct)["w"])
+    assert ledger.receipt(new).weights == pytest.approx([0.6, 0.4])
+    assert {t.name: t.version_id for t in ledger.tags()}["release-1+retracted-r1"] == new.version_id
+    lineage = ledger.lineage(new)
+    assert "private@1" not in {d["dataset_id"] for d in lineage.datasets}
