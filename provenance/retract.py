@@ -124,3 +124,44 @@ def remerge(ledger: Any, step: Step, retraction: str) -> Any:
     for tag in step.tags:
         ledger.tag(f"{tag}+retracted-{retraction}", new)
     return new
+
+
+def rebase(ledger: Any, step: Step, onto: Any, retraction: str) -> tuple[Any, list[str]]:
+    """Carry out a ``rebase`` step: the tainted version's own stored patch, group by group,
+    re-applied onto ``onto`` (the clean replacement of its parent) and committed as a child of
+    it: an ``unchanged`` group takes ``onto``'s value, a ``sparse`` one its replacement values at
+    its positions, a ``low_rank`` one its factors (stored again as low-rank). Exact for the
+    patch, approximate for the model. A group the version stored ``full`` (a dense update) is
+    its whole value, still shaped by the tainted parent: it is carried over as it is and
+    returned by name, so that the plan can say those groups need retraining. Returns the new
+    version and those names."""
+    from provenance.history import History, get_object, materialize
+    from provenance.kernels.patch import apply_chain
+
+    if step.action != "rebase":
+        raise ValueError(f"step for {step.version_id[:12]} is a {step.action}, not a rebase")
+    old = ledger.version(step.version_id)
+    target = ledger.version(onto)
+    history, store = History(ledger), ledger.object_store()
+    state, low_rank, carried = {}, {}, []
+    for name, row in ledger.manifest(old).items():
+        if row.encoding == "removed":
+            continue
+        base = materialize(history, store, target.version_id, name)[0]
+        t = {role: get_object(ledger, store, addr) for role, addr in row.objects.items()}
+        if row.encoding == "unchanged":
+            state[name] = base
+        elif row.encoding == "sparse":
+            state[name] = apply_chain(base, [("sparse", t["indices"], t["values"])])
+        elif row.encoding == "low_rank":
+            state[name] = apply_chain(base, [("low_rank", t["B"], t["A"], row.meta["scale"])])
+            low_rank[name] = (t["B"], t["A"], row.meta["scale"])
+        else:
+            state[name] = t["full"]
+            carried.append(name)
+    new = ledger.commit(state, parent=target, low_rank=low_rank, author=old.author,
+                        message=f"{old.message} (retraction {retraction}: its patch rebased onto "
+                                f"{target.version_id[:12]}; approximate)")
+    for tag in step.tags:
+        ledger.tag(f"{tag}+retracted-{retraction}", new)
+    return new, carried

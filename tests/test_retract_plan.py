@@ -88,3 +88,31 @@ def test_a_remerge_checks_out_bit_identical_to_merging_the_clean_inputs(contribu
     assert {t.name: t.version_id for t in ledger.tags()}["release-1+retracted-r1"] == new.version_id
     lineage = ledger.lineage(new)
     assert "private@1" not in {d["dataset_id"] for d in lineage.datasets}
+
+
+def test_a_rebase_reapplies_the_patch_onto_the_clean_parent(ledger):
+    """base -> A (tainted) -> D (a sparse patch and a LoRA patch on A); A' a clean replacement
+    of A: D rebased onto A' holds D's replacement values at D's positions, A''s values elsewhere,
+    and A' + D's low-rank product."""
+    from provenance.retract import Step, rebase
+
+    g = torch.Generator().manual_seed(0)
+    base = ledger.commit({"w": torch.randn(6, 6, generator=g), "h": torch.randn(6, 4, generator=g)}, message="base")
+    a = ledger.commit({"w": torch.randn(6, 6, generator=g), "h": torch.randn(6, 4, generator=g)}, parent=base,
+                      message="A")
+    a_state = ledger.checkout(a)
+    d_w = a_state["w"].clone()
+    d_w[2, 3] = 7.0
+    b, f = torch.randn(6, 2, generator=g), torch.randn(2, 4, generator=g)
+    d = ledger.commit({"w": d_w, "h": a_state["h"] + 0.5 * (b @ f)}, parent=a, message="D",
+                      low_rank={"h": (b, f, 0.5)})
+    assert ledger.manifest(d)["w"].encoding == "sparse" and ledger.manifest(d)["h"].encoding == "low_rank"
+    clean = ledger.commit({"w": torch.zeros(6, 6), "h": torch.ones(6, 4)}, parent=base, message="A retrained")
+    new, carried = rebase(ledger, Step(d.version_id, "rebase", "test", ["d-tag"]), clean, "r9")
+    out = ledger.checkout(new)
+    want_w = torch.zeros(6, 6)
+    want_w[2, 3] = 7.0
+    assert torch.equal(out["w"], want_w) and carried == []
+    assert torch.allclose(out["h"], torch.ones(6, 4) + 0.5 * (b @ f))
+    assert ledger.manifest(new)["h"].encoding == "low_rank" and new.parents == [clean.version_id]
+    assert {t.name for t in ledger.tags()} >= {"d-tag+retracted-r9"}
