@@ -165,3 +165,75 @@ def rebase(ledger: Any, step: Step, onto: Any, retraction: str) -> tuple[Any, li
     for tag in step.tags:
         ledger.tag(f"{tag}+retracted-{retraction}", new)
     return new, carried
+
+
+def retract(ledger: Any, *, reason: str, dataset: str | None = None, shard: str | None = None,
+            key: str | None = None, text: str | None = None, near: float | None = None,
+            author: str | None = None) -> dict[str, Any]:
+    """Record a retraction of a document (``key`` in ``dataset``, or a ``text``; with ``near``
+    its near-copies in any dataset), a shard or a dataset, with the plan for every version it
+    taints; returns the record. A target that taints nothing is refused: nothing to retract."""
+    import json
+    import uuid
+
+    from provenance.audits import taint_report
+    from provenance.errors import InvalidParameterError
+    from provenance.ledger._common import _now
+
+    if not isinstance(reason, str) or not reason.strip():
+        raise InvalidParameterError("a retraction needs a reason (--reason)")
+    report = taint_report(ledger, dataset=dataset, shard=shard, key=key, text=text, near=near)
+    if not report.versions:
+        raise InvalidParameterError(f"nothing to retract: {report.target} shaped no version")
+    graph = {r["version_id"]: r for r in ledger.version_graph().to_pylist()}
+    steps = plan([v.model_dump() for v in report.versions], graph)
+    row = {"retraction_id": uuid.uuid4().hex[:12], "created_at": _now(), "author": author, "reason": reason,
+           "target": report.target, "near": near,
+           "documents_json": json.dumps([{k: m[k] for k in ("doc_id", "dataset_id", "key") if k in m}
+                                         for m in report.matches]),
+           "plan_json": json.dumps([s.as_dict() for s in steps])}
+    with ledger.transaction() as tx:
+        tx.insert_retraction(row)
+    return {**row, "steps": steps}
+
+
+def apply_retraction(ledger: Any, retraction: str, *, rebase_too: bool = False) -> list[dict[str, Any]]:
+    """Carry out what a recorded retraction's plan can: every re-merge, and with ``rebase_too``
+    every rebase whose parent has a clean replacement. Each version made is recorded as a result
+    of the retraction; a step with a result is not done again, so running it again after a
+    failure continues where it stopped. Returns the results, in plan order."""
+    import json
+
+    from provenance.errors import InvalidParameterError, NotFoundError
+    from provenance.ledger._common import _now
+
+    with ledger._cursor() as con:
+        found = con.execute("SELECT plan_json FROM retractions WHERE retraction_id = ?", [retraction]).fetchall()
+        if not found:
+            raise NotFoundError(f"no retraction {retraction!r}")
+        done = {v: (a, n, e) for v, a, n, e in con.execute(
+            "SELECT version_id, action, new_version_id, exact FROM retraction_results WHERE retraction_id = ?",
+            [retraction]).fetchall()}
+    steps = [Step(**s) for s in json.loads(found[0][0])]
+    replaced = {v: n for v, (_, n, _) in done.items()}
+    for step in steps:
+        if step.version_id in done:
+            continue
+        if step.action == "remerge":
+            if ledger.receipt(step.version_id) is None:
+                raise InvalidParameterError(f"version {step.version_id[:12]} has no merge receipt: it cannot be "
+                                            "re-merged; retrain it")
+            new, exact = remerge(ledger, step, retraction), True
+        elif step.action == "rebase" and rebase_too and step.after in replaced:
+            new, _ = rebase(ledger, step, replaced[step.after], retraction)
+            exact = False
+        else:
+            continue
+        with ledger.transaction() as tx:
+            tx.insert_retraction_result({"retraction_id": retraction, "version_id": step.version_id,
+                                         "action": step.action, "new_version_id": new.version_id, "exact": exact,
+                                         "applied_at": _now()})
+        replaced[step.version_id] = new.version_id
+        done[step.version_id] = (step.action, new.version_id, exact)
+    return [{"version_id": s.version_id, "action": done[s.version_id][0], "new_version_id": done[s.version_id][1],
+             "exact": done[s.version_id][2]} for s in steps if s.version_id in done]

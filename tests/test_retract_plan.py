@@ -116,3 +116,33 @@ def test_a_rebase_reapplies_the_patch_onto_the_clean_parent(ledger):
     assert torch.allclose(out["h"], torch.ones(6, 4) + 0.5 * (b @ f))
     assert ledger.manifest(new)["h"].encoding == "low_rank" and new.parents == [clean.version_id]
     assert {t.name for t in ledger.tags()} >= {"d-tag+retracted-r9"}
+
+
+def test_retract_records_a_plan_and_apply_is_idempotent(contributors):
+    from provenance.retract import apply_retraction, retract
+
+    ledger, v = contributors
+    record = retract(ledger, dataset="private", key="x1", reason="the author withdrew consent", author="maintainer")
+    assert record["target"] == "private x1" and {s.action for s in record["steps"]} == {"retrain", "remerge", "rebase"}
+    results = apply_retraction(ledger, record["retraction_id"])
+    assert {r["version_id"] for r in results} == {v["m"].version_id, v["avg"].version_id}
+    assert all(r["exact"] for r in results)
+    again = apply_retraction(ledger, record["retraction_id"])
+    assert again == results  # nothing made twice
+    n = len(ledger.versions())
+    assert len(apply_retraction(ledger, record["retraction_id"])) == 2 and len(ledger.versions()) == n
+    tags = {t.name for t in ledger.tags()}
+    assert {f"release-1+retracted-{record['retraction_id']}", f"release-2+retracted-{record['retraction_id']}"} <= tags
+
+
+def test_a_target_that_taints_nothing_is_refused(contributors, data_dir, write_jsonl):
+    from provenance.errors import InvalidParameterError
+    from provenance.retract import retract
+
+    ledger, _ = contributors
+    write_jsonl(data_dir / "unused.jsonl", [{"id": "u1", "text": "never trained on"}])
+    ledger.register_dataset("unused", data_dir / "unused.jsonl", id_field="id")
+    with pytest.raises(InvalidParameterError, match="nothing to retract: unused u1 shaped no version"):
+        retract(ledger, dataset="unused", key="u1", reason="asked")
+    with pytest.raises(InvalidParameterError, match="needs a reason"):
+        retract(ledger, dataset="private", key="x1", reason=" ")
