@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -146,3 +148,22 @@ def test_a_target_that_taints_nothing_is_refused(contributors, data_dir, write_j
         retract(ledger, dataset="unused", key="u1", reason="asked")
     with pytest.raises(InvalidParameterError, match="needs a reason"):
         retract(ledger, dataset="private", key="x1", reason=" ")
+
+
+def test_prov_retract_on_the_command_line(contributors):
+    from click.testing import CliRunner
+
+    from provenance.cli.main import main
+
+    ledger, v = contributors
+    runner = CliRunner()
+    base = ["--ledger", str(ledger.root)]
+    out = runner.invoke(main, [*base, "retract", "private", "--key", "x1", "--json"])
+    assert out.exit_code != 0 and "--reason" in out.output
+    out = runner.invoke(main, [*base, "retract", "private", "--key", "x1", "--reason", "withdrawn", "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    assert {s["version_id"]: s["action"] for s in data["steps"]}[v["m"].version_id] == "remerge"
+    out = runner.invoke(main, [*base, "retract", data["retraction_id"], "--apply", "--json"])
+    assert out.exit_code == 0, out.output
+    assert {r["version_id"] for r in json.loads(out.output)} == {v["m"].version_id, v["avg"].version_id}
