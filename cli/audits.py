@@ -70,6 +70,54 @@ def taint_cmd(obj: Context, target: str | None, shard: str | None, key: str | No
     show_taint(report, as_json)
 
 
+@main.command("retract")
+@click.argument("target", required=False, metavar="[DATASET | RETRACTION-ID]")
+@click.option("--shard", default=None, help="A shard of the dataset (index or name).")
+@click.option("--key", default=None, help="A document key of the dataset.")
+@click.option("--text", "text_file", type=click.File("rb"), default=None,
+              help="A file with the text of a document ('-': stdin).")
+@click.option("--near", type=float, default=None, help="Also near-duplicates (estimated Jaccard >= NEAR) in any dataset.")
+@click.option("--reason", default=None, help="Why (a removal request, a licence audit); required to record one.")
+@click.option("--apply", "apply_", is_flag=True, help="Carry out the plan of the retraction RETRACTION-ID.")
+@click.option("--rebase", is_flag=True, help="With --apply: also re-apply later patches onto clean parents (approximate).")
+@json_option
+@pass_ctx
+def retract_cmd(obj: Context, target: str | None, shard: str | None, key: str | None, text_file, near: float | None,
+                reason: str | None, apply_: bool, rebase: bool, as_json: bool) -> None:
+    """Retract a document, shard or dataset from every version it shaped: record why and print
+    the plan (re-merge, retrain, rebase, per version; the release tags it touches); with
+    --apply, carry out what can be (work in progress: docs pending)."""
+    from provenance.retract import apply_retraction, retract
+
+    ledger = obj.ledger()
+    if apply_:
+        if not target:
+            raise CliError("--apply needs the retraction id", kind="invalid")
+        results = apply_retraction(ledger, target, rebase_too=rebase)
+        render.emit(results, as_json, lambda rs: "\n".join(
+            f"{r['action']} {r['version_id'][:12]} -> {r['new_version_id'][:12]}{'' if r['exact'] else ' (approximate)'}"
+            for r in rs) or "nothing to carry out (every step needs retraining)")
+        return
+    if not reason:
+        raise CliError("a retraction needs --reason", kind="invalid")
+    text = None
+    if text_file is not None:
+        text = text_file.read().decode("utf-8", errors="strict")
+    record = retract(ledger, reason=reason, dataset=target, shard=shard, key=key, text=text, near=near)
+    data = {**{k: v for k, v in record.items() if k not in ("steps", "plan_json", "documents_json")},
+            "documents": json.loads(record["documents_json"]), "steps": [s.as_dict() for s in record["steps"]]}
+    if as_json:
+        return render.dump(data)
+    click.echo(f"retraction {data['retraction_id']} of {data['target']}: {data['reason']}")
+    t = Table(title=f"plan for {len(data['steps'])} tainted version(s)")
+    for col in ("version", "tags", "action", "why"):
+        t.add_column(col)
+    for step in data["steps"]:
+        t.add_row(step["version_id"][:12], ", ".join(step["tags"]), step["action"], render.cell(step["why"]))
+    render.console().print(t)
+    click.echo(f"carry it out with: prov retract {data['retraction_id']} --apply")
+
+
 @main.group("audit")
 def audit_group() -> None:
     """Deduplication, pre-merge and memorization audits, stored in the ledger."""

@@ -424,6 +424,16 @@ class LedgerWriter(AuditWrites):
         ])
         self._insert("merge_receipts", pa.Table.from_pylist([receipt], schema=schema))
 
+    def insert_retraction(self, row: dict) -> None:
+        self._con.execute("INSERT INTO retractions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                          [row[k] for k in ("retraction_id", "created_at", "author", "reason", "target", "near",
+                                            "documents_json", "plan_json")]).fetchall()
+
+    def insert_retraction_result(self, row: dict) -> None:
+        self._con.execute("INSERT INTO retraction_results VALUES (?, ?, ?, ?, ?, ?)",
+                          [row[k] for k in ("retraction_id", "version_id", "action", "new_version_id", "exact",
+                                            "applied_at")]).fetchall()
+
     def set_tag(self, name: str, version_id: str) -> None:
         self._con.execute(
             "INSERT OR REPLACE INTO tags VALUES (?, ?, ?)", [name, version_id, _now()]
