@@ -193,6 +193,8 @@ def _gate_options(f):
                           "non-commercial, share-alike, unknown, model-generated.")(f)
     f = click.option("--full-lineage", is_flag=True,
                      help="Compare whole lineages, including data the inputs inherit from shared ancestors.")(f)
+    f = click.option("--deny-retracted", is_flag=True,
+                     help="Fail when an input's lineage holds data a retraction retracts (prov retract).")(f)
     return f
 
 

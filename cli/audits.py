@@ -70,54 +70,6 @@ def taint_cmd(obj: Context, target: str | None, shard: str | None, key: str | No
     show_taint(report, as_json)
 
 
-@main.command("retract")
-@click.argument("target", required=False, metavar="[DATASET | RETRACTION-ID]")
-@click.option("--shard", default=None, help="A shard of the dataset (index or name).")
-@click.option("--key", default=None, help="A document key of the dataset.")
-@click.option("--text", "text_file", type=click.File("rb"), default=None,
-              help="A file with the text of a document ('-': stdin).")
-@click.option("--near", type=float, default=None, help="Also near-duplicates (estimated Jaccard >= NEAR) in any dataset.")
-@click.option("--reason", default=None, help="Why (a removal request, a licence audit); required to record one.")
-@click.option("--apply", "apply_", is_flag=True, help="Carry out the plan of the retraction RETRACTION-ID.")
-@click.option("--rebase", is_flag=True, help="With --apply: also re-apply later patches onto clean parents (approximate).")
-@json_option
-@pass_ctx
-def retract_cmd(obj: Context, target: str | None, shard: str | None, key: str | None, text_file, near: float | None,
-                reason: str | None, apply_: bool, rebase: bool, as_json: bool) -> None:
-    """Retract a document, shard or dataset from every version it shaped: record why and print
-    the plan (re-merge, retrain, rebase, per version; the release tags it touches); with
-    --apply, carry out what can be (work in progress: docs pending)."""
-    from provenance.retract import apply_retraction, retract
-
-    ledger = obj.ledger()
-    if apply_:
-        if not target:
-            raise CliError("--apply needs the retraction id", kind="invalid")
-        results = apply_retraction(ledger, target, rebase_too=rebase)
-        render.emit(results, as_json, lambda rs: "\n".join(
-            f"{r['action']} {r['version_id'][:12]} -> {r['new_version_id'][:12]}{'' if r['exact'] else ' (approximate)'}"
-            for r in rs) or "nothing to carry out (every step needs retraining)")
-        return
-    if not reason:
-        raise CliError("a retraction needs --reason", kind="invalid")
-    text = None
-    if text_file is not None:
-        text = text_file.read().decode("utf-8", errors="strict")
-    record = retract(ledger, reason=reason, dataset=target, shard=shard, key=key, text=text, near=near)
-    data = {**{k: v for k, v in record.items() if k not in ("steps", "plan_json", "documents_json")},
-            "documents": json.loads(record["documents_json"]), "steps": [s.as_dict() for s in record["steps"]]}
-    if as_json:
-        return render.dump(data)
-    click.echo(f"retraction {data['retraction_id']} of {data['target']}: {data['reason']}")
-    t = Table(title=f"plan for {len(data['steps'])} tainted version(s)")
-    for col in ("version", "tags", "action", "why"):
-        t.add_column(col)
-    for step in data["steps"]:
-        t.add_row(step["version_id"][:12], ", ".join(step["tags"]), step["action"], render.cell(step["why"]))
-    render.console().print(t)
-    click.echo(f"carry it out with: prov retract {data['retraction_id']} --apply")
-
-
 @main.group("audit")
 def audit_group() -> None:
     """Deduplication, pre-merge and memorization audits, stored in the ledger."""
@@ -201,7 +153,7 @@ def audit_show(obj: Context, audit_id: str, html_file: str | None, as_json: bool
 @pass_ctx
 def audit_merge_cmd(obj: Context, versions: tuple[str, ...], threshold: float, ngram: int, eval_datasets: tuple[str, ...],
                     max_overlap: float | None, max_contamination: Any, deny_license: str | None, full_lineage: bool,
-                    html_file: str | None, no_store: bool, as_json: bool) -> None:
+                    deny_retracted: bool, html_file: str | None, no_store: bool, as_json: bool) -> None:
     """The pre-merge gate: training-data overlap between the versions and contamination with
     evaluation data. Exit status 1 when a policy limit is broken, so it can gate a merge in CI."""
     ledger = obj.ledger(read_only=no_store)
@@ -209,7 +161,8 @@ def audit_merge_cmd(obj: Context, versions: tuple[str, ...], threshold: float, n
     with render.progress(obj.quiet) as bar:
         report = ledger.audit_merge(list(versions), eval_datasets=list(eval_datasets) or None,
                              threshold=threshold, max_overlap=max_overlap, deny_license=deny_license,
-                             full_lineage=full_lineage, ngram=ngram, store=not no_store, progress=bar,
+                             full_lineage=full_lineage, deny_retracted=deny_retracted, ngram=ngram,
+                             store=not no_store, progress=bar,
                              **_gate_limits(max_contamination))
     _write_html(report, html_path)
     show_gate(report, as_json)
@@ -271,6 +224,14 @@ def show_lineage(lin, as_json: bool) -> None:
     if lin.unrecorded:
         click.echo(f"no training data recorded for {len(lin.unrecorded)} version(s): "
                    f"{', '.join(v[:12] for v in lin.unrecorded)}")
+    made = lin.made_by_retraction
+    if made:
+        click.echo(f"made by retraction {made['retraction_id']}: {made['action']} of {made['replaces'][:12]}"
+                   + ("" if made["exact"] else " (approximate: a patch re-applied onto a clean version)"))
+    for r in lin.retracted:
+        console.print(f"[red]retracted data: retraction {r['retraction_id']} ({escape(r['target'])}: "
+                      f"{escape(r['reason'])}) was trained on by run {r['run_id'][:8]} of {r['version_id'][:12]}[/]",
+                      highlight=False)
 
 
 def show_taint(report: Any, as_json: bool) -> None:
@@ -290,6 +251,9 @@ def show_taint(report: Any, as_json: bool) -> None:
                   "trained on it" if v["direct"] else f"descends from {v['via'][:8]}",
                   f"{v['examples']:,}" if v["direct"] else "")
     render.console().print(t)
+    for r in report.get("retractions") or []:
+        made = ", ".join(x[:12] for x in r.get("results") or []) or "nothing applied yet"
+        click.echo(f"retracted: retraction {r['retraction_id']} ({r['target']}: {r['reason']}); made: {made}")
 
 
 def show_dedup(report: Any, as_json: bool) -> None:
@@ -338,7 +302,8 @@ def show_gate(report: Any, as_json: bool) -> None:
     policy = report["policy"]
     limits = [f"max-overlap {policy['max_overlap']:.1%}" if policy["max_overlap"] is not None else "",
               f"max-contamination {policy['max_contamination']}" if policy["max_contamination"] is not None else "",
-              f"deny-licence {','.join(policy['deny_license'])}" if policy.get("deny_license") else ""]
+              f"deny-licence {','.join(policy['deny_license'])}" if policy.get("deny_license") else "",
+              "deny-retracted" if policy.get("deny_retracted") else ""]
     limits = [x for x in limits if x]
     console = render.console()
     verdict = "[bold green]PASSED[/]" if report["passed"] else "[bold red]FAILED[/]"
@@ -346,6 +311,11 @@ def show_gate(report: Any, as_json: bool) -> None:
                   f"({'limits: ' + ', '.join(limits) if limits else 'no limits set: a report only'})", highlight=False)
     for v in report.get("violations") or [{"policy": "", "message": a} for a in report["alerts"]]:
         console.print(f"  [red]✗ {escape(v['message'])}[/]", highlight=False)
+    if report.get("retracted") and not policy.get("deny_retracted"):
+        console.print(f"  [yellow]! retracted data in the lineage of {len({r['input'] for r in report['retracted']})} "
+                      "input(s) (--deny-retracted fails on it): "
+                      + escape("; ".join(f"{r['input'][:12]}: retraction {r['retraction_id']}"
+                                         for r in report["retracted"])) + "[/]", highlight=False)
     labels = report.get("labels") or {}
     for side in report["sides"]:
         click.echo(f"  {labels.get(side['version_id'], side['version_id'][:12])}: {side['shards']} shard(s) of "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 from rich.table import Table
@@ -115,6 +116,32 @@ def dataset_export(obj: Context, ref: str, fmt: str, output: str | None) -> None
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text, nl=False)
+
+
+@dataset_group.command("remove")
+@click.argument("name", metavar="NAME")
+@click.argument("keys", nargs=-1, metavar="KEY...")
+@click.option("--keys-file", type=click.File("r", encoding="utf-8"), default=None,
+              help="A file of keys, one per line ('-': stdin), with or instead of KEY...")
+@click.option("--reason", default=None, help="Why (recorded with the removed documents).")
+@click.option("--retraction", default=None, metavar="RETRACTION-ID", help="The retraction this removal serves.")
+@json_option
+@pass_ctx
+def dataset_remove(obj: Context, name: str, keys: tuple[str, ...], keys_file: Any, reason: str | None,
+                   retraction: str | None, as_json: bool) -> None:
+    """Make the next version of dataset NAME without the documents KEY...: the other documents'
+    rows are copied with their fingerprints (no source is read again), and the removed ones are
+    listed with the reason. Train the retrained version on NAME@NEW."""
+    wanted = list(keys)
+    if keys_file is not None:
+        wanted += [line.strip() for line in keys_file if line.strip()]
+    if not wanted:
+        raise click.UsageError("give the keys of the documents to remove (KEY... or --keys-file)")
+    result = obj.ledger().remove_documents(name, wanted, reason=reason, retraction=retraction)
+    if as_json:
+        click.echo(dumps(result.model_dump(mode="json")))
+    else:
+        click.echo(result.message)
 
 
 # -- rendering ------------------------------------------------------------------------------------

@@ -11,7 +11,16 @@ from __future__ import annotations
 
 import sys
 
-from provenance.cli import admin, audits, datasets, exports, models, runs, service  # noqa: F401  (they register commands)
+from provenance.cli import (  # noqa: F401  (they register commands)
+    admin,
+    audits,
+    datasets,
+    exports,
+    models,
+    retract,
+    runs,
+    service,
+)
 from provenance.cli.app import main
 
 __all__ = ["main", "run"]

@@ -200,7 +200,8 @@ def model_card(obj: Context, ref: str, output: str | None, base_model: str | Non
 def merge_cmd(obj: Context, versions: tuple[str, ...], method: str, weights: str | None, base: str | None, eps: float,
               normalize: bool, density: float, audit: str | None, gate: bool, device: str | None,
               eval_datasets: tuple[str, ...], max_overlap: float | None, max_contamination: Any,
-              deny_license: str | None, full_lineage: bool, message: str, author: str | None, as_json: bool) -> None:
+              deny_license: str | None, full_lineage: bool, deny_retracted: bool, message: str, author: str | None,
+              as_json: bool) -> None:
     """Merge versions into a new version whose parents are all of them, with a receipt."""
     try:
         lam = [float(w) for w in weights.split(",")] if weights else None
@@ -209,10 +210,12 @@ def merge_cmd(obj: Context, versions: tuple[str, ...], method: str, weights: str
     if gate and audit:
         raise click.UsageError("give --gate (run the gate now) or --audit ID (cite one), not both")
     if not gate and (eval_datasets or max_overlap is not None or max_contamination is not None or deny_license
-                     or full_lineage):
-        raise click.UsageError("--eval, --max-overlap, --max-contamination, --deny-licence and --full-lineage need --gate")
+                     or full_lineage or deny_retracted):
+        raise click.UsageError("--eval, --max-overlap, --max-contamination, --deny-licence, --deny-retracted and "
+                               "--full-lineage need --gate")
     policy = dict(eval_datasets=list(eval_datasets) or None, max_overlap=max_overlap, deny_license=deny_license,
-                  full_lineage=full_lineage, **_gate_limits(max_contamination)) if gate else None
+                  full_lineage=full_lineage, deny_retracted=deny_retracted, **_gate_limits(max_contamination)) \
+        if gate else None
     try:
         ledger = obj.ledger()
         with render.progress(obj.quiet) as bar:

@@ -53,6 +53,12 @@ class LedgerAPI(Protocol):
     def lineage(self, version: str | VersionRecord) -> Lineage: ...
     def model_card(self, version: str | VersionRecord, *, base_model: str | None = None) -> Any: ...
     def taint(self, **target: Any) -> TaintReport: ...
+    def retract(self, **options: Any) -> dict[str, Any]: ...
+    def apply_retraction(self, retraction: str, **options: Any) -> list[dict[str, Any]]: ...
+    def audit_retraction(self, retraction: str, **options: Any) -> dict[str, Any]: ...
+    def retraction(self, retraction_id: str) -> dict[str, Any]: ...
+    def retractions(self) -> list[dict[str, Any]]: ...
+    def remove_documents(self, name: str, keys: Sequence[str], **options: Any) -> RegistrationResult: ...
     def audit_dedup(self, targets: Sequence[Any], **options: Any) -> DedupReport: ...
     def audit_merge(self, versions: Sequence[str | VersionRecord], **options: Any) -> GateReport: ...
     def audit_memorization(self, version: str | VersionRecord, samples: Any, **options: Any) -> MemorizationReport: ...
@@ -236,6 +242,38 @@ class Ledger(LedgerStore):
         if isinstance(dataset, (DatasetRecord, RegistrationResult)):
             dataset = self.dataset(dataset).dataset_id
         return audits_.taint_report(self, dataset=dataset, shard=shard, key=key, text=text, near=near)
+
+    def retract(self, *, reason: str, dataset: str | DatasetRecord | None = None, shard: str | int | None = None,
+                key: str | None = None, text: str | None = None, near: float | None = None,
+                author: str | None = None) -> dict[str, Any]:
+        """Record a retraction of a document, text (and with ``near`` its near-copies), shard or
+        dataset with the plan for every version it taints; see :func:`provenance.retract.retract`."""
+        from provenance import retract as retract_
+
+        if isinstance(dataset, (DatasetRecord, RegistrationResult)):
+            dataset = self.dataset(dataset).dataset_id
+        return retract_.retract(self, reason=reason, dataset=dataset, shard=None if shard is None else str(shard),
+                                key=key, text=text, near=near, author=author)
+
+    def apply_retraction(self, retraction: str, *, rebase: bool = False, progress: Any = None) -> list[dict[str, Any]]:
+        """Carry out a retraction's re-merges (and rebases); see :func:`provenance.retract.apply_retraction`."""
+        from provenance import retract as retract_
+
+        return retract_.apply_retraction(self, retraction, rebase_too=rebase, progress=progress)
+
+    def audit_retraction(self, retraction: str, **options: Any) -> dict[str, Any]:
+        """The proof of a retraction; see :func:`provenance.retract.audit_retraction`."""
+        from provenance import retract as retract_
+
+        return retract_.audit_retraction(self, retraction, **options)
+
+    def remove_documents(self, name: str, keys: Sequence[str], *, reason: str | None = None,
+                         retraction: str | None = None) -> RegistrationResult:
+        """A new version of dataset ``name`` without the documents ``keys``; see
+        :func:`provenance.datasets.remove_documents`."""
+        from provenance import datasets as datasets_
+
+        return datasets_.remove_documents(self, name, keys, reason=reason, retraction=retraction)
 
     def audit_dedup(self, targets: Sequence[Any], **options: Any) -> DedupReport:
         """Near-duplicates in datasets or lineages; see :func:`provenance.audits.audit_dedup`."""

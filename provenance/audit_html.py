@@ -1,4 +1,4 @@
-"""Audit reports (dedup, pre-merge gate, memorization) as the pages of :mod:`provenance.reports`:
+"""Audit reports (dedup, pre-merge gate, memorization, a retraction's plan and its proof) as the pages of :mod:`provenance.reports`:
 the summary, the alerts, the tables people look for first, and the plots where a picture reads
 faster than a table (similarity distribution, cluster sizes, the LSH S-curve, exposure versus
 similarity), with the audit's threshold and the gate's limits drawn on them.
@@ -25,11 +25,13 @@ _POLICIES = {"max_contamination": "max-contamination", "max_overlap": "max-overl
 def write_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``report`` (as an audit function returned it) as one self-contained HTML page."""
     kind = report.get("kind")
-    pages = {"dedup": _dedup, "merge": _gate, "memorization": _memorization}
+    pages = {"dedup": _dedup, "merge": _gate, "memorization": _memorization, "retraction": _retraction,
+             "retraction-audit": _retraction_audit}
     if kind not in pages:
         raise InvalidParameterError(f"no HTML page for an audit of kind {kind!r}")
     page = pages[kind](report)
-    page["subtitle"] = f"audit {report['audit_id']} · {report['created_at']} UTC"
+    page["subtitle"] = f"{'audit ' + report['audit_id'] if 'audit_id' in report else 'retraction ' + report['retraction_id']}" \
+                       f" · {report['created_at']} UTC"
     page["json"] = {k: v for k, v in report.items() if k != "pairs"}
     return write_html(page, path)
 
@@ -175,4 +177,62 @@ def _memorization(r: dict[str, Any]) -> dict[str, Any]:
         "plots": [{"kind": "scatter", "title": "Exposure versus similarity", "x_label": "estimated Jaccard",
                    "y_label": "exposure (times training saw the document and its near-copies)", "points": points,
                    "log_y": True, "vlines": _threshold(r)}],
+    }
+
+
+def _retraction(r: dict[str, Any]) -> dict[str, Any]:
+    """A retraction's plan (``kind: retraction``: :meth:`LedgerStore.retraction`'s record with
+    ``steps``): what was retracted and why, then a row per tainted version: the action, why, the
+    release tags it carries, and the version made for it when applied."""
+    made = {x["version_id"]: x for x in r.get("results") or []}
+    docs = r.get("documents") or []
+    return {
+        "title": f"Retraction {r['retraction_id']} of {r['target']}",
+        "summary": {"reason": r["reason"], "author": r.get("author") or "", "near": r.get("near") or "",
+                    "documents": len(docs), "tainted versions": len(r["steps"]), "applied": len(made),
+                    "releases touched": ", ".join(sorted({t for s in r["steps"] for t in s["tags"]})) or "none"},
+        "alerts": [f"{s['version_id'][:12]} ({', '.join(s['tags'])}) needs retraining: {s['why']}"
+                   for s in r["steps"] if s["action"] == "retrain" and s["tags"]],
+        "tables": [
+            {"title": "Plan: one step per tainted version, parents first",
+             "columns": ["version", "tags", "action", "why", "made", "exact"],
+             "rows": [[s["version_id"][:12], ", ".join(s["tags"]), s["action"], s["why"],
+                       (made[s["version_id"]]["new_version_id"] or "")[:12] if s["version_id"] in made else "",
+                       made[s["version_id"]]["exact"] if s["version_id"] in made else ""] for s in r["steps"]],
+             "note": "A re-merge is exact (the stored receipt, without the tainted inputs); a rebase re-applies "
+                     "the version's own patch onto a clean version: exact for the patch, approximate for the model."},
+            {"title": "What is retracted",
+             "columns": ["dataset", "shard", "document", "key", "Jaccard (est.)"],
+             "rows": [[d["dataset_id"], "" if d.get("shard_index") is None else d["shard_index"],
+                       "whole" if d.get("doc_id") is None else d["doc_id"], d.get("key") or "",
+                       "" if d.get("jaccard") is None else d["jaccard"]] for d in docs]},
+        ],
+        "plots": [],
+    }
+
+
+def _retraction_audit(r: dict[str, Any]) -> dict[str, Any]:
+    """The proof of a retraction: what broke first, then every version checked and whether its
+    lineage is clean, the steps still to do, and the samples that reproduce retracted documents."""
+    mem = r.get("memorization") or {}
+    return {
+        "title": f"Proof of retraction {r['retraction_id']} of {r['target']}",
+        "summary": {"passed": r["passed"], "reason": r["reason"], "documents": r["documents"],
+                    "copies found now": len(r["copies_found_now"]), "versions checked": len(r["checked"]),
+                    "steps still to do": len(r["pending"]),
+                    "samples": mem.get("samples", "none given"), "samples reproducing": len(
+                        {m["sample"] for m in mem.get("matches", [])})},
+        "alerts": list(r["problems"]) + [f"not checked for shared spans: {u}" for u in mem.get("unreadable", [])],
+        "tables": [
+            {"title": "Versions checked", "columns": ["version", "as", "tags", "clean", "tainted through", "exact"],
+             "rows": [[c["version_id"][:12], c["as"], ", ".join(c["tags"]), c["clean"], (c["via"] or "")[:12],
+                       "" if c["exact"] is None else c["exact"]] for c in r["checked"]]},
+            {"title": "Steps still to do", "columns": ["version", "action", "why"],
+             "rows": [[p["version_id"][:12], p["action"], p["why"]] for p in r["pending"]]},
+            {"title": "Samples that reproduce retracted documents",
+             "columns": ["sample", "document", "Jaccard (est.)", "shared words", "the shared span"],
+             "rows": [[m["sample"], f"{m['dataset_id']}:{m['key']}", m["jaccard"], m["span_words"], m["span_text"]]
+                      for m in mem.get("matches", [])]},
+        ],
+        "plots": [],
     }

@@ -22,6 +22,7 @@ over all documents audited.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import time
@@ -29,12 +30,19 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from provenance.errors import FingerprintMismatchError, InvalidParameterError, NotFoundError, ProvenanceError
+from provenance.errors import (
+    FingerprintMismatchError,
+    InvalidParameterError,
+    NotFoundError,
+    ProvenanceError,
+    SourceError,
+)
 from provenance.fingerprints import Banding, FingerprintConfig
 from provenance.ledger import LedgerStore
 from provenance.lineage import lineage, taint
@@ -369,6 +377,41 @@ def iter_texts(ledger: LedgerStore, rows: Sequence[dict[str, Any]], unreadable: 
                 yield r, text
 
 
+def read_samples(path: str | os.PathLike) -> list[str]:
+    """The samples of ``path``: JSONL (``.jsonl``/``.json``: objects with a ``text`` field, or
+    strings), else plain text, one sample per non-empty line. Errors name the file and line."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read the samples file ({exc.strerror or exc})") from None
+    try:
+        content = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SourceError(f"{path}: line {line} is not UTF-8 (byte {exc.start})") from None
+    samples = []
+    jsonl = path.suffix.lower() in (".jsonl", ".json")
+    for number, line in enumerate(content.splitlines(), 1):
+        if not line.strip():
+            continue
+        if not jsonl:
+            samples.append(line)
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SourceError(f"{path}: line {number} is not JSON ({exc.msg})") from None
+        text = value.get("text") if isinstance(value, dict) else value
+        if not isinstance(text, str):
+            raise SourceError(f"{path}: line {number} has no text (a string, or an object with a \"text\" string)")
+        samples.append(text)
+    if not samples:
+        raise SourceError(f"{path}: the samples file is empty")
+    return samples
+
+
+
 # ---- taint by text ----------------------------------------------------------------------------
 
 
@@ -386,16 +429,27 @@ def taint_report(ledger: LedgerStore, *, dataset: str | None = None, shard: str 
         if near is not None and key is None:
             raise InvalidParameterError("--near needs a document: a key (with its dataset) or a text")
         target = dataset if shard is None and key is None else f"{dataset} shard {shard}" if key is None else f"{dataset} {key}"
-        return TaintReport(target=target, near=None, matches=[],
-                           versions=taint(ledger, dataset=dataset, shard=shard, key=key))
+        versions = taint(ledger, dataset=dataset, shard=shard, key=key)
+        with ledger.session():
+            if key is not None:
+                retractions = ledger.retractions_of([ledger.document(dataset, key).doc_id])
+            else:
+                from provenance.lineage import shard_index
+
+                ds = ledger.dataset(dataset)
+                index = shard_index(ledger, ds.dataset_id, shard) if shard is not None else None
+                retractions = ledger.retractions_of([], ds.dataset_id, index)
+        return TaintReport(target=target, near=None, matches=[], versions=versions, retractions=retractions)
     if text is not None and not text.strip():
         raise InvalidParameterError("the text to look for is empty")
     matches = find_similar(ledger, text=text, dataset=dataset, key=key, near=near)
     with ledger.session():
         runs = ledger.runs_seeing([m["doc_id"] for m in matches]).to_pylist() if matches else []
         graph = {r["version_id"]: r for r in ledger.version_graph().to_pylist()}
+        retractions = ledger.retractions_of([m["doc_id"] for m in matches]) if matches else []
     target = f"text ({len(text)} characters)" if text is not None else f"{dataset} {key}"
-    return TaintReport(target=target, near=near, matches=matches, versions=tainted_versions(graph, runs))
+    return TaintReport(target=target, near=near, matches=matches, versions=tainted_versions(graph, runs),
+                       retractions=retractions)
 
 
 def find_similar(ledger: LedgerStore, *, text: str | None = None, dataset: str | None = None, key: str | None = None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from queue import Empty, Full, Queue
 from typing import Any
@@ -19,7 +19,7 @@ import pyarrow as pa
 import xxhash
 from pyarrow.fs import FileType
 
-from provenance.errors import InvalidParameterError, SourceError
+from provenance.errors import InvalidParameterError, NotFoundError, SourceError
 from provenance.fingerprints import FingerprintBatch, FingerprintConfig
 from provenance.ledger import DocumentStage, LedgerStore, LedgerWriter, _now, check_documents_as
 from provenance.progress import NoProgress, Progress
@@ -114,6 +114,74 @@ def register_parts(ledger: LedgerStore, name: str, parts: list[str], shards: lis
         return [s.model_copy(update={"dataset_id": dataset_id}) for s in records]
 
     return _register(ledger, name, cfg, opts, meta, planned, write, counters, storage)
+
+
+def remove_documents(ledger: LedgerStore, name: str, keys: Sequence[str], *, reason: str | None = None,
+                     retraction: str | None = None) -> RegistrationResult:
+    """A new version of dataset ``name`` holding every document of its latest version but those
+    keyed ``keys`` (``prov dataset remove``): the kept rows are copied with their fingerprints, no
+    source is read again, and the removed documents are listed in ``dataset_removals`` (with the
+    retraction they serve, if any). Its shards are the same files, with fewer documents; its
+    content hash differs from any registration's, so registering the files again makes a new
+    version that holds the documents again. A key the latest version lacks is refused, naming it."""
+    keys = list(dict.fromkeys(str(k) for k in keys))
+    if not keys:
+        raise InvalidParameterError("give the keys of the documents to remove")
+    if "@" in name:
+        raise InvalidParameterError(f"give the dataset's name, not a version ({name!r}): documents are removed from "
+                                    "its latest version, and the result is its next")
+    latest = ledger.dataset(name)
+    with ledger._cursor() as con:
+        found = con.sql("SELECT doc_id, key, shard_index FROM documents WHERE dataset_id = ? AND list_contains(?, key)",
+                        params=[latest.dataset_id, keys]).to_arrow_table().to_pylist()
+    missing = sorted(set(keys) - {r["key"] for r in found})
+    if missing:
+        shown = ", ".join(repr(k) for k in missing[:5])
+        raise NotFoundError(f"dataset {latest.dataset_id} has no document {shown}{', ...' if len(missing) > 5 else ''} "
+                            f"({len(missing)} of the {len(keys)} keys given)")
+    if len(found) >= latest.n_documents:
+        raise InvalidParameterError(f"removing {len(found)} documents would leave {latest.dataset_id} empty")
+    per_shard: dict[int, list[dict[str, Any]]] = {}
+    for r in found:
+        per_shard.setdefault(r["shard_index"], []).append(r)
+    with ledger._cursor() as con:
+        sizes = {r["doc_id"]: r for r in con.sql(
+            "SELECT doc_id, n_bytes, token_count FROM documents WHERE dataset_id = ? AND list_contains(?, doc_id)",
+            params=[latest.dataset_id, [r["doc_id"] for r in found]]).to_arrow_table().to_pylist()}
+    removed_ids = [r["doc_id"] for r in found]
+    tail = ", ".join(f"{r['key']}" for r in found[:3]) + (", ..." if len(found) > 3 else "")
+    h = xxhash.xxh3_128(f"{latest.content_hash}\nwithout\n".encode())
+    for doc in sorted(removed_ids):
+        h.update(f"{doc}\n".encode())
+    with ledger.transaction() as tx:
+        now = tx.latest_dataset(name)
+        if now is None or now.dataset_id != latest.dataset_id:
+            raise InvalidParameterError(f"dataset {name} changed while its documents were being removed "
+                                        f"(now {now.dataset_id if now else 'gone'}); run it again")
+        dataset_id = f"{name}@{latest.version + 1}"
+        shards = []
+        for s in tx.shards_of(latest.dataset_id):
+            out = per_shard.get(s.shard_index, [])
+            shards.append(s.model_copy(update={
+                "dataset_id": dataset_id, "n_documents": s.n_documents - len(out),
+                "n_tokens": s.n_tokens - sum(sizes[r["doc_id"]]["token_count"] for r in out)}))
+        n_docs = latest.n_documents - len(found)
+        tx.copy_documents_except(latest.dataset_id, dataset_id, removed_ids, n_docs)
+        tx.insert_shards(shards)
+        created = _now()
+        record = latest.model_copy(update={
+            "dataset_id": dataset_id, "version": latest.version + 1, "content_hash": h.hexdigest(),
+            "n_documents": n_docs, "n_tokens": sum(s.n_tokens for s in shards), "created_at": created,
+            "description": ((latest.description + " ") if latest.description else "")
+            + f"[{latest.dataset_id} without {len(found)} document(s)"
+            + (f", retraction {retraction}" if retraction else "") + "]"})
+        tx.insert_dataset(record)
+        tx.insert_removals([{"dataset_id": dataset_id, "from_dataset_id": latest.dataset_id, "doc_id": r["doc_id"],
+                             "key": r["key"], "retraction_id": retraction, "reason": reason, "created_at": created}
+                            for r in found])
+    return RegistrationResult(dataset=record, created=True,
+                              message=f"registered {dataset_id}: {latest.dataset_id} without {_count(len(found), 'document')} "
+                                      f"({tail}); {_count(n_docs, 'document')} kept, no source read again")
 
 
 def planned_shards(shards: list[dict[str, Any]]) -> list[ShardRecord]:
@@ -238,8 +306,8 @@ def _reusable_shards(
 ) -> dict[tuple[str, str], ShardRecord]:
     """Shards of the latest version whose rows a new version can copy: same fields, config and
     banding, and no invalid record in it (so the on_invalid policy made no difference)."""
-    if latest is None or (latest.n_invalid_replaced or latest.n_invalid_skipped):
-        return {}
+    if latest is None or (latest.n_invalid_replaced or latest.n_invalid_skipped) or tx.has_removals(latest.dataset_id):
+        return {}  # a version made by removing documents holds fewer rows than its files
     same = (latest.config_id, latest.bands, latest.rows, latest.text_field, latest.id_field) == (
         cfg.identity, cfg.banding.bands, cfg.banding.rows, opts.text_field, opts.id_field
     )

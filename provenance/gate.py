@@ -73,13 +73,15 @@ def audit_merge(
     max_contamination: int | None = 0,
     deny_license: Sequence[str] | str | None = None,
     full_lineage: bool = False,
+    deny_retracted: bool = False,
     store: bool = True,
     ngram: int = 13,
     progress: Any = None,
 ) -> GateReport:
     """Run the gate over ``versions`` (module doc), store it as an audit (unless ``store=False``,
     which also works on a read-only ledger), return the report (``report.passed``;
-    ``report.violations`` says which policy broke and by how much)."""
+    ``report.violations`` says which policy broke and by how much). ``deny_retracted``: fail when
+    an input's lineage holds data a retraction retracts (``prov retract``); it is reported either way."""
     threshold = check_threshold(threshold)
     deny = check_deny_license(deny_license)
     _check_limits(max_overlap, max_contamination, ngram)
@@ -94,7 +96,9 @@ def audit_merge(
             raise InvalidParameterError("--max-contamination needs evaluation datasets: none given (--eval) and "
                                         "none registered with role eval")
         scope_rows += [(d.dataset_id, None, "e") for d in evals]
-        merged_license = _merged_license(ledger, [v.version_id for v in inputs])
+        lineages = {v.version_id: lineage(ledger, v.version_id) for v in inputs}
+        merged_license = _merged_license(lineages.values())
+        retracted = [{"input": vid, **r} for vid, lin in lineages.items() for r in lin.retracted]
         datasets = [ledger.dataset(d) for d in sorted({r[0] for r in scope_rows})]
     if not datasets:
         raise InvalidParameterError("the inputs' lineages are empty: no run recorded any data, and there is no "
@@ -110,7 +114,8 @@ def audit_merge(
         overlap = _pairwise_overlap(tx, audit_id, inputs, labels, sizes)
         contamination = _contamination(ledger, tx, audit_id, evals, labels, sizes, ngram) if evals else None
         step(progress)
-        violations = _violations(overlap, contamination, merged_license, max_overlap, max_contamination, deny)
+        violations = _violations(overlap, contamination, merged_license, max_overlap, max_contamination, deny,
+                                 retracted if deny_retracted else [])
         alerts = [v["message"] for v in violations]
         report = {
             "audit_id": audit_id, "kind": "merge", "created_at": run.created.isoformat(),
@@ -118,8 +123,9 @@ def audit_merge(
             "threshold": threshold, "full_lineage": full_lineage,
             "sides": sides, "config_id": cfg.identity,
             "banding": run.banding_report(),
-            "policy": {"max_overlap": max_overlap, "max_contamination": max_contamination, "deny_license": deny},
-            "license": merged_license,
+            "policy": {"max_overlap": max_overlap, "max_contamination": max_contamination, "deny_license": deny,
+                       "deny_retracted": deny_retracted},
+            "license": merged_license, "retracted": retracted,
             "overlap": overlap, "contamination": contamination, "violations": violations, "alerts": alerts,
             "passed": not alerts,
             "seconds": run.seconds(),
@@ -128,7 +134,8 @@ def audit_merge(
         run.record(tx, target=" ".join(v.version_id for v in inputs), passed=not alerts, report=result.to_dict(),
                    params={"threshold": threshold, "eval": [d.dataset_id for d in evals],
                            "max_overlap": max_overlap, "max_contamination": max_contamination,
-                           "deny_license": deny, "full_lineage": full_lineage, "ngram": ngram})
+                           "deny_license": deny, "deny_retracted": deny_retracted, "full_lineage": full_lineage,
+                           "ngram": ngram})
     return result
 
 
@@ -252,19 +259,20 @@ def _frac(n: int, total: int) -> float:
     return n / total if total else 0.0
 
 
-def _merged_license(ledger: LedgerStore, ids: list[str]) -> LicenseSummary:
+def _merged_license(lineages: Any) -> LicenseSummary:
     """The licence union of the inputs' whole lineages: what the merged model would carry."""
     rows: dict[str, dict[str, Any]] = {}
-    for vid in ids:
-        for d in lineage(ledger, vid).datasets:
+    for lin in lineages:
+        for d in lin.datasets:
             rows[d["dataset_id"]] = d
     return license_summary(rows.values())
 
 
 def _violations(overlap: list[dict], contamination: dict | None, license: dict[str, Any],
-                max_overlap: float | None, max_contamination: int | None, deny: list[str]) -> list[dict[str, str]]:
-    """What broke, in policy order (contamination, overlap, licence): ``{"policy", "message"}``,
-    the message saying by how much."""
+                max_overlap: float | None, max_contamination: int | None, deny: list[str],
+                retracted: list[dict[str, Any]] = ()) -> list[dict[str, str]]:
+    """What broke, in policy order (contamination, overlap, licence, retraction): ``{"policy",
+    "message"}``, the message saying by how much."""
     found = []
     if max_contamination is not None and contamination is not None:
         n = contamination["contaminated_eval_documents"]
@@ -289,4 +297,12 @@ def _violations(overlap: list[dict], contamination: dict | None, license: dict[s
             found.append({"policy": "deny_license", "message":
                           f"deny-licence {condition} broken: the merged lineage holds {condition} data "
                           f"({', '.join(datasets)})"})
+    by_input: dict[str, list[dict[str, Any]]] = {}
+    for r in retracted:
+        by_input.setdefault(r["input"], []).append(r)
+    for vid, rows in by_input.items():
+        found.append({"policy": "deny_retracted", "message":
+                      f"deny-retracted broken: {vid[:12]}'s lineage holds retracted data: " + "; ".join(
+                          f"retraction {r['retraction_id']} ({r['target']}: {r['reason']}) trained on by run "
+                          f"{r['run_id'][:12]} of {r['version_id'][:12]}" for r in rows)})
     return found

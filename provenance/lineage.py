@@ -110,13 +110,16 @@ def lineage(ledger: LedgerStore, version: str | VersionRecord) -> Lineage:
         run_version = dict(zip(runs_table.column("run_id").to_pylist(), runs_table.column("version_id").to_pylist()))
         unregistered = [{**r, "version_id": run_version.get(r["run_id"])}
                         for r in ledger.unregistered_inputs(list(run_version))]
+        retracted = [r for r in ledger.retraction_runs().to_pylist() if r["run_id"] in run_version]
+        made = ledger.retraction_made([vid]).get(vid)
     datasets = _dataset_rows(per_dataset, info, ancestors)
     unknown = pc.and_(pc.is_null(ancestors.column("run_id")), pc.is_null(ancestors.column("method")))
     unrecorded = ancestors.filter(unknown).column("version_id").to_pylist()
     versions = ancestors.rename_columns(["merge" if c == "method" else "merge_weights" if c == "weights" else c
                                          for c in ancestors.column_names])
     return Lineage(version=vid, versions=versions, shards=shards, datasets=datasets,
-                   license=license_summary(info.values()), unrecorded=unrecorded, unregistered_inputs=unregistered)
+                   license=license_summary(info.values()), unrecorded=unrecorded, unregistered_inputs=unregistered,
+                   retracted=retracted, made_by_retraction=made)
 
 
 def _dataset_rows(per_dataset: pa.Table, info: dict[str, dict], ancestors: pa.Table) -> list[dict[str, Any]]:
@@ -184,7 +187,7 @@ def taint(ledger: LedgerStore, *, dataset: str | None = None, shard: str | int |
             if dataset is None:
                 raise InvalidParameterError("give a dataset, a shard of one, a document key or a text")
             ds = ledger.dataset(dataset)
-            index = _shard_index(ledger, ds.dataset_id, shard) if shard is not None else None
+            index = shard_index(ledger, ds.dataset_id, shard) if shard is not None else None
             runs = ledger.runs_using(ds.dataset_id, index).to_pylist()
         graph = {r["version_id"]: r for r in ledger.version_graph().to_pylist()}
     return tainted_versions(graph, runs)
@@ -221,7 +224,7 @@ def tainted_versions(graph: dict[str, dict[str, Any]], runs: list[dict[str, Any]
     return sorted(hit.values(), key=lambda e: (e["created_at"], e["version_id"]), reverse=True)
 
 
-def _shard_index(ledger: LedgerStore, dataset_id: str, shard: str | int) -> int:
+def shard_index(ledger: LedgerStore, dataset_id: str, shard: str | int) -> int:
     shards = ledger.shards(dataset_id)
     for s in shards:
         if str(s.shard_index) == str(shard) or s.name == str(shard) or (s.uri and s.uri == str(shard)):

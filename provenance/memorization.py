@@ -21,18 +21,16 @@ than one seen once).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections import defaultdict
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from provenance.audits import AuditRun, check_threshold, iter_texts, resolve_scope
-from provenance.errors import InvalidParameterError, SourceError
+from provenance.audits import AuditRun, check_threshold, iter_texts, read_samples, resolve_scope
+from provenance.errors import InvalidParameterError
 from provenance.ledger import LedgerStore
 from provenance.lineage import ancestry
 from provenance.ngrams import ngram_hashes
@@ -41,40 +39,6 @@ from provenance.progress import step
 from provenance.results import MemorizationReport
 
 SPAN_TEXT_CHARS = 500  # characters of a shared span's text kept in the report
-
-
-def read_samples(path: str | os.PathLike) -> list[str]:
-    """The samples of ``path``: JSONL (``.jsonl``/``.json``: objects with a ``text`` field, or
-    strings), else plain text, one sample per non-empty line. Errors name the file and line."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise SourceError(f"{path}: cannot read the samples file ({exc.strerror or exc})") from None
-    try:
-        content = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise SourceError(f"{path}: line {line} is not UTF-8 (byte {exc.start})") from None
-    samples = []
-    jsonl = path.suffix.lower() in (".jsonl", ".json")
-    for number, line in enumerate(content.splitlines(), 1):
-        if not line.strip():
-            continue
-        if not jsonl:
-            samples.append(line)
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SourceError(f"{path}: line {number} is not JSON ({exc.msg})") from None
-        text = value.get("text") if isinstance(value, dict) else value
-        if not isinstance(text, str):
-            raise SourceError(f"{path}: line {number} has no text (a string, or an object with a \"text\" string)")
-        samples.append(text)
-    if not samples:
-        raise SourceError(f"{path}: the samples file is empty")
-    return samples
 
 
 def audit_memorization(

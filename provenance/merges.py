@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -120,9 +120,11 @@ def merge(
     audit: str | None = None,
     device: str | torch.device | None = None,
     progress: Any = None,
+    also: Callable[[Any, VersionRecord], None] | None = None,
 ) -> VersionRecord:
     """Merge ``versions`` into a new version whose parents are all of them; see the module doc.
-    ``progress`` (``start(description, total)``, ``advance(bytes)``) is told the bytes merged.
+    ``progress`` (``start(description, total)``, ``advance(bytes)``) is told the bytes merged;
+    ``also(tx, version)`` writes rows that must land in the version's own transaction.
 
     ``device``: where the kernels run (default the CPU). With a CUDA device each group's inputs
     and Fishers are moved there and merged by the Triton kernels (the dispatcher picks them for
@@ -179,6 +181,8 @@ def merge(
         with ledger.transaction() as tx:
             tx.insert_version(version, params)
             tx.insert_receipt(receipt)
+            if also is not None:  # rows that must land with the version or not at all (a retraction's result)
+                also(tx, version)
     return version
 
 

@@ -443,6 +443,36 @@ class RemoteLedger:
                 "shard": str(shard) if shard is not None else None, "key": key, "text": text, "near": near}
         return TaintReport.model_validate(self._call("POST", "taint", json_body=body))
 
+    def retract(self, *, reason: str, dataset: Any = None, shard: str | int | None = None, key: str | None = None,
+                text: str | None = None, near: float | None = None, author: str | None = None) -> dict[str, Any]:
+        body = {"reason": reason, "dataset": _ref(dataset) if dataset is not None else None,
+                "shard": str(shard) if shard is not None else None, "key": key, "text": text, "near": near,
+                "author": author}
+        return self._call("POST", "retractions", json_body=body)
+
+    def retractions(self) -> list[dict[str, Any]]:
+        return self._call("GET", "retractions")
+
+    def retraction(self, retraction_id: str) -> dict[str, Any]:
+        return self._call("GET", f"retractions/{retraction_id}")
+
+    def apply_retraction(self, retraction: str, *, rebase: bool = False, progress: Any = None) -> list[dict[str, Any]]:
+        return self._call("POST", f"retractions/{retraction}/apply", json_body={"rebase": rebase})
+
+    def audit_retraction(self, retraction: str, *, samples: Any = None, **options: Any) -> dict[str, Any]:
+        from provenance.audits import read_samples
+
+        texts = None if samples is None else read_samples(samples) if isinstance(samples, (str, os.PathLike)) \
+            else [str(t) for t in samples]
+        return self._call("POST", f"retractions/{retraction}/audit",
+                          json_body={"samples": texts, "options": options})
+
+    def remove_documents(self, name: str, keys: Sequence[str], *, reason: str | None = None,
+                         retraction: str | None = None) -> RegistrationResult:
+        data = self._call("POST", f"datasets/{name}/remove",
+                          json_body={"keys": list(keys), "reason": reason, "retraction": retraction})
+        return RegistrationResult.model_validate(data)
+
     def audit_dedup(self, targets: Sequence[Any], *, progress: Any = None, pairs_file: Any = None,
                     **options: Any) -> DedupReport:
         """The dedup audit, run on the server; with ``pairs_file`` the pairs are written here as
@@ -470,7 +500,7 @@ class RemoteLedger:
 
     def audit_memorization(self, version: str | VersionRecord, samples: Any, *, progress: Any = None,
                            **options: Any) -> MemorizationReport:
-        from provenance.memorization import read_samples
+        from provenance.audits import read_samples
 
         texts = read_samples(samples) if isinstance(samples, (str, os.PathLike)) else list(samples)
         body = {"version": _ref(version), "samples": texts, "options": options}

@@ -228,6 +228,11 @@ class Lineage(Result):
     unrecorded: list[str] = Field(default_factory=list, description="ancestors with no run and no merge: data unknown")
     unregistered_inputs: list[UnregisteredInput] = Field(
         default_factory=list, description="inputs the runs named that match no registered dataset")
+    retracted: list[dict[str, Any]] = Field(
+        default_factory=list, description="retracted data in the lineage: per retraction and run that trained on it, "
+                                          "retraction_id, reason, target, run_id, version_id")
+    made_by_retraction: dict[str, Any] | None = Field(
+        None, description="when a retraction made this version: retraction_id, replaces, action, exact")
 
     def version_rows(self) -> list[dict[str, Any]]:
         """:attr:`versions` as rows."""
@@ -262,6 +267,9 @@ class TaintReport(Result):
     near: float | None = Field(description="the Jaccard threshold for near-copies of the target")
     matches: list[SimilarDocument] = Field(description="documents found for a text or with near")
     versions: list[TaintedVersion] = Field(description="newest first")
+    retractions: list[dict[str, Any]] = Field(
+        default_factory=list, description="retractions of the target (or of its matches): retraction_id, created_at, "
+                                          "reason, target, results (the versions made for it)")
 
 
 # ---- merges -------------------------------------------------------------------------------------
@@ -380,6 +388,7 @@ class GatePolicy(Result):
     max_overlap: float | None
     max_contamination: int | None
     deny_license: list[str]
+    deny_retracted: bool = False
 
 
 class DatasetOverlap(Row):
@@ -429,7 +438,7 @@ class Contamination(Result):
 
 
 class Violation(Row):
-    policy: Literal["max_contamination", "max_overlap", "deny_license"]
+    policy: Literal["max_contamination", "max_overlap", "deny_license", "deny_retracted"]
     message: str
 
 
@@ -448,6 +457,9 @@ class GateReport(Result):
     banding: Banding
     policy: GatePolicy
     license: LicenseSummary
+    retracted: list[dict[str, Any]] = Field(
+        default_factory=list, description="retracted data in the inputs' lineages: input, retraction_id, reason, "
+                                          "target, run_id, version_id")
     overlap: list[Overlap]
     contamination: Contamination | None
     violations: list[Violation]

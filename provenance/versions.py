@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -190,6 +190,7 @@ def commit(
     progress: Any = None,
     max_file_bytes: int = model_files.MAX_FILE_BYTES,
     files: str | os.PathLike | None = None,
+    also: Callable[[Any, VersionRecord], None] | None = None,
 ) -> VersionRecord:
     """Store ``state`` as a new version and return its record.
 
@@ -207,7 +208,8 @@ def commit(
     group as it is stored. A checkpoint folder's other files (config, tokenizer) are stored with
     the version, each up to ``max_file_bytes``; see :mod:`provenance.model_files`. ``files`` is a
     folder whose files are stored so, for a ``state`` that is not a folder (a state dict whose
-    config and tokenizer were saved apart, as the Trainer callback does).
+    config and tokenizer were saved apart, as the Trainer callback does). ``also(tx, version)``
+    writes rows that must land in the version's own transaction (a retraction's result).
     """
     if not isinstance(message, str) or not message.strip():
         raise InvalidParameterError("a commit needs a message")
@@ -222,7 +224,7 @@ def commit(
     # `gc` in another process never sees this commit's objects as unreferenced.
     with ledger.session(), ledger.object_writers.writing():
         return _commit(ledger, state, parent, message, author, run, encoding, dict(low_rank or {}), allow_nonfinite,
-                       snapshot or SnapshotPolicy(), sync, progress, listed)
+                       snapshot or SnapshotPolicy(), sync, progress, listed, also)
 
 
 def _is_model_folder(state: Any) -> bool:
@@ -234,7 +236,7 @@ def _is_model_folder(state: Any) -> bool:
 
 
 def _commit(ledger, state, parent, message, author, run, encoding, low_rank, allow_nonfinite, policy, sync,
-            progress, listed) -> VersionRecord:
+            progress, listed, also=None) -> VersionRecord:
     parent_rec = ledger.version(parent) if parent is not None else None
     if run is not None:
         run_rec = ledger.run(run)
@@ -295,6 +297,8 @@ def _commit(ledger, state, parent, message, author, run, encoding, low_rank, all
             tx.insert_version(version, params, [f.model_dump() for f in files])
             if run is not None:
                 tx.end_run(run, "finished", version_id=version.version_id)
+            if also is not None:  # rows that must land with the version or not at all (a retraction's result)
+                also(tx, version)
     except BaseException:
         def remove() -> None:
             for address in [*created, *writer.created]:

@@ -125,6 +125,98 @@ class LineageQueries:
                 params=[[int(d) for d in doc_ids]],
             ).to_arrow_table()
 
+    def retraction_runs(self, retraction_ids: list[str] | None = None) -> pa.Table:
+        """The runs that trained on what retractions retract (all, or ``retraction_ids``), with
+        the version each produced and the retraction's reason and target: ``retraction_id,
+        run_id, version_id, reason, target``. A document counts as
+        :meth:`runs_seeing` counts it (logged examples, else the declared shard); a retracted
+        shard or dataset version counts for every run that declared it."""
+        with self._cursor() as con:
+            return con.sql(
+                """WITH rd AS (SELECT * FROM retraction_documents WHERE $1 IS NULL OR list_contains($1, retraction_id)),
+                   docs AS (SELECT rd.retraction_id, d.doc_id, d.dataset_id, d.shard_index
+                            FROM rd JOIN documents d ON d.doc_id = rd.doc_id AND d.dataset_id = rd.dataset_id),
+                   hit AS (
+                       SELECT docs.retraction_id, e.run_id FROM run_examples e JOIN docs USING (doc_id)
+                       UNION
+                       SELECT docs.retraction_id, rs.run_id FROM run_shards rs
+                       JOIN docs ON docs.dataset_id = rs.dataset_id AND docs.shard_index = rs.shard_index
+                       WHERE NOT rs.logged
+                       UNION
+                       SELECT rd.retraction_id, rs.run_id FROM rd JOIN run_shards rs
+                       ON rs.dataset_id = rd.dataset_id AND (rd.shard_index IS NULL OR rs.shard_index = rd.shard_index)
+                       WHERE rd.doc_id IS NULL)
+                   SELECT h.retraction_id, h.run_id, r.version_id, x.reason, x.target
+                   FROM hit h JOIN runs r USING (run_id) JOIN retractions x USING (retraction_id)
+                   ORDER BY h.retraction_id, h.run_id""",
+                params=[retraction_ids],
+            ).to_arrow_table()
+
+    def retraction(self, retraction_id: str) -> dict[str, Any]:
+        """A recorded retraction: its row, what it retracts (``documents``) and the versions its
+        steps made (``results``)."""
+        with self._cursor() as con:
+            rows = con.sql("SELECT * FROM retractions WHERE retraction_id = ?",
+                           params=[str(retraction_id).lower()]).to_arrow_table().to_pylist()
+            if not rows:
+                raise NotFoundError(f"no retraction {retraction_id!r} in the ledger (`prov retractions` lists them)")
+            row = rows[0]
+            row["documents"] = con.sql(
+                "SELECT dataset_id, shard_index, doc_id, key, jaccard FROM retraction_documents "
+                "WHERE retraction_id = ? ORDER BY dataset_id, doc_id NULLS FIRST",
+                params=[row["retraction_id"]]).to_arrow_table().to_pylist()
+            row["results"] = con.sql(
+                "SELECT version_id, action, new_version_id, exact, applied_at FROM retraction_results "
+                "WHERE retraction_id = ? ORDER BY applied_at, version_id",
+                params=[row["retraction_id"]]).to_arrow_table().to_pylist()
+        return row
+
+    def retractions(self) -> list[dict[str, Any]]:
+        """Every retraction, newest first: ``retraction_id, created_at, author, reason, target,
+        near, documents, results`` (counts)."""
+        with self._cursor() as con:
+            return con.sql(
+                """SELECT r.retraction_id, r.created_at, r.author, r.reason, r.target, r.near,
+                          (SELECT count(*) FROM retraction_documents d WHERE d.retraction_id = r.retraction_id)
+                              AS documents,
+                          (SELECT count(*) FROM retraction_results x WHERE x.retraction_id = r.retraction_id)
+                              AS results
+                   FROM retractions r ORDER BY r.created_at DESC, r.retraction_id""").to_arrow_table().to_pylist()
+
+    def retraction_made(self, version_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """For each of ``version_ids`` that a retraction's step made: the retraction, the
+        version it replaces, the action and whether it is exact."""
+        with self._cursor() as con:
+            rows = con.sql(
+                """SELECT new_version_id, retraction_id, version_id AS replaces, action, exact
+                   FROM retraction_results WHERE list_contains(?, new_version_id)""",
+                params=[list(version_ids)]).to_arrow_table().to_pylist()
+        return {r.pop("new_version_id"): r for r in rows}
+
+    def retractions_of(self, doc_ids: list[int], dataset_id: str | None = None,
+                       shard_index: int | None = None) -> list[dict[str, Any]]:
+        """The retractions that retract any of ``doc_ids``, or the dataset version ``dataset_id``
+        (or its shard ``shard_index``) as a whole or in part, each with the versions made for it."""
+        with self._cursor() as con:
+            return con.sql(
+                """SELECT x.retraction_id, x.created_at, x.reason, x.target,
+                          (SELECT list(new_version_id ORDER BY new_version_id) FROM retraction_results r
+                           WHERE r.retraction_id = x.retraction_id) AS results
+                   FROM retractions x WHERE x.retraction_id IN (
+                       SELECT retraction_id FROM retraction_documents d
+                       WHERE list_contains($1, d.doc_id)
+                          OR (d.dataset_id = $2 AND ($3 IS NULL OR d.shard_index IS NULL OR d.shard_index = $3)))
+                   ORDER BY x.created_at, x.retraction_id""",
+                params=[[int(d) for d in doc_ids], dataset_id, shard_index]).to_arrow_table().to_pylist()
+
+    def removals(self, dataset_ids: list[str]) -> list[dict[str, Any]]:
+        """The documents each of ``dataset_ids`` was made without (``prov dataset remove``)."""
+        with self._cursor() as con:
+            return con.sql(
+                """SELECT dataset_id, from_dataset_id, doc_id, key, retraction_id, reason, created_at
+                   FROM dataset_removals WHERE list_contains(?, dataset_id) ORDER BY dataset_id, doc_id""",
+                params=[list(dataset_ids)]).to_arrow_table().to_pylist()
+
     def similar_documents(self, config_id: str, exact_hash: int, signature: Any, min_matches: int | None,
                           band_keys: Any = None, banding: tuple[int, int] | None = None) -> pa.Table:
         """Documents of every dataset fingerprinted under ``config_id`` that have ``exact_hash``,

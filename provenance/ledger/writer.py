@@ -212,6 +212,11 @@ class LedgerWriter(AuditWrites):
             self._con.execute(f"SET threads = {int(threads)}")
             self._con.execute("SET memory_limit = ?", [memory])
 
+    def has_removals(self, dataset_id: str) -> bool:
+        """Whether ``dataset_id`` was made by removing documents (its shards' files hold more)."""
+        return bool(self._con.execute("SELECT count(*) FROM dataset_removals WHERE dataset_id = ?",
+                                      [dataset_id]).fetchall()[0][0])
+
     def shards_of(self, dataset_id: str) -> list[ShardRecord]:
         rows = self._con.sql(
             "SELECT * FROM shards WHERE dataset_id = ? ORDER BY shard_index", params=[dataset_id]
@@ -424,15 +429,45 @@ class LedgerWriter(AuditWrites):
         ])
         self._insert("merge_receipts", pa.Table.from_pylist([receipt], schema=schema))
 
-    def insert_retraction(self, row: dict) -> None:
+    def insert_retraction(self, row: Mapping[str, Any], documents: Sequence[Mapping[str, Any]]) -> None:
+        """A retraction and what it retracts (rows ``dataset_id, shard_index, doc_id, key, jaccard``)."""
         self._con.execute("INSERT INTO retractions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                          [row[k] for k in ("retraction_id", "created_at", "author", "reason", "target", "near",
-                                            "documents_json", "plan_json")]).fetchall()
+                          [row[k] for k in ("retraction_id", "created_at", "author", "reason", "target", "target_json",
+                                            "near", "plan_json")]).fetchall()
+        if documents:
+            schema = pa.schema([("retraction_id", pa.string()), ("dataset_id", pa.string()),
+                                ("shard_index", pa.int32()), ("doc_id", pa.int64()), ("key", pa.string()),
+                                ("jaccard", pa.float64())])
+            self._insert("retraction_documents", pa.Table.from_pylist(
+                [{"retraction_id": row["retraction_id"], **{k: d.get(k) for k in schema.names[1:]}}
+                 for d in documents], schema=schema))
 
-    def insert_retraction_result(self, row: dict) -> None:
+    def insert_retraction_audit(self, row: Mapping[str, Any]) -> None:
+        self._con.execute("INSERT INTO retraction_audits VALUES (?, ?, ?, ?, ?)",
+                          [row["audit_id"], row["retraction_id"], row["passed"], json.dumps(row["report"], default=str),
+                           row["created_at"]]).fetchall()
+
+    def insert_retraction_result(self, row: Mapping[str, Any]) -> None:
         self._con.execute("INSERT INTO retraction_results VALUES (?, ?, ?, ?, ?, ?)",
                           [row[k] for k in ("retraction_id", "version_id", "action", "new_version_id", "exact",
                                             "applied_at")]).fetchall()
+
+    def copy_documents_except(self, source: str, dataset_id: str, removed: Sequence[int], n_rows: int) -> None:
+        """Copy the document rows of dataset version ``source`` but those with doc_id in
+        ``removed`` into ``dataset_id``, numbered on from the ledger's next doc_id (``n_rows``:
+        how many that leaves)."""
+        first = self.next_doc_id()
+        self._put_documents(
+            """SELECT ? + row_number() OVER (ORDER BY shard_index, row_index) - 1 AS doc_id, ? AS dataset_id,
+                      shard_index, row_index, line, key, exact_hash, token_count, n_bytes, signature, band_keys
+               FROM documents WHERE dataset_id = ? AND NOT list_contains(?, doc_id)""",
+            [first, dataset_id, source, [int(d) for d in removed]], dataset_id, n_rows)
+
+    def insert_removals(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        schema = pa.schema([("dataset_id", pa.string()), ("from_dataset_id", pa.string()), ("doc_id", pa.int64()),
+                            ("key", pa.string()), ("retraction_id", pa.string()), ("reason", pa.string()),
+                            ("created_at", pa.timestamp("us"))])
+        self._insert("dataset_removals", pa.Table.from_pylist([dict(r) for r in rows], schema=schema))
 
     def set_tag(self, name: str, version_id: str) -> None:
         self._con.execute(

@@ -561,6 +561,73 @@ def taint(request: Request, body: TaintBody) -> dict[str, Any]:
     return s.read(s.ledger.taint, **body.model_dump()).to_dict()
 
 
+class RetractBody(Body):
+    reason: str
+    dataset: str | None = None
+    shard: str | None = None
+    key: str | None = None
+    text: str | None = None
+    near: float | None = None
+    author: str | None = None
+
+
+class ApplyRetractionBody(Body):
+    rebase: bool = False
+
+
+class RetractionAuditBody(Body):
+    samples: list[str] | None = None
+    options: dict[str, Any] = Field(default_factory=dict, description="releases, threshold, span, store")
+
+
+class RemoveDocumentsBody(Body):
+    keys: list[str] = Field(min_length=1)
+    reason: str | None = None
+    retraction: str | None = None
+
+
+@router.post("/retractions", tags=["retractions"], status_code=201)
+def retract(request: Request, body: RetractBody) -> dict[str, Any]:
+    """Record a retraction (a document, a text and its near-copies, a shard, a dataset) and its plan."""
+    s = _service(request)
+    return _json(s.call(s.ledger.retract, **body.model_dump()))
+
+
+@router.get("/retractions", tags=["retractions"])
+def retractions(request: Request) -> list[dict[str, Any]]:
+    s = _service(request)
+    return _json(s.read(s.ledger.retractions))
+
+
+@router.get("/retractions/{retraction_id}", tags=["retractions"])
+def retraction(request: Request, retraction_id: str) -> dict[str, Any]:
+    s = _service(request)
+    return _json(s.read(s.ledger.retraction, retraction_id))
+
+
+@router.post("/retractions/{retraction_id}/apply", tags=["retractions"])
+def apply_retraction(request: Request, retraction_id: str, body: ApplyRetractionBody) -> list[dict[str, Any]]:
+    """Carry out the retraction's re-merges (and rebases): idempotent, atomic per version."""
+    s = _service(request)
+    return _json(s.call(s.ledger.apply_retraction, retraction_id, rebase=body.rebase))
+
+
+@router.post("/retractions/{retraction_id}/audit", tags=["retractions"], status_code=201)
+def audit_retraction(request: Request, retraction_id: str, body: RetractionAuditBody) -> dict[str, Any]:
+    """The proof of a retraction (stored unless ``store`` is false)."""
+    s = _service(request)
+    options = _audit_options(body.options, ("releases", "threshold", "span", "store"))
+    return _json(s.call(s.ledger.audit_retraction, retraction_id, samples=body.samples, **options))
+
+
+@router.post("/datasets/{name}/remove", tags=["datasets"], status_code=201)
+def remove_documents(request: Request, name: str, body: RemoveDocumentsBody) -> dict[str, Any]:
+    """A new version of the dataset without the documents ``keys`` (their rows copied, no source read)."""
+    s = _service(request)
+    return _json(s.call(s.ledger.remove_documents, name, body.keys, reason=body.reason,
+                        retraction=body.retraction))
+
+
 class DedupBody(Body):
     targets: list[str] = Field(min_length=1)
     options: dict[str, Any] = Field(default_factory=dict, description="threshold, verify, all_pairs, store")
@@ -578,7 +645,7 @@ class MemorizationBody(Body):
 
 
 _GATE_OPTIONS = ("eval_datasets", "threshold", "max_overlap", "max_contamination", "deny_license", "full_lineage",
-                 "store", "ngram")
+                 "deny_retracted", "store", "ngram")
 
 
 def _audit_options(options: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, Any]:

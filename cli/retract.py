@@ -1,0 +1,179 @@
+"""``prov retract``, ``prov retractions`` and ``prov audit retraction``: remove a document from
+every version it shaped, and prove it."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from provenance.cli import render
+from provenance.cli.app import CliError, Context, _write_html, json_option, main, no_store_option, pass_ctx
+from provenance.cli.audits import audit_group
+
+
+@main.command("retract")
+@click.argument("target", required=False, metavar="[DATASET | RETRACTION-ID]")
+@click.option("--shard", default=None, help="A shard of the dataset (index or name).")
+@click.option("--key", default=None, help="A document key of the dataset.")
+@click.option("--text", "text_file", type=click.File("rb"), default=None,
+              help="A file with the text of a document ('-': stdin); the text itself is not kept.")
+@click.option("--near", type=float, default=None,
+              help="Also its near-duplicates (estimated Jaccard >= NEAR) in any dataset.")
+@click.option("--reason", default=None, help="Why (a removal request, a licence audit); required to record one.")
+@click.option("--author", default=None, help="Who asks for it (recorded).")
+@click.option("--apply", "apply_", is_flag=True, help="Carry out the plan of the retraction RETRACTION-ID.")
+@click.option("--rebase", is_flag=True,
+              help="With --apply: also re-apply later patches onto clean versions (approximate for the model).")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None,
+              help="Also write the plan (and what was applied) as an HTML page.")
+@json_option
+@pass_ctx
+def retract_cmd(obj: Context, target: str | None, shard: str | None, key: str | None, text_file: Any,
+                near: float | None, reason: str | None, author: str | None, apply_: bool, rebase: bool,
+                html_file: str | None, as_json: bool) -> None:
+    """Retract a document (--key, --text; --near for its near-copies), a shard or a dataset from
+    every version it shaped: record why and print the plan, one step per tainted version
+    (re-merge without it, retrain, rebase; the release tags it touches). With RETRACTION-ID
+    --apply, carry out the re-merges (and with --rebase the rebases): each new version is tagged
+    TAG+retracted-ID, atomic per version; running it again continues."""
+    ledger = obj.ledger()
+    html_path = ledger.output_path(html_file) if html_file else None
+    if apply_:
+        if not target:
+            raise CliError("--apply needs the retraction id: prov retract ID --apply", kind="invalid")
+        if reason or key or shard or text_file or near is not None:
+            raise CliError("--apply takes only the retraction id (and --rebase)", kind="invalid")
+        with render.progress(obj.quiet) as bar:
+            results = ledger.apply_retraction(target, rebase=rebase, progress=bar)
+        if html_path is not None:
+            _write_html(_plan_page(ledger.retraction(target)), html_path)
+        render.emit(results, as_json, lambda rs: "\n".join(
+            f"{r['action']} {r['version_id'][:12]} -> {r['new_version_id'][:12]}"
+            f"{'' if r['exact'] else ' (approximate)'}" for r in rs)
+            or "nothing to carry out: every step needs retraining (or --rebase)")
+        return
+    if rebase:
+        raise CliError("--rebase goes with --apply", kind="invalid")
+    if not reason:
+        raise CliError("a retraction needs --reason (why: a removal request, a licence audit)", kind="invalid")
+    text = None
+    if text_file is not None:
+        raw = text_file.read()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CliError(f"{getattr(text_file, 'name', 'stdin')}: not UTF-8 (byte {exc.start})",
+                           kind="source") from exc
+    record = ledger.retract(reason=reason, dataset=target, shard=shard, key=key, text=text, near=near, author=author)
+    if html_path is not None:
+        _write_html(_plan_page(record), html_path)
+    if as_json:
+        return render.dump(record)
+    show_plan(record)
+    click.echo(f"carry out what can be done with: prov retract {record['retraction_id']} --apply [--rebase]")
+
+
+def _plan_page(record: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    steps = record.get("steps") or json.loads(record["plan_json"])
+    return {**record, "kind": "retraction", "steps": steps}
+
+
+def show_plan(record: dict[str, Any]) -> None:
+    import json
+
+    steps = record.get("steps") or json.loads(record["plan_json"])
+    made = {r["version_id"]: r for r in record.get("results") or []}
+    docs = record.get("documents") or []
+    click.echo(f"retraction {record['retraction_id']} of {record['target']}: {record['reason']} "
+               f"({len(docs)} document row(s))")
+    t = Table(title=f"plan for {len(steps)} tainted version(s)")
+    for col in ("version", "tags", "action", "why", "made"):
+        t.add_column(col)
+    for s in steps:
+        r = made.get(s["version_id"])
+        t.add_row(s["version_id"][:12], ", ".join(s["tags"]), s["action"], render.cell(s["why"]),
+                  (r["new_version_id"][:12] + ("" if r["exact"] else " (approx.)")) if r else "")
+    render.console().print(t)
+
+
+@main.command("retractions")
+@click.argument("retraction_id", required=False, metavar="[RETRACTION-ID]")
+@json_option
+@pass_ctx
+def retractions_cmd(obj: Context, retraction_id: str | None, as_json: bool) -> None:
+    """List the retractions, or show one: what it retracts, its plan, and what was applied."""
+    ledger = obj.ledger(read_only=True)
+    if retraction_id:
+        record = ledger.retraction(retraction_id)
+        if as_json:
+            return render.dump(record)
+        return show_plan(record)
+    rows = ledger.retractions()
+    if as_json:
+        return render.dump(rows)
+    t = Table(title=f"{len(rows)} retraction(s)")
+    for col in ("id", "created", "target", "reason", "documents", "applied"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["retraction_id"], str(r["created_at"])[:19], render.cell(r["target"]), render.cell(r["reason"]),
+                  str(r["documents"]), str(r["results"]))
+    render.console().print(t)
+
+
+@audit_group.command("retraction")
+@click.argument("retraction_id", metavar="RETRACTION-ID")
+@click.option("--samples", "samples_file", type=click.Path(dir_okay=False), default=None,
+              help="Texts generated by the new versions (JSONL or plain text, one per line): none may reproduce a "
+                   "retracted document.")
+@click.option("--releases", default=None, metavar="PATTERN",
+              help="Also check every version tagged with a name matching this glob (e.g. 'release-*').")
+@click.option("--threshold", type=float, default=0.8, show_default=True,
+              help="Estimated Jaccard at or above which a sample reproduces a retracted document, in (0, 1].")
+@click.option("--span", type=int, default=50, show_default=True,
+              help="Words of an exact shared span that count as reproduced (0: skip; it reads the source text).")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None, help="Also write an HTML report.")
+@no_store_option
+@json_option
+@pass_ctx
+def audit_retraction_cmd(obj: Context, retraction_id: str, samples_file: str | None, releases: str | None,
+                         threshold: float, span: int, html_file: str | None, no_store: bool, as_json: bool) -> None:
+    """The proof of a retraction: no version it made (and, with --releases, no release) has the
+    retracted documents or copies of them found now in its lineage, and no sample reproduces
+    them. Exit status 1 when something is not clean."""
+    ledger = obj.ledger(read_only=no_store)
+    html_path = ledger.output_path(html_file) if html_file else None
+    report = ledger.audit_retraction(retraction_id, samples=samples_file, releases=releases, threshold=threshold,
+                                     span=span, store=not no_store)
+    _write_html({**report, "kind": "retraction-audit"}, html_path)
+    if as_json:
+        render.dump(report)
+    else:
+        console = render.console()
+        verdict = "[bold green]PASSED[/]" if report["passed"] else "[bold red]FAILED[/]"
+        console.print(f"retraction {report['retraction_id']} of {escape(report['target'])}: {verdict}",
+                      highlight=False)
+        for p in report["problems"]:
+            console.print(f"  [red]✗ {escape(p)}[/]", highlight=False)
+        t = Table(title=f"{len(report['checked'])} version(s) checked")
+        for col in ("version", "as", "tags", "lineage"):
+            t.add_column(col)
+        for c in report["checked"]:
+            t.add_row(c["version_id"][:12], c["as"], ", ".join(c["tags"]),
+                      "clean" if c["clean"] else f"tainted through {c['via'][:12]}")
+        console.print(t)
+        if report["copies_found_now"]:
+            click.echo(f"copies of the retracted documents found now: {len(report['copies_found_now'])}")
+        for p in report["pending"]:
+            click.echo(f"still to do: {p['action']} {p['version_id'][:12]}")
+        mem = report.get("memorization")
+        if mem:
+            click.echo(f"samples: {mem['samples']}, reproducing a retracted document: "
+                       f"{len({m['sample'] for m in mem['matches']})}")
+    if not report["passed"]:
+        sys.exit(1)
