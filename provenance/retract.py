@@ -86,6 +86,9 @@ def plan(taint_rows: list[dict[str, Any]], graph: dict[str, dict[str, Any]], *,
         parents = list(row.get("parents") or [])
         if row.get("method"):
             steps[vid] = _remerge(vid, row, parents, tainted, tags)
+        elif len(parents) > 1:
+            steps[vid] = Step(vid, "retrain", "a merge with no merge receipt: it cannot be made again without its "
+                              "tainted inputs", tags)
         elif hit["direct"]:
             steps[vid] = Step(vid, "retrain", "its own run trained on the target", tags)
         else:
@@ -305,6 +308,7 @@ def apply_retraction(ledger: Any, retraction: str, *, rebase_too: bool = False,
     steps = [Step(**s) for s in json.loads(rec["plan_json"])]
     done = {r["version_id"]: r for r in rec["results"]}
     replaced = {v: r["new_version_id"] for v, r in done.items()}
+    failed: list[str] = []
     for step in steps:
         if step.version_id in done:
             continue
@@ -324,11 +328,19 @@ def apply_retraction(ledger: Any, retraction: str, *, rebase_too: bool = False,
             tx.insert_retraction_result(result)
 
         if step.action == "remerge":
-            new = remerge(ledger, step, rid, also=record, progress=progress)
+            try:
+                new = remerge(ledger, step, rid, also=record, progress=progress)
+            except InvalidParameterError as exc:  # a receipt gone since the plan: the other steps go on
+                if ledger.receipt(step.version_id) is not None:
+                    raise
+                failed.append(str(exc))
+                continue
         else:
             new, _ = rebase(ledger, step, onto, rid, also=record)
         replaced[step.version_id] = new.version_id
         done[step.version_id] = result
+    if failed:
+        raise InvalidParameterError(f"{len(done)} step(s) of retraction {rid} done; not done: " + "; ".join(failed))
     return [{k: done[s.version_id][k] for k in ("version_id", "action", "new_version_id", "exact")}
             for s in steps if s.version_id in done]
 

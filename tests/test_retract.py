@@ -168,3 +168,328 @@ def test_prov_retract_on_the_command_line(contributors):
     out = runner.invoke(main, [*base, "retract", data["retraction_id"], "--apply", "--json"])
     assert out.exit_code == 0, out.output
     assert {r["version_id"] for r in json.loads(out.output)} == {v["m"].version_id, v["avg"].version_id}
+
+
+# ---- the issue's scenarios ------------------------------------------------------------------------
+
+LETTER = ("dear editor I am writing to withdraw the essay I sent last spring about my grandmother's farm near the "
+          "river because it names my neighbours and describes their children in ways I no longer want public")
+
+
+@pytest.fixture
+def three(ledger, data_dir, write_jsonl):
+    """A base; A (a sparse FISH-mask update) trained on ``private``, which holds X; B (a LoRA
+    adapter) and C (a dense fine-tune) on ``open``; their Fisher merge M tagged release-1, with
+    stored Fishers; E trained on ``mirror``, which holds a near-copy of X (one word changed)."""
+    write_jsonl(data_dir / "private.jsonl", [{"id": "X", "text": LETTER}] +
+                [{"id": f"p{i}", "text": f"a private note number {i} about the weather and the roads"} for i in range(5)])
+    write_jsonl(data_dir / "open.jsonl", [{"id": f"o{i}", "text": f"an open text number {i} on gardening"}
+                                          for i in range(6)])
+    write_jsonl(data_dir / "mirror.jsonl", [{"id": "copy", "text": LETTER.replace("spring", "summer")},
+                                            {"id": "m1", "text": "something else entirely about trains"}])
+    for name in ("private", "open", "mirror"):
+        ledger.register_dataset(name, data_dir / f"{name}.jsonl", id_field="id")
+    g = torch.Generator().manual_seed(0)
+    base_state = {"w": torch.randn(16, 16, generator=g), "h": torch.randn(16, 8, generator=g)}
+    base = ledger.commit(base_state, message="base")
+
+    def run(dataset, state, **options):
+        with ledger.start_run(base=base, datasets=[dataset], message=f"on {dataset}") as r:
+            return r.commit(state, **options)
+
+    a_w = base_state["w"].clone()
+    a_w[torch.rand(16, 16, generator=g) < 0.05] += 1.0  # a sparse mask
+    a = run("private", {"w": a_w, "h": base_state["h"]})
+    bf, af = torch.randn(16, 2, generator=g), torch.randn(2, 8, generator=g)
+    b = run("open", {"w": base_state["w"], "h": base_state["h"] + 0.5 * (bf @ af)}, low_rank={"h": (bf, af, 0.5)})
+    c = run("open", {"w": base_state["w"] + 0.1 * torch.randn(16, 16, generator=g),
+                     "h": base_state["h"] + 0.1 * torch.randn(16, 8, generator=g)})
+    e = run("mirror", {"w": base_state["w"] * 1.01, "h": base_state["h"]})
+    assert ledger.manifest(a)["w"].encoding == "sparse" and ledger.manifest(b)["h"].encoding == "low_rank"
+    assert ledger.manifest(c)["w"].encoding == "full"
+    fishers = {}
+    for seed, v in zip((11, 12, 13), (a, b, c)):
+        fishers[v.version_id] = {n: torch.rand(*t.shape, generator=torch.Generator().manual_seed(seed)) + 0.05
+                                 for n, t in base_state.items()}
+        ledger.store_fisher(v, fishers[v.version_id])
+    m = ledger.merge([a, b, c], method="fisher", weights=[0.2, 0.5, 0.3], message="M")
+    ledger.tag("release-1", m)
+    return ledger, {"base": base, "a": a, "b": b, "c": c, "e": e, "m": m}
+
+
+def test_retracting_x_remerges_b_and_c_bit_identically_and_proves_it(three):
+    from provenance.patches import same_bits
+
+    ledger, v = three
+    record = ledger.retract(dataset="private", key="X", near=0.5, reason="the author withdrew the letter",
+                            author="maintainer")
+    rid = record["retraction_id"]
+    assert {(d["dataset_id"], d["key"]) for d in record["documents"]} == {("private@1", "X"), ("mirror@1", "copy")}
+    steps = {s["version_id"]: s for s in record["steps"]}
+    assert steps[v["a"].version_id]["action"] == "retrain" and steps[v["e"].version_id]["action"] == "retrain"
+    m = steps[v["m"].version_id]
+    assert (m["action"], m["inputs"], m["dropped"], m["tags"]) == (
+        "remerge", [v["b"].version_id, v["c"].version_id], [v["a"].version_id], ["release-1"])
+    assert m["weights"] == pytest.approx([0.625, 0.375])  # 0.5 and 0.3 renormalised to sum to 1
+    a_step = steps[v["a"].version_id]  # the run's recorded settings and what to remove
+    assert a_step["datasets"] == {"private@1": 1.0} and a_step["remove"] == {"private@1": ["X"]}
+    assert "prov dataset remove private X" in a_step["why"]
+
+    results = ledger.apply_retraction(rid)
+    assert [(r["version_id"], r["action"], r["exact"]) for r in results] == [(v["m"].version_id, "remerge", True)]
+    new = ledger.version(results[0]["new_version_id"])
+    direct = ledger.merge([v["b"], v["c"]], method="fisher", weights=[0.625, 0.375], message="B and C directly")
+    got, want = ledger.checkout(new), ledger.checkout(direct)
+    assert set(got) == {"w", "h"} and all(same_bits(got[k], want[k]) for k in got)
+    assert {t.name: t.version_id for t in ledger.tags()}[f"release-1+retracted-{rid}"] == new.version_id
+
+    lin = ledger.lineage(new)
+    assert {d["dataset_id"] for d in lin.datasets} == {"open@1"}  # neither X's dataset nor its near-copy's
+    assert lin.retracted == [] and lin.made_by_retraction["retraction_id"] == rid
+    old = ledger.lineage(v["m"])
+    assert {r["retraction_id"] for r in old.retracted} == {rid} and old.retracted[0]["run_id"] == v["a"].run_id
+
+    proof = ledger.audit_retraction(rid)
+    assert proof["passed"], proof["problems"]
+    assert [c["version_id"] for c in proof["checked"]] == [new.version_id] and proof["checked"][0]["clean"]
+    assert {p["version_id"] for p in proof["pending"]} == {v["a"].version_id, v["e"].version_id}
+    releases = ledger.audit_retraction(rid, releases="release-*")
+    assert not releases["passed"]
+    by_tag = {c["as"]: c for c in releases["checked"]}
+    assert not by_tag["release release-1"]["clean"] and by_tag["release release-1"]["via"] == v["a"].version_id
+    assert by_tag[f"release release-1+retracted-{rid}"]["clean"]
+    assert any("release release-1 " in p for p in releases["problems"])
+
+    taint = ledger.taint(dataset="private", key="X")
+    assert [r["retraction_id"] for r in taint.retractions] == [rid] and taint.retractions[0]["results"] == [
+        new.version_id]
+
+
+def test_the_audit_runs_the_samples_against_the_retracted_texts(three):
+    ledger, v = three
+    rid = ledger.retract(dataset="private", key="X", reason="withdrawn")["retraction_id"]
+    ledger.apply_retraction(rid)
+    clean = ledger.audit_retraction(rid, samples=["a poem about gardening and open texts", "numbers and roads"],
+                                    span=8)
+    assert clean["passed"] and clean["memorization"]["matches"] == []
+    leaked = ledger.audit_retraction(rid, samples=["unrelated words here", "so " + LETTER[:160] + " and more"],
+                                     span=8)
+    assert not leaked["passed"]
+    (hit,) = leaked["memorization"]["matches"]
+    assert (hit["sample"], hit["key"], hit["dataset_id"]) == (1, "X", "private@1") and hit["span_words"] >= 25
+    assert hit["span_text"].startswith("dear editor i am writing")
+    stored = ledger.sql("SELECT passed FROM retraction_audits WHERE retraction_id = ? ORDER BY created_at",
+                        [rid]).to_pylist()
+    assert [r["passed"] for r in stored] == [True, False]
+
+
+def test_a_copy_registered_after_the_retraction_is_found_by_the_audit(three, data_dir, write_jsonl):
+    ledger, v = three
+    rid = ledger.retract(dataset="private", key="X", reason="withdrawn")["retraction_id"]
+    (made,) = ledger.apply_retraction(rid)
+    write_jsonl(data_dir / "late.jsonl", [{"id": "again", "text": LETTER}])
+    ledger.register_dataset("late", data_dir / "late.jsonl", id_field="id")
+    with ledger.start_run(base=made["new_version_id"], datasets=["late"], message="on late") as r:
+        later = r.commit(ledger.checkout(made["new_version_id"]))
+    ledger.tag("release-2", later)
+    report = ledger.audit_retraction(rid, releases="release-2")
+    assert [(c["dataset_id"], c["key"]) for c in report["copies_found_now"]] == [("late@1", "again")]
+    assert not report["passed"] and not {c["as"]: c for c in report["checked"]}["release release-2"]["clean"]
+
+
+def test_a_chain_retrains_a_and_rebases_d_onto_the_base(ledger, data_dir, write_jsonl):
+    """base -> A (trained on X) -> D (a sparse patch on A): retrain A, rebase D; --rebase re-applies
+    D's patch onto the base, the result marked approximate."""
+    write_jsonl(data_dir / "private.jsonl", [{"id": "X", "text": LETTER}, {"id": "y", "text": "other words"}])
+    write_jsonl(data_dir / "open.jsonl", [{"id": "o", "text": "an open text"}])
+    ledger.register_dataset("private", data_dir / "private.jsonl", id_field="id")
+    ledger.register_dataset("open", data_dir / "open.jsonl", id_field="id")
+    g = torch.Generator().manual_seed(3)
+    base = ledger.commit({"w": torch.randn(8, 8, generator=g)}, message="base")
+    with ledger.start_run(base=base, datasets=["private"], message="A", params={"lr": 3e-4, "epochs": 2}) as r:
+        a = r.commit({"w": torch.randn(8, 8, generator=g)})
+    d_w = ledger.checkout(a)["w"].clone()
+    d_w[1, 2], d_w[5, 5] = 9.0, -9.0
+    with ledger.start_run(base=a, datasets=["open"], message="D") as r:
+        d = r.commit({"w": d_w})
+    ledger.tag("release-d", d)
+    assert ledger.manifest(d)["w"].encoding == "sparse"
+    record = ledger.retract(dataset="private", key="X", reason="licence audit")
+    steps = {s["version_id"]: s for s in record["steps"]}
+    assert steps[a.version_id]["action"] == "retrain" and steps[a.version_id]["settings"] == {"lr": 3e-4, "epochs": 2}
+    assert (steps[d.version_id]["action"], steps[d.version_id]["onto"]) == ("rebase", base.version_id)
+    assert ledger.apply_retraction(record["retraction_id"]) == []  # nothing without --rebase
+    (result,) = ledger.apply_retraction(record["retraction_id"], rebase=True)
+    assert (result["version_id"], result["action"], result["exact"]) == (d.version_id, "rebase", False)
+    new = ledger.version(result["new_version_id"])
+    assert new.parents == [base.version_id] and "approximate" in new.message
+    want = ledger.checkout(base)["w"].clone()
+    want[1, 2], want[5, 5] = 9.0, -9.0
+    assert torch.equal(ledger.checkout(new)["w"], want)
+    lin = ledger.lineage(new)
+    assert lin.made_by_retraction == {"retraction_id": record["retraction_id"], "replaces": d.version_id,
+                                      "action": "rebase", "exact": False}
+    assert {t.name: t.version_id for t in ledger.tags()}[f"release-d+retracted-{record['retraction_id']}"] == \
+        new.version_id
+
+
+def test_a_merge_whose_receipt_is_missing(contributors):
+    """The plan is recorded from the graph; the receipt then goes missing (a damaged ledger): the
+    other steps are carried out, and the error names the version."""
+    from provenance.errors import InvalidParameterError
+
+    ledger, v = contributors
+    rid = ledger.retract(dataset="private", key="x1", reason="asked")["retraction_id"]
+    with ledger.transaction() as tx:
+        tx._con.execute("DELETE FROM merge_receipts WHERE version_id = ?", [v["m"].version_id])
+    with pytest.raises(InvalidParameterError, match=f"{v['m'].version_id[:12]} has no merge receipt"):
+        ledger.apply_retraction(rid)
+    done = ledger.retraction(rid)["results"]
+    assert [r["version_id"] for r in done] == [v["avg"].version_id]  # the other re-merge was made
+
+
+def test_a_merge_without_a_receipt_is_planned_as_a_retrain(contributors):
+    ledger, v = contributors
+    with ledger.transaction() as tx:
+        tx._con.execute("DELETE FROM merge_receipts WHERE version_id = ?", [v["m"].version_id])
+    steps = {s["version_id"]: s for s in ledger.retract(dataset="private", key="x1", reason="asked")["steps"]}
+    assert steps[v["m"].version_id]["action"] == "retrain"
+    assert "no merge receipt" in steps[v["m"].version_id]["why"]
+
+
+KILL_ON_SECOND_STEP = """
+import os, signal, sys
+import provenance.retract as retract
+from provenance import Ledger
+
+real, made = retract._tags_in, []
+
+
+def tags_then_die(tx, step, rid, version):  # inside the step's transaction: its version is written, not committed
+    made.append(version.version_id)
+    if len(made) == 2:
+        print("dying", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(tx, step, rid, version)
+
+
+retract._tags_in = tags_then_die
+Ledger.open(sys.argv[1]).apply_retraction(sys.argv[2])
+"""
+
+
+def test_a_kill_in_the_middle_of_apply_leaves_whole_steps_and_a_rerun_continues(contributors, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    ledger, v = contributors
+    rid = ledger.retract(dataset="private", key="x1", reason="asked")["retraction_id"]
+    before = {x.version_id for x in ledger.versions()}
+    script = tmp_path / "kill_apply.py"
+    script.write_text(KILL_ON_SECOND_STEP)
+    proc = subprocess.run([sys.executable, str(script), str(ledger.root), rid], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -signal.SIGKILL and "dying" in proc.stdout, proc.stderr
+    first = ledger.retraction(rid)["results"]
+    assert [r["version_id"] for r in first] == [v["m"].version_id]  # the first step landed whole
+    after = {x.version_id for x in ledger.versions()}
+    assert after - before == {first[0]["new_version_id"]}  # the killed step left no version
+    tags = {t.name for t in ledger.tags()}
+    assert f"release-1+retracted-{rid}" in tags and f"release-2+retracted-{rid}" not in tags
+    assert ledger.verify().ok
+    results = ledger.apply_retraction(rid)  # continues: the second step only
+    assert [r["version_id"] for r in results] == [v["m"].version_id, v["avg"].version_id]
+    assert results[0]["new_version_id"] == first[0]["new_version_id"]
+    assert len({x.version_id for x in ledger.versions()} - before) == 2
+    assert f"release-2+retracted-{rid}" in {t.name for t in ledger.tags()}
+
+
+def test_dataset_remove_makes_a_version_without_the_documents(contributors, data_dir):
+    from provenance.errors import InvalidParameterError, NotFoundError
+
+    ledger, v = contributors
+    rid = ledger.retract(dataset="private", key="x1", reason="asked")["retraction_id"]
+    with pytest.raises(NotFoundError, match=r"private@1 has no document 'nope'.*1 of the 2 keys"):
+        ledger.remove_documents("private", ["x1", "nope"])
+    with pytest.raises(InvalidParameterError, match="not a version"):
+        ledger.remove_documents("private@1", ["x1"])
+    with pytest.raises(InvalidParameterError, match="would leave private@1 empty"):
+        ledger.remove_documents("private", ["x0", "x1", "x2", "x3"])
+    assert [d.dataset_id for d in ledger.datasets("private", all_versions=True)] == ["private@1"]  # nothing made
+    result = ledger.remove_documents("private", ["x1"], reason="withdrawn", retraction=rid)
+    ds = result.dataset
+    assert (ds.dataset_id, ds.n_documents, ds.n_shards) == ("private@2", 3, 1) and "without 1 document" in result.message
+    keys = ledger.sql("SELECT key FROM documents WHERE dataset_id = 'private@2' ORDER BY key").column("key").to_pylist()
+    assert keys == ["x0", "x2", "x3"]
+    old = {r["key"]: r for r in ledger.sql("SELECT key, signature, exact_hash FROM documents "
+                                          "WHERE dataset_id = 'private@1'").to_pylist()}
+    for r in ledger.sql("SELECT key, signature, exact_hash FROM documents WHERE dataset_id = 'private@2'").to_pylist():
+        assert (r["signature"], r["exact_hash"]) == (old[r["key"]]["signature"], old[r["key"]]["exact_hash"])
+    assert ledger.removals(["private@2"])[0] | {"created_at": None} == {
+        "dataset_id": "private@2", "from_dataset_id": "private@1", "doc_id": ledger.document("private@1", "x1").doc_id,
+        "key": "x1", "retraction_id": rid, "reason": "withdrawn", "created_at": None}
+    # a retrain on the new version is clean; registering the files again brings every document back
+    with ledger.start_run(base=v["base"], datasets=["private@2"], message="A again") as r:
+        again = r.commit(ledger.checkout(v["a"]))
+    assert ledger.lineage(again).retracted == []
+    assert again.version_id not in {t.version_id for t in ledger.taint(dataset="private@1", key="x1").versions}
+    with pytest.raises(NotFoundError, match=r"no document 'x1' in dataset private@2 \(removed from private@1"):
+        ledger.taint(dataset="private", key="x1")
+    back = ledger.register_dataset("private", data_dir / "private.jsonl", id_field="id")
+    assert back.created and back.dataset.n_documents == 4
+
+
+def test_the_gate_reports_and_with_deny_retracted_fails_on_retracted_data(contributors):
+    from provenance.errors import GateFailedError
+
+    ledger, v = contributors
+    rid = ledger.retract(dataset="private", key="x1", reason="asked")["retraction_id"]
+    report = ledger.audit_merge([v["a"], v["b"]], store=False)
+    assert report.passed and {(r["input"], r["retraction_id"]) for r in report.retracted} == {(v["a"].version_id, rid)}
+    denied = ledger.audit_merge([v["a"], v["b"]], deny_retracted=True, store=False)
+    assert not denied.passed
+    (violation,) = denied.violations
+    assert violation["policy"] == "deny_retracted" and f"retraction {rid}" in violation["message"]
+    assert ledger.audit_merge([v["b"], v["c"]], deny_retracted=True, store=False).passed
+    with pytest.raises(GateFailedError):
+        ledger.merge([v["a"], v["b"]], method="average", message="no", gate={"deny_retracted": True})
+
+
+def test_the_command_line(contributors, tmp_path):
+    from click.testing import CliRunner
+
+    from provenance.cli.main import main
+
+    ledger, v = contributors
+    runner = CliRunner()
+    base = ["--ledger", str(ledger.root)]
+
+    def prov(*args, code=0):
+        out = runner.invoke(main, [*base, *args])
+        assert out.exit_code == code, out.output
+        return out.output
+
+    text = prov("retract", "private", "--key", "x1", "--reason", "withdrawn", "--html", str(tmp_path / "plan.html"))
+    rid = text.split()[1]
+    assert "remerge" in text and "release-1" in text and f"prov retract {rid} --apply" in text
+    assert "Retraction" in (tmp_path / "plan.html").read_text()
+    assert rid in prov("retractions")
+    assert "release-2" in prov("retractions", rid)
+    applied = prov("retract", rid, "--apply")
+    assert applied.count("remerge") == 2
+    proof = prov("audit", "retraction", rid, "--html", str(tmp_path / "proof.html"))
+    assert "PASSED" in proof
+    assert "Proof of retraction" in (tmp_path / "proof.html").read_text()
+    failed = prov("audit", "retraction", rid, "--releases", "release-1", code=1)
+    assert "FAILED" in failed and "tainted through" in failed
+    assert "without 1 document" in prov("dataset", "remove", "private", "x1", "--retraction", rid)
+    assert "retracted data: retraction" in prov("lineage", v["m"].version_id)
+    assert f"retracted: retraction {rid}" in prov("taint", "private@1", "--key", "x1")
+    gate = runner.invoke(main, [*base, "audit", "merge", v["a"].version_id, v["b"].version_id, "--deny-retracted",
+                                "--max-contamination", "none"])
+    assert gate.exit_code == 1 and "deny-retracted broken" in gate.output
+    bad = runner.invoke(main, [*base, "retract", "private", "--key", "x1", "--apply"])
+    assert bad.exit_code != 0 and "--apply takes only the retraction id" in bad.output
+    bad = runner.invoke(main, [*base, "retract", "0123456789ab", "--apply"])
+    assert bad.exit_code != 0 and "no retraction '0123456789ab'" in bad.output

@@ -96,8 +96,12 @@ class DataQueries:
             rows = con.sql(
                 "SELECT * FROM documents WHERE dataset_id = ? AND key = ?", params=[ds.dataset_id, key]
             ).to_arrow_table().to_pylist()
+            removed = [] if rows else con.execute(
+                "SELECT from_dataset_id FROM dataset_removals WHERE dataset_id = ? AND key = ?",
+                [ds.dataset_id, key]).fetchall()
         if not rows:
-            raise NotFoundError(f"no document {key!r} in dataset {ds.dataset_id}")
+            hint = f" (removed from {removed[0][0]}, which holds it)" if removed else ""
+            raise NotFoundError(f"no document {key!r} in dataset {ds.dataset_id}{hint}")
         return DocumentRecord(**rows[0])
 
     def summary(self) -> dict[str, Any]:
