@@ -181,6 +181,45 @@ def test_merge_gate_and_receipt(api, name, files):
     assert api.receipt(base) is None
 
 
+def test_a_retraction_plans_applies_and_proves_alike(api, name, files):
+    web = api.register_dataset(name("web"), str(files["web"]), id_field="id").dataset
+    base = api.commit({"w": torch.zeros(8)}, message="base")
+    heads = []
+    for i, part in enumerate((files["docs"][:20], files["docs"][20:40], files["docs"][40:])):
+        with api.start_run(base=base, datasets=[web], message=f"contributor {i}") as run:
+            run.log_examples([d["id"] for d in part])
+            heads.append(run.commit({"w": torch.full((8,), float(i + 1))}))
+    merged = api.merge(heads, method="average", weights=[0.5, 0.25, 0.25], message="merged")
+    api.tag(name("rel"), merged)
+    key = files["docs"][3]["id"]  # logged by contributor 0 only
+    with pytest.raises(InvalidParameterError, match="needs a reason"):
+        api.retract(dataset=web, key=key, reason="")
+    record = api.retract(dataset=web, key=key, reason="a removal request")
+    rid = record["retraction_id"]
+    steps = {s["version_id"]: s for s in record["steps"]}
+    assert set(steps) == {heads[0].version_id, merged.version_id}
+    assert steps[merged.version_id]["inputs"] == [heads[1].version_id, heads[2].version_id]
+    assert steps[merged.version_id]["weights"] == [0.5, 0.5]
+    results = api.apply_retraction(rid)
+    assert [(r["version_id"], r["action"], r["exact"]) for r in results] == [(merged.version_id, "remerge", True)]
+    assert api.apply_retraction(rid) == results
+    assert torch.equal(api.checkout(results[0]["new_version_id"])["w"], torch.full((8,), 2.5))
+    assert {t.name: t.version_id for t in api.tags()}[f"{name('rel')}+retracted-{rid}"] == results[0]["new_version_id"]
+    proof = api.audit_retraction(rid, releases=f"{name('rel')}*")
+    assert not proof["passed"] and {c["as"]: c["clean"] for c in proof["checked"]} == {
+        f"remerge of {merged.version_id[:12]}": True, f"release {name('rel')}": False,
+        f"release {name('rel')}+retracted-{rid}": True}
+    assert api.audit_retraction(rid, samples=["nothing like the documents"], span=0)["passed"]
+    assert api.retraction(rid)["results"][0]["new_version_id"] == results[0]["new_version_id"]
+    assert rid in {r["retraction_id"] for r in api.retractions()}
+    removed = api.remove_documents(name("web"), [key], retraction=rid)
+    assert isinstance(removed, RegistrationResult) and removed.dataset.n_documents == 59
+    assert {r["retraction_id"] for r in api.lineage(merged).retracted} == {rid}
+    assert api.lineage(results[0]["new_version_id"]).made_by_retraction["replaces"] == merged.version_id
+    with pytest.raises(NotFoundError, match="no retraction"):
+        api.apply_retraction("0123456789ab")
+
+
 def test_audits_return_typed_reports(api, name, files, tmp_path):
     ds = api.register_dataset(name("web"), str(files["web"]), id_field="id").dataset
     dedup = api.audit_dedup([ds.dataset_id])

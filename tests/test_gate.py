@@ -51,7 +51,7 @@ def test_gate_reports_overlap_and_contamination(contributors):
     ledger, base, va, vb = contributors
     report = audit_merge(ledger, [va.version_id, vb.version_id], threshold=0.8)
     # by default any contaminated evaluation document fails the gate; overlap is only reported
-    assert report["policy"] == {"max_overlap": None, "max_contamination": 0, "deny_license": []}
+    assert report["policy"] == {"max_overlap": None, "max_contamination": 0, "deny_license": [], "deny_retracted": False}
     assert not report["passed"] and report["violations"] == [{
         "policy": "max_contamination",
         "message": "max-contamination 0 broken: 2 evaluation documents of ev@1 are in the training data (2 over)"}]

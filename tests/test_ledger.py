@@ -44,7 +44,7 @@ def test_init_creates_the_layout(tmp_path):
     assert (ledger.root / "objects").is_dir() and ledger.objects_path == ledger.root / "objects"
     assert ledger.schema_version() == SCHEMA_VERSION == len(migrations()) == 9
     assert ledger.summary() == {
-        "path": str(ledger.root), "schema_version": 8, "datasets": 0, "dataset_versions": 0, "shards": 0,
+        "path": str(ledger.root), "schema_version": 9, "datasets": 0, "dataset_versions": 0, "shards": 0,
         "documents": 0, "bytes": 0, "fingerprint_configs": 0,
     }
     meta = dict(raw_rows(ledger, "SELECT key, value FROM ledger_meta"))
@@ -110,7 +110,8 @@ def test_a_duckdb_file_that_is_not_a_ledger(tmp_path):
 def test_schema_migrations_has_one_row_per_migration(ledger):
     rows = raw_rows(ledger, "SELECT version, name FROM schema_migrations ORDER BY version")
     assert rows == [(v, name) for v, name, _ in migrations()] == [(1, "initial"), (2, "versions"), (3, "runs"), (4, "merges"), (5, "audits"),
-                                                                 (6, "service"), (7, "version_files"), (8, "document_files")]
+                                                                 (6, "service"), (7, "version_files"), (8, "document_files"),
+                                                                 (9, "retractions")]
 
 
 def test_opening_again_applies_nothing(ledger):
