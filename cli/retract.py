@@ -97,7 +97,7 @@ def show_plan(record: dict[str, Any]) -> None:
         t.add_column(col)
     for s in steps:
         r = made.get(s["version_id"])
-        t.add_row(s["version_id"][:12], ", ".join(s["tags"]), s["action"], render.cell(s["why"]),
+        t.add_row(s["version_id"][:12], ", ".join(s["tags"]), s["action"], escape(s["why"]),
                   (r["new_version_id"][:12] + ("" if r["exact"] else " (approx.)")) if r else "")
     render.console().print(t)
 

@@ -126,6 +126,9 @@ def _retrain_settings(step: Step, run_id: str | None, runs: dict[str, dict[str, 
         return
     step.run_id, step.settings, step.datasets = run_id, dict(run.get("params") or {}), dict(run.get("datasets") or {})
     step.remove = {d: sorted(retracted[d]) for d in step.datasets if retracted.get(d)}
+    if step.settings:
+        shown = ", ".join(f"{k}={v}" for k, v in list(step.settings.items())[:6])
+        step.why += f"; as run {run_id[:8]} did ({shown}{', ...' if len(step.settings) > 6 else ''})"
     if step.remove:
         step.why += "; make its data without the retracted documents with " + "; ".join(
             f"prov dataset remove {d.split('@')[0]} {' '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
