@@ -415,6 +415,11 @@ def read_samples(path: str | os.PathLike) -> list[str]:
 # ---- taint by text ----------------------------------------------------------------------------
 
 
+def describe_target(dataset: str | None, shard: str | None, key: str | None) -> str:
+    """A taint target as reports name it: ``NAME``, ``NAME shard S`` or ``NAME KEY``."""
+    return dataset if shard is None and key is None else f"{dataset} shard {shard}" if key is None else f"{dataset} {key}"
+
+
 def taint_report(ledger: LedgerStore, *, dataset: str | None = None, shard: str | None = None, key: str | None = None,
                  text: str | None = None, near: float | None = None) -> TaintReport:
     """:func:`provenance.lineage.taint` with a readable target, and by text: ``text`` is found by
@@ -428,7 +433,7 @@ def taint_report(ledger: LedgerStore, *, dataset: str | None = None, shard: str 
     if text is None and (near is None or key is None):
         if near is not None and key is None:
             raise InvalidParameterError("--near needs a document: a key (with its dataset) or a text")
-        target = dataset if shard is None and key is None else f"{dataset} shard {shard}" if key is None else f"{dataset} {key}"
+        target = describe_target(dataset, shard, key)
         versions = taint(ledger, dataset=dataset, shard=shard, key=key)
         with ledger.session():
             if key is not None:

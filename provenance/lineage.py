@@ -225,12 +225,18 @@ def tainted_versions(graph: dict[str, dict[str, Any]], runs: list[dict[str, Any]
 
 
 def shard_index(ledger: LedgerStore, dataset_id: str, shard: str | int) -> int:
-    shards = ledger.shards(dataset_id)
-    for s in shards:
-        if str(s.shard_index) == str(shard) or s.name == str(shard) or (s.uri and s.uri == str(shard)):
-            return s.shard_index
-    raise NotFoundError(f"dataset {dataset_id} has no shard {shard!r} (it has {', '.join(s.name for s in shards[:5])}"
-                        f"{', ...' if len(shards) > 5 else ''})")
+    """The index of a shard of ``dataset_id`` given by index, name or file path."""
+    with ledger._cursor() as con:
+        found = con.execute(
+            """SELECT shard_index FROM shards WHERE dataset_id = $1
+               AND (shard_index = TRY_CAST($2 AS INTEGER) OR name = $2 OR uri = $2) ORDER BY shard_index LIMIT 1""",
+            [dataset_id, str(shard)]).fetchall()
+        if found:
+            return int(found[0][0])
+        names = [r[0] for r in con.execute("SELECT name FROM shards WHERE dataset_id = ? ORDER BY shard_index LIMIT 6",
+                                           [dataset_id]).fetchall()]
+    raise NotFoundError(f"dataset {dataset_id} has no shard {shard!r} (it has {', '.join(names[:5])}"
+                        f"{', ...' if len(names) > 5 else ''})")
 
 
 def graph_text(lin: Lineage, fmt: str) -> str:

@@ -35,10 +35,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from provenance.audits import find_similar, iter_texts, read_samples, taint_report
+from provenance.audits import describe_target, find_similar, iter_texts, read_samples, taint_report
 from provenance.errors import InvalidParameterError
 from provenance.ledger._common import _now
-from provenance.lineage import tainted_versions
+from provenance.lineage import shard_index, taint, tainted_versions
 from provenance.ngrams import ngram_hashes
 from provenance.ngrams import words as normalised_words
 
@@ -80,10 +80,13 @@ def plan(taint_rows: list[dict[str, Any]], graph: dict[str, dict[str, Any]], *,
     tainted = {r["version_id"]: r for r in taint_rows}
     order = sorted(tainted, key=lambda v: (graph[v]["created_at"], v))
     steps: dict[str, Step] = {}
+    clean_of: dict[str, str | None] = {}  # per tainted version, its nearest clean ancestor by first parents
     for vid in order:
         row, hit = graph[vid], tainted[vid]
         tags = list(row.get("tags") or [])
         parents = list(row.get("parents") or [])
+        first = parents[0] if parents else None
+        clean_of[vid] = first if first is None or first not in tainted else clean_of.get(first)
         if row.get("method"):
             steps[vid] = _remerge(vid, row, parents, tainted, tags)
         elif len(parents) > 1:
@@ -92,14 +95,15 @@ def plan(taint_rows: list[dict[str, Any]], graph: dict[str, dict[str, Any]], *,
         elif hit["direct"]:
             steps[vid] = Step(vid, "retrain", "its own run trained on the target", tags)
         else:
-            steps[vid] = _rebase(vid, parents[0] if parents else None, steps, tainted, graph, tags, hit)
+            steps[vid] = _rebase(vid, first, steps, clean_of.get(first) if first in tainted else first, tags, hit)
         if steps[vid].action == "retrain":
             _retrain_settings(steps[vid], row.get("run_id"), runs or {}, retracted or {})
     return [steps[v] for v in order]
 
 
-def _rebase(vid: str, parent: str | None, steps: dict[str, Step], tainted: dict[str, Any],
-            graph: dict[str, dict[str, Any]], tags: list[str], hit: dict[str, Any]) -> Step:
+def _rebase(vid: str, parent: str | None, steps: dict[str, Step], clean: str | None, tags: list[str],
+            hit: dict[str, Any]) -> Step:
+    """``clean``: the parent's nearest clean ancestor by first parents (None: none)."""
     before = steps.get(parent) if parent is not None else None
     if before is None:
         return Step(vid, "retrain", f"tainted through {hit['via'][:12]}, which has no step", tags)
@@ -107,9 +111,6 @@ def _rebase(vid: str, parent: str | None, steps: dict[str, Step], tainted: dict[
         return Step(vid, "rebase", f"its parent {parent[:12]} is {before.action}d without the target; its patch is "
                     "re-applied onto the result (exact for the patch, approximate for the model), or retrain it",
                     tags, onto=parent, after=parent, exact=False)
-    clean = parent
-    while clean is not None and clean in tainted:  # the parent's nearest clean ancestor, by first parents
-        clean = (graph[clean].get("parents") or [None])[0]
     if clean is None:
         return Step(vid, "retrain", f"its parent {parent[:12]} needs retraining and has no clean ancestor to re-apply "
                     "its patch onto", tags)
@@ -246,14 +247,13 @@ def rebase(ledger: Any, step: Step, onto: Any, retraction: str, *, also: Any = N
     return new, carried
 
 
-def _documents(ledger: Any, report: Any, dataset: str | None, shard: str | None, key: str | None) -> list[dict]:
+def _documents(ledger: Any, matches: list[Any], dataset: str | None, shard: str | None,
+               key: str | None) -> list[dict]:
     """What a retraction retracts: the documents matched (a text, near-copies), the keyed
     document, or the shard or dataset version as a whole."""
-    from provenance.lineage import shard_index
-
-    if report.matches:
+    if matches:
         return [{"dataset_id": m.dataset_id, "shard_index": m.shard_index, "doc_id": m.doc_id, "key": m.key,
-                 "jaccard": m.jaccard} for m in report.matches]
+                 "jaccard": m.jaccard} for m in matches]
     ds = ledger.dataset(dataset)
     if key is not None:
         doc = ledger.document(ds, key)
@@ -272,31 +272,41 @@ def retract(ledger: Any, *, reason: str, dataset: str | None = None, shard: str 
     that taints nothing is refused: nothing to retract. A text is not kept, only its length."""
     if not isinstance(reason, str) or not reason.strip():
         raise InvalidParameterError("a retraction needs a reason (--reason)")
-    report = taint_report(ledger, dataset=dataset, shard=shard, key=key, text=text, near=near)
-    if not report.versions:
-        raise InvalidParameterError(f"nothing to retract: {report.target} shaped no version")
-    with ledger.session():
-        documents = _documents(ledger, report, dataset, shard, key)
-        graph = {r["version_id"]: r for r in ledger.version_graph().to_pylist()}
-        run_ids = {graph[v.version_id]["run_id"] for v in report.versions if graph[v.version_id].get("run_id")}
-        runs = {}
-        for rid in sorted(run_ids):
-            r = ledger.run(rid)
-            runs[rid] = {"params": r.params, "datasets": r.datasets}
+    with ledger.session():  # one connection for the taint, the plan and the record
+        return _retract(ledger, reason=reason, dataset=dataset, shard=shard, key=key, text=text, near=near,
+                        author=author)
+
+
+def _retract(ledger: Any, *, reason: str, dataset: str | None, shard: str | None, key: str | None,
+             text: str | None, near: float | None, author: str | None) -> dict[str, Any]:
+    if text is None and near is None:  # the rows as they are: no report model to build for thousands of versions
+        rows, matches, described = taint(ledger, dataset=dataset, shard=shard, key=key), [], describe_target(
+            dataset, shard, key)
+    else:
+        report = taint_report(ledger, dataset=dataset, shard=shard, key=key, text=text, near=near)
+        rows, matches, described = [v.model_dump() for v in report.versions], report.matches, report.target
+    if not rows:
+        raise InvalidParameterError(f"nothing to retract: {described} shaped no version")
+    documents = _documents(ledger, matches, dataset, shard, key)
+    graph = {r["version_id"]: r for r in ledger.version_graph().to_pylist()}
+    run_ids = sorted({graph[r["version_id"]]["run_id"] for r in rows
+                      if r["direct"] and graph[r["version_id"]].get("run_id")})  # the retrain steps' runs
+    runs = {r.run_id: {"params": r.params, "datasets": r.datasets}
+            for r in ledger._runs("WHERE list_contains(?, r.run_id)", [run_ids])} if run_ids else {}
     retracted: dict[str, list[str]] = {}
     for d in documents:
         retracted.setdefault(d["dataset_id"], [])
         if d.get("key") is not None:
             retracted[d["dataset_id"]].append(d["key"])
-    steps = plan([v.model_dump() for v in report.versions], graph, runs=runs, retracted=retracted)
+    steps = [s.as_dict() for s in plan(rows, graph, runs=runs, retracted=retracted)]
     target = {"dataset": dataset, "shard": shard, "key": key, "near": near,
               "text_chars": len(text) if text is not None else None}
     row = {"retraction_id": uuid.uuid4().hex[:12], "created_at": _now(), "author": author, "reason": reason.strip(),
-           "target": report.target, "target_json": json.dumps(target), "near": near,
-           "plan_json": json.dumps([s.as_dict() for s in steps])}
+           "target": described, "target_json": json.dumps(target), "near": near,
+           "plan_json": json.dumps(steps)}
     with ledger.transaction() as tx:
         tx.insert_retraction(row, documents)
-    return {**row, "documents": documents, "results": [], "steps": [s.as_dict() for s in steps]}
+    return {**row, "documents": documents, "results": [], "steps": steps}
 
 
 def apply_retraction(ledger: Any, retraction: str, *, rebase_too: bool = False,
