@@ -117,7 +117,7 @@ def part_remerge(args, tmp: Path) -> list[str]:
     del m
     a_med, m_med = statistics.median(apply_t), statistics.median(merge_t)
     print(f"apply {apply_t}\nmerge {merge_t}")
-    return [f"| re-merge by `apply_retraction` (B sparse-free LoRA + C dense, {args.params / 1e6:.0f}M fp32 in "
+    return [f"| re-merge by `apply_retraction` (B a LoRA patch + C dense, {args.params / 1e6:.0f}M fp32 in "
             f"{args.groups} groups, stored Fishers) vs `ledger.merge([B, C])`, alternating, {args.rounds} rounds | "
             f"{a_med:.2f} s | {m_med:.2f} s | **{m_med / a_med:.2f}×** the merge's speed | ≈ 1× |"]
 

@@ -95,11 +95,16 @@ def show_plan(record: dict[str, Any]) -> None:
     t = Table(title=f"plan for {len(steps)} tainted version(s)")
     for col in ("version", "tags", "action", "why", "made"):
         t.add_column(col)
-    for s in steps:
+    shown = steps if len(steps) <= 60 else steps[:60]
+    for s in shown:
         r = made.get(s["version_id"])
         t.add_row(s["version_id"][:12], ", ".join(s["tags"]), s["action"], escape(s["why"]),
                   (r["new_version_id"][:12] + ("" if r["exact"] else " (approx.)")) if r else "")
     render.console().print(t)
+    if len(shown) < len(steps):
+        counts = {a: sum(s["action"] == a for s in steps) for a in ("remerge", "retrain", "rebase")}
+        click.echo(f"... and {len(steps) - len(shown):,} more steps (in all: {counts['remerge']:,} re-merge, "
+                   f"{counts['retrain']:,} retrain, {counts['rebase']:,} rebase; --json or --html lists every one)")
 
 
 @main.command("retractions")

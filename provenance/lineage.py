@@ -171,11 +171,12 @@ def data_diff(ledger: LedgerStore, a: str | VersionRecord, b: str | VersionRecor
 
 
 def taint(ledger: LedgerStore, *, dataset: str | None = None, shard: str | int | None = None, key: str | None = None,
-          doc_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+          doc_ids: Sequence[int] | None = None, graph: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Every version whose lineage contains the target: a dataset, one of its shards (index or
     name), a document (``key`` in ``dataset``), or documents by id. Per version: how it is tainted
     (``direct``: its own run trained on it; otherwise the ancestor through which) and the examples
-    its runs saw. Newest first."""
+    its runs saw. Newest first. ``graph``: :meth:`LedgerStore.version_graph` by version id, when
+    the caller has it already."""
     with ledger.session():
         if doc_ids is None and key is not None:
             if dataset is None:
@@ -189,7 +190,8 @@ def taint(ledger: LedgerStore, *, dataset: str | None = None, shard: str | int |
             ds = ledger.dataset(dataset)
             index = shard_index(ledger, ds.dataset_id, shard) if shard is not None else None
             runs = ledger.runs_using(ds.dataset_id, index).to_pylist()
-        graph = {r["version_id"]: r for r in ledger.version_graph().to_pylist()}
+        if graph is None:
+            graph = {r["version_id"]: r for r in ledger.version_graph().to_pylist()}
     return tainted_versions(graph, runs)
 
 

@@ -279,16 +279,16 @@ def retract(ledger: Any, *, reason: str, dataset: str | None = None, shard: str 
 
 def _retract(ledger: Any, *, reason: str, dataset: str | None, shard: str | None, key: str | None,
              text: str | None, near: float | None, author: str | None) -> dict[str, Any]:
+    graph = {r["version_id"]: r for r in ledger.version_graph().to_pylist()}
     if text is None and near is None:  # the rows as they are: no report model to build for thousands of versions
-        rows, matches, described = taint(ledger, dataset=dataset, shard=shard, key=key), [], describe_target(
-            dataset, shard, key)
+        rows, matches = taint(ledger, dataset=dataset, shard=shard, key=key, graph=graph), []
+        described = describe_target(dataset, shard, key)
     else:
         report = taint_report(ledger, dataset=dataset, shard=shard, key=key, text=text, near=near)
         rows, matches, described = [v.model_dump() for v in report.versions], report.matches, report.target
     if not rows:
         raise InvalidParameterError(f"nothing to retract: {described} shaped no version")
     documents = _documents(ledger, matches, dataset, shard, key)
-    graph = {r["version_id"]: r for r in ledger.version_graph().to_pylist()}
     run_ids = sorted({graph[r["version_id"]]["run_id"] for r in rows
                       if r["direct"] and graph[r["version_id"]].get("run_id")})  # the retrain steps' runs
     runs = {r.run_id: {"params": r.params, "datasets": r.datasets}
@@ -316,6 +316,11 @@ def apply_retraction(ledger: Any, retraction: str, *, rebase_too: bool = False,
     version lands with its result row and tags in one transaction; a step with a result is not
     done again, so running it again after a failure or a kill continues where it stopped.
     Returns the results (``version_id, action, new_version_id, exact``), in plan order."""
+    with ledger.session():  # one connection for every step (each still its own transaction)
+        return _apply(ledger, retraction, rebase_too, progress)
+
+
+def _apply(ledger: Any, retraction: str, rebase_too: bool, progress: Any) -> list[dict[str, Any]]:
     rec = ledger.retraction(retraction)
     rid = rec["retraction_id"]
     steps = [Step(**s) for s in json.loads(rec["plan_json"])]
