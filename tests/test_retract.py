@@ -493,3 +493,28 @@ def test_the_command_line(contributors, tmp_path):
     assert bad.exit_code != 0 and "--apply takes only the retraction id" in bad.output
     bad = runner.invoke(main, [*base, "retract", "0123456789ab", "--apply"])
     assert bad.exit_code != 0 and "no retraction '0123456789ab'" in bad.output
+
+
+def test_a_whole_dataset_or_a_text_can_be_retracted(contributors):
+    from click.testing import CliRunner
+
+    from provenance.cli.main import main
+
+    ledger, v = contributors
+    whole = ledger.retract(dataset="private", reason="the licence was revoked")
+    assert whole["documents"] == [{"dataset_id": "private@1", "shard_index": None}]
+    assert {s["version_id"] for s in whole["steps"]} == {v["a"].version_id, v["m"].version_id, v["d"].version_id,
+                                                         v["avg"].version_id}
+    assert {r["retraction_id"] for r in ledger.lineage(v["d"]).retracted} == {whole["retraction_id"]}
+    shard = ledger.retract(dataset="private", shard="0", reason="one file")
+    assert shard["documents"] == [{"dataset_id": "private@1", "shard_index": 0}] and shard["target"] == "private shard 0"
+    out = CliRunner().invoke(main, ["--ledger", str(ledger.root), "retract", "--text", "-", "--reason", "by text",
+                                    "--json"], input="a private letter number 2")
+    assert out.exit_code == 0, out.output
+    by_text = json.loads(out.output)
+    assert by_text["target"] == "text (25 characters)" and json.loads(by_text["target_json"])["text_chars"] == 25
+    assert [(d["dataset_id"], d["key"]) for d in by_text["documents"]] == [("private@1", "x2")]
+    assert "a private letter" not in json.dumps(by_text)  # the text itself is not kept
+    (result,) = [r for r in ledger.apply_retraction(whole["retraction_id"]) if r["version_id"] == v["m"].version_id]
+    assert ledger.audit_retraction(whole["retraction_id"])["passed"]
+    assert ledger.lineage(result["new_version_id"]).retracted == []
