@@ -430,6 +430,9 @@ def audit_retraction(ledger: Any, retraction: str, *, samples: Any = None, relea
     if not checked:
         problems.append("nothing to check: no step has been applied (prov retract ID --apply) and no release matched "
                         + (repr(releases) if releases else "(give --releases PATTERN)"))
+    if memorization and not memorization["documents_checked"]:
+        problems.append("the samples were checked against no document: a retraction of a whole shard or dataset "
+                        "keeps no document list; run `prov audit memorization` on the new versions")
     if memorization and memorization["matches"]:
         problems.append(f"{len({m['sample'] for m in memorization['matches']})} sample(s) reproduce retracted "
                         "documents")
@@ -478,7 +481,7 @@ def _sample_check(ledger: Any, documents: list[dict[str, Any]], texts: list[str]
                     entry["span_words"] = run + span - 1
                     entry["span_text"] = " ".join(words[i][start:start + run + span - 1])[:500]
     matches = [m for m in found.values() if m["jaccard"] >= threshold or (span and m["span_words"] >= span)]
-    return {"samples": len(texts), "threshold": threshold, "span": span,
+    return {"samples": len(texts), "documents_checked": len(rows), "threshold": threshold, "span": span,
             "matches": sorted(matches, key=lambda m: (m["sample"], -m["jaccard"], m["doc_id"])),
             "unreadable": unreadable}
 
