@@ -11,7 +11,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from provenance.cli import render
-from provenance.cli.app import CliError, Context, _write_html, json_option, main, no_store_option, pass_ctx
+from provenance.cli.app import (
+    CliError,
+    Context,
+    _write_html,
+    author_option,
+    json_option,
+    main,
+    no_store_option,
+    pass_ctx,
+)
 from provenance.cli.audits import audit_group
 
 
@@ -24,7 +33,7 @@ from provenance.cli.audits import audit_group
 @click.option("--near", type=float, default=None,
               help="Also its near-duplicates (estimated Jaccard >= NEAR) in any dataset.")
 @click.option("--reason", default=None, help="Why (a removal request, a licence audit); required to record one.")
-@click.option("--author", default=None, help="Who asks for it (recorded).")
+@author_option
 @click.option("--apply", "apply_", is_flag=True, help="Carry out the plan of the retraction RETRACTION-ID.")
 @click.option("--rebase", is_flag=True,
               help="With --apply: also re-apply later patches onto clean versions (approximate for the model).")

@@ -588,9 +588,13 @@ class RemoveDocumentsBody(Body):
 
 @router.post("/retractions", tags=["retractions"], status_code=201)
 def retract(request: Request, body: RetractBody) -> dict[str, Any]:
-    """Record a retraction (a document, a text and its near-copies, a shard, a dataset) and its plan."""
+    """Record a retraction (a document, a text and its near-copies, a shard, a dataset) and its plan;
+    its author is the token's name unless the body names one."""
     s = _service(request)
-    return _json(s.call(s.ledger.retract, **body.model_dump()))
+    options = body.model_dump()
+    if options["author"] is None:
+        options["author"] = getattr(request.state, "token", None)
+    return _json(s.call(s.ledger.retract, **options))
 
 
 @router.get("/retractions", tags=["retractions"])
