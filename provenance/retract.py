@@ -200,11 +200,14 @@ def rebase(ledger: Any, step: Step, onto: Any, retraction: str, *, also: Any = N
     re-applied onto ``onto`` (the clean replacement of its parent, or its nearest clean
     ancestor) and committed as a child of it: an ``unchanged`` group takes ``onto``'s value, a
     ``sparse`` one its replacement values at its positions, a ``low_rank`` one its factors
-    (stored again as low-rank). Exact for the patch, approximate for the model. A group the
-    version stored ``full`` (a dense update) is its whole value, still shaped by the tainted
-    parent: it is carried over as it is and returned by name, so that the caller can say those
-    groups need retraining. Tags and ``also(tx, version)`` land in the commit's transaction.
-    Returns the new version and those names."""
+    (stored again as low-rank). A group the version stored ``full`` (a dense update) is re-applied
+    as its difference from the tainted parent: ``onto + (value - parent)`` for floating point
+    (the task vector moved onto the clean version); an integer, boolean or FP8 group keeps
+    ``onto``'s value where the version left the parent's unchanged, else it is carried over as it
+    is and returned by name. Exact for the patch, approximate for the model. Tags and ``also(tx,
+    version)`` land in the commit's transaction. Returns the new version and the names carried."""
+    import torch
+
     from provenance.history import History, get_object, materialize
     from provenance.kernels.patch import apply_chain
 
@@ -232,8 +235,20 @@ def rebase(ledger: Any, step: Step, onto: Any, retraction: str, *, also: Any = N
             state[name] = apply_chain(base, [("low_rank", t["B"], t["A"], row.meta["scale"])])
             low_rank[name] = (t["B"], t["A"], row.meta["scale"])
         else:
-            state[name] = t["full"]
-            carried.append(name)
+            full = t["full"]
+            parent = materialize(history, store, old.parents[0], name)[0] if old.parents and name in \
+                history.manifest(old.parents[0]) else None
+            base = materialize(history, store, target.version_id, name)[0] if name in onto_names else None
+            if parent is None or base is None or parent.shape != full.shape or base.shape != full.shape:
+                state[name] = full
+                carried.append(name)
+            elif full.dtype.is_floating_point and full.element_size() >= 2 and full.dtype == base.dtype:
+                state[name] = (base.double() + (full.double() - parent.double())).to(full.dtype)
+            elif torch.equal(full, parent):
+                state[name] = base
+            else:
+                state[name] = full
+                carried.append(name)
 
     def record(tx: Any, version: Any) -> None:
         _tags_in(tx, step, retraction, version)

@@ -518,3 +518,22 @@ def test_a_whole_dataset_or_a_text_can_be_retracted(contributors):
     (result,) = [r for r in ledger.apply_retraction(whole["retraction_id"]) if r["version_id"] == v["m"].version_id]
     assert ledger.audit_retraction(whole["retraction_id"])["passed"]
     assert ledger.lineage(result["new_version_id"]).retracted == []
+
+
+def test_a_dense_patch_is_rebased_as_its_difference_from_the_tainted_parent(ledger):
+    """D stored whole (a dense fine-tune of A): rebased onto A', it is A' + (D - A), in float64
+    then cast; an int64 buffer D left as A had it takes A''s value."""
+    from provenance.retract import Step, rebase
+
+    g = torch.Generator().manual_seed(4)
+    base = ledger.commit({"w": torch.randn(6, 6, generator=g), "pos": torch.arange(6)}, message="base")
+    a = ledger.commit({"w": torch.randn(6, 6, generator=g), "pos": torch.arange(6)}, parent=base, message="A")
+    d_w = ledger.checkout(a)["w"] + 0.1 * torch.randn(6, 6, generator=g)
+    d = ledger.commit({"w": d_w, "pos": torch.arange(6)}, parent=a, message="D", encoding="full")
+    assert ledger.manifest(d)["w"].encoding == "full"
+    clean = ledger.commit({"w": torch.ones(6, 6), "pos": torch.arange(6) + 1}, parent=base, message="A'")
+    new, carried = rebase(ledger, Step(d.version_id, "rebase", "test"), clean, "r1")
+    out = ledger.checkout(new)
+    want = (torch.ones(6, 6).double() + (d_w.double() - ledger.checkout(a)["w"].double())).float()
+    assert carried == [] and torch.equal(out["w"], want)
+    assert torch.equal(out["pos"], torch.arange(6) + 1)
