@@ -132,7 +132,8 @@ def remove_documents(ledger: LedgerStore, name: str, keys: Sequence[str], *, rea
                                     "its latest version, and the result is its next")
     latest = ledger.dataset(name)
     with ledger._cursor() as con:
-        found = con.sql("SELECT doc_id, key, shard_index FROM documents WHERE dataset_id = ? AND list_contains(?, key)",
+        found = con.sql("SELECT doc_id, key, shard_index, token_count FROM documents "
+                        "WHERE dataset_id = ? AND list_contains(?, key)",
                         params=[latest.dataset_id, keys]).to_arrow_table().to_pylist()
     missing = sorted(set(keys) - {r["key"] for r in found})
     if missing:
@@ -144,10 +145,6 @@ def remove_documents(ledger: LedgerStore, name: str, keys: Sequence[str], *, rea
     per_shard: dict[int, list[dict[str, Any]]] = {}
     for r in found:
         per_shard.setdefault(r["shard_index"], []).append(r)
-    with ledger._cursor() as con:
-        sizes = {r["doc_id"]: r for r in con.sql(
-            "SELECT doc_id, n_bytes, token_count FROM documents WHERE dataset_id = ? AND list_contains(?, doc_id)",
-            params=[latest.dataset_id, [r["doc_id"] for r in found]]).to_arrow_table().to_pylist()}
     removed_ids = [r["doc_id"] for r in found]
     tail = ", ".join(f"{r['key']}" for r in found[:3]) + (", ..." if len(found) > 3 else "")
     h = xxhash.xxh3_128(f"{latest.content_hash}\nwithout\n".encode())
@@ -164,7 +161,7 @@ def remove_documents(ledger: LedgerStore, name: str, keys: Sequence[str], *, rea
             out = per_shard.get(s.shard_index, [])
             shards.append(s.model_copy(update={
                 "dataset_id": dataset_id, "n_documents": s.n_documents - len(out),
-                "n_tokens": s.n_tokens - sum(sizes[r["doc_id"]]["token_count"] for r in out)}))
+                "n_tokens": s.n_tokens - sum(r["token_count"] for r in out)}))
         n_docs = latest.n_documents - len(found)
         tx.copy_documents_except(latest.dataset_id, dataset_id, removed_ids, n_docs)
         tx.insert_shards(shards)

@@ -33,12 +33,10 @@ from provenance.audits import AuditRun, check_threshold, iter_texts, read_sample
 from provenance.errors import InvalidParameterError
 from provenance.ledger import LedgerStore
 from provenance.lineage import ancestry
-from provenance.ngrams import ngram_hashes
+from provenance.ngrams import SPAN_TEXT_CHARS, longest_run, ngram_hashes
 from provenance.ngrams import words as normalised_words
 from provenance.progress import step
 from provenance.results import MemorizationReport
-
-SPAN_TEXT_CHARS = 500  # characters of a shared span's text kept in the report
 
 
 def audit_memorization(
@@ -166,21 +164,10 @@ def _spans(ledger: LedgerStore, tx, texts: list[str], n: int) -> tuple[dict[tupl
         for i, w in enumerate(windows):
             hit = np.isin(w, doc_windows)
             if hit.any():
-                start, run = _longest_run(hit)
+                start, run = longest_run(hit)
                 span = sample_words[i][start : start + run + n - 1]
                 out[(i, r["doc_id"])] = len(span), " ".join(span)[:SPAN_TEXT_CHARS]
     return out, unreadable
-
-
-def _longest_run(mask: np.ndarray) -> tuple[int, int]:
-    """The first longest run of True in ``mask``, as ``(start, length)``."""
-    best = (0, 0)
-    run = 0
-    for i, v in enumerate(mask.tolist()):
-        run = run + 1 if v else 0
-        if run > best[1]:
-            best = (i - run + 1, run)
-    return best
 
 
 __all__ = ["audit_memorization", "read_samples"]

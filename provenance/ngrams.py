@@ -40,3 +40,17 @@ def ngram_hashes(text: str, n: int) -> np.ndarray:
         for j in range(n):
             acc = acc * _P + wh[j : j + count]
     return acc
+
+
+#: Characters of a shared span's text that reports keep.
+SPAN_TEXT_CHARS = 500
+
+
+def longest_run(mask: np.ndarray) -> tuple[int, int]:
+    """The first longest run of True in ``mask``, as ``(start, length)``; ``(0, 0)`` when none."""
+    edges = np.diff(np.concatenate([[0], np.asarray(mask, dtype=np.int8), [0]]))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    if not len(starts):
+        return 0, 0
+    i = int(np.argmax(ends - starts))
+    return int(starts[i]), int(ends[i] - starts[i])

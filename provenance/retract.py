@@ -39,7 +39,7 @@ from provenance.audits import describe_target, find_similar, iter_texts, read_sa
 from provenance.errors import InvalidParameterError
 from provenance.ledger._common import _now
 from provenance.lineage import shard_index, taint, tainted_versions
-from provenance.ngrams import ngram_hashes
+from provenance.ngrams import SPAN_TEXT_CHARS, longest_run, ngram_hashes
 from provenance.ngrams import words as normalised_words
 
 #: Merge methods whose weights are a convex combination of the inputs: dropping inputs
@@ -166,6 +166,16 @@ def _tags_in(tx: Any, step: Step, retraction: str, version: Any) -> None:
         tx.set_tag(f"{tag}+retracted-{retraction}", version.version_id)
 
 
+def _recording(step: Step, retraction: str, also: Any) -> Any:
+    """What a step's new version writes in its own transaction: its tags, then ``also``'s rows."""
+    def record(tx: Any, version: Any) -> None:
+        _tags_in(tx, step, retraction, version)
+        if also is not None:
+            also(tx, version)
+
+    return record
+
+
 def remerge(ledger: Any, step: Step, retraction: str, *, also: Any = None, progress: Any = None) -> Any:
     """Carry out a ``remerge`` step: merge its clean inputs again from the stored receipt (same
     method, the Fishers stored with each input, the same base, eps, normalisation and density;
@@ -185,14 +195,9 @@ def remerge(ledger: Any, step: Step, retraction: str, *, also: Any = None, progr
         if getattr(receipt, name) is not None:
             options[name] = getattr(receipt, name)
     old = ledger.version(step.version_id)
-
-    def record(tx: Any, version: Any) -> None:
-        _tags_in(tx, step, retraction, version)
-        if also is not None:
-            also(tx, version)
-
     return ledger.merge(step.inputs, message=f"{old.message} (retraction {retraction}: without "
-                        f"{', '.join(d[:12] for d in step.dropped)})", also=record, progress=progress, **options)
+                        f"{', '.join(d[:12] for d in step.dropped)})", also=_recording(step, retraction, also),
+                        progress=progress, **options)
 
 
 def rebase(ledger: Any, step: Step, onto: Any, retraction: str, *, also: Any = None) -> tuple[Any, list[str]]:
@@ -250,13 +255,8 @@ def rebase(ledger: Any, step: Step, onto: Any, retraction: str, *, also: Any = N
                 state[name] = full
                 carried.append(name)
 
-    def record(tx: Any, version: Any) -> None:
-        _tags_in(tx, step, retraction, version)
-        if also is not None:
-            also(tx, version)
-
     carried_note = f"; {len(carried)} dense group(s) carried from the tainted version" if carried else ""
-    new = ledger.commit(state, parent=target, low_rank=low_rank, author=old.author, also=record,
+    new = ledger.commit(state, parent=target, low_rank=low_rank, author=old.author, also=_recording(step, retraction, also),
                         message=f"{old.message} (retraction {retraction}: its patch rebased onto "
                                 f"{target.version_id[:12]}; approximate{carried_note})")
     return new, carried
@@ -383,7 +383,7 @@ def retraction_taint(ledger: Any, retraction: str, *, graph: dict[str, dict[str,
     """The versions whose lineage holds what ``retraction`` retracts, now (and the documents
     ``extra_doc_ids``): per version, :func:`provenance.lineage.tainted_versions`' row."""
     with ledger.session():
-        runs = [r for r in ledger.retraction_runs([retraction]).to_pylist()]
+        runs = ledger.retraction_runs([retraction]).to_pylist()
         if extra_doc_ids:
             runs += ledger.runs_seeing(list(extra_doc_ids)).to_pylist()
         if graph is None:
@@ -474,8 +474,11 @@ def _sample_check(ledger: Any, documents: list[dict[str, Any]], texts: list[str]
                        params=[[int(d["doc_id"]) for d in documents]]).to_arrow_table().to_pylist()
     sigs: dict[str, np.ndarray] = {}
     found: dict[tuple[int, int], dict[str, Any]] = {}
+    configs: dict[str, Any] = {}
     for r in rows:
-        cfg = ledger.dataset(r["dataset_id"]).config
+        if r["dataset_id"] not in configs:
+            configs[r["dataset_id"]] = ledger.dataset(r["dataset_id"]).config
+        cfg = configs[r["dataset_id"]]
         if cfg.identity not in sigs:
             sigs[cfg.identity] = cfg.signatures(texts)
         doc = np.asarray(r["signature"], dtype=np.uint32)
@@ -491,19 +494,11 @@ def _sample_check(ledger: Any, documents: list[dict[str, Any]], texts: list[str]
             for i, w in enumerate(windows):
                 hit = np.isin(w, doc_windows)
                 if hit.any():
-                    start, run = _longest_run(hit)
+                    start, run = longest_run(hit)
                     entry = found[(i, r["doc_id"])]
                     entry["span_words"] = run + span - 1
-                    entry["span_text"] = " ".join(words[i][start:start + run + span - 1])[:500]
+                    entry["span_text"] = " ".join(words[i][start:start + run + span - 1])[:SPAN_TEXT_CHARS]
     matches = [m for m in found.values() if m["jaccard"] >= threshold or (span and m["span_words"] >= span)]
     return {"samples": len(texts), "documents_checked": len(rows), "threshold": threshold, "span": span,
             "matches": sorted(matches, key=lambda m: (m["sample"], -m["jaccard"], m["doc_id"])),
             "unreadable": unreadable}
-
-
-def _longest_run(mask: np.ndarray) -> tuple[int, int]:
-    """The first longest run of True in ``mask``, as ``(start, length)``."""
-    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
-    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-    i = int(np.argmax(ends - starts))
-    return int(starts[i]), int(ends[i] - starts[i])
