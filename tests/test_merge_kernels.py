@@ -11,6 +11,7 @@ if not torch.cuda.is_available():
 import math  # noqa: E402
 import zlib  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
@@ -287,6 +288,22 @@ def test_numba_path_is_bit_identical_to_the_torch_reference(method, shape, dtype
     assert torch.equal(fast.view(-1).view(torch.uint8), ref.view(-1).view(torch.uint8))
 
 
+@pytest.mark.parametrize("dtype", [F32, BF16, F64], ids=str)
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8])
+def test_numba_fisher_with_holes_is_bit_identical_to_the_torch_reference(n, dtype, monkeypatch):
+    """Zero Fishers with eps=0 on every third element of the first 5,000 and on one element of a
+    later block: the numba path folds the λ-weighted mean only in blocks with such holes."""
+    thetas, fishers, _, weights = make((9000,), dtype, n, seed=n)
+    holes = (torch.arange(9000) % 3 == 0) & (torch.arange(9000) < 5000)
+    holes[8500] = True
+    fishers = [f.masked_fill(holes, 0.0) for f in fishers]
+    fast = M.fisher_merge(thetas, fishers, weights, eps=0.0)
+    monkeypatch.setattr(M, "_numba_ok", lambda *a, **k: False)
+    ref = M.fisher_merge(thetas, fishers, weights, eps=0.0)
+    assert torch.equal(fast.view(-1).view(torch.uint8), ref.view(-1).view(torch.uint8))
+    assert torch.equal(fast[holes], M.weighted_average(thetas, weights)[holes])
+
+
 @pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
 @pytest.mark.parametrize("density", [0.01, 0.3, 0.999])
 def test_numba_ties_threshold_equals_kthvalue(dtype, density, monkeypatch):
@@ -298,3 +315,29 @@ def test_numba_ties_threshold_equals_kthvalue(dtype, density, monkeypatch):
     got = M._ties_thresholds(base, thetas, density)
     want = [(t.float() - base.float()).abs().kthvalue(n - k + 1).values.item() for t in thetas]
     assert got == want
+
+
+@pytest.mark.parametrize("window", ["sampled", "missed", "overflowed"])
+def test_numba_ties_threshold_of_a_large_tensor_in_one_pass_or_by_the_fallback(window, monkeypatch):
+    """300,003 elements (past HISTOGRAM_MIN), magnitudes with many ties and a NaN: the sampled
+    window's answer, and the exact two-pass fallback where the window misses the rank or holds
+    more than was allotted, all equal ``kthvalue``."""
+    from provenance.kernels import merge_cpu
+
+    g = torch.Generator().manual_seed(11)
+    base = torch.randn(300_003, generator=g)
+    thetas = [base + torch.randn(300_003, generator=g).round(decimals=2) * s for s in (1.0, 0.01, 3.0)]
+    thetas[2][5] = math.nan
+    if window == "missed":  # a window far over the answer (2^127): every model falls back
+        monkeypatch.setattr(merge_cpu, "_sample_window", lambda *a: (*(np.full(3, 0x7F000000, np.uint32),) * 2, 0.01))
+    elif window == "overflowed":  # the whole range, with room for 1% of it
+        monkeypatch.setattr(merge_cpu, "_sample_window",
+                            lambda *a: (np.zeros(3, np.uint32), np.full(3, 0xFFFFFFFF, np.uint32), 0.0))
+    calls, exact = [], merge_cpu._kth_abs_histogram
+    monkeypatch.setattr(merge_cpu, "_kth_abs_histogram", lambda *a: calls.append(1) or exact(*a))
+    for density in (0.2, 0.5, 0.999):
+        n, k = base.numel(), int(density * base.numel())
+        got = M._ties_thresholds(base, thetas, density)
+        want = [(t - base).abs().kthvalue(n - k + 1).values.item() for t in thetas]
+        assert got == want
+    assert len(calls) == (0 if window == "sampled" else 3)
