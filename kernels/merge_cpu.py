@@ -49,8 +49,9 @@ def _merge_numba(mode, out, base, thetas, fishers, lam, extra, eps) -> None:
     prm = prm.astype(np.float64 if out.dtype == torch.float64 else np.float32)
     fs = _padded(fishers) if fishers else _padded(thetas)
     fbf16 = bool(fishers) and fishers[0].dtype == torch.bfloat16
-    _merge_nb(_MODES[mode], len(thetas), _np(out), _np(base), _padded(thetas), fs, prm,
-              out.dtype == torch.bfloat16, fbf16, 4 * max(1, get_num_threads()))
+    fdirect = bool(fishers) and _np(fishers[0]).dtype == prm.dtype
+    kernel = _MERGE_NB[_MODES[mode], out.dtype == torch.bfloat16, fbf16, fdirect]
+    kernel(len(thetas), _np(out), _np(base), _padded(thetas), fs, prm, 4 * max(1, get_num_threads()))
 
 
 @njit(inline="always", cache=True)
@@ -84,85 +85,147 @@ def _store(out, src, bf16, bits):
             out[j] = src[j]
 
 
-@njit(inline="always", cache=True, fastmath={"contract"})
-def _fold_block(mode, x, f, b, s0, s1, s2, s3, lam, ext, ratio, eps, c):
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")  # a division by zero is inf or NaN, as in torch
+def _step(mode, a0, a1, a2, a3, x, f, b, lam, ext, ratio, eps):
+    """One model's element folded into the running sums ``a0..a3`` of the merge ``mode``: the
+    torch path's recurrences, element by element."""
     if mode == 0:
         if ratio != 0:
-            for j in range(c):
-                s0[j] += ratio * (x[j] - s0[j])
-    elif mode == 1:  # the λ-weighted mean for the holes (no weight anywhere) is folded only where a block has one
-        for j in range(c):
-            a = f[j] / ext if ext != 1 else f[j]  # F / 1 is F: torch skips that division too
-            if a < eps:
-                a = eps
-            a *= lam
-            s1[j] += a
-            r = a / s1[j] if s1[j] != 0 else a - a
-            s0[j] += r * (x[j] - s0[j])
+            a0 += ratio * (x - a0)
+    elif mode == 1:  # the running Fisher-weighted mean (a0) and its total weight (a1)
+        a = f / ext if ext != 1 else f  # F / 1 is F: torch skips that division too
+        if a < eps:
+            a = eps
+        a *= lam
+        a1 += a
+        r = a / a1 if a1 != 0 else a - a
+        a0 += r * (x - a0)
     elif mode == 2:
-        for j in range(c):
-            s0[j] += lam * (x[j] - b[j])
-    else:  # branch-free, so that it vectorises: each sum gets λ·(τ·1) (λ·NaN for a NaN) where it did, λ·(τ·0) elsewhere;
-        # τ times a 0/1 factor, not a select, so that LLVM keeps the multiply-add fused as torch's add_(alpha=λ) is
+        a0 += lam * (x - b)
+    else:  # TIES, branch-free so that it vectorises: λ-weighted sums and weights of the positive (a0, a1) and
+        # negative (a2, a3) trimmed values; τ times a 0/1 factor, not a select, so that the multiply-add stays
+        # fused as torch's add_(alpha=λ) is (a NaN τ reaches both sums, as torch's clamps pass it)
         zero, one = lam - lam, np.float32(1.0)
+        tau = x - b
+        kept = not ((ext > 0) & (abs(tau) < ext))
+        up = kept & (tau > 0)
+        down = kept & (tau < 0)
+        a0 += lam * (tau * (one if up else zero))
+        a1 += lam if up else zero
+        a2 += lam * (tau * (one if down else zero))
+        a3 += lam if down else zero
+    return a0, a1, a2, a3
+
+
+def _fold_kernel(mode: int):
+    """The fold of ``mode`` (a constant in it, its branches folded away so that it vectorises)."""
+
+    @njit(cache=True, fastmath={"contract"}, error_model="numpy")
+    def fold(g, x0, x1, x2, x3, f0, f1, f2, f3, b, s0, s1, s2, s3, prm, k, c):
+        """Models ``k .. k+g-1`` (``g`` = 1, 2 or 4) folded into the block's sums in one pass over it:
+        the sums are read and written once per group, not once per model (the inputs are read side
+        by side, which the memory system streams faster than one after the other)."""
         for j in range(c):
-            tau = x[j] - b[j]
-            kept = not ((ext > 0) & (abs(tau) < ext))
-            up = kept & (tau > 0)
-            down = kept & (tau < 0)
-            s0[j] += lam * (tau * (one if up else zero))
-            s1[j] += lam if up else zero
-            s2[j] += lam * (tau * (one if down else zero))
-            s3[j] += lam if down else zero
+            a0, a1, a2, a3 = s0[j], s1[j], s2[j], s3[j]
+            a0, a1, a2, a3 = _step(mode, a0, a1, a2, a3, x0[j], f0[j], b[j], prm[0, k], prm[1, k], prm[2, k], prm[3, k])
+            if g >= 2:
+                a0, a1, a2, a3 = _step(mode, a0, a1, a2, a3, x1[j], f1[j], b[j], prm[0, k + 1], prm[1, k + 1], prm[2, k + 1], prm[3, k + 1])
+            if g == 4:
+                a0, a1, a2, a3 = _step(mode, a0, a1, a2, a3, x2[j], f2[j], b[j], prm[0, k + 2], prm[1, k + 2], prm[2, k + 2], prm[3, k + 2])
+                a0, a1, a2, a3 = _step(mode, a0, a1, a2, a3, x3[j], f3[j], b[j], prm[0, k + 3], prm[1, k + 3], prm[2, k + 3], prm[3, k + 3])
+            s0[j] = a0
+            if mode == 1 or mode == 3:
+                s1[j] = a1
+            if mode == 3:
+                s2[j] = a2
+                s3[j] = a3
+
+    return fold
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath={"contract"})
-def _merge_nb(mode, nmod, out, base, xs, fs, prm, bf16, fbf16, chunks):
-    n, blocks = out.size, (out.size + NB_BLOCK - 1) // NB_BLOCK
-    per = (blocks + chunks - 1) // chunks
-    for ch in prange(chunks):
-        scratch = np.empty((7, NB_BLOCK), prm.dtype)
-        bits = np.empty(NB_BLOCK, np.uint32)
-        for blk in range(ch * per, min(blocks, ch * per + per)):
-            lo = blk * NB_BLOCK
-            c = min(NB_BLOCK, n - lo)
-            x, f, b, s0, s1, s2, s3 = scratch[0, :c], scratch[1, :c], scratch[2, :c], scratch[3, :c], scratch[4, :c], scratch[5, :c], scratch[6, :c]
-            for j in range(c):
-                s0[j] = s1[j] = s2[j] = s3[j] = 0
-            if mode >= 2:
-                _load(b, base[lo : lo + c], bf16, bits)
-            if mode == 2:
-                s0[:] = b
-            for k in range(nmod):
-                lam, ext, ratio, eps = prm[0, k], prm[1, k], prm[2, k], prm[3, k]
+_FOLDS = [_fold_kernel(mode) for mode in range(4)]
+
+
+def _merge_kernel(mode: int, bf16: bool, fbf16: bool, fdirect: bool):
+    """The numba merge kernel of ``mode`` for (bfloat16 or not) inputs and Fishers, the Fishers read
+    in place (``fdirect``: of the accumulation dtype) or converted block by block, compiled with
+    these as constants (their branches folded away, so that each fold vectorises and each kernel
+    compiles only its own path); numba caches each apart."""
+    fold, mean = _FOLDS[mode], _FOLDS[0]
+
+    @njit(parallel=True, cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
+    def merge_nb(nmod, out, base, xs, fs, prm, chunks):
+        n, blocks = out.size, (out.size + NB_BLOCK - 1) // NB_BLOCK
+        per = (blocks + chunks - 1) // chunks
+        for ch in prange(chunks):
+            scratch = np.empty((13, NB_BLOCK), prm.dtype)
+            bits = np.empty(NB_BLOCK, np.uint32)
+            for blk in range(ch * per, min(blocks, ch * per + per)):
+                lo = blk * NB_BLOCK
+                c = min(NB_BLOCK, n - lo)
+                b, s0, s1, s2, s3 = scratch[0, :c], scratch[1, :c], scratch[2, :c], scratch[3, :c], scratch[4, :c]
+                for j in range(c):
+                    s0[j] = s1[j] = s2[j] = s3[j] = 0
+                if mode >= 2:
+                    _load(b, base[lo : lo + c], bf16, bits)
+                if mode == 2:
+                    s0[:] = b
+                k = 0
+                while k < nmod:
+                    g = 4 if nmod - k >= 4 else (2 if nmod - k >= 2 else 1)
+                    f0, f1, f2, f3 = scratch[9, :c], scratch[10, :c], scratch[11, :c], scratch[12, :c]
+                    if mode == 1 and fdirect:  # Fishers of the accumulation dtype: read in place
+                        f0 = fs[k][lo : lo + c]
+                        f1 = fs[k + 1][lo : lo + c] if g >= 2 else f0
+                        f2 = fs[k + 2][lo : lo + c] if g == 4 else f0
+                        f3 = fs[k + 3][lo : lo + c] if g == 4 else f0
+                    elif mode == 1:
+                        for i in range(g):
+                            _load(scratch[9 + i, :c], fs[k + i][lo : lo + c], fbf16, bits)
+                    if bf16:
+                        for i in range(g):
+                            _load(scratch[5 + i, :c], xs[k + i][lo : lo + c], bf16, bits)
+                        fold(g, scratch[5, :c], scratch[6, :c], scratch[7, :c], scratch[8, :c], f0, f1, f2, f3,
+                              b, s0, s1, s2, s3, prm, k, c)
+                    else:
+                        x0 = xs[k][lo : lo + c]
+                        x1 = xs[k + 1][lo : lo + c] if g >= 2 else x0
+                        x2 = xs[k + 2][lo : lo + c] if g == 4 else x0
+                        x3 = xs[k + 3][lo : lo + c] if g == 4 else x0
+                        fold(g, x0, x1, x2, x3, f0, f1, f2, f3, b, s0, s1, s2, s3, prm, k, c)
+                    k += g
                 if mode == 1:
-                    _load(f, fs[k][lo : lo + c], fbf16, bits)
-                if bf16:
-                    _load(x, xs[k][lo : lo + c], bf16, bits)
-                    _fold_block(mode, x, f, b, s0, s1, s2, s3, lam, ext, ratio, eps, c)
-                else:
-                    _fold_block(mode, xs[k][lo : lo + c], f, b, s0, s1, s2, s3, lam, ext, ratio, eps, c)
-            if mode == 1:
-                holes = False
-                for j in range(c):
-                    holes |= s1[j] == 0
-                if holes:  # Σ λᵢ F'ᵢ == 0 somewhere in the block: the λ-weighted running mean there
-                    s2[:] = 0
-                    for k in range(nmod):
-                        if bf16:
-                            _load(x, xs[k][lo : lo + c], bf16, bits)
-                            _fold_block(0, x, f, b, s2, s1, s0, s3, prm[0, k], prm[1, k], prm[2, k], prm[3, k], c)
-                        else:
-                            _fold_block(0, xs[k][lo : lo + c], f, b, s2, s1, s0, s3, prm[0, k], prm[1, k], prm[2, k], prm[3, k], c)
+                    holes = False
                     for j in range(c):
-                        if s1[j] == 0:
-                            s0[j] = s2[j]
-            elif mode == 3:
-                for j in range(c):
-                    up = s0[j] + s2[j] >= 0
-                    den = s1[j] if up else s3[j]
-                    s0[j] = ((s0[j] if up else s2[j]) / den + b[j]) if den != 0 else b[j] + 0
-            _store(out[lo : lo + c], s0, bf16, bits)
+                        holes |= s1[j] == 0
+                    if holes:  # Σ λᵢ F'ᵢ == 0 somewhere in the block: the λ-weighted running mean there, model by model
+                        for j in range(c):
+                            s2[j] = 0
+                        for k in range(nmod):
+                            if bf16:
+                                _load(scratch[5, :c], xs[k][lo : lo + c], bf16, bits)
+                                mean(1, scratch[5, :c], b, b, b, b, b, b, b, b, s2, s3, s3, s3, prm, k, c)
+                            else:
+                                x0 = xs[k][lo : lo + c]
+                                mean(1, x0, x0, x0, x0, b, b, b, b, b, s2, s3, s3, s3, prm, k, c)
+                        for j in range(c):
+                            if s1[j] == 0:
+                                s0[j] = s2[j]
+                elif mode == 3:
+                    for j in range(c):
+                        up = s0[j] + s2[j] >= 0
+                        den = s1[j] if up else s3[j]
+                        s0[j] = ((s0[j] if up else s2[j]) / den + b[j]) if den != 0 else b[j] + 0
+                _store(out[lo : lo + c], s0, bf16, bits)
+
+    return merge_nb
+
+
+
+
+_MERGE_NB = {(mode, bf16, fbf16, fdirect): _merge_kernel(mode, bf16, fbf16, fdirect)
+             for mode in range(4) for bf16 in (False, True) for fbf16 in (False, True) for fdirect in (False, True)
+             if mode == 1 or not (fbf16 or fdirect)}
 
 
 def _kth_abs_numba(base: torch.Tensor, thetas: list[torch.Tensor], rank: int) -> list[float]:
