@@ -307,12 +307,18 @@ def _abs_window(base, xs, nmod, bf16, lo, hi, below, inside, gathered):
         xb = x.view(np.uint32)
         for blk in range(start, stop, NB_BLOCK):
             c = min(NB_BLOCK, stop - blk)
-            _load(b[:c], base[blk : blk + c], bf16, bits)
+            if bf16:
+                _load(b[:c], base[blk : blk + c], bf16, bits)
             for k in range(nmod):
-                _load(x[:c], xs[k][blk : blk + c], bf16, bits)
                 low, width = lo[k], hi[k] - lo[k]
-                for j in range(c):
-                    x[j] = x[j] - b[j]
+                if bf16:
+                    _load(x[:c], xs[k][blk : blk + c], bf16, bits)
+                    for j in range(c):
+                        x[j] = x[j] - b[j]
+                else:  # float32: subtracted straight from the inputs
+                    xk, bk = xs[k][blk : blk + c], base[blk : blk + c]
+                    for j in range(c):
+                        x[j] = xk[j] - bk[j]
                 under = 0
                 for j in range(c):
                     under += (xb[j] & np.uint32(0x7FFFFFFF)) < low
