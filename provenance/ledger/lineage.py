@@ -80,9 +80,8 @@ class LineageQueries:
                    GROUP BY rs.dataset_id, rs.shard_index)
                SELECT a.dataset_id, a.shard_index, s.name AS shard, a.examples, a.distinct_documents, a.epochs,
                       a.effective_examples, a.runs
-               FROM agg a JOIN shards s ON s.dataset_id = a.dataset_id AND s.shard_index = a.shard_index
-               ORDER BY a.dataset_id, a.shard_index"""
-        ).to_arrow_table()
+               FROM agg a JOIN shards s ON s.dataset_id = a.dataset_id AND s.shard_index = a.shard_index"""
+        ).to_arrow_table().sort_by([("dataset_id", "ascending"), ("shard_index", "ascending")])  # Arrow sorts faster
 
     def dataset_table(self, dataset_ids: list[str]) -> pa.Table:
         """Licence and role columns of the datasets named, one row each."""
@@ -285,10 +284,14 @@ class LineageQueries:
         dataset: ``run_id, namespace, name``."""
         if not run_ids:
             return []
-        with self._cursor() as con:
-            return con.sql("""SELECT run_id, namespace, name FROM run_inputs
-                              WHERE dataset_id IS NULL AND list_contains($1, run_id) ORDER BY namespace, name, run_id""",
-                           params=[run_ids]).to_arrow_table().to_pylist()
+        with self._cursor() as con:  # the ids as a registered column, not a list parameter: a lineage names thousands
+            con.register("lineage_run_ids", pa.table({"run_id": pa.array(run_ids, pa.string())}))
+            try:
+                return con.sql("""SELECT run_id, namespace, name FROM run_inputs
+                                  WHERE dataset_id IS NULL AND run_id IN (SELECT run_id FROM lineage_run_ids)
+                                  ORDER BY namespace, name, run_id""").to_arrow_table().to_pylist()
+            finally:
+                unregister(con, "lineage_run_ids")
 
     def audit(self, audit_id: str) -> dict[str, Any]:
         """The stored audit ``audit_id`` (or an unambiguous prefix of at least 4 hex digits):
