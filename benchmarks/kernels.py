@@ -77,6 +77,39 @@ def naive_merge(method: str, base, thetas, fishers, lam, eps=1e-6, density=0.2):
     return base + torch.where(den > 0, num / den.clamp(min=1e-30), torch.zeros_like(num))
 
 
+def inplace_fisher(thetas, fishers, lam, eps, num, den, tmp):
+    """The Fisher merge as a careful user writes it in torch: in-place ops on preallocated buffers
+    (``clamp_min``, ``mul_``, ``add_``, ``addcmul_``, ``div_``), no temporaries per model."""
+    num.zero_()
+    den.zero_()
+    for w, f, t in zip(lam, fishers, thetas):
+        a = torch.clamp_min(f, eps, out=tmp).mul_(w)
+        den.add_(a)
+        num.addcmul_(a, t)
+    return num.div_(den)
+
+
+def inplace_rows(n: int, device: str) -> list[dict]:
+    """Fisher merges into an existing output against :func:`inplace_fisher`, alternating."""
+    from provenance.kernels import merge as k
+
+    g = torch.Generator(device=device).manual_seed(0)
+    base = torch.randn(n, generator=g, device=device)
+    rows = []
+    out, num, den, tmp = (torch.empty_like(base).fill_(1.0) for _ in range(4))
+    for count in (2, 4, 8):
+        thetas = [base + 0.01 * torch.randn(n, generator=g, device=device) for _ in range(count)]
+        fishers = [torch.rand(n, generator=g, device=device) for _ in range(count)]
+        lam = [1.0 / count] * count
+        ours = bench(lambda t=thetas, f=fishers, w=lam: k.fisher_merge(t, f, w, out=out), device)
+        theirs = bench(lambda t=thetas, f=fishers, w=lam: inplace_fisher(t, f, w, 1e-6, num, den, tmp), device)
+        r = {"kernel": "fisher vs in-place torch", "n": count, "ms": round(ours * 1e3, 2),
+             "inplace_ms": round(theirs * 1e3, 2), "vs_inplace": round(theirs / ours, 2)}
+        print(r, flush=True)
+        rows.append(r)
+    return rows
+
+
 def merges(n: int, device: str, ceiling: float) -> list[dict]:
     g = torch.Generator(device=device).manual_seed(0)
     base = torch.randn(n, generator=g, device=device)
@@ -193,8 +226,9 @@ def main() -> None:
     ceiling = copy_gbs(2 * n * 4 * 4, device)  # a copy of 4 tensors' worth: well past the caches
     print(f"device {device}, {n:,} fp32 elements per tensor, copy ceiling {ceiling:.2f} GB/s", flush=True)
     rows = merges(n, device, ceiling) + patches(n, device, ceiling) + patched(n, device, ceiling)
+    inplace = inplace_rows(n, device)
     result = {"device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-              "elements": n, "copy_gb_s": round(ceiling, 2), "rows": rows}
+              "elements": n, "copy_gb_s": round(ceiling, 2), "rows": rows, "inplace": inplace}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\n{result['device']}; copy ceiling {ceiling:.2f} GB/s; {n:,} fp32 elements per tensor")
@@ -203,6 +237,9 @@ def main() -> None:
     for r in rows:
         print(f"| {r['kernel']} | {r['n']} | {r['ms']} | {r['gb_s']} | {r['vs_copy']} | {r['out_ms']} | "
               f"{r['out_vs_copy']} | {r['naive_ms']} | {r['vs_naive']} |")
+    print("\n| Fisher merge into an existing output | N | ms | in-place torch ms | × faster |\n|---|---:|---:|---:|---:|")
+    for r in inplace:
+        print(f"| fisher_merge(out=) vs in-place torch | {r['n']} | {r['ms']} | {r['inplace_ms']} | {r['vs_inplace']} |")
 
 
 if __name__ == "__main__":
