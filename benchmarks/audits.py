@@ -112,7 +112,7 @@ t = time.perf_counter()
 report = audit_dedup(ledger, [sys.argv[2]], threshold=0.8, pairs_file=sys.argv[3])
 seconds = time.perf_counter() - t
 print(json.dumps({"seconds": seconds, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "summary": report["summary"], "banding": [report["banding"]["bands"], report["banding"]["rows"]]}))
+                  "summary": report.summary.model_dump(), "banding": [report.banding.bands, report.banding.rows]}))
 """
 
 
