@@ -41,6 +41,7 @@ from provenance.errors import (
     NonFiniteError,
 )
 from provenance.history import History, chain_objects, materialize, numel
+from provenance.kernels.finite import all_finite
 from provenance.kernels.patch import apply_low_rank
 from provenance.ledger import LedgerStore
 from provenance.objects import BackgroundWriter, unstorable
@@ -159,7 +160,10 @@ def _check_tensor(name: str, tensor: Any, allow_nonfinite: bool) -> torch.Tensor
     tensor = tensor.detach().resolve_neg()  # a torch._neg_view has the negated values, not its memory's
     if tensor.is_floating_point() and not allow_nonfinite and tensor.numel():
         flat = tensor.reshape(-1)
-        if not all(_finite(part) for _, part in _float_chunks(flat)):
+        finite = all_finite(flat)
+        if finite is None:  # FP8, or off the CPU: torch's comparisons
+            finite = all(_finite(part) for _, part in _float_chunks(flat))
+        if not finite:
             count, first = 0, -1
             for start, part in _float_chunks(flat):
                 bad = ~torch.isfinite(part)

@@ -6,6 +6,7 @@ ledger as it was."""
 from __future__ import annotations
 
 import json
+import math
 import struct
 
 import pytest
@@ -135,6 +136,26 @@ def test_fp8_nonfinite_beyond_the_first_chunk_is_found(ledger):
     bits[4_900_000] = 0xFE  # a NaN
     with pytest.raises(NonFiniteError, match=r"'big' holds 2 NaN or Inf values \(first at flat index 4500001\)"):
         ledger.commit({"big": big}, message="inf")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, None])
+def test_the_finiteness_scan_of_each_float_dtype(ledger, dtype, bad):
+    """The commit's single-threaded scan (kernels/finite.py) finds a NaN or an Inf anywhere, the
+    last element included, and passes the largest finite values and subnormals."""
+    from provenance.kernels.finite import all_finite
+
+    info = torch.finfo(dtype)
+    t = torch.tensor([0.0, -0.0, info.max, -info.max, info.tiny / 2, 1.0] * 1000 + [1.0], dtype=dtype)
+    assert all_finite(t) is True
+    if bad is None:
+        assert ledger.commit({"w": t}, message="finite").version_id
+        return
+    t[-1] = bad
+    assert all_finite(t) is False
+    with pytest.raises(NonFiniteError, match=r"'w' holds 1 NaN or Inf values \(first at flat index 6000\)"):
+        ledger.commit({"w": t}, message="not finite")
+    assert all_finite(t[::2]) is None and all_finite(t.to(torch.float8_e4m3fn)) is None  # the caller checks those
 
 
 def test_nonfinite_error_names_the_parameter_for_the_cli(ledger):
