@@ -166,8 +166,10 @@ def _merge_kernel(mode: int, bf16: bool, fbf16: bool, fdirect: bool):
                 b, s0, s1, s2, s3 = scratch[0, :c], scratch[1, :c], scratch[2, :c], scratch[3, :c], scratch[4, :c]
                 for j in range(c):
                     s0[j] = s1[j] = s2[j] = s3[j] = 0
-                if mode >= 2:
+                if mode >= 2 and bf16:
                     _load(b, base[lo : lo + c], bf16, bits)
+                elif mode >= 2:  # read in place (the accumulation dtype already)
+                    b = base[lo : lo + c]
                 if mode == 2:
                     s0[:] = b
                 k = 0
