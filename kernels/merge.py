@@ -1,14 +1,15 @@
 """Elementwise N-way merges of one parameter tensor: Fisher merging, weighted averaging, task
 arithmetic and TIES, each computed in one fused pass over the inputs (TIES first reads each task
-vector once more, in torch, to find its magnitude threshold).
+vector once more to find its magnitude threshold).
 
 Anatomy (STYLE.md, "Kernels"): the public functions check their inputs and raise errors with the
 numbers in them; :func:`provenance.kernels.dispatch.pick` then chooses between one private
 ``@triton.jit`` kernel, :func:`_merge_kernel`, and :func:`_merge_torch`, the plain-torch reference
 that is also the CPU path; on the CPU, float32, float64 and bfloat16 merges of up to 8 models run
-:func:`_merge_nb`, a numba loop over blocks with the torch path's recurrences (FMA-contracted as
-torch's vectorised ops are: bit-identical to it), and TIES finds its thresholds by a two-pass
-histogram of the magnitudes' bits (:func:`_kth_abs_numba`, the same values as ``kthvalue``). All run the same recurrences in float32 (float64 for float64 inputs),
+:func:`~provenance.kernels.merge_cpu._merge_kernel`, a numba loop over blocks with the torch
+path's recurrences (FMA-contracted as torch's vectorised ops are: bit-identical to it), and TIES
+finds its thresholds in one counting pass over the magnitudes' bits (:func:`_kth_abs_numba`, the
+same values as ``kthvalue``). All run the same recurrences in float32 (float64 for float64 inputs),
 read every input element once and return a new tensor of the inputs' dtype and shape (or write
 ``out=``, which may be one of the inputs: every element is read before it is written).
 

@@ -1,7 +1,12 @@
 """The CPU fast path of the merge kernels: numba loops that compute exactly what the torch path of
 :mod:`provenance.kernels.merge` computes (the same recurrences, fused multiply-adds where torch's
 vectorised code uses them), in one parallel pass over blocks of elements, each input read once and
-the output written once; and exact TIES thresholds from two histogram passes instead of a sort.
+the output written once; and exact TIES thresholds in one counting pass instead of a sort.
+
+Each block folds the models in groups of 4, 2 or 1 (:func:`_fold_kernel`): the block's running
+sums are read and written once per group, and the group's inputs stream side by side. One kernel
+is compiled per merge method and input kind (:func:`_merge_kernel`), with those as constants, so
+that each fold's branches fold away and its loop vectorises.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ from numba import get_num_threads, njit, prange
 MAX_MODELS = 8  # models per call: one Triton pointer argument each; here one compiled type, unused slots repeat the first
 NB_BLOCK = 4096  # elements per block (its scratch rows stay in L1/L2)
 _MODES = {"mean": 0, "fisher": 1, "task": 2, "ties": 3}
-
 
 
 def _numba_ok(*tensors: torch.Tensor, same: bool = False) -> bool:
@@ -38,7 +42,8 @@ def _padded(ts: list[torch.Tensor]) -> tuple:
 
 
 def _merge_numba(mode, out, base, thetas, fishers, lam, extra, eps) -> None:
-    """:func:`_merge_torch`'s recurrences in :func:`_merge_nb`; the running means' ratios
+    """:func:`_merge_torch`'s recurrences in the numba kernel of ``mode`` and these inputs'
+    kind (:func:`_merge_kernel`); the running means' ratios
     ``λᵢ / (λ₁ + … + λᵢ)`` are computed in Python double, as the torch path does."""
     ratios, total = [], 0.0
     for lam_i in lam:
