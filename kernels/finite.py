@@ -29,7 +29,7 @@ def all_finite(tensor: torch.Tensor) -> bool | None:
     if spec is None or tensor.device.type != "cpu" or not tensor.is_contiguous():
         return None
     signed, unsigned, mask = spec
-    bits = tensor.reshape(-1).view(signed).numpy().view(unsigned)
+    bits = tensor.detach().resolve_neg().reshape(-1).view(signed).numpy().view(unsigned)
     return not _any_all_ones(bits, mask)
 
 

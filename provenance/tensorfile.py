@@ -202,19 +202,29 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         size = os.fstat(fh.fileno()).st_size
         if size < 8:
             raise ValueError(f"{path}: truncated ({size} bytes)")
-        if size < _MAP_FROM:  # read into one buffer: bytearray(fh.read()) copied it twice (0.9 ms a MB, 10x this)
-            buf = bytearray(size)
-            view, got = memoryview(buf), 0
-            while got < size and (n := fh.readinto(view[got:])):
-                got += n
-            del view
-            if got < size:  # shorter than it was a moment ago: what was read is parsed (and found truncated)
-                del buf[got:]
+        if size < _MAP_FROM:
+            buf = _read_whole(fh, size)
         else:
             # A private, writable mapping: reading maps the page cache without a copy, and a
             # caller that patches a tensor in place gets its own copy of the pages it writes.
-            buf = mmap.mmap(fh.fileno(), size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            try:
+                buf = mmap.mmap(fh.fileno(), size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            except OSError:  # no mapping left (vm.max_map_count: tens of thousands of tensors held at once): read it
+                buf = _read_whole(fh, size)
     return tensors_in(buf, path)
+
+
+def _read_whole(fh: Any, size: int) -> bytearray:
+    """The file's ``size`` bytes read into one buffer (``bytearray(fh.read())`` copies them twice);
+    a file shorter than that by now gives what was read, which the parser finds truncated."""
+    buf = bytearray(size)
+    view, got = memoryview(buf), 0
+    while got < size and (n := fh.readinto(view[got:])):
+        got += n
+    del view
+    if got < size:
+        del buf[got:]
+    return buf
 
 
 def tensors_in(buf: bytearray | mmap.mmap, where: Any) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -247,3 +247,26 @@ def test_sync_false_skips_fsync_but_stays_whole(ledger, monkeypatch):
     assert calls == []
     _assert_same(ledger.checkout(v1), state)
     assert list(ledger.objects_path.rglob("*.tmp")) == []
+
+
+def test_objects_are_read_whole_when_no_memory_map_is_left(ledger, monkeypatch):
+    """Objects from 64 KiB are memory-mapped; where the system refuses another mapping (its map
+    count spent), the object is read into memory instead: the same bits either way."""
+    import errno
+
+    from provenance import tensorfile
+
+    state = {"big": torch.randn(64, 1024), "small": torch.randn(16)}  # 256 KiB (mapped), 64 B (read)
+    version = ledger.commit(state, message="two sizes")
+    mapped = ledger.checkout(version)
+
+    refused = []
+
+    def refuse(*args, **kwargs):
+        refused.append(args)
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(tensorfile.mmap, "mmap", refuse)
+    read = ledger.checkout(version)
+    assert all(torch.equal(read[k], state[k]) and torch.equal(mapped[k], state[k]) for k in state)
+    assert len(refused) == 1  # the 256 KiB object asked for a mapping and was read instead
