@@ -7,6 +7,7 @@ nothing and says so; changed content makes a new version.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import unicodedata
 from collections.abc import Iterator, Sequence
@@ -71,6 +72,8 @@ def register_dataset(
     progress = progress or NoProgress()
 
     shards = resolve(sources, opts)
+    if isinstance(shards, list):
+        _warm_up(cfg)
     total = _identify(shards, id_field, progress) if isinstance(shards, list) else None
 
     counters = Counters()
@@ -249,6 +252,18 @@ def _check_options(name: str, role: str, on_invalid: str, text_field: str, shard
         raise InvalidParameterError("text_field must be a non-empty field name")
     if shard_records < 1:
         raise InvalidParameterError(f"shard_records must be at least 1, got {shard_records}")
+
+
+def _warm_up(cfg: FingerprintConfig) -> None:
+    """Load the fingerprint kernels (numba's cached machine code, about 0.75 s once per process)
+    on a thread while the files are hashed (which releases the GIL); the first batch waits for it
+    if it is not done. An error here is left for the real call to raise."""
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            cfg.warm_up()
+
+    threading.Thread(target=load, name="prov-warm-up", daemon=True).start()
 
 
 def _identify(shards: list[Shard], id_field: str | None, progress: Progress) -> int:

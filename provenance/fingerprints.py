@@ -306,6 +306,11 @@ class FingerprintConfig(BaseModel):
             )
         return LeanMinHash(seed=self.seed, hashvalues=values.astype(np.uint64), scheme=self.scheme)
 
+    def warm_up(self) -> None:
+        """Load every path of the CPU kernels (numba's cached machine code: about 0.75 s once per
+        process, longer the first time, when it compiles) on a text that takes each of them."""
+        _fingerprint_array(self, pa.array(["the kernels warm up: é ﬁ ½ 한 ΣΑΣ"], pa.large_string()), None)
+
     def fingerprint_batch(self, texts: Sequence[str] | pa.Array | pa.ChunkedArray, *,
                           device: Any = None) -> FingerprintBatch:
         """Everything the ledger stores per document, computed in one pass over ``texts``.
