@@ -34,7 +34,7 @@ class History:
         self._parents: dict[str, str | None] = {}
 
     def _load(self, vid: str) -> None:
-        for version_id, parent, manifest in self.ledger.first_parent_chain(vid):
+        for version_id, parent, manifest in self.ledger.first_parent_chain(vid, resolved=True):
             if version_id in self._manifests:
                 break
             self._manifests[version_id] = manifest

@@ -121,8 +121,10 @@ class ObjectStore:
 
     def put(self, tensor: torch.Tensor, writer: BackgroundWriter | None = None) -> ObjectRef:
         """Store ``tensor`` (once: an intact object with the same address is kept, a damaged one
-        is written again). With a ``writer``, the file is written and synced on its thread and the
-        call returns at once; the object exists when the writer is closed. Raises
+        is written again). With a ``writer``, the lookup, the check and the write run on its
+        threads and the call returns at once (the ref's ``created`` and ``repaired`` are then
+        False: the addresses it wrote afresh are in ``writer.created``); the object exists when the
+        writer is closed. Raises
         :class:`ObjectWriteError` when the store's folder cannot be written, and
         :class:`InvalidParameterError` for a tensor it cannot hold (:func:`unstorable`)."""
         refusal = unstorable(tensor)
@@ -133,16 +135,24 @@ class ObjectStore:
         path = self.path(address)
         nbytes = tensor.numel() * tensor.element_size()
         ref = ObjectRef(address, _dtype_name(tensor.dtype), tuple(tensor.shape), nbytes)
-        if writer is not None and address in writer.pending:
+        if writer is not None:  # the lookup too runs on the writer's threads, which need it anyway
+            if address not in writer.pending:
+                writer.submit(address, tensor, self._ensure, path, tensor, address, writer.created)
             return ref
+        created, repaired = self._ensure(path, tensor, address)
+        return replace(ref, created=created, repaired=repaired)
+
+    def _ensure(self, path: Path, tensor: torch.Tensor, address: str, created: list[str] | None = None
+                ) -> tuple[bool, bool]:
+        """Write the object unless an intact one is at ``path``: ``(created, repaired)``; a new
+        object's address is appended to ``created``."""
         exists = os.path.lexists(path)
         if exists and self._intact(path, tensor, address):
-            return ref
-        if writer is None:
-            _write(path, tensor, address, self.sync)
-        else:
-            writer.submit(address, tensor, _write, path, tensor, address, self.sync)
-        return replace(ref, created=not exists, repaired=exists)
+            return False, False
+        _write(path, tensor, address, self.sync)
+        if not exists and created is not None:
+            created.append(address)
+        return not exists, exists
 
     @staticmethod
     def _intact(path: Path, tensor: torch.Tensor, address: str) -> bool:

@@ -10,19 +10,20 @@ synced and renamed, so a reader sees the old file or the whole new one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import mmap
 import os
+import secrets
 import struct
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from provenance.files import _umask, fsync_folder
+from provenance.files import fsync_folder
 
 # Every dtype that both torch and safetensors hold, by its safetensors name; the FP8 ones are
 # stored as their bits like any other. Complex64 ("C64") is left out: the object store refuses
@@ -120,9 +121,23 @@ class TensorFileWriter:
         self._tmp: str | None = None
 
     def __enter__(self) -> TensorFileWriter:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.fchmod(fd, 0o666 & ~_umask())
+        # A new temporary name beside the file, created exclusively with mode 0o666 (the process's
+        # umask applies, as to any new file); the folder is made when the first try finds it absent.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        folder, made = self.path.parent, False
+        while True:
+            tmp = os.path.join(folder, f".{self.path.name}.{secrets.token_hex(6)}.tmp")
+            try:
+                fd = os.open(tmp, flags, 0o666)
+                break
+            except FileExistsError:  # (a name left by a writer that was killed)
+                continue
+            except FileNotFoundError:
+                if made:
+                    raise
+                folder.mkdir(parents=True, exist_ok=True)
+                made = True
+        self._tmp = tmp
         self._fh = os.fdopen(fd, "wb")
         self._fh.write(self._header)
         return self
@@ -150,13 +165,15 @@ class TensorFileWriter:
             self._fh.close()
             if exc_type is None:
                 os.replace(self._tmp, self.path)
+                self._tmp = None
                 if self.sync:
                     fsync_folder(self.path.parent)
         finally:
             if not self._fh.closed:
                 self._fh.close()
-            if os.path.exists(self._tmp):
-                os.unlink(self._tmp)
+            if self._tmp is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._tmp)
 
 
 def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,

@@ -87,6 +87,28 @@ def test_sparse_then_low_rank_then_dense_chain(ledger):
         _assert_same(ledger.checkout(v), s)
 
 
+def test_first_parent_chain_reads_every_manifest_down_to_the_root(ledger):
+    s0 = _state()
+    v0 = ledger.commit(s0, message="root")
+    s1 = {k: v.clone() for k, v in s0.items()}
+    s1["layer.weight"].view(-1)[:3] += 1.0
+    v1 = ledger.commit(s1, parent=v0, message="sparse")
+    v2 = ledger.commit({**s1, "extra": torch.ones(2)}, parent=v1, message="added")
+    ledger.tag("tip", v2)
+    chain = ledger.first_parent_chain("tip")
+    assert [(v, parent) for v, parent, _ in chain] == [
+        (v2.version_id, v1.version_id), (v1.version_id, v0.version_id), (v0.version_id, None)]
+    for (_, _, manifest), v in zip(chain, (v2, v1, v0)):
+        assert manifest == ledger.manifest(v)  # same rows, same order (by name)
+        assert list(manifest) == sorted(manifest)
+    assert chain[0][2]["extra"].encoding == "full" and chain[1][2]["layer.weight"].encoding == "sparse"
+    # a resolved id skips the lookup; a reference passed as resolved is still looked up
+    assert ledger.first_parent_chain(v2.version_id, resolved=True) == chain
+    assert ledger.first_parent_chain(v2.version_id[:8], resolved=True) == chain
+    with pytest.raises(NotFoundError, match="no version"):
+        ledger.first_parent_chain("f" * 32, resolved=True)
+
+
 def test_added_and_removed_parameters(ledger):
     v0 = ledger.commit(_state(), message="root")
     s1 = _state()

@@ -36,6 +36,13 @@ def quote_identifier(name: str) -> str:
 
 
 
+def row_dicts(cur: duckdb.DuckDBPyConnection) -> list[dict]:
+    """The rows of an executed query as dicts by column name (cheaper than an Arrow table for
+    the few rows of a point lookup)."""
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 

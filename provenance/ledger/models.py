@@ -13,7 +13,7 @@ from provenance.errors import (
     InvalidParameterError,
     NotFoundError,
 )
-from provenance.ledger._common import _param_from_row
+from provenance.ledger._common import _param_from_row, row_dicts
 from provenance.records import (
     ParamRecord,
     RunRecord,
@@ -48,8 +48,7 @@ class ModelQueries:
                 raise NotFoundError(f"no version or tag {ref!r} (a version id is 4 to 32 hex digits)")
             ref = ref.lower()
             match = "version_id = ?" if len(ref) == 32 else "starts_with(version_id, ?)"  # a full id: the key
-            rows = con.sql(f"SELECT * FROM versions WHERE {match} ORDER BY version_id LIMIT 6", params=[ref]
-                           ).to_arrow_table().to_pylist()
+            rows = row_dicts(con.execute(f"SELECT * FROM versions WHERE {match} ORDER BY version_id LIMIT 6", [ref]))
             if len(rows) == 1:  # its tags by the key (a correlated subquery costs more than the lookup)
                 rows[0]["tags"] = [r[0] for r in con.execute(
                     "SELECT name FROM tags WHERE version_id = ? ORDER BY name", [rows[0]["version_id"]]).fetchall()]
@@ -89,27 +88,37 @@ class ModelQueries:
             ).to_arrow_table().to_pylist()
         return {r["name"]: _param_from_row(r) for r in rows}
 
-    def first_parent_chain(self, version: str | VersionRecord) -> list[tuple[str, str | None, dict[str, ParamRecord]]]:
+    def first_parent_chain(self, version: str | VersionRecord, *, resolved: bool = False
+                           ) -> list[tuple[str, str | None, dict[str, ParamRecord]]]:
         """``(version_id, first parent, manifest)`` from ``version`` down its first parents to the
-        root, in one query (what a checkout replays)."""
-        vid = self.version(version).version_id
+        root, in one query (what a checkout replays). ``resolved``: ``version`` is a full version
+        id read from the ledger (a commit's or checkout's own), so it is not looked up as a tag or
+        prefix first; an id that is not there is then looked up as a reference."""
+        vid = version.version_id if isinstance(version, VersionRecord) else str(version)
+        if not (resolved or isinstance(version, VersionRecord)):
+            vid = self.version(version).version_id
         with self._cursor() as con:
-            chain = con.execute(
+            rows = con.execute(
                 """WITH RECURSIVE up(version_id, parent, depth) AS (
                        SELECT version_id, parents[1], 0 FROM versions WHERE version_id = ?
                        UNION ALL
                        SELECT v.version_id, v.parents[1], up.depth + 1 FROM versions v JOIN up ON v.version_id = up.parent)
-                   SELECT version_id, parent FROM up ORDER BY depth""",
+                   SELECT up.version_id, up.parent, p.name, p.dtype, p.shape, p.encoding, p.objects, p.meta_json,
+                          p.nbytes
+                   FROM up LEFT JOIN version_params p USING (version_id) ORDER BY up.depth, p.name""",
                 [vid],
             ).fetchall()
-            rows = con.sql(
-                "SELECT * FROM version_params WHERE list_contains(?, version_id) ORDER BY name",
-                params=[[c[0] for c in chain]],
-            ).to_arrow_table().to_pylist()
-        manifests: dict[str, dict[str, ParamRecord]] = {c[0]: {} for c in chain}
-        for r in rows:
-            manifests[r["version_id"]][r["name"]] = _param_from_row(r)
-        return [(v, parent, manifests[v]) for v, parent in chain]
+        if not rows:  # not a version id after all: a tag or prefix, or the error naming it
+            return self.first_parent_chain(self.version(version).version_id, resolved=True) if resolved else []
+        chain: list[tuple[str, str | None, dict[str, ParamRecord]]] = []
+        for version_id, parent, name, dtype, shape, encoding, objects, meta_json, nbytes in rows:
+            if not chain or chain[-1][0] != version_id:
+                chain.append((version_id, parent, {}))
+            if name is not None:  # a version without parameters has one row of NULLs
+                chain[-1][2][name] = _param_from_row({
+                    "name": name, "dtype": dtype, "shape": shape, "encoding": encoding, "objects": objects,
+                    "meta_json": meta_json, "nbytes": nbytes})
+        return chain
 
     def version_files(self, version_id: str) -> pa.Table:
         """The checkpoint-folder files of ``version_id``: its own, else those of its nearest first
