@@ -15,8 +15,8 @@ Per model, side by side in one process, each measured right after its baseline, 
   fresh call (the ledger's database opened and closed by the call, as one command does) and in a
   session (the database kept open), against ``safetensors.torch.load_file`` + the same sum;
 - **commit** with ``sync=False`` as a new root version stored whole (every tensor new: its first
-  element changes before each round, untimed) against ``save_file`` (unsynced) of the same
-  state, alternating, both to the same disk, each write after ``os.sync()`` and an emptied page
+  element changes before each round, untimed), in its own call and in a session, against
+  ``save_file`` (unsynced) of the same state, alternating, both to the same disk, each write after ``os.sync()`` and an emptied page
   cache (where allowed).
 
 Also, once, what a call costs before it touches a tensor: opening and closing the ledger's DuckDB
@@ -146,11 +146,13 @@ def bench_model(name: str, state: dict[str, torch.Tensor], work: Path, repeats: 
 
     # Commits of new tensors: before each round (untimed) the first element of every tensor
     # changes, so that every object is new; each commit is a root version stored whole.
+    # A commit in a session (the database already open, as in a training job's callback that holds
+    # the ledger) is timed too, after its own change of the first elements.
     commits = Ledger.init(work / f"{name}-commits")
-    saves, stored = [], []
+    saves, stored, in_session = [], [], []
     for r in range(repeats + 1):
         for t in state.values():
-            t.view(-1)[0] = float(r + 1)
+            t.view(-1)[0] = float(2 * r + 1)
         fresh_page_cache()
         t0 = time.perf_counter()
         save_file(state, work / f"save-{r}.safetensors")
@@ -159,14 +161,23 @@ def bench_model(name: str, state: dict[str, torch.Tensor], work: Path, repeats: 
         t2 = time.perf_counter()
         commits.commit(state, message=f"{name} {r}", sync=False, encoding="full")
         t3 = time.perf_counter()
+        for t in state.values():
+            t.view(-1)[0] = float(2 * r + 2)
+        with commits.session():
+            fresh_page_cache()
+            t4 = time.perf_counter()
+            commits.commit(state, message=f"{name} {r} in a session", sync=False, encoding="full")
+            t5 = time.perf_counter()
         if r:  # the first round warms both up
             saves.append(t1 - t0)
             stored.append(t3 - t2)
-    save_s, commit_s = statistics.median(saves), statistics.median(stored)
+            in_session.append(t5 - t4)
+    save_s, commit_s, session_commit_s = statistics.median(saves), statistics.median(stored), statistics.median(in_session)
     row = {"model": name, "tensors": len(state), "mb": nbytes / 1e6,
            "load_ms": load_s * 1e3, "checkout_ms": checkout_s * 1e3, "checkout_session_ms": session_s * 1e3,
            "checkout_vs_load": load_s / checkout_s, "checkout_session_vs_load": load_s / session_s,
            "save_ms": save_s * 1e3, "commit_ms": commit_s * 1e3, "commit_vs_save": save_s / commit_s,
+           "commit_session_ms": session_commit_s * 1e3, "commit_session_vs_save": save_s / session_commit_s,
            **database_costs(ledger, repeats)}
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     return row
@@ -190,11 +201,13 @@ def main() -> None:
         finally:
             shutil.rmtree(work, ignore_errors=True)
     print("\n| model | tensors | MB | load_file + read ms | checkout ms (own call) | × | checkout ms (session) | × "
-          "| save_file ms | commit ms (sync=False) | × |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| save_file ms | commit ms (sync=False) | × | commit ms (session) | × |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['model']} | {r['tensors']} | {r['mb']:,.0f} | {r['load_ms']:.1f} | {r['checkout_ms']:.1f} | "
               f"{r['checkout_vs_load']:.2f} | {r['checkout_session_ms']:.1f} | {r['checkout_session_vs_load']:.2f} | "
-              f"{r['save_ms']:.1f} | {r['commit_ms']:.1f} | {r['commit_vs_save']:.2f} |")
+              f"{r['save_ms']:.1f} | {r['commit_ms']:.1f} | {r['commit_vs_save']:.2f} | {r['commit_session_ms']:.1f} | "
+              f"{r['commit_session_vs_save']:.2f} |")
     print("\ndatabase open + close, ms: " + ", ".join(
         f"{r['model']} ledger {r['ledger_open_close_ms']:.1f} (in-memory DuckDB {r['duckdb_memory_open_close_ms']:.1f})"
         for r in rows))
