@@ -20,19 +20,25 @@ audit (DuckDB) against :func:`provenance.integrations.ray_dedup.audit_dedup` on 
 by side, with the same figures (seconds, cores busy, documents per second per busy core) and a
 check that both found the same pairs and clusters.
 
+``--jobs``: also both as commands, ``prov dataset add`` in a fresh process (``--engine ray --address
+auto`` on the same Ray, or local): each pays its interpreter, imports and kernel loading, as the
+Ray arm's actors do.
+
 ``--num-gpus G``: the Ray registration with ``G`` GPUs per actor (MinHash on the GPU) against the
 same actors on CPUs, on one machine's GPUs; ``benchmarks/gpu_check.sh`` runs it where Ray is.
 
 Usage: ``.venv/bin/python benchmarks/scaleout.py [--part register|dedup] [--size-mb 1000] [--shards 16]
-[--docs 200000] [--workers 2] [--rounds 2] [--num-gpus G]``
+[--docs 200000] [--workers 2] [--rounds 2] [--jobs] [--num-gpus G]``
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -93,6 +99,23 @@ def ray_arm(corpus: Path, tmp: Path, workers: int, gpus: float | None = None) ->
                               staging=tmp)
     wall = time.perf_counter() - t
     return wall, (busy() - c) / wall, result.dataset.n_documents
+
+
+def job_arm(corpus: Path, tmp: Path, engine: str, workers: int) -> tuple[float, float, int]:
+    """``prov dataset add`` as a command (a fresh process: its interpreter, imports and kernel
+    loading counted, as the Ray actors' are), with ``--engine ray --address auto`` on the running
+    local Ray, or in its own process."""
+    ledger = Ledger.init(tempfile.mkdtemp(dir=tmp))
+    cmd = [str(Path(sys.executable).with_name("prov")), "--ledger", str(ledger.root), "-q", "dataset", "add",
+           "bench", str(corpus), "--id-field", "id", "--json"]
+    if engine == "ray":
+        cmd += ["--engine", "ray", "--address", "auto", "--num-cpus", str(workers), "--staging", str(tmp)]
+    c, t = busy(), time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if out.returncode:
+        sys.exit(f"{' '.join(cmd)} failed ({out.returncode}): {out.stderr[-2000:]}")
+    return wall, (busy() - c) / wall, json.loads(out.stdout)["dataset"]["n_documents"]
 
 
 def dedup_arm(ledger, engine: str) -> tuple[float, float, dict]:
@@ -181,6 +204,8 @@ def main() -> None:
     parser.add_argument("--dup", type=float, default=0.05)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--jobs", action="store_true",
+                        help="also `prov dataset add` as a command, local and --engine ray --address auto")
     parser.add_argument("--num-gpus", type=float, default=None,
                         help="GPUs per Ray actor: the actors take the MinHash on the GPU (the GPU check runs this)")
     args = parser.parse_args()
@@ -195,11 +220,17 @@ def main() -> None:
     import ray
 
     ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    results: dict[str, list[tuple[float, float, int]]] = {"local": [], "ray": []}
+    arms = ("local", "ray") + (("local job", "ray job") if args.jobs else ())
+    results: dict[str, list[tuple[float, float, int]]] = {arm: [] for arm in arms}
     with tempfile.TemporaryDirectory(prefix="bench-scaleout-", dir=DATA) as tmp:
         for round_ in range(args.rounds):
-            for arm in (("local", "ray") if round_ % 2 == 0 else ("ray", "local")):
-                run = local_arm(corpus, Path(tmp)) if arm == "local" else ray_arm(corpus, Path(tmp), args.workers)
+            for arm in (arms if round_ % 2 == 0 else arms[::-1]):
+                if arm == "local":
+                    run = local_arm(corpus, Path(tmp))
+                elif arm == "ray":
+                    run = ray_arm(corpus, Path(tmp), args.workers)
+                else:
+                    run = job_arm(corpus, Path(tmp), arm.split()[0], args.workers)
                 results[arm].append(run)
                 print(f"round {round_ + 1} {arm}: {run[0]:.1f} s, {size / run[0]:.1f} MB/s on {run[1]:.2f} cores, "
                       f"{run[2]:,} documents", flush=True)
@@ -207,6 +238,8 @@ def main() -> None:
     print(f"\n{size:,.0f} MB of JSONL in {args.shards} shards; median of {args.rounds} rounds\n")
     per_core = table(results, size, "MB", "{:.1f}")
     print(f"\nRay per core / single process per core: {per_core['ray'] / per_core['local']:.2f} (goal >= 0.8)")
+    if args.jobs:
+        print(f"as commands (fresh processes both): {per_core['ray job'] / per_core['local job']:.2f}")
     print(f"per core vs datatrove's signature stage at 0.85 MB/s per task: {per_core['ray'] / 0.85:.0f}x (Ray), "
           f"{per_core['local'] / 0.85:.0f}x (single process)")
 
