@@ -98,6 +98,23 @@ def materialize(history: History, store: ObjectStore, version_id: str, name: str
     return value, len(patches), sum(r.nbytes for r in patches)
 
 
+def sparse_chain(history: History, store: ObjectStore, version_id: str, name: str
+                 ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]], int, int] | None:
+    """Parameter ``name`` of ``version_id`` left unmaterialised, when its chain since the last full
+    copy holds only sparse patches: that copy (mapped, not copied), the patches' ``(indices,
+    values)`` oldest first, their number and their bytes. None when the chain holds another kind
+    of patch (then :func:`materialize` it)."""
+    chain = _chain(history, version_id, name)
+    patches = [r for r in chain[:-1] if r.encoding != "unchanged"]
+    if any(r.encoding != "sparse" for r in patches):
+        return None
+    ledger = history.ledger
+    full = get_object(ledger, store, chain[-1].objects["full"])
+    steps = [(get_object(ledger, store, r.objects["indices"]), get_object(ledger, store, r.objects["values"]))
+             for r in reversed(patches)]
+    return full, steps, len(patches), sum(r.nbytes for r in patches)
+
+
 def get_object(ledger: LedgerStore, store: ObjectStore, address: str) -> torch.Tensor:
     """The object at ``address``; a missing or corrupt one is reported with the versions that use it."""
     try:

@@ -40,12 +40,12 @@ from provenance.errors import (
     InvalidParameterError,
     NonFiniteError,
 )
-from provenance.history import History, chain_objects, materialize, numel
+from provenance.history import History, chain_objects, materialize, numel, sparse_chain
 from provenance.kernels.finite import all_finite
 from provenance.kernels.patch import apply_low_rank
 from provenance.ledger import LedgerStore
 from provenance.objects import BackgroundWriter, unstorable
-from provenance.patches import changed_mask, encode
+from provenance.patches import changed_mask, changed_mask_over, encode
 from provenance.records import ParamRecord, VersionRecord
 from provenance.tensorfile import TensorFileWriter, TensorSequence, dtype_from_name, file_bytes
 
@@ -365,7 +365,15 @@ def _encode_group(history, store, parent_id, name, previous, value, encoding, lo
                 f"parameter {name!r} is {_dtype(target)}{list(target.shape)} but {previous.dtype}{previous.shape} "
                 f"in the parent {parent_id[:12]}"
             )
-        base, depth, chain_bytes = materialize(history, store, parent_id, name)
+        # A parent reached by sparse patches from its last full copy is not materialised (a copy
+        # of the whole group): the changed elements are found against that copy, corrected where
+        # the patches wrote. Only the mask is needed, unless low-rank factors are to be checked.
+        lazy = sparse_chain(history, store, parent_id, name) if name not in low_rank else None
+        if lazy is not None:
+            base, steps, depth, chain_bytes = lazy
+            hints["changed"] = changed_mask_over(base, steps, target)
+        else:
+            base, depth, chain_bytes = materialize(history, store, parent_id, name)
         if name in low_rank:
             hints["low_rank"] = low_rank[name]
     patch = encode(base, target, encoding=encoding, **hints)

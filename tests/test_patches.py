@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from provenance.errors import InvalidParameterError
 from provenance.kernels.patch import apply_low_rank, apply_sparse
-from provenance.patches import ENCODINGS, encode, same_bits
+from provenance.patches import ENCODINGS, changed_mask, changed_mask_over, count_changed, encode, same_bits
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.int64, torch.int32, torch.uint8, torch.bool]
 
@@ -37,6 +37,40 @@ def test_auto_round_trip_is_exact_and_smallest(dtype, rows, cols, density, seed)
     assert patch.nbytes == min(sizes.values())
     if same_bits(base, target):
         assert patch.encoding == "unchanged" and patch.nbytes == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(dtype=st.sampled_from(DTYPES), n=st.integers(0, 300), steps=st.integers(0, 4),
+       density=st.sampled_from([0.0, 0.02, 0.3, 1.0]), revert=st.sampled_from([0.0, 0.5, 1.0]),
+       seed=st.integers(0, 2**16))
+def test_changed_mask_over_sparse_patches_equals_the_mask_against_the_patched_copy(dtype, n, steps, density, revert,
+                                                                                 seed):
+    """What a commit uses instead of materialising a parent reached by sparse patches: the same
+    mask as against the materialised parent, with patches that overlap, rewrite an index, and
+    put back the copy's own value (so the copy and the parent differ where the target may not)."""
+    g = torch.Generator().manual_seed(seed)
+    copy = _random(dtype, (n,), g)
+    parent, patches = copy.clone(), []
+    for _ in range(steps):
+        child = parent.clone()
+        pick = torch.rand(n, generator=g) < density
+        child[pick] = _random(dtype, (n,), g)[pick]
+        back = pick & (torch.rand(n, generator=g) < revert)
+        child[back] = copy[back]  # the copy's value again
+        patch = encode(parent, child, encoding="sparse")
+        patches.append((patch.tensors["indices"], patch.tensors["values"]))
+        parent = patch.apply(parent)
+        assert same_bits(parent, child)
+    target = parent.clone()
+    touched = torch.rand(n, generator=g) < 0.1
+    target[touched] = _random(dtype, (n,), g)[touched]
+    back = torch.rand(n, generator=g) < 0.2
+    target[back] = copy[back]
+    want = changed_mask(parent, target)
+    got = changed_mask_over(copy, patches, target)
+    assert torch.equal(got, want)
+    assert count_changed(got) == int(want.sum())
+    assert same_bits(encode(copy, target, changed=got).apply(parent), target)  # only the mask is read
 
 
 def test_sparse_stores_replacements_not_deltas():

@@ -109,6 +109,40 @@ def test_first_parent_chain_reads_every_manifest_down_to_the_root(ledger):
         ledger.first_parent_chain("f" * 32, resolved=True)
 
 
+def test_sparse_commits_on_sparse_parents_do_not_materialise_them(ledger, monkeypatch):
+    """A parent reached from its last full copy by sparse patches is not copied and patched to
+    be compared with: the changed elements come from the copy, corrected where the patches wrote
+    (provenance.patches.changed_mask_over). Overlapping patches and values put back are exact."""
+    from provenance import versions
+
+    states, v = [_state()], ledger.commit(_state(), message="root")
+    versions_made = [v]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a sparse chain was materialised for a commit")
+
+    monkeypatch.setattr(versions, "materialize", refuse)
+    g = torch.Generator().manual_seed(3)
+    for step in range(4):
+        s = {k: t.clone() for k, t in states[-1].items()}
+        flat = s["layer.weight"].view(-1)
+        flat[torch.randint(0, flat.numel(), (12,), generator=g)] += 1.0
+        flat[:4] = states[0]["layer.weight"].view(-1)[:4] if step % 2 else flat[:4] + 2.0  # rewritten, then put back
+        s["layer.bias"].view(-1)[step] = float(step)
+        if step == 3:
+            s["norm.weight"] = states[-1]["norm.weight"].clone()  # unchanged
+        v = ledger.commit(s, parent=v, message=f"sparse {step}")
+        manifest = ledger.manifest(v)
+        assert manifest["layer.weight"].encoding == "sparse" and manifest["norm.weight"].encoding == "unchanged"
+        states.append(s)
+        versions_made.append(v)
+    again = ledger.commit({k: t.clone() for k, t in states[-1].items()}, parent=v, message="nothing changed")
+    assert {p.encoding for p in ledger.manifest(again).values()} == {"unchanged"}
+    monkeypatch.undo()
+    for made, s in zip(versions_made, states):
+        _assert_same(ledger.checkout(made), s)
+
+
 def test_added_and_removed_parameters(ledger):
     v0 = ledger.commit(_state(), message="root")
     s1 = _state()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from provenance.errors import InvalidParameterError
@@ -83,6 +84,40 @@ def changed_mask(base: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return a.view(ints) != b.view(ints)
 
 
+def changed_mask_over(copy: torch.Tensor, steps: list[tuple[torch.Tensor, torch.Tensor]],
+                      target: torch.Tensor) -> torch.Tensor:
+    """:func:`changed_mask` of ``target`` against ``copy`` with the sparse patches ``steps``
+    (``(indices, values)``, oldest first) applied, without applying them: the mask against
+    ``copy``, corrected where a patch wrote (the last value written to an index is the one
+    compared)."""
+    changed = changed_mask(copy, target)
+    if not steps or not changed.numel():
+        return changed
+    ints = _SAME_WIDTH_INT[copy.element_size()]
+    now = target.detach().contiguous().reshape(-1)
+    for index, values in steps:  # in order: a later patch's write to an index overrides an earlier one's
+        where = index.reshape(-1).to(torch.int64)
+        changed[where] = now[where].view(ints) != values.reshape(-1).view(ints)
+    return changed
+
+
+def count_changed(changed: torch.Tensor) -> int:
+    """How many elements a :func:`changed_mask` marks. On the CPU through numpy, whose count of a
+    boolean array is a byte scan (torch's ``sum`` of a bool tensor widens every element to int64:
+    310 ms against 5 ms for 124M elements on the development VM)."""
+    if changed.device.type == "cpu":
+        return int(np.count_nonzero(changed.numpy()))
+    return int(torch.count_nonzero(changed))
+
+
+def changed_indices(changed: torch.Tensor) -> torch.Tensor:
+    """The flat indices (int64, ascending) that a :func:`changed_mask` marks; on the CPU through
+    numpy's ``flatnonzero`` (15 ms against ``torch.nonzero``'s 54 ms for 124M elements)."""
+    if changed.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(changed.numpy()))
+    return torch.nonzero(changed).reshape(-1)
+
+
 def encode(base: torch.Tensor, target: torch.Tensor, encoding: str = "auto", **hints: Any) -> Patch:
     """The patch from ``base`` to ``target``: the named encoding, or with ``"auto"`` the smallest
     that is exact. ``hints`` pass what the caller knows, e.g. ``low_rank=(B, A, scale)``."""
@@ -97,7 +132,8 @@ def encode(base: torch.Tensor, target: torch.Tensor, encoding: str = "auto", **h
         if patch is None:
             raise InvalidParameterError(f"encoding {encoding!r} cannot reproduce this target exactly")
         return patch
-    hints.setdefault("changed", changed_mask(base, target))
+    if hints.get("changed") is None:  # (not setdefault: its default would be computed anyway)
+        hints["changed"] = changed_mask(base, target)
     hints["auto"] = True
     candidates = [p for e in ENCODINGS.values() if (p := e.encode(base, target, **hints)) is not None]
     return min(candidates, key=lambda p: (p.nbytes, _PREFERENCE.index(p.encoding)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from provenance.kernels.patch import apply_sparse
-from provenance.patches import Encoding, Patch, changed_mask, register
+from provenance.patches import Encoding, Patch, changed_indices, changed_mask, count_changed, register
 
 
 class Sparse(Encoding):
@@ -21,10 +21,10 @@ class Sparse(Encoding):
         if changed is None:
             changed = changed_mask(base, target)
         index_dtype = torch.int32 if base.numel() < 2**31 else torch.int64
-        n = int(changed.sum())
+        n = count_changed(changed)
         if auto and n * (base.element_size() + index_dtype.itemsize) >= base.numel() * base.element_size():
             return None  # cannot beat the full tensor: skip gathering the values
-        indices = torch.nonzero(changed).reshape(-1)
+        indices = changed_indices(changed)
         values = target.detach().contiguous().reshape(-1)[indices]
         return Patch(self.name, {"indices": indices.to(index_dtype), "values": values})
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from provenance.patches import Encoding, Patch, register, same_bits
+from provenance.patches import Encoding, Patch, count_changed, register, same_bits
 
 
 class Unchanged(Encoding):
@@ -12,7 +12,7 @@ class Unchanged(Encoding):
 
     def encode(self, base: torch.Tensor, target: torch.Tensor, **hints) -> Patch | None:
         changed = hints.get("changed")
-        same = not bool(changed.any()) if changed is not None else same_bits(base, target)
+        same = count_changed(changed) == 0 if changed is not None else same_bits(base, target)
         return Patch(self.name) if same else None
 
     def apply(self, base: torch.Tensor, patch: Patch) -> torch.Tensor:
