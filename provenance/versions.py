@@ -454,7 +454,7 @@ def _unlisted_document_folders(ledger: LedgerStore) -> dict[str, int]:
     ledger's documents bucket) that hold no file a dataset lists, with their bytes."""
     store = ledger.document_store
     listed = {store.folder_of(f["path"]) for f in ledger.document_files()}
-    return {d: n for d, n in store.folders().items() if d not in listed}
+    return store.folders(skip=listed)
 
 
 def _dtype(t: torch.Tensor) -> str:

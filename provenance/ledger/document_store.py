@@ -179,20 +179,23 @@ class DocumentStore:
                 if info.type == pafs.FileType.File:
                     fs.delete_file(info.path)
 
-    def folders(self) -> dict[str, int]:
-        """Every published folder (``NAME/TAG``, by its id) with its bytes, in this store."""
+    def folders(self, skip: frozenset[str] | set[str] = frozenset()) -> dict[str, int]:
+        """Every published folder (``NAME/TAG``, by its id) with its bytes, in this store, but
+        those in ``skip`` (whose files a local store then does not even stat)."""
         if self.url is None:
             base = self.root / DOCUMENTS_DIR
             if not base.is_dir():
                 return {}
             return {str(d): sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
-                    for name in sorted(base.iterdir()) if name.is_dir() for d in sorted(name.iterdir()) if d.is_dir()}
+                    for name in sorted(base.iterdir()) if name.is_dir() for d in sorted(name.iterdir())
+                    if str(d) not in skip and d.is_dir()}
         found: dict[str, int] = {}
         for info in self.fs.get_file_info(pafs.FileSelector(self.prefix, recursive=True, allow_not_found=True)):
             parts = posixpath.relpath(info.path, self.prefix).split("/")
             if info.type == pafs.FileType.File and len(parts) == 3 and not parts[0].startswith("."):
                 folder = f"{self.url}/{parts[0]}/{parts[1]}"
-                found[folder] = found.get(folder, 0) + info.size
+                if folder not in skip:  # (the listing gives the sizes anyway)
+                    found[folder] = found.get(folder, 0) + info.size
         return dict(sorted(found.items()))
 
     def folder_of(self, path: str) -> str:
