@@ -25,12 +25,12 @@ from provenance.ledger import LedgerStore
 from provenance.ledger._common import DOCUMENTS_DIR
 
 
-def _copy_document_files(ledger: LedgerStore, root: Path, *, link: bool) -> int:
+def _copy_document_files(ledger: LedgerStore, copy: LedgerStore, root: Path, *, link: bool) -> int:
     """Copy (or hard-link) the Parquet document files that the copied database lists into the
     copy; returns their bytes. They are immutable: a registration writes them before its commit,
     so every file the snapshot lists is whole. Files in a bucket are downloaded into the copy's
-    ``documents/`` folder, and the copy's rows and setting say so: the copy stands alone."""
-    copy = type(ledger).open(root.parent)
+    ``documents/`` folder, and the copy's rows and setting say so: the copy stands alone.
+    ``copy``: the copy, opened (at ``root``)."""
     store = ledger.document_store
     total = 0
     moved = []
@@ -73,35 +73,13 @@ def backup(ledger: LedgerStore, destination: str | os.PathLike, *, link: bool = 
     (root / "objects").mkdir(parents=True)
     (root / "tmp").mkdir()
     db_bytes = ledger.snapshot_database(root / ledger.db_path.name)
-    linked = copied = object_bytes = 0
-    if ledger.objects_url is not None:  # a bucket: its objects come down into the copy, which stands alone
-        store = ledger.object_store()
-        copy = type(ledger).open(dest)
-        with copy._cursor() as con:
-            con.execute("DELETE FROM ledger_meta WHERE key = 'objects_url'")
-        listed = copy.referenced_objects()
-        for address in sorted(listed):
-            object_bytes += store.download(address, root / "objects" / address[:2] / f"{address[2:]}.safetensors")
-            copied += 1
-    else:
-        for folder in sorted(p for p in ledger.objects_path.iterdir() if p.is_dir()):
-            target = root / "objects" / folder.name
-            target.mkdir(exist_ok=True)
-            for f in folder.iterdir():
-                if f.name.startswith(".") or not f.is_file():  # a write in progress: not an object yet
-                    continue
-                if link:
-                    try:
-                        os.link(f, target / f.name)
-                        linked += 1
-                        object_bytes += f.stat().st_size
-                        continue
-                    except OSError:  # another file system: copy
-                        pass
-                shutil.copy2(f, target / f.name)
-                copied += 1
-                object_bytes += f.stat().st_size
-    document_bytes = _copy_document_files(ledger, root, link=link)
+    copy = type(ledger).open(dest)
+    with copy.session():  # the copy's database opened once for what follows
+        if ledger.objects_url is not None:  # a bucket: its objects come down into the copy, which stands alone
+            linked, copied, object_bytes = 0, *_download_objects(ledger, copy, root)
+        else:
+            linked, copied, object_bytes = _copy_objects(ledger, root, link=link)
+        document_bytes = _copy_document_files(ledger, copy, root, link=link)
     from provenance.verify import verify
 
     copy = type(ledger).open(dest, read_only=True)
@@ -109,3 +87,39 @@ def backup(ledger: LedgerStore, destination: str | os.PathLike, *, link: bool = 
     return {"destination": str(root), "database_bytes": db_bytes, "objects_linked": linked, "objects_copied": copied,
             "object_bytes": object_bytes, "document_bytes": document_bytes, "verified": report.ok, "versions": report.versions_checked,
             "datasets": report.datasets_checked, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _download_objects(ledger: LedgerStore, copy: LedgerStore, root: Path) -> tuple[int, int]:
+    """Download the objects the copy's versions use from the ledger's bucket into the copy, whose
+    setting then says it keeps its own: ``(objects, bytes)``."""
+    store = ledger.object_store()
+    with copy._cursor() as con:
+        con.execute("DELETE FROM ledger_meta WHERE key = 'objects_url'")
+    copied = total = 0
+    for address in sorted(copy.referenced_objects()):
+        total += store.download(address, root / "objects" / address[:2] / f"{address[2:]}.safetensors")
+        copied += 1
+    return copied, total
+
+
+def _copy_objects(ledger: LedgerStore, root: Path, *, link: bool) -> tuple[int, int, int]:
+    """Copy (or hard-link) the ledger's object files into the copy: ``(linked, copied, bytes)``."""
+    linked = copied = object_bytes = 0
+    for folder in sorted(p for p in ledger.objects_path.iterdir() if p.is_dir()):
+        target = root / "objects" / folder.name
+        target.mkdir(exist_ok=True)
+        for f in folder.iterdir():
+            if f.name.startswith(".") or not f.is_file():  # a write in progress: not an object yet
+                continue
+            if link:
+                try:
+                    os.link(f, target / f.name)
+                    linked += 1
+                    object_bytes += f.stat().st_size
+                    continue
+                except OSError:  # another file system: copy
+                    pass
+            shutil.copy2(f, target / f.name)
+            copied += 1
+            object_bytes += f.stat().st_size
+    return linked, copied, object_bytes
