@@ -16,8 +16,8 @@ Per model, side by side in one process, each measured right after its baseline, 
   session (the database kept open), against ``safetensors.torch.load_file`` + the same sum;
 - **commit** with ``sync=False`` as a new root version stored whole (every tensor new: its first
   element changes before each round, untimed), in its own call and in a session, against
-  ``save_file`` (unsynced) of the same state, alternating, both to the same disk, each write after ``os.sync()`` and an emptied page
-  cache (where allowed).
+  ``save_file`` (unsynced) of the same state, alternating, both to the same disk, each write
+  after ``os.sync()`` and an emptied page cache (where allowed).
 
 Also, once, what a call costs before it touches a tensor: opening and closing the ledger's DuckDB
 file, and an in-memory DuckDB database (its floor).

@@ -66,12 +66,19 @@ def _chain(history: History, version_id: str, name: str) -> list[ParamRecord]:
     raise ProvenanceError(f"parameter {name!r} of version {version_id[:12]} has no full copy in its history")
 
 
+def _since_full(history: History, version_id: str, name: str) -> tuple[ParamRecord, list[ParamRecord]]:
+    """The row of ``name``'s last full copy up the chain from ``version_id``, and the rows of the
+    patches with bytes after it, newest first."""
+    chain = _chain(history, version_id, name)
+    return chain[-1], [r for r in chain[:-1] if r.encoding != "unchanged"]
+
+
 def chain_objects(history: History, version_id: str, name: str) -> list[tuple[str, int]]:
     """The objects :func:`materialize` reads for ``name`` in ``version_id``, in the order it
     reads them, each with its bytes (about: a patch's bytes are split evenly over its tensors)."""
-    chain = _chain(history, version_id, name)
-    found = [(chain[-1].objects["full"], chain[-1].nbytes)]
-    for row in reversed([r for r in chain[:-1] if r.encoding != "unchanged"]):
+    full, patches = _since_full(history, version_id, name)
+    found = [(full.objects["full"], full.nbytes)]
+    for row in reversed(patches):
         found += [(a, row.nbytes // max(len(row.objects), 1)) for a in row.objects.values()]
     return found
 
@@ -80,9 +87,8 @@ def materialize(history: History, store: ObjectStore, version_id: str, name: str
     """The value of parameter ``name`` in ``version_id`` (replaying patches up the first-parent
     chain from its last full copy), the number of patches with bytes in that chain, and their bytes."""
     ledger = history.ledger
-    chain = _chain(history, version_id, name)
-    patches = [r for r in chain[:-1] if r.encoding != "unchanged"]
-    value = get_object(ledger, store, chain[-1].objects["full"])  # maps the object file
+    full, patches = _since_full(history, version_id, name)
+    value = get_object(ledger, store, full.objects["full"])  # maps the object file
     if patches:
         # the whole chain in one pass over the output (provenance.kernels.patch.apply_chain)
         steps = []
@@ -104,15 +110,13 @@ def sparse_chain(history: History, store: ObjectStore, version_id: str, name: st
     copy holds only sparse patches: that copy (mapped, not copied), the patches' ``(indices,
     values)`` oldest first, their number and their bytes. None when the chain holds another kind
     of patch (then :func:`materialize` it)."""
-    chain = _chain(history, version_id, name)
-    patches = [r for r in chain[:-1] if r.encoding != "unchanged"]
+    full, patches = _since_full(history, version_id, name)
     if any(r.encoding != "sparse" for r in patches):
         return None
     ledger = history.ledger
-    full = get_object(ledger, store, chain[-1].objects["full"])
     steps = [(get_object(ledger, store, r.objects["indices"]), get_object(ledger, store, r.objects["values"]))
              for r in reversed(patches)]
-    return full, steps, len(patches), sum(r.nbytes for r in patches)
+    return get_object(ledger, store, full.objects["full"]), steps, len(patches), sum(r.nbytes for r in patches)
 
 
 def get_object(ledger: LedgerStore, store: ObjectStore, address: str) -> torch.Tensor:

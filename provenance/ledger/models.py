@@ -108,8 +108,9 @@ class ModelQueries:
                    FROM up LEFT JOIN version_params p USING (version_id) ORDER BY up.depth, p.name""",
                 [vid],
             ).fetchall()
-        if not rows:  # not a version id after all: a tag or prefix, or the error naming it
-            return self.first_parent_chain(self.version(version).version_id, resolved=True) if resolved else []
+        if not rows and resolved and not isinstance(version, VersionRecord):
+            # not a version id after all: a tag or prefix, or the error naming it
+            return self.first_parent_chain(self.version(version))
         chain: list[tuple[str, str | None, dict[str, ParamRecord]]] = []
         for version_id, parent, name, dtype, shape, encoding, objects, meta_json, nbytes in rows:
             if not chain or chain[-1][0] != version_id:
