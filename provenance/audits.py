@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from provenance import columns
 from provenance.errors import (
     FingerprintMismatchError,
     InvalidParameterError,
@@ -108,8 +109,8 @@ def resolve_scope(ledger: LedgerStore, targets: Sequence[str]) -> tuple[list[dic
     rows = sorted({(d, s) for d, s in rows if s is None or d not in whole}, key=lambda r: (r[0], -1 if r[1] is None else r[1]))
     datasets = [ledger.dataset(d) for d in sorted({d for d, _ in rows})]
     check_same_config(datasets)
-    scope = pa.table({"dataset_id": pa.array([r[0] for r in rows], pa.string()),
-                      "shard_index": pa.array([r[1] for r in rows], pa.int32())})
+    scope = pa.table({"dataset_id": columns.strings([r[0] for r in rows]),
+                      "shard_index": columns.ints([r[1] for r in rows], pa.int32())})
     return described, datasets, scope
 
 
@@ -179,7 +180,7 @@ class AuditRun:
                 engine.near_pairs(tx, self, scope, all_pairs=all_pairs)
                 step(self.progress, 2)
             else:
-                self.n_docs = tx.stage_documents(scope)
+                self.n_docs = tx.stage_documents(scope, in_place=probes is None)
                 if probes is not None:
                     tx.stage_probes(probes)
                 step(self.progress)
@@ -245,6 +246,14 @@ def audit_dedup(
     :func:`provenance.integrations.ray_dedup.audit_dedup`); the report is the same."""
     threshold = check_threshold(threshold)
     pairs_path = ledger.output_path(pairs_file) if pairs_file is not None else None
+    with ledger.session():  # the audit reads and writes several times: the database is opened once
+        return _audit_dedup(ledger, targets, threshold, verify, pairs_file, pairs_path, all_pairs, store, progress,
+                            engine)
+
+
+def _audit_dedup(ledger: LedgerStore, targets: Sequence[str], threshold: float, verify: bool,
+                 pairs_file: str | os.PathLike | None, pairs_path: Any, all_pairs: bool, store: bool, progress: Any,
+                 engine: Any) -> DedupReport:
     described, datasets, scope = resolve_scope(ledger, targets)
     run = AuditRun(ledger, "dedup", datasets, threshold, store=store, progress=progress)
     audit_id, cfg, k = run.audit_id, run.config, run.k

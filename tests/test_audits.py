@@ -178,3 +178,50 @@ def test_thousands_of_identical_documents_stay_cheap(ledger, data_dir, write_jso
     assert s["exact_duplicate_pairs"] == 2999 and s["redundant_documents"] == 3000
     copies = {n["key"]: n["near_copies"] for n in report["near_copies"]}
     assert copies["b0000"] == copies["b2999"] == 3000 and copies["near"] == 3000 and "u1" not in copies
+
+
+def test_identical_band_keys_do_not_make_different_signatures_one_group(ledger, data_dir, write_jsonl):
+    """Identical signatures are grouped by a hash of the band keys first (they cover 126 of the
+    128 positions at 0.8): two documents whose keys agree but whose last position differs are a
+    near pair at 127/128, not copies."""
+    text = " ".join(f"word{j}" for j in range(60))
+    write_jsonl(data_dir / "twins.jsonl", [{"id": "a", "text": text}, {"id": "b", "text": text},
+                                           {"id": "c", "text": "something else entirely " * 5}])
+    ledger.register_dataset("twins", data_dir / "twins.jsonl", id_field="id")
+    assert banding_for(128, 0.8).bands * banding_for(128, 0.8).rows == 126
+    with ledger.transaction() as tx:  # the last position, outside every band, changed for "b"
+        tx._con.execute("UPDATE documents SET signature = list_concat(signature[1:127], [xor(signature[128], 1::UINTEGER)]) "
+                        "WHERE key = 'b'")
+    report = audit_dedup(ledger, ["twins"], threshold=0.8)
+    assert report["summary"]["pairs"] == 1  # (an exact-duplicate pair: the texts are the same)
+    (pair,) = report["pairs"]  # grouped as copies, it would be 128 matches at Jaccard 1
+    assert pair["matches"] == 127 and pair["jaccard"] == pytest.approx(127 / 128)
+
+
+def test_documents_read_in_place_give_the_copied_staging_s_report(graded_ledger, monkeypatch):
+    """An audit without probes reads the documents through a view (``in_place``); forced to copy
+    them into a table, as audits with probes do, the pairs and clusters are the same."""
+    from provenance.ledger.audit_sql import AuditWrites
+
+    in_place = audit_dedup(graded_ledger, ["graded"], threshold=0.7, store=False)
+    stage = AuditWrites.stage_documents
+    monkeypatch.setattr(AuditWrites, "stage_documents", lambda self, scope, in_place=False: stage(self, scope))
+    copied = audit_dedup(graded_ledger, ["graded"], threshold=0.7, store=False)
+    assert in_place["summary"]["pairs"] > 30
+    strip = ("seconds",)
+    assert {k: v for k, v in in_place["summary"].items() if k not in strip} == \
+        {k: v for k, v in copied["summary"].items() if k not in strip}
+    assert in_place["pairs"] == copied["pairs"] and in_place["largest_clusters"] == copied["largest_clusters"]
+
+
+def test_a_dedup_audit_does_not_import_pandas(graded_ledger, tmp_path):
+    """pyarrow imports pandas the first time it converts Python objects (0.2–0.4 s); an audit
+    builds its small tables from buffers (provenance.columns) and a fresh process never loads it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from provenance import Ledger; from provenance.audits import audit_dedup; "
+            f"r = audit_dedup(Ledger.open({str(graded_ledger.root.parent)!r}), ['graded'], threshold=0.8, "
+            f"pairs_file={str(tmp_path / 'p.parquet')!r}); print(r.summary.pairs, 'pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert int(out[0]) > 10 and out[1] == "False"

@@ -1,0 +1,76 @@
+"""Small Arrow columns from Python lists, built from buffers.
+
+``pa.array`` (and ``pa.table`` of lists, ``pa.scalar``) on Python objects first asks whether they
+are pandas objects, and the first time in a process that means importing pandas: 0.2–0.4 s on
+the 2-core machine of ``docs/benchmarks.md``, longer than a whole audit's queries on 100,000
+documents. A command that only needs a scope table or a few ids builds them here instead, and
+does not import pandas at all.
+
+::
+
+    >>> strings(["a", None, "ü"]).to_pylist()
+    ['a', None, 'ü']
+    >>> ints([1, None], pa.int32()).to_pylist()
+    [1, None]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from provenance.errors import InvalidParameterError
+
+__all__ = ["ints", "strings"]
+
+_INTS = {pa.int8(): np.int8, pa.int16(): np.int16, pa.int32(): np.int32, pa.int64(): np.int64,
+         pa.uint8(): np.uint8, pa.uint16(): np.uint16, pa.uint32(): np.uint32, pa.uint64(): np.uint64}
+
+
+def _validity(values: Sequence[object]) -> tuple[pa.Buffer | None, int]:
+    """The validity bitmap of ``values`` (None where there are no nulls) and the null count."""
+    valid = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
+    nulls = len(values) - int(valid.sum())
+    return (pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None), nulls
+
+
+def ints(values: Sequence[int | None], type: pa.DataType = pa.int64()) -> pa.Array:
+    """An integer column of ``values`` (None: null); an out-of-range value is refused, naming it."""
+    if type not in _INTS:
+        raise InvalidParameterError(f"ints() builds integer columns, not {type}")
+    info = np.iinfo(_INTS[type])
+    for v in values:  # numpy would take "7" and True as numbers
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))
+                              or not info.min <= int(v) <= info.max):
+            raise InvalidParameterError(f"{v!r} is not a {type} value")
+    validity, nulls = _validity(values)
+    data = np.array([0 if v is None else v for v in values], dtype=_INTS[type])
+    return pa.Array.from_buffers(type, len(values), [validity, pa.py_buffer(data)], null_count=nulls)
+
+
+def strings(values: Sequence[str | None]) -> pa.Array:
+    """A string column of ``values`` (None: null); a value that is not a str is refused, naming it."""
+    validity, nulls = _validity(values)
+    try:
+        encoded = [b"" if v is None else v.encode("utf-8") for v in values]
+    except (AttributeError, UnicodeEncodeError):
+        bad = next(v for v in values if v is not None and not _encodes(v))
+        raise InvalidParameterError(f"{bad!r} is not a str that UTF-8 can encode") from None
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), out=offsets[1:])
+    kind = pa.string() if offsets[-1] < 2**31 else pa.large_string()  # 32-bit offsets while they fit
+    offsets = offsets.astype(np.int32) if kind == pa.string() else offsets
+    return pa.Array.from_buffers(kind, len(values), [validity, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))],
+                                 null_count=nulls)
+
+
+def _encodes(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
