@@ -36,8 +36,10 @@ def _validity(values: Sequence[object]) -> tuple[pa.Buffer | None, int]:
     return (pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None), nulls
 
 
-def ints(values: Sequence[int | None], type: pa.DataType = pa.int64()) -> pa.Array:
-    """An integer column of ``values`` (None: null); an out-of-range value is refused, naming it."""
+def ints(values: Sequence[int | None], type: pa.DataType | None = None) -> pa.Array:
+    """An integer column of ``values`` (None: null) of ``type`` (default int64); an out-of-range
+    value is refused, naming it."""
+    type = pa.int64() if type is None else type
     if type not in _INTS:
         raise InvalidParameterError(f"ints() builds integer columns, not {type}")
     info = np.iinfo(_INTS[type])
