@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from provenance import columns
 from provenance.errors import InvalidParameterError
 
 
+@settings(deadline=None)  # the first pa.array of the process imports pandas
 @given(st.lists(st.one_of(st.none(), st.text())))
 def test_strings_equal_pyarrow_s_conversion(values):
     built = columns.strings(values)
@@ -21,6 +22,7 @@ def test_strings_equal_pyarrow_s_conversion(values):
 
 
 @pytest.mark.parametrize("kind", [pa.int8(), pa.int32(), pa.int64(), pa.uint16(), pa.uint64()])
+@settings(deadline=None)
 @given(data=st.data())
 def test_ints_equal_pyarrow_s_conversion(kind, data):
     info = {pa.int8(): (-128, 127), pa.int32(): (-2**31, 2**31 - 1), pa.int64(): (-2**63, 2**63 - 1),
