@@ -26,6 +26,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from provenance.kernels.minhash_codes import (  # noqa: F401 (the codes are this module's too)
+    CLASS_COMPLEX,
+    CLASS_PUNCT,
+    CLASS_SIGMA,
+    CLASS_SIMPLE,
+    CLASS_SPACE,
+    SCHEME_AFFINE32,
+    SCHEME_LEGACY,
+)
+
 _U32 = np.uint32
 _U64 = np.uint64
 
@@ -39,8 +49,6 @@ _P5 = np.uint32(0x165667B1)
 _MERSENNE61 = np.uint64((1 << 61) - 1)
 _MASK32 = np.uint64(0xFFFFFFFF)
 
-SCHEME_AFFINE32 = 0
-SCHEME_LEGACY = 1
 
 
 @njit(inline="always", cache=True)
@@ -120,11 +128,6 @@ def _utf8_decode(buf, p):
     ), 4
 
 
-CLASS_SPACE = 0  # whitespace: a word break, and a boundary for NFKC and for lower-casing
-CLASS_SIMPLE = 1  # NFKC keeps it; lower-cases alone to one code point of the same UTF-8 length
-CLASS_COMPLEX = 2  # NFKC or lower-casing depends on the word around it
-CLASS_SIGMA = 3  # complex, and lower-casing looks past punctuation (capital sigma's final form)
-CLASS_PUNCT = 4  # punctuation: a word break and an NFKC boundary
 
 
 @njit(inline="always", cache=True)

@@ -33,7 +33,7 @@ import xxhash
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from provenance.errors import FingerprintMismatchError, InvalidParameterError
-from provenance.kernels import minhash as _k
+from provenance.kernels import minhash_codes as _codes
 
 if TYPE_CHECKING:
     from datasketch import LeanMinHash
@@ -51,7 +51,7 @@ def _is_separator(ch: str) -> bool:
 
 
 _SPACE, _PUNCT, _SIMPLE, _COMPLEX, _SIGMA = (
-    _k.CLASS_SPACE, _k.CLASS_PUNCT, _k.CLASS_SIMPLE, _k.CLASS_COMPLEX, _k.CLASS_SIGMA,
+    _codes.CLASS_SPACE, _codes.CLASS_PUNCT, _codes.CLASS_SIMPLE, _codes.CLASS_COMPLEX, _codes.CLASS_SIGMA,
 )
 # Code points beyond these ranges are unassigned or private use: NFKC and lower() keep them.
 _ASSIGNED_RANGES = ((1, 0x40000), (0xE0000, 0xE1000))
@@ -309,7 +309,7 @@ class FingerprintConfig(BaseModel):
     def warm_up(self) -> None:
         """Load every path of the CPU kernels (numba's cached machine code: about 0.75 s once per
         process, longer the first time, when it compiles) on a text that takes each of them."""
-        _fingerprint_array(self, pa.array(["the kernels warm up: é ﬁ ½ 한 ΣΑΣ"], pa.large_string()), None)
+        _fingerprint_array(self, strings_to_arrow(["the kernels warm up: é ﬁ ½ 한 ΣΑΣ"]), None)
 
     def fingerprint_batch(self, texts: Sequence[str] | pa.Array | pa.ChunkedArray, *,
                           device: Any = None) -> FingerprintBatch:
@@ -425,6 +425,8 @@ def _string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _fingerprint_array(cfg: FingerprintConfig, arr: pa.Array, device: Any = None) -> FingerprintBatch:
+    from provenance.kernels import minhash as _k  # numba: imported by what fingerprints, not by every command
+
     n = len(arr)
     data, offsets = _string_buffers(arr)
     full = bool(n) and int(data[offsets[0] : offsets[-1]].max(initial=0)) >= 128
@@ -449,7 +451,7 @@ def _fingerprint_array(cfg: FingerprintConfig, arr: pa.Array, device: Any = None
     np.cumsum(capacity, out=starts[1:])
     out = np.empty(max(int(starts[-1]), 1), dtype=np.uint8)
     a, b = cfg.permutations
-    scheme = _k.SCHEME_AFFINE32 if cfg.scheme == "affine32" else _k.SCHEME_LEGACY
+    scheme = _codes.SCHEME_AFFINE32 if cfg.scheme == "affine32" else _codes.SCHEME_LEGACY
     banding = cfg.banding
     if device is None:
         lengths, n_words, signatures, keys = _k.fingerprint_rows(

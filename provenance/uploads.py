@@ -31,7 +31,6 @@ from provenance.datasets import (
 )
 from provenance.errors import InvalidParameterError
 from provenance.fingerprints import FingerprintConfig
-from provenance.kernels.minhash import band_keys as compute_band_keys
 from provenance.ledger import LedgerStore, check_documents_as
 from provenance.progress import NoProgress, Progress
 from provenance.records import License, RegistrationResult, ShardRecord
@@ -206,7 +205,9 @@ def _documents(table: pa.Table, dataset_id: str, first_id: int, cfg: Fingerprint
     if sig.null_count or (n and not (pa.compute.list_value_length(sig).to_numpy() == cfg.num_perm).all()):
         raise InvalidParameterError(f"upload: every signature must have {cfg.num_perm} values (the config's num_perm)")
     matrix = sig.flatten().to_numpy().reshape(n, cfg.num_perm)
-    keys = compute_band_keys(matrix, banding.bands, banding.rows)
+    from provenance.kernels.minhash import band_keys  # numba: only when band keys are computed
+
+    keys = band_keys(matrix, banding.bands, banding.rows)
     b = banding.bands
     return pa.table({
         "doc_id": pa.array(np.arange(first_id, first_id + n, dtype=np.int64)),

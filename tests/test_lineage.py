@@ -145,3 +145,20 @@ def test_cli_lineage_taint_and_diff(family, tmp_path):
     assert json.loads(out.output)["datasets_only_in_b"] == ["code@1"]
     out = runner.invoke(main, [*base, "lineage", "deadbeef"])
     assert out.exit_code == 3 and "no version 'deadbeef'" in out.output
+
+
+def test_cli_lineage_table_lists_the_nearest_versions_unless_asked_for_all(ledger, tmp_path, monkeypatch):
+    """A deep history is summarised: the nearest LINEAGE_VERSIONS versions, then how many more."""
+    import provenance.cli.audits as audits
+
+    monkeypatch.setattr(audits, "LINEAGE_VERSIONS", 3)
+    tip = None
+    for i in range(5):
+        tip = ledger.commit({"w": torch.full((2,), float(i))}, message=f"step {i}", parent=tip)
+    base = ["--ledger", str(ledger.root)]
+    out = CliRunner().invoke(main, [*base, "lineage", tip.version_id])
+    assert out.exit_code == 0, out.output
+    assert "the 3 nearest of 5" in out.output and "2 more version(s): --all lists them" in out.output
+    assert "step 4" in out.output and "step 2" in out.output and "step 1" not in out.output
+    out = CliRunner().invoke(main, [*base, "lineage", tip.version_id, "--all"])
+    assert out.exit_code == 0 and "step 0" in out.output and "more version(s)" not in out.output
