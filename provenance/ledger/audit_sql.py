@@ -338,7 +338,7 @@ class AuditWrites:
                                 JOIN (SELECT DISTINCT rep, size FROM aud_groups) g ON g.rep = l.o GROUP BY l.r),
                     counts AS (SELECT g.doc_id, g.size - 1 + coalesce(pr.linked, 0) AS near_copies
                                FROM aud_groups g LEFT JOIN per_rep pr ON pr.r = g.rep)
-               SELECT d.key, d.dataset_id, c.near_copies FROM counts c JOIN aud_docs d USING (doc_id)
+               SELECT d.key, d.dataset_id, c.near_copies FROM counts c JOIN documents d USING (doc_id)
                WHERE c.near_copies > 0 ORDER BY c.near_copies DESC, d.key""", [audit_id])
 
     def similarity_histogram(self, audit_id: str, bins: int = 20) -> list[dict[str, Any]]:
