@@ -50,7 +50,6 @@ _MERSENNE61 = np.uint64((1 << 61) - 1)
 _MASK32 = np.uint64(0xFFFFFFFF)
 
 
-
 @njit(inline="always", cache=True)
 def _rotl32(x, r):
     return np.uint32((x << np.uint32(r)) | (x >> np.uint32(32 - r)))
@@ -126,8 +125,6 @@ def _utf8_decode(buf, p):
         | ((np.int64(buf[p + 2]) & 0x3F) << 6)
         | (np.int64(buf[p + 3]) & 0x3F)
     ), 4
-
-
 
 
 @njit(inline="always", cache=True)

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from provenance.errors import InvalidParameterError
 
-__all__ = ["ints", "strings"]
+__all__ = ["from_encoded", "ints", "strings"]
 
 _INTS = {pa.int8(): np.int8, pa.int16(): np.int16, pa.int32(): np.int32, pa.int64(): np.int64,
          pa.uint8(): np.uint8, pa.uint16(): np.uint16, pa.uint32(): np.uint32, pa.uint64(): np.uint64}
@@ -60,12 +60,19 @@ def strings(values: Sequence[str | None]) -> pa.Array:
     except (AttributeError, UnicodeEncodeError):
         bad = next(v for v in values if v is not None and not _encodes(v))
         raise InvalidParameterError(f"{bad!r} is not a str that UTF-8 can encode") from None
+    return from_encoded(encoded, validity=validity, nulls=nulls)
+
+
+def from_encoded(encoded: Sequence[bytes], *, large: bool = False, validity: pa.Buffer | None = None,
+                 nulls: int = 0) -> pa.Array:
+    """A string column of UTF-8 ``encoded`` values (a null's value empty, and unset in
+    ``validity``): 32-bit offsets while they fit, unless ``large``."""
     offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
     np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), out=offsets[1:])
-    kind = pa.string() if offsets[-1] < 2**31 else pa.large_string()  # 32-bit offsets while they fit
-    offsets = offsets.astype(np.int32) if kind == pa.string() else offsets
-    return pa.Array.from_buffers(kind, len(values), [validity, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))],
-                                 null_count=nulls)
+    large = large or offsets[-1] >= 2**31
+    return pa.Array.from_buffers(pa.large_string() if large else pa.string(), len(encoded),
+                                 [validity, pa.py_buffer(offsets if large else offsets.astype(np.int32)),
+                                  pa.py_buffer(b"".join(encoded))], null_count=nulls)
 
 
 def _encodes(value: object) -> bool:

@@ -32,6 +32,7 @@ import pyarrow as pa
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from provenance import columns
 from provenance.errors import FingerprintMismatchError, InvalidParameterError
 from provenance.kernels import minhash_codes as _codes
 
@@ -407,9 +408,7 @@ def strings_to_arrow(texts: list[str]) -> pa.LargeStringArray:
                     f"text {i} holds an unpaired surrogate at character {exc.start}, which is not valid Unicode"
                 ) from None
         raise
-    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-    np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), out=offsets[1:])
-    return pa.LargeStringArray.from_buffers(len(encoded), pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded)))
+    return columns.from_encoded(encoded, large=True)
 
 
 def _string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
