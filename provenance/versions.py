@@ -423,8 +423,9 @@ def diff(ledger: LedgerStore, old: str | VersionRecord, new: str | VersionRecord
 
 
 def gc(ledger: LedgerStore, *, apply: bool = False) -> dict[str, Any]:
-    """Objects that no version refers to, temporary files of object writes that never finished,
-    and folders of Parquet document files that no dataset lists (a registration killed between
+    """Objects that no version refers to, temporary files of object writes that never finished
+    and DuckDB's spill files of killed processes (:meth:`LedgerStore.stale_spill_files`), and
+    folders of Parquet document files that no dataset lists (a registration killed between
     writing them and its commit): listed, or removed with ``apply``. Runs holding the ledger's
     lock, so no commit or registration is writing meanwhile (in a server: refused while commits
     are writing objects, and commits that start meanwhile wait)."""
@@ -432,7 +433,7 @@ def gc(ledger: LedgerStore, *, apply: bool = False) -> dict[str, Any]:
     with ledger.session(), ledger.write_lock, ledger.object_writers.collecting():
         referenced = ledger.referenced_objects()
         unreferenced = [a for a in store.addresses() if a not in referenced]
-        temporaries = list(store.temporaries())
+        temporaries = list(store.temporaries()) + ledger.stale_spill_files()
         folders = _unlisted_document_folders(ledger)
         sizes = ([store.size(a) or 0 for a in unreferenced] + [t.stat().st_size for t in temporaries]
                  + list(folders.values()))

@@ -235,6 +235,43 @@ def test_gc_lists_then_removes_only_unreferenced_objects(ledger):
     _assert_same(ledger.checkout(v0), _state())
 
 
+_SPILLER = """
+import sys, time
+from provenance import Ledger
+ledger = Ledger.open(sys.argv[1])
+with ledger.session():
+    ledger._con.execute("SET memory_limit = '32MB'")  # a query larger than the memory spills to .prov/tmp
+    ledger._con.execute("CREATE TEMP TABLE spill AS SELECT i, repeat('x', 200) AS s FROM range(2000000) t(i)")
+    print("spilled", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_gc_removes_the_spill_files_of_a_killed_process_and_not_its_own(ledger):
+    """A process SIGKILLed while DuckDB had spilled to ``.prov/tmp`` leaves its files there (a
+    gigabyte after a killed 1M-document audit); gc lists and removes them, never its own."""
+    import os
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", _SPILLER, str(ledger.root)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "spilled"
+    finally:
+        child.kill()
+        child.wait()
+    tmp = ledger.root / "tmp"
+    left = sorted(str(p) for p in tmp.iterdir() if p.name.startswith(f"duckdb_temp_{child.pid}_"))
+    assert len(left) >= 2  # the owner file and at least one storage file
+    mine = tmp / f"duckdb_temp_{os.getpid()}_0_storage_DEFAULT-0.tmp"  # as a live query of this process has
+    mine.write_bytes(b"\0" * 10)
+    report = ledger.gc()
+    assert report["temporary_files"] == left and report["bytes"] == sum(os.path.getsize(p) for p in left) > 10**6
+    applied = ledger.gc(apply=True)
+    assert applied["freed"] == report["bytes"] and not any(os.path.exists(p) for p in left) and mine.exists()
+    assert ledger.gc()["temporary_files"] == []
+
+
 _COMMITTER = """
 import sys, torch
 from provenance import Ledger

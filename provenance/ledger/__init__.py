@@ -192,6 +192,9 @@ class ObjectWriters:
                 self._cond.notify_all()
 
 
+_SPILL = re.compile(r"duckdb_temp_\d+_")  # DuckDB's temporary files, named by the process that made them
+
+
 class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
     """The storage gateway: a ledger folder's database and object store, its connections,
     transactions, migrations and every query. Users hold the facade, :class:`provenance.Ledger`,
@@ -682,6 +685,18 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
                     con.execute("ROLLBACK")
                 with contextlib.suppress(Exception):
                     con.execute("DROP TABLE IF EXISTS temp.audit_pairs")
+
+    def stale_spill_files(self) -> list[Path]:
+        """DuckDB's spill files in ``.prov/tmp`` (``duckdb_temp_PID_…``) of processes other than
+        this one: a process killed during a query larger than the memory limit leaves them (a
+        gigabyte after a 1M-document audit). Only a writable connection spills there, and it
+        holds the database's lock: while this process holds it too, no other one is spilling."""
+        folder = self.root / TMP_DIR
+        if not folder.is_dir():
+            return []
+        mine = f"duckdb_temp_{os.getpid()}_"
+        return sorted(p for p in folder.iterdir()
+                      if _SPILL.match(p.name) and not p.name.startswith(mine) and p.is_file())
 
     def snapshot_database(self, dest: Path) -> int:
         """Copy the database file, checkpointed first (so the copy needs no write-ahead log), to
