@@ -54,7 +54,7 @@ def merge_patches(
     *,
     method: str = "average",
     fishers: Sequence[torch.Tensor] | None = None,
-    eps: float = 1e-6,
+    eps: float | None = 1e-6,
     norms: Sequence[float] | None = None,
     exact: bool = True,
     out: torch.Tensor | None = None,
@@ -77,6 +77,10 @@ def merge_patches(
     for i, spec in enumerate(specs):
         if spec is not None and spec[0] == "full":
             raise InvalidParameterError(f"patches[{i}] is a full tensor: merge it with provenance.kernels.merge")
+    if eps is None:  # a receipt records eps for Fisher merges only; the other methods never read it
+        if method == "fisher":
+            raise InvalidParameterError("a fisher merge needs eps, a float >= 0; got None")
+        eps = 0.0
     n = len(specs)
     lam = _merge._scalars(weights if weights is not None else [1.0 / n] * n, n, "weights",
                           "any" if method == "task_arithmetic" else ">= 0")
@@ -148,7 +152,7 @@ def _patched_triton(mode, out, base, specs, fishers, lam, extra, eps, exact) -> 
         if spec is None:
             kind, ptrs, rank, scale = 0, (out, out, out), 0, 0.0
         else:
-            kind, ptrs, rank, scale = _patch._slot(spec, out, n, blocks, exact, False)
+            kind, ptrs, rank, scale = _patch._slot(spec, out, n, blocks, exact)
         args += [*ptrs, rank, scale]
         kinds[f"K{k}"] = kind
     fs = (fishers or [out] * len(specs)) + [out] * pad

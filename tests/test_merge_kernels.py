@@ -317,6 +317,38 @@ def test_numba_ties_threshold_equals_kthvalue(dtype, density, monkeypatch):
     assert got == want
 
 
+@pytest.mark.parametrize("device", ["cpu", *(["cuda"] if torch.cuda.is_available() else [])])
+@pytest.mark.parametrize("path", ["window", "missed window", "radix"])
+@pytest.mark.parametrize("dtype", [F32, BF16, torch.float16], ids=str)
+def test_device_ties_threshold_equals_kthvalue(dtype, path, device, monkeypatch):
+    """The thresholds CUDA tensors take (torch ops on the tensors' device): the sampled window's
+    answer, and radix selection where the window misses (a sample of one position) or is not
+    used, equal ``kthvalue`` at every rank tried, with ties, a NaN, an infinity, -0.0 and
+    subnormals among the magnitudes, and an input equal to the base (all magnitudes 0)."""
+    radix_calls, radix = [], M._radix_select
+    monkeypatch.setattr(M, "_radix_select", lambda *a: radix_calls.append(1) or radix(*a))
+    if path == "missed window":
+        monkeypatch.setattr(M, "SAMPLE", 1)
+    elif path == "radix":
+        monkeypatch.setattr(M, "_window_select", lambda *a: None)
+    g = torch.Generator().manual_seed(13)
+    n = 200_003
+    base = torch.randn(n, generator=g).to(dtype)
+    thetas = [(base.float() + torch.randn(n, generator=g).round(decimals=1) * s).to(dtype) for s in (1.0, 0.01)]
+    thetas[0][:5] = torch.tensor([math.nan, math.inf, -0.0, 1e-40, -1e-45]).to(dtype)
+    thetas.append(base.clone())
+    b = base.float()
+    ranks = (0, 1, n // 5, n // 2, n - 2, n - 1)
+    for rank in ranks:
+        want = [(t.float() - b).abs().kthvalue(rank + 1).values.item() for t in thetas]
+        got = M._kth_abs_radix(base.to(device), [t.to(device) for t in thetas], rank)
+        assert [str(v) for v in got] == [str(v) for v in want], rank  # str: NaN equals NaN
+    if path == "window":  # the extreme ranks may fall outside the sample; the middle ones never
+        assert len(radix_calls) <= 2 * len(thetas)
+    else:
+        assert len(radix_calls) >= (2 if path == "radix" else 1) * len(ranks)
+
+
 @pytest.mark.parametrize("window", ["sampled", "missed", "overflowed"])
 def test_numba_ties_threshold_of_a_large_tensor_in_one_pass_or_by_the_fallback(window, monkeypatch):
     """300,003 elements (past HISTOGRAM_MIN), magnitudes with many ties and a NaN: the sampled

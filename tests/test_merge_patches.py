@@ -116,3 +116,19 @@ def test_cuda_fused_kernel_matches_the_cpu_reference(method):
     got = merge_patches(base.cuda(), [cuda(p) for p in patches], weights, method=method,
                         fishers=[f.cuda() for f in fishers], exact=False)
     torch.testing.assert_close(got.cpu(), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["torch", "triton"])
+def test_eps_none_is_taken_by_the_methods_that_never_read_it(name):
+    """A merge receipt records ``eps`` for Fisher merges only, and its re-run passes that None on
+    (``receipt_check`` of a LoRA average on CUDA raised a TypeError on the first GPU run)."""
+    g = torch.Generator().manual_seed(12)
+    base = torch.randn(33, 40, generator=g)
+    patches = patches_for(base, seed=4)
+    with backend(name):
+        for method in ("average", "task_arithmetic"):
+            assert torch.equal(merge_patches(base, patches, method=method, eps=None),
+                               merge_patches(base, patches, method=method))
+        fishers = [torch.rand(33, 40, generator=g) + 0.05 for _ in patches]
+        with pytest.raises(InvalidParameterError, match="a fisher merge needs eps, a float >= 0; got None"):
+            merge_patches(base, patches, method="fisher", fishers=fishers, eps=None)

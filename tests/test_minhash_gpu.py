@@ -41,12 +41,18 @@ def as_tensors(hashes, offsets, a, b, device="cpu"):
     return t(hashes), t(offsets), t(a), t(b)
 
 
+def device_of(name):
+    """Where backend ``name`` runs: Triton on the GPU where there is one (else through its
+    interpreter on the CPU), the torch path on the CPU."""
+    return "cuda" if name == "triton" and torch.cuda.is_available() else "cpu"
+
+
 def check(hashes, offsets, a, b, scheme, name):
-    """``g.signatures`` under backend ``name`` equals ``k.minhash_signatures``; returns it."""
+    """``g.signatures`` under backend ``name`` equals ``k.minhash_signatures``; returns it (on the CPU)."""
     hashes, offsets = np.asarray(hashes, np.uint32), np.asarray(offsets, np.int64)
     expected = k.minhash_signatures(hashes, offsets, a, b, scheme)
     with backend(name):
-        got = g.signatures(*as_tensors(hashes, offsets, a, b), scheme)
+        got = g.signatures(*as_tensors(hashes, offsets, a, b, device=device_of(name)), scheme).cpu()
     assert got.dtype == torch.int64 and tuple(got.shape) == expected.shape
     if got.numel():
         assert 0 <= int(got.min()) and int(got.max()) <= 0xFFFFFFFF
@@ -154,7 +160,7 @@ def test_end_to_end_texts(scheme, name):
     hashes = np.array([h for doc in per_doc for h in doc], np.uint32)
     a, b = cfg.permutations
     with backend(name):
-        got = g.signatures(*as_tensors(hashes, offsets, a, b), SCHEMES[scheme])
+        got = g.signatures(*as_tensors(hashes, offsets, a, b, device=device_of(name)), SCHEMES[scheme]).cpu()
     np.testing.assert_array_equal(got.numpy().astype(np.uint32), cfg.signatures(TEXTS))
 
 

@@ -117,6 +117,29 @@ def test_sparse_values_keep_negative_zero_inf_and_nan_payloads(dtype):
             assert same_bits(P.apply_chain(base, chain, out=poison((2500,), dtype)), expected)
 
 
+@pytest.mark.parametrize("dtype", [F32, BF16, F64], ids=str)
+def test_sparse_only_chain_overlapping_patches_in_order(dtype):
+    """A chain of sparse patches only (a copy, then each patch scattered in order on the Triton
+    path): where two patches touch one position the later wins, into a poisoned output, into the
+    base itself, and with an empty patch among them."""
+    g = gen("sparse chain", dtype)
+    base = torch.randint(0, 100, (5000,), generator=g).to(dtype)
+    first, _ = sparse_parts((5000,), F32, g, density=0.3)
+    second, _ = sparse_parts((5000,), F32, g, density=0.3, index_dtype=I64)
+    chain = [("sparse", first, torch.randint(100, 200, (len(first),), generator=g).to(dtype)),
+             ("sparse", first[:0], torch.zeros(0, dtype=dtype)),
+             ("sparse", second, torch.randint(200, 300, (len(second),), generator=g).to(dtype))]
+    assert len(set(first.tolist()) & set(second.tolist())) > 100
+    expected = base.clone()
+    for _, idx, vals in chain:
+        expected[idx.long()] = vals
+    for name in NAMES:
+        with backend(name):
+            assert same_bits(P.apply_chain(base, chain, out=poison((5000,), dtype)), expected)
+            inplace = base.clone()
+            assert P.apply_chain(inplace, chain, out=inplace) is inplace and same_bits(inplace, expected)
+
+
 # ---- apply_dense_delta ---------------------------------------------------------------------------
 
 
