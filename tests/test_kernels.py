@@ -56,3 +56,38 @@ def test_fused_kernel_equals_stages(scheme, docs):
     assert np.array_equal(fused.token_count, n_words)
     assert np.array_equal(fused.signatures, sigs)
     assert np.array_equal(fused.band_keys, keys)
+
+
+SPAN_WORDS = st.sampled_from(["ΣΑΣ", "ΟΔΟΣ.", "\u0301x", "ǅ", "\u1100\u1161", "ﬁ", "½", "ẞ", "İ", "e\u0301\u0323", "Å",
+                              "word", " ", "\t", "ΑΣ\u0301"])
+
+
+@settings(max_examples=80, deadline=None)
+@given(docs=st.lists(st.lists(SPAN_WORDS | WORDS, max_size=30).map("".join), min_size=1, max_size=20))
+def test_spans_folded_in_one_call_equal_one_by_one(docs):
+    """The complex spans folded in one NUL-joined call (``_fold_spans``) equal each span folded on
+    its own: final sigma, combining marks at a span's start, Hangul jamo, compatibility forms."""
+    from provenance.fingerprints import _fold, _fold_spans
+
+    data, offsets = _string_buffers(strings_to_arrow(docs))
+    _, starts, ends = k.complex_spans(data, offsets, _char_tables(True)[0])
+    side, span_side = _fold_spans(data, starts, ends)
+    pieces = [_fold(bytes(data[a:b]).decode()) for a, b in zip(starts.tolist(), ends.tolist())]
+    assert np.diff(span_side).tolist() == [len(p) for p in pieces]
+    assert bytes(side[: span_side[-1]]) == b"".join(pieces) and side.size >= 1
+
+
+def test_spans_folded_one_by_one_where_a_nul_would_mislead(monkeypatch):
+    """A span holding a NUL, or a fold that makes one, takes the span-by-span way: same result."""
+    from provenance import fingerprints as f
+
+    data = np.frombuffer("é\x00é ﬁ ΣΑΣ".encode(), np.uint8).copy()
+    for spans, fold in ((([0, 6, 10], [5, 9, 16]), f._fold),  # the first span holds the NUL
+                        (([6, 10], [9, 16]), lambda t: t.replace("ﬁ", "\x00").encode())):  # a fold makes one
+        monkeypatch.setattr(f, "_fold", fold)
+        starts, ends = (np.array(v, np.int64) for v in spans)
+        want = [fold(bytes(data[a:b]).decode()) for a, b in zip(starts.tolist(), ends.tolist())]
+        side, span_side = f._fold_spans(data, starts, ends)
+        assert [bytes(side[a:b]) for a, b in zip(span_side[:-1], span_side[1:])] == want
+    assert want == [b"\x00", "ΣΑΣ".encode()]
+
