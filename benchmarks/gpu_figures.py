@@ -105,9 +105,18 @@ def ties_rows(n: int, repeats: int, device: str) -> list[dict]:
     want = (theta - base).abs().kthvalue(rank + 1).values.item()
     got = M._kth_abs_radix(base, [theta], rank)[0]
     assert M._radix_select((theta - base).abs().view(torch.int32), rank) == got
+    from provenance.kernels.dispatch import backend
+
+    def torch_window(base, theta, rank):
+        with backend("torch"):
+            return M._kth_abs_radix(base, [theta], rank)
+
+    assert torch_window(base, theta, rank)[0] == got
     rows = []
     for path, fn in (("kthvalue", lambda: (theta - base).abs().kthvalue(rank + 1).values.item()),
-                     ("sampled window (as merges take it)", lambda: M._kth_abs_radix(base, [theta], rank)),
+                     ("sampled window, the counting pass in Triton (as merges take it)",
+                      lambda: M._kth_abs_radix(base, [theta], rank)),
+                     ("sampled window, the counting pass in torch ops", lambda: torch_window(base, theta, rank)),
                      ("radix selection alone", lambda: M._radix_select((theta - base).abs().view(torch.int32), rank))):
         seconds = median_seconds(fn, repeats, cuda)
         r = {"path": path, "n": n, "ms": round(seconds * 1e3, 2), "gb_s": round(2 * n * 4 / seconds / 1e9, 1),

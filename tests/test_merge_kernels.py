@@ -317,13 +317,17 @@ def test_numba_ties_threshold_equals_kthvalue(dtype, density, monkeypatch):
     assert got == want
 
 
-@pytest.mark.parametrize("device", ["cpu", *(["cuda"] if torch.cuda.is_available() else [])])
+CUDA = torch.cuda.is_available()
+WHERE = [("torch", "cpu"), ("triton", "cuda" if CUDA else "cpu"), *([("torch", "cuda")] if CUDA else [])]
+
+
+@pytest.mark.parametrize("name, device", WHERE, ids=[f"{n}-{d}" for n, d in WHERE])
 @pytest.mark.parametrize("path", ["window", "missed window", "radix"])
 @pytest.mark.parametrize("dtype", [F32, BF16, torch.float16], ids=str)
-def test_device_ties_threshold_equals_kthvalue(dtype, path, device, monkeypatch):
-    """The thresholds CUDA tensors take (torch ops on the tensors' device): the sampled window's
-    answer, and radix selection where the window misses (a sample of one position) or is not
-    used, equal ``kthvalue`` at every rank tried, with ties, a NaN, an infinity, -0.0 and
+def test_device_ties_threshold_equals_kthvalue(dtype, path, name, device, monkeypatch):
+    """The thresholds CUDA tensors take (the counting pass in Triton, or torch ops): the sampled
+    window's answer, and radix selection where the window misses (a sample of one position) or is
+    not used, equal ``kthvalue`` at every rank tried, with ties, a NaN, an infinity, -0.0 and
     subnormals among the magnitudes, and an input equal to the base (all magnitudes 0)."""
     radix_calls, radix = [], M._radix_select
     monkeypatch.setattr(M, "_radix_select", lambda *a: radix_calls.append(1) or radix(*a))
@@ -332,21 +336,43 @@ def test_device_ties_threshold_equals_kthvalue(dtype, path, device, monkeypatch)
     elif path == "radix":
         monkeypatch.setattr(M, "_window_select", lambda *a: None)
     g = torch.Generator().manual_seed(13)
-    n = 200_003
+    n = 20_003 if name == "triton" and device == "cpu" else 200_003  # the interpreter runs each program in numpy
     base = torch.randn(n, generator=g).to(dtype)
     thetas = [(base.float() + torch.randn(n, generator=g).round(decimals=1) * s).to(dtype) for s in (1.0, 0.01)]
     thetas[0][:5] = torch.tensor([math.nan, math.inf, -0.0, 1e-40, -1e-45]).to(dtype)
     thetas.append(base.clone())
     b = base.float()
     ranks = (0, 1, n // 5, n // 2, n - 2, n - 1)
-    for rank in ranks:
-        want = [(t.float() - b).abs().kthvalue(rank + 1).values.item() for t in thetas]
-        got = M._kth_abs_radix(base.to(device), [t.to(device) for t in thetas], rank)
-        assert [str(v) for v in got] == [str(v) for v in want], rank  # str: NaN equals NaN
+    with backend(name):
+        for rank in ranks:
+            want = [(t.float() - b).abs().kthvalue(rank + 1).values.item() for t in thetas]
+            got = M._kth_abs_radix(base.to(device), [t.to(device) for t in thetas], rank)
+            assert [str(v) for v in got] == [str(v) for v in want], rank  # str: NaN equals NaN
     if path == "window":  # the extreme ranks may fall outside the sample; the middle ones never
         assert len(radix_calls) <= 2 * len(thetas)
     else:
         assert len(radix_calls) >= (2 if path == "radix" else 1) * len(ranks)
+
+
+@pytest.mark.parametrize("name, device", WHERE, ids=[f"{n}-{d}" for n, d in WHERE])
+def test_window_select_counts_gathers_and_refuses_a_window_too_wide(name, device):
+    """The counting pass given its window: the exact answer from a window that holds the rank;
+    None (so radix selection runs) from one that misses it, and from one holding every element,
+    more than the gather buffer's sixteenth, which the kernel must not write past."""
+    g = torch.Generator().manual_seed(3)
+    n = 30_011
+    b, x = torch.randn(n, generator=g).to(device), torch.randn(n, generator=g).to(device)
+    bits = (x - b).abs().view(torch.int32).cpu()
+    ordered = bits.sort().values
+    rank = 12_345
+    want = (x - b).abs().cpu().kthvalue(rank + 1).values.item()
+    lo, hi = int(ordered[rank - 700]), int(ordered[rank + 700])
+    with backend(name):
+        for r in (rank - 700, rank - 699, rank, rank + 699, rank + 700):  # the window's ends too
+            assert M._window_select(b, x, lo, hi, r) == (x - b).abs().cpu().kthvalue(r + 1).values.item(), r
+        assert M._window_select(b, x, int(ordered[rank + 1]), int(ordered[rank + 900]), rank) is None
+        assert M._window_select(b, x, int(ordered[rank]), int(ordered[rank]), rank) == want  # lo == hi
+        assert M._window_select(b, x, 0, 0x7FFFFFFF, rank) is None
 
 
 @pytest.mark.parametrize("window", ["sampled", "missed", "overflowed"])
