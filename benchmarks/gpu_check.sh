@@ -4,7 +4,14 @@
 # MinHash / merge figures, each step under its own time limit, and print the tables last.
 # Usage: bash benchmarks/gpu_check.sh [PYTHON]  (default: .venv/bin/python, else python3)
 # Logs and JSON go to $OUT (default /tmp/gpu_check). On a bare GPU host (torch and Triton only), the
-# project's other dependencies are installed from wheels in .whl/ where that folder exists.
+# project's other dependencies are installed from wheels in .whl/ where that folder exists; make it
+# (33 MB, git-ignored through .git/info/exclude) for the host's Python 3.12 with:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#     duckdb datasketch pydantic pydantic_core annotated-types typing-inspection zstandard orjson \
+#     license-expression boolean.py        (pin each to the version .venv has: pip freeze)
+# and carry it: run(command="bash benchmarks/gpu_check.sh python3", carry=[".whl"]). Ray's wheel is
+# larger than a device call carries (64 MiB), so the Ray GPU actor step runs only where Ray is.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY="${1:-}"
