@@ -340,8 +340,12 @@ def _low_rank_torch(cur: torch.Tensor, b: torch.Tensor, a: torch.Tensor, scale: 
     passes than needed: ``torch.add`` widens bfloat16 and float16 exactly by itself, and the sum is
     computed in the update's buffer (or straight into a float32 ``out``). An update of more than
     :data:`LOW_RANK_WHOLE` elements is made block of rows by block (:func:`row_blocks`), so the
-    float32 ``B @ A`` is never held whole: the same bits, a few percent slower."""
-    if cur.numel() > LOW_RANK_WHOLE and cur.shape[0] >= 512:
+    float32 ``B @ A`` is never held whole: the same bits, a few percent slower. Not on CUDA: there
+    the whole product is made, as the chain kernel's exact path makes it (the same bits by
+    construction; cuBLAS's blocks are not tested against its whole product), and the blocks'
+    launches cost most of the time (64M elements on an H200: 2.26 ms by blocks, 0.49 ms through
+    the chain's one GEMM)."""
+    if cur.numel() > LOW_RANK_WHOLE and cur.shape[0] >= 512 and not cur.is_cuda:
         out = torch.empty_like(cur, memory_format=torch.contiguous_format) if out is None else out
         for r0, r1 in row_blocks(cur.shape[0], cur.shape[1]):
             _low_rank_torch(cur[r0:r1], b[r0:r1], a, scale, out=out[r0:r1])

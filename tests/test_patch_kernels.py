@@ -458,6 +458,18 @@ class TestOnGPU:
         torch.testing.assert_close(P.apply_chain(base, chain, exact=False), slow, **TOL[dtype])
 
 
+    @pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
+    def test_large_low_rank_patch_equals_the_chains_exact_path(self, dtype):
+        """Past LOW_RANK_WHOLE elements: ``apply_low_rank`` and the chain kernel's exact path make
+        the same bits on CUDA (both take the whole GEMM there)."""
+        g = gen("gpu large low rank", dtype)
+        shape = (8192, 2051)
+        assert shape[0] * shape[1] > P.LOW_RANK_WHOLE
+        base = torch.randn(shape, generator=g).to(dtype).cuda()
+        b, a = (t.cuda() for t in factors(shape, 8, g)[:2])
+        assert same_bits(P.apply_low_rank(base, b, a, 0.5), P.apply_chain(base, [("low_rank", b, a, 0.5)]))
+
+
 @pytest.mark.parametrize("shape", [(256, 3), (600, 129), (1031, 64), (2048, 7)])
 @pytest.mark.parametrize("rank", [1, 8, 33])
 def test_low_rank_by_blocks_of_rows_is_the_whole_gemm(monkeypatch, shape, rank):
