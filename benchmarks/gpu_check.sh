@@ -57,7 +57,7 @@ else
     echo "Ray not installed here: the Ray GPU actor row stays pending" | tee -a "$OUT/summary.txt"
 fi
 step kernels 100 "$PY" benchmarks/kernels.py --device cuda --elements $((1 << 26)) --json "$OUT/kernels-gpu.json"
-step figures 140 "$PY" benchmarks/gpu_figures.py --json "$OUT/gpu-figures.json"
+step figures 200 "$PY" benchmarks/gpu_figures.py --json "$OUT/gpu-figures.json"
 
 echo; echo "== failures =="
 grep -h -E "^(FAILED|ERROR)|Error:|error:" "$OUT"/kernel_tests.log "$OUT"/merge_tests.log | head -30
@@ -66,5 +66,5 @@ for t in kernel_tests merge_tests; do echo "$t: $(tail -n 1 "$OUT/$t.log")"; don
 [ -f "$OUT/ray_gpu.log" ] && tail -n 6 "$OUT/ray_gpu.log"
 echo; echo "== kernels =="; grep -A 200 "copy ceiling" "$OUT/kernels.log" | tail -n +2 | grep "^|\|^NVIDIA\|^$" | tail -40
 tail -n 5 "$OUT/kernels.log" | grep -v "^|" || true
-echo; echo "== MinHash, TIES thresholds, ledger.merge =="; grep -E "^\||^NVIDIA|^ledger|^TIES|Error" "$OUT/figures.log" | tail -28
+echo; echo "== MinHash, TIES thresholds, kernel sweep, ledger.merge =="; grep -E "^\||^NVIDIA|^ledger|^TIES|^The merge|Error" "$OUT/figures.log" | tail -70
 echo; cat "$OUT/summary.txt"

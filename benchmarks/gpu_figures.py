@@ -27,6 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+try:
+    import triton
+except ImportError:  # the sweep needs Triton; the other parts run without it
+    triton = None
+
 
 def median_seconds(fn, repeats: int, cuda: bool) -> float:
     """Median wall seconds of ``fn()`` after one warm-up call (synchronising around CUDA work)."""
@@ -126,6 +131,51 @@ def ties_rows(n: int, repeats: int, device: str) -> list[dict]:
     return rows
 
 
+def sweep_rows(n: int, device: str) -> list[dict]:
+    """The merge kernel at block sizes and warp counts side by side (the GPU's N = 2-4 merges sat at
+    0.65-0.85x copy at BLOCK 1024, 4 warps), launched directly with the parameters uploaded once,
+    and ``merge.weighted_average`` as called (its parameters uploaded per call): GB/s and x copy."""
+    from provenance.kernels import merge as M
+
+    cuda = device == "cuda"
+    copy_src = torch.empty(2 * n, device=device).uniform_()
+    copy_dst = torch.empty_like(copy_src)
+    ceiling = 2 * copy_src.numel() * 4 * 2 / median_seconds(lambda: copy_dst.copy_(copy_src), 9, cuda) / 1e9
+    g = torch.Generator(device=device).manual_seed(9)
+    xs = [torch.randn(n, generator=g, device=device) for _ in range(4)]
+    fs = [torch.rand(n, generator=g, device=device) + 0.1 for _ in range(4)]
+    out = torch.empty_like(xs[0])
+    rows = []
+    for mode, k in (("mean", 2), ("mean", 4), ("fisher", 4)):
+        lam = [1.0 / k] * k
+        params = torch.tensor(lam + [0.0] * (8 - k) + [1.0] * 8 + [1e-6], device=device)
+        models = xs[:k] + xs[:1] * (8 - k)
+        fishers = (fs[:k] if mode == "fisher" else xs[:1] * k) + xs[:1] * (8 - k)
+        nbytes = (k * (2 if mode == "fisher" else 1) + 1) * n * 4
+        want = torch.empty_like(out)  # the kernel as merges launch it: the other block sizes must give its bits
+        M._merge_triton(mode, want, xs[0], xs[:k], fs[:k] if mode == "fisher" else [], lam, [1.0] * k, 1e-6)
+        for block in (512, 1024, 2048, 4096):
+            for warps in (4, 8):
+                def launch(block=block, warps=warps, mode=mode, k=k, models=models, fishers=fishers, params=params):
+                    M._merge_kernel[(triton.cdiv(n, block),)](out, xs[0], *models, *fishers, params, n, N=k, MODE=mode,
+                                                              BLOCK=block, num_warps=warps)
+                out.fill_(float("nan"))
+                launch()
+                seconds = median_seconds(launch, 9, cuda)
+                r = {"mode": mode, "n_models": k, "block": block, "warps": warps, "ms": round(seconds * 1e3, 3),
+                     "x_copy": round(nbytes / seconds / 1e9 / ceiling, 2), "equal": bool(torch.equal(out, want))}
+                print(r, flush=True)
+                rows.append(r)
+        call = (lambda k=k, lam=lam: M.weighted_average(xs[:k], lam, out=out)) if mode == "mean" else \
+            (lambda k=k, lam=lam: M.fisher_merge(xs[:k], fs[:k], lam, out=out))
+        seconds = median_seconds(call, 9, cuda)
+        r = {"mode": mode, "n_models": k, "block": "as called", "warps": "", "ms": round(seconds * 1e3, 3),
+             "x_copy": round(nbytes / seconds / 1e9 / ceiling, 2), "equal": True}
+        print(r, flush=True)
+        rows.append(r)
+    return rows
+
+
 def profile_merge(ledger, children, device: str, path: Path | None) -> None:
     """cProfile of one ``ledger.merge(device=...)``: the 25 costliest calls by cumulative time."""
     import cProfile
@@ -190,7 +240,7 @@ def main() -> None:
     parser.add_argument("--inputs", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--parts", default="minhash,ties,merge", help="which figures, comma-separated")
+    parser.add_argument("--parts", default="minhash,ties,merge,sweep", help="which figures, comma-separated")
     parser.add_argument("--device", default="cuda", help="cpu: a dry run of the script's paths where there is no GPU")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -198,13 +248,14 @@ def main() -> None:
     parts = set(args.parts.split(","))
     minhash = minhash_rows(args.docs, args.repeats, args.device) if "minhash" in parts else []
     ties = ties_rows(args.params * 2, 3, args.device) if "ties" in parts else []
+    sweep = sweep_rows(args.params * 2, args.device) if "sweep" in parts and triton is not None else []
     profile = args.json.with_name("merge-profile.txt") if args.json else None
     merges = merge_rows(args.params, args.inputs, max(1, args.repeats // 2), tuple(dict.fromkeys((args.device, "cpu"))),
                         profile) if "merge" in parts else []
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     if args.json:
         args.json.write_text(json.dumps({"device": name, "minhash": minhash,
-                                         "ties": ties, "merges": merges}, indent=2) + "\n")
+                                         "ties": ties, "sweep": sweep, "merges": merges}, indent=2) + "\n")
     print(f"\n{name}: MinHash, 128 permutations, {args.docs:,} generated documents")
     print("| path | ms | docs/s | text MB/s | 1e9 hash evaluations/s | equal to CPU |\n|---|---:|---:|---:|---:|---|")
     for r in minhash:
@@ -213,6 +264,10 @@ def main() -> None:
     print("| path | ms | GB/s (two inputs read) | equal to kthvalue |\n|---|---:|---:|---|")
     for r in ties:
         print(f"| {r['path']} | {r['ms']} | {r['gb_s']} | {r['equal']} |")
+    print(f"\nThe merge kernel by block size and warps, {args.params * 2:,} fp32 elements per tensor")
+    print("| merge | N | BLOCK | warps | ms | × copy | equal |\n|---|---:|---:|---:|---:|---:|---|")
+    for r in sweep:
+        print(f"| {r['mode']} | {r['n_models']} | {r['block']} | {r['warps']} | {r['ms']} | {r['x_copy']} | {r['equal']} |")
     print(f"\nledger.merge end to end, {args.inputs} inputs x {args.params:,} fp32 parameters (4 groups)")
     print("| method | device | s | GB/s of inputs | kernel | rel. diff GPU vs CPU |\n|---|---|---:|---:|---|---:|")
     for r in merges:
