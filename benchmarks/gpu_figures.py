@@ -256,22 +256,25 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"device": name, "minhash": minhash,
                                          "ties": ties, "sweep": sweep, "merges": merges}, indent=2) + "\n")
-    print(f"\n{name}: MinHash, 128 permutations, {args.docs:,} generated documents")
-    print("| path | ms | docs/s | text MB/s | 1e9 hash evaluations/s | equal to CPU |\n|---|---:|---:|---:|---:|---|")
-    for r in minhash:
-        print(f"| {r['path']} | {r['ms']} | {r['docs_s']:,} | {r['mb_s']:,} | {r['g_hashes_s']} | {r['equal_to_cpu']} |")
-    print(f"\nTIES threshold of {args.params * 2:,} fp32 elements (density 0.2)")
-    print("| path | ms | GB/s (two inputs read) | equal to kthvalue |\n|---|---:|---:|---|")
-    for r in ties:
-        print(f"| {r['path']} | {r['ms']} | {r['gb_s']} | {r['equal']} |")
-    print(f"\nThe merge kernel by block size and warps, {args.params * 2:,} fp32 elements per tensor")
-    print("| merge | N | BLOCK | warps | ms | × copy | equal |\n|---|---:|---:|---:|---:|---:|---|")
-    for r in sweep:
-        print(f"| {r['mode']} | {r['n_models']} | {r['block']} | {r['warps']} | {r['ms']} | {r['x_copy']} | {r['equal']} |")
-    print(f"\nledger.merge end to end, {args.inputs} inputs x {args.params:,} fp32 parameters (4 groups)")
-    print("| method | device | s | GB/s of inputs | kernel | rel. diff GPU vs CPU |\n|---|---|---:|---:|---|---:|")
-    for r in merges:
-        print(f"| {r['merge']} | {r['device']} | {r['s']} | {r['input_gb_s']} | {r['kernel']} | {r['rel_diff_gpu_cpu']:.1e} |")
+    table(f"{name}: MinHash, 128 permutations, {args.docs:,} generated documents", minhash,
+          [("path", "path"), ("ms", "ms"), ("docs/s", "docs_s"), ("text MB/s", "mb_s"),
+           ("1e9 hash evaluations/s", "g_hashes_s"), ("equal to CPU", "equal_to_cpu")])
+    table(f"TIES threshold of {args.params * 2:,} fp32 elements (density 0.2)", ties,
+          [("path", "path"), ("ms", "ms"), ("GB/s (two inputs read)", "gb_s"), ("equal to kthvalue", "equal")])
+    table(f"The merge kernel by block size and warps, {args.params * 2:,} fp32 elements per tensor", sweep,
+          [("merge", "mode"), ("N", "n_models"), ("BLOCK", "block"), ("warps", "warps"), ("ms", "ms"),
+           ("× copy", "x_copy"), ("equal", "equal")])
+    table(f"ledger.merge end to end, {args.inputs} inputs x {args.params:,} fp32 parameters (4 groups)", merges,
+          [("method", "merge"), ("device", "device"), ("s", "s"), ("GB/s of inputs", "input_gb_s"),
+           ("kernel", "kernel"), ("rel. diff GPU vs CPU", "rel_diff_gpu_cpu")])
+
+
+def table(title: str, rows: list[dict], columns: list[tuple[str, str]]) -> None:
+    """``rows`` as a Markdown table under ``title``: ``columns`` are (heading, key) pairs."""
+    print(f"\n{title}\n| " + " | ".join(h for h, _ in columns) + " |\n|" + "---|" * len(columns))
+    for r in rows:
+        print("| " + " | ".join(f"{r[k]:,}" if isinstance(r[k], int) and not isinstance(r[k], bool) else
+                                (f"{r[k]:.1e}" if k == "rel_diff_gpu_cpu" else str(r[k])) for _, k in columns) + " |")
 
 
 if __name__ == "__main__":
