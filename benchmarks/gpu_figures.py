@@ -19,33 +19,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from device_timing import bench, copy_gbs
 
 try:
     import triton
 except ImportError:  # the sweep needs Triton; the other parts run without it
     triton = None
-
-
-def median_seconds(fn, repeats: int, cuda: bool) -> float:
-    """Median wall seconds of ``fn()`` after one warm-up call (synchronising around CUDA work)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if cuda:
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def minhash_rows(n_docs: int, repeats: int, device: str) -> list[dict]:
@@ -73,7 +57,6 @@ def minhash_rows(n_docs: int, repeats: int, device: str) -> list[dict]:
     same = all(np.array_equal(getattr(on_gpu, f), getattr(on_cpu, f))
                for f in ("exact_hash", "token_count", "signatures", "band_keys"))
     hashes, offsets, a, b, scheme = captured["args"]
-    cuda = device == "cuda"
     shingles = int(hashes.numel())
     rows = []
 
@@ -84,14 +67,14 @@ def minhash_rows(n_docs: int, repeats: int, device: str) -> list[dict]:
         print(r, flush=True)
         rows.append(r)
 
-    add("fingerprint_batch, fused CPU pass", median_seconds(lambda: cfg.fingerprint_batch(texts), repeats, False))
+    add("fingerprint_batch, fused CPU pass", bench(lambda: cfg.fingerprint_batch(texts), "cpu", repeats))
     add(f"fingerprint_batch(device='{device}'), end to end",
-        median_seconds(lambda: cfg.fingerprint_batch(texts, device=device), repeats, cuda))
+        bench(lambda: cfg.fingerprint_batch(texts, device=device), device, repeats))
     for name in ("auto", "torch"):
         with backend(name):
             got = kernel(hashes, offsets, a, b, scheme)
             assert np.array_equal(got.cpu().numpy().astype(np.uint32), on_cpu.signatures), name
-            seconds = median_seconds(lambda: kernel(hashes, offsets, a, b, scheme), repeats, cuda)
+            seconds = bench(lambda: kernel(hashes, offsets, a, b, scheme), device, repeats)
         add(f"minhash_gpu.signatures alone ({'Triton' if name == 'auto' else 'torch path'})", seconds)
     return rows
 
@@ -106,7 +89,6 @@ def ties_rows(n: int, repeats: int, device: str) -> list[dict]:
     base = torch.randn(n, generator=g, device=device)
     theta = base + torch.randn(n, generator=g, device=device)
     rank = n - int(0.2 * n)
-    cuda = device == "cuda"
     want = (theta - base).abs().kthvalue(rank + 1).values.item()
     got = M._kth_abs_radix(base, [theta], rank)[0]
     assert M._radix_select((theta - base).abs().view(torch.int32), rank) == got
@@ -123,7 +105,7 @@ def ties_rows(n: int, repeats: int, device: str) -> list[dict]:
                       lambda: M._kth_abs_radix(base, [theta], rank)),
                      ("sampled window, the counting pass in torch ops", lambda: torch_window(base, theta, rank)),
                      ("radix selection alone", lambda: M._radix_select((theta - base).abs().view(torch.int32), rank))):
-        seconds = median_seconds(fn, repeats, cuda)
+        seconds = bench(fn, device, repeats)
         r = {"path": path, "n": n, "ms": round(seconds * 1e3, 2), "gb_s": round(2 * n * 4 / seconds / 1e9, 1),
              "equal": got == want}
         print(r, flush=True)
@@ -137,10 +119,7 @@ def sweep_rows(n: int, device: str) -> list[dict]:
     and ``merge.weighted_average`` as called (its parameters uploaded per call): GB/s and x copy."""
     from provenance.kernels import merge as M
 
-    cuda = device == "cuda"
-    copy_src = torch.empty(2 * n, device=device).uniform_()
-    copy_dst = torch.empty_like(copy_src)
-    ceiling = 2 * copy_src.numel() * 4 * 2 / median_seconds(lambda: copy_dst.copy_(copy_src), 9, cuda) / 1e9
+    ceiling = copy_gbs(16 * n, device)  # a copy of two tensors' worth
     g = torch.Generator(device=device).manual_seed(9)
     xs = [torch.randn(n, generator=g, device=device) for _ in range(4)]
     fs = [torch.rand(n, generator=g, device=device) + 0.1 for _ in range(4)]
@@ -161,14 +140,14 @@ def sweep_rows(n: int, device: str) -> list[dict]:
                                                               BLOCK=block, num_warps=warps)
                 out.fill_(float("nan"))
                 launch()
-                seconds = median_seconds(launch, 9, cuda)
+                seconds = bench(launch, device, 9)
                 r = {"mode": mode, "n_models": k, "block": block, "warps": warps, "ms": round(seconds * 1e3, 3),
                      "x_copy": round(nbytes / seconds / 1e9 / ceiling, 2), "equal": bool(torch.equal(out, want))}
                 print(r, flush=True)
                 rows.append(r)
         call = (lambda k=k, lam=lam: M.weighted_average(xs[:k], lam, out=out)) if mode == "mean" else \
             (lambda k=k, lam=lam: M.fisher_merge(xs[:k], fs[:k], lam, out=out))
-        seconds = median_seconds(call, 9, cuda)
+        seconds = bench(call, device, 9)
         r = {"mode": mode, "n_models": k, "block": "as called", "warps": "", "ms": round(seconds * 1e3, 3),
              "x_copy": round(nbytes / seconds / 1e9 / ceiling, 2), "equal": True}
         print(r, flush=True)
@@ -218,7 +197,7 @@ def merge_rows(params: int, inputs: int, repeats: int, devices: tuple[str, ...],
                 def run(method=method, device=device, results=results):
                     results[device] = ledger.merge(children, method=method, message=f"{method} {device} {next(counter)}",
                                                    device=device)
-                seconds = median_seconds(run, repeats, device == "cuda")
+                seconds = bench(run, device, repeats)
                 moved = nbytes_in * (inputs * (2 if method == "fisher" else 1) + 1)
                 r = {"merge": method, "device": device, "inputs": inputs, "params": params, "s": round(seconds, 3),
                      "input_gb_s": round(moved / seconds / 1e9, 2),

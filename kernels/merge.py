@@ -232,13 +232,15 @@ def _window_select(b: torch.Tensor, x: torch.Tensor, lo: int, hi: int, rank: int
         bits = _magnitude_bits(b, x)
         inside = (bits >= lo) & (bits <= hi)
         under, count = int((bits < lo).sum()), int(inside.sum())
-        gathered = bits[inside] if under <= rank < under + count and lo != hi and count <= cap else None
+        gathered = None  # gathered below, once the counts say the window holds the answer
     if not under <= rank < under + count:
         return None
     if lo == hi:
         return _as_float(lo)
     if count > cap:
         return None
+    if gathered is None:
+        gathered = bits[inside]
     return _as_float(int(gathered[:count].sort().values[rank - under]))
 
 

@@ -414,20 +414,20 @@ def _chain_triton(out: torch.Tensor, src: torch.Tensor, rest: list[tuple], exact
                 _scatter_triton(out, indices, values)
         return
     n, blocks = out.numel(), triton.cdiv(out.numel(), BLOCK)
-    dst, cur = out, src.contiguous()
+    cur = src.contiguous()
     cols = out.shape[1] if out.dim() == 2 else 1
     for first in range(0, len(rest), MAX_SLOTS):
         args, kinds = [], {}
         for k in range(MAX_SLOTS):
             if first + k < len(rest):
-                kind, ptrs, rank, scale = _slot(rest[first + k], dst, n, blocks, exact)
+                kind, ptrs, rank, scale = _slot(rest[first + k], out, n, blocks, exact)
             else:
-                kind, ptrs, rank, scale = _NONE, (dst, dst, dst), 0, 0.0
+                kind, ptrs, rank, scale = _NONE, (out, out, out), 0, 0.0
             args += [*ptrs, rank, scale]
             kinds[f"K{k}"] = kind
-        _chain_kernel[(blocks,)](dst, cur, n, cols, *args, **kinds, F64=out.dtype == torch.float64,
+        _chain_kernel[(blocks,)](out, cur, n, cols, *args, **kinds, F64=out.dtype == torch.float64,
                                  BF16=out.dtype == torch.bfloat16, BLOCK=BLOCK, LOG=BLOCK.bit_length())
-        cur = dst
+        cur = out
 
 
 def _slot(spec: tuple, dst: torch.Tensor, n: int, blocks: int, exact: bool):

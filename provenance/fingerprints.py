@@ -444,10 +444,11 @@ def _fold_spans(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple
     np.cumsum(lengths[:-1] + 1, out=out_starts[1:])
     index = np.arange(int(lengths.sum()) + n, dtype=np.int64)
     index += np.repeat(starts - out_starts, lengths + 1)
-    index[out_starts + lengths] = starts[0]  # the separators' places: any valid index
+    separators = out_starts + lengths
+    index[separators] = starts[0]  # any valid index: the separators are written after the check
     joined = data[index]
     if not (joined == 0).any():
-        joined[out_starts + lengths] = 0
+        joined[separators] = 0
         folded = np.frombuffer(_fold(joined.tobytes().decode("utf-8")), dtype=np.uint8)
         nul = np.flatnonzero(folded == 0)
         if nul.size == n:
