@@ -37,7 +37,7 @@ CONFIGS = [
 ]
 EMPTY = np.uint32(0xFFFFFFFF)
 
-# deadline=None: the first non-ASCII text builds the full character tables (about a second).
+# deadline=None: the first non-ASCII text loads (or, with no cache file yet, builds) the full character tables.
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
