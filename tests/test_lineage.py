@@ -162,3 +162,24 @@ def test_cli_lineage_table_lists_the_nearest_versions_unless_asked_for_all(ledge
     assert "step 4" in out.output and "step 2" in out.output and "step 1" not in out.output
     out = CliRunner().invoke(main, [*base, "lineage", tip.version_id, "--all"])
     assert out.exit_code == 0 and "step 0" in out.output and "more version(s)" not in out.output
+
+
+def test_lineage_of_a_large_ledger_is_the_same_every_time(tmp_path):
+    """300,000 run_shards rows: enough for DuckDB to aggregate on several threads, whose float
+    sums used to come out in a different order from call to call (8 of 10 calls differed)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_audits", Path(__file__).resolve().parents[1] / "benchmarks" / "audits.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ledger, vids, _, n_rows = bench.build_lineage_ledger(tmp_path / "big", 2_000, 30_000, 10)
+    assert n_rows > 250_000
+    first = ledger.lineage(vids[-1])
+    assert first.shards.num_rows > 20_000 and len(first.datasets) == 100
+    assert sum(d.effective_share for d in first.datasets) == pytest.approx(1.0)
+    for _ in range(6):
+        again = ledger.lineage(vids[-1])
+        assert again.shards.equals(first.shards)
+        assert [d.model_dump() for d in again.datasets] == [d.model_dump() for d in first.datasets]

@@ -52,12 +52,12 @@ class LineageQueries:
                 shards = self._trained(con)
                 via = con.sql(
                     """SELECT rd.dataset_id, count(DISTINCT r.version_id) AS n_versions,
-                              arg_min(r.version_id, r.depth, 10) AS via
+                              arg_min(r.version_id, (r.depth, r.version_id), 10) AS via  -- ties: by id
                        FROM lineage_runs r JOIN run_datasets rd USING (run_id) GROUP BY rd.dataset_id"""
                 ).to_arrow_table()
             finally:
                 unregister(con, "lineage_runs")
-        sums = shards.group_by("dataset_id").aggregate([
+        sums = shards.group_by("dataset_id", use_threads=False).aggregate([  # in row order: the same sums each time
             ("examples", "sum"), ("shard_index", "count"), ("epochs", "max"), ("effective_examples", "sum")])
         sums = pa.table({"dataset_id": sums["dataset_id"], "examples": sums["examples_sum"],
                          "shards": sums["shard_index_count"], "epochs": sums["epochs_max"],
@@ -70,12 +70,17 @@ class LineageQueries:
 
     @staticmethod
     def _trained(con) -> pa.Table:
-        """The aggregation behind :meth:`trained_shards` (``lineage_runs`` registered on ``con``)."""
+        """The aggregation behind :meth:`trained_shards` (``lineage_runs`` registered on ``con``).
+        The fractional sums are taken exactly, in decimals of 18 places, and rounded to a double
+        once: summed as doubles by DuckDB's threads, their last bits depended on which thread
+        finished first (8 calls of 10 differed on 300,000 rows), and a lineage asked twice must
+        give the same answer."""
         return con.sql(
             """WITH agg AS (
                    SELECT rs.dataset_id, rs.shard_index, sum(rs.examples)::BIGINT AS examples,
-                          max(rs.distinct_documents)::BIGINT AS distinct_documents, sum(rs.epochs) AS epochs,
-                          sum(r.weight * rs.examples) AS effective_examples, count(*) AS runs
+                          max(rs.distinct_documents)::BIGINT AS distinct_documents,
+                          sum(rs.epochs::DECIMAL(38, 18))::DOUBLE AS epochs,
+                          sum((r.weight * rs.examples)::DECIMAL(38, 18))::DOUBLE AS effective_examples, count(*) AS runs
                    FROM lineage_runs r JOIN run_shards rs USING (run_id)
                    GROUP BY rs.dataset_id, rs.shard_index)
                SELECT a.dataset_id, a.shard_index, s.name AS shard, a.examples, a.distinct_documents, a.epochs,
