@@ -255,7 +255,7 @@ def _check_options(name: str, role: str, on_invalid: str, text_field: str, shard
 
 
 def _warm_up(cfg: FingerprintConfig) -> None:
-    """Load the fingerprint kernels (numba's cached machine code, about 0.75 s once per process)
+    """Load the fingerprint kernels (numba with its cached machine code, about 0.6 s once per process)
     on a thread while the files are hashed (which releases the GIL); the first batch waits for it
     if it is not done. An error here is left for the real call to raise."""
 

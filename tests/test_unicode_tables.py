@@ -66,6 +66,7 @@ def test_first_process_writes_the_file_and_the_next_reads_it(cache, computed, mo
     files = sorted(p.name for p in cache.iterdir())
     assert len(files) == 1 and files[0].startswith("unicode-tables-") and files[0].endswith(".bin")
     assert (cache / files[0]).stat().st_size == 0x110000 * 6 + 16
+    assert (cache / files[0]).stat().st_mode & 0o777 == 0o644  # readable by others sharing the folder
     assert calls == [True]
     _forget()
     second = fp._unicode_tables()
