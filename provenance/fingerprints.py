@@ -25,7 +25,6 @@ import functools
 import math
 import os
 import sys
-import tempfile
 import time
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -40,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from provenance import columns
 from provenance.errors import FingerprintMismatchError, InvalidParameterError
+from provenance.files import atomic_write_bytes
 from provenance.kernels import minhash_codes as _codes
 
 if TYPE_CHECKING:
@@ -217,26 +217,16 @@ def _read_tables(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None
 
 def _write_tables(path: Path, tables: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
     payload = b"".join(np.ascontiguousarray(t).tobytes() for t in tables)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would keep the tables from others sharing the folder
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.write(xxhash.xxh3_128_digest(payload))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, payload + xxhash.xxh3_128_digest(payload))
     _prune_tables(path)
 
 
 def _prune_tables(keep: Path, *, now: float | None = None) -> None:
     """Remove the tables of other code or Pythons not written for 30 days, and temporary files a
-    killed writer left an hour ago or more (the folder may also be deleted whole at any time)."""
+    killed writer left (``.unicode-tables-….tmp``) an hour ago or more (the folder may also be
+    deleted whole at any time)."""
     now = time.time() if now is None else now
-    for old in keep.parent.glob("unicode-tables-*"):
+    for old in keep.parent.glob("*unicode-tables-*"):
         with contextlib.suppress(OSError):
             age = now - old.stat().st_mtime
             if old != keep and (age > 30 * 86400 or (old.name.endswith(".tmp") and age > 3600)):

@@ -66,7 +66,9 @@ def test_first_process_writes_the_file_and_the_next_reads_it(cache, computed, mo
     files = sorted(p.name for p in cache.iterdir())
     assert len(files) == 1 and files[0].startswith("unicode-tables-") and files[0].endswith(".bin")
     assert (cache / files[0]).stat().st_size == 0x110000 * 6 + 16
-    assert (cache / files[0]).stat().st_mode & 0o777 == 0o644  # readable by others sharing the folder
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (cache / files[0]).stat().st_mode & 0o777 == 0o666 & ~umask  # the usual mode, not mkstemp's 0600
     assert calls == [True]
     _forget()
     second = fp._unicode_tables()
@@ -201,15 +203,15 @@ def test_processes_share_the_file_and_a_killed_writer_leaves_none(tmp_path):
 def test_prune_removes_old_leftovers_and_keeps_the_rest(tmp_path):
     keep = tmp_path / "unicode-tables-new.bin"
     names = ["unicode-tables-new.bin", "unicode-tables-other.bin", "unicode-tables-old.bin",
-             "unicode-tables-new.bin.1.tmp", "unicode-tables-new.bin.2.tmp", "unrelated.bin"]
+             ".unicode-tables-new.bin.1.tmp", ".unicode-tables-new.bin.2.tmp", "unrelated.bin"]
     for n in names:
         (tmp_path / n).write_bytes(b"x")
     now = time.time()
     day = 86400
     os.utime(tmp_path / "unicode-tables-old.bin", (now - 31 * day, now - 31 * day))
-    os.utime(tmp_path / "unicode-tables-new.bin.1.tmp", (now - 7200, now - 7200))
+    os.utime(tmp_path / ".unicode-tables-new.bin.1.tmp", (now - 7200, now - 7200))
     os.utime(tmp_path / "unrelated.bin", (now - 99 * day, now - 99 * day))
     os.utime(keep, (now - 99 * day, now - 99 * day))
     fp._prune_tables(keep, now=now)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "unicode-tables-new.bin", "unicode-tables-new.bin.2.tmp", "unicode-tables-other.bin", "unrelated.bin"]
+        ".unicode-tables-new.bin.2.tmp", "unicode-tables-new.bin", "unicode-tables-other.bin", "unrelated.bin"]
