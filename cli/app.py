@@ -95,7 +95,10 @@ class ProvGroup(click.Group):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(1)
         except OSError as exc:  # a file the command reads or writes: name it, no traceback
-            where = f"{exc.filename}: " if exc.filename else ""
+            if exc.filename is not None and exc.filename2 is not None:  # a copy: the source, then the target
+                where = f"cannot copy {exc.filename} to {exc.filename2}: "
+            else:
+                where = f"{exc.filename}: " if exc.filename else ""
             raise CliError(f"{where}{exc.strerror or exc}", kind="os") from exc
 
 

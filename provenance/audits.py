@@ -44,6 +44,7 @@ from provenance.errors import (
     ProvenanceError,
     SourceError,
 )
+from provenance.files import naming
 from provenance.fingerprints import Banding, FingerprintConfig
 from provenance.ledger import LedgerStore
 from provenance.lineage import lineage, taint
@@ -276,8 +277,13 @@ def _audit_dedup(ledger: LedgerStore, targets: Sequence[str], threshold: float, 
                            "rows": run.banding.rows, "all_pairs": all_pairs})
         if pairs_path is not None:
             tmp = pairs_path.with_name(f".{pairs_path.name}.{audit_id[:8]}.tmp")
-            tx.copy_pairs(audit_id, str(tmp))
-            os.replace(tmp, pairs_path)
+            try:
+                with naming(pairs_path):  # a full disk names the file asked for; the audit is not stored
+                    tx.copy_pairs(audit_id, str(tmp))
+                os.replace(tmp, pairs_path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
         pairs = tx.pairs(audit_id) if pairs_file is None and not store else None
     if pairs_file is None:
         pairs = pairs if pairs is not None else ledger.audit_pairs(audit_id)

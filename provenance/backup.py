@@ -8,8 +8,11 @@ writes its objects before its row, so every object the copied database names is 
 Objects written after the snapshot may come along; they are unreferenced in the copy (``prov gc``
 lists them). A ledger whose objects are in a bucket (``prov init --objects``) gets a copy that
 stands alone: the objects its database refers to are downloaded into the copy's
-``.prov/objects/``, and the copy's objects are there, not in the bucket. The copy is then opened
-and verified.
+``.prov/objects/``, and the copy's objects are there, not in the bucket. The copy is made in
+``DESTINATION/.prov.partial`` and renamed to ``.prov`` when whole: a copy that fails half-way (a
+full disk) is removed, with the destination folder if the backup made it, and the error names the
+file; a copy whose process was killed is left under the partial name, which no command opens as a
+ledger. The copy is then opened and verified.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from provenance.errors import InvalidParameterError
+from provenance.files import fsync_folder
 from provenance.ledger import LedgerStore
-from provenance.ledger._common import DOCUMENTS_DIR
+from provenance.ledger._common import DOCUMENTS_DIR, LEDGER_DIR
 
 
 def _copy_document_files(ledger: LedgerStore, copy: LedgerStore, root: Path, *, link: bool) -> int:
@@ -69,17 +73,30 @@ def backup(ledger: LedgerStore, destination: str | os.PathLike, *, link: bool = 
         raise InvalidParameterError(f"backup destination {dest} exists and is not an empty folder")
     if dest.resolve().is_relative_to(ledger.root.resolve()):
         raise InvalidParameterError(f"backup destination {dest} is inside the ledger {ledger.root}")
-    root = dest / ".prov"
-    (root / "objects").mkdir(parents=True)
-    (root / "tmp").mkdir()
-    db_bytes = ledger.snapshot_database(root / ledger.db_path.name)
-    copy = type(ledger).open(dest)
-    with copy.session():  # the copy's database opened once for what follows
-        if ledger.objects_url is not None:  # a bucket: its objects come down into the copy, which stands alone
-            linked, copied, object_bytes = 0, *_download_objects(ledger, copy, root)
-        else:
-            linked, copied, object_bytes = _copy_objects(ledger, root, link=link)
-        document_bytes = _copy_document_files(ledger, copy, root, link=link)
+    made = not dest.exists()
+    # Built under a name that is not a ledger's, renamed when whole: a copy that failed half-way
+    # (a full disk) is removed, and one whose process was killed is not taken for a ledger.
+    partial = dest / f"{LEDGER_DIR}.partial"
+    try:
+        (partial / "objects").mkdir(parents=True)
+        (partial / "tmp").mkdir()
+        db_bytes = ledger.snapshot_database(partial / ledger.db_path.name)
+        copy = type(ledger).open(partial)
+        with copy.session():  # the copy's database opened once for what follows
+            if ledger.objects_url is not None:  # a bucket: its objects come down into the copy, which stands alone
+                linked, copied, object_bytes = 0, *_download_objects(ledger, copy, partial)
+            else:
+                linked, copied, object_bytes = _copy_objects(ledger, partial, link=link)
+            document_bytes = _copy_document_files(ledger, copy, partial, link=link)
+        del copy
+        root = dest / LEDGER_DIR
+        os.rename(partial, root)
+        fsync_folder(dest)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        if made:
+            shutil.rmtree(dest, ignore_errors=True)
+        raise
     from provenance.verify import verify
 
     copy = type(ledger).open(dest, read_only=True)

@@ -1,9 +1,12 @@
-"""Atomic file writes: write to a temporary name in the same folder, sync, then rename."""
+"""Atomic file writes: write to a temporary name in the same folder, sync, then rename; and OS
+errors that name the file they are about."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import xxhash
@@ -29,6 +32,25 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         raise
     fsync_folder(path.parent)
     return path
+
+
+@contextlib.contextmanager
+def naming(path: str | os.PathLike) -> Iterator[None]:
+    """Give an OS error raised in the block the file ``path`` it is about, when it names none.
+
+    A write to an open file that the disk refuses (full, over a quota or the process's file size
+    limit) raises ``[Errno 28]`` with no file name, and pyarrow's writers raise "Error writing
+    bytes to file" the same way; the error is raised again as an :class:`OSError` of the same
+    errno, with the system's text for it and ``filename`` set, which ``prov`` prints as
+    ``PATH: No space left on device``. Errors that name a file, or have no errno, pass as they are."""
+    try:
+        yield
+    except OSError as exc:
+        from provenance.errors import ProvenanceError
+
+        if exc.filename is not None or exc.errno is None or isinstance(exc, ProvenanceError):
+            raise
+        raise OSError(exc.errno, os.strerror(exc.errno), os.fspath(path)) from exc
 
 
 def fsync_folder(folder: str | os.PathLike) -> None:

@@ -32,6 +32,7 @@ import httpx
 import pyarrow as pa
 
 from provenance import errors
+from provenance.files import naming
 from provenance.records import (
     DatasetRecord,
     DocumentRecord,
@@ -489,8 +490,13 @@ class RemoteLedger:
         else:
             table = pa.Table.from_pylist([p.model_dump() for p in report.pairs or []])
         tmp = out.with_name(f".{out.name}.{report.audit_id[:8]}.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, out)
+        try:
+            with naming(out):  # a full disk names the file asked for
+                pq.write_table(table, tmp)
+            os.replace(tmp, out)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return report.model_copy(update={"pairs": None, "pairs_file": str(pairs_file)})
 
     def audit_merge(self, versions: Sequence[str | VersionRecord], *, progress: Any = None,

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from provenance.files import fsync_folder
+from provenance.files import fsync_folder, naming
 
 # Every dtype that both torch and safetensors hold, by its safetensors name; the FP8 ones are
 # stored as their bits like any other. Complex64 ("C64") is left out: the object store refuses
@@ -139,7 +139,8 @@ class TensorFileWriter:
                 made = True
         self._tmp = tmp
         self._fh = os.fdopen(fd, "wb")
-        self._fh.write(self._header)
+        with naming(self.path):  # a full disk names the file being written
+            self._fh.write(self._header)
         return self
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
@@ -150,7 +151,8 @@ class TensorFileWriter:
             raise ValueError(
                 f"{self.path}: expected {want!r} {dtype}{list(shape)} next, got {name!r} {tensor.dtype}{list(tensor.shape)}"
             )
-        self._fh.write(raw_bytes(tensor))
+        with naming(self.path):
+            self._fh.write(raw_bytes(tensor))
         self._next += 1
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -159,18 +161,19 @@ class TensorFileWriter:
             if exc_type is None and self._next != len(self.entries):
                 raise ValueError(f"{self.path}: {len(self.entries) - self._next} declared tensors were not written")
             if exc_type is None:
-                self._fh.flush()
-                if self.sync:
-                    os.fsync(self._fh.fileno())
-            self._fh.close()
-            if exc_type is None:
+                with naming(self.path):
+                    self._fh.flush()
+                    if self.sync:
+                        os.fsync(self._fh.fileno())
+                    self._fh.close()
                 os.replace(self._tmp, self.path)
                 self._tmp = None
                 if self.sync:
                     fsync_folder(self.path.parent)
         finally:
             if not self._fh.closed:
-                self._fh.close()
+                with contextlib.suppress(OSError):  # its buffer could not be written: the error above says why
+                    self._fh.close()
             if self._tmp is not None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._tmp)

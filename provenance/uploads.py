@@ -13,6 +13,7 @@ can (a shared file system), and name the shards they cannot.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from provenance.datasets import (
     planned_shards,
 )
 from provenance.errors import InvalidParameterError
+from provenance.files import naming
 from provenance.fingerprints import FingerprintConfig
 from provenance.ledger import LedgerStore, check_documents_as
 from provenance.progress import NoProgress, Progress
@@ -48,11 +50,13 @@ _OPTIONS = ("text_field", "id_field", "role", "license", "source", "creator", "d
 class _UploadSink:
     """Where :func:`provenance.datasets._write_shard` puts a batch's rows: the upload stream."""
 
-    def __init__(self, writer: pa.ipc.RecordBatchStreamWriter):
+    def __init__(self, writer: pa.ipc.RecordBatchStreamWriter, path: Path | None):
         self.writer = writer
+        self.path = path  # the file written, named in an error (None: the stream also goes elsewhere)
 
     def write(self, table: pa.Table) -> None:
-        self.writer.write_table(table.select(UPLOAD_SCHEMA.names).cast(UPLOAD_SCHEMA))
+        with naming(self.path) if self.path is not None else contextlib.nullcontext():  # a full disk names the file
+            self.writer.write_table(table.select(UPLOAD_SCHEMA.names).cast(UPLOAD_SCHEMA))
 
 
 def _read_options(name: str, options: dict[str, Any]) -> tuple[ReadOptions, FingerprintConfig]:
@@ -117,7 +121,7 @@ def fingerprint_to_file(name: str, sources: Any, path: Path, *, progress: Progre
     rows: list[dict[str, Any]] = []
     out = pa.OSFile(str(path), "wb") if tee is None else pa.PythonFile(_Tee(path, tee), mode="w")
     with out, pa.ipc.new_stream(out, UPLOAD_SCHEMA) as writer:
-        sink = _UploadSink(writer)
+        sink = _UploadSink(writer, path if tee is None else None)
         for index, shard in enumerate(shards):
             record = _write_shard(sink, "", index, shard, cfg, opts, counters, progress, 0)
             rows.append(record.model_dump(mode="json", exclude={"dataset_id"}))
@@ -136,7 +140,7 @@ def upload_options(options: dict[str, Any], cfg: FingerprintConfig) -> dict[str,
 def parts_to_upload(parts: list[str], path: Path) -> None:
     """Parquet parts of document rows (:mod:`provenance.integrations.ray_data`), in shard order,
     as an upload file at ``path``: the rows the server registers, in the order of their ids."""
-    with pa.OSFile(str(path), "wb") as out, pa.ipc.new_stream(out, UPLOAD_SCHEMA) as writer:
+    with naming(path), pa.OSFile(str(path), "wb") as out, pa.ipc.new_stream(out, UPLOAD_SCHEMA) as writer:
         for part in parts:
             for batch in pq.ParquetFile(part).iter_batches(columns=UPLOAD_SCHEMA.names):
                 writer.write_table(pa.Table.from_batches([batch]).select(UPLOAD_SCHEMA.names).cast(UPLOAD_SCHEMA))

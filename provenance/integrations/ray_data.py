@@ -50,6 +50,7 @@ actors run the CPU kernel and the driver warns. Not yet measured on a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -64,6 +65,7 @@ import pyarrow.parquet as pq
 
 from provenance.datasets import _content_hash, _unchanged_message, _write_shard, check_text_ids, register_parts
 from provenance.errors import InvalidParameterError, NotFoundError, ProvenanceError, SourceError
+from provenance.files import naming
 from provenance.fingerprints import FingerprintConfig, strings_to_arrow
 from provenance.progress import NoProgress, Progress
 from provenance.records import RegistrationResult
@@ -239,6 +241,8 @@ def _raise_error(row: dict[str, Any]) -> None:
     exception keeps its text in a traceback, not the error), as the local path would raise it."""
     if row.get("error"):
         kind, message = json.loads(row["error"])
+        if kind == "OSError":  # [errno, text, file]
+            raise OSError(*message) if message[0] is not None else OSError(message[1])
         raise _ERRORS.get(kind, SourceError)(message)
 
 
@@ -277,6 +281,8 @@ class _Fingerprinter:
                 shard = json.dumps(record.model_dump(mode="json", exclude={"dataset_id"}))
             except ProvenanceError as exc:  # bad input: the driver raises it
                 error = _error_row(exc)
+            except OSError as exc:  # the part could not be written (a full disk on this node): the driver raises it
+                error = json.dumps(["OSError", [exc.errno, exc.strerror or str(exc), exc.filename]])
             out["index"].append(spec["index"])
             out["shard"].append(shard)
             out["part"].append(str(part) if part.exists() else None)
@@ -313,13 +319,20 @@ class _Part:
 
     def write(self, table: pa.Table) -> None:
         table = table.drop_columns(["dataset_id"])
-        if self.writer is None:
-            self.writer = pq.ParquetWriter(self.path, table.schema, compression="none", use_dictionary=False,
-                                           write_statistics=False)
-        self.writer.write_table(table, row_group_size=16_384)
+        with naming(self.path):  # a full disk names the part
+            if self.writer is None:
+                self.writer = pq.ParquetWriter(self.path, table.schema, compression="none", use_dictionary=False,
+                                               write_statistics=False)
+            self.writer.write_table(table, row_group_size=16_384)
 
-    def __exit__(self, *exc: Any) -> None:
-        if self.writer is not None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if self.writer is None:
+            return
+        if exc_type is not None:  # a write failed: closing may fail the same way, and the error in flight says why
+            with contextlib.suppress(OSError):
+                self.writer.close()
+            return
+        with naming(self.path):
             self.writer.close()
 
 

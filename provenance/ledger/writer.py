@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from provenance.errors import (
     InvalidParameterError,
 )
-from provenance.files import xxh3_file
+from provenance.files import naming, xxh3_file
 from provenance.fingerprints import FingerprintConfig
 from provenance.ledger._common import TMP_DIR, _dataset_from_row, _now, quote_identifier, unregister
 from provenance.ledger.audit_sql import AuditWrites
@@ -194,8 +194,7 @@ class LedgerWriter(AuditWrites):
                                     stage.rows + sum(c[0].n_documents for c in copies), stage=whole)
         finally:
             self._copies = None
-            stage.close()
-            stage.path.unlink(missing_ok=True)
+            stage.discard()
 
     @contextlib.contextmanager
     def _bulk(self) -> Iterator[None]:
@@ -557,20 +556,28 @@ class DocumentStage:
         self.rows += table.num_rows
         if not self.dataset_id and table.num_rows:
             self.dataset_id = table.column("dataset_id")[0].as_py()
-        if self._writer is None:
-            self.columns, self.schema = table.column_names, table.schema
-            # Statistics of the columns queries filter on: the file may become a dataset's own.
-            self._writer = pq.ParquetWriter(
-                self.path, table.schema, compression="none", use_dictionary=False,
-                write_statistics=[c for c in ("doc_id", "dataset_id", "shard_index") if c in table.column_names],
-            )
-        self._writer.write_table(table, row_group_size=16_384)
+        with naming(self.path):  # a full disk: "PATH: No space left on device", and nothing registered
+            if self._writer is None:
+                self.columns, self.schema = table.column_names, table.schema
+                # Statistics of the columns queries filter on: the file may become a dataset's own.
+                self._writer = pq.ParquetWriter(
+                    self.path, table.schema, compression="none", use_dictionary=False,
+                    write_statistics=[c for c in ("doc_id", "dataset_id", "shard_index") if c in table.column_names],
+                )
+            self._writer.write_table(table, row_group_size=16_384)
         self._written = True
 
     def close(self) -> bool:
         """Finish the file; True when it holds rows."""
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            writer, self._writer = self._writer, None
+            with naming(self.path):
+                writer.close()
         return self._written
+
+    def discard(self) -> None:
+        """Close the file, quietly (a write that failed may fail again here), and remove it."""
+        with contextlib.suppress(OSError):
+            self.close()
+        self.path.unlink(missing_ok=True)
 

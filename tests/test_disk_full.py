@@ -1,0 +1,147 @@
+"""A disk that refuses a write, for real: each ``prov`` command runs in a subprocess whose file size
+limit (``RLIMIT_FSIZE``) is below what it must write, so the kernel fails the write that crosses it
+with ``EFBIG`` ("File too large") at the same calls a full disk fails with ``ENOSPC``. The error
+must name the file, and the ledger (and the user's folder) must be left as it was."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from provenance import Ledger
+
+resource = pytest.importorskip("resource")  # POSIX only
+
+pytestmark = pytest.mark.skipif(not hasattr(resource, "RLIMIT_FSIZE"), reason="no file size limit on this system")
+
+
+def prov(root: Path, *args: str, limit: int | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``prov --ledger ROOT ARGS`` in a fresh process, its files held under ``limit`` bytes each."""
+
+    def hold() -> None:
+        if limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "provenance.cli.main", "-q", "--ledger", str(root), *args],
+                          capture_output=True, text=True, preexec_fn=hold, env=env, cwd=cwd, timeout=300)
+
+
+def _corpus(path: Path, n: int, seed: int) -> Path:
+    g = torch.Generator().manual_seed(seed)
+    words = torch.randint(0, 20_000, (n, 60), generator=g).tolist()
+    path.write_text("".join(json.dumps({"id": f"d{i}", "text": " ".join(f"w{w}" for w in row)}) + "\n"
+                            for i, row in enumerate(words)))
+    return path
+
+
+def _state(root: Path) -> tuple:
+    ledger = Ledger.open(root, read_only=True)
+    counts = ledger.sql("SELECT (SELECT count(*) FROM documents) AS d, (SELECT count(*) FROM datasets) AS s, "
+                        "(SELECT count(*) FROM versions) AS v").to_pylist()[0]
+    staging = root / ".prov" / "tmp" / "staging"
+    return counts, sorted(p.name for p in staging.iterdir()) if staging.exists() else []
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    Ledger.init(folder)
+    return folder
+
+
+def test_a_registration_past_the_limit_names_the_staged_file_and_registers_nothing(root, tmp_path):
+    corpus = _corpus(tmp_path / "corpus.jsonl", 12_000, seed=1)
+    before = _state(root)
+    done = prov(root, "dataset", "add", "web", str(corpus), limit=2_000_000)
+    assert done.returncode == 4, done.stderr
+    found = re.fullmatch(r"Error: (\S+): File too large\n", done.stderr)
+    assert found, done.stderr
+    staged = Path(found.group(1))
+    assert staged.parent == root / ".prov" / "tmp" / "staging" and staged.name.startswith("documents-")
+    assert not staged.exists()
+    assert _state(root) == before
+    assert prov(root, "verify").returncode == 0
+
+    done = prov(root, "dataset", "add", "web", str(corpus))  # the limit lifted: the same command registers
+    assert done.returncode == 0, done.stderr
+    assert _state(root) == ({"d": 12_000, "s": 1, "v": 0}, [])
+
+
+def test_a_registration_whose_checkpoint_is_refused_is_kept_in_the_log(root, tmp_path):
+    first, second = _corpus(tmp_path / "a.jsonl", 3_000, seed=2), _corpus(tmp_path / "b.jsonl", 3_000, seed=3)
+    assert prov(root, "dataset", "add", "a", str(first)).returncode == 0
+    db = root / ".prov" / "ledger.duckdb"
+    # The staged rows (about 2 MB) and the write-ahead log fit; the database file may not grow by more than
+    # 100 kB, so the checkpoint DuckDB makes when the command closes the ledger fails.
+    done = prov(root, "dataset", "add", "b", str(second), limit=db.stat().st_size + 100_000)
+    assert done.returncode == 0, done.stderr
+    assert "registered b@1" in done.stdout
+    wal = db.with_name(db.name + ".wal")
+    assert wal.exists() and wal.stat().st_size > 0  # the commit is in the log, not yet in the file
+    assert _state(root) == ({"d": 6_000, "s": 2, "v": 0}, [])  # opening replays it
+    assert prov(root, "verify").returncode == 0
+    again = prov(root, "dataset", "add", "b", str(second))  # the limit lifted: a writer's close folds the log in
+    assert again.returncode == 0 and "unchanged" in again.stdout, again.stderr
+    assert not wal.exists() or wal.stat().st_size == 0
+    assert _state(root) == ({"d": 6_000, "s": 2, "v": 0}, [])
+
+
+def test_a_checkout_past_the_limit_names_the_output_and_leaves_nothing(root, tmp_path):
+    state = {"w": torch.randn(1024, 1024), "b": torch.randn(1024)}  # 4 MB
+    version = Ledger.open(root).commit(state, message="base").version_id
+    out = tmp_path / "out" / "model.safetensors"
+    out.parent.mkdir()
+    done = prov(root, "model", "checkout", version, "-o", str(out), limit=1_000_000)
+    assert done.returncode == 4, done.stderr
+    assert done.stderr == f"Error: {out}: File too large\n"
+    assert list(out.parent.iterdir()) == []  # neither the file nor its temporary
+
+    assert prov(root, "model", "checkout", version, "-o", str(out)).returncode == 0
+    got = load_file(out)
+    assert all(torch.equal(got[k], state[k]) for k in state)
+
+
+def test_a_commit_past_the_limit_names_the_objects_folder_and_stores_nothing(root, tmp_path):
+    ledger = Ledger.open(root)
+    base = ledger.commit({"keep": torch.zeros(10)}, message="root").version_id
+    model = tmp_path / "model.safetensors"
+    save_file({"w": torch.randn(1024, 1024)}, model)
+    before = sorted(p.relative_to(root) for p in (root / ".prov" / "objects").rglob("*"))
+    done = prov(root, "model", "commit", str(model), "--parent", base, "-m", "too big", limit=1_000_000)
+    assert done.returncode == 4, done.stderr
+    assert re.fullmatch(rf"Error: cannot write object [0-9a-f]{{32}} into {re.escape(str(root / '.prov' / 'objects'))}"
+                        r"/[0-9a-f]{2}: File too large\n", done.stderr), done.stderr
+    after = sorted(p.relative_to(root) for p in (root / ".prov" / "objects").rglob("*") if p.is_file())
+    assert after == [p for p in before if (root / p).is_file()]  # no object, no temporary
+    assert [v.version_id for v in Ledger.open(root, read_only=True).versions()] == [base]
+
+
+def test_a_backup_past_the_limit_names_both_files_and_is_removed(root, tmp_path, write_jsonl):
+    ledger = Ledger.open(root)
+    ledger.commit({"w": torch.randn(512, 1024)}, message="2 MB")
+    new, empty = tmp_path / "new-backup", tmp_path / "empty-backup"
+    empty.mkdir()
+    for dest, left in ((new, False), (empty, True)):
+        done = prov(root, "backup", str(dest), limit=1_000_000)
+        assert done.returncode == 4, done.stderr
+        found = re.fullmatch(r"Error: cannot copy (\S+) to (\S+): File too large\n", done.stderr)
+        assert found, done.stderr
+        assert Path(found.group(1)).is_relative_to(root / ".prov")
+        assert Path(found.group(2)).is_relative_to(dest / ".prov.partial")
+        assert dest.exists() is left  # a folder the backup made is removed; one given empty stays, empty
+        assert not left or list(dest.iterdir()) == []
+
+    done = prov(root, "backup", str(new), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["verified"] is True
+    assert sorted(p.name for p in new.iterdir()) == [".prov"]
