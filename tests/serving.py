@@ -47,9 +47,11 @@ class Server:
 
 
 def start(root: Path, *, auth: bool = True, port: int | None = None, args: tuple[str, ...] = (),
-          token: str | None = None, scheme: str = "http", verify: bool | str = True, timeout: float = 60.0) -> Server:
+          token: str | None = None, scheme: str = "http", verify: bool | str = True, timeout: float = 60.0,
+          file_size_limit: int | None = None) -> Server:
     """Start a server on the ledger in ``root`` (created, with an admin token, when missing) and
-    wait until ``/healthz`` answers."""
+    wait until ``/healthz`` answers. ``file_size_limit``: the server process may write no file
+    larger than this (``RLIMIT_FSIZE``: a disk that refuses writes, for real)."""
     root = Path(root)
     if not (root / ".prov").exists():
         ledger = Ledger.init(root)
@@ -62,7 +64,8 @@ def start(root: Path, *, auth: bool = True, port: int | None = None, args: tuple
         cmd.append("--insecure-no-auth")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                preexec_fn=None if file_size_limit is None else lambda: _hold(file_size_limit))
     url = f"{scheme}://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while True:
@@ -75,6 +78,12 @@ def start(root: Path, *, auth: bool = True, port: int | None = None, args: tuple
             proc.kill()
             raise RuntimeError(f"prov serve did not answer in {timeout:g}s:\n{log.read_text(errors='replace')}")
         time.sleep(0.1)
+
+
+def _hold(limit: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
 @contextlib.contextmanager

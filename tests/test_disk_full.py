@@ -17,6 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from provenance import Ledger
+from provenance.errors import ObjectWriteError, ProvenanceError
+from tests import serving
 
 resource = pytest.importorskip("resource")  # POSIX only
 
@@ -145,3 +147,30 @@ def test_a_backup_past_the_limit_names_both_files_and_is_removed(root, tmp_path,
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["verified"] is True
     assert sorted(p.name for p in new.iterdir()) == [".prov"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One server for the module, whose process may write no file past 3 MB."""
+    with serving.running(tmp_path_factory.mktemp("served"), file_size_limit=3_000_000) as srv:
+        yield srv
+
+
+def test_a_servers_full_disk_is_a_507_naming_its_file_and_applies_nothing(server, tmp_path):
+    client = server.ledger()
+    base = client.commit({"keep": torch.zeros(10)}, message="root")
+    with pytest.raises(ObjectWriteError, match=rf"^cannot write object [0-9a-f]{{32}} into "
+                                               rf"{re.escape(str(server.root / '.prov' / 'objects'))}/[0-9a-f]{{2}}: "
+                                               "File too large$"):
+        client.commit({"w": torch.randn(1024, 1024)}, parent=base, message="4 MB")  # the object is past the limit
+    assert [v.version_id for v in client.versions()] == [base.version_id]
+
+    corpus = _corpus(tmp_path / "corpus.jsonl", 12_000, seed=4)  # an upload of about 9 MB
+    with pytest.raises(ProvenanceError, match=r"server error 507: \S+/\.prov/tmp/uploads/\S+\.arrows: File too large$"):
+        client.register_dataset("web", corpus)
+    assert client.datasets() == []
+    assert list((server.root / ".prov" / "tmp" / "uploads").iterdir()) == []
+
+    small = _corpus(tmp_path / "small.jsonl", 200, seed=5)  # the server still serves what fits
+    assert client.register_dataset("small", small).dataset.n_documents == 200
+    assert server.proc.poll() is None

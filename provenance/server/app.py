@@ -19,6 +19,7 @@ idempotency key, seconds) in ``access_log``, which ``prov sql`` can query.
 from __future__ import annotations
 
 import contextlib
+import errno
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +39,8 @@ from provenance.wire import API, error_body, status_of
 _ADMIN = (f"{API}/tokens", f"{API}/gc", f"{API}/verify", f"{API}/backup")
 _SCOPE_RANK = {"read": 0, "write": 1, "admin": 2}
 MAX_JSON = 64 << 20  # bytes of a JSON request (uploads have their own limit, --max-upload)
+#: The errors of a disk that refuses a write: full, over a quota, over the file size limit.
+_STORAGE_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _OPEN_PATHS = ("/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
 
 
@@ -64,6 +67,15 @@ def create_app(service: LedgerService) -> FastAPI:
     @app.exception_handler(errors.ProvenanceError)
     async def library_error(request: Request, exc: errors.ProvenanceError) -> JSONResponse:
         return JSONResponse(error_body(exc), status_code=status_of(exc))
+
+    @app.exception_handler(OSError)
+    async def storage_error(request: Request, exc: OSError) -> JSONResponse:
+        # The server's own disk refused a write (full, over a quota or a file size limit): 507,
+        # "Insufficient Storage" (RFC 4918), naming the file; any other OS error is the server's: 500.
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        full = exc.errno in _STORAGE_FULL
+        return JSONResponse({"error": f"{where}{exc.strerror or exc}", "kind": "OSError"},
+                            status_code=507 if full else 500)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:

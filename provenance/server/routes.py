@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from provenance import errors
+from provenance.files import naming
 from provenance.records import (
     DatasetRecord,
     DocumentRecord,
@@ -70,12 +71,18 @@ async def _receive(request: Request, service: LedgerService, suffix: str) -> Pat
     ``service.max_upload`` bytes)."""
     fd, name = tempfile.mkstemp(dir=service.uploads, suffix=suffix)
     path = Path(name)
-    size = 0
+    size, refused = 0, None
     try:
-        with os.fdopen(fd, "wb") as out:
+        with naming(path), os.fdopen(fd, "wb") as out:  # a full disk: "PATH: No space left on device", HTTP 507
             async for chunk in body_chunks(request, service.max_upload):
                 size += len(chunk)
-                out.write(chunk)
+                if refused is None:
+                    try:
+                        out.write(chunk)
+                    except OSError as exc:  # the rest is read and dropped: the client gets this answer
+                        refused = exc
+            if refused is not None:
+                raise refused
     except BaseException:
         path.unlink(missing_ok=True)
         raise

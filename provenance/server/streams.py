@@ -23,6 +23,7 @@ import torch
 from starlette.requests import Request
 
 from provenance import errors
+from provenance.files import naming
 from provenance.server import body_chunks
 from provenance.tensorfile import Entry, TensorSequence, parse_header
 
@@ -188,7 +189,7 @@ def spool(reader: BodyReader, head: bytes, folder: Path) -> Path:
     fd, name = tempfile.mkstemp(dir=folder, suffix=".safetensors")
     path = Path(name)
     try:
-        with os.fdopen(fd, "wb") as out:
+        with naming(path), os.fdopen(fd, "wb") as out:  # a full disk names the file (the caller drains the body)
             out.write(head)
             reader.copy_to(out)
     except BaseException:
