@@ -174,3 +174,41 @@ def test_a_servers_full_disk_is_a_507_naming_its_file_and_applies_nothing(server
     small = _corpus(tmp_path / "small.jsonl", 200, seed=5)  # the server still serves what fits
     assert client.register_dataset("small", small).dataset.n_documents == 200
     assert server.proc.poll() is None
+
+
+_ACTOR = """
+import json, sys
+from pathlib import Path
+
+import pyarrow as pa
+
+from provenance.fingerprints import FingerprintConfig
+from provenance.integrations.ray_data import _Fingerprinter
+from provenance.sources import ReadOptions
+
+actor = object.__new__(_Fingerprinter)  # the actor's call, without a Ray to start it
+actor.cfg, actor.opts, actor.staging, actor.device = FingerprintConfig(), ReadOptions(), Path(sys.argv[2]), None
+spec = {"index": 3, "uri": sys.argv[1], "name": "c.jsonl", "format": "jsonl", "display": sys.argv[1]}
+print(json.dumps(actor(pa.Table.from_pylist([spec]))))
+"""
+
+
+def test_a_ray_actors_part_past_the_limit_comes_back_as_an_error_naming_it(tmp_path):
+    pytest.importorskip("ray")
+    from provenance.integrations.ray_data import _raise_error
+
+    corpus = _corpus(tmp_path / "c.jsonl", 12_000, seed=6)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    done = subprocess.run([sys.executable, "-c", _ACTOR, str(corpus), str(staging)], capture_output=True, text=True,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (2_000_000, 2_000_000)),
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    part = staging / "part-000003.parquet"
+    assert out["error"] == [json.dumps(["OSError", [27, "File too large", str(part)]])]
+    assert out["shard"] == [None]
+    with pytest.raises(OSError) as caught:  # what the driver raises from the row
+        _raise_error({"error": out["error"][0]})
+    assert (caught.value.errno, caught.value.filename, str(caught.value)) == (
+        27, str(part), f"[Errno 27] File too large: '{part}'")
