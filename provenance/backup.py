@@ -70,6 +70,9 @@ def backup(ledger: LedgerStore, destination: str | os.PathLike, *, link: bool = 
     started = time.perf_counter()
     dest = Path(destination).expanduser().absolute()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        if (dest / f"{LEDGER_DIR}.partial").is_dir():
+            raise InvalidParameterError(f"backup destination {dest} holds {LEDGER_DIR}.partial, the copy of a backup "
+                                        "that was stopped before it finished; remove it, or give another folder")
         raise InvalidParameterError(f"backup destination {dest} exists and is not an empty folder")
     if dest.resolve().is_relative_to(ledger.root.resolve()):
         raise InvalidParameterError(f"backup destination {dest} is inside the ledger {ledger.root}")

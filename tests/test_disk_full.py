@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -212,3 +213,48 @@ def test_a_ray_actors_part_past_the_limit_comes_back_as_an_error_naming_it(tmp_p
         _raise_error({"error": out["error"][0]})
     assert (caught.value.errno, caught.value.filename, str(caught.value)) == (
         27, str(part), f"[Errno 27] File too large: '{part}'")
+
+
+_STALLED_BACKUP = """
+import sys, time
+
+import provenance.backup as backup
+from provenance import Ledger
+
+copy_objects = backup._copy_objects
+
+
+def stalled(*args, **kwargs):  # the objects copied, then held there until the parent kills this process
+    done = copy_objects(*args, **kwargs)
+    print("copied", flush=True)
+    time.sleep(120)
+    return done
+
+
+backup._copy_objects = stalled
+Ledger.open(sys.argv[1]).backup(sys.argv[2])
+"""
+
+
+def test_a_backup_killed_half_way_is_not_taken_for_a_ledger(root, tmp_path):
+    from provenance.errors import LedgerNotFoundError
+
+    Ledger.open(root).commit({"w": torch.randn(256, 256)}, message="base")
+    dest = tmp_path / "killed-backup"
+    child = subprocess.Popen([sys.executable, "-c", _STALLED_BACKUP, str(root), str(dest)], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout.readline() == "copied\n"
+    finally:
+        child.kill()
+        child.wait(30)
+    assert sorted(p.name for p in dest.iterdir()) == [".prov.partial"]
+    with pytest.raises(LedgerNotFoundError):
+        Ledger.open(dest)
+    done = prov(root, "backup", str(dest))
+    assert done.returncode == 4
+    assert done.stderr == (f"Error: backup destination {dest} holds .prov.partial, the copy of a backup that was "
+                           "stopped before it finished; remove it, or give another folder\n")
+    shutil.rmtree(dest / ".prov.partial")
+    assert prov(root, "backup", str(dest)).returncode == 0
+    assert [v.message for v in Ledger.open(dest, read_only=True).versions()] == ["base"]
