@@ -77,7 +77,8 @@ def gc_cmd(obj: Context, apply: bool, as_json: bool) -> None:
 def backup_cmd(obj: Context, destination: str, link: bool, as_json: bool) -> None:
     """Copy the ledger, consistently, into DESTINATION (a new or empty folder), also while a server
     serves it: with --ledger http://..., DESTINATION is a folder on the server's machine. The copy
-    is verified."""
+    is made in DESTINATION/.prov.partial and renamed to .prov when whole (one that fails, e.g. on a
+    full disk, is removed), then verified."""
     report = obj.ledger().backup(destination, link=link)
     render.emit(report, as_json, lambda d: f"backed up to {d['destination']}: database {d['database_bytes']:,} bytes, "
                                           f"{d['objects_copied'] + d['objects_linked']:,} objects "
