@@ -86,6 +86,11 @@ class ObjectWriteError(ProvenanceError, OSError):
         return type(self), (self.args[0], self.folder)
 
 
+class StorageFullError(ProvenanceError, OSError):
+    """The disk refused a write of the ledger's database (full, over a quota or a file size
+    limit); the transaction was rolled back, so nothing of the command was kept."""
+
+
 class LedgerReadOnlyError(ProvenanceError):
     """A write was asked of a ledger opened read-only (or whose files cannot be written)."""
 

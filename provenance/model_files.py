@@ -40,7 +40,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from provenance.errors import InvalidParameterError, ObjectCorruptError, ObjectMissingError
-from provenance.files import fsync_folder
+from provenance.files import fsync_folder, naming
 from provenance.ledger import LedgerStore
 from provenance.objects import ObjectStore
 from provenance.records import VersionRecord
@@ -140,7 +140,9 @@ def write_files(store: ObjectStore, files: list[ModelFile], folder: Path) -> lis
             continue
         if os.sep in f.name or (os.altsep and os.altsep in f.name) or f.name in ("", ".", ".."):
             raise InvalidParameterError(f"file name {f.name!r} of version {(f.version_id or '?')[:12]} is not a plain name")
-        (folder / f.name).write_bytes(read_file(store, f))
+        data = read_file(store, f)
+        with naming(folder / f.name):  # a full disk names the file
+            (folder / f.name).write_bytes(data)
         written.append(f.name)
     return written
 

@@ -576,7 +576,7 @@ def _save(response: httpx.Response, path: Path) -> None:
     """Stream a response body to ``path`` atomically (a temporary name, then a rename)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as out:
+        with naming(path), os.fdopen(fd, "wb") as out:  # a full disk names the file asked for
             for chunk in response.iter_bytes(1 << 20):
                 out.write(chunk)
             out.flush()

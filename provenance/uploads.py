@@ -94,7 +94,8 @@ class _Tee:
 
     def write(self, data: Any) -> int:
         data = bytes(data)
-        self.file.write(data)
+        with naming(self.file.name):  # a full disk names the file
+            self.file.write(data)
         self.tee(data)
         return len(data)
 

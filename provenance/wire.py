@@ -34,6 +34,7 @@ STATUS: dict[type[errors.ProvenanceError], int] = {
     errors.ObjectMissingError: 409,
     errors.LedgerDamagedError: 500,
     errors.ObjectWriteError: 507,  # Insufficient Storage (RFC 4918): the server's store refused the write
+    errors.StorageFullError: 507,
 }
 
 

@@ -258,3 +258,25 @@ def test_a_backup_killed_half_way_is_not_taken_for_a_ledger(root, tmp_path):
     shutil.rmtree(dest / ".prov.partial")
     assert prov(root, "backup", str(dest)).returncode == 0
     assert [v.message for v in Ledger.open(dest, read_only=True).versions()] == ["base"]
+
+
+def test_an_audit_whose_log_write_is_refused_keeps_nothing_and_says_so(root, tmp_path):
+    corpus = _corpus(tmp_path / "c.jsonl", 2_000, seed=7)
+    lines = corpus.read_text().splitlines(keepends=True)
+    corpus.write_text("".join(lines) + "".join(line.replace('"id": "d', '"id": "copy-d') for line in lines))
+    assert prov(root, "dataset", "add", "dups", str(corpus)).returncode == 0
+    # The audit reads, then commits its report and 2,000 pairs: its write-ahead log passes 50 kB.
+    done = prov(root, "audit", "dedup", "dups", limit=50_000)
+    assert done.returncode == 4, done.stderr
+    wal = root / ".prov" / "ledger.duckdb.wal"
+    assert done.stderr == (f'Error: the disk refused a write (TransactionContext Error: Failed to commit: Could not '
+                           f'write file "{wal}": File too large); nothing of this command was kept: free space (or '
+                           "raise the quota) and run it again\n")
+    ledger = Ledger.open(root, read_only=True)
+    assert ledger.audits() == []
+    assert ledger.sql("SELECT count(*) AS n FROM audit_pairs").to_pylist() == [{"n": 0}]
+
+    done = prov(root, "audit", "dedup", "dups", "--json")  # with room: the same audit, stored
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["summary"]["pairs"] == 2_000
+    assert len(Ledger.open(root, read_only=True).audits()) == 1

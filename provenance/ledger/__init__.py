@@ -33,6 +33,7 @@ from provenance.errors import (
     LedgerReadOnlyError,
     ProvenanceError,
     SchemaVersionError,
+    StorageFullError,
     UnsafeOutputError,
 )
 from provenance.files import check_output
@@ -595,7 +596,15 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
     # message that names a file outside .prov/documents/ is about that file: a staged part).
     _PARQUET_SIGNS = ("tprotocolexception", "decompress", "zstd")
 
+    #: What DuckDB says when the disk refuses a write (the database, its log, a spill or COPY file).
+    _FULL_SIGNS = ("no space left on device", "file too large", "disk quota exceeded")
+
     def _raise_if_damaged(self, exc: Exception) -> None:
+        lowered = str(exc).lower()
+        if any(sign in lowered for sign in self._FULL_SIGNS):
+            raise StorageFullError(
+                f"the disk refused a write ({str(exc).splitlines()[0]}); nothing of this command was kept: free "
+                "space (or raise the quota) and run it again") from exc
         damaged = self._damaged(exc)
         if damaged is not None:
             raise damaged from exc
@@ -652,20 +661,19 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
             writer = LedgerWriter(con, staging, store=self)
             try:
                 yield writer
-            except BaseException:  # rolled back; _cursor then reports a damaged database as such
+                pending = WRITE_KEY.get()
+                if pending is not None:  # a server's idempotent write: its key lands with what it wrote
+                    key, token, method, path = pending
+                    con.execute("INSERT INTO idempotency VALUES (?, ?, ?, ?, 0, NULL, ''::BLOB, ?) "
+                                "ON CONFLICT (idempotency_key) DO NOTHING", [key, token, method, path, _now()])
+                con.execute("COMMIT")  # a log the disk refuses fails here, and is rolled back below
+            except BaseException:  # rolled back; _cursor then reports a damaged database or a full disk as such
                 with contextlib.suppress(Exception):
                     con.execute("ROLLBACK")
                 for folder in writer.new_folders:  # Parquet document files the rollback dropped
                     with contextlib.suppress(Exception):
                         self.document_store.remove_folder(folder)
                 raise
-            else:
-                pending = WRITE_KEY.get()
-                if pending is not None:  # a server's idempotent write: its key lands with what it wrote
-                    key, token, method, path = pending
-                    con.execute("INSERT INTO idempotency VALUES (?, ?, ?, ?, 0, NULL, ''::BLOB, ?) "
-                                "ON CONFLICT (idempotency_key) DO NOTHING", [key, token, method, path, _now()])
-                con.execute("COMMIT")
             finally:
                 self._in_transaction = False
                 if writer.new_folders:
