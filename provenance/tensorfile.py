@@ -151,8 +151,9 @@ class TensorFileWriter:
             raise ValueError(
                 f"{self.path}: expected {want!r} {dtype}{list(shape)} next, got {name!r} {tensor.dtype}{list(tensor.shape)}"
             )
+        data = raw_bytes(tensor)  # (a read that fails here is not this file's)
         with naming(self.path):
-            self._fh.write(raw_bytes(tensor))
+            self._fh.write(data)
         self._next += 1
 
     def __exit__(self, exc_type, exc, tb) -> None:
