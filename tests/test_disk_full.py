@@ -26,7 +26,7 @@ resource = pytest.importorskip("resource")  # POSIX only
 pytestmark = pytest.mark.skipif(not hasattr(resource, "RLIMIT_FSIZE"), reason="no file size limit on this system")
 
 
-def prov(root: Path, *args: str, limit: int | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def prov(root: Path, *args: str, limit: int | None = None) -> subprocess.CompletedProcess:
     """``prov --ledger ROOT ARGS`` in a fresh process, its files held under ``limit`` bytes each."""
 
     def hold() -> None:
@@ -35,7 +35,7 @@ def prov(root: Path, *args: str, limit: int | None = None, cwd: Path | None = No
 
     env = {**os.environ, "COLUMNS": "200"}
     return subprocess.run([sys.executable, "-m", "provenance.cli.main", "-q", "--ledger", str(root), *args],
-                          capture_output=True, text=True, preexec_fn=hold, env=env, cwd=cwd, timeout=300)
+                          capture_output=True, text=True, preexec_fn=hold, env=env, timeout=300)
 
 
 def _corpus(path: Path, n: int, seed: int) -> Path:
