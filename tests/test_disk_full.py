@@ -280,3 +280,53 @@ def test_an_audit_whose_log_write_is_refused_keeps_nothing_and_says_so(root, tmp
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["summary"]["pairs"] == 2_000
     assert len(Ledger.open(root, read_only=True).audits()) == 1
+
+
+def _mount_tmpfs(folder: Path, megabytes: int) -> bool:
+    folder.mkdir()
+    if shutil.which("mount") is None:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(folder)],
+                          capture_output=True).returncode == 0
+
+
+def _fill(folder: Path, leave: int) -> Path:
+    """A file that takes all of ``folder``'s file system but ``leave`` bytes."""
+    stats = os.statvfs(folder)
+    filler = folder / "filler"
+    with filler.open("ab") as out:
+        out.write(b"\0" * max(0, stats.f_bavail * stats.f_frsize - leave))
+    return filler
+
+
+def test_a_server_on_a_full_disk_answers_507_and_serves_again_when_there_is_room(tmp_path):
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, 48):
+        pytest.skip("cannot mount a tmpfs here (needs root and mount)")
+    try:
+        with serving.running(disk / "ledger") as server:
+            client = server.ledger()
+            base = client.commit({"keep": torch.zeros(10)}, message="root")
+            filler = _fill(disk, leave=0)  # full: the object, the upload and the access log row are all refused
+            with pytest.raises(ObjectWriteError, match=r"cannot write object [0-9a-f]{32} into .*/objects/[0-9a-f]{2}: "
+                                                       "No space left on device$"):
+                client.commit({"w": torch.randn(256, 1024)}, parent=base, message="1 MB")
+            corpus = _corpus(tmp_path / "corpus.jsonl", 2_000, seed=8)
+            with pytest.raises(ProvenanceError, match=r"server error 507: \S+/tmp/uploads/\S+\.arrows: "
+                                                      "No space left on device$"):
+                client.register_dataset("web", corpus)
+            # The access-log rows of those refusals fit in the log's last page; more refusals fill it, and
+            # then the row of each is refused too, while its answer is still the 507.
+            for _ in range(200):
+                if "could not keep the access log row" in server.output():
+                    break
+                with pytest.raises(ObjectWriteError, match="No space left on device$"):
+                    client.commit({"w": torch.randn(256, 1024)}, parent=base, message="1 MB")
+            assert "could not keep the access log row: the disk refused a write" in server.output()
+            filler.unlink()  # room again: the same writes go through
+            v1 = client.commit({"w": torch.randn(256, 1024)}, parent=base, message="1 MB")
+            assert client.register_dataset("web", corpus).dataset.n_documents == 2_000
+            assert [v.version_id for v in client.versions()][:2] == [v1.version_id, base.version_id]
+            assert list((server.root / ".prov" / "tmp" / "uploads").iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

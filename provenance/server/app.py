@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -161,7 +162,7 @@ class Guard:
 
         if key is None:
             await self.app(scope, receive, timed)
-            await run_in_threadpool(service.ledger.log_access, [access()])
+            await _keep(service.ledger.log_access, [access()])
             return
         with self.key_locks.hold(key) as lock:  # one request per key at a time: a retry waits for the first
             if not lock.acquire(blocking=False):
@@ -197,7 +198,7 @@ class Guard:
                                     headers={"Idempotent-Replayed": "true"})
             status[0] = response.status_code
             await response(scope, receive, send)
-            return await run_in_threadpool(service.ledger.log_access, [access()])
+            return await _keep(service.ledger.log_access, [access()])
         start: dict = {}
         body: list[bytes] = []
 
@@ -216,12 +217,25 @@ class Guard:
         kind = next((v.decode("latin-1") for k, v in start.get("headers", []) if k.lower() == b"content-type"), None)
         status[0] = start.get("status", 500)
         if status[0] < 500:
-            await run_in_threadpool(service.ledger.store_response, key, token, method, path, status[0], kind, data,
-                                    access=access())
+            await _keep(service.ledger.store_response, key, token, method, path, status[0], kind, data,
+                        access=access())
         else:
-            await run_in_threadpool(service.ledger.log_access, [access()])
+            await _keep(service.ledger.log_access, [access()])
         await send(start)
         await send({"type": "http.response.body", "body": data})
+
+
+async def _keep(write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Keep a request's access-log row (and a write's answer, for its Idempotency-Key). On a full
+    disk this write fails too: the answer is sent all the same (a 507 saying so, or the write's),
+    and the failure goes to the server's log. A write whose answer could not be kept is answered
+    409 ``AlreadyAppliedError`` when retried with its key, never applied twice."""
+    from starlette.concurrency import run_in_threadpool
+
+    try:
+        await run_in_threadpool(write, *args, **kwargs)
+    except errors.StorageFullError as exc:
+        logging.getLogger("uvicorn.error").warning("could not keep the access log row: %s", exc)
 
 
 class _KeyLocks:
