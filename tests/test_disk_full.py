@@ -330,3 +330,23 @@ def test_a_server_on_a_full_disk_answers_507_and_serves_again_when_there_is_room
             assert list((server.root / ".prov" / "tmp" / "uploads").iterdir()) == []
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_pairs_file_on_a_full_disk_is_named_and_the_audit_not_kept(root, tmp_path):
+    corpus = _corpus(tmp_path / "c.jsonl", 2_000, seed=9)
+    lines = corpus.read_text().splitlines(keepends=True)
+    corpus.write_text("".join(lines) + "".join(line.replace('"id": "d', '"id": "copy-d') for line in lines))
+    assert prov(root, "dataset", "add", "dups", str(corpus)).returncode == 0
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, 2):
+        pytest.skip("cannot mount a tmpfs here (needs root and mount)")
+    try:
+        _fill(disk, leave=16 << 10)  # the ledger has room; the folder of the pairs file has 16 kB
+        out = disk / "pairs.parquet"
+        done = prov(root, "audit", "dedup", "dups", "--pairs", str(out))
+        assert done.returncode == 4, done.stderr
+        assert done.stderr == f"Error: {out}: No space left on device\n"
+        assert sorted(p.name for p in disk.iterdir()) == ["filler"]  # no pairs file, no temporary
+        assert Ledger.open(root, read_only=True).audits() == []
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
