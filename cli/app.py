@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from provenance import __version__
 from provenance.errors import LedgerNotFoundError, NotFoundError, ProvenanceError
+from provenance.files import describe
 
 # Exit statuses (documented in docs/cli.md): 0 success or gate passed; 1 a policy broke (the gate
 # failed, `prov verify` found damage); 2 a usage error (click's own); 3 a named thing was not found;
@@ -95,11 +96,7 @@ class ProvGroup(click.Group):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(1)
         except OSError as exc:  # a file the command reads or writes: name it, no traceback
-            if exc.filename is not None and exc.filename2 is not None:  # a copy: the source, then the target
-                where = f"cannot copy {exc.filename} to {exc.filename2}: "
-            else:
-                where = f"{exc.filename}: " if exc.filename else ""
-            raise CliError(f"{where}{exc.strerror or exc}", kind="os") from exc
+            raise CliError(describe(exc), kind="os") from exc
 
 
 class Context:

@@ -53,6 +53,15 @@ def naming(path: str | os.PathLike) -> Iterator[None]:
         raise OSError(exc.errno, os.strerror(exc.errno), os.fspath(path)) from exc
 
 
+def describe(exc: OSError) -> str:
+    """An OS error as one line naming its files: ``cannot copy SRC to DST: REASON`` for a copy,
+    ``FILE: REASON``, or the reason alone when it names no file (``prov`` and the server say this)."""
+    reason = exc.strerror or str(exc)
+    if exc.filename is not None and exc.filename2 is not None:  # a copy: the source, then the target
+        return f"cannot copy {exc.filename} to {exc.filename2}: {reason}"
+    return f"{exc.filename}: {reason}" if exc.filename else reason
+
+
 def fsync_folder(folder: str | os.PathLike) -> None:
     """Sync a folder, so that a rename into it survives a crash."""
     dir_fd = os.open(folder, os.O_RDONLY)

@@ -496,7 +496,7 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
                     self._view_generations[id(con)] = self._documents_view(con)
                 yield con
             except duckdb.Error as exc:
-                self._raise_if_damaged(exc)
+                self._raise_if_known(exc)
                 raise
 
     def _documents_view(self, con: duckdb.DuckDBPyConnection, skip: frozenset[str] = frozenset()) -> int:
@@ -599,7 +599,9 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
     #: What DuckDB says when the disk refuses a write (the database, its log, a spill or COPY file).
     _FULL_SIGNS = ("no space left on device", "file too large", "disk quota exceeded")
 
-    def _raise_if_damaged(self, exc: Exception) -> None:
+    def _raise_if_known(self, exc: Exception) -> None:
+        """Raise a DuckDB error the ledger can say more of: a full disk (:class:`StorageFullError`)
+        or a damaged file (:meth:`_damaged`); anything else is left to the caller."""
         lowered = str(exc).lower()
         if any(sign in lowered for sign in self._FULL_SIGNS):
             raise StorageFullError(

@@ -32,6 +32,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from provenance import __version__, errors
+from provenance.files import describe
 from provenance.ledger import WRITE_KEY
 from provenance.ledger._common import _now
 from provenance.server import LedgerService
@@ -73,10 +74,8 @@ def create_app(service: LedgerService) -> FastAPI:
     async def storage_error(request: Request, exc: OSError) -> JSONResponse:
         # The server's own disk refused a write (full, over a quota or a file size limit): 507,
         # "Insufficient Storage" (RFC 4918), naming the file; any other OS error is the server's: 500.
-        where = f"{exc.filename}: " if exc.filename is not None else ""
-        full = exc.errno in _STORAGE_FULL
-        return JSONResponse({"error": f"{where}{exc.strerror or exc}", "kind": "OSError"},
-                            status_code=507 if full else 500)
+        return JSONResponse({"error": describe(exc), "kind": "OSError"},
+                            status_code=507 if exc.errno in _STORAGE_FULL else 500)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
