@@ -110,6 +110,25 @@ def test_each_actor_runs_its_kernels_on_the_cpus_ray_gave_it(tmp_path, caplog):
     assert "fingerprinted 5 shards on 2 actors; kernel threads per call: 1; device: cpu" in caplog.messages
 
 
+def test_starting_a_local_ray_drops_only_its_notice_that_authentication_is_on(caplog):
+    """A local Ray started for a command says it turned token authentication on: dropped, as noise
+    on every command; its warning that authentication is off must still be seen."""
+    from provenance.integrations.ray_data import _quiet
+
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    before = list(logger.filters)
+    try:
+        for _ in range(2):  # once per logger, however many registrations a process makes
+            _quiet(logger, "Token authentication is enabled for this Ray cluster")
+        assert len(logger.filters) == len(before) + 1
+        with caplog.at_level(logging.WARNING, logger=logger.name):
+            logger.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.")
+            logger.warning("Token authentication is disabled for this Ray cluster. Anyone with network access ...")
+        assert caplog.messages == ["Token authentication is disabled for this Ray cluster. Anyone with network access ..."]
+    finally:
+        logger.filters[:] = before
+
+
 def test_actors_given_a_gpu_give_the_same_rows(tmp_path):
     """Actors asked for GPUs take the MinHash there when torch sees one (the rows are the same, bit
     for bit); where none is visible (this machine: Ray's GPU is only a logical resource), they run

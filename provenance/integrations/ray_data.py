@@ -218,8 +218,14 @@ def _connect(address: str | None, num_cpus: int | None) -> None:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the registration's own progress bar counts the shards' bytes
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # each dataset's plan, at INFO, on stdout
+    # "progress bars disabled; to enable, set ...": the registration's own bar replaces them
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     if ray.is_initialized():
         return
+    # Starting a local Ray, Ray warns that it turned token authentication on (as it should): noise on
+    # each command. Its warning that authentication is off is kept.
+    _quiet(logging.getLogger("ray._private.authentication.authentication_token_setup"),
+           "Token authentication is enabled for this Ray cluster")
     try:
         if address is not None:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
@@ -228,6 +234,15 @@ def _connect(address: str | None, num_cpus: int | None) -> None:
     except (ConnectionError, ValueError, RuntimeError, TimeoutError) as exc:
         where = f"the Ray cluster at {address}" if address is not None else "a local Ray"
         raise ProvenanceError(f"cannot start or reach {where}: {exc}") from None
+
+
+def _quiet(logger: logging.Logger, start: str) -> None:
+    """Drop ``logger``'s records whose message starts with ``start`` (once per logger)."""
+    if not any(getattr(f, "provenance_start", None) == start for f in logger.filters):
+        drop = logging.Filter()
+        drop.filter = lambda record: not str(record.msg).startswith(start)  # type: ignore[method-assign]
+        drop.provenance_start = start  # type: ignore[attr-defined]
+        logger.addFilter(drop)
 
 
 #: The settings of the object-storage clients (provenance.sources.urls) that actors get from the driver.
