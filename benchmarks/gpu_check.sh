@@ -56,17 +56,17 @@ step kernel_tests 150 "$PY" -P -m pytest -q -p no:cacheprovider --noconftest -k 
     tests/test_merge_kernels.py tests/test_patch_kernels.py tests/test_minhash_gpu.py tests/test_merge_patches.py
 # ledger.merge(device="cuda") and its receipt re-run on the GPU (needs the whole stack: duckdb etc.)
 step merge_tests 60 "$PY" -P -m pytest -q -p no:cacheprovider tests/test_merges.py -k "device or cuda"
-# Ray actors with a GPU each (issue 14): only where Ray is installed (not on a bare GPU host).
+step kernels 100 "$PY" benchmarks/kernels.py --device cuda --elements $((1 << 26)) --json "$OUT/kernels-gpu.json"
+step figures 200 "$PY" benchmarks/gpu_figures.py --json "$OUT/gpu-figures.json"
+# Ray actors with a GPU each (issue 14), last: where Ray is installed or carried (benchmarks/ray_carry.sh).
 if "$PY" -c "import ray, duckdb" 2>/dev/null; then
     # From /tmp: Ray puts the driver's folder first on its workers' path, where provenance/ lacks
     # its kernels (laid out in /tmp/pkg above); seen in a rehearsal with Python 3.12 and the carry.
-    step ray_gpu 150 bash -c 'cd /tmp && exec "$@"' _ "$PY" "$PWD/benchmarks/scaleout.py" --size-mb 200 --shards 8 \
+    step ray_gpu 120 bash -c 'cd /tmp && exec "$@"' _ "$PY" "$PWD/benchmarks/scaleout.py" --size-mb 200 --shards 8 \
         --workers 4 --num-gpus 0.25
 else
     echo "Ray not installed here: the Ray GPU actor row stays pending" | tee -a "$OUT/summary.txt"
 fi
-step kernels 100 "$PY" benchmarks/kernels.py --device cuda --elements $((1 << 26)) --json "$OUT/kernels-gpu.json"
-step figures 200 "$PY" benchmarks/gpu_figures.py --json "$OUT/gpu-figures.json"
 
 echo; echo "== failures =="
 grep -h -E "^(FAILED|ERROR)|Error:|error:" "$OUT"/kernel_tests.log "$OUT"/merge_tests.log | head -30
