@@ -236,13 +236,21 @@ def _connect(address: str | None, num_cpus: int | None) -> None:
         raise ProvenanceError(f"cannot start or reach {where}: {exc}") from None
 
 
+class _Drop(logging.Filter):
+    """Drops the records whose message starts with ``start``."""
+
+    def __init__(self, start: str):
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.start)
+
+
 def _quiet(logger: logging.Logger, start: str) -> None:
-    """Drop ``logger``'s records whose message starts with ``start`` (once per logger)."""
-    if not any(getattr(f, "provenance_start", None) == start for f in logger.filters):
-        drop = logging.Filter()
-        drop.filter = lambda record: not str(record.msg).startswith(start)  # type: ignore[method-assign]
-        drop.provenance_start = start  # type: ignore[attr-defined]
-        logger.addFilter(drop)
+    """Drop ``logger``'s records whose message starts with ``start`` (one filter per logger)."""
+    if not any(isinstance(f, _Drop) and f.start == start for f in logger.filters):
+        logger.addFilter(_Drop(start))
 
 
 #: The settings of the object-storage clients (provenance.sources.urls) that actors get from the driver.
