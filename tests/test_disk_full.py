@@ -189,6 +189,7 @@ from provenance.sources import ReadOptions
 
 actor = object.__new__(_Fingerprinter)  # the actor's call, without a Ray to start it
 actor.cfg, actor.opts, actor.staging, actor.device = FingerprintConfig(), ReadOptions(), Path(sys.argv[2]), None
+actor.threads = 1
 spec = {"index": 3, "uri": sys.argv[1], "name": "c.jsonl", "format": "jsonl", "display": sys.argv[1]}
 print(json.dumps(actor(pa.Table.from_pylist([spec]))))
 """
