@@ -254,8 +254,9 @@ class FileShard(Shard):
             decoded = line.decode("utf-8", errors="replace")
         try:
             return json.loads(decoded.rstrip("\r\n"))  # accepts unpaired surrogate escapes; _check_text handles them
-        except json.JSONDecodeError as exc:
-            raise SourceError(f"{self.display}:{lineno}: malformed JSON at column {exc.colno}: {exc.msg}") from None
+        except json.JSONDecodeError as exc:  # "Unterminated string starting at" (the column): said before it
+            what = exc.msg.removesuffix(" starting at").removesuffix(" at")
+            raise SourceError(f"{self.display}:{lineno}: malformed JSON at column {exc.colno}: {what}") from None
 
     def _field_error(self, obj: Any, fieldname: str, lineno: int, what: str) -> None:
         if type(obj) is not dict:
