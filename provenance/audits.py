@@ -44,7 +44,7 @@ from provenance.errors import (
     ProvenanceError,
     SourceError,
 )
-from provenance.files import naming
+from provenance.files import json_reason, naming
 from provenance.fingerprints import Banding, FingerprintConfig
 from provenance.ledger import LedgerStore
 from provenance.lineage import lineage, taint
@@ -416,7 +416,7 @@ def read_samples(path: str | os.PathLike) -> list[str]:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise SourceError(f"{path}: line {number} is not JSON ({exc.msg})") from None
+            raise SourceError(f"{path}: line {number} is not JSON ({json_reason(exc)} at column {exc.colno})") from None
         text = value.get("text") if isinstance(value, dict) else value
         if not isinstance(text, str):
             raise SourceError(f"{path}: line {number} has no text (a string, or an object with a \"text\" string)")

@@ -1,9 +1,10 @@
 """Atomic file writes: write to a temporary name in the same folder, sync, then rename; and OS
-errors that name the file they are about."""
+(and JSON) errors worded to name the file and place they are about."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -60,6 +61,13 @@ def describe(exc: OSError) -> str:
     if exc.filename is not None and exc.filename2 is not None:  # a copy: the source, then the target
         return f"cannot copy {exc.filename} to {exc.filename2}: {reason}"
     return f"{exc.filename}: {reason}" if exc.filename else reason
+
+
+def json_reason(exc: json.JSONDecodeError) -> str:
+    """What is wrong in a line ``json`` refused, for a message that says the column itself:
+    json's own text ends some reasons with the place ("Unterminated string starting at"), which
+    would dangle once the place is cut."""
+    return exc.msg.removesuffix(" starting at").removesuffix(" at")
 
 
 def fsync_folder(folder: str | os.PathLike) -> None:

@@ -164,6 +164,10 @@ def test_samples_files_are_checked(data_dir, contributors):
     (data_dir / "bad.jsonl").write_text('{"text": "ok"}\n{"text": 3}\n')
     with pytest.raises(SourceError, match=r"bad.jsonl: line 2 has no text"):
         read_samples(data_dir / "bad.jsonl")
+    (data_dir / "cut.jsonl").write_text('{"text": "ok"}\n{"text": "cut here\n')
+    with pytest.raises(SourceError) as caught:
+        read_samples(data_dir / "cut.jsonl")
+    assert str(caught.value) == f"{data_dir / 'cut.jsonl'}: line 2 is not JSON (Unterminated string at column 10)"
     (data_dir / "lines.txt").write_text("one sample\n\nanother sample\n")
     assert read_samples(data_dir / "lines.txt") == ["one sample", "another sample"]
     with pytest.raises(InvalidParameterError, match="span must be"):

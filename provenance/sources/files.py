@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from provenance.errors import SourceError
+from provenance.files import json_reason
 from provenance.fingerprints import strings_to_arrow
 from provenance.sources.base import (
     _CHUNK,
@@ -254,9 +255,9 @@ class FileShard(Shard):
             decoded = line.decode("utf-8", errors="replace")
         try:
             return json.loads(decoded.rstrip("\r\n"))  # accepts unpaired surrogate escapes; _check_text handles them
-        except json.JSONDecodeError as exc:  # "Unterminated string starting at" (the column): said before it
-            what = exc.msg.removesuffix(" starting at").removesuffix(" at")
-            raise SourceError(f"{self.display}:{lineno}: malformed JSON at column {exc.colno}: {what}") from None
+        except json.JSONDecodeError as exc:
+            raise SourceError(f"{self.display}:{lineno}: malformed JSON at column {exc.colno}: {json_reason(exc)}") \
+                from None
 
     def _field_error(self, obj: Any, fieldname: str, lineno: int, what: str) -> None:
         if type(obj) is not dict:
