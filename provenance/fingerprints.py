@@ -582,7 +582,7 @@ def _fingerprint_array(cfg: FingerprintConfig, arr: pa.Array, device: Any = None
         capacity = capacity + np.bincount(span_row, weights=growth, minlength=n).astype(np.int64)
     starts = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(capacity, out=starts[1:])
-    out = np.empty(max(int(starts[-1]), 1), dtype=np.uint8)
+    out = np.empty(int(starts[-1]) + _k.READ_AHEAD, dtype=np.uint8)  # the shingle hash reads ahead (its doc)
     a, b = cfg.permutations
     scheme = _codes.SCHEME_AFFINE32 if cfg.scheme == "affine32" else _codes.SCHEME_LEGACY
     banding = cfg.banding

@@ -91,3 +91,28 @@ def test_spans_folded_one_by_one_where_a_nul_would_mislead(monkeypatch):
         assert [bytes(side[a:b]) for a, b in zip(span_side[:-1], span_side[1:])] == want
     assert want == [b"\x00", "ΣΑΣ".encode()]
 
+
+
+@pytest.mark.parametrize("padded", [True, False])
+@pytest.mark.parametrize("ngram", [1, 2, 5])
+def test_shingle_hashes_equal_xxhash_at_every_length(ngram, padded):
+    """Each shingle's hash equals xxhash's xxh32 for shingles of 1 to 180 bytes (every stripe and
+    tail count): read ahead into the padding, or, on a buffer without it, by the plain hash
+    wherever a shingle ends too near the buffer's end."""
+    import xxhash
+
+    rng = np.random.default_rng(ngram)
+    words = ["".join(chr(97 + c) for c in rng.integers(0, 26, size=int(n))) for n in rng.integers(1, 37, size=400)]
+    words += ["q" * n for n in range(1, 181)]  # one word of each length, so ngram = 1 meets every length
+    row = " ".join(words).encode()
+    buf = np.frombuffer(row + (b"\xff" * k.READ_AHEAD if padded else b""), np.uint8)
+    n_words = np.array([len(words)], np.int64)
+    hash_offsets = np.zeros(2, np.int64)
+    np.cumsum(k.shingle_count(n_words, ngram), out=hash_offsets[1:])
+    got = k.shingle_hashes(buf, np.zeros(1, np.int64), np.array([len(row)], np.int64), n_words, ngram, hash_offsets)
+    want = [xxhash.xxh32_intdigest(" ".join(words[i : i + ngram]).encode()) for i in range(len(words) - ngram + 1)]
+    assert got.tolist() == want
+    lengths = {len(" ".join(words[i : i + ngram])) for i in range(len(words) - ngram + 1)}
+    assert min(lengths) < 32 and max(lengths) >= 48  # one stripe, two, and more (ngram 1: every length)
+    if ngram == 1:
+        assert lengths == set(range(1, 181))
