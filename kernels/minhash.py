@@ -211,6 +211,23 @@ def _is_break(c):
 
 
 @njit(inline="always", cache=True)
+def _first_non_ascii(data, s, e):
+    """The first position in ``data[s:e]`` of a byte from 128 (``e`` if none): blocks of 64
+    bytes OR-ed together (a loop LLVM vectorises), then byte by byte in the block that has one."""
+    p = s
+    while p + 64 <= e:
+        acc = np.uint8(0)
+        for j in range(64):
+            acc |= data[_U64(p + j)]
+        if acc >= 128:
+            break
+        p += 64
+    while p < e and data[_U64(p)] < 128:
+        p += 1
+    return p
+
+
+@njit(inline="always", cache=True)
 def _scan_spans(data, s, e, char_class, starts, ends, base, limit):
     """Walk one row and return its number of complex spans, writing them from ``base`` when
     ``limit`` (the row's final count, from a first pass with ``limit = -1``) is known.
@@ -223,9 +240,17 @@ def _scan_spans(data, s, e, char_class, starts, ends, base, limit):
     """
     count = 0
     since_space = 0
-    word_start = s
-    space_start = s
-    p = s
+    # No span starts in the row's leading ASCII: skip it at the speed of a vectorised scan, and
+    # start from the word and the whitespace run that hold its first non-ASCII byte.
+    p = _first_non_ascii(data, s, e)
+    if p == e:
+        return 0
+    word_start = p
+    while word_start > s and not _is_break(char_class[data[_U64(word_start - 1)]]):
+        word_start -= 1
+    space_start = word_start
+    while space_start > s and char_class[data[_U64(space_start - 1)]] != CLASS_SPACE:
+        space_start -= 1
     while p < e:
         if data[_U64(p)] < 128:
             c = char_class[data[_U64(p)]]

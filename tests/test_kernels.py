@@ -116,3 +116,25 @@ def test_shingle_hashes_equal_xxhash_at_every_length(ngram, padded):
     assert min(lengths) < 32 and max(lengths) >= 48  # one stripe, two, and more (ngram 1: every length)
     if ngram == 1:
         assert lengths == set(range(1, 181))
+
+
+@pytest.mark.parametrize(("tail", "sigma"), [("ΣΑΣ end", True), ("x.ΟΔΟΣ. end", True), ("ab,ΑΣ\u0301 c", True),
+                                           ("ﬁne", False), ("e\u0301 b", False), ("x.½", False)])
+def test_spans_after_leading_ascii_of_every_length(tail, sigma):
+    """The span scan skips a row's leading ASCII in blocks of 64 bytes and starts from the word
+    and whitespace run around the first non-ASCII byte: after prefixes of 0 to 140 bytes ending in
+    a word, a space, punctuation or punctuation and spaces, the first span starts where the word
+    (or, with capital sigma, the whitespace run) does, and the text is normalised as Python does."""
+    from provenance.fingerprints import normalize
+
+    ends = ["", " ", ",", ". ", " ,", "a"]
+    docs = [("ab cd, " * 30)[:n] + end + tail for n in range(141) for end in ends]
+    texts_out, _, _, _ = _staged(FingerprintConfig(num_perm=8), docs)
+    assert texts_out == [normalize(d).encode() for d in docs]
+    data, offsets = _string_buffers(strings_to_arrow(docs))
+    span_offsets, starts, _ = k.complex_spans(data, offsets, _char_tables(True)[0])
+    got = [int(starts[span_offsets[i]] - offsets[i]) for i in range(len(docs))]
+    breaks = " " if sigma else " ,."  # a span starts after the last of these before its first non-ASCII
+    firsts = [next(j for j, ch in enumerate(d) if ord(ch) >= 128) for d in docs]
+    want = [max((j + 1 for j in range(f) if d[j] in breaks), default=0) for d, f in zip(docs, firsts)]
+    assert got == want
