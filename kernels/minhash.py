@@ -349,6 +349,19 @@ def _emit(src, s, e, lower, char_class, lower_cp, out, w, words, in_word):
     """Split ``src[s:e]`` on separators into ``out``; lower-case through ``lower_cp`` if asked."""
     p = s
     while p < e:
+        c = src[_U64(p)]
+        if lower and c < 128:  # ASCII, without a branch on where words start and end
+            cls = char_class[c]
+            keep = (cls != CLASS_SPACE) & (cls != CLASS_PUNCT)
+            start = keep & (not in_word)
+            out[_U64(w)] = 32  # kept only when a word starts after another
+            w += start & (words > 0)
+            words += start
+            out[_U64(w)] = lower_cp[c]  # kept only when in a word
+            w += keep
+            in_word = keep
+            p += 1
+            continue
         cp, size = _utf8_decode(src, p)
         if _is_break(char_class[_U64(cp)]):
             in_word = False
