@@ -240,26 +240,25 @@ def _scan_spans(data, s, e, char_class, starts, ends, base, limit):
     """
     count = 0
     since_space = 0
-    # No span starts in the row's leading ASCII: skip it at the speed of a vectorised scan, and
-    # start from the word and the whitespace run that hold its first non-ASCII byte.
-    p = _first_non_ascii(data, s, e)
-    if p == e:
-        return 0
-    word_start = p
-    while word_start > s and not _is_break(char_class[data[_U64(word_start - 1)]]):
-        word_start -= 1
-    space_start = word_start
-    while space_start > s and char_class[data[_U64(space_start - 1)]] != CLASS_SPACE:
-        space_start -= 1
+    word_start = s
+    space_start = s
+    p = s
     while p < e:
         if data[_U64(p)] < 128:
-            c = char_class[data[_U64(p)]]
-            if c == CLASS_SPACE:
-                word_start = space_start = p + 1
-                since_space = 0
-            elif c == CLASS_PUNCT:
-                word_start = p + 1
-            p += 1
+            # No span starts in a run of ASCII: skip it at the speed of a vectorised scan, and
+            # keep only where its last break and its last space are (looking back from its end).
+            q = _first_non_ascii(data, p, e)
+            r = q
+            while r > p and not _is_break(char_class[data[_U64(r - 1)]]):
+                r -= 1
+            if r > p:
+                word_start = r
+                while r > p and char_class[data[_U64(r - 1)]] != CLASS_SPACE:
+                    r -= 1
+                if r > p:
+                    space_start = r
+                    since_space = 0
+            p = q
             continue
         cp, size = _utf8_decode(data, p)
         c = char_class[_U64(cp)]

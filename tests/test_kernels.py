@@ -121,10 +121,10 @@ def test_shingle_hashes_equal_xxhash_at_every_length(ngram, padded):
 @pytest.mark.parametrize(("tail", "sigma"), [("ΣΑΣ end", True), ("x.ΟΔΟΣ. end", True), ("ab,ΑΣ\u0301 c", True),
                                            ("ﬁne", False), ("e\u0301 b", False), ("x.½", False)])
 def test_spans_after_leading_ascii_of_every_length(tail, sigma):
-    """The span scan skips a row's leading ASCII in blocks of 64 bytes and starts from the word
-    and whitespace run around the first non-ASCII byte: after prefixes of 0 to 140 bytes ending in
-    a word, a space, punctuation or punctuation and spaces, the first span starts where the word
-    (or, with capital sigma, the whitespace run) does, and the text is normalised as Python does."""
+    """The span scan skips each run of ASCII in blocks of 64 bytes and keeps only where its last
+    break and last space are: after prefixes of 0 to 140 bytes ending in a word, a space,
+    punctuation or punctuation and spaces, the first span starts where the word (or, with capital
+    sigma, the whitespace run) does, and the text is normalised as Python does."""
     from provenance.fingerprints import normalize
 
     ends = ["", " ", ",", ". ", " ,", "a"]
