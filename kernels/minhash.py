@@ -94,24 +94,35 @@ def _round32(acc, lane):
     return np.uint32(acc * _P1)
 
 
+@njit(inline="always", cache=True)
+def _stripes(buf, p, limit, v1, v2, v3, v4):
+    """xxh32's four lanes over the 16-byte stripes from ``p`` while one starts by ``limit``."""
+    while p <= limit:
+        v1 = _round32(v1, _read32(buf, p))
+        v2 = _round32(v2, _read32(buf, p + 4))
+        v3 = _round32(v3, _read32(buf, p + 8))
+        v4 = _round32(v4, _read32(buf, p + 12))
+        p += 16
+    return p, np.uint32(_rotl32(v1, 1) + _rotl32(v2, 7) + _rotl32(v3, 12) + _rotl32(v4, 18))
+
+
+@njit(inline="always", cache=True)
+def _avalanche32(h):
+    h ^= h >> np.uint32(15)
+    h = np.uint32(h * _P2)
+    h ^= h >> np.uint32(13)
+    h = np.uint32(h * _P3)
+    h ^= h >> np.uint32(16)
+    return h
+
+
 @njit(cache=True)
 def xxh32(buf, start, end):
     """xxh32 with seed 0 of ``buf[start:end]``; equals ``xxhash.xxh32_intdigest``."""
     n = end - start
     p = start
     if n >= 16:
-        v1 = np.uint32(_P1 + _P2)
-        v2 = _P2
-        v3 = np.uint32(0)
-        v4 = np.uint32(np.uint32(0) - _P1)
-        limit = end - 16
-        while p <= limit:
-            v1 = _round32(v1, _read32(buf, p))
-            v2 = _round32(v2, _read32(buf, p + 4))
-            v3 = _round32(v3, _read32(buf, p + 8))
-            v4 = _round32(v4, _read32(buf, p + 12))
-            p += 16
-        h = np.uint32(_rotl32(v1, 1) + _rotl32(v2, 7) + _rotl32(v3, 12) + _rotl32(v4, 18))
+        p, h = _stripes(buf, p, end - 16, np.uint32(_P1 + _P2), _P2, np.uint32(0), np.uint32(np.uint32(0) - _P1))
     else:
         h = _P5
     h = np.uint32(h + np.uint32(n))
@@ -123,12 +134,7 @@ def xxh32(buf, start, end):
         h = np.uint32(h + np.uint32(np.uint32(buf[_U64(p)]) * _P5))
         h = np.uint32(_rotl32(h, 11) * _P1)
         p += 1
-    h ^= h >> np.uint32(15)
-    h = np.uint32(h * _P2)
-    h ^= h >> np.uint32(13)
-    h = np.uint32(h * _P3)
-    h ^= h >> np.uint32(16)
-    return h
+    return _avalanche32(h)
 
 
 # How far past a slice's end :func:`_xxh32_ahead` may read. Callers of the shingle kernels pad
@@ -162,14 +168,7 @@ def _xxh32_ahead(buf, start, end):
     w4 = _round32(v4, _read32(buf, p + 12))
     two = p <= limit
     v1, v2, v3, v4 = (w1 if two else v1), (w2 if two else v2), (w3 if two else v3), (w4 if two else v4)
-    p = p + 16 if two else p
-    while p <= limit:
-        v1 = _round32(v1, _read32(buf, p))
-        v2 = _round32(v2, _read32(buf, p + 4))
-        v3 = _round32(v3, _read32(buf, p + 8))
-        v4 = _round32(v4, _read32(buf, p + 12))
-        p += 16
-    h = np.uint32(_rotl32(v1, 1) + _rotl32(v2, 7) + _rotl32(v3, 12) + _rotl32(v4, 18))
+    p, h = _stripes(buf, p + 16 if two else p, limit, v1, v2, v3, v4)
     h = np.uint32(h + np.uint32(n))
     words = (end - p) >> 2
     for r in range(3):
@@ -179,12 +178,7 @@ def _xxh32_ahead(buf, start, end):
     for r in range(3):
         g = np.uint32(_rotl32(np.uint32(h + np.uint32(np.uint32(buf[_U64(p + r)]) * _P5)), 11) * _P1)
         h = g if p + r < end else h
-    h ^= h >> np.uint32(15)
-    h = np.uint32(h * _P2)
-    h ^= h >> np.uint32(13)
-    h = np.uint32(h * _P3)
-    h ^= h >> np.uint32(16)
-    return h
+    return _avalanche32(h)
 
 
 @njit(inline="always", cache=True)
