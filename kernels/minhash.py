@@ -434,8 +434,8 @@ def _row_shingles(buf, s, e, nw, ngram, hashes, base):
         return
     # word_start[j] is where word j begins; word_start[nw] = e + 1 closes the last word. Written
     # without a branch: every byte stores, and the index moves on at a space (the words are
-    # joined by single spaces, so j never passes nw).
-    word_start = np.empty(nw + 2, dtype=np.int64)
+    # joined by single spaces, so no store goes past word_start[nw]).
+    word_start = np.empty(nw + 1, dtype=np.int64)
     word_start[0] = s
     j = 1
     for p in range(s, e):

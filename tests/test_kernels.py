@@ -92,7 +92,6 @@ def test_spans_folded_one_by_one_where_a_nul_would_mislead(monkeypatch):
     assert want == [b"\x00", "ΣΑΣ".encode()]
 
 
-
 @pytest.mark.parametrize("padded", [True, False])
 @pytest.mark.parametrize("ngram", [1, 2, 5])
 def test_shingle_hashes_equal_xxhash_at_every_length(ngram, padded):
