@@ -21,7 +21,7 @@ import xxhash
 from pyarrow.fs import FileType
 
 from provenance.errors import InvalidParameterError, NotFoundError, SourceError
-from provenance.fingerprints import FingerprintBatch, FingerprintConfig
+from provenance.fingerprints import FingerprintBatch, FingerprintConfig, fingerprint_read
 from provenance.ledger import DocumentStage, LedgerStore, LedgerWriter, _now, check_documents_as
 from provenance.progress import NoProgress, Progress
 from provenance.records import DatasetRecord, License, RegistrationResult, ShardRecord, check_name
@@ -344,7 +344,7 @@ def _write_shard(
     given, see :meth:`FingerprintConfig.fingerprint_batch`) and stage its document rows."""
     n_docs = n_tokens = reported = 0
     for batch in _prefetch(shard.batches(opts, counters)):
-        fp = cfg.fingerprint_batch(batch.texts, device=device)
+        fp = fingerprint_read(cfg, batch.texts, device)
         stage.write(_documents_table(dataset_id, index, shard.name, batch, fp, first_id + n_docs))
         n_docs += len(fp)
         n_tokens += int(fp.token_count.sum())
@@ -515,7 +515,7 @@ def read_back(ds: DatasetRecord, shard: ShardRecord) -> Iterator[Batch]:
         if not path.is_file():
             raise SourceError(f"{path}: shard {shard.name} of {ds.dataset_id} is no longer there")
         reader = FileShard(path, shard.name, shard.format)
-    reader.shard_id = shard.shard_id
+    reader.shard_id, reader.sha256 = shard.shard_id, shard.sha256  # (its SHA-256 is not taken again)
     if reader._rehash() != shard.shard_id:
         raise SourceError(f"{reader.display} changed since it was registered as shard {shard.name} of {ds.dataset_id}")
     opts = ReadOptions(text_field=ds.text_field, id_field=ds.id_field, on_invalid="replace")

@@ -391,7 +391,7 @@ def test_on_invalid_policy_is_part_of_the_content(tmp_path):
 
 
 def test_new_version_copies_unchanged_shards_instead_of_reading_them(tmp_path, monkeypatch):
-    from provenance import FingerprintConfig, Ledger
+    from provenance import FingerprintConfig, Ledger, datasets
     from provenance.synthetic import generate_corpus
 
     ledger = Ledger.init(tmp_path / "l")
@@ -402,13 +402,14 @@ def test_new_version_copies_unchanged_shards_instead_of_reading_them(tmp_path, m
     generate_corpus(20, seed=3, prefix="c").write_jsonl(data / "c.jsonl")
 
     fingerprinted: list[int] = []
-    original = FingerprintConfig.fingerprint_batch
+    original = datasets.fingerprint_read
 
-    def counting(self, texts, **options):
+    def counting(cfg, texts, device=None):
+        assert isinstance(cfg, FingerprintConfig)
         fingerprinted.append(len(texts))
-        return original(self, texts, **options)
+        return original(cfg, texts, device)
 
-    monkeypatch.setattr(FingerprintConfig, "fingerprint_batch", counting)
+    monkeypatch.setattr(datasets, "fingerprint_read", counting)
     v2 = ledger.register_dataset("grow", str(data), id_field="id").dataset
     assert (v2.version, v2.n_shards, v2.n_documents) == (2, 3, 90)
     assert sum(fingerprinted) == 20  # only c.jsonl was read and fingerprinted
@@ -426,3 +427,36 @@ def test_new_version_copies_unchanged_shards_instead_of_reading_them(tmp_path, m
     fingerprinted.clear()
     v3 = ledger.register_dataset("grow", str(data), id_field="id", config={"num_perm": 64}).dataset
     assert v3.version == 3 and sum(fingerprinted) == 90
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".jsonl.zst", ".txt", ".parquet"])
+def test_sha256_is_taken_by_the_reading_pass(data_dir, suffix):
+    """``identify`` takes the xxh3 id alone; the pass that reads the file takes its SHA-256, over
+    every byte, however many batches it makes (and whatever follows the last line)."""
+    from provenance.sources.base import Counters, ReadOptions
+    from provenance.sources.files import FileShard
+
+    texts = [f"document {i} " + "word " * (i % 50) for i in range(400)]
+    raw = b"".join(json.dumps({"text": t}).encode() + b"\n" for t in texts) + b"\n\n  \n"
+    payload = {".jsonl": raw, ".jsonl.gz": gzip.compress(raw), ".jsonl.zst": zstandard.ZstdCompressor().compress(raw),
+               ".txt": " ".join(texts).encode()}.get(suffix)
+    path = data_dir / f"docs{suffix}"
+    if payload is None:
+        pq.write_table(pa.table({"text": texts}), path, row_group_size=50)
+        payload = path.read_bytes()
+    else:
+        path.write_bytes(payload)
+    fmt = {".jsonl": "jsonl", ".jsonl.gz": "jsonl.gz", ".jsonl.zst": "jsonl.zst", ".txt": "text"}.get(suffix, "parquet")
+
+    shard = FileShard(path, path.name, fmt)
+    shard.identify()
+    assert (shard.shard_id, shard.n_bytes, shard.sha256) == (xxhash.xxh3_128_hexdigest(payload), len(payload), None)
+    batches = list(shard.batches(ReadOptions(batch_bytes=2_000), Counters()))
+    assert sum(len(b.texts) for b in batches) == (1 if suffix == ".txt" else 400)
+    assert (len(batches) == 1) if suffix == ".txt" else (len(batches) > 5)
+    assert shard.sha256 == hashlib.sha256(payload).hexdigest()
+
+    known = FileShard(path, path.name, fmt)  # a shard read again (its SHA-256 known): not taken again
+    known.shard_id, known.sha256 = shard.shard_id, "kept"
+    list(known.batches(ReadOptions(batch_bytes=2_000), Counters()))
+    assert known.sha256 == "kept"

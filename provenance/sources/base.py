@@ -42,7 +42,11 @@ class ReadOptions:
 
 @dataclass
 class Batch:
-    """Documents of one shard: texts, optional ids, record index and (JSONL) line numbers."""
+    """Documents of one shard: texts, optional ids, record index and (JSONL) line numbers.
+
+    ``texts`` holds no nulls and only valid UTF-8: each reader makes it so (``strings_to_arrow``
+    encodes ``str``; ``arrow_documents`` checks Arrow columns), and registration fingerprints it
+    without checking again (:func:`provenance.fingerprints.fingerprint_read`)."""
 
     texts: pa.Array
     ids: pa.Array | None
