@@ -354,3 +354,16 @@ def test_only_the_ledger_package_imports_duckdb():
         and "provenance/ledger/" not in p.as_posix()
     ]
     assert offenders == []
+
+
+def test_a_ledger_made_from_a_path_without_one_says_so_and_makes_nothing(tmp_path):
+    """``Ledger(path)`` of a folder without a database (a project folder instead of its .prov,
+    a typo) names the path and the two ways in, instead of leaving an empty database there."""
+    from provenance import Ledger
+    from provenance.errors import LedgerNotFoundError
+
+    with pytest.raises(LedgerNotFoundError, match=r"no ledger at .*Ledger\.open\(path\).*Ledger\.init\(path\)"):
+        Ledger(tmp_path).datasets()
+    assert list(tmp_path.iterdir()) == []
+    made = Ledger.init(tmp_path)
+    assert Ledger(made.root).datasets() == [] and Ledger.open(tmp_path).datasets() == []

@@ -225,6 +225,7 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
         # ``documents`` view was made for an older count makes it again (see _documents_view).
         self._documents_generation = 0
         self._view_generations: dict[int, int] = {}
+        self._creating = False  # only init makes the database file (a mistyped path must not)
 
     @property
     def _in_transaction(self) -> bool:
@@ -346,7 +347,11 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
         (root / OBJECTS_DIR).mkdir(exist_ok=True)
         (root / TMP_DIR).mkdir(exist_ok=True)
         ledger = cls(root, lock_timeout=lock_timeout)
-        ledger._migrate(create=True)
+        ledger._creating = True
+        try:
+            ledger._migrate(create=True)
+        finally:
+            ledger._creating = False
         with ledger._cursor() as con:
             if bucket is not None:
                 con.execute("INSERT INTO ledger_meta VALUES ('objects_url', ?)", [bucket.url])
@@ -423,6 +428,10 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
         if not read_only:
             config["temp_directory"] = str(self.root / TMP_DIR)
             config["memory_limit"] = self.memory_limit
+        if not self._creating and not self.db_path.exists():  # DuckDB would make an empty database there
+            raise LedgerNotFoundError(
+                f"no ledger at {self.root} ({self.db_path} does not exist): open a project folder or its {LEDGER_DIR} "
+                "with Ledger.open(path), or make a ledger with Ledger.init(path)")
         deadline = time.monotonic() + self.lock_timeout
         while True:
             try:
