@@ -183,3 +183,52 @@ def test_lineage_of_a_large_ledger_is_the_same_every_time(tmp_path):
         again = ledger.lineage(vids[-1])
         assert again.shards.equals(first.shards)
         assert [d.model_dump() for d in again.datasets] == [d.model_dump() for d in first.datasets]
+
+
+def test_lineage_sums_are_exact_on_a_binary_grid_whatever_the_row_order():
+    """Per shard, Σ epochs and Σ weight × examples are summed as integers in units of 2⁻⁶⁰: exact
+    for dyadic merge shares (2⁻⁴⁰, 3/8), within n·2⁻⁶¹ of the exact sum of the doubles otherwise
+    (1/3, 10⁻¹²), and the same bits in any row order (DuckDB's threads sum in any order)."""
+    import random
+    from fractions import Fraction
+
+    import duckdb
+    import pyarrow as pa
+
+    from provenance.ledger.lineage import LineageQueries
+
+    weights = {"r0": 2.0 ** -40, "r1": 3 / 8, "r2": 1 / 3, "r3": 1e-12, "r4": 1.0}
+    rows = [(f"r{i % 5}", "d@1", i % 3, 1 + 7 * i, (1 + i) / 3 if i % 2 else 0.5 ** i) for i in range(60)]
+    expected = {}
+    for run, _, shard, examples, epochs in rows:
+        e, x = expected.get(shard, (Fraction(0), Fraction(0)))
+        expected[shard] = (e + Fraction(epochs), x + Fraction(weights[run] * examples))
+    results = []
+    for seed in range(4):
+        random.Random(seed).shuffle(rows)
+        con = duckdb.connect()
+        con.register("lineage_runs", pa.table({"run_id": list(weights), "weight": list(weights.values())}))
+        con.register("run_shards", pa.table({
+            "run_id": [r[0] for r in rows], "dataset_id": [r[1] for r in rows], "shard_index": [r[2] for r in rows],
+            "examples": [r[3] for r in rows], "distinct_documents": [1] * len(rows), "epochs": [r[4] for r in rows]}))
+        con.register("shards", pa.table({"dataset_id": ["d@1"] * 3, "shard_index": [0, 1, 2], "name": ["a", "b", "c"]}))
+        results.append(LineageQueries._trained(con).to_pylist())
+    assert all(r == results[0] for r in results[1:])  # the same bits every time
+    for row in results[0]:
+        epochs, effective = expected[row["shard_index"]]
+        assert row["runs"] == 20 and row["shard"] == "abc"[row["shard_index"]]
+        assert abs(Fraction(row["epochs"]) - epochs) <= 20 * Fraction(1, 2 ** 61) + Fraction(row["epochs"]) * 2 ** -52
+        assert abs(Fraction(row["effective_examples"]) - effective) <= (
+            20 * Fraction(1, 2 ** 61) + Fraction(row["effective_examples"]) * 2 ** -52)
+    # 2⁻⁴⁰ and 3/8: every term on the grid, so the sums are exact (decimals of 18 places were not:
+    # 5·2⁻⁴⁰ came back as 4.547474e-12)
+    dyadic = [("r0", 0, 5, 2.0 ** -45), ("r1", 1, 6, 0.25), ("r4", 1, 9, 0.25)]
+    con = duckdb.connect()
+    con.register("lineage_runs", pa.table({"run_id": list(weights), "weight": list(weights.values())}))
+    con.register("run_shards", pa.table({"run_id": [r[0] for r in dyadic], "dataset_id": ["d@1"] * 3,
+                                         "shard_index": [r[1] for r in dyadic], "examples": [r[2] for r in dyadic],
+                                         "distinct_documents": [1] * 3, "epochs": [r[3] for r in dyadic]}))
+    con.register("shards", pa.table({"dataset_id": ["d@1"] * 2, "shard_index": [0, 1], "name": ["a", "b"]}))
+    tiny, whole = LineageQueries._trained(con).to_pylist()
+    assert (tiny["effective_examples"], tiny["epochs"]) == (5 * 2.0 ** -40, 2.0 ** -45)
+    assert (whole["effective_examples"], whole["epochs"]) == (3 / 8 * 6 + 9.0, 0.5)
