@@ -13,7 +13,6 @@ from provenance.errors import NotFoundError
 from provenance.ledger._common import unregister
 from provenance.records import looks_like_id
 
-
 #: 2⁶⁰ as a DOUBLE: lineage's exact sums count in units of its inverse (see ``_trained``).
 _UNIT = "1152921504606846976::DOUBLE"
 
