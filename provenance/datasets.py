@@ -72,14 +72,14 @@ def register_dataset(
     progress = progress or NoProgress()
 
     shards = resolve(sources, opts)
-    if isinstance(shards, list):
-        _warm_up(cfg)
     total = _identify(shards, id_field, progress) if isinstance(shards, list) else None
 
     counters = Counters()
     planned = _content_hash([(s.name, s.shard_id) for s in shards], opts, cfg) if isinstance(shards, list) else None
 
     def write(tx: LedgerWriter, dataset_id: str, latest: DatasetRecord | None) -> list[ShardRecord]:
+        if isinstance(shards, list):
+            _warm_up(cfg)  # (not before: an unchanged dataset needs no kernel)
         progress.start(f"registering {dataset_id}", total)
         reusable = _reusable_shards(tx, latest, cfg, opts)
         return _write_shards(tx, dataset_id, shards, cfg, opts, counters, progress, reusable)
@@ -256,8 +256,8 @@ def _check_options(name: str, role: str, on_invalid: str, text_field: str, shard
 
 def _warm_up(cfg: FingerprintConfig) -> None:
     """Load the fingerprint kernels (numba with its cached machine code, about 0.6 s once per process)
-    on a thread while the files are hashed (which releases the GIL); the first batch waits for it
-    if it is not done. An error here is left for the real call to raise."""
+    on a thread while the registration begins (its transaction, the reader's first batch); the
+    first batch waits for it if it is not done. An error here is left for the real call to raise."""
 
     def load() -> None:
         with contextlib.suppress(Exception):
