@@ -60,7 +60,8 @@ class _HashingReader(io.RawIOBase):
         return n or 0
 
     def drain(self) -> None:
-        """Read (and hash) what the parser left after its last line."""
+        """Read (and hash) the rest of the stream: what a parser left after its last line, or all
+        of it."""
         buf = bytearray(_CHUNK)
         while self.readinto(buf):
             pass
@@ -131,17 +132,21 @@ class FileShard(Shard):
         pass that reads the file (:meth:`batches`), which reads every byte anyway: a file that
         turns out to be unchanged is hashed by xxh3 alone (about ten times faster), and a new one
         is not read twice by SHA-256 before its documents."""
-        x, n = xxhash.xxh3_128(), 0
+        x = xxhash.xxh3_128()
         try:
-            with self._open() as fh:
-                while chunk := fh.read(_CHUNK):
-                    x.update(chunk)
-                    n += len(chunk)
+            n = self._hash_whole(x)
         except OSError as exc:
             raise SourceError(f"{self.display}: cannot read: {exc.strerror or exc}") from exc
         if n == 0:
             raise SourceError(f"{self.display}: file is empty")
         self.shard_id, self.sha256, self.n_bytes = x.hexdigest(), None, n
+
+    def _hash_whole(self, *hashers) -> int:
+        """Feed the whole file to ``hashers`` (None: none); returns its bytes (raises ``OSError``)."""
+        with self._open() as fh:
+            raw = _HashingReader(fh, *hashers)
+            raw.drain()
+        return raw.count
 
     def _sha256(self) -> Any:
         """A SHA-256 hasher for the pass that reads the file, or None when the digest is known."""
@@ -155,11 +160,7 @@ class FileShard(Shard):
         """The file's xxh3-128 as it is now (and its SHA-256, kept, when not yet known)."""
         x, sha = xxhash.xxh3_128(), self._sha256()
         try:
-            with self._open() as fh:
-                while chunk := fh.read(_CHUNK):
-                    x.update(chunk)
-                    if sha is not None:
-                        sha.update(chunk)
+            self._hash_whole(x, sha)
         except OSError as exc:
             raise SourceError(f"{self.display}: disappeared while it was being registered ({exc.strerror or exc})") from exc
         if sha is not None:
