@@ -64,7 +64,9 @@ def lineage_cmd(obj: Context, ref: str, fmt: str, show_all: bool, as_json: bool)
 @pass_ctx
 def taint_cmd(obj: Context, target: str | None, shard: str | None, key: str | None, text_file, near: float | None,
               as_json: bool) -> None:
-    """Every version whose lineage contains TARGET: the versions to re-train or re-merge without it."""
+    """Every version whose lineage contains TARGET: the versions to re-train or re-merge without it.
+    DATASET as NAME means every version of the dataset (a document a later version removed still
+    shaped what trained on an earlier one); NAME@N that version only."""
     text = None
     if text_file is not None:
         raw = text_file.read()

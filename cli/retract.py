@@ -46,7 +46,8 @@ def retract_cmd(obj: Context, target: str | None, shard: str | None, key: str | 
                 html_file: str | None, as_json: bool) -> None:
     """Retract a document (--key, --text; --near for its near-copies), a shard or a dataset from
     every version it shaped: record why and print the plan, one step per tainted version
-    (re-merge without it, retrain, rebase; the release tags it touches). With RETRACTION-ID
+    (re-merge without it, retrain, rebase; the release tags it touches). DATASET as NAME means
+    every version of the dataset, NAME@N that version only. With RETRACTION-ID
     --apply, carry out the re-merges (and with --rebase the rebases): each new version is tagged
     TAG+retracted-ID, atomic per version; running it again continues."""
     ledger = obj.ledger()

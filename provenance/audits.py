@@ -441,7 +441,7 @@ def taint_report(ledger: LedgerStore, *, dataset: str | None = None, shard: str 
     exact hash among all documents (of every fingerprint config), and with ``near`` every
     document of estimated Jaccard ≥ ``near`` to the target (the text, or the document ``key``)
     taints the versions that trained on it."""
-    from provenance.lineage import tainted_versions
+    from provenance.lineage import tainted_versions, target_rows
 
     if near is not None:
         near = check_threshold(near, "near")
@@ -449,16 +449,13 @@ def taint_report(ledger: LedgerStore, *, dataset: str | None = None, shard: str 
         if near is not None and key is None:
             raise InvalidParameterError("--near needs a document: a key (with its dataset) or a text")
         target = describe_target(dataset, shard, key)
-        versions = taint(ledger, dataset=dataset, shard=shard, key=key)
         with ledger.session():
+            versions = taint(ledger, dataset=dataset, shard=shard, key=key)  # raises without a dataset
+            rows = target_rows(ledger, dataset, shard=shard, key=key)
             if key is not None:
-                retractions = ledger.retractions_of([ledger.document(dataset, key).doc_id])
+                retractions = ledger.retractions_of([r["doc_id"] for r in rows])
             else:
-                from provenance.lineage import shard_index
-
-                ds = ledger.dataset(dataset)
-                index = shard_index(ledger, ds.dataset_id, shard) if shard is not None else None
-                retractions = ledger.retractions_of([], ds.dataset_id, index)
+                retractions = ledger.retractions_of([], [(r["dataset_id"], r["shard_index"]) for r in rows])
         return TaintReport(target=target, near=None, matches=[], versions=versions, retractions=retractions)
     if text is not None and not text.strip():
         raise InvalidParameterError("the text to look for is empty")
@@ -479,10 +476,15 @@ def find_similar(ledger: LedgerStore, *, text: str | None = None, dataset: str |
     each config in the ledger). Candidates come from the stored band keys when they find a pair at
     ``near`` with probability ≥ 0.99, else every signature of the config is compared."""
     with ledger.session():
-        if text is None:
-            doc = ledger.document(dataset, key)
-            ds = ledger.dataset(dataset)
-            probes = [(ds.config_id, doc.exact_hash, doc.signature, doc.band_keys, ds.config, (ds.bands, ds.rows))]
+        if text is None:  # the document in each version of the dataset that holds it (target_rows)
+            from provenance.lineage import target_rows
+
+            probes = []
+            for row in target_rows(ledger, dataset, key=key):
+                ds = ledger.dataset(row["dataset_id"])
+                doc = ledger.documents_by_key([ds.dataset_id], key)[0]
+                probes.append((ds.config_id, doc.exact_hash, doc.signature, doc.band_keys, ds.config,
+                               (ds.bands, ds.rows)))
         else:
             probes, seen = [], set()
             for ds in ledger.datasets(all_versions=True):

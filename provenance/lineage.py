@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from provenance.errors import InvalidParameterError, NotFoundError
 from provenance.ledger import LedgerStore
-from provenance.records import VersionRecord
+from provenance.records import DatasetRecord, VersionRecord
 from provenance.results import LicenseSummary, Lineage
 
 
@@ -173,7 +173,8 @@ def data_diff(ledger: LedgerStore, a: str | VersionRecord, b: str | VersionRecor
 def taint(ledger: LedgerStore, *, dataset: str | None = None, shard: str | int | None = None, key: str | None = None,
           doc_ids: Sequence[int] | None = None, graph: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Every version whose lineage contains the target: a dataset, one of its shards (index or
-    name), a document (``key`` in ``dataset``), or documents by id. Per version: how it is tainted
+    name), a document (``key`` in ``dataset``), or documents by id; a bare dataset name means
+    every version of it (:func:`target_rows`). Per version: how it is tainted
     (``direct``: its own run trained on it; otherwise the ancestor through which) and the examples
     its runs saw. Newest first. ``graph``: :meth:`LedgerStore.version_graph` by version id, when
     the caller has it already."""
@@ -181,18 +182,66 @@ def taint(ledger: LedgerStore, *, dataset: str | None = None, shard: str | int |
         if doc_ids is None and key is not None:
             if dataset is None:
                 raise InvalidParameterError("a document key needs its dataset (--dataset)")
-            doc_ids = [ledger.document(dataset, key).doc_id]
+            doc_ids = [r["doc_id"] for r in target_rows(ledger, dataset, key=key)]
         if doc_ids is not None:
             runs = ledger.runs_seeing(list(doc_ids)).to_pylist()
         else:
             if dataset is None:
                 raise InvalidParameterError("give a dataset, a shard of one, a document key or a text")
-            ds = ledger.dataset(dataset)
-            index = shard_index(ledger, ds.dataset_id, shard) if shard is not None else None
-            runs = ledger.runs_using(ds.dataset_id, index).to_pylist()
+            parts = [(r["dataset_id"], r["shard_index"]) for r in target_rows(ledger, dataset, shard=shard)]
+            runs = ledger.runs_using(parts).to_pylist()
         if graph is None:
             graph = {r["version_id"]: r for r in ledger.version_graph().to_pylist()}
     return tainted_versions(graph, runs)
+
+
+def target_rows(ledger: LedgerStore, dataset: str | DatasetRecord, shard: str | int | None = None,
+                key: str | None = None) -> list[dict[str, Any]]:
+    """What a taint or retraction target names, as rows ``dataset_id, shard_index, doc_id, key``
+    (``shard_index`` None: the dataset version as a whole; ``doc_id`` None: not one document).
+
+    ``NAME@VERSION`` (or a record) names that version. A bare ``NAME`` names **every** version of
+    the dataset, newest first: a document that a later version removed or changed still shaped the
+    versions trained on an earlier one, and "which versions did this shape" must find them. A key
+    is looked for in every version (an error if none holds it); a shard (index, name or file) is
+    found in the newest version that has one so named and then, by that shard's name, in every
+    version that has it."""
+    if isinstance(dataset, DatasetRecord) or "@" in str(dataset):
+        ds = ledger.dataset(dataset)
+        if key is not None:
+            doc = ledger.document(ds, key)
+            return [{"dataset_id": ds.dataset_id, "shard_index": doc.shard_index, "doc_id": doc.doc_id, "key": key}]
+        index = shard_index(ledger, ds.dataset_id, shard) if shard is not None else None
+        return [{"dataset_id": ds.dataset_id, "shard_index": index, "doc_id": None, "key": None}]
+    versions = ledger.datasets(str(dataset), all_versions=True)[::-1]
+    if not versions:
+        ledger.dataset(dataset)  # raises: no such dataset, and names those there are
+    ids = [v.dataset_id for v in versions]
+    if key is not None:
+        docs = ledger.documents_by_key(ids, key)
+        if not docs:
+            raise NotFoundError(f"no document {key!r} in any version of dataset {dataset} ({', '.join(ids)})")
+        return [{"dataset_id": d.dataset_id, "shard_index": d.shard_index, "doc_id": d.doc_id, "key": key} for d in docs]
+    if shard is None:
+        return [{"dataset_id": i, "shard_index": None, "doc_id": None, "key": None} for i in ids]
+    with ledger._cursor() as con:
+        named = None
+        for i in ids:  # newest first: an index means the shard at that place in the newest version that has one
+            found = con.execute(
+                """SELECT name FROM shards WHERE dataset_id = $1
+                   AND (shard_index = TRY_CAST($2 AS INTEGER) OR name = $2 OR uri = $2) ORDER BY shard_index LIMIT 1""",
+                [i, str(shard)]).fetchall()
+            if found:
+                named = found[0][0]
+                break
+        rows = [] if named is None else con.execute(
+            "SELECT dataset_id, shard_index FROM shards WHERE list_contains($1, dataset_id) AND name = $2",
+            [ids, named]).fetchall()
+    if not rows:
+        shard_index(ledger, ids[0], shard)  # raises: names the newest version's shards
+    order = {i: n for n, i in enumerate(ids)}
+    return [{"dataset_id": d, "shard_index": int(s), "doc_id": None, "key": None}
+            for d, s in sorted(rows, key=lambda r: (order[r[0]], r[1]))]
 
 
 def tainted_versions(graph: dict[str, dict[str, Any]], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -38,7 +38,7 @@ import numpy as np
 from provenance.audits import describe_target, find_similar, iter_texts, read_samples, taint_report
 from provenance.errors import InvalidParameterError
 from provenance.ledger._common import _now
-from provenance.lineage import shard_index, taint, tainted_versions
+from provenance.lineage import taint, tainted_versions, target_rows
 from provenance.ngrams import SPAN_TEXT_CHARS, longest_run, ngram_hashes
 from provenance.ngrams import words as normalised_words
 
@@ -265,17 +265,14 @@ def rebase(ledger: Any, step: Step, onto: Any, retraction: str, *, also: Any = N
 def _documents(ledger: Any, matches: list[Any], dataset: str | None, shard: str | None,
                key: str | None) -> list[dict]:
     """What a retraction retracts: the documents matched (a text, near-copies), the keyed
-    document, or the shard or dataset version as a whole."""
+    document, or the shard or dataset version as a whole; of a bare dataset name, in every
+    version of it (:func:`~provenance.lineage.target_rows`)."""
     if matches:
         return [{"dataset_id": m.dataset_id, "shard_index": m.shard_index, "doc_id": m.doc_id, "key": m.key,
                  "jaccard": m.jaccard} for m in matches]
-    ds = ledger.dataset(dataset)
-    if key is not None:
-        doc = ledger.document(ds, key)
-        return [{"dataset_id": ds.dataset_id, "shard_index": doc.shard_index, "doc_id": doc.doc_id, "key": key,
-                 "jaccard": 1.0}]
-    index = shard_index(ledger, ds.dataset_id, shard) if shard is not None else None
-    return [{"dataset_id": ds.dataset_id, "shard_index": index}]
+    return [{**r, "jaccard": 1.0} if r["doc_id"] is not None else {"dataset_id": r["dataset_id"],
+                                                                  "shard_index": r["shard_index"]}
+            for r in target_rows(ledger, dataset, shard=shard, key=key)]
 
 
 def retract(ledger: Any, *, reason: str, dataset: str | None = None, shard: str | None = None,

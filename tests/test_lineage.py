@@ -88,6 +88,46 @@ def test_taint_finds_every_version_downstream(family):
         ledger.taint(key="f1")
 
 
+def test_a_bare_dataset_name_taints_through_every_version_of_it(ledger, data_dir, write_jsonl):
+    """A version trained on news@1 is tainted by news's document n1 after news@2 (or a version
+    made without n1) exists: a bare name means every version, NAME@N that one."""
+    rows = [{"id": f"n{i}", "text": f"news story number {i} of the day"} for i in range(4)]
+    write_jsonl(data_dir / "news.jsonl", rows)
+    ledger.register_dataset("news", data_dir / "news.jsonl", id_field="id")
+    with ledger.start_run(datasets=["news"], message="on news@1") as run:
+        run.log_examples(["n1"], step=0)
+        old = run.commit({"w": torch.zeros(2)})
+    write_jsonl(data_dir / "news.jsonl", [*rows, {"id": "n4", "text": "a late story"}])
+    assert ledger.register_dataset("news", data_dir / "news.jsonl", id_field="id").dataset.dataset_id == "news@2"
+    with ledger.start_run(base=old, datasets={"news": 1}, message="on news@2") as run:
+        new = run.commit({"w": torch.ones(2)})
+    ids = lambda report: {r.version_id: r.direct for r in report.versions}  # noqa: E731
+    both = {old.version_id: True, new.version_id: True}
+    assert ids(ledger.taint(dataset="news", key="n1")) == both  # news@2's run declared the dataset: every shard
+    assert ids(ledger.taint(dataset="news@1", key="n1")) == {old.version_id: True, new.version_id: False}
+    assert ids(ledger.taint(dataset="news@2", key="n1")) == {new.version_id: True}
+    assert ids(ledger.taint(dataset="news", key="n4")) == {new.version_id: True}  # only in news@2
+    assert ids(ledger.taint(dataset="news")) == both
+    assert ids(ledger.taint(dataset="news", shard=0)) == both
+    assert ids(ledger.taint(dataset="news", shard="news.jsonl")) == both
+    assert ids(ledger.taint(dataset="news@1", shard=0)) == {old.version_id: True, new.version_id: False}
+    with pytest.raises(NotFoundError, match=r"no document 'zz' in any version of dataset news \(news@2, news@1\)"):
+        ledger.taint(dataset="news", key="zz")
+    with pytest.raises(NotFoundError, match="news@2 has no shard 'nope'"):
+        ledger.taint(dataset="news", shard="nope")
+    # a retraction of the bare name's document retracts it in each version, and taint lists it
+    rec = ledger.retract(dataset="news", key="n1", reason="asked")
+    assert sorted((d["dataset_id"], d["key"]) for d in rec["documents"]) == [("news@1", "n1"), ("news@2", "n1")]
+    assert [r["retraction_id"] for r in ledger.taint(dataset="news@1", key="n1").retractions] == [rec["retraction_id"]]
+    shard_rec = ledger.retract(dataset="news", shard="news.jsonl", reason="the whole file")
+    assert sorted((d["dataset_id"], d["shard_index"]) for d in shard_rec["documents"]) == [("news@1", 0), ("news@2", 0)]
+    listed = [r["retraction_id"] for r in ledger.taint(dataset="news@1").retractions]
+    assert sorted(listed) == sorted([rec["retraction_id"], shard_rec["retraction_id"]])
+    out = CliRunner().invoke(main, ["--ledger", str(ledger.root), "taint", "news", "--key", "n1", "--json"])
+    assert out.exit_code == 0, out.output
+    assert {r["version_id"] for r in json.loads(out.output)["versions"]} == set(both)
+
+
 def test_taint_by_text_and_near_duplicates(family):
     from provenance.audits import taint_report
 

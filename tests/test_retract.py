@@ -433,9 +433,12 @@ def test_dataset_remove_makes_a_version_without_the_documents(contributors, data
     with ledger.start_run(base=v["base"], datasets=["private@2"], message="A again") as r:
         again = r.commit(ledger.checkout(v["a"]))
     assert ledger.lineage(again).retracted == []
-    assert again.version_id not in {t.version_id for t in ledger.taint(dataset="private@1", key="x1").versions}
+    tainted = {t.version_id for t in ledger.taint(dataset="private@1", key="x1").versions}
+    assert again.version_id not in tainted and v["a"].version_id in tainted
+    # the bare name: every version of the dataset, so the removed document still finds what it shaped
+    assert {t.version_id for t in ledger.taint(dataset="private", key="x1").versions} == tainted
     with pytest.raises(NotFoundError, match=r"no document 'x1' in dataset private@2 \(removed from private@1"):
-        ledger.taint(dataset="private", key="x1")
+        ledger.taint(dataset="private@2", key="x1")
     back = ledger.register_dataset("private", data_dir / "private.jsonl", id_field="id")
     assert back.created and back.dataset.n_documents == 4
 

@@ -104,6 +104,16 @@ class DataQueries:
             raise NotFoundError(f"no document {key!r} in dataset {ds.dataset_id}{hint}")
         return DocumentRecord(**rows[0])
 
+    def documents_by_key(self, dataset_ids: Sequence[str], key: str) -> list[DocumentRecord]:
+        """The document ``key`` in each of the dataset versions ``dataset_ids`` that holds it, in
+        their order."""
+        found = []
+        with self._cursor() as con:
+            for dataset_id in dataset_ids:  # one query each: equality on dataset_id reaches the Parquet files' filters
+                found += con.sql("SELECT * FROM documents WHERE dataset_id = ? AND key = ?",
+                                 params=[dataset_id, key]).to_arrow_table().to_pylist()
+        return [DocumentRecord(**r) for r in found]
+
     def summary(self) -> dict[str, Any]:
         """Counts of what the ledger holds."""
         with self._cursor() as con:

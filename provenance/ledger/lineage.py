@@ -5,6 +5,7 @@ audit records. Mixed into :class:`provenance.ledger.Ledger`; the logic is in
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -106,16 +107,20 @@ class LineageQueries:
                 params=[dataset_ids],
             ).to_arrow_table()
 
-    def runs_using(self, dataset_id: str, shard_index: int | None = None) -> pa.Table:
-        """The runs that trained on a dataset, or one of its shards, with the version each
-        produced: ``run_id, version_id, examples``."""
+    def runs_using(self, parts: Sequence[tuple[str, int | None]]) -> pa.Table:
+        """The runs that trained on any of ``parts`` (``(dataset_id, shard_index)``: a shard of a
+        dataset version, or with ``None`` the version as a whole), with the version each produced:
+        ``run_id, version_id, examples``."""
+        ids, indices = [p[0] for p in parts], [p[1] for p in parts]
         with self._cursor() as con:
             return con.sql(
-                """SELECT rs.run_id, r.version_id, sum(rs.examples)::BIGINT AS examples
+                """WITH t AS (SELECT unnest($1::VARCHAR[]) AS dataset_id, unnest($2::INTEGER[]) AS shard_index)
+                   SELECT rs.run_id, r.version_id, sum(rs.examples)::BIGINT AS examples
                    FROM run_shards rs JOIN runs r USING (run_id)
-                   WHERE rs.dataset_id = $1 AND ($2 IS NULL OR rs.shard_index = $2)
+                   WHERE EXISTS (SELECT 1 FROM t WHERE t.dataset_id = rs.dataset_id
+                                 AND (t.shard_index IS NULL OR t.shard_index = rs.shard_index))
                    GROUP BY ALL ORDER BY rs.run_id""",
-                params=[dataset_id, shard_index],
+                params=[ids, indices],
             ).to_arrow_table()
 
     def runs_seeing(self, doc_ids: list[int]) -> pa.Table:
@@ -211,21 +216,24 @@ class LineageQueries:
                 params=[list(version_ids)]).to_arrow_table().to_pylist()
         return {r.pop("new_version_id"): r for r in rows}
 
-    def retractions_of(self, doc_ids: list[int], dataset_id: str | None = None,
-                       shard_index: int | None = None) -> list[dict[str, Any]]:
-        """The retractions that retract any of ``doc_ids``, or the dataset version ``dataset_id``
-        (or its shard ``shard_index``) as a whole or in part, each with the versions made for it."""
+    def retractions_of(self, doc_ids: list[int], parts: Sequence[tuple[str, int | None]] = ()) -> list[dict[str, Any]]:
+        """The retractions that retract any of ``doc_ids``, or any of ``parts`` (``(dataset_id,
+        shard_index)``: a dataset version, or its shard, as a whole or in part), each with the
+        versions made for it."""
+        ids, indices = [p[0] for p in parts], [p[1] for p in parts]
         with self._cursor() as con:
             return con.sql(
-                """SELECT x.retraction_id, x.created_at, x.reason, x.target,
+                """WITH t AS (SELECT unnest($2::VARCHAR[]) AS dataset_id, unnest($3::INTEGER[]) AS shard_index)
+                   SELECT x.retraction_id, x.created_at, x.reason, x.target,
                           (SELECT list(new_version_id ORDER BY new_version_id) FROM retraction_results r
                            WHERE r.retraction_id = x.retraction_id) AS results
                    FROM retractions x WHERE x.retraction_id IN (
                        SELECT retraction_id FROM retraction_documents d
                        WHERE list_contains($1, d.doc_id)
-                          OR (d.dataset_id = $2 AND ($3 IS NULL OR d.shard_index IS NULL OR d.shard_index = $3)))
+                          OR EXISTS (SELECT 1 FROM t WHERE t.dataset_id = d.dataset_id AND (t.shard_index IS NULL
+                                     OR d.shard_index IS NULL OR d.shard_index = t.shard_index)))
                    ORDER BY x.created_at, x.retraction_id""",
-                params=[[int(d) for d in doc_ids], dataset_id, shard_index]).to_arrow_table().to_pylist()
+                params=[[int(d) for d in doc_ids], ids, indices]).to_arrow_table().to_pylist()
 
     def removals(self, dataset_ids: list[str]) -> list[dict[str, Any]]:
         """The documents each of ``dataset_ids`` was made without (``prov dataset remove``)."""
