@@ -55,7 +55,7 @@ class VerifyReport(BaseModel):
     damaged_objects: list[DamagedObject]
     version_problems: list[dict[str, Any]]
     dataset_problems: list[dict[str, Any]]
-    temporary_files: list[str] = Field(description="leftovers of interrupted object writes (harmless)")
+    temporary_files: list[str] = Field(description="leftovers of interrupted object writes and registrations (harmless)")
     repaired: bool = False
     ok: bool = Field(description="no damage found (temporary files do not count)")
 
@@ -81,6 +81,8 @@ def verify(ledger: LedgerStore, *, objects: bool = False, repair: bool = False, 
         n_versions = len(ledger.versions())
         n_datasets = len(ledger.datasets(all_versions=True))
         encodings = ledger.param_encodings()
+        with ledger.write_lock:  # no registration of this process is staging meanwhile (a server's)
+            staged = [p for p, _ in ledger.stale_staging(remove=repair)]
     users = _users(refs, encodings)
     addresses = sorted(set(users) | (set(store.addresses()) if objects else set()))
     # Checked on the store's threads (2 for a folder; 16 for a bucket, whose checks wait on requests;
@@ -104,6 +106,7 @@ def verify(ledger: LedgerStore, *, objects: bool = False, repair: bool = False, 
                    for d in damaged]
         for t in temporaries:
             Path(t).unlink(missing_ok=True)
+    temporaries += staged  # a killed registration's staged rows (removed already with repair)
     return VerifyReport(
         ledger=str(ledger.root), objects_checked=len(addresses), objects_rehashed=objects,
         versions_checked=n_versions, datasets_checked=n_datasets, damaged_objects=damaged,

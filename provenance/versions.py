@@ -423,8 +423,9 @@ def diff(ledger: LedgerStore, old: str | VersionRecord, new: str | VersionRecord
 
 
 def gc(ledger: LedgerStore, *, apply: bool = False) -> dict[str, Any]:
-    """Objects that no version refers to, temporary files of object writes that never finished
-    and DuckDB's spill files of killed processes (:meth:`LedgerStore.stale_spill_files`), and
+    """Objects that no version refers to, temporary files of object writes that never finished,
+    DuckDB's spill files of killed processes (:meth:`LedgerStore.stale_spill_files`), the rows a
+    killed registration staged (:meth:`LedgerStore.stale_staging`), and
     folders of Parquet document files that no dataset lists (a registration killed between
     writing them and its commit): listed, or removed with ``apply``. Runs holding the ledger's
     lock, so no commit or registration is writing meanwhile (in a server: refused while commits
@@ -434,19 +435,20 @@ def gc(ledger: LedgerStore, *, apply: bool = False) -> dict[str, Any]:
         referenced = ledger.referenced_objects()
         unreferenced = [a for a in store.addresses() if a not in referenced]
         temporaries = list(store.temporaries()) + ledger.stale_spill_files()
+        staged = ledger.stale_staging(remove=apply)  # a killed registration's staged rows
         folders = _unlisted_document_folders(ledger)
         sizes = ([store.size(a) or 0 for a in unreferenced] + [t.stat().st_size for t in temporaries]
-                 + list(folders.values()))
+                 + [n for _, n in staged] + list(folders.values()))
         freed = 0
         if apply:
-            freed = sum(store.delete(a) for a in unreferenced)
+            freed = sum(store.delete(a) for a in unreferenced) + sum(n for _, n in staged)
             for t in temporaries:
                 freed += t.stat().st_size
                 t.unlink()
             for d in folders:
                 ledger.document_store.remove_folder(d)
             freed += sum(folders.values())
-    return {"unreferenced": unreferenced, "temporary_files": [str(t) for t in temporaries],
+    return {"unreferenced": unreferenced, "temporary_files": [str(t) for t in temporaries] + [p for p, _ in staged],
             "document_folders": [str(d) for d in folders], "bytes": sum(sizes), "removed": apply, "freed": freed}
 
 

@@ -7,6 +7,7 @@ in the middle of its transaction.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -159,6 +160,30 @@ def test_killed_registration_leaves_nothing(children, ledger, big_jsonl, ledger_
     assert result.created and result.dataset.dataset_id == "big@1"
     assert result.dataset.n_documents == n_docs
     assert reopened.sql("SELECT count(*) AS n FROM documents").to_pylist() == [{"n": n_docs}]
+
+
+@pytest.mark.slow
+def test_gc_lists_and_removes_what_a_killed_registration_staged(children, ledger, big_jsonl):
+    """The staged rows a killed registration left: a dry-run ``gc`` on the ledger opened read-only
+    (as ``prov gc`` opens it) lists them with their bytes; ``gc(apply=True)`` reports them removed,
+    also when opening the ledger writable removed them first."""
+    from click.testing import CliRunner
+
+    from provenance.cli.main import main
+
+    path, _ = big_jsonl
+    start_and_kill(children, ledger, "big", path)
+    (staged,) = (ledger.root / "tmp" / "staging").glob("documents-*.parquet")
+    size = staged.stat().st_size
+    listed = Ledger.open(ledger.root, read_only=True).gc()
+    assert listed["temporary_files"] == [str(staged)] and listed["bytes"] == size and staged.exists()
+    out = CliRunner().invoke(main, ["--ledger", str(ledger.root), "gc"])
+    assert out.exit_code == 0 and f"1 temporary files and 0 unlisted document folders, {size:,} bytes" in out.output
+    out = CliRunner().invoke(main, ["--ledger", str(ledger.root), "gc", "--apply", "--json"])
+    removed = json.loads(out.output)
+    assert (removed["temporary_files"], removed["freed"], removed["bytes"]) == ([str(staged)], size, size)
+    assert not staged.exists()
+    assert Ledger.open(ledger.root).gc(apply=True)["temporary_files"] == []  # reported once
 
 
 @pytest.mark.slow

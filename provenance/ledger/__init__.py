@@ -50,6 +50,7 @@ from provenance.ledger.writer import (
     LedgerWriter,
     _clean_staging,
     check_documents_as,
+    staging_entries,
 )
 
 if TYPE_CHECKING:
@@ -226,6 +227,9 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
         self._documents_generation = 0
         self._view_generations: dict[int, int] = {}
         self._creating = False  # only init makes the database file (a mistyped path must not)
+        # What opening the ledger writable removed from the staging folder (a killed registration's
+        # files): ``(path, bytes)``, reported by the next ``gc(apply=True)``.
+        self._staging_removed: list[tuple[str, int]] = []
 
     @property
     def _in_transaction(self) -> bool:
@@ -717,6 +721,17 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
         return sorted(p for p in folder.iterdir()
                       if _SPILL.match(p.name) and not p.name.startswith(mine) and p.is_file())
 
+    def stale_staging(self, *, remove: bool = False) -> list[tuple[str, int]]:
+        """The files and folders a registration killed mid-write left in ``.prov/tmp/staging``,
+        with their bytes: those there now (a ledger opened read-only leaves them), and with
+        ``remove`` those too that opening the ledger writable removed, which are then removed
+        and forgotten. Call it holding the ledger's lock (no registration is staging meanwhile)."""
+        found = [(str(p), n) for p, n in staging_entries(self.root)]
+        if remove:
+            _clean_staging(self.root)
+            found, self._staging_removed = self._staging_removed + found, []
+        return found
+
     def snapshot_database(self, dest: Path) -> int:
         """Copy the database file, checkpointed first (so the copy needs no write-ahead log), to
         ``dest``; returns its bytes. Holds the ledger meanwhile: no write lands half in the copy."""
@@ -737,6 +752,7 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
         shipped = migrations()
         with self._cursor() as con:
             if not self.read_only:
+                self._staging_removed += [(str(p), n) for p, n in staging_entries(self.root)]
                 _clean_staging(self.root)
             exists = con.execute(
                 "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"

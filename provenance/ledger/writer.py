@@ -527,6 +527,22 @@ _COPY_SELECT = """SELECT ? + row_number() OVER (ORDER BY row_index) - 1 AS doc_i
                   FROM documents WHERE dataset_id = ? AND shard_index = ?"""
 
 
+def staging_entries(root: Path) -> list[tuple[Path, int]]:
+    """What the staging folder holds, each file or folder with its bytes: outside a
+    registration, what a process that died in one left there."""
+    staging = root / TMP_DIR / "staging"
+    if not staging.is_dir():
+        return []
+    found = []
+    for entry in sorted(staging.iterdir()):
+        with contextlib.suppress(OSError):  # gone meanwhile: nothing to report
+            if entry.is_dir() and not entry.is_symlink():
+                found.append((entry, sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())))
+            else:
+                found.append((entry, entry.lstat().st_size))
+    return found
+
+
 def _clean_staging(root: Path) -> Path:
     """Remove staging files and folders: called holding the ledger's lock, when no registration
     is running, so anything there was left by a process that died and was never part of the ledger."""
