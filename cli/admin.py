@@ -111,15 +111,18 @@ def verify_cmd(obj: Context, rehash: bool, repair: bool, as_json: bool) -> None:
 
 @main.command("demo")
 @click.argument("path", default="prov-demo", type=click.Path(file_okay=False))
-@click.option("--docs", "n_docs", type=int, default=2000, show_default=True, help="Documents in the main corpus.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated corpus.")
+@click.option("--docs", "n_docs", type=click.IntRange(20, 1_000_000), default=2000, show_default=True,
+              help="Documents in the main corpus.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the generated corpus.")
 @click.option("--server", "served", is_flag=True,
               help="Tell the story through a ledger server: PATH/.prov gets tokens, `prov serve` runs as a "
                    "subprocess on a free loopback port, and everything goes over HTTP.")
 @json_option
 @pass_ctx
 def demo_cmd(obj: Context, path: str, n_docs: int, seed: int, served: bool, as_json: bool) -> None:
-    """Register a generated corpus with planted near-duplicates in PATH/.prov and show the ledger."""
+    """Register a generated corpus with planted near-duplicates in PATH/.prov and show the ledger.
+    A ledger already in PATH is used only if an earlier demo made it (running it again adds
+    nothing); any other is refused."""
     from provenance.demo import run_demo, run_served_demo
 
     with render.progress(obj.quiet) as bar:

@@ -133,6 +133,8 @@ def remove_documents(ledger: LedgerStore, name: str, keys: Sequence[str], *, rea
     if "@" in name:
         raise InvalidParameterError(f"give the dataset's name, not a version ({name!r}): documents are removed from "
                                     "its latest version, and the result is its next")
+    if retraction is not None:  # the retraction it serves must exist (raises NotFoundError naming it)
+        retraction = ledger.retraction(retraction)["retraction_id"]
     latest = ledger.dataset(name)
     with ledger._cursor() as con:
         found = con.sql("SELECT doc_id, key, shard_index, token_count FROM documents "

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from provenance.api import Ledger
-from provenance.errors import LedgerNotFoundError, ProvenanceError
+from provenance.errors import InvalidParameterError, LedgerNotFoundError, ProvenanceError
 from provenance.progress import Progress
 from provenance.records import RegistrationResult
 from provenance.synthetic import Corpus, generate_corpus
@@ -63,12 +63,50 @@ def _write(path: Path, corpus: Corpus, *, compress: bool = False) -> Path:
     return path
 
 
+#: What the demo registers and tags: a ledger holding anything else is not the demo's.
+DEMO_DATASETS = frozenset({"web-crawl", "forum-posts", "qa-eval"})
+DEMO_TAGS = frozenset({"demo-base", "demo-fish", "demo-lora", "demo-merge"})
+MAX_DOCS = 1_000_000
+
+
+def check_options(n_docs: int, seed: int) -> None:
+    """The demo's corpus size and seed, checked before anything is written."""
+    if isinstance(n_docs, bool) or not isinstance(n_docs, int) or not 20 <= n_docs <= MAX_DOCS:
+        raise InvalidParameterError(f"the demo's documents (--docs) must be 20 to {MAX_DOCS:,}, got {n_docs!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InvalidParameterError(f"the demo's seed (--seed) must be a whole number >= 0, got {seed!r}")
+
+
+def demo_ledger(root: Path) -> Ledger:
+    """The ledger in ``root``: made there if there is none; an existing one only if it is empty
+    or holds only what an earlier demo made (running the demo again adds nothing), never a
+    ledger of real work, which the demo's datasets, versions and tags would land in."""
+    try:
+        ledger = Ledger.open(root)
+    except LedgerNotFoundError:
+        return Ledger.init(root)
+    names = {d.name for d in ledger.datasets()}
+    tags = {t.name for t in ledger.tags()}
+    versions = ledger.sql("SELECT count(*) AS n FROM versions").column("n")[0].as_py()
+    foreign = sorted(names - DEMO_DATASETS) + sorted(tags - DEMO_TAGS)
+    if foreign or (versions and "demo-base" not in tags):
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "") if foreign else f"{versions} model version{'s' * (versions != 1)}"
+        raise InvalidParameterError(
+            f"{ledger.root} is a ledger the demo did not make (it holds {shown}); the demo would add its datasets, "
+            "versions and tags to it: give it a new folder (prov demo FOLDER)")
+    return ledger
+
+
 def run_demo(path: str | Path = "prov-demo", *, n_docs: int = 2000, seed: int = 0, progress: Progress | None = None,
              train: bool = True, ledger: Any = None) -> DemoReport:
     """Generate the demo corpus under ``path``, register it in ``path/.prov`` (or in ``ledger``,
     a ledger server's), train and commit the three model versions of :mod:`provenance.demo_model`
-    (unless ``train`` is False) and report."""
+    (unless ``train`` is False) and report. An existing ledger in ``path`` that the demo did not
+    make is refused (:func:`demo_ledger`)."""
+    check_options(n_docs, seed)
     root = Path(path)
+    if ledger is None:
+        ledger = demo_ledger(root)
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
     web = generate_corpus(n_docs, seed=seed, prefix="web", dup_fraction=0.05)
@@ -93,11 +131,6 @@ def run_demo(path: str | Path = "prov-demo", *, n_docs: int = 2000, seed: int = 
     _write(data / "forum.jsonl", forum)
     _write(data / "eval.jsonl", evals)
 
-    if ledger is None:
-        try:
-            ledger = Ledger.open(root)
-        except LedgerNotFoundError:
-            ledger = Ledger.init(root)
     results = [
         ledger.register_dataset(
             "web-crawl", str(data / "web"), id_field="id", license="CC-BY-4.0", source="generated web-like text",
@@ -155,12 +188,10 @@ def run_served_demo(path: str | Path = "prov-demo", *, n_docs: int = 2000, seed:
 
     import httpx
 
+    check_options(n_docs, seed)
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
-    try:
-        local = Ledger.open(root)
-    except LedgerNotFoundError:
-        local = Ledger.init(root)
+    local = demo_ledger(root)
     names = {t.name for t in local.tokens()}
     suffix = f"-{len(names)}" if {"demo-admin", "demo-trainer"} & names else ""
     local.issue_token(f"demo-admin{suffix}", "admin")

@@ -171,6 +171,34 @@ def test_demo_finds_planted_pairs(tmp_path, runner):
     assert [m["version_id"] for m in again["models"]] == [m["version_id"] for m in report["models"]]
 
 
+def test_demo_refuses_a_ledger_it_did_not_make_and_bad_numbers(tmp_path, runner, write_jsonl):
+    import torch
+
+    from provenance import Ledger
+
+    work = Ledger.init(tmp_path / "work")
+    work.register_dataset("mine", write_jsonl(tmp_path / "a.jsonl", [{"id": "a", "text": "some words here"}]),
+                          id_field="id")
+    out = runner.invoke(main, ["demo", str(tmp_path / "work"), "--docs", "100"])
+    assert out.exit_code == 4 and "is a ledger the demo did not make (it holds mine)" in out.output
+    assert [d.name for d in work.datasets()] == ["mine"] and not (tmp_path / "work" / "data").exists()
+    work.commit({"w": torch.zeros(2)}, message="a model, no dataset")
+    Ledger.init(tmp_path / "models").commit({"w": torch.zeros(2)}, message="imported")
+    out = runner.invoke(main, ["demo", str(tmp_path / "models"), "--docs", "100"])
+    assert out.exit_code == 4 and "(it holds 1 model version)" in out.output
+    for option, value, says in (("--docs", "0", "0 is not in the range 20<=x<=1000000"),
+                                ("--docs", "99999999999", "not in the range"), ("--seed", "-1", "-1 is not in the range x>=0")):
+        out = runner.invoke(main, ["demo", str(tmp_path / "fresh"), option, value])
+        assert out.exit_code == 2 and says in out.output, out.output
+    assert not (tmp_path / "fresh").exists()  # nothing written
+    from provenance.demo import run_demo
+    from provenance.errors import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError, match=r"--docs\) must be 20 to 1,000,000, got -5"):
+        run_demo(tmp_path / "fresh", n_docs=-5)
+    assert not (tmp_path / "fresh").exists()
+
+
 def test_model_commit_log_show_checkout_and_tag(project, runner):
     import torch
     from safetensors.torch import save_file

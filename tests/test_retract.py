@@ -416,6 +416,9 @@ def test_dataset_remove_makes_a_version_without_the_documents(contributors, data
         ledger.remove_documents("private@1", ["x1"])
     with pytest.raises(InvalidParameterError, match="would leave private@1 empty"):
         ledger.remove_documents("private", ["x0", "x1", "x2", "x3"])
+    for bad in ("nonexistent", ""):
+        with pytest.raises(NotFoundError, match=f"no retraction '{bad}'"):
+            ledger.remove_documents("private", ["x1"], retraction=bad)
     assert [d.dataset_id for d in ledger.datasets("private", all_versions=True)] == ["private@1"]  # nothing made
     result = ledger.remove_documents("private", ["x1"], reason="withdrawn", retraction=rid)
     ds = result.dataset
