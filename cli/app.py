@@ -84,8 +84,7 @@ class ProvGroup(click.Group):
         except ProvenanceError as exc:
             raise CliError(str(exc), kind=_kind(exc)) from exc
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise CliError(f"invalid parameter: {problems}", kind="invalid_parameter") from exc
+            raise CliError(f"invalid parameter: {validation_problems(exc)}", kind="invalid_parameter") from exc
         except click.UsageError as exc:
             if ctx.meta.get("prov.json"):
                 raise CliError(exc.format_message(), kind="usage", exit_code=EXIT_USAGE) from exc
@@ -97,6 +96,21 @@ class ProvGroup(click.Group):
             sys.exit(1)
         except OSError as exc:  # a file the command reads or writes: name it, no traceback
             raise CliError(describe(exc), kind="os") from exc
+
+
+#: Fields of the library's models that commands set from options of another name.
+OPTION_OF_FIELD = {"lsh_threshold": "--threshold", "num_perm": "--num-perm", "ngram": "--ngram", "seed": "--seed"}
+
+
+def validation_problems(exc: ValidationError) -> str:
+    """A pydantic error as one line: each problem after the option (or field) it is about,
+    without pydantic's own prefixes."""
+    problems = []
+    for e in exc.errors():
+        loc = ".".join(map(str, e["loc"]))
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        problems.append(f"{OPTION_OF_FIELD.get(loc, loc)}: {msg}" if loc else msg)
+    return "; ".join(problems)
 
 
 class Context:
@@ -146,7 +160,7 @@ def _json_mode(ctx: click.Context, _param: click.Parameter, value: bool) -> bool
     return value
 
 
-json_option = click.option("--json", "as_json", is_flag=True, callback=_json_mode,
+json_option = click.option("--json", "as_json", is_flag=True, callback=_json_mode, is_eager=True,
                            help="Print JSON instead of a table (errors too: JSON on stderr).")
 
 
@@ -257,7 +271,7 @@ def _ray_engine(module: str) -> Any:
     help="Ledger folder (a project folder or its .prov), or a ledger server's URL (http://HOST:PORT; token in "
          "$PROV_TOKEN). Default: $PROV_LEDGER, else the nearest .prov above.",
 )
-@click.option("--wait", type=float, default=10.0, show_default=True, help="Seconds to wait for a ledger another process holds.")
+@click.option("--wait", type=click.FloatRange(0, 86400), default=10.0, show_default=True, help="Seconds to wait for a ledger another process holds.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
 def main(ctx: click.Context, ledger: str | None, wait: float, quiet: bool) -> None:

@@ -11,7 +11,8 @@ from provenance.cli.app import CliError, Context, json_option, main, pass_ctx
 
 @main.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on.")
-@click.option("--port", type=int, default=8765, show_default=True, help="The TCP port to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+              help="The TCP port to listen on (0: a free one, printed when the server starts).")
 @click.option("--insecure-no-auth", is_flag=True,
               help="Serve without tokens (everything allowed); only on the loopback address.")
 @click.option("--ssl-certfile", type=click.Path(dir_okay=False, exists=True), default=None, help="TLS certificate (PEM).")

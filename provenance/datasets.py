@@ -484,9 +484,10 @@ def _created_message(ds: DatasetRecord) -> str:
 def _unchanged_message(latest: DatasetRecord, role: str, lic: License) -> str:
     notes = []
     if latest.role != role:
-        notes.append(f"role {role!r} differs from {latest.role!r}")
+        notes.append(f"role {role!r} differs from the registered {latest.role!r}")
     if latest.license != lic:
-        notes.append(f"license {lic.spdx!r} differs from {latest.license.spdx!r}")
+        given, kept = (repr(x) if x else "none (unknown)" for x in (lic.spdx, latest.license.spdx))
+        notes.append(f"license {given} differs from the registered {kept}")
     tail = f"; metadata not applied: {', '.join(notes)}" if notes else ""
     return (
         f"unchanged: the content matches {latest.dataset_id} ({_count(latest.n_shards, 'shard')}, "

@@ -101,10 +101,11 @@ def _umask() -> int:
     return mask
 
 
-def check_output(given: Path, resolved: Path, *, parents: bool = False) -> Path:
+def check_output(given: Path, resolved: Path, *, parents: bool | None = None) -> Path:
     """Check a file about to be written (``given`` as the user wrote it, ``resolved`` after
     symlinks): refuse a folder, and an existing device, FIFO or socket (a rename over it would
-    replace it); its parent folder must exist unless ``parents``, which creates it."""
+    replace it); its parent folder must exist unless ``parents``, which creates it (``None``: the
+    caller has no such option, and the error does not offer it)."""
     from provenance.errors import UnsafeOutputError
 
     if resolved.is_dir():
@@ -115,9 +116,7 @@ def check_output(given: Path, resolved: Path, *, parents: bool = False) -> Path:
             "which the write would replace")
     if not resolved.parent.is_dir():
         if not parents:
-            raise UnsafeOutputError(
-                f"cannot write {str(given)!r}: folder {resolved.parent} does not exist "
-                "(create it, or pass parents=True / --parents)"
-            )
+            offer = "create it first" if parents is None else "create it, or pass parents=True / --parents"
+            raise UnsafeOutputError(f"cannot write {str(given)!r}: folder {resolved.parent} does not exist ({offer})")
         resolved.parent.mkdir(parents=True, exist_ok=True)
     return resolved

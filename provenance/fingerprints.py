@@ -322,7 +322,8 @@ class FingerprintConfig(BaseModel):
     scheme: Literal["affine32", "legacy"] = Field("affine32", description="datasketch permutation scheme")
     num_perm: int = Field(128, ge=1, le=8192, description="number of permutations (signature length)")
     seed: int = Field(1, ge=0, le=2**32 - 1, description="seed of datasketch's permutations")
-    lsh_threshold: float = Field(0.8, gt=0.0, lt=1.0, description="similarity the stored LSH bands target")
+    lsh_threshold: float = Field(0.8, gt=0.0, lt=1.0, allow_inf_nan=False,
+                                 description="similarity the stored LSH bands target")
 
     @model_validator(mode="after")
     def _check_banding(self) -> FingerprintConfig:

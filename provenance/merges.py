@@ -416,7 +416,8 @@ def _fisher_sources(ledger, inputs, names):
     if lacking:
         raise InvalidParameterError(
             f"version(s) {', '.join(lacking)} have no stored Fisher for every parameter: store one with "
-            "store_fisher(...) or pass fisher=..."
+            "ledger.store_fisher(version, fisher) (docs/merging.md) or pass fisher=..., or merge by another method "
+            "(--method average, task_arithmetic or ties)"
         )
     manifests = [ledger.manifest(v) for v in inputs]
 

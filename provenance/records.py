@@ -243,12 +243,13 @@ class RegistrationResult(BaseModel):
     message: str
 
 
-def check_name(name: str) -> str:
-    """``name`` if it is a valid dataset name, else an error saying what one looks like."""
+def check_name(name: str, what: str = "dataset name") -> str:
+    """``name`` if it is a valid dataset (or, per ``what``, token) name, else an error saying
+    what one looks like."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidParameterError(
-            f"dataset name {name!r} must start with a letter or digit and hold only letters, digits, '.', '_', '-' "
-            f"(at most {NAME_MAX} characters)"
+            f"{what} {name!r} must start with an ASCII letter or digit and hold only ASCII letters, digits, '.', '_', "
+            f"'-' (at most {NAME_MAX} characters)"
         )
     return name
 
@@ -258,8 +259,8 @@ def check_tag(name: str) -> str:
     look like a version id or prefix (4 to 32 hex digits, in any case), which it would shadow."""
     if not isinstance(name, str) or not _TAG.fullmatch(name):
         raise InvalidParameterError(
-            f"tag {name!r} must start with a letter or digit and hold only letters, digits, '.', '_', '-', '+', '/' "
-            f"(at most {NAME_MAX} characters)"
+            f"tag {name!r} must start with an ASCII letter or digit and hold only ASCII letters, digits, '.', '_', '-', "
+            f"'+', '/' (at most {NAME_MAX} characters)"
         )
     if looks_like_id(name):
         raise InvalidParameterError(f"tag {name!r} looks like a version id (4 to 32 hex digits); pick another name")

@@ -167,7 +167,7 @@ class RemoteLedger:
         data = self._call("POST", "sql", json_body={"query": query, "params": list(params) if params else None})
         return ipc_to_table(data, "the server's answer")
 
-    def output_path(self, path: str | os.PathLike, *, parents: bool = False) -> Path:
+    def output_path(self, path: str | os.PathLike, *, parents: bool | None = None) -> Path:
         """Check a file this client is about to write (a local path: the ledger is elsewhere), as
         a local ledger checks one; see :func:`provenance.files.check_output`."""
         from provenance.files import check_output

@@ -426,9 +426,13 @@ def audit_retraction(ledger: Any, retraction: str, *, samples: Any = None, relea
         tainted = retraction_taint(ledger, rid, graph=graph, extra_doc_ids=[c["doc_id"] for c in copies])
         checked = [{"version_id": r["new_version_id"], "as": f"{r['action']} of {r['version_id'][:12]}",
                     "exact": r["exact"]} for r in rec["results"]]
-        if releases:
-            checked += [{"version_id": t.version_id, "as": f"release {t.name}", "exact": None}
-                        for t in ledger.tags() if fnmatch.fnmatchcase(t.name, releases)]
+        if releases:  # each release version once, with every matching tag; one a step made is listed already
+            named: dict[str, list[str]] = {}
+            for t in ledger.tags():
+                if fnmatch.fnmatchcase(t.name, releases) and t.version_id not in {c["version_id"] for c in checked}:
+                    named.setdefault(t.version_id, []).append(t.name)
+            checked += [{"version_id": v, "as": f"release {', '.join(names)}", "exact": None}
+                        for v, names in named.items()]
         for c in checked:
             hit = tainted.get(c["version_id"])
             c["clean"], c["via"] = hit is None, hit["via"] if hit else None

@@ -265,6 +265,10 @@ def test_sql_refuses_writes_and_outside_access(ledger, query, ledger_state, tmp_
 def test_sql_refusal_messages(ledger):
     with pytest.raises(ReadOnlyQueryError, match="only SELECT queries are allowed on the ledger, got DELETE"):
         ledger.sql("DELETE FROM documents")
+    with pytest.raises(ReadOnlyQueryError, match=r"allowed on the ledger, got INSTALL \(a LOAD statement\)"):
+        ledger.sql("INSTALL httpfs")
+    with pytest.raises(ReadOnlyQueryError, match="allowed on the ledger, got DELETE$"):
+        ledger.sql("EXPLAIN ANALYZE DELETE FROM documents")
     with pytest.raises(ReadOnlyQueryError, match="give exactly one statement, got 2"):
         ledger.sql("SELECT 1; SELECT 2")
     with pytest.raises(ReadOnlyQueryError, match="query refused: .*/etc/passwd"):

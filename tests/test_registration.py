@@ -317,8 +317,8 @@ def test_unchanged_content_with_other_metadata_says_so(ledger, corpus_jsonl):
     again = ledger.register_dataset("corpus", corpus_jsonl, license="CC0-1.0", role="eval")
     assert not again.created
     assert again.dataset.license.spdx == "MIT" and again.dataset.role == "train"
-    assert "role 'eval' differs from 'train'" in again.message
-    assert "license 'CC0-1.0' differs from 'MIT'" in again.message
+    assert "role 'eval' differs from the registered 'train'" in again.message
+    assert "license 'CC0-1.0' differs from the registered 'MIT'" in again.message
 
 
 def test_changed_content_makes_version_two_with_stable_keys(ledger, corpus, data_dir, write_jsonl):

@@ -110,8 +110,10 @@ def test_outputs_never_replace_devices_or_fifos(project, tmp_path):
 def test_checkout_needs_parents_for_missing_folders(project, tmp_path):
     ledger, base, child = project
     result = run_cli("model", "checkout", child.version_id, "-o", "new/dir/m.safetensors")
-    assert result.exit_code == 4 and "folder" in result.output and "does not exist" in result.output
+    assert result.exit_code == 4 and "does not exist (create it, or pass parents=True / --parents)" in result.output
     assert not (tmp_path / "new").exists()
+    result = run_cli("audit", "dedup", "news", "--html", "new/dir/x.html")  # no --parents there: not offered
+    assert result.exit_code == 4 and "folder" in result.output and "does not exist (create it first)" in result.output
     result = run_cli("model", "checkout", child.version_id, "-o", "new/dir/m.safetensors", "--parents")
     assert result.exit_code == 0, result.output
     from safetensors.torch import load_file

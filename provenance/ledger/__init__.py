@@ -396,7 +396,7 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
             ledger._migrate(create=False)
         return ledger
 
-    def output_path(self, path: str | os.PathLike, *, parents: bool = False) -> Path:
+    def output_path(self, path: str | os.PathLike, *, parents: bool | None = None) -> Path:
         """Check a file that a command is about to write: refuse one that resolves (after
         symlinks) inside the ledger folder, or that is a folder; its parent folder must exist
         unless ``parents``, which creates it. Returns the resolved path."""

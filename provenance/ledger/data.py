@@ -54,7 +54,7 @@ class DataQueries:
         with self._cursor() as con:
             if version:
                 if not re.fullmatch(r"[0-9]{1,9}", version):
-                    raise InvalidParameterError(f"dataset version in {ref!r} must be a number")
+                    raise InvalidParameterError(f"dataset version in {ref!r} must be a number (1 to 999999999)")
                 rows = con.sql("SELECT * FROM datasets WHERE name = ? AND version = ?", params=[name, int(version)])
             else:
                 rows = con.sql("SELECT * FROM datasets WHERE name = ? ORDER BY version DESC LIMIT 1", params=[name])
@@ -139,13 +139,16 @@ class DataQueries:
             raise ReadOnlyQueryError(f"cannot parse query: {exc}") from exc
         if len(statements) != 1:
             raise ReadOnlyQueryError(f"give exactly one statement, got {len(statements)}")
-        kind = statements[0].type.name
+        kind, text = statements[0].type.name, statements[0].query
         if kind == "EXPLAIN":  # EXPLAIN ANALYZE runs its statement: that one must be a SELECT too
             inner = re.sub(r"^\s*explain\s+(analy[sz]e\s+)?", "", statements[0].query, flags=re.IGNORECASE)
             inner_types = [st.type.name for st in duckdb.extract_statements(inner)] if inner.strip() else []
             kind = inner_types[0] if len(inner_types) == 1 else "EXPLAIN"
+            text = inner if len(inner_types) == 1 else text
         if kind != "SELECT":
-            raise ReadOnlyQueryError(f"only SELECT queries are allowed on the ledger, got {kind}")
+            verb = (text.split() or [kind])[0].upper()
+            said = kind if verb == kind else f"{verb} (a {kind} statement)"  # INSTALL is a LOAD to DuckDB
+            raise ReadOnlyQueryError(f"only SELECT queries are allowed on the ledger, got {said}")
         if self._con is not None:  # a held session (a server): no second connection, so check the tree
             self._check_ledger_only(query)
             with self._cursor_lock:

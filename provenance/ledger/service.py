@@ -36,7 +36,7 @@ class ServiceQueries:
         its hash) and so can be shown once."""
         from provenance.records import check_name
 
-        check_name(name)
+        check_name(name, "token name")
         if expires_days is not None and not 0 < expires_days <= 36_500:
             raise InvalidParameterError(f"expires must be a number of days in (0, 36500], got {expires_days}")
         secret = new_token()
