@@ -82,7 +82,7 @@ def test_bad_input_exit_code_and_message(project, runner):
     ok = _json(runner.invoke(main, ["dataset", "add", "bad", str(bad), "--on-invalid", "replace", "--json"]))
     assert ok["dataset"]["n_invalid_replaced"] == 1 and ok["dataset"]["n_documents"] == 2
     bogus = runner.invoke(main, ["dataset", "add", "x", "data/a.jsonl", "--num-perm", "0"])
-    assert bogus.exit_code == 4 and "num_perm" in bogus.output
+    assert bogus.exit_code == 4 and "invalid parameter: --num-perm: Input should be greater than or equal to 1" in bogus.output
 
 
 def test_sql_formats_and_refusals(project, runner):
