@@ -428,6 +428,12 @@ def test_dataset_remove_makes_a_version_without_the_documents(contributors, data
     assert (ds.dataset_id, ds.n_documents, ds.n_shards) == ("private@2", 3, 1) and "without 1 document" in result.message
     keys = ledger.sql("SELECT key FROM documents WHERE dataset_id = 'private@2' ORDER BY key").column("key").to_pylist()
     assert keys == ["x0", "x2", "x3"]
+    # a retraction recorded now points the retrain at the version already without the document
+    again_rec = ledger.retract(dataset="private", key="x1", reason="asked again")
+    step = next(s for s in again_rec["steps"] if s["version_id"] == v["a"].version_id)
+    assert step["action"] == "retrain" and step["remove"] == {"private@1": ["x1"]}
+    assert "train on private@2 (already without the retracted documents)" in step["why"]
+    assert "prov dataset remove" not in step["why"]
     old = {r["key"]: r for r in ledger.sql("SELECT key, signature, exact_hash FROM documents "
                                           "WHERE dataset_id = 'private@1'").to_pylist()}
     for r in ledger.sql("SELECT key, signature, exact_hash FROM documents WHERE dataset_id = 'private@2'").to_pylist():

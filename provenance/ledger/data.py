@@ -114,6 +114,12 @@ class DataQueries:
                                  params=[dataset_id, key]).to_arrow_table().to_pylist()
         return [DocumentRecord(**r) for r in found]
 
+    def keys_in(self, dataset_id: str, keys: Sequence[str]) -> list[str]:
+        """Which of ``keys`` the dataset version ``dataset_id`` holds."""
+        with self._cursor() as con:
+            return [r[0] for r in con.execute("SELECT DISTINCT key FROM documents WHERE dataset_id = ? "
+                                              "AND list_contains(?, key) ORDER BY key", [dataset_id, list(keys)]).fetchall()]
+
     def summary(self) -> dict[str, Any]:
         """Counts of what the ledger holds."""
         with self._cursor() as con:
