@@ -288,6 +288,21 @@ def test_a_retried_write_applies_once(server, name):
     assert len(runs) == 1
     other = httpx.post(f"{server.url}/api/v1/tags/x", json={"version": "nope"}, headers=headers)
     assert other.status_code == 422 and "was used for POST /api/v1/runs" in other.json()["error"]
+    # the key is the first request's: another body, or another token, is refused, and nothing is dropped silently
+    changed = httpx.post(f"{server.url}/api/v1/runs", json={"message": name("second")}, headers=headers)
+    assert changed.status_code == 422 and "was used for a write with another body" in changed.json()["error"]
+    _, write = server.ledger().issue_token(name("other-writer"), "write")
+    stolen = httpx.post(f"{server.url}/api/v1/runs", json=body,
+                        headers={**headers, "Authorization": f"Bearer {write}"})
+    assert stolen.status_code == 422 and "was used by another token's write" in stolen.json()["error"]
+    assert [r.message for r in server.ledger().runs() if r.message in (name("once"), name("second"))] == [name("once")]
+    # an answer the app gave before reading the whole body is replayed for the same request
+    bad = {**headers, "Idempotency-Key": uuid.uuid4().hex}
+    upload = b"x" * 3_000_000
+    first = httpx.post(f"{server.url}/api/v1/uploads", content=upload, headers=bad)
+    again = httpx.post(f"{server.url}/api/v1/uploads", content=upload, headers=bad)
+    assert first.status_code == again.status_code and 400 <= first.status_code < 500
+    assert again.headers.get("idempotent-replayed") == "true" and first.json() == again.json()
 
 
 def test_bad_requests_get_4xx_naming_the_problem(server):

@@ -679,7 +679,8 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
                 pending = WRITE_KEY.get()
                 if pending is not None:  # a server's idempotent write: its key lands with what it wrote
                     key, token, method, path = pending
-                    con.execute("INSERT INTO idempotency VALUES (?, ?, ?, ?, 0, NULL, ''::BLOB, ?) "
+                    con.execute("INSERT INTO idempotency (idempotency_key, token, method, path, status, content_type, "
+                                "body, created_at) VALUES (?, ?, ?, ?, 0, NULL, ''::BLOB, ?) "
                                 "ON CONFLICT (idempotency_key) DO NOTHING", [key, token, method, path, _now()])
                 con.execute("COMMIT")  # a log the disk refuses fails here, and is rolled back below
             except BaseException:  # rolled back; _cursor then reports a damaged database or a full disk as such

@@ -100,16 +100,19 @@ class ServiceQueries:
                                   r["seconds"]] for r in rows])
 
     def idempotent_response(self, key: str) -> dict[str, Any] | None:
-        """The response stored for ``key`` (``method, path, status, content_type, body``), if any."""
+        """The response stored for ``key`` (``token, method, path, status, content_type, body,
+        request_sha256``), if any."""
         with self._cursor() as con:
-            rows = con.sql("SELECT method, path, status, content_type, body FROM idempotency WHERE idempotency_key = ?",
-                           params=[key]).to_arrow_table().to_pylist()
+            rows = con.sql("SELECT token, method, path, status, content_type, body, request_sha256 FROM idempotency "
+                           "WHERE idempotency_key = ?", params=[key]).to_arrow_table().to_pylist()
         return rows[0] if rows else None
 
     def store_response(self, key: str, token: str | None, method: str, path: str, status: int,
-                       content_type: str | None, body: bytes, *, access: dict[str, Any] | None = None) -> None:
+                       content_type: str | None, body: bytes, *, access: dict[str, Any] | None = None,
+                       request_sha256: str | None = None) -> None:
         """Keep the answer to the write sent with ``key`` (replacing the mark its transaction left),
-        with its ``access`` log row (as :meth:`log_access` takes them) in the same transaction."""
+        and the SHA-256 of the request's body, with its ``access`` log row (as :meth:`log_access`
+        takes them) in the same transaction."""
         with self.transaction() as tx:
             if access is not None:
                 r = access
@@ -117,6 +120,9 @@ class ServiceQueries:
                                 [r["logged_at"], r["token"], r["method"], r["path"], r["status"], r["idempotency_key"],
                                  r["seconds"]])
             tx._con.execute(
-                """INSERT INTO idempotency VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (idempotency_key)
-                   DO UPDATE SET status = excluded.status, content_type = excluded.content_type, body = excluded.body""",
-                [key, token, method, path, status, content_type, body, _now()])
+                """INSERT INTO idempotency (idempotency_key, token, method, path, status, content_type, body, created_at,
+                                           request_sha256)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (idempotency_key)
+                   DO UPDATE SET status = excluded.status, content_type = excluded.content_type, body = excluded.body,
+                                 request_sha256 = excluded.request_sha256""",
+                [key, token, method, path, status, content_type, body, _now(), request_sha256])

@@ -10,7 +10,9 @@ everything and listens on the loopback only. ``/healthz`` and the OpenAPI docume
 **Idempotency.** A write sent with ``Idempotency-Key`` is applied once: its response is stored
 with the key, and a retry with the same key (the connection dropped after the server got it)
 gets the stored response, marked ``Idempotent-Replayed: true``, without applying it again.
-Retries of one key wait for the first to finish.
+Retries of one key wait for the first to finish. A key answers again only the request it came
+with: the same method, path and token, and a body of the same SHA-256 (kept with the answer); any
+other is refused (422), so a reused key never drops a different write while answering "done".
 
 **Access log.** Every write is recorded (time, the token's name, method, path, status,
 idempotency key, seconds) in ``access_log``, which ``prov sql`` can query.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import threading
 import time
@@ -183,10 +186,19 @@ class Guard:
                                        "kind": "InvalidParameterError"}, status_code=422)(scope, receive, send)
         stored = await run_in_threadpool(service.read, service.ledger.idempotent_response, key)
         if stored is not None:
+            sent = await _body_sha256(receive)  # a retry sends its request again: the same one?
             if (stored["method"], stored["path"]) != (method, path):
                 response: Response = JSONResponse(
                     {"error": f"Idempotency-Key {key!r} was used for {stored['method']} {stored['path']}",
                      "kind": "InvalidParameterError"}, status_code=422)
+            elif stored["token"] != token:
+                response = JSONResponse({"error": f"Idempotency-Key {key!r} was used by another token's write",
+                                         "kind": "InvalidParameterError"}, status_code=422)
+            elif stored["request_sha256"] is not None and stored["request_sha256"] != sent:
+                response = JSONResponse(
+                    {"error": f"Idempotency-Key {key!r} was used for a write with another body: a retry sends the "
+                     "same request again, a new write needs a new key", "kind": "InvalidParameterError"},
+                    status_code=422)
             elif stored["status"] == 0:  # applied, then the server stopped before its answer was stored
                 response = JSONResponse(
                     {"error": f"the write with Idempotency-Key {key!r} was applied before the server stopped, and its "
@@ -207,21 +219,47 @@ class Guard:
             elif message["type"] == "http.response.body":
                 body.append(message.get("body", b""))
 
+        digest, ended = hashlib.sha256(), [False]
+
+        async def hashed() -> dict:  # the request's body hashed as the app reads it
+            message = await receive()
+            if message["type"] == "http.request":
+                digest.update(message.get("body", b""))
+                ended[0] = not message.get("more_body", False)
+            elif message["type"] == "http.disconnect":
+                ended[0] = True
+            return message
+
         mark = WRITE_KEY.set((key, token, method, path))
         try:
-            await self.app(scope, receive, capture)
+            await self.app(scope, hashed, capture)
         finally:
             WRITE_KEY.reset(mark)
+        while not ended[0]:  # what the app did not read (it answered first): hashed too, for the retry's check
+            await hashed()
         data = b"".join(body)
         kind = next((v.decode("latin-1") for k, v in start.get("headers", []) if k.lower() == b"content-type"), None)
         status[0] = start.get("status", 500)
         if status[0] < 500:
             await _keep(service.ledger.store_response, key, token, method, path, status[0], kind, data,
-                        access=access())
+                        access=access(), request_sha256=digest.hexdigest())
         else:
             await _keep(service.ledger.log_access, [access()])
         await send(start)
         await send({"type": "http.response.body", "body": data})
+
+
+async def _body_sha256(receive: Any) -> str:
+    """The SHA-256 of a request's whole body, read from ``receive``."""
+    digest = hashlib.sha256()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        digest.update(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return digest.hexdigest()
 
 
 async def _keep(write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
