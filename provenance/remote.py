@@ -47,7 +47,17 @@ from provenance.records import (
 )
 from provenance.results import DedupReport, GateReport, Lineage, MemorizationReport, MergeReceipt, TaintReport
 from provenance.runs import Run
-from provenance.wire import API, ARROW_STREAM, BUNDLE, LOW_RANK_PREFIX, ipc_to_table, raise_error, table_to_ipc, unpack
+from provenance.wire import (
+    API,
+    ARROW_STREAM,
+    BUNDLE,
+    LOW_RANK_PREFIX,
+    READ_POSTS,
+    ipc_to_table,
+    raise_error,
+    table_to_ipc,
+    unpack,
+)
 
 #: Examples a remote run buffers before sending them: each batch is a round trip and a transaction
 #: on the server, so a bigger one than a local run's 65,536 (about 3 MiB of keys; 4 processes
@@ -105,7 +115,7 @@ class RemoteLedger:
         Idempotency-Key throughout); returns the decoded JSON (or bytes, or ``stream_to``)."""
         url = path if path.startswith("/") else f"{API}/{path}"
         headers = {}
-        if method != "GET":
+        if method != "GET" and url not in READ_POSTS:  # writes only
             headers["Idempotency-Key"] = uuid.uuid4().hex
         if content_type:
             headers["Content-Type"] = content_type

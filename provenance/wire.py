@@ -13,6 +13,9 @@ import pyarrow as pa
 from provenance import errors
 
 API = "/api/v1"
+#: Queries sent as POST (their question is a body) that write nothing: a read token may send them,
+#: and they carry no Idempotency-Key and are not logged, as GETs are not.
+READ_POSTS = (f"{API}/sql", f"{API}/near-duplicates", f"{API}/taint")
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 #: Names of the low-rank factors a commit uploads beside the state: ``prefix + "B:" + parameter``
 #: and ``prefix + "A:" + parameter``; their scales travel as the ``low_rank_scales`` parameter.

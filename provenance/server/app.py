@@ -39,7 +39,7 @@ from provenance.files import describe
 from provenance.ledger import WRITE_KEY
 from provenance.ledger._common import _now
 from provenance.server import LedgerService
-from provenance.wire import API, error_body, status_of
+from provenance.wire import API, READ_POSTS, error_body, status_of
 
 _ADMIN = (f"{API}/tokens", f"{API}/gc", f"{API}/verify", f"{API}/backup")
 _SCOPE_RANK = {"read": 0, "write": 1, "admin": 2}
@@ -49,10 +49,14 @@ _STORAGE_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _OPEN_PATHS = ("/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
 
 
+def _reads(method: str, path: str) -> bool:
+    return method in ("GET", "HEAD", "OPTIONS") or (method == "POST" and path in READ_POSTS)
+
+
 def needed_scope(method: str, path: str) -> str:
     if path.startswith(_ADMIN):
         return "admin"
-    return "read" if method in ("GET", "HEAD", "OPTIONS") else "write"
+    return "read" if _reads(method, path) else "write"
 
 
 def create_app(service: LedgerService) -> FastAPI:
@@ -154,7 +158,7 @@ class Guard:
             return await JSONResponse({"error": f"a JSON body may have at most {MAX_JSON:,} bytes, this one has "
                                        f"{int(length):,}", "kind": "InvalidParameterError"},
                                       status_code=413)(scope, receive, send)
-        if method in ("GET", "HEAD", "OPTIONS"):
+        if _reads(method, path):
             return await self.app(scope, receive, timed)
         key = headers.get("idempotency-key")
 
