@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -34,9 +35,12 @@ def _param(spec: str) -> tuple[str, Any]:
     if not sep or not name:
         raise click.BadParameter(f"{spec!r}: expected KEY=VALUE", param_hint="--param")
     try:
-        return name, json.loads(value)
+        parsed = json.loads(value)
     except json.JSONDecodeError:
         return name, value
+    if isinstance(parsed, float) and not math.isfinite(parsed):  # NaN, Infinity: JSON would store null
+        return name, value
+    return name, parsed
 
 
 @run_group.command("start")
@@ -55,10 +59,19 @@ def run_start(obj: Context, message: str, base: str | None, datasets: tuple[str,
     declared: dict[str, float] = {}
     for spec in datasets:
         name, epochs = _epochs(spec)
+        if name in declared:
+            raise click.BadParameter(f"dataset {name!r} is given twice; give each once, with its epochs",
+                                     param_hint="--dataset")
         declared[name] = epochs
+    settings: dict[str, Any] = {}
+    for spec in params:
+        key, value = _param(spec)
+        if key in settings:
+            raise click.BadParameter(f"{key!r} is given twice", param_hint="--param")
+        settings[key] = value
     # the run belongs to the process that ran this command (a training script, a shell): when it
     # is gone and the run is still open, the next start on this host marks the run abandoned
-    run = obj.ledger().start_run(base=base, datasets=declared, params=dict(map(_param, params)), message=message,
+    run = obj.ledger().start_run(base=base, datasets=declared, params=settings, message=message,
                                  author=author, detached=True, pid=os.getppid())
     render.emit(run.record.model_dump(mode="json"), as_json, lambda d: d["run_id"])
 
@@ -66,7 +79,7 @@ def run_start(obj: Context, message: str, base: str | None, datasets: tuple[str,
 @run_group.command("log")
 @click.argument("ref", metavar="RUN")
 @click.argument("keys_file", metavar="KEYS", type=click.File("r", encoding="utf-8"), default="-")
-@click.option("--step", type=click.IntRange(min=0), required=True, help="The training step these examples were seen at.")
+@click.option("--step", type=click.IntRange(0, 2**63 - 1), required=True, help="The training step these examples were seen at.")
 @click.option("--dataset", default=None, help="Look the keys up in this dataset only.")
 @json_option
 @pass_ctx
@@ -83,13 +96,13 @@ def run_log(obj: Context, ref: str, keys_file, step: int, dataset: str | None, a
 @run_group.command("finish")
 @click.argument("ref", metavar="RUN")
 @click.option("--failed", is_flag=True, help="Record the run as failed (it produces no version).")
-@click.option("--error", default=None, help="Why it failed.")
+@click.option("--error", default=None, help="Why it failed (implies --failed).")
 @json_option
 @pass_ctx
 def run_finish(obj: Context, ref: str, failed: bool, error: str | None, as_json: bool) -> None:
     """End a running run without a version (use `prov model commit --run` to end it with one)."""
     run = obj.ledger().attach_run(ref)
-    record = run.fail(error or "marked failed") if failed else run.finish()
+    record = run.fail(error or "marked failed") if failed or error is not None else run.finish()
     render.emit(record.model_dump(mode="json"), as_json, lambda d: f"run {d['run_id'][:12]} {d['status']}")
 
 

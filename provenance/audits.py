@@ -407,6 +407,7 @@ def read_samples(path: str | os.PathLike) -> list[str]:
         raise SourceError(f"{path}: line {line} is not UTF-8 (byte {exc.start})") from None
     samples = []
     jsonl = path.suffix.lower() in (".jsonl", ".json")
+    content = content.removeprefix("\ufeff")  # a UTF-8 byte order mark, as some editors write
     for number, line in enumerate(content.splitlines(), 1):
         if not line.strip():
             continue

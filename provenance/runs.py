@@ -229,8 +229,8 @@ class Run:
         """
         self._check_open()
         step = self.step if step is None else step
-        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-            raise InvalidParameterError(f"step must be an integer >= 0, got {step!r}")
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 0 <= step < 2**63:
+            raise InvalidParameterError(f"step must be an integer from 0 to 2**63 - 1, got {step!r}")
         if isinstance(keys, str):
             raise InvalidParameterError("log_examples takes a sequence of keys, not one string")
         batch = _checked_keys(keys, step)

@@ -314,6 +314,26 @@ def test_jsonl_with_byte_order_mark_is_read(populated, data_dir):
     assert refused(ledger, "late", late).startswith(f"{late}:2: malformed JSON at column 1")
 
 
+def test_a_byte_order_mark_is_not_text_in_text_files_and_samples(populated, data_dir):
+    """A .txt document and a samples file that start with a UTF-8 BOM read as the same text
+    without it: the same exact hash, so dedup and memorization see them as equal."""
+    from provenance.audits import read_samples
+
+    ledger, _ = populated
+    words = "the same words in a plain text file, once with a byte order mark and once without"
+    (data_dir / "txt").mkdir()
+    (data_dir / "txt" / "plain.txt").write_bytes(words.encode())
+    (data_dir / "txt" / "marked.txt").write_bytes(b"\xef\xbb\xbf" + words.encode())
+    ledger.register_dataset("marks", str(data_dir / "txt"))
+    docs = ledger.documents("marks", columns=["key", "exact_hash", "n_bytes"]).to_pylist()
+    assert len(docs) == 2 and docs[0]["exact_hash"] == docs[1]["exact_hash"]
+    assert {d["n_bytes"] for d in docs} == {len(words)}
+    for name, lines in (("s.txt", [words]), ("s.jsonl", [json.dumps({"text": words})])):
+        path = data_dir / name
+        path.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode())
+        assert read_samples(path) == [words]
+
+
 def _jsonl_payload(n: int = 2000) -> bytes:
     return b"".join(json.dumps({"text": f"line {i} " + "words " * 15}).encode() + b"\n" for i in range(n))
 

@@ -261,3 +261,18 @@ def test_cli_run_start_log_finish_show(two_datasets, tmp_path):
     assert {r["run_id"] for r in listed} >= {run_id}
     again = cli.invoke(main, ["run", "finish", run_id], env=env)
     assert again.exit_code == 4 and "is failed, not running" in again.output
+    # bad options are usage errors, not tracebacks or silently dropped values
+    for args, says in ((["-d", "a", "-d", "a:3"], "dataset 'a' is given twice"), (["-p", "x=1", "-p", "x=2"],
+                                                                                 "'x' is given twice")):
+        out = cli.invoke(main, ["run", "start", "-m", "twice", *args], env=env)
+        assert out.exit_code == 2 and says in out.output, out.output
+    run_id = json.loads(cli.invoke(main, ["run", "start", "-m", "odd values", "-p", "lr=NaN", "-p", "b=Infinity",
+                                          "--json"], env=env).output)["run_id"]
+    huge = cli.invoke(main, ["run", "log", run_id, "--step", str(2**70)], input="a3\n", env=env)
+    assert huge.exit_code == 2 and "is not in the range 0<=x<=9223372036854775807" in huge.output
+    with pytest.raises(InvalidParameterError, match=r"step must be an integer from 0 to 2\*\*63 - 1"):
+        Ledger.open(tmp_path).attach_run(run_id).log_examples(["a3"], step=2**63)
+    ended = cli.invoke(main, ["run", "finish", run_id, "--error", "diverged"], env=env)  # --error implies --failed
+    assert ended.exit_code == 0 and "failed" in ended.output
+    shown = json.loads(cli.invoke(main, ["run", "show", run_id, "--json"], env=env).output)
+    assert (shown["status"], shown["error"], shown["params"]) == ("failed", "diverged", {"lr": "NaN", "b": "Infinity"})

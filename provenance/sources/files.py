@@ -342,6 +342,7 @@ class FileShard(Shard):
             if not _invalid(f"{self.display}:{line}: invalid UTF-8 at byte {exc.start}", opts, counters):
                 return
             text = data.decode("utf-8", errors="replace")
+        text = text.removeprefix("\ufeff")  # a UTF-8 byte order mark is not text (the JSONL reader drops it too)
         yield Batch(
             texts=pa.array([text], type=pa.large_string()),
             ids=pa.array([self.name], type=pa.string()) if opts.id_field else None,
