@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,9 +109,16 @@ def check_output(given: Path, resolved: Path, *, parents: bool | None = None) ->
     caller has no such option, and the error does not offer it)."""
     from provenance.errors import UnsafeOutputError
 
+    if str(given) == "-":
+        raise UnsafeOutputError("refusing to write '-': give a file name (the output is written to a file, "
+                                "atomically, not to standard output)")
     if resolved.is_dir():
         raise UnsafeOutputError(f"refusing to write {str(given)!r}: it is a folder; give a file name")
-    if resolved.exists() and not resolved.is_file():  # /dev/null, a FIFO: a rename would replace it
+    try:  # the path as given, followed: /dev/stdout resolves to a pipe that has no path of its own
+        mode = os.stat(given).st_mode
+    except OSError:
+        mode = None
+    if (resolved.exists() and not resolved.is_file()) or (mode is not None and not stat.S_ISREG(mode)):
         raise UnsafeOutputError(
             f"refusing to write {str(given)!r}: {resolved} is not a regular file (a device, FIFO or socket), "
             "which the write would replace")

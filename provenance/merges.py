@@ -357,9 +357,15 @@ def _weights(weights: Sequence[float] | None, n: int) -> list[float]:
     lam = [float(w) for w in weights]
     if len(lam) != n:
         raise InvalidParameterError(f"{len(lam)} weights for {n} versions")
-    if not all(math.isfinite(w) and w >= 0 for w in lam) or sum(lam) <= 0:
-        raise InvalidParameterError(f"weights must be finite, >= 0 and not all 0, got {lam}")
+    if not all(math.isfinite(w) and 0 <= w <= MAX_WEIGHT for w in lam) or sum(lam) <= 0:
+        # the kernels weigh in float32 and sum the weights as they go: 1e308 twice overflowed to inf
+        # and silently gave the first input back
+        raise InvalidParameterError(f"weights must be finite, >= 0, at most {MAX_WEIGHT:g} and not all 0, got {lam}")
     return lam
+
+
+#: The largest merge weight taken (averaging and Fisher merging use only the weights' ratios).
+MAX_WEIGHT = 1e12
 
 
 def _base(ledger: LedgerStore, inputs: list[VersionRecord], base) -> str:

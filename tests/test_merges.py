@@ -136,6 +136,8 @@ def test_bad_merges_are_refused_and_write_nothing(two):
         ledger.merge([a, b], method="average", weights=[1, 1, 1], message="m")
     with pytest.raises(InvalidParameterError, match="finite, >= 0"):
         ledger.merge([a, b], method="average", weights=[1, -1], message="m")
+    with pytest.raises(InvalidParameterError, match="at most 1e\\+12"):  # their running sum overflowed
+        ledger.merge([a, b], method="average", weights=[1e308, 1e308], message="m")
     with pytest.raises(InvalidParameterError, match="given twice"):
         ledger.merge([a, a], method="average", message="m")
     with pytest.raises(InvalidParameterError, match="lacks b"):

@@ -105,6 +105,16 @@ def test_outputs_never_replace_devices_or_fifos(project, tmp_path):
         result = run_cli(*args)
         assert result.exit_code == 4 and "is not a regular file" in result.output, result.output
     assert (tmp_path / "pipe.safetensors").is_fifo() and Path("/dev/null").is_char_device()
+    read, write = os.pipe()  # `-o /dev/stdout | cat`: the path resolves to a pipe with no path of its own
+    try:
+        with pytest.raises(UnsafeOutputError, match="is not a regular file"):
+            ledger.output_path(f"/proc/self/fd/{write}")
+    finally:
+        os.close(read)
+        os.close(write)
+    result = run_cli("model", "checkout", child.version_id, "-o", "-")
+    assert result.exit_code == 4 and "refusing to write '-': give a file name" in result.output
+    assert not (tmp_path / "-").exists()
 
 
 def test_checkout_needs_parents_for_missing_folders(project, tmp_path):
