@@ -333,7 +333,8 @@ def test_backup_is_a_verified_copy(api, name, files, tmp_path):
     v = api.commit({"w": torch.randn(16)}, message=name("backed up"))
     dest = tmp_path / "backup"
     if not isinstance(api, Ledger):  # a folder on the server's machine (here: beside its ledger)
-        dest = Path(httpx.get(f"{api.url}/healthz").json()["ledger"]).parent.parent / f"backup-{name('b')}"
+        assert "ledger" not in httpx.get(f"{api.url}/healthz").json()  # the server's paths: to token holders only
+        dest = Path(api._http.get("/healthz").json()["ledger"]).parent.parent / f"backup-{name('b')}"
     report = api.backup(dest)
     assert report["verified"] and report["objects_copied"] > 0 and report["database_bytes"] > 0
     copy = Ledger.open(dest, read_only=True)

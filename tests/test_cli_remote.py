@@ -94,6 +94,11 @@ def test_the_cli_through_a_server(server, tmp_path, monkeypatch):
     reader = js("token", "create", "reader", "--scope", "read")
     assert reader["token"].startswith("prov_") and {t["name"] for t in js("token", "list")} == {"admin", "reader"}
     assert js("token", "revoke", "reader")["revoked_at"] is not None
+    again = runner.invoke(main, ["--ledger", server.url, "token", "create", "reader", "--scope", "read"])
+    assert again.exit_code == 4 and "a token named 'reader' exists (revoked); token names are not reused" in again.output
+    last = runner.invoke(main, ["--ledger", server.url, "token", "revoke", "admin"])
+    assert last.exit_code == 4 and "is the last live admin token" in last.output
+    assert {t["name"]: t["revoked_at"] for t in js("token", "list")}["admin"] is None
     unfinished = prov("run", "start", "-m", "abandoned", "-d", "corpus").strip()
     assert js("run", "finish", unfinished, "--failed", "--error", "gave up")["status"] == "failed"
     local = server.root / ".prov"

@@ -49,8 +49,11 @@ class ServiceQueries:
             raise InvalidParameterError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
         record = TokenRecord(name=name, scope=scope, created_at=_now(), expires_at=expires_at, revoked_at=None)
         with self.transaction() as tx:
-            if tx._con.execute("SELECT 1 FROM tokens WHERE name = ?", [name]).fetchall():
-                raise InvalidParameterError(f"a token named {name!r} exists; revoke it first or choose another name")
+            found = tx._con.execute("SELECT revoked_at FROM tokens WHERE name = ?", [name]).fetchall()
+            if found:  # a name keeps meaning one token in the access log: never reused
+                state = " (revoked)" if found[0][0] is not None else ""
+                raise InvalidParameterError(f"a token named {name!r} exists{state}; token names are not reused: "
+                                            "choose another name")
             tx._con.execute("INSERT INTO tokens VALUES (?, ?, ?, ?, ?, NULL)",
                             [name, scope, token_hash(secret), record.created_at, expires_at])
         return record
@@ -63,10 +66,19 @@ class ServiceQueries:
         return [TokenRecord(**r) for r in rows]
 
     def revoke_token(self, name: str) -> TokenRecord:
+        """Revoke the token ``name``; the last live admin token is kept (without one the server
+        could not manage tokens, and ``prov serve`` does not start)."""
+        live = "revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)"
         with self.transaction() as tx:
-            found = tx._con.execute("SELECT 1 FROM tokens WHERE name = ?", [name]).fetchall()
+            found = tx._con.execute(f"SELECT scope = 'admin' AND {live} FROM tokens WHERE name = ?",
+                                    [_now(), name]).fetchall()
             if not found:
                 raise NotFoundError(f"no token named {name!r}")
+            if found[0][0] and tx._con.execute(f"SELECT count(*) FROM tokens WHERE scope = 'admin' AND {live}",
+                                               [_now()]).fetchall()[0][0] == 1:
+                raise InvalidParameterError(
+                    f"token {name!r} is the last live admin token: revoked, nothing could manage tokens through the "
+                    "server and prov serve would not start; create another admin token first")
             tx._con.execute("UPDATE tokens SET revoked_at = coalesce(revoked_at, ?) WHERE name = ?", [_now(), name])
         return next(t for t in self.tokens() if t.name == name)
 

@@ -99,11 +99,17 @@ def create_app(service: LedgerService) -> FastAPI:
     app.add_middleware(Guard, service=service)
 
     @app.get("/healthz", tags=["service"])
-    def healthz() -> dict[str, Any]:
-        """Whether the server is up, and the ledger it serves."""
+    def healthz(request: Request) -> dict[str, Any]:
+        """Whether the server is up (no token needed), and to a caller with a valid token the
+        ledger's path on the server's disk (not told to anyone who asks)."""
         ledger = service.ledger
-        return {"status": "ok", "ledger": str(ledger.root), "schema_version": service.read(ledger.schema_version),
-                "version": __version__, "auth": service.auth}
+        body = {"status": "ok", "schema_version": service.read(ledger.schema_version), "version": __version__,
+                "auth": service.auth}
+        scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+        if not service.auth or (scheme.lower() == "bearer" and secret.strip()
+                                and service.check_token(secret.strip()) is not None):
+            body["ledger"] = str(ledger.root)
+        return body
 
     app.include_router(router, prefix=API)
     return app
