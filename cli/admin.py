@@ -12,7 +12,7 @@ from provenance.cli import render
 from provenance.cli.app import EXIT_POLICY, Context, json_option, main, pass_ctx
 from provenance.cli.audits import show_gate, show_lineage
 from provenance.cli.datasets import show_datasets
-from provenance.plain import dumps
+from provenance.plain import counted, dumps
 
 
 @main.command("init")
@@ -140,7 +140,8 @@ def show_demo(report, as_json: bool) -> None:
     for r in report.registrations:
         click.echo(r.message)
     s = report.summary
-    click.echo(f"\nledger {s['path']}: {s['datasets']} datasets, {s['shards']} shards, {s['documents']:,} documents")
+    click.echo(f"\nledger {s['path']}: {counted(s['datasets'], 'dataset')}, {counted(s['shards'], 'shard')}, "
+               f"{counted(s['documents'], 'document')}")
     if report.server:
         click.echo(f"(through the ledger server {report.server['url']} with token {report.server['token']}: "
                    f"{report.server['writes']} writes in its access log; the server has stopped)")

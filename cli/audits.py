@@ -25,6 +25,7 @@ from provenance.cli.app import (
     no_store_option,
     pass_ctx,
 )
+from provenance.plain import counted
 
 #: Versions the lineage table lists unless asked for all: a deep history has thousands (a rich
 #: table of 6,341 took 3.6 s to draw and filled 570 KB of terminal).
@@ -276,7 +277,7 @@ def show_dedup(report: Any, as_json: bool) -> None:
     s, b = report["summary"], report["banding"]
     click.echo(f"dedup audit {report['audit_id'][:12]} of {', '.join(report['datasets'])} at Jaccard >= {report['threshold']}")
     spanning = report.get("pairs_mode", "spanning") == "spanning"
-    click.echo(f"  {s['documents']:,} documents, {s['pairs']:,} pairs ({s['exact_duplicate_pairs']:,} exact), "
+    click.echo(f"  {counted(s['documents'], 'document')}, {counted(s['pairs'], 'pair')} ({s['exact_duplicate_pairs']:,} exact), "
                f"{s['clusters']:,} clusters (largest {s['largest_cluster']})"
                + ("; the pairs span each cluster (m identical copies: m-1 pairs), --all-pairs lists every pair"
                   if spanning else "; every pair listed"))
@@ -363,8 +364,8 @@ def show_memorization(report: Any, as_json: bool) -> None:
         return render.dump(report)
     s = report["summary"]
     click.echo(f"memorization audit {report['audit_id'][:12]} of {report['version'][:12]}: "
-               f"{s['samples_matching_training']} of {s['samples']} samples match training documents "
-               f"({s['training_documents_matched']} documents; highest exposure {s['max_exposure']:g})")
+               f"{s['samples_matching_training']} of {counted(s['samples'], 'sample')} match training documents "
+               f"({counted(s['training_documents_matched'], 'document')}; highest exposure {s['max_exposure']:g})")
     t = Table()
     for col in ("sample", "document", "Jaccard", "span (words)", "near-copies", "exposure"):
         t.add_column(col)

@@ -24,7 +24,7 @@ from provenance.cli.app import (
 )
 from provenance.errors import GateFailedError, NonFiniteError
 from provenance.files import atomic_write_text
-from provenance.plain import dumps
+from provenance.plain import counted, dumps
 
 
 @main.group("model")
@@ -227,7 +227,7 @@ def merge_cmd(obj: Context, versions: tuple[str, ...], method: str, weights: str
         raise PolicyFailed(f"the pre-merge gate failed (audit {exc.report.audit_id[:12]}); nothing merged",
                            "gate") from exc
     render.emit({**version.model_dump(mode="json"), "receipt": ledger.receipt(version).to_dict()}, as_json,
-                lambda d: f"merged {len(d['parents'])} versions into {d['version_id'][:12]}: "
+                lambda d: f"merged {counted(len(d['parents']), 'version')} into {d['version_id'][:12]}: "
                           f"{d['stored_bytes']:,} bytes stored of {d['full_bytes']:,}")
 
 

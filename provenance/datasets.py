@@ -23,6 +23,7 @@ from pyarrow.fs import FileType
 from provenance.errors import InvalidParameterError, NotFoundError, SourceError
 from provenance.fingerprints import FingerprintBatch, FingerprintConfig, fingerprint_read
 from provenance.ledger import DocumentStage, LedgerStore, LedgerWriter, _now, check_documents_as
+from provenance.plain import counted
 from provenance.progress import NoProgress, Progress
 from provenance.records import DatasetRecord, License, RegistrationResult, ShardRecord, check_name
 from provenance.sources import Batch, Counters, FileShard, ObjectShard, ReadOptions, Shard, resolve
@@ -182,8 +183,8 @@ def remove_documents(ledger: LedgerStore, name: str, keys: Sequence[str], *, rea
                              "key": r["key"], "retraction_id": retraction, "reason": reason, "created_at": created}
                             for r in found])
     return RegistrationResult(dataset=record, created=True,
-                              message=f"registered {dataset_id}: {latest.dataset_id} without {_count(len(found), 'document')} "
-                                      f"({tail}); {_count(n_docs, 'document')} kept, no source read again")
+                              message=f"registered {dataset_id}: {latest.dataset_id} without {counted(len(found), 'document')} "
+                                      f"({tail}); {counted(n_docs, 'document')} kept, no source read again")
 
 
 def planned_shards(shards: list[dict[str, Any]]) -> list[ShardRecord]:
@@ -220,7 +221,7 @@ def _register(ledger: LedgerStore, name: str, cfg: FingerprintConfig, opts: Read
             n_docs = sum(s.n_documents for s in shard_rows)
             if n_docs == 0:
                 raise SourceError(
-                    f"no documents to register: all {_count(counters.skipped, 'record')} of "
+                    f"no documents to register: all {counted(counters.skipped, 'record')} of "
                     f"{', '.join(s.name for s in shard_rows)} were skipped as invalid"
                 )
             tx.insert_shards(shard_rows)
@@ -471,12 +472,12 @@ def _content_hash(shards: list[tuple[str, str | None]], opts: ReadOptions, cfg: 
 def _created_message(ds: DatasetRecord) -> str:
     extra = []
     if ds.n_invalid_replaced:
-        extra.append(f"{_count(ds.n_invalid_replaced, 'invalid record')} repaired")
+        extra.append(f"{counted(ds.n_invalid_replaced, 'invalid record')} repaired")
     if ds.n_invalid_skipped:
-        extra.append(f"{_count(ds.n_invalid_skipped, 'invalid record')} skipped")
+        extra.append(f"{counted(ds.n_invalid_skipped, 'invalid record')} skipped")
     tail = f" ({'; '.join(extra)})" if extra else ""
     return (
-        f"registered {ds.dataset_id}: {_count(ds.n_shards, 'shard')}, {_count(ds.n_documents, 'document')}, "
+        f"registered {ds.dataset_id}: {counted(ds.n_shards, 'shard')}, {counted(ds.n_documents, 'document')}, "
         f"{ds.n_bytes / 1e6:,.1f} MB{tail}"
     )
 
@@ -490,13 +491,11 @@ def _unchanged_message(latest: DatasetRecord, role: str, lic: License) -> str:
         notes.append(f"license {given} differs from the registered {kept}")
     tail = f"; metadata not applied: {', '.join(notes)}" if notes else ""
     return (
-        f"unchanged: the content matches {latest.dataset_id} ({_count(latest.n_shards, 'shard')}, "
-        f"{_count(latest.n_documents, 'document')}); nothing registered{tail}"
+        f"unchanged: the content matches {latest.dataset_id} ({counted(latest.n_shards, 'shard')}, "
+        f"{counted(latest.n_documents, 'document')}); nothing registered{tail}"
     )
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def read_back(ds: DatasetRecord, shard: ShardRecord) -> Iterator[Batch]:

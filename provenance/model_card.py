@@ -121,7 +121,10 @@ def _base(lin: Lineage, base_model: str | None) -> str:
     rows = lin.version_rows()
     roots = [r for r in rows if not r["parents"]]
     named = ", ".join(f"`{r['version_id'][:12]}` ({r['message']})" for r in roots)
-    text = f"## Base model\n\nThe lineage starts at version{'s' if len(roots) > 1 else ''} {named}."
+    if [r["version_id"] for r in roots] == [lin.version]:  # no ancestor: its own run started from nothing
+        text = "## Base model\n\nNone in the ledger: this version has no parent (trained from scratch, or imported)."
+    else:
+        text = f"## Base model\n\nThe lineage starts at version{'s' if len(roots) > 1 else ''} {named}."
     if base_model:
         text += f" Base model on the Hugging Face Hub: [{base_model}](https://huggingface.co/{base_model})."
     return text

@@ -78,3 +78,8 @@ def _finite(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}
     return value
+
+
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1: ``1 document``, ``2,000 documents``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"

@@ -135,6 +135,7 @@ def test_single_licence_card(ledger, data_dir, write_jsonl):
     assert "The training data is under MIT." in card.text
     assert "Non-commercial" not in card.text and "Unknown licence" not in card.text
     assert "[openai-community/gpt2](https://huggingface.co/openai-community/gpt2)" in card.text
+    assert "None in the ledger: this version has no parent" in card.text  # not "the lineage starts at" itself
 
 
 def test_base_model_recorded_in_the_stored_config(ledger, tmp_path):
