@@ -249,7 +249,8 @@ def rebase(ledger: Any, step: Step, onto: Any, retraction: str, *, also: Any = N
             parent = materialize(history, store, old.parents[0], name)[0] if old.parents and name in \
                 history.manifest(old.parents[0]) else None
             base = materialize(history, store, target.version_id, name)[0] if name in onto_names else None
-            if parent is None or base is None or parent.shape != full.shape or base.shape != full.shape:
+            if (parent is None or base is None or parent.shape != full.shape or base.shape != full.shape
+                    or parent.dtype != full.dtype or base.dtype != full.dtype):  # resized or cast: carried whole
                 state[name] = full
                 carried.append(name)
             elif full.dtype.is_floating_point and full.element_size() >= 2 and full.dtype == base.dtype:

@@ -361,10 +361,14 @@ def _encode_group(history, store, parent_id, name, previous, value, encoding, lo
     else:
         target = _check_tensor(name, value, allow_nonfinite)
         if list(target.shape) != previous.shape or _dtype(target) != previous.dtype:
-            raise InvalidParameterError(
-                f"parameter {name!r} is {_dtype(target)}{list(target.shape)} but {previous.dtype}{previous.shape} "
-                f"in the parent {parent_id[:12]}"
-            )
+            # a resized embedding, a cast to half precision: no patch relates the two, so the new
+            # value is stored whole, as a new parameter is (and later patches build on it)
+            if encoding not in ("auto", "full"):
+                raise InvalidParameterError(
+                    f"parameter {name!r} is {_dtype(target)}{list(target.shape)} but {previous.dtype}{previous.shape} "
+                    f"in the parent {parent_id[:12]}: a change of shape or dtype is stored whole (encoding auto or "
+                    f"full), not as {encoding!r}")
+            return encode(target, target, encoding="full"), target
         # A parent reached by sparse patches from its last full copy is not materialised (a copy
         # of the whole group): the changed elements are found against that copy, corrected where
         # the patches wrote. Only the mask is needed, unless low-rank factors are to be checked.
@@ -406,7 +410,9 @@ def diff(ledger: LedgerStore, old: str | VersionRecord, new: str | VersionRecord
         y = materialize(history, store, b.version_id, name)[0]
         full = y.numel() * y.element_size()
         if x.shape != y.shape or x.dtype != y.dtype:
-            rows.append({"name": name, "status": f"reshaped {list(x.shape)} -> {list(y.shape)}", "encoding": "full",
+            was, now = (f"{_dtype(t)}{list(t.shape)}" if x.dtype != y.dtype else str(list(t.shape)) for t in (x, y))
+            status = f"{'retyped' if x.shape == y.shape else 'reshaped'} {was} -> {now}"
+            rows.append({"name": name, "status": status, "encoding": "full",
                          "changed": 1.0, "rank": None, "patch_bytes": full, "full_bytes": full})
             continue
         mask = changed_mask(x, y)

@@ -181,7 +181,7 @@ def test_bad_input_is_refused_and_nothing_is_written(ledger):
     bad = _state()
     bad["layer.weight"] = torch.zeros(32, 64)
     with pytest.raises(InvalidParameterError, match=r"'layer.weight' is float32\[32, 64\] but float32\[64, 32\]"):
-        ledger.commit(bad, parent=v0, message="wrong shape")
+        ledger.commit(bad, parent=v0, message="wrong shape", encoding="sparse")  # auto would store it whole
     nan = _state()
     nan["norm.weight"][3] = float("nan")
     with pytest.raises(InvalidParameterError, match=r"'norm.weight' holds 1 NaN or Inf values \(first at flat index 3\)"):
@@ -359,3 +359,31 @@ print("done", flush=True)
         k, i = map(int, v.message.split("-"))
         state = ledger.checkout(v)
         assert float(state["w"][0]) == i and int(state["tag"][0]) == k
+
+
+def test_diff_says_whether_a_parameter_changed_shape_or_dtype(ledger):
+    a = ledger.commit({"w": torch.zeros(4), "m": torch.zeros(2, 3)}, message="a")
+    b = ledger.commit({"w": torch.zeros(4, dtype=torch.float16), "m": torch.zeros(3, 2)}, message="b")
+    status = {r["name"]: r["status"] for r in ledger.diff(a, b)}
+    assert status == {"w": "retyped float32[4] -> float16[4]", "m": "reshaped [2, 3] -> [3, 2]"}
+
+
+def test_a_child_may_change_a_parameters_shape_or_dtype_stored_whole(ledger):
+    """A resized embedding or a cast to half precision is stored whole ('full'), as a new
+    parameter is; patches after it build on it, and every version checks out bit-identical."""
+    g = torch.Generator().manual_seed(0)
+    first = {"emb": torch.randn(4, 8, generator=g), "w": torch.randn(16, generator=g)}
+    a = ledger.commit(first, message="a")
+    resized = {"emb": torch.cat([first["emb"], torch.randn(2, 8, generator=g)]), "w": first["w"].half()}
+    b = ledger.commit(resized, parent=a, message="more tokens, half precision")
+    assert {n: (p.encoding, p.dtype, p.shape) for n, p in ledger.manifest(b).items()} == {
+        "emb": ("full", "float32", [6, 8]), "w": ("full", "float16", [16])}
+    tuned = {k: v.clone() for k, v in resized.items()}
+    tuned["emb"][5, 3] += 1.0
+    c = ledger.commit(tuned, parent=b, message="one more step")
+    assert {n: p.encoding for n, p in ledger.manifest(c).items()} == {"emb": "sparse", "w": "unchanged"}
+    for version, state in ((a, first), (b, resized), (c, tuned)):
+        got = ledger.checkout(version)
+        assert all(got[k].dtype == v.dtype and torch.equal(got[k], v) for k, v in state.items())
+    with pytest.raises(InvalidParameterError, match="a change of shape or dtype is stored whole"):
+        ledger.commit({**first, "w": first["w"].double()}, parent=a, encoding="sparse", message="forced")
