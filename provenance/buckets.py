@@ -61,7 +61,8 @@ def _s3(endpoint: str | None, region: str, delayed_open: bool = False) -> pafs.F
     if endpoint:
         parts = urlsplit(endpoint)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise SourceError(f"AWS_ENDPOINT_URL {endpoint!r} is not an http:// or https:// address")
+            source = "AWS_ENDPOINT_URL_S3" if os.environ.get("AWS_ENDPOINT_URL_S3") == endpoint else "AWS_ENDPOINT_URL"
+            raise SourceError(f"{source} {endpoint!r} is not an http:// or https:// address")
         options.update(endpoint_override=parts.netloc + parts.path.rstrip("/"), scheme=parts.scheme)
     return pafs.S3FileSystem(**options)
 

@@ -15,6 +15,10 @@ matched to a registered dataset:
 An input in namespace ``provenance`` named by a full version id is a model (a run's base, a
 merge's parent), not data: it is not recorded as an input.
 
+Events may arrive out of order (the client sends them asynchronously): inputs named by an event
+that comes after the run's end (a ``START`` after its ``COMPLETE``) are still added to the run
+and counted; a second end changes nothing.
+
 A matched dataset is declared by the run (one epoch, as ``prov run start --dataset`` would);
 an unmatched input is kept and reported by lineage as an **unregistered input**: data that shaped
 the version which the ledger has no fingerprints of. The version a run produced is named by a
@@ -112,7 +116,10 @@ def ingest(ledger: LedgerStore, data: Any) -> dict[str, Any]:
             if kind in _ENDS:
                 error = _error(event) if kind != "COMPLETE" else None
                 tx.end_run(run_id, _ENDS[kind], error=error, version_id=version)
-        elif kind in _ENDS or inputs:  # a late or repeated event: the run is ended; say so, change nothing
+        elif inputs and tx.add_run_inputs(run_id, inputs):  # events arrive out of order (the client sends
+            tx.count_run_shards(run_id)                      # them asynchronously): late inputs still count
+            status = f"{status} (the run had ended: its inputs are added to it)"
+        elif kind in _ENDS or inputs:  # a repeated end, or inputs it has: the run is ended; change nothing
             status = f"{status} (event ignored: the run has ended)"
     return {"run_id": run_id, "event": kind, "status": status if status != "running" or kind not in _ENDS
             else _ENDS[kind], "inputs": [{"namespace": n, "name": m, "dataset_id": d} for n, m, d in inputs],

@@ -95,6 +95,26 @@ def test_failed_and_gzipped_events_and_an_event_after_the_end(server):
     assert ledger.run(run.run_id).status == "failed"
 
 
+def test_a_start_that_arrives_after_the_complete_still_adds_its_inputs(server):
+    """The client sends events asynchronously: a COMPLETE naming the version may land before the
+    START naming the data. The data still counts in the version's lineage."""
+    ledger = server.ledger()
+    version = ledger.commit({"w": torch.ones(3)}, message="made by a job whose events crossed")
+    h, run_id = {"Authorization": f"Bearer {server.token}"}, str(uuid.uuid4())
+    event = {"eventTime": _now(), "run": {"runId": run_id}, "job": {"namespace": "airflow", "name": "crossed"}}
+    done = httpx.post(f"{server.url}/api/v1/lineage", headers=h, json={
+        **event, "eventType": "COMPLETE", "outputs": [{"namespace": "provenance", "name": version.version_id}]})
+    assert done.status_code == 200 and done.json()["status"] == "finished"
+    late = httpx.post(f"{server.url}/api/v1/lineage", headers=h, json={
+        **event, "eventType": "START", "inputs": [{"namespace": "s3://corp", "name": "forum"}]})
+    assert late.status_code == 200 and "its inputs are added to it" in late.json()["status"]
+    assert {d.dataset_id: d.examples for d in ledger.lineage(version).datasets} == {"forum@1": 10}
+    again = httpx.post(f"{server.url}/api/v1/lineage", headers=h, json={
+        **event, "eventType": "START", "inputs": [{"namespace": "s3://corp", "name": "forum"}]})
+    assert "event ignored" in again.json()["status"]  # nothing new: nothing changes
+    assert {d.dataset_id: d.examples for d in ledger.lineage(version).datasets} == {"forum@1": 10}
+
+
 def test_bad_events_and_tokens_are_refused(server):
     h = {"Authorization": f"Bearer {server.token}"}
     url = f"{server.url}/api/v1/lineage"
@@ -106,6 +126,8 @@ def test_bad_events_and_tokens_are_refused(server):
     assert bad_type.status_code == 422 and "eventType" in bad_type.json()["error"]
     not_json = httpx.post(url, headers={**h, "Content-Type": "application/json"}, content=b"{oops")
     assert not_json.status_code == 422 and "not JSON" in not_json.json()["error"]
+    deep = httpx.post(url, headers={**h, "Content-Type": "application/json"}, content=b"[" * 50_000 + b"]" * 50_000)
+    assert deep.status_code == 422 and "nests its JSON too deeply" in deep.json()["error"]  # not a 500
     fake_gzip = httpx.post(url, headers={**h, "Content-Encoding": "gzip"}, content=b"plain")
     assert fake_gzip.status_code == 422 and "gzip" in fake_gzip.json()["error"]
     wrong_facet = httpx.post(url, headers={**h, "Content-Encoding": "gzip"}, content=gzip.compress(json.dumps({

@@ -301,8 +301,14 @@ class LedgerWriter(AuditWrites):
             "UPDATE runs SET status = ?, error = ?, version_id = ?, ended_at = ? WHERE run_id = ?",
             [status, error, version_id, _now(), run_id],
         )
+        self.count_run_shards(run_id)
+
+    def count_run_shards(self, run_id: str) -> None:
+        """Per shard of the run's datasets, the examples it saw (logged, else as declared), for
+        the datasets not counted yet: at the end of the run, and for datasets an ended run's late
+        OpenLineage event names."""
         self._con.execute(
-            """INSERT INTO run_shards
+            """INSERT OR IGNORE INTO run_shards
                WITH logged AS (
                    SELECT d.dataset_id, d.shard_index, count(*) AS examples, count(DISTINCT e.doc_id) AS docs
                    FROM run_examples e JOIN documents d USING (doc_id)
@@ -338,15 +344,19 @@ class LedgerWriter(AuditWrites):
                DO UPDATE SET last_event = excluded.last_event, last_event_time = excluded.last_event_time""",
             [ol_run_id, run_id, namespace, name, event, when])
 
-    def add_run_inputs(self, run_id: str, inputs: Sequence[tuple[str, str, str | None]]) -> None:
+    def add_run_inputs(self, run_id: str, inputs: Sequence[tuple[str, str, str | None]]) -> list[str]:
         """Record inputs ``(namespace, name, dataset_id or None)`` of a run, and declare the
-        matched datasets (one epoch each) unless the run declared them already."""
+        matched datasets (one epoch each) unless the run declared them already; returns the
+        datasets declared now."""
+        declared = []
         for namespace, name, dataset_id in inputs:
             self._con.execute("INSERT INTO run_inputs VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                               [run_id, namespace, name, dataset_id])
-            if dataset_id is not None:
-                self._con.execute("INSERT INTO run_datasets VALUES (?, ?, 1.0) ON CONFLICT DO NOTHING",
-                                  [run_id, dataset_id])
+            if dataset_id is not None and not self._con.execute(
+                    "SELECT 1 FROM run_datasets WHERE run_id = ? AND dataset_id = ?", [run_id, dataset_id]).fetchall():
+                self._con.execute("INSERT INTO run_datasets VALUES (?, ?, 1.0)", [run_id, dataset_id])
+                declared.append(dataset_id)
+        return declared
 
     def attach_version_run(self, version_id: str, run_id: str) -> None:
         """Say that ``run_id`` produced ``version_id``, a version committed without a run."""

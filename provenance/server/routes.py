@@ -360,6 +360,8 @@ def _json_object(text: str, what: str) -> dict[str, Any]:
         value = json.loads(text)
     except ValueError as exc:
         raise errors.InvalidParameterError(f"{what}: not JSON ({exc})") from None
+    except RecursionError:
+        raise errors.InvalidParameterError(f"{what}: JSON nested too deeply to be read") from None
     if not isinstance(value, dict):
         raise errors.InvalidParameterError(f"{what}: a JSON object")
     return value
@@ -547,6 +549,8 @@ async def openlineage_event(request: Request) -> dict[str, Any]:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise errors.InvalidParameterError(f"the event is not JSON ({exc})") from None
+    except RecursionError:  # thousands of nested brackets: json's parser recurses once per level
+        raise errors.InvalidParameterError("the event nests its JSON too deeply to be read") from None
     from provenance.openlineage import ingest
 
     return await run_in_threadpool(s.call, ingest, s.ledger, data)
