@@ -89,8 +89,8 @@ def run_log(obj: Context, ref: str, keys_file, step: int, dataset: str | None, a
     keys = [k for k in keys if k]
     run = obj.ledger().attach_run(ref)
     run.log_examples(keys, step=step, dataset=dataset)
-    n = run.flush()
-    render.emit({"run_id": run.run_id, "logged": n, "step": step}, as_json, lambda d: f"logged {d['logged']} examples")
+    run.flush()  # written (and checked) when this returns
+    render.emit({"run_id": run.run_id, "logged": len(keys), "step": step}, as_json, lambda d: f"logged {d['logged']} examples")
 
 
 @run_group.command("finish")

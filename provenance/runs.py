@@ -184,6 +184,7 @@ class Run:
         self._steps: list[int] = []
         self._datasets: list[str | None] = []
         self._pending = 0
+        self._written = False  # whether a flush has written (and so checked) keys yet
         self._ended = record.status != "running"
         if owned and not self._ended:
             _OPEN.add(self)
@@ -224,8 +225,9 @@ class Run:
         """Record that the documents with these keys were seen at ``step`` (default: ``self.step``).
 
         A key is looked up in the run's datasets (or only in ``dataset``, a name or id, when a key
-        exists in several). Keys are checked when the buffer is written, every ``flush_every``
-        examples and when the run ends.
+        exists in several). Keys are checked when the buffer is written: at the first call (so a
+        wrong key stops training at its first step), every ``flush_every`` examples, and when the
+        run ends. Refused keys are dropped with the examples buffered with them.
         """
         self._check_open()
         step = self.step if step is None else step
@@ -244,8 +246,8 @@ class Run:
         self._steps.append(int(step))
         self._datasets.append(dataset)
         self._pending += len(batch)
-        if self._pending >= self.flush_every:
-            self.flush()
+        if self._pending >= self.flush_every or not self._written:  # the first batch at once: a wrong key
+            self.flush()                                            # stops training at its first step, not its end
 
     def flush(self) -> int:
         """Write the buffered examples to the ledger now; returns how many were written."""
@@ -269,7 +271,12 @@ class Run:
         except RunEndedError:
             self._ended = True
             raise
+        except InvalidParameterError as exc:  # keys that name no document: refused, and not kept to refuse again
+            self._keys, self._steps, self._datasets, self._pending = [], [], [], 0
+            raise InvalidParameterError(f"{exc} (none of the {n:,} examples buffered since the last write were "
+                                        "written)") from None
         self._keys, self._steps, self._datasets, self._pending = [], [], [], 0
+        self._written = True
         return n
 
     def _write(self, log: pa.Table) -> None:

@@ -154,6 +154,24 @@ def test_batches_without_keys_stop_training_at_the_first_one(tiny, tmp_path):
     assert_same_per_step(logged_by_step(tiny, keyed.run.run_id), module.seen)
 
 
+def test_a_key_function_that_drops_or_invents_keys_stops_training_at_once(tiny, tmp_path):
+    """Too few keys for the batch would undercount silently: that stops training at the first
+    step. Keys that name no document are refused at the run's first write (the run starts on the
+    commit thread while the first steps train: within a few steps of a real model; this tiny one
+    may finish first), and the run is failed."""
+    rows = TensorDataset(torch.stack([r["x"] for r in ROWS]), torch.stack([r["y"] for r in ROWS]))
+    short = ProvenanceCallback(tiny, datasets=["tiny"], key=lambda batch: ["doc1", "doc2"])
+    module = Tiny()
+    with pytest.raises(InvalidParameterError, match=r"batch 0 at step 0 gave 2 document keys, but its tensors hold 8"):
+        _trainer(tmp_path, short).fit(module, DataLoader(rows, batch_size=8))
+    assert tiny.run(short.run.run_id).status == "failed" and list(module.seen) == [0]
+    bogus = ProvenanceCallback(tiny, datasets=["tiny"], key=lambda batch: [f"bogus{i}" for i in range(len(batch[0]))])
+    module = Tiny()
+    with pytest.raises(InvalidParameterError, match="'bogus0' at step 0 is not a document"):
+        _trainer(tmp_path, bogus).fit(module, DataLoader(rows, batch_size=8))
+    assert tiny.run(bogus.run.run_id).status == "failed"
+
+
 def test_what_cannot_be_followed_is_refused_before_anything_is_written(tiny, tmp_path):
     with pytest.raises(InvalidParameterError, match="pass datasets="):
         _trainer(tmp_path, ProvenanceCallback(tiny)).fit(Tiny(), DataLoader(ROWS, batch_size=4))

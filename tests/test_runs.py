@@ -62,16 +62,26 @@ def test_flush_every_writes_in_batches_and_unknown_keys_are_refused_whole(two_da
     ledger = two_datasets
     run = ledger.start_run(datasets=["a"], message="batches", flush_every=4)
     run.log_examples(["a0", "a1"], step=0)
-    assert ledger.run(run.run_id).n_logged == 0  # still buffered
+    assert ledger.run(run.run_id).n_logged == 2  # the first call is written (checked) at once
     run.log_examples(["a2", "a3"], step=1)
-    assert ledger.run(run.run_id).n_logged == 4  # the 4th example flushed the buffer
-    run.log_examples(["a4", "nope", "zzz"], step=7)
-    with pytest.raises(InvalidParameterError, match=r"'nope' at step 7 .*\(and 1 more unknown keys\)"):
+    assert ledger.run(run.run_id).n_logged == 2  # then buffered
+    run.log_examples(["a4", "a5"], step=2)
+    assert ledger.run(run.run_id).n_logged == 6  # the 4th buffered example flushed the buffer
+    run.log_examples(["a6", "nope", "zzz"], step=7)
+    with pytest.raises(InvalidParameterError, match=r"'nope' at step 7 .*\(and 1 more unknown keys\) \(none of the 3 "):
         run.flush()
-    assert ledger.run(run.run_id).n_logged == 4  # nothing of the refused flush landed
+    assert ledger.run(run.run_id).n_logged == 6  # nothing of the refused flush landed
+    assert run.flush() == 0  # and it is not kept, to be refused again at the end
     record = run.fail("gave up")
-    assert record.status == "failed" and record.error.startswith("gave up; its last logged examples were not written")
-    assert record.version_id is None
+    assert (record.status, record.error, record.version_id) == ("failed", "gave up", None)
+
+
+def test_a_wrong_key_stops_training_at_its_first_step(two_datasets):
+    run = two_datasets.start_run(datasets=["a"], message="wrong keys")
+    with pytest.raises(InvalidParameterError, match="'bogus0' at step 0 is not a document"):
+        run.log_examples(["bogus0", "bogus1"], step=0)
+    run.log_examples(["a0"], step=1)  # checked at once too, until a write succeeds
+    assert two_datasets.run(run.run_id).n_logged == 1
 
 
 def test_ambiguous_keys_need_a_dataset(ledger, data_dir, write_jsonl):
@@ -82,9 +92,8 @@ def test_ambiguous_keys_need_a_dataset(ledger, data_dir, write_jsonl):
     ledger.register_dataset("x", data_dir / "x.jsonl")
     ledger.register_dataset("y", other / "x.jsonl")
     run = ledger.start_run(datasets=["x", "y"], message="two")
-    run.log_examples(["x.jsonl:0"], step=0)
     with pytest.raises(InvalidParameterError, match=r"several of the run's datasets \(x@1, y@1\)"):
-        run.flush()
+        run.log_examples(["x.jsonl:0"], step=0)
     run2 = ledger.start_run(datasets=["x", "y"], message="two, said which")
     run2.log_examples(["x.jsonl:0"], step=0, dataset="y")
     run2.finish()
@@ -150,15 +159,16 @@ def test_bad_run_arguments(two_datasets):
         run.log_examples(pa.array([1, 2]), step=0)
     with pytest.raises(InvalidParameterError, match="include None"):
         run.log_examples(pa.array(["a0", None]), step=0)
-    reused = ["a0", "a1"]
+    run.log_examples(["a0"], step=0)  # the first call is written at once
+    reused = ["a1", "a2"]
     run.log_examples(reused, step=0)  # buffered: the list the caller reuses is copied
-    reused[:] = ["a2", "a3"]
+    reused[:] = ["a3", "a4"]
     run.log_examples(reused, step=1)
-    run.log_examples(pa.array(["a4"], pa.large_string()), step=1, dataset="a")
+    run.log_examples(pa.array(["a5"], pa.large_string()), step=1, dataset="a")
     run.log_examples(np.array(["a5"]), step=2)  # numpy's str_ is a str
     assert run.flush() == 6
     assert [(r["step"], r["key"]) for r in ledger.run_examples(run.run_id).to_pylist()] == [
-        (0, "a0"), (0, "a1"), (1, "a2"), (1, "a3"), (1, "a4"), (2, "a5")]
+        (0, "a0"), (0, "a1"), (0, "a2"), (1, "a3"), (1, "a4"), (1, "a5"), (2, "a5")]
     run.finish()
     with pytest.raises(ProvenanceError, match="has ended"):
         run.log_examples(["a0"], step=0)

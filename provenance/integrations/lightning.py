@@ -51,6 +51,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import torch
+
 from provenance.errors import InvalidParameterError, ProvenanceError
 from provenance.integrations import RunRecorder, failure, registered_datasets, snapshot
 from provenance.torch import _field_getter
@@ -125,6 +127,11 @@ class ProvenanceCallback(RunRecorder, pl.Callback):
         keys = self._keys_of(batch)
         if not keys:
             raise ProvenanceError(f"ProvenanceCallback: batch {batch_idx} at step {self._step} has no document keys")
+        sizes = _leading_sizes(batch)
+        if sizes and len(keys) not in sizes:  # a key function that drops keys would undercount silently
+            raise InvalidParameterError(
+                f"ProvenanceCallback: batch {batch_idx} at step {self._step} gave {len(keys)} document keys, but its "
+                f"tensors hold {' or '.join(map(str, sorted(sizes)))} examples: give one key per example")
         self._log(keys, self._step)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
@@ -137,6 +144,16 @@ class ProvenanceCallback(RunRecorder, pl.Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._fail(failure(type(exception), exception))
+
+
+def _leading_sizes(batch: Any, depth: int = 0) -> set[int]:
+    """The first dimensions of the tensors in a batch (nested in dicts, lists and tuples)."""
+    if isinstance(batch, torch.Tensor):
+        return {int(batch.shape[0])} if batch.dim() else set()
+    if depth > 4:
+        return set()
+    items = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else ()
+    return set().union(*(_leading_sizes(b, depth + 1) for b in items)) if items else set()
 
 
 def _batch_field(field: str) -> Callable[[Any], Sequence[str]]:
