@@ -156,6 +156,18 @@ def test_training_that_raises_ends_the_run_failed(tiny, tmp_path):
     assert sorted(callback.checkpoints) == [3]
 
 
+def test_keys_that_name_no_document_fail_the_run_even_outside_a_with_block(tiny, tmp_path):
+    """The Trainer has no hook for exceptions: a refused key fails the run itself before the
+    error stops training, so the run is not left running."""
+    ledger, rows = tiny
+    callback = ProvenanceCallback(ledger, datasets=["tiny"], keys=[f"bogus{i}" for i in range(len(rows))])
+    with pytest.raises(InvalidParameterError, match="is not a document"):
+        _trainer(_model(), rows, tmp_path, callback).train()
+    record = ledger.run(callback.run.run_id)
+    assert record.status == "failed" and "is not a document" in record.error
+    assert record.error.count("is not a document") == 1  # said once, not again for the buffer at the end
+
+
 def test_a_run_left_open_is_failed_when_training_begins_again(tiny, tmp_path):
     ledger, rows = tiny
     callback = ProvenanceCallback(ledger, datasets=["tiny"], message="retried")

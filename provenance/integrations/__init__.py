@@ -206,7 +206,7 @@ class RunRecorder:
         self._run = run
         early, self._early = self._early, []
         for keys, step in early:
-            run.log_examples(keys, step=step)
+            self._logged(keys, step)
 
     def _log(self, keys: Any, step: int) -> None:
         """Log the keys of a batch trained at ``step`` (kept until the run exists, while it starts)."""
@@ -215,7 +215,16 @@ class RunRecorder:
             if self._run is None:
                 self._early.append((keys, step))
                 return
-        self._run.log_examples(keys, step=step)
+        self._logged(keys, step)
+
+    def _logged(self, keys: Any, step: int) -> None:
+        """The keys into the run; keys it refuses fail the run before the error stops training (a
+        trainer with no hook for its exceptions would leave the run running)."""
+        try:
+            self._run.log_examples(keys, step=step)
+        except InvalidParameterError as exc:
+            self._fail(failure(type(exc), exc))
+            raise
 
     def _save(self, step: int, *, last: bool, trained: Callable[[], tuple[Any, dict[str, Any], Callable[[], None]]]) -> None:
         """Commit the checkpoint saved at ``step`` on the callback's thread: ``trained()`` gives the
