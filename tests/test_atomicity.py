@@ -137,7 +137,7 @@ def start_and_kill(children, ledger: Ledger, name: str, path: Path) -> Child:
     assert len(staged) == 1 and staged[0].stat().st_size > 0  # in the middle: rows are staged
     assert child.kill() == -signal.SIGKILL
     assert not any(line.startswith("done") for line in child.seen)
-    assert staged[0].exists()  # left behind by the killed process, until the ledger is next opened
+    assert staged[0].exists()  # left behind by the killed process, until gc or the next write clears it
     return child
 
 
@@ -152,7 +152,9 @@ def test_killed_registration_leaves_nothing(children, ledger, big_jsonl, ledger_
     start_and_kill(children, ledger, "big", path)
 
     reopened = Ledger.open(ledger.root)
-    assert ledger_state(reopened) == empty  # staging files of the killed process removed too
+    (staged,) = reopened.gc(apply=True)["temporary_files"]  # the killed process's staged rows: gc removes them
+    assert "/tmp/staging/documents-" in staged
+    assert ledger_state(reopened) == empty
     assert reopened.datasets(all_versions=True) == []
     assert reopened.sql("SELECT count(*) AS n FROM documents").to_pylist() == [{"n": 0}]
     # Still usable: the same registration now completes, as version 1.
@@ -164,9 +166,9 @@ def test_killed_registration_leaves_nothing(children, ledger, big_jsonl, ledger_
 
 @pytest.mark.slow
 def test_gc_lists_and_removes_what_a_killed_registration_staged(children, ledger, big_jsonl):
-    """The staged rows a killed registration left: a dry-run ``gc`` on the ledger opened read-only
-    (as ``prov gc`` opens it) lists them with their bytes; ``gc(apply=True)`` reports them removed,
-    also when opening the ledger writable removed them first."""
+    """The staged rows a killed registration left: a dry-run ``gc`` lists them with their bytes
+    (opening the ledger, read-only or not, leaves them); ``gc(apply=True)`` removes them and says
+    so."""
     from click.testing import CliRunner
 
     from provenance.cli.main import main
@@ -196,6 +198,7 @@ def test_killed_new_version_leaves_the_earlier_one_intact(children, ledger, corp
     start_and_kill(children, ledger, "corpus", path)
 
     reopened = Ledger.open(ledger.root)
+    assert len(reopened.gc(apply=True)["temporary_files"]) == 1  # the killed process's staged rows
     assert ledger_state(reopened) == before
     assert reopened.dataset("corpus") == v1
     assert reopened.documents("corpus@1").equals(documents_before)

@@ -44,7 +44,7 @@ def test_init_creates_the_layout(tmp_path):
     assert (ledger.root / "objects").is_dir() and ledger.objects_path == ledger.root / "objects"
     assert ledger.schema_version() == SCHEMA_VERSION == len(migrations()) == 10
     assert ledger.summary() == {
-        "path": str(ledger.root), "schema_version": 9, "datasets": 0, "dataset_versions": 0, "shards": 0,
+        "path": str(ledger.root), "schema_version": 10, "datasets": 0, "dataset_versions": 0, "shards": 0,
         "documents": 0, "bytes": 0, "fingerprint_configs": 0,
     }
     meta = dict(raw_rows(ledger, "SELECT key, value FROM ledger_meta"))
@@ -111,7 +111,7 @@ def test_schema_migrations_has_one_row_per_migration(ledger):
     rows = raw_rows(ledger, "SELECT version, name FROM schema_migrations ORDER BY version")
     assert rows == [(v, name) for v, name, _ in migrations()] == [(1, "initial"), (2, "versions"), (3, "runs"), (4, "merges"), (5, "audits"),
                                                                  (6, "service"), (7, "version_files"), (8, "document_files"),
-                                                                 (9, "retractions")]
+                                                                 (9, "retractions"), (10, "idempotency_request")]
 
 
 def test_opening_again_applies_nothing(ledger):

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
@@ -442,9 +443,12 @@ def test_a_registration_killed_after_its_upload_leaves_a_folder_gc_removes(s3, t
     assert orphan_file.startswith("late/v1-") and orphan_file.endswith("/data_0.parquet")
     listed = ledger.gc()
     orphan = f"{ledger.documents_url}/{orphan_file.rsplit('/', 1)[0]}"
-    assert listed["document_folders"] == [orphan] and listed["bytes"] == size
+    staged = sum(f.stat().st_size for p in listed["temporary_files"] for f in Path(p).rglob("*") if f.is_file())
+    assert listed["document_folders"] == [orphan] and listed["bytes"] == size + staged  # and the upload's local copy
+    assert all(Path(p).is_relative_to(ledger.root / "tmp" / "staging") for p in listed["temporary_files"])
     removed = ledger.gc(apply=True)
-    assert removed["freed"] == size and list(_objects(s3, prefix)) == [MARKER]
+    assert removed["freed"] == listed["bytes"] and list(_objects(s3, prefix)) == [MARKER]
+    assert not any(Path(p).exists() for p in listed["temporary_files"])
     assert ledger.register_dataset("late", shards[0], id_field="id", documents_as="parquet").dataset.n_documents == 25
 
 

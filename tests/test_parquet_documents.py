@@ -163,7 +163,7 @@ def test_a_registration_killed_before_its_commit(ledger, data_dir, write_jsonl, 
     finally:
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-    ledger = Ledger.open(ledger.root)  # opening it clears the staging folder the killed process left
+    ledger = Ledger.open(ledger.root)
     assert ledger_state(ledger) == before and ledger.document_files() == []
     (orphan,) = [p for p in ledger.documents_path.glob("late/*")]
     assert orphan.name.startswith("v1-") and (orphan / "data_0.parquet").is_file()

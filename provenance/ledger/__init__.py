@@ -227,9 +227,6 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
         self._documents_generation = 0
         self._view_generations: dict[int, int] = {}
         self._creating = False  # only init makes the database file (a mistyped path must not)
-        # What opening the ledger writable removed from the staging folder (a killed registration's
-        # files): ``(path, bytes)``, reported by the next ``gc(apply=True)``.
-        self._staging_removed: list[tuple[str, int]] = []
 
     @property
     def _in_transaction(self) -> bool:
@@ -724,13 +721,12 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
 
     def stale_staging(self, *, remove: bool = False) -> list[tuple[str, int]]:
         """The files and folders a registration killed mid-write left in ``.prov/tmp/staging``,
-        with their bytes: those there now (a ledger opened read-only leaves them), and with
-        ``remove`` those too that opening the ledger writable removed, which are then removed
-        and forgotten. Call it holding the ledger's lock (no registration is staging meanwhile)."""
+        with their bytes; with ``remove``, removed. They stay until then, or until the next write
+        transaction clears the folder before it stages anything. Call it holding the ledger's
+        lock (no registration is staging meanwhile)."""
         found = [(str(p), n) for p, n in staging_entries(self.root)]
         if remove:
             _clean_staging(self.root)
-            found, self._staging_removed = self._staging_removed + found, []
         return found
 
     def snapshot_database(self, dest: Path) -> int:
@@ -752,9 +748,6 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
     def _migrate(self, *, create: bool) -> None:
         shipped = migrations()
         with self._cursor() as con:
-            if not self.read_only:
-                self._staging_removed += [(str(p), n) for p, n in staging_entries(self.root)]
-                _clean_staging(self.root)
             exists = con.execute(
                 "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
             ).fetchall()[0][0]
