@@ -451,8 +451,8 @@ def taint_report(ledger: LedgerStore, *, dataset: str | None = None, shard: str 
             raise InvalidParameterError("--near needs a document: a key (with its dataset) or a text")
         target = describe_target(dataset, shard, key)
         with ledger.session():
-            versions = taint(ledger, dataset=dataset, shard=shard, key=key)  # raises without a dataset
-            rows = target_rows(ledger, dataset, shard=shard, key=key)
+            rows = target_rows(ledger, dataset, shard=shard, key=key)  # raises without a dataset
+            versions = taint(ledger, targets=rows)
             if key is not None:
                 retractions = ledger.retractions_of([r["doc_id"] for r in rows])
             else:
@@ -477,13 +477,12 @@ def find_similar(ledger: LedgerStore, *, text: str | None = None, dataset: str |
     each config in the ledger). Candidates come from the stored band keys when they find a pair at
     ``near`` with probability ≥ 0.99, else every signature of the config is compared."""
     with ledger.session():
-        if text is None:  # the document in each version of the dataset that holds it (target_rows)
-            from provenance.lineage import target_rows
+        if text is None:  # the document in each version of the dataset that holds it
+            from provenance.lineage import target_documents
 
             probes = []
-            for row in target_rows(ledger, dataset, key=key):
-                ds = ledger.dataset(row["dataset_id"])
-                doc = ledger.documents_by_key([ds.dataset_id], key)[0]
+            for doc in target_documents(ledger, dataset, key):
+                ds = ledger.dataset(doc.dataset_id)
                 probes.append((ds.config_id, doc.exact_hash, doc.signature, doc.band_keys, ds.config,
                                (ds.bands, ds.rows)))
         else:

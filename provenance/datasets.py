@@ -496,8 +496,6 @@ def _unchanged_message(latest: DatasetRecord, role: str, lic: License) -> str:
     )
 
 
-
-
 def read_back(ds: DatasetRecord, shard: ShardRecord) -> Iterator[Batch]:
     """The batches of a registered shard, read again from its file after checking the file still
     hashes as registered (xxh3; the readers check again at the end of the file, so a change while

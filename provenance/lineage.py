@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from provenance.errors import InvalidParameterError, NotFoundError
 from provenance.ledger import LedgerStore
-from provenance.records import DatasetRecord, VersionRecord
+from provenance.records import DatasetRecord, DocumentRecord, VersionRecord
 from provenance.results import LicenseSummary, Lineage
 
 
@@ -171,31 +171,29 @@ def data_diff(ledger: LedgerStore, a: str | VersionRecord, b: str | VersionRecor
 
 
 def taint(ledger: LedgerStore, *, dataset: str | None = None, shard: str | int | None = None, key: str | None = None,
-          doc_ids: Sequence[int] | None = None, graph: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+          doc_ids: Sequence[int] | None = None, targets: list[dict[str, Any]] | None = None,
+          graph: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Every version whose lineage contains the target: a dataset, one of its shards (index or
     name), a document (``key`` in ``dataset``), or documents by id; a bare dataset name means
-    every version of it (:func:`target_rows`). Per version: how it is tainted
-    (``direct``: its own run trained on it; otherwise the ancestor through which) and the examples
-    its runs saw. Newest first. ``graph``: :meth:`LedgerStore.version_graph` by version id, when
-    the caller has it already."""
+    every version of it (:func:`target_rows`; ``targets``: its rows, when the caller has them).
+    Per version: how it is tainted (``direct``: its own run trained on it; otherwise the ancestor
+    through which) and the examples its runs saw. Newest first. ``graph``:
+    :meth:`LedgerStore.version_graph` by version id, when the caller has it already."""
     with ledger.session():
-        if doc_ids is None and key is not None:
-            if dataset is None:
-                raise InvalidParameterError("a document key needs its dataset (--dataset)")
-            doc_ids = [r["doc_id"] for r in target_rows(ledger, dataset, key=key)]
+        if doc_ids is None:
+            targets = target_rows(ledger, dataset, shard=shard, key=key) if targets is None else targets
+            if any(t["doc_id"] is not None for t in targets):  # a document in one version or several
+                doc_ids = [t["doc_id"] for t in targets]
         if doc_ids is not None:
             runs = ledger.runs_seeing(list(doc_ids)).to_pylist()
         else:
-            if dataset is None:
-                raise InvalidParameterError("give a dataset, a shard of one, a document key or a text")
-            parts = [(r["dataset_id"], r["shard_index"]) for r in target_rows(ledger, dataset, shard=shard)]
-            runs = ledger.runs_using(parts).to_pylist()
+            runs = ledger.runs_using([(t["dataset_id"], t["shard_index"]) for t in targets]).to_pylist()
         if graph is None:
             graph = {r["version_id"]: r for r in ledger.version_graph().to_pylist()}
     return tainted_versions(graph, runs)
 
 
-def target_rows(ledger: LedgerStore, dataset: str | DatasetRecord, shard: str | int | None = None,
+def target_rows(ledger: LedgerStore, dataset: str | DatasetRecord | None, shard: str | int | None = None,
                 key: str | None = None) -> list[dict[str, Any]]:
     """What a taint or retraction target names, as rows ``dataset_id, shard_index, doc_id, key``
     (``shard_index`` None: the dataset version as a whole; ``doc_id`` None: not one document).
@@ -206,34 +204,21 @@ def target_rows(ledger: LedgerStore, dataset: str | DatasetRecord, shard: str | 
     is looked for in every version (an error if none holds it); a shard (index, name or file) is
     found in the newest version that has one so named and then, by that shard's name, in every
     version that has it."""
+    if key is not None:
+        return [{"dataset_id": d.dataset_id, "shard_index": d.shard_index, "doc_id": d.doc_id, "key": key}
+                for d in target_documents(ledger, dataset, key)]
+    if dataset is None:
+        raise InvalidParameterError("give a dataset, a shard of one, a document key or a text")
     if isinstance(dataset, DatasetRecord) or "@" in str(dataset):
         ds = ledger.dataset(dataset)
-        if key is not None:
-            doc = ledger.document(ds, key)
-            return [{"dataset_id": ds.dataset_id, "shard_index": doc.shard_index, "doc_id": doc.doc_id, "key": key}]
         index = shard_index(ledger, ds.dataset_id, shard) if shard is not None else None
         return [{"dataset_id": ds.dataset_id, "shard_index": index, "doc_id": None, "key": None}]
-    versions = ledger.datasets(str(dataset), all_versions=True)[::-1]
-    if not versions:
-        ledger.dataset(dataset)  # raises: no such dataset, and names those there are
-    ids = [v.dataset_id for v in versions]
-    if key is not None:
-        docs = ledger.documents_by_key(ids, key)
-        if not docs:
-            raise NotFoundError(f"no document {key!r} in any version of dataset {dataset} ({', '.join(ids)})")
-        return [{"dataset_id": d.dataset_id, "shard_index": d.shard_index, "doc_id": d.doc_id, "key": key} for d in docs]
+    ids = _version_ids(ledger, dataset)
     if shard is None:
         return [{"dataset_id": i, "shard_index": None, "doc_id": None, "key": None} for i in ids]
     with ledger._cursor() as con:
-        named = None
-        for i in ids:  # newest first: an index means the shard at that place in the newest version that has one
-            found = con.execute(
-                """SELECT name FROM shards WHERE dataset_id = $1
-                   AND (shard_index = TRY_CAST($2 AS INTEGER) OR name = $2 OR uri = $2) ORDER BY shard_index LIMIT 1""",
-                [i, str(shard)]).fetchall()
-            if found:
-                named = found[0][0]
-                break
+        # newest first: an index means the shard at that place in the newest version that has one
+        named = next((found[1] for found in (_shard(con, i, shard) for i in ids) if found is not None), None)
         rows = [] if named is None else con.execute(
             "SELECT dataset_id, shard_index FROM shards WHERE list_contains($1, dataset_id) AND name = $2",
             [ids, named]).fetchall()
@@ -242,6 +227,29 @@ def target_rows(ledger: LedgerStore, dataset: str | DatasetRecord, shard: str | 
     order = {i: n for n, i in enumerate(ids)}
     return [{"dataset_id": d, "shard_index": int(s), "doc_id": None, "key": None}
             for d, s in sorted(rows, key=lambda r: (order[r[0]], r[1]))]
+
+
+def target_documents(ledger: LedgerStore, dataset: str | DatasetRecord | None, key: str) -> list[DocumentRecord]:
+    """The document ``key`` of ``dataset``: in that version (``NAME@VERSION`` or a record), or in
+    every version of a bare ``NAME`` that holds it, newest first (:func:`target_rows`)."""
+    if dataset is None:
+        raise InvalidParameterError("a document key needs its dataset (--dataset)")
+    if isinstance(dataset, DatasetRecord) or "@" in str(dataset):
+        return [ledger.document(dataset, key)]
+    ids = _version_ids(ledger, dataset)
+    docs = ledger.documents_by_key(ids, key)
+    if not docs:
+        raise NotFoundError(f"no document {key!r} in any version of dataset {dataset} ({', '.join(ids)})")
+    return docs
+
+
+def _version_ids(ledger: LedgerStore, name: str) -> list[str]:
+    """The ids of every version of dataset ``name``, newest first (an error naming the datasets
+    there are when it has none)."""
+    versions = ledger.datasets(str(name), all_versions=True)[::-1]
+    if not versions:
+        ledger.dataset(name)  # raises: no such dataset, and names those there are
+    return [v.dataset_id for v in versions]
 
 
 def tainted_versions(graph: dict[str, dict[str, Any]], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -278,16 +286,22 @@ def tainted_versions(graph: dict[str, dict[str, Any]], runs: list[dict[str, Any]
 def shard_index(ledger: LedgerStore, dataset_id: str, shard: str | int) -> int:
     """The index of a shard of ``dataset_id`` given by index, name or file path."""
     with ledger._cursor() as con:
-        found = con.execute(
-            """SELECT shard_index FROM shards WHERE dataset_id = $1
-               AND (shard_index = TRY_CAST($2 AS INTEGER) OR name = $2 OR uri = $2) ORDER BY shard_index LIMIT 1""",
-            [dataset_id, str(shard)]).fetchall()
-        if found:
-            return int(found[0][0])
+        found = _shard(con, dataset_id, shard)
+        if found is not None:
+            return found[0]
         names = [r[0] for r in con.execute("SELECT name FROM shards WHERE dataset_id = ? ORDER BY shard_index LIMIT 6",
                                            [dataset_id]).fetchall()]
     raise NotFoundError(f"dataset {dataset_id} has no shard {shard!r} (it has {', '.join(names[:5])}"
                         f"{', ...' if len(names) > 5 else ''})")
+
+
+def _shard(con: Any, dataset_id: str, shard: str | int) -> tuple[int, str] | None:
+    """``(index, name)`` of the shard of ``dataset_id`` given by index, name or file path, or None."""
+    found = con.execute(
+        """SELECT shard_index, name FROM shards WHERE dataset_id = $1
+           AND (shard_index = TRY_CAST($2 AS INTEGER) OR name = $2 OR uri = $2) ORDER BY shard_index LIMIT 1""",
+        [dataset_id, str(shard)]).fetchall()
+    return (int(found[0][0]), found[0][1]) if found else None
 
 
 def graph_text(lin: Lineage, fmt: str) -> str:

@@ -268,17 +268,16 @@ def rebase(ledger: Any, step: Step, onto: Any, retraction: str, *, also: Any = N
     return new, carried
 
 
-def _documents(ledger: Any, matches: list[Any], dataset: str | None, shard: str | None,
-               key: str | None) -> list[dict]:
-    """What a retraction retracts: the documents matched (a text, near-copies), the keyed
-    document, or the shard or dataset version as a whole; of a bare dataset name, in every
-    version of it (:func:`~provenance.lineage.target_rows`)."""
+def _documents(matches: list[Any], targets: list[dict[str, Any]]) -> list[dict]:
+    """What a retraction retracts: the documents matched (a text, near-copies), else its
+    ``targets`` (:func:`~provenance.lineage.target_rows`): the keyed document, or the shard or
+    dataset version as a whole; of a bare dataset name, in every version of it."""
     if matches:
         return [{"dataset_id": m.dataset_id, "shard_index": m.shard_index, "doc_id": m.doc_id, "key": m.key,
                  "jaccard": m.jaccard} for m in matches]
     return [{**r, "jaccard": 1.0} if r["doc_id"] is not None else {"dataset_id": r["dataset_id"],
                                                                   "shard_index": r["shard_index"]}
-            for r in target_rows(ledger, dataset, shard=shard, key=key)]
+            for r in targets]
 
 
 def retract(ledger: Any, *, reason: str, dataset: str | None = None, shard: str | None = None,
@@ -298,15 +297,17 @@ def retract(ledger: Any, *, reason: str, dataset: str | None = None, shard: str 
 def _retract(ledger: Any, *, reason: str, dataset: str | None, shard: str | None, key: str | None,
              text: str | None, near: float | None, author: str | None) -> dict[str, Any]:
     graph = {r["version_id"]: r for r in ledger.version_graph().to_pylist()}
+    targets: list[dict[str, Any]] = []
     if text is None and near is None:  # the rows as they are: no report model to build for thousands of versions
-        rows, matches = taint(ledger, dataset=dataset, shard=shard, key=key, graph=graph), []
+        targets = target_rows(ledger, dataset, shard=shard, key=key)
+        rows, matches = taint(ledger, targets=targets, graph=graph), []
         described = describe_target(dataset, shard, key)
     else:
         report = taint_report(ledger, dataset=dataset, shard=shard, key=key, text=text, near=near)
         rows, matches, described = [v.model_dump() for v in report.versions], report.matches, report.target
     if not rows:
         raise InvalidParameterError(f"nothing to retract: {described} shaped no version")
-    documents = _documents(ledger, matches, dataset, shard, key)
+    documents = _documents(matches, targets)
     run_ids = sorted({graph[r["version_id"]]["run_id"] for r in rows
                       if r["direct"] and graph[r["version_id"]].get("run_id")})  # the retrain steps' runs
     runs = {r.run_id: {"params": r.params, "datasets": r.datasets}
@@ -439,8 +440,9 @@ def audit_retraction(ledger: Any, retraction: str, *, samples: Any = None, relea
                     "exact": r["exact"]} for r in rec["results"]]
         if releases:  # each release version once, with every matching tag; one a step made is listed already
             named: dict[str, list[str]] = {}
+            made = {c["version_id"] for c in checked}
             for t in ledger.tags():
-                if fnmatch.fnmatchcase(t.name, releases) and t.version_id not in {c["version_id"] for c in checked}:
+                if fnmatch.fnmatchcase(t.name, releases) and t.version_id not in made:
                     named.setdefault(t.version_id, []).append(t.name)
             checked += [{"version_id": v, "as": f"release {', '.join(names)}", "exact": None}
                         for v, names in named.items()]

@@ -93,16 +93,14 @@ class DataQueries:
     def document(self, dataset: str | DatasetRecord, key: str) -> DocumentRecord:
         ds = self.dataset(dataset)
         with self._cursor() as con:
-            rows = con.sql(
-                "SELECT * FROM documents WHERE dataset_id = ? AND key = ?", params=[ds.dataset_id, key]
-            ).to_arrow_table().to_pylist()
-            removed = [] if rows else con.execute(
+            found = self.documents_by_key([ds.dataset_id], key)
+            removed = [] if found else con.execute(
                 "SELECT from_dataset_id FROM dataset_removals WHERE dataset_id = ? AND key = ?",
                 [ds.dataset_id, key]).fetchall()
-        if not rows:
+        if not found:
             hint = f" (removed from {removed[0][0]}, which holds it)" if removed else ""
             raise NotFoundError(f"no document {key!r} in dataset {ds.dataset_id}{hint}")
-        return DocumentRecord(**rows[0])
+        return found[0]
 
     def documents_by_key(self, dataset_ids: Sequence[str], key: str) -> list[DocumentRecord]:
         """The document ``key`` in each of the dataset versions ``dataset_ids`` that holds it, in

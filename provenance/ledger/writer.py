@@ -352,9 +352,9 @@ class LedgerWriter(AuditWrites):
         for namespace, name, dataset_id in inputs:
             self._con.execute("INSERT INTO run_inputs VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                               [run_id, namespace, name, dataset_id])
-            if dataset_id is not None and not self._con.execute(
-                    "SELECT 1 FROM run_datasets WHERE run_id = ? AND dataset_id = ?", [run_id, dataset_id]).fetchall():
-                self._con.execute("INSERT INTO run_datasets VALUES (?, ?, 1.0)", [run_id, dataset_id])
+            if dataset_id is not None and self._con.execute(
+                    "INSERT INTO run_datasets VALUES (?, ?, 1.0) ON CONFLICT DO NOTHING RETURNING dataset_id",
+                    [run_id, dataset_id]).fetchall():
                 declared.append(dataset_id)
         return declared
 
