@@ -49,6 +49,12 @@ _STORAGE_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _OPEN_PATHS = ("/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
 
 
+def _bearer(headers: Any) -> str | None:
+    """The token of an ``Authorization: Bearer TOKEN`` header, or None."""
+    scheme, _, secret = headers.get("authorization", "").partition(" ")
+    return secret.strip() if scheme.lower() == "bearer" and secret.strip() else None
+
+
 def _reads(method: str, path: str) -> bool:
     return method in ("GET", "HEAD", "OPTIONS") or (method == "POST" and path in READ_POSTS)
 
@@ -105,9 +111,8 @@ def create_app(service: LedgerService) -> FastAPI:
         ledger = service.ledger
         body = {"status": "ok", "schema_version": service.read(ledger.schema_version), "version": __version__,
                 "auth": service.auth}
-        scheme, _, secret = request.headers.get("authorization", "").partition(" ")
-        if not service.auth or (scheme.lower() == "bearer" and secret.strip()
-                                and service.check_token(secret.strip()) is not None):
+        secret = _bearer(request.headers)
+        if not service.auth or (secret is not None and service.check_token(secret) is not None):
             body["ledger"] = str(ledger.root)
         return body
 
@@ -144,12 +149,12 @@ class Guard:
 
         token = None
         if service.auth:
-            scheme, _, secret = headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not secret.strip():
+            secret = _bearer(headers)
+            if secret is None:
                 return await _deny(scope, receive, send, 401, "this server needs a token: Authorization: Bearer TOKEN")
-            known, token = service.cached_token(secret.strip())
+            known, token = service.cached_token(secret)
             if not known:
-                token = await run_in_threadpool(service.check_token, secret.strip())
+                token = await run_in_threadpool(service.check_token, secret)
             if token is None:
                 return await _deny(scope, receive, send, 401, "unknown, revoked or expired token")
             need = needed_scope(method, path)
@@ -196,7 +201,7 @@ class Guard:
                                        "kind": "InvalidParameterError"}, status_code=422)(scope, receive, send)
         stored = await run_in_threadpool(service.read, service.ledger.idempotent_response, key)
         if stored is not None:
-            sent = await _body_sha256(receive)  # a retry sends its request again: the same one?
+            sent = await _BodyHash(receive).rest()  # a retry sends its request again: the same one?
             if (stored["method"], stored["path"]) != (method, path):
                 response: Response = JSONResponse(
                     {"error": f"Idempotency-Key {key!r} was used for {stored['method']} {stored['path']}",
@@ -229,47 +234,45 @@ class Guard:
             elif message["type"] == "http.response.body":
                 body.append(message.get("body", b""))
 
-        digest, ended = hashlib.sha256(), [False]
-
-        async def hashed() -> dict:  # the request's body hashed as the app reads it
-            message = await receive()
-            if message["type"] == "http.request":
-                digest.update(message.get("body", b""))
-                ended[0] = not message.get("more_body", False)
-            elif message["type"] == "http.disconnect":
-                ended[0] = True
-            return message
-
+        request = _BodyHash(receive)  # the request's body hashed as the app reads it
         mark = WRITE_KEY.set((key, token, method, path))
         try:
-            await self.app(scope, hashed, capture)
+            await self.app(scope, request.receive, capture)
         finally:
             WRITE_KEY.reset(mark)
-        while not ended[0]:  # what the app did not read (it answered first): hashed too, for the retry's check
-            await hashed()
+        sent = await request.rest()  # with what the app did not read (it answered first), for a retry's check
         data = b"".join(body)
         kind = next((v.decode("latin-1") for k, v in start.get("headers", []) if k.lower() == b"content-type"), None)
         status[0] = start.get("status", 500)
         if status[0] < 500:
             await _keep(service.ledger.store_response, key, token, method, path, status[0], kind, data,
-                        access=access(), request_sha256=digest.hexdigest())
+                        access=access(), request_sha256=sent)
         else:
             await _keep(service.ledger.log_access, [access()])
         await send(start)
         await send({"type": "http.response.body", "body": data})
 
 
-async def _body_sha256(receive: Any) -> str:
-    """The SHA-256 of a request's whole body, read from ``receive``."""
-    digest = hashlib.sha256()
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        digest.update(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return digest.hexdigest()
+class _BodyHash:
+    """The SHA-256 of a request's body: :meth:`receive` passes the ASGI messages on and hashes
+    their bodies; :meth:`rest` reads (and hashes) what is left, and gives the digest."""
+
+    def __init__(self, receive: Any):
+        self._receive, self._digest, self._ended = receive, hashlib.sha256(), False
+
+    async def receive(self) -> dict:
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self._digest.update(message.get("body", b""))
+            self._ended = not message.get("more_body", False)
+        elif message["type"] == "http.disconnect":
+            self._ended = True
+        return message
+
+    async def rest(self) -> str:
+        while not self._ended:
+            await self.receive()
+        return self._digest.hexdigest()
 
 
 async def _keep(write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
