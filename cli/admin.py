@@ -46,8 +46,10 @@ def init_cmd(path: str, objects: str | None, documents: str | None, as_json: boo
 def sql_cmd(obj: Context, query: str, fmt: str, as_json: bool) -> None:
     """Run one read-only SELECT over the ledger (writes are refused).
 
-    Tables: datasets, shards, documents, fingerprint_configs, schema_migrations,
-    ledger_meta (see docs/schema.md).
+    Tables: datasets, shards, documents, versions, version_params, tags, runs,
+    run_datasets, run_shards, run_examples, version_fishers, merge_receipts, audits,
+    audit_pairs, retractions and more: docs/schema.md lists every table and column.
+    CSV lines end with a newline alone (for shell pipes).
     """
     table = obj.ledger(read_only=True).sql(query)
     render.arrow(table, "json" if as_json else fmt)

@@ -117,7 +117,7 @@ def arrow(table: pa.Table, fmt: str) -> None:
         click.echo(dumps(rows))
     elif fmt == "csv":
         buf = io.StringIO()
-        writer = csv.writer(buf)
+        writer = csv.writer(buf, lineterminator="\n")  # not CRLF: ids piped to another command stay clean
         writer.writerow(table.column_names)
         for r in rows:
             writer.writerow([_csv_cell(v) for v in r.values()])

@@ -194,7 +194,7 @@ def run_served_demo(path: str | Path = "prov-demo", *, n_docs: int = 2000, seed:
     local = demo_ledger(root)
     names = {t.name for t in local.tokens()}
     suffix = f"-{len(names)}" if {"demo-admin", "demo-trainer"} & names else ""
-    local.issue_token(f"demo-admin{suffix}", "admin")
+    _, admin = local.issue_token(f"demo-admin{suffix}", "admin")
     _, write = local.issue_token(f"demo-trainer{suffix}", "write")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -219,7 +219,8 @@ def run_served_demo(path: str | Path = "prov-demo", *, n_docs: int = 2000, seed:
             time.sleep(0.2)
         remote = Ledger.open(url, token=write)
         report = run_demo(root, n_docs=n_docs, seed=seed, progress=progress, ledger=remote)
-        writes = remote.sql("SELECT count(*) AS n FROM access_log").to_pylist()[0]["n"]
+        writes = Ledger.open(url, token=admin).sql(  # the access log is an admin's to read
+            "SELECT count(*) AS n FROM access_log").to_pylist()[0]["n"]
         report.server = {"url": url, "pid": proc.pid, "token": f"demo-trainer{suffix}", "writes": writes, "log": str(log)}
         report.ledger = str(local.root)
         return report

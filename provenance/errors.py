@@ -115,4 +115,10 @@ class RunEndedError(ProvenanceError):
 
 
 class AlreadyAppliedError(ProvenanceError):
-    """A retried write was applied before the ledger server stopped, and its answer was lost."""
+    """A retried write was applied before the ledger server stopped, and its answer was lost.
+    ``made``: what the write made, where the server knows (``run_id``, ``version_id``,
+    ``dataset_id``)."""
+
+    def __init__(self, message: str, made: dict[str, str] | None = None):
+        super().__init__(message)
+        self.made = dict(made or {})

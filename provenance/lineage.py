@@ -208,6 +208,8 @@ def target_rows(ledger: LedgerStore, dataset: str | DatasetRecord | None, shard:
         return [{"dataset_id": d.dataset_id, "shard_index": d.shard_index, "doc_id": d.doc_id, "key": key}
                 for d in target_documents(ledger, dataset, key)]
     if dataset is None:
+        if shard is not None:
+            raise InvalidParameterError(f"shard {shard!r} needs the dataset that holds it (dataset: NAME or NAME@N)")
         raise InvalidParameterError("give a dataset, a shard of one, a document key or a text")
     if isinstance(dataset, DatasetRecord) or "@" in str(dataset):
         ds = ledger.dataset(dataset)
@@ -233,7 +235,7 @@ def target_documents(ledger: LedgerStore, dataset: str | DatasetRecord | None, k
     """The document ``key`` of ``dataset``: in that version (``NAME@VERSION`` or a record), or in
     every version of a bare ``NAME`` that holds it, newest first (:func:`target_rows`)."""
     if dataset is None:
-        raise InvalidParameterError("a document key needs its dataset (--dataset)")
+        raise InvalidParameterError(f"document key {key!r} needs the dataset that holds it (dataset: NAME or NAME@N)")
     if isinstance(dataset, DatasetRecord) or "@" in str(dataset):
         return [ledger.document(dataset, key)]
     ids = _version_ids(ledger, dataset)

@@ -50,12 +50,28 @@ KERNEL_VERSION = f"provenance {__version__} kernels.merge"
 
 def store_fisher(
     ledger: LedgerStore, version: str | VersionRecord, fisher: Mapping[str, torch.Tensor], *, keep: float | None = None,
-    meta: Mapping[str, Any] | None = None,
+    meta: Mapping[str, Any] | None = None, update: bool = False,
 ) -> int:
     """Store the diagonal Fisher of ``version`` (parameter name -> tensor of the parameter's shape);
     returns the bytes of the tensors stored. With ``keep`` in (0, 1], only the largest ``keep``
-    fraction of each tensor's entries is kept (a top-k sketch)."""
+    fraction of each tensor's entries is kept (a top-k sketch).
+
+    It replaces the Fisher stored for the version before, every parameter of it (one estimate,
+    never a mix of two); with ``update=True`` only the parameters given are replaced, the others
+    kept (a Fisher stored a few parameters at a time). Merges made with the Fisher replaced keep
+    theirs: their receipts hold the objects they read."""
     ver = ledger.version(version)
+    with ledger.session():
+        rows, stored = _fisher_rows(ledger, ver, fisher, keep=keep, meta=meta)
+        with ledger.transaction() as tx:
+            tx.set_fishers(ver.version_id, rows, replace_all=not update)
+    return stored
+
+
+def _fisher_rows(ledger: LedgerStore, ver: VersionRecord, fisher: Mapping[str, torch.Tensor], *,
+                 keep: float | None = None, meta: Mapping[str, Any] | None = None) -> tuple[list[dict], int]:
+    """``fisher`` checked against ``ver``'s manifest and written to the object store: the rows
+    ``name, kind, objects, meta`` that record it, and the bytes of the tensors."""
     manifest = {n: p for n, p in ledger.manifest(ver).items() if p.encoding != "removed"}
     unknown = sorted(set(fisher) - set(manifest))
     if unknown:
@@ -63,28 +79,25 @@ def store_fisher(
     if keep is not None and not 0 < keep <= 1:
         raise InvalidParameterError(f"keep must be in (0, 1], got {keep!r}")
     store, rows, stored = ledger.object_store(), [], 0
-    with ledger.session():
-        for name in sorted(fisher):
-            f = fisher[name]
-            if not isinstance(f, torch.Tensor) or list(f.shape) != manifest[name].shape:
-                shape = list(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
-                raise InvalidParameterError(f"Fisher of {name!r} is {shape}, the parameter is {manifest[name].shape}")
-            f = f.detach().to("cpu", torch.float32).contiguous()
-            if not bool(torch.isfinite(f).all()) or bool((f < 0).any()):
-                raise InvalidParameterError(f"Fisher of {name!r} holds negative, NaN or Inf values")
-            if keep is None or keep == 1:
-                tensors, kind = {"full": f}, "full"
-            else:
-                k = max(1, math.ceil(keep * f.numel()))
-                values, indices = torch.topk(f.reshape(-1), k, sorted=False)
-                order = torch.argsort(indices)
-                tensors, kind = {"indices": indices[order].to(torch.int64), "values": values[order]}, "topk"
-            objects = {role: store.put(t).address for role, t in tensors.items()}
-            stored += sum(t.numel() * t.element_size() for t in tensors.values())
-            rows.append({"name": name, "kind": kind, "objects": objects, "meta": dict(meta or {}, keep=keep)})
-        with ledger.transaction() as tx:
-            tx.set_fishers(ver.version_id, rows)
-    return stored
+    for name in sorted(fisher):
+        f = fisher[name]
+        if not isinstance(f, torch.Tensor) or list(f.shape) != manifest[name].shape:
+            shape = list(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
+            raise InvalidParameterError(f"Fisher of {name!r} is {shape}, the parameter is {manifest[name].shape}")
+        f = f.detach().to("cpu", torch.float32).contiguous()
+        if not bool(torch.isfinite(f).all()) or bool((f < 0).any()):
+            raise InvalidParameterError(f"Fisher of {name!r} holds negative, NaN or Inf values")
+        if keep is None or keep == 1:
+            tensors, kind = {"full": f}, "full"
+        else:
+            k = max(1, math.ceil(keep * f.numel()))
+            values, indices = torch.topk(f.reshape(-1), k, sorted=False)
+            order = torch.argsort(indices)
+            tensors, kind = {"indices": indices[order].to(torch.int64), "values": values[order]}, "topk"
+        objects = {role: store.put(t).address for role, t in tensors.items()}
+        stored += sum(t.numel() * t.element_size() for t in tensors.values())
+        rows.append({"name": name, "kind": kind, "objects": objects, "meta": dict(meta or {}, keep=keep)})
+    return rows, stored
 
 
 def load_fisher(ledger: LedgerStore, version: str | VersionRecord, name: str) -> torch.Tensor | None:
@@ -155,10 +168,12 @@ def merge(
         history, store = History(ledger), ledger.object_store()
         names = _common_names(history, inputs)
         averaged = [n for n in names if n not in _kept_groups(history, ids[0], names)]
-        if how.needs_fisher and fisher is not None:  # stored with each input, so the receipt can be re-run
-            for v, f in zip(inputs, _given_fishers(ledger, inputs, fisher, averaged)):
-                store_fisher(ledger, v, {n: f[n] for n in averaged}, meta={"source": "given to merge"})
-        fishers = _fisher_sources(ledger, inputs, averaged) if how.needs_fisher else None
+        if how.needs_fisher and fisher is not None:  # for this merge only: its receipt keeps the objects
+            given = [_fisher_rows(ledger, v, {n: f[n] for n in averaged})[0]
+                     for v, f in zip(inputs, _given_fishers(ledger, inputs, fisher, averaged))]
+            fishers = _fisher_sources(ledger, inputs, averaged, rows=[{r["name"]: r for r in g} for g in given])
+        else:
+            fishers = _fisher_sources(ledger, inputs, averaged) if how.needs_fisher else None
         norms = _norms(fishers, averaged) if how.needs_fisher and normalize else None
         params, receipt_params, kernel = _merge_groups(history, store, ids, names, method, fishers, lam, eps, norms,
                                                        density, base_id, device, progress)
@@ -206,7 +221,7 @@ def _merge_groups(history, store, ids, names, method, fishers, lam, eps, norms, 
             else:
                 thetas = [materialize(history, store, vid, name)[0] for vid in ids]
                 merged, fisher_objects = _merge_group(
-                    method, name, thetas, fishers, lam, eps, norms, density, history, store, base_id, device
+                    method, name, thetas, fishers, lam, eps, norms, density, history, store, base_id, device, ids
                 )
                 first, input_addresses = thetas[0], [address_of(t) for t in thetas]
             kernel = kernel or pick(torch.empty(0, device=device))
@@ -231,9 +246,9 @@ def _kept_groups(history: History, vid: str, names: list[str]) -> set[str]:
 def _kept_value(name: str, thetas: list[torch.Tensor], ids: list[str]) -> torch.Tensor:
     """The value of a group that is not averaged: the inputs' one value, bit for bit; refused,
     naming the group and two inputs that differ, when they do not agree."""
-    first = thetas[0].contiguous().view(torch.uint8)
+    first = _bytes(thetas[0])
     for vid, t in zip(ids[1:], thetas[1:]):
-        if not torch.equal(first, t.contiguous().view(torch.uint8)):
+        if not torch.equal(first, _bytes(t)):
             raise InvalidParameterError(
                 f"parameter {name!r} is {str(t.dtype).removeprefix('torch.')}, which a merge does not average, and "
                 f"it differs between {ids[0][:12]} and {vid[:12]}: make the inputs agree on it (it is kept as it is "
@@ -241,13 +256,27 @@ def _kept_value(name: str, thetas: list[torch.Tensor], ids: list[str]) -> torch.
     return thetas[0]
 
 
+def _bytes(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s bytes (a 0-d tensor, such as BatchNorm's ``num_batches_tracked``, as one element)."""
+    return t.contiguous().reshape(-1).view(torch.uint8)
+
+
 def _merge_group(method, name, thetas, fishers, lam, eps, norms, density, history, store, base_id,
-                 device: torch.device | None = None):
-    """One parameter group merged (on ``device``, returned on the CPU), and the Fisher objects it read."""
+                 device: torch.device | None = None, ids: Sequence[str] | None = None):
+    """One parameter group merged (on ``device``, returned on the CPU), and the Fisher objects it
+    read (``ids``: the inputs' version ids, to name one that holds NaN or Inf)."""
     how, on = methods.get(method), _mover(device)
     thetas = [on(t) for t in thetas]
     fs, addresses = _group_fishers(fishers, name, on) if how.needs_fisher else (None, None)
     theta0 = on(materialize(history, store, base_id, name)[0]) if how.needs_base else None
+    if how.finite_only:
+        labels = [f"version {v[:12]}" for v in ids or [f"#{i + 1}" for i in range(len(thetas))]]
+        for label, t in zip([*labels, f"the base {base_id[:12] if base_id else ''}".strip()], [*thetas, theta0]):
+            if t is not None and not bool(torch.isfinite(t).all()):
+                raise InvalidParameterError(
+                    f"parameter {name!r} of {label} holds NaN or Inf: a {method} merge keeps each input's largest "
+                    "magnitudes, which NaN and Inf make meaningless; merge by average, fisher or task_arithmetic "
+                    "(which carry them into the result), or commit the inputs without them")
     merged = how.merge(thetas, lam=lam, theta0=theta0, fishers=fs, eps=eps, norms=norms, density=density)
     return merged.cpu(), addresses
 
@@ -414,10 +443,11 @@ def _given_fishers(ledger, inputs, fisher, names) -> list[Mapping[str, torch.Ten
     return given
 
 
-def _fisher_sources(ledger, inputs, names):
-    """Per input, a function name -> (its stored Fisher tensor, the object addresses)."""
+def _fisher_sources(ledger, inputs, names, rows=None):
+    """Per input, a function name -> (its stored Fisher tensor, the object addresses); ``rows``:
+    per input, name -> ``{"kind", "objects"}`` to read instead of the Fishers stored with them."""
     store = ledger.object_store()
-    stored = [ledger.fishers(v) for v in inputs]
+    stored = [ledger.fishers(v) for v in inputs] if rows is None else rows
     lacking = [v.version_id[:12] for v, rows in zip(inputs, stored) if not set(names) <= set(rows)]
     if lacking:
         raise InvalidParameterError(
@@ -458,7 +488,8 @@ def receipt_check(ledger: LedgerStore, version: str | VersionRecord) -> dict[str
     how = methods.get(method)
     kept = _kept_groups(history, ids[0], names)
     averaged = [n for n in names if n not in kept]
-    fishers = _fisher_sources(ledger, inputs, averaged) if how.needs_fisher else None
+    fishers = _fisher_sources(ledger, inputs, averaged, rows=_recorded_fishers(recorded, averaged, len(ids))) \
+        if how.needs_fisher else None
     norms = _norms(fishers, averaged) if how.needs_fisher and receipt.normalize else None
     out = {}
     for name in names:
@@ -482,3 +513,39 @@ def receipt_check(ledger: LedgerStore, version: str | VersionRecord) -> dict[str
         same_fishers = fisher_objects == recorded[name].fishers
         out[name] = same_inputs and same_fishers and address_of(merged) == recorded[name].merged
     return out
+
+
+class RecordedFisher(Mapping):
+    """The Fisher of one input of a merge as its receipt records it (parameter name -> tensor,
+    each read from the object store when asked for): what a re-merge without some inputs passes
+    as ``fisher=``, so it merges with the same Fishers whatever is stored with the input now."""
+
+    def __init__(self, ledger: LedgerStore, version: str | VersionRecord, input_version: str):
+        receipt = ledger.receipt(version)
+        if receipt is None:
+            raise InvalidParameterError(f"version {ledger.version(version).version_id[:12]} is not a merge")
+        index = receipt.inputs.index(ledger.version(input_version).version_id)
+        manifest = ledger.manifest(input_version)
+        self._store, self._shapes = ledger.object_store(), {n: manifest[n].shape for n in receipt.groups}
+        self._rows = {n: r for n, r in _recorded_fishers(receipt.groups, sorted(receipt.groups),
+                                                          len(receipt.inputs))[index].items()}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return _fisher_tensor(self._store, self._rows[name], self._shapes[name])
+
+    def __iter__(self):
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
+def _recorded_fishers(recorded, names: list[str], n: int) -> list[dict[str, dict]]:
+    """Per input, name -> ``{"kind", "objects"}`` of the Fisher objects a receipt records (read
+    whatever Fisher is stored with the input now: a later one may have replaced it)."""
+    rows: list[dict[str, dict]] = [{} for _ in range(n)]
+    for name in names:
+        for i, objects in enumerate(recorded[name].fishers or []):
+            if objects:
+                rows[i][name] = {"kind": "full" if "full" in objects else "topk", "objects": dict(objects)}
+    return rows

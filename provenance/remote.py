@@ -165,6 +165,17 @@ class RemoteLedger:
             return data
         raise AssertionError("unreachable")
 
+    def _made(self, what: str, where: str, write: Callable[[], Any]) -> Any:
+        """``write()``'s answer; when the server applied it and then stopped before answering (a
+        retry gets :class:`~provenance.errors.AlreadyAppliedError` naming what it made), what it
+        made, read back from ``where/ID``: the write happened once, and its caller goes on."""
+        try:
+            return write()
+        except errors.AlreadyAppliedError as exc:
+            if what not in exc.made:
+                raise
+            return self._call("GET", f"{where}/{exc.made[what]}")
+
     # -- the ledger -----------------------------------------------------------------------------------
 
     def summary(self) -> dict[str, Any]:
@@ -315,15 +326,17 @@ class RemoteLedger:
                 state[f"{LOW_RANK_PREFIX}B:{name}"], state[f"{LOW_RANK_PREFIX}A:{name}"] = b, a
             params["low_rank_scales"] = json.dumps({name: float(f[2]) for name, f in low_rank.items()})
         body = _state_body(state)
-        data = self._call("POST", "versions", params=params, content=body, content_type="application/octet-stream",
-                          length=getattr(body, "size", None))
+        data = self._made("version_id", "versions", lambda: self._call(
+            "POST", "versions", params=params, content=body, content_type="application/octet-stream",
+            length=getattr(body, "size", None)))
         return VersionRecord.model_validate(data)
 
     def store_fisher(self, version: str | VersionRecord, fisher: Mapping[str, Any], *, keep: float | None = None,
-                     meta: Mapping[str, Any] | None = None) -> int:
-        """Upload the diagonal Fisher of ``version`` (parameter name -> tensor) to the server."""
+                     meta: Mapping[str, Any] | None = None, update: bool = False) -> int:
+        """Upload the diagonal Fisher of ``version`` (parameter name -> tensor) to the server; see
+        :func:`provenance.merges.store_fisher`."""
         body = _state_body(dict(fisher))
-        params = {"meta": json.dumps(dict(meta or {})), "keep": keep}
+        params = {"meta": json.dumps(dict(meta or {})), "keep": keep, "update": update}
         return self._call("POST", f"versions/{_ref(version)}/fisher", params=params, content=body,
                           content_type="application/octet-stream", length=body.size)["bytes"]
 
@@ -375,7 +388,8 @@ class RemoteLedger:
         if "base" in options and options["base"] is not None:
             options["base"] = _ref(options["base"])
         body = {"versions": [_ref(v) for v in versions], **options, "gate": dict(gate) if gate is not None else None}
-        return VersionRecord.model_validate(self._call("POST", "merges", json_body=body)["version"])
+        data = self._made("version_id", "versions", lambda: self._call("POST", "merges", json_body=body)["version"])
+        return VersionRecord.model_validate(data)
 
     def backup(self, destination: str | os.PathLike, *, link: bool = False) -> dict[str, Any]:
         """A consistent copy of the served ledger in ``destination``, a folder on the server's machine."""
@@ -428,7 +442,8 @@ class RemoteLedger:
         body = {"message": message, "base": _ref(base) if base is not None else None, "datasets": declared,
                 "params": dict(params or {}), "author": author, "host": socket.gethostname(),
                 "pid": os.getpid() if pid is None else int(pid)}
-        record = RunRecord.model_validate(self._call("POST", "runs", json_body=body))
+        record = RunRecord.model_validate(self._made("run_id", "runs", lambda: self._call("POST", "runs",
+                                                                                          json_body=body)))
         run = RemoteRun(self, record, flush_every, owned=not detached, openlineage=emitter)
         if emitter is not None:
             emitter.start(self, record, wait=detached)

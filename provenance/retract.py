@@ -35,10 +35,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from provenance import merge as methods
 from provenance.audits import describe_target, find_similar, iter_texts, read_samples, taint_report
 from provenance.errors import InvalidParameterError
 from provenance.ledger._common import _now
 from provenance.lineage import taint, tainted_versions, target_rows
+from provenance.merges import RecordedFisher
 from provenance.ngrams import SPAN_TEXT_CHARS, longest_run, ngram_hashes
 from provenance.ngrams import words as normalised_words
 
@@ -183,7 +185,7 @@ def _recording(step: Step, retraction: str, also: Any) -> Any:
 
 def remerge(ledger: Any, step: Step, retraction: str, *, also: Any = None, progress: Any = None) -> Any:
     """Carry out a ``remerge`` step: merge its clean inputs again from the stored receipt (same
-    method, the Fishers stored with each input, the same base, eps, normalisation and density;
+    method, the Fishers the receipt records for each input, the same base, eps, normalisation and density;
     the step's weights), and tag the result ``<tag>+retracted-<retraction>`` for each tag of the
     tainted version, in the merge's own transaction with ``also(tx, version)``. Returns the new
     version. A version with no receipt is refused: it cannot be made again, only retrained."""
@@ -199,6 +201,8 @@ def remerge(ledger: Any, step: Step, retraction: str, *, also: Any = None, progr
     for name in ("eps", "normalize", "density"):
         if getattr(receipt, name) is not None:
             options[name] = getattr(receipt, name)
+    if methods.get(receipt.method).needs_fisher:  # the Fishers the merge read, whatever is stored now
+        options["fisher"] = {v: RecordedFisher(ledger, step.version_id, v) for v in step.inputs}
     old = ledger.version(step.version_id)
     return ledger.merge(step.inputs, message=f"{old.message} (retraction {retraction}: without "
                         f"{', '.join(d[:12] for d in step.dropped)})", also=_recording(step, retraction, also),

@@ -215,7 +215,10 @@ class Run:
         if self._ended:
             return
         if exc_type is not None:
-            self.fail(f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__)
+            try:
+                self.fail(f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__)
+            except RunEndedError:  # ended already (its commit landed before the error): the error raised
+                pass               # in the block is the one to see, not this
         else:
             self.finish()
 

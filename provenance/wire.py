@@ -23,9 +23,14 @@ LOW_RANK_PREFIX = "prov.low_rank."
 #: A result with Arrow tables in it (a lineage): a JSON header and one Arrow IPC stream per table.
 BUNDLE = "application/vnd.provenance.bundle"
 
+#: Tables a ledger server's SQL answers only for admin tokens: the tokens (their hashes), the
+#: stored answers of writes (other tokens' results) and the access log.
+ADMIN_TABLES = ("tokens", "idempotency", "access_log")
+
 #: HTTP status of each library error (the most specific class wins; everything else is 400).
 STATUS: dict[type[errors.ProvenanceError], int] = {
     errors.NotFoundError: 404,
+    errors.AccessDeniedError: 403,
     errors.InvalidParameterError: 422,
     errors.SourceError: 422,
     errors.FingerprintMismatchError: 422,
@@ -67,6 +72,9 @@ def raise_error(status: int, body: Any, where: str) -> None:
         from provenance.results import GateReport
 
         raise errors.GateFailedError(message, GateReport.model_validate(body["report"]))
+    if kind == "AlreadyAppliedError":
+        made = body.get("made")
+        raise errors.AlreadyAppliedError(message, made if isinstance(made, dict) else None)
     if isinstance(cls, type) and issubclass(cls, errors.ProvenanceError) and kind != "ProvenanceError":
         for base in cls.__mro__:  # the class itself, or the nearest one made from a message alone
             if isinstance(base, type) and issubclass(base, errors.ProvenanceError):

@@ -266,6 +266,17 @@ def test_tokens_scopes_and_the_access_log(server, name):
     assert reader.taint(text="words nobody registered anywhere").versions == []
     assert admin.sql("SELECT count(*) AS n FROM access_log").to_pylist()[0]["n"] == logged
     assert admin.sql("SELECT count(*) AS n FROM idempotency").to_pylist()[0]["n"] == kept
+    # the tokens, the kept answers and the access log are an admin's to read: a read token once
+    # read a new admin token's secret from the kept answer to its creation
+    for table in ("tokens", "idempotency", "access_log"):
+        with pytest.raises(AccessDeniedError, match=f"table '{table}' is readable with an admin token only"):
+            reader.sql(f"WITH x AS (SELECT * FROM {table}) SELECT count(*) FROM x")
+    with pytest.raises(AccessDeniedError, match="admin token only"):  # a CTE of the name does not hide it
+        reader.sql("WITH tokens AS (SELECT * FROM tokens) SELECT * FROM tokens")
+    kept_answers = admin.sql("SELECT status, decode(body) AS body FROM idempotency "
+                             "WHERE path = '/api/v1/tokens' AND method = 'POST'").to_pylist()
+    assert {"status": 0, "body": json.dumps({"token": name("reader")})} in kept_answers
+    assert not [a for a in kept_answers if read in a["body"] or write in a["body"]]
     writer = server.ledger(token=write)
     v = writer.commit({"w": torch.zeros(1)}, message=name("by the writer"))
     with pytest.raises(AccessDeniedError, match="needs admin"):
@@ -302,6 +313,15 @@ def test_a_retried_write_applies_once(server, name):
                         headers={**headers, "Authorization": f"Bearer {write}"})
     assert stolen.status_code == 422 and "was used by another token's write" in stolen.json()["error"]
     assert [r.message for r in server.ledger().runs() if r.message in (name("once"), name("second"))] == [name("once")]
+    # a token's creation is applied once too; its secret is not kept, so a retry is told to start over
+    create = {**headers, "Idempotency-Key": uuid.uuid4().hex}
+    made = httpx.post(f"{server.url}/api/v1/tokens", json={"name": name("made-once"), "scope": "read"}, headers=create)
+    retried = httpx.post(f"{server.url}/api/v1/tokens", json={"name": name("made-once"), "scope": "read"},
+                         headers=create)
+    assert made.status_code == 201 and made.json()["token"].startswith("prov_")
+    assert retried.status_code == 409 and retried.json()["made"] == {"token": name("made-once")}
+    assert "its secret is shown once and is not kept: revoke the token" in retried.json()["error"]
+    assert made.json()["token"] not in retried.text
     # an answer the app gave before reading the whole body is replayed for the same request
     bad = {**headers, "Idempotency-Key": uuid.uuid4().hex}
     upload = b"x" * 3_000_000

@@ -42,9 +42,9 @@ def test_init_creates_the_layout(tmp_path):
     assert ledger.db_path == ledger.root / "ledger.duckdb"
     assert ledger.db_path.is_file()
     assert (ledger.root / "objects").is_dir() and ledger.objects_path == ledger.root / "objects"
-    assert ledger.schema_version() == SCHEMA_VERSION == len(migrations()) == 10
+    assert ledger.schema_version() == SCHEMA_VERSION == len(migrations()) == 12
     assert ledger.summary() == {
-        "path": str(ledger.root), "schema_version": 10, "datasets": 0, "dataset_versions": 0, "shards": 0,
+        "path": str(ledger.root), "schema_version": 12, "datasets": 0, "dataset_versions": 0, "shards": 0,
         "documents": 0, "bytes": 0, "fingerprint_configs": 0,
     }
     meta = dict(raw_rows(ledger, "SELECT key, value FROM ledger_meta"))
@@ -111,7 +111,8 @@ def test_schema_migrations_has_one_row_per_migration(ledger):
     rows = raw_rows(ledger, "SELECT version, name FROM schema_migrations ORDER BY version")
     assert rows == [(v, name) for v, name, _ in migrations()] == [(1, "initial"), (2, "versions"), (3, "runs"), (4, "merges"), (5, "audits"),
                                                                  (6, "service"), (7, "version_files"), (8, "document_files"),
-                                                                 (9, "retractions"), (10, "idempotency_request")]
+                                                                 (9, "retractions"), (10, "idempotency_request"),
+                                                                 (11, "unseen_shards"), (12, "token_answers")]
 
 
 def test_opening_again_applies_nothing(ledger):
@@ -189,6 +190,27 @@ def test_a_ledger_of_the_previous_schema_is_migrated_to_the_current_one(tmp_path
     assert opened.sql("SELECT count(*) AS n FROM documents").column("n").to_pylist() == [3]
     tables = {r[0] for r in raw_rows(opened, "SELECT table_name FROM information_schema.tables")}
     assert "document_files" in tables
+
+
+def test_migrations_remove_what_older_code_wrote_wrongly(tmp_path, monkeypatch):
+    """0011: the 0-example rows a logged run got for shards it never saw; 0012: a new token's
+    secret kept in the answer to its creation (a read token could select it)."""
+    upto_10 = migrations()[:10]
+    monkeypatch.setattr(ledger_module, "migrations", lambda: upto_10)
+    old = Ledger.init(tmp_path)
+    with old.transaction() as tx:
+        tx._con.execute("INSERT INTO run_shards VALUES ('r', 'docs@1', 0, 3, 3, 1.0, true), "
+                        "('r', 'docs@1', 1, 0, 0, 0.0, true), ('r', 'other@1', 0, 0, 0, 0.0, false)")
+        answer = b'{"name":"ci","scope":"admin","token":"prov_secret-that-was-kept"}'
+        tx._con.execute("INSERT INTO idempotency VALUES ('k1', 'admin', 'POST', '/api/v1/tokens', 201, "
+                        "'application/json', ?, now()::TIMESTAMP, NULL), ('k2', 'admin', 'POST', '/api/v1/runs', 201, "
+                        "'application/json', ?, now()::TIMESTAMP, NULL)", [answer, b'{"run_id":"r"}'])
+    monkeypatch.undo()
+    opened = Ledger.open(tmp_path)
+    assert raw_rows(opened, "SELECT dataset_id, shard_index FROM run_shards ORDER BY ALL") == [
+        ("docs@1", 0), ("other@1", 0)]  # only the unseen shard of a logged dataset goes
+    assert raw_rows(opened, "SELECT idempotency_key, status, decode(body) FROM idempotency ORDER BY 1") == [
+        ("k1", 0, '{"token":"ci"}'), ("k2", 201, '{"run_id":"r"}')]
 
 
 def test_a_ledger_of_schema_1_is_migrated_to_the_current_one(tmp_path, monkeypatch):

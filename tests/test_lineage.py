@@ -84,8 +84,10 @@ def test_taint_finds_every_version_downstream(family):
     assert ids(ledger.taint(dataset="code", key="c2")) == {v["code"].version_id: True, v["merged"].version_id: False}
     with pytest.raises(NotFoundError, match="has no shard 'zz'"):
         ledger.taint(dataset="web", shard="zz")
-    with pytest.raises(InvalidParameterError, match="needs its dataset"):
+    with pytest.raises(InvalidParameterError, match="document key 'f1' needs the dataset that holds it"):
         ledger.taint(key="f1")
+    with pytest.raises(InvalidParameterError, match="shard 3 needs the dataset that holds it"):
+        ledger.taint(shard=3)
 
 
 def test_a_bare_dataset_name_taints_through_every_version_of_it(ledger, data_dir, write_jsonl):

@@ -125,6 +125,46 @@ def test_gc_keeps_stored_fishers(two):
     assert torch.equal(load_fisher(ledger, a, "b"), _positive(9)["b"])
 
 
+def test_a_fisher_given_to_a_merge_is_for_that_merge_only(two):
+    """A Fisher passed to ``merge`` leaves the one stored with each input as it was (the same
+    merge made again gives the same model), and the receipt keeps the objects it read: it re-runs
+    bit for bit after the stored Fisher is replaced, and ``gc`` leaves them."""
+    ledger, _, a, b = two
+    ledger.store_fisher(a, {n: 9 * t for n, t in _positive(1).items()}, meta={"mode": "exact", "examples": 256})
+    ledger.store_fisher(b, _positive(1))
+    first = ledger.merge([a, b], method="fisher", message="stored")
+    ones = {n: torch.ones_like(t) for n, t in _state(0).items()}
+    tried = ledger.merge([a, b], method="fisher", fisher=[ones, ones], message="uniform, once")
+    assert torch.equal(load_fisher(ledger, a, "w"), 9 * _positive(1)["w"])
+    assert ledger.fishers(a)["w"]["meta"] == {"mode": "exact", "examples": 256, "keep": None}
+    again = ledger.merge([a, b], method="fisher", message="stored again")
+    assert same_bits(ledger.checkout(again)["w"], ledger.checkout(first)["w"])
+    expected = (9 * _state(1)["w"] + _state(2)["w"]) / 10  # Fishers 9F and F: weights 0.9 and 0.1
+    torch.testing.assert_close(ledger.checkout(first)["w"], expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ledger.checkout(tried)["w"], (_state(1)["w"] + _state(2)["w"]) / 2, rtol=1e-6,
+                               atol=1e-6)
+
+    ledger.store_fisher(a, _positive(2))  # a new estimate replaces the stored one...
+    assert ledger.gc(apply=True)["unreferenced"] == []  # ...and the receipts keep theirs
+    assert receipt_check(ledger, first) == {"b": True, "w": True}
+    assert receipt_check(ledger, tried) == {"b": True, "w": True}
+    used = {r["address"] for r in ledger.object_references().to_pylist()
+            if r["version_id"] == tried.version_id and r["kind"] == "fisher"}
+    assert len(used) == 2  # ones for w and b, the same object for both inputs
+    assert all(ledger.versions_using(address) == [tried.version_id] for address in used)
+
+
+def test_storing_a_fisher_replaces_the_whole_estimate_unless_updating(two):
+    ledger, _, a, _ = two
+    ledger.store_fisher(a, _positive(3))
+    ledger.store_fisher(a, {"w": _positive(4)["w"]})
+    assert sorted(ledger.fishers(a)) == ["w"]  # not w from one estimate and b from another
+    ledger.store_fisher(a, {"b": _positive(4)["b"]}, update=True)  # a few parameters at a time
+    assert sorted(ledger.fishers(a)) == ["b", "w"]
+    assert torch.equal(load_fisher(ledger, a, "w"), _positive(4)["w"])
+    assert torch.equal(load_fisher(ledger, a, "b"), _positive(4)["b"])
+
+
 def test_bad_merges_are_refused_and_write_nothing(two):
     ledger, base, a, b = two
     before = len(ledger.versions())
@@ -298,7 +338,8 @@ def test_integer_and_boolean_groups_are_kept_when_the_inputs_agree(ledger):
     not averaged: a merge keeps them bit for bit when every input holds the same value, and asks
     for no Fisher of them; inputs that disagree are refused, naming the group."""
     buffers = {"embeddings.position_ids": torch.arange(12).unsqueeze(0), "mask": torch.tensor([True, False, True]),
-               "steps": torch.tensor([300], dtype=torch.int32)}
+               "steps": torch.tensor([300], dtype=torch.int32),
+               "bn.num_batches_tracked": torch.tensor(5)}  # 0-d, as every BatchNorm has
     base = ledger.commit({**_state(0), **buffers}, message="base")
     a = ledger.commit({**_state(1), **buffers}, parent=base, message="a")
     b = ledger.commit({**_state(2), **buffers}, parent=base, message="b")
@@ -322,3 +363,19 @@ def test_integer_and_boolean_groups_are_kept_when_the_inputs_agree(ledger):
                                                     f"differs between {a.version_id[:12]} and {counted.version_id[:12]}"):
         ledger.merge([a, counted], method="average", message="disagree")
     assert ledger.versions() == before
+
+
+def test_ties_refuses_nan_or_inf_naming_the_input(two):
+    """TIES keeps each task vector's largest magnitudes: a NaN there silently dropped every
+    input at its element (the result fell back to the base). It is refused, naming the group and
+    the version; averaging carries the NaN into the result, as torch does."""
+    ledger, base, a, _ = two
+    bad = _state(2)
+    bad["w"][0, 5], bad["w"][1, 7] = float("nan"), float("inf")
+    b = ledger.commit(bad, parent=base, message="with a NaN", allow_nonfinite=True)
+    before = len(ledger.versions())
+    with pytest.raises(InvalidParameterError, match=f"parameter 'w' of version {b.version_id[:12]} holds NaN or Inf"):
+        ledger.merge([a, b], method="ties", density=1.0, message="ties")
+    assert len(ledger.versions()) == before
+    averaged = ledger.checkout(ledger.merge([a, b], method="average", message="average"))["w"]
+    assert torch.isnan(averaged[0, 5]) and torch.isinf(averaged[1, 7])

@@ -85,7 +85,10 @@ def test_a_remerge_checks_out_bit_identical_to_merging_the_clean_inputs(contribu
     graph = {r["version_id"]: r for r in ledger.version_graph().to_pylist()}
     step = next(s for s in plan(rows, graph) if s.version_id == v["m"].version_id)
     new = remerge(ledger, step, "r1")
-    direct = ledger.merge([v["b"], v["c"]], method="fisher", weights=[0.6, 0.4], message="B and C directly")
+    fishers = [{"w": torch.rand(8, 8, generator=torch.Generator().manual_seed(s)) + 0.1} for s in (5, 6)]  # M's
+    direct = ledger.merge([v["b"], v["c"]], method="fisher", fisher=fishers, weights=[0.6, 0.4],
+                          message="B and C directly")
+    assert ledger.fishers(v["b"]) == {}  # M was given its Fishers: the re-merge read them from M's receipt
     assert same_bits(ledger.checkout(new)["w"], ledger.checkout(direct)["w"])
     assert ledger.receipt(new).weights == pytest.approx([0.6, 0.4])
     assert {t.name: t.version_id for t in ledger.tags()}["release-1+retracted-r1"] == new.version_id

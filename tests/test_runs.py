@@ -58,6 +58,28 @@ def test_logged_examples_and_declared_epochs_become_per_shard_consumption(two_da
     assert logged["key"] == ["a0", "a1", "a5", "a5", "a9"] and logged["step"] == [0, 0, 0, 1, 1]
 
 
+def test_a_logged_run_is_counted_only_on_the_shards_it_saw(two_datasets):
+    """A run that logs documents of one file of ``a`` trained on that shard only: lineage lists
+    that shard, tainting the other finds nothing, and a data diff tells the two runs apart."""
+    ledger = two_datasets
+    v0 = ledger.commit({"w": torch.zeros(3, 3)}, message="base")
+    with ledger.start_run(base=v0, datasets=["a"], message="first file") as run:
+        run.log_examples(["a0", "a1"], step=0)
+        first = run.commit({"w": torch.ones(3, 3)})
+    with ledger.start_run(base=v0, datasets=["a"], message="second file") as run:
+        run.log_examples(["a5"], step=0)
+        second = run.commit({"w": 2 * torch.ones(3, 3)})
+    assert [(s.shard_index, s.examples) for s in ledger.run_shards(first.run_id)] == [(0, 2)]
+    lineage = ledger.lineage(first)
+    assert lineage.shards.column("shard").to_pylist() == ["a1.jsonl"]
+    assert (lineage.datasets[0]["shards"], lineage.datasets[0]["examples"]) == (1, 2)
+    assert [v.version_id for v in ledger.taint(dataset="a", shard="a2.jsonl").versions] == [second.version_id]
+    diff = ledger.data_diff(first, second)
+    assert (diff["shards_only_in_a"], diff["shards_only_in_b"]) == (
+        [{"dataset_id": "a@1", "shard_index": 0, "shard": "a1.jsonl"}],
+        [{"dataset_id": "a@1", "shard_index": 1, "shard": "a2.jsonl"}])
+
+
 def test_flush_every_writes_in_batches_and_unknown_keys_are_refused_whole(two_datasets):
     ledger = two_datasets
     run = ledger.start_run(datasets=["a"], message="batches", flush_every=4)
@@ -241,7 +263,7 @@ def test_an_abandoned_run_is_recorded_as_failed(two_datasets, tmp_path, how):
     record = ledger.run(run_id)
     assert record.status == "failed" and record.error.startswith("abandoned: process")
     assert record.n_logged == 1 and record.version_id is None
-    assert [s.examples for s in ledger.run_shards(run_id)] == [1, 0]
+    assert [s.examples for s in ledger.run_shards(run_id)] == [1]  # a's second file was never reached
 
 
 def test_cli_run_start_log_finish_show(two_datasets, tmp_path):
@@ -286,3 +308,15 @@ def test_cli_run_start_log_finish_show(two_datasets, tmp_path):
     assert ended.exit_code == 0 and "failed" in ended.output
     shown = json.loads(cli.invoke(main, ["run", "show", run_id, "--json"], env=env).output)
     assert (shown["status"], shown["error"], shown["params"]) == ("failed", "diverged", {"lr": "NaN", "b": "Infinity"})
+
+
+def test_an_error_in_a_run_whose_end_came_first_is_the_error_raised(two_datasets):
+    """Leaving a ``with start_run`` block on an error fails the run; when the run has ended
+    already (another handle finished it), the block's own error is raised, not "run ... is
+    finished already"."""
+    ledger = two_datasets
+    with pytest.raises(ValueError, match="the training failed"):
+        with ledger.start_run(datasets=["a"], message="ended elsewhere") as run:
+            ledger.attach_run(run.run_id).finish()
+            raise ValueError("the training failed")
+    assert ledger.run(run.run_id).status == "finished"

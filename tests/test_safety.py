@@ -309,6 +309,7 @@ def test_sql_csv_and_json_serialise_nested_dates_decimals_blobs(project):
     result = run_cli("sql", query, "--format", "csv")
     assert result.exit_code == 0, result.output
     rows = list(csv.reader(io.StringIO(result.output)))
+    assert "\r" not in result.output and result.output.count("\n") == 2  # `$(prov sql ...)` gets no stray CR
     assert rows[0] == ["dates", "s", "sums", "blob", "blobs"]
     assert rows[1] == ['["2024-01-02"]', '{"when": "2024-01-02T03:04:05", "n": 1.5}', "[5]", "aabb", '["01"]']
     as_json = json.loads(run_cli("sql", query, "--json").output)

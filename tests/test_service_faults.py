@@ -125,10 +125,17 @@ def test_sixteen_clients_at_once(tmp_path):
 
 
 def test_a_second_server_on_a_held_ledger_is_refused(tmp_path):
+    from provenance.errors import LedgerLockedError
+
     with serving.running(tmp_path / "ledger") as server:
-        with pytest.raises(RuntimeError, match="in use|locked|lock"):
+        with pytest.raises(RuntimeError, match="in use|locked|lock|served"):
             serving.start(tmp_path / "ledger", token=server.token, timeout=30)
         assert Ledger.open(server.url, token=server.token).summary()["datasets"] == 0
+        # a process opening the served ledger's folder is told to go through the server, not to retry
+        with pytest.raises(LedgerLockedError, match=f"is served by `prov serve` \\(process {server.proc.pid}\\) at "
+                                                    f"http://127.0.0.1:{server.url.rsplit(':', 1)[1]}: while it runs"):
+            Ledger.open(tmp_path / "ledger", lock_timeout=0.2).summary()
+    assert not (tmp_path / "ledger" / ".prov" / "serving.json").exists()  # removed when the server stopped
 
 
 def test_tls_with_a_certificate_the_test_makes(tmp_path):
@@ -216,3 +223,54 @@ def test_sigterm_drains_a_write_in_flight(tmp_path):
     after = Ledger.open(tmp_path / "ledger")
     version = after.version(answer["r"].json()["version_id"])
     assert torch.equal(after.checkout(version)["w"], tensor)
+
+
+def test_a_write_whose_answer_was_lost_is_made_good_by_the_client(tmp_path, monkeypatch):
+    """The server started a run and committed a run's version, then stopped before storing either
+    answer: what their transactions left is the Idempotency-Key's mark, with what each made. The
+    client's retry with the same key gets 409 naming it, reads it back, and goes on with the run and
+    the version that were made once, instead of an error (and a run left running) it cannot act on."""
+    import types
+
+    from provenance.ledger import WRITE_KEY
+
+    root = tmp_path / "ledger"
+    local = Ledger.init(root)
+    _, token = local.issue_token("admin", "admin")
+    local.register_dataset("d", [{"id": "a", "text": "one document"}], id_field="id")
+    mark = WRITE_KEY.set(("k-run", "admin", "POST", "/api/v1/runs"))
+    try:
+        started = local.start_run(datasets=["d"], message="its answer was lost", detached=True)
+    finally:
+        WRITE_KEY.reset(mark)
+    other = local.start_run(datasets=["d"], message="its commit's answer was lost", detached=True)
+    mark = WRITE_KEY.set(("k-commit", "admin", "POST", "/api/v1/versions"))
+    try:
+        committed = other.commit({"w": torch.ones(3)})
+    finally:
+        WRITE_KEY.reset(mark)
+    del local
+
+    server = serving.start(root, token=token)
+    try:
+        import httpx
+
+        raw = httpx.post(f"{server.url}/api/v1/runs", json={"message": "x"}, timeout=30,
+                         headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "k-run"})
+        assert raw.status_code == 409 and raw.json()["made"] == {"run_id": started.run_id}
+        assert f"it made run {started.run_id}: read it" in raw.json()["error"]
+
+        keys = iter(["k-run", "k-commit"])
+        monkeypatch.setattr("provenance.remote.uuid.uuid4", lambda: types.SimpleNamespace(hex=next(keys)))
+        client = server.ledger()
+        run = client.start_run(datasets=["d"], message="its answer was lost")
+        assert (run.run_id, run.record.status) == (started.run_id, "running")
+        version = client.commit({"w": torch.ones(3)}, message="its commit's answer was lost", run=other.run_id)
+        assert version.version_id == committed.version_id
+        assert client.run(other.run_id).version_id == committed.version_id
+        monkeypatch.undo()
+        run.finish()
+        assert client.run(started.run_id).status == "finished"
+        assert len(client.runs()) == 2 and len(client.versions()) == 1  # nothing made twice
+    finally:
+        server.stop()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
 import os
 import re
 import shutil
@@ -56,6 +57,10 @@ from provenance.ledger.writer import (
 if TYPE_CHECKING:
     from provenance.object_buckets import BucketObjectStore
     from provenance.objects import ObjectStore
+
+#: Written by ``prov serve`` in the ledger folder while it serves it: its process id and URL, so
+#: that a process the ledger's lock refuses is told to use the server instead of retrying.
+SERVING_FILE = "serving.json"
 
 #: Set by a ledger server while it handles a write sent with an Idempotency-Key: ``(key, token,
 #: method, path)``. Each transaction committed meanwhile records the key (status 0: applied, answer
@@ -444,6 +449,12 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
                 if time.monotonic() >= deadline:
                     holder = re.search(r"\(PID (\d+)\)", message)
                     who = f"process {holder.group(1)}" if holder else "another process"
+                    served = self._served_by(int(holder.group(1))) if holder else None
+                    if served is not None:
+                        raise LedgerLockedError(
+                            f"ledger {self.root} is served by `prov serve` ({who}){served}: while it runs, "
+                            "use the ledger through it (--ledger URL, or Ledger.open(URL, token=...), with a token in "
+                            "PROV_TOKEN), or stop it first") from exc
                     raise LedgerLockedError(
                         f"ledger {self.root} is in use by {who}; waited {self.lock_timeout:g}s. "
                         "Retry when it finishes, or wait longer (--wait SECONDS)."
@@ -453,6 +464,17 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
             if not external:  # user SQL: only the ledger's own files, through the documents view
                 self.confine(con)
             return con
+
+    def _served_by(self, pid: int) -> str | None:
+        """When process ``pid`` is the ``prov serve`` serving this ledger: `` at URL`` (or an
+        empty string when its URL is not known), else None."""
+        try:
+            serving = json.loads((self.root / SERVING_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(serving, dict) or serving.get("pid") != pid:
+            return None
+        return f" at {serving['url']}" if isinstance(serving.get("url"), str) else ""
 
     def confine(self, con: duckdb.DuckDBPyConnection) -> None:
         """Make ``con``'s ``documents`` view, then refuse it every file but the Parquet document
@@ -675,10 +697,12 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
                 yield writer
                 pending = WRITE_KEY.get()
                 if pending is not None:  # a server's idempotent write: its key lands with what it wrote
-                    key, token, method, path = pending
+                    key, token, method, path = pending  # with what it made, for a retry that lost its answer
                     con.execute("INSERT INTO idempotency (idempotency_key, token, method, path, status, content_type, "
-                                "body, created_at) VALUES (?, ?, ?, ?, 0, NULL, ''::BLOB, ?) "
-                                "ON CONFLICT (idempotency_key) DO NOTHING", [key, token, method, path, _now()])
+                                "body, created_at) VALUES (?, ?, ?, ?, 0, 'application/json', ?, ?) "
+                                "ON CONFLICT (idempotency_key) DO UPDATE SET body = encode(json_merge_patch("
+                                "decode(idempotency.body), decode(excluded.body))::VARCHAR) WHERE idempotency.status = 0",
+                                [key, token, method, path, json.dumps(writer.made, sort_keys=True).encode(), _now()])
                 con.execute("COMMIT")  # a log the disk refuses fails here, and is rolled back below
             except BaseException:  # rolled back; _cursor then reports a damaged database or a full disk as such
                 with contextlib.suppress(Exception):

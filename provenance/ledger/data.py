@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
 from provenance.errors import (
+    AccessDeniedError,
     InvalidParameterError,
     NotFoundError,
     ReadOnlyQueryError,
@@ -132,10 +133,12 @@ class DataQueries:
         keys = ["datasets", "dataset_versions", "shards", "documents", "bytes", "fingerprint_configs"]
         return {"path": str(self.root), "schema_version": self.schema_version(), **dict(zip(keys, map(int, row)))}
 
-    def sql(self, query: str, params: Sequence[Any] | None = None) -> pa.Table:
+    def sql(self, query: str, params: Sequence[Any] | None = None, *, hidden: Collection[str] = ()) -> pa.Table:
         """Run one read-only statement (SELECT, or EXPLAIN of one) and return an Arrow table.
 
-        Writes, ATTACH, COPY, SET and access to files outside the ledger are refused.
+        Writes, ATTACH, COPY, SET and access to files outside the ledger are refused, and so is
+        reading a table named in ``hidden`` (a server hides its tokens, stored answers and access
+        log from tokens below admin).
         """
         try:
             statements = duckdb.extract_statements(query)
@@ -153,8 +156,8 @@ class DataQueries:
             verb = (text.split() or [kind])[0].upper()
             said = kind if verb == kind else f"{verb} (a {kind} statement)"  # INSTALL is a LOAD to DuckDB
             raise ReadOnlyQueryError(f"only SELECT queries are allowed on the ledger, got {said}")
-        if self._con is not None:  # a held session (a server): no second connection, so check the tree
-            self._check_ledger_only(query)
+        if self._con is not None or hidden:  # a held session (a server): no second connection, so check the tree
+            self._check_ledger_only(query, hidden)
             with self._cursor_lock:
                 con = self._con.cursor()
             self._documents_view(con)
@@ -176,10 +179,11 @@ class DataQueries:
                                        "duckdb_views", "duckdb_types", "duckdb_functions", "duckdb_constraints",
                                        "duckdb_indexes", "duckdb_schemas", "pragma_table_info"})
 
-    def _check_ledger_only(self, query: str) -> None:
+    def _check_ledger_only(self, query: str, hidden: Collection[str] = ()) -> None:
         """Refuse a SELECT that could read outside the ledger when it runs on the session's own
         connection (which can read files): its syntax tree may name only the ledger's tables and
-        views, its own CTEs, and table functions that read nothing."""
+        views, its own CTEs, and table functions that read nothing; and none of ``hidden``, even
+        where a CTE of that name would shadow it."""
         with self._cursor() as con:
             raw = con.execute("SELECT json_serialize_sql(?::VARCHAR)", [query]).fetchall()[0][0]
             known = {r[0].lower() for r in con.execute(
@@ -211,6 +215,9 @@ class DataQueries:
                 fn = (ref.get("function") or {}).get("function_name", "?")
                 if fn.lower() not in self._PURE_TABLE_FUNCTIONS:
                     raise ReadOnlyQueryError(f"query refused: table function {fn}() may read outside the ledger")
+            elif ref.get("table_name", "").lower() in {h.lower() for h in hidden}:
+                raise AccessDeniedError(f"query refused: table {ref.get('table_name')!r} is readable with an admin "
+                                        "token only")
             elif ref.get("table_name", "").lower() not in known | ctes or ref.get("catalog_name") not in ("", None):
                 raise ReadOnlyQueryError(f"query refused: {ref.get('table_name')!r} is not a table of the ledger")
 

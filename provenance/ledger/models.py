@@ -13,7 +13,7 @@ from provenance.errors import (
     InvalidParameterError,
     NotFoundError,
 )
-from provenance.ledger._common import _param_from_row, row_dicts
+from provenance.ledger._common import _param_from_row, row_dicts, unregister
 from provenance.records import (
     ParamRecord,
     RunRecord,
@@ -140,7 +140,8 @@ class ModelQueries:
             ).to_arrow_table()
 
     def versions_using(self, address: str) -> list[str]:
-        """Ids of the versions whose manifest refers to object ``address``."""
+        """Ids of the versions whose manifest, stored Fisher, stored file or merge receipt refers to
+        object ``address``."""
         with self._cursor() as con:
             rows = con.execute(
                 """SELECT DISTINCT version_id FROM (
@@ -150,22 +151,49 @@ class ModelQueries:
                    UNION SELECT version_id FROM version_files WHERE object = $1 ORDER BY 1""",
                 [address],
             ).fetchall()
-        return [r[0] for r in rows]
+        found = {r[0] for r in rows} | {v for a, v, _ in self.receipt_fishers() if a == address}
+        return sorted(found)
+
+    def receipt_fishers(self) -> list[tuple[str, str, str]]:
+        """The Fisher objects Fisher merges read, as their receipts record them: ``(address,
+        merge version, parameter)``. A receipt keeps them (``gc`` leaves them, ``verify`` checks
+        them): a Fisher given to the merge was stored for it alone, and one stored with an input may
+        be replaced later, while the receipt must still re-run."""
+        with self._cursor() as con:
+            rows = con.execute("SELECT version_id, params_json FROM merge_receipts "
+                               "WHERE params_json LIKE '%\"fishers\": [%' ORDER BY version_id").fetchall()
+        out = []
+        for vid, params_json in rows:
+            for name, group in json.loads(params_json or "{}").items():
+                for objects in group.get("fishers") or ():
+                    out.extend((address, vid, name) for address in (objects or {}).values())
+        return out
 
     def object_references(self) -> pa.Table:
         """Every object a version refers to: ``address, version_id, name, kind`` (``param`` for a
-        manifest entry, ``fisher`` for a stored Fisher, ``file`` for a checkpoint folder's file),
-        one row per use."""
+        manifest entry, ``fisher`` for a stored Fisher or one a merge's receipt records, ``file`` for
+        a checkpoint folder's file), one row per use."""
+        fishers = self.receipt_fishers()
+        receipt_fishers = pa.table({"address": pa.array([a for a, _, _ in fishers], pa.string()),
+                                    "version_id": pa.array([v for _, v, _ in fishers], pa.string()),
+                                    "name": pa.array([n for _, _, n in fishers], pa.string()),
+                                    "kind": pa.array(["fisher"] * len(fishers), pa.string())})
         with self._cursor() as con:
-            return con.sql(
-                """SELECT unnest(map_values(objects)) AS address, version_id, name, 'param' AS kind
-                   FROM version_params WHERE objects IS NOT NULL AND cardinality(objects) > 0
-                   UNION ALL
-                   SELECT unnest(map_values(objects)), version_id, name, 'fisher' FROM version_fishers
-                   UNION ALL
-                   SELECT object, version_id, name, 'file' FROM version_files WHERE object IS NOT NULL
-                   ORDER BY address, version_id, name"""
-            ).to_arrow_table()
+            con.register("receipt_fishers", receipt_fishers)
+            try:
+                return con.sql(
+                    """SELECT unnest(map_values(objects)) AS address, version_id, name, 'param' AS kind
+                       FROM version_params WHERE objects IS NOT NULL AND cardinality(objects) > 0
+                       UNION ALL
+                       SELECT unnest(map_values(objects)), version_id, name, 'fisher' FROM version_fishers
+                       UNION ALL
+                       SELECT object, version_id, name, 'file' FROM version_files WHERE object IS NOT NULL
+                       UNION ALL
+                       SELECT address, version_id, name, kind FROM receipt_fishers
+                       ORDER BY address, version_id, name"""
+                ).to_arrow_table()
+            finally:
+                unregister(con, "receipt_fishers")
 
     def param_encodings(self) -> pa.Table:
         """Every manifest entry's encoding with its version's first parent: ``version_id,
@@ -198,14 +226,15 @@ class ModelQueries:
         return [{"version_id": v, "problem": p} for v, p in rows]
 
     def referenced_objects(self) -> set[str]:
-        """Every object address some version's manifest, stored Fisher or stored file refers to."""
+        """Every object address some version's manifest, stored Fisher, stored file or merge receipt
+        (:meth:`receipt_fishers`) refers to."""
         with self._cursor() as con:
             rows = con.execute(
                 """SELECT DISTINCT unnest(map_values(objects)) FROM version_params WHERE objects IS NOT NULL
                    UNION SELECT DISTINCT unnest(map_values(objects)) FROM version_fishers
                    UNION SELECT object FROM version_files WHERE object IS NOT NULL"""
             ).fetchall()
-        return {r[0] for r in rows}
+        return {r[0] for r in rows} | {a for a, _, _ in self.receipt_fishers()}
 
     def fishers(self, version: str | VersionRecord) -> dict[str, dict[str, Any]]:
         """The stored Fisher of ``version``: parameter name -> ``{"kind", "objects", "meta"}``."""

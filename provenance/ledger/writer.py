@@ -76,6 +76,9 @@ class LedgerWriter(AuditWrites):
                  store: Any = None):
         self._con = con
         self._staging = staging
+        #: What this transaction made (``run_id``, ``version_id``, ``dataset_id``): a server's
+        #: Idempotency-Key mark keeps it, so a retry whose answer was lost learns what it made.
+        self.made: dict[str, str] = {}
         self.scratch = scratch  # an audit that stores nothing (Ledger.transaction(scratch=True))
         self._store = store  # the LedgerStore: its root and its connections' documents views
         self._table = store.documents_table(con) if store is not None else "documents"
@@ -259,6 +262,7 @@ class LedgerWriter(AuditWrites):
         """The version, its manifest, and the files of the folder it was committed from (rows
         ``name, size, object, skipped``)."""
         self._insert("versions", pa.Table.from_pylist([version.model_dump(exclude={"tags"})]))
+        self.made["version_id"] = version.version_id
         if files:
             schema = pa.schema([("version_id", pa.string()), ("name", pa.string()), ("size", pa.int64()),
                                 ("object", pa.string()), ("skipped", pa.string())])
@@ -285,6 +289,7 @@ class LedgerWriter(AuditWrites):
         row = run.model_dump(exclude={"datasets", "n_logged", "params"})
         row["params_json"] = json.dumps(run.params, sort_keys=True, default=str)
         self._insert("runs", pa.Table.from_pylist([row]))
+        self.made["run_id"] = run.run_id
         if run.datasets:
             self._insert("run_datasets", pa.table({
                 "run_id": [run.run_id] * len(run.datasets), "dataset_id": list(run.datasets),
@@ -304,8 +309,8 @@ class LedgerWriter(AuditWrites):
         self.count_run_shards(run_id)
 
     def count_run_shards(self, run_id: str) -> None:
-        """Per shard of the run's datasets, the examples it saw (logged, else as declared), for
-        the datasets not counted yet: at the end of the run, and for datasets an ended run's late
+        """Per shard of the run's datasets, the examples it saw (logged: only the shards it saw a
+        document of; else as declared: every shard), for the datasets not counted yet: at the end of the run, and for datasets an ended run's late
         OpenLineage event names."""
         self._con.execute(
             """INSERT OR IGNORE INTO run_shards
@@ -326,7 +331,7 @@ class LedgerWriter(AuditWrites):
                FROM run_datasets rd JOIN shards s USING (dataset_id)
                LEFT JOIN logged_datasets ld USING (dataset_id)
                LEFT JOIN logged l USING (dataset_id, shard_index)
-               WHERE rd.run_id = $run""",
+               WHERE rd.run_id = $run AND (ld.dataset_id IS NULL OR l.examples IS NOT NULL)""",
             {"run": run_id},
         )
 
@@ -414,8 +419,11 @@ class LedgerWriter(AuditWrites):
         finally:
             self._con.execute("DROP TABLE IF EXISTS _prov_resolved")
 
-    def set_fishers(self, version_id: str, rows: Sequence[dict]) -> None:
-        """Store (or replace) the Fisher of ``version_id``'s parameters named in ``rows``."""
+    def set_fishers(self, version_id: str, rows: Sequence[dict], *, replace_all: bool = False) -> None:
+        """Store (or replace) the Fisher of ``version_id``'s parameters named in ``rows``; with
+        ``replace_all`` the Fisher stored for its other parameters goes too."""
+        if replace_all:
+            self._con.execute("DELETE FROM version_fishers WHERE version_id = ?", [version_id])
         if not rows:
             return
         self._con.execute(
@@ -488,6 +496,7 @@ class LedgerWriter(AuditWrites):
             self._insert("shards", pa.Table.from_pylist([s.model_dump() for s in shards]))
 
     def insert_dataset(self, ds: DatasetRecord) -> None:
+        self.made["dataset_id"] = ds.dataset_id
         row = ds.model_dump(exclude={"license", "config"})
         row.update(
             license=ds.license.spdx,

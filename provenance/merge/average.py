@@ -1,4 +1,4 @@
-"""Weighted averaging: θ* = Σᵢ λᵢ θᵢ (Fisher merging with every Fisher equal)."""
+"""Weighted averaging: θ* = Σᵢ λᵢ θᵢ / Σᵢ λᵢ (Fisher merging with every Fisher equal; only the weights' ratios count)."""
 
 from __future__ import annotations
 

@@ -27,6 +27,9 @@ class MergeMethod:
     needs_base: ClassVar[bool] = False
     needs_fisher: ClassVar[bool] = False
     direct: ClassVar[bool] = False
+    #: Defined for finite values only (TIES: the magnitudes decide what is kept, and a NaN would
+    #: silently drop every input at its element): a merge refuses NaN or Inf in its inputs or base.
+    finite_only: ClassVar[bool] = False
     options: ClassVar[tuple[str, ...]] = ()
 
     def merge(self, thetas: list[Any], *, lam: list[float], theta0: Any = None, fishers: list[Any] | None = None,

@@ -13,6 +13,7 @@ from provenance.merge.base import MergeMethod, register
 class Ties(MergeMethod):
     name = "ties"
     needs_base = True
+    finite_only = True
     options = ("density",)
 
     def merge(self, thetas, *, lam, theta0=None, fishers=None, eps=1e-6, norms=None, density=0.2) -> Any:

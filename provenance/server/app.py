@@ -23,7 +23,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,8 +37,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from provenance import __version__, errors
-from provenance.files import describe
-from provenance.ledger import WRITE_KEY
+from provenance.files import atomic_write_text, describe
+from provenance.ledger import SERVING_FILE, WRITE_KEY
 from provenance.ledger._common import _now
 from provenance.server import LedgerService
 from provenance.wire import API, READ_POSTS, error_body, status_of
@@ -73,6 +75,7 @@ def create_app(service: LedgerService) -> FastAPI:
     async def lifespan(app: FastAPI):  # SIGINT/SIGTERM: uvicorn drains the requests in flight, then this
         yield
         if service is not None:
+            _unserve(service.ledger.root)  # uvicorn then raises the signal again: no later finally runs
             service.close()  # the ledger closed cleanly (checkpointed) before the process exits
 
     app = FastAPI(title="provenance ledger", version=__version__, lifespan=lifespan,
@@ -163,6 +166,7 @@ class Guard:
                                    f"token {token.name!r} has scope {token.scope}; {method} {path} needs {need}")
         name = token.name if token else None
         scope.setdefault("state", {})["token"] = name
+        scope["state"]["token_scope"] = token.scope if token else "admin"  # no auth: the loopback's own user
         length = headers.get("content-length")
         if (headers.get("content-type", "").startswith("application/json") and length and length.isdigit()
                 and int(length) > MAX_JSON):
@@ -214,11 +218,10 @@ class Guard:
                     {"error": f"Idempotency-Key {key!r} was used for a write with another body: a retry sends the "
                      "same request again, a new write needs a new key", "kind": "InvalidParameterError"},
                     status_code=422)
-            elif stored["status"] == 0:  # applied, then the server stopped before its answer was stored
-                response = JSONResponse(
-                    {"error": f"the write with Idempotency-Key {key!r} was applied before the server stopped, and its "
-                     "answer was lost: read the resource to see its result", "kind": "AlreadyAppliedError"},
-                    status_code=409)
+            elif stored["status"] == 0:  # applied, and its answer not kept (the server stopped; a secret)
+                made = _made(stored["body"])
+                response = JSONResponse({"error": _not_kept(key, made), "kind": "AlreadyAppliedError", "made": made},
+                                        status_code=409)
             else:
                 response = Response(stored["body"], status_code=stored["status"], media_type=stored["content_type"],
                                     headers={"Idempotent-Replayed": "true"})
@@ -245,12 +248,36 @@ class Guard:
         kind = next((v.decode("latin-1") for k, v in start.get("headers", []) if k.lower() == b"content-type"), None)
         status[0] = start.get("status", 500)
         if status[0] < 500:
-            await _keep(service.ledger.store_response, key, token, method, path, status[0], kind, data,
+            kept_status, kept = status[0], data
+            if (method, path) == ("POST", f"{API}/tokens") and status[0] < 300:
+                # a new token's secret is shown once and never kept: a retry learns the token was made
+                kept_status, kept = 0, json.dumps({"token": json.loads(data).get("name")}).encode()
+            await _keep(service.ledger.store_response, key, token, method, path, kept_status, kind, kept,
                         access=access(), request_sha256=sent)
         else:
             await _keep(service.ledger.log_access, [access()])
         await send(start)
         await send({"type": "http.response.body", "body": data})
+
+
+def _not_kept(key: str, made: dict[str, str]) -> str:
+    """Why a retried write gets no answer but the news that it was applied, and what to do."""
+    if "token" in made:
+        return (f"the write with Idempotency-Key {key!r} made token {made['token']!r}; its secret is shown once and "
+                "is not kept: revoke the token and create another if the answer was lost")
+    said = "; ".join(f"it made {what.removesuffix('_id')} {ref}" for what, ref in made.items())
+    return (f"the write with Idempotency-Key {key!r} was applied before the server stopped, and its answer was lost: "
+            f"{said + ': read it' if said else 'read the resource'} to see its result")
+
+
+def _made(body: bytes | None) -> dict[str, str]:
+    """What a write whose answer was lost made, as its transaction's mark keeps it (empty for
+    marks left before the mark kept it)."""
+    try:
+        made = json.loads(body or b"{}")
+    except ValueError:
+        return {}
+    return {k: v for k, v in made.items() if isinstance(v, str)} if isinstance(made, dict) else {}
 
 
 class _BodyHash:
@@ -330,7 +357,21 @@ def serve(path: str, *, host: str = "127.0.0.1", port: int = 8765, auth: bool = 
             raise errors.InvalidParameterError(
                 f"ledger {service.ledger.root} has no admin token, so nobody could manage this server: run "
                 "`prov token create NAME --scope admin` first (or serve with --insecure-no-auth, loopback only)")
-        uvicorn.run(create_app(service), host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
-                    log_level=log_level, timeout_graceful_shutdown=30)
+        scheme = "https" if ssl_certfile else "http"
+        serving = service.ledger.root / SERVING_FILE  # so that a process refused the ledger is told where to go
+        atomic_write_text(serving, json.dumps({"pid": os.getpid(), "url": f"{scheme}://{host}:{port}" if port else None}))
+        try:
+            uvicorn.run(create_app(service), host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
+                        log_level=log_level, timeout_graceful_shutdown=30)
+        finally:
+            _unserve(service.ledger.root)
     finally:
         service.close()
+
+
+def _unserve(root) -> None:
+    """Remove the ledger's :data:`SERVING_FILE` when this process wrote it."""
+    path = root / SERVING_FILE
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(path.read_text(encoding="utf-8")).get("pid") == os.getpid():
+            path.unlink()

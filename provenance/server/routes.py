@@ -38,7 +38,7 @@ from provenance.records import (
 from provenance.results import DedupReport, GateReport, Lineage, MemorizationReport, MergeReceipt, TaintReport
 from provenance.server import LedgerService, body_chunks
 from provenance.verify import VerifyReport
-from provenance.wire import ARROW_STREAM, BUNDLE, pack, table_to_ipc
+from provenance.wire import ADMIN_TABLES, ARROW_STREAM, BUNDLE, pack, table_to_ipc
 
 router = APIRouter()
 
@@ -119,7 +119,8 @@ class SqlBody(Body):
 def sql(request: Request, body: SqlBody) -> Response:
     """One read-only SQL statement over the ledger; the rows come back as an Arrow IPC stream."""
     s = _service(request)
-    table = s.read(s.ledger.sql, body.query, body.params)
+    hidden = () if getattr(request.state, "token_scope", None) == "admin" else ADMIN_TABLES
+    table = s.read(s.ledger.sql, body.query, body.params, hidden=hidden)
     return Response(table_to_ipc(table), media_type=ARROW_STREAM)
 
 
@@ -322,8 +323,10 @@ def _commit_received(s: LedgerService, reader: Any, length: int | None, options:
 @router.post("/versions/{ref}/fisher", tags=["versions"], status_code=201,
              openapi_extra={"requestBody": {"content": {"application/octet-stream": {
                  "schema": {"type": "string", "format": "binary"}}}}})
-async def store_fisher(request: Request, ref: str, meta: str = "{}", keep: float | None = None) -> dict[str, Any]:
-    """Store the diagonal Fisher of a version (a safetensors file in the body: parameter name -> tensor)."""
+async def store_fisher(request: Request, ref: str, meta: str = "{}", keep: float | None = None,
+                       update: bool = False) -> dict[str, Any]:
+    """Store the diagonal Fisher of a version (a safetensors file in the body: parameter name ->
+    tensor); it replaces the one stored before, or with ``update`` only its parameters given."""
     s = _service(request)
     info = _json_object(meta, "meta")
     path = await _receive(request, s, ".safetensors")
@@ -334,7 +337,8 @@ async def store_fisher(request: Request, ref: str, meta: str = "{}", keep: float
             fisher, _ = read_tensors(path)
         except ValueError as exc:
             raise errors.InvalidParameterError(f"the body is not a safetensors file ({exc})") from None
-        stored = await run_in_threadpool(s.call, s.ledger.store_fisher, ref, fisher, keep=keep, meta=info)
+        stored = await run_in_threadpool(s.call, s.ledger.store_fisher, ref, fisher, keep=keep, meta=info,
+                                       update=update)
     finally:
         path.unlink(missing_ok=True)
     return {"bytes": stored}
