@@ -19,7 +19,8 @@ figure a limit applies to is the number of evaluation documents found by any of 
 
 **Policy.** ``max_contamination`` (a count; **0 by default**: any contaminated evaluation
 document fails the gate; ``None`` turns the limit off) is broken when more evaluation documents
-than that are contaminated; ``max_overlap`` (a fraction; no limit by default) when any side's
+than that are contaminated, and when the span check could not read a shard (a moved or changed
+source: a check that could not look shows nothing; ``ngram=0`` leaves the span check out); ``max_overlap`` (a fraction; no limit by default) when any side's
 overlap fraction exceeds it; ``deny_license`` (any of ``non-commercial``, ``share-alike``,
 ``unknown``, ``model-generated``) when the merged model's lineage (the union of the inputs' whole
 lineages) holds a dataset with that condition. ``report.violations`` lists what broke, in that
@@ -281,6 +282,13 @@ def _violations(overlap: list[dict], contamination: dict | None, license: dict[s
                           f"max-contamination {max_contamination} broken: {n} evaluation document{'s' * (n != 1)} of "
                           f"{', '.join(contamination['eval_datasets'])} {'are' if n != 1 else 'is'} in the training data "
                           f"({n - max_contamination} over)"})
+        spans = contamination["ngram"]
+        if spans and spans["unreadable"]:  # a check that could not look is no evidence of absence: fail closed
+            k = len(spans["unreadable"])
+            found.append({"policy": "max_contamination", "message":
+                          f"max-contamination {max_contamination} not shown: the {spans['n']}-word span check could "
+                          f"not read {k} shard{'s' * (k != 1)} ({spans['unreadable'][0]}{', …' if k > 1 else ''}); "
+                          "restore the source files it reads, or leave the span check out with --ngram 0"})
     if max_overlap is not None:
         for o in overlap:
             for side, other in (("a", "b"), ("b", "a")):

@@ -81,7 +81,10 @@ def audit_memorization(
         spans, unreadable = _spans(ledger, tx, texts, span) if span else ({}, [])
         step(progress)
         matches: dict[tuple[int, int], dict[str, Any]] = {}
+        wordless = {i for i, t in enumerate(texts) if not normalised_words(t)}  # "..." copies nothing
         for sample, rep in sample_rep.items():
+            if sample in wordless:
+                continue
             for doc in first[rep]:  # the same signature as the sample
                 matches[(sample, doc)] = {"jaccard": 1.0, "span_words": 0, "span_text": ""}
             for other, jaccard in partners[rep].items():

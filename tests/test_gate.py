@@ -226,3 +226,47 @@ def test_merge_with_the_gate_in_the_library(contributors):
     merged = ledger.merge([va, vb], method="average", message="gated", gate={"max_contamination": 2})
     assert ledger.receipt(merged)["audit_id"] == ledger.audits("merge")[0]["audit_id"]
     assert ledger.audit(ledger.receipt(merged)["audit_id"])["passed"] is True
+
+
+def test_the_gate_fails_closed_when_the_span_check_cannot_read_a_source(contributors, data_dir):
+    """e1 shares a 15-word span with b's training text, which only the span check finds. With
+    b.jsonl moved the check cannot look: the gate fails, saying why, instead of passing on the
+    contamination it did not see."""
+    ledger, _, va, vb = contributors
+    (data_dir / "b.jsonl").rename(data_dir / "b.moved")
+    report = audit_merge(ledger, [va.version_id, vb.version_id])
+    assert not report.passed
+    assert report.contamination.ngram["unreadable"] == [
+        f"b@1 shard b.jsonl: {data_dir / 'b.jsonl'}: shard b.jsonl of b@1 is no longer there"]
+    assert report.violations[-1].policy == "max_contamination" and report.violations[-1].message.startswith(
+        "max-contamination 0 not shown: the 13-word span check could not read 1 shard (b@1 shard b.jsonl: ")
+    assert report.violations[-1].message.endswith("leave the span check out with --ngram 0")
+    skipped = audit_merge(ledger, [va.version_id, vb.version_id], ngram=0)  # the other two checks still run
+    assert [v.message for v in skipped.violations] == [
+        "max-contamination 0 broken: 1 evaluation document of ev@1 is in the training data (1 over)"]
+
+
+def test_texts_with_no_words_are_no_copies(ledger, data_dir, write_jsonl, tmp_path):
+    """Every text with no words ("", "!!! ...", "-") has the same signature and exact hash, but
+    copies nothing: an eval item "-" is not found in training documents that are empty, and a
+    sample "..." reproduces none of them."""
+    write_jsonl(data_dir / "t.jsonl", [{"id": f"d{i}", "text": words(i)} for i in range(5)]
+                + [{"id": "empty1", "text": ""}, {"id": "empty2", "text": "!!! ..."}])
+    write_jsonl(data_dir / "u.jsonl", [{"id": f"u{i}", "text": words(50 + i)} for i in range(5)]
+                + [{"id": "blank", "text": "   "}])
+    write_jsonl(data_dir / "e.jsonl", [{"id": "q0", "text": "-"}, {"id": "q1", "text": words(3)}])
+    for name in ("t", "u"):
+        ledger.register_dataset(name, data_dir / f"{name}.jsonl", id_field="id")
+    ledger.register_dataset("ev", data_dir / "e.jsonl", id_field="id", role="eval")
+    base = ledger.commit({"w": torch.zeros(2)}, message="base")
+    with ledger.start_run(base=base, datasets=["t"], message="t") as run:
+        vt = run.commit({"w": torch.ones(2)})
+    with ledger.start_run(base=base, datasets=["u"], message="u") as run:
+        vu = run.commit({"w": 2 * torch.ones(2)})
+    report = audit_merge(ledger, [vt.version_id, vu.version_id])
+    assert report.contamination.contaminated_eval_keys == ["ev@1:q1"]  # the real copy, not "-"
+    assert report.overlap[0]["a_exact"] == report.overlap[0]["b_exact"] == 0  # empty1/empty2 vs blank
+    samples = tmp_path / "s.jsonl"
+    samples.write_text('"..."\n' + json.dumps(words(2)) + "\n")
+    memo = audit_memorization(ledger, vt.version_id, samples)
+    assert [(s.index, [m.key for m in s.matches]) for s in memo.samples] == [(0, []), (1, ["d2"])]

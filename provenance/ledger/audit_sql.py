@@ -25,7 +25,7 @@ _MATCHES = "len(list_filter(list_zip(x.signature, y.signature), lambda p: p[1] =
 #: The staged documents of ``aud_scope`` when no document matches two of its rows (``where``:
 #: :func:`_in_datasets`), as a table or as a view (:meth:`AuditWrites.stage_documents`).
 _STAGED = """SELECT d.doc_id, d.dataset_id, d.shard_index, d.row_index, d.key, d.exact_hash, d.signature,
-                    d.band_keys, [s.side] AS sides
+                    d.band_keys, [s.side] AS sides, d.token_count
              FROM documents d JOIN aud_scope s
                ON d.dataset_id = s.dataset_id AND (s.shard_index IS NULL OR d.shard_index = s.shard_index)
              WHERE {where}"""
@@ -69,7 +69,8 @@ class AuditWrites:
                    SELECT d.doc_id, any_value(d.dataset_id) AS dataset_id, any_value(d.shard_index) AS shard_index,
                           any_value(d.row_index) AS row_index, any_value(d.key) AS key,
                           any_value(d.exact_hash) AS exact_hash, any_value(d.signature) AS signature,
-                          any_value(d.band_keys) AS band_keys, list(DISTINCT s.side ORDER BY s.side) AS sides
+                          any_value(d.band_keys) AS band_keys, list(DISTINCT s.side ORDER BY s.side) AS sides,
+                          any_value(d.token_count) AS token_count
                    FROM documents d JOIN aud_scope s
                      ON d.dataset_id = s.dataset_id AND (s.shard_index IS NULL OR d.shard_index = s.shard_index)
                    WHERE {_in_datasets(scope)}
@@ -371,9 +372,10 @@ class AuditWrites:
     def side_overlap(self, audit_id: str, a: list[str], b: list[str]) -> list[dict[str, Any]]:
         """Documents of sides ``a`` with an exact (same hash) or else near (an audit pair) match on
         sides ``b``: ``kind`` (exact, near), ``dataset_id``, ``other`` (a dataset of ``b`` it
-        matches), ``key``; near matches are counted through the groups of identical signatures."""
+        matches), ``key``; near matches are counted through the groups of identical signatures.
+        Documents with no words match nothing (their texts are all equal, and say nothing)."""
         return self._rows(
-            f"""WITH a AS ({_side('$2')}), b AS ({_side('$3')}),
+            f"""WITH a AS ({_side('$2')} AND token_count > 0), b AS ({_side('$3')} AND token_count > 0),
                 bh AS (SELECT exact_hash, min(dataset_id) AS other FROM b GROUP BY exact_hash),
                 ex AS (SELECT a.doc_id, a.dataset_id, bh.other FROM a JOIN bh USING (exact_hash)),
                 reps AS (SELECT doc_id FROM aud_groups WHERE doc_id = rep),
