@@ -23,8 +23,11 @@ from provenance.files import describe
 
 # Exit statuses (documented in docs/cli.md): 0 success or gate passed; 1 a policy broke (the gate
 # failed, `prov verify` found damage); 2 a usage error (click's own); 3 a named thing was not found;
-# 4 any other error (bad input, a damaged or unreadable ledger).
+# 4 any other error (bad input, a damaged or unreadable ledger); 130 interrupted (Ctrl-C); 141 the
+# reader of the output went away (the shell's 128 + the signal, never 1, which a CI step reads as
+# a failed gate).
 EXIT_POLICY, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_ERROR = 1, 2, 3, 4
+EXIT_INTERRUPTED, EXIT_PIPE = 130, 141
 
 
 class CliError(click.ClickException):
@@ -76,6 +79,16 @@ class ProvGroup(click.Group):
 
     def _invoke(self, ctx: click.Context) -> Any:
         try:
+            return self._errors_named(ctx)
+        except KeyboardInterrupt:
+            _aborted()
+        except Exception as exc:  # Ctrl-C inside numba or DuckDB comes back as their own error
+            if _interrupted(exc):
+                _aborted()
+            raise
+
+    def _errors_named(self, ctx: click.Context) -> Any:
+        try:
             return super().invoke(ctx)
         except CliError:
             raise
@@ -93,9 +106,29 @@ class ProvGroup(click.Group):
             raise CliError(exc.format_message(), kind="error", exit_code=exc.exit_code) from exc
         except BrokenPipeError:  # the reader went away (`prov ... | head`): stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(1)
+            sys.exit(EXIT_PIPE)
         except OSError as exc:  # a file the command reads or writes: name it, no traceback
             raise CliError(describe(exc), kind="os") from exc
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` happened because of Ctrl-C: a KeyboardInterrupt in its chain (numba turns
+    one into ``SystemError: ... returned a result with an exception set``; DuckDB stops its query
+    and raises ``RuntimeError: Query interrupted``)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        # DuckDB takes the signal itself during a query and raises RuntimeError("Query interrupted")
+        if isinstance(exc, KeyboardInterrupt) or (isinstance(exc, RuntimeError) and str(exc) == "Query interrupted"):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _aborted() -> None:
+    """Ctrl-C: click would say Aborted! and exit 1, which a CI step reads as a failed gate."""
+    click.echo("\nAborted!", err=True)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 #: Fields of the library's models that commands set from options of another name.

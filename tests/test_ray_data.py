@@ -146,6 +146,18 @@ def test_actors_given_a_gpu_give_the_same_rows(tmp_path):
     _same(ledger, local, on_gpu)
 
 
+def test_actors_asking_for_more_gpus_than_the_cluster_has_run_on_the_cpu(tmp_path):
+    """This cluster has one (logical) GPU: an actor asking for two could never be scheduled, and
+    the registration waited forever. It runs the CPU kernel, and the driver says why."""
+    corpus = _corpus(tmp_path / "corpus")
+    ledger = Ledger.init(tmp_path / "ledger")
+    local = ledger.register_dataset("local", str(corpus)).dataset
+    with pytest.warns(UserWarning, match=r"the Ray cluster has 1 GPU\(s\), so an actor asking for 2 could never "
+                                         r"start: the actors run the CPU kernel instead"):
+        on_cpu = register_dataset(ledger, "more", str(corpus), num_cpus=2, num_gpus=2).dataset
+    _same(ledger, local, on_cpu)
+
+
 def test_ray_reads_a_bucket_as_the_local_path_reads_it(tmp_path):
     """The actors get the driver's AWS settings (endpoint, region, credentials) with their runtime
     environment, so the moto server started after Ray is what they read from too."""
@@ -277,3 +289,20 @@ def test_an_actor_killed_mid_shard_is_restarted_and_nothing_is_lost(tmp_path):
     local = ledger.register_dataset("local", str(corpus), id_field="id").dataset
     _same(ledger, local, on_ray)
     assert list(staging.iterdir()) == []
+
+
+def test_a_source_gone_mid_run_is_said_to_have_disappeared(tmp_path):
+    """A worker that cannot find a source blames the shared storage only when the driver still
+    sees the file; a file deleted mid-run (gone for the driver too) is said to have disappeared,
+    as the local engine says."""
+    from provenance.integrations.ray_data import _NOT_ON_WORKER, _raise_error
+
+    gone, kept = tmp_path / "gone.jsonl", tmp_path / "kept.jsonl"
+    kept.write_text('{"text": "here"}\n')
+    specs = [{"uri": str(gone), "display": "data/gone.jsonl"}, {"uri": str(kept), "display": "data/kept.jsonl"}]
+    for index, expected in ((0, "data/gone.jsonl: disappeared before it could be read (No such file or directory)"),
+                            (1, f"{kept}: not found on this Ray worker (the staging and the sources must be reachable")):
+        row = {"index": index, "error": json.dumps(["SourceError", f"{specs[index]['uri']}: {_NOT_ON_WORKER}"])}
+        with pytest.raises(SourceError) as info:
+            _raise_error(row, specs)
+        assert str(info.value).startswith(expected)

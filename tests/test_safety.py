@@ -512,6 +512,51 @@ def test_a_closed_pipe_stops_quietly(project, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and len(done.stdout.splitlines()) == 1
     assert "Traceback" not in done.stderr and "Error" not in done.stderr, done.stderr
+    # a table is written line by line, so the write after the reader left fails: 141 (128 + SIGPIPE,
+    # as the shell has it), not 1, which a CI step with pipefail reads as a failed gate
+    table = subprocess.run(["bash", "-c", f'"{prov}" --ledger "{tmp_path}" sql "{query}" | head -n 1; '
+                                    'exit "${PIPESTATUS[0]}"'], capture_output=True, text=True, timeout=120)
+    assert table.returncode == 141 and len(table.stdout.splitlines()) == 1
+    assert "Traceback" not in table.stderr and "Error" not in table.stderr, table.stderr
+
+
+def _reading(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has ``path`` open and has read some of it (Linux's /proc)."""
+    fds = Path(f"/proc/{pid}/fd")
+    try:
+        for fd in fds.iterdir():
+            if os.readlink(fd) == str(path.resolve()):
+                pos = int((Path(f"/proc/{pid}/fdinfo") / fd.name).read_text().split()[1])
+                return pos > 0
+    except OSError:
+        return False
+    return False
+
+
+def test_ctrl_c_exits_130_and_leaves_the_ledger_as_it_was(project, tmp_path):
+    """SIGINT during a registration: `Aborted!`, exit status 130 (click's 1 read as a failed gate),
+    no traceback, and the ledger as it was."""
+    import signal
+    import time
+
+    big = tmp_path / "big.jsonl"
+    with big.open("w", encoding="utf-8") as f:
+        for i in range(400_000):
+            f.write(json.dumps({"id": f"b{i}", "text": f"row {i} " + " ".join(f"w{(i * 7 + j) % 991}" for j in range(40))})
+                    + "\n")
+    before = Ledger.open(tmp_path).datasets(all_versions=True)
+    prov = Path(sys.executable).parent / "prov"
+    child = subprocess.Popen([str(prov), "--ledger", str(tmp_path), "-q", "dataset", "add", "big", str(big),
+                              "--id-field", "id"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not _reading(child.pid, big):  # mid-read, not while importing
+        time.sleep(0.01)
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 130, (out, err)
+    assert "Aborted!" in err and "Traceback" not in err
+    after = Ledger.open(tmp_path)
+    assert after.datasets(all_versions=True) == before and after.verify().ok
 
 
 def test_records_the_library_returns_are_accepted_back(ledger, write_jsonl, tmp_path):

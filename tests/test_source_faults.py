@@ -457,3 +457,18 @@ def test_cli_parquet_column_types(project):
     result = cli("dataset", "add", "p", str(encoded), "--id-field", "id", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["dataset"]["n_documents"] == 3
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_naming_it(ledger, data_dir):
+    """Bytes a Latin-1 system wrote in a file name (Python holds them as surrogates) reached the
+    shard hash as a UnicodeEncodeError traceback; the file is now refused by name."""
+    folder = data_dir / "latin1"
+    folder.mkdir()
+    with open(os.fsencode(folder) + b"/caf\xe9.jsonl", "w", encoding="utf-8") as f:
+        f.write('{"text": "hello there general kenobi"}\n')
+    for source in (folder, folder / "*.jsonl"):
+        with pytest.raises(SourceError, match=r"caf\\xe9.jsonl: the file's name is not valid UTF-8; rename it"):
+            ledger.register_dataset("latin", source)
+    result = CliRunner().invoke(main, ["--ledger", str(ledger.root), "dataset", "add", "latin", str(folder)])
+    assert result.exit_code == 4 and "not valid UTF-8" in result.output and "Traceback" not in result.output
+    assert ledger.datasets() == []

@@ -45,7 +45,8 @@ transaction, checking the rows against the shards as it checks any upload.
 **GPUs.** An actor given a GPU (``num_gpus``) that torch can use computes the MinHash signatures
 there (:func:`provenance.kernels.minhash_gpu.signatures`, the Triton kernel) from the shingle
 hashes its CPU makes; the results are the same, bit for bit. Given GPUs but none usable, the
-actors run the CPU kernel and the driver warns. Not yet measured on a GPU.
+actors run the CPU kernel and the driver warns; so they do when the cluster has fewer GPUs than
+one actor asks for (Ray would wait for them forever). Not yet measured on a GPU.
 """
 
 from __future__ import annotations
@@ -110,6 +111,11 @@ def register_dataset(ledger: Any, name: str, sources: Any, *, address: str | Non
     check_staging(staging)
     progress = progress or NoProgress()
     _connect(address, num_cpus)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if num_gpus and gpus < num_gpus:  # an actor asking for more than the cluster has waits forever
+        warnings.warn(f"the Ray cluster has {gpus:g} GPU(s), so an actor asking for {num_gpus:g} could never start: "
+                      "the actors run the CPU kernel instead", stacklevel=2)
+        num_gpus = None
 
     specs = [{"index": i, "uri": s.uri, "name": s.name, "format": s.format, "display": s.display}
              for i, s in enumerate(shards)]
@@ -126,7 +132,7 @@ def register_dataset(ledger: Any, name: str, sources: Any, *, address: str | Non
         progress.start("fingerprinting on Ray", sum(s.size() for s in shards))
         done = []
         for row in data.iter_rows():  # stopping at an error stops the actors
-            _raise_error(row)
+            _raise_error(row, specs)
             done.append({**row, "shard": json.loads(row["shard"])})
             progress.advance(done[-1]["shard"]["n_bytes"])
         done.sort(key=lambda r: r["index"])
@@ -166,7 +172,7 @@ def _unchanged(ledger: Any, name: str, specs: list[dict[str, Any]], opts: ReadOp
     progress.start("hashing on Ray", len(specs))
     ids = {}
     for row in hashed.iter_rows():
-        _raise_error(row)
+        _raise_error(row, specs)
         ids[row["index"]] = row["shard_id"]
         progress.advance(1)
     if _content_hash([(s["name"], ids[s["index"]]) for s in specs], opts, cfg) != latest.content_hash:
@@ -264,13 +270,16 @@ def _storage_settings() -> dict[str, str]:
     return {k: os.environ[k] for k in _SETTINGS if k in os.environ}
 
 
-def _raise_error(row: dict[str, Any]) -> None:
+def _raise_error(row: dict[str, Any], specs: list[dict[str, Any]]) -> None:
     """Raise the project's error an actor met (it sends it as data: Ray's own wrapping of an
     exception keeps its text in a traceback, not the error), as the local path would raise it."""
     if row.get("error"):
         kind, message = json.loads(row["error"])
         if kind == "OSError":  # [errno, text, file]
             raise OSError(*message) if message[0] is not None else OSError(message[1])
+        spec = specs[row["index"]]
+        if message.endswith(_NOT_ON_WORKER) and not is_url(spec["uri"]) and not os.path.exists(spec["uri"]):
+            message = f"{spec['display']}: disappeared before it could be read (No such file or directory)"
         raise _ERRORS.get(kind, SourceError)(message)
 
 
@@ -372,12 +381,17 @@ class _Part:
             self.writer.close()
 
 
+#: A worker that cannot see a source the driver listed: the driver says "disappeared" instead
+#: when the file is gone for it too (deleted mid-run, not a node without the shared storage).
+_NOT_ON_WORKER = ("not found on this Ray worker (the staging and the sources must be reachable from every node: "
+                  "a shared file system or object storage)")
+
+
 def _shard(spec: dict[str, Any]) -> FileShard:
     if is_url(spec["uri"]):
         return ObjectShard.at(spec["uri"], spec["name"], spec["format"])
     if not os.path.isfile(spec["uri"]):
-        raise SourceError(f"{spec['uri']}: not found on this Ray worker (the staging and the sources must be reachable "
-                          "from every node: a shared file system or object storage)")
+        raise SourceError(f"{spec['uri']}: {_NOT_ON_WORKER}")
     shard = FileShard(Path(spec["uri"]), spec["name"], spec["format"])
     shard.display = spec["display"]  # as the user named it, for errors
     return shard

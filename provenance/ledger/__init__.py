@@ -707,6 +707,8 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
             except BaseException:  # rolled back; _cursor then reports a damaged database or a full disk as such
                 with contextlib.suppress(Exception):
                     con.execute("ROLLBACK")
+                with contextlib.suppress(Exception):
+                    writer.restore_after_rollback()
                 for folder in writer.new_folders:  # Parquet document files the rollback dropped
                     with contextlib.suppress(Exception):
                         self.document_store.remove_folder(folder)

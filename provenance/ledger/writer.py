@@ -79,6 +79,7 @@ class LedgerWriter(AuditWrites):
         #: What this transaction made (``run_id``, ``version_id``, ``dataset_id``): a server's
         #: Idempotency-Key mark keeps it, so a retry whose answer was lost learns what it made.
         self.made: dict[str, str] = {}
+        self.settings_after_rollback: tuple[int, str] | None = None  # see _bulk
         self.scratch = scratch  # an audit that stores nothing (Ledger.transaction(scratch=True))
         self._store = store  # the LedgerStore: its root and its connections' documents views
         self._table = store.documents_table(con) if store is not None else "documents"
@@ -211,8 +212,20 @@ class LedgerWriter(AuditWrites):
         try:
             yield
         finally:
-            self._con.execute(f"SET threads = {int(threads)}")
-            self._con.execute("SET memory_limit = ?", [memory])
+            try:
+                self._restore_settings(int(threads), memory)
+            except duckdb.TransactionException:  # the insert failed (or was interrupted): after the rollback
+                self.settings_after_rollback = (int(threads), memory)
+
+    def _restore_settings(self, threads: int, memory: str) -> None:
+        self._con.execute(f"SET threads = {threads}")
+        self._con.execute("SET memory_limit = ?", [memory])
+
+    def restore_after_rollback(self) -> None:
+        """Put back the connection's settings a failed bulk insert changed (a server keeps it)."""
+        if self.settings_after_rollback is not None:
+            self._restore_settings(*self.settings_after_rollback)
+            self.settings_after_rollback = None
 
     def has_removals(self, dataset_id: str) -> bool:
         """Whether ``dataset_id`` was made by removing documents (its shards' files hold more)."""

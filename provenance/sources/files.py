@@ -436,6 +436,17 @@ def _object_shards(specs: list[str]) -> list[FileShard]:
             for (url, fs, path, size), name in zip(objects, names)]
 
 
+def _utf8_name(path: Path) -> None:
+    """Refuse a file whose path is not UTF-8 (bytes a Latin-1 system wrote: Python holds them as
+    surrogates): the ledger keeps shard names and paths as text, and could not name it."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise SourceError(f"{shown}: the file's name is not valid UTF-8; rename it (the ledger keeps shard names "
+                          "and paths as UTF-8 text)") from None
+
+
 def _file_shards(specs: list[str]) -> list[FileShard]:
     from provenance.sources.urls import is_url
 
@@ -472,6 +483,7 @@ def _file_shards(specs: list[str]) -> list[FileShard]:
             seen.add(r)
             unique.append(f)
     for f in unique:
+        _utf8_name(f)
         if file_format(f) is None:
             raise _unknown_type(str(f))
     if len(unique) == 1:
