@@ -66,12 +66,14 @@ class ProvGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         import warnings
 
+        root = ctx.find_root().meta
+        root.setdefault("prov.args", [*getattr(ctx, "_protected_args", ()), *ctx.args])  # before click takes them
         with warnings.catch_warnings(record=True) as caught:  # library warnings: one line each on stderr
             warnings.simplefilter("always")
             try:
                 return self._invoke(ctx)
             except CliError as exc:
-                exc.as_json = bool(ctx.meta.get("prov.json"))
+                exc.as_json = bool(ctx.meta.get("prov.json")) or _asked_json(ctx)
                 raise
             finally:
                 for w in caught:
@@ -99,7 +101,7 @@ class ProvGroup(click.Group):
         except ValidationError as exc:
             raise CliError(f"invalid parameter: {validation_problems(exc)}", kind="invalid_parameter") from exc
         except click.UsageError as exc:
-            if ctx.meta.get("prov.json"):
+            if ctx.meta.get("prov.json") or _asked_json(ctx):  # also when parsing stopped before --json
                 raise CliError(exc.format_message(), kind="usage", exit_code=EXIT_USAGE) from exc
             raise
         except click.ClickException as exc:
@@ -109,6 +111,13 @@ class ProvGroup(click.Group):
             sys.exit(EXIT_PIPE)
         except OSError as exc:  # a file the command reads or writes: name it, no traceback
             raise CliError(describe(exc), kind="os") from exc
+
+
+def _asked_json(ctx: click.Context) -> bool:
+    """Whether the command line holds ``--json`` (before any ``--``): an unknown option stops
+    click's parsing before ``--json`` is seen, and its error should still be JSON."""
+    args = ctx.find_root().meta.get("prov.args", [])
+    return "--json" in (args[:args.index("--")] if "--" in args else args)
 
 
 def _interrupted(exc: BaseException) -> bool:

@@ -86,7 +86,7 @@ def audit_group() -> None:
 
 @audit_group.command("dedup")
 @click.argument("targets", nargs=-1, required=True, metavar="DATASET|VERSION...")
-@click.option("--threshold", type=float, default=0.8, show_default=True,
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=0.8, show_default=True,
               help="Estimated Jaccard at or above which two documents are near-duplicates, in (0, 1].")
 @click.option("--verify", is_flag=True, help="Re-check pairs near the threshold by exact Jaccard on the source text.")
 @click.option("--pairs", "pairs_file", type=click.Path(dir_okay=False), default=None,
@@ -114,6 +114,7 @@ def audit_dedup_cmd(obj: Context, targets: tuple[str, ...], threshold: float, ve
             report = ledger.audit_dedup(list(targets), progress=bar, **options)
     _write_html(report, html_path)
     show_dedup(report, as_json)
+    _not_stored(no_store, as_json)
 
 
 @audit_group.command("list")
@@ -151,7 +152,7 @@ def audit_show(obj: Context, audit_id: str, html_file: str | None, as_json: bool
 
 @audit_group.command("merge")
 @click.argument("versions", nargs=-1, required=True, metavar="V1 V2 [V3...]")
-@click.option("--threshold", type=float, default=0.8, show_default=True,
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=0.8, show_default=True,
               help="Estimated Jaccard at or above which two documents are near-duplicates, in (0, 1].")
 @click.option("--ngram", type=int, default=13, show_default=True,
               help="Words in the exact-span contamination check (0: skip it; it reads the source text).")
@@ -175,6 +176,7 @@ def audit_merge_cmd(obj: Context, versions: tuple[str, ...], threshold: float, n
                              **_gate_limits(max_contamination))
     _write_html(report, html_path)
     show_gate(report, as_json)
+    _not_stored(no_store, as_json)
     if not report.passed:
         sys.exit(1)
 
@@ -183,7 +185,7 @@ def audit_merge_cmd(obj: Context, versions: tuple[str, ...], threshold: float, n
 @click.argument("ref", metavar="VERSION")
 @click.option("--samples", "samples_file", required=True, type=click.Path(dir_okay=False),
               help="Generated texts: JSONL (objects with a text field, or strings) or plain text, one per line.")
-@click.option("--threshold", type=float, default=0.8, show_default=True,
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=0.8, show_default=True,
               help="Estimated Jaccard at or above which a sample near-duplicates a training document, in (0, 1].")
 @click.option("--span", type=int, default=50, show_default=True,
               help="Words of an exact shared span that count as memorized (0: skip; it reads the source text).")
@@ -202,9 +204,16 @@ def audit_memorization_cmd(obj: Context, ref: str, samples_file: str, threshold:
                                     progress=bar)
     _write_html(report, html_path)
     show_memorization(report, as_json)
+    _not_stored(no_store, as_json)
 
 
 # -- rendering ------------------------------------------------------------------------------------
+
+def _not_stored(no_store: bool, as_json: bool) -> None:
+    """Say that an audit run with --no-store kept nothing: its id names no stored audit."""
+    if no_store and not as_json:
+        click.echo("  not stored (--no-store): `prov audit show` does not know this id")
+
 
 def show_lineage(lin, as_json: bool, *, show_all: bool = False) -> None:
     if as_json:

@@ -24,8 +24,8 @@ def dataset_group() -> None:
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--text-field", default="text", show_default=True, help="Field (or column) holding the text.")
 @click.option("--id-field", default=None, help="Field holding a unique document id (default: SHARD:ROW keys).")
-@click.option("--role", type=click.Choice(["train", "eval"]), default="train", show_default=True,
-              help="Training data, or an evaluation set that contamination audits check against.")
+@click.option("--role", type=click.Choice(["train", "eval"]), default=None,
+              help="Training data (the default), or an evaluation set that contamination audits check against.")
 @click.option("--license", "license_", default=None, help="SPDX licence id, e.g. CC-BY-4.0 (default: unknown).")
 @click.option("--source", default=None, help="Where the data comes from (URL or words).")
 @click.option("--creator", default=None, help="Who made the data.")
@@ -35,7 +35,7 @@ def dataset_group() -> None:
 @click.option("--num-perm", type=int, default=128, show_default=True, help="MinHash permutations.")
 @click.option("--ngram", type=int, default=5, show_default=True, help="Words per shingle.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of the MinHash permutations.")
-@click.option("--threshold", type=float, default=0.8, show_default=True,
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.8, show_default=True,
               help="Similarity the stored LSH bands target (found with probability >= 0.99).")
 @click.option("--on-invalid", type=click.Choice(["error", "replace", "skip"]), default="error", show_default=True,
               help="What to do with invalid UTF-8 (or unpaired surrogates).")

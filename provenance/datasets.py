@@ -41,7 +41,7 @@ def register_dataset(
     *,
     text_field: str = "text",
     id_field: str | None = None,
-    role: str = "train",
+    role: str | None = None,
     license: str | License | None = None,
     source: str | None = None,
     creator: str | None = None,
@@ -58,14 +58,16 @@ def register_dataset(
 
     ``sources``: a path, glob or folder (JSONL plain/.gz/.zst, Parquet, text files), a list of
     them, an iterable of dicts, Arrow tables or record batches, or a ``datasets.Dataset``.
-    Documents are keyed by ``id_field`` when given, else by ``SHARD:ROW``.
+    Documents are keyed by ``id_field`` when given, else by ``SHARD:ROW``. ``role``: ``train``
+    (the default) or ``eval``; content equal to the latest version's registers nothing, and the
+    message says when a ``role`` or ``license`` given differs from the registered one.
 
     ``documents_as``: where the document rows are kept: ``table`` (inside the database),
     ``parquet`` (Parquet files under ``.prov/documents/``, which every query reads as if they were
     in the table), or ``auto``: Parquet from ``parquet_threshold`` documents
     (:data:`provenance.ledger.PARQUET_THRESHOLD` by default). See docs/scaling.md.
     """
-    _check_options(name, role, on_invalid, text_field, shard_records)
+    _check_options(name, role or "train", on_invalid, text_field, shard_records)
     check_documents_as(documents_as, parquet_threshold)
     lic = license if isinstance(license, License) else License.from_spdx(license)
     cfg = config if isinstance(config, FingerprintConfig) else FingerprintConfig(**(config or {}))
@@ -85,14 +87,16 @@ def register_dataset(
         reusable = _reusable_shards(tx, latest, cfg, opts)
         return _write_shards(tx, dataset_id, shards, cfg, opts, counters, progress, reusable)
 
-    meta = {"role": role, "license": lic, "source": source, "creator": creator, "description": description,
+    meta = {"role": role or "train", "license": lic, "source": source, "creator": creator, "description": description,
             "model_generated": model_generated}
-    return _register(ledger, name, cfg, opts, meta, planned, write, counters, (documents_as, parquet_threshold))
+    return _register(ledger, name, cfg, opts, meta, planned, write, counters, (documents_as, parquet_threshold),
+                     asked=(role, lic if license is not None else None))
 
 
 def register_parts(ledger: LedgerStore, name: str, parts: list[str], shards: list[dict[str, Any]], *, opts: ReadOptions,
                    cfg: FingerprintConfig, meta: dict[str, Any], counters: Counters,
-                   storage: tuple[str, int | None] = ("auto", None)) -> RegistrationResult:
+                   storage: tuple[str, int | None] = ("auto", None),
+                   asked: tuple[str | None, License | None] | None = None) -> RegistrationResult:
     """Register rows that this project's own readers and kernels fingerprinted elsewhere (Ray
     actors, :mod:`provenance.integrations.ray_data`) as (a new version of) dataset ``name``, in
     one transaction.
@@ -117,7 +121,7 @@ def register_parts(ledger: LedgerStore, name: str, parts: list[str], shards: lis
                                   f"number {found.get(s.shard_index, 0)} (a part file lost or cut?)")
         return [s.model_copy(update={"dataset_id": dataset_id}) for s in records]
 
-    return _register(ledger, name, cfg, opts, meta, planned, write, counters, storage)
+    return _register(ledger, name, cfg, opts, meta, planned, write, counters, storage, asked=asked)
 
 
 def remove_documents(ledger: LedgerStore, name: str, keys: Sequence[str], *, reason: str | None = None,
@@ -201,11 +205,14 @@ def planned_shards(shards: list[dict[str, Any]]) -> list[ShardRecord]:
 
 def _register(ledger: LedgerStore, name: str, cfg: FingerprintConfig, opts: ReadOptions, meta: dict[str, Any],
               planned: str | None, write: Any, counters: Counters,
-              storage: tuple[str, int | None] = ("auto", None)) -> RegistrationResult:
+              storage: tuple[str, int | None] = ("auto", None),
+              asked: tuple[str | None, License | None] | None = None) -> RegistrationResult:
     """The registration's one transaction: the next version of ``name`` unless the content (known
     beforehand as ``planned``, else once ``write`` has staged the rows) equals the latest's; the
-    rows are kept as ``storage`` (``documents_as, parquet_threshold``) says."""
-    lic = meta["license"]
+    rows are kept as ``storage`` (``documents_as, parquet_threshold``) says. ``asked``: the role
+    and licence the caller gave (None: not given), which an unchanged registration compares
+    with the registered ones (default: ``meta``'s)."""
+    role, lic = asked if asked is not None else (meta["role"], meta["license"])
     try:
         with ledger.transaction() as tx:
             tx.set_documents_as(*storage)
@@ -241,7 +248,7 @@ def _register(ledger: LedgerStore, name: str, cfg: FingerprintConfig, opts: Read
             tx.insert_dataset(record)
     except _Unchanged:
         assert latest is not None
-        return RegistrationResult(dataset=latest, created=False, message=_unchanged_message(latest, meta["role"], lic))
+        return RegistrationResult(dataset=latest, created=False, message=_unchanged_message(latest, role, lic))
     return RegistrationResult(dataset=record, created=True, message=_created_message(record))
 
 
@@ -482,11 +489,13 @@ def _created_message(ds: DatasetRecord) -> str:
     )
 
 
-def _unchanged_message(latest: DatasetRecord, role: str, lic: License) -> str:
+def _unchanged_message(latest: DatasetRecord, role: str | None, lic: License | None) -> str:
+    """What an unchanged registration says; a ``role`` or ``lic`` given (not None) that differs
+    from the registered one is named as not applied."""
     notes = []
-    if latest.role != role:
+    if role is not None and latest.role != role:
         notes.append(f"role {role!r} differs from the registered {latest.role!r}")
-    if latest.license != lic:
+    if lic is not None and latest.license != lic:
         given, kept = (repr(x) if x else "none (unknown)" for x in (lic.spdx, latest.license.spdx))
         notes.append(f"license {given} differs from the registered {kept}")
     tail = f"; metadata not applied: {', '.join(notes)}" if notes else ""

@@ -298,9 +298,11 @@ class Banding:
             banding = cls(bands=num_perm // rows, rows=rows)
             if banding.probability(threshold) >= min_recall:
                 return banding
+        lowest = 1 - (1 - min_recall) ** (1 / num_perm)  # one row per band: P = 1 - (1 - t)^num_perm
         raise InvalidParameterError(
-            f"num_perm={num_perm} is too small: even {num_perm} bands of one row find a pair at "
-            f"similarity {threshold} with probability {cls(num_perm, 1).probability(threshold):.4f} < {min_recall}"
+            f"threshold {threshold:g} is too low for num_perm={num_perm}: even {num_perm} bands of one row find a "
+            f"pair at that similarity with probability {cls(num_perm, 1).probability(threshold):.4f} < {min_recall}; "
+            f"the lowest threshold it reaches is about {lowest:.3f} (or use more permutations)"
         )
 
 

@@ -140,13 +140,18 @@ def audit_merge(
     return result
 
 
+#: The longest span the contamination check takes (lm-eval-harness uses 13 words; memorization
+#: studies 50).
+MAX_NGRAM = 1000
+
+
 def _check_limits(max_overlap: float | None, max_contamination: int | None, ngram: int) -> None:
     if max_overlap is not None and not 0.0 <= float(max_overlap) <= 1.0:
         raise InvalidParameterError(f"max-overlap must be a fraction in [0, 1], got {max_overlap}")
     if max_contamination is not None and int(max_contamination) < 0:
         raise InvalidParameterError(f"max-contamination must be a count >= 0, got {max_contamination}")
-    if ngram < 0:
-        raise InvalidParameterError(f"ngram must be >= 0 (0: no span check), got {ngram}")
+    if not 0 <= ngram <= MAX_NGRAM:  # a span longer than any document's text would silently check nothing
+        raise InvalidParameterError(f"ngram must be from 0 (no span check) to {MAX_NGRAM} words, got {ngram}")
 
 
 def _pairwise_overlap(tx, audit_id: str, inputs: list, labels: list[str], sizes: dict[str, int]) -> list[dict]:

@@ -82,8 +82,15 @@ def registration_meta(options: dict[str, Any]) -> dict[str, Any]:
     """A registration's dataset metadata from its options: role, licence (a :class:`License`, or
     an SPDX id), source, creator, description, model_generated."""
     lic = options.get("license")
-    return {"role": options.get("role", "train"), "license": lic if isinstance(lic, License) else License.from_spdx(lic),
+    return {"role": options.get("role") or "train", "license": lic if isinstance(lic, License) else License.from_spdx(lic),
             **{k: options.get(k) for k in ("source", "creator", "description", "model_generated")}}
+
+
+def asked_meta(options: dict[str, Any]) -> tuple[str | None, License | None]:
+    """The role and licence a registration's caller gave (None: not given, the default applies):
+    what an unchanged registration compares with the registered ones."""
+    lic = options.get("license")
+    return options.get("role"), (None if lic is None else lic if isinstance(lic, License) else License.from_spdx(lic))
 
 
 class _Tee:
@@ -194,7 +201,7 @@ def register_uploaded(ledger: LedgerStore, name: str, path: Path, shards: list[d
         return [s.model_copy(update={"dataset_id": dataset_id}) for s in declared]
 
     return _register(ledger, name, cfg, opts, registration_meta(options), planned, write, tally,
-                     storage_options(options))
+                     storage_options(options), asked=asked_meta(options))
 
 
 def _documents(table: pa.Table, dataset_id: str, first_id: int, cfg: FingerprintConfig, banding: Any,

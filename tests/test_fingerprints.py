@@ -309,8 +309,11 @@ def test_banding_threshold_out_of_range(threshold):
 
 
 def test_banding_impossible_with_too_few_perms():
-    with pytest.raises(InvalidParameterError, match="num_perm=2 is too small"):
+    with pytest.raises(InvalidParameterError, match=r"threshold 0.8 is too low for num_perm=2: .* the lowest "
+                                                    r"threshold it reaches is about 0.900 \(or use more permutations\)"):
         Banding.for_threshold(2, 0.8)
+    with pytest.raises(InvalidParameterError, match="threshold 1e-09 is too low for num_perm=128: .* about 0.035"):
+        Banding.for_threshold(128, 1e-9)
 
 
 # -- comparing fingerprints ----------------------------------------------------------------------

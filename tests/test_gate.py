@@ -124,6 +124,13 @@ def test_gate_bad_input(contributors):
         audit_merge(ledger, [va.version_id, vb.version_id], max_overlap=2)
     with pytest.raises(Exception, match="no version or tag 'nope'"):
         audit_merge(ledger, [va.version_id, "nope"])
+    with pytest.raises(InvalidParameterError, match="ngram must be from 0 .no span check. to 1000 words, got 100000"):
+        audit_merge(ledger, [va.version_id, vb.version_id], ngram=100_000)  # a span no text holds: no check at all
+    for command in (["audit", "merge", va.version_id, vb.version_id], ["audit", "dedup", "a"]):
+        result = CliRunner().invoke(main, ["--ledger", str(ledger.root), *command, "--threshold", "0"])
+        assert result.exit_code == 2 and "Invalid value for '--threshold': 0.0 is not in the range 0<x<=1" in result.output
+    result = CliRunner().invoke(main, ["--ledger", str(ledger.root), "dataset", "add", "x", "a.jsonl", "--threshold", "1"])
+    assert result.exit_code == 2 and "0<x<1" in result.output  # the stored bands need a similarity below 1
 
 
 def test_memorization_finds_copies_spans_and_exposure(contributors, data_dir, tmp_path):

@@ -17,7 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 import xxhash
 import zstandard
+from click.testing import CliRunner
 
+from provenance.cli.main import main
 from provenance.fingerprints import FingerprintConfig, normalize
 
 RECORDS = [
@@ -319,6 +321,15 @@ def test_unchanged_content_with_other_metadata_says_so(ledger, corpus_jsonl):
     assert again.dataset.license.spdx == "MIT" and again.dataset.role == "train"
     assert "role 'eval' differs from the registered 'train'" in again.message
     assert "license 'CC0-1.0' differs from the registered 'MIT'" in again.message
+
+    # what was not given is not compared: an eval set added again without --role is simply unchanged
+    ledger.register_dataset("held-out", corpus_jsonl, role="eval")
+    plain = ledger.register_dataset("held-out", corpus_jsonl)
+    assert plain.message == "unchanged: the content matches held-out@1 (1 shard, 40 documents); nothing registered"
+    assert "role 'train' differs from the registered 'eval'" in ledger.register_dataset(
+        "held-out", corpus_jsonl, role="train").message
+    result = CliRunner().invoke(main, ["--ledger", str(ledger.root), "dataset", "add", "held-out", str(corpus_jsonl)])
+    assert result.exit_code == 0 and "not applied" not in result.output and "nothing registered" in result.output
 
 
 def test_changed_content_makes_version_two_with_stable_keys(ledger, corpus, data_dir, write_jsonl):

@@ -178,7 +178,7 @@ def test_exit_statuses_and_json_errors(project):
         (["audit", "show", "abcd"], 3, "not_found"),
         (["lineage", "no-such-tag"], 3, "not_found"),
         (["dataset", "add", "x", "missing.jsonl"], 4, None),
-        (["audit", "dedup", "news", "--threshold", "1.5"], 4, "invalid_parameter"),
+        (["audit", "merge", base.version_id, child.version_id, "--ngram", "-1"], 4, "invalid_parameter"),
         (["sql", "DELETE FROM documents"], 4, "read_only_query"),
     ]
     for args, code, kind in cases:
@@ -193,6 +193,12 @@ def test_exit_statuses_and_json_errors(project):
             assert err["kind"] == kind
     usage = run_cli("model", "show")
     assert usage.exit_code == 2 and "Missing argument" in usage.output
+    out_of_range = run_cli("audit", "dedup", "news", "--threshold", "1.5")
+    assert out_of_range.exit_code == 2 and "'--threshold': 1.5 is not in the range 0<x<=1" in out_of_range.output
+    for args in (["audit", "dedup", "news", "--json", "--bogus"], ["audit", "dedup", "news", "--bogus", "--json"]):
+        unknown = run_cli(*args)  # click stops parsing at --bogus: --json is still seen
+        assert unknown.exit_code == 2 and json.loads(unknown.stderr) == {"error": "No such option '--bogus'.",
+                                                                         "kind": "usage"}
     missing_ledger = CliRunner().invoke(main, ["--ledger", "/nonexistent/place", "dataset", "list"])
     assert missing_ledger.exit_code == 3 and "no ledger" in missing_ledger.output
 

@@ -72,7 +72,14 @@ from provenance.progress import NoProgress, Progress
 from provenance.records import RegistrationResult
 from provenance.sources import Counters, FileShard, ObjectShard, ReadOptions, resolve
 from provenance.sources.urls import is_url
-from provenance.uploads import _read_options, parts_to_upload, registration_meta, storage_options, upload_options
+from provenance.uploads import (
+    _read_options,
+    asked_meta,
+    parts_to_upload,
+    registration_meta,
+    storage_options,
+    upload_options,
+)
 
 try:
     import ray
@@ -152,6 +159,7 @@ def register_dataset(ledger: Any, name: str, sources: Any, *, address: str | Non
                                                                        "skipped": counters.skipped},
                                                upload_options(options, cfg))
         return register_parts(ledger, name, parts, records, opts=opts, cfg=cfg, meta=registration_meta(options),
+                              asked=asked_meta(options),
                               counters=counters, storage=storage_options(options))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -177,9 +185,7 @@ def _unchanged(ledger: Any, name: str, specs: list[dict[str, Any]], opts: ReadOp
         progress.advance(1)
     if _content_hash([(s["name"], ids[s["index"]]) for s in specs], opts, cfg) != latest.content_hash:
         return None
-    meta = registration_meta(options)
-    return RegistrationResult(dataset=latest, created=False,
-                              message=_unchanged_message(latest, meta["role"], meta["license"]))
+    return RegistrationResult(dataset=latest, created=False, message=_unchanged_message(latest, *asked_meta(options)))
 
 
 def _identify(batch: pa.Table) -> dict[str, list]:
