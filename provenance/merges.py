@@ -270,8 +270,8 @@ def _merge_group(method, name, thetas, fishers, lam, eps, norms, density, histor
     fs, addresses = _group_fishers(fishers, name, on) if how.needs_fisher else (None, None)
     theta0 = on(materialize(history, store, base_id, name)[0]) if how.needs_base else None
     if how.finite_only:
-        labels = [f"version {v[:12]}" for v in ids or [f"#{i + 1}" for i in range(len(thetas))]]
-        for label, t in zip([*labels, f"the base {base_id[:12] if base_id else ''}".strip()], [*thetas, theta0]):
+        labels = [f"version {v[:12]}" for v in ids] if ids else [f"input {i + 1}" for i in range(len(thetas))]
+        for label, t in zip([*labels, "the base"], [*thetas, theta0]):
             if t is not None and not bool(torch.isfinite(t).all()):
                 raise InvalidParameterError(
                     f"parameter {name!r} of {label} holds NaN or Inf: a {method} merge keeps each input's largest "
@@ -527,8 +527,7 @@ class RecordedFisher(Mapping):
         index = receipt.inputs.index(ledger.version(input_version).version_id)
         manifest = ledger.manifest(input_version)
         self._store, self._shapes = ledger.object_store(), {n: manifest[n].shape for n in receipt.groups}
-        self._rows = {n: r for n, r in _recorded_fishers(receipt.groups, sorted(receipt.groups),
-                                                          len(receipt.inputs))[index].items()}
+        self._rows = _recorded_fishers(receipt.groups, sorted(receipt.groups), len(receipt.inputs))[index]
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return _fisher_tensor(self._store, self._rows[name], self._shapes[name])

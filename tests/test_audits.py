@@ -145,7 +145,7 @@ def test_cli_dedup_json_pairs_file_and_show(graded_ledger, tmp_path):
     out = runner.invoke(main, [*base, "audit", "show", audits[0]["audit_id"][:8]])
     assert out.exit_code == 0 and "dedup audit" in out.output
     out = runner.invoke(main, [*base, "audit", "dedup", "graded", "--threshold", "2"])
-    assert out.exit_code == 4 and "threshold must be in (0, 1]" in out.output
+    assert out.exit_code == 2 and "'--threshold': 2.0 is not in the range 0<x<=1" in out.output
 
 
 def test_dedup_html_report_is_self_contained(graded_ledger, tmp_path):

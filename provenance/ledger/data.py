@@ -158,6 +158,7 @@ class DataQueries:
             raise ReadOnlyQueryError(f"only SELECT queries are allowed on the ledger, got {said}")
         if self._con is not None or hidden:  # a held session (a server): no second connection, so check the tree
             self._check_ledger_only(query, hidden)
+        if self._con is not None:
             with self._cursor_lock:
                 con = self._con.cursor()
             self._documents_view(con)
