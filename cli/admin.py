@@ -86,7 +86,8 @@ def backup_cmd(obj: Context, destination: str, link: bool, as_json: bool) -> Non
                                           f"{d['objects_copied'] + d['objects_linked']:,} objects "
                                           f"({d['object_bytes']:,} bytes), Parquet document files "
                                           f"{d.get('document_bytes', 0):,} bytes; "
-                                          f"verified: {'ok' if d['verified'] else 'DAMAGED'}")
+                                          f"verified (every object re-hashed): {'ok' if d['verified'] else 'DAMAGED'}"
+                                          + "".join(f"\n  ✗ {p}" for p in d.get("problems", [])))
     if not report["verified"]:
         sys.exit(EXIT_POLICY)
 

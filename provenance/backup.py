@@ -66,7 +66,9 @@ def _copy_document_files(ledger: LedgerStore, copy: LedgerStore, root: Path, *, 
 
 def backup(ledger: LedgerStore, destination: str | os.PathLike, *, link: bool = False) -> dict[str, Any]:
     """Copy the ledger into ``destination`` (a new or empty folder, outside the ledger), which
-    becomes a ledger folder ``destination/.prov``; returns what was copied and the copy's check."""
+    becomes a ledger folder ``destination/.prov``; returns what was copied and the copy's check
+    (:func:`provenance.verify.verify` with every object re-hashed: ``verified``, and ``problems``
+    naming what is damaged, which the ledger copied holds too)."""
     started = time.perf_counter()
     dest = Path(destination).expanduser().absolute()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
@@ -103,10 +105,15 @@ def backup(ledger: LedgerStore, destination: str | os.PathLike, *, link: bool = 
     from provenance.verify import verify
 
     copy = type(ledger).open(dest, read_only=True)
-    report = verify(copy)
+    report = verify(copy, objects=True)  # every object and document file re-hashed: a copy of a corrupt one is not "ok"
+    problems = ([f"object {d.address} {d.problem} (needed by {', '.join(v[:12] for v in d.versions) or 'no version'})"
+                 for d in report.damaged_objects]
+                + [f"dataset {p['dataset_id']}: {p['problem']}" for p in report.dataset_problems]
+                + [f"version {p['version_id'][:12]}: {p['problem']}" for p in report.version_problems])
     return {"destination": str(root), "database_bytes": db_bytes, "objects_linked": linked, "objects_copied": copied,
-            "object_bytes": object_bytes, "document_bytes": document_bytes, "verified": report.ok, "versions": report.versions_checked,
-            "datasets": report.datasets_checked, "seconds": round(time.perf_counter() - started, 3)}
+            "object_bytes": object_bytes, "document_bytes": document_bytes, "verified": report.ok, "problems": problems,
+            "versions": report.versions_checked, "datasets": report.datasets_checked,
+            "seconds": round(time.perf_counter() - started, 3)}
 
 
 def _download_objects(ledger: LedgerStore, copy: LedgerStore, root: Path) -> tuple[int, int]:

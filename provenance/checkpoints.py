@@ -117,6 +117,11 @@ def _read_index(index: Path) -> dict[str, Path]:
         raise InvalidParameterError(f"{index}: not a checkpoint index with a 'weight_map' ({exc!r})") from exc
     if not isinstance(weight_map, dict) or not all(isinstance(shard, str) for shard in weight_map.values()):
         raise InvalidParameterError(f"{index}: 'weight_map' does not map names to shard file names")
+    outside = sorted({shard for shard in weight_map.values()
+                      if Path(shard).is_absolute() or ".." in Path(shard).parts or not shard})
+    if outside:  # the version would hold tensors of files that are not the checkpoint's
+        raise InvalidParameterError(f"{index}: 'weight_map' names shard files outside its folder ({', '.join(outside[:3])}); "
+                                    "a checkpoint's shards sit beside its index")
     return {name: index.parent / shard for name, shard in weight_map.items()}
 
 

@@ -398,8 +398,26 @@ MAX_WEIGHT = 1e12
 
 
 def _base(ledger: LedgerStore, inputs: list[VersionRecord], base) -> str:
+    """The version task vectors start from: ``base``, which must be an ancestor of every input
+    (the merge is made of its values, and lineage, taint and the licences reach it only through
+    the inputs), else the inputs' shared first parent."""
     if base is not None:
-        return ledger.version(base).version_id
+        base_id = ledger.version(base).version_id
+        graph = ledger.version_graph()
+        parents = dict(zip(graph.column("version_id").to_pylist(), graph.column("parents").to_pylist()))
+        for v in inputs:
+            seen, todo = set(), [v.version_id]
+            while todo and base_id not in seen:
+                vid = todo.pop()
+                if vid not in seen:
+                    seen.add(vid)
+                    todo.extend(parents.get(vid) or [])
+            if base_id not in seen:
+                raise InvalidParameterError(
+                    f"base {base_id[:12]} is not an ancestor of input {v.version_id[:12]}: the merge would be made of "
+                    "its values while its data stayed out of the merge's lineage; give a version the inputs were "
+                    "trained from")
+        return base_id
     firsts = {v.parents[0] if v.parents else None for v in inputs}
     if len(firsts) != 1 or None in firsts:
         raise InvalidParameterError("the inputs do not share a first parent: give base= (the version their task vectors start from)")

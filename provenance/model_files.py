@@ -33,6 +33,7 @@ replaces the parent's whole; nothing is merged file by file.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -154,11 +155,31 @@ def staging_folder(folder: Path) -> Path:
 
 def publish(staged: Path, folder: Path) -> Path:
     """Sync every file of ``staged`` and rename it to ``folder`` (absent or empty): a reader sees
-    the whole folder or none of it."""
+    the whole folder or none of it. The folder gets the mode of the empty folder it replaces, else
+    the one ``mkdir`` gives under the process's umask (``mkdtemp`` made it 0700)."""
     for path in staged.iterdir():
         with open(path, "rb") as fh:
             os.fsync(fh.fileno())
+    try:
+        mode = stat.S_IMODE(folder.stat().st_mode)
+    except FileNotFoundError:
+        mode = 0o777 & ~_umask()
+    os.chmod(staged, mode)
     fsync_folder(staged)
     os.replace(staged, folder)
     fsync_folder(folder.parent)
     return folder
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux: /proc; setting it to read it back
+    would, for a moment, change it for every thread of a server)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask

@@ -537,6 +537,13 @@ def checkout_folder(ledger: LedgerStore, version: str | VersionRecord, folder: s
     ver = ledger.version(version)
     files = model_files.version_files(ledger, ver)
     if not any(f.name == model_files.CONFIG and f.object for f in files):
+        if files:  # the nearest version with files of its own stored them all: a parent's are not mixed in
+            owner = files[0].version_id or ver.version_id
+            whose = "it" if owner == ver.version_id else f"its ancestor {owner[:12]}"
+            raise InvalidParameterError(
+                f"version {ver.label()} takes the files {whose} stored ({', '.join(f.name for f in files[:6])}), and "
+                f"no {model_files.CONFIG} is among them: commit the checkpoint folder with its {model_files.CONFIG}, "
+                "or check out the tensors to a .safetensors file")
         raise InvalidParameterError(
             f"version {ver.label()} has no stored {model_files.CONFIG} (nor has any first parent): commit the "
             "checkpoint folder that save_pretrained wrote, or check out the tensors to a .safetensors file")

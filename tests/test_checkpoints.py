@@ -107,6 +107,21 @@ def test_index_pointing_to_missing_shard(tmp_path: Path) -> None:
         open_state(index)
 
 
+def test_index_naming_a_shard_outside_its_folder_is_refused(tmp_path: Path) -> None:
+    """A weight_map entry ``../other/model-….safetensors`` made the version hold tensors of a file
+    that is not the checkpoint's, silently."""
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    index = _write_sharded(folder, _tensors())
+    for shard in ("../elsewhere/model-00002-of-00002.safetensors", str(tmp_path / "abs.safetensors")):
+        data = json.loads(index.read_text())
+        name = next(iter(data["weight_map"]))
+        data["weight_map"][name] = shard
+        index.write_text(json.dumps(data))
+        with pytest.raises(InvalidParameterError, match="'weight_map' names shard files outside its folder"):
+            open_state(folder)
+
+
 def _edit_index(index: Path, edit) -> None:
     data = json.loads(index.read_text())
     edit(data["weight_map"])

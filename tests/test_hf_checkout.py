@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -204,6 +205,13 @@ def test_cli_commit_files_and_checkout_hf(ckpt, tmp_path, monkeypatch):
     assert json.loads(out.output)["files"] == ["config.json", "generation_config.json", "model.safetensors",
                                                "tokenizer.json", "tokenizer_config.json"]
     assert transformers.AutoConfig.from_pretrained(tmp_path / "out").n_layer == 2
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o777 & ~umask  # not mkdtemp's 0700
+    (tmp_path / "shared").mkdir(mode=0o775)
+    os.chmod(tmp_path / "shared", 0o775)
+    assert runner.invoke(main, ["model", "checkout", vid, "--hf", "shared"]).exit_code == 0
+    assert stat.S_IMODE((tmp_path / "shared").stat().st_mode) == 0o775  # an empty folder given keeps its mode
     for args in ([], ["-o", "x.safetensors", "--hf", "dir"]):
         refused = runner.invoke(main, ["model", "checkout", vid, *args])
         assert refused.exit_code == 2 and "give -o FILE (the tensors) or --hf DIR" in refused.output
@@ -233,3 +241,18 @@ def test_a_folder_committed_through_a_server_warns_that_its_files_stay_behind(ck
         with pytest.warns(UserWarning, match=r"config\.json.*not stored: a ledger server takes a folder's tensors only"):
             version = server.ledger().commit(ckpt, message="over HTTP")
         assert version.n_params > 0
+
+
+def test_a_child_with_files_of_its_own_but_no_config_says_so(ledger, ckpt, tmp_path):
+    """A child committed from a folder holding only generation_config.json takes its own files,
+    not its parent's: the checkout says that, not that no parent has a config."""
+    parent = ledger.commit(ckpt, message="tiny gpt2")
+    child_folder = tmp_path / "child"
+    child_folder.mkdir()
+    shutil.copy(ckpt / "model.safetensors", child_folder / "model.safetensors")
+    shutil.copy(ckpt / "generation_config.json", child_folder / "generation_config.json")
+    child = ledger.commit(child_folder, parent=parent, message="re-saved without its config")
+    with pytest.raises(InvalidParameterError, match=r"takes the files it stored \(generation_config.json\), and no "
+                                                    r"config.json is among them"):
+        ledger.checkout_hf(child, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -379,3 +379,17 @@ def test_ties_refuses_nan_or_inf_naming_the_input(two):
     assert len(ledger.versions()) == before
     averaged = ledger.checkout(ledger.merge([a, b], method="average", message="average"))["w"]
     assert torch.isnan(averaged[0, 5]) and torch.isinf(averaged[1, 7])
+
+
+def test_a_base_that_is_no_ancestor_of_the_inputs_is_refused(two):
+    """Task arithmetic and TIES are made of the base's values (θ₀ + Σλ(θᵢ − θ₀)); a base outside
+    the inputs' ancestry left its data (and licences) out of the merge's lineage and taint."""
+    ledger, base, a, b = two
+    stranger = ledger.commit(_state(9), message="trained on something else")
+    before = len(ledger.versions())
+    for method in ("task_arithmetic", "ties"):
+        with pytest.raises(InvalidParameterError, match=f"base {stranger.version_id[:12]} is not an ancestor of "
+                                                        f"input {a.version_id[:12]}"):
+            ledger.merge([a, b], method=method, base=stranger, message="foreign base")
+    assert len(ledger.versions()) == before
+    assert ledger.receipt(ledger.merge([a, b], method="ties", base=base, message="own base")).base_version == base.version_id

@@ -58,6 +58,17 @@ def test_logged_examples_and_declared_epochs_become_per_shard_consumption(two_da
     assert logged["key"] == ["a0", "a1", "a5", "a5", "a9"] and logged["step"] == [0, 0, 0, 1, 1]
 
 
+def test_declared_fractions_of_an_epoch_see_no_more_documents_than_examples(two_datasets):
+    """b has 6 documents: 0.1 epochs is 1 example (0.6 rounded) of 1 document, 0.05 epochs none;
+    distinct documents were the whole shard's 6 either way."""
+    ledger = two_datasets
+    for epochs, expected in ((0.1, (1, 1)), (0.05, (0, 0)), (2.5, (15, 6))):
+        run = ledger.start_run(datasets={"b": epochs}, message=f"b x {epochs}")
+        run.finish()
+        [shard] = ledger.run_shards(run.run_id)
+        assert (shard.examples, shard.distinct_documents) == expected, epochs
+
+
 def test_a_logged_run_is_counted_only_on_the_shards_it_saw(two_datasets):
     """A run that logs documents of one file of ``a`` trained on that shard only: lineage lists
     that shard, tainting the other finds nothing, and a data diff tells the two runs apart."""

@@ -58,6 +58,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -276,15 +277,16 @@ def _storage_settings() -> dict[str, str]:
     return {k: os.environ[k] for k in _SETTINGS if k in os.environ}
 
 
-def _raise_error(row: dict[str, Any], specs: list[dict[str, Any]]) -> None:
+def _raise_error(row: dict[str, Any], specs: Sequence[dict[str, Any]] = ()) -> None:
     """Raise the project's error an actor met (it sends it as data: Ray's own wrapping of an
     exception keeps its text in a traceback, not the error), as the local path would raise it."""
     if row.get("error"):
         kind, message = json.loads(row["error"])
         if kind == "OSError":  # [errno, text, file]
             raise OSError(*message) if message[0] is not None else OSError(message[1])
-        spec = specs[row["index"]]
-        if message.endswith(_NOT_ON_WORKER) and not is_url(spec["uri"]) and not os.path.exists(spec["uri"]):
+        spec = specs[row["index"]] if specs else None  # the shard the row is about, on the driver
+        if (spec is not None and message.endswith(_NOT_ON_WORKER) and not is_url(spec["uri"])
+                and not os.path.exists(spec["uri"])):
             message = f"{spec['display']}: disappeared before it could be read (No such file or directory)"
         raise _ERRORS.get(kind, SourceError)(message)
 

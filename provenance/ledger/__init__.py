@@ -116,11 +116,12 @@ _DATASET_BRANCHES = 8
 _OTHER_COLUMNS = "shard_index, row_index, line, key, exact_hash, token_count, n_bytes, signature, band_keys"
 DOCUMENT_COLUMNS = "doc_id, dataset_id, " + _OTHER_COLUMNS
 
-#: The other columns of the stand-in row of a damaged Parquet document file: its dataset's rows
-#: cannot be read, and the row's filter raises the error that says so whenever a query reads it
-#: (any query of its dataset, or of all datasets; one that names another dataset prunes it).
-_BROKEN_ROW = ("NULL::INTEGER, NULL::BIGINT, NULL::BIGINT, NULL::VARCHAR, NULL::UBIGINT, NULL::INTEGER, NULL::INTEGER, "
-               "NULL::UINTEGER[], NULL::UBIGINT[]")
+#: The types of the other columns of the stand-in row of a damaged Parquet document file: its
+#: dataset's rows cannot be read, and the row raises the error that says so whenever a query
+#: reads it (any query of its dataset, or of all datasets; one that names another dataset prunes
+#: it). Each column is the error itself, not NULL: a filter on a constant NULL column (``key =
+#: 'k5'``, ``exact_hash = …``) let DuckDB prune the row unread, and the query found nothing.
+_BROKEN_TYPES = ("INTEGER", "BIGINT", "BIGINT", "VARCHAR", "UBIGINT", "INTEGER", "INTEGER", "UINTEGER[]", "UBIGINT[]")
 
 
 def _file_problem(found: int | str | None, size: int) -> str | None:
@@ -593,8 +594,9 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
         for path, problem in broken.items():
             message = (f"the Parquet document file {store.location(path)} of dataset {owner[path]} is {problem}; restore "
                        "it from a backup of the ledger (`prov verify` lists every damaged file)")
-            parts.append(f"SELECT NULL::BIGINT, {_sql_string(owner[path])}, {_BROKEN_ROW} "
-                         f"FROM range(1) WHERE error({_sql_string(message)}) IS NULL")
+            raised = f"error({_sql_string(message)})"
+            parts.append(f"SELECT {raised}::BIGINT, {_sql_string(owner[path])}, "
+                         f"{', '.join(f'{raised}::{t}' for t in _BROKEN_TYPES)} FROM range(1) WHERE {raised} IS NULL")
         return "CREATE OR REPLACE TEMP VIEW documents AS " + " UNION ALL ".join(parts)
 
     @contextlib.contextmanager

@@ -335,8 +335,8 @@ class LedgerWriter(AuditWrites):
                SELECT $run, s.dataset_id, s.shard_index,
                       CASE WHEN ld.dataset_id IS NOT NULL THEN coalesce(l.examples, 0)
                            ELSE CAST(round(s.n_documents * rd.epochs) AS BIGINT) END,
-                      CASE WHEN ld.dataset_id IS NOT NULL THEN coalesce(l.docs, 0)
-                           WHEN rd.epochs > 0 THEN s.n_documents ELSE 0 END,
+                      CASE WHEN ld.dataset_id IS NOT NULL THEN coalesce(l.docs, 0)  -- 0.1 epochs of 4: no more
+                           ELSE least(s.n_documents, CAST(round(s.n_documents * rd.epochs) AS BIGINT)) END,  -- than seen
                       CASE WHEN ld.dataset_id IS NULL THEN rd.epochs
                            WHEN s.n_documents = 0 THEN 0.0
                            ELSE coalesce(l.examples, 0) / s.n_documents END,

@@ -359,7 +359,8 @@ def serve(path: str, *, host: str = "127.0.0.1", port: int = 8765, auth: bool = 
                 "`prov token create NAME --scope admin` first (or serve with --insecure-no-auth, loopback only)")
         scheme = "https" if ssl_certfile else "http"
         serving = service.ledger.root / SERVING_FILE  # so that a process refused the ledger is told where to go
-        atomic_write_text(serving, json.dumps({"pid": os.getpid(), "url": f"{scheme}://{host}:{port}" if port else None}))
+        with contextlib.suppress(OSError):  # a hint only: a disk that refuses it does not stop the server
+            atomic_write_text(serving, json.dumps({"pid": os.getpid(), "url": f"{scheme}://{host}:{port}" if port else None}))
         try:
             uvicorn.run(create_app(service), host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
                         log_level=log_level, timeout_graceful_shutdown=30)
