@@ -32,6 +32,7 @@ replaces the parent's whole; nothing is merged file by file.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import tempfile
@@ -85,7 +86,13 @@ def scan(folder: Path, max_file_bytes: int = MAX_FILE_BYTES) -> list[tuple[Path,
         raise InvalidParameterError(f"max_file_bytes must be a non-negative integer, got {max_file_bytes!r}")
     found = []
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file() or path.name.endswith(_TENSOR_SUFFIXES):
+        if path.name.endswith(_TENSOR_SUFFIXES) and path.is_file():
+            continue
+        if path.name.startswith(".") or not path.is_file():  # listed as left out, so nothing goes unsaid
+            what = "a folder" if path.is_dir() else "a hidden file" if path.is_file() else None
+            if what is not None:
+                found.append((path, f"{what}: only the folder's own files are kept, as save_pretrained writes them"
+                              if what == "a folder" else f"{what}: not part of what save_pretrained writes"))
             continue
         reason = skip_reason(path.name)
         size = path.stat().st_size
@@ -103,7 +110,8 @@ def store_files(store: ObjectStore, listed: list[tuple[Path, str | None]], creat
     rows = []
     for path, reason in listed:
         if reason is not None:
-            rows.append(ModelFile(name=path.name, size=path.stat().st_size, skipped=reason))
+            size = _tree_size(path) if path.is_dir() else path.stat().st_size
+            rows.append(ModelFile(name=path.name, size=size, skipped=reason))
             continue
         data = path.read_bytes()
         ref = store.put(torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8))
@@ -183,3 +191,14 @@ def _umask() -> int:
     umask = os.umask(0o022)
     os.umask(umask)
     return umask
+
+
+def _tree_size(folder: Path) -> int:
+    """The bytes of the regular files under ``folder`` (symlinks not followed)."""
+    total = 0
+    for root, _dirs, names in os.walk(folder):
+        for name in names:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(root, name))
+                total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    return total

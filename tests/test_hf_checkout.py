@@ -120,7 +120,8 @@ def test_pickles_and_trainer_state_are_recorded_as_left_out_and_never_written(le
         assert rows[name].object is None and rows[name].skipped.startswith("a pickle") and rows[name].size == 8
     assert rows["trainer_state.json"].skipped == "the Trainer's bookkeeping: the run records the training"
     assert rows["tf_model.h5"].skipped.startswith("weights in another format")
-    assert ".gitattributes" not in rows and "checkpoint-1" not in rows
+    assert rows[".gitattributes"].object is None and rows[".gitattributes"].skipped.startswith("a hidden file")
+    assert rows["checkpoint-1"].object is None and rows["checkpoint-1"].skipped.startswith("a folder")  # said, not kept
     assert rows["config.json"].object is not None and rows["config.json"].skipped is None
     out = ledger.checkout_hf(version, tmp_path / "out")
     assert sorted(os.listdir(out)) == ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
@@ -241,6 +242,18 @@ def test_a_folder_committed_through_a_server_warns_that_its_files_stay_behind(ck
         with pytest.warns(UserWarning, match=r"config\.json.*not stored: a ledger server takes a folder's tensors only"):
             version = server.ledger().commit(ckpt, message="over HTTP")
         assert version.n_params > 0
+
+
+def test_subfolders_and_hidden_files_are_listed_as_left_out(ledger, ckpt):
+    """A commit keeps the folder's own files, as save_pretrained writes them; a subfolder and a
+    hidden file were dropped without a word, and are now rows of `model files` with the reason."""
+    (ckpt / "tokenizer").mkdir()
+    (ckpt / "tokenizer" / "vocab.txt").write_text("a\nb\n")
+    (ckpt / ".gitattributes").write_text("*.safetensors filter=lfs\n")
+    version = ledger.commit(ckpt, message="with extras")
+    left = {f.name: (f.size, f.skipped) for f in ledger.model_files(version) if f.skipped}
+    assert left == {"tokenizer": (4, "a folder: only the folder's own files are kept, as save_pretrained writes them"),
+                    ".gitattributes": (25, "a hidden file: not part of what save_pretrained writes")}
 
 
 def test_a_child_with_files_of_its_own_but_no_config_says_so(ledger, ckpt, tmp_path):

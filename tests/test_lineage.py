@@ -181,6 +181,8 @@ def test_cli_lineage_taint_and_diff(family, tmp_path):
     out = runner.invoke(main, [*base, "taint", "--text", "-", "--json"], input="a forum post number 0")
     assert out.exit_code == 0, out.output
     assert [m["key"] for m in json.loads(out.output)["matches"]] == ["f0"]
+    out = runner.invoke(main, [*base, "taint", "--text", "-"], input="a forum post number 0")
+    assert "the text, exactly: 1 document\n  forum@1 f0\n" in out.output  # which documents hold it
     out = runner.invoke(main, [*base, "taint", "--text", "-"], input=b"\xff\xfe bad")
     assert out.exit_code == 4 and "not UTF-8" in out.output
     out = runner.invoke(main, [*base, "model", "diff", v["forum"].version_id, v["code"].version_id, "--data", "--json"])
