@@ -39,6 +39,8 @@ from provenance import model_files
 from provenance.errors import (
     InvalidParameterError,
     NonFiniteError,
+    ObjectCorruptError,
+    ObjectMissingError,
 )
 from provenance.history import History, chain_objects, materialize, numel, sparse_chain
 from provenance.kernels.finite import all_finite
@@ -483,7 +485,12 @@ def iter_checkout(ledger: LedgerStore, version: str | VersionRecord) -> Iterator
         if prefetch is not None:
             prefetch(a for name in names for a in chain_objects(history, ver.version_id, name))
         for name in names:
-            yield name, materialize(history, store, ver.version_id, name)[0]
+            try:
+                tensor = materialize(history, store, ver.version_id, name)[0]
+            except (ObjectCorruptError, ObjectMissingError) as exc:  # the object may be an ancestor's, in the chain
+                raise type(exc)(f"{exc}; version {ver.label()}, asked for, builds its parameter {name!r} on it") \
+                    from None
+            yield name, tensor
     finally:
         if prefetch is not None:
             store.stop_prefetch()

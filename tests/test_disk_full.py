@@ -250,7 +250,8 @@ def test_a_backup_killed_half_way_is_not_taken_for_a_ledger(root, tmp_path):
         child.kill()
         child.wait(30)
     assert sorted(p.name for p in dest.iterdir()) == [".prov.partial"]
-    with pytest.raises(LedgerNotFoundError):
+    with pytest.raises(LedgerNotFoundError, match="holds .prov.partial, the copy of a backup that was stopped before "
+                                                  "it finished; take the backup again"):
         Ledger.open(dest)
     done = prov(root, "backup", str(dest))
     assert done.returncode == 4

@@ -231,3 +231,19 @@ def test_a_read_only_objects_folder_is_named_without_root_powers():
     done = subprocess.run(["setpriv", "--bounding-set=-all", "--inh-caps=-all", sys.executable, "-m", "pytest", "-q",
                            "-p", "no:cacheprovider", test], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout + done.stderr
+
+
+def test_a_checkout_through_a_damaged_ancestor_names_the_version_asked_for(ledger):
+    """A child stored as a sparse patch is built on its parent's full copy: damage there names
+    the parent as the object's user, and now also the child asked for, and the parameter."""
+    w = torch.randn(1000)
+    v0 = ledger.commit({"w": w}, message="root")
+    child = w.clone()
+    child[7] = 1.0
+    v1 = ledger.commit({"w": child}, parent=v0, message="sparse child")
+    assert ledger.manifest(v1)["w"].encoding == "sparse"
+    address = ledger.manifest(v0)["w"].objects["full"]
+    _flip_last_byte(ObjectStore(ledger.objects_path).path(address))
+    with pytest.raises(ObjectCorruptError, match=f"object {address} .*used by version\\(s\\) {v0.version_id[:12]}; "
+                                                 f"version {v1.version_id[:12]}.*, asked for, builds its parameter 'w' on it"):
+        ledger.checkout(v1)

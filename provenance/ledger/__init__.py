@@ -385,6 +385,10 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
                 root = base
             elif (base / LEDGER_DIR / DB_FILE).exists():
                 root = base / LEDGER_DIR
+            elif (base / f"{LEDGER_DIR}.partial").is_dir():  # what a backup stopped half-way leaves
+                raise LedgerNotFoundError(
+                    f"no ledger at {base}: it holds {LEDGER_DIR}.partial, the copy of a backup that was stopped "
+                    "before it finished; take the backup again (remove the folder first)")
             else:
                 raise LedgerNotFoundError(f"no ledger at {base} (looked for {base / LEDGER_DIR / DB_FILE})")
         db = root / DB_FILE
