@@ -82,9 +82,7 @@ class ProvGroup(click.Group):
     def _invoke(self, ctx: click.Context) -> Any:
         try:
             return self._errors_named(ctx)
-        except KeyboardInterrupt:
-            _aborted()
-        except Exception as exc:  # Ctrl-C inside numba or DuckDB comes back as their own error
+        except BaseException as exc:  # Ctrl-C, also as numba's or DuckDB's own error
             if _interrupted(exc):
                 _aborted()
             raise

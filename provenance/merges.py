@@ -403,16 +403,8 @@ def _base(ledger: LedgerStore, inputs: list[VersionRecord], base) -> str:
     the inputs), else the inputs' shared first parent."""
     if base is not None:
         base_id = ledger.version(base).version_id
-        graph = ledger.version_graph()
-        parents = dict(zip(graph.column("version_id").to_pylist(), graph.column("parents").to_pylist()))
         for v in inputs:
-            seen, todo = set(), [v.version_id]
-            while todo and base_id not in seen:
-                vid = todo.pop()
-                if vid not in seen:
-                    seen.add(vid)
-                    todo.extend(parents.get(vid) or [])
-            if base_id not in seen:
+            if base_id not in {a.version_id for a in ledger.ancestors(v)}:
                 raise InvalidParameterError(
                     f"base {base_id[:12]} is not an ancestor of input {v.version_id[:12]}: the merge would be made of "
                     "its values while its data stayed out of the merge's lineage; give a version the inputs were "

@@ -88,11 +88,13 @@ def scan(folder: Path, max_file_bytes: int = MAX_FILE_BYTES) -> list[tuple[Path,
     for path in sorted(folder.iterdir()):
         if path.name.endswith(_TENSOR_SUFFIXES) and path.is_file():
             continue
-        if path.name.startswith(".") or not path.is_file():  # listed as left out, so nothing goes unsaid
-            what = "a folder" if path.is_dir() else "a hidden file" if path.is_file() else None
-            if what is not None:
-                found.append((path, f"{what}: only the folder's own files are kept, as save_pretrained writes them"
-                              if what == "a folder" else f"{what}: not part of what save_pretrained writes"))
+        if path.is_dir():  # listed as left out, as a hidden file is, so nothing goes unsaid
+            found.append((path, "a folder: only the folder's own files are kept, as save_pretrained writes them"))
+            continue
+        if not path.is_file():
+            continue
+        if path.name.startswith("."):
+            found.append((path, "a hidden file: not part of what save_pretrained writes"))
             continue
         reason = skip_reason(path.name)
         size = path.stat().st_size

@@ -81,8 +81,8 @@ def storage_options(options: dict[str, Any]) -> tuple[str, int | None]:
 def registration_meta(options: dict[str, Any]) -> dict[str, Any]:
     """A registration's dataset metadata from its options: role, licence (a :class:`License`, or
     an SPDX id), source, creator, description, model_generated."""
-    lic = options.get("license")
-    return {"role": options.get("role") or "train", "license": lic if isinstance(lic, License) else License.from_spdx(lic),
+    role, lic = asked_meta(options)
+    return {"role": role or "train", "license": lic if lic is not None else License.from_spdx(None),
             **{k: options.get(k) for k in ("source", "creator", "description", "model_generated")}}
 
 

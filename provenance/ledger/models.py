@@ -160,8 +160,7 @@ class ModelQueries:
         them): a Fisher given to the merge was stored for it alone, and one stored with an input may
         be replaced later, while the receipt must still re-run."""
         with self._cursor() as con:
-            rows = con.execute("SELECT version_id, params_json FROM merge_receipts "
-                               "WHERE params_json LIKE '%\"fishers\": [%' ORDER BY version_id").fetchall()
+            rows = con.execute("SELECT version_id, params_json FROM merge_receipts ORDER BY version_id").fetchall()
         out = []
         for vid, params_json in rows:
             for name, group in json.loads(params_json or "{}").items():

@@ -322,29 +322,32 @@ class LedgerWriter(AuditWrites):
         self.count_run_shards(run_id)
 
     def count_run_shards(self, run_id: str) -> None:
-        """Per shard of the run's datasets, the examples it saw (logged: only the shards it saw a
-        document of; else as declared: every shard), for the datasets not counted yet: at the end of the run, and for datasets an ended run's late
-        OpenLineage event names."""
+        """Per shard of the run's datasets, the examples it saw, for the datasets not counted yet
+        (at the end of the run, and for datasets an ended run's late OpenLineage event names): for
+        a dataset whose examples it logged, the shards it saw a document of, counted from the log;
+        for one it only declared, every shard, ``n_documents × epochs`` rounded (no more distinct
+        documents than that)."""
         self._con.execute(
             """INSERT OR IGNORE INTO run_shards
                WITH logged AS (
                    SELECT d.dataset_id, d.shard_index, count(*) AS examples, count(DISTINCT e.doc_id) AS docs
                    FROM run_examples e JOIN documents d USING (doc_id)
                    WHERE e.run_id = $run GROUP BY ALL),
-               logged_datasets AS (SELECT DISTINCT dataset_id FROM logged)
-               SELECT $run, s.dataset_id, s.shard_index,
-                      CASE WHEN ld.dataset_id IS NOT NULL THEN coalesce(l.examples, 0)
-                           ELSE CAST(round(s.n_documents * rd.epochs) AS BIGINT) END,
-                      CASE WHEN ld.dataset_id IS NOT NULL THEN coalesce(l.docs, 0)  -- 0.1 epochs of 4: no more
-                           ELSE least(s.n_documents, CAST(round(s.n_documents * rd.epochs) AS BIGINT)) END,  -- than seen
-                      CASE WHEN ld.dataset_id IS NULL THEN rd.epochs
-                           WHEN s.n_documents = 0 THEN 0.0
-                           ELSE coalesce(l.examples, 0) / s.n_documents END,
-                      ld.dataset_id IS NOT NULL
-               FROM run_datasets rd JOIN shards s USING (dataset_id)
-               LEFT JOIN logged_datasets ld USING (dataset_id)
-               LEFT JOIN logged l USING (dataset_id, shard_index)
-               WHERE rd.run_id = $run AND (ld.dataset_id IS NULL OR l.examples IS NOT NULL)""",
+               logged_datasets AS (SELECT DISTINCT dataset_id FROM logged),
+               counted AS (
+                   SELECT s.dataset_id, s.shard_index, s.n_documents, rd.epochs, l.examples, l.docs,
+                          CAST(round(s.n_documents * rd.epochs) AS BIGINT) AS declared,
+                          ld.dataset_id IS NOT NULL AS is_logged
+                   FROM run_datasets rd JOIN shards s USING (dataset_id)
+                   LEFT JOIN logged_datasets ld USING (dataset_id)
+                   LEFT JOIN logged l USING (dataset_id, shard_index)
+                   WHERE rd.run_id = $run AND (ld.dataset_id IS NULL OR l.examples IS NOT NULL))
+               SELECT $run, dataset_id, shard_index,
+                      CASE WHEN is_logged THEN examples ELSE declared END,
+                      CASE WHEN is_logged THEN docs ELSE least(n_documents, declared) END,
+                      CASE WHEN is_logged THEN examples / n_documents ELSE epochs END,
+                      is_logged
+               FROM counted""",
             {"run": run_id},
         )
 
