@@ -145,6 +145,13 @@ def _open_sharded(index: Path, stack: ExitStack) -> tuple[dict[str, Path], dict[
     return owner, handles
 
 
+def files_read(folder: str | Path) -> set[Path]:
+    """The tensor files :func:`open_state` reads for a checkpoint folder: its one ``.safetensors``
+    file, or its index and every shard the index names."""
+    file = _resolve(Path(folder))
+    return {file, *_read_index(file).values()} if file.name.endswith(INDEX_SUFFIX) else {file}
+
+
 def open_state(path: str | Path) -> StateReader:
     """Open a `.safetensors` file, a sharded `*.safetensors.index.json`, or a folder holding one of them."""
     file = _resolve(Path(path))

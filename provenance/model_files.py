@@ -10,7 +10,9 @@ The version's rows (``version_files``) are inserted in the transaction that inse
 
 **What a commit of a folder keeps.** Every regular file at the top of the folder, except:
 
-- the tensors (``*.safetensors`` and ``*.safetensors.index.json``): the version holds them;
+- the tensors (``*.safetensors`` and ``*.safetensors.index.json``): the version holds them; any
+  other tensor file (a second checkpoint, a shard its index does not name) is recorded with the
+  reason, as is every tensor file of a ``files=`` folder (the version holds the state given);
 - hidden files and sub-folders (``.gitattributes``, ``.cache/``, a Trainer's ``checkpoint-*/``);
 - pickles and other weight formats, never read nor stored, recorded with the reason: ``*.bin``
   (``pytorch_model.bin``, ``training_args.bin``), ``*.pt``, ``*.pth``, ``*.ckpt``, ``*.pkl``
@@ -36,6 +38,7 @@ import contextlib
 import os
 import stat
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -79,14 +82,20 @@ def skip_reason(name: str) -> str | None:
     return None
 
 
-def scan(folder: Path, max_file_bytes: int = MAX_FILE_BYTES) -> list[tuple[Path, str | None]]:
+def scan(folder: Path, max_file_bytes: int = MAX_FILE_BYTES, tensors: Collection[Path] = ()
+         ) -> list[tuple[Path, str | None]]:
     """The files of ``folder`` a commit records, by name: ``(path, None)`` for one it stores,
-    ``(path, reason)`` for one it leaves out. Refuses a file over ``max_file_bytes``."""
+    ``(path, reason)`` for one it leaves out. ``tensors`` are the tensor files the commit reads
+    (:func:`provenance.checkpoints.files_read`): any other ``.safetensors`` file is listed as left
+    out. Refuses a file over ``max_file_bytes``."""
     if not isinstance(max_file_bytes, int) or max_file_bytes < 0:
         raise InvalidParameterError(f"max_file_bytes must be a non-negative integer, got {max_file_bytes!r}")
+    read = {Path(t).name for t in tensors if Path(t).parent == folder}
     found = []
     for path in sorted(folder.iterdir()):
         if path.name.endswith(_TENSOR_SUFFIXES) and path.is_file():
+            if path.name not in read:  # a second checkpoint, a stray shard: say so, as for every file left out
+                found.append((path, f"tensors the version does not hold: the commit reads {_reads(read)}"))
             continue
         if path.is_dir():  # listed as left out, as a hidden file is, so nothing goes unsaid
             found.append((path, "a folder: only the folder's own files are kept, as save_pretrained writes them"))
@@ -104,6 +113,13 @@ def scan(folder: Path, max_file_bytes: int = MAX_FILE_BYTES) -> list[tuple[Path,
                 "move it out of the folder, or raise the limit (max_file_bytes=, prov model commit --max-file-mb)")
         found.append((path, reason))
     return found
+
+
+def _reads(read: set[str]) -> str:
+    if not read:
+        return "the state given, not this folder's tensors"
+    names = sorted(read, key=lambda n: (not n.endswith(".index.json"), n))
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def store_files(store: ObjectStore, listed: list[tuple[Path, str | None]], created: list[str]) -> list[ModelFile]:

@@ -1,7 +1,7 @@
 """OpenLineage intake: RunEvents from jobs that already emit them (Spark, Airflow, dbt, a training
 script with the ``openlineage-python`` client) become provenance runs.
 
-Each OpenLineage run (``run.runId``) is one provenance run, created by its first event and ended
+Each OpenLineage run (``run.runId``, a UUID: anything else is refused) is one provenance run, created by its first event and ended
 by ``COMPLETE`` (finished), ``FAIL`` or ``ABORT`` (failed); ``START``, ``RUNNING`` and ``OTHER``
 add what they name. Every input dataset is recorded against the run by namespace and name, and
 matched to a registered dataset:
@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import re
 import socket
+import uuid
 from datetime import datetime, timezone
 from typing import Any, Literal
 
 import xxhash
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from provenance.errors import InvalidParameterError, NotFoundError
 from provenance.ledger import LedgerStore
@@ -66,6 +67,16 @@ class OLRun(_Loose):
     runId: str = Field(min_length=1, max_length=128)  # noqa: N815 (the OpenLineage field)
     facets: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("runId")
+    @classmethod
+    def _uuid(cls, value: str) -> str:
+        """The spec's runId is a UUID: kept in its canonical form, so ``A1…`` and ``a1…`` are one run."""
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            raise ValueError(f"{value[:40]!r} is not a UUID (OpenLineage's runId is one, e.g. "
+                             f"{uuid.UUID(int=0)})") from None
+
 
 class RunEvent(_Loose):
     """The fields of an OpenLineage RunEvent the ledger reads (the rest is allowed and ignored)."""
@@ -84,7 +95,8 @@ def parse_event(data: Any) -> RunEvent:
     try:
         return RunEvent.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+                             for e in exc.errors())
         raise InvalidParameterError(f"not an OpenLineage RunEvent: {problems}") from None
 
 

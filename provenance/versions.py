@@ -224,8 +224,14 @@ def commit(
             raise InvalidParameterError(f"{state} is a checkpoint folder, whose files are stored with it: do not pass files=")
         if not isinstance(files, (str, os.PathLike)) or not Path(files).is_dir():
             raise InvalidParameterError(f"files must be a folder, got {files!r}")
-    listed = model_files.scan(Path(files if files is not None else state), max_file_bytes) if (
-        files is not None or _is_model_folder(state)) else []
+    if files is not None:
+        listed = model_files.scan(Path(files), max_file_bytes)
+    elif _is_model_folder(state):
+        from provenance import checkpoints
+
+        listed = model_files.scan(Path(state), max_file_bytes, tensors=checkpoints.files_read(state))
+    else:
+        listed = []
     # The ledger's lock is held from the first object written to the version's row, so that
     # `gc` in another process never sees this commit's objects as unreferenced.
     with ledger.session(), ledger.object_writers.writing():

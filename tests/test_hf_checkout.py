@@ -256,6 +256,34 @@ def test_subfolders_and_hidden_files_are_listed_as_left_out(ledger, ckpt):
                     ".gitattributes": (25, "a hidden file: not part of what save_pretrained writes")}
 
 
+def test_tensor_files_the_commit_does_not_read_are_listed_as_left_out(ledger, ckpt, tmp_path):
+    """A second .safetensors file beside model.safetensors (and a stray shard beside an index) was
+    neither stored nor listed: `model files` now names it, with the file the commit read."""
+    save_file({"extra": torch.ones(3)}, str(ckpt / "ema.safetensors"))
+    version = ledger.commit(ckpt, message="with an EMA copy")
+    left = {f.name: f.skipped for f in ledger.model_files(version) if f.skipped}
+    assert left == {"ema.safetensors": "tensors the version does not hold: the commit reads model.safetensors"}
+    assert "extra" not in ledger.checkout(version)
+
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    state = load_file(str(ckpt / "model.safetensors"))
+    names = sorted(state)
+    half = len(names) // 2
+    save_file({n: state[n] for n in names[:half]}, str(sharded / "model-00001-of-00002.safetensors"))
+    save_file({n: state[n] for n in names[half:]}, str(sharded / "model-00002-of-00002.safetensors"))
+    save_file({"stale": torch.zeros(2)}, str(sharded / "model-00001-of-00003.safetensors"))
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {
+        n: f"model-0000{1 if i < half else 2}-of-00002.safetensors" for i, n in enumerate(names)}}))
+    shutil.copy(ckpt / "config.json", sharded / "config.json")
+    version = ledger.commit(sharded, message="sharded, with a stale shard")
+    left = {f.name: f.skipped for f in ledger.model_files(version) if f.skipped}
+    assert left == {"model-00001-of-00003.safetensors": (
+        "tensors the version does not hold: the commit reads model.safetensors.index.json, "
+        "model-00001-of-00002.safetensors, model-00002-of-00002.safetensors")}
+    assert {f.name for f in ledger.model_files(version) if not f.skipped} == {"config.json"}
+
+
 def test_a_child_with_files_of_its_own_but_no_config_says_so(ledger, ckpt, tmp_path):
     """A child committed from a folder holding only generation_config.json takes its own files,
     not its parent's: the checkout says that, not that no parent has a config."""

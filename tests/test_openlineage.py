@@ -124,6 +124,11 @@ def test_bad_events_and_tokens_are_refused(server):
     bad_type = httpx.post(url, headers=h, json={"eventType": "FINISHED", "eventTime": _now(), "run": {"runId": "x"},
                                                 "job": {"namespace": "a", "name": "b"}})
     assert bad_type.status_code == 422 and "eventType" in bad_type.json()["error"]
+    not_uuid = httpx.post(url, headers=h, json={"eventType": "START", "eventTime": _now(), "run": {"runId": "job-42"},
+                                                "job": {"namespace": "a", "name": "b"}})
+    assert not_uuid.status_code == 422
+    assert not_uuid.json()["error"] == ("not an OpenLineage RunEvent: run.runId: 'job-42' is not a UUID (OpenLineage's "
+                                        "runId is one, e.g. 00000000-0000-0000-0000-000000000000)")
     not_json = httpx.post(url, headers={**h, "Content-Type": "application/json"}, content=b"{oops")
     assert not_json.status_code == 422 and "not JSON" in not_json.json()["error"]
     deep = httpx.post(url, headers={**h, "Content-Type": "application/json"}, content=b"[" * 50_000 + b"]" * 50_000)
@@ -141,3 +146,17 @@ def test_bad_events_and_tokens_are_refused(server):
                                                     run=Run(runId=str(uuid.uuid4())), job=Job(namespace="a", name="b"),
                                                     producer=PRODUCER))
     assert "403" in str(refused.value)
+
+
+def test_a_run_id_in_capitals_is_the_same_run(server):
+    """The runId is a UUID: its canonical form names the run, whatever case the sender writes."""
+    h, run_id = {"Authorization": f"Bearer {server.token}"}, str(uuid.uuid4())
+    event = {"eventTime": _now(), "job": {"namespace": "airflow", "name": "shouting"}}
+    started = httpx.post(f"{server.url}/api/v1/lineage", headers=h,
+                         json={**event, "eventType": "START", "run": {"runId": run_id.upper()}})
+    done = httpx.post(f"{server.url}/api/v1/lineage", headers=h,
+                      json={**event, "eventType": "COMPLETE", "run": {"runId": run_id}})
+    assert started.status_code == done.status_code == 200
+    assert started.json()["run_id"] == done.json()["run_id"] and done.json()["status"] == "finished"
+    run = next(r for r in server.ledger().runs() if r.run_id == done.json()["run_id"])
+    assert run.params["openlineage"]["runId"] == run_id and run.status == "finished"
