@@ -62,9 +62,9 @@ def retract_cmd(obj: Context, target: str | None, shard: str | None, key: str | 
         if html_path is not None:
             _write_html(_plan_page(ledger.retraction(target)), html_path)
         render.emit(results, as_json, lambda rs: "\n".join(
-            f"{r['action']} {r['version_id'][:12]} -> {r['new_version_id'][:12]}"
-            f"{'' if r['exact'] else ' (approximate)'}" for r in rs)
-            or "nothing to carry out: every step needs retraining (or --rebase)")
+            [f"{r['action']} {r['version_id'][:12]} -> {r['new_version_id'][:12]}"
+             f"{'' if r['exact'] else ' (approximate)'}{'' if r['made_now'] else ' (made before)'}" for r in rs]
+            + _left(ledger.retraction(target), rebase)))
         return
     if rebase:
         raise CliError("--rebase goes with --apply", kind="invalid")
@@ -84,7 +84,33 @@ def retract_cmd(obj: Context, target: str | None, shard: str | None, key: str | 
     if as_json:
         return render.dump(record)
     show_plan(record)
+    for e in record.get("earlier") or []:
+        made = len(e["results"] or [])
+        click.echo(f"note: retraction {e['retraction_id']} ({e['reason']}) already retracts "
+                   f"{'this document' if len(record.get('documents') or []) == 1 else 'some of these documents'}"
+                   f"{f'; its steps made {made} version(s)' if made else ''}. This records another retraction: its "
+                   f"--apply makes new versions again (`prov retractions {e['retraction_id']}` shows the first)")
     click.echo(f"carry out what can be done with: prov retract {record['retraction_id']} --apply [--rebase]")
+
+
+def _left(record: dict[str, Any], rebase: bool) -> list[str]:
+    """What an --apply left to do: retrains, rebases without --rebase, re-merges waiting on one."""
+    import json
+
+    made = {r["version_id"] for r in record.get("results") or []}
+    left = [s for s in json.loads(record["plan_json"]) if s["version_id"] not in made]
+    if not left:
+        return ["every step is done"]
+    retrain = sum(s["action"] == "retrain" for s in left)
+    rebases = sum(s["action"] == "rebase" for s in left)
+    waiting = sum(s["action"] == "remerge" for s in left)
+    parts = [f"{retrain} retrain (train again without the retracted data: see the plan)"] if retrain else []
+    if rebases:
+        parts.append(f"{rebases} rebase{'' if rebase else ' (with --rebase)'}")
+    if waiting:
+        parts.append(f"{waiting} re-merge waiting for {'an input' if waiting == 1 else 'inputs'} made clean by a "
+                     f"rebase{'' if rebase else ' (with --rebase)'}")
+    return [f"left to do: {', '.join(parts)}"]
 
 
 def _plan_page(record: dict[str, Any]) -> dict[str, Any]:
@@ -182,8 +208,12 @@ def audit_retraction_cmd(obj: Context, retraction_id: str, samples_file: str | N
             t.add_row(c["version_id"][:12], c["as"], ", ".join(c["tags"]),
                       "clean" if c["clean"] else f"tainted through {c['via'][:12]}")
         console.print(t)
-        if report["copies_found_now"]:
-            click.echo(f"copies of the retracted documents found now: {len(report['copies_found_now'])}")
+        copies = report["copies_found_now"]
+        if copies:
+            named = ", ".join(f"{c['dataset_id']} {c['key']}" for c in copies[:8])
+            click.echo(f"copies of the retracted documents found now: {len(copies)} ({named}"
+                       f"{f' and {len(copies) - 8} more' if len(copies) > 8 else ''}; in no version checked while "
+                       "the rows above are clean, but a run that trains on them brings them back)")
         for p in report["pending"]:
             click.echo(f"still to do: {p['action']} {p['version_id'][:12]}")
         mem = report.get("memorization")

@@ -249,7 +249,10 @@ def _register(ledger: LedgerStore, name: str, cfg: FingerprintConfig, opts: Read
     except _Unchanged:
         assert latest is not None
         return RegistrationResult(dataset=latest, created=False, message=_unchanged_message(latest, role, lic))
-    return RegistrationResult(dataset=record, created=True, message=_created_message(record))
+    result = RegistrationResult(dataset=record, created=True, message=_created_message(record),
+                                retracted=ledger.retracted_in(record.dataset_id))
+    result.warn_retracted(stacklevel=4)  # the caller of Ledger.register_dataset
+    return result
 
 
 def _check_options(name: str, role: str, on_invalid: str, text_field: str, shard_records: int) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import re
 import warnings
-from typing import Literal
+from typing import Any, Literal
 
 import license_expression
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -241,6 +241,22 @@ class RegistrationResult(BaseModel):
     dataset: DatasetRecord
     created: bool
     message: str
+    retracted: list[dict[str, Any]] = Field(
+        default_factory=list, description="what a retraction retracted that the new version holds again: documents "
+        "with a retracted document's text and shards with a retracted shard's bytes (key or shard name, and the "
+        "retractions), at most 20")
+
+    def warn_retracted(self, stacklevel: int = 2) -> None:
+        """Warn when the version holds again what a retraction retracted (``stacklevel``: the
+        caller to name, from the one calling this)."""
+        if not self.retracted:
+            return
+        named = ", ".join(f"{r['key']} ({', '.join(r['retractions'])})" for r in self.retracted[:5])
+        if len(self.retracted) > 5:
+            named += f" and {len(self.retracted) - 5}{' or more' if len(self.retracted) >= 20 else ''} more"
+        warnings.warn(f"{self.dataset.dataset_id} holds again what a retraction removed: {named}; a run trained on "
+                      f"it brings them back into a model (remove them with prov dataset remove {self.dataset.name} "
+                      "KEY... --retraction ID)", stacklevel=stacklevel + 1)
 
 
 def check_name(name: str, what: str = "dataset name") -> str:

@@ -285,7 +285,9 @@ class RemoteLedger:
     def _register_upload(self, name: str, upload_id: str, shards: list[dict[str, Any]], counters: dict[str, int],
                          options: dict[str, Any]) -> RegistrationResult:
         body = {"name": name, "upload_id": upload_id, "shards": shards, "options": options, "counters": counters}
-        return RegistrationResult.model_validate(self._call("POST", "datasets", json_body=body))
+        result = RegistrationResult.model_validate(self._call("POST", "datasets", json_body=body))
+        result.warn_retracted(stacklevel=3)  # the caller of register_dataset
+        return result
 
     # -- versions -------------------------------------------------------------------------------------
 

@@ -9,7 +9,9 @@ and a **plan**, one step per version they tainted (:func:`plan`, from the taint 
   again from the stored receipt, same method and Fishers; weights renormalised over the
   remaining inputs for the methods whose weights are a convex combination (``average``,
   ``fisher``), kept as recorded for those whose weights scale task vectors (``task_arithmetic``,
-  ``ties``), which the step says.
+  ``ties``), which the step says. A tainted input that has a step of its own making it again (a
+  merge re-merged, a version rebased) is not dropped: its clean replacement takes its place, with
+  its weight (``stand_ins``), so a merge of merges keeps what its clean parts contributed.
 - ``retrain``: a version trained directly on the target, or a merge with no clean input left;
   the step carries the run's recorded settings and datasets, and the keys to remove from each
   (``prov dataset remove``, :func:`provenance.datasets.remove_documents`).
@@ -60,6 +62,7 @@ class Step:
     inputs: list[str] = field(default_factory=list)  # remerge: the clean inputs
     weights: list[float] = field(default_factory=list)  # remerge: their weights
     dropped: list[str] = field(default_factory=list)  # remerge: the tainted inputs left out
+    stand_ins: list[str] = field(default_factory=list)  # remerge: tainted inputs replaced by their step's result
     method: str | None = None
     onto: str | None = None  # rebase: the version to re-apply the patch onto (a step's version when after)
     after: str | None = None  # rebase: the step whose result it goes onto
@@ -91,7 +94,7 @@ def plan(taint_rows: list[dict[str, Any]], graph: dict[str, dict[str, Any]], *,
         first = parents[0] if parents else None
         clean_of[vid] = first if first is None or first not in tainted else clean_of.get(first)
         if row.get("method"):
-            steps[vid] = _remerge(vid, row, parents, tainted, tags)
+            steps[vid] = _remerge(vid, row, parents, tainted, tags, steps)
         elif len(parents) > 1:
             steps[vid] = Step(vid, "retrain", "a merge with no merge receipt: it cannot be made again without its "
                               "tainted inputs", tags)
@@ -145,27 +148,35 @@ def _retrain_settings(step: Step, run_id: str | None, runs: dict[str, dict[str, 
         step.why += "; the retraction covers a whole dataset or shard it trained on: retrain without it"
 
 
-def _remerge(vid: str, row: dict[str, Any], parents: list[str], tainted: dict[str, Any], tags: list[str]) -> Step:
+def _remerge(vid: str, row: dict[str, Any], parents: list[str], tainted: dict[str, Any], tags: list[str],
+             steps: dict[str, Step]) -> Step:
     method = row["method"]
     weights = list(row.get("weights") or [1.0 / len(parents)] * len(parents))
-    keep = [i for i, p in enumerate(parents) if p not in tainted]
-    dropped = [p for p in parents if p in tainted]
-    if not dropped:  # tainted through no input: cannot happen for a merge unless its own inputs are the target
+    stand_ins = [p for p in parents if p in tainted and steps.get(p) is not None
+                 and steps[p].action in ("remerge", "rebase")]  # made again clean: its result takes its place
+    keep = [i for i, p in enumerate(parents) if p not in tainted or p in stand_ins]
+    dropped = [p for p in parents if p in tainted and p not in stand_ins]
+    if not dropped and not stand_ins:  # cannot happen for a merge unless its own inputs are the target
         return Step(vid, "retrain", "a merge tainted though none of its inputs is", tags, method=method)
     if not keep:
         return Step(vid, "retrain", "every input of this merge is tainted: nothing clean is left to merge", tags,
                     dropped=dropped, method=method)
     kept = [weights[i] for i in keep]
-    if method in RENORMALISED:
+    fishers = " and Fishers" if methods.get(method).needs_fisher else ""
+    replaced = (f"{', '.join(p[:12] for p in stand_ins)} replaced by the result of {'its' if len(stand_ins) == 1 else 'their'} "
+                "own step" if stand_ins else "")
+    if not dropped:
+        why = f"re-merge with the same {method} method{fishers} and weights, {replaced}"
+    elif method in RENORMALISED:
         total, now = sum(weights), sum(kept)
         kept = [w * total / now for w in kept] if now else [total / len(kept)] * len(kept)
-        why = (f"re-merge the {len(keep)} clean input(s) with the same {method} method and Fishers, weights "
-               "renormalised over them")
+        why = (f"re-merge the {len(keep)} clean input(s) with the same {method} method{fishers}, weights "
+               f"renormalised over them{'; ' + replaced if replaced else ''}")
     else:
         why = (f"re-merge the {len(keep)} clean input(s) with {method}; its weights scale task vectors and are not "
-               "renormalised: they are kept as recorded")
+               f"renormalised: they are kept as recorded{'; ' + replaced if replaced else ''}")
     return Step(vid, "remerge", why, tags, inputs=[parents[i] for i in keep], weights=kept, dropped=dropped,
-                method=method)
+                stand_ins=stand_ins, method=method)
 
 
 def _tags_in(tx: Any, step: Step, retraction: str, version: Any) -> None:
@@ -183,14 +194,22 @@ def _recording(step: Step, retraction: str, also: Any) -> Any:
     return record
 
 
-def remerge(ledger: Any, step: Step, retraction: str, *, also: Any = None, progress: Any = None) -> Any:
+def remerge(ledger: Any, step: Step, retraction: str, *, also: Any = None, progress: Any = None,
+            replaced: dict[str, str] | None = None) -> Any:
     """Carry out a ``remerge`` step: merge its clean inputs again from the stored receipt (same
     method, the Fishers the receipt records for each input, the same base, eps, normalisation and density;
     the step's weights), and tag the result ``<tag>+retracted-<retraction>`` for each tag of the
-    tainted version, in the merge's own transaction with ``also(tx, version)``. Returns the new
-    version. A version with no receipt is refused: it cannot be made again, only retrained."""
+    tainted version, in the merge's own transaction with ``also(tx, version)``. Each of the step's
+    ``stand_ins`` is replaced by its step's result, from ``replaced`` (tainted version -> the
+    version its step made). Returns the new version. A version with no receipt is refused: it
+    cannot be made again, only retrained."""
     if step.action != "remerge":
         raise InvalidParameterError(f"step for {step.version_id[:12]} is a {step.action}, not a remerge")
+    missing = [v for v in step.stand_ins if v not in (replaced or {})]
+    if missing:
+        raise InvalidParameterError(f"the re-merge of {step.version_id[:12]} takes the clean replacement of "
+                                    f"{missing[0][:12]}, which its own step has not made yet: apply that step first")
+    inputs = [(replaced or {}).get(v, v) if v in step.stand_ins else v for v in step.inputs]
     receipt = ledger.receipt(step.version_id)
     if receipt is None:
         raise InvalidParameterError(f"version {step.version_id[:12]} has no merge receipt: it cannot be re-merged "
@@ -202,10 +221,13 @@ def remerge(ledger: Any, step: Step, retraction: str, *, also: Any = None, progr
         if getattr(receipt, name) is not None:
             options[name] = getattr(receipt, name)
     if methods.get(receipt.method).needs_fisher:  # the Fishers the merge read, whatever is stored now
-        options["fisher"] = {v: RecordedFisher(ledger, step.version_id, v) for v in step.inputs}
+        options["fisher"] = {new: RecordedFisher(ledger, step.version_id, v) for new, v in zip(inputs, step.inputs)}
     old = ledger.version(step.version_id)
-    return ledger.merge(step.inputs, message=f"{old.message} (retraction {retraction}: without "
-                        f"{', '.join(d[:12] for d in step.dropped)})", also=_recording(step, retraction, also),
+    dropped = ", ".join(d[:12] for d in step.dropped)
+    swapped = ", ".join(f"{v[:12]} -> {(replaced or {})[v][:12]}" for v in step.stand_ins)
+    return ledger.merge(inputs, message=f"{old.message} (retraction {retraction}: "
+                        f"{'without ' + dropped if dropped else ''}{'; ' if dropped and swapped else ''}"
+                        f"{'clean ' + swapped if swapped else ''})", also=_recording(step, retraction, also),
                         progress=progress, **options)
 
 
@@ -289,8 +311,10 @@ def retract(ledger: Any, *, reason: str, dataset: str | None = None, shard: str 
             author: str | None = None) -> dict[str, Any]:
     """Record a retraction of a document (``key`` in ``dataset``, or a ``text``; with ``near``
     its near-copies in any dataset), a shard or a dataset, with the plan for every version it
-    taints; returns the record (:meth:`LedgerStore.retraction`'s row, with ``steps``). A target
-    that taints nothing is refused: nothing to retract. A text is not kept, only its length."""
+    taints; returns the record (:meth:`LedgerStore.retraction`'s row, with ``steps``, and
+    ``earlier``: the retractions recorded before that retract any of the same documents, each
+    with the versions its steps made). A target that taints nothing is refused: nothing to
+    retract. A text is not kept, only its length."""
     if not isinstance(reason, str) or not reason.strip():
         raise InvalidParameterError("a retraction needs a reason (--reason)")
     with ledger.session():  # one connection for the taint, the plan and the record
@@ -332,9 +356,12 @@ def _retract(ledger: Any, *, reason: str, dataset: str | None, shard: str | None
     row = {"retraction_id": uuid.uuid4().hex[:12], "created_at": _now(), "author": author, "reason": reason.strip(),
            "target": described, "target_json": json.dumps(target), "near": near,
            "plan_json": json.dumps(steps)}
+    earlier = ledger.retractions_of([d["doc_id"] for d in documents if d.get("doc_id") is not None],
+                                    [(d["dataset_id"], d.get("shard_index")) for d in documents if d.get("doc_id") is None])
     with ledger.transaction() as tx:
         tx.insert_retraction(row, documents)
-    return {**row, "documents": documents, "results": [], "steps": steps}
+    return {**row, "documents": documents, "results": [], "steps": steps,
+            "earlier": [{k: r[k] for k in ("retraction_id", "reason", "results")} for r in earlier]}
 
 
 def apply_retraction(ledger: Any, retraction: str, *, rebase_too: bool = False,
@@ -343,7 +370,8 @@ def apply_retraction(ledger: Any, retraction: str, *, rebase_too: bool = False,
     every rebase whose target exists (its parent's replacement, or a clean ancestor). Each new
     version lands with its result row and tags in one transaction; a step with a result is not
     done again, so running it again after a failure or a kill continues where it stopped.
-    Returns the results (``version_id, action, new_version_id, exact``), in plan order."""
+    Returns the results (``version_id, action, new_version_id, exact``, and ``made_now``: whether
+    this call made it), in plan order."""
     with ledger.session():  # one connection for every step (each still its own transaction)
         return _apply(ledger, retraction, rebase_too, progress)
 
@@ -355,11 +383,14 @@ def _apply(ledger: Any, retraction: str, rebase_too: bool, progress: Any) -> lis
     done = {r["version_id"]: r for r in rec["results"]}
     replaced = {v: r["new_version_id"] for v, r in done.items()}
     failed: list[str] = []
+    made_now: set[str] = set()
     for step in steps:
         if step.version_id in done:
             continue
         if step.action == "remerge":
-            exact = True
+            if any(v not in replaced for v in step.stand_ins):  # an input's own step made nothing (yet)
+                continue
+            exact = all(done[v]["exact"] for v in step.stand_ins)
         elif step.action == "rebase" and rebase_too:
             exact = False
             onto = replaced.get(step.after) if step.after else step.onto
@@ -375,7 +406,7 @@ def _apply(ledger: Any, retraction: str, rebase_too: bool, progress: Any) -> lis
 
         if step.action == "remerge":
             try:
-                new = remerge(ledger, step, rid, also=record, progress=progress)
+                new = remerge(ledger, step, rid, also=record, progress=progress, replaced=replaced)
             except InvalidParameterError as exc:  # a receipt gone since the plan: the other steps go on
                 if ledger.receipt(step.version_id) is not None:
                     raise
@@ -385,10 +416,11 @@ def _apply(ledger: Any, retraction: str, rebase_too: bool, progress: Any) -> lis
             new, _ = rebase(ledger, step, onto, rid, also=record)
         replaced[step.version_id] = new.version_id
         done[step.version_id] = result
+        made_now.add(step.version_id)
     if failed:
         raise InvalidParameterError(f"{len(done)} step(s) of retraction {rid} done; not done: " + "; ".join(failed))
-    return [{k: done[s.version_id][k] for k in ("version_id", "action", "new_version_id", "exact")}
-            for s in steps if s.version_id in done]
+    return [{**{k: done[s.version_id][k] for k in ("version_id", "action", "new_version_id", "exact")},
+             "made_now": s.version_id in made_now} for s in steps if s.version_id in done]
 
 
 def retraction_taint(ledger: Any, retraction: str, *, graph: dict[str, dict[str, Any]] | None = None,

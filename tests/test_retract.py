@@ -133,8 +133,9 @@ def test_retract_records_a_plan_and_apply_is_idempotent(contributors):
     results = apply_retraction(ledger, record["retraction_id"])
     assert {r["version_id"] for r in results} == {v["m"].version_id, v["avg"].version_id}
     assert all(r["exact"] for r in results)
+    assert all(r["made_now"] for r in results)
     again = apply_retraction(ledger, record["retraction_id"])
-    assert again == results  # nothing made twice
+    assert again == [{**r, "made_now": False} for r in results]  # nothing made twice
     n = len(ledger.versions())
     assert len(apply_retraction(ledger, record["retraction_id"])) == 2 and len(ledger.versions()) == n
     tags = {t.name for t in ledger.tags()}
@@ -294,7 +295,10 @@ def test_a_copy_registered_after_the_retraction_is_found_by_the_audit(three, dat
     rid = ledger.retract(dataset="private", key="X", reason="withdrawn")["retraction_id"]
     (made,) = ledger.apply_retraction(rid)
     write_jsonl(data_dir / "late.jsonl", [{"id": "again", "text": LETTER}])
-    ledger.register_dataset("late", data_dir / "late.jsonl", id_field="id")
+    with pytest.warns(UserWarning, match=rf"late@1 holds again what a retraction removed: again \({rid}\); a run "
+                                         "trained on it brings them back into a model"):
+        late = ledger.register_dataset("late", data_dir / "late.jsonl", id_field="id")
+    assert late.retracted == [{"key": "again", "retractions": [rid]}]
     with ledger.start_run(base=made["new_version_id"], datasets=["late"], message="on late") as r:
         later = r.commit(ledger.checkout(made["new_version_id"]))
     ledger.tag("release-2", later)
@@ -454,8 +458,11 @@ def test_dataset_remove_makes_a_version_without_the_documents(contributors, data
     assert {t.version_id for t in ledger.taint(dataset="private", key="x1").versions} == tainted
     with pytest.raises(NotFoundError, match=r"no document 'x1' in dataset private@2 \(removed from private@1"):
         ledger.taint(dataset="private@2", key="x1")
-    back = ledger.register_dataset("private", data_dir / "private.jsonl", id_field="id")
+    with pytest.warns(UserWarning, match=r"private@3 holds again what a retraction removed: x1 \("):
+        back = ledger.register_dataset("private", data_dir / "private.jsonl", id_field="id")
     assert back.created and back.dataset.n_documents == 4
+    assert back.retracted == [{"key": "x1", "retractions": sorted([rid, again_rec["retraction_id"]])}]
+    assert [e["retraction_id"] for e in again_rec["earlier"]] == [rid]  # the second retraction was told of the first
 
 
 def test_the_gate_reports_and_with_deny_retracted_fails_on_retracted_data(contributors):
@@ -555,3 +562,77 @@ def test_a_dense_patch_is_rebased_as_its_difference_from_the_tainted_parent(ledg
     want = (torch.ones(6, 6).double() + (d_w.double() - ledger.checkout(a)["w"].double())).float()
     assert carried == [] and torch.equal(out["w"], want)
     assert torch.equal(out["pos"], torch.arange(6) + 1)
+
+
+def test_a_merge_of_a_merge_takes_the_clean_replacement_of_its_tainted_input(ledger, data_dir, write_jsonl):
+    """M = average(A, B) with A trained on the retracted letter, M2 = average(M, C). M's step
+    re-merges B alone; M2's re-merge dropped M (and so all of B) and was C alone, while the audit
+    passed. It now merges M's clean replacement with C, at the recorded weights."""
+    write_jsonl(data_dir / "letters.jsonl", [{"id": "L7", "text": "a letter the author withdrew about the farm"}])
+    write_jsonl(data_dir / "essays.jsonl", [{"id": "E0", "text": "an essay on gardening in a small town"}])
+    ledger.register_dataset("letters", data_dir / "letters.jsonl", id_field="id")
+    ledger.register_dataset("essays", data_dir / "essays.jsonl", id_field="id")
+    base = ledger.commit({"w": torch.zeros(4)}, message="base")
+
+    def tuned(dataset: str, value: float):
+        with ledger.start_run(base=base, datasets=[dataset], message=dataset) as run:
+            return run.commit({"w": torch.full((4,), value)})
+
+    a, b, c = tuned("letters", 1.0), tuned("essays", 2.0), tuned("essays", 3.0)
+    m = ledger.merge([a, b], method="average", weights=[0.5, 0.5], message="M")
+    m2 = ledger.merge([m, c], method="average", weights=[0.7, 0.3], message="M2")
+    ledger.tag("release-2", m2)
+    record = ledger.retract(dataset="letters", key="L7", reason="withdrawn")
+    steps = {s["version_id"]: s for s in record["steps"]}
+    nested = steps[m2.version_id]
+    assert (nested["action"], nested["inputs"], nested["weights"], nested["stand_ins"], nested["dropped"]) == (
+        "remerge", [m.version_id, c.version_id], [0.7, 0.3], [m.version_id], [])
+    assert nested["why"] == f"re-merge with the same average method and weights, {m.version_id[:12]} replaced by the " \
+                            "result of its own step"
+    results = {r["version_id"]: r for r in ledger.apply_retraction(record["retraction_id"])}
+    clean_m = results[m.version_id]["new_version_id"]
+    made = ledger.version(f"release-2+retracted-{record['retraction_id']}")
+    assert made.version_id == results[m2.version_id]["new_version_id"] and made.parents == [clean_m, c.version_id]
+    assert torch.allclose(ledger.checkout(made)["w"], torch.full((4,), 0.7 * 2.0 + 0.3 * 3.0))  # not C's 3.0
+    assert sorted(d.dataset_id for d in ledger.lineage(made).datasets) == ["essays@1"]
+    assert ledger.audit_retraction(record["retraction_id"])["passed"]
+
+
+def test_a_remerge_waits_for_an_input_made_clean_by_a_rebase(ledger, data_dir, write_jsonl):
+    """M2 merges X, a fine-tune of the tainted A, with C: X's clean replacement is a rebase, made
+    only with rebase_too; until then M2's re-merge waits (it does not drop X), and the CLI says so."""
+    from click.testing import CliRunner
+
+    from provenance.cli.main import main
+
+    write_jsonl(data_dir / "letters.jsonl", [{"id": "L7", "text": "a letter the author withdrew about the farm"}])
+    write_jsonl(data_dir / "essays.jsonl", [{"id": "E0", "text": "an essay on gardening in a small town"}])
+    ledger.register_dataset("letters", data_dir / "letters.jsonl", id_field="id")
+    ledger.register_dataset("essays", data_dir / "essays.jsonl", id_field="id")
+    base = ledger.commit({"w": torch.zeros(4)}, message="base")
+
+    def tuned(dataset: str, value: float, parent=base):
+        with ledger.start_run(base=parent, datasets=[dataset], message=dataset) as run:
+            return run.commit({"w": torch.full((4,), value)})
+
+    a = tuned("letters", 1.0)
+    x, c = tuned("essays", 2.0, parent=a), tuned("essays", 3.0)
+    m2 = ledger.merge([x, c], method="average", message="M2")
+    rid = ledger.retract(dataset="letters", key="L7", reason="withdrawn")["retraction_id"]
+    args = ["--ledger", str(ledger.root), "retract", rid, "--apply"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert first.output.strip() == ("left to do: 1 retrain (train again without the retracted data: see the plan), "
+                                    "1 rebase (with --rebase), 1 re-merge waiting for an input made clean by a "
+                                    "rebase (with --rebase)")
+    second = CliRunner().invoke(main, [*args, "--rebase"])
+    assert second.exit_code == 0, second.output
+    lines = second.output.strip().splitlines()
+    assert [line.split()[0] for line in lines[:2]] == ["rebase", "remerge"]
+    assert lines[1].startswith(f"remerge {m2.version_id[:12]} -> ") and lines[1].endswith("(approximate)")
+    assert lines[2] == "left to do: 1 retrain (train again without the retracted data: see the plan)"
+    results = {r["version_id"]: r for r in ledger.apply_retraction(rid)}
+    made = ledger.version(results[m2.version_id]["new_version_id"])
+    assert made.parents == [results[x.version_id]["new_version_id"], c.version_id]
+    # X's patch moved onto the base: 0 + (2 - 1) = 1; averaged with C: (1 + 3) / 2
+    assert torch.allclose(ledger.checkout(made)["w"], torch.full((4,), 2.0))

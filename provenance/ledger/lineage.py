@@ -216,6 +216,28 @@ class LineageQueries:
                 params=[list(version_ids)]).to_arrow_table().to_pylist()
         return {r.pop("new_version_id"): r for r in rows}
 
+    def retracted_in(self, dataset_id: str, limit: int = 20) -> list[dict[str, Any]]:
+        """What a retraction retracted that ``dataset_id`` holds again: its documents with the text
+        (exact hash) of a retracted document, and its shards with the bytes of a shard retracted
+        whole; ``key`` (a shard's name for a shard), ``retractions``; at most ``limit`` rows."""
+        with self._cursor() as con:
+            if not con.execute("SELECT count(*) FROM retraction_documents").fetchall()[0][0]:
+                return []
+            return con.sql(
+                """WITH gone AS (SELECT DISTINCT d.exact_hash, r.retraction_id FROM retraction_documents r
+                                 JOIN documents d ON d.doc_id = r.doc_id AND d.dataset_id = r.dataset_id
+                                 WHERE r.doc_id IS NOT NULL AND d.token_count > 0),
+                        docs AS (SELECT n.key, list(DISTINCT g.retraction_id ORDER BY g.retraction_id) AS retractions
+                                 FROM documents n JOIN gone g ON n.exact_hash = g.exact_hash
+                                 WHERE n.dataset_id = $1 GROUP BY n.key),
+                        whole AS (SELECT s.name AS key, list(DISTINCT r.retraction_id ORDER BY r.retraction_id) AS retractions
+                                  FROM shards s JOIN shards o ON o.shard_id = s.shard_id
+                                  JOIN retraction_documents r ON r.doc_id IS NULL AND r.dataset_id = o.dataset_id
+                                       AND (r.shard_index IS NULL OR r.shard_index = o.shard_index)
+                                  WHERE s.dataset_id = $1 GROUP BY s.name)
+                   SELECT * FROM (SELECT * FROM docs UNION ALL SELECT * FROM whole) ORDER BY key LIMIT $2""",
+                params=[dataset_id, int(limit)]).to_arrow_table().to_pylist()
+
     def retractions_of(self, doc_ids: list[int], parts: Sequence[tuple[str, int | None]] = ()) -> list[dict[str, Any]]:
         """The retractions that retract any of ``doc_ids``, or any of ``parts`` (``(dataset_id,
         shard_index)``: a dataset version, or its shard, as a whole or in part), each with the
