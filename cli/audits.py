@@ -226,6 +226,20 @@ def show_lineage(lin, as_json: bool, *, show_all: bool = False) -> None:
         t.add_row(d["dataset_id"], d["role"] or "", d["license"] or "unknown", str(d["shards"]), f"{d['examples']:,}",
                   f"{d['effective_share']:.1%}", " → ".join(v[:8] for v in d["path"]))
     console.print(t)
+    unregistered = lin.unregistered_inputs
+    if unregistered:  # data that shaped the version with no fingerprints and no licence in the ledger
+        u = Table(title="Unregistered inputs")
+        for col in ("namespace", "name", "run", "version"):
+            u.add_column(col)
+        shown = unregistered if show_all else unregistered[:LINEAGE_VERSIONS]
+        for r in shown:
+            u.add_row(render.cell(r["namespace"]), render.cell(r["name"]), r["run_id"][:8], (r["version_id"] or "")[:12])
+        console.print(u)
+        click.echo(f"{counted(len(unregistered), 'input')} of its runs {'matches' if len(unregistered) == 1 else 'match'}"
+                   " no registered dataset: data that shaped the version, of which the ledger has no fingerprints "
+                   "and no licence")
+        if len(shown) < len(unregistered):
+            click.echo(f"{len(unregistered) - len(shown):,} more input(s): --all lists them, --json gives everything")
     versions = lin.versions if show_all else lin.versions.slice(0, LINEAGE_VERSIONS)
     n = lin.versions.num_rows
     v = Table(title="Versions in the lineage" + ("" if versions.num_rows == n else

@@ -321,7 +321,14 @@ def graph_text(lin: Lineage, fmt: str) -> str:
                 edges.append((ids[p], ids[v["version_id"]], None if weight is None else f"λ={weight:g}"))
     for d in lin.datasets:  # the versions that trained on it (the ten nearest)
         trained += [(dsid[d["dataset_id"]], ids[vid]) for vid in d["via"]]
+    # inputs no registered dataset matches, each once, to the versions whose runs named them
+    unregistered = {}
+    for u in lin.unregistered_inputs:
+        node = unregistered.setdefault((u["namespace"], u["name"]), f"u{len(unregistered)}")
+        if u["version_id"] in ids:
+            trained.append((node, ids[u["version_id"]]))
     trained = sorted(set(trained))
+    labels = {node: f"{ns}/{name} (unregistered)" for (ns, name), node in unregistered.items()}
 
     def label(v: dict[str, Any]) -> str:
         name = v["version_id"][:8] + (f" ({', '.join(v['tags'])})" if v["tags"] else "")
@@ -331,12 +338,14 @@ def graph_text(lin: Lineage, fmt: str) -> str:
         lines = ["graph BT"]
         lines += [f'  {ids[v["version_id"]]}["{_esc(label(v))}"]' for v in versions]
         lines += [f'  {dsid[d["dataset_id"]]}[("{_esc(d["dataset_id"])}")]' for d in lin.datasets]
+        lines += [f'  {node}[/"{_esc(text)}"/]' for node, text in labels.items()]
         lines += [f"  {a} -->|{e}| {b}" if e else f"  {a} --> {b}" for a, b, e in edges]
         lines += [f"  {a} -.-> {b}" for a, b in trained]
         return "\n".join(lines) + "\n"
     lines = ["digraph lineage {", "  rankdir=BT;", "  node [fontname=\"Helvetica\"];"]
     lines += [f'  {ids[v["version_id"]]} [shape=box, label="{_esc(label(v))}"];' for v in versions]
     lines += [f'  {dsid[d["dataset_id"]]} [shape=cylinder, label="{_esc(d["dataset_id"])}"];' for d in lin.datasets]
+    lines += [f'  {node} [shape=note, label="{_esc(text)}"];' for node, text in labels.items()]
     lines += [f'  {a} -> {b}' + (f' [label="{e}"]' if e else "") + ";" for a, b, e in edges]
     lines += [f"  {a} -> {b} [style=dashed];" for a, b in trained]
     return "\n".join([*lines, "}"]) + "\n"

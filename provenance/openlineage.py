@@ -44,6 +44,7 @@ from provenance.ledger import LedgerStore
 from provenance.openlineage_out import NAMESPACE
 from provenance.records import RunRecord
 
+_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 EVENT_TYPES = ("START", "RUNNING", "COMPLETE", "FAIL", "ABORT", "OTHER")
 _ENDS = {"COMPLETE": "finished", "FAIL": "failed", "ABORT": "failed"}
 
@@ -92,6 +93,9 @@ class RunEvent(_Loose):
 
 def parse_event(data: Any) -> RunEvent:
     """A RunEvent, or an :class:`InvalidParameterError` naming the field that is wrong."""
+    if not isinstance(data, dict):
+        raise InvalidParameterError(f"not an OpenLineage RunEvent: the body is a JSON "
+                                    f"{_JSON_KINDS.get(type(data), type(data).__name__)}, not an object")
     try:
         return RunEvent.model_validate(data)
     except ValidationError as exc:
@@ -105,7 +109,8 @@ def ingest(ledger: LedgerStore, data: Any) -> dict[str, Any]:
     event = parse_event(data)
     kind = event.eventType or "OTHER"
     when = event.eventTime.astimezone(timezone.utc).replace(tzinfo=None) if event.eventTime.tzinfo else event.eventTime
-    inputs = [(d.namespace, d.name, _match(ledger, d)) for d in event.inputs if not _is_model(d)]
+    known = _Registered(ledger) if event.inputs else None
+    inputs = [(d.namespace, d.name, _match(ledger, known, d)) for d in event.inputs if not _is_model(d)]
     version = _produced(ledger, event)
     with ledger.transaction() as tx:
         known = tx.openlineage_run(event.run.runId)
@@ -119,6 +124,7 @@ def ingest(ledger: LedgerStore, data: Any) -> dict[str, Any]:
                 status="running", started_at=when, host=socket.gethostname(), pid=0, datasets={}))
         else:
             run_id = known["run_id"]
+            tx.run_started_earlier(run_id, when)  # events arrive out of order: the run began at its earliest
         status = tx.run_status(run_id)
         tx.map_openlineage_run(event.run.runId, run_id, event.job.namespace, event.job.name, kind, when)
         if status == "running":
@@ -127,7 +133,7 @@ def ingest(ledger: LedgerStore, data: Any) -> dict[str, Any]:
                 tx.attach_version_run(version, run_id)
             if kind in _ENDS:
                 error = _error(event) if kind != "COMPLETE" else None
-                tx.end_run(run_id, _ENDS[kind], error=error, version_id=version)
+                tx.end_run(run_id, _ENDS[kind], error=error, version_id=version, ended_at=when)
         elif inputs and tx.add_run_inputs(run_id, inputs):  # events arrive out of order (the client sends
             tx.count_run_shards(run_id)                      # them asynchronously): late inputs still count
             status = f"{status} (the run had ended: its inputs are added to it)"
@@ -146,22 +152,47 @@ def _is_model(dataset: OLDataset) -> bool:
     return dataset.namespace == NAMESPACE and re.fullmatch(r"[0-9a-f]{32}", dataset.name) is not None
 
 
-def _match(ledger: LedgerStore, dataset: OLDataset) -> str | None:
+class _Registered:
+    """Every registered dataset version, read once per event: an event may name thousands of
+    inputs, and a query or two per input held the ledger for seconds."""
+
+    def __init__(self, ledger: LedgerStore):
+        self.ids: set[str] = set()
+        self.latest: dict[str, str] = {}
+        self.by_content: dict[tuple[str, str], str] = {}
+        for r in ledger.datasets(all_versions=True):  # by name, then version: the latest comes last
+            self.ids.add(r.dataset_id)
+            self.latest[r.name] = r.dataset_id
+            self.by_content.setdefault((r.name, r.content_hash), r.dataset_id)
+
+    def find(self, ref: str) -> str | None:
+        """``NAME`` (its latest version) or ``NAME@VERSION``, as :meth:`LedgerStore.dataset` reads it."""
+        name, at, version = ref.partition("@")
+        if not at:
+            return self.latest.get(name)
+        return f"{name}@{int(version)}" if version.isascii() and version.isdigit() and len(version) <= 9 and \
+            f"{name}@{int(version)}" in self.ids else None
+
+
+def _match(ledger: LedgerStore, known: _Registered, dataset: OLDataset) -> str | None:
     """The registered dataset an input names (module doc), or None."""
     facet = dataset.facets.get("provenance") if isinstance(dataset.facets, dict) else None
-    if isinstance(facet, dict) and facet.get("dataset"):
-        return ledger.dataset(str(facet["dataset"])).dataset_id  # named explicitly: a wrong name is an error
+    if facet is not None and not (isinstance(facet, dict) and isinstance(facet.get("dataset"), str)):
+        raise InvalidParameterError(f"input {dataset.namespace}/{dataset.name}: its provenance facet must be "
+                                    f'{{"dataset": "NAME" or "NAME@VERSION"}}, got {str(facet)[:80]}')
+    if facet is not None and facet["dataset"]:
+        found = known.find(str(facet["dataset"]))  # named explicitly: a wrong name is an error, saying why
+        return found if found is not None else ledger.dataset(str(facet["dataset"])).dataset_id
     version = dataset.facets.get("version") if isinstance(dataset.facets, dict) else None
     if isinstance(version, dict) and version.get("datasetVersion"):
         for candidate in dict.fromkeys((dataset.name, dataset.name.rsplit("/", 1)[-1])):
-            for record in ledger.datasets(candidate, all_versions=True):
-                if record.content_hash == version["datasetVersion"]:
-                    return record.dataset_id
+            found = known.by_content.get((candidate, str(version["datasetVersion"])))
+            if found is not None:
+                return found
     for candidate in (dataset.name, dataset.name.rsplit("/", 1)[-1]):
-        try:
-            return ledger.dataset(candidate).dataset_id
-        except (NotFoundError, InvalidParameterError):
-            continue
+        found = known.find(candidate)
+        if found is not None:
+            return found
     return None
 
 

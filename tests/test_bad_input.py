@@ -108,8 +108,11 @@ def test_unpaired_surrogate_escape(populated, data_dir):
         (b'{"text": ["a"]}', ":2: text field 'text' is list, expected a string"),
         (b'["not", "an", "object"]', ":2: expected a JSON object, got list"),
         (b'"just a string"', ":2: expected a JSON object, got str"),
+        (b'{"text": "x", "n": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+         ":2: the record nests its JSON too deeply to be read"),  # a RecursionError traceback, exit 1
     ],
-    ids=["unterminated", "trailing-comma", "control-character", "missing-text", "null-text", "number-text", "list-text", "array", "string"],
+    ids=["unterminated", "trailing-comma", "control-character", "missing-text", "null-text", "number-text", "list-text",
+         "array", "string", "deep"],
 )
 def test_bad_jsonl_line_names_file_and_line(populated, data_dir, line, expected):
     ledger, unchanged = populated
@@ -128,6 +131,7 @@ def test_bad_jsonl_line_names_file_and_line(populated, data_dir, line, expected)
         ({"id": None, "text": "x"}, "id field 'id' is null, expected a string or number"),
         ({"id": ["a"], "text": "x"}, "id field 'id' is list, expected a string or number"),
         ({"id": True, "text": "x"}, "id field 'id' is bool, expected a string or number"),
+        ({"id": "", "text": "x"}, "id field 'id' is empty: every document needs a key"),
     ],
 )
 def test_bad_id_names_file_and_line(populated, data_dir, write_jsonl, record, expected):
@@ -136,6 +140,25 @@ def test_bad_id_names_file_and_line(populated, data_dir, write_jsonl, record, ex
     message = refused(ledger, "good", path, id_field="id")
     assert message == f"{path}:2: {expected}"
     unchanged()
+
+
+def test_ids_past_64_bits_keep_their_digits_and_nan_is_refused(populated, data_dir):
+    """orjson reads an integer past 64 bits as a float: ids 2**64 and 2**64 + 1 were one key
+    ('1.8446744073709552e+19', refused as a duplicate), and a 30-digit id was stored rounded. NaN
+    (which Python's json writes) was stored as the key 'nan'."""
+    ledger, unchanged = populated
+    path = write_lines(data_dir / "big.jsonl", [b'{"id": 18446744073709551616, "text": "first"}',
+                                                b'{"id": 18446744073709551617, "text": "second"}',
+                                                b'{"id": 123456789012345678901234567890, "text": "third"}',
+                                                b'{"id": 1.5, "text": "fourth"}', b'{"id": 7, "text": "fifth"}'])
+    ledger.register_dataset("big", path, id_field="id")
+    keys = ledger.sql("SELECT key FROM documents WHERE dataset_id = 'big@1' ORDER BY row_index").column("key").to_pylist()
+    assert keys == ["18446744073709551616", "18446744073709551617", "123456789012345678901234567890", "1.5", "7"]
+    assert ledger.document("big@1", "123456789012345678901234567890").key == "123456789012345678901234567890"
+    for literal in (b"NaN", b"Infinity", b"-Infinity"):
+        bad = write_lines(data_dir / "nan.jsonl", [b'{"id": "a", "text": "x"}', b'{"id": ' + literal + b', "text": "y"}'])
+        value = {b"NaN": "nan", b"Infinity": "inf", b"-Infinity": "-inf"}[literal]
+        assert refused(ledger, "good", bad, id_field="id") == f"{bad}:2: id field 'id' is {value}: not a value a key can be"
 
 
 def test_empty_file(populated, data_dir, write_jsonl):

@@ -11,6 +11,7 @@ import time
 import unicodedata
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -313,13 +314,20 @@ class LedgerWriter(AuditWrites):
         rows = self._con.execute("SELECT status FROM runs WHERE run_id = ?", [run_id]).fetchall()
         return rows[0][0] if rows else None
 
-    def end_run(self, run_id: str, status: str, *, error: str | None = None, version_id: str | None = None) -> None:
-        """Close a running run and count, per shard of its datasets, the examples it saw."""
+    def end_run(self, run_id: str, status: str, *, error: str | None = None, version_id: str | None = None,
+                ended_at: datetime | None = None) -> None:
+        """Close a running run (``ended_at``: when it ended, default now; never before its start)
+        and count, per shard of its datasets, the examples it saw."""
         self._con.execute(
-            "UPDATE runs SET status = ?, error = ?, version_id = ?, ended_at = ? WHERE run_id = ?",
-            [status, error, version_id, _now(), run_id],
+            "UPDATE runs SET status = ?, error = ?, version_id = ?, ended_at = greatest(?, started_at) WHERE run_id = ?",
+            [status, error, version_id, ended_at or _now(), run_id],
         )
         self.count_run_shards(run_id)
+
+    def run_started_earlier(self, run_id: str, started_at: datetime) -> None:
+        """Move a run's start back to ``started_at`` when that is earlier (an OpenLineage START that
+        arrived after a later event)."""
+        self._con.execute("UPDATE runs SET started_at = $1 WHERE run_id = $2 AND started_at > $1", [started_at, run_id])
 
     def count_run_shards(self, run_id: str) -> None:
         """Per shard of the run's datasets, the examples it saw, for the datasets not counted yet
@@ -369,15 +377,20 @@ class LedgerWriter(AuditWrites):
         """Record inputs ``(namespace, name, dataset_id or None)`` of a run, and declare the
         matched datasets (one epoch each) unless the run declared them already; returns the
         datasets declared now."""
-        declared = []
-        for namespace, name, dataset_id in inputs:
-            self._con.execute("INSERT INTO run_inputs VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                              [run_id, namespace, name, dataset_id])
-            if dataset_id is not None and self._con.execute(
-                    "INSERT INTO run_datasets VALUES (?, ?, 1.0) ON CONFLICT DO NOTHING RETURNING dataset_id",
-                    [run_id, dataset_id]).fetchall():
-                declared.append(dataset_id)
-        return declared
+        rows = {(namespace, name): dataset_id for namespace, name, dataset_id in inputs}  # an input once
+        if not rows:
+            return []
+        # One statement each, whatever the number of inputs (an event may name thousands: a statement
+        # per input held the ledger for seconds).
+        self._con.execute("INSERT INTO run_inputs SELECT $1, unnest($2::VARCHAR[]), unnest($3::VARCHAR[]), "
+                          "unnest($4::VARCHAR[]) ON CONFLICT DO NOTHING",
+                          [run_id, [n for n, _ in rows], [m for _, m in rows], list(rows.values())])
+        matched = sorted({d for d in rows.values() if d is not None})
+        if not matched:
+            return []
+        return [r[0] for r in self._con.execute(
+            "INSERT INTO run_datasets SELECT $1, unnest($2::VARCHAR[]), 1.0 ON CONFLICT DO NOTHING RETURNING dataset_id",
+            [run_id, matched]).fetchall()]
 
     def attach_version_run(self, version_id: str, run_id: str) -> None:
         """Say that ``run_id`` produced ``version_id``, a version committed without a run."""

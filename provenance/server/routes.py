@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -529,6 +529,33 @@ def lineage(request: Request, ref: str) -> Response:
     return _fast_json(lin.to_dict())
 
 
+MAX_EVENT = 16 << 20  # an OpenLineage event's bytes, as sent and once decompressed
+
+
+def _too_large(message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "kind": "InvalidParameterError"}, status_code=413)
+
+
+def _gunzip(raw: bytes, limit: int) -> bytes | None:
+    """The gzip ``raw`` decompressed (every member), or None when that is over ``limit`` bytes:
+    it stops there, so a small body that inflates without end never fills the memory."""
+    import zlib
+
+    out, rest = bytearray(), raw
+    try:
+        while rest:
+            member = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            out += member.decompress(rest, limit + 1 - len(out))
+            if len(out) > limit:
+                return None
+            if not member.eof:
+                raise errors.InvalidParameterError("the body says gzip but is not (it ends inside the compressed data)")
+            rest = member.unused_data
+    except zlib.error as exc:
+        raise errors.InvalidParameterError(f"the body says gzip but is not ({exc})") from None
+    return bytes(out)
+
+
 @router.post("/lineage", tags=["lineage"],
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
                  "type": "object", "description": "an OpenLineage RunEvent (https://openlineage.io/spec/2-0-2/"
@@ -537,18 +564,14 @@ def lineage(request: Request, ref: str) -> Response:
 async def openlineage_event(request: Request) -> dict[str, Any]:
     """Receive an OpenLineage RunEvent (as the openlineage-python client's HTTP transport sends it):
     its run becomes a provenance run, its inputs are matched to registered datasets."""
-    import gzip
-    import zlib
-
     s = _service(request)
     raw = await request.body()
-    if len(raw) > 16 << 20:
-        raise errors.InvalidParameterError("the event is larger than 16 MiB")
+    if len(raw) > MAX_EVENT:
+        return _too_large(f"the event is larger than {MAX_EVENT >> 20} MiB ({len(raw):,} bytes)")
     if request.headers.get("content-encoding", "").lower() == "gzip":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise errors.InvalidParameterError(f"the body says gzip but is not ({exc})") from None
+        raw = _gunzip(raw, MAX_EVENT)
+        if raw is None:  # a small body that inflates without end must not take the server's memory
+            return _too_large(f"the event is larger than {MAX_EVENT >> 20} MiB once decompressed")
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:

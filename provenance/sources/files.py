@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import os
 import stat
 import zlib
@@ -228,7 +229,12 @@ class FileShard(Shard):
                         ident = obj.get(idf)
                         if ident is None or isinstance(ident, (dict, list, bool)):
                             self._field_error(obj, idf, lineno, "id")
+                        if type(ident) is float:  # orjson reads an integer past 64 bits as a float
+                            ident = self._float_id(line, lineno, idf, ident)
                         ident = str(ident)
+                        if not ident:
+                            raise SourceError(f"{self.display}:{lineno}: id field {idf!r} is empty: every document "
+                                              "needs a key")
                     if slow:  # the line held escapes orjson refuses: unpaired surrogates, maybe
                         checked = checked_record(text, ident, f"{self.display}:{lineno}", opts, counters)
                         if checked is None:
@@ -277,6 +283,16 @@ class FileShard(Shard):
         except json.JSONDecodeError as exc:
             raise SourceError(f"{self.display}:{lineno}: malformed JSON at column {exc.colno}: {json_reason(exc)}") \
                 from None
+        except RecursionError:  # thousands of nested brackets: json's parser recurses once per level
+            raise SourceError(f"{self.display}:{lineno}: the record nests its JSON too deeply to be read") from None
+
+    def _float_id(self, line: bytes, lineno: int, idf: str, value: float) -> Any:
+        """The id as the line writes it: an integer of any size stays exact (orjson gave a float
+        past 64 bits, so two ids 2**64 and 2**64 + 1 were one key); NaN and infinities are refused."""
+        if not math.isfinite(value):
+            raise SourceError(f"{self.display}:{lineno}: id field {idf!r} is {value}: not a value a key can be")
+        exact = json.loads(line.decode("utf-8", errors="replace"))[idf]
+        return exact if isinstance(exact, int) else value
 
     def _field_error(self, obj: Any, fieldname: str, lineno: int, what: str) -> None:
         if type(obj) is not dict:
