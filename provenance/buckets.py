@@ -38,7 +38,24 @@ def split_url(url: str) -> tuple[str, str]:
     if "@" in parts.netloc:  # a shard's URL is stored in the ledger: it must not hold a secret
         raise SourceError(f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[1]}{parts.path}: credentials in a source URL "
                           "are refused (the URL is stored with the shard); set them in the environment or ~/.aws")
-    return parts.scheme.lower(), (parts.netloc + parts.path).rstrip("/")
+    path = (parts.netloc + parts.path).rstrip("/")
+    odd = unreadable_key(path.split("/", 1)[1] if "/" in path else "")
+    if odd:
+        raise SourceError(f"{url}: {odd}")
+    return parts.scheme.lower(), path
+
+
+def unreadable_key(key: str) -> str | None:
+    """Why an object key cannot stand in a URL that reads it back, or None: Arrow reads
+    ``a/../b`` as ``b`` (another object) and refuses ``a//b``; a URL ends its path at ``?`` or ``#``."""
+    parts = key.split("/")
+    if any(p in (".", "..") for p in parts):
+        return "a key with a '.' or '..' part names another object when read (a/../b reads b); rename the object"
+    if "" in parts[:-1] and key:
+        return "a key with an empty part ('//') cannot be read by Arrow; rename the object"
+    if "?" in key or "#" in key:
+        return "a key holding '?' or '#' cannot be read back through its URL; rename the object"
+    return None
 
 
 def filesystem(scheme: str, *, delayed_open: bool = False) -> pafs.FileSystem:

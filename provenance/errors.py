@@ -52,6 +52,11 @@ class ObjectMissingError(ProvenanceError):
     """An object the ledger refers to is not in the object store."""
 
 
+class StorageUnreachableError(ObjectMissingError):
+    """The bucket holding objects or document files could not be read (the network, the
+    server, the credentials): the object may well be there, so nothing is called damaged."""
+
+
 class ObjectCorruptError(ProvenanceError):
     """An object's bytes do not hash to its address (or are not a readable safetensors file)."""
 

@@ -41,7 +41,13 @@ import pyarrow.fs as pafs
 import torch
 
 from provenance.buckets import filesystem, is_url, split_url
-from provenance.errors import InvalidParameterError, ObjectCorruptError, ObjectMissingError, ObjectWriteError
+from provenance.errors import (
+    InvalidParameterError,
+    ObjectCorruptError,
+    ObjectMissingError,
+    ObjectWriteError,
+    StorageUnreachableError,
+)
 from provenance.objects import (
     _KEY,
     BackgroundWriter,
@@ -96,7 +102,7 @@ class BucketObjectStore:
         try:
             return self.fs.get_file_info(key)
         except _ARROW_ERRORS as exc:
-            raise ObjectMissingError(f"cannot look up {self.scheme}://{key}: {_why(exc)}") from None
+            raise StorageUnreachableError(f"cannot look up {self.scheme}://{key}: {_why(exc)}") from None
 
     def size(self, address: str) -> int | None:
         info = self._info(self._key(address))
@@ -191,7 +197,7 @@ class BucketObjectStore:
         except FileNotFoundError:
             raise ObjectMissingError(f"object {address} is missing from {self.url}") from None
         except _ARROW_ERRORS as exc:
-            raise ObjectMissingError(f"object {address} could not be read from {where}: {_why(exc)}") from None
+            raise StorageUnreachableError(f"object {address} could not be read from {where}: {_why(exc)}") from None
         if got != len(buf):
             raise ObjectCorruptError(f"object {address} ({where}) ended after {got:,} of {len(buf):,} bytes")
         return checked_tensor(address, where, lambda: tensors_in(buf, where)[0])
@@ -288,8 +294,11 @@ class BucketObjectStore:
                     return data
 
                 problem = header_problem(where, info.size, fh.read_at(min(8, info.size), 0), read)
-        except _ARROW_ERRORS as exc:
-            return "missing", f"{where}: unreadable ({_why(exc)})"
+        except FileNotFoundError:  # gone between the lookup and the read
+            return "missing", f"{where} does not exist"
+        except _ARROW_ERRORS as exc:  # not an answer about the object: a read error is not damage
+            raise StorageUnreachableError(f"{where} could not be read ({_why(exc)}): is the bucket reachable with "
+                                          "these credentials? Nothing was judged damaged") from None
         return problem or (read_problem(self, address) if rehash else None)
 
     def quarantine(self, address: str, folder: Path) -> str | None:

@@ -33,7 +33,13 @@ from typing import Any
 import torch
 import xxhash
 
-from provenance.errors import InvalidParameterError, ObjectCorruptError, ObjectMissingError, ObjectWriteError
+from provenance.errors import (
+    InvalidParameterError,
+    ObjectCorruptError,
+    ObjectMissingError,
+    ObjectWriteError,
+    StorageUnreachableError,
+)
 from provenance.files import fsync_folder
 from provenance.tensorfile import DTYPES, header, raw_bytes, read_tensors, write_tensors
 
@@ -263,6 +269,8 @@ def read_problem(store: Any, address: str) -> tuple[str, str] | None:
     """``(problem, detail)`` when ``store.get(address)`` (which re-hashes) refuses the object."""
     try:
         store.get(address)
+    except StorageUnreachableError:  # no answer about the object: not damage
+        raise
     except ObjectMissingError as exc:
         return "missing", str(exc)
     except ObjectCorruptError as exc:

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from provenance.errors import LedgerDamagedError, LedgerReadOnlyError
+from provenance.errors import LedgerDamagedError, LedgerReadOnlyError, StorageUnreachableError
 from provenance.ledger import LedgerStore
 
 QUARANTINE_DIR = "quarantine"
@@ -130,6 +130,9 @@ def _document_file_problems(ledger: LedgerStore, *, rehash: bool) -> list[dict[s
         problem = None
         if size is None:
             problem = "is missing"
+        elif isinstance(size, str) and store.is_url(f["path"]):  # the bucket did not answer: no damage to tell
+            raise StorageUnreachableError(f"Parquet document file {where} could not be looked at ({size}): is the "
+                                          "bucket reachable with these credentials? Nothing was judged damaged")
         elif isinstance(size, str):
             problem = f"is {size}"
         elif size != f["n_bytes"]:

@@ -40,6 +40,7 @@ STATUS: dict[type[errors.ProvenanceError], int] = {
     errors.LedgerReadOnlyError: 409,
     errors.LedgerLockedError: 503,
     errors.ObjectMissingError: 409,
+    errors.StorageUnreachableError: 503,  # the bucket did not answer: nothing is known of the object
     errors.LedgerDamagedError: 500,
     errors.ObjectWriteError: 507,  # Insufficient Storage (RFC 4918): the server's store refused the write
     errors.StorageFullError: 507,

@@ -35,6 +35,7 @@ from provenance.errors import (  # noqa: E402
     ObjectMissingError,
     ObjectWriteError,
     SourceError,
+    StorageUnreachableError,
 )
 from provenance.object_buckets import MARKER, BucketObjectStore  # noqa: E402
 from provenance.objects import address_of  # noqa: E402
@@ -137,6 +138,15 @@ def test_init_refuses_what_cannot_be_a_ledger_s_bucket(s3, tmp_path):
         Ledger.init(tmp_path / "c", objects="s3://key:secret@models/x")
     with pytest.raises(InvalidParameterError, match="not a URL"):
         Ledger.init(tmp_path / "d", objects="models/x")
+    # a failed init keeps no claim: the objects prefix it marked is free again (it named a ledger never made)
+    s3.put("models/taken/ab/cdef.safetensors", b"something")
+    with pytest.raises(InvalidParameterError, match=r"s3://models/taken already holds objects"):
+        Ledger.init(tmp_path / "f", objects="s3://models/free/objs", documents="s3://models/taken")
+    assert not (tmp_path / "f").exists() and MARKER not in _objects(s3, "models/free/objs")
+    Ledger.init(tmp_path / "g", objects="s3://models/free/objs")  # not refused for the ledger never made
+    with pytest.raises(InvalidParameterError, match=r"--objects s3://models/n2 and --documents s3://models/n2/docs "
+                                                    r"are nested"):
+        Ledger.init(tmp_path / "h", objects="s3://models/n2", documents="s3://models/n2/docs")
     # the same ledger folder made again takes its prefix back (an init that failed, a ledger removed)
     first = Ledger.init(tmp_path / "e", objects="s3://models/again")
     first.commit({"w": torch.ones(3)}, message="before")
@@ -185,6 +195,29 @@ def test_damaged_objects_in_the_bucket_are_named_found_and_repaired(s3, bucket_l
     report = bucket_ledger.verify()
     assert [(d.address, d.problem, d.versions) for d in report.damaged_objects] == \
            [(address, "missing", sorted(v.version_id for v in bucket_ledger.versions()))]
+
+
+def test_an_unreachable_bucket_is_an_error_not_damage(s3, bucket_ledger, monkeypatch):
+    """With the bucket unreachable, `verify` listed every object as missing (exit 1: damage) and
+    `--repair` could move a sound object aside after one failed request. It is now an error that
+    names the bucket (exit 4), and nothing is moved."""
+    from click.testing import CliRunner
+
+    from provenance.cli.main import main
+
+    v0 = bucket_ledger.commit({"w": torch.randn(50, 10)}, message="first")
+    before = _objects(s3, bucket_ledger.object_store().url.removeprefix("s3://"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{serving.free_port()}")  # nothing listens there
+    with pytest.raises(StorageUnreachableError, match=r"s3://models/.* could not be read \(.*\): is the bucket "
+                                                      r"reachable with these credentials\? Nothing was judged damaged"):
+        Ledger.open(bucket_ledger.root).verify()
+    for args in (["verify"], ["verify", "--repair"]):
+        result = CliRunner().invoke(main, ["--ledger", str(bucket_ledger.root), *args])
+        assert result.exit_code == 4, result.output
+        assert "Nothing was judged damaged" in result.output and "missing" not in result.output
+    monkeypatch.undo()
+    assert _objects(s3, bucket_ledger.object_store().url.removeprefix("s3://")) == before  # nothing quarantined
+    assert Ledger.open(bucket_ledger.root).verify().ok and Ledger.open(bucket_ledger.root).checkout(v0)
 
 
 def test_gc_lists_and_removes_unreferenced_objects_in_the_bucket(s3, bucket_ledger):

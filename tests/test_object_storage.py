@@ -139,6 +139,43 @@ def test_missing_cut_and_wrong_objects_are_refused_by_url(s3, tmp_path):
     assert ledger.datasets() == []
 
 
+def test_keys_that_cannot_be_read_back_are_refused_and_hidden_folders_left_out(s3, tmp_path):
+    """A key `sub/../w.jsonl` was read as `w.jsonl` (another object, outside the prefix: the
+    ledger recorded data it never read); `a//b` gave a traceback; `a#1` registered and could never
+    be read back. A hidden folder under a prefix was read, unlike the same local folder."""
+    import boto3  # Arrow writes `a/../b` as `b` and refuses `a//b`: boto3 writes the keys as given
+
+    s3.bucket("keys")
+    client = boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1")
+    ledger = Ledger.init(tmp_path / "ledger")
+    line = b'{"id": "x", "text": "a document about the river"}\n'
+    client.put_object(Bucket="keys", Key="dots/sub/../w.jsonl", Body=line)
+    s3.put("keys/dots/sub/k.jsonl", line.replace(b'"x"', b'"k"'))
+    _refused(ledger, "s3://keys/dots/sub/", r"^s3://keys/dots/sub/\.\./w\.jsonl: a key with a '\.' or '\.\.' part names "
+                                           r"another object when read \(a/\.\./b reads b\); rename the object$")
+    _refused(ledger, "s3://keys/dots/sub/../w.jsonl", "a key with a '.' or '..' part")
+    client.put_object(Bucket="keys", Key="slash//d.jsonl", Body=line)
+    _refused(ledger, "s3://keys/slash/", r"^s3://keys/slash//d\.jsonl: a key with an empty part \('//'\) cannot be read")
+    _refused(ledger, "s3://keys/slash*", r"^s3://keys/slash//d\.jsonl: a key with an empty part")
+    client.put_object(Bucket="keys", Key="hash/a#1.jsonl", Body=line)
+    _refused(ledger, "s3://keys/hash/", r"^s3://keys/hash/a#1\.jsonl: a key holding '\?' or '#' cannot be read back")
+    with pytest.raises(SourceError, match=r"s3://keys/objects/\.\./x: a key with a '\.' or '\.\.' part"):
+        Ledger.init(tmp_path / "other", objects="s3://keys/objects/../x")
+    assert not (tmp_path / "other").exists()
+
+    local = tmp_path / "hidden"
+    for name in ("x.jsonl", ".z.jsonl", ".cache/y.jsonl"):
+        (local / name).parent.mkdir(parents=True, exist_ok=True)
+        (local / name).write_bytes(line)
+    url = s3.upload(local, "keys/hidden")
+    bucket = ledger.register_dataset("bucket", url, id_field="id").dataset
+    folder = ledger.register_dataset("folder", str(local), id_field="id").dataset
+    globbed = ledger.register_dataset("globbed", "s3://keys/hidden/*.jsonl", id_field="id").dataset
+    assert [s["name"] for s in _shards(ledger, bucket.dataset_id)] == ["x.jsonl"]
+    assert [s["name"] for s in _shards(ledger, globbed.dataset_id)] == ["x.jsonl"]
+    assert bucket.content_hash == folder.content_hash
+
+
 def test_a_shard_changed_or_deleted_after_registration_is_named_when_read_back(s3, tmp_path):
     s3.bucket("later")
     lines = "".join(json.dumps({"id": f"d{i}", "text": f"entry {i} of the log"}) + "\n" for i in range(10))

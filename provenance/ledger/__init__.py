@@ -338,18 +338,34 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
             raise LedgerExistsError(f"a ledger already exists at {root}")
         bucket = docs = None
         owner = {"ledger": str(root.resolve()), "created_at": _now().isoformat()}
-        if objects is not None and documents is not None and objects.rstrip("/") == documents.rstrip("/"):
-            raise InvalidParameterError(f"--objects and --documents are the same prefix {objects}; give each its own")
-        if objects is not None:  # checked (and claimed) before anything is created here
-            from provenance.object_buckets import BucketObjectStore
-
-            bucket = BucketObjectStore(objects)
-            bucket.claim(owner)
-        if documents is not None:
-            from provenance.object_buckets import claim_prefix
-
-            docs = DocumentStore(root, documents)
-            claim_prefix(docs.fs, docs.scheme, docs.prefix, owner)
+        if objects is not None and documents is not None:
+            a, b = objects.rstrip("/") + "/", documents.rstrip("/") + "/"
+            if a == b:
+                raise InvalidParameterError(f"--objects and --documents are the same prefix {objects}; give each its own")
+            if a.startswith(b) or b.startswith(a):  # gc of one would take the other's files for its own
+                raise InvalidParameterError(f"--objects {objects} and --documents {documents} are nested; give each a "
+                                            "prefix of its own, neither inside the other")
+        claimed: list[tuple[Any, str]] = []  # markers this init wrote: taken back when it fails
+        try:  # checked (and claimed) before anything is created here
+            if objects is not None or documents is not None:
+                from provenance.object_buckets import MARKER, BucketObjectStore, claim_prefix, prefix_owner
+            if objects is not None:
+                bucket = BucketObjectStore(objects)
+                fresh = bucket.owner() is None
+                bucket.claim(owner)
+                if fresh:
+                    claimed.append((bucket.fs, f"{bucket.prefix}/{MARKER}"))
+            if documents is not None:
+                docs = DocumentStore(root, documents)
+                fresh = prefix_owner(docs.fs, docs.scheme, docs.prefix) is None
+                claim_prefix(docs.fs, docs.scheme, docs.prefix, owner)
+                if fresh:
+                    claimed.append((docs.fs, f"{docs.prefix}/{MARKER}"))
+        except BaseException:
+            for fs, key in claimed:  # a ledger that was never made holds no prefix
+                with contextlib.suppress(Exception):
+                    fs.delete_file(key)
+            raise
         root.mkdir(parents=True, exist_ok=True)
         (root / OBJECTS_DIR).mkdir(exist_ok=True)
         (root / TMP_DIR).mkdir(exist_ok=True)

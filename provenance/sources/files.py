@@ -168,6 +168,15 @@ class FileShard(Shard):
             self.sha256 = sha.hexdigest()
         return x.hexdigest()
 
+    def _open_error(self, exc: OSError) -> SourceError:
+        """Opening the source failed: it is gone (deleted since it was hashed), or, for an object in
+        a bucket, the bucket did not answer (which is not the object's absence)."""
+        from provenance.sources.urls import is_url, object_error
+
+        if isinstance(exc, FileNotFoundError) or not is_url(str(self.display)):
+            return SourceError(f"{self.display}: disappeared before it could be read ({exc.strerror or exc})")
+        return object_error(str(self.display), exc, "reading it")
+
     def batches(self, opts: ReadOptions, counters: Counters) -> Iterator[Batch]:
         if self.format.startswith("jsonl"):
             yield from self._jsonl(opts, counters)
@@ -182,7 +191,7 @@ class FileShard(Shard):
         try:
             fh = self._open()
         except OSError as exc:
-            raise SourceError(f"{self.display}: disappeared before it could be read ({exc.strerror or exc})") from exc
+            raise self._open_error(exc) from exc
         raw = _HashingReader(fh, *hashers)
         if self.format == "jsonl.gz":
             stream = gzip.GzipFile(fileobj=io.BufferedReader(raw, _CHUNK), mode="rb")
@@ -347,7 +356,7 @@ class FileShard(Shard):
             with self._open() as fh:
                 data = fh.read()
         except OSError as exc:
-            raise SourceError(f"{self.display}: disappeared before it could be read ({exc.strerror or exc})") from exc
+            raise self._open_error(exc) from exc
         self._check_unchanged(xxhash.xxh3_128_hexdigest(data))
         if self.sha256 is None:
             self.sha256 = hashlib.sha256(data).hexdigest()

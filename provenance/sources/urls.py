@@ -22,11 +22,14 @@ import re
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from provenance.buckets import filesystem, is_url, split_url  # noqa: F401 (is_url: re-exported)
+from provenance.buckets import filesystem, is_url, split_url, unreadable_key  # noqa: F401 (is_url: re-exported)
 from provenance.errors import SourceError
 from provenance.sources.base import _unknown_type, file_format
 
 _GLOB = re.compile(r"[*?\[]")
+#: How S3 (and Arrow, in its own spelling) says the credentials were refused.
+_DENIED = ("AccessDenied", "Forbidden", "ACCESS_DENIED", "INVALID_ACCESS_KEY_ID", "InvalidAccessKeyId",
+           "SIGNATURE_DOES_NOT_MATCH", "SignatureDoesNotMatch")
 
 
 def _describe(exc: BaseException) -> str:
@@ -37,7 +40,7 @@ def object_error(url: str, exc: BaseException, doing: str) -> SourceError:
     """A :class:`SourceError` naming ``url`` for a failure of the file system while ``doing``."""
     if isinstance(exc, FileNotFoundError):
         return SourceError(f"{url}: no such object ({doing})")
-    if isinstance(exc, PermissionError) or "AccessDenied" in str(exc) or "Forbidden" in str(exc):
+    if isinstance(exc, PermissionError) or any(word in str(exc) for word in _DENIED):
         return SourceError(f"{url}: access denied ({doing}): check the credentials")
     return SourceError(f"{url}: {doing} failed: {_describe(exc)}")
 
@@ -49,7 +52,8 @@ def object_shards(spec: str) -> list[tuple[str, pafs.FileSystem, str, int]]:
     glob = _GLOB.search(path)
     if glob:
         root = path[: glob.start()].rsplit("/", 1)[0]
-        found = [f for f in _listing(spec, fs, root) if fnmatch.fnmatchcase(f.path, path)]
+        matched = _readable(scheme, [f for f in _listing(spec, fs, root) if fnmatch.fnmatchcase(f.path, path)])
+        found = [f for f in matched if not _hidden(f.path, root)]
         if not found:
             raise SourceError(f"{spec}: pattern matched no objects")
     else:
@@ -60,7 +64,7 @@ def object_shards(spec: str) -> list[tuple[str, pafs.FileSystem, str, int]]:
         if info.type == pafs.FileType.File and not spec.endswith("/"):
             found = [info]
         elif info.type == pafs.FileType.Directory:
-            found = [f for f in _listing(spec, fs, path) if not posixpath.basename(f.path).startswith(".")]
+            found = [f for f in _readable(scheme, _listing(spec, fs, path)) if not _hidden(f.path, path)]
             if not found:
                 raise SourceError(f"{spec}: prefix holds no objects")
         else:
@@ -70,6 +74,22 @@ def object_shards(spec: str) -> list[tuple[str, pafs.FileSystem, str, int]]:
         if file_format(f.path) is None:
             raise _unknown_type(f"{scheme}://{f.path}")
     return [(f"{scheme}://{f.path}", fs, f.path, f.size) for f in found]
+
+
+def _readable(scheme: str, listed: list[pafs.FileInfo]) -> list[pafs.FileInfo]:
+    """``listed``, when every key can be read back by its URL; else the error naming the first
+    that cannot (registered, it would read another object, or none)."""
+    for f in listed:
+        odd = unreadable_key(f.path.split("/", 1)[1] if "/" in f.path else "")
+        if odd:
+            raise SourceError(f"{scheme}://{f.path}: {odd}")
+    return listed
+
+
+def _hidden(path: str, prefix: str) -> bool:
+    """Whether an object under ``prefix`` is hidden, as a folder's files are: a name, or a folder
+    on its way, that starts with ``.`` (``.cache/x.jsonl``)."""
+    return any(part.startswith(".") for part in posixpath.relpath(path, prefix).split("/"))
 
 
 def _listing(spec: str, fs: pafs.FileSystem, prefix: str) -> list[pafs.FileInfo]:
