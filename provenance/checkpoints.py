@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -222,8 +223,18 @@ def _read_config(folder: Path) -> dict:
         config = json.loads((folder / ADAPTER_CONFIG).read_text())
     except (OSError, ValueError) as exc:
         raise InvalidParameterError(f"{folder / ADAPTER_CONFIG}: not a readable adapter config ({exc})") from exc
+    refused = adapter_refusal(config)
+    if refused:
+        raise InvalidParameterError(f"{folder}: {refused}")
+    return config
+
+
+def adapter_refusal(config: Mapping[str, Any]) -> str | None:
+    """Why a PEFT adapter with this config (``adapter_config.json``, or a ``PeftConfig``'s
+    ``to_dict()``) cannot be read as low-rank patches of its base model, or None."""
+    peft_type = config.get("peft_type", "LORA")
     refusals = {
-        "peft_type": config.get("peft_type", "LORA") not in ("LORA", None),
+        "peft_type": str(getattr(peft_type, "value", peft_type)) not in ("LORA", "None"),
         "use_dora": config.get("use_dora"),
         "lora_bias": config.get("lora_bias"),
         "target_parameters": config.get("target_parameters"),
@@ -231,10 +242,9 @@ def _read_config(folder: Path) -> dict:
     }
     for field, refused in refusals.items():
         if refused:
-            raise InvalidParameterError(
-                f"{folder}: {field}={config.get(field)!r} cannot be read as low-rank patches of the base model"
-            )
-    return config
+            value = config.get(field)
+            return f"{field}={str(getattr(value, 'value', value))!r} cannot be read as low-rank patches of the base model"
+    return None
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:

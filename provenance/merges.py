@@ -167,6 +167,8 @@ def merge(
         base_id = _base(ledger, inputs, base) if how.needs_base else None
         history, store = History(ledger), ledger.object_store()
         names = _common_names(history, inputs)
+        if base_id is not None:
+            _base_has(history, base_id, names, method)
         averaged = [n for n in names if n not in _kept_groups(history, ids[0], names)]
         if how.needs_fisher and fisher is not None:  # for this merge only: its receipt keeps the objects
             given = [_fisher_rows(ledger, v, {n: f[n] for n in averaged})[0]
@@ -414,6 +416,19 @@ def _base(ledger: LedgerStore, inputs: list[VersionRecord], base) -> str:
     if len(firsts) != 1 or None in firsts:
         raise InvalidParameterError("the inputs do not share a first parent: give base= (the version their task vectors start from)")
     return firsts.pop()
+
+
+def _base_has(history: History, base_id: str, names: list[str], method: str) -> None:
+    """Refuse a base that lacks a parameter of the inputs: its task vector has nothing to start from."""
+    have = {n for n, p in history.manifest(base_id).items() if p.encoding != "removed"}
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise InvalidParameterError(
+            f"{len(missing)} parameter(s) of the inputs are not in the base {base_id[:12]} ({', '.join(missing[:3])}"
+            f"{' ...' if len(missing) > 3 else ''}): {method} needs each one's value there to make task vectors. A "
+            "parameter the inputs added, or a tied weight (lm_head.weight) that save_pretrained stored once in the "
+            "base while the inputs were committed from state_dict(), does this; merge with average or fisher, or "
+            "commit the base with it")
 
 
 def _common_names(history: History, inputs: list[VersionRecord]) -> list[str]:

@@ -74,7 +74,8 @@ def track(data: DataLoader | Dataset, run: Run, *, key: str | KeyGetter = "key",
     A ``DataLoader`` (or any iterable of batches) is wrapped so that each batch's keys are logged
     at ``run.step`` and the step then advances by one. A map-style ``Dataset`` is wrapped so that
     each ``__getitem__`` logs its item's key at ``run.step`` (the loop advances ``run.step``; use
-    it with ``num_workers=0``, or wrap the DataLoader instead: worker processes cannot log).
+    it with ``num_workers=0``, or wrap the DataLoader instead: worker processes cannot log, and a
+    wrapped dataset read in one is refused).
     ``key`` is the field holding the key in a dict item or batch, or a function returning the
     keys of an item or batch.
     """
@@ -128,6 +129,12 @@ class _TrackedDataset(Dataset):
         return len(self.data)
 
     def __getitem__(self, index: int) -> Any:
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None:  # a copy of the run in another process: what it logged never reached the run
+            raise InvalidParameterError(
+                f"track(dataset) is read in DataLoader worker {worker.id} of {worker.num_workers}: a worker process "
+                "cannot log into the run (its keys would be lost); wrap the DataLoader instead, "
+                "track(DataLoader(dataset, num_workers=...), run), or use num_workers=0")
         item = self.data[index]
         self.run.log_examples(self.keys(item), step=self.run.step, dataset=self.dataset)
         return item

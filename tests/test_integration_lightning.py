@@ -207,14 +207,33 @@ def test_the_run_starts_on_the_commit_thread_while_the_first_steps_train(tiny, t
     assert callback.checkpoints[3].parents == [run.base_version]
 
 
-def test_a_run_that_cannot_start_stops_training_within_steps(tiny, tmp_path):
-    """A run that cannot start (here, a dataset that is not registered) stops training with the
-    ledger's error at the first batch after the commit thread gives up, and leaves no run."""
+def test_a_run_that_cannot_start_stops_training_before_it_begins(tiny, tmp_path):
+    """A run that cannot start (here, a dataset that is not registered) stops training before its
+    first batch, and leaves no run and no version (it left the starting weights' version)."""
     module = Tiny()
+    versions = len(tiny.versions())
     callback = ProvenanceCallback(tiny, datasets=["nope"])
     with pytest.raises(NotFoundError, match="nope"):
         _trainer(tmp_path, callback, max_steps=10_000).fit(module, DataLoader(ROWS, batch_size=4))
-    assert tiny.runs() == [] and sum(map(len, module.seen.values())) < 10_000 * 4
+    assert tiny.runs() == [] and sum(map(len, module.seen.values())) == 0 and len(tiny.versions()) == versions
+
+
+def test_a_state_dict_entry_that_is_not_a_tensor_is_named(tiny, tmp_path):
+    """A module's get_extra_state (a dict) in state_dict: `AttributeError: 'dict' object has no
+    attribute 'detach'` from the callback; now the entry is named, before anything is written."""
+
+    class Counter(torch.nn.Module):
+        def get_extra_state(self):
+            return {"seen": 3}
+
+        def set_extra_state(self, state):
+            pass
+
+    module = Tiny()
+    module.counter = Counter()
+    with pytest.raises(InvalidParameterError, match=r"state_dict entry 'counter._extra_state' is a dict, not a tensor"):
+        _trainer(tmp_path, ProvenanceCallback(tiny, datasets=["tiny"])).fit(module, DataLoader(ROWS, batch_size=4))
+    assert tiny.runs() == []
 
 
 def test_the_callback_changes_nothing_lightning_does(tiny, tmp_path):

@@ -224,6 +224,10 @@ def test_what_cannot_be_followed_is_refused_before_anything_is_written(tiny, tmp
     with pytest.raises(InvalidParameterError, match="in_order"):
         _trainer(_model(), rows, tmp_path, ProvenanceCallback(ledger, datasets=["tiny"], message="m"),
                  dataloader_num_workers=1, dataloader_in_order=False).train()
+    from provenance.errors import NotFoundError
+
+    with pytest.raises(NotFoundError, match="no dataset 'nope'"):  # it left a "starting weights" version
+        _trainer(_model(), rows, tmp_path, ProvenanceCallback(ledger, datasets=["nope"], message="m")).train()
     assert (len(ledger.sql("SELECT run_id FROM runs").to_pylist()), len(ledger.versions())) == written
 
 
@@ -278,6 +282,24 @@ def test_a_lora_model_is_committed_as_low_rank_patches_of_its_base(tiny, tmp_pat
     for name in merged:
         torch.testing.assert_close(final[name], merged[name], rtol=1e-6, atol=1e-6)
     assert not all(torch.equal(final[n], start[n]) for n in targeted)
+
+
+def test_an_adapter_that_cannot_be_committed_is_refused_before_training(tiny, tmp_path):
+    """A DoRA (or lora_bias) adapter trained to the end, then failed at the commit, naming a
+    temporary folder: refused when training begins, before anything is written."""
+    peft = pytest.importorskip("peft")
+    ledger, rows = tiny
+    written = len(ledger.sql("SELECT run_id FROM runs").to_pylist()), len(ledger.versions())
+    for options, refused in (({"use_dora": True}, "use_dora='True'"), ({"lora_bias": True}, "lora_bias='True'")):
+        wrapped = peft.get_peft_model(_model(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"],
+                                                                fan_in_fan_out=True, **options))
+        trainer = _trainer(wrapped, rows, tmp_path, ProvenanceCallback(ledger, datasets=["tiny"], message="dora"),
+                           max_steps=4)
+        with pytest.raises(InvalidParameterError, match=rf"ProvenanceCallback: adapter 'default': {refused} cannot be "
+                                                        r"read as low-rank patches of the base model"):
+            trainer.train()
+        assert trainer.state.global_step == 0  # no step trained for nothing
+    assert (len(ledger.sql("SELECT run_id FROM runs").to_pylist()), len(ledger.versions())) == written
 
 
 def test_a_datasets_dataset_trains_with_the_keys_the_ledger_gave_its_rows(ledger, tmp_path):

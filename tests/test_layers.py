@@ -78,3 +78,21 @@ def test_an_upward_import_between_domain_layers_breaks_the_layers(tmp_path):
     done = _lint(tmp_path)
     assert done.returncode != 0 and "provenance.versions is not allowed to import provenance.lineage" in done.stdout, \
         done.stdout
+
+
+def test_the_kernels_folder_does_not_shadow_the_kernels_package_from_the_repository_s_folder():
+    """A Python started in the repository's folder found `kernels/` by the plain name `kernels`,
+    Hugging Face's package, which transformers and peft import: `import peft` failed there."""
+    import importlib.metadata
+
+    root = Path(__file__).resolve().parent.parent
+    code = "import kernels, provenance.kernels.minhash as m; print(kernels.__file__); print(m.__file__)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    try:
+        importlib.metadata.distribution("kernels")
+    except importlib.metadata.PackageNotFoundError:
+        assert done.returncode != 0 and "No module named 'kernels'" in done.stderr  # as the plain import would
+        return
+    assert done.returncode == 0, done.stderr
+    real, ours = done.stdout.split()
+    assert Path(real).parent.parent != root and Path(ours) == root / "kernels" / "minhash.py"

@@ -393,3 +393,19 @@ def test_a_base_that_is_no_ancestor_of_the_inputs_is_refused(two):
             ledger.merge([a, b], method=method, base=stranger, message="foreign base")
     assert len(ledger.versions()) == before
     assert ledger.receipt(ledger.merge([a, b], method="ties", base=base, message="own base")).base_version == base.version_id
+
+
+def test_a_parameter_the_base_lacks_is_named_for_task_vectors(ledger):
+    """A base saved by save_pretrained without the tied lm_head.weight, and children committed from
+    state_dict() with it: task arithmetic failed with `parameter 'lm_head.weight' is not in version …`.
+    The message now says why and what to do; averaging, which needs no base, merges them."""
+    wte = torch.randn(10, 4, generator=torch.Generator().manual_seed(0))
+    base = ledger.commit({"wte.weight": wte}, message="save_pretrained: the tied copy left out")
+    a = ledger.commit({"wte.weight": wte + 1, "lm_head.weight": wte + 1}, parent=base, message="a")
+    b = ledger.commit({"wte.weight": wte - 1, "lm_head.weight": wte - 1}, parent=base, message="b")
+    for method in ("task_arithmetic", "ties"):
+        with pytest.raises(InvalidParameterError, match=rf"1 parameter\(s\) of the inputs are not in the base "
+                                                        rf"{base.version_id[:12]} \(lm_head.weight\): {method} needs"):
+            ledger.merge([a, b], method=method, message="tied")
+    merged = ledger.checkout(ledger.merge([a, b], method="average", message="tied, averaged"))
+    assert torch.allclose(merged["lm_head.weight"], wte) and torch.allclose(merged["wte.weight"], wte)

@@ -238,6 +238,22 @@ def test_track_a_map_style_dataset_and_a_custom_key(two_datasets):
         next(iter(track([(1, 2)], ledger.start_run(datasets=["b"], message="m"))))
 
 
+def test_a_tracked_dataset_read_in_worker_processes_is_refused(two_datasets):
+    """track(dataset) in DataLoader(num_workers=2): each worker logged into a copy of the run and
+    the keys were lost (64 fed, 2 logged, no word). It is refused, saying what to do."""
+    ledger = two_datasets
+    run = ledger.start_run(datasets=["a"], message="workers")
+    loader = DataLoader(track(RegisteredDataset(ledger, "a"), run), batch_size=2, num_workers=2)
+    with pytest.raises(InvalidParameterError, match=r"track\(dataset\) is read in DataLoader worker [01] of 2: a "
+                                                    r"worker process cannot log into the run .*wrap the DataLoader"):
+        list(loader)
+    run.finish()
+    assert ledger.run_examples(run.run_id).num_rows == 0
+    with ledger.start_run(datasets=["a"], message="the loader wrapped") as run:  # the way that works
+        batches = list(track(DataLoader(RegisteredDataset(ledger, "a"), batch_size=2, num_workers=2), run))
+    assert len(batches) == 5 and ledger.run_examples(run.run_id).num_rows == 10
+
+
 def test_registered_dataset_refuses_a_changed_file(two_datasets, data_dir):
     with (data_dir / "b.jsonl").open("a") as fh:
         fh.write(json.dumps({"id": "b6", "text": "appended later"}) + "\n")

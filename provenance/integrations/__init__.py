@@ -102,7 +102,15 @@ def _own_instance(ledger: Any) -> Any:
 
 
 def snapshot(state: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``state`` in CPU memory that training can no longer change."""
+    """A copy of ``state`` in CPU memory that training can no longer change; an entry that is not
+    a tensor (a module's ``get_extra_state``) is refused by name, as a commit would refuse it."""
+    import torch
+
+    for name, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise InvalidParameterError(
+                f"the model's state_dict entry {name!r} is a {type(value).__name__}, not a tensor (a module's "
+                "get_extra_state?): a version holds tensors only; keep such state out of state_dict()")
     return {name: tensor.detach().to("cpu", copy=True) for name, tensor in state.items()}
 
 
@@ -175,6 +183,9 @@ class RunRecorder:
         if owner:
             options = {} if self.flush_every is None else {"flush_every": self.flush_every}
             base = self.base
+            named = [datasets] if isinstance(datasets, str) else list(datasets or ())  # a mapping: its names
+            for ref in named:  # a dataset that is not there fails now: no starting weights left behind
+                self.ledger.dataset(ref)
             state, commit_options, cleanup = starting() if base is None else (None, {}, lambda: None)
 
             def start(ledger: Any) -> Any:

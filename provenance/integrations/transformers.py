@@ -334,6 +334,13 @@ def _check_adapter(model: Any) -> None:
         raise InvalidParameterError(
             f"ProvenanceCallback: the PEFT model has adapters {kinds}; one LoRA adapter is committed as low-rank "
             "patches, other PEFT methods are not (merge the adapter and commit the model's weights)")
+    from provenance.checkpoints import adapter_refusal
+
+    (name, config), = model.peft_config.items()
+    refused = adapter_refusal(config.to_dict())
+    if refused:  # found now, not when the adapter is committed after the whole of training
+        raise InvalidParameterError(f"ProvenanceCallback: adapter {name!r}: {refused} (merge the adapter and commit "
+                                    "the model's weights, or train a plain LoRA)")
 
 
 def _starting_state(model: Any) -> Any:
