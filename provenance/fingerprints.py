@@ -364,7 +364,16 @@ class FingerprintConfig(BaseModel):
         return normalize(text)
 
     def shingles(self, text: str) -> list[bytes]:
-        """The shingles of ``text`` as UTF-8 bytes, in document order (duplicates kept)."""
+        """The shingles of ``text`` as UTF-8 bytes, in document order (duplicates kept). ``text``
+        is checked as :meth:`signature` checks it (a string of valid UTF-8)."""
+        if not isinstance(text, str):
+            _as_string_array([text])  # the error signature() gives for it (bytes, None, a number)
+            raise InvalidParameterError(f"text is {type(text).__name__}; every document needs a str")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            _as_string_array([text])  # names the unpaired surrogate, as signature() does
+            raise
         words = normalize(text).split(" ")
         if words == [""]:
             return []

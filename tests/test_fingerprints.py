@@ -472,3 +472,15 @@ def test_config_without_a_banding_is_refused_when_made():
     with pytest.raises(pydantic.ValidationError, match="threshold 0.1 is too low for num_perm=16"):
         FingerprintConfig(num_perm=16, lsh_threshold=0.1)
     assert FingerprintConfig(num_perm=16, lsh_threshold=0.5).banding.probability(0.5) >= 0.99
+
+
+def test_shingles_refuse_what_signature_refuses():
+    """The plain-Python reference raised UnicodeEncodeError, TypeError or AttributeError where
+    signature() names the problem."""
+    cfg = FingerprintConfig()
+    for bad, message in (("a\ud800b", "unpaired surrogate at character 1"), (b"bytes", "is bytes"),
+                         (None, "is null"), ({"a": 1}, "is dict")):
+        for call in (cfg.shingles, cfg.signature):
+            with pytest.raises(InvalidParameterError, match=message):
+                call(bad)
+    assert cfg.shingles("one two three four five six") == [b"one two three four five", b"two three four five six"]

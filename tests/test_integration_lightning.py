@@ -289,3 +289,17 @@ def test_a_checkpoint_that_cannot_be_committed_fails_training(tiny, tmp_path):
             Tiny(), DataLoader(ROWS, batch_size=4))
     run = tiny.run(callback.run.run_id)
     assert run.status == "failed" and "NonFiniteError" in run.error and callback.checkpoints == {}
+
+
+def test_a_save_at_the_end_of_the_last_epoch_is_the_run_s_version(tiny, tmp_path):
+    """With max_epochs (no max_steps), a checkpoint saved as the last epoch ends was committed as a
+    version of its own, and the final weights again as the run's version: the same weights twice."""
+    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_epochs=1, save_top_k=-1)
+    callback = ProvenanceCallback(tiny, datasets=["tiny"])
+    before = len(tiny.versions())
+    _trainer(tmp_path, callback, max_steps=-1, max_epochs=2, enable_checkpointing=True,
+             extra=[checkpoints]).fit(Tiny(), DataLoader(ROWS, batch_size=8))
+    assert sorted(callback.checkpoints) == [5, 10]  # 5 batches an epoch
+    assert callback.checkpoints[10] == callback.version  # the last save is the run's version, not a copy of it
+    assert callback.checkpoints[5] != callback.version
+    assert len(tiny.versions()) == before + 3  # the starting weights, the first epoch's save, the run's version

@@ -174,6 +174,11 @@ def test_keys_that_cannot_be_read_back_are_refused_and_hidden_folders_left_out(s
     assert [s["name"] for s in _shards(ledger, bucket.dataset_id)] == ["x.jsonl"]
     assert [s["name"] for s in _shards(ledger, globbed.dataset_id)] == ["x.jsonl"]
     assert bucket.content_hash == folder.content_hash
+    # `amb/` names the prefix even when an object `amb` stands beside it (it said: no such object or prefix)
+    s3.put("keys/amb", line)
+    s3.put("keys/amb/x.jsonl", line)
+    beside = ledger.register_dataset("beside", "s3://keys/amb/", id_field="id").dataset
+    assert [s["uri"] for s in _shards(ledger, beside.dataset_id)] == ["s3://keys/amb/x.jsonl"]
 
 
 def test_a_shard_changed_or_deleted_after_registration_is_named_when_read_back(s3, tmp_path):

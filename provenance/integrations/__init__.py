@@ -162,6 +162,8 @@ class RunRecorder:
 
     def _fail(self, reason: str) -> None:
         running, self._running = self._running, False
+        if getattr(self, "_held_save", None) is not None and self._commits is not None:
+            self._commit_held_save()  # the trainer saved it: it is kept, as every checkpoint before it
         commits, self._commits = self._commits, None
         if commits is not None:
             commits.close(raise_errors=False)  # a run still starting has started (or failed to) after this
@@ -179,6 +181,7 @@ class RunRecorder:
         the copy of the starting weights, not a commit."""
         self._owner = owner
         self.version, self.checkpoints, self._last_save, self._early = None, {}, None, []
+        self._held_save: tuple[int, Callable[[Any], Any], Callable[[], None]] | None = None  # committed when a batch follows
         self._run = None
         if owner:
             options = {} if self.flush_every is None else {"flush_every": self.flush_every}
@@ -221,12 +224,19 @@ class RunRecorder:
 
     def _log(self, keys: Any, step: int) -> None:
         """Log the keys of a batch trained at ``step`` (kept until the run exists, while it starts)."""
+        if self._held_save is not None:  # a batch trained after the last save: that save was not the last
+            self._commit_held_save()
         if self._run is None:
             self._commits.poll()
             if self._run is None:
                 self._early.append((keys, step))
                 return
         self._logged(keys, step)
+
+    def _commit_held_save(self) -> None:
+        step, commit, _ = self._held_save
+        self._held_save = None
+        self._commits.submit(commit, lambda version: self.checkpoints.__setitem__(step, version))
 
     def _logged(self, keys: Any, step: int) -> None:
         """The keys into the run; keys it refuses fail the run before the error stops training (a
@@ -240,9 +250,14 @@ class RunRecorder:
     def _save(self, step: int, *, last: bool, trained: Callable[[], tuple[Any, dict[str, Any], Callable[[], None]]]) -> None:
         """Commit the checkpoint saved at ``step`` on the callback's thread: ``trained()`` gives the
         state, the commit's options and what removes the state once committed. A save at the
-        ``last`` step is not committed: the final commit, a moment later, stores these weights."""
+        ``last`` step is not committed: the final commit, a moment later, stores these weights. So
+        that a save the trainer makes at the end of its last epoch (no ``max_steps`` says it is
+        the last) is not committed twice either, the commit waits for the next batch: training
+        that ends first commits these weights as the run's version instead."""
         if not (self._running and self.commit_on_save and self._owner):
             return
+        if self._held_save is not None:  # two saves with no batch between: the first is committed
+            self._commit_held_save()
         if last:
             self._last_save = step
             return
@@ -256,7 +271,7 @@ class RunRecorder:
             finally:
                 cleanup()
 
-        self._commits.submit(commit, lambda version: self.checkpoints.__setitem__(step, version))
+        self._held_save = (step, commit, cleanup)
 
     def _end_run(self, *, barrier: Callable[[], None],
                  trained: Callable[[], tuple[Any, dict[str, Any], Callable[[], None]]]) -> None:
@@ -268,6 +283,9 @@ class RunRecorder:
             self.run.flush()  # process zero's are written by its commit
         barrier()
         if self._owner:
+            if self._held_save is not None:  # saved after the last batch: the run's version holds these weights
+                (self._last_save, _, cleanup), self._held_save = self._held_save, None
+                cleanup()
             commits, self._commits = self._commits, None
             commits.close()  # the last checkpoint is stored (or its error raised) before the run ends
             state, options, cleanup = trained()

@@ -63,7 +63,7 @@ def object_shards(spec: str) -> list[tuple[str, pafs.FileSystem, str, int]]:
             raise object_error(spec, exc, "looking it up") from None
         if info.type == pafs.FileType.File and not spec.endswith("/"):
             found = [info]
-        elif info.type == pafs.FileType.Directory:
+        elif info.type == pafs.FileType.Directory or info.type == pafs.FileType.File:  # `a/` beside an object `a`
             found = [f for f in _readable(scheme, _listing(spec, fs, path)) if not _hidden(f.path, path)]
             if not found:
                 raise SourceError(f"{spec}: prefix holds no objects")
