@@ -462,7 +462,8 @@ def taint_report(ledger: LedgerStore, *, dataset: str | None = None, shard: str 
         raise InvalidParameterError("the text to look for is empty")
     matches = find_similar(ledger, text=text, dataset=dataset, key=key, near=near)
     with ledger.session():
-        runs = ledger.runs_seeing([m["doc_id"] for m in matches]).to_pylist() if matches else []
+        runs = ledger.runs_seeing([m["doc_id"] for m in matches], [m["dataset_id"] for m in matches]).to_pylist() \
+            if matches else []
         graph = {r["version_id"]: r for r in ledger.version_graph().to_pylist()}
         retractions = ledger.retractions_of([m["doc_id"] for m in matches]) if matches else []
     target = f"text ({len(text)} characters)" if text is not None else f"{dataset} {key}"

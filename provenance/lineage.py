@@ -185,7 +185,8 @@ def taint(ledger: LedgerStore, *, dataset: str | None = None, shard: str | int |
             if any(t["doc_id"] is not None for t in targets):  # a document in one version or several
                 doc_ids = [t["doc_id"] for t in targets]
         if doc_ids is not None:
-            runs = ledger.runs_seeing(list(doc_ids)).to_pylist()
+            named = [t["dataset_id"] for t in targets] if targets and all(t["doc_id"] is not None for t in targets) else None
+            runs = ledger.runs_seeing(list(doc_ids), named).to_pylist()
         else:
             runs = ledger.runs_using([(t["dataset_id"], t["shard_index"]) for t in targets]).to_pylist()
         if graph is None:

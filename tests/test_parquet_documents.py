@@ -201,6 +201,10 @@ def test_a_damaged_file_is_named_and_the_rest_still_reads(ledger, data_dir, writ
         reopened.taint(dataset="p", key=corpus.docs[5]["id"])
     with pytest.raises(LedgerDamagedError, match=f"{path} of dataset p@1 is"):
         reopened.taint(text=corpus.docs[5]["text"])
+    # another dataset's documents still read, by key too (taint of t's key raised p's error)
+    assert reopened.sql("SELECT count(*) AS n FROM documents WHERE dataset_id = 't@1'").to_pylist() == [{"n": 40}]
+    key = reopened.sql("SELECT min(key) AS k FROM documents WHERE dataset_id = 't@1'").to_pylist()[0]["k"]
+    assert reopened.taint(dataset="t", key=key).target == f"t {key}"
     report = reopened.verify()  # the file's damage once, not also as its shards' "0 document rows"
     assert not report.ok and [p["shard_index"] for p in report.dataset_problems] == [None]
     assert report.dataset_problems[0]["problem"].startswith(f"Parquet document file {path} holds")

@@ -614,7 +614,9 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
         for path, problem in broken.items():
             message = (f"the Parquet document file {store.location(path)} of dataset {owner[path]} is {problem}; restore "
                        "it from a backup of the ledger (`prov verify` lists every damaged file)")
-            raised = f"error({_sql_string(message)})"
+            # raised per row (range is a column), not folded while planning: a query of another dataset,
+            # whose filter on the constant dataset_id prunes this branch, never reaches it
+            raised = f"error(CASE WHEN range >= 0 THEN {_sql_string(message)} END)"
             parts.append(f"SELECT {raised}::BIGINT, {_sql_string(owner[path])}, "
                          f"{', '.join(f'{raised}::{t}' for t in _BROKEN_TYPES)} FROM range(1) WHERE {raised} IS NULL")
         return "CREATE OR REPLACE TEMP VIEW documents AS " + " UNION ALL ".join(parts)

@@ -123,13 +123,16 @@ class LineageQueries:
                 params=[ids, indices],
             ).to_arrow_table()
 
-    def runs_seeing(self, doc_ids: list[int]) -> pa.Table:
-        """The runs that saw any of the documents ``doc_ids``: their logged examples where the run
-        logged the document's dataset, else the epochs it declared for the document's shard;
-        with the version each produced: ``run_id, version_id, examples``."""
+    def runs_seeing(self, doc_ids: list[int], dataset_ids: Sequence[str] | None = None) -> pa.Table:
+        """The runs that saw any of the documents ``doc_ids`` (of the dataset versions
+        ``dataset_ids``, when the caller knows them: the documents of other datasets, a damaged
+        Parquet file among them, are then not read): their logged examples where the run logged
+        the document's dataset, else the epochs it declared for the document's shard; with the
+        version each produced: ``run_id, version_id, examples``."""
         with self._cursor() as con:
             return con.sql(
-                """WITH docs AS (SELECT doc_id, dataset_id, shard_index FROM documents WHERE list_contains($1, doc_id)),
+                """WITH docs AS (SELECT doc_id, dataset_id, shard_index FROM documents
+                                 WHERE ($2 IS NULL OR list_contains($2, dataset_id)) AND list_contains($1, doc_id)),
                    logged AS (
                        SELECT e.run_id, count(*) AS examples FROM run_examples e JOIN docs USING (doc_id) GROUP BY ALL),
                    declared AS (
@@ -139,7 +142,7 @@ class LineageQueries:
                    SELECT u.run_id, r.version_id, sum(u.examples)::BIGINT AS examples
                    FROM (SELECT * FROM logged UNION ALL SELECT * FROM declared) u JOIN runs r USING (run_id)
                    GROUP BY ALL ORDER BY u.run_id""",
-                params=[[int(d) for d in doc_ids]],
+                params=[[int(d) for d in doc_ids], None if dataset_ids is None else sorted(set(dataset_ids))],
             ).to_arrow_table()
 
     def retraction_runs(self, retraction_ids: list[str] | None = None) -> pa.Table:
