@@ -50,11 +50,15 @@ def _param(spec: str) -> tuple[str, Any]:
               help="A dataset the run trains on, with the epochs over it (default 1). Repeatable.")
 @click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
               help="A hyper-parameter (VALUE parsed as JSON when it is JSON). Repeatable.")
+@click.option("--owner", type=click.IntRange(0), default=None, metavar="PID",
+              help="The process the run belongs to: when it is gone and the run still open, the next run started on "
+                   "this host marks it abandoned. Default: the one that ran this command; in a script's $(...), a "
+                   "subshell that ends at once, so give --owner $$. 0: none (never marked abandoned).")
 @author_option
 @json_option
 @pass_ctx
 def run_start(obj: Context, message: str, base: str | None, datasets: tuple[str, ...], params: tuple[str, ...],
-              author: str | None, as_json: bool) -> None:
+              owner: int | None, author: str | None, as_json: bool) -> None:
     """Start a run; prints its id. End it with `prov run finish` or `prov model commit --run`."""
     declared: dict[str, float] = {}
     for spec in datasets:
@@ -72,7 +76,7 @@ def run_start(obj: Context, message: str, base: str | None, datasets: tuple[str,
     # the run belongs to the process that ran this command (a training script, a shell): when it
     # is gone and the run is still open, the next start on this host marks the run abandoned
     run = obj.ledger().start_run(base=base, datasets=declared, params=settings, message=message,
-                                 author=author, detached=True, pid=os.getppid())
+                                 author=author, detached=True, pid=os.getppid() if owner is None else owner)
     render.emit(run.record.model_dump(mode="json"), as_json, lambda d: d["run_id"])
 
 

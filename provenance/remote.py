@@ -423,7 +423,8 @@ class RemoteLedger:
 
         record = self.run(run)
         if record.status != "running":
-            raise errors.InvalidParameterError(f"run {record.run_id[:12]} is {record.status}, not running")
+            raise errors.InvalidParameterError(f"run {record.run_id[:12]} is {record.status}, not running"
+                                                 f"{f' ({record.error})' if record.error else ''}")
         return RemoteRun(self, record, REMOTE_FLUSH, owned=False, openlineage=openlineage_out.emitter(openlineage))
 
     def start_run(self, *, base: str | VersionRecord | None = None, datasets: Any = (),

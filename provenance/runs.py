@@ -194,7 +194,8 @@ class Run:
         """A running run started elsewhere (e.g. by ``prov run start``), to log into or end."""
         record = ledger.run(run)
         if record.status != "running":
-            raise InvalidParameterError(f"run {record.run_id[:12]} is {record.status}, not running")
+            raise InvalidParameterError(f"run {record.run_id[:12]} is {record.status}, not running"
+                                        f"{f' ({record.error})' if record.error else ''}")
         return cls(ledger, record, owned=False, openlineage=openlineage)
 
     @property

@@ -337,6 +337,29 @@ def test_cli_run_start_log_finish_show(two_datasets, tmp_path):
     assert (shown["status"], shown["error"], shown["params"]) == ("failed", "diverged", {"lr": "NaN", "b": "Infinity"})
 
 
+def test_cli_run_start_owner(two_datasets, tmp_path):
+    """`C=$(prov run start ...)` gave the run to the command substitution's subshell, gone at once:
+    the next start on the host marked it abandoned, and `run log` said only "is failed". --owner
+    names the process (`--owner $$`), 0 none; the refusal says the run was abandoned."""
+    import subprocess
+
+    cli, env = CliRunner(), {"PROV_LEDGER": str(tmp_path)}
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process that has exited, as the subshell has
+    owned = {}
+    for owner in (str(gone.pid), "0"):
+        started = cli.invoke(main, ["run", "start", "-m", f"owner {owner}", "-d", "a", "--owner", owner, "--json"], env=env)
+        assert started.exit_code == 0, started.output
+        owned[owner] = json.loads(started.output)["run_id"]
+    Ledger.open(tmp_path).start_run(datasets=["a"], message="the next run on this host").finish()
+    assert Ledger.open(tmp_path).run(owned["0"]).status == "running"  # no owner: never abandoned
+    refused = cli.invoke(main, ["run", "log", owned[str(gone.pid)], "--step", "0"], input="a1\n", env=env)
+    assert refused.exit_code == 4
+    assert f"is failed, not running (abandoned: process {gone.pid} exited without ending the run)" in refused.output
+    bad = cli.invoke(main, ["run", "start", "-m", "m", "--owner", "-1"], env=env)
+    assert bad.exit_code == 2 and "--owner" in bad.output
+
+
 def test_an_error_in_a_run_whose_end_came_first_is_the_error_raised(two_datasets):
     """Leaving a ``with start_run`` block on an error fails the run; when the run has ended
     already (another handle finished it), the block's own error is raised, not "run ... is

@@ -16,6 +16,7 @@ killed before its commit is listed by ``prov gc``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import shutil
@@ -153,7 +154,8 @@ class DocumentStore:
                         out.write(chunk)
                 published.append((f, url))
         except BaseException as exc:  # a cut upload is completed by Arrow: remove what was sent
-            self.remove_folder(folder)
+            with contextlib.suppress(Exception):  # a bucket gone is what failed: its own error is the one to say
+                self.remove_folder(folder)
             if isinstance(exc, _ARROW_ERRORS):
                 raise ObjectWriteError(f"cannot upload the Parquet document files to {folder}: {_why(exc)}",
                                        folder) from None
