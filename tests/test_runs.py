@@ -370,3 +370,39 @@ def test_an_error_in_a_run_whose_end_came_first_is_the_error_raised(two_datasets
             ledger.attach_run(run.run_id).finish()
             raise ValueError("the training failed")
     assert ledger.run(run.run_id).status == "finished"
+
+
+def test_logging_while_another_ledger_instance_commits_in_a_thread(ledger, write_jsonl, data_dir):
+    """What the training callbacks do: the loop logs keys (each flush registers an Arrow table)
+    while their commit thread commits checkpoints through a Ledger of its own (opening and closing
+    connections). One run in three failed with DuckDB's "Table Function with name
+    python_arrow_scan does not exist" and stopped training. Bounded: 200 flushes."""
+    import threading
+
+    from provenance import Ledger
+
+    write_jsonl(data_dir / "rows.jsonl", [{"id": f"k{i}", "text": f"row number {i}"} for i in range(100)])
+    ledger.register_dataset("rows", data_dir / "rows.jsonl", id_field="id")
+    base = ledger.commit({"w": torch.zeros(32, 32)}, message="base")
+    run = ledger.start_run(base=base, datasets=["rows"], message="logging beside commits", flush_every=4)
+    stop, commits, errors = threading.Event(), [], []
+
+    def committer() -> None:
+        other = Ledger.open(ledger.root)
+        try:
+            while not stop.is_set():
+                commits.append(other.commit({"w": torch.randn(32, 32)}, parent=base, message=f"ckpt {len(commits)}"))
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=committer)
+    thread.start()
+    try:
+        for step in range(200):
+            run.log_examples([f"k{(step * 4 + j) % 100}" for j in range(4)], step=step)
+    finally:
+        stop.set()
+        thread.join()
+    assert errors == [] and len(commits) > 0
+    run.finish()
+    assert ledger.run(run.run_id).n_logged == 800

@@ -38,7 +38,16 @@ from provenance.errors import (
     UnsafeOutputError,
 )
 from provenance.files import check_output
-from provenance.ledger._common import DB_FILE, DOCUMENTS_DIR, LEDGER_DIR, OBJECTS_DIR, TMP_DIR, _now, quote_identifier
+from provenance.ledger._common import (
+    ARROW_TABLES,
+    DB_FILE,
+    DOCUMENTS_DIR,
+    LEDGER_DIR,
+    OBJECTS_DIR,
+    TMP_DIR,
+    _now,
+    quote_identifier,
+)
 from provenance.ledger.data import DataQueries
 from provenance.ledger.document_store import DocumentStore
 from provenance.ledger.lineage import LineageQueries
@@ -462,7 +471,8 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
         deadline = time.monotonic() + self.lock_timeout
         while True:
             try:
-                con = duckdb.connect(str(self.db_path), read_only=read_only, config=config)
+                with ARROW_TABLES:  # a new connection sets up the Python scans a registration uses
+                    con = duckdb.connect(str(self.db_path), read_only=read_only, config=config)
             except duckdb.IOException as exc:
                 message = str(exc)
                 if "lock" not in message.lower():
@@ -524,16 +534,17 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
                 self._view_generations.clear()
                 with self._cursor_lock:
                     cursors, self._cursors = self._cursors, []
-                for c in cursors:
-                    with contextlib.suppress(Exception):
-                        c.close()
-                con.close()
+                with ARROW_TABLES:  # closing drops the connection's Python scans
+                    for c in cursors:
+                        with contextlib.suppress(Exception):
+                            c.close()
+                    con.close()
 
     def _thread_cursor(self) -> duckdb.DuckDBPyConnection:
         """This thread's cursor on the session's database (made on first use)."""
         cur = getattr(self._local, "cursor", None)
         if cur is None or getattr(self._local, "parent", None) is not self._con:
-            with self._cursor_lock:
+            with self._cursor_lock, ARROW_TABLES:
                 cur = self._con.cursor()
                 self._cursors.append(cur)
             self._local.cursor, self._local.parent = cur, self._con

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from datetime import datetime, timezone
+from typing import Any
 
 import duckdb
 
@@ -22,11 +24,26 @@ DOCUMENTS_DIR = "documents"  # datasets whose document rows are kept as Parquet
 TMP_DIR = "tmp"
 
 
+#: DuckDB's Python module registers an Arrow table through a scan function of the database's
+#: catalog, which opening and closing a connection or a cursor sets up and drops: a connection
+#: opened or closed in one thread while another registers a table (a training loop logging keys
+#: while the callback's thread commits a checkpoint through its own ``Ledger``; a server's threads)
+#: failed it one time in three with "Table Function with name python_arrow_scan does not exist".
+#: Every registration and drop, and every connection or cursor opened or closed, takes this lock.
+ARROW_TABLES = threading.RLock()
+
+
+def register(con: duckdb.DuckDBPyConnection, name: str, table: Any) -> None:
+    """Register the Arrow ``table`` on ``con`` as ``name`` (one registration at a time in the process)."""
+    with ARROW_TABLES:
+        con.register(name, table)
+
+
 def unregister(con: duckdb.DuckDBPyConnection, name: str) -> None:
     """Drop the Arrow table registered on ``con`` as ``name``. After a failed statement the
     transaction is aborted and DuckDB refuses even this; the rollback drops it then, and the
     statement's own error is the one to report."""
-    with contextlib.suppress(duckdb.TransactionException):
+    with ARROW_TABLES, contextlib.suppress(duckdb.TransactionException):
         con.unregister(name)
 
 

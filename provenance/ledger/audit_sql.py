@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from provenance import columns
 from provenance.errors import ProvenanceError
-from provenance.ledger._common import unregister
+from provenance.ledger._common import register, unregister
 
 #: How the exports for an engine outside the database are written: a file per database thread,
 #: uncompressed (signatures and band keys are random numbers; compressing them only costs time).
@@ -51,7 +51,7 @@ class AuditWrites:
             scope = scope.append_column("side", columns.strings(["x"] * scope.num_rows))
         disjoint = _disjoint(scope)  # each document matches one scope row: no grouping (7× faster at 100K documents)
         if disjoint and in_place:
-            con.register("aud_scope_rows", scope)
+            register(con, "aud_scope_rows", scope)
             try:
                 con.execute("CREATE OR REPLACE TEMP TABLE aud_scope AS SELECT * FROM aud_scope_rows")
             finally:
@@ -59,7 +59,7 @@ class AuditWrites:
             con.execute(f"CREATE OR REPLACE TEMP VIEW aud_docs AS {_STAGED.format(where=_in_datasets(scope))}")
             self._staged_view = True
             return int(con.execute("SELECT count(*) FROM aud_docs").fetchall()[0][0])
-        con.register("aud_scope", scope)
+        register(con, "aud_scope", scope)
         try:
             if disjoint:
                 con.execute(f"CREATE OR REPLACE TEMP TABLE aud_docs AS {_STAGED.format(where=_in_datasets(scope))}")
@@ -216,7 +216,7 @@ class AuditWrites:
         reads each document once however many scope rows name it."""
         con = self._con
         columns = "doc_id, signature" + (", band_keys" if band_keys else "")
-        con.register("aud_scope", scope.select(["dataset_id", "shard_index"]))
+        register(con, "aud_scope", scope.select(["dataset_id", "shard_index"]))
         try:
             return int(con.execute(
                 f"""COPY (SELECT {columns} FROM documents d WHERE {_in_datasets(scope)} AND EXISTS (
@@ -264,7 +264,7 @@ class AuditWrites:
     def set_exact(self, audit_id: str, exact: pa.Table) -> None:
         """Record exact Jaccards (``doc_a, doc_b, exact``) of verified pairs."""
         con = self._con
-        con.register("aud_exact", exact)
+        register(con, "aud_exact", exact)
         try:
             con.execute(
                 """UPDATE audit_pairs SET exact = e.exact FROM aud_exact e
@@ -283,7 +283,7 @@ class AuditWrites:
         con = self._con
         probes = pa.table({"doc_id": pa.array([-1 - i for i in range(len(signatures))], pa.int64()),
                            "signature": pa.array([row.tolist() for row in signatures], pa.list_(pa.uint32()))})
-        con.register("aud_probes", probes)
+        register(con, "aud_probes", probes)
         try:
             con.execute(
                 """INSERT INTO aud_docs (doc_id, dataset_id, shard_index, row_index, key, exact_hash, signature,

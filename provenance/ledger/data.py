@@ -17,7 +17,7 @@ from provenance.errors import (
     NotFoundError,
     ReadOnlyQueryError,
 )
-from provenance.ledger._common import _dataset_from_row, quote_identifier
+from provenance.ledger._common import ARROW_TABLES, _dataset_from_row, quote_identifier
 from provenance.records import (
     DatasetRecord,
     DocumentRecord,
@@ -159,7 +159,7 @@ class DataQueries:
         if self._con is not None or hidden:  # a held session (a server): no second connection, so check the tree
             self._check_ledger_only(query, hidden)
         if self._con is not None:
-            with self._cursor_lock:
+            with self._cursor_lock, ARROW_TABLES:
                 con = self._con.cursor()
             self._documents_view(con)
         else:
@@ -173,7 +173,8 @@ class DataQueries:
         except duckdb.Error as exc:
             raise ReadOnlyQueryError(f"query failed: {exc}") from exc
         finally:
-            con.close()
+            with ARROW_TABLES:
+                con.close()
 
     # Table functions that make rows without reading anything outside the ledger.
     _PURE_TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest", "duckdb_tables", "duckdb_columns",

@@ -11,7 +11,7 @@ from typing import Any
 import pyarrow as pa
 
 from provenance.errors import NotFoundError
-from provenance.ledger._common import unregister
+from provenance.ledger._common import register, unregister
 from provenance.records import looks_like_id
 
 #: 2⁶⁰ as a DOUBLE: lineage's exact sums count in units of its inverse (see ``_trained``).
@@ -40,7 +40,7 @@ class LineageQueries:
         ``dataset_id, shard_index, shard, examples, distinct_documents (the most any run saw),
         epochs, effective_examples (Σ weight × examples), runs (how many trained on it)``."""
         with self._cursor() as con:
-            con.register("lineage_runs", runs)
+            register(con, "lineage_runs", runs)
             try:
                 return self._trained(con)
             finally:
@@ -51,7 +51,7 @@ class LineageQueries:
         most of any shard), effective_examples, n_versions`` (that trained on it) and ``via`` (the
         ten of them nearest the version asked about, nearest first)."""
         with self._cursor() as con:
-            con.register("lineage_runs", runs)
+            register(con, "lineage_runs", runs)
             try:
                 shards = self._trained(con)
                 via = con.sql(
@@ -331,7 +331,7 @@ class LineageQueries:
         if not run_ids:
             return []
         with self._cursor() as con:  # the ids as a registered column, not a list parameter: a lineage names thousands
-            con.register("lineage_run_ids", pa.table({"run_id": pa.array(run_ids, pa.string())}))
+            register(con, "lineage_run_ids", pa.table({"run_id": pa.array(run_ids, pa.string())}))
             try:
                 return con.sql("""SELECT run_id, namespace, name FROM run_inputs
                                   WHERE dataset_id IS NULL AND run_id IN (SELECT run_id FROM lineage_run_ids)

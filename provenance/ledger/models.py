@@ -13,7 +13,7 @@ from provenance.errors import (
     InvalidParameterError,
     NotFoundError,
 )
-from provenance.ledger._common import _param_from_row, row_dicts, unregister
+from provenance.ledger._common import _param_from_row, register, row_dicts, unregister
 from provenance.records import (
     ParamRecord,
     RunRecord,
@@ -178,7 +178,7 @@ class ModelQueries:
                                     "name": pa.array([n for _, _, n in fishers], pa.string()),
                                     "kind": pa.array(["fisher"] * len(fishers), pa.string())})
         with self._cursor() as con:
-            con.register("receipt_fishers", receipt_fishers)
+            register(con, "receipt_fishers", receipt_fishers)
             try:
                 return con.sql(
                     """SELECT unnest(map_values(objects)) AS address, version_id, name, 'param' AS kind

@@ -24,7 +24,7 @@ from provenance.errors import (
 )
 from provenance.files import naming, xxh3_file
 from provenance.fingerprints import FingerprintConfig
-from provenance.ledger._common import TMP_DIR, _dataset_from_row, _now, quote_identifier, unregister
+from provenance.ledger._common import TMP_DIR, _dataset_from_row, _now, quote_identifier, register, unregister
 from provenance.ledger.audit_sql import AuditWrites
 from provenance.records import (
     DatasetRecord,
@@ -247,7 +247,7 @@ class LedgerWriter(AuditWrites):
             return {}
         offsets = pa.table({"shard_index": pa.array(list(first_ids), pa.int32()),
                             "first_id": pa.array(list(first_ids.values()), pa.int64())})
-        self._con.register("provenance_part_offsets", offsets)
+        register(self._con, "provenance_part_offsets", offsets)
         try:
             found = dict(self._con.execute(
                 "SELECT shard_index, count(*) FROM read_parquet(?) GROUP BY shard_index", [list(parts)]).fetchall())
@@ -407,7 +407,7 @@ class LedgerWriter(AuditWrites):
         """Resolve the document keys of ``log`` (columns seq, step, key, dataset) within
         ``datasets`` and append them to run_examples. Unknown or ambiguous keys raise
         :class:`InvalidParameterError` naming the first of them; nothing is written then."""
-        self._con.register("_prov_log", log)
+        register(self._con, "_prov_log", log)
         try:
             self._con.execute(
                 """CREATE OR REPLACE TEMP TABLE _prov_resolved AS
@@ -561,7 +561,7 @@ class LedgerWriter(AuditWrites):
 
     def _insert(self, table: str, data: pa.Table) -> None:
         cols = ", ".join(quote_identifier(c) for c in data.column_names)
-        self._con.register("_prov_insert", data)
+        register(self._con, "_prov_insert", data)
         try:
             self._con.execute(f"INSERT INTO {quote_identifier(table)} ({cols}) SELECT {cols} FROM _prov_insert")
         finally:
