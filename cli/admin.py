@@ -195,22 +195,22 @@ def show_verify(report, as_json: bool) -> None:
     console = render.console()
     console.print(f"checked {report.objects_checked:,} objects"
                   f"{' (re-hashed)' if report.objects_rehashed else ' (presence and size; --objects re-hashes)'}, "
-                  f"{report.versions_checked:,} versions, {report.datasets_checked:,} dataset versions", highlight=False)
+                  f"{report.versions_checked:,} versions, {report.datasets_checked:,} dataset versions", highlight=False, markup=True)
     for d in report.damaged_objects:
         where = f"; moved to {d.quarantined}" if d.quarantined else ""
         needed = ", ".join(v[:12] for v in d.versions) or "no version"
         console.print(f"[red]✗ object {d.address} {d.problem}[/]: {escape(d.detail)}; needed by {needed}{where}",
-                      highlight=False)
+                      highlight=False, markup=True)
     for p in report.version_problems:
-        console.print(f"[red]✗ version {p['version_id'][:12]}[/]: {escape(p['problem'])}", highlight=False)
+        console.print(f"[red]✗ version {p['version_id'][:12]}[/]: {escape(p['problem'])}", highlight=False, markup=True)
     for p in report.dataset_problems:
         shard = f" shard {p['shard_index']}" if p["shard_index"] is not None else ""
-        console.print(f"[red]✗ dataset {p['dataset_id']}{shard}[/]: {escape(p['problem'])}", highlight=False)
+        console.print(f"[red]✗ dataset {p['dataset_id']}{shard}[/]: {escape(p['problem'])}", highlight=False, markup=True)
     if report.temporary_files:
         verb = "removed" if report.repaired else "found (prov gc --apply or verify --repair removes them)"
         click.echo(f"{len(report.temporary_files)} temporary file(s) of interrupted writes {verb}")
     if report.ok:
-        console.print("[green]ok[/]: nothing damaged", highlight=False)
+        console.print("[green]ok[/]: nothing damaged", highlight=False, markup=True)
     elif report.damaged_objects and not report.repaired:
         click.echo("To restore a damaged object, commit again a checkpoint that holds the tensor (the object is "
                    "written afresh); --repair first moves the damaged files aside.")

@@ -268,7 +268,7 @@ def show_lineage(lin, as_json: bool, *, show_all: bool = False) -> None:
     for r in lin.retracted:
         console.print(f"[red]retracted data: retraction {r['retraction_id']} ({escape(r['target'])}: "
                       f"{escape(r['reason'])}) was trained on by run {r['run_id'][:8]} of {r['version_id'][:12]}[/]",
-                      highlight=False)
+                      highlight=False, markup=True)
 
 
 def show_taint(report: Any, as_json: bool) -> None:
@@ -349,14 +349,14 @@ def show_gate(report: Any, as_json: bool) -> None:
     console = render.console()
     verdict = "[bold green]PASSED[/]" if report["passed"] else "[bold red]FAILED[/]"
     console.print(f"pre-merge gate {report['audit_id'][:12]}: {verdict} "
-                  f"({'limits: ' + ', '.join(limits) if limits else 'no limits set: a report only'})", highlight=False)
+                  f"({'limits: ' + ', '.join(limits) if limits else 'no limits set: a report only'})", highlight=False, markup=True)
     for v in report.get("violations") or [{"policy": "", "message": a} for a in report["alerts"]]:
-        console.print(f"  [red]✗ {escape(v['message'])}[/]", highlight=False)
+        console.print(f"  [red]✗ {escape(v['message'])}[/]", highlight=False, markup=True)
     if report.get("retracted") and not policy.get("deny_retracted"):
         console.print(f"  [yellow]! retracted data in the lineage of {len({r['input'] for r in report['retracted']})} "
                       "input(s) (--deny-retracted fails on it): "
                       + escape("; ".join(f"{r['input'][:12]}: retraction {r['retraction_id']}"
-                                         for r in report["retracted"])) + "[/]", highlight=False)
+                                         for r in report["retracted"])) + "[/]", highlight=False, markup=True)
     labels = report.get("labels") or {}
     for side in report["sides"]:
         click.echo(f"  {labels.get(side['version_id'], side['version_id'][:12])}: {side['shards']} shard(s) of "

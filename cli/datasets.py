@@ -25,8 +25,10 @@ def dataset_group() -> None:
 @click.option("--text-field", default="text", show_default=True, help="Field (or column) holding the text.")
 @click.option("--id-field", default=None, help="Field holding a unique document id (default: SHARD:ROW keys).")
 @click.option("--role", type=click.Choice(["train", "eval"]), default=None,
-              help="Training data (the default), or an evaluation set that contamination audits check against.")
-@click.option("--license", "license_", default=None, help="SPDX licence id, e.g. CC-BY-4.0 (default: unknown).")
+              help="Training data, or an evaluation set that contamination audits check against (default: the "
+                   "previous version's, else train; so are the other metadata options).")
+@click.option("--license", "license_", default=None,
+              help="SPDX licence id, e.g. CC-BY-4.0 (default: the previous version's, else unknown).")
 @click.option("--source", default=None, help="Where the data comes from (URL or words).")
 @click.option("--creator", default=None, help="Who made the data.")
 @click.option("--description", default=None, help="What the data is.")
@@ -122,7 +124,8 @@ def dataset_export(obj: Context, ref: str, fmt: str, output: str | None) -> None
 @click.argument("name", metavar="NAME")
 @click.argument("keys", nargs=-1, metavar="KEY...")
 @click.option("--keys-file", type=click.File("r", encoding="utf-8"), default=None,
-              help="A file of keys, one per line ('-': stdin), with or instead of KEY...")
+              help="A file of keys, one per line ('-': stdin), with or instead of KEY...; each line is a key as it "
+                   "is, spaces included (blank lines are skipped).")
 @click.option("--reason", default=None, help="Why (recorded with the removed documents).")
 @click.option("--retraction", default=None, metavar="RETRACTION-ID", help="The retraction this removal serves.")
 @json_option
@@ -134,7 +137,8 @@ def dataset_remove(obj: Context, name: str, keys: tuple[str, ...], keys_file: An
     listed with the reason. Train the retrained version on NAME@NEW."""
     wanted = list(keys)
     if keys_file is not None:
-        wanted += [line.strip() for line in keys_file if line.strip()]
+        # a key is the whole line but its line ending, as `prov run log` reads keys: " c " is not "c"
+        wanted += [k for k in (line.rstrip("\r\n") for line in keys_file) if k]
     if not wanted:
         raise click.UsageError("give the keys of the documents to remove (KEY... or --keys-file)")
     result = obj.ledger().remove_documents(name, wanted, reason=reason, retraction=retraction)

@@ -28,6 +28,11 @@ class _Fitting(Console):
     longest word, and a table that still does not fit is printed wider than the console. Piped to
     a file or a CI log (no terminal, no $COLUMNS) the console is 100 columns wide."""
 
+    def on_broken_pipe(self) -> None:
+        """The reader went away (`prov model log | head`): Rich exits with status 1, which reads as
+        a failed gate; the CLI's own handler exits 141 instead."""
+        raise BrokenPipeError
+
     def print(self, *objects: Any, **kwargs: Any) -> None:
         tables = [o for o in objects if isinstance(o, Table)]
         base = self.width
@@ -70,7 +75,10 @@ def _fit(table: Table, width: int, console: Console) -> int:
 
 
 def console() -> Console:
-    return _Fitting(soft_wrap=False, width=max(100, Console().width))
+    """The console tables go to. Markup is off: every value (a commit message, a file name, a
+    document key) is printed as it is, so ``[/]`` in one neither breaks the command nor vanishes;
+    the few lines written with colours say ``markup=True`` and escape what they quote."""
+    return _Fitting(soft_wrap=False, width=max(100, Console().width), markup=False)
 
 
 def as_data(result: Any) -> Any:

@@ -134,7 +134,7 @@ def show_plan(record: dict[str, Any]) -> None:
     shown = steps if len(steps) <= 60 else steps[:60]
     for s in shown:
         r = made.get(s["version_id"])
-        t.add_row(s["version_id"][:12], ", ".join(s["tags"]), s["action"], escape(s["why"]),
+        t.add_row(s["version_id"][:12], ", ".join(s["tags"]), s["action"], s["why"],
                   (r["new_version_id"][:12] + ("" if r["exact"] else " (approx.)")) if r else "")
     render.console().print(t)
     if len(shown) < len(steps):
@@ -198,9 +198,9 @@ def audit_retraction_cmd(obj: Context, retraction_id: str, samples_file: str | N
         console = render.console()
         verdict = "[bold green]PASSED[/]" if report["passed"] else "[bold red]FAILED[/]"
         console.print(f"retraction {report['retraction_id']} of {escape(report['target'])}: {verdict}",
-                      highlight=False)
+                      highlight=False, markup=True)
         for p in report["problems"]:
-            console.print(f"  [red]✗ {escape(p)}[/]", highlight=False)
+            console.print(f"  [red]✗ {escape(p)}[/]", highlight=False, markup=True)
         t = Table(title=f"{len(report['checked'])} version(s) checked")
         for col in ("version", "as", "tags", "lineage"):
             t.add_column(col)

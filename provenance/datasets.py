@@ -59,8 +59,11 @@ def register_dataset(
     ``sources``: a path, glob or folder (JSONL plain/.gz/.zst, Parquet, text files), a list of
     them, an iterable of dicts, Arrow tables or record batches, or a ``datasets.Dataset``.
     Documents are keyed by ``id_field`` when given, else by ``SHARD:ROW``. ``role``: ``train``
-    (the default) or ``eval``; content equal to the latest version's registers nothing, and the
-    message says when a ``role`` or ``license`` given differs from the registered one.
+    or ``eval``; content equal to the latest version's registers nothing, and the message says
+    when a ``role`` or ``license`` given differs from the registered one. A new version keeps the
+    latest version's metadata (role, licence, source, creator, description, model_generated)
+    where the call gives none (an evaluation set re-ingested stays one); the first version's
+    defaults are ``train`` and an unknown licence.
 
     ``documents_as``: where the document rows are kept: ``table`` (inside the database),
     ``parquet`` (Parquet files under ``.prov/documents/``, which every query reads as if they were
@@ -237,6 +240,7 @@ def _register(ledger: LedgerStore, name: str, cfg: FingerprintConfig, opts: Read
             if latest is not None and content == latest.content_hash:
                 raise _Unchanged
             banding = cfg.banding
+            meta, kept = _carried(meta, latest, role, lic)
             record = DatasetRecord(
                 dataset_id=dataset_id, name=name, version=version, **meta,
                 text_field=opts.text_field, id_field=opts.id_field, config=cfg, config_id=cfg.identity,
@@ -249,10 +253,38 @@ def _register(ledger: LedgerStore, name: str, cfg: FingerprintConfig, opts: Read
     except _Unchanged:
         assert latest is not None
         return RegistrationResult(dataset=latest, created=False, message=_unchanged_message(latest, role, lic))
-    result = RegistrationResult(dataset=record, created=True, message=_created_message(record),
+    message = _created_message(record) + (f"; from {latest.dataset_id}: {', '.join(kept)}" if kept else "")
+    result = RegistrationResult(dataset=record, created=True, message=message,
                                 retracted=ledger.retracted_in(record.dataset_id))
     result.warn_retracted(stacklevel=4)  # the caller of Ledger.register_dataset
     return result
+
+
+def _carried(meta: dict[str, Any], latest: DatasetRecord | None, role: str | None,
+             lic: License | None) -> tuple[dict[str, Any], list[str]]:
+    """A new version's metadata: what the caller gave, and for what it did not give (``role``,
+    ``lic``: None; the other fields: None in ``meta``), the latest version's: a re-ingest of an
+    evaluation set stays one, and keeps its licence. Returns the metadata and what was kept (the
+    parts worth saying: a role other than train, a known licence, and a role or licence changed)."""
+    if latest is None:
+        return meta, []
+    out, kept = dict(meta), []
+    if role is None:
+        out["role"] = latest.role
+        if latest.role != "train":
+            kept.append(f"role {latest.role}")
+    elif role != latest.role:  # a change the caller asked for: said, as the kept ones are
+        kept.append(f"role changed: {latest.role} -> {role}")
+    if lic is None:
+        out["license"] = latest.license
+        if latest.license.spdx:
+            kept.append(f"licence {latest.license.spdx}")
+    elif lic != latest.license:
+        kept.append(f"licence changed: {latest.license.spdx or 'unknown'} -> {lic.spdx or 'unknown'}")
+    for field in ("source", "creator", "description", "model_generated"):
+        if out.get(field) is None and getattr(latest, field) is not None:
+            out[field] = getattr(latest, field)
+    return out, kept
 
 
 def _check_options(name: str, role: str, on_invalid: str, text_field: str, shard_records: int) -> None:

@@ -22,6 +22,7 @@ reports a corrupt or missing one.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from collections.abc import Callable, Iterator
@@ -80,6 +81,9 @@ def unstorable(tensor: torch.Tensor) -> str | None:
     if tensor.dtype not in DTYPES:
         held = ", ".join(sorted(_dtype_name(d) for d in DTYPES))
         return f"{_dtype_name(tensor.dtype)}, which the object store cannot hold (it holds {held})"
+    if math.prod(max(d, 1) for d in tensor.shape) > 2**62:  # even with no element: its strides overflow
+        return (f"of shape {list(tensor.shape)}, whose strides overflow (over 2**62 positions): it could not be made "
+                "again on checkout")
     return None
 
 

@@ -24,6 +24,7 @@ its chain would pass ``every`` patches or ``max_chain_ratio`` of its full size i
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping
@@ -124,6 +125,9 @@ def _incoming(state: Any, parent_manifest: dict[str, ParamRecord], parent_id: st
         for name in state:
             if not isinstance(name, str) or not name:
                 raise InvalidParameterError(f"parameter names must be non-empty strings, got {name!r}")
+            if name == "__metadata__":  # the safetensors header's own key: the version could not be written out
+                raise InvalidParameterError("parameter name '__metadata__' is the key safetensors keeps its metadata "
+                                            "under; rename the parameter")
         return _Incoming(sorted(state), state.__getitem__)
     raise InvalidParameterError(
         f"cannot commit a {type(state).__name__}: give a state dict, a module, a .safetensors file, "
@@ -235,8 +239,22 @@ def commit(
     # The ledger's lock is held from the first object written to the version's row, so that
     # `gc` in another process never sees this commit's objects as unreferenced.
     with ledger.session(), ledger.object_writers.writing():
-        return _commit(ledger, state, parent, message, author, run, encoding, dict(low_rank or {}), allow_nonfinite,
+        return _commit(ledger, state, parent, message, author, run, encoding, _factors(low_rank), allow_nonfinite,
                        snapshot or SnapshotPolicy(), sync, progress, listed, also)
+
+
+def _factors(low_rank: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``low_rank`` checked: per parameter, ``(B, A, scale)`` with B and A tensors and a number."""
+    out = dict(low_rank or {})
+    for name, given in out.items():
+        ok = isinstance(given, (tuple, list)) and len(given) == 3 and all(
+            isinstance(t, torch.Tensor) for t in given[:2]) and isinstance(given[2], numbers.Real)
+        if not ok:
+            kinds = (f"({', '.join(type(x).__name__ for x in given)})" if isinstance(given, (tuple, list))
+                     else type(given).__name__)
+            raise InvalidParameterError(f"low_rank[{name!r}] must be (B, A, scale): two tensors and a number, "
+                                        f"got {kinds}")
+    return out
 
 
 def _is_model_folder(state: Any) -> bool:

@@ -253,3 +253,43 @@ def test_merge_cli_and_the_receipt_in_model_show(project, runner):
     assert no_fisher.exit_code == 4 and "no stored Fisher" in no_fisher.output
     bad = runner.invoke(main, ["merge", a.version_id[:8], b.version_id[:8], "--weights", "x,1", "-m", "m"])
     assert bad.exit_code == 2 and "expected numbers separated by commas" in bad.output
+
+
+def test_text_with_brackets_is_printed_as_it_is(project, runner):
+    """Rich read `[/]` in a commit message, a parameter name, a creator or a document key as
+    markup: `model log`, `model show`, `dataset show` and `sql` crashed with a MarkupError (exit 1),
+    and `[wip]` vanished from messages. A file named `[red]a.jsonl` was taken for a glob."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.ones(2), "x[/]": torch.zeros(1)}, str(project / "a.safetensors"))
+    for message in ("[wip] tune lr", "escape [/] in paths"):
+        assert runner.invoke(main, ["model", "commit", "a.safetensors", "-m", message]).exit_code == 0
+    log = runner.invoke(main, ["model", "log"])
+    assert log.exit_code == 0, log.output
+    assert "[wip] tune" in log.output and "escape [/]" in log.output  # (the message column wraps)
+    version = _json(runner.invoke(main, ["model", "log", "--json"]))[0]["version_id"]
+    shown = runner.invoke(main, ["model", "show", version])
+    assert shown.exit_code == 0 and "x[/]" in shown.output
+    (project / "odd").mkdir()
+    (project / "odd" / "[red]a.jsonl").write_text('{"id": "k2[/]", "text": "a a a"}\n')
+    added = runner.invoke(main, ["dataset", "add", "m", "odd/[red]a.jsonl", "--id-field", "id", "--creator", "Team [/]",
+                                 "--source", "[red]src"])
+    assert added.exit_code == 0, added.output  # the file's own name, not a pattern matching nothing
+    info = runner.invoke(main, ["dataset", "show", "m"])
+    assert info.exit_code == 0 and "Team [/]" in info.output and "[red]src" in info.output
+    assert "[red]a.jsonl" in info.output
+    rows = runner.invoke(main, ["sql", "select key, ['a', 'b'] AS l from documents where dataset_id = 'm@1'"])
+    assert rows.exit_code == 0 and "k2[/]" in rows.output and "[a, b]" in rows.output
+
+
+def test_remove_keys_file_takes_each_line_as_it_is(project, runner):
+    """`--keys-file` stripped each line: " c " removed the document "c", and kept " c "."""
+    (project / "sp.jsonl").write_text('{"id": " c ", "text": "spaced key doc"}\n{"id": "c", "text": "plain key doc"}\n'
+                                      '{"id": "d", "text": "another doc"}\n')
+    assert runner.invoke(main, ["dataset", "add", "sp", "sp.jsonl", "--id-field", "id"]).exit_code == 0
+    removed = runner.invoke(main, ["dataset", "remove", "sp", "--keys-file", "-"], input=" c \n\n")
+    assert removed.exit_code == 0, removed.output
+    keys = _json(runner.invoke(main, ["sql", "select key from documents where dataset_id = 'sp@2' order by key",
+                                      "--json"]))
+    assert [r["key"] for r in keys] == ["c", "d"]

@@ -471,3 +471,22 @@ def test_sha256_is_taken_by_the_reading_pass(data_dir, suffix):
     known.shard_id, known.sha256 = shard.shard_id, "kept"
     list(known.batches(ReadOptions(batch_bytes=2_000), Counters()))
     assert known.sha256 == "kept"
+
+
+def test_a_new_version_keeps_the_metadata_it_is_not_given(ledger, data_dir, write_jsonl):
+    """An eval set re-registered with a new question, without --role or --license, became a
+    training set with an unknown licence: contamination audits stopped checking it."""
+    rows = [{"id": "q1", "text": "what is the capital of france"}]
+    write_jsonl(data_dir / "quiz.jsonl", rows)
+    ledger.register_dataset("quiz", data_dir / "quiz.jsonl", id_field="id", role="eval", license="CC-BY-NC-4.0",
+                            source="https://example.org/quiz", model_generated=True, description="an eval set")
+    write_jsonl(data_dir / "quiz.jsonl", [*rows, {"id": "q2", "text": "what is two plus two"}])
+    second = ledger.register_dataset("quiz", data_dir / "quiz.jsonl", id_field="id")
+    ds = second.dataset
+    assert (ds.dataset_id, ds.role, ds.license.spdx, ds.source, ds.model_generated, ds.description) == (
+        "quiz@2", "eval", "CC-BY-NC-4.0", "https://example.org/quiz", True, "an eval set")
+    assert second.message.endswith("; from quiz@1: role eval, licence CC-BY-NC-4.0")
+    write_jsonl(data_dir / "quiz.jsonl", [*rows, {"id": "q3", "text": "three"}])
+    third = ledger.register_dataset("quiz", data_dir / "quiz.jsonl", id_field="id", role="train", license="MIT")
+    assert (third.dataset.role, third.dataset.license.spdx) == ("train", "MIT")  # given: applied, and said
+    assert third.message.endswith("; from quiz@2: role changed: eval -> train, licence changed: CC-BY-NC-4.0 -> MIT")

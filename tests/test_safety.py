@@ -524,6 +524,12 @@ def test_a_closed_pipe_stops_quietly(project, tmp_path):
                                     'exit "${PIPESTATUS[0]}"'], capture_output=True, text=True, timeout=120)
     assert table.returncode == 141 and len(table.stdout.splitlines()) == 1
     assert "Traceback" not in table.stderr and "Error" not in table.stderr, table.stderr
+    # a rich table printed whole (model log): Rich's own broken-pipe handling exited 1
+    for i in range(3):
+        Ledger.open(tmp_path).commit({"w": torch.full((4,), float(i))}, message=f"version {i}")
+    logged = subprocess.run(["bash", "-c", f'"{prov}" --ledger "{tmp_path}" model log | true; exit "${{PIPESTATUS[0]}}"'],
+                            capture_output=True, text=True, timeout=120)
+    assert logged.returncode == 141 and "Traceback" not in logged.stderr, logged.stderr
 
 
 def _reading(pid: int, path: Path) -> bool:

@@ -387,3 +387,29 @@ def test_a_child_may_change_a_parameters_shape_or_dtype_stored_whole(ledger):
         assert all(got[k].dtype == v.dtype and torch.equal(got[k], v) for k, v in state.items())
     with pytest.raises(InvalidParameterError, match="a change of shape or dtype is stored whole"):
         ledger.commit({**first, "w": first["w"].double()}, parent=a, encoding="sparse", message="forced")
+
+
+def test_what_a_commit_could_not_give_back_is_refused(ledger, tmp_path):
+    """A 0-element tensor of shape [0, 2**40, 2**40] was committed and verified ok, but no
+    checkout could make it (torch's strides overflow); a parameter named `__metadata__` could not
+    be written to a file; low-rank factors that were lists gave an AttributeError; a tag given
+    another ledger's version record pointed at nothing."""
+    from provenance import Ledger
+    from provenance.errors import NotFoundError
+
+    with pytest.raises(InvalidParameterError, match=r"parameter 'a' is of shape \[0, 1099511627776, 1099511627776\], "
+                                                    r"whose strides overflow"):
+        ledger.commit({"a": torch.empty(0).reshape(0, 2**40, 2**40)}, message="huge and empty")
+    with pytest.raises(InvalidParameterError, match="parameter name '__metadata__' is the key safetensors keeps"):
+        ledger.commit({"__metadata__": torch.ones(2), "w": torch.zeros(2)}, message="reserved")
+    root = ledger.commit({"w": torch.zeros(8, 6)}, message="root")
+    with pytest.raises(InvalidParameterError, match=r"low_rank\['w'\] must be \(B, A, scale\): two tensors and a "
+                                                    r"number, got \(list, list, float\)"):
+        ledger.commit({"w": torch.ones(8, 6)}, parent=root, message="m", low_rank={"w": ([1], [2], 1.0)})
+    assert ledger.versions() == [root]  # nothing else was made
+    other = Ledger.init(tmp_path / "other")
+    with pytest.raises(NotFoundError, match="no version"):
+        ledger.tag("x", other.commit({"w": torch.ones(3)}, message="elsewhere"))
+    assert ledger.tags() == [] and ledger.verify().ok
+    empty = ledger.commit({"a": torch.empty(0, 5)}, message="empty, and fine")
+    assert ledger.checkout(empty)["a"].shape == (0, 5)

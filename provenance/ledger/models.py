@@ -269,7 +269,8 @@ class ModelQueries:
     def tag(self, name: str, version: str | VersionRecord) -> VersionRecord:
         """Name ``version`` (a tag can be moved to another version by tagging again)."""
         check_tag(name)
-        ver = self.version(version)
+        # a record is looked up by its id: one from another ledger must not leave a tag pointing at nothing
+        ver = self.version(version.version_id if isinstance(version, VersionRecord) else version)
         with self.transaction() as tx:
             tx.set_tag(name, ver.version_id)
         return ver

@@ -483,7 +483,7 @@ def _file_shards(specs: list[str]) -> list[FileShard]:
         return _object_shards(urls)
     files: list[Path] = []
     for spec in specs:
-        if any(ch in spec for ch in "*?["):
+        if any(ch in spec for ch in "*?[") and not os.path.lexists(spec):  # `[1].jsonl` that exists is a file
             matched = [m for m in sorted(glob.glob(spec, recursive=True)) if not os.path.isdir(m)]
             if not matched:
                 raise SourceError(f"{spec}: pattern matched no files")
