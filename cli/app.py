@@ -84,7 +84,7 @@ class ProvGroup(click.Group):
             return self._errors_named(ctx)
         except BaseException as exc:  # Ctrl-C, also as numba's or DuckDB's own error
             if _interrupted(exc):
-                _aborted()
+                _aborted(ctx.find_root().obj)
             raise
 
     def _errors_named(self, ctx: click.Context) -> Any:
@@ -132,9 +132,13 @@ def _interrupted(exc: BaseException) -> bool:
     return False
 
 
-def _aborted() -> None:
-    """Ctrl-C: click would say Aborted! and exit 1, which a CI step reads as a failed gate."""
-    click.echo("\nAborted!", err=True)
+def _aborted(obj: Any = None) -> None:
+    """Ctrl-C: click would say Aborted! and exit 1, which a CI step reads as a failed gate. A
+    write the ledger had committed before the interrupt is kept: it is named."""
+    made = [m for ledger in getattr(obj, "opened", ()) for m in getattr(ledger, "committed", ())]
+    kept = "; ".join(", ".join(f"{kind.removesuffix('_id')} {value}" for kind, value in m.items()) for m in made)
+    click.echo("\nAborted!" + (f" What the ledger recorded before the interrupt is kept: {kept}" if kept else ""),
+               err=True)
     sys.exit(EXIT_INTERRUPTED)
 
 
@@ -158,13 +162,16 @@ class Context:
         self.ledger_path = ledger
         self.wait = wait
         self.quiet = quiet
+        self.opened: list[Any] = []  # the ledgers the command opened (an interrupt names what they committed)
 
     def ledger(self, *, read_only: bool = False):
         """The ledger the command works on; commands that only read open it read-only, so they
         work on a read-only file or mount."""
         from provenance.api import Ledger
 
-        return Ledger.open(self.ledger_path, lock_timeout=self.wait, read_only=read_only)
+        ledger = Ledger.open(self.ledger_path, lock_timeout=self.wait, read_only=read_only)
+        self.opened.append(ledger)
+        return ledger
 
 
 pass_ctx = click.make_pass_decorator(Context)

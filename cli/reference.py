@@ -44,7 +44,8 @@ def render() -> str:
         "| 3 | not found: a dataset, version, tag, run, audit or ledger that does not exist |",
         "| 4 | any other error: bad input (a file, line, parameter or record, named), a damaged or "
         "read-only ledger |",
-        "| 130 | interrupted (Ctrl-C): `Aborted!`; a registration or commit cut short leaves the ledger as it was |",
+        "| 130 | interrupted (Ctrl-C): `Aborted!`; a registration or commit cut short leaves the ledger as it was; one "
+        "that had landed when the interrupt came is kept, and `Aborted!` names it |",
         "| 141 | the reader of the output went away (`prov ... \\| head`): stopped quietly |",
         "",
         "Errors are one line on stderr, `Error: ...`. With `--json` they are JSON on stderr instead, "

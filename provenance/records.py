@@ -242,21 +242,25 @@ class RegistrationResult(BaseModel):
     created: bool
     message: str
     retracted: list[dict[str, Any]] = Field(
-        default_factory=list, description="what a retraction retracted that the new version holds again: documents "
-        "with a retracted document's text and shards with a retracted shard's bytes (key or shard name, and the "
-        "retractions), at most 20")
+        default_factory=list, description="what was taken out that the new version holds again: documents with the "
+        "text of a retracted document or of one `prov dataset remove` took out of an earlier version, and shards with "
+        "a retracted shard's bytes (key or shard name, the retractions, the versions removed from), at most 20")
 
     def warn_retracted(self, stacklevel: int = 2) -> None:
-        """Warn when the version holds again what a retraction retracted (``stacklevel``: the
-        caller to name, from the one calling this)."""
+        """Warn when the version holds again what was taken out (``stacklevel``: the caller to
+        name, from the one calling this)."""
         if not self.retracted:
             return
-        named = ", ".join(f"{r['key']} ({', '.join(r['retractions'])})" for r in self.retracted[:5])
+        def why(r: dict[str, Any]) -> str:
+            return ", ".join([*(f"retraction {x}" for x in r["retractions"]),
+                              *(f"removed from {x}" for x in r.get("removed_from") or [])])
+
+        named = ", ".join(f"{r['key']} ({why(r)})" for r in self.retracted[:5])
         if len(self.retracted) > 5:
             named += f" and {len(self.retracted) - 5}{' or more' if len(self.retracted) >= 20 else ''} more"
-        warnings.warn(f"{self.dataset.dataset_id} holds again what a retraction removed: {named}; a run trained on "
-                      f"it brings them back into a model (remove them with prov dataset remove {self.dataset.name} "
-                      "KEY... --retraction ID)", stacklevel=stacklevel + 1)
+        warnings.warn(f"{self.dataset.dataset_id} holds again what was taken out: {named}; a run trained on it brings "
+                      f"them back into a model (remove them again with prov dataset remove {self.dataset.name} KEY...)",
+                      stacklevel=stacklevel + 1)
 
 
 def check_name(name: str, what: str = "dataset name") -> str:

@@ -490,3 +490,17 @@ def test_a_new_version_keeps_the_metadata_it_is_not_given(ledger, data_dir, writ
     third = ledger.register_dataset("quiz", data_dir / "quiz.jsonl", id_field="id", role="train", license="MIT")
     assert (third.dataset.role, third.dataset.license.spdx) == ("train", "MIT")  # given: applied, and said
     assert third.message.endswith("; from quiz@2: role changed: eval -> train, licence changed: CC-BY-NC-4.0 -> MIT")
+
+
+def test_a_document_removed_then_registered_again_is_named(ledger, data_dir, write_jsonl):
+    """`prov dataset remove` took a document out; registering the source again brought it back
+    without a word (a nightly re-ingest undoing the removal)."""
+    rows = [{"id": k, "text": f"{k} text of the document"} for k in ("a", "b", "c")]
+    write_jsonl(data_dir / "r.jsonl", rows)
+    ledger.register_dataset("r", data_dir / "r.jsonl", id_field="id")
+    ledger.remove_documents("r", ["a"], reason="asked")
+    with pytest.warns(UserWarning, match=r"r@3 holds again what was taken out: a \(removed from r@1\)"):
+        back = ledger.register_dataset("r", data_dir / "r.jsonl", id_field="id")
+    assert back.retracted == [{"key": "a", "retractions": [], "removed_from": ["r@1"]}]
+    write_jsonl(data_dir / "other.jsonl", rows)  # another dataset with the same text: not this dataset's removal
+    assert ledger.register_dataset("other", data_dir / "other.jsonl", id_field="id").retracted == []

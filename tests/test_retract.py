@@ -295,10 +295,10 @@ def test_a_copy_registered_after_the_retraction_is_found_by_the_audit(three, dat
     rid = ledger.retract(dataset="private", key="X", reason="withdrawn")["retraction_id"]
     (made,) = ledger.apply_retraction(rid)
     write_jsonl(data_dir / "late.jsonl", [{"id": "again", "text": LETTER}])
-    with pytest.warns(UserWarning, match=rf"late@1 holds again what a retraction removed: again \({rid}\); a run "
-                                         "trained on it brings them back into a model"):
+    with pytest.warns(UserWarning, match=rf"late@1 holds again what was taken out: again \(retraction {rid}\); a "
+                                         "run trained on it brings them back into a model"):
         late = ledger.register_dataset("late", data_dir / "late.jsonl", id_field="id")
-    assert late.retracted == [{"key": "again", "retractions": [rid]}]
+    assert late.retracted == [{"key": "again", "retractions": [rid], "removed_from": []}]
     with ledger.start_run(base=made["new_version_id"], datasets=["late"], message="on late") as r:
         later = r.commit(ledger.checkout(made["new_version_id"]))
     ledger.tag("release-2", later)
@@ -458,10 +458,10 @@ def test_dataset_remove_makes_a_version_without_the_documents(contributors, data
     assert {t.version_id for t in ledger.taint(dataset="private", key="x1").versions} == tainted
     with pytest.raises(NotFoundError, match=r"no document 'x1' in dataset private@2 \(removed from private@1"):
         ledger.taint(dataset="private@2", key="x1")
-    with pytest.warns(UserWarning, match=r"private@3 holds again what a retraction removed: x1 \("):
+    with pytest.warns(UserWarning, match=r"private@3 holds again what was taken out: x1 \(retraction "):
         back = ledger.register_dataset("private", data_dir / "private.jsonl", id_field="id")
     assert back.created and back.dataset.n_documents == 4
-    assert back.retracted == [{"key": "x1", "retractions": sorted([rid, again_rec["retraction_id"]])}]
+    assert back.retracted == [{"key": "x1", "retractions": sorted([rid, again_rec["retraction_id"]]), "removed_from": []}]
     assert [e["retraction_id"] for e in again_rec["earlier"]] == [rid]  # the second retraction was told of the first
 
 

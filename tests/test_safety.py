@@ -571,6 +571,28 @@ def test_ctrl_c_exits_130_and_leaves_the_ledger_as_it_was(project, tmp_path):
     assert after.datasets(all_versions=True) == before and after.verify().ok
 
 
+def test_ctrl_c_after_the_write_landed_says_it_was_kept(project, tmp_path, monkeypatch):
+    """A Ctrl-C that came after the registration had committed (the ledger's close, the last
+    queries) printed `Aborted!` alone, and the user took the dataset for not registered. The
+    message now names what was kept."""
+    from click.testing import CliRunner
+
+    from provenance.cli.main import main
+    from provenance.ledger import LedgerStore
+
+    (tmp_path / "late.jsonl").write_text('{"id": "a", "text": "registered before the interrupt"}\n')
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LedgerStore, "retracted_in", interrupted)  # runs after the registration's commit
+    result = CliRunner().invoke(main, ["--ledger", str(tmp_path), "dataset", "add", "late", str(tmp_path / "late.jsonl"),
+                                       "--id-field", "id"])
+    assert result.exit_code == 130
+    assert "Aborted! What the ledger recorded before the interrupt is kept: dataset late@1" in result.output
+    assert Ledger.open(tmp_path).dataset("late").n_documents == 1
+
+
 def test_records_the_library_returns_are_accepted_back(ledger, write_jsonl, tmp_path):
     from provenance import Ledger as Exported
     from provenance.records import RegistrationResult

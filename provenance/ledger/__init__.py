@@ -224,6 +224,9 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
         self.lock_timeout = lock_timeout
         self.memory_limit = memory_limit
         self._con: duckdb.DuckDBPyConnection | None = None
+        #: What each transaction committed through this object made (``dataset_id``, ``version_id``,
+        #: ``run_id``), in order: a command interrupted after its write landed says what it kept.
+        self.committed: list[dict[str, str]] = []
         self._depth = 0
         self._local = threading.local()  # per thread: its cursor (concurrent sessions), its transaction
         self._cursors: list[duckdb.DuckDBPyConnection] = []
@@ -739,6 +742,8 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
                                 "decode(idempotency.body), decode(excluded.body))::VARCHAR) WHERE idempotency.status = 0",
                                 [key, token, method, path, json.dumps(writer.made, sort_keys=True).encode(), _now()])
                 con.execute("COMMIT")  # a log the disk refuses fails here, and is rolled back below
+                if writer.made:
+                    self.committed.append(dict(writer.made))
             except BaseException:  # rolled back; _cursor then reports a damaged database or a full disk as such
                 with contextlib.suppress(Exception):
                     con.execute("ROLLBACK")

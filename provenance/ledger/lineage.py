@@ -220,25 +220,39 @@ class LineageQueries:
         return {r.pop("new_version_id"): r for r in rows}
 
     def retracted_in(self, dataset_id: str, limit: int = 20) -> list[dict[str, Any]]:
-        """What a retraction retracted that ``dataset_id`` holds again: its documents with the text
-        (exact hash) of a retracted document, and its shards with the bytes of a shard retracted
-        whole; ``key`` (a shard's name for a shard), ``retractions``; at most ``limit`` rows."""
+        """What was taken out that ``dataset_id`` holds again: its documents with the text (exact
+        hash) of a retracted document, or of one ``prov dataset remove`` removed from an earlier
+        version of the same dataset, and its shards with the bytes of a shard retracted whole;
+        ``key`` (a shard's name for a shard), ``retractions``, ``removed_from`` (the versions a
+        removal took it from); at most ``limit`` rows."""
         with self._cursor() as con:
-            if not con.execute("SELECT count(*) FROM retraction_documents").fetchall()[0][0]:
+            if not con.execute("SELECT (SELECT count(*) FROM retraction_documents) + (SELECT count(*) FROM "
+                               "dataset_removals)").fetchall()[0][0]:
                 return []
             return con.sql(
                 """WITH gone AS (SELECT DISTINCT d.exact_hash, r.retraction_id FROM retraction_documents r
                                  JOIN documents d ON d.doc_id = r.doc_id AND d.dataset_id = r.dataset_id
                                  WHERE r.doc_id IS NOT NULL AND d.token_count > 0),
-                        docs AS (SELECT n.key, list(DISTINCT g.retraction_id ORDER BY g.retraction_id) AS retractions
-                                 FROM documents n JOIN gone g ON n.exact_hash = g.exact_hash
-                                 WHERE n.dataset_id = $1 GROUP BY n.key),
-                        whole AS (SELECT s.name AS key, list(DISTINCT r.retraction_id ORDER BY r.retraction_id) AS retractions
-                                  FROM shards s JOIN shards o ON o.shard_id = s.shard_id
-                                  JOIN retraction_documents r ON r.doc_id IS NULL AND r.dataset_id = o.dataset_id
-                                       AND (r.shard_index IS NULL OR r.shard_index = o.shard_index)
-                                  WHERE s.dataset_id = $1 GROUP BY s.name)
-                   SELECT * FROM (SELECT * FROM docs UNION ALL SELECT * FROM whole) ORDER BY key LIMIT $2""",
+                        dropped AS (SELECT DISTINCT d.exact_hash, x.from_dataset_id FROM dataset_removals x
+                                    JOIN documents d ON d.doc_id = x.doc_id AND d.dataset_id = x.from_dataset_id
+                                    WHERE x.retraction_id IS NULL AND d.token_count > 0
+                                      AND split_part(x.dataset_id, '@', 1) = split_part($1, '@', 1)),
+                        hits AS (SELECT n.key, g.retraction_id, NULL::VARCHAR AS removed_from
+                                 FROM documents n JOIN gone g ON n.exact_hash = g.exact_hash WHERE n.dataset_id = $1
+                                 UNION ALL
+                                 SELECT n.key, NULL, r.from_dataset_id
+                                 FROM documents n JOIN dropped r ON n.exact_hash = r.exact_hash WHERE n.dataset_id = $1
+                                 UNION ALL
+                                 SELECT s.name, r.retraction_id, NULL FROM shards s JOIN shards o ON o.shard_id = s.shard_id
+                                 JOIN retraction_documents r ON r.doc_id IS NULL AND r.dataset_id = o.dataset_id
+                                      AND (r.shard_index IS NULL OR r.shard_index = o.shard_index)
+                                 WHERE s.dataset_id = $1)
+                   SELECT key,
+                          coalesce(list(DISTINCT retraction_id ORDER BY retraction_id)
+                                   FILTER (WHERE retraction_id IS NOT NULL), []) AS retractions,
+                          coalesce(list(DISTINCT removed_from ORDER BY removed_from)
+                                   FILTER (WHERE removed_from IS NOT NULL), []) AS removed_from
+                   FROM hits GROUP BY key ORDER BY key LIMIT $2""",
                 params=[dataset_id, int(limit)]).to_arrow_table().to_pylist()
 
     def retractions_of(self, doc_ids: list[int], parts: Sequence[tuple[str, int | None]] = ()) -> list[dict[str, Any]]:
