@@ -193,9 +193,10 @@ def show_verify(report, as_json: bool) -> None:
     if as_json:
         return render.dump(report.model_dump(mode="json"))
     console = render.console()
-    console.print(f"checked {report.objects_checked:,} objects"
+    console.print(f"checked {counted(report.objects_checked, 'object')}"
                   f"{' (re-hashed)' if report.objects_rehashed else ' (presence and size; --objects re-hashes)'}, "
-                  f"{report.versions_checked:,} versions, {report.datasets_checked:,} dataset versions", highlight=False, markup=True)
+                  f"{counted(report.versions_checked, 'version')}, {counted(report.datasets_checked, 'dataset version')}",
+                  highlight=False)
     for d in report.damaged_objects:
         where = f"; moved to {d.quarantined}" if d.quarantined else ""
         needed = ", ".join(v[:12] for v in d.versions) or "no version"

@@ -122,7 +122,9 @@ def model_checkout(obj: Context, ref: str, output: str | None, hf_folder: str | 
     """Write a version's tensors, bit-identical to what was committed, to a safetensors file
     (one tensor at a time: the model need not fit in memory), or with --hf a folder that
     transformers' from_pretrained loads. Never inside the ledger folder."""
-    if (output is None) == (hf_folder is None):
+    if output is not None and hf_folder is not None:
+        raise click.UsageError("give -o FILE or --hf DIR, not both (--hf writes the tensors into the folder too)")
+    if output is None and hf_folder is None:
         raise click.UsageError("give -o FILE (the tensors) or --hf DIR (a Hugging Face folder)")
     ledger = obj.ledger(read_only=True)
     version = ledger.version(ref)
@@ -253,8 +255,12 @@ def tag_group() -> None:
 def tag_set(obj: Context, name: str, ref: str, as_json: bool) -> None:
     """Name a version (tagging again moves the tag). Tags hold letters, digits and . _ - + /
     and must not look like a version id."""
-    version = obj.ledger().tag(name, ref)
-    render.emit({"tag": name, "version_id": version.version_id}, as_json, lambda d: f"{d['tag']} -> {d['version_id']}")
+    ledger = obj.ledger()
+    before = next((t.version_id for t in ledger.tags() if t.name == name), None)
+    version = ledger.tag(name, ref)
+    moved = before if before not in (None, version.version_id) else None
+    render.emit({"tag": name, "version_id": version.version_id, "moved_from": moved}, as_json,
+                lambda d: f"{d['tag']} -> {d['version_id']}" + (f" (moved from {moved[:12]})" if moved else ""))
 
 
 @tag_group.command("list")

@@ -230,9 +230,12 @@ def _register(ledger: LedgerStore, name: str, cfg: FingerprintConfig, opts: Read
                 raise SourceError("the sources hold no shards")
             n_docs = sum(s.n_documents for s in shard_rows)
             if n_docs == 0:
+                where = ", ".join(s.name for s in shard_rows)
+                if not counters.skipped:
+                    raise SourceError(f"no documents to register: {where} hold no records")
                 raise SourceError(
-                    f"no documents to register: all {counted(counters.skipped, 'record')} of "
-                    f"{', '.join(s.name for s in shard_rows)} were skipped as invalid"
+                    f"no documents to register: {'the one record' if counters.skipped == 1 else 'all ' + counted(counters.skipped, 'record')} "
+                    f"of {where} {'was' if counters.skipped == 1 else 'were'} skipped as invalid"
                 )
             tx.insert_shards(shard_rows)
             _check_unique_keys(tx, dataset_id, opts.id_field)

@@ -367,7 +367,20 @@ def test_truncated_gzip(populated, data_dir):
     data = gzip.compress(_jsonl_payload())
     path.write_bytes(data[: len(data) // 2])
     message = refused(ledger, "good", path)
-    assert message.startswith(f"{path}: compressed data is truncated or corrupt after line ")
+    assert message.startswith(f"{path}: gzip data is truncated or corrupt after line ")
+    unchanged()
+
+
+def test_a_compressed_suffix_that_does_not_match_the_data(populated, data_dir):
+    """A .jsonl.gz holding zstd (or plain text) was "truncated or corrupt after line 0"."""
+    ledger, unchanged = populated
+    path = data_dir / "wrong.jsonl.gz"
+    path.write_bytes(zstandard.ZstdCompressor().compress(_jsonl_payload(10)))
+    message = refused(ledger, "good", path)
+    assert message.startswith(f"{path}: not gzip data, or damaged at its start (") and "suffix right?" in message
+    plain = data_dir / "plain.jsonl.zst"
+    plain.write_bytes(_jsonl_payload(10))
+    assert refused(ledger, "good", plain).startswith(f"{plain}: not zstd data, or damaged at its start (")
     unchanged()
 
 

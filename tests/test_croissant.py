@@ -242,3 +242,19 @@ def test_mixed_formats_get_one_record_set_each(ledger, data_dir, write_jsonl):
         "documents-jsonl": {"a.jsonl:0": "from json lines", "a.jsonl:1": "again from json lines"},
         "documents-parquet": {"b.parquet:0": "from parquet"},
     }
+
+
+def test_a_folder_holding_its_croissant_export_registers_again(ledger, tmp_path):
+    """The export written beside the data (where mlcroissant wants a multi-file dataset's) made
+    the next registration of the folder fail: `ints.croissant.json: unknown file type`."""
+    import json
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for part in ("a", "b"):
+        (folder / f"{part}.jsonl").write_text("".join(json.dumps({"id": f"{part}{i}", "text": f"text {part} {i}"}) + "\n"
+                                                      for i in range(3)))
+    first = ledger.register_dataset("ints", folder, id_field="id").dataset
+    (folder / "ints.croissant.json").write_text(json.dumps(ledger.export_croissant("ints")))
+    again = ledger.register_dataset("ints", folder, id_field="id")
+    assert (again.created, again.dataset.dataset_id) == (False, first.dataset_id)  # the export is not a shard

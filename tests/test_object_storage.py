@@ -124,7 +124,7 @@ def test_missing_cut_and_wrong_objects_are_refused_by_url(s3, tmp_path):
     lines = "".join(json.dumps({"id": f"d{i}", "text": f"document number {i} about tides"}) + "\n" for i in range(200))
     packed = gzip.compress(lines.encode())
     s3.put("faults/cut/a.jsonl.gz", packed[: len(packed) // 2])
-    _refused(ledger, "s3://faults/cut/", r"s3://faults/cut/a.jsonl.gz: compressed data is truncated or corrupt after line")
+    _refused(ledger, "s3://faults/cut/", r"s3://faults/cut/a.jsonl.gz: gzip data is truncated or corrupt after line")
     s3.delete("faults/cut/a.jsonl.gz")
     s3.put("faults/cut/b.jsonl", lines.encode()[:-20])  # cut inside the last line
     _refused(ledger, "s3://faults/cut/b.jsonl", r"s3://faults/cut/b.jsonl:200: malformed JSON")

@@ -60,6 +60,11 @@ class DataQueries:
             else:
                 rows = con.sql("SELECT * FROM datasets WHERE name = ? ORDER BY version DESC LIMIT 1", params=[name])
             found = rows.to_arrow_table().to_pylist()
+            if not found and version:  # the dataset is there, that version is not: say which there are
+                have = con.execute("SELECT min(version), max(version) FROM datasets WHERE name = ?", [name]).fetchall()[0]
+                if have[0] is not None:
+                    span = f"version {have[0]}" if have[0] == have[1] else f"versions {have[0]} to {have[1]}"
+                    raise NotFoundError(f"no dataset {ref!r} in the ledger: {name} has {span}")
             if not found:
                 known = [r[0] for r in con.execute("SELECT DISTINCT name FROM datasets ORDER BY 1").fetchall()]
                 hint = f"; registered: {', '.join(known)}" if known else "; none is registered"

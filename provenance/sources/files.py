@@ -168,6 +168,13 @@ class FileShard(Shard):
             self.sha256 = sha.hexdigest()
         return x.hexdigest()
 
+    def _compressed_error(self, kind: str, lineno: int, exc: BaseException) -> str:
+        """A compressed file that could not be read: cut short or corrupt after a line, or (no line
+        read) not that kind of file at all (a .gz that holds zstd or plain text)."""
+        if lineno == 0:
+            return f"{self.display}: not {kind} data, or damaged at its start ({exc}); is the file name's suffix right?"
+        return f"{self.display}: {kind} data is truncated or corrupt after line {lineno}: {exc}"
+
     def _open_error(self, exc: OSError) -> SourceError:
         """Opening the source failed: it is gone (deleted since it was hashed), or, for an object in
         a bucket, the bucket did not answer (which is not the object's absence)."""
@@ -260,16 +267,16 @@ class FileShard(Shard):
                         texts, ids, lines, rows, size = [], [], [], [], 0
                 raw.drain()
         except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-            raise SourceError(f"{self.display}: compressed data is truncated or corrupt after line {lineno}: {exc}") from exc
+            raise SourceError(self._compressed_error("gzip", lineno, exc)) from exc
         except SourceError:
             raise
         except OSError as exc:
             if type(exc).__module__.startswith("zstd") or "zstd" in type(exc).__name__.lower():
-                raise SourceError(f"{self.display}: zstd data is corrupt after line {lineno}: {exc}") from exc
+                raise SourceError(self._compressed_error("zstd", lineno, exc)) from exc
             raise SourceError(f"{self.display}: read failed after line {lineno}: {exc.strerror or exc}") from exc
         except Exception as exc:  # zstandard raises its own ZstdError
             if "zstd" in type(exc).__name__.lower():
-                raise SourceError(f"{self.display}: zstd data is truncated or corrupt after line {lineno}: {exc}") from exc
+                raise SourceError(self._compressed_error("zstd", lineno, exc)) from exc
             raise
         if texts:
             yield self._batch(texts, ids if idf else None, rows, lines, raw.count)
@@ -394,6 +401,11 @@ _KINDS = (
 )
 
 
+#: A Croissant export written beside the data it describes (as mlcroissant wants a multi-file
+#: dataset's): a folder registered again leaves it out, as it leaves out hidden files.
+CROISSANT_SUFFIX = ".croissant.json"
+
+
 def _regular_file(path: str) -> Path:
     """``path`` if it is (a symlink that ends at) a regular file; else an error that says what it
     is. Nothing is opened: reading a FIFO or a device would block or never end."""
@@ -492,7 +504,8 @@ def _file_shards(specs: list[str]) -> list[FileShard]:
             found = []
             for dirpath, dirnames, filenames in os.walk(spec):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith("."))
+                found.extend(os.path.join(dirpath, f) for f in sorted(filenames)  # hidden files, and a Croissant
+                             if not f.startswith(".") and not f.endswith(CROISSANT_SUFFIX))  # export beside its data
             if not found:
                 raise SourceError(f"{spec}: folder holds no files")
             files.extend(sorted(_regular_file(f) for f in found))
