@@ -504,3 +504,23 @@ def test_a_document_removed_then_registered_again_is_named(ledger, data_dir, wri
     assert back.retracted == [{"key": "a", "retractions": [], "removed_from": ["r@1"]}]
     write_jsonl(data_dir / "other.jsonl", rows)  # another dataset with the same text: not this dataset's removal
     assert ledger.register_dataset("other", data_dir / "other.jsonl", id_field="id").retracted == []
+
+
+def test_symlinks_in_a_folder_keep_their_names_and_are_followed(ledger, tmp_path):
+    """A folder's symlinked sub-folder was skipped without a word (a glob followed it), and a file
+    symlink leading out of the folder was named after its target, renaming every other shard
+    (`outside/x.jsonl`, `d/a.jsonl`). A link back up the tree is left out with a warning."""
+    import os
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "outside" / "f").mkdir(parents=True)
+    (tmp_path / "d" / "a.jsonl").write_text('{"text": "a document here"}\n')
+    (tmp_path / "outside" / "f" / "b.jsonl").write_text('{"text": "from the linked folder"}\n')
+    (tmp_path / "outside" / "x.jsonl").write_text('{"text": "a linked file"}\n')
+    os.symlink("../outside/f", tmp_path / "d" / "ext")
+    os.symlink("../outside/x.jsonl", tmp_path / "d" / "link.jsonl")
+    os.symlink("..", tmp_path / "d" / "up")
+    with pytest.warns(UserWarning, match=r"d/up: a symlink back into a folder already read"):
+        ds = ledger.register_dataset("linked", tmp_path / "d").dataset
+    names = [s.name for s in ledger.shards(ds)]
+    assert names == ["a.jsonl", "ext/b.jsonl", "link.jsonl"]

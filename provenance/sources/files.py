@@ -11,6 +11,7 @@ import json
 import math
 import os
 import stat
+import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -401,6 +402,29 @@ _KINDS = (
 )
 
 
+def _walk(folder: str) -> list[str]:
+    """The files under ``folder``, recursively and in sorted order, leaving out hidden files and
+    folders and Croissant exports. A symlink to a folder is followed (as a glob follows it), but
+    not one that leads back into a folder already walked (a loop, `up -> ..`): that one is left
+    out with a warning naming it."""
+    found: list[str] = []
+    walked = {os.path.realpath(folder)}
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        kept = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real in walked or any(real == w or w.startswith(real + os.sep) for w in walked):
+                warnings.warn(f"{os.path.join(dirpath, d)}: a symlink back into a folder already read "
+                              f"({real}); left out", stacklevel=3)
+                continue
+            walked.add(real)
+            kept.append(d)
+        dirnames[:] = kept
+        found.extend(os.path.join(dirpath, f) for f in sorted(filenames)  # hidden files, and a Croissant
+                     if not f.startswith(".") and not f.endswith(CROISSANT_SUFFIX))  # export beside its data
+    return found
+
+
 #: A Croissant export written beside the data it describes (as mlcroissant wants a multi-file
 #: dataset's): a folder registered again leaves it out, as it leaves out hidden files.
 CROISSANT_SUFFIX = ".croissant.json"
@@ -501,11 +525,7 @@ def _file_shards(specs: list[str]) -> list[FileShard]:
                 raise SourceError(f"{spec}: pattern matched no files")
             files.extend(_regular_file(m) for m in matched)
         elif os.path.isdir(spec):
-            found = []
-            for dirpath, dirnames, filenames in os.walk(spec):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                found.extend(os.path.join(dirpath, f) for f in sorted(filenames)  # hidden files, and a Croissant
-                             if not f.startswith(".") and not f.endswith(CROISSANT_SUFFIX))  # export beside its data
+            found = _walk(spec)
             if not found:
                 raise SourceError(f"{spec}: folder holds no files")
             files.extend(sorted(_regular_file(f) for f in found))
@@ -524,8 +544,8 @@ def _file_shards(specs: list[str]) -> list[FileShard]:
         _utf8_name(f)
         if file_format(f) is None:
             raise _unknown_type(str(f))
-    if len(unique) == 1:
-        root = unique[0].resolve().parent
-    else:
-        root = Path(os.path.commonpath([str(f.resolve().parent) for f in unique]))
-    return [FileShard(f, str(f.resolve().relative_to(root)), file_format(f)) for f in unique]
+    # names from the paths as given (a symlink keeps its own name; a link leading out of the folder
+    # does not rename every other shard), made absolute without resolving links
+    given = [Path(os.path.abspath(f)) for f in unique]
+    root = given[0].parent if len(given) == 1 else Path(os.path.commonpath([str(g.parent) for g in given]))
+    return [FileShard(f, g.relative_to(root).as_posix(), file_format(f)) for f, g in zip(unique, given)]
