@@ -243,7 +243,7 @@ def adapter_refusal(config: Mapping[str, Any]) -> str | None:
     for field, refused in refusals.items():
         if refused:
             value = config.get(field)
-            return f"{field}={str(getattr(value, 'value', value))!r} cannot be read as low-rank patches of the base model"
+            return f"{field}={getattr(value, 'value', value)!r} cannot be read as low-rank patches of the base model"
     return None
 
 

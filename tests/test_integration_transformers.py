@@ -290,7 +290,7 @@ def test_an_adapter_that_cannot_be_committed_is_refused_before_training(tiny, tm
     peft = pytest.importorskip("peft")
     ledger, rows = tiny
     written = len(ledger.sql("SELECT run_id FROM runs").to_pylist()), len(ledger.versions())
-    for options, refused in (({"use_dora": True}, "use_dora='True'"), ({"lora_bias": True}, "lora_bias='True'")):
+    for options, refused in (({"use_dora": True}, "use_dora=True"), ({"lora_bias": True}, "lora_bias=True")):
         wrapped = peft.get_peft_model(_model(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"],
                                                                 fan_in_fan_out=True, **options))
         trainer = _trainer(wrapped, rows, tmp_path, ProvenanceCallback(ledger, datasets=["tiny"], message="dora"),
