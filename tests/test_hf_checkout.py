@@ -213,9 +213,10 @@ def test_cli_commit_files_and_checkout_hf(ckpt, tmp_path, monkeypatch):
     os.chmod(tmp_path / "shared", 0o775)
     assert runner.invoke(main, ["model", "checkout", vid, "--hf", "shared"]).exit_code == 0
     assert stat.S_IMODE((tmp_path / "shared").stat().st_mode) == 0o775  # an empty folder given keeps its mode
-    for args in ([], ["-o", "x.safetensors", "--hf", "dir"]):
+    for args, says in (([], "give -o FILE (the tensors) or --hf DIR"),
+                       (["-o", "x.safetensors", "--hf", "dir"], "give -o FILE or --hf DIR, not both")):
         refused = runner.invoke(main, ["model", "checkout", vid, *args])
-        assert refused.exit_code == 2 and "give -o FILE (the tensors) or --hf DIR" in refused.output
+        assert refused.exit_code == 2 and says in refused.output
 
 
 def test_a_state_dict_commits_with_the_files_of_a_folder_given_apart(ledger, saved, ckpt, tmp_path):
