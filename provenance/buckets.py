@@ -39,15 +39,17 @@ def split_url(url: str) -> tuple[str, str]:
         raise SourceError(f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[1]}{parts.path}: credentials in a source URL "
                           "are refused (the URL is stored with the shard); set them in the environment or ~/.aws")
     path = (parts.netloc + parts.path).rstrip("/")
-    odd = unreadable_key(path.split("/", 1)[1] if "/" in path else "")
+    odd = unreadable_key(path)
     if odd:
         raise SourceError(f"{url}: {odd}")
     return parts.scheme.lower(), path
 
 
-def unreadable_key(key: str) -> str | None:
-    """Why an object key cannot stand in a URL that reads it back, or None: Arrow reads
-    ``a/../b`` as ``b`` (another object) and refuses ``a//b``; a URL ends its path at ``?`` or ``#``."""
+def unreadable_key(path: str) -> str | None:
+    """Why the object key of ``path`` (``bucket/key``) cannot stand in a URL that reads it back,
+    or None: Arrow reads ``a/../b`` as ``b`` (another object) and refuses ``a//b``; a URL ends its
+    path at ``?`` or ``#``."""
+    key = path.split("/", 1)[1] if "/" in path else ""
     parts = key.split("/")
     if any(p in (".", "..") for p in parts):
         return "a key with a '.' or '..' part names another object when read (a/../b reads b); rename the object"

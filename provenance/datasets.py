@@ -233,10 +233,9 @@ def _register(ledger: LedgerStore, name: str, cfg: FingerprintConfig, opts: Read
                 where = ", ".join(s.name for s in shard_rows)
                 if not counters.skipped:
                     raise SourceError(f"no documents to register: {where} hold no records")
-                raise SourceError(
-                    f"no documents to register: {'the one record' if counters.skipped == 1 else 'all ' + counted(counters.skipped, 'record')} "
-                    f"of {where} {'was' if counters.skipped == 1 else 'were'} skipped as invalid"
-                )
+                skipped = ("the one record", "was") if counters.skipped == 1 else (
+                    f"all {counted(counters.skipped, 'record')}", "were")
+                raise SourceError(f"no documents to register: {skipped[0]} of {where} {skipped[1]} skipped as invalid")
             tx.insert_shards(shard_rows)
             _check_unique_keys(tx, dataset_id, opts.id_field)
             content = _content_hash([(s.name, s.shard_id) for s in shard_rows], opts, cfg)

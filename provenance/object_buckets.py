@@ -323,8 +323,8 @@ class BucketObjectStore:
     def owner(self) -> dict[str, Any] | None:
         return prefix_owner(self.fs, self.scheme, self.prefix)
 
-    def claim(self, ledger: dict[str, Any]) -> None:
-        claim_prefix(self.fs, self.scheme, self.prefix, ledger)
+    def claim(self, ledger: dict[str, Any]) -> str | None:
+        return claim_prefix(self.fs, self.scheme, self.prefix, ledger)
 
 
 def prefix_owner(fs: pafs.FileSystem, scheme: str, prefix: str) -> dict[str, Any] | None:
@@ -341,15 +341,16 @@ def prefix_owner(fs: pafs.FileSystem, scheme: str, prefix: str) -> dict[str, Any
         return {"ledger": "?", "note": f"{MARKER} is not JSON"}
 
 
-def claim_prefix(fs: pafs.FileSystem, scheme: str, prefix: str, ledger: dict[str, Any]) -> None:
+def claim_prefix(fs: pafs.FileSystem, scheme: str, prefix: str, ledger: dict[str, Any]) -> str | None:
     """Take a bucket prefix for a new ledger (its objects or its document files): refused when
     another ledger's marker or unclaimed objects are there (a prefix is one ledger's: ``prov gc``
     removes what its ledger does not list), or when the bucket cannot be written (writing the
-    marker is the test). The same ledger folder made again takes its prefix back."""
+    marker is the test). The same ledger folder made again takes its prefix back. Returns the
+    marker's key when this call wrote it (None: the prefix was this ledger folder's already)."""
     url = f"{scheme}://{prefix}"
     owner = prefix_owner(fs, scheme, prefix)
     if owner is not None and owner.get("ledger") == ledger["ledger"]:
-        return  # the same ledger folder made again (an init that failed, a ledger deleted): its files serve
+        return None  # the same ledger folder made again (an init that failed, a ledger deleted): its files serve
     if owner is not None:
         raise InvalidParameterError(f"{url} already holds the files of ledger {owner.get('ledger', '?')} "
                                     f"(its {MARKER}); give each ledger a prefix of its own")
@@ -367,3 +368,4 @@ def claim_prefix(fs: pafs.FileSystem, scheme: str, prefix: str, ledger: dict[str
     except _ARROW_ERRORS as exc:
         raise ObjectWriteError(f"cannot write {scheme}://{key}: {_why(exc)}; is the bucket there and "
                                "writable with these credentials?", url) from None
+    return key

@@ -170,8 +170,10 @@ class _Registered:
         name, at, version = ref.partition("@")
         if not at:
             return self.latest.get(name)
-        return f"{name}@{int(version)}" if version.isascii() and version.isdigit() and len(version) <= 9 and \
-            f"{name}@{int(version)}" in self.ids else None
+        if not (version.isascii() and version.isdigit() and len(version) <= 9):
+            return None
+        found = f"{name}@{int(version)}"
+        return found if found in self.ids else None
 
 
 def _match(ledger: LedgerStore, known: _Registered, dataset: OLDataset) -> str | None:

@@ -359,20 +359,18 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
                                             "prefix of its own, neither inside the other")
         claimed: list[tuple[Any, str]] = []  # markers this init wrote: taken back when it fails
         try:  # checked (and claimed) before anything is created here
-            if objects is not None or documents is not None:
-                from provenance.object_buckets import MARKER, BucketObjectStore, claim_prefix, prefix_owner
             if objects is not None:
+                from provenance.object_buckets import BucketObjectStore
+
                 bucket = BucketObjectStore(objects)
-                fresh = bucket.owner() is None
-                bucket.claim(owner)
-                if fresh:
-                    claimed.append((bucket.fs, f"{bucket.prefix}/{MARKER}"))
+                if (marker := bucket.claim(owner)) is not None:
+                    claimed.append((bucket.fs, marker))
             if documents is not None:
+                from provenance.object_buckets import claim_prefix
+
                 docs = DocumentStore(root, documents)
-                fresh = prefix_owner(docs.fs, docs.scheme, docs.prefix) is None
-                claim_prefix(docs.fs, docs.scheme, docs.prefix, owner)
-                if fresh:
-                    claimed.append((docs.fs, f"{docs.prefix}/{MARKER}"))
+                if (marker := claim_prefix(docs.fs, docs.scheme, docs.prefix, owner)) is not None:
+                    claimed.append((docs.fs, marker))
         except BaseException:
             for fs, key in claimed:  # a ledger that was never made holds no prefix
                 with contextlib.suppress(Exception):

@@ -413,7 +413,7 @@ def _walk(folder: str) -> list[str]:
         kept = []
         for d in sorted(d for d in dirnames if not d.startswith(".")):
             real = os.path.realpath(os.path.join(dirpath, d))
-            if real in walked or any(real == w or w.startswith(real + os.sep) for w in walked):
+            if any(real == w or w.startswith(real + os.sep) for w in walked):
                 warnings.warn(f"{os.path.join(dirpath, d)}: a symlink back into a folder already read "
                               f"({real}); left out", stacklevel=3)
                 continue

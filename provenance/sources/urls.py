@@ -80,7 +80,7 @@ def _readable(scheme: str, listed: list[pafs.FileInfo]) -> list[pafs.FileInfo]:
     """``listed``, when every key can be read back by its URL; else the error naming the first
     that cannot (registered, it would read another object, or none)."""
     for f in listed:
-        odd = unreadable_key(f.path.split("/", 1)[1] if "/" in f.path else "")
+        odd = unreadable_key(f.path)
         if odd:
             raise SourceError(f"{scheme}://{f.path}: {odd}")
     return listed
