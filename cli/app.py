@@ -238,6 +238,16 @@ def _gate_limits(max_contamination: Any) -> dict[str, Any]:
     return {"max_contamination": None if max_contamination == "none" else max_contamination}
 
 
+class FloatRange(click.FloatRange):
+    """click's ``FloatRange`` that refuses NaN, which passes every bound's comparison."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        rv = super().convert(value, param, ctx)
+        if rv != rv:
+            self.fail(f"{value!r} is not a number.", param, ctx)
+        return rv
+
+
 def _gate_options(f):
     """The policy options the pre-merge gate shares between ``prov audit merge`` and ``prov merge --gate``."""
     f = click.option("--eval", "eval_datasets", multiple=True,
@@ -286,7 +296,7 @@ def _ray_options(actors: str, *, gpus: bool = False):
                          help=f"--engine ray: {actors} (default: the cluster's CPUs)."),
         ]
         if gpus:
-            options.append(click.option("--num-gpus", type=click.FloatRange(min=0, min_open=True), default=None,
+            options.append(click.option("--num-gpus", type=FloatRange(min=0, min_open=True), default=None,
                                         help="--engine ray: GPUs per actor."))
         options.append(click.option(
             "--staging", type=click.Path(file_okay=False), default=None,
@@ -318,7 +328,7 @@ def _ray_engine(module: str) -> Any:
     help="Ledger folder (a project folder or its .prov), or a ledger server's URL (http://HOST:PORT; token in "
          "$PROV_TOKEN). Default: $PROV_LEDGER, else the nearest .prov above.",
 )
-@click.option("--wait", type=click.FloatRange(0, 86400), default=10.0, show_default=True, help="Seconds to wait for a ledger another process holds.")
+@click.option("--wait", type=FloatRange(0, 86400), default=10.0, show_default=True, help="Seconds to wait for a ledger another process holds.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
 def main(ctx: click.Context, ledger: str | None, wait: float, quiet: bool) -> None:

@@ -15,6 +15,7 @@ from provenance.cli import render
 from provenance.cli.app import (
     CliError,
     Context,
+    FloatRange,
     _gate_limits,
     _gate_options,
     _ray_engine,
@@ -86,7 +87,7 @@ def audit_group() -> None:
 
 @audit_group.command("dedup")
 @click.argument("targets", nargs=-1, required=True, metavar="DATASET|VERSION...")
-@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=0.8, show_default=True,
+@click.option("--threshold", type=FloatRange(0, 1, min_open=True), default=0.8, show_default=True,
               help="Estimated Jaccard at or above which two documents are near-duplicates, in (0, 1].")
 @click.option("--verify", is_flag=True, help="Re-check pairs near the threshold by exact Jaccard on the source text.")
 @click.option("--pairs", "pairs_file", type=click.Path(dir_okay=False), default=None,
@@ -152,7 +153,7 @@ def audit_show(obj: Context, audit_id: str, html_file: str | None, as_json: bool
 
 @audit_group.command("merge")
 @click.argument("versions", nargs=-1, required=True, metavar="V1 V2 [V3...]")
-@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=0.8, show_default=True,
+@click.option("--threshold", type=FloatRange(0, 1, min_open=True), default=0.8, show_default=True,
               help="Estimated Jaccard at or above which two documents are near-duplicates, in (0, 1].")
 @click.option("--ngram", type=int, default=13, show_default=True,
               help="Words in the exact-span contamination check (0: skip it; it reads the source text).")
@@ -185,7 +186,7 @@ def audit_merge_cmd(obj: Context, versions: tuple[str, ...], threshold: float, n
 @click.argument("ref", metavar="VERSION")
 @click.option("--samples", "samples_file", required=True, type=click.Path(dir_okay=False),
               help="Generated texts: JSONL (objects with a text field, or strings) or plain text, one per line.")
-@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=0.8, show_default=True,
+@click.option("--threshold", type=FloatRange(0, 1, min_open=True), default=0.8, show_default=True,
               help="Estimated Jaccard at or above which a sample near-duplicates a training document, in (0, 1].")
 @click.option("--span", type=int, default=50, show_default=True,
               help="Words of an exact shared span that count as memorized (0: skip; it reads the source text).")
@@ -309,6 +310,9 @@ def show_dedup(report: Any, as_json: bool) -> None:
                + ("; the pairs span each cluster (m identical copies: m-1 pairs), --all-pairs lists every pair"
                   if spanning else "; every pair listed"))
     click.echo(f"  duplicate rate {s['duplicate_rate']:.2%} ({s['redundant_documents']:,} redundant documents)")
+    if s.get("without_words"):
+        click.echo(f"  {counted(s['without_words'], 'document')} with no words (empty, or only punctuation): "
+                   "compared with nothing")
     click.echo(f"  banding {b['bands']} bands x {b['rows']} rows of {b['num_perm']}: P(candidate | J={report['threshold']}) "
                f"= {b['p_at_threshold']:.4f}")
     v = report.get("verify")

@@ -9,7 +9,7 @@ import click
 from rich.table import Table
 
 from provenance.cli import render
-from provenance.cli.app import Context, _ray_engine, _ray_options, json_option, main, pass_ctx
+from provenance.cli.app import Context, FloatRange, _ray_engine, _ray_options, json_option, main, pass_ctx
 from provenance.plain import dumps
 from provenance.records import DatasetRecord, ShardRecord
 
@@ -37,7 +37,7 @@ def dataset_group() -> None:
 @click.option("--num-perm", type=int, default=128, show_default=True, help="MinHash permutations.")
 @click.option("--ngram", type=int, default=5, show_default=True, help="Words per shingle.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of the MinHash permutations.")
-@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.8, show_default=True,
+@click.option("--threshold", type=FloatRange(0, 1, min_open=True, max_open=True), default=0.8, show_default=True,
               help="Similarity the stored LSH bands target (found with probability >= 0.99).")
 @click.option("--on-invalid", type=click.Choice(["error", "replace", "skip"]), default="error", show_default=True,
               help="What to do with invalid UTF-8 (or unpaired surrogates).")

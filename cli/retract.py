@@ -14,6 +14,7 @@ from provenance.cli import render
 from provenance.cli.app import (
     CliError,
     Context,
+    FloatRange,
     _write_html,
     author_option,
     json_option,
@@ -174,7 +175,7 @@ def retractions_cmd(obj: Context, retraction_id: str | None, as_json: bool) -> N
                    "retracted document.")
 @click.option("--releases", default=None, metavar="PATTERN",
               help="Also check every version tagged with a name matching this glob (e.g. 'release-*').")
-@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=0.8, show_default=True,
+@click.option("--threshold", type=FloatRange(0, 1, min_open=True), default=0.8, show_default=True,
               help="Estimated Jaccard at or above which a sample reproduces a retracted document, in (0, 1].")
 @click.option("--span", type=int, default=50, show_default=True,
               help="Words of an exact shared span that count as reproduced (0: skip; it reads the source text).")

@@ -102,7 +102,15 @@ class Ledger(LedgerStore):
         from provenance.croissant import to_croissant
 
         ds = self.dataset(dataset)
-        return to_croissant(ds, self.shards(ds), base=base)
+        withheld = self.withheld(ds)
+        if withheld:  # a reader takes whole files: the removed documents would come back
+            name, here, held = withheld[0]
+            raise InvalidParameterError(
+                f"{ds.dataset_id}: its file {name} still holds {held - here:,} document(s) that this version left out "
+                f"(prov dataset remove keeps the files); a Croissant reader reads whole files and would give them "
+                f"back. Write the files without them and register those, then export that version"
+                + (f" ({len(withheld)} files hold such documents)" if len(withheld) > 1 else ""))
+        return to_croissant(ds, self.shards(ds), base=base, key_kinds=self.key_kinds(ds))
 
     def export_openlineage(self, version: str | VersionRecord, *, namespace: str | None = None) -> list[dict[str, Any]]:
         """The OpenLineage RunEvents of every run and merge in ``version``'s lineage, in time

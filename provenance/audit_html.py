@@ -68,6 +68,8 @@ def _dedup(r: dict[str, Any]) -> dict[str, Any]:
                     "exact duplicate pairs": s["exact_duplicate_pairs"], "clusters": s["clusters"],
                     "largest cluster": s["largest_cluster"], "redundant documents": s["redundant_documents"],
                     "duplicate rate": f"{s['duplicate_rate']:.2%}",
+                    **({"documents with no words (compared with nothing)": s["without_words"]}
+                       if s.get("without_words") else {}),
                     "banding": f"{b['bands']} bands × {b['rows']} rows", "P(candidate) at threshold": b["p_at_threshold"],
                     **({"verified pairs": v["checked"], "rejected by exact Jaccard": v["rejected"]} if v else {})},
         "alerts": [f"not verified: {u}" for u in (v or {}).get("unreadable", [])],

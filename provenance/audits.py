@@ -53,7 +53,6 @@ from provenance.records import DatasetRecord, RegistrationResult, VersionRecord
 from provenance.results import DedupReport, TaintReport
 
 MIN_RECALL = 0.99  # probability that a pair at the threshold becomes a candidate
-REPORT_PAIRS = 1000  # pairs kept in a stored report (all of them are in audit_pairs)
 
 
 def check_threshold(value: float, name: str = "threshold") -> float:
@@ -237,8 +236,8 @@ def audit_dedup(
 ) -> DedupReport:
     """Near-duplicates among the documents of ``targets`` (module doc), stored as an audit.
     Returns the report; ``report.pairs`` holds the pairs unless ``pairs_file`` is given, in
-    which case they are written there as Parquet (and the report keeps the best
-    :data:`REPORT_PAIRS`). The pairs span each cluster (``m`` identical copies give ``m − 1``
+    which case they are written there as Parquet and ``report.pairs`` is None (a stored audit's
+    pairs stay readable with ``Ledger.audit_pairs``). The pairs span each cluster (``m`` identical copies give ``m − 1``
     pairs: each with the first copy; ``report.pairs_mode == "spanning"``); ``all_pairs`` lists
     every pair instead (``m(m − 1)/2`` for ``m`` copies). ``store=False`` keeps nothing in the
     ledger (and works on a read-only one). ``engine``: what finds the pairs and clusters instead of
@@ -259,10 +258,12 @@ def _audit_dedup(ledger: LedgerStore, targets: Sequence[str], threshold: float, 
     run = AuditRun(ledger, "dedup", datasets, threshold, store=store, progress=progress)
     audit_id, cfg, k = run.audit_id, run.config, run.k
     with run.pairs(scope, all_pairs=all_pairs, engine=engine) as tx:
+        wordless = tx.drop_wordless_pairs(audit_id, scope)  # nobody's copy, as in the gate
         verified = _verify(ledger, tx, audit_id, cfg, threshold, k) if verify else None
         rounds = engine.label_clusters(tx, audit_id) if engine is not None else tx.label_clusters(audit_id)
         step(progress)
         report = _dedup_report(tx, audit_id, run.n_docs, k)
+        report["summary"]["without_words"] = wordless
         report.update({
             "audit_id": audit_id, "kind": "dedup", "created_at": run.created.isoformat(), "targets": described,
             "datasets": [d.dataset_id for d in datasets], "config_id": cfg.identity, "threshold": threshold,

@@ -86,13 +86,16 @@ CONTEXT: dict[str, Any] = {
 _MEDIA_TYPES = {"jsonl": "application/jsonlines", "parquet": "application/x-parquet", "text": "text/plain"}
 
 
-def to_croissant(ds: DatasetRecord, shards: list[ShardRecord], base: str | os.PathLike | None = None) -> dict[str, Any]:
+def to_croissant(ds: DatasetRecord, shards: list[ShardRecord], base: str | os.PathLike | None = None,
+                 key_kinds: set[str] | None = None) -> dict[str, Any]:
     """The Croissant 1.1 JSON-LD document of one dataset version.
 
     ``base``: the folder the document will be written in; file paths are relative to it. By
     default, the shards' common folder (the document is then meant to sit beside the data). A
     dataset of several files of one format is read through a ``cr:FileSet``, which mlcroissant
     only looks for inside the document's folder, so ``base`` must then hold those files.
+    ``key_kinds``: what the ledger's keys look like (:meth:`Ledger.key_kinds`), which bounds the
+    ids' type.
     """
     files = [s for s in shards if s.uri is not None]
     remote = next((s.uri for s in files if is_url(s.uri)), None)
@@ -114,7 +117,7 @@ def to_croissant(ds: DatasetRecord, shards: list[ShardRecord], base: str | os.Pa
             file_set = _file_set(f"files-{kind}", group, folder)
             distribution.append(file_set)
             source = {"fileSet": {"@id": file_set["@id"]}}
-        record_sets.append(_record_set(name, ds, group, source, folder, root))
+        record_sets.append(_record_set(name, ds, group, source, folder, root, key_kinds))
     doc: dict[str, Any] = {
         "@context": CONTEXT,
         "@type": "sc:Dataset",
@@ -203,7 +206,8 @@ def _file_set(file_set_id: str, group: list[ShardRecord], folder: Path) -> dict[
 
 
 def _record_set(
-    name: str, ds: DatasetRecord, group: list[ShardRecord], source: dict[str, Any], folder: Path, root: Path
+    name: str, ds: DatasetRecord, group: list[ShardRecord], source: dict[str, Any], folder: Path, root: Path,
+    key_kinds: set[str] | None = None,
 ) -> dict[str, Any]:
     def field(field_name: str, data_type: str, extract: dict[str, Any], transform: Any = None) -> dict[str, Any]:
         return {
@@ -217,7 +221,7 @@ def _record_set(
     text = {"fileProperty": "content"} if _kind(group[0]) == "text" else {"column": ds.text_field}
     fields = [field("text", "sc:Text", text)]
     if ds.id_field:
-        fields.append(field("id", _id_type(group, ds.id_field), {"column": ds.id_field}))
+        fields.append(field("id", _id_type(group, ds.id_field, key_kinds), {"column": ds.id_field}))
         key: Any = {"@id": f"{name}/id"}
     else:
         fields.append(field("shard", "sc:Text", **_shard_name(group, source, folder, root)))
@@ -246,11 +250,17 @@ def _shard_name(group: list[ShardRecord], source: dict[str, Any], folder: Path, 
     return {"extract": {"fileProperty": "filepath"}, "transform": {"regex": f"^.*/({re.escape(name)})$"}}
 
 
-def _id_type(group: list[ShardRecord], id_field: str) -> str:
+def _id_type(group: list[ShardRecord], id_field: str, key_kinds: set[str] | None = None) -> str:
     """The Croissant type of the ids: integer or float when the first record of every file has
-    one of that type (the ledger itself keeps every key as a string), else text."""
+    one of that type and every key (``key_kinds``: the ledger keeps them as text) reads as one,
+    else text (a JSON Lines file may mix ``1`` and ``"x7"``, which no number type reads)."""
     types = {_id_value_type(s, id_field) for s in group}
-    return types.pop() if len(types) == 1 else "sc:Text"
+    kind = types.pop() if len(types) == 1 else "sc:Text"
+    if key_kinds is None or kind == "sc:Text":
+        return kind
+    if "text" in key_kinds:
+        return "sc:Text"
+    return "sc:Float" if "number" in key_kinds else kind
 
 
 def _id_value_type(shard: ShardRecord, id_field: str) -> str:

@@ -154,6 +154,15 @@ def _check_limits(max_overlap: float | None, max_contamination: int | None, ngra
         raise InvalidParameterError(f"ngram must be from 0 (no span check) to {MAX_NGRAM} words, got {ngram}")
 
 
+def _digits(value: float, limit: float) -> int:
+    """Decimal places of a percentage that tell ``value`` from ``limit`` (2, or more where 2
+    would print both alike: 15 of 62 over a limit of 0.2419)."""
+    d = 2
+    while d < 9 and f"{value:.{d}%}" == f"{limit:.{d}%}":
+        d += 1
+    return d
+
+
 def _pairwise_overlap(tx, audit_id: str, inputs: list, labels: list[str], sizes: dict[str, int]) -> list[dict]:
     """For every pair of inputs, each side's documents found (exactly or nearly) on the other."""
     overlap = []
@@ -180,7 +189,7 @@ def _contamination(ledger: LedgerStore, tx, audit_id: str, evals: list, labels: 
     contaminated = set(eval_hit["keys"]) | (set(spans["eval_keys"]) if spans else set())
     return {
         "eval_datasets": [d.dataset_id for d in evals], "eval_documents": sizes["e"],
-        "training_documents": sum(sizes[lab] for lab in labels),
+        "training_documents": _count(tx, labels),  # each document once, on however many inputs' sides
         "training_exact": train_hit["exact"], "training_near": train_hit["near"],
         "training_keys": train_hit["keys"][:200],
         "eval_exact": eval_hit["exact"], "eval_near": eval_hit["near"],
@@ -299,11 +308,12 @@ def _violations(overlap: list[dict], contamination: dict | None, license: dict[s
             for side, other in (("a", "b"), ("b", "a")):
                 frac = o[f"{side}_fraction"]
                 if frac > max_overlap:
+                    d = _digits(frac, max_overlap)
                     found.append({"policy": "max_overlap", "message":
-                                  f"max-overlap {max_overlap:.2%} broken: {frac:.2%} of {o[side][:12]}'s "
+                                  f"max-overlap {max_overlap:.{d}%} broken: {frac:.{d}%} of {o[side][:12]}'s "
                                   f"{o[f'{side}_documents']:,} training documents overlap {o[other][:12]} "
                                   f"({o[f'{side}_exact']:,} exact, {o[f'{side}_near']:,} near; "
-                                  f"{(frac - max_overlap) * 100:.2f} points over)"})
+                                  f"{(frac - max_overlap) * 100:.{d}f} points over)"})
     for condition in deny:
         datasets = license[LICENSE_CONDITIONS[condition]]
         if datasets:

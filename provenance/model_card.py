@@ -5,7 +5,7 @@ and text made from what the ledger records of the version's lineage.
 the union of their licences (:func:`provenance.lineage.license_summary`): one licence, known
 for every dataset, gives its Hub id (``other`` with ``license_name`` when the Hub has no id for
 it); several, or one beside datasets of unknown licence, give ``other``, and the text lists them;
-no known licence at all gives ``unknown``. ``base_model``: the Hub name given, else the one the
+no known licence at all (or no data recorded) gives ``unknown``. ``base_model``: the Hub name given, else the one the
 version's stored ``config.json`` records (``_name_or_path``, which transformers 4 writes when a
 model is loaded by name; local ledgers only: a ledger server does not serve a version's files),
 else none, and the text names the lineage's root versions instead. ``provenance``: the version
@@ -14,7 +14,7 @@ id and each dataset's effective share, for programs.
 **Text.** The training-data table with each dataset's examples, effective examples and share
 (the lineage's numbers, :mod:`provenance.lineage`), the licence conditions (non-commercial,
 share-alike, attribution, unknown licences, model-generated data), ancestors whose data the
-ledger does not know, and the latest audits that concern the version: the pre-merge gate its
+ledger does not know, retractions of data the lineage's runs trained on, and the latest audits that concern the version: the pre-merge gate its
 merge cites (else the latest one whose inputs include it or are its parents), the latest dedup
 audit of it or of a dataset of its lineage, the latest memorization audit of it; or a line saying
 that none was run.
@@ -62,28 +62,36 @@ def model_card(ledger: Any, version: str | VersionRecord, *, base_model: str | N
     if base_model is None and isinstance(ledger, LedgerStore):
         base_model = recorded_base_model(ledger, ver)
     datasets = sorted(lin.datasets, key=lambda d: (-d.effective_share, d.dataset_id))
-    license_id, license_name = hub_license(lin.license)
+    license_id, license_name = hub_license(lin.license, _unlicensed(datasets))
     data = ModelCardData(
         base_model=base_model, datasets=[d.dataset_id for d in datasets] or None, license=license_id,
         license_name=license_name, tags=["provenance"],
         provenance={"version": ver.version_id,
                     "datasets": [{"id": d.dataset_id, "effective_share": d.effective_share} for d in datasets]},
     )
-    sections = [_heading(ver), _base(lin, base_model), _training_data(lin, datasets), _licence(lin.license, license_id),
-                _audits(ledger, ver, lin)]
+    sections = [_heading(ver), _base(lin, base_model), _training_data(lin, datasets),
+                _licence(lin.license, license_id, _unlicensed(datasets)), _audits(ledger, ver, lin)]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
 
 
-def hub_license(summary: LicenseSummary) -> tuple[str | None, str | None]:
-    """``(license, license_name)`` of the card's metadata for the licence union (module doc)."""
+def _unlicensed(datasets: list[Any]) -> list[str]:
+    """The datasets with no licence recorded (a licence whose conditions are unknown, such as a
+    ``LicenseRef-``, is still a licence)."""
+    return [d.dataset_id for d in datasets if not d.license]
+
+
+def hub_license(summary: LicenseSummary, unlicensed: list[str] | None = None) -> tuple[str | None, str | None]:
+    """``(license, license_name)`` of the card's metadata for the licence union (module doc);
+    ``unlicensed``: the datasets with no licence (default: those of unknown licence or conditions)."""
+    unlicensed = summary.unknown_license if unlicensed is None else unlicensed
     if not summary.licenses:
-        return ("unknown", None) if summary.unknown_license else (None, None)
-    if len(summary.licenses) == 1 and not summary.unknown_license:
+        return "unknown", None  # no data recorded, or none of it licensed
+    if len(summary.licenses) == 1 and not unlicensed:
         spdx = summary.licenses[0].lower().removesuffix("-only")
         spdx = _HUB_SPELLING.get(spdx, spdx)
         if spdx in HUB_LICENSES:
             return spdx, None
-    names = list(summary.licenses) + (["unknown"] if summary.unknown_license else [])
+    names = list(summary.licenses) + (["unknown"] if unlicensed else [])
     return "other", re.sub(r"[^a-z0-9.]+", "-", " and ".join(names).lower()).strip("-")
 
 
@@ -120,7 +128,7 @@ def _heading(ver: VersionRecord) -> str:
 def _base(lin: Lineage, base_model: str | None) -> str:
     rows = lin.version_rows()
     roots = [r for r in rows if not r["parents"]]
-    named = ", ".join(f"`{r['version_id'][:12]}` ({r['message']})" for r in roots)
+    named = ", ".join(f"`{r['version_id'][:12]}` ({' '.join(r['message'].split())})" for r in roots)  # one line
     if [r["version_id"] for r in roots] == [lin.version]:  # no ancestor: its own run started from nothing
         text = "## Base model\n\nNone in the ledger: this version has no parent (trained from scratch, or imported)."
     else:
@@ -140,8 +148,13 @@ def _training_data(lin: Lineage, datasets: list[Any]) -> str:
         lines += [f"| {d.dataset_id} | {d.role or ''} | {d.license or 'unknown'} | {d.examples:,} | "
                   f"{d.effective_examples:,.2f} | {d.effective_share:.2%} |" for d in datasets]
         lines += ["", "Effective examples weight the examples of each run by its version's share of this one (a merge "
-                  "passes |λᵢ| / Σ|λⱼ| of its share to input i); a dataset's share is its effective examples over "
+                  "passes λᵢ / Σλⱼ of its share to input i); a dataset's share is its effective examples over "
                   "all datasets'."]
+    if lin.retracted:
+        listed = "; ".join(f"{r['target']} ({r['reason']}; retraction `{r['retraction_id']}`)"
+                           for r in {r["retraction_id"]: r for r in lin.retracted}.values())
+        lines += ["", f"**Retracted data**: runs in this lineage trained on data retracted since: {listed}. "
+                      "`prov retractions ID` says what replaces this version."]
     if lin.unrecorded:
         listed = ", ".join(f"`{v[:12]}`" for v in lin.unrecorded)
         lines += ["", f"Versions in the lineage with neither a run nor a merge, whose training data the ledger does not "
@@ -152,15 +165,16 @@ def _training_data(lin: Lineage, datasets: list[Any]) -> str:
     return "\n".join(lines)
 
 
-def _licence(summary: LicenseSummary, license_id: str | None) -> str:
+def _licence(summary: LicenseSummary, license_id: str | None, unlicensed: list[str]) -> str:
     lines = ["## Licence", ""]
     if not summary.licenses and not summary.unknown_license:
         lines.append("No dataset is recorded, so no licence follows from the training data.")
-    elif len(summary.licenses) == 1 and not summary.unknown_license:
+    elif len(summary.licenses) == 1 and not unlicensed:
         lines.append(f"The training data is under {summary.licenses[0]}.")
     elif summary.licenses:
-        lines.append(f"The training data comes under several licences: {', '.join(summary.licenses)}"
-                     + (", and some of it under no known licence" if summary.unknown_license else "")
+        lines.append(f"The training data comes under {'several licences' if len(summary.licenses) > 1 else 'the licence'}:"
+                     f" {', '.join(summary.licenses)}"
+                     + (", and some of it under no known licence" if unlicensed else "")
                      + f"; the card's licence is `{license_id}`.")
     conditions = [
         ("Non-commercial", summary.non_commercial, "their licences forbid commercial use"),

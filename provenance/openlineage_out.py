@@ -20,7 +20,9 @@ error.
 - ``run.runId``: the provenance run id (32 hex digits) written as a UUID; ``eventTime``: when
   the run started or ended. A run that came in through the intake keeps its own runId and job.
 - ``job``: namespace ``OPENLINEAGE_NAMESPACE``, else ``provenance``; name: the run's message.
-  Both can be given (:class:`OpenLineageOptions`). A ``jobType`` facet says ``TRAINING``.
+  Both can be given (:class:`OpenLineageOptions`); the run keeps the job its events were sent
+  under (``params["openlineage"]["job"]``), and an export names that one. A ``jobType`` facet
+  says ``TRAINING``.
 - ``inputs``: the base version, as a dataset in namespace ``provenance`` named by its id, and
   each declared dataset, in namespace ``provenance`` under its name, with the standard
   ``version`` facet (the dataset version's content hash) and the ``provenance_fingerprint``
@@ -143,6 +145,16 @@ def emitter(option: Any = None) -> Emitter | None:
                    owned=owned)
 
 
+def with_job(params: Mapping[str, Any] | None, sender: Emitter | None, message: str) -> dict[str, Any]:
+    """``params`` with the job ``sender`` names the run's events under (``openlineage.job``),
+    kept with the run so that an export of its lineage names the same job; as they are without
+    a sender, or where they already say ``openlineage``."""
+    params = dict(params or {})
+    if sender is not None and "openlineage" not in params:
+        params["openlineage"] = {"job": {"namespace": sender.namespace, "name": sender.job or message}}
+    return params
+
+
 class Emitter:
     """Sends one run's events, in order, from a daemon thread (module doc): :meth:`start` at the
     run's start, :meth:`end` at its end, which waits ``timeout`` seconds at most for them."""
@@ -233,9 +245,11 @@ def run_event(run: RunRecord, datasets: Mapping[str, DatasetRecord], kind: str, 
     origin = run.params.get("openlineage") if isinstance(run.params, dict) else None
     if isinstance(origin, dict) and isinstance(origin.get("job"), dict) and _is_uuid(origin.get("runId")):
         run_id, job_ref = origin["runId"], ol.Job(namespace=origin["job"]["namespace"], name=origin["job"]["name"])
-    else:  # a run of this ledger's own
+    else:  # a run of this ledger's own, under the job its events were sent under (if any)
         run_id = uuid.UUID(hex=run.run_id)
-        job_ref = ol.Job(namespace=job_namespace(namespace), name=job or run.message, facets={
+        sent = origin.get("job") if isinstance(origin, dict) and isinstance(origin.get("job"), dict) else {}
+        job_ref = ol.Job(namespace=sent.get("namespace") or job_namespace(namespace),
+                         name=sent.get("name") or job or run.message, facets={
             "jobType": ol.JobTypeJobFacet(processingType="BATCH", integration="PROVENANCE", jobType="TRAINING",
                                           producer=PRODUCER)})
     inputs = [ol.InputDataset(namespace=NAMESPACE, name=run.base_version)] if run.base_version else []

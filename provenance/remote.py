@@ -285,7 +285,14 @@ class RemoteLedger:
     def _register_upload(self, name: str, upload_id: str, shards: list[dict[str, Any]], counters: dict[str, int],
                          options: dict[str, Any]) -> RegistrationResult:
         body = {"name": name, "upload_id": upload_id, "shards": shards, "options": options, "counters": counters}
-        result = RegistrationResult.model_validate(self._call("POST", "datasets", json_body=body))
+        try:
+            result = RegistrationResult.model_validate(self._call("POST", "datasets", json_body=body))
+        except errors.AlreadyAppliedError as exc:  # registered before the server stopped: read it back
+            if "dataset_id" not in exc.made:
+                raise
+            ds = self.dataset(exc.made["dataset_id"])
+            return RegistrationResult(dataset=ds, created=True, message=f"registered {ds.dataset_id} (read back: the "
+                                      "server stopped before it answered)")
         result.warn_retracted(stacklevel=3)  # the caller of register_dataset
         return result
 
@@ -308,7 +315,10 @@ class RemoteLedger:
         return [TagRecord.model_validate(r) for r in self._call("GET", "tags")]
 
     def tag(self, name: str, version: str | VersionRecord) -> VersionRecord:
-        return VersionRecord.model_validate(self._call("PUT", f"tags/{name}", json_body={"version": _ref(version)}))
+        try:
+            return VersionRecord.model_validate(self._call("PUT", f"tags/{name}", json_body={"version": _ref(version)}))
+        except errors.AlreadyAppliedError:  # the tag was set before the server stopped: what it names
+            return self.version(name)
 
     def commit(self, state: Any, *, parent: str | VersionRecord | None = None, message: str, author: str | None = None,
                run: str | None = None, encoding: str = "auto", allow_nonfinite: bool = False, progress: Any = None,
@@ -443,7 +453,7 @@ class RemoteLedger:
         declared = ({_ref(k): float(v) for k, v in datasets.items()} if isinstance(datasets, Mapping)
                     else {_ref(d): 1.0 for d in datasets})
         body = {"message": message, "base": _ref(base) if base is not None else None, "datasets": declared,
-                "params": dict(params or {}), "author": author, "host": socket.gethostname(),
+                "params": openlineage_out.with_job(params, emitter, message), "author": author, "host": socket.gethostname(),
                 "pid": os.getpid() if pid is None else int(pid)}
         record = RunRecord.model_validate(self._made("run_id", "runs", lambda: self._call("POST", "runs",
                                                                                           json_body=body)))
@@ -570,14 +580,26 @@ class RemoteRun(Run):
     """A run on a ledger server: examples are buffered here and sent in batches; the end is sent."""
 
     def _write(self, log: pa.Table) -> None:
-        self.ledger._call("POST", f"runs/{self.run_id}/examples", content=lambda: table_to_ipc(log),
-                          content_type=ARROW_STREAM)
+        with _applied():  # the batch landed before the server stopped: sending it again would log it twice
+            self.ledger._call("POST", f"runs/{self.run_id}/examples", content=lambda: table_to_ipc(log),
+                              content_type=ARROW_STREAM)
 
     def _commit(self, state: Any, **options: Any) -> VersionRecord:
         return self.ledger.commit(state, **options)
 
     def _send_end(self, status: str, error: str | None) -> None:
-        self.ledger._call("POST", f"runs/{self.run_id}/end", json_body={"status": status, "error": error})
+        with _applied():
+            self.ledger._call("POST", f"runs/{self.run_id}/end", json_body={"status": status, "error": error})
+
+
+@contextlib.contextmanager
+def _applied() -> Iterator[None]:
+    """A write whose retry the server answers :class:`~provenance.errors.AlreadyAppliedError`
+    (applied once, its answer lost when the server stopped) is done: its caller goes on."""
+    try:
+        yield
+    except errors.AlreadyAppliedError:
+        pass
 
 
 class _Retry(Exception):

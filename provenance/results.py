@@ -311,6 +311,8 @@ class DedupSummary(Result):
     redundant_documents: int = Field(description="documents beyond the first of each cluster")
     duplicate_rate: float
     largest_cluster: int
+    without_words: int = Field(0, description="documents with no words (empty, or only punctuation): compared with "
+                                              "nothing, as in the pre-merge gate")
     seconds: float
 
 
@@ -425,7 +427,7 @@ class SpanCheck(Result):
 class Contamination(Result):
     eval_datasets: list[str]
     eval_documents: int
-    training_documents: int
+    training_documents: int = Field(description="documents on any input's side, each counted once")
     training_exact: int
     training_near: int
     training_keys: list[str]

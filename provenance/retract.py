@@ -376,10 +376,25 @@ def apply_retraction(ledger: Any, retraction: str, *, rebase_too: bool = False,
         return _apply(ledger, retraction, rebase_too, progress)
 
 
+def outdated_steps(steps: list[Step]) -> dict[str, str]:
+    """The re-merges of a plan recorded by provenance before stand-ins (2026-12-05) that leave out
+    an input another step makes again clean (a merge of merges re-made from its other inputs
+    alone, losing what the inner merge's clean inputs gave): re-merged version -> the input."""
+    remade = {s.version_id for s in steps if s.action in ("remerge", "rebase")}
+    return {s.version_id: p for s in steps if s.action == "remerge" for p in s.dropped if p in remade}
+
+
 def _apply(ledger: Any, retraction: str, rebase_too: bool, progress: Any) -> list[dict[str, Any]]:
     rec = ledger.retraction(retraction)
     rid = rec["retraction_id"]
     steps = [Step(**s) for s in json.loads(rec["plan_json"])]
+    outdated = {v: p for v, p in outdated_steps(steps).items() if v not in {r["version_id"] for r in rec["results"]}}
+    if outdated:
+        v, p = next(iter(outdated.items()))
+        raise InvalidParameterError(
+            f"retraction {rid}: its plan was recorded by an older provenance, whose re-merge of {v[:12]} leaves out "
+            f"{p[:12]} instead of taking the clean version {p[:12]}'s own step makes (what {p[:12]}'s clean inputs "
+            f"contributed would be lost); record the retraction again ({rec['target']}) to plan it anew")
     done = {r["version_id"]: r for r in rec["results"]}
     replaced = {v: r["new_version_id"] for v, r in done.items()}
     failed: list[str] = []
@@ -492,6 +507,11 @@ def audit_retraction(ledger: Any, retraction: str, *, samples: Any = None, relea
                for s in json.loads(rec["plan_json"]) if s["version_id"] not in made]
     problems = [f"{c['as']} ({c['version_id'][:12]}) has retracted data in its lineage, through "
                 f"{c['via'][:12]}" for c in checked if not c["clean"]]
+    outdated = outdated_steps([Step(**s) for s in json.loads(rec["plan_json"])])
+    stale = {r["new_version_id"]: outdated[r["version_id"]] for r in rec["results"] if r["version_id"] in outdated}
+    problems += [f"{c['as']} ({c['version_id'][:12]}) was made by the plan of an older provenance, which left out "
+                 f"{stale[c['version_id']][:12]} instead of the clean version its own step made: record the "
+                 "retraction again and apply it" for c in checked if c["version_id"] in stale]
     if not checked:
         problems.append("nothing to check: no step has been applied (prov retract ID --apply) and no release matched "
                         + (repr(releases) if releases else "(give --releases PATTERN)"))

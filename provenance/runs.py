@@ -43,7 +43,7 @@ import xxhash
 
 from provenance.errors import InvalidParameterError, ProvenanceError, RunEndedError
 from provenance.ledger import LedgerStore
-from provenance.openlineage_out import Emitter
+from provenance.openlineage_out import Emitter, with_job
 from provenance.records import DatasetRecord, RegistrationResult, RunRecord, VersionRecord
 from provenance.versions import commit
 
@@ -81,7 +81,7 @@ def start_run(
     if not isinstance(flush_every, int) or flush_every < 1:
         raise InvalidParameterError(f"flush_every must be a positive integer, got {flush_every!r}")
     try:
-        params_json = json.dumps(dict(params or {}), sort_keys=True)
+        params_json = json.dumps(with_job(params, openlineage, message), sort_keys=True)
     except TypeError as exc:
         raise InvalidParameterError(f"run params must be JSON values: {exc}") from None
     declared = _declared(ledger, datasets)

@@ -81,6 +81,26 @@ def test_clusters_are_connected_components(ledger, data_dir, write_jsonl):
     assert copies["c0"] == 3 and copies["p0"] == 1 and "n3" not in copies
 
 
+def test_texts_with_no_words_are_nobody_s_duplicate(ledger, data_dir, write_jsonl):
+    """Forty texts with no words ("", "...", "?!") were one cluster of "exact" duplicates (all
+    such texts have one signature and one exact hash): a duplicate rate of 28% in a corpus of
+    distinct documents. They are compared with nothing, as in the pre-merge gate, and counted."""
+    docs = [{"id": f"d{i}", "text": " ".join(f"w{i}x{j}" for j in range(40))} for i in range(100)]
+    docs += [{"id": f"blank{i}", "text": t} for i, t in enumerate(["", " ", "...", "?!", "—", "-- --", "()", "***"] * 5)]
+    docs += [{"id": "copy", "text": docs[0]["text"]}]
+    write_jsonl(data_dir / "b.jsonl", docs)
+    ledger.register_dataset("b", data_dir / "b.jsonl", id_field="id")
+    for all_pairs in (False, True):
+        report = audit_dedup(ledger, ["b"], all_pairs=all_pairs, verify=True)
+        s = report["summary"]
+        assert (s["documents"], s["without_words"], s["pairs"], s["exact_duplicate_pairs"]) == (141, 40, 1, 1)
+        assert s["redundant_documents"] == 1 and s["largest_cluster"] == 2
+        assert [(p["a"], p["b"]) for p in report["pairs"]] == [("d0", "copy")]
+        assert {n["key"] for n in report["near_copies"]} == {"d0", "copy"}
+    out = CliRunner().invoke(main, ["--ledger", str(ledger.root), "audit", "dedup", "b"])
+    assert out.exit_code == 0 and "40 documents with no words (empty, or only punctuation): compared with nothing" in out.output
+
+
 def test_verify_drops_pairs_the_text_refutes_and_names_unreadable_shards(graded_ledger, data_dir):
     report = audit_dedup(graded_ledger, ["graded"], threshold=0.8, verify=True)
     v = report["verify"]

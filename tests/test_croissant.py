@@ -197,6 +197,36 @@ def test_jsonl_with_integer_ids(ledger, data_dir, write_jsonl):
     assert_same_documents(ledger, "ints", records["documents"], {str(d["n"]): d["text"] for d in docs})
 
 
+def test_jsonl_ids_of_mixed_types_read_back(ledger, data_dir, write_jsonl):
+    """The ids' type came from the first record alone: ``1`` then ``"x7"`` was declared
+    ``sc:Integer``, and mlcroissant failed on every record (int('x7')); ``1`` then ``2.5`` lost 2.5."""
+    cases = {"mixed": ([1, "x7", 3], "sc:Text", ["1", "x7", "3"]), "floats": ([1, 2.5, 3], "sc:Float", [1.0, 2.5, 3.0])}
+    for name, (ids, declared, read) in cases.items():
+        write_jsonl(data_dir / f"{name}.jsonl", [{"id": i, "text": f"document number {n} here"} for n, i in enumerate(ids)])
+        ledger.register_dataset(name, data_dir / f"{name}.jsonl", id_field="id")
+        doc = ledger.export_croissant(name, base=data_dir)
+        assert doc["recordSet"][0]["field"][1]["dataType"] == declared
+        path = data_dir / f"{name}.croissant.json"
+        path.write_text(json.dumps(doc), encoding="utf-8")
+        got = [r["documents/id"] for r in mlc.Dataset(jsonld=path).records(record_set="documents")]
+        assert [g.decode() if isinstance(g, bytes) else g for g in got] == read
+
+
+def test_a_version_with_removed_documents_is_not_exported_over_the_whole_files(ledger, data_dir, write_jsonl):
+    """``prov dataset remove`` keeps the files; a Croissant of its version pointed at them, and
+    mlcroissant read the removed (erased) document back."""
+    write_jsonl(data_dir / "d.jsonl", [{"id": k, "text": f"the text of document {k} here"} for k in "abc"])
+    ledger.register_dataset("d", data_dir / "d.jsonl", id_field="id")
+    ledger.remove_documents("d", ["b"], reason="erasure request")
+    with pytest.raises(InvalidParameterError, match=r"d@2: its file d.jsonl still holds 1 document\(s\) that this "
+                                                    r"version left out"):
+        ledger.export_croissant("d@2", base=data_dir)
+    assert ledger.export_croissant("d@1", base=data_dir)["recordSet"][0]["description"] == "3 documents"
+    write_jsonl(data_dir / "d.jsonl", [{"id": k, "text": f"the text of document {k} here"} for k in "ac"])
+    ledger.register_dataset("d", data_dir / "d.jsonl", id_field="id")  # the files written without it
+    assert ledger.export_croissant("d@3", base=data_dir)["recordSet"][0]["description"] == "2 documents"
+
+
 @pytest.mark.parametrize("where", ["data folder", "above it"])
 def test_multi_file_dataset_reads_through_a_file_set(ledger, data_dir, write_jsonl, where):
     first = [{"text": f"first file, document {i}"} for i in range(4)]

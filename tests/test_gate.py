@@ -64,12 +64,13 @@ def test_gate_reports_overlap_and_contamination(contributors):
     assert (o["a_exact"], o["a_near"], o["b_exact"], o["b_near"]) == (3, 1, 3, 1)
     assert o["a_fraction"] == pytest.approx(4 / 20) and o["datasets"] == [{"dataset": "a@1", "other": "b@1", "exact": 3, "near": 1}]
     c = report["contamination"]
-    assert c["eval_datasets"] == ["ev@1"] and c["eval_documents"] == 3
+    assert c["eval_datasets"] == ["ev@1"] and c["eval_documents"] == 3 and c["training_documents"] == 40
     assert (c["eval_exact"], c["training_exact"]) == (1, 1) and c["training_keys"] == ["b@1:b4"]
     assert c["ngram"]["eval_keys"] == ["ev@1:e0", "ev@1:e1"]  # e1 by its 15-word span (>= 13), e0 whole
     assert c["contaminated_eval_documents"] == 2 and c["contaminated_eval_keys"] == ["ev@1:e0", "ev@1:e1"]
     full = audit_merge(ledger, [va.version_id, vb.version_id], full_lineage=True, ngram=0)
     assert full["overlap"][0]["a_documents"] == 30 and full["overlap"][0]["a_exact"] == 13  # base's 10 in both
+    assert full["contamination"]["training_documents"] == 50  # the base's 10 once, not once per input (60)
     assert full["contamination"]["ngram"] is None and full["contamination"]["contaminated_eval_documents"] == 1
     stored = ledger.audit(report["audit_id"])
     assert stored["kind"] == "merge" and stored["passed"] is False

@@ -12,6 +12,7 @@ import pytest
 import provenance.ledger as ledger_module
 from provenance import Ledger
 from provenance.errors import (
+    AccessDeniedError,
     InvalidParameterError,
     LedgerExistsError,
     LedgerNotFoundError,
@@ -185,7 +186,9 @@ def test_a_ledger_of_the_previous_schema_is_migrated_to_the_current_one(tmp_path
     assert old.schema_version() == SHIPPED - 1
     monkeypatch.undo()
 
-    opened = Ledger.open(tmp_path)
+    with pytest.warns(UserWarning, match=rf"migrated from schema version {SHIPPED - 1} to {SHIPPED}; a provenance "
+                                         rf"that understands only version {SHIPPED - 1} can no longer open it"):
+        opened = Ledger.open(tmp_path)
     assert opened.schema_version() == SHIPPED
     assert opened.sql("SELECT count(*) AS n FROM documents").column("n").to_pylist() == [3]
     tables = {r[0] for r in raw_rows(opened, "SELECT table_name FROM information_schema.tables")}
@@ -267,6 +270,8 @@ def test_sql_select_returns_arrow_with_values(ledger):
         "SELECT 1; SELECT 2",
         "",
         "EXPLAIN ANALYZE DELETE FROM documents",
+        "EXPLAIN (ANALYZE) DELETE FROM documents",
+        "EXPLAIN /* c */ ANALYZE DELETE FROM documents",
         "SELECT * FROM read_csv('/etc/passwd')",
         "SELECT * FROM read_text('/etc/hostname')",
         "SELECT * FROM '/etc/passwd'",
@@ -310,6 +315,21 @@ def test_sql_inside_a_session_reads_only_the_ledger(ledger):
             with pytest.raises(ReadOnlyQueryError, match=why):
                 ledger.sql(query)
     assert ledger.sql("SELECT 1 AS one").to_pylist() == [{"one": 1}]
+
+
+def test_sql_explain_with_options_and_show_of_hidden_tables(ledger):
+    """``EXPLAIN (FORMAT json) ...`` was a parser traceback (HTTP 500 on a server), and ``SHOW
+    tokens`` gave a read token the columns of a table it may not read."""
+    for hidden in ((), ("tokens",)):
+        plan = ledger.sql("EXPLAIN (FORMAT json) SELECT count(*) FROM versions", hidden=hidden).to_pylist()
+        assert len(plan) == 1 and plan[0]["explain_key"] == "physical_plan"
+        assert ledger.sql("SHOW versions", hidden=hidden).num_rows > 5
+    with pytest.raises(ReadOnlyQueryError, match="cannot check the statement EXPLAIN explains"):
+        ledger.sql("EXPLAIN /* c */ ANALYZE DELETE FROM ledger_meta")
+    for query in ("SHOW tokens", "SELECT count(*) FROM (SHOW tokens)", "DESCRIBE tokens", "EXPLAIN SELECT * FROM tokens"):
+        with pytest.raises(AccessDeniedError, match="table 'tokens' is readable with an admin token only"):
+            ledger.sql(query, hidden=("tokens",))
+    assert ledger.sql("SHOW TABLES", hidden=("tokens",)).num_rows > 20
 
 
 # -- looking up datasets -------------------------------------------------------------------------

@@ -122,7 +122,30 @@ def test_one_licence_gives_its_hub_id():
     assert hub_license(summary(["LicenseRef-mine"])) == ("other", "licenseref-mine")
     assert hub_license(summary(["MIT"], unknown=["x@1"])) == ("other", "mit-and-unknown")
     assert hub_license(summary([], unknown=["x@1"])) == ("unknown", None)
-    assert hub_license(summary([])) == (None, None)
+    assert hub_license(summary([])) == ("unknown", None)  # no data recorded: docs/model-cards.md
+    # a LicenseRef is a licence whose conditions are unknown, not data of no licence
+    assert hub_license(summary(["LicenseRef-mine"], unknown=["x@1"]), unlicensed=[]) == ("other", "licenseref-mine")
+
+
+def test_card_licence_of_conditions_unknown_retractions_and_one_line_messages(ledger, data_dir, write_jsonl):
+    """A ``LicenseRef-`` licence made the card say "LicenseRef-custom, and some of it under no
+    known licence" (licence ``licenseref-custom-and-unknown``); a retraction in the lineage went
+    unsaid; a message's newline broke the base model's paragraph."""
+    write_jsonl(data_dir / "c.jsonl", [{"id": f"c{i}", "text": words(i)} for i in range(4)])
+    ledger.register_dataset("c", data_dir / "c.jsonl", id_field="id", license="LicenseRef-custom")
+    base = ledger.commit({"w": torch.zeros(2)}, message="imported\nsecond line")
+    with ledger.start_run(base=base, datasets=["c"], message="r") as run:
+        v = run.commit({"w": torch.ones(2)})
+    card = ledger.model_card(v)
+    assert (card.data.license, card.data.license_name) == ("other", "licenseref-custom")
+    assert "The training data is under LicenseRef-custom." in card.text and "no known licence" not in card.text
+    assert "- **Unknown licence**: c@1 (no licence is recorded, or its conditions are unknown)." in card.text
+    assert f"`{base.version_id[:12]}` (imported second line)." in card.text
+    assert "Retracted data" not in card.text
+    retraction = ledger.retract(dataset="c", key="c1", reason="asked to")
+    text = ledger.model_card(v).text
+    assert (f"**Retracted data**: runs in this lineage trained on data retracted since: c c1 (asked to; retraction "
+            f"`{retraction['retraction_id'][:12]}`)") in text
 
 
 def test_single_licence_card(ledger, data_dir, write_jsonl):

@@ -61,6 +61,9 @@ def corpus_ledger(tmp_path_factory):
     (root / "solo.jsonl").write_text("".join(json.dumps({"text": f"alone {i} " + " ".join(f"s{i}w{j}" for j in range(40))})
                                              + "\n" for i in range(30)))
     ledger.register_dataset("solo", root / "solo.jsonl")  # no two documents alike
+    blank = ["", "...", "!?", "a copied text of some words here", "a copied text of some words here", "other words"]
+    (root / "blank.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in blank))
+    ledger.register_dataset("blank", root / "blank.jsonl")  # three texts with no words: nobody's copy
     return ledger
 
 
@@ -116,6 +119,9 @@ def test_no_pairs_and_bad_arguments(corpus_ledger, tmp_path):
     assert alone["summary"]["documents"] == 30 and alone["summary"]["pairs"] == 0
     assert alone["pairs"] == [] and alone["cluster_rounds"] == 0
     _same_report(local_dedup(corpus_ledger, ["solo"]), alone)
+    blank = audit_dedup(corpus_ledger, ["blank"])
+    assert (blank["summary"]["pairs"], blank["summary"]["without_words"], blank["summary"]["documents"]) == (1, 3, 6)
+    _same_report(local_dedup(corpus_ledger, ["blank"]), blank)
     for bad, message in (({"num_cpus": 0}, "num_cpus"), ({"partitions": True}, "partitions"),
                          ({"staging": tmp_path / "nowhere"}, "does not exist")):
         with pytest.raises(InvalidParameterError, match=message):

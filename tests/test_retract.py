@@ -598,6 +598,46 @@ def test_a_merge_of_a_merge_takes_the_clean_replacement_of_its_tainted_input(led
     assert ledger.audit_retraction(record["retraction_id"])["passed"]
 
 
+def test_a_plan_recorded_before_stand_ins_is_refused_and_its_results_fail_the_audit(ledger, data_dir, write_jsonl):
+    """A retraction recorded by the code before stand-ins kept a plan whose re-merge of M2 was C
+    alone (M dropped); the new code applied it as stored, and the audit passed its result."""
+    from datetime import datetime
+
+    from provenance.errors import InvalidParameterError
+
+    write_jsonl(data_dir / "letters.jsonl", [{"id": "L7", "text": "a letter the author withdrew about the farm"}])
+    write_jsonl(data_dir / "essays.jsonl", [{"id": "E0", "text": "an essay on gardening in a small town"}])
+    ledger.register_dataset("letters", data_dir / "letters.jsonl", id_field="id")
+    ledger.register_dataset("essays", data_dir / "essays.jsonl", id_field="id")
+    base = ledger.commit({"w": torch.zeros(4)}, message="base")
+
+    def tuned(dataset: str, value: float):
+        with ledger.start_run(base=base, datasets=[dataset], message=dataset) as run:
+            return run.commit({"w": torch.full((4,), value)})
+
+    a, b, c = tuned("letters", 1.0), tuned("essays", 2.0), tuned("essays", 3.0)
+    m = ledger.merge([a, b], method="average", message="M")
+    m2 = ledger.merge([m, c], method="average", weights=[0.7, 0.3], message="M2")
+    rid = ledger.retract(dataset="letters", key="L7", reason="withdrawn")["retraction_id"]
+    plan = json.loads(ledger.retraction(rid)["plan_json"])
+    for step in plan:  # as the older planner wrote it
+        if step["version_id"] == m2.version_id:
+            step.update(inputs=[c.version_id], weights=[1.0], dropped=[m.version_id], stand_ins=[])
+    with ledger.transaction() as tx:
+        tx._con.execute("UPDATE retractions SET plan_json = ? WHERE retraction_id = ?", [json.dumps(plan), rid])
+    with pytest.raises(InvalidParameterError, match=rf"retraction {rid}: its plan was recorded by an older provenance, "
+                                                    rf"whose re-merge of {m2.version_id[:12]} leaves out {m.version_id[:12]}"):
+        ledger.apply_retraction(rid)
+    assert ledger.retraction(rid)["results"] == []  # nothing made
+    with ledger.transaction() as tx:  # what the older code made when it applied that plan: C alone
+        tx.insert_retraction_result({"retraction_id": rid, "version_id": m2.version_id, "action": "remerge",
+                                     "new_version_id": c.version_id, "exact": True, "applied_at": datetime.now()})
+    report = ledger.audit_retraction(rid)
+    assert not report["passed"] and any(
+        f"({c.version_id[:12]}) was made by the plan of an older provenance, which left out {m.version_id[:12]}" in p
+        for p in report["problems"])
+
+
 def test_a_remerge_waits_for_an_input_made_clean_by_a_rebase(ledger, data_dir, write_jsonl):
     """M2 merges X, a fine-tune of the tainted A, with C: X's clean replacement is a rebase, made
     only with rebase_too; until then M2's re-merge waits (it does not drop X), and the CLI says so."""

@@ -195,6 +195,8 @@ def test_exit_statuses_and_json_errors(project):
     assert usage.exit_code == 2 and "Missing argument" in usage.output
     out_of_range = run_cli("audit", "dedup", "news", "--threshold", "1.5")
     assert out_of_range.exit_code == 2 and "'--threshold': 1.5 is not in the range 0<x<=1" in out_of_range.output
+    not_a_number = run_cli("audit", "dedup", "news", "--threshold", "nan")  # passes every bound's comparison
+    assert not_a_number.exit_code == 2 and "'--threshold': 'nan' is not a number" in not_a_number.output
     for args in (["audit", "dedup", "news", "--json", "--bogus"], ["audit", "dedup", "news", "--bogus", "--json"]):
         unknown = run_cli(*args)  # click stops parsing at --bogus: --json is still seen
         assert unknown.exit_code == 2 and json.loads(unknown.stderr) == {"error": "No such option '--bogus'.",

@@ -249,6 +249,23 @@ def test_a_write_whose_answer_was_lost_is_made_good_by_the_client(tmp_path, monk
         committed = other.commit({"w": torch.ones(3)})
     finally:
         WRITE_KEY.reset(mark)
+    logging = local.start_run(datasets=["d"], message="its examples' answer was lost", detached=True)
+    mark = WRITE_KEY.set(("k-examples", "admin", "POST", f"/api/v1/runs/{logging.run_id}/examples"))
+    try:
+        logging.log_examples(["a", "a"], step=0)
+        logging.flush()
+    finally:
+        WRITE_KEY.reset(mark)
+    mark = WRITE_KEY.set(("k-tag", "admin", "PUT", "/api/v1/tags/lost"))
+    try:
+        local.tag("lost", committed)
+    finally:
+        WRITE_KEY.reset(mark)
+    mark = WRITE_KEY.set(("k-register", "admin", "POST", "/api/v1/datasets"))
+    try:
+        local.register_dataset("e", [{"id": "b", "text": "another document"}], id_field="id")
+    finally:
+        WRITE_KEY.reset(mark)
     del local
 
     server = serving.start(root, token=token)
@@ -268,9 +285,23 @@ def test_a_write_whose_answer_was_lost_is_made_good_by_the_client(tmp_path, monk
         version = client.commit({"w": torch.ones(3)}, message="its commit's answer was lost", run=other.run_id)
         assert version.version_id == committed.version_id
         assert client.run(other.run_id).version_id == committed.version_id
+        # A batch of examples and a tag that landed: the job goes on (the batch was sent again under
+        # a new key by the run's end, and logged twice), and the tag is read back.
+        keys = iter(["k-examples", "k-tag", "k-upload", "k-register"])
+        monkeypatch.setattr("provenance.remote.uuid.uuid4", lambda: types.SimpleNamespace(hex=next(keys)))
+        attached = client.attach_run(logging.run_id)
+        attached.log_examples(["a", "a"], step=0)
+        attached.flush()
+        assert client.tag("lost", committed).version_id == committed.version_id
+        again = client.register_dataset("e", [{"id": "b", "text": "another document"}], id_field="id")
+        assert again.dataset.dataset_id == "e@1" and "read back" in again.message
         monkeypatch.undo()
+        attached.finish()
+        assert client.run(logging.run_id).n_logged == 2 and client.run(logging.run_id).status == "finished"
+        assert sum(s.examples for s in client.run_shards(logging.run_id)) == 2
         run.finish()
         assert client.run(started.run_id).status == "finished"
-        assert len(client.runs()) == 2 and len(client.versions()) == 1  # nothing made twice
+        assert len(client.runs()) == 3 and len(client.versions()) == 1  # nothing made twice
+        assert [d.dataset_id for d in client.datasets(all_versions=True)] == ["d@1", "e@1"]
     finally:
         server.stop()

@@ -845,6 +845,11 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
                     con.execute("ROLLBACK")
                     raise
                 con.execute("COMMIT")
+        if 0 < current < len(shipped):  # for good: an older provenance refuses the ledger from now on
+            import warnings
+
+            warnings.warn(f"ledger {self.root}: migrated from schema version {current} to {len(shipped)}; a "
+                          f"provenance that understands only version {current} can no longer open it", stacklevel=3)
 
     def schema_version(self) -> int:
         with self._cursor() as con:

@@ -363,6 +363,29 @@ class AuditWrites:
         """Remove the pairs whose verified exact Jaccard is below ``exact``."""
         self._con.execute("DELETE FROM audit_pairs WHERE audit_id = $1 AND exact < $2", [audit_id, float(exact)])
 
+    def drop_wordless_pairs(self, audit_id: str, scope: pa.Table) -> int:
+        """Remove the audit's pairs of documents of ``scope`` that have no words (``""``,
+        ``"..."``: every such text has one signature and one exact hash, so they all pair with each
+        other, though none copies another) and their groups of identical signatures; returns how
+        many such documents ``scope`` holds."""
+        con = self._con
+        register(con, "aud_wscope", scope.select(["dataset_id", "shard_index"]))
+        try:
+            con.execute(f"""CREATE OR REPLACE TEMP TABLE aud_wordless AS
+                            SELECT DISTINCT d.doc_id FROM documents d JOIN aud_wscope s
+                              ON d.dataset_id = s.dataset_id AND (s.shard_index IS NULL OR d.shard_index = s.shard_index)
+                            WHERE {_in_datasets(scope)} AND d.token_count = 0""")
+        finally:
+            unregister(con, "aud_wscope")
+        n = int(con.execute("SELECT count(*) FROM aud_wordless").fetchall()[0][0])
+        if n:
+            con.execute("""DELETE FROM audit_pairs WHERE audit_id = $1
+                           AND (doc_a IN (SELECT doc_id FROM aud_wordless) OR doc_b IN (SELECT doc_id FROM aud_wordless))""",
+                        [audit_id])
+            con.execute("DELETE FROM aud_groups WHERE doc_id IN (SELECT doc_id FROM aud_wordless)")  # near-copy counts
+        con.execute("DROP TABLE aud_wordless")
+        return n
+
     # -- the pre-merge gate: sides of the staged documents --------------------------------------
 
     def side_size(self, labels: list[str]) -> int:

@@ -26,6 +26,9 @@ from provenance.records import (
     check_name,
 )
 
+#: A JSON number as written (a key that one was stored as).
+_NUMBER = r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?"
+
 
 class DataQueries:
     """Reads of datasets, shards and documents (``self`` is a :class:`~provenance.ledger.Ledger`)."""
@@ -78,6 +81,30 @@ class DataQueries:
                 "SELECT * FROM shards WHERE dataset_id = ? ORDER BY shard_index", params=[ds.dataset_id]
             ).to_arrow_table()
         return [ShardRecord(**r) for r in rows.to_pylist()]
+
+    def withheld(self, dataset: str | DatasetRecord) -> list[tuple[str, int, int]]:
+        """The shards of ``dataset`` whose file holds documents this version does not (``prov
+        dataset remove`` keeps the files and leaves the documents out): ``(name, documents here,
+        documents the file holds)``, the latter the most any version with that file counted."""
+        ds = self.dataset(dataset)
+        with self._cursor() as con:
+            return [tuple(r) for r in con.execute(
+                """SELECT s.name, any_value(s.n_documents), max(o.n_documents) FROM shards s
+                   JOIN shards o ON o.shard_id = s.shard_id WHERE s.dataset_id = ?
+                   GROUP BY s.shard_index, s.name HAVING max(o.n_documents) > any_value(s.n_documents)
+                   ORDER BY s.shard_index""", [ds.dataset_id]).fetchall()]
+
+    def key_kinds(self, dataset: str | DatasetRecord) -> set[str]:
+        """What the keys of ``dataset``'s documents look like: a subset of ``{"integer",
+        "number", "text"}`` (the ledger keeps every key as text)."""
+        ds = self.dataset(dataset)
+        with self._cursor() as con:
+            row = con.execute(
+                r"""SELECT bool_or(regexp_full_match(key, '-?[0-9]+')),
+                           bool_or(regexp_full_match(key, $2) AND NOT regexp_full_match(key, '-?[0-9]+')),
+                           bool_or(NOT regexp_full_match(key, $2))
+                    FROM documents WHERE dataset_id = $1""", [ds.dataset_id, _NUMBER]).fetchall()[0]
+        return {kind for kind, there in zip(("integer", "number", "text"), row) if there}
 
     def documents(
         self, dataset: str | DatasetRecord, *, columns: Sequence[str] | None = None, limit: int | None = None
@@ -153,8 +180,12 @@ class DataQueries:
             raise ReadOnlyQueryError(f"give exactly one statement, got {len(statements)}")
         kind, text = statements[0].type.name, statements[0].query
         if kind == "EXPLAIN":  # EXPLAIN ANALYZE runs its statement: that one must be a SELECT too
-            inner = re.sub(r"^\s*explain\s+(analy[sz]e\s+)?", "", statements[0].query, flags=re.IGNORECASE)
-            inner_types = [st.type.name for st in duckdb.extract_statements(inner)] if inner.strip() else []
+            inner = re.sub(r"^\s*explain\s*(\((?:[^()]|\([^()]*\))*\)\s*)?(analy[sz]e\s+)?", "", statements[0].query,
+                           flags=re.IGNORECASE)  # EXPLAIN [(FORMAT json, ANALYZE)] [ANALYZE] statement
+            try:
+                inner_types = [st.type.name for st in duckdb.extract_statements(inner)] if inner.strip() else []
+            except duckdb.Error as exc:
+                raise ReadOnlyQueryError(f"cannot check the statement EXPLAIN explains: {exc}") from None
             kind = inner_types[0] if len(inner_types) == 1 else "EXPLAIN"
             text = inner if len(inner_types) == 1 else text
         if kind != "SELECT":
@@ -162,7 +193,7 @@ class DataQueries:
             said = kind if verb == kind else f"{verb} (a {kind} statement)"  # INSTALL is a LOAD to DuckDB
             raise ReadOnlyQueryError(f"only SELECT queries are allowed on the ledger, got {said}")
         if self._con is not None or hidden:  # a held session (a server): no second connection, so check the tree
-            self._check_ledger_only(query, hidden)
+            self._check_ledger_only(text, hidden)  # an EXPLAIN's statement (EXPLAIN has no syntax tree)
         if self._con is not None:
             with self._cursor_lock, ARROW_TABLES:
                 con = self._con.cursor()
@@ -206,8 +237,9 @@ class DataQueries:
                 for entry in (node.get("cte_map") or {}).get("map", []) if isinstance(node.get("cte_map"), dict) else []:
                     if isinstance(entry, dict) and "key" in entry:
                         ctes.add(str(entry["key"]).lower())
-                if node.get("type") in ("BASE_TABLE", "TABLE_FUNCTION"):
-                    refs.append(node)
+                if node.get("type") in ("BASE_TABLE", "TABLE_FUNCTION") or (node.get("type") == "SHOW_REF"
+                                                                           and node.get("table_name")):
+                    refs.append(node)  # SHOW t: t's columns
                 if node.get("class") == "FUNCTION" and str(node.get("function_name", "")).lower() == "getenv":
                     raise ReadOnlyQueryError("query refused: getenv() reads the server's environment")
                 for value in node.values():
@@ -225,6 +257,8 @@ class DataQueries:
             elif ref.get("table_name", "").lower() in {h.lower() for h in hidden}:
                 raise AccessDeniedError(f"query refused: table {ref.get('table_name')!r} is readable with an admin "
                                         "token only")
+            elif ref["type"] == "SHOW_REF":
+                continue  # SHOW TABLES, SHOW ALL TABLES: names only
             elif ref.get("table_name", "").lower() not in known | ctes or ref.get("catalog_name") not in ("", None):
                 raise ReadOnlyQueryError(f"query refused: {ref.get('table_name')!r} is not a table of the ledger")
 
