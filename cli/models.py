@@ -354,6 +354,8 @@ def show_data_diff(d: dict, as_json: bool) -> None:
     for side, label in (("a", "only in A"), ("b", "only in B")):
         click.echo(f"datasets {label}: {', '.join(d[f'datasets_only_in_{side}']) or 'none'}")
         shards = d[f"shards_only_in_{side}"]
+        if shards:
+            click.echo(f"shards {label}: {len(shards):,}")
         for s in shards[:50]:
             click.echo(f"  shard {s['dataset_id']} #{s['shard_index']} {s['shard']}")
         if len(shards) > 50:

@@ -472,21 +472,54 @@ def taint_report(ledger: LedgerStore, *, dataset: str | None = None, shard: str 
                        retractions=retractions)
 
 
+def _other_configs(ledger: LedgerStore, targets: Sequence[Any], probed: set[str]) -> list[tuple]:
+    """Probes for the datasets fingerprinted under configs other than ``probed``: the target
+    document's text, read back from its shard, fingerprinted under each (a signature compares only
+    with signatures of its own config). A text that cannot be read is warned about: copies
+    there, exact ones too, are then not looked for."""
+    import warnings
+
+    others: dict[str, Any] = {}
+    for ds in ledger.datasets(all_versions=True):
+        if ds.config_id not in probed:
+            others.setdefault(ds.config_id, ds)
+    if not others or not targets:
+        return []
+    doc = targets[0]
+    texts, unreadable = read_texts(ledger, {(doc.dataset_id, doc.shard_index): {doc.row_index}})
+    text = texts.get((doc.dataset_id, doc.shard_index, doc.row_index))
+    if text is None:
+        warnings.warn(f"{doc.dataset_id} {doc.key}: its text could not be read ({'; '.join(unreadable) or 'not found'}), "
+                      f"so datasets fingerprinted under another config ({', '.join(sorted(others))}) were not "
+                      "searched for copies of it; search them by text (--text FILE)", stacklevel=4)
+        return []
+    probes = []
+    for cid, ds in sorted(others.items()):
+        fp = ds.config.fingerprint_batch([text])
+        banding = ds.config.banding
+        probes.append((cid, int(fp.exact_hash[0]), fp.signatures[0], fp.band_keys[0], ds.config,
+                       (banding.bands, banding.rows)))
+    return probes
+
+
 def find_similar(ledger: LedgerStore, *, text: str | None = None, dataset: str | None = None, key: str | None = None,
                  near: float | None = None) -> list[dict[str, Any]]:
     """Documents equal to the target (same exact hash) or, with ``near``, of estimated Jaccard at
-    least ``near``, in every dataset fingerprinted under the target's config (for a text: under
-    each config in the ledger). Candidates come from the stored band keys when they find a pair at
+    least ``near``, in every dataset: each fingerprinted under its own config is searched with the
+    target's text fingerprinted under that config (a key's text is read back from its shard; the
+    target's own config uses its stored fingerprint). Candidates come from the stored band keys when they find a pair at
     ``near`` with probability ≥ 0.99, else every signature of the config is compared."""
     with ledger.session():
         if text is None:  # the document in each version of the dataset that holds it
             from provenance.lineage import target_documents
 
             probes = []
-            for doc in target_documents(ledger, dataset, key):
+            targets = target_documents(ledger, dataset, key)
+            for doc in targets:
                 ds = ledger.dataset(doc.dataset_id)
                 probes.append((ds.config_id, doc.exact_hash, doc.signature, doc.band_keys, ds.config,
                                (ds.bands, ds.rows)))
+            probes += _other_configs(ledger, targets, {p[0] for p in probes})
         else:
             probes, seen = [], set()
             for ds in ledger.datasets(all_versions=True):

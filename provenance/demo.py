@@ -57,6 +57,24 @@ class DemoReport:
         }
 
 
+def _check_made_with(data: Path, n_docs: int, seed: int) -> None:
+    """Record the options the folder's corpus is generated with (``data/demo.json``), or refuse
+    others: the files are kept when the demo runs again, so other options would silently give
+    the old corpus."""
+    import json
+
+    mark = data / "demo.json"
+    asked = {"docs": n_docs, "seed": seed}
+    if mark.exists():
+        made = json.loads(mark.read_text(encoding="utf-8"))
+        if made != asked:
+            raise InvalidParameterError(
+                f"{data.parent} holds the demo made with --docs {made.get('docs')} --seed {made.get('seed')}, which "
+                f"it keeps; for --docs {n_docs} --seed {seed} give another folder (or remove this one)")
+    elif not any(data.iterdir()):
+        mark.write_text(json.dumps(asked), encoding="utf-8")
+
+
 def _write(path: Path, corpus: Corpus, *, compress: bool = False) -> Path:
     if not path.exists():
         corpus.write_jsonl(path, compress=compress)
@@ -109,6 +127,7 @@ def run_demo(path: str | Path = "prov-demo", *, n_docs: int = 2000, seed: int = 
         ledger = demo_ledger(root)
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
+    _check_made_with(data, n_docs, seed)
     web = generate_corpus(n_docs, seed=seed, prefix="web", dup_fraction=0.05)
     forum = generate_corpus(max(1, n_docs // 4), seed=seed + 1, prefix="forum", dup_fraction=0.05, mean_words=120)
     # Forum users reposting web pages: a planted overlap between the two contributors' data, which
@@ -220,7 +239,8 @@ def run_served_demo(path: str | Path = "prov-demo", *, n_docs: int = 2000, seed:
         remote = Ledger.open(url, token=write)
         report = run_demo(root, n_docs=n_docs, seed=seed, progress=progress, ledger=remote)
         writes = Ledger.open(url, token=admin).sql(  # the access log is an admin's to read
-            "SELECT count(*) AS n FROM access_log").to_pylist()[0]["n"]
+            "SELECT count(*) AS n FROM access_log WHERE token = ? AND method <> 'GET'",
+            [f"demo-trainer{suffix}"]).to_pylist()[0]["n"]
         report.server = {"url": url, "pid": proc.pid, "token": f"demo-trainer{suffix}", "writes": writes, "log": str(log)}
         report.ledger = str(local.root)
         return report

@@ -300,7 +300,7 @@ class Banding:
                 return banding
         lowest = 1 - (1 - min_recall) ** (1 / num_perm)  # one row per band: P = 1 - (1 - t)^num_perm
         raise InvalidParameterError(
-            f"threshold {threshold:g} is too low for num_perm={num_perm}: even {num_perm} bands of one row find a "
+            f"threshold {threshold:g} is too low for num_perm={num_perm}: even {num_perm} band{'s' * (num_perm != 1)} of one row find{'s' * (num_perm == 1)} a "
             f"pair at that similarity with probability {cls(num_perm, 1).probability(threshold):.4f} < {min_recall}; "
             f"the lowest threshold it reaches is about {lowest:.3f} (or use more permutations)"
         )

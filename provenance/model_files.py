@@ -74,7 +74,7 @@ def skip_reason(name: str) -> str | None:
     """Why a commit does not store the file ``name`` of a checkpoint folder (module doc), or None."""
     lower = name.lower()
     if lower.endswith(_PICKLES):
-        return "a pickle: never read nor stored (loading one runs code)"
+        return "a pickle by its name (.bin, .pt, .pth, ...): never read nor stored (loading one runs code)"
     if lower.endswith(_OTHER_WEIGHTS):
         return "weights in another format: the version holds the tensors"
     if lower in _BOOKKEEPING:

@@ -24,6 +24,7 @@ its chain would pass ``every`` patches or ``max_chain_ratio`` of its full size i
 from __future__ import annotations
 
 import contextlib
+import math
 import numbers
 import os
 import shutil
@@ -416,9 +417,11 @@ def _encode_group(history, store, parent_id, name, previous, value, encoding, lo
 
 def diff(ledger: LedgerStore, old: str | VersionRecord, new: str | VersionRecord) -> list[dict[str, Any]]:
     """Per parameter group, how ``new`` differs from ``old`` (any two versions): the encoding a
-    commit of ``new`` on ``old`` would pick, the fraction of elements whose bits changed, the rank
-    of the change (2-D groups up to 1024 on a side), and the bytes of that patch against the
-    group's full size. Reads one group of each version at a time."""
+    commit of ``new`` on ``old`` would pick (where ``old`` is ``new``'s first parent: the patch as
+    stored, a LoRA update's low-rank factors included), the fraction of elements whose bits
+    changed, the rank of the change up to its dtype's rounding (2-D groups up to 1024 on a side),
+    and the bytes of that patch against the group's full size. Reads one group of each version at
+    a time."""
     a, b = ledger.version(old), ledger.version(new)
     store, history = ledger.object_store(), History(ledger)
     live_a = {n for n, p in history.manifest(a.version_id).items() if p.encoding != "removed"}
@@ -443,15 +446,31 @@ def diff(ledger: LedgerStore, old: str | VersionRecord, new: str | VersionRecord
             continue
         mask = changed_mask(x, y)
         patch = encode(x, y, changed=mask)  # the mask is computed once, for both
+        encoding, nbytes = patch.encoding, patch.nbytes
+        stored = history.manifest(b.version_id)[name] if b.parents[:1] == [a.version_id] else None
+        if stored is not None and encoding != "unchanged":  # a child and its parent: the patch as stored
+            encoding, nbytes = stored.encoding, stored.nbytes
         changed = int(mask.sum()) / y.numel() if y.numel() else 0.0
         rank = None
-        if patch.encoding != "unchanged" and y.dim() == 2 and y.is_floating_point() and max(y.shape) <= 1024:
-            delta = y.double() - x.double()
-            rank = int(torch.linalg.matrix_rank(delta)) if bool(torch.isfinite(delta).all()) else None
-        rows.append({"name": name, "status": "unchanged" if patch.encoding == "unchanged" else "changed",
-                     "encoding": patch.encoding, "changed": changed, "rank": rank, "patch_bytes": patch.nbytes,
+        if encoding != "unchanged" and y.dim() == 2 and y.is_floating_point() and max(y.shape) <= 1024:
+            rank = _rank(x, y)
+        rows.append({"name": name, "status": "unchanged" if encoding == "unchanged" else "changed",
+                     "encoding": encoding, "changed": changed, "rank": rank, "patch_bytes": nbytes,
                      "full_bytes": full})
     return rows
+
+
+def _rank(x: torch.Tensor, y: torch.Tensor) -> int | None:
+    """The rank of ``y - x`` up to the rounding of ``y``'s dtype: ``y = x + B @ A`` computed in
+    float32 differs from the exact sum by up to half an ulp of each element, noise that is of
+    full rank (taken exactly, every LoRA update was rank 32). Singular values below that noise's
+    norm bound (``eps · max|value| · √elements``) are not counted."""
+    delta = y.double() - x.double()
+    if not bool(torch.isfinite(delta).all()):
+        return None
+    scale = max(float(x.abs().max()), float(y.abs().max())) if y.numel() else 0.0
+    atol = torch.finfo(y.dtype).eps * scale * math.sqrt(y.numel())
+    return int(torch.linalg.matrix_rank(delta, atol=atol, rtol=max(y.shape) * torch.finfo(torch.float64).eps))
 
 
 def gc(ledger: LedgerStore, *, apply: bool = False) -> dict[str, Any]:

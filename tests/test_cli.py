@@ -169,6 +169,9 @@ def test_demo_finds_planted_pairs(tmp_path, runner):
     assert again["gate"]["audit_id"] == gate["audit_id"]
     assert all(r["created"] is False for r in again["registrations"])
     assert [m["version_id"] for m in again["models"]] == [m["version_id"] for m in report["models"]]
+    other = runner.invoke(main, ["demo", str(tmp_path / "demo"), "--docs", "100"])  # it kept the old corpus, silently
+    assert other.exit_code == 4 and "holds the demo made with --docs 300 --seed 0, which it keeps; for --docs 100 " \
+                                    "--seed 0 give another folder" in other.output
 
 
 def test_demo_refuses_a_ledger_it_did_not_make_and_bad_numbers(tmp_path, runner, write_jsonl):

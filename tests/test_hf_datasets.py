@@ -98,3 +98,28 @@ def test_bad_input_names_the_split_the_column_and_the_row(ledger):
         with_keys(datasets.Dataset.from_dict({"text": TEXTS}), id_field="id")
     with pytest.raises(InvalidParameterError, match="Hugging Face datasets object"):
         with_keys([{"text": "x"}])
+
+
+def test_with_keys_refuses_to_key_a_reordered_stream_by_position(ledger):
+    """A streamed dataset of several shards keyed by position gave keys of other documents once
+    DataLoader workers, shuffle() or split_dataset_by_node dealt out its shards (each counted
+    from 0), and track() logged them: 20 distinct documents of 40 for one epoch. Those, and a
+    stream already shuffled, filtered or split, are refused; one shard keyed first stays right."""
+    from datasets.distributed import split_dataset_by_node
+
+    table = datasets.Dataset.from_dict({"text": [f"document {i} of the stream, with words" for i in range(12)]})
+    ledger.register_dataset("one", table.to_iterable_dataset(num_shards=1))
+    assert [d["key"] for d in _documents(ledger, "one")] == [f"hf-00000:{i}" for i in range(12)]  # row i: "document i"
+    one = table.to_iterable_dataset(num_shards=1)
+    for stream in (with_keys(one).shuffle(seed=1, buffer_size=4), split_dataset_by_node(with_keys(one), rank=1, world_size=2)):
+        rows = list(stream)
+        assert rows and all(r["key"] == f"hf-00000:{int(r['text'].split()[1])}" for r in rows)
+    for stream, why in ((table.to_iterable_dataset(num_shards=4), "it streams 4 shards"),
+                        (one.shuffle(seed=1, buffer_size=4), "its rows already pass through"),
+                        (one.filter(lambda r: True), "its rows already pass through FilteredExamplesIterable"),
+                        (one.skip(2), "its rows already pass through SkipExamplesIterable"),
+                        (split_dataset_by_node(one, rank=0, world_size=2), "it is already split between processes")):
+        with pytest.raises(InvalidParameterError, match=f"with_keys cannot key this IterableDataset by row position: {why}"):
+            with_keys(stream)
+    assert [r["key"] for r in with_keys(table.to_iterable_dataset(num_shards=4).map(lambda r: {"id": r["text"][:11]}),
+                                        id_field="id")][:2] == ["document 0 ", "document 1 "]

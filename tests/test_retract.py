@@ -676,3 +676,35 @@ def test_a_remerge_waits_for_an_input_made_clean_by_a_rebase(ledger, data_dir, w
     assert made.parents == [results[x.version_id]["new_version_id"], c.version_id]
     # X's patch moved onto the base: 0 + (2 - 1) = 1; averaged with C: (1 + 3) / 2
     assert torch.allclose(ledger.checkout(made)["w"], torch.full((4,), 2.0))
+
+
+def test_near_copies_of_a_key_are_found_under_every_fingerprint_config(ledger, data_dir, write_jsonl):
+    """`taint A --key doc --near` and `retract` by key searched only the datasets of A's config:
+    the same text in a dataset fingerprinted with another seed was missed, and the retraction's
+    plan left out the version trained on it. The key's text is read back and fingerprinted
+    under each other config; a text registered from memory cannot be, and says so."""
+    from provenance.audits import taint_report
+    from provenance.fingerprints import FingerprintConfig
+    from provenance.torch import track
+
+    text = " ".join(f"tok{i * 7919 % 1000}" for i in range(200))
+    write_jsonl(data_dir / "a.jsonl", [{"id": "doc", "text": text}])
+    ledger.register_dataset("A", data_dir / "a.jsonl", id_field="id")
+    ledger.register_dataset("F", [{"id": "copy", "text": text}], id_field="id", config=FingerprintConfig(seed=5))
+    base = ledger.commit({"w": torch.zeros(2)}, message="base")
+    made = {}
+    for name, key in (("A", "doc"), ("F", "copy")):
+        with ledger.start_run(base=base, datasets=[name], message=f"on {name}") as run:
+            for _ in track([{"key": [key]}], run):
+                pass
+            made[name] = run.commit({"w": torch.ones(2)}).version_id
+    report = taint_report(ledger, dataset="A", key="doc", near=0.9)
+    assert sorted((m["dataset_id"], m["key"], m["jaccard"]) for m in report.matches) == [("A@1", "doc", 1.0),
+                                                                                      ("F@1", "copy", 1.0)]
+    assert sorted(v["version_id"] for v in report.versions) == sorted(made.values())
+    record = ledger.retract(dataset="A", key="doc", near=0.9, reason="asked")
+    assert sorted(s["version_id"] for s in record["steps"]) == sorted(made.values())
+    with pytest.warns(UserWarning, match=r"F@1 copy: its text could not be read .* registered from memory.* were not "
+                                         r"searched for copies of it; search them by text"):
+        from_memory = taint_report(ledger, dataset="F", key="copy", near=0.9)
+    assert [m["dataset_id"] for m in from_memory.matches] == ["F@1"]

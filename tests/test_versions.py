@@ -333,6 +333,28 @@ def test_diff_between_any_two_versions(ledger):
     assert rows["new"]["patch_bytes"] == 12
 
 
+def test_diff_of_a_lora_child_shows_its_stored_patch_and_the_update_s_rank(ledger):
+    """A LoRA version diffed against its parent was `full`, 100% of the bytes and rank 32: the
+    float32 sum `W + B @ A` differs from the exact one by rounding noise of full rank, and the
+    patch was recomputed from the values instead of read from how the child is stored."""
+    from provenance.versions import diff
+
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(32, 96, generator=g)
+    b, a = torch.randn(32, 4, generator=g), torch.randn(4, 96, generator=g)
+    root = ledger.commit({"w": w}, message="root")
+    child = ledger.commit({"w": w + 0.5 * (b @ a)}, parent=root, message="lora", low_rank={"w": (b, a, 0.5)})
+    row = diff(ledger, root, child)[0]
+    stored = ledger.manifest(child)["w"]
+    assert stored.encoding == "low_rank" and (row["encoding"], row["patch_bytes"]) == ("low_rank", stored.nbytes)
+    assert row["rank"] == 4 and row["patch_bytes"] == (32 * 4 + 4 * 96) * 4
+    backwards = diff(ledger, child, root)[0]  # not a parent and child: what a commit would pick, same rank
+    assert backwards["encoding"] == "full" and backwards["rank"] == 4
+    dense = ledger.commit({"w": w + torch.randn(32, 2, generator=g) @ torch.randn(2, 96, generator=g)}, parent=root,
+                          message="rank 2, stored dense")
+    assert diff(ledger, root, dense)[0]["rank"] == 2
+
+
 def test_two_processes_committing_at_once_both_land(tmp_path):
     import subprocess
     import sys

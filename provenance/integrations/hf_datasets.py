@@ -46,6 +46,7 @@ def _keyed(data: Any, shard: str, id_field: str | None, column: str) -> Any:
         raise InvalidParameterError(f"no id column {id_field!r} (columns: {', '.join(names)})")
     if _hf_kind(data) == "IterableDataset":  # keyed as its rows stream
         if id_field is None:
+            _check_positions(data)
             return data.map(lambda row, i: {column: f"{shard}:{i}"}, with_indices=True)
         return data.map(lambda row: {column: str(row[id_field])})
     if id_field is None:
@@ -53,3 +54,32 @@ def _keyed(data: Any, shard: str, id_field: str | None, column: str) -> Any:
     else:  # as registration reads them: strings, or integers written in decimal
         keys = data.select_columns([id_field]).with_format("arrow")[:].column(id_field).cast(pa.string())
     return data.add_column(column, keys)
+
+
+#: Steps of a streamed dataset's pipeline after which a row's position in the stream is no longer
+#: its row number at registration (``datasets``' ``*ExamplesIterable`` classes, by name).
+_REORDERING = ("Shuffl", "Filter", "Skip", "Take", "Interleav", "Step", "Cycl", "Concatenat", "Horizontally")
+
+
+def _check_positions(data: Any) -> None:
+    """Refuse to key a streamed dataset by position where a row's position is not its row
+    number: several shards (DataLoader workers, shuffling and ``split_dataset_by_node`` deal
+    out whole shards, and each counts from 0), or a pipeline that already shuffles, filters,
+    skips, splits or interleaves rows. Keys by ``id_field`` hold whatever the order."""
+    shards = getattr(data, "num_shards", None) or getattr(data, "n_shards", None) or 1
+    why = f"it streams {shards} shards, which DataLoader workers, shuffle() and split_dataset_by_node deal out " \
+          "whole, each counted from 0" if shards > 1 else None
+    if why is None and getattr(data, "_distributed", None) is not None:
+        why = "it is already split between processes (split_dataset_by_node)"
+    step = getattr(data, "_ex_iterable", None)
+    while why is None and step is not None:
+        name = type(step).__name__
+        if any(word in name for word in _REORDERING) or (name.startswith("Mapped") and getattr(step, "batched", False)):
+            why = f"its rows already pass through {name} (shuffled, filtered, skipped, split or batch-mapped)"
+        step = getattr(step, "ex_iterable", None)
+    if why is not None:
+        raise InvalidParameterError(
+            f"with_keys cannot key this IterableDataset by row position: {why}, so a row's position in the stream is "
+            "not its row number at registration (the keys would name other documents). Register it and key it with "
+            "id_field= (a column of unique ids), or call with_keys on the one-shard stream before shuffling or "
+            "splitting it")
