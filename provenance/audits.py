@@ -485,10 +485,18 @@ def _other_configs(ledger: LedgerStore, targets: Sequence[Any], probed: set[str]
             others.setdefault(ds.config_id, ds)
     if not others or not targets:
         return []
-    doc = targets[0]
-    texts, unreadable = read_texts(ledger, {(doc.dataset_id, doc.shard_index): {doc.row_index}})
-    text = texts.get((doc.dataset_id, doc.shard_index, doc.row_index))
+    text, unreadable, seen = None, [], set()
+    for doc in targets:  # each version's copy of the document, newest first, until one reads back
+        shard = ledger.shards(doc.dataset_id)[doc.shard_index]
+        if (shard.shard_id, doc.row_index) in seen:  # the same file as a version already tried
+            continue
+        seen.add((shard.shard_id, doc.row_index))
+        texts, failed = read_texts(ledger, {(doc.dataset_id, doc.shard_index): {doc.row_index}})
+        text, unreadable = texts.get((doc.dataset_id, doc.shard_index, doc.row_index)), unreadable + failed
+        if text is not None:
+            break
     if text is None:
+        doc = targets[0]
         warnings.warn(f"{doc.dataset_id} {doc.key}: its text could not be read ({'; '.join(unreadable) or 'not found'}), "
                       f"so datasets fingerprinted under another config ({', '.join(sorted(others))}) were not "
                       "searched for copies of it; search them by text (--text FILE)", stacklevel=4)

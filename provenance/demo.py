@@ -66,11 +66,15 @@ def _check_made_with(data: Path, n_docs: int, seed: int) -> None:
     mark = data / "demo.json"
     asked = {"docs": n_docs, "seed": seed}
     if mark.exists():
-        made = json.loads(mark.read_text(encoding="utf-8"))
+        try:
+            made = json.loads(mark.read_text(encoding="utf-8"))
+        except ValueError:
+            made = {}
         if made != asked:
             raise InvalidParameterError(
-                f"{data.parent} holds the demo made with --docs {made.get('docs')} --seed {made.get('seed')}, which "
-                f"it keeps; for --docs {n_docs} --seed {seed} give another folder (or remove this one)")
+                f"{data.parent} holds the demo made with "
+                + (f"--docs {made.get('docs')} --seed {made.get('seed')}" if made else f"other options ({mark} unreadable)")
+                + f", which it keeps; for --docs {n_docs} --seed {seed} give another folder (or remove this one)")
     elif not any(data.iterdir()):
         mark.write_text(json.dumps(asked), encoding="utf-8")
 

@@ -291,6 +291,9 @@ class RemoteLedger:
             if "dataset_id" not in exc.made:
                 raise
             ds = self.dataset(exc.made["dataset_id"])
+            warnings.warn(f"{ds.dataset_id} was registered before the server stopped, and its answer was lost: "
+                          "whether it holds retracted or removed documents again was not checked (prov "
+                          "retractions lists what was taken out)", stacklevel=3)
             return RegistrationResult(dataset=ds, created=True, message=f"registered {ds.dataset_id} (read back: the "
                                       "server stopped before it answered)")
         result.warn_retracted(stacklevel=3)  # the caller of register_dataset
@@ -317,8 +320,8 @@ class RemoteLedger:
     def tag(self, name: str, version: str | VersionRecord) -> VersionRecord:
         try:
             return VersionRecord.model_validate(self._call("PUT", f"tags/{name}", json_body={"version": _ref(version)}))
-        except errors.AlreadyAppliedError:  # the tag was set before the server stopped: what it names
-            return self.version(name)
+        except errors.AlreadyAppliedError:  # the tag was set before the server stopped: the version it was set to
+            return self.version(_ref(version))
 
     def commit(self, state: Any, *, parent: str | VersionRecord | None = None, message: str, author: str | None = None,
                run: str | None = None, encoding: str = "auto", allow_nonfinite: bool = False, progress: Any = None,

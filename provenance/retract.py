@@ -32,6 +32,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -480,8 +481,17 @@ def audit_retraction(ledger: Any, retraction: str, *, samples: Any = None, relea
         stored = [d for d in rec["documents"] if d["doc_id"] is not None]
         known = {d["doc_id"] for d in stored}
         copies = []
+        unsearched: list[str] = []
         for d in stored:  # copies registered since: the same text (exact hash), or near-copies at `near`
-            for m in find_similar(ledger, dataset=d["dataset_id"], key=d["key"], near=near):
+            with warnings.catch_warnings(record=True) as said:  # a config it could not search: not a pass
+                warnings.simplefilter("always")
+                similar = find_similar(ledger, dataset=d["dataset_id"], key=d["key"], near=near)
+            for w in said:
+                if "were not searched" in str(w.message):
+                    unsearched.append(str(w.message))
+                else:
+                    warnings.warn(w.message, w.category, stacklevel=2)
+            for m in similar:
                 if m["doc_id"] not in known:
                     known.add(m["doc_id"])
                     copies.append({k: m[k] for k in ("dataset_id", "shard_index", "doc_id", "key", "jaccard")})
@@ -512,6 +522,7 @@ def audit_retraction(ledger: Any, retraction: str, *, samples: Any = None, relea
     problems += [f"{c['as']} ({c['version_id'][:12]}) was made by the plan of an older provenance, which left out "
                  f"{stale[c['version_id']][:12]} instead of the clean version its own step made: record the "
                  "retraction again and apply it" for c in checked if c["version_id"] in stale]
+    problems += unsearched
     if not checked:
         problems.append("nothing to check: no step has been applied (prov retract ID --apply) and no release matched "
                         + (repr(releases) if releases else "(give --releases PATTERN)"))

@@ -417,8 +417,8 @@ def _encode_group(history, store, parent_id, name, previous, value, encoding, lo
 
 def diff(ledger: LedgerStore, old: str | VersionRecord, new: str | VersionRecord) -> list[dict[str, Any]]:
     """Per parameter group, how ``new`` differs from ``old`` (any two versions): the encoding a
-    commit of ``new`` on ``old`` would pick (where ``old`` is ``new``'s first parent: the patch as
-    stored, a LoRA update's low-rank factors included), the fraction of elements whose bits
+    commit of ``new`` on ``old`` would pick (where ``old`` is ``new``'s first parent and ``new``
+    stores a sparse or low-rank patch on it: that patch, a LoRA update's factors), the fraction of elements whose bits
     changed, the rank of the change up to its dtype's rounding (2-D groups up to 1024 on a side),
     and the bytes of that patch against the group's full size. Reads one group of each version at
     a time."""
@@ -448,8 +448,8 @@ def diff(ledger: LedgerStore, old: str | VersionRecord, new: str | VersionRecord
         patch = encode(x, y, changed=mask)  # the mask is computed once, for both
         encoding, nbytes = patch.encoding, patch.nbytes
         stored = history.manifest(b.version_id)[name] if b.parents[:1] == [a.version_id] else None
-        if stored is not None and encoding != "unchanged":  # a child and its parent: the patch as stored
-            encoding, nbytes = stored.encoding, stored.nbytes
+        if stored is not None and stored.encoding in ("sparse", "low_rank") and encoding != "unchanged":
+            encoding, nbytes = stored.encoding, stored.nbytes  # a child's patch as stored (a LoRA's factors)
         changed = int(mask.sum()) / y.numel() if y.numel() else 0.0
         rank = None
         if encoding != "unchanged" and y.dim() == 2 and y.is_floating_point() and max(y.shape) <= 1024:
@@ -463,13 +463,14 @@ def diff(ledger: LedgerStore, old: str | VersionRecord, new: str | VersionRecord
 def _rank(x: torch.Tensor, y: torch.Tensor) -> int | None:
     """The rank of ``y - x`` up to the rounding of ``y``'s dtype: ``y = x + B @ A`` computed in
     float32 differs from the exact sum by up to half an ulp of each element, noise that is of
-    full rank (taken exactly, every LoRA update was rank 32). Singular values below that noise's
-    norm bound (``eps · max|value| · √elements``) are not counted."""
+    full rank (taken exactly, every LoRA update was rank 32). Singular values below the norm such
+    noise has (entries up to ``eps · max|value|``: about ``(√m + √n)`` times that) are not
+    counted; the bound over every sign pattern (``√(m·n)`` times) hid real bf16 updates."""
     delta = y.double() - x.double()
     if not bool(torch.isfinite(delta).all()):
         return None
     scale = max(float(x.abs().max()), float(y.abs().max())) if y.numel() else 0.0
-    atol = torch.finfo(y.dtype).eps * scale * math.sqrt(y.numel())
+    atol = torch.finfo(y.dtype).eps * scale * (math.sqrt(y.shape[0]) + math.sqrt(y.shape[1]))
     return int(torch.linalg.matrix_rank(delta, atol=atol, rtol=max(y.shape) * torch.finfo(torch.float64).eps))
 
 

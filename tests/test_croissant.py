@@ -225,6 +225,10 @@ def test_a_version_with_removed_documents_is_not_exported_over_the_whole_files(l
     write_jsonl(data_dir / "d.jsonl", [{"id": k, "text": f"the text of document {k} here"} for k in "ac"])
     ledger.register_dataset("d", data_dir / "d.jsonl", id_field="id")  # the files written without it
     assert ledger.export_croissant("d@3", base=data_dir)["recordSet"][0]["description"] == "2 documents"
+    (data_dir / "bad.jsonl").write_bytes(b'{"text": "a good line of words"}\n{"text": "bad \xff byte"}\n')
+    ledger.register_dataset("skipped", data_dir / "bad.jsonl", on_invalid="skip")
+    ledger.register_dataset("replaced", data_dir / "bad.jsonl", on_invalid="replace")  # the same file counts 2
+    assert ledger.withheld("skipped") == []  # no removal: nothing to say (it was refused as removed)
 
 
 @pytest.mark.parametrize("where", ["data folder", "above it"])

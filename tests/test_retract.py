@@ -708,3 +708,8 @@ def test_near_copies_of_a_key_are_found_under_every_fingerprint_config(ledger, d
                                          r"searched for copies of it; search them by text"):
         from_memory = taint_report(ledger, dataset="F", key="copy", near=0.9)
     assert [m["dataset_id"] for m in from_memory.matches] == ["F@1"]
+    with pytest.warns(UserWarning, match="were not searched"):
+        of_memory = ledger.retract(dataset="F", key="copy", near=0.9, reason="asked too")
+    ledger.apply_retraction(of_memory["retraction_id"])
+    audit = ledger.audit_retraction(of_memory["retraction_id"], releases="*")
+    assert not audit["passed"] and any("F@1 copy: its text could not be read" in p for p in audit["problems"])

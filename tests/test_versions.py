@@ -353,6 +353,12 @@ def test_diff_of_a_lora_child_shows_its_stored_patch_and_the_update_s_rank(ledge
     dense = ledger.commit({"w": w + torch.randn(32, 2, generator=g) @ torch.randn(2, 96, generator=g)}, parent=root,
                           message="rank 2, stored dense")
     assert diff(ledger, root, dense)[0]["rank"] == 2
+    from provenance.versions import _rank
+
+    for dtype in (torch.bfloat16, torch.float16):  # rounding of half precision is not a change of rank
+        x = (0.02 * torch.randn(256, 256, generator=g)).to(dtype)
+        y = (x.float() + 0.01 * (torch.randn(256, 8, generator=g) @ torch.randn(8, 256, generator=g))).to(dtype)
+        assert _rank(x, y) == 8, dtype
 
 
 def test_two_processes_committing_at_once_both_land(tmp_path):

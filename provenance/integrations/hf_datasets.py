@@ -58,14 +58,16 @@ def _keyed(data: Any, shard: str, id_field: str | None, column: str) -> Any:
 
 #: Steps of a streamed dataset's pipeline after which a row's position in the stream is no longer
 #: its row number at registration (``datasets``' ``*ExamplesIterable`` classes, by name).
-_REORDERING = ("Shuffl", "Filter", "Skip", "Take", "Interleav", "Step", "Cycl", "Concatenat", "Horizontally")
+_REORDERING = ("Shuffl", "Filter", "Skip", "Repeat", "Interleav", "Step", "Cycl", "Concatenat", "Horizontally")
 
 
 def _check_positions(data: Any) -> None:
     """Refuse to key a streamed dataset by position where a row's position is not its row
     number: several shards (DataLoader workers, shuffling and ``split_dataset_by_node`` deal
     out whole shards, and each counts from 0), or a pipeline that already shuffles, filters,
-    skips, splits or interleaves rows. Keys by ``id_field`` hold whatever the order."""
+    skips, repeats, splits or interleaves rows. Keys by ``id_field`` hold whatever the order. Not
+    seen here: a stream cut down by ``.shard()`` before ``with_keys`` (it counts its own rows from
+    0); apply ``with_keys`` first (docs/hugging-face.md)."""
     shards = getattr(data, "num_shards", None) or getattr(data, "n_shards", None) or 1
     why = f"it streams {shards} shards, which DataLoader workers, shuffle() and split_dataset_by_node deal out " \
           "whole, each counted from 0" if shards > 1 else None
@@ -75,7 +77,7 @@ def _check_positions(data: Any) -> None:
     while why is None and step is not None:
         name = type(step).__name__
         if any(word in name for word in _REORDERING) or (name.startswith("Mapped") and getattr(step, "batched", False)):
-            why = f"its rows already pass through {name} (shuffled, filtered, skipped, split or batch-mapped)"
+            why = f"its rows already pass through {name} (shuffled, filtered, skipped, repeated, split or batch-mapped)"
         step = getattr(step, "ex_iterable", None)
     if why is not None:
         raise InvalidParameterError(

@@ -83,16 +83,21 @@ class DataQueries:
         return [ShardRecord(**r) for r in rows.to_pylist()]
 
     def withheld(self, dataset: str | DatasetRecord) -> list[tuple[str, int, int]]:
-        """The shards of ``dataset`` whose file holds documents this version does not (``prov
-        dataset remove`` keeps the files and leaves the documents out): ``(name, documents here,
-        documents the file holds)``, the latter the most any version with that file counted."""
+        """The shards of ``dataset`` whose file holds documents that ``prov dataset remove`` left
+        out of it (it keeps the files): ``(name, documents here, documents the file holds)``, the
+        latter the most an earlier version of the dataset with that file counted. Empty unless a
+        version up to this one was made by a removal (a file registered elsewhere with other
+        options counts its rows otherwise)."""
         ds = self.dataset(dataset)
         with self._cursor() as con:
             return [tuple(r) for r in con.execute(
                 """SELECT s.name, any_value(s.n_documents), max(o.n_documents) FROM shards s
-                   JOIN shards o ON o.shard_id = s.shard_id WHERE s.dataset_id = ?
+                   JOIN shards o ON o.shard_id = s.shard_id JOIN datasets od ON od.dataset_id = o.dataset_id
+                   WHERE s.dataset_id = $1 AND od.name = $2 AND od.version <= $3
+                     AND EXISTS (SELECT 1 FROM dataset_removals r JOIN datasets rd ON rd.dataset_id = r.dataset_id
+                                 WHERE rd.name = $2 AND rd.version <= $3)
                    GROUP BY s.shard_index, s.name HAVING max(o.n_documents) > any_value(s.n_documents)
-                   ORDER BY s.shard_index""", [ds.dataset_id]).fetchall()]
+                   ORDER BY s.shard_index""", [ds.dataset_id, ds.name, ds.version]).fetchall()]
 
     def key_kinds(self, dataset: str | DatasetRecord) -> set[str]:
         """What the keys of ``dataset``'s documents look like: a subset of ``{"integer",
@@ -258,7 +263,7 @@ class DataQueries:
                 raise AccessDeniedError(f"query refused: table {ref.get('table_name')!r} is readable with an admin "
                                         "token only")
             elif ref["type"] == "SHOW_REF":
-                continue  # SHOW TABLES, SHOW ALL TABLES: names only
+                continue  # SHOW of no table (SHOW TABLES): the schema, which docs/schema.md publishes
             elif ref.get("table_name", "").lower() not in known | ctes or ref.get("catalog_name") not in ("", None):
                 raise ReadOnlyQueryError(f"query refused: {ref.get('table_name')!r} is not a table of the ledger")
 
