@@ -564,10 +564,9 @@ def test_a_dense_patch_is_rebased_as_its_difference_from_the_tainted_parent(ledg
     assert torch.equal(out["pos"], torch.arange(6) + 1)
 
 
-def test_a_merge_of_a_merge_takes_the_clean_replacement_of_its_tainted_input(ledger, data_dir, write_jsonl):
-    """M = average(A, B) with A trained on the retracted letter, M2 = average(M, C). M's step
-    re-merges B alone; M2's re-merge dropped M (and so all of B) and was C alone, while the audit
-    passed. It now merges M's clean replacement with C, at the recorded weights."""
+def _merge_of_merges(ledger, data_dir, write_jsonl) -> tuple:
+    """A, B, C fine-tuned from a base, A on a letter to be retracted; M = average(A, B) and
+    M2 = 0.7·M + 0.3·C."""
     write_jsonl(data_dir / "letters.jsonl", [{"id": "L7", "text": "a letter the author withdrew about the farm"}])
     write_jsonl(data_dir / "essays.jsonl", [{"id": "E0", "text": "an essay on gardening in a small town"}])
     ledger.register_dataset("letters", data_dir / "letters.jsonl", id_field="id")
@@ -581,6 +580,14 @@ def test_a_merge_of_a_merge_takes_the_clean_replacement_of_its_tainted_input(led
     a, b, c = tuned("letters", 1.0), tuned("essays", 2.0), tuned("essays", 3.0)
     m = ledger.merge([a, b], method="average", weights=[0.5, 0.5], message="M")
     m2 = ledger.merge([m, c], method="average", weights=[0.7, 0.3], message="M2")
+    return a, b, c, m, m2
+
+
+def test_a_merge_of_a_merge_takes_the_clean_replacement_of_its_tainted_input(ledger, data_dir, write_jsonl):
+    """M = average(A, B) with A trained on the retracted letter, M2 = average(M, C). M's step
+    re-merges B alone; M2's re-merge dropped M (and so all of B) and was C alone, while the audit
+    passed. It now merges M's clean replacement with C, at the recorded weights."""
+    a, b, c, m, m2 = _merge_of_merges(ledger, data_dir, write_jsonl)
     ledger.tag("release-2", m2)
     record = ledger.retract(dataset="letters", key="L7", reason="withdrawn")
     steps = {s["version_id"]: s for s in record["steps"]}
@@ -605,19 +612,7 @@ def test_a_plan_recorded_before_stand_ins_is_refused_and_its_results_fail_the_au
 
     from provenance.errors import InvalidParameterError
 
-    write_jsonl(data_dir / "letters.jsonl", [{"id": "L7", "text": "a letter the author withdrew about the farm"}])
-    write_jsonl(data_dir / "essays.jsonl", [{"id": "E0", "text": "an essay on gardening in a small town"}])
-    ledger.register_dataset("letters", data_dir / "letters.jsonl", id_field="id")
-    ledger.register_dataset("essays", data_dir / "essays.jsonl", id_field="id")
-    base = ledger.commit({"w": torch.zeros(4)}, message="base")
-
-    def tuned(dataset: str, value: float):
-        with ledger.start_run(base=base, datasets=[dataset], message=dataset) as run:
-            return run.commit({"w": torch.full((4,), value)})
-
-    a, b, c = tuned("letters", 1.0), tuned("essays", 2.0), tuned("essays", 3.0)
-    m = ledger.merge([a, b], method="average", message="M")
-    m2 = ledger.merge([m, c], method="average", weights=[0.7, 0.3], message="M2")
+    a, b, c, m, m2 = _merge_of_merges(ledger, data_dir, write_jsonl)
     rid = ledger.retract(dataset="letters", key="L7", reason="withdrawn")["retraction_id"]
     plan = json.loads(ledger.retraction(rid)["plan_json"])
     for step in plan:  # as the older planner wrote it
