@@ -262,8 +262,7 @@ def _audit_dedup(ledger: LedgerStore, targets: Sequence[str], threshold: float, 
         verified = _verify(ledger, tx, audit_id, cfg, threshold, k) if verify else None
         rounds = engine.label_clusters(tx, audit_id) if engine is not None else tx.label_clusters(audit_id)
         step(progress)
-        report = _dedup_report(tx, audit_id, run.n_docs, k)
-        report["summary"]["without_words"] = wordless
+        report = _dedup_report(tx, audit_id, run.n_docs, wordless)
         report.update({
             "audit_id": audit_id, "kind": "dedup", "created_at": run.created.isoformat(), "targets": described,
             "datasets": [d.dataset_id for d in datasets], "config_id": cfg.identity, "threshold": threshold,
@@ -294,8 +293,9 @@ def _audit_dedup(ledger: LedgerStore, targets: Sequence[str], threshold: float, 
     return DedupReport.model_validate(report)
 
 
-def _dedup_report(tx, audit_id: str, n_docs: int, k: int) -> dict[str, Any]:
-    """Summary, clusters, near-copy counts and the similarity histogram, by queries."""
+def _dedup_report(tx, audit_id: str, n_docs: int, wordless: int) -> dict[str, Any]:
+    """Summary (``wordless``: the documents with no words, compared with nothing), clusters,
+    near-copy counts and the similarity histogram, by queries."""
     size_counts = tx.cluster_sizes(audit_id)
     n_clusters = sum(r["n"] for r in size_counts)
     in_clusters = sum(r["size"] * r["n"] for r in size_counts)
@@ -308,7 +308,7 @@ def _dedup_report(tx, audit_id: str, n_docs: int, k: int) -> dict[str, Any]:
         "summary": {"documents": n_docs, "pairs": n_pairs, "exact_duplicate_pairs": exact_pairs,
                     "clusters": n_clusters, "documents_in_clusters": in_clusters, "redundant_documents": redundant,
                     "duplicate_rate": redundant / n_docs if n_docs else 0.0,
-                    "largest_cluster": size_counts[-1]["size"] if size_counts else 0},
+                    "largest_cluster": size_counts[-1]["size"] if size_counts else 0, "without_words": wordless},
         "cluster_sizes": [[r["size"], r["n"]] for r in size_counts],
         "largest_clusters": largest,
         "near_copies": near,
@@ -472,17 +472,34 @@ def taint_report(ledger: LedgerStore, *, dataset: str | None = None, shard: str 
                        retractions=retractions)
 
 
-def _other_configs(ledger: LedgerStore, targets: Sequence[Any], probed: set[str]) -> list[tuple]:
-    """Probes for the datasets fingerprinted under configs other than ``probed``: the target
-    document's text, read back from its shard, fingerprinted under each (a signature compares only
-    with signatures of its own config). A text that cannot be read is warned about: copies
-    there, exact ones too, are then not looked for."""
-    import warnings
+class UnsearchedWarning(UserWarning):
+    """Datasets of another fingerprint config were not searched for copies of a document, because
+    its text could not be read back (a retraction's audit does not pass over it)."""
 
-    others: dict[str, Any] = {}
+
+def _text_probes(ledger: LedgerStore, text: str, probed: set[str] = frozenset()) -> list[tuple]:
+    """``text`` fingerprinted under each config of the ledger's datasets but ``probed``: one
+    probe per config (a signature compares only with signatures of its own config)."""
+    configs: dict[str, Any] = {}
     for ds in ledger.datasets(all_versions=True):
         if ds.config_id not in probed:
-            others.setdefault(ds.config_id, ds)
+            configs.setdefault(ds.config_id, ds.config)
+    probes = []
+    for cid, cfg in configs.items():
+        fp = cfg.fingerprint_batch([text])
+        probes.append((cid, int(fp.exact_hash[0]), fp.signatures[0], fp.band_keys[0], cfg,
+                       (cfg.banding.bands, cfg.banding.rows)))
+    return probes
+
+
+def _other_configs(ledger: LedgerStore, targets: Sequence[Any], probed: set[str]) -> list[tuple]:
+    """Probes for the datasets fingerprinted under configs other than ``probed``: the target
+    document's text, read back from its shard, fingerprinted under each. A text that cannot be
+    read is warned about (:class:`UnsearchedWarning`): copies there, exact ones too, are then not
+    looked for."""
+    import warnings
+
+    others = sorted({ds.config_id for ds in ledger.datasets(all_versions=True)} - probed)
     if not others or not targets:
         return []
     text, unreadable, seen = None, [], set()
@@ -498,16 +515,10 @@ def _other_configs(ledger: LedgerStore, targets: Sequence[Any], probed: set[str]
     if text is None:
         doc = targets[0]
         warnings.warn(f"{doc.dataset_id} {doc.key}: its text could not be read ({'; '.join(unreadable) or 'not found'}), "
-                      f"so datasets fingerprinted under another config ({', '.join(sorted(others))}) were not "
-                      "searched for copies of it; search them by text (--text FILE)", stacklevel=4)
+                      f"so datasets fingerprinted under another config ({', '.join(others)}) were not "
+                      "searched for copies of it; search them by text (--text FILE)", UnsearchedWarning, stacklevel=4)
         return []
-    probes = []
-    for cid, ds in sorted(others.items()):
-        fp = ds.config.fingerprint_batch([text])
-        banding = ds.config.banding
-        probes.append((cid, int(fp.exact_hash[0]), fp.signatures[0], fp.band_keys[0], ds.config,
-                       (banding.bands, banding.rows)))
-    return probes
+    return _text_probes(ledger, text, probed)
 
 
 def find_similar(ledger: LedgerStore, *, text: str | None = None, dataset: str | None = None, key: str | None = None,
@@ -529,14 +540,7 @@ def find_similar(ledger: LedgerStore, *, text: str | None = None, dataset: str |
                                (ds.bands, ds.rows)))
             probes += _other_configs(ledger, targets, {p[0] for p in probes})
         else:
-            probes, seen = [], set()
-            for ds in ledger.datasets(all_versions=True):
-                if ds.config_id not in seen:
-                    seen.add(ds.config_id)
-                    fp = ds.config.fingerprint_batch([text])
-                    banding = ds.config.banding
-                    probes.append((ds.config_id, int(fp.exact_hash[0]), fp.signatures[0], fp.band_keys[0], ds.config,
-                                   (banding.bands, banding.rows)))
+            probes = _text_probes(ledger, text)
         found: dict[int, dict[str, Any]] = {}
         for cid, exact, sig, band_keys, _cfg, banding in probes:
             k = len(sig)

@@ -62,7 +62,8 @@ def model_card(ledger: Any, version: str | VersionRecord, *, base_model: str | N
     if base_model is None and isinstance(ledger, LedgerStore):
         base_model = recorded_base_model(ledger, ver)
     datasets = sorted(lin.datasets, key=lambda d: (-d.effective_share, d.dataset_id))
-    license_id, license_name = hub_license(lin.license, _unlicensed(datasets))
+    unlicensed = _unlicensed(datasets)
+    license_id, license_name = hub_license(lin.license, unlicensed)
     data = ModelCardData(
         base_model=base_model, datasets=[d.dataset_id for d in datasets] or None, license=license_id,
         license_name=license_name, tags=["provenance"],
@@ -70,7 +71,7 @@ def model_card(ledger: Any, version: str | VersionRecord, *, base_model: str | N
                     "datasets": [{"id": d.dataset_id, "effective_share": d.effective_share} for d in datasets]},
     )
     sections = [_heading(ver), _base(lin, base_model), _training_data(lin, datasets),
-                _licence(lin.license, license_id, _unlicensed(datasets)), _audits(ledger, ver, lin)]
+                _licence(lin.license, license_id, unlicensed), _audits(ledger, ver, lin)]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
 
 

@@ -39,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 
 from provenance import merge as methods
-from provenance.audits import describe_target, find_similar, iter_texts, read_samples, taint_report
+from provenance.audits import UnsearchedWarning, describe_target, find_similar, iter_texts, read_samples, taint_report
 from provenance.errors import InvalidParameterError
 from provenance.ledger._common import _now
 from provenance.lineage import taint, tainted_versions, target_rows
@@ -389,14 +389,14 @@ def _apply(ledger: Any, retraction: str, rebase_too: bool, progress: Any) -> lis
     rec = ledger.retraction(retraction)
     rid = rec["retraction_id"]
     steps = [Step(**s) for s in json.loads(rec["plan_json"])]
-    outdated = {v: p for v, p in outdated_steps(steps).items() if v not in {r["version_id"] for r in rec["results"]}}
+    done = {r["version_id"]: r for r in rec["results"]}
+    outdated = {v: p for v, p in outdated_steps(steps).items() if v not in done}
     if outdated:
         v, p = next(iter(outdated.items()))
         raise InvalidParameterError(
             f"retraction {rid}: its plan was recorded by an older provenance, whose re-merge of {v[:12]} leaves out "
             f"{p[:12]} instead of taking the clean version {p[:12]}'s own step makes (what {p[:12]}'s clean inputs "
             f"contributed would be lost); record the retraction again ({rec['target']}) to plan it anew")
-    done = {r["version_id"]: r for r in rec["results"]}
     replaced = {v: r["new_version_id"] for v, r in done.items()}
     failed: list[str] = []
     made_now: set[str] = set()
@@ -487,7 +487,7 @@ def audit_retraction(ledger: Any, retraction: str, *, samples: Any = None, relea
                 warnings.simplefilter("always")
                 similar = find_similar(ledger, dataset=d["dataset_id"], key=d["key"], near=near)
             for w in said:
-                if "were not searched" in str(w.message):
+                if issubclass(w.category, UnsearchedWarning):
                     unsearched.append(str(w.message))
                 else:
                     warnings.warn(w.message, w.category, stacklevel=2)
@@ -512,12 +512,12 @@ def audit_retraction(ledger: Any, retraction: str, *, samples: Any = None, relea
             c["clean"], c["via"] = hit is None, hit["via"] if hit else None
             c["tags"] = list(graph.get(c["version_id"], {}).get("tags") or [])
         memorization = _sample_check(ledger, [*stored, *copies], texts, threshold, span) if texts else None
-    made = {r["version_id"] for r in rec["results"]}
+    made, plan = {r["version_id"] for r in rec["results"]}, json.loads(rec["plan_json"])
     pending = [{"version_id": s["version_id"], "action": s["action"], "why": s["why"]}
-               for s in json.loads(rec["plan_json"]) if s["version_id"] not in made]
+               for s in plan if s["version_id"] not in made]
     problems = [f"{c['as']} ({c['version_id'][:12]}) has retracted data in its lineage, through "
                 f"{c['via'][:12]}" for c in checked if not c["clean"]]
-    outdated = outdated_steps([Step(**s) for s in json.loads(rec["plan_json"])])
+    outdated = outdated_steps([Step(**s) for s in plan])
     stale = {r["new_version_id"]: outdated[r["version_id"]] for r in rec["results"] if r["version_id"] in outdated}
     problems += [f"{c['as']} ({c['version_id'][:12]}) was made by the plan of an older provenance, which left out "
                  f"{stale[c['version_id']][:12]} instead of the clean version its own step made: record the "
