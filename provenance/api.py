@@ -99,7 +99,7 @@ class Ledger(LedgerStore):
         """The dataset version as Croissant 1.1 JSON-LD (see :mod:`provenance.croissant`), with
         file locations relative to ``base`` (the folder the JSON is written to; default: the
         shards' common folder)."""
-        from provenance.croissant import to_croissant
+        from provenance.croissant import to_croissant, warn_invalid_records
 
         ds = self.dataset(dataset)
         withheld = self.withheld(ds)
@@ -110,7 +110,9 @@ class Ledger(LedgerStore):
                 f"(prov dataset remove keeps the files); a Croissant reader reads whole files and would give them "
                 f"back. Write the files without them and register those, then export that version"
                 + (f" ({len(withheld)} files hold such documents)" if len(withheld) > 1 else ""))
-        return to_croissant(ds, self.shards(ds), base=base, key_kinds=self.key_kinds(ds))
+        document = to_croissant(ds, self.shards(ds), base=base, key_kinds=self.key_kinds(ds))
+        warn_invalid_records(ds)
+        return document
 
     def export_openlineage(self, version: str | VersionRecord, *, namespace: str | None = None) -> list[dict[str, Any]]:
         """The OpenLineage RunEvents of every run and merge in ``version``'s lineage, in time

@@ -21,6 +21,7 @@ import gzip
 import io
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,23 @@ CONTEXT: dict[str, Any] = {
 # Media type of each shard format's content: compressed JSON Lines are still JSON Lines
 # (mlcroissant recognises gzip by its magic bytes; it cannot read zstd).
 _MEDIA_TYPES = {"jsonl": "application/jsonlines", "parquet": "application/x-parquet", "text": "text/plain"}
+
+
+class ReadsOtherwiseWarning(UserWarning):
+    """A Croissant reader reads a dataset's files as they are: records that registration skipped
+    or repaired as invalid (``on_invalid``) come back as written, or fail the reader."""
+
+
+def warn_invalid_records(ds: DatasetRecord) -> None:
+    """Warn when ``ds``'s files hold records that registration skipped or repaired."""
+    held = [f"{n:,} record{'s' if n != 1 else ''} that registration {how}" for n, how in (
+        (ds.n_invalid_skipped, "skipped as invalid"), (ds.n_invalid_replaced, "repaired"))
+        if n]
+    if held:
+        warnings.warn(
+            f"{ds.dataset_id}: its files hold {' and '.join(held)} (on_invalid); a Croissant reader reads the files "
+            "as they are, and gives those records back as written or fails on them (mlcroissant on a byte that is not "
+            "UTF-8)", ReadsOtherwiseWarning, stacklevel=3)
 
 
 def to_croissant(ds: DatasetRecord, shards: list[ShardRecord], base: str | os.PathLike | None = None,

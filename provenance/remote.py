@@ -212,7 +212,12 @@ class RemoteLedger:
         return DocumentRecord.model_validate(self._call("GET", f"datasets/{_ref(dataset)}/documents/{key}"))
 
     def export_croissant(self, dataset: str | DatasetRecord, base: Any = None) -> dict[str, Any]:
-        return self._call("GET", f"datasets/{_ref(dataset)}/croissant")
+        from provenance.croissant import warn_invalid_records
+
+        ds = self.dataset(dataset)
+        document = self._call("GET", f"datasets/{_ref(ds)}/croissant")
+        warn_invalid_records(ds)
+        return document
 
     def export_openlineage(self, version: str | VersionRecord, *, namespace: str | None = None) -> list[dict[str, Any]]:
         """The OpenLineage RunEvents of ``version``'s lineage, made here from the served lineage,

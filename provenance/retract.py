@@ -522,6 +522,12 @@ def audit_retraction(ledger: Any, retraction: str, *, samples: Any = None, relea
     problems += [f"{c['as']} ({c['version_id'][:12]}) was made by the plan of an older provenance, which left out "
                  f"{stale[c['version_id']][:12]} instead of the clean version its own step made: record the "
                  "retraction again and apply it" for c in checked if c["version_id"] in stale]
+    for c in checked:  # a version made later on top of such a re-merge lacks the same input
+        under = None if c["version_id"] in stale else _stale_ancestor(graph, c["version_id"], stale)
+        if under is not None:
+            problems.append(f"{c['as']} ({c['version_id'][:12]}) is built on {under[:12]}, which the plan of an older "
+                            f"provenance made without {stale[under][:12]}'s clean version: record the retraction "
+                            "again, apply it, and make this version again on its result")
     problems += unsearched
     if not checked:
         problems.append("nothing to check: no step has been applied (prov retract ID --apply) and no release matched "
@@ -542,6 +548,19 @@ def audit_retraction(ledger: Any, retraction: str, *, samples: Any = None, relea
             tx.insert_retraction_audit({"audit_id": report["audit_id"], "retraction_id": rid, "passed": report["passed"],
                                         "report": report, "created_at": _now()})
     return report
+
+
+def _stale_ancestor(graph: dict[str, dict[str, Any]], version: str, stale: dict[str, str]) -> str | None:
+    """The nearest of ``stale``'s versions among ``version``'s ancestors (breadth first), if any."""
+    seen, frontier = {version}, [version]
+    while frontier and stale:
+        parents = [p for v in frontier for p in (graph.get(v, {}).get("parents") or []) if p not in seen]
+        for p in parents:
+            if p in stale:
+                return p
+        seen.update(parents)
+        frontier = parents
+    return None
 
 
 def _sample_check(ledger: Any, documents: list[dict[str, Any]], texts: list[str], threshold: float,

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import xxhash
 
-from provenance.croissant import to_croissant
+from provenance.croissant import ReadsOtherwiseWarning, to_croissant
 from provenance.errors import InvalidParameterError
 from provenance.fingerprints import normalize
 from provenance.records import UnknownLicenseWarning
@@ -229,6 +229,23 @@ def test_a_version_with_removed_documents_is_not_exported_over_the_whole_files(l
     ledger.register_dataset("skipped", data_dir / "bad.jsonl", on_invalid="skip")
     ledger.register_dataset("replaced", data_dir / "bad.jsonl", on_invalid="replace")  # the same file counts 2
     assert ledger.withheld("skipped") == []  # no removal: nothing to say (it was refused as removed)
+
+
+def test_records_skipped_or_repaired_at_registration_are_warned_of(ledger, data_dir):
+    """mlcroissant reads a file as it is: a line that ``on_invalid="skip"`` left out comes back."""
+    (data_dir / "bad.jsonl").write_bytes(b'{"text": "a good line of words"}\n{"text": "bad \\ud800 half"}\n'
+                                         b'{"text": "another good line"}\n')  # an unpaired surrogate
+    ledger.register_dataset("skipped", data_dir / "bad.jsonl", on_invalid="skip")
+    ledger.register_dataset("replaced", data_dir / "bad.jsonl", on_invalid="replace")
+    with pytest.warns(ReadsOtherwiseWarning, match=r"^skipped@1: its files hold 1 record that registration skipped "
+                                                   r"as invalid \(on_invalid\); a Croissant reader"):
+        doc = ledger.export_croissant("skipped", base=data_dir)
+    path = data_dir / "skipped.croissant.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    assert len(list(mlc.Dataset(jsonld=path).records(record_set="documents"))) == 3  # what the warning says
+    assert ledger.documents("skipped").num_rows == 2
+    with pytest.warns(ReadsOtherwiseWarning, match=r"^replaced@1: its files hold 1 record that registration repaired"):
+        ledger.export_croissant("replaced", base=data_dir)
 
 
 @pytest.mark.parametrize("where", ["data folder", "above it"])

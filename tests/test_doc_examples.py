@@ -160,6 +160,17 @@ class PageRunner:
         (state / "pwd").write_text(str(work))
         self.env = dict(os.environ)
 
+    def stop_processes(self) -> list[int]:
+        """Kill what the page's Python started and left running (a page that failed before its own
+        end stops its server, e.g. service.md's ``prov serve``); their ids."""
+        stopped = []
+        for value in list(self.namespace.values()):
+            if isinstance(value, subprocess.Popen) and value.poll() is None:
+                value.kill()
+                value.wait(timeout=30)
+                stopped.append(value.pid)
+        return stopped
+
     @property
     def cwd(self) -> str:
         return (self.state / "pwd").read_text().rstrip("\n")
@@ -205,9 +216,12 @@ def test_page_runs_as_written(page: str, tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.delenv("PROV_LEDGER", raising=False)
     monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     runner = PageRunner(page, work, state)
-    for block in blocks(page):
-        if not (block.directive and block.directive[0] == "skip"):
-            runner.run(block)
+    try:
+        for block in blocks(page):
+            if not (block.directive and block.directive[0] == "skip"):
+                runner.run(block)
+    finally:
+        runner.stop_processes()
 
 
 def test_skips_are_few_and_listed() -> None:
@@ -252,3 +266,18 @@ def test_console_commands_are_parsed_as_a_shell_reads_them() -> None:
             "$ echo \"it's\"  # the reader's comment\nit's\n")
     assert console_commands(code) == ['prov sql "SELECT a,\n       b FROM t"', "echo one \\\n  two",
                                       "echo \"it's\"  # the reader's comment"]
+
+
+def test_a_failing_page_leaves_no_process_its_python_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page whose block fails after starting a server in Python (service.md does) left it
+    running: the runner stops what the page's namespace still holds."""
+    monkeypatch.chdir(tmp_path)  # a Python block changes to the page's folder
+    (tmp_path / "state").mkdir()
+    runner = PageRunner("service.md", tmp_path, tmp_path / "state")
+    code = "import subprocess, sys\nserver = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+    runner.run(Block(line=1, lang="python", code=code, directive=None))
+    server = runner.namespace["server"]
+    with pytest.raises(ZeroDivisionError):
+        runner.run(Block(line=5, lang="python", code="1 / 0\n", directive=None))
+    assert runner.stop_processes() == [server.pid]
+    assert server.returncode is not None and runner.stop_processes() == []

@@ -330,6 +330,13 @@ def test_sql_explain_with_options_and_show_of_hidden_tables(ledger):
         with pytest.raises(AccessDeniedError, match="table 'tokens' is readable with an admin token only"):
             ledger.sql(query, hidden=("tokens",))
     assert ledger.sql("SHOW TABLES", hidden=("tokens",)).num_rows > 20
+    counted = "SELECT table_name, estimated_size FROM duckdb_tables() WHERE table_name = 'tokens'"
+    with pytest.raises(AccessDeniedError, match=r"duckdb_tables\(\) counts the rows of tables readable with an admin "
+                                                r"token only \(tokens\); SHOW TABLES or information_schema.tables"):
+        ledger.sql(counted, hidden=("tokens",))
+    assert ledger.sql(counted).to_pylist() == [{"table_name": "tokens", "estimated_size": 0}]  # an admin's, or local
+    assert ledger.sql("SELECT count(*) AS n FROM information_schema.tables WHERE table_name = 'tokens'",
+                      hidden=("tokens",)).to_pylist() == [{"n": 1}]
 
 
 # -- looking up datasets -------------------------------------------------------------------------

@@ -627,10 +627,16 @@ def test_a_plan_recorded_before_stand_ins_is_refused_and_its_results_fail_the_au
     with ledger.transaction() as tx:  # what the older code made when it applied that plan: C alone
         tx.insert_retraction_result({"retraction_id": rid, "version_id": m2.version_id, "action": "remerge",
                                      "new_version_id": c.version_id, "exact": True, "applied_at": datetime.now()})
-    report = ledger.audit_retraction(rid)
+    later = ledger.commit({"w": torch.full((4,), 4.0)}, parent=c, message="a release made on the re-merge")
+    ledger.tag("release-3", later)
+    report = ledger.audit_retraction(rid, releases="release-*")
     assert not report["passed"] and any(
         f"({c.version_id[:12]}) was made by the plan of an older provenance, which left out {m.version_id[:12]}" in p
         for p in report["problems"])
+    assert f"release release-3 ({later.version_id[:12]}) is built on {c.version_id[:12]}, which the plan of an older " \
+           f"provenance made without {m.version_id[:12]}'s clean version: record the retraction again, apply it, and " \
+           "make this version again on its result" in report["problems"]
+    assert sum("is built on" in p for p in report["problems"]) == 1  # the stale re-merge itself is not built on itself
 
 
 def test_a_remerge_waits_for_an_input_made_clean_by_a_rebase(ledger, data_dir, write_jsonl):

@@ -259,6 +259,10 @@ class DataQueries:
                 fn = (ref.get("function") or {}).get("function_name", "?")
                 if fn.lower() not in self._PURE_TABLE_FUNCTIONS:
                     raise ReadOnlyQueryError(f"query refused: table function {fn}() may read outside the ledger")
+                if fn.lower() == "duckdb_tables" and hidden:  # its estimated_size counts their rows
+                    raise AccessDeniedError(
+                        "query refused: duckdb_tables() counts the rows of tables readable with an admin token only "
+                        f"({', '.join(hidden)}); SHOW TABLES or information_schema.tables list the tables")
             elif ref.get("table_name", "").lower() in {h.lower() for h in hidden}:
                 raise AccessDeniedError(f"query refused: table {ref.get('table_name')!r} is readable with an admin "
                                         "token only")
