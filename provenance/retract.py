@@ -30,10 +30,12 @@ retracted text.
 from __future__ import annotations
 
 import fnmatch
+import heapq
 import json
 import uuid
 import warnings
 from dataclasses import dataclass, field
+from collections.abc import Collection
 from typing import Any, Literal
 
 import numpy as np
@@ -85,7 +87,7 @@ def plan(taint_rows: list[dict[str, Any]], graph: dict[str, dict[str, Any]], *,
     dataset id, the retracted keys in it; ``without``: per dataset id, a later version of the
     dataset that holds none of them (a retrain trains on it)."""
     tainted = {r["version_id"]: r for r in taint_rows}
-    order = sorted(tainted, key=lambda v: (graph[v]["created_at"], v))
+    order = _parents_first(tainted, graph)
     steps: dict[str, Step] = {}
     clean_of: dict[str, str | None] = {}  # per tainted version, its nearest clean ancestor by first parents
     for vid in order:
@@ -106,6 +108,29 @@ def plan(taint_rows: list[dict[str, Any]], graph: dict[str, dict[str, Any]], *,
         if steps[vid].action == "retrain":
             _retrain_settings(steps[vid], row.get("run_id"), runs or {}, retracted or {}, without or {})
     return [steps[v] for v in order]
+
+
+def _parents_first(versions: Collection[str], graph: dict[str, dict[str, Any]]) -> list[str]:
+    """``versions`` with each after those of its ancestors among them, otherwise by creation time
+    and id: the order of the ancestry, not of clocks (a clock stepped back made a merge look older
+    than its input, and the plan dropped the input)."""
+    wanted = set(versions)
+    waiting_on = {v: {p for p in graph[v].get("parents") or [] if p in wanted} for v in wanted}
+    children: dict[str, list[str]] = {}
+    for v, parents in waiting_on.items():
+        for p in parents:
+            children.setdefault(p, []).append(v)
+    ready = [(graph[v]["created_at"], v) for v, parents in waiting_on.items() if not parents]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, v = heapq.heappop(ready)
+        order.append(v)
+        for child in children.get(v, []):
+            waiting_on[child].discard(v)
+            if not waiting_on[child]:
+                heapq.heappush(ready, (graph[child]["created_at"], child))
+    return order
 
 
 def _rebase(vid: str, parent: str | None, steps: dict[str, Step], clean: str | None, tags: list[str],

@@ -714,3 +714,23 @@ def test_near_copies_of_a_key_are_found_under_every_fingerprint_config(ledger, d
     ledger.apply_retraction(of_memory["retraction_id"])
     audit = ledger.audit_retraction(of_memory["retraction_id"], releases="*")
     assert not audit["passed"] and any("F@1 copy: its text could not be read" in p for p in audit["problems"])
+
+
+def test_a_merge_stamped_before_its_input_by_a_stepped_back_clock_keeps_it(ledger, data_dir, write_jsonl):
+    """The plan went by creation time: a merge of merges whose clock read earlier than its inner
+    merge's was planned first, found no step for the inner merge and dropped it (C alone again)."""
+    from datetime import timedelta
+
+    from provenance.retract import outdated_steps
+
+    a, b, c, m, m2 = _merge_of_merges(ledger, data_dir, write_jsonl)
+    rows = taint(ledger, dataset="letters", key="L7")
+    graph = {r["version_id"]: r for r in ledger.version_graph().to_pylist()}
+    graph[m2.version_id]["created_at"] = graph[m.version_id]["created_at"] - timedelta(hours=1)
+    graph[a.version_id]["created_at"] = graph[m.version_id]["created_at"] + timedelta(hours=1)  # A after M too
+    steps = plan(rows, graph)
+    assert [s.version_id for s in steps] == [a.version_id, m.version_id, m2.version_id]  # parents first
+    nested = steps[-1]
+    assert (nested.action, nested.inputs, nested.stand_ins, nested.dropped) == (
+        "remerge", [m.version_id, c.version_id], [m.version_id], [])
+    assert outdated_steps(steps) == {}
