@@ -257,7 +257,7 @@ def show_lineage(lin, as_json: bool, *, show_all: bool = False) -> None:
         click.echo(f"{n - versions.num_rows:,} more version(s): --all lists them, --json gives everything")
     lic = lin.license
     flags = [f"{k.replace('_', '-')}: {', '.join(lic[k])}" for k in
-             ("non_commercial", "share_alike", "unknown_license", "model_generated") if lic[k]]
+             ("non_commercial", "share_alike", "attribution", "unknown_license", "model_generated") if lic[k]]
     click.echo(f"licenses: {', '.join(lic['licenses']) or 'none'}" + ("".join(f"\n  {f}" for f in flags)))
     if lin.unrecorded:
         click.echo(f"no training data recorded for {len(lin.unrecorded)} version(s): "

@@ -256,23 +256,27 @@ def _version_ids(ledger: LedgerStore, name: str) -> list[str]:
 
 
 def tainted_versions(graph: dict[str, dict[str, Any]], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The versions produced by ``runs`` (rows ``run_id, version_id, examples``) and every
+    """The versions produced by ``runs`` (rows ``run_id, version_id, examples``), the versions
+    that carry those runs' patches (a retraction's rebase, whose ``run_id`` is the run) and every
     descendant of them in ``graph``, each with the tainted ancestor it descends from."""
     children = defaultdict(list)
+    carrying = defaultdict(list)  # run -> the versions recorded with it
     for v, row in graph.items():
         for p in row["parents"] or []:
             children[p].append(v)
+        if row.get("run_id"):
+            carrying[row["run_id"]].append(v)
     hit: dict[str, dict[str, Any]] = {}
     queue = deque()
     for r in runs:
-        v = r["version_id"]
-        if v is None:
-            continue
-        entry = hit.setdefault(v, {"version_id": v, "direct": True, "via": v, "runs": [], "examples": 0})
-        entry["direct"], entry["via"] = True, v
-        entry["runs"].append(r["run_id"])
-        entry["examples"] += r["examples"]
-        queue.append(v)
+        for v in dict.fromkeys([r["version_id"], *carrying[r["run_id"]]]):
+            if v is None:
+                continue
+            entry = hit.setdefault(v, {"version_id": v, "direct": True, "via": v, "runs": [], "examples": 0})
+            entry["direct"], entry["via"] = True, v
+            entry["runs"].append(r["run_id"])
+            entry["examples"] += r["examples"]
+            queue.append(v)
     while queue:
         v = queue.popleft()
         for c in children[v]:

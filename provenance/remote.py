@@ -228,8 +228,9 @@ class RemoteLedger:
 
     def register_dataset(self, name: str, sources: Any, *, progress: Any = None, **options: Any) -> RegistrationResult:
         """Read and fingerprint ``sources`` here, upload the rows, register them on the server."""
-        from provenance.uploads import fingerprint_to_file
+        from provenance.uploads import asked_meta, fingerprint_to_file
 
+        asked_meta(options)  # the licence checked here: refused before any reading, its warning said here
         with tempfile.TemporaryDirectory(prefix="prov-upload-") as tmp:
             path = Path(tmp) / "documents.arrows"
             pieces: queue.Queue = queue.Queue(maxsize=64)  # the rows go out while the next are fingerprinted

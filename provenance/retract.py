@@ -34,8 +34,8 @@ import heapq
 import json
 import uuid
 import warnings
-from dataclasses import dataclass, field
 from collections.abc import Collection
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -315,6 +315,7 @@ def rebase(ledger: Any, step: Step, onto: Any, retraction: str, *, also: Any = N
 
     carried_note = f"; {len(carried)} dense group(s) carried from the tainted version" if carried else ""
     new = ledger.commit(state, parent=target, low_rank=low_rank, author=old.author, also=_recording(step, retraction, also),
+                        patch_of_run=old.run_id,  # its patch's data: lineage and taint follow the run
                         message=f"{old.message} (retraction {retraction}: its patch rebased onto "
                                 f"{target.version_id[:12]}; approximate{carried_note})")
     return new, carried

@@ -202,6 +202,7 @@ def commit(
     max_file_bytes: int = model_files.MAX_FILE_BYTES,
     files: str | os.PathLike | None = None,
     also: Callable[[Any, VersionRecord], None] | None = None,
+    patch_of_run: str | None = None,
 ) -> VersionRecord:
     """Store ``state`` as a new version and return its record.
 
@@ -221,6 +222,9 @@ def commit(
     folder whose files are stored so, for a ``state`` that is not a folder (a state dict whose
     config and tokenizer were saved apart, as the Trainer callback does). ``also(tx, version)``
     writes rows that must land in the version's own transaction (a retraction's result).
+    ``patch_of_run`` names an ended run whose training made the patch this version carries (a
+    retraction's rebase moves a version's patch onto a clean parent): it is recorded as the
+    version's run, so that lineage and taint see its data, and the run is left as it is.
     """
     if not isinstance(message, str) or not message.strip():
         raise InvalidParameterError("a commit needs a message")
@@ -241,7 +245,7 @@ def commit(
     # `gc` in another process never sees this commit's objects as unreferenced.
     with ledger.session(), ledger.object_writers.writing():
         return _commit(ledger, state, parent, message, author, run, encoding, _factors(low_rank), allow_nonfinite,
-                       snapshot or SnapshotPolicy(), sync, progress, listed, also)
+                       snapshot or SnapshotPolicy(), sync, progress, listed, also, patch_of_run)
 
 
 def _factors(low_rank: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -267,8 +271,12 @@ def _is_model_folder(state: Any) -> bool:
 
 
 def _commit(ledger, state, parent, message, author, run, encoding, low_rank, allow_nonfinite, policy, sync,
-            progress, listed, also=None) -> VersionRecord:
+            progress, listed, also=None, patch_of_run=None) -> VersionRecord:
     parent_rec = ledger.version(parent) if parent is not None else None
+    if patch_of_run is not None:
+        if run is not None:
+            raise InvalidParameterError("give run (the running run that commits) or patch_of_run, not both")
+        patch_of_run = ledger.run(patch_of_run).run_id
     if run is not None:
         run_rec = ledger.run(run)
         if run_rec.status != "running":
@@ -312,13 +320,14 @@ def _commit(ledger, state, parent, message, author, run, encoding, low_rank, all
 
         created_at = datetime.now(timezone.utc).replace(tzinfo=None)
         parents = [parent_id] if parent_id else []
-        h = xxhash.xxh3_128(f"{parents}|{message}|{author}|{run}|{created_at.isoformat()}|".encode())
+        h = xxhash.xxh3_128(f"{parents}|{message}|{author}|{run or patch_of_run}|{created_at.isoformat()}|".encode())
         for p in params:
             h.update(p.model_dump_json().encode())
         for f in files:
             h.update(f.model_dump_json().encode())
         version = VersionRecord(
-            version_id=h.hexdigest(), parents=parents, message=message, author=author, created_at=created_at, run_id=run,
+            version_id=h.hexdigest(), parents=parents, message=message, author=author, created_at=created_at,
+            run_id=run or patch_of_run,
             n_params=sum(p.encoding != "removed" for p in params), n_elements=n_elements, full_bytes=full_bytes,
             stored_bytes=stored,
         )

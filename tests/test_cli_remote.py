@@ -120,3 +120,26 @@ def test_the_demo_through_a_server(tmp_path):
 
     local = Ledger.open(tmp_path / "d")  # the server stopped: the folder is a plain ledger again
     assert local.version("demo-merge").parents and {t.name for t in local.tokens()} == {"demo-admin", "demo-trainer"}
+
+
+def test_a_client_says_what_a_local_ledger_says(server, tmp_path):
+    """Warnings made on the server stayed in its log: a licence id not on the SPDX list, and a
+    Croissant export of a file whose invalid line was skipped, warned locally only."""
+    from provenance import Ledger
+    from provenance.croissant import ReadsOtherwiseWarning
+    from provenance.errors import InvalidParameterError
+    from provenance.records import UnknownLicenseWarning
+
+    ledger = Ledger.open(server.url, token=server.token)
+    (tmp_path / "s.jsonl").write_bytes(b'{"text": "a first line of words"}\n{"text": "half \\ud800"}\n'
+                                       b'{"text": "a third line of words"}\n')
+    with pytest.warns(UnknownLicenseWarning, match="license 'Acme-Scrape-1.0': not on the SPDX list"):
+        reg = ledger.register_dataset("scraped", tmp_path / "s.jsonl", license="Acme-Scrape-1.0", on_invalid="skip")
+    assert (reg.dataset.license.spdx, reg.dataset.license.non_commercial) == ("Acme-Scrape-1.0", None)
+    assert (reg.dataset.n_documents, reg.dataset.n_invalid_skipped) == (2, 1)
+    with pytest.raises(InvalidParameterError, match=r"license 'MIT AND \(' is not an SPDX identifier"):
+        ledger.register_dataset("broken", tmp_path / "s.jsonl", license="MIT AND (", on_invalid="skip")
+    assert [d.name for d in ledger.datasets()].count("broken") == 0
+    with pytest.warns(ReadsOtherwiseWarning, match="scraped@1: its files hold 1 record that registration skipped"):
+        document = ledger.export_croissant("scraped")
+    assert document["name"] == "scraped"

@@ -173,6 +173,7 @@ def test_cli_lineage_taint_and_diff(family, tmp_path):
     assert {d["dataset_id"] for d in json.loads(out.output)["datasets"]} == {"web@1", "forum@1", "code@1"}
     out = runner.invoke(main, [*base, "lineage", "merged"])
     assert out.exit_code == 0 and "forum@1" in out.output and "non-commercial: forum@1" in out.output
+    assert "\n  attribution: forum@1, web@1\n" in out.output  # it was in --json and the model card only
     out = runner.invoke(main, [*base, "lineage", "merged", "--format", "mermaid"])
     assert out.output.startswith("graph BT")
     out = runner.invoke(main, [*base, "taint", "forum", "--key", "f0", "--json"])

@@ -341,6 +341,14 @@ def test_a_chain_retrains_a_and_rebases_d_onto_the_base(ledger, data_dir, write_
                                       "action": "rebase", "exact": False}
     assert {t.name: t.version_id for t in ledger.tags()}[f"release-d+retracted-{record['retraction_id']}"] == \
         new.version_id
+    # D's patch was trained on `open`: the rebased version carries D's run, so its lineage holds
+    # `open` (it said "no run recorded: data unknown") and taint of `open` finds it
+    assert new.run_id == d.run_id and ledger.run(d.run_id).version_id == d.version_id  # the run left as it was
+    assert [x.dataset_id for x in lin.datasets] == ["open@1"] and lin.unrecorded == [base.version_id]
+    assert "private@1" not in {x.dataset_id for x in lin.datasets}
+    hits = {r["version_id"]: r["direct"] for r in ledger.taint(dataset="open", key="o").versions}
+    assert hits == {d.version_id: True, new.version_id: True}
+    assert ledger.audit_retraction(record["retraction_id"])["passed"]  # D's run never saw X
 
 
 def test_a_merge_whose_receipt_is_missing(contributors):
