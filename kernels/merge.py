@@ -83,7 +83,8 @@ def fisher_merge(
 def task_arithmetic(
     base: torch.Tensor, thetas: Sequence[torch.Tensor], weights: Weights, *, out: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """``θ₀ + Σ λᵢ (θᵢ − θ₀)``. Weights are finite and may be negative (negating a task vector)."""
+    """``θ₀ + Σ λᵢ (θᵢ − θ₀)``. Weights are finite and may be negative (negating a task vector;
+    ``Ledger.merge`` takes them non-negative, as they are also lineage shares)."""
     thetas = _tensors(thetas, "thetas")
     _tensors([base], "base", like=thetas[0])
     lam = _scalars(weights, len(thetas), "weights", "any")

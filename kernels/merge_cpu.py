@@ -11,11 +11,13 @@ that each fold's branches fold away and its loop vectorises.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
-from numba import get_num_threads, njit, prange
+from numba import get_num_threads, njit, prange, set_num_threads
 
 MAX_MODELS = 8  # models per call: one Triton pointer argument each; here one compiled type, unused slots repeat the first
 NB_BLOCK = 4096  # elements per block (its scratch rows stay in L1/L2)
@@ -56,7 +58,27 @@ def _merge_numba(mode, out, base, thetas, fishers, lam, extra, eps) -> None:
     fbf16 = bool(fishers) and fishers[0].dtype == torch.bfloat16
     fdirect = bool(fishers) and _np(fishers[0]).dtype == prm.dtype
     kernel = _MERGE_NB[_MODES[mode], out.dtype == torch.bfloat16, fbf16, fdirect]
-    kernel(len(thetas), _np(out), _np(base), _padded(thetas), fs, prm, 4 * max(1, get_num_threads()))
+    with _threads_for(out.numel()) as threads:
+        kernel(len(thetas), _np(out), _np(base), _padded(thetas), fs, prm, 4 * threads)
+
+
+SERIAL_BELOW = 1 << 18  # elements under which a merge runs on the calling thread alone
+
+
+@contextlib.contextmanager
+def _threads_for(n: int) -> Iterator[int]:
+    """Numba's threads for a kernel over ``n`` elements: one under :data:`SERIAL_BELOW`, where
+    waking the others costs more than the work (and, on a busy machine, a scheduler time slice per
+    call: 10,000 small groups took a minute to merge), else all of them."""
+    threads = max(1, get_num_threads())
+    if n >= SERIAL_BELOW or threads == 1:
+        yield threads
+        return
+    set_num_threads(1)
+    try:
+        yield 1
+    finally:
+        set_num_threads(threads)
 
 
 @njit(inline="always", cache=True)
@@ -149,6 +171,23 @@ def _fold_kernel(mode: int):
 
 
 _FOLDS = [_fold_kernel(mode) for mode in range(4)]
+_FOLD_0, _FOLD_1, _FOLD_2, _FOLD_3 = _FOLDS
+
+
+@njit(inline="always", cache=True)
+def _fold(mode, g, x0, x1, x2, x3, f0, f1, f2, f3, b, s0, s1, s2, s3, prm, k, c):
+    """The fold of ``mode``, named through module globals: a merge kernel that held the fold in
+    its closure could not be found in numba's cache by another process (a dispatcher in a closure
+    is part of the cache's key, and differs in every process), so each process compiled every
+    kernel again (3-10 s per kernel) and added a file to the cache."""
+    if mode == 0:
+        _FOLD_0(g, x0, x1, x2, x3, f0, f1, f2, f3, b, s0, s1, s2, s3, prm, k, c)
+    elif mode == 1:
+        _FOLD_1(g, x0, x1, x2, x3, f0, f1, f2, f3, b, s0, s1, s2, s3, prm, k, c)
+    elif mode == 2:
+        _FOLD_2(g, x0, x1, x2, x3, f0, f1, f2, f3, b, s0, s1, s2, s3, prm, k, c)
+    else:
+        _FOLD_3(g, x0, x1, x2, x3, f0, f1, f2, f3, b, s0, s1, s2, s3, prm, k, c)
 
 
 def _merge_kernel(mode: int, bf16: bool, fbf16: bool, fdirect: bool):
@@ -156,7 +195,6 @@ def _merge_kernel(mode: int, bf16: bool, fbf16: bool, fdirect: bool):
     in place (``fdirect``: of the accumulation dtype) or converted block by block, compiled with
     these as constants (their branches folded away, so that each fold vectorises and each kernel
     compiles only its own path); numba caches each apart."""
-    fold, mean = _FOLDS[mode], _FOLDS[0]
 
     @njit(parallel=True, cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
     def merge_nb(nmod, out, base, xs, fs, prm, chunks):
@@ -192,14 +230,14 @@ def _merge_kernel(mode: int, bf16: bool, fbf16: bool, fdirect: bool):
                     if bf16:
                         for i in range(g):
                             _load(scratch[5 + i, :c], xs[k + i][lo : lo + c], bf16, bits)
-                        fold(g, scratch[5, :c], scratch[6, :c], scratch[7, :c], scratch[8, :c], f0, f1, f2, f3,
-                              b, s0, s1, s2, s3, prm, k, c)
+                        _fold(mode, g, scratch[5, :c], scratch[6, :c], scratch[7, :c], scratch[8, :c], f0, f1, f2,
+                              f3, b, s0, s1, s2, s3, prm, k, c)
                     else:
                         x0 = xs[k][lo : lo + c]
                         x1 = xs[k + 1][lo : lo + c] if g >= 2 else x0
                         x2 = xs[k + 2][lo : lo + c] if g == 4 else x0
                         x3 = xs[k + 3][lo : lo + c] if g == 4 else x0
-                        fold(g, x0, x1, x2, x3, f0, f1, f2, f3, b, s0, s1, s2, s3, prm, k, c)
+                        _fold(mode, g, x0, x1, x2, x3, f0, f1, f2, f3, b, s0, s1, s2, s3, prm, k, c)
                     k += g
                 if mode == 1:
                     holes = False
@@ -211,10 +249,10 @@ def _merge_kernel(mode: int, bf16: bool, fbf16: bool, fdirect: bool):
                         for k in range(nmod):
                             if bf16:
                                 _load(scratch[5, :c], xs[k][lo : lo + c], bf16, bits)
-                                mean(1, scratch[5, :c], b, b, b, b, b, b, b, b, s2, s3, s3, s3, prm, k, c)
+                                _FOLD_0(1, scratch[5, :c], b, b, b, b, b, b, b, b, s2, s3, s3, s3, prm, k, c)
                             else:
                                 x0 = xs[k][lo : lo + c]
-                                mean(1, x0, x0, x0, x0, b, b, b, b, b, s2, s3, s3, s3, prm, k, c)
+                                _FOLD_0(1, x0, x0, x0, x0, b, b, b, b, b, s2, s3, s3, s3, prm, k, c)
                         for j in range(c):
                             if s1[j] == 0:
                                 s0[j] = s2[j]

@@ -37,13 +37,14 @@ from provenance import merge as methods
 from provenance.errors import InvalidParameterError
 from provenance.history import History, materialize, numel
 from provenance.kernels.dispatch import pick
+from provenance.kernels.finite import all_finite
 from provenance.kernels.merge import FLOAT_DTYPES
 from provenance.kernels.merge_patches import merge_patches
 from provenance.kernels.patch import apply_chain
 from provenance.ledger import LedgerStore
-from provenance.objects import BackgroundWriter, ObjectStore, address_of
+from provenance.objects import NewObjects, ObjectStore, address_of, new_objects
 from provenance.patches import encode
-from provenance.records import ParamRecord, VersionRecord
+from provenance.records import ParamRecord, VersionRecord, check_utf8
 
 KERNEL_VERSION = f"provenance {__version__} kernels.merge"
 
@@ -61,40 +62,49 @@ def store_fisher(
     kept (a Fisher stored a few parameters at a time). Merges made with the Fisher replaced keep
     theirs: their receipts hold the objects they read."""
     ver = ledger.version(version)
-    with ledger.session():
-        rows, stored = _fisher_rows(ledger, ver, fisher, keep=keep, meta=meta)
+    with ledger.session(), new_objects(ledger.object_store(), ledger.object_writers) as added:
+        rows, stored = _fisher_rows(ledger, ver, fisher, added, keep=keep, meta=meta)
         with ledger.transaction() as tx:
             tx.set_fishers(ver.version_id, rows, replace_all=not update)
     return stored
 
 
-def _fisher_rows(ledger: LedgerStore, ver: VersionRecord, fisher: Mapping[str, torch.Tensor], *,
-                 keep: float | None = None, meta: Mapping[str, Any] | None = None) -> tuple[list[dict], int]:
-    """``fisher`` checked against ``ver``'s manifest and written to the object store: the rows
-    ``name, kind, objects, meta`` that record it, and the bytes of the tensors."""
+def _fisher_rows(ledger: LedgerStore, ver: VersionRecord, fisher: Mapping[str, torch.Tensor], added: NewObjects, *,
+                 keep: float | None = None, meta: Mapping[str, Any] | None = None, where: str = ""
+                 ) -> tuple[list[dict], int]:
+    """``fisher`` checked against ``ver``'s manifest and written to the object store (through
+    ``added``, the write's new objects): the rows ``name, kind, objects, meta`` that record it,
+    and the bytes of the tensors. ``where`` begins a refusal's message (which Fisher it is)."""
     manifest = {n: p for n, p in ledger.manifest(ver).items() if p.encoding != "removed"}
     unknown = sorted(set(fisher) - set(manifest))
     if unknown:
         raise InvalidParameterError(f"Fisher given for parameters not in version {ver.version_id[:12]}: {', '.join(unknown)}")
     if keep is not None and not 0 < keep <= 1:
         raise InvalidParameterError(f"keep must be in (0, 1], got {keep!r}")
-    store, rows, stored = ledger.object_store(), [], 0
+    rows, stored = [], 0
     for name in sorted(fisher):
         f = fisher[name]
         if not isinstance(f, torch.Tensor) or list(f.shape) != manifest[name].shape:
             shape = list(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
-            raise InvalidParameterError(f"Fisher of {name!r} is {shape}, the parameter is {manifest[name].shape}")
-        f = f.detach().to("cpu", torch.float32).contiguous()
+            raise InvalidParameterError(f"{where}Fisher of {name!r} is {shape}, the parameter is {manifest[name].shape}")
+        if f.is_complex():
+            raise InvalidParameterError(f"{where}Fisher of {name!r} is {str(f.dtype).removeprefix('torch.')}: a "
+                                        "Fisher holds real, non-negative values")
+        f = f.detach().to("cpu")
         if not bool(torch.isfinite(f).all()) or bool((f < 0).any()):
-            raise InvalidParameterError(f"Fisher of {name!r} holds negative, NaN or Inf values")
-        if keep is None or keep == 1:
+            raise InvalidParameterError(f"{where}Fisher of {name!r} holds negative, NaN or Inf values")
+        f = f.to(torch.float32).contiguous()
+        if not bool(torch.isfinite(f).all()):
+            raise InvalidParameterError(f"{where}Fisher of {name!r} holds values beyond float32's range (it is stored "
+                                        "as float32): scale it down; a merge uses only its ratios")
+        if keep is None or keep == 1 or f.numel() == 0:
             tensors, kind = {"full": f}, "full"
         else:
             k = max(1, math.ceil(keep * f.numel()))
             values, indices = torch.topk(f.reshape(-1), k, sorted=False)
             order = torch.argsort(indices)
             tensors, kind = {"indices": indices[order].to(torch.int64), "values": values[order]}, "topk"
-        objects = {role: store.put(t).address for role, t in tensors.items()}
+        objects = {role: added.put(t).address for role, t in tensors.items()}
         stored += sum(t.numel() * t.element_size() for t in tensors.values())
         rows.append({"name": name, "kind": kind, "objects": objects, "meta": dict(meta or {}, keep=keep)})
     return rows, stored
@@ -153,6 +163,9 @@ def merge(
     how = methods.get(method)
     if not isinstance(message, str) or not message.strip():
         raise InvalidParameterError("a merge needs a message")
+    check_utf8(message, "the merge's message")
+    if author is not None:
+        check_utf8(author, "the merge's author")
     with ledger.session():
         inputs = [ledger.version(v) for v in versions]
         if not inputs:
@@ -161,7 +174,7 @@ def merge(
         if len(set(ids)) != len(ids):
             raise InvalidParameterError("a version is given twice; give it a larger weight instead")
         lam = _weights(weights, len(inputs))
-        device = torch.device(device) if device is not None else torch.device("cpu")
+        device = _device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise InvalidParameterError(f"device {device} asked for, but torch sees no CUDA device")
         base_id = _base(ledger, inputs, base) if how.needs_base else None
@@ -169,48 +182,72 @@ def merge(
         names = _common_names(history, inputs)
         if base_id is not None:
             _base_has(history, base_id, names, method)
-        averaged = [n for n in names if n not in _kept_groups(history, ids[0], names)]
-        if how.needs_fisher and fisher is not None:  # for this merge only: its receipt keeps the objects
-            given = [_fisher_rows(ledger, v, {n: f[n] for n in averaged})[0]
-                     for v, f in zip(inputs, _given_fishers(ledger, inputs, fisher, averaged))]
-            fishers = _fisher_sources(ledger, inputs, averaged, rows=[{r["name"]: r for r in g} for g in given])
-        else:
-            fishers = _fisher_sources(ledger, inputs, averaged) if how.needs_fisher else None
-        norms = _norms(fishers, averaged) if how.needs_fisher and normalize else None
-        params, receipt_params, kernel = _merge_groups(history, store, ids, names, method, fishers, lam, eps, norms,
-                                                       density, base_id, device, progress)
-        created = datetime.now(timezone.utc).replace(tzinfo=None)
-        h = xxhash.xxh3_128(f"merge|{ids}|{method}|{lam}|{message}|{created.isoformat()}|".encode())
-        for p in params:
-            h.update(p.model_dump_json().encode())
-        version = VersionRecord(
-            version_id=h.hexdigest(), parents=ids, message=message, author=author, created_at=created,
-            n_params=len(params), n_elements=sum(numel(p.shape) for p in params),
-            full_bytes=sum(numel(p.shape) * torch.empty((), dtype=getattr(torch, p.dtype)).element_size() for p in params),
-            stored_bytes=sum(p.nbytes for p in params),
-        )
-        receipt = {
-            "version_id": version.version_id, "method": method, "inputs": ids, "weights": lam, "base_version": base_id,
-            **how.receipt_options(eps=eps, normalize=normalize, density=density),
-            "kernel": f"{kernel or 'torch'} ({KERNEL_VERSION})",
-            "params_json": json.dumps(receipt_params, sort_keys=True), "audit_id": audit, "created_at": created,
-        }
-        with ledger.transaction() as tx:
-            tx.insert_version(version, params)
-            tx.insert_receipt(receipt)
-            if also is not None:  # rows that must land with the version or not at all (a retraction's result)
-                also(tx, version)
+        kept = _kept_groups(history, ids[0], names)  # (once: in the comprehension it was once per name)
+        averaged = [n for n in names if n not in kept]
+        with new_objects(store, ledger.object_writers) as added:  # removed again if the merge is refused
+            if how.needs_fisher and fisher is not None:  # for this merge only: its receipt keeps the objects
+                given = [_fisher_rows(ledger, v, {n: f[n] for n in averaged}, added,
+                                      where=f"the Fisher given for input {i} ({v.version_id[:12]}): ")[0]
+                         for i, (v, f) in enumerate(zip(inputs, _given_fishers(ledger, inputs, fisher, averaged)), 1)]
+                fishers = _fisher_sources(ledger, inputs, averaged, rows=[{r["name"]: r for r in g} for g in given])
+            else:
+                fishers = _fisher_sources(ledger, inputs, averaged) if how.needs_fisher else None
+            norms = _norms(fishers, averaged) if how.needs_fisher and normalize else None
+            params, receipt_params, kernel = _merge_groups(history, store, ids, names, method, fishers, lam, eps, norms,
+                                                           density, base_id, device, progress, added)
+            created = datetime.now(timezone.utc).replace(tzinfo=None)
+            h = xxhash.xxh3_128(f"merge|{ids}|{method}|{lam}|{message}|{created.isoformat()}|".encode())
+            for p in params:
+                h.update(p.model_dump_json().encode())
+            version = VersionRecord(
+                version_id=h.hexdigest(), parents=ids, message=message, author=author, created_at=created,
+                n_params=len(params), n_elements=sum(numel(p.shape) for p in params),
+                full_bytes=sum(numel(p.shape) * torch.empty((), dtype=getattr(torch, p.dtype)).element_size()
+                               for p in params),
+                stored_bytes=sum(p.nbytes for p in params),
+            )
+            receipt = {
+                "version_id": version.version_id, "method": method, "inputs": ids, "weights": lam,
+                "base_version": base_id,
+                **how.receipt_options(eps=eps, normalize=normalize, density=density),
+                "kernel": f"{kernel or 'torch'} ({KERNEL_VERSION})",
+                "params_json": json.dumps(receipt_params, sort_keys=True), "audit_id": audit, "created_at": created,
+            }
+            with ledger.transaction() as tx:
+                tx.insert_version(version, params)
+                tx.insert_receipt(receipt)
+                if also is not None:  # rows that must land with the version or not at all (a retraction's result)
+                    also(tx, version)
     return version
 
 
-def _merge_groups(history, store, ids, names, method, fishers, lam, eps, norms, density, base_id, device, progress):
+def _finite(t: torch.Tensor) -> bool:
+    found = all_finite(t.contiguous()) if t.is_floating_point() else True
+    return bool(torch.isfinite(t).all()) if found is None else found
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    """Where a merge runs: the CPU (default) or a CUDA device."""
+    if device is None:
+        return torch.device("cpu")
+    try:
+        found = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidParameterError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1)") from None
+    if found.type not in ("cpu", "cuda"):
+        raise InvalidParameterError(f"device {device!r}: merges run on the CPU or a CUDA device")
+    return found
+
+
+def _merge_groups(history, store, ids, names, method, fishers, lam, eps, norms, density, base_id, device, progress,
+                  added):
     """Every group merged and its patch against the first input stored: the manifest rows, the
     receipt's per-group record (inputs, Fishers read, result) and the kernel that ran."""
     params, receipt_params, kernel = [], {}, None
     if progress is not None:
         progress.start("merge", None)
     kept = _kept_groups(history, ids[0], names)
-    with BackgroundWriter(threads=store.writer_threads) as writer:
+    with added.background() as writer:
         for name in names:
             direct = _patch_direct(history, store, ids, name, method, base_id) if name not in kept else None
             if name in kept:  # integers, booleans, FP8: not averaged, kept when every input agrees
@@ -227,6 +264,11 @@ def _merge_groups(history, store, ids, names, method, fishers, lam, eps, norms, 
                 )
                 first, input_addresses = thetas[0], [address_of(t) for t in thetas]
             kernel = kernel or pick(torch.empty(0, device=device))
+            if name not in kept and not _finite(merged) and all(
+                    _finite(materialize(history, store, vid, name)[0]) for vid in ids):
+                raise InvalidParameterError(
+                    f"the merge of parameter {name!r} overflows {str(merged.dtype).removeprefix('torch.')}: its inputs "
+                    "are finite and its result is not; merge with smaller weights, or inputs of a wider dtype")
             patch = encode(first, merged)
             objects = {role: store.put(t, writer).address for role, t in patch.tensors.items()}
             params.append(ParamRecord(name=name, dtype=str(merged.dtype).removeprefix("torch."),

@@ -21,6 +21,7 @@ reports a corrupt or missing one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -300,6 +301,48 @@ def header_problem(where: str, size: int, head: bytes, read: Callable[[int], byt
     if size != expected:
         return "truncated" if size < expected else "corrupt", f"{where} holds {size:,} bytes; its header says {expected:,}"
     return None
+
+
+class NewObjects:
+    """The objects one write (a commit, a merge, a stored Fisher) adds to a store, to be removed
+    again if the write fails: ``created`` (addresses; :meth:`put` adds to it) and what the
+    background writers made by :meth:`background` found absent and wrote."""
+
+    def __init__(self, store: Any):
+        self.store = store
+        self.created: list[str] = []
+        self._writers: list[BackgroundWriter] = []
+
+    def background(self) -> BackgroundWriter:
+        writer = BackgroundWriter(threads=self.store.writer_threads)
+        self._writers.append(writer)
+        return writer
+
+    def put(self, tensor: torch.Tensor, writer: BackgroundWriter | None = None) -> ObjectRef:
+        ref = self.store.put(tensor, writer)
+        if ref.created:
+            self.created.append(ref.address)
+        return ref
+
+    def remove(self) -> None:
+        for address in [*self.created, *(a for w in self._writers for a in w.created)]:
+            with contextlib.suppress(OSError):  # the error that stopped the write is the one to report
+                self.store.delete(address)
+
+
+@contextlib.contextmanager
+def new_objects(store: Any, writers: Any) -> Iterator[NewObjects]:
+    """A write's new objects in ``store``, removed again when the block raises, if no other write
+    of the process was adding objects meanwhile (``writers``: the ledger's ``object_writers``;
+    another write may have found one of them there and used it, and ``gc`` removes what stays
+    unreferenced). The block counts as a write for ``gc``, which waits for it."""
+    added = NewObjects(store)
+    with writers.writing():
+        try:
+            yield added
+        except BaseException:
+            writers.if_alone(added.remove)
+            raise
 
 
 class BackgroundWriter:

@@ -60,6 +60,16 @@ KNOWN_LICENSES: dict[str, tuple[bool, bool, bool]] = {
 }
 
 
+def check_utf8(text: str, what: str) -> None:
+    """Refuse a text the ledger cannot keep: one that does not encode as UTF-8 (an unpaired
+    surrogate, as ``os.fsdecode`` makes of a file name's stray bytes); ``what`` names it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidParameterError(f"{what} holds an unpaired surrogate at character {exc.start}: it is not valid "
+                                    "UTF-8") from None
+
+
 class UnknownLicenseWarning(UserWarning):
     """A licence id is not on the SPDX list: it is kept as given, with unknown conditions."""
 

@@ -48,9 +48,9 @@ from provenance.history import History, chain_objects, materialize, numel, spars
 from provenance.kernels.finite import all_finite
 from provenance.kernels.patch import apply_low_rank
 from provenance.ledger import LedgerStore
-from provenance.objects import BackgroundWriter, unstorable
+from provenance.objects import new_objects, unstorable
 from provenance.patches import changed_mask, changed_mask_over, encode
-from provenance.records import ParamRecord, VersionRecord
+from provenance.records import ParamRecord, VersionRecord, check_utf8
 from provenance.tensorfile import TensorFileWriter, TensorSequence, dtype_from_name, file_bytes
 
 
@@ -129,6 +129,7 @@ def _incoming(state: Any, parent_manifest: dict[str, ParamRecord], parent_id: st
             if name == "__metadata__":  # the safetensors header's own key: the version could not be written out
                 raise InvalidParameterError("parameter name '__metadata__' is the key safetensors keeps its metadata "
                                             "under; rename the parameter")
+            check_utf8(name, f"parameter name {name!r}")
         return _Incoming(sorted(state), state.__getitem__)
     raise InvalidParameterError(
         f"cannot commit a {type(state).__name__}: give a state dict, a module, a .safetensors file, "
@@ -228,6 +229,9 @@ def commit(
     """
     if not isinstance(message, str) or not message.strip():
         raise InvalidParameterError("a commit needs a message")
+    check_utf8(message, "the commit's message")
+    if author is not None:
+        check_utf8(author, "the commit's author")
     if files is not None:
         if _is_model_folder(state):
             raise InvalidParameterError(f"{state} is a checkpoint folder, whose files are stored with it: do not pass files=")
@@ -243,7 +247,7 @@ def commit(
         listed = []
     # The ledger's lock is held from the first object written to the version's row, so that
     # `gc` in another process never sees this commit's objects as unreferenced.
-    with ledger.session(), ledger.object_writers.writing():
+    with ledger.session():
         return _commit(ledger, state, parent, message, author, run, encoding, _factors(low_rank), allow_nonfinite,
                        snapshot or SnapshotPolicy(), sync, progress, listed, also, patch_of_run)
 
@@ -298,55 +302,46 @@ def _commit(ledger, state, parent, message, author, run, encoding, low_rank, all
     if unknown:
         incoming.close()
         raise InvalidParameterError(f"low_rank factors given for parameters not in the state: {', '.join(unknown)}")
-    created: list[str] = []  # objects this commit added: removed again if it is refused
     params: list[ParamRecord] = []
     n_elements = full_bytes = stored = 0
-    writer = BackgroundWriter(threads=store.writer_threads)  # (it adds to created what it finds absent and writes)
-    try:
-        files = model_files.store_files(store, listed, created)
-        with writer:
-            _encode_all(history, store, writer, parent_id, parent_manifest, incoming, encoding, low_rank,
-                        allow_nonfinite, policy, params, created, progress)
-        for p in params:
-            if p.encoding != "removed":
-                n_elements += numel(p.shape)
-                full_bytes += numel(p.shape) * torch.empty((), dtype=dtype_from_name(p.dtype)).element_size()
-                stored += p.nbytes
-        kept = set(incoming.names)
-        for name, previous in parent_manifest.items():
-            if name not in kept and previous.encoding != "removed":
-                params.append(ParamRecord(name=name, dtype=previous.dtype, shape=previous.shape, encoding="removed"))
+    try:  # the objects this commit adds are removed again if it is refused
+        with new_objects(store, ledger.object_writers) as added:
+            files = model_files.store_files(store, listed, added.created)
+            with added.background() as writer:
+                _encode_all(history, store, writer, parent_id, parent_manifest, incoming, encoding, low_rank,
+                            allow_nonfinite, policy, params, added.created, progress)
+            for p in params:
+                if p.encoding != "removed":
+                    n_elements += numel(p.shape)
+                    full_bytes += numel(p.shape) * torch.empty((), dtype=dtype_from_name(p.dtype)).element_size()
+                    stored += p.nbytes
+            kept = set(incoming.names)
+            for name, previous in parent_manifest.items():
+                if name not in kept and previous.encoding != "removed":
+                    params.append(ParamRecord(name=name, dtype=previous.dtype, shape=previous.shape,
+                                              encoding="removed"))
 
-
-        created_at = datetime.now(timezone.utc).replace(tzinfo=None)
-        parents = [parent_id] if parent_id else []
-        h = xxhash.xxh3_128(f"{parents}|{message}|{author}|{run or patch_of_run}|{created_at.isoformat()}|".encode())
-        for p in params:
-            h.update(p.model_dump_json().encode())
-        for f in files:
-            h.update(f.model_dump_json().encode())
-        version = VersionRecord(
-            version_id=h.hexdigest(), parents=parents, message=message, author=author, created_at=created_at,
-            run_id=run or patch_of_run,
-            n_params=sum(p.encoding != "removed" for p in params), n_elements=n_elements, full_bytes=full_bytes,
-            stored_bytes=stored,
-        )
-        with ledger.transaction() as tx:
-            if run is not None and tx.run_status(run) != "running":
-                raise InvalidParameterError(f"run {run[:12]} ended while this commit was being written")
-            tx.insert_version(version, params, [f.model_dump() for f in files])
-            if run is not None:
-                tx.end_run(run, "finished", version_id=version.version_id)
-            if also is not None:  # rows that must land with the version or not at all (a retraction's result)
-                also(tx, version)
-    except BaseException:
-        def remove() -> None:
-            for address in [*created, *writer.created]:
-                with contextlib.suppress(OSError):  # the error that stopped the commit is the one to report
-                    store.delete(address)
-
-        ledger.object_writers.if_alone(remove)
-        raise
+            created_at = datetime.now(timezone.utc).replace(tzinfo=None)
+            parents = [parent_id] if parent_id else []
+            h = xxhash.xxh3_128(f"{parents}|{message}|{author}|{run or patch_of_run}|{created_at.isoformat()}|".encode())
+            for p in params:
+                h.update(p.model_dump_json().encode())
+            for f in files:
+                h.update(f.model_dump_json().encode())
+            version = VersionRecord(
+                version_id=h.hexdigest(), parents=parents, message=message, author=author, created_at=created_at,
+                run_id=run or patch_of_run,
+                n_params=sum(p.encoding != "removed" for p in params), n_elements=n_elements, full_bytes=full_bytes,
+                stored_bytes=stored,
+            )
+            with ledger.transaction() as tx:
+                if run is not None and tx.run_status(run) != "running":
+                    raise InvalidParameterError(f"run {run[:12]} ended while this commit was being written")
+                tx.insert_version(version, params, [f.model_dump() for f in files])
+                if run is not None:
+                    tx.end_run(run, "finished", version_id=version.version_id)
+                if also is not None:  # rows that must land with the version or not at all (a retraction's result)
+                    also(tx, version)
     finally:
         incoming.close()
     return version
@@ -391,7 +386,9 @@ def _encode_group(history, store, parent_id, name, previous, value, encoding, lo
     if isinstance(value, _AdapterUpdate):
         base, depth, chain_bytes = materialize(history, store, parent_id, name)
         start = base if value.start is None else value.start
-        target = _check_tensor(name, apply_low_rank(start, value.b, value.a, value.scale), allow_nonfinite)
+        with _naming(name):
+            updated = apply_low_rank(start, value.b, value.a, value.scale)
+        target = _check_tensor(name, updated, allow_nonfinite)
         if value.start is None:
             hints["low_rank"] = (value.b, value.a, value.scale)
     else:
@@ -416,12 +413,22 @@ def _encode_group(history, store, parent_id, name, previous, value, encoding, lo
             base, depth, chain_bytes = materialize(history, store, parent_id, name)
         if name in low_rank:
             hints["low_rank"] = low_rank[name]
-    patch = encode(base, target, encoding=encoding, **hints)
+    with _naming(name) if "low_rank" in hints else contextlib.nullcontext():  # the factors' shapes
+        patch = encode(base, target, encoding=encoding, **hints)
     if encoding == "auto" and patch.encoding not in ("unchanged", "full"):
         full_size = target.numel() * target.element_size()
         if depth + 1 > policy.every or chain_bytes + patch.nbytes > policy.max_chain_ratio * full_size:
             patch = encode(base, target, encoding="full")
     return patch, target
+
+
+@contextlib.contextmanager
+def _naming(name: str) -> Iterator[None]:
+    """A refusal of ``name``'s low-rank factors, prefixed with the parameter's name."""
+    try:
+        yield
+    except InvalidParameterError as exc:
+        raise InvalidParameterError(f"parameter {name!r}: {exc}") from None
 
 
 def diff(ledger: LedgerStore, old: str | VersionRecord, new: str | VersionRecord) -> list[dict[str, Any]]:
@@ -461,7 +468,8 @@ def diff(ledger: LedgerStore, old: str | VersionRecord, new: str | VersionRecord
             encoding, nbytes = stored.encoding, stored.nbytes  # a child's patch as stored (a LoRA's factors)
         changed = int(mask.sum()) / y.numel() if y.numel() else 0.0
         rank = None
-        if encoding != "unchanged" and y.dim() == 2 and y.is_floating_point() and max(y.shape) <= 1024:
+        if (encoding != "unchanged" and y.dim() == 2 and y.is_floating_point() and y.element_size() >= 2
+                and max(y.shape) <= 1024):  # FP8: no rank (its rounding hides any update; torch has no max)
             rank = _rank(x, y)
         rows.append({"name": name, "status": "unchanged" if encoding == "unchanged" else "changed",
                      "encoding": encoding, "changed": changed, "rank": rank, "patch_bytes": nbytes,

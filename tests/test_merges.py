@@ -192,6 +192,15 @@ def test_bad_merges_are_refused_and_write_nothing(two):
     with pytest.raises(InvalidParameterError, match="negative, NaN or Inf"):
         ledger.store_fisher(a, {"w": -torch.ones(16, 8)})
     assert len(ledger.versions()) == before + 1  # only `other`
+    # refused after some objects were written: the Fisher of 'b' before the NaN of 'w', the first
+    # input's Fishers before the second's wrong shape; they were left in the store for gc
+    nan = {"b": torch.ones(8) * 7, "w": torch.full((16, 8), float("nan"))}
+    with pytest.raises(InvalidParameterError, match="Fisher of 'w' holds negative, NaN or Inf"):
+        ledger.store_fisher(a, nan)
+    with pytest.raises(InvalidParameterError, match=r"Fisher of 'b' is \[3\]"):
+        ledger.merge([a, b], method="fisher", fisher=[_positive(5), {"w": _positive(6)["w"], "b": torch.ones(3)}],
+                     message="m")
+    assert ledger.gc()["unreferenced"] == []
 
 
 def test_sparse_patches_of_one_parent_merge_where_they_changed_it(ledger):
@@ -377,6 +386,7 @@ def test_ties_refuses_nan_or_inf_naming_the_input(two):
     with pytest.raises(InvalidParameterError, match=f"parameter 'w' of version {b.version_id[:12]} holds NaN or Inf"):
         ledger.merge([a, b], method="ties", density=1.0, message="ties")
     assert len(ledger.versions()) == before
+    assert ledger.gc()["unreferenced"] == []  # group 'b', merged before 'w' was refused, was left behind
     averaged = ledger.checkout(ledger.merge([a, b], method="average", message="average"))["w"]
     assert torch.isnan(averaged[0, 5]) and torch.isinf(averaged[1, 7])
 
@@ -409,3 +419,33 @@ def test_a_parameter_the_base_lacks_is_named_for_task_vectors(ledger):
             ledger.merge([a, b], method=method, message="tied")
     merged = ledger.checkout(ledger.merge([a, b], method="average", message="tied, averaged"))
     assert torch.allclose(merged["lm_head.weight"], wte) and torch.allclose(merged["wte.weight"], wte)
+
+
+def test_inputs_and_results_a_merge_cannot_keep_are_refused_by_name(ledger):
+    """Stranger pass 18: an empty group with keep < 1 was torch's 'selected index k out of range';
+    a float64 Fisher of 1e300 was called negative, NaN or Inf; a complex one was taken with a torch
+    warning; a bad Fisher given to a merge did not say whose; --device bogus/meta/mps were
+    tracebacks; an fp16 task-arithmetic merge of finite inputs stored Inf."""
+    base = ledger.commit({"w": torch.full((4,), 60000.0, dtype=torch.float16), "e": torch.zeros(0, 5)},
+                         message="base")
+    a, b = (ledger.commit({"w": torch.full((4,), 65000.0, dtype=torch.float16), "e": torch.zeros(0, 5)},
+                          parent=base, message=m) for m in ("a", "b"))
+    assert ledger.store_fisher(a, {"w": torch.rand(4), "e": torch.zeros(0, 5)}, keep=0.5) == 2 * 8 + 2 * 4
+    with pytest.raises(InvalidParameterError, match=r"Fisher of 'w' holds values beyond float32's range"):
+        ledger.store_fisher(a, {"w": torch.full((4,), 1e300, dtype=torch.float64)}, update=True)
+    with pytest.raises(InvalidParameterError, match=r"Fisher of 'w' is complex64: a Fisher holds real"):
+        ledger.store_fisher(a, {"w": torch.ones(4, dtype=torch.complex64)}, update=True)
+    fishers = [{"w": torch.ones(4), "e": torch.zeros(0, 5)}, {"w": -torch.ones(4), "e": torch.zeros(0, 5)}]
+    with pytest.raises(InvalidParameterError, match=rf"^the Fisher given for input 2 \({b.version_id[:12]}\): Fisher "
+                                                    r"of 'w' holds negative, NaN or Inf values$"):
+        ledger.merge([a, b], method="fisher", fisher=fishers, message="m")
+    for device, said in (("bogus", r"device 'bogus' is not a torch device \(cpu, cuda, cuda:1\)$"),
+                         ("meta", "device 'meta': merges run on the CPU or a CUDA device"),
+                         ("mps", "device 'mps': merges run on the CPU or a CUDA device")):
+        with pytest.raises(InvalidParameterError, match=said):
+            ledger.merge([a, b], method="average", device=device, message="m")
+    with pytest.raises(InvalidParameterError, match=r"the merge of parameter 'w' overflows float16: its inputs are "
+                                                    "finite and its result is not"):
+        ledger.merge([a, b], method="task_arithmetic", weights=[1, 1], message="60000 + 2 × 5000")
+    assert ledger.checkout(ledger.merge([a, b], method="average", message="m"))["w"].tolist() == [64992.0] * 4
+    assert ledger.gc()["unreferenced"] == []

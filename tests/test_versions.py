@@ -333,6 +333,21 @@ def test_diff_between_any_two_versions(ledger):
     assert rows["new"]["patch_bytes"] == 12
 
 
+@pytest.mark.parametrize("dtype", [d for d in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz",
+                                               "float8_e8m0fnu") if hasattr(torch, d)])
+def test_diff_of_a_changed_fp8_group(ledger, dtype):
+    """The rank took ``abs().max()`` of an FP8 group, which torch does not implement: a traceback."""
+    from provenance.versions import diff
+
+    x = torch.ones(6, 4).to(getattr(torch, dtype))
+    y = x.clone()
+    y[1, 2] = torch.tensor(4.0).to(y.dtype)
+    v0 = ledger.commit({"q": x}, message="fp8")
+    v1 = ledger.commit({"q": y}, parent=v0, message="one entry changed")
+    (row,) = diff(ledger, v0, v1)
+    assert (row["status"], row["encoding"], row["rank"], row["changed"]) == ("changed", "sparse", None, 1 / 24)
+
+
 def test_diff_of_a_lora_child_shows_its_stored_patch_and_the_update_s_rank(ledger):
     """A LoRA version diffed against its parent was `full`, 100% of the bytes and rank 32: the
     float32 sum `W + B @ A` differs from the exact one by rounding noise of full rank, and the
@@ -441,3 +456,22 @@ def test_what_a_commit_could_not_give_back_is_refused(ledger, tmp_path):
     assert ledger.tags() == [] and ledger.verify().ok
     empty = ledger.commit({"a": torch.empty(0, 5)}, message="empty, and fine")
     assert ledger.checkout(empty)["a"].shape == (0, 5)
+
+
+def test_texts_and_factors_are_refused_by_name(ledger):
+    """Stranger pass 18: a parameter name or message with an unpaired surrogate failed in
+    pydantic's serialiser or the database; low-rank factors of the wrong shape did not name their
+    parameter."""
+    base = ledger.commit({"w": torch.zeros(6, 4)}, message="base")
+    with pytest.raises(InvalidParameterError, match=r"parameter name 'w\\ud800' holds an unpaired surrogate at "
+                                                    "character 1: it is not valid UTF-8"):
+        ledger.commit({"w\ud800": torch.zeros(2)}, message="m")
+    with pytest.raises(InvalidParameterError, match="the commit's message holds an unpaired surrogate at character 3"):
+        ledger.commit({"w": torch.ones(6, 4)}, parent=base, message="bad\udcff")
+    with pytest.raises(InvalidParameterError, match="the merge's message holds an unpaired surrogate"):
+        ledger.merge([base], method="average", message="\ud800")
+    b, a = torch.ones(5, 2), torch.ones(2, 4)
+    with pytest.raises(InvalidParameterError, match=r"^parameter 'w': low-rank factors B \(5, 2\) and A \(2, 4\) do "
+                                                    r"not make the base's shape \(6, 4\)"):
+        ledger.commit({"w": torch.ones(6, 4)}, parent=base, message="m", low_rank={"w": (b, a, 1.0)})
+    assert [v.version_id for v in ledger.versions()] == [base.version_id]
