@@ -260,8 +260,10 @@ def show_lineage(lin, as_json: bool, *, show_all: bool = False) -> None:
              ("non_commercial", "share_alike", "attribution", "unknown_license", "model_generated") if lic[k]]
     click.echo(f"licenses: {', '.join(lic['licenses']) or 'none'}" + ("".join(f"\n  {f}" for f in flags)))
     if lin.unrecorded:
-        click.echo(f"no training data recorded for {len(lin.unrecorded)} version(s): "
-                   f"{', '.join(v[:12] for v in lin.unrecorded)}")
+        shown = ", ".join(v[:12] for v in lin.unrecorded[:10])
+        more = len(lin.unrecorded) - 10
+        click.echo(f"no training data recorded for {len(lin.unrecorded):,} version(s): {shown}"
+                   + (f" and {more:,} more (--json lists them)" if more > 0 else ""))
     made = lin.made_by_retraction
     if made:
         click.echo(f"made by retraction {made['retraction_id']}: {made['action']} of {made['replaces'][:12]}"

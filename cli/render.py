@@ -119,8 +119,13 @@ def _csv_cell(value: Any) -> Any:
     return "" if value is None else value
 
 
+TABLE_ROWS = 1000  # rows a table shows; csv and json give every row
+
+
 def arrow(table: pa.Table, fmt: str) -> None:
-    rows = table.to_pylist()
+    """``table`` printed as ``fmt``: json, csv, or a table of its first :data:`TABLE_ROWS` rows
+    (laying out a million rows took Rich minutes and gigabytes)."""
+    rows = table.slice(0, TABLE_ROWS).to_pylist() if fmt == "table" else table.to_pylist()
     if fmt == "json":
         click.echo(dumps(rows))
     elif fmt == "csv":
@@ -137,7 +142,9 @@ def arrow(table: pa.Table, fmt: str) -> None:
         for r in rows:
             t.add_row(*(cell(v) for v in r.values()))
         console().print(t)
-        click.echo(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+        n = table.num_rows
+        click.echo(f"({n:,} row{'s' if n != 1 else ''})" + (
+            f": the first {TABLE_ROWS:,} shown; --format csv or json gives every row" if n > TABLE_ROWS else ""))
 
 
 class _RichProgress:

@@ -102,8 +102,12 @@ def audit_merge(
         retracted = [{"input": vid, **r} for vid, lin in lineages.items() for r in lin.retracted]
         datasets = [ledger.dataset(d) for d in sorted({r[0] for r in scope_rows})]
     if not datasets:
-        raise InvalidParameterError("the inputs' lineages are empty: no run recorded any data, and there is no "
-                                    "evaluation dataset")
+        shared = not full_lineage and any(lin.datasets for lin in lineages.values())
+        raise InvalidParameterError(
+            "the inputs share all the data of their lineages (the gate compares what each added since their "
+            "shared ancestor; --full-lineage compares whole lineages), and there is no evaluation dataset"
+            if shared else "the inputs' lineages are empty: no run recorded any data, and there is no evaluation "
+            "dataset")
     run = AuditRun(ledger, "merge", datasets, threshold, store=store, progress=progress)
     audit_id, cfg = run.audit_id, run.config
     scope = pa.table({"dataset_id": pa.array([r[0] for r in scope_rows], pa.string()),

@@ -81,11 +81,13 @@ class Step:
 
 def plan(taint_rows: list[dict[str, Any]], graph: dict[str, dict[str, Any]], *,
          runs: dict[str, dict[str, Any]] | None = None,
-         retracted: dict[str, list[str]] | None = None, without: dict[str, str] | None = None) -> list[Step]:
+         retracted: dict[str, list[str]] | None = None, without: dict[str, str] | None = None,
+         newer: dict[str, str] | None = None) -> list[Step]:
     """One :class:`Step` per tainted version, parents before children (module doc). ``runs``:
     per run id, its ``params`` and ``datasets`` (for the retrain steps); ``retracted``: per
     dataset id, the retracted keys in it; ``without``: per dataset id, a later version of the
-    dataset that holds none of them (a retrain trains on it)."""
+    dataset that holds none of them (a retrain trains on it); ``newer``: per dataset id, a later
+    version that still holds some (``prov dataset remove`` starts from the latest version)."""
     tainted = {r["version_id"]: r for r in taint_rows}
     order = _parents_first(tainted, graph)
     steps: dict[str, Step] = {}
@@ -106,7 +108,7 @@ def plan(taint_rows: list[dict[str, Any]], graph: dict[str, dict[str, Any]], *,
         else:
             steps[vid] = _rebase(vid, first, steps, clean_of.get(first) if first in tainted else first, tags, hit)
         if steps[vid].action == "retrain":
-            _retrain_settings(steps[vid], row.get("run_id"), runs or {}, retracted or {}, without or {})
+            _retrain_settings(steps[vid], row.get("run_id"), runs or {}, retracted or {}, without or {}, newer or {})
     return [steps[v] for v in order]
 
 
@@ -152,7 +154,7 @@ def _rebase(vid: str, parent: str | None, steps: dict[str, Step], clean: str | N
 
 
 def _retrain_settings(step: Step, run_id: str | None, runs: dict[str, dict[str, Any]],
-                      retracted: dict[str, list[str]], without: dict[str, str]) -> None:
+                      retracted: dict[str, list[str]], without: dict[str, str], newer: dict[str, str]) -> None:
     """What a retrain needs: the run's settings and datasets, and which keys to remove from each."""
     run = runs.get(run_id) if run_id else None
     if run is None:
@@ -169,6 +171,9 @@ def _retrain_settings(step: Step, run_id: str | None, runs: dict[str, dict[str, 
         if set(step.remove) - set(ready):
             step.why += "; make its data without the retracted documents with " + "; ".join(
                 f"prov dataset remove {d.split('@')[0]} {' '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+                + (f" (it starts from {newer[d]}, the latest version, whose documents may differ from {d}'s, "
+                   f"which the run trained on; for {d}'s own, write its files without them and register those)"
+                   if d in newer else "")
                 for d, keys in step.remove.items() if d not in ready)
     elif any(d in retracted for d in step.datasets):
         step.why += "; the retraction covers a whole dataset or shard it trained on: retrain without it"
@@ -373,11 +378,15 @@ def _retract(ledger: Any, *, reason: str, dataset: str | None, shard: str | None
         if d.get("key") is not None:
             retracted[d["dataset_id"]].append(d["key"])
     without = {}  # a later version of the dataset already without the documents (prov dataset remove made it)
+    newer = {}  # a later version that still holds them: `prov dataset remove` would start from it
     for d, keys in retracted.items():
         latest = ledger.dataset(d.split("@")[0]) if keys else None
-        if latest is not None and latest.dataset_id != d and not ledger.keys_in(latest.dataset_id, keys):
-            without[d] = latest.dataset_id
-    steps = [s.as_dict() for s in plan(rows, graph, runs=runs, retracted=retracted, without=without)]
+        if latest is not None and latest.dataset_id != d:
+            if ledger.keys_in(latest.dataset_id, keys):
+                newer[d] = latest.dataset_id
+            else:
+                without[d] = latest.dataset_id
+    steps = [s.as_dict() for s in plan(rows, graph, runs=runs, retracted=retracted, without=without, newer=newer)]
     target = {"dataset": dataset, "shard": shard, "key": key, "near": near,
               "text_chars": len(text) if text is not None else None}
     row = {"retraction_id": uuid.uuid4().hex[:12], "created_at": _now(), "author": author, "reason": reason.strip(),

@@ -278,3 +278,21 @@ def test_texts_with_no_words_are_no_copies(ledger, data_dir, write_jsonl, tmp_pa
     samples.write_text('"..."\n' + json.dumps(words(2)) + "\n")
     memo = audit_memorization(ledger, vt.version_id, samples)
     assert [(s.index, [m.key for m in s.matches]) for s in memo.samples] == [(0, []), (1, ["d2"])]
+
+
+def test_inputs_that_share_all_their_data_are_told_apart_from_empty_ones(ledger, data_dir, write_jsonl):
+    """Two versions on a base whose run recorded data, adding none of their own: the gate said
+    "no run recorded any data" (stranger pass 17)."""
+    write_jsonl(data_dir / "base.jsonl", [{"id": f"z{i}", "text": words(900 + i)} for i in range(5)])
+    ledger.register_dataset("base", data_dir / "base.jsonl", id_field="id")
+    with ledger.start_run(datasets=["base"], message="base") as run:
+        base = run.commit({"w": torch.zeros(4)})
+    one, two = (ledger.commit({"w": torch.full((4,), x)}, parent=base, message=f"edit {x}") for x in (1.0, 2.0))
+    with pytest.raises(InvalidParameterError, match=r"^the inputs share all the data of their lineages \(the gate "
+                                                    r"compares what each added since their shared ancestor; "
+                                                    r"--full-lineage compares whole lineages\)"):
+        audit_merge(ledger, [one.version_id, two.version_id])
+    assert audit_merge(ledger, [one.version_id, two.version_id], full_lineage=True).passed
+    roots = [ledger.commit({"w": torch.full((4,), x)}, message=f"root {x}") for x in (3.0, 4.0)]
+    with pytest.raises(InvalidParameterError, match="^the inputs' lineages are empty: no run recorded any data"):
+        audit_merge(ledger, [r.version_id for r in roots])

@@ -420,3 +420,16 @@ def test_a_ledger_made_from_a_path_without_one_says_so_and_makes_nothing(tmp_pat
     assert list(tmp_path.iterdir()) == []
     made = Ledger.init(tmp_path)
     assert Ledger(made.root).datasets() == [] and Ledger.open(tmp_path).datasets() == []
+
+
+def test_reading_connections_keep_the_memory_limit_and_spill_into_the_ledger(ledger):
+    """verify, taint and backup open the database read-only, which set no memory limit: their
+    memory grew with the database (3 GB for a 3.3 GB ledger, stranger pass 17)."""
+    for read_only in (False, True):
+        con = ledger._connect(read_only=read_only)
+        try:
+            limit, spill = con.execute("SELECT current_setting('memory_limit'), current_setting('temp_directory')"
+                                       ).fetchall()[0]
+        finally:
+            con.close()
+        assert (limit, spill) == ("488.2 MiB", str(ledger.root / "tmp")), read_only  # 512 MB, in DuckDB's words

@@ -742,3 +742,22 @@ def test_a_merge_stamped_before_its_input_by_a_stepped_back_clock_keeps_it(ledge
     assert (nested.action, nested.inputs, nested.stand_ins, nested.dropped) == (
         "remerge", [m.version_id, c.version_id], [m.version_id], [])
     assert outdated_steps(steps) == {}
+
+
+def test_a_retrain_on_an_older_dataset_version_says_remove_starts_from_the_latest(contributors, data_dir,
+                                                                                    write_jsonl):
+    """A run trained on private@1; the file changed since (private@2 holds x1 with another text,
+    lost x2 and x3): the step said `prov dataset remove private x1`, which makes private@2 without
+    x1, not private@1 without it (stranger pass 20)."""
+    ledger, v = contributors
+    write_jsonl(data_dir / "private.jsonl", [{"id": "x0", "text": "a private letter number 0"},
+                                             {"id": "x1", "text": "a letter rewritten since"},
+                                             {"id": "x9", "text": "a new letter"}])
+    assert ledger.register_dataset("private", data_dir / "private.jsonl", id_field="id").dataset.dataset_id == \
+        "private@2"
+    record = ledger.retract(dataset="private@1", key="x1", reason="asked")
+    step = next(s for s in record["steps"] if s["version_id"] == v["a"].version_id)
+    assert step["action"] == "retrain" and step["remove"] == {"private@1": ["x1"]}
+    assert ("make its data without the retracted documents with prov dataset remove private x1 (it starts from "
+            "private@2, the latest version, whose documents may differ from private@1's, which the run trained on; "
+            "for private@1's own, write its files without them and register those)") in step["why"]

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -461,10 +462,15 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
     # -- connections ------------------------------------------------------------------------
 
     def _connect(self, *, read_only: bool = False, external: bool = True) -> duckdb.DuckDBPyConnection:
-        config: dict[str, Any] = {"threads": max(1, os.cpu_count() or 1)}
-        if not read_only:
-            config["temp_directory"] = str(self.root / TMP_DIR)
-            config["memory_limit"] = self.memory_limit
+        # The memory limit holds for reading too (verify, taint, backup read every signature: without
+        # it their memory grew with the database, 3 GB for a 3.3 GB ledger); what does not fit spills
+        # to the ledger's temporary folder, or the system's where the ledger cannot be written.
+        config: dict[str, Any] = {"threads": max(1, os.cpu_count() or 1), "memory_limit": self.memory_limit}
+        spill = self.root / TMP_DIR
+        if not read_only or (spill.is_dir() and os.access(spill, os.W_OK)):
+            config["temp_directory"] = str(spill)
+        else:
+            config["temp_directory"] = str(Path(tempfile.gettempdir()) / f"prov-duckdb-{os.getpid()}")
         if not self._creating and not self.db_path.exists():  # DuckDB would make an empty database there
             raise LedgerNotFoundError(
                 f"no ledger at {self.root} ({self.db_path} does not exist): open a project folder or its {LEDGER_DIR} "
