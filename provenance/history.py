@@ -25,25 +25,42 @@ def numel(shape: list[int]) -> int:
 
 
 class History:
-    """Manifests and first parents of versions, read once per commit or checkout: the whole
-    first-parent chain of a version in one query the first time it is asked for."""
+    """Manifests and first parents of versions, read once per commit or checkout: a version's
+    manifest and, below it, each group's rows down to its last full copy, in one query the first
+    time it is asked for (:meth:`LedgerStore.first_parent_chain`).
+
+    ``_manifests`` holds whole manifests (of the versions asked for); ``_rows`` the rows with
+    bytes read below them, which hold every such row a replay from a version asked for reaches (a
+    replay from a version asked for by another query reaches only rows that query read too); a
+    group without a row there is ``unchanged`` from its parent."""
 
     def __init__(self, ledger: LedgerStore):
         self.ledger = ledger
         self._manifests: dict[str, dict[str, ParamRecord]] = {}
+        self._rows: dict[str, dict[str, ParamRecord]] = {}
         self._parents: dict[str, str | None] = {}
 
     def _load(self, vid: str) -> None:
-        for version_id, parent, manifest in self.ledger.first_parent_chain(vid, resolved=True):
-            if version_id in self._manifests:
-                break
-            self._manifests[version_id] = manifest
+        for depth, (version_id, parent, manifest) in enumerate(self.ledger.first_parent_chain(vid, resolved=True)):
+            if depth == 0:
+                self._manifests[version_id] = manifest
+            elif version_id in self._manifests:
+                break  # read whole before, with what a replay from it reaches below it
+            self._rows.setdefault(version_id, {}).update(manifest)
             self._parents[version_id] = parent
 
     def manifest(self, vid: str) -> dict[str, ParamRecord]:
+        """The whole manifest of ``vid``."""
         if vid not in self._manifests:
             self._load(vid)
         return self._manifests[vid]
+
+    def row(self, vid: str, name: str) -> ParamRecord | None:
+        """The row of ``name`` in ``vid``, reached by a replay down from a version asked for; None
+        where it is unchanged from the parent."""
+        if vid not in self._rows:
+            self._load(vid)
+        return self._rows[vid].get(name)
 
     def parent(self, vid: str) -> str | None:
         if vid not in self._parents:
@@ -54,15 +71,18 @@ class History:
 def _chain(history: History, version_id: str, name: str) -> list[ParamRecord]:
     """The rows of ``name`` from ``version_id`` up its first parents to the last full copy."""
     chain: list[ParamRecord] = []
+    row = history.manifest(version_id).get(name)  # read from the version itself: the rows its replays reach
     vid: str | None = version_id
     while vid is not None:
-        row = history.manifest(vid).get(name)
         if row is None or row.encoding == "removed":
             raise ProvenanceError(f"parameter {name!r} is not in version {vid[:12]}")
-        chain.append(row)
+        if row.encoding != "unchanged":
+            chain.append(row)
         if row.encoding == "full":
             return chain
         vid = history.parent(vid)
+        while vid is not None and (row := history.row(vid, name)) is None:  # unchanged there: go on down
+            vid = history.parent(vid)
     raise ProvenanceError(f"parameter {name!r} of version {version_id[:12]} has no full copy in its history")
 
 

@@ -87,7 +87,7 @@ def test_sparse_then_low_rank_then_dense_chain(ledger):
         _assert_same(ledger.checkout(v), s)
 
 
-def test_first_parent_chain_reads_every_manifest_down_to_the_root(ledger):
+def test_first_parent_chain_reads_each_group_down_to_its_last_full_copy(ledger):
     s0 = _state()
     v0 = ledger.commit(s0, message="root")
     s1 = {k: v.clone() for k, v in s0.items()}
@@ -98,15 +98,30 @@ def test_first_parent_chain_reads_every_manifest_down_to_the_root(ledger):
     chain = ledger.first_parent_chain("tip")
     assert [(v, parent) for v, parent, _ in chain] == [
         (v2.version_id, v1.version_id), (v1.version_id, v0.version_id), (v0.version_id, None)]
-    for (_, _, manifest), v in zip(chain, (v2, v1, v0)):
-        assert manifest == ledger.manifest(v)  # same rows, same order (by name)
-        assert list(manifest) == sorted(manifest)
+    assert chain[0][2] == ledger.manifest(v2)  # the version asked for: its whole manifest
+    for depth, ((_, _, manifest), v) in enumerate(zip(chain, (v2, v1, v0))):  # below it: the rows with bytes
+        assert manifest == {n: p for n, p in ledger.manifest(v).items() if depth == 0 or p.encoding != "unchanged"}
+        assert list(manifest) == sorted(manifest)  # by name
     assert chain[0][2]["extra"].encoding == "full" and chain[1][2]["layer.weight"].encoding == "sparse"
+    assert list(chain[1][2]) == ["layer.weight"]
     # a resolved id skips the lookup; a reference passed as resolved is still looked up
     assert ledger.first_parent_chain(v2.version_id, resolved=True) == chain
     assert ledger.first_parent_chain(v2.version_id[:8], resolved=True) == chain
     with pytest.raises(NotFoundError, match="no version"):
         ledger.first_parent_chain("f" * 32, resolved=True)
+    # below the version asked for, only rows with bytes, down to each group's last full copy:
+    # 'layer.weight' is full in v3 (v1's sparse patch is not read), 'extra' in v2, the others in v0
+    v3 = ledger.commit({**s1, "extra": torch.ones(2), "layer.weight": s1["layer.weight"] + 1}, parent=v2, message="m")
+    chain = ledger.first_parent_chain(v3)
+    others = sorted(set(ledger.manifest(v0)) - {"layer.weight"})
+    assert [(v, sorted(m)) for v, _, m in chain] == [
+        (v3.version_id, sorted(ledger.manifest(v3))), (v2.version_id, ["extra"]), (v1.version_id, []),
+        (v0.version_id, others)]
+    assert ledger.manifest(v3)["layer.weight"].encoding == "full" and ledger.manifest(v3)["extra"].encoding == \
+        "unchanged"
+    assert torch.equal(ledger.checkout(v3)["extra"], torch.ones(2))
+    last = ledger.commit({k: t + 2 for k, t in ledger.checkout(v3).items()}, parent=v3, message="all full")
+    assert [v for v, _, _ in ledger.first_parent_chain(last)] == [last.version_id]
 
 
 def test_sparse_commits_on_sparse_parents_do_not_materialise_them(ledger, monkeypatch):

@@ -90,8 +90,12 @@ class ModelQueries:
 
     def first_parent_chain(self, version: str | VersionRecord, *, resolved: bool = False
                            ) -> list[tuple[str, str | None, dict[str, ParamRecord]]]:
-        """``(version_id, first parent, manifest)`` from ``version`` down its first parents to the
-        root, in one query (what a checkout replays). ``resolved``: ``version`` is a full version
+        """``(version_id, first parent, manifest)`` from ``version`` down its first parents, in one
+        query (what a checkout replays): ``version``'s whole manifest, and below it, for each
+        group, the rows that hold bytes (not ``unchanged``) down to its last full copy (or its
+        removal), where replaying it stops; the versions below the last such row are left out.
+        (Every row to the root made each commit and checkout cost the history's depth times its
+        groups: 2.3 s at depth 286 with 300 groups.) ``resolved``: ``version`` is a full version
         id read from the ledger (a commit's or checkout's own), so it is not looked up as a tag or
         prefix first; an id that is not there is then looked up as a reference."""
         vid = version.version_id if isinstance(version, VersionRecord) else str(version)
@@ -102,10 +106,17 @@ class ModelQueries:
                 """WITH RECURSIVE up(version_id, parent, depth) AS (
                        SELECT version_id, parents[1], 0 FROM versions WHERE version_id = ?
                        UNION ALL
-                       SELECT v.version_id, v.parents[1], up.depth + 1 FROM versions v JOIN up ON v.version_id = up.parent)
-                   SELECT up.version_id, up.parent, p.name, p.dtype, p.shape, p.encoding, p.objects, p.meta_json,
-                          p.nbytes
-                   FROM up LEFT JOIN version_params p USING (version_id) ORDER BY up.depth, p.name""",
+                       SELECT v.version_id, v.parents[1], up.depth + 1 FROM versions v JOIN up ON v.version_id = up.parent),
+                   params AS (SELECT up.depth, p.* FROM up JOIN version_params p USING (version_id)),
+                   stops AS (SELECT name, min(depth) AS stop FROM params WHERE encoding IN ('full', 'removed')
+                             GROUP BY name),
+                   kept AS (SELECT p.* FROM params p LEFT JOIN stops s USING (name)
+                            WHERE p.depth = 0 OR (p.encoding <> 'unchanged' AND (s.stop IS NULL OR p.depth <= s.stop)))
+                   SELECT up.version_id, up.parent, k.name, k.dtype, k.shape, k.encoding, k.objects, k.meta_json,
+                          k.nbytes
+                   FROM up LEFT JOIN kept k USING (version_id)
+                   WHERE up.depth <= (SELECT coalesce(max(depth), 0) FROM kept)
+                   ORDER BY up.depth, k.name""",
                 [vid],
             ).fetchall()
         if not rows and resolved and not isinstance(version, VersionRecord):
