@@ -33,6 +33,17 @@ def all_finite(tensor: torch.Tensor) -> bool | None:
     return not _any_all_ones(bits, mask)
 
 
+def is_finite(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` holds no NaN or Inf (anything but a float holds none): the bit scan of
+    :func:`all_finite` where it reads the tensor, else torch's comparison (FP8 widened first)."""
+    if not tensor.is_floating_point() or not tensor.numel():
+        return True
+    found = all_finite(tensor.contiguous())
+    if found is None:
+        found = bool(torch.isfinite(tensor if tensor.element_size() > 1 else tensor.float()).all())
+    return found
+
+
 @njit(cache=True, nogil=True)
 def _any_all_ones(bits, mask):
     """Whether any value has all of ``mask``'s bits set (an OR of comparisons: it vectorises)."""

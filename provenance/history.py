@@ -29,10 +29,9 @@ class History:
     manifest and, below it, each group's rows down to its last full copy, in one query the first
     time it is asked for (:meth:`LedgerStore.first_parent_chain`).
 
-    ``_manifests`` holds whole manifests (of the versions asked for); ``_rows`` the rows with
-    bytes read below them, which hold every such row a replay from a version asked for reaches (a
-    replay from a version asked for by another query reaches only rows that query read too); a
-    group without a row there is ``unchanged`` from its parent."""
+    ``_manifests`` holds the whole manifests of the versions asked for; ``_rows`` those, and the
+    rows with bytes read below them: every row a replay from a version asked for reaches. Below a
+    version asked for, a group without a row is ``unchanged`` from its parent there."""
 
     def __init__(self, ledger: LedgerStore):
         self.ledger = ledger
@@ -69,7 +68,8 @@ class History:
 
 
 def _chain(history: History, version_id: str, name: str) -> list[ParamRecord]:
-    """The rows of ``name`` from ``version_id`` up its first parents to the last full copy."""
+    """The rows of ``name`` with bytes (not ``unchanged``) from ``version_id`` up its first
+    parents to the last full copy."""
     chain: list[ParamRecord] = []
     row = history.manifest(version_id).get(name)  # read from the version itself: the rows its replays reach
     vid: str | None = version_id
@@ -90,7 +90,7 @@ def _since_full(history: History, version_id: str, name: str) -> tuple[ParamReco
     """The row of ``name``'s last full copy up the chain from ``version_id``, and the rows of the
     patches with bytes after it, newest first."""
     chain = _chain(history, version_id, name)
-    return chain[-1], [r for r in chain[:-1] if r.encoding != "unchanged"]
+    return chain[-1], chain[:-1]
 
 
 def chain_objects(history: History, version_id: str, name: str) -> list[tuple[str, int]]:

@@ -110,7 +110,8 @@ def lineage(ledger: LedgerStore, version: str | VersionRecord) -> Lineage:
         run_version = dict(zip(runs_table.column("run_id").to_pylist(), runs_table.column("version_id").to_pylist()))
         unregistered = [{**r, "version_id": run_version.get(r["run_id"])}
                         for r in ledger.unregistered_inputs(list(run_version))]
-        retracted = [r for r in ledger.retraction_runs().to_pylist() if r["run_id"] in run_version]
+        retracted = [{**r, "version_id": run_version[r["run_id"]]}  # the version in this lineage that carries
+                     for r in ledger.retraction_runs().to_pylist() if r["run_id"] in run_version]  # the run
         made = ledger.retraction_made([vid]).get(vid)
     datasets = _dataset_rows(per_dataset, info, ancestors)
     unknown = pc.and_(pc.is_null(ancestors.column("run_id")), pc.is_null(ancestors.column("method")))

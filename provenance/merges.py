@@ -37,7 +37,7 @@ from provenance import merge as methods
 from provenance.errors import InvalidParameterError
 from provenance.history import History, materialize, numel
 from provenance.kernels.dispatch import pick
-from provenance.kernels.finite import all_finite
+from provenance.kernels.finite import is_finite
 from provenance.kernels.merge import FLOAT_DTYPES
 from provenance.kernels.merge_patches import merge_patches
 from provenance.kernels.patch import apply_chain
@@ -91,10 +91,13 @@ def _fisher_rows(ledger: LedgerStore, ver: VersionRecord, fisher: Mapping[str, t
             raise InvalidParameterError(f"{where}Fisher of {name!r} is {str(f.dtype).removeprefix('torch.')}: a "
                                         "Fisher holds real, non-negative values")
         f = f.detach().to("cpu")
+        wide = f.dtype == torch.float64  # its values may lie beyond float32's range: checked as given
+        if not wide:
+            f = f.to(torch.float32).contiguous()  # (FP8 has no isfinite or comparisons of its own)
         if not bool(torch.isfinite(f).all()) or bool((f < 0).any()):
             raise InvalidParameterError(f"{where}Fisher of {name!r} holds negative, NaN or Inf values")
         f = f.to(torch.float32).contiguous()
-        if not bool(torch.isfinite(f).all()):
+        if wide and not bool(torch.isfinite(f).all()):
             raise InvalidParameterError(f"{where}Fisher of {name!r} holds values beyond float32's range (it is stored "
                                         "as float32): scale it down; a merge uses only its ratios")
         if keep is None or keep == 1 or f.numel() == 0:
@@ -182,7 +185,7 @@ def merge(
         names = _common_names(history, inputs)
         if base_id is not None:
             _base_has(history, base_id, names, method)
-        kept = _kept_groups(history, ids[0], names)  # (once: in the comprehension it was once per name)
+        kept = _kept_groups(history, ids[0], names)  # once (a comprehension called it once per name)
         averaged = [n for n in names if n not in kept]
         with new_objects(store, ledger.object_writers) as added:  # removed again if the merge is refused
             if how.needs_fisher and fisher is not None:  # for this merge only: its receipt keeps the objects
@@ -193,8 +196,8 @@ def merge(
             else:
                 fishers = _fisher_sources(ledger, inputs, averaged) if how.needs_fisher else None
             norms = _norms(fishers, averaged) if how.needs_fisher and normalize else None
-            params, receipt_params, kernel = _merge_groups(history, store, ids, names, method, fishers, lam, eps, norms,
-                                                           density, base_id, device, progress, added)
+            params, receipt_params, kernel = _merge_groups(history, store, ids, names, kept, method, fishers, lam, eps,
+                                                           norms, density, base_id, device, progress, added)
             created = datetime.now(timezone.utc).replace(tzinfo=None)
             h = xxhash.xxh3_128(f"merge|{ids}|{method}|{lam}|{message}|{created.isoformat()}|".encode())
             for p in params:
@@ -221,11 +224,6 @@ def merge(
     return version
 
 
-def _finite(t: torch.Tensor) -> bool:
-    found = all_finite(t.contiguous()) if t.is_floating_point() else True
-    return bool(torch.isfinite(t).all()) if found is None else found
-
-
 def _device(device: str | torch.device | None) -> torch.device:
     """Where a merge runs: the CPU (default) or a CUDA device."""
     if device is None:
@@ -239,14 +237,13 @@ def _device(device: str | torch.device | None) -> torch.device:
     return found
 
 
-def _merge_groups(history, store, ids, names, method, fishers, lam, eps, norms, density, base_id, device, progress,
-                  added):
+def _merge_groups(history, store, ids, names, kept, method, fishers, lam, eps, norms, density, base_id, device,
+                  progress, added):
     """Every group merged and its patch against the first input stored: the manifest rows, the
     receipt's per-group record (inputs, Fishers read, result) and the kernel that ran."""
     params, receipt_params, kernel = [], {}, None
     if progress is not None:
         progress.start("merge", None)
-    kept = _kept_groups(history, ids[0], names)
     with added.background() as writer:
         for name in names:
             direct = _patch_direct(history, store, ids, name, method, base_id) if name not in kept else None
@@ -264,8 +261,8 @@ def _merge_groups(history, store, ids, names, method, fishers, lam, eps, norms, 
                 )
                 first, input_addresses = thetas[0], [address_of(t) for t in thetas]
             kernel = kernel or pick(torch.empty(0, device=device))
-            if name not in kept and not _finite(merged) and all(
-                    _finite(materialize(history, store, vid, name)[0]) for vid in ids):
+            if name not in kept and not is_finite(merged) and all(  # (a task-vector base's NaN is carried)
+                    is_finite(materialize(history, store, vid, name)[0]) for vid in [*ids, *([base_id] if base_id else [])]):
                 raise InvalidParameterError(
                     f"the merge of parameter {name!r} overflows {str(merged.dtype).removeprefix('torch.')}: its inputs "
                     "are finite and its result is not; merge with smaller weights, or inputs of a wider dtype")

@@ -333,15 +333,15 @@ class NewObjects:
 @contextlib.contextmanager
 def new_objects(store: Any, writers: Any) -> Iterator[NewObjects]:
     """A write's new objects in ``store``, removed again when the block raises, if no other write
-    of the process was adding objects meanwhile (``writers``: the ledger's ``object_writers``;
-    another write may have found one of them there and used it, and ``gc`` removes what stays
+    of the process ran beside it (``writers``: the ledger's ``object_writers``; another write may
+    have found one of them there and kept a version that uses it, and ``gc`` removes what stays
     unreferenced). The block counts as a write for ``gc``, which waits for it."""
     added = NewObjects(store)
-    with writers.writing():
+    with writers.writing() as started:
         try:
             yield added
         except BaseException:
-            writers.if_alone(added.remove)
+            writers.if_alone(added.remove, started)
             raise
 
 

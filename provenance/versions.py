@@ -280,7 +280,11 @@ def _commit(ledger, state, parent, message, author, run, encoding, low_rank, all
     if patch_of_run is not None:
         if run is not None:
             raise InvalidParameterError("give run (the running run that commits) or patch_of_run, not both")
-        patch_of_run = ledger.run(patch_of_run).run_id
+        patch_run = ledger.run(patch_of_run)
+        if patch_run.status == "running":
+            raise InvalidParameterError(f"run {patch_run.run_id[:12]} is running: its own commit ends it (run=); "
+                                        "patch_of_run names an ended run whose patch a version carries")
+        patch_of_run = patch_run.run_id
     if run is not None:
         run_rec = ledger.run(run)
         if run_rec.status != "running":

@@ -331,9 +331,11 @@ def test_sql_explain_with_options_and_show_of_hidden_tables(ledger):
             ledger.sql(query, hidden=("tokens",))
     assert ledger.sql("SHOW TABLES", hidden=("tokens",)).num_rows > 20
     counted = "SELECT table_name, estimated_size FROM duckdb_tables() WHERE table_name = 'tokens'"
-    with pytest.raises(AccessDeniedError, match=r"duckdb_tables\(\) counts the rows of tables readable with an admin "
-                                                r"token only \(tokens\); SHOW TABLES or information_schema.tables"):
-        ledger.sql(counted, hidden=("tokens",))
+    for query in (counted, counted.replace("duckdb_tables()", "duckdb_tables"),  # the function and DuckDB's views
+                  counted.replace("duckdb_tables()", "main.duckdb_tables")):
+        with pytest.raises(AccessDeniedError, match=r"duckdb_tables counts the rows of tables readable with an admin "
+                                                    r"token only \(tokens\); SHOW TABLES or information_schema.tables"):
+            ledger.sql(query, hidden=("tokens",))
     assert ledger.sql(counted).to_pylist() == [{"table_name": "tokens", "estimated_size": 0}]  # an admin's, or local
     assert ledger.sql("SELECT count(*) AS n FROM information_schema.tables WHERE table_name = 'tokens'",
                       hidden=("tokens",)).to_pylist() == [{"n": 1}]
@@ -433,3 +435,17 @@ def test_reading_connections_keep_the_memory_limit_and_spill_into_the_ledger(led
         finally:
             con.close()
         assert (limit, spill) == ("488.2 MiB", str(ledger.root / "tmp")), read_only  # 512 MB, in DuckDB's words
+
+
+def test_a_reader_that_cannot_write_the_ledger_spills_into_the_system_temp(ledger, monkeypatch):
+    import os
+    import tempfile
+
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p).endswith("tmp") else real(p, mode))
+    con = ledger._connect(read_only=True)
+    try:
+        spill = con.execute("SELECT current_setting('temp_directory')").fetchall()[0][0]
+    finally:
+        con.close()
+    assert spill == os.path.join(tempfile.gettempdir(), f"prov-duckdb-{os.getpid()}")

@@ -399,3 +399,27 @@ def test_numba_ties_threshold_of_a_large_tensor_in_one_pass_or_by_the_fallback(w
         want = [(t - base).abs().kthvalue(n - k + 1).values.item() for t in thetas]
         assert got == want
     assert len(calls) == (0 if window == "sampled" else 3)
+
+
+def test_cpu_merge_kernels_are_cacheable_and_small_merges_run_on_one_thread(monkeypatch):
+    """A dispatcher in a kernel's closure made numba's cache miss in every process (3-10 s of
+    compiling per merge); a merge of a few elements woke numba's threads for nothing."""
+    import numba
+
+    from provenance.kernels import merge_cpu
+
+    for kernel in merge_cpu._MERGE_NB.values():
+        cells = [c.cell_contents for c in kernel.py_func.__closure__ or ()]
+        assert all(type(c) in (int, bool) for c in cells), cells
+    seen = []
+    real = merge_cpu._MERGE_NB[0, False, False, False]
+    monkeypatch.setitem(merge_cpu._MERGE_NB, (0, False, False, False),
+                        lambda *a: (seen.append((numba.get_num_threads(), a[-1])), real(*a)))
+    threads = numba.get_num_threads()
+    x = [torch.arange(4.0), torch.arange(4.0) + 2]
+    out = torch.empty(4)
+    merge_cpu._merge_numba("mean", out, x[0], x, [], [1.0, 1.0], [1.0, 1.0], 0.0)
+    assert out.tolist() == [1.0, 2.0, 3.0, 4.0] and seen == [(1, 4)] and numba.get_num_threads() == threads
+    big = [torch.ones(merge_cpu.SERIAL_BELOW), torch.ones(merge_cpu.SERIAL_BELOW) * 3]
+    merge_cpu._merge_numba("mean", torch.empty(merge_cpu.SERIAL_BELOW), big[0], big, [], [1.0, 1.0], [1.0, 1.0], 0.0)
+    assert seen[-1] == (threads, 4 * threads)

@@ -449,3 +449,12 @@ def test_inputs_and_results_a_merge_cannot_keep_are_refused_by_name(ledger):
         ledger.merge([a, b], method="task_arithmetic", weights=[1, 1], message="60000 + 2 × 5000")
     assert ledger.checkout(ledger.merge([a, b], method="average", message="m"))["w"].tolist() == [64992.0] * 4
     assert ledger.gc()["unreferenced"] == []
+    # the review: an FP8 Fisher is taken (torch has no isfinite for FP8), and a NaN or Inf in a task
+    # vector's base is carried, not called an overflow of finite inputs
+    assert ledger.store_fisher(a, {"w": torch.ones(4).to(torch.float8_e4m3fn)}, update=True) == 16
+    inf = ledger.commit({"w": torch.tensor([float("inf"), 1, 2, 3]), "e": torch.zeros(0, 5)}, message="root",
+                        allow_nonfinite=True)
+    c, d = (ledger.commit({"w": torch.tensor([1.0, 2, 3, x]), "e": torch.zeros(0, 5)}, parent=inf, message=f"{x}")
+            for x in (4.0, 5.0))
+    out = ledger.checkout(ledger.merge([c, d], method="task_arithmetic", base=inf, message="t"))["w"]
+    assert torch.isnan(out[0]) and out[1:].tolist() == [2.0, 3.0, 4.5]  # inf + ½(1 - inf) + ½(1 - inf) is NaN

@@ -117,3 +117,28 @@ def test_killed_writer_leaves_only_whole_objects(tmp_path):
     for address in addresses:  # every visible object is whole and hashes to its address
         t = store.get(address)
         assert t.shape == (2_000_000,) and bool((t == t[0]).all())
+
+
+def test_a_failed_write_removes_only_objects_no_other_write_may_use(ledger):
+    """A failed write removes what it added, unless another write of the process began beside it:
+    that one may have found the object there and kept a version using it (the review of the
+    change that gave merges and stored Fishers this clean-up)."""
+    from provenance.objects import new_objects
+
+    store, writers = ledger.object_store(), ledger.object_writers
+    before = store.put(torch.arange(3.0)).address  # stored before: never removed by a failed write
+    with pytest.raises(RuntimeError, match="refused"):
+        with new_objects(store, writers) as added:
+            alone = added.put(torch.arange(4.0)).address
+            assert added.put(torch.arange(3.0)).created is False and added.created == [alone]
+            raise RuntimeError("refused")
+    with pytest.raises(ObjectMissingError):
+        store.get(alone)
+    assert torch.equal(store.get(before), torch.arange(3.0))
+    with pytest.raises(RuntimeError, match="refused"):
+        with new_objects(store, writers) as first:
+            shared = first.put(torch.arange(5.0)).address
+            with new_objects(store, writers) as second:  # begins, finds it there, ends (its version kept)
+                assert second.put(torch.arange(5.0)).created is False
+            raise RuntimeError("refused")
+    assert torch.equal(store.get(shared), torch.arange(5.0))

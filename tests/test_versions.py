@@ -490,3 +490,45 @@ def test_texts_and_factors_are_refused_by_name(ledger):
                                                     r"not make the base's shape \(6, 4\)"):
         ledger.commit({"w": torch.ones(6, 4)}, parent=base, message="m", low_rank={"w": (b, a, 1.0)})
     assert [v.version_id for v in ledger.versions()] == [base.version_id]
+
+
+def test_patch_of_run_names_an_ended_run_only(ledger):
+    base = ledger.commit({"w": torch.zeros(3)}, message="base")
+    with ledger.start_run(base=base, message="r") as run:
+        with pytest.raises(InvalidParameterError, match=r"is running: its own commit ends it \(run=\)"):
+            ledger.commit({"w": torch.ones(3)}, parent=base, message="m", patch_of_run=run.run_id)
+        with pytest.raises(InvalidParameterError, match="give run .* or patch_of_run, not both"):
+            ledger.commit({"w": torch.ones(3)}, parent=base, message="m", run=run.run_id, patch_of_run=run.run_id)
+        made = run.commit({"w": torch.ones(3)})
+    carried = ledger.commit({"w": torch.full((3,), 2.0)}, parent=base, message="m", patch_of_run=made.run_id)
+    assert carried.run_id == made.run_id and ledger.run(made.run_id).version_id == made.version_id
+
+
+def test_one_history_replays_any_versions_in_any_order(ledger):
+    """A History reads each version's rows with bytes down to their full copies; replays from
+    versions read by different queries (a diff, a merge of a version with its ancestor) share
+    them: every order gives what a History of its own gives."""
+    import itertools
+
+    from provenance.history import History, materialize
+
+    g = torch.Generator().manual_seed(7)
+    state = {n: torch.randn(32, generator=g) for n in ("a", "b", "c")}
+    root = ledger.commit(state, message="root")
+    versions, tip = [root], root
+    for i in range(8):  # sparse edits of one group at a time, a full copy of 'b' at step 4, a branch at step 6
+        state = {n: t.clone() for n, t in state.items()}
+        if i == 4:
+            state["b"] = torch.randn(32, generator=g)
+        else:
+            state["abc"[i % 3]][i] += 1.0
+        tip = ledger.commit(state, parent=versions[3] if i == 6 else tip, message=f"step {i}")
+        versions.append(tip)
+    store = ledger.object_store()
+    want = {v.version_id: {n: materialize(History(ledger), store, v.version_id, n)[0] for n in "abc"} for v in versions}
+    for first, second in itertools.permutations(versions[::2], 2):
+        shared = History(ledger)
+        for v in (first, second):
+            for n in "abc":
+                assert torch.equal(materialize(shared, store, v.version_id, n)[0], want[v.version_id][n])
+    assert torch.equal(want[versions[-1].version_id]["a"], ledger.checkout(versions[-1])["a"])

@@ -170,27 +170,33 @@ class ObjectWriters:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._writing = 0
+        self._started = 0  # writes started so far: a write that fails asks whether any began beside it
         self._collecting = False
 
     @contextlib.contextmanager
-    def writing(self) -> Iterator[None]:
+    def writing(self) -> Iterator[int]:
+        """Hold while writing objects; yields this write's number among those started (for
+        :meth:`if_alone`)."""
         with self._cond:
             while self._collecting:
                 self._cond.wait()
             self._writing += 1
+            self._started += 1
+            started = self._started
         try:
-            yield
+            yield started
         finally:
             with self._cond:
                 self._writing -= 1
                 self._cond.notify_all()
 
-    def if_alone(self, fn: Any) -> bool:
-        """Call ``fn`` (a failed commit removing the objects it added) when the caller is the one
-        commit writing objects, with no other starting meanwhile; else leave them (another commit
-        may have found one already there and use it; ``gc`` removes what stays unreferenced)."""
+    def if_alone(self, fn: Any, started: int | None = None) -> bool:
+        """Call ``fn`` (a failed write removing the objects it added) when the caller is the one
+        write of objects now and, given ``started`` (what its :meth:`writing` yielded), no other
+        began since it did (one that began and ended meanwhile may have found an object there and
+        kept a version that uses it); else leave them: ``gc`` removes what stays unreferenced."""
         with self._cond:
-            if self._writing > 1:
+            if self._writing > 1 or (started is not None and self._started != started):
                 return False
             fn()
             return True
@@ -780,8 +786,9 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
     def stale_spill_files(self) -> list[Path]:
         """DuckDB's spill files in ``.prov/tmp`` (``duckdb_temp_PID_…``) of processes other than
         this one: a process killed during a query larger than the memory limit leaves them (a
-        gigabyte after a 1M-document audit). Only a writable connection spills there, and it
-        holds the database's lock: while this process holds it too, no other one is spilling."""
+        gigabyte after a 1M-document audit). A connection spills there only while it holds the
+        database's lock (shared for reading, exclusive for writing): while this process holds the
+        lock for writing, no other one is spilling."""
         folder = self.root / TMP_DIR
         if not folder.is_dir():
             return []

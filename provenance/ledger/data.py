@@ -260,9 +260,9 @@ class DataQueries:
                 if fn.lower() not in self._PURE_TABLE_FUNCTIONS:
                     raise ReadOnlyQueryError(f"query refused: table function {fn}() may read outside the ledger")
                 if fn.lower() == "duckdb_tables" and hidden:  # its estimated_size counts their rows
-                    raise AccessDeniedError(
-                        "query refused: duckdb_tables() counts the rows of tables readable with an admin token only "
-                        f"({', '.join(hidden)}); SHOW TABLES or information_schema.tables list the tables")
+                    raise _counts_rows(hidden)
+            elif ref.get("table_name", "").lower() == "duckdb_tables" and hidden:  # DuckDB's view of it
+                raise _counts_rows(hidden)
             elif ref.get("table_name", "").lower() in {h.lower() for h in hidden}:
                 raise AccessDeniedError(f"query refused: table {ref.get('table_name')!r} is readable with an admin "
                                         "token only")
@@ -352,3 +352,8 @@ class DataQueries:
             ORDER BY jaccard DESC, key_a, key_b"""
         with self._cursor() as con:
             return con.sql(sql, params=[*ids, float(threshold)]).to_arrow_table()
+
+
+def _counts_rows(hidden: Collection[str]) -> AccessDeniedError:
+    return AccessDeniedError("query refused: duckdb_tables counts the rows of tables readable with an admin token "
+                             f"only ({', '.join(hidden)}); SHOW TABLES or information_schema.tables list the tables")
