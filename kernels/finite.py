@@ -9,6 +9,8 @@ ones), vectorised by LLVM, with no threads to wake.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from numba import njit
@@ -33,15 +35,36 @@ def all_finite(tensor: torch.Tensor) -> bool | None:
     return not _any_all_ones(bits, mask)
 
 
+_COMPARED = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # torch.aminmax takes these
+_CHUNK = 1 << 22  # elements of another float dtype (FP8) widened to float32 at a time
+
+
+def float_chunks(flat: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(start, part)`` covering the flat float tensor, each part of a dtype torch can compare:
+    the tensor itself, or FP8 widened to float32 a chunk at a time (NaN and Inf stay so)."""
+    if flat.dtype in _COMPARED:
+        yield 0, flat
+        return
+    for start in range(0, flat.numel(), _CHUNK):
+        yield start, flat[start : start + _CHUNK].float()
+
+
 def is_finite(tensor: torch.Tensor) -> bool:
     """Whether ``tensor`` holds no NaN or Inf (anything but a float holds none): the bit scan of
-    :func:`all_finite` where it reads the tensor, else torch's comparison (FP8 widened first)."""
+    :func:`all_finite` where it reads the tensor, else torch's ``aminmax`` over
+    :func:`float_chunks` (FP8, or a tensor off the CPU)."""
     if not tensor.is_floating_point() or not tensor.numel():
         return True
-    found = all_finite(tensor.contiguous())
+    flat = tensor.reshape(-1)
+    found = all_finite(flat)
     if found is None:
-        found = bool(torch.isfinite(tensor if tensor.element_size() > 1 else tensor.float()).all())
+        found = all(_extremes_finite(part) for _, part in float_chunks(flat))
     return found
+
+
+def _extremes_finite(part: torch.Tensor) -> bool:
+    lo, hi = torch.aminmax(part)  # one pass, no mask: NaN propagates, +-Inf are extremes
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
 
 
 @njit(cache=True, nogil=True)

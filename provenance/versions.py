@@ -45,7 +45,7 @@ from provenance.errors import (
     ObjectMissingError,
 )
 from provenance.history import History, chain_objects, materialize, numel, sparse_chain
-from provenance.kernels.finite import all_finite
+from provenance.kernels.finite import float_chunks, is_finite
 from provenance.kernels.patch import apply_low_rank
 from provenance.ledger import LedgerStore
 from provenance.objects import new_objects, unstorable
@@ -137,25 +137,6 @@ def _incoming(state: Any, parent_manifest: dict[str, ParamRecord], parent_id: st
     )
 
 
-_CHECKED_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # torch.aminmax takes these
-_CHUNK = 1 << 22  # elements of another float dtype (FP8) widened to float32 at a time for the check
-
-
-def _float_chunks(flat: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
-    """``(start, part)`` covering the flat float tensor, each part of a dtype torch can compare:
-    the tensor itself, or FP8 widened to float32 a chunk at a time (NaN and Inf stay so)."""
-    if flat.dtype in _CHECKED_FLOATS:
-        yield 0, flat
-        return
-    for start in range(0, flat.numel(), _CHUNK):
-        yield start, flat[start : start + _CHUNK].float()
-
-
-def _finite(part: torch.Tensor) -> bool:
-    lo, hi = torch.aminmax(part)  # one pass, no mask: NaN propagates, +-Inf are extremes
-    return bool(torch.isfinite(lo) & torch.isfinite(hi))
-
-
 def _check_tensor(name: str, tensor: Any, allow_nonfinite: bool) -> torch.Tensor:
     """``tensor`` as it is stored (on the CPU, a negative view made plain), or a refusal naming
     ``name``: not a tensor, no data (meta), not dense (sparse layouts), quantized, complex, of a
@@ -168,12 +149,9 @@ def _check_tensor(name: str, tensor: Any, allow_nonfinite: bool) -> torch.Tensor
     tensor = tensor.detach().resolve_neg()  # a torch._neg_view has the negated values, not its memory's
     if tensor.is_floating_point() and not allow_nonfinite and tensor.numel():
         flat = tensor.reshape(-1)
-        finite = all_finite(flat)
-        if finite is None:  # FP8, or off the CPU: torch's comparisons
-            finite = all(_finite(part) for _, part in _float_chunks(flat))
-        if not finite:
+        if not is_finite(flat):
             count, first = 0, -1
-            for start, part in _float_chunks(flat):
+            for start, part in float_chunks(flat):
                 bad = ~torch.isfinite(part)
                 if first < 0 and bool(bad.any()):
                     first = start + int(torch.nonzero(bad)[0])
