@@ -10,6 +10,12 @@ Parts (``--part``, default all):
   (10,000, every tenth a merge of two earlier versions) whose runs trained on ``--shards``
   (100,000) shards.
 - ``taint``: taint of one document with ``near=0.8`` among the ``--docs`` documents.
+- ``cluster``: one large near-duplicate cluster, ``--variants`` (2,000, 8,000, 20,000) texts of
+  one 60-word template with one word replaced each, among 2,000 unrelated texts, fingerprinted
+  from text: the audit with its default bucket window (64) against the same audit comparing
+  every two documents of a band bucket (``bucket_window=0``, up to ``--exact-variants``), each in
+  a fresh subprocess, with its peak RSS and the peak size of the ledger's spill folder, and the
+  documents the window left out of the exact audit's clusters.
 
 The signature corpora are generated, not fingerprinted from text: random 128-position signatures
 with ``--dup`` (1%) of the documents near-copies of an earlier one at an estimated Jaccard drawn
@@ -27,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -108,18 +115,36 @@ import json, resource, sys, time
 from provenance import Ledger
 from provenance.audits import audit_dedup
 ledger = Ledger.open(sys.argv[1])
+options = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
 t = time.perf_counter()
-report = audit_dedup(ledger, [sys.argv[2]], threshold=0.8, pairs_file=sys.argv[3])
+report = audit_dedup(ledger, [sys.argv[2]], threshold=0.8, pairs_file=sys.argv[3], **options)
 seconds = time.perf_counter() - t
 print(json.dumps({"seconds": seconds, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "summary": report.summary.model_dump(), "banding": [report.banding.bands, report.banding.rows]}))
 """
 
 
-def run_audit(root: Path, dataset: str, pairs: Path) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(root), dataset, str(pairs)], capture_output=True,
-                         text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def run_audit(root: Path, dataset: str, pairs: Path, **options) -> dict:
+    """The audit in a fresh subprocess; ``spill_mib``: the peak size of the ledger's spill
+    folder while it ran (polled every 50 ms)."""
+    spill = root / ".prov" / "tmp"
+    peak = [0]
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.wait(0.05):
+            size = sum(f.stat().st_size for f in spill.rglob("*") if f.is_file()) if spill.is_dir() else 0
+            peak[0] = max(peak[0], size)
+
+    watcher = threading.Thread(target=poll, daemon=True)
+    watcher.start()
+    try:
+        out = subprocess.run([sys.executable, "-c", CHILD, str(root), dataset, str(pairs), json.dumps(options)],
+                             capture_output=True, text=True, check=True)
+    finally:
+        done.set()
+        watcher.join()
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), "spill_mib": peak[0] / 2**20}
 
 
 def datasketch_pairs(sig: np.ndarray) -> tuple[float, set[tuple[int, int]]]:
@@ -293,9 +318,68 @@ def part_taint(args, tmp: Path) -> list[str]:
             f"{statistics.median(times):.2f} s | matches per query {statistics.median(found):.0f} | | target < 5 s |"]
 
 
+def template_variants(n: int, others: int, seed: int = 7) -> list[dict]:
+    """``n`` texts of one 60-word template with one word replaced each (by a word of their own),
+    and ``others`` unrelated 60-word texts."""
+    import random
+
+    rng = random.Random(seed)
+    template = [f"t{j}" for j in range(60)]
+    docs = []
+    for i in range(n):
+        words = list(template)
+        words[rng.randrange(60)] = f"x{i}"
+        docs.append({"id": f"v{i}", "text": " ".join(words)})
+    return docs + [{"id": f"o{i}", "text": " ".join(f"o{i}w{j}" for j in range(60))} for i in range(others)]
+
+
+def clusters_of(path: Path) -> dict[str, int]:
+    """Each document of a pairs file with its cluster."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path, columns=["a", "b", "cluster"]).to_pydict()
+    return {**dict(zip(t["a"], t["cluster"])), **dict(zip(t["b"], t["cluster"]))}
+
+
+def part_cluster(args, tmp: Path) -> list[str]:
+    from provenance import Ledger
+
+    lines = []
+    for n in args.variants:
+        root = tmp / f"cluster{n}"
+        (tmp / f"variants{n}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in template_variants(n, 2_000)))
+        Ledger.init(root).register_dataset("variants", tmp / f"variants{n}.jsonl", id_field="id")
+        runs = {}
+        for window in (64, 0):
+            if window == 0 and n > args.exact_variants:
+                continue
+            runs[window] = run_audit(root, "variants", tmp / f"pairs{n}-{window}.parquet", bucket_window=window)
+            print(n, window, runs[window], flush=True)
+        w = runs[64]
+        s = w["summary"]
+        row = (f"| {n:,} variants + 2,000 others | window 64: {w['seconds']:.1f} s, {w['peak_mib']:.0f} MiB, spill "
+               f"{w['spill_mib']:.0f} MiB, {s['pairs']:,} pairs, largest cluster {s['largest_cluster']:,}, "
+               f"{s['windowed_buckets']} buckets windowed")
+        if 0 in runs:
+            e = runs[0]
+            exact, windowed = clusters_of(tmp / f"pairs{n}-0.parquet"), clusters_of(tmp / f"pairs{n}-64.parquet")
+            left_out = len(set(exact) - set(windowed))
+            row += (f" | every pair: {e['seconds']:.1f} s, {e['peak_mib']:.0f} MiB, spill {e['spill_mib']:.0f} MiB, "
+                    f"{e['summary']['pairs']:,} pairs, largest cluster {e['summary']['largest_cluster']:,} | "
+                    f"**{e['seconds'] / w['seconds']:.1f}× faster**; {left_out} of {len(exact):,} clustered "
+                    f"documents left out by the window |")
+        else:
+            row += " | every pair: not run | |"
+        lines.append(row)
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["dedup", "lineage", "taint"], action="append")
+    parser.add_argument("--part", choices=["dedup", "lineage", "taint", "cluster"], action="append")
+    parser.add_argument("--variants", type=int, nargs="+", default=[2_000, 8_000, 20_000])
+    parser.add_argument("--exact-variants", type=int, default=8_000,
+                        help="cluster: the largest cluster audited with every pair compared as well")
     parser.add_argument("--docs", type=int, default=1_000_000)
     parser.add_argument("--compare-docs", type=int, default=100_000)
     parser.add_argument("--dup", type=float, default=0.01)
@@ -305,11 +389,12 @@ def main() -> None:
                         help="lineage: runs that trained on each shard, on average (10: a million run_shards rows)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    parts = args.part or ["dedup", "lineage", "taint"]
+    parts = args.part or ["dedup", "lineage", "taint", "cluster"]
     lines = []
     with tempfile.TemporaryDirectory(dir=Path.cwd() / "bench-data" if (Path.cwd() / "bench-data").is_dir() else None) as tmp:
         for part in parts:
-            lines += {"dedup": part_dedup, "lineage": part_lineage, "taint": part_taint}[part](args, Path(tmp))
+            lines += {"dedup": part_dedup, "lineage": part_lineage, "taint": part_taint,
+                      "cluster": part_cluster}[part](args, Path(tmp))
             print(lines[-1], flush=True)
     print("\nresults")
     print("| measure | time | memory / size | detail | target |\n|---|---|---|---|---|")

@@ -95,19 +95,23 @@ def audit_group() -> None:
 @click.option("--all-pairs", is_flag=True,
               help="List every pair of near-duplicates (m copies: m(m-1)/2 pairs) instead of a spanning set of "
                    "each cluster (m copies: m-1 pairs, each with the first copy).")
+@click.option("--bucket-window", type=click.IntRange(min=0), default=64, show_default=True,
+              help="Compare each document of a band bucket of more than twice this many documents (many near-copies "
+                   "of one text) with this many neighbours instead of with every other; 0 compares every two.")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None, help="Also write an HTML report.")
 @_ray_options("CPUs for the shuffles and comparisons")
 @no_store_option
 @json_option
 @pass_ctx
 def audit_dedup_cmd(obj: Context, targets: tuple[str, ...], threshold: float, verify: bool, pairs_file: str | None,
-                    all_pairs: bool, html_file: str | None, engine: str, ray_options: dict, no_store: bool,
-                    as_json: bool) -> None:
+                    all_pairs: bool, bucket_window: int, html_file: str | None, engine: str, ray_options: dict,
+                    no_store: bool, as_json: bool) -> None:
     """Near-duplicate documents in datasets, or in everything in a version's lineage: the
     duplicate rate, clusters, each document's near-copies and the pairs."""
     ledger = obj.ledger(read_only=no_store)
     html_path = ledger.output_path(html_file) if html_file else None
-    options = dict(threshold=threshold, verify=verify, pairs_file=pairs_file, all_pairs=all_pairs, store=not no_store)
+    options = dict(threshold=threshold, verify=verify, pairs_file=pairs_file, all_pairs=all_pairs,
+                   bucket_window=bucket_window, store=not no_store)
     with render.progress(obj.quiet) as bar:
         if engine == "ray":
             report = _ray_engine("ray_dedup").audit_dedup(ledger, list(targets), progress=bar, **ray_options, **options)
@@ -312,6 +316,10 @@ def show_dedup(report: Any, as_json: bool) -> None:
                + ("; the pairs span each cluster (m identical copies: m-1 pairs), --all-pairs lists every pair"
                   if spanning else "; every pair listed"))
     click.echo(f"  duplicate rate {s['duplicate_rate']:.2%} ({s['redundant_documents']:,} redundant documents)")
+    if s.get("windowed_buckets"):
+        click.echo(f"  {counted(s['windowed_buckets'], 'band bucket')} of many near-copies: each document compared with "
+                   "its --bucket-window neighbours there, not with every other (pairs and near-copy counts are of "
+                   "those compared)")
     if s.get("without_words"):
         click.echo(f"  {counted(s['without_words'], 'document')} with no words (empty, or only punctuation): "
                    "compared with nothing")

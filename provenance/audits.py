@@ -17,6 +17,18 @@ repeated thousands of times stays cheap; ``near_copies`` still counts, for each 
 document of the audit at or above the threshold. The **duplicate rate** is the
 share of documents that are redundant: the documents in clusters, less one kept per cluster,
 over all documents audited.
+
+**Bucket window.** Many near-duplicates of one text (a template with a word changed, boilerplate
+pages) share most band keys: comparing every two documents of such a band bucket costs ``m²/2``
+candidates for ``m`` variants (8,000 variants of one template: 49 s and 3.1M pairs, against 7.4 s
+and 1.1M pairs with the window; docs/audit-dedup.md). A bucket of more
+than ``2 × bucket_window`` documents (default 64) instead pairs each of them with the
+``bucket_window`` after it in an order shuffled per band, so that each band links every document
+to other neighbours: the candidates grow as ``m × bucket_window × bands``. The clusters stay
+connected wherever the near pairs of a large bucket form a connected graph with more than a few
+links per document (tested against the exact audit); ``pairs``, ``near_copies`` and the histogram
+then count the pairs compared, not every pair of such a cluster. ``summary.windowed_buckets``
+says how many buckets were windowed; ``bucket_window=0`` (or ``all_pairs``) compares every two.
 """
 
 from __future__ import annotations
@@ -53,6 +65,7 @@ from provenance.records import DatasetRecord, RegistrationResult, VersionRecord
 from provenance.results import DedupReport, TaintReport
 
 MIN_RECALL = 0.99  # probability that a pair at the threshold becomes a candidate
+BUCKET_WINDOW = 64  # neighbours of each document of a large band bucket (module doc)
 
 
 def check_threshold(value: float, name: str = "threshold") -> float:
@@ -167,25 +180,28 @@ class AuditRun:
 
     @contextlib.contextmanager
     def pairs(self, scope: pa.Table, *, probes: np.ndarray | None = None, all_pairs: bool = False,
-              stage_label: str = "documents", engine: Any = None) -> Iterator[Any]:
+              stage_label: str = "documents", engine: Any = None, window: int = 0) -> Iterator[Any]:
         """The transaction, once ``scope``'s documents (and ``probes``, signatures of texts that
         are not in the ledger) are staged and their near pairs found, by the database or by
         ``engine`` (:func:`audit_dedup`); the audit's temporary tables are dropped when the block
-        ends. ``self.n_docs``: the documents staged."""
+        ends. ``self.n_docs``: the documents staged. ``window``: the bucket window (module doc;
+        0: every two documents of a bucket), ``self.windowed``: the buckets it windowed."""
+        self.window = window
         stage(self.progress, f"{self.kind}: {stage_label}", 4)
         with self.ledger.transaction(scratch=not self.store) as tx:
             if engine is not None:  # it reads the documents itself: nothing is staged
                 if probes is not None:
                     raise InvalidParameterError("an audit engine takes no probes")
-                engine.near_pairs(tx, self, scope, all_pairs=all_pairs)
+                self.windowed = engine.near_pairs(tx, self, scope, all_pairs=all_pairs)
                 step(self.progress, 2)
             else:
                 self.n_docs = tx.stage_documents(scope, in_place=probes is None)
                 if probes is not None:
                     tx.stage_probes(probes)
                 step(self.progress)
-                tx.near_pairs(self.audit_id, self.banding.bands, self.banding.rows, self.min_matches,
-                              stored=self.stored_bands and probes is None, collapse=True, all_pairs=all_pairs)
+                self.windowed = tx.near_pairs(self.audit_id, self.banding.bands, self.banding.rows, self.min_matches,
+                                              stored=self.stored_bands and probes is None, collapse=True,
+                                              all_pairs=all_pairs, window=window)
                 step(self.progress)
             yield tx
             tx.drop_audit_tables()
@@ -230,6 +246,7 @@ def audit_dedup(
     verify: bool = False,
     pairs_file: str | os.PathLike | None = None,
     all_pairs: bool = False,
+    bucket_window: int = BUCKET_WINDOW,
     store: bool = True,
     progress: Any = None,
     engine: Any = None,
@@ -239,30 +256,41 @@ def audit_dedup(
     which case they are written there as Parquet and ``report.pairs`` is None (a stored audit's
     pairs stay readable with ``Ledger.audit_pairs``). The pairs span each cluster (``m`` identical copies give ``m − 1``
     pairs: each with the first copy; ``report.pairs_mode == "spanning"``); ``all_pairs`` lists
-    every pair instead (``m(m − 1)/2`` for ``m`` copies). ``store=False`` keeps nothing in the
+    every pair instead (``m(m − 1)/2`` for ``m`` copies, and every near pair: no bucket window).
+    ``bucket_window``: how many neighbours each document of a large band bucket is compared with
+    (module doc; 0 compares every two). ``store=False`` keeps nothing in the
     ledger (and works on a read-only one). ``engine``: what finds the pairs and clusters instead of
     the database, with its ``near_pairs(tx, run, scope, all_pairs=)`` (which sets ``run.n_docs``)
     and ``label_clusters(tx, audit_id)`` (Ray Data:
     :func:`provenance.integrations.ray_dedup.audit_dedup`); the report is the same."""
     threshold = check_threshold(threshold)
+    window = 0 if all_pairs else check_window(bucket_window)
     pairs_path = ledger.output_path(pairs_file) if pairs_file is not None else None
     with ledger.session():  # the audit reads and writes several times: the database is opened once
-        return _audit_dedup(ledger, targets, threshold, verify, pairs_file, pairs_path, all_pairs, store, progress,
-                            engine)
+        return _audit_dedup(ledger, targets, threshold, verify, pairs_file, pairs_path, all_pairs, window, store,
+                            progress, engine)
+
+
+def check_window(value: Any) -> int:
+    """``bucket_window`` as a count of neighbours (0: none, every two compared), or an error."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise InvalidParameterError(f"bucket_window must be a whole number of documents, 0 or more; got {value!r}")
+    return int(value)
 
 
 def _audit_dedup(ledger: LedgerStore, targets: Sequence[str], threshold: float, verify: bool,
-                 pairs_file: str | os.PathLike | None, pairs_path: Any, all_pairs: bool, store: bool, progress: Any,
-                 engine: Any) -> DedupReport:
+                 pairs_file: str | os.PathLike | None, pairs_path: Any, all_pairs: bool, window: int, store: bool,
+                 progress: Any, engine: Any) -> DedupReport:
     described, datasets, scope = resolve_scope(ledger, targets)
     run = AuditRun(ledger, "dedup", datasets, threshold, store=store, progress=progress)
     audit_id, cfg, k = run.audit_id, run.config, run.k
-    with run.pairs(scope, all_pairs=all_pairs, engine=engine) as tx:
+    with run.pairs(scope, all_pairs=all_pairs, engine=engine, window=window) as tx:
         wordless = tx.drop_wordless_pairs(audit_id, scope)  # nobody's copy, as in the gate
         verified = _verify(ledger, tx, audit_id, cfg, threshold, k) if verify else None
         rounds = engine.label_clusters(tx, audit_id) if engine is not None else tx.label_clusters(audit_id)
         step(progress)
         report = _dedup_report(tx, audit_id, run.n_docs, wordless)
+        report["summary"]["windowed_buckets"] = run.windowed
         report.update({
             "audit_id": audit_id, "kind": "dedup", "created_at": run.created.isoformat(), "targets": described,
             "datasets": [d.dataset_id for d in datasets], "config_id": cfg.identity, "threshold": threshold,
@@ -274,7 +302,7 @@ def _audit_dedup(ledger: LedgerStore, targets: Sequence[str], threshold: float, 
         report = DedupReport.model_validate(report).to_dict()
         run.record(tx, target=" ".join(t["target"] for t in described), passed=None, report=report,
                    params={"threshold": threshold, "verify": verify, "bands": run.banding.bands,
-                           "rows": run.banding.rows, "all_pairs": all_pairs})
+                           "rows": run.banding.rows, "all_pairs": all_pairs, "bucket_window": window})
         if pairs_path is not None:
             tmp = pairs_path.with_name(f".{pairs_path.name}.{audit_id[:8]}.tmp")
             try:

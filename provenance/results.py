@@ -313,6 +313,9 @@ class DedupSummary(Result):
     largest_cluster: int
     without_words: int = Field(0, description="documents with no words (empty, or only punctuation): compared with "
                                               "nothing, as in the pre-merge gate")
+    windowed_buckets: int = Field(0, description="band buckets of more than 2 × bucket_window documents, whose "
+                                                 "documents were each compared with bucket_window neighbours "
+                                                 "instead of with every other")
     seconds: float
 
 

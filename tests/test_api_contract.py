@@ -229,6 +229,10 @@ def test_audits_return_typed_reports(api, name, files, tmp_path):
     assert isinstance(pairs, pa.Table) and pairs.num_rows == dedup.summary.pairs
     dry = api.audit_dedup([ds.dataset_id], store=False)
     assert not dry.stored and dry.summary.pairs == dedup.summary.pairs
+    every = api.audit_dedup([ds.dataset_id], store=False, bucket_window=0)  # an option the server passes on
+    assert every.summary.pairs == dedup.summary.pairs and every.summary.windowed_buckets == 0
+    with pytest.raises(InvalidParameterError, match="bucket_window must be a whole number"):
+        api.audit_dedup([ds.dataset_id], bucket_window=-3)
     base = api.commit({"w": torch.zeros(2)}, message="base")
     with api.start_run(base=base, datasets=[ds], message="train") as run:
         v = run.commit({"w": torch.ones(2)})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pyarrow.parquet as pq
 import pytest
@@ -198,6 +199,72 @@ def test_thousands_of_identical_documents_stay_cheap(ledger, data_dir, write_jso
     assert s["exact_duplicate_pairs"] == 2999 and s["redundant_documents"] == 3000
     copies = {n["key"]: n["near_copies"] for n in report["near_copies"]}
     assert copies["b0000"] == copies["b2999"] == 3000 and copies["near"] == 3000 and "u1" not in copies
+
+
+def _template_variants(n: int, seed: int = 3) -> list[dict]:
+    """``n`` copies of one 60-word template, each with one word replaced by a word of its own
+    (one near-duplicate cluster whose band buckets hold nearly all of them), and 30 unrelated texts."""
+    rng = random.Random(seed)
+    template = [f"t{j}" for j in range(60)]
+    docs = []
+    for i in range(n):
+        words = list(template)
+        words[rng.randrange(60)] = f"x{i}"
+        docs.append({"id": f"v{i:04d}", "text": " ".join(words)})
+    return docs + [{"id": f"u{i}", "text": " ".join(f"u{i}w{j}" for j in range(40))} for i in range(30)]
+
+
+def test_a_large_near_duplicate_cluster_compares_each_document_with_a_window(ledger, data_dir, write_jsonl):
+    """400 variants of one template: with a bucket window of 8, each document of a wide band
+    bucket is compared with 8 neighbours per band, not with all 399. The pairs are exact pairs,
+    at the exact audit's estimates; the cluster keeps all but a few of its documents (those with
+    one or two near pairs in all 400)."""
+    write_jsonl(data_dir / "variants.jsonl", _template_variants(400))
+    ledger.register_dataset("variants", data_dir / "variants.jsonl", id_field="id")
+    every = audit_dedup(ledger, ["variants"], threshold=0.8, bucket_window=0, store=False)
+    windowed = audit_dedup(ledger, ["variants"], threshold=0.8, bucket_window=8, store=False)
+    e, w = every["summary"], windowed["summary"]
+    assert e["windowed_buckets"] == 0 and w["windowed_buckets"] > 20  # the template's bucket in most of 21 bands
+    assert e["pairs"] > 7000 and w["pairs"] < e["pairs"] // 2
+    exact = {(p["a"], p["b"]): (p["matches"], p["jaccard"]) for p in every["pairs"]}
+    assert all(exact[(p["a"], p["b"])] == (p["matches"], p["jaccard"]) for p in windowed["pairs"])
+    assert e["clusters"] == w["clusters"] == 1
+    assert e["largest_cluster"] >= 395 and e["largest_cluster"] - 8 <= w["largest_cluster"] < e["largest_cluster"]
+    # the default window (64) leaves a bucket of 400 windowed too; 0 and all_pairs compare every two
+    default = audit_dedup(ledger, ["variants"], threshold=0.8, store=False)["summary"]
+    assert 0 < default["windowed_buckets"] < w["windowed_buckets"] and w["pairs"] < default["pairs"] < e["pairs"]
+    every_pair = audit_dedup(ledger, ["variants"], threshold=0.8, all_pairs=True, store=False)["summary"]
+    assert every_pair["windowed_buckets"] == 0 and every_pair["pairs"] == e["pairs"]
+    for bad in (-1, 2.5, True, "8", None):
+        with pytest.raises(InvalidParameterError, match=f"bucket_window must be a whole number.*{bad!r}"):
+            audit_dedup(ledger, ["variants"], bucket_window=bad)
+    runner = CliRunner()
+    out = runner.invoke(main, ["--ledger", str(ledger.root), "audit", "dedup", "variants", "--bucket-window", "8",
+                               "--no-store"])
+    assert out.exit_code == 0, out.output
+    assert f"{w['windowed_buckets']} band buckets of many near-copies: each document compared with its " \
+           "--bucket-window neighbours" in out.output
+    assert "--bucket-window" not in runner.invoke(main, ["--ledger", str(ledger.root), "audit", "dedup", "variants",
+                                                         "--bucket-window", "0", "--no-store"]).output
+    bad = runner.invoke(main, ["--ledger", str(ledger.root), "audit", "dedup", "variants", "--bucket-window", "-2"])
+    assert bad.exit_code == 2 and "--bucket-window" in bad.output
+
+
+def test_candidates_are_made_distinct_in_passes_when_there_are_many(ledger, data_dir, write_jsonl, monkeypatch):
+    """Candidate rows over ``CANDIDATE_ROWS`` are made distinct in several passes (each a slice
+    of the pairs by hash): the same pairs as one pass, windowed or not."""
+    from provenance.ledger import audit_sql
+
+    write_jsonl(data_dir / "variants.jsonl", _template_variants(150, seed=5))
+    ledger.register_dataset("variants", data_dir / "variants.jsonl", id_field="id")
+    reports = {}
+    for rows in (audit_sql.CANDIDATE_ROWS, 1_000):
+        monkeypatch.setattr(audit_sql, "CANDIDATE_ROWS", rows)
+        reports[rows] = [sorted((p["a"], p["b"], p["matches"], p["cluster"]) for p in
+                                audit_dedup(ledger, ["variants"], bucket_window=window, store=False)["pairs"])
+                         for window in (0, 4)]
+    one, many = reports.values()
+    assert one == many and len(one[0]) > 1_000 and len(one[1]) < len(one[0])
 
 
 def test_identical_band_keys_do_not_make_different_signatures_one_group(ledger, data_dir, write_jsonl):

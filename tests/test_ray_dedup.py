@@ -112,6 +112,27 @@ def test_verify_no_store_and_pairs_file_equal_the_local_audit(corpus_ledger, tmp
         corpus_ledger, ["b"], threshold=0.8)["pairs"])
 
 
+def test_windowed_buckets_compare_the_local_audit_s_candidates(corpus_ledger, tmp_path):
+    """Band buckets wider than twice the window pair each document with the same neighbours as
+    the local audit (the same shuffled order), whether the band keys are stored (0.8) or not."""
+    rng = random.Random(9)
+    template = [f"t{j}" for j in range(60)]
+    rows = []
+    for i in range(200):
+        words = list(template)
+        words[rng.randrange(60)] = f"x{i}"
+        rows.append({"id": f"v{i}", "text": " ".join(words)})
+    (tmp_path / "variants.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    corpus_ledger.register_dataset("variants", tmp_path / "variants.jsonl", id_field="id")
+    for threshold, window in ((0.8, 4), (0.7, 6)):
+        local = local_dedup(corpus_ledger, ["variants", "b"], threshold=threshold, bucket_window=window, store=False)
+        remote = audit_dedup(corpus_ledger, ["variants", "b"], threshold=threshold, bucket_window=window, store=False)
+        assert remote["summary"]["windowed_buckets"] > 10 and remote["summary"]["largest_cluster"] >= 190
+        _same_report(local, remote)
+        every = local_dedup(corpus_ledger, ["variants", "b"], threshold=threshold, bucket_window=0, store=False)
+        assert every["summary"]["pairs"] > 2 * remote["summary"]["pairs"]
+
+
 def test_no_pairs_and_bad_arguments(corpus_ledger, tmp_path):
     copies = audit_dedup(corpus_ledger, ["a"], threshold=1.0, partitions=3)
     _same_report(local_dedup(corpus_ledger, ["a"], threshold=1.0), copies)

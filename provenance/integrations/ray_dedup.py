@@ -65,6 +65,7 @@ import pyarrow.compute as pc
 from provenance import audits
 from provenance.errors import InvalidParameterError, ProvenanceError
 from provenance.integrations.ray_data import _connect, check_count, check_staging
+from provenance.ledger.audit_sql import window_order
 from provenance.results import DedupReport
 
 try:
@@ -113,14 +114,14 @@ class RayDedup:
     def __init__(self, staging: str | os.PathLike | None = None, partitions: int | None = None):
         self.staging, self.partitions = staging, partitions
 
-    def near_pairs(self, tx: Any, run: audits.AuditRun, scope: pa.Table, *, all_pairs: bool) -> None:
+    def near_pairs(self, tx: Any, run: audits.AuditRun, scope: pa.Table, *, all_pairs: bool) -> int:
         """Steps 1–3 of the module doc: the audit's pairs, into ``audit_pairs``; ``run.n_docs``:
-        the documents of ``scope``."""
+        the documents of ``scope``. Returns the band buckets windowed (``run.window``)."""
         with self._folder() as folder:
             run.n_docs = tx.export_documents(scope, str(folder / "docs"), band_keys=run.stored_bands)
             if run.n_docs == 0:
                 tx.add_found_pairs(run.audit_id, [], [], all_pairs=all_pairs)
-                return
+                return 0
             parts = self._partitions(run.n_docs, DOCS_PER_PARTITION)
             docs = _sorting(ray.data.read_parquet(str(folder / "docs"), override_num_blocks=parts))
             groups = (docs.map_batches(_signature_partition, batch_format="pyarrow", fn_kwargs={"parts": parts})
@@ -135,13 +136,18 @@ class RayDedup:
                                            fn_kwargs={"bands": run.banding.bands, "rows": run.banding.rows,
                                                       "parts": parts, "stored": run.stored_bands})
                           .groupby("part", num_partitions=parts)
-                          .map_groups(_candidates, batch_format="pyarrow", fn_kwargs={"parts": parts}))
+                          .map_groups(_candidates, batch_format="pyarrow", fn_kwargs={"parts": parts,
+                                                                                     "window": run.window})
+                          .materialize())
+            windowed = int(candidates.sum("windowed") or 0) if candidates.count() else 0
+            candidates = candidates.drop_columns(["windowed"])
             halves = (candidates.union(keyed).groupby("part", num_partitions=parts)
                       .map_groups(_first_signature, batch_format="pyarrow", fn_kwargs={"parts": parts}))
             pairs = (halves.union(keyed).groupby("part", num_partitions=parts)
                      .map_groups(_compare, batch_format="pyarrow", fn_kwargs={"min_matches": run.min_matches}))
             pairs.write_parquet(str(folder / "pairs"))
             tx.add_found_pairs(run.audit_id, _files(folder / "pairs"), _files(folder / "groups"), all_pairs=all_pairs)
+            return windowed
 
     def label_clusters(self, tx: Any, audit_id: str) -> int:
         """Step 4 of the module doc: each pair's ``cluster``; returns the rounds."""
@@ -277,29 +283,41 @@ def _band_rows(batch: pa.Table, bands: int, rows: int, parts: int, stored: bool)
     return pa.table({"part": part, "band": band, "key": key, "doc_id": np.repeat(doc, bands)})
 
 
-def _candidates(table: pa.Table, parts: int) -> pa.Table:
+def _candidates(table: pa.Table, parts: int, window: int) -> pa.Table:
     """Every two documents sharing a band and key in a partition of band rows, as the rows of the
-    first signature exchange: partitioned by the smaller doc_id (``doc``), the other in ``other``."""
+    first signature exchange: partitioned by the smaller doc_id (``doc``), the other in ``other``.
+    A bucket of more than ``2 × window`` documents (``window`` > 0) pairs each with the ``window``
+    after it in the database's shuffled order (:func:`provenance.ledger.audit_sql.window_order`),
+    as the local audit does; the first row's ``windowed`` counts those buckets (0 on the others)."""
     band, key, doc = table["band"].to_numpy(), table["key"].to_numpy(), table["doc_id"].to_numpy()
-    order = np.lexsort((doc, key, band))
+    order = np.lexsort((key, band))
     band, key, doc = band[order], key[order], doc[order]
     n = len(doc)
     new = np.ones(n, bool)
     new[1:] = (band[1:] != band[:-1]) | (key[1:] != key[:-1])
     starts = np.flatnonzero(new)
     run = np.cumsum(new) - 1
-    after = np.diff(np.append(starts, n))[run] - (np.arange(n) - starts[run]) - 1  # rows after each in its run
+    size = np.diff(np.append(starts, n))
+    wide = size > 2 * window if window else np.zeros(len(size), bool)
+    shuffled = np.where(wide[run], window_order(doc, band), 0)  # small buckets stay in doc_id order
+    order = np.lexsort((doc, shuffled, run))
+    band, doc = band[order], doc[order]
+    after = size[run] - (np.arange(n) - starts[run]) - 1  # rows after each in its run
+    reach = np.where(wide[run], np.minimum(after, window), after)
     a, b = [], []
-    rows, d = np.flatnonzero(after > 0), 1
+    rows, d = np.flatnonzero(reach > 0), 1
     while rows.size:
-        a.append(doc[rows])
-        b.append(doc[rows + d])
+        a.append(np.minimum(doc[rows], doc[rows + d]))
+        b.append(np.maximum(doc[rows], doc[rows + d]))
         d += 1
-        rows = rows[after[rows] >= d]
+        rows = rows[reach[rows] >= d]
     a = np.concatenate(a) if a else np.zeros(0, np.int64)
     b = np.concatenate(b) if b else np.zeros(0, np.int64)
     a, b = _unique_pairs(a, b)
-    return _exchange_rows(a, b, None, parts)
+    rows = _exchange_rows(a, b, None, parts)
+    windowed = np.zeros(rows.num_rows, np.int64)
+    windowed[:1] = int(wide.sum())
+    return rows.append_column("windowed", pa.array(windowed))
 
 
 def _keyed_signatures(batch: pa.Table, parts: int) -> pa.Table:

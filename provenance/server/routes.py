@@ -672,7 +672,7 @@ def remove_documents(request: Request, name: str, body: RemoveDocumentsBody) -> 
 
 class DedupBody(Body):
     targets: list[str] = Field(min_length=1)
-    options: dict[str, Any] = Field(default_factory=dict, description="threshold, verify, all_pairs, store")
+    options: dict[str, Any] = Field(default_factory=dict, description="threshold, verify, all_pairs, bucket_window, store")
 
 
 class GateBody(Body):
@@ -701,7 +701,7 @@ def _audit_options(options: dict[str, Any], allowed: tuple[str, ...]) -> dict[st
              responses={201: {"model": DedupReport}})
 def audit_dedup(request: Request, body: DedupBody) -> dict[str, Any]:
     s = _service(request)
-    options = _audit_options(body.options, ("threshold", "verify", "all_pairs", "store"))
+    options = _audit_options(body.options, ("threshold", "verify", "all_pairs", "bucket_window", "store"))
     return s.call(s.ledger.audit_dedup, body.targets, **options).to_dict()
 
 
