@@ -43,7 +43,8 @@ def dataset_group() -> None:
               help="What to do with invalid UTF-8 (or unpaired surrogates).")
 @click.option("--documents-as", type=click.Choice(["auto", "table", "parquet"]), default="auto", show_default=True,
               help="Keep the document rows in the database's table, or as Parquet files under .prov/documents/ "
-                   "(queried in place); auto: Parquet from --parquet-threshold documents.")
+                   "(queried in place); auto: Parquet from --parquet-threshold documents, or when the previous "
+                   "version is kept as Parquet.")
 @click.option("--parquet-threshold", type=click.IntRange(min=1), default=None, metavar="DOCS",
               help="With --documents-as auto, keep the rows as Parquet from this many documents [default: 10,000,000].")
 @_ray_options("fingerprinting actors, one CPU each", gpus=True)

@@ -68,7 +68,8 @@ def register_dataset(
     ``documents_as``: where the document rows are kept: ``table`` (inside the database),
     ``parquet`` (Parquet files under ``.prov/documents/``, which every query reads as if they were
     in the table), or ``auto``: Parquet from ``parquet_threshold`` documents
-    (:data:`provenance.ledger.PARQUET_THRESHOLD` by default). See docs/scaling.md.
+    (:data:`provenance.ledger.PARQUET_THRESHOLD` by default), or when the latest version of
+    ``name`` keeps its rows as Parquet. See docs/scaling.md.
     """
     _check_options(name, role or "train", on_invalid, text_field, shard_records)
     check_documents_as(documents_as, parquet_threshold)
@@ -168,6 +169,7 @@ def remove_documents(ledger: LedgerStore, name: str, keys: Sequence[str], *, rea
         if now is None or now.dataset_id != latest.dataset_id:
             raise InvalidParameterError(f"dataset {name} changed while its documents were being removed "
                                         f"(now {now.dataset_id if now else 'gone'}); run it again")
+        tx.follow_storage(latest)
         dataset_id = f"{name}@{latest.version + 1}"
         shards = []
         for s in tx.shards_of(latest.dataset_id):
@@ -220,6 +222,7 @@ def _register(ledger: LedgerStore, name: str, cfg: FingerprintConfig, opts: Read
         with ledger.transaction() as tx:
             tx.set_documents_as(*storage)
             latest = tx.latest_dataset(name)
+            tx.follow_storage(latest)
             if planned is not None and latest is not None and planned == latest.content_hash:
                 raise _Unchanged
             version = latest.version + 1 if latest else 1

@@ -117,6 +117,29 @@ def test_auto_keeps_parquet_from_the_threshold(ledger, data_dir, write_jsonl, co
     assert len(ledger.document_files()) == 1
 
 
+def test_later_versions_follow_a_parquet_dataset_under_auto(ledger, data_dir, write_jsonl, corpus):
+    """A dataset kept as Parquet stays so in its later versions made with ``auto`` (the default):
+    a re-registration of changed files, and ``remove_documents``; ``table`` asked still wins."""
+    a, b = _shards(data_dir, write_jsonl, corpus)
+    ledger.register_dataset("p", [a, b], id_field="id", documents_as="parquet")
+    write_jsonl(b, [{"id": f"n{i}", "text": f"a new document number {i} about rivers"} for i in range(7)])
+    assert ledger.register_dataset("p", [a, b], id_field="id").dataset.dataset_id == "p@2"
+    removed = ledger.remove_documents("p", ["d0", "n3"])
+    assert removed.dataset.dataset_id == "p@3" and removed.dataset.n_documents == 30
+    assert sorted({f["dataset_id"] for f in ledger.document_files()}) == ["p@1", "p@2", "p@3"]
+    assert {r["key"] for r in _rows(ledger, "p@3")} == {r["key"] for r in _rows(ledger, "p@2")} - {"d0", "n3"}
+    ledger.remove_documents("p", ["d1"])  # p@4, Parquet too
+    write_jsonl(b, [{"id": f"m{i}", "text": f"another document number {i} about hills"} for i in range(3)])
+    ledger.register_dataset("p", [a, b], id_field="id", documents_as="table")
+    assert ledger.document_files("p@5") == [] and ledger.document_files("p@4") != []
+    assert ledger.remove_documents("p", ["d2"]).dataset.dataset_id == "p@6"
+    assert ledger.document_files("p@6") == []  # follows the latest version: now the table
+    ledger.register_dataset("t", [a], id_field="id")  # a small dataset under auto stays in the table
+    ledger.remove_documents("t", ["d3"])
+    assert ledger.document_files("t@1") == ledger.document_files("t@2") == []
+    assert ledger.verify(objects=True).ok
+
+
 @pytest.mark.parametrize(("option", "value", "message"), [
     ("documents_as", "duckdb", "documents_as must be one of auto, table, parquet; got 'duckdb'"),
     ("parquet_threshold", 0, "parquet_threshold must be a positive number of documents; got 0"),

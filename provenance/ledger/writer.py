@@ -115,6 +115,15 @@ class LedgerWriter(AuditWrites):
         if parquet_threshold is not None:
             self.parquet_threshold = parquet_threshold
 
+    def follow_storage(self, latest: DatasetRecord | None) -> None:
+        """Under ``auto``, a new version of a dataset whose ``latest`` version keeps its rows as
+        Parquet keeps them so too, whatever its size (``table`` or ``parquet`` asked stay)."""
+        if latest is None or self.documents_as != "auto" or self._store is None:
+            return
+        if self._con.execute("SELECT count(*) FROM document_files WHERE dataset_id = ?",
+                             [latest.dataset_id]).fetchall()[0][0]:
+            self.documents_as = "parquet"
+
     def _as_parquet(self, n_rows: int) -> bool:
         if self._store is None or self.documents_as == "table":
             return False
