@@ -37,9 +37,9 @@ _STAGED = """SELECT d.doc_id, d.dataset_id, d.shard_index, d.row_index, d.key, d
 #: band pairs a document with other neighbours. :func:`window_order` is the same in numpy (the Ray
 #: engine's), so that both engines compare the same candidates.
 _P, _A = 2**31 - 1, 48271
+_ORDER_SQL = f"((doc_id % {_P}) * ((band + 1) * {_A} % {_P})) % {_P}"
 #: Candidate rows (before they are made distinct) per pass of :meth:`AuditWrites._candidates`.
 CANDIDATE_ROWS = 4_000_000
-_ORDER_SQL = f"((doc_id % {_P}) * ((band + 1) * {_A} % {_P})) % {_P}"
 
 
 def window_order(doc_id: np.ndarray, band: np.ndarray) -> np.ndarray:
