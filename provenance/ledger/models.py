@@ -107,11 +107,12 @@ class ModelQueries:
                        SELECT version_id, parents[1], 0 FROM versions WHERE version_id = ?
                        UNION ALL
                        SELECT v.version_id, v.parents[1], up.depth + 1 FROM versions v JOIN up ON v.version_id = up.parent),
-                   params AS (SELECT up.depth, p.* FROM up JOIN version_params p USING (version_id)),
+                   params AS (SELECT up.depth, p.* FROM up JOIN version_params p USING (version_id)
+                              WHERE up.depth = 0 OR p.encoding <> 'unchanged'),
                    stops AS (SELECT name, min(depth) AS stop FROM params WHERE encoding IN ('full', 'removed')
                              GROUP BY name),
                    kept AS (SELECT p.* FROM params p LEFT JOIN stops s USING (name)
-                            WHERE p.depth = 0 OR (p.encoding <> 'unchanged' AND (s.stop IS NULL OR p.depth <= s.stop)))
+                            WHERE p.depth = 0 OR s.stop IS NULL OR p.depth <= s.stop)
                    SELECT up.version_id, up.parent, k.name, k.dtype, k.shape, k.encoding, k.objects, k.meta_json,
                           k.nbytes
                    FROM up LEFT JOIN kept k USING (version_id)
