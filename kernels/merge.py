@@ -16,6 +16,9 @@ read every input element once and return a new tensor of the inputs' dtype and s
 Weighted means (:func:`weighted_average`, :func:`fisher_merge`) are running means,
 ``m += a_i / (a_1 + ... + a_i) * (x_i - m)``, not a ratio of two sums, so merging one model returns
 it bit for bit and a model whose weight ``a_i`` is zero leaves exactly the merge of the others.
+Where an input holds NaN or Inf the recurrence depends on the inputs' order (``Inf`` then ``1``
+gives NaN, ``1`` then ``Inf`` gives Inf); :func:`settle_nonfinite` sets those elements to the
+value that does not.
 """
 
 from __future__ import annotations
@@ -78,6 +81,41 @@ def fisher_merge(
     if not (math.isfinite(eps) and eps >= 0):
         raise InvalidParameterError(f"eps must be finite and >= 0, got {eps}")
     return _launch("fisher", thetas, fishers, thetas[0], lam, scale, float(eps), out)
+
+
+def settle_nonfinite(
+    out: torch.Tensor,
+    thetas: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    *,
+    fishers: Sequence[torch.Tensor] | None = None,
+    eps: float = 1e-6,
+    norms: Sequence[float] | None = None,
+) -> int:
+    """Where a weighted mean (:func:`weighted_average`, or :func:`fisher_merge` with ``fishers``)
+    left NaN or ±Inf in ``out``, the value that does not depend on the inputs' order, in place: NaN
+    where an input of positive weight is NaN or both +Inf and −Inf are among them, else that
+    infinity, else (finite inputs: a zero-weight input's Inf, ``0 × Inf``, or an intermediate
+    overflow) their weighted mean in float64. The running mean made ``[Inf, 1]`` NaN and
+    ``[1, Inf]`` Inf. Returns how many elements were settled; the others are not read twice."""
+    flat = out.view(-1)
+    idx = torch.nonzero(~torch.isfinite(flat)).squeeze(1)
+    if not idx.numel():
+        return 0
+    xs = torch.stack([t.reshape(-1)[idx.to(t.device)].to(torch.float64).cpu() for t in thetas])
+    w = torch.tensor([float(x) for x in weights], dtype=torch.float64)[:, None].expand_as(xs)
+    if fishers is not None:
+        scale = list(norms) if norms is not None else [1.0] * len(fishers)
+        f = torch.stack([fi.reshape(-1)[idx.to(fi.device)].to(torch.float64).cpu() / s for fi, s in zip(fishers, scale)])
+        fw = w * f.clamp_min(eps)
+        w = torch.where(fw.sum(0) > 0, fw, w)  # Σ λᵢ F'ᵢ == 0: the λ-weighted mean, as the kernels do
+    live = w > 0
+    pos, neg = (live & (xs == math.inf)).any(0), (live & (xs == -math.inf)).any(0)
+    nan = (live & xs.isnan()).any(0) | (pos & neg)
+    finite = torch.where(live & xs.isfinite(), xs * w, 0.0).sum(0) / torch.where(live, w, 0.0).sum(0)
+    value = torch.where(nan, math.nan, torch.where(pos, math.inf, torch.where(neg, -math.inf, finite)))
+    flat[idx.to(out.device)] = value.to(device=out.device, dtype=out.dtype)
+    return int(idx.numel())
 
 
 def task_arithmetic(

@@ -38,7 +38,7 @@ from provenance.errors import InvalidParameterError
 from provenance.history import History, materialize, numel
 from provenance.kernels.dispatch import pick
 from provenance.kernels.finite import is_finite
-from provenance.kernels.merge import FLOAT_DTYPES
+from provenance.kernels.merge import FLOAT_DTYPES, settle_nonfinite
 from provenance.kernels.merge_patches import merge_patches
 from provenance.kernels.patch import apply_chain
 from provenance.ledger import LedgerStore
@@ -261,11 +261,14 @@ def _merge_groups(history, store, ids, names, kept, method, fishers, lam, eps, n
                 )
                 first, input_addresses = thetas[0], [address_of(t) for t in thetas]
             kernel = kernel or pick(torch.empty(0, device=device))
-            if name not in kept and not is_finite(merged) and all(  # (a task-vector base's NaN is carried)
-                    is_finite(materialize(history, store, vid, name)[0]) for vid in [*ids, *([base_id] if base_id else [])]):
-                raise InvalidParameterError(
-                    f"the merge of parameter {name!r} overflows {str(merged.dtype).removeprefix('torch.')}: its inputs "
-                    "are finite and its result is not; merge with smaller weights, or inputs of a wider dtype")
+            merged, inputs = _settled(merged, method, name, history, store, ids, fishers, lam, eps, norms) \
+                if name not in kept else (merged, None)
+            if inputs is not None:
+                base = [materialize(history, store, base_id, name)[0]] if base_id else []
+                if not is_finite(merged) and all(is_finite(t) for t in [*inputs, *base]):  # (a base's NaN is carried)
+                    raise InvalidParameterError(
+                        f"the merge of parameter {name!r} overflows {str(merged.dtype).removeprefix('torch.')}: its "
+                        "inputs are finite and its result is not; merge with smaller weights, or inputs of a wider dtype")
             patch = encode(first, merged)
             objects = {role: store.put(t, writer).address for role, t in patch.tensors.items()}
             params.append(ParamRecord(name=name, dtype=str(merged.dtype).removeprefix("torch."),
@@ -275,6 +278,20 @@ def _merge_groups(history, store, ids, names, kept, method, fishers, lam, eps, n
             if progress is not None:
                 progress.advance(merged.numel() * merged.element_size())
     return params, receipt_params, kernel
+
+
+def _settled(merged, method, name, history, store, ids, fishers, lam, eps, norms):
+    """``merged``, and the inputs' values when it holds NaN or Inf (else None): an average's or a
+    Fisher merge's elements that the running mean left NaN or Inf are then set to the value that
+    does not depend on the inputs' order (:func:`settle_nonfinite`), on the merge and its re-run."""
+    if is_finite(merged):
+        return merged, None
+    inputs = [materialize(history, store, vid, name)[0] for vid in ids]
+    if method in ("average", "fisher"):
+        fs = _group_fishers(fishers, name, lambda t: t)[0] if method == "fisher" else None
+        merged = merged.contiguous()
+        settle_nonfinite(merged, inputs, lam, fishers=fs, eps=eps, norms=norms)
+    return merged, inputs
 
 
 def _kept_groups(history: History, vid: str, names: list[str]) -> set[str]:
@@ -574,6 +591,8 @@ def receipt_check(ledger: LedgerStore, version: str | VersionRecord) -> dict[str
             merged, fisher_objects = _merge_group(method, name, thetas, fishers, lam, receipt.eps, norms,
                                                   receipt.density, history, store, receipt.base_version,
                                                   device)
+        if name not in kept:
+            merged = _settled(merged, method, name, history, store, ids, fishers, lam, receipt.eps, norms)[0]
         same_fishers = fisher_objects == recorded[name].fishers
         out[name] = same_inputs and same_fishers and address_of(merged) == recorded[name].merged
     return out

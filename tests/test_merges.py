@@ -458,3 +458,29 @@ def test_inputs_and_results_a_merge_cannot_keep_are_refused_by_name(ledger):
             for x in (4.0, 5.0))
     out = ledger.checkout(ledger.merge([c, d], method="task_arithmetic", base=inf, message="t"))["w"]
     assert torch.isnan(out[0]) and out[1:].tolist() == [2.0, 3.0, 4.5]  # inf + ½(1 - inf) + ½(1 - inf) is NaN
+
+
+@pytest.mark.parametrize("method", ["average", "fisher"])
+def test_nan_and_inf_inputs_merge_to_the_same_value_in_any_order(ledger, method):
+    """The running mean made [Inf, 1] NaN and [1, Inf] Inf, and -Inf with -Inf NaN; a zero-weight
+    input's Inf made its elements NaN. A weighted mean's NaN and Inf elements are now settled by
+    the inputs of positive weight, whatever their order, and a receipt re-runs to the same bits."""
+    inf, nan = float("inf"), float("nan")
+    base = ledger.commit({"w": torch.zeros(7)}, message="base")
+    a = ledger.commit({"w": torch.tensor([inf, 1.0, nan, inf, -inf, 2.0, 3e38])}, parent=base, message="a",
+                      allow_nonfinite=True)
+    b = ledger.commit({"w": torch.tensor([1.0, inf, 3.0, -inf, -inf, 4.0, -3e38])}, parent=base, message="b",
+                      allow_nonfinite=True)
+    if method == "fisher":
+        ledger.store_fisher(a, {"w": torch.ones(7)})
+        ledger.store_fisher(b, {"w": torch.full((7,), 3.0)})
+    ab, ba = (ledger.merge(pair, method=method, message="m") for pair in ([a, b], [b, a]))
+    first, second = ledger.checkout(ab)["w"], ledger.checkout(ba)["w"]
+    assert same_bits(first, second)
+    assert first[:2].tolist() == [inf, inf] and torch.isnan(first[2:4]).all() and first[4] == -inf
+    assert first[5] == ((2.0 + 4.0) / 2 if method == "average" else (2.0 + 3 * 4.0) / 4)  # the kernels' own
+    # 3e38 then -3e38 overflowed inside the running mean (x - m = -inf): their mean in float64 instead
+    assert first[6] == (0.0 if method == "average" else torch.tensor((3e38 - 3 * 3e38) / 4).float())
+    assert receipt_check(ledger, ab) == {"w": True} and receipt_check(ledger, ba) == {"w": True}
+    only_b = ledger.checkout(ledger.merge([a, b], method=method, weights=[0.0, 1.0], message="b alone"))["w"]
+    assert same_bits(only_b, ledger.checkout(b)["w"])  # a zero weight leaves exactly the other input
