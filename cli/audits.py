@@ -317,9 +317,9 @@ def show_dedup(report: Any, as_json: bool) -> None:
                   if spanning else "; every pair listed"))
     click.echo(f"  duplicate rate {s['duplicate_rate']:.2%} ({s['redundant_documents']:,} redundant documents)")
     if s.get("windowed_buckets"):
-        click.echo(f"  {counted(s['windowed_buckets'], 'band bucket')} of many near-copies: each document compared with "
-                   "its --bucket-window neighbours there, not with every other (pairs and near-copy counts are of "
-                   "those compared)")
+        click.echo(f"  {counted(s['windowed_buckets'], 'band bucket')} of more than {2 * report['bucket_window']:,} "
+                   f"documents: each compared with {report['bucket_window']:,} neighbours there (--bucket-window), not "
+                   "with every other; pairs and near-copy counts are of those compared")
     if s.get("without_words"):
         click.echo(f"  {counted(s['without_words'], 'document')} with no words (empty, or only punctuation): "
                    "compared with nothing")

@@ -70,6 +70,10 @@ def _dedup(r: dict[str, Any]) -> dict[str, Any]:
                     "duplicate rate": f"{s['duplicate_rate']:.2%}",
                     **({"documents with no words (compared with nothing)": s["without_words"]}
                        if s.get("without_words") else {}),
+                    **({"band buckets windowed": f"{s['windowed_buckets']:,} of more than {2 * r['bucket_window']:,} "
+                                                 f"documents: each compared with {r['bucket_window']:,} neighbours "
+                                                 "there, not with every other"}
+                       if s.get("windowed_buckets") else {}),
                     "banding": f"{b['bands']} bands × {b['rows']} rows", "P(candidate) at threshold": b["p_at_threshold"],
                     **({"verified pairs": v["checked"], "rejected by exact Jaccard": v["rejected"]} if v else {})},
         "alerts": [f"not verified: {u}" for u in (v or {}).get("unreadable", [])],

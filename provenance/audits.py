@@ -20,15 +20,16 @@ over all documents audited.
 
 **Bucket window.** Many near-duplicates of one text (a template with a word changed, boilerplate
 pages) share most band keys: comparing every two documents of such a band bucket costs ``m²/2``
-candidates for ``m`` variants (8,000 variants of one template: 49 s and 3.1M pairs, against 7.4 s
-and 1.1M pairs with the window; docs/audit-dedup.md). A bucket of more
+candidates for ``m`` variants (8,000 variants of one template: 52 s and 3.1M pairs, against 11 s
+and 1.4M pairs with the window; docs/audit-dedup.md). A bucket of more
 than ``2 × bucket_window`` documents (default 64) instead pairs each of them with the
 ``bucket_window`` after it in an order shuffled per band, so that each band links every document
-to other neighbours: the candidates grow as ``m × bucket_window × bands``. The clusters stay
-connected wherever the near pairs of a large bucket form a connected graph with more than a few
-links per document (tested against the exact audit); ``pairs``, ``near_copies`` and the histogram
-then count the pairs compared, not every pair of such a cluster. ``summary.windowed_buckets``
-says how many buckets were windowed; ``bucket_window=0`` (or ``all_pairs``) compares every two.
+to other neighbours: the candidates grow as ``m × bucket_window × bands``. The pairs found are
+exact pairs; a document with few near pairs among thousands can be left out of its cluster, and
+a group linked to the rest by a few pairs could be a cluster of its own (measured against the
+exact audit in docs/audit-dedup.md); ``pairs``, ``near_copies`` and the histogram count the pairs
+compared. The order comes from the doc ids. ``summary.windowed_buckets`` says how many buckets
+were windowed; ``bucket_window=0`` (or ``all_pairs``) compares every two.
 """
 
 from __future__ import annotations
@@ -264,7 +265,8 @@ def audit_dedup(
     and ``label_clusters(tx, audit_id)`` (Ray Data:
     :func:`provenance.integrations.ray_dedup.audit_dedup`); the report is the same."""
     threshold = check_threshold(threshold)
-    window = 0 if all_pairs else check_window(bucket_window)
+    window = check_window(bucket_window)
+    window = 0 if all_pairs else window
     pairs_path = ledger.output_path(pairs_file) if pairs_file is not None else None
     with ledger.session():  # the audit reads and writes several times: the database is opened once
         return _audit_dedup(ledger, targets, threshold, verify, pairs_file, pairs_path, all_pairs, window, store,
@@ -272,10 +274,11 @@ def audit_dedup(
 
 
 def check_window(value: Any) -> int:
-    """``bucket_window`` as a count of neighbours (0: none, every two compared), or an error."""
+    """``bucket_window`` as a count of neighbours (0: none, every two compared), or an error. A
+    window of 2³¹ or more windows no bucket a ledger can hold: it is taken as 0."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise InvalidParameterError(f"bucket_window must be a whole number of documents, 0 or more; got {value!r}")
-    return int(value)
+    return int(value) if value < 2**31 else 0
 
 
 def _audit_dedup(ledger: LedgerStore, targets: Sequence[str], threshold: float, verify: bool,
@@ -296,6 +299,7 @@ def _audit_dedup(ledger: LedgerStore, targets: Sequence[str], threshold: float, 
             "datasets": [d.dataset_id for d in datasets], "config_id": cfg.identity, "threshold": threshold,
             "banding": {**run.banding_report(), "s_curve": s_curve(run.banding)},
             "verify": verified, "cluster_rounds": rounds, "pairs_mode": "all" if all_pairs else "spanning",
+            "bucket_window": window,
             "stored": store,
         })
         report["summary"]["seconds"] = run.seconds()

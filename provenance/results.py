@@ -374,6 +374,8 @@ class DedupReport(Result):
     verify: DedupVerify | None
     cluster_rounds: int
     pairs_mode: Literal["spanning", "all"]
+    bucket_window: int = Field(0, description="neighbours each document of a wide band bucket was compared with "
+                                              "(0: every two documents of every bucket)")
     stored: bool
     pairs: list[DedupPair] | None = Field(None, description="the pairs, unless written to pairs_file")
     pairs_file: str | None = None
