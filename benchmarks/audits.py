@@ -131,9 +131,18 @@ def run_audit(root: Path, dataset: str, pairs: Path, **options) -> dict:
     peak = [0]
     done = threading.Event()
 
+    def size_of(path: Path) -> int:
+        try:
+            return path.stat().st_size if path.is_file() else 0
+        except OSError:  # a spill file removed between the listing and its stat
+            return 0
+
     def poll() -> None:
         while not done.wait(0.05):
-            size = sum(f.stat().st_size for f in spill.rglob("*") if f.is_file()) if spill.is_dir() else 0
+            try:
+                size = sum(size_of(f) for f in spill.rglob("*")) if spill.is_dir() else 0
+            except OSError:  # the folder changed while it was listed: the next poll counts it
+                continue
             peak[0] = max(peak[0], size)
 
     watcher = threading.Thread(target=poll, daemon=True)

@@ -98,12 +98,20 @@ def settle_nonfinite(
     infinity, else (finite inputs: a zero-weight input's Inf, ``0 × Inf``, or an intermediate
     overflow) their weighted mean in float64. The running mean made ``[Inf, 1]`` NaN and
     ``[1, Inf]`` Inf. Returns how many elements were settled; the others are not read twice."""
+    thetas = _tensors(thetas, "thetas", like=out)
+    lam = _scalars(weights, len(thetas), "weights", ">= 0")
+    if fishers is not None:
+        fishers = _tensors(fishers, "fishers", like=out, same_dtype=False)
+        if len(fishers) != len(thetas):
+            raise InvalidParameterError(f"{len(fishers)} fishers for {len(thetas)} thetas")
+    if not out.is_contiguous():
+        raise InvalidParameterError("out must be contiguous: its elements are settled in place")
     flat = out.view(-1)
     idx = torch.nonzero(~torch.isfinite(flat)).squeeze(1)
     if not idx.numel():
         return 0
     xs = torch.stack([t.reshape(-1)[idx.to(t.device)].to(torch.float64).cpu() for t in thetas])
-    w = torch.tensor([float(x) for x in weights], dtype=torch.float64)[:, None].expand_as(xs)
+    w = torch.tensor(lam, dtype=torch.float64)[:, None].expand_as(xs)
     if fishers is not None:
         scale = list(norms) if norms is not None else [1.0] * len(fishers)
         f = torch.stack([fi.reshape(-1)[idx.to(fi.device)].to(torch.float64).cpu() / s for fi, s in zip(fishers, scale)])

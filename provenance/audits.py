@@ -177,6 +177,8 @@ class AuditRun:
         self.min_matches = math.ceil(self.threshold * self.k - 1e-9)
         self.stored_bands = all((d.bands, d.rows) == (self.banding.bands, self.banding.rows) for d in datasets)
         self.audit_id = uuid.uuid4().hex
+        self.n_docs = 0
+        self.window = self.windowed = 0  # the bucket window asked for, and the buckets it windowed (pairs())
         self.created = datetime.now(timezone.utc).replace(tzinfo=None)
 
     @contextlib.contextmanager
@@ -193,7 +195,7 @@ class AuditRun:
             if engine is not None:  # it reads the documents itself: nothing is staged
                 if probes is not None:
                     raise InvalidParameterError("an audit engine takes no probes")
-                self.windowed = engine.near_pairs(tx, self, scope, all_pairs=all_pairs)
+                self.windowed = engine.near_pairs(tx, self, scope, all_pairs=all_pairs) or 0
                 step(self.progress, 2)
             else:
                 self.n_docs = tx.stage_documents(scope, in_place=probes is None)
@@ -261,8 +263,9 @@ def audit_dedup(
     ``bucket_window``: how many neighbours each document of a large band bucket is compared with
     (module doc; 0 compares every two). ``store=False`` keeps nothing in the
     ledger (and works on a read-only one). ``engine``: what finds the pairs and clusters instead of
-    the database, with its ``near_pairs(tx, run, scope, all_pairs=)`` (which sets ``run.n_docs``)
-    and ``label_clusters(tx, audit_id)`` (Ray Data:
+    the database, with its ``near_pairs(tx, run, scope, all_pairs=)`` (which sets ``run.n_docs``,
+    windows the band buckets wider than ``2 × run.window`` when ``run.window`` is not 0, and
+    returns how many it windowed) and ``label_clusters(tx, audit_id)`` (Ray Data:
     :func:`provenance.integrations.ray_dedup.audit_dedup`); the report is the same."""
     threshold = check_threshold(threshold)
     window = check_window(bucket_window)

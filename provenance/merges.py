@@ -287,10 +287,11 @@ def _settled(merged, method, name, history, store, ids, fishers, lam, eps, norms
     if is_finite(merged):
         return merged, None
     inputs = [materialize(history, store, vid, name)[0] for vid in ids]
-    if method in ("average", "fisher"):
-        fs = _group_fishers(fishers, name, lambda t: t)[0] if method == "fisher" else None
+    how = methods.get(method)
+    if how.weighted_mean:
+        fs = _group_fishers(fishers, name, lambda t: t.contiguous())[0] if how.needs_fisher else None
         merged = merged.contiguous()
-        settle_nonfinite(merged, inputs, lam, fishers=fs, eps=eps, norms=norms)
+        settle_nonfinite(merged, [t.contiguous() for t in inputs], lam, fishers=fs, eps=eps, norms=norms)
     return merged, inputs
 
 
@@ -591,10 +592,12 @@ def receipt_check(ledger: LedgerStore, version: str | VersionRecord) -> dict[str
             merged, fisher_objects = _merge_group(method, name, thetas, fishers, lam, receipt.eps, norms,
                                                   receipt.density, history, store, receipt.base_version,
                                                   device)
+        results = {address_of(merged)}  # a merge made before non-finite elements were settled stored this
         if name not in kept:
-            merged = _settled(merged, method, name, history, store, ids, fishers, lam, receipt.eps, norms)[0]
+            results.add(address_of(_settled(merged, method, name, history, store, ids, fishers, lam, receipt.eps,
+                                            norms)[0]))
         same_fishers = fisher_objects == recorded[name].fishers
-        out[name] = same_inputs and same_fishers and address_of(merged) == recorded[name].merged
+        out[name] = same_inputs and same_fishers and recorded[name].merged in results
     return out
 
 

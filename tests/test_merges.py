@@ -484,3 +484,44 @@ def test_nan_and_inf_inputs_merge_to_the_same_value_in_any_order(ledger, method)
     assert receipt_check(ledger, ab) == {"w": True} and receipt_check(ledger, ba) == {"w": True}
     only_b = ledger.checkout(ledger.merge([a, b], method=method, weights=[0.0, 1.0], message="b alone"))["w"]
     assert same_bits(only_b, ledger.checkout(b)["w"])  # a zero weight leaves exactly the other input
+    # sparse patches of one parent merge without materialising the inputs: settled the same way
+    c = ledger.commit({"w": torch.tensor([inf, 0, 0, 0, 0, 0, 0.0])}, parent=base, message="c", allow_nonfinite=True)
+    d = ledger.commit({"w": torch.tensor([1.0, 0, 0, 0, 0, 0, 0])}, parent=base, message="d")
+    if method == "fisher":
+        ledger.store_fisher(c, {"w": torch.ones(7)})
+        ledger.store_fisher(d, {"w": torch.ones(7)})
+    cd, dc = (ledger.checkout(ledger.merge(p, method=method, message="sparse"))["w"] for p in ([c, d], [d, c]))
+    assert cd[0] == dc[0] == inf and same_bits(cd, dc)
+
+
+def test_settling_checks_its_inputs():
+    out = torch.tensor([float("nan"), 1.0])
+    with pytest.raises(InvalidParameterError, match="3 weights for 2 models"):
+        merge_kernels.settle_nonfinite(out, [out, out], [1, 1, 1])
+    with pytest.raises(InvalidParameterError, match=r"thetas\[1\] has shape \(3,\)"):
+        merge_kernels.settle_nonfinite(out, [out, torch.zeros(3)], [1, 1])
+    with pytest.raises(InvalidParameterError, match="out must be contiguous"):
+        merge_kernels.settle_nonfinite(torch.zeros(2, 2).t(), [torch.zeros(2, 2)] * 2, [1, 1])
+    with pytest.raises(InvalidParameterError, match="1 fishers for 2 thetas"):
+        merge_kernels.settle_nonfinite(out, [out, out], [1, 1], fishers=[out])
+    half = torch.tensor([float("inf"), 2.0], dtype=torch.bfloat16)
+    settled = torch.tensor([float("nan"), 2.0], dtype=torch.bfloat16)
+    assert merge_kernels.settle_nonfinite(settled, [half, torch.tensor([1.0, 2.0], dtype=torch.bfloat16)], [1, 1]) == 1
+    assert settled.tolist() == [float("inf"), 2.0]
+
+
+def test_a_merge_made_before_settling_still_passes_its_receipt_check(ledger, monkeypatch):
+    """Merges made before non-finite elements were settled stored the running mean's NaN: their
+    receipts still re-run to a result they recorded."""
+    from provenance import merges
+
+    base = ledger.commit({"w": torch.zeros(3)}, message="base")
+    a = ledger.commit({"w": torch.tensor([float("inf"), 1.0, 2.0])}, parent=base, message="a", allow_nonfinite=True)
+    b = ledger.commit({"w": torch.tensor([1.0, 2.0, 3.0])}, parent=base, message="b")
+    with monkeypatch.context() as m:
+        m.setattr(merges, "settle_nonfinite", lambda *args, **kwargs: 0)  # the code before
+        old = ledger.merge([a, b], method="average", message="before")
+    assert torch.isnan(ledger.checkout(old)["w"][0])
+    new = ledger.merge([a, b], method="average", message="after")
+    assert ledger.checkout(new)["w"][0] == float("inf")
+    assert receipt_check(ledger, old) == receipt_check(ledger, new) == {"w": True}

@@ -75,7 +75,7 @@ def _pairs(report) -> list[tuple]:
 def _same_report(local, remote) -> None:
     assert _pairs(local) == _pairs(remote)
     for field in ("cluster_sizes", "largest_clusters", "near_copies", "similarity_histogram", "datasets", "targets",
-                  "threshold", "verify", "pairs_mode"):
+                  "threshold", "verify", "pairs_mode", "bucket_window"):
         assert local[field] == remote[field], field
     drop = {"seconds"}
     assert {k: v for k, v in local["summary"].items() if k not in drop} == \

@@ -183,8 +183,9 @@ class AuditWrites:
         con.execute("""CREATE OR REPLACE TEMP TABLE aud_buckets AS
                        SELECT band, bk, count(*) AS n FROM aud_bands GROUP BY band, bk HAVING count(*) > 1""")
         windowed, rows = con.execute(
-            "SELECT count(*) FILTER (WHERE n > $1), coalesce(sum(CASE WHEN n > $1 THEN n * $2 - $2 * ($2 + 1) // 2 "
-            "ELSE n * (n - 1) // 2 END), 0) FROM aud_buckets",
+            "SELECT count(*) FILTER (WHERE n > $1::BIGINT), coalesce(sum(CASE WHEN n > $1::BIGINT "
+            "THEN n * $2::HUGEINT - $2::HUGEINT * ($2::HUGEINT + 1) // 2 ELSE n::HUGEINT * (n - 1) // 2 END), 0) "
+            "FROM aud_buckets",
             [wide if wide is not None else 2**62, int(window or 0)]).fetchall()[0]
         shared = "(SELECT x.* FROM aud_bands x SEMI JOIN (SELECT band, bk FROM aud_buckets{}) k USING (band, bk))"
         if windowed:

@@ -11,6 +11,7 @@ from provenance.merge.base import MergeMethod, register
 class Average(MergeMethod):
     name = "average"
     direct = True
+    weighted_mean = True
 
     def merge(self, thetas, *, lam, theta0=None, fishers=None, eps=1e-6, norms=None, density=0.2) -> Any:
         from provenance.kernels import merge as kernels

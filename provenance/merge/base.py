@@ -30,6 +30,10 @@ class MergeMethod:
     #: Defined for finite values only (TIES: the magnitudes decide what is kept, and a NaN would
     #: silently drop every input at its element): a merge refuses NaN or Inf in its inputs or base.
     finite_only: ClassVar[bool] = False
+    #: A weighted mean (averaging, Fisher merging): the elements the kernels' running mean leaves
+    #: NaN or Inf are settled from the inputs afterwards, the same in any order
+    #: (:func:`provenance.kernels.merge.settle_nonfinite`).
+    weighted_mean: ClassVar[bool] = False
     options: ClassVar[tuple[str, ...]] = ()
 
     def merge(self, thetas: list[Any], *, lam: list[float], theta0: Any = None, fishers: list[Any] | None = None,

@@ -13,6 +13,7 @@ from provenance.merge.base import MergeMethod, register
 class Fisher(MergeMethod):
     name = "fisher"
     needs_fisher = True
+    weighted_mean = True
     direct = True
     options = ("eps", "normalize")
 
