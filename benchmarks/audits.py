@@ -327,21 +327,6 @@ def part_taint(args, tmp: Path) -> list[str]:
             f"{statistics.median(times):.2f} s | matches per query {statistics.median(found):.0f} | | target < 5 s |"]
 
 
-def template_variants(n: int, others: int, seed: int = 7) -> list[dict]:
-    """``n`` texts of one 60-word template with one word replaced each (by a word of their own),
-    and ``others`` unrelated 60-word texts."""
-    import random
-
-    rng = random.Random(seed)
-    template = [f"t{j}" for j in range(60)]
-    docs = []
-    for i in range(n):
-        words = list(template)
-        words[rng.randrange(60)] = f"x{i}"
-        docs.append({"id": f"v{i}", "text": " ".join(words)})
-    return docs + [{"id": f"o{i}", "text": " ".join(f"o{i}w{j}" for j in range(60))} for i in range(others)]
-
-
 def clusters_of(path: Path) -> dict[str, int]:
     """Each document of a pairs file with its cluster."""
     import pyarrow.parquet as pq
@@ -352,11 +337,13 @@ def clusters_of(path: Path) -> dict[str, int]:
 
 def part_cluster(args, tmp: Path) -> list[str]:
     from provenance import Ledger
+    from provenance.synthetic import template_variants
 
     lines = []
     for n in args.variants:
         root = tmp / f"cluster{n}"
-        (tmp / f"variants{n}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in template_variants(n, 2_000)))
+        docs = template_variants(n, others=2_000)
+        (tmp / f"variants{n}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
         Ledger.init(root).register_dataset("variants", tmp / f"variants{n}.jsonl", id_field="id")
         runs = {}
         for window in (64, 0):

@@ -20,7 +20,7 @@ over all documents audited.
 
 **Bucket window.** Many near-duplicates of one text (a template with a word changed, boilerplate
 pages) share most band keys: comparing every two documents of such a band bucket costs ``m²/2``
-candidates for ``m`` variants (8,000 variants of one template: 52 s and 3.1M pairs, against 11 s
+candidates for ``m`` variants (8,000 variants of one template: 51 s and 3.0M pairs, against 10 s
 and 1.4M pairs with the window; docs/audit-dedup.md). A bucket of more
 than ``2 × bucket_window`` documents (default 64) instead pairs each of them with the
 ``bucket_window`` after it in an order shuffled per band, so that each band links every document

@@ -157,3 +157,17 @@ def graded_pairs(
     docs += [{"id": f"noise-{i:05d}", "text": " ".join(w.words(words))} for i in range(noise)]
     order = w.rng.permutation(len(docs))
     return Corpus([docs[i] for i in order.tolist()], planted)
+
+
+def template_variants(n: int, *, others: int = 0, words: int = 60, seed: int = 7) -> list[dict]:
+    """``n`` texts of one ``words``-word template with one word replaced each, by a word of their
+    own (ids ``v0``, ``v1``, ...: one near-duplicate cluster whose band buckets hold nearly all of
+    them, as boilerplate pages do), then ``others`` unrelated texts of as many words (``o0``, ...)."""
+    rng = np.random.default_rng(seed)
+    template = [f"t{j}" for j in range(words)]
+    docs = []
+    for i, at in enumerate(rng.integers(0, words, n).tolist()):
+        text = list(template)
+        text[at] = f"x{i}"
+        docs.append({"id": f"v{i}", "text": " ".join(text)})
+    return docs + [{"id": f"o{i}", "text": " ".join(f"o{i}w{j}" for j in range(words))} for i in range(others)]

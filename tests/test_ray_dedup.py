@@ -22,7 +22,7 @@ from provenance.cli.main import main  # noqa: E402
 from provenance.errors import InvalidParameterError, NotFoundError  # noqa: E402
 from provenance.integrations import ray_dedup  # noqa: E402
 from provenance.integrations.ray_dedup import audit_dedup  # noqa: E402
-from provenance.synthetic import generate_corpus  # noqa: E402
+from provenance.synthetic import generate_corpus, template_variants  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -115,13 +115,7 @@ def test_verify_no_store_and_pairs_file_equal_the_local_audit(corpus_ledger, tmp
 def test_windowed_buckets_compare_the_local_audit_s_candidates(corpus_ledger, tmp_path):
     """Band buckets wider than twice the window pair each document with the same neighbours as
     the local audit (the same shuffled order), whether the band keys are stored (0.8) or not."""
-    rng = random.Random(9)
-    template = [f"t{j}" for j in range(60)]
-    rows = []
-    for i in range(200):
-        words = list(template)
-        words[rng.randrange(60)] = f"x{i}"
-        rows.append({"id": f"v{i}", "text": " ".join(words)})
+    rows = template_variants(200, seed=9)
     (tmp_path / "variants.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     corpus_ledger.register_dataset("variants", tmp_path / "variants.jsonl", id_field="id")
     for threshold, window in ((0.8, 4), (0.7, 6)):
