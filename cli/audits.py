@@ -312,7 +312,7 @@ def show_dedup(report: Any, as_json: bool) -> None:
     click.echo(f"dedup audit {report['audit_id'][:12]} of {', '.join(report['datasets'])} at Jaccard >= {report['threshold']}")
     spanning = report.get("pairs_mode", "spanning") == "spanning"
     click.echo(f"  {counted(s['documents'], 'document')}, {counted(s['pairs'], 'pair')} ({s['exact_duplicate_pairs']:,} exact), "
-               f"{s['clusters']:,} clusters (largest {s['largest_cluster']})"
+               f"{counted(s['clusters'], 'cluster')} (largest {s['largest_cluster']:,})"
                + ("; the pairs span each cluster (m identical copies: m-1 pairs), --all-pairs lists every pair"
                   if spanning else "; every pair listed"))
     click.echo(f"  duplicate rate {s['duplicate_rate']:.2%} ({s['redundant_documents']:,} redundant documents)")
