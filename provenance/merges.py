@@ -594,8 +594,9 @@ def receipt_check(ledger: LedgerStore, version: str | VersionRecord) -> dict[str
                                                   device)
         results = {address_of(merged)}  # a merge made before non-finite elements were settled stored this
         if name not in kept:
-            results.add(address_of(_settled(merged, method, name, history, store, ids, fishers, lam, receipt.eps,
-                                            norms)[0]))
+            settled, inputs = _settled(merged, method, name, history, store, ids, fishers, lam, receipt.eps, norms)
+            if inputs is not None:  # it held NaN or Inf: the settled result too (a finite one is hashed once)
+                results.add(address_of(settled))
         same_fishers = fisher_objects == recorded[name].fishers
         out[name] = same_inputs and same_fishers and recorded[name].merged in results
     return out

@@ -179,22 +179,22 @@ class AuditWrites:
         ``CANDIDATE_ROWS`` rows (a slice of the pairs by hash each): one DISTINCT over 27M rows
         ran out of the ledger's 512 MB where four passes took 2.9 s."""
         con = self._con
-        wide = 2 * int(window) if window else None
+        wide = 2 * int(window) if window else 2**62  # buckets of more documents are windowed: none without one
         con.execute("""CREATE OR REPLACE TEMP TABLE aud_buckets AS
                        SELECT band, bk, count(*) AS n FROM aud_bands GROUP BY band, bk HAVING count(*) > 1""")
         windowed, rows = con.execute(
             "SELECT count(*) FILTER (WHERE n > $1::BIGINT), coalesce(sum(CASE WHEN n > $1::BIGINT "
             "THEN n * $2::HUGEINT - $2::HUGEINT * ($2::HUGEINT + 1) // 2 ELSE n::HUGEINT * (n - 1) // 2 END), 0) "
             "FROM aud_buckets",
-            [wide if wide is not None else 2**62, int(window or 0)]).fetchall()[0]
-        shared = "(SELECT x.* FROM aud_bands x SEMI JOIN (SELECT band, bk FROM aud_buckets{}) k USING (band, bk))"
+            [wide, int(window or 0)]).fetchall()[0]
         if windowed:
             con.execute(
                 f"""CREATE OR REPLACE TEMP TABLE aud_ranked AS
                     SELECT band, bk, doc_id,
                            row_number() OVER (PARTITION BY band, bk ORDER BY {_ORDER_SQL}, doc_id) AS r
                     FROM aud_bands SEMI JOIN (SELECT band, bk FROM aud_buckets WHERE n > {wide}) USING (band, bk)""")
-        small = shared.format(f" WHERE n <= {wide}" if windowed else "")
+        small = f"""(SELECT x.* FROM aud_bands x
+                     SEMI JOIN (SELECT band, bk FROM aud_buckets WHERE n <= {wide}) k USING (band, bk))"""
         passes = max(1, -(-int(rows) // CANDIDATE_ROWS))
         con.execute("CREATE OR REPLACE TEMP TABLE aud_cand (a BIGINT, b BIGINT)")
         for k in range(passes):
