@@ -16,13 +16,19 @@ Parts (``--part``, default all):
   every two documents of a band bucket (``bucket_window=0``, up to ``--exact-variants``), each in
   a fresh subprocess, with its peak RSS and the peak size of the ledger's spill folder, and the
   documents the window left out of the exact audit's clusters.
+- ``gate``: the pre-merge gate and the memorization audit over the same kind of cluster on one
+  contributor's side: ``--variants`` template texts and 1,000 unrelated ones trained by one
+  contributor, 2,000 texts by another (1,000 of them near copies of the first's unrelated ones,
+  and, in a second ledger, 50 of the template texts too), 25 evaluation texts (5 of them template
+  variants); the gate without its span check (``ngram=0``), the memorization audit of 3 template
+  texts and an unrelated one without its span check, each in a fresh subprocess.
 
 The signature corpora are generated, not fingerprinted from text: random 128-position signatures
 with ``--dup`` (1%) of the documents near-copies of an earlier one at an estimated Jaccard drawn
 uniformly from [0.7, 1], inserted as one registered dataset of 100 shards with the band keys the
 fingerprint config stores. The accuracy of the audit on real text is ``benchmarks/audit_accuracy.py``.
 
-Usage: ``.venv/bin/python benchmarks/audits.py [--part dedup|lineage|taint] [--docs 1000000]``
+Usage: ``.venv/bin/python benchmarks/audits.py [--part dedup|lineage|taint|cluster|gate] [--docs 1000000]``
 """
 
 from __future__ import annotations
@@ -382,9 +388,79 @@ def part_cluster(args, tmp: Path) -> list[str]:
     return lines
 
 
+GATE_CHILD = r"""
+import json, resource, sys, time
+from provenance import Ledger
+from provenance.gate import audit_merge
+from provenance.memorization import audit_memorization
+ledger = Ledger.open(sys.argv[1])
+kind, a, b = sys.argv[2:5]
+t = time.perf_counter()
+if kind == "gate":
+    r = audit_merge(ledger, [a, b], store=False, ngram=0)
+    o, c = r.overlap[0], r.contamination
+    found = {"a_near": o.a_near, "a_exact": o.a_exact, "b_near": o.b_near, "b_exact": o.b_exact,
+             "training_near": c.training_near, "contaminated": c.contaminated_eval_documents}
+else:
+    r = audit_memorization(ledger, a, json.loads(sys.argv[5]), store=False, span=0)
+    found = {"samples_matching": r.summary.samples_matching_training,
+             "documents_matched": r.summary.training_documents_matched,
+             "near_copies": [m.near_copies for s in r.samples for m in s.matches[:1]]}
+print(json.dumps({"seconds": time.perf_counter() - t,
+                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "found": found}))
+"""
+
+
+def gate_ledger(root: Path, tmp: Path, n: int, shared: int) -> tuple[str, str, list[str]]:
+    """A ledger of two contributors on one base (module doc, ``gate``): their version ids, and
+    the memorization samples."""
+    import torch
+
+    from provenance import Ledger
+    from provenance.synthetic import template_variants
+
+    a = template_variants(n, others=1_000)
+    b = [{"id": f"b{i}", "text": d["text"] + f" tail{i} end{i}"} for i, d in enumerate(template_variants(0, others=2_000))]
+    b += [{"id": f"bv{i}", "text": a[i]["text"]} for i in range(shared)]
+    ev = [{"id": f"e{i}", "text": " ".join(f"e{i}w{j}" for j in range(60))} for i in range(20)]
+    ev += [{"id": f"ev{i}", "text": d["text"].replace("t1 ", "q1 ")} for i, d in enumerate(template_variants(5, seed=11))]
+    for name, docs in (("a", a), ("b", b), ("ev", ev)):
+        (tmp / f"{root.name}-{name}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    ledger = Ledger.init(root)
+    for name in ("a", "b", "ev"):
+        ledger.register_dataset(name, tmp / f"{root.name}-{name}.jsonl", id_field="id", **({"role": "eval"} if name == "ev" else {}))
+    with ledger.start_run(message="base") as run:
+        base = run.commit({"w": torch.zeros(4)})
+    with ledger.start_run(base=base, datasets=["a"], message="a") as run:
+        va = run.commit({"w": torch.ones(4)})
+    with ledger.start_run(base=base, datasets=["b"], message="b") as run:
+        vb = run.commit({"w": 2 * torch.ones(4)})
+    samples = [a[1]["text"], a[2]["text"], a[3]["text"], "nothing like the training data at all"]
+    return va.version_id, vb.version_id, samples
+
+
+def part_gate(args, tmp: Path) -> list[str]:
+    lines = []
+    for n in args.variants:
+        for shared in (0, 50):
+            root = tmp / f"gate{n}-{shared}"
+            va, vb, samples = gate_ledger(root, tmp, n, shared)
+            figures = []
+            for kind in ("gate", "memorization"):
+                if kind == "memorization" and shared:
+                    continue  # the same training side as without shared texts
+                out = subprocess.run([sys.executable, "-c", GATE_CHILD, str(root), kind, va, vb, json.dumps(samples)],
+                                     capture_output=True, text=True, check=True)
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                print(n, shared, kind, r, flush=True)
+                figures.append(f"{kind}: {r['seconds']:.2f} s, {r['peak_mib']:.0f} MiB, {r['found']}")
+            lines.append(f"| {n:,} variants on one side, {shared} of them on the other | " + "; ".join(figures) + " |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["dedup", "lineage", "taint", "cluster"], action="append")
+    parser.add_argument("--part", choices=["dedup", "lineage", "taint", "cluster", "gate"], action="append")
     parser.add_argument("--variants", type=int, nargs="+", default=[2_000, 8_000, 20_000])
     parser.add_argument("--exact-variants", type=int, default=8_000,
                         help="cluster: the largest cluster audited with every pair compared as well")
@@ -397,12 +473,12 @@ def main() -> None:
                         help="lineage: runs that trained on each shard, on average (10: a million run_shards rows)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    parts = args.part or ["dedup", "lineage", "taint", "cluster"]
+    parts = args.part or ["dedup", "lineage", "taint", "cluster", "gate"]
     lines = []
     with tempfile.TemporaryDirectory(dir=Path.cwd() / "bench-data" if (Path.cwd() / "bench-data").is_dir() else None) as tmp:
         for part in parts:
             lines += {"dedup": part_dedup, "lineage": part_lineage, "taint": part_taint,
-                      "cluster": part_cluster}[part](args, Path(tmp))
+                      "cluster": part_cluster, "gate": part_gate}[part](args, Path(tmp))
             print(lines[-1], flush=True)
     print("\nresults")
     print("| measure | time | memory / size | detail | target |\n|---|---|---|---|---|")

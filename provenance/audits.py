@@ -183,12 +183,15 @@ class AuditRun:
 
     @contextlib.contextmanager
     def pairs(self, scope: pa.Table, *, probes: np.ndarray | None = None, all_pairs: bool = False,
-              stage_label: str = "documents", engine: Any = None, window: int = 0) -> Iterator[Any]:
+              stage_label: str = "documents", engine: Any = None, window: int = 0,
+              classes: str | None = None) -> Iterator[Any]:
         """The transaction, once ``scope``'s documents (and ``probes``, signatures of texts that
         are not in the ledger) are staged and their near pairs found, by the database or by
         ``engine`` (:func:`audit_dedup`); the audit's temporary tables are dropped when the block
         ends. ``self.n_docs``: the documents staged. ``window``: the bucket window (module doc;
-        0: every two documents of a bucket), ``self.windowed``: the buckets it windowed."""
+        0: every two documents of a bucket), ``self.windowed``: the buckets it windowed.
+        ``classes``: ``"sides"`` or ``"samples"``, the pairs to find are only those across them
+        (:meth:`provenance.ledger.audit_sql.AuditWrites.near_pairs`)."""
         self.window = window
         stage(self.progress, f"{self.kind}: {stage_label}", 4)
         with self.ledger.transaction(scratch=not self.store) as tx:
@@ -204,7 +207,7 @@ class AuditRun:
                 step(self.progress)
                 self.windowed = tx.near_pairs(self.audit_id, self.banding.bands, self.banding.rows, self.min_matches,
                                               stored=self.stored_bands and probes is None, collapse=True,
-                                              all_pairs=all_pairs, window=window)
+                                              all_pairs=all_pairs, window=window, classes=classes)
                 step(self.progress)
             yield tx
             tx.drop_audit_tables()

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from provenance.errors import InvalidParameterError
 
-__all__ = ["from_encoded", "ints", "strings"]
+__all__ = ["from_encoded", "from_numpy", "ints", "strings", "to_numpy"]
 
 _INTS = {pa.int8(): np.int8, pa.int16(): np.int16, pa.int32(): np.int32, pa.int64(): np.int64,
          pa.uint8(): np.uint8, pa.uint16(): np.uint16, pa.uint32(): np.uint32, pa.uint64(): np.uint64}
@@ -34,6 +34,27 @@ def _validity(values: Sequence[object]) -> tuple[pa.Buffer | None, int]:
     valid = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
     nulls = len(values) - int(valid.sum())
     return (pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None), nulls
+
+
+def from_numpy(values: np.ndarray) -> pa.Array:
+    """A column of the 1-D numeric array ``values`` (no nulls), sharing its memory where it is
+    contiguous."""
+    values = np.ascontiguousarray(values)
+    if values.ndim != 1 or values.dtype.kind not in "iuf":
+        raise InvalidParameterError(f"from_numpy() takes a 1-D numeric array, not {values.dtype}{list(values.shape)}")
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
+
+
+def to_numpy(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The numeric column ``values`` (no nulls) as a numpy array, a view of its buffer where it is
+    one chunk (``Array.to_numpy`` asks pyarrow's pandas shim first, which imports pandas)."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if values.null_count or not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
+        raise InvalidParameterError(f"to_numpy() takes a numeric column without nulls, not {values.type} "
+                                    f"with {values.null_count} null(s)")
+    dtype = np.dtype(values.type.to_pandas_dtype())
+    return np.frombuffer(values.buffers()[1], dtype=dtype, count=len(values), offset=values.offset * dtype.itemsize)
 
 
 def ints(values: Sequence[int | None], type: pa.DataType | None = None) -> pa.Array:

@@ -114,7 +114,7 @@ def audit_merge(
                       "shard_index": pa.array([r[1] for r in scope_rows], pa.int32()),
                       "side": pa.array([r[2] for r in scope_rows], pa.string())})
     labels = [f"s{i}" for i in range(len(inputs))]
-    with run.pairs(scope) as tx:
+    with run.pairs(scope, classes="sides") as tx:  # only pairs across sides say anything here
         sizes = {lab: _count(tx, [lab]) for lab in [*labels, "e"]}
         overlap = _pairwise_overlap(tx, audit_id, inputs, labels, sizes)
         contamination = _contamination(ledger, tx, audit_id, evals, labels, sizes, ngram) if evals else None

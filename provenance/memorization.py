@@ -63,12 +63,11 @@ def audit_memorization(
     vid, cfg, k, audit_id = described[0]["id"], run.config, run.k, run.audit_id
     sigs = cfg.signatures(texts)
     runs = [r for r in ancestry(ledger, vid)[1].column("run_id").to_pylist() if r]
-    with run.pairs(scope, probes=sigs, stage_label="samples") as tx:
-        # documents (and samples) with identical signatures share a group; pairs join groups' first members
+    with run.pairs(scope, probes=sigs, stage_label="samples", classes="samples") as tx:
+        # documents (and samples) with identical signatures share a group; pairs join groups'
+        # first members: here only those with samples, then (below) those with matched documents
         sample_rep = {-1 - doc: rep for doc, rep in tx.sample_groups().items()}
-        partners: dict[int, dict[int, float]] = defaultdict(dict)
-        for a, b, jaccard in tx.group_pairs(audit_id):
-            partners[a][b] = partners[b][a] = jaccard
+        partners = _partners(tx, audit_id)
 
         def members(reps: set[int]) -> dict[int, list[int]]:
             """The training documents of each group ``reps`` names."""
@@ -95,6 +94,11 @@ def audit_memorization(
             entry["span_words"], entry["span_text"] = words, text
         matched = sorted({d for _, d in matches})
         doc_rep = tx.groups_of(matched)
+        focus = sorted({r for r in doc_rep.values() if r >= 0})  # the groups of samples were paired with all
+        if focus:  # each matched document's near copies in training
+            tx.partner_pairs(audit_id, focus, run.banding.bands, run.banding.rows, run.min_matches,
+                             stored=run.stored_bands)
+            partners = _partners(tx, audit_id)
         near_reps = {d: {doc_rep[d], *partners[doc_rep[d]]} for d in matched}
         groups = members(set().union(*near_reps.values()) if near_reps else set())
         neighbours = {d: {x for r in reps for x in groups[r]} - {d} for d, reps in near_reps.items()}
@@ -120,6 +124,15 @@ def audit_memorization(
                    params={"threshold": threshold, "span": span, "samples": len(texts)})
         tx.drop_sample_pairs(audit_id)
     return result
+
+
+def _partners(tx, audit_id: str) -> dict[int, dict[int, float]]:
+    """The audit's pairs of groups so far: each group's first member -> the first members of the
+    groups paired with it -> their estimated Jaccard."""
+    partners: dict[int, dict[int, float]] = defaultdict(dict)
+    for a, b, jaccard in tx.group_pairs(audit_id):
+        partners[a][b] = partners[b][a] = jaccard
+    return partners
 
 
 def _sample_reports(texts: list[str], sigs: np.ndarray, k: int, matches: dict[tuple[int, int], dict[str, Any]],

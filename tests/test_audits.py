@@ -331,3 +331,50 @@ def test_a_dedup_audit_does_not_import_pandas(graded_ledger, tmp_path):
             f"pairs_file={str(tmp_path / 'p.parquet')!r}); print(r.summary.pairs, 'pandas' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert int(out[0]) > 10 and out[1] == "False"
+
+
+def test_signature_counts_equal_every_position_compared():
+    """The compiled comparison stops once too many positions differ; the pairs it keeps carry the
+    count of every position, and the others -1."""
+    import numpy as np
+
+    from provenance.kernels.signature_match import count_matches
+
+    rng = np.random.default_rng(3)
+    sig = rng.integers(0, 4, (300, 128)).astype(np.uint32)  # 4 values: about 32 positions agree by chance
+    a, b = rng.integers(0, 300, 5000), rng.integers(0, 300, 5000)
+    full = (sig[a] == sig[b]).sum(1)
+    assert (full >= 40).any() and (full < 40).any()
+    for need in (0, 1, 32, 40, 64, 128):
+        assert np.array_equal(count_matches(sig, a, b, need), np.where(full >= need, full, -1))
+    assert count_matches(sig, a[:0], b[:0], 10).shape == (0,)
+    with pytest.raises(ValueError, match="uint32"):
+        count_matches(sig.astype(np.int64), a, b, 10)
+    with pytest.raises(ValueError, match="different lengths"):
+        count_matches(sig, a, b[:10], 10)
+    with pytest.raises(ValueError, match="outside the 300 rows"):
+        count_matches(sig, a, b + 1, 10)
+    ids = np.arange(1000, 1300)  # ids 1000.. for rows 0..299, one id (1005) without a signature
+    rows = np.arange(300)
+    rows[5] = -1
+    got = count_matches(sig, ids[a], ids[b], 40, rows=rows, first=1000)
+    assert np.array_equal(got, np.where((full >= 40) & (a != 5) & (b != 5), full, -1))
+
+
+def test_pairs_compared_in_sql_past_the_memory_bound_are_the_same(graded_ledger, monkeypatch):
+    """Candidates whose signatures would pass ``SIGNATURE_BYTES`` in memory (or fewer than
+    ``COMPILED_FROM``) are compared in SQL: the same pairs, counts and estimates either way; a
+    slice per ``CANDIDATE_ROWS`` as well."""
+    from provenance.ledger import audit_sql
+
+    def pairs(report):
+        t = graded_ledger.audit_pairs(report["audit_id"])
+        return sorted(zip(*(t.column(c).to_pylist() for c in ("doc_a", "doc_b", "matches", "jaccard", "cluster"))))
+
+    monkeypatch.setattr(audit_sql, "COMPILED_FROM", 0)
+    compiled = pairs(audit_dedup(graded_ledger, ["graded"], threshold=0.7))
+    monkeypatch.setattr(audit_sql, "CANDIDATE_ROWS", 7)
+    sliced = pairs(audit_dedup(graded_ledger, ["graded"], threshold=0.7))
+    monkeypatch.setattr(audit_sql, "SIGNATURE_BYTES", 0)
+    in_sql = pairs(audit_dedup(graded_ledger, ["graded"], threshold=0.7))
+    assert len(compiled) > 40 and compiled == sliced == in_sql

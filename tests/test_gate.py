@@ -296,3 +296,98 @@ def test_inputs_that_share_all_their_data_are_told_apart_from_empty_ones(ledger,
     roots = [ledger.commit({"w": torch.full((4,), x)}, message=f"root {x}") for x in (3.0, 4.0)]
     with pytest.raises(InvalidParameterError, match="^the inputs' lineages are empty: no run recorded any data"):
         audit_merge(ledger, [r.version_id for r in roots])
+
+
+@pytest.fixture
+def every_pair(monkeypatch):
+    """The audits compare every two documents of a band bucket, whatever classes they ask for:
+    the reference the gate's and memorization's pairs across classes must agree with."""
+    from provenance.ledger.audit_sql import AuditWrites
+
+    near_pairs = AuditWrites.near_pairs
+
+    def all_of_them(self, *args, classes=None, **kwargs):
+        return near_pairs(self, *args, **kwargs)
+
+    monkeypatch.setattr(AuditWrites, "near_pairs", all_of_them)
+    monkeypatch.setattr(AuditWrites, "partner_pairs", lambda self, *args, **kwargs: None)
+
+
+def _template(n: int, seed: int = 0) -> list[str]:
+    """``n`` texts of one 60-word template with one word replaced each: one near-duplicate cluster."""
+    from provenance.synthetic import template_variants
+
+    return [d["text"] for d in template_variants(n, seed=seed)]
+
+
+@pytest.fixture
+def clustered(ledger, data_dir, write_jsonl):
+    """A contributor trained on 400 template texts (one cluster) and 20 others; another on near
+    copies of 10 of those others, 4 of the template texts exactly and 3 nearly, and 10 texts of
+    its own; an exact copy of a template text on both sides and in the evaluation set, which also
+    holds 2 near template texts and 5 texts of its own."""
+    tpl = _template(400)
+    write_jsonl(data_dir / "a.jsonl", [{"id": f"t{i}", "text": t} for i, t in enumerate(tpl)]
+                + [{"id": f"o{i}", "text": words(i, 60)} for i in range(20)])
+    write_jsonl(data_dir / "b.jsonl", [{"id": f"n{i}", "text": words(i, 60) + " tail"} for i in range(10)]
+                + [{"id": f"x{i}", "text": tpl[i]} for i in range(4)]
+                + [{"id": f"y{i}", "text": tpl[10 + i] + " more"} for i in range(3)]
+                + [{"id": f"u{i}", "text": words(500 + i, 60)} for i in range(10)])
+    write_jsonl(data_dir / "ev.jsonl", [{"id": "e0", "text": tpl[0]}, {"id": "e1", "text": tpl[20] + " again"},
+                                        {"id": "e2", "text": tpl[21] + " once more"}]
+                + [{"id": f"e{3 + i}", "text": words(800 + i, 60)} for i in range(5)])
+    ledger.register_dataset("a", data_dir / "a.jsonl", id_field="id")
+    ledger.register_dataset("b", data_dir / "b.jsonl", id_field="id")
+    ledger.register_dataset("ev", data_dir / "ev.jsonl", id_field="id", role="eval")
+    base = ledger.commit({"w": torch.zeros(2)}, message="base")
+    with ledger.start_run(base=base, datasets=["a"], message="a") as run:
+        va = run.commit({"w": torch.ones(2)})
+    with ledger.start_run(base=base, datasets=["b"], message="b") as run:
+        vb = run.commit({"w": 2 * torch.ones(2)})
+    return ledger, va, vb, tpl
+
+
+def _same_fields(report: dict) -> dict:
+    return {k: v for k, v in report.items() if k not in ("audit_id", "created_at", "seconds")}
+
+
+def test_the_gate_compares_across_sides_only_and_finds_what_every_pair_finds(clustered, data_dir, request):
+    """A cluster of 400 texts on one side: the gate forms the pairs that cross sides only (buckets
+    of one side's documents are left out before the join), and its report is the one that every
+    pair compared gives."""
+    ledger, va, vb, _ = clustered
+    texts = {(d[0], r["id"]): r["text"] for d in ("a.jsonl", "b.jsonl", "ev.jsonl")
+             for r in map(json.loads, (data_dir / d).read_text().splitlines())}
+    gate = audit_merge(ledger, [va, vb], ngram=0)
+    o, c = gate["overlap"][0], gate["contamination"]
+    # b holds 4 of a's template texts exactly; its 10 n and 3 y texts are one word longer than an
+    # o or template text of a (56 of 57 shingles shared); a's o texts and the template texts near
+    # b's are a's near ones (which template texts are near one another is up to their estimates)
+    assert (o["a_exact"], o["b_exact"], o["b_near"]) == (4, 4, 13) and o["a_near"] >= 13
+    # e0 is t0 (and x0), e1 and e2 are one or two words longer than t20 and t21
+    assert (c["training_exact"], c["eval_exact"], c["eval_near"], c["contaminated_eval_documents"]) == (2, 1, 2, 3)
+    # each pair joins two texts' documents (a text's copies are one group) that are not all on one side
+    sides_of_text: dict[str, set[str]] = {}
+    for (d, _), t in texts.items():
+        sides_of_text.setdefault(t, set()).add(d)
+    pairs = ledger.audit_pairs(gate["audit_id"]).to_pylist()
+    assert pairs and all(len(sides_of_text[texts[p["dataset_a"][0], p["a"]]]
+                             | sides_of_text[texts[p["dataset_b"][0], p["b"]]]) > 1 for p in pairs)
+    request.getfixturevalue("every_pair")
+    reference = audit_merge(ledger, [va, vb], ngram=0)
+    assert _same_fields(gate.to_dict()) == _same_fields(reference.to_dict())
+    assert ledger.audit_pairs(reference["audit_id"]).num_rows > 10 * len(pairs)  # the cluster's own pairs
+
+
+def test_memorization_pairs_samples_then_matches_and_finds_what_every_pair_finds(clustered, request):
+    """Samples paired first, then the documents they match with every other: the near copies and
+    exposure of each match are those every pair compared gives."""
+    ledger, va, _, tpl = clustered
+    samples = [tpl[3], tpl[7] + " one", words(999, 60), words(2, 60)]
+    report = audit_memorization(ledger, va.version_id, samples)
+    first = {m["key"]: m for m in report["samples"][0]["matches"]}
+    assert first["t3"]["jaccard"] == 1.0 and first["t3"]["near_copies"] >= 1 and len(first) > 1
+    assert report["samples"][2]["matches"] == [] and [m["key"] for m in report["samples"][3]["matches"]] == ["o2"]
+    request.getfixturevalue("every_pair")
+    reference = audit_memorization(ledger, va.version_id, samples)
+    assert _same_fields(report.to_dict()) == _same_fields(reference.to_dict())

@@ -43,8 +43,20 @@ _P, _A = 2**31 - 1, 48271
 _H1 = f"((((doc_id % {_P}) + {_P}) % {_P}) * ((band + 1) * {_A} % {_P}) % {_P})"
 _H2 = f"(({_H1} * {_H1} + (band + 1) * 1000003) % {_P})"
 _ORDER_SQL = f"(({_H2} * {_H2} + 12345) % {_P})"
-#: Candidate rows (before they are made distinct) per pass of :meth:`AuditWrites._candidates`.
+#: The classes :meth:`AuditWrites.near_pairs` can compare across, each a SQL expression over a
+#: row of ``aud_docs``: the pre-merge gate's sides (a document on one side has that side as its
+#: class; on several, none), and the memorization audit's samples (negative ids: no class)
+#: against the documents (all one class).
+CLASSES = {"sides": "CASE WHEN len(sides) = 1 THEN sides[1] END",
+           "samples": "CASE WHEN doc_id >= 0 THEN 'd' END"}
+#: Candidate rows (before they are made distinct) per pass of :meth:`AuditWrites._candidates`,
+#: and per slice compared by :meth:`AuditWrites._compare`.
 CANDIDATE_ROWS = 4_000_000
+#: The fewest candidates :meth:`AuditWrites._compare` compares in compiled code (fewer: in SQL).
+COMPILED_FROM = 100_000
+#: The largest matrix of signatures :meth:`AuditWrites._compare` reads into memory (512,000
+#: documents at 128 positions); past it the candidates are compared in SQL.
+SIGNATURE_BYTES = 256 * 2**20
 
 
 def window_order(doc_id: np.ndarray, band: np.ndarray) -> np.ndarray:
@@ -105,7 +117,8 @@ class AuditWrites:
         return int(con.execute("SELECT count(*) FROM aud_docs").fetchall()[0][0])
 
     def near_pairs(self, audit_id: str, bands: int, rows: int, min_matches: int, *, stored: bool,
-                   collapse: bool = False, all_pairs: bool = False, window: int | None = None) -> int:
+                   collapse: bool = False, all_pairs: bool = False, window: int | None = None,
+                   classes: str | None = None) -> int:
         """Every pair of ``aud_docs`` that shares an LSH band key and whose signatures agree in at
         least ``min_matches`` positions, into ``audit_pairs``. ``stored``: use
         the band keys stored at registration (same banding), else hash ``bands`` slices of ``rows``
@@ -123,8 +136,20 @@ class AuditWrites:
         documents pairs each of them with the ``window`` after it in an order shuffled per band
         (:func:`window_order`), not with every other: the candidates of one near-duplicate
         cluster of ``m`` documents grow as ``m × window × bands``, not ``m² / 2`` (module
-        :mod:`provenance.audits`, "bucket window"). Returns the buckets so windowed."""
+        :mod:`provenance.audits`, "bucket window"). Returns the buckets so windowed.
+
+        ``classes`` (with ``collapse``, without a window): ``"sides"`` or ``"samples"``
+        (:data:`CLASSES`: each document's class, or none). Two groups of identical signatures are
+        compared unless every document of both has one and the same class: the gate asks only
+        which documents have a near copy on another side, the memorization audit first only which
+        documents a sample nearly copies (then :meth:`partner_pairs`). A large near-duplicate
+        cluster on one side then costs its band buckets' counts, not its pairs (buckets whose
+        documents are all of one class are left out before the join)."""
         con = self._con
+        if classes is not None and (window or not collapse or classes not in CLASSES):
+            raise ProvenanceError(f"classes {classes!r}: one of {', '.join(CLASSES)}, over groups of identical "
+                                  f"signatures (collapse), every pair across classes compared (no window)")
+        classes = CLASSES[classes] if classes is not None else None
         source = "aud_docs"
         if collapse:
             # Signatures compared whole only where a hash collides (3× faster at 100K). Identical
@@ -145,17 +170,114 @@ class AuditWrites:
             )
             con.execute("DROP TABLE aud_hashes")
             source = "(SELECT d.* FROM aud_docs d JOIN aud_groups g USING (doc_id) WHERE g.doc_id = g.rep)"
+        cls = "NULL::VARCHAR"
+        if classes is not None:
+            # a group's class: its documents' one class; a lone document's read in place
+            con.execute(f"""CREATE OR REPLACE TEMP TABLE aud_group_classes AS
+                            SELECT g.rep, CASE WHEN count(d.c) = count(*) AND min(d.c) = max(d.c) THEN min(d.c) END AS c
+                            FROM aud_groups g JOIN (SELECT doc_id, ({classes})::VARCHAR AS c FROM aud_docs) d
+                              USING (doc_id)
+                            WHERE g.size > 1 GROUP BY g.rep""")
+            source = f"""(SELECT d.*, CASE WHEN g.size = 1 THEN ({classes})::VARCHAR ELSE m.c END AS cls
+                          FROM aud_docs d JOIN aud_groups g USING (doc_id) LEFT JOIN aud_group_classes m ON m.rep = g.rep
+                          WHERE g.doc_id = g.rep)"""
+            cls = "cls"
+        self._band(source, stored, bands, rows, cls)
+        con.execute("DROP TABLE IF EXISTS aud_group_classes")
+        windowed = self._candidates(window, classed=classes is not None)
+        self._compare(audit_id, min_matches)
+        if collapse:
+            self._group_pairs(audit_id, all_pairs)
+        con.execute("DROP TABLE aud_cand")
+        return windowed
+
+    def partner_pairs(self, audit_id: str, reps: list[int], bands: int, rows: int, min_matches: int, *,
+                      stored: bool) -> None:
+        """After :meth:`near_pairs` with the classes ``"samples"``: the pairs of the groups of documents
+        whose first members are ``reps`` with every other group of documents (not samples'), into
+        ``audit_pairs``: each of those documents' near copies in training."""
+        con = self._con
+        register(con, "aud_focus", pa.table({"rep": pa.array(reps, pa.int64())}))
+        try:
+            source = """(SELECT d.*, CASE WHEN d.doc_id IN (SELECT rep FROM aud_focus) THEN NULL ELSE 'd' END AS cls
+                         FROM aud_docs d JOIN aud_groups g USING (doc_id) WHERE g.doc_id = g.rep AND g.rep >= 0)"""
+            self._band(source, stored, bands, rows, "cls")
+        finally:
+            unregister(con, "aud_focus")
+        self._candidates(0, classed=True)
+        self._compare(audit_id, min_matches)
+        con.execute("DROP TABLE aud_cand")
+
+    def _band(self, source: str, stored: bool, bands: int, rows: int, cls: str) -> None:
+        """``aud_bands`` (doc_id, cls, band, bk): the LSH band keys of the documents of ``source``
+        (stored at registration, or hashed from ``bands`` slices of ``rows`` signature positions)."""
         if stored:
-            keys = f"SELECT doc_id, generate_subscripts(band_keys, 1) - 1 AS band, unnest(band_keys) AS bk FROM {source}"
+            keys = f"""SELECT doc_id, {cls} AS cls, generate_subscripts(band_keys, 1) - 1 AS band,
+                              unnest(band_keys) AS bk FROM {source}"""
         else:
-            keys = f"""SELECT doc_id, i AS band, hash(signature[i * {int(rows)} + 1 : (i + 1) * {int(rows)}]) AS bk
+            keys = f"""SELECT doc_id, {cls} AS cls, i AS band,
+                              hash(signature[i * {int(rows)} + 1 : (i + 1) * {int(rows)}]) AS bk
                        FROM {source}, range({int(bands)}) t(i)"""
-        con.execute(f"CREATE OR REPLACE TEMP TABLE aud_bands AS {keys}")
-        windowed = self._candidates(window)
+        self._con.execute(f"CREATE OR REPLACE TEMP TABLE aud_bands AS {keys}")
+
+    def _compare(self, audit_id: str, min_matches: int) -> None:
+        """The candidates ``aud_cand`` whose signatures agree in at least ``min_matches``
+        positions, into ``audit_pairs``: counted by :func:`provenance.kernels.signature_match.count_matches`
+        over the signatures of the candidates' documents, read once as one matrix, the candidates
+        read in slices of ``CANDIDATE_ROWS``; by SQL when there are fewer than ``COMPILED_FROM``
+        candidates or that matrix would pass ``SIGNATURE_BYTES``."""
+        con = self._con
+        total = int(con.execute("SELECT count(*) FROM aud_cand").fetchall()[0][0])
+        if total < COMPILED_FROM:  # SQL's 1.4 µs a pair is less than importing numba and its kernel
+            self._compare_sql(audit_id, min_matches)
+            return
+        ids, k = con.execute(
+            """WITH d AS (SELECT a AS doc_id FROM aud_cand UNION SELECT b FROM aud_cand)
+               SELECT count(*), max(len(x.signature)) FROM aud_docs x SEMI JOIN d USING (doc_id)""").fetchall()[0]
+        if ids * k * 4 > SIGNATURE_BYTES:
+            self._compare_sql(audit_id, min_matches)
+            return
+        from provenance.kernels.signature_match import count_matches  # numba: imported when an audit compares
+
+        docs = con.sql(
+            """WITH d AS (SELECT a AS doc_id FROM aud_cand UNION SELECT b FROM aud_cand)
+               SELECT x.doc_id, x.signature FROM aud_docs x SEMI JOIN d USING (doc_id) ORDER BY x.doc_id"""
+        ).to_arrow_table()
+        doc_ids = columns.to_numpy(docs.column("doc_id"))
+        lists = docs.column("signature").combine_chunks()
+        if (np.diff(columns.to_numpy(lists.offsets)) != k).any():  # one config per audit: never, unless the ledger is damaged
+            raise ProvenanceError(f"the audit's signatures are not all {k} long")
+        matrix = columns.to_numpy(lists.flatten()).reshape(len(doc_ids), k)
+        first, span = int(doc_ids[0]), int(doc_ids[-1]) - int(doc_ids[0]) + 1
+        dense = span <= 16 * len(doc_ids) + 2**20  # ids close together: a row per id, looked up in the loop
+        if dense:
+            rows = np.full(span, -1, np.int64)
+            rows[doc_ids - first] = np.arange(len(doc_ids))
+        con.execute("CREATE OR REPLACE TEMP TABLE aud_cand_rows AS SELECT row_number() OVER () - 1 AS i, a, b FROM aud_cand")
+        for lo in range(0, total, CANDIDATE_ROWS):
+            cand = con.sql("SELECT a, b FROM aud_cand_rows WHERE i >= $1 AND i < $2",
+                           params=[lo, lo + CANDIDATE_ROWS]).to_arrow_table()
+            a, b = (columns.to_numpy(cand.column(c)).astype(np.int64, copy=False) for c in ("a", "b"))
+            if dense:
+                m = count_matches(matrix, a, b, min_matches, rows=rows, first=first)
+            else:
+                m = count_matches(matrix, np.searchsorted(doc_ids, a), np.searchsorted(doc_ids, b), min_matches)
+            keep = m >= min_matches
+            found = pa.Table.from_arrays([columns.from_numpy(x) for x in (a[keep], b[keep], m[keep], m[keep] / np.float64(k))],
+                                         names=["a", "b", "m", "j"])
+            register(con, "aud_found", found)
+            try:
+                con.execute("INSERT INTO audit_pairs SELECT $1, a, b, m, j, NULL, a FROM aud_found", [audit_id])
+            finally:
+                unregister(con, "aud_found")
+        con.execute("DROP TABLE aud_cand_rows")
+
+    def _compare_sql(self, audit_id: str, min_matches: int) -> None:
+        """:meth:`_compare` in SQL: the positions counted by a lambda over the zipped lists."""
         # the count in a plain projection, filtered outside it (as a LATERAL subquery it took
         # 13× as long: 65 s against 4.9 s for 3.8M candidates), over the signatures of the
         # candidates' documents only (half the time for a thousand candidates among 100K)
-        con.execute(
+        self._con.execute(
             f"""INSERT INTO audit_pairs
                 WITH s AS (SELECT doc_id, signature FROM aud_docs
                            WHERE doc_id IN (SELECT a FROM aud_cand UNION SELECT b FROM aud_cand))
@@ -165,19 +287,22 @@ class AuditWrites:
                 WHERE m >= $2""",
             [audit_id, int(min_matches)],
         )
-        if collapse:
-            self._group_pairs(audit_id, all_pairs)
-        con.execute("DROP TABLE aud_cand")
-        return windowed
 
-    def _candidates(self, window: int | None) -> int:
+    def _candidates(self, window: int | None, *, classed: bool = False) -> int:
         """The candidate pairs of ``aud_bands`` (doc_id, band, bk) once each, as ``aud_cand``
         (a < b): every two documents of a band bucket, or, in a bucket of more than ``2 ×
         window`` documents, each with the ``window`` after it in the bucket's shuffled order
         (``_ORDER_SQL``; an equality join on the rank, linear in the bucket). Returns the buckets
         windowed. The pairs of all bands are made distinct in passes of at most
         ``CANDIDATE_ROWS`` rows (a slice of the pairs by hash each): one DISTINCT over 27M rows
-        ran out of the ledger's 512 MB where four passes took 2.9 s."""
+        ran out of the ledger's 512 MB where four passes took 2.9 s.
+
+        ``classed`` (``aud_bands`` has a ``cls``; no window): two documents are candidates unless
+        both have one and the same class (:meth:`near_pairs`); each class is joined to every other
+        by equality, so the pairs within a class are never formed."""
+        if classed:
+            self._classed_candidates()
+            return 0
         con = self._con
         wide = 2 * int(window) if window else 2**62  # buckets of more documents are windowed: none without one
         con.execute("""CREATE OR REPLACE TEMP TABLE aud_buckets AS
@@ -214,6 +339,39 @@ class AuditWrites:
         for table in ("aud_ranked", "aud_buckets", "aud_bands"):
             con.execute(f"DROP TABLE IF EXISTS {table}")
         return int(windowed)
+
+    def _classed_candidates(self) -> None:
+        """:meth:`_candidates` of ``aud_bands`` with classes: the pairs of a NULL class's document
+        with every other document of its bucket, and of each two different classes' documents;
+        buckets without such a pair are left out first."""
+        con = self._con
+        con.execute("""CREATE OR REPLACE TEMP TABLE aud_buckets AS
+                       WITH c AS (SELECT band, bk, cls, count(*)::HUGEINT AS m FROM aud_bands GROUP BY band, bk, cls),
+                            b AS (SELECT band, bk, sum(m) * (sum(m) - 1) // 2
+                                         - coalesce(sum(m * (m - 1) // 2) FILTER (WHERE cls IS NOT NULL), 0) AS pairs
+                                  FROM c GROUP BY band, bk)
+                       SELECT band, bk, pairs FROM b WHERE pairs > 0""")
+        rows = int(con.execute("SELECT coalesce(sum(pairs), 0) FROM aud_buckets").fetchall()[0][0])
+        con.execute("""CREATE OR REPLACE TEMP TABLE aud_kept AS
+                       SELECT x.* FROM aud_bands x SEMI JOIN aud_buckets USING (band, bk)""")
+        con.execute("""CREATE OR REPLACE TEMP TABLE aud_class_pairs AS
+                       WITH k AS (SELECT DISTINCT cls FROM aud_kept WHERE cls IS NOT NULL)
+                       SELECT x.cls AS c1, y.cls AS c2 FROM k x JOIN k y ON x.cls < y.cls""")
+        passes = max(1, -(-rows // CANDIDATE_ROWS))
+        con.execute("CREATE OR REPLACE TEMP TABLE aud_cand (a BIGINT, b BIGINT)")
+        for k in range(passes):
+            part = f" AND hash(doc_id) % {passes} = {k}" if passes > 1 else ""  # a slice of the pairs by p
+            con.execute(
+                f"""INSERT INTO aud_cand SELECT DISTINCT a, b FROM (
+                        SELECT least(p.doc_id, q.doc_id) AS a, greatest(p.doc_id, q.doc_id) AS b
+                        FROM (SELECT * FROM aud_kept WHERE cls IS NULL{part}) p JOIN aud_kept q
+                          ON p.band = q.band AND p.bk = q.bk AND (q.cls IS NOT NULL OR p.doc_id < q.doc_id)
+                        UNION ALL
+                        SELECT least(p.doc_id, q.doc_id), greatest(p.doc_id, q.doc_id)
+                        FROM (SELECT * FROM aud_kept WHERE cls IS NOT NULL{part}) p JOIN aud_class_pairs c ON c.c1 = p.cls
+                          JOIN aud_kept q ON q.band = p.band AND q.bk = p.bk AND q.cls = c.c2)""")
+        for table in ("aud_kept", "aud_class_pairs", "aud_buckets", "aud_bands"):
+            con.execute(f"DROP TABLE IF EXISTS {table}")
 
     def _group_pairs(self, audit_id: str, all_pairs: bool, docs: str = "aud_docs") -> None:
         """The pairs of the groups of identical signatures (``aud_groups``), once the groups' first

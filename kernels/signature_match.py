@@ -1,0 +1,59 @@
+"""How many positions two MinHash signatures agree in, for many candidate pairs at once.
+
+The audits compare the signatures of their LSH candidate pairs and keep those that agree in at
+least ``need`` of ``k`` positions. In DuckDB that comparison is a lambda over the zipped lists,
+about 1.4 µs per pair at k = 128 on two cores; this loop reads the two rows of a pair side by side
+and stops as soon as more than ``k − need`` positions differ, which for most candidates of a
+large near-duplicate cluster is after a few dozen positions (4M pairs of a cluster: 0.3 s against
+5.7 s). A pair it keeps was compared in every position, so its count is exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+def count_matches(signatures: np.ndarray, a: np.ndarray, b: np.ndarray, need: int, *,
+                  rows: np.ndarray | None = None, first: int = 0) -> np.ndarray:
+    """For each pair ``(a[i], b[i])`` of row indices into ``signatures`` (``uint32[n, k]``), the
+    number of positions the two rows agree in when it is at least ``need``, else -1 (int32).
+    ``rows``: ``a`` and ``b`` hold ids instead, id ``x`` being row ``rows[x - first]`` (looked up in
+    the loop: no index arrays are made)."""
+    if signatures.ndim != 2 or signatures.dtype != np.uint32:
+        raise ValueError(f"signatures must be uint32[n, k], got {signatures.dtype}{list(signatures.shape)}")
+    if a.shape != b.shape:
+        raise ValueError(f"pair indices of different lengths: {a.shape} and {b.shape}")
+    n = signatures.shape[0]
+    if rows is None:
+        rows, first = np.arange(n, dtype=np.int64), 0
+    rows = rows.astype(np.int64, copy=False)
+    for side in (a, b):
+        if side.size and (side.min() < first or side.max() - first >= len(rows)):
+            raise ValueError(f"pair indices outside the {len(rows)} rows")
+    if rows.size and (rows.min() < -1 or rows.max() >= n):
+        raise ValueError(f"rows outside the {n} signatures")
+    return _count(np.ascontiguousarray(signatures), a.astype(np.int64, copy=False), b.astype(np.int64, copy=False),
+                  int(need), rows, int(first))
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _count(sig, a, b, need, rows, first):
+    out = np.empty(a.shape[0], np.int32)
+    k = sig.shape[1]
+    allow = k - need  # positions that may differ
+    for i in prange(a.shape[0]):
+        ra = rows[a[i] - first]
+        rb = rows[b[i] - first]
+        if ra < 0 or rb < 0:  # an id without a signature
+            out[i] = -1
+            continue
+        x = sig[ra]
+        y = sig[rb]
+        miss = 0
+        j = 0
+        while j < k and miss <= allow:
+            miss += x[j] != y[j]
+            j += 1
+        out[i] = k - miss if miss <= allow else -1
+    return out
