@@ -54,6 +54,8 @@ def to_numpy(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
         raise InvalidParameterError(f"to_numpy() takes a numeric column without nulls, not {values.type} "
                                     f"with {values.null_count} null(s)")
     dtype = np.dtype(values.type.to_pandas_dtype())
+    if not len(values):
+        return np.zeros(0, dtype)
     return np.frombuffer(values.buffers()[1], dtype=dtype, count=len(values), offset=values.offset * dtype.itemsize)
 
 

@@ -28,7 +28,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
+from provenance import columns
 from provenance.audits import AuditRun, check_threshold, iter_texts, read_samples, resolve_scope
 from provenance.errors import InvalidParameterError
 from provenance.ledger import LedgerStore
@@ -98,15 +100,11 @@ def audit_memorization(
         if focus:  # each matched document's near copies in training
             tx.partner_pairs(audit_id, focus, run.banding.bands, run.banding.rows, run.min_matches,
                              stored=run.stored_bands)
-            partners = _partners(tx, audit_id)
-        near_reps = {d: {doc_rep[d], *partners[doc_rep[d]]} for d in matched}
-        groups = members(set().union(*near_reps.values()) if near_reps else set())
-        neighbours = {d: {x for r in reps for x in groups[r]} - {d} for d, reps in near_reps.items()}
-        doc_ids = sorted(set(matched) | {n for ns in neighbours.values() for n in ns})
-        docs = {r["doc_id"]: r for r in tx.staged_documents(doc_ids)}
+        near = tx.neighbours(audit_id, matched) if matched else None
+        docs = {r["doc_id"]: r for r in tx.staged_documents(matched)}
         tx.drop_audit_tables()
-        seen = {r["doc_id"]: r["seen"] for r in ledger.exposure(runs, doc_ids).to_pylist()} if doc_ids else {}
-        report_samples = _sample_reports(texts, sigs, k, matches, docs, neighbours, seen)
+        exposure = _exposure(ledger, runs, matched, near)
+        report_samples = _sample_reports(texts, sigs, k, matches, docs, exposure)
         memorized = [s for s in report_samples if s["matches"]]
         summary = {"samples": len(texts), "samples_matching_training": len(memorized),
                    "samples_with_span": sum(any(m["span_words"] >= span for m in s["matches"]) for s in memorized)
@@ -126,6 +124,26 @@ def audit_memorization(
     return result
 
 
+def _exposure(ledger: LedgerStore, runs: list[str], matched: list[int], near: pa.Table | None
+              ) -> dict[int, tuple[int, float, float]]:
+    """Each matched document's near-copies (``near``: ``doc, other``, sorted), how often training
+    saw it, and how often it saw it and them: ``doc -> (near_copies, seen, exposure)``, the sums
+    exactly rounded, so that they depend on neither the order of the rows nor the database's threads."""
+    if not matched:
+        return {}
+    doc, other = (columns.to_numpy(near.column(c)) for c in ("doc", "other"))
+    ids = np.union1d(np.asarray(matched, np.int64), other)
+    table = ledger.exposure(runs, ids)
+    seen = np.zeros(len(ids))
+    seen[np.searchsorted(ids, columns.to_numpy(table.column("doc_id")))] = columns.to_numpy(table.column("seen"))
+    mine = np.searchsorted(ids, np.asarray(matched, np.int64))
+    # the near-copies of each matched document are a run of ``near`` (sorted by doc)
+    start, end = np.searchsorted(doc, matched, "left"), np.searchsorted(doc, matched, "right")
+    theirs = seen[np.searchsorted(ids, other)].tolist()
+    return {d: (b - a, float(seen[j]), math.fsum([float(seen[j]), *theirs[a:b]]))  # exactly rounded: any order
+            for d, a, b, j in zip(matched, start.tolist(), end.tolist(), mine.tolist())}
+
+
 def _partners(tx, audit_id: str) -> dict[int, dict[int, float]]:
     """The audit's pairs of groups so far: each group's first member -> the first members of the
     groups paired with it -> their estimated Jaccard."""
@@ -136,7 +154,7 @@ def _partners(tx, audit_id: str) -> dict[int, dict[int, float]]:
 
 
 def _sample_reports(texts: list[str], sigs: np.ndarray, k: int, matches: dict[tuple[int, int], dict[str, Any]],
-                    docs: dict[int, dict], neighbours: dict[int, set[int]], seen: dict[int, float]) -> list[dict]:
+                    docs: dict[int, dict], exposure: dict[int, tuple[int, float, float]]) -> list[dict]:
     """Per sample, the training documents it matches, best first: estimate, shared span, the
     document's near-copies and how often training saw it and them (its exposure)."""
     out = []
@@ -148,12 +166,11 @@ def _sample_reports(texts: list[str], sigs: np.ndarray, k: int, matches: dict[tu
             jaccard = m["jaccard"]
             if jaccard is None:  # found by span only: its estimate still says how much of it the sample is
                 jaccard = float(np.mean(np.asarray(docs[doc]["signature"], np.uint32) == sigs[i]))
-            group = {doc} | neighbours.get(doc, set())
+            near_copies, seen, exposed = exposure[doc]
             found.append({"doc_id": doc, "dataset_id": docs[doc]["dataset_id"], "key": docs[doc]["key"],
                           "jaccard": jaccard, "stderr": math.sqrt(jaccard * (1 - jaccard) / k),
                           "span_words": m["span_words"], "span_text": m["span_text"],
-                          "near_copies": len(neighbours.get(doc, ())),
-                          "seen": seen.get(doc, 0.0), "exposure": sum(seen.get(d, 0.0) for d in group)})
+                          "near_copies": near_copies, "seen": seen, "exposure": exposed})
         found.sort(key=lambda f: (-f["span_words"], -f["jaccard"], f["key"]))
         out.append({"index": i, "text": text[:300], "matches": found})
     return out

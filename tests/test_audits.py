@@ -363,8 +363,8 @@ def test_signature_counts_equal_every_position_compared():
 
 def test_pairs_compared_in_sql_past_the_memory_bound_are_the_same(graded_ledger, monkeypatch):
     """Candidates whose signatures would pass ``SIGNATURE_BYTES`` in memory (or fewer than
-    ``COMPILED_FROM``) are compared in SQL: the same pairs, counts and estimates either way; a
-    slice per ``CANDIDATE_ROWS`` as well."""
+    ``COMPILED_FROM``) are compared in SQL: the same pairs, counts and estimates either way; in
+    passes of ``CANDIDATE_ROWS`` and slices of ``COMPARE_ROWS`` as well."""
     from provenance.ledger import audit_sql
 
     def pairs(report):
@@ -374,6 +374,7 @@ def test_pairs_compared_in_sql_past_the_memory_bound_are_the_same(graded_ledger,
     monkeypatch.setattr(audit_sql, "COMPILED_FROM", 0)
     compiled = pairs(audit_dedup(graded_ledger, ["graded"], threshold=0.7))
     monkeypatch.setattr(audit_sql, "CANDIDATE_ROWS", 7)
+    monkeypatch.setattr(audit_sql, "COMPARE_ROWS", 5)
     sliced = pairs(audit_dedup(graded_ledger, ["graded"], threshold=0.7))
     monkeypatch.setattr(audit_sql, "SIGNATURE_BYTES", 0)
     in_sql = pairs(audit_dedup(graded_ledger, ["graded"], threshold=0.7))

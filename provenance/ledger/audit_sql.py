@@ -49,9 +49,10 @@ _ORDER_SQL = f"(({_H2} * {_H2} + 12345) % {_P})"
 #: against the documents (all one class).
 CLASSES = {"sides": "CASE WHEN len(sides) = 1 THEN sides[1] END",
            "samples": "CASE WHEN doc_id >= 0 THEN 'd' END"}
-#: Candidate rows (before they are made distinct) per pass of :meth:`AuditWrites._candidates`,
-#: and per slice compared by :meth:`AuditWrites._compare`.
+#: Candidate rows (before they are made distinct) per pass of :meth:`AuditWrites._candidates`.
 CANDIDATE_ROWS = 4_000_000
+#: Candidates per slice that :meth:`AuditWrites._compare` reads and compares (about 60 MB of arrays).
+COMPARE_ROWS = 1_000_000
 #: The fewest candidates :meth:`AuditWrites._compare` compares in compiled code (fewer: in SQL).
 COMPILED_FROM = 100_000
 #: The largest matrix of signatures :meth:`AuditWrites._compare` reads into memory (512,000
@@ -224,7 +225,7 @@ class AuditWrites:
         """The candidates ``aud_cand`` whose signatures agree in at least ``min_matches``
         positions, into ``audit_pairs``: counted by :func:`provenance.kernels.signature_match.count_matches`
         over the signatures of the candidates' documents, read once as one matrix, the candidates
-        read in slices of ``CANDIDATE_ROWS``; by SQL when there are fewer than ``COMPILED_FROM``
+        read in slices of ``COMPARE_ROWS``; by SQL when there are fewer than ``COMPILED_FROM``
         candidates or that matrix would pass ``SIGNATURE_BYTES``."""
         con = self._con
         total = int(con.execute("SELECT count(*) FROM aud_cand").fetchall()[0][0])
@@ -253,10 +254,11 @@ class AuditWrites:
         if dense:
             rows = np.full(span, -1, np.int64)
             rows[doc_ids - first] = np.arange(len(doc_ids))
+        # numbered for slicing (the row ids of rows added in an open transaction start at 2^62)
         con.execute("CREATE OR REPLACE TEMP TABLE aud_cand_rows AS SELECT row_number() OVER () - 1 AS i, a, b FROM aud_cand")
-        for lo in range(0, total, CANDIDATE_ROWS):
+        for lo in range(0, total, COMPARE_ROWS):
             cand = con.sql("SELECT a, b FROM aud_cand_rows WHERE i >= $1 AND i < $2",
-                           params=[lo, lo + CANDIDATE_ROWS]).to_arrow_table()
+                           params=[lo, lo + COMPARE_ROWS]).to_arrow_table()
             a, b = (columns.to_numpy(cand.column(c)).astype(np.int64, copy=False) for c in ("a", "b"))
             if dense:
                 m = count_matches(matrix, a, b, min_matches, rows=rows, first=first)
@@ -675,6 +677,29 @@ class AuditWrites:
         return [tuple(r) for r in self._con.execute(
             """SELECT doc_a, doc_b, jaccard FROM audit_pairs WHERE audit_id = $1
                AND doc_b IN (SELECT doc_id FROM aud_groups WHERE doc_id = rep)""", [audit_id]).fetchall()]
+
+    def neighbours(self, audit_id: str, doc_ids: list[int]) -> pa.Table:
+        """Each of the staged documents ``doc_ids`` with each of its near-copies among the staged
+        documents (not samples): the other members of its group of identical signatures, and the
+        members of every group its group is paired with. ``doc, other``, sorted."""
+        con = self._con
+        register(con, "aud_asked", pa.Table.from_arrays([columns.from_numpy(np.asarray(doc_ids, np.int64))],
+                                                        names=["doc_id"]))
+        try:
+            return con.sql(
+                """WITH m AS (SELECT doc_id, rep FROM aud_groups SEMI JOIN aud_asked USING (doc_id)),
+                        reps AS (SELECT doc_id FROM aud_groups WHERE doc_id = rep),
+                        rel AS (SELECT doc_a AS r, doc_b AS o FROM audit_pairs
+                                WHERE audit_id = $1 AND doc_b IN (SELECT doc_id FROM reps)
+                                UNION ALL SELECT doc_b, doc_a FROM audit_pairs
+                                WHERE audit_id = $1 AND doc_b IN (SELECT doc_id FROM reps)
+                                UNION ALL SELECT doc_id, doc_id FROM reps)
+                   SELECT DISTINCT m.doc_id AS doc, g.doc_id AS other
+                   FROM m JOIN rel ON rel.r = m.rep JOIN aud_groups g ON g.rep = rel.o
+                   WHERE g.doc_id >= 0 AND g.doc_id <> m.doc_id
+                   ORDER BY doc, other""", params=[audit_id]).to_arrow_table()
+        finally:
+            unregister(con, "aud_asked")
 
     def group_members(self, reps: list[int]) -> list[tuple[int, int]]:
         """The staged documents (not samples) of the groups whose first members are ``reps``:

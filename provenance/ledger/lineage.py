@@ -8,8 +8,10 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
+from provenance import columns
 from provenance.errors import NotFoundError
 from provenance.ledger._common import register, unregister
 from provenance.records import looks_like_id
@@ -320,22 +322,29 @@ class LineageQueries:
                 params=[config_id, int(exact_hash), sig, keys, bands, rows, int(min_matches)],
             ).to_arrow_table()
 
-    def exposure(self, run_ids: list[str], doc_ids: list[int]) -> pa.Table:
+    def exposure(self, run_ids: list[str], doc_ids: Sequence[int] | np.ndarray) -> pa.Table:
         """How many times the runs ``run_ids`` saw each of ``doc_ids``: its logged examples where
         a run logged the document's dataset, else the epochs the run declared for its shard:
         ``doc_id, seen``."""
-        with self._cursor() as con:
-            return con.sql(
-                """WITH docs AS (SELECT doc_id, dataset_id, shard_index FROM documents WHERE list_contains($2, doc_id)),
-                   logged AS (SELECT e.doc_id, count(*)::DOUBLE AS seen FROM run_examples e
-                              WHERE list_contains($1, e.run_id) AND list_contains($2, e.doc_id) GROUP BY ALL),
-                   declared AS (SELECT d.doc_id, sum(rs.epochs) AS seen FROM run_shards rs
-                                JOIN docs d ON d.dataset_id = rs.dataset_id AND d.shard_index = rs.shard_index
-                                WHERE list_contains($1, rs.run_id) AND NOT rs.logged GROUP BY ALL)
-                   SELECT doc_id, sum(seen) AS seen FROM (SELECT * FROM logged UNION ALL SELECT * FROM declared)
-                   GROUP BY doc_id ORDER BY doc_id""",
-                params=[run_ids, [int(d) for d in doc_ids]],
-            ).to_arrow_table()
+        ids = doc_ids if isinstance(doc_ids, np.ndarray) else np.asarray([int(d) for d in doc_ids], np.int64)
+        with self._cursor() as con:  # the ids as a registered column: a memorization audit asks for thousands
+            register(con, "exposure_ids", pa.Table.from_arrays([columns.from_numpy(ids.astype(np.int64))],
+                                                                 names=["doc_id"]))
+            try:
+                return con.sql(
+                    """WITH docs AS (SELECT doc_id, dataset_id, shard_index FROM documents
+                                     SEMI JOIN exposure_ids USING (doc_id)),
+                       logged AS (SELECT e.doc_id, count(*)::DOUBLE AS seen FROM run_examples e SEMI JOIN docs USING (doc_id)
+                                  WHERE list_contains($1, e.run_id) GROUP BY ALL),
+                       declared AS (SELECT d.doc_id, sum(rs.epochs) AS seen FROM run_shards rs
+                                    JOIN docs d ON d.dataset_id = rs.dataset_id AND d.shard_index = rs.shard_index
+                                    WHERE list_contains($1, rs.run_id) AND NOT rs.logged GROUP BY ALL)
+                       SELECT doc_id, sum(seen) AS seen FROM (SELECT * FROM logged UNION ALL SELECT * FROM declared)
+                       GROUP BY doc_id ORDER BY doc_id""",
+                    params=[run_ids],
+                ).to_arrow_table()
+            finally:
+                unregister(con, "exposure_ids")
 
     # -- the logic, in provenance.lineage -------------------------------------------------------
 
