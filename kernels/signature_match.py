@@ -22,12 +22,17 @@ def count_matches(signatures: np.ndarray, a: np.ndarray, b: np.ndarray, need: in
     the loop: no index arrays are made)."""
     if signatures.ndim != 2 or signatures.dtype != np.uint32:
         raise ValueError(f"signatures must be uint32[n, k], got {signatures.dtype}{list(signatures.shape)}")
-    if a.shape != b.shape:
-        raise ValueError(f"pair indices of different lengths: {a.shape} and {b.shape}")
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(f"pair indices must be two 1-D arrays of one length, got {a.shape} and {b.shape}")
     n = signatures.shape[0]
     if rows is None:
-        rows, first = np.arange(n, dtype=np.int64), 0
-    rows = rows.astype(np.int64, copy=False)
+        if first:
+            raise ValueError("first is the id of rows[0]: give rows with it")
+        rows = np.arange(n, dtype=np.int64)
+    elif rows.ndim != 1:
+        raise ValueError(f"rows must be 1-D, got {rows.shape}")
+    if rows.dtype not in (np.int32, np.int64):
+        rows = rows.astype(np.int64)
     for side in (a, b):
         if side.size and (side.min() < first or side.max() - first >= len(rows)):
             raise ValueError(f"pair indices outside the {len(rows)} rows")

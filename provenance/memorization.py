@@ -139,8 +139,8 @@ def _exposure(ledger: LedgerStore, runs: list[str], matched: list[int], near: pa
     mine = np.searchsorted(ids, np.asarray(matched, np.int64))
     # the near-copies of each matched document are a run of ``near`` (sorted by doc)
     start, end = np.searchsorted(doc, matched, "left"), np.searchsorted(doc, matched, "right")
-    theirs = seen[np.searchsorted(ids, other)].tolist()
-    return {d: (b - a, float(seen[j]), math.fsum([float(seen[j]), *theirs[a:b]]))  # exactly rounded: any order
+    theirs = seen[np.searchsorted(ids, other)]
+    return {d: (b - a, float(seen[j]), math.fsum([float(seen[j]), *theirs[a:b].tolist()]))  # exactly rounded
             for d, a, b, j in zip(matched, start.tolist(), end.tolist(), mine.tolist())}
 
 

@@ -350,7 +350,9 @@ def test_signature_counts_equal_every_position_compared():
     assert count_matches(sig, a[:0], b[:0], 10).shape == (0,)
     with pytest.raises(ValueError, match="uint32"):
         count_matches(sig.astype(np.int64), a, b, 10)
-    with pytest.raises(ValueError, match="different lengths"):
+    with pytest.raises(ValueError, match="give rows"):
+        count_matches(sig, a, b, 10, first=3)
+    with pytest.raises(ValueError, match="one length"):
         count_matches(sig, a, b[:10], 10)
     with pytest.raises(ValueError, match="outside the 300 rows"):
         count_matches(sig, a, b + 1, 10)

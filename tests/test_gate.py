@@ -347,6 +347,16 @@ def clustered(ledger, data_dir, write_jsonl):
     return ledger, va, vb, tpl
 
 
+def _compiled(request, audit):
+    """``audit()`` with every candidate compared by the compiled loop (samples' negative ids too)."""
+    from provenance.ledger import audit_sql
+
+    monkeypatch = request.getfixturevalue("monkeypatch")
+    with monkeypatch.context() as m:
+        m.setattr(audit_sql, "COMPILED_FROM", 0)
+        return audit()
+
+
 def _same_fields(report: dict) -> dict:
     return {k: v for k, v in report.items() if k not in ("audit_id", "created_at", "seconds")}
 
@@ -373,9 +383,10 @@ def test_the_gate_compares_across_sides_only_and_finds_what_every_pair_finds(clu
     pairs = ledger.audit_pairs(gate["audit_id"]).to_pylist()
     assert pairs and all(len(sides_of_text[texts[p["dataset_a"][0], p["a"]]]
                              | sides_of_text[texts[p["dataset_b"][0], p["b"]]]) > 1 for p in pairs)
+    compiled = _compiled(request, lambda: audit_merge(ledger, [va, vb], ngram=0))
     request.getfixturevalue("every_pair")
     reference = audit_merge(ledger, [va, vb], ngram=0)
-    assert _same_fields(gate.to_dict()) == _same_fields(reference.to_dict())
+    assert _same_fields(gate.to_dict()) == _same_fields(reference.to_dict()) == _same_fields(compiled.to_dict())
     assert ledger.audit_pairs(reference["audit_id"]).num_rows > 10 * len(pairs)  # the cluster's own pairs
 
 
@@ -388,6 +399,7 @@ def test_memorization_pairs_samples_then_matches_and_finds_what_every_pair_finds
     first = {m["key"]: m for m in report["samples"][0]["matches"]}
     assert first["t3"]["jaccard"] == 1.0 and first["t3"]["near_copies"] >= 1 and len(first) > 1
     assert report["samples"][2]["matches"] == [] and [m["key"] for m in report["samples"][3]["matches"]] == ["o2"]
+    compiled = _compiled(request, lambda: audit_memorization(ledger, va.version_id, samples))
     request.getfixturevalue("every_pair")
     reference = audit_memorization(ledger, va.version_id, samples)
-    assert _same_fields(report.to_dict()) == _same_fields(reference.to_dict())
+    assert _same_fields(report.to_dict()) == _same_fields(reference.to_dict()) == _same_fields(compiled.to_dict())

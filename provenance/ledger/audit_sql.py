@@ -55,7 +55,7 @@ CANDIDATE_ROWS = 4_000_000
 COMPARE_ROWS = 1_000_000
 #: The fewest candidates :meth:`AuditWrites._compare` compares in compiled code (fewer: in SQL).
 COMPILED_FROM = 100_000
-#: The largest matrix of signatures :meth:`AuditWrites._compare` reads into memory (512,000
+#: The largest matrix of signatures :meth:`AuditWrites._compare` reads into memory (524,288
 #: documents at 128 positions); past it the candidates are compared in SQL.
 SIGNATURE_BYTES = 256 * 2**20
 
@@ -229,6 +229,8 @@ class AuditWrites:
         candidates or that matrix would pass ``SIGNATURE_BYTES``."""
         con = self._con
         total = int(con.execute("SELECT count(*) FROM aud_cand").fetchall()[0][0])
+        if not total:
+            return
         if total < COMPILED_FROM:  # SQL's 1.4 µs a pair is less than importing numba and its kernel
             self._compare_sql(audit_id, min_matches)
             return
@@ -249,10 +251,11 @@ class AuditWrites:
         if (np.diff(columns.to_numpy(lists.offsets)) != k).any():  # one config per audit: never, unless the ledger is damaged
             raise ProvenanceError(f"the audit's signatures are not all {k} long")
         matrix = columns.to_numpy(lists.flatten()).reshape(len(doc_ids), k)
+        del docs, lists  # the matrix is a view of the flattened lists, or their one copy
         first, span = int(doc_ids[0]), int(doc_ids[-1]) - int(doc_ids[0]) + 1
-        dense = span <= 16 * len(doc_ids) + 2**20  # ids close together: a row per id, looked up in the loop
+        dense = span <= 4 * len(doc_ids) + 2**20  # ids close together: a row per id, looked up in the loop
         if dense:
-            rows = np.full(span, -1, np.int64)
+            rows = np.full(span, -1, np.int32 if len(doc_ids) < 2**31 else np.int64)
             rows[doc_ids - first] = np.arange(len(doc_ids))
         # numbered for slicing (the row ids of rows added in an open transaction start at 2^62)
         con.execute("CREATE OR REPLACE TEMP TABLE aud_cand_rows AS SELECT row_number() OVER () - 1 AS i, a, b FROM aud_cand")
