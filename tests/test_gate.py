@@ -16,6 +16,16 @@ from provenance.gate import audit_merge
 from provenance.memorization import audit_memorization, read_samples
 
 
+def _two_contributors(ledger, a: str, b: str):
+    """Versions trained on dataset ``a`` and on dataset ``b``, each from one base."""
+    base = ledger.commit({"w": torch.zeros(2)}, message="base")
+    with ledger.start_run(base=base, datasets=[a], message=a) as run:
+        va = run.commit({"w": torch.ones(2)})
+    with ledger.start_run(base=base, datasets=[b], message=b) as run:
+        vb = run.commit({"w": 2 * torch.ones(2)})
+    return va, vb
+
+
 def words(i: int, n: int = 40) -> str:
     return " ".join(f"w{i}x{j}" for j in range(n))
 
@@ -194,11 +204,7 @@ def test_gate_with_thousands_of_copies_on_both_sides(ledger, data_dir, write_jso
                 + [{"id": "bx", "text": x}] + [{"id": f"v{i}", "text": words(200 + i)} for i in range(9)])
     ledger.register_dataset("a", data_dir / "a.jsonl", id_field="id")
     ledger.register_dataset("b", data_dir / "b.jsonl", id_field="id")
-    base = ledger.commit({"w": torch.zeros(2)}, message="base")
-    with ledger.start_run(base=base, datasets=["a"], message="a") as run:
-        va = run.commit({"w": torch.ones(2)})
-    with ledger.start_run(base=base, datasets=["b"], message="b") as run:
-        vb = run.commit({"w": 2 * torch.ones(2)})
+    va, vb = _two_contributors(ledger, "a", "b")
     o = audit_merge(ledger, [va, vb], ngram=0)["overlap"][0]
     assert (o["a_documents"], o["a_exact"], o["a_near"]) == (2010, 2000, 0)
     assert (o["b_documents"], o["b_exact"], o["b_near"]) == (1510, 1, 1500)
@@ -266,11 +272,7 @@ def test_texts_with_no_words_are_no_copies(ledger, data_dir, write_jsonl, tmp_pa
     for name in ("t", "u"):
         ledger.register_dataset(name, data_dir / f"{name}.jsonl", id_field="id")
     ledger.register_dataset("ev", data_dir / "e.jsonl", id_field="id", role="eval")
-    base = ledger.commit({"w": torch.zeros(2)}, message="base")
-    with ledger.start_run(base=base, datasets=["t"], message="t") as run:
-        vt = run.commit({"w": torch.ones(2)})
-    with ledger.start_run(base=base, datasets=["u"], message="u") as run:
-        vu = run.commit({"w": 2 * torch.ones(2)})
+    vt, vu = _two_contributors(ledger, "t", "u")
     report = audit_merge(ledger, [vt.version_id, vu.version_id])
     assert report.contamination.contaminated_eval_keys == ["ev@1:q1"]  # the real copy, not "-"
     assert report.overlap[0]["a_exact"] == report.overlap[0]["b_exact"] == 0  # empty1/empty2 vs blank
@@ -339,11 +341,7 @@ def clustered(ledger, data_dir, write_jsonl):
     ledger.register_dataset("a", data_dir / "a.jsonl", id_field="id")
     ledger.register_dataset("b", data_dir / "b.jsonl", id_field="id")
     ledger.register_dataset("ev", data_dir / "ev.jsonl", id_field="id", role="eval")
-    base = ledger.commit({"w": torch.zeros(2)}, message="base")
-    with ledger.start_run(base=base, datasets=["a"], message="a") as run:
-        va = run.commit({"w": torch.ones(2)})
-    with ledger.start_run(base=base, datasets=["b"], message="b") as run:
-        vb = run.commit({"w": 2 * torch.ones(2)})
+    va, vb = _two_contributors(ledger, "a", "b")
     return ledger, va, vb, tpl
 
 
