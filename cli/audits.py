@@ -392,7 +392,12 @@ def show_gate(report: Any, as_json: bool) -> None:
         click.echo(f"contamination with {', '.join(c['eval_datasets'])}: {c['contaminated_eval_documents']} of "
                    f"{c['eval_documents']:,} evaluation documents found in training "
                    f"(exact {c['eval_exact']}, near {c['eval_near']}"
-                   + (f", shared {span['n']}-word spans {len(span['eval_keys'])}" if span else "") + ")")
+                   + (f", shared {span['n']}-word spans {len(span['eval_keys'])}" if span else "")
+                   + (f", trained on by a shared ancestor {c['inherited_eval_documents']}"
+                      if c.get("inherited_eval_documents") else "") + ")")
+        if c.get("inherited_shards"):
+            click.echo(f"  {c['inherited_shards']:,} shard(s) inherited from shared ancestors were not compared with "
+                       f"the evaluation data by content (--full-lineage compares them)")
         if c["contaminated_eval_keys"]:
             click.echo(f"  {render.cell(', '.join(c['contaminated_eval_keys']))}")
         if span and span["unreadable"]:
@@ -410,11 +415,15 @@ def show_memorization(report: Any, as_json: bool) -> None:
     t = Table()
     for col in ("sample", "document", "Jaccard", "span (words)", "near-copies", "exposure"):
         t.add_column(col)
+    more = 0
     for sample in report["samples"]:
         for m in sample["matches"][:5]:
             t.add_row(str(sample["index"]), render.cell(f"{m['dataset_id']}:{m['key']}"), f"{m['jaccard']:.2f}",
                       str(m["span_words"] or ""), str(m["near_copies"]), f"{m['exposure']:g}")
+        more += max(len(sample["matches"]) - 5, 0)
     if t.row_count:
         render.console().print(t)
+    if more:
+        click.echo(f"  the first 5 matches of each sample are shown; {more:,} more in --json and --html")
     for why in report["unreadable"][:5]:
         click.echo(f"  span check skipped: {why}")

@@ -90,7 +90,7 @@ def audit_merge(
         inputs = [ledger.version(v) for v in versions]
         if len(inputs) < 2 or len({v.version_id for v in inputs}) < len(inputs):
             raise InvalidParameterError("the gate needs at least two different versions")
-        scope_rows, sides = _sides(ledger, [v.version_id for v in inputs], full_lineage)
+        scope_rows, sides, inherited = _sides(ledger, [v.version_id for v in inputs], full_lineage)
         evals = [ledger.dataset(d) for d in eval_datasets] if eval_datasets else [
             d for d in ledger.datasets() if d.role == "eval"]
         if max_contamination and not evals:
@@ -117,7 +117,7 @@ def audit_merge(
     with run.pairs(scope, classes="sides") as tx:  # only pairs across sides say anything here
         sizes = {lab: _count(tx, [lab]) for lab in [*labels, "e"]}
         overlap = _pairwise_overlap(tx, audit_id, inputs, labels, sizes)
-        contamination = _contamination(ledger, tx, audit_id, evals, labels, sizes, ngram) if evals else None
+        contamination = _contamination(ledger, tx, audit_id, evals, labels, sizes, ngram, inherited) if evals else None
         step(progress)
         violations = _violations(overlap, contamination, merged_license, max_overlap, max_contamination, deny,
                                  retracted if deny_retracted else [])
@@ -184,41 +184,56 @@ def _pairwise_overlap(tx, audit_id: str, inputs: list, labels: list[str], sizes:
 
 
 def _contamination(ledger: LedgerStore, tx, audit_id: str, evals: list, labels: list[str], sizes: dict[str, int],
-                   ngram: int) -> dict[str, Any]:
+                   ngram: int, inherited: set[tuple[str, int]]) -> dict[str, Any]:
     """Training documents that copy evaluation documents, and evaluation documents found in
-    training exactly, nearly or by an ``ngram``-word span (module doc)."""
+    training exactly, nearly or by an ``ngram``-word span (module doc); and evaluation documents
+    whose own shard a shared ancestor trained on (``inherited``: not compared by content)."""
     train_hit = _overlap(tx, audit_id, labels, ["e"], keys=True)
     eval_hit = _overlap(tx, audit_id, ["e"], labels, keys=True)
     spans = _span_check(ledger, tx, labels, ngram) if ngram else None
-    contaminated = set(eval_hit["keys"]) | (set(spans["eval_keys"]) if spans else set())
+    eval_ids = {d.dataset_id for d in evals}
+    trained = [f"{r['dataset_id']}:{r['key']}" for r in tx.staged_locations(train_sides=labels)
+               if r["is_eval"] and (r["dataset_id"], r["shard_index"]) in inherited
+               ] if any(d in eval_ids for d, _ in inherited) else []
+    contaminated = set(eval_hit["keys"]) | (set(spans["eval_keys"]) if spans else set()) | set(trained)
     return {
         "eval_datasets": [d.dataset_id for d in evals], "eval_documents": sizes["e"],
         "training_documents": _count(tx, labels),  # each document once, on however many inputs' sides
         "training_exact": train_hit["exact"], "training_near": train_hit["near"],
         "training_keys": train_hit["keys"][:200],
         "eval_exact": eval_hit["exact"], "eval_near": eval_hit["near"],
-        "ngram": spans, "contaminated_eval_documents": len(contaminated),
+        "ngram": spans, "inherited_shards": len(inherited), "inherited_eval_documents": len(trained),
+        "contaminated_eval_documents": len(contaminated),
         "contaminated_eval_keys": sorted(contaminated)[:200], "datasets": train_hit["datasets"]}
 
 
-def _sides(ledger: LedgerStore, ids: list[str], full_lineage: bool) -> tuple[list[tuple[str, int, str]], list[dict]]:
+def _sides(ledger: LedgerStore, ids: list[str], full_lineage: bool
+           ) -> tuple[list[tuple[str, int, str]], list[dict], set[tuple[str, int]]]:
     """Per input, the shards of its own runs (module doc): scope rows ``(dataset, shard, side)``
-    and a description of each side."""
+    and a description of each side; and the shards the inputs inherit from shared ancestors that
+    no input's own runs trained on (none with ``full_lineage``)."""
     ancestries = [dict(zip(t.column("version_id").to_pylist(), t.column("run_id").to_pylist()))
                   for t in (ancestry(ledger, vid)[1] for vid in ids)]
-    rows, sides = [], []
+    rows, sides, shared = [], [], {}
     for i, anc in enumerate(ancestries):
         others = set().union(*(set(a) for j, a in enumerate(ancestries) if j != i))
         own = {v: run for v, run in anc.items() if full_lineage or v not in others}
-        runs = [(run, v, 1.0) for v, run in own.items() if run]
-        table = pa.table({"run_id": pa.array([r[0] for r in runs], pa.string()),
-                          "version_id": pa.array([r[1] for r in runs], pa.string()),
-                          "weight": pa.array([r[2] for r in runs], pa.float64())})
-        shards = sorted({(r["dataset_id"], r["shard_index"]) for r in ledger.trained_shards(table).to_pylist()})
+        shared.update({v: run for v, run in anc.items() if v not in own and run})
+        shards = _shards_of(ledger, own)
         rows += [(d, s, f"s{i}") for d, s in shards]
         sides.append({"version_id": ids[i], "versions": sorted(own), "shards": len(shards),
                       "datasets": sorted({d for d, _ in shards})})
-    return rows, sides
+    inherited = set(_shards_of(ledger, shared)) - {(d, s) for d, s, _ in rows}
+    return rows, sides, inherited
+
+
+def _shards_of(ledger: LedgerStore, runs_of: dict[str, str | None]) -> list[tuple[str, int]]:
+    """The shards the runs of the versions ``runs_of`` (version -> run) trained on, sorted."""
+    runs = [(run, v) for v, run in runs_of.items() if run]
+    table = pa.table({"run_id": pa.array([r[0] for r in runs], pa.string()),
+                      "version_id": pa.array([r[1] for r in runs], pa.string()),
+                      "weight": pa.array([1.0] * len(runs), pa.float64())})
+    return sorted({(r["dataset_id"], r["shard_index"]) for r in ledger.trained_shards(table).to_pylist()})
 
 
 def _count(tx, labels: list[str]) -> int:

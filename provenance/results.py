@@ -439,6 +439,11 @@ class Contamination(Result):
     eval_exact: int
     eval_near: int
     ngram: SpanCheck | None
+    inherited_shards: int = Field(0, description="shards the inputs inherit from shared ancestors and none trained "
+                                                 "on itself: not compared with the evaluation documents by content "
+                                                 "(full_lineage compares them)")
+    inherited_eval_documents: int = Field(0, description="evaluation documents in a shard that a shared ancestor "
+                                                         "trained on: contaminated, found by the shard itself")
     contaminated_eval_documents: int
     contaminated_eval_keys: list[str]
     datasets: list[DatasetOverlap]

@@ -388,7 +388,7 @@ def test_the_gate_compares_across_sides_only_and_finds_what_every_pair_finds(clu
     assert ledger.audit_pairs(reference["audit_id"]).num_rows > 10 * len(pairs)  # the cluster's own pairs
 
 
-def test_memorization_pairs_samples_then_matches_and_finds_what_every_pair_finds(clustered, request):
+def test_memorization_pairs_samples_then_matches_and_finds_what_every_pair_finds(clustered, data_dir, request):
     """Samples paired first, then the documents they match with every other: the near copies and
     exposure of each match are those every pair compared gives."""
     ledger, va, _, tpl = clustered
@@ -397,7 +397,44 @@ def test_memorization_pairs_samples_then_matches_and_finds_what_every_pair_finds
     first = {m["key"]: m for m in report["samples"][0]["matches"]}
     assert first["t3"]["jaccard"] == 1.0 and first["t3"]["near_copies"] >= 1 and len(first) > 1
     assert report["samples"][2]["matches"] == [] and [m["key"] for m in report["samples"][3]["matches"]] == ["o2"]
+    (data_dir / "samples.txt").write_text("\n".join(samples) + "\n")
+    out = CliRunner().invoke(main, ["--ledger", str(ledger.root), "audit", "memorization", va.version_id,
+                                    "--samples", str(data_dir / "samples.txt")])
+    shown = sum(min(len(s["matches"]), 5) for s in report["samples"])
+    hidden = sum(len(s["matches"]) for s in report["samples"]) - shown
+    assert out.exit_code == 0 and hidden > 0 and f"{hidden:,} more in --json and --html" in out.output
     compiled = _compiled(request, lambda: audit_memorization(ledger, va.version_id, samples))
     request.getfixturevalue("every_pair")
     reference = audit_memorization(ledger, va.version_id, samples)
     assert _same_fields(report.to_dict()) == _same_fields(reference.to_dict()) == _same_fields(compiled.to_dict())
+
+
+def test_an_evaluation_set_a_shared_ancestor_trained_on_fails_the_gate(ledger, data_dir, write_jsonl):
+    """Two fine-tunes of a base trained on the evaluation set: the gate compares what each added,
+    but the evaluation documents the base trained on count as contaminated (by their shard), and
+    inherited data it did not compare is said so."""
+    write_jsonl(data_dir / "shared.jsonl", [{"id": f"s{i}", "text": words(i)} for i in range(30)])
+    write_jsonl(data_dir / "other.jsonl", [{"id": f"o{i}", "text": words(300 + i)} for i in range(5)])
+    write_jsonl(data_dir / "a.jsonl", [{"id": f"a{i}", "text": words(100 + i)} for i in range(10)])
+    write_jsonl(data_dir / "b.jsonl", [{"id": f"b{i}", "text": words(200 + i)} for i in range(10)])
+    for name in ("shared", "other", "a", "b"):
+        ledger.register_dataset(name, data_dir / f"{name}.jsonl", id_field="id")
+    with ledger.start_run(datasets=["shared", "other"], message="base") as run:
+        base = run.commit({"w": torch.zeros(2)})
+    with ledger.start_run(base=base, datasets=["a"], message="a") as run:
+        va = run.commit({"w": torch.ones(2)})
+    with ledger.start_run(base=base, datasets=["b"], message="b") as run:
+        vb = run.commit({"w": 2 * torch.ones(2)})
+    report = audit_merge(ledger, [va, vb], eval_datasets=["shared"], ngram=0)
+    c = report["contamination"]
+    assert not report["passed"] and (c["inherited_shards"], c["inherited_eval_documents"]) == (2, 30)
+    assert c["contaminated_eval_documents"] == 30 and c["eval_exact"] == 0  # found by shard, not by content
+    assert report["violations"][0]["policy"] == "max_contamination"
+    whole = audit_merge(ledger, [va, vb], eval_datasets=["shared"], ngram=0, full_lineage=True)["contamination"]
+    assert (whole["inherited_shards"], whole["contaminated_eval_documents"], whole["eval_exact"]) == (0, 30, 30)
+    other = audit_merge(ledger, [va, vb], eval_datasets=["other"], ngram=0, max_contamination=None)["contamination"]
+    assert (other["inherited_shards"], other["inherited_eval_documents"], other["contaminated_eval_documents"]) == (2, 5, 5)
+    out = CliRunner().invoke(main, ["--ledger", str(ledger.root), "audit", "merge", va.version_id, vb.version_id,
+                                    "--eval", "shared", "--ngram", "0"])
+    assert out.exit_code == 1 and "trained on by a shared ancestor 30" in out.output
+    assert "2 shard(s) inherited from shared ancestors were not compared" in out.output
