@@ -171,6 +171,8 @@ def audit_merge_cmd(obj: Context, versions: tuple[str, ...], threshold: float, n
                     deny_retracted: bool, html_file: str | None, no_store: bool, as_json: bool) -> None:
     """The pre-merge gate: training-data overlap between the versions and contamination with
     evaluation data. Exit status 1 when a policy limit is broken, so it can gate a merge in CI."""
+    if len(versions) < 2:
+        raise click.UsageError("the gate compares at least two versions: prov audit merge A B [C ...]")
     ledger = obj.ledger(read_only=no_store)
     html_path = ledger.output_path(html_file) if html_file else None
     with render.progress(obj.quiet) as bar:

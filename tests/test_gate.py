@@ -140,6 +140,8 @@ def test_gate_bad_input(contributors):
     for command in (["audit", "merge", va.version_id, vb.version_id], ["audit", "dedup", "a"]):
         result = CliRunner().invoke(main, ["--ledger", str(ledger.root), *command, "--threshold", "0"])
         assert result.exit_code == 2 and "Invalid value for '--threshold': 0.0 is not in the range 0<x<=1" in result.output
+    result = CliRunner().invoke(main, ["--ledger", str(ledger.root), "audit", "merge", va.version_id])
+    assert result.exit_code == 2 and "at least two versions" in result.output  # a usage error, as cli.md says
     result = CliRunner().invoke(main, ["--ledger", str(ledger.root), "dataset", "add", "x", "a.jsonl", "--threshold", "1"])
     assert result.exit_code == 2 and "0<x<1" in result.output  # the stored bands need a similarity below 1
 
