@@ -190,11 +190,12 @@ def _contamination(ledger: LedgerStore, tx, audit_id: str, evals: list, labels: 
     whose own shard a shared ancestor trained on (``inherited``: not compared by content)."""
     train_hit = _overlap(tx, audit_id, labels, ["e"], keys=True)
     eval_hit = _overlap(tx, audit_id, ["e"], labels, keys=True)
-    spans = _span_check(ledger, tx, labels, ngram) if ngram else None
     eval_ids = {d.dataset_id for d in evals}
-    trained = [f"{r['dataset_id']}:{r['key']}" for r in tx.staged_locations(train_sides=labels)
-               if r["is_eval"] and (r["dataset_id"], r["shard_index"]) in inherited
-               ] if any(d in eval_ids for d, _ in inherited) else []
+    inherited_eval = any(d in eval_ids for d, _ in inherited)
+    locs = tx.staged_locations(train_sides=labels) if ngram or inherited_eval else []
+    spans = _span_check(ledger, locs, ngram) if ngram else None
+    trained = [f"{r['dataset_id']}:{r['key']}" for r in locs
+               if r["is_eval"] and (r["dataset_id"], r["shard_index"]) in inherited]
     contaminated = set(eval_hit["keys"]) | (set(spans["eval_keys"]) if spans else set()) | set(trained)
     return {
         "eval_datasets": [d.dataset_id for d in evals], "eval_documents": sizes["e"],
@@ -230,6 +231,8 @@ def _sides(ledger: LedgerStore, ids: list[str], full_lineage: bool
 def _shards_of(ledger: LedgerStore, runs_of: dict[str, str | None]) -> list[tuple[str, int]]:
     """The shards the runs of the versions ``runs_of`` (version -> run) trained on, sorted."""
     runs = [(run, v) for v, run in runs_of.items() if run]
+    if not runs:
+        return []
     table = pa.table({"run_id": pa.array([r[0] for r in runs], pa.string()),
                       "version_id": pa.array([r[1] for r in runs], pa.string()),
                       "weight": pa.array([1.0] * len(runs), pa.float64())})
@@ -252,9 +255,9 @@ def _overlap(tx, audit_id: str, a: list[str], b: list[str], *, keys: bool = Fals
             "keys": [f"{r['dataset_id']}:{r['key']}" for r in rows] if keys else []}
 
 
-def _span_check(ledger: LedgerStore, tx, labels: list[str], n: int) -> dict[str, Any]:
-    """Evaluation documents sharing an ``n``-word span with a training document, from the text."""
-    locs = tx.staged_locations(train_sides=labels)
+def _span_check(ledger: LedgerStore, locs: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    """Evaluation documents sharing an ``n``-word span with a training document, from the text of
+    the staged documents ``locs`` (:meth:`staged_locations` with the training sides)."""
     eval_rows = [r for r in locs if r["is_eval"]]
     unreadable: list[str] = []
     hashes, owners = [], []

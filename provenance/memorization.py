@@ -69,7 +69,9 @@ def audit_memorization(
         # documents (and samples) with identical signatures share a group; pairs join groups'
         # first members: here only those with samples, then (below) those with matched documents
         sample_rep = {-1 - doc: rep for doc, rep in tx.sample_groups().items()}
-        partners = _partners(tx, audit_id)
+        partners: dict[int, dict[int, float]] = defaultdict(dict)
+        for a, b, jaccard in tx.group_pairs(audit_id):
+            partners[a][b] = partners[b][a] = jaccard
 
         def members(reps: set[int]) -> dict[int, list[int]]:
             """The training documents of each group ``reps`` names."""
@@ -142,15 +144,6 @@ def _exposure(ledger: LedgerStore, runs: list[str], matched: list[int], near: pa
     theirs = seen[np.searchsorted(ids, other)]
     return {d: (b - a, float(seen[j]), math.fsum([float(seen[j]), *theirs[a:b].tolist()]))  # exactly rounded
             for d, a, b, j in zip(matched, start.tolist(), end.tolist(), mine.tolist())}
-
-
-def _partners(tx, audit_id: str) -> dict[int, dict[int, float]]:
-    """The audit's pairs of groups so far: each group's first member -> the first members of the
-    groups paired with it -> their estimated Jaccard."""
-    partners: dict[int, dict[int, float]] = defaultdict(dict)
-    for a, b, jaccard in tx.group_pairs(audit_id):
-        partners[a][b] = partners[b][a] = jaccard
-    return partners
 
 
 def _sample_reports(texts: list[str], sigs: np.ndarray, k: int, matches: dict[tuple[int, int], dict[str, Any]],

@@ -198,7 +198,7 @@ class AuditWrites:
         whose first members are ``reps`` with every other group of documents (not samples'), into
         ``audit_pairs``: each of those documents' near copies in training."""
         con = self._con
-        register(con, "aud_focus", pa.table({"rep": pa.array(reps, pa.int64())}))
+        register(con, "aud_focus", pa.Table.from_arrays([columns.ints(reps)], names=["rep"]))
         try:
             source = """(SELECT d.*, CASE WHEN d.doc_id IN (SELECT rep FROM aud_focus) THEN NULL ELSE 'd' END AS cls
                          FROM aud_docs d JOIN aud_groups g USING (doc_id) WHERE g.doc_id = g.rep AND g.rep >= 0)"""
@@ -234,18 +234,18 @@ class AuditWrites:
         if total < COMPILED_FROM:  # SQL's 1.4 µs a pair is less than importing numba and its kernel
             self._compare_sql(audit_id, min_matches)
             return
-        ids, k = con.execute(
-            """WITH d AS (SELECT a AS doc_id FROM aud_cand UNION SELECT b FROM aud_cand)
-               SELECT count(*), max(len(x.signature)) FROM aud_docs x SEMI JOIN d USING (doc_id)""").fetchall()[0]
+        con.execute("CREATE OR REPLACE TEMP TABLE aud_cand_docs AS SELECT a AS doc_id FROM aud_cand UNION SELECT b FROM aud_cand")
+        ids, k = con.execute("""SELECT count(*), max(len(x.signature))
+                                FROM aud_docs x SEMI JOIN aud_cand_docs USING (doc_id)""").fetchall()[0]
         if ids * k * 4 > SIGNATURE_BYTES:
+            con.execute("DROP TABLE aud_cand_docs")
             self._compare_sql(audit_id, min_matches)
             return
         from provenance.kernels.signature_match import count_matches  # numba: imported when an audit compares
 
-        docs = con.sql(
-            """WITH d AS (SELECT a AS doc_id FROM aud_cand UNION SELECT b FROM aud_cand)
-               SELECT x.doc_id, x.signature FROM aud_docs x SEMI JOIN d USING (doc_id) ORDER BY x.doc_id"""
-        ).to_arrow_table()
+        docs = con.sql("""SELECT x.doc_id, x.signature FROM aud_docs x SEMI JOIN aud_cand_docs USING (doc_id)
+                          ORDER BY x.doc_id""").to_arrow_table()
+        con.execute("DROP TABLE aud_cand_docs")
         doc_ids = columns.to_numpy(docs.column("doc_id"))
         lists = docs.column("signature").combine_chunks()
         if (np.diff(columns.to_numpy(lists.offsets)) != k).any():  # one config per audit: never, unless the ledger is damaged
@@ -325,13 +325,11 @@ class AuditWrites:
                     FROM aud_bands SEMI JOIN (SELECT band, bk FROM aud_buckets WHERE n > {wide}) USING (band, bk)""")
         small = f"""(SELECT x.* FROM aud_bands x
                      SEMI JOIN (SELECT band, bk FROM aud_buckets WHERE n <= {wide}) k USING (band, bk))"""
-        passes = max(1, -(-int(rows) // CANDIDATE_ROWS))
-        con.execute("CREATE OR REPLACE TEMP TABLE aud_cand (a BIGINT, b BIGINT)")
-        for k in range(passes):
-            # a pass takes the pairs whose first document's hash falls in its slice: filtered
-            # before the join where that document is known (every pair of a small bucket)
-            part = f" WHERE hash({{}}) % {passes} = {k}" if passes > 1 else ""
-            every = f"""SELECT p.doc_id AS a, q.doc_id AS b FROM (SELECT * FROM {small}{part.format("doc_id")}) p
+
+        def pairs(part) -> str:
+            # filtered before the join where the pair's first document is known (every pair of a
+            # small bucket), after it for the windowed ones
+            every = f"""SELECT p.doc_id AS a, q.doc_id AS b FROM (SELECT * FROM {small} WHERE {part("doc_id")}) p
                         JOIN {small} q ON p.band = q.band AND p.bk = q.bk AND p.doc_id < q.doc_id"""
             if windowed:
                 every += f"""
@@ -339,11 +337,24 @@ class AuditWrites:
                     SELECT * FROM (
                         SELECT least(p.doc_id, q.doc_id) AS a, greatest(p.doc_id, q.doc_id) AS b
                         FROM (SELECT band, bk, doc_id, r + d AS r FROM aud_ranked, range(1, {int(window) + 1}) t(d)) p
-                        JOIN aud_ranked q USING (band, bk, r)){part.format("a")}"""
-            con.execute(f"INSERT INTO aud_cand SELECT DISTINCT a, b FROM ({every})")
+                        JOIN aud_ranked q USING (band, bk, r)) WHERE {part("a")}"""
+            return every
+
+        self._distinct_in_passes(int(rows), pairs)
         for table in ("aud_ranked", "aud_buckets", "aud_bands"):
             con.execute(f"DROP TABLE IF EXISTS {table}")
         return int(windowed)
+
+    def _distinct_in_passes(self, rows: int, pairs) -> None:
+        """``aud_cand``: the pairs ``pairs(part)`` selects (``a, b``), made distinct in passes of
+        about ``CANDIDATE_ROWS`` of the ``rows`` it selects in all. ``part(column)`` is the
+        condition that a pass takes the pairs whose ``column`` (the same document of a pair in
+        every band) hashes into its slice."""
+        passes = max(1, -(-rows // CANDIDATE_ROWS))
+        self._con.execute("CREATE OR REPLACE TEMP TABLE aud_cand (a BIGINT, b BIGINT)")
+        for k in range(passes):
+            part = (lambda column, k=k: f"hash({column}) % {passes} = {k}") if passes > 1 else (lambda column: "true")
+            self._con.execute(f"INSERT INTO aud_cand SELECT DISTINCT a, b FROM ({pairs(part)})")
 
     def _classed_candidates(self) -> None:
         """:meth:`_candidates` of ``aud_bands`` with classes: the pairs of a NULL class's document
@@ -362,19 +373,14 @@ class AuditWrites:
         con.execute("""CREATE OR REPLACE TEMP TABLE aud_class_pairs AS
                        WITH k AS (SELECT DISTINCT cls FROM aud_kept WHERE cls IS NOT NULL)
                        SELECT x.cls AS c1, y.cls AS c2 FROM k x JOIN k y ON x.cls < y.cls""")
-        passes = max(1, -(-rows // CANDIDATE_ROWS))
-        con.execute("CREATE OR REPLACE TEMP TABLE aud_cand (a BIGINT, b BIGINT)")
-        for k in range(passes):
-            part = f" AND hash(doc_id) % {passes} = {k}" if passes > 1 else ""  # a slice of the pairs by p
-            con.execute(
-                f"""INSERT INTO aud_cand SELECT DISTINCT a, b FROM (
-                        SELECT least(p.doc_id, q.doc_id) AS a, greatest(p.doc_id, q.doc_id) AS b
-                        FROM (SELECT * FROM aud_kept WHERE cls IS NULL{part}) p JOIN aud_kept q
-                          ON p.band = q.band AND p.bk = q.bk AND (q.cls IS NOT NULL OR p.doc_id < q.doc_id)
-                        UNION ALL
-                        SELECT least(p.doc_id, q.doc_id), greatest(p.doc_id, q.doc_id)
-                        FROM (SELECT * FROM aud_kept WHERE cls IS NOT NULL{part}) p JOIN aud_class_pairs c ON c.c1 = p.cls
-                          JOIN aud_kept q ON q.band = p.band AND q.bk = p.bk AND q.cls = c.c2)""")
+        self._distinct_in_passes(rows, lambda part: f"""
+            SELECT least(p.doc_id, q.doc_id) AS a, greatest(p.doc_id, q.doc_id) AS b
+            FROM (SELECT * FROM aud_kept WHERE cls IS NULL AND {part("doc_id")}) p JOIN aud_kept q
+              ON p.band = q.band AND p.bk = q.bk AND (q.cls IS NOT NULL OR p.doc_id < q.doc_id)
+            UNION ALL
+            SELECT least(p.doc_id, q.doc_id), greatest(p.doc_id, q.doc_id)
+            FROM (SELECT * FROM aud_kept WHERE cls IS NOT NULL AND {part("doc_id")}) p JOIN aud_class_pairs c ON c.c1 = p.cls
+              JOIN aud_kept q ON q.band = p.band AND q.bk = p.bk AND q.cls = c.c2""")
         for table in ("aud_kept", "aud_class_pairs", "aud_buckets", "aud_bands"):
             con.execute(f"DROP TABLE IF EXISTS {table}")
 
