@@ -22,13 +22,17 @@ Parts (``--part``, default all):
   and, in a second ledger, 50 of the template texts too), 25 evaluation texts (5 of them template
   variants); the gate without its span check (``ngram=0``), the memorization audit of 3 template
   texts and an unrelated one without its span check, each in a fresh subprocess.
+- ``store``: the ledger's file as stored audits come and go: the memorization audit above
+  (8,000 variants, or the second of ``--variants``) stored twice, its pairs counted by
+  ``audits()``, one audit's pairs deleted (``pairs_only``) and the other deleted whole, then a
+  third run; each step in a fresh subprocess.
 
 The signature corpora are generated, not fingerprinted from text: random 128-position signatures
 with ``--dup`` (1%) of the documents near-copies of an earlier one at an estimated Jaccard drawn
 uniformly from [0.7, 1], inserted as one registered dataset of 100 shards with the band keys the
 fingerprint config stores. The accuracy of the audit on real text is ``benchmarks/audit_accuracy.py``.
 
-Usage: ``.venv/bin/python benchmarks/audits.py [--part dedup|lineage|taint|cluster|gate] [--docs 1000000]``
+Usage: ``.venv/bin/python benchmarks/audits.py [--part dedup|lineage|taint|cluster|gate|store] [--docs 1000000]``
 """
 
 from __future__ import annotations
@@ -458,9 +462,61 @@ def part_gate(args, tmp: Path) -> list[str]:
     return lines
 
 
+STORE_CHILD = r"""
+import json, sys, time
+from provenance import Ledger
+from provenance.memorization import audit_memorization
+ledger = Ledger.open(sys.argv[1])
+step = sys.argv[2]
+t = time.perf_counter()
+if step == "audit":
+    r = audit_memorization(ledger, sys.argv[3], json.loads(sys.argv[4]), span=0)
+    out = {"audit_id": r.audit_id}
+elif step == "list":
+    out = {"audits": [[a["audit_id"], a["pairs"]] for a in ledger.audits()]}
+else:
+    r = ledger.delete_audits([sys.argv[3]], pairs_only=step == "pairs-only")
+    out = {"pairs": r["pairs"]}
+print(json.dumps({"seconds": time.perf_counter() - t, **out}))
+"""
+
+
+def part_store(args, tmp: Path) -> list[str]:
+    """What a stored memorization audit adds to the ledger's file, and what deleting it gives back."""
+    n = args.variants[min(1, len(args.variants) - 1)]
+    root = tmp / f"store{n}"
+    va, _, samples = gate_ledger(root, tmp, n, 0)
+    db = root / ".prov" / "ledger.duckdb"
+
+    def step(*argv: str) -> dict:
+        out = subprocess.run([sys.executable, "-c", STORE_CHILD, str(root), *argv], capture_output=True, text=True,
+                             check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    sizes = [db.stat().st_size]
+    first = step("audit", va, json.dumps(samples))
+    sizes.append(db.stat().st_size)
+    second = step("audit", va, json.dumps(samples))
+    sizes.append(db.stat().st_size)
+    listed = step("list")
+    pairs = dict(listed["audits"])
+    gone = step("pairs-only", first["audit_id"])
+    whole = step("delete", second["audit_id"])
+    sizes.append(db.stat().st_size)
+    third = step("audit", va, json.dumps(samples))
+    sizes.append(db.stat().st_size)
+    mib = [f"{s / 2**20:.1f}" for s in sizes]
+    print(n, first, second, listed, gone, whole, third, mib, flush=True)
+    return [f"| memorization audit of {n:,} variants, stored twice, then deleted | audit {first['seconds']:.2f} s, "
+            f"{second['seconds']:.2f} s; list {listed['seconds'] * 1e3:.0f} ms; delete pairs only "
+            f"{gone['seconds']:.2f} s, whole {whole['seconds']:.2f} s | ledger file {' → '.join(mib)} MiB "
+            f"(before; after each audit; after both deletes; after a third audit) | "
+            f"{pairs[first['audit_id']]:,} pairs each | |"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["dedup", "lineage", "taint", "cluster", "gate"], action="append")
+    parser.add_argument("--part", choices=["dedup", "lineage", "taint", "cluster", "gate", "store"], action="append")
     parser.add_argument("--variants", type=int, nargs="+", default=[2_000, 8_000, 20_000])
     parser.add_argument("--exact-variants", type=int, default=8_000,
                         help="cluster: the largest cluster audited with every pair compared as well")
@@ -478,7 +534,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=Path.cwd() / "bench-data" if (Path.cwd() / "bench-data").is_dir() else None) as tmp:
         for part in parts:
             lines += {"dedup": part_dedup, "lineage": part_lineage, "taint": part_taint,
-                      "cluster": part_cluster, "gate": part_gate}[part](args, Path(tmp))
+                      "cluster": part_cluster, "gate": part_gate, "store": part_store}[part](args, Path(tmp))
             print(lines[-1], flush=True)
     print("\nresults")
     print("| measure | time | memory / size | detail | target |\n|---|---|---|---|---|")

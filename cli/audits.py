@@ -127,11 +127,51 @@ def audit_dedup_cmd(obj: Context, targets: tuple[str, ...], threshold: float, ve
 @json_option
 @pass_ctx
 def audit_list(obj: Context, kind: str | None, as_json: bool) -> None:
-    """Stored audits, newest first."""
+    """Stored audits, newest first, with the pairs each stores (prov audit delete removes them)."""
     rows = obj.ledger(read_only=True).audits(kind)
     render.emit(rows, as_json, lambda rs: "\n".join(
-        f"{r['audit_id'][:12]}  {r['kind']:<12} {r['created_at']:%Y-%m-%d %H:%M}  "
+        f"{r['audit_id'][:12]}  {r['kind']:<12} {r['created_at']:%Y-%m-%d %H:%M}  {_stored_pairs(r):>18}  "
         f"{'' if r['passed'] is None else 'passed ' if r['passed'] else 'FAILED '}{r['target']}" for r in rs) or "no audits")
+
+
+def _stored_pairs(row: dict[str, Any]) -> str:
+    return "pairs deleted" if row.get("pairs_deleted_at") else counted(row.get("pairs", 0), "pair")
+
+
+@audit_group.command("delete")
+@click.argument("audit_ids", nargs=-1, metavar="[AUDIT_ID...]")
+@click.option("--before", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"]),
+              default=None, help="The audits made before this date or time (UTC); with AUDIT_IDs, only those of them.")
+@click.option("--kind", type=click.Choice(["dedup", "merge", "memorization"]), default=None,
+              help="Only audits of this kind.")
+@click.option("--pairs-only", is_flag=True,
+              help="Delete the stored pairs and keep the reports (prov audit show still shows them).")
+@click.option("--dry-run", is_flag=True, help="Say what would be deleted; delete nothing.")
+@json_option
+@pass_ctx
+def audit_delete(obj: Context, audit_ids: tuple[str, ...], before, kind: str | None, pairs_only: bool, dry_run: bool,
+                 as_json: bool) -> None:
+    """Delete stored audits with their pairs, or with --pairs-only only their pairs: the pairs of
+    one gate or memorization audit of a large lineage run to millions of rows. Name the audits,
+    or select them with --before (and --kind). An audit that a merge receipt cites keeps its
+    report: named, it is refused without --pairs-only; selected by --before, it is kept. The
+    space is reused by later writes, and given back where it ends the ledger's file."""
+    if not audit_ids and before is None:
+        raise click.UsageError("name the audits to delete (prov audit list), or select them with --before DATE")
+    ledger = obj.ledger(read_only=dry_run)
+    result = ledger.delete_audits(audit_ids, kind=kind, before=before, pairs_only=pairs_only, dry_run=dry_run)
+    render.emit(result, as_json, _deletion_text)
+
+
+def _deletion_text(result: dict[str, Any]) -> str:
+    verb = "would delete" if result["dry_run"] else "deleted"
+    what = "the pairs of" if result["pairs_only"] else ""
+    lines = [f"{r['audit_id'][:12]}  {r['kind']:<12} {r['created_at']:%Y-%m-%d %H:%M}  {counted(r['pairs'], 'pair'):>18}  "
+             f"{r['target']}" for r in result["deleted"]]
+    lines += [f"kept {r['audit_id'][:12]}: cited by the merge receipt of {r['cited_by'][0][:12]}" for r in result["kept"]]
+    lines.append(f"{verb} {what + ' ' if what else ''}{counted(len(result['deleted']), 'audit')} "
+                 f"({counted(result['pairs'], 'stored pair')})")
+    return "\n".join(lines)
 
 
 @audit_group.command("show")

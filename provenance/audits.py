@@ -591,3 +591,70 @@ def find_similar(ledger: LedgerStore, *, text: str | None = None, dataset: str |
                 r["config_id"] = cid
                 found.setdefault(r["doc_id"], r)
     return sorted(found.values(), key=lambda r: (-r["jaccard"], r["dataset_id"], r["key"]))
+
+
+# ---- stored audits ------------------------------------------------------------------------------
+
+AUDIT_KINDS = ("dedup", "merge", "memorization")
+
+
+def delete_audits(ledger: LedgerStore, audit_ids: Sequence[str] = (), *, kind: str | None = None,
+                  before: datetime | str | None = None, pairs_only: bool = False,
+                  dry_run: bool = False) -> dict[str, Any]:
+    """Delete stored audits, their reports and their pairs; with ``pairs_only``, their pairs
+    only (the report stays readable with :meth:`Ledger.audit`; :meth:`Ledger.audit_pairs` then
+    says the pairs were deleted). The pairs are what grows: one gate or memorization audit of a
+    large lineage stores millions.
+
+    The audits are those named by ``audit_ids`` (ids or prefixes of at least 4 hex digits), else
+    every stored one, narrowed to ``kind`` and to those made before ``before`` (a datetime or ISO
+    string; naive means UTC). Naming none and giving no ``before`` is refused: that would be all.
+    An audit that a merge receipt cites keeps its report: named, it is refused unless
+    ``pairs_only``; selected by ``before``, it is left whole and listed in ``kept``. The deletion
+    is one transaction. ``dry_run``: only say what would go.
+
+    Returns ``deleted`` (``audit_id, kind, target, created_at, pairs``), ``pairs`` (how many
+    pairs go), ``kept`` (``audit_id, cited_by``), ``pairs_only`` and ``dry_run``. The space the
+    rows held is reused by later writes, and given back where it ends the database file."""
+    if kind is not None and kind not in AUDIT_KINDS:
+        raise InvalidParameterError(f"kind {kind!r}: one of {', '.join(AUDIT_KINDS)}")
+    before = _utc(before)
+    names = [audit_ids] if isinstance(audit_ids, str) else list(audit_ids)
+    if not names and before is None:
+        raise InvalidParameterError("name the audits to delete, or give before= (a date: the audits made before it)")
+    ids = sorted({ledger.audit(a)["audit_id"] for a in names}) if names else None  # not found: says which
+    if dry_run:
+        return _deletion(ledger.select_audits(ids, kind, before), ids, pairs_only, dry_run=True)
+    with ledger.transaction() as tx:
+        result = _deletion(tx.select_audits(ids, kind, before), ids, pairs_only, dry_run=False)
+        when = datetime.now(timezone.utc).replace(tzinfo=None)
+        for row in result["deleted"]:
+            tx.delete_audit(row["audit_id"], pairs_only=pairs_only, when=when)
+    return result
+
+
+def _utc(before: datetime | str | None) -> datetime | None:
+    if isinstance(before, str):
+        try:
+            before = datetime.fromisoformat(before.strip())
+        except ValueError:
+            raise InvalidParameterError(f"before {before!r}: not an ISO date or time (2026-12-01, "
+                                        "2026-12-01T12:00)") from None
+    if before is not None and before.tzinfo is not None:
+        before = before.astimezone(timezone.utc).replace(tzinfo=None)
+    return before
+
+
+def _deletion(rows: list[dict[str, Any]], named: list[str] | None, pairs_only: bool, *, dry_run: bool) -> dict[str, Any]:
+    cited = [r for r in rows if r["cited_by"] and not pairs_only]
+    if cited and named is not None:
+        r = cited[0]
+        more = f" and {len(r['cited_by']) - 1} more" if len(r["cited_by"]) > 1 else ""
+        raise InvalidParameterError(
+            f"audit {r['audit_id'][:12]} is cited by the merge receipt of version {r['cited_by'][0][:12]}{more}: "
+            "its report stays; delete its pairs only with pairs_only (--pairs-only)")
+    deleted = [{k: r[k] for k in ("audit_id", "kind", "target", "created_at", "pairs")} for r in rows
+               if pairs_only or not r["cited_by"]]
+    return {"deleted": deleted, "pairs": sum(r["pairs"] for r in deleted),
+            "kept": [{"audit_id": r["audit_id"], "cited_by": r["cited_by"]} for r in cited],
+            "pairs_only": pairs_only, "dry_run": dry_run}

@@ -563,6 +563,8 @@ class RemoteLedger:
         rows = self._call("GET", "audits", params={"kind": kind})
         for r in rows:
             r["created_at"] = datetime.fromisoformat(r["created_at"])
+            if r.get("pairs_deleted_at"):
+                r["pairs_deleted_at"] = datetime.fromisoformat(r["pairs_deleted_at"])
         return rows
 
     def audit(self, audit_id: str) -> dict[str, Any]:
@@ -570,6 +572,16 @@ class RemoteLedger:
 
     def audit_pairs(self, audit_id: str, limit: int | None = None) -> pa.Table:
         return ipc_to_table(self._call("GET", f"audits/{audit_id}/pairs", params={"limit": limit}), "the pairs")
+
+    def delete_audits(self, audit_ids: Sequence[str] = (), *, kind: str | None = None, before: Any = None,
+                      pairs_only: bool = False, dry_run: bool = False) -> dict[str, Any]:
+        before = before.isoformat() if isinstance(before, datetime) else before
+        result = self._call("POST", "audits/delete", json_body={
+            "audit_ids": [audit_ids] if isinstance(audit_ids, str) else list(audit_ids), "kind": kind,
+            "before": before, "pairs_only": pairs_only, "dry_run": dry_run})
+        for row in result["deleted"]:
+            row["created_at"] = datetime.fromisoformat(row["created_at"])
+        return result
 
     # -- tokens (admin) ---------------------------------------------------------------------------
 

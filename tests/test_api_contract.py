@@ -179,6 +179,18 @@ def test_merge_gate_and_receipt(api, name, files):
     assert isinstance(receipt, MergeReceipt) and receipt.method == "average" and receipt.audit_id is not None
     assert torch.equal(api.checkout(merged)["w"], torch.full((8,), 1.5))
     assert api.receipt(base) is None
+    # the audit the receipt cites keeps its report: refused whole, its pairs only may go
+    with pytest.raises(InvalidParameterError, match=f"cited by the merge receipt of version {merged.version_id[:12]}"):
+        api.delete_audits([receipt.audit_id])
+    assert api.audit(receipt.audit_id)["report"]["passed"] is True
+    pairs = api.audit_pairs(receipt.audit_id).num_rows
+    gone = api.delete_audits([receipt.audit_id[:8]], pairs_only=True)
+    assert [d["audit_id"] for d in gone["deleted"]] == [receipt.audit_id] and gone["pairs"] == pairs > 0
+    with pytest.raises(NotFoundError, match="pairs were deleted on .* its report is kept"):
+        api.audit_pairs(receipt.audit_id)
+    assert api.audit(receipt.audit_id)["report"]["passed"] is True and api.receipt(merged).audit_id == receipt.audit_id
+    listed = {a["audit_id"]: a for a in api.audits("merge")}[receipt.audit_id]
+    assert listed["pairs"] == 0 and listed["pairs_deleted_at"] is not None
 
 
 def test_a_retraction_plans_applies_and_proves_alike(api, name, files):
@@ -240,6 +252,26 @@ def test_audits_return_typed_reports(api, name, files, tmp_path):
     memo = api.audit_memorization(v, samples, span=8)
     assert isinstance(memo, MemorizationReport) and memo.summary.samples == 2
     assert memo.samples[0].matches[0].key == files["docs"][2]["id"] and memo.samples[1].matches == []
+    stored = {a["audit_id"]: a for a in api.audits()}
+    assert stored[dedup.audit_id]["pairs"] == dedup.summary.pairs and stored[dedup.audit_id]["pairs_deleted_at"] is None
+    ids = [dedup.audit_id, memo.audit_id]
+    dry = api.delete_audits(ids, dry_run=True)
+    assert dry["dry_run"] and sorted(d["audit_id"] for d in dry["deleted"]) == sorted(ids) and dry["kept"] == []
+    assert dry["pairs"] == dedup.summary.pairs + stored[memo.audit_id]["pairs"]
+    assert api.audit(dedup.audit_id)["audit_id"] == dedup.audit_id  # a dry run deletes nothing
+    kept = api.delete_audits(ids, kind="memorization")
+    assert [d["audit_id"] for d in kept["deleted"]] == [memo.audit_id] and not kept["dry_run"]
+    with pytest.raises(NotFoundError, match="no audit"):
+        api.audit(memo.audit_id)
+    assert api.delete_audits(ids[:1], before="2000-01-01")["deleted"] == []  # made after it: kept
+    assert api.delete_audits(ids[:1], before="2999-01-01T00:00+02:00")["pairs"] == dedup.summary.pairs
+    assert dedup.audit_id not in {a["audit_id"] for a in api.audits()}
+    with pytest.raises(NotFoundError, match="no audit"):
+        api.audit_pairs(dedup.audit_id)
+    for bad, match in ((dict(), "name the audits to delete"), (dict(before="yesterday"), "not an ISO date"),
+                       (dict(before="2999-01-01", kind="lint"), "kind 'lint'")):
+        with pytest.raises(InvalidParameterError, match=match):
+            api.delete_audits(**bad)
 
 
 def test_sql_returns_arrow_and_refuses_writes(api, name):
@@ -285,6 +317,8 @@ def test_tokens_scopes_and_the_access_log(server, name):
     v = writer.commit({"w": torch.zeros(1)}, message=name("by the writer"))
     with pytest.raises(AccessDeniedError, match="needs admin"):
         writer.tokens()
+    with pytest.raises(AccessDeniedError, match="needs admin"):  # deleting audits is an admin's
+        writer.delete_audits(before="2000-01-01")
     with pytest.raises(AccessDeniedError, match="unknown"):
         server.ledger(token="prov_not-a-token").versions()
     assert httpx.get(f"{server.url}/api/v1/versions").status_code == 401

@@ -322,3 +322,43 @@ def test_a_killed_audit_leaves_no_audit_and_no_pairs(children, ledger, data_dir)
     done = children(AUDIT_CHILD, ledger.root, "c", 0)
     audit_id = done.wait_for("done").split()[1]
     assert reopened.audit(audit_id)["report"]["summary"]["pairs"] > 0
+
+
+DELETE_CHILD = """
+import sys, time
+from provenance import Ledger
+from provenance.ledger.audit_sql import AuditWrites
+
+deleting = AuditWrites.delete_audit
+
+def slow(self, audit_id, **options):  # one audit's rows gone inside the transaction, then a pause to be killed in
+    deleting(self, audit_id, **options)
+    print("deleted", audit_id, flush=True)
+    time.sleep(float(sys.argv[-1]))
+
+AuditWrites.delete_audit = slow
+result = Ledger.open(sys.argv[1]).delete_audits(sys.argv[2:4])
+print("done", result["pairs"], flush=True)
+"""
+
+
+def test_a_killed_audit_deletion_deletes_nothing(children, ledger, data_dir):
+    """SIGKILL after the first of two audits' rows are deleted, before the commit: both stay whole."""
+    from provenance.synthetic import generate_corpus
+
+    generate_corpus(400, dup_fraction=0.2, mutation=0.01, seed=5).write_jsonl(data_dir / "c.jsonl")
+    ledger.register_dataset("c", data_dir / "c.jsonl", id_field="id")
+    reports = [ledger.audit_dedup(["c"], threshold=t) for t in (0.8, 0.9)]
+    ids = [r.audit_id for r in reports]
+    pairs = {a["audit_id"]: a["pairs"] for a in ledger.audits()}
+    assert all(pairs[i] > 0 for i in ids)
+    child = children(DELETE_CHILD, ledger.root, *ids, 30)
+    child.wait_for("deleted")
+    assert child.kill() == -signal.SIGKILL
+    reopened = Ledger.open(ledger.root)
+    assert {a["audit_id"]: a["pairs"] for a in reopened.audits()} == pairs
+    assert [reopened.audit_pairs(i).num_rows for i in ids] == [pairs[i] for i in ids]
+    assert reopened.verify().ok
+    done = children(DELETE_CHILD, ledger.root, *ids, 0)
+    assert done.wait_for("done") == f"done {sum(pairs.values())}"
+    assert reopened.audits() == []

@@ -168,6 +168,35 @@ def test_cli_dedup_json_pairs_file_and_show(graded_ledger, tmp_path):
     assert out.exit_code == 2 and "'--threshold': 2.0 is not in the range 0<x<=1" in out.output
 
 
+def test_cli_audit_delete(graded_ledger):
+    runner = CliRunner()
+    base = ["--ledger", str(graded_ledger.root)]
+    first = audit_dedup(graded_ledger, ["graded"], threshold=0.85)
+    second = audit_dedup(graded_ledger, ["graded"], threshold=0.95)
+    listed = runner.invoke(main, [*base, "audit", "list"]).output.splitlines()
+    assert [line.split()[0] for line in listed] == [second.audit_id[:12], first.audit_id[:12]]
+    assert f"{first.summary.pairs:,} pairs" in listed[1]
+    out = runner.invoke(main, [*base, "audit", "delete"])
+    assert out.exit_code == 2 and "name the audits to delete" in out.output
+    out = runner.invoke(main, [*base, "audit", "delete", "--before", "tomorrow"])
+    assert out.exit_code == 2 and "'tomorrow' does not match the formats" in out.output
+    out = runner.invoke(main, [*base, "audit", "delete", "feedface"])
+    assert out.exit_code == 3 and "no audit 'feedface' in the ledger" in out.output
+    out = runner.invoke(main, [*base, "audit", "delete", first.audit_id[:6], "--pairs-only", "--dry-run"])
+    assert out.exit_code == 0 and f"would delete the pairs of 1 audit ({first.summary.pairs:,} stored pairs)" in out.output
+    assert graded_ledger.audit_pairs(first.audit_id).num_rows == first.summary.pairs
+    out = runner.invoke(main, [*base, "audit", "delete", first.audit_id[:6], "--pairs-only"])
+    assert out.exit_code == 0 and f"deleted the pairs of 1 audit ({first.summary.pairs:,} stored pairs)" in out.output
+    assert "pairs deleted" in runner.invoke(main, [*base, "audit", "list"]).output.splitlines()[1]
+    assert "dedup audit" in runner.invoke(main, [*base, "audit", "show", first.audit_id[:6]]).output
+    out = runner.invoke(main, [*base, "audit", "delete", "--before", "2999-01-01", "--kind", "dedup", "--json"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.output)
+    assert [d["audit_id"] for d in result["deleted"]] == [first.audit_id, second.audit_id]  # oldest first
+    assert result["pairs"] == second.summary.pairs and graded_ledger.audits() == []
+    assert runner.invoke(main, [*base, "audit", "list"]).output.strip() == "no audits"
+
+
 def test_dedup_html_report_is_self_contained(graded_ledger, tmp_path):
     from html.parser import HTMLParser
 

@@ -87,6 +87,12 @@ def test_the_cli_through_a_server(server, tmp_path, monkeypatch):
     (tmp_path / "samples.txt").write_text(docs[7]["text"] + "\n")
     memo = js("audit", "memorization", merged["version_id"], "--samples", str(tmp_path / "samples.txt"), "--span", "3")
     assert memo["samples"][0]["matches"][0]["key"] == "d7"
+    cited = runner.invoke(main, ["--ledger", server.url, "audit", "delete", gate["audit_id"][:8]])
+    assert cited.exit_code == 4 and f"cited by the merge receipt of version {merged['version_id'][:12]}" in cited.output
+    gone = js("audit", "delete", gate["audit_id"][:8], "--pairs-only")
+    assert [d["audit_id"] for d in gone["deleted"]] == [gate["audit_id"]] and gone["pairs_only"]
+    assert {a["audit_id"]: a for a in js("audit", "list")}[gate["audit_id"]]["pairs_deleted_at"] is not None
+    assert js("audit", "delete", memo["audit_id"])["deleted"][0]["audit_id"] == memo["audit_id"]
     assert js("sql", "SELECT count(*) AS n FROM versions") == [{"n": 4}]
     assert js("verify")["ok"] is True
     assert js("gc")["unreferenced"] == []

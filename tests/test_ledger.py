@@ -43,9 +43,9 @@ def test_init_creates_the_layout(tmp_path):
     assert ledger.db_path == ledger.root / "ledger.duckdb"
     assert ledger.db_path.is_file()
     assert (ledger.root / "objects").is_dir() and ledger.objects_path == ledger.root / "objects"
-    assert ledger.schema_version() == SCHEMA_VERSION == len(migrations()) == 12
+    assert ledger.schema_version() == SCHEMA_VERSION == len(migrations()) == 13
     assert ledger.summary() == {
-        "path": str(ledger.root), "schema_version": 12, "datasets": 0, "dataset_versions": 0, "shards": 0,
+        "path": str(ledger.root), "schema_version": 13, "datasets": 0, "dataset_versions": 0, "shards": 0,
         "documents": 0, "bytes": 0, "fingerprint_configs": 0,
     }
     meta = dict(raw_rows(ledger, "SELECT key, value FROM ledger_meta"))
@@ -113,7 +113,8 @@ def test_schema_migrations_has_one_row_per_migration(ledger):
     assert rows == [(v, name) for v, name, _ in migrations()] == [(1, "initial"), (2, "versions"), (3, "runs"), (4, "merges"), (5, "audits"),
                                                                  (6, "service"), (7, "version_files"), (8, "document_files"),
                                                                  (9, "retractions"), (10, "idempotency_request"),
-                                                                 (11, "unseen_shards"), (12, "token_answers")]
+                                                                 (11, "unseen_shards"), (12, "token_answers"),
+                                                                 (13, "audit_pairs_deleted")]
 
 
 def test_opening_again_applies_nothing(ledger):
@@ -183,6 +184,8 @@ def test_a_ledger_of_the_previous_schema_is_migrated_to_the_current_one(tmp_path
     with old.transaction() as tx:  # what the code of that schema wrote: rows in the table only
         tx._con.execute("INSERT INTO documents SELECT range, 'docs@1', 0, range, NULL, 'k' || range, range, 1, 1, "
                         "[1]::UINTEGER[], [1]::UBIGINT[] FROM range(3)")
+        tx._con.execute("INSERT INTO audits VALUES ('ab' || repeat('0', 30), 'dedup', 'docs', '{}', NULL, '{}', now())")
+        tx._con.execute("INSERT INTO audit_pairs VALUES ('ab' || repeat('0', 30), 0, 1, 128, 1.0, NULL, 0)")
     assert old.schema_version() == SHIPPED - 1
     monkeypatch.undo()
 
@@ -193,6 +196,8 @@ def test_a_ledger_of_the_previous_schema_is_migrated_to_the_current_one(tmp_path
     assert opened.sql("SELECT count(*) AS n FROM documents").column("n").to_pylist() == [3]
     tables = {r[0] for r in raw_rows(opened, "SELECT table_name FROM information_schema.tables")}
     assert "document_files" in tables
+    assert [(a["pairs"], a["pairs_deleted_at"]) for a in opened.audits()] == [(1, None)]  # 0013: the column added
+    assert opened.delete_audits(["ab00"], pairs_only=True)["pairs"] == 1
 
 
 def test_migrations_remove_what_older_code_wrote_wrongly(tmp_path, monkeypatch):

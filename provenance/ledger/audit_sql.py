@@ -7,7 +7,9 @@ the rows a report shows. Mixed into :class:`provenance.ledger.writer.LedgerWrite
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -16,6 +18,9 @@ import pyarrow.parquet as pq
 from provenance import columns
 from provenance.errors import ProvenanceError
 from provenance.ledger._common import register, unregister
+
+if TYPE_CHECKING:
+    import duckdb
 
 #: How the exports for an engine outside the database are written: a file per database thread,
 #: uncompressed (signatures and band keys are random numbers; compressing them only costs time).
@@ -750,10 +755,25 @@ class AuditWrites:
         if self.scratch:  # an audit that stores nothing
             return
         self._con.execute(
-            "INSERT INTO audits VALUES (?, ?, ?, ?, ?, ?, ?)",
+            """INSERT INTO audits (audit_id, kind, target, params_json, passed, report_json, created_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?)""",
             [row["audit_id"], row["kind"], row["target"], json.dumps(row["params"], sort_keys=True),
              row["passed"], json.dumps(row["report"], default=str), row["created_at"]],
         )
+
+    def select_audits(self, ids: Sequence[str] | None, kind: str | None, before: datetime | None) -> list[dict[str, Any]]:
+        """:func:`select_audits` inside the transaction."""
+        return select_audits(self._con, ids, kind, before)
+
+    def delete_audit(self, audit_id: str, *, pairs_only: bool, when: datetime) -> None:
+        """Remove the audit's stored pairs, and its record unless ``pairs_only`` (which marks the
+        record as having had its pairs deleted at ``when``)."""
+        self._con.execute("DELETE FROM audit_pairs WHERE audit_id = ?", [audit_id]).fetchall()
+        if pairs_only:
+            self._con.execute("UPDATE audits SET pairs_deleted_at = coalesce(pairs_deleted_at, ?) WHERE audit_id = ?",
+                              [when, audit_id]).fetchall()
+        else:
+            self._con.execute("DELETE FROM audits WHERE audit_id = ?", [audit_id]).fetchall()
 
     def drop_audit_tables(self) -> None:
         if self._staged_view:
@@ -764,6 +784,25 @@ class AuditWrites:
             self._con.execute("DROP TABLE IF EXISTS aud_docs")
         self._con.execute("DROP TABLE IF EXISTS aud_groups")
         self._con.execute("DROP TABLE IF EXISTS aud_clusters")
+
+
+def select_audits(con: duckdb.DuckDBPyConnection, ids: Sequence[str] | None, kind: str | None,
+                  before: datetime | None) -> list[dict[str, Any]]:
+    """The stored audits among ``ids`` (all when None) of ``kind``, made before ``before`` (UTC),
+    oldest first: ``audit_id, kind, target, created_at, pairs_deleted_at``, the ``pairs`` they
+    store and the merge versions whose receipts cite them (``cited_by``)."""
+    return con.sql(
+        """SELECT a.audit_id, a.kind, a.target, a.created_at, a.pairs_deleted_at, coalesce(p.n, 0) AS pairs,
+                  coalesce(m.versions, []) AS cited_by
+           FROM audits a
+           LEFT JOIN (SELECT audit_id, count(*) AS n FROM audit_pairs GROUP BY ALL) p USING (audit_id)
+           LEFT JOIN (SELECT audit_id, list(version_id ORDER BY version_id) AS versions FROM merge_receipts
+                      WHERE audit_id IS NOT NULL GROUP BY ALL) m USING (audit_id)
+           WHERE ($1::VARCHAR[] IS NULL OR list_contains($1::VARCHAR[], a.audit_id))
+             AND ($2::VARCHAR IS NULL OR a.kind = $2) AND ($3::TIMESTAMP IS NULL OR a.created_at < $3)
+           ORDER BY a.created_at, a.audit_id""",
+        params=[None if ids is None else list(ids), kind, before],
+    ).to_arrow_table().to_pylist()
 
 
 def _side(param: str) -> str:

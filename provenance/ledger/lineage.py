@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -386,16 +387,31 @@ class LineageQueries:
         ``a, b, dataset_a, dataset_b, jaccard, stderr, matches, exact, cluster, doc_a, doc_b``."""
         from provenance.ledger.audit_sql import PAIRS_SQL
 
-        audit_id = self.audit(audit_id)["audit_id"]
+        row = self.audit(audit_id)
+        if row["pairs_deleted_at"] is not None:
+            raise NotFoundError(f"audit {row['audit_id'][:12]}'s pairs were deleted on "
+                                f"{row['pairs_deleted_at']:%Y-%m-%d %H:%M} UTC (prov audit delete --pairs-only); "
+                                "its report is kept: prov audit show")
+        audit_id = row["audit_id"]
         with self._cursor() as con:
             sql = PAIRS_SQL + (f" LIMIT {int(limit)}" if limit is not None else "")
             return con.sql(sql, params=[audit_id]).to_arrow_table()
 
+    def select_audits(self, ids: Sequence[str] | None = None, kind: str | None = None,
+                      before: datetime | None = None) -> list[dict[str, Any]]:
+        """See :func:`provenance.ledger.audit_sql.select_audits`."""
+        from provenance.ledger.audit_sql import select_audits
+
+        with self._cursor() as con:
+            return select_audits(con, ids, kind, before)
+
     def audits(self, kind: str | None = None) -> list[dict[str, Any]]:
-        """Stored audits, newest first, without their reports."""
+        """Stored audits, newest first, without their reports: ``audit_id, kind, target, passed,
+        created_at``, the number of ``pairs`` stored, and ``pairs_deleted_at``."""
         with self._cursor() as con:
             return con.sql(
-                """SELECT audit_id, kind, target, passed, created_at FROM audits
-                   WHERE $1 IS NULL OR kind = $1 ORDER BY created_at DESC""",
+                """SELECT audit_id, kind, target, passed, created_at, coalesce(p.n, 0) AS pairs, pairs_deleted_at
+                   FROM audits LEFT JOIN (SELECT audit_id, count(*) AS n FROM audit_pairs GROUP BY ALL) p USING (audit_id)
+                   WHERE $1 IS NULL OR kind = $1 ORDER BY created_at DESC, audit_id""",
                 params=[kind],
             ).to_arrow_table().to_pylist()

@@ -43,7 +43,7 @@ from provenance.ledger._common import _now
 from provenance.server import LedgerService
 from provenance.wire import API, READ_POSTS, error_body, status_of
 
-_ADMIN = (f"{API}/tokens", f"{API}/gc", f"{API}/verify", f"{API}/backup")
+_ADMIN = (f"{API}/tokens", f"{API}/gc", f"{API}/verify", f"{API}/backup", f"{API}/audits/delete")
 _SCOPE_RANK = {"read": 0, "write": 1, "admin": 2}
 MAX_JSON = 64 << 20  # bytes of a JSON request (uploads have their own limit, --max-upload)
 #: The errors of a disk that refuses a write: full, over a quota, over the file size limit.

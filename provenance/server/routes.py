@@ -740,6 +740,22 @@ def audit_pairs(request: Request, audit_id: str, limit: int | None = Query(None,
     return Response(table_to_ipc(s.read(s.ledger.audit_pairs, audit_id, limit)), media_type=ARROW_STREAM)
 
 
+class DeleteAuditsBody(Body):
+    audit_ids: list[str] = Field(default_factory=list, description="audit ids or prefixes of at least 4 hex digits")
+    kind: str | None = Field(None, description="only audits of this kind: dedup, merge or memorization")
+    before: str | None = Field(None, description="only audits made before this ISO date or time (naive: UTC)")
+    pairs_only: bool = Field(False, description="delete the stored pairs and keep the reports")
+    dry_run: bool = False
+
+
+@router.post("/audits/delete", tags=["audits"])
+def delete_audits(request: Request, body: DeleteAuditsBody) -> dict[str, Any]:
+    """Admin scope: stored audits deleted, or only their pairs (``Ledger.delete_audits``)."""
+    s = _service(request)
+    return s.call(s.ledger.delete_audits, body.audit_ids, kind=body.kind, before=body.before,
+                  pairs_only=body.pairs_only, dry_run=body.dry_run)
+
+
 # -- admin ----------------------------------------------------------------------------------------
 
 class GcBody(Body):
