@@ -424,7 +424,8 @@ def show_gate(report: Any, as_json: bool) -> None:
         t.add_row(o["a"][:12], o["b"][:12], f"{o['a_documents']:,}",
                   f"{o['a_fraction']:.2%} ({o['a_exact']} exact, {o['a_near']} near)", f"{o['b_documents']:,}",
                   f"{o['b_fraction']:.2%} ({o['b_exact']} exact, {o['b_near']} near)",
-                  render.cell(", ".join(f"{d['dataset']}~{d['other']}" for d in o["datasets"])))
+                  render.cell(", ".join(sorted({f"{d['dataset']}~{d['other']}" for d in o["datasets"]}
+                                               | {f"{d['other']}~{d['dataset']}" for d in o.get("b_datasets", [])}))))
     render.console().print(t)
     c = report["contamination"]
     if c is None:

@@ -146,9 +146,11 @@ def _gate(r: dict[str, Any]) -> dict[str, Any]:
                 "rows": [[label(o["a"]), label(o["b"]), o["a_documents"],
                           f"{o['a_fraction']:.2%} ({o['a_exact']} exact, {o['a_near']} near)", o["b_documents"],
                           f"{o['b_fraction']:.2%} ({o['b_exact']} exact, {o['b_near']} near)"] for o in r["overlap"]]},
-               {"title": "Overlapping datasets", "columns": ["A", "B", "dataset", "overlaps", "exact", "near"],
-                "rows": [[label(o["a"]), label(o["b"]), d["dataset"], d["other"], d["exact"], d["near"]]
-                         for o in r["overlap"] for d in o["datasets"]]}]
+               {"title": "Overlapping datasets", "columns": ["documents of", "dataset", "found in", "in dataset",
+                                                           "exact", "near"],
+                "rows": [[label(o[x]), d["dataset"], label(o[y]), d["other"], d["exact"], d["near"]]
+                         for o in r["overlap"] for x, y, key in (("a", "b", "datasets"), ("b", "a", "b_datasets"))
+                         for d in o.get(key, [])]}]
     summary: dict[str, Any] = {"status": status, "versions": ", ".join(label(v) for v in r["versions"]),
                                "threshold (Jaccard)": r["threshold"]}
     if c:

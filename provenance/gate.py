@@ -179,7 +179,7 @@ def _pairwise_overlap(tx, audit_id: str, inputs: list, labels: list[str], sizes:
                 "a_exact": ij["exact"], "a_near": ij["near"], "b_exact": ji["exact"], "b_near": ji["near"],
                 "a_fraction": _frac(ij["exact"] + ij["near"], sizes[labels[i]]),
                 "b_fraction": _frac(ji["exact"] + ji["near"], sizes[labels[j]]),
-                "datasets": ij["datasets"]})
+                "datasets": ij["datasets"], "b_datasets": ji["datasets"]})
     return overlap
 
 

@@ -32,13 +32,27 @@ import pyarrow as pa
 
 from provenance import columns
 from provenance.audits import AuditRun, check_threshold, iter_texts, read_samples, resolve_scope
-from provenance.errors import InvalidParameterError
+from provenance.errors import InvalidParameterError, NotFoundError
 from provenance.ledger import LedgerStore
 from provenance.lineage import ancestry
 from provenance.ngrams import SPAN_TEXT_CHARS, longest_run, ngram_hashes
 from provenance.ngrams import words as normalised_words
 from provenance.progress import step
+from provenance.records import VersionRecord
 from provenance.results import MemorizationReport
+
+
+def _version(ledger: LedgerStore, ref: Any) -> VersionRecord:
+    """The audited version: a version only (its lineage's runs give the exposure), not a dataset."""
+    try:
+        return ledger.version(ref)
+    except NotFoundError as exc:
+        try:
+            ds = ledger.dataset(ref)
+        except (NotFoundError, InvalidParameterError):
+            raise exc from None
+        raise NotFoundError(f"{exc}; {ds.dataset_id} is a dataset: the memorization audit takes a model version and "
+                            "searches its lineage's training data (prov audit dedup takes datasets)") from None
 
 
 def audit_memorization(
@@ -60,7 +74,7 @@ def audit_memorization(
     texts = read_samples(samples) if isinstance(samples, (str, os.PathLike)) else list(samples)
     if not texts:
         raise InvalidParameterError("no samples given")
-    described, datasets, scope = resolve_scope(ledger, [version])
+    described, datasets, scope = resolve_scope(ledger, [_version(ledger, version)])
     run = AuditRun(ledger, "memorization", datasets, threshold, store=store, progress=progress)
     vid, cfg, k, audit_id = described[0]["id"], run.config, run.k, run.audit_id
     sigs = cfg.signatures(texts)

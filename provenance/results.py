@@ -416,7 +416,8 @@ class Overlap(Row):
     b_near: int
     a_fraction: float
     b_fraction: float
-    datasets: list[DatasetOverlap]
+    datasets: list[DatasetOverlap] = Field(description="A's documents found on B, per pair of datasets")
+    b_datasets: list[DatasetOverlap] = Field([], description="B's documents found on A, per pair of datasets")
 
 
 class SpanCheck(Result):

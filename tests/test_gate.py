@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from provenance.audit_html import write_report
 from provenance.cli.main import main
-from provenance.errors import InvalidParameterError, SourceError
+from provenance.errors import InvalidParameterError, NotFoundError, SourceError
 from provenance.gate import audit_merge
 from provenance.memorization import audit_memorization, read_samples
 
@@ -123,6 +123,10 @@ def test_gate_limits_fail_with_how_much_and_cli_exit_status(contributors, tmp_pa
     text = page.read_text()
     HTMLParser().feed(text)
     assert "Pre-merge gate" in text and "max-contamination 1 broken" in text
+    both = text[text.index("Overlapping datasets"):]  # each input's documents found in the other's datasets
+    rows = [r.split("</tr>")[0] for r in both.split("<tbody>")[1].split("</tbody>")[0].split("<tr>")[1:]]
+    assert [r.split("</td>")[1:4] for r in rows] == [["<td>a@1", f"<td>{vb.version_id[:12]}", "<td>b@1"],
+                                                     ["<td>b@1", f"<td>{va.version_id[:12]}", "<td>a@1"]]
 
 
 def test_gate_bad_input(contributors):
@@ -135,6 +139,11 @@ def test_gate_bad_input(contributors):
         audit_merge(ledger, [va.version_id, vb.version_id], max_overlap=2)
     with pytest.raises(Exception, match="no version or tag 'nope'"):
         audit_merge(ledger, [va.version_id, "nope"])
+    with pytest.raises(NotFoundError, match="no version or tag 'a'.*; a@1 is a dataset: the memorization audit takes a "
+                                            "model version"):
+        audit_memorization(ledger, "a", ["some sample text"])  # was: no version or tag 'a@1'
+    with pytest.raises(NotFoundError, match=r"^no version or tag 'nope' \(a version id is 4 to 32 hex digits\)$"):
+        audit_memorization(ledger, "nope", ["some sample text"])  # was: neither a dataset nor a version
     with pytest.raises(InvalidParameterError, match="ngram must be from 0 .no span check. to 1000 words, got 100000"):
         audit_merge(ledger, [va.version_id, vb.version_id], ngram=100_000)  # a span no text holds: no check at all
     for command in (["audit", "merge", va.version_id, vb.version_id], ["audit", "dedup", "a"]):
@@ -210,6 +219,9 @@ def test_gate_with_thousands_of_copies_on_both_sides(ledger, data_dir, write_jso
     o = audit_merge(ledger, [va, vb], ngram=0)["overlap"][0]
     assert (o["a_documents"], o["a_exact"], o["a_near"]) == (2010, 2000, 0)
     assert (o["b_documents"], o["b_exact"], o["b_near"]) == (1510, 1, 1500)
+    # per pair of datasets, in both directions (B's were left out: pass 22)
+    assert o["datasets"] == [{"dataset": "a@1", "other": "b@1", "exact": 2000, "near": 0}]
+    assert o["b_datasets"] == [{"dataset": "b@1", "other": "a@1", "exact": 1, "near": 1500}]
 
 
 def test_memorization_with_many_copies_counts_them_all(ledger, data_dir, write_jsonl):
