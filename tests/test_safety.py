@@ -532,6 +532,14 @@ def test_a_closed_pipe_stops_quietly(project, tmp_path):
     logged = subprocess.run(["bash", "-c", f'"{prov}" --ledger "{tmp_path}" model log | true; exit "${{PIPESTATUS[0]}}"'],
                             capture_output=True, text=True, timeout=120)
     assert logged.returncode == 141 and "Traceback" not in logged.stderr, logged.stderr
+    # one large write (CSV, JSON) with stdout unbuffered, as PYTHONUNBUFFERED (set in many containers)
+    # makes it: CPython dropped the part the closed pipe did not take, and prov exited 0
+    for fmt in ("csv", "json"):
+        whole = subprocess.run(["bash", "-c", f'"{prov}" --ledger "{tmp_path}" sql "{query}" --format {fmt} | head -c 10; '
+                                'exit "${PIPESTATUS[0]}"'], capture_output=True, text=True, timeout=120,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        assert whole.returncode == 141 and len(whole.stdout) == 10, (fmt, whole.returncode, whole.stderr)
+        assert "Traceback" not in whole.stderr and "Error" not in whole.stderr, whole.stderr
 
 
 def _reading(pid: int, path: Path) -> bool:
