@@ -61,8 +61,8 @@ def sql_cmd(obj: Context, query: str, fmt: str, as_json: bool) -> None:
 @pass_ctx
 def gc_cmd(obj: Context, apply: bool, as_json: bool) -> None:
     """List (or with --apply remove) objects that no version uses, temporary files of
-    interrupted writes and of killed processes' queries, and Parquet document folders that no
-    dataset lists."""
+    interrupted writes and of killed processes' queries, the folders of killed Ray registrations
+    and audits, and Parquet document folders that no dataset lists."""
     report = obj.ledger(read_only=not apply).gc(apply=apply)
     verb = "removed" if apply else "would remove (dry run; --apply to remove)"
     render.emit(report, as_json, lambda d: f"{verb} {len(d['unreferenced'])} objects, "

@@ -301,7 +301,7 @@ def _ray_options(actors: str, *, gpus: bool = False):
         options.append(click.option(
             "--staging", type=click.Path(file_okay=False), default=None,
             help="--engine ray: folder for the files Ray workers exchange, reachable from every node "
-                 "(default: a temporary folder)."))
+                 "(default: the ledger's .prov/tmp/ray, where prov gc removes what a killed run left)."))
         for option in reversed(options):
             wrapper = option(wrapper)
         return wrapper

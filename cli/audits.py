@@ -140,7 +140,8 @@ def _stored_pairs(row: dict[str, Any]) -> str:
 
 @audit_group.command("delete")
 @click.argument("audit_ids", nargs=-1, metavar="[AUDIT_ID...]")
-@click.option("--before", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"]),
+@click.option("--before", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S",
+                                               "%Y-%m-%d %H:%M"]),
               default=None, help="The audits made before this date or time (UTC); with AUDIT_IDs, only those of them.")
 @click.option("--kind", type=click.Choice(["dedup", "merge", "memorization"]), default=None,
               help="Only audits of this kind.")
@@ -169,6 +170,7 @@ def _deletion_text(result: dict[str, Any]) -> str:
     lines = [f"{r['audit_id'][:12]}  {r['kind']:<12} {r['created_at']:%Y-%m-%d %H:%M}  {counted(r['pairs'], 'pair'):>18}  "
              f"{r['target']}" for r in result["deleted"]]
     lines += [f"kept {r['audit_id'][:12]}: cited by the merge receipt of {r['cited_by'][0][:12]}" for r in result["kept"]]
+    lines += [f"not deleted {r['audit_id'][:12]}: {r['why']}" for r in result.get("skipped", [])]
     lines.append(f"{verb} {what + ' ' if what else ''}{counted(len(result['deleted']), 'audit')} "
                  f"({counted(result['pairs'], 'stored pair')})")
     return "\n".join(lines)
@@ -183,8 +185,14 @@ def audit_show(obj: Context, audit_id: str, html_file: str | None, as_json: bool
     """A stored audit's report."""
     ledger = obj.ledger(read_only=True)
     html_path = ledger.output_path(html_file) if html_file else None
-    report = ledger.audit(audit_id)["report"]
+    row = ledger.audit(audit_id)
+    report = row["report"]
     _write_html(report, html_path)
+    if row.get("pairs_deleted_at"):  # the report stays whole; its pairs are gone (prov audit delete --pairs-only)
+        if as_json:
+            report = {**report, "pairs_deleted_at": str(row["pairs_deleted_at"])}
+        else:
+            click.echo(f"(its stored pairs were deleted on {str(row['pairs_deleted_at'])[:16]} UTC)", err=True)
     if report.get("kind") == "dedup":
         show_dedup(report, as_json)
     elif report.get("kind") == "merge":

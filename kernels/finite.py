@@ -13,7 +13,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from numba import njit
+
+from provenance.kernels.jit_cache import cached_njit
 
 #: the exponent bits, per float dtype, and the unsigned view that holds them
 _EXPONENT = {
@@ -67,7 +68,7 @@ def _extremes_finite(part: torch.Tensor) -> bool:
     return bool(torch.isfinite(lo) & torch.isfinite(hi))
 
 
-@njit(cache=True, nogil=True)
+@cached_njit(nogil=True)
 def _any_all_ones(bits, mask):
     """Whether any value has all of ``mask``'s bits set (an OR of comparisons: it vectorises)."""
     found = False

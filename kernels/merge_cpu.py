@@ -17,7 +17,9 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from numba import get_num_threads, njit, prange, set_num_threads
+from numba import get_num_threads, prange, set_num_threads
+
+from provenance.kernels.jit_cache import cached_njit
 
 MAX_MODELS = 8  # models per call: one Triton pointer argument each; here one compiled type, unused slots repeat the first
 NB_BLOCK = 4096  # elements per block (its scratch rows stay in L1/L2)
@@ -81,7 +83,7 @@ def _threads_for(n: int) -> Iterator[int]:
         set_num_threads(threads)
 
 
-@njit(inline="always", cache=True)
+@cached_njit(inline="always")
 def _load(dst, src, bf16, bits):
     """The block ``src`` into ``dst`` in the accumulation dtype (bfloat16 from its bits: exact)."""
     if bf16:
@@ -95,7 +97,7 @@ def _load(dst, src, bf16, bits):
             dst[j] = src[j]
 
 
-@njit(inline="always", cache=True)
+@cached_njit(inline="always")
 def _store(out, src, bf16, bits):
     """``src`` into the block ``out``; to bfloat16 rounded to nearest-even by hand, NaN as torch's
     CPU conversion writes it (0xFFFF)."""
@@ -112,7 +114,7 @@ def _store(out, src, bf16, bits):
             out[j] = src[j]
 
 
-@njit(cache=True, fastmath={"contract"}, error_model="numpy")  # a division by zero is inf or NaN, as in torch
+@cached_njit(fastmath={"contract"}, error_model="numpy")  # a division by zero is inf or NaN, as in torch
 def _step(mode, a0, a1, a2, a3, x, f, b, lam, ext, ratio, eps):
     """One model's element folded into the running sums ``a0..a3`` of the merge ``mode``: the
     torch path's recurrences, element by element."""
@@ -147,7 +149,7 @@ def _step(mode, a0, a1, a2, a3, x, f, b, lam, ext, ratio, eps):
 def _fold_kernel(mode: int):
     """The fold of ``mode`` (a constant in it, its branches folded away so that it vectorises)."""
 
-    @njit(cache=True, fastmath={"contract"}, error_model="numpy")
+    @cached_njit(name=f"fold_mode{mode}", fastmath={"contract"}, error_model="numpy")
     def fold(g, x0, x1, x2, x3, f0, f1, f2, f3, b, s0, s1, s2, s3, prm, k, c):
         """Models ``k .. k+g-1`` (``g`` = 1, 2 or 4) folded into the block's sums in one pass over it:
         the sums are read and written once per group, not once per model (the inputs are read side
@@ -174,7 +176,7 @@ _FOLDS = [_fold_kernel(mode) for mode in range(4)]
 _FOLD_0, _FOLD_1, _FOLD_2, _FOLD_3 = _FOLDS
 
 
-@njit(inline="always", cache=True)
+@cached_njit(inline="always")
 def _fold(mode, g, x0, x1, x2, x3, f0, f1, f2, f3, b, s0, s1, s2, s3, prm, k, c):
     """The fold of ``mode``, named through module globals: a merge kernel that held the fold in
     its closure could not be found in numba's cache by another process (a dispatcher in a closure
@@ -196,7 +198,8 @@ def _merge_kernel(mode: int, bf16: bool, fbf16: bool, fdirect: bool):
     these as constants (their branches folded away, so that each fold vectorises and each kernel
     compiles only its own path); numba caches each apart."""
 
-    @njit(parallel=True, cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
+    @cached_njit(name=f"merge_nb_mode{mode}_{int(bf16)}{int(fbf16)}{int(fdirect)}", parallel=True, nogil=True,
+                 fastmath={"contract"}, error_model="numpy")
     def merge_nb(nmod, out, base, xs, fs, prm, chunks):
         n, blocks = out.size, (out.size + NB_BLOCK - 1) // NB_BLOCK
         per = (blocks + chunks - 1) // chunks
@@ -336,7 +339,7 @@ def _float32(v: np.ndarray, bf16: bool) -> np.ndarray:
     return (v.astype(np.uint32) << np.uint32(16)).view(np.float32) if bf16 else v.astype(np.float32, copy=False)
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@cached_njit(parallel=True, nogil=True)
 def _abs_window(base, xs, nmod, bf16, lo, hi, below, inside, gathered):
     """Per model and chunk of elements: how many float32 ``|x − b|`` bit patterns are under
     ``lo[k]``, how many lie in ``[lo[k], hi[k]]``, and those into ``gathered[k, chunk]`` while
@@ -398,7 +401,7 @@ def _kth_abs_histogram(b: np.ndarray, xs: tuple, nmod: int, bf16: bool, rank: in
     return [(int(want[i]) << 16) | int(np.searchsorted(cum[i], ranks[i], side="right")) for i in range(nmod)]
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@cached_njit(parallel=True, nogil=True)
 def _abs_hist(base, xs, nmod, bf16, want, counts):
     """Per model and chunk of elements, the histogram of the float32 ``|x − b|`` bit patterns: of
     the high 16 bits (``want[k] < 0``), or of the low 16 bits of those whose high bits are ``want[k]``."""

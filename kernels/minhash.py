@@ -27,10 +27,11 @@ import sys
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange
+from numba import prange
 from numba.core import types
 from numba.extending import intrinsic
 
+from provenance.kernels.jit_cache import cached_njit
 from provenance.kernels.minhash_codes import (  # noqa: F401 (the codes are this module's too)
     CLASS_COMPLEX,
     CLASS_PUNCT,
@@ -55,7 +56,7 @@ _MERSENNE61 = np.uint64((1 << 61) - 1)
 _MASK32 = np.uint64(0xFFFFFFFF)
 
 
-@njit(inline="always", cache=True)
+@cached_njit(inline="always")
 def _rotl32(x, r):
     return np.uint32((x << np.uint32(r)) | (x >> np.uint32(32 - r)))
 
@@ -82,19 +83,19 @@ def _load32(typingctx, buf, p):
     return types.uint32(buf, p), codegen
 
 
-@njit(inline="always", cache=True)
+@cached_njit(inline="always")
 def _read32(buf, p):
     return _load32(buf, p)
 
 
-@njit(inline="always", cache=True)
+@cached_njit(inline="always")
 def _round32(acc, lane):
     acc = np.uint32(acc + np.uint32(lane * _P2))
     acc = _rotl32(acc, 13)
     return np.uint32(acc * _P1)
 
 
-@njit(inline="always", cache=True)
+@cached_njit(inline="always")
 def _stripes(buf, p, limit, v1, v2, v3, v4):
     """xxh32's four lanes over the 16-byte stripes from ``p`` while one starts by ``limit``."""
     while p <= limit:
@@ -106,7 +107,7 @@ def _stripes(buf, p, limit, v1, v2, v3, v4):
     return p, np.uint32(_rotl32(v1, 1) + _rotl32(v2, 7) + _rotl32(v3, 12) + _rotl32(v4, 18))
 
 
-@njit(inline="always", cache=True)
+@cached_njit(inline="always")
 def _avalanche32(h):
     h ^= h >> np.uint32(15)
     h = np.uint32(h * _P2)
@@ -116,7 +117,7 @@ def _avalanche32(h):
     return h
 
 
-@njit(cache=True)
+@cached_njit()
 def xxh32(buf, start, end):
     """xxh32 with seed 0 of ``buf[start:end]``; equals ``xxhash.xxh32_intdigest``."""
     n = end - start
@@ -143,7 +144,7 @@ def xxh32(buf, start, end):
 READ_AHEAD = 32
 
 
-@njit(inline="always", cache=True)
+@cached_njit(inline="always")
 def _xxh32_ahead(buf, start, end):
     """:func:`xxh32` of ``buf[start:end]`` for a buffer that holds :data:`READ_AHEAD` bytes after
     ``end``, with fewer unpredictable branches: a 16-byte stripe is always computed and a second
@@ -181,7 +182,7 @@ def _xxh32_ahead(buf, start, end):
     return _avalanche32(h)
 
 
-@njit(inline="always", cache=True)
+@cached_njit(inline="always")
 def _utf8_decode(buf, p):
     """Code point starting at ``buf[p]`` and its byte length (input is valid UTF-8)."""
     c = np.int64(buf[_U64(p)])
@@ -199,12 +200,12 @@ def _utf8_decode(buf, p):
     ), 4
 
 
-@njit(inline="always", cache=True)
+@cached_njit(inline="always")
 def _is_break(c):
     return c == CLASS_SPACE or c == CLASS_PUNCT
 
 
-@njit(inline="always", cache=True)
+@cached_njit(inline="always")
 def _first_non_ascii(data, s, e):
     """The first position in ``data[s:e]`` of a byte from 128 (``e`` if none): blocks of 64
     bytes OR-ed together (a loop LLVM vectorises), then byte by byte in the block that has one."""
@@ -221,7 +222,7 @@ def _first_non_ascii(data, s, e):
     return p
 
 
-@njit(inline="always", cache=True)
+@cached_njit(inline="always")
 def _scan_spans(data, s, e, char_class, starts, ends, base, limit):
     """Walk one row and return its number of complex spans, writing them from ``base`` when
     ``limit`` (the row's final count, from a first pass with ``limit = -1``) is known.
@@ -291,7 +292,7 @@ def _scan_spans(data, s, e, char_class, starts, ends, base, limit):
     return count
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@cached_njit(parallel=True, nogil=True)
 def complex_spans(data, offsets, char_class):
     """Where Python must fold (NFKC + lower-case) each row: ``(span_offsets, starts, ends)``.
 
@@ -316,7 +317,7 @@ def complex_spans(data, offsets, char_class):
     return span_offsets, starts, ends
 
 
-@njit(inline="always", cache=True)
+@cached_njit(inline="always")
 def _utf8_write(out, w, cp):
     if cp < 0x80:
         out[_U64(w)] = cp
@@ -337,7 +338,7 @@ def _utf8_write(out, w, cp):
     return w + 4
 
 
-@njit(inline="always", cache=True)
+@cached_njit(inline="always")
 def _emit(src, s, e, lower, char_class, lower_cp, out, w, words, in_word):
     """Split ``src[s:e]`` on separators into ``out``; lower-case through ``lower_cp`` if asked."""
     p = s
@@ -375,7 +376,7 @@ def _emit(src, s, e, lower, char_class, lower_cp, out, w, words, in_word):
     return w, words, in_word
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@cached_njit(parallel=True, nogil=True)
 def normalize_rows(data, offsets, span_offsets, span_starts, span_ends, side, span_side, char_class, lower_cp, out, out_starts):
     """Split every row on separators and write its words joined by one space into ``out``.
 
@@ -395,7 +396,7 @@ def normalize_rows(data, offsets, span_offsets, span_starts, span_ends, side, sp
     return lengths, n_words
 
 
-@njit(inline="always", cache=True)
+@cached_njit(inline="always")
 def _normalize_row(data, offsets, span_offsets, span_starts, span_ends, side, span_side, char_class, lower_cp, out,
                    out_starts, i):
     w = out_starts[i]
@@ -410,7 +411,7 @@ def _normalize_row(data, offsets, span_offsets, span_starts, span_ends, side, sp
     return w - out_starts[i], words
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@cached_njit(parallel=True, nogil=True)
 def shingle_hashes(buf, starts, lengths, n_words, ngram, hash_offsets):
     """xxh32 of every word ``ngram``-gram of each normalised row, flat, rows at ``hash_offsets``.
 
@@ -424,7 +425,7 @@ def shingle_hashes(buf, starts, lengths, n_words, ngram, hash_offsets):
     return hashes
 
 
-@njit(inline="always", cache=True)
+@cached_njit(inline="always")
 def _row_shingles(buf, s, e, nw, ngram, hashes, base):
     """Write the xxh32 of every word n-gram of the normalised row ``buf[s:e]`` from ``base``."""
     if nw == 0:
@@ -453,7 +454,7 @@ def shingle_count(n_words: np.ndarray, ngram: int) -> np.ndarray:
     return np.where(n_words == 0, 0, np.where(n_words < ngram, 1, n_words - ngram + 1))
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@cached_njit(parallel=True, nogil=True)
 def fingerprint_rows(data, offsets, span_offsets, span_starts, span_ends, side, span_side, char_class, lower_cp, out,
                      out_starts, ngram, a, b, scheme, bands, rows):
     """All stages for every row in one parallel pass: normalise into ``out``, hash the shingles,
@@ -481,7 +482,7 @@ def fingerprint_rows(data, offsets, span_offsets, span_starts, span_ends, side, 
     return lengths, n_words, signatures, keys
 
 
-@njit(inline="always", cache=True)
+@cached_njit(inline="always")
 def _fmix32(h):
     h ^= h >> np.uint32(16)
     h = np.uint32(h * np.uint32(0x85EBCA6B))
@@ -491,7 +492,7 @@ def _fmix32(h):
     return h
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@cached_njit(parallel=True, nogil=True)
 def minhash_signatures(hashes, hash_offsets, a, b, scheme):
     """Signatures ``(n, num_perm)`` uint32 from flat token hashes, as datasketch computes them.
 
@@ -506,7 +507,7 @@ def minhash_signatures(hashes, hash_offsets, a, b, scheme):
     return out
 
 
-@njit(inline="always", cache=True)
+@cached_njit(inline="always")
 def _signature(hashes, lo, hi, a, b, scheme, out_row):
     """Write the signature of token hashes ``hashes[lo:hi]`` into ``out_row``."""
     k = a.shape[0]
@@ -531,14 +532,14 @@ def _signature(hashes, lo, hi, a, b, scheme, out_row):
             out_row[j] = np.uint32(sig64[j])
 
 
-@njit(inline="always", cache=True)
+@cached_njit(inline="always")
 def _splitmix64(z):
     z = np.uint64(z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = np.uint64(z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return np.uint64(z ^ (z >> np.uint64(31)))
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@cached_njit(parallel=True, nogil=True)
 def band_keys(signatures, bands, rows):
     """One uint64 key per (document, band): fold the band's values through splitmix64.
 
@@ -552,7 +553,7 @@ def band_keys(signatures, bands, rows):
     return out
 
 
-@njit(inline="always", cache=True)
+@cached_njit(inline="always")
 def _band_row(sig, bands, rows, out_row):
     for band in range(bands):
         key = np.uint64(band)

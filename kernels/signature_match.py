@@ -11,7 +11,9 @@ large near-duplicate cluster is after a few dozen positions (4M pairs of a clust
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
+
+from provenance.kernels.jit_cache import cached_njit
 
 
 def count_matches(signatures: np.ndarray, a: np.ndarray, b: np.ndarray, need: int, *,
@@ -42,7 +44,7 @@ def count_matches(signatures: np.ndarray, a: np.ndarray, b: np.ndarray, need: in
                   int(need), rows, int(first))
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@cached_njit(parallel=True, nogil=True)
 def _count(sig, a, b, need, rows, first):
     out = np.empty(a.shape[0], np.int32)
     k = sig.shape[1]

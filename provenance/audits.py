@@ -42,7 +42,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -614,7 +614,9 @@ def delete_audits(ledger: LedgerStore, audit_ids: Sequence[str] = (), *, kind: s
     is one transaction. ``dry_run``: only say what would go.
 
     Returns ``deleted`` (``audit_id, kind, target, created_at, pairs``), ``pairs`` (how many
-    pairs go), ``kept`` (``audit_id, cited_by``), ``pairs_only`` and ``dry_run``. The space the
+    pairs go), ``kept`` (``audit_id, cited_by``), ``skipped`` (named audits that ``kind`` or
+    ``before`` leave out, or whose pairs were deleted before: ``audit_id, why``), ``pairs_only``
+    and ``dry_run``. The space the
     rows held is reused by later writes, and given back where it ends the database file."""
     if kind is not None and kind not in AUDIT_KINDS:
         raise InvalidParameterError(f"kind {kind!r}: one of {', '.join(AUDIT_KINDS)}")
@@ -624,16 +626,20 @@ def delete_audits(ledger: LedgerStore, audit_ids: Sequence[str] = (), *, kind: s
         raise InvalidParameterError("name the audits to delete, or give before= (a date: the audits made before it)")
     ids = sorted({ledger.audit(a)["audit_id"] for a in names}) if names else None  # not found: says which
     if dry_run:
-        return _deletion(ledger.select_audits(ids, kind, before), ids, pairs_only, dry_run=True)
+        return _deletion(ledger.select_audits(ids), ids, kind, before, pairs_only, dry_run=True)
     with ledger.transaction() as tx:
-        result = _deletion(tx.select_audits(ids, kind, before), ids, pairs_only, dry_run=False)
+        result = _deletion(tx.select_audits(ids), ids, kind, before, pairs_only, dry_run=False)
         when = datetime.now(timezone.utc).replace(tzinfo=None)
         for row in result["deleted"]:
             tx.delete_audit(row["audit_id"], pairs_only=pairs_only, when=when)
     return result
 
 
-def _utc(before: datetime | str | None) -> datetime | None:
+def _utc(before: datetime | date | str | None) -> datetime | None:
+    if isinstance(before, date) and not isinstance(before, datetime):  # a day: from its start, UTC
+        before = datetime(before.year, before.month, before.day)
+    if before is not None and not isinstance(before, (str, datetime)):
+        raise InvalidParameterError(f"before {before!r}: a date, a datetime or an ISO string (2026-12-01)")
     if isinstance(before, str):
         try:
             before = datetime.fromisoformat(before.strip())
@@ -645,16 +651,30 @@ def _utc(before: datetime | str | None) -> datetime | None:
     return before
 
 
-def _deletion(rows: list[dict[str, Any]], named: list[str] | None, pairs_only: bool, *, dry_run: bool) -> dict[str, Any]:
+def _deletion(rows: list[dict[str, Any]], named: list[str] | None, kind: str | None, before: datetime | None,
+              pairs_only: bool, *, dry_run: bool) -> dict[str, Any]:
+    """What goes (module function :func:`delete_audits`): ``rows`` are every stored audit, or
+    the named ones; those that ``kind``, ``before`` or (``pairs_only``) pairs deleted before
+    leave out are listed in ``skipped`` with why."""
+    skipped = []
+    for r in rows:
+        why = (f"a {r['kind']} audit, not {kind}" if kind is not None and r["kind"] != kind else
+               f"made {r['created_at']:%Y-%m-%d %H:%M} UTC, not before {before:%Y-%m-%d %H:%M}"
+               if before is not None and r["created_at"] >= before else
+               "its pairs were deleted before" if pairs_only and r["pairs_deleted_at"] is not None else None)
+        if why is not None:
+            skipped.append({"audit_id": r["audit_id"], "why": why})
+    out = {s["audit_id"] for s in skipped}
+    rows = [r for r in rows if r["audit_id"] not in out]
     cited = [r for r in rows if r["cited_by"] and not pairs_only]
     if cited and named is not None:
         r = cited[0]
         more = f" and {len(r['cited_by']) - 1} more" if len(r["cited_by"]) > 1 else ""
         raise InvalidParameterError(
             f"audit {r['audit_id'][:12]} is cited by the merge receipt of version {r['cited_by'][0][:12]}{more}: "
-            "its report stays; delete its pairs only with pairs_only (--pairs-only)")
+            "its report stays; delete its pairs only (--pairs-only; pairs_only=True)")
     deleted = [{k: r[k] for k in ("audit_id", "kind", "target", "created_at", "pairs")} for r in rows
                if pairs_only or not r["cited_by"]]
     return {"deleted": deleted, "pairs": sum(r["pairs"] for r in deleted),
             "kept": [{"audit_id": r["audit_id"], "cited_by": r["cited_by"]} for r in cited],
-            "pairs_only": pairs_only, "dry_run": dry_run}
+            "skipped": skipped if named is not None else [], "pairs_only": pairs_only, "dry_run": dry_run}

@@ -34,7 +34,7 @@ import xxhash
 
 from provenance import __version__
 from provenance import merge as methods
-from provenance.errors import InvalidParameterError
+from provenance.errors import InvalidParameterError, NotFoundError
 from provenance.history import History, materialize, numel
 from provenance.kernels.dispatch import pick
 from provenance.kernels.finite import is_finite
@@ -177,6 +177,7 @@ def merge(
         if len(set(ids)) != len(ids):
             raise InvalidParameterError("a version is given twice; give it a larger weight instead")
         lam = _weights(weights, len(inputs))
+        audit = _cited_audit(ledger, audit, ids) if audit is not None else None
         device = _device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise InvalidParameterError(f"device {device} asked for, but torch sees no CUDA device")
@@ -217,11 +218,31 @@ def merge(
                 "params_json": json.dumps(receipt_params, sort_keys=True), "audit_id": audit, "created_at": created,
             }
             with ledger.transaction() as tx:
+                if audit is not None and not tx.select_audits([audit]):  # deleted meanwhile
+                    raise NotFoundError(f"audit {audit[:12]}, cited, was deleted while the merge ran; nothing merged")
                 tx.insert_version(version, params)
                 tx.insert_receipt(receipt)
                 if also is not None:  # rows that must land with the version or not at all (a retraction's result)
                     also(tx, version)
     return version
+
+
+def _cited_audit(ledger: LedgerStore, audit: str, ids: list[str]) -> str:
+    """The full id of the pre-merge gate ``audit`` (an id or prefix) that a merge of ``ids``
+    cites: a stored gate of exactly these versions (a failed one may be cited: the receipt says
+    which it was), else an error. The receipt keeps the full id, so that the audit's report stays
+    (``prov audit delete`` refuses to delete what a receipt cites)."""
+    row = ledger.audit(audit)
+    name = row["audit_id"][:12]
+    if row["kind"] != "merge":
+        raise InvalidParameterError(f"audit {name} is a {row['kind']} audit; a merge cites a pre-merge gate "
+                                    "(prov audit merge) of its inputs")
+    audited = row["report"].get("versions") or []
+    if sorted(audited) != sorted(ids):
+        raise InvalidParameterError(
+            f"audit {name} is the pre-merge gate of {', '.join(v[:12] for v in audited)}, not of this merge's inputs "
+            f"{', '.join(v[:12] for v in ids)}; run the gate on them (--gate) or cite theirs")
+    return row["audit_id"]
 
 
 def _device(device: str | torch.device | None) -> torch.device:

@@ -24,7 +24,7 @@ import uuid
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -568,14 +568,18 @@ class RemoteLedger:
         return rows
 
     def audit(self, audit_id: str) -> dict[str, Any]:
-        return self._call("GET", f"audits/{audit_id}")
+        row = self._call("GET", f"audits/{audit_id}")
+        for key in ("created_at", "pairs_deleted_at"):  # datetimes, as a local ledger gives them
+            if row.get(key):
+                row[key] = datetime.fromisoformat(row[key])
+        return row
 
     def audit_pairs(self, audit_id: str, limit: int | None = None) -> pa.Table:
         return ipc_to_table(self._call("GET", f"audits/{audit_id}/pairs", params={"limit": limit}), "the pairs")
 
     def delete_audits(self, audit_ids: Sequence[str] = (), *, kind: str | None = None, before: Any = None,
                       pairs_only: bool = False, dry_run: bool = False) -> dict[str, Any]:
-        before = before.isoformat() if isinstance(before, datetime) else before
+        before = before.isoformat() if isinstance(before, (datetime, date)) else before
         result = self._call("POST", "audits/delete", json_body={
             "audit_ids": [audit_ids] if isinstance(audit_ids, str) else list(audit_ids), "kind": kind,
             "before": before, "pairs_only": pairs_only, "dry_run": dry_run})

@@ -476,7 +476,8 @@ def _rank(x: torch.Tensor, y: torch.Tensor) -> int | None:
 def gc(ledger: LedgerStore, *, apply: bool = False) -> dict[str, Any]:
     """Objects that no version refers to, temporary files of object writes that never finished,
     DuckDB's spill files of killed processes (:meth:`LedgerStore.stale_spill_files`), the rows a
-    killed registration staged (:meth:`LedgerStore.stale_staging`), and
+    killed registration staged (:meth:`LedgerStore.stale_staging`), the folders of killed Ray
+    registrations and dedup audits (:meth:`LedgerStore.stale_ray_folders`), and
     folders of Parquet document files that no dataset lists (a registration killed between
     writing them and its commit): listed, or removed with ``apply``. Runs holding the ledger's
     lock, so no commit or registration is writing meanwhile (in a server: refused while commits
@@ -487,19 +488,23 @@ def gc(ledger: LedgerStore, *, apply: bool = False) -> dict[str, Any]:
         unreferenced = [a for a in store.addresses() if a not in referenced]
         temporaries = list(store.temporaries()) + ledger.stale_spill_files()
         staged = ledger.stale_staging(remove=apply)  # a killed registration's staged rows
+        rays = ledger.stale_ray_folders()
         folders = _unlisted_document_folders(ledger)
         sizes = ([store.size(a) or 0 for a in unreferenced] + [t.stat().st_size for t in temporaries]
-                 + [n for _, n in staged] + list(folders.values()))
+                 + [n for _, n in staged] + [n for _, n in rays] + list(folders.values()))
         freed = 0
         if apply:
-            freed = sum(store.delete(a) for a in unreferenced) + sum(n for _, n in staged)
+            freed = sum(store.delete(a) for a in unreferenced) + sum(n for _, n in staged) + sum(n for _, n in rays)
+            for folder, _ in rays:
+                shutil.rmtree(folder, ignore_errors=True)
             for t in temporaries:
                 freed += t.stat().st_size
                 t.unlink()
             for d in folders:
                 ledger.document_store.remove_folder(d)
             freed += sum(folders.values())
-    return {"unreferenced": unreferenced, "temporary_files": [str(t) for t in temporaries] + [p for p, _ in staged],
+    return {"unreferenced": unreferenced,
+            "temporary_files": [str(t) for t in temporaries] + [p for p, _ in staged] + [str(p) for p, _ in rays],
             "document_folders": [str(d) for d in folders], "bytes": sum(sizes), "removed": apply, "freed": freed}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import date
 from pathlib import Path
 
 import httpx
@@ -264,6 +265,7 @@ def test_audits_return_typed_reports(api, name, files, tmp_path):
     with pytest.raises(NotFoundError, match="no audit"):
         api.audit(memo.audit_id)
     assert api.delete_audits(ids[:1], before="2000-01-01")["deleted"] == []  # made after it: kept
+    assert api.delete_audits(ids[:1], before=date(2000, 1, 1))["skipped"][0]["why"].startswith("made ")
     assert api.delete_audits(ids[:1], before="2999-01-01T00:00+02:00")["pairs"] == dedup.summary.pairs
     assert dedup.audit_id not in {a["audit_id"] for a in api.audits()}
     with pytest.raises(NotFoundError, match="no audit"):

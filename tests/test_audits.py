@@ -188,13 +188,31 @@ def test_cli_audit_delete(graded_ledger):
     out = runner.invoke(main, [*base, "audit", "delete", first.audit_id[:6], "--pairs-only"])
     assert out.exit_code == 0 and f"deleted the pairs of 1 audit ({first.summary.pairs:,} stored pairs)" in out.output
     assert "pairs deleted" in runner.invoke(main, [*base, "audit", "list"]).output.splitlines()[1]
-    assert "dedup audit" in runner.invoke(main, [*base, "audit", "show", first.audit_id[:6]]).output
+    shown = runner.invoke(main, [*base, "audit", "show", first.audit_id[:6]])
+    assert "dedup audit" in shown.stdout and "its stored pairs were deleted on" in shown.stderr
+    assert json.loads(runner.invoke(main, [*base, "audit", "show", first.audit_id, "--json"]).stdout)["pairs_deleted_at"]
+    again = runner.invoke(main, [*base, "audit", "delete", first.audit_id[:6], "--pairs-only"])  # counted once
+    assert f"not deleted {first.audit_id[:12]}: its pairs were deleted before" in again.output
+    assert "deleted the pairs of 0 audits (0 stored pairs)" in again.output
+    out = runner.invoke(main, [*base, "audit", "delete", second.audit_id, "--kind", "merge", "--before", "2020-01-01 10:00:00"])
+    assert out.exit_code == 0 and f"not deleted {second.audit_id[:12]}: a dedup audit, not merge" in out.output
+    out = runner.invoke(main, [*base, "audit", "delete", second.audit_id, "--before", "2020-01-01 10:00:00"])
+    assert f"not deleted {second.audit_id[:12]}: made " in out.output and "not before 2020-01-01 10:00" in out.output
+    assert len(graded_ledger.audits()) == 2
     out = runner.invoke(main, [*base, "audit", "delete", "--before", "2999-01-01", "--kind", "dedup", "--json"])
     assert out.exit_code == 0, out.output
     result = json.loads(out.output)
     assert [d["audit_id"] for d in result["deleted"]] == [first.audit_id, second.audit_id]  # oldest first
     assert result["pairs"] == second.summary.pairs and graded_ledger.audits() == []
     assert runner.invoke(main, [*base, "audit", "list"]).output.strip() == "no audits"
+    import duckdb  # two audits whose ids share a prefix, as another program could have stored them
+
+    con = duckdb.connect(str(graded_ledger.db_path))
+    con.execute("""INSERT INTO audits SELECT 'abcd' || repeat(x, 28), 'dedup', 'graded', '{}', NULL, '{}', now(), NULL
+                   FROM (VALUES ('1'), ('2')) t(x)""")
+    con.close()
+    out = runner.invoke(main, [*base, "audit", "delete", "abcd"])
+    assert out.exit_code == 4 and "audit prefix 'abcd' is ambiguous: abcd11111111, abcd22222222" in out.output
 
 
 def test_dedup_html_report_is_self_contained(graded_ledger, tmp_path):

@@ -256,6 +256,38 @@ def test_merge_with_the_gate_in_the_library(contributors):
     assert ledger.audit(ledger.receipt(merged)["audit_id"])["passed"] is True
 
 
+def test_a_merge_cites_a_stored_gate_of_its_inputs_by_its_full_id(contributors):
+    """``audit=`` was kept as given: a prefix (or any text) in the receipt, so prov audit delete did
+    not see the citation and deleted the audit, and the model card then failed (stranger pass 23)."""
+    import duckdb
+
+    from provenance.verify import verify
+
+    ledger, base, va, vb = contributors
+    gate = audit_merge(ledger, [va, vb], ngram=0)  # failed (contamination): it may still be cited
+    merged = ledger.merge([va, vb], method="average", message="cites by prefix", audit=gate.audit_id[:6].upper())
+    assert ledger.receipt(merged).audit_id == gate.audit_id
+    with pytest.raises(InvalidParameterError, match=f"cited by the merge receipt of version {merged.version_id[:12]}"):
+        ledger.delete_audits([gate.audit_id[:6]])
+    dedup = ledger.audit_dedup(["a"])
+    with pytest.raises(InvalidParameterError, match=f"audit {dedup.audit_id[:12]} is a dedup audit; a merge cites a "
+                                                    "pre-merge gate"):
+        ledger.merge([va, vb], method="average", message="x", audit=dedup.audit_id)
+    third = ledger.commit({"w": torch.full((4,), 3.0)}, parent=base, message="third")
+    with pytest.raises(InvalidParameterError, match=f"audit {gate.audit_id[:12]} is the pre-merge gate of .*, not of "
+                                                    "this merge's inputs"):
+        ledger.merge([va, third], method="average", message="x", audit=gate.audit_id)
+    with pytest.raises(NotFoundError, match="no audit 'nosuchaudit'"):
+        ledger.merge([va, vb], method="average", message="x", audit="nosuchaudit")
+    assert verify(ledger).ok
+    con = duckdb.connect(str(ledger.db_path))  # another program deletes the cited audit
+    con.execute("DELETE FROM audits WHERE audit_id = ?", [gate.audit_id])
+    con.close()
+    assert verify(ledger).version_problems == [{
+        "version_id": merged.version_id,
+        "problem": f"its merge receipt cites audit {gate.audit_id}, which is not in the ledger"}]
+
+
 def test_the_gate_fails_closed_when_the_span_check_cannot_read_a_source(contributors, data_dir):
     """e1 shares a 15-word span with b's training text, which only the span check finds. With
     b.jsonl moved the check cannot look: the gate fails, saying why, instead of passing on the

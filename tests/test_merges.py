@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from provenance.errors import InvalidParameterError
+from provenance.errors import InvalidParameterError, NotFoundError
 from provenance.kernels import merge as merge_kernels
 from provenance.merges import load_fisher, receipt_check
 from provenance.patches import same_bits
@@ -103,11 +103,13 @@ def test_receipts_rerun_bit_for_bit(two):
     ledger, _, a, b = two
     ledger.store_fisher(a, _positive(7))
     ledger.store_fisher(b, _positive(8), keep=0.25)  # a top-k sketch
-    merged = ledger.merge([a, b], method="fisher", normalize=True, message="from stored fishers", audit="audit-1")
+    with pytest.raises(NotFoundError, match="no audit 'abcd1234' in the ledger"):  # a merge cites a stored gate
+        ledger.merge([a, b], method="fisher", message="cites nothing", audit="abcd1234")
+    merged = ledger.merge([a, b], method="fisher", normalize=True, message="from stored fishers")
     receipt = ledger.receipt(merged)
     assert (receipt["method"], receipt["inputs"], receipt["weights"], receipt["eps"], receipt["normalize"]) == (
         "fisher", [a.version_id, b.version_id], [0.5, 0.5], 1e-6, True)
-    assert receipt["audit_id"] == "audit-1" and receipt["kernel"].startswith("torch")
+    assert receipt["audit_id"] is None and receipt["kernel"].startswith("torch")
     assert receipt_check(ledger, merged) == {"b": True, "w": True}
     sketch = load_fisher(ledger, b, "w")
     assert int((sketch > 0).sum()) == 32 and sketch.shape == (16, 8)  # 25% of 128 entries kept

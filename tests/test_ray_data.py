@@ -92,6 +92,53 @@ def test_ray_gives_the_rows_the_single_process_path_gives(tmp_path):
     changed = register_dataset(ledger, "ray", str(corpus), progress=steps)
     assert changed.created and changed.dataset.dataset_id == "ray@2" and changed.dataset.n_documents == 1204
     assert steps.started == ["hashing on Ray", "fingerprinting on Ray"]
+    assert list((ledger.root / "tmp" / "ray").iterdir()) == []  # the default staging, in the ledger, emptied
+
+
+HOLD_FOLDER = """
+import sys, time
+from provenance import Ledger
+from provenance.integrations.ray_data import work_folder
+
+with work_folder(Ledger.open(sys.argv[1]), None, sys.argv[2]) as folder:
+    (folder / "part-0.parquet").write_bytes(b"x" * 1000)
+    print(folder, flush=True)
+    time.sleep(120)
+"""
+
+
+def test_the_folder_of_a_killed_ray_driver_is_removed_by_gc(tmp_path):
+    """A Ray registration or dedup audit killed (SIGKILL) before it removed its folder leaves it in
+    .prov/tmp/ray, named by its process id: prov gc lists it once that process is gone, and
+    removes it with --apply; the folder of a process that runs is in use and left alone."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from provenance.integrations.ray_data import work_folder
+
+    ledger = Ledger.init(tmp_path / "ledger")
+    children = [subprocess.Popen([sys.executable, "-c", HOLD_FOLDER, str(ledger.root), prefix], stdout=subprocess.PIPE,
+                                 text=True) for prefix in ("prov-ray-", "prov-ray-dedup-")]
+    try:
+        held = [Path(c.stdout.readline().strip()) for c in children]
+        assert all(h.parent == ledger.root / "tmp" / "ray" and (h / "part-0.parquet").exists() for h in held)
+        assert ledger.gc()["temporary_files"] == []  # their processes run: in use
+        for c in children:
+            c.send_signal(signal.SIGKILL)
+            assert c.wait(60) == -signal.SIGKILL
+    finally:
+        for c in children:
+            c.kill()
+            c.stdout.close()
+    with work_folder(ledger, None) as mine:  # this process's: in use
+        listed = ledger.gc()
+        assert sorted(listed["temporary_files"]) == sorted(map(str, held)) and listed["bytes"] == 2000
+        out = CliRunner().invoke(main, ["--ledger", str(ledger.root), "gc", "--apply"])
+        assert out.exit_code == 0 and "2 temporary files" in out.output and "2,000 bytes" in out.output, out.output
+        assert not any(h.exists() for h in held) and mine.is_dir()
+    assert list((ledger.root / "tmp" / "ray").iterdir()) == []
 
 
 def test_each_actor_runs_its_kernels_on_the_cpus_ray_gave_it(tmp_path, caplog):

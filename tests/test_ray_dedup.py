@@ -152,6 +152,8 @@ def test_no_pairs_and_bad_arguments(corpus_ledger, tmp_path):
     staging.mkdir()
     audit_dedup(corpus_ledger, ["b"], staging=staging)
     assert list(staging.iterdir()) == []  # the exchanged files are gone
+    audit_dedup(corpus_ledger, ["b"], store=False)  # by default in the ledger's .prov/tmp/ray, then gone
+    assert list((corpus_ledger.root / "tmp" / "ray").iterdir()) == []
 
 
 def test_cli_engine_ray(corpus_ledger):

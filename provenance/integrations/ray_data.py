@@ -24,10 +24,11 @@ hash are the ones a local registration of the same files gives.
 is fingerprinted and the version is returned unchanged, as a local registration does.
 
 **Granularity.** A shard is the unit of work: a corpus of many files spreads over the actors, one
-huge file does not. **Staging.** Parts are written under ``staging`` (default: the system's
-temporary folder), which every actor and the driver must reach: on one machine (Ray's local mode,
-or a one-node cluster) any folder; across nodes, a shared file system. They are removed when the
-registration ends, whether it succeeded or not.
+huge file does not. **Staging.** Parts are written under ``staging`` (default: the ledger's
+``.prov/tmp/ray``; for a server's ledger, the system's temporary folder), which every actor and
+the driver must reach: on one machine (Ray's local mode, or a one-node cluster) any folder; across
+nodes, a shared file system. They are removed when the registration ends, whether it succeeded or
+not; a driver killed first leaves its folder, which ``prov gc`` removes from the default place.
 
 **Settings.** The actors get the driver's object-storage settings (``AWS_*``, see
 :mod:`provenance.sources.urls`) in their runtime environment; what the driver does not set, a
@@ -58,7 +59,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,8 +132,7 @@ def register_dataset(ledger: Any, name: str, sources: Any, *, address: str | Non
     if unchanged is not None:
         return unchanged
     actors = max(1, min(len(specs), num_cpus or int(ray.cluster_resources().get("CPU", 1))))
-    folder = Path(tempfile.mkdtemp(prefix="prov-ray-", dir=staging))
-    try:
+    with work_folder(ledger, staging) as folder:
         data = ray.data.from_items(specs, override_num_blocks=len(specs)).map_batches(
             _Fingerprinter, batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1,
             num_gpus=num_gpus or None, zero_copy_batch=True, runtime_env={"env_vars": _storage_settings()},
@@ -162,6 +162,23 @@ def register_dataset(ledger: Any, name: str, sources: Any, *, address: str | Non
         return register_parts(ledger, name, parts, records, opts=opts, cfg=cfg, meta=registration_meta(options),
                               asked=asked_meta(options),
                               counters=counters, storage=storage_options(options))
+
+
+@contextlib.contextmanager
+def work_folder(ledger: Any, staging: str | os.PathLike | None, prefix: str = "prov-ray-") -> Iterator[Path]:
+    """A folder for one Ray job's files in ``staging``, removed after it. By default it is in a
+    local ledger's ``.prov/tmp/ray`` (for a server's ledger, or a ledger folder that cannot be
+    written, in the system's temporary folder). Its name holds this process's id, so that ``prov
+    gc`` removes the folder of a process killed before it could (:meth:`LedgerStore.stale_ray_folders`)."""
+    if staging is None:
+        from provenance.ledger import LedgerStore
+
+        if isinstance(ledger, LedgerStore):
+            with contextlib.suppress(OSError):
+                staging = ledger.ray_folder()
+    folder = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=staging))
+    try:
+        yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -42,9 +42,9 @@ signature positions, as the database's are.
 **Where the work is.** Every step that grows with the documents (grouping, the band shuffle,
 the signature comparisons, the component rounds) runs on Ray. The ledger's transaction exports the
 documents and receives the pairs; the report is queried there, from the pairs. **Staging.** The
-files exchanged are written under ``staging`` (default: the system's temporary folder), which the
-driver and every Ray worker must reach (one machine, or a shared file system), and removed when
-the audit ends.
+files exchanged are written under ``staging`` (default: the ledger's ``.prov/tmp/ray``, where
+``prov gc`` removes what a killed audit left), which the driver and every Ray worker must reach
+(one machine, or a shared file system), and removed when the audit ends.
 """
 
 from __future__ import annotations
@@ -52,9 +52,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +62,7 @@ import pyarrow.compute as pc
 
 from provenance import audits
 from provenance.errors import InvalidParameterError, ProvenanceError
-from provenance.integrations.ray_data import _connect, check_count, check_staging
+from provenance.integrations.ray_data import _connect, check_count, check_staging, work_folder
 from provenance.ledger.audit_sql import window_order
 from provenance.results import DedupReport
 
@@ -107,14 +105,15 @@ def audit_dedup(ledger: Any, targets: Sequence[str], *, address: str | None = No
     audits.check_window(options.get("bucket_window", audits.BUCKET_WINDOW))
     audits.resolve_scope(ledger, targets)  # an unknown target is an error before Ray starts
     _connect(address, num_cpus)
-    return audits.audit_dedup(ledger, targets, engine=RayDedup(staging, partitions), **options)
+    return audits.audit_dedup(ledger, targets, engine=RayDedup(staging, partitions, ledger=ledger), **options)
 
 
 class RayDedup:
     """The engine :func:`provenance.audits.audit_dedup` calls for the pairs and the clusters."""
 
-    def __init__(self, staging: str | os.PathLike | None = None, partitions: int | None = None):
-        self.staging, self.partitions = staging, partitions
+    def __init__(self, staging: str | os.PathLike | None = None, partitions: int | None = None, *,
+                 ledger: Any = None):
+        self.staging, self.partitions, self.ledger = staging, partitions, ledger
 
     def near_pairs(self, tx: Any, run: audits.AuditRun, scope: pa.Table, *, all_pairs: bool) -> int:
         """Steps 1–3 of the module doc: the audit's pairs, into ``audit_pairs``; ``run.n_docs``:
@@ -182,13 +181,8 @@ class RayDedup:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         return max(2 * cpus, math.ceil(rows / per_partition))
 
-    @contextlib.contextmanager
-    def _folder(self) -> Iterator[Path]:
-        folder = Path(tempfile.mkdtemp(prefix="prov-ray-dedup-", dir=self.staging))
-        try:
-            yield folder
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+    def _folder(self) -> contextlib.AbstractContextManager[Path]:
+        return work_folder(self.ledger, self.staging, "prov-ray-dedup-")
 
 
 def _sorting(dataset: Any) -> Any:

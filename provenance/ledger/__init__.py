@@ -217,6 +217,20 @@ class ObjectWriters:
 
 
 _SPILL = re.compile(r"duckdb_temp_\d+_")  # DuckDB's temporary files, named by the process that made them
+#: ``.prov/tmp/ray``: the Ray engines' folders (``prov-ray-PID-…``, ``prov-ray-dedup-PID-…``), by default.
+RAY_DIR = "ray"
+_RAY = re.compile(r"prov-ray-(?:dedup-)?(\d+)-")
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (a process of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
@@ -795,6 +809,28 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
         mine = f"duckdb_temp_{os.getpid()}_"
         return sorted(p for p in folder.iterdir()
                       if _SPILL.match(p.name) and not p.name.startswith(mine) and p.is_file())
+
+    def ray_folder(self) -> Path:
+        """``.prov/tmp/ray``, made if missing: where the Ray engines write their files unless
+        given a staging folder (:func:`provenance.integrations.ray_data.work_folder`)."""
+        folder = self.root / TMP_DIR / RAY_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def stale_ray_folders(self) -> list[tuple[Path, int]]:
+        """The Ray engines' folders in ``.prov/tmp/ray`` whose process is no longer running (a
+        Ray registration or dedup audit killed before it removed its folder), with their bytes.
+        Each folder is named by its process's id; one whose process runs is in use."""
+        folder = self.root / TMP_DIR / RAY_DIR
+        if not folder.is_dir():
+            return []
+        found = []
+        for entry in sorted(folder.iterdir()):
+            m = _RAY.match(entry.name)
+            if m and entry.is_dir() and not entry.is_symlink() and not _alive(int(m.group(1))):
+                with contextlib.suppress(OSError):  # gone meanwhile
+                    found.append((entry, sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())))
+        return found
 
     def stale_staging(self, *, remove: bool = False) -> list[tuple[str, int]]:
         """The files and folders a registration killed mid-write left in ``.prov/tmp/staging``,

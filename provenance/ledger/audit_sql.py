@@ -761,9 +761,9 @@ class AuditWrites:
              row["passed"], json.dumps(row["report"], default=str), row["created_at"]],
         )
 
-    def select_audits(self, ids: Sequence[str] | None, kind: str | None, before: datetime | None) -> list[dict[str, Any]]:
+    def select_audits(self, ids: Sequence[str] | None) -> list[dict[str, Any]]:
         """:func:`select_audits` inside the transaction."""
-        return select_audits(self._con, ids, kind, before)
+        return select_audits(self._con, ids)
 
     def delete_audit(self, audit_id: str, *, pairs_only: bool, when: datetime) -> None:
         """Remove the audit's stored pairs, and its record unless ``pairs_only`` (which marks the
@@ -786,11 +786,10 @@ class AuditWrites:
         self._con.execute("DROP TABLE IF EXISTS aud_clusters")
 
 
-def select_audits(con: duckdb.DuckDBPyConnection, ids: Sequence[str] | None, kind: str | None,
-                  before: datetime | None) -> list[dict[str, Any]]:
-    """The stored audits among ``ids`` (all when None) of ``kind``, made before ``before`` (UTC),
-    oldest first: ``audit_id, kind, target, created_at, pairs_deleted_at``, the ``pairs`` they
-    store and the merge versions whose receipts cite them (``cited_by``)."""
+def select_audits(con: duckdb.DuckDBPyConnection, ids: Sequence[str] | None) -> list[dict[str, Any]]:
+    """The stored audits among ``ids`` (all when None), oldest first: ``audit_id, kind, target,
+    created_at, pairs_deleted_at``, the ``pairs`` they store and the merge versions whose receipts
+    cite them (``cited_by``)."""
     return con.sql(
         """SELECT a.audit_id, a.kind, a.target, a.created_at, a.pairs_deleted_at, coalesce(p.n, 0) AS pairs,
                   coalesce(m.versions, []) AS cited_by
@@ -798,10 +797,9 @@ def select_audits(con: duckdb.DuckDBPyConnection, ids: Sequence[str] | None, kin
            LEFT JOIN (SELECT audit_id, count(*) AS n FROM audit_pairs GROUP BY ALL) p USING (audit_id)
            LEFT JOIN (SELECT audit_id, list(version_id ORDER BY version_id) AS versions FROM merge_receipts
                       WHERE audit_id IS NOT NULL GROUP BY ALL) m USING (audit_id)
-           WHERE ($1::VARCHAR[] IS NULL OR list_contains($1::VARCHAR[], a.audit_id))
-             AND ($2::VARCHAR IS NULL OR a.kind = $2) AND ($3::TIMESTAMP IS NULL OR a.created_at < $3)
+           WHERE $1::VARCHAR[] IS NULL OR list_contains($1::VARCHAR[], a.audit_id)
            ORDER BY a.created_at, a.audit_id""",
-        params=[None if ids is None else list(ids), kind, before],
+        params=[None if ids is None else list(ids)],
     ).to_arrow_table().to_pylist()
 
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from provenance import columns
-from provenance.errors import NotFoundError
+from provenance.errors import InvalidParameterError, NotFoundError
 from provenance.ledger._common import register, unregister
 from provenance.records import looks_like_id
 
@@ -370,13 +369,18 @@ class LineageQueries:
             raise NotFoundError(f"no audit {audit_id!r} (an audit id is 4 to 32 hex digits)")
         with self._cursor() as con:
             rows = con.sql(
-                "SELECT * FROM audits WHERE starts_with(audit_id, ?) ORDER BY audit_id LIMIT 2",
+                "SELECT * FROM audits WHERE starts_with(audit_id, ?) ORDER BY audit_id LIMIT 6",
                 params=[str(audit_id).lower()],
             ).to_arrow_table().to_pylist()
+            proof = [] if rows else con.execute(
+                "SELECT retraction_id FROM retraction_audits WHERE starts_with(audit_id, ?) LIMIT 1",
+                [str(audit_id).lower()]).fetchall()
         if not rows:
-            raise NotFoundError(f"no audit {audit_id!r} in the ledger")
+            raise NotFoundError(f"no audit {audit_id!r} in the ledger" + (
+                f" (it is a proof audit of retraction {proof[0][0]}: prov retractions {proof[0][0]})" if proof else ""))
         if len(rows) > 1:
-            raise NotFoundError(f"audit prefix {audit_id!r} is ambiguous")
+            shown = ", ".join(r["audit_id"][:12] for r in rows[:5])
+            raise InvalidParameterError(f"audit prefix {audit_id!r} is ambiguous: {shown}{', ...' if len(rows) > 5 else ''}")
         row = rows[0]
         for key in ("params_json", "report_json"):
             row[key.removesuffix("_json")] = json.loads(row.pop(key))
@@ -397,13 +401,12 @@ class LineageQueries:
             sql = PAIRS_SQL + (f" LIMIT {int(limit)}" if limit is not None else "")
             return con.sql(sql, params=[audit_id]).to_arrow_table()
 
-    def select_audits(self, ids: Sequence[str] | None = None, kind: str | None = None,
-                      before: datetime | None = None) -> list[dict[str, Any]]:
+    def select_audits(self, ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """See :func:`provenance.ledger.audit_sql.select_audits`."""
         from provenance.ledger.audit_sql import select_audits
 
         with self._cursor() as con:
-            return select_audits(con, ids, kind, before)
+            return select_audits(con, ids)
 
     def audits(self, kind: str | None = None) -> list[dict[str, Any]]:
         """Stored audits, newest first, without their reports: ``audit_id, kind, target, passed,

@@ -216,8 +216,8 @@ class ModelQueries:
             ).to_arrow_table()
 
     def version_problems(self) -> list[dict[str, Any]]:
-        """Versions whose records do not hold together: a parent, run or tag that points at
-        nothing, or a manifest whose size disagrees with the version row."""
+        """Versions whose records do not hold together: a parent, run, tag or cited audit that
+        points at nothing, or a manifest whose size disagrees with the version row."""
         with self._cursor() as con:
             rows = con.execute(
                 """SELECT v.version_id, 'parent ' || p.parent || ' is not in the ledger'
@@ -232,6 +232,9 @@ class ModelQueries:
                    UNION ALL
                    SELECT t.version_id, 'tag ' || t.name || ' points at a version that is not in the ledger'
                    FROM tags t ANTI JOIN versions v USING (version_id)
+                   UNION ALL
+                   SELECT m.version_id, 'its merge receipt cites audit ' || m.audit_id || ', which is not in the ledger'
+                   FROM merge_receipts m ANTI JOIN audits a USING (audit_id) WHERE m.audit_id IS NOT NULL
                    ORDER BY 1, 2"""
             ).fetchall()
         return [{"version_id": v, "problem": p} for v, p in rows]

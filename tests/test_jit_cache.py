@@ -1,0 +1,108 @@
+"""The kernels' numba cache under processes that compile at once (``provenance.kernels.jit_cache``).
+
+Numba names each new data file by the first number its index does not use, and saves the index
+and the data with no lock: two processes compiling two specialisations of one function at once
+could give one the other's machine code, for good (a TIES merge ran another mode's fold and
+returned wrong values until the cache was removed). These tests start real processes at one
+moment on one cache folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from provenance.kernels.jit_cache import _KeyedIndex
+
+SAVER = """
+import os, sys, time
+from provenance.kernels.jit_cache import _KeyedIndex
+from numba.core.caching import IndexDataCacheFile
+
+folder, worker, go, keyed = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "keyed"
+kind = _KeyedIndex if keyed else IndexDataCacheFile
+index = kind(cache_path=folder, filename_base="f-1.py311", source_stamp=(1.0, 10))
+while not os.path.exists(go):
+    time.sleep(0.001)
+for i in range(40):
+    index.save(("key", worker, i), {"worker": worker, "i": i, "pad": bytes(4000)})
+"""
+
+
+def _race(folder: Path, keyed: bool, workers: int = 4) -> tuple[int, int]:
+    """``workers`` processes saving 40 entries each into one index at the same moment; returns
+    the entries then missing from the index and those naming another entry's data."""
+    go = folder / "go"
+    children = [subprocess.Popen([sys.executable, "-c", SAVER, str(folder), str(w), str(go), "keyed" if keyed else "stock"])
+                for w in range(workers)]
+    time.sleep(2.0)  # every child waits for the go
+    go.touch()
+    assert [c.wait(120) for c in children] == [0] * workers
+    index = _KeyedIndex(cache_path=str(folder), filename_base="f-1.py311", source_stamp=(1.0, 10))
+    missing = wrong = 0
+    for w in range(workers):
+        for i in range(40):
+            data = index.load(("key", w, i))
+            if data is None:
+                missing += 1
+            elif (data["worker"], data["i"]) != (w, i):
+                wrong += 1
+    return missing, wrong
+
+
+def test_processes_saving_at_once_keep_every_entry_with_its_own_data(tmp_path):
+    (tmp_path / "keyed").mkdir()
+    assert _race(tmp_path / "keyed", keyed=True) == (0, 0)
+    names = sorted(p.name for p in (tmp_path / "keyed").glob("*.nbc"))
+    assert len(names) == 160 and all(len(n.split(".")[-2]) == 24 for n in names)  # named by their keys
+
+
+CHILD = """
+import sys, torch
+from provenance.kernels import merge as M
+
+def run(method, xs, fs, base, w):
+    if method == "average":
+        return M.weighted_average(xs, w)
+    if method == "fisher":
+        return M.fisher_merge(xs, fs, w)
+    if method == "task":
+        return M.task_arithmetic(base, xs, w)
+    return M.ties(base, xs, w, density=0.3)
+
+bad = []
+for method in sys.argv[1].split(","):
+    for dtype in (torch.float32, torch.float64):
+        g = torch.Generator().manual_seed(hash((method, str(dtype))) % 2**31)
+        xs = [torch.randn(9000, generator=g, dtype=dtype) for _ in range(3)]
+        fs = [torch.rand(9000, generator=g, dtype=dtype) + 0.1 for _ in range(3)]
+        base = torch.randn(9000, generator=g, dtype=dtype)
+        fast = run(method, xs, fs, base, [0.2, 0.3, 0.5])
+        M._numba_ok = lambda *a, **k: False
+        ref = run(method, xs, fs, base, [0.2, 0.3, 0.5])
+        del M._numba_ok
+        from provenance.kernels.merge_cpu import _numba_ok
+        M._numba_ok = _numba_ok
+        if not torch.equal(fast.view(torch.uint8), ref.view(torch.uint8)):
+            bad.append(f"{method} {dtype}")
+print("bad:", ";".join(bad), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_merge_kernels_compiled_by_processes_at_once_are_each_their_own(tmp_path):
+    """Four processes compile the four merge modes into one fresh cache at the same moment; a
+    fifth, loading them all from it, gets bit-for-bit the torch reference of every mode."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    children = [subprocess.Popen([sys.executable, "-c", CHILD, method], env=env, stdout=subprocess.PIPE, text=True)
+                for method in ("average", "fisher", "task", "ties")]
+    outs = [c.communicate(timeout=600)[0] for c in children]
+    assert all(c.returncode == 0 for c in children) and all(o.strip() == "bad:" for o in outs), outs
+    assert list((tmp_path / "cache").rglob("*merge_nb*.nbi"))  # the kernels were cached there
+    again = subprocess.run([sys.executable, "-c", CHILD, "average,fisher,task,ties"], env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.strip() == "bad:", (again.stdout, again.stderr)
