@@ -45,4 +45,5 @@ def _whole_writes() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
+    _whole_writes()
     sys.exit(main())

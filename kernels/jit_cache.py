@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -34,17 +35,33 @@ except ImportError:  # pragma: no cover - not POSIX: the names alone keep the en
     fcntl = None
 
 
+#: Age after which a data file that no index names is removed when its function's index starts over.
+STALE_SECONDS = 3600
+
+
 class _KeyedIndex(IndexDataCacheFile):
     """An index whose data files are named by their keys, updated under a lock (module doc)."""
 
     def save(self, key: Any, data: Any) -> None:
-        digest = hashlib.sha256(repr(key).encode()).hexdigest()[:24]
-        name = f"{self._index_name.removesuffix('.nbi')}.{digest}.nbc"
+        base = self._index_name.removesuffix(".nbi")
+        name = f"{base}.{hashlib.sha256(repr(key).encode()).hexdigest()[:24]}.nbc"
         self._save_data(name, data)  # whole before any index names it
         with _locked(self._index_path + ".lock"):
             overloads = self._load_index()  # as it is now, with what other processes saved meanwhile
+            if not overloads:  # a new index, or one of an older source: its files are no one's now
+                self._remove_unnamed(base, keep=name)
             overloads[key] = name
             self._save_index(overloads)
+
+    def _remove_unnamed(self, base: str, keep: str) -> None:
+        """The data files of ``base`` other than ``keep`` older than :data:`STALE_SECONDS` (a
+        younger one may be another process's, written and not yet in the index)."""
+        cutoff = time.time() - STALE_SECONDS
+        for entry in os.scandir(self._cache_path):
+            if entry.name.startswith(base + ".") and entry.name.endswith(".nbc") and entry.name != keep:
+                with contextlib.suppress(OSError):
+                    if entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
 
 
 class _KeyedCache(FunctionCache):
@@ -61,8 +78,13 @@ def _locked(path: str) -> Iterator[None]:
     """An exclusive ``flock`` on ``path`` (made if missing) while the block runs; none where the
     file cannot be made (a read-only cache folder is not written to anyway) or without ``fcntl``."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError:
+        try:  # made by another user: a lock on a read-only descriptor excludes as well
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            fd = None
+    if fd is None:
         yield
         return
     try:
@@ -87,7 +109,8 @@ def cached_njit(name: str | None = None, **options: Any) -> Callable[[Callable[.
             fn.__name__ = name
             fn.__qualname__ = f"{fn.__qualname__.rpartition('.')[0]}.{name}".lstrip(".")
         dispatcher = njit(**options)(fn)
-        dispatcher._cache = _KeyedCache(dispatcher.py_func)  # what njit(cache=True) does, with the keyed index
+        if hasattr(dispatcher, "py_func"):  # NUMBA_DISABLE_JIT gives the Python function back
+            dispatcher._cache = _KeyedCache(dispatcher.py_func)  # what njit(cache=True) does, with the keyed index
         return dispatcher
 
     return decorate

@@ -219,6 +219,8 @@ class Ledger(LedgerStore):
         if gate is not None:
             if options.get("audit"):
                 raise InvalidParameterError("give gate=... (run the gate now) or audit=ID (cite one), not both")
+            if gate.get("store") is False:
+                raise InvalidParameterError("a gated merge cites its gate, which must be stored: leave out store=False")
             with preliminary():  # not the write a server's Idempotency-Key names: the merge is
                 report = self.audit_merge(versions, **gate)
             if not report.passed:

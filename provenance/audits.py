@@ -60,6 +60,7 @@ from provenance.errors import (
 from provenance.files import json_reason, naming
 from provenance.fingerprints import Banding, FingerprintConfig
 from provenance.ledger import LedgerStore
+from provenance.ledger._common import _now
 from provenance.lineage import lineage, taint
 from provenance.progress import stage, step
 from provenance.records import DatasetRecord, RegistrationResult, VersionRecord
@@ -629,7 +630,7 @@ def delete_audits(ledger: LedgerStore, audit_ids: Sequence[str] = (), *, kind: s
         return _deletion(ledger.select_audits(ids), ids, kind, before, pairs_only, dry_run=True)
     with ledger.transaction() as tx:
         result = _deletion(tx.select_audits(ids), ids, kind, before, pairs_only, dry_run=False)
-        when = datetime.now(timezone.utc).replace(tzinfo=None)
+        when = _now()
         for row in result["deleted"]:
             tx.delete_audit(row["audit_id"], pairs_only=pairs_only, when=when)
     return result
@@ -664,6 +665,8 @@ def _deletion(rows: list[dict[str, Any]], named: list[str] | None, kind: str | N
                "its pairs were deleted before" if pairs_only and r["pairs_deleted_at"] is not None else None)
         if why is not None:
             skipped.append({"audit_id": r["audit_id"], "why": why})
+    present = {r["audit_id"] for r in rows}
+    skipped += [{"audit_id": a, "why": "no longer in the ledger (deleted meanwhile)"} for a in named or () if a not in present]
     out = {s["audit_id"] for s in skipped}
     rows = [r for r in rows if r["audit_id"] not in out]
     cited = [r for r in rows if r["cited_by"] and not pairs_only]

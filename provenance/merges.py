@@ -218,7 +218,7 @@ def merge(
                 "params_json": json.dumps(receipt_params, sort_keys=True), "audit_id": audit, "created_at": created,
             }
             with ledger.transaction() as tx:
-                if audit is not None and not tx.select_audits([audit]):  # deleted meanwhile
+                if audit is not None and not tx.has_audit(audit):  # deleted meanwhile
                     raise NotFoundError(f"audit {audit[:12]}, cited, was deleted while the merge ran; nothing merged")
                 tx.insert_version(version, params)
                 tx.insert_receipt(receipt)

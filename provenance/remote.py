@@ -560,19 +560,10 @@ class RemoteLedger:
         return MemorizationReport.model_validate(self._call("POST", "audits/memorization", json_body=body))
 
     def audits(self, kind: str | None = None) -> list[dict[str, Any]]:
-        rows = self._call("GET", "audits", params={"kind": kind})
-        for r in rows:
-            r["created_at"] = datetime.fromisoformat(r["created_at"])
-            if r.get("pairs_deleted_at"):
-                r["pairs_deleted_at"] = datetime.fromisoformat(r["pairs_deleted_at"])
-        return rows
+        return [_datetimes(r, "created_at", "pairs_deleted_at") for r in self._call("GET", "audits", params={"kind": kind})]
 
     def audit(self, audit_id: str) -> dict[str, Any]:
-        row = self._call("GET", f"audits/{audit_id}")
-        for key in ("created_at", "pairs_deleted_at"):  # datetimes, as a local ledger gives them
-            if row.get(key):
-                row[key] = datetime.fromisoformat(row[key])
-        return row
+        return _datetimes(self._call("GET", f"audits/{audit_id}"), "created_at", "pairs_deleted_at")
 
     def audit_pairs(self, audit_id: str, limit: int | None = None) -> pa.Table:
         return ipc_to_table(self._call("GET", f"audits/{audit_id}/pairs", params={"limit": limit}), "the pairs")
@@ -584,7 +575,7 @@ class RemoteLedger:
             "audit_ids": [audit_ids] if isinstance(audit_ids, str) else list(audit_ids), "kind": kind,
             "before": before, "pairs_only": pairs_only, "dry_run": dry_run})
         for row in result["deleted"]:
-            row["created_at"] = datetime.fromisoformat(row["created_at"])
+            _datetimes(row, "created_at")
         return result
 
     # -- tokens (admin) ---------------------------------------------------------------------------
@@ -739,3 +730,11 @@ class _TensorStream:
         from provenance.tensorfile import file_bytes
 
         return file_bytes(self.entries, ((name, self.get(name)) for name, _, _ in self.entries))
+
+
+def _datetimes(row: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """``row`` with its ISO strings at ``keys`` as datetimes, as a local ledger gives them."""
+    for key in keys:
+        if row.get(key):
+            row[key] = datetime.fromisoformat(row[key])
+    return row

@@ -43,6 +43,7 @@ import xxhash
 
 from provenance.errors import InvalidParameterError, ProvenanceError, RunEndedError
 from provenance.ledger import LedgerStore
+from provenance.ledger._common import process_alive
 from provenance.openlineage_out import Emitter, with_job
 from provenance.records import DatasetRecord, RegistrationResult, RunRecord, VersionRecord
 from provenance.versions import commit
@@ -95,7 +96,7 @@ def start_run(
     )
     with ledger.transaction() as tx:
         for rid, rhost, rpid in tx.running_runs():
-            if rhost == host and rpid and not _alive(rpid):
+            if rhost == host and rpid and not process_alive(rpid):
                 tx.end_run(rid, "failed", error=f"abandoned: process {rpid} exited without ending the run")
         tx.insert_run(record)
     run = Run(ledger, record, flush_every, owned=not detached, openlineage=openlineage)
@@ -150,16 +151,6 @@ def warn_epoch_disagreements(ledger: LedgerStore, run: str | RunRecord) -> list[
             f"logged keys make {d['logged']:g}; the logged keys win (lineage counts what was logged)",
             EpochsDisagreeWarning, stacklevel=3)
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _now() -> datetime:

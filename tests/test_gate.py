@@ -251,6 +251,8 @@ def test_merge_with_the_gate_in_the_library(contributors):
     assert failed.value.report["passed"] is False and len(ledger.versions()) == before
     with pytest.raises(InvalidParameterError, match="not both"):
         ledger.merge([va, vb], method="average", message="x", gate={}, audit=failed.value.report["audit_id"])
+    with pytest.raises(InvalidParameterError, match="a gated merge cites its gate, which must be stored"):
+        ledger.merge([va, vb], method="average", message="x", gate={"store": False, "max_contamination": None})
     merged = ledger.merge([va, vb], method="average", message="gated", gate={"max_contamination": 2})
     assert ledger.receipt(merged)["audit_id"] == ledger.audits("merge")[0]["audit_id"]
     assert ledger.audit(ledger.receipt(merged)["audit_id"])["passed"] is True

@@ -61,6 +61,30 @@ def test_processes_saving_at_once_keep_every_entry_with_its_own_data(tmp_path):
     assert len(names) == 160 and all(len(n.split(".")[-2]) == 24 for n in names)  # named by their keys
 
 
+def test_every_kernel_uses_the_keyed_index_and_old_files_go():
+    """The swap relies on numba's ``Cache._cache_file``: a numba that renamed it would bring the
+    race back without an error, so each kernel module's dispatchers are checked."""
+    from numba.core.registry import CPUDispatcher
+
+    from provenance.kernels import finite, merge_cpu, minhash, signature_match
+
+    found = [v for m in (finite, merge_cpu, minhash, signature_match) for v in vars(m).values()
+             if isinstance(v, CPUDispatcher)] + list(merge_cpu._FOLDS) + list(merge_cpu._MERGE_NB.values())
+    assert len(found) > 30 and all(isinstance(d._cache._cache_file, _KeyedIndex) for d in found)
+    assert len({d.py_func.__qualname__ for d in merge_cpu._MERGE_NB.values()}) == len(merge_cpu._MERGE_NB)
+
+
+def test_an_index_that_starts_over_removes_the_old_data_files(tmp_path):
+    index = _KeyedIndex(cache_path=str(tmp_path), filename_base="f-1.py311", source_stamp=(2.0, 10))
+    old, young, other = tmp_path / "f-1.py311.1.nbc", tmp_path / "f-1.py311.abc.nbc", tmp_path / "g-1.py311.1.nbc"
+    for p in (old, young, other):
+        p.write_bytes(b"x")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))  # an hour old: an older source's
+    os.utime(other, (time.time() - 7200, time.time() - 7200))  # another function's
+    index.save(("key",), {"x": 1})
+    assert not old.exists() and young.exists() and other.exists() and index.load(("key",)) == {"x": 1}
+
+
 CHILD = """
 import sys, torch
 from provenance.kernels import merge as M
@@ -102,7 +126,8 @@ def test_merge_kernels_compiled_by_processes_at_once_are_each_their_own(tmp_path
                 for method in ("average", "fisher", "task", "ties")]
     outs = [c.communicate(timeout=600)[0] for c in children]
     assert all(c.returncode == 0 for c in children) and all(o.strip() == "bad:" for o in outs), outs
-    assert list((tmp_path / "cache").rglob("*merge_nb*.nbi"))  # the kernels were cached there
+    assert list((tmp_path / "cache").rglob("*merge_nb_mode3*.nbi"))  # the kernels were cached there, by key
+    assert all(len(p.name.split(".")[-2]) == 24 for p in (tmp_path / "cache").rglob("*.nbc"))
     again = subprocess.run([sys.executable, "-c", CHILD, "average,fisher,task,ties"], env=env, capture_output=True,
                            text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.strip() == "bad:", (again.stdout, again.stderr)

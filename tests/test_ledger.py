@@ -186,6 +186,9 @@ def test_a_ledger_of_the_previous_schema_is_migrated_to_the_current_one(tmp_path
                         "[1]::UINTEGER[], [1]::UBIGINT[] FROM range(3)")
         tx._con.execute("INSERT INTO audits VALUES ('ab' || repeat('0', 30), 'dedup', 'docs', '{}', NULL, '{}', now())")
         tx._con.execute("INSERT INTO audit_pairs VALUES ('ab' || repeat('0', 30), 0, 1, 128, 1.0, NULL, 0)")
+        for vid, cited in (("v1", "AB000000"), ("v2", "audit-1"), ("v3", None)):  # 0013: the full id for a prefix
+            tx._con.execute("INSERT INTO merge_receipts VALUES (?, 'average', ['a', 'b'], [0.5, 0.5], NULL, NULL, NULL, "
+                            "NULL, 'torch', '{}', ?, now())", [vid, cited])
     assert old.schema_version() == SHIPPED - 1
     monkeypatch.undo()
 
@@ -197,6 +200,12 @@ def test_a_ledger_of_the_previous_schema_is_migrated_to_the_current_one(tmp_path
     tables = {r[0] for r in raw_rows(opened, "SELECT table_name FROM information_schema.tables")}
     assert "document_files" in tables
     assert [(a["pairs"], a["pairs_deleted_at"]) for a in opened.audits()] == [(1, None)]  # 0013: the column added
+    assert raw_rows(opened, "SELECT version_id, audit_id FROM merge_receipts ORDER BY 1") == [
+        ("v1", "ab" + "0" * 30), ("v2", "audit-1"), ("v3", None)]
+    with pytest.raises(InvalidParameterError, match="cited by the merge receipt of version v1"):
+        opened.delete_audits(["ab00"])
+    assert {"version_id": "v2", "problem": "its merge receipt cites audit audit-1, which is not in the ledger"} in \
+        opened.version_problems()
     assert opened.delete_audits(["ab00"], pairs_only=True)["pairs"] == 1
 
 

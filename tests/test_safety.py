@@ -520,9 +520,12 @@ def test_a_closed_pipe_stops_quietly(project, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and len(done.stdout.splitlines()) == 1
     assert "Traceback" not in done.stderr and "Error" not in done.stderr, done.stderr
-    # a table is written line by line, so the write after the reader left fails: 141 (128 + SIGPIPE,
-    # as the shell has it), not 1, which a CI step with pipefail reads as a failed gate
-    table = subprocess.run(["bash", "-c", f'"{prov}" --ledger "{tmp_path}" sql "{query}" | head -n 1; '
+    # a table of 1,000 rows of about 110 bytes, more than a pipe holds (64 KiB), so a write after the
+    # reader left fails whatever the timing: 141 (128 + SIGPIPE, as the shell has it), not 1, which a
+    # CI step with pipefail reads as a failed gate (a table that fits in the pipe may be written whole
+    # before the reader leaves: exit 0, as for any program)
+    wide = "SELECT range AS n, repeat('x', 40) AS a, repeat('y', 40) AS b FROM range(100000)"
+    table = subprocess.run(["bash", "-c", f'"{prov}" --ledger "{tmp_path}" sql "{wide}" | head -n 1; '
                                     'exit "${PIPESTATUS[0]}"'], capture_output=True, text=True, timeout=120)
     assert table.returncode == 141 and len(table.stdout.splitlines()) == 1
     assert "Traceback" not in table.stderr and "Error" not in table.stderr, table.stderr

@@ -168,15 +168,18 @@ def register_dataset(ledger: Any, name: str, sources: Any, *, address: str | Non
 def work_folder(ledger: Any, staging: str | os.PathLike | None, prefix: str = "prov-ray-") -> Iterator[Path]:
     """A folder for one Ray job's files in ``staging``, removed after it. By default it is in a
     local ledger's ``.prov/tmp/ray`` (for a server's ledger, or a ledger folder that cannot be
-    written, in the system's temporary folder). Its name holds this process's id, so that ``prov
-    gc`` removes the folder of a process killed before it could (:meth:`LedgerStore.stale_ray_folders`)."""
+    written, in the system's temporary folder). Its name holds this machine's name and this
+    process's id, so that ``prov gc`` on this machine removes the folder of a process killed
+    before it could (:meth:`LedgerStore.stale_ray_folders`)."""
     if staging is None:
         from provenance.ledger import LedgerStore
 
         if isinstance(ledger, LedgerStore):
             with contextlib.suppress(OSError):
                 staging = ledger.ray_folder()
-    folder = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=staging))
+    from provenance.ledger._common import host_label
+
+    folder = Path(tempfile.mkdtemp(prefix=f"{prefix}{host_label()}-{os.getpid()}-", dir=staging))
     try:
         yield folder
     finally:

@@ -47,7 +47,10 @@ from provenance.ledger._common import (
     OBJECTS_DIR,
     TMP_DIR,
     _now,
+    host_label,
+    process_alive,
     quote_identifier,
+    tree_bytes,
 )
 from provenance.ledger.data import DataQueries
 from provenance.ledger.document_store import DocumentStore
@@ -217,20 +220,9 @@ class ObjectWriters:
 
 
 _SPILL = re.compile(r"duckdb_temp_\d+_")  # DuckDB's temporary files, named by the process that made them
-#: ``.prov/tmp/ray``: the Ray engines' folders (``prov-ray-PID-…``, ``prov-ray-dedup-PID-…``), by default.
+#: ``.prov/tmp/ray``: the Ray engines' folders (``prov-ray-HOST-PID-…``, ``prov-ray-dedup-HOST-PID-…``), by default.
 RAY_DIR = "ray"
-_RAY = re.compile(r"prov-ray-(?:dedup-)?(\d+)-")
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs on this machine (a process of another user counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
+_RAY = re.compile(r"prov-ray-(?:dedup-)?(?P<host>.+)-(?P<pid>\d+)-[a-z0-9_]+")
 
 
 class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
@@ -820,16 +812,18 @@ class LedgerStore(DataQueries, ModelQueries, LineageQueries, ServiceQueries):
     def stale_ray_folders(self) -> list[tuple[Path, int]]:
         """The Ray engines' folders in ``.prov/tmp/ray`` whose process is no longer running (a
         Ray registration or dedup audit killed before it removed its folder), with their bytes.
-        Each folder is named by its process's id; one whose process runs is in use."""
+        Each folder is named by its machine and process id: one made on another machine (a
+        ledger on a shared file system) is never taken for stale, nor one whose process runs."""
         folder = self.root / TMP_DIR / RAY_DIR
         if not folder.is_dir():
             return []
-        found = []
+        found, here = [], host_label()
         for entry in sorted(folder.iterdir()):
-            m = _RAY.match(entry.name)
-            if m and entry.is_dir() and not entry.is_symlink() and not _alive(int(m.group(1))):
+            m = _RAY.fullmatch(entry.name)
+            if (m and m["host"] == here and entry.is_dir() and not entry.is_symlink()
+                    and not process_alive(int(m["pid"]))):
                 with contextlib.suppress(OSError):  # gone meanwhile
-                    found.append((entry, sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())))
+                    found.append((entry, tree_bytes(entry)))
         return found
 
     def stale_staging(self, *, remove: bool = False) -> list[tuple[str, int]]:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import re
+import socket
 import threading
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -62,6 +66,29 @@ def row_dicts(cur: duckdb.DuckDBPyConnection) -> list[dict]:
 
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (a process of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def host_label() -> str:
+    """This machine's name, as a folder name may hold it (letters, digits, dots; others as ``_``)."""
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+
+
+def tree_bytes(path: Path) -> int:
+    """The bytes of the files under ``path`` (a folder) or of ``path`` (a file)."""
+    if path.is_dir() and not path.is_symlink():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.lstat().st_size
 
 
 def _param_from_row(r: dict) -> ParamRecord:

@@ -765,6 +765,9 @@ class AuditWrites:
         """:func:`select_audits` inside the transaction."""
         return select_audits(self._con, ids)
 
+    def has_audit(self, audit_id: str) -> bool:
+        return bool(self._con.execute("SELECT count(*) FROM audits WHERE audit_id = ?", [audit_id]).fetchall()[0][0])
+
     def delete_audit(self, audit_id: str, *, pairs_only: bool, when: datetime) -> None:
         """Remove the audit's stored pairs, and its record unless ``pairs_only`` (which marks the
         record as having had its pairs deleted at ``when``)."""

@@ -24,7 +24,15 @@ from provenance.errors import (
 )
 from provenance.files import naming, xxh3_file
 from provenance.fingerprints import FingerprintConfig
-from provenance.ledger._common import TMP_DIR, _dataset_from_row, _now, quote_identifier, register, unregister
+from provenance.ledger._common import (
+    TMP_DIR,
+    _dataset_from_row,
+    _now,
+    quote_identifier,
+    register,
+    tree_bytes,
+    unregister,
+)
 from provenance.ledger.audit_sql import AuditWrites
 from provenance.records import (
     DatasetRecord,
@@ -593,10 +601,7 @@ def staging_entries(root: Path) -> list[tuple[Path, int]]:
     found = []
     for entry in sorted(staging.iterdir()):
         with contextlib.suppress(OSError):  # gone meanwhile: nothing to report
-            if entry.is_dir() and not entry.is_symlink():
-                found.append((entry, sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())))
-            else:
-                found.append((entry, entry.lstat().st_size))
+            found.append((entry, tree_bytes(entry)))
     return found
 
 
