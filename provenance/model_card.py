@@ -29,6 +29,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from provenance.errors import NotFoundError
 from provenance.ledger import LedgerStore
 from provenance.records import VersionRecord
 from provenance.results import LicenseSummary, Lineage
@@ -191,7 +192,11 @@ def _licence(summary: LicenseSummary, license_id: str | None, unlicensed: list[s
 def _audits(ledger: Any, ver: VersionRecord, lin: Lineage) -> str:
     gate, dedup, memo = latest_audits(ledger, ver, lin)
     lines = ["## Audits", "", "### Pre-merge gate", ""]
-    lines.append(_gate_text(gate) if gate else "No pre-merge gate was run for this version.")
+    if gate and "missing" in gate:
+        lines.append(f"The merge's receipt cites the pre-merge gate audit `{gate['missing'][:12]}`, which is not in the "
+                     "ledger (`prov verify` reports it).")
+    else:
+        lines.append(_gate_text(gate) if gate else "No pre-merge gate was run for this version.")
     lines += ["", "### Duplicates and memorization", ""]
     lines.append(_dedup_text(dedup) if dedup else "No deduplication audit was run on this version or its datasets.")
     lines.append("")
@@ -201,12 +206,16 @@ def _audits(ledger: Any, ver: VersionRecord, lin: Lineage) -> str:
 
 def latest_audits(ledger: Any, ver: VersionRecord, lin: Lineage) -> tuple[dict | None, dict | None, dict | None]:
     """The stored audits (rows of ``ledger.audit``) that concern ``ver`` (module doc): the
-    pre-merge gate, the dedup audit and the memorization audit, each None when none was run."""
+    pre-merge gate, the dedup audit and the memorization audit, each None when none was run (the
+    gate ``{"missing": id}`` when the merge's receipt cites an audit the ledger no longer has)."""
     vid = ver.version_id
     gate = None
     receipt = ledger.receipt(ver)
     if receipt is not None and receipt.audit_id:
-        gate = ledger.audit(receipt.audit_id)
+        try:
+            gate = ledger.audit(receipt.audit_id)
+        except NotFoundError:  # deleted by other means: the card says so (as prov verify does)
+            gate = {"missing": receipt.audit_id}
     else:
         for row in ledger.audits("merge"):
             inputs = row["target"].split()

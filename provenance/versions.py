@@ -28,6 +28,7 @@ import math
 import numbers
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -494,9 +495,14 @@ def gc(ledger: LedgerStore, *, apply: bool = False) -> dict[str, Any]:
                  + [n for _, n in staged] + [n for _, n in rays] + list(folders.values()))
         freed = 0
         if apply:
-            freed = sum(store.delete(a) for a in unreferenced) + sum(n for _, n in staged) + sum(n for _, n in rays)
-            for folder, _ in rays:
+            freed = sum(store.delete(a) for a in unreferenced) + sum(n for _, n in staged)
+            for folder, n in rays:
                 shutil.rmtree(folder, ignore_errors=True)
+                if folder.exists():  # a file in it could not be removed: say so, count none of it
+                    warnings.warn(f"{folder}: could not remove all of it (permissions or an immutable file); "
+                                  "prov gc lists it again until it can", stacklevel=2)
+                else:
+                    freed += n
             for t in temporaries:
                 freed += t.stat().st_size
                 t.unlink()

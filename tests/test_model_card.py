@@ -109,6 +109,13 @@ def test_card_shows_the_gate_the_merge_cites_and_the_latest_audits(lineage, data
     text_a = ledger.model_card(va).text  # an input of the gated merge: the gate concerns it too
     assert f"Passed (audit `{gate[:12]}`" in text_a
     assert "No pre-merge gate was run for this version." in ledger.model_card(base).text
+    import duckdb  # the cited audit removed by another program (or by prov audit delete before it saw citations)
+
+    con = duckdb.connect(str(ledger.db_path))
+    con.execute("DELETE FROM audits WHERE audit_id = ?", [gate])
+    con.close()
+    assert (f"The merge's receipt cites the pre-merge gate audit `{gate[:12]}`, which is not in the ledger "
+            "(`prov verify` reports it).") in ledger.model_card(merged).text  # the card still made (stranger pass 24)
 
 
 def test_one_licence_gives_its_hub_id():

@@ -132,15 +132,18 @@ def test_the_folder_of_a_killed_ray_driver_is_removed_by_gc(tmp_path):
         for c in children:
             c.kill()
             c.stdout.close()
+    (held[0] / "link").symlink_to(tmp_path / "outside.bin")  # counted as a link, not as what it points at
+    (tmp_path / "outside.bin").write_bytes(b"z" * 5000)
     elsewhere = ledger.root / "tmp" / "ray" / f"prov-ray-another.host-{children[0].pid}-abcd1234"
     (elsewhere / "part-0.parquet").parent.mkdir()
     (elsewhere / "part-0.parquet").write_bytes(b"y")  # another machine's driver (a shared ledger): never stale here
     with work_folder(ledger, None) as mine:  # this process's: in use
         listed = ledger.gc()
-        assert sorted(listed["temporary_files"]) == sorted(map(str, held)) and listed["bytes"] == 2000
+        link = (held[0] / "link").lstat().st_size
+        assert sorted(listed["temporary_files"]) == sorted(map(str, held)) and listed["bytes"] == 2000 + link
         out = CliRunner().invoke(main, ["--ledger", str(ledger.root), "gc", "--apply"])
-        assert out.exit_code == 0 and "2 temporary files" in out.output and "2,000 bytes" in out.output, out.output
-        assert not any(h.exists() for h in held) and mine.is_dir()
+        assert out.exit_code == 0 and "2 temporary files" in out.output and f"{2000 + link:,} bytes" in out.output
+        assert not any(h.exists() for h in held) and mine.is_dir() and (tmp_path / "outside.bin").exists()
     assert list((ledger.root / "tmp" / "ray").iterdir()) == [elsewhere]
 
 

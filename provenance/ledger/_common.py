@@ -86,8 +86,8 @@ def host_label() -> str:
 
 def tree_bytes(path: Path) -> int:
     """The bytes of the files under ``path`` (a folder) or of ``path`` (a file)."""
-    if path.is_dir() and not path.is_symlink():
-        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    if path.is_dir() and not path.is_symlink():  # a link inside counts as the link, not what it points at
+        return sum(f.lstat().st_size for f in path.rglob("*") if f.is_symlink() or f.is_file())
     return path.lstat().st_size
 
 
