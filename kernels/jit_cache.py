@@ -95,19 +95,33 @@ def _locked(path: str) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def cached_njit(name: str | None = None, **options: Any) -> Callable[[Callable[..., Any]], Any]:
+def _specialised(fn: Callable[..., Any]) -> None:
+    """Name ``fn`` after the values in its closure (in the order of ``co_freevars``), if it has
+    one: ``fold`` with ``mode = 3`` is ``fold_3``; ``merge_nb`` with ``bf16, fbf16, fdirect, mode =
+    False, False, True, 1`` is ``merge_nb_0_0_1_1``; values other than integers by a hash of their
+    repr."""
+    if not fn.__closure__:
+        return
+    values = [cell.cell_contents for cell in fn.__closure__]
+    if all(isinstance(v, (bool, int)) for v in values):
+        suffix = "_".join(str(int(v)) for v in values)
+    else:
+        suffix = hashlib.sha256(repr(values).encode()).hexdigest()[:12]
+    fn.__name__ = f"{fn.__name__}_{suffix}"
+    fn.__qualname__ = f"{fn.__qualname__.rpartition('.')[0]}.{fn.__name__}".lstrip(".")
+
+
+def cached_njit(**options: Any) -> Callable[[Callable[..., Any]], Any]:
     """``numba.njit(**options, cache=True)`` with the cache of this module: a decorator.
 
-    ``name``: the function's name, for a function made by a factory with its constants in its
-    closure (one per specialisation). Numba names compiled code, and the cache's files, by the
-    qualified name: every specialisation of ``_fold_kernel.<locals>.fold`` had the same one, and a
-    kernel loaded from the cache, linked beside another specialisation compiled in the process,
-    called that one's code (a task-arithmetic merge ran the average's fold)."""
+    A function made by a factory, with its constants in its closure (one per specialisation), is
+    named after them (:func:`_specialised`): numba names compiled code, and the cache's files, by
+    the qualified name, and every specialisation of ``_fold_kernel.<locals>.fold`` had the same
+    one, so a kernel loaded from the cache, linked beside another specialisation compiled in the
+    process, called that one's code (a task-arithmetic merge ran the average's fold)."""
 
     def decorate(fn: Callable[..., Any]) -> Any:
-        if name is not None:
-            fn.__name__ = name
-            fn.__qualname__ = f"{fn.__qualname__.rpartition('.')[0]}.{name}".lstrip(".")
+        _specialised(fn)
         dispatcher = njit(**options)(fn)
         if hasattr(dispatcher, "py_func"):  # NUMBA_DISABLE_JIT gives the Python function back
             dispatcher._cache = _KeyedCache(dispatcher.py_func)  # what njit(cache=True) does, with the keyed index

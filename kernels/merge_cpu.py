@@ -149,7 +149,7 @@ def _step(mode, a0, a1, a2, a3, x, f, b, lam, ext, ratio, eps):
 def _fold_kernel(mode: int):
     """The fold of ``mode`` (a constant in it, its branches folded away so that it vectorises)."""
 
-    @cached_njit(name=f"fold_mode{mode}", fastmath={"contract"}, error_model="numpy")
+    @cached_njit(fastmath={"contract"}, error_model="numpy")  # named fold_MODE (jit_cache._specialised)
     def fold(g, x0, x1, x2, x3, f0, f1, f2, f3, b, s0, s1, s2, s3, prm, k, c):
         """Models ``k .. k+g-1`` (``g`` = 1, 2 or 4) folded into the block's sums in one pass over it:
         the sums are read and written once per group, not once per model (the inputs are read side
@@ -198,8 +198,7 @@ def _merge_kernel(mode: int, bf16: bool, fbf16: bool, fdirect: bool):
     these as constants (their branches folded away, so that each fold vectorises and each kernel
     compiles only its own path); numba caches each apart."""
 
-    @cached_njit(name=f"merge_nb_mode{mode}_{int(bf16)}{int(fbf16)}{int(fdirect)}", parallel=True, nogil=True,
-                 fastmath={"contract"}, error_model="numpy")
+    @cached_njit(parallel=True, nogil=True, fastmath={"contract"}, error_model="numpy")  # merge_nb_BF16_FBF16_FDIRECT_MODE
     def merge_nb(nmod, out, base, xs, fs, prm, chunks):
         n, blocks = out.size, (out.size + NB_BLOCK - 1) // NB_BLOCK
         per = (blocks + chunks - 1) // chunks

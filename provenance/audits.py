@@ -180,7 +180,7 @@ class AuditRun:
         self.audit_id = uuid.uuid4().hex
         self.n_docs = 0
         self.window = self.windowed = 0  # the bucket window asked for, and the buckets it windowed (pairs())
-        self.created = datetime.now(timezone.utc).replace(tzinfo=None)
+        self.created = _now()
 
     @contextlib.contextmanager
     def pairs(self, scope: pa.Table, *, probes: np.ndarray | None = None, all_pairs: bool = False,

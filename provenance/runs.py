@@ -33,7 +33,6 @@ import os
 import socket
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -43,7 +42,7 @@ import xxhash
 
 from provenance.errors import InvalidParameterError, ProvenanceError, RunEndedError
 from provenance.ledger import LedgerStore
-from provenance.ledger._common import process_alive
+from provenance.ledger._common import _now, process_alive
 from provenance.openlineage_out import Emitter, with_job
 from provenance.records import DatasetRecord, RegistrationResult, RunRecord, VersionRecord
 from provenance.versions import commit
@@ -151,10 +150,6 @@ def warn_epoch_disagreements(ledger: LedgerStore, run: str | RunRecord) -> list[
             f"logged keys make {d['logged']:g}; the logged keys win (lineage counts what was logged)",
             EpochsDisagreeWarning, stacklevel=3)
     return found
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 class Run:
