@@ -19,9 +19,11 @@ Parts (``--part``, default all):
 - ``gate``: the pre-merge gate and the memorization audit over the same kind of cluster on one
   contributor's side: ``--variants`` template texts and 1,000 unrelated ones trained by one
   contributor, 2,000 texts by another (1,000 of them near copies of the first's unrelated ones,
-  and, in a second ledger, 50 of the template texts too), 25 evaluation texts (5 of them template
-  variants); the gate without its span check (``ngram=0``), the memorization audit of 3 template
-  texts and an unrelated one without its span check, each in a fresh subprocess.
+  and, in a second ledger, ``--shared`` of the template texts too: 50 by default, ``all`` puts the
+  whole cluster on both sides, ``all-near`` as near copies, a word added to each, ``all-variants``
+  as variants of its own), 25 evaluation texts (5 of them template variants); the gate
+  without its span check (``ngram=0``), the memorization audit of 3 template texts and an
+  unrelated one without its span check, each in a fresh subprocess.
 - ``store``: the ledger's file as stored audits come and go: the memorization audit above
   (8,000 variants, or the second of ``--variants``) stored twice, its pairs counted by
   ``audits()``, one audit's pairs deleted (``pairs_only``) and the other deleted whole, then a
@@ -415,9 +417,12 @@ print(json.dumps({"seconds": time.perf_counter() - t,
 """
 
 
-def gate_ledger(root: Path, tmp: Path, n: int, shared: int) -> tuple[str, str, list[str]]:
+def gate_ledger(root: Path, tmp: Path, n: int, shared: int, copies: str = "exact") -> tuple[str, str, list[str]]:
     """A ledger of two contributors on one base (module doc, ``gate``): their version ids, and
-    the memorization samples."""
+    the memorization samples. ``copies``: what the other contributor's ``shared`` template texts
+    are: ``exact`` copies of the first's, ``near`` copies (a word added), or ``variants`` of
+    their own (another word replaced: near only those of the first's that replaced the same
+    place)."""
     import torch
 
     from provenance import Ledger
@@ -425,7 +430,11 @@ def gate_ledger(root: Path, tmp: Path, n: int, shared: int) -> tuple[str, str, l
 
     a = template_variants(n, others=1_000)
     b = [{"id": f"b{i}", "text": d["text"] + f" tail{i} end{i}"} for i, d in enumerate(template_variants(0, others=2_000))]
-    b += [{"id": f"bv{i}", "text": a[i]["text"]} for i in range(shared)]
+    if copies == "variants":
+        b += [{"id": f"bv{i}", "text": d["text"].replace(f"x{i}", f"y{i}")}
+              for i, d in enumerate(template_variants(shared, seed=3))]
+    else:
+        b += [{"id": f"bv{i}", "text": a[i]["text"] + (f" near{i}" if copies == "near" else "")} for i in range(shared)]
     ev = [{"id": f"e{i}", "text": " ".join(f"e{i}w{j}" for j in range(60))} for i in range(20)]
     ev += [{"id": f"ev{i}", "text": d["text"].replace("t1 ", "q1 ")} for i, d in enumerate(template_variants(5, seed=11))]
     for name, docs in (("a", a), ("b", b), ("ev", ev)):
@@ -446,9 +455,11 @@ def gate_ledger(root: Path, tmp: Path, n: int, shared: int) -> tuple[str, str, l
 def part_gate(args, tmp: Path) -> list[str]:
     lines = []
     for n in args.variants:
-        for shared in (0, 50):
-            root = tmp / f"gate{n}-{shared}"
-            va, vb, samples = gate_ledger(root, tmp, n, shared)
+        for option in args.shared:
+            count, _, copies = option.partition("-")
+            shared = n if count == "all" else int(count)
+            root = tmp / f"gate{n}-{option}"
+            va, vb, samples = gate_ledger(root, tmp, n, shared, copies or "exact")
             figures = []
             for kind in ("gate", "memorization"):
                 if kind == "memorization" and shared:
@@ -458,7 +469,10 @@ def part_gate(args, tmp: Path) -> list[str]:
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 print(n, shared, kind, r, flush=True)
                 figures.append(f"{kind}: {r['seconds']:.2f} s, {r['peak_mib']:.0f} MiB, {r['found']}")
-            lines.append(f"| {n:,} variants on one side, {shared} of them on the other | " + "; ".join(figures) + " |")
+            what = {"exact": "exact copies of them", "near": "near copies of them",
+                    "variants": "variants of its own"}[copies or "exact"]
+            lines.append(f"| {n:,} variants on one side, {shared:,} {what} on the other | "
+                         + "; ".join(figures) + " |")
     return lines
 
 
@@ -527,6 +541,10 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=100_000)
     parser.add_argument("--runs-per-shard", type=int, default=1,
                         help="lineage: runs that trained on each shard, on average (10: a million run_shards rows)")
+    parser.add_argument("--shared", nargs="+", default=["0", "50"],
+                        help="gate: how many of the template texts the other contributor trained on too, each a "
+                             "ledger of its own (a number, or 'all': the cluster on both sides; with '-near', "
+                             "as near copies: 'all-near'; '-variants': as variants of the other's own)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     parts = args.part or ["dedup", "lineage", "taint", "cluster", "gate"]

@@ -9,7 +9,12 @@ a document of one side overlaps the other when the other side has a document wit
 hash (``exact``) or, failing that, one whose estimated Jaccard is at least the threshold
 (``near``: candidates from an LSH band join, as in the dedup audit, documents with identical
 signatures grouped first so that boilerplate repeated thousands of times stays cheap). Reported
-as counts, as the fraction of each side, and per pair of datasets.
+as counts, as the fraction of each side, and per pair of datasets. Only pairs that can say
+something are formed: across sides, and not between two groups holding the same sides and
+datasets. Where a band bucket holds more than ``2 × SIDE_WINDOW`` documents of one side and
+dataset, each document of another is first compared with ``SIDE_WINDOW`` of them, and only those
+that match none of them then with all of them: the answer is the one comparing every pair gives,
+and a near-duplicate cluster on both sides costs its size times the window, not its size squared.
 
 **Contamination.** Training documents of any input that are exact or near duplicates of documents
 of the evaluation datasets (``eval``, or every dataset registered with role ``eval``), and
@@ -48,6 +53,9 @@ from provenance.results import GateReport, LicenseSummary
 #: The licence conditions a gate can deny, and the key of each in a lineage's licence summary.
 LICENSE_CONDITIONS = {"non-commercial": "non_commercial", "share-alike": "share_alike",
                       "unknown": "unknown_license", "model-generated": "model_generated"}
+#: Documents of one side and dataset in a band bucket that each document of another side is
+#: compared with first, where the bucket holds more than twice as many (module doc).
+SIDE_WINDOW = 4
 
 
 def check_deny_license(deny: Sequence[str] | str | None) -> list[str]:
@@ -114,7 +122,7 @@ def audit_merge(
                       "shard_index": pa.array([r[1] for r in scope_rows], pa.int32()),
                       "side": pa.array([r[2] for r in scope_rows], pa.string())})
     labels = [f"s{i}" for i in range(len(inputs))]
-    with run.pairs(scope, classes="sides") as tx:  # only pairs across sides say anything here
+    with run.pairs(scope, classes="sides", window=SIDE_WINDOW) as tx:  # only pairs across sides say anything here
         sizes = {lab: _count(tx, [lab]) for lab in [*labels, "e"]}
         overlap = _pairwise_overlap(tx, audit_id, inputs, labels, sizes)
         contamination = _contamination(ledger, tx, audit_id, evals, labels, sizes, ngram, inherited) if evals else None

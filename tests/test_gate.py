@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from html.parser import HTMLParser
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -13,6 +14,7 @@ from provenance.audit_html import write_report
 from provenance.cli.main import main
 from provenance.errors import InvalidParameterError, NotFoundError, SourceError
 from provenance.gate import audit_merge
+from provenance.ledger.audit_sql import AuditWrites
 from provenance.memorization import audit_memorization, read_samples
 
 
@@ -350,13 +352,12 @@ def test_inputs_that_share_all_their_data_are_told_apart_from_empty_ones(ledger,
 
 @pytest.fixture
 def every_pair(monkeypatch):
-    """The audits compare every two documents of a band bucket, whatever classes they ask for:
-    the reference the gate's and memorization's pairs across classes must agree with."""
-    from provenance.ledger.audit_sql import AuditWrites
+    """The audits compare every two documents of a band bucket, whatever classes and window they
+    ask for: the reference the gate's and memorization's pairs across classes must agree with."""
 
     near_pairs = AuditWrites.near_pairs
 
-    def all_of_them(self, *args, classes=None, **kwargs):
+    def all_of_them(self, *args, classes=None, window=None, **kwargs):
         return near_pairs(self, *args, **kwargs)
 
     monkeypatch.setattr(AuditWrites, "near_pairs", all_of_them)
@@ -434,6 +435,57 @@ def test_the_gate_compares_across_sides_only_and_finds_what_every_pair_finds(clu
     reference = audit_merge(ledger, [va, vb], ngram=0)
     assert _same_fields(gate.to_dict()) == _same_fields(reference.to_dict()) == _same_fields(compiled.to_dict())
     assert ledger.audit_pairs(reference["audit_id"]).num_rows > 10 * len(pairs)  # the cluster's own pairs
+
+
+def test_a_cluster_on_both_sides_is_windowed_and_the_gate_finds_what_every_pair_finds(
+        ledger, data_dir, write_jsonl, request, monkeypatch):
+    """Variants of one template (two words replaced: they share band buckets, not the threshold)
+    in two datasets on each side; the template itself on one side, its near copies on the other,
+    which meet it only in buckets the variants crowd. With a window of 1 each document meets one
+    of another side's documents per bucket first; those that match none of a dataset's then meet
+    all of them. The report, which dataset each document is counted against included, is the one
+    every pair gives, from fewer pairs."""
+    from provenance import gate as gate_module
+
+    rng = np.random.default_rng(5)
+    template = [f"t{j}" for j in range(60)]
+
+    def variants(prefix: str, n: int) -> list[dict]:
+        rows = []
+        for i in range(n):
+            text = list(template)
+            for at in rng.choice(60, 2, replace=False).tolist():
+                text[at] = f"{prefix}{i}r{at}"
+            rows.append({"id": f"{prefix}{i}", "text": " ".join(text)})
+        return rows
+
+    a1 = [{"id": "y", "text": " ".join(template)}] + variants("p", 150)
+    a2 = [{"id": "y2", "text": "z0 z1 z2 " + " ".join(template)}] + variants("q", 40)
+    b1 = [{"id": f"x{i}", "text": " ".join(template) + f" extra{i} more{i} words{i}"} for i in range(12)] + variants("r", 30)
+    b2 = variants("s", 20) + [{"id": f"c{i}", "text": a1[1 + i]["text"]} for i in range(5)]
+    ev = variants("e", 4) + [{"id": "e-copy", "text": b1[0]["text"]}]
+    for name, rows in (("a1", a1), ("a2", a2), ("b1", b1), ("b2", b2), ("ev", ev)):
+        write_jsonl(data_dir / f"{name}.jsonl", rows)
+        ledger.register_dataset(name, data_dir / f"{name}.jsonl", id_field="id", **({"role": "eval"} if name == "ev" else {}))
+    base = ledger.commit({"w": torch.zeros(2)}, message="base")
+    with ledger.start_run(base=base, datasets=["a1", "a2"], message="a") as run:
+        va = run.commit({"w": torch.ones(2)})
+    with ledger.start_run(base=base, datasets=["b1", "b2"], message="b") as run:
+        vb = run.commit({"w": 2 * torch.ones(2)})
+    added = []
+    resolve_open = AuditWrites._resolve_open
+    monkeypatch.setattr(AuditWrites, "_resolve_open", lambda self, *args: added.append(resolve_open(self, *args)))
+    monkeypatch.setattr(gate_module, "SIDE_WINDOW", 1)
+    gate = audit_merge(ledger, [va, vb], ngram=0, max_contamination=None)
+    assert added[0] > 0  # documents that met all of a crowded dataset after their window
+    o = gate["overlap"][0]
+    assert (o["a_exact"], o["b_exact"]) == (5, 5) and o["b_near"] >= 12  # every x is near y (and y2)
+    assert {(d["dataset"], d["other"]) for d in o["datasets"]} >= {("a1@1", "b1@1"), ("a1@1", "b2@1")}
+    windowed = ledger.audit_pairs(gate["audit_id"]).num_rows
+    request.getfixturevalue("every_pair")
+    reference = audit_merge(ledger, [va, vb], ngram=0, max_contamination=None)
+    assert _same_fields(gate.to_dict()) == _same_fields(reference.to_dict())
+    assert 0 < windowed < ledger.audit_pairs(reference["audit_id"]).num_rows
 
 
 def test_memorization_pairs_samples_then_matches_and_finds_what_every_pair_finds(clustered, data_dir, request):

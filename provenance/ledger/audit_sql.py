@@ -48,12 +48,17 @@ _P, _A = 2**31 - 1, 48271
 _H1 = f"((((doc_id % {_P}) + {_P}) % {_P}) * ((band + 1) * {_A} % {_P}) % {_P})"
 _H2 = f"(({_H1} * {_H1} + (band + 1) * 1000003) % {_P})"
 _ORDER_SQL = f"(({_H2} * {_H2} + 12345) % {_P})"
-#: The classes :meth:`AuditWrites.near_pairs` can compare across, each a SQL expression over a
-#: row of ``aud_docs``: the pre-merge gate's sides (a document on one side has that side as its
-#: class; on several, none), and the memorization audit's samples (negative ids: no class)
-#: against the documents (all one class).
-CLASSES = {"sides": "CASE WHEN len(sides) = 1 THEN sides[1] END",
-           "samples": "CASE WHEN doc_id >= 0 THEN 'd' END"}
+#: The classes :meth:`AuditWrites.near_pairs` can compare across, each two SQL expressions over
+#: a row of ``aud_docs``: its labels (a list; NULL: no class, compared with every other
+#: document) and its sides (a list; NULL where the classes have none). A group of identical
+#: signatures has the union of its documents' labels as its class (none if one has none), and
+#: its side if all its labels are of one side. The pre-merge gate's labels are ``side:dataset``:
+#: two groups of one class, or of classes of one and the same side, say nothing to each other
+#: (each group already holds on every other side what the other could show it, in the datasets
+#: it would show). The memorization audit's samples (negative ids) have no class, the
+#: documents one.
+CLASSES = {"sides": ("list_transform(sides, lambda s: s || ':' || dataset_id)", "sides"),
+           "samples": ("CASE WHEN doc_id >= 0 THEN ['d'] END", "NULL::VARCHAR[]")}
 #: Candidate rows (before they are made distinct) per pass of :meth:`AuditWrites._candidates`.
 CANDIDATE_ROWS = 4_000_000
 #: Candidates per slice that :meth:`AuditWrites._compare` reads and compares (about 60 MB of arrays).
@@ -144,17 +149,22 @@ class AuditWrites:
         cluster of ``m`` documents grow as ``m × window × bands``, not ``m² / 2`` (module
         :mod:`provenance.audits`, "bucket window"). Returns the buckets so windowed.
 
-        ``classes`` (with ``collapse``, without a window): ``"sides"`` or ``"samples"``
-        (:data:`CLASSES`: each document's class, or none). Two groups of identical signatures are
-        compared unless every document of both has one and the same class: the gate asks only
-        which documents have a near copy on another side, the memorization audit first only which
-        documents a sample nearly copies (then :meth:`partner_pairs`). A large near-duplicate
-        cluster on one side then costs its band buckets' counts, not its pairs (buckets whose
-        documents are all of one class are left out before the join)."""
+        ``classes`` (with ``collapse``): ``"sides"`` or ``"samples"`` (:data:`CLASSES`). Two
+        groups of identical signatures are compared only if their classes can say something to
+        each other: the gate asks only which documents have a near copy on another side (and in
+        which datasets), the memorization audit first only which documents a sample nearly
+        copies (then :meth:`partner_pairs`). A large near-duplicate cluster on one side then
+        costs its band buckets' counts, not its pairs (buckets without two such classes are left
+        out before the join). With a ``window``, a class of more than ``2 × window`` documents in
+        a bucket is paired with each document of another class through ``window`` of its
+        documents only, in the shuffled order; then every document not yet matched with that
+        class is compared with all of it (:meth:`_resolve_open`): which classes each group
+        matches is then exactly what comparing every pair gives, and a cluster on both sides
+        whose members match one another costs ``m × window × bands`` candidates, not ``m²``."""
         con = self._con
-        if classes is not None and (window or not collapse or classes not in CLASSES):
+        if classes is not None and (not collapse or classes not in CLASSES):
             raise ProvenanceError(f"classes {classes!r}: one of {', '.join(CLASSES)}, over groups of identical "
-                                  f"signatures (collapse), every pair across classes compared (no window)")
+                                  f"signatures (collapse)")
         classes = CLASSES[classes] if classes is not None else None
         source = "aud_docs"
         if collapse:
@@ -176,22 +186,28 @@ class AuditWrites:
             )
             con.execute("DROP TABLE aud_hashes")
             source = "(SELECT d.* FROM aud_docs d JOIN aud_groups g USING (doc_id) WHERE g.doc_id = g.rep)"
-        cls = "NULL::VARCHAR"
+        cls = one = "NULL::VARCHAR"
         if classes is not None:
-            # a group's class: its documents' one class; a lone document's read in place
+            # a group's class: the union of its documents' labels; a lone document's read in place
+            labels, sides = classes
             con.execute(f"""CREATE OR REPLACE TEMP TABLE aud_group_classes AS
-                            SELECT g.rep, CASE WHEN count(d.c) = count(*) AND min(d.c) = max(d.c) THEN min(d.c) END AS c
-                            FROM aud_groups g JOIN (SELECT doc_id, ({classes})::VARCHAR AS c FROM aud_docs) d
+                            SELECT g.rep, CASE WHEN count(d.c) = count(*) THEN {_class_name("flatten(list(d.c))")} END AS c,
+                                   {_one_side("flatten(list(d.s))")} AS one
+                            FROM aud_groups g JOIN (SELECT doc_id, {labels} AS c, {sides} AS s FROM aud_docs) d
                               USING (doc_id)
                             WHERE g.size > 1 GROUP BY g.rep""")
-            source = f"""(SELECT d.*, CASE WHEN g.size = 1 THEN ({classes})::VARCHAR ELSE m.c END AS cls
+            source = f"""(SELECT d.*, CASE WHEN g.size > 1 THEN m.c WHEN ({labels}) IS NOT NULL
+                                           THEN {_class_name(labels)} END AS cls,
+                                 CASE WHEN g.size > 1 THEN m.one ELSE {_one_side(sides)} END AS one
                           FROM aud_docs d JOIN aud_groups g USING (doc_id) LEFT JOIN aud_group_classes m ON m.rep = g.rep
                           WHERE g.doc_id = g.rep)"""
-            cls = "cls"
-        self._band(source, stored, bands, rows, cls)
+            cls, one = "cls", "one"
+        self._band(source, stored, bands, rows, cls, one)
         con.execute("DROP TABLE IF EXISTS aud_group_classes")
         windowed = self._candidates(window, classed=classes is not None)
         self._compare(audit_id, min_matches)
+        if classes is not None:
+            self._resolve_open(audit_id, min_matches)
         if collapse:
             self._group_pairs(audit_id, all_pairs)
         con.execute("DROP TABLE aud_cand")
@@ -212,16 +228,18 @@ class AuditWrites:
             unregister(con, "aud_focus")
         self._candidates(0, classed=True)
         self._compare(audit_id, min_matches)
+        self._resolve_open(audit_id, min_matches)
         con.execute("DROP TABLE aud_cand")
 
-    def _band(self, source: str, stored: bool, bands: int, rows: int, cls: str) -> None:
-        """``aud_bands`` (doc_id, cls, band, bk): the LSH band keys of the documents of ``source``
-        (stored at registration, or hashed from ``bands`` slices of ``rows`` signature positions)."""
+    def _band(self, source: str, stored: bool, bands: int, rows: int, cls: str, one: str = "NULL::VARCHAR") -> None:
+        """``aud_bands`` (doc_id, cls, one, band, bk): the LSH band keys of the documents of
+        ``source`` (stored at registration, or hashed from ``bands`` slices of ``rows`` signature
+        positions), with their class and its one side (:meth:`near_pairs`)."""
         if stored:
-            keys = f"""SELECT doc_id, {cls} AS cls, generate_subscripts(band_keys, 1) - 1 AS band,
+            keys = f"""SELECT doc_id, {cls} AS cls, {one} AS one, generate_subscripts(band_keys, 1) - 1 AS band,
                               unnest(band_keys) AS bk FROM {source}"""
         else:
-            keys = f"""SELECT doc_id, {cls} AS cls, i AS band,
+            keys = f"""SELECT doc_id, {cls} AS cls, {one} AS one, i AS band,
                               hash(signature[i * {int(rows)} + 1 : (i + 1) * {int(rows)}]) AS bk
                        FROM {source}, range({int(bands)}) t(i)"""
         self._con.execute(f"CREATE OR REPLACE TEMP TABLE aud_bands AS {keys}")
@@ -311,8 +329,7 @@ class AuditWrites:
         both have one and the same class (:meth:`near_pairs`); each class is joined to every other
         by equality, so the pairs within a class are never formed."""
         if classed:
-            self._classed_candidates()
-            return 0
+            return self._classed_candidates(window)
         con = self._con
         wide = 2 * int(window) if window else 2**62  # buckets of more documents are windowed: none without one
         con.execute("""CREATE OR REPLACE TEMP TABLE aud_buckets AS
@@ -361,33 +378,114 @@ class AuditWrites:
             part = (lambda column, k=k: f"hash({column}) % {passes} = {k}") if passes > 1 else (lambda column: "true")
             self._con.execute(f"INSERT INTO aud_cand SELECT DISTINCT a, b FROM ({pairs(part)})")
 
-    def _classed_candidates(self) -> None:
-        """:meth:`_candidates` of ``aud_bands`` with classes: the pairs of a NULL class's document
-        with every other document of its bucket, and of each two different classes' documents;
-        buckets without such a pair are left out first."""
+    def _classed_candidates(self, window: int | None) -> int:
+        """:meth:`_candidates` of ``aud_bands`` with classes (:meth:`near_pairs`): the pairs of a
+        document of no class with every other document of its bucket, and of each class with
+        each other class it is compared with: with all of it, or, where it has more than ``2 ×
+        window`` documents in the bucket, with ``window`` of them from a place of the shuffled
+        order that the document picks. Buckets without such a pair are left out first. Leaves
+        ``aud_kept`` (the documents of the buckets kept, ranked in the shuffled order where their
+        class is windowed) and ``aud_dir`` (each class of a bucket, each class it is compared
+        with, and their counts) for :meth:`_resolve_open`; returns the bucket classes windowed."""
         con = self._con
-        con.execute("""CREATE OR REPLACE TEMP TABLE aud_buckets AS
-                       WITH c AS (SELECT band, bk, cls, count(*)::HUGEINT AS m FROM aud_bands GROUP BY band, bk, cls),
-                            b AS (SELECT band, bk, sum(m) * (sum(m) - 1) // 2
-                                         - coalesce(sum(m * (m - 1) // 2) FILTER (WHERE cls IS NOT NULL), 0) AS pairs
-                                  FROM c GROUP BY band, bk)
-                       SELECT band, bk, pairs FROM b WHERE pairs > 0""")
+        wide = 2 * int(window) if window else 2**62
+        # the classes numbered (joins on their names took twice as long)
+        con.execute("""CREATE OR REPLACE TEMP TABLE aud_numbered AS
+                       WITH c AS (SELECT cls, any_value(one) AS one, row_number() OVER (ORDER BY cls) AS cid
+                                  FROM aud_bands WHERE cls IS NOT NULL GROUP BY cls)
+                       SELECT b.doc_id, c.cid AS cls, c.one, b.band, b.bk FROM aud_bands b LEFT JOIN c USING (cls)""")
+        con.execute("DROP TABLE aud_bands")
+        con.execute("ALTER TABLE aud_numbered RENAME TO aud_bands")
+        con.execute("""CREATE OR REPLACE TEMP TABLE aud_bc AS
+                       SELECT band, bk, cls, any_value(one) AS one, count(*) AS n
+                       FROM aud_bands GROUP BY band, bk, cls""")
+        con.execute("""CREATE OR REPLACE TEMP TABLE aud_dir AS
+                       SELECT x.band, x.bk, x.cls AS c1, y.cls AS c2, x.n AS n1, y.n AS n2
+                       FROM aud_bc x JOIN aud_bc y ON x.band = y.band AND x.bk = y.bk AND x.cls <> y.cls
+                       WHERE NOT coalesce(x.one = y.one, false)""")
+        # each pair counted once: a windowed class through the window, two classes compared whole
+        # from the first's side (from each side where one of them is windowed)
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE aud_buckets AS
+                        WITH u AS (SELECT band, bk, coalesce(sum(n) FILTER (WHERE cls IS NULL), 0)::HUGEINT AS m0,
+                                          sum(n)::HUGEINT AS m
+                                   FROM aud_bc GROUP BY band, bk),
+                             d AS (SELECT band, bk, sum(CASE WHEN n2 > {wide} THEN n1::HUGEINT * {int(window or 0)}
+                                                             WHEN n1 > {wide} OR c1 < c2 THEN n1::HUGEINT * n2 ELSE 0 END) AS r
+                                   FROM aud_dir GROUP BY band, bk)
+                        SELECT band, bk, m0 * (m - m0) + m0 * (m0 - 1) // 2 + coalesce(d.r, 0) AS pairs
+                        FROM u LEFT JOIN d USING (band, bk) WHERE m0 * (m - m0) + m0 * (m0 - 1) // 2 + coalesce(d.r, 0) > 0""")
         rows = int(con.execute("SELECT coalesce(sum(pairs), 0) FROM aud_buckets").fetchall()[0][0])
+        windowed = int(con.execute(f"SELECT count(*) FROM aud_bc WHERE cls IS NOT NULL AND n > {wide}").fetchall()[0][0])
         con.execute("""CREATE OR REPLACE TEMP TABLE aud_kept AS
-                       SELECT x.* FROM aud_bands x SEMI JOIN aud_buckets USING (band, bk)""")
-        con.execute("""CREATE OR REPLACE TEMP TABLE aud_class_pairs AS
-                       WITH k AS (SELECT DISTINCT cls FROM aud_kept WHERE cls IS NOT NULL)
-                       SELECT x.cls AS c1, y.cls AS c2 FROM k x JOIN k y ON x.cls < y.cls""")
+                       SELECT doc_id, cls, band, bk, NULL::BIGINT AS r FROM aud_bands SEMI JOIN aud_buckets USING (band, bk)""")
+        if windowed:  # ranked in the shuffled order where the class is windowed
+            con.execute(f"""UPDATE aud_kept SET r = w.r FROM (
+                                SELECT k.doc_id, k.band, row_number() OVER (PARTITION BY k.band, k.bk, k.cls
+                                                                            ORDER BY {_ORDER_SQL}, k.doc_id) - 1 AS r
+                                FROM aud_kept k SEMI JOIN aud_bc c
+                                  ON c.band = k.band AND c.bk = k.bk AND c.cls = k.cls AND c.n > {wide}) w
+                            WHERE aud_kept.doc_id = w.doc_id AND aud_kept.band = w.band""")
+        con.execute("DROP TABLE aud_bands")
+        # a pair with a document of no class is formed from that document's side alone (the first
+        # of two such), so its pass is chosen before the join; a pair of two classes may come from
+        # either side (a window each way), so its pass is chosen by its first document after it
         self._distinct_in_passes(rows, lambda part: f"""
             SELECT least(p.doc_id, q.doc_id) AS a, greatest(p.doc_id, q.doc_id) AS b
             FROM (SELECT * FROM aud_kept WHERE cls IS NULL AND {part("doc_id")}) p JOIN aud_kept q
               ON p.band = q.band AND p.bk = q.bk AND (q.cls IS NOT NULL OR p.doc_id < q.doc_id)
             UNION ALL
-            SELECT least(p.doc_id, q.doc_id), greatest(p.doc_id, q.doc_id)
-            FROM (SELECT * FROM aud_kept WHERE cls IS NOT NULL AND {part("doc_id")}) p JOIN aud_class_pairs c ON c.c1 = p.cls
-              JOIN aud_kept q ON q.band = p.band AND q.bk = p.bk AND q.cls = c.c2""")
-        for table in ("aud_kept", "aud_class_pairs", "aud_buckets", "aud_bands"):
+            SELECT * FROM (
+                SELECT least(p.doc_id, q.doc_id) AS a, greatest(p.doc_id, q.doc_id) AS b
+                FROM aud_kept p JOIN aud_dir d ON d.band = p.band AND d.bk = p.bk AND d.c1 = p.cls
+                  JOIN aud_kept q ON q.band = p.band AND q.bk = p.bk AND q.cls = d.c2
+                WHERE d.n2 <= {wide} AND (d.n1 > {wide} OR d.c1 < d.c2)
+                UNION ALL
+                SELECT least(p.doc_id, q.doc_id), greatest(p.doc_id, q.doc_id)
+                FROM (SELECT p.doc_id, p.band, p.bk, d.c2, ((hash(p.doc_id) % d.n2::UBIGINT)::BIGINT + t.i) % d.n2 AS r
+                      FROM aud_kept p JOIN aud_dir d ON d.band = p.band AND d.bk = p.bk AND d.c1 = p.cls,
+                           range({int(window or 0)}) t(i)
+                      WHERE d.n2 > {wide}) p
+                  JOIN aud_kept q ON q.band = p.band AND q.bk = p.bk AND q.cls = p.c2 AND q.r = p.r)
+            WHERE {part("a")}""")
+        con.execute("DROP TABLE aud_bc")
+        con.execute("DROP TABLE aud_buckets")
+        return windowed
+
+    def _resolve_open(self, audit_id: str, min_matches: int) -> int:
+        """After :meth:`_classed_candidates` and :meth:`_compare`: each document that a window
+        paired with some of a class and that matches none of that class yet is compared with
+        every document of it in the buckets so windowed (the pairs not compared already), so
+        that which classes each document matches is what comparing every pair gives. Then the
+        tables of :meth:`_classed_candidates` are dropped. Returns the candidates so added."""
+        con = self._con
+        added = 0
+        windowed = con.execute("SELECT count(*) FROM aud_kept WHERE r IS NOT NULL").fetchall()[0][0]
+        if windowed:
+            con.execute("""CREATE OR REPLACE TEMP TABLE aud_hit AS
+                           WITH c AS (SELECT DISTINCT doc_id, cls FROM aud_kept WHERE cls IS NOT NULL),
+                                p AS (SELECT doc_a, doc_b FROM audit_pairs WHERE audit_id = $1)
+                           SELECT p.doc_a AS x, c.cls FROM p JOIN c ON c.doc_id = p.doc_b
+                           UNION SELECT p.doc_b, c.cls FROM p JOIN c ON c.doc_id = p.doc_a""", [audit_id])
+            con.execute("""CREATE OR REPLACE TEMP TABLE aud_open AS
+                           SELECT p.doc_id, p.band, p.bk, d.c2, d.n2
+                           FROM aud_kept p JOIN aud_dir d ON d.band = p.band AND d.bk = p.bk AND d.c1 = p.cls
+                           SEMI JOIN (SELECT DISTINCT band, bk, cls FROM aud_kept WHERE r IS NOT NULL) w
+                             ON w.band = d.band AND w.bk = d.bk AND w.cls = d.c2
+                           ANTI JOIN aud_hit h ON h.x = p.doc_id AND h.cls = d.c2""")
+            rows = int(con.execute("SELECT coalesce(sum(n2), 0) FROM aud_open").fetchall()[0][0])
+            con.execute("ALTER TABLE aud_cand RENAME TO aud_done")
+            self._distinct_in_passes(rows, lambda part: f"""
+                SELECT * FROM (SELECT least(o.doc_id, q.doc_id) AS a, greatest(o.doc_id, q.doc_id) AS b
+                               FROM aud_open o JOIN aud_kept q ON q.band = o.band AND q.bk = o.bk AND q.cls = o.c2)
+                WHERE {part("a")}""")
+            con.execute("DELETE FROM aud_cand USING aud_done d WHERE aud_cand.a = d.a AND aud_cand.b = d.b")
+            added = int(con.execute("SELECT count(*) FROM aud_cand").fetchall()[0][0])
+            self._compare(audit_id, min_matches)
+            con.execute("DROP TABLE aud_cand")
+            con.execute("ALTER TABLE aud_done RENAME TO aud_cand")
+        for table in ("aud_open", "aud_hit", "aud_kept", "aud_dir"):
             con.execute(f"DROP TABLE IF EXISTS {table}")
+        return added
 
     def _group_pairs(self, audit_id: str, all_pairs: bool, docs: str = "aud_docs") -> None:
         """The pairs of the groups of identical signatures (``aud_groups``), once the groups' first
@@ -804,6 +902,16 @@ def select_audits(con: duckdb.DuckDBPyConnection, ids: Sequence[str] | None) -> 
            ORDER BY a.created_at, a.audit_id""",
         params=[None if ids is None else list(ids)],
     ).to_arrow_table().to_pylist()
+
+
+def _class_name(labels: str) -> str:
+    """A class's name: the distinct ``labels`` (a SQL list) sorted, as one string."""
+    return f"array_to_string(list_sort(list_distinct({labels})), chr(31))"
+
+
+def _one_side(sides: str) -> str:
+    """The one side of ``sides`` (a SQL list), or NULL when it has several or none."""
+    return f"CASE WHEN len(list_distinct({sides})) = 1 THEN list_distinct({sides})[1] END"
 
 
 def _side(param: str) -> str:
