@@ -64,11 +64,7 @@ def gc_cmd(obj: Context, apply: bool, as_json: bool) -> None:
     interrupted writes and of killed processes' queries, the folders of killed Ray registrations
     and audits, and Parquet document folders that no dataset lists."""
     report = obj.ledger(read_only=not apply).gc(apply=apply)
-    verb = "removed" if apply else "would remove (dry run; --apply to remove)"
-    render.emit(report, as_json, lambda d: f"{verb} {len(d['unreferenced'])} objects, "
-                                          f"{len(d['temporary_files'])} temporary files and "
-                                          f"{len(d.get('document_folders', []))} unlisted document folders, "
-                                          f"{d['bytes']:,} bytes")
+    render.emit(report, as_json, show_gc)
 
 
 @main.command("backup")
@@ -189,6 +185,17 @@ def show_models(story: list[dict]) -> None:
     render.console().print(t)
 
 
+def show_gc(d: dict) -> str:
+    """The counts, then each stale Ray folder (a killed Ray registration's or dedup audit's) by name."""
+    verb = "removed" if d["removed"] else "would remove (dry run; --apply to remove)"
+    lines = [f"{verb} {len(d['unreferenced'])} objects, {len(d['temporary_files'])} temporary files and "
+             f"{len(d.get('document_folders', []))} unlisted document folders, {d['bytes']:,} bytes"]
+    for f in d.get("ray_folders", []):
+        state = ("removed" if f["removed"] else "not removed (see the warning)") if d["removed"] else "found"
+        lines.append(f"  stale Ray folder {f['path']} ({f['bytes']:,} bytes): {state}")
+    return "\n".join(lines)
+
+
 def show_verify(report, as_json: bool) -> None:
     if as_json:
         return render.dump(report.model_dump(mode="json"))
@@ -210,6 +217,9 @@ def show_verify(report, as_json: bool) -> None:
     if report.temporary_files:
         verb = "removed" if report.repaired else "found (prov gc --apply or verify --repair removes them)"
         click.echo(f"{len(report.temporary_files)} temporary file(s) of interrupted writes {verb}")
+    for folder in report.ray_folders:
+        click.echo(f"stale Ray folder {folder} (a killed Ray registration or dedup audit left it; "
+                   "prov gc --apply removes it)")
     if report.ok:
         console.print("[green]ok[/]: nothing damaged", highlight=False, markup=True)
     elif report.damaged_objects and not report.repaired:

@@ -228,9 +228,29 @@ def merge_cmd(obj: Context, versions: tuple[str, ...], method: str, weights: str
         click.echo("\n".join(exc.report.alerts), err=True)
         raise PolicyFailed(f"the pre-merge gate failed (audit {exc.report.audit_id[:12]}); nothing merged",
                            "gate") from exc
-    render.emit({**version.model_dump(mode="json"), "receipt": ledger.receipt(version).to_dict()}, as_json,
-                lambda d: f"merged {counted(len(d['parents']), 'version')} into {d['version_id'][:12]}: "
-                          f"{d['stored_bytes']:,} bytes stored of {d['full_bytes']:,}")
+    receipt = ledger.receipt(version).to_dict()
+    render.emit({**version.model_dump(mode="json"), "receipt": receipt,
+                 "cited_gate": _cited_gate(ledger, receipt["audit_id"])}, as_json, _merged_text)
+
+
+def _cited_gate(ledger: Any, audit_id: str | None) -> dict[str, Any] | None:
+    """The pre-merge gate a merge's receipt cites: its id, whether it passed, and why not (its
+    alerts). A failed gate may be cited (the receipt and the model card say so), so the merge's
+    own output says so too."""
+    if audit_id is None:
+        return None
+    row = ledger.audit(audit_id)
+    return {"audit_id": row["audit_id"], "passed": bool(row["passed"]), "alerts": row["report"].get("alerts", [])}
+
+
+def _merged_text(d: dict[str, Any]) -> str:
+    text = (f"merged {counted(len(d['parents']), 'version')} into {d['version_id'][:12]}: "
+            f"{d['stored_bytes']:,} bytes stored of {d['full_bytes']:,}")
+    gate = d["cited_gate"]
+    if gate is not None:
+        why = f" ({'; '.join(gate['alerts'])})" if gate["alerts"] else ""
+        text += f"\ncited gate {gate['audit_id'][:12]}: " + ("passed" if gate["passed"] else f"FAILED{why}")
+    return text
 
 
 class _TagGroup(click.Group):

@@ -42,7 +42,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from datetime import date, datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ from provenance.fingerprints import Banding, FingerprintConfig
 from provenance.ledger import LedgerStore
 from provenance.ledger._common import _now
 from provenance.lineage import lineage, taint
+from provenance.plain import utc_time
 from provenance.progress import stage, step
 from provenance.records import DatasetRecord, RegistrationResult, VersionRecord
 from provenance.results import DedupReport, TaintReport
@@ -621,7 +622,7 @@ def delete_audits(ledger: LedgerStore, audit_ids: Sequence[str] = (), *, kind: s
     rows held is reused by later writes, and given back where it ends the database file."""
     if kind is not None and kind not in AUDIT_KINDS:
         raise InvalidParameterError(f"kind {kind!r}: one of {', '.join(AUDIT_KINDS)}")
-    before = _utc(before)
+    before = utc_time(before, "before")
     names = [audit_ids] if isinstance(audit_ids, str) else list(audit_ids)
     if not names and before is None:
         raise InvalidParameterError("name the audits to delete, or give before= (a date: the audits made before it)")
@@ -634,22 +635,6 @@ def delete_audits(ledger: LedgerStore, audit_ids: Sequence[str] = (), *, kind: s
         for row in result["deleted"]:
             tx.delete_audit(row["audit_id"], pairs_only=pairs_only, when=when)
     return result
-
-
-def _utc(before: datetime | date | str | None) -> datetime | None:
-    if isinstance(before, date) and not isinstance(before, datetime):  # a day: from its start, UTC
-        before = datetime(before.year, before.month, before.day)
-    if before is not None and not isinstance(before, (str, datetime)):
-        raise InvalidParameterError(f"before {before!r}: a date, a datetime or an ISO string (2026-12-01)")
-    if isinstance(before, str):
-        try:
-            before = datetime.fromisoformat(before.strip())
-        except ValueError:
-            raise InvalidParameterError(f"before {before!r}: not an ISO date or time (2026-12-01, "
-                                        "2026-12-01T12:00)") from None
-    if before is not None and before.tzinfo is not None:
-        before = before.astimezone(timezone.utc).replace(tzinfo=None)
-    return before
 
 
 def _deletion(rows: list[dict[str, Any]], named: list[str] | None, kind: str | None, before: datetime | None,

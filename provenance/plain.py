@@ -18,6 +18,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, PlainSerializer, WithJsonSchema
 
+from provenance.errors import InvalidParameterError
+
 
 def _naive_utc(value: dt.datetime) -> dt.datetime:
     """The ledger keeps times as naive UTC (DuckDB TIMESTAMP): an aware time read back from JSON
@@ -30,6 +32,23 @@ def _naive_utc(value: dt.datetime) -> dt.datetime:
 def utc_text(value: dt.datetime) -> str:
     """An RFC 3339 timestamp: ISO 8601 with ``Z`` (the ledger's times are UTC)."""
     return _naive_utc(value).isoformat() + "Z"
+
+
+def utc_time(value: dt.datetime | dt.date | str | None, name: str) -> dt.datetime | None:
+    """A time given as a datetime, a date (its start) or ISO 8601 text, as naive UTC (an aware one
+    converted, a naive one taken as UTC); None stays None. Anything else is an error naming the
+    parameter ``name``: the rule the ledger and a remote client of it both apply."""
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):  # a day: from its start, UTC
+        value = dt.datetime(value.year, value.month, value.day)
+    if value is not None and not isinstance(value, (str, dt.datetime)):
+        raise InvalidParameterError(f"{name} {value!r}: a date, a datetime or an ISO string (2026-12-01)")
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise InvalidParameterError(f"{name} {value!r}: not an ISO date or time (2026-12-01, "
+                                        "2026-12-01T12:00)") from None
+    return None if value is None else _naive_utc(value)
 
 
 #: A time in a record or a result: naive UTC in Python, RFC 3339 with ``Z`` in JSON.

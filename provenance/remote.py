@@ -24,7 +24,7 @@ import uuid
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from provenance import errors
 from provenance.files import naming
+from provenance.plain import utc_time
 from provenance.records import (
     DatasetRecord,
     DocumentRecord,
@@ -570,10 +571,10 @@ class RemoteLedger:
 
     def delete_audits(self, audit_ids: Sequence[str] = (), *, kind: str | None = None, before: Any = None,
                       pairs_only: bool = False, dry_run: bool = False) -> dict[str, Any]:
-        before = before.isoformat() if isinstance(before, (datetime, date)) else before
+        before = utc_time(before, "before")  # refused here as the ledger refuses it, naming the parameter
         result = self._call("POST", "audits/delete", json_body={
             "audit_ids": [audit_ids] if isinstance(audit_ids, str) else list(audit_ids), "kind": kind,
-            "before": before, "pairs_only": pairs_only, "dry_run": dry_run})
+            "before": None if before is None else before.isoformat(), "pairs_only": pairs_only, "dry_run": dry_run})
         for row in result["deleted"]:
             _datetimes(row, "created_at")
         return result

@@ -17,6 +17,10 @@ Three families of checks, each reporting what is damaged and what it affects:
 that the next commit of the same tensor writes a fresh copy, and removes the temporary files of
 interrupted writes. Nothing else is changed: a missing object or an inconsistent row needs its
 source (re-commit the checkpoint, re-register the data), which the report names.
+
+The folders that Ray registrations and dedup audits killed on this machine left in
+``.prov/tmp/ray`` are named as leftovers too (``ray_folders``, not damage); ``prov gc --apply``
+removes them.
 """
 
 from __future__ import annotations
@@ -56,6 +60,9 @@ class VerifyReport(BaseModel):
     version_problems: list[dict[str, Any]]
     dataset_problems: list[dict[str, Any]]
     temporary_files: list[str] = Field(description="leftovers of interrupted object writes and registrations (harmless)")
+    ray_folders: list[str] = Field(default_factory=list, description=(
+        "folders in .prov/tmp/ray of Ray registrations and dedup audits killed on this machine (harmless; "
+        "prov gc --apply removes them, --repair leaves them)"))
     repaired: bool = False
     ok: bool = Field(description="no damage found (temporary files do not count)")
 
@@ -86,6 +93,7 @@ def verify(ledger: LedgerStore, *, objects: bool = False, repair: bool = False, 
         encodings = ledger.param_encodings()
         with ledger.write_lock:  # no registration of this process is staging meanwhile (a server's)
             staged = [p for p, _ in ledger.stale_staging(remove=repair)]
+        rays = [str(p) for p, _ in ledger.stale_ray_folders()]
     users = _users(refs, encodings)
     addresses = sorted(set(users) | (set(store.addresses()) if objects else set()))
     # Checked on the store's threads (2 for a folder; 16 for a bucket, whose checks wait on requests;
@@ -114,7 +122,7 @@ def verify(ledger: LedgerStore, *, objects: bool = False, repair: bool = False, 
         ledger=str(ledger.root), objects_checked=len(addresses), objects_rehashed=objects,
         versions_checked=n_versions, datasets_checked=n_datasets, damaged_objects=damaged,
         version_problems=version_problems, dataset_problems=dataset_problems, temporary_files=temporaries,
-        repaired=repair, ok=not (damaged or version_problems or dataset_problems),
+        ray_folders=rays, repaired=repair, ok=not (damaged or version_problems or dataset_problems),
     )
 
 

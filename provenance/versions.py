@@ -480,9 +480,11 @@ def gc(ledger: LedgerStore, *, apply: bool = False) -> dict[str, Any]:
     killed registration staged (:meth:`LedgerStore.stale_staging`), the folders of killed Ray
     registrations and dedup audits (:meth:`LedgerStore.stale_ray_folders`), and
     folders of Parquet document files that no dataset lists (a registration killed between
-    writing them and its commit): listed, or removed with ``apply``. Runs holding the ledger's
-    lock, so no commit or registration is writing meanwhile (in a server: refused while commits
-    are writing objects, and commits that start meanwhile wait)."""
+    writing them and its commit): listed, or removed with ``apply``. ``temporary_files`` holds the
+    Ray folders too; ``ray_folders`` names each again with its bytes and whether it was removed
+    (``False`` in a dry run, or where a file in it could not be removed: a warning says so). Runs
+    holding the ledger's lock, so no commit or registration is writing meanwhile (in a server:
+    refused while commits are writing objects, and commits that start meanwhile wait)."""
     store = ledger.object_store()
     with ledger.session(), ledger.write_lock, ledger.object_writers.collecting():
         referenced = ledger.referenced_objects()
@@ -494,14 +496,16 @@ def gc(ledger: LedgerStore, *, apply: bool = False) -> dict[str, Any]:
         sizes = ([store.size(a) or 0 for a in unreferenced] + [t.stat().st_size for t in temporaries]
                  + [n for _, n in staged] + [n for _, n in rays] + list(folders.values()))
         freed = 0
+        ray_folders = [{"path": str(folder), "bytes": n, "removed": False} for folder, n in rays]
         if apply:
             freed = sum(store.delete(a) for a in unreferenced) + sum(n for _, n in staged)
-            for folder, n in rays:
+            for (folder, n), listed in zip(rays, ray_folders):
                 shutil.rmtree(folder, ignore_errors=True)
                 if folder.exists():  # a file in it could not be removed: say so, count none of it
                     warnings.warn(f"{folder}: could not remove all of it (permissions or an immutable file); "
                                   "prov gc lists it again until it can", stacklevel=2)
                 else:
+                    listed["removed"] = True
                     freed += n
             for t in temporaries:
                 freed += t.stat().st_size
@@ -511,7 +515,8 @@ def gc(ledger: LedgerStore, *, apply: bool = False) -> dict[str, Any]:
             freed += sum(folders.values())
     return {"unreferenced": unreferenced,
             "temporary_files": [str(t) for t in temporaries] + [p for p, _ in staged] + [str(p) for p, _ in rays],
-            "document_folders": [str(d) for d in folders], "bytes": sum(sizes), "removed": apply, "freed": freed}
+            "ray_folders": ray_folders, "document_folders": [str(d) for d in folders], "bytes": sum(sizes),
+            "removed": apply, "freed": freed}
 
 
 def _unlisted_document_folders(ledger: LedgerStore) -> dict[str, int]:

@@ -276,6 +276,16 @@ def test_audits_return_typed_reports(api, name, files, tmp_path):
             api.delete_audits(**bad)
 
 
+@pytest.mark.parametrize("bad", [5, 2.5, True, ["2026-01-01"]])
+def test_delete_audits_refuses_a_before_that_is_no_time_naming_it(api, bad):
+    """``before=5`` is refused with the library's error naming ``before`` and the value, the same
+    through the server as locally (the server's own check would say only "Input should be a valid
+    string")."""
+    with pytest.raises(InvalidParameterError) as refused:
+        api.delete_audits(before=bad)
+    assert str(refused.value) == f"before {bad!r}: a date, a datetime or an ISO string (2026-12-01)"
+
+
 def test_sql_returns_arrow_and_refuses_writes(api, name):
     api.commit({"w": torch.zeros(1)}, message=name("sql"))
     table = api.sql("SELECT message FROM versions WHERE message = ?", [name("sql")])

@@ -72,6 +72,7 @@ def test_the_cli_through_a_server(server, tmp_path, monkeypatch):
     merged = js("merge", heads[0]["version_id"], heads[1]["version_id"], "--method", "average", "-m", "merged",
                 "--audit", gate["audit_id"])
     assert merged["receipt"]["audit_id"] == gate["audit_id"]
+    assert merged["cited_gate"] == {"audit_id": gate["audit_id"], "passed": False, "alerts": gate["alerts"]}
     lin = js("lineage", merged["version_id"])
     assert lin["datasets"][0]["dataset_id"] == "corpus@1" and lin["datasets"][0]["examples"] == 41
     assert "graph BT" in prov("lineage", merged["version_id"], "--format", "mermaid")

@@ -292,6 +292,33 @@ def test_a_merge_cites_a_stored_gate_of_its_inputs_by_its_full_id(contributors):
         "problem": f"its merge receipt cites audit {gate.audit_id}, which is not in the ledger"}]
 
 
+def test_prov_merge_says_whether_the_gate_it_cites_failed(contributors):
+    """A merge may cite a failed gate (its receipt and model card say "Failed"); ``prov merge``'s
+    own output says so too, with the gate's alerts, and ``--json`` has it as ``cited_gate``; a
+    passed gate is said to have passed, and a merge that cites none has ``cited_gate`` null."""
+    ledger, _, va, vb = contributors
+    failed = audit_merge(ledger, [va, vb], ngram=0)
+    (alert,) = failed.alerts
+    assert not failed.passed and alert.startswith("max-contamination 0 broken: 1 evaluation document of ev@1")
+    merge = ["--ledger", str(ledger.root), "merge", va.version_id, vb.version_id, "--method", "average"]
+    out = CliRunner().invoke(main, [*merge, "--audit", failed.audit_id[:8], "-m", "cites a failed gate"])
+    assert out.exit_code == 0, out.output  # citing a failed gate is allowed
+    assert out.output.splitlines()[1] == f"cited gate {failed.audit_id[:12]}: FAILED ({alert})"
+    out = CliRunner().invoke(main, [*merge, "--audit", failed.audit_id, "-m", "again", "--json"])
+    assert out.exit_code == 0, out.output
+    cited = json.loads(out.output)
+    assert cited["cited_gate"] == {"audit_id": failed.audit_id, "passed": False, "alerts": [alert]}
+    assert cited["receipt"]["audit_id"] == failed.audit_id
+    out = CliRunner().invoke(main, [*merge, "--gate", "--max-contamination", "2", "-m", "gated"])
+    assert out.exit_code == 0, out.output
+    passed = ledger.audits("merge")[0]["audit_id"]
+    assert passed != failed.audit_id and ledger.audit(passed)["passed"] is True
+    assert out.output.splitlines()[1] == f"cited gate {passed[:12]}: passed"
+    out = CliRunner().invoke(main, [*merge, "-m", "cites nothing", "--json"])
+    assert out.exit_code == 0 and json.loads(out.output)["cited_gate"] is None
+    assert len(CliRunner().invoke(main, [*merge, "-m", "cites nothing"]).output.splitlines()) == 1
+
+
 def test_the_gate_fails_closed_when_the_span_check_cannot_read_a_source(contributors, data_dir):
     """e1 shares a 15-word span with b's training text, which only the span check finds. With
     b.jsonl moved the check cannot look: the gate fails, saying why, instead of passing on the

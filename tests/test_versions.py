@@ -287,6 +287,92 @@ def test_gc_removes_the_spill_files_of_a_killed_process_and_not_its_own(ledger):
     assert ledger.gc()["temporary_files"] == []
 
 
+_RAY_DRIVER = """
+import os, pathlib, sys
+folder = pathlib.Path(sys.argv[1]) / f"{sys.argv[2]}{sys.argv[3]}-{os.getpid()}-abcd1234"
+folder.mkdir(parents=True)
+(folder / "part-0.parquet").write_bytes(b"x" * int(sys.argv[4]))
+print(folder, flush=True)
+"""
+
+
+def _stale_ray_folders(ledger) -> dict:
+    """The folders two Ray drivers on this machine (a registration's, a dedup audit's) leave when
+    they end before removing them, named by this host and their process ids, which have ended:
+    their paths (as text, in name order) and bytes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from provenance.ledger._common import host_label
+
+    made = {}
+    for prefix, size in (("prov-ray-", 1000), ("prov-ray-dedup-", 3000)):
+        out = subprocess.run([sys.executable, "-c", _RAY_DRIVER, str(ledger.root / "tmp" / "ray"), prefix,
+                              host_label(), str(size)], capture_output=True, text=True, check=True).stdout
+        assert Path(out.strip()).is_dir()
+        made[out.strip()] = size
+    return dict(sorted(made.items()))
+
+
+def test_gc_names_each_stale_ray_folder_in_its_table_and_json_output(ledger):
+    """``prov gc`` names each folder a killed Ray driver left, with its bytes, in the text output
+    as in ``--json`` (``ray_folders``): found in a dry run, removed with --apply; the folder of a
+    process that runs (this one's) is neither listed nor removed."""
+    import json
+    import os
+
+    from click.testing import CliRunner
+
+    from provenance.cli.main import main
+    from provenance.ledger._common import host_label
+
+    stale = _stale_ray_folders(ledger)
+    live = ledger.root / "tmp" / "ray" / f"prov-ray-{host_label()}-{os.getpid()}-live0000"
+    live.mkdir()
+    dry = CliRunner().invoke(main, ["--ledger", str(ledger.root), "gc"])
+    assert dry.exit_code == 0, dry.output
+    lines = dry.output.splitlines()
+    assert lines[0] == ("would remove (dry run; --apply to remove) 0 objects, 2 temporary files and "
+                        "0 unlisted document folders, 4,000 bytes")
+    assert lines[1:] == [f"  stale Ray folder {p} ({n:,} bytes): found" for p, n in stale.items()]
+    listed = json.loads(CliRunner().invoke(main, ["--ledger", str(ledger.root), "gc", "--json"]).output)
+    assert listed["ray_folders"] == [{"path": p, "bytes": n, "removed": False} for p, n in stale.items()]
+    assert sorted(listed["temporary_files"]) == list(stale) and all(os.path.isdir(p) for p in stale)
+    applied = CliRunner().invoke(main, ["--ledger", str(ledger.root), "gc", "--apply"])
+    assert applied.exit_code == 0, applied.output
+    assert applied.output.splitlines()[1:] == [f"  stale Ray folder {p} ({n:,} bytes): removed"
+                                               for p, n in stale.items()]
+    assert not any(os.path.exists(p) for p in stale) and live.is_dir()
+    assert ledger.gc()["ray_folders"] == []
+
+
+def test_verify_names_stale_ray_folders_as_leftovers_not_damage(ledger):
+    """``prov verify`` names the folders killed Ray drivers left as leftovers that ``prov gc
+    --apply`` removes; they are no damage (exit status 0, ``ok``), and --repair leaves them."""
+    import json
+    import os
+
+    from click.testing import CliRunner
+
+    from provenance.cli.main import main
+
+    ledger.commit(_state(), message="root")
+    stale = list(_stale_ray_folders(ledger))
+    report = ledger.verify()
+    assert report.ray_folders == stale and report.ok and report.temporary_files == []
+    out = CliRunner().invoke(main, ["--ledger", str(ledger.root), "verify"])
+    assert out.exit_code == 0, out.output
+    for p in stale:
+        assert (f"stale Ray folder {p} (a killed Ray registration or dedup audit left it; prov gc --apply "
+                "removes it)") in out.output
+    as_json = json.loads(CliRunner().invoke(main, ["--ledger", str(ledger.root), "verify", "--json"]).output)
+    assert as_json["ray_folders"] == stale and as_json["ok"] is True
+    assert ledger.verify(repair=True).ray_folders == stale and all(os.path.isdir(p) for p in stale)
+    ledger.gc(apply=True)
+    assert ledger.verify().ray_folders == []
+
+
 _COMMITTER = """
 import sys, torch
 from provenance import Ledger
