@@ -22,7 +22,7 @@ from provenance.cli.app import (
     main,
     pass_ctx,
 )
-from provenance.errors import GateFailedError, NonFiniteError
+from provenance.errors import GateFailedError, NonFiniteError, NotFoundError
 from provenance.files import atomic_write_text
 from provenance.plain import counted, dumps
 
@@ -239,7 +239,10 @@ def _cited_gate(ledger: Any, audit_id: str | None) -> dict[str, Any] | None:
     own output says so too."""
     if audit_id is None:
         return None
-    row = ledger.audit(audit_id)
+    try:
+        row = ledger.audit(audit_id)
+    except NotFoundError:  # deleted since by another program: the merge is made, and says so
+        return {"audit_id": audit_id, "passed": None, "alerts": ["the cited gate is no longer in the ledger"]}
     return {"audit_id": row["audit_id"], "passed": bool(row["passed"]), "alerts": row["report"].get("alerts", [])}
 
 
@@ -249,7 +252,8 @@ def _merged_text(d: dict[str, Any]) -> str:
     gate = d["cited_gate"]
     if gate is not None:
         why = f" ({'; '.join(gate['alerts'])})" if gate["alerts"] else ""
-        text += f"\ncited gate {gate['audit_id'][:12]}: " + ("passed" if gate["passed"] else f"FAILED{why}")
+        state = {True: "passed", False: f"FAILED{why}", None: f"not found{why}"}[gate["passed"]]
+        text += f"\ncited gate {gate['audit_id'][:12]}: {state}"
     return text
 
 

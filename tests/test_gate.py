@@ -317,6 +317,13 @@ def test_prov_merge_says_whether_the_gate_it_cites_failed(contributors):
     out = CliRunner().invoke(main, [*merge, "-m", "cites nothing", "--json"])
     assert out.exit_code == 0 and json.loads(out.output)["cited_gate"] is None
     assert len(CliRunner().invoke(main, [*merge, "-m", "cites nothing"]).output.splitlines()) == 1
+    from provenance.cli.models import _cited_gate, _merged_text  # a gate deleted between the merge and its output
+
+    gone = _cited_gate(ledger, "0" * 32)
+    assert gone == {"audit_id": "0" * 32, "passed": None, "alerts": ["the cited gate is no longer in the ledger"]}
+    shown = _merged_text({"parents": ["a", "b"], "version_id": "f" * 32, "stored_bytes": 1, "full_bytes": 2,
+                          "cited_gate": gone})
+    assert shown.splitlines()[1] == "cited gate 000000000000: not found (the cited gate is no longer in the ledger)"
 
 
 def test_the_gate_fails_closed_when_the_span_check_cannot_read_a_source(contributors, data_dir):
