@@ -21,7 +21,7 @@ Parts (``--part``, default all):
   contributor, 2,000 texts by another (1,000 of them near copies of the first's unrelated ones,
   and, in a second ledger, ``--shared`` of the template texts too: 50 by default, ``all`` puts the
   whole cluster on both sides, ``all-near`` as near copies, a word added to each, ``all-variants``
-  as variants of its own), 25 evaluation texts (5 of them template variants); the gate
+  as variants of its own, ``all-far`` as variants near none of the first's), 25 evaluation texts (5 of them template variants); the gate
   without its span check (``ngram=0``), the memorization audit of 3 template texts and an
   unrelated one without its span check, each in a fresh subprocess.
 - ``store``: the ledger's file as stored audits come and go: the memorization audit above
@@ -420,9 +420,10 @@ print(json.dumps({"seconds": time.perf_counter() - t,
 def gate_ledger(root: Path, tmp: Path, n: int, shared: int, copies: str = "exact") -> tuple[str, str, list[str]]:
     """A ledger of two contributors on one base (module doc, ``gate``): their version ids, and
     the memorization samples. ``copies``: what the other contributor's ``shared`` template texts
-    are: ``exact`` copies of the first's, ``near`` copies (a word added), or ``variants`` of
+    are: ``exact`` copies of the first's, ``near`` copies (a word added), ``variants`` of
     their own (another word replaced: near only those of the first's that replaced the same
-    place)."""
+    place), or ``far`` variants (three words replaced: near none of the first's, though in the
+    same band buckets: every pair across must be compared)."""
     import torch
 
     from provenance import Ledger
@@ -433,6 +434,13 @@ def gate_ledger(root: Path, tmp: Path, n: int, shared: int, copies: str = "exact
     if copies == "variants":
         b += [{"id": f"bv{i}", "text": d["text"].replace(f"x{i}", f"y{i}")}
               for i, d in enumerate(template_variants(shared, seed=3))]
+    elif copies == "far":  # three words replaced: in the template's band buckets, near none of a's
+        rng = np.random.default_rng(3)
+        for i, d in enumerate(template_variants(shared, seed=3)):
+            words = d["text"].replace(f"x{i}", f"y{i}").split()
+            for at in rng.choice(len(words), 2, replace=False).tolist():
+                words[at] = f"z{i}r{at}"
+            b.append({"id": f"bv{i}", "text": " ".join(words)})
     else:
         b += [{"id": f"bv{i}", "text": a[i]["text"] + (f" near{i}" if copies == "near" else "")} for i in range(shared)]
     ev = [{"id": f"e{i}", "text": " ".join(f"e{i}w{j}" for j in range(60))} for i in range(20)]
@@ -470,7 +478,7 @@ def part_gate(args, tmp: Path) -> list[str]:
                 print(n, shared, kind, r, flush=True)
                 figures.append(f"{kind}: {r['seconds']:.2f} s, {r['peak_mib']:.0f} MiB, {r['found']}")
             what = {"exact": "exact copies of them", "near": "near copies of them",
-                    "variants": "variants of its own"}[copies or "exact"]
+                    "variants": "variants of its own", "far": "far variants of its own"}[copies or "exact"]
             lines.append(f"| {n:,} variants on one side, {shared:,} {what} on the other | "
                          + "; ".join(figures) + " |")
     return lines
@@ -544,7 +552,8 @@ def main() -> None:
     parser.add_argument("--shared", nargs="+", default=["0", "50"],
                         help="gate: how many of the template texts the other contributor trained on too, each a "
                              "ledger of its own (a number, or 'all': the cluster on both sides; with '-near', "
-                             "as near copies: 'all-near'; '-variants': as variants of the other's own)")
+                             "as near copies: 'all-near'; '-variants': as variants of the other's own; '-far': variants "
+                             "near none of the first's)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     parts = args.part or ["dedup", "lineage", "taint", "cluster", "gate"]

@@ -467,23 +467,29 @@ class AuditWrites:
                            SELECT p.doc_a AS x, c.cls FROM p JOIN c ON c.doc_id = p.doc_b
                            UNION SELECT p.doc_b, c.cls FROM p JOIN c ON c.doc_id = p.doc_a""", [audit_id])
             con.execute("""CREATE OR REPLACE TEMP TABLE aud_open AS
-                           SELECT p.doc_id, p.band, p.bk, d.c2, d.n2
+                           SELECT p.doc_id, p.cls AS c1, p.band, p.bk, d.c2, d.n2
                            FROM aud_kept p JOIN aud_dir d ON d.band = p.band AND d.bk = p.bk AND d.c1 = p.cls
                            SEMI JOIN (SELECT DISTINCT band, bk, cls FROM aud_kept WHERE r IS NOT NULL) w
                              ON w.band = d.band AND w.bk = d.bk AND w.cls = d.c2
                            ANTI JOIN aud_hit h ON h.x = p.doc_id AND h.cls = d.c2""")
             rows = int(con.execute("SELECT coalesce(sum(n2), 0) FROM aud_open").fetchall()[0][0])
+            con.execute("CREATE OR REPLACE TEMP TABLE aud_open_classes AS SELECT DISTINCT doc_id, c2 FROM aud_open")
             con.execute("ALTER TABLE aud_cand RENAME TO aud_done")
+            # a pair is formed by one of its documents in every band (so its pass is chosen before
+            # the join): the one open to the other's class, the first if both are (a pair of a
+            # bucket where either class is whole was compared already)
             self._distinct_in_passes(rows, lambda part: f"""
-                SELECT * FROM (SELECT least(o.doc_id, q.doc_id) AS a, greatest(o.doc_id, q.doc_id) AS b
-                               FROM aud_open o JOIN aud_kept q ON q.band = o.band AND q.bk = o.bk AND q.cls = o.c2)
-                WHERE {part("a")}""")
+                SELECT least(o.doc_id, q.doc_id) AS a, greatest(o.doc_id, q.doc_id) AS b
+                FROM (SELECT * FROM aud_open WHERE {part("doc_id")}) o
+                  JOIN aud_kept q ON q.band = o.band AND q.bk = o.bk AND q.cls = o.c2
+                  LEFT JOIN aud_open_classes s ON s.doc_id = q.doc_id AND s.c2 = o.c1
+                WHERE s.doc_id IS NULL OR o.doc_id < q.doc_id""")
             con.execute("DELETE FROM aud_cand USING aud_done d WHERE aud_cand.a = d.a AND aud_cand.b = d.b")
             added = int(con.execute("SELECT count(*) FROM aud_cand").fetchall()[0][0])
             self._compare(audit_id, min_matches)
             con.execute("DROP TABLE aud_cand")
             con.execute("ALTER TABLE aud_done RENAME TO aud_cand")
-        for table in ("aud_open", "aud_hit", "aud_kept", "aud_dir"):
+        for table in ("aud_open", "aud_open_classes", "aud_hit", "aud_kept", "aud_dir"):
             con.execute(f"DROP TABLE IF EXISTS {table}")
         return added
 
