@@ -479,12 +479,13 @@ class AuditWrites:
             # the join): the one open to the other's class, the first if both are (a pair of a
             # bucket where either class is whole was compared already)
             self._distinct_in_passes(rows, lambda part: f"""
-                SELECT least(o.doc_id, q.doc_id) AS a, greatest(o.doc_id, q.doc_id) AS b
-                FROM (SELECT * FROM aud_open WHERE {part("doc_id")}) o
-                  JOIN aud_kept q ON q.band = o.band AND q.bk = o.bk AND q.cls = o.c2
-                  LEFT JOIN aud_open_classes s ON s.doc_id = q.doc_id AND s.c2 = o.c1
-                WHERE s.doc_id IS NULL OR o.doc_id < q.doc_id""")
-            con.execute("DELETE FROM aud_cand USING aud_done d WHERE aud_cand.a = d.a AND aud_cand.b = d.b")
+                SELECT * FROM (
+                    SELECT least(o.doc_id, q.doc_id) AS a, greatest(o.doc_id, q.doc_id) AS b
+                    FROM (SELECT * FROM aud_open WHERE {part("doc_id")}) o
+                      JOIN aud_kept q ON q.band = o.band AND q.bk = o.bk AND q.cls = o.c2
+                      LEFT JOIN aud_open_classes s ON s.doc_id = q.doc_id AND s.c2 = o.c1
+                    WHERE s.doc_id IS NULL OR o.doc_id < q.doc_id)
+                ANTI JOIN aud_done USING (a, b)""")  # the pairs compared already left out in each pass
             added = int(con.execute("SELECT count(*) FROM aud_cand").fetchall()[0][0])
             self._compare(audit_id, min_matches)
             con.execute("DROP TABLE aud_cand")
