@@ -522,6 +522,49 @@ def test_a_cluster_on_both_sides_is_windowed_and_the_gate_finds_what_every_pair_
     assert 0 < windowed < ledger.audit_pairs(reference["audit_id"]).num_rows
 
 
+def test_documents_on_several_sides_are_compared_only_where_they_can_tell_something(
+        ledger, data_dir, write_jsonl, request, monkeypatch):
+    """Three inputs that all trained on one dataset (a template's variants, so its documents are on
+    every side) and each on one of its own, with copies across; whole lineages compared, window 1.
+    Documents of the same sides and datasets are not paired, yet the report is the one every pair
+    gives."""
+    from provenance import gate as gate_module
+
+    rng = np.random.default_rng(9)
+    template = [f"t{j}" for j in range(60)]
+
+    def variants(prefix: str, n: int) -> list[dict]:
+        rows = []
+        for i in range(n):
+            text = list(template)
+            for at in rng.choice(60, int(rng.choice([1, 2])), replace=False).tolist():
+                text[at] = f"{prefix}{i}r{at}"
+            rows.append({"id": f"{prefix}{i}", "text": " ".join(text)})
+        return rows
+
+    shared = variants("s", 120) + [{"id": f"w{i}", "text": words(900 + i, 50)} for i in range(20)]
+    own = {"a": variants("a", 60) + [{"id": "ac", "text": shared[0]["text"]}],
+           "b": variants("b", 40) + [{"id": "bc", "text": shared[1]["text"] + " tail"}], "c": variants("c", 30)}
+    ev = variants("e", 4) + [{"id": "ecopy", "text": own["a"][3]["text"]}]
+    for name, rows in (("shared", shared), *own.items(), ("ev", ev)):
+        write_jsonl(data_dir / f"{name}.jsonl", rows)
+        ledger.register_dataset(name, data_dir / f"{name}.jsonl", id_field="id", **({"role": "eval"} if name == "ev" else {}))
+    base = ledger.commit({"w": torch.zeros(2)}, message="base")
+    versions = []
+    for name in own:
+        with ledger.start_run(base=base, datasets=["shared", name], message=name) as run:
+            versions.append(run.commit({"w": torch.rand(2)}).version_id)
+    monkeypatch.setattr(gate_module, "SIDE_WINDOW", 1)
+    gate = audit_merge(ledger, versions, ngram=0, max_contamination=None, full_lineage=True)
+    assert [(o["a_exact"], o["b_exact"]) for o in gate["overlap"]] == [(141, 140), (141, 140), (140, 140)]
+    assert all(o["a_near"] > 0 and o["b_near"] > 0 for o in gate["overlap"])
+    fewer = ledger.audit_pairs(gate["audit_id"]).num_rows
+    request.getfixturevalue("every_pair")
+    reference = audit_merge(ledger, versions, ngram=0, max_contamination=None, full_lineage=True)
+    assert _same_fields(gate.to_dict()) == _same_fields(reference.to_dict())
+    assert 0 < fewer < ledger.audit_pairs(reference["audit_id"]).num_rows
+
+
 def test_memorization_pairs_samples_then_matches_and_finds_what_every_pair_finds(clustered, data_dir, request):
     """Samples paired first, then the documents they match with every other: the near copies and
     exposure of each match are those every pair compared gives."""
