@@ -64,3 +64,46 @@ def _count(sig, a, b, need, rows, first):
             j += 1
         out[i] = k - miss if miss <= allow else -1
     return out
+
+
+def bucket_partners(starts: np.ndarray, members: np.ndarray, focus_starts: np.ndarray, focus_buckets: np.ndarray,
+                    focus_rows: np.ndarray, is_focus: np.ndarray, lo: int, hi: int, stamp: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate pairs of the focus documents ``lo`` … ``hi − 1``, each once: a focus document
+    with every other document of the band buckets it is in, and two focus documents once (the
+    first as ``a``). ``members[starts[j]:starts[j + 1]]`` are the rows of bucket ``j``;
+    ``focus_buckets[focus_starts[i]:focus_starts[i + 1]]`` the buckets of the focus document whose
+    row is ``focus_rows[i]``; ``is_focus[row]`` says whether a row is one; ``stamp`` (int64, one per
+    row, filled with -1 once for all calls) marks the rows met. Returns ``(a, b)`` rows (int64)."""
+    return _partners(starts, members, focus_starts, focus_buckets, focus_rows, is_focus, int(lo), int(hi), stamp)
+
+
+@cached_njit(nogil=True)
+def _partners(starts, members, focus_starts, focus_buckets, focus_rows, is_focus, lo, hi, stamp):
+    n = _walk(starts, members, focus_starts, focus_buckets, focus_rows, is_focus, lo, hi, stamp, 0,
+              np.empty(0, np.int64), np.empty(0, np.int64))
+    a = np.empty(n, np.int64)
+    b = np.empty(n, np.int64)
+    _walk(starts, members, focus_starts, focus_buckets, focus_rows, is_focus, lo, hi, stamp, 1, a, b)
+    return a, b
+
+
+@cached_njit(nogil=True)
+def _walk(starts, members, focus_starts, focus_buckets, focus_rows, is_focus, lo, hi, stamp, fill, a, b):
+    """:func:`_partners`' loop: counts the pairs (``fill`` 0), or writes them (1)."""
+    n = 0
+    for i in range(lo, hi):
+        f = focus_rows[i]
+        mark = 2 * i + fill  # each row met once per focus document and round
+        for t in range(focus_starts[i], focus_starts[i + 1]):
+            j = focus_buckets[t]
+            for s in range(starts[j], starts[j + 1]):
+                m = members[s]
+                if m == f or stamp[m] == mark or (is_focus[m] and m < f):
+                    continue
+                stamp[m] = mark
+                if fill:
+                    a[n] = f
+                    b[n] = m
+                n += 1
+    return n

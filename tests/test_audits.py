@@ -380,6 +380,35 @@ def test_a_dedup_audit_does_not_import_pandas(graded_ledger, tmp_path):
     assert int(out[0]) > 10 and out[1] == "False"
 
 
+def test_bucket_partners_meets_each_bucket_mate_once():
+    """Each focus document with every other document of its buckets once, however many buckets
+    they share, and two focus documents once; over runs of focus documents sharing one stamp."""
+    import numpy as np
+
+    from provenance.kernels.signature_match import bucket_partners
+
+    rng = np.random.default_rng(4)
+    n, n_buckets = 200, 60
+    buckets = [rng.choice(n, int(rng.integers(2, 40)), replace=False) for _ in range(n_buckets)]
+    starts = np.concatenate([[0], np.cumsum([len(x) for x in buckets])]).astype(np.int64)
+    members = np.concatenate(buckets).astype(np.int64)
+    is_focus = np.zeros(n, np.bool_)
+    is_focus[rng.choice(n, 30, replace=False)] = True
+    focus_rows = np.flatnonzero(is_focus)
+    of = [[j for j, x in enumerate(buckets) if f in x] for f in focus_rows]
+    focus_starts = np.concatenate([[0], np.cumsum([len(x) for x in of])]).astype(np.int64)
+    focus_buckets = np.array([j for x in of for j in x], np.int64)
+    expected = {(int(f), int(m)) for f, js in zip(focus_rows, of) for j in js for m in buckets[j]
+                if m != f and not (is_focus[m] and m < f)}
+    stamp = np.full(n, -1, np.int64)
+    got = []
+    for lo, hi in ((0, 7), (7, 7), (7, 30)):
+        a, b = bucket_partners(starts, members, focus_starts, focus_buckets, focus_rows, is_focus, lo, hi, stamp)
+        got += list(zip(a.tolist(), b.tolist()))
+    assert len(got) == len(set(got)) and set(got) == expected and len(expected) > 500
+    assert {frozenset(p) for p in got if is_focus[p[1]]} and all(a < b for a, b in got if is_focus[b])
+
+
 def test_signature_counts_equal_every_position_compared():
     """The compiled comparison stops once too many positions differ; the pairs it keeps carry the
     count of every position, and the others -1."""

@@ -226,10 +226,89 @@ class AuditWrites:
             self._band(source, stored, bands, rows, "cls")
         finally:
             unregister(con, "aud_focus")
+        if self._partners_compiled(audit_id, min_matches):
+            return
         self._candidates(0, classed=True)
         self._compare(audit_id, min_matches)
         self._resolve_open(audit_id, min_matches)
         con.execute("DROP TABLE aud_cand")
+
+    def _partners_compiled(self, audit_id: str, min_matches: int) -> bool:
+        """:meth:`partner_pairs`' candidates (each focus document, of no class in ``aud_bands``,
+        with every other document of its band buckets) found and compared in compiled code
+        (:func:`provenance.kernels.signature_match.bucket_partners`): the band buckets are read
+        once, and each focus document meets each of its bucket-mates once, where the SQL join forms
+        a row per band they share and then makes them distinct (1.5 billion rows for 61M
+        candidates, 3,516 documents matched in a cluster of 20,000). False, with nothing done,
+        where there are fewer than ``COMPILED_FROM`` candidate rows or the signatures would pass
+        ``SIGNATURE_BYTES``."""
+        con = self._con
+        con.execute("""CREATE OR REPLACE TEMP TABLE aud_fb AS
+                       SELECT band, bk FROM aud_bands GROUP BY band, bk
+                       HAVING count(*) > 1 AND count(*) FILTER (WHERE cls IS NULL) > 0""")
+        estimate, ids, k = con.execute(
+            """WITH c AS (SELECT count(*)::HUGEINT AS m, count(*) FILTER (WHERE cls IS NULL) AS f
+                          FROM aud_bands SEMI JOIN aud_fb USING (band, bk) GROUP BY band, bk),
+                    d AS (SELECT DISTINCT doc_id FROM aud_bands SEMI JOIN aud_fb USING (band, bk))
+               SELECT (SELECT coalesce(sum(f * (m - f) + f * (f - 1) // 2), 0) FROM c), (SELECT count(*) FROM d),
+                      (SELECT max(len(x.signature)) FROM aud_docs x SEMI JOIN d USING (doc_id))""").fetchall()[0]
+        if estimate < COMPILED_FROM or ids * (k or 0) * 4 > SIGNATURE_BYTES:
+            con.execute("DROP TABLE aud_fb")
+            return False
+        from provenance.kernels.signature_match import bucket_partners, count_matches
+
+        doc_ids, matrix = self._signatures("SELECT DISTINCT doc_id FROM aud_bands SEMI JOIN aud_fb USING (band, bk)", k)
+        kept = con.sql("""SELECT dense_rank() OVER (ORDER BY band, bk) - 1 AS bucket, doc_id, cls IS NULL AS focus
+                          FROM aud_bands SEMI JOIN aud_fb USING (band, bk) ORDER BY bucket""").to_arrow_table()
+        con.execute("DROP TABLE aud_fb")
+        con.execute("DROP TABLE aud_bands")
+        bucket = columns.to_numpy(kept.column("bucket")).astype(np.int64)
+        row = np.searchsorted(doc_ids, columns.to_numpy(kept.column("doc_id")))
+        focus = kept.column("focus").to_numpy(zero_copy_only=False)
+        starts = np.concatenate([[0], np.cumsum(np.bincount(bucket))]).astype(np.int64)
+        is_focus = np.zeros(len(doc_ids), np.bool_)
+        is_focus[row[focus]] = True
+        order = np.lexsort((bucket[focus], row[focus]))  # each focus document's buckets together
+        f_row, f_bucket = row[focus][order], bucket[focus][order]
+        focus_rows, first_at = np.unique(f_row, return_index=True)
+        focus_starts = np.append(first_at, len(f_row)).astype(np.int64)
+        # focus documents in runs of about 4 × COMPARE_ROWS bucket-mates (their pairs are fewer:
+        # a mate met in several bands is one pair)
+        step = 4 * COMPARE_ROWS
+        mates = np.cumsum(np.add.reduceat(starts[f_bucket + 1] - starts[f_bucket], first_at)) if len(first_at) else []
+        cuts = [0, *np.searchsorted(mates, np.arange(step, mates[-1] if len(mates) else 0, step)).tolist(), len(focus_rows)]
+        stamp = np.full(len(doc_ids), -1, np.int64)
+        for lo, hi in zip(cuts, cuts[1:]):
+            if hi <= lo:
+                continue
+            a, b = bucket_partners(starts, row.astype(np.int64), focus_starts, f_bucket.astype(np.int64),
+                                   focus_rows.astype(np.int64), is_focus, lo, hi, stamp)
+            m = count_matches(matrix, a, b, min_matches)
+            keep = m >= min_matches
+            x, y = doc_ids[a[keep]], doc_ids[b[keep]]
+            self._insert_found(audit_id, np.minimum(x, y), np.maximum(x, y), m[keep], k)
+        return True
+
+    def _signatures(self, ids_sql: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The doc ids ``ids_sql`` selects (sorted) and their signatures as one ``uint32[n, k]``
+        matrix, read from ``aud_docs``."""
+        docs = self._con.sql(f"""SELECT x.doc_id, x.signature FROM aud_docs x SEMI JOIN ({ids_sql}) i USING (doc_id)
+                                 ORDER BY x.doc_id""").to_arrow_table()
+        doc_ids = columns.to_numpy(docs.column("doc_id"))
+        lists = docs.column("signature").combine_chunks()
+        if (np.diff(columns.to_numpy(lists.offsets)) != k).any():  # one config per audit: never, unless the ledger is damaged
+            raise ProvenanceError(f"the audit's signatures are not all {k} long")
+        return doc_ids, columns.to_numpy(lists.flatten()).reshape(len(doc_ids), k)
+
+    def _insert_found(self, audit_id: str, a: np.ndarray, b: np.ndarray, m: np.ndarray, k: int) -> None:
+        """Pairs found (``a < b`` doc ids, ``m`` positions agreeing of ``k``) into ``audit_pairs``."""
+        found = pa.Table.from_arrays([columns.from_numpy(x) for x in (a, b, m, m / np.float64(k))],
+                                     names=["a", "b", "m", "j"])
+        register(self._con, "aud_found", found)
+        try:
+            self._con.execute("INSERT INTO audit_pairs SELECT $1, a, b, m, j, NULL, a FROM aud_found", [audit_id])
+        finally:
+            unregister(self._con, "aud_found")
 
     def _band(self, source: str, stored: bool, bands: int, rows: int, cls: str, one: str = "NULL::VARCHAR") -> None:
         """``aud_bands`` (doc_id, cls, one, band, bk): the LSH band keys of the documents of
@@ -266,15 +345,8 @@ class AuditWrites:
             return
         from provenance.kernels.signature_match import count_matches  # numba: imported when an audit compares
 
-        docs = con.sql("""SELECT x.doc_id, x.signature FROM aud_docs x SEMI JOIN aud_cand_docs USING (doc_id)
-                          ORDER BY x.doc_id""").to_arrow_table()
+        doc_ids, matrix = self._signatures("SELECT doc_id FROM aud_cand_docs", k)
         con.execute("DROP TABLE aud_cand_docs")
-        doc_ids = columns.to_numpy(docs.column("doc_id"))
-        lists = docs.column("signature").combine_chunks()
-        if (np.diff(columns.to_numpy(lists.offsets)) != k).any():  # one config per audit: never, unless the ledger is damaged
-            raise ProvenanceError(f"the audit's signatures are not all {k} long")
-        matrix = columns.to_numpy(lists.flatten()).reshape(len(doc_ids), k)
-        del docs, lists  # the matrix is a view of the flattened lists, or their one copy
         first, span = int(doc_ids[0]), int(doc_ids[-1]) - int(doc_ids[0]) + 1
         dense = span <= 4 * len(doc_ids) + 2**20  # ids close together: a row per id, looked up in the loop
         if dense:
@@ -291,13 +363,7 @@ class AuditWrites:
             else:
                 m = count_matches(matrix, np.searchsorted(doc_ids, a), np.searchsorted(doc_ids, b), min_matches)
             keep = m >= min_matches
-            found = pa.Table.from_arrays([columns.from_numpy(x) for x in (a[keep], b[keep], m[keep], m[keep] / np.float64(k))],
-                                         names=["a", "b", "m", "j"])
-            register(con, "aud_found", found)
-            try:
-                con.execute("INSERT INTO audit_pairs SELECT $1, a, b, m, j, NULL, a FROM aud_found", [audit_id])
-            finally:
-                unregister(con, "aud_found")
+            self._insert_found(audit_id, a[keep], b[keep], m[keep], k)
         con.execute("DROP TABLE aud_cand_rows")
 
     def _compare_sql(self, audit_id: str, min_matches: int) -> None:
