@@ -243,6 +243,8 @@ def _cited_gate(ledger: Any, audit_id: str | None) -> dict[str, Any] | None:
         row = ledger.audit(audit_id)
     except NotFoundError:  # deleted since by another program: the merge is made, and says so
         return {"audit_id": audit_id, "passed": None, "alerts": ["the cited gate is no longer in the ledger"]}
+    except Exception as exc:  # noqa: BLE001 - the merge is made: a failed read must not look like a failed merge
+        return {"audit_id": audit_id, "passed": None, "alerts": [f"could not read the cited gate: {exc}"]}
     return {"audit_id": row["audit_id"], "passed": bool(row["passed"]), "alerts": row["report"].get("alerts", [])}
 
 

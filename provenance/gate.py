@@ -11,10 +11,13 @@ hash (``exact``) or, failing that, one whose estimated Jaccard is at least the t
 signatures grouped first so that boilerplate repeated thousands of times stays cheap). Reported
 as counts, as the fraction of each side, and per pair of datasets. Only pairs that can say
 something are formed: across sides, and not between two groups holding the same sides and
-datasets. Where a band bucket holds more than ``2 × SIDE_WINDOW`` documents of one side and
-dataset, each document of another is first compared with ``SIDE_WINDOW`` of them, and only those
-that match none of them then with all of them: the answer is the one comparing every pair gives,
-and a near-duplicate cluster on both sides costs its size times the window, not its size squared.
+datasets. A group's class is the set of sides and datasets of its documents (identical signatures
+are one group, so copies count once). Where a band bucket holds more than ``2 × SIDE_WINDOW``
+groups of one class, each group of another class is first compared with ``SIDE_WINDOW`` of them,
+and only those that match none of them then with all of them: the answer is the one comparing
+every pair gives, and a near-duplicate cluster on both sides whose members match across costs its
+size times the window, not its size squared (one whose members match almost nothing across, yet
+crowd the same buckets, still costs every pair, a little more than before: docs/benchmarks.md).
 
 **Contamination.** Training documents of any input that are exact or near duplicates of documents
 of the evaluation datasets (``eval``, or every dataset registered with role ``eval``), and

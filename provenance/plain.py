@@ -44,7 +44,8 @@ def utc_time(value: dt.datetime | dt.date | str | None, name: str) -> dt.datetim
         raise InvalidParameterError(f"{name} {value!r}: a date, a datetime or an ISO string (2026-12-01)")
     if isinstance(value, str):
         try:
-            value = dt.datetime.fromisoformat(value.strip())
+            text = value.strip()  # Python 3.10 reads no "Z"
+            value = dt.datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text)
         except ValueError:
             raise InvalidParameterError(f"{name} {value!r}: not an ISO date or time (2026-12-01, "
                                         "2026-12-01T12:00)") from None

@@ -147,7 +147,8 @@ class AuditWrites:
         documents pairs each of them with the ``window`` after it in an order shuffled per band
         (:func:`window_order`), not with every other: the candidates of one near-duplicate
         cluster of ``m`` documents grow as ``m × window × bands``, not ``m² / 2`` (module
-        :mod:`provenance.audits`, "bucket window"). Returns the buckets so windowed.
+        :mod:`provenance.audits`, "bucket window"). Returns the buckets so windowed (with
+        ``classes``: the classes of buckets so windowed).
 
         ``classes`` (with ``collapse``): ``"sides"`` or ``"samples"`` (:data:`CLASSES`). Two
         groups of identical signatures are compared only if their classes can say something to
@@ -188,7 +189,9 @@ class AuditWrites:
             source = "(SELECT d.* FROM aud_docs d JOIN aud_groups g USING (doc_id) WHERE g.doc_id = g.rep)"
         cls = one = "NULL::VARCHAR"
         if classes is not None:
-            # a group's class: the union of its documents' labels; a lone document's read in place
+            # a group's class: the union of its documents' labels; a lone document's read in place.
+            # (A text with no words has the signature of every such text, so a group is all of them
+            # or none: the gate, which leaves them out, loses nothing to classes that mix them.)
             labels, sides = classes
             con.execute(f"""CREATE OR REPLACE TEMP TABLE aud_group_classes AS
                             SELECT g.rep, CASE WHEN count(d.c) = count(*) THEN {_class_name("flatten(list(d.c))")} END AS c,
@@ -391,9 +394,9 @@ class AuditWrites:
         ``CANDIDATE_ROWS`` rows (a slice of the pairs by hash each): one DISTINCT over 27M rows
         ran out of the ledger's 512 MB where four passes took 2.9 s.
 
-        ``classed`` (``aud_bands`` has a ``cls``; no window): two documents are candidates unless
-        both have one and the same class (:meth:`near_pairs`); each class is joined to every other
-        by equality, so the pairs within a class are never formed."""
+        ``classed`` (``aud_bands`` has a ``cls`` and its ``one`` side): :meth:`_classed_candidates`,
+        the pairs of classes that can tell each other something (:meth:`near_pairs`), each class
+        joined to each such other by equality, so the pairs within a class are never formed."""
         if classed:
             return self._classed_candidates(window)
         con = self._con
