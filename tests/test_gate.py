@@ -471,6 +471,22 @@ def test_the_gate_compares_across_sides_only_and_finds_what_every_pair_finds(clu
     assert ledger.audit_pairs(reference["audit_id"]).num_rows > 10 * len(pairs)  # the cluster's own pairs
 
 
+_TEMPLATE = [f"t{j}" for j in range(60)]
+
+
+def _variants(rng, prefix: str, n: int, replaced: int | list[int]) -> list[dict]:
+    """``n`` texts (ids ``prefix0`` …) of the 60-word template with ``replaced`` words replaced
+    each (or a number of them drawn from a list), by words of their own."""
+    rows = []
+    for i in range(n):
+        text = list(_TEMPLATE)
+        count = replaced if isinstance(replaced, int) else int(rng.choice(replaced))
+        for at in rng.choice(60, count, replace=False).tolist():
+            text[at] = f"{prefix}{i}r{at}"
+        rows.append({"id": f"{prefix}{i}", "text": " ".join(text)})
+    return rows
+
+
 def test_a_cluster_on_both_sides_is_windowed_and_the_gate_finds_what_every_pair_finds(
         ledger, data_dir, write_jsonl, request, monkeypatch):
     """Variants of one template (two words replaced: they share band buckets, not the threshold)
@@ -482,16 +498,10 @@ def test_a_cluster_on_both_sides_is_windowed_and_the_gate_finds_what_every_pair_
     from provenance import gate as gate_module
 
     rng = np.random.default_rng(5)
-    template = [f"t{j}" for j in range(60)]
+    template = _TEMPLATE
 
     def variants(prefix: str, n: int) -> list[dict]:
-        rows = []
-        for i in range(n):
-            text = list(template)
-            for at in rng.choice(60, 2, replace=False).tolist():
-                text[at] = f"{prefix}{i}r{at}"
-            rows.append({"id": f"{prefix}{i}", "text": " ".join(text)})
-        return rows
+        return _variants(rng, prefix, n, 2)
 
     a1 = [{"id": "y", "text": " ".join(template)}] + variants("p", 150)
     a2 = [{"id": "y2", "text": "z0 z1 z2 " + " ".join(template)}] + variants("q", 40)
@@ -531,16 +541,9 @@ def test_documents_on_several_sides_are_compared_only_where_they_can_tell_someth
     from provenance import gate as gate_module
 
     rng = np.random.default_rng(9)
-    template = [f"t{j}" for j in range(60)]
 
     def variants(prefix: str, n: int) -> list[dict]:
-        rows = []
-        for i in range(n):
-            text = list(template)
-            for at in rng.choice(60, int(rng.choice([1, 2])), replace=False).tolist():
-                text[at] = f"{prefix}{i}r{at}"
-            rows.append({"id": f"{prefix}{i}", "text": " ".join(text)})
-        return rows
+        return _variants(rng, prefix, n, [1, 2])
 
     shared = variants("s", 120) + [{"id": f"w{i}", "text": words(900 + i, 50)} for i in range(20)]
     own = {"a": variants("a", 60) + [{"id": "ac", "text": shared[0]["text"]}],
