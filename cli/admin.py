@@ -191,7 +191,8 @@ def show_gc(d: dict) -> str:
     lines = [f"{verb} {len(d['unreferenced'])} objects, {len(d['temporary_files'])} temporary files and "
              f"{len(d.get('document_folders', []))} unlisted document folders, {d['bytes']:,} bytes"]
     for f in d.get("ray_folders", []):
-        state = ("removed" if f["removed"] else "not removed (see the warning)") if d["removed"] else "found"
+        state = ("removed" if f["removed"] else "not removed: a file in it could not be removed (permissions, or an "
+                 "immutable file)") if d["removed"] else "found"
         lines.append(f"  stale Ray folder {f['path']} ({f['bytes']:,} bytes): {state}")
     return "\n".join(lines)
 
