@@ -281,11 +281,11 @@ class AuditWrites:
         mates = np.cumsum(np.add.reduceat(starts[f_bucket + 1] - starts[f_bucket], first_at)) if len(first_at) else []
         cuts = [0, *np.searchsorted(mates, np.arange(step, mates[-1] if len(mates) else 0, step)).tolist(), len(focus_rows)]
         stamp = np.full(len(doc_ids), -1, np.int64)
+        members, f_bucket, focus_rows = (x.astype(np.int64, copy=False) for x in (row, f_bucket, focus_rows))
         for lo, hi in zip(cuts, cuts[1:]):
             if hi <= lo:
                 continue
-            a, b = bucket_partners(starts, row.astype(np.int64), focus_starts, f_bucket.astype(np.int64),
-                                   focus_rows.astype(np.int64), is_focus, lo, hi, stamp)
+            a, b = bucket_partners(starts, members, focus_starts, f_bucket, focus_rows, is_focus, lo, hi, stamp)
             m = count_matches(matrix, a, b, min_matches)
             keep = m >= min_matches
             x, y = doc_ids[a[keep]], doc_ids[b[keep]]
