@@ -67,41 +67,56 @@ def _count(sig, a, b, need, rows, first):
 
 
 def bucket_partners(starts: np.ndarray, members: np.ndarray, focus_starts: np.ndarray, focus_buckets: np.ndarray,
-                    focus_rows: np.ndarray, is_focus: np.ndarray, lo: int, hi: int, stamp: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray]:
+                    focus_rows: np.ndarray, lo: int, hi: int, stamp: np.ndarray, *, classes: np.ndarray,
+                    open_starts: np.ndarray, open_to: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The candidate pairs of the focus documents ``lo`` … ``hi − 1``, each once: a focus document
-    with every other document of the band buckets it is in, and two focus documents once (the
-    first as ``a``). ``members[starts[j]:starts[j + 1]]`` are the rows of bucket ``j``;
-    ``focus_buckets[focus_starts[i]:focus_starts[i + 1]]`` the buckets of the focus document whose
-    row is ``focus_rows[i]``; ``is_focus[row]`` says whether a row is one; ``stamp`` (int64, one per
-    row, filled with -1 once for all calls) marks the rows met. Returns ``(a, b)`` rows (int64)."""
-    return _partners(starts, members, focus_starts, focus_buckets, focus_rows, is_focus, int(lo), int(hi), stamp)
+    with every other document of the buckets it looks into. ``members[starts[j]:starts[j + 1]]``
+    are the rows of bucket ``j``; ``focus_buckets[focus_starts[i]:focus_starts[i + 1]]`` the
+    buckets that the focus document whose row is ``focus_rows[i]`` looks into. A mate that looks
+    for the focus document's class itself (``classes[row]``, int64; the classes row ``m`` looks
+    for are ``open_to[open_starts[m]:open_starts[m + 1]]``) forms the pair where it is the
+    smaller row, so two such documents meet once. ``stamp`` (int64, one per row, filled with -1
+    once for all calls) marks the rows met. Returns ``(a, b)`` rows (int64), ``a`` the focus
+    document's."""
+    return _partners(starts, members, focus_starts, focus_buckets, focus_rows, int(lo), int(hi), stamp,
+                     classes, open_starts, open_to)
 
 
 @cached_njit(nogil=True)
-def _partners(starts, members, focus_starts, focus_buckets, focus_rows, is_focus, lo, hi, stamp):
-    n = _walk(starts, members, focus_starts, focus_buckets, focus_rows, is_focus, lo, hi, stamp, 0,
-              np.empty(0, np.int64), np.empty(0, np.int64))
+def _partners(starts, members, focus_starts, focus_buckets, focus_rows, lo, hi, stamp, classes, open_starts, open_to):
+    n = _walk(starts, members, focus_starts, focus_buckets, focus_rows, lo, hi, stamp, classes, open_starts, open_to,
+              0, np.empty(0, np.int64), np.empty(0, np.int64))
     a = np.empty(n, np.int64)
     b = np.empty(n, np.int64)
-    _walk(starts, members, focus_starts, focus_buckets, focus_rows, is_focus, lo, hi, stamp, 1, a, b)
+    _walk(starts, members, focus_starts, focus_buckets, focus_rows, lo, hi, stamp, classes, open_starts, open_to,
+          1, a, b)
     return a, b
 
 
 @cached_njit(nogil=True)
-def _walk(starts, members, focus_starts, focus_buckets, focus_rows, is_focus, lo, hi, stamp, fill, a, b):
+def _walk(starts, members, focus_starts, focus_buckets, focus_rows, lo, hi, stamp, classes, open_starts, open_to,
+          fill, a, b):
     """:func:`_partners`' loop: counts the pairs (``fill`` 0), or writes them (1)."""
     n = 0
     for i in range(lo, hi):
         f = focus_rows[i]
+        c = classes[f]
         mark = 2 * i + fill  # each row met once per focus document and round
         for t in range(focus_starts[i], focus_starts[i + 1]):
             j = focus_buckets[t]
             for s in range(starts[j], starts[j + 1]):
                 m = members[s]
-                if m == f or stamp[m] == mark or (is_focus[m] and m < f):
+                if m == f or stamp[m] == mark:
                     continue
                 stamp[m] = mark
+                if m < f:  # formed by m where m looks for f's class too
+                    looks = False
+                    for u in range(open_starts[m], open_starts[m + 1]):
+                        if open_to[u] == c:
+                            looks = True
+                            break
+                    if looks:
+                        continue
                 if fill:
                     a[n] = f
                     b[n] = m

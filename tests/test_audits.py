@@ -403,10 +403,48 @@ def test_bucket_partners_meets_each_bucket_mate_once():
     stamp = np.full(n, -1, np.int64)
     got = []
     for lo, hi in ((0, 7), (7, 7), (7, 30)):
-        a, b = bucket_partners(starts, members, focus_starts, focus_buckets, focus_rows, is_focus, lo, hi, stamp)
+        a, b = bucket_partners(starts, members, focus_starts, focus_buckets, focus_rows, lo, hi, stamp,
+                               classes=np.zeros(n, np.int64), open_starts=np.concatenate([[0], np.cumsum(is_focus)]),
+                               open_to=np.zeros(len(focus_rows), np.int64))
         got += list(zip(a.tolist(), b.tolist()))
     assert len(got) == len(set(got)) and set(got) == expected and len(expected) > 500
     assert {frozenset(p) for p in got if is_focus[p[1]]} and all(a < b for a, b in got if is_focus[b])
+
+
+def test_bucket_partners_forms_a_pair_two_documents_look_for_once():
+    """Documents of three classes, each looking for some of the others' in buckets of one class
+    (the gate's second round): a document meets each document of the buckets it looks into once,
+    and two documents that look for each other's class meet once, from the smaller row."""
+    import numpy as np
+
+    from provenance.kernels.signature_match import bucket_partners
+
+    rng = np.random.default_rng(6)
+    n = 240
+    classes = rng.integers(0, 3, n)
+    looks = [sorted(set(rng.choice([c for c in range(3) if c != classes[r]], int(rng.integers(0, 3))).tolist()))
+             for r in range(n)]
+    buckets = [rng.choice(np.flatnonzero(classes == c), int(rng.integers(2, 30)), replace=False)
+               for c in rng.integers(0, 3, 80)]
+    starts = np.concatenate([[0], np.cumsum([len(x) for x in buckets])]).astype(np.int64)
+    members = np.concatenate(buckets).astype(np.int64)
+    focus_rows = np.array([r for r in range(n) if looks[r]], np.int64)
+    into = [[j for j, x in enumerate(buckets) if classes[x[0]] in looks[f] and rng.random() < 0.6] for f in focus_rows]
+    focus_starts = np.concatenate([[0], np.cumsum([len(x) for x in into])]).astype(np.int64)
+    focus_buckets = np.array([j for x in into for j in x], np.int64)
+    open_starts = np.concatenate([[0], np.cumsum([len(x) for x in looks])]).astype(np.int64)
+    open_to = np.array([c for x in looks for c in x], np.int64)
+    expected = {(int(f), int(m)) for f, js in zip(focus_rows, into) for j in js for m in buckets[j]
+                if not (m < f and classes[f] in looks[m])}
+    stamp = np.full(n, -1, np.int64)
+    got = []
+    for lo, hi in ((0, 50), (50, len(focus_rows))):
+        a, b = bucket_partners(starts, members, focus_starts, focus_buckets, focus_rows, lo, hi, stamp,
+                               classes=classes.astype(np.int64), open_starts=open_starts, open_to=open_to)
+        got += list(zip(a.tolist(), b.tolist()))
+    assert len(got) == len(set(got)) and set(got) == expected and len(expected) > 1_000
+    both = {frozenset(p) for p in got if classes[p[0]] in looks[p[1]] and classes[p[1]] in looks[p[0]]}
+    assert len(both) > 50 and len({frozenset(p) for p in got}) == len(got)
 
 
 def test_signature_counts_equal_every_position_compared():

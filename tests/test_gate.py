@@ -526,9 +526,11 @@ def test_a_cluster_on_both_sides_is_windowed_and_the_gate_finds_what_every_pair_
     assert (o["a_exact"], o["b_exact"]) == (5, 5) and o["b_near"] >= 12  # every x is near y (and y2)
     assert {(d["dataset"], d["other"]) for d in o["datasets"]} >= {("a1@1", "b1@1"), ("a1@1", "b2@1")}
     windowed = ledger.audit_pairs(gate["audit_id"]).num_rows
+    compiled = _compiled(request, lambda: audit_merge(ledger, [va, vb], ngram=0, max_contamination=None))
+    assert added[1] > 0 and ledger.audit_pairs(compiled["audit_id"]).num_rows == windowed  # each pair found once
     request.getfixturevalue("every_pair")
     reference = audit_merge(ledger, [va, vb], ngram=0, max_contamination=None)
-    assert _same_fields(gate.to_dict()) == _same_fields(reference.to_dict())
+    assert _same_fields(gate.to_dict()) == _same_fields(reference.to_dict()) == _same_fields(compiled.to_dict())
     assert 0 < windowed < ledger.audit_pairs(reference["audit_id"]).num_rows
 
 
@@ -562,9 +564,12 @@ def test_documents_on_several_sides_are_compared_only_where_they_can_tell_someth
     assert [(o["a_exact"], o["b_exact"]) for o in gate["overlap"]] == [(141, 140), (141, 140), (140, 140)]
     assert all(o["a_near"] > 0 and o["b_near"] > 0 for o in gate["overlap"])
     fewer = ledger.audit_pairs(gate["audit_id"]).num_rows
+    compiled = _compiled(request, lambda: audit_merge(ledger, versions, ngram=0, max_contamination=None,
+                                                      full_lineage=True))
+    assert ledger.audit_pairs(compiled["audit_id"]).num_rows == fewer  # the same pairs, each found once
     request.getfixturevalue("every_pair")
     reference = audit_merge(ledger, versions, ngram=0, max_contamination=None, full_lineage=True)
-    assert _same_fields(gate.to_dict()) == _same_fields(reference.to_dict())
+    assert _same_fields(gate.to_dict()) == _same_fields(reference.to_dict()) == _same_fields(compiled.to_dict())
     assert 0 < fewer < ledger.audit_pairs(reference["audit_id"]).num_rows
 
 

@@ -258,8 +258,6 @@ class AuditWrites:
         if estimate < COMPILED_FROM or ids * (k or 0) * 4 > SIGNATURE_BYTES:
             con.execute("DROP TABLE aud_fb")
             return False
-        from provenance.kernels.signature_match import bucket_partners, count_matches
-
         doc_ids, matrix = self._signatures("SELECT DISTINCT doc_id FROM aud_bands SEMI JOIN aud_fb USING (band, bk)", k)
         kept = con.sql("""SELECT dense_rank() OVER (ORDER BY band, bk) - 1 AS bucket, doc_id, cls IS NULL AS focus
                           FROM aud_bands SEMI JOIN aud_fb USING (band, bk) ORDER BY bucket""").to_arrow_table()
@@ -268,29 +266,51 @@ class AuditWrites:
         bucket = columns.to_numpy(kept.column("bucket")).astype(np.int64)
         row = np.searchsorted(doc_ids, columns.to_numpy(kept.column("doc_id")))
         focus = kept.column("focus").to_numpy(zero_copy_only=False)
-        starts = np.concatenate([[0], np.cumsum(np.bincount(bucket))]).astype(np.int64)
-        is_focus = np.zeros(len(doc_ids), np.bool_)
-        is_focus[row[focus]] = True
-        order = np.lexsort((bucket[focus], row[focus]))  # each focus document's buckets together
-        f_row, f_bucket = row[focus][order], bucket[focus][order]
+        # every focus document looks for class 0 (every document's), the others for none
+        looks = np.zeros(len(doc_ids), np.int64)
+        looks[row[focus]] = 1
+        open_starts = np.concatenate([[0], np.cumsum(looks)])
+        self._walk_and_compare(audit_id, min_matches, doc_ids, matrix, bucket, row, row[focus], bucket[focus],
+                               np.zeros(len(doc_ids), np.int64), open_starts, np.zeros(open_starts[-1], np.int64))
+        return True
+
+    def _walk_and_compare(self, audit_id: str, min_matches: int, doc_ids: np.ndarray, matrix: np.ndarray,
+                          bucket: np.ndarray, row: np.ndarray, f_row: np.ndarray, f_bucket: np.ndarray,
+                          classes: np.ndarray, open_starts: np.ndarray, open_to: np.ndarray) -> int:
+        """Candidates found by :func:`provenance.kernels.signature_match.bucket_partners` and
+        compared by ``count_matches``, into ``audit_pairs``: the document of row ``f_row[t]`` (a
+        row of ``doc_ids`` and ``matrix``) with each document of bucket ``f_bucket[t]`` once
+        (``row[i]`` is in bucket ``bucket[i]``, sorted by bucket, numbered from 0); ``classes``,
+        ``open_starts`` and ``open_to`` say which pairs two documents would both form (the
+        kernel forms them from the smaller row). The focus documents go in runs of about 4 ×
+        ``COMPARE_ROWS`` bucket-mates (their pairs are fewer: a mate met in several bands is one
+        pair). Returns the candidates compared."""
+        from provenance.kernels.signature_match import bucket_partners, count_matches
+
+        starts = np.concatenate([[0], np.cumsum(np.bincount(bucket, minlength=int(f_bucket.max(initial=-1)) + 1))]
+                                ).astype(np.int64)
+        order = np.lexsort((f_bucket, f_row))  # each focus document's buckets together
+        f_row, f_bucket = f_row[order], f_bucket[order]
         focus_rows, first_at = np.unique(f_row, return_index=True)
         focus_starts = np.append(first_at, len(f_row)).astype(np.int64)
-        # focus documents in runs of about 4 × COMPARE_ROWS bucket-mates (their pairs are fewer:
-        # a mate met in several bands is one pair)
         step = 4 * COMPARE_ROWS
         mates = np.cumsum(np.add.reduceat(starts[f_bucket + 1] - starts[f_bucket], first_at)) if len(first_at) else []
         cuts = [0, *np.searchsorted(mates, np.arange(step, mates[-1] if len(mates) else 0, step)).tolist(), len(focus_rows)]
         stamp = np.full(len(doc_ids), -1, np.int64)
-        members, f_bucket, focus_rows = (x.astype(np.int64, copy=False) for x in (row, f_bucket, focus_rows))
+        found = 0
+        members, f_bucket, focus_rows, classes, open_starts, open_to = (
+            x.astype(np.int64, copy=False) for x in (row, f_bucket, focus_rows, classes, open_starts, open_to))
         for lo, hi in zip(cuts, cuts[1:]):
             if hi <= lo:
                 continue
-            a, b = bucket_partners(starts, members, focus_starts, f_bucket, focus_rows, is_focus, lo, hi, stamp)
+            a, b = bucket_partners(starts, members, focus_starts, f_bucket, focus_rows, lo, hi, stamp,
+                                   classes=classes, open_starts=open_starts, open_to=open_to)
+            found += len(a)
             m = count_matches(matrix, a, b, min_matches)
             keep = m >= min_matches
             x, y = doc_ids[a[keep]], doc_ids[b[keep]]
-            self._insert_found(audit_id, np.minimum(x, y), np.maximum(x, y), m[keep], k)
-        return True
+            self._insert_found(audit_id, np.minimum(x, y), np.maximum(x, y), m[keep], matrix.shape[1])
+        return found
 
     def _signatures(self, ids_sql: str, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The doc ids ``ids_sql`` selects (sorted) and their signatures as one ``uint32[n, k]``
@@ -543,25 +563,74 @@ class AuditWrites:
                            ANTI JOIN aud_hit h ON h.x = p.doc_id AND h.cls = d.c2""")
             rows = int(con.execute("SELECT coalesce(sum(n2), 0) FROM aud_open").fetchall()[0][0])
             con.execute("CREATE OR REPLACE TEMP TABLE aud_open_classes AS SELECT DISTINCT doc_id, c2 FROM aud_open")
-            con.execute("ALTER TABLE aud_cand RENAME TO aud_done")
-            # a pair is formed by one of its documents in every band (so its pass is chosen before
-            # the join): the one open to the other's class, the first if both are (a pair of a
-            # bucket where either class is whole was compared already)
-            self._distinct_in_passes(rows, lambda part: f"""
-                SELECT * FROM (
-                    SELECT least(o.doc_id, q.doc_id) AS a, greatest(o.doc_id, q.doc_id) AS b
-                    FROM (SELECT * FROM aud_open WHERE {part("doc_id")}) o
-                      JOIN aud_kept q ON q.band = o.band AND q.bk = o.bk AND q.cls = o.c2
-                      LEFT JOIN aud_open_classes s ON s.doc_id = q.doc_id AND s.c2 = o.c1
-                    WHERE s.doc_id IS NULL OR o.doc_id < q.doc_id)
-                ANTI JOIN aud_done USING (a, b)""")  # the pairs compared already left out in each pass
-            added = int(con.execute("SELECT count(*) FROM aud_cand").fetchall()[0][0])
-            self._compare(audit_id, min_matches)
-            con.execute("DROP TABLE aud_cand")
-            con.execute("ALTER TABLE aud_done RENAME TO aud_cand")
+            compiled = self._open_compiled(audit_id, min_matches) if rows >= COMPILED_FROM else None
+            if compiled is not None:
+                added = compiled
+            else:
+                added = self._open_sql(audit_id, min_matches, rows)
         for table in ("aud_open", "aud_open_classes", "aud_hit", "aud_kept", "aud_dir"):
             con.execute(f"DROP TABLE IF EXISTS {table}")
         return added
+
+    def _open_sql(self, audit_id: str, min_matches: int, rows: int) -> int:
+        """:meth:`_resolve_open`'s pairs in SQL: ``rows`` is the count of rows the join forms.
+        Returns the candidates compared."""
+        con = self._con
+        con.execute("ALTER TABLE aud_cand RENAME TO aud_done")
+        # a pair is formed by one of its documents in every band (so its pass is chosen before
+        # the join): the one open to the other's class, the first if both are (a pair of a
+        # bucket where either class is whole was compared already)
+        self._distinct_in_passes(rows, lambda part: f"""
+            SELECT * FROM (
+                SELECT least(o.doc_id, q.doc_id) AS a, greatest(o.doc_id, q.doc_id) AS b
+                FROM (SELECT * FROM aud_open WHERE {part("doc_id")}) o
+                  JOIN aud_kept q ON q.band = o.band AND q.bk = o.bk AND q.cls = o.c2
+                  LEFT JOIN aud_open_classes s ON s.doc_id = q.doc_id AND s.c2 = o.c1
+                WHERE s.doc_id IS NULL OR o.doc_id < q.doc_id)
+            ANTI JOIN aud_done USING (a, b)""")  # the pairs compared already left out in each pass
+        added = int(con.execute("SELECT count(*) FROM aud_cand").fetchall()[0][0])
+        self._compare(audit_id, min_matches)
+        con.execute("DROP TABLE aud_cand")
+        con.execute("ALTER TABLE aud_done RENAME TO aud_cand")
+        return added
+
+    def _open_compiled(self, audit_id: str, min_matches: int) -> int | None:
+        """:meth:`_resolve_open`'s pairs found and compared in compiled code (:meth:`_walk_and_compare`):
+        each open document (``aud_open``) meets every document of each class it looks for in
+        those buckets once, where the SQL join forms a row per band they share (75M rows for 31M
+        pairs, 8,000 variants a side in the same buckets) and makes them distinct in passes. Two
+        documents open to each other's class meet once, from the smaller id. The pairs compared
+        already are compared again (no anti join): none of them matched, or neither document
+        would be open to the other's class, so nothing is found twice. Returns the candidates, or
+        None, with nothing done, where the signatures would pass ``SIGNATURE_BYTES``."""
+        con = self._con
+        con.execute("""CREATE OR REPLACE TEMP TABLE aud_sub AS
+                       SELECT band, bk, c2 AS cls, row_number() OVER (ORDER BY band, bk, c2) - 1 AS i
+                       FROM (SELECT DISTINCT band, bk, c2 FROM aud_open)""")
+        docs = """SELECT k.doc_id FROM aud_kept k SEMI JOIN aud_sub s USING (band, bk, cls)
+                  UNION SELECT doc_id FROM aud_open"""
+        ids, k = con.execute(f"""SELECT count(*), max(len(x.signature)) FROM aud_docs x
+                                 SEMI JOIN ({docs}) d USING (doc_id)""").fetchall()[0]
+        if not ids or ids * k * 4 > SIGNATURE_BYTES:
+            con.execute("DROP TABLE aud_sub")
+            return 0 if not ids else None
+        doc_ids, matrix = self._signatures(docs, k)
+        kept = con.sql("""SELECT s.i AS bucket, k.doc_id FROM aud_kept k JOIN aud_sub s USING (band, bk, cls)
+                          ORDER BY bucket""").to_arrow_table()
+        focus = con.sql("""SELECT o.doc_id, o.c1, s.i AS bucket FROM aud_open o
+                           JOIN aud_sub s ON s.band = o.band AND s.bk = o.bk AND s.cls = o.c2""").to_arrow_table()
+        looks = con.sql("SELECT doc_id, c2 FROM aud_open_classes ORDER BY doc_id").to_arrow_table()
+        con.execute("DROP TABLE aud_sub")
+        f_row = np.searchsorted(doc_ids, columns.to_numpy(focus.column("doc_id")))
+        classes = np.full(len(doc_ids), -1, np.int64)
+        classes[f_row] = columns.to_numpy(focus.column("c1"))
+        open_starts = np.concatenate([[0], np.cumsum(np.bincount(np.searchsorted(doc_ids, columns.to_numpy(
+            looks.column("doc_id"))), minlength=len(doc_ids)))])
+        return self._walk_and_compare(audit_id, min_matches, doc_ids, matrix,
+                                      columns.to_numpy(kept.column("bucket")).astype(np.int64),
+                                      np.searchsorted(doc_ids, columns.to_numpy(kept.column("doc_id"))),
+                                      f_row, columns.to_numpy(focus.column("bucket")).astype(np.int64), classes,
+                                      open_starts, columns.to_numpy(looks.column("c2")))
 
     def _group_pairs(self, audit_id: str, all_pairs: bool, docs: str = "aud_docs") -> None:
         """The pairs of the groups of identical signatures (``aud_groups``), once the groups' first
