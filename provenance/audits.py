@@ -193,7 +193,7 @@ class AuditRun:
         ends. ``self.n_docs``: the documents staged. ``window``: the bucket window (module doc;
         0: every two documents of a bucket), ``self.windowed``: the buckets it windowed.
         ``classes``: ``"sides"`` or ``"samples"``, the pairs to find are only those across them
-        (:meth:`provenance.ledger.audit_sql.AuditWrites.near_pairs`)."""
+        (:meth:`provenance.ledger.audit_pairs.PairWrites.near_pairs`)."""
         self.window = window
         stage(self.progress, f"{self.kind}: {stage_label}", 4)
         with self.ledger.transaction(scratch=not self.store) as tx:

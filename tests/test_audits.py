@@ -299,7 +299,7 @@ def test_the_window_order_is_the_same_in_sql_and_numpy_and_varies_by_band():
     import duckdb
     import numpy as np
 
-    from provenance.ledger.audit_sql import _ORDER_SQL, window_order
+    from provenance.ledger.audit_pairs import ORDER_SQL, window_order
 
     rng = np.random.default_rng(0)
     doc = np.concatenate([np.arange(-50, 5_000), rng.integers(-(2**62), 2**62, 2_000), [2**62, -(2**62)]])
@@ -307,7 +307,7 @@ def test_the_window_order_is_the_same_in_sql_and_numpy_and_varies_by_band():
     con = duckdb.connect()
     con.execute("CREATE TABLE t (doc_id BIGINT, band BIGINT)")
     con.executemany("INSERT INTO t VALUES (?, ?)", list(zip(doc.tolist(), band.tolist())))
-    got = con.execute(f"SELECT doc_id, band, {_ORDER_SQL} AS h FROM t").fetchnumpy()
+    got = con.execute(f"SELECT doc_id, band, {ORDER_SQL} AS h FROM t").fetchnumpy()
     assert np.array_equal(window_order(got["doc_id"], got["band"]), got["h"])
     ids = np.arange(2_000)
     orders = [np.argsort(window_order(ids, np.full(2_000, b)), kind="stable") for b in range(21)]
@@ -319,13 +319,13 @@ def test_the_window_order_is_the_same_in_sql_and_numpy_and_varies_by_band():
 def test_candidates_are_made_distinct_in_passes_when_there_are_many(ledger, data_dir, write_jsonl, monkeypatch):
     """Candidate rows over ``CANDIDATE_ROWS`` are made distinct in several passes (each a slice
     of the pairs by hash): the same pairs as one pass, windowed or not."""
-    from provenance.ledger import audit_sql
+    from provenance.ledger import audit_pairs
 
     write_jsonl(data_dir / "variants.jsonl", template_variants(150, others=30, seed=5))
     ledger.register_dataset("variants", data_dir / "variants.jsonl", id_field="id")
     reports = {}
-    for rows in (audit_sql.CANDIDATE_ROWS, 1_000):
-        monkeypatch.setattr(audit_sql, "CANDIDATE_ROWS", rows)
+    for rows in (audit_pairs.CANDIDATE_ROWS, 1_000):
+        monkeypatch.setattr(audit_pairs, "CANDIDATE_ROWS", rows)
         reports[rows] = [sorted((p["a"], p["b"], p["matches"], p["cluster"]) for p in
                                 audit_dedup(ledger, ["variants"], bucket_window=window, store=False)["pairs"])
                          for window in (0, 4)]
@@ -481,17 +481,17 @@ def test_pairs_compared_in_sql_past_the_memory_bound_are_the_same(graded_ledger,
     """Candidates whose signatures would pass ``SIGNATURE_BYTES`` in memory (or fewer than
     ``COMPILED_FROM``) are compared in SQL: the same pairs, counts and estimates either way; in
     passes of ``CANDIDATE_ROWS`` and slices of ``COMPARE_ROWS`` as well."""
-    from provenance.ledger import audit_sql
+    from provenance.ledger import audit_pairs
 
     def pairs(report):
         t = graded_ledger.audit_pairs(report["audit_id"])
         return sorted(zip(*(t.column(c).to_pylist() for c in ("doc_a", "doc_b", "matches", "jaccard", "cluster"))))
 
-    monkeypatch.setattr(audit_sql, "COMPILED_FROM", 0)
+    monkeypatch.setattr(audit_pairs, "COMPILED_FROM", 0)
     compiled = pairs(audit_dedup(graded_ledger, ["graded"], threshold=0.7))
-    monkeypatch.setattr(audit_sql, "CANDIDATE_ROWS", 7)
-    monkeypatch.setattr(audit_sql, "COMPARE_ROWS", 5)
+    monkeypatch.setattr(audit_pairs, "CANDIDATE_ROWS", 7)
+    monkeypatch.setattr(audit_pairs, "COMPARE_ROWS", 5)
     sliced = pairs(audit_dedup(graded_ledger, ["graded"], threshold=0.7))
-    monkeypatch.setattr(audit_sql, "SIGNATURE_BYTES", 0)
+    monkeypatch.setattr(audit_pairs, "SIGNATURE_BYTES", 0)
     in_sql = pairs(audit_dedup(graded_ledger, ["graded"], threshold=0.7))
     assert len(compiled) > 40 and compiled == sliced == in_sql

@@ -430,11 +430,11 @@ def clustered(ledger, data_dir, write_jsonl):
 
 def _compiled(request, audit):
     """``audit()`` with every candidate compared by the compiled loop (samples' negative ids too)."""
-    from provenance.ledger import audit_sql
+    from provenance.ledger import audit_pairs
 
     monkeypatch = request.getfixturevalue("monkeypatch")
     with monkeypatch.context() as m:
-        m.setattr(audit_sql, "COMPILED_FROM", 0)
+        m.setattr(audit_pairs, "COMPILED_FROM", 0)
         return audit()
 
 

@@ -63,7 +63,7 @@ import pyarrow.compute as pc
 from provenance import audits
 from provenance.errors import InvalidParameterError, ProvenanceError
 from provenance.integrations.ray_data import _connect, check_count, check_staging, work_folder
-from provenance.ledger.audit_sql import window_order
+from provenance.ledger.audit_pairs import window_order
 from provenance.results import DedupReport
 
 try:
@@ -283,7 +283,7 @@ def _candidates(table: pa.Table, parts: int, window: int) -> pa.Table:
     """Every two documents sharing a band and key in a partition of band rows, as the rows of the
     first signature exchange: partitioned by the smaller doc_id (``doc``), the other in ``other``.
     A bucket of more than ``2 × window`` documents (``window`` > 0) pairs each with the ``window``
-    after it in the database's shuffled order (:func:`provenance.ledger.audit_sql.window_order`),
+    after it in the database's shuffled order (:func:`provenance.ledger.audit_pairs.window_order`),
     as the local audit does; the first row's ``windowed`` counts those buckets (0 on the others)."""
     band, key, doc = table["band"].to_numpy(), table["key"].to_numpy(), table["doc_id"].to_numpy()
     order = np.lexsort((key, band))
