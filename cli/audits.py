@@ -110,6 +110,8 @@ def audit_dedup_cmd(obj: Context, targets: tuple[str, ...], threshold: float, ve
     duplicate rate, clusters, each document's near-copies and the pairs."""
     ledger = obj.ledger(read_only=no_store)
     html_path = ledger.output_path(html_file) if html_file else None
+    if html_path is not None and pairs_file is not None and html_path == ledger.output_path(pairs_file):
+        raise click.UsageError(f"--html and --pairs name the same file {pairs_file!r}: the page would replace the pairs")
     options = dict(threshold=threshold, verify=verify, pairs_file=pairs_file, all_pairs=all_pairs,
                    bucket_window=bucket_window, store=not no_store)
     with render.progress(obj.quiet) as bar:

@@ -131,6 +131,45 @@ def test_checkout_needs_parents_for_missing_folders(project, tmp_path):
     assert torch.equal(load_file(tmp_path / "new/dir/m.safetensors")["w"], torch.eye(8))
 
 
+def test_outputs_in_folders_that_cannot_be_written_are_refused_before_the_audit(project, tmp_path, monkeypatch):
+    """An --html page into a folder the process cannot write was found out only after the audit
+    had stored its report: the command failed (naming a temporary file) and the audit stayed."""
+    ledger, base, child = project
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.access  # the tests run as root, whom permissions do not stop: a read-only mount would
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == locked else real(p, mode, **kw))
+    for args in (["audit", "dedup", "news", "--html", "locked/x.html"],
+                 ["audit", "dedup", "news", "--pairs", "locked/p.parquet"],
+                 ["audit", "memorization", child.version_id, "--samples", "news.jsonl", "--html", "locked/m.html"]):
+        result = run_cli(*args)
+        assert result.exit_code == 4, (args, result.output)
+        assert f"cannot write 'locked/{args[-1].split('/')[-1]}': folder {locked} is not writable" in result.output
+    assert ledger.audits() == [] and list(locked.iterdir()) == []
+
+
+def test_a_failed_atomic_write_names_the_file_asked_for(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    from provenance.files import atomic_write_bytes
+
+    def refused(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path / ".x.html.abc123.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(OSError) as caught:
+        atomic_write_bytes(tmp_path / "x.html", b"page")
+    assert caught.value.errno == errno.EROFS and caught.value.filename == str(tmp_path / "x.html")
+
+
+def test_dedup_refuses_one_file_for_the_pairs_and_the_page(project, tmp_path):
+    ledger = project[0]
+    result = run_cli("audit", "dedup", "news", "--pairs", "p.parquet", "--html", "./p.parquet")
+    assert result.exit_code == 2 and "--html and --pairs name the same file 'p.parquet'" in result.output
+    assert ledger.audits() == [] and not (tmp_path / "p.parquet").exists()
+
+
 # -- names, tags and refs ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["news\n", "news\r", " news", "news ", "\n", "", "a" * 129, "news/x", "new\ts"])
