@@ -417,7 +417,8 @@ def show_gate(report: Any, as_json: bool) -> None:
     console.print(f"pre-merge gate {report['audit_id'][:12]}: {verdict} "
                   f"({'limits: ' + ', '.join(limits) if limits else 'no limits set: a report only'})", highlight=False, markup=True)
     for v in report.get("violations") or [{"policy": "", "message": a} for a in report["alerts"]]:
-        console.print(f"  [red]✗ {escape(v['message'])}[/]", highlight=False, markup=True)
+        # one line each, as wide as it is: a CI log greps it, and Rich would wrap it at the console's width
+        console.print(f"  [red]✗ {escape(v['message'])}[/]", highlight=False, markup=True, soft_wrap=True)
     if report.get("retracted") and not policy.get("deny_retracted"):
         console.print(f"  [yellow]! retracted data in the lineage of {len({r['input'] for r in report['retracted']})} "
                       "input(s) (--deny-retracted fails on it): "

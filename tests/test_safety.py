@@ -271,6 +271,31 @@ def test_gate_fails_on_contamination_by_default_and_denies_licences(project, tmp
     assert out.exit_code == 0 and "PASSED" in out.output, out.output
 
 
+def test_gate_names_a_version_given_twice_and_counts_an_evaluation_set_once(project, tmp_path, write_jsonl):
+    ledger, base, child = project
+    write_jsonl(tmp_path / "other.jsonl", [{"id": f"o{i}", "text": words(100 + i if i else 0)} for i in range(6)])
+    write_jsonl(tmp_path / "eval.jsonl", [{"id": "e0", "text": words(3)}, {"id": "e1", "text": words(200)}])
+    ledger.register_dataset("other", tmp_path / "other.jsonl", id_field="id")
+    ledger.register_dataset("ev", tmp_path / "eval.jsonl", id_field="id", role="eval")
+    with ledger.start_run(base=base, datasets=["other"], message="other") as run:
+        other = run.commit({"w": 2 * torch.eye(8), "b": torch.ones(8)})
+    ledger.tag("tuned", child)
+    # three names, two versions: the error said "at least two different versions" and named neither
+    with pytest.raises(InvalidParameterError, match="at least two different versions, each given once: 'tuned' and "
+                       f"'{child.version_id[:8]}' are both version {child.version_id[:12]} \\(tuned\\)"):
+        audit_merge(ledger, ["tuned", other.version_id, child.version_id[:8]])
+    out = run_cli("audit", "merge", "tuned", other.version_id, "tuned")
+    assert out.exit_code == 4 and "'tuned' and 'tuned' are both version" in out.output
+    report = audit_merge(ledger, [child.version_id, other.version_id], eval_datasets=["ev", "ev@1"], ngram=0,
+                         max_overlap=0.0)
+    assert report.contamination.eval_datasets == ["ev@1"]  # was ['ev@1', 'ev@1'], and so in the messages
+    assert report.violations[0].message.startswith("max-contamination 0 broken: 1 evaluation document of ev@1 is")
+    out = run_cli("audit", "merge", child.version_id, other.version_id, "--ngram", "0", "--eval", "ev",
+                  "--eval", "ev", "--max-overlap", "0")
+    long = [v.message for v in report.violations if len(v.message) > 100]
+    assert out.exit_code == 1 and long and all(f"✗ {m}\n" in out.output for m in long), out.output  # one line each
+
+
 # -- a damaged or read-only ledger ---------------------------------------------------------------
 
 def test_truncated_database_is_reported_as_damaged(project, tmp_path):
