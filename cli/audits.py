@@ -110,6 +110,8 @@ def audit_dedup_cmd(obj: Context, targets: tuple[str, ...], threshold: float, ve
     duplicate rate, clusters, each document's near-copies and the pairs."""
     ledger = obj.ledger(read_only=no_store)
     html_path = ledger.output_path(html_file) if html_file else None
+    if html_path is not None and pairs_file is not None and html_path == ledger.output_path(pairs_file):
+        raise click.UsageError(f"--html and --pairs name the same file {pairs_file!r}: the page would replace the pairs")
     options = dict(threshold=threshold, verify=verify, pairs_file=pairs_file, all_pairs=all_pairs,
                    bucket_window=bucket_window, store=not no_store)
     with render.progress(obj.quiet) as bar:
@@ -415,7 +417,8 @@ def show_gate(report: Any, as_json: bool) -> None:
     console.print(f"pre-merge gate {report['audit_id'][:12]}: {verdict} "
                   f"({'limits: ' + ', '.join(limits) if limits else 'no limits set: a report only'})", highlight=False, markup=True)
     for v in report.get("violations") or [{"policy": "", "message": a} for a in report["alerts"]]:
-        console.print(f"  [red]✗ {escape(v['message'])}[/]", highlight=False, markup=True)
+        # one line each, as wide as it is: a CI log greps it, and Rich would wrap it at the console's width
+        console.print(f"  [red]✗ {escape(v['message'])}[/]", highlight=False, markup=True, soft_wrap=True)
     if report.get("retracted") and not policy.get("deny_retracted"):
         console.print(f"  [yellow]! retracted data in the lineage of {len({r['input'] for r in report['retracted']})} "
                       "input(s) (--deny-retracted fails on it): "

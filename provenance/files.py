@@ -18,7 +18,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # it names the temporary file, which the user never asked for: name theirs
+        raise OSError(exc.errno, exc.strerror, os.fspath(path)) from exc
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         with naming(path), os.fdopen(fd, "wb") as fh:  # a full disk names the file
@@ -127,4 +130,9 @@ def check_output(given: Path, resolved: Path, *, parents: bool | None = None) ->
             offer = "create it first" if parents is None else "create it, or pass parents=True / --parents"
             raise UnsafeOutputError(f"cannot write {str(given)!r}: folder {resolved.parent} does not exist ({offer})")
         resolved.parent.mkdir(parents=True, exist_ok=True)
+    # Before the work, not after it: an audit that stored its report and then failed on its --html
+    # page said only that it failed. A read-only file system answers this for root too.
+    writable = os.access(resolved.parent, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids)
+    if not writable:
+        raise UnsafeOutputError(f"cannot write {str(given)!r}: folder {resolved.parent} is not writable")
     return resolved

@@ -99,11 +99,20 @@ def audit_merge(
     _check_limits(max_overlap, max_contamination, ngram)
     with ledger.session():
         inputs = [ledger.version(v) for v in versions]
-        if len(inputs) < 2 or len({v.version_id for v in inputs}) < len(inputs):
+        if len(inputs) < 2:
             raise InvalidParameterError("the gate needs at least two different versions")
+        seen: dict[str, str] = {}
+        for given, v in zip(versions, inputs):
+            name = given if isinstance(given, str) else v.version_id[:12]  # a record given in Python
+            if v.version_id in seen:  # name both: 'ca' and a prefix of its id read as two versions
+                raise InvalidParameterError(
+                    f"the gate needs at least two different versions, each given once: {seen[v.version_id]!r} "
+                    f"and {name!r} are both version {v.label()}")
+            seen[v.version_id] = name
         scope_rows, sides, inherited = _sides(ledger, [v.version_id for v in inputs], full_lineage)
         evals = [ledger.dataset(d) for d in eval_datasets] if eval_datasets else [
             d for d in ledger.datasets() if d.role == "eval"]
+        evals = list({d.dataset_id: d for d in evals}.values())  # --eval qa --eval qa@1: one dataset, listed once
         if max_contamination and not evals:
             raise InvalidParameterError("--max-contamination needs evaluation datasets: none given (--eval) and "
                                         "none registered with role eval")

@@ -131,6 +131,45 @@ def test_checkout_needs_parents_for_missing_folders(project, tmp_path):
     assert torch.equal(load_file(tmp_path / "new/dir/m.safetensors")["w"], torch.eye(8))
 
 
+def test_outputs_in_folders_that_cannot_be_written_are_refused_before_the_audit(project, tmp_path, monkeypatch):
+    """An --html page into a folder the process cannot write was found out only after the audit
+    had stored its report: the command failed (naming a temporary file) and the audit stayed."""
+    ledger, base, child = project
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.access  # the tests run as root, whom permissions do not stop: a read-only mount would
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == locked else real(p, mode, **kw))
+    for args in (["audit", "dedup", "news", "--html", "locked/x.html"],
+                 ["audit", "dedup", "news", "--pairs", "locked/p.parquet"],
+                 ["audit", "memorization", child.version_id, "--samples", "news.jsonl", "--html", "locked/m.html"]):
+        result = run_cli(*args)
+        assert result.exit_code == 4, (args, result.output)
+        assert f"cannot write 'locked/{args[-1].split('/')[-1]}': folder {locked} is not writable" in result.output
+    assert ledger.audits() == [] and list(locked.iterdir()) == []
+
+
+def test_a_failed_atomic_write_names_the_file_asked_for(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    from provenance.files import atomic_write_bytes
+
+    def refused(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path / ".x.html.abc123.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(OSError) as caught:
+        atomic_write_bytes(tmp_path / "x.html", b"page")
+    assert caught.value.errno == errno.EROFS and caught.value.filename == str(tmp_path / "x.html")
+
+
+def test_dedup_refuses_one_file_for_the_pairs_and_the_page(project, tmp_path):
+    ledger = project[0]
+    result = run_cli("audit", "dedup", "news", "--pairs", "p.parquet", "--html", "./p.parquet")
+    assert result.exit_code == 2 and "--html and --pairs name the same file 'p.parquet'" in result.output
+    assert ledger.audits() == [] and not (tmp_path / "p.parquet").exists()
+
+
 # -- names, tags and refs ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["news\n", "news\r", " news", "news ", "\n", "", "a" * 129, "news/x", "new\ts"])
@@ -230,6 +269,31 @@ def test_gate_fails_on_contamination_by_default_and_denies_licences(project, tmp
     out = run_cli("audit", "merge", child.version_id, other.version_id, "--ngram", "0", "--max-contamination", "none",
                   "--deny-license", "model-generated")
     assert out.exit_code == 0 and "PASSED" in out.output, out.output
+
+
+def test_gate_names_a_version_given_twice_and_counts_an_evaluation_set_once(project, tmp_path, write_jsonl):
+    ledger, base, child = project
+    write_jsonl(tmp_path / "other.jsonl", [{"id": f"o{i}", "text": words(100 + i if i else 0)} for i in range(6)])
+    write_jsonl(tmp_path / "eval.jsonl", [{"id": "e0", "text": words(3)}, {"id": "e1", "text": words(200)}])
+    ledger.register_dataset("other", tmp_path / "other.jsonl", id_field="id")
+    ledger.register_dataset("ev", tmp_path / "eval.jsonl", id_field="id", role="eval")
+    with ledger.start_run(base=base, datasets=["other"], message="other") as run:
+        other = run.commit({"w": 2 * torch.eye(8), "b": torch.ones(8)})
+    ledger.tag("tuned", child)
+    # three names, two versions: the error said "at least two different versions" and named neither
+    with pytest.raises(InvalidParameterError, match="at least two different versions, each given once: 'tuned' and "
+                       f"'{child.version_id[:8]}' are both version {child.version_id[:12]} \\(tuned\\)"):
+        audit_merge(ledger, ["tuned", other.version_id, child.version_id[:8]])
+    out = run_cli("audit", "merge", "tuned", other.version_id, "tuned")
+    assert out.exit_code == 4 and "'tuned' and 'tuned' are both version" in out.output
+    report = audit_merge(ledger, [child.version_id, other.version_id], eval_datasets=["ev", "ev@1"], ngram=0,
+                         max_overlap=0.0)
+    assert report.contamination.eval_datasets == ["ev@1"]  # was ['ev@1', 'ev@1'], and so in the messages
+    assert report.violations[0].message.startswith("max-contamination 0 broken: 1 evaluation document of ev@1 is")
+    out = run_cli("audit", "merge", child.version_id, other.version_id, "--ngram", "0", "--eval", "ev",
+                  "--eval", "ev", "--max-overlap", "0")
+    long = [v.message for v in report.violations if len(v.message) > 100]
+    assert out.exit_code == 1 and long and all(f"✗ {m}\n" in out.output for m in long), out.output  # one line each
 
 
 # -- a damaged or read-only ledger ---------------------------------------------------------------
