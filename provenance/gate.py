@@ -26,7 +26,8 @@ decontamination test; :mod:`provenance.ngrams`), read from the source files. The
 figure a limit applies to is the number of evaluation documents found by any of the three.
 
 **Policy.** ``max_contamination`` (a count; **0 by default**: any contaminated evaluation
-document fails the gate; ``None`` turns the limit off) is broken when more evaluation documents
+document fails the gate; ``None`` turns the limit off; with no evaluation dataset the default
+checks nothing and the report's policy says ``None``, and a limit given is refused) is broken when more evaluation documents
 than that are contaminated, and when the span check could not read a shard (a moved or changed
 source: a check that could not look shows nothing; ``ngram=0`` leaves the span check out); ``max_overlap`` (a fraction; no limit by default) when any side's
 overlap fraction exceeds it; ``deny_license`` (any of ``non-commercial``, ``share-alike``,
@@ -61,6 +62,14 @@ LICENSE_CONDITIONS = {"non-commercial": "non_commercial", "share-alike": "share_
 SIDE_WINDOW = 4
 
 
+class _DefaultLimit(int):
+    """``max_contamination``'s default, 0, told apart from a 0 given: with no evaluation dataset a
+    limit given cannot be checked and is refused, while the default applies to nothing."""
+
+
+DEFAULT_MAX_CONTAMINATION = _DefaultLimit(0)
+
+
 def check_deny_license(deny: Sequence[str] | str | None) -> list[str]:
     """The licence conditions to deny, validated (a comma-separated string or a sequence)."""
     if deny is None:
@@ -82,7 +91,7 @@ def audit_merge(
     eval_datasets: Sequence[str] | None = None,
     threshold: float = 0.8,
     max_overlap: float | None = None,
-    max_contamination: int | None = 0,
+    max_contamination: int | None = DEFAULT_MAX_CONTAMINATION,
     deny_license: Sequence[str] | str | None = None,
     full_lineage: bool = False,
     deny_retracted: bool = False,
@@ -113,9 +122,14 @@ def audit_merge(
         evals = [ledger.dataset(d) for d in eval_datasets] if eval_datasets else [
             d for d in ledger.datasets() if d.role == "eval"]
         evals = list({d.dataset_id: d for d in evals}.values())  # --eval qa --eval qa@1: one dataset, listed once
-        if max_contamination and not evals:
-            raise InvalidParameterError("--max-contamination needs evaluation datasets: none given (--eval) and "
-                                        "none registered with role eval")
+        if max_contamination is not None and not evals:
+            if not isinstance(max_contamination, _DefaultLimit):
+                raise InvalidParameterError(
+                    f"--max-contamination {max_contamination} needs evaluation datasets: none given (--eval) and "
+                    "none registered with role eval (--max-contamination none: no limit)")
+            max_contamination = None  # nothing to check: the report's policy says so
+        if max_contamination is not None:
+            max_contamination = int(max_contamination)  # the default stored as a plain count
         scope_rows += [(d.dataset_id, None, "e") for d in evals]
         lineages = {v.version_id: lineage(ledger, v.version_id) for v in inputs}
         merged_license = _merged_license(lineages.values())
@@ -152,7 +166,7 @@ def audit_merge(
                        "deny_retracted": deny_retracted},
             "license": merged_license, "retracted": retracted,
             "overlap": overlap, "contamination": contamination, "violations": violations, "alerts": alerts,
-            "passed": not alerts,
+            "passed": not alerts, "stored": store,
             "seconds": run.seconds(),
         }
         result = GateReport.model_validate(report)

@@ -131,7 +131,7 @@ def audit_memorization(
                   "label": described[0]["label"],
                   "datasets": [d.dataset_id for d in datasets], "threshold": threshold, "span": span,
                   "config_id": cfg.identity, "banding": run.banding_report(),
-                  "summary": summary, "samples": report_samples, "unreadable": unreadable,
+                  "summary": summary, "samples": report_samples, "unreadable": unreadable, "stored": store,
                   "seconds": run.seconds()}
         result = MemorizationReport.model_validate(report)
         run.record(tx, target=vid, passed=None, report=result.to_dict(),

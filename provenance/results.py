@@ -478,6 +478,8 @@ class GateReport(Result):
     violations: list[Violation]
     alerts: list[str]
     passed: bool
+    stored: bool = Field(True, description="whether the audit was stored (false: run with store=False, "
+                                          "its id names no stored audit)")
     seconds: float
 
 
@@ -528,6 +530,8 @@ class MemorizationReport(Result):
     summary: MemorizationSummary
     samples: list[Sample]
     unreadable: list[str]
+    stored: bool = Field(True, description="whether the audit was stored (false: run with store=False, "
+                                          "its id names no stored audit)")
     seconds: float
 
 

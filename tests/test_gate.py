@@ -157,6 +157,31 @@ def test_gate_bad_input(contributors):
     assert result.exit_code == 2 and "0<x<1" in result.output  # the stored bands need a similarity below 1
 
 
+def test_a_contamination_limit_with_no_evaluation_dataset(ledger, data_dir, write_jsonl):
+    """With no evaluation dataset the default limit checks nothing and the report says so (its
+    policy has none, the header lists none); a limit given, 0 included, is refused: it could not
+    be checked (stranger pass: 1 was refused, 0 printed 'PASSED (limits: max-contamination 0)')."""
+    for name, start in (("a", 0), ("b", 100)):
+        write_jsonl(data_dir / f"{name}.jsonl", [{"id": f"{name}{i}", "text": words(start + i)} for i in range(5)])
+        ledger.register_dataset(name, data_dir / f"{name}.jsonl", id_field="id")
+    va, vb = _two_contributors(ledger, "a", "b")
+    report = audit_merge(ledger, [va.version_id, vb.version_id], ngram=0)
+    assert report.passed and report["contamination"] is None and report["policy"]["max_contamination"] is None
+    assert report["stored"] and not audit_merge(ledger, [va.version_id, vb.version_id], ngram=0, store=False)["stored"]
+    assert not audit_memorization(ledger, va.version_id, [words(1)], store=False)["stored"]  # --json says so
+    for limit in (0, 1):
+        with pytest.raises(InvalidParameterError, match=rf"^--max-contamination {limit} needs evaluation datasets: "
+                                                        r"none given \(--eval\)"):
+            audit_merge(ledger, [va.version_id, vb.version_id], max_contamination=limit, ngram=0)
+    cli = ["--ledger", str(ledger.root), "audit", "merge", va.version_id, vb.version_id, "--ngram", "0"]
+    out = CliRunner().invoke(main, cli)
+    assert out.exit_code == 0 and "PASSED (no limits set: a report only)" in out.output, out.output
+    assert "contamination: no evaluation datasets registered" in out.output
+    out = CliRunner().invoke(main, [*cli, "--max-contamination", "0"])
+    assert out.exit_code == 4 and "--max-contamination 0 needs evaluation datasets" in out.output, out.output
+    assert CliRunner().invoke(main, [*cli, "--max-contamination", "none"]).exit_code == 0
+
+
 def test_memorization_finds_copies_spans_and_exposure(contributors, data_dir, tmp_path):
     ledger, base, va, vb = contributors
     samples = data_dir / "samples.jsonl"
