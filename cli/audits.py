@@ -426,8 +426,9 @@ def show_gate(report: Any, as_json: bool) -> None:
                                          for r in report["retracted"])) + "[/]", highlight=False, markup=True)
     labels = report.get("labels") or {}
     for side in report["sides"]:
-        click.echo(f"  {labels.get(side['version_id'], side['version_id'][:12])}: {side['shards']} shard(s) of "
-                   f"{', '.join(side['datasets']) or 'no data'}")
+        data = (f"{side['shards']} shard(s) of {', '.join(side['datasets'])}" if side["datasets"] else
+                "no data" + ("" if report["full_lineage"] else " added since the shared ancestor"))
+        click.echo(f"  {labels.get(side['version_id'], side['version_id'][:12])}: {data}")
     t = Table(title=f"Training-data overlap (Jaccard >= {report['threshold']})")
     for col in ("A", "B", "A docs", "A overlap", "B docs", "B overlap", "datasets"):
         t.add_column(col)
@@ -463,7 +464,7 @@ def show_memorization(report: Any, as_json: bool) -> None:
     if as_json:
         return render.dump(report)
     s = report["summary"]
-    click.echo(f"memorization audit {report['audit_id'][:12]} of {report['version'][:12]}: "
+    click.echo(f"memorization audit {report['audit_id'][:12]} of {report.get('label') or report['version'][:12]}: "
                f"{s['samples_matching_training']} of {counted(s['samples'], 'sample')} match training documents "
                f"({counted(s['training_documents_matched'], 'document')}; highest exposure {s['max_exposure']:g})")
     t = Table()
