@@ -338,7 +338,7 @@ def graph_text(lin: Lineage, fmt: str) -> str:
 
     def label(v: dict[str, Any]) -> str:
         name = v["version_id"][:8] + (f" ({', '.join(v['tags'])})" if v["tags"] else "")
-        return f"{name}: {v['message'][:40]}" + (f" [{v['merge']} merge]" if v["merge"] else "")
+        return f"{name}: {_shortened(v['message'], 40)}" + (f" [{v['merge']} merge]" if v["merge"] else "")
 
     if fmt == "mermaid":
         lines = ["graph BT"]
@@ -355,6 +355,16 @@ def graph_text(lin: Lineage, fmt: str) -> str:
     lines += [f'  {a} -> {b}' + (f' [label="{e}"]' if e else "") + ";" for a, b, e in edges]
     lines += [f"  {a} -> {b} [style=dashed];" for a, b in trained]
     return "\n".join([*lines, "}"]) + "\n"
+
+
+def _shortened(text: str, width: int) -> str:
+    """The first line of ``text``, cut at a word boundary to at most ``width`` characters with
+    ``…`` where it was cut (a commit message in a graph's box)."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    if len(line) <= width:
+        return line
+    cut = line[:width - 1]
+    return (cut.rsplit(" ", 1)[0] if " " in cut else cut).rstrip(" ,;:") + "…"
 
 
 def _esc(text: str) -> str:

@@ -162,6 +162,11 @@ def test_data_diff_and_graphs(family):
     assert dot.startswith("digraph lineage {") and dot.count("shape=cylinder") == 3 and dot.rstrip().endswith("}")
     with pytest.raises(InvalidParameterError, match="unknown graph format"):
         graph_text(lin, "svg")
+    from provenance.lineage import _shortened  # a long message is cut between words, and says so
+
+    assert _shortened("Fisher merge of the FISH and LoRA patches of two contributors", 40) == \
+        "Fisher merge of the FISH and LoRA…"  # was 'Fisher merge of the FISH and LoRA patche'
+    assert _shortened("first line\nsecond", 40) == "first line" and _shortened("x" * 50, 10) == "x" * 9 + "…"
 
 
 def test_cli_lineage_taint_and_diff(family, tmp_path):
