@@ -56,7 +56,7 @@ def main() -> None:
         if out.keys() != state.keys() or not all(torch.equal(out[k], state[k]) for k in state):
             raise SystemExit("the checkout of the tip is not the state committed")
     print(f"| depth | commit, median of 10 (ms) |  ({args.groups} groups of 256 float32)\n|---:|---:|")
-    for end in [10, *range(args.every, args.depth + 1, args.every)]:
+    for end in sorted({10, *range(args.every, args.depth + 1, args.every)}):
         print(f"| {end} | {statistics.median(times[end - 10:end]) * 1e3:.1f} |")
     print(f"checkout of the tip (depth {args.depth}): {checkout * 1e3:.1f} ms")
 

@@ -198,8 +198,9 @@ class ClassWrites:
         (``aud_open``) meets every document of each class it looks for in those buckets once,
         where the SQL join forms a row per band they share (75M rows for 31M pairs, 8,000
         variants a side in the same buckets) and makes them distinct in passes. Two documents
-        open to each other's class meet once, from the smaller id. The pairs compared already are
-        compared again (no anti join): none of them matched, or neither document would be open
+        open to each other's class meet once, from the smaller id, or not at all where the first
+        round compared them already (a bucket they share holds one of the two classes whole), as
+        in the SQL round. The pairs compared already are compared again (no anti join): none of them matched, or neither document would be open
         to the other's class, so nothing is found twice. Returns the candidates, or None, with
         nothing done, where the signatures would pass
         :data:`provenance.ledger.audit_pairs.SIGNATURE_BYTES`."""
