@@ -189,12 +189,11 @@ def audit_show(obj: Context, audit_id: str, html_file: str | None, as_json: bool
     html_path = ledger.output_path(html_file) if html_file else None
     row = ledger.audit(audit_id)
     report = row["report"]
-    _write_html(report, html_path)
     if row.get("pairs_deleted_at"):  # the report stays whole; its pairs are gone (prov audit delete --pairs-only)
-        if as_json:
-            report = {**report, "pairs_deleted_at": str(row["pairs_deleted_at"])}
-        else:
+        report = {**report, "pairs_deleted_at": str(row["pairs_deleted_at"])}  # the page says so too
+        if not as_json:
             click.echo(f"(its stored pairs were deleted on {str(row['pairs_deleted_at'])[:16]} UTC)", err=True)
+    _write_html(report, html_path)
     if report.get("kind") == "dedup":
         show_dedup(report, as_json)
     elif report.get("kind") == "merge":

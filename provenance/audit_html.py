@@ -32,6 +32,8 @@ def write_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
     page = pages[kind](report)
     page["subtitle"] = f"{'audit ' + report['audit_id'] if 'audit_id' in report else 'retraction ' + report['retraction_id']}" \
                        f" · {report['created_at']} UTC"
+    if report.get("pairs_deleted_at"):  # prov audit show of an audit whose pairs were deleted
+        page["subtitle"] += f" · its stored pairs were deleted on {str(report['pairs_deleted_at'])[:16]} UTC"
     page["json"] = {k: v for k, v in report.items() if k != "pairs"}
     return write_html(page, path)
 

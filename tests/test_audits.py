@@ -168,7 +168,7 @@ def test_cli_dedup_json_pairs_file_and_show(graded_ledger, tmp_path):
     assert out.exit_code == 2 and "'--threshold': 2.0 is not in the range 0<x<=1" in out.output
 
 
-def test_cli_audit_delete(graded_ledger):
+def test_cli_audit_delete(graded_ledger, tmp_path):
     runner = CliRunner()
     base = ["--ledger", str(graded_ledger.root)]
     first = audit_dedup(graded_ledger, ["graded"], threshold=0.85)
@@ -191,6 +191,9 @@ def test_cli_audit_delete(graded_ledger):
     shown = runner.invoke(main, [*base, "audit", "show", first.audit_id[:6]])
     assert "dedup audit" in shown.stdout and "its stored pairs were deleted on" in shown.stderr
     assert json.loads(runner.invoke(main, [*base, "audit", "show", first.audit_id, "--json"]).stdout)["pairs_deleted_at"]
+    page = tmp_path / "shown.html"  # the page says so too
+    assert runner.invoke(main, [*base, "audit", "show", first.audit_id, "--html", str(page)]).exit_code == 0
+    assert "its stored pairs were deleted on" in page.read_text()
     again = runner.invoke(main, [*base, "audit", "delete", first.audit_id[:6], "--pairs-only"])  # counted once
     assert f"not deleted {first.audit_id[:12]}: its pairs were deleted before" in again.output
     assert "deleted the pairs of 0 audits (0 stored pairs)" in again.output
