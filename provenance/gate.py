@@ -74,9 +74,9 @@ def check_deny_license(deny: Sequence[str] | str | None) -> list[str]:
     """The licence conditions to deny, validated (a comma-separated string or a sequence)."""
     if deny is None:
         return []
-    items = [x.strip() for x in (deny.split(",") if isinstance(deny, str) else deny)]
-    items = [x for x in items if x]
-    if not items and (deny if isinstance(deny, str) else list(deny)):  # "," or [" "]: a condition meant, none named
+    given = [x.strip() for x in (deny.split(",") if isinstance(deny, str) else deny)]
+    items = [x for x in given if x]
+    if not items and (deny if isinstance(deny, str) else given):  # "," or [" "]: a condition meant, none named
         raise InvalidParameterError(f"deny-licence {deny!r} names no condition; choose from {', '.join(LICENSE_CONDITIONS)}")
     unknown = [x for x in items if x not in LICENSE_CONDITIONS]
     if unknown:

@@ -97,7 +97,7 @@ class ClassWrites:
                              d AS (SELECT band, bk, sum(CASE WHEN n2 > {wide} THEN n1::HUGEINT * {int(window or 0)}
                                                              WHEN n1 > {wide} OR c1 < c2 THEN n1::HUGEINT * n2 ELSE 0 END) AS r
                                    FROM aud_dir GROUP BY band, bk),
-                             p AS (SELECT band, bk, m0 * (m - m0) + m0 * (m0 - 1) // 2 + coalesce(d.r, 0) AS pairs
+                             p AS (SELECT band, bk, {audit_pairs.pairs_with_none("m0", "m")} + coalesce(d.r, 0) AS pairs
                                    FROM u LEFT JOIN d USING (band, bk))
                         SELECT band, bk, pairs FROM p WHERE pairs > 0""")
         rows = int(con.execute("SELECT coalesce(sum(pairs), 0) FROM aud_buckets").fetchall()[0][0])
@@ -200,22 +200,20 @@ class ClassWrites:
         variants a side in the same buckets) and makes them distinct in passes. Two documents
         open to each other's class meet once, from the smaller id, or not at all where the first
         round compared them already (a bucket they share holds one of the two classes whole), as
-        in the SQL round. The pairs compared already are compared again (no anti join): none of them matched, or neither document would be open
-        to the other's class, so nothing is found twice. Returns the candidates, or None, with
-        nothing done, where the signatures would pass
+        in the SQL round. The pairs compared already are compared again (no anti join): none of
+        them matched, or neither document would be open to the other's class, so nothing is found
+        twice. Returns the candidates, or None, with nothing done, where the signatures would pass
         :data:`provenance.ledger.audit_pairs.SIGNATURE_BYTES`."""
         con = self._con
         con.execute("""CREATE OR REPLACE TEMP TABLE aud_sub AS
                        SELECT band, bk, c2 AS cls, row_number() OVER (ORDER BY band, bk, c2) - 1 AS i
                        FROM (SELECT DISTINCT band, bk, c2 FROM aud_open)""")
-        docs = """SELECT k.doc_id FROM aud_kept k SEMI JOIN aud_sub s USING (band, bk, cls)
-                  UNION SELECT doc_id FROM aud_open"""
-        ids, k = con.execute(f"""SELECT count(*), max(len(x.signature)) FROM aud_docs x
-                                 SEMI JOIN ({docs}) d USING (doc_id)""").fetchall()[0]
-        if not ids or ids * k * 4 > audit_pairs.SIGNATURE_BYTES:
+        read = self._signatures_within("""SELECT k.doc_id FROM aud_kept k SEMI JOIN aud_sub s USING (band, bk, cls)
+                                          UNION SELECT doc_id FROM aud_open""")
+        if read is None or not len(read[0]):
             con.execute("DROP TABLE aud_sub")
-            return 0 if not ids else None
-        doc_ids, matrix = self._signatures(docs, k)
+            return None if read is None else 0
+        doc_ids, matrix = read
         kept = con.sql("""SELECT s.i AS bucket, k.doc_id FROM aud_kept k JOIN aud_sub s USING (band, bk, cls)
                           ORDER BY bucket""").to_arrow_table()
         focus = con.sql("""SELECT o.doc_id, o.c1, s.i AS bucket FROM aud_open o

@@ -42,6 +42,12 @@ COMPILED_FROM = 100_000
 SIGNATURE_BYTES = 256 * 2**20
 
 
+def pairs_with_none(none: str, every: str) -> str:
+    """SQL: the pairs a bucket of ``every`` documents forms for those of ``none`` of them that
+    have no class (each with every other document, two of them once)."""
+    return f"{none} * ({every} - {none}) + {none} * ({none} - 1) // 2"
+
+
 def window_order(doc_id: np.ndarray, band: np.ndarray) -> np.ndarray:
     """The shuffled order of documents in a wide band bucket (:data:`ORDER_SQL`), as int64."""
     b = band.astype(np.int64) + 1
@@ -160,16 +166,16 @@ class PairWrites:
         con.execute("""CREATE OR REPLACE TEMP TABLE aud_fb AS
                        SELECT band, bk FROM aud_bands GROUP BY band, bk
                        HAVING count(*) > 1 AND count(*) FILTER (WHERE cls IS NULL) > 0""")
-        estimate, ids, k = con.execute(
-            """WITH c AS (SELECT count(*)::HUGEINT AS m, count(*) FILTER (WHERE cls IS NULL) AS f
-                          FROM aud_bands SEMI JOIN aud_fb USING (band, bk) GROUP BY band, bk),
-                    d AS (SELECT DISTINCT doc_id FROM aud_bands SEMI JOIN aud_fb USING (band, bk))
-               SELECT (SELECT coalesce(sum(f * (m - f) + f * (f - 1) // 2), 0) FROM c), (SELECT count(*) FROM d),
-                      (SELECT max(len(x.signature)) FROM aud_docs x SEMI JOIN d USING (doc_id))""").fetchall()[0]
-        if estimate < COMPILED_FROM or ids * (k or 0) * 4 > SIGNATURE_BYTES:
+        estimate = con.execute(
+            f"""SELECT coalesce(sum({pairs_with_none("f", "m")}), 0)
+                FROM (SELECT count(*)::HUGEINT AS m, count(*) FILTER (WHERE cls IS NULL) AS f
+                      FROM aud_bands SEMI JOIN aud_fb USING (band, bk) GROUP BY band, bk)""").fetchall()[0][0]
+        read = (self._signatures_within("SELECT DISTINCT doc_id FROM aud_bands SEMI JOIN aud_fb USING (band, bk)")
+                if estimate >= COMPILED_FROM else None)
+        if read is None:
             con.execute("DROP TABLE aud_fb")
             return False
-        doc_ids, matrix = self._signatures("SELECT DISTINCT doc_id FROM aud_bands SEMI JOIN aud_fb USING (band, bk)", k)
+        doc_ids, matrix = read
         kept = con.sql("""SELECT dense_rank() OVER (ORDER BY band, bk) - 1 AS bucket, doc_id, cls IS NULL AS focus
                           FROM aud_bands SEMI JOIN aud_fb USING (band, bk) ORDER BY bucket""").to_arrow_table()
         con.execute("DROP TABLE aud_fb")
@@ -234,6 +240,18 @@ class PairWrites:
             raise ProvenanceError(f"the audit's signatures are not all {k} long")
         return doc_ids, columns.to_numpy(lists.flatten()).reshape(len(doc_ids), k)
 
+    def _signatures_within(self, ids_sql: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """:meth:`_signatures` of the documents ``ids_sql`` selects, or None where their matrix
+        would pass ``SIGNATURE_BYTES`` (the caller then compares in SQL); counted before it is read.
+        No documents: an empty matrix."""
+        ids, k = self._con.execute(f"""SELECT count(*), max(len(x.signature)) FROM aud_docs x
+                                       SEMI JOIN ({ids_sql}) d USING (doc_id)""").fetchall()[0]
+        if ids * (k or 0) * 4 > SIGNATURE_BYTES:
+            return None
+        if not ids:
+            return np.empty(0, np.int64), np.empty((0, 0), np.uint32)
+        return self._signatures(ids_sql, k)
+
     def _insert_found(self, audit_id: str, a: np.ndarray, b: np.ndarray, m: np.ndarray, k: int) -> None:
         """Pairs found (``a < b`` doc ids, ``m`` positions agreeing of ``k``) into ``audit_pairs``."""
         found = pa.Table.from_arrays([columns.from_numpy(x) for x in (a, b, m, m / np.float64(k))],
@@ -271,16 +289,14 @@ class PairWrites:
             self._compare_sql(audit_id, min_matches)
             return
         con.execute("CREATE OR REPLACE TEMP TABLE aud_cand_docs AS SELECT a AS doc_id FROM aud_cand UNION SELECT b FROM aud_cand")
-        ids, k = con.execute("""SELECT count(*), max(len(x.signature))
-                                FROM aud_docs x SEMI JOIN aud_cand_docs USING (doc_id)""").fetchall()[0]
-        if ids * k * 4 > SIGNATURE_BYTES:
-            con.execute("DROP TABLE aud_cand_docs")
+        read = self._signatures_within("SELECT doc_id FROM aud_cand_docs")
+        con.execute("DROP TABLE aud_cand_docs")
+        if read is None:
             self._compare_sql(audit_id, min_matches)
             return
         from provenance.kernels.signature_match import count_matches  # numba: imported when an audit compares
 
-        doc_ids, matrix = self._signatures("SELECT doc_id FROM aud_cand_docs", k)
-        con.execute("DROP TABLE aud_cand_docs")
+        doc_ids, matrix = read
         first, span = int(doc_ids[0]), int(doc_ids[-1]) - int(doc_ids[0]) + 1
         dense = span <= 4 * len(doc_ids) + 2**20  # ids close together: a row per id, looked up in the loop
         if dense:
@@ -297,7 +313,7 @@ class PairWrites:
             else:
                 m = count_matches(matrix, np.searchsorted(doc_ids, a), np.searchsorted(doc_ids, b), min_matches)
             keep = m >= min_matches
-            self._insert_found(audit_id, a[keep], b[keep], m[keep], k)
+            self._insert_found(audit_id, a[keep], b[keep], m[keep], matrix.shape[1])
         con.execute("DROP TABLE aud_cand_rows")
 
     def _compare_sql(self, audit_id: str, min_matches: int) -> None:
