@@ -252,7 +252,7 @@ def _gate_options(f):
     """The policy options the pre-merge gate shares between ``prov audit merge`` and ``prov merge --gate``."""
     f = click.option("--eval", "eval_datasets", multiple=True,
                      help="An evaluation dataset (repeat; default: every dataset registered with role eval).")(f)
-    f = click.option("--max-overlap", type=float, default=None,
+    f = click.option("--max-overlap", type=FloatRange(0, 1), default=None,
                      help="Fail when more than this fraction of either side's training documents overlap the other "
                           "(default: no limit, reported only).")(f)
     f = click.option("--max-contamination", type=_CountOrNone(), default=None,

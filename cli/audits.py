@@ -4,6 +4,7 @@ a document shaped, and the dedup, pre-merge and memorization audits."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any
 
@@ -26,11 +27,14 @@ from provenance.cli.app import (
     no_store_option,
     pass_ctx,
 )
+from provenance.ngrams import MAX_SPAN
 from provenance.plain import counted
 
 #: Versions the lineage table lists unless asked for all: a deep history has thousands (a rich
 #: table of 6,341 took 3.6 s to draw and filled 570 KB of terminal).
 LINEAGE_VERSIONS = 25
+
+_VERSION_ID = re.compile(r"[0-9a-f]{32}")  # a whole version id in an audit's target
 
 
 @main.command("lineage")
@@ -130,10 +134,27 @@ def audit_dedup_cmd(obj: Context, targets: tuple[str, ...], threshold: float, ve
 @pass_ctx
 def audit_list(obj: Context, kind: str | None, as_json: bool) -> None:
     """Stored audits, newest first, with the pairs each stores (prov audit delete removes them)."""
-    rows = obj.ledger(read_only=True).audits(kind)
+    ledger = obj.ledger(read_only=True)
+    rows = ledger.audits(kind)
+    tags = _version_tags(ledger) if rows and not as_json else {}
     render.emit(rows, as_json, lambda rs: "\n".join(
         f"{r['audit_id'][:12]}  {r['kind']:<12} {r['created_at']:%Y-%m-%d %H:%M}  {_stored_pairs(r):>18}  "
-        f"{'' if r['passed'] is None else 'passed ' if r['passed'] else 'FAILED '}{r['target']}" for r in rs) or "no audits")
+        f"{'' if r['passed'] is None else 'passed ' if r['passed'] else 'FAILED '}{_target_text(r['target'], tags)}"
+        for r in rs) or "no audits")
+
+
+def _version_tags(ledger: Any) -> dict[str, list[str]]:
+    tags: dict[str, list[str]] = {}
+    for t in ledger.tags():
+        tags.setdefault(t.version_id, []).append(t.name)
+    return tags
+
+
+def _target_text(target: str, tags: dict[str, list[str]]) -> str:
+    """An audit's target as people read it: each version id short, with the version's tags now
+    (``0da4ab75d401 (demo-merge)``); dataset names as they are."""
+    return " ".join(w[:12] + (f" ({', '.join(sorted(tags[w]))})" if w in tags else "") if _VERSION_ID.fullmatch(w)
+                    else w for w in target.split(" "))
 
 
 def _stored_pairs(row: dict[str, Any]) -> str:
@@ -163,14 +184,15 @@ def audit_delete(obj: Context, audit_ids: tuple[str, ...], before, kind: str | N
         raise click.UsageError("name the audits to delete (prov audit list), or select them with --before DATE")
     ledger = obj.ledger(read_only=dry_run)
     result = ledger.delete_audits(audit_ids, kind=kind, before=before, pairs_only=pairs_only, dry_run=dry_run)
-    render.emit(result, as_json, _deletion_text)
+    tags = _version_tags(ledger) if result["deleted"] and not as_json else {}
+    render.emit(result, as_json, lambda r: _deletion_text(r, tags))
 
 
-def _deletion_text(result: dict[str, Any]) -> str:
+def _deletion_text(result: dict[str, Any], tags: dict[str, list[str]]) -> str:
     verb = "would delete" if result["dry_run"] else "deleted"
     what = "the pairs of" if result["pairs_only"] else ""
     lines = [f"{r['audit_id'][:12]}  {r['kind']:<12} {r['created_at']:%Y-%m-%d %H:%M}  {counted(r['pairs'], 'pair'):>18}  "
-             f"{r['target']}" for r in result["deleted"]]
+             f"{_target_text(r['target'], tags)}" for r in result["deleted"]]
     lines += [f"kept {r['audit_id'][:12]}: cited by the merge receipt of {r['cited_by'][0][:12]}" for r in result["kept"]]
     lines += [f"not deleted {r['audit_id'][:12]}: {r['why']}" for r in result.get("skipped", [])]
     lines.append(f"{verb} {what + ' ' if what else ''}{counted(len(result['deleted']), 'audit')} "
@@ -208,7 +230,7 @@ def audit_show(obj: Context, audit_id: str, html_file: str | None, as_json: bool
 @click.argument("versions", nargs=-1, required=True, metavar="V1 V2 [V3...]")
 @click.option("--threshold", type=FloatRange(0, 1, min_open=True), default=0.8, show_default=True,
               help="Estimated Jaccard at or above which two documents are near-duplicates, in (0, 1].")
-@click.option("--ngram", type=int, default=13, show_default=True,
+@click.option("--ngram", type=click.IntRange(0, MAX_SPAN), default=13, show_default=True,
               help="Words in the exact-span contamination check (0: skip it; it reads the source text).")
 @_gate_options
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None, help="Also write an HTML report.")
@@ -243,7 +265,7 @@ def audit_merge_cmd(obj: Context, versions: tuple[str, ...], threshold: float, n
               help="Generated texts: JSONL (objects with a text field, or strings) or plain text, one per line.")
 @click.option("--threshold", type=FloatRange(0, 1, min_open=True), default=0.8, show_default=True,
               help="Estimated Jaccard at or above which a sample near-duplicates a training document, in (0, 1].")
-@click.option("--span", type=int, default=50, show_default=True,
+@click.option("--span", type=click.IntRange(0, MAX_SPAN), default=50, show_default=True,
               help="Words of an exact shared span that count as memorized (0: skip; it reads the source text).")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None, help="Also write an HTML report.")
 @no_store_option

@@ -23,6 +23,7 @@ from provenance.cli.app import (
     pass_ctx,
 )
 from provenance.cli.audits import audit_group
+from provenance.ngrams import MAX_SPAN
 
 
 @main.command("retract")
@@ -177,7 +178,7 @@ def retractions_cmd(obj: Context, retraction_id: str | None, as_json: bool) -> N
               help="Also check every version tagged with a name matching this glob (e.g. 'release-*').")
 @click.option("--threshold", type=FloatRange(0, 1, min_open=True), default=0.8, show_default=True,
               help="Estimated Jaccard at or above which a sample reproduces a retracted document, in (0, 1].")
-@click.option("--span", type=int, default=50, show_default=True,
+@click.option("--span", type=click.IntRange(0, MAX_SPAN), default=50, show_default=True,
               help="Words of an exact shared span that count as reproduced (0: skip; it reads the source text).")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None, help="Also write an HTML report.")
 @no_store_option

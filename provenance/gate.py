@@ -39,6 +39,7 @@ passed; ``prov audit merge`` exits 1 when it did not, and ``ledger.merge(..., au
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -50,7 +51,7 @@ from provenance.audits import AuditRun, check_threshold, iter_texts
 from provenance.errors import InvalidParameterError
 from provenance.ledger import LedgerStore
 from provenance.lineage import ancestry, license_summary, lineage
-from provenance.ngrams import ngram_hashes
+from provenance.ngrams import check_span, ngram_hashes
 from provenance.progress import step
 from provenance.results import GateReport, LicenseSummary
 
@@ -124,6 +125,11 @@ def audit_merge(
         evals = [ledger.dataset(d) for d in eval_datasets] if eval_datasets else [
             d for d in ledger.datasets() if d.role == "eval"]
         evals = list({d.dataset_id: d for d in evals}.values())  # --eval qa --eval qa@1: one dataset, listed once
+        for d in evals:
+            if d.role != "eval":  # given by name: compared as asked, and said, since it may be a slip
+                warnings.warn(f"{d.dataset_id} is registered as training data (role {d.role}) and is compared here "
+                              "as evaluation data; an evaluation set is registered with role eval (--role eval)",
+                              stacklevel=2)
         if max_contamination is not None and not evals:
             if not isinstance(max_contamination, _DefaultLimit):
                 raise InvalidParameterError(
@@ -180,18 +186,12 @@ def audit_merge(
     return result
 
 
-#: The longest span the contamination check takes (lm-eval-harness uses 13 words; memorization
-#: studies 50).
-MAX_NGRAM = 1000
-
-
 def _check_limits(max_overlap: float | None, max_contamination: int | None, ngram: int) -> None:
     if max_overlap is not None and not 0.0 <= float(max_overlap) <= 1.0:
         raise InvalidParameterError(f"max-overlap must be a fraction in [0, 1], got {max_overlap}")
     if max_contamination is not None and int(max_contamination) < 0:
         raise InvalidParameterError(f"max-contamination must be a count >= 0, got {max_contamination}")
-    if not 0 <= ngram <= MAX_NGRAM:  # a span longer than any document's text would silently check nothing
-        raise InvalidParameterError(f"ngram must be from 0 (no span check) to {MAX_NGRAM} words, got {ngram}")
+    check_span(ngram, "ngram")
 
 
 def _digits(value: float, limit: float) -> int:

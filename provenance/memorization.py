@@ -35,7 +35,7 @@ from provenance.audits import AuditRun, check_threshold, iter_texts, read_sample
 from provenance.errors import InvalidParameterError, NotFoundError
 from provenance.ledger import LedgerStore
 from provenance.lineage import ancestry
-from provenance.ngrams import SPAN_TEXT_CHARS, longest_run, ngram_hashes
+from provenance.ngrams import SPAN_TEXT_CHARS, check_span, longest_run, ngram_hashes
 from provenance.ngrams import words as normalised_words
 from provenance.progress import step
 from provenance.records import VersionRecord
@@ -69,8 +69,7 @@ def audit_memorization(
     lineage (module doc); store the audit (unless ``store=False``, which also works on a
     read-only ledger) and return its report."""
     threshold = check_threshold(threshold)
-    if span < 0:
-        raise InvalidParameterError(f"span must be >= 0 words (0: no span check), got {span}")
+    span = check_span(span, "span")
     texts = read_samples(samples) if isinstance(samples, (str, os.PathLike)) else list(samples)
     if not texts:
         raise InvalidParameterError("no samples given")

@@ -14,9 +14,23 @@ from __future__ import annotations
 import numpy as np
 import xxhash
 
+from provenance.errors import InvalidParameterError
 from provenance.fingerprints import normalize
 
 _P = np.uint64(0x100000001B3)  # an odd 64-bit multiplier (the FNV prime)
+
+#: The longest span an exact-span check takes (lm-eval-harness uses 13 words; memorization
+#: studies 50): a span longer than any document's text would silently check nothing.
+MAX_SPAN = 1000
+
+
+def check_span(value: int, name: str) -> int:
+    """``value`` as a span of 0 (no span check) to :data:`MAX_SPAN` words, or an error naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidParameterError(f"{name} must be a whole number of words, got {value!r}")
+    if not 0 <= value <= MAX_SPAN:
+        raise InvalidParameterError(f"{name} must be from 0 (no span check) to {MAX_SPAN} words, got {value}")
+    return int(value)
 
 
 def words(text: str) -> list[str]:

@@ -46,7 +46,7 @@ from provenance.errors import InvalidParameterError
 from provenance.ledger._common import _now
 from provenance.lineage import taint, tainted_versions, target_rows
 from provenance.merges import RecordedFisher
-from provenance.ngrams import SPAN_TEXT_CHARS, longest_run, ngram_hashes
+from provenance.ngrams import SPAN_TEXT_CHARS, check_span, longest_run, ngram_hashes
 from provenance.ngrams import words as normalised_words
 
 #: Merge methods whose weights are a convex combination of the inputs: dropping inputs
@@ -502,8 +502,7 @@ def audit_retraction(ledger: Any, retraction: str, *, samples: Any = None, relea
     from provenance.audits import check_threshold
 
     threshold = check_threshold(threshold)
-    if span < 0:
-        raise InvalidParameterError(f"span must be >= 0 words (0: no span check), got {span}")
+    span = check_span(span, "span")
     texts = None
     if samples is not None:
         texts = read_samples(samples) if isinstance(samples, (str, bytes)) or hasattr(samples, "__fspath__") \

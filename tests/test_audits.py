@@ -205,7 +205,7 @@ def test_cli_audit_delete(graded_ledger, tmp_path):
     out = runner.invoke(main, [*base, "audit", "delete", "--before", "2999-01-01", "--kind", "dedup", "--json"])
     assert out.exit_code == 0, out.output
     result = json.loads(out.output)
-    assert [d["audit_id"] for d in result["deleted"]] == [first.audit_id, second.audit_id]  # oldest first
+    assert [d["audit_id"] for d in result["deleted"]] == [second.audit_id, first.audit_id]  # newest first, as listed
     assert result["pairs"] == second.summary.pairs and graded_ledger.audits() == []
     assert runner.invoke(main, [*base, "audit", "list"]).output.strip() == "no audits"
     import duckdb  # two audits whose ids share a prefix, as another program could have stored them

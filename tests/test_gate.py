@@ -109,6 +109,17 @@ def test_gate_limits_fail_with_how_much_and_cli_exit_status(contributors, tmp_pa
     out = runner.invoke(main, [*cli, "audit", "merge", va.version_id, vb.version_id, "--max-contamination", "0",
                                "--json"])
     assert out.exit_code == 1 and json.loads(out.output)["passed"] is False
+    ledger.tag("rel-a", va)
+    ledger.tag("a-2", va)
+    listed = runner.invoke(main, [*cli, "audit", "list"]).output.splitlines()  # the versions short, with their tags
+    assert len(listed) == 4 and all(line.endswith(f"{va.version_id[:12]} (a-2, rel-a) {vb.version_id[:12]}")
+                                    for line in listed), "\n".join(listed)
+    assert [line.split()[6] for line in listed] == ["FAILED", "passed", "FAILED", "FAILED"]
+    assert json.loads(runner.invoke(main, [*cli, "audit", "list", "--json"]).output)[0]["target"] == \
+        f"{va.version_id} {vb.version_id}"  # the whole ids, as stored
+    gone = runner.invoke(main, [*cli, "audit", "delete", "--before", "2999-01-01", "--dry-run"]).output.splitlines()
+    assert [line.split()[0] for line in gone[:4]] == [line.split()[0] for line in listed]  # newest first, as listed
+    assert gone[0].endswith(f"{va.version_id[:12]} (a-2, rel-a) {vb.version_id[:12]}")
     # prov merge --gate refuses, and merges with --audit or a passing gate
     before = len(ledger.versions())
     out = runner.invoke(main, [*cli, "merge", va.version_id, vb.version_id, "--method", "average", "--gate",
@@ -150,9 +161,22 @@ def test_gate_bad_input(contributors):
         audit_memorization(ledger, "nope", ["some sample text"])  # was: neither a dataset nor a version
     with pytest.raises(InvalidParameterError, match="ngram must be from 0 .no span check. to 1000 words, got 100000"):
         audit_merge(ledger, [va.version_id, vb.version_id], ngram=100_000)  # a span no text holds: no check at all
+    with pytest.raises(InvalidParameterError, match=r"^ngram must be a whole number of words, got 13.5$"):
+        audit_merge(ledger, [va.version_id, vb.version_id], ngram=13.5)
+    with pytest.raises(InvalidParameterError, match="span must be from 0 .no span check. to 1000 words, got 1001"):
+        audit_memorization(ledger, va.version_id, ["x"], span=1001)  # was taken: a span no sample holds
     for command in (["audit", "merge", va.version_id, vb.version_id], ["audit", "dedup", "a"]):
         result = CliRunner().invoke(main, ["--ledger", str(ledger.root), *command, "--threshold", "0"])
         assert result.exit_code == 2 and "Invalid value for '--threshold': 0.0 is not in the range 0<x<=1" in result.output
+    # every out-of-range number is a usage error (exit 2) as --threshold is; these exited 4
+    for option, value, bounds in (("--max-overlap", "2", "2.0 is not in the range 0<=x<=1"),
+                                  ("--ngram", "1001", "1001 is not in the range 0<=x<=1000")):
+        result = CliRunner().invoke(main, ["--ledger", str(ledger.root), "audit", "merge", va.version_id,
+                                           vb.version_id, option, value])
+        assert result.exit_code == 2 and f"Invalid value for '{option}': {bounds}" in result.output
+    result = CliRunner().invoke(main, ["--ledger", str(ledger.root), "audit", "memorization", va.version_id,
+                                       "--samples", "x.txt", "--span", "100000"])
+    assert result.exit_code == 2 and "Invalid value for '--span': 100000 is not in the range 0<=x<=1000" in result.output
     result = CliRunner().invoke(main, ["--ledger", str(ledger.root), "audit", "merge", va.version_id])
     assert result.exit_code == 2 and "at least two versions" in result.output  # a usage error, as cli.md says
     result = CliRunner().invoke(main, ["--ledger", str(ledger.root), "dataset", "add", "x", "a.jsonl", "--threshold", "1"])
@@ -643,7 +667,9 @@ def test_an_evaluation_set_a_shared_ancestor_trained_on_fails_the_gate(ledger, d
         va = run.commit({"w": torch.ones(2)})
     with ledger.start_run(base=base, datasets=["b"], message="b") as run:
         vb = run.commit({"w": 2 * torch.ones(2)})
-    report = audit_merge(ledger, [va, vb], eval_datasets=["shared"], ngram=0)
+    with pytest.warns(UserWarning, match=r"^shared@1 is registered as training data \(role train\) and is compared "
+                                         r"here as evaluation data; an evaluation set is registered with role eval"):
+        report = audit_merge(ledger, [va, vb], eval_datasets=["shared"], ngram=0)  # as asked, and said
     c = report["contamination"]
     assert not report["passed"] and (c["inherited_shards"], c["inherited_eval_documents"]) == (2, 30)
     assert c["contaminated_eval_documents"] == 30 and c["eval_exact"] == 0  # found by shard, not by content
@@ -655,4 +681,5 @@ def test_an_evaluation_set_a_shared_ancestor_trained_on_fails_the_gate(ledger, d
     out = CliRunner().invoke(main, ["--ledger", str(ledger.root), "audit", "merge", va.version_id, vb.version_id,
                                     "--eval", "shared", "--ngram", "0"])
     assert out.exit_code == 1 and "trained on by a shared ancestor 30" in out.output
+    assert "warning: shared@1 is registered as training data (role train)" in out.stderr
     assert "2 shard(s) inherited from shared ancestors were not compared" in out.output

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from provenance.errors import InvalidParameterError
 from provenance.lineage import taint
 from provenance.retract import plan
 
@@ -288,6 +289,8 @@ def test_the_audit_runs_the_samples_against_the_retracted_texts(three):
     stored = ledger.sql("SELECT passed FROM retraction_audits WHERE retraction_id = ? ORDER BY created_at",
                         [rid]).to_pylist()
     assert [r["passed"] for r in stored] == [True, False]
+    with pytest.raises(InvalidParameterError, match=r"^span must be from 0 \(no span check\) to 1000 words, got 5000$"):
+        ledger.audit_retraction(rid, samples=["x"], span=5000)  # was taken: a span no sample holds checks nothing
 
 
 def test_a_copy_registered_after_the_retraction_is_found_by_the_audit(three, data_dir, write_jsonl):

@@ -461,9 +461,9 @@ class AuditWrites(PairWrites, ClassWrites):
 
 
 def select_audits(con: duckdb.DuckDBPyConnection, ids: Sequence[str] | None) -> list[dict[str, Any]]:
-    """The stored audits among ``ids`` (all when None), oldest first: ``audit_id, kind, target,
-    created_at, pairs_deleted_at``, the ``pairs`` they store and the merge versions whose receipts
-    cite them (``cited_by``)."""
+    """The stored audits among ``ids`` (all when None), newest first as ``prov audit list`` shows
+    them: ``audit_id, kind, target, created_at, pairs_deleted_at``, the ``pairs`` they store and
+    the merge versions whose receipts cite them (``cited_by``)."""
     return con.sql(
         """SELECT a.audit_id, a.kind, a.target, a.created_at, a.pairs_deleted_at, coalesce(p.n, 0) AS pairs,
                   coalesce(m.versions, []) AS cited_by
@@ -472,7 +472,7 @@ def select_audits(con: duckdb.DuckDBPyConnection, ids: Sequence[str] | None) -> 
            LEFT JOIN (SELECT audit_id, list(version_id ORDER BY version_id) AS versions FROM merge_receipts
                       WHERE audit_id IS NOT NULL GROUP BY ALL) m USING (audit_id)
            WHERE $1::VARCHAR[] IS NULL OR list_contains($1::VARCHAR[], a.audit_id)
-           ORDER BY a.created_at, a.audit_id""",
+           ORDER BY a.created_at DESC, a.audit_id""",
         params=[None if ids is None else list(ids)],
     ).to_arrow_table().to_pylist()
 
