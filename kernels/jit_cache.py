@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -71,6 +72,30 @@ class _KeyedCache(FunctionCache):
         super().__init__(py_func)
         self._cache_file = _KeyedIndex(cache_path=self._cache_path, filename_base=self._impl.filename_base,
                                        source_stamp=self._impl.locator.get_source_stamp())
+
+    def load_overload(self, sig: Any, target_context: Any) -> Any:
+        data = super().load_overload(sig, target_context)
+        if data is None:  # numba compiles it now
+            _say_compiling(self._cache_path)
+        return data
+
+
+_told = False  # whether this process said it compiles
+
+
+def _say_compiling(folder: str) -> None:
+    """Say once, on a terminal, that kernels are being compiled: the first audit or merge after
+    an install spends up to a minute doing so, and nothing else said why it waited. Not said to
+    a pipe or a log (a job's stderr keeps only its own lines)."""
+    global _told
+    if _told:
+        return
+    _told = True
+    err = sys.stderr
+    if err is not None and err.isatty():
+        err.write(f"compiling provenance's kernels for this machine (up to a minute, once: later runs load them "
+                  f"from {folder})\n")
+        err.flush()
 
 
 @contextlib.contextmanager

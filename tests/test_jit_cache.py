@@ -132,3 +132,58 @@ def test_merge_kernels_compiled_by_processes_at_once_are_each_their_own(tmp_path
     again = subprocess.run([sys.executable, "-c", CHILD, "average,fisher,task,ties"], env=env, capture_output=True,
                            text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.strip() == "bad:", (again.stdout, again.stderr)
+
+
+KERNEL = """
+from provenance.kernels.jit_cache import cached_njit
+
+@cached_njit()
+def double(x):
+    return 2 * x
+"""
+
+CALLER = "import sys; sys.path.insert(0, sys.argv[1]); import tiny_kernel; print(tiny_kernel.double(21))"
+
+
+def _run_on(tmp_path: Path, terminal: bool) -> str:
+    """What a process that calls a kernel of ``tmp_path/tiny_kernel.py`` writes to stderr, a
+    terminal or a pipe (numba's cache in ``tmp_path/cache``)."""
+    import pty
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("NUMBA_DISABLE_JIT", None)
+    if not terminal:
+        done = subprocess.run([sys.executable, "-c", CALLER, str(tmp_path)], env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0 and done.stdout == "42\n", done.stderr
+        return done.stderr
+    primary, secondary = pty.openpty()
+    child = subprocess.Popen([sys.executable, "-c", CALLER, str(tmp_path)], env=env, stdout=subprocess.PIPE,
+                             stderr=secondary, text=True)
+    os.close(secondary)
+    out, _ = child.communicate(timeout=120)
+    said = b""
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # the terminal closed with the child
+            break
+        if not chunk:
+            break
+        said += chunk
+    os.close(primary)
+    assert child.returncode == 0 and out == "42\n"
+    return said.decode()
+
+
+def test_a_terminal_is_told_once_that_kernels_compile(tmp_path):
+    """The first call of a kernel after an install compiles it (a minute for the audits' kernels,
+    with nothing said): a terminal is told so, once; a later process loads the cache and says
+    nothing; a pipe is told nothing (a job's log keeps its own lines)."""
+    (tmp_path / "tiny_kernel.py").write_text(KERNEL)
+    first = _run_on(tmp_path, terminal=True)
+    assert first.count("compiling provenance's kernels for this machine") == 1, first
+    assert str(tmp_path / "cache") in first.replace("\r\n", "")
+    assert _run_on(tmp_path, terminal=True) == ""  # loaded from the cache
+    (tmp_path / "cache").rename(tmp_path / "old-cache")
+    assert _run_on(tmp_path, terminal=False) == ""  # compiled again, told to no pipe
