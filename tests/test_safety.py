@@ -217,7 +217,7 @@ def test_exit_statuses_and_json_errors(project):
         (["audit", "show", "abcd"], 3, "not_found"),
         (["lineage", "no-such-tag"], 3, "not_found"),
         (["dataset", "add", "x", "missing.jsonl"], 4, None),
-        (["audit", "merge", base.version_id, child.version_id, "--ngram", "-1"], 4, "invalid_parameter"),
+        (["audit", "merge", base.version_id, base.version_id[:8]], 4, "invalid_parameter"),  # one version twice
         (["sql", "DELETE FROM documents"], 4, "read_only_query"),
     ]
     for args, code, kind in cases:
@@ -234,6 +234,8 @@ def test_exit_statuses_and_json_errors(project):
     assert usage.exit_code == 2 and "Missing argument" in usage.output
     out_of_range = run_cli("audit", "dedup", "news", "--threshold", "1.5")
     assert out_of_range.exit_code == 2 and "'--threshold': 1.5 is not in the range 0<x<=1" in out_of_range.output
+    negative = run_cli("audit", "merge", base.version_id, child.version_id, "--ngram", "-1")  # exited 4
+    assert negative.exit_code == 2 and "'--ngram': -1 is not in the range 0<=x<=1000" in negative.output
     not_a_number = run_cli("audit", "dedup", "news", "--threshold", "nan")  # passes every bound's comparison
     assert not_a_number.exit_code == 2 and "'--threshold': 'nan' is not a number" in not_a_number.output
     for args in (["audit", "dedup", "news", "--json", "--bogus"], ["audit", "dedup", "news", "--bogus", "--json"]):
