@@ -9,7 +9,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-import provenance.ledger as ledger_module
+import provenance.ledger.schema as schema_module  # where LedgerStore._migrate reads migrations()
 from provenance import Ledger
 from provenance.errors import (
     AccessDeniedError,
@@ -149,7 +149,7 @@ def _with_extra(sql: str):
 
 def test_older_ledger_is_migrated_once(ledger, monkeypatch):
     ledger.register_dataset("docs", DOCS)
-    monkeypatch.setattr(ledger_module, "migrations", _with_extra("CREATE TABLE notes (note VARCHAR NOT NULL);"))
+    monkeypatch.setattr(schema_module, "migrations", _with_extra("CREATE TABLE notes (note VARCHAR NOT NULL);"))
 
     opened = Ledger.open(ledger.root)
 
@@ -165,21 +165,21 @@ def test_older_ledger_is_migrated_once(ledger, monkeypatch):
 
 def test_failing_migration_leaves_nothing_behind(ledger, monkeypatch):
     broken = "CREATE TABLE notes (note VARCHAR); INSERT INTO notes VALUES ('x'); SELECT * FROM no_such_table;"
-    monkeypatch.setattr(ledger_module, "migrations", _with_extra(broken))
+    monkeypatch.setattr(schema_module, "migrations", _with_extra(broken))
 
     with pytest.raises(duckdb.CatalogException):
         Ledger.open(ledger.root)
 
     assert raw_rows(ledger, "SELECT version FROM schema_migrations ORDER BY 1") == [(v,) for v in range(1, SHIPPED + 1)]
     assert raw_rows(ledger, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'notes'") == [(0,)]
-    monkeypatch.setattr(ledger_module, "migrations", _with_extra("CREATE TABLE notes (note VARCHAR);"))
+    monkeypatch.setattr(schema_module, "migrations", _with_extra("CREATE TABLE notes (note VARCHAR);"))
     assert Ledger.open(ledger.root).schema_version() == SHIPPED + 1  # the fixed migration then applies
 
 
 def test_a_ledger_of_the_previous_schema_is_migrated_to_the_current_one(tmp_path, monkeypatch):
     """A real older ledger: made without the last migration, holding data, then opened."""
     earlier = migrations()[:-1]
-    monkeypatch.setattr(ledger_module, "migrations", lambda: earlier)
+    monkeypatch.setattr(schema_module, "migrations", lambda: earlier)
     old = Ledger.init(tmp_path)
     with old.transaction() as tx:  # what the code of that schema wrote: rows in the table only
         tx._con.execute("INSERT INTO documents SELECT range, 'docs@1', 0, range, NULL, 'k' || range, range, 1, 1, "
@@ -213,7 +213,7 @@ def test_migrations_remove_what_older_code_wrote_wrongly(tmp_path, monkeypatch):
     """0011: the 0-example rows a logged run got for shards it never saw; 0012: a new token's
     secret kept in the answer to its creation (a read token could select it)."""
     upto_10 = migrations()[:10]
-    monkeypatch.setattr(ledger_module, "migrations", lambda: upto_10)
+    monkeypatch.setattr(schema_module, "migrations", lambda: upto_10)
     old = Ledger.init(tmp_path)
     with old.transaction() as tx:
         tx._con.execute("INSERT INTO run_shards VALUES ('r', 'docs@1', 0, 3, 3, 1.0, true), "
@@ -232,7 +232,7 @@ def test_migrations_remove_what_older_code_wrote_wrongly(tmp_path, monkeypatch):
 
 def test_a_ledger_of_schema_1_is_migrated_to_the_current_one(tmp_path, monkeypatch):
     first_only = migrations()[:1]
-    monkeypatch.setattr(ledger_module, "migrations", lambda: first_only)
+    monkeypatch.setattr(schema_module, "migrations", lambda: first_only)
     assert Ledger.init(tmp_path).schema_version() == 1
     monkeypatch.undo()
     opened = Ledger.open(tmp_path)

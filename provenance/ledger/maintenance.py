@@ -1,0 +1,88 @@
+"""What ``prov gc``, ``prov verify`` and ``prov backup`` ask of the ledger folder besides its
+queries: the leftovers of killed processes in ``.prov/tmp`` (DuckDB's spill files, the Ray
+engines' folders, a registration's staged files) and a checkpointed copy of the database file.
+Mixed into :class:`~provenance.ledger.LedgerStore`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+from pathlib import Path
+
+from provenance.errors import ProvenanceError
+from provenance.ledger._common import TMP_DIR, host_label, process_alive, tree_bytes
+from provenance.ledger.writer import _clean_staging, staging_entries
+
+_SPILL = re.compile(r"duckdb_temp_\d+_")  # DuckDB's temporary files, named by the process that made them
+#: ``.prov/tmp/ray``: the Ray engines' folders (``prov-ray-HOST-PID-…``, ``prov-ray-dedup-HOST-PID-…``), by default.
+RAY_DIR = "ray"
+_RAY = re.compile(r"prov-ray-(?:dedup-)?(?P<host>.+)-(?P<pid>\d+)-[a-z0-9_]+")
+
+
+class Maintenance:
+    """Leftovers in ``.prov/tmp`` and database snapshots (``self`` is a
+    :class:`~provenance.ledger.LedgerStore`)."""
+
+    def stale_spill_files(self) -> list[Path]:
+        """DuckDB's spill files in ``.prov/tmp`` (``duckdb_temp_PID_…``) of processes other than
+        this one: a process killed during a query larger than the memory limit leaves them (a
+        gigabyte after a 1M-document audit). A connection spills there only while it holds the
+        database's lock (shared for reading, exclusive for writing): while this process holds the
+        lock for writing, no other one is spilling."""
+        folder = self.root / TMP_DIR
+        if not folder.is_dir():
+            return []
+        mine = f"duckdb_temp_{os.getpid()}_"
+        return sorted(p for p in folder.iterdir()
+                      if _SPILL.match(p.name) and not p.name.startswith(mine) and p.is_file())
+
+    def ray_folder(self) -> Path:
+        """``.prov/tmp/ray``, made if missing: where the Ray engines write their files unless
+        given a staging folder (:func:`provenance.integrations.ray_data.work_folder`)."""
+        folder = self.root / TMP_DIR / RAY_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def stale_ray_folders(self) -> list[tuple[Path, int]]:
+        """The Ray engines' folders in ``.prov/tmp/ray`` whose process is no longer running (a
+        Ray registration or dedup audit killed before it removed its folder), with their bytes.
+        Each folder is named by its machine and process id: one made on another machine (a
+        ledger on a shared file system) is never taken for stale, nor one whose process runs."""
+        folder = self.root / TMP_DIR / RAY_DIR
+        if not folder.is_dir():
+            return []
+        found, here = [], host_label()
+        for entry in sorted(folder.iterdir()):
+            m = _RAY.fullmatch(entry.name)
+            if (m and m["host"] == here and entry.is_dir() and not entry.is_symlink()
+                    and not process_alive(int(m["pid"]))):
+                with contextlib.suppress(OSError):  # gone meanwhile
+                    found.append((entry, tree_bytes(entry)))
+        return found
+
+    def stale_staging(self, *, remove: bool = False) -> list[tuple[str, int]]:
+        """The files and folders a registration killed mid-write left in ``.prov/tmp/staging``,
+        with their bytes; with ``remove``, removed. They stay until then, or until the next write
+        transaction clears the folder before it stages anything. Call it holding the ledger's
+        lock (no registration is staging meanwhile)."""
+        found = [(str(p), n) for p, n in staging_entries(self.root)]
+        if remove:
+            _clean_staging(self.root)
+        return found
+
+    def snapshot_database(self, dest: Path) -> int:
+        """Copy the database file, checkpointed first (so the copy needs no write-ahead log), to
+        ``dest``; returns its bytes. Holds the ledger meanwhile: no write lands half in the copy."""
+        if self._in_transaction:
+            raise ProvenanceError("a snapshot cannot be taken inside a transaction")
+        with self._cursor() as con:
+            if not self.read_only:
+                con.execute("CHECKPOINT")
+            shutil.copyfile(self.db_path, dest)
+            wal = self.db_path.with_name(self.db_path.name + ".wal")
+            if wal.exists() and wal.stat().st_size:
+                shutil.copyfile(wal, dest.with_name(dest.name + ".wal"))
+        return dest.stat().st_size

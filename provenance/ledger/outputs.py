@@ -1,0 +1,46 @@
+"""Checks of the files and folders a command is about to write: never inside the ledger folder
+(after symlinks); a file never where a folder, a device, FIFO or socket is; a folder never over a
+file or a folder that is not empty. Mixed into :class:`~provenance.ledger.LedgerStore`; the
+checks of a file itself are :func:`provenance.files.check_output`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from provenance.errors import UnsafeOutputError
+from provenance.files import check_output
+
+
+class OutputChecks:
+    """Where a command may write (``self`` is a :class:`~provenance.ledger.LedgerStore`)."""
+
+    def output_path(self, path: str | os.PathLike, *, parents: bool | None = None) -> Path:
+        """Check a file that a command is about to write: refuse one that resolves (after
+        symlinks) inside the ledger folder, or that is a folder; its parent folder must exist
+        unless ``parents``, which creates it. Returns the resolved path."""
+        given = Path(path)
+        resolved = given.resolve()
+        if resolved == self.root or self.root in resolved.parents:
+            raise UnsafeOutputError(
+                f"refusing to write {str(given)!r}: it resolves to {resolved}, inside the ledger folder {self.root}"
+            )
+        return check_output(given, resolved, parents=parents)
+
+    def output_folder(self, path: str | os.PathLike, *, parents: bool = False) -> Path:
+        """Check a folder that a command is about to create: refuse one that resolves inside the
+        ledger folder, a file, or a folder that is not empty; its parent folder must exist unless
+        ``parents``, which creates it. Returns the resolved path."""
+        given = Path(path)
+        resolved = given.resolve()
+        if resolved == self.root or self.root in resolved.parents:
+            raise UnsafeOutputError(
+                f"refusing to write {str(given)!r}: it resolves to {resolved}, inside the ledger folder {self.root}")
+        if not resolved.exists():
+            return check_output(given, resolved, parents=parents)
+        if not resolved.is_dir():
+            raise UnsafeOutputError(f"refusing to write folder {str(given)!r}: it is a file")
+        if any(resolved.iterdir()):
+            raise UnsafeOutputError(f"refusing to write folder {str(given)!r}: it is not empty")
+        return resolved
