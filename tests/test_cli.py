@@ -298,6 +298,25 @@ def test_remove_keys_file_takes_each_line_as_it_is(project, runner):
     assert [r["key"] for r in keys] == ["c", "d"]
 
 
+def test_keys_that_are_not_utf8_are_an_error_naming_the_line(project, runner):
+    """A keys file with a byte that is not UTF-8 (`dataset remove --keys-file`, `run log KEYS`) was a
+    traceback and exit status 1, the status of a failed gate (stranger pass 25): now one line
+    naming the file and line, exit status 4, and nothing is removed or logged."""
+    (project / "k.jsonl").write_text('{"id": "a", "text": "first doc"}\n{"id": "b", "text": "second doc"}\n')
+    assert runner.invoke(main, ["dataset", "add", "k", "k.jsonl", "--id-field", "id"]).exit_code == 0
+    (project / "keys.txt").write_bytes(b"a\nb\xff\n")
+    removed = runner.invoke(main, ["dataset", "remove", "k", "--keys-file", "keys.txt"])
+    assert removed.exit_code == 4 and removed.output.strip() == "Error: keys.txt: line 2 is not UTF-8 (byte 3)"
+    assert [r["dataset_id"] for r in _json(runner.invoke(main, ["dataset", "list", "--json"]))] == ["k@1"]
+    run_id = _json(runner.invoke(main, ["run", "start", "-m", "r", "-d", "k", "--owner", "0", "--json"]))["run_id"]
+    logged = runner.invoke(main, ["run", "log", run_id, "--step", "0", "--json"], input=b"a\r\n\xffb\n")
+    assert logged.exit_code == 4
+    assert json.loads(logged.output) == {"error": "stdin: line 2 is not UTF-8 (byte 3)", "kind": "source"}
+    one = runner.invoke(main, ["run", "log", run_id, "--step", "0"], input=b"a\r\n\n")  # CRLF, a blank line
+    assert one.exit_code == 0 and one.output == "logged 1 example\n"  # was "1 examples"
+    assert _json(runner.invoke(main, ["run", "show", run_id, "--json"]))["n_logged"] == 1
+
+
 def test_sql_as_a_table_shows_its_first_rows(project, runner):
     """A million rows as a table took 167 s and 1.8 GB (stranger pass 17): the table shows the
     first 1,000 and says how to get them all; csv gives every row."""
