@@ -256,6 +256,20 @@ def test_merge_cli_and_the_receipt_in_model_show(project, runner):
     assert no_fisher.exit_code == 4 and "no stored Fisher" in no_fisher.output
     bad = runner.invoke(main, ["merge", a.version_id[:8], b.version_id[:8], "--weights", "x,1", "-m", "m"])
     assert bad.exit_code == 2 and "expected numbers separated by commas" in bad.output
+    # an option the method does not use was dropped silently (stranger pass 25): `--density` without
+    # `--method ties` made a Fisher merge, `--base nosuch` with averaging was never even looked up
+    before = len(ledger.versions())
+    for args, says in ((["--density", "0.5"], "--density is for ties: the fisher method does not use it"),
+                       (["--method", "average", "--base", "nosuch"],
+                        "--base is for task_arithmetic, ties: the average method does not use it"),
+                       (["--method", "ties", "--eps", "0.1", "--normalize"],
+                        "--eps is for fisher; --normalize is for fisher: the ties method does not use them")):
+        out = runner.invoke(main, ["merge", a.version_id[:8], b.version_id[:8], *args, "-m", "m"])
+        assert out.exit_code == 2 and out.output.splitlines()[-1] == f"Error: {says}", out.output
+    assert len(Ledger.open(project).versions()) == before
+    ties = _json(runner.invoke(main, ["merge", a.version_id[:8], b.version_id[:8], "--method", "ties", "--density",
+                                      "1", "--base", base.version_id[:8], "-m", "ties", "--json"]))
+    assert (ties["receipt"]["density"], ties["receipt"]["base_version"]) == (1.0, base.version_id)
 
 
 def test_text_with_brackets_is_printed_as_it_is(project, runner):
