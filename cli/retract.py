@@ -27,10 +27,11 @@ from provenance.cli.audits import audit_group
 
 @main.command("retract")
 @click.argument("target", required=False, metavar="[DATASET | RETRACTION-ID]")
-@click.option("--shard", default=None, help="A shard of the dataset (index or name).")
+@click.option("--shard", default=None, help="A shard of the dataset (index or name; not with --key).")
 @click.option("--key", default=None, help="A document key of the dataset.")
 @click.option("--text", "text_file", type=click.File("rb"), default=None,
-              help="A file with the text of a document ('-': stdin); the text itself is not kept.")
+              help="A file with the text of a document ('-': stdin), looked for in every dataset (so without DATASET, "
+                   "--shard or --key); the text itself is not kept.")
 @click.option("--near", type=float, default=None,
               help="Also its near-duplicates (estimated Jaccard >= NEAR) in any dataset.")
 @click.option("--reason", default=None, help="Why (a removal request, a licence audit); required to record one.")
