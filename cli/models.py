@@ -205,6 +205,8 @@ def merge_cmd(obj: Context, versions: tuple[str, ...], method: str, weights: str
               deny_license: str | None, full_lineage: bool, deny_retracted: bool, message: str, author: str | None,
               as_json: bool) -> None:
     """Merge versions into a new version whose parents are all of them, with a receipt."""
+    if len(versions) < 2:  # one made a copy of it with one parent and a receipt: a second version forgotten
+        raise click.UsageError("a merge takes at least two versions: prov merge V1 V2 [V3 ...]")
     try:
         lam = [float(w) for w in weights.split(",")] if weights else None
     except ValueError:

@@ -266,6 +266,9 @@ def test_merge_cli_and_the_receipt_in_model_show(project, runner):
                         "--eps is for fisher; --normalize is for fisher: the ties method does not use them")):
         out = runner.invoke(main, ["merge", a.version_id[:8], b.version_id[:8], *args, "-m", "m"])
         assert out.exit_code == 2 and out.output.splitlines()[-1] == f"Error: {says}", out.output
+    one = runner.invoke(main, ["merge", a.version_id[:8], "-m", "m"])  # made a copy of a, with a receipt
+    assert one.exit_code == 2 and one.output.splitlines()[-1] == ("Error: a merge takes at least two versions: "
+                                                                  "prov merge V1 V2 [V3 ...]")
     assert len(Ledger.open(project).versions()) == before
     ties = _json(runner.invoke(main, ["merge", a.version_id[:8], b.version_id[:8], "--method", "ties", "--density",
                                       "1", "--base", base.version_id[:8], "-m", "ties", "--json"]))
