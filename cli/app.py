@@ -349,3 +349,20 @@ def _write_html(report: Any, path: Path | None) -> None:
         from provenance.cli.render import as_data
 
         write_report(as_data(report), path)
+
+
+def read_keys(file: Any) -> list[str]:
+    """The document keys in ``file`` (opened with ``click.File("rb")``), one per line: each line as
+    it is but its line ending (spaces are part of a key), blank lines skipped. A file that is not
+    UTF-8 is an error naming the file and the line (it was a traceback and exit status 1)."""
+    import io
+
+    raw = file.read()
+    try:
+        content = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        name = getattr(file, "name", "-")
+        raise CliError(f"{'stdin' if name in ('-', '<stdin>') else name}: line {line} is not UTF-8 "
+                       f"(byte {exc.start})", kind="source") from None
+    return [k for k in (line.rstrip("\r\n") for line in io.StringIO(content, newline=None)) if k]

@@ -60,10 +60,11 @@ def lineage_cmd(obj: Context, ref: str, fmt: str, show_all: bool, as_json: bool)
 
 @main.command("taint")
 @click.argument("target", required=False, metavar="[DATASET]")
-@click.option("--shard", default=None, help="A shard of the dataset (index or name).")
+@click.option("--shard", default=None, help="A shard of the dataset (index or name; not with --key).")
 @click.option("--key", default=None, help="A document key of the dataset.")
 @click.option("--text", "text_file", type=click.File("rb"), default=None,
-              help="A file with the text of a document ('-': stdin); found by exact hash, or with --near by similarity.")
+              help="A file with the text of a document ('-': stdin), looked for in every dataset (so without DATASET, "
+                   "--shard or --key): by exact hash, or with --near by similarity.")
 @click.option("--near", type=float, default=None, help="Also versions whose lineage holds a near-duplicate "
               "(estimated Jaccard >= NEAR) of the target document in any dataset.")
 @json_option

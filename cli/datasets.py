@@ -9,7 +9,7 @@ import click
 from rich.table import Table
 
 from provenance.cli import render
-from provenance.cli.app import Context, FloatRange, _ray_engine, _ray_options, json_option, main, pass_ctx
+from provenance.cli.app import Context, FloatRange, _ray_engine, _ray_options, json_option, main, pass_ctx, read_keys
 from provenance.plain import dumps
 from provenance.records import DatasetRecord, ShardRecord
 
@@ -124,7 +124,7 @@ def dataset_export(obj: Context, ref: str, fmt: str, output: str | None) -> None
 @dataset_group.command("remove")
 @click.argument("name", metavar="NAME")
 @click.argument("keys", nargs=-1, metavar="KEY...")
-@click.option("--keys-file", type=click.File("r", encoding="utf-8"), default=None,
+@click.option("--keys-file", type=click.File("rb"), default=None,
               help="A file of keys, one per line ('-': stdin), with or instead of KEY...; each line is a key as it "
                    "is, spaces included (blank lines are skipped).")
 @click.option("--reason", default=None, help="Why (recorded with the removed documents).")
@@ -138,8 +138,7 @@ def dataset_remove(obj: Context, name: str, keys: tuple[str, ...], keys_file: An
     listed with the reason. Train the retrained version on NAME@NEW."""
     wanted = list(keys)
     if keys_file is not None:
-        # a key is the whole line but its line ending, as `prov run log` reads keys: " c " is not "c"
-        wanted += [k for k in (line.rstrip("\r\n") for line in keys_file) if k]
+        wanted += read_keys(keys_file)  # a key is the whole line but its line ending: " c " is not "c"
     if not wanted:
         raise click.UsageError("give the keys of the documents to remove (KEY... or --keys-file)")
     result = obj.ledger().remove_documents(name, wanted, reason=reason, retraction=retraction)

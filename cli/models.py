@@ -205,12 +205,15 @@ def merge_cmd(obj: Context, versions: tuple[str, ...], method: str, weights: str
               deny_license: str | None, full_lineage: bool, deny_retracted: bool, message: str, author: str | None,
               as_json: bool) -> None:
     """Merge versions into a new version whose parents are all of them, with a receipt."""
+    if len(versions) < 2:  # one made a copy of it with one parent and a receipt: a second version forgotten
+        raise click.UsageError("a merge takes at least two versions: prov merge V1 V2 [V3 ...]")
     try:
         lam = [float(w) for w in weights.split(",")] if weights else None
     except ValueError:
         raise click.BadParameter(f"{weights!r}: expected numbers separated by commas", param_hint="--weights") from None
     if gate and audit:
         raise click.UsageError("give --gate (run the gate now) or --audit ID (cite one), not both")
+    _check_method_options(method)
     if not gate and (eval_datasets or max_overlap is not None or max_contamination is not None or deny_license
                      or full_lineage or deny_retracted):
         raise click.UsageError("--eval, --max-overlap, --max-contamination, --deny-licence, --deny-retracted and "
@@ -231,6 +234,24 @@ def merge_cmd(obj: Context, versions: tuple[str, ...], method: str, weights: str
     receipt = ledger.receipt(version).to_dict()
     render.emit({**version.model_dump(mode="json"), "receipt": receipt,
                  "cited_gate": _cited_gate(ledger, receipt["audit_id"])}, as_json, _merged_text)
+
+
+def _check_method_options(method: str) -> None:
+    """Refuse an option given for a method that does not use it: `--density 0.3` without `--method
+    ties` made a Fisher merge and dropped the density, and `--base` with averaging was ignored
+    unread (a ref that named nothing included)."""
+    ctx = click.get_current_context()
+    given = [o for o in ("base", "eps", "normalize", "density")
+             if ctx.get_parameter_source(o) is not click.core.ParameterSource.DEFAULT]
+    unused = [o for o in given if not _uses(merge_methods.get(method), o)]
+    if unused:
+        users = [", ".join(n for n in merge_methods.names() if _uses(merge_methods.get(n), o)) for o in unused]
+        raise click.UsageError(f"{'; '.join(f'--{o} is for {u}' for o, u in zip(unused, users))}: the {method} "
+                               f"method does not use {'it' if len(unused) == 1 else 'them'}")
+
+
+def _uses(method: Any, option: str) -> bool:
+    return method.needs_base if option == "base" else option in method.options
 
 
 def _cited_gate(ledger: Any, audit_id: str | None) -> dict[str, Any] | None:

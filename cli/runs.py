@@ -11,8 +11,8 @@ import click
 from rich.table import Table
 
 from provenance.cli import render
-from provenance.cli.app import Context, author_option, json_option, main, pass_ctx
-from provenance.plain import dumps
+from provenance.cli.app import Context, author_option, json_option, main, pass_ctx, read_keys
+from provenance.plain import counted, dumps
 
 
 @main.group("run")
@@ -82,19 +82,19 @@ def run_start(obj: Context, message: str, base: str | None, datasets: tuple[str,
 
 @run_group.command("log")
 @click.argument("ref", metavar="RUN")
-@click.argument("keys_file", metavar="KEYS", type=click.File("r", encoding="utf-8"), default="-")
+@click.argument("keys_file", metavar="KEYS", type=click.File("rb"), default="-")
 @click.option("--step", type=click.IntRange(0, 2**63 - 1), required=True, help="The training step these examples were seen at.")
 @click.option("--dataset", default=None, help="Look the keys up in this dataset only.")
 @json_option
 @pass_ctx
 def run_log(obj: Context, ref: str, keys_file, step: int, dataset: str | None, as_json: bool) -> None:
     """Log the document keys in KEYS (one per line; - for stdin) as seen at --step."""
-    keys = [line.rstrip("\r\n") for line in keys_file]
-    keys = [k for k in keys if k]
+    keys = read_keys(keys_file)
     run = obj.ledger().attach_run(ref)
     run.log_examples(keys, step=step, dataset=dataset)
     run.flush()  # written (and checked) when this returns
-    render.emit({"run_id": run.run_id, "logged": len(keys), "step": step}, as_json, lambda d: f"logged {d['logged']} examples")
+    render.emit({"run_id": run.run_id, "logged": len(keys), "step": step}, as_json,
+                lambda d: f"logged {counted(d['logged'], 'example')}")
 
 
 @run_group.command("finish")

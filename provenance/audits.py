@@ -483,8 +483,9 @@ def taint_report(ledger: LedgerStore, *, dataset: str | None = None, shard: str 
     exact hash among all documents (of every fingerprint config), and with ``near`` every
     document of estimated Jaccard ≥ ``near`` to the target (the text, or the document ``key``)
     taints the versions that trained on it."""
-    from provenance.lineage import tainted_versions, target_rows
+    from provenance.lineage import check_target, tainted_versions, target_rows
 
+    check_target(dataset, shard, key, text)
     if near is not None:
         near = check_threshold(near, "near")
     if text is None and (near is None or key is None):

@@ -195,6 +195,20 @@ def taint(ledger: LedgerStore, *, dataset: str | None = None, shard: str | int |
     return tainted_versions(graph, runs)
 
 
+def check_target(dataset: Any = None, shard: str | int | None = None, key: str | None = None,
+                 text: str | None = None) -> None:
+    """Refuse a taint or retraction target whose parts do not go together, which took one part and
+    dropped the others unsaid: a text is looked for in every dataset (a dataset, shard or key beside
+    it was ignored), and a key names its document in whichever shard holds it (a shard beside it
+    was ignored, one the dataset does not have included)."""
+    if text is not None and (dataset is not None or shard is not None or key is not None):
+        raise InvalidParameterError("a text is looked for in every dataset: give it alone, without a dataset, shard "
+                                    "or key")
+    if shard is not None and key is not None:
+        raise InvalidParameterError(f"give a shard or a document key, not both (key {key!r} names its document in "
+                                    "whichever shard holds it)")
+
+
 def target_rows(ledger: LedgerStore, dataset: str | DatasetRecord | None, shard: str | int | None = None,
                 key: str | None = None) -> list[dict[str, Any]]:
     """What a taint or retraction target names, as rows ``dataset_id, shard_index, doc_id, key``
@@ -206,6 +220,7 @@ def target_rows(ledger: LedgerStore, dataset: str | DatasetRecord | None, shard:
     is looked for in every version (an error if none holds it); a shard (index, name or file) is
     found in the newest version that has one so named and then, by that shard's name, in every
     version that has it."""
+    check_target(dataset, shard, key)
     if key is not None:
         return [{"dataset_id": d.dataset_id, "shard_index": d.shard_index, "doc_id": d.doc_id, "key": key}
                 for d in target_documents(ledger, dataset, key)]

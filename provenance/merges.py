@@ -164,6 +164,10 @@ def merge(
     parent the inputs share).
     """
     how = methods.get(method)
+    if base is not None and not how.needs_base:  # it was ignored, a ref that names nothing included
+        using = ", ".join(n for n in methods.names() if methods.get(n).needs_base)
+        raise InvalidParameterError(f"base= is the version task vectors start from ({using}); the {method} method "
+                                    "does not use one")
     if not isinstance(message, str) or not message.strip():
         raise InvalidParameterError("a merge needs a message")
     check_utf8(message, "the merge's message")

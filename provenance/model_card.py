@@ -29,7 +29,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from provenance.errors import NotFoundError
+from provenance.errors import InvalidParameterError, NotFoundError
 from provenance.ledger import LedgerStore
 from provenance.records import VersionRecord
 from provenance.results import LicenseSummary, Lineage
@@ -58,6 +58,10 @@ def model_card(ledger: Any, version: str | VersionRecord, *, base_model: str | N
     except ImportError as exc:  # pragma: no cover - transformers brings it
         raise ImportError("model cards need huggingface_hub: pip install huggingface_hub (or 'provenance[hf]')") from exc
 
+    if base_model is not None and not (isinstance(base_model, str) and _HUB_NAME.fullmatch(base_model)):
+        # it went into the YAML and the link as given: '' made `base_model: ''`, a space or a newline a broken link
+        raise InvalidParameterError(f"base model {base_model!r} is not a Hugging Face Hub name (NAME or ORG/NAME: "
+                                    "ASCII letters, digits, '.', '_', '-')")
     ver = ledger.version(version)
     lin = ledger.lineage(ver)
     if base_model is None and isinstance(ledger, LedgerStore):

@@ -533,11 +533,13 @@ def audit_retraction(ledger: Any, retraction: str, *, samples: Any = None, relea
         tainted = retraction_taint(ledger, rid, graph=graph, extra_doc_ids=[c["doc_id"] for c in copies])
         checked = [{"version_id": r["new_version_id"], "as": f"{r['action']} of {r['version_id'][:12]}",
                     "exact": r["exact"]} for r in rec["results"]]
+        matched = []
         if releases:  # each release version once, with every matching tag; one a step made is listed already
             named: dict[str, list[str]] = {}
             made = {c["version_id"] for c in checked}
-            for t in ledger.tags():
-                if fnmatch.fnmatchcase(t.name, releases) and t.version_id not in made:
+            matched = [t for t in ledger.tags() if fnmatch.fnmatchcase(t.name, releases)]
+            for t in matched:
+                if t.version_id not in made:
                     named.setdefault(t.version_id, []).append(t.name)
             checked += [{"version_id": v, "as": f"release {', '.join(names)}", "exact": None}
                         for v, names in named.items()]
@@ -563,6 +565,8 @@ def audit_retraction(ledger: Any, retraction: str, *, samples: Any = None, relea
                             f"provenance made without {stale[under][:12]}'s clean version: record the retraction "
                             "again, apply it, and make this version again on its result")
     problems += unsearched
+    if releases and not matched and checked:  # a mistyped pattern checked no release, and passed
+        problems.append(f"no tag matches --releases {releases!r}: no release was checked")
     if not checked:
         problems.append("nothing to check: no step has been applied (prov retract ID --apply) and no release matched "
                         + (repr(releases) if releases else "(give --releases PATTERN)"))

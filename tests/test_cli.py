@@ -256,6 +256,23 @@ def test_merge_cli_and_the_receipt_in_model_show(project, runner):
     assert no_fisher.exit_code == 4 and "no stored Fisher" in no_fisher.output
     bad = runner.invoke(main, ["merge", a.version_id[:8], b.version_id[:8], "--weights", "x,1", "-m", "m"])
     assert bad.exit_code == 2 and "expected numbers separated by commas" in bad.output
+    # an option the method does not use was dropped silently (stranger pass 25): `--density` without
+    # `--method ties` made a Fisher merge, `--base nosuch` with averaging was never even looked up
+    before = len(ledger.versions())
+    for args, says in ((["--density", "0.5"], "--density is for ties: the fisher method does not use it"),
+                       (["--method", "average", "--base", "nosuch"],
+                        "--base is for task_arithmetic, ties: the average method does not use it"),
+                       (["--method", "ties", "--eps", "0.1", "--normalize"],
+                        "--eps is for fisher; --normalize is for fisher: the ties method does not use them")):
+        out = runner.invoke(main, ["merge", a.version_id[:8], b.version_id[:8], *args, "-m", "m"])
+        assert out.exit_code == 2 and out.output.splitlines()[-1] == f"Error: {says}", out.output
+    one = runner.invoke(main, ["merge", a.version_id[:8], "-m", "m"])  # made a copy of a, with a receipt
+    assert one.exit_code == 2 and one.output.splitlines()[-1] == ("Error: a merge takes at least two versions: "
+                                                                  "prov merge V1 V2 [V3 ...]")
+    assert len(Ledger.open(project).versions()) == before
+    ties = _json(runner.invoke(main, ["merge", a.version_id[:8], b.version_id[:8], "--method", "ties", "--density",
+                                      "1", "--base", base.version_id[:8], "-m", "ties", "--json"]))
+    assert (ties["receipt"]["density"], ties["receipt"]["base_version"]) == (1.0, base.version_id)
 
 
 def test_text_with_brackets_is_printed_as_it_is(project, runner):
@@ -296,6 +313,25 @@ def test_remove_keys_file_takes_each_line_as_it_is(project, runner):
     keys = _json(runner.invoke(main, ["sql", "select key from documents where dataset_id = 'sp@2' order by key",
                                       "--json"]))
     assert [r["key"] for r in keys] == ["c", "d"]
+
+
+def test_keys_that_are_not_utf8_are_an_error_naming_the_line(project, runner):
+    """A keys file with a byte that is not UTF-8 (`dataset remove --keys-file`, `run log KEYS`) was a
+    traceback and exit status 1, the status of a failed gate (stranger pass 25): now one line
+    naming the file and line, exit status 4, and nothing is removed or logged."""
+    (project / "k.jsonl").write_text('{"id": "a", "text": "first doc"}\n{"id": "b", "text": "second doc"}\n')
+    assert runner.invoke(main, ["dataset", "add", "k", "k.jsonl", "--id-field", "id"]).exit_code == 0
+    (project / "keys.txt").write_bytes(b"a\nb\xff\n")
+    removed = runner.invoke(main, ["dataset", "remove", "k", "--keys-file", "keys.txt"])
+    assert removed.exit_code == 4 and removed.output.strip() == "Error: keys.txt: line 2 is not UTF-8 (byte 3)"
+    assert [r["dataset_id"] for r in _json(runner.invoke(main, ["dataset", "list", "--json"]))] == ["k@1"]
+    run_id = _json(runner.invoke(main, ["run", "start", "-m", "r", "-d", "k", "--owner", "0", "--json"]))["run_id"]
+    logged = runner.invoke(main, ["run", "log", run_id, "--step", "0", "--json"], input=b"a\r\n\xffb\n")
+    assert logged.exit_code == 4
+    assert json.loads(logged.output) == {"error": "stdin: line 2 is not UTF-8 (byte 3)", "kind": "source"}
+    one = runner.invoke(main, ["run", "log", run_id, "--step", "0"], input=b"a\r\n\n")  # CRLF, a blank line
+    assert one.exit_code == 0 and one.output == "logged 1 example\n"  # was "1 examples"
+    assert _json(runner.invoke(main, ["run", "show", run_id, "--json"]))["n_logged"] == 1
 
 
 def test_sql_as_a_table_shows_its_first_rows(project, runner):

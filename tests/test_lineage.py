@@ -146,6 +146,29 @@ def test_taint_by_text_and_near_duplicates(family):
         taint_report(ledger, text="   ")
 
 
+
+def test_a_target_whose_parts_do_not_go_together_is_refused(family):
+    """`prov taint forum --text F` looked for the text in every dataset and dropped `forum`, and
+    `--key f1 --shard web.jsonl` dropped the shard (one forum does not have): the answer was for a
+    target other than the one given, and `prov retract` recorded it so (stranger pass 25)."""
+    ledger, v = family
+    text_and = "a text is looked for in every dataset: give it alone, without a dataset, shard or key"
+    key_and = r"give a shard or a document key, not both \(key 'f1' names its document in whichever shard holds it\)"
+    for target, says in (({"dataset": "forum", "text": "a forum post number 1"}, text_and),
+                         ({"key": "f1", "text": "a forum post number 1", "near": 0.5}, text_and),
+                         ({"dataset": "forum", "key": "f1", "shard": "web.jsonl"}, key_and),
+                         ({"dataset": "forum", "key": "f1", "shard": 0, "near": 0.5}, key_and)):
+        with pytest.raises(InvalidParameterError, match=says):
+            ledger.taint(**target)
+        with pytest.raises(InvalidParameterError, match=says):
+            ledger.retract(reason="asked", **target)
+    assert ledger.retractions() == []
+    assert {t.version_id for t in ledger.taint(dataset="forum", key="f1").versions} == {
+        v["forum"].version_id, v["merged"].version_id}
+    out = CliRunner().invoke(main, ["--ledger", str(ledger.root), "taint", "forum", "--key", "f1", "--shard", "0"])
+    assert out.exit_code == 4 and out.output.startswith("Error: give a shard or a document key, not both")
+
+
 def test_data_diff_and_graphs(family):
     from provenance.lineage import data_diff
 

@@ -407,6 +407,18 @@ def test_a_base_that_is_no_ancestor_of_the_inputs_is_refused(two):
     assert ledger.receipt(ledger.merge([a, b], method="ties", base=base, message="own base")).base_version == base.version_id
 
 
+def test_a_base_is_refused_by_a_method_that_does_not_use_one(two):
+    """``base=`` with averaging or Fisher merging was ignored, unread: a ref that named nothing
+    merged without a word (stranger pass 25)."""
+    ledger, base, a, b = two
+    before = len(ledger.versions())
+    for method, ref in (("average", "nosuch"), ("fisher", base)):
+        with pytest.raises(InvalidParameterError, match=rf"base= is the version task vectors start from "
+                                                        rf"\(task_arithmetic, ties\); the {method} method does not use one"):
+            ledger.merge([a, b], method=method, base=ref, message="with a base")
+    assert len(ledger.versions()) == before
+
+
 def test_a_parameter_the_base_lacks_is_named_for_task_vectors(ledger):
     """A base saved by save_pretrained without the tied lm_head.weight, and children committed from
     state_dict() with it: task arithmetic failed with `parameter 'lm_head.weight' is not in version …`.

@@ -166,6 +166,14 @@ def test_single_licence_card(ledger, data_dir, write_jsonl):
     assert "Non-commercial" not in card.text and "Unknown licence" not in card.text
     assert "[openai-community/gpt2](https://huggingface.co/openai-community/gpt2)" in card.text
     assert "None in the ledger: this version has no parent" in card.text  # not "the lineage starts at" itself
+    # a base model given was written as it was (stranger pass 25): '' made `base_model: ''`, a space or a
+    # newline a broken Hub link, a ')' ended the link early
+    for bad in ("", "gpt 2", "gpt2\nx", "a/b/c", "../gpt2", "gpt2)](https://example.org"):
+        with pytest.raises(InvalidParameterError, match=r"base model .* is not a Hugging Face Hub name"):
+            ledger.model_card(v, base_model=bad)
+    out = CliRunner().invoke(main, ["--ledger", str(ledger.root), "model", "card", v.version_id, "--base-model", ""])
+    assert out.exit_code == 4 and out.output == ("Error: base model '' is not a Hugging Face Hub name (NAME or "
+                                                 "ORG/NAME: ASCII letters, digits, '.', '_', '-')\n")
 
 
 def test_base_model_recorded_in_the_stored_config(ledger, tmp_path):

@@ -267,6 +267,10 @@ def test_retracting_x_remerges_b_and_c_bit_identically_and_proves_it(three):
     made = by_tag[f"remerge of {v['m'].version_id[:12]}"]
     assert made["clean"] and made["tags"] == [f"release-1+retracted-{rid}"]
     assert any("release release-1 " in p for p in releases["problems"])
+    # a pattern that matches no tag (a typo) checked no release and passed (stranger pass 25)
+    typo = ledger.audit_retraction(rid, releases="relase-*")
+    assert not typo["passed"] and [c["version_id"] for c in typo["checked"]] == [new.version_id]
+    assert typo["problems"] == ["no tag matches --releases 'relase-*': no release was checked"]
 
     taint = ledger.taint(dataset="private", key="X")
     assert [r["retraction_id"] for r in taint.retractions] == [rid] and taint.retractions[0]["results"] == [
