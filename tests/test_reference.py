@@ -103,3 +103,15 @@ def test_openapi_document_is_current():
     doc = json.loads(text())
     assert doc["info"]["title"] == "provenance ledger" and "/api/v1/lineage/{ref}" in doc["paths"]
     assert "/healthz" in doc["paths"] and "/api/v1/runs/{ref}/examples" in doc["paths"]
+
+
+def test_the_docs_name_the_schema_version_a_new_ledger_has():
+    """The schema page and the quickstart's `prov init` output name the version of the last
+    migration (both said 12 after migration 13 was added)."""
+    import re
+
+    from provenance.ledger import SCHEMA_VERSION
+
+    named = {page: re.findall(r"schema version (\d+)", (ROOT / "docs" / page).read_text(encoding="utf-8"))
+             for page in ("schema.md", "quickstart.md")}
+    assert named == {"schema.md": [str(SCHEMA_VERSION)], "quickstart.md": [str(SCHEMA_VERSION)]}
