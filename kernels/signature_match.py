@@ -84,66 +84,73 @@ def bucket_partners(starts: np.ndarray, members: np.ndarray, focus_starts: np.nd
 
 @cached_njit(nogil=True)
 def _partners(starts, members, focus_starts, focus_buckets, focus_rows, lo, hi, stamp, classes, open_starts, open_to):
-    n = _walk(starts, members, focus_starts, focus_buckets, focus_rows, lo, hi, stamp, classes, open_starts, open_to,
-              0, np.empty(0, np.int64), np.empty(0, np.int64))
-    a = np.empty(n, np.int64)
-    b = np.empty(n, np.int64)
-    _walk(starts, members, focus_starts, focus_buckets, focus_rows, lo, hi, stamp, classes, open_starts, open_to,
-          1, a, b)
-    return a, b
-
-
-@cached_njit(nogil=True)
-def _walk(starts, members, focus_starts, focus_buckets, focus_rows, lo, hi, stamp, classes, open_starts, open_to,
-          fill, a, b):
-    """:func:`_partners`' loop: counts the pairs (``fill`` 0), or writes them (1). A focus
-    document whose buckets hold at least a quarter as many rows as there are (:data:`DENSE`)
-    writes its mates in row order: they are stamped first, then read off the stamps in order, so
-    that their signatures are read in sequence (3× faster to compare than in the buckets'
-    order, where a large cluster's rows come scattered); the scan costs at most four times the
-    walk."""
-    n = 0
+    """:func:`bucket_partners` in one walk: the output is sized by what the focus documents'
+    buckets hold (each meets at most every row once), and cut to what they met. A focus
+    document whose buckets hold at least ``rows / DENSE`` rows writes its mates in row order:
+    they are stamped first, then read off the stamps in order, so that their signatures are
+    read in sequence (3× faster to compare than in the buckets' order, where a large
+    cluster's rows come scattered); the scan costs at most ``DENSE`` times the walk."""
     rows = stamp.shape[0]
+    cap = 0
+    for i in range(lo, hi):
+        cap += min(_held(starts, focus_starts, focus_buckets, i), rows)
+    a = np.empty(cap, np.int64)
+    b = np.empty(cap, np.int64)
+    n = 0
     for i in range(lo, hi):
         f = focus_rows[i]
-        c = classes[f]
-        mark = 2 * i + fill  # each row met once per focus document and round
-        skip = -mark - 2  # met, and formed by the mate (never -1, the stamp of a row not met)
-        dense = False
-        if fill:
-            bound = 0
-            for t in range(focus_starts[i], focus_starts[i + 1]):
-                bound += starts[focus_buckets[t] + 1] - starts[focus_buckets[t]]
-            dense = bound * DENSE >= rows
-        for t in range(focus_starts[i], focus_starts[i + 1]):
-            j = focus_buckets[t]
-            for s in range(starts[j], starts[j + 1]):
-                m = members[s]
-                if m == f or stamp[m] == mark or stamp[m] == skip:
-                    continue
-                if m < f:  # formed by m where m looks for f's class too
-                    looks = False
-                    for u in range(open_starts[m], open_starts[m + 1]):
-                        if open_to[u] == c:
-                            looks = True
-                            break
-                    if looks:
-                        stamp[m] = skip
-                        continue
-                stamp[m] = mark
-                if fill and not dense:
-                    a[n] = f
-                    b[n] = m
-                n += 1 - dense
-        if dense:
+        mark = i  # each row met once per focus document (stamp: -1 until met)
+        if _held(starts, focus_starts, focus_buckets, i) * DENSE >= rows:
+            _meet(starts, members, focus_starts, focus_buckets, f, i, stamp, classes, open_starts, open_to, a, b, -1)
             for m in range(rows):
                 if stamp[m] == mark:
                     a[n] = f
                     b[n] = m
                     n += 1
+        else:
+            n = _meet(starts, members, focus_starts, focus_buckets, f, i, stamp, classes, open_starts, open_to, a, b, n)
+    return a[:n], b[:n]
+
+
+@cached_njit(nogil=True, inline="always")
+def _held(starts, focus_starts, focus_buckets, i):
+    """How many rows the buckets of focus document ``i`` hold, counted with repeats."""
+    held = 0
+    for t in range(focus_starts[i], focus_starts[i + 1]):
+        held += starts[focus_buckets[t] + 1] - starts[focus_buckets[t]]
+    return held
+
+
+@cached_njit(nogil=True, inline="always")
+def _meet(starts, members, focus_starts, focus_buckets, f, i, stamp, classes, open_starts, open_to, a, b, n):
+    """Walk the buckets of focus document ``i`` (row ``f``), stamping each mate met with ``i``,
+    or with ``-i - 2`` where the mate forms the pair itself (a smaller row that looks for
+    ``f``'s class); with ``n >= 0``, also write the pairs from ``n`` on and return the new end."""
+    c = classes[f]
+    skip = -i - 2
+    for t in range(focus_starts[i], focus_starts[i + 1]):
+        j = focus_buckets[t]
+        for s in range(starts[j], starts[j + 1]):
+            m = members[s]
+            if m == f or stamp[m] == i or stamp[m] == skip:
+                continue
+            if m < f:  # formed by m where m looks for f's class too
+                looks = False
+                for u in range(open_starts[m], open_starts[m + 1]):
+                    if open_to[u] == c:
+                        looks = True
+                        break
+                if looks:
+                    stamp[m] = skip
+                    continue
+            stamp[m] = i
+            if n >= 0:
+                a[n] = f
+                b[n] = m
+                n += 1
     return n
 
 
-#: A focus document is walked densely (:func:`_walk`) when its buckets hold at least
+#: A focus document is walked densely (:func:`_partners`) when its buckets hold at least
 #: ``rows / DENSE`` rows.
 DENSE = 4
