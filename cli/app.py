@@ -336,6 +336,19 @@ def main(ctx: click.Context, ledger: str | None, wait: float, quiet: bool) -> No
     ctx.obj = Context(ledger, wait, quiet)
 
 
+def audit_ledger(obj: Context, no_store: bool):
+    """The ledger an audit command runs on: opened read-only with ``--no-store``; one that cannot
+    be written refused before the audit runs (it failed at the end, after the audit's work),
+    saying the way round."""
+    ledger = obj.ledger(read_only=no_store)
+    if not no_store and ledger.read_only:
+        from provenance.errors import LedgerReadOnlyError
+
+        raise LedgerReadOnlyError(f"ledger {ledger.root} cannot be written (its database file or folder is read-only), "
+                                  "and the audit is stored in it: --no-store runs the audit without storing it")
+    return ledger
+
+
 no_store_option = click.option(
     "--no-store", is_flag=True,
     help="Keep nothing in the ledger (the report is printed, not stored); opens the ledger read-only.")

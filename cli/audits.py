@@ -22,6 +22,7 @@ from provenance.cli.app import (
     _ray_engine,
     _ray_options,
     _write_html,
+    audit_ledger,
     json_option,
     main,
     no_store_option,
@@ -113,7 +114,7 @@ def audit_dedup_cmd(obj: Context, targets: tuple[str, ...], threshold: float, ve
                     no_store: bool, as_json: bool) -> None:
     """Near-duplicate documents in datasets, or in everything in a version's lineage: the
     duplicate rate, clusters, each document's near-copies and the pairs."""
-    ledger = obj.ledger(read_only=no_store)
+    ledger = audit_ledger(obj, no_store)
     html_path = ledger.output_path(html_file) if html_file else None
     if html_path is not None and pairs_file is not None and html_path == ledger.output_path(pairs_file):
         raise click.UsageError(f"--html and --pairs name the same file {pairs_file!r}: the page would replace the pairs")
@@ -245,7 +246,7 @@ def audit_merge_cmd(obj: Context, versions: tuple[str, ...], threshold: float, n
     evaluation data. Exit status 1 when a policy limit is broken, so it can gate a merge in CI."""
     if len(versions) < 2:
         raise click.UsageError("the gate compares at least two versions: prov audit merge A B [C ...]")
-    ledger = obj.ledger(read_only=no_store)
+    ledger = audit_ledger(obj, no_store)
     html_path = ledger.output_path(html_file) if html_file else None
     with render.progress(obj.quiet) as bar:
         report = ledger.audit_merge(list(versions), eval_datasets=list(eval_datasets) or None,
@@ -276,7 +277,7 @@ def audit_memorization_cmd(obj: Context, ref: str, samples_file: str, threshold:
                            html_file: str | None, no_store: bool, as_json: bool) -> None:
     """Which training documents in VERSION's lineage its generated samples reproduce (near-duplicate
     or a long exact span), with how many times training saw each and its near-copies."""
-    ledger = obj.ledger(read_only=no_store)
+    ledger = audit_ledger(obj, no_store)
     html_path = ledger.output_path(html_file) if html_file else None
     with render.progress(obj.quiet) as bar:
         report = ledger.audit_memorization(ref, samples_file, threshold=threshold, span=span, store=not no_store,

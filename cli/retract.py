@@ -16,6 +16,7 @@ from provenance.cli.app import (
     Context,
     FloatRange,
     _write_html,
+    audit_ledger,
     author_option,
     json_option,
     main,
@@ -191,7 +192,7 @@ def audit_retraction_cmd(obj: Context, retraction_id: str, samples_file: str | N
     """The proof of a retraction: no version it made (and, with --releases, no release) has the
     retracted documents or copies of them found now in its lineage, and no sample reproduces
     them. Exit status 1 when something is not clean."""
-    ledger = obj.ledger(read_only=no_store)
+    ledger = audit_ledger(obj, no_store)
     html_path = ledger.output_path(html_file) if html_file else None
     report = ledger.audit_retraction(retraction_id, samples=samples_file, releases=releases, threshold=threshold,
                                      span=span, store=not no_store)

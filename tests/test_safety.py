@@ -369,6 +369,12 @@ def test_read_only_mount_serves_every_read_command(project, tmp_path):
         for args in (["tag", "x", child.version_id], ["verify", "--repair"]):
             result = CliRunner().invoke(main, [*cli, *args])
             assert result.exit_code == 4 and "open read-only" in result.output, (args, result.output)
+        for args in (["audit", "dedup", "news"], ["audit", "merge", base.version_id, child.version_id],
+                     ["audit", "memorization", child.version_id, "--samples", str(tmp_path / "news.jsonl")]):
+            result = CliRunner().invoke(main, [*cli, *args])  # refused before the audit's work, with the way round
+            assert result.exit_code == 4 and result.output == (
+                f"Error: ledger {mount / '.prov'} cannot be written (its database file or folder is read-only), and "
+                "the audit is stored in it: --no-store runs the audit without storing it\n"), (args, result.output)
     finally:
         subprocess.run(["umount", str(mount)], check=False)
         mount.rmdir()
