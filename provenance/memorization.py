@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from provenance import columns
 from provenance.audits import AuditRun, check_threshold, iter_texts, read_samples, resolve_scope
@@ -115,10 +114,9 @@ def audit_memorization(
         if focus:  # each matched document's near copies in training
             tx.partner_pairs(audit_id, focus, run.banding.bands, run.banding.rows, run.min_matches,
                              stored=run.stored_bands)
-        near = tx.neighbours(audit_id, matched) if matched else None
+        exposure = _exposure(ledger, tx, audit_id, runs, matched, doc_rep)
         docs = {r["doc_id"]: r for r in tx.staged_documents(matched)}
         tx.drop_audit_tables()
-        exposure = _exposure(ledger, runs, matched, near)
         report_samples = _sample_reports(texts, sigs, k, matches, docs, exposure)
         memorized = [s for s in report_samples if s["matches"]]
         summary = {"samples": len(texts), "samples_matching_training": len(memorized),
@@ -139,24 +137,21 @@ def audit_memorization(
     return result
 
 
-def _exposure(ledger: LedgerStore, runs: list[str], matched: list[int], near: pa.Table | None
-              ) -> dict[int, tuple[int, float, float]]:
-    """Each matched document's near-copies (``near``: ``doc, other``, sorted), how often training
-    saw it, and how often it saw it and them: ``doc -> (near_copies, seen, exposure)``, the sums
-    exactly rounded, so that they depend on neither the order of the rows nor the database's threads."""
+def _exposure(ledger: LedgerStore, tx: Any, audit_id: str, runs: list[str], matched: list[int],
+              doc_rep: dict[int, int]) -> dict[int, tuple[int, float, float]]:
+    """Each matched document's near-copies, how often training saw it, and how often it saw it
+    and them: ``doc -> (near_copies, seen, exposure)``. A document's near-copies are the other
+    members of its group and of the groups it is paired with, so both figures are its group's
+    (:meth:`~provenance.ledger.audit_sql.AuditWrites.near_sums`): the sums exact, so that they
+    depend on neither the order of the rows nor the database's threads."""
     if not matched:
         return {}
-    doc, other = (columns.to_numpy(near.column(c)) for c in ("doc", "other"))
-    ids = np.union1d(np.asarray(matched, np.int64), other)
-    table = ledger.exposure(runs, ids)
-    seen = np.zeros(len(ids))
-    seen[np.searchsorted(ids, columns.to_numpy(table.column("doc_id")))] = columns.to_numpy(table.column("seen"))
-    mine = np.searchsorted(ids, np.asarray(matched, np.int64))
-    # the near-copies of each matched document are a run of ``near`` (sorted by doc)
-    start, end = np.searchsorted(doc, matched, "left"), np.searchsorted(doc, matched, "right")
-    theirs = seen[np.searchsorted(ids, other)]
-    return {d: (b - a, float(seen[j]), math.fsum([float(seen[j]), *theirs[a:b].tolist()]))  # exactly rounded
-            for d, a, b, j in zip(matched, start.tolist(), end.tolist(), mine.tolist())}
+    ids = tx.near_members(audit_id, matched)  # the matched documents among them
+    seen_table = ledger.exposure(runs, ids)
+    sums = tx.near_sums(seen_table)
+    seen = dict(zip(columns.to_numpy(seen_table.column("doc_id")).tolist(),
+                    columns.to_numpy(seen_table.column("seen")).tolist()))
+    return {d: (sums[doc_rep[d]][0] - 1, float(seen.get(d, 0.0)), sums[doc_rep[d]][1]) for d in matched}
 
 
 def _sample_reports(texts: list[str], sigs: np.ndarray, k: int, matches: dict[tuple[int, int], dict[str, Any]],

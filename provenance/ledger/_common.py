@@ -27,6 +27,13 @@ OBJECTS_DIR = "objects"
 DOCUMENTS_DIR = "documents"  # datasets whose document rows are kept as Parquet
 TMP_DIR = "tmp"
 
+#: 2⁶⁰ as a DuckDB DOUBLE: exact sums of doubles count in units of its inverse, as HUGEINT, and
+#: are rounded to a double once (the lineage's epochs and effective examples, the memorization
+#: audit's exposure): the same in any row order, where DuckDB's threads summing doubles gave other
+#: last bits from call to call. Scaling by 2⁶⁰ is exact, so a term is rounded only where it has
+#: bits below 2⁻⁶⁰; sums up to about 1.4·10²⁰ fit.
+EXACT_UNIT = "1152921504606846976::DOUBLE"
+
 
 #: DuckDB's Python module registers an Arrow table through a scan function of the database's
 #: catalog, which opening and closing a connection or a cursor sets up and drops: a connection

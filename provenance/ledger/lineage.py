@@ -13,11 +13,8 @@ import pyarrow as pa
 
 from provenance import columns
 from provenance.errors import InvalidParameterError, NotFoundError
-from provenance.ledger._common import register, unregister
+from provenance.ledger._common import EXACT_UNIT, register, unregister
 from provenance.records import looks_like_id
-
-#: 2⁶⁰ as a DOUBLE: lineage's exact sums count in units of its inverse (see ``_trained``).
-_UNIT = "1152921504606846976::DOUBLE"
 
 
 class LineageQueries:
@@ -89,8 +86,8 @@ class LineageQueries:
             f"""WITH agg AS (
                    SELECT rs.dataset_id, rs.shard_index, sum(rs.examples)::BIGINT AS examples,
                           max(rs.distinct_documents)::BIGINT AS distinct_documents,
-                          sum((rs.epochs * {_UNIT})::HUGEINT)::DOUBLE / {_UNIT} AS epochs,
-                          sum((r.weight * rs.examples * {_UNIT})::HUGEINT)::DOUBLE / {_UNIT} AS effective_examples,
+                          sum((rs.epochs * {EXACT_UNIT})::HUGEINT)::DOUBLE / {EXACT_UNIT} AS epochs,
+                          sum((r.weight * rs.examples * {EXACT_UNIT})::HUGEINT)::DOUBLE / {EXACT_UNIT} AS effective_examples,
                           count(*) AS runs
                    FROM lineage_runs r JOIN run_shards rs USING (run_id)
                    GROUP BY rs.dataset_id, rs.shard_index)
