@@ -294,6 +294,27 @@ def test_memorization_with_many_copies_counts_them_all(ledger, data_dir, write_j
     assert by_key["near"]["near_copies"] == 500 and by_key["near"]["exposure"] == 501 * 2.0
 
 
+def test_memorization_exposure_is_the_exact_sum_over_a_document_and_its_copies(ledger, data_dir, write_jsonl):
+    """Fractional epochs over two runs: a copy's exposure is the exactly rounded sum of what
+    training saw of it and of its 299 copies (math.fsum's answer), whatever order the rows come in."""
+    import math
+
+    x = words(6, 60)
+    write_jsonl(data_dir / "f.jsonl", [{"id": f"c{i}", "text": x} for i in range(300)]
+                + [{"id": f"u{i}", "text": words(400 + i)} for i in range(10)])
+    ledger.register_dataset("f", data_dir / "f.jsonl", id_field="id")
+    with ledger.start_run(datasets={"f": 0.1}, message="a tenth of an epoch") as run:
+        v1 = run.commit({"w": torch.zeros(2)})
+    with ledger.start_run(base=v1, datasets={"f": 1 / 3}, message="a third") as run:
+        v2 = run.commit({"w": torch.ones(2)})
+    report = audit_memorization(ledger, v2.version_id, [x], span=0)
+    matches = report["samples"][0]["matches"]
+    assert len(matches) == 300 and {m["near_copies"] for m in matches} == {299}
+    seen = 0.1 + 1 / 3
+    assert {m["seen"] for m in matches} == {seen}
+    assert {m["exposure"] for m in matches} == {math.fsum([seen] * 300)}
+
+
 def test_merge_with_the_gate_in_the_library(contributors):
     from provenance.errors import GateFailedError
 
