@@ -54,10 +54,12 @@ from provenance.wire import (
     BUNDLE,
     LOW_RANK_PREFIX,
     READ_POSTS,
+    WARNINGS_HEADER,
     ipc_to_table,
     raise_error,
     table_to_ipc,
     unpack,
+    warnings_of,
 )
 
 #: Examples a remote run buffers before sending them: each batch is a round trip and a transaction
@@ -72,6 +74,21 @@ RETRY_STATUS = (502, 503, 504)
 def is_url(path: Any) -> bool:
     return isinstance(path, str) and path.startswith(("http://", "https://"))
 
+
+
+def _warning_class(name: str) -> type[Warning]:
+    """The class of a warning the server passed on, by its name: the library's own (so that a
+    filter on it works as with a local ledger), else a built-in warning, else ``UserWarning``."""
+    import builtins
+
+    from provenance.audits import UnsearchedWarning
+    from provenance.croissant import ReadsOtherwiseWarning
+    from provenance.records import UnknownLicenseWarning
+    from provenance.runs import EpochsDisagreeWarning
+
+    own = {c.__name__: c for c in (UnsearchedWarning, ReadsOtherwiseWarning, UnknownLicenseWarning, EpochsDisagreeWarning)}
+    found = own.get(name, getattr(builtins, name, None))
+    return found if isinstance(found, type) and issubclass(found, Warning) else UserWarning
 
 class RemoteLedger:
     """The facade over HTTP (see the module doc)."""
@@ -147,6 +164,8 @@ class RemoteLedger:
                         except ValueError:
                             detail = response.text
                         raise_error(response.status_code, detail, f"{method} {url}")
+                    for category, message in warnings_of(response.headers.get(WARNINGS_HEADER)):
+                        warnings.warn(message, _warning_class(category), stacklevel=3)  # as a local ledger warns
                     if stream_to is not None:
                         _save(response, stream_to)
                         return stream_to

@@ -6,6 +6,7 @@ into the same exception class on the client.
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
 import pyarrow as pa
@@ -22,6 +23,31 @@ ARROW_STREAM = "application/vnd.apache.arrow.stream"
 LOW_RANK_PREFIX = "prov.low_rank."
 #: A result with Arrow tables in it (a lineage): a JSON header and one Arrow IPC stream per table.
 BUNDLE = "application/vnd.provenance.bundle"
+
+#: The warnings the library raised while the server answered a request (a dataset of role train
+#: compared as evaluation data, a licence it does not know): JSON, ``[{"category", "message"}]``,
+#: raised again on the client. At most :data:`MAX_WARNINGS`, each cut to :data:`WARNING_CHARS`.
+WARNINGS_HEADER = "x-prov-warnings"
+MAX_WARNINGS = 20
+WARNING_CHARS = 2000
+
+
+def warnings_header(held: list[tuple[str, str]]) -> bytes:
+    """``(category name, message)`` pairs as the value of :data:`WARNINGS_HEADER` (ASCII JSON:
+    a header holds no newline or other character outside Latin-1)."""
+    return json.dumps([{"category": c, "message": m[:WARNING_CHARS]} for c, m in held[:MAX_WARNINGS]],
+                      ensure_ascii=True).encode("ascii")
+
+
+def warnings_of(value: str | None) -> list[tuple[str, str]]:
+    """The ``(category name, message)`` pairs of a :data:`WARNINGS_HEADER` value; none when it is
+    absent or not such a list (a proxy's doing: a warning is not worth failing an answer for)."""
+    try:
+        items = json.loads(value) if value else []
+        return [(str(w["category"]), str(w["message"])) for w in items][:MAX_WARNINGS]
+    except (ValueError, TypeError, KeyError):
+        return []
+
 
 #: Tables a ledger server's SQL answers only for admin tokens: the tokens (their hashes), the
 #: stored answers of writes (other tokens' results) and the access log.

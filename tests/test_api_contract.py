@@ -171,6 +171,11 @@ def test_merge_gate_and_receipt(api, name, files):
     gate = api.audit_merge(heads, eval_datasets=[evals.dataset_id])
     assert isinstance(gate, GateReport) and gate.passed is False
     assert gate.contamination.contaminated_eval_documents == 3
+    # a warning reaches a server's client as it reaches a local caller (it stayed in the server's log)
+    with pytest.warns(UserWarning, match=rf"^{web.dataset_id} is registered as training data \(role train\) and is "
+                                         "compared here as evaluation data") as caught:
+        api.audit_merge(heads, eval_datasets=[web.dataset_id], max_contamination=None)
+    assert len([w for w in caught if "registered as training data" in str(w.message)]) == 1
     with pytest.raises(GateFailedError) as failed:
         api.merge(heads, method="average", message="refused", gate={"eval_datasets": [evals.dataset_id]})
     assert isinstance(failed.value.report, GateReport) and not failed.value.report.passed
@@ -472,3 +477,19 @@ def test_a_gated_merge_records_its_idempotency_key_with_the_merge_only(tmp_path,
     finally:
         WRITE_KEY.reset(mark)
     assert keys() == ["key-1"] and torch.equal(ledger.checkout(merged)["w"], torch.full((4,), 1.5))
+
+
+def test_the_warnings_header_round_trips_and_a_malformed_one_is_ignored():
+    from provenance.remote import _warning_class
+    from provenance.runs import EpochsDisagreeWarning
+    from provenance.wire import MAX_WARNINGS, WARNING_CHARS, warnings_header, warnings_of
+
+    held = [("UserWarning", f"line one\nline two ü {i}") for i in range(25)] + [("UserWarning", "x" * 5000)]
+    value = warnings_header(held).decode("ascii")  # a header: no newline, nothing outside ASCII
+    assert "\n" not in value and warnings_of(value) == held[:MAX_WARNINGS]
+    assert warnings_of(warnings_header([("UserWarning", "x" * 5000)]).decode()) == [("UserWarning", "x" * WARNING_CHARS)]
+    for bad in (None, "", "not json", "{}", "[1, 2]", '[{"category": "UserWarning"}]'):
+        assert warnings_of(bad) == []
+    assert _warning_class("EpochsDisagreeWarning") is EpochsDisagreeWarning
+    assert _warning_class("RuntimeWarning") is RuntimeWarning
+    assert _warning_class("ValueError") is UserWarning and _warning_class("NoSuchThing") is UserWarning

@@ -21,6 +21,7 @@ idempotency key, seconds) in ``access_log``, which ``prov sql`` can query.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import hashlib
 import json
@@ -28,6 +29,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -41,7 +43,7 @@ from provenance.files import atomic_write_text, describe
 from provenance.ledger import SERVING_FILE, WRITE_KEY
 from provenance.ledger._common import _now
 from provenance.server import LedgerService
-from provenance.wire import API, READ_POSTS, error_body, status_of
+from provenance.wire import API, READ_POSTS, WARNINGS_HEADER, error_body, status_of, warnings_header
 
 _ADMIN = (f"{API}/tokens", f"{API}/gc", f"{API}/verify", f"{API}/backup", f"{API}/audits/delete")
 _SCOPE_RANK = {"read": 0, "write": 1, "admin": 2}
@@ -49,6 +51,32 @@ MAX_JSON = 64 << 20  # bytes of a JSON request (uploads have their own limit, --
 #: The errors of a disk that refuses a write: full, over a quota, over the file size limit.
 _STORAGE_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _OPEN_PATHS = ("/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
+#: The warnings raised while the request this context answers runs (``(category, message)``).
+_HELD: contextvars.ContextVar[list[tuple[str, str]] | None] = contextvars.ContextVar("prov_held_warnings",
+                                                                                     default=None)
+
+
+def _relay_warnings() -> None:
+    """Send the library's warnings to the client whose request raised them (in the answer's
+    :data:`~provenance.wire.WARNINGS_HEADER`), where they were printed in the server's log only: a
+    gate comparing a training set as evaluation data said so to no one who asked. Each request
+    holds its own list (a context variable, which the threads answering it share); a warning
+    raised outside a request goes to the log as before. Every warning of the library is passed on,
+    not only its first at each place."""
+    if getattr(warnings.showwarning, "prov_relay", False):
+        return
+    shown = warnings.showwarning
+
+    def relay(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+              line: str | None = None) -> None:
+        held = _HELD.get()
+        if held is None:
+            return shown(message, category, filename, lineno, file, line)
+        held.append((category.__name__, str(message)))
+
+    relay.prov_relay = True
+    warnings.showwarning = relay
+    warnings.filterwarnings("always", module=r"provenance(\.|$)")
 
 
 def _bearer(headers: Any) -> str | None:
@@ -105,6 +133,7 @@ def create_app(service: LedgerService) -> FastAPI:
         return JSONResponse({"error": f"invalid parameter: {problems}", "kind": "InvalidParameterError"},
                             status_code=422)
 
+    _relay_warnings()
     app.add_middleware(Guard, service=service)
 
     @app.get("/healthz", tags=["service"])
@@ -135,6 +164,13 @@ class Guard:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] in _OPEN_PATHS:
             return await self.app(scope, receive, send)
+        held = _HELD.set([])  # this request's warnings (_relay_warnings)
+        try:
+            return await self._guarded(scope, receive, send)
+        finally:
+            _HELD.reset(held)
+
+    async def _guarded(self, scope: dict, receive: Any, send: Any) -> None:
         from starlette.concurrency import run_in_threadpool
         from starlette.datastructures import Headers
 
@@ -148,6 +184,8 @@ class Guard:
                 status[0] = message["status"]
                 message["headers"] = [*message.get("headers", []),
                                       (b"server-timing", f"app;dur={(time.perf_counter() - started) * 1e3:.1f}".encode())]
+                if held := _HELD.get():
+                    message["headers"].append((WARNINGS_HEADER.encode(), warnings_header(held)))
             await send(message)
 
         token = None
