@@ -383,20 +383,18 @@ def test_a_dedup_audit_does_not_import_pandas(graded_ledger, tmp_path):
     assert int(out[0]) > 10 and out[1] == "False"
 
 
-def test_bucket_partners_meets_each_bucket_mate_once():
-    """Each focus document with every other document of its buckets once, however many buckets
-    they share, and two focus documents once; over runs of focus documents sharing one stamp."""
+def _every_document_looks(n: int, buckets: list, focus: int, rng, runs: tuple) -> tuple:
+    """``bucket_partners`` over ``buckets`` (row arrays) with ``focus`` random focus documents
+    that look into every bucket they are in (the memorization audit's case), in ``runs`` of
+    focus documents sharing one stamp: ``(pairs got, pairs expected, focus rows, their buckets)``."""
     import numpy as np
 
     from provenance.kernels.signature_match import bucket_partners
 
-    rng = np.random.default_rng(4)
-    n, n_buckets = 200, 60
-    buckets = [rng.choice(n, int(rng.integers(2, 40)), replace=False) for _ in range(n_buckets)]
     starts = np.concatenate([[0], np.cumsum([len(x) for x in buckets])]).astype(np.int64)
     members = np.concatenate(buckets).astype(np.int64)
     is_focus = np.zeros(n, np.bool_)
-    is_focus[rng.choice(n, 30, replace=False)] = True
+    is_focus[rng.choice(n, focus, replace=False)] = True
     focus_rows = np.flatnonzero(is_focus)
     of = [[j for j, x in enumerate(buckets) if f in x] for f in focus_rows]
     focus_starts = np.concatenate([[0], np.cumsum([len(x) for x in of])]).astype(np.int64)
@@ -405,13 +403,26 @@ def test_bucket_partners_meets_each_bucket_mate_once():
                 if m != f and not (is_focus[m] and m < f)}
     stamp = np.full(n, -1, np.int64)
     got = []
-    for lo, hi in ((0, 7), (7, 7), (7, 30)):
+    for lo, hi in runs:
         a, b = bucket_partners(starts, members, focus_starts, focus_buckets, focus_rows, lo, hi, stamp,
                                classes=np.zeros(n, np.int64), open_starts=np.concatenate([[0], np.cumsum(is_focus)]),
                                open_to=np.zeros(len(focus_rows), np.int64))
         got += list(zip(a.tolist(), b.tolist()))
+    return got, expected, focus_rows, of
+
+
+def test_bucket_partners_meets_each_bucket_mate_once():
+    """Each focus document with every other document of its buckets once, however many buckets
+    they share, and two focus documents once; over runs of focus documents sharing one stamp."""
+    import numpy as np
+
+    rng = np.random.default_rng(4)
+    n = 200
+    buckets = [rng.choice(n, int(rng.integers(2, 40)), replace=False) for _ in range(60)]
+    got, expected, focus_rows, _ = _every_document_looks(n, buckets, 30, rng, ((0, 7), (7, 7), (7, 30)))
     assert len(got) == len(set(got)) and set(got) == expected and len(expected) > 500
-    assert {frozenset(p) for p in got if is_focus[p[1]]} and all(a < b for a, b in got if is_focus[b])
+    focus = set(focus_rows.tolist())
+    assert {frozenset(p) for p in got if p[1] in focus} and all(a < b for a, b in got if b in focus)
 
 
 def test_bucket_partners_writes_a_large_clusters_mates_in_row_order():
@@ -420,31 +431,15 @@ def test_bucket_partners_writes_a_large_clusters_mates_in_row_order():
     their buckets' order. Both kinds, over several runs, give every pair once."""
     import numpy as np
 
-    from provenance.kernels.signature_match import DENSE, bucket_partners
+    from provenance.kernels.signature_match import DENSE
 
     rng = np.random.default_rng(9)
     n = 2_000
     buckets = [rng.choice(n, int(rng.integers(300, 700)), replace=False) for _ in range(4)]
     buckets += [rng.choice(n, int(rng.integers(2, 12)), replace=False) for _ in range(400)]
-    starts = np.concatenate([[0], np.cumsum([len(x) for x in buckets])]).astype(np.int64)
-    members = np.concatenate(buckets).astype(np.int64)
-    is_focus = np.zeros(n, np.bool_)
-    is_focus[rng.choice(n, 150, replace=False)] = True
-    focus_rows = np.flatnonzero(is_focus)
-    of = [[j for j, x in enumerate(buckets) if f in x] for f in focus_rows]
-    focus_starts = np.concatenate([[0], np.cumsum([len(x) for x in of])]).astype(np.int64)
-    focus_buckets = np.array([j for x in of for j in x], np.int64)
+    got, expected, focus_rows, of = _every_document_looks(n, buckets, 150, rng, ((0, 40), (40, 41), (41, 150)))
     dense = {int(f) for f, js in zip(focus_rows, of) if sum(len(buckets[j]) for j in js) * DENSE >= n}
     assert 20 <= len(dense) <= len(focus_rows) - 20  # both kinds
-    expected = {(int(f), int(m)) for f, js in zip(focus_rows, of) for j in js for m in buckets[j]
-                if m != f and not (is_focus[m] and m < f)}
-    stamp = np.full(n, -1, np.int64)
-    got = []
-    for lo, hi in ((0, 40), (40, 41), (41, len(focus_rows))):
-        a, b = bucket_partners(starts, members, focus_starts, focus_buckets, focus_rows, lo, hi, stamp,
-                               classes=np.zeros(n, np.int64), open_starts=np.concatenate([[0], np.cumsum(is_focus)]),
-                               open_to=np.zeros(len(focus_rows), np.int64))
-        got += list(zip(a.tolist(), b.tolist()))
     assert len(got) == len(set(got)) and set(got) == expected and len(expected) > 20_000
     for f in dense:
         mates = [m for a, m in got if a == f]
