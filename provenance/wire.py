@@ -43,6 +43,7 @@ STATUS: dict[type[errors.ProvenanceError], int] = {
     errors.StorageUnreachableError: 503,  # the bucket did not answer: nothing is known of the object
     errors.LedgerDamagedError: 500,
     errors.ObjectWriteError: 507,  # Insufficient Storage (RFC 4918): the server's store refused the write
+    errors.BucketWriteError: 502,  # Bad Gateway: the bucket behind the server refused or did not answer (retried)
     errors.StorageFullError: 507,
 }
 
