@@ -146,7 +146,7 @@ class RemoteLedger:
                             detail = response.json()
                         except ValueError:
                             detail = response.text
-                        raise_error(response.status_code, detail, f"{method} {url}")
+                        raise_error(response.status_code, detail, f"{method} {self.url}{url}")
                     if stream_to is not None:
                         _save(response, stream_to)
                         return stream_to
