@@ -45,6 +45,7 @@ from provenance.records import (
     TagRecord,
     TokenRecord,
     VersionRecord,
+    check_name,
 )
 from provenance.results import DedupReport, GateReport, Lineage, MemorizationReport, MergeReceipt, TaintReport
 from provenance.runs import Run
@@ -582,6 +583,7 @@ class RemoteLedger:
     # -- tokens (admin) ---------------------------------------------------------------------------
 
     def issue_token(self, name: str, scope: str, *, expires_days: float | None = None) -> tuple[TokenRecord, str]:
+        check_name(name, "token name")  # the ledger's words, not the request model's pattern
         data = self._call("POST", "tokens", json_body={"name": name, "scope": scope, "expires_days": expires_days})
         secret = data.pop("token")
         return TokenRecord.model_validate(data), secret

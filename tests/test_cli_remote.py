@@ -178,3 +178,19 @@ def test_a_url_that_is_not_a_ledger_server_is_one_line_naming_it(tmp_path, monke
     assert result.output.startswith(f"Error: GET {url}/prefix/api/v1/datasets: HTTP 404, not a provenance ledger "
                                     "server's answer (is the URL the server's address?): <!DOCTYPE HTML> <html")
     assert result.output.count("\n") == 1
+
+
+def test_a_bad_token_name_through_a_server_is_refused_in_the_ledger_s_words(server, tmp_path, monkeypatch):
+    """A token name the ledger refuses was refused through a server in the request model's words
+    (`invalid request: body.name: String should match pattern '^[A-Za-z0-9]...'`). The client
+    checks it as the ledger does and says what a local ledger says, before anything is sent."""
+    from provenance import Ledger
+
+    monkeypatch.setenv("PROV_TOKEN", server.token)
+    Ledger.init(tmp_path / "local")
+    for name in ("bad name!", ".dot", "x" * 129):
+        remote = CliRunner().invoke(main, ["--ledger", server.url, "token", "create", name, "--scope", "read"])
+        local = CliRunner().invoke(main, ["--ledger", str(tmp_path / "local"), "token", "create", name, "--scope", "read"])
+        assert (remote.exit_code, remote.output) == (local.exit_code, local.output) == (4, (
+            f"Error: token name {name!r} must start with an ASCII letter or digit and hold only ASCII letters, "
+            "digits, '.', '_', '-' (at most 128 characters)\n"))
