@@ -91,6 +91,11 @@ class ObjectWriteError(ProvenanceError, OSError):
         return type(self), (self.args[0], self.folder)
 
 
+class BucketWriteError(ObjectWriteError):
+    """A bucket refused an upload or did not answer it (the network, the credentials, the
+    bucket's own limits): not the server's disk, and it may pass when tried again."""
+
+
 class StorageFullError(ProvenanceError, OSError):
     """The disk refused a write of the ledger's database (full, over a quota or a file size
     limit); the transaction was rolled back, so nothing of the command was kept."""

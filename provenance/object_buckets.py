@@ -42,6 +42,7 @@ import torch
 
 from provenance.buckets import filesystem, is_url, split_url
 from provenance.errors import (
+    BucketWriteError,
     InvalidParameterError,
     ObjectCorruptError,
     ObjectMissingError,
@@ -143,7 +144,7 @@ class BucketObjectStore:
         try:
             info = self.fs.get_file_info(key)
         except _ARROW_ERRORS as exc:
-            raise ObjectWriteError(f"cannot write object {address} into {self.url}: {_why(exc)}", self.url) from None
+            raise BucketWriteError(f"cannot write object {address} into {self.url}: {_why(exc)}", self.url) from None
         exists = info.type == pafs.FileType.File
         if exists and info.size == len(head) + tensor.numel() * tensor.element_size() and self._head(key, len(head)) == head:
             return False, False
@@ -161,7 +162,7 @@ class BucketObjectStore:
 
     def _write(self, key: str, tensor: torch.Tensor, address: str) -> None:
         """Upload one object; an upload cut by an exception (which Arrow still completes) is
-        deleted again, and the exception raised, a refusal of the bucket as :class:`ObjectWriteError`."""
+        deleted again, and the exception raised, a refusal of the bucket as :class:`BucketWriteError`."""
         _, pieces = file_bytes([(_KEY, tensor.dtype, tuple(tensor.shape))], [(_KEY, tensor)], {"address": address})
         try:
             with self.fs.open_output_stream(key, compression=None) as out:
@@ -171,7 +172,7 @@ class BucketObjectStore:
             with contextlib.suppress(*_ARROW_ERRORS):
                 self.fs.delete_file(key)
             if isinstance(exc, _ARROW_ERRORS):
-                raise ObjectWriteError(f"cannot write object {address} to {self.scheme}://{key}: {_why(exc)}",
+                raise BucketWriteError(f"cannot write object {address} to {self.scheme}://{key}: {_why(exc)}",
                                        self.url) from None
             raise
 

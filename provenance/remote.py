@@ -45,6 +45,7 @@ from provenance.records import (
     TagRecord,
     TokenRecord,
     VersionRecord,
+    check_name,
 )
 from provenance.results import DedupReport, GateReport, Lineage, MemorizationReport, MergeReceipt, TaintReport
 from provenance.runs import Run
@@ -163,7 +164,7 @@ class RemoteLedger:
                             detail = response.json()
                         except ValueError:
                             detail = response.text
-                        raise_error(response.status_code, detail, f"{method} {url}")
+                        raise_error(response.status_code, detail, f"{method} {self.url}{url}")
                     for category, message in warnings_of(response.headers.get(WARNINGS_HEADER)):
                         warnings.warn(message, _warning_class(category), stacklevel=3)  # as a local ledger warns
                     if stream_to is not None:
@@ -601,6 +602,7 @@ class RemoteLedger:
     # -- tokens (admin) ---------------------------------------------------------------------------
 
     def issue_token(self, name: str, scope: str, *, expires_days: float | None = None) -> tuple[TokenRecord, str]:
+        check_name(name, "token name")  # the ledger's words, not the request model's pattern
         data = self._call("POST", "tokens", json_body={"name": name, "scope": scope, "expires_days": expires_days})
         secret = data.pop("token")
         return TokenRecord.model_validate(data), secret

@@ -69,6 +69,7 @@ STATUS: dict[type[errors.ProvenanceError], int] = {
     errors.StorageUnreachableError: 503,  # the bucket did not answer: nothing is known of the object
     errors.LedgerDamagedError: 500,
     errors.ObjectWriteError: 507,  # Insufficient Storage (RFC 4918): the server's store refused the write
+    errors.BucketWriteError: 502,  # Bad Gateway: the bucket behind the server refused or did not answer (retried)
     errors.StorageFullError: 507,
 }
 
@@ -91,8 +92,10 @@ def error_body(exc: BaseException, *, kind: str | None = None) -> dict[str, Any]
 
 def raise_error(status: int, body: Any, where: str) -> None:
     """Raise what the server said: the library's own exception class when it names one."""
-    if not isinstance(body, dict) or "error" not in body:
-        raise errors.ProvenanceError(f"{where}: HTTP {status}: {str(body)[:500]}")
+    if not isinstance(body, dict) or "error" not in body:  # another server's page (a proxy's, a wrong URL's)
+        text = " ".join(str(body).split())
+        raise errors.ProvenanceError(f"{where}: HTTP {status}, not a provenance ledger server's answer (is the URL "
+                                     f"the server's address?): {text[:300]}")
     message, kind = body["error"], body.get("kind", "")
     cls = getattr(errors, kind, None)
     if kind == "GateFailedError":

@@ -360,3 +360,21 @@ def test_lineage_names_ten_unrecorded_versions_at_most(project, runner):
     line = next(x for x in out.output.splitlines() if x.startswith("no training data recorded"))
     assert line.startswith("no training data recorded for 12 version(s): ") and line.endswith(
         " and 2 more (--json lists them)") and line.count(", ") == 9
+
+
+def test_token_expiry_out_of_range_is_a_usage_error(project, runner):
+    """`prov token create --expires 99999d` (or nan, inf) passed the CLI's check, `> 0`, and the
+    ledger refused it: exit 4, and through a server pydantic's words (`body.expires_days: Input
+    should be less than or equal to 36500`). It is a usage error naming the range, exit 2, and no
+    token is made."""
+    from datetime import datetime
+
+    for given in ("99999d", "36501", "nan", "inf", "0"):
+        result = runner.invoke(main, ["token", "create", "t", "--scope", "read", "--expires", given])
+        assert result.exit_code == 2, (given, result.output)
+        assert f"Invalid value for --expires: '{given}': more than 0 and at most 36500 days" in result.output
+    result = runner.invoke(main, ["token", "create", "t", "--scope", "read", "--expires", "36500d", "--json"])
+    made = _json(result)
+    lasts = datetime.fromisoformat(made["expires_at"]) - datetime.fromisoformat(made["created_at"])
+    assert round(lasts.total_seconds() / 86_400) == 36_500
+    assert [t["name"] for t in _json(runner.invoke(main, ["token", "list", "--json"]))] == ["t"]

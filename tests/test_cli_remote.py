@@ -150,3 +150,47 @@ def test_a_client_says_what_a_local_ledger_says(server, tmp_path):
     with pytest.warns(ReadsOtherwiseWarning, match="scraped@1: its files hold 1 record that registration skipped"):
         document = ledger.export_croissant("scraped")
     assert document["name"] == "scraped"
+
+
+def test_a_url_that_is_not_a_ledger_server_is_one_line_naming_it(tmp_path, monkeypatch):
+    """``--ledger`` pointed at another web server (or a wrong path on a proxy) printed that
+    server's whole HTML error page as the error, without the URL it came from. It is one line
+    naming the URL, saying it is not a ledger server's answer, exit status 4."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(tmp_path))
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{other.server_address[1]}"
+    monkeypatch.setenv("PROV_TOKEN", "prov_whatever")
+    try:
+        result = CliRunner().invoke(main, ["--ledger", url + "/prefix", "dataset", "list"])
+    finally:
+        other.shutdown()
+        other.server_close()
+    assert result.exit_code == 4, result.output
+    assert result.output.startswith(f"Error: GET {url}/prefix/api/v1/datasets: HTTP 404, not a provenance ledger "
+                                    "server's answer (is the URL the server's address?): <!DOCTYPE HTML> <html")
+    assert result.output.count("\n") == 1
+
+
+def test_a_bad_token_name_through_a_server_is_refused_in_the_ledger_s_words(server, tmp_path, monkeypatch):
+    """A token name the ledger refuses was refused through a server in the request model's words
+    (`invalid request: body.name: String should match pattern '^[A-Za-z0-9]...'`). The client
+    checks it as the ledger does and says what a local ledger says, before anything is sent."""
+    from provenance import Ledger
+
+    monkeypatch.setenv("PROV_TOKEN", server.token)
+    Ledger.init(tmp_path / "local")
+    for name in ("bad name!", ".dot", "x" * 129):
+        remote = CliRunner().invoke(main, ["--ledger", server.url, "token", "create", name, "--scope", "read"])
+        local = CliRunner().invoke(main, ["--ledger", str(tmp_path / "local"), "token", "create", name, "--scope", "read"])
+        assert (remote.exit_code, remote.output) == (local.exit_code, local.output) == (4, (
+            f"Error: token name {name!r} must start with an ASCII letter or digit and hold only ASCII letters, "
+            "digits, '.', '_', '-' (at most 128 characters)\n"))

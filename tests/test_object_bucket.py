@@ -354,6 +354,37 @@ def test_a_server_on_a_bucket_ledger_takes_commits_into_the_bucket(s3, tmp_path)
     assert list((root / ".prov" / "objects").iterdir()) == []
 
 
+def test_a_bucket_that_fails_a_servers_upload_is_a_retried_502_not_a_full_disk(s3, tmp_path, monkeypatch):
+    """A server whose bucket did not answer a commit's upload said 507 Insufficient Storage (its
+    disk full, "not retried: it will not pass until there is room"), so a bucket that was away for
+    a moment failed the commit at once. It is now 502 Bad Gateway naming the object's URL
+    (``BucketWriteError``), which the client retries, and nothing is applied."""
+    import httpx
+    from safetensors.torch import save
+
+    from provenance.errors import BucketWriteError
+    from provenance.remote import RemoteLedger
+
+    root, prefix = tmp_path / "served", f"s3://models/t{next(_PREFIXES)}/objects"
+    _, token = Ledger.init(root, objects=prefix).issue_token("admin", "admin")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{serving.free_port()}")  # nothing listens there
+    with serving.running(root, token=token) as server:
+        monkeypatch.undo()
+        state = {"w": torch.randn(512, 1024, generator=torch.Generator().manual_seed(5))}  # 2 MiB: looked up first
+        answer = httpx.post(f"{server.url}/api/v1/versions", params={"message": "raw"}, content=save(state),
+                            headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "k1"}, timeout=60)
+        assert answer.status_code == 502, answer.text
+        assert answer.json()["kind"] == "BucketWriteError"
+        assert answer.json()["error"].startswith(f"cannot write object {address_of(state['w'])} into {prefix}: ")
+        remote = RemoteLedger(server.url, token=token, retries=2)
+        with pytest.raises(BucketWriteError, match=f"cannot write object {address_of(state['w'])} into {prefix}"):
+            remote.commit(state, message="through the server")
+        tries = remote.sql("SELECT status, count(*) AS n FROM access_log WHERE path = '/api/v1/versions' "
+                           "GROUP BY status").to_pylist()
+        assert tries == [{"status": 502, "n": 4}]  # the raw request, then the client's three tries
+        assert remote.versions() == []
+
+
 # -- Parquet document files in a bucket (prov init --documents s3://...) ----------------------------
 
 def _corpus_files(folder, corpus) -> list:

@@ -306,3 +306,31 @@ def test_a_write_whose_answer_was_lost_is_made_good_by_the_client(tmp_path, monk
         assert [d.dataset_id for d in client.datasets(all_versions=True)] == ["d@1", "e@1"]
     finally:
         server.stop()
+
+
+def test_serve_on_a_port_in_use_is_an_error_naming_it_not_not_found(tmp_path, monkeypatch):
+    """`prov serve` on a port another process listens on printed uvicorn's log line and exited 3,
+    the status of "not found". It is `Error: cannot listen on HOST:PORT: Address already in use`,
+    exit 4, before the ledger is opened; a startup uvicorn fails is exit 4 too."""
+    import socket
+
+    import uvicorn
+    from click.testing import CliRunner
+
+    from provenance.cli.main import main
+
+    root = tmp_path / "ledger"
+    Ledger.init(root).issue_token("admin", "admin")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(main, ["--ledger", str(root), "serve", "--port", str(port)])
+    assert result.exit_code == 4, result.output
+    assert result.output == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    assert not (root / ".prov" / "serving.json").exists()
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: sys.exit(3))  # as uvicorn does when it cannot start
+    result = CliRunner().invoke(main, ["--ledger", str(root), "serve", "--port", str(serving.free_port())])
+    assert result.exit_code == 4, result.output
+    assert "Error: the server did not start on 127.0.0.1:" in result.output
+    assert not (root / ".prov" / "serving.json").exists()

@@ -29,7 +29,7 @@ import pyarrow.fs as pafs
 import xxhash
 
 from provenance.buckets import filesystem, is_url, split_url
-from provenance.errors import InvalidParameterError, ObjectWriteError
+from provenance.errors import BucketWriteError, InvalidParameterError
 from provenance.files import fsync_folder, xxh3_file
 from provenance.ledger._common import DOCUMENTS_DIR
 
@@ -157,7 +157,7 @@ class DocumentStore:
             with contextlib.suppress(Exception):  # a bucket gone is what failed: its own error is the one to say
                 self.remove_folder(folder)
             if isinstance(exc, _ARROW_ERRORS):
-                raise ObjectWriteError(f"cannot upload the Parquet document files to {folder}: {_why(exc)}",
+                raise BucketWriteError(f"cannot upload the Parquet document files to {folder}: {_why(exc)}",
                                        folder) from None
             raise
         return folder, published

@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import warnings
@@ -389,6 +390,7 @@ def serve(path: str, *, host: str = "127.0.0.1", port: int = 8765, auth: bool = 
 
     if not auth and host not in ("127.0.0.1", "localhost", "::1"):
         raise errors.InvalidParameterError(f"--insecure-no-auth serves the loopback only, not {host}")
+    _check_listen(host, port)
     service = LedgerService(path, auth=auth, max_upload=max_upload)
     try:
         if auth and not service.ledger.has_admin_token():
@@ -402,10 +404,31 @@ def serve(path: str, *, host: str = "127.0.0.1", port: int = 8765, auth: bool = 
         try:
             uvicorn.run(create_app(service), host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
                         log_level=log_level, timeout_graceful_shutdown=30)
+        except SystemExit as exc:  # uvicorn's "startup failed" is 3, which is prov's "not found"
+            if exc.code != 3:
+                raise
+            raise errors.ProvenanceError(f"the server did not start on {host}:{port} (uvicorn's log above says why)") from None
         finally:
             _unserve(service.ledger.root)
     finally:
         service.close()
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Refuse an address the server could not listen on (a port in use, a host not of this
+    machine) before the ledger is opened, naming it."""
+    try:
+        addresses = {info[4][:2]: info[:3] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                                         flags=socket.AI_PASSIVE)}
+    except socket.gaierror as exc:
+        raise errors.InvalidParameterError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    for address, (family, kind, proto) in addresses.items():
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's own socket
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise errors.InvalidParameterError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def _unserve(root) -> None:
