@@ -76,7 +76,6 @@ def is_url(path: Any) -> bool:
     return isinstance(path, str) and path.startswith(("http://", "https://"))
 
 
-
 def _warning_class(name: str) -> type[Warning]:
     """The class of a warning the server passed on, by its name: the library's own (so that a
     filter on it works as with a local ledger), else a built-in warning, else ``UserWarning``."""
@@ -90,6 +89,7 @@ def _warning_class(name: str) -> type[Warning]:
     own = {c.__name__: c for c in (UnsearchedWarning, ReadsOtherwiseWarning, UnknownLicenseWarning, EpochsDisagreeWarning)}
     found = own.get(name, getattr(builtins, name, None))
     return found if isinstance(found, type) and issubclass(found, Warning) else UserWarning
+
 
 class RemoteLedger:
     """The facade over HTTP (see the module doc)."""

@@ -25,7 +25,7 @@ LOW_RANK_PREFIX = "prov.low_rank."
 BUNDLE = "application/vnd.provenance.bundle"
 
 #: The warnings the library raised while the server answered a request (a dataset of role train
-#: compared as evaluation data, a licence it does not know): JSON, ``[{"category", "message"}]``,
+#: compared as evaluation data): JSON, ``[{"category", "message"}]``,
 #: raised again on the client. At most :data:`MAX_WARNINGS`, each cut to :data:`WARNING_CHARS`.
 WARNINGS_HEADER = "x-prov-warnings"
 MAX_WARNINGS = 20
