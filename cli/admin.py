@@ -218,6 +218,9 @@ def show_verify(report, as_json: bool) -> None:
     if report.temporary_files:
         verb = "removed" if report.repaired else "found (prov gc --apply or verify --repair removes them)"
         click.echo(f"{len(report.temporary_files)} temporary file(s) of interrupted writes {verb}")
+    if report.unreferenced_objects:
+        click.echo(f"{counted(report.unreferenced_objects, 'object')} no version refers to (a killed commit or merge "
+                   "left them, or a commit is still writing; prov gc lists their bytes, prov gc --apply removes them)")
     for folder in report.ray_folders:
         click.echo(f"stale Ray folder {folder} (a killed Ray registration or dedup audit left it; "
                    "prov gc --apply removes it)")

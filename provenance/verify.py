@@ -19,8 +19,9 @@ interrupted writes. Nothing else is changed: a missing object or an inconsistent
 source (re-commit the checkpoint, re-register the data), which the report names.
 
 The folders that Ray registrations and dedup audits killed on this machine left in
-``.prov/tmp/ray`` are named as leftovers too (``ray_folders``, not damage); ``prov gc --apply``
-removes them.
+``.prov/tmp/ray`` are named as leftovers too (``ray_folders``, not damage), and so are the objects
+no version refers to (``unreferenced_objects``: a killed commit or merge wrote them); ``prov gc
+--apply`` removes both.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ class VerifyReport(BaseModel):
     version_problems: list[dict[str, Any]]
     dataset_problems: list[dict[str, Any]]
     temporary_files: list[str] = Field(description="leftovers of interrupted object writes and registrations (harmless)")
+    unreferenced_objects: int = Field(0, description=(
+        "stored objects no version refers to (left by a killed commit or merge, or a commit still writing; "
+        "harmless: prov gc --apply removes them)"))
     ray_folders: list[str] = Field(default_factory=list, description=(
         "folders in .prov/tmp/ray of Ray registrations and dedup audits killed on this machine (harmless; "
         "prov gc --apply removes them, --repair leaves them)"))
@@ -75,6 +79,7 @@ def verify(ledger: LedgerStore, *, objects: bool = False, repair: bool = False, 
     store = ledger.object_store()
     with ledger.session():
         refs = ledger.object_references()
+        referenced = ledger.referenced_objects()
         version_problems = ledger.version_problems()
         damaged_files = _document_file_problems(ledger, rehash=objects)
         try:
@@ -95,7 +100,8 @@ def verify(ledger: LedgerStore, *, objects: bool = False, repair: bool = False, 
             staged = [p for p, _ in ledger.stale_staging(remove=repair)]
         rays = [str(p) for p, _ in ledger.stale_ray_folders()]
     users = _users(refs, encodings)
-    addresses = sorted(set(users) | (set(store.addresses()) if objects else set()))
+    stored = set(store.addresses())
+    addresses = sorted(set(users) | (stored if objects else set()))
     # Checked on the store's threads (2 for a folder; 16 for a bucket, whose checks wait on requests;
     # at most 4 when each check downloads and re-hashes a whole object, which it holds meanwhile).
     threads = min(store.writer_threads, 4) if objects else store.writer_threads
@@ -122,7 +128,7 @@ def verify(ledger: LedgerStore, *, objects: bool = False, repair: bool = False, 
         ledger=str(ledger.root), objects_checked=len(addresses), objects_rehashed=objects,
         versions_checked=n_versions, datasets_checked=n_datasets, damaged_objects=damaged,
         version_problems=version_problems, dataset_problems=dataset_problems, temporary_files=temporaries,
-        ray_folders=rays, repaired=repair, ok=not (damaged or version_problems or dataset_problems),
+        unreferenced_objects=len(stored - referenced), ray_folders=rays, repaired=repair, ok=not (damaged or version_problems or dataset_problems),
     )
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from provenance import Ledger
+from provenance.cli.main import main
 from provenance.errors import InvalidParameterError, NotFoundError, ObjectCorruptError, ObjectMissingError
 from provenance.kernels.patch import apply_low_rank
 from provenance.objects import ObjectStore
@@ -241,12 +243,19 @@ def test_gc_lists_then_removes_only_unreferenced_objects(ledger):
     half.write_bytes(b"\0" * 100)
     report = ledger.gc()
     assert report["unreferenced"] == [orphan] and report["removed"] is False and report["bytes"] > 4100
+    checked = ledger.verify()  # verify names them too (not damage), and what removes them
+    assert checked.ok and checked.unreferenced_objects == 1 and checked.temporary_files == [str(half)]
+    said = CliRunner().invoke(main, ["--ledger", str(ledger.root), "verify"])
+    assert said.exit_code == 0 and ("1 object no version refers to (a killed commit or merge left them, or a commit "
+                                    "is still writing; prov gc lists their bytes, prov gc --apply removes them)"
+                                    ) in " ".join(said.output.split()), said.output
     assert report["temporary_files"] == [str(half)]
     assert orphan in store and half.exists()
     applied = ledger.gc(apply=True)
     assert applied["unreferenced"] == [orphan] and applied["freed"] == report["bytes"]
     assert orphan not in store and not half.exists()
     assert ledger.gc()["unreferenced"] == [] and ledger.gc()["temporary_files"] == []
+    assert ledger.verify().unreferenced_objects == 0
     _assert_same(ledger.checkout(v0), _state())
 
 
