@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/prov demo prov-demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -19,7 +19,8 @@ def export_group() -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Write to a file (default: stdout).")
 @click.option("--namespace", default=None,
-              help="Namespace of the jobs (default: $OPENLINEAGE_NAMESPACE, else provenance).")
+              help="Namespace of the jobs (default: $OPENLINEAGE_NAMESPACE, else provenance); a run that sent its "
+                   "own events, or came in through the intake, keeps the job namespace it had there.")
 @pass_ctx
 def export_openlineage(obj: Context, version: str, output: str | None, namespace: str | None) -> None:
     """Write the OpenLineage RunEvents of VERSION's whole lineage as JSON lines: START and
