@@ -55,7 +55,9 @@ from provenance.errors import (
     InvalidParameterError,
     NotFoundError,
     ProvenanceError,
+    ProvenanceWarning,
     SourceError,
+    warn,
 )
 from provenance.files import json_reason, naming
 from provenance.fingerprints import Banding, FingerprintConfig
@@ -513,7 +515,7 @@ def taint_report(ledger: LedgerStore, *, dataset: str | None = None, shard: str 
                        retractions=retractions)
 
 
-class UnsearchedWarning(UserWarning):
+class UnsearchedWarning(ProvenanceWarning):
     """Datasets of another fingerprint config were not searched for copies of a document, because
     its text could not be read back (a retraction's audit does not pass over it)."""
 
@@ -538,8 +540,6 @@ def _other_configs(ledger: LedgerStore, targets: Sequence[Any], probed: set[str]
     document's text, read back from its shard, fingerprinted under each. A text that cannot be
     read is warned about (:class:`UnsearchedWarning`): copies there, exact ones too, are then not
     looked for."""
-    import warnings
-
     others = sorted({ds.config_id for ds in ledger.datasets(all_versions=True)} - probed)
     if not others or not targets:
         return []
@@ -555,9 +555,9 @@ def _other_configs(ledger: LedgerStore, targets: Sequence[Any], probed: set[str]
             break
     if text is None:
         doc = targets[0]
-        warnings.warn(f"{doc.dataset_id} {doc.key}: its text could not be read ({'; '.join(unreadable) or 'not found'}), "
-                      f"so datasets fingerprinted under another config ({', '.join(others)}) were not "
-                      "searched for copies of it; search them by text (--text FILE)", UnsearchedWarning, stacklevel=4)
+        warn(f"{doc.dataset_id} {doc.key}: its text could not be read ({'; '.join(unreadable) or 'not found'}), "
+             f"so datasets fingerprinted under another config ({', '.join(others)}) were not "
+             "searched for copies of it; search them by text (--text FILE)", UnsearchedWarning)
         return []
     return _text_probes(ledger, text, probed)
 

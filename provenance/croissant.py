@@ -21,7 +21,6 @@ import gzip
 import io
 import os
 import re
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from provenance.errors import InvalidParameterError
+from provenance.errors import InvalidParameterError, ProvenanceWarning, warn
 from provenance.records import DatasetRecord, ShardRecord
 from provenance.sources.urls import is_url
 
@@ -87,7 +86,7 @@ CONTEXT: dict[str, Any] = {
 _MEDIA_TYPES = {"jsonl": "application/jsonlines", "parquet": "application/x-parquet", "text": "text/plain"}
 
 
-class ReadsOtherwiseWarning(UserWarning):
+class ReadsOtherwiseWarning(ProvenanceWarning):
     """A Croissant reader reads a dataset's files as they are: records that registration skipped
     or repaired as invalid (``on_invalid``) come back as written, or fail the reader."""
 
@@ -98,10 +97,10 @@ def warn_invalid_records(ds: DatasetRecord) -> None:
         (ds.n_invalid_skipped, "skipped as invalid"), (ds.n_invalid_replaced, "repaired"))
         if n]
     if held:
-        warnings.warn(
+        warn(
             f"{ds.dataset_id}: its files hold {' and '.join(held)} (on_invalid); a Croissant reader reads the files "
             "as they are, and gives those records back as written or fails on them (mlcroissant on a byte that is not "
-            "UTF-8)", ReadsOtherwiseWarning, stacklevel=3)
+            "UTF-8)", ReadsOtherwiseWarning)
 
 
 def to_croissant(ds: DatasetRecord, shards: list[ShardRecord], base: str | os.PathLike | None = None,

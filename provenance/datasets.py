@@ -261,7 +261,7 @@ def _register(ledger: LedgerStore, name: str, cfg: FingerprintConfig, opts: Read
     message = _created_message(record) + (f"; from {latest.dataset_id}: {', '.join(kept)}" if kept else "")
     result = RegistrationResult(dataset=record, created=True, message=message,
                                 retracted=ledger.retracted_in(record.dataset_id))
-    result.warn_retracted(stacklevel=4)  # the caller of Ledger.register_dataset
+    result.warn_retracted()
     return result
 
 

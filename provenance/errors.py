@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import warnings
 from typing import Any
 
 
@@ -132,3 +134,27 @@ class AlreadyAppliedError(ProvenanceError):
     def __init__(self, message: str, made: dict[str, str] | None = None):
         super().__init__(message)
         self.made = dict(made or {})
+
+
+def shown(value: Any, limit: int = 200) -> str:
+    """``repr(value)`` for a message, cut to about ``limit`` characters with the length said (an
+    error naming a 5,000-character name given by mistake printed it whole, twice)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f" ({len(value):,} characters)" if isinstance(value, str) else ""
+    return f"{text[:limit - 1]}…{text[0] if isinstance(value, str) else ''}{size}"
+
+
+class ProvenanceWarning(UserWarning):
+    """Base class of every warning provenance raises on purpose (a ``UserWarning``: shown once per
+    place by default, and a filter on ``UserWarning`` takes them)."""
+
+
+def warn(message: str, category: type[Warning] = ProvenanceWarning) -> None:
+    """``warnings.warn`` pointed at the first caller outside provenance (the user's line), however
+    deep in the package the warning is raised: what ``skip_file_prefixes`` does from Python 3.12."""
+    frame, level = sys._getframe(1), 2  # 1 is this function; 2 its caller
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "provenance":
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

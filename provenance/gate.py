@@ -39,7 +39,6 @@ passed; ``prov audit merge`` exits 1 when it did not, and ``ledger.merge(..., au
 
 from __future__ import annotations
 
-import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -48,7 +47,7 @@ import numpy as np
 import pyarrow as pa
 
 from provenance.audits import AuditRun, check_threshold, iter_texts
-from provenance.errors import InvalidParameterError
+from provenance.errors import InvalidParameterError, warn
 from provenance.ledger import LedgerStore
 from provenance.lineage import ancestry, license_summary, lineage
 from provenance.ngrams import check_span, ngram_hashes
@@ -127,9 +126,8 @@ def audit_merge(
         evals = list({d.dataset_id: d for d in evals}.values())  # --eval qa --eval qa@1: one dataset, listed once
         for d in evals:
             if d.role != "eval":  # given by name: compared as asked, and said, since it may be a slip
-                warnings.warn(f"{d.dataset_id} is registered as training data (role {d.role}) and is compared here "
-                              "as evaluation data; an evaluation set is registered with role eval (--role eval)",
-                              stacklevel=2)
+                warn(f"{d.dataset_id} is registered as training data (role {d.role}) and is compared here "
+                     "as evaluation data; an evaluation set is registered with role eval (--role eval)")
         if max_contamination is not None and not evals:
             if not isinstance(max_contamination, _DefaultLimit):
                 raise InvalidParameterError(

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import functools
 import re
-import warnings
 from typing import Any, Literal
 
 import license_expression
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from provenance.errors import InvalidParameterError
+from provenance.errors import InvalidParameterError, ProvenanceWarning, shown, warn
 from provenance.fingerprints import FingerprintConfig
 from provenance.plain import UTCDateTime
 
@@ -70,7 +69,7 @@ def check_utf8(text: str, what: str) -> None:
                                     "UTF-8") from None
 
 
-class UnknownLicenseWarning(UserWarning):
+class UnknownLicenseWarning(ProvenanceWarning):
     """A licence id is not on the SPDX list: it is kept as given, with unknown conditions."""
 
 
@@ -124,12 +123,8 @@ class License(BaseModel):
                 )
         unknown = [k for k in licensing.unknown_license_keys(expr) if not k.startswith(_USER_DEFINED)]
         if unknown:
-            warnings.warn(
-                f"license {spdx!r}: not on the SPDX list: {', '.join(unknown)}; stored with unknown conditions "
-                "(a licence of your own takes a LicenseRef- id)",
-                UnknownLicenseWarning,
-                stacklevel=2,
-            )
+            warn(f"license {spdx!r}: not on the SPDX list: {', '.join(unknown)}; stored with unknown conditions "
+                 "(a licence of your own takes a LicenseRef- id)", UnknownLicenseWarning)
         conditions = _conditions(expr)
         if conditions is None:
             return cls(spdx=str(expr))
@@ -256,9 +251,8 @@ class RegistrationResult(BaseModel):
         "text of a retracted document or of one `prov dataset remove` took out of an earlier version, and shards with "
         "a retracted shard's bytes (key or shard name, the retractions, the versions removed from), at most 20")
 
-    def warn_retracted(self, stacklevel: int = 2) -> None:
-        """Warn when the version holds again what was taken out (``stacklevel``: the caller to
-        name, from the one calling this)."""
+    def warn_retracted(self) -> None:
+        """Warn when the version holds again what was taken out."""
         if not self.retracted:
             return
         def why(r: dict[str, Any]) -> str:
@@ -268,9 +262,8 @@ class RegistrationResult(BaseModel):
         named = ", ".join(f"{r['key']} ({why(r)})" for r in self.retracted[:5])
         if len(self.retracted) > 5:
             named += f" and {len(self.retracted) - 5}{' or more' if len(self.retracted) >= 20 else ''} more"
-        warnings.warn(f"{self.dataset.dataset_id} holds again what was taken out: {named}; a run trained on it brings "
-                      f"them back into a model (remove them again with prov dataset remove {self.dataset.name} KEY...)",
-                      stacklevel=stacklevel + 1)
+        warn(f"{self.dataset.dataset_id} holds again what was taken out: {named}; a run trained on it brings "
+             f"them back into a model (remove them again with prov dataset remove {self.dataset.name} KEY...)")
 
 
 def check_name(name: str, what: str = "dataset name") -> str:
@@ -278,7 +271,7 @@ def check_name(name: str, what: str = "dataset name") -> str:
     what one looks like."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidParameterError(
-            f"{what} {name!r} must start with an ASCII letter or digit and hold only ASCII letters, digits, '.', '_', "
+            f"{what} {shown(name)} must start with an ASCII letter or digit and hold only ASCII letters, digits, '.', '_', "
             f"'-' (at most {NAME_MAX} characters)"
         )
     return name
@@ -289,7 +282,7 @@ def check_tag(name: str) -> str:
     look like a version id or prefix (4 to 32 hex digits, in any case), which it would shadow."""
     if not isinstance(name, str) or not _TAG.fullmatch(name):
         raise InvalidParameterError(
-            f"tag {name!r} must start with an ASCII letter or digit and hold only ASCII letters, digits, '.', '_', '-', "
+            f"tag {shown(name)} must start with an ASCII letter or digit and hold only ASCII letters, digits, '.', '_', '-', "
             f"'+', '/' (at most {NAME_MAX} characters)"
         )
     if looks_like_id(name):

@@ -323,7 +323,7 @@ class RemoteLedger:
                           "retractions lists what was taken out)", stacklevel=3)
             return RegistrationResult(dataset=ds, created=True, message=f"registered {ds.dataset_id} (read back: the "
                                       "server stopped before it answered)")
-        result.warn_retracted(stacklevel=3)  # the caller of register_dataset
+        result.warn_retracted()
         return result
 
     # -- versions -------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from provenance.errors import InvalidParameterError, ProvenanceError, RunEndedError
+from provenance.errors import InvalidParameterError, ProvenanceError, ProvenanceWarning, RunEndedError, warn
 from provenance.ledger import LedgerStore
 from provenance.ledger._common import _now, process_alive
 from provenance.openlineage_out import Emitter, with_job
@@ -116,7 +116,7 @@ def _declared(ledger: LedgerStore, datasets: Any) -> dict[str, float]:
     return out
 
 
-class EpochsDisagreeWarning(UserWarning):
+class EpochsDisagreeWarning(ProvenanceWarning):
     """A run declared epochs over a dataset and logged its keys, and the two disagree."""
 
 
@@ -140,15 +140,13 @@ def epoch_disagreements(ledger: LedgerStore, run: str | RunRecord) -> list[dict[
 
 def warn_epoch_disagreements(ledger: LedgerStore, run: str | RunRecord) -> list[dict[str, Any]]:
     """Warn (:class:`EpochsDisagreeWarning`) about each of :func:`epoch_disagreements`."""
-    import warnings
-
     record = run if isinstance(run, RunRecord) else ledger.run(run)
     found = epoch_disagreements(ledger, record) if record.status != "running" else []
     for d in found:
-        warnings.warn(
+        warn(
             f"run {record.run_id[:12]}: {d['dataset_id']} was declared for {d['declared']:g} epochs but its "
             f"logged keys make {d['logged']:g}; the logged keys win (lineage counts what was logged)",
-            EpochsDisagreeWarning, stacklevel=3)
+            EpochsDisagreeWarning)
     return found
 
 

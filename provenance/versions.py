@@ -28,7 +28,6 @@ import math
 import numbers
 import os
 import shutil
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -44,6 +43,7 @@ from provenance.errors import (
     NonFiniteError,
     ObjectCorruptError,
     ObjectMissingError,
+    warn,
 )
 from provenance.history import History, chain_objects, materialize, numel, sparse_chain
 from provenance.kernels.finite import float_chunks, is_finite
@@ -502,8 +502,8 @@ def gc(ledger: LedgerStore, *, apply: bool = False) -> dict[str, Any]:
             for (folder, n), listed in zip(rays, ray_folders):
                 shutil.rmtree(folder, ignore_errors=True)
                 if folder.exists():  # a file in it could not be removed: say so, count none of it
-                    warnings.warn(f"{folder}: could not remove all of it (permissions or an immutable file); "
-                                  "prov gc lists it again until it can", stacklevel=2)
+                    warn(f"{folder}: could not remove all of it (permissions or an immutable file); "
+                         "prov gc lists it again until it can")
                 else:
                     listed["removed"] = True
                     freed += n

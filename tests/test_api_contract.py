@@ -9,6 +9,8 @@ tags (``name("web")``) and asserts on what it made.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from datetime import date
 from pathlib import Path
@@ -18,7 +20,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from provenance import Ledger
+from provenance import Ledger, __version__, errors
 from provenance.errors import (
     AccessDeniedError,
     GateFailedError,
@@ -171,11 +173,13 @@ def test_merge_gate_and_receipt(api, name, files):
     gate = api.audit_merge(heads, eval_datasets=[evals.dataset_id])
     assert isinstance(gate, GateReport) and gate.passed is False
     assert gate.contamination.contaminated_eval_documents == 3
-    # a warning reaches a server's client as it reaches a local caller (it stayed in the server's log)
-    with pytest.warns(UserWarning, match=rf"^{web.dataset_id} is registered as training data \(role train\) and is "
-                                         "compared here as evaluation data") as caught:
-        api.audit_merge(heads, eval_datasets=[web.dataset_id], max_contamination=None)
-    assert len([w for w in caught if "registered as training data" in str(w.message)]) == 1
+    # a warning reaches a server's client as it reaches a local caller (it stayed in the server's log),
+    # each time it is raised (a server shows the same warning again to the next request)
+    for _ in range(2):
+        with pytest.warns(UserWarning, match=rf"^{web.dataset_id} is registered as training data \(role train\) and "
+                                             "is compared here as evaluation data") as caught:
+            api.audit_merge(heads, eval_datasets=[web.dataset_id], max_contamination=None)
+        assert len([w for w in caught if "registered as training data" in str(w.message)]) == 1
     with pytest.raises(GateFailedError) as failed:
         api.merge(heads, method="average", message="refused", gate={"eval_datasets": [evals.dataset_id]})
     assert isinstance(failed.value.report, GateReport) and not failed.value.report.passed
@@ -493,3 +497,40 @@ def test_the_warnings_header_round_trips_and_a_malformed_one_is_ignored():
     assert _warning_class("EpochsDisagreeWarning") is EpochsDisagreeWarning
     assert _warning_class("RuntimeWarning") is RuntimeWarning
     assert _warning_class("ValueError") is UserWarning and _warning_class("NoSuchThing") is UserWarning
+
+
+def test_a_server_relays_the_same_warning_to_every_request():
+    # provenance's warnings point at the caller's line; in a server that is a thread's frame shared by
+    # every request, where Python's default filter shows a warning once: each request must see it
+    script = """
+import threading
+from provenance.errors import warn
+from provenance.server.app import _HELD, _relay_warnings
+
+_relay_warnings()
+held = []
+def request():
+    _HELD.set(held)
+    warn("the same warning")
+for _ in range(3):
+    thread = threading.Thread(target=request)
+    thread.start()
+    thread.join()
+print(held)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == str([("ProvenanceWarning", "the same warning")] * 3), (
+        done.stdout, done.stderr)
+
+
+def test_an_unknown_route_or_method_answers_in_the_ledgers_shape(server):
+    h = {"Authorization": f"Bearer {server.token}"}
+    missing = httpx.get(f"{server.url}/api/v1/nosuch", headers=h)
+    wrong = httpx.delete(f"{server.url}/api/v1/runs", headers=h)
+    assert missing.status_code == 404 and wrong.status_code == 405
+    assert missing.json() == {"error": f"no such API route: GET /api/v1/nosuch (server {__version__})",
+                              "kind": "ProvenanceError"}
+    assert wrong.json()["error"].startswith("method not allowed: DELETE /api/v1/runs") and "allow" in wrong.headers
+    with pytest.raises(errors.ProvenanceError, match="no such API route: GET /api/v1/nosuch") as caught:
+        server.ledger()._call("GET", "nosuch")  # a client newer than its server: told what is missing
+    assert "not a provenance ledger server" not in str(caught.value)

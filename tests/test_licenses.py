@@ -69,7 +69,7 @@ def test_valid_expressions_are_stored_canonical_with_their_conditions(register, 
 def test_unknown_ids_are_kept_with_a_warning_and_unknown_conditions(register, given, unknown):
     with pytest.warns(UnknownLicenseWarning, match=re.escape(f"not on the SPDX list: {unknown}")) as caught:
         lic = register(given)
-    assert len(caught) == 1 and repr(given) in str(caught[0].message)
+    assert len(caught) == 1 and repr(given) in str(caught[0].message) and caught[0].filename == __file__  # the caller
     assert lic == License(spdx=given)
     assert conditions(lic) == UNKNOWN and not lic.known and lic.url is None
 

@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import itertools
 import json
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -499,8 +500,9 @@ def test_a_document_removed_then_registered_again_is_named(ledger, data_dir, wri
     write_jsonl(data_dir / "r.jsonl", rows)
     ledger.register_dataset("r", data_dir / "r.jsonl", id_field="id")
     ledger.remove_documents("r", ["a"], reason="asked")
-    with pytest.warns(UserWarning, match=r"r@3 holds again what was taken out: a \(removed from r@1\)"):
+    with pytest.warns(UserWarning, match=r"r@3 holds again what was taken out: a \(removed from r@1\)") as said:
         back = ledger.register_dataset("r", data_dir / "r.jsonl", id_field="id")
+    assert [(w.filename, w.lineno) for w in said] == [(__file__, sys._getframe().f_lineno - 1)]  # the caller's line
     assert back.retracted == [{"key": "a", "retractions": [], "removed_from": ["r@1"]}]
     write_jsonl(data_dir / "other.jsonl", rows)  # another dataset with the same text: not this dataset's removal
     assert ledger.register_dataset("other", data_dir / "other.jsonl", id_field="id").retracted == []

@@ -375,6 +375,15 @@ def test_read_only_mount_serves_every_read_command(project, tmp_path):
             assert result.exit_code == 4 and result.output == (
                 f"Error: ledger {mount / '.prov'} cannot be written (its database file or folder is read-only), and "
                 "the audit is stored in it: --no-store runs the audit without storing it\n"), (args, result.output)
+        served = CliRunner().invoke(main, [*cli, "serve", "--port", "0"])  # refused, with the ways round it
+        assert served.exit_code == 4 and " ".join(served.output.split()) == (
+            f"Error: ledger {mount / '.prov'} cannot be written by this process (its database file or folder is "
+            "read-only), and a server writes to it: its clients' registrations, runs and tokens; serve a writable "
+            "copy (prov backup), or read this one with --ledger PATH"), served.output
+        copy = tmp_path.parent / f"{tmp_path.name}-copy"
+        backed = CliRunner().invoke(main, [*cli, "backup", str(copy)])  # the way round it works
+        assert backed.exit_code == 0 and Ledger.open(copy, read_only=True).datasets()[0].dataset_id == "news@1", (
+            backed.output)
     finally:
         subprocess.run(["umount", str(mount)], check=False)
         mount.rmdir()
@@ -502,8 +511,9 @@ def test_declared_epochs_and_logged_keys_disagreeing_warns_and_logged_wins(proje
     ledger = project[0]
     run = ledger.start_run(datasets={"news": 2}, message="declared 2, logged 1")
     run.log_examples([f"n{i}" for i in range(10)], step=0)
-    with pytest.warns(EpochsDisagreeWarning, match="news@1 was declared for 2 epochs but its logged keys make 1"):
+    with pytest.warns(EpochsDisagreeWarning, match="news@1 was declared for 2 epochs but its logged keys make 1") as w:
         run.finish()
+    assert [(x.filename, x.lineno) for x in w] == [(__file__, sys._getframe().f_lineno - 1)]  # run.finish(), the user's line
     assert sum(s.examples for s in ledger.run_shards(run.run_id)) == 10  # the logged count
     result = run_cli("run", "start", "-m", "cli", "-d", "news:3", "--json")
     run_id = json.loads(result.output)["run_id"]
@@ -699,3 +709,20 @@ def test_records_the_library_returns_are_accepted_back(ledger, write_jsonl, tmp_
     report = audit_dedup(ledger, [registered, v])
     assert [t["target"] for t in report["targets"]] == ["recs@1", v.version_id]
     assert report["summary"]["pairs"] == 1  # r4 copies r0
+
+
+def test_an_error_names_a_huge_value_shortened_with_its_length(project):
+    ledger = project[0]
+    for i in range(25):
+        ledger.register_dataset(f"d{i:02d}", [{"id": "a", "text": "a b c d e"}], id_field="id")
+    huge = "x" * 5000
+    with pytest.raises(NotFoundError) as missing:
+        ledger.dataset("nosuch")  # the registered names are hinted, the first 20
+    assert str(missing.value) == ("no dataset 'nosuch' in the ledger; registered: "
+                                  f"{', '.join(f'd{i:02d}' for i in range(20))}, ...")
+    for args, start in ((["dataset", "show", huge], "Error: dataset name 'xxx"),
+                        (["model", "show", "z" * 5000], "Error: no version or tag 'zzz"),
+                        (["tag", "q" * 5000, project[2].version_id], "Error: tag 'qqq")):
+        result = run_cli(*args)
+        assert result.exit_code in (3, 4) and result.output.startswith(start), result.output[:300]
+        assert "…' (5,000 characters)" in result.output and len(result.output) < 400, result.output[:300]

@@ -16,6 +16,7 @@ from provenance.errors import (
     InvalidParameterError,
     NotFoundError,
     ReadOnlyQueryError,
+    shown,
 )
 from provenance.ledger._common import ARROW_TABLES, _dataset_from_row, quote_identifier
 from provenance.records import (
@@ -58,7 +59,7 @@ class DataQueries:
         with self._cursor() as con:
             if version:
                 if not re.fullmatch(r"[0-9]{1,9}", version):
-                    raise InvalidParameterError(f"dataset version in {ref!r} must be a number (1 to 999999999)")
+                    raise InvalidParameterError(f"dataset version in {shown(ref)} must be a number (1 to 999999999)")
                 rows = con.sql("SELECT * FROM datasets WHERE name = ? AND version = ?", params=[name, int(version)])
             else:
                 rows = con.sql("SELECT * FROM datasets WHERE name = ? ORDER BY version DESC LIMIT 1", params=[name])
@@ -67,11 +68,12 @@ class DataQueries:
                 have = con.execute("SELECT min(version), max(version) FROM datasets WHERE name = ?", [name]).fetchall()[0]
                 if have[0] is not None:
                     span = f"version {have[0]}" if have[0] == have[1] else f"versions {have[0]} to {have[1]}"
-                    raise NotFoundError(f"no dataset {ref!r} in the ledger: {name} has {span}")
+                    raise NotFoundError(f"no dataset {shown(ref)} in the ledger: {name} has {span}")
             if not found:
-                known = [r[0] for r in con.execute("SELECT DISTINCT name FROM datasets ORDER BY 1").fetchall()]
-                hint = f"; registered: {', '.join(known)}" if known else "; none is registered"
-                raise NotFoundError(f"no dataset {ref!r} in the ledger{hint}")
+                known = [r[0] for r in con.execute("SELECT DISTINCT name FROM datasets ORDER BY 1 LIMIT 21").fetchall()]
+                more = ", ..." if len(known) > 20 else ""  # prov dataset list names them all
+                hint = f"; registered: {', '.join(known[:20])}{more}" if known else "; none is registered"
+                raise NotFoundError(f"no dataset {shown(ref)} in the ledger{hint}")
         return _dataset_from_row(found[0])
 
     def shards(self, dataset: str | DatasetRecord) -> list[ShardRecord]:

@@ -12,6 +12,7 @@ import pyarrow as pa
 from provenance.errors import (
     InvalidParameterError,
     NotFoundError,
+    shown,
 )
 from provenance.ledger._common import _param_from_row, register, row_dicts, unregister
 from provenance.records import (
@@ -45,7 +46,7 @@ class ModelQueries:
             if tagged:
                 ref = tagged[0][0]
             elif not looks_like_id(ref):
-                raise NotFoundError(f"no version or tag {ref!r} (a version id is 4 to 32 hex digits)")
+                raise NotFoundError(f"no version or tag {shown(ref)} (a version id is 4 to 32 hex digits)")
             ref = ref.lower()
             match = "version_id = ?" if len(ref) == 32 else "starts_with(version_id, ?)"  # a full id: the key
             rows = row_dicts(con.execute(f"SELECT * FROM versions WHERE {match} ORDER BY version_id LIMIT 6", [ref]))
@@ -53,10 +54,10 @@ class ModelQueries:
                 rows[0]["tags"] = [r[0] for r in con.execute(
                     "SELECT name FROM tags WHERE version_id = ? ORDER BY name", [rows[0]["version_id"]]).fetchall()]
         if not rows:
-            raise NotFoundError(f"no version {ref!r} in the ledger")
+            raise NotFoundError(f"no version {shown(ref)} in the ledger")
         if len(rows) > 1:
-            shown = ", ".join(r["version_id"][:12] for r in rows[:5])
-            raise InvalidParameterError(f"version prefix {ref!r} is ambiguous: {shown}{', ...' if len(rows) > 5 else ''}")
+            listed = ", ".join(r["version_id"][:12] for r in rows[:5])
+            raise InvalidParameterError(f"version prefix {ref!r} is ambiguous: {listed}{', ...' if len(rows) > 5 else ''}")
         return VersionRecord(**rows[0])
 
     def versions(self) -> list[VersionRecord]:
@@ -298,10 +299,10 @@ class ModelQueries:
         rid = rid.lower()
         rows = self._runs("WHERE starts_with(r.run_id, ?) ORDER BY r.run_id LIMIT 6", [rid])
         if not rows:
-            raise NotFoundError(f"no run {rid!r} in the ledger")
+            raise NotFoundError(f"no run {shown(rid)} in the ledger")
         if len(rows) > 1:
-            shown = ", ".join(r.run_id[:12] for r in rows[:5])
-            raise InvalidParameterError(f"run prefix {rid!r} is ambiguous: {shown}{', ...' if len(rows) > 5 else ''}")
+            listed = ", ".join(r.run_id[:12] for r in rows[:5])
+            raise InvalidParameterError(f"run prefix {rid!r} is ambiguous: {listed}{', ...' if len(rows) > 5 else ''}")
         return rows[0]
 
     def runs(self) -> list[RunRecord]:

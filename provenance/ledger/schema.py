@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from importlib import resources
 
-from provenance.errors import LedgerNotFoundError, LedgerReadOnlyError, ProvenanceError, SchemaVersionError
+from provenance.errors import LedgerNotFoundError, LedgerReadOnlyError, ProvenanceError, SchemaVersionError, warn
 from provenance.ledger._common import _now
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -76,10 +76,8 @@ class SchemaMigrations:
                     raise
                 con.execute("COMMIT")
         if 0 < current < len(shipped):  # for good: an older provenance refuses the ledger from now on
-            import warnings
-
-            warnings.warn(f"ledger {self.root}: migrated from schema version {current} to {len(shipped)}; a "
-                          f"provenance that understands only version {current} can no longer open it", stacklevel=3)
+            warn(f"ledger {self.root}: migrated from schema version {current} to {len(shipped)}; a "
+                 f"provenance that understands only version {current} can no longer open it")
 
     def schema_version(self) -> int:
         with self._cursor() as con:

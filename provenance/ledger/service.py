@@ -12,7 +12,7 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
-from provenance.errors import InvalidParameterError, NotFoundError
+from provenance.errors import InvalidParameterError, NotFoundError, shown
 from provenance.ledger._common import _now
 from provenance.records import TokenRecord
 
@@ -73,7 +73,7 @@ class ServiceQueries:
             found = tx._con.execute(f"SELECT scope = 'admin' AND {live} FROM tokens WHERE name = ?",
                                     [_now(), name]).fetchall()
             if not found:
-                raise NotFoundError(f"no token named {name!r}")
+                raise NotFoundError(f"no token named {shown(name)}")
             if found[0][0] and tx._con.execute(f"SELECT count(*) FROM tokens WHERE scope = 'admin' AND {live}",
                                                [_now()]).fetchall()[0][0] == 1:
                 raise InvalidParameterError(

@@ -31,7 +31,11 @@ class LedgerService:
         if self.ledger.read_only:
             from provenance.errors import LedgerReadOnlyError
 
-            raise LedgerReadOnlyError(f"ledger {self.ledger.root} cannot be written by this process; a server writes")
+            raise LedgerReadOnlyError(
+                f"ledger {self.ledger.root} cannot be written by this process (its database file or folder is "
+                "read-only), and a server writes to it: its clients' registrations, runs and tokens; serve a "
+                "writable copy (prov backup), or read this one with --ledger PATH"
+            )
         self.auth = auth
         self.max_upload = max_upload  # bytes of one uploaded body (document rows, examples, a model state)
         self.lock = self.ledger.write_lock  # writes, one at a time (a commit takes it for its transaction only)

@@ -38,6 +38,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from provenance import __version__, errors
 from provenance.files import atomic_write_text, describe
@@ -78,6 +79,7 @@ def _relay_warnings() -> None:
     relay.prov_relay = True
     warnings.showwarning = relay
     warnings.filterwarnings("always", module=r"provenance(\.|$)")
+    warnings.filterwarnings("always", category=errors.ProvenanceWarning)  # told to the user's line, not provenance's
 
 
 def _bearer(headers: Any) -> str | None:
@@ -121,6 +123,14 @@ def create_app(service: LedgerService) -> FastAPI:
         # "Insufficient Storage" (RFC 4918), naming the file; any other OS error is the server's: 500.
         return JSONResponse({"error": describe(exc), "kind": "OSError"},
                             status_code=507 if exc.errno in _STORAGE_FULL else 500)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def no_route(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own answers (no such route, a method the route lacks) in the ledger's shape: a
+        # client newer than this server then says what is missing, not "not a ledger server".
+        what = {404: "no such API route", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
+        return JSONResponse({"error": f"{what}: {request.method} {request.url.path} (server {__version__})",
+                             "kind": "ProvenanceError"}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:

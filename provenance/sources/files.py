@@ -11,7 +11,6 @@ import json
 import math
 import os
 import stat
-import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from provenance.errors import SourceError
+from provenance.errors import SourceError, warn
 from provenance.files import json_reason
 from provenance.fingerprints import strings_to_arrow
 from provenance.sources.base import (
@@ -414,8 +413,7 @@ def _walk(folder: str) -> list[str]:
         for d in sorted(d for d in dirnames if not d.startswith(".")):
             real = os.path.realpath(os.path.join(dirpath, d))
             if any(real == w or w.startswith(real + os.sep) for w in walked):
-                warnings.warn(f"{os.path.join(dirpath, d)}: a symlink back into a folder already read "
-                              f"({real}); left out", stacklevel=3)
+                warn(f"{os.path.join(dirpath, d)}: a symlink back into a folder already read ({real}); left out")
                 continue
             walked.add(real)
             kept.append(d)
