@@ -22,11 +22,11 @@ from pathlib import Path
 CHILD = r"""
 import json, resource, sys, time
 import torch
-import provenance.merges as merges
+import provenance.merges.groups as groups
 from provenance import Ledger
 root, method, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 if mode == "materialised":
-    merges._patch_direct = lambda *a, **k: None
+    groups.patch_direct = lambda *a, **k: None
 ledger = Ledger.open(root)
 children = [v for v in ledger.versions() if v.message.startswith("lora")]
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -42,7 +42,7 @@ import numpy as np
 
 from provenance import merge as methods
 from provenance.audits import UnsearchedWarning, describe_target, find_similar, iter_texts, read_samples, taint_report
-from provenance.errors import InvalidParameterError
+from provenance.errors import InvalidParameterError, warn
 from provenance.ledger._common import _now
 from provenance.lineage import taint, tainted_versions, target_rows
 from provenance.merges import RecordedFisher
@@ -524,7 +524,7 @@ def audit_retraction(ledger: Any, retraction: str, *, samples: Any = None, relea
                 if issubclass(w.category, UnsearchedWarning):
                     unsearched.append(str(w.message))
                 else:
-                    warnings.warn(w.message, w.category, stacklevel=2)
+                    warn(str(w.message), w.category)
             for m in similar:
                 if m["doc_id"] not in known:
                     known.add(m["doc_id"])

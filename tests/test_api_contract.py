@@ -179,7 +179,8 @@ def test_merge_gate_and_receipt(api, name, files):
         with pytest.warns(UserWarning, match=rf"^{web.dataset_id} is registered as training data \(role train\) and "
                                              "is compared here as evaluation data") as caught:
             api.audit_merge(heads, eval_datasets=[web.dataset_id], max_contamination=None)
-        assert len([w for w in caught if "registered as training data" in str(w.message)]) == 1
+        said = [w for w in caught if "registered as training data" in str(w.message)]
+        assert len(said) == 1 and said[0].filename == __file__  # at the caller's line, local or remote
     with pytest.raises(GateFailedError) as failed:
         api.merge(heads, method="average", message="refused", gate={"eval_datasets": [evals.dataset_id]})
     assert isinstance(failed.value.report, GateReport) and not failed.value.report.passed

@@ -527,13 +527,13 @@ def test_settling_checks_its_inputs():
 def test_a_merge_made_before_settling_still_passes_its_receipt_check(ledger, monkeypatch):
     """Merges made before non-finite elements were settled stored the running mean's NaN: their
     receipts still re-run to a result they recorded."""
-    from provenance import merges
+    from provenance.merges import groups
 
     base = ledger.commit({"w": torch.zeros(3)}, message="base")
     a = ledger.commit({"w": torch.tensor([float("inf"), 1.0, 2.0])}, parent=base, message="a", allow_nonfinite=True)
     b = ledger.commit({"w": torch.tensor([1.0, 2.0, 3.0])}, parent=base, message="b")
     with monkeypatch.context() as m:
-        m.setattr(merges, "settle_nonfinite", lambda *args, **kwargs: 0)  # the code before
+        m.setattr(groups, "settle_nonfinite", lambda *args, **kwargs: 0)  # the code before
         old = ledger.merge([a, b], method="average", message="before")
     assert torch.isnan(ledger.checkout(old)["w"][0])
     new = ledger.merge([a, b], method="average", message="after")

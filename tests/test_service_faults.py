@@ -278,7 +278,7 @@ def test_a_write_whose_answer_was_lost_is_made_good_by_the_client(tmp_path, monk
         assert f"it made run {started.run_id}: read it" in raw.json()["error"]
 
         keys = iter(["k-run", "k-commit"])
-        monkeypatch.setattr("provenance.remote.uuid.uuid4", lambda: types.SimpleNamespace(hex=next(keys)))
+        monkeypatch.setattr("provenance.remote.transport.uuid.uuid4", lambda: types.SimpleNamespace(hex=next(keys)))
         client = server.ledger()
         run = client.start_run(datasets=["d"], message="its answer was lost")
         assert (run.run_id, run.record.status) == (started.run_id, "running")
@@ -288,7 +288,7 @@ def test_a_write_whose_answer_was_lost_is_made_good_by_the_client(tmp_path, monk
         # A batch of examples and a tag that landed: the job goes on (the batch was sent again under
         # a new key by the run's end, and logged twice), and the tag is read back.
         keys = iter(["k-examples", "k-tag", "k-upload", "k-register"])
-        monkeypatch.setattr("provenance.remote.uuid.uuid4", lambda: types.SimpleNamespace(hex=next(keys)))
+        monkeypatch.setattr("provenance.remote.transport.uuid.uuid4", lambda: types.SimpleNamespace(hex=next(keys)))
         attached = client.attach_run(logging.run_id)
         attached.log_examples(["a", "a"], step=0)
         attached.flush()

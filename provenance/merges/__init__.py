@@ -1,0 +1,260 @@
+"""Merges as versions: Fisher merging, weighted averaging, task arithmetic and TIES over whole
+versions, one parameter group at a time, with a receipt that makes the merge again.
+
+A merge reads, per parameter group, the group's value in every input version (replaying each
+one's patches), the Fisher of each input where the method needs it, and writes the merged value
+as a patch on the first input. Peak memory is a small multiple of the largest group: the inputs
+and their Fishers for that group, and the output. The new version's parents are all the inputs;
+its receipt (``merge_receipts``) holds the method, the weights, eps, normalisation, density, the
+kernel that ran, and every input and Fisher object address, so :func:`remerge` can recompute the
+tensors and compare them bit for bit.
+
+Merging versions stored as LoRA (low-rank) patches merges their values ``base + scale · B @ A``,
+never the factors A and B separately. Where every input stores a group as a patch on one shared
+parent (sparse, low-rank or unchanged: contributors' patches on one base), an elementwise merge
+never materialises the inputs: sparse patches are merged on the union of the positions they
+change, and low-rank ones block of rows by block, each input's rows made from the parent's rows
+and its factors just before they are merged; either way bit for bit the whole-tensor merge.
+
+The Fisher of a version is stored beside its patch by :func:`store_fisher`: the full diagonal, or
+with ``keep`` a top-k sketch (the largest ``keep`` fraction of entries; the others read as 0,
+which the merge's floor ``eps`` then covers).
+
+:func:`merge` and the checks of its inputs are here; the rest is one module each:
+:mod:`.fishers` (Fishers stored with a version, given to a merge, read per group), :mod:`.groups`
+(each parameter group merged and stored as a patch), :mod:`.direct` (the patch-direct path) and
+:mod:`.receipts` (:func:`receipt_check`, :class:`RecordedFisher`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+import xxhash
+
+from provenance import __version__
+from provenance import merge as methods
+from provenance.errors import InvalidParameterError, NotFoundError
+from provenance.history import History, numel
+from provenance.ledger import LedgerStore
+from provenance.merges.fishers import (
+    fisher_norms,
+    fisher_rows,
+    fisher_sources,
+    given_fishers,
+    load_fisher,
+    store_fisher,
+)
+from provenance.merges.groups import kept_groups, merge_groups
+from provenance.merges.receipts import RecordedFisher, receipt_check
+from provenance.objects import new_objects
+from provenance.records import VersionRecord, check_utf8
+
+KERNEL_VERSION = f"provenance {__version__} kernels.merge"
+
+
+def merge(
+    ledger: LedgerStore,
+    versions: Sequence[str | VersionRecord],
+    *,
+    method: str = "fisher",
+    weights: Sequence[float] | None = None,
+    base: str | VersionRecord | None = None,
+    fisher: Mapping[str, Mapping[str, torch.Tensor]] | Sequence[Mapping[str, torch.Tensor]] | None = None,
+    eps: float = 1e-6,
+    normalize: bool = False,
+    density: float = 0.2,
+    message: str,
+    author: str | None = None,
+    audit: str | None = None,
+    device: str | torch.device | None = None,
+    progress: Any = None,
+    also: Callable[[Any, VersionRecord], None] | None = None,
+) -> VersionRecord:
+    """Merge ``versions`` into a new version whose parents are all of them; see the module doc.
+    ``progress`` (``start(description, total)``, ``advance(bytes)``) is told the bytes merged;
+    ``also(tx, version)`` writes rows that must land in the version's own transaction.
+
+    ``device``: where the kernels run (default the CPU). With a CUDA device each group's inputs
+    and Fishers are moved there and merged by the Triton kernels (the dispatcher picks them for
+    CUDA tensors), the result is brought back to be stored; inputs that are sparse or low-rank
+    patches of one parent are merged there by the fused kernel of
+    :func:`provenance.kernels.merge_patches.merge_patches`, which makes them in registers.
+
+    ``fisher`` gives, per input (a sequence in input order, or a mapping from version ref), the
+    diagonal Fisher per parameter name; when omitted the Fisher stored with each version is used.
+    ``base`` is the version task vectors start from (task_arithmetic, ties; default: the first
+    parent the inputs share).
+    """
+    how = methods.get(method)
+    if base is not None and not how.needs_base:  # it was ignored, a ref that names nothing included
+        using = ", ".join(n for n in methods.names() if methods.get(n).needs_base)
+        raise InvalidParameterError(f"base= is the version task vectors start from ({using}); the {method} method "
+                                    "does not use one")
+    if not isinstance(message, str) or not message.strip():
+        raise InvalidParameterError("a merge needs a message")
+    check_utf8(message, "the merge's message")
+    if author is not None:
+        check_utf8(author, "the merge's author")
+    with ledger.session():
+        inputs = [ledger.version(v) for v in versions]
+        if not inputs:
+            raise InvalidParameterError("merge needs at least one version")
+        ids = [v.version_id for v in inputs]
+        if len(set(ids)) != len(ids):
+            raise InvalidParameterError("a version is given twice; give it a larger weight instead")
+        lam = _weights(weights, len(inputs))
+        audit = _cited_audit(ledger, audit, ids) if audit is not None else None
+        device = _device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InvalidParameterError(f"device {device} asked for, but torch sees no CUDA device")
+        base_id = _base(ledger, inputs, base) if how.needs_base else None
+        history, store = History(ledger), ledger.object_store()
+        names = _common_names(history, inputs)
+        if base_id is not None:
+            _base_has(history, base_id, names, method)
+        kept = kept_groups(history, ids[0], names)  # once (a comprehension called it once per name)
+        averaged = [n for n in names if n not in kept]
+        with new_objects(store, ledger.object_writers) as added:  # removed again if the merge is refused
+            if how.needs_fisher and fisher is not None:  # for this merge only: its receipt keeps the objects
+                given = [fisher_rows(ledger, v, {n: f[n] for n in averaged}, added,
+                                     where=f"the Fisher given for input {i} ({v.version_id[:12]}): ")[0]
+                         for i, (v, f) in enumerate(zip(inputs, given_fishers(ledger, inputs, fisher, averaged)), 1)]
+                fishers = fisher_sources(ledger, inputs, averaged, rows=[{r["name"]: r for r in g} for g in given])
+            else:
+                fishers = fisher_sources(ledger, inputs, averaged) if how.needs_fisher else None
+            norms = fisher_norms(fishers, averaged) if how.needs_fisher and normalize else None
+            params, receipt_params, kernel = merge_groups(history, store, ids, names, kept, method, fishers, lam, eps,
+                                                          norms, density, base_id, device, progress, added)
+            created = datetime.now(timezone.utc).replace(tzinfo=None)
+            h = xxhash.xxh3_128(f"merge|{ids}|{method}|{lam}|{message}|{created.isoformat()}|".encode())
+            for p in params:
+                h.update(p.model_dump_json().encode())
+            version = VersionRecord(
+                version_id=h.hexdigest(), parents=ids, message=message, author=author, created_at=created,
+                n_params=len(params), n_elements=sum(numel(p.shape) for p in params),
+                full_bytes=sum(numel(p.shape) * torch.empty((), dtype=getattr(torch, p.dtype)).element_size()
+                               for p in params),
+                stored_bytes=sum(p.nbytes for p in params),
+            )
+            receipt = {
+                "version_id": version.version_id, "method": method, "inputs": ids, "weights": lam,
+                "base_version": base_id,
+                **how.receipt_options(eps=eps, normalize=normalize, density=density),
+                "kernel": f"{kernel or 'torch'} ({KERNEL_VERSION})",
+                "params_json": json.dumps(receipt_params, sort_keys=True), "audit_id": audit, "created_at": created,
+            }
+            with ledger.transaction() as tx:
+                if audit is not None and not tx.has_audit(audit):  # deleted meanwhile
+                    raise NotFoundError(f"audit {audit[:12]}, cited, was deleted while the merge ran; nothing merged")
+                tx.insert_version(version, params)
+                tx.insert_receipt(receipt)
+                if also is not None:  # rows that must land with the version or not at all (a retraction's result)
+                    also(tx, version)
+    return version
+
+
+def _cited_audit(ledger: LedgerStore, audit: str, ids: list[str]) -> str:
+    """The full id of the pre-merge gate ``audit`` (an id or prefix) that a merge of ``ids``
+    cites: a stored gate of exactly these versions (a failed one may be cited: the receipt says
+    which it was), else an error. The receipt keeps the full id, so that the audit's report stays
+    (``prov audit delete`` refuses to delete what a receipt cites)."""
+    row = ledger.audit(audit)
+    name = row["audit_id"][:12]
+    if row["kind"] != "merge":
+        raise InvalidParameterError(f"audit {name} is a {row['kind']} audit; a merge cites a pre-merge gate "
+                                    "(prov audit merge) of its inputs")
+    audited = row["report"].get("versions") or []
+    if sorted(audited) != sorted(ids):
+        raise InvalidParameterError(
+            f"audit {name} is the pre-merge gate of {', '.join(v[:12] for v in audited)}, not of this merge's inputs "
+            f"{', '.join(v[:12] for v in ids)}; run the gate on them (--gate) or cite theirs")
+    return row["audit_id"]
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    """Where a merge runs: the CPU (default) or a CUDA device."""
+    if device is None:
+        return torch.device("cpu")
+    try:
+        found = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidParameterError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1)") from None
+    if found.type not in ("cpu", "cuda"):
+        raise InvalidParameterError(f"device {device!r}: merges run on the CPU or a CUDA device")
+    return found
+
+
+def _weights(weights: Sequence[float] | None, n: int) -> list[float]:
+    if weights is None:
+        return [1.0 / n] * n
+    lam = [float(w) for w in weights]
+    if len(lam) != n:
+        raise InvalidParameterError(f"{len(lam)} weights for {n} versions")
+    if not all(math.isfinite(w) and 0 <= w <= MAX_WEIGHT for w in lam) or sum(lam) <= 0:
+        # the kernels weigh in float32 and sum the weights as they go: 1e308 twice overflowed to inf
+        # and silently gave the first input back
+        raise InvalidParameterError(f"weights must be finite, >= 0, at most {MAX_WEIGHT:g} and not all 0, got {lam}")
+    return lam
+
+
+#: The largest merge weight taken (averaging and Fisher merging use only the weights' ratios).
+MAX_WEIGHT = 1e12
+
+
+def _base(ledger: LedgerStore, inputs: list[VersionRecord], base) -> str:
+    """The version task vectors start from: ``base``, which must be an ancestor of every input
+    (the merge is made of its values, and lineage, taint and the licences reach it only through
+    the inputs), else the inputs' shared first parent."""
+    if base is not None:
+        base_id = ledger.version(base).version_id
+        for v in inputs:
+            if base_id not in {a.version_id for a in ledger.ancestors(v)}:
+                raise InvalidParameterError(
+                    f"base {base_id[:12]} is not an ancestor of input {v.version_id[:12]}: the merge would be made of "
+                    "its values while its data stayed out of the merge's lineage; give a version the inputs were "
+                    "trained from")
+        return base_id
+    firsts = {v.parents[0] if v.parents else None for v in inputs}
+    if len(firsts) != 1 or None in firsts:
+        raise InvalidParameterError("the inputs do not share a first parent: give base= (the version their task vectors start from)")
+    return firsts.pop()
+
+
+def _base_has(history: History, base_id: str, names: list[str], method: str) -> None:
+    """Refuse a base that lacks a parameter of the inputs: its task vector has nothing to start from."""
+    have = {n for n, p in history.manifest(base_id).items() if p.encoding != "removed"}
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise InvalidParameterError(
+            f"{len(missing)} parameter(s) of the inputs are not in the base {base_id[:12]} ({', '.join(missing[:3])}"
+            f"{' ...' if len(missing) > 3 else ''}): {method} needs each one's value there to make task vectors. A "
+            "parameter the inputs added, or a tied weight (lm_head.weight) that save_pretrained stored once in the "
+            "base while the inputs were committed from state_dict(), does this; merge with average or fisher, or "
+            "commit the base with it")
+
+
+def _common_names(history: History, inputs: list[VersionRecord]) -> list[str]:
+    live = [{n: p for n, p in history.manifest(v.version_id).items() if p.encoding != "removed"} for v in inputs]
+    first = live[0]
+    for v, other in zip(inputs[1:], live[1:]):
+        if set(other) != set(first):
+            diff = sorted(set(other) ^ set(first))
+            raise InvalidParameterError(
+                f"versions {inputs[0].version_id[:12]} and {v.version_id[:12]} have different parameters: {', '.join(diff[:5])}"
+            )
+        for n, p in other.items():
+            if (p.shape, p.dtype) != (first[n].shape, first[n].dtype):
+                raise InvalidParameterError(
+                    f"parameter {n!r} is {p.dtype}{p.shape} in {v.version_id[:12]} but "
+                    f"{first[n].dtype}{first[n].shape} in {inputs[0].version_id[:12]}"
+                )
+    return sorted(first)
+
+
+__all__ = ["KERNEL_VERSION", "MAX_WEIGHT", "RecordedFisher", "load_fisher", "merge", "receipt_check", "store_fisher"]

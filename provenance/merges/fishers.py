@@ -1,0 +1,156 @@
+"""The Fishers a merge reads. A version's diagonal Fisher is stored beside its patch by
+:func:`store_fisher` (checked against its manifest: the full diagonal, or a top-k sketch); a
+merge reads, per input and group, the Fisher stored with the input, one given to that merge only
+(checked by :func:`given_fishers`, written by :func:`fisher_rows` as objects its receipt keeps)
+or one a receipt recorded, with the addresses of the objects it read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from provenance.errors import InvalidParameterError
+from provenance.history import numel
+from provenance.ledger import LedgerStore
+from provenance.objects import NewObjects, ObjectStore, new_objects
+from provenance.records import VersionRecord
+
+
+def store_fisher(
+    ledger: LedgerStore, version: str | VersionRecord, fisher: Mapping[str, torch.Tensor], *, keep: float | None = None,
+    meta: Mapping[str, Any] | None = None, update: bool = False,
+) -> int:
+    """Store the diagonal Fisher of ``version`` (parameter name -> tensor of the parameter's shape);
+    returns the bytes of the tensors stored. With ``keep`` in (0, 1], only the largest ``keep``
+    fraction of each tensor's entries is kept (a top-k sketch).
+
+    It replaces the Fisher stored for the version before, every parameter of it (one estimate,
+    never a mix of two); with ``update=True`` only the parameters given are replaced, the others
+    kept (a Fisher stored a few parameters at a time). Merges made with the Fisher replaced keep
+    theirs: their receipts hold the objects they read."""
+    ver = ledger.version(version)
+    with ledger.session(), new_objects(ledger.object_store(), ledger.object_writers) as added:
+        rows, stored = fisher_rows(ledger, ver, fisher, added, keep=keep, meta=meta)
+        with ledger.transaction() as tx:
+            tx.set_fishers(ver.version_id, rows, replace_all=not update)
+    return stored
+
+
+def fisher_rows(ledger: LedgerStore, ver: VersionRecord, fisher: Mapping[str, torch.Tensor], added: NewObjects, *,
+                keep: float | None = None, meta: Mapping[str, Any] | None = None, where: str = ""
+                ) -> tuple[list[dict], int]:
+    """``fisher`` checked against ``ver``'s manifest and written to the object store (through
+    ``added``, the write's new objects): the rows ``name, kind, objects, meta`` that record it,
+    and the bytes of the tensors. ``where`` begins a refusal's message (which Fisher it is)."""
+    manifest = {n: p for n, p in ledger.manifest(ver).items() if p.encoding != "removed"}
+    unknown = sorted(set(fisher) - set(manifest))
+    if unknown:
+        raise InvalidParameterError(f"Fisher given for parameters not in version {ver.version_id[:12]}: {', '.join(unknown)}")
+    if keep is not None and not 0 < keep <= 1:
+        raise InvalidParameterError(f"keep must be in (0, 1], got {keep!r}")
+    rows, stored = [], 0
+    for name in sorted(fisher):
+        f = fisher[name]
+        if not isinstance(f, torch.Tensor) or list(f.shape) != manifest[name].shape:
+            shape = list(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
+            raise InvalidParameterError(f"{where}Fisher of {name!r} is {shape}, the parameter is {manifest[name].shape}")
+        if f.is_complex():
+            raise InvalidParameterError(f"{where}Fisher of {name!r} is {str(f.dtype).removeprefix('torch.')}: a "
+                                        "Fisher holds real, non-negative values")
+        f = f.detach().to("cpu")
+        wide = f.dtype == torch.float64  # its values may lie beyond float32's range: checked as given
+        if not wide:
+            f = f.to(torch.float32).contiguous()  # (FP8 has no isfinite or comparisons of its own)
+        if not bool(torch.isfinite(f).all()) or bool((f < 0).any()):
+            raise InvalidParameterError(f"{where}Fisher of {name!r} holds negative, NaN or Inf values")
+        f = f.to(torch.float32).contiguous()
+        if wide and not bool(torch.isfinite(f).all()):
+            raise InvalidParameterError(f"{where}Fisher of {name!r} holds values beyond float32's range (it is stored "
+                                        "as float32): scale it down; a merge uses only its ratios")
+        if keep is None or keep == 1 or f.numel() == 0:
+            tensors, kind = {"full": f}, "full"
+        else:
+            k = max(1, math.ceil(keep * f.numel()))
+            values, indices = torch.topk(f.reshape(-1), k, sorted=False)
+            order = torch.argsort(indices)
+            tensors, kind = {"indices": indices[order].to(torch.int64), "values": values[order]}, "topk"
+        objects = {role: added.put(t).address for role, t in tensors.items()}
+        stored += sum(t.numel() * t.element_size() for t in tensors.values())
+        rows.append({"name": name, "kind": kind, "objects": objects, "meta": dict(meta or {}, keep=keep)})
+    return rows, stored
+
+
+def load_fisher(ledger: LedgerStore, version: str | VersionRecord, name: str) -> torch.Tensor | None:
+    """The stored Fisher of one parameter of ``version`` (a top-k sketch filled with 0), or None."""
+    ver = ledger.version(version)
+    row = ledger.fishers(ver).get(name)
+    if row is None:
+        return None
+    return fisher_tensor(ledger.object_store(), row, ledger.manifest(ver)[name].shape)
+
+
+def fisher_tensor(store: ObjectStore, row: dict, shape: list[int]) -> torch.Tensor:
+    if row["kind"] == "full":
+        return store.get(row["objects"]["full"])
+    out = torch.zeros(numel(shape), dtype=torch.float32)
+    out[store.get(row["objects"]["indices"])] = store.get(row["objects"]["values"])
+    return out.reshape(shape)
+
+
+def given_fishers(ledger, inputs, fisher, names) -> list[Mapping[str, torch.Tensor]]:
+    """The Fishers passed to a merge, in input order, checked to cover every parameter."""
+    if isinstance(fisher, Mapping):
+        keyed = {ledger.version(k).version_id: v for k, v in fisher.items()}
+        missing = [v.version_id[:12] for v in inputs if v.version_id not in keyed]
+        if missing:
+            raise InvalidParameterError(f"no Fisher given for version(s) {', '.join(missing)}")
+        given = [keyed[v.version_id] for v in inputs]
+    else:
+        given = list(fisher)
+    if len(given) != len(inputs):
+        raise InvalidParameterError(f"{len(given)} Fishers for {len(inputs)} versions")
+    for v, f in zip(inputs, given):
+        absent = [n for n in names if n not in f]
+        if absent:
+            raise InvalidParameterError(f"the Fisher of {v.version_id[:12]} lacks {', '.join(absent[:5])}")
+    return given
+
+
+def fisher_sources(ledger, inputs, names, rows=None):
+    """Per input, a function name -> (its stored Fisher tensor, the object addresses); ``rows``:
+    per input, name -> ``{"kind", "objects"}`` to read instead of the Fishers stored with them."""
+    store = ledger.object_store()
+    stored = [ledger.fishers(v) for v in inputs] if rows is None else rows
+    lacking = [v.version_id[:12] for v, rows in zip(inputs, stored) if not set(names) <= set(rows)]
+    if lacking:
+        raise InvalidParameterError(
+            f"version(s) {', '.join(lacking)} have no stored Fisher for every parameter: store one with "
+            "ledger.store_fisher(version, fisher) (docs/merging.md) or pass fisher=..., or merge by another method "
+            "(--method average, task_arithmetic or ties)"
+        )
+    manifests = [ledger.manifest(v) for v in inputs]
+
+    def source(rows, manifest):
+        return lambda name: (fisher_tensor(store, rows[name], manifest[name].shape), rows[name]["objects"])
+
+    return [source(rows, m) for rows, m in zip(stored, manifests)]
+
+
+def fisher_norms(fishers, names) -> list[float]:
+    """Per input, the L2 norm of its whole Fisher (all parameter groups)."""
+    return [math.sqrt(sum(float(source(n)[0].double().square().sum()) for n in names)) or 1.0 for source in fishers]
+
+
+def group_fishers(fishers, name: str, prepare) -> tuple[list[torch.Tensor], list]:
+    """Each input's Fisher of group ``name`` passed through ``prepare`` (a slice, a reshape, a move
+    to the merge's device), and the object addresses they were read from."""
+    fs, addresses = [], []
+    for source in fishers:
+        f, address = source(name)
+        fs.append(prepare(f))
+        addresses.append(address)
+    return fs, addresses

@@ -1,0 +1,139 @@
+"""The questions asked of a served ledger, answered on the server: lineage, taint, retractions
+and documents removed, the dedup, merge-gate and memorization audits and the stored audits (the
+model card and a dedup audit's pairs file are made here from its answers). Mixed into
+:class:`~provenance.remote.RemoteLedger`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+
+from provenance.files import naming
+from provenance.plain import utc_time
+from provenance.records import RegistrationResult, VersionRecord
+from provenance.remote.transport import ref_of
+from provenance.results import DedupReport, GateReport, Lineage, MemorizationReport, TaintReport
+from provenance.wire import BUNDLE, ipc_to_table, unpack
+
+
+class RemoteQuestions:
+    """Lineage, taint, retractions and audits over HTTP (``self`` is a
+    :class:`~provenance.remote.RemoteLedger`)."""
+
+    def lineage(self, version: str | VersionRecord) -> Lineage:
+        data = self._call("GET", f"lineage/{ref_of(version)}", accept=BUNDLE)
+        meta, tables = unpack(data)
+        return Lineage.model_validate({**meta, **tables})
+
+    def model_card(self, version: str | VersionRecord, *, base_model: str | None = None) -> Any:
+        """The version's Hugging Face model card, made here from the server's lineage and audits
+        (:func:`provenance.model_card.model_card`); a base model is named only when given."""
+        from provenance.model_card import model_card
+
+        return model_card(self, version, base_model=base_model)
+
+    def taint(self, *, dataset: Any = None, shard: str | int | None = None, key: str | None = None,
+              text: str | None = None, near: float | None = None) -> TaintReport:
+        body = {"dataset": ref_of(dataset) if dataset is not None else None,
+                "shard": str(shard) if shard is not None else None, "key": key, "text": text, "near": near}
+        return TaintReport.model_validate(self._call("POST", "taint", json_body=body))
+
+    def retract(self, *, reason: str, dataset: Any = None, shard: str | int | None = None, key: str | None = None,
+                text: str | None = None, near: float | None = None, author: str | None = None) -> dict[str, Any]:
+        body = {"reason": reason, "dataset": ref_of(dataset) if dataset is not None else None,
+                "shard": str(shard) if shard is not None else None, "key": key, "text": text, "near": near,
+                "author": author}
+        return self._call("POST", "retractions", json_body=body)
+
+    def retractions(self) -> list[dict[str, Any]]:
+        return self._call("GET", "retractions")
+
+    def retraction(self, retraction_id: str) -> dict[str, Any]:
+        return self._call("GET", f"retractions/{retraction_id}")
+
+    def apply_retraction(self, retraction: str, *, rebase: bool = False, progress: Any = None) -> list[dict[str, Any]]:
+        return self._call("POST", f"retractions/{retraction}/apply", json_body={"rebase": rebase})
+
+    def audit_retraction(self, retraction: str, *, samples: Any = None, **options: Any) -> dict[str, Any]:
+        from provenance.audits import read_samples
+
+        texts = None if samples is None else read_samples(samples) if isinstance(samples, (str, os.PathLike)) \
+            else [str(t) for t in samples]
+        return self._call("POST", f"retractions/{retraction}/audit",
+                          json_body={"samples": texts, "options": options})
+
+    def remove_documents(self, name: str, keys: Sequence[str], *, reason: str | None = None,
+                         retraction: str | None = None) -> RegistrationResult:
+        data = self._call("POST", f"datasets/{name}/remove",
+                          json_body={"keys": list(keys), "reason": reason, "retraction": retraction})
+        return RegistrationResult.model_validate(data)
+
+    def audit_dedup(self, targets: Sequence[Any], *, progress: Any = None, pairs_file: Any = None,
+                    **options: Any) -> DedupReport:
+        """The dedup audit, run on the server; with ``pairs_file`` the pairs are written here as
+        Parquet (read from the stored audit, or from the report when it stores nothing)."""
+        out = self.output_path(pairs_file) if pairs_file is not None else None
+        body = {"targets": [ref_of(t) for t in targets], "options": options}
+        report = DedupReport.model_validate(self._call("POST", "audits/dedup", json_body=body))
+        if out is None:
+            return report
+        import pyarrow.parquet as pq
+
+        if report.stored:
+            table = self.audit_pairs(report.audit_id)
+        else:
+            table = pa.Table.from_pylist([p.model_dump() for p in report.pairs or []])
+        tmp = out.with_name(f".{out.name}.{report.audit_id[:8]}.tmp")
+        try:
+            with naming(out):  # a full disk names the file asked for
+                pq.write_table(table, tmp)
+            os.replace(tmp, out)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return report.model_copy(update={"pairs": None, "pairs_file": str(pairs_file)})
+
+    def audit_merge(self, versions: Sequence[str | VersionRecord], *, progress: Any = None,
+                    **options: Any) -> GateReport:
+        body = {"versions": [ref_of(v) for v in versions], "options": options}
+        return GateReport.model_validate(self._call("POST", "audits/merge", json_body=body))
+
+    def audit_memorization(self, version: str | VersionRecord, samples: Any, *, progress: Any = None,
+                           **options: Any) -> MemorizationReport:
+        from provenance.audits import read_samples
+
+        texts = read_samples(samples) if isinstance(samples, (str, os.PathLike)) else list(samples)
+        body = {"version": ref_of(version), "samples": texts, "options": options}
+        return MemorizationReport.model_validate(self._call("POST", "audits/memorization", json_body=body))
+
+    def audits(self, kind: str | None = None) -> list[dict[str, Any]]:
+        return [_datetimes(r, "created_at", "pairs_deleted_at") for r in self._call("GET", "audits", params={"kind": kind})]
+
+    def audit(self, audit_id: str) -> dict[str, Any]:
+        return _datetimes(self._call("GET", f"audits/{audit_id}"), "created_at", "pairs_deleted_at")
+
+    def audit_pairs(self, audit_id: str, limit: int | None = None) -> pa.Table:
+        return ipc_to_table(self._call("GET", f"audits/{audit_id}/pairs", params={"limit": limit}), "the pairs")
+
+    def delete_audits(self, audit_ids: Sequence[str] = (), *, kind: str | None = None, before: Any = None,
+                      pairs_only: bool = False, dry_run: bool = False) -> dict[str, Any]:
+        before = utc_time(before, "before")  # refused here as the ledger refuses it, naming the parameter
+        result = self._call("POST", "audits/delete", json_body={
+            "audit_ids": [audit_ids] if isinstance(audit_ids, str) else list(audit_ids), "kind": kind,
+            "before": None if before is None else before.isoformat(), "pairs_only": pairs_only, "dry_run": dry_run})
+        for row in result["deleted"]:
+            _datetimes(row, "created_at")
+        return result
+
+
+def _datetimes(row: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """``row`` with its ISO strings at ``keys`` as datetimes, as a local ledger gives them."""
+    for key in keys:
+        if row.get(key):
+            row[key] = datetime.fromisoformat(row[key])
+    return row

@@ -1,0 +1,221 @@
+"""The versions of a served ledger: their records, manifests, receipts, tags, diffs and merges;
+a commit uploads the state as one safetensors file, made a tensor at a time as it is sent (no
+copy on disk), and a checkout streams it back to a file written atomically. Maintenance (backup,
+gc, verify) runs on the server. Mixed into :class:`~provenance.remote.RemoteLedger`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from provenance import errors
+from provenance.records import DatasetRecord, ParamRecord, TagRecord, VersionRecord
+from provenance.remote.transport import ref_of
+from provenance.results import MergeReceipt
+from provenance.wire import LOW_RANK_PREFIX, ipc_to_table
+
+
+class RemoteVersions:
+    """Versions over HTTP (``self`` is a :class:`~provenance.remote.RemoteLedger`)."""
+
+    def versions(self) -> list[VersionRecord]:
+        return [VersionRecord.model_validate(r) for r in self._call("GET", "versions")]
+
+    def version(self, ref: str | VersionRecord) -> VersionRecord:
+        return VersionRecord.model_validate(self._call("GET", f"versions/{ref_of(ref)}"))
+
+    def manifest(self, version: str | VersionRecord) -> dict[str, ParamRecord]:
+        return {k: ParamRecord.model_validate(v) for k, v in self._call("GET", f"versions/{ref_of(version)}/manifest").items()}
+
+    def receipt(self, version: str | VersionRecord) -> MergeReceipt | None:
+        data = self._call("GET", f"versions/{ref_of(version)}/receipt")
+        return MergeReceipt.model_validate(data) if data is not None else None
+
+    def tags(self) -> list[TagRecord]:
+        return [TagRecord.model_validate(r) for r in self._call("GET", "tags")]
+
+    def tag(self, name: str, version: str | VersionRecord) -> VersionRecord:
+        try:
+            return VersionRecord.model_validate(self._call("PUT", f"tags/{name}", json_body={"version": ref_of(version)}))
+        except errors.AlreadyAppliedError:  # the tag was set before the server stopped: the version it was set to
+            return self.version(ref_of(version))
+
+    def commit(self, state: Any, *, parent: str | VersionRecord | None = None, message: str, author: str | None = None,
+               run: str | None = None, encoding: str = "auto", allow_nonfinite: bool = False, progress: Any = None,
+               sync: bool = True, low_rank: Mapping[str, tuple[Any, Any, float]] | None = None,
+               **options: Any) -> VersionRecord:
+        """Upload ``state`` (a state dict, a module, a safetensors file or a sharded checkpoint)
+        and store it on the server as a new version (the server syncs its objects whatever ``sync``
+        says: durability is the server's). ``low_rank`` factors travel in the same upload."""
+        if options:
+            raise errors.InvalidParameterError(
+                f"{', '.join(sorted(options))}: not available through a ledger server (commit on the ledger's host)")
+        params = {"message": message, "parent": ref_of(parent) if parent is not None else None, "author": author,
+                  "run": run, "encoding": encoding, "allow_nonfinite": str(allow_nonfinite).lower()}
+        if low_rank:
+            state = _as_tensors(state)
+            for name, (b, a, _scale) in low_rank.items():
+                state[f"{LOW_RANK_PREFIX}B:{name}"], state[f"{LOW_RANK_PREFIX}A:{name}"] = b, a
+            params["low_rank_scales"] = json.dumps({name: float(f[2]) for name, f in low_rank.items()})
+        body = _state_body(state)
+        data = self._made("version_id", "versions", lambda: self._call(
+            "POST", "versions", params=params, content=body, content_type="application/octet-stream",
+            length=getattr(body, "size", None)))
+        return VersionRecord.model_validate(data)
+
+    def store_fisher(self, version: str | VersionRecord, fisher: Mapping[str, Any], *, keep: float | None = None,
+                     meta: Mapping[str, Any] | None = None, update: bool = False) -> int:
+        """Upload the diagonal Fisher of ``version`` (parameter name -> tensor) to the server; see
+        :func:`provenance.merges.store_fisher`."""
+        body = _state_body(dict(fisher))
+        params = {"meta": json.dumps(dict(meta or {})), "keep": keep, "update": update}
+        return self._call("POST", f"versions/{ref_of(version)}/fisher", params=params, content=body,
+                          content_type="application/octet-stream", length=body.size)["bytes"]
+
+    def near_duplicates(self, datasets: Sequence[str | DatasetRecord], threshold: float = 0.8) -> pa.Table:
+        data = self._call("POST", "near-duplicates", json_body={"datasets": [ref_of(d) for d in datasets],
+                                                                "threshold": threshold})
+        return ipc_to_table(data, "the pairs")
+
+    def checkout(self, version: str | VersionRecord, output: str | os.PathLike | None = None, *,
+                 parents: bool = False, progress: Any = None) -> Any:
+        """The version's tensors, bit-identical: a dict, or the safetensors file ``output``."""
+        ref = ref_of(version)
+        if output is not None:
+            out = self.output_path(output, parents=parents)
+            return self._call("GET", f"versions/{ref}/tensors", stream_to=out)
+        from provenance.tensorfile import read_tensors
+
+        with tempfile.TemporaryDirectory(prefix="prov-checkout-") as tmp:
+            path = self._call("GET", f"versions/{ref}/tensors", stream_to=Path(tmp) / "state.safetensors")
+            tensors, _ = read_tensors(path)
+            return tensors
+
+    def checkout_hf(self, version: str | VersionRecord, folder: str | os.PathLike, **options: Any) -> Path:
+        """Refused: a ledger server does not serve a version's stored files (config, tokenizer)."""
+        raise errors.InvalidParameterError(
+            "checkout as a Hugging Face folder is not available through a ledger server: it does not serve a "
+            "version's stored files (config, tokenizer); check out on the ledger's host, or check out the tensors "
+            "to a .safetensors file")
+
+    def model_files(self, version: str | VersionRecord) -> list[Any]:
+        """Refused: a ledger server does not serve a version's stored files."""
+        raise errors.InvalidParameterError(
+            "a version's checkpoint-folder files are not available through a ledger server; list them on the "
+            "ledger's host")
+
+    def ancestors(self, version: str | VersionRecord) -> list[VersionRecord]:
+        return [VersionRecord.model_validate(r) for r in self._call("GET", f"versions/{ref_of(version)}/ancestors")]
+
+    def diff(self, old: str | VersionRecord, new: str | VersionRecord) -> list[dict[str, Any]]:
+        return self._call("GET", f"versions/{ref_of(old)}/diff/{ref_of(new)}")
+
+    def data_diff(self, a: str | VersionRecord, b: str | VersionRecord) -> dict[str, Any]:
+        return self._call("GET", f"versions/{ref_of(a)}/diff/{ref_of(b)}", params={"data": "true"})
+
+    def merge(self, versions: Sequence[str | VersionRecord], *, gate: Mapping[str, Any] | None = None,
+              progress: Any = None, device: Any = None, **options: Any) -> VersionRecord:
+        if device is not None:
+            raise errors.InvalidParameterError("device: the server merges on its own device")
+        if "base" in options and options["base"] is not None:
+            options["base"] = ref_of(options["base"])
+        body = {"versions": [ref_of(v) for v in versions], **options, "gate": dict(gate) if gate is not None else None}
+        data = self._made("version_id", "versions", lambda: self._call("POST", "merges", json_body=body)["version"])
+        return VersionRecord.model_validate(data)
+
+    def backup(self, destination: str | os.PathLike, *, link: bool = False) -> dict[str, Any]:
+        """A consistent copy of the served ledger in ``destination``, a folder on the server's machine."""
+        return self._call("POST", "backup", json_body={"destination": str(destination), "link": link})
+
+    def gc(self, *, apply: bool = False) -> dict[str, Any]:
+        return self._call("POST", "gc", json_body={"apply": apply})
+
+    def verify(self, *, objects: bool = False, repair: bool = False, progress: Any = None) -> Any:
+        from provenance.verify import VerifyReport
+
+        return VerifyReport.model_validate(self._call("POST", "verify", json_body={"objects": objects, "repair": repair}))
+
+
+def _warn_files_left(folder: Path) -> None:
+    """A ledger server takes a folder's tensors only: say which of its files are not kept."""
+    from provenance import model_files
+
+    kept = [path.name for path, reason in model_files.scan(folder, max_file_bytes=1 << 62) if reason is None]
+    if kept:
+        errors.warn(
+            f"{folder}: {', '.join(kept[:6])}{' and more' if len(kept) > 6 else ''} not stored: a ledger server takes "
+            "a folder's tensors only (commit on the ledger's host to keep the files `prov model checkout --hf` writes)")
+
+
+def _state_body(state: Any) -> Callable[[], Any]:
+    """``state`` (tensors, a module, a safetensors file, a checkpoint folder) as the body of a
+    safetensors upload, made one tensor at a time with no copy on disk, in name order: the order
+    a commit stores them in, so that the server stores each as it arrives. A callable: each retry
+    sends it again from the start."""
+    if isinstance(state, (str, os.PathLike)):
+        path = Path(state)
+        from provenance import checkpoints
+
+        if checkpoints.is_lora_adapter(path):
+            raise errors.InvalidParameterError(
+                f"{path} is a LoRA adapter folder: through a ledger server, commit the state it makes (base + "
+                "adapter), or commit the adapter on the ledger's host")
+        if not path.exists():
+            raise errors.InvalidParameterError(f"{path}: no such file or folder")
+        if path.is_dir():
+            _warn_files_left(path)
+        reader = checkpoints.open_state(path)
+        entries = [(n, *reader.info(n)) for n in reader.names]
+        return _TensorStream(entries, reader.get)
+    if hasattr(state, "state_dict") and callable(state.state_dict):
+        state = state.state_dict()
+    if not isinstance(state, Mapping):
+        raise errors.InvalidParameterError(
+            f"expected a state dict, a module, a .safetensors file or a checkpoint folder, got {type(state).__name__}")
+    for name in state:
+        if not isinstance(name, str) or not name:
+            raise errors.InvalidParameterError(f"parameter names must be non-empty strings, got {name!r}")
+    tensors = {k: state[k].detach() for k in sorted(state)}
+    return _TensorStream([(k, t.dtype, tuple(t.shape)) for k, t in tensors.items()], tensors.__getitem__)
+
+
+def _as_tensors(state: Any) -> dict[str, Any]:
+    """``state`` as a dict of tensors (a file is mapped, not read)."""
+    if isinstance(state, (str, os.PathLike)):
+        path = Path(state)
+        if path.is_file() and path.name.endswith(".safetensors"):
+            from provenance.tensorfile import read_tensors
+
+            return dict(read_tensors(path)[0])
+        from provenance import checkpoints
+
+        with checkpoints.open_state(path) as reader:
+            return {n: reader.get(n) for n in reader.names}
+    if hasattr(state, "state_dict") and callable(state.state_dict):
+        return dict(state.state_dict())
+    return dict(state)
+
+
+class _TensorStream:
+    """A safetensors file's bytes made from tensors (:func:`provenance.tensorfile.file_bytes`);
+    its length is known up front (sent as Content-Length, not chunked). Called, it starts again
+    (for a retry)."""
+
+    def __init__(self, entries: list, get: Callable[[str], Any]):
+        self.entries, self.get = entries, get
+        self.size = self._bytes()[0]
+
+    def __call__(self) -> Iterator[Any]:
+        return self._bytes()[1]
+
+    def _bytes(self) -> tuple[int, Iterator[Any]]:
+        from provenance.tensorfile import file_bytes
+
+        return file_bytes(self.entries, ((name, self.get(name)) for name, _, _ in self.entries))
