@@ -175,6 +175,8 @@ class Context:
 
 
 pass_ctx = click.make_pass_decorator(Context)
+
+
 def git_author() -> str | None:
     """``Name <email>`` from git's ``user.name`` and ``user.email``, or None without git or them."""
     import subprocess
@@ -333,6 +335,8 @@ def _ray_engine(module: str) -> Any:
 @click.pass_context
 def main(ctx: click.Context, ledger: str | None, wait: float, quiet: bool) -> None:
     """Training-data provenance: which data shaped which model version."""
+    if ledger is not None and not ledger.strip():  # `--ledger "$UNSET_VAR"`: not the current folder
+        raise click.BadParameter("is empty: give a ledger folder or a ledger server's URL", param_hint="'--ledger'")
     ctx.obj = Context(ledger, wait, quiet)
 
 

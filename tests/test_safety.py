@@ -726,3 +726,11 @@ def test_an_error_names_a_huge_value_shortened_with_its_length(project):
         result = run_cli(*args)
         assert result.exit_code in (3, 4) and result.output.startswith(start), result.output[:300]
         assert "…' (5,000 characters)" in result.output and len(result.output) < 400, result.output[:300]
+
+
+def test_an_empty_ledger_option_is_a_usage_error_not_the_current_folder(project):
+    for given in ("", "  "):  # `--ledger "$UNSET"` opened the ledger of the folder the command ran in
+        result = run_cli("--ledger", given, "dataset", "list")
+        assert result.exit_code == 2 and "Invalid value for '--ledger': is empty: give a ledger folder or a ledger " \
+            "server's URL" in result.output, result.output
+    assert run_cli("dataset", "list").exit_code == 0  # the project's ledger, found from the current folder
