@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from html.parser import HTMLParser
 
@@ -252,6 +253,14 @@ def test_samples_files_are_checked(data_dir, contributors):
     assert str(caught.value) == f"{data_dir / 'cut.jsonl'}: line 2 is not JSON (Unterminated string at column 10)"
     (data_dir / "lines.txt").write_text("one sample\n\nanother sample\n")
     assert read_samples(data_dir / "lines.txt") == ["one sample", "another sample"]
+    (data_dir / "surrogate.jsonl").write_text('{"text": "ok"}\n{"text": "a \\ud800 b"}\n')
+    with pytest.raises(SourceError) as caught:  # it named neither the file nor the line
+        read_samples(data_dir / "surrogate.jsonl")
+    assert str(caught.value) == (f"{data_dir / 'surrogate.jsonl'}: line 2: the text holds an unpaired surrogate at "
+                                 "character 2, which is not valid Unicode")
+    (data_dir / "lines.txt.gz").write_bytes(gzip.compress(b"one sample\n"))
+    with pytest.raises(SourceError, match=r"lines.txt.gz: the samples file is gzip-compressed; decompress it first"):
+        read_samples(data_dir / "lines.txt.gz")  # it said 'line 1 is not UTF-8 (byte 1)'
     with pytest.raises(InvalidParameterError, match="span must be"):
         audit_memorization(ledger, va.version_id, ["x"], span=-1)
     assert ledger.audits("memorization") == []
