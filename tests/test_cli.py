@@ -81,8 +81,12 @@ def test_bad_input_exit_code_and_message(project, runner):
     assert "bad.jsonl:2: invalid UTF-8" in result.output
     ok = _json(runner.invoke(main, ["dataset", "add", "bad", str(bad), "--on-invalid", "replace", "--json"]))
     assert ok["dataset"]["n_invalid_replaced"] == 1 and ok["dataset"]["n_documents"] == 2
-    bogus = runner.invoke(main, ["dataset", "add", "x", "data/a.jsonl", "--num-perm", "0"])
-    assert bogus.exit_code == 4 and "invalid parameter: --num-perm: Input should be greater than or equal to 1" in bogus.output
+    for option, value, bounds in (("--num-perm", "0", "1<=x<=8192"), ("--ngram", "65", "1<=x<=64"),
+                                  ("--seed", "-1", "0<=x<=4294967295")):  # usage errors, exit 2 (they exited 4)
+        bogus = runner.invoke(main, ["dataset", "add", "x", "data/a.jsonl", option, value])
+        assert bogus.exit_code == 2 and f"Invalid value for '{option}': {value} is not in the range {bounds}." in bogus.output
+    too_few = runner.invoke(main, ["dataset", "add", "x", "data/a.jsonl", "--num-perm", "2"])  # in range, yet no banding
+    assert too_few.exit_code == 4 and "threshold 0.8 is too low for num_perm=2" in too_few.output
 
 
 def test_sql_formats_and_refusals(project, runner):
