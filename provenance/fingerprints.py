@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import numbers
 import os
 import sys
 import time
@@ -296,6 +297,10 @@ class Banding:
         pair at ``threshold`` a candidate with probability at least ``min_recall``."""
         if not 0.0 < threshold < 1.0:
             raise InvalidParameterError(f"threshold must be in (0, 1), got {threshold}")
+        if isinstance(num_perm, bool) or not isinstance(num_perm, numbers.Integral) or not 1 <= num_perm <= MAX_NUM_PERM:
+            raise InvalidParameterError(f"num_perm must be a whole number from 1 to {MAX_NUM_PERM}, got {num_perm!r}")
+        if not 0.0 < min_recall < 1.0:
+            raise InvalidParameterError(f"min_recall must be in (0, 1), got {min_recall}")
         for rows in range(num_perm, 0, -1):
             banding = cls(bands=num_perm // rows, rows=rows)
             if banding.probability(threshold) >= min_recall:
