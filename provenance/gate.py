@@ -39,6 +39,7 @@ passed; ``prov audit merge`` exits 1 when it did not, and ``ledger.merge(..., au
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
@@ -189,8 +190,12 @@ def audit_merge(
 def _check_limits(max_overlap: float | None, max_contamination: int | None, ngram: int) -> None:
     if max_overlap is not None and not 0.0 <= float(max_overlap) <= 1.0:
         raise InvalidParameterError(f"max-overlap must be a fraction in [0, 1], got {max_overlap}")
-    if max_contamination is not None and int(max_contamination) < 0:
-        raise InvalidParameterError(f"max-contamination must be a count >= 0, got {max_contamination}")
+    if max_contamination is not None:
+        whole = isinstance(max_contamination, numbers.Integral) and not isinstance(max_contamination, bool) or (
+            isinstance(max_contamination, float) and max_contamination.is_integer())  # 1.5 was cut to 1, NaN a ValueError
+        if not whole or max_contamination < 0:
+            raise InvalidParameterError(f"max-contamination must be a whole count >= 0 (or None: no limit), "
+                                        f"got {max_contamination!r}")
     check_span(ngram, "ngram")
 
 

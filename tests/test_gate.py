@@ -164,6 +164,10 @@ def test_gate_bad_input(contributors):
         audit_merge(ledger, [va.version_id, vb.version_id], ngram=100_000)  # a span no text holds: no check at all
     with pytest.raises(InvalidParameterError, match=r"^ngram must be a whole number of words, got 13.5$"):
         audit_merge(ledger, [va.version_id, vb.version_id], ngram=13.5)
+    for limit in (float("nan"), 1.5, -1, True):  # NaN was a bare ValueError; 1.5 was cut to 1 and passed
+        with pytest.raises(InvalidParameterError, match=rf"^max-contamination must be a whole count >= 0 \(or None: no "
+                                                        rf"limit\), got {limit!r}$"):
+            audit_merge(ledger, [va.version_id, vb.version_id], max_contamination=limit)
     with pytest.raises(InvalidParameterError, match="span must be from 0 .no span check. to 1000 words, got 1001"):
         audit_memorization(ledger, va.version_id, ["x"], span=1001)  # was taken: a span no sample holds
     for command in (["audit", "merge", va.version_id, vb.version_id], ["audit", "dedup", "a"]):
