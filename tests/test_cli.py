@@ -319,6 +319,17 @@ def test_remove_keys_file_takes_each_line_as_it_is(project, runner):
     assert [r["key"] for r in keys] == ["c", "d"]
 
 
+def test_near_out_of_range_is_a_usage_error(project, runner):
+    """`taint --near` and `retract --near` took any float: 0, 1.5 and NaN were refused by the library
+    with exit 4; they are usage errors naming the range, exit 2, as --threshold's are."""
+    (project / "doc.txt").write_text("a document to look for")
+    for command in (["taint"], ["retract", "--reason", "a request"]):
+        for value, said in (("nan", "'nan' is not a number."), ("0", "0.0 is not in the range 0<x<=1."),
+                            ("1.5", "1.5 is not in the range 0<x<=1.")):
+            result = runner.invoke(main, [*command, "--text", "doc.txt", "--near", value])
+            assert result.exit_code == 2 and f"Invalid value for '--near': {said}" in result.output, result.output
+
+
 def test_keys_that_are_not_utf8_are_an_error_naming_the_line(project, runner):
     """A keys file with a byte that is not UTF-8 (`dataset remove --keys-file`, `run log KEYS`) was a
     traceback and exit status 1, the status of a failed gate (stranger pass 25): now one line
