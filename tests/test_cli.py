@@ -270,6 +270,11 @@ def test_merge_cli_and_the_receipt_in_model_show(project, runner):
                         "--eps is for fisher; --normalize is for fisher: the ties method does not use them")):
         out = runner.invoke(main, ["merge", a.version_id[:8], b.version_id[:8], *args, "-m", "m"])
         assert out.exit_code == 2 and out.output.splitlines()[-1] == f"Error: {says}", out.output
+    for args, says in ((["--method", "ties", "--density", "0"], "Invalid value for '--density': 0.0 is not in the range 0<x<=1."),
+                       (["--method", "ties", "--density", "nan"], "Invalid value for '--density': 'nan' is not a number."),
+                       (["--method", "fisher", "--eps", "-1"], "Invalid value for '--eps': -1.0 is not in the range x>=0.")):
+        out = runner.invoke(main, ["merge", a.version_id[:8], b.version_id[:8], *args, "-m", "m"])  # they exited 4
+        assert out.exit_code == 2 and out.output.splitlines()[-1] == f"Error: {says}", out.output
     one = runner.invoke(main, ["merge", a.version_id[:8], "-m", "m"])  # made a copy of a, with a receipt
     assert one.exit_code == 2 and one.output.splitlines()[-1] == ("Error: a merge takes at least two versions: "
                                                                   "prov merge V1 V2 [V3 ...]")
