@@ -340,6 +340,14 @@ def test_merge_with_the_gate_in_the_library(contributors):
         ledger.merge([va, vb], method="average", message="x", gate={}, audit=failed.value.report["audit_id"])
     with pytest.raises(InvalidParameterError, match="a gated merge cites its gate, which must be stored"):
         ledger.merge([va, vb], method="average", message="x", gate={"store": False, "max_contamination": None})
+    audits = len(ledger.audits())
+    with pytest.raises(InvalidParameterError, match=r"^gate: unknown option\(s\) 'max_overlaps'; the gate's options are "
+                                                    r"eval_datasets, threshold, max_overlap, "):
+        ledger.merge([va, vb], method="average", message="x", gate={"max_overlaps": 0.1})  # a TypeError
+    with pytest.raises(InvalidParameterError, match=r"^gate must be a dict of the pre-merge gate's options \(\{\} for "
+                                                    r"its defaults\), got str$"):
+        ledger.merge([va, vb], method="average", message="x", gate="strict")  # an AttributeError
+    assert len(ledger.audits()) == audits and len(ledger.versions()) == before
     merged = ledger.merge([va, vb], method="average", message="gated", gate={"max_contamination": 2})
     assert ledger.receipt(merged)["audit_id"] == ledger.audits("merge")[0]["audit_id"]
     assert ledger.audit(ledger.receipt(merged)["audit_id"])["passed"] is True
