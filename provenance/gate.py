@@ -78,7 +78,7 @@ def check_deny_license(deny: Sequence[str] | str | None) -> list[str]:
         return []
     given = [x.strip() for x in (deny.split(",") if isinstance(deny, str) else deny)]
     items = [x for x in given if x]
-    if not items and (deny if isinstance(deny, str) else given):  # "," or [" "]: a condition meant, none named
+    if not items and (isinstance(deny, str) or given):  # "", "," or [" "]: a condition meant, none named ([] is none)
         raise InvalidParameterError(f"deny-licence {deny!r} names no condition; choose from {', '.join(LICENSE_CONDITIONS)}")
     unknown = [x for x in items if x not in LICENSE_CONDITIONS]
     if unknown:

@@ -153,6 +153,11 @@ def test_gate_bad_input(contributors):
         audit_merge(ledger, [va.version_id, vb.version_id], max_overlap=2)
     with pytest.raises(InvalidParameterError, match=r"^deny-licence ',' names no condition; choose from non-comm"):
         audit_merge(ledger, [va.version_id, vb.version_id], deny_license=",")  # was: no condition, silently
+    with pytest.raises(InvalidParameterError, match=r"^deny-licence '' names no condition; choose from non-comm"):
+        audit_merge(ledger, [va.version_id, vb.version_id], deny_license="")  # `--deny-licence "$UNSET"`: it passed
+    result = CliRunner().invoke(main, ["--ledger", str(ledger.root), "audit", "merge", va.version_id, vb.version_id,
+                                       "--deny-licence", ""])
+    assert result.exit_code == 4 and "deny-licence '' names no condition" in result.output, result.output
     with pytest.raises(Exception, match="no version or tag 'nope'"):
         audit_merge(ledger, [va.version_id, "nope"])
     with pytest.raises(NotFoundError, match="no version or tag 'a'.*; a@1 is a dataset: the memorization audit takes a "
