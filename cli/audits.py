@@ -66,7 +66,8 @@ def lineage_cmd(obj: Context, ref: str, fmt: str, show_all: bool, as_json: bool)
 @click.option("--text", "text_file", type=click.File("rb"), default=None,
               help="A file with the text of a document ('-': stdin), looked for in every dataset (so without DATASET, "
                    "--shard or --key): by exact hash, or with --near by similarity.")
-@click.option("--near", type=float, default=None, help="Also versions whose lineage holds a near-duplicate "
+@click.option("--near", type=FloatRange(0, 1, min_open=True), default=None,
+              help="Also versions whose lineage holds a near-duplicate "
               "(estimated Jaccard >= NEAR) of the target document in any dataset.")
 @json_option
 @pass_ctx

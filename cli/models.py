@@ -13,6 +13,7 @@ from provenance.cli import render
 from provenance.cli.app import (
     CliError,
     Context,
+    FloatRange,
     PolicyFailed,
     _gate_limits,
     _gate_options,
@@ -188,9 +189,9 @@ def model_card(obj: Context, ref: str, output: str | None, base_model: str | Non
               show_default=True, help="How to merge (fisher uses the Fisher stored with each version).")
 @click.option("--weights", default=None, help="Comma-separated weights, one per version (default: equal).")
 @click.option("--base", default=None, help="task_arithmetic/ties: the version task vectors start from (default: the shared parent).")
-@click.option("--eps", type=float, default=1e-6, show_default=True, help="fisher: floor on the Fisher.")
+@click.option("--eps", type=FloatRange(min=0), default=1e-6, show_default=True, help="fisher: floor on the Fisher.")
 @click.option("--normalize", is_flag=True, help="fisher: divide each model's Fisher by its L2 norm.")
-@click.option("--density", type=float, default=0.2, show_default=True, help="ties: fraction of each task vector kept.")
+@click.option("--density", type=FloatRange(0, 1, min_open=True), default=0.2, show_default=True, help="ties: fraction of each task vector kept.")
 @click.option("--audit", default=None, help="The id of the pre-merge audit this merge cites.")
 @click.option("--gate", is_flag=True, help="Run the pre-merge gate first (prov audit merge) and merge only if it passes.")
 @click.option("--device", default=None, help="Where the kernels run, e.g. cuda (default: the CPU).")

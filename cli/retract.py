@@ -34,7 +34,7 @@ from provenance.ngrams import MAX_SPAN
 @click.option("--text", "text_file", type=click.File("rb"), default=None,
               help="A file with the text of a document ('-': stdin), looked for in every dataset (so without DATASET, "
                    "--shard or --key); the text itself is not kept.")
-@click.option("--near", type=float, default=None,
+@click.option("--near", type=FloatRange(0, 1, min_open=True), default=None,
               help="Also its near-duplicates (estimated Jaccard >= NEAR) in any dataset.")
 @click.option("--reason", default=None, help="Why (a removal request, a licence audit); required to record one.")
 @author_option

@@ -68,6 +68,23 @@ class LedgerAPI(Protocol):
     def sql(self, query: str, params: Sequence[Any] | None = None) -> Any: ...
 
 
+def _check_gate_options(gate: Any) -> None:
+    """``gate=`` of :meth:`Ledger.merge`: a mapping of :func:`provenance.gate.audit_merge`'s
+    options (a string was an ``AttributeError``, an unknown key a ``TypeError``)."""
+    import inspect
+
+    from provenance import gate as gate_
+
+    known = [name for name, p in inspect.signature(gate_.audit_merge).parameters.items() if p.kind is p.KEYWORD_ONLY]
+    if not isinstance(gate, Mapping):
+        raise InvalidParameterError(f"gate must be a dict of the pre-merge gate's options ({{}} for its defaults), "
+                                    f"got {type(gate).__name__}")
+    unknown = sorted(map(str, set(gate) - set(known)))
+    if unknown:
+        raise InvalidParameterError(f"gate: unknown option(s) {', '.join(map(repr, unknown))}; "
+                                    f"the gate's options are {', '.join(known)}")
+
+
 class Ledger(LedgerStore):
     """A provenance ledger: create one with :meth:`init`, open one with :meth:`open` (a folder, or
     the nearest ``.prov`` above the current one), then one verb per use case."""
@@ -219,6 +236,7 @@ class Ledger(LedgerStore):
         if gate is not None:
             if options.get("audit"):
                 raise InvalidParameterError("give gate=... (run the gate now) or audit=ID (cite one), not both")
+            _check_gate_options(gate)
             if gate.get("store") is False:
                 raise InvalidParameterError("a gated merge cites its gate, which must be stored: leave out store=False")
             with preliminary():  # not the write a server's Idempotency-Key names: the merge is

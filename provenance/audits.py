@@ -443,6 +443,10 @@ def read_samples(path: str | os.PathLike) -> list[str]:
         raw = path.read_bytes()
     except OSError as exc:
         raise SourceError(f"{path}: cannot read the samples file ({exc.strerror or exc})") from None
+    for magic, kind in ((b"\x1f\x8b", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd")):
+        if raw.startswith(magic):
+            raise SourceError(f"{path}: the samples file is {kind}-compressed; decompress it first "
+                              "(samples are read as JSONL or plain text)")
     try:
         content = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -464,6 +468,11 @@ def read_samples(path: str | os.PathLike) -> list[str]:
         text = value.get("text") if isinstance(value, dict) else value
         if not isinstance(text, str):
             raise SourceError(f"{path}: line {number} has no text (a string, or an object with a \"text\" string)")
+        try:
+            text.encode("utf-8")  # json reads "\\ud800" as an unpaired surrogate, which is no text
+        except UnicodeEncodeError as exc:
+            raise SourceError(f"{path}: line {number}: the text holds an unpaired surrogate at character {exc.start}, "
+                              "which is not valid Unicode") from None
         samples.append(text)
     if not samples:
         raise SourceError(f"{path}: the samples file is empty")

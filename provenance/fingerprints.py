@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import numbers
 import os
 import sys
 import time
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
     from datasketch import LeanMinHash
 
 MIN_RECALL = 0.99
+#: The bounds of FingerprintConfig's integer fields (the command line checks them as click ranges).
+MAX_NGRAM, MAX_NUM_PERM, MAX_SEED = 64, 8192, 2**32 - 1
 """Probability with which a pair exactly at the banding threshold must become an LSH candidate."""
 
 
@@ -294,6 +297,10 @@ class Banding:
         pair at ``threshold`` a candidate with probability at least ``min_recall``."""
         if not 0.0 < threshold < 1.0:
             raise InvalidParameterError(f"threshold must be in (0, 1), got {threshold}")
+        if isinstance(num_perm, bool) or not isinstance(num_perm, numbers.Integral) or not 1 <= num_perm <= MAX_NUM_PERM:
+            raise InvalidParameterError(f"num_perm must be a whole number from 1 to {MAX_NUM_PERM}, got {num_perm!r}")
+        if not 0.0 < min_recall < 1.0:
+            raise InvalidParameterError(f"min_recall must be in (0, 1), got {min_recall}")
         for rows in range(num_perm, 0, -1):
             banding = cls(bands=num_perm // rows, rows=rows)
             if banding.probability(threshold) >= min_recall:
@@ -316,14 +323,14 @@ class FingerprintConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     unit: Literal["word"] = Field("word", description="shingle unit: words after normalisation")
-    ngram: int = Field(5, ge=1, le=64, description="words per shingle")
+    ngram: int = Field(5, ge=1, le=MAX_NGRAM, description="words per shingle")
     normalization: Literal["nfkc-lower-punct"] = Field(
         "nfkc-lower-punct", description="NFKC, lower-case, split on whitespace and punctuation"
     )
     hash: Literal["xxh32"] = Field("xxh32", description="token hash applied to each shingle's UTF-8 bytes")
     scheme: Literal["affine32", "legacy"] = Field("affine32", description="datasketch permutation scheme")
-    num_perm: int = Field(128, ge=1, le=8192, description="number of permutations (signature length)")
-    seed: int = Field(1, ge=0, le=2**32 - 1, description="seed of datasketch's permutations")
+    num_perm: int = Field(128, ge=1, le=MAX_NUM_PERM, description="number of permutations (signature length)")
+    seed: int = Field(1, ge=0, le=MAX_SEED, description="seed of datasketch's permutations")
     lsh_threshold: float = Field(0.8, gt=0.0, lt=1.0, allow_inf_nan=False,
                                  description="similarity the stored LSH bands target")
 

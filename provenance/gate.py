@@ -39,6 +39,7 @@ passed; ``prov audit merge`` exits 1 when it did not, and ``ledger.merge(..., au
 
 from __future__ import annotations
 
+import numbers
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -76,7 +77,7 @@ def check_deny_license(deny: Sequence[str] | str | None) -> list[str]:
         return []
     given = [x.strip() for x in (deny.split(",") if isinstance(deny, str) else deny)]
     items = [x for x in given if x]
-    if not items and (deny if isinstance(deny, str) else given):  # "," or [" "]: a condition meant, none named
+    if not items and (isinstance(deny, str) or given):  # "", "," or [" "]: a condition meant, none named ([] is none)
         raise InvalidParameterError(f"deny-licence {deny!r} names no condition; choose from {', '.join(LICENSE_CONDITIONS)}")
     unknown = [x for x in items if x not in LICENSE_CONDITIONS]
     if unknown:
@@ -187,8 +188,12 @@ def audit_merge(
 def _check_limits(max_overlap: float | None, max_contamination: int | None, ngram: int) -> None:
     if max_overlap is not None and not 0.0 <= float(max_overlap) <= 1.0:
         raise InvalidParameterError(f"max-overlap must be a fraction in [0, 1], got {max_overlap}")
-    if max_contamination is not None and int(max_contamination) < 0:
-        raise InvalidParameterError(f"max-contamination must be a count >= 0, got {max_contamination}")
+    if max_contamination is not None:
+        whole = isinstance(max_contamination, numbers.Integral) and not isinstance(max_contamination, bool) or (
+            isinstance(max_contamination, float) and max_contamination.is_integer())  # 1.5 was cut to 1, NaN a ValueError
+        if not whole or max_contamination < 0:
+            raise InvalidParameterError(f"max-contamination must be a whole count >= 0 (or None: no limit), "
+                                        f"got {max_contamination!r}")
     check_span(ngram, "ngram")
 
 

@@ -161,6 +161,22 @@ def test_ids_past_64_bits_keep_their_digits_and_nan_is_refused(populated, data_d
         assert refused(ledger, "good", bad, id_field="id") == f"{bad}:2: id field 'id' is {value}: not a value a key can be"
 
 
+def test_records_and_tables_refuse_the_ids_a_jsonl_file_may_not_hold(populated, data_dir):
+    """NaN, infinities and "" are refused as ids from a JSONL file; records in memory stored them as
+    the keys 'nan', 'inf' and '', and an Arrow table or Parquet file stored ''."""
+    ledger, unchanged = populated
+    for value, said in ((float("nan"), "is nan: not a value a key can be"), (float("-inf"), "is -inf: not a value a key can be"),
+                        ("", "is empty: every document needs a key")):
+        records = [{"id": "a", "text": "x"}, {"id": value, "text": "y"}]
+        assert refused(ledger, "good", records, id_field="id") == f"records[batch-00000]: record 1: id field 'id' {said}"
+    table = pa.table({"id": ["a", "", "c"], "text": ["x", "y", "z"]})
+    assert refused(ledger, "good", table, id_field="id") == "arrow table: record 1: id 'id' is empty: every document needs a key"
+    pq.write_table(table, data_dir / "empty-id.parquet")
+    assert refused(ledger, "good", data_dir / "empty-id.parquet", id_field="id") == (
+        f"{data_dir / 'empty-id.parquet'}: row 1: id column 'id' is empty: every document needs a key")
+    unchanged()
+
+
 def test_empty_file(populated, data_dir, write_jsonl):
     ledger, unchanged = populated
     write_jsonl(data_dir / "a.jsonl", GOOD[:1])

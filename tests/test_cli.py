@@ -81,8 +81,12 @@ def test_bad_input_exit_code_and_message(project, runner):
     assert "bad.jsonl:2: invalid UTF-8" in result.output
     ok = _json(runner.invoke(main, ["dataset", "add", "bad", str(bad), "--on-invalid", "replace", "--json"]))
     assert ok["dataset"]["n_invalid_replaced"] == 1 and ok["dataset"]["n_documents"] == 2
-    bogus = runner.invoke(main, ["dataset", "add", "x", "data/a.jsonl", "--num-perm", "0"])
-    assert bogus.exit_code == 4 and "invalid parameter: --num-perm: Input should be greater than or equal to 1" in bogus.output
+    for option, value, bounds in (("--num-perm", "0", "1<=x<=8192"), ("--ngram", "65", "1<=x<=64"),
+                                  ("--seed", "-1", "0<=x<=4294967295")):  # usage errors, exit 2 (they exited 4)
+        bogus = runner.invoke(main, ["dataset", "add", "x", "data/a.jsonl", option, value])
+        assert bogus.exit_code == 2 and f"Invalid value for '{option}': {value} is not in the range {bounds}." in bogus.output
+    too_few = runner.invoke(main, ["dataset", "add", "x", "data/a.jsonl", "--num-perm", "2"])  # in range, yet no banding
+    assert too_few.exit_code == 4 and "threshold 0.8 is too low for num_perm=2" in too_few.output
 
 
 def test_sql_formats_and_refusals(project, runner):
@@ -266,6 +270,11 @@ def test_merge_cli_and_the_receipt_in_model_show(project, runner):
                         "--eps is for fisher; --normalize is for fisher: the ties method does not use them")):
         out = runner.invoke(main, ["merge", a.version_id[:8], b.version_id[:8], *args, "-m", "m"])
         assert out.exit_code == 2 and out.output.splitlines()[-1] == f"Error: {says}", out.output
+    for args, says in ((["--method", "ties", "--density", "0"], "Invalid value for '--density': 0.0 is not in the range 0<x<=1."),
+                       (["--method", "ties", "--density", "nan"], "Invalid value for '--density': 'nan' is not a number."),
+                       (["--method", "fisher", "--eps", "-1"], "Invalid value for '--eps': -1.0 is not in the range x>=0.")):
+        out = runner.invoke(main, ["merge", a.version_id[:8], b.version_id[:8], *args, "-m", "m"])  # they exited 4
+        assert out.exit_code == 2 and out.output.splitlines()[-1] == f"Error: {says}", out.output
     one = runner.invoke(main, ["merge", a.version_id[:8], "-m", "m"])  # made a copy of a, with a receipt
     assert one.exit_code == 2 and one.output.splitlines()[-1] == ("Error: a merge takes at least two versions: "
                                                                   "prov merge V1 V2 [V3 ...]")
@@ -313,6 +322,17 @@ def test_remove_keys_file_takes_each_line_as_it_is(project, runner):
     keys = _json(runner.invoke(main, ["sql", "select key from documents where dataset_id = 'sp@2' order by key",
                                       "--json"]))
     assert [r["key"] for r in keys] == ["c", "d"]
+
+
+def test_near_out_of_range_is_a_usage_error(project, runner):
+    """`taint --near` and `retract --near` took any float: 0, 1.5 and NaN were refused by the library
+    with exit 4; they are usage errors naming the range, exit 2, as --threshold's are."""
+    (project / "doc.txt").write_text("a document to look for")
+    for command in (["taint"], ["retract", "--reason", "a request"]):
+        for value, said in (("nan", "'nan' is not a number."), ("0", "0.0 is not in the range 0<x<=1."),
+                            ("1.5", "1.5 is not in the range 0<x<=1.")):
+            result = runner.invoke(main, [*command, "--text", "doc.txt", "--near", value])
+            assert result.exit_code == 2 and f"Invalid value for '--near': {said}" in result.output, result.output
 
 
 def test_keys_that_are_not_utf8_are_an_error_naming_the_line(project, runner):

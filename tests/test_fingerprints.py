@@ -314,6 +314,12 @@ def test_banding_impossible_with_too_few_perms():
         Banding.for_threshold(2, 0.8)
     with pytest.raises(InvalidParameterError, match="threshold 1e-09 is too low for num_perm=128: .* about 0.035"):
         Banding.for_threshold(128, 1e-9)
+    for num_perm in (0, -5, 8193, 1.5):  # 0 was a ZeroDivisionError; -5 'even -5 bands ... probability -3124.0000'
+        with pytest.raises(InvalidParameterError, match=rf"num_perm must be a whole number from 1 to 8192, got {num_perm}"):
+            Banding.for_threshold(num_perm, 0.8)
+    for recall in (0.0, 1.0, float("nan")):  # 1.0 is reached by no banding, NaN by every one
+        with pytest.raises(InvalidParameterError, match=r"min_recall must be in \(0, 1\)"):
+            Banding.for_threshold(128, 0.8, min_recall=recall)
 
 
 # -- comparing fingerprints ----------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from html.parser import HTMLParser
 
@@ -152,6 +153,11 @@ def test_gate_bad_input(contributors):
         audit_merge(ledger, [va.version_id, vb.version_id], max_overlap=2)
     with pytest.raises(InvalidParameterError, match=r"^deny-licence ',' names no condition; choose from non-comm"):
         audit_merge(ledger, [va.version_id, vb.version_id], deny_license=",")  # was: no condition, silently
+    with pytest.raises(InvalidParameterError, match=r"^deny-licence '' names no condition; choose from non-comm"):
+        audit_merge(ledger, [va.version_id, vb.version_id], deny_license="")  # `--deny-licence "$UNSET"`: it passed
+    result = CliRunner().invoke(main, ["--ledger", str(ledger.root), "audit", "merge", va.version_id, vb.version_id,
+                                       "--deny-licence", ""])
+    assert result.exit_code == 4 and "deny-licence '' names no condition" in result.output, result.output
     with pytest.raises(Exception, match="no version or tag 'nope'"):
         audit_merge(ledger, [va.version_id, "nope"])
     with pytest.raises(NotFoundError, match="no version or tag 'a'.*; a@1 is a dataset: the memorization audit takes a "
@@ -163,6 +169,10 @@ def test_gate_bad_input(contributors):
         audit_merge(ledger, [va.version_id, vb.version_id], ngram=100_000)  # a span no text holds: no check at all
     with pytest.raises(InvalidParameterError, match=r"^ngram must be a whole number of words, got 13.5$"):
         audit_merge(ledger, [va.version_id, vb.version_id], ngram=13.5)
+    for limit in (float("nan"), 1.5, -1, True):  # NaN was a bare ValueError; 1.5 was cut to 1 and passed
+        with pytest.raises(InvalidParameterError, match=rf"^max-contamination must be a whole count >= 0 \(or None: no "
+                                                        rf"limit\), got {limit!r}$"):
+            audit_merge(ledger, [va.version_id, vb.version_id], max_contamination=limit)
     with pytest.raises(InvalidParameterError, match="span must be from 0 .no span check. to 1000 words, got 1001"):
         audit_memorization(ledger, va.version_id, ["x"], span=1001)  # was taken: a span no sample holds
     for command in (["audit", "merge", va.version_id, vb.version_id], ["audit", "dedup", "a"]):
@@ -252,6 +262,14 @@ def test_samples_files_are_checked(data_dir, contributors):
     assert str(caught.value) == f"{data_dir / 'cut.jsonl'}: line 2 is not JSON (Unterminated string at column 10)"
     (data_dir / "lines.txt").write_text("one sample\n\nanother sample\n")
     assert read_samples(data_dir / "lines.txt") == ["one sample", "another sample"]
+    (data_dir / "surrogate.jsonl").write_text('{"text": "ok"}\n{"text": "a \\ud800 b"}\n')
+    with pytest.raises(SourceError) as caught:  # it named neither the file nor the line
+        read_samples(data_dir / "surrogate.jsonl")
+    assert str(caught.value) == (f"{data_dir / 'surrogate.jsonl'}: line 2: the text holds an unpaired surrogate at "
+                                 "character 2, which is not valid Unicode")
+    (data_dir / "lines.txt.gz").write_bytes(gzip.compress(b"one sample\n"))
+    with pytest.raises(SourceError, match=r"lines.txt.gz: the samples file is gzip-compressed; decompress it first"):
+        read_samples(data_dir / "lines.txt.gz")  # it said 'line 1 is not UTF-8 (byte 1)'
     with pytest.raises(InvalidParameterError, match="span must be"):
         audit_memorization(ledger, va.version_id, ["x"], span=-1)
     assert ledger.audits("memorization") == []
@@ -327,6 +345,14 @@ def test_merge_with_the_gate_in_the_library(contributors):
         ledger.merge([va, vb], method="average", message="x", gate={}, audit=failed.value.report["audit_id"])
     with pytest.raises(InvalidParameterError, match="a gated merge cites its gate, which must be stored"):
         ledger.merge([va, vb], method="average", message="x", gate={"store": False, "max_contamination": None})
+    audits = len(ledger.audits())
+    with pytest.raises(InvalidParameterError, match=r"^gate: unknown option\(s\) 'max_overlaps'; the gate's options are "
+                                                    r"eval_datasets, threshold, max_overlap, "):
+        ledger.merge([va, vb], method="average", message="x", gate={"max_overlaps": 0.1})  # a TypeError
+    with pytest.raises(InvalidParameterError, match=r"^gate must be a dict of the pre-merge gate's options \(\{\} for "
+                                                    r"its defaults\), got str$"):
+        ledger.merge([va, vb], method="average", message="x", gate="strict")  # an AttributeError
+    assert len(ledger.audits()) == audits and len(ledger.versions()) == before
     merged = ledger.merge([va, vb], method="average", message="gated", gate={"max_contamination": 2})
     assert ledger.receipt(merged)["audit_id"] == ledger.audits("merge")[0]["audit_id"]
     assert ledger.audit(ledger.receipt(merged)["audit_id"])["passed"] is True

@@ -387,6 +387,18 @@ def test_planted_near_duplicates_are_close_in_the_ledger(ledger, corpus, corpus_
     assert np.mean(unrelated) < 0.02
 
 
+def test_near_duplicates_refuses_a_threshold_outside_0_1(ledger, corpus, corpus_jsonl):
+    """Ledger.near_duplicates took any threshold: NaN gave no pair and 0 every candidate pair, silently."""
+    from provenance.errors import InvalidParameterError
+
+    ledger.register_dataset("corpus", corpus_jsonl, id_field="id")
+    found = ledger.near_duplicates(["corpus"], 0.5)
+    assert found.num_rows >= len(corpus.planted) // 2 and min(found.column("jaccard").to_pylist()) >= 0.5
+    for threshold in (float("nan"), 0, -0.5, 1.5, "0.8"):
+        with pytest.raises(InvalidParameterError, match=r"^threshold must be in \(0, 1\], got "):
+            ledger.near_duplicates(["corpus"], threshold)
+
+
 def test_on_invalid_policy_is_part_of_the_content(tmp_path):
     from provenance import Ledger
 

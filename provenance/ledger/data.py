@@ -328,6 +328,8 @@ class DataQueries:
         The datasets must share a fingerprint config and banding; the bands were chosen for the
         config's ``lsh_threshold``, so pairs below it may be missed.
         """
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold <= 1.0:
+            raise InvalidParameterError(f"threshold must be in (0, 1], got {threshold!r}")  # NaN gave no pairs, 0 every candidate
         records = [self.dataset(d) for d in datasets]
         if not records:
             raise InvalidParameterError("give at least one dataset")

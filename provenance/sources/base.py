@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from provenance.errors import SourceError
 from provenance.fingerprints import strings_to_arrow
@@ -171,6 +172,10 @@ def arrow_documents(texts: pa.Array, ids: pa.Array | None, row: int, label: str,
         if ids.null_count:
             raise SourceError(f"{label}: {unit} {_first_null(ids, row)}: id{column} {opts.id_field!r} is null")
         ids = ids.cast(pa.string())
+        empty = pc.equal(pc.binary_length(ids), 0)
+        if pc.any(empty).as_py():  # as a JSONL file's "" is refused: two records would have no key
+            first = row + int(np.argmax(empty.to_numpy(zero_copy_only=False)))
+            raise SourceError(f"{label}: {unit} {first}: id{column} {opts.id_field!r} is empty: every document needs a key")
     if _valid_utf8(texts) and (ids is None or _valid_utf8(ids)):
         return texts, ids, np.arange(row, row + len(texts), dtype=np.int64)
     return _repaired(texts, ids, row, label, unit, opts, counters)

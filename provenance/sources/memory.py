@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -100,7 +101,11 @@ class MemoryShard(Shard):
                 ident = rec.get(idf)
                 if ident is None or isinstance(ident, (dict, list, bool)):
                     raise field_error(f"{self._label}: record {i}", rec, idf, "id")
+                if isinstance(ident, float) and not math.isfinite(ident):  # as a JSONL file's NaN is refused
+                    raise SourceError(f"{self._label}: record {i}: id field {idf!r} is {ident}: not a value a key can be")
                 ident = str(ident)
+                if not ident:
+                    raise SourceError(f"{self._label}: record {i}: id field {idf!r} is empty: every document needs a key")
             checked = checked_record(text, ident, f"{self._label}: record {i}", opts, counters)
             if checked is None:
                 continue
