@@ -98,7 +98,7 @@ def audit_group() -> None:
               help="Estimated Jaccard at or above which two documents are near-duplicates, in (0, 1].")
 @click.option("--verify", is_flag=True, help="Re-check pairs near the threshold by exact Jaccard on the source text.")
 @click.option("--pairs", "pairs_file", type=click.Path(dir_okay=False), default=None,
-              help="Write the pairs to this Parquet file instead of the report.")
+              help="Write the pairs to this file instead of the report: Parquet, or CSV for a name ending in .csv.")
 @click.option("--all-pairs", is_flag=True,
               help="List every pair of near-duplicates (m copies: m(m-1)/2 pairs) instead of a spanning set of "
                    "each cluster (m copies: m-1 pairs, each with the first copy).")

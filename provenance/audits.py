@@ -63,6 +63,7 @@ from provenance.files import json_reason, naming
 from provenance.fingerprints import Banding, FingerprintConfig
 from provenance.ledger import LedgerStore
 from provenance.ledger._common import _now
+from provenance.ledger.lineage import check_audit_kind
 from provenance.lineage import lineage, taint
 from provenance.plain import utc_time
 from provenance.progress import stage, step
@@ -117,9 +118,10 @@ def resolve_scope(ledger: LedgerStore, targets: Sequence[str]) -> tuple[list[dic
             continue
         lin = lineage(ledger, found)
         if not lin.shards.num_rows:
+            named = found.label() if target == lin.version else f"{lin.version[:12]} ({target})"  # its tags, not its id twice
             raise InvalidParameterError(
-                f"version {lin.version[:12]} ({target}) has an empty lineage: no run in its history recorded any "
-                "data" + (f"; versions without a run: {', '.join(v[:12] for v in lin.unrecorded)}" if lin.unrecorded else "")
+                f"version {named} has an empty lineage: no run in its history recorded any data"
+                + (f"; versions without a run: {', '.join(v[:12] for v in lin.unrecorded)}" if lin.unrecorded else "")
             )
         described.append({"target": target, "kind": "version", "id": lin.version, "label": found.label()})
         rows += [(s["dataset_id"], s["shard_index"]) for s in lin.shards.to_pylist()]
@@ -263,8 +265,8 @@ def audit_dedup(
 ) -> DedupReport:
     """Near-duplicates among the documents of ``targets`` (module doc), stored as an audit.
     Returns the report; ``report.pairs`` holds the pairs unless ``pairs_file`` is given, in
-    which case they are written there as Parquet and ``report.pairs`` is None (a stored audit's
-    pairs stay readable with ``Ledger.audit_pairs``). The pairs span each cluster (``m`` identical copies give ``m − 1``
+    which case they are written there as Parquet (CSV for a name ending in ``.csv``) and
+    ``report.pairs`` is None (a stored audit's pairs stay readable with ``Ledger.audit_pairs``). The pairs span each cluster (``m`` identical copies give ``m − 1``
     pairs: each with the first copy; ``report.pairs_mode == "spanning"``); ``all_pairs`` lists
     every pair instead (``m(m − 1)/2`` for ``m`` copies, and every near pair: no bucket window).
     ``bucket_window``: how many neighbours each document of a large band bucket is compared with
@@ -321,7 +323,7 @@ def _audit_dedup(ledger: LedgerStore, targets: Sequence[str], threshold: float, 
             tmp = pairs_path.with_name(f".{pairs_path.name}.{audit_id[:8]}.tmp")
             try:
                 with naming(pairs_path):  # a full disk names the file asked for; the audit is not stored
-                    tx.copy_pairs(audit_id, str(tmp))
+                    tx.copy_pairs(audit_id, str(tmp), csv=pairs_path.suffix.lower() == ".csv")
                 os.replace(tmp, pairs_path)
             except BaseException:
                 tmp.unlink(missing_ok=True)
@@ -607,9 +609,6 @@ def find_similar(ledger: LedgerStore, *, text: str | None = None, dataset: str |
 
 # ---- stored audits ------------------------------------------------------------------------------
 
-AUDIT_KINDS = ("dedup", "merge", "memorization")
-
-
 def delete_audits(ledger: LedgerStore, audit_ids: Sequence[str] = (), *, kind: str | None = None,
                   before: datetime | str | None = None, pairs_only: bool = False,
                   dry_run: bool = False) -> dict[str, Any]:
@@ -630,8 +629,7 @@ def delete_audits(ledger: LedgerStore, audit_ids: Sequence[str] = (), *, kind: s
     ``before`` leave out, or whose pairs were deleted before: ``audit_id, why``), ``pairs_only``
     and ``dry_run``. The space the
     rows held is reused by later writes, and given back where it ends the database file."""
-    if kind is not None and kind not in AUDIT_KINDS:
-        raise InvalidParameterError(f"kind {kind!r}: one of {', '.join(AUDIT_KINDS)}")
+    check_audit_kind(kind)
     before = utc_time(before, "before")
     names = [audit_ids] if isinstance(audit_ids, str) else list(audit_ids)
     if not names and before is None:

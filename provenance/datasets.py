@@ -300,8 +300,8 @@ def _check_options(name: str, role: str, on_invalid: str, text_field: str, shard
         raise InvalidParameterError(f"on_invalid must be 'error', 'replace' or 'skip', got {on_invalid!r}")
     if not text_field:
         raise InvalidParameterError("text_field must be a non-empty field name")
-    if shard_records < 1:
-        raise InvalidParameterError(f"shard_records must be at least 1, got {shard_records}")
+    if isinstance(shard_records, bool) or not isinstance(shard_records, (int, np.integer)) or shard_records < 1:
+        raise InvalidParameterError(f"shard_records must be a whole number of records, at least 1; got {shard_records!r}")
 
 
 def _warm_up(cfg: FingerprintConfig) -> None:

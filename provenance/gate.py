@@ -75,7 +75,10 @@ def check_deny_license(deny: Sequence[str] | str | None) -> list[str]:
     """The licence conditions to deny, validated (a comma-separated string or a sequence)."""
     if deny is None:
         return []
-    given = [x.strip() for x in (deny.split(",") if isinstance(deny, str) else deny)]
+    given = deny.split(",") if isinstance(deny, str) else list(deny)
+    if any(not isinstance(x, str) for x in given):
+        raise InvalidParameterError(f"deny-licence {deny!r}: conditions are names; choose from {', '.join(LICENSE_CONDITIONS)}")
+    given = [x.strip().lower() for x in given]  # NON-COMMERCIAL is non-commercial
     items = [x for x in given if x]
     if not items and (isinstance(deny, str) or given):  # "", "," or [" "]: a condition meant, none named ([] is none)
         raise InvalidParameterError(f"deny-licence {deny!r} names no condition; choose from {', '.join(LICENSE_CONDITIONS)}")

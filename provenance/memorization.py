@@ -72,6 +72,10 @@ def audit_memorization(
     texts = read_samples(samples) if isinstance(samples, (str, os.PathLike)) else list(samples)
     if not texts:
         raise InvalidParameterError("no samples given")
+    for i, text in enumerate(texts):  # before the lineage is read; named as samples, not documents
+        if not isinstance(text, str):
+            raise InvalidParameterError(f"sample {i} is {'null' if text is None else type(text).__name__}; "
+                                        "every sample is a str")
     described, datasets, scope = resolve_scope(ledger, [_version(ledger, version)])
     run = AuditRun(ledger, "memorization", datasets, threshold, store=store, progress=progress)
     vid, cfg, k, audit_id = described[0]["id"], run.config, run.k, run.audit_id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -159,9 +160,13 @@ def test_cli_dedup_json_pairs_file_and_show(graded_ledger, tmp_path):
     assert out.exit_code == 0, out.output
     assert "duplicate rate" in out.output and f"pairs written to {parquet}" in out.output
     assert pq.read_table(parquet).num_rows == report["summary"]["pairs"]
+    csv_file = tmp_path / "pairs.CSV"  # a name ending in .csv: CSV (it was Parquet under that name)
+    out = runner.invoke(main, [*base, "audit", "dedup", "graded", "--threshold", "0.85", "--pairs", str(csv_file)])
+    assert out.exit_code == 0 and not csv_file.read_bytes().startswith(b"PAR1"), out.output
+    assert pacsv.read_csv(csv_file).to_pylist() == pq.read_table(parquet).to_pylist()
     out = runner.invoke(main, [*base, "audit", "list", "--json"])
     audits = json.loads(out.output)
-    assert len(audits) == 2 and {a["kind"] for a in audits} == {"dedup"}
+    assert len(audits) == 3 and {a["kind"] for a in audits} == {"dedup"}
     out = runner.invoke(main, [*base, "audit", "show", audits[0]["audit_id"][:8]])
     assert out.exit_code == 0 and "dedup audit" in out.output
     out = runner.invoke(main, [*base, "audit", "dedup", "graded", "--threshold", "2"])

@@ -384,6 +384,11 @@ def test_truncated_gzip(populated, data_dir):
     path.write_bytes(data[: len(data) // 2])
     message = refused(ledger, "good", path)
     assert message.startswith(f"{path}: gzip data is truncated or corrupt after line ")
+    short = data_dir / "short.jsonl.gz"  # cut before its first line ended: not "damaged at its start"
+    data = gzip.compress(_jsonl_payload(1))
+    short.write_bytes(data[: len(data) - 12])
+    assert refused(ledger, "good", short).startswith(
+        f"{short}: gzip data is cut short: the file ends inside its compressed stream (copied in part?): ")
     unchanged()
 
 
@@ -406,7 +411,12 @@ def test_truncated_zstd(populated, data_dir):
     data = zstandard.ZstdCompressor().compress(_jsonl_payload())
     path.write_bytes(data[: len(data) // 2])
     message = refused(ledger, "good", path)
-    assert message.startswith(f"{path}:"), message
+    assert message.startswith(f"{path}: zstd data is cut short: the file ends inside its compressed stream (copied in "
+                              "part?): "), message  # it said "gzip data, or damaged at its start"
+    short = data_dir / "short.jsonl.zst"
+    short.write_bytes(zstandard.ZstdCompressor().compress(_jsonl_payload(1))[:-6])
+    assert refused(ledger, "good", short) == (f"{short}: zstd data is cut short: the file ends inside its compressed "
+                                              "stream (copied in part?): zstd frame is truncated: the file ends inside it")
     unchanged()
 
 
@@ -420,7 +430,7 @@ def test_truncated_zstd_at_a_block_boundary(populated, data_dir):
     path = data_dir / "cut.jsonl.zst"
     path.write_bytes(data[: len(data) // 2])
     message = refused(ledger, "good", path)
-    assert message.startswith(f"{path}:") and "truncated" in message
+    assert message.startswith(f"{path}: zstd data is truncated or corrupt after line "), message
     unchanged()
 
 
@@ -554,7 +564,9 @@ def test_arrow_table_with_null_text(populated):
         ({"on_invalid": "ignore"}, "on_invalid must be 'error', 'replace' or 'skip', got 'ignore'"),
         ({"role": "test"}, "role must be 'train' or 'eval', got 'test'"),
         ({"text_field": ""}, "text_field must be a non-empty field name"),
-        ({"shard_records": 0}, "shard_records must be at least 1, got 0"),
+        ({"shard_records": 0}, "shard_records must be a whole number of records, at least 1; got 0"),
+        ({"shard_records": 1.5}, "shard_records must be a whole number of records, at least 1; got 1.5"),  # 3 shards of 5
+        ({"shard_records": True}, "shard_records must be a whole number of records, at least 1; got True"),
         ({"license": "not a licence!"}, "license 'not a licence!' is not an SPDX identifier"),
     ],
 )

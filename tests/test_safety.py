@@ -734,3 +734,49 @@ def test_an_empty_ledger_option_is_a_usage_error_not_the_current_folder(project)
         assert result.exit_code == 2 and "Invalid value for '--ledger': is empty: give a ledger folder or a ledger " \
             "server's URL" in result.output, result.output
     assert run_cli("dataset", "list").exit_code == 0  # the project's ledger, found from the current folder
+
+
+def test_init_under_a_file_names_the_file(tmp_path):
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(InvalidParameterError) as refused:
+        Ledger.init(tmp_path / "afile" / "sub")
+    assert str(refused.value) == (f"cannot create a ledger in {tmp_path / 'afile' / 'sub'}: {tmp_path / 'afile'} is a "
+                                  "file, not a folder")  # it said "afile/sub/.prov: Not a directory"
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / ".prov").write_text("")
+    result = run_cli("init", str(tmp_path / "p"))
+    assert result.exit_code == 4 and f"{tmp_path / 'p' / '.prov'} is a file, not a folder" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "p"]  # nothing made beside them
+
+
+def test_listing_audits_of_no_kind_is_refused_as_deleting_them_is(project):
+    ledger = project[0]
+    audit_dedup(ledger, ["news"])
+    assert [a["kind"] for a in ledger.audits("dedup")] == ["dedup"] and ledger.audits("merge") == []
+    for call in (lambda: ledger.audits("bogus"), lambda: ledger.delete_audits(kind="bogus", before="2100-01-01")):
+        with pytest.raises(InvalidParameterError, match="^kind 'bogus': one of dedup, merge, memorization$"):
+            call()  # the list found nothing, silently
+
+
+def test_licence_conditions_to_deny_are_named_in_any_case():
+    from provenance.gate import check_deny_license
+
+    assert check_deny_license("unknown,UNKNOWN") == ["unknown"]  # 'UNKNOWN' was an unknown condition
+    assert check_deny_license(["Non-Commercial", " share-alike "]) == ["non-commercial", "share-alike"]
+    with pytest.raises(InvalidParameterError, match=r"^deny-licence \[1\]: conditions are names; choose from "):
+        check_deny_license([1])  # was an AttributeError
+
+
+def test_a_memorization_audit_names_its_samples_and_a_version_by_its_tags(project):
+    from provenance.memorization import audit_memorization
+
+    ledger, base, child = project
+    with pytest.raises(InvalidParameterError, match=r"^sample 1 is null; every sample is a str$"):
+        audit_memorization(ledger, child, ["a text", None])  # it said "text 1 is null; every document needs a str"
+    ledger.tag("ft", base)
+    with pytest.raises(InvalidParameterError) as empty:
+        audit_memorization(ledger, ledger.version("ft"), ["a text"])  # a record: its tags, not its id twice
+    assert str(empty.value).startswith(f"version {base.version_id[:12]} (ft) has an empty lineage: no run in its "
+                                       "history recorded any data")
+    with pytest.raises(InvalidParameterError, match=rf"^version {base.version_id[:12]} \(ft\) has an empty lineage"):
+        audit_memorization(ledger, "ft", ["a text"])

@@ -190,6 +190,11 @@ class LedgerStore(Connections, Transactions, DocumentsView, SchemaMigrations, Ma
         root = base if base.name == LEDGER_DIR else base / LEDGER_DIR
         if (root / DB_FILE).exists():
             raise LedgerExistsError(f"a ledger already exists at {root}")
+        for folder in (root, *root.parents):  # the nearest that exists must be a folder ("Not a directory" said not which)
+            if folder.exists():
+                if not folder.is_dir():
+                    raise InvalidParameterError(f"cannot create a ledger in {base}: {folder} is a file, not a folder")
+                break
         bucket = docs = None
         owner = {"ledger": str(root.resolve()), "created_at": _now().isoformat()}
         if objects is not None and documents is not None:

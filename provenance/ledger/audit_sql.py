@@ -430,11 +430,13 @@ class AuditWrites(PairWrites, ClassWrites):
     def _rows(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
         return self._con.sql(sql, params=params or []).to_arrow_table().to_pylist()
 
-    def copy_pairs(self, audit_id: str, path: str) -> None:
-        """The audit's pairs with their keys, as a Parquet file at ``path``, written batch by
-        batch as the query streams them."""
+    def copy_pairs(self, audit_id: str, path: str, *, csv: bool = False) -> None:
+        """The audit's pairs with their keys, as a Parquet file at ``path`` (``csv``: a CSV file
+        with a header), written batch by batch as the query streams them."""
+        import pyarrow.csv as pcsv
+
         reader = self._con.sql(PAIRS_SQL, params=[audit_id]).to_arrow_reader()
-        with pq.ParquetWriter(path, reader.schema) as writer:
+        with (pcsv.CSVWriter(path, reader.schema) if csv else pq.ParquetWriter(path, reader.schema)) as writer:
             for batch in reader:
                 writer.write_batch(batch)
 

@@ -16,6 +16,15 @@ from provenance.errors import InvalidParameterError, NotFoundError
 from provenance.ledger._common import EXACT_UNIT, register, unregister
 from provenance.records import looks_like_id
 
+#: The kinds of stored audit.
+AUDIT_KINDS = ("dedup", "merge", "memorization")
+
+
+def check_audit_kind(kind: str | None) -> None:
+    """Refuse a ``kind`` that is no audit's (listing by it found nothing, silently)."""
+    if kind is not None and kind not in AUDIT_KINDS:
+        raise InvalidParameterError(f"kind {kind!r}: one of {', '.join(AUDIT_KINDS)}")
+
 
 class LineageQueries:
     """Reads behind lineage, taint and the audits (``self`` is a :class:`~provenance.ledger.Ledger`)."""
@@ -407,7 +416,9 @@ class LineageQueries:
 
     def audits(self, kind: str | None = None) -> list[dict[str, Any]]:
         """Stored audits, newest first, without their reports: ``audit_id, kind, target, passed,
-        created_at``, the number of ``pairs`` stored, and ``pairs_deleted_at``."""
+        created_at``, the number of ``pairs`` stored, and ``pairs_deleted_at``; ``kind``: of that
+        kind only (one of :data:`AUDIT_KINDS`)."""
+        check_audit_kind(kind)
         with self._cursor() as con:
             return con.sql(
                 """SELECT audit_id, kind, target, passed, created_at, coalesce(p.n, 0) AS pairs, pairs_deleted_at

@@ -171,6 +171,9 @@ class FileShard(Shard):
     def _compressed_error(self, kind: str, lineno: int, exc: BaseException) -> str:
         """A compressed file that could not be read: cut short or corrupt after a line, or (no line
         read) not that kind of file at all (a .gz that holds zstd or plain text)."""
+        if lineno == 0 and isinstance(exc, EOFError):  # a stream that starts well and ends too soon (lines
+            # are parsed from a block read ahead: the cut may be many lines in)
+            return f"{self.display}: {kind} data is cut short: the file ends inside its compressed stream (copied in part?): {exc}"
         if lineno == 0:
             return f"{self.display}: not {kind} data, or damaged at its start ({exc}); is the file name's suffix right?"
         return f"{self.display}: {kind} data is truncated or corrupt after line {lineno}: {exc}"
@@ -266,8 +269,9 @@ class FileShard(Shard):
                         yield self._batch(texts, ids if idf else None, rows, lines, raw.count)
                         texts, ids, lines, rows, size = [], [], [], [], 0
                 raw.drain()
-        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-            raise SourceError(self._compressed_error("gzip", lineno, exc)) from exc
+        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # a cut-short zstd frame is an EOFError too
+            kind = "zstd" if self.format == "jsonl.zst" else "gzip"  # (it was called gzip data)
+            raise SourceError(self._compressed_error(kind, lineno, exc)) from exc
         except SourceError:
             raise
         except OSError as exc:
