@@ -156,6 +156,12 @@ def test_no_pairs_and_bad_arguments(corpus_ledger, tmp_path):
     assert list((corpus_ledger.root / "tmp" / "ray").iterdir()) == []
 
 
+def test_a_threshold_too_low_for_the_banding_is_refused_before_ray_is_reached(corpus_ledger, monkeypatch):
+    monkeypatch.setattr(ray_dedup, "_connect", lambda *a: pytest.fail("Ray was reached first"))  # 8 s to start it
+    with pytest.raises(InvalidParameterError, match="threshold 0.01 is too low for num_perm=128"):
+        audit_dedup(corpus_ledger, ["a"], threshold=0.01)
+
+
 def test_cli_engine_ray(corpus_ledger):
     runner = CliRunner()
     root = str(corpus_ledger.root)

@@ -101,9 +101,10 @@ def audit_dedup(ledger: Any, targets: Sequence[str], *, address: str | None = No
     check_count("num_cpus", num_cpus)
     check_count("partitions", partitions)
     check_staging(staging)
-    audits.check_threshold(options.get("threshold", 0.8))  # bad options are errors before Ray starts
+    threshold = audits.check_threshold(options.get("threshold", 0.8))  # bad options are errors before Ray starts
     audits.check_window(options.get("bucket_window", audits.BUCKET_WINDOW))
-    audits.resolve_scope(ledger, targets)  # an unknown target is an error before Ray starts
+    datasets = audits.resolve_scope(ledger, targets)[1]  # an unknown target is an error before Ray starts,
+    audits.banding_for(audits.check_same_config(datasets).num_perm, threshold)  # and so is a threshold too low
     _connect(address, num_cpus)
     return audits.audit_dedup(ledger, targets, engine=RayDedup(staging, partitions, ledger=ledger), **options)
 
