@@ -42,11 +42,11 @@ sys.path[:0] = [sys.argv[4], sys.argv[4] + "/benchmarks"]
 from audits import insert_dataset, signatures
 from provenance import Ledger
 from provenance.audits import audit_dedup
-from provenance.ledger import writer as writer_module
+from provenance.ledger import document_writes, writer as writer_module
 
 root, arm, docs = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 if arm == "copy":  # the path of Ray parts and copied shards: DuckDB's COPY rewrites the rows
-    writer_module.DOCUMENT_SCHEMA = None
+    document_writes.DOCUMENT_SCHEMA = None
 
 sig, _ = signatures(docs, 0.05, seed=0)
 ledger = Ledger.init(root) if arm != "bucket" else Ledger.init(root, documents=sys.argv[5])

@@ -73,7 +73,7 @@ def test_a_wrong_way_import_breaks_a_contract(tmp_path):
 def test_an_upward_import_between_domain_layers_breaks_the_layers(tmp_path):
     """The gateway importing a domain module (the cycle this layout removed) is caught."""
     package = _assemble(tmp_path)
-    versions = package / "versions.py"
+    versions = package / "versions" / "__init__.py"
     versions.write_text(versions.read_text() + "\nimport provenance.lineage  # noqa: E402,F401\n")
     done = _lint(tmp_path)
     assert done.returncode != 0 and "provenance.versions is not allowed to import provenance.lineage" in done.stdout, \

@@ -130,7 +130,7 @@ def test_sparse_commits_on_sparse_parents_do_not_materialise_them(ledger, monkey
     """A parent reached from its last full copy by sparse patches is not copied and patched to
     be compared with: the changed elements come from the copy, corrected where the patches wrote
     (provenance.patches.changed_mask_over). Overlapping patches and values put back are exact."""
-    from provenance import versions
+    from provenance.versions import groups
 
     states, v = [_state()], ledger.commit(_state(), message="root")
     versions_made = [v]
@@ -138,7 +138,7 @@ def test_sparse_commits_on_sparse_parents_do_not_materialise_them(ledger, monkey
     def refuse(*args, **kwargs):
         raise AssertionError("a sparse chain was materialised for a commit")
 
-    monkeypatch.setattr(versions, "materialize", refuse)
+    monkeypatch.setattr(groups, "materialize", refuse)
     g = torch.Generator().manual_seed(3)
     for step in range(4):
         s = {k: t.clone() for k, t in states[-1].items()}

@@ -75,13 +75,13 @@ def test_streaming_checkout_writes_a_safetensors_file(ledger, tmp_path):
 
 def test_interrupted_checkout_leaves_no_file(ledger, tmp_path, monkeypatch):
     version = ledger.commit(_state(), message="root")
-    import provenance.versions as versions
+    import provenance.versions.checkouts as checkouts
 
     def broken(*args, **kwargs):
         yield "embed.weight", _state()["embed.weight"]
         raise OSError("disk gone")
 
-    monkeypatch.setattr(versions, "iter_checkout", broken)
+    monkeypatch.setattr(checkouts, "iter_checkout", broken)
     with pytest.raises(OSError, match="disk gone"):
         ledger.checkout(version, output=tmp_path / "model.safetensors")
     assert list(tmp_path.glob("*model.safetensors*")) == []

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from provenance.errors import ProvenanceError
 from provenance.ledger._common import TMP_DIR, host_label, process_alive, tree_bytes
-from provenance.ledger.writer import _clean_staging, staging_entries
+from provenance.ledger.staging import clean_staging, staging_entries
 
 _SPILL = re.compile(r"duckdb_temp_\d+_")  # DuckDB's temporary files, named by the process that made them
 #: ``.prov/tmp/ray``: the Ray engines' folders (``prov-ray-HOST-PID-…``, ``prov-ray-dedup-HOST-PID-…``), by default.
@@ -70,7 +70,7 @@ class Maintenance:
         lock (no registration is staging meanwhile)."""
         found = [(str(p), n) for p, n in staging_entries(self.root)]
         if remove:
-            _clean_staging(self.root)
+            clean_staging(self.root)
         return found
 
     def snapshot_database(self, dest: Path) -> int:

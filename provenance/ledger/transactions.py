@@ -13,7 +13,8 @@ from collections.abc import Iterator
 
 from provenance.errors import LedgerReadOnlyError, ProvenanceError
 from provenance.ledger._common import TMP_DIR, _now
-from provenance.ledger.writer import LedgerWriter, _clean_staging
+from provenance.ledger.staging import clean_staging
+from provenance.ledger.writer import LedgerWriter
 
 #: Set by a ledger server while it handles a write sent with an Idempotency-Key: ``(key, token,
 #: method, path)``. Each transaction committed meanwhile records the key (status 0: applied, answer
@@ -56,7 +57,7 @@ class Transactions:
                 "cannot be written); this command writes to it"
             )
         with self.write_lock, self._cursor() as con:
-            staging = _clean_staging(self.root)
+            staging = clean_staging(self.root)
             con.execute("BEGIN TRANSACTION")
             self._in_transaction = True
             writer = LedgerWriter(con, staging, store=self)

@@ -1,0 +1,169 @@
+"""Writes of training runs inside one ledger transaction: a run, its end and the examples it saw
+per shard, logged examples resolved to documents, and the OpenLineage intake (runs mapped,
+inputs matched to datasets, a version's run). Mixed into
+:class:`~provenance.ledger.writer.LedgerWriter`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+
+import pyarrow as pa
+
+from provenance.errors import InvalidParameterError
+from provenance.ledger._common import _now, register, unregister
+from provenance.records import RunRecord
+
+
+class RunWrites:
+    """Writes of runs (``self`` is a :class:`~provenance.ledger.writer.LedgerWriter`)."""
+
+    def insert_run(self, run: RunRecord) -> None:
+        row = run.model_dump(exclude={"datasets", "n_logged", "params"})
+        row["params_json"] = json.dumps(run.params, sort_keys=True, default=str)
+        self._insert("runs", pa.Table.from_pylist([row]))
+        self.made["run_id"] = run.run_id
+        if run.datasets:
+            self._insert("run_datasets", pa.table({
+                "run_id": [run.run_id] * len(run.datasets), "dataset_id": list(run.datasets),
+                "epochs": [float(e) for e in run.datasets.values()],
+            }))
+
+    def run_status(self, run_id: str) -> str | None:
+        rows = self._con.execute("SELECT status FROM runs WHERE run_id = ?", [run_id]).fetchall()
+        return rows[0][0] if rows else None
+
+    def end_run(self, run_id: str, status: str, *, error: str | None = None, version_id: str | None = None,
+                ended_at: datetime | None = None) -> None:
+        """Close a running run (``ended_at``: when it ended, default now; never before its start)
+        and count, per shard of its datasets, the examples it saw."""
+        self._con.execute(
+            "UPDATE runs SET status = ?, error = ?, version_id = ?, ended_at = greatest(?, started_at) WHERE run_id = ?",
+            [status, error, version_id, ended_at or _now(), run_id],
+        )
+        self.count_run_shards(run_id)
+
+    def run_started_earlier(self, run_id: str, started_at: datetime) -> None:
+        """Move a run's start back to ``started_at`` when that is earlier (an OpenLineage START that
+        arrived after a later event)."""
+        self._con.execute("UPDATE runs SET started_at = $1 WHERE run_id = $2 AND started_at > $1", [started_at, run_id])
+
+    def count_run_shards(self, run_id: str) -> None:
+        """Per shard of the run's datasets, the examples it saw, for the datasets not counted yet
+        (at the end of the run, and for datasets an ended run's late OpenLineage event names): for
+        a dataset whose examples it logged, the shards it saw a document of, counted from the log;
+        for one it only declared, every shard, ``n_documents × epochs`` rounded (no more distinct
+        documents than that)."""
+        self._con.execute(
+            """INSERT OR IGNORE INTO run_shards
+               WITH logged AS (
+                   SELECT d.dataset_id, d.shard_index, count(*) AS examples, count(DISTINCT e.doc_id) AS docs
+                   FROM run_examples e JOIN documents d USING (doc_id)
+                   WHERE e.run_id = $run GROUP BY ALL),
+               logged_datasets AS (SELECT DISTINCT dataset_id FROM logged),
+               counted AS (
+                   SELECT s.dataset_id, s.shard_index, s.n_documents, rd.epochs, l.examples, l.docs,
+                          CAST(round(s.n_documents * rd.epochs) AS BIGINT) AS declared,
+                          ld.dataset_id IS NOT NULL AS is_logged
+                   FROM run_datasets rd JOIN shards s USING (dataset_id)
+                   LEFT JOIN logged_datasets ld USING (dataset_id)
+                   LEFT JOIN logged l USING (dataset_id, shard_index)
+                   WHERE rd.run_id = $run AND (ld.dataset_id IS NULL OR l.examples IS NOT NULL))
+               SELECT $run, dataset_id, shard_index,
+                      CASE WHEN is_logged THEN examples ELSE declared END,
+                      CASE WHEN is_logged THEN docs ELSE least(n_documents, declared) END,
+                      CASE WHEN is_logged THEN examples / n_documents ELSE epochs END,
+                      is_logged
+               FROM counted""",
+            {"run": run_id},
+        )
+
+    def running_runs(self) -> list[tuple[str, str, int]]:
+        """(run_id, host, pid) of every run still marked running."""
+        return [tuple(r) for r in self._con.execute("SELECT run_id, host, pid FROM runs WHERE status = 'running'").fetchall()]
+
+    def log_examples(self, run_id: str, datasets: Sequence[str], log: pa.Table) -> int:
+        """Resolve the document keys of ``log`` (columns seq, step, key, dataset) within
+        ``datasets`` and append them to run_examples. Unknown or ambiguous keys raise
+        :class:`InvalidParameterError` naming the first of them; nothing is written then."""
+        register(self._con, "_prov_log", log)
+        try:
+            self._con.execute(
+                """CREATE OR REPLACE TEMP TABLE _prov_resolved AS
+                   SELECT l.seq, l.step, l.key, d.doc_id, d.dataset_id
+                   FROM _prov_log l LEFT JOIN (SELECT doc_id, dataset_id, key FROM documents
+                                               WHERE list_contains($datasets, dataset_id)) d
+                     ON d.key = l.key AND (l.dataset IS NULL OR d.dataset_id = l.dataset)""",
+                {"datasets": list(datasets)},
+            )
+        finally:
+            unregister(self._con, "_prov_log")
+        try:
+            missing = self._con.execute(
+                "SELECT key, step, count(*) OVER () FROM _prov_resolved WHERE doc_id IS NULL ORDER BY seq LIMIT 1"
+            ).fetchall()
+            if missing:
+                key, step, n = missing[0]
+                more = f" (and {n - 1} more unknown keys)" if n > 1 else ""
+                raise InvalidParameterError(
+                    f"logged example {key!r} at step {step} is not a document of the run's datasets "
+                    f"({', '.join(datasets) or 'none declared'}){more}"
+                )
+            ambiguous = self._con.execute(
+                """SELECT key, list(dataset_id ORDER BY dataset_id) FROM _prov_resolved
+                   GROUP BY seq, key HAVING count(*) > 1 ORDER BY seq LIMIT 1"""
+            ).fetchall()
+            if ambiguous:
+                key, where = ambiguous[0]
+                raise InvalidParameterError(
+                    f"logged example {key!r} is a document of several of the run's datasets ({', '.join(where)}); "
+                    "log it with dataset=... to say which"
+                )
+            n = self._con.execute(
+                "INSERT INTO run_examples SELECT ?, step, doc_id FROM _prov_resolved ORDER BY seq", [run_id]
+            ).fetchall()[0][0]
+            self._con.execute("UPDATE runs SET n_logged = n_logged + ? WHERE run_id = ?", [n, run_id])
+            return n
+        finally:
+            self._con.execute("DROP TABLE IF EXISTS _prov_resolved")
+
+    # -- OpenLineage intake ----------------------------------------------------------------------
+
+    def openlineage_run(self, ol_run_id: str) -> dict | None:
+        rows = self._con.sql("SELECT * FROM openlineage_runs WHERE ol_run_id = ?", params=[ol_run_id]
+                             ).to_arrow_table().to_pylist()
+        return rows[0] if rows else None
+
+    def map_openlineage_run(self, ol_run_id: str, run_id: str, namespace: str, name: str, event: str,
+                            when: object) -> None:
+        self._con.execute(
+            """INSERT INTO openlineage_runs VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (ol_run_id)
+               DO UPDATE SET last_event = excluded.last_event, last_event_time = excluded.last_event_time""",
+            [ol_run_id, run_id, namespace, name, event, when])
+
+    def add_run_inputs(self, run_id: str, inputs: Sequence[tuple[str, str, str | None]]) -> list[str]:
+        """Record inputs ``(namespace, name, dataset_id or None)`` of a run, and declare the
+        matched datasets (one epoch each) unless the run declared them already; returns the
+        datasets declared now."""
+        rows = {(namespace, name): dataset_id for namespace, name, dataset_id in inputs}  # an input once
+        if not rows:
+            return []
+        # One statement each, whatever the number of inputs (an event may name thousands: a statement
+        # per input held the ledger for seconds).
+        self._con.execute("INSERT INTO run_inputs SELECT $1, unnest($2::VARCHAR[]), unnest($3::VARCHAR[]), "
+                          "unnest($4::VARCHAR[]) ON CONFLICT DO NOTHING",
+                          [run_id, [n for n, _ in rows], [m for _, m in rows], list(rows.values())])
+        matched = sorted({d for d in rows.values() if d is not None})
+        if not matched:
+            return []
+        return [r[0] for r in self._con.execute(
+            "INSERT INTO run_datasets SELECT $1, unnest($2::VARCHAR[]), 1.0 ON CONFLICT DO NOTHING RETURNING dataset_id",
+            [run_id, matched]).fetchall()]
+
+    def attach_version_run(self, version_id: str, run_id: str) -> None:
+        """Say that ``run_id`` produced ``version_id``, a version committed without a run."""
+        current = self._con.execute("SELECT run_id FROM versions WHERE version_id = ?", [version_id]).fetchall()
+        if current and current[0][0] not in (None, run_id):
+            raise InvalidParameterError(f"version {version_id[:12]} was produced by run {current[0][0][:12]} already")
+        self._con.execute("UPDATE versions SET run_id = ? WHERE version_id = ?", [run_id, version_id])

@@ -1,0 +1,240 @@
+"""Model versions: commit a state as patches against its parent, check a version out losslessly.
+
+A commit walks the state one parameter group at a time (a state dict, a safetensors file, a
+sharded checkpoint read tensor by tensor, or a PEFT LoRA adapter applied to the parent): it checks
+the group against the parent's (same shape and dtype, finite values), encodes the difference with
+the smallest exact patch (:mod:`provenance.patches`), writes the patch's tensors to the object
+store, and finally inserts the version and its manifest in one ledger transaction. A refused
+commit removes the objects it had written; a killed one leaves only unreferenced objects, which
+no version shows and ``prov gc`` removes.
+
+What a commit stores, bit for bit: dense tensors of every dtype that both torch and safetensors
+hold (bool, int8 to int64, uint8 to uint64, float16, bfloat16, float32, float64 and the FP8
+formats; :func:`provenance.objects.unstorable`), NaN payloads and ``-0.0`` included; a
+``torch._neg_view`` is stored as the values it shows. It refuses, naming the parameter: meta
+tensors, sparse layouts, quantized tensors, and complex tensors (conjugate views included), which
+are not stored: ``torch.view_as_real(t)`` is their exact real form. NaN or Inf values are refused
+with :class:`~provenance.errors.NonFiniteError` unless ``allow_nonfinite=True``.
+
+Checkout replays, per parameter group, the patches from the nearest full copy up the chain of
+first parents. The :class:`SnapshotPolicy` bounds that chain: a group is stored whole again when
+its chain would pass ``every`` patches or ``max_chain_ratio`` of its full size in patch bytes.
+
+:func:`commit` and the checks of its options are here; the rest is one module each:
+:mod:`.states` (the state a commit stores, read one parameter group at a time), :mod:`.groups`
+(each group checked and encoded against the parent's, within the snapshot policy),
+:mod:`.checkouts` (a version's tensors back: a dict, a safetensors file or stream, a Hugging Face
+folder), :mod:`.diffs` (:func:`diff`) and :mod:`.garbage` (:func:`gc`).
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import xxhash
+
+from provenance import model_files
+from provenance.errors import InvalidParameterError
+from provenance.history import History, numel
+from provenance.ledger import LedgerStore
+from provenance.objects import new_objects
+from provenance.records import ParamRecord, VersionRecord, check_utf8
+from provenance.tensorfile import dtype_from_name
+from provenance.versions.checkouts import checkout, checkout_folder, checkout_stream, iter_checkout
+from provenance.versions.diffs import _rank, diff
+from provenance.versions.garbage import gc
+from provenance.versions.groups import encode_all
+from provenance.versions.states import incoming_state
+
+
+@dataclass(frozen=True)
+class SnapshotPolicy:
+    """When ``encoding="auto"`` stores a group whole instead of as one more patch: when the chain
+    of patches since its last full copy would reach ``every`` patches, or their bytes would pass
+    ``max_chain_ratio`` times the group's full size. Checkout then reads at most a full copy plus
+    that ratio, in at most ``every`` steps."""
+
+    every: int = 64
+    max_chain_ratio: float = 1.0
+
+    def __post_init__(self):
+        if not isinstance(self.every, int) or self.every < 1:
+            raise InvalidParameterError(f"snapshot every must be a positive integer, got {self.every!r}")
+        if not self.max_chain_ratio > 0:
+            raise InvalidParameterError(f"snapshot max_chain_ratio must be > 0, got {self.max_chain_ratio!r}")
+
+
+def commit(
+    ledger: LedgerStore,
+    state: Any,
+    *,
+    parent: str | VersionRecord | None = None,
+    message: str,
+    author: str | None = None,
+    run: str | None = None,
+    encoding: str = "auto",
+    low_rank: Mapping[str, tuple[torch.Tensor, torch.Tensor, float]] | None = None,
+    allow_nonfinite: bool = False,
+    snapshot: SnapshotPolicy | None = None,
+    sync: bool = True,
+    progress: Any = None,
+    max_file_bytes: int = model_files.MAX_FILE_BYTES,
+    files: str | os.PathLike | None = None,
+    also: Callable[[Any, VersionRecord], None] | None = None,
+    patch_of_run: str | None = None,
+) -> VersionRecord:
+    """Store ``state`` as a new version and return its record.
+
+    ``state`` is a state dict, a module, a ``.safetensors`` file, a sharded checkpoint (its
+    ``*.safetensors.index.json`` or its folder) or a PEFT LoRA adapter folder (applied to
+    ``parent`` and stored as low-rank patches). Each parameter group is stored against ``parent``
+    with ``encoding`` (``"auto"``: the smallest exact one, within the ``snapshot`` policy).
+    ``low_rank`` gives, per parameter name, factors ``(B, A, scale)`` whose
+    ``base + scale * B @ A`` is the new value (e.g. a LoRA update); they are used when exact.
+    ``run`` names the running run that produced the state; the commit ends it. With
+    ``sync=False`` objects are still written whole (temporary name, then rename) but not synced
+    to the disk: about three times faster where the disk is slow, at the price that a power cut
+    soon after may leave objects that fail their hash check on read (a process crash cannot).
+    ``progress`` (``start(description, total)``, ``advance(bytes)``) is told the bytes of each
+    group as it is stored. A checkpoint folder's other files (config, tokenizer) are stored with
+    the version, each up to ``max_file_bytes``; see :mod:`provenance.model_files`. ``files`` is a
+    folder whose files are stored so, for a ``state`` that is not a folder (a state dict whose
+    config and tokenizer were saved apart, as the Trainer callback does). ``also(tx, version)``
+    writes rows that must land in the version's own transaction (a retraction's result).
+    ``patch_of_run`` names an ended run whose training made the patch this version carries (a
+    retraction's rebase moves a version's patch onto a clean parent): it is recorded as the
+    version's run, so that lineage and taint see its data, and the run is left as it is.
+    """
+    if not isinstance(message, str) or not message.strip():
+        raise InvalidParameterError("a commit needs a message")
+    check_utf8(message, "the commit's message")
+    if author is not None:
+        check_utf8(author, "the commit's author")
+    if files is not None:
+        if _is_model_folder(state):
+            raise InvalidParameterError(f"{state} is a checkpoint folder, whose files are stored with it: do not pass files=")
+        if not isinstance(files, (str, os.PathLike)) or not Path(files).is_dir():
+            raise InvalidParameterError(f"files must be a folder, got {files!r}")
+    if files is not None:
+        listed = model_files.scan(Path(files), max_file_bytes)
+    elif _is_model_folder(state):
+        from provenance import checkpoints
+
+        listed = model_files.scan(Path(state), max_file_bytes, tensors=checkpoints.files_read(state))
+    else:
+        listed = []
+    # The ledger's lock is held from the first object written to the version's row, so that
+    # `gc` in another process never sees this commit's objects as unreferenced.
+    with ledger.session():
+        return _commit(ledger, state, parent, message, author, run, encoding, _factors(low_rank), allow_nonfinite,
+                       snapshot or SnapshotPolicy(), sync, progress, listed, also, patch_of_run)
+
+
+def _factors(low_rank: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``low_rank`` checked: per parameter, ``(B, A, scale)`` with B and A tensors and a number."""
+    out = dict(low_rank or {})
+    for name, given in out.items():
+        ok = isinstance(given, (tuple, list)) and len(given) == 3 and all(
+            isinstance(t, torch.Tensor) for t in given[:2]) and isinstance(given[2], numbers.Real)
+        if not ok:
+            kinds = (f"({', '.join(type(x).__name__ for x in given)})" if isinstance(given, (tuple, list))
+                     else type(given).__name__)
+            raise InvalidParameterError(f"low_rank[{name!r}] must be (B, A, scale): two tensors and a number, "
+                                        f"got {kinds}")
+    return out
+
+
+def _is_model_folder(state: Any) -> bool:
+    """Whether ``state`` is a checkpoint folder whose other files a commit keeps (not a LoRA
+    adapter's: its files describe the adapter)."""
+    from provenance import checkpoints
+
+    return isinstance(state, (str, os.PathLike)) and Path(state).is_dir() and not checkpoints.is_lora_adapter(state)
+
+
+def _commit(ledger, state, parent, message, author, run, encoding, low_rank, allow_nonfinite, policy, sync,
+            progress, listed, also=None, patch_of_run=None) -> VersionRecord:
+    parent_rec = ledger.version(parent) if parent is not None else None
+    if patch_of_run is not None:
+        if run is not None:
+            raise InvalidParameterError("give run (the running run that commits) or patch_of_run, not both")
+        patch_run = ledger.run(patch_of_run)
+        if patch_run.status == "running":
+            raise InvalidParameterError(f"run {patch_run.run_id[:12]} is running: its own commit ends it (run=); "
+                                        "patch_of_run names an ended run whose patch a version carries")
+        patch_of_run = patch_run.run_id
+    if run is not None:
+        run_rec = ledger.run(run)
+        if run_rec.status != "running":
+            raise InvalidParameterError(f"run {run_rec.run_id[:12]} is {run_rec.status}: only a running run can commit")
+        if parent_rec is None and run_rec.base_version is not None:
+            parent_rec = ledger.version(run_rec.base_version)
+        if (parent_rec.version_id if parent_rec else None) != run_rec.base_version:
+            raise InvalidParameterError(
+                f"run {run_rec.run_id[:12]} started from {(run_rec.base_version or 'nothing')[:12]}, "
+                f"so its version's parent must be that, not {parent_rec.version_id[:12] if parent_rec else 'none'}"
+            )
+        run = run_rec.run_id
+    parent_id = parent_rec.version_id if parent_rec else None
+    history = History(ledger)
+    parent_manifest = history.manifest(parent_id) if parent_id else {}
+    store = ledger.object_store(sync=sync)
+    incoming = incoming_state(state, parent_manifest, parent_id)
+    unknown = sorted(set(low_rank) - set(incoming.names))
+    if unknown:
+        incoming.close()
+        raise InvalidParameterError(f"low_rank factors given for parameters not in the state: {', '.join(unknown)}")
+    params: list[ParamRecord] = []
+    n_elements = full_bytes = stored = 0
+    try:  # the objects this commit adds are removed again if it is refused
+        with new_objects(store, ledger.object_writers) as added:
+            files = model_files.store_files(store, listed, added.created)
+            with added.background() as writer:
+                encode_all(history, store, writer, parent_id, parent_manifest, incoming, encoding, low_rank,
+                           allow_nonfinite, policy, params, added.created, progress)
+            for p in params:
+                if p.encoding != "removed":
+                    n_elements += numel(p.shape)
+                    full_bytes += numel(p.shape) * torch.empty((), dtype=dtype_from_name(p.dtype)).element_size()
+                    stored += p.nbytes
+            kept = set(incoming.names)
+            for name, previous in parent_manifest.items():
+                if name not in kept and previous.encoding != "removed":
+                    params.append(ParamRecord(name=name, dtype=previous.dtype, shape=previous.shape,
+                                              encoding="removed"))
+
+            created_at = datetime.now(timezone.utc).replace(tzinfo=None)
+            parents = [parent_id] if parent_id else []
+            h = xxhash.xxh3_128(f"{parents}|{message}|{author}|{run or patch_of_run}|{created_at.isoformat()}|".encode())
+            for p in params:
+                h.update(p.model_dump_json().encode())
+            for f in files:
+                h.update(f.model_dump_json().encode())
+            version = VersionRecord(
+                version_id=h.hexdigest(), parents=parents, message=message, author=author, created_at=created_at,
+                run_id=run or patch_of_run,
+                n_params=sum(p.encoding != "removed" for p in params), n_elements=n_elements, full_bytes=full_bytes,
+                stored_bytes=stored,
+            )
+            with ledger.transaction() as tx:
+                if run is not None and tx.run_status(run) != "running":
+                    raise InvalidParameterError(f"run {run[:12]} ended while this commit was being written")
+                tx.insert_version(version, params, [f.model_dump() for f in files])
+                if run is not None:
+                    tx.end_run(run, "finished", version_id=version.version_id)
+                if also is not None:  # rows that must land with the version or not at all (a retraction's result)
+                    also(tx, version)
+    finally:
+        incoming.close()
+    return version
+
+
+__all__ = ["SnapshotPolicy", "_rank", "checkout", "checkout_folder", "checkout_stream", "commit", "diff", "gc",
+           "iter_checkout"]
