@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from provenance.errors import LedgerDamagedError, LedgerReadOnlyError, StorageUnreachableError
+from provenance.errors import LedgerDamagedError, LedgerReadOnlyError, ObjectMissingError, StorageUnreachableError
 from provenance.ledger import LedgerStore
 
 QUARANTINE_DIR = "quarantine"
@@ -100,8 +100,8 @@ def verify(ledger: LedgerStore, *, objects: bool = False, repair: bool = False, 
             staged = [p for p, _ in ledger.stale_staging(remove=repair)]
         rays = [str(p) for p, _ in ledger.stale_ray_folders()]
     users = _users(refs, encodings)
-    stored = set(store.addresses())
-    addresses = sorted(set(users) | (stored if objects else set()))
+    stored = _listed(store) if objects else None  # else listed after the checks: an unreachable bucket said by them
+    addresses = sorted(set(users) | (stored or set()))
     # Checked on the store's threads (2 for a folder; 16 for a bucket, whose checks wait on requests;
     # at most 4 when each check downloads and re-hashes a whole object, which it holds meanwhile).
     threads = min(store.writer_threads, 4) if objects else store.writer_threads
@@ -117,6 +117,8 @@ def verify(ledger: LedgerStore, *, objects: bool = False, repair: bool = False, 
                                              versions=sorted(users.get(address, ()))))
             if progress is not None:
                 progress.advance((sizes[address] or 0) if objects else 1)
+    if stored is None:
+        stored = _listed(store)
     temporaries = [str(t) for t in store.temporaries()]
     if repair:
         damaged = [d.model_copy(update={"quarantined": store.quarantine(d.address, ledger.root / QUARANTINE_DIR)})
@@ -130,6 +132,18 @@ def verify(ledger: LedgerStore, *, objects: bool = False, repair: bool = False, 
         version_problems=version_problems, dataset_problems=dataset_problems, temporary_files=temporaries,
         unreferenced_objects=len(stored - referenced), ray_folders=rays, repaired=repair, ok=not (damaged or version_problems or dataset_problems),
     )
+
+
+def _listed(store: Any) -> set[str]:
+    """Every address the store holds; a listing that fails (a bucket that does not answer) is no
+    answer about any object, not damage."""
+    try:
+        return set(store.addresses())
+    except StorageUnreachableError:
+        raise
+    except ObjectMissingError as exc:
+        raise StorageUnreachableError(f"{exc}: is the bucket reachable with these credentials? Nothing was judged "
+                                      "damaged") from None
 
 
 def _document_file_problems(ledger: LedgerStore, *, rehash: bool) -> list[dict[str, Any]]:

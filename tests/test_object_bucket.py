@@ -211,6 +211,9 @@ def test_an_unreachable_bucket_is_an_error_not_damage(s3, bucket_ledger, monkeyp
     with pytest.raises(StorageUnreachableError, match=r"s3://models/.* could not be read \(.*\): is the bucket "
                                                       r"reachable with these credentials\? Nothing was judged damaged"):
         Ledger.open(bucket_ledger.root).verify()
+    with pytest.raises(StorageUnreachableError, match=r"^cannot list s3://models/.*: is the bucket reachable with these "
+                                                      r"credentials\? Nothing was judged damaged$"):
+        Ledger.open(bucket_ledger.root).verify(objects=True)  # its listing fails first: no answer, not damage
     for args in (["verify"], ["verify", "--repair"]):
         result = CliRunner().invoke(main, ["--ledger", str(bucket_ledger.root), *args])
         assert result.exit_code == 4, result.output
