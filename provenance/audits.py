@@ -266,8 +266,8 @@ def audit_dedup(
     """Near-duplicates among the documents of ``targets`` (module doc), stored as an audit.
     Returns the report; ``report.pairs`` holds the pairs unless ``pairs_file`` is given, in
     which case they are written there as Parquet (CSV for a name ending in ``.csv``) and
-    ``report.pairs`` is None (a stored audit's pairs stay readable with ``Ledger.audit_pairs``). The pairs span each cluster (``m`` identical copies give ``m − 1``
-    pairs: each with the first copy; ``report.pairs_mode == "spanning"``); ``all_pairs`` lists
+    ``report.pairs`` is None (a stored audit's pairs stay readable with ``Ledger.audit_pairs``).
+    The pairs span each cluster (``m`` identical copies give ``m − 1`` pairs: each with the first copy; ``report.pairs_mode == "spanning"``); ``all_pairs`` lists
     every pair instead (``m(m − 1)/2`` for ``m`` copies, and every near pair: no bucket window).
     ``bucket_window``: how many neighbours each document of a large band bucket is compared with
     (module doc; 0 compares every two). ``store=False`` keeps nothing in the

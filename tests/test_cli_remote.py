@@ -83,6 +83,11 @@ def test_the_cli_through_a_server(server, tmp_path, monkeypatch):
 
     pairs = pq.read_table(tmp_path / "pairs.parquet").to_pylist()
     assert len(pairs) == dedup["summary"]["pairs"] and {"d3", "dup"} in [{p["a"], p["b"]} for p in pairs]
+    js("audit", "dedup", "corpus", "--pairs", str(tmp_path / "pairs.csv"))  # CSV by its name, as a local ledger writes
+    import pyarrow.csv as pacsv
+
+    assert pacsv.read_csv(tmp_path / "pairs.csv").select(["a", "b", "jaccard"]).to_pylist() == [
+        {k: p[k] for k in ("a", "b", "jaccard")} for p in pairs]
     assert js("audit", "show", dedup["audit_id"])["audit_id"] == dedup["audit_id"]
     assert {a["kind"] for a in js("audit", "list")} == {"dedup", "merge"}
     (tmp_path / "samples.txt").write_text(docs[7]["text"] + "\n")

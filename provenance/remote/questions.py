@@ -76,12 +76,14 @@ class RemoteQuestions:
     def audit_dedup(self, targets: Sequence[Any], *, progress: Any = None, pairs_file: Any = None,
                     **options: Any) -> DedupReport:
         """The dedup audit, run on the server; with ``pairs_file`` the pairs are written here as
-        Parquet (read from the stored audit, or from the report when it stores nothing)."""
+        Parquet, or CSV for a name ending in ``.csv`` (read from the stored audit, or from the
+        report when it stores nothing)."""
         out = self.output_path(pairs_file) if pairs_file is not None else None
         body = {"targets": [ref_of(t) for t in targets], "options": options}
         report = DedupReport.model_validate(self._call("POST", "audits/dedup", json_body=body))
         if out is None:
             return report
+        import pyarrow.csv as pcsv
         import pyarrow.parquet as pq
 
         if report.stored:
@@ -91,7 +93,7 @@ class RemoteQuestions:
         tmp = out.with_name(f".{out.name}.{report.audit_id[:8]}.tmp")
         try:
             with naming(out):  # a full disk names the file asked for
-                pq.write_table(table, tmp)
+                pcsv.write_csv(table, tmp) if out.suffix.lower() == ".csv" else pq.write_table(table, tmp)
             os.replace(tmp, out)
         except BaseException:
             tmp.unlink(missing_ok=True)
