@@ -415,7 +415,8 @@ def test_on_invalid_policy_is_part_of_the_content(tmp_path):
 
 
 def test_new_version_copies_unchanged_shards_instead_of_reading_them(tmp_path, monkeypatch):
-    from provenance import FingerprintConfig, Ledger, datasets
+    from provenance import FingerprintConfig, Ledger
+    from provenance.datasets import shards
     from provenance.synthetic import generate_corpus
 
     ledger = Ledger.init(tmp_path / "l")
@@ -426,14 +427,14 @@ def test_new_version_copies_unchanged_shards_instead_of_reading_them(tmp_path, m
     generate_corpus(20, seed=3, prefix="c").write_jsonl(data / "c.jsonl")
 
     fingerprinted: list[int] = []
-    original = datasets.fingerprint_read
+    original = shards.fingerprint_read
 
     def counting(cfg, texts, device=None):
         assert isinstance(cfg, FingerprintConfig)
         fingerprinted.append(len(texts))
         return original(cfg, texts, device)
 
-    monkeypatch.setattr(datasets, "fingerprint_read", counting)
+    monkeypatch.setattr(shards, "fingerprint_read", counting)
     v2 = ledger.register_dataset("grow", str(data), id_field="id").dataset
     assert (v2.version, v2.n_shards, v2.n_documents) == (2, 3, 90)
     assert sum(fingerprinted) == 20  # only c.jsonl was read and fingerprinted

@@ -3,6 +3,11 @@
 A registration is one ledger transaction: it lands whole or not at all, also when the process is
 killed in the middle. Registering content identical to the latest version of the name changes
 nothing and says so; changed content makes a new version.
+
+:func:`register_dataset`, :func:`register_parts` and their one transaction are here; the rest is
+one module each: :mod:`.shards` (each shard read, fingerprinted and staged as document rows, or
+its rows copied from the latest version), :mod:`.removals` (:func:`remove_documents`) and
+:mod:`.readback` (:func:`read_back`: a registered shard read again from its file).
 """
 
 from __future__ import annotations
@@ -10,24 +15,21 @@ from __future__ import annotations
 import contextlib
 import threading
 import unicodedata
-from collections.abc import Iterator, Sequence
-from pathlib import Path
-from queue import Empty, Full, Queue
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import xxhash
-from pyarrow.fs import FileType
 
-from provenance.errors import InvalidParameterError, NotFoundError, SourceError
-from provenance.fingerprints import FingerprintBatch, FingerprintConfig, fingerprint_read
-from provenance.ledger import DocumentStage, LedgerStore, LedgerWriter, _now, check_documents_as
+from provenance.datasets.readback import read_back
+from provenance.datasets.removals import remove_documents
+from provenance.datasets.shards import _write_shard, reusable_shards, write_shards
+from provenance.errors import InvalidParameterError, SourceError
+from provenance.fingerprints import FingerprintConfig
+from provenance.ledger import LedgerStore, LedgerWriter, _now, check_documents_as
 from provenance.plain import counted
 from provenance.progress import NoProgress, Progress
 from provenance.records import DatasetRecord, License, RegistrationResult, ShardRecord, check_name
-from provenance.sources import Batch, Counters, FileShard, ObjectShard, ReadOptions, Shard, resolve
-from provenance.sources.urls import is_url, object_error
+from provenance.sources import Counters, FileShard, ReadOptions, Shard, resolve
 
 
 class _Unchanged(Exception):
@@ -88,8 +90,8 @@ def register_dataset(
         if isinstance(shards, list):
             _warm_up(cfg)  # (not before: an unchanged dataset needs no kernel)
         progress.start(f"registering {dataset_id}", total)
-        reusable = _reusable_shards(tx, latest, cfg, opts)
-        return _write_shards(tx, dataset_id, shards, cfg, opts, counters, progress, reusable)
+        reusable = reusable_shards(tx, latest, cfg, opts)
+        return write_shards(tx, dataset_id, shards, cfg, opts, counters, progress, reusable)
 
     meta = {"role": role or "train", "license": lic, "source": source, "creator": creator, "description": description,
             "model_generated": model_generated}
@@ -126,74 +128,6 @@ def register_parts(ledger: LedgerStore, name: str, parts: list[str], shards: lis
         return [s.model_copy(update={"dataset_id": dataset_id}) for s in records]
 
     return _register(ledger, name, cfg, opts, meta, planned, write, counters, storage, asked=asked)
-
-
-def remove_documents(ledger: LedgerStore, name: str, keys: Sequence[str], *, reason: str | None = None,
-                     retraction: str | None = None) -> RegistrationResult:
-    """A new version of dataset ``name`` holding every document of its latest version but those
-    keyed ``keys`` (``prov dataset remove``): the kept rows are copied with their fingerprints, no
-    source is read again, and the removed documents are listed in ``dataset_removals`` (with the
-    retraction they serve, if any). Its shards are the same files, with fewer documents; its
-    content hash differs from any registration's, so registering the files again makes a new
-    version that holds the documents again. A key the latest version lacks is refused, naming it."""
-    keys = list(dict.fromkeys(str(k) for k in keys))
-    if not keys:
-        raise InvalidParameterError("give the keys of the documents to remove")
-    if "@" in name:
-        raise InvalidParameterError(f"give the dataset's name, not a version ({name!r}): documents are removed from "
-                                    "its latest version, and the result is its next")
-    if retraction is not None:  # the retraction it serves must exist (raises NotFoundError naming it)
-        retraction = ledger.retraction(retraction)["retraction_id"]
-    latest = ledger.dataset(name)
-    with ledger._cursor() as con:
-        found = con.sql("SELECT doc_id, key, shard_index, token_count FROM documents "
-                        "WHERE dataset_id = ? AND list_contains(?, key)",
-                        params=[latest.dataset_id, keys]).to_arrow_table().to_pylist()
-    missing = sorted(set(keys) - {r["key"] for r in found})
-    if missing:
-        shown = ", ".join(repr(k) for k in missing[:5])
-        raise NotFoundError(f"dataset {latest.dataset_id} has no document {shown}{', ...' if len(missing) > 5 else ''} "
-                            f"({len(missing)} of the {len(keys)} keys given)")
-    if len(found) >= latest.n_documents:
-        raise InvalidParameterError(f"removing {len(found)} documents would leave {latest.dataset_id} empty")
-    per_shard: dict[int, list[dict[str, Any]]] = {}
-    for r in found:
-        per_shard.setdefault(r["shard_index"], []).append(r)
-    removed_ids = [r["doc_id"] for r in found]
-    tail = ", ".join(f"{r['key']}" for r in found[:3]) + (", ..." if len(found) > 3 else "")
-    h = xxhash.xxh3_128(f"{latest.content_hash}\nwithout\n".encode())
-    for doc in sorted(removed_ids):
-        h.update(f"{doc}\n".encode())
-    with ledger.transaction() as tx:
-        now = tx.latest_dataset(name)
-        if now is None or now.dataset_id != latest.dataset_id:
-            raise InvalidParameterError(f"dataset {name} changed while its documents were being removed "
-                                        f"(now {now.dataset_id if now else 'gone'}); run it again")
-        tx.follow_storage(latest)
-        dataset_id = f"{name}@{latest.version + 1}"
-        shards = []
-        for s in tx.shards_of(latest.dataset_id):
-            out = per_shard.get(s.shard_index, [])
-            shards.append(s.model_copy(update={
-                "dataset_id": dataset_id, "n_documents": s.n_documents - len(out),
-                "n_tokens": s.n_tokens - sum(r["token_count"] for r in out)}))
-        n_docs = latest.n_documents - len(found)
-        tx.copy_documents_except(latest.dataset_id, dataset_id, removed_ids, n_docs)
-        tx.insert_shards(shards)
-        created = _now()
-        record = latest.model_copy(update={
-            "dataset_id": dataset_id, "version": latest.version + 1, "content_hash": h.hexdigest(),
-            "n_documents": n_docs, "n_tokens": sum(s.n_tokens for s in shards), "created_at": created,
-            "description": ((latest.description + " ") if latest.description else "")
-            + f"[{latest.dataset_id} without {len(found)} document(s)"
-            + (f", retraction {retraction}" if retraction else "") + "]"})
-        tx.insert_dataset(record)
-        tx.insert_removals([{"dataset_id": dataset_id, "from_dataset_id": latest.dataset_id, "doc_id": r["doc_id"],
-                             "key": r["key"], "retraction_id": retraction, "reason": reason, "created_at": created}
-                            for r in found])
-    return RegistrationResult(dataset=record, created=True,
-                              message=f"registered {dataset_id}: {latest.dataset_id} without {counted(len(found), 'document')} "
-                                      f"({tail}); {counted(n_docs, 'document')} kept, no source read again")
 
 
 def planned_shards(shards: list[dict[str, Any]]) -> list[ShardRecord]:
@@ -338,161 +272,6 @@ def _size(shard: Shard) -> int:
     return shard.size() if isinstance(shard, FileShard) else 0
 
 
-def _write_shards(
-    tx: LedgerWriter,
-    dataset_id: str,
-    shards,
-    cfg: FingerprintConfig,
-    opts: ReadOptions,
-    counters: Counters,
-    progress: Progress,
-    reusable: dict[tuple[str, str], ShardRecord],
-) -> list[ShardRecord]:
-    next_id = tx.next_doc_id()
-    rows: list[ShardRecord] = []
-    with tx.document_stage() as stage:
-        for index, shard in enumerate(shards):
-            earlier = reusable.get((shard.name, shard.shard_id)) if isinstance(shard, FileShard) else None
-            if earlier is not None:  # same bytes, same config: copy the rows, do not read the file
-                tx.copy_documents(earlier, dataset_id, index, next_id)
-                rows.append(earlier.model_copy(update={"dataset_id": dataset_id, "shard_index": index, "uri": shard.uri}))
-                progress.advance(shard.n_bytes)
-            else:
-                rows.append(_write_shard(stage, dataset_id, index, shard, cfg, opts, counters, progress, next_id))
-            next_id += rows[-1].n_documents
-    return rows
-
-
-def _reusable_shards(
-    tx: LedgerWriter, latest: DatasetRecord | None, cfg: FingerprintConfig, opts: ReadOptions
-) -> dict[tuple[str, str], ShardRecord]:
-    """Shards of the latest version whose rows a new version can copy: same fields, config and
-    banding, and no invalid record in it (so the on_invalid policy made no difference)."""
-    if latest is None or (latest.n_invalid_replaced or latest.n_invalid_skipped) or tx.has_removals(latest.dataset_id):
-        return {}  # a version made by removing documents holds fewer rows than its files
-    same = (latest.config_id, latest.bands, latest.rows, latest.text_field, latest.id_field) == (
-        cfg.identity, cfg.banding.bands, cfg.banding.rows, opts.text_field, opts.id_field
-    )
-    if not same:
-        return {}
-    return {(s.name, s.shard_id): s for s in tx.shards_of(latest.dataset_id) if s.uri is not None}
-
-
-def _write_shard(
-    stage: DocumentStage,
-    dataset_id: str,
-    index: int,
-    shard: Shard,
-    cfg: FingerprintConfig,
-    opts: ReadOptions,
-    counters: Counters,
-    progress: Progress,
-    first_id: int,
-    device: Any = None,
-) -> ShardRecord:
-    """Read one shard batch by batch, fingerprint it (the MinHash on the torch ``device`` when
-    given, see :meth:`FingerprintConfig.fingerprint_batch`) and stage its document rows."""
-    n_docs = n_tokens = reported = 0
-    for batch in _prefetch(shard.batches(opts, counters)):
-        fp = fingerprint_read(cfg, batch.texts, device)
-        stage.write(_documents_table(dataset_id, index, shard.name, batch, fp, first_id + n_docs))
-        n_docs += len(fp)
-        n_tokens += int(fp.token_count.sum())
-        progress.advance(batch.consumed - reported)
-        reported = batch.consumed
-    return ShardRecord(
-        dataset_id=dataset_id,
-        shard_index=index,
-        shard_id=shard.shard_id,
-        name=shard.name,
-        uri=shard.uri,
-        format=shard.format,
-        sha256=shard.sha256,
-        n_bytes=shard.n_bytes,
-        n_documents=n_docs,
-        n_tokens=n_tokens,
-    )
-
-
-def _prefetch(batches: Iterator[Batch], depth: int = 2) -> Iterator[Batch]:
-    """Read the next batches in a thread while the caller fingerprints this one.
-
-    Parsing holds the GIL; the numba kernels release it, so the two overlap. Errors raised while
-    reading reach the caller at the batch where they happened; if the caller stops early, the
-    reader stops after the batch it is on.
-    """
-    queue: Queue = Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def read() -> None:
-        try:
-            for batch in batches:
-                while not stop.is_set():
-                    try:
-                        queue.put(batch, timeout=0.1)
-                        break
-                    except Full:
-                        continue
-                if stop.is_set():
-                    return
-            queue.put(done)
-        except BaseException as exc:  # handed to the consumer
-            queue.put(exc)
-        finally:
-            close = getattr(batches, "close", None)
-            if close is not None:
-                close()
-
-    reader = threading.Thread(target=read, name="provenance-reader", daemon=True)
-    reader.start()
-    try:
-        while True:
-            item = queue.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while reader.is_alive():
-            try:
-                queue.get(timeout=0.1)
-            except Empty:
-                pass
-        reader.join()
-
-
-def _documents_table(
-    dataset_id: str, shard_index: int, shard_name: str, batch: Batch, fp: FingerprintBatch, first_id: int
-) -> pa.Table:
-    n = len(fp)
-    k = fp.signatures.shape[1]
-    b = fp.band_keys.shape[1]
-    text_offsets = np.frombuffer(batch.texts.buffers()[1], dtype=np.int64)[batch.texts.offset : batch.texts.offset + n + 1]
-    keys = batch.ids if batch.ids is not None else pa.array([f"{shard_name}:{r}" for r in batch.rows.tolist()], pa.string())
-    return pa.table(
-        {
-            "doc_id": pa.array(np.arange(first_id, first_id + n, dtype=np.int64)),
-            "dataset_id": pa.array([dataset_id] * n, pa.string()),
-            "shard_index": pa.array(np.full(n, shard_index, dtype=np.int32)),
-            "row_index": pa.array(batch.rows),
-            "line": pa.array(batch.lines) if batch.lines is not None else pa.nulls(n, pa.int64()),
-            "key": keys,
-            "exact_hash": pa.array(fp.exact_hash),
-            "token_count": pa.array(fp.token_count.astype(np.int32)),
-            "n_bytes": pa.array(np.diff(text_offsets).astype(np.int32)),
-            "signature": pa.ListArray.from_arrays(
-                pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32)), pa.array(fp.signatures.reshape(-1))
-            ),
-            "band_keys": pa.ListArray.from_arrays(
-                pa.array(np.arange(0, (n + 1) * b, b, dtype=np.int32)), pa.array(fp.band_keys.reshape(-1))
-            ),
-        }
-    )
-
-
 def _check_unique_keys(tx: LedgerWriter, dataset_id: str, id_field: str | None) -> None:
     total, dups = tx.duplicate_keys(dataset_id)
     if not total:
@@ -545,27 +324,5 @@ def _unchanged_message(latest: DatasetRecord, role: str | None, lic: License | N
     )
 
 
-def read_back(ds: DatasetRecord, shard: ShardRecord) -> Iterator[Batch]:
-    """The batches of a registered shard, read again from its file after checking the file still
-    hashes as registered (xxh3; the readers check again at the end of the file, so a change while
-    reading is caught too). Errors name the file, the shard and the dataset."""
-    if shard.uri is None:
-        raise SourceError(f"shard {shard.name} of {ds.dataset_id} was registered from memory: no file to read")
-    if is_url(shard.uri):
-        reader: FileShard = ObjectShard.at(shard.uri, shard.name, shard.format)
-        try:
-            kind = reader.fs.get_file_info(reader.path).type
-        except OSError as exc:
-            raise object_error(shard.uri, exc, f"reading shard {shard.name} of {ds.dataset_id}") from None
-        if kind != FileType.File:
-            raise SourceError(f"{shard.uri}: shard {shard.name} of {ds.dataset_id} is no longer there")
-    else:
-        path = Path(shard.uri)
-        if not path.is_file():
-            raise SourceError(f"{path}: shard {shard.name} of {ds.dataset_id} is no longer there")
-        reader = FileShard(path, shard.name, shard.format)
-    reader.shard_id, reader.sha256 = shard.shard_id, shard.sha256  # (its SHA-256 is not taken again)
-    if reader._rehash() != shard.shard_id:
-        raise SourceError(f"{reader.display} changed since it was registered as shard {shard.name} of {ds.dataset_id}")
-    opts = ReadOptions(text_field=ds.text_field, id_field=ds.id_field, on_invalid="replace")
-    yield from reader.batches(opts, Counters())
+__all__ = ["_check_options", "_content_hash", "_identify", "_register", "_unchanged_message", "_write_shard",
+           "check_text_ids", "planned_shards", "read_back", "register_dataset", "register_parts", "remove_documents"]
