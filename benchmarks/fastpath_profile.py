@@ -1,6 +1,6 @@
 """Where the fast path's time goes: one instrumented pass of ``cfg.fingerprint_batch``.
 
-Rather than copy ``provenance.fingerprints._fingerprint_array`` (which would drift from it), the
+Rather than copy ``provenance.fingerprints.batches.fingerprint_array`` (which would drift from it), the
 profile times the library itself: every kernel it calls as ``_k.<name>(...)`` and its Python
 helpers are wrapped with timers for one pass and restored afterwards. What is left is numpy glue;
 the time from the last kernel's return to the end of the call is the exact-hash (xxh3) loop.
@@ -20,11 +20,11 @@ def n_shingles(token_count: np.ndarray, ngram: int) -> int:
     return int(np.where(tc == 0, 0, np.where(tc < ngram, 1, tc - ngram + 1)).sum())
 
 
-_HELPERS = {
-    "_as_string_array": "arrow conversion",
-    "_string_buffers": "string buffers",
-    "_char_tables": "char tables",
-    "_fold": "python _fold (unicodedata)",
+_HELPERS = {  # (the module that reads it, its name): each is wrapped where it is read
+    ("provenance.fingerprints", "as_string_array"): "arrow conversion",
+    ("provenance.fingerprints.batches", "_string_buffers"): "string buffers",
+    ("provenance.fingerprints.batches", "char_tables"): "char tables",
+    ("provenance.fingerprints.batches", "_fold"): "python _fold (unicodedata)",
 }
 EXACT_STAGE = "exact-hash loop (after last kernel)"
 GLUE_STAGE = "rest (numpy glue, ASCII test, span assembly)"
@@ -34,7 +34,7 @@ def _kernel_names() -> list[str]:
     import inspect
     import re
 
-    import provenance.fingerprints as fp
+    import provenance.fingerprints.batches as fp
 
     names = dict.fromkeys(re.findall(r"\b_k\.([a-z]\w*)\(", inspect.getsource(fp)))
     return list(names)
@@ -59,9 +59,10 @@ def _complex_regex():
 
 def profile_fast(cfg, corpus: Corpus, ranges, threads: int | None = None) -> dict:
     """One pass of ``cfg.fingerprint_batch`` over the whole corpus with its stages timed."""
+    import importlib
+
     import numba
 
-    import provenance.fingerprints as fp
     from provenance.kernels import minhash as _k
 
     clock = time.perf_counter
@@ -85,7 +86,7 @@ def profile_fast(cfg, corpus: Corpus, ranges, threads: int | None = None) -> dic
                 elif name == "_fold":
                     counts["_fold calls"] += 1
                     counts["_fold input chars"] += len(args[0])
-                elif name == "_char_tables":
+                elif name == "char_tables":
                     counts["non-ASCII batches"] += int(bool(args[0]))
 
         patched.append((module, name, orig))
@@ -95,9 +96,10 @@ def profile_fast(cfg, corpus: Corpus, ranges, threads: int | None = None) -> dic
     numba.set_num_threads(threads or default)
     kernels = [k for k in _kernel_names() if hasattr(_k, k)]
     try:
-        for name, label in _HELPERS.items():
-            if hasattr(fp, name):
-                wrap(fp, name, label, False)
+        for (module_name, name), label in _HELPERS.items():
+            module = importlib.import_module(module_name)
+            if hasattr(module, name):
+                wrap(module, name, label, False)
         for name in kernels:
             wrap(_k, name, name, True)
         for lo, hi in ranges:

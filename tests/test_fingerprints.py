@@ -1,6 +1,6 @@
 """Fingerprints: the numba fast path against the pure-Python reference and ``datasketch.MinHash``.
 
-The contract (``provenance/fingerprints.py``): for every text, ``cfg.signature(text)`` and the
+The contract (``provenance/fingerprints/``): for every text, ``cfg.signature(text)`` and the
 matching row of ``cfg.signatures(...)`` equal a ``datasketch.MinHash`` with the config's
 parameters updated with ``cfg.shingles(text)``; the exact hash and token count are those of the
 reference :func:`provenance.fingerprints.normalize`.

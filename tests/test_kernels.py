@@ -79,7 +79,7 @@ def test_spans_folded_in_one_call_equal_one_by_one(docs):
 
 def test_spans_folded_one_by_one_where_a_nul_would_mislead(monkeypatch):
     """A span holding a NUL, or a fold that makes one, takes the span-by-span way: same result."""
-    from provenance import fingerprints as f
+    from provenance.fingerprints import batches as f  # _fold_spans reads _fold there
 
     data = np.frombuffer("é\x00é ﬁ ΣΑΣ".encode(), np.uint8).copy()
     for spans, fold in ((([0, 6, 10], [5, 9, 16]), f._fold),  # the first span holds the NUL

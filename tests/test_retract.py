@@ -384,10 +384,10 @@ def test_a_merge_without_a_receipt_is_planned_as_a_retrain(contributors):
 
 KILL_ON_SECOND_STEP = """
 import os, signal, sys
-import provenance.retract as retract
+import provenance.retract.steps as steps  # _recording reads _tags_in there
 from provenance import Ledger
 
-real, made = retract._tags_in, []
+real, made = steps._tags_in, []
 
 
 def tags_then_die(tx, step, rid, version):  # inside the step's transaction: its version is written, not committed
@@ -398,7 +398,7 @@ def tags_then_die(tx, step, rid, version):  # inside the step's transaction: its
     real(tx, step, rid, version)
 
 
-retract._tags_in = tags_then_die
+steps._tags_in = tags_then_die
 Ledger.open(sys.argv[1]).apply_retraction(sys.argv[2])
 """
 

@@ -1,4 +1,4 @@
-"""The full character tables' cache file (``provenance/fingerprints.py``, ``_unicode_tables``).
+"""The full character tables' cache file (``provenance/fingerprints/normalization.py``, ``_unicode_tables``).
 
 The tables are computed once per machine and read back by every later process; a file that is
 truncated, corrupted, half written by a killed process or unwritable never changes a fingerprint:
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from provenance import fingerprints as fp
+from provenance.fingerprints import normalization as fp  # where the tables, and their cache file, live
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def _forget() -> None:
-    for f in (fp._unicode_tables, fp._char_tables, fp._separator_translation):
+    for f in (fp._unicode_tables, fp.char_tables, fp._separator_translation):
         f.cache_clear()
 
 
@@ -76,7 +76,7 @@ def test_first_process_writes_the_file_and_the_next_reads_it(cache, computed, mo
     _assert_equal(first, computed)
     _assert_equal(second, computed)
     # what the kernels and the reference normaliser use comes from them
-    char_class, lower_cp = fp._char_tables(True)
+    char_class, lower_cp = fp.char_tables(True)
     assert np.array_equal(char_class, computed[0]) and np.array_equal(lower_cp, computed[1])
     assert fp._separator_translation() == {int(cp): 32 for cp in np.flatnonzero(computed[2])}
     assert fp._separator_translation()[ord("\u3002")] == 32 and ord("$") not in fp._separator_translation()
@@ -135,7 +135,7 @@ def test_cache_file_name_follows_the_unicode_version_and_the_code(cache, monkeyp
     monkeypatch.undo()
     assert other != name
     monkeypatch.setenv("PROV_CACHE_DIR", str(cache))
-    edited = cache.parent / "fingerprints.py"
+    edited = cache.parent / "normalization.py"
     edited.write_bytes(Path(fp.__file__).read_bytes() + b"\n# an edit\n")
     monkeypatch.setattr(fp, "__file__", str(edited))
     assert fp._tables_path() not in (name, other)
@@ -152,7 +152,8 @@ def test_default_cache_folder(monkeypatch, tmp_path):
 
 _CHILD = textwrap.dedent("""
     import os, sys, time
-    from provenance import fingerprints as fp
+    from provenance.fingerprints import FingerprintConfig
+    from provenance.fingerprints import normalization as fp
     computed = []
     real = fp._compute_tables
     def counting(full):
@@ -167,7 +168,7 @@ _CHILD = textwrap.dedent("""
                 time.sleep(120)
             real_replace(a, b)
         fp.os.replace = stalled
-    sig = fp.FingerprintConfig().signature("Ünïcode ﬁnds its way: ΣΑΣ, 한국어 and ½")
+    sig = FingerprintConfig().signature("Ünïcode ﬁnds its way: ΣΑΣ, 한국어 and ½")
     print(len(computed), int(sig.sum()), flush=True)
 """)
 
