@@ -79,7 +79,6 @@ def verify(ledger: LedgerStore, *, objects: bool = False, repair: bool = False, 
     store = ledger.object_store()
     with ledger.session():
         refs = ledger.object_references()
-        referenced = ledger.referenced_objects()
         version_problems = ledger.version_problems()
         damaged_files = _document_file_problems(ledger, rehash=objects)
         try:
@@ -99,7 +98,7 @@ def verify(ledger: LedgerStore, *, objects: bool = False, repair: bool = False, 
         with ledger.write_lock:  # no registration of this process is staging meanwhile (a server's)
             staged = [p for p, _ in ledger.stale_staging(remove=repair)]
         rays = [str(p) for p, _ in ledger.stale_ray_folders()]
-    users = _users(refs, encodings)
+    users = _users(refs, encodings)  # its keys: every address a version refers to (what gc keeps)
     stored = _listed(store) if objects else None  # else listed after the checks: an unreachable bucket said by them
     addresses = sorted(set(users) | (stored or set()))
     # Checked on the store's threads (2 for a folder; 16 for a bucket, whose checks wait on requests;
@@ -130,7 +129,7 @@ def verify(ledger: LedgerStore, *, objects: bool = False, repair: bool = False, 
         ledger=str(ledger.root), objects_checked=len(addresses), objects_rehashed=objects,
         versions_checked=n_versions, datasets_checked=n_datasets, damaged_objects=damaged,
         version_problems=version_problems, dataset_problems=dataset_problems, temporary_files=temporaries,
-        unreferenced_objects=len(stored - referenced), ray_folders=rays, repaired=repair, ok=not (damaged or version_problems or dataset_problems),
+        unreferenced_objects=len(stored - users.keys()), ray_folders=rays, repaired=repair, ok=not (damaged or version_problems or dataset_problems),
     )
 
 

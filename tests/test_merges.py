@@ -148,6 +148,7 @@ def test_a_fisher_given_to_a_merge_is_for_that_merge_only(two):
 
     ledger.store_fisher(a, _positive(2))  # a new estimate replaces the stored one...
     assert ledger.gc(apply=True)["unreferenced"] == []  # ...and the receipts keep theirs
+    assert ledger.verify().unreferenced_objects == 0  # verify counts what gc keeps: receipts' Fishers too
     assert receipt_check(ledger, first) == {"b": True, "w": True}
     assert receipt_check(ledger, tried) == {"b": True, "w": True}
     used = {r["address"] for r in ledger.object_references().to_pylist()
