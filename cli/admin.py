@@ -188,9 +188,12 @@ def show_models(story: list[dict]) -> None:
 def show_gc(d: dict) -> str:
     """The counts, then each stale Ray folder (a killed Ray registration's or dedup audit's) by name."""
     verb = "removed" if d["removed"] else "would remove (dry run; --apply to remove)"
-    lines = [f"{verb} {len(d['unreferenced'])} objects, {len(d['temporary_files'])} temporary files and "
-             f"{len(d.get('document_folders', []))} unlisted document folders, {d['bytes']:,} bytes"]
-    for f in d.get("ray_folders", []):
+    rays = d.get("ray_folders", [])
+    of_them = f" (of them, {counted(len(rays), 'stale Ray folder')} below)" if rays else ""  # temporary_files lists them too
+    lines = [f"{verb} {counted(len(d['unreferenced']), 'object')}, "
+             f"{counted(len(d['temporary_files']), 'temporary file')}{of_them} and "
+             f"{counted(len(d.get('document_folders', [])), 'unlisted document folder')}, {d['bytes']:,} bytes"]
+    for f in rays:
         state = ("removed" if f["removed"] else "not removed: a file in it could not be removed (permissions, or an "
                  "immutable file)") if d["removed"] else "found"
         lines.append(f"  stale Ray folder {f['path']} ({f['bytes']:,} bytes): {state}")

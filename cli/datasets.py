@@ -6,10 +6,21 @@ import json
 from typing import Any
 
 import click
+from pydantic import ValidationError
 from rich.table import Table
 
 from provenance.cli import render
-from provenance.cli.app import Context, FloatRange, _ray_engine, _ray_options, json_option, main, pass_ctx, read_keys
+from provenance.cli.app import (
+    Context,
+    FloatRange,
+    _ray_engine,
+    _ray_options,
+    json_option,
+    main,
+    pass_ctx,
+    read_keys,
+    validation_problems,
+)
 from provenance.fingerprints import MAX_NGRAM, MAX_NUM_PERM, MAX_SEED
 from provenance.plain import dumps
 from provenance.records import DatasetRecord, ShardRecord
@@ -66,7 +77,12 @@ def dataset_add(obj: Context, name: str, sources: tuple[str, ...], text_field: s
     """
     from provenance.fingerprints import FingerprintConfig
 
-    config = FingerprintConfig(num_perm=num_perm, ngram=ngram, seed=seed, lsh_threshold=threshold)
+    try:
+        config = FingerprintConfig(num_perm=num_perm, ngram=ngram, seed=seed, lsh_threshold=threshold)
+    except ValidationError as exc:  # the options together: e.g. no banding reaches --threshold with --num-perm
+        together = not any(e["loc"] for e in exc.errors())
+        prefix = f"--threshold {threshold:g} with --num-perm {num_perm}: " if together else ""
+        raise click.UsageError(prefix + validation_problems(exc)) from None
     ledger = obj.ledger()
     options = dict(text_field=text_field, id_field=id_field, role=role, license=license_, source=source, creator=creator,
                    description=description, model_generated=model_generated, config=config, on_invalid=on_invalid,

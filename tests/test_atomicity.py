@@ -180,7 +180,7 @@ def test_gc_lists_and_removes_what_a_killed_registration_staged(children, ledger
     listed = Ledger.open(ledger.root, read_only=True).gc()
     assert listed["temporary_files"] == [str(staged)] and listed["bytes"] == size and staged.exists()
     out = CliRunner().invoke(main, ["--ledger", str(ledger.root), "gc"])
-    assert out.exit_code == 0 and f"1 temporary files and 0 unlisted document folders, {size:,} bytes" in out.output
+    assert out.exit_code == 0 and f"1 temporary file and 0 unlisted document folders, {size:,} bytes" in out.output
     out = CliRunner().invoke(main, ["--ledger", str(ledger.root), "gc", "--apply", "--json"])
     removed = json.loads(out.output)
     assert (removed["temporary_files"], removed["freed"], removed["bytes"]) == ([str(staged)], size, size)

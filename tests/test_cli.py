@@ -86,7 +86,7 @@ def test_bad_input_exit_code_and_message(project, runner):
         bogus = runner.invoke(main, ["dataset", "add", "x", "data/a.jsonl", option, value])
         assert bogus.exit_code == 2 and f"Invalid value for '{option}': {value} is not in the range {bounds}." in bogus.output
     too_few = runner.invoke(main, ["dataset", "add", "x", "data/a.jsonl", "--num-perm", "2"])  # in range, yet no banding
-    assert too_few.exit_code == 4 and "threshold 0.8 is too low for num_perm=2" in too_few.output
+    assert too_few.exit_code == 2 and "Error: --threshold 0.8 with --num-perm 2: threshold 0.8 is too low" in too_few.output
 
 
 def test_sql_formats_and_refusals(project, runner):

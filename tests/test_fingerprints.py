@@ -205,6 +205,14 @@ def test_normalize_values(text, normalised):
     assert int(batch.token_count[0]) == len(normalised.split(" "))
 
 
+def test_normalize_refuses_what_is_not_a_str():
+    # bytes used to fail inside str.translate with "a bytes-like object is required, not 'dict'"
+    with pytest.raises(InvalidParameterError, match=r"normalize takes a str, got bytes \(decode it first"):
+        normalize(b"Hello world")
+    with pytest.raises(InvalidParameterError, match="normalize takes a str, got NoneType$"):
+        normalize(None)
+
+
 @pytest.mark.parametrize("scheme", ["affine32", "legacy"])
 @pytest.mark.parametrize("alphabet", ["ascii", "mixed"])
 def test_long_document_equals_datasketch(scheme, alphabet):

@@ -342,8 +342,8 @@ def test_gc_names_each_stale_ray_folder_in_its_table_and_json_output(ledger):
     dry = CliRunner().invoke(main, ["--ledger", str(ledger.root), "gc"])
     assert dry.exit_code == 0, dry.output
     lines = dry.output.splitlines()
-    assert lines[0] == ("would remove (dry run; --apply to remove) 0 objects, 2 temporary files and "
-                        "0 unlisted document folders, 4,000 bytes")
+    assert lines[0] == ("would remove (dry run; --apply to remove) 0 objects, 2 temporary files (of them, 2 stale "
+                        "Ray folders below) and 0 unlisted document folders, 4,000 bytes")
     assert lines[1:] == [f"  stale Ray folder {p} ({n:,} bytes): found" for p, n in stale.items()]
     listed = json.loads(CliRunner().invoke(main, ["--ledger", str(ledger.root), "gc", "--json"]).output)
     assert listed["ray_folders"] == [{"path": p, "bytes": n, "removed": False} for p, n in stale.items()]

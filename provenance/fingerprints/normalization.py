@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
+from provenance.errors import InvalidParameterError
 from provenance.files import atomic_write_bytes
 from provenance.kernels import minhash_codes as _codes
 
@@ -206,5 +207,8 @@ def normalize(text: str) -> str:
 
     This is the reference; the fast path in :mod:`provenance.kernels.minhash` must agree with it.
     """
+    if not isinstance(text, str):
+        decode = " (decode it first, e.g. text.decode('utf-8'))" if isinstance(text, (bytes, bytearray)) else ""
+        raise InvalidParameterError(f"normalize takes a str, got {type(text).__name__}{decode}")
     folded = text.lower() if text.isascii() else unicodedata.normalize("NFKC", text).lower()
     return " ".join(folded.translate(_separator_translation()).split())
