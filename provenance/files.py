@@ -39,6 +39,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+def table_format(path: str | os.PathLike) -> str:
+    """The format a table asked for at ``path`` is written in (an audit's pairs file): ``"csv"``
+    for a name ending in ``.csv`` (any case), else ``"parquet"``. One rule for the local ledger and
+    the remote client."""
+    return "csv" if os.fspath(path).lower().endswith(".csv") else "parquet"
+
+
 @contextlib.contextmanager
 def naming(path: str | os.PathLike) -> Iterator[None]:
     """Give an OS error raised in the block the file ``path`` it is about, when it names none.

@@ -57,7 +57,7 @@ from provenance.audits.skeleton import AuditRun
 from provenance.audits.taint import UnsearchedWarning, describe_target, find_similar, taint_report
 from provenance.audits.texts import exact_jaccard, iter_texts, read_samples, read_texts
 from provenance.errors import InvalidParameterError
-from provenance.files import naming
+from provenance.files import naming, table_format
 from provenance.fingerprints import FingerprintConfig
 from provenance.ledger import LedgerStore
 from provenance.progress import step
@@ -139,7 +139,7 @@ def _audit_dedup(ledger: LedgerStore, targets: Sequence[str], threshold: float, 
             tmp = pairs_path.with_name(f".{pairs_path.name}.{audit_id[:8]}.tmp")
             try:
                 with naming(pairs_path):  # a full disk names the file asked for; the audit is not stored
-                    tx.copy_pairs(audit_id, str(tmp), csv=pairs_path.suffix.lower() == ".csv")
+                    tx.copy_pairs(audit_id, str(tmp), csv=table_format(pairs_path) == "csv")
                 os.replace(tmp, pairs_path)
             except BaseException:
                 tmp.unlink(missing_ok=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from provenance.files import naming
+from provenance.files import naming, table_format
 from provenance.plain import utc_time
 from provenance.records import RegistrationResult, VersionRecord
 from provenance.remote.transport import ref_of
@@ -93,7 +93,7 @@ class RemoteQuestions:
         tmp = out.with_name(f".{out.name}.{report.audit_id[:8]}.tmp")
         try:
             with naming(out):  # a full disk names the file asked for
-                pcsv.write_csv(table, tmp) if out.suffix.lower() == ".csv" else pq.write_table(table, tmp)
+                pcsv.write_csv(table, tmp) if table_format(out) == "csv" else pq.write_table(table, tmp)
             os.replace(tmp, out)
         except BaseException:
             tmp.unlink(missing_ok=True)
