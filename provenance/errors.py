@@ -151,10 +151,16 @@ class ProvenanceWarning(UserWarning):
     place by default, and a filter on ``UserWarning`` takes them)."""
 
 
+#: Packages whose frames a warning passes over to reach the user's line: provenance itself, and
+#: the trainers that call its callbacks (a warning from a callback points at ``trainer.fit(...)``).
+PASSED_OVER = frozenset({"provenance", "transformers", "accelerate", "lightning", "pytorch_lightning"})
+
+
 def warn(message: str, category: type[Warning] = ProvenanceWarning) -> None:
-    """``warnings.warn`` pointed at the first caller outside provenance (the user's line), however
-    deep in the package the warning is raised: what ``skip_file_prefixes`` does from Python 3.12."""
+    """``warnings.warn`` pointed at the first caller outside provenance and the trainers that call
+    it (:data:`PASSED_OVER`): the user's line, however deep in the package the warning is raised;
+    what ``skip_file_prefixes`` does from Python 3.12."""
     frame, level = sys._getframe(1), 2  # 1 is this function; 2 its caller
-    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "provenance":
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] in PASSED_OVER:
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)

@@ -524,6 +524,21 @@ def test_declared_epochs_and_logged_keys_disagreeing_warns_and_logged_wins(proje
         finished.stderr)
 
 
+def test_a_warning_raised_under_a_trainer_points_at_the_users_line(project):
+    """A callback's warning passes over the trainer's frames too (Lightning, Transformers), to the
+    user's ``trainer.fit(...)``; before, it pointed into the trainer's package."""
+    from provenance.runs import EpochsDisagreeWarning
+
+    ledger = project[0]
+    run = ledger.start_run(datasets={"news": 2}, message="declared 2, logged 1")
+    run.log_examples([f"n{i}" for i in range(10)], step=0)
+    trainer = {"__name__": "lightning.pytorch.trainer.trainer"}  # code in the trainer's package, as it runs hooks
+    exec(compile("def fit(on_train_end):\n    on_train_end()\n", "lightning/pytorch/trainer/trainer.py", "exec"), trainer)
+    with pytest.warns(EpochsDisagreeWarning, match="declared for 2 epochs") as w:
+        trainer["fit"](run.finish)
+    assert [(x.filename, x.lineno) for x in w] == [(__file__, sys._getframe().f_lineno - 1)]
+
+
 def test_dedup_pairs_span_clusters_unless_all_pairs(project):
     ledger = project[0]  # news: n0..n7 distinct, n8 = n0 and n9 = n1 (two groups of two identical copies)
     ledger.register_dataset("copies", [{"id": f"c{i}", "text": words(50)} for i in range(5)], id_field="id")

@@ -67,7 +67,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from provenance.datasets import _content_hash, _unchanged_message, _write_shard, check_text_ids, register_parts
-from provenance.errors import InvalidParameterError, NotFoundError, ProvenanceError, SourceError
+from provenance.errors import InvalidParameterError, NotFoundError, ProvenanceError, SourceError, warn
 from provenance.files import naming
 from provenance.fingerprints import FingerprintConfig, strings_to_arrow
 from provenance.progress import NoProgress, Progress
@@ -122,8 +122,8 @@ def register_dataset(ledger: Any, name: str, sources: Any, *, address: str | Non
     _connect(address, num_cpus)
     gpus = ray.cluster_resources().get("GPU", 0)
     if num_gpus and gpus < num_gpus:  # an actor asking for more than the cluster has waits forever
-        warnings.warn(f"the Ray cluster has {gpus:g} GPU(s), so an actor asking for {num_gpus:g} could never start: "
-                      "the actors run the CPU kernel instead", stacklevel=2)
+        warn(f"the Ray cluster has {gpus:g} GPU(s), so an actor asking for {num_gpus:g} could never start: "
+             "the actors run the CPU kernel instead")
         num_gpus = None
 
     specs = [{"index": i, "uri": s.uri, "name": s.name, "format": s.format, "display": s.display}
@@ -148,8 +148,8 @@ def register_dataset(ledger: Any, name: str, sources: Any, *, address: str | Non
                  "/".join(str(t) for t in sorted({r["threads"] for r in done})),
                  "/".join(sorted({r["device"] for r in done})))
         if num_gpus and not any(r["device"] == "cuda" for r in done):
-            warnings.warn(f"the actors were given {num_gpus:g} GPU(s) each, but none of them could use a CUDA device "
-                          "(no GPU visible to torch, or torch not installed there): the CPU kernel ran", stacklevel=2)
+            warn(f"the actors were given {num_gpus:g} GPU(s) each, but none of them could use a CUDA device "
+                 "(no GPU visible to torch, or torch not installed there): the CPU kernel ran")
         counters = Counters(replaced=sum(r["replaced"] for r in done), skipped=sum(r["skipped"] for r in done))
         parts = [r["part"] for r in done if r["part"] is not None]  # a shard of no documents has none
         records = [r["shard"] for r in done]

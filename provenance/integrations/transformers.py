@@ -86,14 +86,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from torch.utils.data import IterableDataset
 
-from provenance.errors import InvalidParameterError, ProvenanceError
+from provenance.errors import InvalidParameterError, ProvenanceError, warn
 from provenance.integrations import RunRecorder, registered_datasets, snapshot
 from provenance.torch import RegisteredDataset
 
@@ -362,8 +361,7 @@ def _save_model_files(model: Any, processing_class: Any, folder: str) -> bool:
             try:
                 part.save_pretrained(folder)
             except ValueError as exc:  # transformers refuses to save a generation config it finds invalid
-                warnings.warn(f"ProvenanceCallback: {type(part).__name__} not stored with the starting weights: {exc}",
-                              stacklevel=2)
+                warn(f"ProvenanceCallback: {type(part).__name__} not stored with the starting weights: {exc}")
     return any(os.scandir(folder))
 
 
