@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from numba import njit
+from numba import get_num_threads, njit, set_num_threads
 from numba.core.caching import FunctionCache, IndexDataCacheFile
 
 try:
@@ -153,3 +153,20 @@ def cached_njit(**options: Any) -> Callable[[Callable[..., Any]], Any]:
         return dispatcher
 
     return decorate
+
+
+@contextlib.contextmanager
+def threads_for(work: int, serial_below: int) -> Iterator[int]:
+    """Numba's threads for a kernel call over ``work`` units (elements, bytes): one under
+    ``serial_below``, where waking the others costs more than the work (and, on a busy machine, a
+    scheduler time slice per call: 10,000 small groups took a minute to merge), else all of them.
+    The count is the calling thread's own (numba keeps it per thread) and is restored after."""
+    threads = max(1, get_num_threads())
+    if work >= serial_below or threads == 1:
+        yield threads
+        return
+    set_num_threads(1)
+    try:
+        yield 1
+    finally:
+        set_num_threads(threads)

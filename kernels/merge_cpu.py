@@ -11,15 +11,13 @@ that each fold's branches fold away and its loop vectorises.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import torch
-from numba import get_num_threads, prange, set_num_threads
+from numba import get_num_threads, prange
 
-from provenance.kernels.jit_cache import cached_njit
+from provenance.kernels.jit_cache import cached_njit, threads_for
 
 MAX_MODELS = 8  # models per call: one Triton pointer argument each; here one compiled type, unused slots repeat the first
 NB_BLOCK = 4096  # elements per block (its scratch rows stay in L1/L2)
@@ -60,27 +58,11 @@ def _merge_numba(mode, out, base, thetas, fishers, lam, extra, eps) -> None:
     fbf16 = bool(fishers) and fishers[0].dtype == torch.bfloat16
     fdirect = bool(fishers) and _np(fishers[0]).dtype == prm.dtype
     kernel = _MERGE_NB[_MODES[mode], out.dtype == torch.bfloat16, fbf16, fdirect]
-    with _threads_for(out.numel()) as threads:
+    with threads_for(out.numel(), SERIAL_BELOW) as threads:
         kernel(len(thetas), _np(out), _np(base), _padded(thetas), fs, prm, 4 * threads)
 
 
 SERIAL_BELOW = 1 << 18  # elements under which a merge runs on the calling thread alone
-
-
-@contextlib.contextmanager
-def _threads_for(n: int) -> Iterator[int]:
-    """Numba's threads for a kernel over ``n`` elements: one under :data:`SERIAL_BELOW`, where
-    waking the others costs more than the work (and, on a busy machine, a scheduler time slice per
-    call: 10,000 small groups took a minute to merge), else all of them."""
-    threads = max(1, get_num_threads())
-    if n >= SERIAL_BELOW or threads == 1:
-        yield threads
-        return
-    set_num_threads(1)
-    try:
-        yield 1
-    finally:
-        set_num_threads(threads)
 
 
 @cached_njit(inline="always")

@@ -102,16 +102,26 @@ class Banding:
             raise InvalidParameterError(f"num_perm must be a whole number from 1 to {MAX_NUM_PERM}, got {num_perm!r}")
         if not 0.0 < min_recall < 1.0:
             raise InvalidParameterError(f"min_recall must be in (0, 1), got {min_recall}")
-        for rows in range(num_perm, 0, -1):
-            banding = cls(bands=num_perm // rows, rows=rows)
-            if banding.probability(threshold) >= min_recall:
-                return banding
+        rows = _most_rows(int(num_perm), float(threshold), float(min_recall))
+        if rows:
+            return cls(bands=num_perm // rows, rows=rows)
         lowest = 1 - (1 - min_recall) ** (1 / num_perm)  # one row per band: P = 1 - (1 - t)^num_perm
         raise InvalidParameterError(
             f"threshold {threshold:g} is too low for num_perm={num_perm}: even {num_perm} band{'s' * (num_perm != 1)} of one row find{'s' * (num_perm == 1)} a "
             f"pair at that similarity with probability {cls(num_perm, 1).probability(threshold):.4f} < {min_recall}; "
             f"the lowest threshold it reaches is about {lowest:.3f} (or use more permutations)"
         )
+
+
+@functools.lru_cache(maxsize=1024)
+def _most_rows(num_perm: int, threshold: float, min_recall: float) -> int:
+    """The most rows per band for :meth:`Banding.for_threshold`, or 0 where none reaches
+    ``min_recall``: a search of up to ``num_perm`` bandings, kept (each batch fingerprinted asks
+    for its config's banding; the search was most of the time of a one-document batch)."""
+    for rows in range(num_perm, 0, -1):
+        if Banding(bands=num_perm // rows, rows=rows).probability(threshold) >= min_recall:
+            return rows
+    return 0
 
 
 class FingerprintConfig(BaseModel):
