@@ -250,8 +250,6 @@ def _merge_kernel(mode: int, bf16: bool, fbf16: bool, fdirect: bool):
     return merge_nb
 
 
-
-
 _MERGE_NB = {(mode, bf16, fbf16, fdirect): _merge_kernel(mode, bf16, fbf16, fdirect)
              for mode in range(4) for bf16 in (False, True) for fbf16 in (False, True) for fdirect in (False, True)
              if mode == 1 or not (fbf16 or fdirect)}
