@@ -205,6 +205,32 @@ def test_normalize_values(text, normalised):
     assert int(batch.token_count[0]) == len(normalised.split(" "))
 
 
+def test_a_batch_over_the_serial_rule_runs_on_every_thread_and_equals_datasketch(monkeypatch):
+    """Small batches run on one thread (``SERIAL_BELOW``); one above it takes numba's threads, and
+    gives the same rows as one thread and as datasketch."""
+    import numba
+
+    from provenance.fingerprints import batches
+
+    rng = np.random.default_rng(4)
+    vocab = np.array(["the", "Cat", "straße", "ΣΟΦΙΑ", "ﬁnance", "한국어", "x²", "don't", "½", "Ⅻ", "e\u0301"])
+    texts = [" ".join(vocab[rng.integers(0, vocab.size, 12)].tolist()) for _ in range(2_000)]
+    assert sum(len(t.encode()) for t in texts) > batches.SERIAL_BELOW
+    threads = []
+    real = batches._fingerprint_buffers
+    monkeypatch.setattr(batches, "_fingerprint_buffers", lambda *a: threads.append(numba.get_num_threads()) or real(*a))
+    cfg = FingerprintConfig()
+    threaded = cfg.fingerprint_batch(texts)
+    monkeypatch.setattr(batches, "SERIAL_BELOW", 1 << 40)
+    serial = cfg.fingerprint_batch(texts)
+    assert threads == [numba.get_num_threads(), 1]  # 2 on the 2-core CI machine
+    for column in ("signatures", "band_keys", "exact_hash", "token_count"):
+        np.testing.assert_array_equal(getattr(threaded, column), getattr(serial, column))
+    assert_rows_match_reference(cfg, texts[::40], cfg.fingerprint_batch(texts[::40]))
+    for i in range(0, len(texts), 40):
+        np.testing.assert_array_equal(threaded.signatures[i], reference_signature(cfg, texts[i]))
+
+
 def test_normalize_refuses_what_is_not_a_str():
     # bytes used to fail inside str.translate with "a bytes-like object is required, not 'dict'"
     with pytest.raises(InvalidParameterError, match=r"normalize takes a str, got bytes \(decode it first"):

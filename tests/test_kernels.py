@@ -15,7 +15,16 @@ WORDS = st.sampled_from(["alpha", "Beta", "γάμμα", "ﬁne", "ΣΟΦΙΑ", "
 
 
 def _staged(cfg: FingerprintConfig, texts: list[str]):
-    """Normalise, hash shingles, permute and band with the separate kernels."""
+    """Normalise, hash shingles, permute and band with the separate kernels, on one thread as the
+    fused kernel runs a batch this small (``fingerprints.batches.SERIAL_BELOW``): waking numba's
+    threads six times per example made this test take half a minute."""
+    from provenance.kernels.jit_cache import threads_for
+
+    with threads_for(0, serial_below=1):
+        return _stages(cfg, texts)
+
+
+def _stages(cfg: FingerprintConfig, texts: list[str]):
     arr = strings_to_arrow(texts)
     data, offsets = _string_buffers(arr)
     cls, lower = _char_tables(True)
