@@ -84,20 +84,21 @@ def start_run(
         params_json = json.dumps(with_job(params, openlineage, message), sort_keys=True)
     except TypeError as exc:
         raise InvalidParameterError(f"run params must be JSON values: {exc}") from None
-    declared = _declared(ledger, datasets)
-    base_id = ledger.version(base).version_id if base is not None else None
-    started = _now()
-    host, pid = host or socket.gethostname(), os.getpid() if pid is None else int(pid)
-    run_id = xxhash.xxh3_128(f"{base_id}|{message}|{started.isoformat()}|{host}|{pid}|{os.urandom(8).hex()}".encode())
-    record = RunRecord(
-        run_id=run_id.hexdigest(), base_version=base_id, message=message, author=author, params=json.loads(params_json),
-        status="running", started_at=started, host=host, pid=pid, datasets=declared,
-    )
-    with ledger.transaction() as tx:
-        for rid, rhost, rpid in tx.running_runs():
-            if rhost == host and rpid and not process_alive(rpid):
-                tx.end_run(rid, "failed", error=f"abandoned: process {rpid} exited without ending the run")
-        tx.insert_run(record)
+    with ledger.session():  # one connection for the reads and the run's row
+        declared = _declared(ledger, datasets)
+        base_id = ledger.version(base).version_id if base is not None else None
+        started = _now()
+        host, pid = host or socket.gethostname(), os.getpid() if pid is None else int(pid)
+        run_id = xxhash.xxh3_128(f"{base_id}|{message}|{started.isoformat()}|{host}|{pid}|{os.urandom(8).hex()}".encode())
+        record = RunRecord(
+            run_id=run_id.hexdigest(), base_version=base_id, message=message, author=author,
+            params=json.loads(params_json), status="running", started_at=started, host=host, pid=pid, datasets=declared,
+        )
+        with ledger.transaction() as tx:
+            for rid, rhost, rpid in tx.running_runs():
+                if rhost == host and rpid and not process_alive(rpid):
+                    tx.end_run(rid, "failed", error=f"abandoned: process {rpid} exited without ending the run")
+            tx.insert_run(record)
     run = Run(ledger, record, flush_every, owned=not detached, openlineage=openlineage)
     if openlineage is not None:
         openlineage.start(ledger, record, wait=detached)  # a detached run's end is another process's
@@ -142,12 +143,17 @@ def warn_epoch_disagreements(ledger: LedgerStore, run: str | RunRecord) -> list[
     """Warn (:class:`EpochsDisagreeWarning`) about each of :func:`epoch_disagreements`."""
     record = run if isinstance(run, RunRecord) else ledger.run(run)
     found = epoch_disagreements(ledger, record) if record.status != "running" else []
+    warn_disagreements(record, found)
+    return found
+
+
+def warn_disagreements(record: RunRecord, found: list[dict[str, Any]]) -> None:
+    """One :class:`EpochsDisagreeWarning` per disagreement of :func:`epoch_disagreements`."""
     for d in found:
         warn(
             f"run {record.run_id[:12]}: {d['dataset_id']} was declared for {d['declared']:g} epochs but its "
             f"logged keys make {d['logged']:g}; the logged keys win (lineage counts what was logged)",
             EpochsDisagreeWarning)
-    return found
 
 
 class Run:
@@ -278,10 +284,12 @@ class Run:
         self._check_open()
         if "parent" in options or "run" in options:
             raise InvalidParameterError("a run commits on its base, as itself: do not pass parent= or run=")
-        self.flush()
-        version = self._commit(state, parent=self.base, run=self.run_id, message=message or self.record.message,
-                               author=options.pop("author", self.record.author), **options)
-        self._close()
+        with self.ledger.session():  # one connection for the examples, the version and the reads after
+            self.flush()
+            version = self._commit(state, parent=self.base, run=self.run_id, message=message or self.record.message,
+                                   author=options.pop("author", self.record.author), **options)
+            found = self._reread()
+        self._after_end(found)
         return version
 
     def _commit(self, state: Any, **options: Any) -> VersionRecord:
@@ -299,30 +307,38 @@ class Run:
 
     def _end(self, status: str, error: str | None) -> RunRecord:
         self._check_open()
-        try:
-            self.flush()
-        except InvalidParameterError as exc:
-            if status == "finished":
+        with self.ledger.session():  # one connection for the examples, the run's end and the reads after
+            try:
+                self.flush()
+            except InvalidParameterError as exc:
+                if status == "finished":
+                    raise
+                error = f"{error}; its last logged examples were not written: {exc}"
+            try:
+                self._send_end(status, error)
+            except RunEndedError:
+                self._ended = True
                 raise
-            error = f"{error}; its last logged examples were not written: {exc}"
-        try:
-            self._send_end(status, error)
-        except RunEndedError:
-            self._ended = True
-            raise
-        self._close()
+            found = self._reread()
+        self._after_end(found)
         return self.record
 
     def _send_end(self, status: str, error: str | None) -> None:
         end_run(self.ledger, self.record, status, error)
 
-    def _close(self) -> None:
+    def _reread(self) -> list[dict[str, Any]]:
+        """The ended run: its record read again, and its :func:`epoch_disagreements`."""
         self._ended = True
         _OPEN.discard(self)
         self.record = self.ledger.run(self.run_id)
+        return epoch_disagreements(self.ledger, self.record) if self.record.status != "running" else []
+
+    def _after_end(self, disagreements: list[dict[str, Any]]) -> None:
+        """What follows a run's end outside the ledger's connection: its OpenLineage event (which
+        waits for the sending) and the warnings."""
         if self.openlineage is not None:
             self.openlineage.end(self.ledger, self.record)
-        warn_epoch_disagreements(self.ledger, self.record)
+        warn_disagreements(self.record, disagreements)
 
     def _check_open(self) -> None:
         if self._ended:

@@ -286,9 +286,10 @@ class ModelQueries:
         """Name ``version`` (a tag can be moved to another version by tagging again)."""
         check_tag(name)
         # a record is looked up by its id: one from another ledger must not leave a tag pointing at nothing
-        ver = self.version(version.version_id if isinstance(version, VersionRecord) else version)
-        with self.transaction() as tx:
-            tx.set_tag(name, ver.version_id)
+        with self.session():  # one connection for the lookup and the write
+            ver = self.version(version.version_id if isinstance(version, VersionRecord) else version)
+            with self.transaction() as tx:
+                tx.set_tag(name, ver.version_id)
         return ver
 
     def run(self, ref: str | RunRecord) -> RunRecord:
