@@ -10,8 +10,9 @@ from rich.table import Table
 
 from provenance.cli import render
 from provenance.cli.app import EXIT_POLICY, Context, json_option, main, pass_ctx
-from provenance.cli.audits import show_gate, show_lineage
+from provenance.cli.audit_reports import show_gate
 from provenance.cli.datasets import show_datasets
+from provenance.cli.lineage import show_lineage
 from provenance.plain import counted, dumps
 
 

@@ -1,5 +1,6 @@
-"""``prov lineage``, ``prov taint`` and ``prov audit``: which data shaped a version, which versions
-a document shaped, and the dedup, pre-merge and memorization audits."""
+"""``prov audit``: the dedup, pre-merge and memorization audits, and the stored audits listed,
+shown and deleted. The reports are rendered by :mod:`provenance.cli.audit_reports`; ``prov
+lineage`` and ``prov taint`` are :mod:`provenance.cli.lineage`."""
 
 from __future__ import annotations
 
@@ -9,12 +10,9 @@ import sys
 from typing import Any
 
 import click
-from rich.markup import escape
-from rich.table import Table
 
 from provenance.cli import render
 from provenance.cli.app import (
-    CliError,
     Context,
     FloatRange,
     _gate_limits,
@@ -28,63 +26,12 @@ from provenance.cli.app import (
     no_store_option,
     pass_ctx,
 )
+from provenance.cli.audit_reports import show_dedup, show_gate, show_memorization
+from provenance.cli.lineage import lineage_cmd, show_lineage, show_taint, taint_cmd
 from provenance.ngrams import MAX_SPAN
 from provenance.plain import counted
 
-#: Versions the lineage table lists unless asked for all: a deep history has thousands (a rich
-#: table of 6,341 took 3.6 s to draw and filled 570 KB of terminal).
-LINEAGE_VERSIONS = 25
-
 _VERSION_ID = re.compile(r"[0-9a-f]{32}")  # a whole version id in an audit's target
-
-
-@main.command("lineage")
-@click.argument("ref", metavar="VERSION")
-@click.option("--format", "fmt", type=click.Choice(["table", "mermaid", "dot"]), default="table", show_default=True,
-              help="A table of the data, or the version DAG with its datasets as Mermaid or Graphviz.")
-@click.option("--all", "show_all", is_flag=True,
-              help=f"List every version of the lineage (the table shows the {LINEAGE_VERSIONS} nearest; --json has all).")
-@json_option
-@pass_ctx
-def lineage_cmd(obj: Context, ref: str, fmt: str, show_all: bool, as_json: bool) -> None:
-    """Every dataset and shard that shaped VERSION, through all its ancestors, runs and merges:
-    examples seen, epochs, the effective contribution through merge weights, the path, and the
-    union of the licence conditions."""
-    from provenance.lineage import graph_text
-
-    lin = obj.ledger(read_only=True).lineage(ref)
-    if fmt != "table" and not as_json:
-        click.echo(graph_text(lin, fmt), nl=False)
-        return
-    show_lineage(lin, as_json, show_all=show_all)
-
-
-@main.command("taint")
-@click.argument("target", required=False, metavar="[DATASET]")
-@click.option("--shard", default=None, help="A shard of the dataset (index or name; not with --key).")
-@click.option("--key", default=None, help="A document key of the dataset.")
-@click.option("--text", "text_file", type=click.File("rb"), default=None,
-              help="A file with the text of a document ('-': stdin), looked for in every dataset (so without DATASET, "
-                   "--shard or --key): by exact hash, or with --near by similarity.")
-@click.option("--near", type=FloatRange(0, 1, min_open=True), default=None,
-              help="Also versions whose lineage holds a near-duplicate "
-              "(estimated Jaccard >= NEAR) of the target document in any dataset.")
-@json_option
-@pass_ctx
-def taint_cmd(obj: Context, target: str | None, shard: str | None, key: str | None, text_file, near: float | None,
-              as_json: bool) -> None:
-    """Every version whose lineage contains TARGET: the versions to re-train or re-merge without it.
-    DATASET as NAME means every version of the dataset (a document a later version removed still
-    shaped what trained on an earlier one); NAME@N that version only."""
-    text = None
-    if text_file is not None:
-        raw = text_file.read()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise CliError(f"{getattr(text_file, 'name', 'stdin')}: not UTF-8 (byte {exc.start})", kind="source") from exc
-    report = obj.ledger(read_only=True).taint(dataset=target, shard=shard, key=key, text=text, near=near)
-    show_taint(report, as_json)
 
 
 @main.group("audit")
@@ -288,221 +235,11 @@ def audit_memorization_cmd(obj: Context, ref: str, samples_file: str, threshold:
     _not_stored(no_store, as_json)
 
 
-# -- rendering ------------------------------------------------------------------------------------
-
 def _not_stored(no_store: bool, as_json: bool) -> None:
     """Say that an audit run with --no-store kept nothing: its id names no stored audit."""
     if no_store and not as_json:
         click.echo("  not stored (--no-store): `prov audit show` does not know this id")
 
 
-def show_lineage(lin, as_json: bool, *, show_all: bool = False) -> None:
-    if as_json:
-        return render.dump(lin)
-    console = render.console()
-    t = Table(title=f"Data that shaped {lin.version[:12]}")
-    for col in ("dataset", "role", "license", "shards", "examples", "effective share", "via (nearest first)"):
-        t.add_column(col)
-    for d in lin.datasets:
-        t.add_row(d["dataset_id"], d["role"] or "", d["license"] or "unknown", str(d["shards"]), f"{d['examples']:,}",
-                  f"{d['effective_share']:.1%}", " → ".join(v[:8] for v in d["path"]))
-    console.print(t)
-    unregistered = lin.unregistered_inputs
-    if unregistered:  # data that shaped the version with no fingerprints and no licence in the ledger
-        u = Table(title="Unregistered inputs")
-        for col in ("namespace", "name", "run", "version"):
-            u.add_column(col)
-        shown = unregistered if show_all else unregistered[:LINEAGE_VERSIONS]
-        for r in shown:
-            u.add_row(render.cell(r["namespace"]), render.cell(r["name"]), r["run_id"][:8], (r["version_id"] or "")[:12])
-        console.print(u)
-        click.echo(f"{counted(len(unregistered), 'input')} of its runs {'matches' if len(unregistered) == 1 else 'match'}"
-                   " no registered dataset: data that shaped the version, of which the ledger has no fingerprints "
-                   "and no licence")
-        if len(shown) < len(unregistered):
-            click.echo(f"{len(unregistered) - len(shown):,} more input(s): --all lists them, --json gives everything")
-    versions = lin.versions if show_all else lin.versions.slice(0, LINEAGE_VERSIONS)
-    n = lin.versions.num_rows
-    v = Table(title="Versions in the lineage" + ("" if versions.num_rows == n else
-                                                 f" (the {versions.num_rows} nearest of {n:,})"))
-    for col in ("version", "message", "weight", "how"):
-        v.add_column(col)
-    for row in versions.to_pylist():
-        how = (f"{row['merge']} merge" if row["merge"] else f"run {row['run_id'][:8]}" if row["run_id"]
-               else "no run recorded: data unknown")
-        v.add_row(row["version_id"][:12] + (f" ({', '.join(row['tags'])})" if row["tags"] else ""),
-                  render.cell(row["message"]), f"{row['weight']:.3g}", how)
-    console.print(v)
-    if versions.num_rows < n:
-        click.echo(f"{n - versions.num_rows:,} more version(s): --all lists them, --json gives everything")
-    lic = lin.license
-    flags = [f"{k.replace('_', '-')}: {', '.join(lic[k])}" for k in
-             ("non_commercial", "share_alike", "attribution", "unknown_license", "model_generated") if lic[k]]
-    click.echo(f"licenses: {', '.join(lic['licenses']) or 'none'}" + ("".join(f"\n  {f}" for f in flags)))
-    if lin.unrecorded:
-        shown = ", ".join(v[:12] for v in lin.unrecorded[:10])
-        more = len(lin.unrecorded) - 10
-        click.echo(f"no training data recorded for {len(lin.unrecorded):,} version(s): {shown}"
-                   + (f" and {more:,} more (--json lists them)" if more > 0 else ""))
-    made = lin.made_by_retraction
-    if made:
-        click.echo(f"made by retraction {made['retraction_id']}: {made['action']} of {made['replaces'][:12]}"
-                   + ("" if made["exact"] else " (approximate: a patch re-applied onto a clean version)"))
-    for r in lin.retracted:
-        console.print(f"[red]retracted data: retraction {r['retraction_id']} ({escape(r['target'])}: "
-                      f"{escape(r['reason'])}) was trained on by run {r['run_id'][:8]} of {r['version_id'][:12]}[/]",
-                      highlight=False, markup=True)
-
-
-def show_taint(report: Any, as_json: bool) -> None:
-    report = render.as_data(report)
-    if as_json:
-        return render.dump(report)
-    click.echo(f"target: {report['target']}")
-    if report.get("near") is not None:
-        click.echo(f"near-duplicates (Jaccard >= {report['near']}): {len(report['matches'])} document(s)")
-        for m in report["matches"][:20]:
-            click.echo(f"  {m['dataset_id']} {m['key']}  J≈{m['jaccard']:.3f}")
-    elif report["matches"]:  # a text found by its exact hash: which documents hold it
-        click.echo(f"the text, exactly: {counted(len(report['matches']), 'document')}")
-        for m in report["matches"][:20]:
-            click.echo(f"  {m['dataset_id']} {m['key']}")
-    t = Table(title=f"{len(report['versions'])} tainted version(s)")
-    for col in ("version", "tags", "message", "how", "examples"):
-        t.add_column(col)
-    for v in report["versions"]:
-        t.add_row(v["version_id"][:12], ", ".join(v.get("tags", [])), render.cell(v["message"]),
-                  "trained on it" if v["direct"] else f"descends from {v['via'][:8]}",
-                  f"{v['examples']:,}" if v["direct"] else "")
-    render.console().print(t)
-    for r in report.get("retractions") or []:
-        made = ", ".join(x[:12] for x in r.get("results") or []) or "nothing applied yet"
-        click.echo(f"retracted: retraction {r['retraction_id']} ({r['target']}: {r['reason']}); made: {made}")
-
-
-def show_dedup(report: Any, as_json: bool) -> None:
-    report = render.as_data(report)
-    if as_json:
-        return render.dump(report)
-    s, b = report["summary"], report["banding"]
-    click.echo(f"dedup audit {report['audit_id'][:12]} of {', '.join(report['datasets'])} at Jaccard >= {report['threshold']}")
-    spanning = report.get("pairs_mode", "spanning") == "spanning"
-    click.echo(f"  {counted(s['documents'], 'document')}, {counted(s['pairs'], 'pair')} ({s['exact_duplicate_pairs']:,} exact), "
-               f"{counted(s['clusters'], 'cluster')} (largest {s['largest_cluster']:,})"
-               + ("; the pairs span each cluster (m identical copies: m-1 pairs), --all-pairs lists every pair"
-                  if spanning else "; every pair listed"))
-    click.echo(f"  duplicate rate {s['duplicate_rate']:.2%} ({s['redundant_documents']:,} redundant documents)")
-    if s.get("windowed_buckets"):
-        click.echo(f"  {counted(s['windowed_buckets'], 'band bucket')} of more than {2 * report['bucket_window']:,} "
-                   f"documents: each compared with {report['bucket_window']:,} neighbours there (--bucket-window), not "
-                   "with every other; pairs and near-copy counts are of those compared")
-    if s.get("without_words"):
-        click.echo(f"  {counted(s['without_words'], 'document')} with no words (empty, or only punctuation): "
-                   "compared with nothing")
-    click.echo(f"  banding {b['bands']} bands x {b['rows']} rows of {b['num_perm']}: P(candidate | J={report['threshold']}) "
-               f"= {b['p_at_threshold']:.4f}")
-    v = report.get("verify")
-    if v:
-        click.echo(f"  verified {v['checked']} of {v['near_threshold']} pairs within ±{v['margin']:.3f} of the threshold "
-                   f"by exact Jaccard: {v['rejected']} below it, dropped" + (f"; {v['not_checked']} unreadable" if v["not_checked"] else ""))
-        for why in v["unreadable"][:5]:
-            click.echo(f"    {why}")
-    if report["largest_clusters"]:
-        t = Table(title="Largest clusters")
-        for col in ("size", "datasets", "sample keys"):
-            t.add_column(col)
-        for c in report["largest_clusters"]:
-            t.add_row(str(c["size"]), ", ".join(c["datasets"]), render.cell(", ".join(c["sample_keys"])))
-        render.console().print(t)
-    pairs = report.get("pairs")
-    if pairs:
-        t = Table(title=f"Pairs (best {min(20, len(pairs))} of {len(pairs):,})")
-        for col in ("a", "b", "jaccard", "±"):
-            t.add_column(col)
-        for p in pairs[:20]:
-            t.add_row(render.cell(p["a"]), render.cell(p["b"]), f"{p['jaccard']:.3f}", f"{p['stderr']:.3f}")
-        render.console().print(t)
-    elif report.get("pairs_file"):
-        click.echo(f"  pairs written to {report['pairs_file']}")
-
-
-def show_gate(report: Any, as_json: bool) -> None:
-    report = render.as_data(report)
-    if as_json:
-        return render.dump(report)
-    policy = report["policy"]
-    limits = [f"max-overlap {policy['max_overlap']:.1%}" if policy["max_overlap"] is not None else "",
-              f"max-contamination {policy['max_contamination']}" if policy["max_contamination"] is not None else "",
-              f"deny-licence {','.join(policy['deny_license'])}" if policy.get("deny_license") else "",
-              "deny-retracted" if policy.get("deny_retracted") else ""]
-    limits = [x for x in limits if x]
-    console = render.console()
-    verdict = "[bold green]PASSED[/]" if report["passed"] else "[bold red]FAILED[/]"
-    console.print(f"pre-merge gate {report['audit_id'][:12]}: {verdict} "
-                  f"({'limits: ' + ', '.join(limits) if limits else 'no limits set: a report only'})", highlight=False, markup=True)
-    for v in report.get("violations") or [{"policy": "", "message": a} for a in report["alerts"]]:
-        # one line each, as wide as it is: a CI log greps it, and Rich would wrap it at the console's width
-        console.print(f"  [red]✗ {escape(v['message'])}[/]", highlight=False, markup=True, soft_wrap=True)
-    if report.get("retracted") and not policy.get("deny_retracted"):
-        console.print(f"  [yellow]! retracted data in the lineage of {len({r['input'] for r in report['retracted']})} "
-                      "input(s) (--deny-retracted fails on it): "
-                      + escape("; ".join(f"{r['input'][:12]}: retraction {r['retraction_id']}"
-                                         for r in report["retracted"])) + "[/]", highlight=False, markup=True)
-    labels = report.get("labels") or {}
-    for side in report["sides"]:
-        data = (f"{side['shards']} shard(s) of {', '.join(side['datasets'])}" if side["datasets"] else
-                "no data" + ("" if report["full_lineage"] else " added since the shared ancestor"))
-        click.echo(f"  {labels.get(side['version_id'], side['version_id'][:12])}: {data}")
-    t = Table(title=f"Training-data overlap (Jaccard >= {report['threshold']})")
-    for col in ("A", "B", "A docs", "A overlap", "B docs", "B overlap", "datasets"):
-        t.add_column(col)
-    for o in report["overlap"]:
-        t.add_row(o["a"][:12], o["b"][:12], f"{o['a_documents']:,}",
-                  f"{o['a_fraction']:.2%} ({o['a_exact']} exact, {o['a_near']} near)", f"{o['b_documents']:,}",
-                  f"{o['b_fraction']:.2%} ({o['b_exact']} exact, {o['b_near']} near)",
-                  render.cell(", ".join(sorted({f"{d['dataset']}~{d['other']}" for d in o["datasets"]}
-                                               | {f"{d['other']}~{d['dataset']}" for d in o.get("b_datasets", [])}))))
-    render.console().print(t)
-    c = report["contamination"]
-    if c is None:
-        click.echo("contamination: no evaluation datasets registered (role eval) or given (--eval)")
-    else:
-        span = c["ngram"]
-        click.echo(f"contamination with {', '.join(c['eval_datasets'])}: {c['contaminated_eval_documents']} of "
-                   f"{c['eval_documents']:,} evaluation documents found in training "
-                   f"(exact {c['eval_exact']}, near {c['eval_near']}"
-                   + (f", shared {span['n']}-word spans {len(span['eval_keys'])}" if span else "")
-                   + (f", trained on by a shared ancestor {c['inherited_eval_documents']}"
-                      if c.get("inherited_eval_documents") else "") + ")")
-        if c.get("inherited_shards"):
-            click.echo(f"  {c['inherited_shards']:,} shard(s) inherited from shared ancestors were not compared with "
-                       f"the evaluation data by content (--full-lineage compares them)")
-        if c["contaminated_eval_keys"]:
-            click.echo(f"  {render.cell(', '.join(c['contaminated_eval_keys']))}")
-        if span and span["unreadable"]:
-            click.echo(f"  span check skipped {len(span['unreadable'])} unreadable shard(s): {span['unreadable'][0]}")
-
-
-def show_memorization(report: Any, as_json: bool) -> None:
-    report = render.as_data(report)
-    if as_json:
-        return render.dump(report)
-    s = report["summary"]
-    click.echo(f"memorization audit {report['audit_id'][:12]} of {report.get('label') or report['version'][:12]}: "
-               f"{s['samples_matching_training']} of {counted(s['samples'], 'sample')} match training documents "
-               f"({counted(s['training_documents_matched'], 'document')}; highest exposure {s['max_exposure']:g})")
-    t = Table()
-    for col in ("sample", "document", "Jaccard", "span (words)", "near-copies", "exposure"):
-        t.add_column(col)
-    more = 0
-    for sample in report["samples"]:
-        for m in sample["matches"][:5]:
-            t.add_row(str(sample["index"]), render.cell(f"{m['dataset_id']}:{m['key']}"), f"{m['jaccard']:.2f}",
-                      str(m["span_words"] or ""), str(m["near_copies"]), f"{m['exposure']:g}")
-        more += max(len(sample["matches"]) - 5, 0)
-    if t.row_count:
-        render.console().print(t)
-    if more:
-        click.echo(f"  the first 5 matches of each sample are shown; {more:,} more in --json and --html")
-    for why in report["unreadable"][:5]:
-        click.echo(f"  span check skipped: {why}")
+__all__ = ["audit_group", "lineage_cmd", "show_dedup", "show_gate", "show_lineage", "show_memorization", "show_taint",
+           "taint_cmd"]

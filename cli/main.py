@@ -17,6 +17,7 @@ from provenance.cli import (  # noqa: F401  (they register commands)
     audits,
     datasets,
     exports,
+    lineage,
     models,
     retract,
     runs,

@@ -222,9 +222,9 @@ def test_cli_lineage_taint_and_diff(family, tmp_path):
 
 def test_cli_lineage_table_lists_the_nearest_versions_unless_asked_for_all(ledger, tmp_path, monkeypatch):
     """A deep history is summarised: the nearest LINEAGE_VERSIONS versions, then how many more."""
-    import provenance.cli.audits as audits
+    import provenance.cli.lineage as lineage_cli
 
-    monkeypatch.setattr(audits, "LINEAGE_VERSIONS", 3)
+    monkeypatch.setattr(lineage_cli, "LINEAGE_VERSIONS", 3)
     tip = None
     for i in range(5):
         tip = ledger.commit({"w": torch.full((2,), float(i))}, message=f"step {i}", parent=tip)

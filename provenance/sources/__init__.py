@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from provenance.sources.base import FORMATS, Batch, Counters, ReadOptions, Shard, file_format
-from provenance.sources.files import FileShard, ObjectShard, _file_shards
+from provenance.sources.discovery import _file_shards
+from provenance.sources.files import FileShard, ObjectShard
 from provenance.sources.memory import MemoryShard, _memory_shards
 
 __all__ = ["FORMATS", "Batch", "Counters", "FileShard", "MemoryShard", "ObjectShard", "ReadOptions", "Shard", "file_format", "resolve"]

@@ -1,0 +1,137 @@
+"""Which files a dataset's sources name, as shards: paths, folders (walked in sorted order,
+hidden files, Croissant exports and symlink loops left out), glob patterns, and URLs of object
+storage (:mod:`provenance.sources.urls`). Only regular files are registered (a FIFO or a device
+is named and refused, never opened), with UTF-8 names; the shards are named by their paths
+relative to the folder they share."""
+
+from __future__ import annotations
+
+import errno
+import glob
+import os
+import stat
+from pathlib import Path
+
+from provenance.errors import SourceError, warn
+from provenance.sources.base import _unknown_type, file_format
+from provenance.sources.files import FileShard, ObjectShard
+
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _walk(folder: str) -> list[str]:
+    """The files under ``folder``, recursively and in sorted order, leaving out hidden files and
+    folders and Croissant exports. A symlink to a folder is followed (as a glob follows it), but
+    not one that leads back into a folder already walked (a loop, `up -> ..`): that one is left
+    out with a warning naming it."""
+    found: list[str] = []
+    walked = {os.path.realpath(folder)}
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        kept = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if any(real == w or w.startswith(real + os.sep) for w in walked):
+                warn(f"{os.path.join(dirpath, d)}: a symlink back into a folder already read ({real}); left out")
+                continue
+            walked.add(real)
+            kept.append(d)
+        dirnames[:] = kept
+        found.extend(os.path.join(dirpath, f) for f in sorted(filenames)  # hidden files, and a Croissant
+                     if not f.startswith(".") and not f.endswith(CROISSANT_SUFFIX))  # export beside its data
+    return found
+
+
+#: A Croissant export written beside the data it describes (as mlcroissant wants a multi-file
+#: dataset's): a folder registered again leaves it out, as it leaves out hidden files.
+CROISSANT_SUFFIX = ".croissant.json"
+
+
+def _regular_file(path: str) -> Path:
+    """``path`` if it is (a symlink that ends at) a regular file; else an error that says what it
+    is. Nothing is opened: reading a FIFO or a device would block or never end."""
+    link = f" (a symlink to {os.readlink(path)})" if os.path.islink(path) else ""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SourceError(f"{path}: symlink loop: the link never reaches a file") from None
+        if link and exc.errno == errno.ENOENT:
+            raise SourceError(f"{path}: broken symlink{link}: its target does not exist") from None
+        raise SourceError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), f"of file type {stat.S_IFMT(mode):o}")
+        raise SourceError(f"{path}: not a regular file: it is {kind}{link}; only regular files can be registered")
+    return Path(path)
+
+
+def _object_shards(specs: list[str]) -> list[FileShard]:
+    from provenance.sources.urls import object_shards, relative_names
+
+    objects, seen = [], set()
+    for spec in specs:
+        for found in object_shards(spec):
+            if found[0] not in seen:
+                seen.add(found[0])
+                objects.append(found)
+    names = relative_names([path for _url, _fs, path, _size in objects])
+    return [ObjectShard(url, name, file_format(path), fs, path, size)
+            for (url, fs, path, size), name in zip(objects, names)]
+
+
+def _utf8_name(path: Path) -> None:
+    """Refuse a file whose path is not UTF-8 (bytes a Latin-1 system wrote: Python holds them as
+    surrogates): the ledger keeps shard names and paths as text, and could not name it."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise SourceError(f"{shown}: the file's name is not valid UTF-8; rename it (the ledger keeps shard names "
+                          "and paths as UTF-8 text)") from None
+
+
+def _file_shards(specs: list[str]) -> list[FileShard]:
+    from provenance.sources.urls import is_url
+
+    urls = [s for s in specs if is_url(s)]
+    if urls:
+        if len(urls) != len(specs):
+            raise SourceError(f"{urls[0]}: local files and URLs cannot be registered together as one dataset's "
+                              "shards; register them as two datasets (or copy the files to the same storage)")
+        return _object_shards(urls)
+    files: list[Path] = []
+    for spec in specs:
+        if any(ch in spec for ch in "*?[") and not os.path.lexists(spec):  # `[1].jsonl` that exists is a file
+            matched = [m for m in sorted(glob.glob(spec, recursive=True)) if not os.path.isdir(m)]
+            if not matched:
+                raise SourceError(f"{spec}: pattern matched no files")
+            files.extend(_regular_file(m) for m in matched)
+        elif os.path.isdir(spec):
+            found = _walk(spec)
+            if not found:
+                raise SourceError(f"{spec}: folder holds no files")
+            files.extend(sorted(_regular_file(f) for f in found))
+        elif os.path.lexists(spec):
+            files.append(_regular_file(spec))
+        else:
+            raise SourceError(f"{spec}: no such file or folder")
+    seen: set[Path] = set()
+    unique = []
+    for f in files:
+        r = f.resolve()
+        if r not in seen:
+            seen.add(r)
+            unique.append(f)
+    for f in unique:
+        _utf8_name(f)
+        if file_format(f) is None:
+            raise _unknown_type(str(f))
+    # names from the paths as given (a symlink keeps its own name; a link leading out of the folder
+    # does not rename every other shard), made absolute without resolving links
+    given = [Path(os.path.abspath(f)) for f in unique]
+    root = given[0].parent if len(given) == 1 else Path(os.path.commonpath([str(g.parent) for g in given]))
+    return [FileShard(f, g.relative_to(root).as_posix(), file_format(f)) for f, g in zip(unique, given)]
