@@ -160,7 +160,7 @@ class DataQueries:
 
     def summary(self) -> dict[str, Any]:
         """Counts of what the ledger holds."""
-        with self._cursor() as con:
+        with self.session(), self._cursor() as con:
             row = con.execute(
                 """SELECT (SELECT count(DISTINCT name) FROM datasets),
                           (SELECT count(*) FROM datasets),
@@ -169,8 +169,8 @@ class DataQueries:
                           (SELECT coalesce(sum(n_bytes), 0) FROM shards),
                           (SELECT count(*) FROM fingerprint_configs)"""
             ).fetchall()[0]
-        keys = ["datasets", "dataset_versions", "shards", "documents", "bytes", "fingerprint_configs"]
-        return {"path": str(self.root), "schema_version": self.schema_version(), **dict(zip(keys, map(int, row)))}
+            keys = ["datasets", "dataset_versions", "shards", "documents", "bytes", "fingerprint_configs"]
+            return {"path": str(self.root), "schema_version": self.schema_version(), **dict(zip(keys, map(int, row)))}
 
     def sql(self, query: str, params: Sequence[Any] | None = None, *, hidden: Collection[str] = ()) -> pa.Table:
         """Run one read-only statement (SELECT, or EXPLAIN of one) and return an Arrow table.
