@@ -67,6 +67,9 @@ class VerifyReport(BaseModel):
     ray_folders: list[str] = Field(default_factory=list, description=(
         "folders in .prov/tmp/ray of Ray registrations and dedup audits killed on this machine (harmless; "
         "prov gc --apply removes them, --repair leaves them)"))
+    unlisted_document_folders: list[str] = Field(default_factory=list, description=(
+        "folders of Parquet document files no dataset lists (a registration killed between writing them and "
+        "its commit left them; harmless: prov gc --apply removes them)"))
     repaired: bool = False
     ok: bool = Field(description="no damage found (temporary files do not count)")
 
@@ -97,6 +100,7 @@ def verify(ledger: LedgerStore, *, objects: bool = False, repair: bool = False, 
         encodings = ledger.param_encodings()
         with ledger.write_lock:  # no registration of this process is staging meanwhile (a server's)
             staged = [p for p, _ in ledger.stale_staging(remove=repair)]
+            unlisted = sorted(ledger.unlisted_document_folders())
         rays = [str(p) for p, _ in ledger.stale_ray_folders()]
     users = _users(refs, encodings)  # its keys: every address a version refers to (what gc keeps)
     stored = _listed(store) if objects else None  # else listed after the checks: an unreachable bucket said by them
@@ -129,7 +133,7 @@ def verify(ledger: LedgerStore, *, objects: bool = False, repair: bool = False, 
         ledger=str(ledger.root), objects_checked=len(addresses), objects_rehashed=objects,
         versions_checked=n_versions, datasets_checked=n_datasets, damaged_objects=damaged,
         version_problems=version_problems, dataset_problems=dataset_problems, temporary_files=temporaries,
-        unreferenced_objects=len(stored - users.keys()), ray_folders=rays, repaired=repair, ok=not (damaged or version_problems or dataset_problems),
+        unreferenced_objects=len(stored - users.keys()), ray_folders=rays, unlisted_document_folders=unlisted, repaired=repair, ok=not (damaged or version_problems or dataset_problems),
     )
 
 

@@ -73,6 +73,15 @@ class Maintenance:
             clean_staging(self.root)
         return found
 
+    def unlisted_document_folders(self) -> dict[str, int]:
+        """The folders of Parquet document files (``NAME/TAG`` in ``.prov/documents/`` or the
+        ledger's documents bucket) that hold no file a dataset lists, with their bytes: what a
+        registration killed between writing them and its commit left. Call it holding the
+        ledger's lock (no registration is renaming its folder into place meanwhile)."""
+        store = self.document_store
+        listed = {store.folder_of(f["path"]) for f in self.document_files()}
+        return store.folders(skip=listed)
+
     def snapshot_database(self, dest: Path) -> int:
         """Copy the database file, checkpointed first (so the copy needs no write-ahead log), to
         ``dest``; returns its bytes. Holds the ledger meanwhile: no write lands half in the copy."""

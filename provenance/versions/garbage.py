@@ -30,7 +30,7 @@ def gc(ledger: LedgerStore, *, apply: bool = False) -> dict[str, Any]:
         temporaries = list(store.temporaries()) + ledger.stale_spill_files()
         staged = ledger.stale_staging(remove=apply)  # a killed registration's staged rows
         rays = ledger.stale_ray_folders()
-        folders = _unlisted_document_folders(ledger)
+        folders = ledger.unlisted_document_folders()
         sizes = ([store.size(a) or 0 for a in unreferenced] + [t.stat().st_size for t in temporaries]
                  + [n for _, n in staged] + [n for _, n in rays] + list(folders.values()))
         freed = 0
@@ -56,10 +56,3 @@ def gc(ledger: LedgerStore, *, apply: bool = False) -> dict[str, Any]:
             "ray_folders": ray_folders, "document_folders": [str(d) for d in folders], "bytes": sum(sizes),
             "removed": apply, "freed": freed}
 
-
-def _unlisted_document_folders(ledger: LedgerStore) -> dict[str, int]:
-    """The folders of Parquet document files (``NAME/TAG`` in ``.prov/documents/`` or the
-    ledger's documents bucket) that hold no file a dataset lists, with their bytes."""
-    store = ledger.document_store
-    listed = {store.folder_of(f["path"]) for f in ledger.document_files()}
-    return store.folders(skip=listed)
