@@ -100,6 +100,7 @@ def verify(ledger: LedgerStore, *, objects: bool = False, repair: bool = False, 
         encodings = ledger.param_encodings()
         with ledger.write_lock:  # no registration of this process is staging meanwhile (a server's)
             staged = [p for p, _ in ledger.stale_staging(remove=repair)]
+            uploads = ledger.stale_uploads()  # rows a client uploaded and never registered
             unlisted = sorted(ledger.unlisted_document_folders())
         rays = [str(p) for p, _ in ledger.stale_ray_folders()]
     users = _users(refs, encodings)  # its keys: every address a version refers to (what gc keeps)
@@ -122,7 +123,7 @@ def verify(ledger: LedgerStore, *, objects: bool = False, repair: bool = False, 
                 progress.advance((sizes[address] or 0) if objects else 1)
     if stored is None:
         stored = _listed(store)
-    temporaries = [str(t) for t in store.temporaries()]
+    temporaries = [str(t) for t in [*store.temporaries(), *uploads]]
     if repair:
         damaged = [d.model_copy(update={"quarantined": store.quarantine(d.address, ledger.root / QUARANTINE_DIR)})
                    for d in damaged]

@@ -14,7 +14,8 @@ from provenance.ledger import LedgerStore
 
 def gc(ledger: LedgerStore, *, apply: bool = False) -> dict[str, Any]:
     """Objects that no version refers to, temporary files of object writes that never finished,
-    DuckDB's spill files of killed processes (:meth:`LedgerStore.stale_spill_files`), the rows a
+    DuckDB's spill files of killed processes (:meth:`LedgerStore.stale_spill_files`), a server's
+    uploads no client registered within a day (:meth:`LedgerStore.stale_uploads`), the rows a
     killed registration staged (:meth:`LedgerStore.stale_staging`), the folders of killed Ray
     registrations and dedup audits (:meth:`LedgerStore.stale_ray_folders`), and
     folders of Parquet document files that no dataset lists (a registration killed between
@@ -27,7 +28,7 @@ def gc(ledger: LedgerStore, *, apply: bool = False) -> dict[str, Any]:
     with ledger.session(), ledger.write_lock, ledger.object_writers.collecting():
         referenced = ledger.referenced_objects()
         unreferenced = [a for a in store.addresses() if a not in referenced]
-        temporaries = list(store.temporaries()) + ledger.stale_spill_files()
+        temporaries = list(store.temporaries()) + ledger.stale_spill_files() + ledger.stale_uploads()
         staged = ledger.stale_staging(remove=apply)  # a killed registration's staged rows
         rays = ledger.stale_ray_folders()
         folders = ledger.unlisted_document_folders()
