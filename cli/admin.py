@@ -228,6 +228,9 @@ def show_verify(report, as_json: bool) -> None:
     for folder in report.ray_folders:
         click.echo(f"stale Ray folder {folder} (a killed Ray registration or dedup audit left it; "
                    "prov gc --apply removes it)")
+    for folder in report.unlisted_document_folders:
+        click.echo(f"document folder {folder} no dataset lists (a killed registration left it; prov gc lists its "
+                   "bytes, prov gc --apply removes it)")
     if report.ok:
         console.print("[green]ok[/]: nothing damaged", highlight=False, markup=True)
     elif report.damaged_objects and not report.repaired:

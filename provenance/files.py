@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import socket
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -143,3 +145,19 @@ def check_output(given: Path, resolved: Path, *, parents: bool | None = None) ->
     if not writable:
         raise UnsafeOutputError(f"cannot write {str(given)!r}: folder {resolved.parent} is not writable")
     return resolved
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (a process of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def host_label() -> str:
+    """This machine's name, as a folder name may hold it (letters, digits, dots; others as ``_``)."""
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"

@@ -151,10 +151,18 @@ def sparse_chain(history: History, store: ObjectStore, version_id: str, name: st
     return get_object(ledger, store, full.objects["full"]), steps, len(patches), sum(r.nbytes for r in patches)
 
 
+#: What to do about a missing or corrupt object: the end of the error that reports it.
+OBJECT_DAMAGE_HINT = ("; `prov verify` lists every damaged object with the versions that need it: commit a checkpoint "
+                      "that holds the tensor again (the object is written afresh), or restore the object from a "
+                      "backup of the ledger")
+
+
 def get_object(ledger: LedgerStore, store: ObjectStore, address: str) -> torch.Tensor:
-    """The object at ``address``; a missing or corrupt one is reported with the versions that use it."""
+    """The object at ``address``; a missing or corrupt one is reported with the versions that use it
+    and what to do (:data:`OBJECT_DAMAGE_HINT`)."""
     try:
         return store.get(address)
     except (ObjectCorruptError, ObjectMissingError) as exc:
         users = ledger.versions_using(address)
-        raise type(exc)(f"{exc}; used by version(s) {', '.join(u[:12] for u in users) or 'none'}") from None
+        raise type(exc)(f"{exc}; used by version(s) {', '.join(u[:12] for u in users) or 'none'}"
+                        f"{OBJECT_DAMAGE_HINT}") from None

@@ -191,7 +191,9 @@ class ObjectStore:
         try:
             return checked_tensor(address, path, lambda: read_tensors(path)[0])
         except (FileNotFoundError, NotADirectoryError):
-            raise ObjectMissingError(f"object {address} is missing from {self.root}") from None
+            gone = ("" if self.root.is_dir() else " (it is a file, not a folder)" if self.root.exists()
+                    else " (the folder itself does not exist: moved or deleted?)")
+            raise ObjectMissingError(f"object {address} is missing from {self.root}{gone}") from None
 
     def addresses(self) -> Iterator[str]:
         """Every stored address (temporary files excluded)."""
@@ -233,7 +235,9 @@ class ObjectStore:
         (cheap); with it, the bytes' hash too."""
         path = self.path(address)
         if not path.is_file():
-            return ("missing", f"{path} does not exist") if not os.path.lexists(path) else (
+            gone = ("" if self.root.is_dir() else f" ({self.root} is a file, not a folder)" if self.root.exists()
+                    else f" (nor does {self.root} itself: moved or deleted?)")
+            return ("missing", f"{path} does not exist{gone}") if not os.path.lexists(path) else (
                 "corrupt", f"{path} is not a regular file")
         try:
             size = path.stat().st_size

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from provenance.files import fsync_folder, naming
+from provenance.files import fsync_folder, host_label, naming, process_alive
 
 # Every dtype that both torch and safetensors hold, by its safetensors name; the FP8 ones are
 # stored as their bits like any other. Complex64 ("C64") is left out: the object store refuses
@@ -123,10 +123,14 @@ class TensorFileWriter:
     def __enter__(self) -> TensorFileWriter:
         # A new temporary name beside the file, created exclusively with mode 0o666 (the process's
         # umask applies, as to any new file); the folder is made when the first try finds it absent.
+        # Named by this machine and process: the next write of the file removes what a writer that
+        # was killed left (a checkout SIGKILLed half-way left gigabytes there, hidden, for good).
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         folder, made = self.path.parent, False
+        mine = f".{self.path.name}.{host_label()}-"
+        remove_stale_temporaries(folder, mine)
         while True:
-            tmp = os.path.join(folder, f".{self.path.name}.{secrets.token_hex(6)}.tmp")
+            tmp = os.path.join(folder, f"{mine}{os.getpid()}-{secrets.token_hex(6)}.tmp")
             try:
                 fd = os.open(tmp, flags, 0o666)
                 break
@@ -178,6 +182,22 @@ class TensorFileWriter:
             if self._tmp is not None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._tmp)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, prefix: str) -> None:
+    """Remove the temporary files ``PREFIX{pid}-{hex}.tmp`` in ``folder`` whose process is gone
+    (``prefix`` names this machine: another machine's, on a shared file system, are left alone)."""
+    try:
+        entries = os.scandir(folder)
+    except OSError:  # no folder yet (the write makes it), or one that cannot be listed: the write says
+        return
+    with entries:
+        for entry in entries:
+            pid = entry.name[len(prefix):].split("-", 1)[0]
+            if (entry.name.startswith(prefix) and entry.name.endswith(".tmp") and pid.isdigit()
+                    and not process_alive(int(pid))):
+                with contextlib.suppress(OSError):  # removed meanwhile, or not ours to remove
+                    os.unlink(entry.path)
 
 
 def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,

@@ -67,6 +67,9 @@ class VerifyReport(BaseModel):
     ray_folders: list[str] = Field(default_factory=list, description=(
         "folders in .prov/tmp/ray of Ray registrations and dedup audits killed on this machine (harmless; "
         "prov gc --apply removes them, --repair leaves them)"))
+    unlisted_document_folders: list[str] = Field(default_factory=list, description=(
+        "folders of Parquet document files no dataset lists (a registration killed between writing them and "
+        "its commit left them; harmless: prov gc --apply removes them)"))
     repaired: bool = False
     ok: bool = Field(description="no damage found (temporary files do not count)")
 
@@ -97,6 +100,8 @@ def verify(ledger: LedgerStore, *, objects: bool = False, repair: bool = False, 
         encodings = ledger.param_encodings()
         with ledger.write_lock:  # no registration of this process is staging meanwhile (a server's)
             staged = [p for p, _ in ledger.stale_staging(remove=repair)]
+            uploads = ledger.stale_uploads()  # rows a client uploaded and never registered
+            unlisted = sorted(ledger.unlisted_document_folders())
         rays = [str(p) for p, _ in ledger.stale_ray_folders()]
     users = _users(refs, encodings)  # its keys: every address a version refers to (what gc keeps)
     stored = _listed(store) if objects else None  # else listed after the checks: an unreachable bucket said by them
@@ -118,7 +123,7 @@ def verify(ledger: LedgerStore, *, objects: bool = False, repair: bool = False, 
                 progress.advance((sizes[address] or 0) if objects else 1)
     if stored is None:
         stored = _listed(store)
-    temporaries = [str(t) for t in store.temporaries()]
+    temporaries = [str(t) for t in [*store.temporaries(), *uploads]]
     if repair:
         damaged = [d.model_copy(update={"quarantined": store.quarantine(d.address, ledger.root / QUARANTINE_DIR)})
                    for d in damaged]
@@ -129,7 +134,7 @@ def verify(ledger: LedgerStore, *, objects: bool = False, repair: bool = False, 
         ledger=str(ledger.root), objects_checked=len(addresses), objects_rehashed=objects,
         versions_checked=n_versions, datasets_checked=n_datasets, damaged_objects=damaged,
         version_problems=version_problems, dataset_problems=dataset_problems, temporary_files=temporaries,
-        unreferenced_objects=len(stored - users.keys()), ray_folders=rays, repaired=repair, ok=not (damaged or version_problems or dataset_problems),
+        unreferenced_objects=len(stored - users.keys()), ray_folders=rays, unlisted_document_folders=unlisted, repaired=repair, ok=not (damaged or version_problems or dataset_problems),
     )
 
 

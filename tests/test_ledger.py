@@ -463,3 +463,44 @@ def test_a_reader_that_cannot_write_the_ledger_spills_into_the_system_temp(ledge
     finally:
         con.close()
     assert spill == os.path.join(tempfile.gettempdir(), f"prov-duckdb-{os.getpid()}")
+
+
+# A `prov init` SIGKILLed inside its migrations: the child kills itself at the Nth row it stamps.
+_INIT_KILLED_AT = """
+import os, signal, sys
+import provenance.ledger.schema as schema
+from provenance import Ledger
+
+calls, now = [0], schema._now
+
+def stamp():
+    calls[0] += 1
+    if calls[0] == int(sys.argv[2]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return now()
+
+schema._now = stamp
+Ledger.init(sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("killed_at", [1, 5])
+def test_an_init_killed_half_way_is_finished_by_the_next_init(tmp_path, killed_at):
+    """Killed inside migration 1, or after some migrations: no ledger of an older schema (it
+    was migrated on open, with a warning) and no folder that `init` refused as existing while
+    every command said `not a provenance ledger`; the next init makes the ledger."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _INIT_KILLED_AT, str(tmp_path), str(killed_at)],
+                          capture_output=True, timeout=120)
+    assert done.returncode == -9, done.stderr
+    assert (tmp_path / ".prov" / "ledger.duckdb").exists()
+    with pytest.raises(LedgerNotFoundError, match=r"it holds no tables, as a `prov init` stopped before it finished "
+                                                  rf"leaves it; run `prov init {re.escape(str(tmp_path))}`"):
+        Ledger.open(tmp_path)
+    ledger = Ledger.init(tmp_path)
+    assert ledger.schema_version() == SHIPPED
+    assert raw_rows(ledger, "SELECT count(*) FROM ledger_meta WHERE key = 'created_at'") == [(1,)]
+    with pytest.raises(LedgerExistsError):  # a whole ledger is still never made again
+        Ledger.init(tmp_path)

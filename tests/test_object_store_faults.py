@@ -162,7 +162,8 @@ def test_an_objects_root_that_is_a_file_is_named(ledger):
     with pytest.raises(ObjectWriteError, match=f"^cannot write object {address_of(t)} into {ledger.objects_path}: "
                                                "it is a file, not a folder$"):
         ledger.commit({"keep": t}, message="no store")
-    with pytest.raises(ObjectMissingError, match=f"is missing from {ledger.objects_path}; used by version"):
+    with pytest.raises(ObjectMissingError, match=f"is missing from {ledger.objects_path} \\(it is a file, not a "
+                                                 "folder\\); used by version"):
         ledger.checkout(v0)
     assert ledger.versions() == [v0]
     assert _temporaries(ledger.root) == []
@@ -247,3 +248,39 @@ def test_a_checkout_through_a_damaged_ancestor_names_the_version_asked_for(ledge
     with pytest.raises(ObjectCorruptError, match=f"object {address} .*used by version\\(s\\) {v0.version_id[:12]}; "
                                                  f"version {v1.version_id[:12]}.*, asked for, builds its parameter 'w' on it"):
         ledger.checkout(v1)
+
+
+def test_a_damaged_object_s_error_says_what_to_do(ledger, tmp_path):
+    """Read by a checkout, a merge and a child's commit, a corrupt or missing object is named with
+    its file, the versions that need it and what to do (it said only what was wrong)."""
+    w = torch.randn(1000)
+    v0 = ledger.commit({"w": w}, message="root")
+    v1 = ledger.commit({"w": w + 1}, parent=v0, message="other")
+    path = ObjectStore(ledger.objects_path).path(ledger.manifest(v0)["w"].objects["full"])
+    todo = "`prov verify` lists every damaged object with the versions that need it: commit a checkpoint"
+    _flip_last_byte(path)
+    for read in (lambda: ledger.checkout(v0), lambda: ledger.merge([v0, v1], method="average", message="m"),
+                 lambda: ledger.commit({"w": w * 2}, parent=v0, message="child")):
+        with pytest.raises(ObjectCorruptError, match=f"{path}.*used by version\\(s\\) {v0.version_id[:12]}.*{todo}"):
+            read()
+    path.unlink()
+    with pytest.raises(ObjectMissingError, match=f"is missing from {ledger.objects_path}; used by version.*{todo}"):
+        ledger.checkout(v0)
+    ledger.commit({"w": w}, message="again")  # doing what it says: the object is written afresh
+    assert torch.equal(ledger.checkout(v0)["w"], w)
+
+
+def test_an_objects_folder_that_is_gone_is_said_to_be_gone(ledger):
+    """`.prov/objects` moved or deleted: each missing object's error says that the folder itself
+    is gone (it read as if objects had gone one by one), for a checkout and for `prov verify`."""
+    import shutil
+
+    from provenance.verify import verify
+
+    v0 = ledger.commit({"w": torch.randn(100)}, message="root")
+    shutil.rmtree(ledger.objects_path)
+    with pytest.raises(ObjectMissingError, match=f"is missing from {ledger.objects_path} \\(the folder itself does not "
+                                                 "exist: moved or deleted\\?\\); used by version"):
+        ledger.checkout(v0)
+    (damaged,) = verify(ledger).damaged_objects
+    assert damaged.problem == "missing" and f"(nor does {ledger.objects_path} itself: moved or deleted?)" in damaged.detail

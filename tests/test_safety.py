@@ -321,6 +321,40 @@ def test_truncated_database_is_reported_as_damaged(project, tmp_path):
         Ledger.open(tmp_path)
 
 
+# A process that commits a tag and is killed before it closes the ledger: the tag is only in the
+# write-ahead log, which the next open replays.
+_KILLED_AFTER_A_COMMIT = """
+import os, signal, sys
+from provenance import Ledger
+
+ledger = Ledger.open(sys.argv[1])
+with ledger.session():
+    ledger.tag("in-the-log", sys.argv[2])
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_damaged_write_ahead_log_is_named_with_how_to_open_the_ledger(project, tmp_path):
+    ledger, base, child = project
+    done = subprocess.run([sys.executable, "-c", _KILLED_AFTER_A_COMMIT, str(tmp_path), child.version_id],
+                          capture_output=True, timeout=120)
+    assert done.returncode == -9, done.stderr
+    wal = ledger.db_path.with_name("ledger.duckdb.wal")
+    log = bytearray(wal.read_bytes())
+    log[len(log) // 2] ^= 0x40  # a flipped bit inside the tag's entry
+    wal.write_bytes(bytes(log))
+    for args in (["dataset", "list"], ["verify"], ["tag", "list"]):
+        result = run_cli(*args)
+        assert result.exit_code == 4, (args, result.output)
+        assert f"the ledger's write-ahead log {wal} is damaged" in result.output, result.output
+        assert f"Move it aside (mv {wal} {wal}.damaged)" in result.output and "Traceback" not in result.output
+    with pytest.raises(LedgerDamagedError, match="write-ahead log"):
+        Ledger.open(tmp_path, read_only=True)
+    wal.rename(f"{wal}.damaged")  # as the message says: the ledger as it was before the lost write
+    result = run_cli("tag", "list", "--json")
+    assert result.exit_code == 0 and "in-the-log" not in result.output
+    assert verify(Ledger.open(tmp_path)).ok
+
 def test_read_only_ledger_can_be_read(project, tmp_path):
     ledger, base, child = project
     ro = Ledger.open(tmp_path, read_only=True)

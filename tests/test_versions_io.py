@@ -87,6 +87,49 @@ def test_interrupted_checkout_leaves_no_file(ledger, tmp_path, monkeypatch):
     assert list(tmp_path.glob("*model.safetensors*")) == []
 
 
+# A checkout SIGKILLed after its first tensor: the child kills itself inside the second write.
+_CHECKOUT_KILLED = """
+import os, signal, sys
+import provenance.tensorfile as tensorfile
+from provenance import Ledger
+
+write, written = tensorfile.TensorFileWriter.write, []
+
+def write_then_die(self, name, tensor):
+    if written:
+        os.kill(os.getpid(), signal.SIGKILL)
+    written.append(name)
+    write(self, name, tensor)
+
+tensorfile.TensorFileWriter.write = write_then_die
+Ledger.open(sys.argv[1]).checkout(sys.argv[2], output=sys.argv[3])
+"""
+
+
+def test_a_killed_checkout_s_temporary_is_removed_by_the_next_write_of_the_file(ledger, tmp_path):
+    """A checkout SIGKILLed half-way leaves its hidden temporary beside the output (gigabytes for
+    a large model, which nothing removed); the next write of that file removes it, not the
+    temporary of a writer that still runs."""
+    import signal
+    import subprocess
+    import sys
+
+    version = ledger.commit(_state(), message="root")
+    out = tmp_path / "out" / "model.safetensors"
+    out.parent.mkdir()
+    done = subprocess.run([sys.executable, "-c", _CHECKOUT_KILLED, str(ledger.root), version.version_id, str(out)],
+                          capture_output=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    left = list(out.parent.glob(".model.safetensors.*.tmp"))
+    assert len(left) == 1 and not out.exists()
+    from provenance.files import host_label
+
+    running = out.parent / f".model.safetensors.{host_label()}-{os.getpid()}-000000000000.tmp"
+    running.write_bytes(b"a write of a process that runs")
+    ledger.checkout(version, output=out)
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted([out.name, running.name])
+    assert all(torch.equal(load_file(out)[k], v) for k, v in _state().items())
+
 def test_snapshot_policy_bounds_the_chain(ledger):
     state = {"w": torch.zeros(1000), "b": torch.zeros(10)}
     policy = SnapshotPolicy(every=3, max_chain_ratio=10.0)

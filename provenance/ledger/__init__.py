@@ -73,6 +73,19 @@ def _on_read_only_mount(path: Path) -> bool:
         return False
 
 
+def _unfinished_init(db: Path) -> bool:
+    """Whether ``db`` is what an init stopped before its one transaction committed leaves: a
+    database file with no tables (which that init's next run completes)."""
+    try:
+        con = duckdb.connect(str(db), read_only=True)
+    except duckdb.Error:  # not a database, damaged, or held by a process (an init still running)
+        return False
+    try:
+        return con.execute("SELECT count(*) FROM information_schema.tables").fetchall()[0][0] == 0
+    finally:
+        con.close()
+
+
 class LedgerStore(Connections, Transactions, DocumentsView, SchemaMigrations, Maintenance, OutputChecks,
                   DataQueries, ModelQueries, LineageQueries, ServiceQueries):
     """The storage gateway: a ledger folder's database and object store, its connections,
@@ -188,7 +201,7 @@ class LedgerStore(Connections, Transactions, DocumentsView, SchemaMigrations, Ma
         (:mod:`provenance.ledger.document_store`)."""
         base = Path(path)
         root = base if base.name == LEDGER_DIR else base / LEDGER_DIR
-        if (root / DB_FILE).exists():
+        if (root / DB_FILE).exists() and not _unfinished_init(root / DB_FILE):
             raise LedgerExistsError(f"a ledger already exists at {root}")
         for folder in (root, *root.parents):  # the nearest that exists must be a folder ("Not a directory" said not which)
             if folder.exists():
@@ -228,15 +241,13 @@ class LedgerStore(Connections, Transactions, DocumentsView, SchemaMigrations, Ma
         (root / TMP_DIR).mkdir(exist_ok=True)
         ledger = cls(root, lock_timeout=lock_timeout)
         ledger._creating = True
+        meta = {"objects_url": bucket.url} if bucket is not None else {}
+        if docs is not None:
+            meta["documents_url"] = docs.url
         try:
-            ledger._migrate(create=True)
+            ledger._migrate(create=True, meta=meta)  # one transaction: the whole schema, or no table
         finally:
             ledger._creating = False
-        with ledger._cursor() as con:
-            if bucket is not None:
-                con.execute("INSERT INTO ledger_meta VALUES ('objects_url', ?)", [bucket.url])
-            if docs is not None:
-                con.execute("INSERT INTO ledger_meta VALUES ('documents_url', ?)", [docs.url])
         ledger._document_store = None
         return ledger
 

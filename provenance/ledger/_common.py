@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import re
-import socket
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,6 +11,7 @@ from typing import Any
 
 import duckdb
 
+from provenance.files import host_label, process_alive  # noqa: F401  (the ledger's own names for them)
 from provenance.fingerprints import FingerprintConfig
 from provenance.records import (
     DatasetRecord,
@@ -73,22 +71,6 @@ def row_dicts(cur: duckdb.DuckDBPyConnection) -> list[dict]:
 
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs on this machine (a process of another user counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
-
-
-def host_label() -> str:
-    """This machine's name, as a folder name may hold it (letters, digits, dots; others as ``_``)."""
-    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
 
 
 def tree_bytes(path: Path) -> int:

@@ -79,6 +79,8 @@ class Connections:
                     ) from exc
                 time.sleep(0.1)
                 continue
+            except duckdb.Error as exc:  # replaying a damaged write-ahead log raises a plain duckdb.Error
+                raise self._damaged(exc) or ProvenanceError(f"cannot open ledger {self.db_path}: {exc}") from exc
             if not external:  # user SQL: only the ledger's own files, through the documents view
                 self.confine(con)
             return con
@@ -182,6 +184,13 @@ class Connections:
             return LedgerDamagedError(
                 f"a Parquet document file of the ledger cannot be read ({message.splitlines()[0]}); "
                 "`prov verify --objects` finds which, then restore it from a backup of the ledger")
+        wal = self.db_path.with_name(self.db_path.name + ".wal")
+        if str(wal) in message and "corrupt" in message.lower():
+            return LedgerDamagedError(
+                f"the ledger's write-ahead log {wal} is damaged ({message.splitlines()[0]}); it holds the writes "
+                f"committed since {self.db_path.name} was last checkpointed. Move it aside (mv {wal} {wal}.damaged) to "
+                "open the ledger as it was at that checkpoint, without those writes (`prov gc` then lists the objects "
+                "they wrote), or restore the ledger from a backup copy")
         names_db = str(self.db_path) in message
         if not (any(sign in lowered for sign in self._DAMAGE_SIGNS)
                 or (names_db and any(sign in lowered for sign in self._READ_SIGNS))):

@@ -10,6 +10,7 @@ import contextlib
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 from provenance.errors import ProvenanceError
@@ -20,6 +21,14 @@ _SPILL = re.compile(r"duckdb_temp_\d+_")  # DuckDB's temporary files, named by t
 #: ``.prov/tmp/ray``: the Ray engines' folders (``prov-ray-HOST-PID-…``, ``prov-ray-dedup-HOST-PID-…``), by default.
 RAY_DIR = "ray"
 _RAY = re.compile(r"prov-ray-(?:dedup-)?(?P<host>.+)-(?P<pid>\d+)-[a-z0-9_]+")
+
+
+#: ``.prov/tmp/uploads``: the bodies ``prov serve`` received (document rows kept until registered,
+#: states and examples while a write reads them).
+UPLOADS_DIR = "uploads"
+#: Seconds after which an upload is a leftover: a client that died between sending its rows and
+#: registering them, or a server killed while it received a body (a client's retry takes seconds).
+UPLOAD_MAX_AGE = 86_400
 
 
 class Maintenance:
@@ -38,6 +47,20 @@ class Maintenance:
         mine = f"duckdb_temp_{os.getpid()}_"
         return sorted(p for p in folder.iterdir()
                       if _SPILL.match(p.name) and not p.name.startswith(mine) and p.is_file())
+
+    def stale_uploads(self, max_age: float = UPLOAD_MAX_AGE) -> list[Path]:
+        """The files in ``.prov/tmp/uploads`` not touched for ``max_age`` seconds: document rows a
+        client uploaded and never registered (it died in between), and bodies a server killed
+        mid-request left. A younger one may be a registration about to be sent: left alone."""
+        folder = self.root / TMP_DIR / UPLOADS_DIR
+        if not folder.is_dir():
+            return []
+        now, found = time.time(), []
+        for p in sorted(folder.iterdir()):
+            with contextlib.suppress(OSError):  # gone meanwhile: registered
+                if p.is_file() and not p.is_symlink() and now - p.stat().st_mtime > max_age:
+                    found.append(p)
+        return found
 
     def ray_folder(self) -> Path:
         """``.prov/tmp/ray``, made if missing: where the Ray engines write their files unless
@@ -72,6 +95,15 @@ class Maintenance:
         if remove:
             clean_staging(self.root)
         return found
+
+    def unlisted_document_folders(self) -> dict[str, int]:
+        """The folders of Parquet document files (``NAME/TAG`` in ``.prov/documents/`` or the
+        ledger's documents bucket) that hold no file a dataset lists, with their bytes: what a
+        registration killed between writing them and its commit left. Call it holding the
+        ledger's lock (no registration is renaming its folder into place meanwhile)."""
+        store = self.document_store
+        listed = {store.folder_of(f["path"]) for f in self.document_files()}
+        return store.folders(skip=listed)
 
     def snapshot_database(self, dest: Path) -> int:
         """Copy the database file, checkpointed first (so the copy needs no write-ahead log), to

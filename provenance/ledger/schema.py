@@ -39,13 +39,23 @@ class SchemaMigrations:
     """Migrating a ledger to the shipped schema and reading its version (``self`` is a
     :class:`~provenance.ledger.LedgerStore`)."""
 
-    def _migrate(self, *, create: bool) -> None:
+    def _migrate(self, *, create: bool, meta: dict[str, str] | None = None) -> None:
+        """Apply the migrations the ledger lacks, each in a transaction with its row; a new ledger
+        (``create``) gets all of them and its ``meta`` rows (``ledger_meta``) in one transaction,
+        so that an init killed half-way leaves a database with no tables, which the next
+        ``init`` completes, never a ledger of an older schema."""
         shipped = migrations()
         with self._cursor() as con:
-            exists = con.execute(
-                "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
-            ).fetchall()[0][0]
+            tables = dict(con.execute(
+                "SELECT table_name = 'schema_migrations', count(*) FROM information_schema.tables GROUP BY 1"
+            ).fetchall())
+            exists = tables.get(True, 0)
             if not exists and not create:
+                if not tables:
+                    raise LedgerNotFoundError(
+                        f"{self.db_path} is not a provenance ledger: it holds no tables, as a `prov init` stopped "
+                        f"before it finished leaves it; run `prov init {self.root.parent}` (or Ledger.init) again to "
+                        "finish it")
                 raise LedgerNotFoundError(f"{self.db_path} is not a provenance ledger (no schema_migrations table)")
             current = con.execute("SELECT max(version) FROM schema_migrations").fetchall()[0][0] if exists else 0
             current = current or 0
@@ -59,18 +69,23 @@ class SchemaMigrations:
                     f"ledger {self.root} has schema version {current} and needs migrating to {len(shipped)}, "
                     "which writes to it; open it once writable"
                 )
-            for version, name, sql in shipped[current:]:
+            todo = shipped[current:]
+            for batch in ([todo] if current == 0 else [[m] for m in todo]):
                 con.execute("BEGIN TRANSACTION")
                 try:
-                    con.execute(sql)
-                    con.execute(
-                        "INSERT INTO schema_migrations VALUES (?, ?, ?)", [version, name, _now()]
-                    )
-                    if version == 1:
+                    for version, name, sql in batch:
+                        con.execute(sql)
                         con.execute(
-                            "INSERT INTO ledger_meta VALUES ('created_at', ?), ('created_by', ?)",
-                            [_now().isoformat(), "provenance"],
+                            "INSERT INTO schema_migrations VALUES (?, ?, ?)", [version, name, _now()]
                         )
+                        if version == 1:
+                            con.execute(
+                                "INSERT INTO ledger_meta VALUES ('created_at', ?), ('created_by', ?)",
+                                [_now().isoformat(), "provenance"],
+                            )
+                    if current == 0:
+                        for key, value in (meta or {}).items():
+                            con.execute("INSERT INTO ledger_meta VALUES (?, ?)", [key, value])
                 except BaseException:
                     con.execute("ROLLBACK")
                     raise

@@ -14,7 +14,8 @@ from provenance.ledger import LedgerStore
 
 def gc(ledger: LedgerStore, *, apply: bool = False) -> dict[str, Any]:
     """Objects that no version refers to, temporary files of object writes that never finished,
-    DuckDB's spill files of killed processes (:meth:`LedgerStore.stale_spill_files`), the rows a
+    DuckDB's spill files of killed processes (:meth:`LedgerStore.stale_spill_files`), a server's
+    uploads no client registered within a day (:meth:`LedgerStore.stale_uploads`), the rows a
     killed registration staged (:meth:`LedgerStore.stale_staging`), the folders of killed Ray
     registrations and dedup audits (:meth:`LedgerStore.stale_ray_folders`), and
     folders of Parquet document files that no dataset lists (a registration killed between
@@ -27,10 +28,10 @@ def gc(ledger: LedgerStore, *, apply: bool = False) -> dict[str, Any]:
     with ledger.session(), ledger.write_lock, ledger.object_writers.collecting():
         referenced = ledger.referenced_objects()
         unreferenced = [a for a in store.addresses() if a not in referenced]
-        temporaries = list(store.temporaries()) + ledger.stale_spill_files()
+        temporaries = list(store.temporaries()) + ledger.stale_spill_files() + ledger.stale_uploads()
         staged = ledger.stale_staging(remove=apply)  # a killed registration's staged rows
         rays = ledger.stale_ray_folders()
-        folders = _unlisted_document_folders(ledger)
+        folders = ledger.unlisted_document_folders()
         sizes = ([store.size(a) or 0 for a in unreferenced] + [t.stat().st_size for t in temporaries]
                  + [n for _, n in staged] + [n for _, n in rays] + list(folders.values()))
         freed = 0
@@ -56,10 +57,3 @@ def gc(ledger: LedgerStore, *, apply: bool = False) -> dict[str, Any]:
             "ray_folders": ray_folders, "document_folders": [str(d) for d in folders], "bytes": sum(sizes),
             "removed": apply, "freed": freed}
 
-
-def _unlisted_document_folders(ledger: LedgerStore) -> dict[str, int]:
-    """The folders of Parquet document files (``NAME/TAG`` in ``.prov/documents/`` or the
-    ledger's documents bucket) that hold no file a dataset lists, with their bytes."""
-    store = ledger.document_store
-    listed = {store.folder_of(f["path"]) for f in ledger.document_files()}
-    return store.folders(skip=listed)
