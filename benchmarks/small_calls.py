@@ -45,10 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[str, list[float]] = defaultdict(list)
     opens: dict[str, int] = {}
 
-    def timed(kind: str, call):
+    def timed(kind: str, call, *args, **kwargs):
         opened["n"] = 0
         t = time.perf_counter()
-        out = call()
+        out = call(*args, **kwargs)
         times[kind].append(time.perf_counter() - t)
         opens[kind] = opened["n"]
         return out
@@ -60,11 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         base = ledger.commit({"w": torch.zeros(8, 8)}, message="base")
         warnings.simplefilter("ignore")
         for r in range(args.rounds):
-            timed("register 10 documents", lambda: ledger.register_dataset(f"d{r}", rows, id_field="id"))
-            run = timed("start_run", lambda: ledger.start_run(base=base, datasets=["warm"], message=f"run {r}"))
-            timed("log_examples (10 keys)", lambda: run.log_examples([f"d{i}" for i in range(10)], step=0))
-            version = timed("run.commit (8x8 state)", lambda: run.commit({"w": torch.full((8, 8), float(r))}))
-            timed("tag", lambda: ledger.tag(f"t{r}", version))
+            timed("register 10 documents", ledger.register_dataset, f"d{r}", rows, id_field="id")
+            run = timed("start_run", ledger.start_run, base=base, datasets=["warm"], message=f"run {r}")
+            timed("log_examples (10 keys)", run.log_examples, [f"d{i}" for i in range(10)], step=0)
+            version = timed("run.commit (8x8 state)", run.commit, {"w": torch.full((8, 8), float(r))})
+            timed("tag", ledger.tag, f"t{r}", version)
     print(f"| call | median ms ({args.rounds} calls) | database opened |")
     print("|---|---:|---:|")
     for kind, ts in times.items():
