@@ -75,7 +75,7 @@ class Connections:
                             "PROV_TOKEN), or stop it first") from exc
                     raise LedgerLockedError(
                         f"ledger {self.root} is in use by {who}; waited {self.lock_timeout:g}s. "
-                        "Retry when it finishes, or wait longer (--wait SECONDS)."
+                        "Retry when it finishes, or wait longer (--wait SECONDS; in Python, Ledger.open(..., lock_timeout=SECONDS))."
                     ) from exc
                 time.sleep(0.1)
                 continue
