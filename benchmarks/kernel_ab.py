@@ -1,7 +1,8 @@
 """Side by side: ``fingerprint_batch`` with this tree's fingerprint kernels against an earlier commit's.
 
-The module ``kernels/minhash.py`` of ``--base`` (a git revision) is written to
-``bench-data/kernel-ab/<commit>/`` and loaded in place of this tree's by half of the runs;
+The modules ``kernels/minhash*.py`` of ``--base`` (a git revision: ``minhash.py`` and, from the
+split of its stages into modules beside it, those) are written to ``bench-data/kernel-ab/<commit>/``
+and loaded in place of this tree's by half of the runs;
 everything else (the Python around the kernels, the corpora, the batches) is this tree's. Each run
 is a fresh process that fingerprints the generated and the real corpus (``text_corpora``, as
 Arrow arrays in batches of 8 MB, what registration hands the kernels) on 2 threads and on 1,
@@ -14,7 +15,6 @@ Usage: ``.venv/bin/python benchmarks/kernel_ab.py --base 3db3161 [--size-mb 100]
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import subprocess
@@ -27,30 +27,36 @@ OUT = ROOT / "bench-data" / "kernel-ab"
 
 
 def base_module(rev: str) -> Path:
-    """The base revision's kernel module, written once per commit."""
+    """The base revision's kernel modules (``kernels/minhash*.py``), written once per commit: the
+    path of its ``minhash.py``, written last."""
     commit = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout.strip()
     path = OUT / commit / "minhash.py"
     if not path.exists():
-        source = subprocess.run(["git", "show", f"{commit}:kernels/minhash.py"], cwd=ROOT, check=True,
-                                capture_output=True).stdout
+        listed = subprocess.run(["git", "ls-tree", "--name-only", commit, "kernels/"], cwd=ROOT, check=True,
+                                capture_output=True, text=True).stdout.split()
+        names = sorted((Path(n).name for n in listed if Path(n).name.startswith("minhash") and n.endswith(".py")),
+                       key=lambda name: name == "minhash.py")
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(source)
+        for name in names:
+            source = subprocess.run(["git", "show", f"{commit}:kernels/{name}"], cwd=ROOT, check=True,
+                                    capture_output=True).stdout
+            (path.parent / name).write_bytes(source)
     return path
 
 
 def child(module: str, size_mb: float) -> None:
-    """One run: load ``module`` as the kernels (empty: this tree's), time, print one JSON line."""
+    """One run: load ``module`` as the kernels (empty: this tree's), time, print one JSON line.
+    ``module``'s folder comes first on the search path of ``provenance.kernels``, so that the
+    modules it imports from beside it (its stages) are the base's too."""
     if module:
-        spec = importlib.util.spec_from_file_location("provenance.kernels.minhash", module)
-        kernels = importlib.util.module_from_spec(spec)
-        sys.modules["provenance.kernels.minhash"] = kernels
-        spec.loader.exec_module(kernels)
-        if not hasattr(kernels, "READ_AHEAD"):  # a module from before the read-ahead: padding is harmless
-            kernels.READ_AHEAD = 32
         import provenance.kernels
 
-        provenance.kernels.minhash = kernels
+        provenance.kernels.__path__.insert(0, str(Path(module).parent))
+        import provenance.kernels.minhash as kernels
+
+        if not hasattr(kernels, "READ_AHEAD"):  # a module from before the read-ahead: padding is harmless
+            kernels.READ_AHEAD = 32
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import numba
     from text_corpora import batches, real_corpus, synthetic_corpus

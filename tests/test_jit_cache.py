@@ -66,9 +66,18 @@ def test_every_kernel_uses_the_keyed_index_and_old_files_go():
     race back without an error, so each kernel module's dispatchers are checked."""
     from numba.core.registry import CPUDispatcher
 
-    from provenance.kernels import finite, merge_cpu, minhash, signature_match
+    from provenance.kernels import (
+        finite,
+        merge_cpu,
+        minhash,
+        minhash_normalize,
+        minhash_shingles,
+        minhash_signatures,
+        signature_match,
+    )
 
-    found = [v for m in (finite, merge_cpu, minhash, signature_match) for v in vars(m).values()
+    modules = (finite, merge_cpu, minhash, minhash_normalize, minhash_shingles, minhash_signatures, signature_match)
+    found = [v for m in modules for v in vars(m).values()
              if isinstance(v, CPUDispatcher)] + list(merge_cpu._FOLDS) + list(merge_cpu._MERGE_NB.values())
     assert len(found) > 30 and all(isinstance(d._cache._cache_file, _KeyedIndex) for d in found)
     assert len({d.py_func.__qualname__ for d in merge_cpu._MERGE_NB.values()}) == len(merge_cpu._MERGE_NB)

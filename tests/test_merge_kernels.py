@@ -329,12 +329,14 @@ def test_device_ties_threshold_equals_kthvalue(dtype, path, name, device, monkey
     window's answer, and radix selection where the window misses (a sample of one position) or is
     not used, equal ``kthvalue`` at every rank tried, with ties, a NaN, an infinity, -0.0 and
     subnormals among the magnitudes, and an input equal to the base (all magnitudes 0)."""
+    from provenance.kernels import merge_kth  # where _kth_abs_radix reads these
+
     radix_calls, radix = [], M._radix_select
-    monkeypatch.setattr(M, "_radix_select", lambda *a: radix_calls.append(1) or radix(*a))
+    monkeypatch.setattr(merge_kth, "_radix_select", lambda *a: radix_calls.append(1) or radix(*a))
     if path == "missed window":
-        monkeypatch.setattr(M, "SAMPLE", 1)
+        monkeypatch.setattr(merge_kth, "SAMPLE", 1)
     elif path == "radix":
-        monkeypatch.setattr(M, "_window_select", lambda *a: None)
+        monkeypatch.setattr(merge_kth, "_window_select", lambda *a: None)
     g = torch.Generator().manual_seed(13)
     n = 20_003 if name == "triton" and device == "cpu" else 200_003  # the interpreter runs each program in numpy
     base = torch.randn(n, generator=g).to(dtype)

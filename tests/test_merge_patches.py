@@ -15,6 +15,7 @@ import pytest  # noqa: E402
 from provenance.errors import InvalidParameterError  # noqa: E402
 from provenance.kernels import merge as M  # noqa: E402
 from provenance.kernels import patch as P  # noqa: E402
+from provenance.kernels import patch_torch  # noqa: E402
 from provenance.kernels.dispatch import backend  # noqa: E402
 from provenance.kernels.merge_patches import merge_patches  # noqa: E402
 
@@ -46,7 +47,7 @@ def materialised(method, base, patches, weights, fishers):
 @pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
 @pytest.mark.parametrize("shape", [(1000, 37), (300, 64), (5, 3)])
 def test_torch_path_is_the_merge_of_the_materialised_inputs(method, dtype, shape, monkeypatch):
-    monkeypatch.setattr(P, "ROW_BLOCK_ELEMENTS", 1)  # blocks of 256 rows: several per tensor
+    monkeypatch.setattr(patch_torch, "ROW_BLOCK_ELEMENTS", 1)  # blocks of 256 rows: several per tensor
     g = torch.Generator().manual_seed(sum(shape))
     base = torch.randn(shape, generator=g).to(dtype)
     patches = patches_for(base, seed=len(method))

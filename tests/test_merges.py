@@ -247,8 +247,9 @@ def test_low_rank_patches_of_one_parent_merge_block_by_block(ledger, monkeypatch
     input: rows are made block by block from the parent and the factors. The result is bit for bit
     the merge of the checked-out inputs (receipt_check re-runs it on whole tensors)."""
     from provenance.kernels import patch as patch_kernels
+    from provenance.kernels import patch_torch  # where row_blocks reads its block size
 
-    monkeypatch.setattr(patch_kernels, "ROW_BLOCK_ELEMENTS", 256 * 37)  # blocks of 256 rows: 3 blocks of 1000
+    monkeypatch.setattr(patch_torch, "ROW_BLOCK_ELEMENTS", 256 * 37)  # blocks of 256 rows: 3 blocks of 1000
     g = torch.Generator().manual_seed(3)
     base_state = {"w": torch.randn(1000, 37, generator=g), "b": torch.randn(37, generator=g)}
     base = ledger.commit(base_state, message="base")

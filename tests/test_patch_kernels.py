@@ -476,13 +476,14 @@ def test_low_rank_by_blocks_of_rows_is_the_whole_gemm(monkeypatch, shape, rank):
     """Large low-rank updates are made block of rows by block (never the whole float32 B @ A); with
     blocks of at least 256 rows torch's GEMM gives the same bits as the whole product."""
     from provenance.kernels import patch as p
+    from provenance.kernels import patch_torch  # where the torch path reads its block sizes
 
     g = torch.Generator().manual_seed(shape[0] + rank)
     base = torch.randn(shape, generator=g)
     b, a = torch.randn(shape[0], rank, generator=g), torch.randn(rank, shape[1], generator=g)
     whole = base + (b @ a) * 0.75
-    monkeypatch.setattr(p, "LOW_RANK_WHOLE", 0)
-    monkeypatch.setattr(p, "ROW_BLOCK_ELEMENTS", 1)  # blocks of 256 rows
+    monkeypatch.setattr(patch_torch, "LOW_RANK_WHOLE", 0)
+    monkeypatch.setattr(patch_torch, "ROW_BLOCK_ELEMENTS", 1)  # blocks of 256 rows
     blocks = list(p.row_blocks(*shape))
     assert blocks[0][0] == 0 and blocks[-1][1] == shape[0] and all(r1 - r0 >= 256 for r0, r1 in blocks)
     out = torch.full_like(base, float("nan"))
