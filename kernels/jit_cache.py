@@ -20,6 +20,7 @@ numba's: the index and data files are each replaced atomically (written aside, t
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import sys
@@ -71,13 +72,30 @@ class _KeyedCache(FunctionCache):
     def __init__(self, py_func: Callable[..., Any]):
         super().__init__(py_func)
         self._cache_file = _KeyedIndex(cache_path=self._cache_path, filename_base=self._impl.filename_base,
-                                       source_stamp=self._impl.locator.get_source_stamp())
+                                       source_stamp=(self._impl.locator.get_source_stamp(), _kernels_stamp()))
 
     def load_overload(self, sig: Any, target_context: Any) -> Any:
         data = super().load_overload(sig, target_context)
         if data is None:  # numba compiles it now
             _say_compiling(self._cache_path)
         return data
+
+
+@functools.lru_cache(maxsize=1)
+def _kernels_stamp() -> tuple[tuple[str, int, int], ...]:
+    """The modification time and size of every module of this package. Numba checks only the
+    file that defines a kernel, but a kernel compiles in the njit helpers it calls from sibling
+    modules (``fingerprint_rows`` inlines the stages of ``minhash_normalize.py``,
+    ``minhash_shingles.py`` and ``minhash_signatures.py``): an edit to one of those must make
+    every cached kernel stale, or the old code runs on without an error. An installed package's
+    files do not change, so its cache stays valid."""
+    folder = os.path.dirname(os.path.abspath(__file__))
+    stamps = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.name.endswith(".py"):
+            st = entry.stat()
+            stamps.append((entry.name, st.st_mtime_ns, st.st_size))
+    return tuple(stamps)
 
 
 _told = False  # whether this process said it compiles

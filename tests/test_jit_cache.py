@@ -95,6 +95,26 @@ def test_an_index_that_starts_over_removes_the_old_data_files(tmp_path):
     assert not old.exists() and young.exists() and other.exists() and index.load(("key",)) == {"x": 1}
 
 
+def test_an_edit_to_any_kernel_module_makes_every_cached_kernel_stale(tmp_path):
+    """A kernel compiles in the njit helpers it calls from sibling modules (``fingerprint_rows``
+    inlines the three stage modules of the fingerprint path), and numba checks only the defining
+    file: each index's stamp also holds every kernel module's, so an edit to a stage module makes
+    the cached ``fingerprint_rows`` stale instead of leaving its old code running."""
+    from provenance.kernels import jit_cache, minhash
+
+    stamp = minhash.fingerprint_rows._cache._cache_file._source_stamp
+    assert stamp[1] == jit_cache._kernels_stamp()
+    files = {name for name, _, _ in stamp[1]}
+    assert {"minhash.py", "minhash_normalize.py", "minhash_shingles.py", "minhash_signatures.py", "merge_cpu.py"} <= files
+    saved = _KeyedIndex(cache_path=str(tmp_path), filename_base="f-1.py311", source_stamp=((1.0, 10), stamp[1]))
+    saved.save(("key",), {"x": 1})
+    edited = tuple((n, t + 1, size) if n == "minhash_shingles.py" else (n, t, size) for n, t, size in stamp[1])
+    assert _KeyedIndex(cache_path=str(tmp_path), filename_base="f-1.py311",
+                       source_stamp=((1.0, 10), stamp[1])).load(("key",)) == {"x": 1}
+    assert _KeyedIndex(cache_path=str(tmp_path), filename_base="f-1.py311",
+                       source_stamp=((1.0, 10), edited)).load(("key",)) is None  # recompiled, not the old code
+
+
 CHILD = """
 import sys, torch
 from provenance.kernels import merge as M
