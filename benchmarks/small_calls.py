@@ -2,7 +2,7 @@
 
 A training job logs into an embedded ledger with many small calls: a registration of a few
 documents, a run's start, its examples, its end with a small commit, a tag. Each call that finds no
-session open opens the DuckDB database (20–30 ms here) and closes it; a call that opened it
+session open opens the DuckDB database (10–30 ms here) and closes it; a call that opened it
 several times paid that several times. This times each kind of call, ``--rounds`` times in turn,
 on a fresh ledger in a temporary folder, and prints the median per call and how many times the
 database was opened (counted by wrapping the ledger's ``_connect``).

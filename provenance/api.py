@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # the verbs import their domain module when first called: ope
 
 def _one_connection(verb: Callable[..., Any]) -> Callable[..., Any]:
     """``verb`` in one session of the ledger: the reads and writes it makes share one opening of
-    the database (each opening costs 20–30 ms; a model card opened it six times)."""
+    the database (each opening costs 10–30 ms; a model card opened it six times)."""
 
     @functools.wraps(verb)
     def in_session(self: Ledger, *args: Any, **kwargs: Any) -> Any:

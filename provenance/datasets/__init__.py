@@ -151,7 +151,7 @@ def _register(ledger: LedgerStore, name: str, cfg: FingerprintConfig, opts: Read
     rows are kept as ``storage`` (``documents_as, parquet_threshold``) says. ``asked``: the role
     and licence the caller gave (None: not given), which an unchanged registration compares
     with the registered ones (default: ``meta``'s)."""
-    with ledger.session():  # one connection for the transaction and the reads after it (each opening costs 20-30 ms)
+    with ledger.session():  # one connection for the transaction and the reads after it (each opening costs 10-30 ms)
         return _register_in_session(ledger, name, cfg, opts, meta, planned, write, counters, storage, asked)
 
 
