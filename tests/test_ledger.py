@@ -504,3 +504,22 @@ def test_an_init_killed_half_way_is_finished_by_the_next_init(tmp_path, killed_a
     assert raw_rows(ledger, "SELECT count(*) FROM ledger_meta WHERE key = 'created_at'") == [(1,)]
     with pytest.raises(LedgerExistsError):  # a whole ledger is still never made again
         Ledger.init(tmp_path)
+
+
+def test_a_file_where_the_temporary_folder_should_be_is_named_with_what_to_do(tmp_path):
+    """`.prov/tmp` replaced by a file: a write said only `…/.prov/tmp/staging: Not a directory`."""
+    from provenance.errors import LedgerDamagedError
+
+    ledger = Ledger.init(tmp_path / "p")
+    tmp = ledger.root / "tmp"
+    import shutil
+
+    shutil.rmtree(tmp)
+    tmp.write_text("not a folder")
+    rows = [{"id": "a", "text": "one two three four five six"}]
+    with pytest.raises(LedgerDamagedError, match=re.escape(f"{tmp} is a file, not the ledger's temporary folder: "
+                                                           f"move it aside (mv {tmp} {tmp}.moved)")):
+        ledger.register_dataset("d", rows, id_field="id")
+    assert ledger.datasets() == []  # reading still works (a read-only connection spills elsewhere)
+    tmp.rename(tmp.with_name("tmp.moved"))
+    assert ledger.register_dataset("d", rows, id_field="id").created

@@ -47,7 +47,11 @@ class Connections:
         # to the ledger's temporary folder, or the system's where the ledger cannot be written.
         config: dict[str, Any] = {"threads": max(1, os.cpu_count() or 1), "memory_limit": self.memory_limit}
         spill = self.root / TMP_DIR
-        if not read_only or (spill.is_dir() and os.access(spill, os.W_OK)):
+        if read_only:
+            usable = spill.is_dir() and os.access(spill, os.W_OK)
+        else:  # a file there is named by the next write (LedgerStore.transaction); reads go on meanwhile
+            usable = spill.is_dir() or not spill.exists()
+        if usable:
             config["temp_directory"] = str(spill)
         else:
             config["temp_directory"] = str(Path(tempfile.gettempdir()) / f"prov-duckdb-{os.getpid()}")

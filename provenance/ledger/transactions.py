@@ -11,7 +11,7 @@ import contextvars
 import json
 from collections.abc import Iterator
 
-from provenance.errors import LedgerReadOnlyError, ProvenanceError
+from provenance.errors import LedgerDamagedError, LedgerReadOnlyError, ProvenanceError
 from provenance.ledger._common import TMP_DIR, _now
 from provenance.ledger.staging import clean_staging
 from provenance.ledger.writer import LedgerWriter
@@ -56,6 +56,11 @@ class Transactions:
                 f"ledger {self.root} is open read-only (opened with read_only=True, or its database file or folder "
                 "cannot be written); this command writes to it"
             )
+        tmp = self.root / TMP_DIR
+        if tmp.exists() and not tmp.is_dir():  # a write stages its files there
+            raise LedgerDamagedError(
+                f"{tmp} is a file, not the ledger's temporary folder: move it aside (mv {tmp} {tmp}.moved); "
+                "the ledger keeps the files of writes in progress there and makes the folder again")
         with self.write_lock, self._cursor() as con:
             staging = clean_staging(self.root)
             con.execute("BEGIN TRANSACTION")
