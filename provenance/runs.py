@@ -41,8 +41,9 @@ import pyarrow.compute as pc
 import xxhash
 
 from provenance.errors import InvalidParameterError, ProvenanceError, ProvenanceWarning, RunEndedError, warn
+from provenance.files import process_alive
 from provenance.ledger import LedgerStore
-from provenance.ledger._common import _now, process_alive
+from provenance.ledger._common import _now
 from provenance.openlineage_out import Emitter, with_job
 from provenance.records import DatasetRecord, RegistrationResult, RunRecord, VersionRecord
 from provenance.versions import commit

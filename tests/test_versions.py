@@ -337,7 +337,7 @@ def _stale_ray_folders(ledger) -> dict:
     import sys
     from pathlib import Path
 
-    from provenance.ledger._common import host_label
+    from provenance.files import host_label
 
     made = {}
     for prefix, size in (("prov-ray-", 1000), ("prov-ray-dedup-", 3000)):
@@ -358,7 +358,7 @@ def test_gc_names_each_stale_ray_folder_in_its_table_and_json_output(ledger):
     from click.testing import CliRunner
 
     from provenance.cli.main import main
-    from provenance.ledger._common import host_label
+    from provenance.files import host_label
 
     stale = _stale_ray_folders(ledger)
     live = ledger.root / "tmp" / "ray" / f"prov-ray-{host_label()}-{os.getpid()}-live0000"

@@ -177,7 +177,7 @@ def work_folder(ledger: Any, staging: str | os.PathLike | None, prefix: str = "p
         if isinstance(ledger, LedgerStore):
             with contextlib.suppress(OSError):
                 staging = ledger.ray_folder()
-    from provenance.ledger._common import host_label
+    from provenance.files import host_label
 
     folder = Path(tempfile.mkdtemp(prefix=f"{prefix}{host_label()}-{os.getpid()}-", dir=staging))
     try:

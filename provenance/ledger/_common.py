@@ -11,7 +11,6 @@ from typing import Any
 
 import duckdb
 
-from provenance.files import host_label, process_alive  # noqa: F401  (the ledger's own names for them)
 from provenance.fingerprints import FingerprintConfig
 from provenance.records import (
     DatasetRecord,

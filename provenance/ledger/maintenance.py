@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from provenance.errors import ProvenanceError
-from provenance.ledger._common import TMP_DIR, host_label, process_alive, tree_bytes
+from provenance.files import host_label, process_alive
+from provenance.ledger._common import TMP_DIR, tree_bytes
 from provenance.ledger.staging import clean_staging, staging_entries
 
 _SPILL = re.compile(r"duckdb_temp_\d+_")  # DuckDB's temporary files, named by the process that made them
