@@ -88,6 +88,7 @@ def backup(ledger: LedgerStore, destination: str | os.PathLike, *, link: bool = 
         db_bytes = ledger.snapshot_database(partial / ledger.db_path.name)
         copy = type(ledger).open(partial)
         with copy.session():  # the copy's database opened once for what follows
+            copy._record_held()  # the copy's record of writes committed starts at what it holds
             if ledger.objects_url is not None:  # a bucket: its objects come down into the copy, which stands alone
                 linked, copied, object_bytes = 0, *_download_objects(ledger, copy, partial)
             else:

@@ -20,7 +20,7 @@ from provenance.errors import (
     ReadOnlyQueryError,
     SchemaVersionError,
 )
-from provenance.ledger import SCHEMA_VERSION, migrations, quote_identifier
+from provenance.ledger import SCHEMA_VERSION, LedgerStore, migrations, quote_identifier
 
 DOCS = [{"id": f"d{i}", "text": f"document {i} of the ledger tests"} for i in range(3)]
 
@@ -43,9 +43,9 @@ def test_init_creates_the_layout(tmp_path):
     assert ledger.db_path == ledger.root / "ledger.duckdb"
     assert ledger.db_path.is_file()
     assert (ledger.root / "objects").is_dir() and ledger.objects_path == ledger.root / "objects"
-    assert ledger.schema_version() == SCHEMA_VERSION == len(migrations()) == 13
+    assert ledger.schema_version() == SCHEMA_VERSION == len(migrations()) == 14
     assert ledger.summary() == {
-        "path": str(ledger.root), "schema_version": 13, "datasets": 0, "dataset_versions": 0, "shards": 0,
+        "path": str(ledger.root), "schema_version": 14, "datasets": 0, "dataset_versions": 0, "shards": 0,
         "documents": 0, "bytes": 0, "fingerprint_configs": 0,
     }
     meta = dict(raw_rows(ledger, "SELECT key, value FROM ledger_meta"))
@@ -114,7 +114,7 @@ def test_schema_migrations_has_one_row_per_migration(ledger):
                                                                  (6, "service"), (7, "version_files"), (8, "document_files"),
                                                                  (9, "retractions"), (10, "idempotency_request"),
                                                                  (11, "unseen_shards"), (12, "token_answers"),
-                                                                 (13, "audit_pairs_deleted")]
+                                                                 (13, "audit_pairs_deleted"), (14, "committed_writes")]
 
 
 def test_opening_again_applies_nothing(ledger):
@@ -176,10 +176,20 @@ def test_failing_migration_leaves_nothing_behind(ledger, monkeypatch):
     assert Ledger.open(ledger.root).schema_version() == SHIPPED + 1  # the fixed migration then applies
 
 
-def test_a_ledger_of_the_previous_schema_is_migrated_to_the_current_one(tmp_path, monkeypatch):
-    """A real older ledger: made without the last migration, holding data, then opened."""
-    earlier = migrations()[:-1]
+def _older_code(monkeypatch, upto: int) -> None:
+    """Make ledgers as the code of schema version ``upto`` did: its migrations only, and (before
+    0014) write transactions without numbers (undone by ``monkeypatch.undo()``)."""
+    earlier = migrations()[:upto]
     monkeypatch.setattr(schema_module, "migrations", lambda: earlier)
+    if upto < 14:
+        monkeypatch.setattr(LedgerStore, "_next_write", lambda self, con: 0)
+        monkeypatch.setattr(LedgerStore, "_record_write", lambda self, con, number: None)
+
+
+def test_a_ledger_of_an_earlier_schema_is_migrated_to_the_current_one(tmp_path, monkeypatch):
+    """A real older ledger: made without the last two migrations (0013 changes rows, 0014 adds
+    the write numbers), holding data, then opened."""
+    _older_code(monkeypatch, 12)
     old = Ledger.init(tmp_path)
     with old.transaction() as tx:  # what the code of that schema wrote: rows in the table only
         tx._con.execute("INSERT INTO documents SELECT range, 'docs@1', 0, range, NULL, 'k' || range, range, 1, 1, "
@@ -189,11 +199,11 @@ def test_a_ledger_of_the_previous_schema_is_migrated_to_the_current_one(tmp_path
         for vid, cited in (("v1", "AB000000"), ("v2", "audit-1"), ("v3", None)):  # 0013: the full id for a prefix
             tx._con.execute("INSERT INTO merge_receipts VALUES (?, 'average', ['a', 'b'], [0.5, 0.5], NULL, NULL, NULL, "
                             "NULL, 'torch', '{}', ?, now())", [vid, cited])
-    assert old.schema_version() == SHIPPED - 1
+    assert old.schema_version() == 12
     monkeypatch.undo()
 
-    with pytest.warns(UserWarning, match=rf"migrated from schema version {SHIPPED - 1} to {SHIPPED}; a provenance "
-                                         rf"that understands only version {SHIPPED - 1} can no longer open it"):
+    with pytest.warns(UserWarning, match=rf"migrated from schema version 12 to {SHIPPED}; a provenance "
+                                         r"that understands only version 12 can no longer open it"):
         opened = Ledger.open(tmp_path)
     assert opened.schema_version() == SHIPPED
     assert opened.sql("SELECT count(*) AS n FROM documents").column("n").to_pylist() == [3]
@@ -207,13 +217,14 @@ def test_a_ledger_of_the_previous_schema_is_migrated_to_the_current_one(tmp_path
     assert {"version_id": "v2", "problem": "its merge receipt cites audit audit-1, which is not in the ledger"} in \
         opened.version_problems()
     assert opened.delete_audits(["ab00"], pairs_only=True)["pairs"] == 1
+    # the older code numbered no write; the migrated ledger numbers them (the refused one above took none)
+    assert (opened.root / "writes.json").read_text().endswith('"committed": 1}\n')
 
 
 def test_migrations_remove_what_older_code_wrote_wrongly(tmp_path, monkeypatch):
     """0011: the 0-example rows a logged run got for shards it never saw; 0012: a new token's
     secret kept in the answer to its creation (a read token could select it)."""
-    upto_10 = migrations()[:10]
-    monkeypatch.setattr(schema_module, "migrations", lambda: upto_10)
+    _older_code(monkeypatch, 10)
     old = Ledger.init(tmp_path)
     with old.transaction() as tx:
         tx._con.execute("INSERT INTO run_shards VALUES ('r', 'docs@1', 0, 3, 3, 1.0, true), "

@@ -347,10 +347,14 @@ def test_a_damaged_write_ahead_log_is_named_with_how_to_open_the_ledger(project,
         result = run_cli(*args)
         assert result.exit_code == 4, (args, result.output)
         assert f"the ledger's write-ahead log {wal} is damaged" in result.output, result.output
-        assert f"Move it aside (mv {wal} {wal}.damaged)" in result.output and "Traceback" not in result.output
+        assert f"move the log aside (mv {wal} {wal}.damaged)" in result.output and "Traceback" not in result.output
     with pytest.raises(LedgerDamagedError, match="write-ahead log"):
         Ledger.open(tmp_path, read_only=True)
-    wal.rename(f"{wal}.damaged")  # as the message says: the ledger as it was before the lost write
+    wal.rename(f"{wal}.damaged")  # as the message says: the ledger as it was before the lost write,
+    result = run_cli("tag", "list", "--json")  # which the next command names (tests/test_lost_writes.py)
+    assert result.exit_code == 4 and "lost committed writes" in result.output, result.output
+    record = ledger.root / "writes.json"
+    record.rename(f"{record}.lost")
     result = run_cli("tag", "list", "--json")
     assert result.exit_code == 0 and "in-the-log" not in result.output
     assert verify(Ledger.open(tmp_path)).ok

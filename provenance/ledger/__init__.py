@@ -9,9 +9,10 @@ second writer waits up to ``lock_timeout`` seconds, then gets :class:`LedgerLock
 
 :class:`LedgerStore` is defined here (its state, finding, creating and opening a ledger, its
 object store) and mixes in the rest, one module each: :mod:`.connections` (connections, sessions,
-DuckDB errors), :mod:`.transactions`, :mod:`.documents_view`, :mod:`.schema` (migrations),
-:mod:`.maintenance` (leftovers, snapshots), :mod:`.outputs` (output-path checks) and the queries
-(:mod:`.data`, :mod:`.models`, :mod:`.lineage`, :mod:`.service`).
+DuckDB errors), :mod:`.transactions`, :mod:`.commits` (the record of the writes committed),
+:mod:`.documents_view`, :mod:`.schema` (migrations), :mod:`.maintenance` (leftovers, snapshots),
+:mod:`.outputs` (output-path checks) and the queries (:mod:`.data`, :mod:`.models`,
+:mod:`.lineage`, :mod:`.service`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from provenance.ledger._common import (
     _now,
     quote_identifier,
 )
+from provenance.ledger.commits import WRITES_FILE, CommitRecord
 from provenance.ledger.connections import SERVING_FILE, Connections
 from provenance.ledger.data import DataQueries
 from provenance.ledger.document_store import DocumentStore
@@ -86,7 +88,7 @@ def _unfinished_init(db: Path) -> bool:
         con.close()
 
 
-class LedgerStore(Connections, Transactions, DocumentsView, SchemaMigrations, Maintenance, OutputChecks,
+class LedgerStore(Connections, Transactions, CommitRecord, DocumentsView, SchemaMigrations, Maintenance, OutputChecks,
                   DataQueries, ModelQueries, LineageQueries, ServiceQueries):
     """The storage gateway: a ledger folder's database and object store, its connections,
     transactions, migrations and every query. Users hold the facade, :class:`provenance.Ledger`,
@@ -157,8 +159,8 @@ class LedgerStore(Connections, Transactions, DocumentsView, SchemaMigrations, Ma
         if con is None:
             with self._cursor() as con:
                 return self._meta(key, con)
-        row = con.execute("SELECT value FROM ledger_meta WHERE key = ?", [key]).fetchone()
-        return row[0] if row else None
+        rows = con.execute("SELECT value FROM ledger_meta WHERE key = ?", [key]).fetchall()  # no result left open
+        return rows[0][0] if rows else None
 
     def _objects_where(self) -> str:
         """Where the objects are, for a message (no query: the database may be the damage)."""
@@ -292,5 +294,5 @@ __all__ = [
     "DB_FILE", "DOCUMENTS_AS", "LEDGER_DIR", "PARQUET_THRESHOLD", "check_documents_as", "OBJECTS_DIR", "SCHEMA_VERSION", "TMP_DIR", "DocumentStage", "LedgerStore", "LedgerWriter",
     "migrations", "quote_identifier",
     # homes elsewhere in the package, imported from here by the server, the facade and the domain
-    "DOCUMENT_COLUMNS", "RAY_DIR", "SERVING_FILE", "WRITE_KEY", "ObjectWriters", "preliminary",
+    "DOCUMENT_COLUMNS", "RAY_DIR", "SERVING_FILE", "WRITE_KEY", "WRITES_FILE", "ObjectWriters", "preliminary",
 ]

@@ -192,9 +192,9 @@ class Connections:
         if str(wal) in message and "corrupt" in message.lower():
             return LedgerDamagedError(
                 f"the ledger's write-ahead log {wal} is damaged ({message.splitlines()[0]}); it holds the writes "
-                f"committed since {self.db_path.name} was last checkpointed. Move it aside (mv {wal} {wal}.damaged) to "
-                "open the ledger as it was at that checkpoint, without those writes (`prov gc` then lists the objects "
-                "they wrote), or restore the ledger from a backup copy")
+                f"committed since {self.db_path.name} was last checkpointed. Restore the ledger from a backup copy; or "
+                f"move the log aside (mv {wal} {wal}.damaged) to open the ledger as it was at that checkpoint, "
+                "without those writes: the next command then says which writes that loses, and how to go on")
         names_db = str(self.db_path) in message
         if not (any(sign in lowered for sign in self._DAMAGE_SIGNS)
                 or (names_db and any(sign in lowered for sign in self._READ_SIGNS))):

@@ -57,6 +57,8 @@ class SchemaMigrations:
                         f"before it finished leaves it; run `prov init {self.root.parent}` (or Ledger.init) again to "
                         "finish it")
                 raise LedgerNotFoundError(f"{self.db_path} is not a provenance ledger (no schema_migrations table)")
+            if exists and not create:  # before anything is migrated: a database that lost writes is refused
+                self._check_writes(con)
             current = con.execute("SELECT max(version) FROM schema_migrations").fetchall()[0][0] if exists else 0
             current = current or 0
             if current > len(shipped):

@@ -76,7 +76,9 @@ class Transactions:
                                 "ON CONFLICT (idempotency_key) DO UPDATE SET body = encode(json_merge_patch("
                                 "decode(idempotency.body), decode(excluded.body))::VARCHAR) WHERE idempotency.status = 0",
                                 [key, token, method, path, json.dumps(writer.made, sort_keys=True).encode(), _now()])
+                number = self._next_write(con)  # lands with the write, or is lost with it (ledger.commits)
                 con.execute("COMMIT")  # a log the disk refuses fails here, and is rolled back below
+                self._record_write(con, number)
                 if writer.made:
                     self.committed.append(dict(writer.made))
             except BaseException:  # rolled back; _cursor then reports a damaged database or a full disk as such
