@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 from typing import Any
 
 import click
@@ -12,6 +13,7 @@ from rich.table import Table
 
 from provenance.cli import render
 from provenance.cli.app import Context, author_option, json_option, main, pass_ctx, read_keys
+from provenance.files import process_alive
 from provenance.plain import counted, dumps
 
 
@@ -131,6 +133,13 @@ def run_list(obj: Context, as_json: bool) -> None:
 
 # -- rendering ------------------------------------------------------------------------------------
 
+def _gone(record) -> bool:
+    """Whether ``record`` is a run still open whose process, on this host, has exited without
+    ending it (a SIGKILL): the next run started on the host marks it abandoned."""
+    return (record.status == "running" and bool(record.pid) and record.host == socket.gethostname()
+            and not process_alive(record.pid))
+
+
 def show_runs(records, as_json: bool) -> None:
     if as_json:
         click.echo(dumps([r.model_dump(mode="json") for r in records]))
@@ -139,7 +148,7 @@ def show_runs(records, as_json: bool) -> None:
     for col in ("run", "status", "base", "version", "datasets", "logged", "message", "started"):
         t.add_column(col, no_wrap=col not in ("message", "datasets"))
     for r in records:
-        t.add_row(r.run_id[:12], r.status, (r.base_version or "(scratch)")[:12], (r.version_id or "")[:12],
+        t.add_row(r.run_id[:12], f"{r.status} (process gone)" if _gone(r) else r.status, (r.base_version or "(scratch)")[:12], (r.version_id or "")[:12],
                   ", ".join(r.datasets), f"{r.n_logged:,}", r.message, r.started_at.strftime("%Y-%m-%d %H:%M"))
     render.console().print(t)
 
@@ -150,7 +159,11 @@ def show_run(record, shards: list, as_json: bool) -> None:
         out["shards"] = [s.model_dump(mode="json") for s in shards]
         click.echo(dumps(out))
         return
-    lines = [f"run      {record.run_id}", f"status   {record.status}" + (f" ({record.error})" if record.error else ""),
+    status = f"status   {record.status}" + (f" ({record.error})" if record.error else "")
+    if _gone(record):
+        status += (f" (its process {record.pid} on this host exited without ending it: the next run started on this "
+                   f"host marks it abandoned; `prov run finish {record.run_id[:12]} --failed` ends it now)")
+    lines = [f"run      {record.run_id}", status,
              f"message  {record.message}", f"base     {record.base_version or '(from scratch)'}",
              f"version  {record.version_id or '(none)'}", f"params   {json.dumps(record.params)}",
              f"logged   {record.n_logged:,} examples"]

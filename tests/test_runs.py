@@ -286,6 +286,13 @@ def test_an_abandoned_run_is_recorded_as_failed(two_datasets, tmp_path, how):
     ledger = Ledger.open(tmp_path)
     if how == "kill":
         assert ledger.run(run_id).status == "running"  # nobody has looked yet
+        env = {"PROV_LEDGER": str(tmp_path), "COLUMNS": "200"}
+        listed = CliRunner().invoke(main, ["run", "list"], env=env)  # but the CLI says its process is gone
+        assert listed.exit_code == 0 and "running (process gone)" in listed.output, listed.output
+        shown = CliRunner().invoke(main, ["run", "show", run_id], env=env)
+        assert (f"status   running (its process {child.pid} on this host exited without ending it: the next run "
+                f"started on this host marks it abandoned; `prov run finish {run_id[:12]} --failed` ends it now)"
+                in shown.output), shown.output
         ledger.start_run(datasets=["a"], message="next").finish()
     record = ledger.run(run_id)
     assert record.status == "failed" and record.error.startswith("abandoned: process")
