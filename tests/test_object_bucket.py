@@ -467,6 +467,26 @@ def test_a_damaged_file_in_the_bucket_is_named_and_verify_finds_it(s3, tmp_path,
     assert Ledger.open(docs_ledger.root).verify(objects=True).ok
 
 
+def test_an_unreachable_documents_bucket_is_an_error_not_damage(s3, tmp_path, docs_ledger, corpus, monkeypatch):
+    """With no Parquet document file listed yet (a dataset kept in the table), `verify` and `gc`
+    list the documents bucket for folders no dataset lists: a bucket that did not answer was a
+    bare `OSError: When listing objects under key ...` (exit 4 naming neither the bucket's role
+    nor what to check)."""
+    docs_ledger.register_dataset("t", _corpus_files(tmp_path / "data", corpus), id_field="id", documents_as="table")
+    assert docs_ledger.document_files() == [] and docs_ledger.verify().ok
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{serving.free_port()}")  # nothing listens there
+    expected = (rf"^cannot list the ledger's documents bucket {docs_ledger.documents_url} \(.*\): is the bucket "
+                r"reachable with these credentials\? Nothing was judged damaged$")
+    with pytest.raises(StorageUnreachableError, match=expected):
+        Ledger.open(docs_ledger.root).verify()
+    for args in (["verify"], ["gc"]):
+        result = CliRunner().invoke(main, ["--ledger", str(docs_ledger.root), *args])
+        assert result.exit_code == 4, result.output
+        assert f"cannot list the ledger's documents bucket {docs_ledger.documents_url}" in result.output, result.output
+    monkeypatch.undo()
+    assert Ledger.open(docs_ledger.root).verify().ok
+
+
 def test_a_failed_registration_leaves_nothing_in_the_bucket(s3, tmp_path, docs_ledger, corpus):
     shards = _corpus_files(tmp_path / "data", corpus)
     docs_ledger.register_dataset("keep", shards, id_field="id", documents_as="parquet")

@@ -29,7 +29,7 @@ import pyarrow.fs as pafs
 import xxhash
 
 from provenance.buckets import filesystem, is_url, split_url
-from provenance.errors import BucketWriteError, InvalidParameterError
+from provenance.errors import BucketWriteError, InvalidParameterError, StorageUnreachableError
 from provenance.files import fsync_folder, xxh3_file
 from provenance.ledger._common import DOCUMENTS_DIR
 
@@ -192,7 +192,13 @@ class DocumentStore:
                     for name in sorted(base.iterdir()) if name.is_dir() for d in sorted(name.iterdir())
                     if str(d) not in skip and d.is_dir()}
         found: dict[str, int] = {}
-        for info in self.fs.get_file_info(pafs.FileSelector(self.prefix, recursive=True, allow_not_found=True)):
+        try:
+            listing = self.fs.get_file_info(pafs.FileSelector(self.prefix, recursive=True, allow_not_found=True))
+        except OSError as exc:  # the bucket does not answer: no answer about any folder
+            raise StorageUnreachableError(
+                f"cannot list the ledger's documents bucket {self.url} ({str(exc).splitlines()[0]}): is the bucket "
+                "reachable with these credentials? Nothing was judged damaged") from None
+        for info in listing:
             parts = posixpath.relpath(info.path, self.prefix).split("/")
             if info.type == pafs.FileType.File and len(parts) == 3 and not parts[0].startswith("."):
                 folder = f"{self.url}/{parts[0]}/{parts[1]}"
