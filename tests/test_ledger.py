@@ -183,7 +183,7 @@ def _older_code(monkeypatch, upto: int) -> None:
     monkeypatch.setattr(schema_module, "migrations", lambda: earlier)
     if upto < 14:
         monkeypatch.setattr(LedgerStore, "_next_write", lambda self, con: 0)
-        monkeypatch.setattr(LedgerStore, "_record_write", lambda self, con, number: None)
+        monkeypatch.setattr(LedgerStore, "_record_write", lambda self, number: None)
 
 
 def test_a_ledger_of_an_earlier_schema_is_migrated_to_the_current_one(tmp_path, monkeypatch):

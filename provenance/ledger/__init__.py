@@ -122,6 +122,7 @@ class LedgerStore(Connections, Transactions, CommitRecord, DocumentsView, Schema
         self._documents_generation = 0
         self._view_generations: dict[int, int] = {}
         self._creating = False  # only init makes the database file (a mistyped path must not)
+        self._created_at: str | None = None  # names the database in .prov/writes.json (ledger.commits)
 
     @property
     def _in_transaction(self) -> bool:

@@ -47,19 +47,21 @@ class CommitRecord:
 
     def _ledger_key(self: LedgerStore, con: duckdb.DuckDBPyConnection) -> str | None:
         """What names this database in the record: its ``created_at`` setting."""
-        if getattr(self, "_created_at", None) is None:
+        if self._created_at is None:
             self._created_at = self._meta("created_at", con)
         return self._created_at
 
-    def _next_write(self, con: duckdb.DuckDBPyConnection) -> int:
-        """The number of the write transaction open on ``con`` (taken just before it commits)."""
+    def _next_write(self: LedgerStore, con: duckdb.DuckDBPyConnection) -> int:
+        """The number of the write transaction open on ``con`` (taken just before it commits;
+        the ledger's key is read then too, so that recording it after the commit reads nothing)."""
+        self._ledger_key(con)
         return int(con.execute(f"SELECT nextval('{SEQUENCE}')").fetchall()[0][0])
 
-    def _record_write(self: LedgerStore, con: duckdb.DuckDBPyConnection, number: int) -> None:
+    def _record_write(self: LedgerStore, number: int) -> None:
         """Record write ``number`` as committed (after its commit, still holding the ledger).
         A record that cannot be written (a full disk) is left as it was: the check is then only
         weaker, and the write that landed is not reported as failed."""
-        key = self._ledger_key(con)
+        key = self._created_at
         path = self.root / WRITES_FILE
         with _RECORDING:
             recorded = _read(path)
@@ -96,8 +98,9 @@ class CommitRecord:
         """Record the database's last write number as committed (a backup's copy: its record
         starts at what it holds)."""
         with self._cursor() as con:
+            self._ledger_key(con)
             if held := _held(con):
-                self._record_write(con, held)
+                self._record_write(held)
 
 
 def _held(con: duckdb.DuckDBPyConnection) -> int:

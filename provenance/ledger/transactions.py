@@ -78,9 +78,6 @@ class Transactions:
                                 [key, token, method, path, json.dumps(writer.made, sort_keys=True).encode(), _now()])
                 number = self._next_write(con)  # lands with the write, or is lost with it (ledger.commits)
                 con.execute("COMMIT")  # a log the disk refuses fails here, and is rolled back below
-                self._record_write(con, number)
-                if writer.made:
-                    self.committed.append(dict(writer.made))
             except BaseException:  # rolled back; _cursor then reports a damaged database or a full disk as such
                 with contextlib.suppress(Exception):
                     con.execute("ROLLBACK")
@@ -90,6 +87,10 @@ class Transactions:
                     with contextlib.suppress(Exception):
                         self.document_store.remove_folder(folder)
                 raise
+            else:  # committed: nothing here may undo it
+                self._record_write(number)
+                if writer.made:
+                    self.committed.append(dict(writer.made))
             finally:
                 self._in_transaction = False
                 if writer.new_folders:
