@@ -148,7 +148,8 @@ def show_runs(records, as_json: bool) -> None:
     for col in ("run", "status", "base", "version", "datasets", "logged", "message", "started"):
         t.add_column(col, no_wrap=col not in ("message", "datasets"))
     for r in records:
-        t.add_row(r.run_id[:12], f"{r.status} (process gone)" if _gone(r) else r.status, (r.base_version or "(scratch)")[:12], (r.version_id or "")[:12],
+        status = f"{r.status} (process gone)" if _gone(r) else r.status
+        t.add_row(r.run_id[:12], status, (r.base_version or "(scratch)")[:12], (r.version_id or "")[:12],
                   ", ".join(r.datasets), f"{r.n_logged:,}", r.message, r.started_at.strftime("%Y-%m-%d %H:%M"))
     render.console().print(t)
 
