@@ -4,7 +4,8 @@ A training job logs into an embedded ledger with many small calls: a registratio
 documents, a run's start, its examples, its end with a small commit, a tag. Each call that finds no
 session open opens the DuckDB database (10–30 ms here) and closes it; a call that opened it
 several times paid that several times. This times each kind of call, ``--rounds`` times in turn,
-on a fresh ledger in a temporary folder, and prints the median per call and how many times the
+on a fresh ledger in a temporary folder, then ``tag`` five times as often inside one session (the
+write's own cost, with no opening), and prints the median per call and how many times the
 database was opened (counted by wrapping the ledger's ``_connect``).
 
 Compare two checkouts by running this script with each one's package first on ``sys.path``,
@@ -65,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
             timed("log_examples (10 keys)", run.log_examples, [f"d{i}" for i in range(10)], step=0)
             version = timed("run.commit (8x8 state)", run.commit, {"w": torch.full((8, 8), float(r))})
             timed("tag", ledger.tag, f"t{r}", version)
-    print(f"| call | median ms ({args.rounds} calls) | database opened |")
+        with ledger.session():  # the write alone: no opening, as a server's or a notebook's session
+            for r in range(args.rounds * 5):
+                timed("tag in a session", ledger.tag, f"s{r}", base)
+    print(f"| call | median ms ({args.rounds} calls; {args.rounds * 5} in the session) | database opened |")
     print("|---|---:|---:|")
     for kind, ts in times.items():
         print(f"| {kind} | {statistics.median(ts) * 1e3:.1f} | {opens[kind]} |")
