@@ -209,6 +209,19 @@ def test_serve_refuses_a_certificate_or_key_it_cannot_load_naming_the_file(tmp_p
     assert not (root / ".prov" / "serving.json").exists()
 
 
+def test_serve_refuses_an_upload_limit_under_one_byte(tmp_path):
+    """`prov serve --max-upload -5` started a server that refused every upload as `larger than this
+    server's upload limit (-5 bytes)`; it is a usage error now."""
+    from click.testing import CliRunner
+
+    from provenance.cli.main import main
+
+    for value in ("-5", "0"):
+        result = CliRunner().invoke(main, ["--ledger", str(tmp_path), "serve", "--max-upload", value])
+        assert result.exit_code == 2, result.output
+        assert f"Invalid value for '--max-upload': {value} is not in the range x>=1" in result.output
+
+
 def test_oversized_bodies_are_refused_naming_the_limit(tmp_path):
     with serving.running(tmp_path / "ledger", args=("--max-upload", "100000")) as server:
         ledger = Ledger.open(server.url, token=server.token)
