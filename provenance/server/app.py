@@ -204,7 +204,7 @@ class Guard:
         if service.auth:
             secret = _bearer(headers)
             if secret is None:
-                return await _deny(scope, receive, send, 401, "this server needs a token: Authorization: Bearer TOKEN")
+                return await _deny(scope, receive, send, 401, NO_TOKEN)
             known, token = service.cached_token(secret)
             if not known:
                 token = await run_in_threadpool(service.check_token, secret)
@@ -384,6 +384,10 @@ class _KeyLocks:
                 entry[1] -= 1
                 if not entry[1]:
                     del self._locks[key]
+
+
+NO_TOKEN = ("this server needs a token (Authorization: Bearer TOKEN): prov reads it from PROV_TOKEN, Python from "
+            "Ledger.open(URL, token=...); the server's admin makes one with `prov token create NAME --scope read`")
 
 
 async def _deny(scope: dict, receive: Any, send: Any, status: int, message: str) -> None:
