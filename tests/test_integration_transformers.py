@@ -10,6 +10,7 @@ on the model that reads the token ids each micro-batch carries and the Trainer's
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 
 import pytest
@@ -229,6 +230,18 @@ def test_what_cannot_be_followed_is_refused_before_anything_is_written(tiny, tmp
     with pytest.raises(NotFoundError, match="no dataset 'nope'"):  # it left a "starting weights" version
         _trainer(_model(), rows, tmp_path, ProvenanceCallback(ledger, datasets=["nope"], message="m")).train()
     assert (len(ledger.sql("SELECT run_id FROM runs").to_pylist()), len(ledger.versions())) == written
+
+
+def test_datasets_naming_no_dataset_is_refused_before_anything_is_written(tiny, tmp_path):
+    """ProvenanceCallback(datasets=[]) committed the starting weights and started a run that failed
+    at the first batch ("this run declared no datasets, so its examples cannot be logged"),
+    leaving both behind. It is refused when the callback is made."""
+    ledger, rows = tiny
+    for empty in ([], {}, ()):
+        with pytest.raises(InvalidParameterError, match=re.escape(f"datasets={empty!r} names no dataset: name the registered "
+                                                                  "datasets the training set holds")):
+            ProvenanceCallback(ledger, datasets=empty, message="m")
+    assert ledger.runs() == [] and ledger.versions() == []
 
 
 def test_the_callback_changes_nothing_the_trainer_does(tiny, tmp_path):
