@@ -244,6 +244,19 @@ def test_datasets_naming_no_dataset_is_refused_before_anything_is_written(tiny, 
     assert ledger.runs() == [] and ledger.versions() == []
 
 
+def test_keys_that_are_not_strings_are_refused_before_anything_is_written(tiny, tmp_path):
+    """keys=[0, 1, ...] (a numeric id column) committed the starting weights and started a run,
+    which failed at its first batch ("document keys must be strings: got 6 (int) at step 0");
+    keys="abc" was "keys has 3 entries". Both are refused when training begins, naming the entry."""
+    ledger, rows = tiny
+    with pytest.raises(InvalidParameterError, match=r"keys\[0\] is 0 \(int\); document keys are strings"):
+        _trainer(_model(), rows, tmp_path, ProvenanceCallback(ledger, datasets=["tiny"], keys=list(range(len(rows))),
+                                                              message="m")).train()
+    with pytest.raises(InvalidParameterError, match="keys is one string; give one document key per row"):
+        _trainer(_model(), rows, tmp_path, ProvenanceCallback(ledger, datasets=["tiny"], keys="doc0", message="m")).train()
+    assert ledger.runs() == [] and ledger.versions() == []
+
+
 def test_the_callback_changes_nothing_the_trainer_does(tiny, tmp_path):
     """Over three epochs (each shuffled by its own epoch seed), the batches and the weights are those
     of the same training without the callback."""
