@@ -52,7 +52,7 @@ def _param(spec: str) -> tuple[str, Any]:
               help="A dataset the run trains on, with the epochs over it (default 1). Repeatable.")
 @click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
               help="A hyper-parameter (VALUE parsed as JSON when it is JSON). Repeatable.")
-@click.option("--owner", type=click.IntRange(0), default=None, metavar="PID",
+@click.option("--owner", type=click.IntRange(0, 2**31 - 1), default=None, metavar="PID",
               help="The process the run belongs to: when it is gone and the run still open, the next run started on "
                    "this host marks it abandoned. Default: the one that ran this command; in a script's $(...), a "
                    "subshell that ends at once, so give --owner $$. 0: none (never marked abandoned).")

@@ -17,7 +17,7 @@ from provenance.cli.app import CliError, Context, json_option, main, pass_ctx
               help="Serve without tokens (everything allowed); only on the loopback address.")
 @click.option("--ssl-certfile", type=click.Path(dir_okay=False, exists=True), default=None, help="TLS certificate (PEM).")
 @click.option("--ssl-keyfile", type=click.Path(dir_okay=False, exists=True), default=None, help="TLS private key (PEM).")
-@click.option("--max-upload", type=int, default=64 << 30, show_default=True,
+@click.option("--max-upload", type=click.IntRange(min=1), default=64 << 30, show_default=True,
               help="The largest body one upload may have, in bytes (document rows, examples, a model state).")
 @pass_ctx
 def serve_cmd(obj: Context, host: str, port: int, insecure_no_auth: bool, ssl_certfile: str | None,

@@ -25,7 +25,11 @@ the version which the ledger has no fingerprints of. The version a run produced 
 ``provenance`` run facet ``{"version": REF}`` or by an output in namespace ``provenance`` whose
 name is the version's ref; the version (committed without a run) is then this run's, so
 ``prov lineage`` of it lists the run's data. Such an output naming no version of this ledger (the
-events of another ledger's run) is not attached.
+events of another ledger's run) is not attached; one naming a merge is refused (a merge made it).
+
+The ledger's own events (``prov export openlineage`` posted back, a run's events sent to its own
+server) name its runs and merges by their ids as UUIDs: they are answered ``event ignored``, and
+nothing is written.
 """
 
 from __future__ import annotations
@@ -108,6 +112,10 @@ def ingest(ledger: LedgerStore, data: Any) -> dict[str, Any]:
     """Record one RunEvent (module doc); returns the provenance run and what was matched."""
     event = parse_event(data)
     kind = event.eventType or "OTHER"
+    own = _own(ledger, event.run.runId)
+    if own is not None:  # this ledger's own events, sent back (a replayed export, a run's events sent here)
+        return {"run_id": own[0], "event": kind, "status": f"event ignored: it is {own[1]} of this ledger, which "
+                "the ledger records itself", "inputs": [], "version_id": None}
     when = event.eventTime.astimezone(timezone.utc).replace(tzinfo=None) if event.eventTime.tzinfo else event.eventTime
     known = _Registered(ledger) if event.inputs else None
     inputs = [(d.namespace, d.name, _match(ledger, known, d)) for d in event.inputs if not _is_model(d)]
@@ -142,6 +150,23 @@ def ingest(ledger: LedgerStore, data: Any) -> dict[str, Any]:
     return {"run_id": run_id, "event": kind, "status": status if status != "running" or kind not in _ENDS
             else _ENDS[kind], "inputs": [{"namespace": n, "name": m, "dataset_id": d} for n, m, d in inputs],
             "version_id": version}
+
+
+def _own(ledger: LedgerStore, ol_run_id: str) -> tuple[str | None, str] | None:
+    """``(run id, what)`` when ``ol_run_id`` is a run or a merge of this ledger: its own events
+    name a run by its id and a merge by its version's, as UUIDs (:mod:`provenance.openlineage_out`).
+    Taken in again they made a second run of each, left running when their end named the version,
+    and the merge a run's version (whose retraction then said "retrain")."""
+    hex_id = uuid.UUID(ol_run_id).hex
+    try:
+        return ledger.run(hex_id).run_id, f"run {hex_id[:12]}"
+    except NotFoundError:
+        pass
+    try:
+        version = ledger.version(hex_id)
+    except (NotFoundError, InvalidParameterError):
+        return None
+    return (None, f"the merge {hex_id[:12]}") if len(version.parents) > 1 else None
 
 
 def _run_id(event: RunEvent) -> str:
@@ -202,14 +227,25 @@ def _produced(ledger: LedgerStore, event: RunEvent) -> str | None:
     facet = event.run.facets.get("provenance") if isinstance(event.run.facets, dict) else None
     ref = facet.get("version") if isinstance(facet, dict) else None
     if ref is not None:
-        return ledger.version(str(ref)).version_id  # named explicitly: a wrong ref is an error
+        return _not_a_merge(ledger.version(str(ref)))  # named explicitly: a wrong ref is an error
     for output in event.outputs:
         if output.namespace == NAMESPACE:
             try:
-                return ledger.version(output.name).version_id
+                found = ledger.version(output.name)
             except (NotFoundError, InvalidParameterError):
                 continue  # a version of another ledger
+            return _not_a_merge(found)
     return None
+
+
+def _not_a_merge(version: Any) -> str:
+    """A merge is made by ``prov merge``, from its inputs: no run produced it (attached to one, its
+    lineage would count the run's data, and a retraction would retrain it)."""
+    if len(version.parents) > 1:
+        raise InvalidParameterError(
+            f"version {version.version_id[:12]} is a merge of {', '.join(p[:12] for p in version.parents)}: a merge, not "
+            "a run, made it, so an OpenLineage run cannot be what produced it")
+    return version.version_id
 
 
 def _error(event: RunEvent) -> str:

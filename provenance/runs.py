@@ -81,6 +81,8 @@ def start_run(
         raise InvalidParameterError("a run needs a message")
     if not isinstance(flush_every, int) or flush_every < 1:
         raise InvalidParameterError(f"flush_every must be a positive integer, got {flush_every!r}")
+    if pid is not None and (isinstance(pid, bool) or not isinstance(pid, (int, np.integer)) or not 0 <= pid < 2**31):
+        raise InvalidParameterError(f"pid must be a process id from 0 to 2**31 - 1 (0: no owner), got {pid!r}")
     try:
         params_json = json.dumps(with_job(params, openlineage, message), sort_keys=True)
     except TypeError as exc:

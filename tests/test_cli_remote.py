@@ -199,3 +199,15 @@ def test_a_bad_token_name_through_a_server_is_refused_in_the_ledger_s_words(serv
         assert (remote.exit_code, remote.output) == (local.exit_code, local.output) == (4, (
             f"Error: token name {name!r} must start with an ASCII letter or digit and hold only ASCII letters, "
             "digits, '.', '_', '-' (at most 128 characters)\n"))
+
+
+def test_a_call_without_a_token_says_where_the_token_goes(server, monkeypatch):
+    """`prov --ledger http://... dataset list` without PROV_TOKEN said `Error: this server needs a
+    token: Authorization: Bearer TOKEN`, an HTTP header where a CLI user sets a variable. It says
+    where prov and Python take the token from, and how one is made."""
+    monkeypatch.delenv("PROV_TOKEN", raising=False)
+    result = CliRunner().invoke(main, ["--ledger", server.url, "dataset", "list"])
+    assert result.exit_code == 4, result.output
+    assert result.output == ("Error: this server needs a token (Authorization: Bearer TOKEN): prov reads it from "
+                             "PROV_TOKEN, Python from Ledger.open(URL, token=...); the server's admin makes one with "
+                             "`prov token create NAME --scope read`\n")

@@ -10,6 +10,7 @@ on the model that reads the token ids each micro-batch carries and the Trainer's
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 
 import pytest
@@ -229,6 +230,31 @@ def test_what_cannot_be_followed_is_refused_before_anything_is_written(tiny, tmp
     with pytest.raises(NotFoundError, match="no dataset 'nope'"):  # it left a "starting weights" version
         _trainer(_model(), rows, tmp_path, ProvenanceCallback(ledger, datasets=["nope"], message="m")).train()
     assert (len(ledger.sql("SELECT run_id FROM runs").to_pylist()), len(ledger.versions())) == written
+
+
+def test_datasets_naming_no_dataset_is_refused_before_anything_is_written(tiny, tmp_path):
+    """ProvenanceCallback(datasets=[]) committed the starting weights and started a run that failed
+    at the first batch ("this run declared no datasets, so its examples cannot be logged"),
+    leaving both behind. It is refused when the callback is made."""
+    ledger, rows = tiny
+    for empty in ([], {}, ()):
+        with pytest.raises(InvalidParameterError, match=re.escape(f"datasets={empty!r} names no dataset: name the registered "
+                                                                  "datasets the training set holds")):
+            ProvenanceCallback(ledger, datasets=empty, message="m")
+    assert ledger.runs() == [] and ledger.versions() == []
+
+
+def test_keys_that_are_not_strings_are_refused_before_anything_is_written(tiny, tmp_path):
+    """keys=[0, 1, ...] (a numeric id column) committed the starting weights and started a run,
+    which failed at its first batch ("document keys must be strings: got 6 (int) at step 0");
+    keys="abc" was "keys has 3 entries". Both are refused when training begins, naming the entry."""
+    ledger, rows = tiny
+    with pytest.raises(InvalidParameterError, match=r"keys\[0\] is 0 \(int\); document keys are strings"):
+        _trainer(_model(), rows, tmp_path, ProvenanceCallback(ledger, datasets=["tiny"], keys=list(range(len(rows))),
+                                                              message="m")).train()
+    with pytest.raises(InvalidParameterError, match="keys is one string; give one document key per row"):
+        _trainer(_model(), rows, tmp_path, ProvenanceCallback(ledger, datasets=["tiny"], keys="doc0", message="m")).train()
+    assert ledger.runs() == [] and ledger.versions() == []
 
 
 def test_the_callback_changes_nothing_the_trainer_does(tiny, tmp_path):

@@ -168,6 +168,23 @@ def test_storing_a_fisher_replaces_the_whole_estimate_unless_updating(two):
     assert torch.equal(load_fisher(ledger, a, "b"), _positive(4)["b"])
 
 
+def test_a_version_given_twice_or_a_weight_too_few_is_named(two):
+    """`prov merge contributor-a c777c8766596` (one version, by its tag and its id) said only "a
+    version is given twice", naming neither; `--weights 0.6` for two versions said "1 weights for
+    2 versions". They name the version as it was given, and what the weights must be."""
+    ledger, base, a, b = two
+    ledger.tag("contributor-a", a)
+    for refs, given in (([a.version_id[:8], b, "contributor-a"], f"'{a.version_id[:8]}' and 'contributor-a'"),
+                        ([a, a], a.version_id[:12]), (["contributor-a", "contributor-a"], "'contributor-a'")):
+        with pytest.raises(InvalidParameterError) as refused:
+            ledger.merge(refs, method="average", message="m")
+        assert str(refused.value) == (f"version {a.version_id[:12]} is given twice ({given}); give it a larger weight "
+                                      "instead")
+    with pytest.raises(InvalidParameterError) as refused:
+        ledger.merge([a, b], method="average", weights=[0.6], message="m")
+    assert str(refused.value) == "1 weights for 2 versions: give one per version, in their order"
+
+
 def test_bad_merges_are_refused_and_write_nothing(two):
     ledger, base, a, b = two
     before = len(ledger.versions())

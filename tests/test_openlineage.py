@@ -256,3 +256,41 @@ def test_a_malformed_provenance_facet_or_a_body_that_is_not_an_object_is_refused
         answer = httpx.post(url, headers={**h, "Content-Type": "application/json"}, content=json.dumps(body))
         assert answer.status_code == 422
         assert answer.json()["error"] == f"not an OpenLineage RunEvent: the body is a JSON {kind}, not an object"
+
+
+def test_a_ledger_s_own_events_posted_back_change_nothing_and_a_merge_is_no_run_s(server):
+    """`prov export openlineage` of a merge, posted to the server it came from (or a run's own
+    events sent there) made a second run of every run, left running (their COMPLETE was refused:
+    "version ... was produced by run ... already"), and the merge became a run's version: its
+    retraction plan said "retrain". The ledger's own runs and merges are recognised and ignored;
+    an output naming a merge is refused, naming it."""
+    ledger = server.ledger()
+    base = ledger.commit({"w": torch.zeros(3)}, message="base of the replayed merge")
+    trained = []
+    for i, name in enumerate(("web", "forum")):
+        with ledger.start_run(base=base, datasets=[name], message=f"replayed {name}", openlineage=False) as run:
+            run.log_examples([f"{name[0]}{i}"], step=0)
+            trained.append(run.commit({"w": torch.full((3,), float(i + 1))}))
+    merged = ledger.merge(trained, method="average", message="replayed merge")
+    before = sorted((r.run_id, r.status) for r in ledger.runs())
+    lineage = {d.dataset_id: d.examples for d in ledger.lineage(merged).datasets}
+    events = ledger.export_openlineage(merged)
+    assert len(events) == 6
+    h = {"Authorization": f"Bearer {server.token}"}
+    answers = [httpx.post(f"{server.url}/api/v1/lineage", headers=h, json=e, timeout=30) for e in events]
+    assert [a.status_code for a in answers] == [200] * 6, [a.text for a in answers]
+    assert [a.json()["status"] for a in answers[-2:]] == [
+        f"event ignored: it is the merge {merged.version_id[:12]} of this ledger, which the ledger records itself"] * 2
+    assert answers[0].json()["run_id"] == trained[0].run_id
+    assert sorted((r.run_id, r.status) for r in ledger.runs()) == before
+    assert ledger.version(merged).run_id is None
+    assert {d.dataset_id: d.examples for d in ledger.lineage(merged).datasets} == lineage
+    claim = httpx.post(f"{server.url}/api/v1/lineage", headers=h, json={
+        "eventType": "COMPLETE", "eventTime": _now(), "run": {"runId": str(uuid.uuid4())},
+        "job": {"namespace": "spark://cluster", "name": "claims a merge"},
+        "outputs": [{"namespace": "provenance", "name": merged.version_id}]})
+    assert claim.status_code == 422
+    assert claim.json()["error"] == (
+        f"version {merged.version_id[:12]} is a merge of {trained[0].version_id[:12]}, {trained[1].version_id[:12]}: a "
+        "merge, not a run, made it, so an OpenLineage run cannot be what produced it")
+    assert sorted((r.run_id, r.status) for r in ledger.runs()) == before and ledger.version(merged).run_id is None

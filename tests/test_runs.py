@@ -367,6 +367,25 @@ def test_cli_run_start_owner(two_datasets, tmp_path):
     assert bad.exit_code == 2 and "--owner" in bad.output
 
 
+def test_an_owner_past_a_process_id_is_refused_naming_it(two_datasets, tmp_path):
+    """`prov run start --owner 2147483648` (or 10**20) ended in DuckDB's traceback (`Conversion
+    Error: Type INT64 with value 2147483648 can't be cast ... INT32 ... column pid`), and
+    start_run(pid=2**31) raised it too. --owner is a usage error past 2**31 - 1, the library names
+    pid, and no run is written."""
+    cli, env = CliRunner(), {"PROV_LEDGER": str(tmp_path)}
+    for owner in ("2147483648", str(10**20)):
+        bad = cli.invoke(main, ["run", "start", "-m", "m", "-d", "a", "--owner", owner], env=env)
+        assert bad.exit_code == 2, bad.output
+        assert f"Invalid value for '--owner': {owner} is not in the range 0<=x<=2147483647." in bad.output
+    for pid in (2**31, -1, True, 1.5):
+        with pytest.raises(InvalidParameterError, match=r"pid must be a process id from 0 to 2\*\*31 - 1 "
+                                                        rf"\(0: no owner\), got {pid!r}"):
+            two_datasets.start_run(datasets=["a"], message="m", detached=True, pid=pid)
+    assert two_datasets.runs() == []
+    owned = two_datasets.start_run(datasets=["a"], message="the largest", detached=True, pid=2**31 - 1)
+    assert two_datasets.run(owned.run_id).pid == 2**31 - 1
+
+
 def test_an_error_in_a_run_whose_end_came_first_is_the_error_raised(two_datasets):
     """Leaving a ``with start_run`` block on an error fails the run; when the run has ended
     already (another handle finished it), the block's own error is raised, not "run ... is

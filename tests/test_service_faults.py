@@ -167,6 +167,61 @@ def test_tls_with_a_certificate_the_test_makes(tmp_path):
         server.stop()
 
 
+def test_serve_refuses_a_certificate_or_key_it_cannot_load_naming_the_file(tmp_path):
+    """`prov serve --ssl-certfile X --ssl-keyfile Y` with a file that is not PEM, or a key of
+    another certificate, opened the ledger and then said `Error: [SSL] PEM lib (_ssl.c:3905)`,
+    naming neither file; an encrypted key without a terminal said `Error: Invalid argument`."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from provenance.cli.main import main
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (Debian: apt install openssl)")
+    for name in ("a", "b"):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=x",
+                        "-keyout", str(tmp_path / f"{name}.key"), "-out", str(tmp_path / f"{name}.pem")],
+                       check=True, capture_output=True)
+    subprocess.run(["openssl", "pkey", "-in", str(tmp_path / "a.key"), "-aes256", "-passout", "pass:secret",
+                    "-out", str(tmp_path / "encrypted.key")], check=True, capture_output=True)
+    (tmp_path / "notes.txt").write_text("not a certificate\n")
+    root = tmp_path / "ledger"
+    Ledger.init(root).issue_token("admin", "admin")
+
+    def serve(cert: str, key: str):
+        return CliRunner().invoke(main, ["--ledger", str(root), "serve", "--port", str(serving.free_port()),
+                                         "--ssl-certfile", str(tmp_path / cert), "--ssl-keyfile", str(tmp_path / key)])
+
+    result = serve("notes.txt", "a.key")
+    assert result.exit_code == 4, result.output
+    assert result.output.startswith(f"Error: --ssl-certfile {tmp_path / 'notes.txt'} is not a PEM certificate")
+    result = serve("a.key", "a.pem")  # the two swapped
+    assert result.output.startswith(f"Error: --ssl-certfile {tmp_path / 'a.key'} is not a PEM certificate")
+    result = serve("a.pem", "b.key")
+    assert result.exit_code == 4, result.output
+    assert result.output.startswith(f"Error: --ssl-keyfile {tmp_path / 'b.key'} is not the PEM private key of the "
+                                    f"certificate in {tmp_path / 'a.pem'}: [X509: KEY_VALUES_MISMATCH]")
+    result = serve("a.pem", "encrypted.key")  # CliRunner's stdin is no terminal
+    assert result.exit_code == 4, result.output
+    assert result.output.startswith(f"Error: --ssl-keyfile {tmp_path / 'encrypted.key'} is encrypted and there is "
+                                    "no terminal to ask its passphrase on")
+    assert not (root / ".prov" / "serving.json").exists()
+
+
+def test_serve_refuses_an_upload_limit_under_one_byte(tmp_path):
+    """`prov serve --max-upload -5` started a server that refused every upload as `larger than this
+    server's upload limit (-5 bytes)`; it is a usage error now."""
+    from click.testing import CliRunner
+
+    from provenance.cli.main import main
+
+    for value in ("-5", "0"):
+        result = CliRunner().invoke(main, ["--ledger", str(tmp_path), "serve", "--max-upload", value])
+        assert result.exit_code == 2, result.output
+        assert f"Invalid value for '--max-upload': {value} is not in the range x>=1" in result.output
+
+
 def test_oversized_bodies_are_refused_naming_the_limit(tmp_path):
     with serving.running(tmp_path / "ledger", args=("--max-upload", "100000")) as server:
         ledger = Ledger.open(server.url, token=server.token)

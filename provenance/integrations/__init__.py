@@ -129,6 +129,10 @@ class RunRecorder:
                commit_on_save: bool, flush_every: int | None) -> None:
         if message is not None and (not isinstance(message, str) or not message.strip()):
             raise InvalidParameterError(f"message must be a non-empty string, got {message!r}")
+        if datasets is not None and not isinstance(datasets, str) and not len(datasets):  # its keys could not be logged
+            raise InvalidParameterError(
+                f"datasets={datasets!r} names no dataset: name the registered datasets the training set holds (or leave "
+                "it out for a provenance.torch.RegisteredDataset)")
         self.ledger = ledger
         self.datasets = [datasets] if isinstance(datasets, str) else datasets
         self.message = message

@@ -289,7 +289,14 @@ def _tap_loader(loader: Any) -> tuple[_SamplerTap, Any]:
 def _key_lookup(dataset: Any, column: str, keys: Sequence[str] | None) -> Callable[[int], str]:
     """The document key of row ``i`` of the training set."""
     if keys is not None:
+        if isinstance(keys, str):
+            raise InvalidParameterError("ProvenanceCallback: keys is one string; give one document key per row")
         keys = list(keys)
+        bad = next((i for i, key in enumerate(keys) if not isinstance(key, str)), None)
+        if bad is not None:  # refused here, before anything is written, not by the run at its first batch
+            raise InvalidParameterError(
+                f"ProvenanceCallback: keys[{bad}] is {keys[bad]!r} ({type(keys[bad]).__name__}); document keys are "
+                "strings (a numeric id 7 is the key '7')")
         if len(keys) != len(dataset):
             raise InvalidParameterError(f"ProvenanceCallback: keys has {len(keys)} entries, the training set {len(dataset)} rows")
         return keys.__getitem__

@@ -107,7 +107,13 @@ def merge(
             raise InvalidParameterError("merge needs at least one version")
         ids = [v.version_id for v in inputs]
         if len(set(ids)) != len(ids):
-            raise InvalidParameterError("a version is given twice; give it a larger weight instead")
+            first = {}
+            for ref, vid in zip(versions, ids):
+                if vid in first:
+                    given = f"{_given(first[vid])} and {_given(ref)}" if _given(first[vid]) != _given(ref) else _given(ref)
+                    raise InvalidParameterError(f"version {vid[:12]} is given twice ({given}); give it a larger weight "
+                                                "instead")
+                first[vid] = ref
         lam = _weights(weights, len(inputs))
         audit = _cited_audit(ledger, audit, ids) if audit is not None else None
         device = _device(device)
@@ -190,12 +196,17 @@ def _device(device: str | torch.device | None) -> torch.device:
     return found
 
 
+def _given(ref: Any) -> str:
+    """A version as the caller gave it: a record by its short id, a tag or an id as written."""
+    return ref.version_id[:12] if isinstance(ref, VersionRecord) else repr(str(ref))
+
+
 def _weights(weights: Sequence[float] | None, n: int) -> list[float]:
     if weights is None:
         return [1.0 / n] * n
     lam = [float(w) for w in weights]
     if len(lam) != n:
-        raise InvalidParameterError(f"{len(lam)} weights for {n} versions")
+        raise InvalidParameterError(f"{len(lam)} weights for {n} versions: give one per version, in their order")
     if not all(math.isfinite(w) and 0 <= w <= MAX_WEIGHT for w in lam) or sum(lam) <= 0:
         # the kernels weigh in float32 and sum the weights as they go: 1e308 twice overflowed to inf
         # and silently gave the first input back

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import warnings
@@ -203,7 +204,7 @@ class Guard:
         if service.auth:
             secret = _bearer(headers)
             if secret is None:
-                return await _deny(scope, receive, send, 401, "this server needs a token: Authorization: Bearer TOKEN")
+                return await _deny(scope, receive, send, 401, NO_TOKEN)
             known, token = service.cached_token(secret)
             if not known:
                 token = await run_in_threadpool(service.check_token, secret)
@@ -385,6 +386,10 @@ class _KeyLocks:
                     del self._locks[key]
 
 
+NO_TOKEN = ("this server needs a token (Authorization: Bearer TOKEN): prov reads it from PROV_TOKEN, Python from "
+            "Ledger.open(URL, token=...); the server's admin makes one with `prov token create NAME --scope read`")
+
+
 async def _deny(scope: dict, receive: Any, send: Any, status: int, message: str) -> None:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     await JSONResponse({"error": message, "kind": "AccessDeniedError"}, status_code=status,
@@ -401,6 +406,8 @@ def serve(path: str, *, host: str = "127.0.0.1", port: int = 8765, auth: bool = 
     if not auth and host not in ("127.0.0.1", "localhost", "::1"):
         raise errors.InvalidParameterError(f"--insecure-no-auth serves the loopback only, not {host}")
     _check_listen(host, port)
+    if ssl_certfile:
+        _check_tls(ssl_certfile, ssl_keyfile)
     service = LedgerService(path, auth=auth, max_upload=max_upload)
     try:
         if auth and not service.ledger.has_admin_token():
@@ -439,6 +446,37 @@ def _check_listen(host: str, port: int) -> None:
                 probe.bind(address)
             except OSError as exc:
                 raise errors.InvalidParameterError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _check_tls(certfile: str, keyfile: str | None) -> None:
+    """Refuse a certificate or key uvicorn could not load (its error named neither: ``[SSL] PEM
+    lib (_ssl.c:3905)``) before the ledger is opened, naming the file. An encrypted key is left to
+    uvicorn, which asks for its passphrase on a terminal; without one it said ``Invalid argument``."""
+    import ssl
+
+    class _Encrypted(Exception):
+        pass
+
+    def passphrase() -> bytes:
+        raise _Encrypted
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_verify_locations(cafile=certfile)
+    except (ssl.SSLError, OSError) as exc:
+        raise errors.InvalidParameterError(
+            f"--ssl-certfile {certfile} is not a PEM certificate (-----BEGIN CERTIFICATE-----): {exc}") from None
+    try:
+        context.load_cert_chain(certfile, keyfile, password=passphrase)
+    except _Encrypted:
+        if sys.stdin.isatty():
+            return
+        raise errors.InvalidParameterError(
+            f"--ssl-keyfile {keyfile} is encrypted and there is no terminal to ask its passphrase on: serve with "
+            f"the key decrypted (openssl pkey -in {keyfile} -out KEY.pem), readable by the server's user only") from None
+    except (ssl.SSLError, OSError) as exc:
+        raise errors.InvalidParameterError(
+            f"--ssl-keyfile {keyfile} is not the PEM private key of the certificate in {certfile}: {exc}") from None
 
 
 def _unserve(root) -> None:
