@@ -92,7 +92,12 @@ def token_list(obj: Context, as_json: bool) -> None:
 @pass_ctx
 def token_revoke(obj: Context, name: str, as_json: bool) -> None:
     """Revoke a token: calls made with it are refused from now on."""
-    record = obj.ledger().revoke_token(name)
+    ledger = obj.ledger()
+    before = next((t for t in ledger.tokens() if t.name == name), None)
+    record = ledger.revoke_token(name)
     if not record.revoked_at:
         raise CliError(f"token {name} was not revoked")
-    render.emit(record.model_dump(mode="json"), as_json, lambda d: f"revoked {d['name']}")
+    already = before is not None and before.revoked_at is not None
+    render.emit(record.model_dump(mode="json"), as_json,
+                lambda d: f"token {d['name']} was already revoked ({record.revoked_at:%Y-%m-%d %H:%M} UTC); nothing changed"
+                if already else f"revoked {d['name']}")

@@ -106,6 +106,9 @@ def test_the_cli_through_a_server(server, tmp_path, monkeypatch):
     reader = js("token", "create", "reader", "--scope", "read")
     assert reader["token"].startswith("prov_") and {t["name"] for t in js("token", "list")} == {"admin", "reader"}
     assert js("token", "revoke", "reader")["revoked_at"] is not None
+    twice = runner.invoke(main, ["--ledger", server.url, "token", "revoke", "reader"])  # it said "revoked reader" again
+    assert twice.exit_code == 0 and "token reader was already revoked (" in twice.output, twice.output
+    assert "UTC); nothing changed" in twice.output
     again = runner.invoke(main, ["--ledger", server.url, "token", "create", "reader", "--scope", "read"])
     assert again.exit_code == 4 and "a token named 'reader' exists (revoked); token names are not reused" in again.output
     last = runner.invoke(main, ["--ledger", server.url, "token", "revoke", "admin"])
