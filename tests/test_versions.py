@@ -172,6 +172,20 @@ def test_added_and_removed_parameters(ledger):
     _assert_same(ledger.checkout(v1), s1)
 
 
+def test_a_state_of_no_tensors_is_refused_naming_it(ledger, tmp_path):
+    """It was stored as a version of 0 parameter groups (an unbuilt module, a dict filled later);
+    a child of {} removed every group of its parent."""
+    empty = tmp_path / "empty.safetensors"
+    save_file({}, str(empty))
+    v0 = ledger.commit(_state(), message="root")
+    for state, what in (({}, "the dict given"), (torch.nn.Sequential(), "the Sequential given"), (empty, str(empty))):
+        with pytest.raises(InvalidParameterError, match=rf"^{what} holds no tensors: there is nothing to commit"):
+            ledger.commit(state, message="nothing", parent=v0)
+    result = CliRunner().invoke(main, ["--ledger", str(ledger.root), "model", "commit", str(empty), "-m", "x"])
+    assert result.exit_code == 4 and f"{empty} holds no tensors" in result.output.replace("\n", ""), result.output
+    assert [v.version_id for v in ledger.versions()] == [v0.version_id]
+
+
 def test_refs_prefix_tag_and_safetensors_input(ledger, tmp_path):
     path = tmp_path / "model.safetensors"
     save_file(_state(), str(path))

@@ -187,6 +187,11 @@ def _commit(ledger, state, parent, message, author, run, encoding, low_rank, all
     parent_manifest = history.manifest(parent_id) if parent_id else {}
     store = ledger.object_store(sync=sync)
     incoming = incoming_state(state, parent_manifest, parent_id)
+    if not incoming.names:  # a version of nothing: a module not built yet, a dict filled later, a wrong file
+        incoming.close()
+        what = f"{state}" if isinstance(state, (str, os.PathLike)) else f"the {type(state).__name__} given"
+        raise InvalidParameterError(f"{what} holds no tensors: there is nothing to commit (was the state taken before "
+                                    "the model was built or loaded?)")
     unknown = sorted(set(low_rank) - set(incoming.names))
     if unknown:
         incoming.close()
