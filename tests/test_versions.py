@@ -178,7 +178,7 @@ def test_a_state_of_no_tensors_is_refused_naming_it(ledger, tmp_path):
     empty = tmp_path / "empty.safetensors"
     save_file({}, str(empty))
     v0 = ledger.commit(_state(), message="root")
-    for state, what in (({}, "the dict given"), (torch.nn.Sequential(), "the Sequential given"), (empty, str(empty))):
+    for state, what in (({}, "the state given"), (torch.nn.Sequential(), "the state given"), (empty, str(empty))):
         with pytest.raises(InvalidParameterError, match=rf"^{what} holds no tensors: there is nothing to commit"):
             ledger.commit(state, message="nothing", parent=v0)
     result = CliRunner().invoke(main, ["--ledger", str(ledger.root), "model", "commit", str(empty), "-m", "x"])

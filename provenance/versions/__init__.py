@@ -189,7 +189,7 @@ def _commit(ledger, state, parent, message, author, run, encoding, low_rank, all
     incoming = incoming_state(state, parent_manifest, parent_id)
     if not incoming.names:  # a version of nothing: a module not built yet, a dict filled later, a wrong file
         incoming.close()
-        what = f"{state}" if isinstance(state, (str, os.PathLike)) else f"the {type(state).__name__} given"
+        what = f"{state}" if isinstance(state, (str, os.PathLike)) else "the state given"  # (a server's: received)
         raise InvalidParameterError(f"{what} holds no tensors: there is nothing to commit (was the state taken before "
                                     "the model was built or loaded?)")
     unknown = sorted(set(low_rank) - set(incoming.names))
