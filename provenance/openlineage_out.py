@@ -110,6 +110,8 @@ def configured() -> bool:
 
 def job_namespace(given: str | None = None) -> str:
     """The job namespace: ``given``, else ``OPENLINEAGE_NAMESPACE``, else ``provenance``."""
+    if given is not None and (not isinstance(given, str) or not given.strip()):  # '' fell back to the default
+        raise InvalidParameterError(f"namespace must be a non-empty string, got {given!r}")
     return given or os.environ.get("OPENLINEAGE_NAMESPACE") or NAMESPACE
 
 
@@ -286,6 +288,7 @@ def merge_events(version: VersionRecord | Mapping[str, Any], *, namespace: str |
 def export_events(ledger: Any, version: str | VersionRecord, *, namespace: str | None = None) -> list[dict[str, Any]]:
     """The RunEvents (as JSON objects) of every run and merge in ``version``'s lineage, in time
     order (module doc). ``ledger``: a local or remote ledger."""
+    job_namespace(namespace)  # checked before anything is read ('' fell back to the default)
     ol = _ol()
     lineage = ledger.lineage(version)
     unregistered: dict[str, list[tuple[str, str]]] = {}

@@ -213,6 +213,9 @@ def test_a_committed_run_sends_start_and_complete_through_the_file_transport(loc
                                      "outputFacets": {}}]
     exported = ledger.export_openlineage(version)
     assert exported == [own(e) for e in events]  # the export says what the run said as it ran
+    for blank in ("", "  "):  # fell back to the default namespace without a word
+        with pytest.raises(InvalidParameterError, match=f"namespace must be a non-empty string, got {blank!r}"):
+            ledger.export_openlineage(version, namespace=blank)
 
 
 def test_a_failed_run_sends_fail_with_its_error(local, tmp_path, registry):
