@@ -474,7 +474,8 @@ def test_inputs_and_results_a_merge_cannot_keep_are_refused_by_name(ledger):
         ledger.merge([a, b], method="fisher", fisher=fishers, message="m")
     for device, said in (("bogus", r"device 'bogus' is not a torch device \(cpu, cuda, cuda:1\)$"),
                          ("meta", "device 'meta': merges run on the CPU or a CUDA device"),
-                         ("mps", "device 'mps': merges run on the CPU or a CUDA device")):
+                         ("mps", "device 'mps': merges run on the CPU or a CUDA device"),
+                         ("cpu:99", "device 'cpu:99': the CPU has no numbered devices; give cpu$")):  # it ran
         with pytest.raises(InvalidParameterError, match=said):
             ledger.merge([a, b], method="average", device=device, message="m")
     with pytest.raises(InvalidParameterError, match=r"the merge of parameter 'w' overflows float16: its inputs are "

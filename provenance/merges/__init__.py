@@ -193,6 +193,12 @@ def _device(device: str | torch.device | None) -> torch.device:
         raise InvalidParameterError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1)") from None
     if found.type not in ("cpu", "cuda"):
         raise InvalidParameterError(f"device {device!r}: merges run on the CPU or a CUDA device")
+    if found.type == "cpu" and found.index not in (None, 0):  # torch takes it, and runs on the one CPU
+        raise InvalidParameterError(f"device {device!r}: the CPU has no numbered devices; give cpu")
+    if found.type == "cuda" and found.index is not None and torch.cuda.is_available() \
+            and found.index >= torch.cuda.device_count():
+        raise InvalidParameterError(f"device {device!r}: torch sees {torch.cuda.device_count()} CUDA device(s), "
+                                    f"numbered from 0")
     return found
 
 
