@@ -145,7 +145,7 @@ def ingest(ledger: LedgerStore, data: Any) -> dict[str, Any]:
         elif inputs and tx.add_run_inputs(run_id, inputs):  # events arrive out of order (the client sends
             tx.count_run_shards(run_id)                      # them asynchronously): late inputs still count
             status = f"{status} (the run had ended: its inputs are added to it)"
-        elif kind in _ENDS or inputs:  # a repeated end, or inputs it has: the run is ended; change nothing
+        else:  # a repeated end, a late START or RUNNING, inputs it has: the run is ended; change nothing
             status = f"{status} (event ignored: the run has ended)"
     return {"run_id": run_id, "event": kind, "status": status if status != "running" or kind not in _ENDS
             else _ENDS[kind], "inputs": [{"namespace": n, "name": m, "dataset_id": d} for n, m, d in inputs],

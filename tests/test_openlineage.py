@@ -131,6 +131,9 @@ def test_a_start_that_arrives_after_the_complete_still_adds_its_inputs(server):
         **event, "eventType": "START", "inputs": [{"namespace": "s3://corp", "name": "forum"}]})
     assert "event ignored" in again.json()["status"]  # nothing new: nothing changes
     assert {d.dataset_id: d.examples for d in ledger.lineage(version).datasets} == {"forum@1": 10}
+    for kind in ("START", "RUNNING", "OTHER"):  # with no inputs it answered "finished", as if it had counted
+        bare = httpx.post(f"{server.url}/api/v1/lineage", headers=h, json={**event, "eventType": kind})
+        assert bare.json()["status"] == "finished (event ignored: the run has ended)", bare.json()
 
 
 def test_bad_events_and_tokens_are_refused(server):
