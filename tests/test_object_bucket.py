@@ -223,6 +223,23 @@ def test_an_unreachable_bucket_is_an_error_not_damage(s3, bucket_ledger, monkeyp
     assert Ledger.open(bucket_ledger.root).verify().ok and Ledger.open(bucket_ledger.root).checkout(v0)
 
 
+def test_a_checkout_from_an_unreachable_bucket_says_to_check_it_not_to_restore(s3, bucket_ledger, monkeypatch):
+    """A checkout with the bucket unreachable (or the credentials refused) ended with the advice
+    for a damaged object: commit the tensor again or restore it from a backup. It now says the
+    bucket did not answer and what to check; the ledger and the bucket are as they were."""
+    v0 = bucket_ledger.commit({"w": torch.randn(50, 10)}, message="first")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{serving.free_port()}")  # nothing listens there
+    with pytest.raises(StorageUnreachableError) as caught:
+        Ledger.open(bucket_ledger.root).checkout(v0)
+    said = str(caught.value)
+    assert f"version {v0.version_id[:12]}" in said and "builds its parameter 'w' on it" in said
+    assert said.endswith("; the bucket did not answer, so nothing is known to be damaged: check its endpoint "
+                         "(AWS_ENDPOINT_URL_S3), the network and the credentials, then try again"), said
+    assert "restore" not in said and "prov verify" not in said
+    monkeypatch.undo()
+    assert torch.equal(Ledger.open(bucket_ledger.root).checkout(v0)["w"], bucket_ledger.checkout(v0)["w"])
+
+
 def test_gc_lists_and_removes_unreferenced_objects_in_the_bucket(s3, bucket_ledger):
     v0 = bucket_ledger.commit({"w": torch.arange(10)}, message="kept")
     store = bucket_ledger.object_store()
