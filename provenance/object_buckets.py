@@ -337,7 +337,8 @@ def prefix_owner(fs: pafs.FileSystem, scheme: str, prefix: str) -> dict[str, Any
     except FileNotFoundError:
         return None
     except _ARROW_ERRORS as exc:
-        raise ObjectWriteError(f"cannot read {scheme}://{key}: {_why(exc)}", f"{scheme}://{prefix}") from None
+        raise ObjectWriteError(f"cannot read {scheme}://{key}: {_why(exc)}; is the bucket reachable (its endpoint, "
+                               "the network) and readable with these credentials?", f"{scheme}://{prefix}") from None
     except ValueError:
         return {"ledger": "?", "note": f"{MARKER} is not JSON"}
 

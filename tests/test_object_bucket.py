@@ -585,6 +585,21 @@ def test_init_documents_on_the_command_line_and_its_refusals(s3, tmp_path):
     assert not (tmp_path / "q" / ".prov").exists() and not (tmp_path / "r" / ".prov").exists()
 
 
+def test_init_on_an_unreachable_bucket_says_what_to_check(s3, tmp_path, monkeypatch):
+    """`prov init --objects` (or `--documents`) with the bucket unreachable or the credentials
+    refused printed Arrow's bare error (`AWS Error ACCESS_DENIED during HeadObject operation: No
+    response body.`) with nothing to check; it now asks about the endpoint, the network and the
+    credentials, as the other refusals of a bucket do, and makes no ledger."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{serving.free_port()}")  # nothing listens there
+    for option in ("--objects", "--documents"):
+        result = CliRunner().invoke(main, ["init", str(tmp_path / "p"), option, "s3://models/unreachable"])
+        assert result.exit_code == 4, result.output
+        assert result.output.startswith("Error: cannot read s3://models/unreachable/.provenance-ledger: ")
+        assert result.output.rstrip().endswith("; is the bucket reachable (its endpoint, the network) and readable "
+                                               "with these credentials?"), result.output
+        assert not (tmp_path / "p").exists()
+
+
 def test_duckdb_s_threads_read_a_shared_bucket_file_at_their_own_positions(s3):
     """DuckDB's threads share one handle per file and read it as seek, then read (two calls);
     on a plain file object those interleave and hand one thread another's bytes (seen as
