@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import torch
 
-from provenance.buckets import filesystem, is_url, split_url
+from provenance.buckets import download, filesystem, is_url, split_url
 from provenance.errors import (
     BucketWriteError,
     InvalidParameterError,
@@ -314,9 +314,8 @@ class BucketObjectStore:
 
     def download(self, address: str, path: Path) -> int:
         """Copy the object's file to ``path`` (a backup into a local store); its bytes."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pafs.copy_files(self._key(address), str(path), source_filesystem=self.fs,
-                        destination_filesystem=pafs.LocalFileSystem())
+        key = self._key(address)
+        download(self.fs, key, f"{self.scheme}://{key}", path)
         return path.stat().st_size
 
     # -- ownership ----------------------------------------------------------------------------

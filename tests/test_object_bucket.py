@@ -11,6 +11,7 @@ committing process), a prefix another ledger owns, a bucket that does not exist.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -356,6 +357,29 @@ def test_a_backup_of_a_bucket_ledger_stands_alone(s3, bucket_ledger, tmp_path):
     for v in versions:
         got, want = copy.checkout(v), bucket_ledger.checkout(v)
         assert {n: _bytes(t) for n, t in got.items()} == {n: _bytes(t) for n, t in want.items()}
+
+
+def test_a_backup_with_the_bucket_unreachable_or_an_object_gone_names_the_object(s3, bucket_ledger, tmp_path,
+                                                                                 monkeypatch):
+    """`prov backup` of a bucket ledger with the bucket unreachable (or the credentials refused)
+    printed Arrow's bare `When getting information for key '...' in bucket 'models': AWS Error
+    ...`, and with an object gone `Path does not exist ...`: neither said which URL, nor what to
+    check. Each now names the object's URL (unreachable: ask about the bucket and credentials),
+    and no copy is left."""
+    v0 = bucket_ledger.commit({"w": torch.randn(50, 10)}, message="first")
+    (address,) = bucket_ledger.referenced_objects()
+    url = f"{bucket_ledger.object_store().url}/{address[:2]}/{address[2:]}.safetensors"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{serving.free_port()}")  # nothing listens there
+    with pytest.raises(StorageUnreachableError) as caught:
+        backup(Ledger.open(bucket_ledger.root), tmp_path / "copy")
+    assert str(caught.value).startswith(f"{url} could not be downloaded (When getting information for key ")
+    assert str(caught.value).endswith("): is the bucket reachable with these credentials?")
+    assert not (tmp_path / "copy").exists()
+    monkeypatch.undo()
+    s3.delete(url.removeprefix("s3://"))
+    with pytest.raises(ObjectMissingError, match=rf"^{re.escape(url)} is missing from the bucket$"):
+        backup(bucket_ledger, tmp_path / "copy")
+    assert not (tmp_path / "copy").exists() and bucket_ledger.version(v0.version_id)
 
 
 def test_a_server_on_a_bucket_ledger_takes_commits_into_the_bucket(s3, tmp_path):
