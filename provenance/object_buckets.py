@@ -247,7 +247,8 @@ class BucketObjectStore:
         try:
             infos = self.fs.get_file_info(selector)
         except _ARROW_ERRORS as exc:
-            raise ObjectMissingError(f"cannot list {self.url}: {_why(exc)}") from None
+            raise StorageUnreachableError(f"cannot list {self.url}: {_why(exc)}: is the bucket reachable with these "
+                                          "credentials?") from None
         found = []
         for info in infos:
             rel = posixpath.relpath(info.path, self.prefix)

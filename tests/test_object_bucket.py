@@ -256,6 +256,25 @@ def test_gc_lists_and_removes_unreferenced_objects_in_the_bucket(s3, bucket_ledg
     assert bucket_ledger.checkout(v0)["w"].tolist() == list(range(10))
 
 
+def test_gc_with_the_bucket_unreachable_asks_about_the_bucket_and_removes_nothing(s3, bucket_ledger, monkeypatch):
+    """`prov gc` with the objects' bucket unreachable (or the credentials refused) printed
+    `cannot list s3://...: <Arrow's message>` as an ObjectMissingError, with nothing to check; it
+    is now the unreachable-bucket error that asks about the bucket and the credentials (exit 4),
+    and every object is still there."""
+    bucket_ledger.commit({"w": torch.arange(10)}, message="kept")
+    stray = bucket_ledger.object_store().put(torch.arange(5.0))
+    before = _objects(s3, bucket_ledger.object_store().url.removeprefix("s3://"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{serving.free_port()}")  # nothing listens there
+    with pytest.raises(StorageUnreachableError, match=r"^cannot list s3://models/.*: is the bucket reachable with these "
+                                                      r"credentials\?$"):
+        gc(Ledger.open(bucket_ledger.root), apply=True)
+    result = CliRunner().invoke(main, ["--ledger", str(bucket_ledger.root), "gc", "--apply"])
+    assert result.exit_code == 4 and result.output.rstrip().endswith("is the bucket reachable with these credentials?")
+    monkeypatch.undo()
+    assert _objects(s3, bucket_ledger.object_store().url.removeprefix("s3://")) == before
+    assert stray.address in bucket_ledger.object_store()
+
+
 def test_a_refused_commit_removes_the_large_objects_it_uploaded(s3, bucket_ledger):
     v0 = bucket_ledger.commit({"w": torch.ones(4)}, message="first")
     store = bucket_ledger.object_store()
