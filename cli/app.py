@@ -213,6 +213,15 @@ json_option = click.option("--json", "as_json", is_flag=True, callback=_json_mod
                            help="Print JSON instead of a table (errors too: JSON on stderr).")
 
 
+def once(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> str | None:
+    """The one value of an option that names one thing (``multiple=True``, so that a second is
+    seen): click kept the last of ``--key L7 --key L1`` silently, and L7 was never looked at."""
+    if len(values) > 1:
+        raise click.BadParameter(f"given {len(values)} times ({', '.join(map(repr, values))}); it names one: run the "
+                                 "command once for each", ctx=ctx, param=param)
+    return values[0] if values else None
+
+
 class _CountOrNone(click.ParamType):
     """A count >= 0, or ``none`` for no limit."""
 

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from provenance.cli import render
-from provenance.cli.app import CliError, Context, FloatRange, json_option, main, pass_ctx
+from provenance.cli.app import CliError, Context, FloatRange, json_option, main, once, pass_ctx
 from provenance.plain import counted
 
 #: Versions the lineage table lists unless asked for all: a deep history has thousands (a rich
@@ -41,8 +41,8 @@ def lineage_cmd(obj: Context, ref: str, fmt: str, show_all: bool, as_json: bool)
 
 @main.command("taint")
 @click.argument("target", required=False, metavar="[DATASET]")
-@click.option("--shard", default=None, help="A shard of the dataset (index or name; not with --key).")
-@click.option("--key", default=None, help="A document key of the dataset.")
+@click.option("--shard", multiple=True, callback=once, help="A shard of the dataset (index or name; not with --key).")
+@click.option("--key", multiple=True, callback=once, help="A document key of the dataset.")
 @click.option("--text", "text_file", type=click.File("rb"), default=None,
               help="A file with the text of a document ('-': stdin), looked for in every dataset (so without DATASET, "
                    "--shard or --key): by exact hash, or with --near by similarity.")

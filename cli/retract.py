@@ -21,6 +21,7 @@ from provenance.cli.app import (
     json_option,
     main,
     no_store_option,
+    once,
     pass_ctx,
 )
 from provenance.cli.audits import audit_group
@@ -29,8 +30,8 @@ from provenance.ngrams import MAX_SPAN
 
 @main.command("retract")
 @click.argument("target", required=False, metavar="[DATASET | RETRACTION-ID]")
-@click.option("--shard", default=None, help="A shard of the dataset (index or name; not with --key).")
-@click.option("--key", default=None, help="A document key of the dataset.")
+@click.option("--shard", multiple=True, callback=once, help="A shard of the dataset (index or name; not with --key).")
+@click.option("--key", multiple=True, callback=once, help="A document key of the dataset.")
 @click.option("--text", "text_file", type=click.File("rb"), default=None,
               help="A file with the text of a document ('-': stdin), looked for in every dataset (so without DATASET, "
                    "--shard or --key); the text itself is not kept.")

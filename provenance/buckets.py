@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 import re
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
-from provenance.errors import SourceError
+from provenance.errors import ObjectMissingError, SourceError, StorageUnreachableError
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
@@ -70,6 +72,23 @@ def filesystem(scheme: str, *, delayed_open: bool = False) -> pafs.FileSystem:
         return _s3(env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"),
                    env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1", delayed_open)
     return _fsspec(scheme)
+
+
+def download(fs: pafs.FileSystem, key: str, url: str, target: Path) -> None:
+    """Copy the object ``key`` (``url``, for messages) to the local file ``target``. A bucket
+    that does not answer or refuses the credentials is a :class:`StorageUnreachableError` naming
+    the URL (it was Arrow's bare message, with neither); an error of the local file (a full disk)
+    is raised as it is."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        pafs.copy_files(key, str(target), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    except FileNotFoundError:  # the target's folder was just made: the object is not there
+        raise ObjectMissingError(f"{url} is missing from the bucket") from None
+    except (OSError, pa.ArrowException) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:  # the local side (Arrow's own errors carry none)
+            raise
+        raise StorageUnreachableError(f"{url} could not be downloaded ({str(exc).splitlines()[0]}): is the bucket "
+                                      "reachable with these credentials?") from None
 
 
 @lru_cache(maxsize=8)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from provenance.errors import ObjectCorruptError, ObjectMissingError, ProvenanceError
+from provenance.errors import ObjectCorruptError, ObjectMissingError, ProvenanceError, StorageUnreachableError
 from provenance.kernels.patch import apply_chain
 from provenance.ledger import LedgerStore
 from provenance.objects import ObjectStore
@@ -155,14 +155,23 @@ def sparse_chain(history: History, store: ObjectStore, version_id: str, name: st
 OBJECT_DAMAGE_HINT = ("; `prov verify` lists every damaged object with the versions that need it: commit a checkpoint "
                       "that holds the tensor again (the object is written afresh), or restore the object from a "
                       "backup of the ledger")
+#: What to do when the bucket did not answer (the network, the endpoint, the credentials): the
+#: object may well be there, so nothing is to be re-committed or restored.
+UNREACHABLE_HINT = ("; the bucket did not answer, so nothing is known to be damaged: check its endpoint "
+                    "(AWS_ENDPOINT_URL_S3), the network and the credentials, then try again")
+
+
+def damage_hint(exc: ProvenanceError) -> str:
+    """The end of the error that reports ``exc``: what to do about it."""
+    return UNREACHABLE_HINT if isinstance(exc, StorageUnreachableError) else OBJECT_DAMAGE_HINT
 
 
 def get_object(ledger: LedgerStore, store: ObjectStore, address: str) -> torch.Tensor:
     """The object at ``address``; a missing or corrupt one is reported with the versions that use it
-    and what to do (:data:`OBJECT_DAMAGE_HINT`)."""
+    and what to do (:func:`damage_hint`)."""
     try:
         return store.get(address)
     except (ObjectCorruptError, ObjectMissingError) as exc:
         users = ledger.versions_using(address)
         raise type(exc)(f"{exc}; used by version(s) {', '.join(u[:12] for u in users) or 'none'}"
-                        f"{OBJECT_DAMAGE_HINT}") from None
+                        f"{damage_hint(exc)}") from None

@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import torch
 
-from provenance.buckets import filesystem, is_url, split_url
+from provenance.buckets import download, filesystem, is_url, split_url
 from provenance.errors import (
     BucketWriteError,
     InvalidParameterError,
@@ -247,7 +247,8 @@ class BucketObjectStore:
         try:
             infos = self.fs.get_file_info(selector)
         except _ARROW_ERRORS as exc:
-            raise ObjectMissingError(f"cannot list {self.url}: {_why(exc)}") from None
+            raise StorageUnreachableError(f"cannot list {self.url}: {_why(exc)}: is the bucket reachable with these "
+                                          "credentials?") from None
         found = []
         for info in infos:
             rel = posixpath.relpath(info.path, self.prefix)
@@ -314,9 +315,8 @@ class BucketObjectStore:
 
     def download(self, address: str, path: Path) -> int:
         """Copy the object's file to ``path`` (a backup into a local store); its bytes."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pafs.copy_files(self._key(address), str(path), source_filesystem=self.fs,
-                        destination_filesystem=pafs.LocalFileSystem())
+        key = self._key(address)
+        download(self.fs, key, f"{self.scheme}://{key}", path)
         return path.stat().st_size
 
     # -- ownership ----------------------------------------------------------------------------
@@ -337,7 +337,8 @@ def prefix_owner(fs: pafs.FileSystem, scheme: str, prefix: str) -> dict[str, Any
     except FileNotFoundError:
         return None
     except _ARROW_ERRORS as exc:
-        raise ObjectWriteError(f"cannot read {scheme}://{key}: {_why(exc)}", f"{scheme}://{prefix}") from None
+        raise ObjectWriteError(f"cannot read {scheme}://{key}: {_why(exc)}; is the bucket reachable (its endpoint, "
+                               "the network) and readable with these credentials?", f"{scheme}://{prefix}") from None
     except ValueError:
         return {"ledger": "?", "note": f"{MARKER} is not JSON"}
 

@@ -143,8 +143,8 @@ def _listed(store: Any) -> set[str]:
     answer about any object, not damage."""
     try:
         return set(store.addresses())
-    except StorageUnreachableError:
-        raise
+    except StorageUnreachableError as exc:  # it says what to check
+        raise StorageUnreachableError(f"{exc} Nothing was judged damaged") from None
     except ObjectMissingError as exc:
         raise StorageUnreachableError(f"{exc}: is the bucket reachable with these credentials? Nothing was judged "
                                       "damaged") from None

@@ -11,6 +11,7 @@ committing process), a prefix another ledger owns, a bucket that does not exist.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -223,6 +224,23 @@ def test_an_unreachable_bucket_is_an_error_not_damage(s3, bucket_ledger, monkeyp
     assert Ledger.open(bucket_ledger.root).verify().ok and Ledger.open(bucket_ledger.root).checkout(v0)
 
 
+def test_a_checkout_from_an_unreachable_bucket_says_to_check_it_not_to_restore(s3, bucket_ledger, monkeypatch):
+    """A checkout with the bucket unreachable (or the credentials refused) ended with the advice
+    for a damaged object: commit the tensor again or restore it from a backup. It now says the
+    bucket did not answer and what to check; the ledger and the bucket are as they were."""
+    v0 = bucket_ledger.commit({"w": torch.randn(50, 10)}, message="first")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{serving.free_port()}")  # nothing listens there
+    with pytest.raises(StorageUnreachableError) as caught:
+        Ledger.open(bucket_ledger.root).checkout(v0)
+    said = str(caught.value)
+    assert f"version {v0.version_id[:12]}" in said and "builds its parameter 'w' on it" in said
+    assert said.endswith("; the bucket did not answer, so nothing is known to be damaged: check its endpoint "
+                         "(AWS_ENDPOINT_URL_S3), the network and the credentials, then try again"), said
+    assert "restore" not in said and "prov verify" not in said
+    monkeypatch.undo()
+    assert torch.equal(Ledger.open(bucket_ledger.root).checkout(v0)["w"], bucket_ledger.checkout(v0)["w"])
+
+
 def test_gc_lists_and_removes_unreferenced_objects_in_the_bucket(s3, bucket_ledger):
     v0 = bucket_ledger.commit({"w": torch.arange(10)}, message="kept")
     store = bucket_ledger.object_store()
@@ -236,6 +254,25 @@ def test_gc_lists_and_removes_unreferenced_objects_in_the_bucket(s3, bucket_ledg
     assert stray.address not in store
     assert set(store.addresses()) == bucket_ledger.referenced_objects()
     assert bucket_ledger.checkout(v0)["w"].tolist() == list(range(10))
+
+
+def test_gc_with_the_bucket_unreachable_asks_about_the_bucket_and_removes_nothing(s3, bucket_ledger, monkeypatch):
+    """`prov gc` with the objects' bucket unreachable (or the credentials refused) printed
+    `cannot list s3://...: <Arrow's message>` as an ObjectMissingError, with nothing to check; it
+    is now the unreachable-bucket error that asks about the bucket and the credentials (exit 4),
+    and every object is still there."""
+    bucket_ledger.commit({"w": torch.arange(10)}, message="kept")
+    stray = bucket_ledger.object_store().put(torch.arange(5.0))
+    before = _objects(s3, bucket_ledger.object_store().url.removeprefix("s3://"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{serving.free_port()}")  # nothing listens there
+    with pytest.raises(StorageUnreachableError, match=r"^cannot list s3://models/.*: is the bucket reachable with these "
+                                                      r"credentials\?$"):
+        gc(Ledger.open(bucket_ledger.root), apply=True)
+    result = CliRunner().invoke(main, ["--ledger", str(bucket_ledger.root), "gc", "--apply"])
+    assert result.exit_code == 4 and result.output.rstrip().endswith("is the bucket reachable with these credentials?")
+    monkeypatch.undo()
+    assert _objects(s3, bucket_ledger.object_store().url.removeprefix("s3://")) == before
+    assert stray.address in bucket_ledger.object_store()
 
 
 def test_a_refused_commit_removes_the_large_objects_it_uploaded(s3, bucket_ledger):
@@ -339,6 +376,29 @@ def test_a_backup_of_a_bucket_ledger_stands_alone(s3, bucket_ledger, tmp_path):
     for v in versions:
         got, want = copy.checkout(v), bucket_ledger.checkout(v)
         assert {n: _bytes(t) for n, t in got.items()} == {n: _bytes(t) for n, t in want.items()}
+
+
+def test_a_backup_with_the_bucket_unreachable_or_an_object_gone_names_the_object(s3, bucket_ledger, tmp_path,
+                                                                                 monkeypatch):
+    """`prov backup` of a bucket ledger with the bucket unreachable (or the credentials refused)
+    printed Arrow's bare `When getting information for key '...' in bucket 'models': AWS Error
+    ...`, and with an object gone `Path does not exist ...`: neither said which URL, nor what to
+    check. Each now names the object's URL (unreachable: ask about the bucket and credentials),
+    and no copy is left."""
+    v0 = bucket_ledger.commit({"w": torch.randn(50, 10)}, message="first")
+    (address,) = bucket_ledger.referenced_objects()
+    url = f"{bucket_ledger.object_store().url}/{address[:2]}/{address[2:]}.safetensors"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{serving.free_port()}")  # nothing listens there
+    with pytest.raises(StorageUnreachableError) as caught:
+        backup(Ledger.open(bucket_ledger.root), tmp_path / "copy")
+    assert str(caught.value).startswith(f"{url} could not be downloaded (When getting information for key ")
+    assert str(caught.value).endswith("): is the bucket reachable with these credentials?")
+    assert not (tmp_path / "copy").exists()
+    monkeypatch.undo()
+    s3.delete(url.removeprefix("s3://"))
+    with pytest.raises(ObjectMissingError, match=rf"^{re.escape(url)} is missing from the bucket$"):
+        backup(bucket_ledger, tmp_path / "copy")
+    assert not (tmp_path / "copy").exists() and bucket_ledger.version(v0.version_id)
 
 
 def test_a_server_on_a_bucket_ledger_takes_commits_into_the_bucket(s3, tmp_path):
@@ -566,6 +626,21 @@ def test_init_documents_on_the_command_line_and_its_refusals(s3, tmp_path):
     with pytest.raises(InvalidParameterError, match="the same prefix"):
         Ledger.init(tmp_path / "r", objects="s3://models/same", documents="s3://models/same/")
     assert not (tmp_path / "q" / ".prov").exists() and not (tmp_path / "r" / ".prov").exists()
+
+
+def test_init_on_an_unreachable_bucket_says_what_to_check(s3, tmp_path, monkeypatch):
+    """`prov init --objects` (or `--documents`) with the bucket unreachable or the credentials
+    refused printed Arrow's bare error (`AWS Error ACCESS_DENIED during HeadObject operation: No
+    response body.`) with nothing to check; it now asks about the endpoint, the network and the
+    credentials, as the other refusals of a bucket do, and makes no ledger."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{serving.free_port()}")  # nothing listens there
+    for option in ("--objects", "--documents"):
+        result = CliRunner().invoke(main, ["init", str(tmp_path / "p"), option, "s3://models/unreachable"])
+        assert result.exit_code == 4, result.output
+        assert result.output.startswith("Error: cannot read s3://models/unreachable/.provenance-ledger: ")
+        assert result.output.rstrip().endswith("; is the bucket reachable (its endpoint, the network) and readable "
+                                               "with these credentials?"), result.output
+        assert not (tmp_path / "p").exists()
 
 
 def test_duckdb_s_threads_read_a_shared_bucket_file_at_their_own_positions(s3):

@@ -181,6 +181,28 @@ def test_keys_that_cannot_be_read_back_are_refused_and_hidden_folders_left_out(s
     assert [s["uri"] for s in _shards(ledger, beside.dataset_id)] == ["s3://keys/amb/x.jsonl"]
 
 
+def test_an_object_whose_key_holds_glob_characters_registers_as_the_same_local_file(s3, tmp_path):
+    """`s3://b/odd/[1].jsonl`, an object that exists, was taken as a pattern and refused (`pattern
+    matched no objects`) where the same local file registers: an existing key is the object, as an
+    existing file is; a pattern still matches when no object has its name."""
+    s3.bucket("globs")
+    ledger = Ledger.init(tmp_path / "ledger")
+    line = b'{"id": "x", "text": "a document about the river"}\n'
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "[1].jsonl").write_bytes(line)
+    s3.put("globs/odd/[1].jsonl", line)
+    s3.put("globs/odd/1.jsonl", line.replace(b'"x"', b'"one"'))
+    s3.put("globs/odd/*.jsonl", line.replace(b'"x"', b'"star"'))
+    bucket = ledger.register_dataset("bucket", "s3://globs/odd/[1].jsonl", id_field="id").dataset
+    local = ledger.register_dataset("local", str(tmp_path / "odd" / "[1].jsonl"), id_field="id").dataset
+    assert [(s["name"], s["uri"]) for s in _shards(ledger, bucket.dataset_id)] == [("[1].jsonl", "s3://globs/odd/[1].jsonl")]
+    assert bucket.content_hash == local.content_hash
+    star = ledger.register_dataset("star", "s3://globs/odd/*.jsonl", id_field="id").dataset
+    assert [d["key"] for d in _documents(ledger, star.dataset_id)] == ["star"]
+    pattern = ledger.register_dataset("pattern", "s3://globs/odd/[0-9].jsonl", id_field="id").dataset
+    assert [d["key"] for d in _documents(ledger, pattern.dataset_id)] == ["one"]
+
+
 def test_a_shard_changed_or_deleted_after_registration_is_named_when_read_back(s3, tmp_path):
     s3.bucket("later")
     lines = "".join(json.dumps({"id": f"d{i}", "text": f"entry {i} of the log"}) + "\n" for i in range(10))

@@ -175,6 +175,31 @@ def test_prov_retract_on_the_command_line(contributors):
     assert {r["version_id"] for r in json.loads(out.output)} == {v["m"].version_id, v["avg"].version_id}
 
 
+def test_a_key_given_twice_is_refused_not_half_retracted(contributors):
+    """`prov retract private --key x1 --key x2` recorded a retraction of x2 alone (click kept the
+    last value silently): x1, the document to remove, was never looked at, and `prov taint` with
+    two keys showed one's versions. A second --key or --shard is now refused, naming both, and
+    nothing is recorded."""
+    from click.testing import CliRunner
+
+    from provenance.cli.main import main
+
+    ledger, _ = contributors
+    base = ["--ledger", str(ledger.root)]
+    for args in (["retract", "private", "--key", "x1", "--key", "x2", "--reason", "two"],
+                 ["taint", "private", "--key", "x1", "--key", "x2"]):
+        out = CliRunner().invoke(main, [*base, *args])
+        assert out.exit_code == 2, out.output
+        assert ("Invalid value for '--key': given 2 times ('x1', 'x2'); it names one: run the command once for each"
+                in out.output), out.output
+    out = CliRunner().invoke(main, [*base, "retract", "private", "--shard", "0", "--shard", "1", "--reason", "two"])
+    assert out.exit_code == 2 and "'--shard': given 2 times ('0', '1')" in out.output, out.output
+    assert ledger.retractions() == []
+    out = CliRunner().invoke(main, [*base, "retract", "private", "--key", "x1", "--reason", "one", "--json"])
+    assert out.exit_code == 0, out.output
+    assert [d["key"] for d in json.loads(out.output)["documents"]] == ["x1"]
+
+
 # ---- the issue's scenarios ------------------------------------------------------------------------
 
 LETTER = ("dear editor I am writing to withdraw the essay I sent last spring about my grandmother's farm near the "

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import xxhash
 
-from provenance.buckets import filesystem, is_url, split_url
+from provenance.buckets import download, filesystem, is_url, split_url
 from provenance.errors import BucketWriteError, InvalidParameterError, StorageUnreachableError
 from provenance.files import fsync_folder, xxh3_file
 from provenance.ledger._common import DOCUMENTS_DIR
@@ -127,9 +127,7 @@ class DocumentStore:
         return digest.hexdigest()
 
     def download(self, path: str, target: Path) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        pafs.copy_files(self._key(path), str(target), source_filesystem=self._fs_of(path),
-                        destination_filesystem=pafs.LocalFileSystem())
+        download(self._fs_of(path), self._key(path), path, target)
 
     # -- writing -----------------------------------------------------------------------------
 

@@ -50,6 +50,8 @@ def object_shards(spec: str) -> list[tuple[str, pafs.FileSystem, str, int]]:
     scheme, path = split_url(spec)
     fs = filesystem(scheme)
     glob = _GLOB.search(path)
+    if glob and not spec.endswith("/") and _is_object(spec, fs, path):  # `[1].jsonl` that exists is an object
+        glob = None
     if glob:
         root = path[: glob.start()].rsplit("/", 1)[0]
         matched = _readable(scheme, [f for f in _listing(spec, fs, root) if fnmatch.fnmatchcase(f.path, path)])
@@ -74,6 +76,13 @@ def object_shards(spec: str) -> list[tuple[str, pafs.FileSystem, str, int]]:
         if file_format(f.path) is None:
             raise _unknown_type(f"{scheme}://{f.path}")
     return [(f"{scheme}://{f.path}", fs, f.path, f.size) for f in found]
+
+
+def _is_object(spec: str, fs: pafs.FileSystem, path: str) -> bool:
+    try:
+        return fs.get_file_info(path).type == pafs.FileType.File
+    except (OSError, pa.ArrowException) as exc:
+        raise object_error(spec, exc, "looking it up") from None
 
 
 def _readable(scheme: str, listed: list[pafs.FileInfo]) -> list[pafs.FileInfo]:

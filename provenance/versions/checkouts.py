@@ -14,7 +14,7 @@ import torch
 
 from provenance import model_files
 from provenance.errors import InvalidParameterError, ObjectCorruptError, ObjectMissingError
-from provenance.history import OBJECT_DAMAGE_HINT, History, chain_objects, materialize
+from provenance.history import History, chain_objects, damage_hint, materialize
 from provenance.ledger import LedgerStore
 from provenance.records import VersionRecord
 from provenance.tensorfile import TensorFileWriter, dtype_from_name, file_bytes
@@ -36,9 +36,9 @@ def iter_checkout(ledger: LedgerStore, version: str | VersionRecord) -> Iterator
             try:
                 tensor = materialize(history, store, ver.version_id, name)[0]
             except (ObjectCorruptError, ObjectMissingError) as exc:  # the object may be an ancestor's, in the chain
-                said = str(exc).removesuffix(OBJECT_DAMAGE_HINT)  # the version asked for, then what to do
+                said = str(exc).removesuffix(damage_hint(exc))  # the version asked for, then what to do
                 raise type(exc)(f"{said}; version {ver.label()}, asked for, builds its parameter {name!r} on it"
-                                f"{OBJECT_DAMAGE_HINT}") from None
+                                f"{damage_hint(exc)}") from None
             yield name, tensor
     finally:
         if prefetch is not None:
