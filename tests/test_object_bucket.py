@@ -547,6 +547,24 @@ def test_an_unreachable_documents_bucket_is_an_error_not_damage(s3, tmp_path, do
     assert Ledger.open(docs_ledger.root).verify().ok
 
 
+def test_a_query_of_documents_in_an_unreachable_bucket_asks_about_the_bucket(s3, tmp_path, docs_ledger, corpus,
+                                                                             monkeypatch):
+    """`prov sql` of the documents with the bucket unreachable said the file 'is unreadable (...);
+    restore it from a backup' (LedgerDamagedError): advice for damage that nobody saw."""
+    docs_ledger.register_dataset("p", _corpus_files(tmp_path / "data", corpus), id_field="id", documents_as="parquet")
+    (f,) = docs_ledger.document_files()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{serving.free_port()}")  # nothing listens there
+    with pytest.raises(StorageUnreachableError, match=rf"^the Parquet document file {f['path']} of dataset p@1 could "
+                                                      r"not be looked at \(.*\): is the bucket reachable with these "
+                                                      r"credentials\? Nothing is known to be damaged$"):
+        Ledger.open(docs_ledger.root).sql("SELECT count(*) AS n FROM documents")
+    result = CliRunner().invoke(main, ["--ledger", str(docs_ledger.root), "sql", "SELECT count(*) FROM documents"])
+    assert result.exit_code == 4 and "Nothing is known to be damaged" in result.output, result.output
+    assert "restore it" not in result.output
+    monkeypatch.undo()
+    assert Ledger.open(docs_ledger.root).sql("SELECT count(*) AS n FROM documents").to_pylist() == [{"n": 40}]
+
+
 def test_a_failed_registration_leaves_nothing_in_the_bucket(s3, tmp_path, docs_ledger, corpus):
     shards = _corpus_files(tmp_path / "data", corpus)
     docs_ledger.register_dataset("keep", shards, id_field="id", documents_as="parquet")

@@ -26,8 +26,10 @@ from provenance.errors import (
     LedgerNotFoundError,
     ProvenanceError,
     StorageFullError,
+    StorageUnreachableError,
 )
 from provenance.ledger._common import ARROW_TABLES, LEDGER_DIR, TMP_DIR
+from provenance.ledger.documents_view import UNREACHABLE
 
 if TYPE_CHECKING:
     from provenance.ledger import LedgerStore
@@ -171,7 +173,7 @@ class Connections:
         if damaged is not None:
             raise damaged from exc
 
-    def _damaged(self, exc: Exception) -> LedgerDamagedError | None:
+    def _damaged(self, exc: Exception) -> LedgerDamagedError | StorageUnreachableError | None:
         """A :class:`LedgerDamagedError` naming the file and the recovery step when ``exc`` says
         the database file is truncated or corrupt (else None: some other failure)."""
         message = str(exc)
@@ -179,6 +181,8 @@ class Connections:
         if str(self.documents_path) in message or (docs is not None and docs.url and docs.url in message):
             # a Parquet document file: missing, cut or not Parquet
             first = message.splitlines()[0]
+            if UNREACHABLE in first:  # a bucket that did not answer (documents_view): no damage to tell
+                return StorageUnreachableError(re.sub(r"^[A-Za-z ]*Error: ", "", first))
             return LedgerDamagedError(re.sub(r"^[A-Za-z ]*Error: ", "", first) if "restore it" in first else
                                       f"a Parquet document file of the ledger cannot be read ({first}); restore it "
                                       "from a backup of the ledger (`prov verify` lists every damaged file)")

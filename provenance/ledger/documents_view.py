@@ -49,6 +49,10 @@ def _file_problem(found: int | str | None, size: int) -> str | None:
     return None if found == size else f"{found:,} bytes instead of {size:,} (truncated or replaced)"
 
 
+#: What a query reading a bucket's document file that did not answer says to do (it is no damage).
+UNREACHABLE = "is the bucket reachable with these credentials? Nothing is known to be damaged"
+
+
 def _sql_string(value: str) -> str:
     """A string literal for DDL, which takes no bound parameters."""
     return "'" + value.replace("'", "''") + "'"
@@ -146,8 +150,12 @@ class DocumentsView:
             parts.append(f"SELECT {DOCUMENT_COLUMNS} FROM read_parquet([{', '.join(paths)}])")
         owner = {path: dataset_id for path, dataset_id, _ in files}
         for path, problem in broken.items():
-            message = (f"the Parquet document file {store.location(path)} of dataset {owner[path]} is {problem}; restore "
-                       "it from a backup of the ledger (`prov verify` lists every damaged file)")
+            if store.is_url(path) and problem.startswith("unreadable ("):  # the bucket did not answer: no damage known
+                message = (f"the Parquet document file {store.location(path)} of dataset {owner[path]} could not be "
+                           f"looked at ({problem.removeprefix('unreadable (').removesuffix(')')}): {UNREACHABLE}")
+            else:
+                message = (f"the Parquet document file {store.location(path)} of dataset {owner[path]} is {problem}; "
+                           "restore it from a backup of the ledger (`prov verify` lists every damaged file)")
             # raised per row (range is a column), not folded while planning: a query of another dataset,
             # whose filter on the constant dataset_id prunes this branch, never reaches it
             raised = f"error(CASE WHEN range >= 0 THEN {_sql_string(message)} END)"
