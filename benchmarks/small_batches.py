@@ -8,7 +8,7 @@ on batches of 1 to 10,000 short documents (about 60 bytes each) both ways, alter
 call so that load from other processes falls on both alike, and datasketch's ``MinHash`` of the
 same documents one at a time (the signatures equal) for scale. Medians of ``--calls`` calls.
 
-Run: ``.venv/bin/python benchmarks/small_batches.py [--calls 200]``.
+Run: ``.venv/bin/python benchmarks/small_batches.py [--calls 200] [--sizes 1 10 100 1000 10000]``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import numpy as np
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=200, help="calls per batch size and way (default 200)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1, 10, 100, 1_000, 10_000],
+                    help="documents per call, one row each (default 1 10 100 1000 10000)")
     args = ap.parse_args(argv)
 
     import numba
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| documents | bytes | one thread under the rule (µs/call) | all threads (µs/call) | × | "
           "datasketch one by one (µs) |")
     print("|---:|---:|---:|---:|---:|---:|")
-    for n in (1, 10, 100, 1_000, 10_000):
+    for n in args.sizes:
         texts = docs[:n]
         size = sum(len(t.encode()) for t in texts)
         times: dict[str, list[float]] = {"rule": [], "all": []}
