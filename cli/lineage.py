@@ -121,7 +121,7 @@ def show_lineage(lin, as_json: bool, *, show_all: bool = False) -> None:
                    + ("" if made["exact"] else " (approximate: a patch re-applied onto a clean version)"))
     for r in lin.retracted:
         console.print(f"[red]retracted data: retraction {r['retraction_id']} ({escape(r['target'])}: "
-                      f"{escape(r['reason'])}) was trained on by run {r['run_id'][:8]} of {r['version_id'][:12]}[/]",
+                      f"{escape(render.cell(r['reason']))}) was trained on by run {r['run_id'][:8]} of {r['version_id'][:12]}[/]",
                       highlight=False, markup=True)
 
 
@@ -148,4 +148,5 @@ def show_taint(report: Any, as_json: bool) -> None:
     render.console().print(t)
     for r in report.get("retractions") or []:
         made = ", ".join(x[:12] for x in r.get("results") or []) or "nothing applied yet"
-        click.echo(f"retracted: retraction {r['retraction_id']} ({r['target']}: {r['reason']}); made: {made}")
+        click.echo(f"retracted: retraction {r['retraction_id']} ({r['target']}: {render.cell(r['reason'])}); "
+                   f"made: {made}")  # a reason may run to pages: `prov retractions ID` shows it whole

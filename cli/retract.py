@@ -154,6 +154,9 @@ def show_plan(record: dict[str, Any]) -> None:
 @pass_ctx
 def retractions_cmd(obj: Context, retraction_id: str | None, as_json: bool) -> None:
     """List the retractions, or show one: what it retracts, its plan, and what was applied."""
+    if retraction_id is not None and not retraction_id.strip():  # '' listed every retraction
+        raise click.BadParameter("is empty: give a retraction id (or none, to list them all)",
+                                 param_hint="'RETRACTION-ID'")
     ledger = obj.ledger(read_only=True)
     if retraction_id:
         record = ledger.retraction(retraction_id)

@@ -19,6 +19,7 @@ because an honest answer to "which data shaped this" has to say where the record
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict, deque
 from collections.abc import Sequence
 from typing import Any
@@ -319,11 +320,13 @@ def shard_index(ledger: LedgerStore, dataset_id: str, shard: str | int) -> int:
 
 
 def _shard(con: Any, dataset_id: str, shard: str | int) -> tuple[int, str] | None:
-    """``(index, name)`` of the shard of ``dataset_id`` given by index, name or file path, or None."""
+    """``(index, name)`` of the shard of ``dataset_id`` given by index (decimal digits only: ``' 0'``
+    and ``'0x0'`` were taken as shard 0, by a cast), name or file path, or None."""
+    text = str(shard)
     found = con.execute(
         """SELECT shard_index, name FROM shards WHERE dataset_id = $1
-           AND (shard_index = TRY_CAST($2 AS INTEGER) OR name = $2 OR uri = $2) ORDER BY shard_index LIMIT 1""",
-        [dataset_id, str(shard)]).fetchall()
+           AND (shard_index = TRY_CAST($3 AS BIGINT) OR name = $2 OR uri = $2) ORDER BY shard_index LIMIT 1""",
+        [dataset_id, text, text if re.fullmatch(r"[0-9]+", text) else None]).fetchall()
     return (int(found[0][0]), found[0][1]) if found else None
 
 

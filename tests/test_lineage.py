@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -128,6 +129,17 @@ def test_a_bare_dataset_name_taints_through_every_version_of_it(ledger, data_dir
     out = CliRunner().invoke(main, ["--ledger", str(ledger.root), "taint", "news", "--key", "n1", "--json"])
     assert out.exit_code == 0, out.output
     assert {r["version_id"] for r in json.loads(out.output)["versions"]} == set(both)
+
+
+def test_a_shard_is_named_by_its_decimal_index_name_or_path(family):
+    """' 0', '0x0' and '+0' were taken as shard 0 (a cast)."""
+    ledger, v = family
+    ids = lambda report: [r.version_id for r in report.versions]  # noqa: E731
+    assert ids(ledger.taint(dataset="web", shard="1")) == ids(ledger.taint(dataset="web", shard=1)) == ids(
+        ledger.taint(dataset="web", shard="web2.jsonl")) and v["base"].version_id in ids(ledger.taint(dataset="web", shard=1))
+    for given in (" 0", "0x0", "+0", "0.0", "01x"):
+        with pytest.raises(NotFoundError, match=re.escape(f"web@1 has no shard {given!r} (it has web1.jsonl")):
+            ledger.taint(dataset="web", shard=given)
 
 
 def test_taint_by_text_and_near_duplicates(family):

@@ -7,7 +7,9 @@ import json
 
 import pytest
 import torch
+from click.testing import CliRunner
 
+from provenance.cli.main import main
 from provenance.errors import InvalidParameterError
 from provenance.lineage import taint
 from provenance.retract import plan
@@ -521,6 +523,20 @@ def test_the_gate_reports_and_with_deny_retracted_fails_on_retracted_data(contri
         ledger.merge([v["a"], v["b"]], method="average", message="no", gate={"deny_retracted": True})
 
 
+def test_a_long_reason_is_cut_short_in_taint_and_lineage_and_shown_whole_by_retractions(contributors):
+    """A 100 kB reason was printed whole by every `prov taint` and `prov lineage` that met it."""
+    ledger, v = contributors
+    reason = "withdrawn at the author's request; " + "details " * 12_000
+    rid = ledger.retract(dataset="private", key="x1", reason=reason)["retraction_id"]
+    base = ["--ledger", str(ledger.root)]
+    for args in (["taint", "private@1", "--key", "x1"], ["lineage", v["a"].version_id]):
+        out = CliRunner().invoke(main, [*base, *args], env={"COLUMNS": "200"})
+        assert out.exit_code == 0 and f"retraction {rid}" in out.output, out.output
+        assert "withdrawn at the author's request; details" in out.output and len(out.output) < 5_000, len(out.output)
+    whole = CliRunner().invoke(main, [*base, "retractions", rid, "--json"])
+    assert json.loads(whole.output)["reason"] == reason.strip()  # kept whole (trimmed, as every reason is)
+
+
 def test_the_command_line(contributors, tmp_path):
     from click.testing import CliRunner
 
@@ -541,6 +557,7 @@ def test_the_command_line(contributors, tmp_path):
     assert "Retraction" in (tmp_path / "plan.html").read_text()
     assert rid in prov("retractions")
     assert "release-2" in prov("retractions", rid)
+    assert "Invalid value for 'RETRACTION-ID': is empty" in prov("retractions", " ", code=2)  # it listed them all
     applied = prov("retract", rid, "--apply")
     assert applied.count("remerge") == 2
     proof = prov("audit", "retraction", rid, "--html", str(tmp_path / "proof.html"))
