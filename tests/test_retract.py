@@ -286,6 +286,9 @@ def test_retracting_x_remerges_b_and_c_bit_identically_and_proves_it(three):
     assert [c["version_id"] for c in proof["checked"]] == [new.version_id] and proof["checked"][0]["clean"]
     assert {p["version_id"] for p in proof["pending"]} == {v["a"].version_id, v["e"].version_id}
     releases = ledger.audit_retraction(rid, releases="release-*")
+    for blank in ("", " "):  # it said "(give --releases PATTERN)" although one was given
+        with pytest.raises(InvalidParameterError, match=f"releases must be a tag pattern \\(release-\\*\\), got {blank!r}"):
+            ledger.audit_retraction(rid, releases=blank)
     assert not releases["passed"]
     by_tag = {c["as"]: c for c in releases["checked"]}
     assert not by_tag["release release-1"]["clean"] and by_tag["release release-1"]["via"] == v["a"].version_id

@@ -51,6 +51,8 @@ def audit_retraction(ledger: Any, retraction: str, *, samples: Any = None, relea
 
     threshold = check_threshold(threshold)
     span = check_span(span, "span")
+    if releases is not None and (not isinstance(releases, str) or not releases.strip()):  # '' checked no release
+        raise InvalidParameterError(f"releases must be a tag pattern (release-*), got {releases!r}")
     texts = None
     if samples is not None:
         texts = read_samples(samples) if isinstance(samples, (str, bytes)) or hasattr(samples, "__fspath__") \
