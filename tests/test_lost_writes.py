@@ -178,3 +178,46 @@ def test_a_backup_copy_starts_its_record_at_what_it_holds(tmp_path):
         "ledger": _record(tmp_path / "p")["ledger"], "committed": 2}
     shutil.rmtree(tmp_path / "p")
     assert [t.name for t in Ledger.open(tmp_path / "copy").tags()] == ["t"]
+
+
+def test_ctrl_c_while_the_number_is_recorded_says_what_was_kept(tmp_path, write_jsonl, monkeypatch):
+    """The number is recorded after the commit: an interrupt there printed `Aborted!` alone while
+    the dataset was registered (what was made is now told first). Found by stranger pass 31."""
+    from provenance.ledger import LedgerStore
+
+    Ledger.init(tmp_path)
+    write_jsonl(tmp_path / "late.jsonl", [{"id": "a", "text": "registered before the interrupt"}])
+
+    def interrupted(self, number):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LedgerStore, "_record_write", interrupted)
+    result = CliRunner().invoke(main, ["--ledger", str(tmp_path), "dataset", "add", "late", str(tmp_path / "late.jsonl"),
+                                       "--id-field", "id"])
+    assert result.exit_code == 130
+    assert "Aborted! What the ledger recorded before the interrupt is kept: dataset late@1" in result.output
+    monkeypatch.undo()
+    assert Ledger.open(tmp_path).dataset("late").n_documents == 1
+
+
+def test_a_commit_that_landed_is_not_rolled_back_after_it():
+    """An interrupt raised as the COMMIT returns reaches the transaction's cleanup, which rolled
+    back and removed the write's Parquet document folders: a rollback now tells a transaction
+    still open (rolled back) from one whose COMMIT landed (nothing to undo)."""
+    import duckdb
+
+    from provenance.ledger.transactions import _rolled_back
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t (a INTEGER)")
+    con.execute("BEGIN TRANSACTION")
+    con.execute("INSERT INTO t VALUES (1)")
+    assert _rolled_back(con) is True and con.execute("SELECT count(*) FROM t").fetchall() == [(0,)]
+    con.execute("BEGIN TRANSACTION")
+    con.execute("INSERT INTO t VALUES (2)")
+    con.execute("COMMIT")
+    assert _rolled_back(con) is False and con.execute("SELECT a FROM t").fetchall() == [(2,)]
+    con.execute("BEGIN TRANSACTION")
+    with pytest.raises(duckdb.Error):
+        con.execute("SELECT * FROM no_such_table")  # a failed statement: the transaction is aborted, still open
+    assert _rolled_back(con) is True

@@ -11,6 +11,8 @@ import contextvars
 import json
 from collections.abc import Iterator
 
+import duckdb
+
 from provenance.errors import LedgerDamagedError, LedgerReadOnlyError, ProvenanceError
 from provenance.ledger._common import TMP_DIR, _now
 from provenance.ledger.staging import clean_staging
@@ -33,6 +35,20 @@ def preliminary() -> Iterator[None]:
         yield
     finally:
         WRITE_KEY.reset(mark)
+
+
+def _rolled_back(con) -> bool:
+    """Roll back the transaction open on ``con``: True, or False when none is open because its
+    COMMIT landed (an interrupt raised as the COMMIT returned must not undo what it wrote: the
+    files of its Parquet document folders). Any other failure to roll back counts as rolled back,
+    as before (the database is damaged or closed; the error is the caller's to report)."""
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.TransactionException as exc:
+        return "no transaction is active" not in str(exc)
+    except Exception:
+        return True
+    return True
 
 
 class Transactions:
@@ -66,6 +82,7 @@ class Transactions:
             con.execute("BEGIN TRANSACTION")
             self._in_transaction = True
             writer = LedgerWriter(con, staging, store=self)
+            refused = False  # DuckDB's COMMIT failed (a log the disk refuses): nothing landed, none is open
             try:
                 yield writer
                 pending = WRITE_KEY.get()
@@ -77,10 +94,18 @@ class Transactions:
                                 "decode(idempotency.body), decode(excluded.body))::VARCHAR) WHERE idempotency.status = 0",
                                 [key, token, method, path, json.dumps(writer.made, sort_keys=True).encode(), _now()])
                 number = self._next_write(con)  # lands with the write, or is lost with it (ledger.commits)
-                con.execute("COMMIT")  # a log the disk refuses fails here, and is rolled back below
+                try:
+                    con.execute("COMMIT")  # a log the disk refuses fails here, and is rolled back below
+                except duckdb.Error:
+                    refused = True
+                    raise
             except BaseException:  # rolled back; _cursor then reports a damaged database or a full disk as such
-                with contextlib.suppress(Exception):
-                    con.execute("ROLLBACK")
+                if refused:
+                    with contextlib.suppress(Exception):
+                        con.execute("ROLLBACK")
+                elif not _rolled_back(con):  # an interrupt (Ctrl-C) as the COMMIT returned: the write landed
+                    self._landed(writer, number)
+                    raise
                 with contextlib.suppress(Exception):
                     writer.restore_after_rollback()
                 for folder in writer.new_folders:  # Parquet document files the rollback dropped
@@ -88,13 +113,18 @@ class Transactions:
                         self.document_store.remove_folder(folder)
                 raise
             else:  # committed: nothing here may undo it
-                self._record_write(number)
-                if writer.made:
-                    self.committed.append(dict(writer.made))
+                self._landed(writer, number)
             finally:
                 self._in_transaction = False
                 if writer.new_folders:
                     self.documents_changed()
+
+    def _landed(self, writer: LedgerWriter, number: int) -> None:
+        """After a commit: what it made is told first (a Ctrl-C meanwhile says what was kept),
+        then its number recorded (:mod:`provenance.ledger.commits`)."""
+        if writer.made:
+            self.committed.append(dict(writer.made))
+        self._record_write(number)
 
     @contextlib.contextmanager
     def _scratch(self) -> Iterator[LedgerWriter]:
