@@ -398,3 +398,19 @@ def test_token_expiry_out_of_range_is_a_usage_error(project, runner):
     lasts = datetime.fromisoformat(made["expires_at"]) - datetime.fromisoformat(made["created_at"])
     assert round(lasts.total_seconds() / 86_400) == 36_500
     assert [t["name"] for t in _json(runner.invoke(main, ["token", "list", "--json"]))] == ["t"]
+
+
+def test_sql_keeps_columns_of_one_name(project, runner):
+    """`prov sql "SELECT 1 AS a, 2 AS a"` printed the row as `2 |` (table) and `2` under `a,a`
+    (csv), and as {"a": 2} with --json: rows went through dicts, which keep one value a name
+    (stranger pass 31). Table and CSV show both values; JSON refuses, naming the column."""
+    table = runner.invoke(main, ["sql", "SELECT 1 AS a, 2 AS a, 3 AS b"])
+    assert table.exit_code == 0, table.output
+    assert "│ 1 │ 2 │ 3 │" in table.output
+    out = runner.invoke(main, ["sql", "SELECT 1 AS a, 2 AS a, 3 AS b", "--format", "csv"])
+    assert out.exit_code == 0 and out.output == "a,a,b\n1,2,3\n"
+    for args in (["--json"], ["--format", "json"]):
+        refused = runner.invoke(main, ["sql", "SELECT 1 AS a, 2 AS a, 3 AS b", *args])
+        assert refused.exit_code == 4
+        assert "the query's columns share a name ('a')" in refused.output
+    assert _json(runner.invoke(main, ["sql", "SELECT 1 AS a, 2 AS b", "--json"])) == [{"a": 1, "b": 2}]
