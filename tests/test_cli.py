@@ -414,3 +414,26 @@ def test_sql_keeps_columns_of_one_name(project, runner):
         assert refused.exit_code == 4
         assert "the query's columns share a name ('a')" in refused.output
     assert _json(runner.invoke(main, ["sql", "SELECT 1 AS a, 2 AS b", "--json"])) == [{"a": 1, "b": 2}]
+
+
+def test_an_empty_path_is_refused_not_the_current_folder(project, runner):
+    """`prov init ''` made a ledger in the current folder, `prov model commit '' -m x` committed
+    the checkpoint there, `prov audit dedup --html ''` wrote no page without a word and
+    `prov dataset export -o ''` printed to stdout (stranger pass 31): an empty path is a usage
+    error naming the option, as `--ledger ''` is."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.ones(2)}, str(project / "model.safetensors"))
+    runner.invoke(main, ["dataset", "add", "a", "data/a.jsonl"])
+    before = _json(runner.invoke(main, ["sql", "SELECT count(*) AS n FROM versions", "--json"]))
+    for args, said in ((["init", ""], "'[PATH]': is empty: give a folder name"),
+                       (["model", "commit", "", "-m", "x"], "'PATH': is empty: give a file or folder name"),
+                       (["audit", "dedup", "a", "--html", ""], "'--html': is empty: give a file name"),
+                       (["dataset", "export", "a", "-o", ""], "'-o' / '--output': is empty: give a file name"),
+                       (["backup", ""], "'DESTINATION': is empty: give a folder name")):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert f"Error: Invalid value for {said}" in result.output, (args, result.output)
+    assert _json(runner.invoke(main, ["sql", "SELECT count(*) AS n FROM versions", "--json"])) == before == [{"n": 0}]
+    assert _json(runner.invoke(main, ["audit", "list", "--json"])) == []
