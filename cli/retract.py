@@ -26,6 +26,7 @@ from provenance.cli.app import (
     pass_ctx,
 )
 from provenance.cli.audits import audit_group
+from provenance.errors import NotFoundError, ProvenanceError
 from provenance.ngrams import MAX_SPAN
 
 
@@ -60,9 +61,9 @@ def retract_cmd(obj: Context, target: str | None, shard: str | None, key: str | 
     html_path = ledger.output_path(html_file) if html_file else None
     if apply_:
         if not target:
-            raise CliError("--apply needs the retraction id: prov retract ID --apply", kind="invalid")
+            raise click.UsageError("--apply needs the retraction id: prov retract ID --apply")
         if reason or key or shard or text_file or near is not None:
-            raise CliError("--apply takes only the retraction id (and --rebase)", kind="invalid")
+            raise click.UsageError("--apply takes only the retraction id (and --rebase)")
         with render.progress(obj.quiet) as bar:
             results = ledger.apply_retraction(target, rebase=rebase, progress=bar)
         if html_path is not None:
@@ -73,9 +74,12 @@ def retract_cmd(obj: Context, target: str | None, shard: str | None, key: str | 
             + _left(ledger.retraction(target), rebase)))
         return
     if rebase:
-        raise CliError("--rebase goes with --apply", kind="invalid")
+        raise click.UsageError("--rebase goes with --apply")
+    if target and not (key or shard or text_file) and _is_retraction(ledger, target):  # not a dataset's name
+        raise click.UsageError(f"{target} is a retraction: prov retract {target} --apply carries out its plan "
+                               f"(prov retractions {target} shows it)")
     if not reason:
-        raise CliError("a retraction needs --reason (why: a removal request, a licence audit)", kind="invalid")
+        raise click.UsageError("a retraction needs --reason (why: a removal request, a licence audit)")
     text = None
     if text_file is not None:
         raw = text_file.read()
@@ -97,6 +101,19 @@ def retract_cmd(obj: Context, target: str | None, shard: str | None, key: str | 
                    f"{f'; its steps made {made} version(s)' if made else ''}. This records another retraction: its "
                    f"--apply makes new versions again (`prov retractions {e['retraction_id']}` shows the first)")
     click.echo(f"carry out what can be done with: prov retract {record['retraction_id']} --apply [--rebase]")
+
+
+def _is_retraction(ledger: Any, target: str) -> bool:
+    """Whether ``target`` names a recorded retraction and no dataset."""
+    try:
+        ledger.dataset(target)
+        return False
+    except ProvenanceError:
+        try:
+            ledger.retraction(target)
+            return True
+        except NotFoundError:
+            return False
 
 
 def _left(record: dict[str, Any], rebase: bool) -> list[str]:
