@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from provenance.cli import render
-from provenance.cli.app import EXIT_POLICY, Context, json_option, main, pass_ctx
+from provenance.cli.app import EXIT_POLICY, Context, PathType, json_option, main, pass_ctx
 from provenance.cli.audit_reports import show_gate
 from provenance.cli.datasets import show_datasets
 from provenance.cli.lineage import show_lineage
@@ -17,7 +17,7 @@ from provenance.plain import counted, dumps
 
 
 @main.command("init")
-@click.argument("path", default=".", type=click.Path(file_okay=False))
+@click.argument("path", default=".", type=PathType(file_okay=False))
 @click.option("--objects", "objects", metavar="URL", default=None,
               help="Keep the tensor objects in a bucket prefix (s3://bucket/prefix: empty, this ledger's alone) "
                    "instead of PATH/.prov/objects/; S3 settings come from the standard AWS variables.")
@@ -69,7 +69,7 @@ def gc_cmd(obj: Context, apply: bool, as_json: bool) -> None:
 
 
 @main.command("backup")
-@click.argument("destination", type=click.Path(file_okay=False))
+@click.argument("destination", type=PathType(file_okay=False))
 @click.option("--link", is_flag=True, help="Hard-link the objects instead of copying them (fast; shares the disk).")
 @json_option
 @pass_ctx
@@ -110,7 +110,7 @@ def verify_cmd(obj: Context, rehash: bool, repair: bool, as_json: bool) -> None:
 
 
 @main.command("demo")
-@click.argument("path", default="prov-demo", type=click.Path(file_okay=False))
+@click.argument("path", default="prov-demo", type=PathType(file_okay=False))
 @click.option("--docs", "n_docs", type=click.IntRange(20, 1_000_000), default=2000, show_default=True,
               help="Documents in the main corpus.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the generated corpus.")

@@ -259,6 +259,18 @@ class FloatRange(click.FloatRange):
         return rv
 
 
+class PathType(click.Path):
+    """click's ``Path`` that refuses an empty value: ``-o "$UNSET"`` is a slip, not the current
+    folder (``prov init ''`` made a ledger there, ``prov model commit ''`` committed it, ``--html ''``
+    wrote no page without a word)."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, str) and value == "":
+            what = "a folder" if not self.file_okay else "a file" if not self.dir_okay else "a file or folder"
+            self.fail(f"is empty: give {what} name", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def _gate_options(f):
     """The policy options the pre-merge gate shares between ``prov audit merge`` and ``prov merge --gate``."""
     f = click.option("--eval", "eval_datasets", multiple=True,
@@ -310,7 +322,7 @@ def _ray_options(actors: str, *, gpus: bool = False):
             options.append(click.option("--num-gpus", type=FloatRange(min=0, min_open=True), default=None,
                                         help="--engine ray: GPUs per actor."))
         options.append(click.option(
-            "--staging", type=click.Path(file_okay=False), default=None,
+            "--staging", type=PathType(file_okay=False), default=None,
             help="--engine ray: folder for the files Ray workers exchange, reachable from every node "
                  "(default: the ledger's .prov/tmp/ray, where prov gc removes what a killed run left)."))
         for option in reversed(options):

@@ -15,6 +15,7 @@ from provenance.cli import render
 from provenance.cli.app import (
     Context,
     FloatRange,
+    PathType,
     _gate_limits,
     _gate_options,
     _ray_engine,
@@ -44,7 +45,7 @@ def audit_group() -> None:
 @click.option("--threshold", type=FloatRange(0, 1, min_open=True), default=0.8, show_default=True,
               help="Estimated Jaccard at or above which two documents are near-duplicates, in (0, 1].")
 @click.option("--verify", is_flag=True, help="Re-check pairs near the threshold by exact Jaccard on the source text.")
-@click.option("--pairs", "pairs_file", type=click.Path(dir_okay=False), default=None,
+@click.option("--pairs", "pairs_file", type=PathType(dir_okay=False), default=None,
               help="Write the pairs to this file instead of the report: Parquet, or CSV for a name ending in .csv.")
 @click.option("--all-pairs", is_flag=True,
               help="List every pair of near-duplicates (m copies: m(m-1)/2 pairs) instead of a spanning set of "
@@ -52,7 +53,7 @@ def audit_group() -> None:
 @click.option("--bucket-window", type=click.IntRange(min=0), default=64, show_default=True,
               help="Compare each document of a band bucket of more than twice this many documents (many near-copies "
                    "of one text) with this many neighbours instead of with every other; 0 compares every two.")
-@click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None, help="Also write an HTML report.")
+@click.option("--html", "html_file", type=PathType(dir_okay=False), default=None, help="Also write an HTML report.")
 @_ray_options("CPUs for the shuffles and comparisons")
 @no_store_option
 @json_option
@@ -152,7 +153,7 @@ def _deletion_text(result: dict[str, Any], tags: dict[str, list[str]]) -> str:
 
 @audit_group.command("show")
 @click.argument("audit_id")
-@click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None, help="Write the HTML report.")
+@click.option("--html", "html_file", type=PathType(dir_okay=False), default=None, help="Write the HTML report.")
 @json_option
 @pass_ctx
 def audit_show(obj: Context, audit_id: str, html_file: str | None, as_json: bool) -> None:
@@ -183,7 +184,7 @@ def audit_show(obj: Context, audit_id: str, html_file: str | None, as_json: bool
 @click.option("--ngram", type=click.IntRange(0, MAX_SPAN), default=13, show_default=True,
               help="Words in the exact-span contamination check (0: skip it; it reads the source text).")
 @_gate_options
-@click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None, help="Also write an HTML report.")
+@click.option("--html", "html_file", type=PathType(dir_okay=False), default=None, help="Also write an HTML report.")
 @no_store_option
 @json_option
 @pass_ctx
@@ -211,13 +212,13 @@ def audit_merge_cmd(obj: Context, versions: tuple[str, ...], threshold: float, n
 
 @audit_group.command("memorization")
 @click.argument("ref", metavar="VERSION")
-@click.option("--samples", "samples_file", required=True, type=click.Path(dir_okay=False),
+@click.option("--samples", "samples_file", required=True, type=PathType(dir_okay=False),
               help="Generated texts: JSONL (objects with a text field, or strings) or plain text, one per line.")
 @click.option("--threshold", type=FloatRange(0, 1, min_open=True), default=0.8, show_default=True,
               help="Estimated Jaccard at or above which a sample near-duplicates a training document, in (0, 1].")
 @click.option("--span", type=click.IntRange(0, MAX_SPAN), default=50, show_default=True,
               help="Words of an exact shared span that count as memorized (0: skip; it reads the source text).")
-@click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None, help="Also write an HTML report.")
+@click.option("--html", "html_file", type=PathType(dir_okay=False), default=None, help="Also write an HTML report.")
 @no_store_option
 @json_option
 @pass_ctx

@@ -13,6 +13,7 @@ from provenance.cli import render
 from provenance.cli.app import (
     Context,
     FloatRange,
+    PathType,
     _ray_engine,
     _ray_options,
     json_option,
@@ -123,7 +124,7 @@ def dataset_show(obj: Context, ref: str, as_json: bool) -> None:
 @click.argument("ref", metavar="NAME[@VERSION]")
 @click.option("--format", "fmt", type=click.Choice(["croissant"]), default="croissant", show_default=True,
               help="Metadata format: Croissant 1.1 JSON-LD.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write to a file (default: stdout).")
+@click.option("-o", "--output", type=PathType(dir_okay=False), default=None, help="Write to a file (default: stdout).")
 @pass_ctx
 def dataset_export(obj: Context, ref: str, fmt: str, output: str | None) -> None:
     """Export a dataset version's metadata (Croissant 1.1 JSON-LD with per-file SHA-256)."""

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from provenance.cli.app import Context, main, pass_ctx
+from provenance.cli.app import Context, PathType, main, pass_ctx
 
 
 @main.group("export")
@@ -16,7 +16,7 @@ def export_group() -> None:
 
 @export_group.command("openlineage")
 @click.argument("version")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+@click.option("-o", "--output", type=PathType(dir_okay=False), default=None,
               help="Write to a file (default: stdout).")
 @click.option("--namespace", default=None,
               help="Namespace of the jobs (default: $OPENLINEAGE_NAMESPACE, else provenance); a run that sent its "

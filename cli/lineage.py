@@ -134,8 +134,9 @@ def show_taint(report: Any, as_json: bool) -> None:
         click.echo(f"near-duplicates (Jaccard >= {report['near']}): {len(report['matches'])} document(s)")
         for m in report["matches"][:20]:
             click.echo(f"  {m['dataset_id']} {m['key']}  J≈{m['jaccard']:.3f}")
-    elif report["matches"]:  # a text found by its exact hash: which documents hold it
-        click.echo(f"the text, exactly: {counted(len(report['matches']), 'document')}")
+    elif report["matches"] or report["target"].startswith("text ("):  # a text, by its exact hash: which documents
+        click.echo(f"the text, exactly: {counted(len(report['matches']), 'document')}"  # hold it (none: say so)
+                   + ("" if report["matches"] else " (no dataset holds it)"))
         for m in report["matches"][:20]:
             click.echo(f"  {m['dataset_id']} {m['key']}")
     t = Table(title=f"{len(report['versions'])} tainted version(s)")

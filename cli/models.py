@@ -14,6 +14,7 @@ from provenance.cli.app import (
     CliError,
     Context,
     FloatRange,
+    PathType,
     PolicyFailed,
     _gate_limits,
     _gate_options,
@@ -34,7 +35,7 @@ def model_group() -> None:
 
 
 @model_group.command("commit")
-@click.argument("path", type=click.Path())
+@click.argument("path", type=PathType())
 @click.option("--parent", default=None, help="Version (id, prefix or tag) the new one patches.")
 @click.option("-m", "--message", required=True, help="What changed.")
 @author_option
@@ -111,8 +112,8 @@ def model_diff(obj: Context, old: str, new: str, data: bool, as_json: bool) -> N
 
 @model_group.command("checkout")
 @click.argument("ref", metavar="VERSION")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="The .safetensors file to write.")
-@click.option("--hf", "hf_folder", type=click.Path(file_okay=False), default=None,
+@click.option("-o", "--output", type=PathType(dir_okay=False), default=None, help="The .safetensors file to write.")
+@click.option("--hf", "hf_folder", type=PathType(file_okay=False), default=None,
               help="Write a Hugging Face checkpoint folder instead (absent or empty): the committed folder's files "
                    "and model.safetensors.")
 @click.option("--parents", is_flag=True, help="Create the output's missing folders (default: refuse).")
@@ -165,7 +166,7 @@ def model_files(obj: Context, ref: str, as_json: bool) -> None:
 
 @model_group.command("card")
 @click.argument("ref", metavar="VERSION")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+@click.option("-o", "--output", type=PathType(dir_okay=False), default=None,
               help="The file to write, e.g. README.md (default: print the card).")
 @click.option("--base-model", default=None, help="The Hub name of the model the lineage starts from, if not recorded.")
 @json_option

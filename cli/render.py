@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
+from provenance.errors import InvalidParameterError
 from provenance.plain import dumps, plain
 
 _MAX_CELL = 60
@@ -125,22 +126,31 @@ TABLE_ROWS = 1000  # rows a table shows; csv and json give every row
 def arrow(table: pa.Table, fmt: str) -> None:
     """``table`` printed as ``fmt``: json, csv, or a table of its first :data:`TABLE_ROWS` rows
     (laying out a million rows took Rich minutes and gigabytes)."""
-    rows = table.slice(0, TABLE_ROWS).to_pylist() if fmt == "table" else table.to_pylist()
+    names = table.column_names
     if fmt == "json":
-        click.echo(dumps(rows))
-    elif fmt == "csv":
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:  # a JSON object keeps one value a name: `SELECT 1 AS a, 2 AS a` printed {"a": 2}
+            raise InvalidParameterError(
+                f"the query's columns share a name ({', '.join(map(repr, twice))}): a JSON row keeps one value per "
+                "name; give each column its own (AS ...), or use --format csv or table")
+        click.echo(dumps(table.to_pylist()))
+        return
+    # Rows as lists, not dicts: columns of one name each keep their value (a dict kept the last).
+    shown = table.slice(0, TABLE_ROWS) if fmt == "table" else table
+    rows = zip(*(c.to_pylist() for c in shown.columns)) if names else iter(())
+    if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")  # not CRLF: ids piped to another command stay clean
-        writer.writerow(table.column_names)
+        writer.writerow(names)
         for r in rows:
-            writer.writerow([_csv_cell(v) for v in r.values()])
+            writer.writerow([_csv_cell(v) for v in r])
         click.echo(buf.getvalue(), nl=False)
     else:
         t = Table(show_lines=False)
-        for name in table.column_names:
+        for name in names:
             t.add_column(name, overflow="fold")
         for r in rows:
-            t.add_row(*(cell(v) for v in r.values()))
+            t.add_row(*(cell(v) for v in r))
         console().print(t)
         n = table.num_rows
         click.echo(f"({n:,} row{'s' if n != 1 else ''})" + (

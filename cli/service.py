@@ -6,7 +6,7 @@ import click
 from rich.table import Table
 
 from provenance.cli import render
-from provenance.cli.app import CliError, Context, json_option, main, pass_ctx
+from provenance.cli.app import CliError, Context, PathType, json_option, main, pass_ctx
 
 
 @main.command("serve")
@@ -15,8 +15,8 @@ from provenance.cli.app import CliError, Context, json_option, main, pass_ctx
               help="The TCP port to listen on (0: a free one, printed when the server starts).")
 @click.option("--insecure-no-auth", is_flag=True,
               help="Serve without tokens (everything allowed); only on the loopback address.")
-@click.option("--ssl-certfile", type=click.Path(dir_okay=False, exists=True), default=None, help="TLS certificate (PEM).")
-@click.option("--ssl-keyfile", type=click.Path(dir_okay=False, exists=True), default=None, help="TLS private key (PEM).")
+@click.option("--ssl-certfile", type=PathType(dir_okay=False, exists=True), default=None, help="TLS certificate (PEM).")
+@click.option("--ssl-keyfile", type=PathType(dir_okay=False, exists=True), default=None, help="TLS private key (PEM).")
 @click.option("--max-upload", type=click.IntRange(min=1), default=64 << 30, show_default=True,
               help="The largest body one upload may have, in bytes (document rows, examples, a model state).")
 @pass_ctx

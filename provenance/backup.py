@@ -83,8 +83,11 @@ def backup(ledger: LedgerStore, destination: str | os.PathLike, *, link: bool = 
     # (a full disk) is removed, and one whose process was killed is not taken for a ledger.
     partial = dest / f"{LEDGER_DIR}.partial"
     try:
-        (partial / "objects").mkdir(parents=True)
-        (partial / "tmp").mkdir()
+        try:  # a folder that cannot be made was refused as '/dev/null/bk/.prov.partial/objects: Not a directory'
+            (partial / "objects").mkdir(parents=True)
+            (partial / "tmp").mkdir()
+        except OSError as exc:
+            raise InvalidParameterError(f"cannot make backup destination {dest}: {exc.strerror or exc}") from None
         db_bytes = ledger.snapshot_database(partial / ledger.db_path.name)
         copy = type(ledger).open(partial)
         with copy.session():  # the copy's database opened once for what follows

@@ -113,10 +113,16 @@ def _declared(ledger: LedgerStore, datasets: Any) -> dict[str, float]:
         datasets = [datasets]
     items = datasets.items() if isinstance(datasets, Mapping) else ((d, 1.0) for d in datasets)
     out: dict[str, float] = {}
+    given: dict[str, str] = {}  # each dataset id as it was given, for the refusal of a second
     for ref, epochs in items:
         if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not epochs >= 0 or epochs == float("inf"):
             raise InvalidParameterError(f"epochs over dataset {ref!r} must be a finite number >= 0, got {epochs!r}")
-        out[ledger.dataset(ref).dataset_id] = float(epochs)
+        dataset_id = ledger.dataset(ref).dataset_id
+        said = repr(ref) if isinstance(ref, str) else dataset_id
+        if dataset_id in out:  # 'web' and 'web@1' are one dataset: the second's epochs replaced the first's
+            raise InvalidParameterError(f"datasets {given[dataset_id]} and {said} are both {dataset_id}; give each "
+                                        "once, with its epochs")
+        out[dataset_id], given[dataset_id] = float(epochs), said
     return out
 
 

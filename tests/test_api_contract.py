@@ -423,6 +423,9 @@ def test_backup_is_a_verified_copy(api, name, files, tmp_path):
     assert copy.dataset(name("web")).n_documents == 60
     with pytest.raises(InvalidParameterError, match="not an empty folder"):
         api.backup(dest)
+    (tmp_path / "a-file").write_text("x")  # was '.../a-file/b/.prov.partial/objects: Not a directory', an OSError
+    with pytest.raises(InvalidParameterError, match=r"^cannot make backup destination \S+/a-file/b: Not a directory$"):
+        api.backup(tmp_path / "a-file" / "b")
 
 
 def test_attach_diff_verify_and_gc(api, name, files):

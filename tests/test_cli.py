@@ -398,3 +398,42 @@ def test_token_expiry_out_of_range_is_a_usage_error(project, runner):
     lasts = datetime.fromisoformat(made["expires_at"]) - datetime.fromisoformat(made["created_at"])
     assert round(lasts.total_seconds() / 86_400) == 36_500
     assert [t["name"] for t in _json(runner.invoke(main, ["token", "list", "--json"]))] == ["t"]
+
+
+def test_sql_keeps_columns_of_one_name(project, runner):
+    """`prov sql "SELECT 1 AS a, 2 AS a"` printed the row as `2 |` (table) and `2` under `a,a`
+    (csv), and as {"a": 2} with --json: rows went through dicts, which keep one value a name
+    (stranger pass 31). Table and CSV show both values; JSON refuses, naming the column."""
+    table = runner.invoke(main, ["sql", "SELECT 1 AS a, 2 AS a, 3 AS b"])
+    assert table.exit_code == 0, table.output
+    assert "│ 1 │ 2 │ 3 │" in table.output
+    out = runner.invoke(main, ["sql", "SELECT 1 AS a, 2 AS a, 3 AS b", "--format", "csv"])
+    assert out.exit_code == 0 and out.output == "a,a,b\n1,2,3\n"
+    for args in (["--json"], ["--format", "json"]):
+        refused = runner.invoke(main, ["sql", "SELECT 1 AS a, 2 AS a, 3 AS b", *args])
+        assert refused.exit_code == 4
+        assert "the query's columns share a name ('a')" in refused.output
+    assert _json(runner.invoke(main, ["sql", "SELECT 1 AS a, 2 AS b", "--json"])) == [{"a": 1, "b": 2}]
+
+
+def test_an_empty_path_is_refused_not_the_current_folder(project, runner):
+    """`prov init ''` made a ledger in the current folder, `prov model commit '' -m x` committed
+    the checkpoint there, `prov audit dedup --html ''` wrote no page without a word and
+    `prov dataset export -o ''` printed to stdout (stranger pass 31): an empty path is a usage
+    error naming the option, as `--ledger ''` is."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.ones(2)}, str(project / "model.safetensors"))
+    runner.invoke(main, ["dataset", "add", "a", "data/a.jsonl"])
+    before = _json(runner.invoke(main, ["sql", "SELECT count(*) AS n FROM versions", "--json"]))
+    for args, said in ((["init", ""], "'[PATH]': is empty: give a folder name"),
+                       (["model", "commit", "", "-m", "x"], "'PATH': is empty: give a file or folder name"),
+                       (["audit", "dedup", "a", "--html", ""], "'--html': is empty: give a file name"),
+                       (["dataset", "export", "a", "-o", ""], "'-o' / '--output': is empty: give a file name"),
+                       (["backup", ""], "'DESTINATION': is empty: give a folder name")):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert f"Error: Invalid value for {said}" in result.output, (args, result.output)
+    assert _json(runner.invoke(main, ["sql", "SELECT count(*) AS n FROM versions", "--json"])) == before == [{"n": 0}]
+    assert _json(runner.invoke(main, ["audit", "list", "--json"])) == []

@@ -407,6 +407,9 @@ def test_unknown_dataset_lists_registered_names(ledger):
 def test_bad_dataset_references(ledger):
     with pytest.raises(InvalidParameterError, match="must be a number"):
         ledger.dataset("docs@latest")
+    ledger.register_dataset("docs", DOCS)
+    with pytest.raises(InvalidParameterError, match=r"dataset version in 'docs@' must be a number"):
+        ledger.dataset("docs@")  # was docs@1, the latest: `prov taint docs@` narrowed NAME (every version) silently
     with pytest.raises(InvalidParameterError, match="dataset name 'no spaces' must start"):
         ledger.dataset("no spaces")
 

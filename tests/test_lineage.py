@@ -224,6 +224,9 @@ def test_cli_lineage_taint_and_diff(family, tmp_path):
     assert [m["key"] for m in json.loads(out.output)["matches"]] == ["f0"]
     out = runner.invoke(main, [*base, "taint", "--text", "-"], input="a forum post number 0")
     assert "the text, exactly: 1 document\n  forum@1 f0\n" in out.output  # which documents hold it
+    out = runner.invoke(main, [*base, "taint", "--text", "-"], input="a text no dataset holds")
+    assert out.exit_code == 0 and out.output.splitlines()[:2] == [  # it said nothing of where it looked
+        "target: text (23 characters)", "the text, exactly: 0 documents (no dataset holds it)"]
     out = runner.invoke(main, [*base, "taint", "--text", "-"], input=b"\xff\xfe bad")
     assert out.exit_code == 4 and "not UTF-8" in out.output
     out = runner.invoke(main, [*base, "model", "diff", v["forum"].version_id, v["code"].version_id, "--data", "--json"])

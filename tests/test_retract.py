@@ -574,8 +574,13 @@ def test_the_command_line(contributors, tmp_path):
     gate = runner.invoke(main, [*base, "audit", "merge", v["a"].version_id, v["b"].version_id, "--deny-retracted",
                                 "--max-contamination", "none"])
     assert gate.exit_code == 1 and "deny-retracted broken" in gate.output
-    bad = runner.invoke(main, [*base, "retract", "private", "--key", "x1", "--apply"])
-    assert bad.exit_code != 0 and "--apply takes only the retraction id" in bad.output
+    bad = runner.invoke(main, [*base, "retract", "private", "--key", "x1", "--apply", "--json"])
+    assert bad.exit_code == 2  # was 4, kind 'invalid', a kind the reference does not list
+    assert json.loads(bad.output) == {"error": "--apply takes only the retraction id (and --rebase)", "kind": "usage"}
+    bad = runner.invoke(main, [*base, "retract", rid])  # it said the retraction needs --reason
+    assert bad.exit_code == 2 and f"Error: {rid} is a retraction: prov retract {rid} --apply carries out" in bad.output
+    bad = runner.invoke(main, [*base, "retract", "private", "--key", "x1"])
+    assert bad.exit_code == 2 and "a retraction needs --reason" in bad.output
     bad = runner.invoke(main, [*base, "retract", "0123456789ab", "--apply"])
     assert bad.exit_code != 0 and "no retraction '0123456789ab'" in bad.output
 

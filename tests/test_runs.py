@@ -174,6 +174,9 @@ def test_bad_run_arguments(two_datasets):
         ledger.start_run(datasets=["a"], params={"f": object()}, message="m")
     with pytest.raises(NotFoundError):
         ledger.start_run(base="beef", datasets=["a"], message="m")
+    # one dataset named two ways: the second's epochs replaced the first's (prov run start -d a@1:2 -d a:3)
+    with pytest.raises(InvalidParameterError, match=r"^datasets 'a@1' and 'a' are both a@1; give each once"):
+        ledger.start_run(datasets={"a@1": 2, "a": 3}, message="m")
     assert ledger.runs() == []
     run = ledger.start_run(datasets=["a"], message="m")
     with pytest.raises(InvalidParameterError, match="not one string"):

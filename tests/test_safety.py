@@ -789,6 +789,20 @@ def test_an_empty_ledger_option_is_a_usage_error_not_the_current_folder(project)
     assert run_cli("dataset", "list").exit_code == 0  # the project's ledger, found from the current folder
 
 
+def test_a_malformed_server_url_is_refused_naming_it(project):
+    """`prov --ledger 'http://[::1' tag list` ended in httpx's InvalidURL traceback (exit 1, a failed
+    gate's status), and `--ledger http://` tried 7 times to reach no host (stranger pass 31)."""
+    for given, said in (("http://[::1", "is not a valid URL: Invalid port: ':1'"),
+                        ("http://x:notaport", "is not a valid URL: Invalid port: 'notaport'"),
+                        ("http://", "names no host: give http://HOST:PORT"),
+                        ("https://:8765", "names no host: give http://HOST:PORT")):
+        result = run_cli("--ledger", given, "tag", "list")
+        assert result.exit_code == 4, result.output
+        assert result.output == f"Error: ledger server URL {given!r} {said}\n"
+        with pytest.raises(InvalidParameterError, match="^ledger server URL"):
+            Ledger.open(given, token="t")
+
+
 def test_init_under_a_file_names_the_file(tmp_path):
     (tmp_path / "afile").write_text("not a folder")
     with pytest.raises(InvalidParameterError) as refused:

@@ -54,10 +54,10 @@ class DataQueries:
             ref = ref.dataset
         if isinstance(ref, DatasetRecord):
             return ref
-        name, _, version = str(ref).partition("@")
+        name, at, version = str(ref).partition("@")
         check_name(name)
         with self._cursor() as con:
-            if version:
+            if at:  # 'x@' is no version, not the latest
                 if not re.fullmatch(r"[0-9]{1,9}", version):
                     raise InvalidParameterError(f"dataset version in {shown(ref)} must be a number (1 to 999999999)")
                 rows = con.sql("SELECT * FROM datasets WHERE name = ? AND version = ?", params=[name, int(version)])

@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import pyarrow as pa
 
+from provenance.errors import InvalidParameterError
 from provenance.records import TokenRecord, check_name
 from provenance.remote.datasets import RemoteDatasets
 from provenance.remote.questions import RemoteQuestions
@@ -49,6 +50,12 @@ class RemoteLedger(Transport, RemoteDatasets, RemoteVersions, RemoteRuns, Remote
                  verify: bool | str = True):
         self.url = url.rstrip("/")
         self.root = self.url
+        try:  # 'http://[::1' ended in httpx's traceback, 'http://' in 7 tries to reach no host
+            host = httpx.URL(self.url).host
+        except httpx.InvalidURL as exc:
+            raise InvalidParameterError(f"ledger server URL {url!r} is not a valid URL: {exc}") from None
+        if not host:
+            raise InvalidParameterError(f"ledger server URL {url!r} names no host: give http://HOST:PORT")
         token = token or os.environ.get("PROV_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.retries = retries
