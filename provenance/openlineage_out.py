@@ -112,7 +112,11 @@ def job_namespace(given: str | None = None) -> str:
     """The job namespace: ``given``, else ``OPENLINEAGE_NAMESPACE``, else ``provenance``."""
     if given is not None and (not isinstance(given, str) or not given.strip()):  # '' fell back to the default
         raise InvalidParameterError(f"namespace must be a non-empty string, got {given!r}")
-    return given or os.environ.get("OPENLINEAGE_NAMESPACE") or NAMESPACE
+    configured = os.environ.get("OPENLINEAGE_NAMESPACE")
+    if given is None and configured and not configured.strip():  # ' ' went into events
+        raise InvalidParameterError(f"OPENLINEAGE_NAMESPACE is blank ({configured!r}): set it to a namespace, or unset it "
+                                    f"for {NAMESPACE!r}")
+    return given or configured or NAMESPACE
 
 
 def emitter(option: Any = None) -> Emitter | None:

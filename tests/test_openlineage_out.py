@@ -216,6 +216,10 @@ def test_a_committed_run_sends_start_and_complete_through_the_file_transport(loc
     for blank in ("", "  "):  # fell back to the default namespace without a word
         with pytest.raises(InvalidParameterError, match=f"namespace must be a non-empty string, got {blank!r}"):
             ledger.export_openlineage(version, namespace=blank)
+    with pytest.MonkeyPatch.context() as env:  # ' ' went into the events (found by stranger pass 31)
+        env.setenv("OPENLINEAGE_NAMESPACE", " ")
+        with pytest.raises(InvalidParameterError, match=r"^OPENLINEAGE_NAMESPACE is blank \(' '\): set it"):
+            ledger.export_openlineage(version)
 
 
 def test_a_failed_run_sends_fail_with_its_error(local, tmp_path, registry):

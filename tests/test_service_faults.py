@@ -222,6 +222,21 @@ def test_serve_refuses_an_upload_limit_under_one_byte(tmp_path):
         assert f"Invalid value for '--max-upload': {value} is not in the range x>=1" in result.output
 
 
+def test_serve_refuses_an_empty_host_naming_the_option(tmp_path):
+    """`prov serve --host ''` said `cannot listen on :0: Name or service not known`, and with
+    --insecure-no-auth `serves the loopback only, not ` with nothing after it (stranger pass 31)."""
+    from click.testing import CliRunner
+
+    from provenance.cli.main import main
+
+    Ledger.init(tmp_path)
+    for extra in ([], ["--insecure-no-auth"]):
+        result = CliRunner().invoke(main, ["--ledger", str(tmp_path), "serve", "--host", " ", *extra])
+        assert result.exit_code == 4, result.output
+        assert "--host is empty: give the address to listen on (127.0.0.1, or 0.0.0.0 for every interface)" in \
+            result.output
+
+
 def test_oversized_bodies_are_refused_naming_the_limit(tmp_path):
     with serving.running(tmp_path / "ledger", args=("--max-upload", "100000")) as server:
         ledger = Ledger.open(server.url, token=server.token)

@@ -403,6 +403,9 @@ def serve(path: str, *, host: str = "127.0.0.1", port: int = 8765, auth: bool = 
     requests in flight, then the ledger is closed)."""
     import uvicorn
 
+    if not isinstance(host, str) or not host.strip():  # it said "cannot listen on :0", or "not " with nothing after
+        raise errors.InvalidParameterError(f"--host is empty: give the address to listen on (127.0.0.1, or 0.0.0.0 for "
+                                           f"every interface), got {host!r}")
     if not auth and host not in ("127.0.0.1", "localhost", "::1"):
         raise errors.InvalidParameterError(f"--insecure-no-auth serves the loopback only, not {host}")
     _check_listen(host, port)
