@@ -1,7 +1,9 @@
 """Write transactions: everything a :class:`~provenance.ledger.writer.LedgerWriter` does lands
 whole or not at all, one transaction of this process at a time; an idempotent write a server
-handles records its key in the same commit (:data:`WRITE_KEY`); a scratch transaction (an audit
-that stores nothing) is always rolled back. Mixed into :class:`~provenance.ledger.LedgerStore`.
+handles records its key in the same commit (:data:`WRITE_KEY`); each write takes a number that
+lands with it, recorded after the commit (:mod:`provenance.ledger.commits`); an interrupt that
+comes as the COMMIT returns undoes nothing. A scratch transaction (an audit that stores nothing)
+is always rolled back. Mixed into :class:`~provenance.ledger.LedgerStore`.
 """
 
 from __future__ import annotations
