@@ -121,7 +121,8 @@ def show_lineage(lin, as_json: bool, *, show_all: bool = False) -> None:
                    + ("" if made["exact"] else " (approximate: a patch re-applied onto a clean version)"))
     for r in lin.retracted:
         console.print(f"[red]retracted data: retraction {r['retraction_id']} ({escape(r['target'])}: "
-                      f"{escape(render.cell(r['reason']))}) was trained on by run {r['run_id'][:8]} of {r['version_id'][:12]}[/]",
+                      f"{escape(render.cell(r['reason']))}) was trained on by run {r['run_id'][:8]} of "
+                      f"{r['version_id'][:12]}[/]",
                       highlight=False, markup=True)
 
 

@@ -99,5 +99,5 @@ def token_revoke(obj: Context, name: str, as_json: bool) -> None:
         raise CliError(f"token {name} was not revoked")
     already = before is not None and before.revoked_at is not None
     render.emit(record.model_dump(mode="json"), as_json,
-                lambda d: f"token {d['name']} was already revoked ({record.revoked_at:%Y-%m-%d %H:%M} UTC); nothing changed"
-                if already else f"revoked {d['name']}")
+                lambda d: f"token {d['name']} was already revoked ({record.revoked_at:%Y-%m-%d %H:%M} UTC); "
+                          "nothing changed" if already else f"revoked {d['name']}")

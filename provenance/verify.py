@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from provenance.errors import LedgerDamagedError, LedgerReadOnlyError, ObjectMissingError, StorageUnreachableError
+from provenance.errors import LedgerDamagedError, LedgerReadOnlyError, StorageUnreachableError
 from provenance.ledger import LedgerStore
 
 QUARANTINE_DIR = "quarantine"
@@ -145,9 +145,6 @@ def _listed(store: Any) -> set[str]:
         return set(store.addresses())
     except StorageUnreachableError as exc:  # it says what to check
         raise StorageUnreachableError(f"{exc} Nothing was judged damaged") from None
-    except ObjectMissingError as exc:
-        raise StorageUnreachableError(f"{exc}: is the bucket reachable with these credentials? Nothing was judged "
-                                      "damaged") from None
 
 
 def _document_file_problems(ledger: LedgerStore, *, rehash: bool) -> list[dict[str, Any]]:

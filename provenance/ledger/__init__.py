@@ -40,7 +40,7 @@ from provenance.ledger._common import (
     _now,
     quote_identifier,
 )
-from provenance.ledger.commits import WRITES_FILE, CommitRecord
+from provenance.ledger.commits import CommitRecord
 from provenance.ledger.connections import SERVING_FILE, Connections
 from provenance.ledger.data import DataQueries
 from provenance.ledger.document_store import DocumentStore
@@ -295,5 +295,5 @@ __all__ = [
     "DB_FILE", "DOCUMENTS_AS", "LEDGER_DIR", "PARQUET_THRESHOLD", "check_documents_as", "OBJECTS_DIR", "SCHEMA_VERSION", "TMP_DIR", "DocumentStage", "LedgerStore", "LedgerWriter",
     "migrations", "quote_identifier",
     # homes elsewhere in the package, imported from here by the server, the facade and the domain
-    "DOCUMENT_COLUMNS", "RAY_DIR", "SERVING_FILE", "WRITE_KEY", "WRITES_FILE", "ObjectWriters", "preliminary",
+    "DOCUMENT_COLUMNS", "RAY_DIR", "SERVING_FILE", "WRITE_KEY", "ObjectWriters", "preliminary",
 ]

@@ -110,7 +110,8 @@ def merge(
             first = {}
             for ref, vid in zip(versions, ids):
                 if vid in first:
-                    given = f"{_given(first[vid])} and {_given(ref)}" if _given(first[vid]) != _given(ref) else _given(ref)
+                    said, again = _given(first[vid]), _given(ref)
+                    given = said if said == again else f"{said} and {again}"
                     raise InvalidParameterError(f"version {vid[:12]} is given twice ({given}); give it a larger weight "
                                                 "instead")
                 first[vid] = ref
