@@ -52,6 +52,9 @@ def sql_cmd(obj: Context, query: str, fmt: str, as_json: bool) -> None:
     audit_pairs, retractions and more: docs/schema.md lists every table and column.
     CSV lines end with a newline alone (for shell pipes).
     """
+    given = click.get_current_context().get_parameter_source("fmt") is click.core.ParameterSource.COMMANDLINE
+    if as_json and fmt != "json" and given:
+        raise click.UsageError(f"--json and --format {fmt} ask for two formats: give one of them")  # --json won silently
     table = obj.ledger(read_only=True).sql(query)
     render.arrow(table, "json" if as_json else fmt)
 

@@ -26,7 +26,7 @@ from provenance.cli.app import (
     pass_ctx,
 )
 from provenance.cli.audits import audit_group
-from provenance.errors import NotFoundError, ProvenanceError
+from provenance.errors import ProvenanceError
 from provenance.ngrams import MAX_SPAN
 
 
@@ -112,7 +112,7 @@ def _is_retraction(ledger: Any, target: str) -> bool:
         try:
             ledger.retraction(target)
             return True
-        except NotFoundError:
+        except ProvenanceError:  # none, or a prefix of several: the dataset's error says more
             return False
 
 

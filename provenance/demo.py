@@ -19,6 +19,7 @@ from typing import Any
 
 from provenance.api import Ledger
 from provenance.errors import InvalidParameterError, LedgerNotFoundError, ProvenanceError
+from provenance.ledger import LEDGER_DIR
 from provenance.progress import Progress
 from provenance.records import RegistrationResult
 from provenance.synthetic import Corpus, generate_corpus
@@ -99,6 +100,13 @@ def check_options(n_docs: int, seed: int) -> None:
         raise InvalidParameterError(f"the demo's seed (--seed) must be a whole number >= 0, got {seed!r}")
 
 
+def demo_folder(path: str | Path) -> Path:
+    """The demo's folder: ``path``, or the folder holding it when ``path`` names the ledger folder
+    itself (``prov demo work/.prov`` put the generated data and the server's log inside the ledger)."""
+    root = Path(path)
+    return root.parent if root.name == LEDGER_DIR else root
+
+
 def demo_ledger(root: Path) -> Ledger:
     """The ledger in ``root``: made there if there is none; an existing one only if it is empty
     or holds only what an earlier demo made (running the demo again adds nothing), never a
@@ -126,7 +134,7 @@ def run_demo(path: str | Path = "prov-demo", *, n_docs: int = 2000, seed: int = 
     (unless ``train`` is False) and report. An existing ledger in ``path`` that the demo did not
     make is refused (:func:`demo_ledger`)."""
     check_options(n_docs, seed)
-    root = Path(path)
+    root = demo_folder(path)
     if ledger is None:
         ledger = demo_ledger(root)
     data = root / "data"
@@ -212,7 +220,7 @@ def run_served_demo(path: str | Path = "prov-demo", *, n_docs: int = 2000, seed:
     import httpx
 
     check_options(n_docs, seed)
-    root = Path(path)
+    root = demo_folder(path)
     root.mkdir(parents=True, exist_ok=True)
     local = demo_ledger(root)
     names = {t.name for t in local.tokens()}

@@ -178,6 +178,19 @@ def test_demo_finds_planted_pairs(tmp_path, runner):
                                     "--seed 0 give another folder" in other.output
 
 
+def test_demo_given_the_ledger_folder_uses_the_folder_holding_it(tmp_path, runner):
+    """`prov demo x/.prov` made its ledger there but generated its data in x/.prov/data, inside
+    the ledger folder (and run again, on the ledger it had made, kept doing so). The folder
+    holding the ledger folder is the demo's, as `prov init x/.prov` makes the ledger in x."""
+    report = _json(runner.invoke(main, ["demo", str(tmp_path / "x" / ".prov"), "--docs", "20", "--json"]))
+    assert report["ledger"] == str(tmp_path / "x" / ".prov")
+    assert (tmp_path / "x" / "data" / "demo.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == [".prov", "data"]
+    assert not (tmp_path / "x" / ".prov" / "data").exists() and not (tmp_path / "x" / ".prov" / ".prov").exists()
+    again = _json(runner.invoke(main, ["demo", str(tmp_path / "x"), "--docs", "20", "--json"]))
+    assert all(r["created"] is False for r in again["registrations"])
+
+
 def test_demo_refuses_a_ledger_it_did_not_make_and_bad_numbers(tmp_path, runner, write_jsonl):
     import torch
 
@@ -437,3 +450,14 @@ def test_an_empty_path_is_refused_not_the_current_folder(project, runner):
         assert f"Error: Invalid value for {said}" in result.output, (args, result.output)
     assert _json(runner.invoke(main, ["sql", "SELECT count(*) AS n FROM versions", "--json"])) == before == [{"n": 0}]
     assert _json(runner.invoke(main, ["audit", "list", "--json"])) == []
+
+
+def test_sql_refuses_json_with_another_format(project, runner):
+    """`prov sql Q --format csv --json` printed JSON: --json won silently over the format asked
+    for. Two formats are refused; --json with --format json (or no --format) is one."""
+    for fmt in ("csv", "table"):
+        refused = runner.invoke(main, ["sql", "SELECT 1 AS a", "--format", fmt, "--json"])
+        assert refused.exit_code == 2
+        assert f"--json and --format {fmt} ask for two formats" in refused.output
+    for args in (["--json"], ["--format", "json", "--json"]):
+        assert _json(runner.invoke(main, ["sql", "SELECT 1 AS a", *args])) == [{"a": 1}]

@@ -4,6 +4,7 @@ lineage showing retracted data; a kill in the middle of --apply."""
 from __future__ import annotations
 
 import json
+import types
 
 import pytest
 import torch
@@ -143,6 +144,35 @@ def test_retract_records_a_plan_and_apply_is_idempotent(contributors):
     assert len(apply_retraction(ledger, record["retraction_id"])) == 2 and len(ledger.versions()) == n
     tags = {t.name for t in ledger.tags()}
     assert {f"release-1+retracted-{record['retraction_id']}", f"release-2+retracted-{record['retraction_id']}"} <= tags
+
+
+def test_a_retraction_is_named_by_a_prefix_of_its_id(contributors, monkeypatch):
+    """Versions and audits took id prefixes; a retraction's 12 hex digits had to be given whole
+    (`prov retractions 1a2b` said there was none). A prefix of at least 4 digits names it; one of
+    several is refused, naming them; a prefix also written with capitals is the same."""
+    from provenance.errors import NotFoundError
+    from provenance.retract import apply_retraction, retract
+
+    ledger, v = contributors
+    ids = iter(["1a2b3c4d5e6f" + "0" * 20, "1a2b3c999999" + "0" * 20])
+    monkeypatch.setattr("provenance.retract.uuid", types.SimpleNamespace(uuid4=lambda: types.SimpleNamespace(hex=next(ids))))
+    first = retract(ledger, dataset="private", key="x1", reason="withdrawn")["retraction_id"]
+    second = retract(ledger, dataset="private", key="x2", reason="withdrawn too")["retraction_id"]
+    assert (first, second) == ("1a2b3c4d5e6f", "1a2b3c999999")
+    assert ledger.retraction("1A2B3C4")["retraction_id"] == first
+    assert {r["version_id"] for r in apply_retraction(ledger, "1a2b3c4d")} == {v["m"].version_id, v["avg"].version_id}
+    with pytest.raises(InvalidParameterError, match="retraction prefix '1a2b' is ambiguous: 1a2b3c4d5e6f, 1a2b3c999999"):
+        ledger.retraction("1a2b")
+    for bad in ("abc", "not-hex!", ""):
+        with pytest.raises(NotFoundError, match="a retraction id is 4 to 12 hex digits"):
+            ledger.retraction(bad)
+    runner = CliRunner()
+    out = runner.invoke(main, ["--ledger", str(ledger.root), "retractions", "1a2b3c4", "--json"])
+    assert out.exit_code == 0 and json.loads(out.output)["retraction_id"] == first
+    out = runner.invoke(main, ["--ledger", str(ledger.root), "retractions", "1a2b"])
+    assert out.exit_code == 4 and "is ambiguous: 1a2b3c4d5e6f, 1a2b3c999999" in out.output
+    out = runner.invoke(main, ["--ledger", str(ledger.root), "audit", "retraction", "1a2b3c9", "--json"])
+    assert out.exit_code in (0, 1) and json.loads(out.output)["retraction_id"] == second
 
 
 def test_a_target_that_taints_nothing_is_refused(contributors, data_dir, write_jsonl):

@@ -187,13 +187,20 @@ class LineageQueries:
             ).to_arrow_table()
 
     def retraction(self, retraction_id: str) -> dict[str, Any]:
-        """A recorded retraction: its row, what it retracts (``documents``) and the versions its
-        steps made (``results``)."""
+        """A recorded retraction (its id or an unambiguous prefix of at least 4 hex digits): its
+        row, what it retracts (``documents``) and the versions its steps made (``results``)."""
+        if not looks_like_id(str(retraction_id)):
+            raise NotFoundError(f"no retraction {retraction_id!r} (a retraction id is 4 to 12 hex digits; "
+                                "`prov retractions` lists them)")
         with self._cursor() as con:
-            rows = con.sql("SELECT * FROM retractions WHERE retraction_id = ?",
-                           params=[str(retraction_id).lower()]).to_arrow_table().to_pylist()
+            rows = con.sql("SELECT * FROM retractions WHERE starts_with(retraction_id, ?) ORDER BY retraction_id "
+                           "LIMIT 6", params=[str(retraction_id).lower()]).to_arrow_table().to_pylist()
             if not rows:
                 raise NotFoundError(f"no retraction {retraction_id!r} in the ledger (`prov retractions` lists them)")
+            if len(rows) > 1:
+                shown = ", ".join(r["retraction_id"] for r in rows[:5])
+                raise InvalidParameterError(f"retraction prefix {retraction_id!r} is ambiguous: {shown}"
+                                            f"{', ...' if len(rows) > 5 else ''}")
             row = rows[0]
             row["documents"] = con.sql(
                 "SELECT dataset_id, shard_index, doc_id, key, jaccard FROM retraction_documents "
