@@ -175,6 +175,24 @@ def test_a_retraction_is_named_by_a_prefix_of_its_id(contributors, monkeypatch):
     assert out.exit_code in (0, 1) and json.loads(out.output)["retraction_id"] == second
 
 
+def test_apply_tags_after_the_tags_of_now_not_those_of_the_plan(contributors):
+    """The `+retracted` tags were those the tainted version had when the retraction was recorded:
+    with release-1 moved to another version before --apply, M's replacement was still tagged
+    release-1+retracted-ID, naming as release-1's replacement what replaces a version no longer
+    released; a tag set on M since got none. The tags on the version when its step is applied
+    name its replacement."""
+    from provenance.retract import apply_retraction, retract
+
+    ledger, v = contributors
+    rid = retract(ledger, dataset="private", key="x1", reason="withdrawn")["retraction_id"]
+    ledger.tag("release-1", v["ties"])  # the release moved on (TIES of B and C: untainted)
+    ledger.tag("hotfix", v["m"])
+    results = {r["version_id"]: r["new_version_id"] for r in apply_retraction(ledger, rid)}
+    tags = {t.name: t.version_id for t in ledger.tags() if "+retracted-" in t.name}
+    assert tags == {f"hotfix+retracted-{rid}": results[v["m"].version_id],
+                    f"release-2+retracted-{rid}": results[v["avg"].version_id]}
+
+
 def test_a_target_that_taints_nothing_is_refused(contributors, data_dir, write_jsonl):
     from provenance.errors import InvalidParameterError
     from provenance.retract import retract

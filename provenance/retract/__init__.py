@@ -141,6 +141,9 @@ def _apply(ledger: Any, retraction: str, rebase_too: bool, progress: Any) -> lis
             f"{p[:12]} instead of taking the clean version {p[:12]}'s own step makes (what {p[:12]}'s clean inputs "
             f"contributed would be lost); record the retraction again ({rec['target']}) to plan it anew")
     replaced = {v: r["new_version_id"] for v, r in done.items()}
+    tagged: dict[str, list[str]] = {}  # the tags on each version now: one moved since the plan names its new version
+    for t in ledger.tags():
+        tagged.setdefault(t.version_id, []).append(t.name)
     failed: list[str] = []
     made_now: set[str] = set()
     for step in steps:
@@ -157,6 +160,7 @@ def _apply(ledger: Any, retraction: str, rebase_too: bool, progress: Any) -> lis
                 continue
         else:
             continue
+        step.tags = sorted(tagged.get(step.version_id, []))
         result = {"retraction_id": rid, "version_id": step.version_id, "action": step.action, "exact": exact}
 
         def record(tx: Any, version: Any, result: dict[str, Any] = result) -> None:
