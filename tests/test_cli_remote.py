@@ -214,3 +214,23 @@ def test_a_call_without_a_token_says_where_the_token_goes(server, monkeypatch):
     assert result.output == ("Error: this server needs a token (Authorization: Bearer TOKEN): prov reads it from "
                              "PROV_TOKEN, Python from Ledger.open(URL, token=...); the server's admin makes one with "
                              "`prov token create NAME --scope read`\n")
+
+
+def test_a_client_does_not_write_into_a_ledger_folder_on_its_machine(server, tmp_path, monkeypatch):
+    """A local ledger refuses to write an export inside its own folder, but a client of a server on
+    the same machine did not know the server's folder: `prov --ledger URL export openlineage V -o
+    ROOT/.prov/x.jsonl` wrote into the ledger the server serves. A client now refuses any path
+    inside a ledger folder on its machine, and writes elsewhere as before."""
+    monkeypatch.setenv("PROV_TOKEN", server.token)
+    runner = CliRunner()
+    save_file({"w": torch.ones(3)}, str(tmp_path / "m.safetensors"))
+    version = json.loads(runner.invoke(main, ["--ledger", server.url, "model", "commit", str(tmp_path / "m.safetensors"),
+                                              "-m", "a model", "--json"]).output)["version_id"]
+    inside = server.root / ".prov" / "events.jsonl"
+    for args in (["export", "openlineage", version, "-o", str(inside)], ["model", "card", version, "-o", str(inside)]):
+        out = runner.invoke(main, ["--ledger", server.url, *args])
+        assert out.exit_code == 4, out.output
+        assert f"inside the ledger folder {server.root / '.prov'}" in out.output
+        assert not inside.exists()
+    out = runner.invoke(main, ["--ledger", server.url, "export", "openlineage", version, "-o", str(tmp_path / "e.jsonl")])
+    assert out.exit_code == 0 and (tmp_path / "e.jsonl").is_file() and "wrote 0 events" in out.output

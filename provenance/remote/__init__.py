@@ -95,11 +95,19 @@ class RemoteLedger(Transport, RemoteDatasets, RemoteVersions, RemoteRuns, Remote
 
     def output_path(self, path: str | os.PathLike, *, parents: bool | None = None) -> Path:
         """Check a file this client is about to write (a local path: the ledger is elsewhere), as
-        a local ledger checks one; see :func:`provenance.files.check_output`."""
+        a local ledger checks one (:func:`provenance.files.check_output`): one inside a ledger
+        folder on this machine is refused too, as the server's would be if it serves from here
+        (the client does not know which ledger folder is the server's)."""
+        from provenance.errors import UnsafeOutputError
         from provenance.files import check_output
 
         given = Path(path).expanduser()
-        return check_output(given, given.resolve(), parents=parents)
+        resolved = given.resolve()
+        for folder in resolved.parents:
+            if folder.name == ".prov" and (folder / "ledger.duckdb").is_file():  # provenance.ledger's layout
+                raise UnsafeOutputError(f"refusing to write {str(given)!r}: it resolves to {resolved}, inside the "
+                                        f"ledger folder {folder} (a server on this machine may serve it)")
+        return check_output(given, resolved, parents=parents)
 
     # -- tokens (admin) ---------------------------------------------------------------------------
 
