@@ -35,6 +35,7 @@ from pydantic import BaseModel, Field
 
 from provenance.errors import LedgerDamagedError, LedgerReadOnlyError, StorageUnreachableError
 from provenance.ledger import LedgerStore
+from provenance.ledger.document_store import Unreadable
 
 QUARANTINE_DIR = "quarantine"
 
@@ -159,8 +160,8 @@ def _document_file_problems(ledger: LedgerStore, *, rehash: bool) -> list[dict[s
         problem = None
         if size is None:
             problem = "is missing"
-        elif isinstance(size, str) and store.is_url(f["path"]):  # the bucket did not answer: no damage to tell
-            raise StorageUnreachableError(f"Parquet document file {where} could not be looked at ({size}): is the "
+        elif isinstance(size, Unreadable) and store.is_url(f["path"]):  # the bucket did not answer: no damage to tell
+            raise StorageUnreachableError(f"Parquet document file {where} could not be looked at ({size.why}): is the "
                                           "bucket reachable with these credentials? Nothing was judged damaged")
         elif isinstance(size, str):
             problem = f"is {size}"

@@ -561,6 +561,9 @@ def test_a_query_of_documents_in_an_unreachable_bucket_asks_about_the_bucket(s3,
     result = CliRunner().invoke(main, ["--ledger", str(docs_ledger.root), "sql", "SELECT count(*) FROM documents"])
     assert result.exit_code == 4 and "Nothing is known to be damaged" in result.output, result.output
     assert "restore it" not in result.output
+    with pytest.raises(StorageUnreachableError, match=r"could not be looked at \((?!unreadable)") as caught:
+        Ledger.open(docs_ledger.root).verify()  # the reason once ("(unreadable (...))" said it twice)
+    assert "Nothing was judged damaged" in str(caught.value)
     monkeypatch.undo()
     assert Ledger.open(docs_ledger.root).sql("SELECT count(*) AS n FROM documents").to_pylist() == [{"n": 40}]
 

@@ -40,6 +40,19 @@ def _why(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
+class Unreadable(str):
+    """What :meth:`DocumentStore.sizes` gives for a file it could not look at: the text
+    ``unreadable (why)``, with ``why`` kept apart for a message that words it otherwise (a bucket
+    that did not answer is no damage)."""
+
+    why: str
+
+    def __new__(cls, why: str) -> Unreadable:
+        text = super().__new__(cls, f"unreadable ({why})")
+        text.why = why
+        return text
+
+
 class DocumentStore:
     """The Parquet document files of the ledger at ``root``, in its folder or under ``url``."""
 
@@ -104,14 +117,14 @@ class DocumentStore:
             except FileNotFoundError:
                 found[path] = None
             except OSError as exc:
-                found[path] = f"unreadable ({exc.strerror})"
+                found[path] = Unreadable(exc.strerror or type(exc).__name__)
         for folder, inside in folders.items():
             fs = self._fs_of(folder)
             try:
                 listed = {i.path: i.size for i in fs.get_file_info(
                     pafs.FileSelector(self._key(folder), allow_not_found=True)) if i.type == pafs.FileType.File}
             except _ARROW_ERRORS as exc:
-                found.update({p: f"unreadable ({_why(exc)})" for p in inside})
+                found.update({p: Unreadable(_why(exc)) for p in inside})
                 continue
             found.update({p: listed.get(self._key(p)) for p in inside})
         return found

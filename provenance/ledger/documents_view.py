@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import duckdb
 
 from provenance.ledger._common import quote_identifier
-from provenance.ledger.document_store import DocumentStore
+from provenance.ledger.document_store import DocumentStore, Unreadable
 
 #: Up to this many datasets kept as Parquet, the documents view reads each in a branch of its own
 #: whose dataset_id is a constant, so a query that names another dataset opens none of its files
@@ -150,9 +150,9 @@ class DocumentsView:
             parts.append(f"SELECT {DOCUMENT_COLUMNS} FROM read_parquet([{', '.join(paths)}])")
         owner = {path: dataset_id for path, dataset_id, _ in files}
         for path, problem in broken.items():
-            if store.is_url(path) and problem.startswith("unreadable ("):  # the bucket did not answer: no damage known
+            if store.is_url(path) and isinstance(problem, Unreadable):  # the bucket did not answer: no damage known
                 message = (f"the Parquet document file {store.location(path)} of dataset {owner[path]} could not be "
-                           f"looked at ({problem.removeprefix('unreadable (').removesuffix(')')}): {UNREACHABLE}")
+                           f"looked at ({problem.why}): {UNREACHABLE}")
             else:
                 message = (f"the Parquet document file {store.location(path)} of dataset {owner[path]} is {problem}; "
                            "restore it from a backup of the ledger (`prov verify` lists every damaged file)")
