@@ -124,6 +124,26 @@ def test_commit_checkout_tags_bit_identical(api, name, tmp_path):
     assert file_commit.stored_bytes == 0 or all(p.encoding in ("unchanged",) for p in api.manifest(file_commit).values())
 
 
+def test_references_with_url_characters_mean_what_they_say(api, name):
+    """A remote ledger put tags, references and keys into its URLs as given: ``tag("rc?1", v)``
+    set the tag ``rc``, a document key ``q?x`` was looked up as ``q`` and ``%41`` as ``A``, and
+    ``a/../TAG`` set the tag ``TAG``. Now every call reads them as the local ledger does."""
+    version = api.commit({"w": torch.randn(3)}, message="tagged")
+    api.tag(name("rc"), version)
+    for bad in (name("rc") + "?1", name("rc") + "#1", name("rc") + "%2F1"):
+        with pytest.raises(InvalidParameterError, match="must start with an ASCII letter"):
+            api.tag(bad, version)
+    assert name("rc") + "?1" not in [t.name for t in api.tags()]
+    assert [t.name for t in api.tags()].count(name("rc")) == 1
+    for ref in (name("rc") + "?x=1", name("rc") + "#x"):
+        with pytest.raises(NotFoundError, match="no version or tag"):
+            api.version(ref)
+    keys = ["q?x", "h#1", "%41", "a/b"]
+    ds = api.register_dataset(name("keys"), [{"id": k, "text": f"text number {i} of the key test"}
+                                             for i, k in enumerate(keys)], id_field="id").dataset
+    assert [api.document(ds, k).key for k in keys] == keys
+
+
 def test_a_run_logs_examples_and_commits_into_lineage(api, name, files):
     ds = api.register_dataset(name("web"), str(files["web"]), id_field="id").dataset
     base = api.commit({"w": torch.zeros(4, 4)}, message="base")

@@ -537,3 +537,35 @@ def test_a_file_where_the_temporary_folder_should_be_is_named_with_what_to_do(tm
     assert ledger.datasets() == []  # reading still works (a read-only connection spills elsewhere)
     tmp.rename(tmp.with_name("tmp.moved"))
     assert ledger.register_dataset("d", rows, id_field="id").created
+
+
+def test_one_ledger_used_from_several_threads_at_once(tmp_path):
+    """Threads of a caller sharing one Ledger shared its DuckDB connection: commits failed with
+    DuckDB's "connection is busy", a ValueError or a VersionRecord validated from another thread's
+    rows. Each thread now queries on a cursor of its own, and the writes take turns."""
+    import threading
+
+    import torch
+
+    ledger = Ledger.init(tmp_path / "p")
+    base = ledger.commit({"w": torch.zeros(3)}, message="base")
+    made, failures = {}, []
+
+    def work(i: int) -> None:
+        try:
+            version = ledger.commit({"w": torch.full((3,), float(i))}, parent=base, message=f"thread {i}")
+            made[i] = version.version_id
+            for _ in range(3):
+                assert ledger.version(version.version_id).message == f"thread {i}"
+                assert torch.equal(ledger.checkout(version)["w"], torch.full((3,), float(i)))
+        except Exception as exc:  # noqa: BLE001 - every failure is reported below
+            failures.append(repr(exc))
+
+    with ledger.session():  # the session open in the main thread too: its connection is not lent out
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert failures == []
+    assert sorted(v.message for v in ledger.versions()) == ["base"] + [f"thread {i}" for i in range(6)]

@@ -101,6 +101,7 @@ class LedgerStore(Connections, Transactions, CommitRecord, DocumentsView, Schema
         self.lock_timeout = lock_timeout
         self.memory_limit = memory_limit
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._owner: int | None = None  # the thread that opened the session's connection
         #: What each transaction committed through this object made (``dataset_id``, ``version_id``,
         #: ``run_id``), in order: a command interrupted after its write landed says what it kept.
         self.committed: list[dict[str, str]] = []

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,6 +109,7 @@ class Connections:
         with self._session_lock:  # a server's threads open and close sessions beside each other
             if self._con is None:
                 self._con = self._connect(read_only=self.read_only)
+                self._owner = threading.get_ident()  # the thread that queries on the connection itself
                 self._view_generations.clear()
             self._depth += 1
         try:
@@ -142,7 +144,11 @@ class Connections:
         with self.session():
             assert self._con is not None
             try:
-                con = self._thread_cursor() if self.concurrent else self._con
+                # another thread of this process (a server's, or a caller's own) queries on a cursor of its
+                # own: two threads on one DuckDB connection failed ("connection is busy") or read each
+                # other's rows
+                mine = not self.concurrent and self._owner == threading.get_ident()
+                con = self._con if mine else self._thread_cursor()
                 if self._view_generations.get(id(con)) != self._documents_generation:
                     self._view_generations[id(con)] = self._documents_view(con)
                 yield con

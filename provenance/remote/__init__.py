@@ -32,7 +32,7 @@ from provenance.records import TokenRecord, check_name
 from provenance.remote.datasets import RemoteDatasets
 from provenance.remote.questions import RemoteQuestions
 from provenance.remote.runs import REMOTE_FLUSH, RemoteRun, RemoteRuns
-from provenance.remote.transport import RETRY_STATUS, Transport, _warning_class
+from provenance.remote.transport import RETRY_STATUS, Transport, _warning_class, segment
 from provenance.remote.versions import RemoteVersions
 from provenance.wire import ipc_to_table
 
@@ -121,7 +121,7 @@ class RemoteLedger(Transport, RemoteDatasets, RemoteVersions, RemoteRuns, Remote
         return [TokenRecord.model_validate(r) for r in self._call("GET", "tokens")]
 
     def revoke_token(self, name: str) -> TokenRecord:
-        return TokenRecord.model_validate(self._call("DELETE", f"tokens/{name}"))
+        return TokenRecord.model_validate(self._call("DELETE", f"tokens/{segment(name)}"))
 
 
 __all__ = ["REMOTE_FLUSH", "RETRY_STATUS", "RemoteLedger", "RemoteRun", "_warning_class", "is_url"]

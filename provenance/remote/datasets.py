@@ -16,7 +16,7 @@ from typing import Any
 
 from provenance import errors
 from provenance.records import DatasetRecord, DocumentRecord, RegistrationResult, ShardRecord, VersionRecord
-from provenance.remote.transport import ref_of
+from provenance.remote.transport import segment
 from provenance.wire import ARROW_STREAM
 
 
@@ -28,19 +28,19 @@ class RemoteDatasets:
         return [DatasetRecord.model_validate(r) for r in rows]
 
     def dataset(self, ref: str | DatasetRecord | RegistrationResult) -> DatasetRecord:
-        return DatasetRecord.model_validate(self._call("GET", f"datasets/{ref_of(ref)}"))
+        return DatasetRecord.model_validate(self._call("GET", f"datasets/{segment(ref)}"))
 
     def shards(self, dataset: str | DatasetRecord) -> list[ShardRecord]:
-        return [ShardRecord.model_validate(r) for r in self._call("GET", f"datasets/{ref_of(dataset)}/shards")]
+        return [ShardRecord.model_validate(r) for r in self._call("GET", f"datasets/{segment(dataset)}/shards")]
 
     def document(self, dataset: str | DatasetRecord, key: str) -> DocumentRecord:
-        return DocumentRecord.model_validate(self._call("GET", f"datasets/{ref_of(dataset)}/documents/{key}"))
+        return DocumentRecord.model_validate(self._call("GET", f"datasets/{segment(dataset)}/documents/{segment(str(key))}"))
 
     def export_croissant(self, dataset: str | DatasetRecord, base: Any = None) -> dict[str, Any]:
         from provenance.croissant import warn_invalid_records
 
         ds = self.dataset(dataset)
-        document = self._call("GET", f"datasets/{ref_of(ds)}/croissant")
+        document = self._call("GET", f"datasets/{segment(ds)}/croissant")
         warn_invalid_records(ds)
         return document
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 from provenance.files import naming, table_format
 from provenance.plain import utc_time
 from provenance.records import RegistrationResult, VersionRecord
-from provenance.remote.transport import ref_of
+from provenance.remote.transport import ref_of, segment
 from provenance.results import DedupReport, GateReport, Lineage, MemorizationReport, TaintReport
 from provenance.wire import BUNDLE, ipc_to_table, unpack
 
@@ -26,7 +26,7 @@ class RemoteQuestions:
     :class:`~provenance.remote.RemoteLedger`)."""
 
     def lineage(self, version: str | VersionRecord) -> Lineage:
-        data = self._call("GET", f"lineage/{ref_of(version)}", accept=BUNDLE)
+        data = self._call("GET", f"lineage/{segment(version)}", accept=BUNDLE)
         meta, tables = unpack(data)
         return Lineage.model_validate({**meta, **tables})
 
@@ -54,22 +54,22 @@ class RemoteQuestions:
         return self._call("GET", "retractions")
 
     def retraction(self, retraction_id: str) -> dict[str, Any]:
-        return self._call("GET", f"retractions/{retraction_id}")
+        return self._call("GET", f"retractions/{segment(retraction_id)}")
 
     def apply_retraction(self, retraction: str, *, rebase: bool = False, progress: Any = None) -> list[dict[str, Any]]:
-        return self._call("POST", f"retractions/{retraction}/apply", json_body={"rebase": rebase})
+        return self._call("POST", f"retractions/{segment(retraction)}/apply", json_body={"rebase": rebase})
 
     def audit_retraction(self, retraction: str, *, samples: Any = None, **options: Any) -> dict[str, Any]:
         from provenance.audits import read_samples
 
         texts = None if samples is None else read_samples(samples) if isinstance(samples, (str, os.PathLike)) \
             else [str(t) for t in samples]
-        return self._call("POST", f"retractions/{retraction}/audit",
+        return self._call("POST", f"retractions/{segment(retraction)}/audit",
                           json_body={"samples": texts, "options": options})
 
     def remove_documents(self, name: str, keys: Sequence[str], *, reason: str | None = None,
                          retraction: str | None = None) -> RegistrationResult:
-        data = self._call("POST", f"datasets/{name}/remove",
+        data = self._call("POST", f"datasets/{segment(name)}/remove",
                           json_body={"keys": list(keys), "reason": reason, "retraction": retraction})
         return RegistrationResult.model_validate(data)
 
@@ -117,10 +117,10 @@ class RemoteQuestions:
         return [_datetimes(r, "created_at", "pairs_deleted_at") for r in self._call("GET", "audits", params={"kind": kind})]
 
     def audit(self, audit_id: str) -> dict[str, Any]:
-        return _datetimes(self._call("GET", f"audits/{audit_id}"), "created_at", "pairs_deleted_at")
+        return _datetimes(self._call("GET", f"audits/{segment(audit_id)}"), "created_at", "pairs_deleted_at")
 
     def audit_pairs(self, audit_id: str, limit: int | None = None) -> pa.Table:
-        return ipc_to_table(self._call("GET", f"audits/{audit_id}/pairs", params={"limit": limit}), "the pairs")
+        return ipc_to_table(self._call("GET", f"audits/{segment(audit_id)}/pairs", params={"limit": limit}), "the pairs")
 
     def delete_audits(self, audit_ids: Sequence[str] = (), *, kind: str | None = None, before: Any = None,
                       pairs_only: bool = False, dry_run: bool = False) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from provenance import errors
 from provenance.records import DatasetRecord, RegistrationResult, RunRecord, RunShardRecord, VersionRecord
-from provenance.remote.transport import ref_of
+from provenance.remote.transport import ref_of, segment
 from provenance.runs import Run
 from provenance.wire import ARROW_STREAM, table_to_ipc
 
@@ -32,10 +32,10 @@ class RemoteRuns:
         return [RunRecord.model_validate(r) for r in self._call("GET", "runs")]
 
     def run(self, ref: str | RunRecord) -> RunRecord:
-        return RunRecord.model_validate(self._call("GET", f"runs/{ref_of(ref)}"))
+        return RunRecord.model_validate(self._call("GET", f"runs/{segment(ref)}"))
 
     def run_shards(self, run: str | RunRecord) -> list[RunShardRecord]:
-        return [RunShardRecord.model_validate(r) for r in self._call("GET", f"runs/{ref_of(run)}/shards")]
+        return [RunShardRecord.model_validate(r) for r in self._call("GET", f"runs/{segment(run)}/shards")]
 
     def attach_run(self, run: str | RunRecord, *, openlineage: Any = None) -> RemoteRun:
         """A running run started elsewhere, to log into or end (its end is sent to OpenLineage
@@ -79,7 +79,7 @@ class RemoteRun(Run):
 
     def _write(self, log: pa.Table) -> None:
         with _applied():  # the batch landed before the server stopped: sending it again would log it twice
-            self.ledger._call("POST", f"runs/{self.run_id}/examples", content=lambda: table_to_ipc(log),
+            self.ledger._call("POST", f"runs/{segment(self.run_id)}/examples", content=lambda: table_to_ipc(log),
                               content_type=ARROW_STREAM)
 
     def _commit(self, state: Any, **options: Any) -> VersionRecord:
@@ -87,7 +87,7 @@ class RemoteRun(Run):
 
     def _send_end(self, status: str, error: str | None) -> None:
         with _applied():
-            self.ledger._call("POST", f"runs/{self.run_id}/end", json_body={"status": status, "error": error})
+            self.ledger._call("POST", f"runs/{segment(self.run_id)}/end", json_body={"status": status, "error": error})
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -136,6 +137,15 @@ def ref_of(value: Any) -> str:
     if not isinstance(value, str):
         raise errors.InvalidParameterError(f"expected a name, id or record, got {type(value).__name__}")
     return value
+
+
+def segment(value: Any) -> str:
+    """``value`` (a record, or a reference, name or key as given) as it goes into an API path:
+    percent-encoded, so that the server reads it as written. Unencoded, a ``?`` or ``#`` cut it
+    short (``tag("rc?1", v)`` set the tag ``rc``), a ``%41`` reached the server as ``A`` and a
+    ``..`` part was resolved away (``x/../v1`` named ``v1``)."""
+    text = quote(ref_of(value), safe="/")
+    return "/".join("%2E" * len(part) if part in (".", "..") else part for part in text.split("/"))
 
 
 def _save(response: httpx.Response, path: Path) -> None:

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from provenance import errors
 from provenance.records import DatasetRecord, ParamRecord, TagRecord, VersionRecord
-from provenance.remote.transport import ref_of
+from provenance.remote.transport import ref_of, segment
 from provenance.results import MergeReceipt
 from provenance.wire import LOW_RANK_PREFIX, ipc_to_table
 
@@ -29,13 +29,13 @@ class RemoteVersions:
         return [VersionRecord.model_validate(r) for r in self._call("GET", "versions")]
 
     def version(self, ref: str | VersionRecord) -> VersionRecord:
-        return VersionRecord.model_validate(self._call("GET", f"versions/{ref_of(ref)}"))
+        return VersionRecord.model_validate(self._call("GET", f"versions/{segment(ref)}"))
 
     def manifest(self, version: str | VersionRecord) -> dict[str, ParamRecord]:
-        return {k: ParamRecord.model_validate(v) for k, v in self._call("GET", f"versions/{ref_of(version)}/manifest").items()}
+        return {k: ParamRecord.model_validate(v) for k, v in self._call("GET", f"versions/{segment(version)}/manifest").items()}
 
     def receipt(self, version: str | VersionRecord) -> MergeReceipt | None:
-        data = self._call("GET", f"versions/{ref_of(version)}/receipt")
+        data = self._call("GET", f"versions/{segment(version)}/receipt")
         return MergeReceipt.model_validate(data) if data is not None else None
 
     def tags(self) -> list[TagRecord]:
@@ -43,7 +43,7 @@ class RemoteVersions:
 
     def tag(self, name: str, version: str | VersionRecord) -> VersionRecord:
         try:
-            return VersionRecord.model_validate(self._call("PUT", f"tags/{name}", json_body={"version": ref_of(version)}))
+            return VersionRecord.model_validate(self._call("PUT", f"tags/{segment(name)}", json_body={"version": ref_of(version)}))
         except errors.AlreadyAppliedError:  # the tag was set before the server stopped: the version it was set to
             return self.version(ref_of(version))
 
@@ -76,7 +76,7 @@ class RemoteVersions:
         :func:`provenance.merges.store_fisher`."""
         body = _state_body(dict(fisher))
         params = {"meta": json.dumps(dict(meta or {})), "keep": keep, "update": update}
-        return self._call("POST", f"versions/{ref_of(version)}/fisher", params=params, content=body,
+        return self._call("POST", f"versions/{segment(version)}/fisher", params=params, content=body,
                           content_type="application/octet-stream", length=body.size)["bytes"]
 
     def near_duplicates(self, datasets: Sequence[str | DatasetRecord], threshold: float = 0.8) -> pa.Table:
@@ -90,11 +90,11 @@ class RemoteVersions:
         ref = ref_of(version)
         if output is not None:
             out = self.output_path(output, parents=parents)
-            return self._call("GET", f"versions/{ref}/tensors", stream_to=out)
+            return self._call("GET", f"versions/{segment(ref)}/tensors", stream_to=out)
         from provenance.tensorfile import read_tensors
 
         with tempfile.TemporaryDirectory(prefix="prov-checkout-") as tmp:
-            path = self._call("GET", f"versions/{ref}/tensors", stream_to=Path(tmp) / "state.safetensors")
+            path = self._call("GET", f"versions/{segment(ref)}/tensors", stream_to=Path(tmp) / "state.safetensors")
             tensors, _ = read_tensors(path)
             return tensors
 
@@ -112,13 +112,13 @@ class RemoteVersions:
             "ledger's host")
 
     def ancestors(self, version: str | VersionRecord) -> list[VersionRecord]:
-        return [VersionRecord.model_validate(r) for r in self._call("GET", f"versions/{ref_of(version)}/ancestors")]
+        return [VersionRecord.model_validate(r) for r in self._call("GET", f"versions/{segment(version)}/ancestors")]
 
     def diff(self, old: str | VersionRecord, new: str | VersionRecord) -> list[dict[str, Any]]:
-        return self._call("GET", f"versions/{ref_of(old)}/diff/{ref_of(new)}")
+        return self._call("GET", f"versions/{segment(old)}/diff/{segment(new)}")
 
     def data_diff(self, a: str | VersionRecord, b: str | VersionRecord) -> dict[str, Any]:
-        return self._call("GET", f"versions/{ref_of(a)}/diff/{ref_of(b)}", params={"data": "true"})
+        return self._call("GET", f"versions/{segment(a)}/diff/{segment(b)}", params={"data": "true"})
 
     def merge(self, versions: Sequence[str | VersionRecord], *, gate: Mapping[str, Any] | None = None,
               progress: Any = None, device: Any = None, **options: Any) -> VersionRecord:
