@@ -144,6 +144,25 @@ def test_references_with_url_characters_mean_what_they_say(api, name):
     assert [api.document(ds, k).key for k in keys] == keys
 
 
+def test_a_tag_with_a_slash_names_its_version_everywhere(api, name, tmp_path):
+    """The docs tag `release/1.0`; a remote ledger set such a tag but could not use it: version(),
+    lineage(), diff(), manifest() and checkout() of it all said `no such API route: GET
+    /api/v1/versions/release/1.0...` (the server's version routes take one path part). Every
+    call now names the tagged version, and a slashed name that is no tag is refused as locally."""
+    base = api.commit({"w": torch.zeros(3)}, message="base")
+    child = api.commit({"w": torch.ones(3)}, parent=base, message="child")
+    tag = name("release") + "/1.0"
+    api.tag(tag, child)
+    assert api.version(tag).version_id == child.version_id
+    assert [v.version_id for v in api.ancestors(tag)] == [child.version_id, base.version_id]
+    assert api.lineage(tag).version == child.version_id
+    assert [d["name"] for d in api.diff(base, tag)] == ["w"]
+    assert set(api.manifest(tag)) == {"w"}
+    assert torch.equal(api.checkout(tag)["w"], torch.ones(3))
+    with pytest.raises(NotFoundError, match=r"no version or tag '.*/2\.0' \(a version id is 4 to 32 hex digits\)"):
+        api.version(name("release") + "/2.0")
+
+
 def test_a_run_logs_examples_and_commits_into_lineage(api, name, files):
     ds = api.register_dataset(name("web"), str(files["web"]), id_field="id").dataset
     base = api.commit({"w": torch.zeros(4, 4)}, message="base")

@@ -26,7 +26,7 @@ class RemoteQuestions:
     :class:`~provenance.remote.RemoteLedger`)."""
 
     def lineage(self, version: str | VersionRecord) -> Lineage:
-        data = self._call("GET", f"lineage/{segment(version)}", accept=BUNDLE)
+        data = self._call("GET", f"lineage/{self._version_part(version)}", accept=BUNDLE)
         meta, tables = unpack(data)
         return Lineage.model_validate({**meta, **tables})
 

@@ -25,17 +25,29 @@ from provenance.wire import LOW_RANK_PREFIX, ipc_to_table
 class RemoteVersions:
     """Versions over HTTP (``self`` is a :class:`~provenance.remote.RemoteLedger`)."""
 
+    def _version_part(self, ref: str | VersionRecord) -> str:
+        """A version reference as one part of an API path. A tag whose name holds ``/``
+        (``release/1.0``) is resolved to its version's id first: the server's version routes take
+        one path part, and an encoded ``/`` reaches them as a ``/``."""
+        text = ref_of(ref)
+        if "/" not in text:
+            return segment(text)
+        for t in self.tags():
+            if t.name == text:
+                return t.version_id
+        raise errors.NotFoundError(f"no version or tag {errors.shown(text)} (a version id is 4 to 32 hex digits)")
+
     def versions(self) -> list[VersionRecord]:
         return [VersionRecord.model_validate(r) for r in self._call("GET", "versions")]
 
     def version(self, ref: str | VersionRecord) -> VersionRecord:
-        return VersionRecord.model_validate(self._call("GET", f"versions/{segment(ref)}"))
+        return VersionRecord.model_validate(self._call("GET", f"versions/{self._version_part(ref)}"))
 
     def manifest(self, version: str | VersionRecord) -> dict[str, ParamRecord]:
-        return {k: ParamRecord.model_validate(v) for k, v in self._call("GET", f"versions/{segment(version)}/manifest").items()}
+        return {k: ParamRecord.model_validate(v) for k, v in self._call("GET", f"versions/{self._version_part(version)}/manifest").items()}
 
     def receipt(self, version: str | VersionRecord) -> MergeReceipt | None:
-        data = self._call("GET", f"versions/{segment(version)}/receipt")
+        data = self._call("GET", f"versions/{self._version_part(version)}/receipt")
         return MergeReceipt.model_validate(data) if data is not None else None
 
     def tags(self) -> list[TagRecord]:
@@ -76,7 +88,7 @@ class RemoteVersions:
         :func:`provenance.merges.store_fisher`."""
         body = _state_body(dict(fisher))
         params = {"meta": json.dumps(dict(meta or {})), "keep": keep, "update": update}
-        return self._call("POST", f"versions/{segment(version)}/fisher", params=params, content=body,
+        return self._call("POST", f"versions/{self._version_part(version)}/fisher", params=params, content=body,
                           content_type="application/octet-stream", length=body.size)["bytes"]
 
     def near_duplicates(self, datasets: Sequence[str | DatasetRecord], threshold: float = 0.8) -> pa.Table:
@@ -90,11 +102,11 @@ class RemoteVersions:
         ref = ref_of(version)
         if output is not None:
             out = self.output_path(output, parents=parents)
-            return self._call("GET", f"versions/{segment(ref)}/tensors", stream_to=out)
+            return self._call("GET", f"versions/{self._version_part(ref)}/tensors", stream_to=out)
         from provenance.tensorfile import read_tensors
 
         with tempfile.TemporaryDirectory(prefix="prov-checkout-") as tmp:
-            path = self._call("GET", f"versions/{segment(ref)}/tensors", stream_to=Path(tmp) / "state.safetensors")
+            path = self._call("GET", f"versions/{self._version_part(ref)}/tensors", stream_to=Path(tmp) / "state.safetensors")
             tensors, _ = read_tensors(path)
             return tensors
 
@@ -112,13 +124,13 @@ class RemoteVersions:
             "ledger's host")
 
     def ancestors(self, version: str | VersionRecord) -> list[VersionRecord]:
-        return [VersionRecord.model_validate(r) for r in self._call("GET", f"versions/{segment(version)}/ancestors")]
+        return [VersionRecord.model_validate(r) for r in self._call("GET", f"versions/{self._version_part(version)}/ancestors")]
 
     def diff(self, old: str | VersionRecord, new: str | VersionRecord) -> list[dict[str, Any]]:
-        return self._call("GET", f"versions/{segment(old)}/diff/{segment(new)}")
+        return self._call("GET", f"versions/{self._version_part(old)}/diff/{self._version_part(new)}")
 
     def data_diff(self, a: str | VersionRecord, b: str | VersionRecord) -> dict[str, Any]:
-        return self._call("GET", f"versions/{segment(a)}/diff/{segment(b)}", params={"data": "true"})
+        return self._call("GET", f"versions/{self._version_part(a)}/diff/{self._version_part(b)}", params={"data": "true"})
 
     def merge(self, versions: Sequence[str | VersionRecord], *, gate: Mapping[str, Any] | None = None,
               progress: Any = None, device: Any = None, **options: Any) -> VersionRecord:
