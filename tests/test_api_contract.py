@@ -9,6 +9,7 @@ tags (``name("web")``) and asserts on what it made.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -16,6 +17,7 @@ from datetime import date
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pyarrow as pa
 import pytest
 import torch
@@ -161,6 +163,26 @@ def test_a_tag_with_a_slash_names_its_version_everywhere(api, name, tmp_path):
     assert torch.equal(api.checkout(tag)["w"], torch.ones(3))
     with pytest.raises(NotFoundError, match=r"no version or tag '.*/2\.0' \(a version id is 4 to 32 hex digits\)"):
         api.version(name("release") + "/2.0")
+
+
+def test_a_state_that_cannot_be_stored_is_refused_naming_the_parameter(api):
+    """Locally each is refused naming the parameter; through a server the client failed inside
+    torch or Python: a numpy array `AttributeError: ... has no attribute 'detach'`, a meta tensor
+    `NotImplementedError: Cannot copy out of meta tensor`, a complex one a `ValueError`, a sparse
+    one a `RuntimeError`, `low_rank="w"` `AttributeError: 'str' object has no attribute 'items'`.
+    Nothing is written."""
+    before = len(api.versions())
+    cases = [(np.zeros(3, np.float32), "parameter 'w' is a ndarray, not a tensor"),
+             (None, "parameter 'w' is a NoneType, not a tensor"),
+             (torch.empty(3, device="meta"), "parameter 'w' is a meta tensor"),
+             (torch.zeros(3, dtype=torch.complex64), "parameter 'w' is complex64, and complex tensors are not stored"),
+             (torch.zeros(3, 3).to_sparse(), "parameter 'w' is a sparse_coo tensor")]
+    for value, says in cases:
+        with pytest.raises(InvalidParameterError, match=re.escape(says)):
+            api.commit({"w": value}, message="bad")
+    with pytest.raises(InvalidParameterError, match="low_rank must map parameter names to"):
+        api.commit({"w": torch.zeros(3)}, message="bad", low_rank="w")
+    assert len(api.versions()) == before
 
 
 def test_a_run_logs_examples_and_commits_into_lineage(api, name, files):

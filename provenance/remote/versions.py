@@ -71,6 +71,9 @@ class RemoteVersions:
                 f"{', '.join(sorted(options))}: not available through a ledger server (commit on the ledger's host)")
         params = {"message": message, "parent": ref_of(parent) if parent is not None else None, "author": author,
                   "run": run, "encoding": encoding, "allow_nonfinite": str(allow_nonfinite).lower()}
+        if low_rank is not None and not isinstance(low_rank, Mapping):
+            raise errors.InvalidParameterError(
+                f"low_rank must map parameter names to (B, A, scale), got {type(low_rank).__name__}")
         if low_rank:
             state = _as_tensors(state)
             for name, (b, a, _scale) in low_rank.items():
@@ -194,6 +197,16 @@ def _state_body(state: Any) -> Callable[[], Any]:
     for name in state:
         if not isinstance(name, str) or not name:
             raise errors.InvalidParameterError(f"parameter names must be non-empty strings, got {name!r}")
+    import torch
+
+    from provenance.objects import unstorable
+
+    for name, value in state.items():  # refused here as the ledger refuses them (torch's own errors otherwise)
+        if not isinstance(value, torch.Tensor):
+            raise errors.InvalidParameterError(f"parameter {name!r} is a {type(value).__name__}, not a tensor")
+        refusal = unstorable(value)
+        if refusal is not None:
+            raise errors.InvalidParameterError(f"parameter {name!r} is {refusal}")
     tensors = {k: state[k].detach() for k in sorted(state)}
     return _TensorStream([(k, t.dtype, tuple(t.shape)) for k, t in tensors.items()], tensors.__getitem__)
 

@@ -139,6 +139,8 @@ def commit(
 
 def _factors(low_rank: Mapping[str, Any] | None) -> dict[str, Any]:
     """``low_rank`` checked: per parameter, ``(B, A, scale)`` with B and A tensors and a number."""
+    if low_rank is not None and not isinstance(low_rank, Mapping):
+        raise InvalidParameterError(f"low_rank must map parameter names to (B, A, scale), got {type(low_rank).__name__}")
     out = dict(low_rank or {})
     for name, given in out.items():
         ok = isinstance(given, (tuple, list)) and len(given) == 3 and all(
