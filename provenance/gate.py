@@ -53,6 +53,7 @@ from provenance.ledger import LedgerStore
 from provenance.lineage import ancestry, license_summary, lineage
 from provenance.ngrams import check_span, ngram_hashes
 from provenance.progress import step
+from provenance.records import check_list
 from provenance.results import GateReport, LicenseSummary
 
 #: The licence conditions a gate can deny, and the key of each in a lineage's licence summary.
@@ -112,6 +113,7 @@ def audit_merge(
     threshold = check_threshold(threshold)
     deny = check_deny_license(deny_license)
     _check_limits(max_overlap, max_contamination, ngram)
+    versions = check_list(versions, "versions", "of the versions to merge: audit_merge([a, b])")
     with ledger.session():
         inputs = [ledger.version(v) for v in versions]
         if len(inputs) < 2:

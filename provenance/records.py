@@ -61,7 +61,10 @@ KNOWN_LICENSES: dict[str, tuple[bool, bool, bool]] = {
 
 def check_utf8(text: str, what: str) -> None:
     """Refuse a text the ledger cannot keep: one that does not encode as UTF-8 (an unpaired
-    surrogate, as ``os.fsdecode`` makes of a file name's stray bytes); ``what`` names it."""
+    surrogate, as ``os.fsdecode`` makes of a file name's stray bytes), or no text at all (an
+    ``author=5``: a server's request model made it '5'); ``what`` names it."""
+    if not isinstance(text, str):
+        raise InvalidParameterError(f"{what} must be a string, got {type(text).__name__} {shown(text)}")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -264,6 +267,41 @@ class RegistrationResult(BaseModel):
             named += f" and {len(self.retracted) - 5}{' or more' if len(self.retracted) >= 20 else ''} more"
         warn(f"{self.dataset.dataset_id} holds again what was taken out: {named}; a run trained on it brings "
              f"them back into a model (remove them again with prov dataset remove {self.dataset.name} KEY...)")
+
+
+def check_list(value: Any, what: str, call: str) -> list[Any]:
+    """``value`` (a list, a tuple, any iterable but a mapping) as a list, or a refusal naming
+    ``what`` and showing ``call``: a string (taken a character at a time: "no version or tag
+    '3'"), a single record, a mapping, or None."""
+    from collections.abc import Iterable, Mapping
+
+    if isinstance(value, (str, bytes, BaseModel, Mapping)) or not isinstance(value, Iterable):
+        raise InvalidParameterError(f"{what} must be a list ({call}), got {type(value).__name__}")
+    return list(value)
+
+
+def check_merge_options(versions: Any, weights: Any, eps: Any, normalize: Any) -> list[float] | None:
+    """Refuse a merge's options of the wrong kind before anything is read or sent, in the same
+    words for a local ledger and a server's client; returns ``weights`` as a list (a tensor or a
+    numpy array of them included), or None. A string of versions was merged a character at a
+    time ("no version or tag '3'")."""
+    import math
+    import numbers
+    from collections.abc import Mapping, Sequence
+
+    check_list(versions, "versions", "of the versions to merge, ids, tags or records: merge([a, b], ...)")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
+        raise InvalidParameterError(f"eps (the floor on the Fisher) must be a finite number >= 0, got {eps!r}")
+    if not isinstance(normalize, bool):
+        raise InvalidParameterError(f"normalize must be True or False, got {normalize!r}")
+    if weights is None:
+        return None
+    if hasattr(weights, "tolist") and not isinstance(weights, (str, bytes)):  # a tensor or a numpy array
+        weights = weights.tolist()
+    if isinstance(weights, (str, bytes, Mapping)) or not isinstance(weights, Sequence) or not all(
+            isinstance(w, numbers.Real) and not isinstance(w, bool) for w in weights):
+        raise InvalidParameterError(f"weights must be a list of numbers, one per version, got {shown(weights)}")
+    return [float(w) for w in weights]
 
 
 def check_name(name: str, what: str = "dataset name") -> str:

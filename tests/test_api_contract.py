@@ -185,6 +185,75 @@ def test_a_state_that_cannot_be_stored_is_refused_naming_the_parameter(api):
     assert len(api.versions()) == before
 
 
+def test_merge_options_mean_the_same_locally_and_remotely(api, request):
+    """Through a server a single-version average and eps=0 were refused by the request model (`body.versions:
+    List should have at least 2 items`), weights given as a tensor or a numpy array and fisher=
+    failed in the JSON encoder (`TypeError`), NaN weights with `Out of range float values are not
+    JSON compliant`; on both, a version id given as a string was merged a character at a time
+    (`no version or tag '3'`) and weights="1,1" was a `ValueError` from float()."""
+    base = api.commit({"w": torch.zeros(4)}, message="base")
+    x = api.commit({"w": torch.ones(4)}, parent=base, message="x")
+    y = api.commit({"w": torch.full((4,), 3.0)}, parent=base, message="y")
+    one = api.merge([x], method="average", message="one input")
+    assert torch.equal(api.checkout(one)["w"], torch.ones(4))
+    for weights in (torch.tensor([1.0, 3.0]), np.array([1.0, 3.0]), [1, 3]):
+        merged = api.merge([x, y], method="average", weights=weights, message="weighted")
+        assert torch.allclose(api.checkout(merged)["w"], torch.full((4,), 2.5))
+    for bad, says in (({"weights": "1,1"}, "weights must be a list of numbers"),
+                      ({"weights": [1.0, float("nan")]}, "finite"),
+                      ({"eps": float("inf"), "method": "fisher"}, "eps"),
+                      ({"normalize": "yes", "method": "fisher"}, "normalize")):
+        with pytest.raises(InvalidParameterError, match=says):
+            api.merge([x, y], message="bad", **{"method": "average", **bad})
+    with pytest.raises(InvalidParameterError, match=r"versions must be a list \(of the versions to merge, .*\), got str"):
+        api.merge(x.version_id, method="average", message="a string")
+    if request.node.callspec.params["api"] == "remote":
+        with pytest.raises(InvalidParameterError, match="store each input's with ledger.store_fisher"):
+            api.merge([x, y], method="fisher", fisher=[{"w": torch.ones(4)}] * 2, message="fishers")
+
+
+def test_arguments_of_the_wrong_kind_are_refused_naming_them(api, name, files, request):
+    """Found by stranger pass 33: a string where a list goes was taken a character at a time
+    (`audit_dedup("news")`: `'n' is neither a dataset nor a version`; `audit_merge("7b98…")`:
+    `no version or tag '7'`), `audit_dedup([5])` was an `AttributeError`, `audit_memorization(v,
+    None)` a `TypeError`, `threshold="0.8"` was taken as 0.8, `tag(5, v)` set the tag '5' through a
+    server (refused locally), `author=5` was stored as '5' through a server (an `AttributeError`
+    locally), `encoding="zip"` was accepted on a root commit, `snapshot={...}` was an
+    `AttributeError`, and a meta tensor as a low-rank factor or a Fisher failed inside torch."""
+    ds = api.register_dataset(name("web"), str(files["web"]), id_field="id").dataset
+    base = api.commit({"w": torch.zeros(4, 4)}, message="base")
+    child = api.commit({"w": torch.ones(4, 4)}, parent=base, message="child")
+    before = (len(api.versions()), len(api.audits()))
+    refusals = [
+        (lambda: api.audit_dedup(ds.name), "targets must be a list (of datasets or versions"),
+        (lambda: api.audit_merge(child.version_id), "versions must be a list (of the versions to merge"),
+        (lambda: api.audit_memorization(child, None), "samples must be a list (of texts, or a file of them"),
+        (lambda: api.audit_dedup([ds.name], threshold="0.8"), "threshold must be a number in (0, 1], got '0.8'"),
+        (lambda: api.tag(5, child), "tag 5 must start with an ASCII letter or digit"),
+        (lambda: api.commit({"w": torch.ones(4, 4)}, parent=base, message="m", author=5),
+         "the commit's author must be a string, got int 5"),
+        (lambda: api.merge([base, child], method="average", message="m", author=5),
+         "the merge's author must be a string, got int 5"),
+    ]
+    if request.node.callspec.params["api"] == "local":
+        refusals += [
+            (lambda: api.audit_dedup([5]), "a target is a dataset or version name or record, got int 5"),
+            (lambda: api.commit({"v": torch.ones(3)}, message="m", encoding="zip"), "unknown encoding 'zip'; known: "),
+            (lambda: api.commit({"w": torch.ones(4, 4)}, parent=base, message="m", snapshot={"every": 2}),
+             "snapshot must be a SnapshotPolicy"),
+            (lambda: api.commit({"w": torch.ones(4, 4)}, parent=base, message="m",
+                                low_rank={"w": (torch.ones(4, 1, device="meta"), torch.ones(1, 4), 1.0)}),
+             "low_rank['w'] factor B is a meta tensor"),
+            (lambda: api.merge([base, child], method="fisher", message="m",
+                               fisher=[{"w": torch.ones(4, 4)}, {"w": torch.ones(4, 4, device="meta")}]),
+             "Fisher of 'w' is a meta tensor"),
+        ]
+    for call, says in refusals:
+        with pytest.raises(InvalidParameterError, match=re.escape(says)):
+            call()
+    assert (len(api.versions()), len(api.audits())) == before
+
+
 def test_a_run_logs_examples_and_commits_into_lineage(api, name, files):
     ds = api.register_dataset(name("web"), str(files["web"]), id_field="id").dataset
     base = api.commit({"w": torch.zeros(4, 4)}, message="base")

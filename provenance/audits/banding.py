@@ -13,8 +13,12 @@ MIN_RECALL = 0.99  # probability that a pair at the threshold becomes a candidat
 
 
 def check_threshold(value: float, name: str = "threshold") -> float:
-    """``value`` as a float in (0, 1], or an error naming ``name``."""
+    """``value`` as a float in (0, 1], or an error naming ``name`` (a string is not taken as the
+    number it spells: ``threshold="0.8"`` is a mistake somewhere, as a local call and a server's
+    request model both say)."""
     try:
+        if isinstance(value, (str, bytes, bool)):
+            raise TypeError(type(value).__name__)
         t = float(value)
     except (TypeError, ValueError):
         raise InvalidParameterError(f"{name} must be a number in (0, 1], got {value!r}") from None

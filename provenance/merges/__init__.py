@@ -53,7 +53,7 @@ from provenance.merges.fishers import (
 from provenance.merges.groups import kept_groups, merge_groups
 from provenance.merges.receipts import RecordedFisher, receipt_check
 from provenance.objects import new_objects
-from provenance.records import VersionRecord, check_utf8
+from provenance.records import VersionRecord, check_merge_options, check_utf8
 
 KERNEL_VERSION = f"provenance {__version__} kernels.merge"
 
@@ -99,6 +99,7 @@ def merge(
     if not isinstance(message, str) or not message.strip():
         raise InvalidParameterError("a merge needs a message")
     check_utf8(message, "the merge's message")
+    weights = check_merge_options(versions, weights, eps, normalize)
     if author is not None:
         check_utf8(author, "the merge's author")
     with ledger.session():

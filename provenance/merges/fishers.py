@@ -16,7 +16,7 @@ import torch
 from provenance.errors import InvalidParameterError
 from provenance.history import numel
 from provenance.ledger import LedgerStore
-from provenance.objects import NewObjects, ObjectStore, new_objects
+from provenance.objects import NewObjects, ObjectStore, new_objects, unstorable
 from provenance.records import VersionRecord
 
 
@@ -61,6 +61,9 @@ def fisher_rows(ledger: LedgerStore, ver: VersionRecord, fisher: Mapping[str, to
         if f.is_complex():
             raise InvalidParameterError(f"{where}Fisher of {name!r} is {str(f.dtype).removeprefix('torch.')}: a "
                                         "Fisher holds real, non-negative values")
+        refusal = unstorable(f)
+        if refusal is not None:  # a meta Fisher failed in torch ("Cannot copy out of meta tensor")
+            raise InvalidParameterError(f"{where}Fisher of {name!r} is {refusal}")
         f = f.detach().to("cpu")
         wide = f.dtype == torch.float64  # its values may lie beyond float32's range: checked as given
         if not wide:

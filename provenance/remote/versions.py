@@ -7,6 +7,7 @@ gc, verify) runs on the server. Mixed into :class:`~provenance.remote.RemoteLedg
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -16,7 +17,15 @@ from typing import Any
 import pyarrow as pa
 
 from provenance import errors
-from provenance.records import DatasetRecord, ParamRecord, TagRecord, VersionRecord
+from provenance.records import (
+    DatasetRecord,
+    ParamRecord,
+    TagRecord,
+    VersionRecord,
+    check_merge_options,
+    check_tag,
+    check_utf8,
+)
 from provenance.remote.transport import ref_of, segment
 from provenance.results import MergeReceipt
 from provenance.wire import LOW_RANK_PREFIX, ipc_to_table
@@ -54,6 +63,7 @@ class RemoteVersions:
         return [TagRecord.model_validate(r) for r in self._call("GET", "tags")]
 
     def tag(self, name: str, version: str | VersionRecord) -> VersionRecord:
+        check_tag(name)  # as the ledger checks it: the request made tag(5, v) the tag '5'
         try:
             return VersionRecord.model_validate(self._call("PUT", f"tags/{segment(name)}", json_body={"version": ref_of(version)}))
         except errors.AlreadyAppliedError:  # the tag was set before the server stopped: the version it was set to
@@ -69,6 +79,8 @@ class RemoteVersions:
         if options:
             raise errors.InvalidParameterError(
                 f"{', '.join(sorted(options))}: not available through a ledger server (commit on the ledger's host)")
+        if author is not None:  # a query parameter made author=5 the author '5'
+            check_utf8(author, "the commit's author")
         params = {"message": message, "parent": ref_of(parent) if parent is not None else None, "author": author,
                   "run": run, "encoding": encoding, "allow_nonfinite": str(allow_nonfinite).lower()}
         if low_rank is not None and not isinstance(low_rank, Mapping):
@@ -141,6 +153,20 @@ class RemoteVersions:
             raise errors.InvalidParameterError("device: the server merges on its own device")
         if "base" in options and options["base"] is not None:
             options["base"] = ref_of(options["base"])
+        if options.get("author") is not None:
+            check_utf8(options["author"], "the merge's author")
+        weights = check_merge_options(versions, options.get("weights"), options.get("eps", 1e-6),
+                                      options.get("normalize", False))
+        if weights is not None:
+            options["weights"] = weights
+        if options.get("fisher") is not None:
+            raise errors.InvalidParameterError(
+                "fisher=: Fishers given for one merge do not travel to a ledger server; store each input's with "
+                "ledger.store_fisher(version, fisher) and merge without fisher= (docs/merging.md)")
+        for key in ("weights", "density"):  # JSON has no NaN or Inf: said as the ledger says it
+            value = options.get(key)
+            if any(isinstance(x, float) and not math.isfinite(x) for x in (value if isinstance(value, list) else [value])):
+                raise errors.InvalidParameterError(f"{key} must be finite, got {value!r}")
         body = {"versions": [ref_of(v) for v in versions], **options, "gate": dict(gate) if gate is not None else None}
         data = self._made("version_id", "versions", lambda: self._call("POST", "merges", json_body=body)["version"])
         return VersionRecord.model_validate(data)

@@ -215,12 +215,12 @@ def tag(request: Request, name: str, body: TagBody) -> dict[str, Any]:
 
 
 class MergeBody(Body):
-    versions: list[str] = Field(min_length=2)
+    versions: list[str] = Field(min_length=1)
     message: str = Field(min_length=1)
     method: str = "fisher"
     weights: list[float] | None = None
     base: str | None = None
-    eps: float = Field(1e-6, gt=0)
+    eps: float = Field(1e-6, ge=0)
     normalize: bool = False
     density: float = Field(0.2, gt=0, le=1)
     author: str | None = None

@@ -44,7 +44,8 @@ from provenance import model_files
 from provenance.errors import InvalidParameterError
 from provenance.history import History, numel
 from provenance.ledger import LedgerStore
-from provenance.objects import new_objects
+from provenance.objects import new_objects, unstorable
+from provenance.patches import ENCODINGS
 from provenance.records import ParamRecord, VersionRecord, check_utf8
 from provenance.tensorfile import dtype_from_name
 from provenance.versions.checkouts import checkout, checkout_folder, checkout_stream, iter_checkout
@@ -117,6 +118,11 @@ def commit(
     check_utf8(message, "the commit's message")
     if author is not None:
         check_utf8(author, "the commit's author")
+    if encoding != "auto" and encoding not in ENCODINGS:  # a root commit or a new group never reached encode()
+        raise InvalidParameterError(f"unknown encoding {encoding!r}; known: auto, {', '.join(sorted(ENCODINGS))}")
+    if snapshot is not None and not isinstance(snapshot, SnapshotPolicy):
+        raise InvalidParameterError(f"snapshot must be a SnapshotPolicy(every=..., max_chain_ratio=...), got "
+                                    f"{type(snapshot).__name__}")
     if files is not None:
         if _is_model_folder(state):
             raise InvalidParameterError(f"{state} is a checkpoint folder, whose files are stored with it: do not pass files=")
@@ -150,6 +156,10 @@ def _factors(low_rank: Mapping[str, Any] | None) -> dict[str, Any]:
                      else type(given).__name__)
             raise InvalidParameterError(f"low_rank[{name!r}] must be (B, A, scale): two tensors and a number, "
                                         f"got {kinds}")
+        for factor, t in zip("BA", given[:2]):
+            refusal = unstorable(t)
+            if refusal is not None:  # a meta factor failed inside the kernel ("Cannot copy out of meta tensor")
+                raise InvalidParameterError(f"low_rank[{name!r}] factor {factor} is {refusal}")
     return out
 
 
