@@ -282,6 +282,41 @@ def test_parquet_without_text_column(populated, data_dir):
     unchanged()
 
 
+def test_a_column_that_is_both_text_and_id_is_read_once(populated, data_dir, write_jsonl):
+    """The text's field may be the id's: a Parquet file and an Arrow table register it as a JSONL file does
+    (the Parquet reader asked for the column once and read the id from a second column that was not there:
+    IndexError)."""
+    ledger, _ = populated
+    rows = [{"id": "alpha beta gamma"}, {"id": "delta epsilon"}]
+    path = data_dir / "ids.parquet"
+    pq.write_table(pa.table({"id": [r["id"] for r in rows]}), path)
+    keys = set()
+    for name, source in (("pq", path), ("arrow", pa.table({"id": [r["id"] for r in rows]})),
+                         ("jsonl", write_jsonl(data_dir / "ids.jsonl", rows))):
+        result = ledger.register_dataset(name, source, text_field="id", id_field="id")
+        assert result.dataset.n_documents == 2
+        docs = ledger.sql("SELECT key, token_count FROM documents WHERE dataset_id = ? ORDER BY key",
+                          [result.dataset.dataset_id]).to_pylist()
+        keys.add(tuple((d["key"], d["token_count"]) for d in docs))
+    assert keys == {(("alpha beta gamma", 3), ("delta epsilon", 2))}
+
+
+def test_a_column_named_twice_is_refused(populated, data_dir):
+    """Two columns of one name: which holds the text is unclear (a Parquet file's first one was read and
+    the other ignored; an Arrow table raised KeyError)."""
+    ledger, unchanged = populated
+    table = pa.table([pa.array(["one text"]), pa.array(["another text"]), pa.array(["k"])], names=["text", "text", "id"])
+    path = data_dir / "twice.parquet"
+    pq.write_table(table, path)
+    expected = "2 columns are named 'text': which holds the text is unclear; rename or drop the others"
+    assert refused(ledger, "good", path) == f"{path}: {expected}"
+    assert refused(ledger, "good", table) == f"arrow table: {expected}"
+    table = pa.table([pa.array(["one text"]), pa.array(["k"]), pa.array(["j"])], names=["text", "id", "id"])
+    assert refused(ledger, "good", table, id_field="id") == (
+        "arrow table: 2 columns are named 'id': which holds the id is unclear; rename or drop the others")
+    unchanged()
+
+
 def test_parquet_null_text_names_the_row(populated, data_dir):
     ledger, unchanged = populated
     path = data_dir / "nulls.parquet"

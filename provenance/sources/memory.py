@@ -20,6 +20,7 @@ from provenance.sources.base import (
     Shard,
     arrow_documents,
     checked_record,
+    document_columns,
     field_error,
 )
 
@@ -77,10 +78,7 @@ class MemoryShard(Shard):
         if isinstance(part, list):  # dicts
             return self._dicts(part, row, opts, counters)
         table = part if isinstance(part, pa.Table) else pa.Table.from_batches([part])
-        names = table.column_names
-        for col, what in ((opts.text_field, "text"), (opts.id_field, "id")):
-            if col is not None and col not in names:
-                raise SourceError(f"{self._label}: no {what} column {col!r} (columns: {', '.join(names[:12])})")
+        document_columns(self._label, table.column_names, opts)
         ids = table.column(opts.id_field).combine_chunks() if opts.id_field else None
         texts, ids, rows = arrow_documents(
             table.column(opts.text_field).combine_chunks(), ids, row, self._label, "record", opts, counters
