@@ -603,6 +603,16 @@ def test_arrow_table_with_null_text(populated):
         ({"shard_records": 1.5}, "shard_records must be a whole number of records, at least 1; got 1.5"),  # 3 shards of 5
         ({"shard_records": True}, "shard_records must be a whole number of records, at least 1; got True"),
         ({"license": "not a licence!"}, "license 'not a licence!' is not an SPDX identifier"),
+        # refused before anything is read (they failed when the version was inserted, after every document was
+        # fingerprinted: UnicodeEncodeError from Arrow, pydantic's ValidationError)
+        ({"source": "caf\udce9"}, "source holds an unpaired surrogate at character 3: it is not valid UTF-8"),
+        ({"creator": "\ud800"}, "creator holds an unpaired surrogate at character 0: it is not valid UTF-8"),
+        ({"description": "a \udcff"}, "description holds an unpaired surrogate at character 2: it is not valid UTF-8"),
+        ({"text_field": "\udcff"}, "text_field holds an unpaired surrogate at character 0: it is not valid UTF-8"),
+        ({"id_field": "id\udcff"}, "id_field holds an unpaired surrogate at character 2: it is not valid UTF-8"),
+        ({"source": 5}, "source must be a string, got int"),
+        ({"text_field": 5}, "text_field must be a string, got int"),
+        ({"id_field": ["id"]}, "id_field must be a string, got list"),
     ],
 )
 def test_invalid_parameters(populated, data_dir, options, expected):
