@@ -96,6 +96,22 @@ def test_unpaired_surrogate_escape(populated, data_dir):
     assert ledger.register_dataset("sur-skip", path, on_invalid="skip").dataset.n_invalid_skipped == 1
 
 
+def test_a_record_with_a_bad_byte_and_a_lone_surrogate_is_repaired_once(populated, data_dir):
+    """A line with both faults is one invalid record (it was counted twice: "2 invalid records repaired" of 1)."""
+    ledger, _ = populated
+    path = write_lines(data_dir / "both.jsonl", [b'{"text": "bad \xff and \\ud800 lone", "id": "\\udc00"}',
+                                                 b'{"text": "fine words", "id": "b"}'])
+    result = ledger.register_dataset("both", path, id_field="id", on_invalid="replace")
+    ds = result.dataset
+    assert (ds.n_documents, ds.n_invalid_replaced, ds.n_invalid_skipped) == (2, 1, 0)
+    assert result.message.endswith("(1 invalid record repaired)")
+    stored = ledger.documents("both").to_pylist()[0]
+    assert stored["key"] == "\ufffd"
+    assert stored["signature"] == FingerprintConfig().signature("bad \ufffd and \ufffd lone").tolist()
+    skipped = ledger.register_dataset("both-skip", path, id_field="id", on_invalid="skip").dataset
+    assert (skipped.n_documents, skipped.n_invalid_replaced, skipped.n_invalid_skipped) == (1, 0, 1)
+
+
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
