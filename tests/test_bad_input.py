@@ -193,6 +193,23 @@ def test_records_and_tables_refuse_the_ids_a_jsonl_file_may_not_hold(populated, 
     unchanged()
 
 
+def test_records_of_numpy_strings_register_as_plain_ones(populated):
+    """Iterating a numpy array of strings gives numpy's str_, a str: it was refused as "text field 'text' is str_,
+    expected a string". A numpy bool id is refused as a Python bool is (it was stored as the key 'True')."""
+    ledger, unchanged = populated
+    texts = np.array(["numpy text number one", "numpy text number two"])
+    ids = np.array(["n1", "n2"])
+    result = ledger.register_dataset("numpy", [{"id": i, "text": t} for i, t in zip(ids, texts)], id_field="id")
+    plain = ledger.register_dataset("plain", [{"id": str(i), "text": str(t)} for i, t in zip(ids, texts)], id_field="id")
+    assert result.dataset.n_documents == 2
+    assert result.dataset.content_hash == plain.dataset.content_hash
+    assert [r["key"] for r in ledger.documents("numpy").to_pylist()] == ["n1", "n2"]
+    before = ledger.datasets(all_versions=True)
+    assert refused(ledger, "flags", [{"id": np.bool_(True), "text": "x"}], id_field="id") == (
+        "records[batch-00000]: record 0: id field 'id' is bool, expected a string or number")
+    assert ledger.datasets(all_versions=True) == before
+
+
 def test_empty_file(populated, data_dir, write_jsonl):
     ledger, unchanged = populated
     write_jsonl(data_dir / "a.jsonl", GOOD[:1])

@@ -92,12 +92,13 @@ class MemoryShard(Shard):
             if not isinstance(rec, dict):
                 raise SourceError(f"{self._label}: record {i} is a {type(rec).__name__}, expected a dict")
             text = rec.get(tf)
-            if type(text) is not str:
+            if not isinstance(text, str):
                 raise field_error(f"{self._label}: record {i}", rec, tf, "text")
+            text = str(text)  # a subclass (numpy's str_, from iterating an array of strings) as the plain str it holds
             ident = None
             if idf is not None:
                 ident = rec.get(idf)
-                if ident is None or isinstance(ident, (dict, list, bool)):
+                if ident is None or isinstance(ident, (dict, list, bool, np.bool_)):
                     raise field_error(f"{self._label}: record {i}", rec, idf, "id")
                 if isinstance(ident, float) and not math.isfinite(ident):  # as a JSONL file's NaN is refused
                     raise SourceError(f"{self._label}: record {i}: id field {idf!r} is {ident}: not a value a key can be")
