@@ -227,6 +227,19 @@ def test_file_of_blank_lines(populated, data_dir):
     unchanged()
 
 
+def test_compressed_file_of_nothing(populated, data_dir):
+    """A .gz or .zst whose data decompresses to no bytes was said to hold "only blank lines"."""
+    ledger, unchanged = populated
+    for path, data in ((data_dir / "nothing.jsonl.gz", gzip.compress(b"")),
+                       (data_dir / "nothing.jsonl.zst", zstandard.ZstdCompressor().compress(b""))):
+        path.write_bytes(data)
+        assert refused(ledger, "good", path) == f"{path}: no documents (the file's compressed data decompresses to nothing)"
+    path = data_dir / "blank.jsonl.gz"
+    path.write_bytes(gzip.compress(b"\n\n"))
+    assert refused(ledger, "good", path) == f"{path}: no documents (the file holds only blank lines)"
+    unchanged()
+
+
 def test_every_line_skipped(populated, data_dir):
     ledger, unchanged = populated
     path = write_lines(data_dir / "all-bad.jsonl", [b'{"text": "\xff"}', b'{"text": "\xfe"}'])

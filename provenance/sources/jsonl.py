@@ -125,6 +125,8 @@ class JsonlReading:
         if sha is not None:
             self.sha256 = sha.hexdigest()
         if record < 0:
+            if lineno == 0:  # (an empty file is refused before it is read: this one is compressed)
+                raise SourceError(f"{self.display}: no documents (the file's compressed data decompresses to nothing)")
             raise SourceError(f"{self.display}: no documents (the file holds only blank lines)")
 
     def _parse_slow(self, line: bytes, lineno: int, opts: ReadOptions, counters: Counters) -> Any:
