@@ -227,6 +227,14 @@ def test_file_of_blank_lines(populated, data_dir):
     unchanged()
 
 
+def test_tables_of_no_rows_are_refused(populated):
+    ledger, unchanged = populated
+    empty = pa.table({"text": pa.array([], pa.string())})
+    assert refused(ledger, "good", empty) == "no documents to register: table-00000 holds no records"  # (it said "hold")
+    assert refused(ledger, "good", [empty, empty]) == "no documents to register: table-00000, table-00001 hold no records"
+    unchanged()
+
+
 def test_compressed_file_of_nothing(populated, data_dir):
     """A .gz or .zst whose data decompresses to no bytes was said to hold "only blank lines"."""
     ledger, unchanged = populated

@@ -178,7 +178,8 @@ def _register_in_session(ledger: LedgerStore, name: str, cfg: FingerprintConfig,
             if n_docs == 0:
                 where = ", ".join(s.name for s in shard_rows)
                 if not counters.skipped:
-                    raise SourceError(f"no documents to register: {where} hold no records")
+                    raise SourceError(f"no documents to register: {where} hold{'s' if len(shard_rows) == 1 else ''} "
+                                      "no records")
                 skipped = ("the one record", "was") if counters.skipped == 1 else (
                     f"all {counted(counters.skipped, 'record')}", "were")
                 raise SourceError(f"no documents to register: {skipped[0]} of {where} {skipped[1]} skipped as invalid")
