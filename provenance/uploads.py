@@ -67,7 +67,8 @@ def _read_options(name: str, options: dict[str, Any]) -> tuple[ReadOptions, Fing
         raise InvalidParameterError(f"unknown option(s) {', '.join(unknown)}; allowed: {', '.join(_OPTIONS)}")
     opts = ReadOptions(text_field=options.get("text_field", "text"), id_field=options.get("id_field"),
                        on_invalid=options.get("on_invalid", "error"), shard_records=options.get("shard_records", 100_000))
-    _check_options(name, options.get("role") or "train", opts.on_invalid, opts.text_field, opts.shard_records)
+    _check_options(name, options.get("role") or "train", opts.on_invalid, opts.text_field, opts.shard_records,
+                   {k: options.get(k) for k in ("id_field", "source", "creator", "description")})
     check_documents_as(*storage_options(options))
     config = options.get("config")
     return opts, config if isinstance(config, FingerprintConfig) else FingerprintConfig(**(config or {}))

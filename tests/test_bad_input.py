@@ -96,6 +96,22 @@ def test_unpaired_surrogate_escape(populated, data_dir):
     assert ledger.register_dataset("sur-skip", path, on_invalid="skip").dataset.n_invalid_skipped == 1
 
 
+def test_a_record_with_a_bad_byte_and_a_lone_surrogate_is_repaired_once(populated, data_dir):
+    """A line with both faults is one invalid record (it was counted twice: "2 invalid records repaired" of 1)."""
+    ledger, _ = populated
+    path = write_lines(data_dir / "both.jsonl", [b'{"text": "bad \xff and \\ud800 lone", "id": "\\udc00"}',
+                                                 b'{"text": "fine words", "id": "b"}'])
+    result = ledger.register_dataset("both", path, id_field="id", on_invalid="replace")
+    ds = result.dataset
+    assert (ds.n_documents, ds.n_invalid_replaced, ds.n_invalid_skipped) == (2, 1, 0)
+    assert result.message.endswith("(1 invalid record repaired)")
+    stored = ledger.documents("both").to_pylist()[0]
+    assert stored["key"] == "\ufffd"
+    assert stored["signature"] == FingerprintConfig().signature("bad \ufffd and \ufffd lone").tolist()
+    skipped = ledger.register_dataset("both-skip", path, id_field="id", on_invalid="skip").dataset
+    assert (skipped.n_documents, skipped.n_invalid_replaced, skipped.n_invalid_skipped) == (1, 0, 1)
+
+
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
@@ -177,6 +193,23 @@ def test_records_and_tables_refuse_the_ids_a_jsonl_file_may_not_hold(populated, 
     unchanged()
 
 
+def test_records_of_numpy_strings_register_as_plain_ones(populated):
+    """Iterating a numpy array of strings gives numpy's str_, a str: it was refused as "text field 'text' is str_,
+    expected a string". A numpy bool id is refused as a Python bool is (it was stored as the key 'True')."""
+    ledger, unchanged = populated
+    texts = np.array(["numpy text number one", "numpy text number two"])
+    ids = np.array(["n1", "n2"])
+    result = ledger.register_dataset("numpy", [{"id": i, "text": t} for i, t in zip(ids, texts)], id_field="id")
+    plain = ledger.register_dataset("plain", [{"id": str(i), "text": str(t)} for i, t in zip(ids, texts)], id_field="id")
+    assert result.dataset.n_documents == 2
+    assert result.dataset.content_hash == plain.dataset.content_hash
+    assert [r["key"] for r in ledger.documents("numpy").to_pylist()] == ["n1", "n2"]
+    before = ledger.datasets(all_versions=True)
+    assert refused(ledger, "flags", [{"id": np.bool_(True), "text": "x"}], id_field="id") == (
+        "records[batch-00000]: record 0: id field 'id' is bool, expected a string or number")
+    assert ledger.datasets(all_versions=True) == before
+
+
 def test_empty_file(populated, data_dir, write_jsonl):
     ledger, unchanged = populated
     write_jsonl(data_dir / "a.jsonl", GOOD[:1])
@@ -190,6 +223,27 @@ def test_file_of_blank_lines(populated, data_dir):
     ledger, unchanged = populated
     path = data_dir / "blank.jsonl"
     path.write_bytes(b"\n   \n\t\n\r\n")
+    assert refused(ledger, "good", path) == f"{path}: no documents (the file holds only blank lines)"
+    unchanged()
+
+
+def test_tables_of_no_rows_are_refused(populated):
+    ledger, unchanged = populated
+    empty = pa.table({"text": pa.array([], pa.string())})
+    assert refused(ledger, "good", empty) == "no documents to register: table-00000 holds no records"  # (it said "hold")
+    assert refused(ledger, "good", [empty, empty]) == "no documents to register: table-00000, table-00001 hold no records"
+    unchanged()
+
+
+def test_compressed_file_of_nothing(populated, data_dir):
+    """A .gz or .zst whose data decompresses to no bytes was said to hold "only blank lines"."""
+    ledger, unchanged = populated
+    for path, data in ((data_dir / "nothing.jsonl.gz", gzip.compress(b"")),
+                       (data_dir / "nothing.jsonl.zst", zstandard.ZstdCompressor().compress(b""))):
+        path.write_bytes(data)
+        assert refused(ledger, "good", path) == f"{path}: no documents (the file's compressed data decompresses to nothing)"
+    path = data_dir / "blank.jsonl.gz"
+    path.write_bytes(gzip.compress(b"\n\n"))
     assert refused(ledger, "good", path) == f"{path}: no documents (the file holds only blank lines)"
     unchanged()
 
@@ -279,6 +333,41 @@ def test_parquet_without_text_column(populated, data_dir):
     path = data_dir / "cols.parquet"
     pq.write_table(pa.table({"body": ["x"], "n": [1]}), path)
     assert refused(ledger, "good", path) == f"{path}: no text column 'text' (columns: body, n)"
+    unchanged()
+
+
+def test_a_column_that_is_both_text_and_id_is_read_once(populated, data_dir, write_jsonl):
+    """The text's field may be the id's: a Parquet file and an Arrow table register it as a JSONL file does
+    (the Parquet reader asked for the column once and read the id from a second column that was not there:
+    IndexError)."""
+    ledger, _ = populated
+    rows = [{"id": "alpha beta gamma"}, {"id": "delta epsilon"}]
+    path = data_dir / "ids.parquet"
+    pq.write_table(pa.table({"id": [r["id"] for r in rows]}), path)
+    keys = set()
+    for name, source in (("pq", path), ("arrow", pa.table({"id": [r["id"] for r in rows]})),
+                         ("jsonl", write_jsonl(data_dir / "ids.jsonl", rows))):
+        result = ledger.register_dataset(name, source, text_field="id", id_field="id")
+        assert result.dataset.n_documents == 2
+        docs = ledger.sql("SELECT key, token_count FROM documents WHERE dataset_id = ? ORDER BY key",
+                          [result.dataset.dataset_id]).to_pylist()
+        keys.add(tuple((d["key"], d["token_count"]) for d in docs))
+    assert keys == {(("alpha beta gamma", 3), ("delta epsilon", 2))}
+
+
+def test_a_column_named_twice_is_refused(populated, data_dir):
+    """Two columns of one name: which holds the text is unclear (a Parquet file's first one was read and
+    the other ignored; an Arrow table raised KeyError)."""
+    ledger, unchanged = populated
+    table = pa.table([pa.array(["one text"]), pa.array(["another text"]), pa.array(["k"])], names=["text", "text", "id"])
+    path = data_dir / "twice.parquet"
+    pq.write_table(table, path)
+    expected = "2 columns are named 'text': which holds the text is unclear; rename or drop the others"
+    assert refused(ledger, "good", path) == f"{path}: {expected}"
+    assert refused(ledger, "good", table) == f"arrow table: {expected}"
+    table = pa.table([pa.array(["one text"]), pa.array(["k"]), pa.array(["j"])], names=["text", "id", "id"])
+    assert refused(ledger, "good", table, id_field="id") == (
+        "arrow table: 2 columns are named 'id': which holds the id is unclear; rename or drop the others")
     unchanged()
 
 
@@ -568,6 +657,16 @@ def test_arrow_table_with_null_text(populated):
         ({"shard_records": 1.5}, "shard_records must be a whole number of records, at least 1; got 1.5"),  # 3 shards of 5
         ({"shard_records": True}, "shard_records must be a whole number of records, at least 1; got True"),
         ({"license": "not a licence!"}, "license 'not a licence!' is not an SPDX identifier"),
+        # refused before anything is read (they failed when the version was inserted, after every document was
+        # fingerprinted: UnicodeEncodeError from Arrow, pydantic's ValidationError)
+        ({"source": "caf\udce9"}, "source holds an unpaired surrogate at character 3: it is not valid UTF-8"),
+        ({"creator": "\ud800"}, "creator holds an unpaired surrogate at character 0: it is not valid UTF-8"),
+        ({"description": "a \udcff"}, "description holds an unpaired surrogate at character 2: it is not valid UTF-8"),
+        ({"text_field": "\udcff"}, "text_field holds an unpaired surrogate at character 0: it is not valid UTF-8"),
+        ({"id_field": "id\udcff"}, "id_field holds an unpaired surrogate at character 2: it is not valid UTF-8"),
+        ({"source": 5}, "source must be a string, got int"),
+        ({"text_field": 5}, "text_field must be a string, got int"),
+        ({"id_field": ["id"]}, "id_field must be a string, got list"),
     ],
 )
 def test_invalid_parameters(populated, data_dir, options, expected):

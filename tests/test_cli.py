@@ -89,6 +89,17 @@ def test_bad_input_exit_code_and_message(project, runner):
     assert too_few.exit_code == 2 and "Error: --threshold 0.8 with --num-perm 2: threshold 0.8 is too low" in too_few.output
 
 
+def test_an_option_of_bytes_that_are_not_utf8_is_refused_by_name(project, runner):
+    """A shell argument such as $'\\xff' reaches Python as a surrogate: it failed with a UnicodeEncodeError
+    traceback once every document was fingerprinted (exit 1); now it is refused first, naming the option."""
+    for option in ("--source", "--creator", "--description", "--text-field", "--id-field"):
+        result = runner.invoke(main, ["dataset", "add", "web", "data/a.jsonl", option, "caf\udce9"])
+        assert result.exit_code == 4, result.output
+        what = option.removeprefix("--").replace("-", "_")
+        assert result.output == f"Error: {what} holds an unpaired surrogate at character 3: it is not valid UTF-8\n"
+    assert _json(runner.invoke(main, ["dataset", "list", "--json"])) == []
+
+
 def test_sql_formats_and_refusals(project, runner):
     runner.invoke(main, ["dataset", "add", "web", "data/a.jsonl", "--id-field", "id"])
     rows = _json(runner.invoke(main, ["sql", "SELECT key, token_count FROM documents ORDER BY key LIMIT 2", "--json"]))

@@ -28,7 +28,7 @@ from provenance.fingerprints import FingerprintConfig
 from provenance.ledger import LedgerStore, LedgerWriter, _now, check_documents_as
 from provenance.plain import counted
 from provenance.progress import NoProgress, Progress
-from provenance.records import DatasetRecord, License, RegistrationResult, ShardRecord, check_name
+from provenance.records import DatasetRecord, License, RegistrationResult, ShardRecord, check_name, check_utf8
 from provenance.sources import Counters, FileShard, ReadOptions, Shard, resolve
 
 
@@ -73,7 +73,8 @@ def register_dataset(
     (:data:`provenance.ledger.PARQUET_THRESHOLD` by default), or when the latest version of
     ``name`` keeps its rows as Parquet. See docs/scaling.md.
     """
-    _check_options(name, role or "train", on_invalid, text_field, shard_records)
+    _check_options(name, role or "train", on_invalid, text_field, shard_records,
+                   {"id_field": id_field, "source": source, "creator": creator, "description": description})
     check_documents_as(documents_as, parquet_threshold)
     lic = license if isinstance(license, License) else License.from_spdx(license)
     cfg = config if isinstance(config, FingerprintConfig) else FingerprintConfig(**(config or {}))
@@ -177,7 +178,8 @@ def _register_in_session(ledger: LedgerStore, name: str, cfg: FingerprintConfig,
             if n_docs == 0:
                 where = ", ".join(s.name for s in shard_rows)
                 if not counters.skipped:
-                    raise SourceError(f"no documents to register: {where} hold no records")
+                    raise SourceError(f"no documents to register: {where} hold{'s' if len(shard_rows) == 1 else ''} "
+                                      "no records")
                 skipped = ("the one record", "was") if counters.skipped == 1 else (
                     f"all {counted(counters.skipped, 'record')}", "were")
                 raise SourceError(f"no documents to register: {skipped[0]} of {where} {skipped[1]} skipped as invalid")
@@ -234,7 +236,10 @@ def _carried(meta: dict[str, Any], latest: DatasetRecord | None, role: str | Non
     return out, kept
 
 
-def _check_options(name: str, role: str, on_invalid: str, text_field: str, shard_records: int) -> None:
+def _check_options(name: str, role: str, on_invalid: str, text_field: str, shard_records: int,
+                   texts: dict[str, Any] | None = None) -> None:
+    """Refuse a registration's bad options before anything is read. ``texts``: the options that
+    must be text or None (``id_field``, ``source``, ``creator``, ``description``), by name."""
     check_name(name)
     if role not in ("train", "eval"):
         raise InvalidParameterError(f"role must be 'train' or 'eval', got {role!r}")
@@ -242,6 +247,11 @@ def _check_options(name: str, role: str, on_invalid: str, text_field: str, shard
         raise InvalidParameterError(f"on_invalid must be 'error', 'replace' or 'skip', got {on_invalid!r}")
     if not text_field:
         raise InvalidParameterError("text_field must be a non-empty field name")
+    for what, value in {"text_field": text_field, **(texts or {})}.items():
+        if value is not None and not isinstance(value, str):
+            raise InvalidParameterError(f"{what} must be a string, got {type(value).__name__}")
+        if value is not None:  # (a command-line argument of bytes that are not UTF-8 holds surrogates)
+            check_utf8(value, what)
     if isinstance(shard_records, bool) or not isinstance(shard_records, (int, np.integer)) or shard_records < 1:
         raise InvalidParameterError(f"shard_records must be a whole number of records, at least 1; got {shard_records!r}")
 

@@ -107,6 +107,21 @@ def field_error(where: str, record: dict, fieldname: str, what: str) -> SourceEr
     return SourceError(f"{where}: {what} field {fieldname!r} is {kind}, expected {expected}")
 
 
+def document_columns(label: str, names: list[str], opts: ReadOptions) -> list[str]:
+    """The columns of a table (column ``names``) to read its documents from: the text column, then
+    the id column unless it is the same one. A column missing, or named twice (which of the two
+    holds the text?), is refused, naming ``label``."""
+    for col, what in ((opts.text_field, "text"), (opts.id_field, "id")):
+        if col is None:
+            continue
+        if col not in names:
+            raise SourceError(f"{label}: no {what} column {col!r} (columns: {', '.join(names[:12])})")
+        if names.count(col) > 1:
+            raise SourceError(f"{label}: {names.count(col)} columns are named {col!r}: which holds the {what} is "
+                              "unclear; rename or drop the others")
+    return list(dict.fromkeys(c for c in (opts.text_field, opts.id_field) if c is not None))
+
+
 def file_format(path: str | os.PathLike) -> str | None:
     name = os.fspath(path).lower()
     for suffix in sorted(FORMATS, key=len, reverse=True):

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from provenance.errors import SourceError
-from provenance.sources.base import Batch, Counters, ReadOptions, Shard, _invalid, arrow_documents
+from provenance.sources.base import Batch, Counters, ReadOptions, Shard, _invalid, arrow_documents, document_columns
 from provenance.sources.jsonl import JsonlReading
 from provenance.sources.streams import HashingReader
 
@@ -123,16 +123,14 @@ class FileShard(JsonlReading, Shard):
         except (pa.ArrowException, OSError) as exc:
             raise SourceError(f"{self.display}: not a readable Parquet file (truncated or corrupt?): {exc}") from exc
         names = pf.schema_arrow.names
-        columns = [opts.text_field] + ([opts.id_field] if opts.id_field else [])
-        for col, what in zip(columns, ("text", "id")):
-            if col not in names:
-                raise SourceError(f"{self.display}: no {what} column {col!r} (columns: {', '.join(names[:12])})")
+        columns = document_columns(self.display, names, opts)
         row = 0
         rows_per_batch = _parquet_rows_per_batch(pf, names.index(opts.text_field), opts.batch_bytes)
         try:
             for rb in pf.iter_batches(batch_size=rows_per_batch, columns=columns):
-                ids = rb.column(1) if opts.id_field else None
-                texts, ids, rows = arrow_documents(rb.column(0), ids, row, self.display, "row", opts, counters)
+                ids = rb.column(opts.id_field) if opts.id_field else None  # (by name: the text's column may be the id's)
+                texts, ids, rows = arrow_documents(rb.column(opts.text_field), ids, row, self.display, "row", opts,
+                                                   counters)
                 row += len(rb)
                 if len(texts):
                     consumed = self.n_bytes * row // max(1, pf.metadata.num_rows)

@@ -70,10 +70,12 @@ class JsonlReading:
                         slow = False
                     except orjson.JSONDecodeError:
                         # Invalid UTF-8, unpaired surrogate escapes, or malformed JSON.
+                        repaired = counters.replaced
                         obj = self._parse_slow(line, lineno, opts, counters)
                         if obj is None:
                             continue
                         slow = True
+                        repaired = counters.replaced > repaired  # (a record counts once, however many its faults)
                     text = obj.get(tf) if type(obj) is dict else None
                     if type(text) is not str:
                         self._field_error(obj, tf, lineno, "text")
@@ -89,7 +91,8 @@ class JsonlReading:
                             raise SourceError(f"{self.display}:{lineno}: id field {idf!r} is empty: every document "
                                               "needs a key")
                     if slow:  # the line held escapes orjson refuses: unpaired surrogates, maybe
-                        checked = checked_record(text, ident, f"{self.display}:{lineno}", opts, counters)
+                        checked = checked_record(text, ident, f"{self.display}:{lineno}", opts,
+                                                 Counters() if repaired else counters)
                         if checked is None:
                             continue
                         text, ident = checked
@@ -122,6 +125,8 @@ class JsonlReading:
         if sha is not None:
             self.sha256 = sha.hexdigest()
         if record < 0:
+            if lineno == 0:  # (an empty file is refused before it is read: this one is compressed)
+                raise SourceError(f"{self.display}: no documents (the file's compressed data decompresses to nothing)")
             raise SourceError(f"{self.display}: no documents (the file holds only blank lines)")
 
     def _parse_slow(self, line: bytes, lineno: int, opts: ReadOptions, counters: Counters) -> Any:

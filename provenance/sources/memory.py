@@ -20,6 +20,7 @@ from provenance.sources.base import (
     Shard,
     arrow_documents,
     checked_record,
+    document_columns,
     field_error,
 )
 
@@ -77,10 +78,7 @@ class MemoryShard(Shard):
         if isinstance(part, list):  # dicts
             return self._dicts(part, row, opts, counters)
         table = part if isinstance(part, pa.Table) else pa.Table.from_batches([part])
-        names = table.column_names
-        for col, what in ((opts.text_field, "text"), (opts.id_field, "id")):
-            if col is not None and col not in names:
-                raise SourceError(f"{self._label}: no {what} column {col!r} (columns: {', '.join(names[:12])})")
+        document_columns(self._label, table.column_names, opts)
         ids = table.column(opts.id_field).combine_chunks() if opts.id_field else None
         texts, ids, rows = arrow_documents(
             table.column(opts.text_field).combine_chunks(), ids, row, self._label, "record", opts, counters
@@ -94,12 +92,13 @@ class MemoryShard(Shard):
             if not isinstance(rec, dict):
                 raise SourceError(f"{self._label}: record {i} is a {type(rec).__name__}, expected a dict")
             text = rec.get(tf)
-            if type(text) is not str:
+            if not isinstance(text, str):
                 raise field_error(f"{self._label}: record {i}", rec, tf, "text")
+            text = str(text)  # a subclass (numpy's str_, from iterating an array of strings) as the plain str it holds
             ident = None
             if idf is not None:
                 ident = rec.get(idf)
-                if ident is None or isinstance(ident, (dict, list, bool)):
+                if ident is None or isinstance(ident, (dict, list, bool, np.bool_)):
                     raise field_error(f"{self._label}: record {i}", rec, idf, "id")
                 if isinstance(ident, float) and not math.isfinite(ident):  # as a JSONL file's NaN is refused
                     raise SourceError(f"{self._label}: record {i}: id field {idf!r} is {ident}: not a value a key can be")
