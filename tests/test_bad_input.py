@@ -538,6 +538,19 @@ def test_glob_matching_nothing(populated, data_dir):
     unchanged()
 
 
+def test_glob_matching_only_a_folder_says_so(populated, data_dir):
+    """`prov dataset add x 'cra*'` with `crawl/` a folder said `pattern matched no files`, and
+    nothing of why (found by stranger pass 32): a pattern does not walk the folders it matches."""
+    ledger, unchanged = populated
+    (data_dir / "crawl").mkdir()
+    (data_dir / "crawl" / "a.jsonl").write_text('{"text": "words in a file"}\n')
+    pattern = str(data_dir / "cra*")
+    assert refused(ledger, "good", pattern) == (
+        f"{pattern}: pattern matched no files (only folders, which a pattern does not walk: {data_dir / 'crawl'}; "
+        f"give the folder itself, or a pattern of its files such as {data_dir / 'crawl' / '*.jsonl'})")
+    unchanged()
+
+
 def test_empty_folder(populated, data_dir):
     ledger, unchanged = populated
     (data_dir / "empty").mkdir()

@@ -106,9 +106,14 @@ def _file_shards(specs: list[str]) -> list[FileShard]:
     files: list[Path] = []
     for spec in specs:
         if any(ch in spec for ch in "*?[") and not os.path.lexists(spec):  # `[1].jsonl` that exists is a file
-            matched = [m for m in sorted(glob.glob(spec, recursive=True)) if not os.path.isdir(m)]
+            everything = sorted(glob.glob(spec, recursive=True))
+            matched = [m for m in everything if not os.path.isdir(m)]
             if not matched:
-                raise SourceError(f"{spec}: pattern matched no files")
+                folders = [m for m in everything if os.path.isdir(m)]  # not walked: said, so a folder is given as one
+                raise SourceError(f"{spec}: pattern matched no files" + (
+                    f" (only folders, which a pattern does not walk: {', '.join(folders[:3])}"
+                    f"{', ...' if len(folders) > 3 else ''}; give the folder itself, or a pattern of its files "
+                    f"such as {os.path.join(folders[0], '*.jsonl')})" if folders else ""))
             files.extend(_regular_file(m) for m in matched)
         elif os.path.isdir(spec):
             found = _walk(spec)
