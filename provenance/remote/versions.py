@@ -38,7 +38,7 @@ class RemoteVersions:
         """A version reference as one part of an API path. A tag whose name holds ``/``
         (``release/1.0``) is resolved to its version's id first: the server's version routes take
         one path part, and an encoded ``/`` reaches them as a ``/``."""
-        text = ref_of(ref)
+        text = str(ref_of(ref))
         if "/" not in text:
             return segment(text)
         for t in self.tags():
