@@ -200,7 +200,8 @@ def test_a_target_that_taints_nothing_is_refused(contributors, data_dir, write_j
     ledger, _ = contributors
     write_jsonl(data_dir / "unused.jsonl", [{"id": "u1", "text": "never trained on"}])
     ledger.register_dataset("unused", data_dir / "unused.jsonl", id_field="id")
-    with pytest.raises(InvalidParameterError, match="nothing to retract: unused u1 shaped no version"):
+    with pytest.raises(InvalidParameterError, match="nothing to retract: unused u1 shaped no version; to keep it out "
+                       "of the training to come, make a version of the dataset without it: prov dataset remove unused u1"):
         retract(ledger, dataset="unused", key="u1", reason="asked")
     with pytest.raises(InvalidParameterError, match="needs a reason"):
         retract(ledger, dataset="private", key="x1", reason=" ")

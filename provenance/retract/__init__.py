@@ -81,8 +81,10 @@ def _retract(ledger: Any, *, reason: str, dataset: str | None, shard: str | None
     else:
         report = taint_report(ledger, dataset=dataset, shard=shard, key=key, text=text, near=near)
         rows, matches, described = [v.model_dump() for v in report.versions], report.matches, report.target
-    if not rows:
-        raise InvalidParameterError(f"nothing to retract: {described} shaped no version")
+    if not rows:  # a removal request for a document not trained on yet: the dataset's next version leaves it out
+        later = (f"; to keep it out of the training to come, make a version of the dataset without it: prov dataset "
+                 f"remove {dataset} {key}" if dataset is not None and key is not None and text is None else "")
+        raise InvalidParameterError(f"nothing to retract: {described} shaped no version{later}")
     documents = _documents(matches, targets)
     run_ids = sorted({graph[r["version_id"]]["run_id"] for r in rows
                       if r["direct"] and graph[r["version_id"]].get("run_id")})  # the retrain steps' runs
