@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
@@ -20,6 +21,7 @@ import torch
 from safetensors import safe_open
 
 from provenance.errors import InvalidParameterError
+from provenance.files import not_a_regular_file
 from provenance.tensorfile import DTYPES
 
 SINGLE_FILE = "model.safetensors"
@@ -85,8 +87,9 @@ class StateReader:
 
 
 def _open_file(stack: ExitStack, file: Path):
-    if not file.is_file():
-        raise InvalidParameterError(f"{file}: no such safetensors file")
+    if not file.is_file():  # a FIFO is never opened: reading it would block
+        odd = not_a_regular_file(file) if os.path.lexists(file) else None
+        raise InvalidParameterError(f"{file}: not a regular file: {odd}" if odd else f"{file}: no such safetensors file")
     try:
         return stack.enter_context(safe_open(str(file), framework="pt"))
     except Exception as exc:  # safetensors raises its own SafetensorError, or OSError

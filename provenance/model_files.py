@@ -14,6 +14,7 @@ The version's rows (``version_files``) are inserted in the transaction that inse
   other tensor file (a second checkpoint, a shard its index does not name) is recorded with the
   reason, as is every tensor file of a ``files=`` folder (the version holds the state given);
 - hidden files and sub-folders (``.gitattributes``, ``.cache/``, a Trainer's ``checkpoint-*/``);
+- what is not a regular file (a FIFO, a socket, a device, a broken symlink), never opened;
 - pickles and other weight formats, never read nor stored, recorded with the reason: ``*.bin``
   (``pytorch_model.bin``, ``training_args.bin``), ``*.pt``, ``*.pth``, ``*.ckpt``, ``*.pkl``
   (``optimizer.pt``, ``scheduler.pt``, ``rng_state*.pth`` among them), ``*.h5``, ``*.msgpack``,
@@ -45,7 +46,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from provenance.errors import InvalidParameterError, ObjectCorruptError, ObjectMissingError
-from provenance.files import fsync_folder, naming
+from provenance.files import fsync_folder, naming, not_a_regular_file
 from provenance.ledger import LedgerStore
 from provenance.objects import ObjectStore
 from provenance.records import VersionRecord
@@ -100,7 +101,9 @@ def scan(folder: Path, max_file_bytes: int = MAX_FILE_BYTES, tensors: Collection
         if path.is_dir():  # listed as left out, as a hidden file is, so nothing goes unsaid
             found.append((path, "a folder: only the folder's own files are kept, as save_pretrained writes them"))
             continue
-        if not path.is_file():
+        odd = not_a_regular_file(path)
+        if odd is not None:  # never opened (a FIFO would block), but named: it was dropped without a word
+            found.append((path, f"not a regular file: {odd}"))
             continue
         if path.name.startswith("."):
             found.append((path, "a hidden file: not part of what save_pretrained writes"))
@@ -128,7 +131,7 @@ def store_files(store: ObjectStore, listed: list[tuple[Path, str | None]], creat
     rows = []
     for path, reason in listed:
         if reason is not None:
-            size = _tree_size(path) if path.is_dir() else path.stat().st_size
+            size = _tree_size(path) if path.is_dir() else path.stat().st_size if path.is_file() else 0
             rows.append(ModelFile(name=path.name, size=size, skipped=reason))
             continue
         data = path.read_bytes()

@@ -257,6 +257,23 @@ def test_subfolders_and_hidden_files_are_listed_as_left_out(ledger, ckpt):
                     ".gitattributes": (25, "a hidden file: not part of what save_pretrained writes")}
 
 
+def test_fifos_and_broken_links_are_listed_as_left_out(ledger, ckpt):
+    """A FIFO, a broken symlink and a symlink loop in a checkpoint folder were dropped without a
+    word (neither stored nor in `model files`); they are now rows with the reason, never opened."""
+    os.mkfifo(ckpt / "pipe.json")
+    (ckpt / "broken.json").symlink_to(ckpt / "gone.json")
+    (ckpt / "loop.json").symlink_to(ckpt / "loop.json")
+    version = ledger.commit(ckpt, message="with odd entries")
+    left = {f.name: (f.size, f.skipped) for f in ledger.model_files(version) if f.skipped}
+    assert left == {
+        "pipe.json": (0, "not a regular file: a FIFO (named pipe)"),
+        "broken.json": (0, f"not a regular file: a broken symlink (a symlink to {ckpt / 'gone.json'}): "
+                           "its target does not exist"),
+        "loop.json": (0, "not a regular file: a symlink loop: the link never reaches a file"),
+    }
+    assert "config.json" in {f.name for f in ledger.model_files(version) if f.object}
+
+
 def test_tensor_files_the_commit_does_not_read_are_listed_as_left_out(ledger, ckpt, tmp_path):
     """A second .safetensors file beside model.safetensors (and a stray shard beside an index) was
     neither stored nor listed: `model files` now names it, with the file the commit read."""
