@@ -29,6 +29,8 @@ INDEX_SUFFIX = ".safetensors.index.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
+# Pickles by their name: never read (loading one runs code), never stored (provenance.model_files).
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib")
 
 BaseShapes = Mapping[str, tuple[torch.dtype, tuple[int, ...]]]  # parameter name -> (dtype, shape)
 
@@ -96,8 +98,28 @@ def _open_file(stack: ExitStack, file: Path):
         raise InvalidParameterError(f"{file}: not a readable safetensors file ({exc})") from exc
 
 
+def pickle_refusal(path: Path) -> str | None:
+    """Why `path` is not read, when it is a pickle by its name (``pytorch_model.bin``, ``model.pt``)
+    or a folder whose only weights are pickles; else None."""
+    if path.is_dir():
+        pickles = sorted(p.name for p in path.iterdir() if p.name.lower().endswith(PICKLE_SUFFIXES) and p.is_file())
+        if not pickles or any(path.glob("*.safetensors")):
+            return None
+        what = f"holds only pickles ({', '.join(pickles[:3])}{' and more' if len(pickles) > 3 else ''})"
+    elif path.name.lower().endswith(PICKLE_SUFFIXES):
+        what = "is a pickle"
+    else:
+        return None
+    return (f"{path} {what}: provenance never reads one (loading a pickle runs its code): save the weights as "
+            "safetensors (save_pretrained(folder, safe_serialization=True), or safetensors.torch.save_file(state, "
+            "'model.safetensors') of a state loaded with torch.load(..., weights_only=True)) and commit that")
+
+
 def _resolve(path: Path) -> Path:
     """The file to open for `path`: itself, or the single checkpoint a folder holds."""
+    refused = pickle_refusal(path)
+    if refused:
+        raise InvalidParameterError(refused)
     if not path.is_dir():
         return path
     if (path / SINGLE_FILE).is_file():

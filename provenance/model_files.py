@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from provenance.checkpoints import PICKLE_SUFFIXES
 from provenance.errors import InvalidParameterError, ObjectCorruptError, ObjectMissingError
 from provenance.files import fsync_folder, naming, not_a_regular_file
 from provenance.ledger import LedgerStore
@@ -54,7 +55,6 @@ from provenance.records import VersionRecord
 MAX_FILE_BYTES = 64 << 20
 CONFIG = "config.json"
 _TENSOR_SUFFIXES = (".safetensors", ".safetensors.index.json")
-_PICKLES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib")
 _OTHER_WEIGHTS = (".h5", ".msgpack", ".onnx", ".gguf")
 _BOOKKEEPING = ("trainer_state.json",)
 
@@ -74,7 +74,7 @@ class ModelFile(BaseModel):
 def skip_reason(name: str) -> str | None:
     """Why a commit does not store the file ``name`` of a checkpoint folder (module doc), or None."""
     lower = name.lower()
-    if lower.endswith(_PICKLES):
+    if lower.endswith(PICKLE_SUFFIXES):
         return "a pickle by its name (.bin, .pt, .pth, ...): never read nor stored (loading one runs code)"
     if lower.endswith(_OTHER_WEIGHTS):
         return "weights in another format: the version holds the tensors"

@@ -128,6 +128,23 @@ def test_pickles_and_trainer_state_are_recorded_as_left_out_and_never_written(le
                                        "tokenizer_config.json"]
 
 
+def test_a_pickle_checkpoint_is_refused_saying_why_and_what_to_do(ledger, tmp_path):
+    """A `.pt`/`.bin` file, or a folder whose only weights are `pytorch_model.bin`, was refused as
+    `expected a .safetensors file, ...` / `no model.safetensors ... in the folder`, without saying
+    that a pickle is never read, nor how to commit it; nothing is unpickled, nothing written."""
+    torch.save({"w": torch.ones(3)}, tmp_path / "model.pt")
+    folder = tmp_path / "old"
+    folder.mkdir()
+    torch.save({"w": torch.ones(3)}, folder / "pytorch_model.bin")
+    (folder / "config.json").write_text("{}")
+    todo = "provenance never reads one \\(loading a pickle runs its code\\): save the weights as safetensors"
+    with pytest.raises(InvalidParameterError, match=f"model.pt is a pickle: {todo}"):
+        ledger.commit(tmp_path / "model.pt", message="pickle")
+    with pytest.raises(InvalidParameterError, match=f"old holds only pickles \\(pytorch_model.bin\\): {todo}"):
+        ledger.commit(folder, message="pickle folder")
+    assert ledger.versions() == []
+
+
 def test_a_file_over_the_limit_refuses_the_commit_and_leaves_nothing(ledger, ckpt):
     (ckpt / "vocab.txt").write_bytes(b"x" * 5000)
     with pytest.raises(InvalidParameterError, match=r"vocab\.txt: 5,000 bytes, over the 4,096-byte limit"):

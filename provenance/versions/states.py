@@ -61,6 +61,9 @@ def incoming_state(state: Any, parent_manifest: dict[str, ParamRecord], parent_i
             return _Incoming(sorted(live), get)
         if not path.exists():
             raise InvalidParameterError(f"{path}: no such file or folder")
+        refused = checkpoints.pickle_refusal(path)
+        if refused:
+            raise InvalidParameterError(refused)
         if path.is_file() and not (path.name.endswith(".safetensors") or path.name.endswith(checkpoints.INDEX_SUFFIX)):
             raise InvalidParameterError(f"{path}: expected a .safetensors file, a *.safetensors.index.json, a folder or a state dict")
         reader = checkpoints.open_state(path)
