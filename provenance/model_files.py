@@ -88,12 +88,19 @@ def scan(folder: Path, max_file_bytes: int = MAX_FILE_BYTES, tensors: Collection
     """The files of ``folder`` a commit records, by name: ``(path, None)`` for one it stores,
     ``(path, reason)`` for one it leaves out. ``tensors`` are the tensor files the commit reads
     (:func:`provenance.checkpoints.files_read`): any other ``.safetensors`` file is listed as left
-    out. Refuses a file over ``max_file_bytes``."""
+    out. Refuses a file over ``max_file_bytes``, and a name that is not UTF-8."""
     if not isinstance(max_file_bytes, int) or max_file_bytes < 0:
         raise InvalidParameterError(f"max_file_bytes must be a non-negative integer, got {max_file_bytes!r}")
     read = {Path(t).name for t in tensors if Path(t).parent == folder}
     found = []
     for path in sorted(folder.iterdir()):
+        try:  # the ledger keeps each name as text: bytes a Latin-1 system wrote are surrogates here
+            path.name.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+            raise InvalidParameterError(f"{shown}: the file's name is not valid UTF-8; rename it, or move it out of the "
+                                        "folder (the ledger keeps the names of a checkpoint folder's files as text)"
+                                        ) from None
         if path.name.endswith(_TENSOR_SUFFIXES) and path.is_file():
             if path.name not in read:  # a second checkpoint, a stray shard: say so, as for every file left out
                 found.append((path, f"tensors the version does not hold: the commit reads {_reads(read)}"))

@@ -291,6 +291,15 @@ def test_fifos_and_broken_links_are_listed_as_left_out(ledger, ckpt):
     assert "config.json" in {f.name for f in ledger.model_files(version) if f.object}
 
 
+def test_a_file_name_that_is_not_utf8_refuses_the_commit_naming_it(ledger, ckpt):
+    """A file of the folder named in Latin-1 (``caf\\xe9.json``) failed the commit with a pydantic
+    `UnicodeEncodeError` traceback; it is now refused naming the file, and nothing is kept."""
+    (Path(os.fsdecode(os.fsencode(ckpt) + b"/caf\xe9.json"))).write_text("{}")
+    with pytest.raises(InvalidParameterError, match=r"ckpt/caf\\xe9.json: the file's name is not valid UTF-8; rename it"):
+        ledger.commit(ckpt, message="latin-1 name")
+    assert ledger.versions() == [] and ledger.gc()["unreferenced"] == []
+
+
 def test_tensor_files_the_commit_does_not_read_are_listed_as_left_out(ledger, ckpt, tmp_path):
     """A second .safetensors file beside model.safetensors (and a stray shard beside an index) was
     neither stored nor listed: `model files` now names it, with the file the commit read."""
