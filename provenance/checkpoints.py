@@ -32,6 +32,7 @@ PEFT_PREFIX = "base_model.model."
 # Pickles by their name: never read (loading one runs code), never stored (provenance.model_files).
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib")
 
+_WRITTEN_BACK = {"format", "prov_version", "prov_message"}  # metadata keys a checkout writes (versions.checkouts)
 BaseShapes = Mapping[str, tuple[torch.dtype, tuple[int, ...]]]  # parameter name -> (dtype, shape)
 
 # The dtype names of the safetensors header (safetensors/torch.py keeps the same table privately):
@@ -63,6 +64,18 @@ class StateReader:
                 f"{self._owner[name]}: parameter {name!r} has dtype {tensor.get_dtype()}, which torch cannot hold"
             )
         return dtype, tuple(tensor.get_shape())
+
+    def metadata_left_out(self) -> str | None:
+        """A warning naming the file's safetensors metadata (``__metadata__``) that a version does
+        not keep, or None: a version holds tensors, and a checkout writes metadata of its own.
+        Those a checkout writes (``format``, as ``save_pretrained`` does, and the version's id and
+        message) are not named."""
+        keys = sorted({key for handle in self._handles.values() for key in (handle.metadata() or {})} - _WRITTEN_BACK)
+        if not keys:
+            return None
+        shown = ", ".join(repr(k) for k in keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+        return (f"{self.path}: its safetensors metadata ({shown}) is not kept with the version: a version holds the "
+                "tensors, and a checkout writes metadata of its own")
 
     def get(self, name: str) -> torch.Tensor:
         """Read one parameter; the CPU tensor owns its memory and stays valid after `close`."""

@@ -300,6 +300,25 @@ def test_a_file_name_that_is_not_utf8_refuses_the_commit_naming_it(ledger, ckpt)
     assert ledger.versions() == [] and ledger.gc()["unreferenced"] == []
 
 
+def test_safetensors_metadata_a_version_does_not_keep_is_named(ledger, ckpt, tmp_path, recwarn):
+    """A file's own safetensors metadata (a trainer's ``ss_*`` keys, ``modelspec.*``) was lost on
+    the round trip without a word; the commit now warns naming the keys. Those a checkout writes
+    (``format``, as save_pretrained does, and the version's id and message) are not named."""
+    from provenance.errors import ProvenanceWarning
+
+    save_file({"w": torch.ones(3)}, str(tmp_path / "m.safetensors"),
+              metadata={"format": "pt", "ss_base_model": "sd15", "modelspec.title": "tiny"})
+    with pytest.warns(ProvenanceWarning, match=r"m.safetensors: its safetensors metadata \('modelspec.title', "
+                                               r"'ss_base_model'\) is not kept with the version"):
+        version = ledger.commit(tmp_path / "m.safetensors", message="with metadata")
+    assert same_bits(ledger.checkout(version)["w"], torch.ones(3))
+    recwarn.clear()
+    ledger.commit(ckpt, message="save_pretrained's format only")
+    ledger.checkout(version, output=tmp_path / "out.safetensors")
+    ledger.commit(tmp_path / "out.safetensors", parent=version, message="what a checkout wrote")
+    assert not [w for w in recwarn if issubclass(w.category, ProvenanceWarning)]
+
+
 def test_tensor_files_the_commit_does_not_read_are_listed_as_left_out(ledger, ckpt, tmp_path):
     """A second .safetensors file beside model.safetensors (and a stray shard beside an index) was
     neither stored nor listed: `model files` now names it, with the file the commit read."""
