@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
@@ -20,6 +21,7 @@ import torch
 from safetensors import safe_open
 
 from provenance.errors import InvalidParameterError
+from provenance.files import not_a_regular_file
 from provenance.tensorfile import DTYPES
 
 SINGLE_FILE = "model.safetensors"
@@ -27,7 +29,10 @@ INDEX_SUFFIX = ".safetensors.index.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
+# Pickles by their name: never read (loading one runs code), never stored (provenance.model_files).
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib")
 
+_WRITTEN_BACK = {"format", "prov_version", "prov_message"}  # metadata keys a checkout writes (versions.checkouts)
 BaseShapes = Mapping[str, tuple[torch.dtype, tuple[int, ...]]]  # parameter name -> (dtype, shape)
 
 # The dtype names of the safetensors header (safetensors/torch.py keeps the same table privately):
@@ -60,6 +65,18 @@ class StateReader:
             )
         return dtype, tuple(tensor.get_shape())
 
+    def metadata_left_out(self) -> str | None:
+        """A warning naming the file's safetensors metadata (``__metadata__``) that a version does
+        not keep, or None: a version holds tensors, and a checkout writes metadata of its own.
+        Those a checkout writes (``format``, as ``save_pretrained`` does, and the version's id and
+        message) are not named."""
+        keys = sorted({key for handle in self._handles.values() for key in (handle.metadata() or {})} - _WRITTEN_BACK)
+        if not keys:
+            return None
+        shown = ", ".join(repr(k) for k in keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+        return (f"{self.path}: its safetensors metadata ({shown}) is not kept with the version: a version holds the "
+                "tensors, and a checkout writes metadata of its own")
+
     def get(self, name: str) -> torch.Tensor:
         """Read one parameter; the CPU tensor owns its memory and stays valid after `close`."""
         return self._handle(name).get_tensor(name)
@@ -85,16 +102,37 @@ class StateReader:
 
 
 def _open_file(stack: ExitStack, file: Path):
-    if not file.is_file():
-        raise InvalidParameterError(f"{file}: no such safetensors file")
+    if not file.is_file():  # a FIFO is never opened: reading it would block
+        odd = not_a_regular_file(file) if os.path.lexists(file) else None
+        raise InvalidParameterError(f"{file}: not a regular file: {odd}" if odd else f"{file}: no such safetensors file")
     try:
         return stack.enter_context(safe_open(str(file), framework="pt"))
     except Exception as exc:  # safetensors raises its own SafetensorError, or OSError
         raise InvalidParameterError(f"{file}: not a readable safetensors file ({exc})") from exc
 
 
+def pickle_refusal(path: Path) -> str | None:
+    """Why `path` is not read, when it is a pickle by its name (``pytorch_model.bin``, ``model.pt``)
+    or a folder whose only weights are pickles; else None."""
+    if path.is_dir():
+        pickles = sorted(p.name for p in path.iterdir() if p.name.lower().endswith(PICKLE_SUFFIXES) and p.is_file())
+        if not pickles or any(path.glob("*.safetensors")):
+            return None
+        what = f"holds only pickles ({', '.join(pickles[:3])}{' and more' if len(pickles) > 3 else ''})"
+    elif path.name.lower().endswith(PICKLE_SUFFIXES):
+        what = "is a pickle"
+    else:
+        return None
+    return (f"{path} {what}: provenance never reads one (loading a pickle runs its code): save the weights as "
+            "safetensors (save_pretrained(folder, safe_serialization=True), or safetensors.torch.save_file(state, "
+            "'model.safetensors') of a state loaded with torch.load(..., weights_only=True)) and commit that")
+
+
 def _resolve(path: Path) -> Path:
     """The file to open for `path`: itself, or the single checkpoint a folder holds."""
+    refused = pickle_refusal(path)
+    if refused:
+        raise InvalidParameterError(refused)
     if not path.is_dir():
         return path
     if (path / SINGLE_FILE).is_file():

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -145,6 +146,33 @@ def check_output(given: Path, resolved: Path, *, parents: bool | None = None) ->
     if not writable:
         raise UnsafeOutputError(f"cannot write {str(given)!r}: folder {resolved.parent} is not writable")
     return resolved
+
+
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a folder"),
+)
+
+
+def not_a_regular_file(path: str | os.PathLike) -> str | None:
+    """What ``path`` is when it is not (a symlink that ends at) a regular file: ``"a FIFO (named
+    pipe)"``, ``"a broken symlink (to …): its target does not exist"``, ``"a symlink loop"``; None
+    for a regular file. Nothing is opened: reading a FIFO or a device would block or never end."""
+    link = f" (a symlink to {os.readlink(path)})" if os.path.islink(path) else ""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symlink loop: the link never reaches a file"
+        if link and exc.errno == errno.ENOENT:
+            return f"a broken symlink{link}: its target does not exist"
+        return f"not readable: {exc.strerror or exc}"
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for test, kind in _KINDS if test(mode)), f"of file type {stat.S_IFMT(mode):o}") + link
 
 
 def process_alive(pid: int) -> bool:

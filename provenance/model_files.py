@@ -14,6 +14,7 @@ The version's rows (``version_files``) are inserted in the transaction that inse
   other tensor file (a second checkpoint, a shard its index does not name) is recorded with the
   reason, as is every tensor file of a ``files=`` folder (the version holds the state given);
 - hidden files and sub-folders (``.gitattributes``, ``.cache/``, a Trainer's ``checkpoint-*/``);
+- what is not a regular file (a FIFO, a socket, a device, a broken symlink), never opened;
 - pickles and other weight formats, never read nor stored, recorded with the reason: ``*.bin``
   (``pytorch_model.bin``, ``training_args.bin``), ``*.pt``, ``*.pth``, ``*.ckpt``, ``*.pkl``
   (``optimizer.pt``, ``scheduler.pt``, ``rng_state*.pth`` among them), ``*.h5``, ``*.msgpack``,
@@ -44,8 +45,9 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from provenance.checkpoints import PICKLE_SUFFIXES
 from provenance.errors import InvalidParameterError, ObjectCorruptError, ObjectMissingError
-from provenance.files import fsync_folder, naming
+from provenance.files import fsync_folder, naming, not_a_regular_file
 from provenance.ledger import LedgerStore
 from provenance.objects import ObjectStore
 from provenance.records import VersionRecord
@@ -53,7 +55,6 @@ from provenance.records import VersionRecord
 MAX_FILE_BYTES = 64 << 20
 CONFIG = "config.json"
 _TENSOR_SUFFIXES = (".safetensors", ".safetensors.index.json")
-_PICKLES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib")
 _OTHER_WEIGHTS = (".h5", ".msgpack", ".onnx", ".gguf")
 _BOOKKEEPING = ("trainer_state.json",)
 
@@ -73,7 +74,7 @@ class ModelFile(BaseModel):
 def skip_reason(name: str) -> str | None:
     """Why a commit does not store the file ``name`` of a checkpoint folder (module doc), or None."""
     lower = name.lower()
-    if lower.endswith(_PICKLES):
+    if lower.endswith(PICKLE_SUFFIXES):
         return "a pickle by its name (.bin, .pt, .pth, ...): never read nor stored (loading one runs code)"
     if lower.endswith(_OTHER_WEIGHTS):
         return "weights in another format: the version holds the tensors"
@@ -87,12 +88,19 @@ def scan(folder: Path, max_file_bytes: int = MAX_FILE_BYTES, tensors: Collection
     """The files of ``folder`` a commit records, by name: ``(path, None)`` for one it stores,
     ``(path, reason)`` for one it leaves out. ``tensors`` are the tensor files the commit reads
     (:func:`provenance.checkpoints.files_read`): any other ``.safetensors`` file is listed as left
-    out. Refuses a file over ``max_file_bytes``."""
+    out. Refuses a file over ``max_file_bytes``, and a name that is not UTF-8."""
     if not isinstance(max_file_bytes, int) or max_file_bytes < 0:
         raise InvalidParameterError(f"max_file_bytes must be a non-negative integer, got {max_file_bytes!r}")
     read = {Path(t).name for t in tensors if Path(t).parent == folder}
     found = []
     for path in sorted(folder.iterdir()):
+        try:  # the ledger keeps each name as text: bytes a Latin-1 system wrote are surrogates here
+            path.name.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+            raise InvalidParameterError(f"{shown}: the file's name is not valid UTF-8; rename it, or move it out of the "
+                                        "folder (the ledger keeps the names of a checkpoint folder's files as text)"
+                                        ) from None
         if path.name.endswith(_TENSOR_SUFFIXES) and path.is_file():
             if path.name not in read:  # a second checkpoint, a stray shard: say so, as for every file left out
                 found.append((path, f"tensors the version does not hold: the commit reads {_reads(read)}"))
@@ -100,7 +108,9 @@ def scan(folder: Path, max_file_bytes: int = MAX_FILE_BYTES, tensors: Collection
         if path.is_dir():  # listed as left out, as a hidden file is, so nothing goes unsaid
             found.append((path, "a folder: only the folder's own files are kept, as save_pretrained writes them"))
             continue
-        if not path.is_file():
+        odd = not_a_regular_file(path)
+        if odd is not None:  # never opened (a FIFO would block), but named: it was dropped without a word
+            found.append((path, f"not a regular file: {odd}"))
             continue
         if path.name.startswith("."):
             found.append((path, "a hidden file: not part of what save_pretrained writes"))
@@ -128,7 +138,7 @@ def store_files(store: ObjectStore, listed: list[tuple[Path, str | None]], creat
     rows = []
     for path, reason in listed:
         if reason is not None:
-            size = _tree_size(path) if path.is_dir() else path.stat().st_size
+            size = _tree_size(path) if path.is_dir() else path.stat().st_size if path.is_file() else 0
             rows.append(ModelFile(name=path.name, size=size, skipped=reason))
             continue
         data = path.read_bytes()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,15 @@ def test_missing_and_corrupt_files(tmp_path: Path) -> None:
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
     with pytest.raises(InvalidParameterError, match="bad.safetensors: not a readable safetensors"):
         open_state(bad)
+
+
+def test_a_fifo_named_as_a_checkpoint_is_said_to_be_one(tmp_path: Path) -> None:
+    """A FIFO given as the .safetensors file (or as a folder's model.safetensors) was called "no
+    such safetensors file"; it is now said to be a FIFO, and never opened."""
+    os.mkfifo(tmp_path / "model.safetensors")
+    for given in (tmp_path / "model.safetensors", tmp_path):
+        with pytest.raises(InvalidParameterError, match="model.safetensors: not a regular file: a FIFO"):
+            open_state(given)
 
 
 def test_bad_index_json(tmp_path: Path) -> None:

@@ -128,6 +128,23 @@ def test_pickles_and_trainer_state_are_recorded_as_left_out_and_never_written(le
                                        "tokenizer_config.json"]
 
 
+def test_a_pickle_checkpoint_is_refused_saying_why_and_what_to_do(ledger, tmp_path):
+    """A `.pt`/`.bin` file, or a folder whose only weights are `pytorch_model.bin`, was refused as
+    `expected a .safetensors file, ...` / `no model.safetensors ... in the folder`, without saying
+    that a pickle is never read, nor how to commit it; nothing is unpickled, nothing written."""
+    torch.save({"w": torch.ones(3)}, tmp_path / "model.pt")
+    folder = tmp_path / "old"
+    folder.mkdir()
+    torch.save({"w": torch.ones(3)}, folder / "pytorch_model.bin")
+    (folder / "config.json").write_text("{}")
+    todo = "provenance never reads one \\(loading a pickle runs its code\\): save the weights as safetensors"
+    with pytest.raises(InvalidParameterError, match=f"model.pt is a pickle: {todo}"):
+        ledger.commit(tmp_path / "model.pt", message="pickle")
+    with pytest.raises(InvalidParameterError, match=f"old holds only pickles \\(pytorch_model.bin\\): {todo}"):
+        ledger.commit(folder, message="pickle folder")
+    assert ledger.versions() == []
+
+
 def test_a_file_over_the_limit_refuses_the_commit_and_leaves_nothing(ledger, ckpt):
     (ckpt / "vocab.txt").write_bytes(b"x" * 5000)
     with pytest.raises(InvalidParameterError, match=r"vocab\.txt: 5,000 bytes, over the 4,096-byte limit"):
@@ -255,6 +272,51 @@ def test_subfolders_and_hidden_files_are_listed_as_left_out(ledger, ckpt):
     left = {f.name: (f.size, f.skipped) for f in ledger.model_files(version) if f.skipped}
     assert left == {"tokenizer": (4, "a folder: only the folder's own files are kept, as save_pretrained writes them"),
                     ".gitattributes": (25, "a hidden file: not part of what save_pretrained writes")}
+
+
+def test_fifos_and_broken_links_are_listed_as_left_out(ledger, ckpt):
+    """A FIFO, a broken symlink and a symlink loop in a checkpoint folder were dropped without a
+    word (neither stored nor in `model files`); they are now rows with the reason, never opened."""
+    os.mkfifo(ckpt / "pipe.json")
+    (ckpt / "broken.json").symlink_to(ckpt / "gone.json")
+    (ckpt / "loop.json").symlink_to(ckpt / "loop.json")
+    version = ledger.commit(ckpt, message="with odd entries")
+    left = {f.name: (f.size, f.skipped) for f in ledger.model_files(version) if f.skipped}
+    assert left == {
+        "pipe.json": (0, "not a regular file: a FIFO (named pipe)"),
+        "broken.json": (0, f"not a regular file: a broken symlink (a symlink to {ckpt / 'gone.json'}): "
+                           "its target does not exist"),
+        "loop.json": (0, "not a regular file: a symlink loop: the link never reaches a file"),
+    }
+    assert "config.json" in {f.name for f in ledger.model_files(version) if f.object}
+
+
+def test_a_file_name_that_is_not_utf8_refuses_the_commit_naming_it(ledger, ckpt):
+    """A file of the folder named in Latin-1 (``caf\\xe9.json``) failed the commit with a pydantic
+    `UnicodeEncodeError` traceback; it is now refused naming the file, and nothing is kept."""
+    (Path(os.fsdecode(os.fsencode(ckpt) + b"/caf\xe9.json"))).write_text("{}")
+    with pytest.raises(InvalidParameterError, match=r"ckpt/caf\\xe9.json: the file's name is not valid UTF-8; rename it"):
+        ledger.commit(ckpt, message="latin-1 name")
+    assert ledger.versions() == [] and ledger.gc()["unreferenced"] == []
+
+
+def test_safetensors_metadata_a_version_does_not_keep_is_named(ledger, ckpt, tmp_path, recwarn):
+    """A file's own safetensors metadata (a trainer's ``ss_*`` keys, ``modelspec.*``) was lost on
+    the round trip without a word; the commit now warns naming the keys. Those a checkout writes
+    (``format``, as save_pretrained does, and the version's id and message) are not named."""
+    from provenance.errors import ProvenanceWarning
+
+    save_file({"w": torch.ones(3)}, str(tmp_path / "m.safetensors"),
+              metadata={"format": "pt", "ss_base_model": "sd15", "modelspec.title": "tiny"})
+    with pytest.warns(ProvenanceWarning, match=r"m.safetensors: its safetensors metadata \('modelspec.title', "
+                                               r"'ss_base_model'\) is not kept with the version"):
+        version = ledger.commit(tmp_path / "m.safetensors", message="with metadata")
+    assert same_bits(ledger.checkout(version)["w"], torch.ones(3))
+    recwarn.clear()
+    ledger.commit(ckpt, message="save_pretrained's format only")
+    ledger.checkout(version, output=tmp_path / "out.safetensors")
+    ledger.commit(tmp_path / "out.safetensors", parent=version, message="what a checkout wrote")
+    assert not [w for w in recwarn if issubclass(w.category, ProvenanceWarning)]
 
 
 def test_tensor_files_the_commit_does_not_read_are_listed_as_left_out(ledger, ckpt, tmp_path):

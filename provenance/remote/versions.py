@@ -213,6 +213,9 @@ def _state_body(state: Any) -> Callable[[], Any]:
         if path.is_dir():
             _warn_files_left(path)
         reader = checkpoints.open_state(path)
+        left_out = reader.metadata_left_out()
+        if left_out:
+            errors.warn(left_out)
         entries = [(n, *reader.info(n)) for n in reader.names]
         return _TensorStream(entries, reader.get)
     if hasattr(state, "state_dict") and callable(state.state_dict):

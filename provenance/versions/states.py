@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from provenance.errors import InvalidParameterError
+from provenance.errors import InvalidParameterError, warn
 from provenance.records import ParamRecord, check_utf8
 from provenance.tensorfile import TensorSequence, dtype_from_name
 
@@ -61,9 +61,15 @@ def incoming_state(state: Any, parent_manifest: dict[str, ParamRecord], parent_i
             return _Incoming(sorted(live), get)
         if not path.exists():
             raise InvalidParameterError(f"{path}: no such file or folder")
+        refused = checkpoints.pickle_refusal(path)
+        if refused:
+            raise InvalidParameterError(refused)
         if path.is_file() and not (path.name.endswith(".safetensors") or path.name.endswith(checkpoints.INDEX_SUFFIX)):
             raise InvalidParameterError(f"{path}: expected a .safetensors file, a *.safetensors.index.json, a folder or a state dict")
         reader = checkpoints.open_state(path)
+        left_out = reader.metadata_left_out()
+        if left_out:
+            warn(left_out)
         return _Incoming(list(reader.names), reader.get, reader.close)
     if isinstance(state, TensorSequence):
         return _Incoming(list(state.names), state.get, state.close)
