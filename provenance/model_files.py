@@ -92,6 +92,8 @@ def scan(folder: Path, max_file_bytes: int = MAX_FILE_BYTES, tensors: Collection
     if not isinstance(max_file_bytes, int) or max_file_bytes < 0:
         raise InvalidParameterError(f"max_file_bytes must be a non-negative integer, got {max_file_bytes!r}")
     read = {Path(t).name for t in tensors if Path(t).parent == folder}
+    shard_folders = {Path(t).relative_to(folder).parts[0] for t in tensors  # an index's weight_map may name sub/x
+                     if folder in Path(t).parents and Path(t).parent != folder}
     found = []
     for path in sorted(folder.iterdir()):
         try:  # the ledger keeps each name as text: bytes a Latin-1 system wrote are surrogates here
@@ -104,6 +106,10 @@ def scan(folder: Path, max_file_bytes: int = MAX_FILE_BYTES, tensors: Collection
         if path.name.endswith(_TENSOR_SUFFIXES) and path.is_file():
             if path.name not in read:  # a second checkpoint, a stray shard: say so, as for every file left out
                 found.append((path, f"tensors the version does not hold: the commit reads {_reads(read)}"))
+            continue
+        if path.is_dir() and path.name in shard_folders:  # its shards' tensors are in the version
+            found.append((path, "a folder of shards the index names: their tensors are in the version; its files "
+                                "are not kept as files"))
             continue
         if path.is_dir():  # listed as left out, as a hidden file is, so nothing goes unsaid
             found.append((path, "a folder: only the folder's own files are kept, as save_pretrained writes them"))

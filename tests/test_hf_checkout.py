@@ -347,6 +347,26 @@ def test_tensor_files_the_commit_does_not_read_are_listed_as_left_out(ledger, ck
     assert {f.name for f in ledger.model_files(version) if not f.skipped} == {"config.json"}
 
 
+def test_a_folder_of_shards_the_index_names_is_not_called_left_out(ledger, ckpt, tmp_path):
+    """An index whose weight_map names shards in a sub-folder (`sub/model-1.safetensors`) is read
+    whole, but `model files` listed `sub` as 'a folder: only the folder's own files are kept', as
+    if its tensors were not in the version (found by stranger pass 35)."""
+    sharded = tmp_path / "sub-sharded"
+    (sharded / "sub").mkdir(parents=True)
+    state = load_file(str(ckpt / "model.safetensors"))
+    save_file(state, str(sharded / "sub" / "model-1.safetensors"))
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {
+        n: "sub/model-1.safetensors" for n in state}}))
+    (sharded / "stray").mkdir()
+    shutil.copy(ckpt / "config.json", sharded / "config.json")
+    version = ledger.commit(sharded, message="shards in a sub-folder")
+    assert sorted(ledger.checkout(version)) == sorted(state)
+    left = {f.name: f.skipped for f in ledger.model_files(version) if f.skipped}
+    assert left == {"stray": "a folder: only the folder's own files are kept, as save_pretrained writes them",
+                    "sub": "a folder of shards the index names: their tensors are in the version; its files are "
+                           "not kept as files"}
+
+
 def test_a_child_with_files_of_its_own_but_no_config_says_so(ledger, ckpt, tmp_path):
     """A child committed from a folder holding only generation_config.json takes its own files,
     not its parent's: the checkout says that, not that no parent has a config."""
