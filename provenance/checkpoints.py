@@ -21,7 +21,7 @@ import torch
 from safetensors import safe_open
 
 from provenance.errors import InvalidParameterError
-from provenance.files import not_a_regular_file
+from provenance.files import PICKLE_SUFFIXES, not_a_regular_file
 from provenance.tensorfile import DTYPES
 
 SINGLE_FILE = "model.safetensors"
@@ -29,8 +29,6 @@ INDEX_SUFFIX = ".safetensors.index.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
-# Pickles by their name: never read (loading one runs code), never stored (provenance.model_files).
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib")
 
 _WRITTEN_BACK = {"format", "prov_version", "prov_message"}  # metadata keys a checkout writes (versions.checkouts)
 BaseShapes = Mapping[str, tuple[torch.dtype, tuple[int, ...]]]  # parameter name -> (dtype, shape)

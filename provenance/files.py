@@ -148,6 +148,10 @@ def check_output(given: Path, resolved: Path, *, parents: bool | None = None) ->
     return resolved
 
 
+#: Pickles by their name: never read (loading one runs code), never stored
+#: (:mod:`provenance.checkpoints` refuses one as a checkpoint, :mod:`provenance.model_files` lists one as left out).
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib")
+
 _KINDS = (
     (stat.S_ISFIFO, "a FIFO (named pipe)"),
     (stat.S_ISSOCK, "a socket"),

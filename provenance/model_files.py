@@ -45,9 +45,8 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from provenance.checkpoints import PICKLE_SUFFIXES
 from provenance.errors import InvalidParameterError, ObjectCorruptError, ObjectMissingError
-from provenance.files import fsync_folder, naming, not_a_regular_file
+from provenance.files import PICKLE_SUFFIXES, fsync_folder, naming, not_a_regular_file
 from provenance.ledger import LedgerStore
 from provenance.objects import ObjectStore
 from provenance.records import VersionRecord
