@@ -148,6 +148,11 @@ def check_output(given: Path, resolved: Path, *, parents: bool | None = None) ->
     return resolved
 
 
+#: A ledger's folder, and its database file in it (:mod:`provenance.ledger`'s layout; here, below
+#: it, so that a server's client can tell a ledger folder on its machine).
+LEDGER_DIR = ".prov"
+DB_FILE = "ledger.duckdb"
+
 #: Pickles by their name: never read (loading one runs code), never stored
 #: (:mod:`provenance.checkpoints` refuses one as a checkpoint, :mod:`provenance.model_files` lists one as left out).
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib")

@@ -30,14 +30,14 @@ from typing import Any
 import numpy as np
 
 from provenance import columns
-from provenance.audits import AuditRun, check_threshold, iter_texts, read_samples, resolve_scope
+from provenance.audits import AuditRun, check_threshold, iter_texts, read_samples, resolve_scope, sample_texts
 from provenance.errors import InvalidParameterError, NotFoundError
 from provenance.ledger import LedgerStore
 from provenance.lineage import ancestry
 from provenance.ngrams import SPAN_TEXT_CHARS, check_span, longest_run, ngram_hashes
 from provenance.ngrams import words as normalised_words
 from provenance.progress import step
-from provenance.records import VersionRecord, check_list
+from provenance.records import VersionRecord
 from provenance.results import MemorizationReport
 
 
@@ -69,8 +69,7 @@ def audit_memorization(
     read-only ledger) and return its report."""
     threshold = check_threshold(threshold)
     span = check_span(span, "span")
-    texts = read_samples(samples) if isinstance(samples, (str, os.PathLike)) else check_list(
-        samples, "samples", "of texts, or a file of them: audit_memorization(v, ['a generated text'])")
+    texts = sample_texts(samples)
     if not texts:
         raise InvalidParameterError("no samples given")
     for i, text in enumerate(texts):  # before the lineage is read; named as samples, not documents

@@ -65,6 +65,16 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def check_storable(name: str, value: Any) -> None:
+    """Refuse ``value`` as parameter ``name`` unless it is a tensor the store can hold
+    (:func:`unstorable`), in the words a commit uses locally and through a server's client."""
+    if not isinstance(value, torch.Tensor):
+        raise InvalidParameterError(f"parameter {name!r} is a {type(value).__name__}, not a tensor")
+    refusal = unstorable(value)
+    if refusal is not None:
+        raise InvalidParameterError(f"parameter {name!r} is {refusal}")
+
+
 def unstorable(tensor: torch.Tensor) -> str | None:
     """Why the store cannot hold ``tensor`` bit for bit as a dense array of a safetensors dtype
     (a phrase completing "the tensor is ..."), or None when it can."""

@@ -7,7 +7,10 @@ generated into ``schemas/records/`` (see :mod:`provenance.schema_export`).
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import license_expression
@@ -273,8 +276,6 @@ def check_list(value: Any, what: str, call: str) -> list[Any]:
     """``value`` (a list, a tuple, any iterable but a mapping) as a list, or a refusal naming
     ``what`` and showing ``call``: a string (taken a character at a time: "no version or tag
     '3'"), a single record, a mapping, or None."""
-    from collections.abc import Iterable, Mapping
-
     if isinstance(value, (str, bytes, BaseModel, Mapping)) or not isinstance(value, Iterable):
         raise InvalidParameterError(f"{what} must be a list ({call}), got {type(value).__name__}")
     return list(value)
@@ -285,10 +286,6 @@ def check_merge_options(versions: Any, weights: Any, eps: Any, normalize: Any) -
     words for a local ledger and a server's client; returns ``weights`` as a list (a tensor or a
     numpy array of them included), or None. A string of versions was merged a character at a
     time ("no version or tag '3'")."""
-    import math
-    import numbers
-    from collections.abc import Mapping, Sequence
-
     check_list(versions, "versions", "of the versions to merge, ids, tags or records: merge([a, b], ...)")
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
         raise InvalidParameterError(f"eps (the floor on the Fisher) must be a finite number >= 0, got {eps!r}")

@@ -55,7 +55,7 @@ from provenance.audits.deletions import delete_audits
 from provenance.audits.scope import check_same_config, resolve_scope, resolve_target
 from provenance.audits.skeleton import AuditRun
 from provenance.audits.taint import UnsearchedWarning, describe_target, find_similar, taint_report
-from provenance.audits.texts import exact_jaccard, iter_texts, read_samples, read_texts
+from provenance.audits.texts import exact_jaccard, iter_texts, read_samples, read_texts, sample_texts
 from provenance.errors import InvalidParameterError
 from provenance.files import naming, table_format
 from provenance.fingerprints import FingerprintConfig
@@ -207,4 +207,4 @@ def _verify(ledger: LedgerStore, tx, audit_id: str, cfg: FingerprintConfig, thre
 __all__ = ["BUCKET_WINDOW", "MIN_RECALL", "AuditRun", "UnsearchedWarning", "audit_dedup", "banding_for",
            "check_same_config", "check_threshold", "check_window", "delete_audits", "describe_target", "exact_jaccard",
            "find_similar", "iter_texts", "read_samples", "read_texts", "resolve_scope", "resolve_target", "s_curve",
-           "taint_report"]
+           "sample_texts", "taint_report"]

@@ -17,6 +17,7 @@ from provenance.errors import ProvenanceError, SourceError
 from provenance.files import json_reason
 from provenance.fingerprints import FingerprintConfig
 from provenance.ledger import LedgerStore
+from provenance.records import check_list
 
 
 def exact_jaccard(cfg: FingerprintConfig, a: str, b: str) -> float:
@@ -66,6 +67,15 @@ def iter_texts(ledger: LedgerStore, rows: Sequence[dict[str, Any]], unreadable: 
         for (_, _, row), text in texts.items():
             for r in wanted[row]:
                 yield r, text
+
+
+def sample_texts(samples: Any) -> list[Any]:
+    """The samples a memorization audit is given, locally or through a server: a file of them
+    (:func:`read_samples`), or the texts (a list or any iterable; a string or a mapping is
+    refused, naming what goes there)."""
+    if isinstance(samples, (str, os.PathLike)):
+        return read_samples(samples)
+    return check_list(samples, "samples", "of texts, or a file of them: audit_memorization(v, ['a generated text'])")
 
 
 def read_samples(path: str | os.PathLike) -> list[str]:

@@ -248,9 +248,7 @@ def _check_options(name: str, role: str, on_invalid: str, text_field: str, shard
     if not text_field:
         raise InvalidParameterError("text_field must be a non-empty field name")
     for what, value in {"text_field": text_field, **(texts or {})}.items():
-        if value is not None and not isinstance(value, str):
-            raise InvalidParameterError(f"{what} must be a string, got {type(value).__name__}")
-        if value is not None:  # (a command-line argument of bytes that are not UTF-8 holds surrogates)
+        if value is not None:  # text (a command-line argument of bytes that are not UTF-8 holds surrogates)
             check_utf8(value, what)
     if isinstance(shard_records, bool) or not isinstance(shard_records, (int, np.integer)) or shard_records < 1:
         raise InvalidParameterError(f"shard_records must be a whole number of records, at least 1; got {shard_records!r}")

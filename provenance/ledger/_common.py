@@ -11,6 +11,8 @@ from typing import Any
 
 import duckdb
 
+from provenance.files import DB_FILE as DB_FILE  # the layout's names live with the file helpers, below the ledger
+from provenance.files import LEDGER_DIR as LEDGER_DIR
 from provenance.fingerprints import FingerprintConfig
 from provenance.records import (
     DatasetRecord,
@@ -18,8 +20,6 @@ from provenance.records import (
     ParamRecord,
 )
 
-LEDGER_DIR = ".prov"
-DB_FILE = "ledger.duckdb"
 OBJECTS_DIR = "objects"
 DOCUMENTS_DIR = "documents"  # datasets whose document rows are kept as Parquet
 TMP_DIR = "tmp"

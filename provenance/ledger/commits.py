@@ -88,11 +88,11 @@ class CommitRecord:
         wal = self.db_path.with_name(self.db_path.name + ".wal")
         raise LedgerDamagedError(
             f"ledger {self.root} lost committed writes: its database ends at write number {held}, but write number "
-            f"{recorded[1]} was committed ({path} records the last after each commit). The writes after number {held} "
-            f"were in the write-ahead log {wal}, which is cut short, damaged or gone. Restore the ledger from a backup copy; "
-            f"or, to go on with the ledger as it is, without them, move the record aside "
-            f"(mv {path} {path}.lost); `prov gc` then lists the objects those writes stored. If you put back an older database file on purpose, "
-            "move the record aside the same way")
+            f"{recorded[1]} was committed ({path} records the last after each commit). The writes after number "
+            f"{held} were in the write-ahead log {wal}, which is cut short, damaged or gone. Restore the ledger from "
+            f"a backup copy; or, to go on with the ledger as it is, without them, move the record aside (mv {path} "
+            f"{path}.lost); `prov gc` then lists the objects those writes stored. If you put back an older database "
+            "file on purpose, move the record aside the same way")
 
     def _record_held(self: LedgerStore) -> None:
         """Record the database's last write number as committed (a backup's copy: its record

@@ -99,12 +99,12 @@ class RemoteLedger(Transport, RemoteDatasets, RemoteVersions, RemoteRuns, Remote
         folder on this machine is refused too, as the server's would be if it serves from here
         (the client does not know which ledger folder is the server's)."""
         from provenance.errors import UnsafeOutputError
-        from provenance.files import check_output
+        from provenance.files import DB_FILE, LEDGER_DIR, check_output
 
         given = Path(path).expanduser()
         resolved = given.resolve()
         for folder in resolved.parents:
-            if folder.name == ".prov" and (folder / "ledger.duckdb").is_file():  # provenance.ledger's layout
+            if folder.name == LEDGER_DIR and (folder / DB_FILE).is_file():
                 raise UnsafeOutputError(f"refusing to write {str(given)!r}: it resolves to {resolved}, inside the "
                                         f"ledger folder {folder} (a server on this machine may serve it)")
         return check_output(given, resolved, parents=parents)

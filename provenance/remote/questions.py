@@ -109,11 +109,9 @@ class RemoteQuestions:
 
     def audit_memorization(self, version: str | VersionRecord, samples: Any, *, progress: Any = None,
                            **options: Any) -> MemorizationReport:
-        from provenance.audits import read_samples
+        from provenance.audits import sample_texts
 
-        texts = read_samples(samples) if isinstance(samples, (str, os.PathLike)) else check_list(
-            samples, "samples", "of texts, or a file of them: audit_memorization(v, ['a generated text'])")
-        body = {"version": ref_of(version), "samples": texts, "options": options}
+        body = {"version": ref_of(version), "samples": sample_texts(samples), "options": options}
         return MemorizationReport.model_validate(self._call("POST", "audits/memorization", json_body=body))
 
     def audits(self, kind: str | None = None) -> list[dict[str, Any]]:

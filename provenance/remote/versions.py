@@ -226,16 +226,10 @@ def _state_body(state: Any) -> Callable[[], Any]:
     for name in state:
         if not isinstance(name, str) or not name:
             raise errors.InvalidParameterError(f"parameter names must be non-empty strings, got {name!r}")
-    import torch
-
-    from provenance.objects import unstorable
+    from provenance.objects import check_storable
 
     for name, value in state.items():  # refused here as the ledger refuses them (torch's own errors otherwise)
-        if not isinstance(value, torch.Tensor):
-            raise errors.InvalidParameterError(f"parameter {name!r} is a {type(value).__name__}, not a tensor")
-        refusal = unstorable(value)
-        if refusal is not None:
-            raise errors.InvalidParameterError(f"parameter {name!r} is {refusal}")
+        check_storable(name, value)
     tensors = {k: state[k].detach() for k in sorted(state)}
     return _TensorStream([(k, t.dtype, tuple(t.shape)) for k, t in tensors.items()], tensors.__getitem__)
 

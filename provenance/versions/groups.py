@@ -16,7 +16,7 @@ from provenance.errors import InvalidParameterError, NonFiniteError
 from provenance.history import materialize, sparse_chain
 from provenance.kernels.finite import float_chunks, is_finite
 from provenance.kernels.patch import apply_low_rank
-from provenance.objects import unstorable
+from provenance.objects import check_storable
 from provenance.patches import changed_mask_over, encode
 from provenance.records import ParamRecord
 from provenance.versions.states import SAME, AdapterUpdate
@@ -26,11 +26,7 @@ def _check_tensor(name: str, tensor: Any, allow_nonfinite: bool) -> torch.Tensor
     """``tensor`` as it is stored (on the CPU, a negative view made plain), or a refusal naming
     ``name``: not a tensor, no data (meta), not dense (sparse layouts), quantized, complex, of a
     dtype without a safetensors name, or holding NaN or Inf without ``allow_nonfinite``."""
-    if not isinstance(tensor, torch.Tensor):
-        raise InvalidParameterError(f"parameter {name!r} is a {type(tensor).__name__}, not a tensor")
-    refusal = unstorable(tensor)
-    if refusal is not None:
-        raise InvalidParameterError(f"parameter {name!r} is {refusal}")
+    check_storable(name, tensor)
     tensor = tensor.detach().resolve_neg()  # a torch._neg_view has the negated values, not its memory's
     if tensor.is_floating_point() and not allow_nonfinite and tensor.numel():
         flat = tensor.reshape(-1)
