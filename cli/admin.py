@@ -190,7 +190,8 @@ def show_models(story: list[dict]) -> None:
 
 
 def show_gc(d: dict) -> str:
-    """The counts, then each stale Ray folder (a killed Ray registration's or dedup audit's) by name."""
+    """The counts, then each stale Ray folder (a killed Ray registration's or dedup audit's) by
+    name, and what else is in ``.prov/tmp``, which gc leaves alone."""
     verb = "removed" if d["removed"] else "would remove (dry run; --apply to remove)"
     rays = d.get("ray_folders", [])
     of_them = f" (of them, {counted(len(rays), 'stale Ray folder')} below)" if rays else ""  # temporary_files lists them too
@@ -201,6 +202,9 @@ def show_gc(d: dict) -> str:
         state = ("removed" if f["removed"] else "not removed: a file in it could not be removed (permissions, or an "
                  "immutable file)") if d["removed"] else "found"
         lines.append(f"  stale Ray folder {f['path']} ({f['bytes']:,} bytes): {state}")
+    for f in d.get("left_alone", []):
+        lines.append(f"  left alone: {f['path']} ({f['bytes']:,} bytes): provenance does not write it there; remove it "
+                     "yourself if nothing needs it")
     return "\n".join(lines)
 
 

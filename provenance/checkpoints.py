@@ -21,7 +21,7 @@ import torch
 from safetensors import safe_open
 
 from provenance.errors import InvalidParameterError
-from provenance.files import PICKLE_SUFFIXES, not_a_regular_file
+from provenance.files import PICKLE_SUFFIXES, non_utf8, not_a_regular_file
 from provenance.tensorfile import DTYPES
 
 SINGLE_FILE = "model.safetensors"
@@ -103,6 +103,9 @@ def _open_file(stack: ExitStack, file: Path):
     if not file.is_file():  # a FIFO is never opened: reading it would block
         odd = not_a_regular_file(file) if os.path.lexists(file) else None
         raise InvalidParameterError(f"{file}: not a regular file: {odd}" if odd else f"{file}: no such safetensors file")
+    if (shown := non_utf8(file)) is not None:  # safetensors opens a path given as UTF-8 text only
+        raise InvalidParameterError(f"{shown}: the path is not valid UTF-8; rename it (safetensors opens only UTF-8 "
+                                    "paths)")
     try:
         return stack.enter_context(safe_open(str(file), framework="pt"))
     except Exception as exc:  # safetensors raises its own SafetensorError, or OSError
@@ -300,6 +303,20 @@ def _base_name(module: str, suffix: str, base: BaseShapes) -> str | None:
     return None
 
 
+def _tied_hint(module: str, param: str, base: BaseShapes) -> str:
+    """Why a saved module's parameter may be missing from a base that holds the module: a
+    checkpoint ``save_pretrained`` wrote keeps one name of each set of tied weights (a decoder's
+    bias tied to the head's), while PEFT's ``modules_to_save`` saves every name of the module."""
+    for candidate in (module.removeprefix(PEFT_PREFIX), module):
+        held = sorted(n.removeprefix(f"{candidate}.") for n in base if n.startswith(f"{candidate}.")
+                      and "." not in n.removeprefix(f"{candidate}."))
+        if held:
+            return (f" (the base model's module {candidate!r} holds {', '.join(map(repr, held[:4]))}, not {param!r}: "
+                    "a checkpoint save_pretrained wrote keeps one name of weights tied to each other; commit the base "
+                    "from the model's state_dict(), which holds every name)")
+    return ""
+
+
 def read_lora_adapter(path: str | Path, base: BaseShapes) -> LoraAdapter:
     """Read a PEFT LoRA folder as patches of the base model whose parameters `base` describes."""
     folder = Path(path)
@@ -328,7 +345,8 @@ def read_lora_adapter(path: str | Path, base: BaseShapes) -> LoraAdapter:
         elif key.endswith((".lora_A.bias", ".lora_B.bias")):
             raise InvalidParameterError(f"{folder}: {key!r} is a LoRA bias (lora_bias), not a low-rank patch")
         else:
-            raise InvalidParameterError(f"{folder}: {key!r} is neither a LoRA factor nor a base model parameter")
+            raise InvalidParameterError(
+                f"{folder}: {key!r} is neither a LoRA factor nor a base model parameter{_tied_hint(module, param, base)}")
     updates: dict[str, LowRankUpdate] = {}
     missing: list[str] = []
     for module, pair in sorted(factors.items()):

@@ -184,6 +184,16 @@ def not_a_regular_file(path: str | os.PathLike) -> str | None:
     return next((kind for test, kind in _KINDS if test(mode)), f"of file type {stat.S_IFMT(mode):o}") + link
 
 
+def non_utf8(path: str | os.PathLike) -> str | None:
+    """``path`` shown with its undecodable bytes as ``\\xNN`` when it is not valid UTF-8 (bytes a
+    Latin-1 system wrote: Python holds them as surrogates, which no UTF-8 text can hold), else None."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+    return None
+
+
 def process_alive(pid: int) -> bool:
     """Whether process ``pid`` runs on this machine (a process of another user counts)."""
     try:

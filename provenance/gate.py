@@ -53,7 +53,7 @@ from provenance.ledger import LedgerStore
 from provenance.lineage import ancestry, license_summary, lineage
 from provenance.ngrams import check_span, ngram_hashes
 from provenance.progress import step
-from provenance.records import check_list
+from provenance.records import check_gate_versions
 from provenance.results import GateReport, LicenseSummary
 
 #: The licence conditions a gate can deny, and the key of each in a lineage's licence summary.
@@ -113,7 +113,7 @@ def audit_merge(
     threshold = check_threshold(threshold)
     deny = check_deny_license(deny_license)
     _check_limits(max_overlap, max_contamination, ngram)
-    versions = check_list(versions, "versions", "of the versions to merge: audit_merge([a, b])")
+    versions = check_gate_versions(versions)
     with ledger.session():
         inputs = [ledger.version(v) for v in versions]
         if len(inputs) < 2:

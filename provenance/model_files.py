@@ -46,7 +46,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from provenance.errors import InvalidParameterError, ObjectCorruptError, ObjectMissingError
-from provenance.files import PICKLE_SUFFIXES, fsync_folder, naming, not_a_regular_file
+from provenance.files import PICKLE_SUFFIXES, fsync_folder, naming, non_utf8, not_a_regular_file
 from provenance.ledger import LedgerStore
 from provenance.objects import ObjectStore
 from provenance.records import VersionRecord
@@ -95,11 +95,8 @@ def scan(folder: Path, max_file_bytes: int = MAX_FILE_BYTES, tensors: Collection
                      if folder in Path(t).parents and Path(t).parent != folder}
     found = []
     for path in sorted(folder.iterdir()):
-        try:  # the ledger keeps each name as text: bytes a Latin-1 system wrote are surrogates here
-            path.name.encode("utf-8")
-        except UnicodeEncodeError:
-            shown = os.fsencode(path).decode("utf-8", "backslashreplace")
-            raise InvalidParameterError(f"{shown}: the file's name is not valid UTF-8; rename it, or move it out of the "
+        if non_utf8(path.name) is not None:  # the ledger keeps each name as text
+            raise InvalidParameterError(f"{non_utf8(path)}: the file's name is not valid UTF-8; rename it, or move it out of the "
                                         "folder (the ledger keeps the names of a checkpoint folder's files as text)"
                                         ) from None
         if path.name.endswith(_TENSOR_SUFFIXES) and path.is_file():

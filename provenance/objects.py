@@ -24,9 +24,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import numbers
 import os
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -73,6 +74,27 @@ def check_storable(name: str, value: Any) -> None:
     refusal = unstorable(value)
     if refusal is not None:
         raise InvalidParameterError(f"parameter {name!r} is {refusal}")
+
+
+def check_low_rank(low_rank: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``low_rank`` checked: per parameter, ``(B, A, scale)`` with B and A tensors the store can
+    hold and a number; in the same words for a local commit and a server's client."""
+    if low_rank is not None and not isinstance(low_rank, Mapping):
+        raise InvalidParameterError(f"low_rank must map parameter names to (B, A, scale), got {type(low_rank).__name__}")
+    out = dict(low_rank or {})
+    for name, given in out.items():
+        ok = isinstance(given, (tuple, list)) and len(given) == 3 and all(
+            isinstance(t, torch.Tensor) for t in given[:2]) and isinstance(given[2], numbers.Real)
+        if not ok:
+            kinds = (f"({', '.join(type(x).__name__ for x in given)})" if isinstance(given, (tuple, list))
+                     else type(given).__name__)
+            raise InvalidParameterError(f"low_rank[{name!r}] must be (B, A, scale): two tensors and a number, "
+                                        f"got {kinds}")
+        for factor, t in zip("BA", given[:2]):
+            refusal = unstorable(t)
+            if refusal is not None:  # a meta factor failed inside the kernel ("Cannot copy out of meta tensor")
+                raise InvalidParameterError(f"low_rank[{name!r}] factor {factor} is {refusal}")
+    return out
 
 
 def unstorable(tensor: torch.Tensor) -> str | None:

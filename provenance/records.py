@@ -272,13 +272,44 @@ class RegistrationResult(BaseModel):
              f"them back into a model (remove them again with prov dataset remove {self.dataset.name} KEY...)")
 
 
-def check_list(value: Any, what: str, call: str) -> list[Any]:
+def check_list(value: Any, what: str, call: str, *, least: int = 0, fewer: str = "") -> list[Any]:
     """``value`` (a list, a tuple, any iterable but a mapping) as a list, or a refusal naming
     ``what`` and showing ``call``: a string (taken a character at a time: "no version or tag
-    '3'"), a single record, a mapping, or None."""
+    '3'"), a single record, a mapping, or None; a list of fewer than ``least`` items is refused
+    with ``fewer``."""
     if isinstance(value, (str, bytes, BaseModel, Mapping)) or not isinstance(value, Iterable):
         raise InvalidParameterError(f"{what} must be a list ({call}), got {type(value).__name__}")
-    return list(value)
+    items = list(value)
+    if len(items) < least:
+        raise InvalidParameterError(fewer)
+    return items
+
+
+def check_ref(value: Any, what: str, kinds: tuple[type, ...] = (str, BaseModel)) -> Any:
+    """``value`` if it is a reference (a string) or a record (of ``kinds``); else a refusal that
+    says ``what`` one is and shows the value (an int was looked up as its digits: "no version or
+    tag '5'")."""
+    if isinstance(value, kinds):
+        return value
+    raise InvalidParameterError(f"{what}, got {type(value).__name__} {value!r}"[:300])
+
+
+A_VERSION = "a version is an id, an id prefix, a tag or a VersionRecord"
+A_TARGET = "a target is a dataset or version name or record"
+
+
+def check_targets(targets: Any) -> list[Any]:
+    """The targets of a dedup audit, checked in the same words locally and through a server."""
+    targets = check_list(targets, "targets", "of datasets or versions: audit_dedup(['web', 'v1'])",
+                         least=1, fewer="give at least one dataset or version to audit")
+    return [check_ref(t, A_TARGET) for t in targets]
+
+
+def check_gate_versions(versions: Any) -> list[Any]:
+    """The versions of a pre-merge gate, checked in the same words locally and through a server."""
+    versions = check_list(versions, "versions", "of the versions to merge: audit_merge([a, b])",
+                          least=2, fewer="the gate needs at least two different versions")
+    return [check_ref(v, A_VERSION) for v in versions]
 
 
 def check_merge_options(versions: Any, weights: Any, eps: Any, normalize: Any) -> list[float] | None:
@@ -286,7 +317,9 @@ def check_merge_options(versions: Any, weights: Any, eps: Any, normalize: Any) -
     words for a local ledger and a server's client; returns ``weights`` as a list (a tensor or a
     numpy array of them included), or None. A string of versions was merged a character at a
     time ("no version or tag '3'")."""
-    check_list(versions, "versions", "of the versions to merge, ids, tags or records: merge([a, b], ...)")
+    for v in check_list(versions, "versions", "of the versions to merge, ids, tags or records: merge([a, b], ...)",
+                        least=1, fewer="merge needs at least one version"):
+        check_ref(v, A_VERSION)
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
         raise InvalidParameterError(f"eps (the floor on the Fisher) must be a finite number >= 0, got {eps!r}")
     if not isinstance(normalize, bool):

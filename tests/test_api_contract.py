@@ -234,16 +234,30 @@ def test_arguments_of_the_wrong_kind_are_refused_naming_them(api, name, files, r
          "the commit's author must be a string, got int 5"),
         (lambda: api.merge([base, child], method="average", message="m", author=5),
          "the merge's author must be a string, got int 5"),
+        # through a server these had the request model's words ("body.versions: List should have
+        # at least 1 item") or "expected a name, id or record, got int"; locally an int was
+        # looked up as its digits ("no version or tag '5'")
+        (lambda: api.audit_dedup([5]), "a target is a dataset or version name or record, got int 5"),
+        (lambda: api.audit_dedup([]), "give at least one dataset or version to audit"),
+        (lambda: api.merge([], message="m"), "merge needs at least one version"),
+        (lambda: api.audit_merge([child]), "the gate needs at least two different versions"),
+        (lambda: api.merge([5], message="m"), "a version is an id, an id prefix, a tag or a VersionRecord, got int 5"),
+        (lambda: api.audit_memorization(5, ["x"]), "a version is an id, an id prefix, a tag or a VersionRecord, got int 5"),
+        (lambda: api.version(5), "a version is an id, an id prefix, a tag or a VersionRecord, got int 5"),
+        # through a server: "parameter 'prov.low_rank.B:w' is a int", or a ValueError of unpacking
+        (lambda: api.commit({"w": torch.ones(4, 4)}, parent=base, message="m", low_rank={"w": (1, 2, 3)}),
+         "low_rank['w'] must be (B, A, scale): two tensors and a number, got (int, int, int)"),
+        (lambda: api.commit({"w": torch.ones(4, 4)}, parent=base, message="m", low_rank={"w": "BA"}),
+         "low_rank['w'] must be (B, A, scale): two tensors and a number, got str"),
+        (lambda: api.commit({"w": torch.ones(4, 4)}, parent=base, message="m",
+                            low_rank={"w": (torch.ones(4, 1, device="meta"), torch.ones(1, 4), 1.0)}),
+         "low_rank['w'] factor B is a meta tensor"),
     ]
     if request.node.callspec.params["api"] == "local":
         refusals += [
-            (lambda: api.audit_dedup([5]), "a target is a dataset or version name or record, got int 5"),
             (lambda: api.commit({"v": torch.ones(3)}, message="m", encoding="zip"), "unknown encoding 'zip'; known: "),
             (lambda: api.commit({"w": torch.ones(4, 4)}, parent=base, message="m", snapshot={"every": 2}),
              "snapshot must be a SnapshotPolicy"),
-            (lambda: api.commit({"w": torch.ones(4, 4)}, parent=base, message="m",
-                                low_rank={"w": (torch.ones(4, 1, device="meta"), torch.ones(1, 4), 1.0)}),
-             "low_rank['w'] factor B is a meta tensor"),
             (lambda: api.merge([base, child], method="fisher", message="m",
                                fisher=[{"w": torch.ones(4, 4)}, {"w": torch.ones(4, 4, device="meta")}]),
              "Fisher of 'w' is a meta tensor"),

@@ -295,6 +295,22 @@ def test_duplicate_ids_in_records(populated):
     unchanged()
 
 
+def test_duplicate_ids_in_a_parquet_file_are_placed_by_row(populated, data_dir):
+    """A Parquet file's null id is refused at "row N"; its duplicate ids were placed at "record N"
+    (found by stranger pass 32): both now say row, counted as the null message counts."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ledger, unchanged = populated
+    path = data_dir / "dup.parquet"
+    pq.write_table(pa.table({"id": ["a", "b", "a"], "text": ["one", "two", "three"]}), path)
+    message = refused(ledger, "good", path, id_field="id")
+    assert "'a'" in message and "dup.parquet row 0" in message and "dup.parquet row 2" in message
+    pq.write_table(pa.table({"id": ["a", "b", None], "text": ["one", "two", "three"]}), path)
+    assert "dup.parquet: row 2: id column 'id' is null" in refused(ledger, "good", path, id_field="id")
+    unchanged()
+
+
 # -- files that cannot be read -------------------------------------------------------------------
 
 

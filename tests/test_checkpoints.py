@@ -100,6 +100,17 @@ def test_a_fifo_named_as_a_checkpoint_is_said_to_be_one(tmp_path: Path) -> None:
             open_state(given)
 
 
+def test_a_checkpoint_path_that_is_not_utf8_is_named_as_such(tmp_path: Path) -> None:
+    """A file name in bytes a Latin-1 system wrote was "not a readable safetensors file (Path ...
+    is not valid UTF-8)", as if its content were at fault (found by stranger pass 35)."""
+    path = Path(os.fsdecode(os.fsencode(tmp_path) + b"/m\xff.safetensors"))
+    save_file({"w": torch.ones(2)}, str(tmp_path / "good.safetensors"))
+    os.rename(tmp_path / "good.safetensors", path)
+    with pytest.raises(InvalidParameterError) as info:
+        open_state(path)
+    assert str(info.value) == f"{tmp_path}/m\\xff.safetensors: the path is not valid UTF-8; rename it (safetensors opens only UTF-8 paths)"
+
+
 def test_bad_index_json(tmp_path: Path) -> None:
     index = tmp_path / "model.safetensors.index.json"
     index.write_text("{ not json")
@@ -301,6 +312,20 @@ def test_modules_to_save_are_replacements(tmp_path: Path) -> None:
     assert torch.equal(adapter.replaced["model.head.weight"], head_weight)
     assert torch.equal(adapter.replaced["model.head.bias"], head_bias)
     assert list(adapter.updates) == ["model.q.weight"]
+
+
+def test_a_saved_module_parameter_the_base_lacks_says_why_it_may(tmp_path: Path) -> None:
+    """A saved module's tied weight, left out of the base by save_pretrained, was "neither a LoRA
+    factor nor a base model parameter", with no word of the tie (found by stranger pass 35)."""
+    tensors = _factors("model.q", 6, 4, 2, seed=8) | {f"{PREFIX}model.head.weight": torch.randn(3, 4),
+                                                      f"{PREFIX}model.head.decoder_bias": torch.randn(3)}
+    with pytest.raises(InvalidParameterError) as info:
+        read_lora_adapter(_write_adapter(tmp_path, _config(modules_to_save=["head"]), tensors), BASE)
+    assert str(info.value) == (
+        f"{tmp_path}: '{PREFIX}model.head.decoder_bias' is neither a LoRA factor nor a base model parameter (the base "
+        "model's module 'model.head' holds 'bias', 'weight', not 'decoder_bias': a checkpoint save_pretrained wrote "
+        "keeps one name of weights tied to each other; commit the base from the model's state_dict(), which holds "
+        "every name)")
 
 
 def test_base_names_with_peft_prefix(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from provenance.errors import FingerprintMismatchError, InvalidParameterError, N
 from provenance.fingerprints import FingerprintConfig
 from provenance.ledger import LedgerStore
 from provenance.lineage import lineage
-from provenance.records import DatasetRecord, RegistrationResult, VersionRecord, check_list
+from provenance.records import A_TARGET, DatasetRecord, RegistrationResult, VersionRecord, check_ref, check_targets
 
 
 def resolve_scope(ledger: LedgerStore, targets: Sequence[str]) -> tuple[list[dict[str, Any]], list[DatasetRecord], pa.Table]:
@@ -21,9 +21,7 @@ def resolve_scope(ledger: LedgerStore, targets: Sequence[str]) -> tuple[list[dic
     everything in its lineage), as ``(what it was, datasets, scope table)``. The scope table has
     ``dataset_id, shard_index`` (null: the whole dataset). All datasets must share one
     fingerprint config: signatures made under different configs do not compare."""
-    targets = check_list(targets, "targets", "of datasets or versions: audit_dedup(['web', 'v1'])")
-    if not targets:
-        raise InvalidParameterError("give at least one dataset or version to audit")
+    targets = check_targets(targets)
     described, rows = [], []
     for target in targets:
         kind, found = resolve_target(ledger, target)
@@ -59,9 +57,7 @@ def resolve_target(ledger: LedgerStore, target: Any) -> tuple[str, Any]:
         return "dataset", ledger.dataset(target)
     if isinstance(target, VersionRecord):
         return "version", ledger.version(target)
-    if not isinstance(target, str):
-        raise InvalidParameterError(f"a target is a dataset or version name or record, got {type(target).__name__} "
-                                    f"{target!r}"[:300])
+    check_ref(target, A_TARGET, (str,))  # a record of another kind included
     kind, sep, rest = target.partition(":")
     if sep and kind == "dataset":
         return "dataset", ledger.dataset(rest)

@@ -30,6 +30,8 @@ UPLOADS_DIR = "uploads"
 #: Seconds after which an upload is a leftover: a client that died between sending its rows and
 #: registering them, or a server killed while it received a body (a client's retry takes seconds).
 UPLOAD_MAX_AGE = 86_400
+#: What provenance keeps in ``.prov/tmp``: DuckDB's spill files and the folders of uploads, Ray engines and staged rows.
+_OURS = re.compile(rf"duckdb_temp_.*|{UPLOADS_DIR}|{RAY_DIR}|staging")
 
 
 class Maintenance:
@@ -61,6 +63,20 @@ class Maintenance:
             with contextlib.suppress(OSError):  # gone meanwhile: registered
                 if p.is_file() and not p.is_symlink() and now - p.stat().st_mtime > max_age:
                     found.append(p)
+        return found
+
+    def foreign_temporaries(self) -> list[tuple[Path, int]]:
+        """What ``.prov/tmp`` holds that provenance does not write there (a file put there by hand,
+        another tool's), with its bytes: ``prov gc`` names it and leaves it alone."""
+        folder = self.root / TMP_DIR
+        if not folder.is_dir():
+            return []
+        found = []
+        for entry in sorted(folder.iterdir()):
+            if not _OURS.fullmatch(entry.name):
+                with contextlib.suppress(OSError):  # gone meanwhile
+                    found.append((entry, tree_bytes(entry) if entry.is_dir() and not entry.is_symlink()
+                                  else entry.lstat().st_size))
         return found
 
     def ray_folder(self) -> Path:

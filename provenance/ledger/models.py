@@ -16,11 +16,13 @@ from provenance.errors import (
 )
 from provenance.ledger._common import _param_from_row, register, row_dicts, unregister
 from provenance.records import (
+    A_VERSION,
     ParamRecord,
     RunRecord,
     RunShardRecord,
     TagRecord,
     VersionRecord,
+    check_ref,
     check_tag,
     looks_like_id,
 )
@@ -40,7 +42,7 @@ class ModelQueries:
         """A version by record, tag, full id or unambiguous id prefix (at least 4 hex digits)."""
         if isinstance(ref, VersionRecord):
             return ref
-        ref = str(ref)
+        ref = check_ref(ref, A_VERSION, (str,))
         with self._cursor() as con:
             tagged = con.execute("SELECT version_id FROM tags WHERE name = ?", [ref]).fetchall()
             if tagged:

@@ -131,13 +131,14 @@ class LedgerWriter(DocumentWrites, VersionWrites, RunWrites, AuditWrites):
         if not total:
             return 0, []
         rows = self._con.sql(f"{dup} ORDER BY key LIMIT {int(limit)}", params=[dataset_id]).to_arrow_table()
-        names = dict(
-            self._con.execute("SELECT shard_index, name FROM shards WHERE dataset_id = ?", [dataset_id]).fetchall()
-        )
+        shards = {i: (name, fmt) for i, name, fmt in self._con.execute(
+            "SELECT shard_index, name, format FROM shards WHERE dataset_id = ?", [dataset_id]).fetchall()}
 
-        def place(p: dict) -> str:
-            name = names.get(p["shard"], f"shard {p['shard']}")
-            return f"{name} line {p['line']}" if p["line"] is not None else f"{name} record {p['row']}"
+        def place(p: dict) -> str:  # in the words a null id of the same file is refused in
+            name, fmt = shards.get(p["shard"], (f"shard {p['shard']}", None))
+            if p["line"] is not None:
+                return f"{name} line {p['line']}"
+            return f"{name} {'row' if fmt == 'parquet' else 'record'} {p['row']}"
 
         return total, [
             {"key": r["key"], "count": r["n"], "first": place(r["first"]), "second": place(r["second"])}

@@ -104,8 +104,6 @@ def merge(
         check_utf8(author, "the merge's author")
     with ledger.session():
         inputs = [ledger.version(v) for v in versions]
-        if not inputs:
-            raise InvalidParameterError("merge needs at least one version")
         ids = [v.version_id for v in inputs]
         if len(set(ids)) != len(ids):
             first = {}

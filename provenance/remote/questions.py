@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from provenance.files import naming, table_format
 from provenance.plain import utc_time
-from provenance.records import RegistrationResult, VersionRecord, check_list
+from provenance.records import A_VERSION, RegistrationResult, VersionRecord, check_gate_versions, check_targets
 from provenance.remote.transport import ref_of, segment
 from provenance.results import DedupReport, GateReport, Lineage, MemorizationReport, TaintReport
 from provenance.wire import BUNDLE, ipc_to_table, unpack
@@ -79,7 +79,7 @@ class RemoteQuestions:
         Parquet, or CSV for a name ending in ``.csv`` (read from the stored audit, or from the
         report when it stores nothing)."""
         out = self.output_path(pairs_file) if pairs_file is not None else None
-        targets = check_list(targets, "targets", "of datasets or versions: audit_dedup(['web', 'v1'])")
+        targets = check_targets(targets)
         body = {"targets": [ref_of(t) for t in targets], "options": options}
         report = DedupReport.model_validate(self._call("POST", "audits/dedup", json_body=body))
         if out is None:
@@ -103,7 +103,7 @@ class RemoteQuestions:
 
     def audit_merge(self, versions: Sequence[str | VersionRecord], *, progress: Any = None,
                     **options: Any) -> GateReport:
-        versions = check_list(versions, "versions", "of the versions to merge: audit_merge([a, b])")
+        versions = check_gate_versions(versions)
         body = {"versions": [ref_of(v) for v in versions], "options": options}
         return GateReport.model_validate(self._call("POST", "audits/merge", json_body=body))
 
@@ -111,7 +111,7 @@ class RemoteQuestions:
                            **options: Any) -> MemorizationReport:
         from provenance.audits import sample_texts
 
-        body = {"version": ref_of(version), "samples": sample_texts(samples), "options": options}
+        body = {"version": ref_of(version, A_VERSION), "samples": sample_texts(samples), "options": options}
         return MemorizationReport.model_validate(self._call("POST", "audits/memorization", json_body=body))
 
     def audits(self, kind: str | None = None) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ import httpx
 
 from provenance import errors
 from provenance.files import naming
-from provenance.records import DatasetRecord, RegistrationResult, RunRecord, VersionRecord
+from provenance.records import DatasetRecord, RegistrationResult, RunRecord, VersionRecord, check_ref
 from provenance.wire import API, READ_POSTS, WARNINGS_HEADER, raise_error, warnings_of
 
 RETRY_STATUS = (502, 503, 504)
@@ -124,8 +124,8 @@ class _Retry(Exception):
         return "the server answered 502/503/504"
 
 
-def ref_of(value: Any) -> str:
-    """A record's id, or the reference string as given."""
+def ref_of(value: Any, what: str = "expected a name, id or record") -> str:
+    """A record's id, or the reference string as given; anything else is refused with ``what``."""
     if isinstance(value, RegistrationResult):
         return value.dataset.dataset_id
     if isinstance(value, DatasetRecord):
@@ -134,9 +134,7 @@ def ref_of(value: Any) -> str:
         return value.version_id
     if isinstance(value, RunRecord):
         return value.run_id
-    if not isinstance(value, str):
-        raise errors.InvalidParameterError(f"expected a name, id or record, got {type(value).__name__}")
-    return value
+    return check_ref(value, what, (str,))
 
 
 def segment(value: Any) -> str:

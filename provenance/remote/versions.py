@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from provenance import errors
 from provenance.records import (
+    A_VERSION,
     DatasetRecord,
     ParamRecord,
     TagRecord,
@@ -38,7 +39,7 @@ class RemoteVersions:
         """A version reference as one part of an API path. A tag whose name holds ``/``
         (``release/1.0``) is resolved to its version's id first: the server's version routes take
         one path part, and an encoded ``/`` reaches them as a ``/``."""
-        text = str(ref_of(ref))
+        text = str(ref_of(ref, A_VERSION))
         if "/" not in text:
             return segment(text)
         for t in self.tags():
@@ -65,9 +66,9 @@ class RemoteVersions:
     def tag(self, name: str, version: str | VersionRecord) -> VersionRecord:
         check_tag(name)  # as the ledger checks it: the request made tag(5, v) the tag '5'
         try:
-            return VersionRecord.model_validate(self._call("PUT", f"tags/{segment(name)}", json_body={"version": ref_of(version)}))
+            return VersionRecord.model_validate(self._call("PUT", f"tags/{segment(name)}", json_body={"version": ref_of(version, A_VERSION)}))
         except errors.AlreadyAppliedError:  # the tag was set before the server stopped: the version it was set to
-            return self.version(ref_of(version))
+            return self.version(ref_of(version, A_VERSION))
 
     def commit(self, state: Any, *, parent: str | VersionRecord | None = None, message: str, author: str | None = None,
                run: str | None = None, encoding: str = "auto", allow_nonfinite: bool = False, progress: Any = None,
@@ -81,11 +82,12 @@ class RemoteVersions:
                 f"{', '.join(sorted(options))}: not available through a ledger server (commit on the ledger's host)")
         if author is not None:  # a query parameter made author=5 the author '5'
             check_utf8(author, "the commit's author")
-        params = {"message": message, "parent": ref_of(parent) if parent is not None else None, "author": author,
+        params = {"message": message, "parent": ref_of(parent, A_VERSION) if parent is not None else None, "author": author,
                   "run": run, "encoding": encoding, "allow_nonfinite": str(allow_nonfinite).lower()}
-        if low_rank is not None and not isinstance(low_rank, Mapping):
-            raise errors.InvalidParameterError(
-                f"low_rank must map parameter names to (B, A, scale), got {type(low_rank).__name__}")
+        if low_rank is not None:  # refused here as the ledger refuses them
+            from provenance.objects import check_low_rank
+
+            low_rank = check_low_rank(low_rank)
         if low_rank:
             state = _as_tensors(state)
             for name, (b, a, _scale) in low_rank.items():
@@ -114,7 +116,7 @@ class RemoteVersions:
     def checkout(self, version: str | VersionRecord, output: str | os.PathLike | None = None, *,
                  parents: bool = False, progress: Any = None) -> Any:
         """The version's tensors, bit-identical: a dict, or the safetensors file ``output``."""
-        ref = ref_of(version)
+        ref = ref_of(version, A_VERSION)
         if output is not None:
             out = self.output_path(output, parents=parents)
             return self._call("GET", f"versions/{self._version_part(ref)}/tensors", stream_to=out)
@@ -152,7 +154,7 @@ class RemoteVersions:
         if device is not None:
             raise errors.InvalidParameterError("device: the server merges on its own device")
         if "base" in options and options["base"] is not None:
-            options["base"] = ref_of(options["base"])
+            options["base"] = ref_of(options["base"], A_VERSION)
         if options.get("author") is not None:
             check_utf8(options["author"], "the merge's author")
         weights = check_merge_options(versions, options.get("weights"), options.get("eps", 1e-6),
@@ -167,7 +169,7 @@ class RemoteVersions:
             value = options.get(key)
             if any(isinstance(x, float) and not math.isfinite(x) for x in (value if isinstance(value, list) else [value])):
                 raise errors.InvalidParameterError(f"{key} must be finite, got {value!r}")
-        body = {"versions": [ref_of(v) for v in versions], **options, "gate": dict(gate) if gate is not None else None}
+        body = {"versions": [ref_of(v, A_VERSION) for v in versions], **options, "gate": dict(gate) if gate is not None else None}
         data = self._made("version_id", "versions", lambda: self._call("POST", "merges", json_body=body)["version"])
         return VersionRecord.model_validate(data)
 

@@ -13,6 +13,7 @@ import stat
 from pathlib import Path
 
 from provenance.errors import SourceError, warn
+from provenance.files import non_utf8
 from provenance.sources.base import _unknown_type, file_format
 from provenance.sources.files import FileShard, ObjectShard
 
@@ -86,10 +87,7 @@ def _object_shards(specs: list[str]) -> list[FileShard]:
 def _utf8_name(path: Path) -> None:
     """Refuse a file whose path is not UTF-8 (bytes a Latin-1 system wrote: Python holds them as
     surrogates): the ledger keeps shard names and paths as text, and could not name it."""
-    try:
-        str(path).encode("utf-8")
-    except UnicodeEncodeError:
-        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+    if (shown := non_utf8(path)) is not None:
         raise SourceError(f"{shown}: the file's name is not valid UTF-8; rename it (the ledger keeps shard names "
                           "and paths as UTF-8 text)") from None
 

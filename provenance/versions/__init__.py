@@ -29,7 +29,6 @@ folder), :mod:`.diffs` (:func:`diff`) and :mod:`.garbage` (:func:`gc`).
 
 from __future__ import annotations
 
-import numbers
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from provenance import model_files
 from provenance.errors import InvalidParameterError
 from provenance.history import History, numel
 from provenance.ledger import LedgerStore
-from provenance.objects import new_objects, unstorable
+from provenance.objects import check_low_rank, new_objects
 from provenance.patches import ENCODINGS
 from provenance.records import ParamRecord, VersionRecord, check_utf8
 from provenance.tensorfile import dtype_from_name
@@ -139,28 +138,8 @@ def commit(
     # The ledger's lock is held from the first object written to the version's row, so that
     # `gc` in another process never sees this commit's objects as unreferenced.
     with ledger.session():
-        return _commit(ledger, state, parent, message, author, run, encoding, _factors(low_rank), allow_nonfinite,
+        return _commit(ledger, state, parent, message, author, run, encoding, check_low_rank(low_rank), allow_nonfinite,
                        snapshot or SnapshotPolicy(), sync, progress, listed, also, patch_of_run)
-
-
-def _factors(low_rank: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``low_rank`` checked: per parameter, ``(B, A, scale)`` with B and A tensors and a number."""
-    if low_rank is not None and not isinstance(low_rank, Mapping):
-        raise InvalidParameterError(f"low_rank must map parameter names to (B, A, scale), got {type(low_rank).__name__}")
-    out = dict(low_rank or {})
-    for name, given in out.items():
-        ok = isinstance(given, (tuple, list)) and len(given) == 3 and all(
-            isinstance(t, torch.Tensor) for t in given[:2]) and isinstance(given[2], numbers.Real)
-        if not ok:
-            kinds = (f"({', '.join(type(x).__name__ for x in given)})" if isinstance(given, (tuple, list))
-                     else type(given).__name__)
-            raise InvalidParameterError(f"low_rank[{name!r}] must be (B, A, scale): two tensors and a number, "
-                                        f"got {kinds}")
-        for factor, t in zip("BA", given[:2]):
-            refusal = unstorable(t)
-            if refusal is not None:  # a meta factor failed inside the kernel ("Cannot copy out of meta tensor")
-                raise InvalidParameterError(f"low_rank[{name!r}] factor {factor} is {refusal}")
-    return out
 
 
 def _is_model_folder(state: Any) -> bool:

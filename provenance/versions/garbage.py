@@ -21,7 +21,9 @@ def gc(ledger: LedgerStore, *, apply: bool = False) -> dict[str, Any]:
     folders of Parquet document files that no dataset lists (a registration killed between
     writing them and its commit): listed, or removed with ``apply``. ``temporary_files`` holds the
     Ray folders too; ``ray_folders`` names each again with its bytes and whether it was removed
-    (``False`` in a dry run, or where a file in it could not be removed: a warning says so). Runs
+    (``False`` in a dry run, or where a file in it could not be removed: a warning says so).
+    ``left_alone`` names what else ``.prov/tmp`` holds, with its bytes: provenance did not write
+    it there, and never removes it (not counted in ``bytes``). Runs
     holding the ledger's lock, so no commit or registration is writing meanwhile (in a server:
     refused while commits are writing objects, and commits that start meanwhile wait)."""
     store = ledger.object_store()
@@ -32,6 +34,7 @@ def gc(ledger: LedgerStore, *, apply: bool = False) -> dict[str, Any]:
         staged = ledger.stale_staging(remove=apply)  # a killed registration's staged rows
         rays = ledger.stale_ray_folders()
         folders = ledger.unlisted_document_folders()
+        foreign = [{"path": str(p), "bytes": n} for p, n in ledger.foreign_temporaries()]
         sizes = ([store.size(a) or 0 for a in unreferenced] + [t.stat().st_size for t in temporaries]
                  + [n for _, n in staged] + [n for _, n in rays] + list(folders.values()))
         freed = 0
@@ -55,5 +58,5 @@ def gc(ledger: LedgerStore, *, apply: bool = False) -> dict[str, Any]:
     return {"unreferenced": unreferenced,
             "temporary_files": [str(t) for t in temporaries] + [p for p, _ in staged] + [str(p) for p, _ in rays],
             "ray_folders": ray_folders, "document_folders": [str(d) for d in folders], "bytes": sum(sizes),
-            "removed": apply, "freed": freed}
+            "removed": apply, "freed": freed, "left_alone": foreign}
 
