@@ -25,7 +25,7 @@ def show_dedup(report: Any, as_json: bool) -> None:
                f"{counted(s['clusters'], 'cluster')} (largest {s['largest_cluster']:,})"
                + ("; the pairs span each cluster (m identical copies: m-1 pairs), --all-pairs lists every pair"
                   if spanning else "; every pair listed"))
-    click.echo(f"  duplicate rate {s['duplicate_rate']:.2%} ({s['redundant_documents']:,} redundant documents)")
+    click.echo(f"  duplicate rate {s['duplicate_rate']:.2%} ({counted(s['redundant_documents'], 'redundant document')})")
     if s.get("windowed_buckets"):
         click.echo(f"  {counted(s['windowed_buckets'], 'band bucket')} of more than {2 * report['bucket_window']:,} "
                    f"documents: each compared with {report['bucket_window']:,} neighbours there (--bucket-window), not "

@@ -36,3 +36,6 @@ def export_openlineage(obj: Context, version: str, output: str | None, namespace
         click.echo(f"wrote {len(events)} events to {output}", err=True)
     else:
         click.echo(text, nl=False)
+    if not events:  # an empty file or nothing printed reads as a failed export
+        click.echo(f"no events: no run or merge made a version in {version}'s lineage (a version committed "
+                   "without a run, such as an imported base, has none)", err=True)

@@ -136,6 +136,9 @@ def check_output(given: Path, resolved: Path, *, parents: bool | None = None) ->
             f"refusing to write {str(given)!r}: {resolved} is not a regular file (a device, FIFO or socket), "
             "which the write would replace")
     if not resolved.parent.is_dir():
+        blocking = next((p for p in resolved.parents if os.path.lexists(p)), None)
+        if blocking is not None and not blocking.is_dir():  # a file where a folder of the path belongs
+            raise UnsafeOutputError(f"cannot write {str(given)!r}: {blocking} is a file, not a folder")
         if not parents:
             offer = "create it first" if parents is None else "create it, or pass parents=True / --parents"
             raise UnsafeOutputError(f"cannot write {str(given)!r}: folder {resolved.parent} does not exist ({offer})")

@@ -118,8 +118,9 @@ def audit_memorization(
         if focus:  # each matched document's near copies in training
             tx.partner_pairs(audit_id, focus, run.banding.bands, run.banding.rows, run.min_matches,
                              stored=run.stored_bands)
-        exposure = _exposure(ledger, tx, audit_id, runs, matched, doc_rep)
+        exposure, near = _exposure(ledger, tx, audit_id, runs, matched, doc_rep)
         docs = {r["doc_id"]: r for r in tx.staged_documents(matched)}
+        tx.keep_document_pairs(audit_id, near)
         tx.drop_audit_tables()
         report_samples = _sample_reports(texts, sigs, k, matches, docs, exposure)
         memorized = [s for s in report_samples if s["matches"]]
@@ -137,25 +138,25 @@ def audit_memorization(
         result = MemorizationReport.model_validate(report)
         run.record(tx, target=vid, passed=None, report=result.to_dict(),
                    params={"threshold": threshold, "span": span, "samples": len(texts)})
-        tx.drop_sample_pairs(audit_id)
     return result
 
 
 def _exposure(ledger: LedgerStore, tx: Any, audit_id: str, runs: list[str], matched: list[int],
-              doc_rep: dict[int, int]) -> dict[int, tuple[int, float, float]]:
+              doc_rep: dict[int, int]) -> tuple[dict[int, tuple[int, float, float]], np.ndarray]:
     """Each matched document's near-copies, how often training saw it, and how often it saw it
     and them: ``doc -> (near_copies, seen, exposure)``. A document's near-copies are the other
     members of its group and of the groups it is paired with, so both figures are its group's
     (:meth:`~provenance.ledger.audit_sql.AuditWrites.near_sums`): the sums exact, so that they
-    depend on neither the order of the rows nor the database's threads."""
+    depend on neither the order of the rows nor the database's threads; and the ids of the
+    matched documents and their near-copies."""
     if not matched:
-        return {}
+        return {}, np.zeros(0, np.int64)
     ids = tx.near_members(audit_id, matched)  # the matched documents among them
     seen_table = ledger.exposure(runs, ids)
     sums = tx.near_sums(seen_table)
     seen = dict(zip(columns.to_numpy(seen_table.column("doc_id")).tolist(),
                     columns.to_numpy(seen_table.column("seen")).tolist()))
-    return {d: (sums[doc_rep[d]][0] - 1, float(seen.get(d, 0.0)), sums[doc_rep[d]][1]) for d in matched}
+    return {d: (sums[doc_rep[d]][0] - 1, float(seen.get(d, 0.0)), sums[doc_rep[d]][1]) for d in matched}, ids
 
 
 def _sample_reports(texts: list[str], sigs: np.ndarray, k: int, matches: dict[tuple[int, int], dict[str, Any]],

@@ -31,6 +31,7 @@ from typing import Any
 
 from provenance.errors import InvalidParameterError, NotFoundError
 from provenance.ledger import LedgerStore
+from provenance.plain import counted
 from provenance.records import VersionRecord
 from provenance.results import LicenseSummary, Lineage
 
@@ -269,7 +270,7 @@ def _dedup_text(audit: dict) -> str:
     targets = ", ".join(t.get("label") or t["target"] for t in r.get("targets", []))
     return (f"Deduplication ({_when(audit)}) of {targets} at estimated Jaccard ≥ {r['threshold']}: "
             f"{s['redundant_documents']:,} of {s['documents']:,} documents are redundant copies "
-            f"(duplicate rate {s['duplicate_rate']:.2%}, {s['clusters']:,} clusters).")
+            f"(duplicate rate {s['duplicate_rate']:.2%}, {counted(s['clusters'], 'cluster')}).")
 
 
 def _memorization_text(audit: dict) -> str:

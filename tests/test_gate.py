@@ -312,6 +312,26 @@ def test_memorization_with_many_copies_counts_them_all(ledger, data_dir, write_j
     assert by_key["near"]["near_copies"] == 500 and by_key["near"]["exposure"] == 501 * 2.0
 
 
+def test_a_memorization_audit_stores_the_pairs_of_the_matched_documents_only(ledger, data_dir, write_jsonl):
+    """The stored pairs are the matched documents' with their near-copies, also when a sample is
+    a verbatim copy (its group's first member is then the sample, not a document); documents that
+    no sample reached are not paired (stranger pass 37)."""
+    x = words(5, 60)
+    write_jsonl(data_dir / "t.jsonl", [{"id": "t0", "text": x}, {"id": "copy", "text": x},
+                                       {"id": "near", "text": x.replace("w5x59", "changed")},
+                                       {"id": "u0", "text": words(300)}, {"id": "u1", "text": words(300)}])
+    ledger.register_dataset("t", data_dir / "t.jsonl", id_field="id")
+    with ledger.start_run(datasets=["t"], message="one epoch") as run:
+        v = run.commit({"w": torch.zeros(2)})
+
+    def stored(samples):
+        report = audit_memorization(ledger, v.version_id, samples, span=0)
+        return sorted((p["a"], p["b"]) for p in ledger.audit_pairs(report["audit_id"]).to_pylist())
+
+    assert stored([x]) == stored([x.replace("w5x59", "other")]) == [("t0", "copy"), ("t0", "near")]
+    assert stored([words(999)]) == []
+
+
 def test_memorization_exposure_is_the_exact_sum_over_a_document_and_its_copies(ledger, data_dir, write_jsonl):
     """Fractional epochs over two runs: a copy's exposure is the exactly rounded sum of what
     training saw of it and of its 299 copies (math.fsum's answer), whatever order the rows come in."""

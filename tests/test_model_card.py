@@ -118,6 +118,19 @@ def test_card_shows_the_gate_the_merge_cites_and_the_latest_audits(lineage, data
             "(`prov verify` reports it).") in ledger.model_card(merged).text  # the card still made (stranger pass 24)
 
 
+def test_one_cluster_and_one_redundant_document_are_said_in_the_singular(ledger, data_dir, write_jsonl):
+    """The card and `prov audit dedup` said "1 clusters" and "1 redundant documents" (stranger pass 37)."""
+    write_jsonl(data_dir / "twice.jsonl", [{"id": "a", "text": words(1)}, {"id": "b", "text": words(1)},
+                                           {"id": "c", "text": words(2)}])
+    ledger.register_dataset("twice", data_dir / "twice.jsonl", id_field="id")
+    with ledger.start_run(datasets=["twice"], message="on twice") as run:
+        v = run.commit({"w": torch.zeros(2)})
+    out = CliRunner().invoke(main, ["--ledger", str(ledger.root), "audit", "dedup", "twice"])
+    assert out.exit_code == 0 and "duplicate rate 33.33% (1 redundant document)\n" in out.output, out.output
+    assert ("1 of 3 documents are redundant copies (duplicate rate 33.33%, 1 cluster)."
+            in ledger.model_card(v).text)
+
+
 def test_one_licence_gives_its_hub_id():
     def summary(licenses, unknown=()):
         return LicenseSummary(licenses=licenses, non_commercial=[], share_alike=[], unknown_license=list(unknown),

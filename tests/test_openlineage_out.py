@@ -410,6 +410,17 @@ def test_export_gives_every_run_and_merge_of_the_lineage_in_time_order(local, tm
     assert [json.loads(line) for line in printed.output.splitlines()] == ledger.export_openlineage(c)
 
 
+def test_export_of_a_lineage_without_runs_says_there_are_no_events(local, tmp_path):
+    """A version committed without a run has no events: the export printed nothing at all and
+    exited 0, which reads as a broken export (stranger pass 37)."""
+    ledger, _ = local
+    base = ledger.commit({"w": torch.zeros(2)}, message="imported base")
+    done = CliRunner().invoke(main, ["--ledger", str(tmp_path), "export", "openlineage", base.version_id[:12]])
+    assert done.exit_code == 0 and done.stdout == ""
+    assert done.stderr == (f"no events: no run or merge made a version in {base.version_id[:12]}'s lineage (a version "
+                           "committed without a run, such as an imported base, has none)\n")
+
+
 def test_export_of_an_unknown_version_is_a_clear_error(local, tmp_path):
     ledger, _ = local
     with pytest.raises(NotFoundError, match="nope"):

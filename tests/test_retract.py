@@ -867,3 +867,20 @@ def test_a_retrain_on_an_older_dataset_version_says_remove_starts_from_the_lates
     assert ("make its data without the retracted documents with prov dataset remove private x1 (it starts from "
             "private@2, the latest version, whose documents may differ from private@1's, which the run trained on; "
             "for private@1's own, write its files without them and register those)") in step["why"]
+
+
+def test_the_removal_command_a_plan_prints_quotes_keys_for_the_shell(ledger, data_dir, write_jsonl):
+    """A key with spaces or shell characters is one argument of the printed `prov dataset remove`,
+    in a retrain step and in the refusal of a document nothing trained on (stranger pass 37)."""
+    write_jsonl(data_dir / "letters.jsonl", [{"id": "letter <7>", "text": "a private letter"},
+                                             {"id": "it's mine", "text": "not trained on"}])
+    ledger.register_dataset("letters", data_dir / "letters.jsonl", id_field="id")
+    (data_dir / "letters.jsonl").write_text(json.dumps({"id": "letter <7>", "text": "a private letter"}) + "\n")
+    ledger.register_dataset("letters", data_dir / "letters.jsonl", id_field="id")  # letters@2 without the other
+    with ledger.start_run(datasets=["letters"], message="A") as r:
+        a = r.commit({"w": torch.zeros(2)})
+    record = ledger.retract(dataset="letters", key="letter <7>", reason="withdrawn")
+    (step,) = [s for s in record["steps"] if s["version_id"] == a.version_id]
+    assert "make its data without the retracted documents with prov dataset remove letters 'letter <7>'" in step["why"]
+    with pytest.raises(InvalidParameterError, match=r"prov dataset remove letters 'it'\"'\"'s mine'$"):
+        ledger.retract(dataset="letters", key="it's mine", reason="asked")

@@ -124,6 +124,13 @@ def test_checkout_needs_parents_for_missing_folders(project, tmp_path):
     assert not (tmp_path / "new").exists()
     result = run_cli("audit", "dedup", "news", "--html", "new/dir/x.html")  # no --parents there: not offered
     assert result.exit_code == 4 and "folder" in result.output and "does not exist (create it first)" in result.output
+    (tmp_path / "page.html").write_text("a file, not a folder")  # said so, not "does not exist" (stranger pass 37)
+    result = run_cli("audit", "dedup", "news", "--html", "page.html/x.html")
+    assert result.exit_code == 4 and f"cannot write 'page.html/x.html': {tmp_path / 'page.html'} is a file, not a folder" \
+        in result.output, result.output
+    result = run_cli("model", "checkout", child.version_id, "-o", "page.html/sub/m.safetensors", "--parents")
+    assert result.exit_code == 4 and f"{tmp_path / 'page.html'} is a file, not a folder" in result.output, result.output
+    assert ledger.audits() == []
     result = run_cli("model", "checkout", child.version_id, "-o", "new/dir/m.safetensors", "--parents")
     assert result.exit_code == 0, result.output
     from safetensors.torch import load_file

@@ -89,6 +89,26 @@ class SampleWrites:
         return self._rows("SELECT doc_id, dataset_id, key, signature FROM aud_docs WHERE list_contains($1, doc_id)",
                           [doc_ids])
 
-    def drop_sample_pairs(self, audit_id: str) -> None:
-        """Remove the pairs that involve staged samples (they are not documents of the ledger)."""
-        self._con.execute("DELETE FROM audit_pairs WHERE audit_id = $1 AND doc_a < 0", [audit_id])
+    def keep_document_pairs(self, audit_id: str, near: np.ndarray) -> None:
+        """Leave the audit the pairs of the documents ``near`` only (the matched documents and their
+        near-copies, :meth:`near_members`): a group of identical signatures whose first member is a
+        sample (samples are not documents of the ledger) has its pairs moved to its first document,
+        then the pairs of samples, and of documents that no sample reached, are removed."""
+        con = self._con
+        con.execute(
+            """INSERT INTO audit_pairs
+               WITH anchor AS (SELECT rep, min(doc_id) AS first FROM aud_groups
+                               WHERE rep < 0 AND doc_id >= 0 GROUP BY rep)
+               SELECT p.audit_id, least(a.first, p.doc_b), greatest(a.first, p.doc_b), p.matches, p.jaccard,
+                      p.exact, least(a.first, p.doc_b)
+               FROM audit_pairs p JOIN anchor a ON p.doc_a = a.rep
+               WHERE p.audit_id = $1 AND p.doc_b >= 0 AND p.doc_b <> a.first""", [audit_id])
+        register(con, "aud_keep", pa.Table.from_arrays([columns.from_numpy(np.asarray(near, np.int64))],
+                                                       names=["doc_id"]))
+        try:
+            con.execute(
+                """DELETE FROM audit_pairs WHERE audit_id = $1 AND (doc_a < 0
+                   OR NOT (doc_a IN (SELECT doc_id FROM aud_keep) OR doc_b IN (SELECT doc_id FROM aud_keep)))""",
+                [audit_id])
+        finally:
+            unregister(con, "aud_keep")

@@ -30,6 +30,7 @@ retracted text.
 from __future__ import annotations
 
 import json
+import shlex
 import uuid
 from typing import Any
 
@@ -83,7 +84,7 @@ def _retract(ledger: Any, *, reason: str, dataset: str | None, shard: str | None
         rows, matches, described = [v.model_dump() for v in report.versions], report.matches, report.target
     if not rows:  # a removal request for a document not trained on yet: the dataset's next version leaves it out
         later = (f"; to keep it out of the training to come, make a version of the dataset without it: prov dataset "
-                 f"remove {dataset} {key}" if dataset is not None and key is not None and text is None else "")
+                 f"remove {shlex.quote(dataset)} {shlex.quote(key)}" if dataset is not None and key is not None and text is None else "")
         raise InvalidParameterError(f"nothing to retract: {described} shaped no version{later}")
     documents = _documents(matches, targets)
     run_ids = sorted({graph[r["version_id"]]["run_id"] for r in rows

@@ -6,6 +6,7 @@ recorded before stand-ins that leave out an input made clean again (:func:`outda
 from __future__ import annotations
 
 import heapq
+import shlex
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -133,7 +134,7 @@ def _retrain_settings(step: Step, run_id: str | None, runs: dict[str, dict[str, 
             step.why += "; train on " + ", ".join(ready.values()) + " (already without the retracted documents)"
         if set(step.remove) - set(ready):
             step.why += "; make its data without the retracted documents with " + "; ".join(
-                f"prov dataset remove {d.split('@')[0]} {' '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+                f"prov dataset remove {shlex.join([d.split('@')[0], *keys[:5]])}{' ...' if len(keys) > 5 else ''}"
                 + (f" (it starts from {newer[d]}, the latest version, whose documents may differ from {d}'s, "
                    f"which the run trained on; for {d}'s own, write its files without them and register those)"
                    if d in newer else "")
