@@ -141,15 +141,15 @@ def show_demo(report, as_json: bool) -> None:
         click.echo(dumps(report.to_json()))
         return
     for r in report.registrations:
-        click.echo(r.message)
+        render.echo(r.message)
     s = report.summary
-    click.echo(f"\nledger {s['path']}: {counted(s['datasets'], 'dataset')}, {counted(s['shards'], 'shard')}, "
-               f"{counted(s['documents'], 'document')}")
+    render.echo(f"\nledger {s['path']}: {counted(s['datasets'], 'dataset')}, {counted(s['shards'], 'shard')}, "
+                f"{counted(s['documents'], 'document')}")
     if report.server:
-        click.echo(f"(through the ledger server {report.server['url']} with token {report.server['token']}: "
-                   f"{report.server['writes']} writes in its access log; the server has stopped)")
+        render.echo(f"(through the ledger server {report.server['url']} with token {report.server['token']}: "
+                    f"{report.server['writes']} writes in its access log; the server has stopped)")
     show_datasets(report.datasets, False)
-    click.echo(
+    render.echo(
         f"near-duplicates (LSH band collisions, estimated Jaccard >= 0.6): {len(report.pairs)} pairs; "
         f"planted {report.planted}, found {report.found}; "
         f"evaluation leaks planted {report.contaminated}, found {report.contamination_found}"
@@ -163,13 +163,13 @@ def show_demo(report, as_json: bool) -> None:
     if report.models:
         show_models(report.models)
     if report.gate:
-        click.echo("\nBefore merging, the pre-merge gate on the two contributors (prov audit merge):")
+        render.echo("\nBefore merging, the pre-merge gate on the two contributors (prov audit merge):")
         show_gate(report.gate, False)
         if not report.gate["passed"]:
-            click.echo("The demo merges anyway, to show the rest; the merge's receipt cites this failed audit. "
-                       "`prov merge --gate` would have refused (exit status 1).")
+            render.echo("The demo merges anyway, to show the rest; the merge's receipt cites this failed audit. "
+                        "`prov merge --gate` would have refused (exit status 1).")
     if report.lineage is not None:
-        click.echo("\nThe merged version's lineage (prov lineage demo-merge):")
+        render.echo("\nThe merged version's lineage (prov lineage demo-merge):")
         show_lineage(report.lineage, False)
 
 
@@ -228,18 +228,18 @@ def show_verify(report, as_json: bool) -> None:
         console.print(f"[red]✗ dataset {p['dataset_id']}{shard}[/]: {escape(p['problem'])}", highlight=False, markup=True)
     if report.temporary_files:
         verb = "removed" if report.repaired else "found (prov gc --apply or verify --repair removes them)"
-        click.echo(f"{len(report.temporary_files)} temporary file(s) of interrupted writes {verb}")
+        render.echo(f"{len(report.temporary_files)} temporary file(s) of interrupted writes {verb}")
     if report.unreferenced_objects:
-        click.echo(f"{counted(report.unreferenced_objects, 'object')} no version refers to (a killed commit or merge "
-                   "left them, or a commit is still writing; prov gc lists their bytes, prov gc --apply removes them)")
+        render.echo(f"{counted(report.unreferenced_objects, 'object')} no version refers to (a killed commit or merge "
+                    "left them, or a commit is still writing; prov gc lists their bytes, prov gc --apply removes them)")
     for folder in report.ray_folders:
-        click.echo(f"stale Ray folder {folder} (a killed Ray registration or dedup audit left it; "
-                   "prov gc --apply removes it)")
+        render.echo(f"stale Ray folder {folder} (a killed Ray registration or dedup audit left it; "
+                    "prov gc --apply removes it)")
     for folder in report.unlisted_document_folders:
-        click.echo(f"document folder {folder} no dataset lists (a killed registration left it; prov gc lists its "
-                   "bytes, prov gc --apply removes it)")
+        render.echo(f"document folder {folder} no dataset lists (a killed registration left it; prov gc lists its "
+                    "bytes, prov gc --apply removes it)")
     if report.ok:
         console.print("[green]ok[/]: nothing damaged", highlight=False, markup=True)
     elif report.damaged_objects and not report.repaired:
-        click.echo("To restore a damaged object, commit again a checkpoint that holds the tensor (the object is "
-                   "written afresh); --repair first moves the damaged files aside.")
+        render.echo("To restore a damaged object, commit again a checkpoint that holds the tensor (the object is "
+                    "written afresh); --repair first moves the damaged files aside.")

@@ -6,6 +6,7 @@ Commands live in one module per group (``datasets``, ``models``, ``runs``, ``aud
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -20,6 +21,7 @@ from pydantic import ValidationError
 from provenance import __version__
 from provenance.errors import LedgerNotFoundError, NotFoundError, ProvenanceError
 from provenance.files import describe
+from provenance.plain import printable
 
 # Exit statuses (documented in docs/cli.md): 0 success or gate passed; 1 a policy broke (the gate
 # failed, `prov verify` found damage); 2 a usage error (click's own); 3 a named thing was not found;
@@ -43,8 +45,8 @@ class CliError(click.ClickException):
     def show(self, file: Any = None) -> None:
         if self.as_json:
             click.echo(json.dumps({"error": self.format_message(), "kind": self.kind}, ensure_ascii=False), err=True)
-        else:
-            super().show(file)
+        else:  # as click shows it, with a key's or a name's control characters made visible
+            click.echo(f"Error: {printable(self.format_message())}", err=True)
 
 
 class PolicyFailed(CliError):
@@ -77,7 +79,7 @@ class ProvGroup(click.Group):
                 raise
             finally:
                 for w in caught:
-                    click.echo(f"warning: {w.message}", err=True)
+                    click.echo(printable(f"warning: {w.message}"), err=True)
 
     def _invoke(self, ctx: click.Context) -> Any:
         try:
@@ -89,7 +91,9 @@ class ProvGroup(click.Group):
 
     def _errors_named(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # what the command printed, written while its errors are still named
+            return result
         except CliError:
             raise
         except (NotFoundError, LedgerNotFoundError) as exc:
@@ -108,7 +112,24 @@ class ProvGroup(click.Group):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(EXIT_PIPE)
         except OSError as exc:  # a file the command reads or writes: name it, no traceback
+            if _stdout_refused():
+                raise CliError(f"cannot write the output to stdout: {exc.strerror or exc} (what the command "
+                               "recorded in the ledger is kept)", kind="os") from exc
             raise CliError(describe(exc), kind="os") from exc
+
+
+def _stdout_refused() -> bool:
+    """Whether stdout refuses what the command printed (``> /dev/full``: it said only "No space
+    left on device", then Python's ``Exception ignored ... OSError`` at exit, status 120); if so,
+    stdout is pointed at /dev/null, so that the exit's own flush succeeds."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        with contextlib.suppress(OSError):
+            sys.stdout.flush()
+        return True
+    return False
 
 
 def _asked_json(ctx: click.Context) -> bool:
@@ -137,7 +158,7 @@ def _aborted(obj: Any = None) -> None:
     write the ledger had committed before the interrupt is kept: it is named."""
     made = [m for ledger in getattr(obj, "opened", ()) for m in getattr(ledger, "committed", ())]
     kept = "; ".join(", ".join(f"{kind.removesuffix('_id')} {value}" for kind, value in m.items()) for m in made)
-    click.echo("\nAborted!" + (f" What the ledger recorded before the interrupt is kept: {kept}" if kept else ""),
+    click.echo(printable("\nAborted!" + (f" What the ledger recorded before the interrupt is kept: {kept}" if kept else "")),
                err=True)
     sys.exit(EXIT_INTERRUPTED)
 

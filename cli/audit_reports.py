@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import click
 from rich.markup import escape
 from rich.table import Table
 
@@ -19,28 +18,28 @@ def show_dedup(report: Any, as_json: bool) -> None:
     if as_json:
         return render.dump(report)
     s, b = report["summary"], report["banding"]
-    click.echo(f"dedup audit {report['audit_id'][:12]} of {', '.join(report['datasets'])} at Jaccard >= {report['threshold']}")
+    render.echo(f"dedup audit {report['audit_id'][:12]} of {', '.join(report['datasets'])} at Jaccard >= {report['threshold']}")
     spanning = report.get("pairs_mode", "spanning") == "spanning"
-    click.echo(f"  {counted(s['documents'], 'document')}, {counted(s['pairs'], 'pair')} ({s['exact_duplicate_pairs']:,} exact), "
-               f"{counted(s['clusters'], 'cluster')} (largest {s['largest_cluster']:,})"
-               + ("; the pairs span each cluster (m identical copies: m-1 pairs), --all-pairs lists every pair"
+    render.echo(f"  {counted(s['documents'], 'document')}, {counted(s['pairs'], 'pair')} ({s['exact_duplicate_pairs']:,} exact), "
+                f"{counted(s['clusters'], 'cluster')} (largest {s['largest_cluster']:,})"
+                + ("; the pairs span each cluster (m identical copies: m-1 pairs), --all-pairs lists every pair"
                   if spanning else "; every pair listed"))
-    click.echo(f"  duplicate rate {s['duplicate_rate']:.2%} ({counted(s['redundant_documents'], 'redundant document')})")
+    render.echo(f"  duplicate rate {s['duplicate_rate']:.2%} ({counted(s['redundant_documents'], 'redundant document')})")
     if s.get("windowed_buckets"):
-        click.echo(f"  {counted(s['windowed_buckets'], 'band bucket')} of more than {2 * report['bucket_window']:,} "
-                   f"documents: each compared with {report['bucket_window']:,} neighbours there (--bucket-window), not "
-                   "with every other; pairs and near-copy counts are of those compared")
+        render.echo(f"  {counted(s['windowed_buckets'], 'band bucket')} of more than {2 * report['bucket_window']:,} "
+                    f"documents: each compared with {report['bucket_window']:,} neighbours there (--bucket-window), not "
+                    "with every other; pairs and near-copy counts are of those compared")
     if s.get("without_words"):
-        click.echo(f"  {counted(s['without_words'], 'document')} with no words (empty, or only punctuation): "
-                   "compared with nothing")
-    click.echo(f"  banding {b['bands']} bands x {b['rows']} rows of {b['num_perm']}: P(candidate | J={report['threshold']}) "
-               f"= {b['p_at_threshold']:.4f}")
+        render.echo(f"  {counted(s['without_words'], 'document')} with no words (empty, or only punctuation): "
+                    "compared with nothing")
+    render.echo(f"  banding {b['bands']} bands x {b['rows']} rows of {b['num_perm']}: P(candidate | J={report['threshold']}) "
+                f"= {b['p_at_threshold']:.4f}")
     v = report.get("verify")
     if v:
-        click.echo(f"  verified {v['checked']} of {v['near_threshold']} pairs within ±{v['margin']:.3f} of the threshold "
-                   f"by exact Jaccard: {v['rejected']} below it, dropped" + (f"; {v['not_checked']} unreadable" if v["not_checked"] else ""))
+        render.echo(f"  verified {v['checked']} of {v['near_threshold']} pairs within ±{v['margin']:.3f} of the threshold "
+                    f"by exact Jaccard: {v['rejected']} below it, dropped" + (f"; {v['not_checked']} unreadable" if v["not_checked"] else ""))
         for why in v["unreadable"][:5]:
-            click.echo(f"    {why}")
+            render.echo(f"    {why}")
     if report["largest_clusters"]:
         t = Table(title="Largest clusters")
         for col in ("size", "datasets", "sample keys"):
@@ -57,7 +56,7 @@ def show_dedup(report: Any, as_json: bool) -> None:
             t.add_row(render.cell(p["a"]), render.cell(p["b"]), f"{p['jaccard']:.3f}", f"{p['stderr']:.3f}")
         render.console().print(t)
     elif report.get("pairs_file"):
-        click.echo(f"  pairs written to {report['pairs_file']}")
+        render.echo(f"  pairs written to {report['pairs_file']}")
 
 
 def show_gate(report: Any, as_json: bool) -> None:
@@ -86,7 +85,7 @@ def show_gate(report: Any, as_json: bool) -> None:
     for side in report["sides"]:
         data = (f"{side['shards']} shard(s) of {', '.join(side['datasets'])}" if side["datasets"] else
                 "no data" + ("" if report["full_lineage"] else " added since the shared ancestor"))
-        click.echo(f"  {labels.get(side['version_id'], side['version_id'][:12])}: {data}")
+        render.echo(f"  {labels.get(side['version_id'], side['version_id'][:12])}: {data}")
     t = Table(title=f"Training-data overlap (Jaccard >= {report['threshold']})")
     for col in ("A", "B", "A docs", "A overlap", "B docs", "B overlap", "datasets"):
         t.add_column(col)
@@ -99,22 +98,22 @@ def show_gate(report: Any, as_json: bool) -> None:
     render.console().print(t)
     c = report["contamination"]
     if c is None:
-        click.echo("contamination: no evaluation datasets registered (role eval) or given (--eval)")
+        render.echo("contamination: no evaluation datasets registered (role eval) or given (--eval)")
     else:
         span = c["ngram"]
-        click.echo(f"contamination with {', '.join(c['eval_datasets'])}: {c['contaminated_eval_documents']} of "
-                   f"{c['eval_documents']:,} evaluation documents found in training "
-                   f"(exact {c['eval_exact']}, near {c['eval_near']}"
-                   + (f", shared {span['n']}-word spans {len(span['eval_keys'])}" if span else "")
-                   + (f", trained on by a shared ancestor {c['inherited_eval_documents']}"
+        render.echo(f"contamination with {', '.join(c['eval_datasets'])}: {c['contaminated_eval_documents']} of "
+                    f"{c['eval_documents']:,} evaluation documents found in training "
+                    f"(exact {c['eval_exact']}, near {c['eval_near']}"
+                    + (f", shared {span['n']}-word spans {len(span['eval_keys'])}" if span else "")
+                    + (f", trained on by a shared ancestor {c['inherited_eval_documents']}"
                       if c.get("inherited_eval_documents") else "") + ")")
         if c.get("inherited_shards"):
-            click.echo(f"  {c['inherited_shards']:,} shard(s) inherited from shared ancestors were not compared with "
-                       f"the evaluation data by content (--full-lineage compares them)")
+            render.echo(f"  {c['inherited_shards']:,} shard(s) inherited from shared ancestors were not compared with "
+                        f"the evaluation data by content (--full-lineage compares them)")
         if c["contaminated_eval_keys"]:
-            click.echo(f"  {render.cell(', '.join(c['contaminated_eval_keys']))}")
+            render.echo(f"  {render.cell(', '.join(c['contaminated_eval_keys']))}")
         if span and span["unreadable"]:
-            click.echo(f"  span check skipped {len(span['unreadable'])} unreadable shard(s): {span['unreadable'][0]}")
+            render.echo(f"  span check skipped {len(span['unreadable'])} unreadable shard(s): {span['unreadable'][0]}")
 
 
 def show_memorization(report: Any, as_json: bool) -> None:
@@ -122,9 +121,9 @@ def show_memorization(report: Any, as_json: bool) -> None:
     if as_json:
         return render.dump(report)
     s = report["summary"]
-    click.echo(f"memorization audit {report['audit_id'][:12]} of {report.get('label') or report['version'][:12]}: "
-               f"{s['samples_matching_training']} of {counted(s['samples'], 'sample')} match training documents "
-               f"({counted(s['training_documents_matched'], 'document')}; highest exposure {s['max_exposure']:g})")
+    render.echo(f"memorization audit {report['audit_id'][:12]} of {report.get('label') or report['version'][:12]}: "
+                f"{s['samples_matching_training']} of {counted(s['samples'], 'sample')} match training documents "
+                f"({counted(s['training_documents_matched'], 'document')}; highest exposure {s['max_exposure']:g})")
     t = Table()
     for col in ("sample", "document", "Jaccard", "span (words)", "near-copies", "exposure"):
         t.add_column(col)
@@ -137,6 +136,6 @@ def show_memorization(report: Any, as_json: bool) -> None:
     if t.row_count:
         render.console().print(t)
     if more:
-        click.echo(f"  the first 5 matches of each sample are shown; {more:,} more in --json and --html")
+        render.echo(f"  the first 5 matches of each sample are shown; {more:,} more in --json and --html")
     for why in report["unreadable"][:5]:
-        click.echo(f"  span check skipped: {why}")
+        render.echo(f"  span check skipped: {why}")

@@ -165,7 +165,7 @@ def audit_show(obj: Context, audit_id: str, html_file: str | None, as_json: bool
     if row.get("pairs_deleted_at"):  # the report stays whole; its pairs are gone (prov audit delete --pairs-only)
         report = {**report, "pairs_deleted_at": str(row["pairs_deleted_at"])}  # the page says so too
         if not as_json:
-            click.echo(f"(its stored pairs were deleted on {str(row['pairs_deleted_at'])[:16]} UTC)", err=True)
+            render.echo(f"(its stored pairs were deleted on {str(row['pairs_deleted_at'])[:16]} UTC)", err=True)
     _write_html(report, html_path)
     if report.get("kind") == "dedup":
         show_dedup(report, as_json)
@@ -213,7 +213,8 @@ def audit_merge_cmd(obj: Context, versions: tuple[str, ...], threshold: float, n
 @audit_group.command("memorization")
 @click.argument("ref", metavar="VERSION")
 @click.option("--samples", "samples_file", required=True, type=PathType(dir_okay=False),
-              help="Generated texts: JSONL (objects with a text field, or strings) or plain text, one per line.")
+              help="Generated texts: JSONL (.jsonl, .ndjson, .json: objects with a text field, or strings), "
+                   "else plain text, one per line.")
 @click.option("--threshold", type=FloatRange(0, 1, min_open=True), default=0.8, show_default=True,
               help="Estimated Jaccard at or above which a sample near-duplicates a training document, in (0, 1].")
 @click.option("--span", type=click.IntRange(0, MAX_SPAN), default=50, show_default=True,
@@ -239,7 +240,7 @@ def audit_memorization_cmd(obj: Context, ref: str, samples_file: str, threshold:
 def _not_stored(no_store: bool, as_json: bool) -> None:
     """Say that an audit run with --no-store kept nothing: its id names no stored audit."""
     if no_store and not as_json:
-        click.echo("  not stored (--no-store): `prov audit show` does not know this id")
+        render.echo("  not stored (--no-store): `prov audit show` does not know this id")
 
 
 __all__ = ["audit_group", "lineage_cmd", "show_dedup", "show_gate", "show_lineage", "show_memorization", "show_taint",

@@ -136,7 +136,7 @@ def dataset_export(obj: Context, ref: str, fmt: str, output: str | None) -> None
         from provenance.files import atomic_write_text
 
         atomic_write_text(target, text)
-        click.echo(f"wrote {output}", err=True)
+        render.echo(f"wrote {output}", err=True)
     else:
         click.echo(text, nl=False)
 
@@ -165,7 +165,7 @@ def dataset_remove(obj: Context, name: str, keys: tuple[str, ...], keys_file: An
     if as_json:
         click.echo(dumps(result.model_dump(mode="json")))
     else:
-        click.echo(result.message)
+        render.echo(result.message)
 
 
 # -- rendering ------------------------------------------------------------------------------------
@@ -182,7 +182,7 @@ def show_datasets(records: list[DatasetRecord], as_json: bool) -> None:
                   f"{r.n_bytes / 1e6:,.1f}", r.created_at.strftime("%Y-%m-%d %H:%M"))
     render.console().print(t)
     if not records:
-        click.echo("no datasets registered; add one with `prov dataset add NAME FILES...`")
+        render.echo("no datasets registered; add one with `prov dataset add NAME FILES...`")
 
 
 def show_dataset(ds: DatasetRecord, shards: list[ShardRecord], as_json: bool, kept: dict | None = None) -> None:

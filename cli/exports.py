@@ -6,6 +6,7 @@ import json
 
 import click
 
+from provenance.cli import render
 from provenance.cli.app import Context, PathType, main, pass_ctx
 
 
@@ -33,9 +34,9 @@ def export_openlineage(obj: Context, version: str, output: str | None, namespace
         from provenance.files import atomic_write_text
 
         atomic_write_text(target, text)
-        click.echo(f"wrote {len(events)} events to {output}", err=True)
+        render.echo(f"wrote {len(events)} events to {output}", err=True)
     else:
         click.echo(text, nl=False)
     if not events:  # an empty file or nothing printed reads as a failed export
-        click.echo(f"no events: no run or merge made a version in {version}'s lineage (a version committed "
-                   "without a run, such as an imported base, has none)", err=True)
+        render.echo(f"no events: no run or merge made a version in {version}'s lineage (a version committed "
+                    "without a run, such as an imported base, has none)", err=True)

@@ -34,7 +34,7 @@ def lineage_cmd(obj: Context, ref: str, fmt: str, show_all: bool, as_json: bool)
 
     lin = obj.ledger(read_only=True).lineage(ref)
     if fmt != "table" and not as_json:
-        click.echo(graph_text(lin, fmt), nl=False)
+        render.echo(graph_text(lin, fmt), nl=False)
         return
     show_lineage(lin, as_json, show_all=show_all)
 
@@ -87,11 +87,11 @@ def show_lineage(lin, as_json: bool, *, show_all: bool = False) -> None:
         for r in shown:
             u.add_row(render.cell(r["namespace"]), render.cell(r["name"]), r["run_id"][:8], (r["version_id"] or "")[:12])
         console.print(u)
-        click.echo(f"{counted(len(unregistered), 'input')} of its runs {'matches' if len(unregistered) == 1 else 'match'}"
-                   " no registered dataset: data that shaped the version, of which the ledger has no fingerprints "
-                   "and no licence")
+        render.echo(f"{counted(len(unregistered), 'input')} of its runs {'matches' if len(unregistered) == 1 else 'match'}"
+                    " no registered dataset: data that shaped the version, of which the ledger has no fingerprints "
+                    "and no licence")
         if len(shown) < len(unregistered):
-            click.echo(f"{len(unregistered) - len(shown):,} more input(s): --all lists them, --json gives everything")
+            render.echo(f"{len(unregistered) - len(shown):,} more input(s): --all lists them, --json gives everything")
     versions = lin.versions if show_all else lin.versions.slice(0, LINEAGE_VERSIONS)
     n = lin.versions.num_rows
     v = Table(title="Versions in the lineage" + ("" if versions.num_rows == n else
@@ -105,20 +105,20 @@ def show_lineage(lin, as_json: bool, *, show_all: bool = False) -> None:
                   render.cell(row["message"]), f"{row['weight']:.3g}", how)
     console.print(v)
     if versions.num_rows < n:
-        click.echo(f"{n - versions.num_rows:,} more version(s): --all lists them, --json gives everything")
+        render.echo(f"{n - versions.num_rows:,} more version(s): --all lists them, --json gives everything")
     lic = lin.license
     flags = [f"{k.replace('_', '-')}: {', '.join(lic[k])}" for k in
              ("non_commercial", "share_alike", "attribution", "unknown_license", "model_generated") if lic[k]]
-    click.echo(f"licenses: {', '.join(lic['licenses']) or 'none'}" + ("".join(f"\n  {f}" for f in flags)))
+    render.echo(f"licenses: {', '.join(lic['licenses']) or 'none'}" + ("".join(f"\n  {f}" for f in flags)))
     if lin.unrecorded:
         shown = ", ".join(v[:12] for v in lin.unrecorded[:10])
         more = len(lin.unrecorded) - 10
-        click.echo(f"no training data recorded for {len(lin.unrecorded):,} version(s): {shown}"
-                   + (f" and {more:,} more (--json lists them)" if more > 0 else ""))
+        render.echo(f"no training data recorded for {len(lin.unrecorded):,} version(s): {shown}"
+                    + (f" and {more:,} more (--json lists them)" if more > 0 else ""))
     made = lin.made_by_retraction
     if made:
-        click.echo(f"made by retraction {made['retraction_id']}: {made['action']} of {made['replaces'][:12]}"
-                   + ("" if made["exact"] else " (approximate: a patch re-applied onto a clean version)"))
+        render.echo(f"made by retraction {made['retraction_id']}: {made['action']} of {made['replaces'][:12]}"
+                    + ("" if made["exact"] else " (approximate: a patch re-applied onto a clean version)"))
     for r in lin.retracted:
         console.print(f"[red]retracted data: retraction {r['retraction_id']} ({escape(r['target'])}: "
                       f"{escape(render.cell(r['reason']))}) was trained on by run {r['run_id'][:8]} of "
@@ -130,16 +130,16 @@ def show_taint(report: Any, as_json: bool) -> None:
     report = render.as_data(report)
     if as_json:
         return render.dump(report)
-    click.echo(f"target: {report['target']}")
+    render.echo(f"target: {report['target']}")
     if report.get("near") is not None:
-        click.echo(f"near-duplicates (Jaccard >= {report['near']}): {len(report['matches'])} document(s)")
+        render.echo(f"near-duplicates (Jaccard >= {report['near']}): {len(report['matches'])} document(s)")
         for m in report["matches"][:20]:
-            click.echo(f"  {m['dataset_id']} {m['key']}  J≈{m['jaccard']:.3f}")
+            render.echo(f"  {m['dataset_id']} {m['key']}  J≈{m['jaccard']:.3f}")
     elif report["matches"] or report["target"].startswith("text ("):  # a text, by its exact hash: which documents
-        click.echo(f"the text, exactly: {counted(len(report['matches']), 'document')}"  # hold it (none: say so)
-                   + ("" if report["matches"] else " (no dataset holds it)"))
+        render.echo(f"the text, exactly: {counted(len(report['matches']), 'document')}"  # hold it (none: say so)
+                    + ("" if report["matches"] else " (no dataset holds it)"))
         for m in report["matches"][:20]:
-            click.echo(f"  {m['dataset_id']} {m['key']}")
+            render.echo(f"  {m['dataset_id']} {m['key']}")
     t = Table(title=f"{len(report['versions'])} tainted version(s)")
     for col in ("version", "tags", "message", "how", "examples"):
         t.add_column(col)
@@ -150,5 +150,5 @@ def show_taint(report: Any, as_json: bool) -> None:
     render.console().print(t)
     for r in report.get("retractions") or []:
         made = ", ".join(x[:12] for x in r.get("results") or []) or "nothing applied yet"
-        click.echo(f"retracted: retraction {r['retraction_id']} ({r['target']}: {render.cell(r['reason'])}); "
-                   f"made: {made}")  # a reason may run to pages: `prov retractions ID` shows it whole
+        render.echo(f"retracted: retraction {r['retraction_id']} ({r['target']}: {render.cell(r['reason'])}); "
+                    f"made: {made}")  # a reason may run to pages: `prov retractions ID` shows it whole

@@ -154,7 +154,7 @@ def model_files(obj: Context, ref: str, as_json: bool) -> None:
     if as_json:
         return render.dump([f.model_dump(mode="json") for f in files])
     if not files:
-        click.echo("no files: no version up its first parents was committed from a checkpoint folder with files")
+        render.echo("no files: no version up its first parents was committed from a checkpoint folder with files")
         return
     t = Table()
     for col in ("file", "bytes", "stored", "from version"):
@@ -181,7 +181,7 @@ def model_card(obj: Context, ref: str, output: str | None, base_model: str | Non
     if as_json:
         return render.dump({"version_id": card.data.provenance["version"], "output": output,
                             "metadata": card.data.to_dict(), "text": card.text})
-    click.echo(f"wrote {output}" if output is not None else str(card), nl=output is not None)
+    render.echo(f"wrote {output}" if output is not None else str(card), nl=output is not None)
 
 
 @main.command("merge")
@@ -230,7 +230,7 @@ def merge_cmd(obj: Context, versions: tuple[str, ...], method: str, weights: str
                                    normalize=normalize, density=density, audit=audit, message=message,
                                    author=author, device=device, progress=bar, gate=policy)
     except GateFailedError as exc:
-        click.echo("\n".join(exc.report.alerts), err=True)
+        render.echo("\n".join(exc.report.alerts), err=True)
         raise PolicyFailed(f"the pre-merge gate failed (audit {exc.report.audit_id[:12]}); nothing merged",
                            "gate") from exc
     receipt = ledger.receipt(version).to_dict()
@@ -327,7 +327,7 @@ def show_versions(records, as_json: bool) -> None:
         click.echo(dumps([r.model_dump(mode="json") for r in records]))
         return
     if not records:
-        click.echo("no versions; commit one with `prov model commit PATH -m MESSAGE`")
+        render.echo("no versions; commit one with `prov model commit PATH -m MESSAGE`")
         return
     t = Table()
     for col in ("version", "tags", "parents", "run", "message", "params", "stored", "of full", "created"):
@@ -346,7 +346,7 @@ def show_tags(records, as_json: bool) -> None:
     if as_json:
         return render.dump([r.model_dump(mode="json") for r in records])
     if not records:
-        click.echo("no tags; name a version with `prov tag NAME VERSION`")
+        render.echo("no tags; name a version with `prov tag NAME VERSION`")
         return
     t = Table()
     for col in ("tag", "version", "message", "tagged"):
@@ -364,15 +364,15 @@ def show_version(record, manifest: dict, as_json: bool, receipt: Any = None) -> 
             out["receipt"] = receipt.to_dict()
         click.echo(dumps(out))
         return
-    click.echo(f"version {record.version_id}" + (f"\ntags    {', '.join(record.tags)}" if record.tags else "")
-               + f"\nparents {', '.join(record.parents) or '(root)'}\nauthor  {record.author or '(unknown)'}\n"
-               f"message {record.message}\nstored  {record.stored_bytes:,} of {record.full_bytes:,} bytes")
+    render.echo(f"version {record.version_id}" + (f"\ntags    {', '.join(record.tags)}" if record.tags else "")
+                + f"\nparents {', '.join(record.parents) or '(root)'}\nauthor  {record.author or '(unknown)'}\n"
+                f"message {record.message}\nstored  {record.stored_bytes:,} of {record.full_bytes:,} bytes")
     if receipt is not None:
         extra = {"eps": receipt.eps, "normalize": receipt.normalize, "density": receipt.density,
                  "base": receipt.base_version, "audit": receipt.audit_id}
         settings = ", ".join(f"{k} {v}" for k, v in extra.items() if v is not None)
-        click.echo(f"merge   {receipt.method}, weights {receipt.weights}" + (f", {settings}" if settings else "")
-                   + f"; kernel {receipt.kernel}")
+        render.echo(f"merge   {receipt.method}, weights {receipt.weights}" + (f", {settings}" if settings else "")
+                    + f"; kernel {receipt.kernel}")
     t = Table()
     for col in ("parameter", "dtype", "shape", "encoding", "bytes"):
         t.add_column(col, no_wrap=True)
@@ -399,14 +399,14 @@ def show_data_diff(d: dict, as_json: bool) -> None:
     if as_json:
         click.echo(dumps(d))
         return
-    click.echo(f"A {d['a'][:12]}  B {d['b'][:12]}")
+    render.echo(f"A {d['a'][:12]}  B {d['b'][:12]}")
     for side, label in (("a", "only in A"), ("b", "only in B")):
-        click.echo(f"datasets {label}: {', '.join(d[f'datasets_only_in_{side}']) or 'none'}")
+        render.echo(f"datasets {label}: {', '.join(d[f'datasets_only_in_{side}']) or 'none'}")
         shards = d[f"shards_only_in_{side}"]
         if shards:
-            click.echo(f"shards {label}: {len(shards):,}")
+            render.echo(f"shards {label}: {len(shards):,}")
         for s in shards[:50]:
-            click.echo(f"  shard {s['dataset_id']} #{s['shard_index']} {s['shard']}")
+            render.echo(f"  shard {s['dataset_id']} #{s['shard_index']} {s['shard']}")
         if len(shards) > 50:
-            click.echo(f"  … {len(shards) - 50} more shards")
-    click.echo(f"datasets in both: {', '.join(d['datasets_in_both']) or 'none'}")
+            render.echo(f"  … {len(shards) - 50} more shards")
+    render.echo(f"datasets in both: {', '.join(d['datasets_in_both']) or 'none'}")

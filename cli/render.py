@@ -17,7 +17,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from provenance.errors import InvalidParameterError
-from provenance.plain import dumps, plain
+from provenance.plain import dumps, plain, printable
 
 _MAX_CELL = 60
 
@@ -35,7 +35,11 @@ class _Fitting(Console):
         raise BrokenPipeError
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
+        objects = tuple(printable(o) if isinstance(o, str) else o for o in objects)
         tables = [o for o in objects if isinstance(o, Table)]
+        for t in tables:  # a key or a message holding ESC [2J cleared the screen
+            for col in t.columns:
+                col._cells = [printable(c) if isinstance(c, str) else c for c in col._cells]
         base = self.width
         try:
             for t in tables:
@@ -94,11 +98,16 @@ def dump(data: Any) -> None:
     click.echo(dumps(as_data(data)))
 
 
+def echo(message: Any = None, **options: Any) -> None:
+    """``click.echo`` of a line for people, its control characters shown (:func:`printable`)."""
+    click.echo(None if message is None else printable(str(message)), **options)
+
+
 def emit(data: Any, as_json: bool, human: Callable[[Any], str]) -> None:
     if as_json:
         click.echo(dumps(data))
     else:
-        click.echo(human(data))
+        echo(human(data))
 
 
 def cell(value: Any) -> str:

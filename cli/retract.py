@@ -96,11 +96,11 @@ def retract_cmd(obj: Context, target: str | None, shard: str | None, key: str | 
     show_plan(record)
     for e in record.get("earlier") or []:
         made = len(e["results"] or [])
-        click.echo(f"note: retraction {e['retraction_id']} ({e['reason']}) already retracts "
-                   f"{'this document' if len(record.get('documents') or []) == 1 else 'some of these documents'}"
-                   f"{f'; its steps made {made} version(s)' if made else ''}. This records another retraction: its "
-                   f"--apply makes new versions again (`prov retractions {e['retraction_id']}` shows the first)")
-    click.echo(f"carry out what can be done with: prov retract {record['retraction_id']} --apply [--rebase]")
+        render.echo(f"note: retraction {e['retraction_id']} ({e['reason']}) already retracts "
+                    f"{'this document' if len(record.get('documents') or []) == 1 else 'some of these documents'}"
+                    f"{f'; its steps made {made} version(s)' if made else ''}. This records another retraction: its "
+                    f"--apply makes new versions again (`prov retractions {e['retraction_id']}` shows the first)")
+    render.echo(f"carry out what can be done with: prov retract {record['retraction_id']} --apply [--rebase]")
 
 
 def _is_retraction(ledger: Any, target: str) -> bool:
@@ -149,8 +149,8 @@ def show_plan(record: dict[str, Any]) -> None:
     steps = record.get("steps") or json.loads(record["plan_json"])
     made = {r["version_id"]: r for r in record.get("results") or []}
     docs = record.get("documents") or []
-    click.echo(f"retraction {record['retraction_id']} of {record['target']}: {record['reason']} "
-               f"({len(docs)} document row(s))")
+    render.echo(f"retraction {record['retraction_id']} of {record['target']}: {record['reason']} "
+                f"({len(docs)} document row(s))")
     t = Table(title=f"plan for {len(steps)} tainted version(s)")
     for col in ("version", "tags", "action", "why", "made"):
         t.add_column(col)
@@ -162,8 +162,8 @@ def show_plan(record: dict[str, Any]) -> None:
     render.console().print(t)
     if len(shown) < len(steps):
         counts = {a: sum(s["action"] == a for s in steps) for a in ("remerge", "retrain", "rebase")}
-        click.echo(f"... and {len(steps) - len(shown):,} more steps (in all: {counts['remerge']:,} re-merge, "
-                   f"{counts['retrain']:,} retrain, {counts['rebase']:,} rebase; --json or --html lists every one)")
+        render.echo(f"... and {len(steps) - len(shown):,} more steps (in all: {counts['remerge']:,} re-merge, "
+                    f"{counts['retrain']:,} retrain, {counts['rebase']:,} rebase; --json or --html lists every one)")
 
 
 @main.command("retractions")
@@ -238,14 +238,14 @@ def audit_retraction_cmd(obj: Context, retraction_id: str, samples_file: str | N
         copies = report["copies_found_now"]
         if copies:
             named = ", ".join(f"{c['dataset_id']} {c['key']}" for c in copies[:8])
-            click.echo(f"copies of the retracted documents found now: {len(copies)} ({named}"
-                       f"{f' and {len(copies) - 8} more' if len(copies) > 8 else ''}; in no version checked while "
-                       "the rows above are clean, but a run that trains on them brings them back)")
+            render.echo(f"copies of the retracted documents found now: {len(copies)} ({named}"
+                        f"{f' and {len(copies) - 8} more' if len(copies) > 8 else ''}; in no version checked while "
+                        "the rows above are clean, but a run that trains on them brings them back)")
         for p in report["pending"]:
-            click.echo(f"still to do: {p['action']} {p['version_id'][:12]}")
+            render.echo(f"still to do: {p['action']} {p['version_id'][:12]}")
         mem = report.get("memorization")
         if mem:
-            click.echo(f"samples: {mem['samples']}, reproducing a retracted document: "
-                       f"{len({m['sample'] for m in mem['matches']})}")
+            render.echo(f"samples: {mem['samples']}, reproducing a retracted document: "
+                        f"{len({m['sample'] for m in mem['matches']})}")
     if not report["passed"]:
         sys.exit(1)

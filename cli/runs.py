@@ -168,10 +168,10 @@ def show_run(record, shards: list, as_json: bool) -> None:
              f"message  {record.message}", f"base     {record.base_version or '(from scratch)'}",
              f"version  {record.version_id or '(none)'}", f"params   {json.dumps(record.params)}",
              f"logged   {record.n_logged:,} examples"]
-    click.echo("\n".join(lines))
+    render.echo("\n".join(lines))
     if not shards:
         declared = ", ".join(f"{d} x{e:g}" for d, e in record.datasets.items()) or "none"
-        click.echo(f"datasets {declared} (consumption is counted when the run ends)")
+        render.echo(f"datasets {declared} (consumption is counted when the run ends)")
         return
     t = Table()
     for col in ("dataset", "shard", "examples", "documents seen", "epochs", "counted from"):

@@ -83,7 +83,7 @@ def token_list(obj: Context, as_json: bool) -> None:
         state = "revoked" if r.revoked_at else "live"
         t.add_row(r.name, r.scope, f"{r.created_at:%Y-%m-%d %H:%M}",
                   f"{r.expires_at:%Y-%m-%d %H:%M}" if r.expires_at else "never", state)
-    render.console().print(t) if records else click.echo("no tokens")
+    render.console().print(t) if records else render.echo("no tokens")
 
 
 @token_group.command("revoke")

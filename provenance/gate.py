@@ -53,7 +53,7 @@ from provenance.ledger import LedgerStore
 from provenance.lineage import ancestry, license_summary, lineage
 from provenance.ngrams import check_span, ngram_hashes
 from provenance.progress import step
-from provenance.records import check_gate_versions
+from provenance.records import DatasetRecord, check_gate_versions
 from provenance.results import GateReport, LicenseSummary
 
 #: The licence conditions a gate can deny, and the key of each in a lineage's licence summary.
@@ -130,6 +130,8 @@ def audit_merge(
         evals = [ledger.dataset(d) for d in eval_datasets] if eval_datasets else [
             d for d in ledger.datasets() if d.role == "eval"]
         evals = list({d.dataset_id: d for d in evals}.values())  # --eval qa --eval qa@1: one dataset, listed once
+        if max_contamination is None and not eval_datasets:  # no limit asked: found ones that cannot compare stay out
+            evals = _comparable_evals(ledger, evals, {r[0] for r in scope_rows})
         for d in evals:
             if d.role != "eval":  # given by name: compared as asked, and said, since it may be a slip
                 warn(f"{d.dataset_id} is registered as training data (role {d.role}) and is compared here "
@@ -250,6 +252,22 @@ def _contamination(ledger: LedgerStore, tx, audit_id: str, evals: list, labels: 
         "ngram": spans, "inherited_shards": len(inherited), "inherited_eval_documents": len(trained),
         "contaminated_eval_documents": len(contaminated),
         "contaminated_eval_keys": sorted(contaminated)[:200], "datasets": train_hit["datasets"]}
+
+
+def _comparable_evals(ledger: LedgerStore, evals: list[DatasetRecord], training: set[str]) -> list[DatasetRecord]:
+    """The evaluation sets found by their role whose fingerprint config is the training data's;
+    the others are named in a warning and left out. With no contamination limit they made every
+    gate fail ("datasets fingerprinted under different configs cannot be compared"); with a
+    limit they still do, since leaving them out would pass a gate unchecked."""
+    configs = {ledger.dataset(d).config_id for d in training}
+    if len(configs) != 1:
+        return evals
+    other = [d for d in evals if d.config_id not in configs]
+    if other:
+        warn(f"evaluation set{'s' if len(other) > 1 else ''} {', '.join(d.dataset_id for d in other)} left out: "
+             f"fingerprinted under {other[0].config_id}, not the training data's {next(iter(configs))}, so its "
+             "contamination cannot be measured (re-register it under the training data's config to check it)")
+    return [d for d in evals if d.config_id in configs]
 
 
 def _sides(ledger: LedgerStore, ids: list[str], full_lineage: bool

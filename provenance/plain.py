@@ -103,3 +103,15 @@ def _finite(value: Any) -> Any:
 def counted(n: int, noun: str) -> str:
     """``n`` and ``noun``, plural unless ``n`` is 1: ``1 document``, ``2,000 documents``."""
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+#: Control characters (C0 but tab and newline, DEL, C1) and the visible ``\xNN`` each is shown as.
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x09), *range(0x0B, 0x20), 0x7F, *range(0x80, 0xA0)]}
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters shown as ``\\xNN``, for a terminal: a document key,
+    file name or commit message holding ``ESC [2J`` or an OSC sequence would otherwise clear the
+    screen, retitle the window or hide what follows it. JSON and CSV output keep the values as
+    they are (JSON escapes such characters itself)."""
+    return text.translate(_CONTROL)

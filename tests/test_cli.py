@@ -472,3 +472,48 @@ def test_sql_refuses_json_with_another_format(project, runner):
         assert f"--json and --format {fmt} ask for two formats" in refused.output
     for args in (["--json"], ["--format", "json", "--json"]):
         assert _json(runner.invoke(main, ["sql", "SELECT 1 AS a", *args])) == [{"a": 1}]
+
+
+def test_control_characters_in_keys_and_messages_reach_the_terminal_visible(project, runner):
+    """A document key or a commit message holding terminal controls (`ESC [2J` clears the screen,
+    `ESC ]0;...BEL` retitles the window) was printed raw in every table and line (found by
+    stranger pass 37): shown as `\\x1b` now, while JSON keeps the value as it is."""
+    import torch
+
+    from provenance import Ledger
+
+    key, message = "k\x1b[2J", "base\x1b]0;owned\x07 \x9b31m"
+    rows = [{"id": key, "text": "the same words in the same order, again and again and again"},
+            {"id": "plain", "text": "the same words in the same order, again and again and again"}]
+    (project / "data" / "evil.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    ledger = Ledger.open(project)
+    ledger.register_dataset("evil", str(project / "data" / "evil.jsonl"), id_field="id")
+    ledger.commit({"w": torch.ones(2)}, message=message)
+    for args in (["audit", "dedup", "evil", "--no-store"], ["model", "log"], ["model", "show", "HEAD"]):
+        if args[-1] == "HEAD":
+            args = ["model", "show", _json(runner.invoke(main, ["model", "log", "--json"]))[0]["version_id"]]
+        result = runner.invoke(main, args)
+        assert result.exit_code == 0, result.output
+        assert not any(c in result.output for c in "\x1b\x07\x9b"), (args, result.output)
+    assert "k\\x1b[2J" in runner.invoke(main, ["audit", "dedup", "evil", "--no-store"]).output
+    assert "base\\x1b]0;owned\\x07 \\x9b31m" in runner.invoke(main, ["model", "show", args[-1]]).output
+    assert _json(runner.invoke(main, ["model", "log", "--json"]))[0]["message"] == message
+    refused = runner.invoke(main, ["tag", "v\x1b[2J", args[-1]])
+    assert refused.exit_code != 0 and "\x1b" not in refused.output
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/dev/full"), reason="needs /dev/full")
+def test_output_that_stdout_refuses_is_an_error_naming_stdout(project):
+    """`prov ... > /dev/full` said only "No space left on device", then Python's "Exception
+    ignored ... OSError" at exit, with status 120 (found by stranger pass 37)."""
+    import subprocess
+    import sys
+
+    said = ("cannot write the output to stdout: No space left on device (what the command recorded in the ledger "
+            "is kept)")
+    for extra in (["--json"], []):
+        with open("/dev/full", "w") as full:
+            done = subprocess.run([sys.executable, "-m", "provenance.cli", "dataset", "list", *extra], stdout=full,
+                                  stderr=subprocess.PIPE, text=True, cwd=project, timeout=120)
+        assert done.returncode == 4
+        assert done.stderr == (json.dumps({"error": said, "kind": "os"}) + "\n" if extra else f"Error: {said}\n")

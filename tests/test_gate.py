@@ -245,6 +245,25 @@ def test_memorization_finds_copies_spans_and_exposure(contributors, data_dir, tm
     HTMLParser().feed((tmp_path / "m.html").read_text())
 
 
+def test_an_eval_set_of_another_config_is_left_out_only_when_no_limit_asks_for_it(data_dir, contributors):
+    """One evaluation set registered under another fingerprint config made every gate fail, even
+    with `--max-contamination none` (found by stranger pass 37): with no limit it is named in a
+    warning and left out; with a limit (the default included) the gate still refuses."""
+    from provenance.errors import FingerprintMismatchError
+    from provenance.fingerprints import FingerprintConfig
+
+    ledger, base, va, vb = contributors
+    ledger.register_dataset("ev64", data_dir / "ev.jsonl", id_field="id", role="eval",
+                            config=FingerprintConfig(num_perm=64))
+    with pytest.warns(UserWarning, match=r"evaluation set ev64@1 left out: fingerprinted under \S*k64\S*, not the "
+                      r"training data's \S*k128\S*, so its contamination cannot be measured"):
+        report = ledger.audit_merge([va, vb], max_contamination=None, store=False)
+    assert report.contamination is not None and report.contamination["eval_datasets"] == ["ev@1"]
+    for limit in ({}, {"max_contamination": 0}):
+        with pytest.raises(FingerprintMismatchError, match="different configs"):
+            ledger.audit_merge([va, vb], store=False, **limit)
+
+
 def test_samples_files_are_checked(data_dir, contributors):
     ledger, base, va, vb = contributors
     (data_dir / "empty.txt").write_text("\n\n")
@@ -267,6 +286,8 @@ def test_samples_files_are_checked(data_dir, contributors):
         read_samples(data_dir / "surrogate.jsonl")
     assert str(caught.value) == (f"{data_dir / 'surrogate.jsonl'}: line 2: the text holds an unpaired surrogate at "
                                  "character 2, which is not valid Unicode")
+    (data_dir / "samples.ndjson").write_text('{"text": "one"}\n"two"\n')  # each JSON line was a sample (pass 37)
+    assert read_samples(data_dir / "samples.ndjson") == ["one", "two"]
     (data_dir / "lines.txt.gz").write_bytes(gzip.compress(b"one sample\n"))
     with pytest.raises(SourceError, match=r"lines.txt.gz: the samples file is gzip-compressed; decompress it first"):
         read_samples(data_dir / "lines.txt.gz")  # it said 'line 1 is not UTF-8 (byte 1)'

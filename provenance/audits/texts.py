@@ -79,8 +79,8 @@ def sample_texts(samples: Any) -> list[Any]:
 
 
 def read_samples(path: str | os.PathLike) -> list[str]:
-    """The samples of ``path``: JSONL (``.jsonl``/``.json``: objects with a ``text`` field, or
-    strings), else plain text, one sample per non-empty line. Errors name the file and line."""
+    """The samples of ``path``: JSONL (``.jsonl``, ``.ndjson``, ``.json``: objects with a ``text``
+    field, or strings), else plain text, one sample per non-empty line. Errors name the file and line."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -96,7 +96,7 @@ def read_samples(path: str | os.PathLike) -> list[str]:
         line = raw[: exc.start].count(b"\n") + 1
         raise SourceError(f"{path}: line {line} is not UTF-8 (byte {exc.start})") from None
     samples = []
-    jsonl = path.suffix.lower() in (".jsonl", ".json")
+    jsonl = path.suffix.lower() in (".jsonl", ".ndjson", ".json")
     content = content.removeprefix("\ufeff")  # a UTF-8 byte order mark, as some editors write
     for number, line in enumerate(content.splitlines(), 1):
         if not line.strip():
