@@ -100,6 +100,16 @@ def test_bad_input_names_the_split_the_column_and_the_row(ledger):
         with_keys([{"text": "x"}])
 
 
+def test_with_keys_names_a_missing_id_column_of_a_stream_whose_columns_are_unknown():
+    """A stream after map() does not know its columns until it streams: with_keys(id_field="doc")
+    raised a bare KeyError: 'doc' at the first row. It names the column and the row's columns."""
+    stream = datasets.Dataset.from_dict({"id": ["a", "b"], "text": TEXTS[:2]}).to_iterable_dataset().map(lambda r: r)
+    assert stream.column_names is None
+    assert [row["key"] for row in with_keys(stream, id_field="id")] == ["a", "b"]
+    with pytest.raises(InvalidParameterError, match=r"^no id column 'doc' \(columns: id, text\)$"):
+        list(with_keys(stream, id_field="doc"))
+
+
 def test_with_keys_refuses_to_key_a_reordered_stream_by_position(ledger):
     """A streamed dataset of several shards keyed by position gave keys of other documents once
     DataLoader workers, shuffle() or split_dataset_by_node dealt out its shards (each counted

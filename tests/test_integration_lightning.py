@@ -8,6 +8,7 @@ number every input carries in its first feature, and the trainer's step.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import defaultdict
@@ -172,12 +173,42 @@ def test_a_key_function_that_drops_or_invents_keys_stops_training_at_once(tiny, 
     assert tiny.run(bogus.run.run_id).status == "failed"
 
 
+def test_a_key_function_that_gives_a_tensor_or_one_string_is_refused_by_name(tiny, tmp_path):
+    """key=lambda batch: batch["x"][:, 0] (a tensor) stopped training with "RuntimeError: Boolean
+    value of Tensor with more than one value is ambiguous"; one string, with "log_examples takes a
+    sequence of keys", a call the user never made. Both name the batch and what the keys were."""
+    for key, shown in ((lambda batch: batch["x"][:, 0], "Tensor (tensor([0., 1., 2., 3.]))"),
+                       (lambda batch: "doc1", "str ('doc1')")):
+        callback = ProvenanceCallback(tiny, datasets=["tiny"], key=key)
+        with pytest.raises(InvalidParameterError, match=re.escape(
+                f"ProvenanceCallback: the document keys of batch 0 at step 0 are a {shown}, not a list of strings")):
+            _trainer(tmp_path, callback).fit(Tiny(), DataLoader(ROWS, batch_size=4))
+        assert tiny.run(callback.run.run_id).status == "failed"
+
+
 def test_what_cannot_be_followed_is_refused_before_anything_is_written(tiny, tmp_path):
     with pytest.raises(InvalidParameterError, match="pass datasets="):
         _trainer(tmp_path, ProvenanceCallback(tiny)).fit(Tiny(), DataLoader(ROWS, batch_size=4))
     with pytest.raises(InvalidParameterError, match="key must name"):
         ProvenanceCallback(tiny, key="")
     assert tiny.runs() == [] and tiny.versions() == []
+
+
+def test_training_on_an_empty_stream_commits_no_version(tiny, tmp_path):
+    """An IterableDataset that yields nothing: Lightning trained no batch, and the run committed a
+    version whose lineage counted a whole epoch of the dataset (40 examples, 40 documents). The run
+    ends without a version, and a warning says why."""
+
+    class Empty(IterableDataset):
+        def __iter__(self):
+            return iter([])
+
+    callback = ProvenanceCallback(tiny, datasets=["tiny"])
+    with pytest.warns(UserWarning, match="training ended before a batch was trained .* ended without a version"):
+        _trainer(tmp_path, callback, max_steps=-1, max_epochs=1).fit(Tiny(), DataLoader(Empty(), batch_size=4))
+    record = tiny.run(callback.run.run_id)
+    assert (record.status, record.n_logged, record.version_id, callback.version) == ("finished", 0, None, None)
+    assert len(tiny.versions()) == 1  # the starting weights, the run's base
 
 
 def test_the_run_starts_on_the_commit_thread_while_the_first_steps_train(tiny, tmp_path, monkeypatch):

@@ -244,6 +244,35 @@ def test_datasets_naming_no_dataset_is_refused_before_anything_is_written(tiny, 
     assert ledger.runs() == [] and ledger.versions() == []
 
 
+def test_a_ledger_that_is_not_a_ledger_is_refused_when_the_callback_is_made(tiny, tmp_path):
+    """ProvenanceCallback(None) or ProvenanceCallback("path/to/ledger") was taken, and training
+    failed when it began with "AttributeError: 'str' object has no attribute 'dataset'";
+    datasets=5 with "TypeError: object of type 'int' has no len()". Both are refused by name."""
+    ledger, rows = tiny
+    for wrong, shown in ((None, "NoneType None"), (str(tmp_path), f"str {str(tmp_path)!r}")):
+        with pytest.raises(InvalidParameterError, match=re.escape(f"ledger must be a Ledger (Ledger.open(PATH) or "
+                                                                  f"Ledger.open('http://HOST:PORT')), got {shown}")):
+            ProvenanceCallback(wrong, datasets=["tiny"], message="m")
+    with pytest.raises(InvalidParameterError, match=re.escape("datasets must name registered datasets (a list of "
+                                                              "names, or a mapping of names to epochs), got int 5")):
+        ProvenanceCallback(ledger, datasets=5, message="m")
+    assert ProvenanceCallback(ledger, datasets={"tiny"}, message="m").datasets == {"tiny"}  # a set names datasets too
+    assert ledger.runs() == [] and ledger.versions() == []
+
+
+def test_training_that_trains_no_batch_commits_no_version(tiny, tmp_path):
+    """num_train_epochs=0 trained nothing, yet the run committed a version whose lineage counted a
+    whole epoch of the dataset (a run that logs nothing counts its declared epochs): 64 examples.
+    The run ends without a version, and a warning says why."""
+    ledger, rows = tiny
+    callback = ProvenanceCallback(ledger, datasets=["tiny"], message="m")
+    with pytest.warns(UserWarning, match="training ended before a batch was trained .* ended without a version"):
+        _trainer(_model(), rows, tmp_path, callback, max_steps=-1, num_train_epochs=0, save_strategy="no").train()
+    record = ledger.run(callback.run.run_id)
+    assert (record.status, record.n_logged, record.version_id, callback.version) == ("finished", 0, None, None)
+    assert [v.message for v in ledger.versions()] == ["m: starting weights"]
+
+
 def test_keys_that_are_not_strings_are_refused_before_anything_is_written(tiny, tmp_path):
     """keys=[0, 1, ...] (a numeric id column) committed the starting weights and started a run,
     which failed at its first batch ("document keys must be strings: got 6 (int) at step 0");

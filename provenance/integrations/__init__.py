@@ -8,11 +8,11 @@ facade's verbs (:class:`provenance.api.LedgerAPI`), so a local ledger and a ledg
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from provenance.errors import InvalidParameterError
+from provenance.errors import InvalidParameterError, warn
 
 __all__ = ["BackgroundCommits", "RunRecorder", "failure", "one_session", "registered_datasets", "snapshot"]
 
@@ -129,6 +129,17 @@ class RunRecorder:
                commit_on_save: bool, flush_every: int | None) -> None:
         if message is not None and (not isinstance(message, str) or not message.strip()):
             raise InvalidParameterError(f"message must be a non-empty string, got {message!r}")
+        from provenance.ledger import LedgerStore
+        from provenance.remote import RemoteLedger
+
+        if not isinstance(ledger, (LedgerStore, RemoteLedger)):  # it failed when training began, an AttributeError
+            raise InvalidParameterError(
+                f"ledger must be a Ledger (Ledger.open(PATH) or Ledger.open('http://HOST:PORT')), got "
+                f"{type(ledger).__name__} {ledger!r:.80}")
+        if datasets is not None and not isinstance(datasets, Collection):
+            raise InvalidParameterError(
+                f"datasets must name registered datasets (a list of names, or a mapping of names to epochs), got "
+                f"{type(datasets).__name__} {datasets!r:.80}")
         if datasets is not None and not isinstance(datasets, str) and not len(datasets):  # its keys could not be logged
             raise InvalidParameterError(
                 f"datasets={datasets!r} names no dataset: name the registered datasets the training set holds (or leave "
@@ -185,6 +196,7 @@ class RunRecorder:
         the copy of the starting weights, not a commit."""
         self._owner = owner
         self.version, self.checkpoints, self._last_save, self._early = None, {}, None, []
+        self._trained = 0  # batches this process trained (logged) in this run
         self._held_save: tuple[int, Callable[[Any], Any], Callable[[], None]] | None = None  # committed when a batch follows
         self._run = None
         if owner:
@@ -228,6 +240,7 @@ class RunRecorder:
 
     def _log(self, keys: Any, step: int) -> None:
         """Log the keys of a batch trained at ``step`` (kept until the run exists, while it starts)."""
+        self._trained += 1
         if self._held_save is not None:  # a batch trained after the last save: that save was not the last
             self._commit_held_save()
         if self._run is None:
@@ -292,6 +305,13 @@ class RunRecorder:
                 cleanup()
             commits, self._commits = self._commits, None
             commits.close()  # the last checkpoint is stored (or its error raised) before the run ends
+            if not self._trained:  # a run that logged nothing counts whole declared epochs: its version would claim them
+                self._running = False
+                self.run.finish()
+                warn(f"ProvenanceCallback: training ended before a batch was trained (no steps, or an empty training "
+                     f"set), so run {self.run.run_id[:12]} ended without a version: its lineage would have counted "
+                     "a whole epoch of its datasets")
+                return
             state, options, cleanup = trained()
             try:
                 with one_session(self.ledger):

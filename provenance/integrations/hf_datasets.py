@@ -48,12 +48,20 @@ def _keyed(data: Any, shard: str, id_field: str | None, column: str) -> Any:
         if id_field is None:
             _check_positions(data)
             return data.map(lambda row, i: {column: f"{shard}:{i}"}, with_indices=True)
-        return data.map(lambda row: {column: str(row[id_field])})
+        return data.map(lambda row: {column: str(_id_of(row, id_field))})
     if id_field is None:
         keys = [f"{shard}:{i}" for i in range(len(data))]
     else:  # as registration reads them: strings, or integers written in decimal
         keys = data.select_columns([id_field]).with_format("arrow")[:].column(id_field).cast(pa.string())
     return data.add_column(column, keys)
+
+
+def _id_of(row: dict, id_field: str) -> Any:
+    """A streamed row's id; a stream whose columns are known only as it streams (after ``map``)
+    is checked here, row by row (it raised a bare ``KeyError``)."""
+    if id_field not in row:
+        raise InvalidParameterError(f"no id column {id_field!r} (columns: {', '.join(row)})")
+    return row[id_field]
 
 
 #: Steps of a streamed dataset's pipeline after which a row's position in the stream is no longer

@@ -125,6 +125,10 @@ class ProvenanceCallback(RunRecorder, pl.Callback):
         if not self._running:
             return
         keys = self._keys_of(batch)
+        if isinstance(keys, (str, torch.Tensor)):  # a tensor raised "Boolean value of Tensor ... is ambiguous"
+            raise InvalidParameterError(
+                f"ProvenanceCallback: the document keys of batch {batch_idx} at step {self._step} are a "
+                f"{type(keys).__name__} ({keys!r:.60}), not a list of strings: give one key per example")
         if not keys:
             raise ProvenanceError(f"ProvenanceCallback: batch {batch_idx} at step {self._step} has no document keys")
         sizes = _leading_sizes(batch)
