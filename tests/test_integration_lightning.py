@@ -334,3 +334,21 @@ def test_a_save_at_the_end_of_the_last_epoch_is_the_run_s_version(tiny, tmp_path
     assert callback.checkpoints[10] == callback.version  # the last save is the run's version, not a copy of it
     assert callback.checkpoints[5] != callback.version
     assert len(tiny.versions()) == before + 3  # the starting weights, the first epoch's save, the run's version
+
+
+def test_resuming_from_a_checkpoint_says_the_steps_before_are_out_of_the_lineage(tiny, tmp_path):
+    """Resumed with `ckpt_path`, a run's starting weights are a version of no run: the version's
+    lineage holds the steps trained after the resume only, which nothing said (found by stranger
+    pass 36); a warning says so, and the run records the steps it trained."""
+    from provenance.errors import ProvenanceWarning
+
+    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_epochs=1, save_top_k=-1)
+    _trainer(tmp_path, ProvenanceCallback(tiny, datasets=["tiny"]), max_steps=-1, max_epochs=1, enable_checkpointing=True,
+             extra=[checkpoints]).fit(Tiny(), DataLoader(ROWS, batch_size=8))
+    saved = sorted((tmp_path / "ckpt").glob("*.ckpt"))
+    again = ProvenanceCallback(tiny, datasets=["tiny"])
+    with pytest.warns(ProvenanceWarning, match="training resumed at step 5: this run records the data of the steps"):
+        _trainer(tmp_path, again, max_steps=-1, max_epochs=2).fit(Tiny(), DataLoader(ROWS, batch_size=8),
+                                                                  ckpt_path=str(saved[-1]))
+    assert tiny.run(again.run.run_id).params["start_step"] == 5
+    assert sorted(logged_by_step(tiny, again.run.run_id)) == [5, 6, 7, 8, 9]

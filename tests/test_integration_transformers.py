@@ -22,7 +22,7 @@ pytest.importorskip("accelerate")
 
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments  # noqa: E402
 
-from provenance.errors import InvalidParameterError  # noqa: E402
+from provenance.errors import InvalidParameterError, ProvenanceWarning  # noqa: E402
 from provenance.integrations.transformers import ProvenanceCallback  # noqa: E402
 from provenance.torch import RegisteredDataset  # noqa: E402
 from tests.logged import assert_same_per_step, logged_by_step  # noqa: E402
@@ -198,7 +198,9 @@ def test_resuming_from_a_checkpoint_logs_only_the_steps_trained_again(tiny, tmp_
     again = ProvenanceCallback(ledger, datasets=["tiny"], message="resumed")
     resumed = _trainer(_model(), rows, tmp_path, again, gradient_accumulation_steps=2)
     seen = _watch(resumed, rows)
-    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-3"))
+    with pytest.warns(ProvenanceWarning, match="training resumed at step 3: this run records the data of the steps "
+                      "from there on"):  # and not of the steps before: said, not left to be found out
+        resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-3"))
     logged = logged_by_step(ledger, again.run.run_id)
     assert_same_per_step(logged, seen)
     assert sorted(logged) == [3, 4, 5]

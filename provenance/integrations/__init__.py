@@ -199,6 +199,11 @@ class RunRecorder:
         self._trained = 0  # batches this process trained (logged) in this run
         self._held_save: tuple[int, Callable[[Any], Any], Callable[[], None]] | None = None  # committed when a batch follows
         self._run = None
+        if owner and params.get("start_step"):  # resumed: the steps before are another run's, out of this lineage
+            warn(f"ProvenanceCallback: training resumed at step {params['start_step']}: this run records the data of "
+                 "the steps from there on, and its starting weights (the checkpoint's) are a version of no run; the "
+                 "data of the steps before, logged by the run that saved the checkpoint, is not in this run's "
+                 "lineage (docs/hugging-face.md, 'What is followed')")
         if owner:
             options = {} if self.flush_every is None else {"flush_every": self.flush_every}
             base = self.base
