@@ -180,7 +180,7 @@ class _RichProgress:
     def start(self, description: str, total: int | None) -> None:
         if self._task is not None:
             self._p.remove_task(self._task)
-        self._task = self._p.add_task(description, total=total)
+        self._task = self._p.add_task(printable(description), total=total)
         self._show_when_slow()
 
     def advance(self, amount: int) -> None:
@@ -203,8 +203,6 @@ class _Silent:
 
 
 @contextlib.contextmanager
-
-
 def progress(quiet: bool) -> Iterator[Any]:
     """A progress bar on stderr once the work takes over a second, or nothing when quiet or when
     stderr is not a terminal."""
