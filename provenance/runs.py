@@ -403,6 +403,11 @@ def write_examples(ledger: LedgerStore, run: str | RunRecord, log: pa.Table) -> 
         raise InvalidParameterError("examples: a step is negative")
     if not record.datasets:
         raise InvalidParameterError("this run declared no datasets, so its examples cannot be logged")
+    named = pc.unique(log.column("dataset").drop_null()).to_pylist()
+    if undeclared := sorted(set(named) - set(record.datasets)):  # else its keys were 'not a document'
+        raise InvalidParameterError(
+            f"examples: dataset {undeclared[0]!r} is not one of the run's datasets ({', '.join(record.datasets)}); "
+            "the dataset column names one by its id, NAME@VERSION, or is null")
     with ledger.transaction() as tx:
         _check_running(tx, record.run_id)
         tx.log_examples(record.run_id, list(record.datasets), log)

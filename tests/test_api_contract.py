@@ -118,8 +118,9 @@ def test_commit_checkout_tags_bit_identical(api, name, tmp_path):
     from safetensors.torch import load_file
 
     assert all(torch.equal(v, tuned[k]) for k, v in load_file(str(path)).items())
-    api.tag(name("release"), child)
-    assert api.version(name("release")) == api.version(child.version_id[:8])
+    tagged = api.tag(name("release"), child)
+    assert tagged.tags == [name("release")]  # the record answered names the tag just set
+    assert api.version(name("release")) == api.version(child.version_id[:8]) == tagged
     assert name("release") in [t.name for t in api.tags()]
     assert set(api.manifest(child)) == {"w", "b", "h"}
     file_commit = api.commit(str(path), parent=child, message="the same, from a file")
@@ -533,6 +534,12 @@ def test_a_retried_write_applies_once(server, name):
     again = httpx.post(f"{server.url}/api/v1/uploads", content=upload, headers=bad)
     assert first.status_code == again.status_code and 400 <= first.status_code < 500
     assert again.headers.get("idempotent-replayed") == "true" and first.json() == again.json()
+    # an empty key (a variable left unset) is no key: refused, not shared by every write that sends one
+    empty = [httpx.post(f"{server.url}/api/v1/runs", json={"message": name(f"empty-key-{i}")},
+                        headers={**headers, "Idempotency-Key": ""}) for i in range(2)]
+    assert [r.status_code for r in empty] == [422, 422]
+    assert empty[1].json()["error"] == "Idempotency-Key: empty (leave the header out, or send a new key per write)"
+    assert not [r for r in server.ledger().runs() if r.message.startswith(name("empty-key"))]
 
 
 def test_bad_requests_get_4xx_naming_the_problem(server):
@@ -550,6 +557,20 @@ def test_bad_requests_get_4xx_naming_the_problem(server):
     messages = [r.json()["error"] for r in cases]
     assert "surprise" in messages[1] and "Arrow" in messages[2] and "no upload" in messages[3]
     assert all("Traceback" not in r.text for r in cases)
+    # a JSON body refused as a whole says why in plain words (curl -d sends a form's Content-Type)
+    tag = f"{server.url}/api/v1/tags/some-tag"
+    whole = [httpx.put(tag, content=b'{"version": "x"}', headers={**h, "Content-Type": "application/x-www-form-urlencoded"}),
+             httpx.put(tag, content=b'{"version": "x"}', headers=h),
+             httpx.put(tag, content=b"not json", headers={**h, "Content-Type": "application/json"}),
+             httpx.put(tag, content=b"", headers={**h, "Content-Type": "application/json"})]
+    assert [r.status_code for r in whole] == [422] * 4
+    assert [r.json()["error"] for r in whole] == [
+        "invalid request: the body must be a JSON object sent with Content-Type: application/json (this request's: "
+        "application/x-www-form-urlencoded)",
+        "invalid request: the body must be a JSON object sent with Content-Type: application/json (this request's: none)",
+        "invalid request: the body is not JSON (Expecting value at character 0)",
+        "invalid request: the body is empty: this route takes a JSON object"]
+    assert "some-tag" not in [t.name for t in server.ledger().tags()]
 
 
 def test_backup_is_a_verified_copy(api, name, files, tmp_path):

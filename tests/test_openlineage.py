@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 import uuid
 from datetime import datetime, timezone
 
@@ -200,6 +201,23 @@ def test_a_gzip_body_is_limited_once_decompressed(server):
     two = gzip.compress(json.dumps({**event, "pad": "small"}).encode())
     two = two[:len(two) // 2] + two[len(two) // 2:]  # a whole member: accepted
     assert httpx.post(f"{server.url}/api/v1/lineage", headers=h, content=two).status_code == 200
+
+
+def test_an_event_cut_short_by_its_client_is_no_server_error(server):
+    import socket
+
+    query = "SELECT count(*) AS n FROM access_log WHERE path = '/api/v1/lineage' AND status = 422"
+    before = server.ledger().sql(query).column("n")[0].as_py()
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as s:  # says 100,000 bytes, sends 20, goes away
+        s.sendall(f"POST /api/v1/lineage HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.token}\r\n"
+                  "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"eventType\": \"START\"".encode())
+    for _ in range(100):  # the refusal is logged (the answer had nobody to go to)
+        if server.ledger().sql(query).column("n")[0].as_py() > before:
+            break
+        time.sleep(0.1)
+    assert server.ledger().sql(query).column("n")[0].as_py() == before + 1
+    assert "Exception in ASGI application" not in server.output() and "ClientDisconnect" not in server.output()
 
 
 def test_an_event_with_thousands_of_inputs_is_one_write(server):

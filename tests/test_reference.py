@@ -103,6 +103,17 @@ def test_openapi_document_is_current():
     doc = json.loads(text())
     assert doc["info"]["title"] == "provenance ledger" and "/api/v1/lineage/{ref}" in doc["paths"]
     assert "/healthz" in doc["paths"] and "/api/v1/runs/{ref}/examples" in doc["paths"]
+    # the refusals as the server sends them ({"error", "kind"}, not FastAPI's {"detail": [...]}), and the token
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    assert doc["components"]["schemas"]["Error"]["required"] == ["error", "kind"]
+    assert "HTTPValidationError" not in doc["components"]["schemas"]
+    tags = doc["paths"]["/api/v1/tags/{name}"]["put"]["responses"]
+    assert tags["422"]["content"] == tags["401"]["content"] == tags["403"]["content"] == error
+    assert doc["paths"]["/api/v1/lineage"]["post"]["responses"]["422"]["content"] == error
+    assert doc["components"]["securitySchemes"]["token"] == {
+        "type": "http", "scheme": "bearer", "description": "a token from `prov token create NAME --scope SCOPE`"}
+    assert doc["security"] == [{"token": []}] and doc["paths"]["/healthz"]["get"]["security"] == []
+    assert "401" not in doc["paths"]["/healthz"]["get"]["responses"]
 
 
 def test_the_docs_name_the_schema_version_a_new_ledger_has():

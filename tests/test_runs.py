@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -132,6 +133,24 @@ def test_ambiguous_keys_need_a_dataset(ledger, data_dir, write_jsonl):
     run2.finish()
     assert ledger.run_examples(run2.run_id).to_pydict()["dataset_id"] == ["y@1"]
     run.fail("ambiguous")
+
+
+def test_an_examples_log_naming_a_dataset_the_run_lacks_is_refused_naming_it(two_datasets):
+    # the log a server receives (POST /runs/{ref}/examples): its dataset column holds ids
+    from provenance.runs import EXAMPLES_SCHEMA, write_examples
+
+    run = two_datasets.start_run(datasets=["a"], message="by name")
+    for named in ("a", "b@1"):
+        log = pa.table({"seq": [0, 1], "step": [0, 0], "key": ["a0", "a1"], "dataset": [None, named]},
+                       schema=EXAMPLES_SCHEMA)
+        said = (f"examples: dataset {named!r} is not one of the run's datasets (a@1); the dataset column names one "
+                "by its id, NAME@VERSION, or is null")
+        with pytest.raises(InvalidParameterError, match=f"^{re.escape(said)}$"):  # no `as`: a cycle kept the ledger
+            write_examples(two_datasets, run.run_id, log)
+    log = pa.table({"seq": [0], "step": [0], "key": ["a0"], "dataset": ["a@1"]}, schema=EXAMPLES_SCHEMA)
+    assert write_examples(two_datasets, run.run_id, log) == 1
+    run.finish()
+    assert two_datasets.run_examples(run.run_id).num_rows == 1  # the refused logs wrote nothing
 
 
 def test_a_run_that_raises_is_failed_and_produces_no_version(two_datasets):

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 
@@ -96,6 +97,26 @@ def test_sigkill_mid_write_loses_nothing_acknowledged(tmp_path):
         ledger.start_run(message="after the clients").finish()
         assert [r for r in ledger.runs() if r.status == "running"] == []
         assert all("abandoned" in (ledger.run(r.run_id).error or "") for r in running)
+    finally:
+        restarted.stop()
+
+
+def test_a_run_a_plain_http_client_started_outlives_a_server_restart(tmp_path):
+    """A run started over HTTP without a pid (curl, a job in another language) was owned by the
+    server's process: once the server restarted, the next run started on its host marked it failed
+    ("abandoned: process N exited") while its job was still logging."""
+    server = serving.start(tmp_path / "ledger")
+    port = int(server.url.rsplit(":", 1)[1])
+    started = httpx.post(f"{server.url}/api/v1/runs", json={"message": "a curl job"},
+                         headers={"Authorization": f"Bearer {server.token}"})
+    assert started.status_code == 201 and started.json()["pid"] == 0
+    server.stop(signal.SIGKILL)
+    restarted = serving.start(tmp_path / "ledger", port=port, token=server.token)
+    try:
+        ledger = restarted.ledger()
+        ledger.start_run(message="another job").finish()
+        run = ledger.run(started.json()["run_id"])
+        assert (run.status, run.error) == ("running", None)
     finally:
         restarted.stop()
 

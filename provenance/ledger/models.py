@@ -292,7 +292,7 @@ class ModelQueries:
             ver = self.version(version.version_id if isinstance(version, VersionRecord) else version)
             with self.transaction() as tx:
                 tx.set_tag(name, ver.version_id)
-        return ver
+            return self.version(ver.version_id)  # read again: the record names its tags, this one too
 
     def run(self, ref: str | RunRecord) -> RunRecord:
         """A run by record, full id or unambiguous id prefix (at least 4 hex digits)."""

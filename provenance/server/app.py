@@ -101,6 +101,7 @@ def needed_scope(method: str, path: str) -> str:
 
 def create_app(service: LedgerService) -> FastAPI:
     """The application serving ``service``'s ledger."""
+    from provenance.server.openapi import shaped
     from provenance.server.routes import router
 
     @contextlib.asynccontextmanager
@@ -135,7 +136,9 @@ def create_app(service: LedgerService) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        kind = request.headers.get("content-type")
+        problems = "; ".join(_body_problem(e, kind) or f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                             for e in exc.errors())
         return JSONResponse({"error": f"invalid request: {problems}", "kind": "InvalidParameterError"},
                             status_code=422)
 
@@ -161,7 +164,30 @@ def create_app(service: LedgerService) -> FastAPI:
         return body
 
     app.include_router(router, prefix=API)
+    plain_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            shaped(plain_openapi(), _OPEN_PATHS)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _body_problem(error: dict[str, Any], content_type: str | None) -> str | None:
+    """What is wrong with a JSON body as a whole, said plainly: pydantic's words for it ("body.0:
+    JSON decode error", "Input should be a valid dictionary" for a body curl -d sent as a form)."""
+    if error["loc"][:1] != ("body",) or len(error["loc"]) > 2:
+        return None
+    if error["type"] == "json_invalid":
+        return f"the body is not JSON ({error.get('ctx', {}).get('error', 'unreadable')} at character {error['loc'][-1]})"
+    if isinstance(error.get("input"), bytes):  # read as bytes: it did not say it is JSON
+        return ("the body must be a JSON object sent with Content-Type: application/json (this request's: "
+                f"{content_type or 'none'})")
+    if error["type"] == "missing" and len(error["loc"]) == 1:
+        return "the body is empty: this route takes a JSON object"
+    return None
 
 
 class Guard:
@@ -250,8 +276,10 @@ class Guard:
         from starlette.concurrency import run_in_threadpool
 
         service = self.service
-        if len(key) > 200:
-            return await JSONResponse({"error": "Idempotency-Key: at most 200 characters",
+        if len(key) > 200 or not key.strip():  # an empty key would be every write's, each refused as another's
+            said = ("at most 200 characters" if key.strip()
+                    else "empty (leave the header out, or send a new key per write)")
+            return await JSONResponse({"error": f"Idempotency-Key: {said}",
                                        "kind": "InvalidParameterError"}, status_code=422)(scope, receive, send)
         stored = await run_in_threadpool(service.read, service.ledger.idempotent_response, key)
         if stored is not None:

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from provenance import errors
 from provenance.results import Lineage, TaintReport
@@ -77,7 +78,10 @@ async def openlineage_event(request: Request) -> dict[str, Any]:
     """Receive an OpenLineage RunEvent (as the openlineage-python client's HTTP transport sends it):
     its run becomes a provenance run, its inputs are matched to registered datasets."""
     s = service_of(request)
-    raw = await request.body()
+    try:
+        raw = await request.body()
+    except ClientDisconnect:  # a job killed mid-event: said so, not a traceback in the server's log
+        raise errors.InvalidParameterError("the event stopped before its end: the client went away") from None
     if len(raw) > MAX_EVENT:
         return _too_large(f"the event is larger than {MAX_EVENT >> 20} MiB ({len(raw):,} bytes)")
     if request.headers.get("content-encoding", "").lower() == "gzip":

@@ -1,4 +1,5 @@
-"""The OpenAPI document of ``prov serve``, committed as ``schemas/openapi.json``.
+"""The OpenAPI document of ``prov serve``, committed as ``schemas/openapi.json``: FastAPI's,
+with the refusals and the token as the server has them (:func:`shaped`).
 
 ``python -m provenance.server.openapi`` writes it; ``--check`` says whether the committed file
 drifted from the routes (the test suite fails when it did).
@@ -17,6 +18,33 @@ def document() -> dict[str, Any]:
     from provenance.server.app import create_app
 
     return create_app(None).openapi()  # type: ignore[arg-type]  # routes only: no ledger is opened
+
+
+def shaped(doc: dict[str, Any], open_paths: tuple[str, ...]) -> None:
+    """Say in the OpenAPI document what the server does: every refusal is ``{"error", "kind"}``
+    (FastAPI's own document said a 422 is ``{"detail": [...]}``, which no answer is), and every
+    route but the open ones takes a bearer token."""
+    schemas = doc["components"]["schemas"]
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    schemas["Error"] = {
+        "title": "Error", "type": "object", "required": ["error", "kind"],
+        "properties": {"error": {"type": "string", "description": "what is wrong, naming the field, parameter or record"},
+                       "kind": {"type": "string", "description": "the library's exception class (InvalidParameterError, "
+                                                                 "NotFoundError, AccessDeniedError, ...)"}}}
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    doc["components"]["securitySchemes"] = {"token": {
+        "type": "http", "scheme": "bearer", "description": "a token from `prov token create NAME --scope SCOPE`"}}
+    doc["security"] = [{"token": []}]
+    for path, operations in doc["paths"].items():
+        for operation in operations.values():
+            answers = operation.setdefault("responses", {})
+            if path in open_paths:
+                operation["security"] = []
+            else:
+                answers["401"] = {"description": "No token, or an unknown, revoked or expired one", "content": error}
+                answers["403"] = {"description": "The token's scope does not allow the call", "content": error}
+            answers["422"] = {"description": "Refused: the error names the field, parameter or record", "content": error}
 
 
 def text() -> str:

@@ -25,7 +25,8 @@ class StartRunBody(Body):
     params: dict[str, Any] = Field(default_factory=dict)
     author: str | None = None
     host: str | None = Field(None, description="the host the training process runs on")
-    pid: int | None = Field(None, description="the training process, watched for abandonment on its host")
+    pid: int | None = Field(None, description="the training process, watched for abandonment on its host "
+                                                "(left out: none; the client ends the run)")
 
 
 @router.get("/runs", tags=["runs"], response_model=None,
@@ -43,7 +44,9 @@ def start_run(request: Request, body: StartRunBody) -> dict[str, Any]:
     from provenance.runs import start_run as start
 
     run = s.call(start, s.ledger, base=body.base, datasets=body.datasets, params=body.params, message=body.message,
-                 author=body.author, detached=True, pid=body.pid, host=body.host)
+                 author=body.author, detached=True, pid=0 if body.pid is None else body.pid, host=body.host)
+    # no pid: no owner (0), not the server's process, which a restart ends: the next run on its host then
+    # marked this one abandoned while its job still ran
     return jsonable(run.record)
 
 
