@@ -72,6 +72,9 @@ class ProvGroup(click.Group):
         root.setdefault("prov.args", [*getattr(ctx, "_protected_args", ()), *ctx.args])  # before click takes them
         with warnings.catch_warnings(record=True) as caught:  # library warnings: one line each on stderr
             warnings.simplefilter("always")
+            # Python's own note of a file the garbage collector closed (in a process that ran commands
+            # before, one a test left) is for developers: it landed in a command's --json output
+            warnings.simplefilter("ignore", ResourceWarning)
             try:
                 return self._invoke(ctx)
             except CliError as exc:

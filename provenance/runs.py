@@ -386,6 +386,11 @@ EXAMPLES_SCHEMA = pa.schema([("seq", pa.int64()), ("step", pa.int64()), ("key", 
                              ("dataset", pa.string())])
 
 
+def _first(mask: pa.ChunkedArray) -> int:
+    """The 0-based row of the first true value of ``mask``."""
+    return int(np.argmax(mask.to_numpy(zero_copy_only=False)))
+
+
 def write_examples(ledger: LedgerStore, run: str | RunRecord, log: pa.Table) -> int:
     """Append a log of examples (:data:`EXAMPLES_SCHEMA`) to a running run, in one transaction;
     an unknown key or a dataset the run did not declare is refused, naming it."""
@@ -397,10 +402,12 @@ def write_examples(ledger: LedgerStore, run: str | RunRecord, log: pa.Table) -> 
         log = log.cast(EXAMPLES_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise InvalidParameterError(f"examples: {exc}") from None
-    if log.column("key").null_count or log.column("step").null_count:
-        raise InvalidParameterError("examples: a key or a step is null")
+    for name in ("key", "step"):
+        if log.column(name).null_count:
+            raise InvalidParameterError(f"examples: row {_first(pc.is_null(log.column(name)))}: the {name} is null")
     if log.num_rows and pc.min(log.column("step")).as_py() < 0:
-        raise InvalidParameterError("examples: a step is negative")
+        row = _first(pc.less(log.column("step"), 0))
+        raise InvalidParameterError(f"examples: row {row}: the step is negative ({log.column('step')[row].as_py()})")
     if not record.datasets:
         raise InvalidParameterError("this run declared no datasets, so its examples cannot be logged")
     named = pc.unique(log.column("dataset").drop_null()).to_pylist()

@@ -542,6 +542,15 @@ def test_a_retried_write_applies_once(server, name):
     assert not [r for r in server.ledger().runs() if r.message.startswith(name("empty-key"))]
 
 
+def test_a_server_url_given_with_the_api_prefix_is_the_server(server):
+    """`--ledger http://host:port/api/v1` asked for every route twice over: `no such API route: GET
+    /api/v1/api/v1/datasets` (found by stranger pass 38)."""
+    for suffix in ("/api/v1", "/api/v1/"):
+        ledger = Ledger.open(server.url + suffix, token=server.token)
+        assert ledger.url == server.url
+        assert [d.dataset_id for d in ledger.datasets()] == [d.dataset_id for d in server.ledger().datasets()]
+
+
 def test_bad_requests_get_4xx_naming_the_problem(server):
     h = {"Authorization": f"Bearer {server.token}"}
     cases = [

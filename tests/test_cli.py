@@ -517,3 +517,22 @@ def test_output_that_stdout_refuses_is_an_error_naming_stdout(project):
                                   stderr=subprocess.PIPE, text=True, cwd=project, timeout=120)
         assert done.returncode == 4
         assert done.stderr == (json.dumps({"error": said, "kind": "os"}) + "\n" if extra else f"Error: {said}\n")
+
+
+def test_a_resource_warning_is_not_relayed_into_a_command_s_output(project, runner, monkeypatch):
+    """The CLI relays library warnings as `warning: ...` lines; Python's ResourceWarning for a file
+    the garbage collector closed (left by an earlier ledger of the same process) landed in a
+    command's `--json` output, which then did not parse (seen in test_runs under a full run)."""
+    import warnings
+
+    from provenance.api import Ledger
+
+    datasets = Ledger.datasets
+
+    def leaky(self, *args, **kwargs):
+        warnings.warn("unclosed file <_io.FileIO name=12 mode='rb' closefd=True>", ResourceWarning, stacklevel=1)
+        return datasets(self, *args, **kwargs)
+
+    monkeypatch.setattr(Ledger, "datasets", leaky)
+    result = runner.invoke(main, ["dataset", "list", "--json"])
+    assert result.exit_code == 0 and json.loads(result.output) == []

@@ -153,6 +153,23 @@ def test_an_examples_log_naming_a_dataset_the_run_lacks_is_refused_naming_it(two
     assert two_datasets.run_examples(run.run_id).num_rows == 1  # the refused logs wrote nothing
 
 
+def test_an_examples_log_with_a_null_or_negative_value_names_its_row(two_datasets):
+    """"examples: a step is negative" and "a key or a step is null" named neither the row nor the
+    column (found by stranger pass 38)."""
+    from provenance.runs import EXAMPLES_SCHEMA, write_examples
+
+    run = two_datasets.start_run(datasets=["a"], message="rows")
+    for column, values, said in (("step", [0, 1, -3], "examples: row 2: the step is negative (-3)"),
+                                 ("step", [0, None, 1], "examples: row 1: the step is null"),
+                                 ("key", ["a0", "a1", None], "examples: row 2: the key is null")):
+        table = {"seq": [0, 1, 2], "step": [0, 0, 0], "key": ["a0", "a1", "a2"], "dataset": [None] * 3,
+                 column: values}
+        with pytest.raises(InvalidParameterError, match=f"^{re.escape(said)}$"):
+            write_examples(two_datasets, run.run_id, pa.table(table, schema=EXAMPLES_SCHEMA))
+    run.finish()
+    assert two_datasets.run_examples(run.run_id).num_rows == 0
+
+
 def test_a_run_that_raises_is_failed_and_produces_no_version(two_datasets):
     ledger = two_datasets
     with pytest.raises(RuntimeError, match="diverged"):

@@ -34,7 +34,7 @@ from provenance.remote.questions import RemoteQuestions
 from provenance.remote.runs import REMOTE_FLUSH, RemoteRun, RemoteRuns
 from provenance.remote.transport import RETRY_STATUS, Transport, _warning_class, segment
 from provenance.remote.versions import RemoteVersions
-from provenance.wire import ipc_to_table
+from provenance.wire import API, ipc_to_table
 
 
 def is_url(path: Any) -> bool:
@@ -49,6 +49,8 @@ class RemoteLedger(Transport, RemoteDatasets, RemoteVersions, RemoteRuns, Remote
     def __init__(self, url: str, *, token: str | None = None, timeout: float = 300.0, retries: int = 6,
                  verify: bool | str = True):
         self.url = url.rstrip("/")
+        if self.url.endswith(API):  # the API's prefix given too: "no such API route: GET /api/v1/api/v1/datasets"
+            self.url = self.url.removesuffix(API)
         self.root = self.url
         try:  # 'http://[::1' ended in httpx's traceback, 'http://' in 7 tries to reach no host
             host = httpx.URL(self.url).host
