@@ -41,12 +41,23 @@ _DTYPES = {name: dtype for dtype, name in DTYPES.items()} | {"C64": torch.comple
 class StateReader:
     """Parameter tensors on disk, read one at a time."""
 
-    def __init__(self, path: Path, owner: dict[str, Path], handles: dict[Path, object], stack: ExitStack):
+    def __init__(self, path: Path, owner: dict[str, Path], handles: dict[Path, object], stack: ExitStack,
+                 stamps: dict[Path, tuple[int, int, int]] | None = None):
         self.path = path
         self.names = sorted(owner)
         self._owner = owner  # parameter name -> the file that holds it
         self._handles = handles  # file -> open safe_open handle
         self._stack = stack
+        self._stamps = stamps or {}  # file -> its inode, size and mtime before it was opened
+
+    def check_unchanged(self) -> None:
+        """Refuse a file written to since it was opened: its tensors are mapped, so those read after
+        the write hold the new bytes and those before the old, a state neither file ever held."""
+        for file, stamp in self._stamps.items():
+            if _stamp(file) != stamp:
+                raise InvalidParameterError(
+                    f"{file} changed while it was read (another process wrote to it): the tensors read would mix "
+                    "its old and new contents; commit it once nothing writes to it (or commit a copy)")
 
     def _handle(self, name: str):
         if name not in self._owner:
@@ -99,7 +110,18 @@ class StateReader:
         self.close()
 
 
-def _open_file(stack: ExitStack, file: Path):
+def _stamp(file: Path) -> tuple[int, int, int]:
+    """What changes when a file is written to or replaced: its inode, size and modification time."""
+    try:
+        st = file.stat()
+    except OSError:
+        return (-1, -1, -1)
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _open_file(stack: ExitStack, file: Path, stamps: dict[Path, tuple[int, int, int]] | None = None):
+    if stamps is not None:
+        stamps[file] = _stamp(file)
     if not file.is_file():  # a FIFO is never opened: reading it would block
         odd = not_a_regular_file(file) if os.path.lexists(file) else None
         raise InvalidParameterError(f"{file}: not a regular file: {odd}" if odd else f"{file}: no such safetensors file")
@@ -165,9 +187,10 @@ def _read_index(index: Path) -> dict[str, Path]:
     return {name: index.parent / shard for name, shard in weight_map.items()}
 
 
-def _open_sharded(index: Path, stack: ExitStack) -> tuple[dict[str, Path], dict[Path, object]]:
+def _open_sharded(index: Path, stack: ExitStack, stamps: dict[Path, tuple[int, int, int]]
+                  ) -> tuple[dict[str, Path], dict[Path, object]]:
     listed = _read_index(index)
-    handles = {shard: _open_file(stack, shard) for shard in sorted(set(listed.values()))}
+    handles = {shard: _open_file(stack, shard, stamps) for shard in sorted(set(listed.values()))}
     owner: dict[str, Path] = {}
     for shard, handle in handles.items():
         for name in handle.keys():
@@ -196,16 +219,17 @@ def open_state(path: str | Path) -> StateReader:
     """Open a `.safetensors` file, a sharded `*.safetensors.index.json`, or a folder holding one of them."""
     file = _resolve(Path(path))
     stack = ExitStack()
+    stamps: dict[Path, tuple[int, int, int]] = {}
     try:
         if file.name.endswith(INDEX_SUFFIX):
-            owner, handles = _open_sharded(file, stack)
+            owner, handles = _open_sharded(file, stack, stamps)
         else:
-            handle = _open_file(stack, file)
+            handle = _open_file(stack, file, stamps)
             owner, handles = dict.fromkeys(handle.keys(), file), {file: handle}
     except BaseException:
         stack.close()
         raise
-    return StateReader(file, owner, handles, stack)
+    return StateReader(file, owner, handles, stack, stamps)
 
 
 @dataclass(frozen=True)

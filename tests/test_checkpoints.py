@@ -445,3 +445,33 @@ def test_matches_peft_merge(tmp_path: Path, options: dict, replaced: set[str]) -
         torch.testing.assert_close(merged[name].double(), expected, rtol=1e-6, atol=1e-6)
     for name in adapter.updates:  # the adapter did change what it targets
         assert not torch.allclose(merged[name], base_tensors[name])
+
+
+def test_a_checkpoint_written_to_while_a_commit_reads_it_is_refused(tmp_path: Path, monkeypatch) -> None:
+    from provenance import Ledger
+    from provenance.checkpoints import StateReader
+
+    ledger = Ledger.init(tmp_path / "ledger")
+    index = _write_sharded(tmp_path, _tensors(0))
+    shard = tmp_path / "model-00002-of-00002.safetensors"
+    newer = tmp_path / "newer.safetensors"
+    save_file({name: t for name, t in _tensors(1).items() if name in open_state(shard).names}, newer)
+    get = StateReader.get
+
+    def get_then_rewrite(self, name):  # another process rewrites the shard in place after the first read
+        tensor = get(self, name)
+        if not getattr(self, "rewritten", False):
+            self.rewritten = True
+            with open(shard, "r+b") as f:
+                f.write(newer.read_bytes())
+            os.utime(shard, ns=(1, 1))
+        return tensor
+
+    monkeypatch.setattr(StateReader, "get", get_then_rewrite)
+    with pytest.raises(InvalidParameterError, match="model-00002-of-00002.safetensors changed while it was read"):
+        ledger.commit(index, message="torn")
+    assert ledger.versions() == []
+    assert ledger.gc()["unreferenced"] == []  # the objects it wrote are removed again
+    monkeypatch.setattr(StateReader, "get", get)
+    v = ledger.commit(index, message="calm")
+    assert torch.equal(ledger.checkout(v)["layers.0.weight"], _tensors(1)["layers.0.weight"])  # the new shard whole

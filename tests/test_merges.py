@@ -157,6 +157,33 @@ def test_a_fisher_given_to_a_merge_is_for_that_merge_only(two):
     assert all(ledger.versions_using(address) == [tried.version_id] for address in used)
 
 
+def test_a_fisher_given_that_the_merge_would_ignore_or_misread_is_refused(two):
+    """``fisher=`` given to an average or TIES merge was ignored without a word (a plain average
+    stored as if Fisher-weighted); a str was "3 Fishers for 2 versions"; one Fisher instead of one
+    per input said "no version or tag 'b'"; two refs of one version in the mapping kept one of them."""
+    ledger, _, a, b = two
+    ones = {n: torch.ones_like(t) for n, t in _state(0).items()}
+    before = len(ledger.versions())
+    for method in ("average", "task_arithmetic", "ties"):
+        with pytest.raises(InvalidParameterError) as refused:
+            ledger.merge([a, b], method=method, fisher=[ones, ones], message="m")
+        assert str(refused.value) == (f"fisher= weighs each input's parameters (fisher); the {method} method does "
+                                      "not use one")
+    with pytest.raises(InvalidParameterError, match="fisher= is a str: give one Fisher"):
+        ledger.merge([a, b], method="fisher", fisher="ab", message="m")
+    with pytest.raises(InvalidParameterError, match="fisher= maps parameter names to tensors: that is one Fisher"):
+        ledger.merge([a, b], method="fisher", fisher=ones, message="m")
+    ledger.tag("contributor-a", a)
+    with pytest.raises(InvalidParameterError) as refused:
+        ledger.merge([a, b], method="fisher", fisher={"contributor-a": ones, a.version_id: _positive(1), b.version_id: ones},
+                     message="m")
+    assert str(refused.value) == f"fisher= gives version {a.version_id[:12]} two Fishers ('contributor-a' and " \
+                                 f"'{a.version_id}')"
+    assert len(ledger.versions()) == before
+    merged = ledger.merge([a, b], method="fisher", fisher=(ones, ones), message="a tuple is a sequence too")
+    torch.testing.assert_close(ledger.checkout(merged)["w"], (_state(1)["w"] + _state(2)["w"]) / 2)
+
+
 def test_storing_a_fisher_replaces_the_whole_estimate_unless_updating(two):
     ledger, _, a, _ = two
     ledger.store_fisher(a, _positive(3))
@@ -166,6 +193,23 @@ def test_storing_a_fisher_replaces_the_whole_estimate_unless_updating(two):
     assert sorted(ledger.fishers(a)) == ["b", "w"]
     assert torch.equal(load_fisher(ledger, a, "w"), _positive(4)["w"])
     assert torch.equal(load_fisher(ledger, a, "b"), _positive(4)["b"])
+
+
+def test_an_empty_fisher_or_a_meta_that_is_not_json_is_refused_and_the_stored_one_kept(two):
+    """`store_fisher(a, {})` removed the Fisher stored with the version and returned 0; a ``meta``
+    holding an object (or a str) failed in json.dumps with a TypeError (or ValueError) naming nothing."""
+    ledger, _, a, _ = two
+    ledger.store_fisher(a, _positive(3), meta={"examples": 256})
+    with pytest.raises(InvalidParameterError, match=f"Fisher given for version {a.version_id[:12]} holds no parameters"):
+        ledger.store_fisher(a, {})
+    for meta, said in (({"x": object()}, "Object of type object is not JSON serializable"), ("abc", "a str was given"),
+                       ({1: 2}, "a key is not text: 1"), ({"n": float("nan")}, "Out of range float values")):
+        with pytest.raises(InvalidParameterError, match="meta must be a mapping of text keys to JSON values") as refused:
+            ledger.store_fisher(a, _positive(4), meta=meta)
+        assert said in str(refused.value)
+    assert sorted(ledger.fishers(a)) == ["b", "w"] and ledger.fishers(a)["w"]["meta"]["examples"] == 256
+    assert torch.equal(load_fisher(ledger, a, "w"), _positive(3)["w"])
+    assert ledger.store_fisher(a, {}, update=True) == 0 and sorted(ledger.fishers(a)) == ["b", "w"]
 
 
 def test_a_version_given_twice_or_a_weight_too_few_is_named(two):

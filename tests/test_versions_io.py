@@ -202,8 +202,10 @@ def test_lora_adapter_errors_leave_the_ledger_as_it_was(ledger, tmp_path):
     before = (ledger.versions(), sorted(p.name for p in ledger.objects_path.rglob("*.safetensors")))
     with pytest.raises(InvalidParameterError, match=r"layers\.9\.attn"):
         ledger.commit(missing, parent=base, message="bad")
-    with pytest.raises(InvalidParameterError, match="commit it with parent="):
+    with pytest.raises(InvalidParameterError) as refused:  # the command line's option named too (said only parent=)
         ledger.commit(missing, message="no parent")
+    assert str(refused.value).endswith("is a LoRA adapter: commit it with parent= the base version "
+                                       "(prov model commit --parent)")
     wrong = _write_adapter(tmp_path / "wrong", 2, 4, False,
                            {"layers.0.proj.weight": (torch.randn(16, 2, generator=g), torch.randn(2, 16, generator=g))})
     with pytest.raises(InvalidParameterError, match=r"layers\.0\.proj\.weight"):

@@ -96,6 +96,10 @@ def merge(
         using = ", ".join(n for n in methods.names() if methods.get(n).needs_base)
         raise InvalidParameterError(f"base= is the version task vectors start from ({using}); the {method} method "
                                     "does not use one")
+    if fisher is not None and not how.needs_fisher:  # it was ignored: the merge was not the Fisher merge asked for
+        using = ", ".join(n for n in methods.names() if methods.get(n).needs_fisher)
+        raise InvalidParameterError(f"fisher= weighs each input's parameters ({using}); the {method} method does not "
+                                    "use one")
     if not isinstance(message, str) or not message.strip():
         raise InvalidParameterError("a merge needs a message")
     check_utf8(message, "the merge's message")

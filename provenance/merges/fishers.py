@@ -7,8 +7,9 @@ or one a receipt recorded, with the addresses of the objects it read.
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -33,6 +34,18 @@ def store_fisher(
     kept (a Fisher stored a few parameters at a time). Merges made with the Fisher replaced keep
     theirs: their receipts hold the objects they read."""
     ver = ledger.version(version)
+    if isinstance(fisher, Mapping) and not fisher and not update:  # it would replace the stored one with none
+        raise InvalidParameterError(f"the Fisher given for version {ver.version_id[:12]} holds no parameters: storing it "
+                                    "would remove the Fisher stored with the version; give parameter name -> tensor")
+    if meta is not None:
+        try:
+            if not isinstance(meta, Mapping) or not all(isinstance(k, str) for k in meta):
+                raise TypeError(f"a {type(meta).__name__} was given" if not isinstance(meta, Mapping) else
+                                f"a key is not text: {next(k for k in meta if not isinstance(k, str))!r}")
+            json.dumps(dict(meta), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidParameterError(f"meta must be a mapping of text keys to JSON values (it is stored as JSON): "
+                                        f"{exc}") from None
     with ledger.session(), new_objects(ledger.object_store(), ledger.object_writers) as added:
         rows, stored = fisher_rows(ledger, ver, fisher, added, keep=keep, meta=meta)
         with ledger.transaction() as tx:
@@ -106,12 +119,23 @@ def fisher_tensor(store: ObjectStore, row: dict, shape: list[int]) -> torch.Tens
 
 def given_fishers(ledger, inputs, fisher, names) -> list[Mapping[str, torch.Tensor]]:
     """The Fishers passed to a merge, in input order, checked to cover every parameter."""
+    if isinstance(fisher, Mapping) and any(isinstance(v, torch.Tensor) for v in fisher.values()):
+        raise InvalidParameterError("fisher= maps parameter names to tensors: that is one Fisher; give one per input, "
+                                    "as a list in their order or a mapping from version")
     if isinstance(fisher, Mapping):
-        keyed = {ledger.version(k).version_id: v for k, v in fisher.items()}
+        keyed, said = {}, {}
+        for k, v in fisher.items():
+            vid = ledger.version(k).version_id
+            if vid in keyed:  # one of the two would be dropped without a word
+                raise InvalidParameterError(f"fisher= gives version {vid[:12]} two Fishers ({said[vid]!r} and {k!r})")
+            keyed[vid], said[vid] = v, k
         missing = [v.version_id[:12] for v in inputs if v.version_id not in keyed]
         if missing:
             raise InvalidParameterError(f"no Fisher given for version(s) {', '.join(missing)}")
         given = [keyed[v.version_id] for v in inputs]
+    elif isinstance(fisher, (str, bytes)) or not isinstance(fisher, Sequence):
+        raise InvalidParameterError(f"fisher= is a {type(fisher).__name__}: give one Fisher (parameter name -> tensor) "
+                                    "per input, as a list in their order or a mapping from version")
     else:
         given = list(fisher)
     if len(given) != len(inputs):

@@ -195,6 +195,7 @@ def _commit(ledger, state, parent, message, author, run, encoding, low_rank, all
             with added.background() as writer:
                 encode_all(history, store, writer, parent_id, parent_manifest, incoming, encoding, low_rank,
                            allow_nonfinite, policy, params, added.created, progress)
+            incoming.check()  # before the version is made of them: the file was not written to meanwhile
             for p in params:
                 if p.encoding != "removed":
                     n_elements += numel(p.shape)

@@ -33,10 +33,10 @@ class AdapterUpdate:
 
 class _Incoming:
     """The state a commit stores, one group at a time: ``get(name)`` gives a tensor, an
-    :class:`AdapterUpdate`, or ``SAME``."""
+    :class:`AdapterUpdate`, or ``SAME``; ``check()`` refuses a file written to while it was read."""
 
-    def __init__(self, names: list[str], get, close=lambda: None):
-        self.names, self.get, self.close = names, get, close
+    def __init__(self, names: list[str], get, close=lambda: None, check=lambda: None):
+        self.names, self.get, self.close, self.check = names, get, close, check
 
 
 def incoming_state(state: Any, parent_manifest: dict[str, ParamRecord], parent_id: str | None) -> _Incoming:
@@ -46,7 +46,8 @@ def incoming_state(state: Any, parent_manifest: dict[str, ParamRecord], parent_i
         path = Path(state)
         if checkpoints.is_lora_adapter(path):
             if parent_id is None:
-                raise InvalidParameterError(f"{path} is a LoRA adapter: commit it with parent= the base version")
+                raise InvalidParameterError(f"{path} is a LoRA adapter: commit it with parent= the base version "
+                                            "(prov model commit --parent)")
             live = {n: p for n, p in parent_manifest.items() if p.encoding != "removed"}
             adapter = checkpoints.read_lora_adapter(
                 path, {n: (dtype_from_name(p.dtype), tuple(p.shape)) for n, p in live.items()}
@@ -70,7 +71,7 @@ def incoming_state(state: Any, parent_manifest: dict[str, ParamRecord], parent_i
         left_out = reader.metadata_left_out()
         if left_out:
             warn(left_out)
-        return _Incoming(list(reader.names), reader.get, reader.close)
+        return _Incoming(list(reader.names), reader.get, reader.close, reader.check_unchanged)
     if isinstance(state, TensorSequence):
         return _Incoming(list(state.names), state.get, state.close)
     if hasattr(state, "state_dict") and not isinstance(state, Mapping):
