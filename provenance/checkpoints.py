@@ -52,9 +52,12 @@ class StateReader:
 
     def check_unchanged(self) -> None:
         """Refuse a file written to since it was opened: its tensors are mapped, so those read after
-        the write hold the new bytes and those before the old, a state neither file ever held."""
+        the write hold the new bytes and those before the old, a state neither file ever held. A
+        file replaced by another (renamed over it, as an atomic save does) or removed is not
+        refused: the open file, read whole, is the one that was there when the commit began."""
         for file, stamp in self._stamps.items():
-            if _stamp(file) != stamp:
+            now = _stamp(file)
+            if now[0] == stamp[0] and now != stamp:
                 raise InvalidParameterError(
                     f"{file} changed while it was read (another process wrote to it): the tensors read would mix "
                     "its old and new contents; commit it once nothing writes to it (or commit a copy)")
