@@ -209,6 +209,25 @@ def test_resuming_from_a_checkpoint_logs_only_the_steps_trained_again(tiny, tmp_
     assert ledger.run(again.run.run_id).params["start_step"] == 3
 
 
+def test_the_keys_trained_before_a_checkpoint_are_written_when_it_is_saved(tiny, tmp_path):
+    """A run killed after a checkpoint kept only the keys it had flushed (4 of 56 in pass 36): the
+    record of what the checkpoint was trained on waited in memory. They are written at each save."""
+    from transformers import TrainerCallback
+
+    ledger, rows = tiny
+    callback = ProvenanceCallback(ledger, datasets=["tiny"], message="saves", flush_every=10_000)
+    written: dict[int, list[int]] = {}
+
+    class AtSave(TrainerCallback):  # what the ledger holds when the checkpoint is on disk
+        def on_save(self, args, state, control, **kwargs):
+            written[state.global_step] = sorted(set(ledger.run_examples(callback.run.run_id).column("step").to_pylist()))
+
+    trainer = _trainer(_model(), rows, tmp_path, callback, save_steps=2)
+    trainer.add_callback(AtSave())
+    trainer.train()
+    assert written[2] == [0, 1] and written[4] == [0, 1, 2, 3]
+
+
 def test_what_cannot_be_followed_is_refused_before_anything_is_written(tiny, tmp_path):
     ledger, rows = tiny
     written = len(ledger.sql("SELECT run_id FROM runs").to_pylist()), len(ledger.versions())

@@ -275,7 +275,11 @@ class RunRecorder:
         ``last`` step is not committed: the final commit, a moment later, stores these weights. So
         that a save the trainer makes at the end of its last epoch (no ``max_steps`` says it is
         the last) is not committed twice either, the commit waits for the next batch: training
-        that ends first commits these weights as the run's version instead."""
+        that ends first commits these weights as the run's version instead. Every process writes
+        the keys it has trained so far first: a run killed after the save keeps the record of the
+        steps the checkpoint was trained on (they waited in memory, 4 of 56 kept)."""
+        if self._running:  # (a run still starting is waited for: the keys of the first steps wait for it)
+            self.run.flush()
         if not (self._running and self.commit_on_save and self._owner):
             return
         if self._held_save is not None:  # two saves with no batch between: the first is committed
