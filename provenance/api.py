@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from provenance.errors import GateFailedError, InvalidParameterError
+from provenance.files import warn_pickle_name
 from provenance.ledger import LedgerStore, preliminary
 from provenance.records import DatasetRecord, RegistrationResult, RunRecord, TagRecord, VersionRecord
 from provenance.results import DedupReport, GateReport, Lineage, MemorizationReport, MergeReceipt, TaintReport
@@ -169,6 +170,7 @@ class Ledger(LedgerStore):
         ver = self.version(version)
         if output is not None:
             output = self.output_path(output, parents=parents)
+            warn_pickle_name(output)
         from provenance import versions as versions_
 
         return versions_.checkout(self, ver, output, progress=progress)

@@ -187,6 +187,16 @@ def not_a_regular_file(path: str | os.PathLike) -> str | None:
     return next((kind for test, kind in _KINDS if test(mode)), f"of file type {stat.S_IFMT(mode):o}") + link
 
 
+def warn_pickle_name(path: str | os.PathLike) -> None:
+    """Warn when a safetensors file is about to be written under a pickle's name (``out.bin``,
+    ``model.pt``): loaders choose the format by the name, and ``torch.load`` of it fails."""
+    if os.fspath(path).lower().endswith(PICKLE_SUFFIXES):
+        from provenance.errors import warn
+
+        warn(f"{path}: a safetensors file is written under a pickle's name; loaders choose the format by the name "
+             "(torch.load of it fails, from_pretrained looks for model.safetensors): name it .safetensors")
+
+
 def non_utf8(path: str | os.PathLike) -> str | None:
     """``path`` shown with its undecodable bytes as ``\\xNN`` when it is not valid UTF-8 (bytes a
     Latin-1 system wrote: Python holds them as surrogates, which no UTF-8 text can hold), else None."""

@@ -147,6 +147,24 @@ def test_references_with_url_characters_mean_what_they_say(api, name):
     assert [api.document(ds, k).key for k in keys] == keys
 
 
+def test_a_checkout_under_a_pickle_s_name_is_warned_of(api, tmp_path):
+    """`checkout -o out.bin` wrote a safetensors file under a pickle's name without a word (found
+    by stranger pass 39): loaders choose the format by the name."""
+    import warnings
+
+    from provenance.errors import ProvenanceWarning
+
+    v = api.commit({"w": torch.arange(4.0)}, message="one")
+    with pytest.warns(ProvenanceWarning, match=r"out\.bin: a safetensors file is written under a pickle's name"):
+        path = api.checkout(v, tmp_path / "out.bin")
+    from safetensors.torch import load_file
+
+    assert torch.equal(load_file(path)["w"], torch.arange(4.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ProvenanceWarning)
+        api.checkout(v, tmp_path / "out.safetensors")
+
+
 def test_a_tag_with_a_slash_names_its_version_everywhere(api, name, tmp_path):
     """The docs tag `release/1.0`; a remote ledger set such a tag but could not use it: version(),
     lineage(), diff(), manifest() and checkout() of it all said `no such API route: GET

@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from provenance import errors
+from provenance.files import warn_pickle_name
 from provenance.records import (
     A_VERSION,
     DatasetRecord,
@@ -119,6 +120,7 @@ class RemoteVersions:
         ref = ref_of(version, A_VERSION)
         if output is not None:
             out = self.output_path(output, parents=parents)
+            warn_pickle_name(out)
             return self._call("GET", f"versions/{self._version_part(ref)}/tensors", stream_to=out)
         from provenance.tensorfile import read_tensors
 
