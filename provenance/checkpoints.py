@@ -42,13 +42,13 @@ class StateReader:
     """Parameter tensors on disk, read one at a time."""
 
     def __init__(self, path: Path, owner: dict[str, Path], handles: dict[Path, object], stack: ExitStack,
-                 stamps: dict[Path, tuple[int, int, int]] | None = None):
+                 stamps: dict[Path, tuple[int, int, int]]):
         self.path = path
         self.names = sorted(owner)
         self._owner = owner  # parameter name -> the file that holds it
         self._handles = handles  # file -> open safe_open handle
         self._stack = stack
-        self._stamps = stamps or {}  # file -> its inode, size and mtime before it was opened
+        self._stamps = stamps  # file -> its inode, size and mtime before it was opened
 
     def check_unchanged(self) -> None:
         """Refuse a file written to since it was opened: its tensors are mapped, so those read after
@@ -122,9 +122,8 @@ def _stamp(file: Path) -> tuple[int, int, int]:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _open_file(stack: ExitStack, file: Path, stamps: dict[Path, tuple[int, int, int]] | None = None):
-    if stamps is not None:
-        stamps[file] = _stamp(file)
+def _open_file(stack: ExitStack, file: Path, stamps: dict[Path, tuple[int, int, int]]):
+    stamps[file] = _stamp(file)
     if not file.is_file():  # a FIFO is never opened: reading it would block
         odd = not_a_regular_file(file) if os.path.lexists(file) else None
         raise InvalidParameterError(f"{file}: not a regular file: {odd}" if odd else f"{file}: no such safetensors file")

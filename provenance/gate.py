@@ -115,9 +115,7 @@ def audit_merge(
     _check_limits(max_overlap, max_contamination, ngram)
     versions = check_gate_versions(versions)
     with ledger.session():
-        inputs = [ledger.version(v) for v in versions]
-        if len(inputs) < 2:
-            raise InvalidParameterError("the gate needs at least two different versions")
+        inputs = [ledger.version(v) for v in versions]  # at least two: check_gate_versions
         seen: dict[str, str] = {}
         for given, v in zip(versions, inputs):
             name = given if isinstance(given, str) else v.version_id[:12]  # a record given in Python
