@@ -223,12 +223,13 @@ def merge_cmd(obj: Context, versions: tuple[str, ...], method: str, weights: str
     policy = dict(eval_datasets=list(eval_datasets) or None, max_overlap=max_overlap, deny_license=deny_license,
                   full_lineage=full_lineage, deny_retracted=deny_retracted, **_gate_limits(max_contamination)) \
         if gate else None
+    own = {o: v for o, v in (("eps", eps), ("normalize", normalize), ("density", density))
+           if o in merge_methods.get(method).options}  # the method's own settings: the others it refuses
     try:
         ledger = obj.ledger()
         with render.progress(obj.quiet) as bar:
-            version = ledger.merge(list(versions), method=method, weights=lam, base=base, eps=eps,
-                                   normalize=normalize, density=density, audit=audit, message=message,
-                                   author=author, device=device, progress=bar, gate=policy)
+            version = ledger.merge(list(versions), method=method, weights=lam, base=base, audit=audit,
+                                   message=message, author=author, device=device, progress=bar, gate=policy, **own)
     except GateFailedError as exc:
         render.echo("\n".join(exc.report.alerts), err=True)
         raise PolicyFailed(f"the pre-merge gate failed (audit {exc.report.audit_id[:12]}); nothing merged",

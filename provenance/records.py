@@ -312,18 +312,23 @@ def check_gate_versions(versions: Any) -> list[Any]:
     return [check_ref(v, A_VERSION) for v in versions]
 
 
-def check_merge_options(versions: Any, weights: Any, eps: Any, normalize: Any) -> list[float] | None:
+def check_merge_options(versions: Any, weights: Any, eps: Any, normalize: Any, density: Any = None) -> list[float] | None:
     """Refuse a merge's options of the wrong kind before anything is read or sent, in the same
-    words for a local ledger and a server's client; returns ``weights`` as a list (a tensor or a
-    numpy array of them included), or None. A string of versions was merged a character at a
-    time ("no version or tag '3'")."""
+    words for a local ledger and a server's client (None: the method's default); returns
+    ``weights`` as a list (a tensor or a numpy array of them included), or None. A string of
+    versions was merged a character at a time ("no version or tag '3'")."""
     for v in check_list(versions, "versions", "of the versions to merge, ids, tags or records: merge([a, b], ...)",
                         least=1, fewer="merge needs at least one version"):
         check_ref(v, A_VERSION)
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
+    if eps is not None and (isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps)
+                            or eps < 0):
         raise InvalidParameterError(f"eps (the floor on the Fisher) must be a finite number >= 0, got {eps!r}")
-    if not isinstance(normalize, bool):
+    if normalize is not None and not isinstance(normalize, bool):
         raise InvalidParameterError(f"normalize must be True or False, got {normalize!r}")
+    if density is not None and (isinstance(density, bool) or not isinstance(density, numbers.Real)
+                                or not 0 < density <= 1):
+        raise InvalidParameterError(f"density (the fraction of each task vector TIES keeps) must be a number in (0, 1], "
+                                    f"got {density!r}")
     if weights is None:
         return None
     if hasattr(weights, "tolist") and not isinstance(weights, (str, bytes)):  # a tensor or a numpy array

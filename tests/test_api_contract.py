@@ -229,6 +229,19 @@ def test_merge_options_mean_the_same_locally_and_remotely(api, request):
     if request.node.callspec.params["api"] == "remote":
         with pytest.raises(InvalidParameterError, match="store each input's with ledger.store_fisher"):
             api.merge([x, y], method="fisher", fisher=[{"w": torch.ones(4)}] * 2, message="fishers")
+    before = len(api.versions())
+    for method, bad, says in (("fisher", {"density": 0.5}, "density= is for ties: the fisher method does not use it"),
+                              ("average", {"eps": 0.0, "density": 0.5},
+                               "eps= is for fisher; density= is for ties: the average method does not use them"),
+                              ("ties", {"normalize": True}, "normalize= is for fisher: the ties method"),
+                              ("ties", {"density": 0.0}, r"density \(the fraction of each task vector TIES keeps\) must be "
+                                                         r"a number in \(0, 1\], got 0.0"),
+                              ("ties", {"density": "0.5"}, "got '0.5'")):
+        with pytest.raises(InvalidParameterError, match=says):  # density=0.5 made a Fisher merge without a word
+            api.merge([x, y], method=method, message="an option the method does not use", **bad)
+    assert len(api.versions()) == before
+    ties = api.merge([x, y], method="ties", density=1.0, normalize=False, message="ties, all kept")
+    assert api.receipt(ties).density == 1.0 and api.receipt(ties).eps is None
 
 
 def test_arguments_of_the_wrong_kind_are_refused_naming_them(api, name, files, request):

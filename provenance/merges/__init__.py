@@ -66,9 +66,9 @@ def merge(
     weights: Sequence[float] | None = None,
     base: str | VersionRecord | None = None,
     fisher: Mapping[str, Mapping[str, torch.Tensor]] | Sequence[Mapping[str, torch.Tensor]] | None = None,
-    eps: float = 1e-6,
-    normalize: bool = False,
-    density: float = 0.2,
+    eps: float | None = None,
+    normalize: bool | None = None,
+    density: float | None = None,
     message: str,
     author: str | None = None,
     audit: str | None = None,
@@ -89,9 +89,12 @@ def merge(
     ``fisher`` gives, per input (a sequence in input order, or a mapping from version ref), the
     diagonal Fisher per parameter name; when omitted the Fisher stored with each version is used.
     ``base`` is the version task vectors start from (task_arithmetic, ties; default: the first
-    parent the inputs share).
+    parent the inputs share). ``eps`` (default 1e-6) and ``normalize`` (default False) are the
+    Fisher merge's, ``density`` (default 0.2) is TIES's: a method that does not use one refuses it.
     """
     how = methods.get(method)
+    weights = check_merge_options(versions, weights, eps, normalize, density)
+    eps, normalize, density = _method_options(how, eps=eps, normalize=normalize, density=density)
     if base is not None and not how.needs_base:  # it was ignored, a ref that names nothing included
         using = ", ".join(n for n in methods.names() if methods.get(n).needs_base)
         raise InvalidParameterError(f"base= is the version task vectors start from ({using}); the {method} method "
@@ -103,7 +106,6 @@ def merge(
     if not isinstance(message, str) or not message.strip():
         raise InvalidParameterError("a merge needs a message")
     check_utf8(message, "the merge's message")
-    weights = check_merge_options(versions, weights, eps, normalize)
     if author is not None:
         check_utf8(author, "the merge's author")
     with ledger.session():
@@ -167,6 +169,22 @@ def merge(
                 if also is not None:  # rows that must land with the version or not at all (a retraction's result)
                     also(tx, version)
     return version
+
+
+_OPTION_DEFAULTS = {"eps": 1e-6, "normalize": False, "density": 0.2}
+
+
+def _method_options(how: Any, **given: Any) -> tuple[Any, ...]:
+    """``given`` (eps, normalize, density) with the defaults where None, after refusing one given
+    to a method that does not use it: ``density=0.5`` with a Fisher merge was dropped without a
+    word, so the merge was not the one asked for. ``normalize=False`` is normalising nothing, and
+    passes."""
+    unused = [k for k, v in given.items() if v is not None and k not in how.options and not (k == "normalize" and v is False)]
+    if unused:
+        users = [", ".join(n for n in methods.names() if k in methods.get(n).options) for k in unused]
+        raise InvalidParameterError(f"{'; '.join(f'{k}= is for {u}' for k, u in zip(unused, users))}: the {how.name} "
+                                    f"method does not use {'it' if len(unused) == 1 else 'them'}")
+    return tuple(_OPTION_DEFAULTS[k] if v is None else v for k, v in given.items())
 
 
 def _cited_audit(ledger: LedgerStore, audit: str, ids: list[str]) -> str:

@@ -159,8 +159,8 @@ class RemoteVersions:
             options["base"] = ref_of(options["base"], A_VERSION)
         if options.get("author") is not None:
             check_utf8(options["author"], "the merge's author")
-        weights = check_merge_options(versions, options.get("weights"), options.get("eps", 1e-6),
-                                      options.get("normalize", False))
+        weights = check_merge_options(versions, options.get("weights"), options.get("eps"), options.get("normalize"),
+                                      options.get("density"))
         if weights is not None:
             options["weights"] = weights
         if options.get("fisher") is not None:

@@ -220,9 +220,9 @@ class MergeBody(Body):
     method: str = "fisher"
     weights: list[float] | None = None
     base: str | None = None
-    eps: float = Field(1e-6, ge=0)
-    normalize: bool = False
-    density: float = Field(0.2, gt=0, le=1)
+    eps: float | None = Field(None, ge=0, description="fisher: the floor on the Fisher (default 1e-6)")
+    normalize: bool | None = Field(None, description="fisher: normalise each Fisher (default false)")
+    density: float | None = Field(None, gt=0, le=1, description="ties: fraction of each task vector kept (default 0.2)")
     author: str | None = None
     audit: str | None = Field(None, description="cite a stored pre-merge gate")
     gate: dict[str, Any] | None = Field(None, description="run the pre-merge gate with these options first")
