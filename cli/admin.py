@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 from rich.markup import escape
@@ -17,7 +18,7 @@ from provenance.plain import counted, dumps
 
 
 @main.command("init")
-@click.argument("path", default=".", type=PathType(file_okay=False))
+@click.argument("path", default=None, required=False, type=PathType(file_okay=False))
 @click.option("--objects", "objects", metavar="URL", default=None,
               help="Keep the tensor objects in a bucket prefix (s3://bucket/prefix: empty, this ledger's alone) "
                    "instead of PATH/.prov/objects/; S3 settings come from the standard AWS variables.")
@@ -25,9 +26,12 @@ from provenance.plain import counted, dumps
               help="Keep the Parquet document files of large datasets in a bucket prefix (s3://bucket/prefix: "
                    "empty, this ledger's alone) instead of PATH/.prov/documents/.")
 @json_option
-def init_cmd(path: str, objects: str | None, documents: str | None, as_json: bool) -> None:
+@pass_ctx
+def init_cmd(obj: Context, path: str | None, objects: str | None, documents: str | None, as_json: bool) -> None:
     """Create a ledger (PATH/.prov: a DuckDB database and an object folder; --objects and
-    --documents put the tensor objects and the Parquet document files in a bucket)."""
+    --documents put the tensor objects and the Parquet document files in a bucket). PATH defaults
+    to --ledger's folder when it is given, else the current folder."""
+    path = _init_path(path, obj.ledger_path)
     from provenance.api import Ledger
 
     ledger = Ledger.init(path, objects=objects, documents=documents)
@@ -36,6 +40,33 @@ def init_cmd(path: str, objects: str | None, documents: str | None, as_json: boo
                  "documents": ledger.documents_url or str(ledger.documents_path)}, as_json,
                 lambda d: f"created ledger {d['ledger']} (schema version {d['schema_version']}); objects in "
                           f"{d['objects']}, Parquet document files in {d['documents']}")
+
+
+def _init_path(path: str | None, ledger: str | None) -> str:
+    """The folder ``prov init`` makes its ledger in: PATH, else ``--ledger`` (or $PROV_LEDGER),
+    else the current folder. ``prov --ledger l init`` made the ledger in the current folder
+    without a word, and every later ``--ledger l`` found none; a PATH and a ``--ledger`` typed on
+    the command line that name two folders are refused ($PROV_LEDGER gives way to a PATH)."""
+    from provenance.remote import is_url
+
+    typed = click.get_current_context().find_root().get_parameter_source("ledger") is click.core.ParameterSource.COMMANDLINE
+    if path is None:
+        if ledger is None:
+            return "."
+        if is_url(ledger):
+            raise click.UsageError(f"--ledger {ledger} is a ledger server: prov init makes a ledger in a folder (a "
+                                   "server's ledger is made by prov serve)")
+        return ledger
+    if ledger is not None and typed and (is_url(ledger) or _project(ledger) != _project(path)):
+        raise click.UsageError(f"--ledger {ledger} and PATH {path} name two ledgers: give one of them")
+    return path
+
+
+def _project(path: str) -> Any:
+    from pathlib import Path
+
+    p = Path(path).absolute()
+    return p.parent if p.name == ".prov" else p
 
 
 @main.command("sql")

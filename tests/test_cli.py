@@ -41,6 +41,24 @@ def test_init_twice_fails_with_message(project, runner):
     assert "already exists" in result.output
 
 
+def test_init_makes_the_ledger_that_ledger_names(tmp_path, runner, monkeypatch):
+    """`prov --ledger l init` made the ledger in the current folder, without a word, and every
+    later `--ledger l` found none."""
+    monkeypatch.delenv("PROV_LEDGER", raising=False)
+    monkeypatch.chdir(tmp_path)
+    made = _json(runner.invoke(main, ["--ledger", "l", "init", "--json"]))
+    assert made["ledger"] == str(tmp_path / "l" / ".prov") and not (tmp_path / ".prov").exists()
+    assert _json(runner.invoke(main, ["--ledger", "l", "dataset", "list", "--json"])) == []
+    result = runner.invoke(main, ["--ledger", "l", "init", "other"])
+    assert result.exit_code == 2 and "--ledger l and PATH other name two ledgers: give one of them" in result.output
+    result = runner.invoke(main, ["--ledger", "http://127.0.0.1:9", "init"])
+    assert result.exit_code == 2 and "is a ledger server: prov init makes a ledger in a folder" in result.output
+    assert runner.invoke(main, ["--ledger", "l/.prov", "init", "l"]).exit_code == 4  # the same one: already there
+    monkeypatch.setenv("PROV_LEDGER", str(tmp_path / "l"))  # an exported default gives way to the PATH typed
+    assert _json(runner.invoke(main, ["init", "m", "--json"]))["ledger"] == str(tmp_path / "m" / ".prov")
+    assert not (tmp_path / "other").exists()
+
+
 def test_dataset_add_list_show(project, runner):
     out = _json(runner.invoke(main, ["dataset", "add", "web", "data/a.jsonl", "--id-field", "id",
                                       "--license", "cc-by-nc-4.0", "--json"]))
