@@ -43,10 +43,11 @@ class RemoteVersions:
         text = str(ref_of(ref, A_VERSION))
         if "/" not in text:
             return segment(text)
-        for t in self.tags():
-            if t.name == text:
-                return t.version_id
-        raise errors.NotFoundError(f"no version or tag {errors.shown(text)} (a version id is 4 to 32 hex digits)")
+        try:
+            return self._call("GET", f"tags/{segment(text)}")["version_id"]
+        except errors.NotFoundError:
+            raise errors.NotFoundError(f"no version or tag {errors.shown(text)} (a version id is 4 to 32 hex "
+                                       "digits)") from None
 
     def versions(self) -> list[VersionRecord]:
         return [VersionRecord.model_validate(r) for r in self._call("GET", "versions")]

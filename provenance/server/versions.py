@@ -206,6 +206,22 @@ def tags(request: Request) -> list[dict[str, Any]]:
     return jsonable(s.read(s.ledger.tags))
 
 
+@router.get("/tags/{name:path}", tags=["versions"], response_model=None,
+            responses={200: {"model": TagRecord}})
+def tag_of(request: Request, name: str) -> dict[str, Any]:
+    """One tag and the version it names. A tag holding `/` (`release/1.0`) is read here: the
+    version routes take one path part, and an encoded `/` reaches them as a `/`."""
+    s = service_of(request)
+
+    def find() -> TagRecord:
+        for t in s.ledger.tags():
+            if t.name == name:
+                return t
+        raise errors.NotFoundError(f"no tag {errors.shown(name)}")
+
+    return jsonable(s.read(find))
+
+
 @router.put("/tags/{name:path}", tags=["versions"], response_model=None,
             responses={200: {"model": VersionRecord}})
 def tag(request: Request, name: str, body: TagBody) -> dict[str, Any]:
