@@ -38,10 +38,10 @@ import re
 import socket
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import xxhash
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from provenance.errors import InvalidParameterError, NotFoundError
 from provenance.ledger import LedgerStore
@@ -53,19 +53,33 @@ EVENT_TYPES = ("START", "RUNNING", "COMPLETE", "FAIL", "ABORT", "OTHER")
 _ENDS = {"COMPLETE": "finished", "FAIL": "failed", "ABORT": "failed"}
 
 
+NAME_LONGEST = 4096  # a namespace or name: a URI or a file path with room to spare
+
+
+def _printable(value: str) -> str:
+    """A namespace or name with no control characters: a NUL in a job's name was stored and
+    shown as the run's message (and a terminal obeys the others)."""
+    if bad := next((c for c in value if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0), None):
+        raise ValueError(f"holds the control character {bad!r} at {value.index(bad)}")
+    return value
+
+
+_Name = Annotated[str, Field(min_length=1, max_length=NAME_LONGEST), AfterValidator(_printable)]
+
+
 class _Loose(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
 class OLDataset(_Loose):
-    namespace: str = Field(min_length=1)
-    name: str = Field(min_length=1)
+    namespace: _Name
+    name: _Name
     facets: dict[str, Any] = Field(default_factory=dict)
 
 
 class OLJob(_Loose):
-    namespace: str = Field(min_length=1)
-    name: str = Field(min_length=1)
+    namespace: _Name
+    name: _Name
 
 
 class OLRun(_Loose):

@@ -162,6 +162,17 @@ def test_bad_events_and_tokens_are_refused(server):
         "inputs": [{"namespace": "x", "name": "y", "facets": {"provenance": {"dataset": "nope"}}}]}).encode()),
         )
     assert wrong_facet.status_code == 404 and "nope" in wrong_facet.json()["error"]
+    runs = len(server.ledger().runs())
+    for job, says in (({"namespace": "a", "name": "spark\x00job"}, "job.name: holds the control character '\\x00' at 5"),
+                      ({"namespace": "a" * 4097, "name": "b"}, "job.namespace: String should have at most 4096 characters")):
+        long = httpx.post(url, headers=h, json={"eventType": "START", "eventTime": _now(),
+                                                "run": {"runId": str(uuid.uuid4())}, "job": job})
+        assert long.status_code == 422 and says in long.json()["error"], long.text  # both were stored as a run
+    input_nul = httpx.post(url, headers=h, json={"eventType": "START", "eventTime": _now(), "run": {"runId": str(uuid.uuid4())},
+                                                 "job": {"namespace": "a", "name": "b"},
+                                                 "inputs": [{"namespace": "s3://b", "name": "x\x1b[2J"}]})
+    assert input_nul.status_code == 422 and "inputs.0.name: holds the control character '\\x1b'" in input_nul.json()["error"]
+    assert len(server.ledger().runs()) == runs
     _, reader = server.ledger().issue_token(f"reader-{uuid.uuid4().hex[:6]}", "read")
     with pytest.raises(Exception) as refused:
         _client(server, token=reader).emit(RunEvent(eventType=RunState.START, eventTime=_now(),
