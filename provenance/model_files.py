@@ -24,7 +24,8 @@ The version's rows (``version_files``) are inserted in the transaction that inse
 
 A file over ``max_file_bytes`` (:data:`MAX_FILE_BYTES`, 64 MiB) refuses the commit, naming it: a
 large file a loader may need is not dropped silently; move it out of the folder, or raise the
-limit. A LoRA adapter folder's files describe the adapter, not the model: none of them is kept.
+limit. So does a ``.json`` file that is not JSON (``config.json`` read while ``save_pretrained``
+rewrote it in place). A LoRA adapter folder's files describe the adapter, not the model: none of them is kept.
 
 **Which files a version has.** Those its own commit stored. A version whose commit stored none (a
 state dict, a ``.safetensors`` file, a LoRA adapter, a merge, a checkpoint the Trainer
@@ -144,11 +145,28 @@ def store_files(store: ObjectStore, listed: list[tuple[Path, str | None]], creat
             rows.append(ModelFile(name=path.name, size=size, skipped=reason))
             continue
         data = path.read_bytes()
+        _check_json(path, data)
         ref = store.put(torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8))
         if ref.created:
             created.append(ref.address)
         rows.append(ModelFile(name=path.name, size=len(data), object=ref.address))
     return rows
+
+
+def _check_json(path: Path, data: bytes) -> None:
+    """Refuse a ``.json`` file that is not JSON, naming it: ``save_pretrained`` writes
+    ``config.json`` in place, and a commit that read it mid-write stored it empty, so the
+    version's checkout failed in ``from_pretrained`` long after."""
+    if not path.name.endswith(".json"):
+        return
+    import json
+
+    try:
+        json.loads(data)
+    except ValueError as exc:  # UnicodeDecodeError included
+        said = "is empty" if not data.strip() else f"is not valid JSON ({exc})"
+        raise InvalidParameterError(f"{path} {said}: a loader could not read it; was it being written? Commit again "
+                                    "once the writer is done, or move the file out of the folder") from None
 
 
 def version_files(ledger: LedgerStore, version: str | VersionRecord) -> list[ModelFile]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -152,6 +153,21 @@ def test_a_file_over_the_limit_refuses_the_commit_and_leaves_nothing(ledger, ckp
     assert ledger.versions() == [] and list(ledger.object_store().addresses()) == []
     version = ledger.commit(ckpt, message="the limit raised", max_file_bytes=8192)
     assert {f.name: f.size for f in ledger.model_files(version)}["vocab.txt"] == 5000
+
+
+def test_a_json_file_caught_mid_write_refuses_the_commit_naming_it(ledger, ckpt):
+    """save_pretrained writes config.json in place: a commit that read it mid-write stored it
+    empty, and the checkout failed in from_pretrained long after. A `.json` file that is not JSON
+    now refuses the commit, naming it, and nothing is kept."""
+    good = (ckpt / "config.json").read_bytes()
+    for torn, says in ((b"", "config.json is empty"), (good[: len(good) // 2], "config.json is not valid JSON (")):
+        (ckpt / "config.json").write_bytes(torn)
+        with pytest.raises(InvalidParameterError, match=re.escape(says) + ".*was it being written"):
+            ledger.commit(ckpt, message="torn config")
+        assert ledger.versions() == [] and list(ledger.object_store().addresses()) == []
+    (ckpt / "config.json").write_bytes(good)
+    version = ledger.commit(ckpt, message="whole")
+    assert {f.name: f.size for f in ledger.model_files(version)}["config.json"] == len(good)
 
 
 def test_cli_commit_file_limit(ckpt, tmp_path, monkeypatch):
