@@ -289,6 +289,9 @@ class _TagGroup(click.Group):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and not args[0].startswith("-"):
             args = ["set", *args]
+        elif args and args[0] == "list" and len([a for a in args if not a.startswith("-")]) == 2:
+            raise click.UsageError("prov tag list takes no VERSION: a tag named 'list' is set with `prov tag set list "
+                                   "VERSION`")  # it said: Got unexpected extra argument
         return super().parse_args(ctx, args)
 
 

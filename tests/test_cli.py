@@ -259,6 +259,9 @@ def test_model_commit_log_show_checkout_and_tag(project, runner):
     root = _json(runner.invoke(main, ["model", "commit", "a.safetensors", "-m", "root", "--json"]))
     assert (root["parents"], root["stored_bytes"], root["full_bytes"]) == ([], 840, 840)
     assert runner.invoke(main, ["tag", "base", root["version_id"][:8]]).output.strip() == f"base -> {root['version_id']}"
+    listed = runner.invoke(main, ["tag", "list", root["version_id"][:8]])  # said: Got unexpected extra argument
+    assert listed.exit_code == 2 and "a tag named 'list' is set with `prov tag set list VERSION`" in listed.output
+    assert _json(runner.invoke(main, ["tag", "set", "list", root["version_id"][:8], "--json"]))["tag"] == "list"
     child = _json(runner.invoke(main, ["model", "commit", "b.safetensors", "--parent", "base", "-m", "fix", "--json"]))
     assert (child["parents"], child["stored_bytes"]) == ([root["version_id"]], 8)
     log = _json(runner.invoke(main, ["model", "log", "--json"]))
