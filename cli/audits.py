@@ -212,9 +212,9 @@ def audit_merge_cmd(obj: Context, versions: tuple[str, ...], threshold: float, n
 
 @audit_group.command("memorization")
 @click.argument("ref", metavar="VERSION")
-@click.option("--samples", "samples_file", required=True, type=PathType(dir_okay=False),
+@click.option("--samples", "samples_file", required=True, type=PathType(dir_okay=False, allow_dash=True),
               help="Generated texts: JSONL (.jsonl, .ndjson, .json: objects with a text field, or strings), "
-                   "else plain text, one per line.")
+                   "else plain text, one per line; - reads standard input (JSONL when it starts with {).")
 @click.option("--threshold", type=FloatRange(0, 1, min_open=True), default=0.8, show_default=True,
               help="Estimated Jaccard at or above which a sample near-duplicates a training document, in (0, 1].")
 @click.option("--span", type=click.IntRange(0, MAX_SPAN), default=50, show_default=True,
@@ -227,11 +227,14 @@ def audit_memorization_cmd(obj: Context, ref: str, samples_file: str, threshold:
                            html_file: str | None, no_store: bool, as_json: bool) -> None:
     """Which training documents in VERSION's lineage its generated samples reproduce (near-duplicate
     or a long exact span), with how many times training saw each and its near-copies."""
+    from provenance.audits.texts import read_stdin_samples
+
     ledger = audit_ledger(obj, no_store)
     html_path = ledger.output_path(html_file) if html_file else None
+    samples = read_stdin_samples(sys.stdin.buffer) if samples_file == "-" else samples_file
     with render.progress(obj.quiet) as bar:
-        report = ledger.audit_memorization(ref, samples_file, threshold=threshold, span=span, store=not no_store,
-                                    progress=bar)
+        report = ledger.audit_memorization(ref, samples, threshold=threshold, span=span, store=not no_store,
+                                           progress=bar)
     _write_html(report, html_path)
     show_memorization(report, as_json)
     _not_stored(no_store, as_json)

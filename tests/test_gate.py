@@ -243,6 +243,14 @@ def test_memorization_finds_copies_spans_and_exposure(contributors, data_dir, tm
     assert out.exit_code == 0, out.output
     assert [m["key"] for m in json.loads(out.output)["samples"][3]["matches"]] == ["z5"]
     HTMLParser().feed((tmp_path / "m.html").read_text())
+    for given in (samples.read_text(), "\n".join(words(905) if i == 3 else f"sample {i}" for i in range(4)) + "\n"):
+        piped = runner.invoke(main, ["--ledger", str(ledger.root), "audit", "memorization", vb.version_id,
+                                     "--samples", "-", "--json", "--no-store"], input=given)  # was: no such file '-'
+        assert piped.exit_code == 0, piped.output
+        assert [m["key"] for m in json.loads(piped.output)["samples"][3]["matches"]] == ["z5"]
+    empty = runner.invoke(main, ["--ledger", str(ledger.root), "audit", "memorization", vb.version_id,
+                                 "--samples", "-"], input="\n")
+    assert empty.exit_code == 4 and "stdin: the samples file is empty" in empty.output
 
 
 def test_an_eval_set_of_another_config_is_left_out_only_when_no_limit_asks_for_it(data_dir, contributors):

@@ -86,6 +86,19 @@ def read_samples(path: str | os.PathLike) -> list[str]:
         raw = path.read_bytes()
     except OSError as exc:
         raise SourceError(f"{path}: cannot read the samples file ({exc.strerror or exc})") from None
+    return parse_samples(raw, str(path), path.suffix.lower() in (".jsonl", ".ndjson", ".json"))
+
+
+def read_stdin_samples(stream: Any) -> list[str]:
+    """The samples of a byte stream (``--samples -``: standard input): JSONL when its first
+    character that is not blank is ``{`` (objects with a ``text`` field), else plain text, one
+    sample per non-empty line."""
+    raw = stream.read()
+    return parse_samples(raw, "stdin", raw.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"{"))
+
+
+def parse_samples(raw: bytes, path: str, jsonl: bool) -> list[str]:
+    """The samples in ``raw``, read from ``path`` (named in errors, with the line)."""
     for magic, kind in ((b"\x1f\x8b", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd")):
         if raw.startswith(magic):
             raise SourceError(f"{path}: the samples file is {kind}-compressed; decompress it first "
@@ -96,7 +109,6 @@ def read_samples(path: str | os.PathLike) -> list[str]:
         line = raw[: exc.start].count(b"\n") + 1
         raise SourceError(f"{path}: line {line} is not UTF-8 (byte {exc.start})") from None
     samples = []
-    jsonl = path.suffix.lower() in (".jsonl", ".ndjson", ".json")
     content = content.removeprefix("\ufeff")  # a UTF-8 byte order mark, as some editors write
     for number, line in enumerate(content.splitlines(), 1):
         if not line.strip():
