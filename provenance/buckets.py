@@ -29,17 +29,20 @@ def is_url(spec: Any) -> bool:
     return isinstance(spec, str) and bool(_URL.match(spec)) and not spec.startswith("file://")
 
 
-def split_url(url: str) -> tuple[str, str]:
-    """``(scheme, path)``: ``s3://bucket/a/b`` gives ``("s3", "bucket/a/b")``."""
+def split_url(url: str, what: str = "a source") -> tuple[str, str]:
+    """``(scheme, path)``: ``s3://bucket/a/b`` gives ``("s3", "bucket/a/b")``. ``what`` names the
+    URL in errors: ``"a source"`` (stored with its shards), or a prefix of the ledger's own
+    (``"an object store"``, ``"a document store"``: stored in the ledger)."""
     parts = urlsplit(url)
     if parts.query or parts.fragment:
-        raise SourceError(f"{url}: a source URL takes no query or fragment; set the file system's options in its "
+        raise SourceError(f"{url}: {what} URL takes no query or fragment; set the file system's options in its "
                           "environment (for S3: AWS_ENDPOINT_URL_S3, AWS_REGION and the credentials)")
     if not parts.netloc:
         raise SourceError(f"{url}: no bucket (or host) in the URL")
-    if "@" in parts.netloc:  # a shard's URL is stored in the ledger: it must not hold a secret
-        raise SourceError(f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[1]}{parts.path}: credentials in a source URL "
-                          "are refused (the URL is stored with the shard); set them in the environment or ~/.aws")
+    if "@" in parts.netloc:  # the URL is stored in the ledger: it must not hold a secret
+        stored = "with the shard" if what == "a source" else "in the ledger"
+        raise SourceError(f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[1]}{parts.path}: credentials in {what} URL "
+                          f"are refused (the URL is stored {stored}); set them in the environment or ~/.aws")
     path = (parts.netloc + parts.path).rstrip("/")
     odd = unreadable_key(path)
     if odd:

@@ -80,7 +80,7 @@ class BucketObjectStore:
     def __init__(self, url: str, *, sync: bool = True):
         if not is_url(url):
             raise InvalidParameterError(f"object store {url!r} is not a URL such as s3://bucket/prefix")
-        self.scheme, self.prefix = split_url(url)
+        self.scheme, self.prefix = split_url(url, "an object store")
         self.fs: pafs.FileSystem = filesystem(self.scheme, delayed_open=True)
         self.url = f"{self.scheme}://{self.prefix}"
         self.root = self.url  # where the objects are, for messages

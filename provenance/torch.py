@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
@@ -43,6 +44,7 @@ class RegisteredDataset(Dataset):
         self.transform = transform
         self.keys: list[str] = []
         self.texts: list[str] = []
+        kept = _kept_rows(ledger, self.dataset)
         for shard in ledger.shards(self.dataset):
             try:
                 batches = list(read_back(self.dataset, shard))
@@ -53,6 +55,10 @@ class RegisteredDataset(Dataset):
             for batch in batches:
                 texts = batch.texts.to_pylist()
                 ids = batch.ids.to_pylist() if batch.ids is not None else [f"{shard.name}:{r}" for r in batch.rows.tolist()]
+                if kept is not None:  # a version `prov dataset remove` made: its files still hold what it removed
+                    keep = np.isin(batch.rows, kept.get(shard.shard_index, [])).tolist()
+                    texts = [t for t, k in zip(texts, keep) if k]
+                    ids = [i for i, k in zip(ids, keep) if k]
                 self.keys.extend(ids)
                 self.texts.extend(texts)
         if len(self.keys) != self.dataset.n_documents:
@@ -66,6 +72,18 @@ class RegisteredDataset(Dataset):
     def __getitem__(self, index: int) -> Any:
         item = {"key": self.keys[index], "text": self.texts[index], "dataset": self.dataset.dataset_id}
         return self.transform(item) if self.transform is not None else item
+
+
+def _kept_rows(ledger: LedgerStore, ds: DatasetRecord) -> dict[int, np.ndarray] | None:
+    """The rows of each shard that ``ds`` keeps, when a removal left documents out of its files
+    (it read them all back, and refused: ``read 30 documents back, the ledger has 28``); else None."""
+    if not ledger.withheld(ds):
+        return None
+    rows = ledger.documents(ds, columns=["shard_index", "row_index"]).to_pydict()
+    kept: dict[int, list[int]] = {}
+    for shard, row in zip(rows["shard_index"], rows["row_index"]):
+        kept.setdefault(shard, []).append(row)
+    return {shard: np.array(r, dtype=np.int64) for shard, r in kept.items()}
 
 
 def track(data: DataLoader | Dataset, run: Run, *, key: str | KeyGetter = "key", dataset: str | None = None):

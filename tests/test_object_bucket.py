@@ -135,8 +135,13 @@ def test_init_refuses_what_cannot_be_a_ledger_s_bucket(s3, tmp_path):
     s3.put("models/used/objects/ab/cdef.safetensors", b"something")
     with pytest.raises(InvalidParameterError, match="already holds objects"):
         Ledger.init(tmp_path / "b", objects="s3://models/used/objects")
-    with pytest.raises(SourceError, match="credentials in a source URL are refused"):
+    # (it said: credentials in a source URL are refused (the URL is stored with the shard))
+    with pytest.raises(SourceError, match=r"^s3://models/x: credentials in an object store URL are refused \(the URL "
+                                          r"is stored in the ledger\)"):
         Ledger.init(tmp_path / "c", objects="s3://key:secret@models/x")
+    with pytest.raises(SourceError, match=r"^s3://models/d\?x=1: a document store URL takes no query"):
+        Ledger.init(tmp_path / "c", documents="s3://models/d?x=1")
+    assert not (tmp_path / "c").exists()
     with pytest.raises(InvalidParameterError, match="not a URL"):
         Ledger.init(tmp_path / "d", objects="models/x")
     # a failed init keeps no claim: the objects prefix it marked is free again (it named a ledger never made)

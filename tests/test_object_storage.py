@@ -229,3 +229,71 @@ def test_a_server_that_is_gone_fails_the_registration_naming_the_url(tmp_path):
         server.proc.kill()
         server.proc.wait(10)
         _refused(ledger, url, r"s3://gone/a.jsonl: looking it up failed")
+
+
+def test_a_pattern_of_bucket_names_and_a_pattern_ending_in_a_slash(s3, tmp_path):
+    """`s3://patt*/x/a.jsonl` matched no objects (the bucket `patt` was listed) where `s3://*/x/a.jsonl`
+    matched; `x/*/` (a prefix, by its slash) matched the objects directly in `x/` too, and
+    `x/[a].jsonl/` registered the object `x/a.jsonl` where `x/a.jsonl/` names a prefix."""
+    s3.bucket("patterns")
+    ledger = Ledger.init(tmp_path / "ledger")
+    line = b'{"id": "x", "text": "a document about the river"}\n'
+    s3.put("patterns/x/a.jsonl", line)
+    s3.put("patterns/x/sub/b.jsonl", line.replace(b'"x"', b'"b"'))
+    bucket = ledger.register_dataset("bucket", "s3://patt*/x/a.jsonl", id_field="id").dataset
+    assert [s["uri"] for s in _shards(ledger, bucket.dataset_id)] == ["s3://patterns/x/a.jsonl"]
+    below = ledger.register_dataset("below", "s3://patterns/x/*/", id_field="id").dataset
+    assert [(s["name"], s["uri"]) for s in _shards(ledger, below.dataset_id)] == [("b.jsonl", "s3://patterns/x/sub/b.jsonl")]
+    _refused(ledger, "s3://patterns/x/[a].jsonl/", r"^s3://patterns/x/\[a\]\.jsonl/: pattern matched no objects$")
+
+
+def test_a_file_url_is_the_local_path(tmp_path):
+    """`file:///data/crawl/` was taken for a path named `file:///data/crawl/` and refused: `no such
+    file or folder`, of a folder that is there."""
+    folder = tmp_path / "a folder"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text(json.dumps({"id": "x", "text": "a document about the river"}) + "\n")
+    ledger = Ledger.init(tmp_path / "ledger")
+    url = "file://" + str(folder).replace(" ", "%20") + "/"
+    by_url = ledger.register_dataset("by-url", url, id_field="id").dataset
+    by_path = ledger.register_dataset("by-path", str(folder), id_field="id").dataset
+    assert _shards(ledger, by_url.dataset_id) == _shards(ledger, by_path.dataset_id)
+    assert _shards(ledger, by_url.dataset_id)[0]["uri"] == str(folder / "a.jsonl")
+    _refused(ledger, "file://otherhost/data/a.jsonl", r"^file://otherhost/data/a\.jsonl: a file:// URL names a file of "
+                                                      r"this machine")
+
+
+def test_a_shard_that_changes_while_it_is_read_back_gives_no_texts(s3, tmp_path, monkeypatch):
+    """An object rewritten after its hash was checked and before it was read: its texts were kept
+    (the new bytes') beside the error, which said `file changed while it was being registered`."""
+    from provenance.audits.texts import read_texts
+    from provenance.sources.files import FileShard
+
+    s3.bucket("racing")
+    lines = "".join(json.dumps({"id": f"d{i}", "text": f"entry {i} of the log"}) + "\n" for i in range(10))
+    url = s3.put("racing/a.jsonl", lines.encode())
+    ledger = Ledger.init(tmp_path / "ledger")
+    record = ledger.register_dataset("racing", url, id_field="id").dataset
+    rehash = FileShard._rehash
+
+    def then_rewritten(shard):
+        digest = rehash(shard)
+        s3.put("racing/a.jsonl", lines.replace("entry 3", "entry 4").encode())
+        return digest
+
+    monkeypatch.setattr(FileShard, "_rehash", then_rewritten)
+    texts, unreadable = read_texts(ledger, {(record.dataset_id, 0): None})
+    assert texts == {}
+    assert unreadable == ["racing@1 shard a.jsonl: s3://racing/a.jsonl: changed since it was registered as shard a.jsonl "
+                          "of racing@1 (while it was being read back)"]
+
+
+def test_an_object_named_by_an_s3_and_an_s3a_url_is_one_shard(s3, tmp_path):
+    """`s3://b/a.jsonl` and `s3a://b/a.jsonl` (Hadoop's name for the same object) were two shards
+    named `a.jsonl`, refused as `key 'a.jsonl:0' occurs twice, at a.jsonl line 1 and at a.jsonl line 1`."""
+    s3.bucket("aliases")
+    url = s3.put("aliases/a.jsonl", b'{"text": "a document about the river"}\n')
+    ledger = Ledger.init(tmp_path / "ledger")
+    both = ledger.register_dataset("both", [url, url.replace("s3://", "s3a://")]).dataset
+    assert [(s["name"], s["uri"]) for s in _shards(ledger, both.dataset_id)] == [("a.jsonl", "s3://aliases/a.jsonl")]
+    assert both.n_documents == 1

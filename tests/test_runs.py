@@ -263,6 +263,17 @@ def test_track_logs_every_batch_of_a_dataloader(two_datasets):
     assert version.run_id == run.run_id
 
 
+def test_a_registered_dataset_of_a_version_with_documents_removed_reads_only_what_it_keeps(two_datasets):
+    """`prov dataset remove` keeps the files: the version it made read every document back and was
+    refused (`a@2: read 10 documents back, the ledger has 8`), so it could not be trained on."""
+    ledger = two_datasets
+    ledger.remove_documents("a", ["a2", "a7"], reason="withdrawn")
+    data = RegisteredDataset(ledger, "a@2")
+    assert data.keys == ["a0", "a1", "a3", "a4", "a5", "a6", "a8", "a9"]
+    assert data[2] == {"key": "a3", "text": "document a number 3 says hello", "dataset": "a@2"}
+    assert len(RegisteredDataset(ledger, "a@1")) == 10
+
+
 def test_track_a_map_style_dataset_and_a_custom_key(two_datasets):
     ledger = two_datasets
     data = RegisteredDataset(ledger, "b", transform=lambda item: (item["key"], len(item["text"])))

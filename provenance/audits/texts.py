@@ -44,13 +44,16 @@ def read_texts(ledger: LedgerStore, wanted: dict[tuple[str, int], set[int] | Non
         for index in sorted(indexes):
             rows = wanted[(dataset_id, index)]
             wanted_rows = None if rows is None else np.fromiter(rows, np.int64)
-            try:
+            read: dict[tuple[str, int, int], str] = {}  # kept once the whole shard read as registered: the
+            try:  # hash is checked again at the end of the file (it may change while it is read)
                 for batch in read_back(ds, shards[index]):
                     hit = np.ones(len(batch.rows), bool) if wanted_rows is None else np.isin(batch.rows, wanted_rows)
                     for i in np.flatnonzero(hit).tolist():
-                        texts[(dataset_id, index, int(batch.rows[i]))] = batch.texts[i].as_py()
+                        read[(dataset_id, index, int(batch.rows[i]))] = batch.texts[i].as_py()
             except (OSError, ProvenanceError) as exc:
                 unreadable.append(f"{dataset_id} shard {shards[index].name}: {exc}")
+            else:
+                texts.update(read)
     return texts, unreadable
 
 

@@ -36,5 +36,7 @@ def read_back(ds: DatasetRecord, shard: ShardRecord) -> Iterator[Batch]:
     reader.shard_id, reader.sha256 = shard.shard_id, shard.sha256  # (its SHA-256 is not taken again)
     if reader._rehash() != shard.shard_id:
         raise SourceError(f"{reader.display} changed since it was registered as shard {shard.name} of {ds.dataset_id}")
+    reader.changed = (f"changed since it was registered as shard {shard.name} of {ds.dataset_id} (while it was "
+                      "being read back)")  # (it said: while it was being registered; register it again)
     opts = ReadOptions(text_field=ds.text_field, id_field=ds.id_field, on_invalid="replace")
     yield from reader.batches(opts, Counters())

@@ -62,7 +62,7 @@ class DocumentStore:
         if url is not None:
             if not is_url(url):
                 raise InvalidParameterError(f"document store {url!r} is not a URL such as s3://bucket/prefix")
-            self.scheme, self.prefix = split_url(url)
+            self.scheme, self.prefix = split_url(url, "a document store")
             self.url = f"{self.scheme}://{self.prefix}"
             self.fs = filesystem(self.scheme)
 

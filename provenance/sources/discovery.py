@@ -11,6 +11,8 @@ import glob
 import os
 import stat
 from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 from provenance.errors import SourceError, warn
 from provenance.files import non_utf8
@@ -76,8 +78,9 @@ def _object_shards(specs: list[str]) -> list[FileShard]:
     objects, seen = [], set()
     for spec in specs:
         for found in object_shards(spec):
-            if found[0] not in seen:
-                seen.add(found[0])
+            same = (id(found[1]), found[2])  # an object is its path in its file system: `s3a://b/k` is `s3://b/k`
+            if same not in seen:  # (it was two shards of one name, refused as duplicate documents)
+                seen.add(same)
                 objects.append(found)
     names = relative_names([path for _url, _fs, path, _size in objects])
     return [ObjectShard(url, name, file_format(path), fs, path, size)
@@ -92,9 +95,22 @@ def _utf8_name(path: Path) -> None:
                           "and paths as UTF-8 text)") from None
 
 
+def _file_url(spec: str) -> str:
+    """The local path a ``file://`` URL names (``file:///data/a%20b.jsonl`` is ``/data/a b.jsonl``);
+    any other spec as it is (it was taken for a path and refused: no such file or folder)."""
+    if not spec.startswith("file://"):
+        return spec
+    parts = urlsplit(spec)
+    if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
+        raise SourceError(f"{spec}: a file:// URL names a file of this machine, as file:///path/to/file "
+                          "(a '#' or '?' in a name is written %23 or %3F)")
+    return url2pathname(parts.path)
+
+
 def _file_shards(specs: list[str]) -> list[FileShard]:
     from provenance.sources.urls import is_url
 
+    specs = [_file_url(s) for s in specs]
     urls = [s for s in specs if is_url(s)]
     if urls:
         if len(urls) != len(specs):

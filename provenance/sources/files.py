@@ -71,9 +71,13 @@ class FileShard(JsonlReading, Shard):
         """A SHA-256 hasher for the pass that reads the file, or None when the digest is known."""
         return hashlib.sha256() if self.sha256 is None else None
 
+    #: What bytes that no longer hash as :attr:`shard_id` at the end of a read mean (a shard read
+    #: back says it changed since it was registered).
+    changed = "file changed while it was being registered; register it again"
+
     def _check_unchanged(self, digest: str) -> None:
         if digest != self.shard_id:
-            raise SourceError(f"{self.display}: file changed while it was being registered; register it again")
+            raise SourceError(f"{self.display}: {self.changed}")
 
     def _rehash(self) -> str:
         """The file's xxh3-128 as it is now (and its SHA-256, kept, when not yet known)."""

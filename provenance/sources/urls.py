@@ -53,8 +53,10 @@ def object_shards(spec: str) -> list[tuple[str, pafs.FileSystem, str, int]]:
     if glob and not spec.endswith("/") and _is_object(spec, fs, path):  # `[1].jsonl` that exists is an object
         glob = None
     if glob:
-        root = path[: glob.start()].rsplit("/", 1)[0]
-        matched = _readable(scheme, [f for f in _listing(spec, fs, root) if fnmatch.fnmatchcase(f.path, path)])
+        head = path[: glob.start()]
+        root = head.rsplit("/", 1)[0] if "/" in head else ""  # `s3://sa*/x`: a pattern of bucket names lists them all
+        pattern = path + "/*" if spec.endswith("/") else path  # `x/*/` names what is under the prefixes it matches
+        matched = _readable(scheme, [f for f in _listing(spec, fs, root) if fnmatch.fnmatchcase(f.path, pattern)])
         found = [f for f in matched if not _hidden(f.path, root)]
         if not found:
             raise SourceError(f"{spec}: pattern matched no objects")
