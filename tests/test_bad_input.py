@@ -286,6 +286,19 @@ def test_duplicate_ids_across_two_files(populated, data_dir, write_jsonl):
     unchanged()
 
 
+def test_an_id_held_three_times_is_counted(populated, data_dir, write_jsonl):
+    """An id in three files was said to occur "twice", at the first and the last place (found by
+    stranger pass 41)."""
+    ledger, unchanged = populated
+    (data_dir / "thrice").mkdir()
+    for part in "abc":
+        write_jsonl(data_dir / "thrice" / f"{part}.jsonl", [{"id": "same", "text": f"doc of {part}"}])
+    message = refused(ledger, "good", data_dir / "thrice", id_field="id")
+    assert message == ("duplicate document id: id field 'id' holds 'same' 3 times, first at a.jsonl line 1 and last "
+                       "at c.jsonl line 1; ids must be unique within a dataset")
+    unchanged()
+
+
 def test_duplicate_ids_in_records(populated):
     ledger, unchanged = populated
     records = [{"id": "r", "text": "1"}, {"id": "s", "text": "2"}, {"id": "r", "text": "3"}]
@@ -711,6 +724,11 @@ def test_invalid_sources_and_names(populated, data_dir):
     assert refused(ledger, "x", {"text": "one dict"}, InvalidParameterError).startswith("sources is one dict")
     assert refused(ledger, "x", [], InvalidParameterError) == "no sources given"
     assert refused(ledger, "x", 42, InvalidParameterError).startswith("cannot read sources of type int")
+    pandas = pytest.importorskip("pandas")  # iterating a DataFrame gives its column names: "record 0 is a str"
+    frame = pandas.DataFrame({"id": ["a", "b"], "text": ["one", "two"]})
+    assert refused(ledger, "x", frame, InvalidParameterError, id_field="id") == (
+        "sources is a pandas DataFrame, which is not read as records: pass pyarrow.Table.from_pandas(df) "
+        "or df.to_dict('records')")
     (data_dir / "t.txt").write_text("plain")
     message = refused(ledger, "x", data_dir / "t.txt", InvalidParameterError, id_field="id")
     assert message == f"{data_dir / 't.txt'}: id_field does not apply to plain text files"

@@ -267,6 +267,39 @@ def test_bad_input_on_an_actor_fails_with_file_and_line_and_registers_nothing(tm
         register_dataset(ledger, "x", str(corpus), staging=tmp_path / "nowhere")
     with pytest.raises(InvalidParameterError, match="reads files and object-storage URLs"):
         register_dataset(ledger, "x", [{"text": "in memory"}])
+    # A Ray Dataset was sent to the local engine, which refused it too (found by stranger pass 41).
+    rows = ray.data.from_items([{"id": "a", "text": "one"}, {"id": "b", "text": "two"}])
+    registered = len(ledger.datasets(all_versions=True))
+    for engine in (register_dataset, lambda ledger, *args, **options: ledger.register_dataset(*args, **options)):
+        with pytest.raises(InvalidParameterError) as refused:
+            engine(ledger, "x", rows, id_field="id")
+        assert str(refused.value).startswith("sources is a Ray Dataset, which is not read as records: write it as "
+                                             "Parquet (ds.write_parquet(folder)) and register the folder")
+    assert len(ledger.datasets(all_versions=True)) == registered
+    rows.write_parquet(str(tmp_path / "written"))  # the way the message gives
+    assert register_dataset(ledger, "x", str(tmp_path / "written"), id_field="id").dataset.n_documents == 2
+
+
+def test_an_address_where_no_ray_listens_is_refused_at_once(tmp_path):
+    """Ray retried an address where nothing listens without end, a log line every few seconds
+    (found by stranger pass 41): it is refused before Ray is asked. In a process of its own, as
+    this module's Ray is initialised (and an initialised Ray is used whatever the address)."""
+    import socket
+    import subprocess
+    import sys
+
+    Ledger.init(tmp_path / "ledger")
+    (tmp_path / "a.jsonl").write_text(_lines(0, 3))
+    with socket.socket() as s:  # a port that was free a moment ago
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        done = subprocess.run([sys.executable, "-m", "provenance.cli", "--ledger", str(tmp_path / "ledger"), "dataset",
+                               "add", "web", str(tmp_path / "a.jsonl"), "--engine", "ray", "--address", address],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 4  # the CLI's code for a ProvenanceError
+        assert f"Error: cannot reach the Ray cluster at {address}: Connection refused" in done.stderr
+    assert Ledger.open(tmp_path / "ledger").datasets(all_versions=True) == []
 
 
 def test_the_cli_engine_option(tmp_path):

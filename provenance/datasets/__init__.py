@@ -295,9 +295,10 @@ def _check_unique_keys(tx: LedgerWriter, dataset_id: str, id_field: str | None) 
     first = dups[0]
     more = f" (and {total - 1} more duplicated ids)" if total > 1 else ""
     what = f"id field {id_field!r} holds {first['key']!r}" if id_field else f"key {first['key']!r} occurs"
+    where = (f"twice, at {first['first']} and at {first['second']}" if first["count"] == 2 else
+             f"{first['count']} times, first at {first['first']} and last at {first['second']}")
     raise SourceError(
-        f"duplicate document id: {what} twice, at {first['first']} and at {first['second']}{more}; "
-        "ids must be unique within a dataset"
+        f"duplicate document id: {what} {where}{more}; ids must be unique within a dataset"
     )
 
 

@@ -57,6 +57,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -73,6 +74,7 @@ from provenance.fingerprints import FingerprintConfig, strings_to_arrow
 from provenance.progress import NoProgress, Progress
 from provenance.records import RegistrationResult
 from provenance.sources import Counters, FileShard, ObjectShard, ReadOptions, resolve
+from provenance.sources.memory import foreign_frame
 from provenance.sources.urls import is_url
 from provenance.uploads import (
     _read_options,
@@ -111,6 +113,8 @@ def register_dataset(ledger: Any, name: str, sources: Any, *, address: str | Non
     opts, cfg = _read_options(name, options)
     shards = resolve(sources, opts)
     if not isinstance(shards, list):
+        if (foreign := foreign_frame(sources)) is not None:
+            raise InvalidParameterError(f"sources is {foreign}")
         raise InvalidParameterError("the Ray engine reads files and object-storage URLs; register in-memory data "
                                     "with the local engine")
     check_text_ids(shards, opts.id_field)
@@ -259,6 +263,8 @@ def _connect(address: str | None, num_cpus: int | None) -> None:
     # each command. Its warning that authentication is off is kept.
     _quiet(logging.getLogger("ray._private.authentication.authentication_token_setup"),
            "Token authentication is enabled for this Ray cluster")
+    if address is not None:
+        _check_reachable(address)
     try:
         if address is not None:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
@@ -267,6 +273,18 @@ def _connect(address: str | None, num_cpus: int | None) -> None:
     except (ConnectionError, ValueError, RuntimeError, TimeoutError) as exc:
         where = f"the Ray cluster at {address}" if address is not None else "a local Ray"
         raise ProvenanceError(f"cannot start or reach {where}: {exc}") from None
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse a ``HOST:PORT`` or ``ray://HOST:PORT`` address where nothing listens: Ray retries
+    such an address without end, logging a line every few seconds."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():  # auto, local: Ray finds the cluster itself
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as exc:
+        raise ProvenanceError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
 
 
 class _Drop(logging.Filter):

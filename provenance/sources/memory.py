@@ -161,6 +161,19 @@ def _hf_kind(obj: Any) -> str | None:
     return None
 
 
+def foreign_frame(obj: Any) -> str | None:
+    """What to do instead, when ``obj`` is a pandas ``DataFrame`` or a Ray ``Dataset`` (by class
+    name, so that neither is imported here): neither is read as records; else None."""
+    for cls in type(obj).__mro__:
+        if f"{cls.__module__}.".startswith("pandas.") and cls.__name__ == "DataFrame":
+            return ("a pandas DataFrame, which is not read as records: pass pyarrow.Table.from_pandas(df) "
+                    "or df.to_dict('records')")
+        if f"{cls.__module__}.".startswith("ray.data.") and cls.__name__ == "Dataset":
+            return ("a Ray Dataset, which is not read as records: write it as Parquet (ds.write_parquet(folder)) "
+                    "and register the folder, on Ray or not, or pass ds.iter_rows() to register its rows in this process")
+    return None
+
+
 HF_KINDS = ("Dataset", "IterableDataset", "DatasetDict", "IterableDatasetDict")
 HF_BATCH = 10_000  # rows per Arrow batch read from a Hugging Face dataset
 
@@ -200,6 +213,8 @@ def _memory_shards(sources: Any, opts: ReadOptions) -> Iterator[MemoryShard]:
         return
     if isinstance(sources, dict):
         raise InvalidParameterError("sources is one dict; pass a list of records, paths or Arrow tables")
+    if (foreign := foreign_frame(sources)) is not None:  # iterating one gives column names, not records
+        raise InvalidParameterError(f"sources is {foreign}")
     if isinstance(sources, (list, tuple)) and sources and all(isinstance(s, (pa.Table, pa.RecordBatch)) for s in sources):
         for i, t in enumerate(sources):
             yield MemoryShard(f"table-{i:05d}", [t], "arrow", f"arrow table {i}")
