@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import warnings
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -300,6 +301,23 @@ def test_an_address_where_no_ray_listens_is_refused_at_once(tmp_path):
         assert done.returncode == 4  # the CLI's code for a ProvenanceError
         assert f"Error: cannot reach the Ray cluster at {address}: Connection refused" in done.stderr
     assert Ledger.open(tmp_path / "ledger").datasets(all_versions=True) == []
+
+
+def test_an_address_given_to_a_process_already_connected_to_ray_is_said_to_be_unused(tmp_path):
+    """With Ray initialised, address= was used without a word (stranger pass 41): a warning now
+    names it and the cluster the process is connected to."""
+    import ray
+
+    ledger = Ledger.init(tmp_path / "ledger")
+    (tmp_path / "a.jsonl").write_text(_lines(0, 3))
+    with pytest.warns(UserWarning, match=r"address 'ray://10\.9\.9\.9:10001' is not used: this process is already "
+                                         r"connected to Ray \(.+\); call ray.shutdown\(\) first"):
+        register_dataset(ledger, "web", str(tmp_path / "a.jsonl"), address="ray://10.9.9.9:10001")
+    assert ledger.dataset("web").n_documents == 3
+    here = ray.get_runtime_context().gcs_address
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        register_dataset(ledger, "web2", str(tmp_path / "a.jsonl"), address=here)
 
 
 def test_the_cli_engine_option(tmp_path):

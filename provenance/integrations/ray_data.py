@@ -258,6 +258,9 @@ def _connect(address: str | None, num_cpus: int | None) -> None:
     # "progress bars disabled; to enable, set ...": the registration's own bar replaces them
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     if ray.is_initialized():
+        if address not in (None, "auto") and not _same_cluster(address):  # it was used without a word
+            warn(f"address {address!r} is not used: this process is already connected to Ray "
+                 f"({ray.get_runtime_context().gcs_address}); call ray.shutdown() first to use another cluster")
         return
     # Starting a local Ray, Ray warns that it turned token authentication on (as it should): noise on
     # each command. Its warning that authentication is off is kept.
@@ -273,6 +276,14 @@ def _connect(address: str | None, num_cpus: int | None) -> None:
     except (ConnectionError, ValueError, RuntimeError, TimeoutError) as exc:
         where = f"the Ray cluster at {address}" if address is not None else "a local Ray"
         raise ProvenanceError(f"cannot start or reach {where}: {exc}") from None
+
+
+def _same_cluster(address: str) -> bool:
+    """Whether ``address`` names the cluster this process is connected to (by its GCS address)."""
+    try:
+        return address.removeprefix("ray://") == ray.get_runtime_context().gcs_address
+    except Exception:  # noqa: BLE001 - a Ray Client connection has no GCS address here: do not warn
+        return True
 
 
 def _check_reachable(address: str) -> None:
