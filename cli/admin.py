@@ -125,7 +125,8 @@ def backup_cmd(obj: Context, destination: str, link: bool, as_json: bool) -> Non
 
 @main.command("verify")
 @click.option("--objects", "rehash", is_flag=True,
-              help="Also re-read and re-hash every stored object (slow: reads the whole object store).")
+              help="Also re-read and re-hash every stored object, and read every row of the database (slow: reads "
+                   "the whole object store and database).")
 @click.option("--repair", is_flag=True,
               help="Move damaged objects into .prov/quarantine/ (the next commit of the same tensor writes it "
                    "again) and remove temporary files of interrupted writes.")
@@ -257,6 +258,8 @@ def show_verify(report, as_json: bool) -> None:
     for p in report.dataset_problems:
         shard = f" shard {p['shard_index']}" if p["shard_index"] is not None else ""
         console.print(f"[red]✗ dataset {p['dataset_id']}{shard}[/]: {escape(p['problem'])}", highlight=False, markup=True)
+    for p in report.database_problems:
+        console.print(f"[red]✗ table {p['table']}[/]: {escape(p['problem'])}", highlight=False, markup=True)
     if report.temporary_files:
         verb = "removed" if report.repaired else "found (prov gc --apply or verify --repair removes them)"
         render.echo(f"{len(report.temporary_files)} temporary file(s) of interrupted writes {verb}")

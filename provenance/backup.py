@@ -113,7 +113,8 @@ def backup(ledger: LedgerStore, destination: str | os.PathLike, *, link: bool = 
     problems = ([f"object {d.address} {d.problem} (needed by {', '.join(v[:12] for v in d.versions) or 'no version'})"
                  for d in report.damaged_objects]
                 + [f"dataset {p['dataset_id']}: {p['problem']}" for p in report.dataset_problems]
-                + [f"version {p['version_id'][:12]}: {p['problem']}" for p in report.version_problems])
+                + [f"version {p['version_id'][:12]}: {p['problem']}" for p in report.version_problems]
+                + [f"table {p['table']}: {p['problem']}" for p in report.database_problems])
     return {"destination": str(root), "database_bytes": db_bytes, "objects_linked": linked, "objects_copied": copied,
             "object_bytes": object_bytes, "document_bytes": document_bytes, "verified": report.ok, "problems": problems,
             "versions": report.versions_checked, "datasets": report.datasets_checked,

@@ -45,7 +45,7 @@ from provenance.files import process_alive
 from provenance.ledger import LedgerStore
 from provenance.ledger._common import _now
 from provenance.openlineage_out import Emitter, with_job
-from provenance.records import DatasetRecord, RegistrationResult, RunRecord, VersionRecord
+from provenance.records import DatasetRecord, RegistrationResult, RunRecord, VersionRecord, check_utf8
 from provenance.versions import commit
 
 _OPEN: weakref.WeakSet[Run] = weakref.WeakSet()
@@ -79,6 +79,9 @@ def start_run(
     """
     if not isinstance(message, str) or not message.strip():
         raise InvalidParameterError("a run needs a message")
+    check_utf8(message, "the run's message")  # bytes that are not UTF-8 ($PROV_AUTHOR, an argument): a traceback
+    if author is not None:
+        check_utf8(author, "the run's author")
     if not isinstance(flush_every, int) or flush_every < 1:
         raise InvalidParameterError(f"flush_every must be a positive integer, got {flush_every!r}")
     if pid is not None and (isinstance(pid, bool) or not isinstance(pid, (int, np.integer)) or not 0 <= pid < 2**31):
@@ -216,7 +219,8 @@ class Run:
             return
         if exc_type is not None:
             try:
-                self.fail(f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__)
+                reason = f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__
+                self.fail(reason.encode("utf-8", "backslashreplace").decode("utf-8"))  # a surrogate would refuse it
             except RunEndedError:  # ended already (its commit landed before the error): the error raised
                 pass               # in the block is the one to see, not this
         else:
@@ -312,6 +316,7 @@ class Run:
     def fail(self, error: str = "failed") -> RunRecord:
         """Record the run as failed, with ``error`` saying why. Buffered examples are still written
         (what a failed run saw is part of the record) when they resolve."""
+        check_utf8(error, "the run's error")  # refused before the run ends (it was a traceback inside its end)
         return self._end("failed", error)
 
     def _end(self, status: str, error: str | None) -> RunRecord:

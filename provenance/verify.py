@@ -8,6 +8,8 @@ Three families of checks, each reporting what is damaged and what it affects:
   versions that need it.
 - **versions**: every parent, run and tag points at a version that exists; each manifest matches
   its version row.
+- **the database** (with ``objects=True``): every row of every table is read, so a corrupt block
+  (DuckDB checks each block's checksum as it reads it) is reported with its table.
 - **datasets**: each dataset row agrees with its shard rows, and each shard with its documents;
   each Parquet document file (a dataset kept as Parquet) exists with its recorded size, and with
   ``objects=True`` its recorded xxh3-128. A damaged file is reported, and the rows check runs on
@@ -61,6 +63,8 @@ class VerifyReport(BaseModel):
     damaged_objects: list[DamagedObject]
     version_problems: list[dict[str, Any]]
     dataset_problems: list[dict[str, Any]]
+    database_problems: list[dict[str, str]] = Field(default_factory=list, description=(
+        "tables of the database that cannot be read (a corrupt block), each with its damage; checked with --objects"))
     temporary_files: list[str] = Field(description="leftovers of interrupted object writes and registrations (harmless)")
     unreferenced_objects: int = Field(0, description=(
         "stored objects no version refers to (left by a killed commit or merge, or a commit still writing; "
@@ -96,6 +100,8 @@ def verify(ledger: LedgerStore, *, objects: bool = False, repair: bool = False, 
         unread = {f["dataset_id"] for f in damaged_files}
         dataset_problems = [*damaged_files, *(p for p in dataset_problems
                                               if not (p["dataset_id"] in unread and "document rows" in p["problem"]))]
+        database_problems = ([{"table": t, "problem": p} for t, p in ledger.unreadable_tables().items()]
+                             if objects else [])
         n_versions = len(ledger.versions())
         n_datasets = len(ledger.datasets(all_versions=True))
         encodings = ledger.param_encodings()
@@ -134,8 +140,10 @@ def verify(ledger: LedgerStore, *, objects: bool = False, repair: bool = False, 
     return VerifyReport(
         ledger=str(ledger.root), objects_checked=len(addresses), objects_rehashed=objects,
         versions_checked=n_versions, datasets_checked=n_datasets, damaged_objects=damaged,
-        version_problems=version_problems, dataset_problems=dataset_problems, temporary_files=temporaries,
-        unreferenced_objects=len(stored - users.keys()), ray_folders=rays, unlisted_document_folders=unlisted, repaired=repair, ok=not (damaged or version_problems or dataset_problems),
+        version_problems=version_problems, dataset_problems=dataset_problems, database_problems=database_problems,
+        temporary_files=temporaries,
+        unreferenced_objects=len(stored - users.keys()), ray_folders=rays, unlisted_document_folders=unlisted, repaired=repair,
+        ok=not (damaged or version_problems or dataset_problems or database_problems),
     )
 
 

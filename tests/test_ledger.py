@@ -327,6 +327,20 @@ def test_sql_refusal_messages(ledger):
         ledger.sql("SELECT * FROM read_csv('/etc/passwd')")
 
 
+def test_sql_of_a_query_that_is_not_utf8_names_the_character(ledger, tmp_path):
+    """`prov sql $'SELECT \'\xff\''` (bytes a Latin-1 shell passes) raised DuckDB's TypeError
+    `extract_statements(): incompatible function arguments` as a traceback, exit 1."""
+    with pytest.raises(InvalidParameterError, match="the query holds an unpaired surrogate at character 8: it is not valid UTF-8"):
+        ledger.sql("SELECT '\udcff'")
+    from click.testing import CliRunner
+
+    from provenance.cli.main import main
+
+    result = CliRunner().invoke(main, ["--ledger", str(tmp_path), "sql", "SELECT '\udcff'"])
+    assert result.exit_code == 4 and "Error: the query holds an unpaired surrogate at character 8" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_sql_inside_a_session_reads_only_the_ledger(ledger):
     """A held session (a server) has no second connection: the query's tree is checked instead."""
     with ledger.session():

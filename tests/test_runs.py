@@ -394,6 +394,25 @@ def test_cli_run_start_log_finish_show(two_datasets, tmp_path):
     assert (shown["status"], shown["error"], shown["params"]) == ("failed", "diverged", {"lr": "NaN", "b": "Infinity"})
 
 
+def test_a_run_s_texts_that_are_not_utf8_are_refused_by_name(two_datasets, tmp_path):
+    """`PROV_AUTHOR=$'\xff' prov run start ...`, `-m $'\xff'` and `prov run finish --error $'\xff'`
+    were UnicodeEncodeError tracebacks (the last inside the run's end, the run left running)."""
+    cli = CliRunner()
+    env = {"PROV_LEDGER": str(tmp_path)}
+    for args, extra, says in ((["-m", "x"], {"PROV_AUTHOR": "\udcff\udcfe"}, "the run's author holds an unpaired surrogate at character 0"),
+                              (["-m", "ok\udcff"], {}, "the run's message holds an unpaired surrogate at character 2")):
+        out = cli.invoke(main, ["run", "start", *args, "-d", "a", "--owner", "0"], env={**env, **extra})
+        assert out.exit_code == 4 and says in out.output and "Traceback" not in out.output, out.output
+    assert Ledger.open(tmp_path).runs() == []
+    run_id = cli.invoke(main, ["run", "start", "-m", "x", "-d", "a", "--owner", "0"], env=env).output.strip()
+    out = cli.invoke(main, ["run", "finish", run_id, "--error", "bad\udcff"], env=env)
+    assert out.exit_code == 4 and "the run's error holds an unpaired surrogate at character 3" in out.output, out.output
+    assert Ledger.open(tmp_path).run(run_id).status == "running"
+    with pytest.raises(ValueError), Ledger.open(tmp_path).attach_run(run_id):  # such an exception still ends the run
+        raise ValueError("no \udcff")
+    assert Ledger.open(tmp_path).run(run_id).error == "ValueError: no \\udcff"
+
+
 def test_cli_run_start_owner(two_datasets, tmp_path):
     """`C=$(prov run start ...)` gave the run to the command substitution's subshell, gone at once:
     the next start on the host marked it abandoned, and `run log` said only "is failed". --owner

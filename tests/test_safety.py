@@ -328,6 +328,43 @@ def test_truncated_database_is_reported_as_damaged(project, tmp_path):
         Ledger.open(tmp_path)
 
 
+def test_a_corrupt_block_of_the_documents_is_found_by_verify_and_named_by_sql(project, tmp_path):
+    """A flipped byte in a block of the documents' band keys: every query that reads them says the
+    database is damaged (it said `query failed: Corrupt database file`), and `prov verify --objects`
+    and a backup's check, which read every row of every table, name the table (they said ok)."""
+    import duckdb
+
+    ledger = project[0]
+    db = ledger.db_path
+    (tmp_path / "many.jsonl").write_text("".join(json.dumps({"id": f"m{i}", "text": f"text number {i} of many"}) + "\n"
+                                                 for i in range(3000)))
+    ledger.register_dataset("many", tmp_path / "many.jsonl", id_field="id")  # band keys that fill blocks of their own
+    con = duckdb.connect(str(db))
+    con.execute("CHECKPOINT")  # the rows in ledger.duckdb itself, not in its write-ahead log
+    block, offset = con.execute("SELECT block_id, block_offset FROM pragma_storage_info('documents') "
+                                "WHERE column_name = 'band_keys' AND segment_type = 'UBIGINT' AND block_id >= 0 "
+                                "ORDER BY count DESC LIMIT 1").fetchall()[0]
+    con.close()
+    with open(db, "r+b") as f:  # 3 headers of 4 KiB, then blocks of 256 KiB, each after its 8-byte checksum
+        f.seek(12288 + block * 262144 + 8 + offset + 4)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    result = run_cli("sql", "SELECT sum(list_sum(band_keys)) FROM documents")
+    assert result.exit_code == 4, result.output
+    assert f"the ledger database {db} is damaged (Corrupt database file" in result.output
+    assert "Restore it from a backup" in result.output and "query failed" not in result.output
+    assert run_cli("verify").exit_code == 0  # presence and size: the band keys are not read
+    result = run_cli("verify", "--objects")
+    assert result.exit_code == 1, result.output
+    assert "✗ table documents: the ledger database" in result.output and "ok: nothing damaged" not in result.output
+    report = json.loads(run_cli("verify", "--objects", "--json").output)
+    assert [p["table"] for p in report["database_problems"]] == ["documents"] and report["ok"] is False
+    result = run_cli("backup", str(tmp_path / "bk"))
+    assert result.exit_code == 1, result.output
+    assert "verified (every object re-hashed): DAMAGED" in result.output and "✗ table documents: " in result.output
+
+
 # A process that commits a tag and is killed before it closes the ledger: the tag is only in the
 # write-ahead log, which the next open replays.
 _KILLED_AFTER_A_COMMIT = """

@@ -25,6 +25,7 @@ from provenance.records import (
     RegistrationResult,
     ShardRecord,
     check_name,
+    check_utf8,
 )
 
 #: A JSON number as written (a key that one was stored as).
@@ -179,6 +180,7 @@ class DataQueries:
         reading a table named in ``hidden`` (a server hides its tokens, stored answers and access
         log from tokens below admin).
         """
+        check_utf8(query, "the query")  # a shell argument of bytes that are not UTF-8: a TypeError from DuckDB
         try:
             statements = duckdb.extract_statements(query)
         except duckdb.Error as exc:
@@ -213,8 +215,8 @@ class DataQueries:
             raise self._damaged(exc) or ReadOnlyQueryError(f"query failed: {exc}") from exc
         except duckdb.PermissionException as exc:
             raise ReadOnlyQueryError(f"query refused: {exc}") from exc
-        except duckdb.Error as exc:
-            raise ReadOnlyQueryError(f"query failed: {exc}") from exc
+        except duckdb.Error as exc:  # a corrupt block of the database is a plain duckdb.Error
+            raise self._damaged(exc) or ReadOnlyQueryError(f"query failed: {exc}") from exc
         finally:
             with ARROW_TABLES:
                 con.close()

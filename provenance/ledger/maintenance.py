@@ -13,9 +13,9 @@ import shutil
 import time
 from pathlib import Path
 
-from provenance.errors import ProvenanceError
+from provenance.errors import LedgerDamagedError, ProvenanceError
 from provenance.files import host_label, process_alive
-from provenance.ledger._common import TMP_DIR, tree_bytes
+from provenance.ledger._common import TMP_DIR, quote_identifier, tree_bytes
 from provenance.ledger.staging import clean_staging, staging_entries
 
 _SPILL = re.compile(r"duckdb_temp_\d+_")  # DuckDB's temporary files, named by the process that made them
@@ -121,6 +121,24 @@ class Maintenance:
         store = self.document_store
         listed = {store.folder_of(f["path"]) for f in self.document_files()}
         return store.folders(skip=listed)
+
+    def unreadable_tables(self) -> dict[str, str]:
+        """Every row of every table of the database read (each column's blocks, whose checksums
+        DuckDB checks as it reads them): the tables that cannot be read, each with its damage. A
+        corrupt block is found only when a query reads it, so without this ``prov verify`` and a
+        backup's check said ``ok`` of a database whose documents could not be queried."""
+        with self._cursor() as con:
+            tables = con.execute("SELECT database_name, schema_name, table_name FROM duckdb_tables() "
+                                 "WHERE NOT temporary AND database_name = current_database() ORDER BY 3").fetchall()
+        found = {}
+        for database, schema, table in tables:
+            name = ".".join(map(quote_identifier, (database, schema, table)))
+            try:
+                with self._cursor() as con:
+                    con.execute(f"SELECT bit_xor(hash(t)) FROM {name} AS t").fetchall()  # hash(t): the whole row
+            except LedgerDamagedError as exc:
+                found[table] = str(exc)
+        return found
 
     def snapshot_database(self, dest: Path) -> int:
         """Copy the database file, checkpointed first (so the copy needs no write-ahead log), to
