@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -117,6 +118,9 @@ class Ledger(LedgerStore):
             from provenance.remote import RemoteLedger
 
             return RemoteLedger(path, token=token, verify=verify)
+        if isinstance(path, str) and re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", path):  # `ftp://x` was the folder ftp:/x
+            raise InvalidParameterError(f"ledger {path!r}: a ledger is a folder, or a ledger server's http:// or "
+                                        "https:// URL")
         return super().open(path, lock_timeout=lock_timeout, read_only=read_only)
 
     # -- data -----------------------------------------------------------------------------------

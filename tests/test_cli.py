@@ -57,6 +57,12 @@ def test_init_makes_the_ledger_that_ledger_names(tmp_path, runner, monkeypatch):
     monkeypatch.setenv("PROV_LEDGER", str(tmp_path / "l"))  # an exported default gives way to the PATH typed
     assert _json(runner.invoke(main, ["init", "m", "--json"]))["ledger"] == str(tmp_path / "m" / ".prov")
     assert not (tmp_path / "other").exists()
+    for url in ("s3://bucket/ledger", "ftp://host/x"):  # made (or looked for) the local folder s3:/bucket/ledger
+        made = runner.invoke(main, ["init", url])
+        assert made.exit_code == 4 and f"cannot create a ledger at {url!r}: a ledger's database is in a local folder" in made.output
+        opened = runner.invoke(main, ["--ledger", url, "dataset", "list"])
+        assert opened.exit_code == 4 and "a ledger is a folder, or a ledger server's http:// or https:// URL" in opened.output
+    assert not (tmp_path / "s3:").exists()
 
 
 def test_dataset_add_list_show(project, runner):

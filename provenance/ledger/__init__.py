@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -203,6 +204,9 @@ class LedgerStore(Connections, Transactions, CommitRecord, DocumentsView, Schema
         instead of ``.prov/objects/`` (:mod:`provenance.object_buckets`); ``documents``: one for
         the Parquet document files of large datasets, instead of ``.prov/documents/``
         (:mod:`provenance.ledger.document_store`)."""
+        if isinstance(path, str) and re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", path):  # `s3://b` made the folder s3:/b
+            raise InvalidParameterError(f"cannot create a ledger at {path!r}: a ledger's database is in a local folder "
+                                        "(objects=/--objects and documents=/--documents keep its files in a bucket)")
         base = Path(path)
         root = base if base.name == LEDGER_DIR else base / LEDGER_DIR
         if (root / DB_FILE).exists() and not _unfinished_init(root / DB_FILE):
