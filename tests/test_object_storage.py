@@ -164,9 +164,9 @@ def test_keys_that_cannot_be_read_back_are_refused_and_hidden_folders_left_out(s
     assert not (tmp_path / "other").exists()
 
     local = tmp_path / "hidden"
-    for name in ("x.jsonl", ".z.jsonl", ".cache/y.jsonl"):
-        (local / name).parent.mkdir(parents=True, exist_ok=True)
-        (local / name).write_bytes(line)
+    for name in ("x.jsonl", ".z.jsonl", ".cache/y.jsonl", "_SUCCESS", "_temporary/0/part-0.jsonl"):  # a Spark job's
+        (local / name).parent.mkdir(parents=True, exist_ok=True)  # `_SUCCESS: unknown file type` refused the folder
+        (local / name).write_bytes(b"" if name == "_SUCCESS" else line)
     url = s3.upload(local, "keys/hidden")
     bucket = ledger.register_dataset("bucket", url, id_field="id").dataset
     folder = ledger.register_dataset("folder", str(local), id_field="id").dataset

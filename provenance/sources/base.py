@@ -29,6 +29,12 @@ FORMATS = {
 }
 _CHUNK = 8 << 20
 
+#: Names a folder's walk and a prefix's listing leave out, as Arrow's datasets and Hadoop do:
+#: hidden files, and the bookkeeping of Spark and Hadoop jobs (``_SUCCESS``, ``_metadata``, a
+#: ``_temporary/`` folder still being written), which refused the folder (``_SUCCESS: unknown
+#: file type``).
+HIDDEN = (".", "_")
+
 
 @dataclass(frozen=True)
 class ReadOptions:

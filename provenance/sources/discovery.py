@@ -16,7 +16,7 @@ from urllib.request import url2pathname
 
 from provenance.errors import SourceError, warn
 from provenance.files import non_utf8
-from provenance.sources.base import _unknown_type, file_format
+from provenance.sources.base import HIDDEN, _unknown_type, file_format
 from provenance.sources.files import FileShard, ObjectShard
 
 _KINDS = (
@@ -29,14 +29,14 @@ _KINDS = (
 
 def _walk(folder: str) -> list[str]:
     """The files under ``folder``, recursively and in sorted order, leaving out hidden files and
-    folders and Croissant exports. A symlink to a folder is followed (as a glob follows it), but
+    folders (names starting with ``.`` or ``_``) and Croissant exports. A symlink to a folder is followed (as a glob follows it), but
     not one that leads back into a folder already walked (a loop, `up -> ..`): that one is left
     out with a warning naming it."""
     found: list[str] = []
     walked = {os.path.realpath(folder)}
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         kept = []
-        for d in sorted(d for d in dirnames if not d.startswith(".")):
+        for d in sorted(d for d in dirnames if not d.startswith(HIDDEN)):
             real = os.path.realpath(os.path.join(dirpath, d))
             if any(real == w or w.startswith(real + os.sep) for w in walked):
                 warn(f"{os.path.join(dirpath, d)}: a symlink back into a folder already read ({real}); left out")
@@ -45,7 +45,7 @@ def _walk(folder: str) -> list[str]:
             kept.append(d)
         dirnames[:] = kept
         found.extend(os.path.join(dirpath, f) for f in sorted(filenames)  # hidden files, and a Croissant
-                     if not f.startswith(".") and not f.endswith(CROISSANT_SUFFIX))  # export beside its data
+                     if not f.startswith(HIDDEN) and not f.endswith(CROISSANT_SUFFIX))  # export beside its data
     return found
 
 

@@ -24,7 +24,7 @@ import pyarrow.fs as pafs
 
 from provenance.buckets import filesystem, is_url, split_url, unreadable_key  # noqa: F401 (is_url: re-exported)
 from provenance.errors import SourceError
-from provenance.sources.base import _unknown_type, file_format
+from provenance.sources.base import HIDDEN, _unknown_type, file_format
 
 _GLOB = re.compile(r"[*?\[]")
 #: How S3 (and Arrow, in its own spelling) says the credentials were refused.
@@ -99,8 +99,8 @@ def _readable(scheme: str, listed: list[pafs.FileInfo]) -> list[pafs.FileInfo]:
 
 def _hidden(path: str, prefix: str) -> bool:
     """Whether an object under ``prefix`` is hidden, as a folder's files are: a name, or a folder
-    on its way, that starts with ``.`` (``.cache/x.jsonl``)."""
-    return any(part.startswith(".") for part in posixpath.relpath(path, prefix).split("/"))
+    on its way, that starts with ``.`` or ``_`` (``.cache/x.jsonl``, Spark's ``_SUCCESS``)."""
+    return any(part.startswith(HIDDEN) for part in posixpath.relpath(path, prefix).split("/"))
 
 
 def _listing(spec: str, fs: pafs.FileSystem, prefix: str) -> list[pafs.FileInfo]:
