@@ -521,6 +521,22 @@ def test_a_document_removed_then_registered_again_is_named(ledger, data_dir, wri
     assert ledger.register_dataset("other", data_dir / "other.jsonl", id_field="id").retracted == []
 
 
+def test_a_spark_job_s_bookkeeping_is_left_out_and_data_named_with_an_underscore_is_said(ledger, tmp_path):
+    """A Spark output folder was refused whole (`_SUCCESS: unknown file type`); names starting
+    with '_' are left out as Arrow and Hadoop leave them out, and one that looks like data is
+    named in a warning."""
+    out = tmp_path / "out"
+    (out / "_temporary" / "0").mkdir(parents=True)
+    (out / "_SUCCESS").write_bytes(b"")
+    (out / "_temporary" / "0" / "part-1.jsonl").write_text('{"text": "half written"}\n')
+    (out / "part-0.jsonl").write_text('{"text": "the job wrote this"}\n')
+    (out / "_extra.jsonl").write_text('{"text": "named with an underscore"}\n')
+    with pytest.warns(UserWarning, match=r"out/_extra\.jsonl: left out, as every name starting with '_' is"):
+        ds = ledger.register_dataset("spark", str(out)).dataset
+    assert [s.name for s in ledger.shards(ds)] == ["part-0.jsonl"] and ds.n_documents == 1
+    assert ledger.register_dataset("named", str(out / "_extra.jsonl")).dataset.n_documents == 1
+
+
 def test_symlinks_in_a_folder_keep_their_names_and_are_followed(ledger, tmp_path):
     """A folder's symlinked sub-folder was skipped without a word (a glob followed it), and a file
     symlink leading out of the folder was named after its target, renaming every other shard

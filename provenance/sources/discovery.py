@@ -46,6 +46,9 @@ def _walk(folder: str) -> list[str]:
         dirnames[:] = kept
         found.extend(os.path.join(dirpath, f) for f in sorted(filenames)  # hidden files, and a Croissant
                      if not f.startswith(HIDDEN) and not f.endswith(CROISSANT_SUFFIX))  # export beside its data
+        for f in sorted(f for f in filenames if f.startswith("_") and file_format(f) is not None):
+            warn(f"{os.path.join(dirpath, f)}: left out, as every name starting with '_' is (a job's bookkeeping, "
+                 "as Spark's _SUCCESS); name the file itself to register it")  # data by its suffix: said
     return found
 
 
