@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
@@ -251,7 +252,9 @@ def show_verify(report, as_json: bool) -> None:
     for d in report.damaged_objects:
         where = f"; moved to {d.quarantined}" if d.quarantined else ""
         needed = ", ".join(v[:12] for v in d.versions) or "no version"
-        console.print(f"[red]✗ object {d.address} {d.problem}[/]: {escape(d.detail)}; needed by {needed}{where}",
+        detail = d.detail.removeprefix(f"object {d.address} ")  # said once: `object X corrupt: object X (PATH) is …`
+        detail = re.sub(rf"^\((.*)\) is {re.escape(d.problem)}: ", r"\1: ", detail) if detail != d.detail else d.detail
+        console.print(f"[red]✗ object {d.address} {d.problem}[/]: {escape(detail)}; needed by {needed}{where}",
                       highlight=False, markup=True)
     for p in report.version_problems:
         console.print(f"[red]✗ version {p['version_id'][:12]}[/]: {escape(p['problem'])}", highlight=False, markup=True)

@@ -526,6 +526,9 @@ def test_verify_finds_damage_names_versions_and_repairs(project, tmp_path):
     assert report.damaged_objects[0].versions == sorted([base.version_id, child.version_id])
     result = run_cli("verify", "--objects", "--json")
     assert result.exit_code == 1 and json.loads(result.stdout)["damaged_objects"][0]["problem"] == "corrupt"
+    address = manifest["w"].objects["full"]
+    said = " ".join(run_cli("verify", "--objects").output.split())  # it said `corrupt: object X (PATH) is corrupt: …`
+    assert f"✗ object {address} corrupt:" in said and "its content hashes to" in said and "is corrupt" not in said
     result = run_cli("verify", "--objects", "--repair")
     assert result.exit_code == 1 and "moved to" in result.output
     assert not w_object.exists() and len(list((ledger.root / "quarantine").iterdir())) == 1
