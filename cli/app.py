@@ -427,4 +427,16 @@ def read_keys(file: Any) -> list[str]:
         name = getattr(file, "name", "-")
         raise CliError(f"{'stdin' if name in ('-', '<stdin>') else name}: line {line} is not UTF-8 "
                        f"(byte {exc.start})", kind="source") from None
+    content = content.removeprefix("\ufeff")  # a UTF-8 byte order mark, as some editors write, is no key
     return [k for k in (line.rstrip("\r\n") for line in io.StringIO(content, newline=None)) if k]
+
+
+def read_text(file: Any) -> str:
+    """The text of a document in ``file`` (opened with ``click.File("rb")``) as registration reads
+    a text file: UTF-8, a leading byte order mark dropped (it was kept, so a file saved with one
+    matched no registered copy of itself). A file that is not UTF-8 is an error naming it."""
+    raw = file.read()
+    try:
+        return raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{getattr(file, 'name', 'stdin')}: not UTF-8 (byte {exc.start})", kind="source") from exc

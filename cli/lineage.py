@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from provenance.cli import render
-from provenance.cli.app import CliError, Context, FloatRange, json_option, main, once, pass_ctx
+from provenance.cli.app import Context, FloatRange, json_option, main, once, pass_ctx, read_text
 from provenance.plain import counted
 
 #: Versions the lineage table lists unless asked for all: a deep history has thousands (a rich
@@ -56,13 +56,7 @@ def taint_cmd(obj: Context, target: str | None, shard: str | None, key: str | No
     """Every version whose lineage contains TARGET: the versions to re-train or re-merge without it.
     DATASET as NAME means every version of the dataset (a document a later version removed still
     shaped what trained on an earlier one); NAME@N that version only."""
-    text = None
-    if text_file is not None:
-        raw = text_file.read()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise CliError(f"{getattr(text_file, 'name', 'stdin')}: not UTF-8 (byte {exc.start})", kind="source") from exc
+    text = None if text_file is None else read_text(text_file)
     report = obj.ledger(read_only=True).taint(dataset=target, shard=shard, key=key, text=text, near=near)
     show_taint(report, as_json)
 

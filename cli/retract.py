@@ -12,7 +12,6 @@ from rich.table import Table
 
 from provenance.cli import render
 from provenance.cli.app import (
-    CliError,
     Context,
     FloatRange,
     PathType,
@@ -24,6 +23,7 @@ from provenance.cli.app import (
     no_store_option,
     once,
     pass_ctx,
+    read_text,
 )
 from provenance.cli.audits import audit_group
 from provenance.errors import ProvenanceError
@@ -80,14 +80,7 @@ def retract_cmd(obj: Context, target: str | None, shard: str | None, key: str | 
                                f"(prov retractions {target} shows it)")
     if not reason:
         raise click.UsageError("a retraction needs --reason (why: a removal request, a licence audit)")
-    text = None
-    if text_file is not None:
-        raw = text_file.read()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise CliError(f"{getattr(text_file, 'name', 'stdin')}: not UTF-8 (byte {exc.start})",
-                           kind="source") from exc
+    text = None if text_file is None else read_text(text_file)
     record = ledger.retract(reason=reason, dataset=target, shard=shard, key=key, text=text, near=near, author=author)
     if html_path is not None:
         _write_html(_plan_page(record), html_path)

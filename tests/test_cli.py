@@ -598,3 +598,35 @@ def test_a_resource_warning_is_not_relayed_into_a_command_s_output(project, runn
     monkeypatch.setattr(Ledger, "datasets", leaky)
     result = runner.invoke(main, ["dataset", "list", "--json"])
     assert result.exit_code == 0 and json.loads(result.output) == []
+
+
+def test_text_and_keys_files_with_a_byte_order_mark(project, runner):
+    """A file saved with a UTF-8 byte order mark: registration drops it, but `taint --text` kept it
+    (so the file matched no registered copy of itself: "0 documents (no dataset holds it)") and
+    `dataset remove --keys-file` took it as part of the first key ("has no document '\\ufeffa'")."""
+    (project / "bom").mkdir()
+    (project / "bom" / "note.txt").write_bytes("\ufeffA note saved by an editor that writes a BOM.\r\n".encode())
+    assert runner.invoke(main, ["dataset", "add", "notes", "bom"]).exit_code == 0
+    found = _json(runner.invoke(main, ["taint", "--text", "bom/note.txt", "--json"]))
+    assert [(m["dataset_id"], m["key"]) for m in found["matches"]] == [("notes@1", "note.txt:0")]
+    assert found["target"] == "text (46 characters)"  # the text and its CRLF, not the mark
+    (project / "k.jsonl").write_text('{"id": "a", "text": "first doc"}\n{"id": "b", "text": "second doc"}\n')
+    assert runner.invoke(main, ["dataset", "add", "k", "k.jsonl", "--id-field", "id"]).exit_code == 0
+    removed = runner.invoke(main, ["dataset", "remove", "k", "--keys-file", "-"], input="\ufeffa\r\n".encode())
+    assert removed.exit_code == 0, removed.output
+    assert [r["key"] for r in _json(runner.invoke(main, ["sql", "select key from documents where dataset_id = 'k@2'",
+                                                         "--json"]))] == ["b"]
+
+
+def test_taint_text_without_words_is_refused(project, runner):
+    """A text of only spaces and punctuation has the exact hash of the empty text: `taint --text`
+    listed every registered document without words as a copy of it (and `retract --text` would
+    retract them all); it is refused like an empty text."""
+    (project / "e.jsonl").write_text('{"id": "a", "text": ""}\n{"id": "b", "text": " -- "}\n{"id": "c", "text": "words"}\n')
+    assert runner.invoke(main, ["dataset", "add", "e", "e.jsonl", "--id-field", "id"]).exit_code == 0
+    (project / "dots.txt").write_text("  ...  \n")
+    for command in (["taint"], ["retract", "--reason", "a request"]):
+        result = runner.invoke(main, [*command, "--text", "dots.txt"])
+        assert result.exit_code == 4, result.output
+        assert result.output.strip() == "Error: the text to look for has no words (only spaces and punctuation: '  ...  \\n')"
+    assert _json(runner.invoke(main, ["retractions", "--json"])) == []

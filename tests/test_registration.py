@@ -21,6 +21,7 @@ import zstandard
 from click.testing import CliRunner
 
 from provenance.cli.main import main
+from provenance.errors import InvalidParameterError
 from provenance.fingerprints import FingerprintConfig, normalize
 
 RECORDS = [
@@ -333,6 +334,22 @@ def test_unchanged_content_with_other_metadata_says_so(ledger, corpus_jsonl):
     assert result.exit_code == 0 and "not applied" not in result.output and "nothing registered" in result.output
 
 
+def test_unchanged_content_names_every_metadata_field_not_applied(ledger, corpus_jsonl):
+    """A re-registration of the same content with a new description (or source, creator,
+    model_generated) said only "unchanged ...; nothing registered": the value given was dropped
+    without a word, where a role or licence given is named as not applied."""
+    ledger.register_dataset("corpus", corpus_jsonl, source="https://example.org/a", model_generated=True)
+    again = ledger.register_dataset("corpus", corpus_jsonl, description="news, 2024", creator="Data team",
+                                    source="https://example.org/a", model_generated=False)
+    assert not again.created and again.dataset.description is None and again.dataset.model_generated is True
+    assert again.message == (
+        "unchanged: the content matches corpus@1 (1 shard, 40 documents); nothing registered; metadata not applied: "
+        "creator 'Data team' differs from the registered none, description 'news, 2024' differs from the registered "
+        "none, model_generated False differs from the registered True")
+    same = ledger.register_dataset("corpus", corpus_jsonl, source="https://example.org/a")  # equal: nothing to say
+    assert same.message == "unchanged: the content matches corpus@1 (1 shard, 40 documents); nothing registered"
+
+
 def test_changed_content_makes_version_two_with_stable_keys(ledger, corpus, data_dir, write_jsonl):
     path = corpus.write_jsonl(data_dir / "corpus.jsonl")
     v1 = ledger.register_dataset("corpus", path).dataset
@@ -521,6 +538,7 @@ def test_a_document_removed_then_registered_again_is_named(ledger, data_dir, wri
     assert ledger.register_dataset("other", data_dir / "other.jsonl", id_field="id").retracted == []
 
 
+<<<<<<< HEAD
 def test_a_spark_job_s_bookkeeping_is_left_out_and_data_named_with_an_underscore_is_said(ledger, tmp_path):
     """A Spark output folder was refused whole (`_SUCCESS: unknown file type`); names starting
     with '_' are left out as Arrow and Hadoop leave them out, and one that looks like data is
@@ -535,6 +553,28 @@ def test_a_spark_job_s_bookkeeping_is_left_out_and_data_named_with_an_underscore
         ds = ledger.register_dataset("spark", str(out)).dataset
     assert [s.name for s in ledger.shards(ds)] == ["part-0.jsonl"] and ds.n_documents == 1
     assert ledger.register_dataset("named", str(out / "_extra.jsonl")).dataset.n_documents == 1
+=======
+def test_registering_again_after_a_removal_drops_its_note_from_the_description(ledger, data_dir, write_jsonl):
+    """A removal notes itself in the description ("[r@1 without 1 document(s)]"); registering the
+    files again carried that note into the version that holds the document again, so it said it
+    lacked a document it has. The description of one's own is kept. (A removal that would empty the
+    dataset said "removing 1 documents".)"""
+    write_jsonl(data_dir / "r.jsonl", [{"id": k, "text": f"{k} text of the document"} for k in ("a", "b", "c")])
+    ledger.register_dataset("r", data_dir / "r.jsonl", id_field="id", description="quiz answers")
+    ledger.remove_documents("r", ["a"], reason="asked")
+    ledger.remove_documents("r", ["b"], reason="asked")
+    assert ledger.dataset("r@3").description == "quiz answers [r@1 without 1 document(s)] [r@2 without 1 document(s)]"
+    with pytest.warns(UserWarning, match="holds again what was taken out"):
+        back = ledger.register_dataset("r", data_dir / "r.jsonl", id_field="id")
+    assert (back.dataset.dataset_id, back.dataset.n_documents, back.dataset.description) == ("r@4", 3, "quiz answers")
+    write_jsonl(data_dir / "s.jsonl", [{"id": k, "text": f"{k} text"} for k in ("a", "b")])
+    ledger.register_dataset("s", data_dir / "s.jsonl", id_field="id")
+    ledger.remove_documents("s", ["a"])
+    with pytest.raises(InvalidParameterError, match=r"^removing 1 document would leave s@2 empty$"):  # "1 documents"
+        ledger.remove_documents("s", ["b"])
+    with pytest.warns(UserWarning, match="holds again what was taken out"):
+        assert ledger.register_dataset("s", data_dir / "s.jsonl", id_field="id").dataset.description is None
+>>>>>>> p44
 
 
 def test_symlinks_in_a_folder_keep_their_names_and_are_followed(ledger, tmp_path):

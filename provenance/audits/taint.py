@@ -11,7 +11,7 @@ from typing import Any
 from provenance.audits.banding import MIN_RECALL, check_threshold
 from provenance.audits.texts import read_texts
 from provenance.errors import InvalidParameterError, ProvenanceWarning, warn
-from provenance.fingerprints import Banding
+from provenance.fingerprints import Banding, normalize
 from provenance.ledger import LedgerStore
 from provenance.lineage import taint
 from provenance.results import TaintReport
@@ -47,6 +47,8 @@ def taint_report(ledger: LedgerStore, *, dataset: str | None = None, shard: str 
         return TaintReport(target=target, near=None, matches=[], versions=versions, retractions=retractions)
     if text is not None and not text.strip():
         raise InvalidParameterError("the text to look for is empty")
+    if text is not None and not normalize(text):  # it would match every registered document without words
+        raise InvalidParameterError(f"the text to look for has no words (only spaces and punctuation: {text[:40]!r})")
     matches = find_similar(ledger, text=text, dataset=dataset, key=key, near=near)
     with ledger.session():
         runs = ledger.runs_seeing([m["doc_id"] for m in matches], [m["dataset_id"] for m in matches]).to_pylist() \

@@ -21,7 +21,7 @@ import numpy as np
 import xxhash
 
 from provenance.datasets.readback import read_back
-from provenance.datasets.removals import remove_documents
+from provenance.datasets.removals import remove_documents, without_removal_notes
 from provenance.datasets.shards import _write_shard, reusable_shards, write_shards
 from provenance.errors import InvalidParameterError, SourceError
 from provenance.fingerprints import FingerprintConfig
@@ -201,7 +201,7 @@ def _register_in_session(ledger: LedgerStore, name: str, cfg: FingerprintConfig,
             tx.insert_dataset(record)
     except _Unchanged:
         assert latest is not None
-        return RegistrationResult(dataset=latest, created=False, message=_unchanged_message(latest, role, lic))
+        return RegistrationResult(dataset=latest, created=False, message=_unchanged_message(latest, role, lic, meta))
     message = _created_message(record) + (f"; from {latest.dataset_id}: {', '.join(kept)}" if kept else "")
     result = RegistrationResult(dataset=record, created=True, message=message,
                                 retracted=ledger.retracted_in(record.dataset_id))
@@ -233,6 +233,8 @@ def _carried(meta: dict[str, Any], latest: DatasetRecord | None, role: str | Non
     for field in ("source", "creator", "description", "model_generated"):
         if out.get(field) is None and getattr(latest, field) is not None:
             out[field] = getattr(latest, field)
+    if meta.get("description") is None:  # the files again hold what a removal took out: not its notes
+        out["description"] = without_removal_notes(out.get("description"))
     return out, kept
 
 
@@ -325,15 +327,22 @@ def _created_message(ds: DatasetRecord) -> str:
     )
 
 
-def _unchanged_message(latest: DatasetRecord, role: str | None, lic: License | None) -> str:
+def _unchanged_message(latest: DatasetRecord, role: str | None, lic: License | None,
+                       meta: dict[str, Any] | None = None) -> str:
     """What an unchanged registration says; a ``role`` or ``lic`` given (not None) that differs
-    from the registered one is named as not applied."""
+    from the registered one is named as not applied, as is a source, creator, description or
+    model_generated of ``meta`` given (not None) that differs."""
     notes = []
     if role is not None and latest.role != role:
         notes.append(f"role {role!r} differs from the registered {latest.role!r}")
     if lic is not None and latest.license != lic:
         given, kept = (repr(x) if x else "none (unknown)" for x in (lic.spdx, latest.license.spdx))
         notes.append(f"license {given} differs from the registered {kept}")
+    for field in ("source", "creator", "description", "model_generated"):
+        value, registered = (meta or {}).get(field), getattr(latest, field)
+        if value is not None and value != registered:
+            notes.append(f"{field} {value!r} differs from the registered "
+                         f"{'none' if registered is None else repr(registered)}")
     tail = f"; metadata not applied: {', '.join(notes)}" if notes else ""
     return (
         f"unchanged: the content matches {latest.dataset_id} ({counted(latest.n_shards, 'shard')}, "

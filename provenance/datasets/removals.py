@@ -3,6 +3,7 @@ named, its rows copied with their fingerprints, no source read again."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +13,17 @@ from provenance.errors import InvalidParameterError, NotFoundError
 from provenance.ledger import LedgerStore, _now
 from provenance.plain import counted
 from provenance.records import RegistrationResult
+
+#: The notes a removal appends to the description, "[news@1 without 2 document(s), retraction R]".
+_REMOVAL_NOTES = re.compile(r"(?: ?\[[A-Za-z0-9][A-Za-z0-9._-]*@\d+ without \d+ document\(s\)(?:, retraction [^\]]+)?\])+$")
+
+
+def without_removal_notes(description: str | None) -> str | None:
+    """``description`` without the notes removals appended (None if nothing else is left): what
+    a registration of the files again carries over, since its version holds the documents again."""
+    if description is None:
+        return None
+    return _REMOVAL_NOTES.sub("", description) or None
 
 
 def remove_documents(ledger: LedgerStore, name: str, keys: Sequence[str], *, reason: str | None = None,
@@ -41,7 +53,7 @@ def remove_documents(ledger: LedgerStore, name: str, keys: Sequence[str], *, rea
         raise NotFoundError(f"dataset {latest.dataset_id} has no document {shown}{', ...' if len(missing) > 5 else ''} "
                             f"({len(missing)} of the {len(keys)} keys given)")
     if len(found) >= latest.n_documents:
-        raise InvalidParameterError(f"removing {len(found)} documents would leave {latest.dataset_id} empty")
+        raise InvalidParameterError(f"removing {counted(len(found), 'document')} would leave {latest.dataset_id} empty")
     per_shard: dict[int, list[dict[str, Any]]] = {}
     for r in found:
         per_shard.setdefault(r["shard_index"], []).append(r)

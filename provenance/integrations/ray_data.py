@@ -210,7 +210,8 @@ def _unchanged(ledger: Any, name: str, specs: list[dict[str, Any]], opts: ReadOp
         progress.advance(1)
     if _content_hash([(s["name"], ids[s["index"]]) for s in specs], opts, cfg) != latest.content_hash:
         return None
-    return RegistrationResult(dataset=latest, created=False, message=_unchanged_message(latest, *asked_meta(options)))
+    return RegistrationResult(dataset=latest, created=False, message=_unchanged_message(
+        latest, *asked_meta(options), registration_meta(options)))
 
 
 def _identify(batch: pa.Table) -> dict[str, list]:
