@@ -538,7 +538,6 @@ def test_a_document_removed_then_registered_again_is_named(ledger, data_dir, wri
     assert ledger.register_dataset("other", data_dir / "other.jsonl", id_field="id").retracted == []
 
 
-<<<<<<< HEAD
 def test_a_spark_job_s_bookkeeping_is_left_out_and_data_named_with_an_underscore_is_said(ledger, tmp_path):
     """A Spark output folder was refused whole (`_SUCCESS: unknown file type`); names starting
     with '_' are left out as Arrow and Hadoop leave them out, and one that looks like data is
@@ -553,7 +552,8 @@ def test_a_spark_job_s_bookkeeping_is_left_out_and_data_named_with_an_underscore
         ds = ledger.register_dataset("spark", str(out)).dataset
     assert [s.name for s in ledger.shards(ds)] == ["part-0.jsonl"] and ds.n_documents == 1
     assert ledger.register_dataset("named", str(out / "_extra.jsonl")).dataset.n_documents == 1
-=======
+
+
 def test_registering_again_after_a_removal_drops_its_note_from_the_description(ledger, data_dir, write_jsonl):
     """A removal notes itself in the description ("[r@1 without 1 document(s)]"); registering the
     files again carried that note into the version that holds the document again, so it said it
@@ -574,7 +574,6 @@ def test_registering_again_after_a_removal_drops_its_note_from_the_description(l
         ledger.remove_documents("s", ["b"])
     with pytest.warns(UserWarning, match="holds again what was taken out"):
         assert ledger.register_dataset("s", data_dir / "s.jsonl", id_field="id").dataset.description is None
->>>>>>> p44
 
 
 def test_symlinks_in_a_folder_keep_their_names_and_are_followed(ledger, tmp_path):
