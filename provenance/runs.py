@@ -114,14 +114,21 @@ def start_run(
 def _declared(ledger: LedgerStore, datasets: Any) -> dict[str, float]:
     if isinstance(datasets, (str, DatasetRecord, RegistrationResult)):
         datasets = [datasets]
+    if not isinstance(datasets, Iterable):  # None, a number: 'object is not iterable' named nothing
+        raise InvalidParameterError(f"datasets must be dataset names (NAME or NAME@VERSION), or a mapping of each "
+                                    f"to its epochs, got {type(datasets).__name__}")
     items = datasets.items() if isinstance(datasets, Mapping) else ((d, 1.0) for d in datasets)
     out: dict[str, float] = {}
     given: dict[str, str] = {}  # each dataset id as it was given, for the refusal of a second
     for ref, epochs in items:
         if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not epochs >= 0 or epochs == float("inf"):
             raise InvalidParameterError(f"epochs over dataset {ref!r} must be a finite number >= 0, got {epochs!r}")
-        dataset_id = ledger.dataset(ref).dataset_id
+        record = ledger.dataset(ref)
+        dataset_id = record.dataset_id
         said = repr(ref) if isinstance(ref, str) else dataset_id
+        if record.n_documents * epochs >= 2**62:  # the examples they make are counted in a BIGINT when the run ends
+            raise InvalidParameterError(f"epochs over dataset {said} must make fewer than 2**62 examples, got "
+                                        f"{epochs:g} epochs x {record.n_documents:,} documents")
         if dataset_id in out:  # 'web' and 'web@1' are one dataset: the second's epochs replaced the first's
             raise InvalidParameterError(f"datasets {given[dataset_id]} and {said} are both {dataset_id}; give each "
                                         "once, with its epochs")
@@ -187,6 +194,7 @@ class Run:
         self._datasets: list[str | None] = []
         self._pending = 0
         self._written = False  # whether a flush has written (and so checked) keys yet
+        self._named: dict[str, str] = {}  # dataset= as given: the id of the run's dataset it names
         self._ended = record.status != "running"
         if owned and not self._ended:
             _OPEN.add(self)
@@ -244,9 +252,7 @@ class Run:
             raise InvalidParameterError("log_examples takes a sequence of keys, not one string")
         batch = _checked_keys(keys, step)
         if dataset is not None:
-            dataset = self.ledger.dataset(dataset).dataset_id
-            if dataset not in self.record.datasets:
-                raise InvalidParameterError(f"dataset {dataset} is not one of the run's datasets")
+            dataset = self._dataset_id(dataset)
         if not self.record.datasets:
             raise InvalidParameterError("this run declared no datasets, so its examples cannot be logged")
         self._keys.append(batch)
@@ -255,6 +261,21 @@ class Run:
         self._pending += len(batch)
         if self._pending >= self.flush_every or not self._written:  # the first batch at once: a wrong key
             self.flush()                                            # stops training at its first step, not its end
+
+    def _dataset_id(self, dataset: str | DatasetRecord) -> str:
+        """The id of one of the run's datasets, named by ``dataset``: its id, or a name the run
+        declared one version of (a version registered since then is not the run's). Looked up
+        once per name: a lookup per batch cost a training loop more than the rest of its logging."""
+        if isinstance(dataset, str) and dataset in self._named:
+            return self._named[dataset]
+        ours = [d for d in self.record.datasets if d.rpartition("@")[0] == dataset]
+        found = ours[0] if isinstance(dataset, str) and len(ours) == 1 else self.ledger.dataset(dataset).dataset_id
+        if found not in self.record.datasets:
+            raise InvalidParameterError(f"dataset {found} is not one of the run's datasets "
+                                        f"({', '.join(self.record.datasets) or 'none'})")
+        if isinstance(dataset, str):
+            self._named[dataset] = found
+        return found
 
     def flush(self) -> int:
         """Write the buffered examples to the ledger now; returns how many were written."""
@@ -276,7 +297,7 @@ class Run:
         try:
             self._write(log)
         except RunEndedError:
-            self._ended = True
+            self._ended_elsewhere()
             raise
         except InvalidParameterError as exc:  # keys that name no document: refused, and not kept to refuse again
             self._keys, self._steps, self._datasets, self._pending = [], [], [], 0
@@ -331,7 +352,7 @@ class Run:
             try:
                 self._send_end(status, error)
             except RunEndedError:
-                self._ended = True
+                self._ended_elsewhere()
                 raise
             found = self._reread()
         self._after_end(found)
@@ -353,6 +374,13 @@ class Run:
         if self.openlineage is not None:
             self.openlineage.end(self.ledger, self.record)
         warn_disagreements(self.record, disagreements)
+
+    def _ended_elsewhere(self) -> None:
+        """The run was ended by another process (``prov run finish``): its record read again, so that
+        a later call says how it ended, not that it ended 'running'."""
+        self._ended = True
+        _OPEN.discard(self)
+        self.record = self.ledger.run(self.run_id)
 
     def _check_open(self) -> None:
         if self._ended:

@@ -13,7 +13,7 @@ what a ``DataLoader`` (or ``Dataset``) yields into a run without the training lo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -120,6 +120,9 @@ def _field_getter(field: str) -> KeyGetter:
             return [value]
         if isinstance(value, torch.Tensor):
             raise InvalidParameterError(f"track: field {field!r} holds a tensor; document keys are strings")
+        if not isinstance(value, Iterable):
+            raise InvalidParameterError(f"track: field {field!r} holds {value!r} ({type(value).__name__}), not the "
+                                        "document keys (a string, or a list of them)")
         return list(value)
 
     return keys
@@ -135,8 +138,10 @@ class _TrackedLoader:
     def __iter__(self) -> Iterator[Any]:
         for batch in self.loader:
             self.run.log_examples(self.keys(batch), step=self.run.step, dataset=self.dataset)
-            yield batch
-            self.run.step += 1
+            try:
+                yield batch
+            finally:  # a loop left with `break` trained on this batch too: the next one gets the next step
+                self.run.step += 1
 
 
 class _TrackedDataset(Dataset):

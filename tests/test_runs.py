@@ -70,6 +70,17 @@ def test_declared_fractions_of_an_epoch_see_no_more_documents_than_examples(two_
         assert (shard.examples, shard.distinct_documents) == expected, epochs
 
 
+def test_a_dataset_declared_for_zero_epochs_did_not_shape_the_version(two_datasets):
+    # it had rows of 0 examples: lineage listed it, and taint called the version "trained on it"
+    ledger = two_datasets
+    with ledger.start_run(datasets={"a": 0.5, "b": 0}, message="b held out") as run:
+        version = run.commit({"w": torch.ones(1)})
+    assert [(s.dataset_id, s.examples) for s in ledger.run_shards(run.run_id)] == [("a@1", 2), ("a@1", 3)]
+    assert [d.dataset_id for d in ledger.lineage(version).datasets] == ["a@1"]
+    assert ledger.taint(dataset="b").versions == []
+    assert [v.version_id for v in ledger.taint(dataset="a").versions] == [version.version_id]
+
+
 def test_a_logged_run_is_counted_only_on_the_shards_it_saw(two_datasets):
     """A run that logs documents of one file of ``a`` trained on that shard only: lineage lists
     that shard, tainting the other finds nothing, and a data diff tells the two runs apart."""
@@ -153,6 +164,27 @@ def test_an_examples_log_naming_a_dataset_the_run_lacks_is_refused_naming_it(two
     assert two_datasets.run_examples(run.run_id).num_rows == 1  # the refused logs wrote nothing
 
 
+def test_log_examples_dataset_names_the_runs_version_once(two_datasets, data_dir, write_jsonl, monkeypatch):
+    ledger = two_datasets
+    run = ledger.start_run(datasets=["a", "b"], message="by name")
+    looked_up = []
+    dataset = type(ledger).dataset
+    monkeypatch.setattr(type(ledger), "dataset", lambda self, ref: looked_up.append(ref) or dataset(self, ref))
+    for step in range(50):  # a lookup per batch cost ~50 ms of a training loop's step
+        run.log_examples(["a0"], step=step, dataset="a")
+    assert looked_up == []
+    monkeypatch.undo()
+    # a version registered while the run trains is not the run's: the name still means the run's version
+    write_jsonl(data_dir / "b.jsonl", [{"id": f"b{i}", "text": f"b's second version {i}"} for i in range(7)])
+    assert ledger.register_dataset("b", data_dir / "b.jsonl", id_field="id").dataset.dataset_id == "b@2"
+    run.log_examples(["b1"], step=50, dataset="b")
+    with pytest.raises(InvalidParameterError, match=r"^dataset b@2 is not one of the run's datasets \(a@1, b@1\)$"):
+        run.log_examples(["b1"], step=51, dataset="b@2")
+    run.finish()
+    logged = ledger.run_examples(run.run_id).to_pydict()
+    assert len(logged["key"]) == 51 and logged["dataset_id"][-1] == "b@1"
+
+
 def test_an_examples_log_with_a_null_or_negative_value_names_its_row(two_datasets):
     """"examples: a step is negative" and "a key or a step is null" named neither the row nor the
     column (found by stranger pass 38)."""
@@ -186,6 +218,22 @@ def test_a_run_that_raises_is_failed_and_produces_no_version(two_datasets):
         ledger.commit({"w": torch.ones(1)}, message="sneak", run=run.run_id)
 
 
+def test_a_run_ended_by_another_process_says_how_it_ended(two_datasets):
+    from provenance.runs import end_run
+
+    ledger = two_datasets
+    run = ledger.start_run(datasets=["a"], message="ended elsewhere")
+    run.log_examples(["a0"], step=0)
+    run.log_examples(["a1"], step=1)  # buffered
+    end_run(ledger, run.run_id, "failed", "killed by the scheduler")  # prov run finish --failed, say
+    with pytest.raises(ProvenanceError, match=r"is failed already \(ended by another process\?\)"):
+        run.commit({"w": torch.ones(1)})
+    # it said 'has ended (running)'
+    with pytest.raises(ProvenanceError, match=r"^run [0-9a-f]{12} has ended \(failed\)$"):
+        run.commit({"w": torch.ones(1)})
+    assert (run.record.status, run.record.error, run.record.n_logged) == ("failed", "killed by the scheduler", 1)
+
+
 def test_commit_must_be_on_the_runs_base(two_datasets):
     ledger = two_datasets
     v0 = ledger.commit({"w": torch.zeros(2)}, message="v0")
@@ -208,6 +256,9 @@ def test_bad_run_arguments(two_datasets):
         ledger.start_run(datasets={"a": -1}, message="m")
     with pytest.raises(InvalidParameterError, match="JSON values"):
         ledger.start_run(datasets=["a"], params={"f": object()}, message="m")
+    for wrong, named in ((None, "NoneType"), (3, "int")):  # a TypeError: 'NoneType' object is not iterable
+        with pytest.raises(InvalidParameterError, match=rf"^datasets must be dataset names .* got {named}$"):
+            ledger.start_run(datasets=wrong, message="m")
     with pytest.raises(NotFoundError):
         ledger.start_run(base="beef", datasets=["a"], message="m")
     # one dataset named two ways: the second's epochs replaced the first's (prov run start -d a@1:2 -d a:3)
@@ -241,9 +292,24 @@ def test_bad_run_arguments(two_datasets):
     assert run.flush() == 6
     assert [(r["step"], r["key"]) for r in ledger.run_examples(run.run_id).to_pylist()] == [
         (0, "a0"), (0, "a1"), (0, "a2"), (1, "a3"), (1, "a4"), (1, "a5"), (2, "a5")]
+    with pytest.raises(InvalidParameterError, match=r"^track: field 'key' holds None \(NoneType\), not the document"):
+        list(track([{"key": None}], run))  # a TypeError: 'NoneType' object is not iterable
     run.finish()
     with pytest.raises(ProvenanceError, match="has ended"):
         run.log_examples(["a0"], step=0)
+
+
+def test_epochs_too_many_to_count_are_refused_at_the_start(two_datasets):
+    # 1e300 epochs were taken, and the count at the run's end overflowed: the run could never end,
+    # and every later start_run on the host failed marking it abandoned
+    ledger = two_datasets
+    said = "epochs over dataset 'a' must make fewer than 2**62 examples, got 1e+300 epochs x 10 documents"
+    with pytest.raises(InvalidParameterError, match=f"^{re.escape(said)}$"):
+        ledger.start_run(datasets={"a": 1e300}, message="m")
+    assert ledger.runs() == []
+    run = ledger.start_run(datasets={"a": 1e17}, message="many")
+    run.finish()
+    assert [s.examples for s in ledger.run_shards(run.run_id)] == [4 * 10**17, 6 * 10**17]
 
 
 def test_track_logs_every_batch_of_a_dataloader(two_datasets):
@@ -261,6 +327,23 @@ def test_track_logs_every_batch_of_a_dataloader(two_datasets):
     assert logged["step"] == sorted(logged["step"]) and set(logged["step"]) == set(range(8))
     assert all(s.epochs == 2.0 and s.logged for s in ledger.run_shards(run.run_id))
     assert version.run_id == run.run_id
+
+
+def test_a_track_loop_left_with_break_does_not_share_its_last_step(two_datasets):
+    # the batch a loop breaks at was trained on: the first batch of the next loop logged at its step too
+    ledger = two_datasets
+    loader = DataLoader(RegisteredDataset(ledger, "a"), batch_size=2)
+    with ledger.start_run(datasets=["a"], message="break, then an epoch") as run:
+        for i, _ in enumerate(track(loader, run)):
+            if i == 1:
+                break
+        assert run.step == 2
+        for _ in track(loader, run):
+            pass
+    assert run.step == 7
+    logged = ledger.run_examples(run.run_id).to_pydict()
+    assert logged["step"] == [0, 0, 1, 1] + [s for s in range(2, 7) for _ in range(2)]
+    assert logged["key"][:6] == ["a0", "a1", "a2", "a3", "a0", "a1"]
 
 
 def test_a_registered_dataset_of_a_version_with_documents_removed_reads_only_what_it_keeps(two_datasets):

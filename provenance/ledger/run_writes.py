@@ -54,7 +54,7 @@ class RunWrites:
         (at the end of the run, and for datasets an ended run's late OpenLineage event names): for
         a dataset whose examples it logged, the shards it saw a document of, counted from the log;
         for one it only declared, every shard, ``n_documents × epochs`` rounded (no more distinct
-        documents than that)."""
+        documents than that; none for 0 epochs)."""
         self._con.execute(
             """INSERT OR IGNORE INTO run_shards
                WITH logged AS (
@@ -69,7 +69,8 @@ class RunWrites:
                    FROM run_datasets rd JOIN shards s USING (dataset_id)
                    LEFT JOIN logged_datasets ld USING (dataset_id)
                    LEFT JOIN logged l USING (dataset_id, shard_index)
-                   WHERE rd.run_id = $run AND (ld.dataset_id IS NULL OR l.examples IS NOT NULL))
+                   WHERE rd.run_id = $run AND (ld.dataset_id IS NULL OR l.examples IS NOT NULL)
+                     AND (ld.dataset_id IS NOT NULL OR rd.epochs > 0))  -- declared for 0 epochs: not trained on
                SELECT $run, dataset_id, shard_index,
                       CASE WHEN is_logged THEN examples ELSE declared END,
                       CASE WHEN is_logged THEN docs ELSE least(n_documents, declared) END,
