@@ -111,18 +111,27 @@ def start_run(
     return run
 
 
-def _declared(ledger: LedgerStore, datasets: Any) -> dict[str, float]:
+def declared_items(datasets: Any) -> list[tuple[Any, float]]:
+    """``datasets`` as a run declares them (a name, a list of names, or a mapping of each to its
+    epochs) as ``(ref, epochs)`` pairs, checked before anything is read or sent, in the same words
+    for a local ledger and a server's client (the client took ``"2"`` for 2 epochs, and ``None``
+    was a ``TypeError``)."""
     if isinstance(datasets, (str, DatasetRecord, RegistrationResult)):
         datasets = [datasets]
     if not isinstance(datasets, Iterable):  # None, a number: 'object is not iterable' named nothing
         raise InvalidParameterError(f"datasets must be dataset names (NAME or NAME@VERSION), or a mapping of each "
                                     f"to its epochs, got {type(datasets).__name__}")
-    items = datasets.items() if isinstance(datasets, Mapping) else ((d, 1.0) for d in datasets)
-    out: dict[str, float] = {}
-    given: dict[str, str] = {}  # each dataset id as it was given, for the refusal of a second
+    items = list(datasets.items() if isinstance(datasets, Mapping) else ((d, 1.0) for d in datasets))
     for ref, epochs in items:
         if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not epochs >= 0 or epochs == float("inf"):
             raise InvalidParameterError(f"epochs over dataset {ref!r} must be a finite number >= 0, got {epochs!r}")
+    return [(ref, float(epochs)) for ref, epochs in items]
+
+
+def _declared(ledger: LedgerStore, datasets: Any) -> dict[str, float]:
+    out: dict[str, float] = {}
+    given: dict[str, str] = {}  # each dataset id as it was given, for the refusal of a second
+    for ref, epochs in declared_items(datasets):
         record = ledger.dataset(ref)
         dataset_id = record.dataset_id
         said = repr(ref) if isinstance(ref, str) else dataset_id

@@ -331,6 +331,19 @@ def test_a_run_logs_examples_and_commits_into_lineage(api, name, files):
             bad.flush()
 
 
+def test_declared_datasets_of_the_wrong_kind_are_refused_alike(api, name, files):
+    """Through a server `datasets=None` was a `TypeError` in the client, and `{"web": "2"}` was
+    taken for 2 epochs; locally both are refused, naming what was given."""
+    ds = api.register_dataset(name("web"), str(files["web"]), id_field="id").dataset
+    runs = len(api.runs())
+    for wrong, says in ((None, r"^datasets must be dataset names .* got NoneType$"),
+                        ({ds.dataset_id: "2"}, r"must be a finite number >= 0, got '2'$"),
+                        ({ds.dataset_id: float("nan")}, r"must be a finite number >= 0, got nan$")):
+        with pytest.raises(InvalidParameterError, match=says):
+            api.start_run(datasets=wrong, message="m")
+    assert len(api.runs()) == runs
+
+
 def test_a_run_ends_once(api, name, files):
     ds = api.register_dataset(name("web"), str(files["web"]), id_field="id").dataset
     run = api.start_run(datasets=[ds], message="evaluation only")

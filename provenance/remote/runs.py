@@ -14,9 +14,9 @@ from typing import Any
 import pyarrow as pa
 
 from provenance import errors
-from provenance.records import DatasetRecord, RegistrationResult, RunRecord, RunShardRecord, VersionRecord
+from provenance.records import RunRecord, RunShardRecord, VersionRecord
 from provenance.remote.transport import ref_of, segment
-from provenance.runs import Run
+from provenance.runs import Run, declared_items
 from provenance.wire import ARROW_STREAM, table_to_ipc
 
 #: Examples a remote run buffers before sending them: each batch is a round trip and a transaction
@@ -59,10 +59,7 @@ class RemoteRuns:
         from provenance import openlineage_out
 
         emitter = openlineage_out.emitter(openlineage)
-        if isinstance(datasets, (str, DatasetRecord, RegistrationResult)):
-            datasets = [datasets]
-        declared = ({ref_of(k): float(v) for k, v in datasets.items()} if isinstance(datasets, Mapping)
-                    else {ref_of(d): 1.0 for d in datasets})
+        declared = {ref_of(ref): epochs for ref, epochs in declared_items(datasets)}
         body = {"message": message, "base": ref_of(base) if base is not None else None, "datasets": declared,
                 "params": openlineage_out.with_job(params, emitter, message), "author": author, "host": socket.gethostname(),
                 "pid": os.getpid() if pid is None else int(pid)}
