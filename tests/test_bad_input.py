@@ -695,6 +695,7 @@ def test_arrow_table_with_null_text(populated):
         ({"on_invalid": "ignore"}, "on_invalid must be 'error', 'replace' or 'skip', got 'ignore'"),
         ({"role": "test"}, "role must be 'train' or 'eval', got 'test'"),
         ({"text_field": ""}, "text_field must be a non-empty field name"),
+        ({"id_field": ""}, "id_field must be a non-empty field name (None: SHARD:ROW keys)"),  # no id field ''
         ({"shard_records": 0}, "shard_records must be a whole number of records, at least 1; got 0"),
         ({"shard_records": 1.5}, "shard_records must be a whole number of records, at least 1; got 1.5"),  # 3 shards of 5
         ({"shard_records": True}, "shard_records must be a whole number of records, at least 1; got True"),

@@ -249,6 +249,8 @@ def _check_options(name: str, role: str, on_invalid: str, text_field: str, shard
         raise InvalidParameterError(f"on_invalid must be 'error', 'replace' or 'skip', got {on_invalid!r}")
     if not text_field:
         raise InvalidParameterError("text_field must be a non-empty field name")
+    if (texts or {}).get("id_field") == "":  # `--id-field ""`: said no id field '' at the first record
+        raise InvalidParameterError("id_field must be a non-empty field name (None: SHARD:ROW keys)")
     for what, value in {"text_field": text_field, **(texts or {})}.items():
         if value is not None:  # text (a command-line argument of bytes that are not UTF-8 holds surrogates)
             check_utf8(value, what)
