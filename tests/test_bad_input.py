@@ -126,9 +126,12 @@ def test_a_record_with_a_bad_byte_and_a_lone_surrogate_is_repaired_once(populate
         (b'"just a string"', ":2: expected a JSON object, got str"),
         (b'{"text": "x", "n": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
          ":2: the record nests its JSON too deeply to be read"),  # a RecursionError traceback, exit 1
+        (b'{"text": "a"}\r{"text": "b"}',  # lines ended by CR alone: it said "Extra data" and no more
+         ":2: malformed JSON at column 15: Extra data; the line holds a carriage return (\\r): are the lines ended by "
+         "\\r alone? JSONL ends them by \\n"),
     ],
     ids=["unterminated", "trailing-comma", "control-character", "missing-text", "null-text", "number-text", "list-text",
-         "array", "string", "deep"],
+         "array", "string", "deep", "carriage-returns"],
 )
 def test_bad_jsonl_line_names_file_and_line(populated, data_dir, line, expected):
     ledger, unchanged = populated

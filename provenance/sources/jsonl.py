@@ -140,7 +140,10 @@ class JsonlReading:
         try:
             return json.loads(decoded.rstrip("\r\n"))  # accepts unpaired surrogate escapes; _check_text handles them
         except json.JSONDecodeError as exc:
-            raise SourceError(f"{self.display}:{lineno}: malformed JSON at column {exc.colno}: {json_reason(exc)}") \
+            cr = b"\r" in line.rstrip(b"\r\n")  # lines ended by CR alone (old Mac files) read as one line
+            hint = "; the line holds a carriage return (\\r): are the lines ended by \\r alone? JSONL ends them by \\n" \
+                if cr else ""
+            raise SourceError(f"{self.display}:{lineno}: malformed JSON at column {exc.colno}: {json_reason(exc)}{hint}") \
                 from None
         except RecursionError:  # thousands of nested brackets: json's parser recurses once per level
             raise SourceError(f"{self.display}:{lineno}: the record nests its JSON too deeply to be read") from None
