@@ -437,6 +437,9 @@ def read_text(file: Any) -> str:
     matched no registered copy of itself). A file that is not UTF-8 is an error naming it."""
     raw = file.read()
     try:
-        return raw.decode("utf-8").removeprefix("\ufeff")
+        text = raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
         raise CliError(f"{getattr(file, 'name', 'stdin')}: not UTF-8 (byte {exc.start})", kind="source") from exc
+    if not text.strip():  # "the text to look for is empty" did not say which file
+        raise CliError(f"{getattr(file, 'name', 'stdin')}: empty (no text to look for)", kind="source")
+    return text

@@ -32,8 +32,10 @@ def lineage_cmd(obj: Context, ref: str, fmt: str, show_all: bool, as_json: bool)
     union of the licence conditions."""
     from provenance.lineage import graph_text
 
+    if fmt != "table" and as_json:  # the graph was dropped unsaid and the JSON printed instead
+        raise click.UsageError(f"--format {fmt} draws the graph, --json gives the lineage's data: give one of them")
     lin = obj.ledger(read_only=True).lineage(ref)
-    if fmt != "table" and not as_json:
+    if fmt != "table":
         render.echo(graph_text(lin, fmt), nl=False)
         return
     show_lineage(lin, as_json, show_all=show_all)

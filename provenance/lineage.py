@@ -202,6 +202,9 @@ def check_target(dataset: Any = None, shard: str | int | None = None, key: str |
     dropped the others unsaid: a text is looked for in every dataset (a dataset, shard or key beside
     it was ignored), and a key names its document in whichever shard holds it (a shard beside it
     was ignored, one the dataset does not have included)."""
+    if key is not None and not isinstance(key, str):  # DuckDB cast the keys to its type: a ConversionException
+        raise InvalidParameterError(f"a document key is text, as the ledger stores it: give {str(key)!r}, not "
+                                    f"{type(key).__name__} {key!r}")
     if text is not None and (dataset is not None or shard is not None or key is not None):
         raise InvalidParameterError("a text is looked for in every dataset: give it alone, without a dataset, shard "
                                     "or key")
@@ -360,9 +363,9 @@ def graph_text(lin: Lineage, fmt: str) -> str:
 
     if fmt == "mermaid":
         lines = ["graph BT"]
-        lines += [f'  {ids[v["version_id"]]}["{_esc(label(v))}"]' for v in versions]
-        lines += [f'  {dsid[d["dataset_id"]]}[("{_esc(d["dataset_id"])}")]' for d in lin.datasets]
-        lines += [f'  {node}[/"{_esc(text)}"/]' for node, text in labels.items()]
+        lines += [f'  {ids[v["version_id"]]}["{_esc_mermaid(label(v))}"]' for v in versions]
+        lines += [f'  {dsid[d["dataset_id"]]}[("{_esc_mermaid(d["dataset_id"])}")]' for d in lin.datasets]
+        lines += [f'  {node}[/"{_esc_mermaid(text)}"/]' for node, text in labels.items()]
         lines += [f"  {a} -->|{e}| {b}" if e else f"  {a} --> {b}" for a, b, e in edges]
         lines += [f"  {a} -.-> {b}" for a, b in trained]
         return "\n".join(lines) + "\n"
@@ -386,4 +389,14 @@ def _shortened(text: str, width: int) -> str:
 
 
 def _esc(text: str) -> str:
+    """A Graphviz label's text (inside double quotes, where a backslash escapes)."""
     return text.replace("\\", "\\\\").replace('"', "'").replace("\n", " ")
+
+
+def _esc_mermaid(text: str) -> str:
+    """A Mermaid label's text, shown as written: Mermaid has no backslash escapes (``a\\b`` was
+    drawn with two backslashes) and reads ``#name;`` as a character entity and ``<b>`` as HTML, so
+    those characters are written as its entities (``#quot;`` where a quote would end the label)."""
+    for char, entity in (("#", "#35;"), ('"', "#quot;"), ("<", "#lt;"), (">", "#gt;")):
+        text = text.replace(char, entity)
+    return text.replace("\n", " ")

@@ -47,6 +47,8 @@ HUB_LICENSES = frozenset({
     "mpl-2.0", "odc-by", "odbl", "osl-3.0", "postgresql", "ofl-1.1", "ncsa", "unlicense", "zlib", "pddl",
 })
 _HUB_SPELLING = {"odbl-1.0": "odbl", "odc-by-1.0": "odc-by", "pddl-1.0": "pddl"}
+#: How many versions without a run, or unregistered inputs, the card names before "and N more".
+LISTED = 10
 _HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 
 
@@ -147,7 +149,10 @@ def _base(lin: Lineage, base_model: str | None) -> str:
 
 def _training_data(lin: Lineage, datasets: list[Any]) -> str:
     lines = ["## Training data", ""]
-    if not datasets:
+    if not datasets and lin.unregistered_inputs:  # "no run recorded any" above the inputs its runs did name
+        lines.append("No registered dataset is recorded for this version: its runs named only inputs that are not "
+                     "registered datasets (below).")
+    elif not datasets:
         lines.append("No training data is recorded for this version: no run in its lineage recorded any.")
     else:
         lines += ["| dataset | role | licence | examples | effective examples | share |",
@@ -163,13 +168,30 @@ def _training_data(lin: Lineage, datasets: list[Any]) -> str:
         lines += ["", f"**Retracted data**: runs in this lineage trained on data retracted since: {listed}. "
                       "`prov retractions ID` says what replaces this version."]
     if lin.unrecorded:
-        listed = ", ".join(f"`{v[:12]}`" for v in lin.unrecorded)
+        listed = _listed([f"`{v[:12]}`" for v in lin.unrecorded], lin.version)
         lines += ["", f"Versions in the lineage with neither a run nor a merge, whose training data the ledger does not "
                       f"know: {listed}."]
     if lin.unregistered_inputs:
-        listed = ", ".join(f"{i.namespace}/{i.name}" for i in lin.unregistered_inputs)
+        listed = _listed(list(dict.fromkeys(_code(f"{i.namespace}/{i.name}") for i in lin.unregistered_inputs)),
+                         lin.version)  # one row per run that named it: each input once
         lines += ["", f"Inputs the runs named that are not registered datasets: {listed}."]
     return "\n".join(lines)
+
+
+def _listed(items: list[str], version: str) -> str:
+    """The first :data:`LISTED` of ``items``, and how many more (a deep history has thousands of
+    versions without a run: the card listed 1,997 ids in one paragraph)."""
+    more = len(items) - LISTED
+    return ", ".join(items[:LISTED]) + (f" and {more:,} more (`prov lineage {version[:12]} --json` lists them)"
+                                        if more > 0 else "")
+
+
+def _code(text: str) -> str:
+    """``text`` as a Markdown code span, shown as written: an input's name comes from another
+    system's events, and written raw an ``<!--`` in it hid the rest of the card (its licence)."""
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _licence(summary: LicenseSummary, license_id: str | None, unlicensed: list[str]) -> str:

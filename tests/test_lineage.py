@@ -181,6 +181,43 @@ def test_a_target_whose_parts_do_not_go_together_is_refused(family):
     assert out.exit_code == 4 and out.output.startswith("Error: give a shard or a document key, not both")
 
 
+def test_a_document_key_that_is_not_text_is_refused(family):
+    """`taint(dataset="forum", key=5)` raised DuckDB's ConversionException ("Could not convert string
+    'f0' to INT32"), and `retract` the same: the ledger stores keys as text (stranger pass 46)."""
+    ledger, v = family
+    for verb in (ledger.taint, lambda **t: ledger.retract(reason="asked", **t)):
+        with pytest.raises(InvalidParameterError, match=r"a document key is text, as the ledger stores it: give '5', "
+                                                        r"not int 5"):
+            verb(dataset="forum", key=5)
+    assert ledger.retractions() == []
+
+
+def test_an_empty_text_file_is_named(family, tmp_path):
+    """`prov taint --text empty.txt` said "the text to look for is empty", naming no file (stranger pass 46)."""
+    ledger, v = family
+    empty = tmp_path / "empty.txt"
+    empty.write_text(" \n")
+    for command in (["taint"], ["retract", "--reason", "asked"]):
+        out = CliRunner().invoke(main, ["--ledger", str(ledger.root), *command, "--text", str(empty)])
+        assert out.exit_code == 4 and out.output == f"Error: {empty}: empty (no text to look for)\n"
+    assert ledger.retractions() == []
+
+
+def test_graph_labels_show_quotes_backslashes_entities_and_html_as_written(ledger, tmp_path):
+    """A Mermaid label doubled a backslash (Mermaid has none to escape: `a\\b` was drawn), drew
+    `#quot;` as a quote and `<b>` as bold; `--format dot --json` printed the JSON and dropped the
+    graph unsaid (stranger pass 46)."""
+    base = ledger.commit({"w": torch.zeros(2)}, message='a\\b "q" #quot; <b>x</b> --> y\nnext line')
+    lin = ledger.lineage(base)
+    mermaid = graph_text(lin, "mermaid")
+    assert f'  v0["{base.version_id[:8]}: a\\b #quot;q#quot; #35;quot; #lt;b#gt;x#lt;/b#gt; --#gt; y"]\n' in mermaid
+    dot = graph_text(lin, "dot")  # a backslash does escape in Graphviz
+    assert f'  v0 [shape=box, label="{base.version_id[:8]}: a\\\\b \'q\' #quot; <b>x</b> --> y"];' in dot
+    out = CliRunner().invoke(main, ["--ledger", str(ledger.root), "lineage", base.version_id, "--format", "dot",
+                                    "--json"])
+    assert out.exit_code == 2 and "--format dot draws the graph, --json gives the lineage's data: give one" in out.output
+
+
 def test_data_diff_and_graphs(family):
     from provenance.lineage import data_diff
 

@@ -168,6 +168,35 @@ def test_card_licence_of_conditions_unknown_retractions_and_one_line_messages(le
             f"`{retraction['retraction_id'][:12]}`)") in text
 
 
+def test_card_names_inputs_as_written_and_a_long_history_in_short(ledger):
+    """An unregistered input's name went into the card raw (an `<!--` in it hid the rest of the
+    card, its licence included), a version whose runs named only such inputs had "no run in its
+    lineage recorded any", and every version without a run was listed (1,997 ids in one paragraph
+    for a deep history) (stranger pass 46)."""
+    import uuid
+
+    from provenance.openlineage import ingest
+
+    chain = [ledger.commit({"w": torch.zeros(2)}, message="root")]
+    for i in range(12):
+        chain.append(ledger.commit({"w": torch.full((2,), float(i))}, parent=chain[-1], message=f"c{i}"))
+    v = chain[-1]
+    names = ["<!-- hidden", "tbl `x`"]
+    for made in chain[-2:]:  # two runs naming the same inputs: each is listed once
+        ingest(ledger, {"eventType": "COMPLETE", "eventTime": "2026-01-01T00:00:00Z", "run": {"runId": str(uuid.uuid4())},
+                        "job": {"namespace": "ns", "name": "job"}, "producer": "p",
+                        "inputs": [{"namespace": "s3", "name": n} for n in names],
+                        "outputs": [{"namespace": "provenance", "name": made.version_id}]})
+    text = ledger.model_card(v).text
+    assert ("No registered dataset is recorded for this version: its runs named only inputs that are not registered "
+            "datasets (below).") in text and "no run in its lineage recorded any" not in text
+    assert "Inputs the runs named that are not registered datasets: `s3/<!-- hidden`, `` s3/tbl `x` ``." in text
+    listed = re.search(r"the ledger does not know: (.*)\.\n", text).group(1)
+    assert listed.count("`") == 2 * 10 + 2 and listed.endswith(f" and 1 more (`prov lineage {v.version_id[:12]} --json` "
+                                                           "lists them)")
+    assert "## Licence" in text
+
+
 def test_single_licence_card(ledger, data_dir, write_jsonl):
     write_jsonl(data_dir / "web.jsonl", [{"id": f"w{i}", "text": words(i)} for i in range(4)])
     ledger.register_dataset("web", data_dir / "web.jsonl", id_field="id", license="MIT")
