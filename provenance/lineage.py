@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 from provenance.errors import InvalidParameterError, NotFoundError
 from provenance.ledger import LedgerStore
-from provenance.records import DatasetRecord, DocumentRecord, VersionRecord
+from provenance.records import DatasetRecord, DocumentRecord, VersionRecord, check_document_key, check_utf8
 from provenance.results import LicenseSummary, Lineage
 
 
@@ -202,9 +202,10 @@ def check_target(dataset: Any = None, shard: str | int | None = None, key: str |
     dropped the others unsaid: a text is looked for in every dataset (a dataset, shard or key beside
     it was ignored), and a key names its document in whichever shard holds it (a shard beside it
     was ignored, one the dataset does not have included)."""
-    if key is not None and not isinstance(key, str):  # DuckDB cast the keys to its type: a ConversionException
-        raise InvalidParameterError(f"a document key is text, as the ledger stores it: give {str(key)!r}, not "
-                                    f"{type(key).__name__} {key!r}")
+    if key is not None:  # key=7 was a DuckDB ConversionException, bytes not UTF-8 a traceback
+        check_document_key(key)
+    if text is not None:  # text=5: an AttributeError from deep in the fingerprinting
+        check_utf8(text, "the text")
     if text is not None and (dataset is not None or shard is not None or key is not None):
         raise InvalidParameterError("a text is looked for in every dataset: give it alone, without a dataset, shard "
                                     "or key")

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import license_expression
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from provenance.errors import InvalidParameterError, ProvenanceWarning, shown, warn
+from provenance.errors import InvalidParameterError, NotFoundError, ProvenanceWarning, shown, warn
 from provenance.fingerprints import FingerprintConfig
 from provenance.plain import UTCDateTime
 
@@ -73,6 +73,28 @@ def check_utf8(text: str, what: str) -> None:
     except UnicodeEncodeError as exc:
         raise InvalidParameterError(f"{what} holds an unpaired surrogate at character {exc.start}: it is not valid "
                                     "UTF-8") from None
+
+
+def check_document_key(key: Any) -> str:
+    """``key`` if it is a document key: text (``key=5`` was DuckDB's ConversionException, as the
+    keys were cast to its type), and UTF-8 (bytes of an argument that are not: a traceback)."""
+    if not isinstance(key, str):
+        raise InvalidParameterError(f"a document key is text, as the ledger stores it: give {str(key)!r}, not "
+                                    f"{type(key).__name__} {key!r}")
+    check_utf8(key, "the document key")
+    return key
+
+
+def check_document_keys(keys: Any) -> list[str]:
+    """``keys`` as a list of distinct document keys, in order (``prov dataset remove``): a string
+    is refused (it was taken a character at a time: "no document '7', 'L'"), and so is a key that
+    is not UTF-8 (a traceback from DuckDB, or from the JSON of a request)."""
+    if isinstance(keys, (str, bytes)):
+        raise InvalidParameterError(f"keys must be a list of document keys, got {type(keys).__name__} {keys!r}")
+    keys = list(dict.fromkeys(str(k) for k in keys))
+    for k in keys:
+        check_utf8(k, "a document key")
+    return keys
 
 
 class UnknownLicenseWarning(ProvenanceWarning):
@@ -366,6 +388,15 @@ def check_tag(name: str) -> str:
 def looks_like_id(ref: str) -> bool:
     """Whether ``ref`` has the form of a version, run or audit id or id prefix (4-32 hex digits)."""
     return isinstance(ref, str) and _HEX_ID.fullmatch(ref) is not None
+
+
+def check_retraction_id(ref: Any) -> str:
+    """``ref`` as a retraction id or prefix, or NotFoundError naming it: through a server ``""``
+    was "no such API route: POST /api/v1/retractions//apply", and ``12`` "expected a name, id or
+    record"."""
+    if not looks_like_id(str(ref)):
+        raise NotFoundError(f"no retraction {ref!r} (a retraction id is 4 to 12 hex digits; `prov retractions` lists them)")
+    return str(ref)
 
 
 class ParamRecord(BaseModel):

@@ -404,6 +404,42 @@ def test_merge_gate_and_receipt(api, name, files):
     assert listed["pairs"] == 0 and listed["pairs_deleted_at"] is not None
 
 
+def test_retraction_arguments_of_the_wrong_kind_are_refused_alike(api, name, files, server):
+    """Found by stranger pass 45: through a server `retract(..., near="0.5")` and `near=True` were
+    recorded as retractions at 0.5 and 1.0 (the request model took them for numbers) and `taint`
+    answered, while a local call refused both; a reason or key that is not UTF-8 was a
+    UnicodeEncodeError in the client (a DuckDB traceback locally), `remove_documents(name, "x1")`
+    removed the keys 'x' and '1', key=7 was a DuckDB ConversionException locally. Each is refused
+    alike, naming what was given, and nothing is recorded. A raw request is refused too."""
+    web = api.register_dataset(name("web"), str(files["web"]), id_field="id").dataset
+    key = files["docs"][0]["id"]
+    before = len(api.retractions())
+    refusals = []
+    for near in ("0.5", True):
+        said = f"near must be a number in (0, 1], got {near!r}"
+        refusals += [(lambda near=near: api.retract(dataset=web, key=key, near=near, reason="asked"), said),
+                     (lambda near=near: api.taint(dataset=web, key=key, near=near), said)]
+    refusals += [
+        (lambda: api.retract(dataset=web, key=7, reason="asked"), "a document key is text, as the ledger stores it: give '7', not int 7"),
+        (lambda: api.retract(dataset=web, key=key, reason="bad \udcff"),
+         "the retraction's reason holds an unpaired surrogate at character 4"),
+        (lambda: api.retract(dataset=web, key=key, reason="asked", author=3),
+         "the retraction's author must be a string, got int 3"),
+        (lambda: api.remove_documents(name("web"), key), f"keys must be a list of document keys, got str {key!r}"),
+        (lambda: api.remove_documents(name("web"), ["x\udcff"]), "a document key holds an unpaired surrogate"),
+        (lambda: api.remove_documents(name("web"), [key], reason="bad \udcff"),
+         "the removal's reason holds an unpaired surrogate at character 4"),
+    ]
+    for call, said in refusals:
+        with pytest.raises(InvalidParameterError, match=re.escape(said)):
+            call()
+    assert len(api.retractions()) == before and len(api.datasets(name("web"), all_versions=True)) == 1
+    for route, body in (("taint", {}), ("retractions", {"reason": "r"})):  # refused before anything is looked up
+        answer = httpx.post(f"{server.url}/api/v1/{route}", json={**body, "dataset": "web", "key": "k", "near": "0.5"},
+                            headers={"Authorization": f"Bearer {server.token}"})
+        assert answer.status_code == 422 and "body.near: Input should be a valid number" in answer.text, answer.text
+
+
 def test_a_retraction_plans_applies_and_proves_alike(api, name, files):
     web = api.register_dataset(name("web"), str(files["web"]), id_field="id").dataset
     base = api.commit({"w": torch.zeros(8)}, message="base")
@@ -440,6 +476,12 @@ def test_a_retraction_plans_applies_and_proves_alike(api, name, files):
     assert api.lineage(results[0]["new_version_id"]).made_by_retraction["replaces"] == merged.version_id
     with pytest.raises(NotFoundError, match="no retraction"):
         api.apply_retraction("0123456789ab")
+    # through a server "" was "no such API route: POST /api/v1/retractions//apply", 12 "expected a
+    # name, id or record, got int 12" (found by stranger pass 45)
+    for bad, call in (("", api.apply_retraction), (12, api.apply_retraction), ("", api.audit_retraction),
+                      ("zz", api.retraction)):
+        with pytest.raises(NotFoundError, match=re.escape(f"no retraction {bad!r} (a retraction id is 4 to 12 hex")):
+            call(bad)
 
 
 def test_audits_return_typed_reports(api, name, files, tmp_path):

@@ -4,6 +4,7 @@ lineage showing retracted data; a kill in the middle of --apply."""
 from __future__ import annotations
 
 import json
+import re
 import types
 
 import pytest
@@ -249,6 +250,28 @@ def test_a_key_given_twice_is_refused_not_half_retracted(contributors):
     out = CliRunner().invoke(main, [*base, "retract", "private", "--key", "x1", "--reason", "one", "--json"])
     assert out.exit_code == 0, out.output
     assert [d["key"] for d in json.loads(out.output)["documents"]] == ["x1"]
+
+
+def test_a_reason_author_or_key_that_is_not_utf8_text_is_refused_naming_it(contributors):
+    """`prov retract private --key x1 --reason $'\\xff'` (or --author, --key) printed a DuckDB
+    traceback ("cannot encode str as UTF-8") from the INSERT; key=7 in Python was a DuckDB
+    ConversionException, text=5 an AttributeError, and author=3 was stored as '3' locally while a
+    server refused it. Each is refused naming what it is, and nothing is recorded."""
+    ledger, _ = contributors
+    base = ["--ledger", str(ledger.root)]
+    for args, said in ((["--key", "x1", "--reason", "bad \udcff"], "the retraction's reason holds an unpaired "
+                        "surrogate at character 4"),
+                       (["--key", "x1", "--reason", "ok", "--author", "\udcff"], "the retraction's author holds"),
+                       (["--key", "\udcff", "--reason", "ok"], "the document key holds an unpaired surrogate")):
+        out = CliRunner().invoke(main, [*base, "retract", "private", *args])
+        assert out.exit_code == 4 and f"Error: {said}" in out.output and "Traceback" not in out.output, out.output
+    for options, said in (({"dataset": "private", "key": 7}, "a document key is text, as the ledger stores it: give '7', not int 7"),
+                          ({"text": 5, "near": 0.5}, "the text must be a string, got int 5"),
+                          ({"dataset": "private", "key": "x1", "author": 3},
+                           "the retraction's author must be a string, got int 3")):
+        with pytest.raises(InvalidParameterError, match=said):
+            ledger.retract(reason="asked", **options)
+    assert ledger.retractions() == []
 
 
 # ---- the issue's scenarios ------------------------------------------------------------------------
@@ -559,6 +582,24 @@ def test_dataset_remove_makes_a_version_without_the_documents(contributors, data
     assert [e["retraction_id"] for e in again_rec["earlier"]] == [rid]  # the second retraction was told of the first
 
 
+def test_dataset_remove_refuses_keys_as_a_string_and_text_that_is_not_utf8(contributors):
+    """`remove_documents("private", "x1")` said "no document '1', 'x'" (the string taken a
+    character at a time); `prov dataset remove private x1 --reason $'\\xff'` printed a
+    UnicodeEncodeError traceback from Arrow, and reason=5 an ArrowTypeError. Each is refused
+    naming what was given, and no version of the dataset is made."""
+    ledger, _ = contributors
+    for keys, options, said in (("x1", {}, "keys must be a list of document keys, got str 'x1'"),
+                                (["x\udcff"], {}, "a document key holds an unpaired surrogate at character 1"),
+                                (["x1"], {"reason": 5}, "the removal's reason must be a string, got int 5")):
+        with pytest.raises(InvalidParameterError, match=re.escape(said)):
+            ledger.remove_documents("private", keys, **options)
+    out = CliRunner().invoke(main, ["--ledger", str(ledger.root), "dataset", "remove", "private", "x1", "--reason",
+                                    "bad \udcff"])
+    assert out.exit_code == 4 and "Error: the removal's reason holds an unpaired surrogate at character 4" in out.output
+    assert "Traceback" not in out.output, out.output
+    assert [d.dataset_id for d in ledger.datasets("private", all_versions=True)] == ["private@1"]
+
+
 def test_the_gate_reports_and_with_deny_retracted_fails_on_retracted_data(contributors):
     from provenance.errors import GateFailedError
 
@@ -657,6 +698,23 @@ def test_a_whole_dataset_or_a_text_can_be_retracted(contributors):
     (result,) = [r for r in ledger.apply_retraction(whole["retraction_id"]) if r["version_id"] == v["m"].version_id]
     assert ledger.audit_retraction(whole["retraction_id"])["passed"]
     assert ledger.lineage(result["new_version_id"]).retracted == []
+
+
+def test_a_document_retracted_with_its_whole_dataset_or_shard_names_that_retraction(contributors):
+    """A retraction of `private` as a whole (or of its shard) retracts x1, but a later retraction of
+    x1 by key said nothing of it (the docs: "a second retraction of documents already retracted
+    says which retraction has them"), and `prov taint private --key x1` did not list it: only
+    retractions by key or text were matched to a document."""
+    ledger, _ = contributors
+    whole = ledger.retract(dataset="private", reason="the licence was revoked")
+    shard = ledger.retract(dataset="private", shard="0", reason="one file")
+    assert [e["retraction_id"] for e in shard["earlier"]] == [whole["retraction_id"]]
+    by_key = ledger.retract(dataset="private", key="x1", reason="withdrawn")
+    assert [e["retraction_id"] for e in by_key["earlier"]] == [whole["retraction_id"], shard["retraction_id"]]
+    report = ledger.taint(dataset="private", key="x1")
+    assert [r["retraction_id"] for r in report.retractions] == [whole["retraction_id"], shard["retraction_id"],
+                                                                by_key["retraction_id"]]
+    assert [r["retraction_id"] for r in ledger.taint(dataset="open", key="o1").retractions] == []
 
 
 def test_a_dense_patch_is_rebased_as_its_difference_from_the_tainted_parent(ledger):

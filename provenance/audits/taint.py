@@ -41,7 +41,8 @@ def taint_report(ledger: LedgerStore, *, dataset: str | None = None, shard: str 
             rows = target_rows(ledger, dataset, shard=shard, key=key)  # raises without a dataset
             versions = taint(ledger, targets=rows)
             if key is not None:
-                retractions = ledger.retractions_of([r["doc_id"] for r in rows])
+                retractions = ledger.retractions_of([r["doc_id"] for r in rows],
+                                                    places=[(r["dataset_id"], r["shard_index"]) for r in rows])
             else:
                 retractions = ledger.retractions_of([], [(r["dataset_id"], r["shard_index"]) for r in rows])
         return TaintReport(target=target, near=None, matches=[], versions=versions, retractions=retractions)
@@ -54,7 +55,8 @@ def taint_report(ledger: LedgerStore, *, dataset: str | None = None, shard: str 
         runs = ledger.runs_seeing([m["doc_id"] for m in matches], [m["dataset_id"] for m in matches]).to_pylist() \
             if matches else []
         graph = {r["version_id"]: r for r in ledger.version_graph().to_pylist()}
-        retractions = ledger.retractions_of([m["doc_id"] for m in matches]) if matches else []
+        retractions = ledger.retractions_of([m["doc_id"] for m in matches], places=[
+            (m["dataset_id"], m["shard_index"]) for m in matches]) if matches else []
     target = f"text ({len(text)} characters)" if text is not None else f"{dataset} {key}"
     return TaintReport(target=target, near=near, matches=matches, versions=tainted_versions(graph, runs),
                        retractions=retractions)

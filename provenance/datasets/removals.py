@@ -12,7 +12,7 @@ import xxhash
 from provenance.errors import InvalidParameterError, NotFoundError
 from provenance.ledger import LedgerStore, _now
 from provenance.plain import counted
-from provenance.records import RegistrationResult
+from provenance.records import RegistrationResult, check_document_keys, check_utf8
 
 #: The notes a removal appends to the description, "[news@1 without 2 document(s), retraction R]".
 _REMOVAL_NOTES = re.compile(r"(?: ?\[[A-Za-z0-9][A-Za-z0-9._-]*@\d+ without \d+ document\(s\)(?:, retraction [^\]]+)?\])+$")
@@ -34,7 +34,9 @@ def remove_documents(ledger: LedgerStore, name: str, keys: Sequence[str], *, rea
     retraction they serve, if any). Its shards are the same files, with fewer documents; its
     content hash differs from any registration's, so registering the files again makes a new
     version that holds the documents again. A key the latest version lacks is refused, naming it."""
-    keys = list(dict.fromkeys(str(k) for k in keys))
+    keys = check_document_keys(keys)
+    if reason is not None:  # bytes that are not UTF-8 (an argument), reason=5: tracebacks from Arrow
+        check_utf8(reason, "the removal's reason")
     if not keys:
         raise InvalidParameterError("give the keys of the documents to remove")
     if "@" in name:

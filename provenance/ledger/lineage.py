@@ -14,7 +14,7 @@ import pyarrow as pa
 from provenance import columns
 from provenance.errors import InvalidParameterError, NotFoundError
 from provenance.ledger._common import EXACT_UNIT, register, unregister
-from provenance.records import looks_like_id
+from provenance.records import check_retraction_id, looks_like_id
 
 #: The kinds of stored audit.
 AUDIT_KINDS = ("dedup", "merge", "memorization")
@@ -189,9 +189,7 @@ class LineageQueries:
     def retraction(self, retraction_id: str) -> dict[str, Any]:
         """A recorded retraction (its id or an unambiguous prefix of at least 4 hex digits): its
         row, what it retracts (``documents``) and the versions its steps made (``results``)."""
-        if not looks_like_id(str(retraction_id)):
-            raise NotFoundError(f"no retraction {retraction_id!r} (a retraction id is 4 to 12 hex digits; "
-                                "`prov retractions` lists them)")
+        check_retraction_id(retraction_id)
         with self._cursor() as con:
             rows = con.sql("SELECT * FROM retractions WHERE starts_with(retraction_id, ?) ORDER BY retraction_id "
                            "LIMIT 6", params=[str(retraction_id).lower()]).to_arrow_table().to_pylist()
@@ -270,14 +268,18 @@ class LineageQueries:
                    FROM hits GROUP BY key ORDER BY key LIMIT $2""",
                 params=[dataset_id, int(limit)]).to_arrow_table().to_pylist()
 
-    def retractions_of(self, doc_ids: list[int], parts: Sequence[tuple[str, int | None]] = ()) -> list[dict[str, Any]]:
+    def retractions_of(self, doc_ids: list[int], parts: Sequence[tuple[str, int | None]] = (),
+                       places: Sequence[tuple[str, int]] = ()) -> list[dict[str, Any]]:
         """The retractions that retract any of ``doc_ids``, or any of ``parts`` (``(dataset_id,
         shard_index)``: a dataset version, or its shard, as a whole or in part), each with the
-        versions made for it."""
+        versions made for it. ``places``: the ``(dataset_id, shard_index)`` of each document of
+        ``doc_ids``; a retraction of that dataset version or shard as a whole retracts it too."""
         ids, indices = [p[0] for p in parts], [p[1] for p in parts]
+        in_ids, in_indices = [p[0] for p in places], [p[1] for p in places]
         with self._cursor() as con:
             return con.sql(
-                """WITH t AS (SELECT unnest($2::VARCHAR[]) AS dataset_id, unnest($3::INTEGER[]) AS shard_index)
+                """WITH t AS (SELECT unnest($2::VARCHAR[]) AS dataset_id, unnest($3::INTEGER[]) AS shard_index),
+                        w AS (SELECT unnest($4::VARCHAR[]) AS dataset_id, unnest($5::INTEGER[]) AS shard_index)
                    SELECT x.retraction_id, x.created_at, x.reason, x.target,
                           (SELECT list(new_version_id ORDER BY new_version_id) FROM retraction_results r
                            WHERE r.retraction_id = x.retraction_id) AS results
@@ -285,9 +287,11 @@ class LineageQueries:
                        SELECT retraction_id FROM retraction_documents d
                        WHERE list_contains($1, d.doc_id)
                           OR EXISTS (SELECT 1 FROM t WHERE t.dataset_id = d.dataset_id AND (t.shard_index IS NULL
-                                     OR d.shard_index IS NULL OR d.shard_index = t.shard_index)))
+                                     OR d.shard_index IS NULL OR d.shard_index = t.shard_index))
+                          OR (d.doc_id IS NULL AND EXISTS (SELECT 1 FROM w WHERE w.dataset_id = d.dataset_id
+                                     AND (d.shard_index IS NULL OR d.shard_index = w.shard_index))))
                    ORDER BY x.created_at, x.retraction_id""",
-                params=[[int(d) for d in doc_ids], ids, indices]).to_arrow_table().to_pylist()
+                params=[[int(d) for d in doc_ids], ids, indices, in_ids, in_indices]).to_arrow_table().to_pylist()
 
     def removals(self, dataset_ids: list[str]) -> list[dict[str, Any]]:
         """The documents each of ``dataset_ids`` was made without (``prov dataset remove``)."""

@@ -15,10 +15,37 @@ import pyarrow as pa
 
 from provenance.files import naming, table_format
 from provenance.plain import utc_time
-from provenance.records import A_VERSION, RegistrationResult, VersionRecord, check_gate_versions, check_targets
+from provenance.records import (
+    A_VERSION,
+    RegistrationResult,
+    VersionRecord,
+    check_document_key,
+    check_document_keys,
+    check_gate_versions,
+    check_retraction_id,
+    check_targets,
+    check_utf8,
+)
 from provenance.remote.transport import ref_of, segment
 from provenance.results import DedupReport, GateReport, Lineage, MemorizationReport, TaintReport
 from provenance.wire import BUNDLE, ipc_to_table, unpack
+
+
+def _near(near: Any) -> float | None:
+    """``near`` checked as a local ledger checks it: the server's request model took ``"0.5"``
+    and ``True`` for numbers (a local call refuses both)."""
+    from provenance.audits.banding import check_threshold
+
+    return None if near is None else check_threshold(near, "near")
+
+
+def _utf8(**values: tuple[Any, str]) -> None:
+    """Each text of ``values`` (name: (value, what it is)) given checked as a local ledger checks
+    it: one that is not UTF-8 was a UnicodeEncodeError from the request's JSON, one that is not a
+    string the request model's words ("body.key: Input should be a valid string")."""
+    for value, what in values.values():
+        if value is not None:
+            check_utf8(value, what)
 
 
 class RemoteQuestions:
@@ -39,12 +66,21 @@ class RemoteQuestions:
 
     def taint(self, *, dataset: Any = None, shard: str | int | None = None, key: str | None = None,
               text: str | None = None, near: float | None = None) -> TaintReport:
+        near = _near(near)
+        if key is not None:
+            check_document_key(key)
+        _utf8(text=(text, "the text"))
         body = {"dataset": ref_of(dataset) if dataset is not None else None,
                 "shard": str(shard) if shard is not None else None, "key": key, "text": text, "near": near}
         return TaintReport.model_validate(self._call("POST", "taint", json_body=body))
 
     def retract(self, *, reason: str, dataset: Any = None, shard: str | int | None = None, key: str | None = None,
                 text: str | None = None, near: float | None = None, author: str | None = None) -> dict[str, Any]:
+        near = _near(near)
+        _utf8(reason=(reason, "the retraction's reason"), author=(author, "the retraction's author"),
+              text=(text, "the text"))
+        if key is not None:
+            check_document_key(key)
         body = {"reason": reason, "dataset": ref_of(dataset) if dataset is not None else None,
                 "shard": str(shard) if shard is not None else None, "key": key, "text": text, "near": near,
                 "author": author}
@@ -54,23 +90,25 @@ class RemoteQuestions:
         return self._call("GET", "retractions")
 
     def retraction(self, retraction_id: str) -> dict[str, Any]:
-        return self._call("GET", f"retractions/{segment(retraction_id)}")
+        return self._call("GET", f"retractions/{segment(check_retraction_id(retraction_id))}")
 
     def apply_retraction(self, retraction: str, *, rebase: bool = False, progress: Any = None) -> list[dict[str, Any]]:
-        return self._call("POST", f"retractions/{segment(retraction)}/apply", json_body={"rebase": rebase})
+        return self._call("POST", f"retractions/{segment(check_retraction_id(retraction))}/apply", json_body={"rebase": rebase})
 
     def audit_retraction(self, retraction: str, *, samples: Any = None, **options: Any) -> dict[str, Any]:
         from provenance.audits import read_samples
 
         texts = None if samples is None else read_samples(samples) if isinstance(samples, (str, os.PathLike)) \
             else [str(t) for t in samples]
-        return self._call("POST", f"retractions/{segment(retraction)}/audit",
+        return self._call("POST", f"retractions/{segment(check_retraction_id(retraction))}/audit",
                           json_body={"samples": texts, "options": options})
 
     def remove_documents(self, name: str, keys: Sequence[str], *, reason: str | None = None,
                          retraction: str | None = None) -> RegistrationResult:
+        keys = check_document_keys(keys)
+        _utf8(reason=(reason, "the removal's reason"))
         data = self._call("POST", f"datasets/{segment(name)}/remove",
-                          json_body={"keys": list(keys), "reason": reason, "retraction": retraction})
+                          json_body={"keys": keys, "reason": reason, "retraction": retraction})
         return RegistrationResult.model_validate(data)
 
     def audit_dedup(self, targets: Sequence[Any], *, progress: Any = None, pairs_file: Any = None,

@@ -38,6 +38,7 @@ from provenance.audits import describe_target, taint_report
 from provenance.errors import InvalidParameterError
 from provenance.ledger._common import _now
 from provenance.lineage import taint, target_rows
+from provenance.records import check_utf8
 from provenance.retract.plans import RENORMALISED, Step, outdated_steps, plan
 from provenance.retract.proofs import audit_retraction, retraction_taint
 from provenance.retract.steps import rebase, remerge
@@ -66,6 +67,9 @@ def retract(ledger: Any, *, reason: str, dataset: str | None = None, shard: str 
     retract. A text is not kept, only its length."""
     if not isinstance(reason, str) or not reason.strip():
         raise InvalidParameterError("a retraction needs a reason (--reason)")
+    check_utf8(reason, "the retraction's reason")  # bytes that are not UTF-8 (an argument): a DuckDB traceback
+    if author is not None:
+        check_utf8(author, "the retraction's author")  # a server refuses author=3; here it was stored as '3'
     with ledger.session():  # one connection for the taint, the plan and the record
         return _retract(ledger, reason=reason, dataset=dataset, shard=shard, key=key, text=text, near=near,
                         author=author)
@@ -111,8 +115,10 @@ def _retract(ledger: Any, *, reason: str, dataset: str | None, shard: str | None
     row = {"retraction_id": uuid.uuid4().hex[:12], "created_at": _now(), "author": author, "reason": reason.strip(),
            "target": described, "target_json": json.dumps(target), "near": near,
            "plan_json": json.dumps(steps)}
-    earlier = ledger.retractions_of([d["doc_id"] for d in documents if d.get("doc_id") is not None],
-                                    [(d["dataset_id"], d.get("shard_index")) for d in documents if d.get("doc_id") is None])
+    keyed = [d for d in documents if d.get("doc_id") is not None]
+    earlier = ledger.retractions_of([d["doc_id"] for d in keyed],
+                                    [(d["dataset_id"], d.get("shard_index")) for d in documents if d.get("doc_id") is None],
+                                    [(d["dataset_id"], d["shard_index"]) for d in keyed])  # a whole retraction has them too
     with ledger.transaction() as tx:
         tx.insert_retraction(row, documents)
     return {**row, "documents": documents, "results": [], "steps": steps,

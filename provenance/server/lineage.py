@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
@@ -104,7 +105,7 @@ class TaintBody(Body):
     shard: str | None = None
     key: str | None = None
     text: str | None = None
-    near: float | None = None
+    near: float | None = Field(None, strict=True)  # "0.5" and true are not numbers (a local call refuses them)
 
 
 @router.post("/taint", tags=["lineage"], response_model=None,

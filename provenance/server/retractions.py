@@ -21,7 +21,7 @@ class RetractBody(Body):
     shard: str | None = None
     key: str | None = None
     text: str | None = None
-    near: float | None = None
+    near: float | None = Field(None, strict=True)  # "0.5" and true are not numbers (a local call refuses them)
     author: str | None = None
 
 
