@@ -55,8 +55,8 @@ def _init_path(path: str | None, ledger: str | None) -> str:
         if ledger is None:
             return "."
         if is_url(ledger):
-            raise click.UsageError(f"--ledger {ledger} is a ledger server: prov init makes a ledger in a folder (a "
-                                   "server's ledger is made by prov serve)")
+            raise click.UsageError(f"{'--ledger' if typed else '$PROV_LEDGER'} {ledger} is a ledger server: prov init "
+                                   "makes a ledger in a folder; give it one (a server's ledger is made by prov serve)")
         return ledger
     if ledger is not None and typed and (is_url(ledger) or _project(ledger) != _project(path)):
         raise click.UsageError(f"--ledger {ledger} and PATH {path} name two ledgers: give one of them")
