@@ -65,6 +65,48 @@ def unreadable_key(path: str) -> str | None:
     return None
 
 
+#: How long one S3 request may go without a byte (seconds), and how many times it is tried, unless
+#: ``PROV_S3_TIMEOUT`` and ``AWS_MAX_ATTEMPTS`` say otherwise: an endpoint that takes connections
+#: and never answers fails after about ``timeout × attempts``.
+S3_TIMEOUT, S3_ATTEMPTS = 60.0, 3
+
+
+def s3_settings() -> tuple[float, int]:
+    """``(timeout, attempts)`` of S3 requests: ``PROV_S3_TIMEOUT`` (seconds) and the AWS SDKs'
+    ``AWS_MAX_ATTEMPTS`` (tries in all), each refused by name when it is not a positive number."""
+    env = os.environ
+    timeout, attempts = S3_TIMEOUT, S3_ATTEMPTS
+    if env.get("PROV_S3_TIMEOUT"):
+        try:
+            timeout = float(env["PROV_S3_TIMEOUT"])
+        except ValueError:
+            timeout = float("nan")
+        if not 0 < timeout < 86400:
+            raise SourceError(f"PROV_S3_TIMEOUT={env['PROV_S3_TIMEOUT']!r} is not a number of seconds (above 0, "
+                              "below a day)")
+    if env.get("AWS_MAX_ATTEMPTS"):
+        text = env["AWS_MAX_ATTEMPTS"].strip()
+        if not text.isdigit() or not 1 <= int(text) <= 100:
+            raise SourceError(f"AWS_MAX_ATTEMPTS={env['AWS_MAX_ATTEMPTS']!r} is not a number of tries from 1 to 100")
+        attempts = int(text)
+    return timeout, attempts
+
+
+def why(exc: BaseException) -> str:
+    """The first line of a file system's error, for a message that names what it was doing. A
+    request that timed out names the endpoint, how long it waited and what sets that (Arrow's own
+    message names neither)."""
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "curlCode: 28" in first or "Timeout was reached" in first:
+        env = os.environ
+        endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or "the S3 endpoint"
+        timeout, attempts = s3_settings()
+        tries = f"{attempts} tries" if attempts != 1 else "1 try"
+        return (f"{endpoint} did not answer ({tries}, each waiting {timeout:g} s for a byte; set PROV_S3_TIMEOUT "
+                f"or AWS_MAX_ATTEMPTS to change that): {first}")
+    return first
+
+
 def filesystem(scheme: str, *, delayed_open: bool = False) -> pafs.FileSystem:
     """The file system for URLs of ``scheme``, made once per process and settings.
     ``delayed_open`` (S3): a write opens nothing until it is closed, so that a small object is
@@ -73,7 +115,7 @@ def filesystem(scheme: str, *, delayed_open: bool = False) -> pafs.FileSystem:
     if scheme in ("s3", "s3a"):
         env = os.environ
         return _s3(env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"),
-                   env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1", delayed_open)
+                   env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1", delayed_open, *s3_settings())
     return _fsspec(scheme)
 
 
@@ -90,14 +132,15 @@ def download(fs: pafs.FileSystem, key: str, url: str, target: Path) -> None:
     except (OSError, pa.ArrowException) as exc:
         if isinstance(exc, OSError) and exc.errno is not None:  # the local side (Arrow's own errors carry none)
             raise
-        raise StorageUnreachableError(f"{url} could not be downloaded ({str(exc).splitlines()[0]}): is the bucket "
+        raise StorageUnreachableError(f"{url} could not be downloaded ({why(exc)}): is the bucket "
                                       "reachable with these credentials?") from None
 
 
 @lru_cache(maxsize=8)
-def _s3(endpoint: str | None, region: str, delayed_open: bool = False) -> pafs.FileSystem:
-    options: dict[str, Any] = {"region": region, "connect_timeout": 10, "request_timeout": 60,
-                               "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3),
+def _s3(endpoint: str | None, region: str, delayed_open: bool = False, timeout: float = S3_TIMEOUT,
+        attempts: int = S3_ATTEMPTS) -> pafs.FileSystem:
+    options: dict[str, Any] = {"region": region, "connect_timeout": min(10.0, timeout), "request_timeout": timeout,
+                               "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=attempts),
                                "allow_delayed_open": delayed_open}
     if endpoint:
         parts = urlsplit(endpoint)

@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import torch
 
-from provenance.buckets import download, filesystem, is_url, split_url
+from provenance.buckets import download, filesystem, is_url, split_url, why
 from provenance.errors import (
     BucketWriteError,
     InvalidParameterError,
@@ -68,9 +68,6 @@ _ARROW_ERRORS = (OSError, pa.ArrowException)
 CHECK_FROM = 1 << 20  # objects from this size are looked up before they are sent; smaller ones are sent
 PREFETCH_BYTES = 1 << 28  # downloaded ahead of a checkout's reads, at most (or one larger object)
 
-
-def _why(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 class BucketObjectStore:
@@ -103,7 +100,7 @@ class BucketObjectStore:
         try:
             return self.fs.get_file_info(key)
         except _ARROW_ERRORS as exc:
-            raise StorageUnreachableError(f"cannot look up {self.scheme}://{key}: {_why(exc)}") from None
+            raise StorageUnreachableError(f"cannot look up {self.scheme}://{key}: {why(exc)}") from None
 
     def size(self, address: str) -> int | None:
         info = self._info(self._key(address))
@@ -144,7 +141,7 @@ class BucketObjectStore:
         try:
             info = self.fs.get_file_info(key)
         except _ARROW_ERRORS as exc:
-            raise BucketWriteError(f"cannot write object {address} into {self.url}: {_why(exc)}", self.url) from None
+            raise BucketWriteError(f"cannot write object {address} into {self.url}: {why(exc)}", self.url) from None
         exists = info.type == pafs.FileType.File
         if exists and info.size == len(head) + tensor.numel() * tensor.element_size() and self._head(key, len(head)) == head:
             return False, False
@@ -172,7 +169,7 @@ class BucketObjectStore:
             with contextlib.suppress(*_ARROW_ERRORS):
                 self.fs.delete_file(key)
             if isinstance(exc, _ARROW_ERRORS):
-                raise BucketWriteError(f"cannot write object {address} to {self.scheme}://{key}: {_why(exc)}",
+                raise BucketWriteError(f"cannot write object {address} to {self.scheme}://{key}: {why(exc)}",
                                        self.url) from None
             raise
 
@@ -198,7 +195,7 @@ class BucketObjectStore:
         except FileNotFoundError:
             raise ObjectMissingError(f"object {address} is missing from {self.url}") from None
         except _ARROW_ERRORS as exc:
-            raise StorageUnreachableError(f"object {address} could not be read from {where}: {_why(exc)}") from None
+            raise StorageUnreachableError(f"object {address} could not be read from {where}: {why(exc)}") from None
         if got != len(buf):
             raise ObjectCorruptError(f"object {address} ({where}) ended after {got:,} of {len(buf):,} bytes")
         return checked_tensor(address, where, lambda: tensors_in(buf, where)[0])
@@ -247,7 +244,7 @@ class BucketObjectStore:
         try:
             infos = self.fs.get_file_info(selector)
         except _ARROW_ERRORS as exc:
-            raise StorageUnreachableError(f"cannot list {self.url}: {_why(exc)}: is the bucket reachable with these "
+            raise StorageUnreachableError(f"cannot list {self.url}: {why(exc)}: is the bucket reachable with these "
                                           "credentials?") from None
         found = []
         for info in infos:
@@ -273,7 +270,7 @@ class BucketObjectStore:
         except FileNotFoundError:
             return 0
         except _ARROW_ERRORS as exc:
-            raise OSError(f"cannot delete {self.scheme}://{key}: {_why(exc)}") from None
+            raise OSError(f"cannot delete {self.scheme}://{key}: {why(exc)}") from None
         return info.size
 
     def check(self, address: str, *, rehash: bool) -> tuple[str, str] | None:
@@ -299,7 +296,7 @@ class BucketObjectStore:
         except FileNotFoundError:  # gone between the lookup and the read
             return "missing", f"{where} does not exist"
         except _ARROW_ERRORS as exc:  # not an answer about the object: a read error is not damage
-            raise StorageUnreachableError(f"{where} could not be read ({_why(exc)}): is the bucket reachable with "
+            raise StorageUnreachableError(f"{where} could not be read ({why(exc)}): is the bucket reachable with "
                                           "these credentials? Nothing was judged damaged") from None
         return problem or (read_problem(self, address) if rehash else None)
 
@@ -337,7 +334,7 @@ def prefix_owner(fs: pafs.FileSystem, scheme: str, prefix: str) -> dict[str, Any
     except FileNotFoundError:
         return None
     except _ARROW_ERRORS as exc:
-        raise ObjectWriteError(f"cannot read {scheme}://{key}: {_why(exc)}; is the bucket reachable (its endpoint, "
+        raise ObjectWriteError(f"cannot read {scheme}://{key}: {why(exc)}; is the bucket reachable (its endpoint, "
                                "the network) and readable with these credentials?", f"{scheme}://{prefix}") from None
     except ValueError:
         return {"ledger": "?", "note": f"{MARKER} is not JSON"}
@@ -359,7 +356,7 @@ def claim_prefix(fs: pafs.FileSystem, scheme: str, prefix: str, ledger: dict[str
     try:
         listed = fs.get_file_info(pafs.FileSelector(prefix, recursive=True, allow_not_found=True))
     except _ARROW_ERRORS as exc:
-        raise ObjectWriteError(f"cannot list {url}: {_why(exc)}; is the bucket there and readable with these "
+        raise ObjectWriteError(f"cannot list {url}: {why(exc)}; is the bucket there and readable with these "
                                "credentials?", url) from None
     if any(i.type == pafs.FileType.File for i in listed):
         raise InvalidParameterError(f"{url} already holds objects; give the ledger an empty prefix")
@@ -368,6 +365,6 @@ def claim_prefix(fs: pafs.FileSystem, scheme: str, prefix: str, ledger: dict[str
         with fs.open_output_stream(key, compression=None) as out:
             out.write(json.dumps(ledger, sort_keys=True).encode())
     except _ARROW_ERRORS as exc:
-        raise ObjectWriteError(f"cannot write {scheme}://{key}: {_why(exc)}; is the bucket there and "
+        raise ObjectWriteError(f"cannot write {scheme}://{key}: {why(exc)}; is the bucket there and "
                                "writable with these credentials?", url) from None
     return key

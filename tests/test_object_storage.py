@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -229,6 +230,34 @@ def test_a_server_that_is_gone_fails_the_registration_naming_the_url(tmp_path):
         server.proc.kill()
         server.proc.wait(10)
         _refused(ledger, url, r"s3://gone/a.jsonl: looking it up failed")
+
+
+def test_an_endpoint_that_never_answers_is_named_with_the_settings_that_bound_the_wait(tmp_path, monkeypatch):
+    """A server that takes connections and sends nothing: the registration fails after
+    ``PROV_S3_TIMEOUT`` × ``AWS_MAX_ATTEMPTS`` (it waited 60 s × 3 tries, and named neither the
+    endpoint nor what sets the wait); bad values of either setting are refused by name."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("PROV_S3_TIMEOUT", "1")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    ledger = Ledger.init(tmp_path / "ledger")
+    try:
+        _refused(ledger, "s3://silent/a.jsonl", rf"s3://silent/a.jsonl: looking it up failed: {endpoint} did not answer "
+                 r"\(1 try, each waiting 1 s for a byte; set PROV_S3_TIMEOUT or AWS_MAX_ATTEMPTS")
+    finally:
+        listener.close()
+    monkeypatch.setenv("PROV_S3_TIMEOUT", "soon")
+    _refused(ledger, "s3://silent/a.jsonl", r"PROV_S3_TIMEOUT='soon' is not a number of seconds")
+    monkeypatch.setenv("PROV_S3_TIMEOUT", "-1")
+    _refused(ledger, "s3://silent/a.jsonl", r"PROV_S3_TIMEOUT='-1' is not a number of seconds")
+    monkeypatch.setenv("PROV_S3_TIMEOUT", "5")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "0")
+    _refused(ledger, "s3://silent/a.jsonl", r"AWS_MAX_ATTEMPTS='0' is not a number of tries from 1 to 100")
 
 
 def test_a_pattern_of_bucket_names_and_a_pattern_ending_in_a_slash(s3, tmp_path):

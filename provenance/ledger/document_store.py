@@ -28,16 +28,13 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import xxhash
 
-from provenance.buckets import download, filesystem, is_url, split_url
+from provenance.buckets import download, filesystem, is_url, split_url, why
 from provenance.errors import BucketWriteError, InvalidParameterError, StorageUnreachableError
 from provenance.files import fsync_folder, xxh3_file
 from provenance.ledger._common import DOCUMENTS_DIR
 
 _ARROW_ERRORS = (OSError, pa.ArrowException)
 
-
-def _why(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 class Unreadable(str):
@@ -124,7 +121,7 @@ class DocumentStore:
                 listed = {i.path: i.size for i in fs.get_file_info(
                     pafs.FileSelector(self._key(folder), allow_not_found=True)) if i.type == pafs.FileType.File}
             except _ARROW_ERRORS as exc:
-                found.update({p: Unreadable(_why(exc)) for p in inside})
+                found.update({p: Unreadable(why(exc)) for p in inside})
                 continue
             found.update({p: listed.get(self._key(p)) for p in inside})
         return found
@@ -168,7 +165,7 @@ class DocumentStore:
             with contextlib.suppress(Exception):  # a bucket gone is what failed: its own error is the one to say
                 self.remove_folder(folder)
             if isinstance(exc, _ARROW_ERRORS):
-                raise BucketWriteError(f"cannot upload the Parquet document files to {folder}: {_why(exc)}",
+                raise BucketWriteError(f"cannot upload the Parquet document files to {folder}: {why(exc)}",
                                        folder) from None
             raise
         return folder, published

@@ -22,7 +22,7 @@ import re
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from provenance.buckets import filesystem, is_url, split_url, unreadable_key  # noqa: F401 (is_url: re-exported)
+from provenance.buckets import filesystem, is_url, split_url, unreadable_key, why  # noqa: F401 (is_url: re-exported)
 from provenance.errors import SourceError
 from provenance.sources.base import HIDDEN, _unknown_type, file_format
 
@@ -32,17 +32,13 @@ _DENIED = ("AccessDenied", "Forbidden", "ACCESS_DENIED", "INVALID_ACCESS_KEY_ID"
            "SIGNATURE_DOES_NOT_MATCH", "SignatureDoesNotMatch")
 
 
-def _describe(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
 def object_error(url: str, exc: BaseException, doing: str) -> SourceError:
     """A :class:`SourceError` naming ``url`` for a failure of the file system while ``doing``."""
     if isinstance(exc, FileNotFoundError):
         return SourceError(f"{url}: no such object ({doing})")
     if isinstance(exc, PermissionError) or any(word in str(exc) for word in _DENIED):
         return SourceError(f"{url}: access denied ({doing}): check the credentials")
-    return SourceError(f"{url}: {doing} failed: {_describe(exc)}")
+    return SourceError(f"{url}: {doing} failed: {why(exc)}")
 
 
 def object_shards(spec: str) -> list[tuple[str, pafs.FileSystem, str, int]]:
