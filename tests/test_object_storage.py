@@ -260,6 +260,42 @@ def test_an_endpoint_that_never_answers_is_named_with_the_settings_that_bound_th
     _refused(ledger, "s3://silent/a.jsonl", r"AWS_MAX_ATTEMPTS='0' is not a number of tries from 1 to 100")
 
 
+@pytest.mark.parametrize("when", ["identify", "_rehash"])
+def test_a_server_lost_mid_registration_is_not_called_damage_or_a_missing_object(tmp_path, monkeypatch, when):
+    """The S3 server dies after a Parquet object was hashed (``identify``), or after its rows were
+    read and before its bytes are hashed again (``_rehash``): the error says the read failed, not
+    that the object is not Parquet (it said "truncated or corrupt?") or that it "disappeared"."""
+    from provenance.sources.files import FileShard
+
+    monkeypatch.setenv("PROV_S3_TIMEOUT", "1")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    with s3server.running(tmp_path / "moto") as server:
+        server.bucket("net")
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist([{"text": "one document about the tides"}]), sink)
+        url = server.put("net/b.parquet", sink.getvalue().to_pybytes())
+        ledger = Ledger.init(tmp_path / "ledger")
+        step = getattr(FileShard, when)
+
+        def then_the_server_dies(self):
+            if when == "_rehash":
+                server.proc.kill()
+                server.proc.wait(10)
+            out = step(self)
+            if when == "identify":
+                server.proc.kill()
+                server.proc.wait(10)
+            return out
+
+        monkeypatch.setattr(FileShard, when, then_the_server_dies)
+        with pytest.raises(SourceError) as refused:
+            ledger.register_dataset("net", url)
+        message = str(refused.value)
+        assert message.startswith(f"{url}: reading it failed: "), message
+        assert "NETWORK_CONNECTION" in message and "disappeared" not in message and "corrupt" not in message
+        assert ledger.datasets() == []
+
+
 def test_a_pattern_of_bucket_names_and_a_pattern_ending_in_a_slash(s3, tmp_path):
     """`s3://patt*/x/a.jsonl` matched no objects (the bucket `patt` was listed) where `s3://*/x/a.jsonl`
     matched; `x/*/` (a prefix, by its slash) matched the objects directly in `x/` too, and

@@ -55,7 +55,7 @@ class FileShard(JsonlReading, Shard):
         try:
             n = self._hash_whole(x)
         except OSError as exc:
-            raise SourceError(f"{self.display}: cannot read: {exc.strerror or exc}") from exc
+            raise self._read_error(exc, "before it could be read") from exc
         if n == 0:
             raise SourceError(f"{self.display}: file is empty")
         self.shard_id, self.sha256, self.n_bytes = x.hexdigest(), None, n
@@ -85,7 +85,7 @@ class FileShard(JsonlReading, Shard):
         try:
             self._hash_whole(x, sha)
         except OSError as exc:
-            raise SourceError(f"{self.display}: disappeared while it was being registered ({exc.strerror or exc})") from exc
+            raise self._read_error(exc, "while it was being registered") from exc
         if sha is not None:
             self.sha256 = sha.hexdigest()
         return x.hexdigest()
@@ -101,13 +101,19 @@ class FileShard(JsonlReading, Shard):
         return f"{self.display}: {kind} data is truncated or corrupt after line {lineno}: {exc}"
 
     def _open_error(self, exc: OSError) -> SourceError:
-        """Opening the source failed: it is gone (deleted since it was hashed), or, for an object in
-        a bucket, the bucket did not answer (which is not the object's absence)."""
+        return self._read_error(exc, "before it could be read")
+
+    def _read_error(self, exc: OSError, when: str) -> SourceError:
+        """Reading the source failed ``when`` ("before it could be read"): a local file is gone
+        (deleted since it was listed) or unreadable; for an object, the bucket may not have
+        answered, which is not the object's absence."""
         from provenance.sources.urls import is_url, object_error
 
-        if isinstance(exc, FileNotFoundError) or not is_url(str(self.display)):
-            return SourceError(f"{self.display}: disappeared before it could be read ({exc.strerror or exc})")
-        return object_error(str(self.display), exc, "reading it")
+        if is_url(str(self.display)):
+            return object_error(str(self.display), exc, "reading it")
+        if isinstance(exc, FileNotFoundError):
+            return SourceError(f"{self.display}: disappeared {when} ({exc.strerror or exc})")
+        return SourceError(f"{self.display}: cannot read: {exc.strerror or exc}")
 
     def batches(self, opts: ReadOptions, counters: Counters) -> Iterator[Batch]:
         if self.format.startswith("jsonl"):
@@ -122,9 +128,9 @@ class FileShard(JsonlReading, Shard):
     def _parquet(self, opts: ReadOptions, counters: Counters) -> Iterator[Batch]:
         try:
             pf = self._parquet_file()
-        except FileNotFoundError as exc:
-            raise SourceError(f"{self.display}: disappeared before it could be read") from exc
-        except (pa.ArrowException, OSError) as exc:
+        except OSError as exc:  # (Arrow's file errors are OSErrors; a file that is not Parquet is ArrowInvalid)
+            raise self._read_error(exc, "before it could be read") from exc
+        except pa.ArrowException as exc:
             raise SourceError(f"{self.display}: not a readable Parquet file (truncated or corrupt?): {exc}") from exc
         names = pf.schema_arrow.names
         columns = document_columns(self.display, names, opts)
