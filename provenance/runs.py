@@ -51,6 +51,36 @@ from provenance.versions import commit
 _OPEN: weakref.WeakSet[Run] = weakref.WeakSet()
 
 
+#: JSON has no NaN or infinities: a run's params hold them as these strings.
+NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def stored_params(params: Mapping[str, Any] | None, sender: Emitter | None, message: str) -> dict[str, Any]:
+    """A run's ``params`` as they are stored (here, or sent to a ledger server): JSON values, with
+    the OpenLineage job (:func:`~provenance.openlineage_out.with_job`), and a non-finite number
+    (``max_grad_norm=float("inf")``) as the string :data:`NON_FINITE` names, since JSON has none
+    (it was stored as the bare token ``NaN``, which strict JSON readers refuse, and a ledger
+    server's client failed on it with a traceback)."""
+    if params is not None and not isinstance(params, Mapping):
+        raise InvalidParameterError(f"run params must be a mapping of names to JSON values, got {type(params).__name__}")
+
+    def finite(value: Any) -> Any:
+        if isinstance(value, float) and not np.isfinite(value):
+            return NON_FINITE[str(value)]
+        if isinstance(value, Mapping):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        return value
+
+    stored = finite(with_job(params, sender, message))
+    try:
+        json.dumps(stored, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidParameterError(f"run params must be JSON values: {exc}") from None
+    return stored
+
+
 def start_run(
     ledger: LedgerStore,
     *,
@@ -86,10 +116,7 @@ def start_run(
         raise InvalidParameterError(f"flush_every must be a positive integer, got {flush_every!r}")
     if pid is not None and (isinstance(pid, bool) or not isinstance(pid, (int, np.integer)) or not 0 <= pid < 2**31):
         raise InvalidParameterError(f"pid must be a process id from 0 to 2**31 - 1 (0: no owner), got {pid!r}")
-    try:
-        params_json = json.dumps(with_job(params, openlineage, message), sort_keys=True)
-    except TypeError as exc:
-        raise InvalidParameterError(f"run params must be JSON values: {exc}") from None
+    params_json = json.dumps(stored_params(params, openlineage, message), sort_keys=True, allow_nan=False)
     with ledger.session():  # one connection for the reads and the run's row
         declared = _declared(ledger, datasets)
         base_id = ledger.version(base).version_id if base is not None else None

@@ -331,6 +331,25 @@ def test_a_run_logs_examples_and_commits_into_lineage(api, name, files):
             bad.flush()
 
 
+def test_non_finite_params_are_stored_alike_as_strict_json(api, name, files):
+    """Locally `lr=nan` was stored as the bare token NaN (not JSON to strict readers); through a
+    server the client failed with `ValueError: Out of range float values are not JSON compliant`.
+    Both now store the strings JSON readers accept, and refuse params that are not a mapping."""
+    params = {"lr": float("nan"), "max_grad_norm": float("inf"), "betas": (0.9, float("-inf")), "steps": 3}
+    with api.start_run(datasets=[], params=params, message="non-finite") as run:
+        pass
+    stored = api.run(run.run_id).params
+    assert stored == {"lr": "NaN", "max_grad_norm": "Infinity", "betas": [0.9, "-Infinity"], "steps": 3}
+    raw = api.sql("SELECT params_json FROM runs WHERE run_id = ?", [run.run_id]).column(0)[0].as_py()
+    assert json.loads(raw, parse_constant=lambda token: pytest.fail(f"{token} in {raw}")) == stored
+    runs = len(api.runs())
+    for wrong, says in (([("lr", 0.1)], r"run params must be a mapping of names to JSON values, got list"),
+                        ({"lr": object()}, r"run params must be JSON values: Object of type object")):
+        with pytest.raises(InvalidParameterError, match=says):
+            api.start_run(datasets=[], params=wrong, message="m")
+    assert len(api.runs()) == runs
+
+
 def test_declared_datasets_of_the_wrong_kind_are_refused_alike(api, name, files):
     """Through a server `datasets=None` was a `TypeError` in the client, and `{"web": "2"}` was
     taken for 2 epochs; locally both are refused, naming what was given."""

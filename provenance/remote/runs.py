@@ -16,7 +16,7 @@ import pyarrow as pa
 from provenance import errors
 from provenance.records import RunRecord, RunShardRecord, VersionRecord
 from provenance.remote.transport import ref_of, segment
-from provenance.runs import Run, declared_items
+from provenance.runs import Run, declared_items, stored_params
 from provenance.wire import ARROW_STREAM, table_to_ipc
 
 #: Examples a remote run buffers before sending them: each batch is a round trip and a transaction
@@ -61,7 +61,7 @@ class RemoteRuns:
         emitter = openlineage_out.emitter(openlineage)
         declared = {ref_of(ref): epochs for ref, epochs in declared_items(datasets)}
         body = {"message": message, "base": ref_of(base) if base is not None else None, "datasets": declared,
-                "params": openlineage_out.with_job(params, emitter, message), "author": author, "host": socket.gethostname(),
+                "params": stored_params(params, emitter, message), "author": author, "host": socket.gethostname(),
                 "pid": os.getpid() if pid is None else int(pid)}
         record = RunRecord.model_validate(self._made("run_id", "runs", lambda: self._call("POST", "runs",
                                                                                           json_body=body)))
