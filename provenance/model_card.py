@@ -128,8 +128,8 @@ def recorded_base_model(ledger: LedgerStore, version: VersionRecord) -> str | No
 
 
 def _heading(ver: VersionRecord) -> str:
-    by = f" by {ver.author}" if ver.author else ""
-    return (f"# Model version {ver.label()}\n\n{ver.message}\n\nCommitted {ver.created_at:%Y-%m-%d %H:%M} UTC{by}. "
+    by = f" by {_plain(ver.author)}" if ver.author else ""
+    return (f"# Model version {ver.label()}\n\n{_plain(ver.message, lines=True)}\n\nCommitted {ver.created_at:%Y-%m-%d %H:%M} UTC{by}. "
             "This card was made by provenance from the ledger's records: the data, licences and audits below are "
             "what the ledger knows of this version's lineage.")
 
@@ -137,7 +137,7 @@ def _heading(ver: VersionRecord) -> str:
 def _base(lin: Lineage, base_model: str | None) -> str:
     rows = lin.version_rows()
     roots = [r for r in rows if not r["parents"]]
-    named = ", ".join(f"`{r['version_id'][:12]}` ({' '.join(r['message'].split())})" for r in roots)  # one line
+    named = ", ".join(f"`{r['version_id'][:12]}` ({_plain(r['message'])})" for r in roots)
     if [r["version_id"] for r in roots] == [lin.version]:  # no ancestor: its own run started from nothing
         text = "## Base model\n\nNone in the ledger: this version has no parent (trained from scratch, or imported)."
     else:
@@ -163,7 +163,7 @@ def _training_data(lin: Lineage, datasets: list[Any]) -> str:
                   "passes λᵢ / Σλⱼ of its share to input i); a dataset's share is its effective examples over "
                   "all datasets'."]
     if lin.retracted:
-        listed = "; ".join(f"{r['target']} ({r['reason']}; retraction `{r['retraction_id']}`)"
+        listed = "; ".join(f"{_plain(r['target'])} ({_plain(r['reason'])}; retraction `{r['retraction_id']}`)"
                            for r in {r["retraction_id"]: r for r in lin.retracted}.values())
         lines += ["", f"**Retracted data**: runs in this lineage trained on data retracted since: {listed}. "
                       "`prov retractions ID` says what replaces this version."]
@@ -184,6 +184,14 @@ def _listed(items: list[str], version: str) -> str:
     more = len(items) - LISTED
     return ", ".join(items[:LISTED]) + (f" and {more:,} more (`prov lineage {version[:12]} --json` lists them)"
                                         if more > 0 else "")
+
+
+def _plain(text: str, lines: bool = False) -> str:
+    """Free text a person wrote (a commit message, an author, a retraction's reason) as it reads:
+    ``&``, ``<`` and ``>`` as entities, so that an ``<!--`` or a ``<details>`` in a message does
+    not hide the rest of the card, on one line unless ``lines`` (a paragraph of the card)."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.strip() if lines else " ".join(text.split())
 
 
 def _code(text: str) -> str:

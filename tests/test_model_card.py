@@ -197,6 +197,24 @@ def test_card_names_inputs_as_written_and_a_long_history_in_short(ledger):
     assert "## Licence" in text
 
 
+def test_free_text_is_shown_as_written_and_hides_nothing(ledger, data_dir, write_jsonl):
+    """A commit message, an author and a retraction's reason went into the card raw: an `<!--` in
+    the version's message hid everything after it (the data and the licence), a `<details>` in a
+    reason folded the rest away, and a reason's newline broke its paragraph."""
+    write_jsonl(data_dir / "c.jsonl", [{"id": f"c{i}", "text": words(i)} for i in range(4)])
+    ledger.register_dataset("c", data_dir / "c.jsonl", id_field="id", license="MIT")
+    base = ledger.commit({"w": torch.zeros(2)}, message="import <b>old</b> & new")
+    with ledger.start_run(base=base, datasets=["c"], message="r") as run:
+        v = run.commit({"w": torch.ones(2)}, message="fine-tune <!-- draft", author="Ann <ann@example.org>")
+    ledger.retract(dataset="c", key="c1", reason="<details>PII\nsee ticket 7")
+    text = ledger.model_card(v).text
+    assert "<!--" not in text and "<details>" not in text and "<b>" not in text
+    assert "\n\nfine-tune &lt;!-- draft\n\nCommitted " in text and " by Ann &lt;ann@example.org&gt;. " in text
+    assert f"`{base.version_id[:12]}` (import &lt;b&gt;old&lt;/b&gt; &amp; new)." in text
+    assert "c c1 (&lt;details&gt;PII see ticket 7; retraction" in text
+    assert "## Training data" in text and "## Licence" in text and "The training data is under MIT." in text
+
+
 def test_single_licence_card(ledger, data_dir, write_jsonl):
     write_jsonl(data_dir / "web.jsonl", [{"id": f"w{i}", "text": words(i)} for i in range(4)])
     ledger.register_dataset("web", data_dir / "web.jsonl", id_field="id", license="MIT")
