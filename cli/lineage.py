@@ -16,6 +16,8 @@ from provenance.plain import counted
 #: Versions the lineage table lists unless asked for all: a deep history has thousands (a rich
 #: table of 6,341 took 3.6 s to draw and filled 570 KB of terminal).
 LINEAGE_VERSIONS = 25
+#: Documents ``prov taint`` lists unless asked for all (a near-duplicate search can match thousands).
+TAINT_MATCHES = 20
 
 
 @main.command("lineage")
@@ -51,16 +53,19 @@ def lineage_cmd(obj: Context, ref: str, fmt: str, show_all: bool, as_json: bool)
 @click.option("--near", type=FloatRange(0, 1, min_open=True), default=None,
               help="Also versions whose lineage holds a near-duplicate "
               "(estimated Jaccard >= NEAR) of the target document in any dataset.")
+@click.option("--all", "show_all", is_flag=True,
+              help=f"List every tainted version and matching document (the table shows {LINEAGE_VERSIONS} versions "
+                   f"and {TAINT_MATCHES} documents; --json has all).")
 @json_option
 @pass_ctx
 def taint_cmd(obj: Context, target: str | None, shard: str | None, key: str | None, text_file, near: float | None,
-              as_json: bool) -> None:
+              show_all: bool, as_json: bool) -> None:
     """Every version whose lineage contains TARGET: the versions to re-train or re-merge without it.
     DATASET as NAME means every version of the dataset (a document a later version removed still
     shaped what trained on an earlier one); NAME@N that version only."""
     text = None if text_file is None else read_text(text_file)
     report = obj.ledger(read_only=True).taint(dataset=target, shard=shard, key=key, text=text, near=near)
-    show_taint(report, as_json)
+    show_taint(report, as_json, show_all=show_all)
 
 
 def show_lineage(lin, as_json: bool, *, show_all: bool = False) -> None:
@@ -122,28 +127,36 @@ def show_lineage(lin, as_json: bool, *, show_all: bool = False) -> None:
                       highlight=False, markup=True)
 
 
-def show_taint(report: Any, as_json: bool) -> None:
+def show_taint(report: Any, as_json: bool, *, show_all: bool = False) -> None:
     report = render.as_data(report)
     if as_json:
         return render.dump(report)
     render.echo(f"target: {report['target']}")
+    matches = report["matches"] if show_all else report["matches"][:TAINT_MATCHES]
     if report.get("near") is not None:
         render.echo(f"near-duplicates (Jaccard >= {report['near']}): {len(report['matches'])} document(s)")
-        for m in report["matches"][:20]:
+        for m in matches:
             render.echo(f"  {m['dataset_id']} {m['key']}  J≈{m['jaccard']:.3f}")
     elif report["matches"] or report["target"].startswith("text ("):  # a text, by its exact hash: which documents
         render.echo(f"the text, exactly: {counted(len(report['matches']), 'document')}"  # hold it (none: say so)
                     + ("" if report["matches"] else " (no dataset holds it)"))
-        for m in report["matches"][:20]:
+        for m in matches:
             render.echo(f"  {m['dataset_id']} {m['key']}")
-    t = Table(title=f"{len(report['versions'])} tainted version(s)")
+    if len(matches) < len(report["matches"]):  # they were cut at 20 without a word
+        render.echo(f"  {len(report['matches']) - len(matches):,} more document(s): --all lists them, --json gives "
+                    "everything")
+    versions = report["versions"] if show_all else report["versions"][:LINEAGE_VERSIONS]
+    n = len(report["versions"])
+    t = Table(title=f"{n:,} tainted version(s)" + ("" if len(versions) == n else f" (the first {len(versions)})"))
     for col in ("version", "tags", "message", "how", "examples"):
         t.add_column(col)
-    for v in report["versions"]:
+    for v in versions:
         t.add_row(v["version_id"][:12], ", ".join(v.get("tags", [])), render.cell(v["message"]),
                   "trained on it" if v["direct"] else f"descends from {v['via'][:8]}",
                   f"{v['examples']:,}" if v["direct"] else "")
     render.console().print(t)
+    if len(versions) < n:
+        render.echo(f"{n - len(versions):,} more version(s): --all lists them, --json gives everything")
     for r in report.get("retractions") or []:
         made = ", ".join(x[:12] for x in r.get("results") or []) or "nothing applied yet"
         render.echo(f"retracted: retraction {r['retraction_id']} ({r['target']}: {render.cell(r['reason'])}); "

@@ -289,6 +289,31 @@ def test_cli_lineage_table_lists_the_nearest_versions_unless_asked_for_all(ledge
     assert out.exit_code == 0 and "step 0" in out.output and "more version(s)" not in out.output
 
 
+def test_cli_taint_lists_the_first_versions_and_documents_unless_asked_for_all(ledger, data_dir, write_jsonl,
+                                                                              monkeypatch):
+    """`prov taint` drew every tainted version (no limit: a table of thousands), and cut the
+    matching documents at 20 without saying so."""
+    import provenance.cli.lineage as lineage_cli
+
+    monkeypatch.setattr(lineage_cli, "LINEAGE_VERSIONS", 3)
+    monkeypatch.setattr(lineage_cli, "TAINT_MATCHES", 2)
+    write_jsonl(data_dir / "d.jsonl", [{"id": f"d{i}", "text": "the same text in every row"} for i in range(5)])
+    ledger.register_dataset("d", data_dir / "d.jsonl", id_field="id")
+    with ledger.start_run(datasets=["d"], message="trained") as run:
+        tip = run.commit({"w": torch.zeros(2)})
+    for i in range(4):
+        tip = ledger.commit({"w": torch.full((2,), float(i))}, message=f"child {i}", parent=tip)
+    base = ["--ledger", str(ledger.root), "taint", "--text", "-"]
+    out = CliRunner().invoke(main, base, input="the same text in every row")
+    assert out.exit_code == 0, out.output
+    assert "the text, exactly: 5 documents\n  d@1 d0\n  d@1 d1\n  3 more document(s): --all lists them" in out.output
+    assert "5 tainted version(s) (the first 3)" in out.output and "2 more version(s): --all lists them" in out.output
+    out = CliRunner().invoke(main, [*base, "--all"], input="the same text in every row")
+    assert out.exit_code == 0 and "  d@1 d4\n" in out.output and "5 tainted version(s) " in out.output
+    assert "more document(s)" not in out.output and "more version(s)" not in out.output
+    assert all(f"child {i}" in out.output for i in range(4))
+
+
 def test_lineage_of_a_large_ledger_is_the_same_every_time(tmp_path):
     """300,000 run_shards rows: enough for DuckDB to aggregate on several threads, whose float
     sums used to come out in a different order from call to call (8 of 10 calls differed)."""
