@@ -13,7 +13,7 @@ import re
 import subprocess
 import sys
 import uuid
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import httpx
@@ -489,6 +489,10 @@ def test_a_retraction_plans_applies_and_proves_alike(api, name, files):
     assert api.audit_retraction(rid, samples=["nothing like the documents"], span=0)["passed"]
     assert api.retraction(rid)["results"][0]["new_version_id"] == results[0]["new_version_id"]
     assert rid in {r["retraction_id"] for r in api.retractions()}
+    # through a server the times were ISO strings, and `prov retractions` printed them with a "T"
+    assert isinstance(api.retraction(rid)["created_at"], datetime)
+    assert isinstance(api.retraction(rid)["results"][0]["applied_at"], datetime)
+    assert {type(r["created_at"]) for r in api.retractions()} == {datetime}
     removed = api.remove_documents(name("web"), [key], retraction=rid)
     assert isinstance(removed, RegistrationResult) and removed.dataset.n_documents == 59
     assert {r["retraction_id"] for r in api.lineage(merged).retracted} == {rid}

@@ -87,10 +87,12 @@ class RemoteQuestions:
         return self._call("POST", "retractions", json_body=body)
 
     def retractions(self) -> list[dict[str, Any]]:
-        return self._call("GET", "retractions")
+        return [_datetimes(r, "created_at") for r in self._call("GET", "retractions")]
 
     def retraction(self, retraction_id: str) -> dict[str, Any]:
-        return self._call("GET", f"retractions/{segment(check_retraction_id(retraction_id))}")
+        record = _datetimes(self._call("GET", f"retractions/{segment(check_retraction_id(retraction_id))}"), "created_at")
+        record["results"] = [_datetimes(r, "applied_at") for r in record.get("results") or []]
+        return record
 
     def apply_retraction(self, retraction: str, *, rebase: bool = False, progress: Any = None) -> list[dict[str, Any]]:
         return self._call("POST", f"retractions/{segment(check_retraction_id(retraction))}/apply", json_body={"rebase": rebase})
