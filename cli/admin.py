@@ -7,7 +7,6 @@ import sys
 from typing import Any
 
 import click
-from rich.markup import escape
 from rich.table import Table
 
 from provenance.cli import render
@@ -254,15 +253,14 @@ def show_verify(report, as_json: bool) -> None:
         needed = ", ".join(v[:12] for v in d.versions) or "no version"
         detail = d.detail.removeprefix(f"object {d.address} ")  # said once: `object X corrupt: object X (PATH) is …`
         detail = re.sub(rf"^\((.*)\) is {re.escape(d.problem)}: ", r"\1: ", detail) if detail != d.detail else d.detail
-        console.print(f"[red]✗ object {d.address} {d.problem}[/]: {escape(detail)}; needed by {needed}{where}",
-                      highlight=False, markup=True)
+        render.say((f"✗ object {d.address} {d.problem}", "red"), f": {detail}; needed by {needed}{where}")
     for p in report.version_problems:
-        console.print(f"[red]✗ version {p['version_id'][:12]}[/]: {escape(p['problem'])}", highlight=False, markup=True)
+        render.say((f"✗ version {p['version_id'][:12]}", "red"), f": {p['problem']}")
     for p in report.dataset_problems:
         shard = f" shard {p['shard_index']}" if p["shard_index"] is not None else ""
-        console.print(f"[red]✗ dataset {p['dataset_id']}{shard}[/]: {escape(p['problem'])}", highlight=False, markup=True)
+        render.say((f"✗ dataset {p['dataset_id']}{shard}", "red"), f": {p['problem']}")
     for p in report.database_problems:
-        console.print(f"[red]✗ table {p['table']}[/]: {escape(p['problem'])}", highlight=False, markup=True)
+        render.say((f"✗ table {p['table']}", "red"), f": {p['problem']}")
     if report.temporary_files:
         verb = "removed" if report.repaired else "found (prov gc --apply or verify --repair removes them)"
         render.echo(f"{len(report.temporary_files)} temporary file(s) of interrupted writes {verb}")
@@ -276,7 +274,7 @@ def show_verify(report, as_json: bool) -> None:
         render.echo(f"document folder {folder} no dataset lists (a killed registration left it; prov gc lists its "
                     "bytes, prov gc --apply removes it)")
     if report.ok:
-        console.print("[green]ok[/]: nothing damaged", highlight=False, markup=True)
+        render.say(("ok", "green"), ": nothing damaged")
     elif report.damaged_objects and not report.repaired:
         render.echo("To restore a damaged object, commit again a checkpoint that holds the tensor (the object is "
                     "written afresh); --repair first moves the damaged files aside.")

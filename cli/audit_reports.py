@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.markup import escape
 from rich.table import Table
 
 from provenance.cli import render
@@ -69,18 +68,15 @@ def show_gate(report: Any, as_json: bool) -> None:
               f"deny-licence {','.join(policy['deny_license'])}" if policy.get("deny_license") else "",
               "deny-retracted" if policy.get("deny_retracted") else ""]
     limits = [x for x in limits if x]
-    console = render.console()
-    verdict = "[bold green]PASSED[/]" if report["passed"] else "[bold red]FAILED[/]"
-    console.print(f"pre-merge gate {report['audit_id'][:12]}: {verdict} "
-                  f"({'limits: ' + ', '.join(limits) if limits else 'no limits set: a report only'})", highlight=False, markup=True)
+    render.say(f"pre-merge gate {report['audit_id'][:12]}: ", render.PASSED if report["passed"] else render.FAILED,
+               f" ({'limits: ' + ', '.join(limits) if limits else 'no limits set: a report only'})")
     for v in report.get("violations") or [{"policy": "", "message": a} for a in report["alerts"]]:
         # one line each, as wide as it is: a CI log greps it, and Rich would wrap it at the console's width
-        console.print(f"  [red]✗ {escape(v['message'])}[/]", highlight=False, markup=True, soft_wrap=True)
+        render.say(("  ✗ " + v["message"], "red"), soft_wrap=True)
     if report.get("retracted") and not policy.get("deny_retracted"):
-        console.print(f"  [yellow]! retracted data in the lineage of {len({r['input'] for r in report['retracted']})} "
-                      "input(s) (--deny-retracted fails on it): "
-                      + escape("; ".join(f"{r['input'][:12]}: retraction {r['retraction_id']}"
-                                         for r in report["retracted"])) + "[/]", highlight=False, markup=True)
+        render.say((f"  ! retracted data in the lineage of {len({r['input'] for r in report['retracted']})} input(s) "
+                    "(--deny-retracted fails on it): " + "; ".join(f"{r['input'][:12]}: retraction {r['retraction_id']}"
+                                                                  for r in report["retracted"]), "yellow"))
     labels = report.get("labels") or {}
     for side in report["sides"]:
         data = (f"{side['shards']} shard(s) of {', '.join(side['datasets'])}" if side["datasets"] else

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from rich.markup import escape
 from rich.table import Table
 
 from provenance.cli import render
@@ -121,10 +120,8 @@ def show_lineage(lin, as_json: bool, *, show_all: bool = False) -> None:
         render.echo(f"made by retraction {made['retraction_id']}: {made['action']} of {made['replaces'][:12]}"
                     + ("" if made["exact"] else " (approximate: a patch re-applied onto a clean version)"))
     for r in lin.retracted:
-        console.print(f"[red]retracted data: retraction {r['retraction_id']} ({escape(r['target'])}: "
-                      f"{escape(render.cell(r['reason']))}) was trained on by run {r['run_id'][:8]} of "
-                      f"{r['version_id'][:12]}[/]",
-                      highlight=False, markup=True)
+        render.say((f"retracted data: retraction {r['retraction_id']} ({r['target']}: {render.cell(r['reason'])}) "
+                    f"was trained on by run {r['run_id'][:8]} of {r['version_id'][:12]}", "red"))
 
 
 def show_taint(report: Any, as_json: bool, *, show_all: bool = False) -> None:

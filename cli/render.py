@@ -15,6 +15,7 @@ import pyarrow as pa
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
+from rich.text import Text
 
 from provenance.errors import InvalidParameterError
 from provenance.plain import dumps, plain, printable
@@ -82,8 +83,20 @@ def _fit(table: Table, width: int, console: Console) -> int:
 def console() -> Console:
     """The console tables go to. Markup is off: every value (a commit message, a file name, a
     document key) is printed as it is, so ``[/]`` in one neither breaks the command nor vanishes;
-    the few lines written with colours say ``markup=True`` and escape what they quote."""
+    the few lines written with colours go through :func:`say`, whose styles are not markup."""
     return _Fitting(soft_wrap=False, width=max(100, Console().width), markup=False)
+
+
+def say(*parts: str | tuple[str, str], **options: Any) -> None:
+    """Print one line of ``parts``: a string as written, a ``(text, style)`` pair styled. Text
+    that comes from the ledger (a reason, a problem, a target) is never read as Rich markup:
+    ``rich.markup.escape`` leaves a ``[`` that does not look like a tag, so the backslash of a
+    reason ending in ``\\[`` was taken as its escape and dropped."""
+    console().print(Text.assemble(*parts), highlight=False, **options)
+
+
+#: The verdicts of an audit, styled.
+PASSED, FAILED = ("PASSED", "bold green"), ("FAILED", "bold red")
 
 
 def as_data(result: Any) -> Any:

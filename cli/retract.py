@@ -7,7 +7,6 @@ import sys
 from typing import Any
 
 import click
-from rich.markup import escape
 from rich.table import Table
 
 from provenance.cli import render
@@ -216,11 +215,10 @@ def audit_retraction_cmd(obj: Context, retraction_id: str, samples_file: str | N
         render.dump(report)
     else:
         console = render.console()
-        verdict = "[bold green]PASSED[/]" if report["passed"] else "[bold red]FAILED[/]"
-        console.print(f"retraction {report['retraction_id']} of {escape(report['target'])}: {verdict}",
-                      highlight=False, markup=True)
+        render.say(f"retraction {report['retraction_id']} of {report['target']}: ",
+                   render.PASSED if report["passed"] else render.FAILED)
         for p in report["problems"]:
-            console.print(f"  [red]✗ {escape(p)}[/]", highlight=False, markup=True)
+            render.say((f"  ✗ {p}", "red"))
         t = Table(title=f"{len(report['checked'])} version(s) checked")
         for col in ("version", "as", "tags", "lineage"):
             t.add_column(col)

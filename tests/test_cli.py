@@ -630,3 +630,14 @@ def test_taint_text_without_words_is_refused(project, runner):
         assert result.exit_code == 4, result.output
         assert result.output.strip() == "Error: the text to look for has no words (only spaces and punctuation: '  ...  \\n')"
     assert _json(runner.invoke(main, ["retractions", "--json"])) == []
+
+
+@pytest.mark.parametrize("text", ["a\\[", "x\\[b]", "c:\\dir\\", "c:\\dir\\\\", "[red]no", "\\\\[bold]", "[", "a]b[/]"])
+def test_text_from_the_ledger_prints_as_written(text, capsys):
+    """Reasons, problems and targets went through Rich markup with `rich.markup.escape`, which
+    leaves a `[` that does not look like a tag: the backslash of a reason ending `\\[` was taken as
+    its escape and dropped, and of two trailing backslashes one was lost."""
+    from provenance.cli import render
+
+    render.say(("✗ " + text, "red"), f": {text}", " after")
+    assert capsys.readouterr().out == f"✗ {text}: {text} after\n"
