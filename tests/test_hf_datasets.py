@@ -133,3 +133,47 @@ def test_with_keys_refuses_to_key_a_reordered_stream_by_position(ledger):
             with_keys(stream)
     assert [r["key"] for r in with_keys(table.to_iterable_dataset(num_shards=4).map(lambda r: {"id": r["text"][:11]}),
                                         id_field="id")][:2] == ["document 0 ", "document 1 "]
+
+
+def test_a_stream_whose_rows_differ_in_type_is_refused_naming_it_and_what_to_do(ledger):
+    """A stream made from a generator, with a None text or ids both numbers and strings, failed
+    with pyarrow's bare "ArrowInvalid: Schema at index 1 was different", naming no dataset (the
+    stream's features do not help: datasets makes a table of each row). The error says what does."""
+    rows = [{"id": "a", "text": TEXTS[0]}, {"id": "b", "text": None}, {"id": "c", "text": TEXTS[2]}]
+    stream = datasets.IterableDataset.from_generator(lambda: iter(rows))
+    with pytest.raises(SourceError, match=r"^datasets.IterableDataset generator: its rows cannot be read as Arrow "
+                                          r"batches \(Schema at index 1 was different: id: string text: string vs id: "
+                                          r"string text: null\): a column's type differs from row to row .*drop or "
+                                          r"fill such rows \(stream.filter\(lambda row: row\['text'\] is not None\)\)"):
+        ledger.register_dataset("mixed", stream)
+    numbers_and_strings = [{"id": 1, "text": TEXTS[0]}, {"id": "x", "text": TEXTS[1]}]
+    mixed_ids = datasets.IterableDatasetDict({"train": datasets.IterableDataset.from_generator(
+        lambda: iter(numbers_and_strings))})
+    with pytest.raises(SourceError, match=r"^datasets.IterableDatasetDict\['train'\]: its rows cannot be read"):
+        ledger.register_dataset("mixed", mixed_ids, id_field="id")
+    assert ledger.datasets() == []
+    kept = ledger.register_dataset("mixed", stream.filter(lambda row: row["text"] is not None), id_field="id")
+    assert kept.dataset.n_documents == 2  # what the message says to do works
+    fixed = ledger.register_dataset("ids", mixed_ids["train"].map(lambda row: {"id": str(row["id"])}), id_field="id")
+    assert [d["key"] for d in _documents(ledger, "ids")] == ["1", "x"] and fixed.dataset.n_documents == 2
+
+
+def test_with_keys_refuses_a_column_name_and_ids_that_registration_would_refuse():
+    """with_keys(ds, column=None) added a column named 'None', and column='' one named ''; an id
+    column of floats gave keys '1' and '2.5' and one with a None id the key None, where
+    registration refuses both: the keys named no document, found only when a run logged them."""
+    data = datasets.Dataset.from_dict({"id": ["a", "b"], "text": TEXTS[:2]})
+    for column in (None, "", 3):
+        with pytest.raises(InvalidParameterError, match=f"column must name the column to add, got {column!r}"):
+            with_keys(data, column=column)
+    with pytest.raises(InvalidParameterError, match="id_field must name a column, got 5"):
+        with_keys(data, id_field=5)
+    floats = datasets.Dataset.from_dict({"id": [1.0, 2.5], "text": TEXTS[:2]})
+    with pytest.raises(InvalidParameterError, match="id column 'id' has type double; ids must be strings or integers"):
+        with_keys(floats, id_field="id")
+    missing = datasets.Dataset.from_dict({"id": ["a", None, "c"], "text": TEXTS[:3]})
+    with pytest.raises(InvalidParameterError, match=r"id column 'id': row 1 has no id \(None\)"):
+        with_keys(missing, id_field="id")
+    assert with_keys(data, id_field="id", column="doc")["doc"] == ["a", "b"]
+    assert list(with_keys(datasets.Dataset.from_dict({"n": [7, 2**40], "text": TEXTS[:2]}), id_field="n")["key"]) == [
+        "7", "1099511627776"]

@@ -60,8 +60,9 @@ def _trainer(model, rows, tmp_path, callback, **args) -> Trainer:
     options = dict(per_device_train_batch_size=4, max_steps=6, save_steps=3, report_to=[], use_cpu=True, seed=0,
                    logging_steps=100, disable_tqdm=True)
     options.update(args)
+    eval_dataset = options.pop("eval_dataset", None)
     return Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path / "out"), **options),
-                   train_dataset=rows, callbacks=[callback])
+                   train_dataset=rows, eval_dataset=eval_dataset, callbacks=[callback])
 
 
 def _watch(trainer: Trainer, rows) -> dict[int, list[str]]:
@@ -226,6 +227,33 @@ def test_the_keys_trained_before_a_checkpoint_are_written_when_it_is_saved(tiny,
     trainer.add_callback(AtSave())
     trainer.train()
     assert written[2] == [0, 1] and written[4] == [0, 1, 2, 3]
+
+
+def test_with_load_best_model_at_end_each_save_is_the_version_of_its_own_weights(tiny, tmp_path):
+    """With load_best_model_at_end the Trainer loads its best checkpoint (step 2) back when
+    training ends: checkpoints[6] was the run's version, which holds step 2's weights, and the
+    weights saved at step 6 were in no version. The last save is a checkpoint of its own, and a
+    warning says the run's version is the best checkpoint's weights, credited with every step."""
+    ledger, rows = tiny
+    callback = ProvenanceCallback(ledger, datasets=["tiny"], message="best")
+    trainer = _trainer(_model(), rows, tmp_path, callback, save_steps=2, eval_strategy="steps", eval_steps=2,
+                       learning_rate=0.5, load_best_model_at_end=True, metric_for_best_model="loss",
+                       greater_is_better=True, eval_dataset=rows[:8])
+    with pytest.warns(ProvenanceWarning, match=r"loaded its best checkpoint back .*checkpoint-2\): the run's version "
+                                               r"holds those weights, and its lineage counts the data of every step "
+                                               r"the run trained \(to step 5\)"):
+        trainer.train()
+    assert trainer.state.best_model_checkpoint.endswith("checkpoint-2")
+    assert sorted(callback.checkpoints) == [2, 4, 6]
+    for step, version in callback.checkpoints.items():  # each the weights the Trainer saved at its step
+        saved = load_file(str(tmp_path / "out" / f"checkpoint-{step}" / "model.safetensors"))
+        stored = ledger.checkout(version)
+        assert all(torch.equal(stored[k], saved[k]) for k in saved), step
+    assert callback.checkpoints[6] != callback.version
+    final = ledger.checkout(callback.version)  # the weights the Trainer ends with: the best checkpoint's
+    assert all(torch.equal(final[k], t.cpu()) for k, t in trainer.model.state_dict().items())
+    assert all(torch.equal(final[k], t) for k, t in ledger.checkout(callback.checkpoints[2]).items())
+    assert ledger.run(callback.run.run_id).n_logged == 6 * 4
 
 
 def test_what_cannot_be_followed_is_refused_before_anything_is_written(tiny, tmp_path):

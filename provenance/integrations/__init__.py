@@ -300,15 +300,20 @@ class RunRecorder:
         self._held_save = (step, commit, cleanup)
 
     def _end_run(self, *, barrier: Callable[[], None],
-                 trained: Callable[[], tuple[Any, dict[str, Any], Callable[[], None]]]) -> None:
+                 trained: Callable[[], tuple[Any, dict[str, Any], Callable[[], None]]],
+                 last_save_is_final: bool = True) -> None:
         """Every process's examples written (``barrier``), process zero waits for its last
-        checkpoint and commits ``trained()`` through the run, which ends it."""
+        checkpoint and commits ``trained()`` through the run, which ends it. A save after the last
+        batch is that commit, unless ``last_save_is_final`` is false (the trainer loaded other
+        weights back since: its best checkpoint's), when it is committed as a checkpoint of its own."""
         if not self._running:
             return
         if not self._owner:
             self.run.flush()  # process zero's are written by its commit
         barrier()
         if self._owner:
+            if self._held_save is not None and not last_save_is_final:  # the version holds other weights
+                self._commit_held_save()
             if self._held_save is not None:  # saved after the last batch: the run's version holds these weights
                 (self._last_save, _, cleanup), self._held_save = self._held_save, None
                 cleanup()

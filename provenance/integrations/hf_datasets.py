@@ -11,8 +11,9 @@ Trainer and Lightning callbacks)::
     ledger.register_dataset("wiki", ds)
     ds = with_keys(ds)          # a "key" column: "hf-00000:0", "hf-00000:1", ...
 
-Rows that registration drops (empty texts, with ``on_invalid="skip"``) keep their key here but have
-no document in the ledger: logging them is refused.
+Rows that registration drops (text that is not valid UTF-8, with ``on_invalid="skip"``) keep their
+key here but have no document in the ledger: logging them is refused. An empty text is a document.
+An id column that registration refuses (floats, a None id) is refused here too.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ def with_keys(data: Any, *, id_field: str | None = None, column: str = "key") ->
     """``data`` (a ``Dataset``, ``IterableDataset``, ``DatasetDict`` or ``IterableDatasetDict``)
     with a ``column`` holding each row's document key, as registering it with ``id_field`` keys it."""
     kind = _hf_kind(data)
+    if not isinstance(column, str) or not column:
+        raise InvalidParameterError(f"column must name the column to add, got {column!r}")
+    if id_field is not None and (not isinstance(id_field, str) or not id_field):
+        raise InvalidParameterError(f"id_field must name a column, got {id_field!r}")
     if kind is None:
         raise InvalidParameterError(f"with_keys takes a Hugging Face datasets object, got {type(data).__name__}")
     if kind.endswith("Dict"):
@@ -52,8 +57,19 @@ def _keyed(data: Any, shard: str, id_field: str | None, column: str) -> Any:
     if id_field is None:
         keys = [f"{shard}:{i}" for i in range(len(data))]
     else:  # as registration reads them: strings, or integers written in decimal
-        keys = data.select_columns([id_field]).with_format("arrow")[:].column(id_field).cast(pa.string())
+        ids = data.select_columns([id_field]).with_format("arrow")[:].column(id_field)
+        if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type) or pa.types.is_integer(ids.type)):
+            raise InvalidParameterError(  # registration refuses it: keys made of it would name no document
+                f"id column {id_field!r} has type {ids.type}; ids must be strings or integers, as registration reads them")
+        if ids.null_count:
+            raise InvalidParameterError(f"id column {id_field!r}: row {_first_null(ids)} has no id (None); every "
+                                        "document needs a key, as registration says")
+        keys = ids.cast(pa.string())
     return data.add_column(column, keys)
+
+
+def _first_null(ids: pa.ChunkedArray) -> int:
+    return next(i for i, value in enumerate(ids.is_null().to_pylist()) if value)
 
 
 def _id_of(row: dict, id_field: str) -> Any:

@@ -49,7 +49,7 @@ commit, so each save (``on_save``, with ``commit_on_save``) is committed as a ve
 on the run's base, ``ledger.commit(state, parent=base)``, its message naming the run and the
 step (:attr:`ProvenanceCallback.checkpoints`); the final weights are committed through the run at
 ``on_train_end``, which ends it ``finished`` (a save at the last step is not committed twice: its
-checkpoint is the run's version). A checkpoint is committed on a thread of its own
+checkpoint is the run's version, unless ``load_best_model_at_end`` loaded another checkpoint back). A checkpoint is committed on a thread of its own
 while training goes on (:class:`provenance.integrations.BackgroundCommits`): the save copies the
 weights to CPU memory (one copy at most waits), and ``on_train_end`` waits for the last one
 before the final commit; a checkpoint that fails to commit raises at the next save or at the end.
@@ -196,11 +196,21 @@ class ProvenanceCallback(RunRecorder, TrainerCallback):
 
     def on_save(self, args, state, control, model=None, **kwargs):
         last = control.should_training_stop or (state.max_steps > 0 and state.global_step >= state.max_steps)
+        # with load_best_model_at_end the weights at the end may be another checkpoint's: this save
+        # is copied now, and committed at the end unless it is the best (on_train_end)
+        last = last and not args.load_best_model_at_end
         self._save(state.global_step, last=last, trained=lambda: _snapshot(model, remote=self._remote))
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self._tap = None  # batches drawn but not trained on are dropped with it
-        self._end_run(barrier=_barrier, trained=lambda: _snapshot(model, copy=False, remote=self._remote))
+        best = _best_reloaded(args, state)
+        if best is not None and self._running and self._owner and self._trained:
+            warn(f"ProvenanceCallback: the Trainer loaded its best checkpoint back when training ended "
+                 f"(load_best_model_at_end, {os.path.basename(os.path.normpath(best))}): the run's version holds "
+                 f"those weights, and its lineage counts the data of every step the run trained (to step "
+                 f"{state.global_step - 1}), also of those after that checkpoint")
+        self._end_run(barrier=_barrier, trained=lambda: _snapshot(model, copy=False, remote=self._remote),
+                      last_save_is_final=best is None)
 
     def _log_batch(self, step: int) -> None:
         if not self._running:
@@ -250,6 +260,15 @@ class _SamplerTap:
             raise InvalidParameterError(
                 f"ProvenanceCallback: the train sampler ({type(self.tapped).__name__}) yielded {batch!r:.80}, "
                 "not a list of dataset indices") from None
+
+
+def _best_reloaded(args: Any, state: Any) -> str | None:
+    """The checkpoint folder whose weights the Trainer loaded back when training ended
+    (``load_best_model_at_end``), when it is not the one saved at the last step; else None."""
+    best = getattr(state, "best_model_checkpoint", None)
+    if not (args.load_best_model_at_end and best):
+        return None
+    return None if os.path.basename(os.path.normpath(best)) == f"checkpoint-{state.global_step}" else best
 
 
 def _index(value: Any) -> int:

@@ -184,10 +184,26 @@ def hf_shard_name(split: str | None) -> str:
     return "hf-00000" if split is None else split
 
 
-def _hf_arrow(dataset: Any) -> Iterator[pa.Table]:
+def _hf_arrow(dataset: Any, label: str) -> Iterator[pa.Table]:
     """The rows of a ``Dataset`` or ``IterableDataset`` as Arrow tables, in order, read lazily
-    (a ``Dataset`` is memory-mapped; an ``IterableDataset`` streams)."""
-    return iter(dataset.with_format("arrow").iter(batch_size=HF_BATCH))
+    (a ``Dataset`` is memory-mapped; an ``IterableDataset`` streams). A stream without features
+    whose rows' types differ (a None text, ids that are numbers and strings) cannot be read as
+    Arrow batches, features given or not (``datasets`` makes a table of each row, then joins
+    them): that is said naming the dataset, not as pyarrow's bare ``ArrowInvalid``."""
+    tables = iter(dataset.with_format("arrow").iter(batch_size=HF_BATCH))
+    while True:
+        try:
+            table = next(tables)
+        except StopIteration:
+            return
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            said = " ".join(str(exc).split())
+            raise SourceError(
+                f"{label}: its rows cannot be read as Arrow batches ({said}): a column's type differs from row to row "
+                "(a None text, ids that are numbers in some rows and strings in others); drop or fill such rows "
+                "(stream.filter(lambda row: row['text'] is not None)), or give every row values of one type "
+                "(stream.map(lambda row: {'id': str(row['id'])}))") from None
+        yield table
 
 
 def _hf_shards(sources: Any, kind: str) -> Iterator[MemoryShard]:
@@ -195,10 +211,12 @@ def _hf_shards(sources: Any, kind: str) -> Iterator[MemoryShard]:
         if not sources:
             raise InvalidParameterError(f"the {kind} has no splits")
         for split, dataset in sources.items():
-            yield MemoryShard(hf_shard_name(split), _hf_arrow(dataset), "hf-dataset", f"datasets.{kind}[{split!r}]")
+            label = f"datasets.{kind}[{split!r}]"
+            yield MemoryShard(hf_shard_name(split), _hf_arrow(dataset, label), "hf-dataset", label)
         return
     name = getattr(getattr(sources, "info", None), "dataset_name", None)
-    yield MemoryShard(hf_shard_name(None), _hf_arrow(sources), "hf-dataset", f"datasets.{kind} {name or ''}".strip())
+    label = f"datasets.{kind} {name or ''}".strip()
+    yield MemoryShard(hf_shard_name(None), _hf_arrow(sources, label), "hf-dataset", label)
 
 
 def _memory_shards(sources: Any, opts: ReadOptions) -> Iterator[MemoryShard]:
