@@ -62,8 +62,8 @@ def merge_patches(
     """Merge the inputs ``θᵢ = base + patches[i]`` without materialising them (module doc).
 
     ``patches[i]`` is one patch as :func:`provenance.kernels.patch.apply_chain` takes it
-    (``("sparse", indices, values)``, ``("dense", delta)``, ``("low_rank", B, A, scale)``) or None
-    for an input equal to the base. ``method``: ``average``, ``fisher`` (with ``fishers``, one per
+    (``("sparse", indices, values)``, its indices sorted ascending and unique, ``("dense", delta)``,
+    ``("low_rank", B, A, scale)``) or None for an input equal to the base. ``method``: ``average``, ``fisher`` (with ``fishers``, one per
     input, and ``eps``, ``norms`` as :func:`provenance.kernels.merge.fisher_merge`) or
     ``task_arithmetic`` (task vectors from ``base``). ``exact``: Triton path only (module doc).
     """
@@ -77,6 +77,8 @@ def merge_patches(
     for i, spec in enumerate(specs):
         if spec is not None and spec[0] == "full":
             raise InvalidParameterError(f"patches[{i}] is a full tensor: merge it with provenance.kernels.merge")
+        if spec is not None and spec[0] == "sparse":
+            _check_sorted(spec[1], i)
     if eps is None:  # a receipt records eps for Fisher merges only; the other methods never read it
         if method == "fisher":
             raise InvalidParameterError("a fisher merge needs eps, a float >= 0; got None")
@@ -104,6 +106,21 @@ def merge_patches(
     else:
         _patched_torch(mode, out, base, specs, fs, lam, extra, float(eps))
     return out
+
+
+def _check_sorted(indices: torch.Tensor, i: int) -> None:
+    """Refuse sparse indices that are not ascending and unique (one pass over them): both paths
+    find each block's entries by binary search, so unsorted ones were misplaced or refused as
+    "sparse index -868345 out of range", an index the caller never gave."""
+    if indices.numel() < 2:
+        return
+    bad = torch.nonzero(indices[1:] <= indices[:-1])
+    if bad.numel():
+        at = int(bad[0]) + 1
+        raise InvalidParameterError(
+            f"patches[{i}]: sparse indices must be sorted ascending and unique, as the sparse encoding makes them; "
+            f"entry {at} is {int(indices[at])} after {int(indices[at - 1])} (order = indices.argsort() sorts "
+            "indices[order] and values[order]; keep one value per index)")
 
 
 def _patched_torch(mode, out, base, specs, fishers, lam, extra, eps) -> None:

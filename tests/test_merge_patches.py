@@ -133,3 +133,21 @@ def test_eps_none_is_taken_by_the_methods_that_never_read_it(name):
         fishers = [torch.rand(33, 40, generator=g) + 0.05 for _ in patches]
         with pytest.raises(InvalidParameterError, match="a fisher merge needs eps, a float >= 0; got None"):
             merge_patches(base, patches, method="fisher", fishers=fishers, eps=None)
+
+
+def test_unsorted_or_repeated_sparse_indices_are_refused_by_entry():
+    """Stranger pass 49: each block of rows finds its sparse entries by binary search, so indices
+    out of order were refused as "sparse index -868345 out of range for a tensor of 1048576
+    elements" (an index never given, of a block's size, not the tensor's) or misplaced. They are
+    refused naming the patch and the entry; sorted ones merge to the hand value."""
+    base = torch.zeros(1024, 4096)  # four blocks of rows on the torch path
+    for idx, entry in (([4096 * 300 + 7, 5], "entry 1 is 5 after 1228807"),
+                       ([5, 4096 * 600 + 1, 4096 * 300 + 7], "entry 2 is 1228807 after 2457601"),
+                       ([3, 3], "entry 1 is 3 after 3")):
+        with pytest.raises(InvalidParameterError) as refused:
+            merge_patches(base, [None, ("sparse", torch.tensor(idx), torch.ones(len(idx)))])
+        assert str(refused.value).startswith(f"patches[1]: sparse indices must be sorted ascending and unique, as the "
+                                             f"sparse encoding makes them; {entry} (")
+    idx = torch.tensor([5, 4096 * 300 + 7, 4096 * 600 + 1])
+    merged = merge_patches(base, [None, ("sparse", idx, torch.tensor([2.0, 4.0, 6.0]))], [0.5, 0.5]).reshape(-1)
+    assert merged[idx].tolist() == [1.0, 2.0, 3.0] and int(torch.count_nonzero(merged)) == 3

@@ -603,3 +603,100 @@ def test_a_merge_made_before_settling_still_passes_its_receipt_check(ledger, mon
     new = ledger.merge([a, b], method="average", message="after")
     assert ledger.checkout(new)["w"][0] == float("inf")
     assert receipt_check(ledger, old) == receipt_check(ledger, new) == {"w": True}
+
+
+def test_a_fisher_that_is_not_a_mapping_of_names_is_refused_by_name(two):
+    """Stranger pass 49: ``store_fisher(a, tensor)`` said "Boolean value of Tensor with more than one
+    value is ambiguous", a list of pairs or a key that is not text "sequence item 0: expected str
+    instance", None "'NoneType' object is not iterable"; ``fisher=[tensor, tensor]`` to a merge
+    "Tensor.__contains__ only supports Tensor or scalar". Each is refused naming whose Fisher it is,
+    and nothing is stored or merged."""
+    ledger, _, a, b = two
+    ledger.store_fisher(a, _positive(3))
+    before = len(ledger.versions())
+    va, vb = a.version_id[:12], b.version_id[:12]
+    for given, said in ((torch.ones(16, 8), f"the Fisher given for version {va} is a Tensor: give a mapping of "
+                                            "parameter name -> tensor"),
+                        ([("w", torch.ones(16, 8))], f"the Fisher given for version {va} is a list: give a mapping"),
+                        (None, f"the Fisher given for version {va} is a NoneType: give a mapping"),
+                        ({1: torch.ones(16, 8)}, f"the Fisher given for version {va} has a key that is not a "
+                                                 "parameter name (text): 1")):
+        with pytest.raises(InvalidParameterError) as refused:
+            ledger.store_fisher(a, given)
+        assert str(refused.value).startswith(said)
+    for given, said in (([torch.ones(16, 8), torch.ones(16, 8)], f"the Fisher given for input 1 ({va}) is a Tensor"),
+                        ([_positive(1), None], f"the Fisher given for input 2 ({vb}) is a NoneType"),
+                        ([_positive(1), {0: torch.ones(8)}], f"the Fisher given for input 2 ({vb}) has a key that "
+                                                             "is not a parameter name (text): 0")):
+        with pytest.raises(InvalidParameterError) as refused:
+            ledger.merge([a, b], method="fisher", fisher=given, message="m")
+        assert str(refused.value).startswith(said)
+    assert len(ledger.versions()) == before
+    assert torch.equal(load_fisher(ledger, a, "w"), _positive(3)["w"]) and sorted(ledger.fishers(a)) == ["b", "w"]
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties"])
+def test_a_base_holding_a_group_in_another_shape_or_dtype_is_named(ledger, method):
+    """Stranger pass 49: both contributors resized a vocabulary (or cast a group to float16) from
+    the base, and task arithmetic or TIES from that base failed in the kernel with "base has shape
+    (4, 3), thetas[0] (5, 3)" (a TypeError for the dtype: a traceback from `prov merge`), naming no
+    parameter. It is refused by name before anything is written; averaging needs no base and
+    merges them; an integer group (kept, never read from the base) may differ."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(4, 3, generator=g)
+    base = ledger.commit({"w": w, "h": w.clone(), "ids": torch.arange(4)}, message="base")
+    a, b = (ledger.commit({"w": torch.cat([w, torch.full((1, 3), x)]), "h": (w + x).half(), "ids": torch.arange(5)},
+                          parent=base, message=f"resized {x}") for x in (1.0, -1.0))
+    before = len(ledger.versions())
+    with pytest.raises(InvalidParameterError) as refused:
+        ledger.merge([a, b], method=method, message="m")
+    assert str(refused.value) == (f"parameter 'h' is float16[4, 3] in the inputs but float32[4, 3] in the base "
+                                  f"{base.version_id[:12]}: {method} needs the base's value in the inputs' shape and "
+                                  "dtype to make task vectors; merge with average or fisher, or give a base that has "
+                                  "it so")
+    assert len(ledger.versions()) == before and ledger.gc()["unreferenced"] == []
+    merged = ledger.checkout(ledger.merge([a, b], method="average", message="averaged"))
+    assert merged["w"].tolist() == [*w.tolist(), [0.0, 0.0, 0.0]] and merged["ids"].tolist() == [0, 1, 2, 3, 4]
+    ha, hb = ((w + x).half().float() for x in (1.0, -1.0))
+    assert torch.equal(merged["h"], ((ha + hb) / 2).half())  # exact in float32, rounded once
+
+
+def test_fishers_whose_weighted_sum_passes_float32_are_refused(ledger):
+    """Stranger pass 49: the kernels sum λᵢ·Fᵢ in float32. Stored Fishers of 3e38 (finite float32,
+    taken) merged with weights 1 and 1 gave the first input back as the "merge", silently (6e38
+    overflowed the running weight, so the second input's share was 0), as did eps=3e38. Such a
+    merge is refused naming the parameter; with normalize=True the same Fishers merge to the hand
+    value."""
+    base = ledger.commit({"w": torch.zeros(4), "b": torch.zeros(2)}, message="base")
+    a = ledger.commit({"w": torch.full((4,), -1.0), "b": torch.full((2,), 2.0)}, parent=base, message="a")
+    b = ledger.commit({"w": torch.full((4,), 1.0), "b": torch.full((2,), 4.0)}, parent=base, message="b")
+    huge = {"w": torch.tensor([3e38, 3e38, 1e38, 1.0]), "b": torch.ones(2)}
+    ledger.store_fisher(a, huge)
+    ledger.store_fisher(b, huge)
+    before = len(ledger.versions())
+    for options in ({"weights": [1, 1]}, {"weights": [1e12, 1e12]}):
+        with pytest.raises(InvalidParameterError, match=r"^the Fisher merge of parameter 'w' would overflow float32, in "
+                                                        r"which it sums each input's weight times its Fisher: the "
+                                                        r"Fishers reach 3e\+38"):
+            ledger.merge([a, b], method="fisher", message="m", **options)
+    ones = {"w": torch.ones(4), "b": torch.ones(2)}
+    with pytest.raises(InvalidParameterError, match=r"parameter 'b' would overflow .* eps is 3e\+38"):
+        ledger.merge([a, b], method="fisher", fisher=[ones, ones], eps=3e38, weights=[1, 1], message="m")
+    assert len(ledger.versions()) == before
+    with pytest.raises(InvalidParameterError, match=r"parameter 'b' would overflow float32: the L2 norm of input 1's "
+                                                    r"Fisher is 4.36e\+38, beyond 3.4e\+38, and normalize=True"):
+        ledger.merge([a, b], method="fisher", weights=[1, 1], normalize=True, message="m")  # every F' was eps
+    assert len(ledger.versions()) == before
+    halves = ledger.checkout(ledger.merge([a, b], method="fisher", message="weights 0.5: 3e38 sums to 3e38"))
+    assert halves["w"].tolist() == [0.0, 0.0, 0.0, 0.0]
+    fa, fb = {"w": torch.tensor([3e38, 1e38, 1.0, 1.0]), "b": torch.ones(2)}, {"w": torch.tensor([1e38, 3e38, 1.0, 1.0]),
+                                                                            "b": torch.ones(2)}
+    with pytest.raises(InvalidParameterError, match="parameter 'w' would overflow float32"):
+        ledger.merge([a, b], method="fisher", fisher=[fa, fb], weights=[1, 1], message="m")
+    merged = ledger.checkout(ledger.merge([a, b], method="fisher", fisher=[fa, fb], weights=[1, 1], normalize=True,
+                                          message="normalised: within float32"))
+    norm = (9e76 + 1e76 + 4) ** 0.5  # each Fisher's L2 norm, both groups
+    fa_w, fb_w = (torch.clamp(f["w"].double() / norm, min=1e-6) for f in (fa, fb))
+    expected = (fa_w * -1.0 + fb_w * 1.0) / (fa_w + fb_w)  # about [-0.5, 0.5, 0, 0]
+    torch.testing.assert_close(merged["w"].double(), expected, rtol=0, atol=1e-6)
+    assert merged["b"].tolist() == [3.0, 3.0]

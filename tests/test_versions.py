@@ -685,3 +685,23 @@ def test_one_history_replays_any_versions_in_any_order(ledger):
             for n in "abc":
                 assert torch.equal(materialize(shared, store, v.version_id, n)[0], want[v.version_id][n])
     assert torch.equal(want[versions[-1].version_id]["a"], ledger.checkout(versions[-1])["a"])
+
+
+def test_an_encoding_asked_for_that_cannot_reproduce_a_group_names_it(ledger):
+    """Stranger pass 49: `commit(..., encoding="low_rank", low_rank={"w": factors})` with another,
+    1-D group in the state said only "encoding 'low_rank' cannot reproduce this target exactly", the
+    group unnamed (and the factors' own group was fine); likewise "unchanged" for a changed group.
+    The refusal names the group, and nothing is committed."""
+    g = torch.Generator().manual_seed(0)
+    w, bias = torch.randn(6, 4, generator=g), torch.randn(4, generator=g)
+    v0 = ledger.commit({"w": w, "bias": bias}, message="base")
+    b, a = torch.randn(6, 2, generator=g), torch.randn(2, 4, generator=g)
+    state = {"w": apply_low_rank(w, b, a, 0.5), "bias": bias + 1}
+    for encoding, hints, name in (("low_rank", {"low_rank": {"w": (b, a, 0.5)}}, "bias"), ("unchanged", {}, "bias")):
+        with pytest.raises(InvalidParameterError) as refused:
+            ledger.commit(state, parent=v0, message="forced", encoding=encoding, **hints)
+        assert str(refused.value) == f"parameter {name!r}: encoding {encoding!r} cannot reproduce this target exactly"
+    assert [v.version_id for v in ledger.versions()] == [v0.version_id] and ledger.gc()["unreferenced"] == []
+    lora = ledger.commit({"w": state["w"], "bias": bias}, parent=v0, message="LoRA", encoding="auto",
+                         low_rank={"w": (b, a, 0.5)})
+    assert ledger.manifest(lora)["w"].encoding == "low_rank" and same_bits(ledger.checkout(lora)["w"], state["w"])

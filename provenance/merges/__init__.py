@@ -128,10 +128,10 @@ def merge(
         base_id = _base(ledger, inputs, base) if how.needs_base else None
         history, store = History(ledger), ledger.object_store()
         names = _common_names(history, inputs)
-        if base_id is not None:
-            _base_has(history, base_id, names, method)
         kept = kept_groups(history, ids[0], names)  # once (a comprehension called it once per name)
         averaged = [n for n in names if n not in kept]
+        if base_id is not None:
+            _base_has(history, base_id, names, method, history.manifest(ids[0]), averaged)
         with new_objects(store, ledger.object_writers) as added:  # removed again if the merge is refused
             if how.needs_fisher and fisher is not None:  # for this merge only: its receipt keeps the objects
                 given = [fisher_rows(ledger, v, {n: f[n] for n in averaged}, added,
@@ -265,9 +265,21 @@ def _base(ledger: LedgerStore, inputs: list[VersionRecord], base) -> str:
     return firsts.pop()
 
 
-def _base_has(history: History, base_id: str, names: list[str], method: str) -> None:
-    """Refuse a base that lacks a parameter of the inputs: its task vector has nothing to start from."""
-    have = {n for n, p in history.manifest(base_id).items() if p.encoding != "removed"}
+def _base_has(history: History, base_id: str, names: list[str], method: str, inputs: Mapping[str, Any],
+              averaged: list[str]) -> None:
+    """Refuse a base that lacks a parameter of the inputs (``inputs``: the first input's manifest),
+    or holds one of the ``averaged`` groups (not those kept as they are, which read no base) in
+    another shape or dtype: its task vector has nothing to start from. (A
+    vocabulary the inputs resized, or a cast to half precision, failed in the kernel with "base has
+    shape (4, 3), thetas[0] (5, 3)", naming no parameter; from the command line, a traceback.)"""
+    manifest = history.manifest(base_id)
+    have = {n for n, p in manifest.items() if p.encoding != "removed"}
+    for n in averaged:
+        if n in have and (manifest[n].shape, manifest[n].dtype) != (inputs[n].shape, inputs[n].dtype):
+            raise InvalidParameterError(
+                f"parameter {n!r} is {inputs[n].dtype}{inputs[n].shape} in the inputs but {manifest[n].dtype}"
+                f"{manifest[n].shape} in the base {base_id[:12]}: {method} needs the base's value in the inputs' "
+                "shape and dtype to make task vectors; merge with average or fisher, or give a base that has it so")
     missing = [n for n in names if n not in have]
     if missing:
         raise InvalidParameterError(

@@ -14,7 +14,7 @@ from provenance import merge as methods
 from provenance.history import materialize
 from provenance.kernels.merge_patches import merge_patches
 from provenance.kernels.patch import apply_chain
-from provenance.merges.fishers import group_fishers
+from provenance.merges.fishers import check_fisher_range, group_fishers
 
 
 def patch_direct(history, store, ids, name, method, base_id):
@@ -70,6 +70,8 @@ def _merge_sparse(direct, method, name, fishers, lam, eps, norms, device=None):
     thetas_u = [on(t) for t in thetas_u]
     fs, fisher_objects = (group_fishers(fishers, name, lambda f: on(f.reshape(-1)[union].contiguous()))
                           if how.needs_fisher else (None, None))
+    if fs is not None:
+        check_fisher_range(name, fs, lam, eps, norms, theta0.dtype)
     theta0_u = on(flat0[union].clone()) if how.needs_base else None
     merged_u = how.merge(thetas_u, lam=lam, theta0=theta0_u, fishers=fs, eps=eps, norms=norms)
     merged = flat0.clone()
@@ -92,6 +94,7 @@ def _merge_patched(direct, method, name, fishers, lam, eps, norms, device=None):
     fs, fisher_objects = None, None
     if methods.get(method).needs_fisher:
         fs, fisher_objects = group_fishers(fishers, name, lambda f: on(f.reshape(theta0.shape)))
+        check_fisher_range(name, fs, lam, eps, norms, theta0.dtype)
     given = [None if p[0] == "sparse" and not p[1].numel() else p for p in patches]
     moved = [None if p is None else tuple(on(t) if isinstance(t, torch.Tensor) else t for t in p) for p in given]
     merged = merge_patches(on(theta0), moved, lam, method=method, fishers=fs, eps=eps, norms=norms,

@@ -59,6 +59,7 @@ def fisher_rows(ledger: LedgerStore, ver: VersionRecord, fisher: Mapping[str, to
     """``fisher`` checked against ``ver``'s manifest and written to the object store (through
     ``added``, the write's new objects): the rows ``name, kind, objects, meta`` that record it,
     and the bytes of the tensors. ``where`` begins a refusal's message (which Fisher it is)."""
+    check_fisher_mapping(fisher, where or f"the Fisher given for version {ver.version_id[:12]} ")
     manifest = {n: p for n, p in ledger.manifest(ver).items() if p.encoding != "removed"}
     unknown = sorted(set(fisher) - set(manifest))
     if unknown:
@@ -98,6 +99,18 @@ def fisher_rows(ledger: LedgerStore, ver: VersionRecord, fisher: Mapping[str, to
         stored += sum(t.numel() * t.element_size() for t in tensors.values())
         rows.append({"name": name, "kind": kind, "objects": objects, "meta": dict(meta or {}, keep=keep)})
     return rows, stored
+
+
+def check_fisher_mapping(fisher: Any, what: str) -> None:
+    """Refuse a Fisher that is not a mapping of parameter names (text) to tensors, before it is
+    read: a tensor, a list of pairs or None failed inside torch or ``str.join`` ("Boolean value of
+    Tensor with more than one value is ambiguous"). ``what`` names the Fisher."""
+    what = what.removesuffix(": ").strip()
+    if not isinstance(fisher, Mapping):
+        raise InvalidParameterError(f"{what} is a {type(fisher).__name__}: give a mapping of parameter name -> tensor")
+    odd = next((k for k in fisher if not isinstance(k, str)), None)
+    if odd is not None:
+        raise InvalidParameterError(f"{what} has a key that is not a parameter name (text): {odd!r}")
 
 
 def load_fisher(ledger: LedgerStore, version: str | VersionRecord, name: str) -> torch.Tensor | None:
@@ -140,7 +153,8 @@ def given_fishers(ledger, inputs, fisher, names) -> list[Mapping[str, torch.Tens
         given = list(fisher)
     if len(given) != len(inputs):
         raise InvalidParameterError(f"{len(given)} Fishers for {len(inputs)} versions")
-    for v, f in zip(inputs, given):
+    for i, (v, f) in enumerate(zip(inputs, given), 1):
+        check_fisher_mapping(f, f"the Fisher given for input {i} ({v.version_id[:12]})")
         absent = [n for n in names if n not in f]
         if absent:
             raise InvalidParameterError(f"the Fisher of {v.version_id[:12]} lacks {', '.join(absent[:5])}")
@@ -170,6 +184,36 @@ def fisher_sources(ledger, inputs, names, rows=None):
 def fisher_norms(fishers, names) -> list[float]:
     """Per input, the L2 norm of its whole Fisher (all parameter groups)."""
     return [math.sqrt(sum(float(source(n)[0].double().square().sum()) for n in names)) or 1.0 for source in fishers]
+
+
+#: The largest float32: the merge kernels sum ``λᵢ·F'ᵢ`` in float32 (float64 for float64 groups).
+FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
+def check_fisher_range(name: str, fishers: Sequence[torch.Tensor], lam: Sequence[float], eps: float,
+                       norms: Sequence[float] | None, dtype: torch.dtype) -> None:
+    """Refuse a Fisher merge of group ``name`` whose sums ``Σ λᵢ·max(Fᵢ / normᵢ, eps)`` can pass
+    float32's range, where the kernels add them up (one pass over each Fisher, for its largest
+    value), or whose norms do. Past it the running mean's weights overflowed: Fishers of 3e38 with
+    weights 1 and 1 gave the first input back as the merge, larger ones NaN, and a norm beyond
+    float32 made every normalised Fisher 0 (so eps: a plain average)."""
+    if dtype == torch.float64 or not fishers or not fishers[0].numel():
+        return
+    if norms and not max(norms) <= FLOAT32_MAX:  # 1 / inf: every element's Fisher fell to eps, unweighted
+        i, top = max(enumerate(norms, 1), key=lambda p: p[1])
+        raise InvalidParameterError(
+            f"the Fisher merge of parameter {name!r} would overflow float32: the L2 norm of input {i}'s Fisher is "
+            f"{top:.3g}, beyond {FLOAT32_MAX:.3g}, and normalize=True divides by it in float32; divide every input's "
+            "Fisher by one factor (a merge uses only their ratios)")
+    scale = norms or [1.0] * len(fishers)
+    tops = [float(f.max()) for f in fishers]
+    bound = sum(w * max(top / s, eps) for w, top, s in zip(lam, tops, scale))
+    if not bound <= FLOAT32_MAX:
+        raise InvalidParameterError(
+            f"the Fisher merge of parameter {name!r} would overflow float32, in which it sums each input's weight "
+            f"times its Fisher: the Fishers reach {max(tops):.3g}, eps is {eps:g} and the weights are {list(lam)} "
+            f"(a sum up to {bound:.3g}, beyond {FLOAT32_MAX:.3g}); divide every input's Fisher by one factor (a merge "
+            "uses only their ratios), merge with normalize=True, or give smaller weights or eps")
 
 
 def group_fishers(fishers, name: str, prepare) -> tuple[list[torch.Tensor], list]:

@@ -18,7 +18,7 @@ from provenance.kernels.dispatch import pick
 from provenance.kernels.finite import is_finite
 from provenance.kernels.merge import FLOAT_DTYPES, settle_nonfinite
 from provenance.merges.direct import merge_direct, mover, patch_direct
-from provenance.merges.fishers import group_fishers
+from provenance.merges.fishers import check_fisher_range, group_fishers
 from provenance.objects import address_of
 from provenance.patches import encode
 from provenance.records import ParamRecord
@@ -114,6 +114,8 @@ def merge_group(method, name, thetas, fishers, lam, eps, norms, density, history
     how, on = methods.get(method), mover(device)
     thetas = [on(t) for t in thetas]
     fs, addresses = group_fishers(fishers, name, on) if how.needs_fisher else (None, None)
+    if fs is not None:
+        check_fisher_range(name, fs, lam, eps, norms, thetas[0].dtype)
     theta0 = on(materialize(history, store, base_id, name)[0]) if how.needs_base else None
     if how.finite_only:
         labels = [f"version {v[:12]}" for v in ids] if ids else [f"input {i + 1}" for i in range(len(thetas))]

@@ -111,7 +111,7 @@ def _encode_group(history, store, parent_id, name, previous, value, encoding, lo
             base, depth, chain_bytes = materialize(history, store, parent_id, name)
         if name in low_rank:
             hints["low_rank"] = low_rank[name]
-    with _naming(name) if "low_rank" in hints else contextlib.nullcontext():  # the factors' shapes
+    with _naming(name):  # the factors' shapes, an encoding asked for that cannot reproduce the group
         patch = encode(base, target, encoding=encoding, **hints)
     if encoding == "auto" and patch.encoding not in ("unchanged", "full"):
         full_size = target.numel() * target.element_size()
