@@ -53,7 +53,7 @@ from provenance.ledger import LedgerStore
 from provenance.lineage import ancestry, license_summary, lineage
 from provenance.ngrams import check_span, ngram_hashes
 from provenance.progress import step
-from provenance.records import DatasetRecord, check_gate_versions
+from provenance.records import DatasetRecord, check_gate_versions, check_list
 from provenance.results import GateReport, LicenseSummary
 
 #: The licence conditions a gate can deny, and the key of each in a lineage's licence summary.
@@ -112,8 +112,10 @@ def audit_merge(
     an input's lineage holds data a retraction retracts (``prov retract``); it is reported either way."""
     threshold = check_threshold(threshold)
     deny = check_deny_license(deny_license)
-    _check_limits(max_overlap, max_contamination, ngram)
+    max_overlap = _check_limits(max_overlap, max_contamination, ngram)
     versions = check_gate_versions(versions)
+    if eval_datasets is not None:  # a string was looked up a character at a time: "no dataset 'q'"
+        eval_datasets = check_list(eval_datasets, "eval_datasets", "of evaluation dataset names: eval_datasets=['qa']")
     with ledger.session():
         inputs = [ledger.version(v) for v in versions]  # at least two: check_gate_versions
         seen: dict[str, str] = {}
@@ -190,9 +192,16 @@ def audit_merge(
     return result
 
 
-def _check_limits(max_overlap: float | None, max_contamination: int | None, ngram: int) -> None:
-    if max_overlap is not None and not 0.0 <= float(max_overlap) <= 1.0:
-        raise InvalidParameterError(f"max-overlap must be a fraction in [0, 1], got {max_overlap}")
+def _check_limits(max_overlap: float | None, max_contamination: int | None, ngram: int) -> float | None:
+    """Refuse limits of the wrong kind or range; returns ``max_overlap`` as a float (or None). A
+    string is not the number it spells (``"0.1"`` failed later, comparing a float with a str)."""
+    if max_overlap is not None:
+        if isinstance(max_overlap, bool) or not isinstance(max_overlap, numbers.Real):
+            raise InvalidParameterError(f"max-overlap must be a fraction in [0, 1] (or None: no limit), got "
+                                        f"{type(max_overlap).__name__} {max_overlap!r}")
+        if not 0.0 <= float(max_overlap) <= 1.0:
+            raise InvalidParameterError(f"max-overlap must be a fraction in [0, 1], got {max_overlap}")
+        max_overlap = float(max_overlap)
     if max_contamination is not None:
         whole = isinstance(max_contamination, numbers.Integral) and not isinstance(max_contamination, bool) or (
             isinstance(max_contamination, float) and max_contamination.is_integer())  # 1.5 was cut to 1, NaN a ValueError
@@ -200,6 +209,7 @@ def _check_limits(max_overlap: float | None, max_contamination: int | None, ngra
             raise InvalidParameterError(f"max-contamination must be a whole count >= 0 (or None: no limit), "
                                         f"got {max_contamination!r}")
     check_span(ngram, "ngram")
+    return max_overlap
 
 
 def _digits(value: float, limit: float) -> int:

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from provenance.audits import audit_dedup, banding_for, exact_jaccard
 from provenance.cli.main import main
-from provenance.errors import FingerprintMismatchError, InvalidParameterError, NotFoundError
+from provenance.errors import FingerprintMismatchError, InvalidParameterError, NotFoundError, UnsafeOutputError
 from provenance.fingerprints import FingerprintConfig
 from provenance.synthetic import graded_pairs, template_variants
 
@@ -537,3 +537,34 @@ def test_pairs_compared_in_sql_past_the_memory_bound_are_the_same(graded_ledger,
     monkeypatch.setattr(audit_pairs, "SIGNATURE_BYTES", 0)
     in_sql = pairs(audit_dedup(graded_ledger, ["graded"], threshold=0.7))
     assert len(compiled) > 40 and compiled == sliced == in_sql
+
+
+def test_a_dataset_version_that_is_not_there_is_named_as_such(graded_ledger):
+    """Stranger pass 50: ``graded@9`` was "neither a dataset nor a version (no version or tag
+    'graded@9' ...)", though no tag holds '@': it names a dataset's version, and the dataset's
+    error says which versions it has, as ``dataset:graded@9`` did."""
+    with pytest.raises(NotFoundError, match=r"^no dataset 'graded@9' in the ledger: graded has version 1$"):
+        audit_dedup(graded_ledger, ["graded@9"])
+    with pytest.raises(NotFoundError, match=r"^no dataset 'other@1' in the ledger; registered: graded$"):
+        audit_dedup(graded_ledger, ["other@1"])
+    assert audit_dedup(graded_ledger, ["graded@1"], threshold=0.9).summary.documents == 366
+    assert len(graded_ledger.audits()) == 1
+
+
+def test_an_output_file_never_replaces_a_registered_source(graded_ledger, data_dir, tmp_path):
+    """Stranger pass 50: ``prov audit dedup graded --pairs graded.jsonl`` wrote the pairs as Parquet
+    over the dataset's own source file, which --verify and the span checks read back: silent loss
+    of the data. Such an output is refused, naming the dataset, and nothing is stored."""
+    source = data_dir / "graded.jsonl"
+    before = source.read_bytes()
+    with pytest.raises(UnsafeOutputError, match=r"'.*graded.jsonl': it is the source file of dataset graded@1 "
+                                                r"\(shard graded.jsonl\)"):
+        audit_dedup(graded_ledger, ["graded"], pairs_file=source)
+    runner = CliRunner()
+    out = runner.invoke(main, ["--ledger", str(graded_ledger.root), "audit", "dedup", "graded", "--html", str(source)])
+    assert out.exit_code != 0 and "it is the source file of dataset graded@1" in out.output, out.output
+    assert source.read_bytes() == before and graded_ledger.audits() == []
+    other = tmp_path / "pairs.parquet"
+    other.write_bytes(b"an old file")  # any other existing file is still replaced
+    report = audit_dedup(graded_ledger, ["graded"], pairs_file=other, threshold=0.9)
+    assert pq.read_table(other).num_rows == report.summary.pairs > 0

@@ -779,3 +779,36 @@ def test_an_evaluation_set_a_shared_ancestor_trained_on_fails_the_gate(ledger, d
     assert out.exit_code == 1 and "trained on by a shared ancestor 30" in out.output
     assert "warning: shared@1 is registered as training data (role train)" in out.stderr
     assert "2 shard(s) inherited from shared ancestors were not compared" in out.output
+
+
+def test_gate_limits_and_eval_sets_of_the_wrong_kind_are_refused_naming_them(contributors):
+    """Stranger pass 50: ``max_overlap="0.1"`` passed the range check (float("0.1")) and then
+    failed with a TypeError comparing a float with a str; ``eval_datasets="ev"`` was looked up a
+    character at a time ("no dataset 'e'"). Nothing is stored for either."""
+    ledger, _, va, vb = contributors
+    before = len(ledger.audits())
+    for bad in ("0.1", True, b"0.1"):
+        with pytest.raises(InvalidParameterError, match="max-overlap must be a fraction in \\[0, 1\\]"):
+            audit_merge(ledger, [va, vb], max_overlap=bad)
+    with pytest.raises(InvalidParameterError, match="eval_datasets must be a list .*got str"):
+        audit_merge(ledger, [va, vb], eval_datasets="ev")
+    assert len(ledger.audits()) == before
+    report = audit_merge(ledger, [va, vb], max_overlap=np.float32(0.5), eval_datasets=("ev",))  # a number is a number
+    assert report.policy["max_overlap"] == 0.5 and report.contamination.eval_datasets == ["ev@1"]
+
+
+def test_samples_split_only_at_line_ends(tmp_path):
+    """Stranger pass 50: samples were split with ``str.splitlines()``, which also breaks at
+    U+2028, U+0085 and form feeds: a JSONL line whose text holds U+2028 raw (valid JSON) was
+    refused as "not JSON", and a plain-text sample with a form feed became two samples."""
+    jsonl = tmp_path / "s.jsonl"
+    jsonl.write_text(json.dumps({"text": "one\u2028two\x85three"}, ensure_ascii=False) + "\r\n"
+                     + json.dumps("second\x0csample", ensure_ascii=False) + "\n", encoding="utf-8")
+    assert read_samples(jsonl) == ["one\u2028two\x85three", "second\x0csample"]
+    plain = tmp_path / "s.txt"
+    plain.write_text("first\x0cstill first\u2028and still\r\nsecond\rthird\n\n", encoding="utf-8", newline="")
+    assert read_samples(plain) == ["first\x0cstill first\u2028and still", "second", "third"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "a\u2028b"}\r\n\n{"text": 3}\n', encoding="utf-8", newline="")
+    with pytest.raises(SourceError, match="line 3 has no text"):  # line numbers count only line ends
+        read_samples(bad)

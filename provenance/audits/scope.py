@@ -65,7 +65,9 @@ def resolve_target(ledger: LedgerStore, target: Any) -> tuple[str, Any]:
         return "version", ledger.version(rest)
     try:
         ds = ledger.dataset(target)
-    except (NotFoundError, InvalidParameterError):
+    except (NotFoundError, InvalidParameterError) as exc:
+        if "@" in target and isinstance(exc, NotFoundError):  # no tag holds '@': NAME@N names a dataset's
+            raise  # version, and its error says which versions NAME has
         ds = None
     try:
         ver = ledger.version(target)

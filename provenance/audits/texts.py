@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -100,6 +101,9 @@ def read_stdin_samples(stream: Any) -> list[str]:
     return parse_samples(raw, "stdin", raw.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"{"))
 
 
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
 def parse_samples(raw: bytes, path: str, jsonl: bool) -> list[str]:
     """The samples in ``raw``, read from ``path`` (named in errors, with the line)."""
     for magic, kind in ((b"\x1f\x8b", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd")):
@@ -113,7 +117,9 @@ def parse_samples(raw: bytes, path: str, jsonl: bool) -> list[str]:
         raise SourceError(f"{path}: line {line} is not UTF-8 (byte {exc.start})") from None
     samples = []
     content = content.removeprefix("\ufeff")  # a UTF-8 byte order mark, as some editors write
-    for number, line in enumerate(content.splitlines(), 1):
+    # lines end at \n, \r\n or \r only: str.splitlines() also splits at U+2028, U+0085, form
+    # feeds and more, which a JSON string may hold raw and a generated text may contain
+    for number, line in enumerate(_LINE_END.split(content), 1):
         if not line.strip():
             continue
         if not jsonl:

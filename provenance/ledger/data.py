@@ -77,6 +77,14 @@ class DataQueries:
                 raise NotFoundError(f"no dataset {shown(ref)} in the ledger{hint}")
         return _dataset_from_row(found[0])
 
+    def shard_at(self, uri: str) -> tuple[str, str] | None:
+        """``(dataset_id, name)`` of a registered shard whose file is ``uri`` (an absolute path),
+        the first by dataset id, or None."""
+        with self._cursor() as con:
+            row = con.execute("SELECT dataset_id, name FROM shards WHERE uri = ? ORDER BY dataset_id, shard_index LIMIT 1",
+                              [uri]).fetchone()
+        return None if row is None else (row[0], row[1])
+
     def shards(self, dataset: str | DatasetRecord) -> list[ShardRecord]:
         ds = self.dataset(dataset)
         with self._cursor() as con:

@@ -18,15 +18,23 @@ class OutputChecks:
 
     def output_path(self, path: str | os.PathLike, *, parents: bool | None = None) -> Path:
         """Check a file that a command is about to write: refuse one that resolves (after
-        symlinks) inside the ledger folder, or that is a folder; its parent folder must exist
-        unless ``parents``, which creates it. Returns the resolved path."""
+        symlinks) inside the ledger folder, that is a folder, or that is a registered dataset's
+        source file; its parent folder must exist unless ``parents``, which creates it. Returns
+        the resolved path."""
         given = Path(path)
         resolved = given.resolve()
         if resolved == self.root or self.root in resolved.parents:
             raise UnsafeOutputError(
                 f"refusing to write {str(given)!r}: it resolves to {resolved}, inside the ledger folder {self.root}"
             )
-        return check_output(given, resolved, parents=parents)
+        checked = check_output(given, resolved, parents=parents)
+        if resolved.is_file():  # a registered source: audits and checks read it back, and it would be lost
+            shard = self.shard_at(str(resolved))
+            if shard is not None:
+                raise UnsafeOutputError(
+                    f"refusing to write {str(given)!r}: it is the source file of dataset {shard[0]} (shard {shard[1]}), "
+                    "which audits read back to verify pairs and find shared spans; write the output elsewhere")
+        return checked
 
     def output_folder(self, path: str | os.PathLike, *, parents: bool = False) -> Path:
         """Check a folder that a command is about to create: refuse one that resolves inside the
