@@ -195,6 +195,9 @@ class RunRecorder:
         (their keys wait in :attr:`_early` until the run exists): the run's start costs training
         the copy of the starting weights, not a commit."""
         self._owner = owner
+        # a run this callback ended before (trainer.train() again, on the same model): the starting
+        # weights are its version's child, so that the new run's lineage reaches the data it trained on
+        previous = self.version
         self.version, self.checkpoints, self._last_save, self._early = None, {}, None, []
         self._trained = 0  # batches this process trained (logged) in this run
         self._held_save: tuple[int, Callable[[Any], Any], Callable[[], None]] | None = None  # committed when a batch follows
@@ -216,7 +219,7 @@ class RunRecorder:
                 try:
                     with one_session(ledger):
                         start_from = base if base is not None else ledger.commit(
-                            state, message=f"{message}: starting weights", **commit_options)
+                            state, message=f"{message}: starting weights", parent=previous, **commit_options)
                         return ledger.start_run(base=start_from, datasets=datasets, message=message,
                                                 params={**params, **self.params}, **options)
                 finally:
