@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import click
 from rich.table import Table
 
@@ -79,8 +81,9 @@ def token_list(obj: Context, as_json: bool) -> None:
     t = Table()
     for col in ("name", "scope", "created", "expires", "state"):
         t.add_column(col)
+    now = datetime.now(timezone.utc).replace(tzinfo=None)  # the records' times are naive UTC
     for r in records:
-        state = "revoked" if r.revoked_at else "live"
+        state = "revoked" if r.revoked_at else "expired" if r.expires_at and r.expires_at <= now else "live"
         t.add_row(r.name, r.scope, f"{r.created_at:%Y-%m-%d %H:%M}",
                   f"{r.expires_at:%Y-%m-%d %H:%M}" if r.expires_at else "never", state)
     render.console().print(t) if records else render.echo("no tokens")

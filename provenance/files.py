@@ -42,6 +42,36 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+_COPY_IN_CHILD = """
+import json, shutil, sys
+try:
+    shutil.copyfile(sys.argv[1], sys.argv[2])
+except OSError as exc:
+    sys.stderr.write(json.dumps([exc.errno, exc.strerror or str(exc), exc.filename, exc.filename2]))
+    sys.exit(1)
+"""
+
+
+def copy_apart(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Copy ``source`` to ``target`` in a child process: for a file whose lock this process holds
+    (the ledger's database: DuckDB's lock is a POSIX record lock). Closing *any* descriptor of a
+    file drops every POSIX lock the process holds on it, so a copy opened here let another process
+    open the ledger beside the one holding it (a second ``prov serve`` on a served folder after a
+    ``prov backup`` through it). An error is raised here as the child's :class:`OSError`."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _COPY_IN_CHILD, os.fspath(source), os.fspath(target)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        try:
+            code, reason, first, second = json.loads(done.stderr)
+        except ValueError:  # the child died before it could say (killed, no interpreter)
+            raise OSError(errno.EIO, f"the copying process failed ({done.returncode}): {done.stderr.strip()[-500:]}",
+                          os.fspath(source), None, os.fspath(target)) from None
+        raise OSError(code, reason, first or os.fspath(source), None, second or os.fspath(target))
+
+
 def table_format(path: str | os.PathLike) -> str:
     """The format a table asked for at ``path`` is written in (an audit's pairs file): ``"csv"``
     for a name ending in ``.csv`` (any case), else ``"parquet"``. One rule for the local ledger and

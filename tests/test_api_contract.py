@@ -832,3 +832,36 @@ def test_an_unknown_route_or_method_answers_in_the_ledgers_shape(server):
     with pytest.raises(errors.ProvenanceError, match="no such API route: GET /api/v1/nosuch") as caught:
         server.ledger()._call("GET", "nosuch")  # a client newer than its server: told what is missing
     assert "not a provenance ledger server" not in str(caught.value)
+
+
+def test_head_is_answered_as_get_without_the_body(server):
+    """HEAD got 405 on every route, ``HEAD /healthz`` (a load balancer's health check) too; it
+    is answered as GET is, with the same status and headers, and no body."""
+    h = {"Authorization": f"Bearer {server.token}"}
+    for path, headers in (("/healthz", {}), ("/api/v1/datasets", h), ("/api/v1/summary", h)):
+        got, head = httpx.get(f"{server.url}{path}", headers=headers), httpx.head(f"{server.url}{path}", headers=headers)
+        assert (head.status_code, head.content) == (200, b""), (path, head.text)
+        assert head.headers["content-length"] == got.headers["content-length"] == str(len(got.content))
+        assert head.headers["content-type"] == "application/json"
+    assert httpx.head(f"{server.url}/api/v1/datasets").status_code == 401  # a token is needed as for GET
+    admin = server.ledger()
+    reader = admin.issue_token("head-reader", "read")[1]
+    assert httpx.head(f"{server.url}/api/v1/tokens", headers={"Authorization": f"Bearer {reader}"}).status_code == 403
+    admin.revoke_token("head-reader")
+    assert httpx.head(f"{server.url}/api/v1/nosuch", headers=h).status_code == 404
+
+
+def test_a_token_in_the_server_url_is_refused_without_printing_it(server, monkeypatch):
+    """A token put in the URL (``http://me:TOKEN@host``, ``?token=``) was not read: the userinfo
+    went as Basic auth and replaced PROV_TOKEN's Bearer header, so the answer was "this server
+    needs a token ... prov reads it from PROV_TOKEN" with PROV_TOKEN set, and the secret was
+    printed in every message naming the URL."""
+    monkeypatch.setenv("PROV_TOKEN", server.token)
+    host = server.url.removeprefix("http://")
+    for url, said in ((f"http://me:s3cret@{host}", "a user name or password"), (f"{server.url}/?token=s3cret", "a query"),
+                      (f"{server.url}/#s3cret", "a fragment")):
+        with pytest.raises(errors.InvalidParameterError) as refused:
+            Ledger.open(url)
+        assert str(refused.value).startswith(f"ledger server URL {server.url} is given with {said}")
+        assert "s3cret" not in str(refused.value) and "PROV_TOKEN" in str(refused.value)
+    assert Ledger.open(server.url + "/").summary()["datasets"] >= 0  # PROV_TOKEN's Bearer header, as documented

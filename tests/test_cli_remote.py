@@ -234,3 +234,21 @@ def test_a_client_does_not_write_into_a_ledger_folder_on_its_machine(server, tmp
         assert not inside.exists()
     out = runner.invoke(main, ["--ledger", server.url, "export", "openlineage", version, "-o", str(tmp_path / "e.jsonl")])
     assert out.exit_code == 0 and (tmp_path / "e.jsonl").is_file() and "wrote 0 events" in out.output
+
+
+def test_token_list_says_which_tokens_have_expired(server, monkeypatch):
+    """An expired token was listed as ``live`` (locally and through a server) while every call
+    with it got 401: the state column is ``expired`` once its time is past."""
+    import time
+
+    monkeypatch.setenv("PROV_TOKEN", server.token)
+    admin = server.ledger()
+    admin.issue_token("brief", "read", expires_days=1e-6)  # 0.09 s
+    admin.issue_token("lasting", "read", expires_days=30)
+    time.sleep(0.3)
+    listed = CliRunner().invoke(main, ["--ledger", server.url, "token", "list"], catch_exceptions=False)
+    assert listed.exit_code == 0, listed.output
+    states = {line.split("│")[1].strip(): line.split("│")[5].strip() for line in listed.output.splitlines()
+              if line.startswith("│")}
+    assert states == {"admin": "live", "brief": "expired", "lasting": "live"} | (
+        {"reader": "revoked"} if "reader" in states else {})

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from provenance.errors import LedgerDamagedError, ProvenanceError
-from provenance.files import host_label, process_alive
+from provenance.files import copy_apart, host_label, process_alive
 from provenance.ledger._common import TMP_DIR, quote_identifier, tree_bytes
 from provenance.ledger.staging import clean_staging, staging_entries
 
@@ -148,7 +148,7 @@ class Maintenance:
         with self._cursor() as con:
             if not self.read_only:
                 con.execute("CHECKPOINT")
-            shutil.copyfile(self.db_path, dest)
+            copy_apart(self.db_path, dest)  # never opened here: closing it would drop the ledger's lock
             wal = self.db_path.with_name(self.db_path.name + ".wal")
             if wal.exists() and wal.stat().st_size:
                 shutil.copyfile(wal, dest.with_name(dest.name + ".wal"))

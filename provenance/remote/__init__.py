@@ -53,11 +53,17 @@ class RemoteLedger(Transport, RemoteDatasets, RemoteVersions, RemoteRuns, Remote
             self.url = self.url.removesuffix(API)
         self.root = self.url
         try:  # 'http://[::1' ended in httpx's traceback, 'http://' in 7 tries to reach no host
-            host = httpx.URL(self.url).host
+            parsed = httpx.URL(self.url)
         except httpx.InvalidURL as exc:
             raise InvalidParameterError(f"ledger server URL {url!r} is not a valid URL: {exc}") from None
-        if not host:
+        if not parsed.host:
             raise InvalidParameterError(f"ledger server URL {url!r} names no host: give http://HOST:PORT")
+        if parsed.userinfo or parsed.query or parsed.fragment:  # a token there was sent as Basic auth, or not at all
+            bare = str(parsed.copy_with(userinfo=None, query=None, fragment=None)).rstrip("/")
+            said = "a user name or password" if parsed.userinfo else "a query (?...)" if parsed.query else "a fragment (#...)"
+            raise InvalidParameterError(
+                f"ledger server URL {bare} is given with {said}, which the server does not read: give the token in "
+                "PROV_TOKEN or Ledger.open(URL, token=...), never in the URL (messages and logs print it)")
         token = token or os.environ.get("PROV_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.retries = retries

@@ -87,6 +87,11 @@ class LedgerService:
     def close(self) -> None:
         with self.lock:
             self._stack.close()
+        import gc
+
+        # What _warm_up froze is collected at exit again: left frozen, Triton's bindings printed
+        # 30 lines of "nanobind: leaked ... instances ... a reference counting issue" at every stop.
+        gc.unfreeze()
 
 
 async def body_chunks(request: Any, limit: int) -> AsyncIterator[bytes]:

@@ -11,10 +11,10 @@ from fastapi import APIRouter, Request
 from pydantic import Field
 
 from provenance.records import TokenRecord
-from provenance.server.common import Body, jsonable, service_of
+from provenance.server.common import Body, JsonRoute, jsonable, service_of
 from provenance.verify import VerifyReport
 
-router = APIRouter()
+router = APIRouter(route_class=JsonRoute)
 
 
 class GcBody(Body):

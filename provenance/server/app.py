@@ -46,11 +46,11 @@ from provenance.files import atomic_write_text, describe
 from provenance.ledger import SERVING_FILE, WRITE_KEY
 from provenance.ledger._common import _now
 from provenance.server import LedgerService
+from provenance.server.common import MAX_JSON
 from provenance.wire import API, READ_POSTS, WARNINGS_HEADER, error_body, status_of, warnings_header
 
 _ADMIN = (f"{API}/tokens", f"{API}/gc", f"{API}/verify", f"{API}/backup", f"{API}/audits/delete")
 _SCOPE_RANK = {"read": 0, "write": 1, "admin": 2}
-MAX_JSON = 64 << 20  # bytes of a JSON request (uploads have their own limit, --max-upload)
 #: The errors of a disk that refuses a write: full, over a quota, over the file size limit.
 _STORAGE_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _OPEN_PATHS = ("/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
@@ -200,6 +200,8 @@ class Guard:
         self.key_locks = _KeyLocks()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            return await self(_as_get(scope), receive, _headers_only(send))
         if scope["type"] != "http" or scope["path"] in _OPEN_PATHS:
             return await self.app(scope, receive, send)
         held = _HELD.set([])  # this request's warnings (_relay_warnings)
@@ -338,6 +340,23 @@ class Guard:
         await send({"type": "http.response.body", "body": data})
 
 
+def _as_get(scope: dict) -> dict:
+    """A HEAD request answered as its GET is (RFC 9110: a server supports both): the routes are
+    GET routes, and HEAD got 405, ``HEAD /healthz`` from a load balancer's health check too."""
+    return {**scope, "method": "GET"}
+
+
+def _headers_only(send: Any) -> Callable[[dict], Any]:
+    """``send`` passing a response's status and headers (its length included) and none of its body."""
+
+    async def head(message: dict) -> None:
+        if message["type"] == "http.response.body":
+            message = {**message, "body": b""}
+        await send(message)
+
+    return head
+
+
 def _not_kept(key: str, made: dict[str, str]) -> str:
     """Why a retried write gets no answer but the news that it was applied, and what to do."""
     if "token" in made:
@@ -448,7 +467,8 @@ def serve(path: str, *, host: str = "127.0.0.1", port: int = 8765, auth: bool = 
         scheme = "https" if ssl_certfile else "http"
         serving = service.ledger.root / SERVING_FILE  # so that a process refused the ledger is told where to go
         with contextlib.suppress(OSError):  # a hint only: a disk that refuses it does not stop the server
-            atomic_write_text(serving, json.dumps({"pid": os.getpid(), "url": f"{scheme}://{host}:{port}" if port else None}))
+            where = f"[{host}]" if ":" in host else host  # an IPv6 address: http://::1:8765 is no URL
+            atomic_write_text(serving, json.dumps({"pid": os.getpid(), "url": f"{scheme}://{where}:{port}" if port else None}))
         try:
             uvicorn.run(create_app(service), host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
                         log_level=log_level, timeout_graceful_shutdown=30)

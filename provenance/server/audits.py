@@ -11,10 +11,10 @@ from fastapi.responses import Response
 from pydantic import Field
 
 from provenance.results import DedupReport, GateReport, MemorizationReport
-from provenance.server.common import GATE_OPTIONS, Body, audit_options, jsonable, service_of
+from provenance.server.common import GATE_OPTIONS, Body, JsonRoute, audit_options, jsonable, service_of
 from provenance.wire import ARROW_STREAM, table_to_ipc
 
-router = APIRouter()
+router = APIRouter(route_class=JsonRoute)
 
 
 class DedupBody(Body):

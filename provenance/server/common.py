@@ -12,11 +12,44 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Request
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict
 
 from provenance import errors
 from provenance.files import naming
 from provenance.server import LedgerService, body_chunks
+
+MAX_JSON = 64 << 20  # bytes of a JSON request (uploads have their own limit, --max-upload)
+
+
+def too_large(message: str) -> JSONResponse:
+    """413 Content Too Large, saying which limit."""
+    return JSONResponse({"error": message, "kind": "InvalidParameterError"}, status_code=413)
+
+
+class JsonRoute(APIRoute):
+    """A route whose JSON body is read whole (into its pydantic model): at most :data:`MAX_JSON`
+    bytes are read, whatever the request says of its length (413 past them). A body sent without
+    a Content-Length (chunked), or with another Content-Type, was read whole into memory first,
+    however large: the limit held only for a JSON body that declared its length."""
+
+    def get_route_handler(self) -> Any:
+        handler = super().get_route_handler()
+        if self.body_field is None:
+            return handler
+
+        async def read_at_most(request: Request) -> Any:
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_JSON:
+                    return too_large(f"a JSON body may have at most {MAX_JSON:,} bytes, this one has more")
+                chunks.append(chunk)
+            request._body = b"".join(chunks)  # what Request.body() then gives the route's handler
+            return await handler(request)
+
+        return read_at_most
 
 
 def service_of(request: Request) -> LedgerService:

@@ -16,10 +16,10 @@ from starlette.concurrency import run_in_threadpool
 
 from provenance import errors
 from provenance.records import DatasetRecord, DocumentRecord, RegistrationResult, ShardRecord
-from provenance.server.common import Body, jsonable, receive_file, service_of
+from provenance.server.common import Body, JsonRoute, jsonable, receive_file, service_of
 from provenance.wire import ARROW_STREAM, table_to_ipc
 
-router = APIRouter()
+router = APIRouter(route_class=JsonRoute)
 
 
 @router.get("/datasets", tags=["datasets"], response_model=None,

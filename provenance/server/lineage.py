@@ -10,17 +10,17 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from provenance import errors
 from provenance.results import Lineage, TaintReport
-from provenance.server.common import Body, service_of
+from provenance.server.common import Body, JsonRoute, service_of, too_large
 from provenance.wire import BUNDLE, pack
 
-router = APIRouter()
+router = APIRouter(route_class=JsonRoute)
 
 
 def _fast_json(data: Any) -> Response:
@@ -44,10 +44,6 @@ def lineage(request: Request, ref: str) -> Response:
 
 
 MAX_EVENT = 16 << 20  # an OpenLineage event's bytes, as sent and once decompressed
-
-
-def _too_large(message: str) -> JSONResponse:
-    return JSONResponse({"error": message, "kind": "InvalidParameterError"}, status_code=413)
 
 
 def _gunzip(raw: bytes, limit: int) -> bytes | None:
@@ -79,16 +75,23 @@ async def openlineage_event(request: Request) -> dict[str, Any]:
     """Receive an OpenLineage RunEvent (as the openlineage-python client's HTTP transport sends it):
     its run becomes a provenance run, its inputs are matched to registered datasets."""
     s = service_of(request)
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_EVENT:
+        return too_large(f"the event is larger than {MAX_EVENT >> 20} MiB ({int(length):,} bytes)")
+    raw = bytearray()  # read up to the limit: a body sent without a length (chunked) was read whole, however large
     try:
-        raw = await request.body()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_EVENT:
+                return too_large(f"the event is larger than {MAX_EVENT >> 20} MiB (more than {MAX_EVENT:,} bytes "
+                                  "sent)")
     except ClientDisconnect:  # a job killed mid-event: said so, not a traceback in the server's log
         raise errors.InvalidParameterError("the event stopped before its end: the client went away") from None
-    if len(raw) > MAX_EVENT:
-        return _too_large(f"the event is larger than {MAX_EVENT >> 20} MiB ({len(raw):,} bytes)")
+    raw = bytes(raw)
     if request.headers.get("content-encoding", "").lower() == "gzip":
         raw = _gunzip(raw, MAX_EVENT)
         if raw is None:  # a small body that inflates without end must not take the server's memory
-            return _too_large(f"the event is larger than {MAX_EVENT >> 20} MiB once decompressed")
+            return too_large(f"the event is larger than {MAX_EVENT >> 20} MiB once decompressed")
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:

@@ -11,10 +11,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import Field
 
-from provenance.server.common import Body, service_of
+from provenance.server.common import Body, JsonRoute, service_of
 from provenance.wire import ADMIN_TABLES, ARROW_STREAM, table_to_ipc
 
-router = APIRouter()
+router = APIRouter(route_class=JsonRoute)
 
 
 @router.get("/summary", tags=["ledger"])

@@ -10,9 +10,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import Field
 
-from provenance.server.common import Body, audit_options, jsonable, service_of
+from provenance.server.common import Body, JsonRoute, audit_options, jsonable, service_of
 
-router = APIRouter()
+router = APIRouter(route_class=JsonRoute)
 
 
 class RetractBody(Body):

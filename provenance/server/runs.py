@@ -12,10 +12,10 @@ from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from provenance.records import RunRecord, RunShardRecord
-from provenance.server.common import Body, jsonable, receive_bytes, service_of
+from provenance.server.common import Body, JsonRoute, jsonable, receive_bytes, service_of
 from provenance.wire import ARROW_STREAM
 
-router = APIRouter()
+router = APIRouter(route_class=JsonRoute)
 
 
 class StartRunBody(Body):

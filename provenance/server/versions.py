@@ -20,9 +20,9 @@ from provenance import errors
 from provenance.records import TagRecord, VersionRecord
 from provenance.results import MergeReceipt
 from provenance.server import LedgerService
-from provenance.server.common import GATE_OPTIONS, Body, audit_options, jsonable, receive_file, service_of
+from provenance.server.common import GATE_OPTIONS, Body, JsonRoute, audit_options, jsonable, receive_file, service_of
 
-router = APIRouter()
+router = APIRouter(route_class=JsonRoute)
 
 
 @router.get("/versions", tags=["versions"], response_model=None,
