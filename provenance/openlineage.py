@@ -45,15 +45,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from provenance.errors import InvalidParameterError, NotFoundError
 from provenance.ledger import LedgerStore
-from provenance.openlineage_out import NAMESPACE
-from provenance.records import RunRecord
+from provenance.openlineage_out import NAME_LONGEST, NAMESPACE
+from provenance.records import RunRecord, check_utf8
 
 _JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 EVENT_TYPES = ("START", "RUNNING", "COMPLETE", "FAIL", "ABORT", "OTHER")
 _ENDS = {"COMPLETE": "finished", "FAIL": "failed", "ABORT": "failed"}
-
-
-NAME_LONGEST = 4096  # a namespace or name: a URI or a file path with room to spare
 
 
 def _printable(value: str) -> str:
@@ -108,6 +105,30 @@ class RunEvent(_Loose):
     outputs: list[OLDataset] = Field(default_factory=list)
     producer: str | None = None
 
+    @field_validator("producer")
+    @classmethod
+    def _utf8(cls, value: str | None) -> str | None:
+        """Text the ledger can keep (the run's params hold it): a lone surrogate (JSON's ``"\\ud800"``)
+        was stored, and the run then could not be served (a server error)."""
+        try:
+            if value is not None:
+                value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"holds an unpaired surrogate at character {exc.start}: it is not valid UTF-8") from None
+        return value
+
+    @field_validator("eventTime")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        """In UTC without its zone, as the ledger keeps times: ``0001-01-01T00:00:00+05:00`` (before
+        year 1 in UTC) was an OverflowError, a server error."""
+        if value.tzinfo is None:
+            return value
+        try:
+            return value.astimezone(timezone.utc).replace(tzinfo=None)
+        except OverflowError:
+            raise ValueError(f"{value.isoformat()} is out of range in UTC (years 1 to 9999)") from None
+
 
 def parse_event(data: Any) -> RunEvent:
     """A RunEvent, or an :class:`InvalidParameterError` naming the field that is wrong."""
@@ -130,7 +151,7 @@ def ingest(ledger: LedgerStore, data: Any) -> dict[str, Any]:
     if own is not None:  # this ledger's own events, sent back (a replayed export, a run's events sent here)
         return {"run_id": own[0], "event": kind, "status": f"event ignored: it is {own[1]} of this ledger, which "
                 "the ledger records itself", "inputs": [], "version_id": None}
-    when = event.eventTime.astimezone(timezone.utc).replace(tzinfo=None) if event.eventTime.tzinfo else event.eventTime
+    when = event.eventTime  # in UTC (RunEvent._utc)
     known = _Registered(ledger) if event.inputs else None
     inputs = [(d.namespace, d.name, _match(ledger, known, d)) for d in event.inputs if not _is_model(d)]
     version = _produced(ledger, event)
@@ -222,6 +243,7 @@ def _match(ledger: LedgerStore, known: _Registered, dataset: OLDataset) -> str |
         raise InvalidParameterError(f"input {dataset.namespace}/{dataset.name}: its provenance facet must be "
                                     f'{{"dataset": "NAME" or "NAME@VERSION"}}, got {str(facet)[:80]}')
     if facet is not None and facet["dataset"]:
+        check_utf8(facet["dataset"], f"input {dataset.namespace}/{dataset.name}: its provenance facet's dataset")
         found = known.find(str(facet["dataset"]))  # named explicitly: a wrong name is an error, saying why
         return found if found is not None else ledger.dataset(str(facet["dataset"])).dataset_id
     version = dataset.facets.get("version") if isinstance(dataset.facets, dict) else None
@@ -241,6 +263,7 @@ def _produced(ledger: LedgerStore, event: RunEvent) -> str | None:
     facet = event.run.facets.get("provenance") if isinstance(event.run.facets, dict) else None
     ref = facet.get("version") if isinstance(facet, dict) else None
     if ref is not None:
+        check_utf8(str(ref), "run.facets.provenance.version")
         return _not_a_merge(ledger.version(str(ref)))  # named explicitly: a wrong ref is an error
     for output in event.outputs:
         if output.namespace == NAMESPACE:
@@ -265,6 +288,8 @@ def _not_a_merge(version: Any) -> str:
 def _error(event: RunEvent) -> str:
     facet = event.run.facets.get("errorMessage") if isinstance(event.run.facets, dict) else None
     if isinstance(facet, dict) and facet.get("message"):
-        return f"OpenLineage {event.eventType}: {str(facet['message'])[:2000]}"
+        # a lone surrogate (JSON's "\\ud800", in a stack trace cut short) as its escape: it was a server error
+        message = str(facet["message"])[:2000].encode("utf-8", "backslashreplace").decode()
+        return f"OpenLineage {event.eventType}: {message}"
     return f"OpenLineage {event.eventType}"
 

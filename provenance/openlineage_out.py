@@ -47,6 +47,7 @@ import logging
 import math
 import os
 import queue
+import re
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -69,6 +70,8 @@ PRODUCER = f"https://provenance.dev/provenance/{__version__}"
 FINGERPRINT_SCHEMA_URL = ("https://provenance.dev/schemas/openlineage/1-0-0/ProvenanceFingerprintInputDatasetFacet.json"
                           "#/$defs/ProvenanceFingerprintInputDatasetFacet")
 INSTALL = "pip install 'provenance[openlineage]'"
+NAME_LONGEST = 4096  # a namespace or name: a URI or a file path with room to spare
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # never in a namespace or name (a terminal obeys them)
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +119,13 @@ def job_namespace(given: str | None = None) -> str:
     if given is None and configured and not configured.strip():  # ' ' went into events
         raise InvalidParameterError(f"OPENLINEAGE_NAMESPACE is blank ({configured!r}): set it to a namespace, or unset it "
                                     f"for {NAMESPACE!r}")
-    return given or configured or NAMESPACE
+    namespace = given or configured or NAMESPACE
+    if (bad := _CONTROL.search(namespace)) or len(namespace) > NAME_LONGEST:  # events an intake refuses
+        what = "namespace" if given is not None else "OPENLINEAGE_NAMESPACE"
+        raise InvalidParameterError(
+            f"{what} {namespace[:80]!r} holds the control character {bad.group()!r} at {bad.start()}" if bad else
+            f"{what} is {len(namespace):,} characters long, more than {NAME_LONGEST:,}")
+    return namespace
 
 
 def emitter(option: Any = None) -> Emitter | None:
@@ -157,8 +166,16 @@ def with_job(params: Mapping[str, Any] | None, sender: Emitter | None, message: 
     a sender, or where they already say ``openlineage``."""
     params = dict(params or {})
     if sender is not None and "openlineage" not in params:
-        params["openlineage"] = {"job": {"namespace": sender.namespace, "name": sender.job or message}}
+        params["openlineage"] = {"job": {"namespace": sender.namespace, "name": job_name(sender.job or message)}}
     return params
+
+
+def job_name(text: str) -> str:
+    """A run's or a merge's message as a job name that an OpenLineage intake takes: each run of
+    control characters (a multi-line message's newlines, a tab) and the spaces around it one
+    space, at most :data:`NAME_LONGEST` characters (a provenance server refused its own exports
+    otherwise)."""
+    return re.sub(r" *[\x00-\x1f\x7f-\x9f][\x00-\x1f\x7f-\x9f ]*", " ", text).strip()[:NAME_LONGEST] or "run"
 
 
 class Emitter:
@@ -255,7 +272,7 @@ def run_event(run: RunRecord, datasets: Mapping[str, DatasetRecord], kind: str, 
         run_id = uuid.UUID(hex=run.run_id)
         sent = origin.get("job") if isinstance(origin, dict) and isinstance(origin.get("job"), dict) else {}
         job_ref = ol.Job(namespace=sent.get("namespace") or job_namespace(namespace),
-                         name=sent.get("name") or job or run.message, facets={
+                         name=job_name(sent.get("name") or job or run.message), facets={
             "jobType": ol.JobTypeJobFacet(processingType="BATCH", integration="PROVENANCE", jobType="TRAINING",
                                           producer=PRODUCER)})
     inputs = [ol.InputDataset(namespace=NAMESPACE, name=run.base_version)] if run.base_version else []
@@ -278,7 +295,7 @@ def merge_events(version: VersionRecord | Mapping[str, Any], *, namespace: str |
     merged versions and whose output is ``version`` (module doc)."""
     ol = _ol()
     row = version.model_dump() if isinstance(version, VersionRecord) else version
-    job = ol.Job(namespace=job_namespace(namespace), name=row["message"],
+    job = ol.Job(namespace=job_namespace(namespace), name=job_name(row["message"] or "merge"),
                  facets={"jobType": ol.JobTypeJobFacet(processingType="BATCH", integration="PROVENANCE",
                                                        jobType="MERGE", producer=PRODUCER)})
     run = ol.Run(runId=str(uuid.UUID(hex=row["version_id"])))

@@ -326,3 +326,49 @@ def test_a_ledger_s_own_events_posted_back_change_nothing_and_a_merge_is_no_run_
         f"version {merged.version_id[:12]} is a merge of {trained[0].version_id[:12]}, {trained[1].version_id[:12]}: a "
         "merge, not a run, made it, so an OpenLineage run cannot be what produced it")
     assert sorted((r.run_id, r.status) for r in ledger.runs()) == before and ledger.version(merged).run_id is None
+
+
+def test_an_event_time_out_of_range_in_utc_is_refused_not_a_server_error(server):
+    """``0001-01-01T00:00:00+05:00`` is valid RFC 3339, but before year 1 once in UTC:
+    ``astimezone`` raised OverflowError, a 500, and the job's client retried it (stranger pass 52)."""
+    h, url = {"Authorization": f"Bearer {server.token}"}, f"{server.url}/api/v1/lineage"
+    runs = len(server.ledger().runs())
+    for when in ("0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"):
+        answer = httpx.post(url, headers=h, json={"eventType": "START", "eventTime": when,
+                                                  "run": {"runId": str(uuid.uuid4())}, "job": {"namespace": "a", "name": "b"}})
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["error"] == (f"not an OpenLineage RunEvent: eventTime: {when} is out of range in UTC "
+                                          "(years 1 to 9999)")
+    assert len(server.ledger().runs()) == runs
+    edge = httpx.post(url, headers=h, json={"eventType": "START", "eventTime": "0001-01-01T05:00:00+05:00",
+                                            "run": {"runId": str(uuid.uuid4())}, "job": {"namespace": "a", "name": "b"}})
+    assert edge.status_code == 200
+    assert server.ledger().run(edge.json()["run_id"]).started_at.isoformat().startswith("0001-01-01T00:00:00")
+
+
+def test_unpaired_surrogates_in_an_event_are_no_server_error(server):
+    """JSON may write a lone surrogate (``"\\ud800"``; Python's client does, for a file name's stray
+    bytes in a stack trace). In a FAIL's errorMessage it was DuckDB's InvalidInputException (500,
+    the FAIL lost and the run left running); in ``producer`` it was stored, and the run could not
+    be served again; in a provenance facet's ref, a 500. The error keeps it as its escape; the
+    others are refused, naming the field (stranger pass 52)."""
+    h = {"Authorization": f"Bearer {server.token}", "Content-Type": "application/json"}
+    url, job = f"{server.url}/api/v1/lineage", {"namespace": "airflow", "name": "surrogates"}
+    failed = httpx.post(url, headers=h, content=json.dumps({
+        "eventType": "FAIL", "eventTime": _now(), "job": job,
+        "run": {"runId": str(uuid.uuid4()), "facets": {"errorMessage": {
+            "message": "cannot open /data/caf\udce9.jsonl", "programmingLanguage": "python"}}}}))
+    assert failed.status_code == 200, failed.text
+    run = server.ledger().run(failed.json()["run_id"])
+    assert (run.status, run.error) == ("failed", "OpenLineage FAIL: cannot open /data/caf\\udce9.jsonl")
+    runs = len(server.ledger().runs())
+    for extra, says in (({"producer": "https://x\ud800"}, "producer: holds an unpaired surrogate at character 9"),
+                        ({"run": {"runId": str(uuid.uuid4()), "facets": {"provenance": {"version": "\ud800"}}}},
+                         "run.facets.provenance.version holds an unpaired surrogate at character 0"),
+                        ({"inputs": [{"namespace": "s3", "name": "x", "facets": {"provenance": {"dataset": "w\udcffb"}}}]},
+                         "input s3/x: its provenance facet's dataset holds an unpaired surrogate at character 1")):
+        answer = httpx.post(url, headers=h, content=json.dumps({"eventType": "START", "eventTime": _now(), "job": job,
+                                                                "run": {"runId": str(uuid.uuid4())}, **extra}))
+        assert answer.status_code == 422, answer.text
+        assert says in answer.json()["error"]
+    assert len(server.ledger().runs()) == runs

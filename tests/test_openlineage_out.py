@@ -342,6 +342,23 @@ def test_bad_options_are_refused_clearly():
         OpenLineageOptions(job=" ")
 
 
+
+def test_a_namespace_with_control_characters_is_refused(local, monkeypatch):
+    """``--namespace $'a\\tb'`` or ``OPENLINEAGE_NAMESPACE`` read from a file with Windows line
+    ends (``team\\r``) went into every event, which an intake then refused (stranger pass 52)."""
+    ledger, base = local
+    _, _, _, c = _history(ledger, base)
+    with pytest.raises(InvalidParameterError, match=r"^namespace 'a\\tb' holds the control character '\\t' at 1$"):
+        ledger.export_openlineage(c, namespace="a\tb")
+    with pytest.raises(InvalidParameterError, match="^namespace is 5,000 characters long, more than 4,096$"):
+        ledger.export_openlineage(c, namespace="n" * 5000)
+    monkeypatch.setenv("OPENLINEAGE_NAMESPACE", "team\r")
+    with pytest.raises(InvalidParameterError, match=r"^OPENLINEAGE_NAMESPACE 'team\\r' holds the control character"):
+        ledger.export_openlineage(c)
+    with pytest.raises(InvalidParameterError, match="OPENLINEAGE_NAMESPACE 'team"):
+        emitter(OpenLineageOptions(client=_file_client(Path("x.jsonl"))))
+    assert ledger.export_openlineage(c, namespace="lake")[0]["job"]["namespace"] == "lake"
+
 # -- the custom facet's schema ------------------------------------------------------------------
 
 
@@ -483,6 +500,30 @@ def test_an_exported_lineage_replays_into_the_intake(local, server, registry):
         "merge a and b": ("finished", {}), "train c": ("finished", {"web@1": 1.0})}
     assert _inputs(remote, by_job["merge a and b"].run_id) == []  # its inputs are models, not data
 
+
+
+def test_messages_with_control_characters_make_job_names_the_intake_takes(local, tmp_path, server, registry):
+    """A run's or a merge's message is its job's name, and a multi-line message (or a tab) is
+    common: the events of such a run, sent or exported, were refused by a provenance server's
+    intake (422, "job.name: holds the control character '\\n'"), and a message over 4,096
+    characters too. Each run of control characters is one space now (stranger pass 52)."""
+    ledger, base = local
+    path = tmp_path / "lines.jsonl"
+    with ledger.start_run(base=base, datasets=["web"], message="fine-tune\n\n  on web,\tagain\x00",
+                          openlineage=_file_client(path)) as run:
+        trained = run.commit({"w": torch.ones(4)})
+    with ledger.start_run(base=base, datasets=["forum"], message="x" * 5000, openlineage=False) as run:
+        other = run.commit({"w": torch.full((4,), 2.0)})
+    merged = ledger.merge([trained, other], method="average", message="merge\r\nboth")
+    sent = [check(e, registry) for e in _read(path)]
+    assert [e["job"]["name"] for e in sent] == ["fine-tune on web, again"] * 2
+    assert ledger.run(trained.run_id).params["openlineage"]["job"]["name"] == "fine-tune on web, again"
+    events = [check(e, registry) for e in ledger.export_openlineage(merged)]
+    assert sorted({e["job"]["name"] for e in events}) == ["fine-tune on web, again", "merge both", "x" * 4096]
+    headers = {"Authorization": f"Bearer {server.token}"}
+    answers = [httpx.post(f"{server.url}/api/v1/lineage", headers=headers, json=e, timeout=30) for e in events + sent]
+    assert [r.status_code for r in answers] == [200] * len(answers), [r.text for r in answers]
+    assert _intake_run(server.ledger(), events[-1]["run"]["runId"]).message == "provenance/merge both"
 
 def test_a_remote_ledger_emits_and_exports_the_same_way(server, tmp_path, registry, monkeypatch):
     _quiet_environment(monkeypatch, tmp_path)
