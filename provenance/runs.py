@@ -118,7 +118,7 @@ def start_run(
         raise InvalidParameterError(f"pid must be a process id from 0 to 2**31 - 1 (0: no owner), got {pid!r}")
     params_json = json.dumps(stored_params(params, openlineage, message), sort_keys=True, allow_nan=False)
     with ledger.session():  # one connection for the reads and the run's row
-        declared = _declared(ledger, datasets)
+        declared = declared_datasets(ledger, datasets)
         base_id = ledger.version(base).version_id if base is not None else None
         started = _now()
         host, pid = host or socket.gethostname(), os.getpid() if pid is None else int(pid)
@@ -155,7 +155,10 @@ def declared_items(datasets: Any) -> list[tuple[Any, float]]:
     return [(ref, float(epochs)) for ref, epochs in items]
 
 
-def _declared(ledger: LedgerStore, datasets: Any) -> dict[str, float]:
+def declared_datasets(ledger: LedgerStore, datasets: Any) -> dict[str, float]:
+    """The datasets a run declares (:func:`declared_items`) as ``{dataset id: epochs}``, each looked
+    up in ``ledger`` (a local ledger or a server's client) and refused, naming it, when it is not
+    there, when two name one dataset, or when its epochs make too many examples."""
     out: dict[str, float] = {}
     given: dict[str, str] = {}  # each dataset id as it was given, for the refusal of a second
     for ref, epochs in declared_items(datasets):

@@ -352,3 +352,76 @@ def test_resuming_from_a_checkpoint_says_the_steps_before_are_out_of_the_lineage
                                                                   ckpt_path=str(saved[-1]))
     assert tiny.run(again.run.run_id).params["start_step"] == 5
     assert sorted(logged_by_step(tiny, again.run.run_id)) == [5, 6, 7, 8, 9]
+
+
+@pytest.mark.parametrize(("options", "at_start", "match"), [
+    ({"datasets": {"tiny": -1}}, True, "epochs over dataset 'tiny' must be a finite number >= 0, got -1"),
+    ({"datasets": ["tiny", "tiny@1"]}, True, "datasets 'tiny' and 'tiny@1' are both tiny@1"),
+    ({"datasets": ["tiny"], "params": {"optimizer": object()}}, False, "run params must be JSON values"),
+    ({"datasets": ["tiny"], "flush_every": 0}, False, "flush_every must be a positive integer, got 0"),
+])
+def test_refused_settings_leave_no_starting_weights_behind(tiny, tmp_path, options, at_start, match):
+    """Epochs, params or flush_every that start_run refuses were refused after the starting weights
+    were committed: each refusal left a version of no run in the ledger (found by stranger pass 51)."""
+    with pytest.raises(InvalidParameterError, match=re.escape(match)):
+        callback = ProvenanceCallback(tiny, **options)
+        assert at_start  # else refused when the callback is made
+        _trainer(tmp_path, callback).fit(Tiny(), DataLoader(ROWS, batch_size=4))
+    assert tiny.versions() == [] and tiny.runs() == []
+
+
+def test_fitting_again_from_where_the_last_run_ended_keeps_its_lineage(tiny, tmp_path):
+    """A second fit of the same module with the same callback started from the first run's final
+    weights, but committed them again as a version of no run: the second version's lineage lost the
+    first run's 12 examples (found by stranger pass 51). The first run's version is the base now."""
+    module, callback = Tiny(), ProvenanceCallback(tiny, datasets=["tiny"])
+    _trainer(tmp_path, callback, max_steps=3).fit(module, DataLoader(ROWS, batch_size=4))
+    first = callback.version
+    _trainer(tmp_path, callback, max_steps=2).fit(module, DataLoader(ROWS[20:], batch_size=4))
+    assert callback.version.parents == [first.version_id] and callback.run.base == first.version_id
+    assert [(d.dataset_id, d.examples) for d in tiny.lineage(callback.version).datasets] == [("tiny@1", 12 + 8)]
+    assert len(tiny.versions()) == 3  # the first run's starting weights and the two runs' versions
+
+    with torch.no_grad():  # weights changed between the fits: committed as the new run's starting weights
+        module.layer.bias.add_(1.0)
+    second = callback.version
+    _trainer(tmp_path, callback, max_steps=1).fit(module, DataLoader(ROWS, batch_size=4))
+    assert callback.run.base != second.version_id and len(tiny.versions()) == 5
+
+
+def test_a_batch_that_training_step_skips_is_not_logged(tiny, tmp_path):
+    """A training_step that returns None makes Lightning skip the batch (no backward: no weight
+    changes), yet its keys were logged as trained at the step (found by stranger pass 51)."""
+    class Skipping(Tiny):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            if batch_idx % 2:
+                self.seen[self.global_step] = self.seen[self.global_step][:-4]  # not trained on
+                return None
+            return loss
+
+    module, callback = Skipping(), ProvenanceCallback(tiny, datasets=["tiny"])
+    _trainer(tmp_path, callback, max_steps=4, accumulate_grad_batches=2).fit(module, DataLoader(ROWS, batch_size=4))
+    assert {step: len(keys) for step, keys in module.seen.items()} == {0: 4, 1: 4, 2: 4, 3: 4}
+    assert_same_per_step(logged_by_step(tiny, callback.run.run_id), module.seen)
+    assert tiny.run(callback.run.run_id).n_logged == 16
+
+
+def test_a_run_ended_elsewhere_stops_training_with_the_error_that_says_so(tiny, tmp_path):
+    """Another process ended the run (`prov run finish`) while training went on: the final commit
+    was refused with "finished already (ended by another process?)", and failing the run then
+    raised "has ended (finished)" from Lightning's exception hook, in its place (found by stranger
+    pass 51)."""
+    from provenance.errors import RunEndedError
+
+    class EndedElsewhere(Tiny):
+        def training_step(self, batch, batch_idx):
+            if batch_idx == 2:
+                tiny.attach_run(callback.run.run_id).finish()
+            return super().training_step(batch, batch_idx)
+
+    callback = ProvenanceCallback(tiny, datasets=["tiny"])
+    with pytest.raises(RunEndedError, match="is finished already \\(ended by another process\\?\\)"):
+        _trainer(tmp_path, callback, max_steps=4).fit(EndedElsewhere(), DataLoader(ROWS, batch_size=4))
+    run = tiny.run(callback.run.run_id)
+    assert run.status == "finished" and run.version_id is None and sorted(logged_by_step(tiny, run.run_id)) == [0]

@@ -101,6 +101,18 @@ def _own_instance(ledger: Any) -> Any:
     return ledger
 
 
+def _holds(ledger: Any, version: Any, state: Any) -> bool:
+    """Whether ``version`` holds exactly the tensors of ``state`` (a mapping of names to tensors)."""
+    import torch
+
+    if not isinstance(state, Mapping) or not state:
+        return False
+    stored = ledger.checkout(version)
+    return set(stored) == set(state) and all(
+        stored[name].dtype == tensor.dtype and stored[name].shape == tensor.shape and torch.equal(stored[name], tensor)
+        for name, tensor in state.items())
+
+
 def snapshot(state: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``state`` in CPU memory that training can no longer change; an entry that is not
     a tensor (a module's ``get_extra_state``) is refused by name, as a commit would refuse it."""
@@ -144,6 +156,11 @@ class RunRecorder:
             raise InvalidParameterError(
                 f"datasets={datasets!r} names no dataset: name the registered datasets the training set holds (or leave "
                 "it out for a provenance.torch.RegisteredDataset)")
+        if flush_every is not None and (isinstance(flush_every, bool) or not isinstance(flush_every, int) or flush_every < 1):
+            raise InvalidParameterError(f"flush_every must be a positive integer, got {flush_every!r}")
+        from provenance.runs import stored_params
+
+        stored_params(params, None, message or "")  # refused now: it was refused once the starting weights were committed
         self.ledger = ledger
         self.datasets = [datasets] if isinstance(datasets, str) else datasets
         self.message = message
@@ -182,8 +199,16 @@ class RunRecorder:
         commits, self._commits = self._commits, None
         if commits is not None:
             commits.close(raise_errors=False)  # a run still starting has started (or failed to) after this
-        if running and self._owner and self._run is not None:
-            self._run.fail(reason)
+        if not running or self._run is None or self._run.record.status != "running":
+            return
+        from provenance.errors import ProvenanceError, RunEndedError
+
+        if self._owner:
+            with contextlib.suppress(RunEndedError):  # ended by another process meanwhile: the error that
+                self._run.fail(reason)                # stopped training is the one to raise, not this
+        else:  # process zero ends the run; the examples this process trained on are written first (they were lost)
+            with contextlib.suppress(ProvenanceError):
+                self._run.flush()
 
     def _start_run(self, *, owner: bool, alone: bool, starting: Callable[[], tuple[Any, dict[str, Any], Callable[[], None]]],
                    datasets: Any, message: str, params: Mapping[str, Any], broadcast: Callable[[Any], Any]) -> None:
@@ -195,31 +220,37 @@ class RunRecorder:
         (their keys wait in :attr:`_early` until the run exists): the run's start costs training
         the copy of the starting weights, not a commit."""
         self._owner = owner
-        # a run this callback ended before (trainer.train() again, on the same model): the starting
-        # weights are its version's child, so that the new run's lineage reaches the data it trained on
-        previous = self.version
+        previous = self.version if self.base is None else None  # the weights a previous fit ended with
         self.version, self.checkpoints, self._last_save, self._early = None, {}, None, []
         self._trained = 0  # batches this process trained (logged) in this run
         self._held_save: tuple[int, Callable[[Any], Any], Callable[[], None]] | None = None  # committed when a batch follows
         self._run = None
-        if owner and params.get("start_step"):  # resumed: the steps before are another run's, out of this lineage
-            warn(f"ProvenanceCallback: training resumed at step {params['start_step']}: this run records the data of "
-                 "the steps from there on, and its starting weights (the checkpoint's) are a version of no run; the "
-                 "data of the steps before, logged by the run that saved the checkpoint, is not in this run's "
-                 "lineage (docs/hugging-face.md, 'What is followed')")
         if owner:
+            from provenance.runs import declared_datasets
+
             options = {} if self.flush_every is None else {"flush_every": self.flush_every}
             base = self.base
-            named = [datasets] if isinstance(datasets, str) else list(datasets or ())  # a mapping: its names
-            for ref in named:  # a dataset that is not there fails now: no starting weights left behind
-                self.ledger.dataset(ref)
+            # a dataset that is not there, or epochs refused, fail now: no starting weights left behind
+            declared_datasets(self.ledger, datasets)
             state, commit_options, cleanup = starting() if base is None else (None, {}, lambda: None)
+            try:  # trained again from the weights the callback's last run ended with: that run's version is the
+                continued = previous is not None and _holds(self.ledger, previous, state)  # base: the lineage goes on
+            except BaseException:
+                cleanup()
+                raise
+            if continued:
+                base, state = previous, None
+            elif params.get("start_step"):  # resumed: the steps before are another run's
+                warn(f"ProvenanceCallback: training resumed at step {params['start_step']}: this run records the data "
+                     "of the steps from there on, and its starting weights (the checkpoint's) are a version of no run; "
+                     "the data of the steps before, logged by the run that saved the checkpoint, is not in this run's "
+                     "lineage (docs/hugging-face.md, 'What is followed')")
 
             def start(ledger: Any) -> Any:
                 try:
                     with one_session(ledger):
                         start_from = base if base is not None else ledger.commit(
-                            state, message=f"{message}: starting weights", parent=previous, **commit_options)
+                            state, message=f"{message}: starting weights", **commit_options)
                         return ledger.start_run(base=start_from, datasets=datasets, message=message,
                                                 params={**params, **self.params}, **options)
                 finally:

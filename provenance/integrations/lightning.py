@@ -20,14 +20,16 @@ optimizer update it goes into, ``trainer.global_step`` when the batch began (cou
 step, and a checkpoint saved at ``global_step`` S was trained on the examples of steps 0 to S-1.
 Because the keys come with the batches, an ``IterableDataset``, any sampler, worker processes and
 Lightning's prefetching all work; a batch without its keys stops training at the first such batch
-with an error that says so.
+with an error that says so. A batch whose ``training_step`` returns None (Lightning skips it) is not
+logged.
 
 **Versions.** The run starts when training starts (``on_train_start``: the train DataLoader
 exists, so a ``RegisteredDataset`` names its dataset when ``datasets`` is not given). Without
 ``base`` the module's weights at that moment (after ``ckpt_path`` was restored) are committed and
 become the run's base; with one process this and the run's start happen on the callback's
 commit thread while the first steps train (their keys wait in memory until the run exists, and an
-error in starting the run stops training at the first batch after it). Each checkpoint Lightning saves (``on_save_checkpoint``, with
+error in starting the run stops training at the first batch after it); fitting again from the weights the
+callback's last run ended with starts on that run's version instead. Each checkpoint Lightning saves (``on_save_checkpoint``, with
 ``commit_on_save``) is committed as a version of its own on the run's base, its message naming the
 run and the step (:attr:`ProvenanceCallback.checkpoints`), on a thread of its own while training
 goes on (:class:`provenance.integrations.BackgroundCommits`: the save copies the weights to CPU
@@ -42,8 +44,10 @@ every ``flush_every`` examples and when training ends.
 **Several processes.** Every process logs the batches it trains on; the global process zero
 starts the run, commits and ends it, and the others attach to it (its id sent with the strategy's
 ``broadcast``); every process's examples are written before process zero commits (the strategy's
-``barrier``). Untested here (one CPU process): several processes writing one local ledger, and
-sharded strategies (FSDP, DeepSpeed), whose ``state_dict`` on process zero is not the whole model.
+``barrier``). A process whose training raises writes the examples it trained on before it stops
+(process zero ends the run). Tested with two CPU processes writing one local ledger
+(``tests/test_integration_distributed.py``); untested: sharded strategies (FSDP, DeepSpeed), whose
+``state_dict`` on process zero is not the whole model.
 """
 
 from __future__ import annotations
@@ -122,8 +126,8 @@ class ProvenanceCallback(RunRecorder, pl.Callback):
         self._step = trainer.global_step  # the updates made so far: this batch goes into the next
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not self._running:
-            return
+        if not self._running or (pl_module.automatic_optimization and not outputs):
+            return  # (``training_step`` returned None: Lightning skipped the batch, which changed no weight)
         keys = self._keys_of(batch)
         if isinstance(keys, (str, torch.Tensor)):  # a tensor raised "Boolean value of Tensor ... is ambiguous"
             raise InvalidParameterError(

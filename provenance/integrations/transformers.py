@@ -75,10 +75,11 @@ run), or when the callback's next ``on_train_begin`` finds it still open (as aft
 
 **Several processes.** Only the world's process zero commits and starts the run; the others
 attach to it (its id sent with ``torch.distributed``) and log the batches their own sampler
-shard yields. Every process writes its examples before process zero commits. Untested here (one
-CPU process): several processes writing one local ledger at once (each write waits for the
-ledger's lock), and sharded states (FSDP, DeepSpeed ZeRO-3), whose ``state_dict`` on process
-zero alone is not the whole model.
+shard yields. Every process writes its examples before process zero commits, and before it stops
+when its training raises (inside the callback's ``with``). Tested with two CPU processes writing one
+local ledger (each write waits for the ledger's lock; ``tests/test_integration_distributed.py``);
+untested: sharded states (FSDP, DeepSpeed ZeRO-3), whose ``state_dict`` on process zero alone is
+not the whole model.
 """
 
 from __future__ import annotations
