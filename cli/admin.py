@@ -229,11 +229,14 @@ def show_gc(d: dict) -> str:
     of_them = f" (of them, {counted(len(rays), 'stale Ray folder')} below)" if rays else ""  # temporary_files lists them too
     lines = [f"{verb} {counted(len(d['unreferenced']), 'object')}, "
              f"{counted(len(d['temporary_files']), 'temporary file')}{of_them} and "
-             f"{counted(len(d.get('document_folders', [])), 'unlisted document folder')}, {d['bytes']:,} bytes"]
+             f"{counted(len(d.get('document_folders', [])), 'unlisted document folder')}, {d['bytes']:,} bytes"
+             + (f" ({len(d['not_removed'])} of the files not: below)" if d.get("not_removed") else "")]
     for f in rays:
         state = ("removed" if f["removed"] else "not removed: a file in it could not be removed (permissions, or an "
                  "immutable file)") if d["removed"] else "found"
         lines.append(f"  stale Ray folder {f['path']} ({f['bytes']:,} bytes): {state}")
+    for f in d.get("not_removed", []):
+        lines.append(f"  not removed: {f}")
     for f in d.get("left_alone", []):
         lines.append(f"  left alone: {f['path']} ({f['bytes']:,} bytes): provenance does not write it there; remove it "
                      "yourself if nothing needs it")

@@ -18,7 +18,9 @@ Three families of checks, each reporting what is damaged and what it affects:
 ``repair=True`` moves damaged objects aside into ``.prov/quarantine/`` (nothing is deleted), so
 that the next commit of the same tensor writes a fresh copy, and removes the temporary files of
 interrupted writes. Nothing else is changed: a missing object or an inconsistent row needs its
-source (re-commit the checkpoint, re-register the data), which the report names.
+source (re-commit the checkpoint, re-register the data), which the report names. The objects are
+checked without the ledger's lock (other processes commit meanwhile); the repair takes it, and
+checks each damaged object again first (a commit may have written it afresh meanwhile).
 
 The folders that Ray registrations and dedup audits killed on this machine left in
 ``.prov/tmp/ray`` are named as leftovers too (``ray_folders``, not damage), and so are the objects
@@ -35,7 +37,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from provenance.errors import LedgerDamagedError, LedgerReadOnlyError, StorageUnreachableError
+from provenance.errors import LedgerDamagedError, LedgerReadOnlyError, StorageUnreachableError, warn
 from provenance.ledger import LedgerStore
 from provenance.ledger.document_store import Unreadable
 
@@ -130,12 +132,20 @@ def verify(ledger: LedgerStore, *, objects: bool = False, repair: bool = False, 
                 progress.advance((sizes[address] or 0) if objects else 1)
     if stored is None:
         stored = _listed(store)
-    temporaries = [str(t) for t in [*store.temporaries(), *uploads]]
-    if repair:
-        damaged = [d.model_copy(update={"quarantined": store.quarantine(d.address, ledger.root / QUARANTINE_DIR)})
-                   for d in damaged]
-        for t in temporaries:
-            Path(t).unlink(missing_ok=True)
+    if repair:  # holding the ledger, as gc does: the objects were checked without it, while others could commit
+        with ledger.session(), ledger.write_lock, ledger.object_writers.collecting("repair"):
+            # An object a commit wrote afresh meanwhile is sound now: moving it aside would take it from
+            # under the new version. A temporary file is now no commit's write in progress.
+            damaged = [_quarantined(store, d, ledger.root / QUARANTINE_DIR)
+                       for d in damaged if store.check(d.address, rehash=objects) is not None]
+            temporaries = [str(t) for t in [*store.temporaries(), *uploads]]
+            for t in temporaries:
+                try:
+                    Path(t).unlink(missing_ok=True)
+                except OSError as exc:  # the report is still given
+                    warn(f"could not remove {t}: {exc.strerror or exc}")
+    else:
+        temporaries = [str(t) for t in [*store.temporaries(), *uploads]]
     temporaries += staged  # a killed registration's staged rows (removed already with repair)
     return VerifyReport(
         ledger=str(ledger.root), objects_checked=len(addresses), objects_rehashed=objects,
@@ -145,6 +155,17 @@ def verify(ledger: LedgerStore, *, objects: bool = False, repair: bool = False, 
         unreferenced_objects=len(stored - users.keys()), ray_folders=rays, unlisted_document_folders=unlisted, repaired=repair,
         ok=not (damaged or version_problems or dataset_problems or database_problems),
     )
+
+
+def _quarantined(store: Any, damaged: DamagedObject, folder: Path) -> DamagedObject:
+    """``damaged`` moved into the quarantine ``folder``; left in place, with a warning, where it
+    cannot be moved (an immutable file): the report of the rest is still given."""
+    try:
+        return damaged.model_copy(update={"quarantined": store.quarantine(damaged.address, folder)})
+    except OSError as exc:
+        warn(f"could not move damaged object {store.location(damaged.address)} into {folder}: "
+             f"{exc.strerror or exc}; it is left where it is")
+        return damaged
 
 
 def _listed(store: Any) -> set[str]:

@@ -221,3 +221,46 @@ def test_a_commit_that_landed_is_not_rolled_back_after_it():
     with pytest.raises(duckdb.Error):
         con.execute("SELECT * FROM no_such_table")  # a failed statement: the transaction is aborted, still open
     assert _rolled_back(con) is True
+
+
+_KILLED_AFTER_TWO_LATER_COMMITS = _KILLED_AFTER_THREE_COMMITS.replace('("one", "two", "three")', '("four", "five")')
+
+
+def test_a_log_written_for_another_state_of_the_database_says_which_and_what_to_do(killed, tmp_path):
+    """A ledger folder copied (cp -r) while a process wrote to it pairs the database file with a
+    log of an earlier or a later checkpoint, and a log can be put back beside another ledger's
+    file. DuckDB refuses to replay such a log; every command said only `cannot open ledger …: IO
+    Error: Failure while replaying WAL file …` (exit 4), with no step to take."""
+    root, log, committed = killed
+    prov = root / ".prov"
+    wal, db = prov / "ledger.duckdb.wal", prov / "ledger.duckdb"
+    written_for = db.read_bytes()  # the file the log was written for
+    assert {t.name for t in Ledger.open(root).tags()} >= {"one", "two", "three"}  # replayed, checkpointed into the file
+    assert not wal.exists()
+
+    wal.write_bytes(log)  # 1. a log of an earlier checkpoint: its writes are in the file already
+    result = CliRunner().invoke(main, ["tag", "list"])
+    assert result.exit_code == 4 and "Traceback" not in result.output, result.output
+    assert f"write-ahead log {wal} was written before ledger.duckdb was last checkpointed" in result.output
+    assert "so its writes are in the file already" in result.output and f"mv {wal} {wal}.stale" in result.output
+    wal.rename(f"{wal}.stale")  # as it says: nothing is lost
+    assert _tags(root) >= {"one", "two", "three"}
+
+    version = Ledger.open(root, read_only=True).versions()[0].version_id
+    done = subprocess.run([sys.executable, "-c", _KILLED_AFTER_TWO_LATER_COMMITS, str(root), version],
+                          capture_output=True, timeout=120)
+    assert done.returncode == -9, done.stderr
+    later = wal.read_bytes()
+    db.write_bytes(written_for)  # 2. an older database file put back beside a later log
+    with pytest.raises(LedgerDamagedError, match=rf"{db} is older than its write-ahead log .*the log holds writes "
+                                                 r"made after it.*Put back the database file the log belongs to"):
+        Ledger.open(root)
+
+    other = Ledger.init(tmp_path / "other")  # 3. a log beside another ledger's database
+    other.commit({"w": torch.zeros(2)}, message="other")
+    other_wal = other.root / "ledger.duckdb.wal"
+    other_wal.write_bytes(later)
+    result = CliRunner().invoke(main, ["--ledger", str(tmp_path / "other"), "model", "log"])
+    assert result.exit_code == 4 and "Traceback" not in result.output, result.output
+    assert f"write-ahead log {other_wal} was written for another database than ledger.duckdb" in result.output
+    assert f"mv {other_wal} {other_wal}.stale" in result.output

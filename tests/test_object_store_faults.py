@@ -284,3 +284,60 @@ def test_an_objects_folder_that_is_gone_is_said_to_be_gone(ledger):
         ledger.checkout(v0)
     (damaged,) = verify(ledger).damaged_objects
     assert damaged.problem == "missing" and f"(nor does {ledger.objects_path} itself: moved or deleted?)" in damaged.detail
+
+
+_COMMIT_WRITING = """
+import os, sys, time
+from provenance import Ledger
+
+ledger = Ledger.open(sys.argv[1])
+with ledger.session():  # a commit holds the ledger's lock from its first object written to its row
+    with open(sys.argv[2], "wb") as fh:
+        fh.write(b"the first bytes of an object")
+    print("writing", flush=True)
+    time.sleep(3)
+    os.replace(sys.argv[2], sys.argv[3])
+"""
+
+
+def test_verify_repair_leaves_what_commits_write_while_it_checks(ledger):
+    """`verify(repair=True)` checks the objects without the ledger's lock (a large store takes
+    minutes; commits go on meanwhile), then quarantined what it had found damaged and removed
+    every temporary file without taking the lock again: an object a commit had written afresh
+    meanwhile was moved from under the new version, and the temporary file of a commit writing
+    in another process was removed, failing that commit."""
+    import subprocess
+    import sys
+
+    from provenance.files import host_label
+    from provenance.verify import verify
+
+    tensor = torch.arange(16.0)
+    ledger.commit({"w": tensor}, message="base")
+    store = ledger.object_store()
+    path = store.path(address_of(tensor))
+    _damage(path, "bit flip in the data")
+    tmp = path.parent / f".other.safetensors.{host_label()}-1-abc.tmp"
+    writer: list[subprocess.Popen] = []
+    again: list = []
+
+    class Meanwhile:  # what other processes do while verify checks the objects
+        def start(self, description, total):
+            pass
+
+        def advance(self, amount):
+            if again:
+                return
+            again.append(ledger.commit({"w": tensor, "b": torch.ones(2)}, message="again"))  # writes `w` afresh
+            proc = subprocess.Popen([sys.executable, "-c", _COMMIT_WRITING, str(ledger.root), str(tmp),
+                                     str(path.parent / "other.safetensors")], stdout=subprocess.PIPE, text=True)
+            assert proc.stdout.readline() == "writing\n"
+            writer.append(proc)
+
+    report = verify(ledger, objects=True, repair=True, progress=Meanwhile())
+
+    assert writer[0].wait(60) == 0  # its write finished: verify waited for the lock before removing temporaries
+    assert (path.parent / "other.safetensors").read_bytes() == b"the first bytes of an object"
+    assert report.damaged_objects == [] and report.ok  # sound again when it came to move it
+    assert not (ledger.root / "quarantine").exists()
+    assert torch.equal(ledger.checkout(again[0])["w"], tensor)

@@ -273,6 +273,59 @@ def test_gc_lists_then_removes_only_unreferenced_objects(ledger):
     _assert_same(ledger.checkout(v0), _state())
 
 
+def test_gc_goes_on_past_a_file_it_may_not_remove(ledger):
+    """An unreferenced object `prov gc --apply` may not remove (an immutable file; one of another
+    user's in a shared ledger) stopped it: `Error: FILE: Operation not permitted`, exit 4, the
+    objects after it left and those removed before it not reported."""
+    import shutil
+    import subprocess
+
+    if shutil.which("chattr") is None:
+        pytest.skip("needs chattr")
+    v0 = ledger.commit(_state(), message="root")
+    store = ObjectStore(ledger.objects_path)
+    orphans = sorted(store.put(torch.full((1000,), float(i))).address for i in range(5))
+    stuck = store.path(orphans[0])  # the first gc removes
+    if subprocess.run(["chattr", "+i", str(stuck)], capture_output=True).returncode != 0:
+        pytest.skip("the file system has no immutable files")
+    try:
+        said = CliRunner().invoke(main, ["--ledger", str(ledger.root), "gc", "--apply"])
+        assert said.exit_code == 0, said.output
+        assert f"not removed: {stuck}: Operation not permitted" in said.output
+        assert "(1 of the files not: below)" in said.output
+        assert [a in store for a in orphans] == [True, False, False, False, False]
+        assert ledger.gc()["unreferenced"] == [orphans[0]]  # listed again until it can be removed
+        with pytest.warns(UserWarning, match=r"could not remove 1 file\(s\) .*prov gc lists them again"):
+            assert ledger.gc(apply=True)["not_removed"] == [f"{stuck}: Operation not permitted"]
+    finally:
+        subprocess.run(["chattr", "-i", str(stuck)], check=True)
+    assert ledger.gc(apply=True)["not_removed"] == [] and orphans[0] not in store
+    _assert_same(ledger.checkout(v0), _state())
+
+
+def test_verify_repair_reports_a_damaged_object_it_may_not_move(ledger):
+    """`prov verify --repair` on a damaged object it may not move: `Error: cannot copy … to
+    …/quarantine/…: Operation not permitted`, exit 4, and no report of what else is damaged."""
+    import shutil
+    import subprocess
+
+    if shutil.which("chattr") is None:
+        pytest.skip("needs chattr")
+    ledger.commit(_state(), message="root")
+    path = ledger.object_store().path(ledger.object_references().column("address")[0].as_py())
+    path.write_bytes(path.read_bytes() + b"xx")
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("the file system has no immutable files")
+    try:
+        said = CliRunner().invoke(main, ["--ledger", str(ledger.root), "verify", "--repair"])
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+    assert said.exit_code == 1, said.output  # damage found, and said
+    text = " ".join(said.output.split())
+    assert f"could not move damaged object {path} into {ledger.root / 'quarantine'}: Operation not permitted" in text
+    assert "corrupt" in text and path.exists()
+
+
 _SPILLER = """
 import sys, time
 from provenance import Ledger

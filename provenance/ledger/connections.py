@@ -205,6 +205,9 @@ class Connections:
                 f"committed since {self.db_path.name} was last checkpointed. Restore the ledger from a backup copy; or "
                 f"move the log aside (mv {wal} {wal}.damaged) to open the ledger as it was at that checkpoint, "
                 "without those writes: the next command then says which writes that loses, and how to go on")
+        # a log beside a database it was not written for (DuckDB names the log in some of these messages only)
+        if "checkpoint iteration does not match" in lowered or "wal does not match database file" in lowered:
+            return LedgerDamagedError(self._foreign_log(wal, message))
         names_db = str(self.db_path) in message
         if not (any(sign in lowered for sign in self._DAMAGE_SIGNS)
                 or (names_db and any(sign in lowered for sign in self._READ_SIGNS))):
@@ -214,3 +217,28 @@ class Connections:
             f"copy; without one, move it aside, run `prov init {self.root.parent}` and register the data and commit "
             f"the models again (objects already in {self._objects_where()} are reused, not rewritten)"
         )
+
+    def _foreign_log(self, wal: Path, message: str) -> str:
+        """What to say of a write-ahead log DuckDB refuses to replay because it was written for
+        another state of the database file (``File checkpoint iteration: N, WAL checkpoint
+        iteration: M``) or for another database: a ledger folder copied (``cp -r``) while a
+        process wrote to it, or one of its two files put back from elsewhere."""
+        db = self.db_path.name
+        aside = f"mv {wal} {wal}.stale"
+        found = re.search(r"File checkpoint iteration: (\d+), WAL checkpoint iteration: (\d+)", message)
+        if found and int(found[1]) > int(found[2]):  # the file was checkpointed after the log: it holds its writes
+            return (f"the ledger's write-ahead log {wal} was written before {db} was last checkpointed (the file is at "
+                    f"checkpoint {found[1]}, the log at {found[2]}), so its writes are in the file already: a ledger "
+                    "folder copied while a process wrote to it (cp -r) or a log put back from elsewhere leaves this. "
+                    f"Move the log aside ({aside}) and run the command again; the ledger's record of committed writes "
+                    "then says whether any write is missing")
+        if found:  # the log holds writes made after the state the file holds
+            what = (f"{self.db_path} is older than its write-ahead log {wal} (the file is at checkpoint {found[1]}, the log at "
+                    f"{found[2]}): the database file was replaced by an older copy (a backup's, or one copied while a "
+                    "process wrote to the ledger) and the log holds writes made after it, which cannot be applied to it")
+        else:
+            what = (f"the ledger's write-ahead log {wal} was written for another database than {db} (a log put back "
+                    "from another ledger, or a folder copied while a process wrote to it)")
+        return (f"{what}. Put back the database file the log belongs to; or restore the whole ledger folder from a "
+                f"backup copy; or move the log aside ({aside}) to open {db} as it is: the next command then says "
+                "which writes that loses, and how to go on")

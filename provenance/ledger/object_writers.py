@@ -57,11 +57,11 @@ class ObjectWriters:
             return True
 
     @contextlib.contextmanager
-    def collecting(self) -> Iterator[None]:
+    def collecting(self, what: str = "collect garbage") -> Iterator[None]:
+        """Held by ``gc`` (and ``verify`` repairing): ``what`` it does, for the refusal."""
         with self._cond:
             if self._writing:
-                raise LedgerLockedError(f"{self._writing} commit(s) are writing objects; collect garbage when they "
-                                        "finish")
+                raise LedgerLockedError(f"{self._writing} commit(s) are writing objects; {what} when they finish")
             self._collecting = True
         try:
             yield

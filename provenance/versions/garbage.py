@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
-from provenance.errors import warn
+from provenance.errors import StorageUnreachableError, warn
 from provenance.ledger import LedgerStore
 
 
@@ -21,7 +21,9 @@ def gc(ledger: LedgerStore, *, apply: bool = False) -> dict[str, Any]:
     folders of Parquet document files that no dataset lists (a registration killed between
     writing them and its commit): listed, or removed with ``apply``. ``temporary_files`` holds the
     Ray folders too; ``ray_folders`` names each again with its bytes and whether it was removed
-    (``False`` in a dry run, or where a file in it could not be removed: a warning says so).
+    (``False`` in a dry run, or where a file in it could not be removed: a warning says so);
+    ``not_removed`` names each object or temporary file that could not be removed (``FILE:
+    REASON``; a warning says so, and the others are removed all the same).
     ``left_alone`` names what else ``.prov/tmp`` holds, with its bytes: provenance did not write
     it there, and never removes it (not counted in ``bytes``). Runs
     holding the ledger's lock, so no commit or registration is writing meanwhile (in a server:
@@ -39,8 +41,16 @@ def gc(ledger: LedgerStore, *, apply: bool = False) -> dict[str, Any]:
                  + [n for _, n in staged] + [n for _, n in rays] + list(folders.values()))
         freed = 0
         ray_folders = [{"path": str(folder), "bytes": n, "removed": False} for folder, n in rays]
+        not_removed: list[str] = []  # refused one by one (an immutable file, another user's): gc goes on
         if apply:
-            freed = sum(store.delete(a) for a in unreferenced) + sum(n for _, n in staged)
+            freed = sum(n for _, n in staged)
+            for a in unreferenced:
+                try:
+                    freed += store.delete(a)
+                except StorageUnreachableError:  # no answer about any object: stop, as before
+                    raise
+                except OSError as exc:
+                    not_removed.append(f"{store.location(a)}: {exc.strerror or exc}")
             for (folder, n), listed in zip(rays, ray_folders):
                 shutil.rmtree(folder, ignore_errors=True)
                 if folder.exists():  # a file in it could not be removed: say so, count none of it
@@ -50,13 +60,24 @@ def gc(ledger: LedgerStore, *, apply: bool = False) -> dict[str, Any]:
                     listed["removed"] = True
                     freed += n
             for t in temporaries:
-                freed += t.stat().st_size
-                t.unlink()
+                try:
+                    size = t.stat().st_size
+                    t.unlink()
+                except FileNotFoundError:  # gone meanwhile
+                    continue
+                except OSError as exc:
+                    not_removed.append(f"{t}: {exc.strerror or exc}")
+                    continue
+                freed += size
+            if not_removed:
+                warn(f"could not remove {len(not_removed)} file(s) (permissions, or an immutable file): "
+                     f"{'; '.join(not_removed[:3])}{' …' if len(not_removed) > 3 else ''}; prov gc lists them again "
+                     "until it can")
             for d in folders:
                 ledger.document_store.remove_folder(d)
             freed += sum(folders.values())
     return {"unreferenced": unreferenced,
             "temporary_files": [str(t) for t in temporaries] + [p for p, _ in staged] + [str(p) for p, _ in rays],
             "ray_folders": ray_folders, "document_folders": [str(d) for d in folders], "bytes": sum(sizes),
-            "removed": apply, "freed": freed, "left_alone": foreign}
+            "removed": apply, "freed": freed, "not_removed": not_removed, "left_alone": foreign}
 
