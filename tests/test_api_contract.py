@@ -84,6 +84,18 @@ def test_register_and_read_back(api, name, files):
     assert ds in api.datasets(name("web"))
 
 
+def test_croissant_file_paths_are_relative_to_the_folder_asked_for(api, name, files, tmp_path):
+    """Through a server, `export_croissant(base=...)` dropped `base`: `prov dataset export -o
+    elsewhere/x.json` wrote paths relative to the shards' folder, which the document did not sit in."""
+    ds = api.register_dataset(name("web"), str(files["web"]), id_field="id").dataset
+    beside = api.export_croissant(ds)
+    assert [f["contentUrl"] for f in beside["distribution"]] == ["web.jsonl"]
+    elsewhere = tmp_path / "exports" / "deep"
+    moved = api.export_croissant(ds, base=elsewhere)
+    assert [f["contentUrl"] for f in moved["distribution"]] == ["../../web.jsonl"]
+    assert moved["url"] == elsewhere.resolve().as_uri()
+
+
 def test_registration_fingerprints_agree_with_a_local_one(api, name, files, tmp_path):
     ds = api.register_dataset(name("web"), str(files["web"]), id_field="id").dataset
     local = Ledger.init(tmp_path / "reference").register_dataset("web", str(files["web"]), id_field="id").dataset

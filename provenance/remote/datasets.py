@@ -39,8 +39,10 @@ class RemoteDatasets:
     def export_croissant(self, dataset: str | DatasetRecord, base: Any = None) -> dict[str, Any]:
         from provenance.croissant import warn_invalid_records
 
-        ds = self.dataset(dataset)
-        document = self._call("GET", f"datasets/{segment(ds)}/croissant")
+        ds = self.dataset(dataset)  # file paths relative to base as locally (it was dropped): right where the
+        # server's files are at the same paths here (one machine, or shared storage)
+        where = None if base is None else str(Path(base).resolve())
+        document = self._call("GET", f"datasets/{segment(ds)}/croissant", params={"base": where})
         warn_invalid_records(ds)
         return document
 

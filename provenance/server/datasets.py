@@ -6,6 +6,7 @@ bands; and a new version without some documents (``POST /datasets/{name}/remove`
 
 from __future__ import annotations
 
+import os
 import uuid
 from typing import Any
 
@@ -52,10 +53,13 @@ def document(request: Request, ref: str, key: str) -> dict[str, Any]:
 
 
 @router.get("/datasets/{ref}/croissant", tags=["datasets"])
-def croissant(request: Request, ref: str) -> dict[str, Any]:
-    """The dataset version as Croissant 1.1 JSON-LD."""
+def croissant(request: Request, ref: str, base: str | None = None) -> dict[str, Any]:
+    """The dataset version as Croissant 1.1 JSON-LD; its file paths relative to ``base`` (an
+    absolute path: the folder the document will be written in), else to the shards' folder."""
     s = service_of(request)
-    return s.read(s.ledger.export_croissant, ref)
+    if base is not None and not os.path.isabs(base):
+        raise errors.InvalidParameterError(f"base {base!r} must be an absolute path (the folder the document goes in)")
+    return s.read(s.ledger.export_croissant, ref, base)
 
 
 @router.post("/uploads", tags=["datasets"], status_code=201,
