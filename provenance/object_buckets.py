@@ -57,6 +57,7 @@ from provenance.objects import (
     address_of,
     checked_tensor,
     header_problem,
+    quarantine_name,
     read_problem,
     unstorable,
 )
@@ -306,7 +307,12 @@ class BucketObjectStore:
         key = self._key(address)
         if self.size(address) is None:
             return None
-        target = f"{self.prefix}/{QUARANTINE}/{address}.safetensors"
+        folder = f"{self.prefix}/{QUARANTINE}"
+
+        def taken(name: str) -> bool:
+            return self.fs.get_file_info(f"{folder}/{name}").type != pafs.FileType.NotFound
+
+        target = f"{folder}/{quarantine_name(address, taken)}"
         self.fs.move(key, target)
         return f"{self.scheme}://{target}"
 

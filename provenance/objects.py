@@ -286,11 +286,21 @@ class ObjectStore:
         if not os.path.lexists(path):
             return None
         folder.mkdir(exist_ok=True)
-        target = folder / f"{address}.safetensors"
+        target = folder / quarantine_name(address, lambda name: os.path.lexists(folder / name))
         os.replace(path, target)
         fsync_folder(folder)
         fsync_folder(path.parent)
         return str(target)
+
+
+def quarantine_name(address: str, taken: Callable[[str], bool]) -> str:
+    """The file name a damaged object takes in a quarantine: ``ADDRESS.safetensors``, or where an
+    earlier repair put one there (the same object damaged again), ``ADDRESS.N.safetensors`` with
+    the first free ``N``: it replaced the earlier copy, and a repair deletes nothing."""
+    name, n = f"{address}.safetensors", 1
+    while taken(name):
+        name, n = f"{address}.{n}.safetensors", n + 1
+    return name
 
 
 def checked_tensor(address: str, where: Any, read: Callable[[], dict[str, torch.Tensor]]) -> torch.Tensor:

@@ -194,6 +194,11 @@ def test_damaged_objects_in_the_bucket_are_named_found_and_repaired(s3, bucket_l
     bucket_ledger.commit({"w": w.clone()}, message="the same tensor again")  # writes it afresh
     assert bucket_ledger.verify(objects=True).ok
     assert _bytes(bucket_ledger.checkout(v0)["w"]) == _bytes(w)
+    s3.put(key, bytes(flipped))  # damaged again: the second repair keeps the first copy (it replaced it)
+    again = bucket_ledger.verify(objects=True, repair=True).damaged_objects[0].quarantined
+    assert again == f"{store.url}/quarantine/{address}.1.safetensors"
+    assert s3.fs.open_input_stream(moved.removeprefix("s3://")).read() == bytes(flipped)
+    bucket_ledger.commit({"w": w.clone()}, message="and again")
 
     s3.delete(key)
     with pytest.raises(ObjectMissingError, match=f"object {address} is missing from s3://"):

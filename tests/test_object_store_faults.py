@@ -59,6 +59,27 @@ def test_a_damaged_object_is_repaired_by_the_next_commit_of_its_tensor(ledger, h
     assert list(store.temporaries()) == []
 
 
+def test_an_object_damaged_twice_keeps_both_quarantined_copies(ledger):
+    """A second repair of the same object replaced the copy the first put in the quarantine
+    (found by stranger pass 53): a repair deletes nothing."""
+    w = torch.randn(64)
+    v0 = ledger.commit({"w": w}, message="first")
+    store = ObjectStore(ledger.objects_path)
+    address = ledger.manifest(v0)["w"].objects["full"]
+    moved = []
+    for round_ in range(3):
+        data = bytearray(store.path(address).read_bytes())
+        data[-1 - round_] ^= 0x01
+        store.path(address).write_bytes(bytes(data))
+        moved.append((ledger.verify(objects=True, repair=True).damaged_objects[0].quarantined, bytes(data)))
+        ledger.commit({"w": w.clone()}, message=f"again {round_}")  # written afresh
+    folder = ledger.root / "quarantine"
+    assert [m for m, _ in moved] == [str(folder / f"{address}.safetensors"), str(folder / f"{address}.1.safetensors"),
+                                     str(folder / f"{address}.2.safetensors")]
+    assert [Path(m).read_bytes() for m, _ in moved] == [data for _, data in moved]
+    assert _bytes(ledger.checkout(v0)["w"]) == _bytes(w)
+
+
 def test_a_child_of_a_damaged_parent_is_refused_until_the_object_is_repaired(ledger):
     w = torch.randn(1000)
     v0 = ledger.commit({"w": w}, message="root")
