@@ -96,6 +96,20 @@ def test_croissant_file_paths_are_relative_to_the_folder_asked_for(api, name, fi
     assert moved["url"] == elsewhere.resolve().as_uri()
 
 
+def test_a_fisher_that_is_not_a_mapping_is_refused_alike(api):
+    """Through a server `store_fisher(v, tensor)` was a TypeError from dict() (pass 49 named it
+    locally only)."""
+    v = api.commit({"w": torch.zeros(4)}, message="v")
+    for given, said in ((torch.ones(4), "is a Tensor: give a mapping of parameter name -> tensor"),
+                        ([("w", torch.ones(4))], "is a list: give a mapping"),
+                        ({0: torch.ones(4)}, "has a key that is not a parameter name (text): 0")):
+        with pytest.raises(InvalidParameterError) as refused:
+            api.store_fisher(v, given)
+        assert str(refused.value).startswith(f"the Fisher given for version {v.version_id[:12]} {said}")
+    assert api.sql("SELECT count(*) AS n FROM version_fishers WHERE version_id = ?", [v.version_id]).to_pylist() == [
+        {"n": 0}]
+
+
 def test_registration_fingerprints_agree_with_a_local_one(api, name, files, tmp_path):
     ds = api.register_dataset(name("web"), str(files["web"]), id_field="id").dataset
     local = Ledger.init(tmp_path / "reference").register_dataset("web", str(files["web"]), id_field="id").dataset

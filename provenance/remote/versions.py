@@ -105,6 +105,10 @@ class RemoteVersions:
                      meta: Mapping[str, Any] | None = None, update: bool = False) -> int:
         """Upload the diagonal Fisher of ``version`` (parameter name -> tensor) to the server; see
         :func:`provenance.merges.store_fisher`."""
+        from provenance.merges.fishers import check_fisher_mapping
+
+        ver = self.version(version)  # named as locally: dict() of a tensor or a list was a TypeError
+        check_fisher_mapping(fisher, f"the Fisher given for version {ver.version_id[:12]}")
         body = _state_body(dict(fisher))
         params = {"meta": json.dumps(dict(meta or {})), "keep": keep, "update": update}
         return self._call("POST", f"versions/{self._version_part(version)}/fisher", params=params, content=body,
