@@ -74,9 +74,10 @@ def show_gate(report: Any, as_json: bool) -> None:
         # one line each, as wide as it is: a CI log greps it, and Rich would wrap it at the console's width
         render.say(("  ✗ " + v["message"], "red"), soft_wrap=True)
     if report.get("retracted") and not policy.get("deny_retracted"):
+        # one entry per input and retraction: a row per run that trained on the data named an input twice
+        named = dict.fromkeys(f"{r['input'][:12]}: retraction {r['retraction_id']}" for r in report["retracted"])
         render.say((f"  ! retracted data in the lineage of {len({r['input'] for r in report['retracted']})} input(s) "
-                    "(--deny-retracted fails on it): " + "; ".join(f"{r['input'][:12]}: retraction {r['retraction_id']}"
-                                                                  for r in report["retracted"]), "yellow"))
+                    "(--deny-retracted fails on it): " + "; ".join(named), "yellow"), soft_wrap=True)
     labels = report.get("labels") or {}
     for side in report["sides"]:
         data = (f"{side['shards']} shard(s) of {', '.join(side['datasets'])}" if side["datasets"] else

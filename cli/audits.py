@@ -30,7 +30,7 @@ from provenance.cli.app import (
 from provenance.cli.audit_reports import show_dedup, show_gate, show_memorization
 from provenance.cli.lineage import lineage_cmd, show_lineage, show_taint, taint_cmd
 from provenance.ngrams import MAX_SPAN
-from provenance.plain import counted
+from provenance.plain import counted, utc_text
 
 _VERSION_ID = re.compile(r"[0-9a-f]{32}")  # a whole version id in an audit's target
 
@@ -163,9 +163,9 @@ def audit_show(obj: Context, audit_id: str, html_file: str | None, as_json: bool
     row = ledger.audit(audit_id)
     report = row["report"]
     if row.get("pairs_deleted_at"):  # the report stays whole; its pairs are gone (prov audit delete --pairs-only)
-        report = {**report, "pairs_deleted_at": str(row["pairs_deleted_at"])}  # the page says so too
+        report = {**report, "pairs_deleted_at": utc_text(row["pairs_deleted_at"])}  # the page says so too
         if not as_json:
-            render.echo(f"(its stored pairs were deleted on {str(row['pairs_deleted_at'])[:16]} UTC)", err=True)
+            render.echo(f"(its stored pairs were deleted on {row['pairs_deleted_at']:%Y-%m-%d %H:%M} UTC)", err=True)
     _write_html(report, html_path)
     if report.get("kind") == "dedup":
         show_dedup(report, as_json)

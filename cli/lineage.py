@@ -59,9 +59,12 @@ def lineage_cmd(obj: Context, ref: str, fmt: str, show_all: bool, as_json: bool)
 @pass_ctx
 def taint_cmd(obj: Context, target: str | None, shard: str | None, key: str | None, text_file, near: float | None,
               show_all: bool, as_json: bool) -> None:
-    """Every version whose lineage contains TARGET: the versions to re-train or re-merge without it.
-    DATASET as NAME means every version of the dataset (a document a later version removed still
-    shaped what trained on an earlier one); NAME@N that version only."""
+    """Every version whose lineage contains a dataset, a shard of it (--shard), a document of it
+    (--key) or a text (--text): the versions to re-train or re-merge without it. DATASET as NAME
+    means every version of the dataset (a document a later version removed still shaped what
+    trained on an earlier one); NAME@N that version only."""
+    if not (target or shard or key or text_file):  # exit 4 and no usage line, as if the input were bad
+        raise click.UsageError("give what to look for: DATASET (with --shard or --key for a part of it), or --text FILE")
     text = None if text_file is None else read_text(text_file)
     report = obj.ledger(read_only=True).taint(dataset=target, shard=shard, key=key, text=text, near=near)
     show_taint(report, as_json, show_all=show_all)

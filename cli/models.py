@@ -312,8 +312,10 @@ def tag_set(obj: Context, name: str, ref: str, as_json: bool) -> None:
     before = next((t.version_id for t in ledger.tags() if t.name == name), None)
     version = ledger.tag(name, ref)
     moved = before if before not in (None, version.version_id) else None
-    render.emit({"tag": name, "version_id": version.version_id, "moved_from": moved}, as_json,
-                lambda d: f"{d['tag']} -> {d['version_id']}" + (f" (moved from {moved[:12]})" if moved else ""))
+    # --json: the tag as `prov tag list --json` lists it (name, not "tag"; its time and message), and where it was
+    tag = next(t for t in ledger.tags() if t.name == name)
+    render.emit({**tag.model_dump(mode="json"), "moved_from": moved}, as_json,
+                lambda d: f"{d['name']} -> {d['version_id']}" + (f" (moved from {moved[:12]})" if moved else ""))
 
 
 @tag_group.command("list")

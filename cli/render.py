@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime as dt
 import io
 import sys
 import time
@@ -18,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from provenance.errors import InvalidParameterError
-from provenance.plain import dumps, plain, printable
+from provenance.plain import dumps, plain, printable, utc_text
 
 _MAX_CELL = 60
 
@@ -105,10 +106,23 @@ def as_data(result: Any) -> Any:
     return to_dict() if callable(to_dict) else result
 
 
+def _utc_times(value: Any) -> Any:
+    """``value`` with every nested time of the ledger (naive UTC) as RFC 3339 text with ``Z``, as
+    the typed records print theirs: ``prov audit list --json`` and ``prov retractions --json``
+    printed ``2026-12-07T16:27:02.479260`` beside ``prov model log``'s ``...479260Z``."""
+    if isinstance(value, dt.datetime):
+        return utc_text(value)
+    if isinstance(value, dict):
+        return {k: _utc_times(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_utc_times(v) for v in value]
+    return value
+
+
 def dump(data: Any) -> None:
-    """``data`` (or a typed result's JSON) as indented JSON on stdout (dates and other objects as
-    their text)."""
-    click.echo(dumps(as_data(data)))
+    """``data`` (or a typed result's JSON) as indented JSON on stdout (times as RFC 3339 UTC,
+    dates and other objects as their text)."""
+    click.echo(dumps(_utc_times(as_data(data))))
 
 
 def echo(message: Any = None, **options: Any) -> None:
@@ -118,7 +132,7 @@ def echo(message: Any = None, **options: Any) -> None:
 
 def emit(data: Any, as_json: bool, human: Callable[[Any], str]) -> None:
     if as_json:
-        click.echo(dumps(data))
+        click.echo(dumps(_utc_times(data)))
     else:
         echo(human(data))
 

@@ -27,9 +27,12 @@ def _epochs(spec: str) -> tuple[str, float]:
     if not sep:
         return spec, 1.0
     try:
-        return name, float(epochs)
+        value = float(epochs)
     except ValueError:
         raise click.BadParameter(f"{spec!r}: expected NAME[@VERSION][:EPOCHS]", param_hint="--dataset") from None
+    if not (math.isfinite(value) and value >= 0):  # the library's refusal exited 4, naming no option
+        raise click.BadParameter(f"{spec!r}: EPOCHS must be a finite number >= 0", param_hint="--dataset")
+    return name, value + 0.0  # -0 as 0 (it was stored and printed as -0.0)
 
 
 def _param(spec: str) -> tuple[str, Any]:

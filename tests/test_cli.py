@@ -267,7 +267,7 @@ def test_model_commit_log_show_checkout_and_tag(project, runner):
     assert runner.invoke(main, ["tag", "base", root["version_id"][:8]]).output.strip() == f"base -> {root['version_id']}"
     listed = runner.invoke(main, ["tag", "list", root["version_id"][:8]])  # said: Got unexpected extra argument
     assert listed.exit_code == 2 and "a tag named 'list' is set with `prov tag set list VERSION`" in listed.output
-    assert _json(runner.invoke(main, ["tag", "set", "list", root["version_id"][:8], "--json"]))["tag"] == "list"
+    assert _json(runner.invoke(main, ["tag", "set", "list", root["version_id"][:8], "--json"]))["name"] == "list"
     child = _json(runner.invoke(main, ["model", "commit", "b.safetensors", "--parent", "base", "-m", "fix", "--json"]))
     assert (child["parents"], child["stored_bytes"]) == ([root["version_id"]], 8)
     log = _json(runner.invoke(main, ["model", "log", "--json"]))
@@ -641,3 +641,121 @@ def test_text_from_the_ledger_prints_as_written(text, capsys):
 
     render.say(("✗ " + text, "red"), f": {text}", " after")
     assert capsys.readouterr().out == f"✗ {text}: {text} after\n"
+
+
+def test_json_times_are_rfc3339_utc_in_every_command(project, runner):
+    """`prov audit list --json`, `audit delete --json`, `retract --json` and `retractions --json`
+    printed the ledger's times as naive ISO text (`2026-12-07T16:27:02.479260`), while `model log`,
+    `tag list`, `run list` and `audit show` print the same kind of time with `Z`; `audit show` of an
+    audit whose pairs were deleted printed `pairs_deleted_at` with a space (`2026-12-07 16:40:41`)."""
+    import torch
+
+    from provenance import Ledger
+
+    assert runner.invoke(main, ["dataset", "add", "web", "data/a.jsonl", "--id-field", "id"]).exit_code == 0
+    with Ledger.open(project).start_run(datasets=["web"], message="train") as run:  # a version the data shaped
+        run.commit({"w": torch.zeros(2, 2)})
+    report = _json(runner.invoke(main, ["audit", "dedup", "web", "--json"]))
+    created = report["created_at"]
+    assert created.endswith("Z")
+    listed = _json(runner.invoke(main, ["audit", "list", "--json"]))
+    assert [(a["audit_id"], a["created_at"]) for a in listed] == [(report["audit_id"], created)]
+    deleted = _json(runner.invoke(main, ["audit", "delete", report["audit_id"], "--pairs-only", "--json"]))
+    assert [a["created_at"] for a in deleted["deleted"]] == [created]
+    shown = _json(runner.invoke(main, ["audit", "show", report["audit_id"], "--json"]))
+    assert shown["created_at"] == created and shown["pairs_deleted_at"].endswith("Z")
+    assert "T" in shown["pairs_deleted_at"] and " " not in shown["pairs_deleted_at"]
+    assert _json(runner.invoke(main, ["audit", "list", "--json"]))[0]["pairs_deleted_at"] == shown["pairs_deleted_at"]
+    record = _json(runner.invoke(main, ["retract", "web", "--key", "d-0000001", "--reason", "a request", "--json"]))
+    assert record["created_at"].endswith("Z")
+    assert [r["created_at"] for r in _json(runner.invoke(main, ["retractions", "--json"]))] == [record["created_at"]]
+    one = _json(runner.invoke(main, ["retractions", record["retraction_id"], "--json"]))
+    assert one["created_at"] == record["created_at"]
+    proof = runner.invoke(main, ["audit", "retraction", record["retraction_id"], "--json"])  # nothing applied: fails
+    assert proof.exit_code == 1
+    proof = json.loads(proof.stdout)  # its time was naive text in the report, and a moment later in its row
+    stored = _json(runner.invoke(main, ["sql", "SELECT strftime(created_at, '%Y-%m-%dT%H:%M:%S.%fZ') AS t "
+                                                "FROM retraction_audits", "--json"]))
+    assert proof["created_at"].endswith("Z") and stored == [{"t": proof["created_at"]}]
+
+
+def test_taint_and_retract_without_a_target_are_usage_errors(project, runner):
+    """`prov taint` and `prov retract --reason R` with nothing to look for exited 4, the status of
+    bad input, with kind `invalid_parameter` and no usage line, where a missing argument is a usage
+    error (exit 2, docs/cli.md), as `prov retract` without --reason and `dataset remove NAME` without
+    keys are; nothing is recorded."""
+    assert runner.invoke(main, ["dataset", "add", "web", "data/a.jsonl", "--id-field", "id"]).exit_code == 0
+    for command, said in ((["taint"], "give what to look for"), (["retract", "--reason", "a request"],
+                                                                 "give what to retract")):
+        result = runner.invoke(main, command)
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(f"Usage: main {command[0]} [OPTIONS]")
+        assert result.output.endswith(f"Error: {said}: DATASET (with --shard or --key for a part of it), or --text "
+                                      "FILE\n")
+        result = runner.invoke(main, [*command, "--near", "0.5", "--json"])
+        assert result.exit_code == 2 and json.loads(result.output) == {
+            "error": f"{said}: DATASET (with --shard or --key for a part of it), or --text FILE", "kind": "usage"}
+    assert _json(runner.invoke(main, ["retractions", "--json"])) == []
+
+
+def test_tag_set_json_is_a_tag_list_row(project, runner):
+    """`prov tag set --json` printed `{"tag", "version_id", "moved_from"}` while `prov tag list --json`
+    lists each tag as `{"name", "version_id", "created_at", "message"}`: a program reading `.name`
+    of what it had just set got nothing. It prints the row `tag list` has for it, and where it moved
+    from."""
+    import torch
+
+    from provenance import Ledger
+
+    ledger = Ledger.open(project)
+    a = ledger.commit({"w": torch.zeros(2)}, message="first")
+    b = ledger.commit({"w": torch.ones(2)}, message="second", parent=a)
+    made = _json(runner.invoke(main, ["tag", "set", "release", a.version_id, "--json"]))
+    listed = _json(runner.invoke(main, ["tag", "list", "--json"]))
+    assert made == {**listed[0], "moved_from": None}
+    assert (made["name"], made["version_id"], made["message"]) == ("release", a.version_id, "first")
+    moved = _json(runner.invoke(main, ["tag", "release", b.version_id[:8], "--json"]))
+    assert moved == {**_json(runner.invoke(main, ["tag", "list", "--json"]))[0], "moved_from": a.version_id}
+    assert (moved["version_id"], moved["message"]) == (b.version_id, "second")
+    assert runner.invoke(main, ["tag", "release", a.version_id]).output == (
+        f"release -> {a.version_id} (moved from {b.version_id[:12]})\n")
+
+
+def test_gate_names_each_input_and_retraction_once(project, runner):
+    """The pre-merge gate's note of retracted data named an input once per run of its lineage that
+    trained on the data (`b: retraction R; b: retraction R`), and wrapped at the console's width, so
+    that a CI log's grep for the retraction missed it; its ✗ lines are one line each already."""
+    import torch
+
+    from provenance import Ledger
+
+    assert runner.invoke(main, ["dataset", "add", "web", "data/a.jsonl", "--id-field", "id"]).exit_code == 0
+    ledger = Ledger.open(project)
+    with ledger.start_run(datasets=["web"], message="base") as run:
+        base = run.commit({"w": torch.zeros(4)})
+    with ledger.start_run(base=base, datasets=["web"], message="again") as run:  # a second run on the same data
+        a = run.commit({"w": torch.ones(4)})
+    b = ledger.commit({"w": torch.full((4,), 2.0)}, message="b", parent=base)
+    rid = _json(runner.invoke(main, ["retract", "web", "--key", "d-0000001", "--reason", "a request", "--json"]))[
+        "retraction_id"]
+    result = runner.invoke(main, ["audit", "merge", a.version_id, b.version_id, "--no-store", "--max-contamination",
+                                  "none"])
+    assert result.exit_code == 0, result.output
+    [note] = [line for line in result.output.splitlines() if line.startswith("  ! ")]
+    assert note == (f"  ! retracted data in the lineage of 2 input(s) (--deny-retracted fails on it): "
+                    f"{a.version_id[:12]}: retraction {rid}; {b.version_id[:12]}: retraction {rid}")
+
+
+def test_run_start_epochs_out_of_range_are_usage_errors(project, runner):
+    """`prov run start -d web:-1` (or `:nan`, `:inf`) was refused by the library with exit status 4
+    and a message naming no option, while `-d web:abc` and a dataset given twice are usage errors
+    naming --dataset (exit 2); `-d web:-0` was stored and printed as -0.0 epochs. No run is started."""
+    assert runner.invoke(main, ["dataset", "add", "web", "data/a.jsonl", "--id-field", "id"]).exit_code == 0
+    for spec in ("web:-1", "web:nan", "web:inf", "web:1e400", "web@1:-0.5"):
+        result = runner.invoke(main, ["run", "start", "-m", "x", "-d", spec, "--owner", "0"])
+        assert result.exit_code == 2, result.output
+        assert result.output.endswith(f"Error: Invalid value for --dataset: '{spec}': EPOCHS must be a finite number "
+                                      ">= 0\n")
+    assert _json(runner.invoke(main, ["run", "list", "--json"])) == []
+    run = _json(runner.invoke(main, ["run", "start", "-m", "x", "-d", "web:-0", "--owner", "0", "--json"]))
+    assert json.dumps(run["datasets"]) == '{"web@1": 0.0}'

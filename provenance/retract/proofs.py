@@ -19,6 +19,7 @@ from provenance.ledger._common import _now
 from provenance.lineage import tainted_versions
 from provenance.ngrams import SPAN_TEXT_CHARS, check_span, longest_run, ngram_hashes
 from provenance.ngrams import words as normalised_words
+from provenance.plain import utc_text
 from provenance.retract.plans import Step, outdated_steps
 
 
@@ -126,7 +127,8 @@ def audit_retraction(ledger: Any, retraction: str, *, samples: Any = None, relea
     if memorization and memorization["matches"]:
         problems.append(f"{len({m['sample'] for m in memorization['matches']})} sample(s) reproduce retracted "
                         "documents")
-    report = {"audit_id": uuid.uuid4().hex, "retraction_id": rid, "created_at": _now().isoformat(),
+    now = _now()  # one time for the report and its row; RFC 3339 with Z, as every other report's
+    report = {"audit_id": uuid.uuid4().hex, "retraction_id": rid, "created_at": utc_text(now),
               "target": rec["target"], "reason": rec["reason"], "near": near,
               "documents": len(stored) + sum(d["doc_id"] is None for d in rec["documents"]),
               "copies_found_now": copies, "checked": checked, "pending": pending, "memorization": memorization,
@@ -134,7 +136,7 @@ def audit_retraction(ledger: Any, retraction: str, *, samples: Any = None, relea
     if store:
         with ledger.transaction() as tx:
             tx.insert_retraction_audit({"audit_id": report["audit_id"], "retraction_id": rid, "passed": report["passed"],
-                                        "report": report, "created_at": _now()})
+                                        "report": report, "created_at": now})
     return report
 
 
