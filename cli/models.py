@@ -80,7 +80,7 @@ def model_log(obj: Context, ref: str | None, as_json: bool) -> None:
     """The version DAG, newest first: every version, or VERSION and its ancestors. Merges show
     all their parents."""
     ledger = obj.ledger(read_only=True)
-    show_versions(ledger.ancestors(ref) if ref else ledger.versions(), as_json)
+    show_versions(ledger.ancestors(ref) if ref is not None else ledger.versions(), as_json)  # '': not found
 
 
 @model_group.command("show")

@@ -145,6 +145,23 @@ def _umask() -> int:
     return mask
 
 
+def output_name(path: object, *, folder: bool = False) -> Path:
+    """``path``, an output the caller named, as a Path: refuse what is not a path (``output=123``
+    failed deep in ``pathlib`` with a TypeError naming no parameter) and, for a file, a name that
+    ends in a separator: ``-o out/`` asks for a folder, and ``Path`` drops the slash, so a file
+    named ``out`` was written instead."""
+    from provenance.errors import InvalidParameterError, UnsafeOutputError
+
+    what = "folder" if folder else "output"
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+        raise InvalidParameterError(f"the {what} must be a path (str or os.PathLike), got {type(path).__name__} {path!r}")
+    text = os.fspath(path)
+    if not folder and text.endswith((os.sep, os.altsep or os.sep)) and text != "-":
+        raise UnsafeOutputError(f"refusing to write {text!r}: it ends in {text[-1]!r}, which names a folder; give a "
+                                "file name (e.g. " + repr(text + "model.safetensors") + ")")
+    return Path(text)
+
+
 def check_output(given: Path, resolved: Path, *, parents: bool | None = None) -> Path:
     """Check a file about to be written (``given`` as the user wrote it, ``resolved`` after
     symlinks): refuse a folder, and an existing device, FIFO or socket (a rename over it would

@@ -37,7 +37,9 @@ replaces the parent's whole; nothing is merged file by file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Collection
@@ -46,8 +48,16 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from provenance.errors import InvalidParameterError, ObjectCorruptError, ObjectMissingError
-from provenance.files import PICKLE_SUFFIXES, fsync_folder, naming, non_utf8, not_a_regular_file
+from provenance.errors import InvalidParameterError, ObjectCorruptError, ObjectMissingError, UnsafeOutputError
+from provenance.files import (
+    PICKLE_SUFFIXES,
+    fsync_folder,
+    host_label,
+    naming,
+    non_utf8,
+    not_a_regular_file,
+    process_alive,
+)
 from provenance.ledger import LedgerStore
 from provenance.objects import ObjectStore
 from provenance.records import VersionRecord
@@ -205,8 +215,18 @@ def write_files(store: ObjectStore, files: list[ModelFile], folder: Path) -> lis
 
 
 def staging_folder(folder: Path) -> Path:
-    """A new empty folder beside ``folder``, to fill and then rename into place (:func:`publish`)."""
-    return Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    """A new empty folder beside ``folder``, to fill and then rename into place (:func:`publish`).
+    Named by this machine and process, as a checkout's temporary file is: the next checkout to
+    ``folder`` removes what one that was killed left (a SIGKILLed ``checkout --hf`` left the
+    model's bytes there, hidden, for good)."""
+    mine = f".{folder.name}.{host_label()}-"
+    with contextlib.suppress(OSError):  # no folder to list: mkdtemp says why
+        for entry in os.scandir(folder.parent):
+            pid = entry.name[len(mine):].split("-", 1)[0]
+            if (entry.name.startswith(mine) and entry.name.endswith(".tmp") and pid.isdigit()
+                    and not process_alive(int(pid)) and entry.is_dir(follow_symlinks=False)):
+                shutil.rmtree(entry.path, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{mine}{os.getpid()}-", suffix=".tmp", dir=folder.parent))
 
 
 def publish(staged: Path, folder: Path) -> Path:
@@ -222,7 +242,13 @@ def publish(staged: Path, folder: Path) -> Path:
         mode = 0o777 & ~_umask()
     os.chmod(staged, mode)
     fsync_folder(staged)
-    os.replace(staged, folder)
+    try:
+        os.replace(staged, folder)
+    except OSError as exc:  # said "cannot copy STAGED to FOLDER: Directory not empty"
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        raise UnsafeOutputError(f"refusing to write folder {folder}: another writer filled it while this checkout ran "
+                                "(it was empty at the start); nothing of this checkout was written") from None
     fsync_folder(folder.parent)
     return folder
 

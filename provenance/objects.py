@@ -102,6 +102,9 @@ def unstorable(tensor: torch.Tensor) -> str | None:
     (a phrase completing "the tensor is ..."), or None when it can."""
     if tensor.is_meta:
         return f"a meta tensor (shape {list(tensor.shape)}, no data): load its values before committing"
+    if tensor.is_nested:  # (its shape raises "NestedTensorImpl doesn't support sizes")
+        return ("a nested tensor (tensors of different shapes): commit each as a parameter of its own "
+                "(tensor.unbind())")
     if tensor.layout != torch.strided:
         return f"a {str(tensor.layout).removeprefix('torch.')} tensor: commit its dense form (tensor.to_dense())"
     if tensor.is_quantized:

@@ -396,3 +396,68 @@ def test_a_child_with_files_of_its_own_but_no_config_says_so(ledger, ckpt, tmp_p
                                                     r"config.json is among them"):
         ledger.checkout_hf(child, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_killed_hf_checkout_s_staging_folder_is_removed_by_the_next_checkout_there(ledger, ckpt, tmp_path):
+    """A `checkout --hf` SIGKILLed half-way left its hidden staging folder (config, tokenizer and
+    the model's bytes so far) beside the output, and nothing ever removed it; the next checkout to
+    that folder removes it, not the staging folder of a checkout that still runs."""
+    import subprocess
+    import sys
+
+    from provenance.files import host_label
+
+    version = ledger.commit(ckpt, message="tiny gpt2")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = tmp_path / f".out.{host_label()}-{int(dead.stdout)}-abcd1234.tmp"
+    killed.mkdir()
+    (killed / "config.json").write_text("{}")
+    (killed / ".model.safetensors.tmp").write_bytes(b"\0" * 4096)
+    running = tmp_path / f".out.{host_label()}-{os.getpid()}-efgh5678.tmp"
+    running.mkdir()
+    ledger.checkout_hf(version, tmp_path / "out")
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out."))
+    assert left == [running.name]
+    assert _files(tmp_path / "out") == _files(ckpt)  # the checkout itself is whole
+    assert set(load_file(tmp_path / "out" / "model.safetensors")) == set(load_file(ckpt / "model.safetensors"))
+
+
+def test_the_current_folder_is_refused_as_a_checkout_folder(ledger, ckpt, tmp_path, monkeypatch):
+    """`prov model checkout V --hf .` from an empty folder renamed a new folder over it and
+    reported success; the shell, still in the removed folder, saw no files (the report listed
+    none). The current folder is refused, and nothing is written."""
+    version = ledger.commit(ckpt, message="tiny gpt2")
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    for given in (".", tmp_path / "here", ""):
+        with pytest.raises(UnsafeOutputError, match="it is the current folder"):
+            ledger.checkout_hf(version, given)
+    assert list(Path.cwd().iterdir()) == [] and Path.cwd() == tmp_path / "here"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".here.")]
+    with pytest.raises(InvalidParameterError, match="the folder must be a path .* got int 5"):
+        ledger.checkout_hf(version, 5)
+    monkeypatch.chdir(tmp_path)
+    assert ledger.checkout_hf(version, "here") == tmp_path / "here"
+    assert _files(tmp_path / "here") == _files(ckpt)
+
+
+def test_a_folder_filled_by_another_writer_during_the_checkout_is_named(ledger, ckpt, tmp_path, monkeypatch):
+    """Two checkouts to one empty folder: the second to finish failed with `cannot copy
+    .out.….tmp to out: Directory not empty`, a copy it never made; it says another writer filled
+    the folder, and leaves that writer's files and no staging folder."""
+    from provenance import model_files
+
+    version = ledger.commit(ckpt, message="tiny gpt2")
+    (tmp_path / "out").mkdir()
+    real = model_files.write_files
+
+    def racing(store, files, folder):
+        (tmp_path / "out" / "theirs.txt").write_text("the other checkout's")
+        return real(store, files, folder)
+
+    monkeypatch.setattr(model_files, "write_files", racing)
+    with pytest.raises(UnsafeOutputError, match=r"refusing to write folder .*out: another writer filled it while this "
+                                                r"checkout ran \(it was empty at the start\); nothing of this checkout"):
+        ledger.checkout_hf(version, tmp_path / "out")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["theirs.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == []

@@ -220,7 +220,11 @@ def _quantized() -> torch.Tensor:
     (_quantized, r"is a quantized qint8 tensor \(per_tensor_affine\): its scales and zero points would "
                  r"be lost; commit tensor.dequantize\(\)"),
     (lambda: [1.0, 2.0], r"is a list, not a tensor"),
-], ids=["meta", "sparse_coo", "sparse_csr", "quantized", "list"])
+    (lambda: torch.nested.nested_tensor([torch.ones(2), torch.ones(3)]),  # its shape raised a RuntimeError
+     r"is a nested tensor \(tensors of different shapes\): commit each as a parameter of its own"),
+    (lambda: torch.nested.nested_tensor([torch.ones(2), torch.ones(3)], layout=torch.jagged),
+     r"is a nested tensor \(tensors of different shapes\)"),
+], ids=["meta", "sparse_coo", "sparse_csr", "quantized", "list", "nested", "jagged"])
 def test_tensors_without_a_dense_bit_exact_form_are_refused(ledger, make, message):
     v0 = ledger.commit({"keep": torch.arange(5.0)}, message="root")
     objects = sorted(ObjectStore(ledger.objects_path).addresses())

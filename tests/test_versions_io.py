@@ -315,3 +315,39 @@ def test_objects_are_read_whole_when_no_memory_map_is_left(ledger, monkeypatch):
     read = ledger.checkout(version)
     assert all(torch.equal(read[k], state[k]) and torch.equal(mapped[k], state[k]) for k in state)
     assert len(refused) == 1  # the 256 KiB object asked for a mapping and was read instead
+
+
+def test_an_output_name_ending_in_a_separator_or_not_a_path_is_refused(ledger, tmp_path):
+    """`-o out/` asks for a folder: Path dropped the slash and a file named `out` was written, with
+    success reported; an output that is not a path failed in pathlib with a TypeError that named
+    no parameter. Both are refused before anything is written."""
+    from click.testing import CliRunner
+
+    from provenance.cli.main import main
+
+    version = ledger.commit(_state(), message="root")
+    with pytest.raises(UnsafeOutputError, match=r"'.*/out/': it ends in '/', which names a folder; give a file name"):
+        ledger.checkout(version, output=f"{tmp_path}/out/")
+    for bad in (123, b"x.safetensors"):
+        with pytest.raises(InvalidParameterError, match=f"the output must be a path .*got {type(bad).__name__}"):
+            ledger.checkout(version, output=bad)
+    refused = CliRunner().invoke(main, ["--ledger", str(tmp_path), "model", "checkout", version.version_id,
+                                        "-o", f"{tmp_path}/new/"])
+    assert refused.exit_code == 4 and "ends in '/', which names a folder" in refused.output
+    assert not (tmp_path / "new").exists() and not list(tmp_path.glob(".new*"))
+    assert ledger.checkout(version, output=tmp_path / "new") == tmp_path / "new"  # the same name, without the slash
+    assert all(torch.equal(load_file(tmp_path / "new")[k], v) for k, v in _state().items())
+
+
+def test_model_log_of_an_empty_version_is_refused_not_the_whole_log(ledger, tmp_path):
+    """`prov model log "$V"` with V unset printed every version, as if no VERSION were given."""
+    from click.testing import CliRunner
+
+    from provenance.cli.main import main
+
+    ledger.commit(_state(), message="root")
+    runner = CliRunner()
+    refused = runner.invoke(main, ["--ledger", str(tmp_path), "model", "log", ""])
+    assert refused.exit_code == 3 and "no version or tag ''" in refused.output
+    listed = runner.invoke(main, ["--ledger", str(tmp_path), "model", "log", "--json"])
+    assert [v["message"] for v in json.loads(listed.output)] == ["root"]

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from provenance.errors import UnsafeOutputError
-from provenance.files import check_output
+from provenance.files import check_output, output_name
 
 
 class OutputChecks:
@@ -21,7 +21,7 @@ class OutputChecks:
         symlinks) inside the ledger folder, that is a folder, or that is a registered dataset's
         source file; its parent folder must exist unless ``parents``, which creates it. Returns
         the resolved path."""
-        given = Path(path)
+        given = output_name(path)
         resolved = given.resolve()
         if resolved == self.root or self.root in resolved.parents:
             raise UnsafeOutputError(
@@ -38,17 +38,29 @@ class OutputChecks:
 
     def output_folder(self, path: str | os.PathLike, *, parents: bool = False) -> Path:
         """Check a folder that a command is about to create: refuse one that resolves inside the
-        ledger folder, a file, or a folder that is not empty; its parent folder must exist unless
-        ``parents``, which creates it. Returns the resolved path."""
-        given = Path(path)
+        ledger folder, a file, a folder that is not empty, or the current folder; its parent folder
+        must exist unless ``parents``, which creates it. Returns the resolved path."""
+        given = output_name(path, folder=True)
         resolved = given.resolve()
         if resolved == self.root or self.root in resolved.parents:
             raise UnsafeOutputError(
                 f"refusing to write {str(given)!r}: it resolves to {resolved}, inside the ledger folder {self.root}")
         if not resolved.exists():
             return check_output(given, resolved, parents=parents)
+        if resolved == _cwd():  # `--hf .` renamed a new folder over it: the shell was left in the removed one
+            raise UnsafeOutputError(
+                f"refusing to write folder {str(given)!r}: it is the current folder, which the checkout would replace "
+                "by a new folder of that name (this shell would be left in the old, removed one, seeing no files); "
+                "run it from the folder above, naming the folder")
         if not resolved.is_dir():
             raise UnsafeOutputError(f"refusing to write folder {str(given)!r}: it is a file")
         if any(resolved.iterdir()):
             raise UnsafeOutputError(f"refusing to write folder {str(given)!r}: it is not empty")
         return resolved
+
+
+def _cwd() -> Path | None:
+    try:
+        return Path.cwd()
+    except OSError:  # removed from under this process
+        return None

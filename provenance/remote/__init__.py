@@ -107,9 +107,9 @@ class RemoteLedger(Transport, RemoteDatasets, RemoteVersions, RemoteRuns, Remote
         folder on this machine is refused too, as the server's would be if it serves from here
         (the client does not know which ledger folder is the server's)."""
         from provenance.errors import UnsafeOutputError
-        from provenance.files import DB_FILE, LEDGER_DIR, check_output
+        from provenance.files import DB_FILE, LEDGER_DIR, check_output, output_name
 
-        given = Path(path).expanduser()
+        given = output_name(path).expanduser()
         resolved = given.resolve()
         for folder in resolved.parents:
             if folder.name == LEDGER_DIR and (folder / DB_FILE).is_file():
