@@ -641,3 +641,20 @@ def test_text_from_the_ledger_prints_as_written(text, capsys):
 
     render.say(("✗ " + text, "red"), f": {text}", " after")
     assert capsys.readouterr().out == f"✗ {text}: {text} after\n"
+
+
+def test_sql_csv_keeps_escape_sequences_in_values(tmp_path):
+    """`prov sql ... --format csv > keys.txt` dropped an ANSI sequence from a value (a file named
+    `e\\x1b[31mred.jsonl` gave the key `ered.jsonl:0`: click.echo strips them when not writing to a
+    terminal), so the keys read back for `prov dataset remove --keys-file` were not the ledger's."""
+    import contextlib
+
+    import pyarrow as pa
+
+    from provenance.cli import render
+
+    keys = ["e\x1b[31mred.jsonl:0", "plain.jsonl:0"]
+    out = tmp_path / "keys.csv"
+    with open(out, "w") as f, contextlib.redirect_stdout(f):
+        render.arrow(pa.table({"key": keys}), "csv")
+    assert out.read_text() == "key\n" + "".join(f"{k}\n" for k in keys)
