@@ -188,10 +188,10 @@ def arrow(table: pa.Table, fmt: str) -> None:
             # Rows as lists, not dicts: columns of one name each keep their value (a dict kept the last).
             for r in zip(*(c.to_pylist() for c in batch.columns)):
                 writer.writerow([_csv_cell(v) for v in r])
-            click.echo(buf.getvalue(), nl=False)
-            buf.seek(0)
+            click.echo(buf.getvalue(), nl=False, color=True)  # (color: values as they are; click strips
+            buf.seek(0)  # an escape sequence when not writing to a terminal, `e\x1b[31mx` gave `ex`)
             buf.truncate()
-        click.echo(buf.getvalue(), nl=False)
+        click.echo(buf.getvalue(), nl=False, color=True)
     else:
         shown = table.slice(0, TABLE_ROWS)
         rows = zip(*(c.to_pylist() for c in shown.columns)) if names else iter(())

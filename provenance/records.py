@@ -89,8 +89,13 @@ def check_document_keys(keys: Any) -> list[str]:
     """``keys`` as a list of distinct document keys, in order (``prov dataset remove``): a string
     is refused (it was taken a character at a time: "no document '7', 'L'"), and so is a key that
     is not UTF-8 (a traceback from DuckDB, or from the JSON of a request)."""
-    if isinstance(keys, (str, bytes)):
+    if isinstance(keys, (str, bytes)) or not isinstance(keys, Iterable):
         raise InvalidParameterError(f"keys must be a list of document keys, got {type(keys).__name__} {keys!r}")
+    keys = list(keys)
+    for i, k in enumerate(keys):  # a number is the key an id number became; None or b"k" was "no document 'None'"
+        if not isinstance(k, (str, numbers.Real)) or isinstance(k, bool):
+            raise InvalidParameterError(f"keys[{i}] is of type {type(k).__name__} ({k!r:.60}): a document key is a string "
+                                        "(or the number an id field held)")
     keys = list(dict.fromkeys(str(k) for k in keys))
     for k in keys:
         check_utf8(k, "a document key")

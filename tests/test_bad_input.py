@@ -797,3 +797,32 @@ def test_record_id_errors_name_the_field_and_its_kind(populated):
     with pytest.raises(SourceError, match=r"record 0: no id field 'id' \(fields: text\)"):
         ledger.register_dataset("recs", [{"text": "x"}], id_field="id")
     unchanged()
+
+
+def test_a_list_of_paths_with_something_else_in_it_names_the_item(populated, data_dir):
+    """A list of paths with one item that is not a path was read as records: "records[batch-00000]:
+    record 0 is a str, expected a dict", naming neither the odd item nor the paths."""
+    ledger, unchanged = populated
+    good = str(data_dir / "good.jsonl")
+    assert refused(ledger, "mixed", [good, 5], InvalidParameterError) == (
+        f"sources[1] is of type int (5), but sources[0] is a path ({good[:60]!r}): give a list of paths (str or Path), "
+        "or of records (dicts)")
+    assert refused(ledger, "mixed", (data_dir / "good.jsonl", None), InvalidParameterError).startswith(
+        "sources[1] is of type NoneType (None), but sources[0] is a path")
+    unchanged()
+
+
+def test_keys_to_remove_that_are_not_keys_are_named(populated):
+    """`remove_documents(name, 5)` was a TypeError ("'int' object is not iterable"), and a key None
+    or b"g1" was looked up as the text 'None' or "b'g1'": "has no document 'None'"."""
+    ledger, unchanged = populated
+    cases = [(5, "keys must be a list of document keys, got int 5"),
+             ([None], "keys[0] is of type NoneType (None): a document key is a string (or the number an id field held)"),
+             (["g1", b"g2"], "keys[1] is of type bytes (b'g2'): a document key is a string (or the number an id field held)"),
+             ([True], "keys[0] is of type bool (True): a document key is a string (or the number an id field held)")]
+    for keys, message in cases:
+        with pytest.raises(InvalidParameterError) as info:
+            ledger.remove_documents("good", keys)
+        assert str(info.value) == message
+    unchanged()
+    assert ledger.remove_documents("good", iter(["g1"])).dataset.n_documents == 3  # an iterable is a list of keys

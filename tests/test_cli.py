@@ -759,3 +759,18 @@ def test_run_start_epochs_out_of_range_are_usage_errors(project, runner):
     assert _json(runner.invoke(main, ["run", "list", "--json"])) == []
     run = _json(runner.invoke(main, ["run", "start", "-m", "x", "-d", "web:-0", "--owner", "0", "--json"]))
     assert json.dumps(run["datasets"]) == '{"web@1": 0.0}'
+def test_sql_csv_keeps_escape_sequences_in_values(tmp_path):
+    """`prov sql ... --format csv > keys.txt` dropped an ANSI sequence from a value (a file named
+    `e\\x1b[31mred.jsonl` gave the key `ered.jsonl:0`: click.echo strips them when not writing to a
+    terminal), so the keys read back for `prov dataset remove --keys-file` were not the ledger's."""
+    import contextlib
+
+    import pyarrow as pa
+
+    from provenance.cli import render
+
+    keys = ["e\x1b[31mred.jsonl:0", "plain.jsonl:0"]
+    out = tmp_path / "keys.csv"
+    with open(out, "w") as f, contextlib.redirect_stdout(f):
+        render.arrow(pa.table({"key": keys}), "csv")
+    assert out.read_text() == "key\n" + "".join(f"{k}\n" for k in keys)

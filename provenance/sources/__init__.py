@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from provenance.errors import InvalidParameterError
 from provenance.sources.base import FORMATS, Batch, Counters, ReadOptions, Shard, file_format
 from provenance.sources.discovery import _file_shards
 from provenance.sources.files import FileShard, ObjectShard
@@ -31,4 +32,9 @@ def resolve(sources: Any, opts: ReadOptions) -> list[FileShard] | Iterator[Memor
         isinstance(sources, (list, tuple)) and sources and all(isinstance(s, (str, os.PathLike)) for s in sources)
     ):
         return _file_shards([os.fspath(s) for s in ([sources] if isinstance(sources, (str, os.PathLike)) else sources)])
+    if isinstance(sources, (list, tuple)) and sources and isinstance(sources[0], (str, os.PathLike)):
+        odd = next(i for i, s in enumerate(sources) if not isinstance(s, (str, os.PathLike)))  # (not all are paths)
+        raise InvalidParameterError(  # it was read as records: "record 0 is a str, expected a dict"
+            f"sources[{odd}] is of type {type(sources[odd]).__name__} ({sources[odd]!r:.60}), but sources[0] "
+            f"is a path ({os.fspath(sources[0])[:60]!r}): give a list of paths (str or Path), or of records (dicts)")
     return _memory_shards(sources, opts)

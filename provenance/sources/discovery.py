@@ -7,6 +7,7 @@ relative to the folder they share."""
 from __future__ import annotations
 
 import errno
+import fnmatch
 import glob
 import os
 import stat
@@ -27,29 +28,80 @@ _KINDS = (
 )
 
 
-def _walk(folder: str) -> list[str]:
-    """The files under ``folder``, recursively and in sorted order, leaving out hidden files and
-    folders (names starting with ``.`` or ``_``) and Croissant exports. A symlink to a folder is followed (as a glob follows it), but
-    not one that leads back into a folder already walked (a loop, `up -> ..`): that one is left
-    out with a warning naming it."""
-    found: list[str] = []
-    walked = {os.path.realpath(folder)}
+def _folders(folder: str, keep=lambda name: not name.startswith(HIDDEN)):
+    """``os.walk(folder)`` top-down, following symlinks to folders, with the folders ``keep``
+    accepts (by name) in sorted order. A symlink to a folder of the tree (``current -> v2``) is not
+    followed: the walk reaches that folder under its own name, so its files keep theirs. Nor is one
+    that leads back into a folder already walked (a loop, `up -> ..`): that one is left out with a
+    warning naming it."""
+    root = os.path.realpath(folder)
+    walked = {root}
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         kept = []
-        for d in sorted(d for d in dirnames if not d.startswith(HIDDEN)):
-            real = os.path.realpath(os.path.join(dirpath, d))
+        for d in sorted(d for d in dirnames if keep(d)):
+            path = os.path.join(dirpath, d)
+            real = os.path.realpath(path)
+            inside = os.path.relpath(real, root).split(os.sep) if real.startswith(root + os.sep) else None
+            if os.path.islink(path) and inside and all(keep(part) for part in inside):
+                continue  # walked (or to be) as itself
             if any(real == w or w.startswith(real + os.sep) for w in walked):
-                warn(f"{os.path.join(dirpath, d)}: a symlink back into a folder already read ({real}); left out")
+                warn(f"{path}: a symlink back into a folder already read ({real}); left out")
                 continue
             walked.add(real)
             kept.append(d)
         dirnames[:] = kept
+        yield dirpath, kept, filenames
+
+
+def _walk(folder: str) -> list[str]:
+    """The files under ``folder``, recursively and in sorted order (see :func:`_folders`), leaving
+    out hidden files and folders (names starting with ``.`` or ``_``) and Croissant exports."""
+    found: list[str] = []
+    for dirpath, _dirnames, filenames in _folders(folder):
         found.extend(os.path.join(dirpath, f) for f in sorted(filenames)  # hidden files, and a Croissant
                      if not f.startswith(HIDDEN) and not f.endswith(CROISSANT_SUFFIX))  # export beside its data
         for f in sorted(f for f in filenames if f.startswith("_") and file_format(f) is not None):
             warn(f"{os.path.join(dirpath, f)}: left out, as every name starting with '_' is (a job's bookkeeping, "
                  "as Spark's _SUCCESS); name the file itself to register it")  # data by its suffix: said
     return found
+
+
+def _magic(part: str) -> bool:
+    return any(ch in part for ch in "*?[")
+
+
+def _glob(spec: str) -> list[str]:
+    """``glob.glob(spec, recursive=True)``, sorted; but a ``**`` walks its folder as a folder
+    source is walked (:func:`_folders`): Python's glob follows a symlink back up the tree
+    (``up -> ..``) until the path is too long, with two such links never ending."""
+    parts = spec.split(os.sep)
+    if "**" not in parts:
+        return sorted(glob.glob(spec, recursive=True))
+    fixed = next(i for i, part in enumerate(parts) if _magic(part))
+    base = os.sep.join(parts[:fixed]) or (os.sep if spec.startswith(os.sep) else "")
+    pattern = parts[fixed:]
+    if not os.path.isdir(base or os.curdir):
+        return []
+    dotted = any(part.startswith(".") for part in pattern)  # as glob: `*` and `**` skip dot names
+    found = [os.path.join(base, "")] if base and _matches([], pattern) else []  # `a/**` holds `a/`
+    for dirpath, dirnames, filenames in _folders(base or os.curdir, lambda d: dotted or not d.startswith(".")):
+        rel = os.path.relpath(dirpath, base or os.curdir)
+        above = [] if rel == os.curdir else rel.split(os.sep)
+        found.extend(os.path.join(dirpath, name) if base else os.path.join(*above, name)
+                     for name in dirnames + filenames if _matches([*above, name], pattern))
+    return sorted(found)
+
+
+def _matches(names: list[str], pattern: list[str]) -> bool:
+    """Whether the path ``names`` matches the glob ``pattern`` component by component (``**``: any
+    number of folders; a dot name only by a pattern that starts with a dot)."""
+    if not pattern:
+        return not names
+    if pattern[0] == "**":
+        return _matches(names, pattern[1:]) or (
+            bool(names) and not names[0].startswith(".") and _matches(names[1:], pattern))
+    return (bool(names) and fnmatch.fnmatchcase(names[0], pattern[0])
+            and (pattern[0].startswith(".") or not names[0].startswith(".")) and _matches(names[1:], pattern[1:]))
 
 
 #: A Croissant export written beside the data it describes (as mlcroissant wants a multi-file
@@ -123,7 +175,7 @@ def _file_shards(specs: list[str]) -> list[FileShard]:
     files: list[Path] = []
     for spec in specs:
         if any(ch in spec for ch in "*?[") and not os.path.lexists(spec):  # `[1].jsonl` that exists is a file
-            everything = sorted(glob.glob(spec, recursive=True))
+            everything = _glob(spec)
             matched = [m for m in everything if not os.path.isdir(m)]
             if not matched:
                 folders = [m for m in everything if os.path.isdir(m)]  # not walked: said, so a folder is given as one
@@ -141,13 +193,12 @@ def _file_shards(specs: list[str]) -> list[FileShard]:
             files.append(_regular_file(spec))
         else:
             raise SourceError(f"{spec}: no such file or folder")
-    seen: set[Path] = set()
-    unique = []
-    for f in files:
-        r = f.resolve()
-        if r not in seen:
-            seen.add(r)
-            unique.append(f)
+    real = [f.resolve() for f in files]
+    chosen: dict[Path, Path] = {}  # one shard a file, named as itself rather than as a symlink to it
+    for f, r in zip(files, real):
+        if r not in chosen or (chosen[r].is_symlink() and not f.is_symlink()):
+            chosen[r] = f
+    unique = [f for f, r in zip(files, real) if chosen[r] is f]
     for f in unique:
         _utf8_name(f)
         if file_format(f) is None:
