@@ -63,7 +63,7 @@ def taint_cmd(obj: Context, target: str | None, shard: str | None, key: str | No
     (--key) or a text (--text): the versions to re-train or re-merge without it. DATASET as NAME
     means every version of the dataset (a document a later version removed still shaped what
     trained on an earlier one); NAME@N that version only."""
-    if not (target or shard or key or text_file):  # exit 4 and no usage line, as if the input were bad
+    if not (target or shard or key or text_file):  # a usage error (it exited 4, as if the input were bad)
         raise click.UsageError("give what to look for: DATASET (with --shard or --key for a part of it), or --text FILE")
     text = None if text_file is None else read_text(text_file)
     report = obj.ledger(read_only=True).taint(dataset=target, shard=shard, key=key, text=text, near=near)

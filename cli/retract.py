@@ -77,7 +77,7 @@ def retract_cmd(obj: Context, target: str | None, shard: str | None, key: str | 
     if target and not (key or shard or text_file) and _is_retraction(ledger, target):  # not a dataset's name
         raise click.UsageError(f"{target} is a retraction: prov retract {target} --apply carries out its plan "
                                f"(prov retractions {target} shows it)")
-    if not (target or shard or key or text_file):  # exit 4 and no usage line, as if the input were bad
+    if not (target or shard or key or text_file):  # a usage error (it exited 4, as if the input were bad)
         raise click.UsageError("give what to retract: DATASET (with --shard or --key for a part of it), or --text FILE")
     if not reason:
         raise click.UsageError("a retraction needs --reason (why: a removal request, a licence audit)")

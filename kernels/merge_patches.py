@@ -63,8 +63,9 @@ def merge_patches(
 
     ``patches[i]`` is one patch as :func:`provenance.kernels.patch.apply_chain` takes it
     (``("sparse", indices, values)``, its indices sorted ascending and unique, ``("dense", delta)``,
-    ``("low_rank", B, A, scale)``) or None for an input equal to the base. ``method``: ``average``, ``fisher`` (with ``fishers``, one per
-    input, and ``eps``, ``norms`` as :func:`provenance.kernels.merge.fisher_merge`) or
+    ``("low_rank", B, A, scale)``) or None for an input equal to the base. ``method``:
+    ``average``, ``fisher`` (with ``fishers``, one per input, and ``eps``, ``norms`` as
+    :func:`provenance.kernels.merge.fisher_merge`) or
     ``task_arithmetic`` (task vectors from ``base``). ``exact``: Triton path only (module doc).
     """
     if method not in MODES:

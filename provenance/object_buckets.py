@@ -70,7 +70,6 @@ CHECK_FROM = 1 << 20  # objects from this size are looked up before they are sen
 PREFETCH_BYTES = 1 << 28  # downloaded ahead of a checkout's reads, at most (or one larger object)
 
 
-
 class BucketObjectStore:
     """Content-addressed tensors under ``url`` (``s3://bucket/prefix``): the interface of
     :class:`provenance.objects.ObjectStore`, on an Arrow file system."""

@@ -52,9 +52,10 @@ def remove_documents(ledger: LedgerStore, name: str, keys: Sequence[str], *, rea
     missing = sorted(set(keys) - {r["key"] for r in found})
     if missing:
         shown = ", ".join(repr(k) for k in missing[:5])
+        asked = set(missing)
         gone = {r["key"]: r["dataset_id"] for r in sorted(  # removed by an earlier removal (run twice?): said
             ledger.removals([f"{name}@{v}" for v in range(2, latest.version + 1)]),
-            key=lambda r: int(r["dataset_id"].rsplit("@", 1)[1])) if r["key"] in set(missing)}
+            key=lambda r: int(r["dataset_id"].rsplit("@", 1)[1])) if r["key"] in asked}
         earlier = ", ".join(f"{k!r} in {gone[k]}" for k in missing if k in gone)
         raise NotFoundError(f"dataset {latest.dataset_id} has no document {shown}{', ...' if len(missing) > 5 else ''} "
                             f"({len(missing)} of the {len(keys)} keys given)"

@@ -28,11 +28,11 @@ exists, so a ``RegisteredDataset`` names its dataset when ``datasets`` is not gi
 ``base`` the module's weights at that moment (after ``ckpt_path`` was restored) are committed and
 become the run's base; with one process this and the run's start happen on the callback's
 commit thread while the first steps train (their keys wait in memory until the run exists, and an
-error in starting the run stops training at the first batch after it); fitting again from the weights the
-callback's last run ended with starts on that run's version instead. Each checkpoint Lightning saves (``on_save_checkpoint``, with
-``commit_on_save``) is committed as a version of its own on the run's base, its message naming the
-run and the step (:attr:`ProvenanceCallback.checkpoints`), on a thread of its own while training
-goes on (:class:`provenance.integrations.BackgroundCommits`: the save copies the weights to CPU
+error in starting the run stops training at the first batch after it); fitting again from the
+weights the callback's last run ended with starts on that run's version instead. Each checkpoint
+Lightning saves (``on_save_checkpoint``, with ``commit_on_save``) is committed as a version of its
+own on the run's base, its message naming the run and the step
+(:attr:`ProvenanceCallback.checkpoints`), on a thread of its own while training goes on (:class:`provenance.integrations.BackgroundCommits`: the save copies the weights to CPU
 memory, one copy at most waits); the final weights are committed through the run when training
 ends, after the last checkpoint is stored, which ends it ``finished`` (a save at ``max_steps`` is
 not committed twice: its checkpoint is the run's version). Logged keys are written

@@ -50,9 +50,10 @@ on the run's base, ``ledger.commit(state, parent=base)``, its message naming the
 step (:attr:`ProvenanceCallback.checkpoints`); the final weights are committed through the run at
 ``on_train_end``, which ends it ``finished`` (a save at the last step is not committed twice: its
 checkpoint is the run's version, unless ``load_best_model_at_end`` loaded another checkpoint
-back). A checkpoint is committed on a thread of its own while training goes on (:class:`provenance.integrations.BackgroundCommits`): the save copies the
-weights to CPU memory (one copy at most waits), and ``on_train_end`` waits for the last one
-before the final commit; a checkpoint that fails to commit raises at the next save or at the end.
+back). A checkpoint is committed on a thread of its own while training goes on
+(:class:`provenance.integrations.BackgroundCommits`): the save copies the weights to CPU memory
+(one copy at most waits), and ``on_train_end`` waits for the last one before the final commit; a
+checkpoint that fails to commit raises at the next save or at the end.
 Logged keys are written every ``flush_every`` examples and when training ends.
 
 **LoRA.** A PEFT ``PeftModel`` with one LoRA adapter is committed as low-rank patches: the

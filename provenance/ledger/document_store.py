@@ -36,7 +36,6 @@ from provenance.ledger._common import DOCUMENTS_DIR
 _ARROW_ERRORS = (OSError, pa.ArrowException)
 
 
-
 class Unreadable(str):
     """What :meth:`DocumentStore.sizes` gives for a file it could not look at: the text
     ``unreadable (why)``, with ``why`` kept apart for a message that words it otherwise (a bucket

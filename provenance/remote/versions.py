@@ -111,7 +111,7 @@ class RemoteVersions:
         check_fisher_mapping(fisher, f"the Fisher given for version {ver.version_id[:12]}")
         body = _state_body(dict(fisher))
         params = {"meta": json.dumps(dict(meta or {})), "keep": keep, "update": update}
-        return self._call("POST", f"versions/{self._version_part(version)}/fisher", params=params, content=body,
+        return self._call("POST", f"versions/{self._version_part(ver)}/fisher", params=params, content=body,
                           content_type="application/octet-stream", length=body.size)["bytes"]
 
     def near_duplicates(self, datasets: Sequence[str | DatasetRecord], threshold: float = 0.8) -> pa.Table:

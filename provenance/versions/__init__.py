@@ -12,8 +12,8 @@ What a commit stores, bit for bit: dense tensors of every dtype that both torch 
 hold (bool, int8 to int64, uint8 to uint64, float16, bfloat16, float32, float64 and the FP8
 formats; :func:`provenance.objects.unstorable`), NaN payloads and ``-0.0`` included; a
 ``torch._neg_view`` is stored as the values it shows. It refuses, naming the parameter: meta
-tensors, sparse layouts, quantized and nested tensors, and complex tensors (conjugate views included), which
-are not stored: ``torch.view_as_real(t)`` is their exact real form. NaN or Inf values are refused
+tensors, sparse layouts, quantized and nested tensors, and complex tensors (conjugate views
+included), which are not stored: ``torch.view_as_real(t)`` is their exact real form. NaN or Inf values are refused
 with :class:`~provenance.errors.NonFiniteError` unless ``allow_nonfinite=True``.
 
 Checkout replays, per parameter group, the patches from the nearest full copy up the chain of
