@@ -17,7 +17,9 @@ merge's parent), not data: it is not recorded as an input.
 
 Events may arrive out of order (the client sends them asynchronously): inputs named by an event
 that comes after the run's end (a ``START`` after its ``COMPLETE``) are still added to the run
-and counted; a second end changes nothing.
+and counted; a second end changes nothing. The run's last event is the one with the latest
+``eventTime``, whatever the order they came in. An event naming a known runId under another job
+is refused: a runId is one run of one job.
 
 A matched dataset is declared by the run (one epoch, as ``prov run start --dataset`` would);
 an unmatched input is kept and reported by lineage as an **unregistered input**: data that shaped
@@ -166,6 +168,10 @@ def ingest(ledger: LedgerStore, data: Any) -> dict[str, Any]:
                                         "producer": event.producer}},
                 status="running", started_at=when, host=socket.gethostname(), pid=0, datasets={}))
         else:
+            if (known["job_namespace"], known["job_name"]) != (event.job.namespace, event.job.name):
+                raise InvalidParameterError(  # a runId is unique (a UUID): two jobs sharing one is a client's mistake
+                    f"run.runId {event.run.runId} is the run of the job {known['job_namespace']}/{known['job_name']}; "
+                    f"this event names the job {event.job.namespace}/{event.job.name} (each run has a runId of its own)")
             run_id = known["run_id"]
             tx.run_started_earlier(run_id, when)  # events arrive out of order: the run began at its earliest
         status = tx.run_status(run_id)

@@ -372,3 +372,29 @@ def test_unpaired_surrogates_in_an_event_are_no_server_error(server):
         assert answer.status_code == 422, answer.text
         assert says in answer.json()["error"]
     assert len(server.ledger().runs()) == runs
+
+
+def test_a_run_id_is_one_job_s_and_its_last_event_is_the_latest_by_event_time(server):
+    """A second job sending the same runId was merged into the first job's run (its inputs and end
+    counted as that run's), and ``last_event`` was whichever event arrived last: a START delivered
+    after the COMPLETE made a finished run's last event START."""
+    h = {"Authorization": f"Bearer {server.token}"}
+    url = f"{server.url}/api/v1/lineage"
+    run_id = str(uuid.uuid4())
+
+    def send(kind: str, when: str, job: str, inputs=()) -> httpx.Response:
+        return httpx.post(url, headers=h, json={"eventType": kind, "eventTime": when, "run": {"runId": run_id},
+                                                "job": {"namespace": "airflow", "name": job},
+                                                "inputs": [{"namespace": "s3", "name": n} for n in inputs]})
+
+    assert send("COMPLETE", "2021-03-01T10:00:00Z", "train").status_code == 200
+    assert send("START", "2021-03-01T09:00:00Z", "train").status_code == 200  # late, but earlier in time
+    other = send("START", "2021-03-01T11:00:00Z", "evaluate", inputs=["web"])
+    assert other.status_code == 422
+    assert other.json()["error"] == (f"run.runId {run_id} is the run of the job airflow/train; this event names the "
+                                     "job airflow/evaluate (each run has a runId of its own)")
+    row = server.ledger().sql("SELECT o.last_event, o.last_event_time, r.status, (SELECT count(*) FROM run_inputs i "
+                              "WHERE i.run_id = o.run_id) AS inputs FROM openlineage_runs o JOIN runs r USING (run_id) "
+                              "WHERE ol_run_id = ?", [run_id]).to_pylist()
+    assert row == [{"last_event": "COMPLETE", "last_event_time": datetime(2021, 3, 1, 10, 0), "status": "finished",
+                    "inputs": 0}]

@@ -140,7 +140,9 @@ class RunWrites:
                             when: object) -> None:
         self._con.execute(
             """INSERT INTO openlineage_runs VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (ol_run_id)
-               DO UPDATE SET last_event = excluded.last_event, last_event_time = excluded.last_event_time""",
+               DO UPDATE SET last_event = excluded.last_event, last_event_time = excluded.last_event_time
+               WHERE openlineage_runs.last_event_time IS NULL
+                  OR excluded.last_event_time >= openlineage_runs.last_event_time""",  # by eventTime, not arrival
             [ol_run_id, run_id, namespace, name, event, when])
 
     def add_run_inputs(self, run_id: str, inputs: Sequence[tuple[str, str, str | None]]) -> list[str]:
