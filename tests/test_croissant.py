@@ -309,3 +309,20 @@ def test_a_folder_holding_its_croissant_export_registers_again(ledger, tmp_path)
     (folder / "ints.croissant.json").write_text(json.dumps(ledger.export_croissant("ints")))
     again = ledger.register_dataset("ints", folder, id_field="id")
     assert (again.created, again.dataset.dataset_id) == (False, first.dataset_id)  # the export is not a shard
+
+
+def test_file_names_with_spaces_hashes_and_percent_signs_read_back_as_named(ledger, data_dir):
+    """``contentUrl`` is the path as the file is named, not percent-encoded: mlcroissant reads
+    ``a b.jsonl`` as written and does not find ``a%20b.jsonl``, and ``p%41`` would be another name."""
+    names = ["a b", "h#x", "p%41", "q?y", "u é"]
+    for i, name in enumerate(names):
+        (data_dir / f"{name}.jsonl").write_text(json.dumps({"id": f"k{i}", "text": f"text of {name}"}) + "\n",
+                                                encoding="utf-8")
+    ledger.register_dataset("odd", data_dir, id_field="id")
+    path = export(ledger, "odd", data_dir)
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    assert sorted(fo["contentUrl"] for fo in doc["distribution"] if fo["@type"] == "cr:FileObject") == sorted(
+        f"{name}.jsonl" for name in names)
+    records = mlc.Dataset(jsonld=path).records(record_set="documents")
+    assert sorted((r["documents/id"], r["documents/text"]) for r in records) == sorted(
+        (f"k{i}".encode(), f"text of {name}".encode()) for i, name in enumerate(names))
