@@ -246,6 +246,10 @@ def test_bad_merges_are_refused_and_write_nothing(two):
         ledger.merge([a, a], method="average", message="m")
     with pytest.raises(InvalidParameterError, match="lacks b"):
         ledger.merge([a, b], method="fisher", fisher=[_positive(1), {"w": _positive(1)["w"]}], message="m")
+    with pytest.raises(InvalidParameterError) as misspelt:  # it was merged as if "bias" were not there
+        ledger.merge([a, b], method="fisher", fisher=[_positive(1), {**_positive(2), "bias": torch.ones(8)}], message="m")
+    assert str(misspelt.value) == (f"the Fisher given for input 2 ({b.version_id[:12]}) names parameters not in the "
+                                   "version: 'bias'")
     other = ledger.commit({"w": torch.zeros(16, 8)}, message="other model")
     with pytest.raises(InvalidParameterError, match="different parameters: b"):
         ledger.merge([a, other], method="average", message="m")

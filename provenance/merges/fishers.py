@@ -158,6 +158,12 @@ def given_fishers(ledger, inputs, fisher, names) -> list[Mapping[str, torch.Tens
         absent = [n for n in names if n not in f]
         if absent:
             raise InvalidParameterError(f"the Fisher of {v.version_id[:12]} lacks {', '.join(absent[:5])}")
+        # a misspelt name was dropped without a word (store_fisher refuses it)
+        unknown = sorted(set(f) - {n for n, p in ledger.manifest(v).items() if p.encoding != "removed"})
+        if unknown:
+            raise InvalidParameterError(f"the Fisher given for input {i} ({v.version_id[:12]}) names parameters not in "
+                                        f"the version: {', '.join(map(repr, unknown[:5]))}"
+                                        + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
     return given
 
 
