@@ -110,6 +110,19 @@ def test_a_fisher_that_is_not_a_mapping_is_refused_alike(api):
         {"n": 0}]
 
 
+def test_stored_fishers_are_listed_alike(api):
+    """`fishers(version)` was the local ledger's only (docs/merging.md uses it)."""
+    v = api.commit({"w": torch.zeros(4), "b": torch.zeros(2)}, message="v")
+    assert api.fishers(v) == {}
+    api.store_fisher(v, {"w": torch.tensor([1.0, 2.0, 3.0, 4.0]), "b": torch.ones(2)}, keep=0.5, meta={"samples": 64})
+    found = api.fishers(v)
+    assert sorted(found) == ["b", "w"]
+    assert {n: (f["kind"], sorted(f["objects"]), f["meta"]) for n, f in found.items()} == {
+        "b": ("topk", ["indices", "values"], {"samples": 64, "keep": 0.5}),
+        "w": ("topk", ["indices", "values"], {"samples": 64, "keep": 0.5})}
+    assert all(re.fullmatch(r"[0-9a-f]{32}", a) for f in found.values() for a in f["objects"].values())
+
+
 def test_registration_fingerprints_agree_with_a_local_one(api, name, files, tmp_path):
     ds = api.register_dataset(name("web"), str(files["web"]), id_field="id").dataset
     local = Ledger.init(tmp_path / "reference").register_dataset("web", str(files["web"]), id_field="id").dataset

@@ -114,6 +114,15 @@ class RemoteVersions:
         return self._call("POST", f"versions/{self._version_part(ver)}/fisher", params=params, content=body,
                           content_type="application/octet-stream", length=body.size)["bytes"]
 
+    def fishers(self, version: str | VersionRecord) -> dict[str, dict[str, Any]]:
+        """The stored Fisher of ``version``: parameter name -> ``{"kind", "objects", "meta"}``, as
+        :meth:`provenance.Ledger.fishers` answers (read from the table ``version_fishers``)."""
+        vid = self.version(version).version_id
+        rows = self.sql("SELECT name, kind, objects, meta_json FROM version_fishers WHERE version_id = ? ORDER BY name",
+                        [vid]).to_pylist()
+        return {r["name"]: {"kind": r["kind"], "objects": dict(r["objects"]),
+                            "meta": json.loads(r["meta_json"]) if r["meta_json"] else {}} for r in rows}
+
     def near_duplicates(self, datasets: Sequence[str | DatasetRecord], threshold: float = 0.8) -> pa.Table:
         data = self._call("POST", "near-duplicates", json_body={"datasets": [ref_of(d) for d in datasets],
                                                                 "threshold": threshold})
