@@ -22,6 +22,7 @@ from provenance.errors import InvalidParameterError
 from provenance.plain import dumps, plain, printable, utc_text
 
 _MAX_CELL = 60
+_ONE_LINE = str.maketrans({"\n": "\\n", "\t": "\\t"})  # shown as the two characters \n and \t
 
 
 class _Fitting(Console):
@@ -40,8 +41,9 @@ class _Fitting(Console):
         objects = tuple(printable(o) if isinstance(o, str) else o for o in objects)
         tables = [o for o in objects if isinstance(o, Table)]
         for t in tables:  # a key or a message holding ESC [2J cleared the screen
-            for col in t.columns:
-                col._cells = [printable(c) if isinstance(c, str) else c for c in col._cells]
+            one = _ONE_LINE if t.box is not None else {}  # a row of a table is one line of text: a newline in
+            for col in t.columns:                            # a shard or parameter name drew it as two rows
+                col._cells = [printable(c).translate(one) if isinstance(c, str) else c for c in col._cells]
         base = self.width
         try:
             for t in tables:

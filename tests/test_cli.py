@@ -564,6 +564,30 @@ def test_control_characters_in_keys_and_messages_reach_the_terminal_visible(proj
     assert refused.exit_code != 0 and "\x1b" not in refused.output
 
 
+def test_a_newline_or_tab_in_a_parameter_or_shard_name_stays_on_its_row(project, runner):
+    """A parameter or file name holding a newline was drawn over two table lines, the second
+    looking like a row of its own; in a table's rows a newline and a tab are shown as ``\\n``
+    and ``\\t`` (a commit message too), while JSON keeps the text as it is."""
+    import torch
+
+    from provenance import Ledger
+
+    ledger = Ledger.open(project)
+    shard = project / "data" / "two\nlines.jsonl"
+    shard.write_text(json.dumps({"id": "x", "text": "a document in an oddly named file"}) + "\n", encoding="utf-8")
+    ledger.register_dataset("odd", str(shard), id_field="id")
+    v = ledger.commit({"layer\n0.w": torch.ones(2), "tab\tb": torch.zeros(1)}, message="two lines\nin a message")
+    shown = runner.invoke(main, ["model", "show", v.version_id])
+    assert shown.exit_code == 0, shown.output
+    rows = [line for line in shown.output.splitlines() if "│" in line]
+    assert any("layer\\n0.w" in line for line in rows) and any("tab\\tb" in line for line in rows), shown.output
+    assert not any(line.split("│")[1].strip() == "0.w" for line in rows)
+    assert "lines\\nin" in runner.invoke(main, ["model", "log"]).output  # wrapped at its spaces
+    listed = runner.invoke(main, ["dataset", "show", "odd"])
+    assert listed.exit_code == 0 and "two\\nlines.jsonl" in listed.output, listed.output
+    assert _json(runner.invoke(main, ["dataset", "show", "odd", "--json"]))["shards"][0]["name"] == "two\nlines.jsonl"
+
+
 @pytest.mark.skipif(not __import__("os").path.exists("/dev/full"), reason="needs /dev/full")
 def test_output_that_stdout_refuses_is_an_error_naming_stdout(project):
     """`prov ... > /dev/full` said only "No space left on device", then Python's "Exception
