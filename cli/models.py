@@ -55,6 +55,8 @@ def model_commit(obj: Context, path: str, parent: str | None, message: str, auth
     """Store PATH as a new version: a .safetensors file, a sharded checkpoint (*.safetensors.index.json
     or its folder), or a PEFT LoRA adapter folder (stored as low-rank patches on --parent). A
     checkpoint folder's other files (config, tokenizer) are kept with the version (prov model files)."""
+    if not message.strip():  # a malformed option, as click's own are (it was exit 4, "bad input")
+        raise click.BadParameter("a commit needs a message: say what changed", param_hint="'-m' / '--message'")
     try:
         with render.progress(obj.quiet) as bar:
             limit = {} if max_file_mb is None else {"max_file_bytes": max_file_mb << 20}

@@ -564,6 +564,20 @@ def test_control_characters_in_keys_and_messages_reach_the_terminal_visible(proj
     assert refused.exit_code != 0 and "\x1b" not in refused.output
 
 
+def test_an_empty_commit_message_is_a_usage_error(project, runner):
+    """`prov model commit PATH -m ""` exited 4 (bad input), as a damaged file does; an empty
+    option is a usage error (2), as click's own are, and nothing is committed."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.ones(2)}, str(project / "s.safetensors"))
+    for message in ("", "  \n"):
+        result = runner.invoke(main, ["model", "commit", "s.safetensors", "-m", message])
+        assert result.exit_code == 2, result.output
+        assert "Invalid value for '-m' / '--message': a commit needs a message: say what changed" in result.output
+    assert _json(runner.invoke(main, ["model", "log", "--json"])) == []
+
+
 def test_a_newline_or_tab_in_a_parameter_or_shard_name_stays_on_its_row(project, runner):
     """A parameter or file name holding a newline was drawn over two table lines, the second
     looking like a row of its own; in a table's rows a newline and a tab are shown as ``\\n``
