@@ -294,12 +294,15 @@ class _TagGroup(click.Group):
         elif args and args[0] == "list" and len([a for a in args if not a.startswith("-")]) == 2:
             raise click.UsageError("prov tag list takes no VERSION: a tag named 'list' is set with `prov tag set list "
                                    "VERSION`")  # it said: Got unexpected extra argument
+        elif args and args[0] == "delete" and len([a for a in args if not a.startswith("-")]) == 3:
+            raise click.UsageError("prov tag delete takes one NAME: a tag named 'delete' is set with `prov tag set "
+                                   "delete VERSION`")
         return super().parse_args(ctx, args)
 
 
 @main.group("tag", cls=_TagGroup)
 def tag_group() -> None:
-    """Name versions: `prov tag NAME VERSION` (short for `tag set`), `prov tag list`."""
+    """Name versions: `prov tag NAME VERSION` (short for `tag set`), `prov tag list`, `prov tag delete NAME`."""
 
 
 @tag_group.command("set")
@@ -318,6 +321,18 @@ def tag_set(obj: Context, name: str, ref: str, as_json: bool) -> None:
     tag = next(t for t in ledger.tags() if t.name == name)
     render.emit({**tag.model_dump(mode="json"), "moved_from": moved}, as_json,
                 lambda d: f"{d['name']} -> {d['version_id']}" + (f" (moved from {moved[:12]})" if moved else ""))
+
+
+@tag_group.command("delete")
+@click.argument("name")
+@json_option
+@pass_ctx
+def tag_delete(obj: Context, name: str, as_json: bool) -> None:
+    """Remove the tag NAME; the version it names is kept (a tag named 'delete' is set with `prov
+    tag set delete VERSION`)."""
+    tag = obj.ledger().delete_tag(name)
+    render.emit(tag.model_dump(mode="json"), as_json,
+                lambda d: f"deleted tag {d['name']} (it named {d['version_id'][:12]}; the version is kept)")
 
 
 @tag_group.command("list")

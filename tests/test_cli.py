@@ -812,3 +812,23 @@ def test_sql_csv_keeps_escape_sequences_in_values(tmp_path):
     with open(out, "w") as f, contextlib.redirect_stdout(f):
         render.arrow(pa.table({"key": keys}), "csv")
     assert out.read_text() == "key\n" + "".join(f"{k}\n" for k in keys)
+
+
+def test_tag_delete_removes_the_name_and_keeps_the_version(project, runner):
+    import torch
+
+    from provenance import Ledger
+
+    v = Ledger.open(project).commit({"w": torch.zeros(2)}, message="first")
+    runner.invoke(main, ["tag", "ft", v.version_id])
+    result = runner.invoke(main, ["tag", "delete", "ft"])
+    assert (result.exit_code, result.output) == (0, f"deleted tag ft (it named {v.version_id[:12]}; the version is kept)\n")
+    assert _json(runner.invoke(main, ["tag", "list", "--json"])) == []
+    assert [r["version_id"] for r in _json(runner.invoke(main, ["model", "log", "--json"]))] == [v.version_id]
+    missing = runner.invoke(main, ["tag", "delete", "ft"])
+    assert (missing.exit_code, missing.output) == (3, "Error: no tag 'ft' (the ledger has no tags)\n")
+    two = runner.invoke(main, ["tag", "delete", "ft", v.version_id])  # meant `tag set delete VERSION`?
+    assert two.exit_code == 2 and "a tag named 'delete' is set with `prov tag set delete VERSION`" in two.output
+    runner.invoke(main, ["tag", "set", "delete", v.version_id])
+    assert _json(runner.invoke(main, ["tag", "delete", "delete", "--json"]))["name"] == "delete"
+

@@ -294,6 +294,18 @@ class ModelQueries:
                 tx.set_tag(name, ver.version_id)
             return self.version(ver.version_id)  # read again: the record names its tags, this one too
 
+    def delete_tag(self, name: str) -> TagRecord:
+        """Remove the tag ``name`` (the version it names is kept, as are merges and retractions that
+        name it); returns the tag as it was."""
+        with self.session():
+            found = next((t for t in self.tags() if t.name == name), None)
+            if found is not None:
+                with self.transaction() as tx:
+                    removed = tx.delete_tag(name)
+            if found is None or not removed:
+                raise no_tag(name, self.tags())
+            return found
+
     def run(self, ref: str | RunRecord) -> RunRecord:
         """A run by record, full id or unambiguous id prefix (at least 4 hex digits)."""
         rid = ref.run_id if isinstance(ref, RunRecord) or hasattr(ref, "run_id") else str(ref)  # a Run too
@@ -346,4 +358,12 @@ class ModelQueries:
                    JOIN documents d USING (doc_id) WHERE e.run_id = ? ORDER BY e.step, e.rowid""",
                 params=[rid],
             ).to_arrow_table()
+
+
+def no_tag(name: str, tags: list[TagRecord]) -> NotFoundError:
+    """The refusal of a tag ``name`` that is not among ``tags``, naming the first few there are."""
+    if not tags:
+        return NotFoundError(f"no tag {shown(name)} (the ledger has no tags)")
+    names = ", ".join(shown(t.name) for t in tags[:5])
+    return NotFoundError(f"no tag {shown(name)} (tags: {names}{', ...' if len(tags) > 5 else ''})")
 

@@ -70,6 +70,10 @@ class VersionWrites:
         ])
         self._insert("merge_receipts", pa.Table.from_pylist([receipt], schema=schema))
 
+    def delete_tag(self, name: str) -> bool:
+        """Remove the tag ``name``; False when there was none."""
+        return bool(self._con.execute("DELETE FROM tags WHERE name = ? RETURNING name", [name]).fetchall())
+
     def set_tag(self, name: str, version_id: str) -> None:
         self._con.execute(
             "INSERT OR REPLACE INTO tags VALUES (?, ?, ?)", [name, version_id, _now()]

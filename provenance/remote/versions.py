@@ -72,6 +72,13 @@ class RemoteVersions:
         except errors.AlreadyAppliedError:  # the tag was set before the server stopped: the version it was set to
             return self.version(ref_of(version, A_VERSION))
 
+    def delete_tag(self, name: str) -> TagRecord:
+        found = TagRecord.model_validate(self._call("GET", f"tags/{segment(name)}"))
+        try:
+            return TagRecord.model_validate(self._call("DELETE", f"tags/{segment(name)}"))
+        except errors.AlreadyAppliedError:  # removed before the server stopped: the tag as it was
+            return found
+
     def commit(self, state: Any, *, parent: str | VersionRecord | None = None, message: str, author: str | None = None,
                run: str | None = None, encoding: str = "auto", allow_nonfinite: bool = False, progress: Any = None,
                sync: bool = True, low_rank: Mapping[str, tuple[Any, Any, float]] | None = None,

@@ -214,10 +214,13 @@ def tag_of(request: Request, name: str) -> dict[str, Any]:
     s = service_of(request)
 
     def find() -> TagRecord:
-        for t in s.ledger.tags():
-            if t.name == name:
-                return t
-        raise errors.NotFoundError(f"no tag {errors.shown(name)}")
+        from provenance.ledger.models import no_tag
+
+        tags = s.ledger.tags()
+        found = next((t for t in tags if t.name == name), None)
+        if found is None:
+            raise no_tag(name, tags)
+        return found
 
     return jsonable(s.read(find))
 
@@ -228,6 +231,14 @@ def tag(request: Request, name: str, body: TagBody) -> dict[str, Any]:
     """Name a version (tagging again moves the tag)."""
     s = service_of(request)
     return jsonable(s.call(s.ledger.tag, name, body.version))
+
+
+@router.delete("/tags/{name:path}", tags=["versions"], response_model=None,
+               responses={200: {"model": TagRecord}})
+def delete_tag(request: Request, name: str) -> dict[str, Any]:
+    """Remove a tag (the version it names is kept); answers the tag as it was."""
+    s = service_of(request)
+    return jsonable(s.call(s.ledger.delete_tag, name))
 
 
 class MergeBody(Body):
