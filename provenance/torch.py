@@ -77,8 +77,7 @@ class RegisteredDataset(Dataset):
 def _kept_rows(ledger: LedgerStore, ds: DatasetRecord) -> dict[int, np.ndarray] | None:
     """The rows of each shard that ``ds`` keeps, when a removal left documents out of its files
     (it read them all back, and refused: ``read 30 documents back, the ledger has 28``); else None."""
-    withheld = getattr(ledger, "withheld", None)  # a server's client reads no document rows: such a version is
-    if withheld is None or not withheld(ds):         # refused below, naming the counts, as it was everywhere before
+    if not ledger.withheld(ds):  # (through a server too: it was refused, "read 6 documents back, the ledger has 4")
         return None
     rows = ledger.documents(ds, columns=["shard_index", "row_index"]).to_pydict()
     kept: dict[int, list[int]] = {}

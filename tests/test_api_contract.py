@@ -204,6 +204,23 @@ def test_a_checkout_under_a_pickle_s_name_is_warned_of(api, tmp_path):
         api.checkout(v, tmp_path / "out.safetensors")
 
 
+def test_a_registered_dataset_of_a_version_made_by_removal_reads_alike(api, name, tmp_path):
+    """Through a server a ``RegisteredDataset`` of the version ``remove_documents`` made read every
+    row of the kept file back and refused: "read 6 documents back, the ledger has 4" (the client
+    had no ``withheld`` or ``documents``): retraining without retracted data failed there."""
+    from provenance.torch import RegisteredDataset
+
+    data = _jsonl(tmp_path / "d.jsonl", [{"id": f"k{i}", "text": f"document number {i} of six"} for i in range(6)])
+    api.register_dataset(name("d"), str(data), id_field="id")
+    kept = api.remove_documents(name("d"), ["k1", "k4"], reason="pii").dataset
+    assert api.withheld(kept) == [("d.jsonl", 4, 6)]
+    assert api.documents(kept, columns=["key", "row_index"]).to_pylist() == [
+        {"key": k, "row_index": r} for k, r in (("k0", 0), ("k2", 2), ("k3", 3), ("k5", 5))]
+    read = RegisteredDataset(api, kept)
+    assert (read.keys, read.texts[1]) == (["k0", "k2", "k3", "k5"], "document number 2 of six")
+    assert api.withheld(name("d") + "@1") == []
+
+
 def test_a_tag_is_deleted_alike_and_its_version_kept(api, name):
     """There was no way to remove a tag but `prov sql`, which is read-only: a mistaken
     `release/1.0` stayed for good."""

@@ -32,6 +32,17 @@ from provenance.records import (
 _NUMBER = r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?"
 
 
+#: The query of :meth:`DataQueries.withheld` (a ledger server's client sends it as read-only SQL):
+#: ``$1`` the dataset version's id, ``$2`` its name, ``$3`` its version number.
+WITHHELD = """SELECT s.name, any_value(s.n_documents), max(o.n_documents) FROM shards s
+   JOIN shards o ON o.shard_id = s.shard_id JOIN datasets od ON od.dataset_id = o.dataset_id
+   WHERE s.dataset_id = $1 AND od.name = $2 AND od.version <= $3
+     AND EXISTS (SELECT 1 FROM dataset_removals r JOIN datasets rd ON rd.dataset_id = r.dataset_id
+                 WHERE rd.name = $2 AND rd.version <= $3)
+   GROUP BY s.shard_index, s.name HAVING max(o.n_documents) > any_value(s.n_documents)
+   ORDER BY s.shard_index"""
+
+
 class DataQueries:
     """Reads of datasets, shards and documents (``self`` is a :class:`~provenance.ledger.Ledger`)."""
 
@@ -101,14 +112,7 @@ class DataQueries:
         options counts its rows otherwise)."""
         ds = self.dataset(dataset)
         with self._cursor() as con:
-            return [tuple(r) for r in con.execute(
-                """SELECT s.name, any_value(s.n_documents), max(o.n_documents) FROM shards s
-                   JOIN shards o ON o.shard_id = s.shard_id JOIN datasets od ON od.dataset_id = o.dataset_id
-                   WHERE s.dataset_id = $1 AND od.name = $2 AND od.version <= $3
-                     AND EXISTS (SELECT 1 FROM dataset_removals r JOIN datasets rd ON rd.dataset_id = r.dataset_id
-                                 WHERE rd.name = $2 AND rd.version <= $3)
-                   GROUP BY s.shard_index, s.name HAVING max(o.n_documents) > any_value(s.n_documents)
-                   ORDER BY s.shard_index""", [ds.dataset_id, ds.name, ds.version]).fetchall()]
+            return [tuple(r) for r in con.execute(WITHHELD, [ds.dataset_id, ds.name, ds.version]).fetchall()]
 
     def key_kinds(self, dataset: str | DatasetRecord) -> set[str]:
         """What the keys of ``dataset``'s documents look like: a subset of ``{"integer",

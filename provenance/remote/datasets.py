@@ -33,6 +33,24 @@ class RemoteDatasets:
     def shards(self, dataset: str | DatasetRecord) -> list[ShardRecord]:
         return [ShardRecord.model_validate(r) for r in self._call("GET", f"datasets/{segment(dataset)}/shards")]
 
+    def withheld(self, dataset: str | DatasetRecord) -> list[tuple[str, int, int]]:
+        """As :meth:`provenance.Ledger.withheld` answers (read through the server's read-only SQL):
+        a ``RegisteredDataset`` of a version ``remove_documents`` made reads its files back through it."""
+        from provenance.ledger.data import WITHHELD
+
+        ds = self.dataset(dataset)
+        return [tuple(r.values()) for r in self.sql(WITHHELD, [ds.dataset_id, ds.name, ds.version]).to_pylist()]
+
+    def documents(self, dataset: str | DatasetRecord, *, columns: Any = None, limit: int | None = None) -> Any:
+        """The documents of a dataset version as an Arrow table, in shard and row order, as
+        :meth:`provenance.Ledger.documents` answers."""
+        from provenance.ledger._common import quote_identifier
+
+        ds = self.dataset(dataset)
+        cols = "*" if not columns else ", ".join(quote_identifier(c) for c in columns)
+        query = f"SELECT {cols} FROM documents WHERE dataset_id = ? ORDER BY shard_index, row_index"
+        return self.sql(query + (f" LIMIT {int(limit)}" if limit is not None else ""), [ds.dataset_id])
+
     def document(self, dataset: str | DatasetRecord, key: str) -> DocumentRecord:
         return DocumentRecord.model_validate(self._call("GET", f"datasets/{segment(dataset)}/documents/{segment(str(key))}"))
 
