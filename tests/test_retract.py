@@ -942,3 +942,90 @@ def test_the_removal_command_a_plan_prints_quotes_keys_for_the_shell(ledger, dat
     assert "make its data without the retracted documents with prov dataset remove letters 'letter <7>'" in step["why"]
     with pytest.raises(InvalidParameterError, match=r"prov dataset remove letters 'it'\"'\"'s mine'$"):
         ledger.retract(dataset="letters", key="it's mine", reason="asked")
+
+
+def test_a_retrain_on_two_versions_of_a_dataset_names_the_removal_once(ledger, data_dir, write_jsonl):
+    """A run trained on letters@1 and letters@2, both holding L7: the step said `prov dataset
+    remove letters L7` twice, once with the note about letters@1 and once without (stranger pass 62)."""
+    write_jsonl(data_dir / "letters.jsonl", [{"id": f"L{i}", "text": f"a letter number {i} to the editor"}
+                                             for i in range(4)])
+    ledger.register_dataset("letters", data_dir / "letters.jsonl", id_field="id")
+    assert ledger.remove_documents("letters", ["L1"]).dataset.dataset_id == "letters@2"
+    with ledger.start_run(datasets=["letters@1", "letters@2"], message="both") as r:
+        v = r.commit({"w": torch.zeros(2)})
+    (step,) = ledger.retract(dataset="letters", key="L3", reason="withdrawn")["steps"]
+    assert step["version_id"] == v.version_id and step["remove"] == {"letters@1": ["L3"], "letters@2": ["L3"]}
+    assert step["why"].count("prov dataset remove letters L3") == 1
+    assert step["why"].endswith(
+        "make its data without the retracted documents with prov dataset remove letters L3 (it starts from letters@2, "
+        "the latest version, whose documents may differ from letters@1's, which the run trained on; for letters@1's "
+        "own, write its files without them and register those)")
+    assert ledger.remove_documents("letters", ["L3"]).dataset.dataset_id == "letters@3"
+    (step,) = ledger.retract(dataset="letters", key="L3", reason="asked again")["steps"]
+    assert step["why"].endswith("; train on letters@3 (already without the retracted documents)")  # not twice
+
+
+def test_the_retractions_of_a_taint_have_utc_times_and_a_list_of_results(contributors):
+    """`prov taint --json` printed a retraction's created_at without its Z (a dict passed through as
+    it was), and `results` of a retraction with nothing applied was null, as in the `earlier` of a
+    second retraction of the same document (stranger pass 62)."""
+    ledger, v = contributors
+    first = ledger.retract(dataset="private", key="x1", reason="withdrawn")
+    second = ledger.retract(dataset="private", key="x1", reason="asked again")
+    assert second["earlier"] == [{"retraction_id": first["retraction_id"], "reason": "withdrawn", "results": []}]
+    result = CliRunner().invoke(main, ["--ledger", str(ledger.root), "taint", "private", "--key", "x1", "--json"])
+    assert result.exit_code == 0, result.output
+    listed = json.loads(result.output)["retractions"]
+    assert [r["retraction_id"] for r in listed] == [first["retraction_id"], second["retraction_id"]]
+    assert [r["results"] for r in listed] == [[], []]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", r["created_at"]) for r in listed)
+    assert listed[0]["created_at"] == first["created_at"].isoformat() + "Z"
+    third = CliRunner().invoke(main, ["--ledger", str(ledger.root), "retract", "private", "--key", "x1", "--reason", "3"])
+    assert third.exit_code == 0, third.output
+    for earlier in (first, second):  # the second was "(`prov retractions ID` shows the first)" too
+        assert f"(`prov retractions {earlier['retraction_id']}` shows it)" in third.output
+
+
+def test_the_audit_names_a_copy_the_retraction_did_not_take_out(ledger, data_dir, write_jsonl):
+    """A key retracted in one dataset, its text also in another that a rebased version still
+    trained on: the audit failed saying the version "has retracted data in its lineage", although
+    the retracted document was gone and only the copy, not retracted, was left (stranger pass 62)."""
+    letter = "the letter I sent last spring about the farm by the river and my neighbours"
+    write_jsonl(data_dir / "letters.jsonl", [{"id": "L7", "text": letter}, {"id": "L1", "text": "a note on roads"}])
+    write_jsonl(data_dir / "mirror.jsonl", [{"id": "copy", "text": letter}, {"id": "m1", "text": "a note on trains"}])
+    ledger.register_dataset("letters", data_dir / "letters.jsonl", id_field="id")
+    ledger.register_dataset("mirror", data_dir / "mirror.jsonl", id_field="id")
+    base = ledger.commit({"w": torch.zeros(4)}, message="base")
+    with ledger.start_run(base=base, datasets=["letters"], message="A") as r:
+        a = r.commit({"w": torch.ones(4)})
+    with ledger.start_run(base=a, datasets=["mirror"], message="D on A") as r:
+        d = r.commit({"w": torch.full((4,), 2.0)})
+    record = ledger.retract(dataset="letters", key="L7", reason="withdrawn")  # by key: the copy is not retracted
+    assert [(x["dataset_id"], x["key"]) for x in record["documents"]] == [("letters@1", "L7")]
+    assert {s["version_id"]: s["action"] for s in record["steps"]} == {a.version_id: "retrain", d.version_id: "rebase"}
+    (made,) = ledger.apply_retraction(record["retraction_id"], rebase=True)
+    assert ledger.taint(dataset="letters", key="L7").versions[0].version_id != made["new_version_id"]
+    report = ledger.audit_retraction(record["retraction_id"], store=False)
+    assert [(c["dataset_id"], c["key"]) for c in report["copies_found_now"]] == [("mirror@1", "copy")]
+    new = made["new_version_id"][:12]
+    assert report["problems"] == [
+        f"rebase of {d.version_id[:12]} ({new}) has a copy of a retracted document in its lineage (found now: "
+        f"mirror@1 copy), through {new}: the retraction did not take it out; retract the copy too"]
+    assert not report["passed"]
+
+
+def test_the_tag_of_a_replacement_stays_a_tag_prov_tag_can_move(contributors):
+    """A release tag of 128 characters: its replacement was tagged `<tag>+retracted-<id>`, 151
+    characters, which `prov tag` then refused as invalid, so it could not be moved (stranger pass 62)."""
+    ledger, v = contributors
+    long = "release-" + "x" * 120
+    ledger.tag(long, v["m"])
+    rid = ledger.retract(dataset="private", key="x1", reason="withdrawn")["retraction_id"]
+    ledger.apply_retraction(rid)
+    made = [t.name for t in ledger.tags() if t.name.startswith("release-x")]
+    assert sorted(made) == sorted([long, long[:105] + f"+retracted-{rid}"]) and all(len(t) <= 128 for t in made)
+    moved = CliRunner().invoke(main, ["--ledger", str(ledger.root), "tag", long[:105] + f"+retracted-{rid}",
+                                      v["b"].version_id])
+    assert moved.exit_code == 0, moved.output
+    assert ledger.version(long[:105] + f"+retracted-{rid}").version_id == v["b"].version_id
+    assert ledger.version(f"release-1+retracted-{rid}").tags == [f"release-1+retracted-{rid}"]  # short ones whole

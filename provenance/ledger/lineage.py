@@ -281,8 +281,8 @@ class LineageQueries:
                 """WITH t AS (SELECT unnest($2::VARCHAR[]) AS dataset_id, unnest($3::INTEGER[]) AS shard_index),
                         w AS (SELECT unnest($4::VARCHAR[]) AS dataset_id, unnest($5::INTEGER[]) AS shard_index)
                    SELECT x.retraction_id, x.created_at, x.reason, x.target,
-                          (SELECT list(new_version_id ORDER BY new_version_id) FROM retraction_results r
-                           WHERE r.retraction_id = x.retraction_id) AS results
+                          coalesce((SELECT list(new_version_id ORDER BY new_version_id) FROM retraction_results r
+                                    WHERE r.retraction_id = x.retraction_id), []) AS results  -- none yet: [], not null
                    FROM retractions x WHERE x.retraction_id IN (
                        SELECT retraction_id FROM retraction_documents d
                        WHERE list_contains($1, d.doc_id)

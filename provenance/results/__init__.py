@@ -48,6 +48,7 @@ from provenance.results.lineage import (
     SimilarDocument,
     TaintedVersion,
     TaintReport,
+    TaintRetraction,
     UnregisteredInput,
 )
 from provenance.results.memorization import MemorizationReport, MemorizationSummary, MemorizedDocument, Sample
@@ -68,6 +69,6 @@ __all__ = [
     "DedupReport", "DedupSummary", "DedupVerify", "GatePolicy", "GateReport", "GateSide", "LicenseSummary",
     "Lineage", "LineageDataset", "LineageShard", "LineageVersion", "MemorizationReport", "MemorizationSummary",
     "MemorizedDocument", "MergeReceipt", "NearCopies", "Overlap", "ReceiptGroup", "Result", "Row", "Sample",
-    "SimilarDocument", "SpanCheck", "TaintedVersion", "TaintReport", "UnregisteredInput", "Violation",
+    "SimilarDocument", "SpanCheck", "TaintedVersion", "TaintReport", "TaintRetraction", "UnregisteredInput", "Violation",
     "arrow_schema", "iter_models",
 ]

@@ -113,6 +113,16 @@ class SimilarDocument(Row):
     config_id: str
 
 
+class TaintRetraction(Row):
+    """A recorded retraction of a taint's target (or of one of its matches)."""
+
+    retraction_id: str
+    created_at: UTCDateTime
+    reason: str
+    target: str
+    results: list[str] = Field(description="the versions its steps made (none yet: empty)")
+
+
 class TaintReport(Result):
     """Every version whose lineage contains a dataset, shard, document or text."""
 
@@ -120,6 +130,5 @@ class TaintReport(Result):
     near: float | None = Field(description="the Jaccard threshold for near-copies of the target")
     matches: list[SimilarDocument] = Field(description="documents found for a text or with near")
     versions: list[TaintedVersion] = Field(description="newest first")
-    retractions: list[dict[str, Any]] = Field(
-        default_factory=list, description="retractions of the target (or of its matches): retraction_id, created_at, "
-                                          "reason, target, results (the versions made for it)")
+    retractions: list[TaintRetraction] = Field(
+        default_factory=list, description="retractions of the target (or of its matches), oldest first")

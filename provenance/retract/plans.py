@@ -131,14 +131,20 @@ def _retrain_settings(step: Step, run_id: str | None, runs: dict[str, dict[str, 
     if step.remove:
         ready = {d: without[d] for d in step.remove if d in without}
         if ready:
-            step.why += "; train on " + ", ".join(ready.values()) + " (already without the retracted documents)"
-        if set(step.remove) - set(ready):
+            step.why += ("; train on " + ", ".join(dict.fromkeys(ready.values()))  # two versions' latest: once
+                         + " (already without the retracted documents)")
+        commands: dict[str, list[str]] = {}  # one command per dataset name and keys: a run trained on two
+        for d, keys in step.remove.items():  # versions of a dataset was told the same command twice
+            if d not in ready:
+                command = f"prov dataset remove {shlex.join([d.split('@')[0], *keys[:5]])}{' ...' if len(keys) > 5 else ''}"
+                commands.setdefault(command, []).append(d)
+        if commands:
             step.why += "; make its data without the retracted documents with " + "; ".join(
-                f"prov dataset remove {shlex.join([d.split('@')[0], *keys[:5]])}{' ...' if len(keys) > 5 else ''}"
-                + (f" (it starts from {newer[d]}, the latest version, whose documents may differ from {d}'s, "
-                   f"which the run trained on; for {d}'s own, write its files without them and register those)"
-                   if d in newer else "")
-                for d, keys in step.remove.items() if d not in ready)
+                command + (f" (it starts from {newer[older[0]]}, the latest version, whose documents may differ from "
+                           f"{own}, which the run trained on; for {own} own, write its files without them and register "
+                           "those)" if older else "")
+                for command, ds in commands.items()
+                for older in [[d for d in ds if d in newer]] for own in [" and ".join(f"{d}'s" for d in older)])
     elif any(d in retracted for d in step.datasets):
         step.why += "; the retraction covers a whole dataset or shard it trained on: retrain without it"
 

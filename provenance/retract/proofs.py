@@ -82,6 +82,7 @@ def audit_retraction(ledger: Any, retraction: str, *, samples: Any = None, relea
                     copies.append({k: m[k] for k in ("dataset_id", "shard_index", "doc_id", "key", "jaccard")})
         graph = {r["version_id"]: r for r in ledger.version_graph().to_pylist()}
         tainted = retraction_taint(ledger, rid, graph=graph, extra_doc_ids=[c["doc_id"] for c in copies])
+        by_retracted = retraction_taint(ledger, rid, graph=graph) if copies else tainted  # not through a copy alone
         checked = [{"version_id": r["new_version_id"], "as": f"{r['action']} of {r['version_id'][:12]}",
                     "exact": r["exact"]} for r in rec["results"]]
         matched = []
@@ -103,7 +104,11 @@ def audit_retraction(ledger: Any, retraction: str, *, samples: Any = None, relea
     pending = [{"version_id": s["version_id"], "action": s["action"], "why": s["why"]}
                for s in plan if s["version_id"] not in made]
     problems = [f"{c['as']} ({c['version_id'][:12]}) has retracted data in its lineage, through "
-                f"{c['via'][:12]}" for c in checked if not c["clean"]]
+                f"{c['via'][:12]}" for c in checked if not c["clean"] and c["version_id"] in by_retracted]
+    named = ", ".join(f"{x['dataset_id']} {x['key']}" for x in copies[:5]) + (", ..." if len(copies) > 5 else "")
+    problems += [f"{c['as']} ({c['version_id'][:12]}) has a copy of a retracted document in its lineage (found now: "
+                 f"{named}), through {c['via'][:12]}: the retraction did not take it out; retract the copy too"
+                 for c in checked if not c["clean"] and c["version_id"] not in by_retracted]  # it said "retracted data"
     outdated = outdated_steps([Step(**s) for s in plan])
     stale = {r["new_version_id"]: outdated[r["version_id"]] for r in rec["results"] if r["version_id"] in outdated}
     problems += [f"{c['as']} ({c['version_id'][:12]}) was made by the plan of an older provenance, which left out "

@@ -10,12 +10,21 @@ from typing import Any
 from provenance import merge as methods
 from provenance.errors import InvalidParameterError
 from provenance.merges import RecordedFisher
+from provenance.records import NAME_MAX
 from provenance.retract.plans import Step
+
+
+def retracted_tag(tag: str, retraction: str) -> str:
+    """The tag of the version that replaces one tagged ``tag``: ``<tag>+retracted-<id>``, ``tag``
+    cut short where the whole would pass the 128 characters of a tag (a longer one was set, and
+    then refused by ``prov tag`` as invalid: it could not be moved)."""
+    suffix = f"+retracted-{retraction}"
+    return tag[:NAME_MAX - len(suffix)] + suffix
 
 
 def _tags_in(tx: Any, step: Step, retraction: str, version: Any) -> None:
     for tag in step.tags:
-        tx.set_tag(f"{tag}+retracted-{retraction}", version.version_id)
+        tx.set_tag(retracted_tag(tag, retraction), version.version_id)
 
 
 def _recording(step: Step, retraction: str, also: Any) -> Any:
