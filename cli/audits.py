@@ -5,6 +5,7 @@ lineage`` and ``prov taint`` are :mod:`provenance.cli.lineage`."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from typing import Any
@@ -231,6 +232,9 @@ def audit_memorization_cmd(obj: Context, ref: str, samples_file: str, threshold:
 
     ledger = audit_ledger(obj, no_store)
     html_path = ledger.output_path(html_file) if html_file else None
+    if html_path is not None and samples_file != "-" and _same_file(html_path, samples_file):
+        raise click.UsageError(f"--html and --samples name the same file {samples_file!r}: the page would replace "
+                               "the samples")
     samples = read_stdin_samples(sys.stdin.buffer) if samples_file == "-" else samples_file
     with render.progress(obj.quiet) as bar:
         report = ledger.audit_memorization(ref, samples, threshold=threshold, span=span, store=not no_store,
@@ -238,6 +242,14 @@ def audit_memorization_cmd(obj: Context, ref: str, samples_file: str, threshold:
     _write_html(report, html_path)
     show_memorization(report, as_json)
     _not_stored(no_store, as_json)
+
+
+def _same_file(a: Any, b: Any) -> bool:
+    """Whether paths ``a`` and ``b`` are one file (through a link or another spelling)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one is not there: not the same
+        return False
 
 
 def _not_stored(no_store: bool, as_json: bool) -> None:

@@ -53,7 +53,7 @@ from provenance.ledger import LedgerStore
 from provenance.lineage import ancestry, license_summary, lineage
 from provenance.ngrams import check_span, ngram_hashes
 from provenance.progress import step
-from provenance.records import DatasetRecord, check_gate_versions, check_list
+from provenance.records import DatasetRecord, check_flags, check_gate_versions, check_list
 from provenance.results import GateReport, LicenseSummary
 
 #: The licence conditions a gate can deny, and the key of each in a lineage's licence summary.
@@ -111,6 +111,7 @@ def audit_merge(
     ``report.violations`` says which policy broke and by how much). ``deny_retracted``: fail when
     an input's lineage holds data a retraction retracts (``prov retract``); it is reported either way."""
     threshold = check_threshold(threshold)
+    check_flags(full_lineage=full_lineage, deny_retracted=deny_retracted, store=store)
     deny = check_deny_license(deny_license)
     max_overlap = _check_limits(max_overlap, max_contamination, ngram)
     versions = check_gate_versions(versions)

@@ -34,10 +34,10 @@ from provenance.audits import AuditRun, check_threshold, iter_texts, read_sample
 from provenance.errors import InvalidParameterError, NotFoundError
 from provenance.ledger import LedgerStore
 from provenance.lineage import ancestry
-from provenance.ngrams import SPAN_TEXT_CHARS, check_span, longest_run, ngram_hashes
+from provenance.ngrams import SPAN_TEXT_CHARS, WindowIndex, check_span, ngram_hashes
 from provenance.ngrams import words as normalised_words
 from provenance.progress import step
-from provenance.records import VersionRecord
+from provenance.records import VersionRecord, check_flags
 from provenance.results import MemorizationReport
 
 
@@ -69,6 +69,7 @@ def audit_memorization(
     read-only ledger) and return its report."""
     threshold = check_threshold(threshold)
     span = check_span(span, "span")
+    check_flags(store=store)
     texts = sample_texts(samples)
     if not texts:
         raise InvalidParameterError("no samples given")
@@ -163,12 +164,13 @@ def _sample_reports(texts: list[str], sigs: np.ndarray, k: int, matches: dict[tu
                     docs: dict[int, dict], exposure: dict[int, tuple[int, float, float]]) -> list[dict]:
     """Per sample, the training documents it matches, best first: estimate, shared span, the
     document's near-copies and how often training saw it and them (its exposure)."""
+    by_sample: dict[int, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+    for (sample, doc), m in sorted(matches.items()):  # once: a pass per sample took minutes for thousands
+        by_sample[sample].append((doc, m))
     out = []
     for i, text in enumerate(texts):
         found = []
-        for (sample, doc), m in sorted(matches.items()):
-            if sample != i:
-                continue
+        for doc, m in by_sample[i]:
             jaccard = m["jaccard"]
             if jaccard is None:  # found by span only: its estimate still says how much of it the sample is
                 jaccard = float(np.mean(np.asarray(docs[doc]["signature"], np.uint32) == sigs[i]))
@@ -187,25 +189,17 @@ def _spans(ledger: LedgerStore, tx, texts: list[str], n: int) -> tuple[dict[tupl
     as its length and its text (the sample's normalised words). The samples' windows are held (a
     few per word of the samples); the training documents' text is streamed shard by shard, so
     memory does not grow with the lineage."""
-    windows = [ngram_hashes(t, n) for t in texts]
-    all_windows = np.unique(np.concatenate(windows)) if any(len(w) for w in windows) else np.zeros(0, np.uint64)
-    if not len(all_windows):
+    index = WindowIndex([ngram_hashes(t, n) for t in texts])
+    if not len(index):
         return {}, []
     locs = tx.staged_locations(documents_only=True)
     out: dict[tuple[int, int], tuple[int, str]] = {}
     sample_words = [normalised_words(t) for t in texts]
     unreadable: list[str] = []
     for r, text in iter_texts(ledger, locs, unreadable):
-        h = ngram_hashes(text, n)
-        if not len(h) or not np.isin(h, all_windows).any():
-            continue
-        doc_windows = np.unique(h)
-        for i, w in enumerate(windows):
-            hit = np.isin(w, doc_windows)
-            if hit.any():
-                start, run = longest_run(hit)
-                span = sample_words[i][start : start + run + n - 1]
-                out[(i, r["doc_id"])] = len(span), " ".join(span)[:SPAN_TEXT_CHARS]
+        for i, start, run in index.shared(ngram_hashes(text, n)):
+            span = sample_words[i][start : start + run + n - 1]
+            out[(i, r["doc_id"])] = len(span), " ".join(span)[:SPAN_TEXT_CHARS]
     return out, unreadable
 
 

@@ -68,3 +68,44 @@ def longest_run(mask: np.ndarray) -> tuple[int, int]:
         return 0, 0
     i = int(np.argmax(ends - starts))
     return int(starts[i]), int(ends[i] - starts[i])
+
+
+class WindowIndex:
+    """The windows of many texts (``windows``: each text's :func:`ngram_hashes`), sorted once so
+    that the texts sharing a window with another text are found by binary search: each text of a
+    corpus costs ``O(w log W)`` for its ``w`` windows, not a pass over all ``W`` windows of the
+    samples and one more per sample (which made 1,000 samples against 13,000 documents take
+    minutes)."""
+
+    def __init__(self, windows: list[np.ndarray]):
+        lengths = np.fromiter((len(w) for w in windows), np.int64, len(windows))
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)])
+        flat = np.concatenate(windows) if len(windows) else np.zeros(0, np.uint64)
+        self.order = np.argsort(flat, kind="stable")
+        self.sorted = flat[self.order]
+        self.owner = np.repeat(np.arange(len(windows)), lengths)
+
+    def __len__(self) -> int:
+        return len(self.sorted)
+
+    def shared(self, hashes: np.ndarray) -> list[tuple[int, int, int]]:
+        """``(text, start, windows)`` for each indexed text sharing a window with ``hashes`` (another
+        text's windows): the first longest run of its windows found in ``hashes``, as
+        :func:`longest_run` gives it; in the order of the texts."""
+        doc = np.unique(hashes)
+        lo, hi = np.searchsorted(self.sorted, doc, "left"), np.searchsorted(self.sorted, doc, "right")
+        counts = hi - lo
+        total = int(counts.sum())
+        if not total:
+            return []
+        starts = np.repeat(lo - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+        positions = np.sort(self.order[starts + np.arange(total)])  # flat positions, grouped by text
+        owners = self.owner[positions]
+        out = []
+        for group in np.split(np.arange(total), np.flatnonzero(np.diff(owners)) + 1):
+            i = int(owners[group[0]])
+            hit = np.zeros(self.offsets[i + 1] - self.offsets[i], bool)
+            hit[positions[group] - self.offsets[i]] = True
+            start, run = longest_run(hit)
+            out.append((i, start, run))
+        return out

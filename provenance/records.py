@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import license_expression
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from provenance.errors import InvalidParameterError, NotFoundError, ProvenanceWarning, shown, warn
@@ -319,6 +320,14 @@ def check_ref(value: Any, what: str, kinds: tuple[type, ...] = (str, BaseModel))
     if isinstance(value, kinds):
         return value
     raise InvalidParameterError(f"{what}, got {type(value).__name__} {value!r}"[:300])
+
+
+def check_flags(**flags: Any) -> None:
+    """Refuse a flag that is not True or False (numpy's bools taken), naming it: ``store="no"``
+    is a true string, so an audit asked not to be stored was stored (and said ``stored: false``)."""
+    for name, value in flags.items():
+        if not isinstance(value, (bool, np.bool_)):
+            raise InvalidParameterError(f"{name} must be True or False, got {type(value).__name__} {value!r}"[:300])
 
 
 A_VERSION = "a version is an id, an id prefix, a tag or a VersionRecord"

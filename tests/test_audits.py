@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
@@ -14,6 +15,8 @@ from provenance.audits import audit_dedup, banding_for, exact_jaccard
 from provenance.cli.main import main
 from provenance.errors import FingerprintMismatchError, InvalidParameterError, NotFoundError, UnsafeOutputError
 from provenance.fingerprints import FingerprintConfig
+from provenance.gate import audit_merge
+from provenance.memorization import audit_memorization
 from provenance.synthetic import graded_pairs, template_variants
 
 LEVELS = [0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0]
@@ -568,3 +571,24 @@ def test_an_output_file_never_replaces_a_registered_source(graded_ledger, data_d
     other.write_bytes(b"an old file")  # any other existing file is still replaced
     report = audit_dedup(graded_ledger, ["graded"], pairs_file=other, threshold=0.9)
     assert pq.read_table(other).num_rows == report.summary.pairs > 0
+
+
+def test_an_audit_s_flags_are_true_or_false_not_strings(graded_ledger):
+    """Stranger pass 58: ``store="no"`` (a flag read from a config file or the environment) is a
+    true string: the audit was stored while its report said ``stored: false``; ``all_pairs="false"``
+    listed every pair and ``verify="no"`` verified. A flag that is not a bool is refused, naming
+    it, and nothing is stored."""
+    ledger = graded_ledger
+    for name, bad in (("store", "no"), ("verify", "no"), ("all_pairs", "false"), ("store", None), ("verify", 1)):
+        with pytest.raises(InvalidParameterError, match=rf"^{name} must be True or False, got \w+ {bad!r}"):
+            audit_dedup(ledger, ["graded"], **{name: bad})
+    assert ledger.audits() == []
+    with ledger.start_run(datasets=["graded"], message="trained") as run:
+        v = run.commit({"w": torch.zeros(2)})
+    with pytest.raises(InvalidParameterError, match=r"^store must be True or False, got str 'no'"):
+        audit_memorization(ledger, v.version_id, ["a generated text"], store="no")
+    with pytest.raises(InvalidParameterError, match=r"^deny_retracted must be True or False, got str 'no'"):
+        audit_merge(ledger, [v.version_id, v.version_id], deny_retracted="no")
+    assert ledger.audits() == []
+    report = audit_dedup(ledger, ["graded"], store=np.bool_(False), threshold=0.9)  # numpy's bools are bools
+    assert report.stored is False and report.summary.pairs > 0 and ledger.audits() == []

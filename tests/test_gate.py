@@ -17,6 +17,7 @@ from provenance.errors import InvalidParameterError, NotFoundError, SourceError
 from provenance.gate import audit_merge
 from provenance.ledger.audit_sql import AuditWrites
 from provenance.memorization import audit_memorization, read_samples
+from provenance.ngrams import WindowIndex, longest_run
 
 
 def _two_contributors(ledger, a: str, b: str):
@@ -812,3 +813,77 @@ def test_samples_split_only_at_line_ends(tmp_path):
     bad.write_text('{"text": "a\u2028b"}\r\n\n{"text": 3}\n', encoding="utf-8", newline="")
     with pytest.raises(SourceError, match="line 3 has no text"):  # line numbers count only line ends
         read_samples(bad)
+
+
+def test_hundreds_of_samples_each_copying_a_document_find_their_spans(ledger, data_dir, write_jsonl):
+    """Stranger pass 58: the span check compared every training document that shared a window
+    with every sample (an ``isin`` per pair), and the report walked every match once per sample:
+    1,000 samples against 13,000 documents took 146 s (2 s now). Each sample here copies one
+    document, with a 30-word span."""
+    n = 800
+    texts = [" ".join(f"s{i}w{j}" for j in range(30)) for i in range(n)]
+    write_jsonl(data_dir / "t.jsonl", [{"id": f"d{i}", "text": t} for i, t in enumerate(texts)])
+    ledger.register_dataset("t", data_dir / "t.jsonl", id_field="id")
+    with ledger.start_run(datasets=["t"], message="one epoch") as run:
+        v = run.commit({"w": torch.zeros(2)})
+    samples = ["the model wrote " + t for t in texts[::-1]]
+    report = audit_memorization(ledger, v.version_id, samples, span=20, store=False)  # minutes before, seconds now
+    assert report.summary.samples_matching_training == n and report.summary.samples_with_span == n
+    for sample in (report.samples[0], report.samples[n // 2], report.samples[-1]):
+        (m,) = sample.matches
+        assert m.key == f"d{n - 1 - sample.index}" and m.span_words == 30 and m.exposure == 1.0
+        assert m.span_text == texts[n - 1 - sample.index] and m.jaccard >= 0.8
+
+
+def test_a_window_index_finds_the_runs_a_pass_over_every_text_finds():
+    """:class:`WindowIndex` (stranger pass 58) against the plain reference it replaced: an
+    ``isin`` of each text's windows, on random windows with repeats, empty texts and no text."""
+    rng = np.random.default_rng(58)
+    for _ in range(500):
+        windows = [rng.integers(0, 12, rng.integers(0, 15)).astype(np.uint64) for _ in range(rng.integers(0, 6))]
+        other = rng.integers(0, 12, rng.integers(0, 15)).astype(np.uint64)
+        expected = [(i, *longest_run(np.isin(w, other))) for i, w in enumerate(windows) if np.isin(w, other).any()]
+        assert WindowIndex(windows).shared(other) == expected
+
+
+def test_the_memorization_page_never_replaces_the_samples(contributors, data_dir, tmp_path, monkeypatch):
+    """Stranger pass 58: ``prov audit memorization v --samples s.jsonl --html s.jsonl`` read the
+    samples, then wrote the page over them: the generated texts were lost. Refused, naming both
+    options, also through another spelling of the path; nothing is stored and the file is kept."""
+    ledger, base, va, vb = contributors
+    samples = data_dir / "samples.jsonl"
+    samples.write_text(json.dumps({"text": words(3)}) + "\n")
+    monkeypatch.chdir(data_dir)
+    runner = CliRunner()
+    for html in (str(samples), "./samples.jsonl", f"../{data_dir.name}/samples.jsonl"):
+        out = runner.invoke(main, ["--ledger", str(ledger.root), "audit", "memorization", va.version_id,
+                                   "--samples", "samples.jsonl", "--html", html])
+        assert out.exit_code == 2, out.output
+        assert "--html and --samples name the same file 'samples.jsonl'" in out.output
+    assert samples.read_text() == json.dumps({"text": words(3)}) + "\n" and ledger.audits() == []
+    out = runner.invoke(main, ["--ledger", str(ledger.root), "audit", "memorization", va.version_id,
+                               "--samples", "samples.jsonl", "--html", str(tmp_path / "page.html"), "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["summary"]["samples_matching_training"] == 1
+    assert (tmp_path / "page.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_a_samples_file_that_is_one_json_array_is_named_as_such(tmp_path):
+    """Stranger pass 58: ``samples.json`` holding a JSON array written over several lines (valid
+    JSON) was refused as "line 1 is not JSON (Expecting value at column 2)", and one on a single
+    line as having no text: both now say the file is a JSON array and that samples are one per line."""
+    pretty = tmp_path / "samples.json"
+    pretty.write_text(json.dumps(["first sample", {"text": "second"}], indent=2) + "\n")
+    with pytest.raises(SourceError, match=r"samples.json: the file is one JSON array over several lines; samples are "
+                                          r"JSONL: one sample per line"):
+        read_samples(pretty)
+    flat = tmp_path / "flat.json"
+    flat.write_text(json.dumps(["first sample", "second"]) + "\n")
+    with pytest.raises(SourceError, match=r"flat.json: line 1 has no text .*: it is a JSON array; samples are JSONL"):
+        read_samples(flat)
+    broken = tmp_path / "broken.jsonl"  # not an array: the line and the reason, as before
+    broken.write_text('{"text": "a"}\n[\n')
+    with pytest.raises(SourceError, match=r"broken.jsonl: line 2 is not JSON \(Expecting value at column 2\)$"):
+        read_samples(broken)
+    pretty.write_text("\n".join(json.dumps(s) for s in ["first sample", {"text": "second"}]) + "\n")
+    assert read_samples(pretty) == ["first sample", "second"]

@@ -61,6 +61,7 @@ from provenance.files import naming, table_format
 from provenance.fingerprints import FingerprintConfig
 from provenance.ledger import LedgerStore
 from provenance.progress import step
+from provenance.records import check_flags
 from provenance.results import DedupReport
 
 BUCKET_WINDOW = 64  # neighbours of each document of a large band bucket (module doc)
@@ -93,6 +94,7 @@ def audit_dedup(
     returns how many it windowed) and ``label_clusters(tx, audit_id)`` (Ray Data:
     :func:`provenance.integrations.ray_dedup.audit_dedup`); the report is the same."""
     threshold = check_threshold(threshold)
+    check_flags(verify=verify, all_pairs=all_pairs, store=store)
     window = check_window(bucket_window)
     window = 0 if all_pairs else window
     pairs_path = ledger.output_path(pairs_file) if pairs_file is not None else None

@@ -102,6 +102,15 @@ def read_stdin_samples(stream: Any) -> list[str]:
 
 
 _LINE_END = re.compile(r"\r\n|\r|\n")
+_ONE_PER_LINE = "samples are JSONL: one sample per line, an object with a \"text\" string or a string"
+
+
+def _is_json_array(content: str) -> bool:
+    """Whether ``content`` is one JSON array (``["a", "b"]``, written over several lines)."""
+    try:
+        return isinstance(json.loads(content), list)
+    except json.JSONDecodeError:
+        return False
 
 
 def parse_samples(raw: bytes, path: str, jsonl: bool) -> list[str]:
@@ -128,10 +137,13 @@ def parse_samples(raw: bytes, path: str, jsonl: bool) -> list[str]:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
+            if _is_json_array(content):  # a valid JSON file, "line 1 is not JSON" misled
+                raise SourceError(f"{path}: the file is one JSON array over several lines; {_ONE_PER_LINE}") from None
             raise SourceError(f"{path}: line {number} is not JSON ({json_reason(exc)} at column {exc.colno})") from None
         text = value.get("text") if isinstance(value, dict) else value
         if not isinstance(text, str):
-            raise SourceError(f"{path}: line {number} has no text (a string, or an object with a \"text\" string)")
+            raise SourceError(f"{path}: line {number} has no text (a string, or an object with a \"text\" string)"
+                              + (f": it is a JSON array; {_ONE_PER_LINE}" if isinstance(value, list) else ""))
         try:
             text.encode("utf-8")  # json reads "\\ud800" as an unpaired surrogate, which is no text
         except UnicodeEncodeError as exc:

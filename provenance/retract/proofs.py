@@ -17,7 +17,7 @@ from provenance.audits import UnsearchedWarning, find_similar, iter_texts, read_
 from provenance.errors import InvalidParameterError, warn
 from provenance.ledger._common import _now
 from provenance.lineage import tainted_versions
-from provenance.ngrams import SPAN_TEXT_CHARS, check_span, longest_run, ngram_hashes
+from provenance.ngrams import SPAN_TEXT_CHARS, WindowIndex, check_span, ngram_hashes
 from provenance.ngrams import words as normalised_words
 from provenance.plain import utc_text
 from provenance.retract.plans import Step, outdated_steps
@@ -182,17 +182,13 @@ def _sample_check(ledger: Any, documents: list[dict[str, Any]], texts: list[str]
                                        "key": r["key"], "jaccard": jaccard, "span_words": 0, "span_text": ""}
     unreadable: list[str] = []
     if span:
-        windows = [ngram_hashes(t, span) for t in texts]
+        index = WindowIndex([ngram_hashes(t, span) for t in texts])
         words = [normalised_words(t) for t in texts]
         for r, text in iter_texts(ledger, rows, unreadable):
-            doc_windows = np.unique(ngram_hashes(text, span))
-            for i, w in enumerate(windows):
-                hit = np.isin(w, doc_windows)
-                if hit.any():
-                    start, run = longest_run(hit)
-                    entry = found[(i, r["doc_id"])]
-                    entry["span_words"] = run + span - 1
-                    entry["span_text"] = " ".join(words[i][start:start + run + span - 1])[:SPAN_TEXT_CHARS]
+            for i, start, run in index.shared(ngram_hashes(text, span)):
+                entry = found[(i, r["doc_id"])]
+                entry["span_words"] = run + span - 1
+                entry["span_text"] = " ".join(words[i][start:start + run + span - 1])[:SPAN_TEXT_CHARS]
     matches = [m for m in found.values() if m["jaccard"] >= threshold or (span and m["span_words"] >= span)]
     return {"samples": len(texts), "documents_checked": len(rows), "threshold": threshold, "span": span,
             "matches": sorted(matches, key=lambda m: (m["sample"], -m["jaccard"], m["doc_id"])),
