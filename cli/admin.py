@@ -69,7 +69,20 @@ def _project(path: str) -> Any:
     return p.parent if p.name == ".prov" else p
 
 
-@main.command("sql")
+class _SqlCommand(click.Command):
+    """``prov sql``, whose QUERY may open with a SQL comment: ``prov sql "$(cat q.sql)"`` of a file
+    that starts with ``-- what it counts`` got click's ``No such option '-- what it counts …'``.
+    An argument that starts with ``-`` and holds white space before any ``=`` is no option's
+    name: it goes after ``--``, as the query."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" not in args:
+            queries = [a for a in args if a.startswith("-") and re.search(r"\s", a.split("=", 1)[0])]
+            args = [a for a in args if a not in queries] + (["--", *queries] if queries else [])
+        return super().parse_args(ctx, args)
+
+
+@main.command("sql", cls=_SqlCommand)
 @click.argument("query")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
               help="Output format.")

@@ -25,7 +25,7 @@ from typing import Any
 
 from provenance.errors import InvalidParameterError
 from provenance.files import fsync_folder
-from provenance.ledger import LedgerStore
+from provenance.ledger import LedgerStore, check_utf8_folder
 from provenance.ledger._common import DOCUMENTS_DIR, LEDGER_DIR
 
 
@@ -71,6 +71,7 @@ def backup(ledger: LedgerStore, destination: str | os.PathLike, *, link: bool = 
     naming what is damaged, which the ledger copied holds too)."""
     started = time.perf_counter()
     dest = Path(destination).expanduser().absolute()
+    check_utf8_folder(dest, "cannot back up into")  # DuckDB cannot open the copy there: found after copying it all
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         if (dest / f"{LEDGER_DIR}.partial").is_dir():
             raise InvalidParameterError(f"backup destination {dest} holds {LEDGER_DIR}.partial, the copy of a backup "

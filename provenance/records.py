@@ -76,6 +76,23 @@ def check_utf8(text: str, what: str) -> None:
                                     "UTF-8") from None
 
 
+def query_params(params: Any) -> list[Any] | None:
+    """The values of a query's ``?`` placeholders, in order, as a list (None for none). A string
+    was split into its characters (``params="xy"``: two values, and ``"x"`` worked by chance), a
+    dict gave its keys as the values (``SELECT ?`` with ``{"a": 5}`` answered ``'a'``), a number
+    was a ``TypeError``."""
+    if params is None:
+        return None
+    if isinstance(params, Mapping):
+        raise InvalidParameterError(f"params must be a list of the values of the query's ? placeholders, in order, "
+                                    f"got a dict {shown(params)}: write ? in the query and give the values as a list")
+    if isinstance(params, (str, bytes, bytearray)) or not isinstance(params, Iterable):
+        raise InvalidParameterError(f"params must be a list of the values of the query's ? placeholders, in order, "
+                                    f"got {type(params).__name__} {shown(params)}: for one value give "
+                                    f"[{shown(params)}]")
+    return list(params) or None
+
+
 def check_document_key(key: Any) -> str:
     """``key`` if it is a document key: text (``key=5`` was DuckDB's ConversionException, as the
     keys were cast to its type), and UTF-8 (bytes of an argument that are not: a traceback)."""

@@ -140,6 +140,20 @@ def test_sql_formats_and_refusals(project, runner):
     assert count == [{"n": 60}]
 
 
+def test_sql_of_a_query_that_opens_with_a_comment(project, runner):
+    """A query file that starts with a SQL comment (``prov sql "$(cat q.sql)"``) was taken for an
+    option: ``No such option '-- how many …'``, exit 2."""
+    runner.invoke(main, ["dataset", "add", "web", "data/a.jsonl", "--id-field", "id"])
+    query = "-- how many documents\nSELECT count(*) AS n FROM documents"
+    assert _json(runner.invoke(main, ["sql", query, "--json"])) == [{"n": 60}]
+    assert _json(runner.invoke(main, ["sql", "--format", "json", query])) == [{"n": 60}]
+    assert _json(runner.invoke(main, ["sql", "-- one line\nSELECT 2 AS two", "--format=json"])) == [{"two": 2}]
+    result = runner.invoke(main, ["sql", "-- only a comment"])
+    assert result.exit_code == 4 and "give exactly one statement, got 0" in result.output
+    result = runner.invoke(main, ["sql", "SELECT 1", "--fromat", "csv"])  # a mistyped option is still one
+    assert result.exit_code == 2 and "No such option '--fromat'. Did you mean '--format'?" in result.output
+
+
 def test_ledger_option_env_and_missing(project, runner, tmp_path_factory, monkeypatch):
     elsewhere = tmp_path_factory.mktemp("elsewhere")
     monkeypatch.chdir(elsewhere)

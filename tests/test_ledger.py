@@ -14,6 +14,7 @@ from provenance import Ledger
 from provenance.errors import (
     AccessDeniedError,
     InvalidParameterError,
+    LedgerDamagedError,
     LedgerExistsError,
     LedgerNotFoundError,
     NotFoundError,
@@ -98,6 +99,29 @@ def test_no_ledger_elsewhere(tmp_path, monkeypatch):
         Ledger.open(elsewhere)
 
 
+def test_a_folder_whose_path_is_not_utf8_is_refused_naming_it(tmp_path, monkeypatch):
+    """A folder a Latin-1 system named (``caf\\xe9``): ``init`` made ``.prov/objects`` and ``tmp``
+    there, then DuckDB raised ``RuntimeError: std::bad_cast``; ``open`` and every command raised
+    it too, and ``backup`` copied the whole ledger before it did."""
+    latin = tmp_path / "caf\udce9"  # how Python holds the byte 0xE9 of a name that is not UTF-8
+    said = r"the path is not valid UTF-8, and DuckDB opens a database only at a UTF-8 path; rename the folder"
+    with pytest.raises(InvalidParameterError, match=rf"cannot create a ledger at .*caf\\xe9/\.prov: {said}"):
+        Ledger.init(latin)
+    assert not latin.exists()
+    ledger = Ledger.init(tmp_path / "ok")
+    with pytest.raises(InvalidParameterError, match=rf"cannot back up into .*caf\\xe9/copy: {said}"):
+        ledger.backup(latin / "copy")
+    assert not latin.exists()
+    latin.mkdir()
+    (tmp_path / "ok" / ".prov").rename(latin / ".prov")
+    for path in (latin, latin / ".prov"):
+        with pytest.raises(InvalidParameterError, match=rf"cannot open the ledger at .*caf\\xe9/\.prov: {said}"):
+            Ledger.open(path)
+    monkeypatch.chdir(latin)  # found from the current folder
+    with pytest.raises(InvalidParameterError, match=rf"cannot open the ledger at .*caf\\xe9/\.prov: {said}"):
+        Ledger.open()
+
+
 def test_a_duckdb_file_that_is_not_a_ledger(tmp_path):
     (tmp_path / ".prov").mkdir()
     duckdb.connect(str(tmp_path / ".prov" / "ledger.duckdb")).close()
@@ -133,6 +157,21 @@ def test_newer_schema_is_refused(ledger):
     with pytest.raises(SchemaVersionError) as info:
         Ledger.open(ledger.root)
     assert "schema version 999" in str(info.value) and f"understands up to {SCHEMA_VERSION}" in str(info.value)
+
+
+def test_an_empty_schema_migrations_table_is_named_and_the_file_left_as_it_was(ledger):
+    """A ``schema_migrations`` emptied by other means read as schema version 0: every migration
+    ran again, and every command ended in a traceback (``Table with name "schema_migrations"
+    already exists``)."""
+    con = duckdb.connect(str(ledger.db_path))
+    con.execute("DELETE FROM schema_migrations")
+    con.close()
+    before = ledger.db_path.read_bytes()
+    for read_only in (False, True):
+        with pytest.raises(LedgerDamagedError, match=r"ledger\.duckdb has a schema_migrations table with no rows, so "
+                                                     r"which migrations it holds is unknown .* Restore it from a backup"):
+            Ledger.open(ledger.root, read_only=read_only)
+    assert ledger.db_path.read_bytes() == before
 
 
 SHIPPED = len(migrations())
@@ -273,6 +312,21 @@ def test_sql_select_returns_arrow_with_values(ledger):
     assert ledger.sql("EXPLAIN SELECT * FROM datasets").num_rows >= 1
 
 
+def test_sql_params_must_be_a_list_of_values(ledger):
+    """``params="xy"`` was split into two values (``"x"`` worked by chance), a dict gave its keys
+    as the values (``SELECT ?`` with ``{"a": 5}`` answered ``'a'``), a number was a TypeError."""
+    assert ledger.sql("SELECT ? AS a, ? AS b", ("x", 2)).to_pylist() == [{"a": "x", "b": 2}]
+    assert ledger.sql("SELECT ? AS a", iter([b"\xff"])).to_pylist() == [{"a": b"\xff"}]
+    assert ledger.sql("SELECT 1 AS a", []).to_pylist() == [{"a": 1}]
+    for params, advice in [("x", r"got str 'x': for one value give \['x'\]"),
+                           ("xy", r"got str 'xy': for one value give \['xy'\]"),
+                           (5, r"got int 5: for one value give \[5\]"),
+                           ({"a": 5}, r"got a dict \{'a': 5\}: write \? in the query and give the values as a list")]:
+        with pytest.raises(InvalidParameterError, match="params must be a list of the values of the query's "
+                                                         rf"\? placeholders, in order, {advice}"):
+            ledger.sql("SELECT ? AS a", params)
+
+
 @pytest.mark.parametrize(
     "query",
     [
@@ -354,6 +408,45 @@ def test_sql_inside_a_session_reads_only_the_ledger(ledger):
             with pytest.raises(ReadOnlyQueryError, match=why):
                 ledger.sql(query)
     assert ledger.sql("SELECT 1 AS one").to_pylist() == [{"one": 1}]
+
+
+def test_sql_inside_a_session_cannot_move_a_sequence(ledger):
+    """``SELECT setval('committed_writes', 1)`` through a session (a server's read token) set the
+    database's last write number below the one recorded, so every command refused the ledger as
+    one that lost committed writes; ``nextval`` skipped numbers the same way."""
+    held = "SELECT last_value FROM duckdb_sequences() WHERE sequence_name = 'committed_writes'"
+    before = ledger.sql(held).to_pylist()
+    with ledger.session():
+        for query, fn in [("SELECT setval('committed_writes', 1)", "setval"),
+                          ("SELECT nextval('committed_writes') AS n", "nextval"),
+                          ("SELECT * FROM versions WHERE nextval('committed_writes') > 0", "nextval")]:
+            with pytest.raises(ReadOnlyQueryError, match=rf"query refused: {fn}\(\) changes a sequence of the ledger"):
+                ledger.sql(query)
+    assert ledger.sql(held).to_pylist() == before
+    assert Ledger.open(ledger.root).sql("SELECT 1 AS one").to_pylist() == [{"one": 1}]
+
+
+def test_sql_inside_a_session_nested_too_deeply_for_the_check_is_refused(ledger):
+    """400 nested calls (which DuckDB runs) were a RecursionError from the check of the syntax
+    tree: HTTP 500 on a server."""
+    deep = "SELECT " + "abs(" * 400 + "-1" + ")" * 400 + " AS a"
+    assert ledger.sql(deep).to_pylist() == [{"a": 1}]  # no check of the tree: DuckDB's own limit
+    with ledger.session():
+        with pytest.raises(ReadOnlyQueryError, match="cannot check the query: it nests its expressions too deeply"):
+            ledger.sql(deep)
+        assert ledger.sql("SELECT " + "abs(" * 50 + "-1" + ")" * 50 + " AS a").to_pylist() == [{"a": 1}]
+    with pytest.raises(ReadOnlyQueryError, match="too deeply"):
+        ledger.sql(deep, hidden=("tokens",))
+
+
+def test_sql_nested_past_duckdb_s_limit_is_not_told_to_set_it(ledger):
+    """DuckDB's parser advised ``Use "SET max_expression_depth TO x"``, which a query can never
+    do (``SET`` is refused)."""
+    deep = "SELECT " + "(" * 1200 + "1" + ")" * 1200 + " AS a"
+    with pytest.raises(ReadOnlyQueryError) as info:
+        ledger.sql(deep)
+    assert str(info.value) == ("cannot parse query: Parser Error: Max expression depth limit of 1000 exceeded: a query "
+                               "cannot raise the limit; write it with fewer nested levels")
 
 
 def test_sql_explain_with_options_and_show_of_hidden_tables(ledger):

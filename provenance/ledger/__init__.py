@@ -32,6 +32,7 @@ from provenance.errors import (
     LedgerNotFoundError,
     LedgerReadOnlyError,
 )
+from provenance.files import non_utf8
 from provenance.ledger._common import (
     DB_FILE,
     DOCUMENTS_DIR,
@@ -209,6 +210,7 @@ class LedgerStore(Connections, Transactions, CommitRecord, DocumentsView, Schema
                                         "(objects=/--objects and documents=/--documents keep its files in a bucket)")
         base = Path(path)
         root = base if base.name == LEDGER_DIR else base / LEDGER_DIR
+        check_utf8_folder(root, "cannot create a ledger at")  # before any folder is made
         if (root / DB_FILE).exists() and not _unfinished_init(root / DB_FILE):
             raise LedgerExistsError(f"a ledger already exists at {root}")
         for folder in (root, *root.parents):  # the nearest that exists must be a folder ("Not a directory" said not which)
@@ -283,6 +285,7 @@ class LedgerStore(Connections, Transactions, CommitRecord, DocumentsView, Schema
                     "before it finished; take the backup again (remove the folder first)")
             else:
                 raise LedgerNotFoundError(f"no ledger at {base} (looked for {base / LEDGER_DIR / DB_FILE})")
+        check_utf8_folder(root, "cannot open the ledger at")
         db = root / DB_FILE
         writable = os.access(db, os.W_OK) and os.access(root, os.W_OK) and not _on_read_only_mount(root)
         ledger = cls(root, lock_timeout=lock_timeout, read_only=read_only or not writable)
@@ -296,8 +299,17 @@ class LedgerStore(Connections, Transactions, CommitRecord, DocumentsView, Schema
         return ledger
 
 
+def check_utf8_folder(root: Path, doing: str) -> None:
+    """Refuse a ledger folder whose absolute path is not valid UTF-8 (a folder a Latin-1 system
+    named): DuckDB cannot open a database there (``RuntimeError: std::bad_cast``, after ``init``
+    had made the folders and ``backup`` had copied the whole ledger)."""
+    if (shown := non_utf8(Path(root).absolute())) is not None:
+        raise InvalidParameterError(f"{doing} {shown}: the path is not valid UTF-8, and DuckDB opens a database only "
+                                    "at a UTF-8 path; rename the folder")
+
+
 __all__ = [
-    "DB_FILE", "DOCUMENTS_AS", "LEDGER_DIR", "PARQUET_THRESHOLD", "check_documents_as", "OBJECTS_DIR", "SCHEMA_VERSION", "TMP_DIR", "DocumentStage", "LedgerStore", "LedgerWriter",
+    "DB_FILE", "DOCUMENTS_AS", "LEDGER_DIR", "PARQUET_THRESHOLD", "check_documents_as", "check_utf8_folder", "OBJECTS_DIR", "SCHEMA_VERSION", "TMP_DIR", "DocumentStage", "LedgerStore", "LedgerWriter",
     "migrations", "quote_identifier",
     # homes elsewhere in the package, imported from here by the server, the facade and the domain
     "DOCUMENT_COLUMNS", "RAY_DIR", "SERVING_FILE", "WRITE_KEY", "ObjectWriters", "preliminary",

@@ -26,10 +26,13 @@ from provenance.records import (
     ShardRecord,
     check_name,
     check_utf8,
+    query_params,
 )
 
 #: A JSON number as written (a key that one was stored as).
 _NUMBER = r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?"
+#: Scalar functions that write to the database from inside a SELECT (a session's connection can).
+_SEQUENCE_WRITES = frozenset({"nextval", "setval"})
 
 
 #: The query of :meth:`DataQueries.withheld` (a ledger server's client sends it as read-only SQL):
@@ -193,10 +196,13 @@ class DataQueries:
         log from tokens below admin).
         """
         check_utf8(query, "the query")  # a shell argument of bytes that are not UTF-8: a TypeError from DuckDB
+        values = query_params(params)
         try:
             statements = duckdb.extract_statements(query)
-        except duckdb.Error as exc:
-            raise ReadOnlyQueryError(f"cannot parse query: {exc}") from exc
+        except duckdb.Error as exc:  # DuckDB's advice to SET a deeper limit: a query may not SET
+            said = re.sub(r'\.\s*Use "SET max_expression_depth TO x" to increase the maximum expression depth\.',
+                          ": a query cannot raise the limit; write it with fewer nested levels", str(exc))
+            raise ReadOnlyQueryError(f"cannot parse query: {said}") from exc
         if len(statements) != 1:
             raise ReadOnlyQueryError(f"give exactly one statement, got {len(statements)}")
         kind, text = statements[0].type.name, statements[0].query
@@ -222,7 +228,7 @@ class DataQueries:
         else:
             con = self._connect(read_only=True, external=False)
         try:
-            return con.sql(query, params=list(params) if params else None).to_arrow_table()
+            return con.sql(query, params=values).to_arrow_table()
         except (duckdb.IOException, duckdb.InternalException, duckdb.InvalidInputException) as exc:
             raise self._damaged(exc) or ReadOnlyQueryError(f"query failed: {exc}") from exc
         except duckdb.PermissionException as exc:
@@ -247,7 +253,12 @@ class DataQueries:
             raw = con.execute("SELECT json_serialize_sql(?::VARCHAR)", [query]).fetchall()[0][0]
             known = {r[0].lower() for r in con.execute(
                 "SELECT table_name FROM duckdb_tables() UNION SELECT view_name FROM duckdb_views()").fetchall()}
-        tree = json.loads(raw)
+        too_deep = ReadOnlyQueryError("cannot check the query: it nests its expressions too deeply for the check of "
+                                      "what it reads (a server's, or a session's); write it with fewer levels")
+        try:  # a RecursionError (HTTP 500 on a server) from 400 nested calls, which DuckDB itself accepts
+            tree = json.loads(raw)
+        except RecursionError:
+            raise too_deep from None
         if tree.get("error"):
             raise ReadOnlyQueryError(f"cannot check the query: {tree.get('error_message', 'not a plain SELECT')}")
         ctes: set[str] = set()
@@ -263,13 +274,20 @@ class DataQueries:
                     refs.append(node)  # SHOW t: t's columns
                 if node.get("class") == "FUNCTION" and str(node.get("function_name", "")).lower() == "getenv":
                     raise ReadOnlyQueryError("query refused: getenv() reads the server's environment")
+                if node.get("class") == "FUNCTION" and str(node.get("function_name", "")).lower() in _SEQUENCE_WRITES:
+                    raise ReadOnlyQueryError(  # setval('committed_writes', 1) made every command refuse the ledger
+                        f"query refused: {node['function_name']}() changes a sequence of the ledger, which a query "
+                        "may not write")
                 for value in node.values():
                     walk(value)
             elif isinstance(node, list):
                 for value in node:
                     walk(value)
 
-        walk(tree)
+        try:
+            walk(tree)
+        except RecursionError:
+            raise too_deep from None
         for ref in refs:
             if ref["type"] == "TABLE_FUNCTION":
                 fn = (ref.get("function") or {}).get("function_name", "?")

@@ -11,7 +11,14 @@ from __future__ import annotations
 import re
 from importlib import resources
 
-from provenance.errors import LedgerNotFoundError, LedgerReadOnlyError, ProvenanceError, SchemaVersionError, warn
+from provenance.errors import (
+    LedgerDamagedError,
+    LedgerNotFoundError,
+    LedgerReadOnlyError,
+    ProvenanceError,
+    SchemaVersionError,
+    warn,
+)
 from provenance.ledger._common import _now
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -61,6 +68,11 @@ class SchemaMigrations:
                 self._check_writes(con)
             current = con.execute("SELECT max(version) FROM schema_migrations").fetchall()[0][0] if exists else 0
             current = current or 0
+            if exists and not create and current == 0:  # every migration again: "schema_migrations already exists"
+                raise LedgerDamagedError(
+                    f"the ledger database {self.db_path} has a schema_migrations table with no rows, so which "
+                    "migrations it holds is unknown (no provenance leaves it so: it was changed by other means). "
+                    "Restore it from a backup copy")
             if current > len(shipped):
                 raise SchemaVersionError(
                     f"ledger {self.root} has schema version {current}, but this provenance understands up to "

@@ -28,7 +28,7 @@ import httpx
 import pyarrow as pa
 
 from provenance.errors import InvalidParameterError
-from provenance.records import TokenRecord, check_name
+from provenance.records import TokenRecord, check_name, query_params
 from provenance.remote.datasets import RemoteDatasets
 from provenance.remote.questions import RemoteQuestions
 from provenance.remote.runs import REMOTE_FLUSH, RemoteRun, RemoteRuns
@@ -98,7 +98,7 @@ class RemoteLedger(Transport, RemoteDatasets, RemoteVersions, RemoteRuns, Remote
         return self._call("GET", "/healthz")["schema_version"]
 
     def sql(self, query: str, params: Sequence[Any] | None = None) -> pa.Table:
-        data = self._call("POST", "sql", json_body={"query": query, "params": list(params) if params else None})
+        data = self._call("POST", "sql", json_body={"query": query, "params": query_params(params)})
         return ipc_to_table(data, "the server's answer")
 
     def output_path(self, path: str | os.PathLike, *, parents: bool | None = None) -> Path:
