@@ -93,7 +93,7 @@ def retract_cmd(obj: Context, target: str | None, shard: str | None, key: str | 
         render.echo(f"note: retraction {e['retraction_id']} ({e['reason']}) already retracts "
                     f"{'this document' if len(record.get('documents') or []) == 1 else 'some of these documents'}"
                     f"{f'; its steps made {made} version(s)' if made else ''}. This records another retraction: its "
-                    f"--apply makes new versions again (`prov retractions {e['retraction_id']}` shows the first)")
+                    f"--apply makes new versions again (`prov retractions {e['retraction_id']}` shows that one)")
     render.echo(f"carry out what can be done with: prov retract {record['retraction_id']} --apply [--rebase]")
 
 
