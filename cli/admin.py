@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import sys
 from typing import Any
 
@@ -34,7 +35,16 @@ def init_cmd(obj: Context, path: str | None, objects: str | None, documents: str
     path = _init_path(path, obj.ledger_path)
     from provenance.api import Ledger
 
+    above = _ledger_above(path)
     ledger = Ledger.init(path, objects=objects, documents=documents)
+    if above is not None:  # it said nothing, and the new ledger took the place of the one above for every command below
+        import warnings
+
+        from provenance.errors import ProvenanceWarning
+
+        warnings.warn(ProvenanceWarning(
+            f"{ledger.root.parent} is inside the project of the ledger {above}: commands run in it or below now "
+            f"use the new ledger, not that one (--ledger {above.parent} names that one)"), stacklevel=1)
     render.emit({"ledger": str(ledger.root), "schema_version": ledger.schema_version(),
                  "objects": ledger.objects_url or str(ledger.objects_path),
                  "documents": ledger.documents_url or str(ledger.documents_path)}, as_json,
@@ -60,6 +70,18 @@ def _init_path(path: str | None, ledger: str | None) -> str:
     if ledger is not None and typed and (is_url(ledger) or _project(ledger) != _project(path)):
         raise click.UsageError(f"--ledger {ledger} and PATH {path} name two ledgers: give one of them")
     return path
+
+
+def _ledger_above(path: str) -> Any:
+    """The ledger folder (``.prov``) that commands run in ``path`` find before ``prov init`` makes
+    one there, or None."""
+    from provenance.errors import LedgerNotFoundError
+    from provenance.ledger import LedgerStore
+
+    try:
+        return LedgerStore.find(_project(path).parent)
+    except (LedgerNotFoundError, OSError):
+        return None
 
 
 def _project(path: str) -> Any:
@@ -171,11 +193,17 @@ def demo_cmd(obj: Context, path: str, n_docs: int, seed: int, served: bool, as_j
     """Register a generated corpus with planted near-duplicates in PATH/.prov and show the ledger.
     A ledger already in PATH is used only if an earlier demo made it (running it again adds
     nothing); any other is refused."""
-    from provenance.demo import run_demo, run_served_demo
+    from provenance.demo import check_options, demo_folder, demo_ledger, run_demo, run_served_demo
 
+    obj.resume = f"run `prov demo {shlex.quote(path)}` again to go on where it stopped"
     with render.progress(obj.quiet) as bar:
-        run = run_served_demo if served else run_demo
-        report = run(path, n_docs=n_docs, seed=seed, progress=bar)
+        if served:
+            report = run_served_demo(path, n_docs=n_docs, seed=seed, progress=bar)
+        else:  # opened here, so that Ctrl-C names what it had registered and trained (it said only Aborted!)
+            check_options(n_docs, seed)
+            ledger = demo_ledger(demo_folder(path))
+            obj.opened.append(ledger)
+            report = run_demo(path, n_docs=n_docs, seed=seed, progress=bar, ledger=ledger)
     show_demo(report, as_json)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
 from typing import Any
 
 import click
@@ -84,6 +86,7 @@ def dataset_add(obj: Context, name: str, sources: tuple[str, ...], text_field: s
         together = not any(e["loc"] for e in exc.errors())
         prefix = f"--threshold {threshold:g} with --num-perm {num_perm}: " if together else ""
         raise click.UsageError(prefix + validation_problems(exc)) from None
+    _check_order(name, sources)
     ledger = obj.ledger()
     options = dict(text_field=text_field, id_field=id_field, role=role, license=license_, source=source, creator=creator,
                    description=description, model_generated=model_generated, config=config, on_invalid=on_invalid,
@@ -95,6 +98,18 @@ def dataset_add(obj: Context, name: str, sources: tuple[str, ...], text_field: s
         else:
             result = ledger.register_dataset(name, list(sources), progress=bar, **options)
     render.emit(result.model_dump(mode="json"), as_json, lambda d: d["message"])
+
+
+def _check_order(name: str, sources: tuple[str, ...]) -> None:
+    """``prov dataset add news.jsonl news`` said only ``news: no such file or folder``: a NAME that
+    is a file and a single SOURCE that is nothing on disk are the arguments swapped."""
+    if len(sources) != 1 or not os.path.isfile(name):
+        return
+    source = sources[0]
+    if "://" in source or any(c in source for c in "*?[") or os.path.lexists(source):
+        return
+    raise click.UsageError(f"{source}: no such file or folder, and NAME {name} is a file: the dataset's name comes "
+                           f"first (did you mean `prov dataset add {shlex.quote(source)} {shlex.quote(name)}`?)")
 
 
 @dataset_group.command("list")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from provenance.cli.app import (
 from provenance.errors import GateFailedError, NonFiniteError, NotFoundError
 from provenance.files import atomic_write_text
 from provenance.plain import counted, dumps
+from provenance.records import looks_like_id
 
 
 @main.group("model")
@@ -290,6 +292,10 @@ class _TagGroup(click.Group):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and not args[0].startswith("-"):
+            close = difflib.get_close_matches(args[0], list(self.commands), n=1)
+            if close and len([a for a in args if not a.startswith("-")]) == 1:  # a typo of a command, not a tag
+                raise click.UsageError(f"No such command {args[0]!r}. Did you mean {close[0]!r}? (`prov tag NAME "
+                                       "VERSION` sets a tag: give both)")  # it said: Missing argument 'VERSION'
             args = ["set", *args]
         elif args and args[0] == "list" and len([a for a in args if not a.startswith("-")]) == 2:
             raise click.UsageError("prov tag list takes no VERSION: a tag named 'list' is set with `prov tag set list "
@@ -314,6 +320,12 @@ def tag_set(obj: Context, name: str, ref: str, as_json: bool) -> None:
     """Name a version (tagging again moves the tag). Tags hold letters, digits and . _ - + /
     and must not look like a version id."""
     ledger = obj.ledger()
+    if looks_like_id(name):  # the arguments swapped: it said "pick another name"
+        try:
+            ledger.version(ref)
+        except NotFoundError:
+            raise click.UsageError(f"{name!r} looks like a version id and {ref!r} names no version: the tag's name "
+                                   f"comes first (did you mean `prov tag {ref} {name}`?)") from None
     before = next((t.version_id for t in ledger.tags() if t.name == name), None)
     version = ledger.tag(name, ref)
     moved = before if before not in (None, version.version_id) else None

@@ -846,3 +846,90 @@ def test_tag_delete_removes_the_name_and_keeps_the_version(project, runner):
     runner.invoke(main, ["tag", "set", "delete", v.version_id])
     assert _json(runner.invoke(main, ["tag", "delete", "delete", "--json"]))["name"] == "delete"
 
+
+def test_tag_arguments_swapped_or_a_command_mistyped_are_named(project, runner):
+    """`prov tag VERSION NAME` said "tag '...' looks like a version id; pick another name", and
+    `prov tag lst` said "Missing argument 'VERSION'" under `prov tag set`: both usage errors now
+    say what was meant."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(3)}, str(project / "a.safetensors"))
+    root = _json(runner.invoke(main, ["model", "commit", "a.safetensors", "-m", "root", "--json"]))["version_id"]
+    swapped = runner.invoke(main, ["tag", root[:12], "release"])
+    assert swapped.exit_code == 2
+    assert f"'{root[:12]}' looks like a version id and 'release' names no version: the tag's name comes first " \
+           f"(did you mean `prov tag release {root[:12]}`?)" in swapped.output
+    assert _json(runner.invoke(main, ["tag", "list", "--json"])) == []  # nothing tagged
+    typo = runner.invoke(main, ["tag", "lst"])
+    assert typo.exit_code == 2 and "No such command 'lst'. Did you mean 'list'?" in typo.output
+    assert runner.invoke(main, ["tag", "release", root[:12]]).output.strip() == f"release -> {root}"
+    dead = runner.invoke(main, ["tag", "dead", "release"])  # a real version: the name is refused as before
+    assert dead.exit_code == 4 and "tag 'dead' looks like a version id (4 to 32 hex digits); pick another name" in dead.output
+    alone = runner.invoke(main, ["tag", "release"])  # not close to a command: a tag without its version
+    assert alone.exit_code == 2 and "Missing argument 'VERSION'" in alone.output
+
+
+def test_an_interrupted_demo_names_what_it_kept_and_how_to_go_on(tmp_path, runner, monkeypatch):
+    """Ctrl-C while the demo trained said only `Aborted!`, though its datasets were registered
+    (docs/cli.md: one that had landed is kept, and `Aborted!` names it): the demo opened its
+    ledger itself, out of the interrupt's sight."""
+    import provenance.demo_model
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(provenance.demo_model, "train_story", interrupted)
+    result = runner.invoke(main, ["demo", str(tmp_path / "d"), "--docs", "20"])
+    assert result.exit_code == 130
+    assert "Aborted! What the ledger recorded before the interrupt is kept: dataset web-crawl@1; dataset " \
+           f"forum-posts@1; dataset qa-eval@1; run `prov demo {tmp_path / 'd'}` again to go on where it stopped" \
+           in result.output
+    monkeypatch.undo()
+    again = _json(runner.invoke(main, ["demo", str(tmp_path / "d"), "--docs", "20", "--json"]))
+    assert [r["created"] for r in again["registrations"]] == [False] * 3 and len(again["models"]) == 4
+
+
+def test_the_option_and_name_errors_concepts_quotes_are_what_prov_prints(project, runner):
+    """docs/concepts.md said `prov` prints `invalid parameter: lsh_threshold: Input should be less
+    than 1` for an out-of-range threshold (click refuses the option first), and quoted the refused
+    dataset name's message without its end."""
+    from pathlib import Path
+
+    concepts = (Path(__file__).resolve().parent.parent / "docs" / "concepts.md").read_text(encoding="utf-8")
+    concepts = " ".join(concepts.split())  # as rendered: the page's lines are wrapped
+    threshold = runner.invoke(main, ["dataset", "add", "x", "data/a.jsonl", "--threshold", "1"])
+    assert threshold.exit_code == 2
+    said = threshold.output.strip().splitlines()[-1].removeprefix("Error: ")
+    assert said == "Invalid value for '--threshold': 1.0 is not in the range 0<x<1."
+    assert f"`{said}`, exit status 2" in concepts and "invalid parameter: lsh_threshold" not in concepts
+    name = runner.invoke(main, ["dataset", "add", "bad name!", "data/a.jsonl"])
+    assert name.exit_code == 4
+    said = name.output.strip().removeprefix("Error: ")
+    assert said.startswith("dataset name 'bad name!' must start") and f"| invalid dataset name | `{said}` |" in concepts
+
+
+def test_init_below_another_ledger_warns_that_it_takes_its_place(project, runner):
+    """`prov init` in a subfolder of a project made a second ledger without a word, and every
+    command run there from then on used it instead of the project's."""
+    (project / "sub" / "deeper").mkdir(parents=True)
+    result = runner.invoke(main, ["init", "sub"])
+    assert result.exit_code == 0, result.output
+    assert f"warning: {project / 'sub'} is inside the project of the ledger {project / '.prov'}: commands run in it " \
+           f"or below now use the new ledger, not that one (--ledger {project} names that one)" in result.output
+    assert (project / "sub" / ".prov" / "ledger.duckdb").is_file()
+    beside = runner.invoke(main, ["init", str(project.parent / f"{project.name}-beside")])  # no ledger above it
+    assert beside.exit_code == 0 and "warning" not in beside.output
+
+
+def test_dataset_add_with_name_and_source_swapped_says_so(project, runner):
+    """`prov dataset add data/a.jsonl web` said only `web: no such file or folder`: NAME is a file
+    and the source is nothing, so the arguments were swapped; nothing is registered."""
+    swapped = runner.invoke(main, ["dataset", "add", "data/a.jsonl", "web", "--id-field", "id"])
+    assert swapped.exit_code == 2
+    assert "web: no such file or folder, and NAME data/a.jsonl is a file: the dataset's name comes first " \
+           "(did you mean `prov dataset add web data/a.jsonl`?)" in swapped.output
+    assert _json(runner.invoke(main, ["dataset", "list", "--json"])) == []
+    missing = runner.invoke(main, ["dataset", "add", "web", "nope.jsonl"])  # NAME is no file: as before
+    assert missing.exit_code == 4 and "nope.jsonl: no such file or folder" in missing.output
+    assert _json(runner.invoke(main, ["dataset", "add", "web", "data/a.jsonl", "--json"]))["created"] is True

@@ -227,6 +227,21 @@ def test_prov_retract_on_the_command_line(contributors):
     assert {r["version_id"] for r in json.loads(out.output)} == {v["m"].version_id, v["avg"].version_id}
 
 
+
+def test_a_third_retraction_points_at_each_earlier_one_by_its_own_id(contributors):
+    """Each note on an earlier retraction of the same document ended "(`prov retractions ID`
+    shows the first)", the second one's too: each names the retraction it is about."""
+    ledger, _ = contributors
+    runner, base = CliRunner(), ["--ledger", str(ledger.root)]
+    ids = [json.loads(runner.invoke(main, [*base, "retract", "private", "--key", "x1", "--reason", reason,
+                                           "--json"]).output)["retraction_id"] for reason in ("first", "second")]
+    out = runner.invoke(main, [*base, "retract", "private", "--key", "x1", "--reason", "third"])
+    assert out.exit_code == 0, out.output
+    notes = [line for line in out.output.splitlines() if line.startswith("note: ")]
+    assert [re.search(r"`prov retractions (\w+)` shows (.*)\)$", n).groups() for n in notes] == \
+        [(rid, "it") for rid in ids]
+
+
 def test_a_key_given_twice_is_refused_not_half_retracted(contributors):
     """`prov retract private --key x1 --key x2` recorded a retraction of x2 alone (click kept the
     last value silently): x1, the document to remove, was never looked at, and `prov taint` with
