@@ -292,7 +292,7 @@ class _TagGroup(click.Group):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and not args[0].startswith("-"):
-            close = difflib.get_close_matches(args[0], list(self.commands), n=1)
+            close = difflib.get_close_matches(args[0], list(self.commands), n=1, cutoff=0.75)  # not release: delete
             if close and len([a for a in args if not a.startswith("-")]) == 1:  # a typo of a command, not a tag
                 raise click.UsageError(f"No such command {args[0]!r}. Did you mean {close[0]!r}? (`prov tag NAME "
                                        "VERSION` sets a tag: give both)")  # it said: Missing argument 'VERSION'
