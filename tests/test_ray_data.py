@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import re
 import warnings
 
 import pyarrow as pa
@@ -212,6 +213,22 @@ def test_actors_asking_for_more_gpus_than_the_cluster_has_run_on_the_cpu(tmp_pat
     _same(ledger, local, on_cpu)
 
 
+@pytest.mark.parametrize("num_gpus", [float("inf"), True, float("nan"), 0])
+def test_num_gpus_that_is_no_count_of_gpus_is_refused(tmp_path, num_gpus):
+    """Found by stranger pass 57: ``num_gpus=inf`` (``--num-gpus inf``) and ``True`` were taken,
+    inf warned of as more GPUs than the cluster has and the registration went on, on the CPU."""
+    ledger = Ledger.init(tmp_path / "ledger")
+    (tmp_path / "a.jsonl").write_text(_lines(0, 3))
+    with pytest.raises(InvalidParameterError, match=re.escape(f"num_gpus must be a positive, finite number, got "
+                                                              f"{num_gpus!r}")):
+        register_dataset(ledger, "web", str(tmp_path / "a.jsonl"), num_gpus=num_gpus)
+    assert ledger.datasets(all_versions=True) == []
+    result = CliRunner().invoke(main, ["--ledger", str(tmp_path / "ledger"), "dataset", "add", "web",
+                                       str(tmp_path / "a.jsonl"), "--engine", "ray", "--num-gpus", "inf"])
+    assert result.exit_code == 4 and "num_gpus must be a positive, finite number, got inf" in result.output
+    assert ledger.datasets(all_versions=True) == []
+
+
 def test_ray_reads_a_bucket_as_the_local_path_reads_it(tmp_path):
     """The actors get the driver's AWS settings (endpoint, region, credentials) with their runtime
     environment, so the moto server started after Ray is what they read from too."""
@@ -301,6 +318,36 @@ def test_an_address_where_no_ray_listens_is_refused_at_once(tmp_path):
         assert done.returncode == 4  # the CLI's code for a ProvenanceError
         assert f"Error: cannot reach the Ray cluster at {address}: Connection refused" in done.stderr
     assert Ledger.open(tmp_path / "ledger").datasets(all_versions=True) == []
+
+
+@pytest.mark.parametrize(("address", "problem"), [
+    (":", "names no Ray cluster (no host)"),  # Ray printed a traceback of its own
+    ("ray://", "names no Ray cluster (no host)"),  # Ray waited 30 s for it
+    ("", "names no Ray cluster (no host)"),
+    ("ray://127.0.0.1:99999", "port '99999' is not a number from 1 to 65535"),  # said "Connection refused"
+    ("localhost:port", "port 'port' is not a number from 1 to 65535"),
+    ("http://127.0.0.1:8265", "is a dashboard's (for Ray job submission), not a cluster's address"),  # DNS of "http"
+])
+def test_an_address_that_names_no_cluster_is_refused_naming_it(tmp_path, address, problem):
+    """Found by stranger pass 57: such an address reached Ray (or, in a process connected to Ray,
+    was warned of as unused and the registration went on); it is refused before Ray is asked, by
+    the registration and the dedup audit alike, and the ledger is left as it was."""
+    from provenance.integrations.ray_dedup import audit_dedup
+
+    ledger = Ledger.init(tmp_path / "ledger")
+    (tmp_path / "a.jsonl").write_text(_lines(0, 3))
+    with pytest.raises(InvalidParameterError, match=re.escape(f"address {address!r} ") + ".*" + re.escape(problem)
+                       + r".*give auto, HOST:PORT .* or ray://HOST:PORT"):
+        register_dataset(ledger, "web", str(tmp_path / "a.jsonl"), address=address)
+    assert ledger.datasets(all_versions=True) == []
+    ledger.register_dataset("web", str(tmp_path / "a.jsonl"))
+    with pytest.raises(InvalidParameterError, match=re.escape(problem)):
+        audit_dedup(ledger, ["web"], address=address)
+    assert ledger.audits() == []
+    result = CliRunner().invoke(main, ["--ledger", str(tmp_path / "ledger"), "dataset", "add", "web2",
+                                       str(tmp_path / "a.jsonl"), "--engine", "ray", "--address", address])
+    assert result.exit_code == 4 and problem in result.output  # the code of a ProvenanceError
+    assert [d.name for d in ledger.datasets(all_versions=True)] == ["web"]
 
 
 def test_an_address_given_to_a_process_already_connected_to_ray_is_said_to_be_unused(tmp_path):

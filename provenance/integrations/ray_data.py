@@ -55,6 +55,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import socket
@@ -118,9 +119,11 @@ def register_dataset(ledger: Any, name: str, sources: Any, *, address: str | Non
         raise InvalidParameterError("the Ray engine reads files and object-storage URLs; register in-memory data "
                                     "with the local engine")
     check_text_ids(shards, opts.id_field)
+    check_address(address)
     check_count("num_cpus", num_cpus)
-    if num_gpus is not None and not (isinstance(num_gpus, (int, float)) and num_gpus > 0):
-        raise InvalidParameterError(f"num_gpus must be a positive number, got {num_gpus!r}")
+    if num_gpus is not None and not (isinstance(num_gpus, (int, float)) and not isinstance(num_gpus, bool)
+                                     and 0 < num_gpus < math.inf):
+        raise InvalidParameterError(f"num_gpus must be a positive, finite number, got {num_gpus!r}")
     check_staging(staging)
     progress = progress or NoProgress()
     _connect(address, num_cpus)
@@ -241,6 +244,34 @@ def check_count(name: str, value: Any) -> None:
     """Refuse an option ``name`` that is given and is not a positive integer (CPUs, partitions)."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise InvalidParameterError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_address(address: Any) -> None:
+    """Refuse an ``address`` that cannot name a Ray cluster (no host, a port that is not one, a
+    dashboard's ``http://``): Ray printed a traceback for some, waited 30 s for ``ray://``, and a
+    look-up of the host ``http`` said "Name or service not known". Another ``scheme://`` (a Ray
+    client builder's) and ``ray://HOST`` are left to Ray."""
+    if address is None:
+        return
+    forms = "give auto, HOST:PORT (the head node's GCS, port 6379 by default) or ray://HOST:PORT (Ray Client, port 10001)"
+    if not isinstance(address, str):
+        raise InvalidParameterError(f"address must be a string ({forms}), got {type(address).__name__}")
+    scheme, sep, rest = address.rpartition("://")
+    if scheme in ("http", "https"):
+        raise InvalidParameterError(f"address {address!r} is a dashboard's (for Ray job submission), not a cluster's "
+                                    f"address: {forms}")
+    if (sep and scheme != "ray") or (not sep and rest in ("auto", "local")) or (sep and rest and ":" not in rest):
+        return
+    host, colon, port = rest.rpartition(":")
+    if not colon:
+        problem = "no port" if rest else "no host"
+    elif not host.strip("[]"):
+        problem = "no host"
+    elif not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        problem = f"port {port!r} is not a number from 1 to 65535"
+    else:
+        return
+    raise InvalidParameterError(f"address {address!r} names no Ray cluster ({problem}): {forms}")
 
 
 def check_staging(staging: str | os.PathLike | None) -> None:

@@ -62,7 +62,7 @@ import pyarrow.compute as pc
 
 from provenance import audits
 from provenance.errors import InvalidParameterError, ProvenanceError
-from provenance.integrations.ray_data import _connect, check_count, check_staging, work_folder
+from provenance.integrations.ray_data import _connect, check_address, check_count, check_staging, work_folder
 from provenance.ledger.audit_pairs import window_order
 from provenance.results import DedupReport
 
@@ -98,6 +98,7 @@ def audit_dedup(ledger: Any, targets: Sequence[str], *, address: str | None = No
         raise InvalidParameterError(
             "the Ray engine audits a local ledger; through a ledger server, run the audit with the local engine "
             "(the server runs it) or run the Ray audit on the server's machine")
+    check_address(address)
     check_count("num_cpus", num_cpus)
     check_count("partitions", partitions)
     check_staging(staging)
