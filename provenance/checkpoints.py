@@ -288,6 +288,13 @@ def _read_config(folder: Path) -> dict:
         config = json.loads((folder / ADAPTER_CONFIG).read_text())
     except (OSError, ValueError) as exc:
         raise InvalidParameterError(f"{folder / ADAPTER_CONFIG}: not a readable adapter config ({exc})") from exc
+    if not isinstance(config, dict):
+        raise InvalidParameterError(f"{folder / ADAPTER_CONFIG}: not an adapter config (a JSON object), but a JSON "
+                                    f"{type(config).__name__}")
+    for field in ("rank_pattern", "alpha_pattern"):
+        if not isinstance(config.get(field) or {}, dict):
+            raise InvalidParameterError(f"{folder / ADAPTER_CONFIG}: {field} must map module names to numbers, got "
+                                        f"{config[field]!r:.60}")
     refused = adapter_refusal(config)
     if refused:
         raise InvalidParameterError(f"{folder}: {refused}")
@@ -318,6 +325,9 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
             f"{folder}: only adapter_model.bin, a pickle file, which is not read; save with safe_serialization=True"
         )
     with open_state(folder / ADAPTER_WEIGHTS) as state:
+        if not len(state):  # (committed, it made a version equal to its parent)
+            raise InvalidParameterError(f"{folder / ADAPTER_WEIGHTS} holds no tensors: there is no LoRA factor or "
+                                        "saved module to patch the base with")
         return {name: state.get(name) for name in state}
 
 
@@ -404,6 +414,13 @@ def _update(
     inner = module.removeprefix(PEFT_PREFIX)
     rank = _pattern_value(config.get("rank_pattern") or {}, inner, config.get("r", 8))
     alpha = _pattern_value(config.get("alpha_pattern") or {}, inner, config.get("lora_alpha", 8))
+    # (PEFT's LoraConfig refuses r <= 0; a hand-written config divided by zero, or compared "2" with 2)
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        raise InvalidParameterError(f"{folder / ADAPTER_CONFIG}: module {module!r} has rank {rank!r} (r or "
+                                    "rank_pattern): a LoRA rank is a positive integer")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
+        raise InvalidParameterError(f"{folder / ADAPTER_CONFIG}: module {module!r} has lora_alpha {alpha!r} "
+                                    "(lora_alpha or alpha_pattern): a finite number is needed")
     if lora_a.shape[0] != rank or lora_b.shape[1] != rank:
         raise InvalidParameterError(
             f"{folder}: module {module!r} has factors {tuple(lora_b.shape)} @ {tuple(lora_a.shape)} "

@@ -491,3 +491,42 @@ def test_a_checkpoint_written_to_while_a_commit_reads_it_is_refused(tmp_path: Pa
     v = ledger.commit(index, message="calm")
     shard_names = open_state(shard).names
     assert all(torch.equal(ledger.checkout(v)[n], t + 1 if n in shard_names else t) for n, t in before.items())
+
+
+_Q = "module 'base_model.model.model.q' has"
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"r": 0}, f"{_Q} rank 0 (r or rank_pattern): a LoRA rank is a positive integer"),
+        ({"r": 0, "use_rslora": True}, f"{_Q} rank 0 (r or rank_pattern)"),
+        ({"rank_pattern": {"q": 0}}, f"{_Q} rank 0 (r or rank_pattern)"),
+        ({"r": "2"}, f"{_Q} rank '2' (r or rank_pattern): a LoRA rank is a positive integer"),
+        ({"lora_alpha": "4"}, f"{_Q} lora_alpha '4' (lora_alpha or alpha_pattern): a finite number is needed"),
+        ({"lora_alpha": None}, f"{_Q} lora_alpha None (lora_alpha or alpha_pattern)"),
+        ({"rank_pattern": ["q"]}, "rank_pattern must map module names to numbers, got ['q']"),
+    ],
+)
+def test_a_config_rank_or_alpha_that_is_not_a_number_is_refused_by_name(tmp_path: Path, config: dict,
+                                                                         message: str) -> None:
+    """Stranger pass 60: r = 0 (or a rank_pattern of 0) raised ZeroDivisionError, lora_alpha "4" or
+    null a TypeError, and r "2" said the factors disagreed with "rank 2"."""
+    tensors = _factors("model.q", 6, 4, 0 if "rank 0" in message else 2, seed=14)
+    folder = _write_adapter(tmp_path / "a", _config(**config), tensors)
+    with pytest.raises(InvalidParameterError) as refused:
+        read_lora_adapter(folder, BASE)
+    assert str(refused.value).startswith(f"{folder / 'adapter_config.json'}: ") and message in str(refused.value)
+
+
+def test_an_adapter_config_or_weights_without_content_is_refused(tmp_path: Path) -> None:
+    """Stranger pass 60: a config that is a JSON list raised AttributeError; an adapter file with no
+    tensors committed a version equal to its parent."""
+    listed = _write_adapter(tmp_path / "list", [], _factors("model.q", 6, 4, 2, seed=15))
+    with pytest.raises(InvalidParameterError, match=r"adapter_config.json: not an adapter config \(a JSON object\), "
+                                                    "but a JSON list"):
+        read_lora_adapter(listed, BASE)
+    empty = _write_adapter(tmp_path / "empty", _config(), {})
+    with pytest.raises(InvalidParameterError, match=r"adapter_model.safetensors holds no tensors: there is no LoRA "
+                                                    "factor or saved module"):
+        read_lora_adapter(empty, BASE)

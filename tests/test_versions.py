@@ -758,3 +758,40 @@ def test_an_encoding_asked_for_that_cannot_reproduce_a_group_names_it(ledger):
     lora = ledger.commit({"w": state["w"], "bias": bias}, parent=v0, message="LoRA", encoding="auto",
                          low_rank={"w": (b, a, 0.5)})
     assert ledger.manifest(lora)["w"].encoding == "low_rank" and same_bits(ledger.checkout(lora)["w"], state["w"])
+
+
+def test_low_rank_factors_for_a_group_they_cannot_patch_are_refused_by_name(ledger):
+    """Stranger pass 60: factors given for a 1-D or 0-D group, for a group new in the version (a
+    root commit's among them) or for one whose shape changed were dropped without a word (the
+    group stored whole), while factors of the wrong shape for a 2-D group were refused. Each is
+    refused, naming the group, and nothing is committed."""
+    g = torch.Generator().manual_seed(60)
+    w, bias = torch.randn(6, 4, generator=g), torch.randn(6, generator=g)
+    b, a = torch.randn(6, 2, generator=g), torch.randn(2, 4, generator=g)
+    with pytest.raises(InvalidParameterError) as refused:
+        ledger.commit({"w": w}, message="root", low_rank={"w": (b, a, 1.0)})
+    assert str(refused.value) == ("low_rank factors given for parameter 'w', in a root commit: factors patch the "
+                                  "parent's value, and a new parameter is stored whole")
+    root = ledger.commit({"w": w, "bias": bias, "step": torch.tensor(1.0)}, message="root")
+    lora = apply_low_rank(w, b, a, 0.5)
+    cases = [
+        ({"w": lora, "bias": bias + 1, "step": torch.tensor(1.0)}, {"bias": (torch.ones(6, 1), torch.ones(1, 1), 1.0)},
+         "parameter 'bias': a low-rank patch needs a 2-D base, got shape (6,)"),
+        ({"w": lora, "bias": bias, "step": torch.tensor(2.0)}, {"step": (torch.ones(1, 1), torch.ones(1, 1), 1.0)},
+         "parameter 'step': a low-rank patch needs a 2-D base, got shape ()"),
+        ({"w": lora, "bias": bias, "step": torch.tensor(1.0), "new": lora}, {"new": (b, a, 0.5)},
+         f"low_rank factors given for parameter 'new', which the parent {root.version_id[:12]} does not have: "
+         "factors patch the parent's value, and a new parameter is stored whole"),
+        ({"w": torch.randn(7, 4, generator=g), "bias": bias, "step": torch.tensor(1.0)},
+         {"w": (torch.ones(7, 2), torch.ones(2, 4), 1.0)},
+         f"parameter 'w' is float32[7, 4] but float32[6, 4] in the parent {root.version_id[:12]}: a change of shape or "
+         "dtype is stored whole (encoding auto or full), not as low-rank factors"),
+    ]
+    for state, factors, message in cases:
+        with pytest.raises(InvalidParameterError) as refused:
+            ledger.commit(state, parent=root, message="m", low_rank=factors)
+        assert str(refused.value) == message
+    assert [v.version_id for v in ledger.versions()] == [root.version_id] and ledger.gc()["unreferenced"] == []
+    fine = ledger.commit({"w": lora, "bias": bias, "step": torch.tensor(1.0)}, parent=root, message="LoRA",
+                         low_rank={"w": (b, a, 0.5)})
+    assert ledger.manifest(fine)["w"].encoding == "low_rank" and same_bits(ledger.checkout(fine)["w"], lora)

@@ -155,6 +155,21 @@ def test_snapshot_policy_bounds_the_chain(ledger):
         SnapshotPolicy(every=0)
 
 
+@pytest.mark.parametrize(("options", "message"), [
+    ({"max_chain_ratio": "2"}, "snapshot max_chain_ratio must be a number > 0, got '2'"),
+    ({"max_chain_ratio": None}, "snapshot max_chain_ratio must be a number > 0, got None"),
+    ({"max_chain_ratio": float("nan")}, "snapshot max_chain_ratio must be a number > 0, got nan"),
+    ({"every": True}, "snapshot every must be a positive integer, got True"),
+])
+def test_a_snapshot_policy_of_the_wrong_type_is_refused_by_name(options, message):
+    """Stranger pass 60: a max_chain_ratio of "2" or None raised TypeError ('>' not supported),
+    and every=True was taken as every=1."""
+    with pytest.raises(InvalidParameterError) as refused:
+        SnapshotPolicy(**options)
+    assert str(refused.value) == message
+    assert SnapshotPolicy(every=2, max_chain_ratio=float("inf")).max_chain_ratio == float("inf")
+
+
 def _write_adapter(folder: Path, r: int, alpha: float, rslora: bool, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]):
     folder.mkdir()
     config = {"peft_type": "LORA", "r": r, "lora_alpha": alpha, "use_rslora": rslora, "use_dora": False,
@@ -236,6 +251,50 @@ def test_a_real_peft_adapter_checks_out_as_peft_merges_it(ledger, tmp_path):
     merged = wrapped.merge_and_unload().state_dict()
     out = ledger.checkout(version)
     assert ledger.manifest(version)["proj.weight"].encoding == "low_rank"
+    for name in merged:
+        torch.testing.assert_close(out[name], merged[name], rtol=1e-6, atol=1e-6)
+
+
+class _ResizedNet(torch.nn.Module):
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.embed_tokens = torch.nn.Embedding(vocab, 6)
+        self.proj = torch.nn.Linear(6, 6)
+
+    def get_input_embeddings(self) -> torch.nn.Module:  # what PEFT looks for to save the embedding layer
+        return self.embed_tokens
+
+    def get_output_embeddings(self) -> None:
+        return None
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_peft_adapter_of_a_resized_embedding_stores_the_embedding_whole(ledger, tmp_path):
+    """Stranger pass 60: a vocabulary resized before LoRA training, the embedding a LoRA target,
+    is saved by PEFT as the embedding's resized base layer and its factors; the commit refused it
+    ("target torch.float32(12, 6) does not match the parent torch.float32(10, 6)") where the same
+    resize in a state dict is stored whole."""
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)
+    model = _ResizedNet(10)
+    base = ledger.commit(model, message="base")
+    old = model.embed_tokens.weight.data
+    model.embed_tokens = torch.nn.Embedding(12, 6)
+    model.embed_tokens.weight.data[:10] = old
+    wrapped = peft.get_peft_model(model, peft.LoraConfig(r=2, lora_alpha=4, target_modules=["embed_tokens", "proj"]))
+    with torch.no_grad():
+        for name, parameter in wrapped.named_parameters():
+            if "lora_" in name:
+                parameter.normal_()
+    wrapped.save_pretrained(tmp_path / "adapter", save_embedding_layers=True)
+    with safe_open(tmp_path / "adapter" / "adapter_model.safetensors", "pt") as saved:
+        assert "base_model.model.embed_tokens.base_layer.weight" in saved.keys()
+    version = ledger.commit(tmp_path / "adapter", parent=base, message="resized vocabulary, LoRA")
+    manifest = ledger.manifest(version)
+    assert {n: (p.encoding, p.shape) for n, p in manifest.items()} == {
+        "embed_tokens.weight": ("full", [12, 6]), "proj.weight": ("low_rank", [6, 6]), "proj.bias": ("unchanged", [6])}
+    merged, out = wrapped.merge_and_unload().state_dict(), ledger.checkout(version)
+    assert sorted(out) == sorted(merged)
     for name in merged:
         torch.testing.assert_close(out[name], merged[name], rtol=1e-6, atol=1e-6)
 

@@ -29,6 +29,7 @@ folder), :mod:`.diffs` (:func:`diff`) and :mod:`.garbage` (:func:`gc`).
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -65,10 +66,12 @@ class SnapshotPolicy:
     max_chain_ratio: float = 1.0
 
     def __post_init__(self):
-        if not isinstance(self.every, int) or self.every < 1:
+        if not isinstance(self.every, int) or isinstance(self.every, bool) or self.every < 1:
             raise InvalidParameterError(f"snapshot every must be a positive integer, got {self.every!r}")
-        if not self.max_chain_ratio > 0:
-            raise InvalidParameterError(f"snapshot max_chain_ratio must be > 0, got {self.max_chain_ratio!r}")
+        # (a string or None raised TypeError comparing it with 0)
+        if (not isinstance(self.max_chain_ratio, numbers.Real) or isinstance(self.max_chain_ratio, bool)
+                or not self.max_chain_ratio > 0):
+            raise InvalidParameterError(f"snapshot max_chain_ratio must be a number > 0, got {self.max_chain_ratio!r}")
 
 
 def commit(
@@ -97,7 +100,8 @@ def commit(
     ``parent`` and stored as low-rank patches). Each parameter group is stored against ``parent``
     with ``encoding`` (``"auto"``: the smallest exact one, within the ``snapshot`` policy).
     ``low_rank`` gives, per parameter name, factors ``(B, A, scale)`` whose
-    ``base + scale * B @ A`` is the new value (e.g. a LoRA update); they are used when exact.
+    ``base + scale * B @ A`` is the new value (e.g. a LoRA update); they are used when exact, and
+    refused for a group that is not 2-D, that the parent lacks or whose shape or dtype changed.
     ``run`` names the running run that produced the state; the commit ends it. With
     ``sync=False`` objects are still written whole (temporary name, then rename) but not synced
     to the disk: about three times faster where the disk is slow, at the price that a power cut

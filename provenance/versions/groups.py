@@ -78,6 +78,10 @@ def _encode_group(history, store, parent_id, name, previous, value, encoding, lo
     if previous is None:  # a new parameter: stored whole
         if isinstance(value, AdapterUpdate):
             raise InvalidParameterError(f"LoRA update for {name!r}, which the parent does not have")
+        if name in low_rank:  # (the factors were dropped without a word)
+            why = f"which the parent {parent_id[:12]} does not have" if parent_id else "in a root commit"
+            raise InvalidParameterError(f"low_rank factors given for parameter {name!r}, {why}: factors patch the "
+                                        "parent's value, and a new parameter is stored whole")
         target = _check_tensor(name, value, allow_nonfinite)
         return encode(target, target, encoding="full"), target
     hints = {}
@@ -87,18 +91,13 @@ def _encode_group(history, store, parent_id, name, previous, value, encoding, lo
         with _naming(name):
             updated = apply_low_rank(start, value.b, value.a, value.scale)
         target = _check_tensor(name, updated, allow_nonfinite)
+        if _reshaped(name, target, previous, parent_id, encoding, low_rank):  # a resized embedding's saved base layer
+            return encode(target, target, encoding="full"), target
         if value.start is None:
             hints["low_rank"] = (value.b, value.a, value.scale)
     else:
         target = _check_tensor(name, value, allow_nonfinite)
-        if list(target.shape) != previous.shape or dtype_of(target) != previous.dtype:
-            # a resized embedding, a cast to half precision: no patch relates the two, so the new
-            # value is stored whole, as a new parameter is (and later patches build on it)
-            if encoding not in ("auto", "full"):
-                raise InvalidParameterError(
-                    f"parameter {name!r} is {dtype_of(target)}{list(target.shape)} but {previous.dtype}{previous.shape} "
-                    f"in the parent {parent_id[:12]}: a change of shape or dtype is stored whole (encoding auto or "
-                    f"full), not as {encoding!r}")
+        if _reshaped(name, target, previous, parent_id, encoding, low_rank):
             return encode(target, target, encoding="full"), target
         # A parent reached by sparse patches from its last full copy is not materialised (a copy
         # of the whole group): the changed elements are found against that copy, corrected where
@@ -118,6 +117,21 @@ def _encode_group(history, store, parent_id, name, previous, value, encoding, lo
         if depth + 1 > policy.every or chain_bytes + patch.nbytes > policy.max_chain_ratio * full_size:
             patch = encode(base, target, encoding="full")
     return patch, target
+
+
+def _reshaped(name, target, previous, parent_id, encoding, low_rank) -> bool:
+    """Whether ``target`` has another shape or dtype than the parent's group (a resized embedding,
+    a cast to half precision): no patch relates the two, so the new value is stored whole, as a
+    new parameter is (and later patches build on it); refused when another encoding or low-rank
+    factors were asked for."""
+    if list(target.shape) == previous.shape and dtype_of(target) == previous.dtype:
+        return False
+    if encoding not in ("auto", "full") or name in low_rank:
+        raise InvalidParameterError(
+            f"parameter {name!r} is {dtype_of(target)}{list(target.shape)} but {previous.dtype}{previous.shape} "
+            f"in the parent {parent_id[:12]}: a change of shape or dtype is stored whole (encoding auto or "
+            f"full), not as {'low-rank factors' if name in low_rank else repr(encoding)}")
+    return True
 
 
 @contextlib.contextmanager
