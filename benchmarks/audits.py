@@ -24,6 +24,11 @@ Parts (``--part``, default all):
   as variants of its own, ``all-far`` as variants near none of the first's), 25 evaluation texts (5 of them template variants); the gate
   without its span check (``ngram=0``), the memorization audit of 3 template texts and an
   unrelated one without its span check, each in a fresh subprocess.
+- ``spans``: the memorization audit's span check with many samples: ``--samples`` (1,000 and
+  4,000) samples, each a 30-word training document copied after three words of its own, against
+  those documents and 12,000 unrelated 30-word ones (one epoch), with ``span=20`` (the default,
+  50 words, is longer than these documents), in a fresh subprocess; the report's spans are hashed, so two checkouts' reports can be
+  compared.
 - ``store``: the ledger's file as stored audits come and go: the memorization audit above
   (8,000 variants, or the second of ``--variants``) stored twice, its pairs counted by
   ``audits()``, one audit's pairs deleted (``pairs_only``) and the other deleted whole, then a
@@ -34,7 +39,7 @@ with ``--dup`` (1%) of the documents near-copies of an earlier one at an estimat
 uniformly from [0.7, 1], inserted as one registered dataset of 100 shards with the band keys the
 fingerprint config stores. The accuracy of the audit on real text is ``benchmarks/audit_accuracy.py``.
 
-Usage: ``.venv/bin/python benchmarks/audits.py [--part dedup|lineage|taint|cluster|gate|store] [--docs 1000000]``
+Usage: ``.venv/bin/python benchmarks/audits.py [--part dedup|lineage|taint|cluster|gate|spans|store] [--docs 1000000]``
 """
 
 from __future__ import annotations
@@ -484,6 +489,49 @@ def part_gate(args, tmp: Path) -> list[str]:
     return lines
 
 
+SPANS_CHILD = r"""
+import hashlib, json, resource, sys, time
+from provenance import Ledger
+from provenance.memorization import audit_memorization
+ledger = Ledger.open(sys.argv[1])
+samples = json.loads(open(sys.argv[3]).read())
+t = time.perf_counter()
+r = audit_memorization(ledger, sys.argv[2], samples, store=False, span=20)
+spans = json.dumps([[(m.key, m.span_words, m.span_text) for m in x.matches] for x in r.samples])
+print(json.dumps({"seconds": time.perf_counter() - t,
+                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "matching": r.summary.samples_matching_training, "with_span": r.summary.samples_with_span,
+                  "spans": hashlib.sha256(spans.encode()).hexdigest()[:12]}))
+"""
+
+
+def part_spans(args, tmp: Path) -> list[str]:
+    import torch
+
+    from provenance import Ledger
+
+    lines = []
+    for n in args.samples:
+        copied = [" ".join(f"s{i}w{j}" for j in range(30)) for i in range(n)]
+        others = [" ".join(f"u{i}w{j}" for j in range(30)) for i in range(12_000)]
+        path = tmp / f"spans{n}.jsonl"
+        path.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(copied + others)))
+        root = tmp / f"spans{n}"
+        ledger = Ledger.init(root)
+        ledger.register_dataset("train", path, id_field="id")
+        with ledger.start_run(datasets=["train"], message="one epoch") as run:
+            version = run.commit({"w": torch.zeros(4)})
+        (tmp / f"samples{n}.json").write_text(json.dumps([f"the model wrote {t}" for t in reversed(copied)]))
+        out = subprocess.run([sys.executable, "-c", SPANS_CHILD, str(root), version.version_id,
+                              str(tmp / f"samples{n}.json")], capture_output=True, text=True, check=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(n, r, flush=True)
+        lines.append(f"| memorization, {n:,} samples each copying one of {n + 12_000:,} documents | "
+                     f"{r['seconds']:.1f} s | {r['peak_mib']:.0f} MiB | {r['matching']:,} matching, "
+                     f"{r['with_span']:,} with a span; spans {r['spans']} | |")
+    return lines
+
+
 STORE_CHILD = r"""
 import json, sys, time
 from provenance import Ledger
@@ -538,7 +586,8 @@ def part_store(args, tmp: Path) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["dedup", "lineage", "taint", "cluster", "gate", "store"], action="append")
+    parser.add_argument("--part", choices=["dedup", "lineage", "taint", "cluster", "gate", "spans", "store"],
+                        action="append")
     parser.add_argument("--variants", type=int, nargs="+", default=[2_000, 8_000, 20_000])
     parser.add_argument("--exact-variants", type=int, default=8_000,
                         help="cluster: the largest cluster audited with every pair compared as well")
@@ -555,13 +604,15 @@ def main() -> None:
                              "as near copies: 'all-near'; '-variants': as variants of the other's own; '-far': variants "
                              "near none of the first's)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--samples", type=int, nargs="+", default=[1_000, 4_000], help="spans: samples per audit")
     args = parser.parse_args()
     parts = args.part or ["dedup", "lineage", "taint", "cluster", "gate"]
     lines = []
     with tempfile.TemporaryDirectory(dir=Path.cwd() / "bench-data" if (Path.cwd() / "bench-data").is_dir() else None) as tmp:
         for part in parts:
             lines += {"dedup": part_dedup, "lineage": part_lineage, "taint": part_taint,
-                      "cluster": part_cluster, "gate": part_gate, "store": part_store}[part](args, Path(tmp))
+                      "cluster": part_cluster, "gate": part_gate, "spans": part_spans,
+                      "store": part_store}[part](args, Path(tmp))
             print(lines[-1], flush=True)
     print("\nresults")
     print("| measure | time | memory / size | detail | target |\n|---|---|---|---|---|")
