@@ -703,3 +703,20 @@ def test_duckdb_s_threads_read_a_shared_bucket_file_at_their_own_positions(s3):
     handle.seek(-4, 2)
     assert handle.read() == data[-4:] and handle.tell() == len(data)
     handle.close()
+
+
+def test_a_documents_prefix_named_with_glob_characters_reads_its_files(s3, tmp_path, corpus):
+    """A prefix such as ``s3://models/d [1]/docs *`` is a literal key, not a pattern: the files
+    written under it read back (DuckDB expanded it, matched nothing and raised a traceback)."""
+    url = f"s3://models/d [{next(_PREFIXES)}]/docs *"
+    ledger = Ledger.init(tmp_path / "globbed", documents=url)
+    shards = _corpus_files(tmp_path / "data", corpus)
+    assert ledger.register_dataset("p", shards, id_field="id", documents_as="parquet").dataset.n_documents == 40
+    (f,) = ledger.document_files()
+    assert f["path"].startswith(url + "/p/v1-")
+    opened = Ledger.open(ledger.root)
+    assert len(opened.documents("p@1")) == 40
+    result = CliRunner().invoke(main, ["--ledger", str(ledger.root), "sql", "SELECT count(*) AS n FROM documents",
+                                       "--json"])
+    assert result.exit_code == 0 and json.loads(result.output) == [{"n": 40}], result.output
+    assert opened.verify(objects=True).ok

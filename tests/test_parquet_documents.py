@@ -329,3 +329,25 @@ def test_cli_documents_as_parquet_and_gc(tmp_path, data_dir, write_jsonl, corpus
     assert json.loads(out.output)["documents_as"] == "parquet"
     out = runner.invoke(main, [*ledger_opt, "gc"])
     assert out.exit_code == 0 and "0 unlisted document folders" in out.output
+
+
+def test_a_ledger_folder_named_with_glob_characters_reads_its_parquet_rows(tmp_path, data_dir, write_jsonl, corpus):
+    """DuckDB expands ``[...]`` and ``*`` in a path it reads: in a folder named ``runs [1]`` the
+    registration's staged files matched nothing (a traceback, ``No files found``)."""
+    folder = "runs [1] *"
+    shards = _shards(data_dir, write_jsonl, corpus)
+    ledger = Ledger.init(tmp_path / folder)
+    ledger.register_dataset("t", shards, id_field="id", documents_as="table")
+    kept = ledger.register_dataset("p", shards, id_field="id", documents_as="parquet")
+    assert kept.dataset.n_documents == 40
+    again = ledger.register_dataset("p", [*shards, write_jsonl(data_dir / "c.jsonl", [{"id": "new", "text": "x y"}])],
+                                    id_field="id", documents_as="parquet")  # copies the unchanged shards' rows
+    assert again.dataset.n_documents == 41
+    opened = Ledger.open(tmp_path / folder)
+    assert _rows(opened, "p@1") == _rows(opened, "t@1") and len(_rows(opened, "p@2")) == 41
+    result = CliRunner().invoke(main, ["--ledger", str(tmp_path / folder), "sql",
+                                       "SELECT dataset_id, count(*) AS n FROM documents GROUP BY 1 ORDER BY 1", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == [{"dataset_id": "p@1", "n": 40}, {"dataset_id": "p@2", "n": 41},
+                                         {"dataset_id": "t@1", "n": 40}]
+    assert opened.verify(objects=True).ok

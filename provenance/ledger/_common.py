@@ -32,6 +32,15 @@ TMP_DIR = "tmp"
 EXACT_UNIT = "1152921504606846976::DOUBLE"
 
 
+def glob_literal(path: str) -> str:
+    """``path`` as a pattern of DuckDB's file readers (``read_parquet``) that matches only itself:
+    they expand ``*``, ``?`` and ``[...]`` everywhere in a path, so a ledger folder or a documents
+    prefix named ``runs [1]`` matched nothing (``No files found``) and ``a*`` matched ``ab`` too.
+    Each such character becomes a class of itself (``[[]``), read as that character by DuckDB's
+    local glob and by fsspec's (bucket files)."""
+    return "".join(f"[{c}]" if c in "[*?" else c for c in path)
+
+
 #: DuckDB's Python module registers an Arrow table through a scan function of the database's
 #: catalog, which opening and closing a connection or a cursor sets up and drops: a connection
 #: opened or closed in one thread while another registers a table (a training loop logging keys

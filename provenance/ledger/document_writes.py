@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from provenance.errors import InvalidParameterError
 from provenance.files import xxh3_file
-from provenance.ledger._common import _now, quote_identifier, register, unregister
+from provenance.ledger._common import _now, glob_literal, quote_identifier, register, unregister
 from provenance.ledger.staging import DocumentStage
 from provenance.records import DatasetRecord, ShardRecord
 
@@ -115,7 +115,7 @@ class DocumentWrites:
         ``NAME/TAG`` of the ledger's document store (renamed, or uploaded to its bucket) and list
         them in ``document_files``. The folder is removed if the transaction rolls back; one left
         by a process killed before its commit is listed by ``prov gc``."""
-        pattern = (tmp / "*.parquet").as_posix()
+        pattern = glob_literal(tmp.as_posix()) + "/*.parquet"
         counts = {Path(f).name: (int(n), lo, hi) for f, n, lo, hi in self._con.execute(
             "SELECT filename, count(*), min(doc_id), max(doc_id) FROM read_parquet(?, filename = true) GROUP BY 1",
             [pattern]).fetchall()}
@@ -155,7 +155,7 @@ class DocumentWrites:
             if stage.close():
                 cols = ", ".join(quote_identifier(c) for c in stage.columns)
                 parts.append(f"SELECT {cols} FROM read_parquet(?)")
-                params.append(str(stage.path))
+                params.append(glob_literal(str(stage.path)))
             for source, dataset_id, shard_index, first_id in copies:
                 parts.append(_COPY_SELECT)
                 params += [first_id, dataset_id, shard_index, source.dataset_id, source.shard_index]
@@ -204,14 +204,15 @@ class DocumentWrites:
         offsets = pa.table({"shard_index": pa.array(list(first_ids), pa.int32()),
                             "first_id": pa.array(list(first_ids.values()), pa.int64())})
         register(self._con, "provenance_part_offsets", offsets)
+        patterns = [glob_literal(str(p)) for p in parts]
         try:
             found = dict(self._con.execute(
-                "SELECT shard_index, count(*) FROM read_parquet(?) GROUP BY shard_index", [list(parts)]).fetchall())
+                "SELECT shard_index, count(*) FROM read_parquet(?) GROUP BY shard_index", [patterns]).fetchall())
             self._put_documents(
                 """SELECT p.doc_id + o.first_id AS doc_id, ? AS dataset_id, p.shard_index, p.row_index, p.line, p.key,
                           p.exact_hash, p.token_count, p.n_bytes, p.signature, p.band_keys
                    FROM read_parquet(?) p JOIN provenance_part_offsets o ON p.shard_index = o.shard_index""",
-                [dataset_id, list(parts)], dataset_id, sum(found.values()))
+                [dataset_id, patterns], dataset_id, sum(found.values()))
         finally:
             unregister(self._con, "provenance_part_offsets")
         return {int(k): int(v) for k, v in found.items()}

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import duckdb
 
-from provenance.ledger._common import quote_identifier
+from provenance.ledger._common import glob_literal, quote_identifier
 from provenance.ledger.document_store import DocumentStore, Unreadable
 
 #: Up to this many datasets kept as Parquet, the documents view reads each in a branch of its own
@@ -87,6 +87,7 @@ class DocumentsView:
         files (so a query can read the view, and nothing else on the disk)."""
         self._documents_view(con)
         places = {str(self.documents_path) + os.sep, self._document_store_on(con).where}
+        places |= {glob_literal(p) for p in places}  # the view reads them as such patterns (and then as found)
         con.execute(f"SET allowed_directories = [{', '.join(_sql_string(p) for p in sorted(places))}]")
         con.execute("SET enable_external_access = false")
 
@@ -127,7 +128,7 @@ class DocumentsView:
             for paths in good.values():
                 for path in list(paths):
                     try:
-                        con.execute(f"SELECT 1 FROM read_parquet({_sql_string(store.location(path))}) LIMIT 0")
+                        con.execute(f"SELECT 1 FROM read_parquet({_sql_string(glob_literal(store.location(path)))}) LIMIT 0")
                     except duckdb.Error as exc:
                         paths.remove(path)
                         broken[path] = f"unreadable as Parquet ({str(exc).splitlines()[0]})"
@@ -140,7 +141,7 @@ class DocumentsView:
         stand-in row that raises for each of ``broken`` (path -> problem)."""
         parts = [f"SELECT * FROM {self.documents_table(con)}"]
         store = self._document_store_on(con)
-        quoted = {d: [_sql_string(store.location(p)) for p in paths] for d, paths in good.items()}
+        quoted = {d: [_sql_string(glob_literal(store.location(p))) for p in paths] for d, paths in good.items()}
         if len(quoted) <= _DATASET_BRANCHES:  # the dataset as a constant: a query of another skips its files
             for dataset_id, paths in quoted.items():
                 parts.append(f"SELECT doc_id, {_sql_string(dataset_id)} AS dataset_id, {_OTHER_COLUMNS} "
