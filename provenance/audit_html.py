@@ -196,10 +196,12 @@ def _retraction(r: dict[str, Any]) -> dict[str, Any]:
     release tags it carries, and the version made for it when applied."""
     made = {x["version_id"]: x for x in r.get("results") or []}
     docs = r.get("documents") or []
+    whole = sum(d.get("doc_id") is None for d in docs)  # a whole dataset or shard: one row, "documents: 1" said
     return {
         "title": f"Retraction {r['retraction_id']} of {r['target']}",
         "summary": {"reason": r["reason"], "author": r.get("author") or "", "near": r.get("near") or "",
-                    "documents": len(docs), "tainted versions": len(r["steps"]), "applied": len(made),
+                    "documents": len(docs) - whole, **({"whole datasets and shards": whole} if whole else {}),
+                    "tainted versions": len(r["steps"]), "applied": len(made),
                     "releases touched": ", ".join(sorted({t for s in r["steps"] for t in s["tags"]})) or "none"},
         "alerts": [f"{s['version_id'][:12]} ({', '.join(s['tags'])}) needs retraining: {s['why']}"
                    for s in r["steps"] if s["action"] == "retrain" and s["tags"]],

@@ -503,3 +503,16 @@ def test_a_failed_write_keeps_the_old_page_and_no_temporary_file(tmp_path, monke
         write_html({"title": "new"}, target)
     assert "<h1>old</h1>" in target.read_text(encoding="utf-8")
     assert os.listdir(tmp_path) == ["audit.html"]
+
+
+def test_a_cell_with_a_very_long_word_may_break_it_anywhere():
+    """A cell holding one 10,000-character word (a document key) set the table's width, and the
+    page scrolled sideways by 115,000 pixels: such a cell, and only such, may break anywhere
+    (stranger pass 65; Chromium measures it in test_report_pages)."""
+    long = "k" * 10_000
+    page = render_html({"title": "t", "tables": [{"columns": ["key", "n"], "rows": [[long, 3], ["short key", 4],
+                                                                                  ["x" * 41, 5], ["x" * 40, 6]]}]})
+    cells = re.findall(r"<td([^>]*)>([^<]*)</td>", page)
+    assert cells == [(' class="long"', long), (' class="num"', "3"), ("", "short key"), (' class="num"', "4"),
+                     (' class="long"', "x" * 41), (' class="num"', "5"), ("", "x" * 40), (' class="num"', "6")]
+    assert "td.long{overflow-wrap:anywhere" in page and "h1,.subtitle,.alerts,.note{overflow-wrap:anywhere}" in page
