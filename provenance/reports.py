@@ -42,7 +42,7 @@ table{border-collapse:collapse;font-size:14px}
 th,td{padding:4px 10px;text-align:left;border-bottom:1px solid #d0d7de;vertical-align:top}
 thead th{border-bottom:2px solid #8c959f}tbody tr:nth-child(even){background:#f6f8fa}
 td.num{text-align:right;font-variant-numeric:tabular-nums}td.long{overflow-wrap:anywhere;min-width:12em}
-h1,.subtitle,.alerts,.note{overflow-wrap:anywhere}
+h1,h2,.subtitle,.alerts,.note,.legend{overflow-wrap:anywhere}
 .badge{display:inline-block;padding:0 8px;border-radius:10px;color:#fff;font-weight:600}
 .ok{background:#1a7f37}.bad{background:#cf222e}.neutral{background:#6e7781}
 svg{max-width:100%;height:auto;font-size:11px;fill:#1f2328}

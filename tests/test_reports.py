@@ -515,4 +515,4 @@ def test_a_cell_with_a_very_long_word_may_break_it_anywhere():
     cells = re.findall(r"<td([^>]*)>([^<]*)</td>", page)
     assert cells == [(' class="long"', long), (' class="num"', "3"), ("", "short key"), (' class="num"', "4"),
                      (' class="long"', "x" * 41), (' class="num"', "5"), ("", "x" * 40), (' class="num"', "6")]
-    assert "td.long{overflow-wrap:anywhere" in page and "h1,.subtitle,.alerts,.note{overflow-wrap:anywhere}" in page
+    assert "td.long{overflow-wrap:anywhere" in page and "h1,h2,.subtitle,.alerts,.note,.legend{overflow-wrap:anywhere}" in page
