@@ -232,7 +232,7 @@ def audit_memorization_cmd(obj: Context, ref: str, samples_file: str, threshold:
 
     ledger = audit_ledger(obj, no_store)
     html_path = ledger.output_path(html_file) if html_file else None
-    if html_path is not None and samples_file != "-" and _same_file(html_path, samples_file):
+    if html_path is not None and samples_file != "-" and same_file(html_path, samples_file):
         raise click.UsageError(f"--html and --samples name the same file {samples_file!r}: the page would replace "
                                "the samples")
     samples = read_stdin_samples(sys.stdin.buffer) if samples_file == "-" else samples_file
@@ -244,7 +244,7 @@ def audit_memorization_cmd(obj: Context, ref: str, samples_file: str, threshold:
     _not_stored(no_store, as_json)
 
 
-def _same_file(a: Any, b: Any) -> bool:
+def same_file(a: Any, b: Any) -> bool:
     """Whether paths ``a`` and ``b`` are one file (through a link or another spelling)."""
     try:
         return os.path.samefile(a, b)

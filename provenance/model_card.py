@@ -31,7 +31,7 @@ from typing import Any
 
 from provenance.errors import InvalidParameterError, NotFoundError
 from provenance.ledger import LedgerStore
-from provenance.plain import counted
+from provenance.plain import counted, printable
 from provenance.records import VersionRecord
 from provenance.results import LicenseSummary, Lineage
 
@@ -49,6 +49,12 @@ HUB_LICENSES = frozenset({
 _HUB_SPELLING = {"odbl-1.0": "odbl", "odc-by-1.0": "odc-by", "pddl-1.0": "pddl"}
 #: How many versions without a run, or unregistered inputs, the card names before "and N more".
 LISTED = 10
+#: Markdown's inline marks, and what starts a heading, a list or a rule at the start of a line.
+_MD_MARK = re.compile(r"([\\`*_\[\]|~])")
+_MD_LINE_START = re.compile(r"^(\d*)([#+=.)-])", re.M)
+#: Bidirectional embeddings, overrides and isolates, shown as ``\\u202e``: an author's U+202E
+#: turned the rest of its paragraph (the card's own words, a retraction's id) right to left.
+_BIDI = {c: f"\\u{c:04x}" for c in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]}
 _HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 
 
@@ -189,9 +195,14 @@ def _listed(items: list[str], version: str) -> str:
 def _plain(text: str, lines: bool = False) -> str:
     """Free text a person wrote (a commit message, an author, a retraction's reason) as it reads:
     ``&``, ``<`` and ``>`` as entities, so that an ``<!--`` or a ``<details>`` in a message does
-    not hide the rest of the card, on one line unless ``lines`` (a paragraph of the card)."""
+    not hide the rest of the card; Markdown's marks backslash-escaped, so that a line of three
+    backticks does not open a code block holding the rest of the card (its data and licence), a
+    ``---`` line does not make the message a heading and a lone backtick does not pair with the
+    next version id's; control characters as ``\\xNN`` and bidirectional controls as ``\\u202e``;
+    on one line unless ``lines`` (a paragraph of the card)."""
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return text.strip() if lines else " ".join(text.split())
+    text = "\n".join(line.strip() for line in text.strip().splitlines()) if lines else " ".join(text.split())
+    return _MD_LINE_START.sub(r"\1\\\2", _MD_MARK.sub(r"\\\1", printable(text).translate(_BIDI)))
 
 
 def _code(text: str) -> str:
@@ -213,6 +224,8 @@ def _licence(summary: LicenseSummary, license_id: str | None, unlicensed: list[s
                      f" {', '.join(summary.licenses)}"
                      + (", and some of it under no known licence" if unlicensed else "")
                      + f"; the card's licence is `{license_id}`.")
+    else:  # data is recorded, none of it under a licence: the section said nothing above its list
+        lines.append(f"No licence is recorded for the training data; the card's licence is `{license_id}`.")
     conditions = [
         ("Non-commercial", summary.non_commercial, "their licences forbid commercial use"),
         ("Share-alike", summary.share_alike, "derivatives may have to be shared under the same licence"),

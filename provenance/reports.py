@@ -1,7 +1,8 @@
 """Audit reports as one self-contained HTML page: summary, alerts, tables and inline SVG plots.
 
 A report is a JSON-able dict (see :func:`render_html`). The page needs nothing outside itself:
-no scripts, no external styles or fonts, no network. Every text value is HTML-escaped, and the
+no scripts, no external styles or fonts, no network. Every text value is HTML-escaped, a word too
+long for its table cell (a document key) breaks there instead of widening the page, and the
 same report always renders to the same bytes. Plots are inline SVG drawn by
 :mod:`provenance.plots`.
 """
@@ -24,6 +25,7 @@ from provenance.plots import svg_figure as _plot
 
 MAX_ROWS = 200  # rows shown per table
 MAX_JSON_BYTES = 200_000  # bytes of the embedded JSON report shown
+LONG_WORD = 40  # characters of a word in a table cell beyond which the cell may break it anywhere
 
 _GOOD = {"pass", "passed", "ok", "success", "succeeded", "yes", "true"}
 _BAD = {"fail", "failed", "error", "broken", "no", "false"}
@@ -39,7 +41,8 @@ h1{font-size:1.6em;margin:0 0 4px}h2{font-size:1.2em;margin:28px 0 8px}
 table{border-collapse:collapse;font-size:14px}
 th,td{padding:4px 10px;text-align:left;border-bottom:1px solid #d0d7de;vertical-align:top}
 thead th{border-bottom:2px solid #8c959f}tbody tr:nth-child(even){background:#f6f8fa}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.num{text-align:right;font-variant-numeric:tabular-nums}td.long{overflow-wrap:anywhere;min-width:12em}
+h1,h2,.subtitle,.alerts,.note,.legend{overflow-wrap:anywhere}
 .badge{display:inline-block;padding:0 8px;border-radius:10px;color:#fff;font-weight:600}
 .ok{background:#1a7f37}.bad{background:#cf222e}.neutral{background:#6e7781}
 svg{max-width:100%;height:auto;font-size:11px;fill:#1f2328}
@@ -119,10 +122,16 @@ def _summary_cell(key: Any, value: Any) -> str:
 
 
 def _cell(value: Any) -> str:
-    """A table cell; numbers (and percentages written as text) right-aligned."""
+    """A table cell; numbers (and percentages written as text) right-aligned; a text with a word
+    longer than :data:`LONG_WORD` characters may break anywhere (a document key of one 10,000-character
+    word made the page scroll sideways by 115,000 pixels)."""
     numeric = isinstance(value, numbers.Real) and not isinstance(value, bool) or (
         isinstance(value, str) and re.fullmatch(r"-?[\d,]*\.?\d+%", value) is not None)
-    return f'<td class="num">{_e(_text(value))}</td>' if numeric else f"<td>{_e(_text(value))}</td>"
+    text = _text(value)
+    if numeric:
+        return f'<td class="num">{_e(text)}</td>'
+    long = any(len(word) > LONG_WORD for word in text.split())
+    return f'<td class="long">{_e(text)}</td>' if long else f"<td>{_e(text)}</td>"
 
 
 def _table(index: int, table: Any) -> str:

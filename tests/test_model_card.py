@@ -292,3 +292,50 @@ def test_remote_card_and_checkout_hf_refusal(tmp_path_factory, data_dir, write_j
         with pytest.raises(InvalidParameterError, match="not available through a ledger server: it does not serve "
                                                         "a version's stored files"):
             remote.checkout_hf(v, tmp_path / "out")
+
+
+def test_markdown_in_free_text_is_shown_as_written_and_hides_nothing(ledger, data_dir, write_jsonl):
+    """A commit message with a line of three backticks opened a code block that held the rest of
+    the card (its data, licence and audits), a ``---`` line under a message made it a heading, a
+    lone backtick in a root's message paired with the next version id's, and an ESC in an author
+    went into README.md as it was, and a U+202E in a retraction's reason turned the rest of its
+    paragraph, the retraction's id included, right to left (stranger pass 65). Read back with a CommonMark parser."""
+    mdit = pytest.importorskip("markdown_it")
+    write_jsonl(data_dir / "c.jsonl", [{"id": f"c{i}", "text": words(i)} for i in range(4)])
+    ledger.register_dataset("c", data_dir / "c.jsonl", id_field="id", license="MIT")
+    base = ledger.commit({"w": torch.zeros(2)}, message="import `old")
+    root2 = ledger.commit({"w": torch.ones(2)}, message="second root")
+    merged = ledger.merge([base, root2], method="average", message="merge")
+    with ledger.start_run(base=merged, datasets=["c"], message="fix the loader\n    ```python\nprint(1)\n---\n# not a heading\n"
+                          "1. not a list | [x](javascript:alert(1)) *a*", author="Ann \x1b[2J") as run:
+        v = run.commit({"w": torch.ones(2)})
+    rid = ledger.retract(dataset="c", key="c1", reason="asked \u202eby the author")["retraction_id"]
+    text = ledger.model_card(v).text
+    md = mdit.MarkdownIt("commonmark").enable("table")
+    tokens = md.parse(text)
+    headings = [tokens[i + 1].content for i, t in enumerate(tokens) if t.type == "heading_open"]
+    assert headings == [f"Model version {v.version_id[:12]}", "Base model", "Training data", "Licence", "Audits",
+                        "Pre-merge gate", "Duplicates and memorization"]
+    assert not [t for t in tokens if t.type in ("fence", "code_block")]
+    rendered = md.render(text)
+    assert ("<p>fix the loader\n```python\nprint(1)\n---\n# not a heading\n1. not a list | [x](javascript:alert(1)) "
+            "*a*</p>") in rendered
+    assert (f"The lineage starts at versions <code>{base.version_id[:12]}</code> (import `old), "
+            f"<code>{root2.version_id[:12]}</code> (second root).") in rendered
+    assert "\x1b" not in text and " by Ann \\\\x1b\\[2J. " in text and "by Ann \\x1b[2J. " in rendered
+    assert "The training data is under MIT." in rendered
+    assert "\u202e" not in text and f"c c1 (asked \\u202eby the author; retraction <code>{rid[:12]}</code>)" in rendered
+
+
+def test_training_data_of_no_licence_is_said_in_the_licence_section(ledger, data_dir, write_jsonl):
+    """Data recorded, none of it under a licence: the Licence section had no sentence, only a blank
+    line above its list (stranger pass 65)."""
+    write_jsonl(data_dir / "c.jsonl", [{"id": f"c{i}", "text": words(i)} for i in range(3)])
+    ledger.register_dataset("c", data_dir / "c.jsonl", id_field="id")
+    with ledger.start_run(datasets=["c"], message="r") as run:
+        v = run.commit({"w": torch.ones(2)})
+    card = ledger.model_card(v)
+    assert card.data.license == "unknown" and card.data.datasets == ["c@1"]
+    section = card.text.split("## Licence\n\n", 1)[1].split("\n\n## ", 1)[0]
+    assert section == ("No licence is recorded for the training data; the card's licence is `unknown`.\n\n"
+                       "- **Unknown licence**: c@1 (no licence is recorded, or its conditions are unknown).")

@@ -200,3 +200,20 @@ def test_memorization_page_shows_the_shared_span(reports, tmp_path):
     assert by[2][0]["span_words"] == 25 and by[2][0]["span_text"] == " ".join(words(7).split()[:25])
     text = write_report(reports["memorization"], tmp_path / "m.html").read_text()
     assert f"<td>{by[2][0]['span_text']}</td>" in text and f"<td>{words(3)}</td>" in text
+
+
+def test_a_word_of_ten_thousand_characters_does_not_make_the_page_scroll_sideways(chromium, tmp_path):
+    """A document key (or a title, an alert, a plot's title or series) of one 10,000-character word made the dedup,
+    memorization and retraction pages scroll sideways by 115,000 pixels (stranger pass 65)."""
+    from provenance.reports import write_html
+
+    long = "k" * 10_000
+    page = write_html({"title": f"Retraction of a@1 {long}", "subtitle": long, "alerts": [f"not verified: {long}"],
+                       "summary": {"documents": 3, "reason": long},
+                       "tables": [{"columns": ["dataset", "key", "near-copies"], "rows": [["a@1", long, 3], ["a@1", "k1", 2]],
+                                   "note": long}],
+                       "plots": [{"kind": "line", "title": long, "series": [{"name": long, "points": [[0, 1], [1, 2]]},
+                                                                            {"name": "b", "points": [[0, 2]]}]}]},
+                      tmp_path / "long.html")
+    check, _ = _render(chromium, page, tmp_path)
+    assert check["scroll_width"] <= check["client_width"] and check["client_width"] > 1200

@@ -503,3 +503,34 @@ def test_a_failed_write_keeps_the_old_page_and_no_temporary_file(tmp_path, monke
         write_html({"title": "new"}, target)
     assert "<h1>old</h1>" in target.read_text(encoding="utf-8")
     assert os.listdir(tmp_path) == ["audit.html"]
+
+
+def test_a_cell_with_a_very_long_word_may_break_it_anywhere():
+    """A cell holding one 10,000-character word (a document key) set the table's width, and the
+    page scrolled sideways by 115,000 pixels: such a cell, and only such, may break anywhere
+    (stranger pass 65; Chromium measures it in test_report_pages)."""
+    long = "k" * 10_000
+    page = render_html({"title": "t", "tables": [{"columns": ["key", "n"], "rows": [[long, 3], ["short key", 4],
+                                                                                  ["x" * 41, 5], ["x" * 40, 6]]}]})
+    cells = re.findall(r"<td([^>]*)>([^<]*)</td>", page)
+    assert cells == [(' class="long"', long), (' class="num"', "3"), ("", "short key"), (' class="num"', "4"),
+                     (' class="long"', "x" * 41), (' class="num"', "5"), ("", "x" * 40), (' class="num"', "6")]
+    assert "td.long{overflow-wrap:anywhere" in page and "h1,h2,.subtitle,.alerts,.note,.legend{overflow-wrap:anywhere}" in page
+
+
+def test_memorization_page_draws_a_dot_per_distinct_point_not_per_match(tmp_path):
+    """Ten samples of a template reaching 5,000 variants drew 50,000 circles, a 9.5 MB page (it
+    grows with samples times matches, where the table stops at 200 rows); estimates take k + 1
+    values, so distinct points stay few (stranger pass 65)."""
+    from provenance.audit_html import write_report
+
+    matches = [{"dataset_id": "t@1", "key": f"k{i}", "jaccard": 1.0 if i % 2 else 0.96875, "span_words": 0,
+                "span_text": "", "exposure": 2.0} for i in range(500)]
+    report = {"kind": "memorization", "audit_id": "a" * 32, "created_at": "2026-01-01T00:00:00Z", "version": "b" * 32,
+              "threshold": 0.8, "span": 50, "summary": {"samples": 10, "samples_matching_training": 10},
+              "samples": [{"index": i, "matches": matches} for i in range(10)]}
+    page = write_report(report, tmp_path / "m.html").read_text(encoding="utf-8")
+    dots = re.findall(r'<circle class="dot"[^>]*><title>([^<]*)</title>', page)
+    assert dots == ["estimated Jaccard = 0.96875, exposure (times training saw the document and its near-copies) = 2",
+                    "estimated Jaccard = 1, exposure (times training saw the document and its near-copies) = 2"]
+    assert "Showing the first 200 of 5000 rows" in page

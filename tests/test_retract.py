@@ -1044,3 +1044,38 @@ def test_the_tag_of_a_replacement_stays_a_tag_prov_tag_can_move(contributors):
     assert moved.exit_code == 0, moved.output
     assert ledger.version(long[:105] + f"+retracted-{rid}").version_id == v["b"].version_id
     assert ledger.version(f"release-1+retracted-{rid}").tags == [f"release-1+retracted-{rid}"]  # short ones whole
+
+
+def test_an_html_page_over_the_text_or_the_samples_is_refused_before_anything_is_recorded(contributors, tmp_path):
+    """`prov retract --text doc.txt --html doc.txt` recorded the retraction and wrote its page over
+    the document's text, and `prov audit retraction --samples s.txt --html s.txt` over the samples
+    (stranger pass 65); `prov audit memorization` refused the same already."""
+    ledger, _ = contributors
+    base = ["--ledger", str(ledger.root)]
+    doc = tmp_path / "doc.txt"
+    doc.write_text("a private letter number 1\n", encoding="utf-8")
+    out = CliRunner().invoke(main, [*base, "retract", "--text", str(doc), "--reason", "asked", "--html",
+                                    str(tmp_path / "." / "doc.txt")])
+    assert out.exit_code == 2 and f"--html and --text name the same file {str(doc)!r}: the page would replace" in out.output
+    assert doc.read_text(encoding="utf-8") == "a private letter number 1\n" and ledger.retractions() == []
+    rid = ledger.retract(dataset="private", key="x1", reason="withdrawn")["retraction_id"]
+    out = CliRunner().invoke(main, [*base, "audit", "retraction", rid, "--samples", str(doc), "--html", str(doc)])
+    assert out.exit_code == 2 and f"--html and --samples name the same file {str(doc)!r}: the page would" in out.output
+    assert doc.read_text(encoding="utf-8") == "a private letter number 1\n"
+
+
+def test_the_plan_page_counts_documents_and_whole_datasets_apart(contributors, tmp_path):
+    """The plan's page said "documents: 1" for a retraction of a whole dataset of four documents,
+    and of a shard (stranger pass 65)."""
+    from provenance.audit_html import write_report
+
+    ledger, _ = contributors
+
+    def summary(record):
+        page = write_report({**record, "kind": "retraction"}, tmp_path / "plan.html").read_text(encoding="utf-8")
+        return dict(re.findall(r"<tr><th>([^<]*)</th><td[^>]*>([^<]*)</td></tr>", page))
+
+    whole = summary(ledger.retract(dataset="private", reason="withdrawn"))
+    assert (whole["documents"], whole["whole datasets and shards"]) == ("0", "1")
+    keys = summary(ledger.retract(dataset="private", key="x1", reason="one letter"))
+    assert keys["documents"] == "1" and "whole datasets and shards" not in keys
