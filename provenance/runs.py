@@ -78,7 +78,24 @@ def stored_params(params: Mapping[str, Any] | None, sender: Emitter | None, mess
         json.dumps(stored, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidParameterError(f"run params must be JSON values: {exc}") from None
+    _check_text(stored, "")
     return stored
+
+
+def _check_text(value: Any, where: str) -> None:
+    """Refuse a param's name or text that is not UTF-8, naming it: an unpaired surrogate was stored
+    (escaped) and read back as itself, so the run's record could not be sent as JSON, and a server
+    answered every ``GET /runs`` with a 500 from then on."""
+    if isinstance(value, str):
+        check_utf8(value, f"run param {where!r}")
+    elif isinstance(value, Mapping):
+        for name, item in value.items():
+            if isinstance(name, str):  # JSON writes a number as its text
+                check_utf8(name, f"the name of run param {name!r}")
+            _check_text(item, f"{where}.{name}" if where else name)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_text(item, f"{where}[{i}]")
 
 
 def start_run(
@@ -112,8 +129,9 @@ def start_run(
     check_utf8(message, "the run's message")  # bytes that are not UTF-8 ($PROV_AUTHOR, an argument): a traceback
     if author is not None:
         check_utf8(author, "the run's author")
-    if not isinstance(flush_every, int) or flush_every < 1:
-        raise InvalidParameterError(f"flush_every must be a positive integer, got {flush_every!r}")
+    if host is not None:  # a server is told its client's host: one not UTF-8 was a 500
+        check_utf8(host, "the run's host")
+    check_flush_every(flush_every)
     if pid is not None and (isinstance(pid, bool) or not isinstance(pid, (int, np.integer)) or not 0 <= pid < 2**31):
         raise InvalidParameterError(f"pid must be a process id from 0 to 2**31 - 1 (0: no owner), got {pid!r}")
     params_json = json.dumps(stored_params(params, openlineage, message), sort_keys=True, allow_nan=False)
@@ -127,15 +145,24 @@ def start_run(
             run_id=run_id.hexdigest(), base_version=base_id, message=message, author=author,
             params=json.loads(params_json), status="running", started_at=started, host=host, pid=pid, datasets=declared,
         )
+        # a process is watched only on this machine: a server told of a job on another host looked its
+        # pid up here, and a later run from that host marked a live run abandoned
+        here = host == socket.gethostname()
         with ledger.transaction() as tx:
             for rid, rhost, rpid in tx.running_runs():
-                if rhost == host and rpid and not process_alive(rpid):
+                if here and rhost == host and rpid and not process_alive(rpid):
                     tx.end_run(rid, "failed", error=f"abandoned: process {rpid} exited without ending the run")
             tx.insert_run(record)
     run = Run(ledger, record, flush_every, owned=not detached, openlineage=openlineage)
     if openlineage is not None:
         openlineage.start(ledger, record, wait=detached)  # a detached run's end is another process's
     return run
+
+
+def check_flush_every(flush_every: Any) -> None:
+    """Refuse a ``flush_every`` that is not a positive integer (a server's client took 0 and 2.5)."""
+    if isinstance(flush_every, bool) or not isinstance(flush_every, (int, np.integer)) or flush_every < 1:
+        raise InvalidParameterError(f"flush_every must be a positive integer, got {flush_every!r}")
 
 
 def declared_items(datasets: Any) -> list[tuple[Any, float]]:
@@ -322,10 +349,14 @@ class Run:
             return 0
         n = self._pending
         lengths = np.fromiter((len(k) for k in self._keys), np.int64, len(self._keys))
-        if all(isinstance(k, list) for k in self._keys):
-            keys = pa.array(list(itertools.chain.from_iterable(self._keys)), pa.string())
-        else:
-            keys = pa.concat_arrays([k if isinstance(k, pa.Array) else pa.array(k, pa.string()) for k in self._keys])
+        try:
+            if all(isinstance(k, list) for k in self._keys):
+                keys = pa.array(list(itertools.chain.from_iterable(self._keys)), pa.string())
+            else:
+                keys = pa.concat_arrays([k if isinstance(k, pa.Array) else pa.array(k, pa.string())
+                                         for k in self._keys])
+        except UnicodeEncodeError:  # a key with an unpaired surrogate: it stayed buffered, and every later
+            self._refuse_unencodable(n)  # log, finish and fail raised the same UnicodeEncodeError
         datasets = None if all(d is None for d in self._datasets) else np.repeat(np.array(self._datasets, object), lengths)
         log = pa.table({
             "seq": pa.array(np.arange(n, dtype=np.int64)),
@@ -345,6 +376,18 @@ class Run:
         self._keys, self._steps, self._datasets, self._pending = [], [], [], 0
         self._written = True
         return n
+
+    def _refuse_unencodable(self, n: int) -> None:
+        """Refuse the buffer, naming its first key that is not valid UTF-8 and its step, and drop it
+        as a flush drops keys that name no document."""
+        key, step = next(((key, step) for batch, step in zip(self._keys, self._steps) if isinstance(batch, list)
+                          for key in batch if not _encodes(key)), ("\udc80", "?"))
+        self._keys, self._steps, self._datasets, self._pending = [], [], [], 0
+        try:
+            check_utf8(key, f"logged example {key!r} at step {step}")
+        except InvalidParameterError as exc:
+            raise InvalidParameterError(f"{exc} (none of the {n:,} examples buffered since the last write were "
+                                        "written)") from None
 
     def _write(self, log: pa.Table) -> None:
         write_examples(self.ledger, self.record, log)
@@ -447,6 +490,14 @@ def _checked_keys(keys: Sequence[str] | pa.Array, step: int) -> list[str] | pa.A
     return batch
 
 
+def _encodes(key: str) -> bool:
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_running(tx, run_id: str) -> None:
     status = tx.run_status(run_id)
     if status != "running":
@@ -497,6 +548,8 @@ def end_run(ledger: LedgerStore, run: str | RunRecord, status: str, error: str |
     """Record the end of a running run: ``finished`` or ``failed`` (with ``error``)."""
     if status not in ("finished", "failed"):
         raise InvalidParameterError(f"a run ends finished or failed, not {status!r}")
+    if error is not None:  # Run.fail checks it; a server's POST /runs/ID/end did not (a 500)
+        check_utf8(error, "the run's error")
     record = run if isinstance(run, RunRecord) else ledger.run(run)
     with ledger.transaction() as tx:
         _check_running(tx, record.run_id)

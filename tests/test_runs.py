@@ -584,3 +584,50 @@ def test_logging_while_another_ledger_instance_commits_in_a_thread(ledger, write
     assert errors == [] and len(commits) > 0
     run.finish()
     assert ledger.run(run.run_id).n_logged == 800
+
+
+def test_a_key_that_is_not_utf8_is_refused_naming_it_and_the_run_goes_on(two_datasets):
+    """A key with an unpaired surrogate (a file name's stray bytes through ``os.fsdecode``) raised
+    ``UnicodeEncodeError`` and stayed buffered: every later log, ``finish`` and ``fail`` raised it
+    again, and the run could not be ended."""
+    ledger = two_datasets
+    run = ledger.start_run(datasets=["a"], message="stray bytes", flush_every=3)
+    run.log_examples(["a0", "a1"], step=0)
+    with pytest.raises(InvalidParameterError, match=r"logged example '\\udce9' at step 1 holds an unpaired surrogate "
+                                                    r"at character 0.*none of the 3 examples buffered"):
+        run.log_examples(["a2", "\udce9", "a3"], step=1)
+    run.log_examples(["a4", "a5", "a6", "a7"], step=2)
+    assert run.finish().n_logged == 6
+    assert ledger.run_examples(run.record)["key"].to_pylist() == ["a0", "a1", "a4", "a5", "a6", "a7"]
+    with ledger.start_run(datasets=["a"], message="fails", flush_every=100) as failing:
+        failing.log_examples(["a0"])
+        failing.log_examples(["\ud800"])
+        failing.fail("diverged")
+    record = ledger.run(failing.run_id)
+    assert (record.status, record.n_logged) == ("failed", 1)
+    assert record.error.startswith("diverged; its last logged examples were not written: logged example '\\ud800'")
+
+
+def test_run_params_that_are_not_utf8_are_refused(two_datasets):
+    """A surrogate in a param was stored (escaped) and read back as itself: the run list could not
+    be printed as JSON, and a server answered every ``GET /runs`` with a 500."""
+    ledger = two_datasets
+    said = []
+    for params in ({"note": "caf\udce9"}, {"caf\udce9": 1}, {"a": ["ok", {"b": "\ud800"}]}):
+        with pytest.raises(InvalidParameterError) as refused:
+            ledger.start_run(datasets=["a"], params=params, message="m")
+        said.append(str(refused.value))
+    assert said == ["run param 'note' holds an unpaired surrogate at character 3: it is not valid UTF-8",
+                    "the name of run param 'caf\\udce9' holds an unpaired surrogate at character 3: it is not valid UTF-8",
+                    "run param 'a[1].b' holds an unpaired surrogate at character 0: it is not valid UTF-8"]
+    assert ledger.runs() == []
+    with pytest.raises(InvalidParameterError, match="the run's host holds an unpaired surrogate"):
+        ledger.start_run(datasets=["a"], message="m", host="node\udce9")
+    run = ledger.start_run(datasets=["a"], message="m", flush_every=1)
+    with pytest.raises(InvalidParameterError, match="the run's error holds an unpaired surrogate"):
+        from provenance.runs import end_run
+        end_run(ledger, run.run_id, "failed", "\ud800")
+    assert ledger.run(run.run_id).status == "running"
+    for bad in (0, 2.5, True, "8"):
+        with pytest.raises(InvalidParameterError, match=f"flush_every must be a positive integer, got {bad!r}"):
+            ledger.start_run(datasets=["a"], message="m", flush_every=bad)

@@ -8,15 +8,17 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from provenance import errors
 from provenance.records import RunRecord, RunShardRecord, VersionRecord
 from provenance.remote.transport import ref_of, segment
-from provenance.runs import Run, declared_items, stored_params
+from provenance.runs import Run, check_flush_every, declared_items, stored_params
 from provenance.wire import ARROW_STREAM, table_to_ipc
 
 #: Examples a remote run buffers before sending them: each batch is a round trip and a transaction
@@ -58,6 +60,7 @@ class RemoteRuns:
         says (:func:`provenance.openlineage_out.emitter`)."""
         from provenance import openlineage_out
 
+        check_flush_every(flush_every)  # before the run is started on the server
         emitter = openlineage_out.emitter(openlineage)
         declared = {ref_of(ref): epochs for ref, epochs in declared_items(datasets)}
         body = {"message": message, "base": ref_of(base) if base is not None else None, "datasets": declared,
@@ -74,17 +77,53 @@ class RemoteRuns:
 class RemoteRun(Run):
     """A run on a ledger server: examples are buffered here and sent in batches; the end is sent."""
 
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        # A batch whose sending failed (the server stayed down past the retries): how many examples at the
+        # start of the buffer landed before it, its Idempotency-Key and the batch. It may have landed too:
+        # it is sent again under its key (sent under a new one, a batch that had landed was logged twice).
+        self._unsent: tuple[int, str, pa.Table] | None = None
+        self._end_keys: dict[tuple[str, str | None], str] = {}  # each end sent, and its key: the same for a retry
+        self._commit_sent = False  # a commit was sent: one whose answer never came may have landed
+
     def _write(self, log: pa.Table) -> None:
-        with _applied():  # the batch landed before the server stopped: sending it again would log it twice
-            self.ledger._call("POST", f"runs/{segment(self.run_id)}/examples", content=lambda: table_to_ipc(log),
-                              content_type=ARROW_STREAM)
+        landed = 0
+        if self._unsent is not None:  # the buffer starts with what landed, then the batch that failed
+            landed, key, sent = self._unsent
+            self._unsent = None
+            self._send(sent, key, landed)
+            landed += sent.num_rows
+            log = log.slice(landed)
+            if not log.num_rows:
+                return
+            log = log.set_column(0, "seq", pa.array(np.arange(log.num_rows, dtype=np.int64)))
+        self._send(log, uuid.uuid4().hex, landed)
+
+    def _send(self, log: pa.Table, key: str, landed: int) -> None:
+        try:
+            with _applied():  # the batch landed before the server stopped: sending it again would log it twice
+                self.ledger._call("POST", f"runs/{segment(self.run_id)}/examples", content=lambda: table_to_ipc(log),
+                                  content_type=ARROW_STREAM, key=key)
+        except (errors.InvalidParameterError, errors.RunEndedError):
+            raise  # refused (the buffer is dropped), or the run has ended
+        except errors.ProvenanceError:
+            self._unsent = (landed, key, log)
+            raise
 
     def _commit(self, state: Any, **options: Any) -> VersionRecord:
+        if self._commit_sent:  # an earlier commit failed: when it landed (its answer lost), it is the run's
+            landed = self.ledger.run(self.run_id).version_id  # version ('only a running run can commit')
+            if landed is not None:
+                return self.ledger.version(landed)
+        self._commit_sent = True
         return self.ledger.commit(state, **options)
 
     def _send_end(self, status: str, error: str | None) -> None:
+        # an end sent again (its answer never came: the server stayed down past the retries) goes under its
+        # first key: under a new one, an end that had landed was refused as 'finished already'
         with _applied():
-            self.ledger._call("POST", f"runs/{segment(self.run_id)}/end", json_body={"status": status, "error": error})
+            self.ledger._call("POST", f"runs/{segment(self.run_id)}/end", json_body={"status": status, "error": error},
+                              key=self._end_keys.setdefault((status, error), uuid.uuid4().hex))
 
 
 @contextlib.contextmanager

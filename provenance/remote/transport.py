@@ -50,13 +50,15 @@ class Transport:
 
     def _call(self, method: str, path: str, *, json_body: Any = None, params: dict | None = None,
               content: Callable[[], Any] | None = None, content_type: str | None = None,
-              stream_to: Path | None = None, accept: str | None = None, length: int | None = None) -> Any:
+              stream_to: Path | None = None, accept: str | None = None, length: int | None = None,
+              key: str | None = None) -> Any:
         """One API call, retried on connection errors and 502/503/504 (writes with one
-        Idempotency-Key throughout); returns the decoded JSON (or bytes, or ``stream_to``)."""
+        Idempotency-Key throughout: ``key``, or a new one); returns the decoded JSON (or bytes, or
+        ``stream_to``)."""
         url = path if path.startswith("/") else f"{API}/{path}"
         headers = {}
         if method != "GET" and url not in READ_POSTS:  # writes only
-            headers["Idempotency-Key"] = uuid.uuid4().hex
+            headers["Idempotency-Key"] = key or uuid.uuid4().hex
         if content_type:
             headers["Content-Type"] = content_type
         if accept:
