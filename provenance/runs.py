@@ -49,6 +49,8 @@ from provenance.records import DatasetRecord, RegistrationResult, RunRecord, Ver
 from provenance.versions import commit
 
 _OPEN: weakref.WeakSet[Run] = weakref.WeakSet()
+#: Runs this process attached to (:meth:`Run.attach`) and has not ended: not abandoned while it holds them.
+_ATTACHED: weakref.WeakSet[Run] = weakref.WeakSet()
 
 
 #: JSON has no NaN or infinities: a run's params hold them as these strings.
@@ -148,9 +150,10 @@ def start_run(
         # a process is watched only on this machine: a server told of a job on another host looked its
         # pid up here, and a later run from that host marked a live run abandoned
         here = host == socket.gethostname()
+        held = {r.run_id for r in list(_ATTACHED) if not r._ended}  # a run resumed here, its first process gone
         with ledger.transaction() as tx:
             for rid, rhost, rpid in tx.running_runs():
-                if here and rhost == host and rpid and not process_alive(rpid):
+                if here and rhost == host and rpid and not process_alive(rpid) and rid not in held:
                     tx.end_run(rid, "failed", error=f"abandoned: process {rpid} exited without ending the run")
             tx.insert_run(record)
     run = Run(ledger, record, flush_every, owned=not detached, openlineage=openlineage)
@@ -272,7 +275,9 @@ class Run:
         if record.status != "running":
             raise InvalidParameterError(f"run {record.run_id[:12]} is {record.status}, not running"
                                         f"{f' ({record.error})' if record.error else ''}")
-        return cls(ledger, record, owned=False, openlineage=openlineage)
+        run = cls(ledger, record, owned=False, openlineage=openlineage)
+        _ATTACHED.add(run)
+        return run
 
     @property
     def run_id(self) -> str:
@@ -314,13 +319,14 @@ class Run:
         step = self.step if step is None else step
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 0 <= step < 2**63:
             raise InvalidParameterError(f"step must be an integer from 0 to 2**63 - 1, got {step!r}")
-        if isinstance(keys, str):
-            raise InvalidParameterError("log_examples takes a sequence of keys, not one string")
+        if isinstance(keys, (str, bytes)) or not isinstance(keys, (Iterable, pa.Array)):
+            what = "one string" if isinstance(keys, str) else f"{keys!r} ({type(keys).__name__})"
+            raise InvalidParameterError(f"log_examples takes a sequence of keys, not {what}")
         batch = _checked_keys(keys, step)
-        if dataset is not None:
-            dataset = self._dataset_id(dataset)
         if not self.record.datasets:
             raise InvalidParameterError("this run declared no datasets, so its examples cannot be logged")
+        if dataset is not None:
+            dataset = self._dataset_id(dataset)
         self._keys.append(batch)
         self._steps.append(int(step))
         self._datasets.append(dataset)
@@ -335,6 +341,9 @@ class Run:
         if isinstance(dataset, str) and dataset in self._named:
             return self._named[dataset]
         ours = [d for d in self.record.datasets if d.rpartition("@")[0] == dataset]
+        if len(ours) > 1:  # it was taken for the latest version, whichever the keys came from
+            raise InvalidParameterError(f"dataset {dataset!r} names {len(ours)} of the run's datasets "
+                                        f"({', '.join(ours)}); give one as NAME@VERSION")
         found = ours[0] if isinstance(dataset, str) and len(ours) == 1 else self.ledger.dataset(dataset).dataset_id
         if found not in self.record.datasets:
             raise InvalidParameterError(f"dataset {found} is not one of the run's datasets "

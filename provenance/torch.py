@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from provenance.datasets import read_back
 from provenance.errors import InvalidParameterError, SourceError
@@ -40,6 +40,9 @@ class RegisteredDataset(Dataset):
     """
 
     def __init__(self, ledger: LedgerStore, dataset: str | DatasetRecord, transform: Callable[[dict], Any] | None = None):
+        if not callable(getattr(ledger, "shards", None)):  # a path: "'str' object has no attribute 'dataset'"
+            raise InvalidParameterError(f"RegisteredDataset needs a ledger (Ledger.open(PATH)), got {ledger!r} "
+                                        f"({type(ledger).__name__})")
         self.dataset = ledger.dataset(dataset)
         self.transform = transform
         self.keys: list[str] = []
@@ -71,7 +74,14 @@ class RegisteredDataset(Dataset):
 
     def __getitem__(self, index: int) -> Any:
         item = {"key": self.keys[index], "text": self.texts[index], "dataset": self.dataset.dataset_id}
-        return self.transform(item) if self.transform is not None else item
+        if self.transform is None:
+            return item
+        try:
+            return self.transform(item)
+        except Exception as exc:  # raised from inside a DataLoader: which document it was is worth a line
+            if hasattr(exc, "add_note"):  # Python 3.11+
+                exc.add_note(f"in the transform of item {index} (key {item['key']!r}) of {self.dataset.dataset_id}")
+            raise
 
 
 def _kept_rows(ledger: LedgerStore, ds: DatasetRecord) -> dict[int, np.ndarray] | None:
@@ -95,11 +105,19 @@ def track(data: DataLoader | Dataset, run: Run, *, key: str | KeyGetter = "key",
     it with ``num_workers=0``, or wrap the DataLoader instead: worker processes cannot log, and a
     wrapped dataset read in one is refused).
     ``key`` is the field holding the key in a dict item or batch, or a function returning the
-    keys of an item or batch.
+    keys of an item or batch. ``dataset`` is the run's dataset the keys are looked up in; a
+    :class:`RegisteredDataset` (wrapped, a ``Subset`` of it, or the DataLoader's) names its own by
+    default, so that its keys are not taken for those of another version the run declared.
     """
     if not isinstance(run, Run):
         raise InvalidParameterError(f"track needs a Run from ledger.start_run, got {type(run).__name__}")
     getter = key if callable(key) else _field_getter(key)
+    if dataset is None:  # a loader over a@1 in a run that declared a (a@2): its keys were logged as a@2's, no word
+        registered = data.dataset if isinstance(data, DataLoader) else data
+        while isinstance(registered, Subset):  # random_split's parts
+            registered = registered.dataset
+        if isinstance(registered, RegisteredDataset):
+            dataset = registered.dataset.dataset_id
     if isinstance(data, Dataset) and not isinstance(data, IterableDataset) and hasattr(data, "__getitem__"):
         return _TrackedDataset(data, run, getter, dataset)
     if not hasattr(data, "__iter__"):
@@ -120,7 +138,7 @@ def _field_getter(field: str) -> KeyGetter:
             return [value]
         if isinstance(value, torch.Tensor):
             raise InvalidParameterError(f"track: field {field!r} holds a tensor; document keys are strings")
-        if not isinstance(value, Iterable):
+        if isinstance(value, bytes) or not isinstance(value, Iterable):  # bytes: "got 107 (int)", its first byte
             raise InvalidParameterError(f"track: field {field!r} holds {value!r} ({type(value).__name__}), not the "
                                         "document keys (a string, or a list of them)")
         return list(value)

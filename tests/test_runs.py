@@ -214,7 +214,9 @@ def test_a_run_that_raises_is_failed_and_produces_no_version(two_datasets):
     assert ledger.versions() == []
     with pytest.raises(ProvenanceError, match="has ended"):
         run.commit({"w": torch.ones(1)})
-    with pytest.raises(InvalidParameterError, match="is failed: only a running run can commit"):
+    # its error is said too: "is failed" alone, after an abandonment, read as this process's doing
+    said = f"run {run.run_id[:12]} is failed (RuntimeError: loss diverged): only a running run can commit"
+    with pytest.raises(InvalidParameterError, match=f"^{re.escape(said)}$"):
         ledger.commit({"w": torch.ones(1)}, message="sneak", run=run.run_id)
 
 
@@ -631,3 +633,88 @@ def test_run_params_that_are_not_utf8_are_refused(two_datasets):
     for bad in (0, 2.5, True, "8"):
         with pytest.raises(InvalidParameterError, match=f"flush_every must be a positive integer, got {bad!r}"):
             ledger.start_run(datasets=["a"], message="m", flush_every=bad)
+
+
+def test_track_looks_keys_up_in_the_registered_dataset_it_reads(two_datasets, data_dir, write_jsonl):
+    """A loader over a@1 in a run that declared a (a@2, whose keys are the same): its keys were
+    logged as a@2's, and lineage named the version that was not trained on."""
+    ledger = two_datasets
+    write_jsonl(data_dir / "a3.jsonl", [{"id": f"a{i}", "text": f"a rewritten document {i}"} for i in range(10)])
+    ledger.register_dataset("a", data_dir / "a3.jsonl", id_field="id")
+    with ledger.start_run(datasets=["a"], message="declares a@2") as run:
+        with pytest.raises(InvalidParameterError, match=r"^dataset a@1 is not one of the run's datasets \(a@2\)$"):
+            next(iter(track(DataLoader(RegisteredDataset(ledger, "a@1"), batch_size=4), run)))
+        with pytest.raises(InvalidParameterError, match=r"^dataset a@1 is not one of the run's datasets \(a@2\)$"):
+            track(RegisteredDataset(ledger, "a@1"), run)[0]
+        train, _ = torch.utils.data.random_split(RegisteredDataset(ledger, "a@1"), [8, 2])
+        with pytest.raises(InvalidParameterError, match=r"^dataset a@1 is not one of the run's datasets \(a@2\)$"):
+            next(iter(track(DataLoader(train, batch_size=4), run)))
+        assert [len(b["key"]) for b in track(DataLoader(RegisteredDataset(ledger, "a"), batch_size=4), run)] == [4, 4, 2]
+        version = run.commit({"w": torch.ones(1)})
+    assert ledger.run(run.run_id).n_logged == 10
+    assert [(d.dataset_id, d.examples) for d in ledger.lineage(version).datasets] == [("a@2", 10)]
+    with ledger.start_run(datasets=["a@1", "b"], message="declares a@1") as run:
+        assert sum(len(b["key"]) for b in track(DataLoader(RegisteredDataset(ledger, "a@1"), batch_size=4), run)) == 10
+        run.finish()
+    assert [(s.dataset_id, s.examples) for s in ledger.run_shards(run.run_id)] == [("a@1", 4), ("a@1", 6), ("b@1", 6)]
+
+
+def test_a_dataset_name_naming_two_declared_versions_is_refused(two_datasets, data_dir, write_jsonl):
+    # dataset="a" in a run that declared a@1 and a@2 was taken for a@2, wherever the keys came from
+    ledger = two_datasets
+    write_jsonl(data_dir / "a3.jsonl", [{"id": f"a{i}", "text": f"a rewritten document {i}"} for i in range(10)])
+    ledger.register_dataset("a", data_dir / "a3.jsonl", id_field="id")
+    run = ledger.start_run(datasets=["a@1", "a@2"], message="both versions")
+    with pytest.raises(InvalidParameterError, match=r"^dataset 'a' names 2 of the run's datasets \(a@1, a@2\); give "
+                                                    r"one as NAME@VERSION$"):
+        run.log_examples(["a1"], dataset="a")
+    run.log_examples(["a1", "a2"], dataset="a@1")
+    run.finish()
+    assert [(s.dataset_id, s.examples) for s in ledger.run_shards(run.run_id)] == [("a@1", 2), ("a@2", 10)]
+
+
+def test_keys_that_are_not_a_sequence_of_strings_are_refused_naming_them(two_datasets):
+    ledger = two_datasets
+    run = ledger.start_run(datasets=["a"], message="odd keys")
+    with pytest.raises(InvalidParameterError, match=r"^log_examples takes a sequence of keys, not None \(NoneType\)$"):
+        run.log_examples(None)  # a TypeError: 'NoneType' object is not iterable
+    with pytest.raises(InvalidParameterError, match=r"^log_examples takes a sequence of keys, not b'a1' \(bytes\)$"):
+        run.log_examples(b"a1")  # "document keys must be strings: got 97 (int)", its first byte
+    with pytest.raises(InvalidParameterError, match=r"^track: field 'key' holds b'a1' \(bytes\), not the document keys"):
+        list(track([{"key": b"a1"}], run))
+    run.log_examples(k for k in ["a1", "a2"])  # any iterable of strings
+    run.finish()
+    assert ledger.run_examples(run.run_id).to_pydict()["key"] == ["a1", "a2"]
+
+
+def test_registered_dataset_errors_name_what_went_wrong(two_datasets):
+    with pytest.raises(InvalidParameterError, match=r"^RegisteredDataset needs a ledger \(Ledger.open\(PATH\)\), got "
+                                                    r"'ledger' \(str\)$"):
+        RegisteredDataset("ledger", "b")  # AttributeError: 'str' object has no attribute 'dataset'
+
+    def bad(item):
+        raise ValueError("no label")
+
+    data = RegisteredDataset(two_datasets, "b", transform=bad)
+    with pytest.raises(ValueError, match="^no label") as caught:
+        data[3]
+    if sys.version_info >= (3, 11):
+        assert caught.value.__notes__ == ["in the transform of item 3 (key 'b3') of b@1"]
+
+
+def test_a_run_resumed_by_attaching_is_not_abandoned_by_the_process_holding_it(two_datasets, tmp_path):
+    """Its first process killed, the run attached to here and trained on: the next start_run in this
+    very process marked it abandoned, and its commit was refused ("is failed")."""
+    child = subprocess.Popen([sys.executable, "-c", _KILLED, str(tmp_path), "kill"], stdout=subprocess.PIPE, text=True)
+    run_id = child.stdout.readline().strip()
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(timeout=60)
+    ledger = Ledger.open(tmp_path)
+    resumed = ledger.attach_run(run_id)
+    resumed.log_examples(["a1", "a2"], step=1)
+    ledger.start_run(datasets=["b"], message="an evaluation meanwhile").finish()
+    assert ledger.run(run_id).status == "running"
+    version = resumed.commit({"w": torch.ones(1)})
+    record = ledger.run(run_id)
+    assert (record.status, record.version_id, record.n_logged) == ("finished", version.version_id, 3)
+    assert ledger.run_examples(run_id).to_pydict()["step"] == [0, 1, 1]

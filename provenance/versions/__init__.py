@@ -168,7 +168,8 @@ def _commit(ledger, state, parent, message, author, run, encoding, low_rank, all
     if run is not None:
         run_rec = ledger.run(run)
         if run_rec.status != "running":
-            raise InvalidParameterError(f"run {run_rec.run_id[:12]} is {run_rec.status}: only a running run can commit")
+            why = f" ({run_rec.error})" if run_rec.error else ""  # "abandoned: process 2249 exited ...": it was not this one
+            raise InvalidParameterError(f"run {run_rec.run_id[:12]} is {run_rec.status}{why}: only a running run can commit")
         if parent_rec is None and run_rec.base_version is not None:
             parent_rec = ledger.version(run_rec.base_version)
         if (parent_rec.version_id if parent_rec else None) != run_rec.base_version:
