@@ -514,163 +514,143 @@ def test_serve_on_a_port_in_use_is_an_error_naming_it_not_not_found(tmp_path, mo
     assert not (root / ".prov" / "serving.json").exists()
 
 
-def test_run_text_that_is_not_utf8_is_refused_and_the_runs_stay_readable(tmp_path, write_jsonl):
+@pytest.fixture(scope="module")
+def runs_server(tmp_path_factory):
+    """One server for the tests of runs whose answers go astray (none stops it): a dataset ``d`` of
+    eight documents ``k0`` … ``k7``; each test names its own runs."""
+    root = tmp_path_factory.mktemp("runs")
+    (root / "d.jsonl").write_text("".join(json.dumps({"id": f"k{i}", "text": f"doc {i}"}) + "\n" for i in range(8)))
+    with serving.running(root / "ledger") as server:
+        server.ledger().register_dataset("d", str(root / "d.jsonl"), id_field="id")
+        yield server
+
+
+def _answers_lost(ledger, lost: list[int], what, times: int = 1) -> None:
+    """Make ``ledger``'s first ``times`` requests that ``what(request)`` picks land on the server and
+    their answers never reach the client (the connection drops after the server applied them);
+    ``lost`` gets each one's status. No retry: the client sees the failure."""
+    ledger.retries = 0
+    send = ledger._http.send
+
+    def answer_lost(request, **options):
+        response = send(request, **options)
+        if what(request) and len(lost) < times:
+            response.read()
+            lost.append(response.status_code)  # applied on the server; the client never hears
+            raise httpx.ReadError("the connection dropped")
+        return response
+
+    ledger._http.send = answer_lost
+
+
+def test_run_text_that_is_not_utf8_is_refused_and_the_runs_stay_readable(runs_server):
     """JSON may escape an unpaired surrogate (``"\\ud800"``): in a run's params it was stored and every
     later ``GET /runs`` answered 500; in its host, or in the error of its end, the write was a 500."""
-    write_jsonl(tmp_path / "d.jsonl", [{"id": f"k{i}", "text": f"doc {i}"} for i in range(4)])
-    with serving.running(tmp_path / "ledger") as server:
-        ledger = server.ledger()
-        ledger.register_dataset("d", str(tmp_path / "d.jsonl"), id_field="id")
-        headers = {"Authorization": f"Bearer {server.token}", "Content-Type": "application/json"}
-        said = {}
-        for what, body in (("params", b'{"message": "m", "datasets": {"d": 1}, "params": {"a": "\\udce9"}}'),
-                           ("host", b'{"message": "m", "datasets": {"d": 1}, "host": "node\\ud800", "pid": 7}')):
-            answer = httpx.post(f"{server.url}/api/v1/runs", content=body, headers=headers)
-            said[what] = (answer.status_code, answer.json()["error"])
-        assert said == {"params": (422, "run param 'a' holds an unpaired surrogate at character 0: it is not valid UTF-8"),
-                        "host": (422, "the run's host holds an unpaired surrogate at character 4: it is not valid UTF-8")}
-        run = ledger.start_run(datasets=["d"], message="ok")
-        answer = httpx.post(f"{server.url}/api/v1/runs/{run.run_id}/end", headers=headers,
-                            content=b'{"status": "failed", "error": "\\ud800"}')
-        assert (answer.status_code, answer.json()["kind"]) == (422, "InvalidParameterError")
-        assert [(r.message, r.status) for r in ledger.runs()] == [("ok", "running")]
-        run.log_examples(["k1", "k2"])
-        assert run.finish().n_logged == 2
+    server = runs_server
+    ledger = server.ledger()
+    headers = {"Authorization": f"Bearer {server.token}", "Content-Type": "application/json"}
+    said = {}
+    for what, body in (("params", b'{"message": "m", "datasets": {"d": 1}, "params": {"a": "\\udce9"}}'),
+                       ("host", b'{"message": "m", "datasets": {"d": 1}, "host": "node\\ud800", "pid": 7}')):
+        answer = httpx.post(f"{server.url}/api/v1/runs", content=body, headers=headers)
+        said[what] = (answer.status_code, answer.json()["error"])
+    assert said == {"params": (422, "run param 'a' holds an unpaired surrogate at character 0: it is not valid UTF-8"),
+                    "host": (422, "the run's host holds an unpaired surrogate at character 4: it is not valid UTF-8")}
+    before = len(ledger.runs())
+    run = ledger.start_run(datasets=["d"], message="ok")
+    answer = httpx.post(f"{server.url}/api/v1/runs/{run.run_id}/end", headers=headers,
+                        content=b'{"status": "failed", "error": "\\ud800"}')
+    assert (answer.status_code, answer.json()["kind"]) == (422, "InvalidParameterError")
+    assert len(ledger.runs()) == before + 1 and ledger.run(run.run_id).status == "running"
+    run.log_examples(["k1", "k2"])
+    assert run.finish().n_logged == 2
 
 
-def test_a_run_of_a_job_on_another_host_is_not_marked_abandoned_by_the_server(tmp_path, write_jsonl):
+def test_a_run_of_a_job_on_another_host_is_not_marked_abandoned_by_the_server(runs_server):
     """The server looked up the pid of a job on another machine among its own processes: the next
     run started from that machine marked a run whose job still logged as failed, 'abandoned'."""
-    write_jsonl(tmp_path / "d.jsonl", [{"id": f"k{i}", "text": f"doc {i}"} for i in range(4)])
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # a pid no process of this machine has
-    with serving.running(tmp_path / "ledger") as server:
-        ledger = server.ledger()
-        ledger.register_dataset("d", str(tmp_path / "d.jsonl"), id_field="id")
-        headers = {"Authorization": f"Bearer {server.token}"}
-        started = [httpx.post(f"{server.url}/api/v1/runs", headers=headers,
-                              json={"message": m, "datasets": {"d": 1}, "host": "gpu-node-7", "pid": pid}).json()
-                   for m, pid in (("job 1", gone.pid), ("job 2", gone.pid + 1))]
-        first = ledger.attach_run(started[0]["run_id"])
-        first.log_examples(["k0", "k1", "k2"])
-        assert sorted((r.message, r.status, r.error) for r in ledger.runs()) == [("job 1", "running", None),
-                                                                                  ("job 2", "running", None)]
-        assert first.finish().n_logged == 3
-        # a run of this machine whose process is gone is still marked, as before
-        local = ledger.start_run(datasets=["d"], message="here", pid=gone.pid, detached=True)
-        ledger.start_run(datasets=["d"], message="next here").finish()
-        assert ledger.run(local.run_id).error == f"abandoned: process {gone.pid} exited without ending the run"
+    server = runs_server
+    ledger = server.ledger()
+    headers = {"Authorization": f"Bearer {server.token}"}
+    started = [httpx.post(f"{server.url}/api/v1/runs", headers=headers,
+                          json={"message": m, "datasets": {"d": 1}, "host": "gpu-node-7", "pid": pid}).json()
+               for m, pid in (("job 1", gone.pid), ("job 2", gone.pid + 1))]
+    first = ledger.attach_run(started[0]["run_id"])
+    first.log_examples(["k0", "k1", "k2"])
+    assert [(ledger.run(r["run_id"]).status, ledger.run(r["run_id"]).error) for r in started] == [
+        ("running", None), ("running", None)]
+    assert first.finish().n_logged == 3
+    # a run of this machine whose process is gone is still marked, as before
+    local = ledger.start_run(datasets=["d"], message="here", pid=gone.pid, detached=True)
+    ledger.start_run(datasets=["d"], message="next here").finish()
+    assert ledger.run(local.run_id).error == f"abandoned: process {gone.pid} exited without ending the run"
 
 
-def test_a_bad_flush_every_is_refused_before_the_run_starts_on_the_server(tmp_path, write_jsonl):
+def test_a_bad_flush_every_is_refused_before_the_run_starts_on_the_server(runs_server):
     """The client took ``flush_every=0`` or ``2.5`` and started the run on the server (a local
     ledger refused them); and a key with an unpaired surrogate stuck in its buffer."""
-    write_jsonl(tmp_path / "d.jsonl", [{"id": f"k{i}", "text": f"doc {i}"} for i in range(4)])
-    with serving.running(tmp_path / "ledger") as server:
-        ledger = server.ledger()
-        ledger.register_dataset("d", str(tmp_path / "d.jsonl"), id_field="id")
-        for bad in (0, -3, 2.5, True):
-            with pytest.raises(InvalidParameterError, match=f"flush_every must be a positive integer, got {bad!r}"):
-                ledger.start_run(datasets=["d"], message="m", flush_every=bad)
-        assert ledger.runs() == []
-        run = ledger.start_run(datasets=["d"], message="m", flush_every=2)
-        run.log_examples(["k0"])
-        with pytest.raises(InvalidParameterError, match=r"logged example '\\udce9' at step 0 holds an unpaired"):
-            run.log_examples(["\udce9", "k1"])
-        run.log_examples(["k2", "k3"], step=1)
-        assert run.finish().n_logged == 3
+    ledger = runs_server.ledger()
+    before = len(ledger.runs())
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(InvalidParameterError, match=f"flush_every must be a positive integer, got {bad!r}"):
+            ledger.start_run(datasets=["d"], message="m", flush_every=bad)
+    assert len(ledger.runs()) == before
+    run = ledger.start_run(datasets=["d"], message="m", flush_every=2)
+    run.log_examples(["k0"])
+    with pytest.raises(InvalidParameterError, match=r"logged example '\\udce9' at step 0 holds an unpaired"):
+        run.log_examples(["\udce9", "k1"])
+    run.log_examples(["k2", "k3"], step=1)
+    assert run.finish().n_logged == 3
 
 
-def test_a_batch_whose_answer_never_came_is_sent_again_under_its_key(tmp_path, write_jsonl):
+def test_a_batch_whose_answer_never_came_is_sent_again_under_its_key(runs_server):
     """A batch of examples landed, and its answer never reached the client (the connection dropped,
     the server stayed down past the retries): the buffer was kept and the next flush sent it again,
     with the examples logged since, under a new Idempotency-Key: logged twice."""
-    write_jsonl(tmp_path / "d.jsonl", [{"id": f"k{i}", "text": f"doc {i}"} for i in range(8)])
-    with serving.running(tmp_path / "ledger") as server:
-        ledger = server.ledger()
-        ledger.register_dataset("d", str(tmp_path / "d.jsonl"), id_field="id")
-        ledger.retries = 0
-        send = ledger._http.send
-        lost = []
-
-        def answer_lost(request, **options):
-            response = send(request, **options)
-            if request.url.path.endswith("/examples") and len(lost) < 2:
-                response.read()
-                lost.append(response.status_code)  # applied on the server; the client never hears
-                raise httpx.ReadError("the connection dropped")
-            return response
-
-        ledger._http.send = answer_lost
-        run = ledger.start_run(datasets=["d"], message="answers lost", flush_every=2)
-        with pytest.raises(ProvenanceError, match="failed after 1 tries"):
-            run.log_examples(["k0", "k1"], step=0)        # landed, answer lost
-        with pytest.raises(ProvenanceError, match="failed after 1 tries"):
-            run.log_examples(["k2", "k3"], step=1)        # k0 k1 sent again (answered), k2 k3 landed, answer lost
-        run.log_examples(["k4", "k5", "k6"], step=2)      # k2 k3 sent again, then these
-        assert lost == [200, 200]
-        assert run.finish().n_logged == 7
-        seen = ledger.sql("SELECT e.step, d.key FROM run_examples e JOIN documents d USING (doc_id) "
-                          "ORDER BY e.step, d.key").to_pylist()
-        assert [(r["step"], r["key"]) for r in seen] == [
-            (0, "k0"), (0, "k1"), (1, "k2"), (1, "k3"), (2, "k4"), (2, "k5"), (2, "k6")]
+    ledger, lost = runs_server.ledger(), []
+    _answers_lost(ledger, lost, lambda request: request.url.path.endswith("/examples"), times=2)
+    run = ledger.start_run(datasets=["d"], message="answers lost", flush_every=2)
+    with pytest.raises(ProvenanceError, match="failed after 1 tries"):
+        run.log_examples(["k0", "k1"], step=0)        # landed, answer lost
+    with pytest.raises(ProvenanceError, match="failed after 1 tries"):
+        run.log_examples(["k2", "k3"], step=1)        # k0 k1 sent again (answered), k2 k3 landed, answer lost
+    run.log_examples(["k4", "k5", "k6"], step=2)      # k2 k3 sent again, then these
+    assert lost == [200, 200]
+    assert run.finish().n_logged == 7
+    seen = ledger.sql("SELECT e.step, d.key FROM run_examples e JOIN documents d USING (doc_id) "
+                      "WHERE e.run_id = ? ORDER BY e.step, d.key", [run.run_id]).to_pylist()
+    assert [(r["step"], r["key"]) for r in seen] == [
+        (0, "k0"), (0, "k1"), (1, "k2"), (1, "k3"), (2, "k4"), (2, "k5"), (2, "k6")]
 
 
-def test_an_end_whose_answer_never_came_is_sent_again_under_its_key(tmp_path, write_jsonl):
+def test_an_end_whose_answer_never_came_is_sent_again_under_its_key(runs_server):
     """A run's end landed and its answer never reached the client: ``finish()`` again sent it under a
     new Idempotency-Key, and was refused, 'finished already (ended by another process?)'."""
-    write_jsonl(tmp_path / "d.jsonl", [{"id": f"k{i}", "text": f"doc {i}"} for i in range(4)])
-    with serving.running(tmp_path / "ledger") as server:
-        ledger = server.ledger()
-        ledger.register_dataset("d", str(tmp_path / "d.jsonl"), id_field="id")
-        ledger.retries = 0
-        send = ledger._http.send
-        lost = []
-
-        def answer_lost(request, **options):
-            response = send(request, **options)
-            if request.url.path.endswith("/end") and not lost:
-                response.read()
-                lost.append(response.status_code)
-                raise httpx.ReadError("the connection dropped")
-            return response
-
-        ledger._http.send = answer_lost
-        run = ledger.start_run(datasets=["d"], message="end lost")
-        run.log_examples(["k0", "k1", "k2"])
-        with pytest.raises(ProvenanceError, match="failed after 1 tries"):
-            run.finish()
-        record = run.finish()
-        assert (lost, record.status, record.error, record.n_logged) == ([200], "finished", None, 3)
-        assert [(r.message, r.status) for r in ledger.runs()] == [("end lost", "finished")]
+    ledger, lost = runs_server.ledger(), []
+    _answers_lost(ledger, lost, lambda request: request.url.path.endswith("/end"))
+    run = ledger.start_run(datasets=["d"], message="end lost")
+    run.log_examples(["k0", "k1", "k2"])
+    with pytest.raises(ProvenanceError, match="failed after 1 tries"):
+        run.finish()
+    record = run.finish()
+    assert (lost, record.status, record.error, record.n_logged) == ([200], "finished", None, 3)
+    assert [r.status for r in ledger.runs() if r.message == "end lost"] == ["finished"]
 
 
-def test_a_run_commit_whose_answer_never_came_returns_the_version_it_made(tmp_path, write_jsonl):
+def test_a_run_commit_whose_answer_never_came_returns_the_version_it_made(runs_server):
     """A run's commit landed and its answer never reached the client: ``run.commit`` again was
     refused, 'run … is finished: only a running run can commit', with the run left open here."""
-    write_jsonl(tmp_path / "d.jsonl", [{"id": f"k{i}", "text": f"doc {i}"} for i in range(4)])
-    with serving.running(tmp_path / "ledger") as server:
-        ledger = server.ledger()
-        ledger.register_dataset("d", str(tmp_path / "d.jsonl"), id_field="id")
-        ledger.retries = 0
-        send = ledger._http.send
-        lost = []
-
-        def answer_lost(request, **options):
-            response = send(request, **options)
-            if (request.method, request.url.path) == ("POST", "/api/v1/versions") and not lost:
-                response.read()
-                lost.append(response.status_code)
-                raise httpx.ReadError("the connection dropped")
-            return response
-
-        ledger._http.send = answer_lost
-        with ledger.start_run(datasets=["d"], message="commit lost") as run:
-            run.log_examples(["k0", "k1"])
-            with pytest.raises(ProvenanceError, match="failed after 1 tries"):
-                run.commit({"w": torch.ones(3)})
-            version = run.commit({"w": torch.ones(3)})
-        record = ledger.run(run.run_id)
-        assert (lost, record.status, record.n_logged) == ([201], "finished", 2)
-        assert record.version_id == version.version_id and version.run_id == run.run_id
-        assert [v.version_id for v in ledger.versions()] == [version.version_id]
+    ledger, lost = runs_server.ledger(), []
+    _answers_lost(ledger, lost, lambda request: (request.method, request.url.path) == ("POST", "/api/v1/versions"))
+    before = {v.version_id for v in ledger.versions()}
+    with ledger.start_run(datasets=["d"], message="commit lost") as run:
+        run.log_examples(["k0", "k1"])
+        with pytest.raises(ProvenanceError, match="failed after 1 tries"):
+            run.commit({"w": torch.ones(3)})
+        version = run.commit({"w": torch.ones(3)})
+    record = ledger.run(run.run_id)
+    assert (lost, record.status, record.n_logged) == ([201], "finished", 2)
+    assert record.version_id == version.version_id and version.run_id == run.run_id
+    assert [v.version_id for v in ledger.versions() if v.version_id not in before] == [version.version_id]
