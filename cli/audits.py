@@ -232,9 +232,8 @@ def audit_memorization_cmd(obj: Context, ref: str, samples_file: str, threshold:
 
     ledger = audit_ledger(obj, no_store)
     html_path = ledger.output_path(html_file) if html_file else None
-    if html_path is not None and samples_file != "-" and same_file(html_path, samples_file):
-        raise click.UsageError(f"--html and --samples name the same file {samples_file!r}: the page would replace "
-                               "the samples")
+    if samples_file != "-":
+        refuse_html_over(html_path, samples_file, "--samples", "the samples")
     samples = read_stdin_samples(sys.stdin.buffer) if samples_file == "-" else samples_file
     with render.progress(obj.quiet) as bar:
         report = ledger.audit_memorization(ref, samples, threshold=threshold, span=span, store=not no_store,
@@ -244,12 +243,17 @@ def audit_memorization_cmd(obj: Context, ref: str, samples_file: str, threshold:
     _not_stored(no_store, as_json)
 
 
-def same_file(a: Any, b: Any) -> bool:
-    """Whether paths ``a`` and ``b`` are one file (through a link or another spelling)."""
+def refuse_html_over(html_path: Any, given: Any, option: str, what: str) -> None:
+    """Refuse an ``--html`` page that would be written over the file ``option`` read (``what``),
+    through a link or another spelling of its path too: the page replaced the user's input."""
+    if html_path is None or given is None:
+        return
     try:
-        return os.path.samefile(a, b)
+        same = os.path.samefile(html_path, given)
     except OSError:  # one is not there: not the same
-        return False
+        return
+    if same:
+        raise click.UsageError(f"--html and {option} name the same file {str(given)!r}: the page would replace {what}")
 
 
 def _not_stored(no_store: bool, as_json: bool) -> None:

@@ -291,16 +291,17 @@ class _TagGroup(click.Group):
     """``prov tag NAME VERSION`` is short for ``prov tag set NAME VERSION``."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        positional = len([a for a in args if not a.startswith("-")])
         if args and args[0] not in self.commands and not args[0].startswith("-"):
             close = difflib.get_close_matches(args[0], list(self.commands), n=1, cutoff=0.75)  # not release: delete
-            if close and len([a for a in args if not a.startswith("-")]) == 1:  # a typo of a command, not a tag
+            if close and positional == 1:  # a typo of a command, not a tag
                 raise click.UsageError(f"No such command {args[0]!r}. Did you mean {close[0]!r}? (`prov tag NAME "
                                        "VERSION` sets a tag: give both)")  # it said: Missing argument 'VERSION'
             args = ["set", *args]
-        elif args and args[0] == "list" and len([a for a in args if not a.startswith("-")]) == 2:
+        elif args and args[0] == "list" and positional == 2:
             raise click.UsageError("prov tag list takes no VERSION: a tag named 'list' is set with `prov tag set list "
                                    "VERSION`")  # it said: Got unexpected extra argument
-        elif args and args[0] == "delete" and len([a for a in args if not a.startswith("-")]) == 3:
+        elif args and args[0] == "delete" and positional == 3:
             raise click.UsageError("prov tag delete takes one NAME: a tag named 'delete' is set with `prov tag set "
                                    "delete VERSION`")
         return super().parse_args(ctx, args)

@@ -24,7 +24,7 @@ from provenance.cli.app import (
     pass_ctx,
     read_text,
 )
-from provenance.cli.audits import audit_group, same_file
+from provenance.cli.audits import audit_group, refuse_html_over
 from provenance.errors import ProvenanceError
 from provenance.ngrams import MAX_SPAN
 
@@ -58,9 +58,7 @@ def retract_cmd(obj: Context, target: str | None, shard: str | None, key: str | 
     TAG+retracted-ID, atomic per version; running it again continues."""
     ledger = obj.ledger()
     html_path = ledger.output_path(html_file) if html_file else None
-    if html_path is not None and text_file is not None and same_file(html_path, text_file.name):
-        raise click.UsageError(f"--html and --text name the same file {text_file.name!r}: the page would replace the "
-                               "document's text")
+    refuse_html_over(html_path, getattr(text_file, "name", None), "--text", "the document's text")
     if apply_:
         if not target:
             raise click.UsageError("--apply needs the retraction id: prov retract ID --apply")
@@ -213,9 +211,7 @@ def audit_retraction_cmd(obj: Context, retraction_id: str, samples_file: str | N
     them. Exit status 1 when something is not clean."""
     ledger = audit_ledger(obj, no_store)
     html_path = ledger.output_path(html_file) if html_file else None
-    if html_path is not None and samples_file is not None and same_file(html_path, samples_file):
-        raise click.UsageError(f"--html and --samples name the same file {samples_file!r}: the page would replace "
-                               "the samples")
+    refuse_html_over(html_path, samples_file, "--samples", "the samples")
     report = ledger.audit_retraction(retraction_id, samples=samples_file, releases=releases, threshold=threshold,
                                      span=span, store=not no_store)
     _write_html({**report, "kind": "retraction-audit"}, html_path)

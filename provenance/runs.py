@@ -389,11 +389,13 @@ class Run:
     def _refuse_unencodable(self, n: int) -> None:
         """Refuse the buffer, naming its first key that is not valid UTF-8 and its step, and drop it
         as a flush drops keys that name no document."""
-        key, step = next(((key, step) for batch, step in zip(self._keys, self._steps) if isinstance(batch, list)
-                          for key in batch if not _encodes(key)), ("\udc80", "?"))
+        batches = [(batch, step) for batch, step in zip(self._keys, self._steps) if isinstance(batch, list)]
         self._keys, self._steps, self._datasets, self._pending = [], [], [], 0
         try:
-            check_utf8(key, f"logged example {key!r} at step {step}")
+            for batch, step in batches:
+                for key in batch:
+                    check_utf8(key, f"logged example {key!r} at step {step}")
+            check_utf8("\udc80", "logged example '\\udc80' at step ?")  # none found (only a list holds one): refused still
         except InvalidParameterError as exc:
             raise InvalidParameterError(f"{exc} (none of the {n:,} examples buffered since the last write were "
                                         "written)") from None
@@ -497,14 +499,6 @@ def _checked_keys(keys: Sequence[str] | pa.Array, step: int) -> list[str] | pa.A
             raise InvalidParameterError(f"document keys must be strings: got {key!r} ({type(key).__name__}) at step {step}")
         batch[i] = str(key)  # a str subclass (numpy's str_): stored as its plain text
     return batch
-
-
-def _encodes(key: str) -> bool:
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _check_running(tx, run_id: str) -> None:

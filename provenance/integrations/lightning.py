@@ -32,11 +32,12 @@ error in starting the run stops training at the first batch after it); fitting a
 weights the callback's last run ended with starts on that run's version instead. Each checkpoint
 Lightning saves (``on_save_checkpoint``, with ``commit_on_save``) is committed as a version of its
 own on the run's base, its message naming the run and the step
-(:attr:`ProvenanceCallback.checkpoints`), on a thread of its own while training goes on (:class:`provenance.integrations.BackgroundCommits`: the save copies the weights to CPU
-memory, one copy at most waits); the final weights are committed through the run when training
-ends, after the last checkpoint is stored, which ends it ``finished`` (a save at ``max_steps`` is
-not committed twice: its checkpoint is the run's version). Logged keys are written
-every ``flush_every`` examples and when training ends.
+(:attr:`ProvenanceCallback.checkpoints`), on a thread of its own while training goes on
+(:class:`provenance.integrations.BackgroundCommits`: the save copies the weights to CPU memory, one
+copy at most waits); the final weights are committed through the run when training ends, after
+the last checkpoint is stored, which ends it ``finished`` (a save at ``max_steps`` is not
+committed twice: its checkpoint is the run's version). Logged keys are written every
+``flush_every`` examples and when training ends.
 
 **Failure.** An exception in ``fit`` ends the run ``failed``, with the error (Lightning's
 ``on_exception``); the callback is also a context manager, for an exception raised around it.

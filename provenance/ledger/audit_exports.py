@@ -45,11 +45,11 @@ class ExportWrites:
         con = self._con
         con.execute("CREATE OR REPLACE TEMP TABLE aud_groups (doc_id BIGINT, rep BIGINT, size BIGINT)")
         if groups:
-            con.execute(f"INSERT INTO aud_groups SELECT doc_id, rep, size FROM read_parquet({literal([glob_literal(str(p)) for p in groups])})")
+            con.execute(f"INSERT INTO aud_groups SELECT doc_id, rep, size FROM read_parquet({_files(groups)})")
         if pairs:
             con.execute(
                 f"""INSERT INTO audit_pairs SELECT $1, doc_a, doc_b, matches, jaccard, NULL, doc_a
-                    FROM read_parquet({literal([glob_literal(str(p)) for p in pairs])})""", [audit_id])
+                    FROM read_parquet({_files(pairs)})""", [audit_id])
         self._group_pairs(audit_id, all_pairs, docs="documents")
 
     def export_edges(self, audit_id: str, folder: str) -> int:
@@ -68,5 +68,10 @@ class ExportWrites:
         con.execute("UPDATE audit_pairs SET cluster = doc_a WHERE audit_id = $1", [audit_id])
         if labels:
             con.execute(
-                f"""UPDATE audit_pairs SET cluster = l.label FROM read_parquet({literal([glob_literal(str(p)) for p in labels])}) l
+                f"""UPDATE audit_pairs SET cluster = l.label FROM read_parquet({_files(labels)}) l
                     WHERE audit_pairs.audit_id = $1 AND l.doc = audit_pairs.doc_a""", [audit_id])
+
+
+def _files(paths: list) -> str:
+    """``paths`` as the SQL list ``read_parquet`` reads each of, as named (:func:`glob_literal`)."""
+    return literal([glob_literal(str(p)) for p in paths])

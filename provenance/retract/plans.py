@@ -138,13 +138,15 @@ def _retrain_settings(step: Step, run_id: str | None, runs: dict[str, dict[str, 
             if d not in ready:
                 command = f"prov dataset remove {shlex.join([d.split('@')[0], *keys[:5]])}{' ...' if len(keys) > 5 else ''}"
                 commands.setdefault(command, []).append(d)
-        if commands:
-            step.why += "; make its data without the retracted documents with " + "; ".join(
-                command + (f" (it starts from {newer[older[0]]}, the latest version, whose documents may differ from "
-                           f"{own}, which the run trained on; for {own} own, write its files without them and register "
-                           "those)" if older else "")
-                for command, ds in commands.items()
-                for older in [[d for d in ds if d in newer]] for own in [" and ".join(f"{d}'s" for d in older)])
+        said = []
+        for command, ds in commands.items():
+            older = [d for d in ds if d in newer]  # versions the latest (where the removal starts) differs from
+            own = " and ".join(f"{d}'s" for d in older)
+            said.append(command + (f" (it starts from {newer[older[0]]}, the latest version, whose documents may "
+                                   f"differ from {own}, which the run trained on; for {own} own, write its files "
+                                   "without them and register those)" if older else ""))
+        if said:
+            step.why += "; make its data without the retracted documents with " + "; ".join(said)
     elif any(d in retracted for d in step.datasets):
         step.why += "; the retraction covers a whole dataset or shard it trained on: retrain without it"
 
