@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shlex
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -15,6 +16,7 @@ from provenance.cli.app import EXIT_POLICY, Context, PathType, json_option, main
 from provenance.cli.audit_reports import show_gate
 from provenance.cli.datasets import show_datasets
 from provenance.cli.lineage import show_lineage
+from provenance.ledger._common import LEDGER_DIR
 from provenance.plain import counted, dumps
 
 
@@ -147,7 +149,17 @@ def backup_cmd(obj: Context, destination: str, link: bool, as_json: bool) -> Non
     serves it: with --ledger http://..., DESTINATION is a folder on the server's machine. The copy
     is made in DESTINATION/.prov.partial and renamed to .prov when whole (one that fails, e.g. on a
     full disk, is removed), then verified."""
-    report = obj.ledger().backup(destination, link=link)
+    ledger = obj.ledger()
+    copy = Path(destination).expanduser().absolute() / LEDGER_DIR
+    there = copy.exists()
+    try:
+        with render.progress(obj.quiet) as bar:  # an 18 s backup of a 1M-document ledger said nothing until done
+            report = ledger.backup(destination, link=link, progress=bar)
+    except BaseException:  # Ctrl-C in the check of the copy (also as DuckDB's error): the copy is whole, and
+        if not there and copy.is_dir():
+            obj.kept = f"the copy {copy}, whole; its check was stopped"  # "Aborted!" alone read as no copy
+            obj.resume = f"check it with `prov --ledger {shlex.quote(str(copy.parent))} verify --objects`"
+        raise
     render.emit(report, as_json, lambda d: f"backed up to {d['destination']}: database {d['database_bytes']:,} bytes, "
                                           f"{d['objects_copied'] + d['objects_linked']:,} objects "
                                           f"({d['object_bytes']:,} bytes), Parquet document files "
@@ -195,9 +207,10 @@ def demo_cmd(obj: Context, path: str, n_docs: int, seed: int, served: bool, as_j
     nothing); any other is refused."""
     from provenance.demo import check_options, demo_folder, demo_ledger, run_demo, run_served_demo
 
-    obj.resume = f"run `prov demo {shlex.quote(path)}` again to go on where it stopped"
+    obj.resume = f"run `prov demo {shlex.quote(path)}{' --server' if served else ''}` again to go on where it stopped"
     with render.progress(obj.quiet) as bar:
-        if served:
+        if served:  # the writes are the server's: Ctrl-C stops it and names where they are (it said only Aborted!)
+            obj.kept = f"what the demo's server wrote, in {demo_folder(path) / LEDGER_DIR}"
             report = run_served_demo(path, n_docs=n_docs, seed=seed, progress=bar)
         else:  # opened here, so that Ctrl-C names what it had registered and trained (it said only Aborted!)
             check_options(n_docs, seed)

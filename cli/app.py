@@ -161,6 +161,8 @@ def _aborted(obj: Any = None) -> None:
     write the ledger had committed before the interrupt is kept: it is named."""
     made = [m for ledger in getattr(obj, "opened", ()) for m in getattr(ledger, "committed", ())]
     kept = "; ".join(", ".join(f"{kind.removesuffix('_id')} {value}" for kind, value in m.items()) for m in made)
+    if not kept and getattr(obj, "kept", None):  # written by another process: it can only be said where
+        kept, made = obj.kept, True
     resume = getattr(obj, "resume", None) if made else None
     click.echo(printable("\nAborted!" + (f" What the ledger recorded before the interrupt is kept: {kept}" if kept else "")
                          + (f"; {resume}" if resume else "")), err=True)
@@ -189,6 +191,7 @@ class Context:
         self.quiet = quiet
         self.opened: list[Any] = []  # the ledgers the command opened (an interrupt names what they committed)
         self.resume: str | None = None  # what to run to go on after an interrupt, said when something was kept
+        self.kept: str | None = None  # what an interrupt keeps that no ledger opened here committed (a server's writes)
 
     def ledger(self, *, read_only: bool = False):
         """The ledger the command works on; commands that only read open it read-only, so they

@@ -102,8 +102,9 @@ def show_lineage(lin, as_json: bool, *, show_all: bool = False) -> None:
     for col in ("version", "message", "weight", "how"):
         v.add_column(col)
     for row in versions.to_pylist():
-        how = (f"{row['merge']} merge" if row["merge"] else f"run {row['run_id'][:8]}" if row["run_id"]
-               else "no run recorded: data unknown")
+        how = (f"{row['merge']} merge" if row["merge"] else "no run recorded: data unknown" if not row["run_id"]
+               else f"run {row['run_id'][:8]}" if row.get("step") is None  # a checkpoint: its run's steps up to it
+               else f"checkpoint of run {row['run_id'][:8]} at step {row['step']}")
         v.add_row(row["version_id"][:12] + (f" ({', '.join(row['tags'])})" if row["tags"] else ""),
                   render.cell(row["message"]), f"{row['weight']:.3g}", how)
     console.print(v)

@@ -327,11 +327,14 @@ def tag_set(obj: Context, name: str, ref: str, as_json: bool) -> None:
         except NotFoundError:
             raise click.UsageError(f"{name!r} looks like a version id and {ref!r} names no version: the tag's name "
                                    f"comes first (did you mean `prov tag {ref} {name}`?)") from None
-    before = next((t.version_id for t in ledger.tags() if t.name == name), None)
+    try:
+        before = ledger.find_tag(name).version_id
+    except NotFoundError:
+        before = None
     version = ledger.tag(name, ref)
     moved = before if before not in (None, version.version_id) else None
     # --json: the tag as `prov tag list --json` lists it (name, not "tag"; its time and message), and where it was
-    tag = next(t for t in ledger.tags() if t.name == name)
+    tag = ledger.find_tag(name)
     render.emit({**tag.model_dump(mode="json"), "moved_from": moved}, as_json,
                 lambda d: f"{d['name']} -> {d['version_id']}" + (f" (moved from {moved[:12]})" if moved else ""))
 

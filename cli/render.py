@@ -7,6 +7,7 @@ import csv
 import datetime as dt
 import io
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -210,13 +211,18 @@ def arrow(table: pa.Table, fmt: str) -> None:
 
 class _RichProgress:
     """A rich progress display that appears only once the work has taken ``delay`` seconds:
-    quick commands print no bar at all."""
+    quick commands print no bar at all. It appears on a timer, not only when the work advances: a
+    stage that starts at once and then runs long in one call (a backup's copy of the database,
+    verify's checks of a 1M-document dataset) showed nothing for its whole length."""
 
     def __init__(self, progress: Progress, delay: float = 1.0):
         self._p = progress
         self._task = None
         self._since = time.monotonic()
         self._delay = delay
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._closed = False
         self.shown = False
 
     def start(self, description: str, total: int | None) -> None:
@@ -224,6 +230,10 @@ class _RichProgress:
             self._p.remove_task(self._task)
         self._task = self._p.add_task(printable(description), total=total)
         self._show_when_slow()
+        if not self.shown and self._timer is None:
+            self._timer = threading.Timer(max(0.0, self._delay - (time.monotonic() - self._since)), self._show)
+            self._timer.daemon = True
+            self._timer.start()
 
     def advance(self, amount: int) -> None:
         if self._task is not None:
@@ -232,8 +242,22 @@ class _RichProgress:
 
     def _show_when_slow(self) -> None:
         if not self.shown and time.monotonic() - self._since >= self._delay:
-            self._p.start()
-            self.shown = True
+            self._show()
+
+    def _show(self) -> None:
+        with self._lock:
+            if not (self.shown or self._closed):
+                self._p.start()
+                self.shown = True
+
+    def close(self) -> None:
+        """Stop the timer, and take the bar away if it is shown."""
+        with self._lock:
+            self._closed = True
+            if self._timer is not None:
+                self._timer.cancel()
+            if self.shown:
+                self._p.stop()
 
 
 class _Silent:
@@ -257,5 +281,4 @@ def progress(quiet: bool) -> Iterator[Any]:
     try:
         yield bar
     finally:
-        if bar.shown:
-            p.stop()
+        bar.close()

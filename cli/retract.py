@@ -184,7 +184,7 @@ def retractions_cmd(obj: Context, retraction_id: str | None, as_json: bool) -> N
         t.add_column(col)
     for r in rows:
         t.add_row(r["retraction_id"], str(r["created_at"])[:19], render.cell(r["target"]), render.cell(r["reason"]),
-                  str(r["documents"]), str(r["results"]))
+                  f"{r['documents']:,}" + (f" (+{r['whole']} whole)" if r["whole"] else ""), str(r["results"]))
     render.console().print(t)
 
 

@@ -120,10 +120,11 @@ def run_finish(obj: Context, ref: str, failed: bool, error: str | None, as_json:
 @json_option
 @pass_ctx
 def run_show(obj: Context, ref: str, as_json: bool) -> None:
-    """Show a run: its base, datasets, status, version, and per shard what it consumed."""
+    """Show a run: its base, datasets, status, version, the checkpoints saved during it, and per
+    shard what it consumed."""
     ledger = obj.ledger(read_only=True)
     record = ledger.run(ref)
-    show_run(record, ledger.run_shards(record), as_json)
+    show_run(record, ledger.run_shards(record), as_json, ledger.checkpoints(record))
 
 
 @run_group.command("list")
@@ -157,10 +158,11 @@ def show_runs(records, as_json: bool) -> None:
     render.console().print(t)
 
 
-def show_run(record, shards: list, as_json: bool) -> None:
+def show_run(record, shards: list, as_json: bool, checkpoints: list = ()) -> None:
     if as_json:
         out = record.model_dump(mode="json")
         out["shards"] = [s.model_dump(mode="json") for s in shards]
+        out["checkpoints"] = [c.model_dump(mode="json") for c in checkpoints]
         click.echo(dumps(out))
         return
     status = f"status   {record.status}" + (f" ({record.error})" if record.error else "")
@@ -171,6 +173,8 @@ def show_run(record, shards: list, as_json: bool) -> None:
              f"message  {record.message}", f"base     {record.base_version or '(from scratch)'}",
              f"version  {record.version_id or '(none)'}", f"params   {json.dumps(record.params)}",
              f"logged   {record.n_logged:,} examples"]
+    if checkpoints:
+        lines.append("checkpoints  " + ", ".join(f"{c.version_id[:12]} (step {c.step})" for c in checkpoints))
     render.echo("\n".join(lines))
     if not shards:
         declared = ", ".join(f"{d} x{e:g}" for d, e in record.datasets.items()) or "none"

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from provenance.errors import GateFailedError, InvalidParameterError
 from provenance.files import warn_pickle_name
 from provenance.ledger import LedgerStore, preliminary
-from provenance.records import DatasetRecord, RegistrationResult, RunRecord, TagRecord, VersionRecord
+from provenance.records import CheckpointRecord, DatasetRecord, RegistrationResult, RunRecord, TagRecord, VersionRecord
 from provenance.results import DedupReport, GateReport, Lineage, MemorizationReport, MergeReceipt, TaintReport
 
 if TYPE_CHECKING:  # the verbs import their domain module when first called: opening a ledger to list
@@ -59,10 +59,12 @@ class LedgerAPI(Protocol):
     def versions(self) -> list[VersionRecord]: ...
     def tag(self, name: str, version: str | VersionRecord) -> VersionRecord: ...
     def tags(self) -> list[TagRecord]: ...
+    def find_tag(self, name: str) -> TagRecord: ...
     def delete_tag(self, name: str) -> TagRecord: ...
     def start_run(self, **options: Any) -> runs.Run: ...
     def run(self, ref: str | RunRecord) -> RunRecord: ...
     def attach_run(self, run: str | RunRecord) -> runs.Run: ...
+    def checkpoints(self, run: str | RunRecord) -> list[CheckpointRecord]: ...
     def diff(self, old: str | VersionRecord, new: str | VersionRecord) -> list[dict[str, Any]]: ...
     def merge(self, versions: Sequence[str | VersionRecord], **options: Any) -> VersionRecord: ...
     def receipt(self, version: str | VersionRecord) -> MergeReceipt | None: ...
@@ -221,11 +223,11 @@ class Ledger(LedgerStore):
 
         return runs_.Run.attach(self, run, openlineage=openlineage_out.emitter(openlineage))
 
-    def backup(self, destination: str | os.PathLike, *, link: bool = False) -> dict[str, Any]:
+    def backup(self, destination: str | os.PathLike, *, link: bool = False, progress: Any = None) -> dict[str, Any]:
         """A consistent copy of the ledger in ``destination``; see :func:`provenance.backup.backup`."""
         from provenance import backup as backup_
 
-        return backup_.backup(self, destination, link=link)
+        return backup_.backup(self, destination, link=link, progress=progress)
 
     def gc(self, *, apply: bool = False) -> dict[str, Any]:
         """Objects no version uses; see :func:`provenance.versions.gc`."""
@@ -254,7 +256,9 @@ class Ledger(LedgerStore):
         """Merge versions into a new version; see :func:`provenance.merges.merge`. With ``gate``
         (the options of :meth:`audit_merge`, ``{}`` for its defaults) the pre-merge gate runs
         first: when it fails nothing is merged and :class:`GateFailedError` carries its report;
-        when it passes the merge cites it."""
+        when it passes the merge cites it. The gate runs once the merge's own options and inputs
+        have passed their checks (a merge refused for three weights of two versions had stored
+        its gate)."""
         from provenance import merges as merges_
 
         if gate is not None:
@@ -263,13 +267,17 @@ class Ledger(LedgerStore):
             _check_gate_options(gate)
             if gate.get("store") is False:
                 raise InvalidParameterError("a gated merge cites its gate, which must be stored: leave out store=False")
-            with preliminary():  # not the write a server's Idempotency-Key names: the merge is
-                report = self.audit_merge(versions, **gate)
-            if not report.passed:
-                raise GateFailedError(
-                    f"the pre-merge gate failed (audit {report.audit_id[:12]}); nothing merged: "
-                    + "; ".join(report.alerts), report)
-            options["audit"] = report.audit_id
+
+            def run_gate() -> str:
+                with preliminary():  # not the write a server's Idempotency-Key names: the merge is
+                    report = self.audit_merge(versions, **gate)
+                if not report.passed:
+                    raise GateFailedError(
+                        f"the pre-merge gate failed (audit {report.audit_id[:12]}); nothing merged: "
+                        + "; ".join(report.alerts), report)
+                return report.audit_id
+
+            options["run_gate"] = run_gate
         return merges_.merge(self, versions, **options)
 
     # -- questions ------------------------------------------------------------------------------

@@ -233,6 +233,7 @@ def _retraction_audit(r: dict[str, Any]) -> dict[str, Any]:
     return {
         "title": f"Proof of retraction {r['retraction_id']} of {r['target']}",
         "summary": {"passed": r["passed"], "reason": r["reason"], "documents": r["documents"],
+                    **({"whole datasets and shards": r["whole"]} if r.get("whole") else {}),  # were 1 document each
                     "copies found now": len(r["copies_found_now"]), "versions checked": len(r["checked"]),
                     "steps still to do": len(r["pending"]),
                     "samples": mem.get("samples", "none given"), "samples reproducing": len(

@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from provenance.errors import InvalidParameterError
-from provenance.files import fsync_folder
+from provenance.files import fsync_folder, output_name
 from provenance.ledger import LedgerStore, check_utf8_folder
 from provenance.ledger._common import DOCUMENTS_DIR, LEDGER_DIR
+from provenance.progress import stage, step
+from provenance.records import check_flags
 
 
 def _copy_document_files(ledger: LedgerStore, copy: LedgerStore, root: Path, *, link: bool) -> int:
@@ -64,13 +66,16 @@ def _copy_document_files(ledger: LedgerStore, copy: LedgerStore, root: Path, *, 
     return total
 
 
-def backup(ledger: LedgerStore, destination: str | os.PathLike, *, link: bool = False) -> dict[str, Any]:
+def backup(ledger: LedgerStore, destination: str | os.PathLike, *, link: bool = False,
+           progress: Any = None) -> dict[str, Any]:
     """Copy the ledger into ``destination`` (a new or empty folder, outside the ledger), which
     becomes a ledger folder ``destination/.prov``; returns what was copied and the copy's check
     (:func:`provenance.verify.verify` with every object re-hashed: ``verified``, and ``problems``
-    naming what is damaged, which the ledger copied holds too)."""
+    naming what is damaged, which the ledger copied holds too). ``progress``
+    (:mod:`provenance.progress`) is told of each stage: the database, the objects, the check."""
     started = time.perf_counter()
-    dest = Path(destination).expanduser().absolute()
+    check_flags(link=link)
+    dest = output_name(destination, folder=True).expanduser().absolute()  # backup(123): a TypeError from pathlib
     check_utf8_folder(dest, "cannot back up into")  # DuckDB cannot open the copy there: found after copying it all
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         if (dest / f"{LEDGER_DIR}.partial").is_dir():
@@ -79,7 +84,10 @@ def backup(ledger: LedgerStore, destination: str | os.PathLike, *, link: bool = 
         raise InvalidParameterError(f"backup destination {dest} exists and is not an empty folder")
     if dest.resolve().is_relative_to(ledger.root.resolve()):
         raise InvalidParameterError(f"backup destination {dest} is inside the ledger {ledger.root}")
-    made = not dest.exists()
+    made = dest  # the first folder of it the backup makes (it made parents too, and left them after a failure)
+    while not made.parent.exists():
+        made = made.parent
+    made = None if dest.exists() else made
     # Built under a name that is not a ledger's, renamed when whole: a copy that failed half-way
     # (a full disk) is removed, and one whose process was killed is not taken for a ledger.
     partial = dest / f"{LEDGER_DIR}.partial"
@@ -89,14 +97,16 @@ def backup(ledger: LedgerStore, destination: str | os.PathLike, *, link: bool = 
             (partial / "tmp").mkdir()
         except OSError as exc:
             raise InvalidParameterError(f"cannot make backup destination {dest}: {exc.strerror or exc}") from None
+        stage(progress, "backup: database", None)
         db_bytes = ledger.snapshot_database(partial / ledger.db_path.name)
+        step(progress, db_bytes)
         copy = type(ledger).open(partial)
         with copy.session():  # the copy's database opened once for what follows
             copy._record_held()  # the copy's record of writes committed starts at what it holds
             if ledger.objects_url is not None:  # a bucket: its objects come down into the copy, which stands alone
                 linked, copied, object_bytes = 0, *_download_objects(ledger, copy, partial)
             else:
-                linked, copied, object_bytes = _copy_objects(ledger, partial, link=link)
+                linked, copied, object_bytes = _copy_objects(ledger, partial, link=link, progress=progress)
             document_bytes = _copy_document_files(ledger, copy, partial, link=link)
         del copy
         root = dest / LEDGER_DIR
@@ -104,13 +114,13 @@ def backup(ledger: LedgerStore, destination: str | os.PathLike, *, link: bool = 
         fsync_folder(dest)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
-        if made:
-            shutil.rmtree(dest, ignore_errors=True)
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
         raise
     from provenance.verify import verify
 
     copy = type(ledger).open(dest, read_only=True)
-    report = verify(copy, objects=True)  # every object and document file re-hashed: a copy of a corrupt one is not "ok"
+    report = verify(copy, objects=True, progress=progress)  # every object and document file re-hashed: a copy of a corrupt one is not "ok"
     problems = ([f"object {d.address} {d.problem} (needed by {', '.join(v[:12] for v in d.versions) or 'no version'})"
                  for d in report.damaged_objects]
                 + [f"dataset {p['dataset_id']}: {p['problem']}" for p in report.dataset_problems]
@@ -135,12 +145,15 @@ def _download_objects(ledger: LedgerStore, copy: LedgerStore, root: Path) -> tup
     return copied, total
 
 
-def _copy_objects(ledger: LedgerStore, root: Path, *, link: bool) -> tuple[int, int, int]:
+def _copy_objects(ledger: LedgerStore, root: Path, *, link: bool, progress: Any = None) -> tuple[int, int, int]:
     """Copy (or hard-link) the ledger's object files into the copy: ``(linked, copied, bytes)``."""
     linked = copied = object_bytes = 0
-    for folder in sorted(p for p in ledger.objects_path.iterdir() if p.is_dir()):
+    folders = sorted(p for p in ledger.objects_path.iterdir() if p.is_dir())
+    stage(progress, "backup: objects", len(folders))
+    for folder in folders:
         target = root / "objects" / folder.name
         target.mkdir(exist_ok=True)
+        step(progress)
         for f in folder.iterdir():
             if f.name.startswith(".") or not f.is_file():  # a write in progress: not an object yet
                 continue

@@ -228,6 +228,9 @@ def open_state(path: str | Path) -> StateReader:
         else:
             handle = _open_file(stack, file, stamps)
             owner, handles = dict.fromkeys(handle.keys(), file), {file: handle}
+        if "" in owner:  # a state dict's '' is refused; from a file it was stored as a parameter without a name
+            raise InvalidParameterError(f"{owner['']}: holds a tensor whose name is empty; parameters need names "
+                                        "(rename it and save the file again)")
     except BaseException:
         stack.close()
         raise

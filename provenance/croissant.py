@@ -28,7 +28,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from provenance.errors import InvalidParameterError, ProvenanceWarning, warn
+from provenance.errors import InvalidParameterError, ProvenanceWarning, SourceError, warn
+from provenance.plain import utc_text
 from provenance.records import DatasetRecord, ShardRecord
 from provenance.sources.urls import is_url
 
@@ -120,6 +121,7 @@ def to_croissant(ds: DatasetRecord, shards: list[ShardRecord], base: str | os.Pa
         raise InvalidParameterError(
             f"{ds.dataset_id}: its shards are in object storage ({remote}); a Croissant export describes files "
             "beside the document, so copy them to a folder and register that (or export the dataset there)")
+    _check_files(ds, files)
     root = _common_folder(files)
     folder = Path(base).resolve() if base is not None else root
     distribution = [_file_object(s, folder) for s in files]
@@ -142,7 +144,7 @@ def to_croissant(ds: DatasetRecord, shards: list[ShardRecord], base: str | os.Pa
         "name": ds.name,
         "description": ds.description or f"{ds.name}, registered in a provenance ledger as {ds.dataset_id}",
         "version": str(ds.version),
-        "datePublished": ds.created_at.replace(microsecond=0).isoformat(),
+        "datePublished": utc_text(ds.created_at.replace(microsecond=0)),  # RFC 3339: UTC says so
         "distribution": distribution,
         "recordSet": record_sets,
         "provenance:role": ds.role,
@@ -170,6 +172,24 @@ def to_croissant(ds: DatasetRecord, shards: list[ShardRecord], base: str | os.Pa
     if len(files) < len(shards):
         doc["provenance:inMemoryShards"] = [s.shard_id for s in shards if s.uri is None]
     return doc
+
+
+def _check_files(ds: DatasetRecord, files: list[ShardRecord]) -> None:
+    """Refuse to describe a file that is gone or whose size is no longer the registered one: the
+    document would give it the registered ``sha256`` and ``contentSize``, and a reader would read
+    other records than the ledger's (a stat per file; a change that keeps the size would take
+    reading every file again)."""
+    for s in files:
+        try:
+            size = os.stat(s.uri).st_size  # type: ignore[arg-type]
+        except OSError as exc:
+            raise SourceError(f"{ds.dataset_id}: its file {s.uri} cannot be read ({exc.strerror}); a Croissant export "
+                              "describes the files as registered: put the file back, or register the data again "
+                              "and export that version") from None
+        if size != s.n_bytes:
+            raise SourceError(f"{ds.dataset_id}: its file {s.uri} has changed since it was registered ({size:,} "
+                              f"bytes, registered with {s.n_bytes:,}); its sha256 would not match: register the "
+                              "data again and export that version")
 
 
 def _kind(shard: ShardRecord) -> str:

@@ -29,7 +29,14 @@ import pyarrow.compute as pc
 
 from provenance.errors import InvalidParameterError, NotFoundError
 from provenance.ledger import LedgerStore
-from provenance.records import DatasetRecord, DocumentRecord, VersionRecord, check_document_key, check_utf8
+from provenance.records import (
+    DatasetRecord,
+    DocumentRecord,
+    VersionRecord,
+    check_document_key,
+    check_target_names,
+    check_utf8,
+)
 from provenance.results import LicenseSummary, Lineage
 
 
@@ -104,15 +111,20 @@ def lineage(ledger: LedgerStore, version: str | VersionRecord) -> Lineage:
     """Every dataset and shard that shaped ``version``, through all its ancestors (module doc)."""
     with ledger.session():
         vid, ancestors = ancestry(ledger, version)
-        runs_table = ancestors.select(["run_id", "version_id", "weight", "depth"]).filter(
+        runs_table = ancestors.select(["run_id", "version_id", "weight", "depth", "step"]).filter(
             pc.is_valid(ancestors.column("run_id")))
         shards, per_dataset = ledger.trained_datasets(runs_table)
         info = {r["dataset_id"]: r for r in ledger.dataset_table(per_dataset.column("dataset_id").to_pylist()).to_pylist()}
-        run_version = dict(zip(runs_table.column("run_id").to_pylist(), runs_table.column("version_id").to_pylist()))
-        unregistered = [{**r, "version_id": run_version.get(r["run_id"])}
-                        for r in ledger.unregistered_inputs(list(run_version))]
-        retracted = [{**r, "version_id": run_version[r["run_id"]]}  # the version in this lineage that carries
-                     for r in ledger.retraction_runs().to_pylist() if r["run_id"] in run_version]  # the run
+        carriers = defaultdict(list)  # per run, its versions in this lineage, nearest first (two checkpoints of it)
+        for r in runs_table.select(["run_id", "version_id", "step"]).to_pylist():
+            carriers[r["run_id"]].append(r)
+        unregistered = [{**r, "version_id": carriers[r["run_id"]][0]["version_id"]}
+                        for r in ledger.unregistered_inputs(list(carriers))]
+        retracted = []
+        for r in ledger.retraction_runs().to_pylist():  # the nearest version in this lineage that carries the run
+            seen = [c["version_id"] for c in carriers.get(r["run_id"], []) if not _before(c["step"], r["first_step"])]
+            if seen:
+                retracted.append({k: v for k, v in r.items() if k != "first_step"} | {"version_id": seen[0]})
         made = ledger.retraction_made([vid]).get(vid)
     datasets = _dataset_rows(per_dataset, info, ancestors)
     unknown = pc.and_(pc.is_null(ancestors.column("run_id")), pc.is_null(ancestors.column("method")))
@@ -122,6 +134,12 @@ def lineage(ledger: LedgerStore, version: str | VersionRecord) -> Lineage:
     return Lineage(version=vid, versions=versions, shards=shards, datasets=datasets,
                    license=license_summary(info.values()), unrecorded=unrecorded, unregistered_inputs=unregistered,
                    retracted=retracted, made_by_retraction=made)
+
+
+def _before(step: int | None, first_step: int | None) -> bool:
+    """Whether a checkpoint saved at ``step`` (None: not a checkpoint) was trained before the
+    ``first_step`` its run saw something at (None: at every step)."""
+    return step is not None and first_step is not None and step < first_step
 
 
 def _dataset_rows(per_dataset: pa.Table, info: dict[str, dict], ancestors: pa.Table) -> list[dict[str, Any]]:
@@ -135,7 +153,8 @@ def _dataset_rows(per_dataset: pa.Table, info: dict[str, dict], ancestors: pa.Ta
         meta = info.get(d["dataset_id"], {})
         out.append({**d, "effective_share": d["effective_examples"] / total, "role": meta.get("role"),
                     "license": meta.get("license"), "non_commercial": meta.get("non_commercial"),
-                    "share_alike": meta.get("share_alike"), "model_generated": meta.get("model_generated"),
+                    "share_alike": meta.get("share_alike"), "attribution": meta.get("attribution"),
+                    "model_generated": meta.get("model_generated"),
                     "path": path_to(child, d["via"][0]) if d["via"] else []})
     return out
 
@@ -206,6 +225,7 @@ def check_target(dataset: Any = None, shard: str | int | None = None, key: str |
         check_document_key(key)
     if text is not None:  # text=5: an AttributeError from deep in the fingerprinting
         check_utf8(text, "the text")
+    check_target_names(dataset, shard)
     if text is not None and (dataset is not None or shard is not None or key is not None):
         raise InvalidParameterError("a text is looked for in every dataset: give it alone, without a dataset, shard "
                                     "or key")
@@ -277,8 +297,10 @@ def _version_ids(ledger: LedgerStore, name: str) -> list[str]:
 
 
 def tainted_versions(graph: dict[str, dict[str, Any]], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The versions produced by ``runs`` (rows ``run_id, version_id, examples``), the versions
-    that carry those runs' patches (a retraction's rebase, whose ``run_id`` is the run) and every
+    """The versions produced by ``runs`` (rows ``run_id, version_id, examples``, and optionally
+    ``first_step``), the versions that carry those runs' patches (a retraction's rebase, whose
+    ``run_id`` is the run), the checkpoints of those runs saved at ``first_step`` or later (every
+    checkpoint where it is null or not given: the run only declared the data) and every
     descendant of them in ``graph``, each with the tainted ancestor it descends from."""
     children = defaultdict(list)
     carrying = defaultdict(list)  # run -> the versions recorded with it
@@ -290,8 +312,11 @@ def tainted_versions(graph: dict[str, dict[str, Any]], runs: list[dict[str, Any]
     hit: dict[str, dict[str, Any]] = {}
     queue = deque()
     for r in runs:
+        first = r.get("first_step")
         for v in dict.fromkeys([r["version_id"], *carrying[r["run_id"]]]):
             if v is None:
+                continue
+            if _before(graph[v].get("step"), first):  # a checkpoint trained on the run's steps up to it only
                 continue
             entry = hit.setdefault(v, {"version_id": v, "direct": True, "via": v, "runs": [], "examples": 0})
             entry["direct"], entry["via"] = True, v
@@ -325,11 +350,16 @@ def shard_index(ledger: LedgerStore, dataset_id: str, shard: str | int) -> int:
 
 def _shard(con: Any, dataset_id: str, shard: str | int) -> tuple[int, str] | None:
     """``(index, name)`` of the shard of ``dataset_id`` given by index (decimal digits only: ``' 0'``
-    and ``'0x0'`` were taken as shard 0, by a cast), name or file path, or None."""
+    and ``'0x0'`` were taken as shard 0, by a cast), name or file path, or None. A name that differs
+    from the registered one only in its Unicode normalisation form (``café`` typed as NFC, a file
+    from macOS named in NFD) is that shard, where none is named exactly so (it said "no shard
+    'café.jsonl' (it has café.jsonl)")."""
     text = str(shard)
     found = con.execute(
         """SELECT shard_index, name FROM shards WHERE dataset_id = $1
-           AND (shard_index = TRY_CAST($3 AS BIGINT) OR name = $2 OR uri = $2) ORDER BY shard_index LIMIT 1""",
+           AND (shard_index = TRY_CAST($3 AS BIGINT) OR name = $2 OR uri = $2
+                OR nfc_normalize(name) = nfc_normalize($2) OR nfc_normalize(uri) = nfc_normalize($2))
+           ORDER BY (shard_index = TRY_CAST($3 AS BIGINT) OR name = $2 OR uri = $2) DESC, shard_index LIMIT 1""",
         [dataset_id, text, text if re.fullmatch(r"[0-9]+", text) else None]).fetchall()
     return (int(found[0][0]), found[0][1]) if found else None
 

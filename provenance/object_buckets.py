@@ -102,6 +102,19 @@ class BucketObjectStore:
         except _ARROW_ERRORS as exc:
             raise StorageUnreachableError(f"cannot look up {self.scheme}://{key}: {why(exc)}") from None
 
+    def check_bucket(self) -> None:
+        """Refuse a bucket that is not there: each of its objects would be missing, and the
+        cause said nowhere. A bucket that cannot be looked up (a key allowed to read objects and
+        not to list the bucket) passes."""
+        bucket = self.prefix.split("/", 1)[0]
+        try:
+            found = self._info(bucket).type != pafs.FileType.NotFound
+        except StorageUnreachableError:
+            return
+        if not found:
+            raise StorageUnreachableError(f"object store {self.url}: the bucket {bucket!r} does not exist (deleted, "
+                                          "or the endpoint or account is another); no object could be checked")
+
     def size(self, address: str) -> int | None:
         info = self._info(self._key(address))
         return info.size if info.type == pafs.FileType.File else None

@@ -10,7 +10,12 @@ matched to a registered dataset:
 - else by name: an input named like a registered dataset (``NAME`` for its latest version, or
   ``NAME@VERSION``), or whose name ends in ``/NAME``; when its standard ``version`` facet is the
   content hash of one version of that dataset, that version (as a ledger's own events say,
-  :mod:`provenance.openlineage_out`).
+  :mod:`provenance.openlineage_out`); an input carrying the ``provenance_fingerprint`` facet
+  (another ledger's) whose content hash is no version of ours matches nothing.
+
+An input named again by a later event keeps the dataset it was first matched to (one that matched
+nothing takes the match the later event finds). ``JobEvent`` and ``DatasetEvent`` (no run) are
+answered ``event ignored``.
 
 An input in namespace ``provenance`` named by a full version id is a model (a run's base, a
 merge's parent), not data: it is not recorded as an input.
@@ -50,7 +55,7 @@ from provenance.ledger import LedgerStore
 from provenance.openlineage_out import NAME_LONGEST, NAMESPACE
 from provenance.records import RunRecord, check_utf8
 
-_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+_JSON_KINDS = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 EVENT_TYPES = ("START", "RUNNING", "COMPLETE", "FAIL", "ABORT", "OTHER")
 _ENDS = {"COMPLETE": "finished", "FAIL": "failed", "ABORT": "failed"}
 
@@ -119,6 +124,17 @@ class RunEvent(_Loose):
             raise ValueError(f"holds an unpaired surrogate at character {exc.start}: it is not valid UTF-8") from None
         return value
 
+    @field_validator("eventTime", mode="before")
+    @classmethod
+    def _iso(cls, value: Any) -> Any:
+        """An ISO 8601 date-time, as the spec (and the client) has it: a number (``0``, ``20261208``) or
+        a string of digits was taken as seconds since 1970, a date nobody meant, and stored as it."""
+        if not (isinstance(value, str) and re.match(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value)):
+            kind = _JSON_KINDS.get(type(value), type(value).__name__)
+            shown = repr(value)[:40] if isinstance(value, str) else f"a JSON {kind}, {str(value)[:40]}"
+            raise ValueError(f"must be an ISO 8601 date-time such as 2026-12-08T09:30:00Z, got {shown}")
+        return value
+
     @field_validator("eventTime")
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
@@ -147,6 +163,10 @@ def parse_event(data: Any) -> RunEvent:
 
 def ingest(ledger: LedgerStore, data: Any) -> dict[str, Any]:
     """Record one RunEvent (module doc); returns the provenance run and what was matched."""
+    static = _static_kind(data)
+    if static is not None:  # the client sends these to the same route: a 422 raised in the job that sent one
+        return {"run_id": None, "event": static, "status": f"event ignored: a {static} names no run, and the ledger "
+                "records runs", "inputs": [], "version_id": None}
     event = parse_event(data)
     kind = event.eventType or "OTHER"
     own = _own(ledger, event.run.runId)
@@ -174,6 +194,9 @@ def ingest(ledger: LedgerStore, data: Any) -> dict[str, Any]:
                     f"this event names the job {event.job.namespace}/{event.job.name} (each run has a runId of its own)")
             run_id = known["run_id"]
             tx.run_started_earlier(run_id, when)  # events arrive out of order: the run began at its earliest
+            if inputs:  # an input named again keeps its first match: named after a newer version was registered, it
+                before = tx.run_input_matches(run_id)  # was declared as that one too (its data counted twice)
+                inputs = [(n, m, before.get((n, m), d)) for n, m, d in inputs]
         status = tx.run_status(run_id)
         tx.map_openlineage_run(event.run.runId, run_id, event.job.namespace, event.job.name, kind, when)
         if status == "running":
@@ -183,14 +206,30 @@ def ingest(ledger: LedgerStore, data: Any) -> dict[str, Any]:
             if kind in _ENDS:
                 error = _error(event) if kind != "COMPLETE" else None
                 tx.end_run(run_id, _ENDS[kind], error=error, version_id=version, ended_at=when)
-        elif inputs and tx.add_run_inputs(run_id, inputs):  # events arrive out of order (the client sends
-            tx.count_run_shards(run_id)                      # them asynchronously): late inputs still count
-            status = f"{status} (the run had ended: its inputs are added to it)"
+        elif inputs and (late := tx.add_run_inputs(run_id, inputs))[0]:  # events arrive out of order (the client
+            if late[1]:                                                     # sends them asynchronously): late inputs
+                tx.count_run_shards(run_id)                                 # still count
+            status = f"{status} (the run had ended: its inputs are added to it)"  # an unmatched one too: it said ignored
         else:  # a repeated end, a late START or RUNNING, inputs it has: the run is ended; change nothing
             status = f"{status} (event ignored: the run has ended)"
     return {"run_id": run_id, "event": kind, "status": status if status != "running" or kind not in _ENDS
             else _ENDS[kind], "inputs": [{"namespace": n, "name": m, "dataset_id": d} for n, m, d in inputs],
             "version_id": version}
+
+
+def _static_kind(data: Any) -> str | None:
+    """``JobEvent`` or ``DatasetEvent`` when ``data`` is one of the spec's static events (a job's or
+    a dataset's definition, no run: by its ``schemaURL``, else by having no ``run`` and no
+    ``eventType``); None for anything else, a RunEvent to parse."""
+    if not isinstance(data, dict) or "run" in data:
+        return None
+    url = data.get("schemaURL")
+    kind = url.rpartition("/")[2] if isinstance(url, str) and "#/$defs/" in url else None
+    if kind in ("JobEvent", "DatasetEvent"):
+        return kind
+    if kind is None and "eventType" not in data:
+        return "DatasetEvent" if "dataset" in data else "JobEvent" if "job" in data else None
+    return None
 
 
 def _own(ledger: LedgerStore, ol_run_id: str) -> tuple[str | None, str] | None:
@@ -251,13 +290,21 @@ def _match(ledger: LedgerStore, known: _Registered, dataset: OLDataset) -> str |
     if facet is not None and facet["dataset"]:
         check_utf8(facet["dataset"], f"input {dataset.namespace}/{dataset.name}: its provenance facet's dataset")
         found = known.find(str(facet["dataset"]))  # named explicitly: a wrong name is an error, saying why
-        return found if found is not None else ledger.dataset(str(facet["dataset"])).dataset_id
+        if found is not None:
+            return found
+        try:
+            return ledger.dataset(str(facet["dataset"])).dataset_id
+        except (NotFoundError, InvalidParameterError) as exc:  # which of thousands of inputs: it said only the name
+            raise type(exc)(f"input {dataset.namespace}/{dataset.name}: its provenance facet's dataset: {exc}") from None
     version = dataset.facets.get("version") if isinstance(dataset.facets, dict) else None
     if isinstance(version, dict) and version.get("datasetVersion"):
         for candidate in dict.fromkeys((dataset.name, dataset.name.rsplit("/", 1)[-1])):
             found = known.by_content.get((candidate, str(version["datasetVersion"])))
             if found is not None:
                 return found
+        extra = dataset.model_extra or {}
+        if isinstance(extra.get("inputFacets"), dict) and "provenance_fingerprint" in extra["inputFacets"]:
+            return None  # another ledger's dataset: its content hash is none of ours, so it is not our latest either
     for candidate in (dataset.name, dataset.name.rsplit("/", 1)[-1]):
         found = known.find(candidate)
         if found is not None:
@@ -267,10 +314,15 @@ def _match(ledger: LedgerStore, known: _Registered, dataset: OLDataset) -> str |
 
 def _produced(ledger: LedgerStore, event: RunEvent) -> str | None:
     facet = event.run.facets.get("provenance") if isinstance(event.run.facets, dict) else None
-    ref = facet.get("version") if isinstance(facet, dict) else None
-    if ref is not None:
-        check_utf8(str(ref), "run.facets.provenance.version")
-        return _not_a_merge(ledger.version(str(ref)))  # named explicitly: a wrong ref is an error
+    if facet is not None and not (isinstance(facet, dict) and isinstance(facet.get("version"), str)):
+        raise InvalidParameterError(f'run.facets.provenance must be {{"version": REF}}, got {str(facet)[:80]}')
+    if facet is not None:  # named explicitly: a wrong ref is an error, saying where it is
+        check_utf8(facet["version"], "run.facets.provenance.version")
+        try:
+            found = ledger.version(facet["version"])
+        except (NotFoundError, InvalidParameterError) as exc:
+            raise type(exc)(f"run.facets.provenance.version: {exc}") from None
+        return _not_a_merge(found)
     for output in event.outputs:
         if output.namespace == NAMESPACE:
             try:

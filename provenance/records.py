@@ -330,10 +330,23 @@ def check_list(value: Any, what: str, call: str, *, least: int = 0, fewer: str =
     return items
 
 
+def check_target_names(dataset: Any, shard: Any) -> None:
+    """Refuse a taint or retraction target's dataset or shard name that is not UTF-8 (an unpaired
+    surrogate), naming it, locally and in a client before it sends it: DuckDB's ``Python
+    Conversion Failure`` was HTTP 500 from a server, and httpx's ``UnicodeEncodeError`` a client's."""
+    for part, value in (("dataset", dataset), ("shard", shard)):
+        if isinstance(value, str):
+            check_utf8(value, f"the {part} {value!r}")
+
+
 def check_ref(value: Any, what: str, kinds: tuple[type, ...] = (str, BaseModel)) -> Any:
     """``value`` if it is a reference (a string) or a record (of ``kinds``); else a refusal that
     says ``what`` one is and shows the value (an int was looked up as its digits: "no version or
-    tag '5'")."""
+    tag '5'"). A string that is not UTF-8 (an unpaired surrogate: JSON's ``"\\ud800"`` sent to a
+    server, a command line's stray bytes) is refused naming it: the ledger's lookup raised DuckDB's
+    ``Python Conversion Failure``, HTTP 500 from a server."""
+    if isinstance(value, str):
+        check_utf8(value, f"the reference {shown(value)}")
     if isinstance(value, kinds):
         return value
     raise InvalidParameterError(f"{what}, got {type(value).__name__} {value!r}"[:300])
@@ -501,6 +514,18 @@ class RunShardRecord(BaseModel):
     distinct_documents: int = Field(description="distinct documents of the shard the run saw")
     epochs: float = Field(description="examples / documents of the shard")
     logged: bool = Field(description="counted from logged examples (else assumed from the declared epochs)")
+
+
+class CheckpointRecord(BaseModel):
+    """A version saved as a checkpoint of a run (:meth:`provenance.runs.Run.checkpoint`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version_id: str
+    run_id: str
+    step: int = Field(description="the last step whose logged examples it was trained on (-1: saved before the run "
+                                   "logged any)")
+    created_at: UTCDateTime
 
 
 class RunRecord(BaseModel):

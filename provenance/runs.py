@@ -46,7 +46,7 @@ from provenance.ledger import LedgerStore
 from provenance.ledger._common import _now
 from provenance.openlineage_out import Emitter, with_job
 from provenance.records import DatasetRecord, RegistrationResult, RunRecord, VersionRecord, check_utf8
-from provenance.versions import commit
+from provenance.versions import check_step, commit
 
 _OPEN: weakref.WeakSet[Run] = weakref.WeakSet()
 #: Runs this process attached to (:meth:`Run.attach`) and has not ended: not abandoned while it holds them.
@@ -65,6 +65,7 @@ def stored_params(params: Mapping[str, Any] | None, sender: Emitter | None, mess
     server's client failed on it with a traceback)."""
     if params is not None and not isinstance(params, Mapping):
         raise InvalidParameterError(f"run params must be a mapping of names to JSON values, got {type(params).__name__}")
+    _check_depth(params or {})
 
     def finite(value: Any) -> Any:
         if isinstance(value, float) and not np.isfinite(value):
@@ -82,6 +83,29 @@ def stored_params(params: Mapping[str, Any] | None, sender: Emitter | None, mess
         raise InvalidParameterError(f"run params must be JSON values: {exc}") from None
     _check_text(stored, "")
     return stored
+
+
+#: How deep a run's params may nest (a configuration: Hydra's nest a few levels).
+MAX_PARAM_DEPTH = 100
+
+
+def _check_depth(params: Mapping[str, Any]) -> None:
+    """Refuse params nested deeper than :data:`MAX_PARAM_DEPTH`, or holding themselves, naming the
+    param, before they are walked: the walks recursed past Python's limit (a ``RecursionError``
+    traceback, HTTP 500 from a server for 600 levels of JSON). This walk keeps its own stack."""
+    stack = [(value, 1, name) for name, value in params.items()]
+    while stack:
+        value, depth, name = stack.pop()
+        if isinstance(value, Mapping):
+            children = list(value.values())
+        elif isinstance(value, (list, tuple)):
+            children = list(value)
+        else:
+            continue
+        if depth > MAX_PARAM_DEPTH:
+            raise InvalidParameterError(f"run param {name!r} nests more than {MAX_PARAM_DEPTH} levels of mappings or "
+                                        "lists (or holds itself); flatten it")
+        stack.extend((child, depth + 1, name) for child in children)
 
 
 def _check_text(value: Any, where: str) -> None:
@@ -423,6 +447,35 @@ class Run:
         """Store the state as the run's version (a remote run sends it to the server)."""
         return commit(self.ledger, state, **options)
 
+    def checkpoint(self, state: Any, *, step: int | None = None, message: str | None = None,
+                   **options: Any) -> VersionRecord:
+        """Store ``state`` as a checkpoint of this run, which goes on: a version whose parent is
+        the run's base, recorded with the run, and trained on the examples the run logged at steps
+        up to ``step`` (default: the last step logged so far, -1 when none is; the examples buffered
+        are written first). Its lineage counts those only, and taint of a document the run first saw at a
+        later step leaves it out. Options are those of :func:`provenance.versions.commit`."""
+        self._check_open()
+        if {"parent", "run", "checkpoint_of", "patch_of_run"} & set(options):
+            raise InvalidParameterError("a run's checkpoint is on its base, of itself: do not pass parent=, run=, "
+                                        "checkpoint_of= or patch_of_run=")
+        check_step(step)
+        at = "" if step is None else f" at step {step}"
+        message = message or f"{self.record.message}: checkpoint{at} of run {self.run_id[:12]}"
+        with self.ledger.session():
+            self.flush()
+            try:
+                return self._store_checkpoint(state, parent=self.base, checkpoint_of=self.run_id, step=step,
+                                              message=message, author=options.pop("author", self.record.author),
+                                              **options)
+            except InvalidParameterError:
+                if self.ledger.run(self.run_id).status != "running":  # ended by another process meanwhile
+                    self._ended_elsewhere()
+                raise
+
+    def _store_checkpoint(self, state: Any, **options: Any) -> VersionRecord:
+        """Store a checkpoint of the run (a remote run sends it to the server)."""
+        return commit(self.ledger, state, **options)
+
     def finish(self) -> RunRecord:
         """End the run without a version (e.g. an evaluation-only run, or one not worth keeping)."""
         return self._end("finished", None)
@@ -528,9 +581,15 @@ def write_examples(ledger: LedgerStore, run: str | RunRecord, log: pa.Table) -> 
         log = log.cast(EXAMPLES_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise InvalidParameterError(f"examples: {exc}") from None
-    for name in ("key", "step"):
+    for name in ("seq", "key", "step"):
         if log.column(name).null_count:
             raise InvalidParameterError(f"examples: row {_first(pc.is_null(log.column(name)))}: the {name} is null")
+    seq = log.column("seq").to_numpy()
+    if len(np.unique(seq)) < len(seq):  # rows of one seq were taken for one key in several datasets
+        order = np.argsort(seq, kind="stable")
+        row = int(order[1:][seq[order][1:] == seq[order][:-1]].min())
+        raise InvalidParameterError(f"examples: row {row}: seq {int(seq[row])} is an earlier row's; each row's seq is "
+                                    "its own (its place in the batch)")
     if log.num_rows and pc.min(log.column("step")).as_py() < 0:
         row = _first(pc.less(log.column("step"), 0))
         raise InvalidParameterError(f"examples: row {row}: the step is negative ({log.column('step')[row].as_py()})")

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from provenance.fingerprints import FingerprintConfig
 from provenance.records import (
+    CheckpointRecord,
     DatasetRecord,
     DocumentRecord,
     License,
@@ -37,6 +38,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "param": ParamRecord,
     "run": RunRecord,
     "run_shard": RunShardRecord,
+    "checkpoint": CheckpointRecord,
     **dict(iter_models()),
 }
 

@@ -97,6 +97,8 @@ def raise_error(status: int, body: Any, where: str) -> None:
         raise errors.ProvenanceError(f"{where}: HTTP {status}, not a provenance ledger server's answer (is the URL "
                                      f"the server's address?): {text[:300]}")
     message, kind = body["error"], body.get("kind", "")
+    if status == 401:  # which server refused the token: "unknown, revoked or expired token" named none
+        message = f"{where}: {message}"
     cls = getattr(errors, kind, None)
     if kind == "GateFailedError":
         from provenance.results import GateReport

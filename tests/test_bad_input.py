@@ -124,6 +124,7 @@ def test_a_record_with_a_bad_byte_and_a_lone_surrogate_is_repaired_once(populate
         (b'{"text": ["a"]}', ":2: text field 'text' is list, expected a string"),
         (b'["not", "an", "object"]', ":2: expected a JSON object, got list"),
         (b'"just a string"', ":2: expected a JSON object, got str"),
+        (b'null', ":2: expected a JSON object, got null"),
         (b'{"text": "x", "n": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
          ":2: the record nests its JSON too deeply to be read"),  # a RecursionError traceback, exit 1
         (b'{"text": "a"}\r{"text": "b"}',  # lines ended by CR alone: it said "Extra data" and no more
@@ -131,7 +132,7 @@ def test_a_record_with_a_bad_byte_and_a_lone_surrogate_is_repaired_once(populate
          "\\r alone? JSONL ends them by \\n"),
     ],
     ids=["unterminated", "trailing-comma", "control-character", "missing-text", "null-text", "number-text", "list-text",
-         "array", "string", "deep", "carriage-returns"],
+         "array", "string", "null", "deep", "carriage-returns"],
 )
 def test_bad_jsonl_line_names_file_and_line(populated, data_dir, line, expected):
     ledger, unchanged = populated
@@ -330,12 +331,49 @@ def test_duplicate_ids_in_a_parquet_file_are_placed_by_row(populated, data_dir):
 # -- files that cannot be read -------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32"])
+@pytest.mark.parametrize("suffix", [".jsonl", ".txt"])
+def test_a_utf16_file_is_named_as_such_under_every_policy(populated, data_dir, encoding, suffix):
+    """A UTF-16 file (as Windows tools write) said "invalid UTF-8 at byte 0", and with
+    on_invalid="replace" a text file registered its characters as U+FFFD and NULs."""
+    ledger, unchanged = populated
+    path = data_dir / f"wide{suffix}"
+    bom = {"utf-16-be": "\ufeff"}.get(encoding, "")
+    path.write_bytes((bom + '{"text": "hello there"}\n').encode(encoding))
+    for policy in ("error", "replace", "skip"):
+        message = refused(ledger, "good", path, on_invalid=policy)
+        assert message == (f"{path}: the file is UTF-16 (or UTF-32) text, by the byte order mark it starts with; "
+                           "sources are read as UTF-8: convert it first (iconv -f UTF-16 -t UTF-8)"), message
+    unchanged()
+
+
 def test_unknown_file_type(populated, data_dir):
     ledger, unchanged = populated
     path = data_dir / "table.csv"
     path.write_text("text\nhello\n")
     message = refused(ledger, "good", path)
     assert message.startswith(f"{path}: unknown file type; supported: .jsonl")
+    unchanged()
+
+
+@pytest.mark.parametrize("kind", ["Dataset", "DatasetDict"])
+def test_a_folder_saved_by_hugging_face_datasets_says_how_to_register_it(populated, data_dir, kind):
+    """A folder ``datasets``' save_to_disk wrote was refused as ``data-00000-of-00001.arrow: unknown
+    file type`` (or ``dataset_dict.json``), with no word of load_from_disk."""
+    ledger, unchanged = populated
+    saved = data_dir / "saved"
+    split = saved / "train" if kind == "DatasetDict" else saved
+    split.mkdir(parents=True)
+    (split / "data-00000-of-00001.arrow").write_bytes(b"arrow stream bytes")
+    (split / "dataset_info.json").write_text("{}")
+    (split / "state.json").write_text("{}")
+    if kind == "DatasetDict":
+        (saved / "dataset_dict.json").write_text('{"splits": ["train"]}')
+    first = saved / "dataset_dict.json" if kind == "DatasetDict" else split / "data-00000-of-00001.arrow"
+    message = refused(ledger, "good", saved)
+    assert message.startswith(f"{first}: unknown file type; supported: .jsonl"), message
+    assert message.endswith("; the folder is a Hugging Face dataset written by save_to_disk: register it from Python "
+                            "as ledger.register_dataset(NAME, datasets.load_from_disk(FOLDER)) (docs/hugging-face.md)")
     unchanged()
 
 
@@ -555,6 +593,21 @@ def test_truncated_zstd_at_a_block_boundary(populated, data_dir):
     unchanged()
 
 
+@pytest.mark.parametrize("suffix", [".jsonl.gz", ".jsonl.zst"])
+def test_bytes_after_good_compressed_data_name_the_line_they_follow(populated, data_dir, suffix):
+    """A .zst whose good frame is followed by other bytes (a file appended to, a download with a
+    trailer) said "not zstd data, or damaged at its start; is the file name's suffix right?"."""
+    ledger, unchanged = populated
+    path = data_dir / f"tail{suffix}"
+    body = b'{"text": "first document"}\n{"text": "second document"}\n'
+    packed = gzip.compress(body) if suffix == ".jsonl.gz" else zstandard.ZstdCompressor().compress(body)
+    path.write_bytes(packed + b"trailing bytes that are not compressed data")
+    message = refused(ledger, "good", path)
+    kind = "gzip" if suffix == ".jsonl.gz" else "zstd"
+    assert message.startswith(f"{path}: {kind} data is truncated or corrupt after line 2: "), message
+    unchanged()
+
+
 def test_missing_path(populated, data_dir):
     ledger, unchanged = populated
     path = data_dir / "nope.jsonl"
@@ -653,6 +706,29 @@ def test_file_changed_while_registering(populated, data_dir, fmt):
     unchanged()
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "jsonl.gz"])
+def test_file_cut_short_or_appended_to_after_hashing_is_said_as_changed(populated, data_dir, fmt):
+    """A file cut in the middle of a line after it was hashed read as a malformed record, and a
+    .gz appended to as damaged gzip data (``is the file name's suffix right?``): the change is said."""
+    ledger, unchanged = populated
+    first, second = _write_two(data_dir, "parquet" if fmt == "parquet" else "jsonl")
+    if fmt == "jsonl.gz":
+        second = second.rename(data_dir / "b.jsonl.gz")
+        second.write_bytes(gzip.compress(second.read_bytes()))
+
+    def damage():
+        if fmt == "jsonl.gz":
+            with open(second, "ab") as fh:
+                fh.write(b'{"text": "appended after hashing"}\n')
+        else:
+            os.truncate(second, second.stat().st_size // 2)
+
+    message = refused(ledger, "good", [first, second], progress=_OnRegistering(damage))
+    assert message.startswith(f"{second}: file changed while it was being registered; register it again "
+                              f"(reading it then failed: {second}"), message
+    unchanged()
+
+
 # -- in-memory records and parameters ------------------------------------------------------------
 
 
@@ -663,12 +739,13 @@ def test_file_changed_while_registering(populated, data_dir, fmt):
         ([{"text": "ok"}, {"text": None}], "records[batch-00000]: record 1: text field 'text' is null, expected a string"),
         ([{"text": "ok"}, {"text": 3.5}], "records[batch-00000]: record 1: text field 'text' is float, expected a string"),
         ([{"text": "ok"}, "just text"], "records[batch-00000]: record 1 is a str, expected a dict"),
+        ([{"text": "ok"}, None], "records[batch-00000]: record 1 is None, expected a dict"),
         (
             [{"text": "ok"}, {"text": "lone \ud800"}],
             "records[batch-00000]: record 1: text holds an unpaired surrogate at character 5",
         ),
     ],
-    ids=["missing", "null", "float", "not-a-dict", "surrogate"],
+    ids=["missing", "null", "float", "not-a-dict", "none", "surrogate"],
 )
 def test_bad_records_name_the_record(populated, records, expected):
     ledger, unchanged = populated

@@ -87,6 +87,25 @@ def test_dataset_add_list_show(project, runner):
     assert human.exit_code == 0 and "CC-BY-NC-4.0 (non-commercial, attribution)" in human.output
 
 
+def test_dataset_show_lists_the_first_shards_unless_asked_for_all(project, runner, monkeypatch):
+    """A folder of text files is a shard a file: `prov dataset show` drew every one (a table of
+    20,000 shards took 78 s); the table shows the first SHOWN_SHARDS and says how many more."""
+    import provenance.cli.datasets as datasets_cli
+
+    monkeypatch.setattr(datasets_cli, "SHOWN_SHARDS", 2)
+    for i in range(5):
+        (project / "txt").mkdir(exist_ok=True)
+        (project / "txt" / f"f{i}.txt").write_text(f"text file number {i} of five")
+    assert runner.invoke(main, ["dataset", "add", "files", "txt"]).exit_code == 0
+    out = runner.invoke(main, ["dataset", "show", "files"])
+    assert out.exit_code == 0, out.output
+    assert "shards (the first 2 of 5)" in out.output and "f1.txt" in out.output and "f2.txt" not in out.output
+    assert out.output.endswith("3 more shard(s): --all lists them, --json gives everything\n")
+    out = runner.invoke(main, ["dataset", "show", "files", "--all"])
+    assert out.exit_code == 0 and "f4.txt" in out.output and "more shard(s)" not in out.output
+    assert len(_json(runner.invoke(main, ["dataset", "show", "files", "--json"]))["shards"]) == 5
+
+
 def test_dataset_add_options_shape_the_config(project, runner):
     out = _json(runner.invoke(main, ["dataset", "add", "small", "data/a.jsonl", "--num-perm", "64", "--ngram", "3",
                                       "--seed", "7", "--threshold", "0.5", "--role", "eval", "--json"]))
@@ -152,6 +171,34 @@ def test_sql_of_a_query_that_opens_with_a_comment(project, runner):
     assert result.exit_code == 4 and "give exactly one statement, got 0" in result.output
     result = runner.invoke(main, ["sql", "SELECT 1", "--fromat", "csv"])  # a mistyped option is still one
     assert result.exit_code == 2 and "No such option '--fromat'. Did you mean '--format'?" in result.output
+
+
+def test_duckdb_draws_no_progress_bar_into_the_output(project, runner):
+    """DuckDB's own progress bar is on by default and drew on stdout for any query of over 2 s:
+    into `prov sql --json`, and (a registration copying many shards) into a benchmark's JSON line.
+    Checked by its setting in a process of its own (under pytest DuckDB leaves it off), on the
+    command's connection and on another thread's cursor (a server's reads); by hand, a 6 s
+    query's `--json` output was JSON only."""
+    import subprocess
+    import sys
+
+    script = """if True:
+        import json, sys, threading
+        from provenance import Ledger
+        from provenance.cli.main import main
+        query = "SELECT current_setting('enable_progress_bar') AS bar"
+        ledger, seen = Ledger.open(sys.argv[1]), []
+        with ledger.session():
+            seen += ledger.sql(query).to_pylist()
+            reader = threading.Thread(target=lambda: seen.extend(ledger.sql(query).to_pylist()))
+            reader.start()
+            reader.join()
+        print(json.dumps(seen))
+        main(["--ledger", sys.argv[1], "sql", query, "--json"])"""
+    done = subprocess.run([sys.executable, "-c", script, str(project)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    library, command = done.stdout.split("\n", 1)
+    assert (json.loads(library), json.loads(command)) == ([{"bar": False}, {"bar": False}], [{"bar": False}]), done.stdout
 
 
 def test_ledger_option_env_and_missing(project, runner, tmp_path_factory, monkeypatch):
@@ -890,6 +937,23 @@ def test_an_interrupted_demo_names_what_it_kept_and_how_to_go_on(tmp_path, runne
     assert [r["created"] for r in again["registrations"]] == [False] * 3 and len(again["models"]) == 4
 
 
+def test_an_interrupted_served_demo_says_where_its_server_wrote(tmp_path, runner, monkeypatch):
+    """With --server the writes are the server subprocess's, which no ledger opened by the command
+    committed: Ctrl-C said only `Aborted!`. (Interrupting the real thing was tried by hand: the
+    server stops, and the demo run again goes on: "unchanged: ... nothing registered".)"""
+    import provenance.demo
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(provenance.demo, "run_served_demo", interrupted)
+    result = runner.invoke(main, ["demo", str(tmp_path / "d"), "--server"])
+    assert result.exit_code == 130
+    assert result.output.strip() == (
+        f"Aborted! What the ledger recorded before the interrupt is kept: what the demo's server wrote, in "
+        f"{tmp_path / 'd' / '.prov'}; run `prov demo {tmp_path / 'd'} --server` again to go on where it stopped")
+
+
 def test_the_option_and_name_errors_concepts_quotes_are_what_prov_prints(project, runner):
     """docs/concepts.md said `prov` prints `invalid parameter: lsh_threshold: Input should be less
     than 1` for an out-of-range threshold (click refuses the option first), and quoted the refused
@@ -933,3 +997,41 @@ def test_dataset_add_with_name_and_source_swapped_says_so(project, runner):
     missing = runner.invoke(main, ["dataset", "add", "web", "nope.jsonl"])  # NAME is no file: as before
     assert missing.exit_code == 4 and "nope.jsonl: no such file or folder" in missing.output
     assert _json(runner.invoke(main, ["dataset", "add", "web", "data/a.jsonl", "--json"]))["created"] is True
+
+
+def test_backup_shows_its_stages_and_an_interrupted_check_names_the_whole_copy(project, runner, monkeypatch):
+    """`prov backup` of a 1M-document ledger ran 18 s with no progress bar; and a Ctrl-C while it
+    checked the copy said only `Aborted!`, though the copy was whole in DESTINATION/.prov (a second
+    backup into it was refused: the folder was not empty)."""
+    import provenance.verify
+    from provenance import Ledger
+
+    ledger = Ledger.open(project)
+    ledger.commit({"w": __import__("torch").ones(4)}, message="base")
+    seen = []
+
+    class Recorder:
+        def start(self, description, total):
+            seen.append(description)
+
+        def advance(self, amount):
+            pass
+
+    assert ledger.backup(project.parent / "bk1", progress=Recorder())["verified"] is True
+    assert seen[:2] == ["backup: database", "backup: objects"] and seen[-1] == "verify: objects"
+    del ledger
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(provenance.verify, "verify", interrupted)
+    dest = project.parent / "bk2"
+    result = runner.invoke(main, ["backup", str(dest)])
+    assert result.exit_code == 130 and (dest / ".prov").is_dir()
+    assert (f"Aborted! What the ledger recorded before the interrupt is kept: the copy {dest / '.prov'}, whole; its "
+            f"check was stopped; check it with `prov --ledger {dest} verify --objects`") in result.output
+    import provenance.backup
+
+    monkeypatch.setattr(provenance.backup, "_copy_objects", interrupted)  # stopped before the copy was whole
+    result = runner.invoke(main, ["backup", str(project.parent / "bk3")])
+    assert result.exit_code == 130 and "kept" not in result.output and not (project.parent / "bk3").exists()

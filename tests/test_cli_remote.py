@@ -66,8 +66,11 @@ def test_the_cli_through_a_server(server, tmp_path, monkeypatch):
 
     gate = js("audit", "merge", heads[0]["version_id"], heads[1]["version_id"], code=1)
     assert gate["passed"] is False and gate["contamination"]["contaminated_eval_documents"] == 1
+    unfit = runner.invoke(main, ["--ledger", server.url, "merge", heads[0]["version_id"], heads[1]["version_id"],
+                                 "--gate", "-m", "refused"])  # fisher, with no Fishers stored: refused before the gate
+    assert unfit.exit_code == 4 and "have no stored Fisher for every parameter" in unfit.output
     refused = runner.invoke(main, ["--ledger", server.url, "merge", heads[0]["version_id"], heads[1]["version_id"],
-                                   "--gate", "-m", "refused"])
+                                   "--method", "average", "--gate", "-m", "refused"])
     assert refused.exit_code == 1 and "nothing merged" in refused.output
     merged = js("merge", heads[0]["version_id"], heads[1]["version_id"], "--method", "average", "-m", "merged",
                 "--audit", gate["audit_id"])
@@ -211,7 +214,8 @@ def test_a_call_without_a_token_says_where_the_token_goes(server, monkeypatch):
     monkeypatch.delenv("PROV_TOKEN", raising=False)
     result = CliRunner().invoke(main, ["--ledger", server.url, "dataset", "list"])
     assert result.exit_code == 4, result.output
-    assert result.output == ("Error: this server needs a token (Authorization: Bearer TOKEN): prov reads it from "
+    assert result.output == (f"Error: GET {server.url}/api/v1/datasets: this server needs a token (Authorization: "
+                             "Bearer TOKEN): prov reads it from "
                              "PROV_TOKEN, Python from Ledger.open(URL, token=...); the server's admin makes one with "
                              "`prov token create NAME --scope read`\n")
 

@@ -326,3 +326,39 @@ def test_file_names_with_spaces_hashes_and_percent_signs_read_back_as_named(ledg
     records = mlc.Dataset(jsonld=path).records(record_set="documents")
     assert sorted((r["documents/id"], r["documents/text"]) for r in records) == sorted(
         (f"k{i}".encode(), f"text of {name}".encode()) for i, name in enumerate(names))
+
+
+def test_date_published_is_rfc3339_utc(ledger, data_dir, write_jsonl, tmp_path):
+    # The ledger's times are naive UTC: written without a zone, a reader took the registration
+    # time as its own local time (mlcroissant gave a naive datetime).
+    import datetime as dt
+
+    write_jsonl(data_dir / "when.jsonl", [{"text": "registered at some time"}])
+    ledger.register_dataset("when", data_dir / "when.jsonl")
+    created = ledger.dataset("when").created_at.replace(microsecond=0)
+    path = export(ledger, "when", data_dir)
+    doc = json.loads(path.read_text())
+    assert doc["datePublished"] == created.isoformat() + "Z"
+    published = mlc.Dataset(jsonld=path).metadata.date_published
+    assert published.utcoffset() == dt.timedelta(0)
+    assert published.replace(tzinfo=None) == created
+
+
+def test_a_changed_or_missing_file_is_refused(ledger, data_dir, write_jsonl, tmp_path):
+    # The export gave a file the sha256 and size it was registered with, whatever it holds now:
+    # a changed file read back as other records than the ledger's, a missing one as nothing.
+    from provenance.errors import SourceError
+
+    path = data_dir / "later.jsonl"
+    write_jsonl(path, [{"text": "the first document"}, {"text": "the second one"}])
+    ledger.register_dataset("later", path)
+    assert ledger.export_croissant("later", base=data_dir)["distribution"][0]["contentSize"] == f"{path.stat().st_size} B"
+    registered = path.stat().st_size
+    with path.open("a") as f:
+        f.write('{"text": "added after registration"}\n')
+    with pytest.raises(SourceError, match=rf"later@1: its file .*later\.jsonl has changed since it was registered "
+                                          rf"\({path.stat().st_size:,} bytes, registered with {registered:,}\)"):
+        ledger.export_croissant("later", base=data_dir)
+    path.unlink()
+    with pytest.raises(SourceError, match=r"later@1: its file .*later\.jsonl cannot be read \(No such file"):
+        ledger.export_croissant("later", base=data_dir)

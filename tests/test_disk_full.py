@@ -132,9 +132,9 @@ def test_a_commit_past_the_limit_names_the_objects_folder_and_stores_nothing(roo
 def test_a_backup_past_the_limit_names_both_files_and_is_removed(root, tmp_path, write_jsonl):
     ledger = Ledger.open(root)
     ledger.commit({"w": torch.randn(512, 1024)}, message="2 MB")
-    new, empty = tmp_path / "new-backup", tmp_path / "empty-backup"
+    new, empty, nested = tmp_path / "new-backup", tmp_path / "empty-backup", tmp_path / "made" / "by" / "backup"
     empty.mkdir()
-    for dest, left in ((new, False), (empty, True)):
+    for dest, left in ((new, False), (empty, True), (nested, False)):
         done = prov(root, "backup", str(dest), limit=1_000_000)
         assert done.returncode == 4, done.stderr
         found = re.fullmatch(r"Error: cannot copy (\S+) to (\S+): File too large\n", done.stderr)
@@ -143,6 +143,7 @@ def test_a_backup_past_the_limit_names_both_files_and_is_removed(root, tmp_path,
         assert Path(found.group(2)).is_relative_to(dest / ".prov.partial")
         assert dest.exists() is left  # a folder the backup made is removed; one given empty stays, empty
         assert not left or list(dest.iterdir()) == []
+    assert not (tmp_path / "made").exists()  # the parents it made too (made/by was left behind)
 
     done = prov(root, "backup", str(new), "--json")
     assert done.returncode == 0, done.stderr

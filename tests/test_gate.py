@@ -408,6 +408,31 @@ def test_merge_with_the_gate_in_the_library(contributors):
     assert ledger.audit(ledger.receipt(merged)["audit_id"])["passed"] is True
 
 
+def test_a_gated_merge_refused_for_its_options_runs_no_gate(contributors):
+    """``merge(gate={...})`` ran the gate, storing its audit, before the merge's own checks: three
+    weights for two versions, a negative one, eps with TIES, a base that is no ancestor or missing
+    stored Fishers were refused after the gate had run, each leaving an audit behind (a
+    refused input that changed the ledger). The gate now runs once those checks pass; the CLI's
+    --gate too."""
+    ledger, base, va, vb = contributors
+    audits, versions = len(ledger.audits()), len(ledger.versions())
+    for options, says in (({"weights": [1, 2, 3]}, "3 weights for 2 versions"),
+                          ({"weights": [1, -1]}, "weights must be finite, >= 0"),
+                          ({"method": "ties", "eps": 0.1}, "eps= is for fisher"),
+                          ({"method": "task_arithmetic", "base": va}, "is not an ancestor of input"),
+                          ({"method": "fisher"}, "have no stored Fisher"),
+                          ({"message": " "}, "a merge needs a message")):
+        with pytest.raises(InvalidParameterError, match=says):
+            ledger.merge([va, vb], **{"method": "average", "message": "m", **options}, gate={"max_contamination": 2})
+    result = CliRunner().invoke(main, ["--ledger", str(ledger.root), "merge", va.version_id, vb.version_id,
+                                       "--method", "average", "--weights", "1,2,3", "--gate", "-m", "m"])
+    assert result.exit_code == 4 and "3 weights for 2 versions" in result.output  # bad input, not a failed gate
+    assert len(ledger.audits()) == audits and len(ledger.versions()) == versions
+    merged = ledger.merge([va, vb], method="average", message="gated", gate={"max_contamination": 2})
+    assert len(ledger.audits()) == audits + 1
+    assert ledger.receipt(merged).audit_id == ledger.audits("merge")[0]["audit_id"]
+
+
 def test_a_merge_cites_a_stored_gate_of_its_inputs_by_its_full_id(contributors):
     """``audit=`` was kept as given: a prefix (or any text) in the receipt, so prov audit delete did
     not see the citation and deleted the audit, and the model card then failed (stranger pass 23)."""

@@ -177,3 +177,41 @@ def test_with_keys_refuses_a_column_name_and_ids_that_registration_would_refuse(
     assert with_keys(data, id_field="id", column="doc")["doc"] == ["a", "b"]
     assert list(with_keys(datasets.Dataset.from_dict({"n": [7, 2**40], "text": TEXTS[:2]}), id_field="n")["key"]) == [
         "7", "1099511627776"]
+
+
+def test_with_keys_refuses_stream_ids_that_registration_would_refuse():
+    """A stream keyed by id_field gave a None id the key 'None', a float 1.0 the key '1.0' and a
+    bool the key 'True', where registration refuses them (and a Dataset's with_keys does): the keys
+    named no document, found only when a run logged them. Refused, naming the row; a NumPy
+    integer id, which a map() may give, is its decimal string as registration reads it."""
+    import numpy as np
+
+    def stream(ids):
+        return datasets.IterableDataset.from_generator(lambda: iter([{"id": i, "text": t} for i, t in zip(ids, TEXTS)]))
+
+    with pytest.raises(InvalidParameterError, match=r"^id column 'id': row 2 of the stream has no id \(None\); every "):
+        list(with_keys(stream(["a", "b", None]), id_field="id"))
+    for ids, shown in (([1.0, 2.5], r"1\.0 \(float\)"), ([True, False], r"True \(bool\)")):
+        with pytest.raises(InvalidParameterError, match=rf"id column 'id': row 0 of the stream has id {shown}; ids must be "
+                                                         "strings or integers"):
+            list(with_keys(stream(ids), id_field="id"))
+    numpy_ids = stream([1, 2]).map(lambda row: {"id": np.int64(row["id"] * 10)})
+    assert [r["key"] for r in with_keys(numpy_ids, id_field="id")] == ["10", "20"]
+    assert [r["key"] for r in with_keys(stream(["a", 7]), id_field="id")] == ["a", "7"]
+
+
+def test_a_save_to_disk_folder_is_refused_saying_how_to_register_it(ledger, tmp_path):
+    """A folder that datasets' save_to_disk wrote, given as a source, was refused as
+    "data-00000-of-00001.arrow: unknown file type" with no way forward. The message says how to
+    register it, and that way works."""
+    data = datasets.Dataset.from_dict({"id": [f"a{i}" for i in range(4)], "text": TEXTS[:4]})
+    data.save_to_disk(str(tmp_path / "saved"))
+    datasets.DatasetDict({"train": data}).save_to_disk(str(tmp_path / "splits"))
+    for folder, first in (("saved", "data-00000-of-00001.arrow"), ("splits", "dataset_dict.json")):
+        with pytest.raises(SourceError, match=rf"{first}: unknown file type; supported: .*; the folder is a Hugging Face "
+                                              r"dataset written by save_to_disk: register it from Python as "
+                                              r"ledger.register_dataset\(NAME, datasets.load_from_disk\(FOLDER\)\)"):
+            ledger.register_dataset("saved", tmp_path / folder, id_field="id")
+    assert ledger.datasets() == []
+    ledger.register_dataset("saved", datasets.load_from_disk(str(tmp_path / "saved")), id_field="id")
+    assert [d["key"] for d in _documents(ledger, "saved")] == ["a0", "a1", "a2", "a3"]

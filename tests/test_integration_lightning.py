@@ -186,6 +186,29 @@ def test_a_key_function_that_gives_a_tensor_or_one_string_is_refused_by_name(tin
         assert tiny.run(callback.run.run_id).status == "failed"
 
 
+@pytest.mark.parametrize("kind", ["generator", "map", "numpy"])
+def test_a_key_function_may_give_any_iterable_of_keys(tiny, tmp_path, kind):
+    """A key function returning a generator or a map stopped training with "TypeError: object of
+    type 'generator' has no len()"; a numpy array of strings with "The truth value of an array with
+    more than one element is ambiguous" (found by stranger pass 73)."""
+    import numpy as np
+
+    key = {"generator": lambda batch: (k for k in batch["key"]), "map": lambda batch: map(str, batch["key"]),
+           "numpy": lambda batch: np.array(batch["key"])}[kind]
+    module, callback = Tiny(), ProvenanceCallback(tiny, datasets=["tiny"], key=key)
+    _trainer(tmp_path, callback, max_steps=2).fit(module, DataLoader(ROWS, batch_size=4))
+    assert {step: len(keys) for step, keys in module.seen.items()} == {0: 4, 1: 4}
+    assert_same_per_step(logged_by_step(tiny, callback.run.run_id), module.seen)
+
+
+def test_a_key_function_that_gives_no_sequence_is_refused_by_name(tiny, tmp_path):
+    callback = ProvenanceCallback(tiny, datasets=["tiny"], key=lambda batch: 4)
+    with pytest.raises(InvalidParameterError, match=re.escape(
+            "ProvenanceCallback: the document keys of batch 0 at step 0 are a int (4), not a list of strings")):
+        _trainer(tmp_path, callback).fit(Tiny(), DataLoader(ROWS, batch_size=4))
+    assert tiny.run(callback.run.run_id).status == "failed"
+
+
 def test_what_cannot_be_followed_is_refused_before_anything_is_written(tiny, tmp_path):
     with pytest.raises(InvalidParameterError, match="pass datasets="):
         _trainer(tmp_path, ProvenanceCallback(tiny)).fit(Tiny(), DataLoader(ROWS, batch_size=4))
@@ -334,6 +357,12 @@ def test_a_save_at_the_end_of_the_last_epoch_is_the_run_s_version(tiny, tmp_path
     assert callback.checkpoints[10] == callback.version  # the last save is the run's version, not a copy of it
     assert callback.checkpoints[5] != callback.version
     assert len(tiny.versions()) == before + 3  # the starting weights, the first epoch's save, the run's version
+    # the first epoch's save is the run's, trained on its steps 0 to 4: its lineage counts those examples only
+    first = callback.checkpoints[5]
+    assert first.run_id == callback.run.run_id
+    assert [(c.version_id, c.step) for c in tiny.checkpoints(first.run_id)] == [(first.version_id, 4)]
+    assert [d.examples for d in tiny.lineage(first).datasets] == [5 * 8]
+    assert [d.examples for d in tiny.lineage(callback.version).datasets] == [10 * 8]
 
 
 def test_resuming_from_a_checkpoint_says_the_steps_before_are_out_of_the_lineage(tiny, tmp_path):
@@ -425,3 +454,76 @@ def test_a_run_ended_elsewhere_stops_training_with_the_error_that_says_so(tiny, 
         _trainer(tmp_path, callback, max_steps=4).fit(EndedElsewhere(), DataLoader(ROWS, batch_size=4))
     run = tiny.run(callback.run.run_id)
     assert run.status == "finished" and run.version_id is None and sorted(logged_by_step(tiny, run.run_id)) == [0]
+
+
+class _Several(Tiny):
+    """Trains on a batch of several train dataloaders (a dict of batches, a part None once its
+    loader is exhausted in "max_size" mode); records the rows of each part it trained on."""
+
+    def training_step(self, batch, batch_idx):
+        losses = [super(_Several, self).training_step(part, batch_idx) for part in batch.values() if part is not None]
+        return sum(losses)
+
+
+@pytest.mark.parametrize(("mode", "by_function", "trained"), [
+    ("max_size_cycle", False, 3 * 4 + 3 * 2),  # three batches of "a", and of "b" (two batches of 2 rows) cycled
+    ("max_size", True, 3 * 4 + 2 * 2),         # "b" is exhausted at the third step: its part is None
+])
+def test_several_train_dataloaders_log_the_examples_of_each(tiny, tmp_path, mode, by_function, trained):
+    """A CombinedLoader's batch holds the batches of every train dataloader: a key function giving
+    the keys of all of them was refused ("gave 6 document keys, but its tensors hold 2 or 4
+    examples"), and the default key found no "key" field in {"a": ..., "b": ...} (found by stranger pass 73)."""
+    from lightning.pytorch.utilities import CombinedLoader
+
+    def keys(batch):
+        return [key for part in batch.values() if part is not None for key in part["key"]]
+
+    module = _Several()
+    callback = ProvenanceCallback(tiny, datasets=["tiny"], **({"key": keys} if by_function else {}))
+    loaders = CombinedLoader({"a": DataLoader(ROWS[:12], batch_size=4), "b": DataLoader(ROWS[20:24], batch_size=2)}, mode)
+    _trainer(tmp_path, callback, max_steps=-1, max_epochs=1).fit(module, loaders)
+    assert sum(map(len, module.seen.values())) == trained and sorted(module.seen) == [0, 1, 2]
+    assert_same_per_step(logged_by_step(tiny, callback.run.run_id), module.seen)
+    assert tiny.run(callback.run.run_id).n_logged == trained
+
+
+def test_datasets_are_inferred_from_a_random_split_and_from_several_loaders(ledger, tmp_path, write_jsonl):
+    """A LightningDataModule's usual train/val split (random_split) of a RegisteredDataset, and a
+    dict of train dataloaders, were refused: "pass datasets= ... the training set is a Subset"
+    ("... is a dict"; found by stranger pass 73)."""
+    from torch.utils.data import random_split
+
+    ledger.register_dataset("wiki", write_jsonl(tmp_path / "wiki.jsonl", _records()), id_field="id")
+    ledger.register_dataset("news", write_jsonl(tmp_path / "news.jsonl", [{**r, "id": f"art{i}"} for i, r in enumerate(_records()[:10])]), id_field="id")
+    wiki, news = (RegisteredDataset(ledger, name, transform=lambda item: {**_item(int(item["key"][3:])), **item})
+                  for name in ("wiki", "news"))
+    train, _ = random_split(wiki, [30, 10], generator=torch.Generator().manual_seed(0))
+    callback = ProvenanceCallback(ledger)
+    _trainer(tmp_path, callback, max_steps=2).fit(Tiny(), DataLoader(train, batch_size=4))
+    assert callback.run.record.datasets == {"wiki@1": 1.0}
+    assert [(d.dataset_id, d.examples) for d in ledger.lineage(callback.version).datasets] == [("wiki@1", 8)]
+
+    callback = ProvenanceCallback(ledger)
+    _trainer(tmp_path, callback, max_steps=2).fit(
+        _Several(), {"a": DataLoader(train, batch_size=4), "b": DataLoader(news, batch_size=2)})
+    assert callback.run.record.datasets == {"wiki@1": 1.0, "news@1": 1.0}
+    assert {d.dataset_id: d.examples for d in ledger.lineage(callback.version).datasets} == {"wiki@1": 8, "news@1": 4}
+
+
+def test_a_second_save_at_the_same_step_is_the_same_version(tiny, tmp_path):
+    """ModelCheckpoint(save_last=True) saves twice at each step it saves (its file and last.ckpt):
+    each was committed, two versions of the same weights per save (found by stranger pass 73)."""
+    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1,
+                                               save_last=True)
+    callback = ProvenanceCallback(tiny, datasets=["tiny"])
+    _trainer(tmp_path, callback, max_steps=5, enable_checkpointing=True, extra=[checkpoints]).fit(
+        Tiny(), DataLoader(ROWS, batch_size=4))
+    assert sorted(callback.checkpoints) == [2, 4]
+    assert len(tiny.versions()) == 4  # the starting weights, the saves at steps 2 and 4, the run's version
+    for step in (2, 4):
+        (path,) = (tmp_path / "ckpt").glob(f"*step={step}.ckpt")
+        saved, state = torch.load(path, weights_only=True)["state_dict"], tiny.checkout(callback.checkpoints[step])
+        assert set(state) == set(saved) and all(torch.equal(state[k], saved[k]) for k in saved)
+    last = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 4 and all(
+        torch.equal(tiny.checkout(callback.checkpoints[4])[k], v) for k, v in last["state_dict"].items())

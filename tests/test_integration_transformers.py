@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections import defaultdict
 
 import pytest
@@ -120,6 +121,44 @@ def test_the_keys_of_every_trained_batch_are_logged_at_its_step(tiny, tmp_path, 
     assert all(torch.equal(at_three[k], saved[k]) for k in saved)  # the weights the Trainer saved at step 3
     assert callback.checkpoints[6] == version  # saved at the last step: the run's own version, not a second commit
     assert len(ledger.versions()) == 3
+    # the checkpoint is the run's, trained on steps 0 to 2 (the updates before its save): its lineage counts
+    # exactly the examples of those steps, the run's version every step's
+    assert checkpoint.run_id == record.run_id
+    assert [(c.version_id, c.step) for c in ledger.checkpoints(record.run_id)] == [(checkpoint.version_id, 2)]
+    lineage = ledger.lineage(checkpoint)
+    assert [(d["dataset_id"], d["examples"]) for d in lineage.datasets] == [("tiny@1", sum(len(seen[s]) for s in range(3)))]
+    assert checkpoint.version_id not in lineage.unrecorded
+    assert ledger.lineage(version).datasets[0]["examples"] == record.n_logged
+
+
+def test_two_callbacks_on_one_trainer_each_log_every_batch(tiny, tmp_path):
+    """Two callbacks recording one training into two ledgers (a local one and a team's) shared
+    one tap of the batch sampler: the first took each batch's keys, and the second failed at
+    the first step ("trained a batch at step 0 that its train sampler did not draw"), the first
+    run left running. Each takes every batch, also through a resume's skipped batches."""
+    from provenance import Ledger
+
+    ledger, rows = tiny
+    other = Ledger.init(tmp_path / "other")
+    other.register_dataset("tiny", _records(), id_field="id")
+    callbacks = [ProvenanceCallback(ledger, datasets=["tiny"], message="here"),
+                 ProvenanceCallback(other, datasets=["tiny"], message="there")]
+    trainer = _trainer(_model(), rows, tmp_path, callbacks[0], gradient_accumulation_steps=2, dataloader_num_workers=1)
+    trainer.add_callback(callbacks[1])
+    seen = _watch(trainer, rows)
+    trainer.train()
+    assert sum(map(len, seen.values())) == 6 * 2 * 4
+    for callback, where in zip(callbacks, (ledger, other)):
+        assert where.run(callback.run.run_id).status == "finished"
+        assert_same_per_step(logged_by_step(where, callback.run.run_id), seen)
+    resumed = _trainer(_model(), rows, tmp_path, callbacks[0], gradient_accumulation_steps=2)
+    resumed.add_callback(callbacks[1])
+    seen = _watch(resumed, rows)
+    with pytest.warns(ProvenanceWarning, match="training resumed at step 3"):
+        resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-3"))
+    assert sorted(seen) == [3, 4, 5]
+    for callback, where in zip(callbacks, (ledger, other)):
+        assert_same_per_step(logged_by_step(where, callback.run.run_id), seen)
 
 
 def test_a_registered_dataset_names_itself_and_its_keys(tiny, tmp_path):
@@ -204,6 +243,30 @@ def test_training_again_with_the_same_callback_continues_the_lineage(tiny, tmp_p
     lineage = ledger.lineage(second)
     assert first.version_id in lineage.versions.column("version_id").to_pylist()
     assert [(d.dataset_id, d.examples) for d in lineage.datasets] == [("tiny@1", 16)]  # 2 runs x 2 steps x 4
+
+
+def test_training_again_with_a_callback_given_base_continues_the_lineage_too(tiny, tmp_path):
+    """With base= (the pretrained weights, committed before), a second `trainer.train()` from the
+    weights the first ended with was again based on base=: its lineage left out the first run's
+    data (8 examples of 16). It starts on the first run's version, as without base=; weights
+    changed in between keep base= as the caller named it."""
+    ledger, rows = tiny
+    model = _model()
+    pretrained = ledger.commit({name: t.clone() for name, t in model.state_dict().items()}, message="pretrained")
+    callback = ProvenanceCallback(ledger, datasets=["tiny"], base=pretrained, message="twice")
+    trainer = _trainer(model, rows, tmp_path, callback, max_steps=2, save_steps=10)
+    trainer.train()
+    first = callback.version
+    assert ledger.run(first.run_id).base_version == pretrained.version_id
+    trainer.train()
+    second = callback.version
+    assert ledger.run(second.run_id).base_version == first.version_id and second.parents == [first.version_id]
+    assert [(d.dataset_id, d.examples) for d in ledger.lineage(second).datasets] == [("tiny@1", 16)]
+    trainer.model.load_state_dict(ledger.checkout(pretrained))  # back to the pretrained weights: base= again
+    trainer.train()
+    assert ledger.run(callback.version.run_id).base_version == pretrained.version_id
+    assert [(d.dataset_id, d.examples) for d in ledger.lineage(callback.version).datasets] == [("tiny@1", 8)]
+    assert len(ledger.versions()) == 4  # pretrained and the three runs' versions: no starting weights committed
 
 
 def test_resuming_from_a_checkpoint_logs_only_the_steps_trained_again(tiny, tmp_path):
@@ -405,6 +468,31 @@ def test_a_lora_model_is_committed_as_low_rank_patches_of_its_base(tiny, tmp_pat
     assert not all(torch.equal(final[n], start[n]) for n in targeted)
 
 
+def test_a_lora_adapter_trained_again_says_its_lineage_leaves_out_the_first_run(tiny, tmp_path):
+    """A LoRA model trained a second time with the same callback went on from the adapter the
+    first run trained, but its version (low-rank patches of the base model's weights) had the
+    base as parent: its lineage silently held the second run's data only (8 examples of 16).
+    A warning says so; an adapter started afresh is not warned about."""
+    peft = pytest.importorskip("peft")
+    ledger, rows = tiny
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True, lora_dropout=0.0)
+    wrapped = peft.get_peft_model(_model(), config)
+    callback = ProvenanceCallback(ledger, datasets=["tiny"], message="lora")
+    trainer = _trainer(wrapped, rows, tmp_path, callback, max_steps=2, save_strategy="no", learning_rate=1e-2)
+    trainer.train()
+    first = callback.version
+    with pytest.warns(ProvenanceWarning, match=rf"the LoRA adapter trains on from the weights of version "
+                                               rf"{first.version_id[:12]} \(run {first.run_id[:12]}\).*does not hold "
+                                               "the data of that run"):
+        trainer.train()
+    assert [(d.dataset_id, d.examples) for d in ledger.lineage(callback.version).datasets] == [("tiny@1", 8)]
+    fresh = peft.get_peft_model(_model(), config)
+    trainer = _trainer(fresh, rows, tmp_path, callback, max_steps=2, save_strategy="no", learning_rate=1e-2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ProvenanceWarning)
+        trainer.train()  # another adapter: nothing goes on, nothing to say
+
+
 def test_an_adapter_that_cannot_be_committed_is_refused_before_training(tiny, tmp_path):
     """A DoRA (or lora_bias) adapter trained to the end, then failed at the commit, naming a
     temporary folder: refused when training begins, before anything is written."""
@@ -440,6 +528,81 @@ def test_a_datasets_dataset_trains_with_the_keys_the_ledger_gave_its_rows(ledger
     assert sum(map(len, seen.values())) == 12
     assert_same_per_step(logged_by_step(ledger, callback.run.run_id), seen)
     assert ledger.run(callback.run.run_id).n_logged == 12
+
+
+def test_a_datasets_key_column_that_is_not_strings_is_refused_before_anything_is_written(ledger, tmp_path):
+    """A datasets.Dataset that keeps its key column (remove_unused_columns=False, a collator that
+    drops it) with integer ids committed the starting weights and started a run, which failed at
+    its first batch ("document keys must be strings: got 4 (int)"); keys= of the same ints was
+    refused before anything was written. The column is refused alike, naming the row."""
+    hf = pytest.importorskip("datasets")
+    records = _records()
+    ledger.register_dataset("numbered", [{"id": i, "text": r["text"]} for i, r in enumerate(records)], id_field="id")
+    rows = hf.Dataset.from_dict({"id": list(range(N_DOCS)), "input_ids": [_tokenize({**r, "key": ""})["input_ids"]
+                                                                          for r in records]})
+
+    def collate(batch):
+        ids = torch.tensor([row["input_ids"] for row in batch])
+        return {"input_ids": ids, "labels": ids}
+
+    def trainer(data):
+        return Trainer(model=_model(), args=TrainingArguments(str(tmp_path / "out"), max_steps=2, report_to=[],
+                                                              use_cpu=True, remove_unused_columns=False, disable_tqdm=True),
+                       train_dataset=data, data_collator=collate, callbacks=[callback])
+
+    callback = ProvenanceCallback(ledger, datasets=["numbered"], key_column="id", message="m")
+    with pytest.raises(InvalidParameterError, match=re.escape("row 0 of the training set's 'id' column is 0 (int); "
+                                                              "document keys are strings (a numeric id 7 is the key '7')")):
+        trainer(rows).train()
+    assert ledger.runs() == [] and ledger.versions() == []
+    trainer(rows.cast_column("id", hf.Value("string"))).train()  # what the message says to do works
+    assert ledger.run(callback.run.run_id).n_logged == 2 * 8
+
+
+def test_a_row_without_a_key_fails_the_run_even_outside_a_with_block(tiny, tmp_path):
+    """A list of rows whose 6th lacks its key stopped training at the batch that held it, but the
+    run was left running (the Trainer has no hook for exceptions), with the keys of the steps
+    before unwritten; a key the run refuses failed it. Both fail the run now."""
+    ledger, rows = tiny
+    rows = [dict(r) for r in rows]
+    del rows[5]["key"]
+    callback = ProvenanceCallback(ledger, datasets=["tiny"], message="m")
+    trainer = _trainer(_model(), rows, tmp_path, callback, train_sampling_strategy="sequential", save_strategy="no")
+    with pytest.raises(InvalidParameterError, match="row 5 of the training set has no string 'key' field"):
+        trainer.train()
+    record = ledger.run(callback.run.run_id)
+    assert record.status == "failed" and "row 5 of the training set has no string 'key' field" in record.error
+    logged = logged_by_step(ledger, record.run_id)
+    assert {step: sorted(keys) for step, keys in logged.items()} == {0: ["doc0", "doc1", "doc2", "doc3"]}  # kept
+
+
+def test_a_save_at_the_last_step_is_kept_when_training_fails_before_the_final_commit(tiny, tmp_path):
+    """A save at the last step waits for the final commit, its version the run's. A reporting
+    callback that raised as it logged the training's metrics (after that save) failed the run,
+    and checkpoint-6, trained on every step, was on disk but in no version (checkpoints: [3]).
+    It is committed as a checkpoint, as a save held for the next batch is."""
+    from transformers import TrainerCallback
+
+    class Reporter(TrainerCallback):  # a tracking server that cannot be reached
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if "train_runtime" in logs:
+                raise ConnectionError("tracking server unreachable")
+
+    ledger, rows = tiny
+    callback = ProvenanceCallback(ledger, datasets=["tiny"], message="m")
+    trainer = _trainer(_model(), rows, tmp_path, callback)
+    trainer.add_callback(Reporter())
+    with pytest.raises(ConnectionError), callback:
+        trainer.train()
+    record = ledger.run(callback.run.run_id)
+    assert (record.status, record.n_logged, callback.version) == ("failed", 24, None)
+    assert sorted(callback.checkpoints) == [3, 6]
+    last = callback.checkpoints[6]
+    assert last.parents == [record.base_version] and f"checkpoint at step 6 of run {record.run_id[:12]}" in last.message
+    saved = load_file(str(tmp_path / "out" / "checkpoint-6" / "model.safetensors"))
+    stored = ledger.checkout(last)
+    assert all(torch.equal(stored[k], saved[k]) for k in saved)
+    assert len(ledger.versions()) == 3  # the starting weights and the two saves
 
 
 @pytest.fixture(scope="module")

@@ -44,9 +44,9 @@ def test_init_creates_the_layout(tmp_path):
     assert ledger.db_path == ledger.root / "ledger.duckdb"
     assert ledger.db_path.is_file()
     assert (ledger.root / "objects").is_dir() and ledger.objects_path == ledger.root / "objects"
-    assert ledger.schema_version() == SCHEMA_VERSION == len(migrations()) == 14
+    assert ledger.schema_version() == SCHEMA_VERSION == len(migrations()) == 15
     assert ledger.summary() == {
-        "path": str(ledger.root), "schema_version": 14, "datasets": 0, "dataset_versions": 0, "shards": 0,
+        "path": str(ledger.root), "schema_version": 15, "datasets": 0, "dataset_versions": 0, "shards": 0,
         "documents": 0, "bytes": 0, "fingerprint_configs": 0,
     }
     meta = dict(raw_rows(ledger, "SELECT key, value FROM ledger_meta"))
@@ -99,26 +99,32 @@ def test_no_ledger_elsewhere(tmp_path, monkeypatch):
         Ledger.open(elsewhere)
 
 
-def test_a_folder_whose_path_is_not_utf8_is_refused_naming_it(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name, shown, said", [
+    ("caf\udce9", r"caf\\xe9",  # how Python holds the byte 0xE9 of a name that is not UTF-8
+     r"the path is not valid UTF-8, and DuckDB opens a database only at a UTF-8 path; rename the folder"),
+    ("q?x", r"q\?x", r"the path holds a '\?', which DuckDB takes for the start of a database's options; rename the folder"),
+])
+def test_a_folder_whose_path_duckdb_cannot_open_is_refused_naming_it(tmp_path, monkeypatch, name, shown, said):
     """A folder a Latin-1 system named (``caf\\xe9``): ``init`` made ``.prov/objects`` and ``tmp``
     there, then DuckDB raised ``RuntimeError: std::bad_cast``; ``open`` and every command raised
-    it too, and ``backup`` copied the whole ledger before it did."""
-    latin = tmp_path / "caf\udce9"  # how Python holds the byte 0xE9 of a name that is not UTF-8
-    said = r"the path is not valid UTF-8, and DuckDB opens a database only at a UTF-8 path; rename the folder"
-    with pytest.raises(InvalidParameterError, match=rf"cannot create a ledger at .*caf\\xe9/\.prov: {said}"):
-        Ledger.init(latin)
-    assert not latin.exists()
+    it too, and ``backup`` copied the whole ledger before it did. A ``?``, which DuckDB reads as
+    the start of a database path's options: ``prov init 'q?x'`` failed with a traceback (``Cannot
+    open file ".../q.wal?x/.prov/ledger.duckdb"``) and left a half-made ``.prov``."""
+    odd = tmp_path / name
+    with pytest.raises(InvalidParameterError, match=rf"^cannot create a ledger at .*{shown}/\.prov: {said}$"):
+        Ledger.init(odd)
+    assert not odd.exists()
     ledger = Ledger.init(tmp_path / "ok")
-    with pytest.raises(InvalidParameterError, match=rf"cannot back up into .*caf\\xe9/copy: {said}"):
-        ledger.backup(latin / "copy")
-    assert not latin.exists()
-    latin.mkdir()
-    (tmp_path / "ok" / ".prov").rename(latin / ".prov")
-    for path in (latin, latin / ".prov"):
-        with pytest.raises(InvalidParameterError, match=rf"cannot open the ledger at .*caf\\xe9/\.prov: {said}"):
+    with pytest.raises(InvalidParameterError, match=rf"^cannot back up into .*{shown}/copy: {said}$"):
+        ledger.backup(odd / "copy")
+    assert not odd.exists()
+    odd.mkdir()
+    (tmp_path / "ok" / ".prov").rename(odd / ".prov")
+    for path in (odd, odd / ".prov"):
+        with pytest.raises(InvalidParameterError, match=rf"^cannot open the ledger at .*{shown}/\.prov: {said}$"):
             Ledger.open(path)
-    monkeypatch.chdir(latin)  # found from the current folder
-    with pytest.raises(InvalidParameterError, match=rf"cannot open the ledger at .*caf\\xe9/\.prov: {said}"):
+    monkeypatch.chdir(odd)  # found from the current folder
+    with pytest.raises(InvalidParameterError, match=rf"^cannot open the ledger at .*{shown}/\.prov: {said}$"):
         Ledger.open()
 
 
@@ -138,7 +144,8 @@ def test_schema_migrations_has_one_row_per_migration(ledger):
                                                                  (6, "service"), (7, "version_files"), (8, "document_files"),
                                                                  (9, "retractions"), (10, "idempotency_request"),
                                                                  (11, "unseen_shards"), (12, "token_answers"),
-                                                                 (13, "audit_pairs_deleted"), (14, "committed_writes")]
+                                                                 (13, "audit_pairs_deleted"), (14, "committed_writes"),
+                                                                 (15, "checkpoints")]
 
 
 def test_opening_again_applies_nothing(ledger):
@@ -258,6 +265,34 @@ def test_a_ledger_of_an_earlier_schema_is_migrated_to_the_current_one(tmp_path, 
     assert opened.delete_audits(["ab00"], pairs_only=True)["pairs"] == 1
     # the older code numbered no write; the migrated ledger numbers them (the refused one above took none)
     assert (opened.root / "writes.json").read_text().endswith('"committed": 1}\n')
+
+
+def test_a_ledger_made_before_checkpoints_were_recorded_gets_their_table(tmp_path, monkeypatch):
+    """0015: a ledger of schema 14, with a run that is still running, opens with the checkpoints
+    table; the run's checkpoint is then recorded, and its lineage counts its steps only."""
+    import torch
+
+    _older_code(monkeypatch, 14)
+    old = Ledger.init(tmp_path)
+    (tmp_path / "d.jsonl").write_text("".join(f'{{"id": "k{i}", "text": "text number {i} of d"}}\n' for i in range(6)))
+    old.register_dataset("d", tmp_path / "d.jsonl", id_field="id")
+    base = old.commit({"w": torch.zeros(2)}, message="base")
+    run = old.start_run(base=base, datasets=["d"], message="train", detached=True)
+    run.log_examples(["k0", "k1"], step=0)
+    run.log_examples(["k2", "k3", "k4"], step=1)
+    run.flush()
+    assert old.schema_version() == 14
+    monkeypatch.undo()
+
+    with pytest.warns(UserWarning, match=rf"migrated from schema version 14 to {SHIPPED}"):
+        opened = Ledger.open(tmp_path)
+    assert raw_rows(opened, "SELECT count(*) FROM checkpoints") == [(0,)]
+    attached = opened.attach_run(run.run_id)
+    checkpoint = attached.checkpoint({"w": torch.ones(2)}, step=0)
+    assert [(c.version_id, c.step) for c in opened.checkpoints(run.run_id)] == [(checkpoint.version_id, 0)]
+    final = attached.commit({"w": torch.full((2,), 2.0)})
+    assert [d.examples for d in opened.lineage(checkpoint).datasets] == [2]
+    assert [d.examples for d in opened.lineage(final).datasets] == [5]
 
 
 def test_migrations_remove_what_older_code_wrote_wrongly(tmp_path, monkeypatch):

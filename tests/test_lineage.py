@@ -58,6 +58,9 @@ def test_lineage_carries_merge_weights_to_an_effective_contribution(family):
     assert lin.license["non_commercial"] == ["forum@1"] and lin.license["share_alike"] == ["forum@1"]
     assert lin.license["unknown_license"] == ["code@1"] and lin.license["licenses"] == ["CC-BY-4.0", "CC-BY-NC-SA-4.0"]
     assert lin.unrecorded == []
+    # each row says what the summary does: attribution was in the summary only
+    assert {d: (r["non_commercial"], r["share_alike"], r["attribution"]) for d, r in ds.items()} == {
+        "web@1": (False, False, True), "forum@1": (True, True, True), "code@1": (None, None, None)}
     web_shards = [s for s in lin.shards.to_pylist() if s["dataset_id"] == "web@1"]
     assert [(s["shard"], s["examples"]) for s in web_shards] == [("web1.jsonl", 12), ("web2.jsonl", 8)]
 
@@ -140,6 +143,28 @@ def test_a_shard_is_named_by_its_decimal_index_name_or_path(family):
     for given in (" 0", "0x0", "+0", "0.0", "01x"):
         with pytest.raises(NotFoundError, match=re.escape(f"web@1 has no shard {given!r} (it has web1.jsonl")):
             ledger.taint(dataset="web", shard=given)
+
+
+def test_a_shard_or_key_of_a_file_named_in_nfd_is_found_by_its_nfc_name(ledger, data_dir, write_jsonl):
+    """A file from macOS is named in NFD; a name typed in NFC said "no shard 'café.jsonl' (it has
+    café.jsonl)", the two looking the same."""
+    import unicodedata
+
+    nfd = unicodedata.normalize("NFD", "café.jsonl")
+    write_jsonl(data_dir / nfd, [{"text": "a document in a file with an accent in its name"}])
+    write_jsonl(data_dir / "plain.jsonl", [{"text": "another document"}])
+    ledger.register_dataset("menu", data_dir)
+    with ledger.start_run(datasets=["menu"], message="on menu") as run:
+        version = run.commit({"w": torch.zeros(2)})
+    nfc = unicodedata.normalize("NFC", "café.jsonl")
+    assert nfc != nfd
+    ids = lambda report: [r.version_id for r in report.versions]  # noqa: E731
+    assert ids(ledger.taint(dataset="menu", shard=nfc)) == [version.version_id]
+    assert [d.key for d in ledger.documents_by_key(["menu@1"], f"{nfc}:0")] == [f"{nfd}:0"]
+    assert ids(ledger.taint(dataset="menu", key=f"{nfc}:0")) == [version.version_id]
+    assert ledger.document("menu@1", f"{nfc}:0").key == f"{nfd}:0"
+    with pytest.raises(NotFoundError, match="no document 'cafe.jsonl:0'"):  # equivalent forms only, not look-alikes
+        ledger.document("menu@1", "cafe.jsonl:0")
 
 
 def test_taint_by_text_and_near_duplicates(family):

@@ -251,7 +251,7 @@ def test_bad_merges_are_refused_and_write_nothing(two):
     assert str(misspelt.value) == (f"the Fisher given for input 2 ({b.version_id[:12]}) names parameters not in the "
                                    "version: 'bias'")
     other = ledger.commit({"w": torch.zeros(16, 8)}, message="other model")
-    with pytest.raises(InvalidParameterError, match="different parameters: b"):
+    with pytest.raises(InvalidParameterError, match="different parameters: only [0-9a-f]{12} has 'b'"):
         ledger.merge([a, other], method="average", message="m")
     with pytest.raises(InvalidParameterError, match="do not share a first parent"):
         ledger.merge([a, other], method="task_arithmetic", message="m")
@@ -704,3 +704,97 @@ def test_fishers_whose_weighted_sum_passes_float32_are_refused(ledger):
     expected = (fa_w * -1.0 + fb_w * 1.0) / (fa_w + fb_w)  # about [-0.5, 0.5, 0, 0]
     torch.testing.assert_close(merged["w"].double(), expected, rtol=0, atol=1e-6)
     assert merged["b"].tolist() == [3.0, 3.0]
+
+
+def test_weights_too_small_for_float32_are_refused_not_rounded_to_zero(ledger):
+    """Weights of 1e-300 each passed the checks (finite, >= 0, not all 0) but are 0 in the
+    kernels' float32: a TIES merge gave the base back (a = 3, b = 5 over a base of 0 gave 0, not
+    4) and a Fisher merge the plain average. A positive weight under 1e-12 is refused, writing
+    nothing; 1e-12 itself merges to the hand value."""
+    base = ledger.commit({"w": torch.zeros(4)}, message="base")
+    a = ledger.commit({"w": torch.full((4,), 3.0)}, parent=base, message="a")
+    b = ledger.commit({"w": torch.full((4,), 5.0)}, parent=base, message="b")
+    fa, fb = {"w": torch.full((4,), 3.0)}, {"w": torch.full((4,), 1.0)}
+    before = len(ledger.versions())
+    for method, options in (("ties", {"density": 1.0}), ("fisher", {"fisher": [fa, fb]}), ("average", {})):
+        for weights in ([1e-300, 1e-300], [1e-40, 1.0]):
+            with pytest.raises(InvalidParameterError, match=r"^weight 1e-(300|40) is below 1e-12, the smallest a merge "
+                                                            r"takes besides 0 .*scale every weight up"):
+                ledger.merge([a, b], method=method, weights=weights, message="m", **options)
+    assert len(ledger.versions()) == before
+    ties = ledger.checkout(ledger.merge([a, b], method="ties", density=1.0, weights=[1e-12, 1e-12], message="t"))
+    fisher = ledger.checkout(ledger.merge([a, b], method="fisher", fisher=[fa, fb], weights=[1e-12, 1e-12], message="f"))
+    assert ties["w"].tolist() == [4.0] * 4  # the disjoint mean of 3 and 5
+    assert fisher["w"].tolist() == [3.5] * 4  # (3·3 + 1·5) / (3 + 1)
+    only_b = ledger.checkout(ledger.merge([a, b], method="average", weights=[0, 1e-12], message="0 leaves a out"))
+    assert only_b["w"].tolist() == [5.0] * 4
+
+
+def test_a_group_kept_as_it_is_needs_no_value_in_the_base(ledger):
+    """Task arithmetic and TIES refused inputs that both added a step counter the base lacked ("not
+    in the base: task_arithmetic needs each one's value there to make task vectors"), though an
+    integer group is kept as the inputs hold it and reads no base (a base holding it as int32 was
+    taken). The counter is kept, the floats merged to the hand values; a float group the base
+    lacks is still refused by name."""
+    base = ledger.commit({"w": torch.zeros(4)}, message="base: parameters only")
+    steps = torch.tensor(7)
+    a = ledger.commit({"w": torch.full((4,), 3.0), "bn.num_batches_tracked": steps}, parent=base, message="a")
+    b = ledger.commit({"w": torch.full((4,), 5.0), "bn.num_batches_tracked": steps}, parent=base, message="b")
+    ta = ledger.checkout(ledger.merge([a, b], method="task_arithmetic", weights=[0.5, 0.25], message="ta"))
+    ties = ledger.checkout(ledger.merge([a, b], method="ties", density=1.0, message="ties"))
+    assert ta["w"].tolist() == [2.75] * 4 and ties["w"].tolist() == [4.0] * 4  # 0.5·3 + 0.25·5; the mean of 3, 5
+    assert ta["bn.num_batches_tracked"].item() == 7 and ties["bn.num_batches_tracked"].dtype == torch.int64
+    c = ledger.commit({"w": torch.full((4,), 3.0), "bn.num_batches_tracked": steps, "extra": torch.ones(2)},
+                      parent=base, message="c")
+    d = ledger.commit({"w": torch.full((4,), 5.0), "bn.num_batches_tracked": steps, "extra": torch.ones(2)},
+                      parent=base, message="d")
+    before = len(ledger.versions())
+    with pytest.raises(InvalidParameterError, match=rf"^1 parameter\(s\) of the inputs are not in the base "
+                                                    rf"{base.version_id[:12]} \(extra\): task_arithmetic needs"):
+        ledger.merge([c, d], method="task_arithmetic", message="extra")
+    assert len(ledger.versions()) == before
+
+
+def test_a_stored_fisher_that_lacks_a_parameter_is_named(ledger):
+    """A Fisher stored a few parameters at a time (update=True) that missed one was refused as
+    "version(s) X have no stored Fisher for every parameter", naming no parameter, from the
+    library and from `prov merge` alike; it names each version's missing ones, and integer groups,
+    which need none, are not counted."""
+    from click.testing import CliRunner
+
+    from provenance.cli.main import main
+
+    state = {"w": torch.zeros(4), "b": torch.zeros(2), "steps": torch.tensor(1)}
+    base = ledger.commit(state, message="base")
+    a = ledger.commit({**state, "w": torch.full((4,), 3.0)}, parent=base, message="a")
+    b = ledger.commit({**state, "w": torch.full((4,), 5.0)}, parent=base, message="b")
+    ledger.store_fisher(a, {"w": torch.ones(4), "b": torch.ones(2)})
+    ledger.store_fisher(b, {"w": torch.ones(4)}, update=True)
+    before = len(ledger.versions())
+    says = (f"version(s) {b.version_id[:12]} have no stored Fisher for every parameter ({b.version_id[:12]} lacks 'b' "
+            "(1 of 2)): store one with ledger.store_fisher(version, fisher) (update=True adds parameters")
+    with pytest.raises(InvalidParameterError) as refused:
+        ledger.merge([a, b], method="fisher", message="m")
+    assert str(refused.value).startswith(says)
+    result = CliRunner().invoke(main, ["--ledger", str(ledger.root), "merge", a.version_id, b.version_id, "-m", "m"])
+    assert result.exit_code == 4 and says in " ".join(result.output.split())
+    assert len(ledger.versions()) == before
+    ledger.store_fisher(b, {"b": torch.ones(2)}, update=True)
+    assert ledger.checkout(ledger.merge([a, b], method="fisher", message="m"))["w"].tolist() == [4.0] * 4
+
+
+def test_inputs_with_different_parameters_say_which_holds_which(ledger):
+    """Inputs that do not hold the same parameters were refused as "have different parameters:
+    extra, h", naming neither side; the message says which input holds each."""
+    base = ledger.commit({"w": torch.zeros(4), "h": torch.zeros(2)}, message="base")
+    a = ledger.commit({"w": torch.ones(4), "h": torch.ones(2), "extra": torch.ones(3)}, parent=base, message="a")
+    b = ledger.commit({"w": torch.ones(4)}, parent=base, message="b: h removed")
+    before = len(ledger.versions())
+    with pytest.raises(InvalidParameterError) as refused:
+        ledger.merge([a, b], method="average", message="m")
+    assert str(refused.value) == (f"versions {a.version_id[:12]} and {b.version_id[:12]} have different parameters: "
+                                  f"only {a.version_id[:12]} has 'extra', 'h'")
+    with pytest.raises(InvalidParameterError) as refused:
+        ledger.merge([b, a], method="average", message="m")
+    assert str(refused.value).endswith(f"have different parameters: only {a.version_id[:12]} has 'extra', 'h'")
+    assert len(ledger.versions()) == before

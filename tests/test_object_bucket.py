@@ -720,3 +720,16 @@ def test_a_documents_prefix_named_with_glob_characters_reads_its_files(s3, tmp_p
                                        "--json"])
     assert result.exit_code == 0 and json.loads(result.output) == [{"n": 40}], result.output
     assert opened.verify(objects=True).ok
+
+
+def test_verify_of_a_ledger_whose_bucket_is_gone_says_so_once(s3, tmp_path):
+    """A deleted bucket made verify list every object as missing, one row each, with no word of
+    the bucket: it is named once, and verify exits as for an unreachable store."""
+    s3.bucket("short-lived")
+    ledger = Ledger.init(tmp_path / "gone", objects="s3://short-lived/objects")
+    ledger.commit(_state(3), message="stored")
+    s3.fs.delete_dir("short-lived")
+    with pytest.raises(StorageUnreachableError, match=r"^object store s3://short-lived/objects: the bucket "
+                                                      r"'short-lived' does not exist"):
+        ledger.verify()
+    assert ledger.versions()[0].message == "stored"  # nothing else changed

@@ -15,7 +15,17 @@ import httpx
 import pytest
 import torch
 from openlineage.client import OpenLineageClient
-from openlineage.client.event_v2 import InputDataset, Job, OutputDataset, Run, RunEvent, RunState
+from openlineage.client.event_v2 import (
+    DatasetEvent,
+    InputDataset,
+    Job,
+    JobEvent,
+    OutputDataset,
+    Run,
+    RunEvent,
+    RunState,
+    StaticDataset,
+)
 from openlineage.client.facet_v2 import DatasetFacet, error_message_run
 from openlineage.client.transport.http import ApiKeyTokenProvider, HttpCompression, HttpConfig, HttpTransport
 
@@ -398,3 +408,145 @@ def test_a_run_id_is_one_job_s_and_its_last_event_is_the_latest_by_event_time(se
                               "WHERE ol_run_id = ?", [run_id]).to_pylist()
     assert row == [{"last_event": "COMPLETE", "last_event_time": datetime(2021, 3, 1, 10, 0), "status": "finished",
                     "inputs": 0}]
+
+
+def _post(server, event) -> httpx.Response:
+    return httpx.post(f"{server.url}/api/v1/lineage", headers={"Authorization": f"Bearer {server.token}"}, json=event)
+
+
+def test_job_and_dataset_events_the_client_sends_are_answered_not_refused(server):
+    """The client sends its JobEvents and DatasetEvents (a job's or a dataset's definition, no run)
+    to the same route: they were refused as RunEvents ("run: Field required"; a DatasetEvent "job:
+    Field required" too), and the client raised that 422 in the job that sent one. They name no run:
+    answered ``event ignored``, nothing written (stranger pass 78)."""
+    runs = len(server.ledger().runs())
+    client, job = _client(server), Job(namespace="dbt://warehouse", name="models.orders")
+    client.emit(JobEvent(eventTime=_now(), job=job, producer=PRODUCER,
+                         inputs=[InputDataset(namespace="s3://lake", name="crawl/web")]))
+    client.emit(DatasetEvent(eventTime=_now(), dataset=StaticDataset(namespace="s3://lake", name="crawl/web"),
+                             producer=PRODUCER))
+    answer = _post(server, {"eventTime": _now(), "producer": PRODUCER, "job": {"namespace": "a", "name": "b"},
+                            "schemaURL": "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/JobEvent"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"run_id": None, "event": "JobEvent", "status": "event ignored: a JobEvent names no run, "
+                             "and the ledger records runs", "inputs": [], "version_id": None}
+    bare = _post(server, {"eventTime": _now(), "dataset": {"namespace": "a", "name": "b"}})
+    assert bare.status_code == 200 and bare.json()["event"] == "DatasetEvent"
+    missing = _post(server, {"eventType": "START", "eventTime": _now(), "job": {"namespace": "a", "name": "b"}})
+    assert missing.status_code == 422  # a RunEvent without its run is still refused
+    assert missing.json()["error"] == "not an OpenLineage RunEvent: run: Field required"
+    assert len(server.ledger().runs()) == runs
+
+
+def test_an_event_time_that_is_a_number_is_refused_naming_it(server):
+    """The spec's eventTime is an ISO 8601 date-time (the client refuses anything else): a number,
+    or a string of digits, was taken as seconds since 1970 and stored as the run's start."""
+    runs = len(server.ledger().runs())
+    for when, shown in ((0, "a JSON number, 0"), (20261208, "a JSON number, 20261208"),
+                        ("1733616000", "'1733616000'"), (True, "a JSON boolean, True"), ("-1", "'-1'")):
+        answer = _post(server, {"eventType": "START", "eventTime": when, "run": {"runId": str(uuid.uuid4())},
+                                "job": {"namespace": "a", "name": "b"}})
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["error"] == ("not an OpenLineage RunEvent: eventTime: must be an ISO 8601 date-time "
+                                          f"such as 2026-12-08T09:30:00Z, got {shown}")
+    assert len(server.ledger().runs()) == runs
+    ok = _post(server, {"eventType": "START", "eventTime": "2026-12-08T09:30:00.123456789+09:00",
+                        "run": {"runId": str(uuid.uuid4())}, "job": {"namespace": "a", "name": "b"}})
+    assert ok.status_code == 200, ok.text  # nanoseconds and a zone, as Java's clients send them
+    run = server.ledger().run(ok.json()["run_id"])
+    assert run.started_at.replace(tzinfo=None) == datetime(2026, 12, 8, 0, 30, 0, 123456)
+
+
+def test_a_provenance_facet_that_names_nothing_says_which_input_or_field(server):
+    """An unknown dataset in an input's provenance facet was "no dataset 'nosuch'" (which of the
+    event's inputs?), an unknown version in the run's facet "no version or tag 'nope'", a version
+    that is no string (``5``, a list) was looked up as its text, and a run facet that is not
+    ``{"version": REF}`` was ignored (the same dataset facet is refused)."""
+    runs = len(server.ledger().runs())
+
+    def send(run_facets=None, inputs=()) -> httpx.Response:
+        return _post(server, {"eventType": "COMPLETE", "eventTime": _now(), "job": {"namespace": "a", "name": "b"},
+                              "run": {"runId": str(uuid.uuid4()), "facets": run_facets or {}}, "inputs": list(inputs)})
+
+    unknown = send(inputs=[{"namespace": "s3://lake", "name": "web"},
+                           {"namespace": "hdfs://lake", "name": "posts", "facets": {"provenance": {"dataset": "nosuch"}}}])
+    assert unknown.status_code == 404
+    assert unknown.json()["error"] == ("input hdfs://lake/posts: its provenance facet's dataset: no dataset 'nosuch' "
+                                       "in the ledger; registered: forum, web")
+    version = send({"provenance": {"version": "nope"}})
+    assert version.status_code == 404
+    assert version.json()["error"] == ("run.facets.provenance.version: no version or tag 'nope' (a version id is 4 to "
+                                       "32 hex digits)")
+    for facet in ({"version": 5}, {"version": ["a"]}, "v1", {"ref": "main"}):
+        wrong = send({"provenance": facet})
+        assert wrong.status_code == 422, wrong.text
+        assert wrong.json()["error"] == f'run.facets.provenance must be {{"version": REF}}, got {facet}'
+    assert len(server.ledger().runs()) == runs
+
+
+def test_another_ledger_s_input_with_a_content_hash_of_none_of_ours_is_unregistered(server):
+    """An input a provenance ledger sent (its ``provenance_fingerprint`` facet) whose content hash
+    is no version of ours was matched to our latest dataset of that name: the lineage counted our
+    ``web``'s documents for another ledger's ``web``, and a taint of ours listed it."""
+    fingerprint = {"dataset": "web@4", "configId": "minhash-v1:word5", "documentCount": 3, "contentHash": "ab" * 16}
+    theirs = {"namespace": "provenance", "name": "web", "facets": {"version": {"datasetVersion": "ab" * 16}},
+              "inputFacets": {"provenance_fingerprint": fingerprint}}
+    delta = {"namespace": "s3://lake", "name": "tables/web", "facets": {"version": {"datasetVersion": "3"}}}
+    ours = {**theirs, "facets": {"version": {"datasetVersion": server.ledger().dataset("web").content_hash}}}
+    answer = _post(server, {"eventType": "START", "eventTime": _now(), "run": {"runId": str(uuid.uuid4())},
+                            "job": {"namespace": "a", "name": "b"}, "inputs": [theirs, delta, ours]})
+    assert answer.status_code == 200, answer.text
+    assert [i["dataset_id"] for i in answer.json()["inputs"]] == [None, "web@1", "web@1"]
+
+
+def test_an_input_named_again_keeps_its_match_and_an_unmatched_one_takes_a_later_one(server):
+    """A run's input named by its START and again by its COMPLETE, a new version of its dataset
+    registered in between, was declared as both versions (the lineage counted 30 + 7 examples for
+    one input); one that matched nothing at START and was registered before the COMPLETE was both a
+    dataset of the lineage and an unregistered input of it."""
+    ledger = server.ledger()
+    name = f"late{uuid.uuid4().hex[:6]}"
+    ledger.register_dataset("shop", [{"id": f"s{i}", "text": f"shop item {i} with a price"} for i in range(30)],
+                            id_field="id")
+    version = ledger.commit({"w": torch.full((3,), 11.0)}, message="trained on shop by Spark")
+    run_id = str(uuid.uuid4())
+    inputs = [{"namespace": "s3://lake", "name": f"x/{name}"}, {"namespace": "s3://lake", "name": "x/shop"}]
+    start = _post(server, {"eventType": "START", "eventTime": "2026-12-08T00:00:00Z", "run": {"runId": run_id},
+                           "job": {"namespace": "spark", "name": "shop"}, "inputs": inputs})
+    assert [i["dataset_id"] for i in start.json()["inputs"]] == [None, "shop@1"]
+    ledger.register_dataset(name, [{"id": f"l{i}", "text": f"late doc {i} words here"} for i in range(4)], id_field="id")
+    ledger.register_dataset("shop", [{"id": f"s{i}", "text": f"shop item {i} sold out"} for i in range(7)], id_field="id")
+    complete = _post(server, {"eventType": "COMPLETE", "eventTime": "2026-12-08T00:01:00Z", "run": {"runId": run_id},
+                              "job": {"namespace": "spark", "name": "shop"}, "inputs": inputs,
+                              "outputs": [{"namespace": "provenance", "name": version.version_id}]})
+    assert complete.status_code == 200, complete.text
+    assert [i["dataset_id"] for i in complete.json()["inputs"]] == [f"{name}@1", "shop@1"]  # what it recorded
+    lineage = ledger.lineage(version)
+    assert {d.dataset_id: d.examples for d in lineage.datasets} == {f"{name}@1": 4, "shop@1": 30}
+    assert lineage.unregistered_inputs == []
+    run = ledger.run(complete.json()["run_id"])
+    assert run.datasets == {f"{name}@1": 1.0, "shop@1": 1.0}
+
+
+def test_a_late_event_s_unmatched_input_is_said_added_not_ignored(server):
+    """An event after the run's end whose new inputs matched nothing was answered "event ignored:
+    the run has ended", yet its inputs were added: the version's lineage listed them as
+    unregistered inputs from then on."""
+    ledger = server.ledger()
+    version = ledger.commit({"w": torch.full((3,), 13.0)}, message="trained by a dbt job")
+    run_id = str(uuid.uuid4())
+
+    def send(kind: str, when: str, inputs=(), outputs=()) -> dict:
+        answer = _post(server, {"eventType": kind, "eventTime": when, "run": {"runId": run_id},
+                                "job": {"namespace": "dbt", "name": "train"}, "outputs": list(outputs),
+                                "inputs": [{"namespace": "postgres://db:5432", "name": n} for n in inputs]})
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    send("COMPLETE", "2026-12-08T00:10:00Z", outputs=[{"namespace": "provenance", "name": version.version_id}])
+    late = send("START", "2026-12-08T00:00:00Z", inputs=["analytics.public.clicks"])
+    assert late["status"] == "finished (the run had ended: its inputs are added to it)"
+    assert [(u.namespace, u.name) for u in ledger.lineage(version).unregistered_inputs] == [
+        ("postgres://db:5432", "analytics.public.clicks")]
+    again = send("RUNNING", "2026-12-08T00:05:00Z", inputs=["analytics.public.clicks"])
+    assert again["status"] == "finished (event ignored: the run has ended)"  # nothing new: nothing written

@@ -140,6 +140,7 @@ def test_no_pairs_and_bad_arguments(corpus_ledger, tmp_path):
     assert (blank["summary"]["pairs"], blank["summary"]["without_words"], blank["summary"]["documents"]) == (1, 3, 6)
     _same_report(local_dedup(corpus_ledger, ["blank"]), blank)
     for bad, message in (({"num_cpus": 0}, "num_cpus"), ({"partitions": True}, "partitions"),
+                         ({"partitions": 10**9}, r"^partitions must be at most 10,000, got 1,000,000,000$"),
                          ({"staging": tmp_path / "nowhere"}, "does not exist"),
                          ({"bucket_window": -1}, "bucket_window"), ({"threshold": 2}, "threshold")):
         with pytest.raises(InvalidParameterError, match=message):

@@ -693,3 +693,27 @@ def test_identifying_a_small_file_does_not_allocate_the_whole_read_chunk(tmp_pat
     shard = FileShard(large, "large.txt", "text")
     shard.identify()
     assert (shard.shard_id, shard.n_bytes) == (xxhash.xxh3_128_hexdigest(large.read_bytes()), 12_800_000)
+
+
+def test_a_folder_of_many_files_with_one_added_copies_the_rest_in_one_statement(tmp_path):
+    """Re-registering a folder of 800 files with one more ran out of memory (a union of one copy
+    statement per unchanged shard); the copies keep their rows, renumbered under the new indices."""
+    from provenance import Ledger
+
+    ledger = Ledger.init(tmp_path / "l")
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(800):
+        (data / f"f{i:04d}.jsonl").write_text(json.dumps({"text": f"tiny document number {i}"}) + "\n"
+                                              + json.dumps({"text": f"and its second line {i}"}) + "\n")
+    ledger.register_dataset("many", str(data))
+    (data / "a.jsonl").write_text(json.dumps({"text": "the new file sorts first"}) + "\n")
+    v2 = ledger.register_dataset("many", str(data)).dataset
+    assert (v2.version, v2.n_shards, v2.n_documents) == (2, 801, 1601)
+    rows = ledger.documents(v2, columns=["doc_id", "shard_index", "row_index", "key"]).to_pylist()
+    rows.sort(key=lambda r: r["doc_id"])
+    assert [r["key"] for r in rows[:5]] == ["a.jsonl:0", "f0000.jsonl:0", "f0000.jsonl:1", "f0001.jsonl:0",
+                                            "f0001.jsonl:1"]
+    assert [(r["shard_index"], r["row_index"]) for r in rows[-2:]] == [(800, 0), (800, 1)]
+    assert [r["doc_id"] for r in rows] == list(range(1600, 3201))
+    assert all(r["key"].startswith(f"f{r['shard_index'] - 1:04d}.jsonl:") for r in rows[1:])

@@ -1075,7 +1075,52 @@ def test_the_plan_page_counts_documents_and_whole_datasets_apart(contributors, t
         page = write_report({**record, "kind": "retraction"}, tmp_path / "plan.html").read_text(encoding="utf-8")
         return dict(re.findall(r"<tr><th>([^<]*)</th><td[^>]*>([^<]*)</td></tr>", page))
 
-    whole = summary(ledger.retract(dataset="private", reason="withdrawn"))
+    retracted = ledger.retract(dataset="private", reason="withdrawn")
+    whole = summary(retracted)
     assert (whole["documents"], whole["whole datasets and shards"]) == ("0", "1")
     keys = summary(ledger.retract(dataset="private", key="x1", reason="one letter"))
     assert keys["documents"] == "1" and "whole datasets and shards" not in keys
+    # the list, the proof and the proof's page counted the whole dataset as 1 document too
+    listed = {r["retraction_id"]: (r["documents"], r["whole"]) for r in ledger.retractions()}
+    assert sorted(listed.values()) == [(0, 1), (1, 0)]
+    proof = ledger.audit_retraction(retracted["retraction_id"], store=False)
+    assert (proof["documents"], proof["whole"]) == (0, 1)
+    page = write_report({**proof, "kind": "retraction-audit"}, tmp_path / "proof.html").read_text(encoding="utf-8")
+    shown = dict(re.findall(r"<tr><th>([^<]*)</th><td[^>]*>([^<]*)</td></tr>", page))
+    assert (shown["documents"], shown["whole datasets and shards"]) == ("0", "1")
+    out = CliRunner().invoke(main, ["--ledger", str(ledger.root), "retractions"])
+    rows = {line.split("│")[4].strip(): line.split("│")[5].strip() for line in out.output.splitlines() if "│" in line}
+    assert out.exit_code == 0 and (rows["withdrawn"], rows["one letter"]) == ("0 (+1 whole)", "1"), out.output
+
+
+def test_a_tainted_checkpoint_is_retrained_with_its_run_and_one_saved_before_is_left_alone(ledger, data_dir,
+                                                                                          write_jsonl):
+    """A checkpoint is its run's, trained on the steps up to its own: a document the run saw by then
+    taints it and the plan retrains it as its run (never a rebase, as if it carried an ended run's
+    patch); a document first seen after it leaves it out of the plan."""
+    from provenance.retract import retract
+
+    write_jsonl(data_dir / "d.jsonl", [{"id": f"k{i}", "text": f"document number {i} of d"} for i in range(8)])
+    ledger.register_dataset("d", data_dir / "d.jsonl", id_field="id")
+    base = ledger.commit({"w": torch.zeros(3)}, message="base")
+    with ledger.start_run(base=base, datasets=["d"], params={"lr": 0.1}, message="train") as run:
+        for step in range(4):
+            run.log_examples([f"k{2 * step}", f"k{2 * step + 1}"], step=step)
+            if step == 1:
+                checkpoint = run.checkpoint({"w": torch.ones(3)})
+        final = run.commit({"w": torch.full((3,), 2.0)})
+    tuned = ledger.commit({"w": torch.full((3,), 3.0)}, parent=checkpoint, message="tuned from the checkpoint")
+
+    first = retract(ledger, dataset="d", key="k1", reason="withdrawn")
+    early = {s["version_id"]: s for s in first["steps"]}
+    assert set(early) == {checkpoint.version_id, final.version_id, tuned.version_id}
+    assert (early[checkpoint.version_id]["action"], early[checkpoint.version_id]["run_id"]) == ("retrain", run.run_id)
+    assert early[checkpoint.version_id]["settings"] == {"lr": 0.1} and early[checkpoint.version_id]["remove"] == {
+        "d@1": ["k1"]}
+    assert early[final.version_id]["action"] == "retrain"
+    assert (early[tuned.version_id]["action"], early[tuned.version_id]["onto"]) == ("rebase", base.version_id)
+    second = retract(ledger, dataset="d", key="k6", reason="withdrawn too")  # seen at step 3
+    assert [(s["version_id"], s["action"]) for s in second["steps"]] == [(final.version_id, "retrain")]
+    assert [r["retraction_id"] for r in ledger.lineage(checkpoint).retracted] == [first["retraction_id"]]
+    assert sorted(r["retraction_id"] for r in ledger.lineage(final).retracted) == sorted(
+        [first["retraction_id"], second["retraction_id"]])

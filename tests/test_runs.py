@@ -450,9 +450,14 @@ def test_cli_run_start_log_finish_show(two_datasets, tmp_path):
     # A run started from the CLI belongs to the process that ran the command (here the test's own
     # parent, alive): starting another does not end it.
     Ledger.open(tmp_path).start_run(datasets=["a"], message="other").finish()
+    checkpoint = Ledger.open(tmp_path).attach_run(run_id).checkpoint({"w": torch.ones(2)})  # at step 5, the last logged
     shown = json.loads(cli.invoke(main, ["run", "show", run_id, "--json"], env=env).output)
     assert (shown["status"], shown["params"], shown["datasets"], shown["n_logged"]) == (
         "running", {"lr": 0.1, "opt": "adam"}, {"a@1": 3.0}, 2)
+    assert [(c["version_id"], c["step"]) for c in shown["checkpoints"]] == [(checkpoint.version_id, 5)]
+    assert f"{checkpoint.version_id[:12]} (step 5)" in cli.invoke(main, ["run", "show", run_id], env=env).output
+    lineage = cli.invoke(main, ["lineage", checkpoint.version_id], env={**env, "COLUMNS": "200"}).output
+    assert f"checkpoint of run {run_id[:8]} at step 5" in lineage  # it said "run ...", as the whole run's version
     finished = cli.invoke(main, ["run", "finish", run_id, "--failed", "--error", "OOM"], env=env)
     assert finished.exit_code == 0 and "failed" in finished.output
     shown = json.loads(cli.invoke(main, ["run", "show", run_id, "--json"], env=env).output)

@@ -679,6 +679,33 @@ def test_progress_appears_only_after_a_second(project, tmp_path):
     assert seen[0] == ("start", "commit", None) and sum(x[1] for x in seen[1:]) == v.full_bytes
 
 
+
+def test_progress_appears_during_a_long_stage_that_does_not_advance():
+    """The bar appeared only when the work advanced: a stage that started at once and ran long in
+    one call (a backup copying its database, verify checking a 1M-document dataset) showed
+    nothing for its whole length. It now appears on a timer, and never after the work ended."""
+    import io as _io
+    import time as _time
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from provenance.cli.render import _RichProgress
+
+    p = Progress(console=Console(file=_io.StringIO(), force_terminal=True), transient=True, auto_refresh=False)
+    bar = _RichProgress(p, delay=0.2)
+    bar.start("backup: database", None)
+    assert not bar.shown
+    _time.sleep(0.6)  # one long call: no advance
+    assert bar.shown and p.live.is_started
+    bar.close()
+    assert not p.live.is_started
+    quick = _RichProgress(Progress(console=Console(file=_io.StringIO(), force_terminal=True), transient=True), delay=0.2)
+    quick.start("verify: objects", 3)
+    quick.close()  # the work ended before the delay: no bar later either
+    _time.sleep(0.4)
+    assert not quick.shown
+
 def test_tables_piped_keep_every_column_and_whole_ids(project):
     ledger, base, child = project
     ledger.tag("a-rather-long-release-tag-name", child)

@@ -666,6 +666,9 @@ def test_what_a_commit_could_not_give_back_is_refused(ledger, tmp_path):
         ledger.commit({"a": torch.empty(0).reshape(0, 2**40, 2**40)}, message="huge and empty")
     with pytest.raises(InvalidParameterError, match="parameter name '__metadata__' is the key safetensors keeps"):
         ledger.commit({"__metadata__": torch.ones(2), "w": torch.zeros(2)}, message="reserved")
+    save_file({"": torch.ones(2), "w": torch.zeros(2)}, tmp_path / "unnamed.safetensors")  # a dict's '' is refused
+    with pytest.raises(InvalidParameterError, match=r"unnamed\.safetensors: holds a tensor whose name is empty"):
+        ledger.commit(tmp_path / "unnamed.safetensors", message="unnamed")
     root = ledger.commit({"w": torch.zeros(8, 6)}, message="root")
     with pytest.raises(InvalidParameterError, match=r"low_rank\['w'\] must be \(B, A, scale\): two tensors and a "
                                                     r"number, got \(list, list, float\)"):

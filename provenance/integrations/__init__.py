@@ -26,12 +26,17 @@ def one_session(ledger: Any) -> contextlib.AbstractContextManager:
 
 
 def registered_datasets(dataset: Any, who: str) -> list[str]:
-    """The registered dataset a training set is, when it is a :class:`provenance.torch.RegisteredDataset`;
-    else an error asking ``who``'s user to name the datasets."""
+    """The registered dataset a training set is, when it is a :class:`provenance.torch.RegisteredDataset`
+    (or a part of one, as ``random_split`` makes); else an error asking ``who``'s user to name the datasets."""
+    from torch.utils.data import Subset
+
     from provenance.torch import RegisteredDataset
 
-    if isinstance(dataset, RegisteredDataset):
-        return [dataset.dataset.dataset_id]
+    registered = dataset
+    while isinstance(registered, Subset):  # random_split's parts (a LightningDataModule's train/val split)
+        registered = registered.dataset
+    if isinstance(registered, RegisteredDataset):
+        return [registered.dataset.dataset_id]
     raise InvalidParameterError(
         f"{who}: pass datasets= (the registered datasets the training set holds); they are inferred only "
         f"from a provenance.torch.RegisteredDataset, and the training set is a {type(dataset).__name__}")
@@ -194,6 +199,10 @@ class RunRecorder:
 
     def _fail(self, reason: str) -> None:
         running, self._running = self._running, False
+        last, self._last_trained = getattr(self, "_last_trained", None), None
+        if last is not None and self._commits is not None and self._held_save is None:  # saved at the last step, but
+            with contextlib.suppress(Exception):  # the run failed before its final commit stored those weights (they
+                self._hold(self._last_save, last)  # were lost); the error that stopped training is the one to raise
         if getattr(self, "_held_save", None) is not None and self._commits is not None:
             self._commit_held_save()  # the trainer saved it: it is kept, as every checkpoint before it
         commits, self._commits = self._commits, None
@@ -220,8 +229,9 @@ class RunRecorder:
         (their keys wait in :attr:`_early` until the run exists): the run's start costs training
         the copy of the starting weights, not a commit."""
         self._owner = owner
-        previous = self.version if self.base is None else None  # the weights a previous fit ended with
+        previous = self.version  # the weights a previous fit ended with
         self.version, self.checkpoints, self._last_save, self._early = None, {}, None, []
+        self._last_trained: Callable[[], tuple[Any, dict[str, Any], Callable[[], None]]] | None = None  # (_save)
         self._trained = 0  # batches this process trained (logged) in this run
         self._held_save: tuple[int, Callable[[Any], Any], Callable[[], None]] | None = None  # committed when a batch follows
         self._run = None
@@ -232,7 +242,9 @@ class RunRecorder:
             base = self.base
             # a dataset that is not there, or epochs refused, fail now: no starting weights left behind
             declared_datasets(self.ledger, datasets)
-            state, commit_options, cleanup = starting() if base is None else (None, {}, lambda: None)
+            # with base= too: a second fit from the weights the first ended with was based on base=, and its
+            # lineage lost the first fit's data
+            state, commit_options, cleanup = starting() if base is None or previous is not None else (None, {}, lambda: None)
             try:  # trained again from the weights the callback's last run ended with: that run's version is the
                 continued = previous is not None and _holds(self.ledger, previous, state)  # base: the lineage goes on
             except BaseException:
@@ -240,6 +252,9 @@ class RunRecorder:
                 raise
             if continued:
                 base, state = previous, None
+            elif base is not None and state is not None:  # other weights: base= names them, as the caller said
+                cleanup()
+                state, commit_options, cleanup = None, {}, lambda: None
             elif params.get("start_step"):  # resumed: the steps before are another run's
                 warn(f"ProvenanceCallback: training resumed at step {params['start_step']}: this run records the data "
                      "of the steps from there on, and its starting weights (the checkpoint's) are a version of no run; "
@@ -311,23 +326,36 @@ class RunRecorder:
         the last) is not committed twice either, the commit waits for the next batch: training
         that ends first commits these weights as the run's version instead. Every process writes
         the keys it has trained so far first: a run killed after the save keeps the record of the
-        steps the checkpoint was trained on (they waited in memory, 4 of 56 kept)."""
+        steps the checkpoint was trained on (they waited in memory, 4 of 56 kept). Training that
+        fails after a save at the ``last`` step (a reporting callback raising as it logs the
+        metrics) commits that save as a checkpoint: the final commit never comes."""
         if self._running:  # (a run still starting is waited for: the keys of the first steps wait for it)
             self.run.flush()
         if not (self._running and self.commit_on_save and self._owner):
             return
-        if self._held_save is not None:  # two saves with no batch between: the first is committed
+        if self._held_save is not None and self._held_save[0] == step:  # two saves with no batch between (save_last,
+            return  # or two ModelCheckpoints) hold the same weights: one version (it was committed twice)
+        if self._held_save is not None:
             self._commit_held_save()
-        if last:
-            self._last_save = step
+        if last:  # its weights are committed if training fails before the final commit (_fail)
+            self._last_save, self._last_trained = step, trained
             return
-        base = self.run.base  # (a run still starting is waited for: its base is the checkpoint's parent)
-        message = f"{self.run.record.message}: checkpoint at step {step} of run {self.run.run_id[:12]}"
+        self._hold(step, trained)
+
+    def _hold(self, step: int, trained: Callable[[], tuple[Any, dict[str, Any], Callable[[], None]]]) -> None:
+        """The checkpoint saved at ``step`` (the updates made: it was trained on the examples of steps
+        0 to ``step`` - 1), ready to commit when a batch follows (or training fails), as a checkpoint
+        of the run (:meth:`provenance.runs.Run.checkpoint`)."""
+        run_id, base = self.run.run_id, self.run.base  # (a run still starting is waited for: its base is the parent)
+        message = f"{self.run.record.message}: checkpoint at step {step} of run {run_id[:12]}"
         state, options, cleanup = trained()
 
         def commit(ledger: Any) -> Any:
+            # a checkpoint of the run (Run.checkpoint, on the commit thread's ledger: the examples were written
+            # by the save, in the training thread), trained on the steps before the one it was saved at
             try:
-                return ledger.commit(state, parent=base, message=message, **options)
+                return ledger.commit(state, parent=base, checkpoint_of=run_id, step=max(step - 1, 0), message=message,
+                                     **options)
             finally:
                 cleanup()
 

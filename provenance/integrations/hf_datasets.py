@@ -53,7 +53,7 @@ def _keyed(data: Any, shard: str, id_field: str | None, column: str) -> Any:
         if id_field is None:
             _check_positions(data)
             return data.map(lambda row, i: {column: f"{shard}:{i}"}, with_indices=True)
-        return data.map(lambda row: {column: str(_id_of(row, id_field))})
+        return data.map(lambda row, i: {column: _id_of(row, id_field, i)}, with_indices=True)
     if id_field is None:
         keys = [f"{shard}:{i}" for i in range(len(data))]
     else:  # as registration reads them: strings, or integers written in decimal
@@ -72,12 +72,23 @@ def _first_null(ids: pa.ChunkedArray) -> int:
     return next(i for i, value in enumerate(ids.is_null().to_pylist()) if value)
 
 
-def _id_of(row: dict, id_field: str) -> Any:
-    """A streamed row's id; a stream whose columns are known only as it streams (after ``map``)
-    is checked here, row by row (it raised a bare ``KeyError``)."""
+def _id_of(row: dict, id_field: str, position: int) -> str:
+    """The key of a streamed row (the ``position``-th), its id as registration reads it; a stream
+    whose columns are known only as it streams (after ``map``) is checked here, row by row (it
+    raised a bare ``KeyError``). An id registration refuses is refused here too, as for a
+    ``Dataset`` (None, a float or a bool was keyed ``'None'``, ``'1.0'``, ``'True'``: no document)."""
     if id_field not in row:
         raise InvalidParameterError(f"no id column {id_field!r} (columns: {', '.join(row)})")
-    return row[id_field]
+    value = row[id_field]
+    if value is None:
+        raise InvalidParameterError(f"id column {id_field!r}: row {position} of the stream has no id (None); every "
+                                    "document needs a key, as registration says")
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not hasattr(type(value), "__index__"):  # an int, or a NumPy one a map() made
+        raise InvalidParameterError(f"id column {id_field!r}: row {position} of the stream has id {value!r} "
+                                    f"({type(value).__name__}); ids must be strings or integers, as registration reads them")
+    return str(value.__index__())
 
 
 #: Steps of a streamed dataset's pipeline after which a row's position in the stream is no longer

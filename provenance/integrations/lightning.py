@@ -13,7 +13,9 @@ final weights as the run's version. Works with ``lightning`` and with ``pytorch-
 it, so the keys travel in the batch: items that are dicts with a ``key`` field (a
 :class:`provenance.torch.RegisteredDataset`'s items are) collate into a batch whose ``key`` is
 the list of the batch's keys, and ``training_step`` ignores what it does not use. ``key`` names
-another field, or is a function from a batch to its keys (a tuple batch, say). The keys of a
+another field, or is a function from a batch to its keys (a tuple batch, say; any iterable of
+strings). A batch of several train dataloaders (a ``CombinedLoader``'s, ``{"a": batch, "b": batch}``)
+holds the keys of each of its parts. The keys of a
 batch are logged when Lightning has trained on it (``on_train_batch_end``), at the step of the
 optimizer update it goes into, ``trainer.global_step`` when the batch began (counted from 0 as
 :func:`provenance.torch.track` counts): with ``accumulate_grad_batches``, several batches share a
@@ -34,7 +36,7 @@ Lightning saves (``on_save_checkpoint``, with ``commit_on_save``) is committed a
 own on the run's base, its message naming the run and the step
 (:attr:`ProvenanceCallback.checkpoints`), on a thread of its own while training goes on
 (:class:`provenance.integrations.BackgroundCommits`: the save copies the weights to CPU memory, one
-copy at most waits); the final weights are committed through the run when training ends, after
+copy at most waits; a second save at the same step, ``last.ckpt``, is the same version); the final weights are committed through the run when training ends, after
 the last checkpoint is stored, which ends it ``finished`` (a save at ``max_steps`` is not
 committed twice: its checkpoint is the run's version). Logged keys are written every
 ``flush_every`` examples and when training ends.
@@ -115,8 +117,7 @@ class ProvenanceCallback(RunRecorder, pl.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._fail("training started again before this run ended")
-        datasets = self.datasets if self.datasets is not None else registered_datasets(
-            getattr(trainer.train_dataloader, "dataset", trainer.train_dataloader), "ProvenanceCallback")
+        datasets = self.datasets if self.datasets is not None else _train_datasets(trainer.train_dataloader)
         self._start_run(
             owner=bool(trainer.is_global_zero), alone=trainer.world_size == 1, datasets=datasets,
             params=_training_params(trainer), message=self.message or f"{type(pl_module).__name__} trained with Lightning",
@@ -134,6 +135,13 @@ class ProvenanceCallback(RunRecorder, pl.Callback):
             raise InvalidParameterError(
                 f"ProvenanceCallback: the document keys of batch {batch_idx} at step {self._step} are a "
                 f"{type(keys).__name__} ({keys!r:.60}), not a list of strings: give one key per example")
+        if keys is not None and not isinstance(keys, (list, tuple)):  # a generator, a map, a numpy array: a TypeError
+            try:                                                          # ("has no len()") or a ValueError ("truth
+                keys = list(keys)                                         # value of an array ... is ambiguous")
+            except TypeError:
+                raise InvalidParameterError(
+                    f"ProvenanceCallback: the document keys of batch {batch_idx} at step {self._step} are a "
+                    f"{type(keys).__name__} ({keys!r:.60}), not a list of strings: give one key per example") from None
         if not keys:
             raise ProvenanceError(f"ProvenanceCallback: batch {batch_idx} at step {self._step} has no document keys")
         sizes = _leading_sizes(batch)
@@ -156,19 +164,38 @@ class ProvenanceCallback(RunRecorder, pl.Callback):
 
 
 def _leading_sizes(batch: Any, depth: int = 0) -> set[int]:
-    """The first dimensions of the tensors in a batch (nested in dicts, lists and tuples)."""
+    """The first dimensions of the tensors in a batch (nested in dicts, lists and tuples), and the
+    sum of those of its parts when it holds several (a batch of several train dataloaders, a
+    ``CombinedLoader``'s, holds the examples of all of them: 4 and 2 rows, 6 keys)."""
     if isinstance(batch, torch.Tensor):
         return {int(batch.shape[0])} if batch.dim() else set()
     if depth > 4:
         return set()
-    items = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else ()
-    return set().union(*(_leading_sizes(b, depth + 1) for b in items)) if items else set()
+    items = list(batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else ())
+    sizes = set().union(*(_leading_sizes(b, depth + 1) for b in items)) if items else set()
+    parts = [part for b in items if isinstance(b, (dict, list, tuple)) and (part := _leading_sizes(b, depth + 1))]
+    if len(parts) > 1 and all(len(part) == 1 for part in parts):
+        sizes.add(sum(next(iter(part)) for part in parts))
+    return sizes
+
+
+def _train_datasets(loaders: Any) -> list[str]:
+    """The registered datasets of the train dataloader, or of each of several (a dict or a list of
+    them, a ``CombinedLoader``'s): a ``RegisteredDataset``, or a ``random_split`` part of one."""
+    parts = loaders.values() if isinstance(loaders, Mapping) else loaders if isinstance(loaders, (list, tuple)) else [loaders]
+    names = [name for loader in parts
+             for name in registered_datasets(getattr(loader, "dataset", loader), "ProvenanceCallback")]
+    return list(dict.fromkeys(names))
 
 
 def _batch_field(field: str) -> Callable[[Any], Sequence[str]]:
     keys_of = _field_getter(field)
 
     def keys(batch: Any) -> Sequence[str]:
+        if isinstance(batch, (dict, list, tuple)) and not (isinstance(batch, dict) and field in batch):
+            parts = [part for part in (batch.values() if isinstance(batch, dict) else batch) if part is not None]
+            if parts and all(isinstance(part, dict) and field in part for part in parts):  # several train dataloaders
+                return [key for part in parts for key in keys(part)]
         try:
             return keys_of(batch)
         except InvalidParameterError as exc:

@@ -240,10 +240,13 @@ def _error_row(exc: ProvenanceError) -> str:
     return json.dumps([kind, str(exc)])
 
 
-def check_count(name: str, value: Any) -> None:
-    """Refuse an option ``name`` that is given and is not a positive integer (CPUs, partitions)."""
+def check_count(name: str, value: Any, *, most: int | None = None) -> None:
+    """Refuse an option ``name`` that is given and is not a positive integer (CPUs, partitions),
+    or is above ``most``."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise InvalidParameterError(f"{name} must be a positive integer, got {value!r}")
+    if value is not None and most is not None and value > most:
+        raise InvalidParameterError(f"{name} must be at most {most:,}, got {value:,}")
 
 
 def check_address(address: Any) -> None:

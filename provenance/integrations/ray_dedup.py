@@ -79,6 +79,8 @@ __all__ = ["audit_dedup"]
 DOCS_PER_PARTITION = 100_000
 #: Edges per partition in the component rounds (24 bytes each, both directions).
 EDGES_PER_PARTITION = 1_000_000
+#: The most partitions a shuffle may be given: a sort shuffle makes blocks per partition and input block.
+MAX_PARTITIONS = 10_000
 #: Rounds of the component search after which something is wrong (they grow as log² of the
 #: longest path; 2^20 nodes in a path take about 40).
 MAX_ROUNDS = 200
@@ -100,7 +102,7 @@ def audit_dedup(ledger: Any, targets: Sequence[str], *, address: str | None = No
             "(the server runs it) or run the Ray audit on the server's machine")
     check_address(address)
     check_count("num_cpus", num_cpus)
-    check_count("partitions", partitions)
+    check_count("partitions", partitions, most=MAX_PARTITIONS)  # 10**9 made Ray plan a billion blocks, for ever
     check_staging(staging)
     threshold = audits.check_threshold(options.get("threshold", 0.8))  # bad options are errors before Ray starts
     audits.check_window(options.get("bucket_window", audits.BUCKET_WINDOW))

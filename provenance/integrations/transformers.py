@@ -50,7 +50,7 @@ on the run's base, ``ledger.commit(state, parent=base)``, its message naming the
 step (:attr:`ProvenanceCallback.checkpoints`); the final weights are committed through the run at
 ``on_train_end``, which ends it ``finished`` (a save at the last step is not committed twice: its
 checkpoint is the run's version, unless ``load_best_model_at_end`` loaded another checkpoint
-back). A checkpoint is committed on a thread of its own while training goes on
+back, or training fails before the final commit, when it is committed as a checkpoint). A checkpoint is committed on a thread of its own while training goes on
 (:class:`provenance.integrations.BackgroundCommits`): the save copies the weights to CPU memory
 (one copy at most waits), and ``on_train_end`` waits for the last one before the final commit; a
 checkpoint that fails to commit raises at the next save or at the end.
@@ -95,7 +95,7 @@ from typing import Any
 from torch.utils.data import IterableDataset
 
 from provenance.errors import InvalidParameterError, ProvenanceError, warn
-from provenance.integrations import RunRecorder, registered_datasets, snapshot
+from provenance.integrations import RunRecorder, _holds, failure, registered_datasets, snapshot
 from provenance.torch import RegisteredDataset
 
 try:
@@ -160,13 +160,20 @@ class ProvenanceCallback(RunRecorder, TrainerCallback):
         from provenance.remote import RemoteLedger
 
         self._remote = isinstance(self.ledger, RemoteLedger)
-        tap, dataset = _tap_loader(train_dataloader)
+        tap, dataset = _tap_loader(train_dataloader, self)
         key_of = _key_lookup(dataset, self.key_column, self.keys)
         datasets = self.datasets if self.datasets is not None else registered_datasets(dataset, "ProvenanceCallback")
         if state.global_step and not args.ignore_data_skip:  # resumed: accelerate skips the steps done
             batches = len(train_dataloader)
             per_epoch = max(batches // args.gradient_accumulation_steps + int(batches % args.gradient_accumulation_steps > 0), 1)
             tap.skip = (state.global_step % per_epoch) * args.gradient_accumulation_steps
+        if _is_peft(model) and self.version is not None and state.is_world_process_zero and \
+                _holds_adapter(self.ledger, self.version, model):
+            warn(f"ProvenanceCallback: the LoRA adapter trains on from the weights of version "
+                 f"{self.version.version_id[:12]} (run {str(self.version.run_id)[:12]}), but an adapter's version is "
+                 "committed as low-rank patches of the base model's weights, so this run starts from those: its "
+                 "version's lineage does not hold the data of that run (docs/hugging-face.md, 'What is followed'); "
+                 "train the adapter in one trainer.train() to keep its data in one lineage")
         processing_class = kwargs.get("processing_class", kwargs.get("tokenizer"))
         self._start_run(
             owner=bool(state.is_world_process_zero), alone=_world() is None, datasets=datasets,
@@ -217,12 +224,17 @@ class ProvenanceCallback(RunRecorder, TrainerCallback):
     def _log_batch(self, step: int) -> None:
         if not self._running:
             return
-        indices = self._tap.take()
-        if indices is None:
-            raise ProvenanceError(
-                f"ProvenanceCallback: the Trainer trained a batch at step {step} that its train sampler did not draw; "
-                "was the train DataLoader replaced after training began?")
-        self._log([self._key_of(i) for i in indices], step)
+        try:
+            indices = self._tap.take()
+            if indices is None:
+                raise ProvenanceError(
+                    f"ProvenanceCallback: the Trainer trained a batch at step {step} that its train sampler did not "
+                    "draw; was the train DataLoader replaced after training began?")
+            keys = [self._key_of(i) for i in indices]
+        except ProvenanceError as exc:  # a row without a key: the run fails before the error stops training, as
+            self._fail(failure(type(exc), exc))  # for a key the run refuses (_logged); else it was left running
+            raise
+        self._log(keys, step)
 
 
 class _SamplerTap:
@@ -231,8 +243,9 @@ class _SamplerTap:
     and accelerate reach through it for ``set_epoch``, ``batch_size``, its ``sampler`` (whose
     epoch sets the shuffle) and the like, so the wrapped one is kept under a name of its own."""
 
-    def __init__(self, sampler: Any):
+    def __init__(self, sampler: Any, owner: Any):
         self.tapped = sampler
+        self.owner = owner  # the callback that takes the batches
         self.drawn: deque[list] = deque()
         self.skip = 0  # batches of the next pass that accelerate skips when resuming
 
@@ -279,8 +292,9 @@ def _index(value: Any) -> int:
     return value.__index__()
 
 
-def _tap_loader(loader: Any) -> tuple[_SamplerTap, Any]:
-    """Wrap the batch sampler the train DataLoader draws indices from; return it and the dataset."""
+def _tap_loader(loader: Any, owner: Any) -> tuple[_SamplerTap, Any]:
+    """Wrap the batch sampler the train DataLoader draws indices from for ``owner`` (a callback);
+    return it and the dataset."""
     if loader is None:
         raise ProvenanceError("ProvenanceCallback: the Trainer began training without a train DataLoader")
     base = getattr(loader, "base_dataloader", loader)  # accelerate's DataLoaderShard wraps a torch DataLoader
@@ -300,10 +314,14 @@ def _tap_loader(loader: Any) -> tuple[_SamplerTap, Any]:
     if sampler is None:
         raise InvalidParameterError(
             f"ProvenanceCallback: the train DataLoader ({type(loader).__name__}) has no batch sampler to follow")
-    tap = sampler if isinstance(sampler, _SamplerTap) else _SamplerTap(sampler)
-    # A DataLoader refuses a new batch_sampler once built; its iterators read it when they are
-    # made, which is after on_train_begin.
-    object.__setattr__(base, "batch_sampler", tap)
+    tap = sampler  # this callback's own tap, when the loader has one; another callback's (two ledgers) is wrapped
+    while isinstance(tap, _SamplerTap) and tap.owner is not owner:  # in one of its own: each takes every batch
+        tap = tap.tapped
+    if not isinstance(tap, _SamplerTap):
+        tap = _SamplerTap(sampler, owner)
+        # A DataLoader refuses a new batch_sampler once built; its iterators read it when they are
+        # made, which is after on_train_begin.
+        object.__setattr__(base, "batch_sampler", tap)
     return tap, base.dataset
 
 
@@ -312,12 +330,7 @@ def _key_lookup(dataset: Any, column: str, keys: Sequence[str] | None) -> Callab
     if keys is not None:
         if isinstance(keys, str):
             raise InvalidParameterError("ProvenanceCallback: keys is one string; give one document key per row")
-        keys = list(keys)
-        bad = next((i for i, key in enumerate(keys) if not isinstance(key, str)), None)
-        if bad is not None:  # refused here, before anything is written, not by the run at its first batch
-            raise InvalidParameterError(
-                f"ProvenanceCallback: keys[{bad}] is {keys[bad]!r} ({type(keys[bad]).__name__}); document keys are "
-                "strings (a numeric id 7 is the key '7')")
+        keys = _string_keys(list(keys), "keys[{}]")
         if len(keys) != len(dataset):
             raise InvalidParameterError(f"ProvenanceCallback: keys has {len(keys)} entries, the training set {len(dataset)} rows")
         return keys.__getitem__
@@ -330,7 +343,7 @@ def _key_lookup(dataset: Any, column: str, keys: Sequence[str] | None) -> Callab
                 f"ProvenanceCallback: the training set has no {column!r} column (it has {', '.join(columns)}); the "
                 f"Trainer drops the columns the model does not take from a datasets.Dataset: pass "
                 f"keys=train_dataset[{column!r}]")
-        return list(dataset[column]).__getitem__
+        return _string_keys(list(dataset[column]), f"row {{}} of the training set's {column!r} column").__getitem__
 
     def item_key(i: int) -> str:
         item = dataset[i]
@@ -345,6 +358,18 @@ def _key_lookup(dataset: Any, column: str, keys: Sequence[str] | None) -> Callab
     if len(dataset):
         item_key(0)  # refuse before anything is written
     return item_key
+
+
+def _string_keys(keys: list, where: str) -> list:
+    """``keys``, refused here, before anything is written (not by the run at its first batch,
+    once the starting weights are committed), when one is not a string; ``where`` names the
+    entry (``{}`` for its index)."""
+    bad = next((i for i, key in enumerate(keys) if not isinstance(key, str)), None)
+    if bad is not None:
+        raise InvalidParameterError(
+            f"ProvenanceCallback: {where.format(bad)} is {keys[bad]!r} ({type(keys[bad]).__name__}); document keys are "
+            "strings (a numeric id 7 is the key '7')")
+    return keys
 
 
 def _is_peft(model: Any) -> bool:
@@ -414,6 +439,17 @@ def _snapshot(model: Any, *, copy: bool = True, remote: bool = False) -> tuple[A
     finally:
         if remote:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _holds_adapter(ledger: Any, version: Any, model: Any) -> bool:
+    """Whether ``version`` holds the weights of the PEFT ``model`` with its adapter applied (its
+    adapter goes on from where the run that committed ``version`` left it)."""
+    folder = tempfile.mkdtemp(prefix="provenance-adapter-")
+    try:
+        model.save_pretrained(folder, safe_serialization=True)
+        return _holds(ledger, version, _applied_adapter(folder, _starting_state(model))[0])
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _applied_adapter(folder: str, base: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -302,10 +302,16 @@ class LedgerStore(Connections, Transactions, CommitRecord, DocumentsView, Schema
 def check_utf8_folder(root: Path, doing: str) -> None:
     """Refuse a ledger folder whose absolute path is not valid UTF-8 (a folder a Latin-1 system
     named): DuckDB cannot open a database there (``RuntimeError: std::bad_cast``, after ``init``
-    had made the folders and ``backup`` had copied the whole ledger)."""
-    if (shown := non_utf8(Path(root).absolute())) is not None:
+    had made the folders and ``backup`` had copied the whole ledger), or that holds a ``?``, which
+    DuckDB reads as the start of the database's options (``init`` failed with a traceback about
+    ``q.wal?x``, leaving a half-made ``.prov``)."""
+    path = Path(root).absolute()
+    if (shown := non_utf8(path)) is not None:
         raise InvalidParameterError(f"{doing} {shown}: the path is not valid UTF-8, and DuckDB opens a database only "
                                     "at a UTF-8 path; rename the folder")
+    if "?" in str(path):
+        raise InvalidParameterError(f"{doing} {path}: the path holds a '?', which DuckDB takes for the start of a "
+                                    "database's options; rename the folder")
 
 
 __all__ = [

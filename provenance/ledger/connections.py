@@ -88,6 +88,9 @@ class Connections:
                 continue
             except duckdb.Error as exc:  # replaying a damaged write-ahead log raises a plain duckdb.Error
                 raise self._damaged(exc) or ProvenanceError(f"cannot open ledger {self.db_path}: {exc}") from exc
+            # DuckDB's own progress bar drew on the process's stdout for a query of over 2 s (a
+            # registration copying many shards, a long `prov sql --json`): into output meant as JSON
+            con.execute("SET enable_progress_bar = false")  # (a session setting: its cursors inherit it)
             if not external:  # user SQL: only the ledger's own files, through the documents view
                 self.confine(con)
             return con

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -160,12 +161,19 @@ class DataQueries:
 
     def documents_by_key(self, dataset_ids: Sequence[str], key: str) -> list[DocumentRecord]:
         """The document ``key`` in each of the dataset versions ``dataset_ids`` that holds it, in
-        their order."""
+        their order. A version without ``key`` itself but with one key that differs from it only in
+        its Unicode normalisation form (``café.jsonl:0`` typed as NFC, the shard of a file from
+        macOS named in NFD) gives that document."""
         found = []
         with self._cursor() as con:
             for dataset_id in dataset_ids:  # one query each: equality on dataset_id reaches the Parquet files' filters
-                found += con.sql("SELECT * FROM documents WHERE dataset_id = ? AND key = ?",
-                                 params=[dataset_id, key]).to_arrow_table().to_pylist()
+                rows = con.sql("SELECT * FROM documents WHERE dataset_id = ? AND key = ?",
+                               params=[dataset_id, key]).to_arrow_table().to_pylist()
+                if not rows and not (unicodedata.is_normalized("NFC", key) and unicodedata.is_normalized("NFD", key)):
+                    rows = con.sql("SELECT * FROM documents WHERE dataset_id = ? AND nfc_normalize(key) = ? LIMIT 2",
+                                   params=[dataset_id, unicodedata.normalize("NFC", key)]).to_arrow_table().to_pylist()
+                    rows = rows if len(rows) == 1 else []  # (two such keys: which one is meant is unclear)
+                found += rows
         return [DocumentRecord(**r) for r in found]
 
     def keys_in(self, dataset_id: str, keys: Sequence[str]) -> list[str]:

@@ -147,7 +147,7 @@ class DocumentWrites:
         """
         self._staging.mkdir(parents=True, exist_ok=True)
         stage = DocumentStage(self._staging / f"documents-{os.getpid()}-{time.time_ns()}.parquet")
-        self._copies = []
+        self._copies, copies = [], []
         try:
             yield stage
             copies, self._copies = self._copies, None
@@ -156,15 +156,20 @@ class DocumentWrites:
                 cols = ", ".join(quote_identifier(c) for c in stage.columns)
                 parts.append(f"SELECT {cols} FROM read_parquet(?)")
                 params.append(glob_literal(str(stage.path)))
-            for source, dataset_id, shard_index, first_id in copies:
-                parts.append(_COPY_SELECT)
-                params += [first_id, dataset_id, shard_index, source.dataset_id, source.shard_index]
+            if copies:  # one statement for every copied shard (a union of one per shard, 800 of them, ran
+                # out of memory: re-registering a folder of many files with one file added failed)
+                register(self._con, "provenance_copied_shards", _copied_shards(copies))
+                for source in sorted({c[0].dataset_id for c in copies}):
+                    parts.append(_COPY_MANY_SELECT)
+                    params += [copies[0][1], source, source]
             if parts:
                 dataset_id = copies[0][1] if copies else stage.dataset_id
                 whole = stage.path if not copies and stage.schema == DOCUMENT_SCHEMA else None
                 self._put_documents(" UNION ALL BY NAME ".join(f"({p})" for p in parts), params, dataset_id,
                                     stage.rows + sum(c[0].n_documents for c in copies), stage=whole)
         finally:
+            if copies:
+                unregister(self._con, "provenance_copied_shards")
             self._copies = None
             stage.discard()
 
@@ -245,3 +250,21 @@ class DocumentWrites:
 _COPY_SELECT = """SELECT ? + row_number() OVER (ORDER BY row_index) - 1 AS doc_id, ? AS dataset_id,
                          ? AS shard_index, row_index, line, key, exact_hash, token_count, n_bytes, signature, band_keys
                   FROM documents WHERE dataset_id = ? AND shard_index = ?"""
+
+#: The rows of the shards of an earlier version that ``provenance_copied_shards`` lists (its
+#: ``source``, ``old_index``, ``new_index``, ``first_id``), renumbered for a new one (parameters:
+#: new dataset, old dataset twice).
+_COPY_MANY_SELECT = """SELECT m.first_id + row_number() OVER (PARTITION BY m.new_index ORDER BY d.row_index) - 1 AS doc_id,
+                              ? AS dataset_id, m.new_index AS shard_index, d.row_index, d.line, d.key, d.exact_hash,
+                              d.token_count, d.n_bytes, d.signature, d.band_keys
+                       FROM documents d JOIN provenance_copied_shards m
+                            ON m.source = d.dataset_id AND m.old_index = d.shard_index
+                       WHERE d.dataset_id = ? AND m.source = ?"""
+
+
+def _copied_shards(copies: list[tuple[ShardRecord, str, int, int]]) -> pa.Table:
+    """The shards a registration copies from earlier versions, as ``_COPY_MANY_SELECT`` joins them."""
+    return pa.table({"source": pa.array([c[0].dataset_id for c in copies], pa.string()),
+                     "old_index": pa.array([c[0].shard_index for c in copies], pa.int32()),
+                     "new_index": pa.array([c[2] for c in copies], pa.int32()),
+                     "first_id": pa.array([c[3] for c in copies], pa.int64())})

@@ -17,6 +17,7 @@ from provenance.errors import (
 from provenance.ledger._common import _param_from_row, register, row_dicts, unregister
 from provenance.records import (
     A_VERSION,
+    CheckpointRecord,
     ParamRecord,
     RunRecord,
     RunShardRecord,
@@ -294,15 +295,22 @@ class ModelQueries:
                 tx.set_tag(name, ver.version_id)
             return self.version(ver.version_id)  # read again: the record names its tags, this one too
 
+    def find_tag(self, name: str) -> TagRecord:
+        """The tag ``name`` and the version it names; a missing one is refused naming the tags there are."""
+        tags = self.tags()
+        found = next((t for t in tags if t.name == name), None)
+        if found is None:
+            raise no_tag(name, tags)
+        return found
+
     def delete_tag(self, name: str) -> TagRecord:
         """Remove the tag ``name`` (the version it names is kept, as are merges and retractions that
         name it); returns the tag as it was."""
         with self.session():
-            found = next((t for t in self.tags() if t.name == name), None)
-            if found is not None:
-                with self.transaction() as tx:
-                    removed = tx.delete_tag(name)
-            if found is None or not removed:
+            found = self.find_tag(name)
+            with self.transaction() as tx:
+                removed = tx.delete_tag(name)
+            if not removed:  # taken by another process between the two
                 raise no_tag(name, self.tags())
             return found
 
@@ -348,6 +356,17 @@ class ModelQueries:
                 "SELECT * FROM run_shards WHERE run_id = ? ORDER BY dataset_id, shard_index", params=[rid]
             ).to_arrow_table().to_pylist()
         return [RunShardRecord(**r) for r in rows]
+
+    def checkpoints(self, run: str | RunRecord) -> list[CheckpointRecord]:
+        """The versions saved as checkpoints of the run (:meth:`provenance.runs.Run.checkpoint`),
+        by step; the version the run committed is its record's ``version_id``, not one of them."""
+        rid = self.run(run).run_id
+        with self._cursor() as con:
+            rows = con.sql(
+                """SELECT c.version_id, c.run_id, c.step, v.created_at FROM checkpoints c
+                   JOIN versions v USING (version_id) WHERE c.run_id = ? ORDER BY c.step, v.created_at, c.version_id""",
+                params=[rid]).to_arrow_table().to_pylist()
+        return [CheckpointRecord(**r) for r in rows]
 
     def run_examples(self, run: str | RunRecord) -> pa.Table:
         """The run's logged examples in order: step, dataset, document key and doc_id."""

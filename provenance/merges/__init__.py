@@ -75,10 +75,14 @@ def merge(
     device: str | torch.device | None = None,
     progress: Any = None,
     also: Callable[[Any, VersionRecord], None] | None = None,
+    run_gate: Callable[[], str] | None = None,
 ) -> VersionRecord:
     """Merge ``versions`` into a new version whose parents are all of them; see the module doc.
     ``progress`` (``start(description, total)``, ``advance(bytes)``) is told the bytes merged;
     ``also(tx, version)`` writes rows that must land in the version's own transaction.
+    ``run_gate()`` runs the pre-merge gate once the options, inputs, base and Fishers have passed
+    their checks, before any group is merged; it returns the id of the audit the merge cites (it
+    raises when the gate fails). A merge refused for its options ran no gate: it stored an audit.
 
     ``device``: where the kernels run (default the CPU). With a CUDA device each group's inputs
     and Fishers are moved there and merged by the Triton kernels (the dispatcher picks them for
@@ -121,6 +125,8 @@ def merge(
                                                 "instead")
                 first[vid] = ref
         lam = _weights(weights, len(inputs))
+        if audit is not None and run_gate is not None:
+            raise InvalidParameterError("give gate=... (run the gate now) or audit=ID (cite one), not both")
         audit = _cited_audit(ledger, audit, ids) if audit is not None else None
         device = _device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -131,7 +137,7 @@ def merge(
         kept = kept_groups(history, ids[0], names)  # once (a comprehension called it once per name)
         averaged = [n for n in names if n not in kept]
         if base_id is not None:
-            _base_has(history, base_id, names, method, history.manifest(ids[0]), averaged)
+            _base_has(history, base_id, method, history.manifest(ids[0]), averaged)
         with new_objects(store, ledger.object_writers) as added:  # removed again if the merge is refused
             if how.needs_fisher and fisher is not None:  # for this merge only: its receipt keeps the objects
                 given = [fisher_rows(ledger, v, {n: f[n] for n in averaged}, added,
@@ -141,6 +147,8 @@ def merge(
             else:
                 fishers = fisher_sources(ledger, inputs, averaged) if how.needs_fisher else None
             norms = fisher_norms(fishers, averaged) if how.needs_fisher and normalize else None
+            if run_gate is not None:  # every check above passed: a refused merge stores no gate
+                audit = _cited_audit(ledger, run_gate(), ids)
             params, receipt_params, kernel = merge_groups(history, store, ids, names, kept, method, fishers, lam, eps,
                                                           norms, density, base_id, device, progress, added)
             created = datetime.now(timezone.utc).replace(tzinfo=None)
@@ -239,11 +247,21 @@ def _weights(weights: Sequence[float] | None, n: int) -> list[float]:
         # the kernels weigh in float32 and sum the weights as they go: 1e308 twice overflowed to inf
         # and silently gave the first input back
         raise InvalidParameterError(f"weights must be finite, >= 0, at most {MAX_WEIGHT:g} and not all 0, got {lam}")
+    tiny = next((w for w in lam if 0 < w < MIN_WEIGHT), None)
+    if tiny is not None:
+        # in float32 it rounds to 0 (1e-300) or to a denormal (1e-40): weights of 1e-300 each made a TIES merge
+        # the base and a Fisher merge the plain average, with the weights' ratios, all that counts, equal
+        raise InvalidParameterError(f"weight {tiny:g} is below {MIN_WEIGHT:g}, the smallest a merge takes besides 0 "
+                                    f"(the kernels weigh in float32); scale every weight up (averaging, Fisher "
+                                    f"merging and TIES use only their ratios), or give 0 to leave an input out, got "
+                                    f"{lam}")
     return lam
 
 
 #: The largest merge weight taken (averaging and Fisher merging use only the weights' ratios).
 MAX_WEIGHT = 1e12
+#: The smallest positive merge weight taken: smaller ones underflow in the kernels' float32.
+MIN_WEIGHT = 1e-12
 
 
 def _base(ledger: LedgerStore, inputs: list[VersionRecord], base) -> str:
@@ -265,11 +283,12 @@ def _base(ledger: LedgerStore, inputs: list[VersionRecord], base) -> str:
     return firsts.pop()
 
 
-def _base_has(history: History, base_id: str, names: list[str], method: str, inputs: Mapping[str, Any],
-              averaged: list[str]) -> None:
-    """Refuse a base that lacks a parameter of the inputs (``inputs``: the first input's manifest),
-    or holds one of the ``averaged`` groups (not those kept as they are, which read no base) in
-    another shape or dtype: its task vector has nothing to start from. (A
+def _base_has(history: History, base_id: str, method: str, inputs: Mapping[str, Any], averaged: list[str]) -> None:
+    """Refuse a base that lacks one of the ``averaged`` groups of the inputs (``inputs``: the first
+    input's manifest) or holds one in another shape or dtype: its task vector has nothing to start
+    from. The groups kept as they are (integers, booleans, FP8) read no base: a step counter the
+    inputs added was refused as if task vectors needed it, though a base holding it as int32 was
+    taken. (A
     vocabulary the inputs resized, or a cast to half precision, failed in the kernel with "base has
     shape (4, 3), thetas[0] (5, 3)", naming no parameter; from the command line, a traceback.)"""
     manifest = history.manifest(base_id)
@@ -280,7 +299,7 @@ def _base_has(history: History, base_id: str, names: list[str], method: str, inp
                 f"parameter {n!r} is {inputs[n].dtype}{inputs[n].shape} in the inputs but {manifest[n].dtype}"
                 f"{manifest[n].shape} in the base {base_id[:12]}: {method} needs the base's value in the inputs' "
                 "shape and dtype to make task vectors; merge with average or fisher, or give a base that has it so")
-    missing = [n for n in names if n not in have]
+    missing = [n for n in averaged if n not in have]
     if missing:
         raise InvalidParameterError(
             f"{len(missing)} parameter(s) of the inputs are not in the base {base_id[:12]} ({', '.join(missing[:3])}"
@@ -294,10 +313,12 @@ def _common_names(history: History, inputs: list[VersionRecord]) -> list[str]:
     live = [{n: p for n, p in history.manifest(v.version_id).items() if p.encoding != "removed"} for v in inputs]
     first = live[0]
     for v, other in zip(inputs[1:], live[1:]):
-        if set(other) != set(first):
-            diff = sorted(set(other) ^ set(first))
+        if set(other) != set(first):  # which side holds each: "different parameters: h" said neither
+            sides = [(inputs[0], sorted(set(first) - set(other))), (v, sorted(set(other) - set(first)))]
+            said = "; ".join(f"only {side.version_id[:12]} has {', '.join(map(repr, names[:5]))}"
+                             f"{f' and {len(names) - 5} more' if len(names) > 5 else ''}" for side, names in sides if names)
             raise InvalidParameterError(
-                f"versions {inputs[0].version_id[:12]} and {v.version_id[:12]} have different parameters: {', '.join(diff[:5])}"
+                f"versions {inputs[0].version_id[:12]} and {v.version_id[:12]} have different parameters: {said}"
             )
         for n, p in other.items():
             if (p.shape, p.dtype) != (first[n].shape, first[n].dtype):
@@ -308,4 +329,4 @@ def _common_names(history: History, inputs: list[VersionRecord]) -> list[str]:
     return sorted(first)
 
 
-__all__ = ["KERNEL_VERSION", "MAX_WEIGHT", "RecordedFisher", "load_fisher", "merge", "receipt_check", "store_fisher"]
+__all__ = ["KERNEL_VERSION", "MAX_WEIGHT", "MIN_WEIGHT", "RecordedFisher", "load_fisher", "merge", "receipt_check", "store_fisher"]

@@ -172,12 +172,15 @@ def fisher_sources(ledger, inputs, names, rows=None):
     per input, name -> ``{"kind", "objects"}`` to read instead of the Fishers stored with them."""
     store = ledger.object_store()
     stored = [ledger.fishers(v) for v in inputs] if rows is None else rows
-    lacking = [v.version_id[:12] for v, rows in zip(inputs, stored) if not set(names) <= set(rows)]
-    if lacking:
+    lacking = {v.version_id[:12]: [n for n in names if n not in rows] for v, rows in zip(inputs, stored)}
+    lacking = {vid: absent for vid, absent in lacking.items() if absent}
+    if lacking:  # which parameters: a Fisher stored a few at a time (update=True) may lack one
+        which = "; ".join(f"{vid} lacks {', '.join(map(repr, absent[:3]))}{' ...' if len(absent) > 3 else ''} "
+                          f"({len(absent)} of {len(names)})" for vid, absent in lacking.items())
         raise InvalidParameterError(
-            f"version(s) {', '.join(lacking)} have no stored Fisher for every parameter: store one with "
-            "ledger.store_fisher(version, fisher) (docs/merging.md) or pass fisher=..., or merge by another method "
-            "(--method average, task_arithmetic or ties)"
+            f"version(s) {', '.join(lacking)} have no stored Fisher for every parameter ({which}): store one with "
+            "ledger.store_fisher(version, fisher) (update=True adds parameters to a stored one; docs/merging.md) or "
+            "pass fisher=..., or merge by another method (--method average, task_arithmetic or ties)"
         )
     manifests = [ledger.manifest(v) for v in inputs]
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
@@ -23,11 +22,13 @@ from provenance.records import (
     check_document_keys,
     check_gate_versions,
     check_retraction_id,
+    check_target_names,
     check_targets,
     check_utf8,
 )
 from provenance.remote.transport import ref_of, segment
 from provenance.results import DedupReport, GateReport, Lineage, MemorizationReport, TaintReport
+from provenance.results.dedup import PAIR_SCHEMA
 from provenance.wire import BUNDLE, ipc_to_table, unpack
 
 
@@ -70,6 +71,7 @@ class RemoteQuestions:
         if key is not None:
             check_document_key(key)
         _utf8(text=(text, "the text"))
+        check_target_names(dataset, shard)
         body = {"dataset": ref_of(dataset) if dataset is not None else None,
                 "shard": str(shard) if shard is not None else None, "key": key, "text": text, "near": near}
         return TaintReport.model_validate(self._call("POST", "taint", json_body=body))
@@ -81,6 +83,7 @@ class RemoteQuestions:
               text=(text, "the text"))
         if key is not None:
             check_document_key(key)
+        check_target_names(dataset, shard)
         body = {"reason": reason, "dataset": ref_of(dataset) if dataset is not None else None,
                 "shard": str(shard) if shard is not None else None, "key": key, "text": text, "near": near,
                 "author": author}
@@ -130,7 +133,7 @@ class RemoteQuestions:
         if report.stored:
             table = self.audit_pairs(report.audit_id)
         else:
-            table = pa.Table.from_pylist([p.model_dump() for p in report.pairs or []])
+            table = pa.Table.from_pylist([p.model_dump() for p in report.pairs or []], schema=PAIR_SCHEMA)
         tmp = out.with_name(f".{out.name}.{report.audit_id[:8]}.tmp")
         try:
             with naming(out):  # a full disk names the file asked for
@@ -175,8 +178,8 @@ class RemoteQuestions:
 
 
 def _datetimes(row: dict[str, Any], *keys: str) -> dict[str, Any]:
-    """``row`` with its ISO strings at ``keys`` as datetimes, as a local ledger gives them."""
+    """``row`` with its ISO strings at ``keys`` as naive UTC datetimes, as a local ledger gives them."""
     for key in keys:
         if row.get(key):
-            row[key] = datetime.fromisoformat(row[key])
+            row[key] = utc_time(row[key], key)
     return row

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from provenance import errors
-from provenance.records import RunRecord, RunShardRecord, VersionRecord
+from provenance.records import CheckpointRecord, RunRecord, RunShardRecord, VersionRecord
 from provenance.remote.transport import ref_of, segment
 from provenance.runs import Run, check_flush_every, declared_items, stored_params
 from provenance.wire import ARROW_STREAM, table_to_ipc
@@ -38,6 +38,9 @@ class RemoteRuns:
 
     def run_shards(self, run: str | RunRecord) -> list[RunShardRecord]:
         return [RunShardRecord.model_validate(r) for r in self._call("GET", f"runs/{segment(run)}/shards")]
+
+    def checkpoints(self, run: str | RunRecord) -> list[CheckpointRecord]:
+        return [CheckpointRecord.model_validate(r) for r in self._call("GET", f"runs/{segment(run)}/checkpoints")]
 
     def attach_run(self, run: str | RunRecord, *, openlineage: Any = None) -> RemoteRun:
         """A running run started elsewhere, to log into or end (its end is sent to OpenLineage
@@ -116,6 +119,9 @@ class RemoteRun(Run):
             if landed is not None:
                 return self.ledger.version(landed)
         self._commit_sent = True
+        return self.ledger.commit(state, **options)
+
+    def _store_checkpoint(self, state: Any, **options: Any) -> VersionRecord:
         return self.ledger.commit(state, **options)
 
     def _send_end(self, status: str, error: str | None) -> None:

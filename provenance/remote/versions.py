@@ -17,13 +17,14 @@ from typing import Any
 import pyarrow as pa
 
 from provenance import errors
-from provenance.files import warn_pickle_name
+from provenance.files import output_name, warn_pickle_name
 from provenance.records import (
     A_VERSION,
     DatasetRecord,
     ParamRecord,
     TagRecord,
     VersionRecord,
+    check_flags,
     check_merge_options,
     check_tag,
     check_utf8,
@@ -72,8 +73,11 @@ class RemoteVersions:
         except errors.AlreadyAppliedError:  # the tag was set before the server stopped: the version it was set to
             return self.version(ref_of(version, A_VERSION))
 
+    def find_tag(self, name: str) -> TagRecord:
+        return TagRecord.model_validate(self._call("GET", f"tags/{segment(name)}"))
+
     def delete_tag(self, name: str) -> TagRecord:
-        found = TagRecord.model_validate(self._call("GET", f"tags/{segment(name)}"))
+        found = self.find_tag(name)
         try:
             return TagRecord.model_validate(self._call("DELETE", f"tags/{segment(name)}"))
         except errors.AlreadyAppliedError:  # removed before the server stopped: the tag as it was
@@ -82,17 +86,26 @@ class RemoteVersions:
     def commit(self, state: Any, *, parent: str | VersionRecord | None = None, message: str, author: str | None = None,
                run: str | None = None, encoding: str = "auto", allow_nonfinite: bool = False, progress: Any = None,
                sync: bool = True, low_rank: Mapping[str, tuple[Any, Any, float]] | None = None,
-               **options: Any) -> VersionRecord:
+               checkpoint_of: str | None = None, step: int | None = None, **options: Any) -> VersionRecord:
         """Upload ``state`` (a state dict, a module, a safetensors file or a sharded checkpoint)
         and store it on the server as a new version (the server syncs its objects whatever ``sync``
-        says: durability is the server's). ``low_rank`` factors travel in the same upload."""
+        says: durability is the server's). ``low_rank`` factors travel in the same upload;
+        ``checkpoint_of`` and ``step`` make it a checkpoint of a running run, as locally."""
         if options:
             raise errors.InvalidParameterError(
                 f"{', '.join(sorted(options))}: not available through a ledger server (commit on the ledger's host)")
         if author is not None:  # a query parameter made author=5 the author '5'
             check_utf8(author, "the commit's author")
+        from provenance.versions import check_step
+
+        check_step(step)  # refused here, in the ledger's words (a query parameter took 2.0 as 2)
+        if step is not None and checkpoint_of is None:
+            raise errors.InvalidParameterError("step is the step of a checkpoint: give checkpoint_of= (the running "
+                                               "run) with it")
         params = {"message": message, "parent": ref_of(parent, A_VERSION) if parent is not None else None, "author": author,
                   "run": run, "encoding": encoding, "allow_nonfinite": str(allow_nonfinite).lower()}
+        if checkpoint_of is not None:
+            params["checkpoint_of"], params["step"] = ref_of(checkpoint_of), step
         if low_rank is not None:  # refused here as the ledger refuses them
             from provenance.objects import check_low_rank
 
@@ -196,9 +209,12 @@ class RemoteVersions:
         data = self._made("version_id", "versions", lambda: self._call("POST", "merges", json_body=body)["version"])
         return VersionRecord.model_validate(data)
 
-    def backup(self, destination: str | os.PathLike, *, link: bool = False) -> dict[str, Any]:
-        """A consistent copy of the served ledger in ``destination``, a folder on the server's machine."""
-        return self._call("POST", "backup", json_body={"destination": str(destination), "link": link})
+    def backup(self, destination: str | os.PathLike, *, link: bool = False, progress: Any = None) -> dict[str, Any]:
+        """A consistent copy of the served ledger in ``destination``, a folder on the server's machine
+        (an absolute path: the server's working folder is nobody's business)."""
+        check_flags(link=link)
+        return self._call("POST", "backup", json_body={"destination": os.fspath(output_name(destination, folder=True)),
+                                                       "link": link})
 
     def gc(self, *, apply: bool = False) -> dict[str, Any]:
         return self._call("POST", "gc", json_body={"apply": apply})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import pyarrow as pa
 from pydantic import Field
 
 from provenance.plain import UTCDateTime
@@ -62,6 +63,13 @@ class DedupPair(Row):
     matches: int
     exact: float | None = Field(description="the exact Jaccard, when verified")
     cluster: int
+
+
+#: The columns of :class:`DedupPair` as a pairs file holds them (typed as the stored pairs are read):
+#: a file written from a report's pairs keeps its header and types with no pair, or none verified.
+PAIR_SCHEMA = pa.schema([("a", pa.string()), ("b", pa.string()), ("dataset_a", pa.string()),
+                         ("dataset_b", pa.string()), ("jaccard", pa.float64()), ("stderr", pa.float64()),
+                         ("matches", pa.int32()), ("exact", pa.float64()), ("cluster", pa.int64())])
 
 
 class DedupReport(Result):

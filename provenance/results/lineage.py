@@ -17,7 +17,9 @@ class LineageVersion(Row):
 
     version_id: str
     parents: list[str] | None
-    run_id: str | None = Field(description="the run that produced it")
+    run_id: str | None = Field(description="the run that produced it (of a checkpoint: the run it was saved in)")
+    step: int | None = Field(None, description="of a checkpoint of its run: the last step whose examples it was "
+                                               "trained on (its lineage counts the run's examples up to it)")
     message: str
     created_at: UTCDateTime
     tags: list[str] | None
@@ -56,6 +58,7 @@ class LineageDataset(Row):
     license: str | None
     non_commercial: bool | None
     share_alike: bool | None
+    attribution: bool | None = Field(None, description="its licence requires attribution (CC BY and the like)")
     model_generated: bool | None
     path: list[str] = Field(description="versions from the one asked about down to the nearest that trained on it")
 

@@ -28,12 +28,22 @@ def retraction_taint(ledger: Any, retraction: str, *, graph: dict[str, dict[str,
     """The versions whose lineage holds what ``retraction`` retracts, now (and the documents
     ``extra_doc_ids``): per version, :func:`provenance.lineage.tainted_versions`' row."""
     with ledger.session():
-        runs = ledger.retraction_runs([retraction]).to_pylist()
-        if extra_doc_ids:
-            runs += ledger.runs_seeing(list(extra_doc_ids)).to_pylist()
         if graph is None:
             graph = {r["version_id"]: r for r in ledger.version_graph().to_pylist()}
-    runs = [{"run_id": r["run_id"], "version_id": r["version_id"], "examples": r.get("examples", 0)} for r in runs]
+        own, through_extra = _retraction_runs(ledger, retraction, extra_doc_ids)
+    return _tainted(graph, own + through_extra)
+
+
+def _retraction_runs(ledger: Any, retraction: str, extra_doc_ids: list[int] | None) -> tuple[list, list]:
+    """The runs that saw what ``retraction`` retracts, and the runs that saw ``extra_doc_ids``."""
+    own = ledger.retraction_runs([retraction]).to_pylist()
+    extra = ledger.runs_seeing(list(extra_doc_ids)).to_pylist() if extra_doc_ids else []
+    return own, extra
+
+
+def _tainted(graph: dict[str, dict[str, Any]], runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    runs = [{"run_id": r["run_id"], "version_id": r["version_id"], "examples": r.get("examples", 0),
+             "first_step": r.get("first_step")} for r in runs]  # a checkpoint saved before it is clean
     return {r["version_id"]: r for r in tainted_versions(graph, runs)}
 
 
@@ -81,8 +91,9 @@ def audit_retraction(ledger: Any, retraction: str, *, samples: Any = None, relea
                     known.add(m["doc_id"])
                     copies.append({k: m[k] for k in ("dataset_id", "shard_index", "doc_id", "key", "jaccard")})
         graph = {r["version_id"]: r for r in ledger.version_graph().to_pylist()}
-        tainted = retraction_taint(ledger, rid, graph=graph, extra_doc_ids=[c["doc_id"] for c in copies])
-        by_retracted = retraction_taint(ledger, rid, graph=graph) if copies else tainted  # not through a copy alone
+        own, through_copies = _retraction_runs(ledger, rid, [c["doc_id"] for c in copies])
+        tainted = _tainted(graph, own + through_copies)
+        by_retracted = _tainted(graph, own) if through_copies else tainted  # not through a copy alone
         checked = [{"version_id": r["new_version_id"], "as": f"{r['action']} of {r['version_id'][:12]}",
                     "exact": r["exact"]} for r in rec["results"]]
         matched = []
@@ -135,7 +146,7 @@ def audit_retraction(ledger: Any, retraction: str, *, samples: Any = None, relea
     now = _now()  # one time for the report and its row; RFC 3339 with Z, as every other report's
     report = {"audit_id": uuid.uuid4().hex, "retraction_id": rid, "created_at": utc_text(now),
               "target": rec["target"], "reason": rec["reason"], "near": near,
-              "documents": len(stored) + sum(d["doc_id"] is None for d in rec["documents"]),
+              "documents": len(stored), "whole": sum(d["doc_id"] is None for d in rec["documents"]),
               "copies_found_now": copies, "checked": checked, "pending": pending, "memorization": memorization,
               "problems": problems, "passed": not problems}
     if store:

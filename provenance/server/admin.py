@@ -5,11 +5,13 @@ tokens: listed, created (the secret shown once) and revoked.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import Field
 
+from provenance.errors import InvalidParameterError
 from provenance.records import TokenRecord
 from provenance.server.common import Body, JsonRoute, jsonable, service_of
 from provenance.verify import VerifyReport
@@ -36,6 +38,9 @@ class BackupBody(Body):
 def backup(request: Request, body: BackupBody) -> dict[str, Any]:
     """A consistent copy of the served ledger, on the server's machine (writes wait meanwhile)."""
     s = service_of(request)
+    if not os.path.isabs(body.destination):  # it was taken from the server's working folder, wherever that is
+        raise InvalidParameterError(f"backup destination {body.destination!r} is not an absolute path: give a folder "
+                                    "on the server's machine from its root")
     return s.call(s.ledger.backup, body.destination, link=body.link)
 
 

@@ -130,9 +130,15 @@ def create_app(service: LedgerService) -> FastAPI:
     async def no_route(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # Starlette's own answers (no such route, a method the route lacks) in the ledger's shape: a
         # client newer than this server then says what is missing, not "not a ledger server".
+        if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI could not read a JSON body
+            return JSONResponse({"error": f"invalid request: {_unreadable(exc.__cause__, request.headers)}",
+                                 "kind": "InvalidParameterError"}, status_code=422)
         what = {404: "no such API route", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
+        headers = exc.headers
+        if exc.status_code == 405:  # every method of the path, not only those of the first route matching it
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed(app.router, request.scope))}
         return JSONResponse({"error": f"{what}: {request.method} {request.url.path} (server {__version__})",
-                             "kind": "ProvenanceError"}, status_code=exc.status_code, headers=exc.headers)
+                             "kind": "ProvenanceError"}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -149,7 +155,7 @@ def create_app(service: LedgerService) -> FastAPI:
                             status_code=422)
 
     _relay_warnings()
-    app.add_middleware(Guard, service=service)
+    app.add_middleware(Guard, service=service, router=app.router)
 
     @app.get("/healthz", tags=["service"])
     def healthz(request: Request) -> dict[str, Any]:
@@ -175,6 +181,39 @@ def create_app(service: LedgerService) -> FastAPI:
     return app
 
 
+def _routed(router: Any, scope: dict) -> bool:
+    """Whether a route answers ``scope``'s method and path."""
+    from starlette.routing import Match
+
+    return any(route.matches(scope)[0] == Match.FULL for route in router.routes)
+
+
+def _allowed(router: Any, scope: dict) -> list[str]:
+    """The methods some route of ``scope``'s path answers (HEAD wherever GET is). Starlette's
+    ``Allow`` named the methods of the first route whose path matched: ``GET`` for ``DELETE
+    /api/v1/datasets``, whose POST registers, and for ``/api/v1/audits/delete``, a POST route."""
+    found = [m for m in ("GET", "POST", "PUT", "PATCH", "DELETE") if _routed(router, {**scope, "method": m})]
+    return [*found[:1], "HEAD", *found[1:]] if "GET" in found else found
+
+
+def _unreadable(cause: BaseException, headers: Any) -> str:
+    """Why a body sent as JSON could not be read (FastAPI said only "There was an error parsing
+    the body", HTTP 400, for a body that is not UTF-8, gzip'ed, nested too deeply or holding a
+    number of more digits than Python converts)."""
+    encoding = headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        return (f"the body is sent with Content-Encoding: {encoding}, which this route does not read: send the JSON "
+                "as it is (OpenLineage events, POST /api/v1/lineage, may be gzip'ed)")
+    if isinstance(cause, UnicodeDecodeError):
+        return (f"the body is not JSON: it is not UTF-8 text (byte 0x{cause.object[cause.start]:02x} at offset "
+                f"{cause.start:,})")
+    if isinstance(cause, RecursionError):
+        return "the body nests its arrays or objects too deeply to be read"
+    if isinstance(cause, ValueError) and "integer string conversion" in str(cause):
+        return f"the body holds a number of more than {sys.get_int_max_str_digits():,} digits"
+    return f"the body could not be read as JSON ({type(cause).__name__}: {cause})"
+
+
 def _body_problem(error: dict[str, Any], content_type: str | None) -> str | None:
     """What is wrong with a JSON body as a whole, said plainly: pydantic's words for it ("body.0:
     JSON decode error", "Input should be a valid dictionary" for a body curl -d sent as a form)."""
@@ -194,9 +233,10 @@ class Guard:
     """Auth, idempotency and the access log, as plain ASGI middleware (bodies stream through it
     untouched, which matters for uploads and checkouts)."""
 
-    def __init__(self, app: Any, service: LedgerService):
+    def __init__(self, app: Any, service: LedgerService, router: Any = None):
         self.app = app
         self.service = service
+        self.router = router  # the routes: a method or path the server lacks is said to be, to any token
         self.key_locks = _KeyLocks()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -239,7 +279,9 @@ class Guard:
             if token is None:
                 return await _deny(scope, receive, send, 401, "unknown, revoked or expired token")
             need = needed_scope(method, path)
-            if _SCOPE_RANK[token.scope] < _SCOPE_RANK[need]:
+            # a route the server lacks answers 404 or 405 to every token (a read token's POST to a
+            # route newer than this server was told it "needs write", which no token could pass)
+            if _SCOPE_RANK[token.scope] < _SCOPE_RANK[need] and (self.router is None or _routed(self.router, scope)):
                 return await _deny(scope, receive, send, 403,
                                    f"token {token.name!r} has scope {token.scope}; {method} {path} needs {need}")
         name = token.name if token else None

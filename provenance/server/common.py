@@ -6,6 +6,7 @@ audit routes, a retraction's proof and a merge's gate check them alike).
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import tempfile
 from pathlib import Path
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from provenance import errors
 from provenance.files import naming
+from provenance.plain import utc_text
 from provenance.server import LedgerService, body_chunks
 
 MAX_JSON = 64 << 20  # bytes of a JSON request (uploads have their own limit, --max-upload)
@@ -57,10 +59,16 @@ def service_of(request: Request) -> LedgerService:
 
 
 def jsonable(value: Any) -> Any:
+    """``value`` as JSON data: records dumped, and a time in a plain answer (a retraction's, an
+    audit's) as RFC 3339 with ``Z``, as the records give theirs (it went out without a zone)."""
     if hasattr(value, "model_dump"):
         return value.model_dump(mode="json")
     if isinstance(value, list):
         return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, dt.datetime):
+        return utc_text(value)
     return value
 
 

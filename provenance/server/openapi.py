@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from provenance.wire import READ_POSTS
+
 
 def document() -> dict[str, Any]:
     """The OpenAPI document, generated from the routes (no ledger needed)."""
@@ -37,14 +39,25 @@ def shaped(doc: dict[str, Any], open_paths: tuple[str, ...]) -> None:
         "type": "http", "scheme": "bearer", "description": "a token from `prov token create NAME --scope SCOPE`"}}
     doc["security"] = [{"token": []}]
     for path, operations in doc["paths"].items():
-        for operation in operations.values():
+        for method, operation in operations.items():
             answers = operation.setdefault("responses", {})
             if path in open_paths:
                 operation["security"] = []
-            else:
-                answers["401"] = {"description": "No token, or an unknown, revoked or expired one", "content": error}
-                answers["403"] = {"description": "The token's scope does not allow the call", "content": error}
+                continue
+            # every refusal the server answers, so a client made from this document expects it
+            # (it listed 401, 403 and 422 only: an unknown version's 404 was outside the contract)
+            answers["401"] = {"description": "No token, or an unknown, revoked or expired one", "content": error}
+            answers["403"] = {"description": "The token's scope does not allow the call", "content": error}
+            answers["404"] = {"description": "No such record (version, tag, dataset, run, audit, ...)", "content": error}
             answers["422"] = {"description": "Refused: the error names the field, parameter or record", "content": error}
+            if "requestBody" in operation:
+                answers["413"] = {"description": "The body is larger than its limit (64 MiB of JSON; an upload: the "
+                                                 "server's --max-upload)", "content": error}
+            if method != "get" and path not in READ_POSTS:
+                answers["400"] = {"description": "Refused by the ledger's state (a run that has ended)", "content": error}
+                answers["409"] = {"description": "Applied already (a retried Idempotency-Key whose answer was lost: "
+                                                 "`made` names what it made), or a pre-merge gate that failed",
+                                  "content": error}
 
 
 def text() -> str:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
-from provenance.records import RunRecord, RunShardRecord
+from provenance.records import CheckpointRecord, RunRecord, RunShardRecord
 from provenance.server.common import Body, JsonRoute, jsonable, receive_bytes, service_of
 from provenance.wire import ARROW_STREAM
 
@@ -63,6 +63,14 @@ def run_shards(request: Request, ref: str) -> list[dict[str, Any]]:
     """Per shard of the run's datasets: examples seen and epochs (once the run has ended)."""
     s = service_of(request)
     return jsonable(s.read(s.ledger.run_shards, ref))
+
+
+@router.get("/runs/{ref}/checkpoints", tags=["runs"], response_model=None,
+            responses={200: {"model": list[CheckpointRecord]}})
+def run_checkpoints(request: Request, ref: str) -> list[dict[str, Any]]:
+    """The versions saved as checkpoints of the run, by step (``POST /versions?checkpoint_of=``)."""
+    s = service_of(request)
+    return jsonable(s.read(s.ledger.checkpoints, ref))
 
 
 @router.post("/runs/{ref}/examples", tags=["runs"],

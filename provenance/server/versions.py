@@ -79,7 +79,7 @@ def checkout(request: Request, ref: str) -> StreamingResponse:
     return StreamingResponse(chunks, media_type="application/octet-stream", headers={"Content-Length": str(size)})
 
 
-_COMMIT_OPTIONS = ("parent", "message", "author", "run", "encoding", "allow_nonfinite")
+_COMMIT_OPTIONS = ("parent", "message", "author", "run", "encoding", "allow_nonfinite", "checkpoint_of", "step")
 
 
 @router.post("/versions", tags=["versions"], status_code=201,
@@ -87,14 +87,17 @@ _COMMIT_OPTIONS = ("parent", "message", "author", "run", "encoding", "allow_nonf
                  "schema": {"type": "string", "format": "binary"}}}}})
 async def commit(request: Request, message: str, parent: str | None = None, author: str | None = None,
                  run: str | None = None, encoding: str = "auto", allow_nonfinite: bool = False,
-                 low_rank_scales: str | None = None) -> dict[str, Any]:
+                 low_rank_scales: str | None = None, checkpoint_of: str | None = None,
+                 step: int | None = None) -> dict[str, Any]:
     """Store a model state (a safetensors file in the body) as a new version; low-rank factors of
     an update come in the same file (``prov.low_rank.B:NAME``, ``prov.low_rank.A:NAME``) with
-    their scales in ``low_rank_scales`` (JSON: name -> scale)."""
+    their scales in ``low_rank_scales`` (JSON: name -> scale). ``checkpoint_of`` (a running run)
+    and ``step``: a checkpoint of that run, trained on its examples up to ``step`` (default: the
+    last step logged), which goes on."""
     s = service_of(request)
     scales = _json_object(low_rank_scales, "low_rank_scales") if low_rank_scales else None
     options = {"parent": parent, "message": message, "author": author, "run": run, "encoding": encoding,
-               "allow_nonfinite": allow_nonfinite}
+               "allow_nonfinite": allow_nonfinite, "checkpoint_of": checkpoint_of, "step": step}
     if scales is None:  # stored as it arrives; the write lock is taken for the transaction only
         from provenance.server.streams import BodyReader
 
@@ -212,17 +215,7 @@ def tag_of(request: Request, name: str) -> dict[str, Any]:
     """One tag and the version it names. A tag holding `/` (`release/1.0`) is read here: the
     version routes take one path part, and an encoded `/` reaches them as a `/`."""
     s = service_of(request)
-
-    def find() -> TagRecord:
-        from provenance.ledger.models import no_tag
-
-        tags = s.ledger.tags()
-        found = next((t for t in tags if t.name == name), None)
-        if found is None:
-            raise no_tag(name, tags)
-        return found
-
-    return jsonable(s.read(find))
+    return jsonable(s.read(s.ledger.find_tag, name))
 
 
 @router.put("/tags/{name:path}", tags=["versions"], response_model=None,

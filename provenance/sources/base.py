@@ -70,6 +70,16 @@ class Counters:
 
 _GO_ON = "(on_invalid / --on-invalid replace or skip to go on)"
 
+#: The byte order marks of UTF-16 (and of UTF-32, which starts as UTF-16 little-endian's does).
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def utf16_error(label: str) -> SourceError:
+    """A file that starts with a UTF-16 byte order mark: none of its text is UTF-8, so no
+    on_invalid policy helps (replace made each character a U+FFFD and a NUL)."""
+    return SourceError(f"{label}: the file is UTF-16 (or UTF-32) text, by the byte order mark it starts with; "
+                       "sources are read as UTF-8: convert it first (iconv -f UTF-16 -t UTF-8)")
+
 
 def _invalid(problem: str, opts: ReadOptions, counters: Counters) -> bool:
     """Apply the on_invalid policy to one invalid record: raise (naming ``problem``), or count it
@@ -136,9 +146,9 @@ def file_format(path: str | os.PathLike) -> str | None:
     return None
 
 
-def _unknown_type(path: str) -> SourceError:
+def _unknown_type(path: str, hint: str = "") -> SourceError:
     known = ", ".join(sorted(FORMATS))
-    return SourceError(f"{path}: unknown file type; supported: {known}")
+    return SourceError(f"{path}: unknown file type; supported: {known}{hint}")
 
 
 class Shard:

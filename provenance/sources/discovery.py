@@ -142,6 +142,19 @@ def _object_shards(specs: list[str]) -> list[FileShard]:
             for (url, fs, path, size), name in zip(objects, names)]
 
 
+#: What a folder that Hugging Face ``datasets`` wrote with ``save_to_disk`` is said to be: its
+#: ``.arrow`` files and JSON bookkeeping were each an "unknown file type", with no word of the way in.
+_HF_SAVED = ("; the folder is a Hugging Face dataset written by save_to_disk: register it from Python as "
+             "ledger.register_dataset(NAME, datasets.load_from_disk(FOLDER)) (docs/hugging-face.md)")
+
+
+def _saved_by_datasets(path: Path) -> bool:
+    """Whether ``path`` is a file of a folder written by ``datasets``' ``save_to_disk`` (a
+    ``Dataset``'s ``state.json`` beside its ``.arrow`` files, or a ``DatasetDict``'s
+    ``dataset_dict.json``)."""
+    return any((path.parent / name).is_file() for name in ("state.json", "dataset_dict.json"))
+
+
 def _utf8_name(path: Path) -> None:
     """Refuse a file whose path is not UTF-8 (bytes a Latin-1 system wrote: Python holds them as
     surrogates): the ledger keeps shard names and paths as text, and could not name it."""
@@ -202,7 +215,7 @@ def _file_shards(specs: list[str]) -> list[FileShard]:
     for f in unique:
         _utf8_name(f)
         if file_format(f) is None:
-            raise _unknown_type(str(f))
+            raise _unknown_type(str(f), _HF_SAVED if _saved_by_datasets(f) else "")
     # names from the paths as given (a symlink keeps its own name; a link leading out of the folder
     # does not rename every other shard), made absolute without resolving links
     given = [Path(os.path.abspath(f)) for f in unique]

@@ -19,7 +19,17 @@ import pyarrow.parquet as pq
 import xxhash
 
 from provenance.errors import SourceError
-from provenance.sources.base import Batch, Counters, ReadOptions, Shard, _invalid, arrow_documents, document_columns
+from provenance.sources.base import (
+    UTF16_BOMS,
+    Batch,
+    Counters,
+    ReadOptions,
+    Shard,
+    _invalid,
+    arrow_documents,
+    document_columns,
+    utf16_error,
+)
 from provenance.sources.jsonl import JsonlReading
 from provenance.sources.streams import HashingReader
 
@@ -77,7 +87,19 @@ class FileShard(JsonlReading, Shard):
 
     def _check_unchanged(self, digest: str) -> None:
         if digest != self.shard_id:
-            raise SourceError(f"{self.display}: {self.changed}")
+            raise _Changed(f"{self.display}: {self.changed}")
+
+    def _changed_underfoot(self) -> bool:
+        """Whether the file no longer hashes as :attr:`shard_id` (False when that is not known, or
+        the file cannot be read: the error that reading it raised says so)."""
+        if self.shard_id is None:
+            return False
+        x = xxhash.xxh3_128()
+        try:
+            self._hash_whole(x)
+        except OSError:
+            return False
+        return x.hexdigest() != self.shard_id
 
     def _rehash(self) -> str:
         """The file's xxh3-128 as it is now (and its SHA-256, kept, when not yet known)."""
@@ -116,12 +138,19 @@ class FileShard(JsonlReading, Shard):
         return SourceError(f"{self.display}: cannot read: {exc.strerror or exc}")
 
     def batches(self, opts: ReadOptions, counters: Counters) -> Iterator[Batch]:
-        if self.format.startswith("jsonl"):
-            yield from self._jsonl(opts, counters)
-        elif self.format == "parquet":
-            yield from self._parquet(opts, counters)
-        else:
-            yield from self._text(opts, counters)
+        try:
+            if self.format.startswith("jsonl"):
+                yield from self._jsonl(opts, counters)
+            elif self.format == "parquet":
+                yield from self._parquet(opts, counters)
+            else:
+                yield from self._text(opts, counters)
+        except _Changed:
+            raise
+        except SourceError as exc:  # a file cut short, appended to or replaced since it was hashed reads as
+            if self._changed_underfoot():  # malformed JSON or a damaged stream: said as the change it is
+                raise _Changed(f"{self.display}: {self.changed} (reading it then failed: {exc})") from exc
+            raise
 
     # -- Parquet ----------------------------------------------------------------------------
 
@@ -164,6 +193,8 @@ class FileShard(JsonlReading, Shard):
         self._check_unchanged(xxhash.xxh3_128_hexdigest(data))
         if self.sha256 is None:
             self.sha256 = hashlib.sha256(data).hexdigest()
+        if data.startswith(UTF16_BOMS):
+            raise utf16_error(self.display)
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -178,6 +209,10 @@ class FileShard(JsonlReading, Shard):
             rows=np.zeros(1, dtype=np.int64),
             lines=None,
         )
+
+
+class _Changed(SourceError):
+    """A shard's file no longer hashes as it did when it was identified."""
 
 
 def _parquet_rows_per_batch(pf: pq.ParquetFile, column: int, batch_bytes: int) -> int:
@@ -212,6 +247,9 @@ class ObjectShard(FileShard):
 
     def _open(self) -> Any:
         return self.fs.open_input_stream(self.path, compression=None)  # a .gz is hashed as stored
+
+    def _changed_underfoot(self) -> bool:
+        return False  # (not downloaded again to word an error: the end-of-read check still catches a change)
 
     def _parquet_file(self) -> pq.ParquetFile:
         return pq.ParquetFile(self.fs.open_input_file(self.path))

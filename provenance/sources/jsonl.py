@@ -22,7 +22,17 @@ import xxhash
 from provenance.errors import SourceError
 from provenance.files import json_reason
 from provenance.fingerprints import strings_to_arrow
-from provenance.sources.base import _CHUNK, Batch, Counters, ReadOptions, _invalid, checked_record, field_error
+from provenance.sources.base import (
+    _CHUNK,
+    UTF16_BOMS,
+    Batch,
+    Counters,
+    ReadOptions,
+    _invalid,
+    checked_record,
+    field_error,
+    utf16_error,
+)
 from provenance.sources.streams import HashingReader, ZstdReader
 
 
@@ -62,6 +72,8 @@ class JsonlReading:
                 for lineno, line in enumerate(stream, 1):  # noqa: B007 (lineno is read after the loop)
                     if lineno == 1 and line.startswith(b"\xef\xbb\xbf"):
                         line = line[3:]  # a UTF-8 byte order mark, as some editors write
+                    elif lineno == 1 and line.startswith(UTF16_BOMS):  # every line would be invalid UTF-8
+                        raise SourceError(utf16_error(self.display))
                     if line.isspace() or not line:
                         continue
                     record += 1
@@ -158,7 +170,8 @@ class JsonlReading:
 
     def _field_error(self, obj: Any, fieldname: str, lineno: int, what: str) -> None:
         if type(obj) is not dict:
-            raise SourceError(f"{self.display}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            got = "null" if obj is None else type(obj).__name__  # (a line `null` said NoneType)
+            raise SourceError(f"{self.display}:{lineno}: expected a JSON object, got {got}")
         raise field_error(f"{self.display}:{lineno}", obj, fieldname, what)
 
     def _batch(self, texts: list[str], ids: list[str] | None, rows: list[int], lines: list[int], consumed: int) -> Batch:

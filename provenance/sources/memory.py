@@ -90,7 +90,8 @@ class MemoryShard(Shard):
         tf, idf = opts.text_field, opts.id_field
         for i, rec in enumerate(records, row):
             if not isinstance(rec, dict):
-                raise SourceError(f"{self._label}: record {i} is a {type(rec).__name__}, expected a dict")
+                got = "None" if rec is None else f"a {type(rec).__name__}"  # (it said "a NoneType")
+                raise SourceError(f"{self._label}: record {i} is {got}, expected a dict")
             text = rec.get(tf)
             if not isinstance(text, str):
                 raise field_error(f"{self._label}: record {i}", rec, tf, "text")

@@ -54,12 +54,16 @@ class ZstdReader(io.RawIOBase):
         self._obj = self._new()
         self._fed = False  # the current frame has received input
         self._pending = b""
+        self._failed: Exception | None = None  # raised once what was decompressed before it is read
+        self._zstd_error = zstandard.ZstdError
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b) -> int:
         while not self._pending:
+            if self._failed is not None:
+                raise self._failed
             chunk = self._raw.read(1 << 20)
             if not chunk:
                 if self._fed and not self._obj.eof:
@@ -69,7 +73,13 @@ class ZstdReader(io.RawIOBase):
                 if self._obj.eof:
                     self._obj, self._fed = self._new(), False
                 self._fed = True
-                self._pending += self._obj.decompress(chunk)
+                try:
+                    self._pending += self._obj.decompress(chunk)
+                except self._zstd_error as exc:  # bytes after good frames: raised once those are read, so
+                    if not self._pending:  # the error names the line it follows (it said "damaged at its start")
+                        raise
+                    self._failed = exc
+                    break
                 chunk = self._obj.unused_data if self._obj.eof else b""
         n = min(len(b), len(self._pending))
         b[:n] = self._pending[:n]

@@ -92,6 +92,8 @@ def commit(
     files: str | os.PathLike | None = None,
     also: Callable[[Any, VersionRecord], None] | None = None,
     patch_of_run: str | None = None,
+    checkpoint_of: str | None = None,
+    step: int | None = None,
 ) -> VersionRecord:
     """Store ``state`` as a new version and return its record.
 
@@ -115,6 +117,10 @@ def commit(
     ``patch_of_run`` names an ended run whose training made the patch this version carries (a
     retraction's rebase moves a version's patch onto a clean parent): it is recorded as the
     version's run, so that lineage and taint see its data, and the run is left as it is.
+    ``checkpoint_of`` names a running run whose checkpoint ``state`` is (see
+    :meth:`provenance.runs.Run.checkpoint`): the version is recorded with that run, whose base is
+    its parent, and the run goes on; ``step`` is the last step whose logged examples it was
+    trained on (default: the last step logged so far, -1 when none is), and its lineage counts those only.
     """
     if not isinstance(message, str) or not message.strip():
         raise InvalidParameterError("a commit needs a message")
@@ -126,6 +132,9 @@ def commit(
     if snapshot is not None and not isinstance(snapshot, SnapshotPolicy):
         raise InvalidParameterError(f"snapshot must be a SnapshotPolicy(every=..., max_chain_ratio=...), got "
                                     f"{type(snapshot).__name__}")
+    if step is not None and checkpoint_of is None:
+        raise InvalidParameterError("step is the step of a checkpoint: give checkpoint_of= (the running run) with it")
+    check_step(step)
     if files is not None:
         if _is_model_folder(state):
             raise InvalidParameterError(f"{state} is a checkpoint folder, whose files are stored with it: do not pass files=")
@@ -143,7 +152,13 @@ def commit(
     # `gc` in another process never sees this commit's objects as unreferenced.
     with ledger.session():
         return _commit(ledger, state, parent, message, author, run, encoding, check_low_rank(low_rank), allow_nonfinite,
-                       snapshot or SnapshotPolicy(), sync, progress, listed, also, patch_of_run)
+                       snapshot or SnapshotPolicy(), sync, progress, listed, also, patch_of_run, checkpoint_of, step)
+
+
+def check_step(step: Any) -> None:
+    """Refuse a checkpoint's step that is not an integer from 0 to 2**63 - 1 (as a logged one)."""
+    if step is not None and (isinstance(step, bool) or not isinstance(step, numbers.Integral) or not 0 <= step < 2**63):
+        raise InvalidParameterError(f"a checkpoint's step must be an integer from 0 to 2**63 - 1, got {step!r}")
 
 
 def _is_model_folder(state: Any) -> bool:
@@ -155,8 +170,24 @@ def _is_model_folder(state: Any) -> bool:
 
 
 def _commit(ledger, state, parent, message, author, run, encoding, low_rank, allow_nonfinite, policy, sync,
-            progress, listed, also=None, patch_of_run=None) -> VersionRecord:
+            progress, listed, also=None, patch_of_run=None, checkpoint_of=None, step=None) -> VersionRecord:
     parent_rec = ledger.version(parent) if parent is not None else None
+    if checkpoint_of is not None:
+        if run is not None or patch_of_run is not None:
+            raise InvalidParameterError("a checkpoint is of its running run (checkpoint_of=): do not give run= or "
+                                        "patch_of_run= with it")
+        run_rec = ledger.run(checkpoint_of)
+        if run_rec.status != "running":
+            why = f" ({run_rec.error})" if run_rec.error else ""
+            raise InvalidParameterError(f"run {run_rec.run_id[:12]} is {run_rec.status}{why}: only a running run saves "
+                                        "checkpoints")
+        if parent_rec is None and run_rec.base_version is not None:
+            parent_rec = ledger.version(run_rec.base_version)
+        if (parent_rec.version_id if parent_rec else None) != run_rec.base_version:
+            raise InvalidParameterError(
+                f"run {run_rec.run_id[:12]} started from {(run_rec.base_version or 'nothing')[:12]}, "
+                f"so its checkpoint's parent must be that, not {parent_rec.version_id[:12] if parent_rec else 'none'}")
+        checkpoint_of = run_rec.run_id
     if patch_of_run is not None:
         if run is not None:
             raise InvalidParameterError("give run (the running run that commits) or patch_of_run, not both")
@@ -214,21 +245,25 @@ def _commit(ledger, state, parent, message, author, run, encoding, low_rank, all
 
             created_at = datetime.now(timezone.utc).replace(tzinfo=None)
             parents = [parent_id] if parent_id else []
-            h = xxhash.xxh3_128(f"{parents}|{message}|{author}|{run or patch_of_run}|{created_at.isoformat()}|".encode())
+            recorded_run = run or patch_of_run or checkpoint_of
+            h = xxhash.xxh3_128(f"{parents}|{message}|{author}|{recorded_run}|{created_at.isoformat()}|".encode())
             for p in params:
                 h.update(p.model_dump_json().encode())
             for f in files:
                 h.update(f.model_dump_json().encode())
             version = VersionRecord(
                 version_id=h.hexdigest(), parents=parents, message=message, author=author, created_at=created_at,
-                run_id=run or patch_of_run,
+                run_id=recorded_run,
                 n_params=sum(p.encoding != "removed" for p in params), n_elements=n_elements, full_bytes=full_bytes,
                 stored_bytes=stored,
             )
             with ledger.transaction() as tx:
-                if run is not None and tx.run_status(run) != "running":
-                    raise InvalidParameterError(f"run {run[:12]} ended while this commit was being written")
+                for live in (run, checkpoint_of):
+                    if live is not None and tx.run_status(live) != "running":
+                        raise InvalidParameterError(f"run {live[:12]} ended while this commit was being written")
                 tx.insert_version(version, params, [f.model_dump() for f in files])
+                if checkpoint_of is not None:  # in the version's transaction: a checkpoint is never a run's whole
+                    tx.insert_checkpoint(version.version_id, checkpoint_of, step)
                 if run is not None:
                     tx.end_run(run, "finished", version_id=version.version_id)
                 if also is not None:  # rows that must land with the version or not at all (a retraction's result)
@@ -238,5 +273,5 @@ def _commit(ledger, state, parent, message, author, run, encoding, low_rank, all
     return version
 
 
-__all__ = ["SnapshotPolicy", "_rank", "checkout", "checkout_folder", "checkout_stream", "commit", "diff", "gc",
+__all__ = ["SnapshotPolicy", "_rank", "check_step", "checkout", "checkout_folder", "checkout_stream", "commit", "diff", "gc",
            "iter_checkout"]
