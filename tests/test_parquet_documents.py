@@ -257,6 +257,43 @@ def test_a_damaged_file_is_named_and_the_rest_still_reads(ledger, data_dir, writ
     assert Ledger.open(ledger.root).verify(objects=True).ok
 
 
+def test_taint_and_retraction_of_checkpoints_read_only_their_datasets(ledger, data_dir, write_jsonl, corpus):
+    """A ledger holding checkpoints (of a run that ended and of one still running) and a damaged
+    Parquet file of another dataset: taint and retraction of the undamaged dataset count the
+    checkpoints' steps without reading the damaged dataset's documents (they failed on its file)."""
+    shards = _shards(data_dir, write_jsonl, corpus)
+    t = ledger.register_dataset("t", shards, id_field="id").dataset
+    ledger.register_dataset("p", shards, id_field="id", documents_as="parquet")
+    base = ledger.commit({"w": torch.zeros(4)}, message="base")
+    ended = ledger.start_run(base=base, datasets={t.dataset_id: 1}, message="ended")
+    for step in range(3):
+        ended.log_examples([f"d{step * 3 + j}" for j in range(3)], step=step)
+    at_one = ended.checkpoint({"w": torch.ones(4)}, step=1)
+    final = ended.commit({"w": torch.full((4,), 2.0)})
+    going = ledger.start_run(base=base, datasets={t.dataset_id: 1}, message="going")
+    going.log_examples(["d20", "d21"], step=0)
+    going_at_zero = going.checkpoint({"w": torch.full((4,), 3.0)})
+    going.flush()
+    path = ledger.root / ledger.document_files()[0]["path"]
+    path.write_bytes(path.read_bytes()[:100])  # cut
+
+    reopened = Ledger.open(ledger.root)
+    with pytest.raises(LedgerDamagedError, match=f"{path} of dataset p@1 is"):
+        reopened.documents("p@1")
+
+    def tainted(**target) -> set[str]:
+        return {v.version_id for v in reopened.taint(**target).versions}
+
+    assert tainted(dataset="t", key="d7") == {final.version_id}  # first logged at step 2: after the checkpoint
+    assert tainted(dataset="t", key="d4") == {final.version_id, at_one.version_id}
+    assert tainted(dataset="t", key="d21") == {going_at_zero.version_id}
+    assert tainted(dataset="t") == {final.version_id, at_one.version_id, going_at_zero.version_id}
+    rec = reopened.retract(dataset="t", key="d4", reason="withdrawn")
+    assert {(s["version_id"], s["action"]) for s in rec["steps"]} == {(at_one.version_id, "retrain"),
+                                                                      (final.version_id, "retrain")}
+    assert [r["run_id"] for r in reopened.lineage(at_one).retracted] == [ended.run_id]
+
+
 def test_read_only_sql_reads_parquet_rows_and_no_other_file(ledger, data_dir, write_jsonl, corpus, tmp_path):
     ledger.register_dataset("p", _shards(data_dir, write_jsonl, corpus), id_field="id", documents_as="parquet")
     outside = tmp_path / "outside.parquet"

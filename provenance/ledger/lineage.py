@@ -14,7 +14,32 @@ import pyarrow as pa
 from provenance import columns
 from provenance.errors import InvalidParameterError, NotFoundError
 from provenance.ledger._common import EXACT_UNIT, register, unregister
+from provenance.ledger.run_writes import counted_shards
 from provenance.records import check_retraction_id, looks_like_id
+
+
+def _capped(runs: pa.Table) -> bool:
+    """Whether ``runs`` (the rows of a lineage) holds a checkpoint: a ``step`` that is not null."""
+    return "step" in runs.column_names and runs.column("step").null_count < runs.num_rows
+
+
+#: The running runs that saved checkpoints (``run_id, cap``): what taint counts of them is what
+#: their end will write to ``run_shards`` (:func:`~provenance.ledger.run_writes.counted_shards`).
+_RUNNING_WITH_CHECKPOINTS = ("(SELECT run_id, NULL::BIGINT AS cap FROM runs WHERE status = 'running' "
+                             "AND run_id IN (SELECT run_id FROM checkpoints))")
+
+#: Per run with checkpoints, the first step it logged a document of the targets ``t`` (of the
+#: datasets ``{datasets}``, a list bound while planning: other datasets' documents are not read) at.
+_FIRST_STEPS = """SELECT e.run_id, min(e.step) AS first_step FROM run_examples e JOIN documents d USING (doc_id)
+                  WHERE e.run_id IN (SELECT run_id FROM checkpoints) AND list_contains({datasets}, d.dataset_id)
+                    AND EXISTS (SELECT 1 FROM t WHERE t.dataset_id = d.dataset_id
+                                AND (t.shard_index IS NULL OR t.shard_index = d.shard_index))
+                  GROUP BY ALL"""
+#: Per shard of the datasets ``{datasets}`` a run with checkpoints logged, the first step it did.
+_SHARD_FIRST_STEPS = """SELECT e.run_id, d.dataset_id, d.shard_index, min(e.step) AS first_step
+                        FROM run_examples e JOIN documents d USING (doc_id)
+                        WHERE e.run_id IN (SELECT run_id FROM checkpoints) AND list_contains({datasets}, d.dataset_id)
+                        GROUP BY ALL"""
 
 #: The kinds of stored audit.
 AUDIT_KINDS = ("dedup", "merge", "memorization")
@@ -31,26 +56,28 @@ class LineageQueries:
 
     def version_graph(self) -> pa.Table:
         """Every version with its parents, run, and, for merges, the method and weights of its
-        receipt: ``version_id, parents, run_id, message, created_at, method, weights``, and its
-        ``tags``."""
+        receipt: ``version_id, parents, run_id, message, created_at, method, weights``, its
+        ``tags``, and for a checkpoint of a run the last ``step`` it was trained on (else null)."""
         with self._cursor() as con:
             return con.sql(
                 """SELECT v.version_id, v.parents, v.run_id, v.message, v.created_at, m.method, m.weights,
-                          coalesce(t.tags, []) AS tags
+                          coalesce(t.tags, []) AS tags, c.step
                    FROM versions v LEFT JOIN merge_receipts m USING (version_id)
+                   LEFT JOIN checkpoints c USING (version_id)
                    LEFT JOIN (SELECT version_id, list(name ORDER BY name) AS tags FROM tags GROUP BY ALL) t
                        USING (version_id)"""
             ).to_arrow_table()
 
     def trained_shards(self, runs: pa.Table) -> pa.Table:
         """Per shard trained on by the runs of ``runs`` (``run_id, version_id, weight, depth``: the
-        run's weight in the version asked about, and how far from it), aggregated over those runs:
+        run's weight in the version asked about, and how far from it; with ``step``, a checkpoint's:
+        the run's examples up to that step only, NULL for the whole run), aggregated over those runs:
         ``dataset_id, shard_index, shard, examples, distinct_documents (the most any run saw),
         epochs, effective_examples (Σ weight × examples), runs (how many trained on it)``."""
         with self._cursor() as con:
             register(con, "lineage_runs", runs)
             try:
-                return self._trained(con)
+                return self._trained(con, capped=_capped(runs))
             finally:
                 unregister(con, "lineage_runs")
 
@@ -61,7 +88,7 @@ class LineageQueries:
         with self._cursor() as con:
             register(con, "lineage_runs", runs)
             try:
-                shards = self._trained(con)
+                shards = self._trained(con, capped=_capped(runs))
                 via = con.sql(
                     """SELECT rd.dataset_id, count(DISTINCT r.version_id) AS n_versions,
                               arg_min(r.version_id, (r.depth, r.version_id), 10) AS via  -- ties: by id
@@ -81,8 +108,11 @@ class LineageQueries:
         return shards, sums.append_column("via", pa.array([r["via"] for r in rows], pa.list_(pa.string())))
 
     @staticmethod
-    def _trained(con) -> pa.Table:
-        """The aggregation behind :meth:`trained_shards` (``lineage_runs`` registered on ``con``).
+    def _trained(con, *, capped: bool = False) -> pa.Table:
+        """The aggregation behind :meth:`trained_shards` (``lineage_runs`` registered on ``con``;
+        ``capped``: some of its rows are checkpoints, whose ``step`` caps the examples counted, by
+        the rules of :func:`~provenance.ledger.run_writes.counted_shards`, which the end of a run
+        wrote to ``run_shards`` for the whole run).
 
         The fractional sums are taken exactly, as integers in units of 2⁻⁶⁰, and rounded to a
         double once: summed as doubles by DuckDB's threads, their last bits depended on which
@@ -91,18 +121,34 @@ class LineageQueries:
         where it has bits below 2⁻⁶⁰ (merge shares such as 2⁻⁴⁰ are dyadic and stay exact); sums
         up to about 1.4·10²⁰ fit. (Decimals of 18 places did the same job a fifth slower: the
         cast of each double to a decimal costs more than a multiplication.)"""
+        params = []
+        if capped:  # $1: the checkpoints' runs' datasets, so that other datasets' documents are not read
+            params = [con.execute("SELECT list(DISTINCT dataset_id ORDER BY dataset_id) FROM run_datasets WHERE "
+                                  "run_id IN (SELECT run_id FROM lineage_runs WHERE step IS NOT NULL)").fetchall()[0][0] or []]
+            caps = "(SELECT run_id, step AS cap FROM lineage_runs WHERE step IS NOT NULL)"
+            source = f"""WITH {counted_shards(caps, "$1::VARCHAR[]")},
+                         trained AS (
+                             SELECT r.weight, rs.dataset_id, rs.shard_index, rs.examples, rs.distinct_documents, rs.epochs
+                             FROM lineage_runs r JOIN run_shards rs USING (run_id) WHERE r.step IS NULL
+                             UNION ALL
+                             SELECT r.weight, c.dataset_id, c.shard_index, c.examples, c.distinct_documents, c.epochs
+                             FROM lineage_runs r JOIN counted_shards c ON c.run_id = r.run_id AND c.cap = r.step),"""
+        else:
+            source = """WITH trained AS (SELECT r.weight, rs.* FROM lineage_runs r JOIN run_shards rs USING (run_id)),"""
         return con.sql(
-            f"""WITH agg AS (
+            f"""{source}
+               agg AS (
                    SELECT rs.dataset_id, rs.shard_index, sum(rs.examples)::BIGINT AS examples,
                           max(rs.distinct_documents)::BIGINT AS distinct_documents,
                           sum((rs.epochs * {EXACT_UNIT})::HUGEINT)::DOUBLE / {EXACT_UNIT} AS epochs,
-                          sum((r.weight * rs.examples * {EXACT_UNIT})::HUGEINT)::DOUBLE / {EXACT_UNIT} AS effective_examples,
+                          sum((rs.weight * rs.examples * {EXACT_UNIT})::HUGEINT)::DOUBLE / {EXACT_UNIT} AS effective_examples,
                           count(*) AS runs
-                   FROM lineage_runs r JOIN run_shards rs USING (run_id)
+                   FROM trained rs
                    GROUP BY rs.dataset_id, rs.shard_index)
                SELECT a.dataset_id, a.shard_index, s.name AS shard, a.examples, a.distinct_documents, a.epochs,
                       a.effective_examples, a.runs
-               FROM agg a JOIN shards s ON s.dataset_id = a.dataset_id AND s.shard_index = a.shard_index"""
+               FROM agg a JOIN shards s ON s.dataset_id = a.dataset_id AND s.shard_index = a.shard_index""",
+            params=params,
         ).to_arrow_table().sort_by([("dataset_id", "ascending"), ("shard_index", "ascending")])  # Arrow sorts faster
 
     def dataset_table(self, dataset_ids: list[str]) -> pa.Table:
@@ -118,16 +164,24 @@ class LineageQueries:
     def runs_using(self, parts: Sequence[tuple[str, int | None]]) -> pa.Table:
         """The runs that trained on any of ``parts`` (``(dataset_id, shard_index)``: a shard of a
         dataset version, or with ``None`` the version as a whole), with the version each produced:
-        ``run_id, version_id, examples``."""
+        ``run_id, version_id, examples``, and ``first_step``: for a run with checkpoints, the first
+        step at which it logged a document of them (null where it only declared one: every step;
+        a running run with checkpoints is counted as its end would count it)."""
         ids, indices = [p[0] for p in parts], [p[1] for p in parts]
         with self._cursor() as con:
             return con.sql(
-                """WITH t AS (SELECT unnest($1::VARCHAR[]) AS dataset_id, unnest($2::INTEGER[]) AS shard_index)
-                   SELECT rs.run_id, r.version_id, sum(rs.examples)::BIGINT AS examples
-                   FROM run_shards rs JOIN runs r USING (run_id)
-                   WHERE EXISTS (SELECT 1 FROM t WHERE t.dataset_id = rs.dataset_id
-                                 AND (t.shard_index IS NULL OR t.shard_index = rs.shard_index))
-                   GROUP BY ALL ORDER BY rs.run_id""",
+                f"""WITH t AS (SELECT unnest($1::VARCHAR[]) AS dataset_id, unnest($2::INTEGER[]) AS shard_index),
+                   {counted_shards(_RUNNING_WITH_CHECKPOINTS, "$1::VARCHAR[]")},
+                   used AS (SELECT run_id, dataset_id, shard_index, examples, logged FROM run_shards
+                            UNION ALL
+                            SELECT run_id, dataset_id, shard_index, examples, logged FROM counted_shards),
+                   hit AS (SELECT u.* FROM used u WHERE EXISTS (SELECT 1 FROM t WHERE t.dataset_id = u.dataset_id
+                           AND (t.shard_index IS NULL OR t.shard_index = u.shard_index))),
+                   first AS ({_FIRST_STEPS.format(datasets="$1::VARCHAR[]")})
+                   SELECT h.run_id, r.version_id, sum(h.examples)::BIGINT AS examples,
+                          CASE WHEN bool_or(NOT h.logged) THEN NULL ELSE any_value(f.first_step) END AS first_step
+                   FROM hit h JOIN runs r USING (run_id) LEFT JOIN first f USING (run_id)
+                   GROUP BY h.run_id, r.version_id ORDER BY h.run_id""",
                 params=[ids, indices],
             ).to_arrow_table()
 
@@ -136,18 +190,26 @@ class LineageQueries:
         ``dataset_ids``, when the caller knows them: the documents of other datasets, a damaged
         Parquet file among them, are then not read): their logged examples where the run logged
         the document's dataset, else the epochs it declared for the document's shard; with the
-        version each produced: ``run_id, version_id, examples``."""
+        version each produced: ``run_id, version_id, examples``, and ``first_step``, the first step
+        at which it logged one of them (null where it only declared one: every step; a running run
+        with checkpoints is counted as its end would count it)."""
         with self._cursor() as con:
             return con.sql(
-                """WITH docs AS (SELECT doc_id, dataset_id, shard_index FROM documents
+                f"""WITH docs AS (SELECT doc_id, dataset_id, shard_index FROM documents
                                  WHERE ($2 IS NULL OR list_contains($2, dataset_id)) AND list_contains($1, doc_id)),
+                   {counted_shards(_RUNNING_WITH_CHECKPOINTS, "$2::VARCHAR[]")},
                    logged AS (
-                       SELECT e.run_id, count(*) AS examples FROM run_examples e JOIN docs USING (doc_id) GROUP BY ALL),
+                       SELECT e.run_id, count(*) AS examples, min(e.step) AS first_step
+                       FROM run_examples e JOIN docs USING (doc_id) GROUP BY ALL),
                    declared AS (
-                       SELECT rs.run_id, sum(rs.epochs)::BIGINT AS examples
-                       FROM run_shards rs JOIN docs d ON d.dataset_id = rs.dataset_id AND d.shard_index = rs.shard_index
+                       SELECT rs.run_id, sum(rs.epochs)::BIGINT AS examples, NULL::BIGINT AS first_step
+                       FROM (SELECT run_id, dataset_id, shard_index, epochs, logged FROM run_shards
+                             UNION ALL
+                             SELECT run_id, dataset_id, shard_index, epochs, logged FROM counted_shards) rs
+                       JOIN docs d ON d.dataset_id = rs.dataset_id AND d.shard_index = rs.shard_index
                        WHERE NOT rs.logged GROUP BY ALL)
-                   SELECT u.run_id, r.version_id, sum(u.examples)::BIGINT AS examples
+                   SELECT u.run_id, r.version_id, sum(u.examples)::BIGINT AS examples,
+                          CASE WHEN bool_or(u.first_step IS NULL) THEN NULL ELSE min(u.first_step) END AS first_step
                    FROM (SELECT * FROM logged UNION ALL SELECT * FROM declared) u JOIN runs r USING (run_id)
                    GROUP BY ALL ORDER BY u.run_id""",
                 params=[[int(d) for d in doc_ids], None if dataset_ids is None else sorted(set(dataset_ids))],
@@ -156,34 +218,51 @@ class LineageQueries:
     def retraction_runs(self, retraction_ids: list[str] | None = None) -> pa.Table:
         """The runs that trained on what retractions retract (all, or ``retraction_ids``), with
         the version each produced and the retraction's reason and target: ``retraction_id,
-        run_id, version_id, reason, target``. A document counts as
+        run_id, version_id, reason, target``, and ``first_step`` as :meth:`runs_seeing` gives it. A document counts as
         :meth:`runs_seeing` counts it (logged examples, else the declared shard); a retracted
-        shard or dataset version counts for every run that declared it."""
+        shard or dataset version counts for every run that declared it (its ``first_step``: the first
+        step the run logged a document of it at, null where it only declared it)."""
         with self._cursor() as con:
-            if not con.execute("SELECT count(*) FROM retraction_documents WHERE $1 IS NULL OR list_contains($1, "
-                               "retraction_id)", [retraction_ids]).fetchall()[0][0]:  # lineage asks on every call
+            datasets = con.execute("SELECT list(DISTINCT dataset_id ORDER BY dataset_id) FROM retraction_documents "
+                                   "WHERE $1 IS NULL OR list_contains($1, retraction_id)",
+                                   [retraction_ids]).fetchall()[0][0]
+            if not datasets:  # lineage asks on every call
                 return pa.table({"retraction_id": pa.array([], pa.string()), "run_id": pa.array([], pa.string()),
                                  "version_id": pa.array([], pa.string()), "reason": pa.array([], pa.string()),
-                                 "target": pa.array([], pa.string())})
-            return con.sql(
-                """WITH rd AS (SELECT * FROM retraction_documents WHERE $1 IS NULL OR list_contains($1, retraction_id)),
+                                 "target": pa.array([], pa.string()), "first_step": pa.array([], pa.int64())})
+            return con.sql(  # $2: the retracted datasets, so that other datasets' documents are not read
+                f"""WITH rd AS (SELECT * FROM retraction_documents WHERE $1 IS NULL OR list_contains($1, retraction_id)),
                    docs AS (SELECT rd.retraction_id, d.doc_id, d.dataset_id, d.shard_index
                             FROM rd JOIN documents d ON d.doc_id = rd.doc_id AND d.dataset_id = rd.dataset_id
-                            WHERE d.doc_id IN (SELECT doc_id FROM rd WHERE doc_id IS NOT NULL)),
+                            WHERE list_contains($2, d.dataset_id)
+                              AND d.doc_id IN (SELECT doc_id FROM rd WHERE doc_id IS NOT NULL)),
+                   {counted_shards(_RUNNING_WITH_CHECKPOINTS, "$2::VARCHAR[]")},
+                   shards_used AS (SELECT run_id, dataset_id, shard_index, logged FROM run_shards
+                                   UNION ALL
+                                   SELECT run_id, dataset_id, shard_index, logged FROM counted_shards),
+                   shard_first AS ({_SHARD_FIRST_STEPS.format(datasets="$2::VARCHAR[]")}),
                    hit AS (
-                       SELECT docs.retraction_id, e.run_id FROM run_examples e JOIN docs USING (doc_id)
-                       UNION
-                       SELECT docs.retraction_id, rs.run_id FROM run_shards rs
+                       SELECT docs.retraction_id, e.run_id, min(e.step) AS first_step
+                       FROM run_examples e JOIN docs USING (doc_id) GROUP BY ALL
+                       UNION ALL
+                       SELECT docs.retraction_id, rs.run_id, NULL FROM shards_used rs
                        JOIN docs ON docs.dataset_id = rs.dataset_id AND docs.shard_index = rs.shard_index
                        WHERE NOT rs.logged
-                       UNION
-                       SELECT rd.retraction_id, rs.run_id FROM rd JOIN run_shards rs
+                       UNION ALL
+                       SELECT rd.retraction_id, rs.run_id, CASE WHEN rs.logged THEN sf.first_step END
+                       FROM rd JOIN shards_used rs
                        ON rs.dataset_id = rd.dataset_id AND (rd.shard_index IS NULL OR rs.shard_index = rd.shard_index)
-                       WHERE rd.doc_id IS NULL)
-                   SELECT h.retraction_id, h.run_id, r.version_id, x.reason, x.target
-                   FROM hit h JOIN runs r USING (run_id) JOIN retractions x USING (retraction_id)
+                       LEFT JOIN shard_first sf ON sf.run_id = rs.run_id AND sf.dataset_id = rs.dataset_id
+                            AND sf.shard_index = rs.shard_index
+                       WHERE rd.doc_id IS NULL),
+                   per_run AS (
+                       SELECT retraction_id, run_id,
+                              CASE WHEN bool_or(first_step IS NULL) THEN NULL ELSE min(first_step) END AS first_step
+                       FROM hit GROUP BY ALL)
+                   SELECT h.retraction_id, h.run_id, r.version_id, x.reason, x.target, h.first_step
+                   FROM per_run h JOIN runs r USING (run_id) JOIN retractions x USING (retraction_id)
                    ORDER BY h.retraction_id, h.run_id""",
-                params=[retraction_ids],
+                params=[retraction_ids, datasets],
             ).to_arrow_table()
 
     def retraction(self, retraction_id: str) -> dict[str, Any]:
@@ -212,12 +291,15 @@ class LineageQueries:
 
     def retractions(self) -> list[dict[str, Any]]:
         """Every retraction, newest first: ``retraction_id, created_at, author, reason, target,
-        near, documents, results`` (counts)."""
+        near, documents, whole, results`` (counts; ``whole``: datasets and shards retracted as a
+        whole, which ``documents`` does not count)."""
         with self._cursor() as con:
             return con.sql(
                 """SELECT r.retraction_id, r.created_at, r.author, r.reason, r.target, r.near,
-                          (SELECT count(*) FROM retraction_documents d WHERE d.retraction_id = r.retraction_id)
-                              AS documents,
+                          (SELECT count(*) FILTER (WHERE d.doc_id IS NOT NULL) FROM retraction_documents d
+                           WHERE d.retraction_id = r.retraction_id) AS documents,
+                          (SELECT count(*) FILTER (WHERE d.doc_id IS NULL) FROM retraction_documents d
+                           WHERE d.retraction_id = r.retraction_id) AS whole,
                           (SELECT count(*) FROM retraction_results x WHERE x.retraction_id = r.retraction_id)
                               AS results
                    FROM retractions r ORDER BY r.created_at DESC, r.retraction_id""").to_arrow_table().to_pylist()

@@ -16,6 +16,51 @@ from provenance.ledger._common import _now, register, unregister
 from provenance.records import RunRecord
 
 
+def counted_shards(caps: str, datasets: str = "NULL") -> str:
+    """The common table expressions that count, per shard, the examples each run of ``caps`` (a
+    relation ``run_id, cap``) saw up to step ``cap`` (NULL: the whole run), of the datasets
+    ``datasets`` (an SQL list of dataset ids, bound while planning so that the documents of other
+    datasets, a damaged Parquet file among them, are not read; NULL: every dataset), ending in
+    ``counted_shards(run_id, cap, dataset_id, shard_index, examples, distinct_documents, epochs,
+    logged)``: for a dataset whose examples the run logged (at any step), the shards it saw a
+    document of by then, counted from the log; for one it only declared, every shard,
+    ``n_documents × epochs`` rounded (no more distinct documents than that; none for 0 epochs).
+    One text for the end of a run (:meth:`RunWrites.count_run_shards`) and the lineage of a
+    checkpoint, so that both count alike. Its other expressions are named ``cs_*``."""
+    return f"""cs_caps AS (SELECT DISTINCT run_id, cap FROM {caps}),
+               cs_logged AS (
+                   SELECT c.run_id, c.cap, d.dataset_id, d.shard_index, count(*) AS examples,
+                          count(DISTINCT e.doc_id) AS docs
+                   FROM cs_caps c JOIN run_examples e ON e.run_id = c.run_id AND (c.cap IS NULL OR e.step <= c.cap)
+                   JOIN documents d ON d.doc_id = e.doc_id
+                   WHERE {datasets} IS NULL OR list_contains({datasets}, d.dataset_id) GROUP BY ALL),
+               cs_logged_datasets AS (
+                   SELECT DISTINCT run_id, dataset_id FROM cs_logged WHERE cap IS NULL
+                   UNION
+                   SELECT DISTINCT e.run_id, d.dataset_id FROM run_examples e JOIN documents d ON d.doc_id = e.doc_id
+                   WHERE e.run_id IN (SELECT run_id FROM cs_caps WHERE cap IS NOT NULL)
+                     AND ({datasets} IS NULL OR list_contains({datasets}, d.dataset_id))),
+               cs_counted AS (
+                   SELECT c.run_id, c.cap, s.dataset_id, s.shard_index, s.n_documents, rd.epochs, l.examples, l.docs,
+                          CAST(round(s.n_documents * rd.epochs) AS BIGINT) AS declared,
+                          ld.dataset_id IS NOT NULL AS is_logged
+                   FROM cs_caps c JOIN run_datasets rd ON rd.run_id = c.run_id
+                   JOIN shards s ON s.dataset_id = rd.dataset_id
+                        AND ({datasets} IS NULL OR list_contains({datasets}, rd.dataset_id))
+                   LEFT JOIN cs_logged_datasets ld ON ld.run_id = c.run_id AND ld.dataset_id = rd.dataset_id
+                   LEFT JOIN cs_logged l ON l.run_id = c.run_id AND l.cap IS NOT DISTINCT FROM c.cap
+                        AND l.dataset_id = s.dataset_id AND l.shard_index = s.shard_index
+                   WHERE (ld.dataset_id IS NULL OR l.examples IS NOT NULL)
+                     AND (ld.dataset_id IS NOT NULL OR rd.epochs > 0)),  -- declared for 0 epochs: not trained on
+               counted_shards AS (
+                   SELECT run_id, cap, dataset_id, shard_index,
+                          CASE WHEN is_logged THEN examples ELSE declared END AS examples,
+                          CASE WHEN is_logged THEN docs ELSE least(n_documents, declared) END AS distinct_documents,
+                          CASE WHEN is_logged THEN examples / n_documents ELSE epochs END AS epochs,
+                          is_logged AS logged
+                   FROM cs_counted)"""
+
+
 class RunWrites:
     """Writes of runs (``self`` is a :class:`~provenance.ledger.writer.LedgerWriter`)."""
 
@@ -44,6 +89,16 @@ class RunWrites:
         )
         self.count_run_shards(run_id)
 
+    def insert_checkpoint(self, version_id: str, run_id: str, step: int | None) -> int:
+        """Record ``version_id`` as a checkpoint of the running run ``run_id`` trained on its logged
+        examples up to ``step`` (None: the last step logged so far, -1 when none is: trained on no
+        logged example; 0 counted those then logged at step 0); returns the step."""
+        if step is None:
+            step = self._con.execute("SELECT coalesce(max(step), -1) FROM run_examples WHERE run_id = ?",
+                                     [run_id]).fetchall()[0][0]
+        self._con.execute("INSERT INTO checkpoints VALUES (?, ?, ?)", [version_id, run_id, int(step)])
+        return int(step)
+
     def run_started_earlier(self, run_id: str, started_at: datetime) -> None:
         """Move a run's start back to ``started_at`` when that is earlier (an OpenLineage START that
         arrived after a later event)."""
@@ -56,27 +111,10 @@ class RunWrites:
         for one it only declared, every shard, ``n_documents × epochs`` rounded (no more distinct
         documents than that; none for 0 epochs)."""
         self._con.execute(
-            """INSERT OR IGNORE INTO run_shards
-               WITH logged AS (
-                   SELECT d.dataset_id, d.shard_index, count(*) AS examples, count(DISTINCT e.doc_id) AS docs
-                   FROM run_examples e JOIN documents d USING (doc_id)
-                   WHERE e.run_id = $run GROUP BY ALL),
-               logged_datasets AS (SELECT DISTINCT dataset_id FROM logged),
-               counted AS (
-                   SELECT s.dataset_id, s.shard_index, s.n_documents, rd.epochs, l.examples, l.docs,
-                          CAST(round(s.n_documents * rd.epochs) AS BIGINT) AS declared,
-                          ld.dataset_id IS NOT NULL AS is_logged
-                   FROM run_datasets rd JOIN shards s USING (dataset_id)
-                   LEFT JOIN logged_datasets ld USING (dataset_id)
-                   LEFT JOIN logged l USING (dataset_id, shard_index)
-                   WHERE rd.run_id = $run AND (ld.dataset_id IS NULL OR l.examples IS NOT NULL)
-                     AND (ld.dataset_id IS NOT NULL OR rd.epochs > 0))  -- declared for 0 epochs: not trained on
-               SELECT $run, dataset_id, shard_index,
-                      CASE WHEN is_logged THEN examples ELSE declared END,
-                      CASE WHEN is_logged THEN docs ELSE least(n_documents, declared) END,
-                      CASE WHEN is_logged THEN examples / n_documents ELSE epochs END,
-                      is_logged
-               FROM counted""",
+            f"""INSERT OR IGNORE INTO run_shards
+                WITH {counted_shards("(SELECT $run AS run_id, NULL::BIGINT AS cap)")}
+                SELECT run_id, dataset_id, shard_index, examples, distinct_documents, epochs, logged
+                FROM counted_shards""",
             {"run": run_id},
         )
 
@@ -145,22 +183,30 @@ class RunWrites:
                   OR excluded.last_event_time >= openlineage_runs.last_event_time""",  # by eventTime, not arrival
             [ol_run_id, run_id, namespace, name, event, when])
 
-    def add_run_inputs(self, run_id: str, inputs: Sequence[tuple[str, str, str | None]]) -> list[str]:
+    def run_input_matches(self, run_id: str) -> dict[tuple[str, str], str]:
+        """The dataset each matched input of a run was matched to, by ``(namespace, name)``."""
+        return {(n, m): d for n, m, d in self._con.execute(
+            "SELECT namespace, name, dataset_id FROM run_inputs WHERE run_id = ? AND dataset_id IS NOT NULL",
+            [run_id]).fetchall()}
+
+    def add_run_inputs(self, run_id: str, inputs: Sequence[tuple[str, str, str | None]]) -> tuple[int, list[str]]:
         """Record inputs ``(namespace, name, dataset_id or None)`` of a run, and declare the
-        matched datasets (one epoch each) unless the run declared them already; returns the
-        datasets declared now."""
+        matched datasets (one epoch each) unless the run declared them already; returns how many
+        inputs are new to the run (or matched now, unmatched before) and the datasets declared now."""
         rows = {(namespace, name): dataset_id for namespace, name, dataset_id in inputs}  # an input once
         if not rows:
-            return []
+            return 0, []
         # One statement each, whatever the number of inputs (an event may name thousands: a statement
         # per input held the ledger for seconds).
-        self._con.execute("INSERT INTO run_inputs SELECT $1, unnest($2::VARCHAR[]), unnest($3::VARCHAR[]), "
-                          "unnest($4::VARCHAR[]) ON CONFLICT DO NOTHING",
-                          [run_id, [n for n, _ in rows], [m for _, m in rows], list(rows.values())])
+        added = self._con.execute(
+            "INSERT INTO run_inputs SELECT $1, unnest($2::VARCHAR[]), unnest($3::VARCHAR[]), unnest($4::VARCHAR[]) "
+            "ON CONFLICT DO UPDATE SET dataset_id = excluded.dataset_id "  # an input unmatched before takes its match
+            "WHERE run_inputs.dataset_id IS NULL AND excluded.dataset_id IS NOT NULL",
+            [run_id, [n for n, _ in rows], [m for _, m in rows], list(rows.values())]).fetchone()[0]
         matched = sorted({d for d in rows.values() if d is not None})
         if not matched:
-            return []
-        return [r[0] for r in self._con.execute(
+            return added, []
+        return added, [r[0] for r in self._con.execute(
             "INSERT INTO run_datasets SELECT $1, unnest($2::VARCHAR[]), 1.0 ON CONFLICT DO NOTHING RETURNING dataset_id",
             [run_id, matched]).fetchall()]
 
