@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import shlex
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
@@ -149,9 +148,12 @@ def backup_cmd(obj: Context, destination: str, link: bool, as_json: bool) -> Non
     serves it: with --ledger http://..., DESTINATION is a folder on the server's machine. The copy
     is made in DESTINATION/.prov.partial and renamed to .prov when whole (one that fails, e.g. on a
     full disk, is removed), then verified."""
+    from provenance.backup import backup_destination
+    from provenance.remote import is_url
+
     ledger = obj.ledger()
-    copy = Path(destination).expanduser().absolute() / LEDGER_DIR
-    there = copy.exists()
+    copy = None if is_url(obj.ledger_path) else backup_destination(destination) / LEDGER_DIR  # a server's: its own
+    there = copy is None or copy.exists()
     try:
         with render.progress(obj.quiet) as bar:  # an 18 s backup of a 1M-document ledger said nothing until done
             report = ledger.backup(destination, link=link, progress=bar)

@@ -66,6 +66,12 @@ def _copy_document_files(ledger: LedgerStore, copy: LedgerStore, root: Path, *, 
     return total
 
 
+def backup_destination(destination: object) -> Path:
+    """The folder, absolute, that a backup into ``destination`` copies the ledger into (as its
+    ``.prov``); refuses a ``destination`` that names no path (``backup(123)``: pathlib's ``TypeError``)."""
+    return output_name(destination, folder=True).expanduser().absolute()
+
+
 def backup(ledger: LedgerStore, destination: str | os.PathLike, *, link: bool = False,
            progress: Any = None) -> dict[str, Any]:
     """Copy the ledger into ``destination`` (a new or empty folder, outside the ledger), which
@@ -75,7 +81,7 @@ def backup(ledger: LedgerStore, destination: str | os.PathLike, *, link: bool = 
     (:mod:`provenance.progress`) is told of each stage: the database, the objects, the check."""
     started = time.perf_counter()
     check_flags(link=link)
-    dest = output_name(destination, folder=True).expanduser().absolute()  # backup(123): a TypeError from pathlib
+    dest = backup_destination(destination)
     check_utf8_folder(dest, "cannot back up into")  # DuckDB cannot open the copy there: found after copying it all
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         if (dest / f"{LEDGER_DIR}.partial").is_dir():

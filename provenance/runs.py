@@ -413,16 +413,16 @@ class Run:
     def _refuse_unencodable(self, n: int) -> None:
         """Refuse the buffer, naming its first key that is not valid UTF-8 and its step, and drop it
         as a flush drops keys that name no document."""
-        batches = [(batch, step) for batch, step in zip(self._keys, self._steps) if isinstance(batch, list)]
+        batches = [(batch, step) for batch, step in zip(self._keys, self._steps) if not isinstance(batch, pa.Array)]
         self._keys, self._steps, self._datasets, self._pending = [], [], [], 0
-        try:
-            for batch, step in batches:
-                for key in batch:
+        written = f"(none of the {n:,} examples buffered since the last write were written)"
+        for batch, step in batches:
+            for key in batch:
+                try:
                     check_utf8(key, f"logged example {key!r} at step {step}")
-            check_utf8("\udc80", "logged example '\\udc80' at step ?")  # none found (only a list holds one): refused still
-        except InvalidParameterError as exc:
-            raise InvalidParameterError(f"{exc} (none of the {n:,} examples buffered since the last write were "
-                                        "written)") from None
+                except InvalidParameterError as exc:
+                    raise InvalidParameterError(f"{exc} {written}") from None
+        raise InvalidParameterError(f"a logged example's key is not valid UTF-8 {written}")
 
     def _write(self, log: pa.Table) -> None:
         write_examples(self.ledger, self.record, log)
