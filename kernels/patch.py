@@ -76,6 +76,7 @@ from provenance.kernels.patch_checks import (
     _check_low_rank,
     _check_out,
     _check_patch,
+    _check_scale,
     _check_sparse,
     _check_tensor,
     _triton_chain_dtype,
@@ -145,7 +146,7 @@ def apply_low_rank(base: torch.Tensor, b: torch.Tensor, a: torch.Tensor, scale: 
     tensor. Torch on every backend: this GEMM is the definition of a low-rank patch (module
     docstring); :func:`apply_chain` with ``exact=False`` has the Triton kernel that skips it."""
     b, a = _check_low_rank(base, b, a, "")
-    return _low_rank_torch(base.detach(), b, a, scale)
+    return _low_rank_torch(base.detach(), b, a, _check_scale(scale, ""))
 
 
 @torch.no_grad()

@@ -6,6 +6,8 @@ copied as bits; and which chains the Triton chain kernel takes.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from provenance.errors import InvalidParameterError
@@ -90,6 +92,19 @@ def _check_full(base, full, where: str) -> torch.Tensor:
     return full.detach().to(base.device)
 
 
+def _check_scale(scale, where: str) -> float:
+    """A low-rank patch's scale as a finite float: a NaN or infinite one made every element of the
+    result NaN or infinite, silently, and a string failed in ``float()`` naming no patch."""
+    try:
+        value = None if isinstance(scale, (bool, str, bytes)) else float(scale)
+    except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of more than one element
+        value = None
+    if value is None or not math.isfinite(value):
+        shown = f"{type(scale).__name__} {scale!r:.40}" if value is None else repr(value)
+        raise InvalidParameterError(f"{where}low-rank scale must be a finite number, got {shown}")
+    return value
+
+
 def _check_patch(base: torch.Tensor, patch, i: int) -> tuple:
     """Patch ``i`` of a chain, checked, with its tensors on the base's device."""
     where = f"patches[{i}]: "
@@ -108,7 +123,7 @@ def _check_patch(base: torch.Tensor, patch, i: int) -> tuple:
     if kind == "dense":
         return ("dense", _check_dense(base, patch[1], where))
     if kind == "low_rank":
-        return ("low_rank", *_check_low_rank(base, patch[1], patch[2], where), float(patch[3]))
+        return ("low_rank", *_check_low_rank(base, patch[1], patch[2], where), _check_scale(patch[3], where))
     return ("full", _check_full(base, patch[1], where))
 
 

@@ -100,6 +100,17 @@ def test_bad_input_is_refused():
         merge_patches(base, [None, ("lora", 1)])
     with pytest.raises(InvalidParameterError, match="at least one patch"):
         merge_patches(base, [])
+    b, a = torch.ones(8, 1), torch.ones(1, 4)
+    for scale, shown in ((float("nan"), "nan"), (float("inf"), "inf"), ("2", "str '2'"), (True, "bool True"),
+                         (None, "NoneType None"), (torch.ones(2), "Tensor")):
+        message = rf"patches\[0\]: low-rank scale must be a finite number, got {shown}"
+        with pytest.raises(InvalidParameterError, match=message):  # NaN made every element NaN, silently
+            merge_patches(base, [("low_rank", b, a, scale)])
+        with pytest.raises(InvalidParameterError, match=message):
+            P.apply_chain(base, [("low_rank", b, a, scale)])
+        with pytest.raises(InvalidParameterError, match="^low-rank scale must be a finite number"):
+            P.apply_low_rank(base, b, a, scale)
+    assert torch.equal(merge_patches(base, [("low_rank", b, a, torch.tensor(0.5))]), base + 0.5)  # a 0-d tensor
     five = [("dense", torch.full_like(base, float(i))) for i in range(5)]  # more than one launch takes
     assert torch.allclose(merge_patches(base, five), base + 2.0)
 
