@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 import xxhash
@@ -105,6 +106,25 @@ def test_a_new_version_copies_unchanged_shards_from_parquet(ledger, data_dir, wr
     assert ledger.document_files("p@3") == [] and third.dataset.n_documents == 28
     ids = ledger.sql("SELECT count(DISTINCT doc_id) AS n, count(*) AS m FROM documents").to_pylist()[0]
     assert ids["n"] == ids["m"] == 40 + 32 + 28
+    assert ledger.verify(objects=True).ok
+
+
+def test_many_small_shards_make_few_row_groups(ledger, data_dir, write_jsonl):
+    """Each shard's rows were written as a row group of their own: a folder of 30,000 small files
+    made a file of 30,000 row groups, whose metadata the writer held (22 KB a file: 1 GiB). The
+    rows of small shards now share row groups of 16,384, in shard order, and read back whole."""
+    folder = data_dir / "many"
+    folder.mkdir()
+    for i in range(300):
+        write_jsonl(folder / f"f{i:03d}.jsonl", [{"id": f"{i}-{j}", "text": f"document {j} of file {i} says {i * j}"}
+                                                 for j in range(3 + i % 3)])
+    first = ledger.register_dataset("many", folder, id_field="id", documents_as="parquet").dataset
+    assert (first.n_shards, first.n_documents) == (300, 1200)
+    (path,) = [ledger.root / f["path"] for f in ledger.document_files("many@1")]
+    assert pq.ParquetFile(path).metadata.num_row_groups == 1  # was 300
+    rows = ledger.sql("SELECT shard_index, key FROM documents WHERE dataset_id = 'many@1' ORDER BY doc_id").to_pylist()
+    assert [r["shard_index"] for r in rows] == sorted(r["shard_index"] for r in rows)
+    assert [r["key"] for r in rows if r["shard_index"] == 7] == [f"{7}-{j}" for j in range(4)]
     assert ledger.verify(objects=True).ok
 
 

@@ -41,6 +41,12 @@ def clean_staging(root: Path) -> Path:
     return staging
 
 
+#: Rows of a row group of the stage. Writes of fewer rows (a shard of a few documents) are kept
+#: until a row group fills: each write was a row group, and a folder of 30,000 small files made a
+#: file of 30,000 row groups whose metadata the writer held and wrote (22 KB a file: 1 GiB).
+ROW_GROUP = 16_384
+
+
 class DocumentStage:
     """A Parquet file of document rows, written batch by batch (see ``document_stage``)."""
 
@@ -52,24 +58,41 @@ class DocumentStage:
         self.schema: pa.Schema | None = None
         self._writer: pq.ParquetWriter | None = None
         self._written = False
+        self._pending: list[pa.Table] = []  # rows not yet written: fewer than ROW_GROUP
+        self._pending_rows = 0
 
     def write(self, table: pa.Table) -> None:
         self.rows += table.num_rows
         if not self.dataset_id and table.num_rows:
             self.dataset_id = table.column("dataset_id")[0].as_py()
+        if self.schema is None:
+            self.columns, self.schema = table.column_names, table.schema
+        elif not table.schema.equals(self.schema):  # as the writer would refuse it, at this write
+            raise ValueError(f"a batch's schema {table.schema} is not the stage's {self.schema}")
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        self._written = True
+        if self._pending_rows >= ROW_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write the pending rows, in row groups of ``ROW_GROUP``."""
+        if not self._pending:
+            return
+        table = pa.concat_tables(self._pending) if len(self._pending) > 1 else self._pending[0]
+        self._pending, self._pending_rows = [], 0
         with naming(self.path):  # a full disk: "PATH: No space left on device", and nothing registered
             if self._writer is None:
-                self.columns, self.schema = table.column_names, table.schema
                 # Statistics of the columns queries filter on: the file may become a dataset's own.
                 self._writer = pq.ParquetWriter(
                     self.path, table.schema, compression="none", use_dictionary=False,
                     write_statistics=[c for c in ("doc_id", "dataset_id", "shard_index") if c in table.column_names],
                 )
-            self._writer.write_table(table, row_group_size=16_384)
-        self._written = True
+            self._writer.write_table(table, row_group_size=ROW_GROUP)
 
     def close(self) -> bool:
         """Finish the file; True when it holds rows."""
+        self._flush()
         if self._writer is not None:
             writer, self._writer = self._writer, None
             with naming(self.path):
@@ -78,6 +101,7 @@ class DocumentStage:
 
     def discard(self) -> None:
         """Close the file, quietly (a write that failed may fail again here), and remove it."""
+        self._pending, self._pending_rows = [], 0  # not written only to be removed
         with contextlib.suppress(OSError):
             self.close()
         self.path.unlink(missing_ok=True)
