@@ -491,7 +491,7 @@ def test_datasets_are_inferred_from_a_random_split_and_from_several_loaders(ledg
     """A LightningDataModule's usual train/val split (random_split) of a RegisteredDataset, and a
     dict of train dataloaders, were refused: "pass datasets= ... the training set is a Subset"
     ("... is a dict"; found by stranger pass 73)."""
-    from torch.utils.data import random_split
+    from torch.utils.data import ConcatDataset, random_split
 
     ledger.register_dataset("wiki", write_jsonl(tmp_path / "wiki.jsonl", _records()), id_field="id")
     ledger.register_dataset("news", write_jsonl(tmp_path / "news.jsonl", [{**r, "id": f"art{i}"} for i, r in enumerate(_records()[:10])]), id_field="id")
@@ -508,6 +508,15 @@ def test_datasets_are_inferred_from_a_random_split_and_from_several_loaders(ledg
         _Several(), {"a": DataLoader(train, batch_size=4), "b": DataLoader(news, batch_size=2)})
     assert callback.run.record.datasets == {"wiki@1": 1.0, "news@1": 1.0}
     assert {d.dataset_id: d.examples for d in ledger.lineage(callback.version).datasets} == {"wiki@1": 8, "news@1": 4}
+
+    # several datasets trained on as one (ConcatDataset) were refused: "the training set is a ConcatDataset"
+    callback = ProvenanceCallback(ledger)
+    _trainer(tmp_path, callback, max_steps=3).fit(Tiny(), DataLoader(ConcatDataset([news, train]), batch_size=5))
+    assert callback.run.record.datasets == {"news@1": 1.0, "wiki@1": 1.0}
+    assert {d.dataset_id: d.examples for d in ledger.lineage(callback.version).datasets} == {"news@1": 10, "wiki@1": 5}
+    with pytest.raises(InvalidParameterError, match="the training set is a ConcatDataset holding a list"):
+        _trainer(tmp_path, ProvenanceCallback(ledger), max_steps=1).fit(
+            Tiny(), DataLoader(ConcatDataset([news, [_item(0)]]), batch_size=5))
 
 
 def test_a_second_save_at_the_same_step_is_the_same_version(tiny, tmp_path):

@@ -26,20 +26,31 @@ def one_session(ledger: Any) -> contextlib.AbstractContextManager:
 
 
 def registered_datasets(dataset: Any, who: str) -> list[str]:
-    """The registered dataset a training set is, when it is a :class:`provenance.torch.RegisteredDataset`
-    (or a part of one, as ``random_split`` makes); else an error asking ``who``'s user to name the datasets."""
-    from torch.utils.data import Subset
+    """The registered datasets a training set is made of, when it is a
+    :class:`provenance.torch.RegisteredDataset`, a part of one (as ``random_split`` makes) or a
+    ``ConcatDataset`` of such; else an error asking ``who``'s user to name the datasets."""
+    from torch.utils.data import ConcatDataset, Subset
 
     from provenance.torch import RegisteredDataset
 
-    registered = dataset
-    while isinstance(registered, Subset):  # random_split's parts (a LightningDataModule's train/val split)
-        registered = registered.dataset
-    if isinstance(registered, RegisteredDataset):
-        return [registered.dataset.dataset_id]
-    raise InvalidParameterError(
-        f"{who}: pass datasets= (the registered datasets the training set holds); they are inferred only "
-        f"from a provenance.torch.RegisteredDataset, and the training set is a {type(dataset).__name__}")
+    found: list[str] = []
+
+    def walk(part: Any) -> None:
+        while isinstance(part, Subset):  # random_split's parts (a LightningDataModule's train/val split)
+            part = part.dataset
+        if isinstance(part, ConcatDataset):  # several datasets trained on as one (it was refused)
+            for each in part.datasets:
+                walk(each)
+        elif isinstance(part, RegisteredDataset):
+            found.append(part.dataset.dataset_id)
+        else:
+            held = f" holding a {type(part).__name__}" if part is not dataset else ""
+            raise InvalidParameterError(
+                f"{who}: pass datasets= (the registered datasets the training set holds); they are inferred only "
+                f"from a provenance.torch.RegisteredDataset, and the training set is a {type(dataset).__name__}{held}")
+
+    walk(dataset)
+    return list(dict.fromkeys(found))
 
 
 class BackgroundCommits:
