@@ -25,8 +25,16 @@ _PW, _PH = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
 _COLOURS = ("#0969da", "#cf222e", "#1a7f37", "#8250df", "#bc4c00", "#1b7c83")
 
 
+#: Characters that reorder the text after them (bidirectional embeddings, overrides and isolates;
+#: the marks, which right-to-left text uses, are left as they are): a document key
+#: ``report\u202egnp.exe`` showed as ``reportexe.png``. Pages show each as its code point instead.
+BIDI_CONTROLS = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+_SHOWN_BIDI = str.maketrans({c: f"[U+{ord(c):04X}]" for c in BIDI_CONTROLS})
+
+
 def escape(text: str) -> str:
-    return html.escape(text, quote=True)
+    """``text`` for HTML: escaped, and its bidirectional controls shown as ``[U+202E]``."""
+    return html.escape(text, quote=True).translate(_SHOWN_BIDI)
 
 
 def display_text(value: Any) -> str:

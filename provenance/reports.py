@@ -18,11 +18,13 @@ from typing import Any
 
 from provenance.errors import InvalidParameterError
 from provenance.files import atomic_write_text
+from provenance.plots import BIDI_CONTROLS
 from provenance.plots import as_list as _list
 from provenance.plots import display_text as _text
 from provenance.plots import escape as _e
 from provenance.plots import svg_figure as _plot
 
+_JSON_BIDI = str.maketrans({c: f"\\u{ord(c):04x}" for c in BIDI_CONTROLS})
 MAX_ROWS = 200  # rows shown per table
 MAX_JSON_BYTES = 200_000  # bytes of the embedded JSON report shown
 LONG_WORD = 40  # characters of a word in a table cell beyond which the cell may break it anywhere
@@ -156,7 +158,8 @@ def _table(index: int, table: Any) -> str:
 
 
 def _json_block(data: Any) -> str:
-    raw = json.dumps(data, indent=2, default=str, ensure_ascii=False).encode("utf-8")
+    raw = json.dumps(data, indent=2, default=str, ensure_ascii=False)
+    raw = raw.translate(_JSON_BIDI).encode("utf-8")  # written as JSON escapes: it still reads back as it was
     note = ""
     if len(raw) > MAX_JSON_BYTES:
         note = f'<p class="note">Truncated: showing the first {MAX_JSON_BYTES:,} of {len(raw):,} bytes.</p>'

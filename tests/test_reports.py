@@ -127,6 +127,22 @@ def test_every_text_value_is_escaped():
     _assert_well_formed(page)
 
 
+def test_bidirectional_controls_are_shown_not_obeyed():
+    """A key holding U+202E (right-to-left override) showed as another name ('reportexe.png' for
+    'report\u202egnp.exe'); pages show such controls as their code points, and the embedded JSON
+    escapes them, so it reads back as the report was. Right-to-left text and its marks are kept."""
+    key = "report\u202egnp.exe"
+    rtl = "\u05e9\u05dc\u05d5\u05dd\u200f 42"
+    report = {"title": "t", "tables": [{"columns": ["key", "text"], "rows": [[key, rtl]]}],
+              "plots": [{"kind": "bar", "title": key, "bars": [[key, 1]]}], "json": {"key": key, "text": rtl}}
+    page = render_html(report)
+    assert "\u202e" not in page and "\u2066" not in page
+    assert page.count("report[U+202E]gnp.exe") >= 3  # the cell, the bar's label and its tooltip
+    assert f"<td>{rtl}</td>" in page
+    [text] = re.findall(r"<details><summary>Full report \(JSON\)</summary><pre>(.*?)</pre></details>", page, re.S)
+    assert "\\u202e" in text and json.loads(html.unescape(text)) == report["json"]
+
+
 def test_summary_values_are_formatted():
     summary = {
         "documents": 1000,
