@@ -204,6 +204,7 @@ class Ledger(LedgerStore):
     @_one_connection
     def diff(self, old: str | VersionRecord, new: str | VersionRecord) -> list[dict[str, Any]]:
         """Per parameter group, how ``new`` differs from ``old``; see :func:`provenance.versions.diff`."""
+        old, new = self.version(old), self.version(new)  # a missing one refused before torch is imported (3 s)
         from provenance import versions as versions_
 
         return versions_.diff(self, old, new)

@@ -554,6 +554,18 @@ def test_diff_between_any_two_versions(ledger):
     assert rows["new"]["patch_bytes"] == 12
 
 
+def test_a_diff_of_a_missing_version_is_refused_before_torch_is_imported(ledger):
+    """`prov model diff` of a mistyped version imported torch (3 s) before saying it was missing."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom provenance import Ledger\nledger = Ledger.open(sys.argv[1])\n"
+            "try:\n    ledger.diff('nope1', 'nope2')\nexcept Exception as exc:\n"
+            "    print(type(exc).__name__, 'torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(ledger.root)], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["NotFoundError", "False"], done.stderr
+
+
 @pytest.mark.parametrize("dtype", [d for d in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz",
                                                "float8_e8m0fnu") if hasattr(torch, d)])
 def test_diff_of_a_changed_fp8_group(ledger, dtype):
