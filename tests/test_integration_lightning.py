@@ -519,6 +519,34 @@ def test_datasets_are_inferred_from_a_random_split_and_from_several_loaders(ledg
             Tiny(), DataLoader(ConcatDataset([news, [_item(0)]]), batch_size=5))
 
 
+class _SeveralInAList(Tiny):
+    def training_step(self, batch, batch_idx):
+        return sum(super(_SeveralInAList, self).training_step(part, batch_idx) for part in batch if part is not None)
+
+
+@pytest.mark.parametrize("as_list", [False, True])
+def test_two_loaders_whose_datasets_share_keys_log_each_part_as_its_datasets(ledger, tmp_path, write_jsonl, as_list):
+    """Two train dataloaders over datasets keyed alike (row numbers, here doc0 … doc9 in both)
+    failed the run at its first batch: "logged example 'doc0' is a document of several of the
+    run's datasets". Each part of a batch is logged as its own loader's dataset's."""
+    ledger.register_dataset("wiki", write_jsonl(tmp_path / "wiki.jsonl", _records()), id_field="id")
+    ledger.register_dataset("mirror", write_jsonl(tmp_path / "mirror.jsonl", [
+        {**r, "text": f"another text {i} with other words {i * 11}"} for i, r in enumerate(_records()[:10])]), id_field="id")
+    wiki, mirror = (RegisteredDataset(ledger, name, transform=lambda item: {**_item(int(item["key"][3:])), **item})
+                    for name in ("wiki", "mirror"))
+    loaders = {"w": DataLoader(wiki, batch_size=4), "m": DataLoader(mirror, batch_size=2)}
+    callback = ProvenanceCallback(ledger)
+    model = _SeveralInAList() if as_list else _Several()
+    _trainer(tmp_path, callback, max_steps=3).fit(model, list(loaders.values()) if as_list else loaders)
+    assert callback.run.record.datasets == {"wiki@1": 1.0, "mirror@1": 1.0}
+    assert {d.dataset_id: d.examples for d in ledger.lineage(callback.version).datasets} == {"wiki@1": 12, "mirror@1": 6}
+    logged = ledger.sql("SELECT d.dataset_id, e.step, d.key FROM run_examples e JOIN documents d USING (doc_id) "
+                        "WHERE e.run_id = ? ORDER BY e.step, d.dataset_id, d.key", [callback.run.run_id]).to_pylist()
+    assert [(r["dataset_id"], r["key"]) for r in logged if r["step"] == 1] == [
+        ("mirror@1", "doc2"), ("mirror@1", "doc3"), ("wiki@1", "doc4"), ("wiki@1", "doc5"), ("wiki@1", "doc6"),
+        ("wiki@1", "doc7")]
+
+
 def test_a_second_save_at_the_same_step_is_the_same_version(tiny, tmp_path):
     """ModelCheckpoint(save_last=True) saves twice at each step it saves (its file and last.ckpt):
     each was committed, two versions of the same weights per save (found by stranger pass 73)."""

@@ -321,10 +321,15 @@ class RunRecorder:
         self._commits.submit(commit, lambda version: self.checkpoints.__setitem__(step, version))
 
     def _logged(self, keys: Any, step: int) -> None:
-        """The keys into the run; keys it refuses fail the run before the error stops training (a
-        trainer with no hook for its exceptions would leave the run running)."""
+        """The keys into the run (a list, or a dict of each dataset's: None for any of the run's);
+        keys it refuses fail the run before the error stops training (a trainer with no hook for
+        its exceptions would leave the run running)."""
         try:
-            self._run.log_examples(keys, step=step)
+            if isinstance(keys, dict):  # {dataset: its keys}: the parts of a batch of several loaders
+                for dataset, part in keys.items():
+                    self._run.log_examples(part, step=step, dataset=dataset)
+            else:
+                self._run.log_examples(keys, step=step)
         except InvalidParameterError as exc:
             self._fail(failure(type(exc), exc))
             raise

@@ -112,12 +112,16 @@ class ProvenanceCallback(RunRecorder, pl.Callback):
         self.key = key
         self._keys_of = key if callable(key) else _batch_field(key)
         self._step = 0  # the optimizer step the batch in training goes into
+        self._parts: dict[Any, str] = {}  # a batch part's dataset, by its loader's name or position
 
     # -- Lightning's events -----------------------------------------------------------------------
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._fail("training started again before this run ended")
         datasets = self.datasets if self.datasets is not None else _train_datasets(trainer.train_dataloader)
+        # each part of a batch of several loaders logged as its loader's dataset's: the datasets of two
+        # loaders that share keys (row numbers) failed the run ("a document of several of the run's datasets")
+        self._parts = _part_datasets(trainer.train_dataloader) if self.datasets is None and not callable(self.key) else {}
         self._start_run(
             owner=bool(trainer.is_global_zero), alone=trainer.world_size == 1, datasets=datasets,
             params=_training_params(trainer), message=self.message or f"{type(pl_module).__name__} trained with Lightning",
@@ -130,7 +134,8 @@ class ProvenanceCallback(RunRecorder, pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not self._running or (pl_module.automatic_optimization and not outputs):
             return  # (``training_step`` returned None: Lightning skipped the batch, which changed no weight)
-        keys = self._keys_of(batch)
+        by_part = self._keys_by_dataset(batch)
+        keys = self._keys_of(batch) if by_part is None else [key for part in by_part.values() for key in part]
         if isinstance(keys, (str, torch.Tensor)):  # a tensor raised "Boolean value of Tensor ... is ambiguous"
             raise InvalidParameterError(
                 f"ProvenanceCallback: the document keys of batch {batch_idx} at step {self._step} are a "
@@ -149,7 +154,19 @@ class ProvenanceCallback(RunRecorder, pl.Callback):
             raise InvalidParameterError(
                 f"ProvenanceCallback: batch {batch_idx} at step {self._step} gave {len(keys)} document keys, but its "
                 f"tensors hold {' or '.join(map(str, sorted(sizes)))} examples: give one key per example")
-        self._log(keys, self._step)
+        self._log(keys if by_part is None else by_part, self._step)
+
+    def _keys_by_dataset(self, batch: Any) -> dict[str | None, list[str]] | None:
+        """A batch of several loaders' keys by the dataset of each part's loader (None: a part whose
+        loader holds several datasets, looked up in all of the run's), or None for another batch."""
+        if not self._parts or not isinstance(batch, (dict, list, tuple)) or (isinstance(batch, dict) and self.key in batch):
+            return None
+        parts = batch.items() if isinstance(batch, dict) else enumerate(batch)
+        found: dict[str | None, list[str]] = {}
+        for name, part in parts:
+            if part is not None:  # its loader is exhausted
+                found.setdefault(self._parts.get(name), []).extend(self._keys_of(part))
+        return found
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         self._save(trainer.global_step, last=trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps,
@@ -186,6 +203,19 @@ def _train_datasets(loaders: Any) -> list[str]:
     names = [name for loader in parts
              for name in registered_datasets(getattr(loader, "dataset", loader), "ProvenanceCallback")]
     return list(dict.fromkeys(names))
+
+
+def _part_datasets(loaders: Any) -> dict[Any, str]:
+    """For several train dataloaders (a dict or a list of them), the registered dataset of each
+    one that holds one, by its name or position in a batch of their batches."""
+    if not isinstance(loaders, (Mapping, list, tuple)) or len(loaders) < 2:
+        return {}
+    found = {}
+    for name, loader in (loaders.items() if isinstance(loaders, Mapping) else enumerate(loaders)):
+        names = registered_datasets(getattr(loader, "dataset", loader), "ProvenanceCallback")
+        if len(names) == 1:
+            found[name] = names[0]
+    return found
 
 
 def _batch_field(field: str) -> Callable[[Any], Sequence[str]]:
