@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import shlex
 import sys
+import tempfile
 from typing import Any
 
 import click
+import pyarrow as pa
 from rich.table import Table
 
 from provenance.cli import render
@@ -122,8 +125,27 @@ def sql_cmd(obj: Context, query: str, fmt: str, as_json: bool) -> None:
     given = click.get_current_context().get_parameter_source("fmt") is click.core.ParameterSource.COMMANDLINE
     if as_json and fmt != "json" and given:
         raise click.UsageError(f"--json and --format {fmt} ask for two formats: give one of them")  # --json won silently
-    table = obj.ledger(read_only=True).sql(query)
-    render.arrow(table, "json" if as_json else fmt)
+    fmt = "json" if as_json else fmt
+    ledger = obj.ledger(read_only=True)
+    if not hasattr(ledger, "sql_batches"):  # a server answers the whole result at once
+        table = ledger.sql(query)
+        render.arrow(table.schema, table.to_batches(), fmt)
+        return
+    batches = ledger.sql_batches(query)
+    first = next(batches)  # the query checked, and the result's schema
+    if fmt == "table":  # read at once, then shown: the first rows kept, the rest counted
+        render.arrow(first.schema, itertools.chain([first], batches), fmt)
+        return
+    # The result goes to a temporary file first, a batch at a time, and the database is closed before
+    # it is printed: memory holds one batch (a million documents' CSV held 1.4 GB), and output piped
+    # into a pager does not keep the database open, and other processes from writing, while it waits.
+    with tempfile.TemporaryFile(prefix="prov-sql-") as spill:
+        with pa.ipc.new_stream(spill, first.schema) as writer:
+            for batch in itertools.chain([first], batches):
+                writer.write_batch(batch)
+        spill.seek(0)
+        with pa.ipc.open_stream(spill) as reader:
+            render.arrow(reader.schema, reader, fmt)
 
 
 @main.command("gc")

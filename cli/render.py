@@ -9,7 +9,7 @@ import io
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import click
@@ -163,10 +163,11 @@ TABLE_ROWS = 1000  # rows a table shows; csv and json give every row
 SQL_BATCH = 10_000  # rows made Python objects at a time for csv and json
 
 
-def arrow(table: pa.Table, fmt: str) -> None:
-    """``table`` printed as ``fmt``: json, csv, or a table of its first :data:`TABLE_ROWS` rows
-    (laying out a million rows took Rich minutes and gigabytes)."""
-    names = table.column_names
+def arrow(schema: pa.Schema, batches: Iterable[pa.RecordBatch], fmt: str) -> None:
+    """The record ``batches`` of a result of ``schema`` printed as ``fmt``: json, csv, or a table of
+    its first :data:`TABLE_ROWS` rows and the count of the rest (laying out a million rows took
+    Rich minutes and gigabytes). One batch at a time is held as Python objects."""
+    names = schema.names
     if fmt == "json":
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:  # a JSON object keeps one value a name: `SELECT 1 AS a, 2 AS a` printed {"a": 2}
@@ -176,37 +177,55 @@ def arrow(table: pa.Table, fmt: str) -> None:
         # Written SQL_BATCH rows at a time, as json.dumps(rows, indent=2) writes them: the whole result
         # as Python objects took 6 GB for the 510,000 signatures of `SELECT * FROM documents`.
         before = "[\n"
-        for batch in table.to_batches(max_chunksize=SQL_BATCH):
-            if batch.num_rows:
-                click.echo(before + ",\n".join("  " + dumps(row).replace("\n", "\n  ") for row in batch.to_pylist()),
-                           nl=False)
-                before = ",\n"
+        for batch in _rebatched(batches):
+            rows = (dict(zip(names, r)) for r in zip(*map(_values, batch.columns)))
+            click.echo(before + ",\n".join("  " + dumps(row).replace("\n", "\n  ") for row in rows), nl=False)
+            before = ",\n"
         click.echo("[]" if before == "[\n" else "\n]")
         return
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")  # not CRLF: ids piped to another command stay clean
         writer.writerow(names)
-        for batch in table.to_batches(max_chunksize=SQL_BATCH):  # a batch at a time, as for JSON
+        for batch in _rebatched(batches):  # a batch at a time, as for JSON
             # Rows as lists, not dicts: columns of one name each keep their value (a dict kept the last).
-            for r in zip(*(c.to_pylist() for c in batch.columns)):
+            for r in zip(*map(_values, batch.columns)):
                 writer.writerow([_csv_cell(v) for v in r])
             click.echo(buf.getvalue(), nl=False, color=True)  # (color: values as they are; click strips
             buf.seek(0)  # an escape sequence when not writing to a terminal, `e\x1b[31mx` gave `ex`)
             buf.truncate()
         click.echo(buf.getvalue(), nl=False, color=True)
-    else:
-        shown = table.slice(0, TABLE_ROWS)
-        rows = zip(*(c.to_pylist() for c in shown.columns)) if names else iter(())
-        t = Table(show_lines=False)
-        for name in names:
-            t.add_column(name, overflow="fold")
-        for r in rows:
-            t.add_row(*(cell(v) for v in r))
-        console().print(t)
-        n = table.num_rows
-        click.echo(f"({n:,} row{'s' if n != 1 else ''})" + (
-            f": the first {TABLE_ROWS:,} shown; --format csv or json gives every row" if n > TABLE_ROWS else ""))
+        return
+    shown, n = [], 0
+    for batch in batches:  # the first rows kept, the rest counted
+        if n < TABLE_ROWS:
+            shown.append(batch.slice(0, TABLE_ROWS - n))
+        n += batch.num_rows
+    rows = [r for b in shown for r in zip(*(c.to_pylist() for c in b.columns))] if names else []
+    t = Table(show_lines=False)
+    for name in names:
+        t.add_column(name, overflow="fold")
+    for r in rows:
+        t.add_row(*(cell(v) for v in r))
+    console().print(t)
+    click.echo(f"({n:,} row{'s' if n != 1 else ''})" + (
+        f": the first {TABLE_ROWS:,} shown; --format csv or json gives every row" if n > TABLE_ROWS else ""))
+
+
+def _values(column: pa.Array) -> list[Any]:
+    """A column's values for csv and json: a time without a zone, as the ledger keeps them in UTC,
+    written as RFC 3339 with ``Z`` (as every other command's JSON gives it; it had no zone)."""
+    values = column.to_pylist()
+    if pa.types.is_timestamp(column.type) and column.type.tz is None:
+        return [None if v is None else utc_text(v) for v in values]
+    return values
+
+
+def _rebatched(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """``batches`` with rows, each of at most :data:`SQL_BATCH` rows."""
+    for batch in batches:
+        for start in range(0, batch.num_rows, SQL_BATCH):
+            yield batch.slice(start, SQL_BATCH)
 
 
 class _RichProgress:

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 
+import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
@@ -497,7 +498,7 @@ def test_sql_json_and_csv_make_python_objects_of_a_batch_at_a_time(tmp_path, mon
         out = tmp_path / f"out.{fmt}"
         with open(out, "w") as f, contextlib.redirect_stdout(f):
             monkeypatch.setattr(render, "SQL_BATCH", 2, raising=False)  # several batches write what one would
-            render.arrow(small, fmt)
+            render.arrow(small.schema, small.to_batches(), fmt)
         if fmt == "json":
             assert out.read_text() == dumps(small.to_pylist()) + "\n"
         else:
@@ -505,11 +506,55 @@ def test_sql_json_and_csv_make_python_objects_of_a_batch_at_a_time(tmp_path, mon
         monkeypatch.undo()
         with open(out, "w") as f, contextlib.redirect_stdout(f):
             tracemalloc.start()
-            render.arrow(table, fmt)
+            render.arrow(table.schema, table.to_batches(), fmt)
             peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
         assert peak < 30 * 2**20, (fmt, peak)  # all rows at once: 150 MB and more
         assert len(out.read_text().splitlines()) == (n * 21 + 2 if fmt == "json" else n + 1)
+
+
+def test_sql_reads_its_result_a_batch_at_a_time_and_closes_the_database_before_printing(project, runner,
+                                                                                      monkeypatch):
+    """`prov sql ... --format csv` of a million documents held the whole result (1.4 GB): the ledger
+    gives it as batches of at most 10,000 rows, which csv and json go through a temporary file, so
+    the database is closed while the output is written (output piped into a pager waiting for a
+    key must not keep training jobs from writing); times without a zone are written with `Z`."""
+    import subprocess
+    import sys
+
+    from provenance import Ledger
+    from provenance.cli import render
+    from provenance.errors import ReadOnlyQueryError
+
+    ledger = Ledger.open(project)
+    batches = list(ledger.sql_batches("SELECT range AS n FROM range(25000)"))
+    assert [b.num_rows for b in batches] == [10_000, 10_000, 5_000]
+    assert pa.Table.from_batches(batches).equals(ledger.sql("SELECT range AS n FROM range(25000)"))
+    [empty] = ledger.sql_batches("SELECT key, n_bytes FROM documents WHERE false")
+    assert (empty.num_rows, empty.schema.names) == (0, ["key", "n_bytes"])
+    with pytest.raises(ReadOnlyQueryError, match="only SELECT queries"):
+        next(ledger.sql_batches("DELETE FROM datasets"))
+
+    writes = []
+    printing = render.arrow
+
+    def arrow(schema, batches, fmt):  # another process commits while this one prints
+        code = "import sys, torch\nfrom provenance import Ledger\nLedger.open(sys.argv[1]).commit({'w': torch.ones(2)}, message='meanwhile')"
+        writes.append(subprocess.run([sys.executable, "-c", code, str(project)], capture_output=True, text=True,
+                                     timeout=120).returncode)
+        printing(schema, batches, fmt)
+
+    monkeypatch.setattr(render, "arrow", arrow)
+    query = "SELECT range AS n, TIMESTAMP '2026-01-02 03:04:05.5' + range * INTERVAL 1 SECOND AS t FROM range(25000)"
+    out = runner.invoke(main, ["--ledger", str(project), "sql", query, "--format", "csv"])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert (len(lines), lines[0], lines[1], lines[-1]) == (25_001, "n,t", "0,2026-01-02T03:04:05.500000Z",
+                                                          "24999,2026-01-02T10:00:44.500000Z")
+    rows = _json(runner.invoke(main, ["--ledger", str(project), "sql", query, "--json"]))
+    assert (len(rows), rows[12_345]) == (25_000, {"n": 12_345, "t": "2026-01-02T06:29:50.500000Z"})
+    assert writes == [0, 0]
+    assert [v.message for v in Ledger.open(project).versions()] == ["meanwhile", "meanwhile"]
 
 
 def test_lineage_names_ten_unrecorded_versions_at_most(project, runner):
@@ -871,7 +916,8 @@ def test_sql_csv_keeps_escape_sequences_in_values(tmp_path):
     keys = ["e\x1b[31mred.jsonl:0", "plain.jsonl:0"]
     out = tmp_path / "keys.csv"
     with open(out, "w") as f, contextlib.redirect_stdout(f):
-        render.arrow(pa.table({"key": keys}), "csv")
+        table = pa.table({"key": keys})
+        render.arrow(table.schema, table.to_batches(), "csv")
     assert out.read_text() == "key\n" + "".join(f"{k}\n" for k in keys)
 
 

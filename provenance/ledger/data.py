@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 import duckdb
@@ -203,6 +203,45 @@ class DataQueries:
         reading a table named in ``hidden`` (a server hides its tokens, stored answers and access
         log from tokens below admin).
         """
+        con, values = self._sql_connection(query, params, hidden)
+        try:
+            return con.sql(query, params=values).to_arrow_table()
+        except duckdb.Error as exc:
+            raise self._sql_error(exc) from exc
+        finally:
+            with ARROW_TABLES:
+                con.close()
+
+    def sql_batches(self, query: str, params: Sequence[Any] | None = None, *,
+                    rows: int = 10_000) -> Iterator[pa.RecordBatch]:
+        """:meth:`sql`'s result as record batches of at most ``rows`` rows, read as they are
+        consumed: memory holds one batch, whatever the size of the result (``prov sql`` of a
+        million documents held the whole table: 1.4 GB). The first batch may have no rows; it
+        carries the result's schema. The query is checked when the first batch is asked for."""
+        con, values = self._sql_connection(query, params, ())
+        try:
+            reader = con.sql(query, params=values).to_arrow_reader(rows)
+            empty = True
+            while True:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    break
+                empty = False
+                yield batch
+            if empty:  # no rows: one empty batch, which names the columns
+                yield pa.RecordBatch.from_pylist([], schema=reader.schema)
+        except duckdb.Error as exc:
+            raise self._sql_error(exc) from exc
+        except pa.ArrowException as exc:  # DuckDB's error while it filled a batch, as Arrow reports it
+            raise self._sql_error(duckdb.Error(str(exc))) from exc
+        finally:
+            with ARROW_TABLES:
+                con.close()
+
+    def _sql_connection(self, query: str, params: Sequence[Any] | None,
+                        hidden: Collection[str]) -> tuple[Any, list[Any] | None]:
+        """The checks of :meth:`sql` (one read-only statement), and a connection to run it on."""
         check_utf8(query, "the query")  # a shell argument of bytes that are not UTF-8: a TypeError from DuckDB
         values = query_params(params)
         try:
@@ -235,17 +274,13 @@ class DataQueries:
             self._documents_view(con)
         else:
             con = self._connect(read_only=True, external=False)
-        try:
-            return con.sql(query, params=values).to_arrow_table()
-        except (duckdb.IOException, duckdb.InternalException, duckdb.InvalidInputException) as exc:
-            raise self._damaged(exc) or ReadOnlyQueryError(f"query failed: {exc}") from exc
-        except duckdb.PermissionException as exc:
-            raise ReadOnlyQueryError(f"query refused: {exc}") from exc
-        except duckdb.Error as exc:  # a corrupt block of the database is a plain duckdb.Error
-            raise self._damaged(exc) or ReadOnlyQueryError(f"query failed: {exc}") from exc
-        finally:
-            with ARROW_TABLES:
-                con.close()
+        return con, values
+
+    def _sql_error(self, exc: Exception) -> Exception:
+        """The error a query's DuckDB error is raised as: the ledger's damage where it is that."""
+        if isinstance(exc, duckdb.PermissionException):
+            return ReadOnlyQueryError(f"query refused: {exc}")
+        return self._damaged(exc) or ReadOnlyQueryError(f"query failed: {exc}")
 
     # Table functions that make rows without reading anything outside the ledger.
     _PURE_TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest", "duckdb_tables", "duckdb_columns",
