@@ -126,12 +126,7 @@ def sql_cmd(obj: Context, query: str, fmt: str, as_json: bool) -> None:
     if as_json and fmt != "json" and given:
         raise click.UsageError(f"--json and --format {fmt} ask for two formats: give one of them")  # --json won silently
     fmt = "json" if as_json else fmt
-    ledger = obj.ledger(read_only=True)
-    if not hasattr(ledger, "sql_batches"):  # a server answers the whole result at once
-        table = ledger.sql(query)
-        render.arrow(table.schema, table.to_batches(), fmt)
-        return
-    batches = ledger.sql_batches(query)
+    batches = obj.ledger(read_only=True).sql_batches(query)
     first = next(batches)  # the query checked, and the result's schema
     if fmt == "table":  # read at once, then shown: the first rows kept, the rest counted
         render.arrow(first.schema, itertools.chain([first], batches), fmt)

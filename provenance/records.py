@@ -76,6 +76,12 @@ def check_utf8(text: str, what: str) -> None:
                                     "UTF-8") from None
 
 
+def check_batch_rows(rows: Any) -> None:
+    """Refuse a number of rows per batch of a query's result that is not a positive integer."""
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        raise InvalidParameterError(f"rows (per batch) must be a positive integer, got {rows!r}")
+
+
 def query_params(params: Any) -> list[Any] | None:
     """The values of a query's ``?`` placeholders, in order, as a list (None for none). A string
     was split into its characters (``params="xy"``: two values, and ``"x"`` worked by chance), a

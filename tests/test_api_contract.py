@@ -702,6 +702,12 @@ def test_sql_returns_arrow_and_refuses_writes(api, name):
     assert isinstance(table, pa.Table) and table.to_pylist() == [{"message": name("sql")}]
     with pytest.raises(ReadOnlyQueryError, match="only SELECT"):
         api.sql("DELETE FROM versions")
+    batches = list(api.sql_batches("SELECT range AS n FROM range(25)", rows=10))  # local: read as consumed
+    assert [b.num_rows for b in batches] == [10, 10, 5] and batches[2].column("n").to_pylist() == list(range(20, 25))
+    [empty] = api.sql_batches("SELECT message FROM versions WHERE false")
+    assert (empty.num_rows, empty.schema.names) == (0, ["message"])
+    with pytest.raises(ReadOnlyQueryError, match="only SELECT"):
+        next(api.sql_batches("DELETE FROM versions"))
     for outside in ("SELECT * FROM read_csv('/etc/passwd')", "SELECT * FROM '/etc/hostname'"):
         with pytest.raises(ReadOnlyQueryError, match="refused|disabled|not a table|does not exist"):
             api.sql(outside)

@@ -524,7 +524,7 @@ def test_sql_reads_its_result_a_batch_at_a_time_and_closes_the_database_before_p
 
     from provenance import Ledger
     from provenance.cli import render
-    from provenance.errors import ReadOnlyQueryError
+    from provenance.errors import InvalidParameterError, ReadOnlyQueryError
 
     ledger = Ledger.open(project)
     batches = list(ledger.sql_batches("SELECT range AS n FROM range(25000)"))
@@ -534,6 +534,9 @@ def test_sql_reads_its_result_a_batch_at_a_time_and_closes_the_database_before_p
     assert (empty.num_rows, empty.schema.names) == (0, ["key", "n_bytes"])
     with pytest.raises(ReadOnlyQueryError, match="only SELECT queries"):
         next(ledger.sql_batches("DELETE FROM datasets"))
+    for rows in (0, -1, True, 2.5, "10"):
+        with pytest.raises(InvalidParameterError, match=f"rows \\(per batch\\) must be a positive integer, got {rows!r}"):
+            next(ledger.sql_batches("SELECT 1", rows=rows))
 
     writes = []
     printing = render.arrow

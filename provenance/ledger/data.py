@@ -25,6 +25,7 @@ from provenance.records import (
     DocumentRecord,
     RegistrationResult,
     ShardRecord,
+    check_batch_rows,
     check_name,
     check_utf8,
     query_params,
@@ -218,6 +219,7 @@ class DataQueries:
         consumed: memory holds one batch, whatever the size of the result (``prov sql`` of a
         million documents held the whole table: 1.4 GB). The first batch may have no rows; it
         carries the result's schema. The query is checked when the first batch is asked for."""
+        check_batch_rows(rows)
         con, values = self._sql_connection(query, params, ())
         try:
             reader = con.sql(query, params=values).to_arrow_reader(rows)

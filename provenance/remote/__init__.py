@@ -28,7 +28,7 @@ import httpx
 import pyarrow as pa
 
 from provenance.errors import InvalidParameterError
-from provenance.records import TokenRecord, check_name, query_params
+from provenance.records import TokenRecord, check_batch_rows, check_name, query_params
 from provenance.remote.datasets import RemoteDatasets
 from provenance.remote.questions import RemoteQuestions
 from provenance.remote.runs import REMOTE_FLUSH, RemoteRun, RemoteRuns
@@ -100,6 +100,14 @@ class RemoteLedger(Transport, RemoteDatasets, RemoteVersions, RemoteRuns, Remote
     def sql(self, query: str, params: Sequence[Any] | None = None) -> pa.Table:
         data = self._call("POST", "sql", json_body={"query": query, "params": query_params(params)})
         return ipc_to_table(data, "the server's answer")
+
+    def sql_batches(self, query: str, params: Sequence[Any] | None = None, *,
+                    rows: int = 10_000) -> Iterator[pa.RecordBatch]:
+        """:meth:`sql`'s result as record batches of at most ``rows`` rows (the server answers it
+        whole: the batches are the answer's, cut; the first names the columns)."""
+        check_batch_rows(rows)
+        table = self.sql(query, params)
+        yield from table.to_batches(max_chunksize=rows) or [pa.RecordBatch.from_pylist([], schema=table.schema)]
 
     def output_path(self, path: str | os.PathLike, *, parents: bool | None = None) -> Path:
         """Check a file this client is about to write (a local path: the ledger is elsewhere), as
