@@ -201,7 +201,7 @@ def arrow(schema: pa.Schema, batches: Iterable[pa.RecordBatch], fmt: str) -> Non
         if n < TABLE_ROWS:
             shown.append(batch.slice(0, TABLE_ROWS - n))
         n += batch.num_rows
-    rows = [r for b in shown for r in zip(*(c.to_pylist() for c in b.columns))] if names else []
+    rows = [r for b in shown for r in zip(*map(_values, b.columns))] if names else []
     t = Table(show_lines=False)
     for name in names:
         t.add_column(name, overflow="fold")
@@ -213,7 +213,7 @@ def arrow(schema: pa.Schema, batches: Iterable[pa.RecordBatch], fmt: str) -> Non
 
 
 def _values(column: pa.Array) -> list[Any]:
-    """A column's values for csv and json: a time without a zone, as the ledger keeps them in UTC,
+    """A column's values as printed: a time without a zone, as the ledger keeps them in UTC,
     written as RFC 3339 with ``Z`` (as every other command's JSON gives it; it had no zone)."""
     values = column.to_pylist()
     if pa.types.is_timestamp(column.type) and column.type.tz is None:
