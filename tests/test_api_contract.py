@@ -452,6 +452,15 @@ def test_a_checkpoint_is_its_runs_and_counts_the_steps_up_to_its_own(api, name, 
         final.version_id, at_two.version_id, at_one.version_id}
     assert {v.version_id for v in api.taint(dataset=side.dataset_id).versions} == {  # declared: every checkpoint
         final.version_id, at_two.version_id, at_one.version_id}
+    # an average of the run's checkpoints trained on the run's data once: the later one's examples,
+    # not their sum (25 and 8 were counted); each checkpoint's weight still counts in the effective examples
+    soup = api.merge([at_one, at_two], method="average", message="checkpoint average")
+    rows = {d.dataset_id: d for d in api.lineage(soup).datasets}
+    assert {k: d.examples for k, d in rows.items()} == {web.dataset_id: 15, side.dataset_id: 4}
+    assert rows[web.dataset_id].effective_examples == 0.5 * 10 + 0.5 * 15
+    assert {k: d.examples for k, d in ((d.dataset_id, d) for d in api.lineage(api.merge(
+        [at_two, final], method="average", message="with the run's own")).datasets)} == {
+        web.dataset_id: 31, side.dataset_id: 4}
     with pytest.raises(ProvenanceError, match="has ended"):
         run.checkpoint({"w": torch.ones(4)})
     with pytest.raises(InvalidParameterError, match="only a running run saves checkpoints"):

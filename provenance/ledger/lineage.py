@@ -126,22 +126,36 @@ class LineageQueries:
             params = [con.execute("SELECT list(DISTINCT dataset_id ORDER BY dataset_id) FROM run_datasets WHERE "
                                   "run_id IN (SELECT run_id FROM lineage_runs WHERE step IS NOT NULL)").fetchall()[0][0] or []]
             caps = "(SELECT run_id, step AS cap FROM lineage_runs WHERE step IS NOT NULL)"
+            # A run reached as several of its checkpoints (an average of its last ones) trained once: per shard its
+            # most examples count, not their sum; its weights still add up.
             source = f"""WITH {counted_shards(caps, "$1::VARCHAR[]")},
-                         trained AS (
-                             SELECT r.weight, rs.dataset_id, rs.shard_index, rs.examples, rs.distinct_documents, rs.epochs
+                         entries AS (
+                             SELECT r.run_id, r.weight, rs.dataset_id, rs.shard_index, rs.examples, rs.distinct_documents,
+                                    rs.epochs
                              FROM lineage_runs r JOIN run_shards rs USING (run_id) WHERE r.step IS NULL
                              UNION ALL
-                             SELECT r.weight, c.dataset_id, c.shard_index, c.examples, c.distinct_documents, c.epochs
-                             FROM lineage_runs r JOIN counted_shards c ON c.run_id = r.run_id AND c.cap = r.step),"""
+                             SELECT r.run_id, r.weight, c.dataset_id, c.shard_index, c.examples, c.distinct_documents,
+                                    c.epochs
+                             FROM lineage_runs r JOIN counted_shards c ON c.run_id = r.run_id AND c.cap = r.step),
+                         trained AS (
+                             SELECT dataset_id, shard_index, max(examples) AS examples,
+                                    max(distinct_documents) AS distinct_documents,
+                                    max((epochs * {EXACT_UNIT})::HUGEINT) AS epoch_units,
+                                    sum((weight * examples * {EXACT_UNIT})::HUGEINT) AS effective_units
+                             FROM entries GROUP BY run_id, dataset_id, shard_index),"""
         else:
-            source = """WITH trained AS (SELECT r.weight, rs.* FROM lineage_runs r JOIN run_shards rs USING (run_id)),"""
+            source = f"""WITH trained AS (
+                             SELECT rs.dataset_id, rs.shard_index, rs.examples, rs.distinct_documents,
+                                    (rs.epochs * {EXACT_UNIT})::HUGEINT AS epoch_units,
+                                    (r.weight * rs.examples * {EXACT_UNIT})::HUGEINT AS effective_units
+                             FROM lineage_runs r JOIN run_shards rs USING (run_id)),"""
         return con.sql(
             f"""{source}
                agg AS (
                    SELECT rs.dataset_id, rs.shard_index, sum(rs.examples)::BIGINT AS examples,
                           max(rs.distinct_documents)::BIGINT AS distinct_documents,
-                          sum((rs.epochs * {EXACT_UNIT})::HUGEINT)::DOUBLE / {EXACT_UNIT} AS epochs,
-                          sum((rs.weight * rs.examples * {EXACT_UNIT})::HUGEINT)::DOUBLE / {EXACT_UNIT} AS effective_examples,
+                          sum(rs.epoch_units)::DOUBLE / {EXACT_UNIT} AS epochs,
+                          sum(rs.effective_units)::DOUBLE / {EXACT_UNIT} AS effective_examples,
                           count(*) AS runs
                    FROM trained rs
                    GROUP BY rs.dataset_id, rs.shard_index)
