@@ -184,6 +184,29 @@ def test_taint_by_text_and_near_duplicates(family):
 
 
 
+def test_a_document_without_words_has_no_near_copies(ledger, data_dir, write_jsonl):
+    """`taint(dataset="posts", key="e", near=0.5)` of an empty document matched every document
+    without words in the ledger ("..." of another dataset, "" under another config) at Jaccard 1.0
+    and tainted every version trained on any of them; the dedup audit and the gate compare such
+    documents with nothing (stranger pass 82)."""
+    write_jsonl(data_dir / "posts.jsonl", [{"id": "e", "text": ""}, {"id": "t", "text": "a post with some words in it"}])
+    write_jsonl(data_dir / "other.jsonl", [{"id": "dots", "text": "..."}, {"id": "u", "text": "unrelated words here"}])
+    write_jsonl(data_dir / "tri.jsonl", [{"id": "blank", "text": "  "}, {"id": "v", "text": "more unrelated words"}])
+    ledger.register_dataset("posts", data_dir / "posts.jsonl", id_field="id")
+    ledger.register_dataset("other", data_dir / "other.jsonl", id_field="id")
+    ledger.register_dataset("tri", data_dir / "tri.jsonl", id_field="id", config={"ngram": 3})
+    versions = {}
+    for name in ("posts", "other", "tri"):
+        with ledger.start_run(datasets=[name], message=name) as run:
+            versions[name] = run.commit({"w": torch.zeros(2)}).version_id
+    for near in (0.5, 1.0):
+        report = ledger.taint(dataset="posts", key="e", near=near)
+        assert [(m["dataset_id"], m["key"], m["jaccard"]) for m in report.matches] == [("posts@1", "e", 1.0)]
+        assert [t.version_id for t in report.versions] == [versions["posts"]]
+    words = ledger.taint(dataset="posts", key="t", near=0.5)  # a document with words is still searched
+    assert [(m["dataset_id"], m["key"]) for m in words.matches] == [("posts@1", "t")]
+
+
 def test_a_target_whose_parts_do_not_go_together_is_refused(family):
     """`prov taint forum --text F` looked for the text in every dataset and dropped `forum`, and
     `--key f1 --shard web.jsonl` dropped the shard (one forum does not have): the answer was for a

@@ -115,21 +115,29 @@ def find_similar(ledger: LedgerStore, *, text: str | None = None, dataset: str |
     least ``near``, in every dataset: each fingerprinted under its own config is searched with the
     target's text fingerprinted under that config (a key's text is read back from its shard; the
     target's own config uses its stored fingerprint). Candidates come from the stored band keys when they find a pair at
-    ``near`` with probability ≥ 0.99, else every signature of the config is compared."""
+    ``near`` with probability ≥ 0.99, else every signature of the config is compared. A target
+    document with no words (``""``, ``"..."``) matches itself only: every such text has one exact
+    hash and one signature, yet none copies another (as in the dedup audit and the gate)."""
+    found: dict[int, dict[str, Any]] = {}
     with ledger.session():
         if text is None:  # the document in each version of the dataset that holds it
             from provenance.lineage import target_documents
 
             probes = []
-            targets = target_documents(ledger, dataset, key)
-            for doc in targets:
+            targets = []
+            for doc in target_documents(ledger, dataset, key):
                 ds = ledger.dataset(doc.dataset_id)
+                if doc.token_count == 0:
+                    found[doc.doc_id] = {"doc_id": doc.doc_id, "dataset_id": doc.dataset_id,
+                                         "shard_index": doc.shard_index, "key": doc.key,
+                                         "matches": len(doc.signature), "jaccard": 1.0, "config_id": ds.config_id}
+                    continue
+                targets.append(doc)
                 probes.append((ds.config_id, doc.exact_hash, doc.signature, doc.band_keys, ds.config,
                                (ds.bands, ds.rows)))
             probes += _other_configs(ledger, targets, {p[0] for p in probes})
         else:
             probes = _text_probes(ledger, text)
-        found: dict[int, dict[str, Any]] = {}
         for cid, exact, sig, band_keys, _cfg, banding in probes:
             k = len(sig)
             min_matches = None if near is None else math.ceil(near * k - 1e-9)
