@@ -48,7 +48,7 @@ import numpy as np
 import pyarrow as pa
 
 from provenance.audits import AuditRun, check_threshold, iter_texts
-from provenance.errors import InvalidParameterError, warn
+from provenance.errors import FingerprintMismatchError, InvalidParameterError, warn
 from provenance.ledger import LedgerStore
 from provenance.lineage import ancestry, license_summary, lineage
 from provenance.ngrams import check_span, ngram_hashes
@@ -157,7 +157,15 @@ def audit_merge(
             "shared ancestor; --full-lineage compares whole lineages), and there is no evaluation dataset"
             if shared else "the inputs' lineages are empty: no run recorded any data, and there is no evaluation "
             "dataset")
-    run = AuditRun(ledger, "merge", datasets, threshold, store=store, progress=progress)
+    try:
+        run = AuditRun(ledger, "merge", datasets, threshold, store=store, progress=progress)
+    except FingerprintMismatchError as exc:
+        if eval_datasets or not evals:
+            raise
+        found = ", ".join(d.dataset_id for d in evals)  # the user named none of them: say where they came from
+        raise FingerprintMismatchError(
+            f"{exc} (the evaluation datasets {found} are compared because every dataset of role eval is, when none "
+            "is named: name those to compare with --eval (eval_datasets=), or give --max-contamination none)") from None
     audit_id, cfg = run.audit_id, run.config
     scope = pa.table({"dataset_id": pa.array([r[0] for r in scope_rows], pa.string()),
                       "shard_index": pa.array([r[1] for r in scope_rows], pa.int32()),

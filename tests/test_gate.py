@@ -219,6 +219,28 @@ def test_a_contamination_limit_with_no_evaluation_dataset(ledger, data_dir, writ
     assert CliRunner().invoke(main, [*cli, "--max-contamination", "none"]).exit_code == 0
 
 
+def test_an_evaluation_set_of_another_config_found_by_default_is_named_as_such(ledger, data_dir, write_jsonl):
+    """An evaluation set registered under another fingerprint config failed the gate with the
+    default limit as "a@1 uses … but q3@1 uses …": the user never named q3, and nothing said it was
+    compared because every eval set is by default, nor how to leave it out."""
+    from provenance.errors import FingerprintMismatchError
+
+    for name, start in (("a", 0), ("b", 100)):
+        write_jsonl(data_dir / f"{name}.jsonl", [{"id": f"{name}{i}", "text": words(start + i)} for i in range(5)])
+        ledger.register_dataset(name, data_dir / f"{name}.jsonl", id_field="id")
+    write_jsonl(data_dir / "q3.jsonl", [{"id": "q0", "text": words(200)}])
+    ledger.register_dataset("q3", data_dir / "q3.jsonl", id_field="id", role="eval", config={"ngram": 3})
+    va, vb = _two_contributors(ledger, "a", "b")
+    with pytest.raises(FingerprintMismatchError, match=r"but q3@1 uses .*word3.* \(the evaluation datasets q3@1 are "
+                                                       r"compared because every dataset of role eval is, when none is "
+                                                       r"named: name those to compare with --eval"):
+        audit_merge(ledger, [va.version_id, vb.version_id], ngram=0)
+    with pytest.raises(FingerprintMismatchError, match=r"but q3@1 uses [^(]*config$"):  # named: the plain refusal
+        audit_merge(ledger, [va.version_id, vb.version_id], ngram=0, eval_datasets=["q3"])
+    with pytest.warns(UserWarning, match="evaluation set q3@1 left out"):
+        assert audit_merge(ledger, [va.version_id, vb.version_id], ngram=0, max_contamination=None).passed
+
+
 def test_memorization_finds_copies_spans_and_exposure(contributors, data_dir, tmp_path):
     ledger, base, va, vb = contributors
     samples = data_dir / "samples.jsonl"
