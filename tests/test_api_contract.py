@@ -1287,6 +1287,20 @@ def test_a_checkpoint_saved_before_any_example_was_logged_was_trained_on_none(ap
         first.version_id, final.version_id}
 
 
+def test_a_runs_checkpoints_and_records_are_read_with_the_run_itself(api, name, files):
+    """``ledger.checkpoints(run)`` with the ``Run`` that ``start_run`` gave, as the docs write it: a
+    client refused it ("expected a name, id or record, got RemoteRun") where a local ledger took it."""
+    web = api.register_dataset(name("web"), str(files["web"]), id_field="id").dataset
+    keys = [d["id"] for d in files["docs"]]
+    run = api.start_run(datasets=[web.dataset_id], message="train")
+    run.log_examples(keys[:3], step=0)
+    saved = run.checkpoint({"w": torch.ones(4)})
+    assert [(c.version_id, c.run_id, c.step) for c in api.checkpoints(run)] == [(saved.version_id, run.run_id, 0)]
+    assert (api.run(run).run_id, api.run(run).status) == (run.run_id, "running")
+    run.finish()
+    assert [(s.dataset_id, s.examples) for s in api.run_shards(run)] == [(web.dataset_id, 3)]
+
+
 def test_a_checkpoint_saved_before_its_run_logged_a_retracted_dataset_is_clean(api, name, files, tmp_path):
     """Retracting a whole dataset (or shard) the run logged from step 2 on: the checkpoint at step 1
     was left out of the plan, but its lineage listed the retraction and the audit of it as a

@@ -24,6 +24,7 @@ import httpx
 from provenance import errors
 from provenance.files import naming
 from provenance.records import DatasetRecord, RegistrationResult, RunRecord, VersionRecord, check_ref
+from provenance.runs import Run
 from provenance.wire import API, READ_POSTS, WARNINGS_HEADER, raise_error, warnings_of
 
 RETRY_STATUS = (502, 503, 504)
@@ -127,7 +128,7 @@ class _Retry(Exception):
 
 
 def ref_of(value: Any, what: str = "expected a name, id or record") -> str:
-    """A record's id, or the reference string as given; anything else is refused with ``what``."""
+    """A record's id (or a run's), or the reference string as given; anything else is refused with ``what``."""
     if isinstance(value, RegistrationResult):
         return value.dataset.dataset_id
     if isinstance(value, DatasetRecord):
@@ -135,6 +136,8 @@ def ref_of(value: Any, what: str = "expected a name, id or record") -> str:
     if isinstance(value, VersionRecord):
         return value.version_id
     if isinstance(value, RunRecord):
+        return value.run_id
+    if isinstance(value, Run):  # ledger.checkpoints(run) with the run itself, as a local ledger takes it
         return value.run_id
     return check_ref(value, what, (str,))
 
