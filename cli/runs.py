@@ -158,6 +158,9 @@ def show_runs(records, as_json: bool) -> None:
     render.console().print(t)
 
 
+CHECKPOINTS_SHOWN = 10  # checkpoints `prov run show` names; --json lists every one
+
+
 def show_run(record, shards: list, as_json: bool, checkpoints: list = ()) -> None:
     if as_json:
         out = record.model_dump(mode="json")
@@ -173,8 +176,12 @@ def show_run(record, shards: list, as_json: bool, checkpoints: list = ()) -> Non
              f"message  {record.message}", f"base     {record.base_version or '(from scratch)'}",
              f"version  {record.version_id or '(none)'}", f"params   {json.dumps(record.params)}",
              f"logged   {record.n_logged:,} examples"]
-    if checkpoints:
-        lines.append("checkpoints  " + ", ".join(f"{c.version_id[:12]} (step {c.step})" for c in checkpoints))
+    if checkpoints:  # aligned with the fields above; a long run's hundreds of saves on one line were unreadable
+        shown = [f"{c.version_id[:12]} ({'before any step' if c.step < 0 else f'step {c.step}'})"
+                 for c in checkpoints[:CHECKPOINTS_SHOWN]]
+        more = len(checkpoints) - len(shown)
+        lines.append(f"saved    {len(checkpoints):,} checkpoint{'s' if len(checkpoints) != 1 else ''}: "
+                     + ", ".join(shown) + (f" and {more:,} more (--json lists them)" if more else ""))
     render.echo("\n".join(lines))
     if not shards:
         declared = ", ".join(f"{d} x{e:g}" for d, e in record.datasets.items()) or "none"

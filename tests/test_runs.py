@@ -455,7 +455,13 @@ def test_cli_run_start_log_finish_show(two_datasets, tmp_path):
     assert (shown["status"], shown["params"], shown["datasets"], shown["n_logged"]) == (
         "running", {"lr": 0.1, "opt": "adam"}, {"a@1": 3.0}, 2)
     assert [(c["version_id"], c["step"]) for c in shown["checkpoints"]] == [(checkpoint.version_id, 5)]
-    assert f"{checkpoint.version_id[:12]} (step 5)" in cli.invoke(main, ["run", "show", run_id], env=env).output
+    lines = cli.invoke(main, ["run", "show", run_id], env=env).output.splitlines()
+    assert f"saved    1 checkpoint: {checkpoint.version_id[:12]} (step 5)" in lines  # aligned with the fields above
+    attached = Ledger.open(tmp_path).attach_run(run_id)
+    more = [attached.checkpoint({"w": torch.full((2,), float(i))}, step=i) for i in range(11)]
+    line = next(x for x in cli.invoke(main, ["run", "show", run_id], env=env).output.splitlines() if x.startswith("saved"))
+    assert line.startswith(f"saved    12 checkpoints: {more[0].version_id[:12]} (step 0), ")
+    assert line.endswith(" and 2 more (--json lists them)") and line.count(" (step ") == 10
     lineage = cli.invoke(main, ["lineage", checkpoint.version_id], env={**env, "COLUMNS": "200"}).output
     assert f"checkpoint of run {run_id[:8]} at step 5" in lineage  # it said "run ...", as the whole run's version
     finished = cli.invoke(main, ["run", "finish", run_id, "--failed", "--error", "OOM"], env=env)
