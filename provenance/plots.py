@@ -29,12 +29,14 @@ _COLOURS = ("#0969da", "#cf222e", "#1a7f37", "#8250df", "#bc4c00", "#1b7c83")
 #: the marks, which right-to-left text uses, are left as they are): a document key
 #: ``report\u202egnp.exe`` showed as ``reportexe.png``. Pages show each as its code point instead.
 BIDI_CONTROLS = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
-_SHOWN_BIDI = str.maketrans({c: f"[U+{ord(c):04X}]" for c in BIDI_CONTROLS})
+#: The control characters HTML does not take (a NUL was written raw, and browsers showed U+FFFD).
+_C0 = "".join(chr(c) for c in range(32) if chr(c) not in "\t\n\r")
+_SHOWN = str.maketrans({c: f"[U+{ord(c):04X}]" for c in BIDI_CONTROLS + _C0})
 
 
 def escape(text: str) -> str:
-    """``text`` for HTML: escaped, and its bidirectional controls shown as ``[U+202E]``."""
-    return html.escape(text, quote=True).translate(_SHOWN_BIDI)
+    """``text`` for HTML: escaped, and its bidirectional and C0 controls shown as ``[U+202E]``."""
+    return html.escape(text, quote=True).translate(_SHOWN)
 
 
 def display_text(value: Any) -> str:

@@ -130,7 +130,8 @@ def test_every_text_value_is_escaped():
 def test_bidirectional_controls_are_shown_not_obeyed():
     """A key holding U+202E (right-to-left override) showed as another name ('reportexe.png' for
     'report\u202egnp.exe'); pages show such controls as their code points, and the embedded JSON
-    escapes them, so it reads back as the report was. Right-to-left text and its marks are kept."""
+    escapes them, so it reads back as the report was. Right-to-left text and its marks are kept.
+    A NUL or another C0 control, which HTML does not take, is shown so too."""
     key = "report\u202egnp.exe"
     rtl = "\u05e9\u05dc\u05d5\u05dd\u200f 42"
     report = {"title": "t", "tables": [{"columns": ["key", "text"], "rows": [[key, rtl]]}],
@@ -141,6 +142,10 @@ def test_bidirectional_controls_are_shown_not_obeyed():
     assert f"<td>{rtl}</td>" in page
     [text] = re.findall(r"<details><summary>Full report \(JSON\)</summary><pre>(.*?)</pre></details>", page, re.S)
     assert "\\u202e" in text and json.loads(html.unescape(text)) == report["json"]
+    page = render_html({"title": "t", "tables": [{"columns": ["key"], "rows": [["n\x00ul\x1b"]]}], "json": {"k": "n\x00"}})
+    assert "<td>n[U+0000]ul[U+001B]</td>" in page and "\x00" not in page  # a NUL was written raw
+    [text] = re.findall(r"<pre>(.*?)</pre>", page, re.S)
+    assert json.loads(html.unescape(text)) == {"k": "n\x00"}
 
 
 def test_summary_values_are_formatted():
