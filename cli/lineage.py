@@ -104,7 +104,8 @@ def show_lineage(lin, as_json: bool, *, show_all: bool = False) -> None:
     for row in versions.to_pylist():
         how = (f"{row['merge']} merge" if row["merge"] else "no run recorded: data unknown" if not row["run_id"]
                else f"run {row['run_id'][:8]}" if row.get("step") is None  # a checkpoint: its run's steps up to it
-               else f"checkpoint of run {row['run_id'][:8]} at step {row['step']}")
+               else f"checkpoint of run {row['run_id'][:8]} "
+               + ("before any step" if row["step"] < 0 else f"at step {row['step']}"))
         v.add_row(row["version_id"][:12] + (f" ({', '.join(row['tags'])})" if row["tags"] else ""),
                   render.cell(row["message"]), f"{row['weight']:.3g}", how)
     console.print(v)

@@ -473,6 +473,12 @@ def test_cli_run_start_log_finish_show(two_datasets, tmp_path):
     assert {r["run_id"] for r in listed} >= {run_id}
     again = cli.invoke(main, ["run", "finish", run_id], env=env)
     assert again.exit_code == 4 and "is failed, not running" in again.output
+    early = Ledger.open(tmp_path).start_run(datasets=["a"], message="early")  # saved before any example: step -1
+    start = early.checkpoint({"w": torch.zeros(2)})
+    assert f"saved    1 checkpoint: {start.version_id[:12]} (before any step)" in cli.invoke(
+        main, ["run", "show", early.run_id], env=env).output.splitlines()
+    lineage = cli.invoke(main, ["lineage", start.version_id], env={**env, "COLUMNS": "200"}).output
+    assert f"checkpoint of run {early.run_id[:8]} before any step" in lineage  # it said "at step -1"
     # bad options are usage errors, not tracebacks or silently dropped values
     for args, says in ((["-d", "a", "-d", "a:3"], "dataset 'a' is given twice"), (["-p", "x=1", "-p", "x=2"],
                                                                                  "'x' is given twice")):
