@@ -121,7 +121,7 @@ def test_many_small_shards_make_few_row_groups(ledger, data_dir, write_jsonl):
     first = ledger.register_dataset("many", folder, id_field="id", documents_as="parquet").dataset
     assert (first.n_shards, first.n_documents) == (300, 1200)
     (path,) = [ledger.root / f["path"] for f in ledger.document_files("many@1")]
-    assert pq.ParquetFile(path).metadata.num_row_groups == 1  # was 300
+    assert pq.ParquetFile(path).metadata.num_row_groups <= 2  # was 300: one a shard (row groups hold up to 1 MiB)
     rows = ledger.sql("SELECT shard_index, key FROM documents WHERE dataset_id = 'many@1' ORDER BY doc_id").to_pylist()
     assert [r["shard_index"] for r in rows] == sorted(r["shard_index"] for r in rows)
     assert [r["key"] for r in rows if r["shard_index"] == 7] == [f"{7}-{j}" for j in range(4)]

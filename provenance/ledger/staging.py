@@ -42,9 +42,11 @@ def clean_staging(root: Path) -> Path:
 
 
 #: Rows of a row group of the stage. Writes of fewer rows (a shard of a few documents) are kept
-#: until a row group fills: each write was a row group, and a folder of 30,000 small files made a
-#: file of 30,000 row groups whose metadata the writer held and wrote (22 KB a file: 1 GiB).
+#: until a row group fills, or :data:`PENDING_BYTES` wait: each write was a row group, and a folder
+#: of 30,000 small files made a file of 30,000 row groups whose metadata the writer held and wrote
+#: (22 KB a file: 1 GiB). A registration's batch of several MB is written as it comes.
 ROW_GROUP = 16_384
+PENDING_BYTES = 1 << 20
 
 
 class DocumentStage:
@@ -58,8 +60,8 @@ class DocumentStage:
         self.schema: pa.Schema | None = None
         self._writer: pq.ParquetWriter | None = None
         self._written = False
-        self._pending: list[pa.Table] = []  # rows not yet written: fewer than ROW_GROUP
-        self._pending_rows = 0
+        self._pending: list[pa.Table] = []  # rows not yet written: fewer than ROW_GROUP, under PENDING_BYTES
+        self._pending_rows = self._pending_bytes = 0
 
     def write(self, table: pa.Table) -> None:
         self.rows += table.num_rows
@@ -71,8 +73,9 @@ class DocumentStage:
             raise ValueError(f"a batch's schema {table.schema} is not the stage's {self.schema}")
         self._pending.append(table)
         self._pending_rows += table.num_rows
+        self._pending_bytes += table.nbytes
         self._written = True
-        if self._pending_rows >= ROW_GROUP:
+        if self._pending_rows >= ROW_GROUP or self._pending_bytes >= PENDING_BYTES:
             self._flush()
 
     def _flush(self) -> None:
@@ -80,7 +83,7 @@ class DocumentStage:
         if not self._pending:
             return
         table = pa.concat_tables(self._pending) if len(self._pending) > 1 else self._pending[0]
-        self._pending, self._pending_rows = [], 0
+        self._pending, self._pending_rows, self._pending_bytes = [], 0, 0
         with naming(self.path):  # a full disk: "PATH: No space left on device", and nothing registered
             if self._writer is None:
                 # Statistics of the columns queries filter on: the file may become a dataset's own.
@@ -101,7 +104,7 @@ class DocumentStage:
 
     def discard(self) -> None:
         """Close the file, quietly (a write that failed may fail again here), and remove it."""
-        self._pending, self._pending_rows = [], 0  # not written only to be removed
+        self._pending, self._pending_rows, self._pending_bytes = [], 0, 0  # not written only to be removed
         with contextlib.suppress(OSError):
             self.close()
         self.path.unlink(missing_ok=True)
