@@ -224,11 +224,7 @@ class DataQueries:
         try:
             reader = con.sql(query, params=values).to_arrow_reader(rows)
             empty = True
-            while True:
-                try:
-                    batch = reader.read_next_batch()
-                except StopIteration:
-                    break
+            for batch in reader:
                 empty = False
                 yield batch
             if empty:  # no rows: one empty batch, which names the columns
